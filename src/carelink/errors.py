@@ -1,0 +1,101 @@
+"""The one exception hierarchy of carelink.
+
+Only ``carelink.api`` turns these into an HTTP status and an
+``OperationOutcome``; only ``carelink.cli`` turns them into exit codes.
+
+::
+
+    CarelinkError
+    ├── InvalidRequest          400  bad parameter, bad NHS number, bad body
+    │   └── UnsupportedFormat   406  _format / Accept the gateway cannot produce
+    ├── NotFound                404  no such resource or person
+    ├── AccessDenied            403  the caller may not do this
+    ├── ConsentDenied           403  the patient's consent forbids it
+    ├── SourceError                  one source system failed (never fatal to a request)
+    │   ├── SourceUnavailable        connection refused, HTTP 5xx, circuit open
+    │   ├── SourceTimeout            no answer within the time budget
+    │   └── SourceBadPayload         an answer that cannot be understood
+    ├── IndexError_                  the patient index is missing or inconsistent
+    ├── ExportError                  a bulk export job failed
+    ├── AuditError              503  the audit trail cannot be written
+    └── ConfigError                  settings, policy or profile files are invalid
+"""
+
+from __future__ import annotations
+
+
+class CarelinkError(Exception):
+    """Base of every error carelink raises on purpose."""
+
+
+class InvalidRequest(CarelinkError):
+    """The request cannot be answered as asked (HTTP 400).
+
+    ``parameter`` names the offending search parameter or field, so the
+    ``OperationOutcome`` can point at it with ``expression``.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class UnsupportedFormat(InvalidRequest):
+    """The caller asked for a representation the gateway does not produce (HTTP 406)."""
+
+
+class NotFound(CarelinkError):
+    """No such resource, person or operation (HTTP 404)."""
+
+
+class AccessDenied(CarelinkError):
+    """The caller is not allowed to do this (HTTP 403)."""
+
+
+class ConsentDenied(AccessDenied):
+    """The patient's consent forbids this disclosure (HTTP 403)."""
+
+
+class SourceError(CarelinkError):
+    """One source system failed; the request goes on without its part."""
+
+    status = "error"
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class SourceUnavailable(SourceError):
+    """Connection refused, HTTP 5xx, or the circuit breaker is open."""
+
+    status = "error"
+
+
+class SourceTimeout(SourceError):
+    """No complete answer within the time budget."""
+
+    status = "timeout"
+
+
+class SourceBadPayload(SourceError):
+    """The source answered with something that cannot be understood."""
+
+    status = "error"
+
+
+class IndexError_(CarelinkError):  # noqa: N801 - IndexError is a builtin
+    """The patient index is missing or inconsistent."""
+
+
+class ExportError(CarelinkError):
+    """A bulk export job failed."""
+
+
+class AuditError(CarelinkError):
+    """The audit trail cannot be written: patient data must not be served (HTTP 503)."""
+
+
+class ConfigError(CarelinkError):
+    """Settings, policy or profile files are invalid; names the file and field."""

@@ -1,0 +1,166 @@
+"""Ask every source at once, within a time budget, with circuit breaking.
+
+A source that fails, hangs or sends garbage is left out and reported; it
+never fails the request. A source whose circuit is open is not asked at all
+(a dead source costs no waiting); after ``reset_after`` seconds one trial
+request is let through (half-open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from carelink.errors import SourceError, SourceTimeout
+from carelink.sources.base import Json, Source, SourceAnswer
+
+Clock = Callable[[], float]
+
+OK = "ok"
+TIMEOUT = "timeout"
+ERROR = "error"
+CIRCUIT_OPEN = "circuit-open"
+NOT_KNOWN = "not-known"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One source to ask about one person."""
+
+    source: str
+    local_id: str
+    nhs_number: str | None
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What happened at one source."""
+
+    source: str
+    status: str  # ok | timeout | error | circuit-open | not-known
+    latency_ms: float
+    resources: tuple[Json, ...] = ()
+    version: str = ""
+    as_of: str | None = None
+    reason: str | None = None
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; half-opens after ``reset_after`` s."""
+
+    def __init__(self, threshold: int = 3, reset_after: float = 5.0,
+                 clock: Clock = time.monotonic) -> None:
+        self.threshold = threshold
+        self.reset_after = reset_after
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trial_in_flight = False
+
+    def allow(self) -> bool:
+        """May a request go to the source now?"""
+        if self.opened_at is None:
+            return True
+        if self.clock() - self.opened_at >= self.reset_after and not self.trial_in_flight:
+            self.trial_in_flight = True
+            return True
+        return False
+
+    def record(self, success: bool) -> None:
+        """Note the outcome of a request that was allowed."""
+        self.trial_in_flight = False
+        if success:
+            self.failures = 0
+            self.opened_at = None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = self.clock()
+
+    @property
+    def state(self) -> str:
+        """closed | open | half-open"""
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.reset_after else "open"
+
+
+class FanOut:
+    """The sources, their breakers and the default budget."""
+
+    def __init__(self, sources: Mapping[str, Source], budget: float = 0.8,
+                 breakers: Mapping[str, CircuitBreaker] | None = None,
+                 clock: Clock = time.monotonic) -> None:
+        self.sources = dict(sources)
+        self.budget = budget
+        self.clock = clock
+        self.breakers = dict(breakers) if breakers else {
+            name: CircuitBreaker(clock=clock) for name in self.sources}
+
+    async def gather(self, requests: Sequence[Request], patient_ref: str,
+                     types: frozenset[str] | None, deadline: float | None = None
+                     ) -> list[SourceResult]:
+        """Ask each source in ``requests``; report every configured source's fate."""
+        budget = self.budget if deadline is None else min(self.budget, deadline)
+        started = self.clock()
+        asked = {r.source for r in requests}
+        results: list[SourceResult] = [
+            SourceResult(name, NOT_KNOWN, 0.0) for name in self.sources if name not in asked]
+        tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], Request] = {}
+        for req in requests:
+            source = self.sources.get(req.source)
+            breaker = self.breakers.get(req.source)
+            if source is None or breaker is None:
+                results.append(SourceResult(req.source, ERROR, 0.0,
+                                            reason="source not configured"))
+                continue
+            if not breaker.allow():
+                results.append(SourceResult(req.source, CIRCUIT_OPEN, 0.0,
+                                            reason="circuit open after repeated failures"))
+                continue
+            task = asyncio.ensure_future(self._timed(source, req, patient_ref, types, started))
+            tasks[task] = req
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=budget)
+            for task in pending:
+                task.cancel()
+            elapsed = (self.clock() - started) * 1000
+            for task in pending:
+                name = tasks[task].source
+                self.breakers[name].record(False)
+                results.append(SourceResult(name, TIMEOUT, elapsed,
+                                            reason=f"no answer within {budget * 1000:.0f} ms"))
+            for task in done:
+                results.append(self._finish(tasks[task].source, task, started))
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        results.sort(key=lambda r: r.source)
+        return results
+
+    async def _timed(self, source: Source, req: Request, patient_ref: str,
+                     types: frozenset[str] | None, started: float) -> tuple[SourceAnswer, float]:
+        try:
+            answer = await source.fetch_record(req.local_id, patient_ref, types,
+                                               nhs_number=req.nhs_number)
+        except SourceError as exc:
+            exc.latency_ms = (self.clock() - started) * 1000  # type: ignore[attr-defined]
+            raise
+        return answer, (self.clock() - started) * 1000
+
+    def _finish(self, name: str, task: asyncio.Task[tuple[SourceAnswer, float]], started: float
+                ) -> SourceResult:
+        exc = task.exception()
+        if exc is None:
+            answer, latency = task.result()
+            self.breakers[name].record(True)
+            return SourceResult(name, OK, latency, tuple(answer.resources), answer.version,
+                                answer.as_of)
+        latency = getattr(exc, "latency_ms", (self.clock() - started) * 1000)
+        self.breakers[name].record(False)
+        if isinstance(exc, SourceTimeout):
+            return SourceResult(name, TIMEOUT, latency, reason=exc.reason)
+        if isinstance(exc, SourceError):
+            return SourceResult(name, ERROR, latency, reason=exc.reason)
+        return SourceResult(name, ERROR, latency, reason=f"unexpected {type(exc).__name__}")

@@ -1,0 +1,79 @@
+"""Merge the sources' answers: one list, duplicates folded, provenance per source."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from carelink.federation.fanout import OK, SourceResult
+from carelink.sources.base import source_uri
+
+Json = dict[str, Any]
+
+PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_IGNORED = frozenset(("id", "meta", "text"))
+
+
+def fold_key(resource: Json) -> bytes:
+    """What makes two resources from different sources the same fact.
+
+    Everything but id, meta and narrative: equal content (the same allergy,
+    code, onset and patient) recorded in two places is one fact.
+    """
+    content = {k: v for k, v in resource.items() if k not in _IGNORED}
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+
+
+def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[str]]]:
+    """All resources of the sources that answered, exact duplicates folded.
+
+    Returns the resources (in source order, then as each source sent them)
+    and, per source, the references of the resources it contributed
+    (including the ones folded into another source's copy).
+    """
+    seen: dict[bytes, Json] = {}
+    out: list[Json] = []
+    contributed: dict[str, list[str]] = {}
+    for result in results:
+        if result.status != OK:
+            continue
+        refs = contributed.setdefault(result.source, [])
+        for resource in result.resources:
+            if resource["resourceType"] == "Patient":
+                out.append(resource)
+                refs.append(f"Patient/{resource['id']}")
+                continue
+            key = fold_key(resource)
+            kept = seen.get(key)
+            if kept is None:
+                seen[key] = resource
+                out.append(resource)
+                kept = resource
+            refs.append(f"{kept['resourceType']}/{kept['id']}")
+    return out, contributed
+
+
+def provenance(person_id: str, result: SourceResult, targets: list[str]) -> Json:
+    """A reproducible Provenance: same source data for the same person -> same resource."""
+    digest = hashlib.blake2b(f"{person_id}|{result.source}|{result.version}".encode(),
+                             digest_size=16).hexdigest()
+    return {
+        "resourceType": "Provenance",
+        "id": f"prov-{digest}",
+        "meta": {"source": "urn:carelink:gateway"},
+        "target": [{"reference": t} for t in targets] or [{"reference": f"Patient/{person_id}"}],
+        "recorded": result.as_of or "1970-01-01T00:00:00Z",
+        "activity": {"text": "federated retrieval"},
+        "agent": [{
+            "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "author"}]},
+            "who": {"identifier": {"system": "urn:carelink:source", "value": result.source},
+                    "display": result.source},
+        }],
+        "entity": [{"role": "source", "what": {
+            "identifier": {"system": "urn:carelink:source-version", "value": result.version
+                           or "unknown"},
+            "display": source_uri(result.source)}}],
+    }

@@ -1,0 +1,102 @@
+"""``SharedRecord``: the hot path from a person to their federated record.
+
+Plain values in, plain values out; the API turns them into HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from carelink.errors import NotFound
+from carelink.federation.fanout import OK, FanOut, Request, SourceResult
+from carelink.federation.merge import merge, provenance
+from carelink.fhir.outcome import issue, operation_outcome
+from carelink.storage import IndexStore, LinkRow, PersonRow
+
+Json = dict[str, Any]
+STATUS_SYSTEM = "https://carelink.example/CodeSystem/source-status"
+EXT_LATENCY = "https://carelink.example/StructureDefinition/source-latency-ms"
+EXT_AS_OF = "https://carelink.example/StructureDefinition/source-data-as-of"
+EXT_SOURCE = "https://carelink.example/StructureDefinition/source-name"
+_SEVERITY = {"ok": "information", "not-known": "information"}
+_CODE = {"ok": "informational", "not-known": "informational", "timeout": "timeout",
+         "circuit-open": "transient", "error": "transient"}
+
+
+@dataclass(frozen=True)
+class Federated:
+    """A person's record as the sources gave it just now."""
+
+    person: PersonRow
+    links: tuple[LinkRow, ...]
+    resources: list[Json]  # merged Patient first, then source resources
+    provenance: list[Json]
+    outcome: Json  # OperationOutcome: one issue per source
+    results: tuple[SourceResult, ...]
+    etag: str
+
+
+def source_outcome(results: Sequence[SourceResult]) -> Json:
+    """One issue per configured source: what happened, how long it took, data as of when."""
+    issues = []
+    for r in results:
+        ext: list[Json] = [{"url": EXT_SOURCE, "valueString": r.source},
+                           {"url": EXT_LATENCY, "valueDecimal": round(r.latency_ms, 1)}]
+        if r.as_of:
+            ext.append({"url": EXT_AS_OF, "valueInstant": r.as_of})
+        text = f"source {r.source}: {r.status}"
+        if r.status == OK:
+            text += f" in {r.latency_ms:.0f} ms, data as of {r.as_of}"
+        elif r.reason:
+            text += f" ({r.reason})"
+        issues.append(issue(
+            _SEVERITY.get(r.status, "warning"), _CODE.get(r.status, "transient"), text,
+            details={"coding": [{"system": STATUS_SYSTEM, "code": r.status}],
+                     "text": r.status},
+            extension=ext))
+    return operation_outcome(issues, id_="sources")
+
+
+class SharedRecord:
+    """Index lookups and federated reads."""
+
+    def __init__(self, index: IndexStore, fanout: FanOut) -> None:
+        self.index = index
+        self.fanout = fanout
+
+    def by_nhs_number(self, nhs_number: str) -> PersonRow | None:
+        """The person with this NHS number (index only, no fan-out)."""
+        return self.index.person_by_nhs(nhs_number)
+
+    def person(self, person_id: str) -> PersonRow | None:
+        """The person with this gateway id."""
+        return self.index.person(person_id)
+
+    def source_patient(self, patient_id: str) -> LinkRow | None:
+        """A source's own Patient (``<source>-<local id>``) as the index holds it."""
+        return self.index.link_by_patient_id(patient_id)
+
+    async def federate(self, person_id: str, types: frozenset[str] | None = None,
+                       deadline: float | None = None) -> Federated:
+        """Ask every source that knows the person, merge, and report per source."""
+        found = self.index.person_and_links(person_id)
+        if found is None:
+            raise NotFound(f"Patient/{person_id} is not known")
+        person, links = found
+        requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
+        results = await self.fanout.gather(requests, f"Patient/{person_id}", types, deadline)
+        merged, contributed = merge(results)
+        patient = orjson.loads(person.patient)
+        resources = [patient, *merged]
+        provs = [provenance(person_id, r, contributed.get(r.source, []))
+                 for r in results if r.status == OK]
+        tag = hashlib.blake2b(person.version.encode(), digest_size=16)
+        for r in results:
+            tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
+        return Federated(person, tuple(links), resources, provs, source_outcome(results),
+                         tuple(results), tag.hexdigest())

@@ -1,0 +1,50 @@
+"""Bundle building on plain dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Json = dict[str, Any]
+
+
+def entry(base: str, resource: Json, mode: str | None = "match") -> Json:
+    """A Bundle entry whose ``fullUrl`` is the resource's absolute URL on ``base``."""
+    out: Json = {
+        "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+    }
+    if mode is not None:
+        out["search"] = {"mode": mode}
+    return out
+
+
+def searchset(
+    base: str,
+    matches: Iterable[Json],
+    *,
+    total: int | None,
+    links: dict[str, str],
+    includes: Iterable[Json] = (),
+    outcomes: Iterable[Json] = (),
+    timestamp: str | None = None,
+    id_: str | None = None,
+) -> Json:
+    """A ``searchset`` Bundle: matches, then includes, then outcome entries."""
+    entries = [entry(base, r, "match") for r in matches]
+    entries.extend(entry(base, r, "include") for r in includes)
+    for oo in outcomes:
+        e: Json = {"resource": oo, "search": {"mode": "outcome"}}
+        if "id" in oo:
+            e["fullUrl"] = f"{base}/OperationOutcome/{oo['id']}"
+        entries.append(e)
+    out: Json = {"resourceType": "Bundle", "type": "searchset"}
+    if id_ is not None:
+        out["id"] = id_
+    if timestamp is not None:
+        out["timestamp"] = timestamp
+    if total is not None:
+        out["total"] = total
+    out["link"] = [{"relation": rel, "url": url} for rel, url in links.items()]
+    out["entry"] = entries
+    return out

@@ -1,0 +1,197 @@
+"""FHIR search-parameter parsing and matching on plain dicts.
+
+Covers what the gateway states in its CapabilityStatement: token
+(``system|code``, ``|code``, ``system|``, ``code``), date with the R4
+prefixes (eq ne lt gt le ge sa eb ap) at the precision given, and string
+(case- and accent-insensitive "starts with", as FHIR's default string search).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from carelink.errors import InvalidRequest
+
+Json = dict[str, Any]
+
+_DATE_RE = re.compile(
+    r"^(?P<prefix>eq|ne|lt|gt|le|ge|sa|eb|ap)?"
+    r"(?P<value>\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?)$"
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A parsed token search value; ``None`` means "any"."""
+
+    system: str | None
+    code: str | None
+
+    def matches_coding(self, coding: Json) -> bool:
+        """True when one Coding (or Identifier: system/value) matches."""
+        code = coding.get("code", coding.get("value"))
+        if self.code is not None and code != self.code:
+            return False
+        if self.system is None:
+            return True
+        if self.system == "":
+            return "system" not in coding
+        return bool(coding.get("system") == self.system)
+
+
+def parse_token(value: str, parameter: str) -> Token:
+    """Parse ``system|code``; an empty value is an error naming ``parameter``."""
+    if value == "":
+        raise InvalidRequest(f"Parameter '{parameter}' has an empty value", parameter)
+    if "|" not in value:
+        return Token(None, value)
+    system, _, code = value.partition("|")
+    return Token(system, code or None)
+
+
+def token_matches(value: str, parameter: str, concept: Any) -> bool:
+    """Match a comma-separated list of tokens (OR) against a CodeableConcept/Coding/list."""
+    tokens = [parse_token(v, parameter) for v in value.split(",")]
+    codings = list(_codings(concept))
+    return any(t.matches_coding(c) for t in tokens for c in codings)
+
+
+def _codings(concept: Any) -> list[Json]:
+    if concept is None:
+        return []
+    if isinstance(concept, list):
+        return [c for item in concept for c in _codings(item)]
+    if "coding" in concept:
+        return list(concept["coding"])
+    return [concept]
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A half-open instant range [start, end) in UTC."""
+
+    start: datetime
+    end: datetime
+
+
+def _to_range(text: str) -> DateRange:
+    """The implicit range a FHIR date/dateTime string covers at its precision."""
+    if len(text) == 4:
+        start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+        return DateRange(start, start.replace(year=start.year + 1))
+    if len(text) == 7:
+        y, m = int(text[:4]), int(text[5:7])
+        start = datetime(y, m, 1, tzinfo=timezone.utc)
+        end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=timezone.utc)
+        return DateRange(start, end)
+    if len(text) == 10:
+        d = date.fromisoformat(text)
+        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        return DateRange(start, start + timedelta(days=1))
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    step = timedelta(seconds=1) if len(text) > 16 else timedelta(minutes=1)
+    return DateRange(value, value + step)
+
+
+@dataclass(frozen=True)
+class DateQuery:
+    """A parsed ``date`` search value: prefix and the range it names."""
+
+    prefix: str
+    range: DateRange
+
+    def matches(self, target: DateRange) -> bool:
+        """Apply the R4 prefix semantics of a search value to a target range."""
+        q, t = self.range, target
+        match self.prefix:
+            case "eq":
+                return t.start >= q.start and t.end <= q.end
+            case "ne":
+                return not (t.start >= q.start and t.end <= q.end)
+            case "gt":
+                return t.end > q.end
+            case "lt":
+                return t.start < q.start
+            case "ge":
+                return t.end > q.start
+            case "le":
+                return t.start < q.end
+            case "sa":
+                return t.start >= q.end
+            case "eb":
+                return t.end <= q.start
+            case _:  # "ap": within 10% of the gap to now, at least a day
+                now = datetime.now(timezone.utc)
+                slack = max(abs(now - q.start) * 0.1, timedelta(days=1))
+                return t.end > q.start - slack and t.start < q.end + slack
+
+
+def parse_date(value: str, parameter: str) -> DateQuery:
+    """Parse ``[prefix]YYYY[-MM[-DD[Thh:mm[:ss][tz]]]]``; errors name ``parameter``."""
+    m = _DATE_RE.match(value)
+    if m is None:
+        raise InvalidRequest(
+            f"Parameter '{parameter}' value '{value}' is not a FHIR date "
+            "(expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss][tz]]]])",
+            parameter,
+        )
+    try:
+        rng = _to_range(m.group("value"))
+    except ValueError as exc:
+        raise InvalidRequest(f"Parameter '{parameter}': {exc}", parameter) from exc
+    return DateQuery(m.group("prefix") or "eq", rng)
+
+
+def target_range(value: Any) -> DateRange | None:
+    """The range of a resource's date element (date, dateTime, instant or Period)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, dict):
+            start = value.get("start")
+            end = value.get("end")
+            lo = _to_range(start).start if start else datetime.min.replace(tzinfo=timezone.utc)
+            hi = _to_range(end).end if end else datetime.max.replace(tzinfo=timezone.utc)
+            return DateRange(lo, hi)
+        return _to_range(str(value))
+    except ValueError:
+        return None
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form for FHIR string search."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def string_matches(value: str, candidates: list[str]) -> bool:
+    """FHIR string search: any candidate starts with ``value``, ignoring case and accents."""
+    wanted = fold(value)
+    return any(fold(c).startswith(wanted) for c in candidates)
+
+
+def apply_elements(resource: Json, elements: frozenset[str]) -> Json:
+    """Keep only the mandatory elements and the named top-level ones (``_elements``).
+
+    The result is marked SUBSETTED in ``meta.tag`` as R4 requires.
+    """
+    keep = {"resourceType", "id", "meta"} | elements
+    out = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(out.get("meta", {}))
+    tags = list(meta.get("tag", []))
+    tags.append(
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED",
+            "display": "subsetted",
+        }
+    )
+    meta["tag"] = tags
+    out["meta"] = meta
+    return out

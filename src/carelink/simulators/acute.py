@@ -1,0 +1,114 @@
+"""The acute hospital EPR: FHIR R4 REST with search and paging.
+
+Endpoints (base ``/fhir``):
+
+- ``GET /Patient?identifier=system|value`` and ``GET /Patient`` (all, paged)
+- ``GET /Patient/{id}``
+- ``GET /Patient/{id}/$everything[?_type=A,B][&_count=N&_offset=M]``
+- ``GET /{Type}?patient={id}`` for any type in the patient's compartment
+
+Paging uses ``_count`` / ``_offset`` and ``next`` links, as many EPRs do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.fhir_server import (
+    bad_request,
+    fhir_response,
+    int_param,
+    not_found,
+    page_links,
+    searchset,
+)
+from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+
+MAX_PAGE = 1000
+
+
+def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
+    """The acute simulator serving its slice of the synthetic population."""
+    return build(PopulationStore("acute", seed, size), behaviour)
+
+
+def create_app_from_files(path: Path, *, behaviour: Behaviour) -> Starlette:
+    """The acute simulator serving FHIR R4 NDJSON files or Bundles from ``path``."""
+    return build(FileStore(path), behaviour)
+
+
+def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
+    """Wire the routes over ``store``."""
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/fhir"
+
+    async def patients(request: Request) -> Response:
+        q = request.query_params
+        try:
+            count = int_param(q.get("_count"), 100, MAX_PAGE)
+            offset = int_param(q.get("_offset"), 0, 10**9)
+        except ValueError:
+            return bad_request("_count and _offset must be non-negative integers")
+        ident = q.get("identifier")
+        if ident is not None:
+            system, _, value = ident.rpartition("|")
+            hit = store.find(system or None, value)
+            ids = [hit] if hit else []
+            url = f"{base(request)}/Patient?identifier={ident}"
+        else:
+            ids = store.patient_ids()
+            url = f"{base(request)}/Patient"
+        page = ids[offset:offset + count]
+        resources = [rec[0] for i in page if (rec := store.record(i))]
+        return fhir_response(searchset(base(request), resources, len(ids),
+                                       page_links(url, offset, count, len(ids))))
+
+    async def read(request: Request) -> Response:
+        rec = store.record(request.path_params["id"])
+        return fhir_response(rec[0]) if rec else not_found("Patient")
+
+    async def everything(request: Request) -> Response:
+        pid = request.path_params["id"]
+        rec = store.record(pid)
+        if rec is None:
+            return not_found("Patient")
+        q = request.query_params
+        types = set(q["_type"].split(",")) if q.get("_type") else None
+        items = [r for r in rec if types is None or r["resourceType"] in types]
+        try:
+            count = int_param(q.get("_count"), MAX_PAGE, MAX_PAGE)
+            offset = int_param(q.get("_offset"), 0, 10**9)
+        except ValueError:
+            return bad_request("_count and _offset must be non-negative integers")
+        url = f"{base(request)}/Patient/{pid}/$everything"
+        if types:
+            url += "?_type=" + ",".join(sorted(types))
+        return fhir_response(searchset(base(request), items[offset:offset + count], len(items),
+                                       page_links(url, offset, count, len(items))))
+
+    async def by_type(request: Request) -> Response:
+        rtype = request.path_params["type"]
+        pid = request.query_params.get("patient", "").removeprefix("Patient/")
+        if not pid:
+            return bad_request(f"{rtype} search needs a patient parameter")
+        rec = store.record(pid) or []
+        items = [r for r in rec[1:] if r["resourceType"] == rtype]
+        url = f"{base(request)}/{rtype}?patient={pid}"
+        return fhir_response(searchset(base(request), items, len(items),
+                                       page_links(url, 0, len(items) or 1, len(items))))
+
+    routes = [
+        Route("/fhir/Patient", with_behaviour(behaviour, patients)),
+        Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything)),
+        Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
+        Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
+        *admin_routes(behaviour),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,65 @@
+"""HTTP plumbing shared by the two FHIR-speaking simulators."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from carelink.simulators.base import etag_for
+
+Json = dict[str, Any]
+FHIR_JSON = "application/fhir+json"
+
+
+def fhir_response(body: Json | bytes, status: int = 200) -> Response:
+    """A FHIR JSON response carrying an ETag of its bytes and the time it was current."""
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    now = datetime.now(timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return Response(data, status_code=status, media_type=FHIR_JSON,
+                    headers={"ETag": etag_for(data), "Last-Modified": now})
+
+
+def not_found(what: str) -> Response:
+    """404 with an OperationOutcome."""
+    return fhir_response({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "not-found", "diagnostics": f"{what} not found"}]}, 404)
+
+
+def bad_request(what: str) -> Response:
+    """400 with an OperationOutcome."""
+    return fhir_response({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "invalid", "diagnostics": what}]}, 400)
+
+
+def searchset(base: str, resources: list[Json], total: int, links: dict[str, str]) -> Json:
+    """A searchset Bundle."""
+    return {
+        "resourceType": "Bundle", "type": "searchset", "total": total,
+        "link": [{"relation": k, "url": v} for k, v in links.items()],
+        "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
+                   "search": {"mode": "match"}} for r in resources],
+    }
+
+
+def page_links(url: str, offset: int, count: int, total: int) -> dict[str, str]:
+    """self / next / previous links for offset paging."""
+    sep = "&" if "?" in url else "?"
+    links = {"self": f"{url}{sep}_count={count}&_offset={offset}"}
+    if offset + count < total:
+        links["next"] = f"{url}{sep}_count={count}&_offset={offset + count}"
+    if offset > 0:
+        links["previous"] = f"{url}{sep}_count={count}&_offset={max(0, offset - count)}"
+    return links
+
+
+def int_param(value: str | None, default: int, upper: int) -> int:
+    """A non-negative integer query parameter, capped; raises ValueError if not a number."""
+    if value is None:
+        return default
+    n = int(value)
+    if n < 0:
+        raise ValueError("negative")
+    return min(n, upper)

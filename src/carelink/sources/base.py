@@ -1,0 +1,112 @@
+"""The ``Source`` protocol: what federation needs from any source system adapter.
+
+An adapter takes its HTTP session and base URL (injected, as httpx takes a
+transport), speaks the source's native interface and returns FHIR R4 dicts:
+
+- ids namespaced per source (``<source>-<local id>``) so two sources never
+  collide, and every reference inside the source's answer rewritten to match;
+- the person's own references (``subject``, ``patient``, ``beneficiary`` ...)
+  pointing at the gateway's merged Patient (``patient_ref``);
+- ``meta.source`` naming the source, sensitivity carried in ``meta.security``.
+
+Adapters raise ``SourceUnavailable`` / ``SourceBadPayload``; federation owns
+timeouts and circuit breaking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+Json = dict[str, Any]
+
+#: ``meta.source`` for resources from source ``name``
+SOURCE_URI = "urn:carelink:source:{name}"
+#: identifier system for a source's local patient ids
+LOCAL_ID_SYSTEM = "https://carelink.example/Id/{name}"
+
+SENSITIVITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+SENSITIVITY_DISPLAY = {
+    "PSY": "psychiatry disorder information sensitivity",
+    "ETH": "substance abuse information sensitivity",
+    "STD": "sexually transmitted disease information sensitivity",
+    "HIV": "HIV/AIDS information sensitivity",
+    "SEX": "sexuality and reproductive health information sensitivity",
+    "SDV": "sexual assault, abuse, or domestic violence information sensitivity",
+}
+
+
+@dataclass(frozen=True)
+class SourcePerson:
+    """One person as a source knows them, for building the patient index."""
+
+    source: str
+    local_id: str
+    nhs_number: str | None
+    given: str
+    family: str
+    birth_date: str | None  # ISO date
+    gender: str | None  # FHIR administrative gender
+    postcode: str | None
+    address_line: str | None
+    patient: Json  # the source's Patient, as FHIR R4 (namespaced id)
+
+
+@dataclass(frozen=True)
+class SourceAnswer:
+    """One source's part of a person's record."""
+
+    resources: list[Json]
+    version: str  # changes whenever the source's data for the person changes
+    as_of: str  # FHIR instant: when the source says the data was current
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A source system, as federation sees it."""
+
+    name: str  # "acute" | "gp" | "community" | "social-care" | ...
+
+    async def fetch_record(
+        self,
+        local_id: str,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        nhs_number: str | None = None,
+    ) -> SourceAnswer:
+        """The person's record at this source; ``types`` narrows resource types when given.
+
+        ``nhs_number`` is passed when the index knows it: sources keyed on it
+        (GP Connect) use it, others ignore it.
+        """
+        ...
+
+    def people(self) -> AsyncIterator[SourcePerson]:
+        """Every person the source holds (for ``carelink index build``)."""
+        ...
+
+
+def source_uri(name: str) -> str:
+    """``meta.source`` value for source ``name``."""
+    return SOURCE_URI.format(name=name)
+
+
+def local_id_system(name: str) -> str:
+    """Identifier system of source ``name``'s local patient ids."""
+    return LOCAL_ID_SYSTEM.format(name=name)
+
+
+def security_labels(sensitivity: str | None) -> list[Json]:
+    """``meta.security`` for a sensitivity code (plus confidentiality R), or nothing."""
+    if not sensitivity:
+        return []
+    return [
+        {
+            "system": SENSITIVITY_SYSTEM,
+            "code": sensitivity,
+            "display": SENSITIVITY_DISPLAY.get(sensitivity, sensitivity),
+        },
+        {"system": CONFIDENTIALITY_SYSTEM, "code": "R", "display": "restricted"},
+    ]

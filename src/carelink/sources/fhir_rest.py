@@ -1,0 +1,189 @@
+"""Adapters for the two FHIR-speaking sources: the acute EPR and the GP system."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from carelink.errors import SourceBadPayload, SourceUnavailable
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.sources.base import Json, SourceAnswer, SourcePerson
+from carelink.sources.namespacing import namespace, namespaced_id
+
+FHIR_JSON = "application/fhir+json"
+
+
+def as_of(headers: Any) -> str:
+    """The data's as-of instant from ``Last-Modified`` (or now)."""
+    raw = headers.get("Last-Modified")
+    when = None
+    if raw:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            when = None
+    when = when or datetime.now(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def get_json(session: aiohttp.ClientSession, source: str, method: str, url: str,
+                   body: bytes | None = None) -> tuple[Json | None, Any]:
+    """One request; ``(None, headers)`` on 404; source errors raised as such."""
+    headers = {"Accept": FHIR_JSON}
+    if body is not None:
+        headers["Content-Type"] = FHIR_JSON
+    try:
+        async with session.request(method, url, data=body, headers=headers) as resp:
+            data = await resp.read()
+            if resp.status == 404:
+                return None, resp.headers
+            if resp.status >= 400:
+                raise SourceUnavailable(source, f"HTTP {resp.status}")
+            hdrs = resp.headers
+    except aiohttp.ClientError as exc:
+        raise SourceUnavailable(source, type(exc).__name__) from exc
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SourceBadPayload(source, "response is not JSON") from exc
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        raise SourceBadPayload(source, "response is not a FHIR resource")
+    return doc, hdrs
+
+
+def bundle_resources(doc: Json, source: str) -> list[Json]:
+    """The resources of a Bundle; a non-Bundle or an entry without resourceType is bad payload."""
+    if doc.get("resourceType") != "Bundle":
+        raise SourceBadPayload(source, f"expected a Bundle, got {doc.get('resourceType')}")
+    out = []
+    for e in doc.get("entry", []):
+        r = e.get("resource")
+        if not isinstance(r, dict) or "resourceType" not in r or "id" not in r:
+            raise SourceBadPayload(source, "Bundle entry without a resource, type or id")
+        out.append(r)
+    return out
+
+
+def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
+    """Index demographics from a FHIR Patient."""
+    nhs = next((i.get("value") for i in patient.get("identifier", [])
+                if i.get("system") == NHS_NUMBER_SYSTEM), None)
+    name = (patient.get("name") or [{}])[0]
+    address = (patient.get("address") or [{}])[0]
+    return SourcePerson(
+        source=source,
+        local_id=local,
+        nhs_number=nhs,
+        given=" ".join(name.get("given", [])),
+        family=name.get("family", ""),
+        birth_date=patient.get("birthDate"),
+        gender=patient.get("gender"),
+        postcode=address.get("postalCode"),
+        address_line=" ".join(address.get("line", [])) or None,
+        patient=namespace(orjson.loads(orjson.dumps(patient)), source, "", ""),
+    )
+
+
+def localise(resources: list[Json], source: str, local_id: str, patient_ref: str,
+             types: frozenset[str] | None) -> list[Json]:
+    """Namespace a source's resources, keeping only ``types`` (the Patient always)."""
+    own = f"Patient/{local_id}"
+    return [namespace(r, source, own, patient_ref) for r in resources
+            if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"]
+
+
+class AcuteSource:
+    """The hospital EPR, spoken to in FHIR R4 REST (``$everything`` with paging)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, name: str = "acute",
+                 page_size: int = 1000) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/") + "/fhir"
+        self.name = name
+        self.page_size = page_size
+
+    async def fetch_record(self, local_id: str, patient_ref: str,
+                           types: frozenset[str] | None,
+                           nhs_number: str | None = None) -> SourceAnswer:
+        """Follow ``$everything``'s next links; versions of all pages make the version."""
+        url: str | None = f"{self.base}/Patient/{local_id}/$everything?_count={self.page_size}"
+        if types:
+            url = f"{url}&_type={','.join(sorted(types | {'Patient'}))}"
+        resources: list[Json] = []
+        versions: list[str] = []
+        stamp = ""
+        while url:
+            doc, headers = await get_json(self.session, self.name, "GET", url)
+            if doc is None:
+                return SourceAnswer([], "absent", as_of(headers))
+            resources.extend(bundle_resources(doc, self.name))
+            versions.append(headers.get("ETag", ""))
+            stamp = stamp or as_of(headers)
+            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
+                       None)
+        return SourceAnswer(localise(resources, self.name, local_id, patient_ref, types),
+                            "|".join(versions), stamp)
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        """Page through ``GET /Patient``."""
+        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
+        while url:
+            doc, _ = await get_json(self.session, self.name, "GET", url)
+            if doc is None:
+                return
+            for patient in bundle_resources(doc, self.name):
+                yield person_from_patient(self.name, str(patient["id"]), patient)
+            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
+                       None)
+
+
+class GPSource:
+    """The GP system, spoken to through GP Connect Access Record: Structured."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, name: str = "gp",
+                 page_size: int = 1000) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.page_size = page_size
+
+    async def fetch_record(self, local_id: str, patient_ref: str,
+                           types: frozenset[str] | None,
+                           nhs_number: str | None = None) -> SourceAnswer:
+        """Ask for the structured record by NHS number (the local id when there is none)."""
+        params: list[Json] = [{"name": "patientNHSNumber", "valueIdentifier": {
+            "system": NHS_NUMBER_SYSTEM, "value": nhs_number or local_id}}]
+        body = orjson.dumps({"resourceType": "Parameters", "parameter": params})
+        doc, headers = await get_json(self.session, self.name, "POST",
+                                      f"{self.base}/$gpc.getstructuredrecord", body)
+        if doc is None:
+            return SourceAnswer([], "absent", as_of(headers))
+        resources = bundle_resources(doc, self.name)
+        patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+        if patient is None:
+            raise SourceBadPayload(self.name, "structured record without a Patient")
+        return SourceAnswer(
+            localise(resources, self.name, f"{patient['id']}", patient_ref, types),
+            headers.get("ETag", ""), as_of(headers))
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        """Page through the practice list (``GET /Patient``)."""
+        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
+        while url:
+            doc, _ = await get_json(self.session, self.name, "GET", url)
+            if doc is None:
+                return
+            for patient in bundle_resources(doc, self.name):
+                yield person_from_patient(self.name, str(patient["id"]), patient)
+            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
+                       None)
+
+
+def source_patient_id(source: str, local: str) -> str:
+    """The gateway id of a source's Patient."""
+    return namespaced_id(source, local)

@@ -1,0 +1,6 @@
+"""Database access: SQLite by default, PostgreSQL for shared deployments."""
+
+from carelink.storage.database import Database
+from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
+
+__all__ = ["Database", "IndexStore", "LinkRow", "PersonRow", "ReviewRow"]

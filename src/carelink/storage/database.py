@@ -1,0 +1,78 @@
+"""The database: SQLite by default, PostgreSQL for shared deployments.
+
+One ``Database`` per process, made from a URL in ``create_app`` or the CLI,
+never at import time. Schema changes are numbered migrations applied in
+order and recorded in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from carelink.storage.tables import metadata
+
+#: (number, what it does, the change) — append only
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "patient index tables", lambda conn: metadata.create_all(conn)),
+]
+
+
+def normalise_url(url: str) -> str:
+    """Accept a plain path for SQLite and ``postgresql://`` for psycopg 3."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser()}"
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Database:
+    """A SQLAlchemy engine and the migrations that shape its schema."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        kwargs: dict[str, object] = {}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        if self.url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded default."""
+        return self.url.startswith("sqlite")
+
+    def migrate(self) -> int:
+        """Apply every migration not yet applied; return the schema version."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL)"))
+            done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
+            for number, description, change in MIGRATIONS:
+                if number in done:
+                    continue
+                change(conn)
+                conn.execute(sa.text(
+                    "INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
+                    {"v": number, "d": description})
+            return max([n for n, _, _ in MIGRATIONS] + list(done))
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,174 @@
+"""Persistence of the patient index: persons, their links to sources, the review list."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.tables import links, persons, review, settings_table
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    """One person in the index; ``patient`` is the merged Patient as JSON bytes."""
+
+    id: str
+    nhs_number: str | None
+    family: str
+    given: str
+    family_folded: str
+    given_folded: str
+    birth_date: str | None
+    gender: str | None
+    postcode: str | None
+    patient: bytes
+    version: str
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    """A person's record at one source; ``patient`` is that source's Patient as JSON bytes."""
+
+    source: str
+    local_id: str
+    person_id: str
+    patient_id: str
+    method: str  # "nhs-number" | "demographic" | "unmatched"
+    score: float | None
+    patient: bytes
+
+
+@dataclass(frozen=True)
+class ReviewRow:
+    """A near miss: a record scored between the review and match thresholds."""
+
+    source: str
+    local_id: str
+    candidate_id: str | None
+    score: float
+    explanation: str
+    demographics: str
+
+
+class IndexStore:
+    """Reads and writes of the patient index tables."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def secret(self, name: str = "person-id-key") -> bytes:
+        """A random key kept in the database (made on first use), e.g. for person ids."""
+        with self.db.engine.begin() as conn:
+            row = conn.execute(sa.select(settings_table.c.value)
+                               .where(settings_table.c.key == name)).first()
+            if row is not None:
+                return bytes.fromhex(row[0])
+            value = secrets.token_bytes(32)
+            conn.execute(settings_table.insert().values(key=name, value=value.hex()))
+            return value
+
+    def replace_all(self, people: Iterable[PersonRow], person_links: Iterable[LinkRow],
+                    reviews: Iterable[ReviewRow]) -> None:
+        """Swap the whole index in one transaction (readers see old or new, never half)."""
+        with self.db.engine.begin() as conn:
+            conn.execute(review.delete())
+            conn.execute(links.delete())
+            conn.execute(persons.delete())
+            _insert(conn, persons, [vars(p) for p in people])
+            _insert(conn, links, [vars(link) for link in person_links])
+            _insert(conn, review, [vars(r) for r in reviews])
+
+    def person_by_nhs(self, nhs_number: str) -> PersonRow | None:
+        """The person with this NHS number."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(persons).where(persons.c.nhs_number == nhs_number)).first()
+        return PersonRow(*row) if row else None
+
+    def person(self, person_id: str) -> PersonRow | None:
+        """The person with this gateway id."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(persons).where(persons.c.id == person_id)).first()
+        return PersonRow(*row) if row else None
+
+    def person_and_links(self, person_id: str) -> tuple[PersonRow, list[LinkRow]] | None:
+        """A person and every source link, in one round trip."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(persons, links).select_from(
+                    persons.outerjoin(links, links.c.person_id == persons.c.id))
+                .where(persons.c.id == person_id)
+                .order_by(links.c.source, links.c.local_id)).all()
+        if not rows:
+            return None
+        n = len(persons.c)
+        person = PersonRow(*rows[0][:n])
+        found = [LinkRow(*r[n:]) for r in rows if r[n] is not None]
+        return person, found
+
+    def search(self, *, family: str | None = None, given: str | None = None,
+               birth_dates: Sequence[str] | None = None, limit: int = 1000) -> list[PersonRow]:
+        """People whose folded names start with the folded values given."""
+        q = sa.select(persons)
+        if family:
+            q = q.where(persons.c.family_folded.startswith(family, autoescape=True))
+        if given:
+            q = q.where(persons.c.given_folded.startswith(given, autoescape=True))
+        if birth_dates is not None:
+            q = q.where(persons.c.birth_date.in_(list(birth_dates)))
+        with self.db.engine.connect() as conn:
+            return [PersonRow(*r) for r in conn.execute(q.order_by(persons.c.id).limit(limit))]
+
+    def all_persons(self) -> list[PersonRow]:
+        """Every person (for tools and tests, not the request path)."""
+        with self.db.engine.connect() as conn:
+            return [PersonRow(*r) for r in conn.execute(sa.select(persons).order_by(persons.c.id))]
+
+    def link(self, source: str, local_id: str) -> LinkRow | None:
+        """The link for one source record."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(links).where(
+                links.c.source == source, links.c.local_id == local_id)).first()
+        return LinkRow(*row) if row else None
+
+    def link_by_patient_id(self, patient_id: str) -> LinkRow | None:
+        """The link whose source Patient has this gateway id."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(links).where(links.c.patient_id == patient_id)).first()
+        return LinkRow(*row) if row else None
+
+    def links_of(self, person_id: str) -> list[LinkRow]:
+        """Every source link of a person."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(links).where(links.c.person_id == person_id)
+                                .order_by(links.c.source, links.c.local_id))
+            return [LinkRow(*r) for r in rows]
+
+    def reviews(self) -> list[ReviewRow]:
+        """The near-miss review list."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(review).order_by(review.c.score.desc()))
+            return [ReviewRow(*r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many persons, links per source, and reviews the index holds."""
+        with self.db.engine.connect() as conn:
+            out = {"persons": conn.execute(sa.select(sa.func.count()).select_from(persons))
+                   .scalar_one(),
+                   "review": conn.execute(sa.select(sa.func.count()).select_from(review))
+                   .scalar_one()}
+            for source, n in conn.execute(sa.select(links.c.source, sa.func.count())
+                                          .group_by(links.c.source)):
+                out[f"links:{source}"] = n
+        return out
+
+
+def _insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, object]],
+            chunk: int = 5000) -> None:
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        if part:
+            conn.execute(table.insert(), part)

@@ -1,0 +1,50 @@
+"""Table definitions (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+settings_table = sa.Table(
+    "index_settings", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+persons = sa.Table(
+    "persons", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("nhs_number", sa.String(10), unique=True, nullable=True),
+    sa.Column("family", sa.String(200), nullable=False),
+    sa.Column("given", sa.String(200), nullable=False),
+    sa.Column("family_folded", sa.String(200), nullable=False, index=True),
+    sa.Column("given_folded", sa.String(200), nullable=False),
+    sa.Column("birth_date", sa.String(10), nullable=True, index=True),
+    sa.Column("gender", sa.String(16), nullable=True),
+    sa.Column("postcode", sa.String(10), nullable=True),
+    sa.Column("patient", sa.LargeBinary, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+)
+
+links = sa.Table(
+    "person_links", metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("person_id", sa.String(64), sa.ForeignKey("persons.id"), nullable=False,
+              index=True),
+    sa.Column("patient_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("method", sa.String(16), nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("patient", sa.LargeBinary, nullable=False),
+)
+
+review = sa.Table(
+    "match_review", metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("candidate_id", sa.String(64), nullable=True),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("explanation", sa.Text, nullable=False),
+    sa.Column("demographics", sa.Text, nullable=False),
+)
