@@ -17,7 +17,8 @@ import asyncio
 import hashlib
 import hmac
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,8 @@ def _rank(p: SourcePerson) -> int:
     return PREFERRED.index(p.source) if p.source in PREFERRED else len(PREFERRED)
 
 
-def merged_patient(pid: str, members: Sequence[SourcePerson], nhs: str | None) -> Json:
+def merged_patient(pid: str, members: Sequence[SourcePerson], nhs: str | None,
+                   built_at: str) -> Json:
     """The gateway's Patient: best demographics, every source id, links to source Patients."""
     best = min(members, key=_rank)
     identifiers: list[Json] = []
@@ -78,7 +80,8 @@ def merged_patient(pid: str, members: Sequence[SourcePerson], nhs: str | None) -
     identifiers.extend({"system": local_id_system(m.source), "value": m.local_id}
                        for m in members)
     src = best.patient
-    out: Json = {"resourceType": "Patient", "id": pid, "meta": {"source": GATEWAY_SOURCE},
+    out: Json = {"resourceType": "Patient", "id": pid,
+                 "meta": {"source": GATEWAY_SOURCE, "lastUpdated": built_at},
                  "identifier": identifiers}
     for key in ("name", "telecom", "gender", "birthDate", "address", "generalPractitioner"):
         if key in src:
@@ -98,9 +101,10 @@ async def collect(sources: Sequence[Source]) -> dict[str, list[SourcePerson]]:
     return {s.name: r for s, r in zip(sources, results, strict=True)}
 
 
-def link_people(by_source: dict[str, list[SourcePerson]], key: bytes
+def link_people(by_source: dict[str, list[SourcePerson]], key: bytes,
+                built_at: str = "2026-01-01T00:00:00Z"
                 ) -> tuple[list[PersonRow], list[LinkRow], list[ReviewRow], BuildReport]:
-    """Group source records into persons (pure: no I/O)."""
+    """Group source records into persons (pure: no I/O; ``built_at`` stamps lastUpdated)."""
     report = BuildReport(records={s: len(v) for s, v in by_source.items()})
     groups: dict[str, list[SourcePerson]] = defaultdict(list)
     methods: dict[tuple[str, str], tuple[str, float | None]] = {}
@@ -150,7 +154,7 @@ def link_people(by_source: dict[str, list[SourcePerson]], key: bytes
     link_rows: list[LinkRow] = []
     for pid, members in groups.items():
         nhs = nhs_of.get(pid)
-        patient = merged_patient(pid, members, nhs)
+        patient = merged_patient(pid, members, nhs, built_at)
         body = orjson.dumps(patient)
         best = min(members, key=_rank)
         persons.append(PersonRow(
@@ -169,9 +173,12 @@ def link_people(by_source: dict[str, list[SourcePerson]], key: bytes
     return persons, link_rows, reviews, report
 
 
-async def build_index(sources: Sequence[Source], store: IndexStore) -> BuildReport:
+async def build_index(sources: Sequence[Source], store: IndexStore,
+                      now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+                      ) -> BuildReport:
     """Read every source, link, and swap the stored index in one transaction."""
     by_source = await collect(sources)
-    persons, link_rows, reviews, report = link_people(by_source, store.secret())
+    built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    persons, link_rows, reviews, report = link_people(by_source, store.secret(), built_at)
     store.replace_all(persons, link_rows, reviews)
     return report

@@ -167,9 +167,9 @@ def resource(fact: Fact, local: str) -> Json | None:
         case _:
             return None
     out["id"] = rid
-    meta = _meta(fact)
-    if meta:
-        out["meta"] = meta
+    meta = _meta(fact) or {}
+    meta["lastUpdated"] = instant(fact.end or fact.when)
+    out["meta"] = meta
     return out
 
 

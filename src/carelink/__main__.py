@@ -1,0 +1,5 @@
+"""``python -m carelink`` runs the CLI."""
+
+from carelink.cli import main
+
+raise SystemExit(main())

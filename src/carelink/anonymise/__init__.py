@@ -1,0 +1,1 @@
+"""Reserved for the anonymise issue; see DESIGN.md."""

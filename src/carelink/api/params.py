@@ -1,0 +1,133 @@
+"""Reading a FHIR request's query: format, Prefer, paging, result parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from fastapi import Request
+
+from carelink.errors import InvalidRequest, UnsupportedFormat
+
+JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+#: result parameters every search accepts
+RESULT_PARAMS = {"_count", "_offset", "_elements", "_summary", "_format", "_pretty"}
+
+
+def check_format(request: Request) -> None:
+    """406 unless the caller accepts FHIR JSON (``_format`` wins over ``Accept``)."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        if fmt.split(";")[0].strip() not in JSON_FORMATS:
+            raise UnsupportedFormat(f"_format '{fmt}' is not supported; use json", "_format")
+        return
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    kinds = [a.split(";")[0].strip() for a in accept.split(",")]
+    ok = JSON_FORMATS | {"*/*", "application/*"}
+    if not any(k in ok for k in kinds):
+        raise UnsupportedFormat(f"Accept '{accept}' cannot be met: the gateway serves "
+                                "application/fhir+json")
+
+
+@dataclass(frozen=True)
+class Prefer:
+    """The parts of the ``Prefer`` header the gateway honours."""
+
+    strict: bool
+    wait: float | None
+
+
+def prefer(request: Request) -> Prefer:
+    """Parse ``Prefer: handling=strict|lenient, wait=N``."""
+    strict = False
+    wait: float | None = None
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "handling":
+            strict = value.strip() == "strict"
+        elif key == "wait":
+            try:
+                wait = float(value)
+            except ValueError as exc:
+                raise InvalidRequest("Prefer: wait must be a number of seconds") from exc
+            if wait <= 0:
+                raise InvalidRequest("Prefer: wait must be positive")
+    return Prefer(strict, wait)
+
+
+def multi(request: Request) -> dict[str, list[str]]:
+    """Query parameters with repeats kept."""
+    out: dict[str, list[str]] = {}
+    for k, v in request.query_params.multi_items():
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def unknown(names: Iterable[str], strict: bool) -> list[str]:
+    """Unknown parameters: an error under ``handling=strict``, else ignored and returned."""
+    names = list(names)
+    if names and strict:
+        raise InvalidRequest(f"Unknown search parameter '{names[0]}'", names[0])
+    return names
+
+
+def int_param(params: dict[str, list[str]], name: str, default: int, upper: int) -> int:
+    """A non-negative integer parameter, capped at ``upper``."""
+    raw = params.get(name, [None])[-1]
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise InvalidRequest(f"Parameter '{name}' must be a non-negative integer", name)
+    return min(int(raw), upper)
+
+
+@dataclass(frozen=True)
+class Paging:
+    """``_count`` / ``_offset`` and how to write links that keep the other parameters."""
+
+    count: int
+    offset: int
+    kept: tuple[tuple[str, str], ...]
+
+    def links(self, url: str, total: int) -> dict[str, str]:
+        """self, first, next, previous links."""
+        def at(offset: int) -> str:
+            q = [*self.kept, ("_count", str(self.count)), ("_offset", str(offset))]
+            return f"{url}?{urlencode(q)}"
+        out = {"self": at(self.offset), "first": at(0)}
+        if self.offset + self.count < total:
+            out["next"] = at(self.offset + self.count)
+        if self.offset > 0:
+            out["previous"] = at(max(0, self.offset - self.count))
+        return out
+
+
+def paging(params: dict[str, list[str]], used: Iterable[str], default: int, upper: int
+           ) -> Paging:
+    """Paging from the query; ``used`` names the parameters to carry in links."""
+    count = int_param(params, "_count", default, upper)
+    offset = int_param(params, "_offset", 0, 10**9)
+    keep = set(used) | {"_elements", "_summary", "_format"}
+    kept = tuple((k, v) for k in sorted(params) if k in keep for v in params[k])
+    return Paging(max(count, 0), offset, kept)
+
+
+def elements(params: dict[str, list[str]]) -> frozenset[str] | None:
+    """``_elements`` as a set of top-level element names."""
+    raw = params.get("_elements")
+    if not raw:
+        return None
+    return frozenset(e.strip() for v in raw for e in v.split(",") if e.strip())
+
+
+def summary_count(params: dict[str, list[str]]) -> bool:
+    """``_summary=count``; other summary modes are refused rather than ignored."""
+    value = params.get("_summary", [None])[-1]
+    if value in (None, "false"):
+        return False
+    if value == "count":
+        return True
+    raise InvalidRequest(f"_summary={value} is not supported (count and false are)", "_summary")

@@ -1,0 +1,66 @@
+"""HTTP out: FHIR JSON bytes, errors as OperationOutcome with the right status."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from datetime import datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from carelink import errors
+from carelink.fhir import FHIR_JSON, dumps, error_outcome
+
+STATUS = (
+    (errors.UnsupportedFormat, 406, "not-supported"),
+    (errors.InvalidRequest, 400, "invalid"),
+    (errors.NotFound, 404, "not-found"),
+    (errors.ConsentDenied, 403, "forbidden"),
+    (errors.AccessDenied, 403, "forbidden"),
+    (errors.AuditError, 503, "exception"),
+    (errors.CarelinkError, 500, "exception"),
+)
+
+
+def fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A FHIR JSON response from a dict or ready bytes."""
+    data = body if isinstance(body, bytes) else dumps(body)
+    return Response(data, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def outcome(status: int, code: str, message: str, expression: str | None = None) -> Response:
+    """An OperationOutcome error response."""
+    return fhir(error_outcome(code, message, expression), status)
+
+
+def from_error(exc: errors.CarelinkError) -> Response:
+    """Map a carelink error to its status and OperationOutcome (never a stack trace)."""
+    for cls, status, code in STATUS:
+        if isinstance(exc, cls):
+            expression = getattr(exc, "parameter", None)
+            message = str(exc) if status < 500 else "internal error"
+            if isinstance(exc, errors.AuditError):
+                message = "the audit trail is unavailable, so no patient data is served"
+            return outcome(status, code, message, expression)
+    return outcome(500, "exception", "internal error")  # pragma: no cover - tuple ends in base
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    """True when ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 says for GET)."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    wanted = etag.removeprefix("W/")
+    return header.strip() == "*" or any(
+        t.strip().removeprefix("W/") == wanted for t in header.split(","))
+
+
+def http_date(instant: str | None) -> str | None:
+    """An RFC 9110 HTTP-date from a FHIR instant."""
+    if not instant:
+        return None
+    try:
+        return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
+    except ValueError:
+        return None

@@ -1,0 +1,103 @@
+"""Build the gateway from settings: the one place the pieces are wired together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from carelink.api import router
+from carelink.api.responses import from_error, outcome
+from carelink.errors import CarelinkError, ConfigError
+from carelink.federation import CircuitBreaker, FanOut, SharedRecord
+from carelink.settings import Settings
+from carelink.sources.base import Source
+from carelink.sources.fhir_rest import AcuteSource, GPSource
+from carelink.storage import Database, IndexStore
+
+AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
+ADAPTERS: dict[str, AdapterFactory] = {
+    "acute": lambda s, url, name: AcuteSource(s, url, name),
+    "gp": lambda s, url, name: GPSource(s, url, name),
+}
+
+
+def adapter_kind(name: str) -> str:
+    """The adapter kind for a source name (``gp-leeds`` -> ``gp``)."""
+    for kind in ADAPTERS:
+        if name == kind or name.startswith(kind + "-"):
+            return kind
+    raise ConfigError(f"source {name!r}: no adapter; names start with one of {sorted(ADAPTERS)}")
+
+
+def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
+    """One pooled HTTP session per source (keep-alive, no per-request set-up)."""
+    return {
+        name: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.upstream_connections,
+                                           ttl_dns_cache=300, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=settings.budget),
+            raise_for_status=False)
+        for name in settings.sources
+    }
+
+
+def make_sources(settings: Settings, sessions: Mapping[str, aiohttp.ClientSession]
+                 ) -> dict[str, Source]:
+    """The configured source adapters."""
+    return {name: ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+            for name, url in settings.sources.items()}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway ASGI app. Settings are read here once and passed down."""
+    settings = (settings or Settings.from_env()).validate()
+    for name in settings.sources:
+        adapter_kind(name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        db.migrate()
+        sessions = open_sessions(settings)
+        breakers = {n: CircuitBreaker(settings.breaker_threshold, settings.breaker_reset)
+                    for n in settings.sources}
+        fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
+        app.state.record = SharedRecord(IndexStore(db), fanout)
+        try:
+            yield
+        finally:
+            for session in sessions.values():
+                await session.close()
+            db.dispose()
+
+    app = FastAPI(title="carelink", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.state.settings = settings
+    app.include_router(router)
+
+    @app.exception_handler(CarelinkError)
+    async def carelink_error(request: Request, exc: CarelinkError) -> Response:
+        return from_error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = "not-found" if exc.status_code == 404 else "processing"
+        text = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return outcome(exc.status_code, code, text)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return outcome(500, "exception", "internal error")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: Any) -> Response:
+        return outcome(400, "invalid", "the request is not valid")
+
+    return app

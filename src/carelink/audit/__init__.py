@@ -1,0 +1,1 @@
+"""Reserved for the audit issue; see DESIGN.md."""

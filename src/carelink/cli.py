@@ -1,0 +1,171 @@
+"""The ``carelink`` command.
+
+Exit codes (each means one thing, never reused):
+
+- 0 success
+- 1 an error carelink anticipated (message on stderr, one line)
+- 2 usage error (bad arguments)
+- 3 configuration error (settings, policy or profile files)
+- 4 a source system could not be read (index build)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from carelink import errors
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE = 0, 1, 2, 3, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carelink", description="Shared care record gateway.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run gateway + four simulators + embedded database")
+    demo.add_argument("--size", type=int, default=2000, help="people in the population")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--port", type=int, default=8080, help="gateway port")
+    demo.add_argument("--source-port", type=int, default=8101, help="first simulator port")
+    demo.add_argument("--latency-ms", type=float, default=20.0)
+    demo.add_argument("--database", default="var/demo.db")
+
+    sim = sub.add_parser("simulate", help="run one simulated source system")
+    sim.add_argument("name", choices=["acute", "gp", "community", "social-care"])
+    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--size", type=int, default=2000)
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--data", type=Path, help="serve FHIR NDJSON/Bundles (acute, gp)")
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="median latency")
+    sim.add_argument("--latency-sigma", type=float, default=0.25, help="log-normal shape")
+    sim.add_argument("--error-rate", type=float, default=0.0)
+    sim.add_argument("--hang-rate", type=float, default=0.0)
+    sim.add_argument("--malformed-rate", type=float, default=0.0)
+    sim.add_argument("--down", action="store_true")
+
+    serve = sub.add_parser("serve", help="run the gateway (settings from CARELINK_* env)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+
+    index = sub.add_parser("index", help="the patient index")
+    isub = index.add_subparsers(dest="index_command", required=True)
+    isub.add_parser("build", help="read every source and (re)build the index")
+    isub.add_parser("review", help="list near-miss demographic matches")
+
+    pop = sub.add_parser("population", help="the synthetic population")
+    psub = pop.add_subparsers(dest="population_command", required=True)
+    gen = psub.add_parser("generate", help="stream a population to NDJSON files")
+    gen.add_argument("--size", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``carelink`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except errors.ConfigError as exc:
+        print(f"carelink: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except errors.SourceError as exc:
+        print(f"carelink: source error: {exc}", file=sys.stderr)
+        return EXIT_SOURCE
+    except (errors.CarelinkError, ValueError, OSError) as exc:
+        print(f"carelink: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "index":
+        return _index(args)
+    if args.command == "population":
+        from carelink.simulators.export import generate
+
+        report = generate(args.size, args.seed, args.out)
+        print(f"wrote {report} to {args.out}")
+        return EXIT_OK
+    from carelink.demo import run_demo
+
+    return run_demo(size=args.size, seed=args.seed, port=args.port,
+                    source_port=args.source_port, latency_ms=args.latency_ms,
+                    database=args.database)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from carelink.simulators.base import Behaviour
+    from carelink.simulators.registry import create_simulator
+
+    behaviour = Behaviour(latency_ms=args.latency_ms, latency_sigma=args.latency_sigma,
+                          error_rate=args.error_rate, hang_rate=args.hang_rate,
+                          malformed_rate=args.malformed_rate, down=args.down)
+    app = create_simulator(args.name, seed=args.seed, size=args.size, behaviour=behaviour,
+                           data=args.data)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from carelink.settings import Settings
+
+    Settings.from_env()  # fail fast with a clear message before forking workers
+    uvicorn.run("carelink.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", access_log=False)
+    return EXIT_OK
+
+
+def _index(args: argparse.Namespace) -> int:
+    from carelink.settings import Settings
+    from carelink.storage import Database, IndexStore
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.migrate()
+    store = IndexStore(db)
+    if args.index_command == "review":
+        for r in store.reviews():
+            print(f"{r.source}/{r.local_id} -> {r.candidate_id or '-'}: {r.explanation}")
+        return EXIT_OK
+    report = asyncio.run(build(settings, store))
+    print(f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
+          f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
+          f"({report.review} for review); records per source {report.records}")
+    return EXIT_OK
+
+
+async def build(settings: object, store: object) -> object:
+    """Open sessions, build the index from every configured source, close sessions."""
+    from carelink.app import make_sources, open_sessions
+    from carelink.federation import build_index
+    from carelink.settings import Settings
+    from carelink.storage import IndexStore
+
+    assert isinstance(settings, Settings) and isinstance(store, IndexStore)
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        return await build_index(list(make_sources(settings, sessions).values()), store)
+    finally:
+        for s in sessions.values():
+            await s.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

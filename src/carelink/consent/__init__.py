@@ -1,0 +1,1 @@
+"""Reserved for the consent issue; see DESIGN.md."""

@@ -1,0 +1,93 @@
+"""``carelink demo``: the whole system on one machine.
+
+Starts the four simulated sources as separate processes, builds the patient
+index in the embedded SQLite database, then serves the gateway, printing the
+URLs and example requests to paste.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from carelink.settings import Settings
+from carelink.simulators.population import SOURCES
+
+
+def start_simulators(size: int, seed: int, first_port: int, latency_ms: float
+                     ) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+    """Launch one process per simulator and wait until each answers its health check."""
+    urls: dict[str, str] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    for offset, name in enumerate(SOURCES):
+        port = first_port + offset
+        procs.append(subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "carelink", "simulate", name, "--port", str(port),
+             "--size", str(size), "--seed", str(seed), "--latency-ms", str(latency_ms)]))
+        urls[name] = f"http://127.0.0.1:{port}"
+    for name, url in urls.items():
+        wait_healthy(f"{url}/_admin/health", name, procs)
+    return urls, procs
+
+
+def wait_healthy(url: str, name: str, procs: list[subprocess.Popen[bytes]],
+                 timeout: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200, or fail naming the simulator."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"simulator {name} exited during start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"simulator {name} did not become healthy within {timeout:.0f} s")
+
+
+def run_demo(*, size: int, seed: int, port: int, source_port: int, latency_ms: float,
+             database: str) -> int:
+    """Run everything until interrupted."""
+    import uvicorn
+
+    from carelink.app import create_app
+    from carelink.cli import build
+    from carelink.simulators.population import people
+    from carelink.storage import Database, IndexStore
+
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    print(f"starting four simulated sources for {size:,} people (seed {seed}) ...")
+    urls, procs = start_simulators(size, seed, source_port, latency_ms)
+    try:
+        settings = replace(Settings.from_env(), database_url=database, sources=urls)
+        db = Database(database)
+        db.migrate()
+        report = asyncio.run(build(settings, IndexStore(db)))
+        db.dispose()
+        print(f"index built: {report}")
+        example = next(p for p in people(seed, size) if len(p.sources) == 4)
+        base = f"http://127.0.0.1:{port}/fhir"
+        for name, url in urls.items():
+            print(f"  source {name:12} {url}")
+        print(f"\ngateway: {base}\n\ntry:\n"
+              f"  curl '{base}/metadata'\n"
+              f"  curl '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
+              f"{example.nhs_number}'\n"
+              f"  # then, with the id from that answer:\n"
+              f"  curl '{base}/Patient/<id>/$everything'\n"
+              f"  curl '{base}/Observation?patient=<id>&category=vital-signs'\n")
+        os.environ["CARELINK_DATABASE_URL"] = database
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+    return 0

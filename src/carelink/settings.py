@@ -1,0 +1,76 @@
+"""Settings, read once by ``create_app`` or the CLI and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from carelink.errors import ConfigError
+
+DEFAULT_SOURCES = {
+    "gp": "http://127.0.0.1:8101",
+    "acute": "http://127.0.0.1:8102",
+    "community": "http://127.0.0.1:8103",
+    "social-care": "http://127.0.0.1:8104",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to start; immutable once made."""
+
+    database_url: str = "var/carelink.db"
+    sources: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    #: seconds the fan-out waits for sources before answering with what it has
+    budget: float = 0.8
+    #: "production" refuses development shortcuts
+    mode: str = "development"
+    #: how callers are authenticated: "development" (no token needed) until issue #3
+    auth: str = "development"
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    breaker_threshold: int = 3
+    breaker_reset: float = 5.0
+    upstream_connections: int = 64
+
+    def validate(self) -> Settings:
+        """Refuse unsafe or impossible combinations with a clear message."""
+        if self.mode not in ("development", "production"):
+            raise ConfigError(f"CARELINK_MODE must be development or production, not {self.mode!r}")
+        if self.mode == "production" and self.auth == "development":
+            raise ConfigError(
+                "production mode refuses development authentication: configure a token issuer "
+                "(CARELINK_AUTH) before starting in production")
+        if not 0 < self.budget <= 30:
+            raise ConfigError(f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}")
+        for name, url in self.sources.items():
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``CARELINK_*`` environment variables over the defaults.
+
+        ``CARELINK_SOURCES`` is ``name=url,name=url``.
+        """
+        e = os.environ if env is None else env
+        s = cls()
+        if "CARELINK_DATABASE_URL" in e:
+            s = replace(s, database_url=e["CARELINK_DATABASE_URL"])
+        if "CARELINK_SOURCES" in e:
+            pairs = [p.split("=", 1) for p in e["CARELINK_SOURCES"].split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError("CARELINK_SOURCES must be name=url[,name=url...]")
+            s = replace(s, sources=dict((k.strip(), v.strip()) for k, v in pairs))
+        if "CARELINK_BUDGET" in e:
+            try:
+                s = replace(s, budget=float(e["CARELINK_BUDGET"]))
+            except ValueError as exc:
+                raise ConfigError("CARELINK_BUDGET must be a number of seconds") from exc
+        if "CARELINK_MODE" in e:
+            s = replace(s, mode=e["CARELINK_MODE"])
+        if "CARELINK_AUTH" in e:
+            s = replace(s, auth=e["CARELINK_AUTH"])
+        return s.validate()
