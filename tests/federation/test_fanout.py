@@ -1,0 +1,109 @@
+"""Fan-out: budgets, failures reported per source, circuit breaking.
+
+The sources here are small test sources implementing the ``Source``
+protocol (the thing under test is the fan-out, not an adapter); the
+end-to-end fault tests with real simulators are in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from carelink.errors import SourceBadPayload, SourceUnavailable
+from carelink.federation.fanout import CircuitBreaker, FanOut, Request
+from carelink.sources.base import SourceAnswer, SourcePerson
+
+
+class ScriptedSource:
+    """Answers after ``delay`` seconds, or raises ``error``."""
+
+    def __init__(self, name: str, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.name = name
+        self.delay = delay
+        self.error = error
+        self.calls = 0
+
+    async def fetch_record(self, local_id, patient_ref, types, nhs_number=None) -> SourceAnswer:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return SourceAnswer([{"resourceType": "Flag", "id": f"{self.name}-{local_id}"}], "v1",
+                            "2026-01-01T00:00:00Z")
+
+    async def people(self) -> AsyncIterator[SourcePerson]:  # pragma: no cover - unused here
+        return
+        yield
+
+
+def run(fan: FanOut, names: list[str], deadline: float | None = None):
+    reqs = [Request(n, "L1", None) for n in names]
+    return asyncio.run(fan.gather(reqs, "Patient/p", None, deadline))
+
+
+def test_every_configured_source_is_reported_and_unasked_ones_are_not_known():
+    fan = FanOut({"a": ScriptedSource("a"), "b": ScriptedSource("b")}, budget=1.0)
+    results = {r.source: r for r in run(fan, ["a"])}
+    assert results["a"].status == "ok"
+    assert results["a"].resources[0]["id"] == "a-L1"
+    assert results["b"].status == "not-known"
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (SourceUnavailable("a", "HTTP 500"), "error"),
+    (SourceBadPayload("a", "not JSON"), "error"),
+    (RuntimeError("bug"), "error"),
+])
+def test_a_failing_source_is_left_out_with_its_reason(error, status):
+    fan = FanOut({"a": ScriptedSource("a", error=error), "b": ScriptedSource("b")}, budget=1.0)
+    results = {r.source: r for r in run(fan, ["a", "b"])}
+    assert results["a"].status == status
+    assert results["a"].resources == ()
+    assert results["a"].reason
+    assert results["b"].status == "ok"
+
+
+def test_a_slow_source_times_out_within_the_budget():
+    fan = FanOut({"slow": ScriptedSource("slow", delay=5), "b": ScriptedSource("b")}, budget=0.2)
+    import time
+
+    t0 = time.monotonic()
+    results = {r.source: r for r in run(fan, ["slow", "b"])}
+    assert time.monotonic() - t0 < 1.0
+    assert results["slow"].status == "timeout"
+    assert results["b"].status == "ok"
+
+
+def test_a_shorter_deadline_wins_over_the_budget():
+    fan = FanOut({"s": ScriptedSource("s", delay=0.5)}, budget=2.0)
+    assert run(fan, ["s"], deadline=0.1)[0].status == "timeout"
+
+
+def test_circuit_opens_after_repeated_failures_and_costs_no_call():
+    source = ScriptedSource("a", error=SourceUnavailable("a", "down"))
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, reset_after=10, clock=lambda: now[0])
+    fan = FanOut({"a": source}, budget=1.0, breakers={"a": breaker})
+    run(fan, ["a"])
+    run(fan, ["a"])
+    assert breaker.state == "open"
+    result = run(fan, ["a"])[0]
+    assert result.status == "circuit-open"
+    assert source.calls == 2
+
+
+def test_circuit_half_opens_after_the_reset_and_closes_on_success():
+    source = ScriptedSource("a", error=SourceUnavailable("a", "down"))
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=1, reset_after=10, clock=lambda: now[0])
+    fan = FanOut({"a": source}, budget=1.0, breakers={"a": breaker})
+    run(fan, ["a"])
+    assert breaker.state == "open"
+    now[0] = 11.0
+    assert breaker.state == "half-open"
+    source.error = None
+    assert run(fan, ["a"])[0].status == "ok"
+    assert breaker.state == "closed"

@@ -1,0 +1,63 @@
+"""Demographic matching: explainable scores, variants found, strangers kept apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from carelink.federation.matching import (
+    MATCH_THRESHOLD,
+    REVIEW_THRESHOLD,
+    Demographics,
+    blocking_keys,
+    score,
+)
+from carelink.simulators import population as pop
+
+BASE = Demographics("Margaret", "Sutcliffe", "1941-03-07", "female", "HX3 5PW")
+
+
+@pytest.mark.parametrize("variant", [
+    Demographics("Margaret", "Sutclife", "1941-03-07", "female", "HX3 5PW"),
+    Demographics("Sutcliffe", "Margaret", "1941-03-07", "female", "HX3 5PW"),
+    Demographics("Peggy", "Sutcliffe", "1941-03-07", "female", "HX3 5PW"),
+    Demographics("Margaret", "Sutcliffe", "1941-03-07", "female", "LS6 1AB"),
+    Demographics("Margaret", "Sutcliffe", "1941-07-03", "female", "HX3 5PW"),
+])
+def test_realistic_variants_of_one_person_score_above_the_match_threshold(variant):
+    assert score(variant, BASE).total >= MATCH_THRESHOLD
+
+
+@pytest.mark.parametrize("stranger", [
+    Demographics("John", "Smith", "1941-03-07", "male", "LS6 1AB"),
+    Demographics("Margaret", "Sutcliffe", "1990-11-20", "female", "BD1 2XY"),
+    Demographics("Ivy", "Begum", "1975-01-01", "female", "HX3 5PW"),
+])
+def test_different_people_score_below_the_match_threshold(stranger):
+    assert score(stranger, BASE).total < MATCH_THRESHOLD
+
+
+def test_the_explanation_names_every_field_and_its_weight():
+    s = score(Demographics("Margaret", "Sutclife", "1941-03-07", "female", "HX3 5PA"), BASE)
+    text = s.explain()
+    for part in ("family=close", "given=exact", "birth_date=exact", "postcode=close",
+                 "gender=exact"):
+        assert part in text
+    assert abs(sum(f.weight for f in s.fields) - s.total) < 0.05
+
+
+def test_thresholds_are_ordered():
+    assert REVIEW_THRESHOLD < MATCH_THRESHOLD
+
+
+def test_every_generated_social_care_variant_shares_a_blocking_key_and_matches():
+    people = [p for p in pop.people(8, 8000) if p.social_variant]
+    assert len(people) > 20
+    matched = 0
+    for p in people:
+        d = pop.social_demographics(p)
+        record = Demographics(str(d["given"]), str(d["family"]), d["birth_date"], p.gender,
+                              d["postcode"])
+        truth = Demographics(p.given, p.family, p.birth_date.isoformat(), p.gender, p.postcode)
+        assert set(blocking_keys(record)) & set(blocking_keys(truth))
+        matched += score(record, truth).total >= MATCH_THRESHOLD
+    assert matched == len(people)

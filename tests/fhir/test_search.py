@@ -1,0 +1,84 @@
+"""FHIR search value parsing and matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from carelink.errors import InvalidRequest
+from carelink.fhir.search import (
+    apply_elements,
+    parse_date,
+    parse_token,
+    string_matches,
+    target_range,
+    token_matches,
+)
+
+CONCEPT = {"coding": [{"system": "http://loinc.org", "code": "8480-6"},
+                      {"system": "http://snomed.info/sct", "code": "72313002"}]}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("http://loinc.org|8480-6", True),
+    ("8480-6", True),
+    ("|8480-6", False),
+    ("http://snomed.info/sct|", True),
+    ("http://loinc.org|72313002", False),
+    ("http://loinc.org|1234-5,http://snomed.info/sct|72313002", True),
+])
+def test_token_matching(value, expected):
+    assert token_matches(value, "code", CONCEPT) is expected
+
+
+def test_empty_token_is_an_error_naming_the_parameter():
+    with pytest.raises(InvalidRequest) as err:
+        parse_token("", "code")
+    assert err.value.parameter == "code"
+
+
+@pytest.mark.parametrize(("query", "target", "expected"), [
+    ("2024", "2024-05-06T10:00:00+00:00", True),
+    ("eq2024-05", "2024-05-06", True),
+    ("eq2024-05", "2024-06-01", False),
+    ("gt2024-05-06", "2024-05-07", True),
+    ("gt2024-05-06", "2024-05-06T23:00:00Z", False),
+    ("ge2024-05-06", "2024-05-06T23:00:00Z", True),
+    ("lt2024-05-06", "2024-05-05", True),
+    ("lt2024-05-06", "2024-05-06", False),
+    ("le2024-05-06", "2024-05-06", True),
+    ("ne2024", "2023-12-31", True),
+    ("sa2024-01-01", "2024-01-02", True),
+    ("eb2024-01-01", "2023-12-31", True),
+    ("eb2024-01-01", "2024-01-01", False),
+])
+def test_date_prefixes(query, target, expected):
+    rng = target_range(target)
+    assert rng is not None
+    assert parse_date(query, "date").matches(rng) is expected
+
+
+def test_period_targets_use_their_bounds():
+    rng = target_range({"start": "2024-01-01", "end": "2024-01-10"})
+    assert parse_date("ge2024-01-05", "date").matches(rng)
+    assert not parse_date("gt2024-01-10", "date").matches(rng)
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2024-13-01", "2024-02-30", "xx2024", "24-01-01"])
+def test_bad_dates_are_errors_naming_the_parameter(bad):
+    with pytest.raises(InvalidRequest) as err:
+        parse_date(bad, "birthdate")
+    assert err.value.parameter == "birthdate"
+
+
+def test_string_search_ignores_case_and_accents_and_matches_prefixes():
+    assert string_matches("zoe", ["Zoë"])
+    assert string_matches("sm", ["Smith"])
+    assert not string_matches("mith", ["Smith"])
+
+
+def test_elements_keeps_mandatory_and_named_and_marks_subsetted():
+    r = {"resourceType": "Encounter", "id": "x", "status": "finished", "class": {}, "period": {}}
+    out = apply_elements(r, frozenset({"status"}))
+    assert set(out) == {"resourceType", "id", "meta", "status"}
+    assert out["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert "meta" not in r

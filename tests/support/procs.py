@@ -1,0 +1,77 @@
+"""Start carelink's own processes (simulators, gateway) for integration tests.
+
+Each runs as a real process on a free loopback port, as in production, so
+networking, timeouts and failures in the tests are real.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def free_port() -> int:
+    """A loopback port nobody is listening on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: this interpreter's, with ``src`` importable."""
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(SRC) + os.pathsep + out.get("PYTHONPATH", "")
+    out.update(extra or {})
+    return out
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers; fail with the child's output if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process for {url} exited ({proc.returncode}):\n{out[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {timeout} s")
+
+
+@contextmanager
+def running(args: list[str], ready_url: str, extra_env: Mapping[str, str] | None = None
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m carelink ARGS`` until the block ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "carelink", *args], env=env(extra_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def carelink(args: list[str], extra_env: Mapping[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run one ``carelink`` command to completion."""
+    return subprocess.run([sys.executable, "-m", "carelink", *args], env=env(extra_env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
