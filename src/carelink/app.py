@@ -40,19 +40,24 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     """One pooled HTTP session per source (keep-alive, no per-request set-up)."""
     return {
         name: aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.upstream_connections,
-                                           ttl_dns_cache=300, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=settings.upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
+            ),
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.budget),
-            raise_for_status=False)
+            raise_for_status=False,
+        )
         for name in settings.sources
     }
 
 
-def make_sources(settings: Settings, sessions: Mapping[str, aiohttp.ClientSession]
-                 ) -> dict[str, Source]:
+def make_sources(
+    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession]
+) -> dict[str, Source]:
     """The configured source adapters."""
-    return {name: ADAPTERS[adapter_kind(name)](sessions[name], url, name)
-            for name, url in settings.sources.items()}
+    return {
+        name: ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+        for name, url in settings.sources.items()
+    }
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.database_url)
         db.migrate()
         sessions = open_sessions(settings)
-        breakers = {n: CircuitBreaker(settings.breaker_threshold, settings.breaker_reset)
-                    for n in settings.sources}
+        breakers = {
+            n: CircuitBreaker(settings.breaker_threshold, settings.breaker_reset)
+            for n in settings.sources
+        }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         app.state.record = SharedRecord(IndexStore(db), fanout)
         try:
@@ -77,8 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await session.close()
             db.dispose()
 
-    app = FastAPI(title="carelink", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app = FastAPI(
+        title="carelink",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.state.settings = settings
     app.include_router(router)
 

@@ -17,8 +17,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carelink import errors
+
+if TYPE_CHECKING:
+    from carelink.federation import BuildReport
+    from carelink.settings import Settings
+    from carelink.storage import IndexStore
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE = 0, 1, 2, 3, 4
 
@@ -101,9 +107,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     from carelink.demo import run_demo
 
-    return run_demo(size=args.size, seed=args.seed, port=args.port,
-                    source_port=args.source_port, latency_ms=args.latency_ms,
-                    database=args.database)
+    return run_demo(
+        size=args.size,
+        seed=args.seed,
+        port=args.port,
+        source_port=args.source_port,
+        latency_ms=args.latency_ms,
+        database=args.database,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -112,11 +123,17 @@ def _simulate(args: argparse.Namespace) -> int:
     from carelink.simulators.base import Behaviour
     from carelink.simulators.registry import create_simulator
 
-    behaviour = Behaviour(latency_ms=args.latency_ms, latency_sigma=args.latency_sigma,
-                          error_rate=args.error_rate, hang_rate=args.hang_rate,
-                          malformed_rate=args.malformed_rate, down=args.down)
-    app = create_simulator(args.name, seed=args.seed, size=args.size, behaviour=behaviour,
-                           data=args.data)
+    behaviour = Behaviour(
+        latency_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        error_rate=args.error_rate,
+        hang_rate=args.hang_rate,
+        malformed_rate=args.malformed_rate,
+        down=args.down,
+    )
+    app = create_simulator(
+        args.name, seed=args.seed, size=args.size, behaviour=behaviour, data=args.data
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return EXIT_OK
 
@@ -127,8 +144,15 @@ def _serve(args: argparse.Namespace) -> int:
     from carelink.settings import Settings
 
     Settings.from_env()  # fail fast with a clear message before forking workers
-    uvicorn.run("carelink.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        "carelink.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
     return EXIT_OK
 
 
@@ -145,20 +169,19 @@ def _index(args: argparse.Namespace) -> int:
             print(f"{r.source}/{r.local_id} -> {r.candidate_id or '-'}: {r.explanation}")
         return EXIT_OK
     report = asyncio.run(build(settings, store))
-    print(f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
-          f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
-          f"({report.review} for review); records per source {report.records}")
+    print(
+        f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
+        f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
+        f"({report.review} for review); records per source {report.records}"
+    )
     return EXIT_OK
 
 
-async def build(settings: object, store: object) -> object:
+async def build(settings: Settings, store: IndexStore) -> BuildReport:
     """Open sessions, build the index from every configured source, close sessions."""
     from carelink.app import make_sources, open_sessions
     from carelink.federation import build_index
-    from carelink.settings import Settings
-    from carelink.storage import IndexStore
 
-    assert isinstance(settings, Settings) and isinstance(store, IndexStore)
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         return await build_index(list(make_sources(settings, sessions).values()), store)

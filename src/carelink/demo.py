@@ -20,24 +20,42 @@ from carelink.settings import Settings
 from carelink.simulators.population import SOURCES
 
 
-def start_simulators(size: int, seed: int, first_port: int, latency_ms: float
-                     ) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+def start_simulators(
+    size: int, seed: int, first_port: int, latency_ms: float
+) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
     """Launch one process per simulator and wait until each answers its health check."""
     urls: dict[str, str] = {}
     procs: list[subprocess.Popen[bytes]] = []
     for offset, name in enumerate(SOURCES):
         port = first_port + offset
-        procs.append(subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "carelink", "simulate", name, "--port", str(port),
-             "--size", str(size), "--seed", str(seed), "--latency-ms", str(latency_ms)]))
+        procs.append(
+            subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [
+                    sys.executable,
+                    "-m",
+                    "carelink",
+                    "simulate",
+                    name,
+                    "--port",
+                    str(port),
+                    "--size",
+                    str(size),
+                    "--seed",
+                    str(seed),
+                    "--latency-ms",
+                    str(latency_ms),
+                ]
+            )
+        )
         urls[name] = f"http://127.0.0.1:{port}"
     for name, url in urls.items():
         wait_healthy(f"{url}/_admin/health", name, procs)
     return urls, procs
 
 
-def wait_healthy(url: str, name: str, procs: list[subprocess.Popen[bytes]],
-                 timeout: float = 120.0) -> None:
+def wait_healthy(
+    url: str, name: str, procs: list[subprocess.Popen[bytes]], timeout: float = 120.0
+) -> None:
     """Poll ``url`` until it answers 200, or fail naming the simulator."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,8 +70,9 @@ def wait_healthy(url: str, name: str, procs: list[subprocess.Popen[bytes]],
     raise RuntimeError(f"simulator {name} did not become healthy within {timeout:.0f} s")
 
 
-def run_demo(*, size: int, seed: int, port: int, source_port: int, latency_ms: float,
-             database: str) -> int:
+def run_demo(
+    *, size: int, seed: int, port: int, source_port: int, latency_ms: float, database: str
+) -> int:
     """Run everything until interrupted."""
     import uvicorn
 
@@ -76,13 +95,15 @@ def run_demo(*, size: int, seed: int, port: int, source_port: int, latency_ms: f
         base = f"http://127.0.0.1:{port}/fhir"
         for name, url in urls.items():
             print(f"  source {name:12} {url}")
-        print(f"\ngateway: {base}\n\ntry:\n"
-              f"  curl '{base}/metadata'\n"
-              f"  curl '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
-              f"{example.nhs_number}'\n"
-              f"  # then, with the id from that answer:\n"
-              f"  curl '{base}/Patient/<id>/$everything'\n"
-              f"  curl '{base}/Observation?patient=<id>&category=vital-signs'\n")
+        print(
+            f"\ngateway: {base}\n\ntry:\n"
+            f"  curl '{base}/metadata'\n"
+            f"  curl '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
+            f"{example.nhs_number}'\n"
+            f"  # then, with the id from that answer:\n"
+            f"  curl '{base}/Patient/<id>/$everything'\n"
+            f"  curl '{base}/Observation?patient=<id>&category=vital-signs'\n"
+        )
         os.environ["CARELINK_DATABASE_URL"] = database
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     finally:

@@ -85,7 +85,7 @@ class SourceBadPayload(SourceError):
     status = "error"
 
 
-class IndexError_(CarelinkError):  # noqa: N801 - IndexError is a builtin
+class IndexError_(CarelinkError):
     """The patient index is missing or inconsistent."""
 
 

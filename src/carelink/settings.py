@@ -41,9 +41,12 @@ class Settings:
         if self.mode == "production" and self.auth == "development":
             raise ConfigError(
                 "production mode refuses development authentication: configure a token issuer "
-                "(CARELINK_AUTH) before starting in production")
+                "(CARELINK_AUTH) before starting in production"
+            )
         if not 0 < self.budget <= 30:
-            raise ConfigError(f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}")
+            raise ConfigError(
+                f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
+            )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
@@ -63,12 +66,17 @@ class Settings:
             pairs = [p.split("=", 1) for p in e["CARELINK_SOURCES"].split(",") if p]
             if any(len(p) != 2 for p in pairs):
                 raise ConfigError("CARELINK_SOURCES must be name=url[,name=url...]")
-            s = replace(s, sources=dict((k.strip(), v.strip()) for k, v in pairs))
+            s = replace(s, sources={k.strip(): v.strip() for k, v in pairs})
         if "CARELINK_BUDGET" in e:
             try:
                 s = replace(s, budget=float(e["CARELINK_BUDGET"]))
             except ValueError as exc:
                 raise ConfigError("CARELINK_BUDGET must be a number of seconds") from exc
+        if "CARELINK_BREAKER_RESET" in e:
+            try:
+                s = replace(s, breaker_reset=float(e["CARELINK_BREAKER_RESET"]))
+            except ValueError as exc:
+                raise ConfigError("CARELINK_BREAKER_RESET must be a number of seconds") from exc
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])
         if "CARELINK_AUTH" in e:

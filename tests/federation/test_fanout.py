@@ -31,8 +31,11 @@ class ScriptedSource:
         await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
-        return SourceAnswer([{"resourceType": "Flag", "id": f"{self.name}-{local_id}"}], "v1",
-                            "2026-01-01T00:00:00Z")
+        return SourceAnswer(
+            [{"resourceType": "Flag", "id": f"{self.name}-{local_id}"}],
+            "v1",
+            "2026-01-01T00:00:00Z",
+        )
 
     async def people(self) -> AsyncIterator[SourcePerson]:  # pragma: no cover - unused here
         return
@@ -52,11 +55,14 @@ def test_every_configured_source_is_reported_and_unasked_ones_are_not_known():
     assert results["b"].status == "not-known"
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (SourceUnavailable("a", "HTTP 500"), "error"),
-    (SourceBadPayload("a", "not JSON"), "error"),
-    (RuntimeError("bug"), "error"),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (SourceUnavailable("a", "HTTP 500"), "error"),
+        (SourceBadPayload("a", "not JSON"), "error"),
+        (RuntimeError("bug"), "error"),
+    ],
+)
 def test_a_failing_source_is_left_out_with_its_reason(error, status):
     fan = FanOut({"a": ScriptedSource("a", error=error), "b": ScriptedSource("b")}, budget=1.0)
     results = {r.source: r for r in run(fan, ["a", "b"])}

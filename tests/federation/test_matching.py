@@ -16,22 +16,28 @@ from carelink.simulators import population as pop
 BASE = Demographics("Margaret", "Sutcliffe", "1941-03-07", "female", "HX3 5PW")
 
 
-@pytest.mark.parametrize("variant", [
-    Demographics("Margaret", "Sutclife", "1941-03-07", "female", "HX3 5PW"),
-    Demographics("Sutcliffe", "Margaret", "1941-03-07", "female", "HX3 5PW"),
-    Demographics("Peggy", "Sutcliffe", "1941-03-07", "female", "HX3 5PW"),
-    Demographics("Margaret", "Sutcliffe", "1941-03-07", "female", "LS6 1AB"),
-    Demographics("Margaret", "Sutcliffe", "1941-07-03", "female", "HX3 5PW"),
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        Demographics("Margaret", "Sutclife", "1941-03-07", "female", "HX3 5PW"),
+        Demographics("Sutcliffe", "Margaret", "1941-03-07", "female", "HX3 5PW"),
+        Demographics("Peggy", "Sutcliffe", "1941-03-07", "female", "HX3 5PW"),
+        Demographics("Margaret", "Sutcliffe", "1941-03-07", "female", "LS6 1AB"),
+        Demographics("Margaret", "Sutcliffe", "1941-07-03", "female", "HX3 5PW"),
+    ],
+)
 def test_realistic_variants_of_one_person_score_above_the_match_threshold(variant):
     assert score(variant, BASE).total >= MATCH_THRESHOLD
 
 
-@pytest.mark.parametrize("stranger", [
-    Demographics("John", "Smith", "1941-03-07", "male", "LS6 1AB"),
-    Demographics("Margaret", "Sutcliffe", "1990-11-20", "female", "BD1 2XY"),
-    Demographics("Ivy", "Begum", "1975-01-01", "female", "HX3 5PW"),
-])
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        Demographics("John", "Smith", "1941-03-07", "male", "LS6 1AB"),
+        Demographics("Margaret", "Sutcliffe", "1990-11-20", "female", "BD1 2XY"),
+        Demographics("Ivy", "Begum", "1975-01-01", "female", "HX3 5PW"),
+    ],
+)
 def test_different_people_score_below_the_match_threshold(stranger):
     assert score(stranger, BASE).total < MATCH_THRESHOLD
 
@@ -39,8 +45,13 @@ def test_different_people_score_below_the_match_threshold(stranger):
 def test_the_explanation_names_every_field_and_its_weight():
     s = score(Demographics("Margaret", "Sutclife", "1941-03-07", "female", "HX3 5PA"), BASE)
     text = s.explain()
-    for part in ("family=close", "given=exact", "birth_date=exact", "postcode=close",
-                 "gender=exact"):
+    for part in (
+        "family=close",
+        "given=exact",
+        "birth_date=exact",
+        "postcode=close",
+        "gender=exact",
+    ):
         assert part in text
     assert abs(sum(f.weight for f in s.fields) - s.total) < 0.05
 
@@ -55,8 +66,9 @@ def test_every_generated_social_care_variant_shares_a_blocking_key_and_matches()
     matched = 0
     for p in people:
         d = pop.social_demographics(p)
-        record = Demographics(str(d["given"]), str(d["family"]), d["birth_date"], p.gender,
-                              d["postcode"])
+        record = Demographics(
+            str(d["given"]), str(d["family"]), d["birth_date"], p.gender, d["postcode"]
+        )
         truth = Demographics(p.given, p.family, p.birth_date.isoformat(), p.gender, p.postcode)
         assert set(blocking_keys(record)) & set(blocking_keys(truth))
         matched += score(record, truth).total >= MATCH_THRESHOLD

@@ -10,10 +10,12 @@ from carelink.fhir.nhs import check_digit, is_valid, normalise, problem
 
 
 def _valid_numbers() -> st.SearchStrategy[str]:
-    return (st.integers(min_value=0, max_value=999_999_999)
-            .map(lambda n: f"{n:09d}")
-            .filter(lambda nine: check_digit(nine) is not None)
-            .map(lambda nine: nine + str(check_digit(nine))))
+    return (
+        st.integers(min_value=0, max_value=999_999_999)
+        .map(lambda n: f"{n:09d}")
+        .filter(lambda nine: check_digit(nine) is not None)
+        .map(lambda nine: nine + str(check_digit(nine)))
+    )
 
 
 @given(_valid_numbers())
@@ -22,20 +24,25 @@ def test_a_number_with_its_check_digit_is_valid(number):
     assert is_valid(f"{number[:3]} {number[3:6]} {number[6:]}")
 
 
-@given(_valid_numbers(), st.integers(min_value=0, max_value=9), st.integers(min_value=1, max_value=9))
+@given(
+    _valid_numbers(), st.integers(min_value=0, max_value=9), st.integers(min_value=1, max_value=9)
+)
 def test_changing_any_one_digit_makes_it_invalid(number, position, delta):
     digits = list(number)
     digits[position] = str((int(digits[position]) + delta) % 10)
     assert not is_valid("".join(digits))
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    ("943476591", "must be 10 digits, got 9"),
-    ("94347659190", "must be 10 digits, got 11"),
-    ("94347659X9", "must be 10 digits"),
-    ("", "must be 10 digits"),
-    ("9434765918", "check digit does not match (modulus 11)"),
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("943476591", "must be 10 digits, got 9"),
+        ("94347659190", "must be 10 digits, got 11"),
+        ("94347659X9", "must be 10 digits"),
+        ("", "must be 10 digits"),
+        ("9434765918", "check digit does not match (modulus 11)"),
+    ],
+)
 def test_problem_says_what_is_wrong(value, reason):
     assert problem(value) == reason
 

@@ -14,18 +14,25 @@ from carelink.fhir.search import (
     token_matches,
 )
 
-CONCEPT = {"coding": [{"system": "http://loinc.org", "code": "8480-6"},
-                      {"system": "http://snomed.info/sct", "code": "72313002"}]}
+CONCEPT = {
+    "coding": [
+        {"system": "http://loinc.org", "code": "8480-6"},
+        {"system": "http://snomed.info/sct", "code": "72313002"},
+    ]
+}
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("http://loinc.org|8480-6", True),
-    ("8480-6", True),
-    ("|8480-6", False),
-    ("http://snomed.info/sct|", True),
-    ("http://loinc.org|72313002", False),
-    ("http://loinc.org|1234-5,http://snomed.info/sct|72313002", True),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://loinc.org|8480-6", True),
+        ("8480-6", True),
+        ("|8480-6", False),
+        ("http://snomed.info/sct|", True),
+        ("http://loinc.org|72313002", False),
+        ("http://loinc.org|1234-5,http://snomed.info/sct|72313002", True),
+    ],
+)
 def test_token_matching(value, expected):
     assert token_matches(value, "code", CONCEPT) is expected
 
@@ -36,21 +43,24 @@ def test_empty_token_is_an_error_naming_the_parameter():
     assert err.value.parameter == "code"
 
 
-@pytest.mark.parametrize(("query", "target", "expected"), [
-    ("2024", "2024-05-06T10:00:00+00:00", True),
-    ("eq2024-05", "2024-05-06", True),
-    ("eq2024-05", "2024-06-01", False),
-    ("gt2024-05-06", "2024-05-07", True),
-    ("gt2024-05-06", "2024-05-06T23:00:00Z", False),
-    ("ge2024-05-06", "2024-05-06T23:00:00Z", True),
-    ("lt2024-05-06", "2024-05-05", True),
-    ("lt2024-05-06", "2024-05-06", False),
-    ("le2024-05-06", "2024-05-06", True),
-    ("ne2024", "2023-12-31", True),
-    ("sa2024-01-01", "2024-01-02", True),
-    ("eb2024-01-01", "2023-12-31", True),
-    ("eb2024-01-01", "2024-01-01", False),
-])
+@pytest.mark.parametrize(
+    ("query", "target", "expected"),
+    [
+        ("2024", "2024-05-06T10:00:00+00:00", True),
+        ("eq2024-05", "2024-05-06", True),
+        ("eq2024-05", "2024-06-01", False),
+        ("gt2024-05-06", "2024-05-07", True),
+        ("gt2024-05-06", "2024-05-06T23:00:00Z", False),
+        ("ge2024-05-06", "2024-05-06T23:00:00Z", True),
+        ("lt2024-05-06", "2024-05-05", True),
+        ("lt2024-05-06", "2024-05-06", False),
+        ("le2024-05-06", "2024-05-06", True),
+        ("ne2024", "2023-12-31", True),
+        ("sa2024-01-01", "2024-01-02", True),
+        ("eb2024-01-01", "2023-12-31", True),
+        ("eb2024-01-01", "2024-01-01", False),
+    ],
+)
 def test_date_prefixes(query, target, expected):
     rng = target_range(target)
     assert rng is not None

@@ -11,16 +11,18 @@ from tests.integration.conftest import System
 
 
 def lookup(system: System, person: Person) -> dict:
-    r = httpx.get(f"{system.base}/Patient",
-                  params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+    r = httpx.get(
+        f"{system.base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"}
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/fhir+json")
     return r.json()
 
 
 def person_in(system: System, *sources: str) -> Person:
-    return next(p for p in system.population
-                if set(sources) <= p.sources and p.social_variant is None)
+    return next(
+        p for p in system.population if set(sources) <= p.sources and p.social_variant is None
+    )
 
 
 def gateway_id(system: System, person: Person) -> str:
@@ -68,11 +70,14 @@ def test_unknown_patient_is_404_operation_outcome(system):
     assert r.json()["issue"][0]["code"] == "not-found"
 
 
-@pytest.mark.parametrize(("params", "headers"), [
-    ({"_format": "xml"}, {}),
-    ({"_format": "application/fhir+xml"}, {}),
-    ({}, {"Accept": "application/fhir+xml"}),
-])
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"_format": "xml"}, {}),
+        ({"_format": "application/fhir+xml"}, {}),
+        ({}, {"Accept": "application/fhir+xml"}),
+    ],
+)
 def test_unsupported_format_is_406(system, params, headers):
     r = httpx.get(f"{system.base}/metadata", params=params, headers=headers)
     assert r.status_code == 406
@@ -86,8 +91,9 @@ def test_unknown_parameter_is_ignored_when_lenient_and_refused_when_strict(syste
     assert lenient.status_code == 200
     assert lenient.json()["total"] == 1
     assert "colour" not in lenient.json()["link"][0]["url"]
-    strict = httpx.get(f"{system.base}/Patient", params=params,
-                       headers={"Prefer": "handling=strict"})
+    strict = httpx.get(
+        f"{system.base}/Patient", params=params, headers={"Prefer": "handling=strict"}
+    )
     assert strict.status_code == 400
     assert strict.json()["issue"][0]["expression"] == ["colour"]
 
@@ -115,16 +121,24 @@ def test_source_patients_are_readable_and_link_back(system):
 
 def test_search_by_name_and_birthdate(system):
     person = person_in(system, "gp")
-    r = httpx.get(f"{system.base}/Patient", params={
-        "family": person.family.lower(), "given": person.given[:3],
-        "birthdate": person.birth_date.isoformat()})
+    r = httpx.get(
+        f"{system.base}/Patient",
+        params={
+            "family": person.family.lower(),
+            "given": person.given[:3],
+            "birthdate": person.birth_date.isoformat(),
+        },
+    )
     assert r.status_code == 200
     ids = [e["resource"]["identifier"][0]["value"] for e in r.json()["entry"]]
     assert person.nhs_number in ids
-    r = httpx.get(f"{system.base}/Patient", params={
-        "family": person.family, "birthdate": f"gt{person.birth_date.isoformat()}"})
-    assert person.nhs_number not in [e["resource"]["identifier"][0]["value"]
-                                     for e in r.json()["entry"]]
+    r = httpx.get(
+        f"{system.base}/Patient",
+        params={"family": person.family, "birthdate": f"gt{person.birth_date.isoformat()}"},
+    )
+    assert person.nhs_number not in [
+        e["resource"]["identifier"][0]["value"] for e in r.json()["entry"]
+    ]
 
 
 def test_everything_merges_all_sources_with_per_source_outcome_and_provenance(system):
@@ -135,8 +149,11 @@ def test_everything_merges_all_sources_with_per_source_outcome_and_provenance(sy
     bundle = r.json()
     kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
     assert {"Patient", "Encounter", "Provenance", "OperationOutcome"} <= kinds
-    sources = {e["resource"].get("meta", {}).get("source") for e in bundle["entry"]
-               if e["search"]["mode"] == "match"}
+    sources = {
+        e["resource"].get("meta", {}).get("source")
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "match"
+    }
     assert {f"urn:carelink:source:{s}" for s in person.sources} <= sources
     outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
     statuses = {i["details"]["coding"][0]["code"] for i in outcome["issue"]}
@@ -163,8 +180,7 @@ def _references(value):
 def test_everything_ids_never_collide_across_sources(system):
     person = person_in(system, "gp", "acute")
     pid = gateway_id(system, person)
-    bundle = httpx.get(f"{system.base}/Patient/{pid}/$everything",
-                       params={"_count": 1000}).json()
+    bundle = httpx.get(f"{system.base}/Patient/{pid}/$everything", params={"_count": 1000}).json()
     keys = [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]]
     assert len(keys) == len(set(keys))
 
@@ -187,12 +203,16 @@ def test_everything_pages_are_stable_and_complete(system):
 def test_everything_type_and_period_filters(system):
     person = person_in(system, "gp", "acute")
     pid = gateway_id(system, person)
-    only = httpx.get(f"{system.base}/Patient/{pid}/$everything",
-                     params={"_type": "Encounter", "_count": 1000}).json()
-    assert {e["resource"]["resourceType"] for e in only["entry"]
-            if e["search"]["mode"] == "match"} == {"Encounter"}
-    late = httpx.get(f"{system.base}/Patient/{pid}/$everything",
-                     params={"_type": "Encounter", "start": "2099-01-01"}).json()
+    only = httpx.get(
+        f"{system.base}/Patient/{pid}/$everything", params={"_type": "Encounter", "_count": 1000}
+    ).json()
+    assert {
+        e["resource"]["resourceType"] for e in only["entry"] if e["search"]["mode"] == "match"
+    } == {"Encounter"}
+    late = httpx.get(
+        f"{system.base}/Patient/{pid}/$everything",
+        params={"_type": "Encounter", "start": "2099-01-01"},
+    ).json()
     assert late["total"] == 0
 
 
@@ -211,17 +231,25 @@ def test_everything_etag_answers_304_until_data_changes(system):
         system.heal()
 
 
-@pytest.mark.parametrize(("rtype", "params", "check"), [
-    ("Observation", {"category": "vital-signs"},
-     lambda r: r["category"][0]["coding"][0]["code"] == "vital-signs"),
-    ("Observation", {"code": "http://loinc.org|85354-9"},
-     lambda r: r["code"]["coding"][0]["code"] == "85354-9"),
-    ("Observation", {"date": "ge2020-01-01"},
-     lambda r: r["effectiveDateTime"] >= "2020-01-01"),
-    ("Encounter", {}, lambda r: r["resourceType"] == "Encounter"),
-    ("Condition", {}, lambda r: r["resourceType"] == "Condition"),
-    ("Immunization", {}, lambda r: r["resourceType"] == "Immunization"),
-])
+@pytest.mark.parametrize(
+    ("rtype", "params", "check"),
+    [
+        (
+            "Observation",
+            {"category": "vital-signs"},
+            lambda r: r["category"][0]["coding"][0]["code"] == "vital-signs",
+        ),
+        (
+            "Observation",
+            {"code": "http://loinc.org|85354-9"},
+            lambda r: r["code"]["coding"][0]["code"] == "85354-9",
+        ),
+        ("Observation", {"date": "ge2020-01-01"}, lambda r: r["effectiveDateTime"] >= "2020-01-01"),
+        ("Encounter", {}, lambda r: r["resourceType"] == "Encounter"),
+        ("Condition", {}, lambda r: r["resourceType"] == "Condition"),
+        ("Immunization", {}, lambda r: r["resourceType"] == "Immunization"),
+    ],
+)
 def test_per_type_search_filters_within_the_patient(system, rtype, params, check):
     person = max(system.population, key=lambda p: (len(p.sources), p.age))
     pid = gateway_id(system, person)
@@ -236,12 +264,14 @@ def test_summary_count_and_elements(system):
     person = max(system.population, key=lambda p: (len(p.sources), p.age))
     pid = gateway_id(system, person)
     full = httpx.get(f"{system.base}/Encounter", params={"patient": pid, "_count": 500}).json()
-    count = httpx.get(f"{system.base}/Encounter",
-                      params={"patient": pid, "_summary": "count"}).json()
+    count = httpx.get(
+        f"{system.base}/Encounter", params={"patient": pid, "_summary": "count"}
+    ).json()
     assert count["total"] == full["total"] > 0
     assert count["entry"] == []
-    slim = httpx.get(f"{system.base}/Encounter",
-                     params={"patient": pid, "_elements": "status"}).json()
+    slim = httpx.get(
+        f"{system.base}/Encounter", params={"patient": pid, "_elements": "status"}
+    ).json()
     first = next(e["resource"] for e in slim["entry"] if e["search"]["mode"] == "match")
     assert set(first) <= {"resourceType", "id", "meta", "status"}
     assert any(t["code"] == "SUBSETTED" for t in first["meta"]["tag"])
@@ -264,16 +294,19 @@ def test_pixm_maps_a_local_id_to_the_nhs_number_and_other_sources(system):
     person = person_in(system, "gp", "acute")
     patient = lookup(system, person)["entry"][0]["resource"]
     acute_id = next(i for i in patient["identifier"] if i["system"].endswith("/acute"))
-    r = httpx.get(f"{system.base}/Patient/$ihe-pix",
-                  params={"sourceIdentifier": f"{acute_id['system']}|{acute_id['value']}"})
+    r = httpx.get(
+        f"{system.base}/Patient/$ihe-pix",
+        params={"sourceIdentifier": f"{acute_id['system']}|{acute_id['value']}"},
+    )
     assert r.status_code == 200
     out = r.json()
     idents = [p["valueIdentifier"] for p in out["parameter"] if p["name"] == "targetIdentifier"]
     assert {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number} in idents
     assert any(i["system"].endswith("/gp") for i in idents)
     assert acute_id not in idents
-    missing = httpx.get(f"{system.base}/Patient/$ihe-pix",
-                        params={"sourceIdentifier": f"{acute_id['system']}|nope"})
+    missing = httpx.get(
+        f"{system.base}/Patient/$ihe-pix", params={"sourceIdentifier": f"{acute_id['system']}|nope"}
+    )
     assert missing.status_code == 404
 
 

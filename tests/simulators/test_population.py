@@ -46,13 +46,16 @@ def test_everyone_has_a_gp_and_fewer_have_other_sources():
 
 def test_older_people_are_more_often_in_social_care():
     people = list(pop.people(9, 4000))
+
     def share(group):
         return sum("social-care" in p.sources for p in group) / max(1, len(group))
+
     assert share([p for p in people if p.age >= 80]) > 3 * share([p for p in people if p.age < 65])
 
 
 def test_postcodes_have_a_uk_shape():
     import re
+
     shape = re.compile(r"^[A-Z]{2}\d{1,2} \d[ABDEFGHJLNPQRSTUWXYZ]{2}$")
     assert all(shape.match(p.postcode) for p in pop.people(2, 500))
 

@@ -51,11 +51,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 @contextmanager
-def running(args: list[str], ready_url: str, extra_env: Mapping[str, str] | None = None
-            ) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    args: list[str], ready_url: str, extra_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m carelink ARGS`` until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-m", "carelink", *args], env=env(extra_env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "carelink", *args],
+        env=env(extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(ready_url, proc)
         yield proc
@@ -70,8 +75,15 @@ def running(args: list[str], ready_url: str, extra_env: Mapping[str, str] | None
             proc.stdout.close()
 
 
-def carelink(args: list[str], extra_env: Mapping[str, str] | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def carelink(
+    args: list[str], extra_env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run one ``carelink`` command to completion."""
-    return subprocess.run([sys.executable, "-m", "carelink", *args], env=env(extra_env),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "carelink", *args],
+        env=env(extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -28,34 +28,48 @@ def capability_statement(base: str) -> Json:
         "versioning": "no-version",
         "conditionalRead": "full-support",
         "searchParam": [
-            _param("identifier", "token",
-                   "NHS number (https://fhir.nhs.uk/Id/nhs-number|N, check digit validated) or a "
-                   "source's local id (https://carelink.example/Id/<source>|id)"),
-            _param("family", "string"), _param("given", "string"), _param("birthdate", "date"),
+            _param(
+                "identifier",
+                "token",
+                "NHS number (https://fhir.nhs.uk/Id/nhs-number|N, check digit validated) or a "
+                "source's local id (https://carelink.example/Id/<source>|id)",
+            ),
+            _param("family", "string"),
+            _param("given", "string"),
+            _param("birthdate", "date"),
             _param("_id", "token"),
         ],
         "operation": [
-            {"name": "everything",
-             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-             "documentation": "Federated from every source that knows the person; supports "
-                              "start, end, _since, _type, _count. " + _PAGING},
-            {"name": "ihe-pix",
-             "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
-             "documentation": "sourceIdentifier=system|value, optional targetSystem"},
+            {
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                "documentation": "Federated from every source that knows the person; supports "
+                "start, end, _since, _type, _count. " + _PAGING,
+            },
+            {
+                "name": "ihe-pix",
+                "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                "documentation": "sourceIdentifier=system|value, optional targetSystem",
+            },
         ],
     }
     resources = [patient]
     for rtype, params in PARAMS.items():
-        resources.append({
-            "type": rtype,
-            "interaction": [{"code": "search-type"}],
-            "searchInclude": [],
-            "searchRevInclude": ["Provenance:target"],
-            "searchParam": [_param("patient", "reference",
-                                   "Required: searches are within one patient's record")]
-            + [_param(n, _TYPES[k]) for n, (k, _) in params.items()],
-            "documentation": _PAGING,
-        })
+        resources.append(
+            {
+                "type": rtype,
+                "interaction": [{"code": "search-type"}],
+                "searchInclude": [],
+                "searchRevInclude": ["Provenance:target"],
+                "searchParam": [
+                    _param(
+                        "patient", "reference", "Required: searches are within one patient's record"
+                    )
+                ]
+                + [_param(n, _TYPES[k]) for n, (k, _) in params.items()],
+                "documentation": _PAGING,
+            }
+        )
     return {
         "resourceType": "CapabilityStatement",
         "id": "carelink",
@@ -66,17 +80,24 @@ def capability_statement(base: str) -> Json:
         "implementation": {"description": "carelink shared care record gateway", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Unknown search parameters are ignored unless the request says "
-                             "Prefer: handling=strict. Prefer: wait=N shortens the time the "
-                             "gateway waits for sources (seconds). _summary=count and _elements "
-                             "are supported on every search.",
-            "security": {"cors": False, "description":
-                         "Development mode: no token is checked yet; production mode refuses "
-                         "to start without a token issuer."},
-            "resource": resources,
-            "searchParam": [_param("_count", "number"), _param("_elements", "string"),
-                            _param("_summary", "token", "count only")],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Unknown search parameters are ignored unless the request says "
+                "Prefer: handling=strict. Prefer: wait=N shortens the time the "
+                "gateway waits for sources (seconds). _summary=count and _elements "
+                "are supported on every search.",
+                "security": {
+                    "cors": False,
+                    "description": "Development mode: no token is checked yet; "
+                    "production mode refuses to start without a token issuer.",
+                },
+                "resource": resources,
+                "searchParam": [
+                    _param("_count", "number"),
+                    _param("_elements", "string"),
+                    _param("_summary", "token", "count only"),
+                ],
+            }
+        ],
     }

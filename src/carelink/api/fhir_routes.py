@@ -39,27 +39,39 @@ async def metadata(request: Request, base: Base) -> Response:
     return fhir(capability_statement(base))
 
 
-def _page(base: str, url: str, matches: list[Json], q: dict[str, list[str]], used: set[str],
-          request: Request, *, includes: list[Json] | None = None,
-          outcomes: list[Json] | None = None) -> Json:
+def _page(
+    base: str,
+    url: str,
+    matches: list[Json],
+    q: dict[str, list[str]],
+    used: set[str],
+    request: Request,
+    *,
+    includes: list[Json] | None = None,
+    outcomes: list[Json] | None = None,
+) -> Json:
     settings = request.app.state.settings
     paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
     total = len(matches)
     links = paging.links(url, total)
     if P.summary_count(q):
         return searchset(base, [], total=total, links={"self": links["self"]})
-    page = matches[paging.offset:paging.offset + paging.count]
+    page = matches[paging.offset : paging.offset + paging.count]
     wanted = P.elements(q)
     if wanted is not None:
         page = [apply_elements(r, wanted) for r in page]
-    return searchset(base, page, total=total, links=links,
-                     includes=(includes or []) if paging.offset == 0 else [],
-                     outcomes=outcomes or [])
+    return searchset(
+        base,
+        page,
+        total=total,
+        links=links,
+        includes=(includes or []) if paging.offset == 0 else [],
+        outcomes=outcomes or [],
+    )
 
 
 @router.get("/Patient")
-async def search_patient(request: Request, record: Record, caller: Caller, base: Base
-                         ) -> Response:
+async def search_patient(request: Request, record: Record, caller: Caller, base: Base) -> Response:
     """Find people in the index by NHS number, local id, name, birth date or id."""
     P.check_format(request)
     q = P.multi(request)
@@ -84,8 +96,10 @@ def _find_patients(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]:
     elif any(k in q for k in ("family", "given", "birthdate")):
         rows = _by_demographics(record, q)
     else:
-        raise InvalidRequest("Patient search needs identifier, _id, family, given or birthdate "
-                             "(the gateway does not list everyone)")
+        raise InvalidRequest(
+            "Patient search needs identifier, _id, family, given or birthdate "
+            "(the gateway does not list everyone)"
+        )
     return rows
 
 
@@ -116,8 +130,11 @@ def _by_demographics(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]
     rows = record.index.search(family=family, given=given, birth_dates=None)
     for value in q.get("birthdate", []):
         query = parse_date(value, "birthdate")
-        rows = [r for r in rows if r.birth_date and
-                (t := target_range(r.birth_date)) is not None and query.matches(t)]
+        rows = [
+            r
+            for r in rows
+            if r.birth_date and (t := target_range(r.birth_date)) is not None and query.matches(t)
+        ]
     return rows
 
 
@@ -136,19 +153,19 @@ async def pix(request: Request, record: Record, caller: Caller) -> Response:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
     targets = set(q.get("targetSystem", []))
-    wanted = [
-        {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}
-    ] if person.nhs_number else []
+    wanted = (
+        [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}] if person.nhs_number else []
+    )
     for link in record.index.links_of(person.id):
-        wanted.append({"system": LOCAL_ID_SYSTEM.format(name=link.source),
-                       "value": link.local_id})
-    out = {"resourceType": "Parameters", "parameter": [
-        {"name": "targetIdentifier", "valueIdentifier": ident} for ident in wanted
+        wanted.append({"system": LOCAL_ID_SYSTEM.format(name=link.source), "value": link.local_id})
+    parameters: list[Json] = [
+        {"name": "targetIdentifier", "valueIdentifier": ident}
+        for ident in wanted
         if (not targets or ident["system"] in targets)
-        and not (ident["system"] == token.system and ident["value"] == token.code)]}
-    out["parameter"].append({"name": "targetId", "valueReference": {
-        "reference": f"Patient/{person.id}"}})
-    return fhir(out)
+        and not (ident["system"] == token.system and ident["value"] == token.code)
+    ]
+    parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{person.id}"}})
+    return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
 @router.get("/Patient/{pid}")
@@ -174,8 +191,9 @@ async def read_patient(pid: str, request: Request, record: Record, caller: Calle
 
 
 @router.get("/Patient/{pid}/$everything")
-async def everything(pid: str, request: Request, record: Record, caller: Caller, base: Base
-                     ) -> Response:
+async def everything(
+    pid: str, request: Request, record: Record, caller: Caller, base: Base
+) -> Response:
     """The whole shared record: every source at once, merged, paged stably."""
     P.check_format(request)
     q = P.multi(request)
@@ -186,15 +204,27 @@ async def everything(pid: str, request: Request, record: Record, caller: Caller,
     end = parse_date(q["end"][-1], "end").range if "end" in q else None
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
-    matches = [r for r in fed.resources
-               if (not types or r["resourceType"] in types)
-               and in_period(r, start, end) and _since_ok(r, since)]
+    matches = [
+        r
+        for r in fed.resources
+        if (not types or r["resourceType"] in types)
+        and in_period(r, start, end)
+        and _since_ok(r, since)
+    ]
     etag = f'"{fed.etag}-{_query_digest(q)}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     used = {"start", "end", "_since", "_type"} & set(q)
-    body = _page(base, f"{base}/Patient/{pid}/$everything", matches, q, used, request,
-                 includes=fed.provenance, outcomes=[fed.outcome])
+    body = _page(
+        base,
+        f"{base}/Patient/{pid}/$everything",
+        matches,
+        q,
+        used,
+        request,
+        includes=fed.provenance,
+        outcomes=[fed.outcome],
+    )
     headers = {"ETag": etag}
     newest = max((r.as_of for r in fed.results if r.as_of), default=None)
     if (modified := http_date(newest)) is not None:
@@ -217,8 +247,9 @@ def _query_digest(q: dict[str, list[str]]) -> str:
 
 
 @router.get("/{rtype}")
-async def search_type(rtype: str, request: Request, record: Record, caller: Caller, base: Base
-                      ) -> Response:
+async def search_type(
+    rtype: str, request: Request, record: Record, caller: Caller, base: Base
+) -> Response:
     """Per-type search within one patient's federated record."""
     P.check_format(request)
     if rtype not in SEARCH_TYPES:
@@ -229,15 +260,29 @@ async def search_type(rtype: str, request: Request, record: Record, caller: Call
     if not patient:
         raise InvalidRequest(f"{rtype} search needs the patient parameter", "patient")
     pid = patient.removeprefix("Patient/")
-    rest = {k: v for k, v in q.items() if k not in P.RESULT_PARAMS | {"patient", "subject",
-                                                                      "_revinclude"}}
+    rest = {
+        k: v
+        for k, v in q.items()
+        if k not in P.RESULT_PARAMS | {"patient", "subject", "_revinclude"}
+    }
     crit, unknown_names = criteria(rtype, rest)
     P.unknown(unknown_names, pref.strict)
     revinclude = "Provenance:target" in q.get("_revinclude", [])
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
-    matches = [r for r in fed.resources if r["resourceType"] == rtype
-               and all(c.matches(r) for c in crit)]
+    matches = [
+        r for r in fed.resources if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
+    ]
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
     includes = fed.provenance if revinclude else []
-    return fhir(_page(base, f"{base}/{rtype}", matches, q, used, request, includes=includes,
-                      outcomes=[fed.outcome]))
+    return fhir(
+        _page(
+            base,
+            f"{base}/{rtype}",
+            matches,
+            q,
+            used,
+            request,
+            includes=includes,
+            outcomes=[fed.outcome],
+        )
+    )

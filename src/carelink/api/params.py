@@ -28,8 +28,9 @@ def check_format(request: Request) -> None:
     kinds = [a.split(";")[0].strip() for a in accept.split(",")]
     ok = JSON_FORMATS | {"*/*", "application/*"}
     if not any(k in ok for k in kinds):
-        raise UnsupportedFormat(f"Accept '{accept}' cannot be met: the gateway serves "
-                                "application/fhir+json")
+        raise UnsupportedFormat(
+            f"Accept '{accept}' cannot be met: the gateway serves application/fhir+json"
+        )
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,11 @@ class Paging:
 
     def links(self, url: str, total: int) -> dict[str, str]:
         """self, first, next, previous links."""
+
         def at(offset: int) -> str:
             q = [*self.kept, ("_count", str(self.count)), ("_offset", str(offset))]
             return f"{url}?{urlencode(q)}"
+
         out = {"self": at(self.offset), "first": at(0)}
         if self.offset + self.count < total:
             out["next"] = at(self.offset + self.count)
@@ -105,8 +108,7 @@ class Paging:
         return out
 
 
-def paging(params: dict[str, list[str]], used: Iterable[str], default: int, upper: int
-           ) -> Paging:
+def paging(params: dict[str, list[str]], used: Iterable[str], default: int, upper: int) -> Paging:
     """Paging from the query; ``used`` names the parameters to carry in links."""
     count = int_param(params, "_count", default, upper)
     offset = int_param(params, "_offset", 0, 10**9)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 from fastapi import Request
@@ -53,7 +53,8 @@ def not_modified(request: Request, etag: str) -> bool:
         return False
     wanted = etag.removeprefix("W/")
     return header.strip() == "*" or any(
-        t.strip().removeprefix("W/") == wanted for t in header.split(","))
+        t.strip().removeprefix("W/") == wanted for t in header.split(",")
+    )
 
 
 def http_date(instant: str | None) -> str | None:

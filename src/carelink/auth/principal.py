@@ -24,5 +24,9 @@ class Principal:
 
 #: The caller in development mode, before token validation exists (issue #3).
 DEVELOPMENT_PRINCIPAL = Principal(
-    subject="development-user", role="R8000", organisation="DEV01",
-    scopes=frozenset({"user/*.rs"}), purpose="TREAT")
+    subject="development-user",
+    role="R8000",
+    organisation="DEV01",
+    scopes=frozenset({"user/*.rs"}),
+    purpose="TREAT",
+)

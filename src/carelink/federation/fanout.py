@@ -50,8 +50,9 @@ class SourceResult:
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures; half-opens after ``reset_after`` s."""
 
-    def __init__(self, threshold: int = 3, reset_after: float = 5.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, threshold: int = 3, reset_after: float = 5.0, clock: Clock = time.monotonic
+    ) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
         self.clock = clock
@@ -90,35 +91,49 @@ class CircuitBreaker:
 class FanOut:
     """The sources, their breakers and the default budget."""
 
-    def __init__(self, sources: Mapping[str, Source], budget: float = 0.8,
-                 breakers: Mapping[str, CircuitBreaker] | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        budget: float = 0.8,
+        breakers: Mapping[str, CircuitBreaker] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.sources = dict(sources)
         self.budget = budget
         self.clock = clock
-        self.breakers = dict(breakers) if breakers else {
-            name: CircuitBreaker(clock=clock) for name in self.sources}
+        self.breakers = (
+            dict(breakers)
+            if breakers
+            else {name: CircuitBreaker(clock=clock) for name in self.sources}
+        )
 
-    async def gather(self, requests: Sequence[Request], patient_ref: str,
-                     types: frozenset[str] | None, deadline: float | None = None
-                     ) -> list[SourceResult]:
+    async def gather(
+        self,
+        requests: Sequence[Request],
+        patient_ref: str,
+        types: frozenset[str] | None,
+        deadline: float | None = None,
+    ) -> list[SourceResult]:
         """Ask each source in ``requests``; report every configured source's fate."""
         budget = self.budget if deadline is None else min(self.budget, deadline)
         started = self.clock()
         asked = {r.source for r in requests}
         results: list[SourceResult] = [
-            SourceResult(name, NOT_KNOWN, 0.0) for name in self.sources if name not in asked]
+            SourceResult(name, NOT_KNOWN, 0.0) for name in self.sources if name not in asked
+        ]
         tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], Request] = {}
         for req in requests:
             source = self.sources.get(req.source)
             breaker = self.breakers.get(req.source)
             if source is None or breaker is None:
-                results.append(SourceResult(req.source, ERROR, 0.0,
-                                            reason="source not configured"))
+                results.append(SourceResult(req.source, ERROR, 0.0, reason="source not configured"))
                 continue
             if not breaker.allow():
-                results.append(SourceResult(req.source, CIRCUIT_OPEN, 0.0,
-                                            reason="circuit open after repeated failures"))
+                results.append(
+                    SourceResult(
+                        req.source, CIRCUIT_OPEN, 0.0, reason="circuit open after repeated failures"
+                    )
+                )
                 continue
             task = asyncio.ensure_future(self._timed(source, req, patient_ref, types, started))
             tasks[task] = req
@@ -130,8 +145,11 @@ class FanOut:
             for task in pending:
                 name = tasks[task].source
                 self.breakers[name].record(False)
-                results.append(SourceResult(name, TIMEOUT, elapsed,
-                                            reason=f"no answer within {budget * 1000:.0f} ms"))
+                results.append(
+                    SourceResult(
+                        name, TIMEOUT, elapsed, reason=f"no answer within {budget * 1000:.0f} ms"
+                    )
+                )
             for task in done:
                 results.append(self._finish(tasks[task].source, task, started))
             if pending:
@@ -139,24 +157,33 @@ class FanOut:
         results.sort(key=lambda r: r.source)
         return results
 
-    async def _timed(self, source: Source, req: Request, patient_ref: str,
-                     types: frozenset[str] | None, started: float) -> tuple[SourceAnswer, float]:
+    async def _timed(
+        self,
+        source: Source,
+        req: Request,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        started: float,
+    ) -> tuple[SourceAnswer, float]:
         try:
-            answer = await source.fetch_record(req.local_id, patient_ref, types,
-                                               nhs_number=req.nhs_number)
+            answer = await source.fetch_record(
+                req.local_id, patient_ref, types, nhs_number=req.nhs_number
+            )
         except SourceError as exc:
             exc.latency_ms = (self.clock() - started) * 1000  # type: ignore[attr-defined]
             raise
         return answer, (self.clock() - started) * 1000
 
-    def _finish(self, name: str, task: asyncio.Task[tuple[SourceAnswer, float]], started: float
-                ) -> SourceResult:
+    def _finish(
+        self, name: str, task: asyncio.Task[tuple[SourceAnswer, float]], started: float
+    ) -> SourceResult:
         exc = task.exception()
         if exc is None:
             answer, latency = task.result()
             self.breakers[name].record(True)
-            return SourceResult(name, OK, latency, tuple(answer.resources), answer.version,
-                                answer.as_of)
+            return SourceResult(
+                name, OK, latency, tuple(answer.resources), answer.version, answer.as_of
+            )
         latency = getattr(exc, "latency_ms", (self.clock() - started) * 1000)
         self.breakers[name].record(False)
         if isinstance(exc, SourceTimeout):

@@ -18,14 +18,12 @@ import hashlib
 import hmac
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid, normalise
-from carelink.fhir.search import fold
 from carelink.federation.matching import (
     MATCH_THRESHOLD,
     REVIEW_THRESHOLD,
@@ -33,6 +31,8 @@ from carelink.federation.matching import (
     best_match,
     blocking_keys,
 )
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid, normalise
+from carelink.fhir.search import fold
 from carelink.sources.base import Source, SourcePerson, local_id_system
 from carelink.sources.namespacing import namespaced_id
 from carelink.storage import IndexStore, LinkRow, PersonRow, ReviewRow
@@ -70,24 +70,32 @@ def _rank(p: SourcePerson) -> int:
     return PREFERRED.index(p.source) if p.source in PREFERRED else len(PREFERRED)
 
 
-def merged_patient(pid: str, members: Sequence[SourcePerson], nhs: str | None,
-                   built_at: str) -> Json:
+def merged_patient(
+    pid: str, members: Sequence[SourcePerson], nhs: str | None, built_at: str
+) -> Json:
     """The gateway's Patient: best demographics, every source id, links to source Patients."""
     best = min(members, key=_rank)
     identifiers: list[Json] = []
     if nhs:
         identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": nhs})
-    identifiers.extend({"system": local_id_system(m.source), "value": m.local_id}
-                       for m in members)
+    identifiers.extend({"system": local_id_system(m.source), "value": m.local_id} for m in members)
     src = best.patient
-    out: Json = {"resourceType": "Patient", "id": pid,
-                 "meta": {"source": GATEWAY_SOURCE, "lastUpdated": built_at},
-                 "identifier": identifiers}
+    out: Json = {
+        "resourceType": "Patient",
+        "id": pid,
+        "meta": {"source": GATEWAY_SOURCE, "lastUpdated": built_at},
+        "identifier": identifiers,
+    }
     for key in ("name", "telecom", "gender", "birthDate", "address", "generalPractitioner"):
         if key in src:
             out[key] = src[key]
-    out["link"] = [{"other": {"reference": f"Patient/{namespaced_id(m.source, m.local_id)}"},
-                    "type": "seealso"} for m in members]
+    out["link"] = [
+        {
+            "other": {"reference": f"Patient/{namespaced_id(m.source, m.local_id)}"},
+            "type": "seealso",
+        }
+        for m in members
+    ]
     return out
 
 
@@ -101,9 +109,9 @@ async def collect(sources: Sequence[Source]) -> dict[str, list[SourcePerson]]:
     return {s.name: r for s, r in zip(sources, results, strict=True)}
 
 
-def link_people(by_source: dict[str, list[SourcePerson]], key: bytes,
-                built_at: str = "2026-01-01T00:00:00Z"
-                ) -> tuple[list[PersonRow], list[LinkRow], list[ReviewRow], BuildReport]:
+def link_people(
+    by_source: dict[str, list[SourcePerson]], key: bytes, built_at: str = "2026-01-01T00:00:00Z"
+) -> tuple[list[PersonRow], list[LinkRow], list[ReviewRow], BuildReport]:
     """Group source records into persons (pure: no I/O; ``built_at`` stamps lastUpdated)."""
     report = BuildReport(records={s: len(v) for s, v in by_source.items()})
     groups: dict[str, list[SourcePerson]] = defaultdict(list)
@@ -147,8 +155,16 @@ def link_people(by_source: dict[str, list[SourcePerson]], key: bytes,
         methods[(p.source, p.local_id)] = ("unmatched", sc.total if sc else None)
         report.unmatched += 1
         if sc is not None and sc.total >= REVIEW_THRESHOLD:
-            reviews.append(ReviewRow(p.source, p.local_id, cid, sc.total, sc.explain(),
-                                     orjson.dumps(vars(d)).decode()))
+            reviews.append(
+                ReviewRow(
+                    p.source,
+                    p.local_id,
+                    cid,
+                    sc.total,
+                    sc.explain(),
+                    orjson.dumps(vars(d)).decode(),
+                )
+            )
             report.review += 1
     persons: list[PersonRow] = []
     link_rows: list[LinkRow] = []
@@ -157,25 +173,45 @@ def link_people(by_source: dict[str, list[SourcePerson]], key: bytes,
         patient = merged_patient(pid, members, nhs, built_at)
         body = orjson.dumps(patient)
         best = min(members, key=_rank)
-        persons.append(PersonRow(
-            id=pid, nhs_number=nhs, family=best.family, given=best.given,
-            family_folded=fold(best.family), given_folded=fold(best.given),
-            birth_date=best.birth_date, gender=best.gender, postcode=best.postcode,
-            patient=body, version=hashlib.blake2b(body, digest_size=12).hexdigest()))
+        persons.append(
+            PersonRow(
+                id=pid,
+                nhs_number=nhs,
+                family=best.family,
+                given=best.given,
+                family_folded=fold(best.family),
+                given_folded=fold(best.given),
+                birth_date=best.birth_date,
+                gender=best.gender,
+                postcode=best.postcode,
+                patient=body,
+                version=hashlib.blake2b(body, digest_size=12).hexdigest(),
+            )
+        )
         for m in members:
             method, sc_ = methods[(m.source, m.local_id)]
             sp = dict(m.patient)
             sp["link"] = [{"other": {"reference": f"Patient/{pid}"}, "type": "seealso"}]
-            link_rows.append(LinkRow(m.source, m.local_id, pid,
-                                     namespaced_id(m.source, m.local_id), method, sc_,
-                                     orjson.dumps(sp)))
+            link_rows.append(
+                LinkRow(
+                    m.source,
+                    m.local_id,
+                    pid,
+                    namespaced_id(m.source, m.local_id),
+                    method,
+                    sc_,
+                    orjson.dumps(sp),
+                )
+            )
     report.persons = len(persons)
     return persons, link_rows, reviews, report
 
 
-async def build_index(sources: Sequence[Source], store: IndexStore,
-                      now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
-                      ) -> BuildReport:
+async def build_index(
+    sources: Sequence[Source],
+    store: IndexStore,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BuildReport:
     """Read every source, link, and swap the stored index in one transaction."""
     by_source = await collect(sources)
     built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -27,13 +27,15 @@ REVIEW_THRESHOLD = 9.0
 
 # (m, u) per field and level
 _LEVELS: dict[str, dict[str, tuple[float, float]]] = {
-    "birth_date": {"exact": (0.96, 1 / 25_000), "close": (0.03, 1 / 2_500),
-                   "different": (0.01, 0.999)},
+    "birth_date": {
+        "exact": (0.96, 1 / 25_000),
+        "close": (0.03, 1 / 2_500),
+        "different": (0.01, 0.999),
+    },
     "family": {"exact": (0.88, 0.01), "close": (0.07, 0.003), "different": (0.05, 0.987)},
     "given": {"exact": (0.80, 0.02), "close": (0.14, 0.01), "different": (0.06, 0.97)},
     "swapped": {"exact": (0.03, 0.0001)},
-    "postcode": {"exact": (0.80, 1 / 2_000), "close": (0.08, 1 / 200),
-                 "different": (0.12, 0.995)},
+    "postcode": {"exact": (0.80, 1 / 2_000), "close": (0.08, 1 / 200), "different": (0.12, 0.995)},
     "gender": {"exact": (0.98, 0.5), "different": (0.02, 0.5)},
 }
 
@@ -114,8 +116,13 @@ def score(a: Demographics, b: Demographics) -> MatchScore:
             level = "exact" if x == y else "close" if _names_close(x, y) else "different"
             out.append(FieldScore(field, level, _weight(field, level)))
     if a.birth_date and b.birth_date:
-        level = ("exact" if a.birth_date == b.birth_date
-                 else "close" if _date_close(a.birth_date, b.birth_date) else "different")
+        level = (
+            "exact"
+            if a.birth_date == b.birth_date
+            else "close"
+            if _date_close(a.birth_date, b.birth_date)
+            else "different"
+        )
         out.append(FieldScore("birth_date", level, _weight("birth_date", level)))
     if a.postcode and b.postcode:
         level = _postcode_level(a.postcode, b.postcode)
@@ -133,12 +140,17 @@ def blocking_keys(d: Demographics) -> Iterable[str]:
         yield "dobym:" + d.birth_date[:7] + ":" + fold(d.family)[:1]
     if d.postcode:
         yield "pc:" + d.postcode.replace(" ", "").upper()
-    yield "name:" + jellyfish.soundex(fold(d.family) or "x") + ":" + jellyfish.soundex(
-        fold(d.given).split(" ")[0] or "x")
+    yield (
+        "name:"
+        + jellyfish.soundex(fold(d.family) or "x")
+        + ":"
+        + jellyfish.soundex(fold(d.given).split(" ")[0] or "x")
+    )
 
 
-def best_match(record: Demographics, candidates: Iterable[tuple[str, Demographics]]
-               ) -> tuple[str | None, MatchScore | None]:
+def best_match(
+    record: Demographics, candidates: Iterable[tuple[str, Demographics]]
+) -> tuple[str | None, MatchScore | None]:
     """The highest-scoring candidate id and its score."""
     best_id: str | None = None
     best: MatchScore | None = None

@@ -58,8 +58,9 @@ def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[s
 
 def provenance(person_id: str, result: SourceResult, targets: list[str]) -> Json:
     """A reproducible Provenance: same source data for the same person -> same resource."""
-    digest = hashlib.blake2b(f"{person_id}|{result.source}|{result.version}".encode(),
-                             digest_size=16).hexdigest()
+    digest = hashlib.blake2b(
+        f"{person_id}|{result.source}|{result.version}".encode(), digest_size=16
+    ).hexdigest()
     return {
         "resourceType": "Provenance",
         "id": f"prov-{digest}",
@@ -67,13 +68,25 @@ def provenance(person_id: str, result: SourceResult, targets: list[str]) -> Json
         "target": [{"reference": t} for t in targets] or [{"reference": f"Patient/{person_id}"}],
         "recorded": result.as_of or "1970-01-01T00:00:00Z",
         "activity": {"text": "federated retrieval"},
-        "agent": [{
-            "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "author"}]},
-            "who": {"identifier": {"system": "urn:carelink:source", "value": result.source},
-                    "display": result.source},
-        }],
-        "entity": [{"role": "source", "what": {
-            "identifier": {"system": "urn:carelink:source-version", "value": result.version
-                           or "unknown"},
-            "display": source_uri(result.source)}}],
+        "agent": [
+            {
+                "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "author"}]},
+                "who": {
+                    "identifier": {"system": "urn:carelink:source", "value": result.source},
+                    "display": result.source,
+                },
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {
+                        "system": "urn:carelink:source-version",
+                        "value": result.version or "unknown",
+                    },
+                    "display": source_uri(result.source),
+                },
+            }
+        ],
     }

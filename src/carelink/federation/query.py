@@ -19,47 +19,80 @@ Json = dict[str, Any]
 
 #: type -> parameter -> (kind, element names tried in order)
 PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
-    "Encounter": {"date": ("date", ("period",)), "type": ("token", ("type",)),
-                  "status": ("token", ("status",)), "class": ("token", ("class",))},
-    "Condition": {"code": ("token", ("code",)), "category": ("token", ("category",)),
-                  "clinical-status": ("token", ("clinicalStatus",)),
-                  "onset-date": ("date", ("onsetDateTime", "onsetPeriod"))},
-    "Observation": {"code": ("token", ("code",)), "category": ("token", ("category",)),
-                    "status": ("token", ("status",)),
-                    "date": ("date", ("effectiveDateTime", "effectivePeriod",
-                                      "effectiveInstant"))},
-    "MedicationStatement": {"code": ("token", ("medicationCodeableConcept",)),
-                            "status": ("token", ("status",)),
-                            "effective": ("date", ("effectiveDateTime", "effectivePeriod"))},
-    "MedicationRequest": {"code": ("token", ("medicationCodeableConcept",)),
-                          "status": ("token", ("status",)), "intent": ("token", ("intent",)),
-                          "authoredon": ("date", ("authoredOn",))},
-    "AllergyIntolerance": {"code": ("token", ("code",)),
-                           "clinical-status": ("token", ("clinicalStatus",)),
-                           "date": ("date", ("recordedDate",))},
-    "Immunization": {"vaccine-code": ("token", ("vaccineCode",)),
-                     "status": ("token", ("status",)),
-                     "date": ("date", ("occurrenceDateTime",))},
-    "Procedure": {"code": ("token", ("code",)), "status": ("token", ("status",)),
-                  "date": ("date", ("performedDateTime", "performedPeriod"))},
-    "EpisodeOfCare": {"type": ("token", ("type",)), "status": ("token", ("status",)),
-                      "date": ("date", ("period",))},
-    "CarePlan": {"category": ("token", ("category",)), "status": ("token", ("status",)),
-                 "date": ("date", ("period",))},
+    "Encounter": {
+        "date": ("date", ("period",)),
+        "type": ("token", ("type",)),
+        "status": ("token", ("status",)),
+        "class": ("token", ("class",)),
+    },
+    "Condition": {
+        "code": ("token", ("code",)),
+        "category": ("token", ("category",)),
+        "clinical-status": ("token", ("clinicalStatus",)),
+        "onset-date": ("date", ("onsetDateTime", "onsetPeriod")),
+    },
+    "Observation": {
+        "code": ("token", ("code",)),
+        "category": ("token", ("category",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("effectiveDateTime", "effectivePeriod", "effectiveInstant")),
+    },
+    "MedicationStatement": {
+        "code": ("token", ("medicationCodeableConcept",)),
+        "status": ("token", ("status",)),
+        "effective": ("date", ("effectiveDateTime", "effectivePeriod")),
+    },
+    "MedicationRequest": {
+        "code": ("token", ("medicationCodeableConcept",)),
+        "status": ("token", ("status",)),
+        "intent": ("token", ("intent",)),
+        "authoredon": ("date", ("authoredOn",)),
+    },
+    "AllergyIntolerance": {
+        "code": ("token", ("code",)),
+        "clinical-status": ("token", ("clinicalStatus",)),
+        "date": ("date", ("recordedDate",)),
+    },
+    "Immunization": {
+        "vaccine-code": ("token", ("vaccineCode",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("occurrenceDateTime",)),
+    },
+    "Procedure": {
+        "code": ("token", ("code",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("performedDateTime", "performedPeriod")),
+    },
+    "EpisodeOfCare": {
+        "type": ("token", ("type",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("period",)),
+    },
+    "CarePlan": {
+        "category": ("token", ("category",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("period",)),
+    },
     "Flag": {"status": ("token", ("status",)), "date": ("date", ("period",))},
-    "ServiceRequest": {"code": ("token", ("code",)), "status": ("token", ("status",)),
-                       "category": ("token", ("category",)),
-                       "authored": ("date", ("authoredOn",))},
-    "DocumentReference": {"type": ("token", ("type",)), "status": ("token", ("status",)),
-                          "category": ("token", ("category",)), "date": ("date", ("date",))},
+    "ServiceRequest": {
+        "code": ("token", ("code",)),
+        "status": ("token", ("status",)),
+        "category": ("token", ("category",)),
+        "authored": ("date", ("authoredOn",)),
+    },
+    "DocumentReference": {
+        "type": ("token", ("type",)),
+        "status": ("token", ("status",)),
+        "category": ("token", ("category",)),
+        "date": ("date", ("date",)),
+    },
 }
 
 SEARCH_TYPES = tuple(PARAMS)
 
 #: the element that dates a resource, for $everything's start/end
 CLINICAL_DATE: dict[str, tuple[str, ...]] = {
-    t: next((paths for kind, paths in p.values() if kind == "date"), ())
-    for t, p in PARAMS.items()
+    t: next((paths for kind, paths in p.values() if kind == "date"), ()) for t, p in PARAMS.items()
 }
 
 

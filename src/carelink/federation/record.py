@@ -24,8 +24,13 @@ EXT_LATENCY = "https://carelink.example/StructureDefinition/source-latency-ms"
 EXT_AS_OF = "https://carelink.example/StructureDefinition/source-data-as-of"
 EXT_SOURCE = "https://carelink.example/StructureDefinition/source-name"
 _SEVERITY = {"ok": "information", "not-known": "information"}
-_CODE = {"ok": "informational", "not-known": "informational", "timeout": "timeout",
-         "circuit-open": "transient", "error": "transient"}
+_CODE = {
+    "ok": "informational",
+    "not-known": "informational",
+    "timeout": "timeout",
+    "circuit-open": "transient",
+    "error": "transient",
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,10 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
     """One issue per configured source: what happened, how long it took, data as of when."""
     issues = []
     for r in results:
-        ext: list[Json] = [{"url": EXT_SOURCE, "valueString": r.source},
-                           {"url": EXT_LATENCY, "valueDecimal": round(r.latency_ms, 1)}]
+        ext: list[Json] = [
+            {"url": EXT_SOURCE, "valueString": r.source},
+            {"url": EXT_LATENCY, "valueDecimal": round(r.latency_ms, 1)},
+        ]
         if r.as_of:
             ext.append({"url": EXT_AS_OF, "valueInstant": r.as_of})
         text = f"source {r.source}: {r.status}"
@@ -54,11 +61,15 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
             text += f" in {r.latency_ms:.0f} ms, data as of {r.as_of}"
         elif r.reason:
             text += f" ({r.reason})"
-        issues.append(issue(
-            _SEVERITY.get(r.status, "warning"), _CODE.get(r.status, "transient"), text,
-            details={"coding": [{"system": STATUS_SYSTEM, "code": r.status}],
-                     "text": r.status},
-            extension=ext))
+        issues.append(
+            issue(
+                _SEVERITY.get(r.status, "warning"),
+                _CODE.get(r.status, "transient"),
+                text,
+                details={"coding": [{"system": STATUS_SYSTEM, "code": r.status}], "text": r.status},
+                extension=ext,
+            )
+        )
     return operation_outcome(issues, id_="sources")
 
 
@@ -81,8 +92,9 @@ class SharedRecord:
         """A source's own Patient (``<source>-<local id>``) as the index holds it."""
         return self.index.link_by_patient_id(patient_id)
 
-    async def federate(self, person_id: str, types: frozenset[str] | None = None,
-                       deadline: float | None = None) -> Federated:
+    async def federate(
+        self, person_id: str, types: frozenset[str] | None = None, deadline: float | None = None
+    ) -> Federated:
         """Ask every source that knows the person, merge, and report per source."""
         found = self.index.person_and_links(person_id)
         if found is None:
@@ -93,10 +105,20 @@ class SharedRecord:
         merged, contributed = merge(results)
         patient = orjson.loads(person.patient)
         resources = [patient, *merged]
-        provs = [provenance(person_id, r, contributed.get(r.source, []))
-                 for r in results if r.status == OK]
+        provs = [
+            provenance(person_id, r, contributed.get(r.source, []))
+            for r in results
+            if r.status == OK
+        ]
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
         for r in results:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
-        return Federated(person, tuple(links), resources, provs, source_outcome(results),
-                         tuple(results), tag.hexdigest())
+        return Federated(
+            person,
+            tuple(links),
+            resources,
+            provs,
+            source_outcome(results),
+            tuple(results),
+            tag.hexdigest(),
+        )

@@ -8,7 +8,7 @@ the FHIR identifier system.
 
 from __future__ import annotations
 
-import nhs_number
+from nhs_number.validate import calculate_checksum
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
@@ -34,7 +34,7 @@ def problem(value: str) -> str | None:
         return "must be 10 digits"
     if len(digits) != 10:
         return f"must be 10 digits, got {len(digits)}"
-    check = nhs_number.calculate_checksum(digits[:9])
+    check = calculate_checksum(digits[:9])
     if check is None or check == 10:
         return "no valid check digit exists for the first nine digits (modulus 11)"
     if check != int(digits[9]):
@@ -49,5 +49,5 @@ def is_valid(value: str) -> bool:
 
 def check_digit(first_nine: str) -> int | None:
     """The modulus-11 check digit for nine digits, or ``None`` when none exists."""
-    check = nhs_number.calculate_checksum(first_nine)
+    check = calculate_checksum(first_nine)
     return None if check is None or check == 10 else int(check)

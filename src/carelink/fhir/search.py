@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from carelink.errors import InvalidRequest
@@ -81,20 +81,20 @@ class DateRange:
 def _to_range(text: str) -> DateRange:
     """The implicit range a FHIR date/dateTime string covers at its precision."""
     if len(text) == 4:
-        start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+        start = datetime(int(text), 1, 1, tzinfo=UTC)
         return DateRange(start, start.replace(year=start.year + 1))
     if len(text) == 7:
         y, m = int(text[:4]), int(text[5:7])
-        start = datetime(y, m, 1, tzinfo=timezone.utc)
-        end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=timezone.utc)
+        start = datetime(y, m, 1, tzinfo=UTC)
+        end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
         return DateRange(start, end)
     if len(text) == 10:
         d = date.fromisoformat(text)
-        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
         return DateRange(start, start + timedelta(days=1))
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     step = timedelta(seconds=1) if len(text) > 16 else timedelta(minutes=1)
     return DateRange(value, value + step)
 
@@ -127,7 +127,7 @@ class DateQuery:
             case "eb":
                 return t.end <= q.start
             case _:  # "ap": within 10% of the gap to now, at least a day
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 slack = max(abs(now - q.start) * 0.1, timedelta(days=1))
                 return t.end > q.start - slack and t.start < q.end + slack
 
@@ -156,8 +156,8 @@ def target_range(value: Any) -> DateRange | None:
         if isinstance(value, dict):
             start = value.get("start")
             end = value.get("end")
-            lo = _to_range(start).start if start else datetime.min.replace(tzinfo=timezone.utc)
-            hi = _to_range(end).end if end else datetime.max.replace(tzinfo=timezone.utc)
+            lo = _to_range(start).start if start else datetime.min.replace(tzinfo=UTC)
+            hi = _to_range(end).end if end else datetime.max.replace(tzinfo=UTC)
             return DateRange(lo, hi)
         return _to_range(str(value))
     except ValueError:

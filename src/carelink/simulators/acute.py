@@ -65,10 +65,11 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         else:
             ids = store.patient_ids()
             url = f"{base(request)}/Patient"
-        page = ids[offset:offset + count]
+        page = ids[offset : offset + count]
         resources = [rec[0] for i in page if (rec := store.record(i))]
-        return fhir_response(searchset(base(request), resources, len(ids),
-                                       page_links(url, offset, count, len(ids))))
+        return fhir_response(
+            searchset(base(request), resources, len(ids), page_links(url, offset, count, len(ids)))
+        )
 
     async def read(request: Request) -> Response:
         rec = store.record(request.path_params["id"])
@@ -90,8 +91,14 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         url = f"{base(request)}/Patient/{pid}/$everything"
         if types:
             url += "?_type=" + ",".join(sorted(types))
-        return fhir_response(searchset(base(request), items[offset:offset + count], len(items),
-                                       page_links(url, offset, count, len(items))))
+        return fhir_response(
+            searchset(
+                base(request),
+                items[offset : offset + count],
+                len(items),
+                page_links(url, offset, count, len(items)),
+            )
+        )
 
     async def by_type(request: Request) -> Response:
         rtype = request.path_params["type"]
@@ -101,8 +108,11 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         rec = store.record(pid) or []
         items = [r for r in rec[1:] if r["resourceType"] == rtype]
         url = f"{base(request)}/{rtype}?patient={pid}"
-        return fhir_response(searchset(base(request), items, len(items),
-                                       page_links(url, 0, len(items) or 1, len(items))))
+        return fhir_response(
+            searchset(
+                base(request), items, len(items), page_links(url, 0, len(items) or 1, len(items))
+            )
+        )
 
     routes = [
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),

@@ -97,8 +97,10 @@ def admin_routes(behaviour: Behaviour) -> list[Route]:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    return [Route("/_admin/faults", faults, methods=["GET", "POST"]),
-            Route("/_admin/health", health)]
+    return [
+        Route("/_admin/faults", faults, methods=["GET", "POST"]),
+        Route("/_admin/health", health),
+    ]
 
 
 def etag_for(body: bytes) -> str:

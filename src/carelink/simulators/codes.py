@@ -69,57 +69,141 @@ PARACETAMOL = dmd("558911000001105", "Paracetamol 500mg capsules (A A H Pharmace
 TIMOLOL = dmd("18616211000001106", "Timoptol 0.5% eye drops (DE Pharmaceuticals)")
 
 PROBLEMS: tuple[Problem, ...] = (
-    Problem(sct("38341003", "Hypertensive disorder"), icd("I10", "Essential (primary) hypertension"),
-            35, 0.30, medication=AMLODIPINE),
-    Problem(sct("44054006", "Diabetes mellitus type 2"),
-            icd("E11.9", "Type 2 diabetes mellitus without complications"), 30, 0.10),
+    Problem(
+        sct("38341003", "Hypertensive disorder"),
+        icd("I10", "Essential (primary) hypertension"),
+        35,
+        0.30,
+        medication=AMLODIPINE,
+    ),
+    Problem(
+        sct("44054006", "Diabetes mellitus type 2"),
+        icd("E11.9", "Type 2 diabetes mellitus without complications"),
+        30,
+        0.10,
+    ),
     Problem(sct("195967001", "Asthma"), icd("J45.9", "Asthma, unspecified"), 3, 0.09),
-    Problem(sct("13645005", "Chronic obstructive lung disease"),
-            icd("J44.9", "Chronic obstructive pulmonary disease, unspecified"), 45, 0.06),
-    Problem(sct("49436004", "Atrial fibrillation"), icd("I48.9", "Atrial fibrillation, unspecified"),
-            55, 0.07),
-    Problem(sct("709044004", "Chronic kidney disease"),
-            icd("N18.9", "Chronic kidney disease, unspecified"), 50, 0.08),
-    Problem(sct("396275006", "Osteoarthritis"), icd("M19.9", "Arthrosis, unspecified"), 45, 0.15,
-            medication=PARACETAMOL),
-    Problem(sct("52448006", "Dementia"), icd("F03", "Unspecified dementia"), 70, 0.08,
-            sensitivity="PSY"),
-    Problem(sct("35489007", "Depressive disorder"), icd("F32.9", "Depressive episode, unspecified"),
-            14, 0.10, sensitivity="PSY"),
-    Problem(sct("197480006", "Anxiety disorder"), icd("F41.9", "Anxiety disorder, unspecified"),
-            12, 0.07, sensitivity="PSY"),
-    Problem(sct("58214004", "Schizophrenia"), icd("F20.9", "Schizophrenia, unspecified"), 18, 0.007,
-            sensitivity="PSY"),
-    Problem(sct("7200002", "Alcoholism"), icd("F10.2", "Alcohol dependence syndrome"), 18, 0.02,
-            sensitivity="ETH"),
-    Problem(sct("66214007", "Substance abuse"),
-            icd("F19.1", "Harmful use of multiple drugs and other psychoactive substances"), 16,
-            0.01, sensitivity="ETH"),
-    Problem(sct("86406008", "Human immunodeficiency virus infection"),
-            icd("B24", "Unspecified human immunodeficiency virus [HIV] disease"), 16, 0.002,
-            sensitivity="HIV"),
-    Problem(sct("105629000", "Chlamydial infection"),
-            icd("A56.0", "Chlamydial infection of lower genitourinary tract"), 16, 0.02,
-            sensitivity="STD", medication=DOXYCYCLINE),
-    Problem(sct("59282003", "Pulmonary embolism"), icd("I26.9", "Pulmonary embolism without mention of acute cor pulmonale"),
-            30, 0.005),
-    Problem(sct("203082005", "Fibromyalgia"), icd("M79.7", "Fibromyalgia"), 25, 0.02,
-            medication=PARACETAMOL),
+    Problem(
+        sct("13645005", "Chronic obstructive lung disease"),
+        icd("J44.9", "Chronic obstructive pulmonary disease, unspecified"),
+        45,
+        0.06,
+    ),
+    Problem(
+        sct("49436004", "Atrial fibrillation"),
+        icd("I48.9", "Atrial fibrillation, unspecified"),
+        55,
+        0.07,
+    ),
+    Problem(
+        sct("709044004", "Chronic kidney disease"),
+        icd("N18.9", "Chronic kidney disease, unspecified"),
+        50,
+        0.08,
+    ),
+    Problem(
+        sct("396275006", "Osteoarthritis"),
+        icd("M19.9", "Arthrosis, unspecified"),
+        45,
+        0.15,
+        medication=PARACETAMOL,
+    ),
+    Problem(
+        sct("52448006", "Dementia"), icd("F03", "Unspecified dementia"), 70, 0.08, sensitivity="PSY"
+    ),
+    Problem(
+        sct("35489007", "Depressive disorder"),
+        icd("F32.9", "Depressive episode, unspecified"),
+        14,
+        0.10,
+        sensitivity="PSY",
+    ),
+    Problem(
+        sct("197480006", "Anxiety disorder"),
+        icd("F41.9", "Anxiety disorder, unspecified"),
+        12,
+        0.07,
+        sensitivity="PSY",
+    ),
+    Problem(
+        sct("58214004", "Schizophrenia"),
+        icd("F20.9", "Schizophrenia, unspecified"),
+        18,
+        0.007,
+        sensitivity="PSY",
+    ),
+    Problem(
+        sct("7200002", "Alcoholism"),
+        icd("F10.2", "Alcohol dependence syndrome"),
+        18,
+        0.02,
+        sensitivity="ETH",
+    ),
+    Problem(
+        sct("66214007", "Substance abuse"),
+        icd("F19.1", "Harmful use of multiple drugs and other psychoactive substances"),
+        16,
+        0.01,
+        sensitivity="ETH",
+    ),
+    Problem(
+        sct("86406008", "Human immunodeficiency virus infection"),
+        icd("B24", "Unspecified human immunodeficiency virus [HIV] disease"),
+        16,
+        0.002,
+        sensitivity="HIV",
+    ),
+    Problem(
+        sct("105629000", "Chlamydial infection"),
+        icd("A56.0", "Chlamydial infection of lower genitourinary tract"),
+        16,
+        0.02,
+        sensitivity="STD",
+        medication=DOXYCYCLINE,
+    ),
+    Problem(
+        sct("59282003", "Pulmonary embolism"),
+        icd("I26.9", "Pulmonary embolism without mention of acute cor pulmonale"),
+        30,
+        0.005,
+    ),
+    Problem(
+        sct("203082005", "Fibromyalgia"),
+        icd("M79.7", "Fibromyalgia"),
+        25,
+        0.02,
+        medication=PARACETAMOL,
+    ),
 )
 
 #: Acute admissions: (reason ICD-10, reason SNOMED, procedure or None)
 ADMISSIONS: tuple[tuple[Code, Code, Code | None], ...] = (
     (icd("J18.9", "Pneumonia, unspecified"), sct("233604007", "Pneumonia"), None),
-    (icd("I21.9", "Acute myocardial infarction, unspecified"), sct("22298006", "Myocardial infarction"),
-     sct("232717009", "Coronary artery bypass grafting")),
-    (icd("K35.8", "Acute appendicitis, other and unspecified"), sct("74400008", "Appendicitis"),
-     sct("80146002", "Appendectomy")),
-    (icd("S72.0", "Fracture of neck of femur"), sct("5913000", "Fracture of neck of femur"),
-     sct("52734007", "Total replacement of hip")),
-    (icd("I63.9", "Cerebral infarction, unspecified"), sct("230690007", "Cerebrovascular accident"),
-     None),
-    (icd("K57.3", "Diverticular disease of large intestine without perforation or abscess"),
-     sct("397881000", "Diverticular disease"), sct("73761001", "Colonoscopy")),
+    (
+        icd("I21.9", "Acute myocardial infarction, unspecified"),
+        sct("22298006", "Myocardial infarction"),
+        sct("232717009", "Coronary artery bypass grafting"),
+    ),
+    (
+        icd("K35.8", "Acute appendicitis, other and unspecified"),
+        sct("74400008", "Appendicitis"),
+        sct("80146002", "Appendectomy"),
+    ),
+    (
+        icd("S72.0", "Fracture of neck of femur"),
+        sct("5913000", "Fracture of neck of femur"),
+        sct("52734007", "Total replacement of hip"),
+    ),
+    (
+        icd("I63.9", "Cerebral infarction, unspecified"),
+        sct("230690007", "Cerebrovascular accident"),
+        None,
+    ),
+    (
+        icd("K57.3", "Diverticular disease of large intestine without perforation or abscess"),
+        sct("397881000", "Diverticular disease"),
+        sct("73761001", "Colonoscopy"),
+    ),
 )
 
 ALLERGIES: tuple[tuple[Code, float], ...] = (
@@ -130,12 +214,16 @@ ALLERGIES: tuple[tuple[Code, float], ...] = (
 NO_KNOWN_DRUG_ALLERGY = sct("409137002", "No known drug allergy")
 
 VACCINES: dict[str, Code] = {
-    "flu": dmd("11278411000001109",
-               "Influenza vaccine (split virion, inactivated) suspension for injection"),
-    "pneumo": dmd("10245211000001108",
-                  "Pneumococcal polysaccharide conjugated vaccine (adsorbed) suspension"),
-    "covid": dmd("39115611000001103",
-                 "Comirnaty COVID-19 mRNA Vaccine 30micrograms/0.3ml dose concentrate"),
+    "flu": dmd(
+        "11278411000001109",
+        "Influenza vaccine (split virion, inactivated) suspension for injection",
+    ),
+    "pneumo": dmd(
+        "10245211000001108", "Pneumococcal polysaccharide conjugated vaccine (adsorbed) suspension"
+    ),
+    "covid": dmd(
+        "39115611000001103", "Comirnaty COVID-19 mRNA Vaccine 30micrograms/0.3ml dose concentrate"
+    ),
 }
 
 #: (code, unit, low, high) vital signs taken in primary care
@@ -160,9 +248,7 @@ LABS: tuple[tuple[Code, str, float, float], ...] = (
 
 ENCOUNTER_GP = sct("185317003", "Telephone encounter")
 ENCOUNTER_SURGERY = sct("185389009", "Follow-up visit")
-REFERRALS: tuple[Code, ...] = (
-    sct("306206005", "Referral to service"),
-)
+REFERRALS: tuple[Code, ...] = (sct("306206005", "Referral to service"),)
 REFERRAL_SERVICES: tuple[Code, ...] = (
     sct("789718008", "Cardiology service"),
     sct("310161006", "Orthopaedic service"),

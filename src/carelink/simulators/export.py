@@ -43,8 +43,9 @@ def generate(size: int, seed: int, out: Path) -> str:
         files["community"] = (out / "community.ndjson").open("wb")
         files["social-care"] = (out / "social-care.ndjson").open("wb")
         for person in people(seed, size):
-            files["people"].write(orjson.dumps(dataclasses.asdict(person), default=_default)
-                                  + b"\n")
+            files["people"].write(
+                orjson.dumps(dataclasses.asdict(person), default=_default) + b"\n"
+            )
             counts["people"] += 1
             for source in sorted(person.sources):
                 lid = local_id(source, person.index)
@@ -54,12 +55,17 @@ def generate(size: int, seed: int, out: Path) -> str:
                         files[source].write(orjson.dumps(r) + b"\n")
                         counts["resources"] += 1
                 else:
-                    line = {"localId": lid, "person": person.index,
-                            "facts": [dataclasses.asdict(f) for f in fs]}
+                    line = {
+                        "localId": lid,
+                        "person": person.index,
+                        "facts": [dataclasses.asdict(f) for f in fs],
+                    }
                     files[source].write(orjson.dumps(line, default=_default) + b"\n")
                     counts["facts"] += len(fs)
     finally:
         for f in files.values():
             f.close()
-    return (f"{counts['people']:,} people, {counts['resources']:,} FHIR resources, "
-            f"{counts['facts']:,} native facts")
+    return (
+        f"{counts['people']:,} people, {counts['resources']:,} FHIR resources, "
+        f"{counts['facts']:,} native facts"
+    )

@@ -59,11 +59,18 @@ def patient(person: Person, source: str, local: str) -> Json:
         "name": [{"use": "official", "family": person.family, "given": given}],
         "gender": person.gender,
         "birthDate": person.birth_date.isoformat(),
-        "address": [{"use": "home", "line": [person.address_line], "city": person.town,
-                     "postalCode": person.postcode}],
+        "address": [
+            {
+                "use": "home",
+                "line": [person.address_line],
+                "city": person.town,
+                "postalCode": person.postcode,
+            }
+        ],
         "telecom": [{"system": "phone", "value": person.phone, "use": "mobile"}],
-        "generalPractitioner": [{"type": "Organization", "identifier": {
-            "system": ODS_SYSTEM, "value": person.gp_ods}}],
+        "generalPractitioner": [
+            {"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": person.gp_ods}}
+        ],
     }
 
 
@@ -81,87 +88,158 @@ def resource(fact: Fact, local: str) -> Json | None:
     out: Json | None
     match fact.kind:
         case "encounter" | "admission":
-            cls = ("IMP", "inpatient encounter") if fact.kind == "admission" else (
-                "AMB", "ambulatory")
-            out = {"resourceType": "Encounter", "status": fact.status,
-                   "class": {"system": ACT_CODE, "code": cls[0], "display": cls[1]},
-                   "type": [concept(fact.code)], "subject": subject,
-                   "period": {"start": instant(fact.when)}}
+            cls = (
+                ("IMP", "inpatient encounter")
+                if fact.kind == "admission"
+                else ("AMB", "ambulatory")
+            )
+            out = {
+                "resourceType": "Encounter",
+                "status": fact.status,
+                "class": {"system": ACT_CODE, "code": cls[0], "display": cls[1]},
+                "type": [concept(fact.code)],
+                "subject": subject,
+                "period": {"start": instant(fact.when)},
+            }
             if fact.end is not None:
                 out["period"]["end"] = instant(fact.end)
             if fact.related is not None:
                 out["reasonCode"] = [concept(fact.related)]
         case "condition" | "diagnosis":
             category = "encounter-diagnosis" if fact.kind == "diagnosis" else "problem-list-item"
-            out = {"resourceType": "Condition",
-                   "clinicalStatus": {"coding": [{"system": CLINICAL_STATUS, "code": "active"}]},
-                   "verificationStatus": {"coding": [{"system": VERIFICATION,
-                                                      "code": "confirmed"}]},
-                   "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": category}]}],
-                   "code": concept(fact.code, fact.related), "subject": subject,
-                   "onsetDateTime": instant(fact.when), "recordedDate": instant(fact.when)}
+            out = {
+                "resourceType": "Condition",
+                "clinicalStatus": {"coding": [{"system": CLINICAL_STATUS, "code": "active"}]},
+                "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
+                "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": category}]}],
+                "code": concept(fact.code, fact.related),
+                "subject": subject,
+                "onsetDateTime": instant(fact.when),
+                "recordedDate": instant(fact.when),
+            }
             if enc:
                 out["encounter"] = enc
         case "procedure":
-            out = {"resourceType": "Procedure", "status": fact.status, "code": concept(fact.code),
-                   "subject": subject, "performedDateTime": instant(fact.when)}
+            out = {
+                "resourceType": "Procedure",
+                "status": fact.status,
+                "code": concept(fact.code),
+                "subject": subject,
+                "performedDateTime": instant(fact.when),
+            }
             if enc:
                 out["encounter"] = enc
         case "lab" | "vital":
             category = "laboratory" if fact.kind == "lab" else "vital-signs"
-            out = {"resourceType": "Observation", "status": fact.status,
-                   "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-                   "code": concept(fact.code), "subject": subject,
-                   "effectiveDateTime": instant(fact.when),
-                   "valueQuantity": {"value": fact.value, "unit": fact.unit,
-                                     "system": codes.UCUM, "code": fact.unit}}
+            out = {
+                "resourceType": "Observation",
+                "status": fact.status,
+                "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
+                "code": concept(fact.code),
+                "subject": subject,
+                "effectiveDateTime": instant(fact.when),
+                "valueQuantity": {
+                    "value": fact.value,
+                    "unit": fact.unit,
+                    "system": codes.UCUM,
+                    "code": fact.unit,
+                },
+            }
             if enc:
                 out["encounter"] = enc
         case "bp":
-            out = {"resourceType": "Observation", "status": fact.status,
-                   "category": [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs"}]}],
-                   "code": concept(fact.code), "subject": subject,
-                   "effectiveDateTime": instant(fact.when),
-                   "component": [_bp(codes.SYSTOLIC, fact.value),
-                                 _bp(codes.DIASTOLIC, float(fact.unit or 0))]}
+            out = {
+                "resourceType": "Observation",
+                "status": fact.status,
+                "category": [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs"}]}],
+                "code": concept(fact.code),
+                "subject": subject,
+                "effectiveDateTime": instant(fact.when),
+                "component": [
+                    _bp(codes.SYSTOLIC, fact.value),
+                    _bp(codes.DIASTOLIC, float(fact.unit or 0)),
+                ],
+            }
             if enc:
                 out["encounter"] = enc
         case "medication":
-            out = {"resourceType": "MedicationStatement", "status": "active",
-                   "medicationCodeableConcept": concept(fact.code), "subject": subject,
-                   "effectivePeriod": {"start": instant(fact.when)},
-                   "dateAsserted": instant(fact.when), "dosage": [{"text": fact.text}]}
+            out = {
+                "resourceType": "MedicationStatement",
+                "status": "active",
+                "medicationCodeableConcept": concept(fact.code),
+                "subject": subject,
+                "effectivePeriod": {"start": instant(fact.when)},
+                "dateAsserted": instant(fact.when),
+                "dosage": [{"text": fact.text}],
+            }
         case "prescription":
-            out = {"resourceType": "MedicationRequest", "status": fact.status, "intent": "order",
-                   "medicationCodeableConcept": concept(fact.code), "subject": subject,
-                   "authoredOn": instant(fact.when), "dosageInstruction": [{"text": fact.text}]}
+            out = {
+                "resourceType": "MedicationRequest",
+                "status": fact.status,
+                "intent": "order",
+                "medicationCodeableConcept": concept(fact.code),
+                "subject": subject,
+                "authoredOn": instant(fact.when),
+                "dosageInstruction": [{"text": fact.text}],
+            }
             if enc:
                 out["encounter"] = enc
         case "allergy":
-            out = {"resourceType": "AllergyIntolerance",
-                   "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]},
-                   "code": concept(fact.code), "patient": subject,
-                   "onsetDateTime": instant(fact.when), "recordedDate": instant(fact.when)}
+            out = {
+                "resourceType": "AllergyIntolerance",
+                "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]},
+                "code": concept(fact.code),
+                "patient": subject,
+                "onsetDateTime": instant(fact.when),
+                "recordedDate": instant(fact.when),
+            }
         case "immunisation":
-            out = {"resourceType": "Immunization", "status": fact.status,
-                   "vaccineCode": concept(fact.code), "patient": subject,
-                   "occurrenceDateTime": instant(fact.when), "primarySource": True}
+            out = {
+                "resourceType": "Immunization",
+                "status": fact.status,
+                "vaccineCode": concept(fact.code),
+                "patient": subject,
+                "occurrenceDateTime": instant(fact.when),
+                "primarySource": True,
+            }
         case "referral":
-            out = {"resourceType": "ServiceRequest", "status": fact.status, "intent": "order",
-                   "code": concept(fact.code), "subject": subject,
-                   "authoredOn": instant(fact.when),
-                   "performerType": concept(fact.related)}
+            out = {
+                "resourceType": "ServiceRequest",
+                "status": fact.status,
+                "intent": "order",
+                "code": concept(fact.code),
+                "subject": subject,
+                "authoredOn": instant(fact.when),
+                "performerType": concept(fact.related),
+            }
         case "careplan":
-            out = {"resourceType": "CarePlan", "status": fact.status, "intent": "plan",
-                   "category": [concept(fact.code)], "subject": subject,
-                   "period": {"start": instant(fact.when)}, "description": fact.text}
+            out = {
+                "resourceType": "CarePlan",
+                "status": fact.status,
+                "intent": "plan",
+                "category": [concept(fact.code)],
+                "subject": subject,
+                "period": {"start": instant(fact.when)},
+                "description": fact.text,
+            }
         case "document":
             text = (fact.text or "").encode()
-            out = {"resourceType": "DocumentReference", "status": fact.status,
-                   "type": concept(fact.code), "subject": subject, "date": instant(fact.when),
-                   "content": [{"attachment": {"contentType": "text/plain",
-                                               "data": base64.b64encode(text).decode(),
-                                               "title": "Discharge summary"}}]}
+            out = {
+                "resourceType": "DocumentReference",
+                "status": fact.status,
+                "type": concept(fact.code),
+                "subject": subject,
+                "date": instant(fact.when),
+                "content": [
+                    {
+                        "attachment": {
+                            "contentType": "text/plain",
+                            "data": base64.b64encode(text).decode(),
+                            "title": "Discharge summary",
+                        }
+                    }
+                ],
+            }
             if enc:
                 out["context"] = {"encounter": [enc]}
         case _:
@@ -174,8 +252,10 @@ def resource(fact: Fact, local: str) -> Json | None:
 
 
 def _bp(code: codes.Code, value: float | None) -> Json:
-    return {"code": concept(code), "valueQuantity": {
-        "value": value, "unit": "mmHg", "system": codes.UCUM, "code": "mm[Hg]"}}
+    return {
+        "code": concept(code),
+        "valueQuantity": {"value": value, "unit": "mmHg", "system": codes.UCUM, "code": "mm[Hg]"},
+    }
 
 
 def record(person: Person, source: str, local: str, facts: tuple[Fact, ...]) -> list[Json]:

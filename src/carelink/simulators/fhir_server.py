@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,30 +17,54 @@ FHIR_JSON = "application/fhir+json"
 def fhir_response(body: Json | bytes, status: int = 200) -> Response:
     """A FHIR JSON response carrying an ETag of its bytes and the time it was current."""
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    now = datetime.now(timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return Response(data, status_code=status, media_type=FHIR_JSON,
-                    headers={"ETag": etag_for(data), "Last-Modified": now})
+    now = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return Response(
+        data,
+        status_code=status,
+        media_type=FHIR_JSON,
+        headers={"ETag": etag_for(data), "Last-Modified": now},
+    )
 
 
 def not_found(what: str) -> Response:
     """404 with an OperationOutcome."""
-    return fhir_response({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "not-found", "diagnostics": f"{what} not found"}]}, 404)
+    return fhir_response(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {"severity": "error", "code": "not-found", "diagnostics": f"{what} not found"}
+            ],
+        },
+        404,
+    )
 
 
 def bad_request(what: str) -> Response:
     """400 with an OperationOutcome."""
-    return fhir_response({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "invalid", "diagnostics": what}]}, 400)
+    return fhir_response(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "diagnostics": what}],
+        },
+        400,
+    )
 
 
 def searchset(base: str, resources: list[Json], total: int, links: dict[str, str]) -> Json:
     """A searchset Bundle."""
     return {
-        "resourceType": "Bundle", "type": "searchset", "total": total,
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
         "link": [{"relation": k, "url": v} for k, v in links.items()],
-        "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
-                   "search": {"mode": "match"}} for r in resources],
+        "entry": [
+            {
+                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in resources
+        ],
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators import fhir_render
 from carelink.simulators.store import PopulationSlice
 
@@ -51,7 +52,7 @@ class PopulationStore:
         return self.slice.local_ids()
 
     def find(self, system: str | None, value: str) -> str | None:
-        if system in (None, "", fhir_render.NHS_NUMBER_SYSTEM):
+        if system in (None, "", NHS_NUMBER_SYSTEM):
             hit = self.slice.by_nhs.get(value)
             if hit is not None:
                 return hit
@@ -73,8 +74,11 @@ class FileStore:
     """FHIR R4 from files: ``*.ndjson`` (one resource a line) or ``*.json`` Bundles."""
 
     def __init__(self, path: Path) -> None:
-        files = sorted(path.rglob("*.ndjson")) + sorted(path.rglob("*.json")) if path.is_dir() \
+        files = (
+            sorted(path.rglob("*.ndjson")) + sorted(path.rglob("*.json"))
+            if path.is_dir()
             else [path]
+        )
         if not files:
             raise ValueError(f"{path}: no .ndjson or .json files found")
         self.patients: dict[str, Json] = {}

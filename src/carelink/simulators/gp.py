@@ -96,14 +96,21 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             return not_found("Patient")
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
         base = str(request.base_url).rstrip("/")
-        return fhir_response({
-            "resourceType": "Bundle", "type": "collection",
-            "meta": {"profile": [
-                "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-StructuredRecord-Bundle-1"
-            ]},
-            "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r}
-                      for r in items],
-        })
+        return fhir_response(
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "meta": {
+                    "profile": [
+                        "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-StructuredRecord-Bundle-1"
+                    ]
+                },
+                "entry": [
+                    {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r}
+                    for r in items
+                ],
+            }
+        )
 
     async def patients(request: Request) -> Response:
         q = request.query_params
@@ -120,14 +127,16 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             ids = [hit] if hit else []
         else:
             ids = store.patient_ids()
-        page = ids[offset:offset + count]
+        page = ids[offset : offset + count]
         resources = [rec[0] for i in page if (rec := store.record(i))]
-        return fhir_response(searchset(base, resources, len(ids),
-                                       page_links(f"{base}/Patient", offset, count, len(ids))))
+        return fhir_response(
+            searchset(
+                base, resources, len(ids), page_links(f"{base}/Patient", offset, count, len(ids))
+            )
+        )
 
     routes = [
-        Route("/$gpc.getstructuredrecord", with_behaviour(behaviour, structured),
-              methods=["POST"]),
+        Route("/$gpc.getstructuredrecord", with_behaviour(behaviour, structured), methods=["POST"]),
         Route("/Patient", with_behaviour(behaviour, patients)),
         *admin_routes(behaviour),
     ]

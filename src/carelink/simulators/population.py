@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from carelink.fhir.nhs import check_digit
 from carelink.simulators import codes
@@ -153,8 +153,9 @@ def make_person(seed: int, index: int, nhs_number: str, practices: int) -> Perso
     town, area, districts = rng.choice(TOWNS)
     district = rng.randint(1, districts)
     sources = _membership(rng, age)
-    if any(p.sensitivity == "ETH" or p.snomed.code == "58214004"
-           for p in _problems(seed, index, age)):
+    if any(
+        p.sensitivity == "ETH" or p.snomed.code == "58214004" for p in _problems(seed, index, age)
+    ):
         sources.add("community")
     variant = None
     if "social-care" in sources and rng.random() < 0.2:
@@ -230,8 +231,9 @@ def _when(rng: random.Random, person: Person, years: float) -> datetime:
     earliest = max(person.birth_date, REFERENCE_DATE - timedelta(days=int(365 * years)))
     span = max(1, (REFERENCE_DATE - earliest).days)
     d = earliest + timedelta(days=rng.randrange(span))
-    return datetime(d.year, d.month, d.day, rng.randint(8, 18), rng.choice((0, 15, 30, 45)),
-                    tzinfo=timezone.utc)
+    return datetime(
+        d.year, d.month, d.day, rng.randint(8, 18), rng.choice((0, 15, 30, 45)), tzinfo=UTC
+    )
 
 
 def facts(seed: int, person: Person, source: str) -> list[Fact]:
@@ -266,104 +268,257 @@ def _gp(rng: random.Random, person: Person, problems: list[codes.Problem], seed:
         onset = _when(rng, person, 15)
         out.append(Fact("condition", f"P{i}", onset, p.snomed, sensitivity=p.sensitivity))
         if p.medication is not None:
-            out.append(Fact("medication", f"M{i}", _when(rng, person, 1), p.medication,
-                            sensitivity=p.sensitivity, text="One to be taken each day"))
+            out.append(
+                Fact(
+                    "medication",
+                    f"M{i}",
+                    _when(rng, person, 1),
+                    p.medication,
+                    sensitivity=p.sensitivity,
+                    text="One to be taken each day",
+                )
+            )
     if rng.random() < 0.25:
-        out.append(Fact("prescription", "RX0", _when(rng, person, 2),
-                        rng.choice((codes.AMOXICILLIN, codes.CLARITHROMYCIN)), status="completed",
-                        text="One to be taken three times a day for 7 days"))
+        out.append(
+            Fact(
+                "prescription",
+                "RX0",
+                _when(rng, person, 2),
+                rng.choice((codes.AMOXICILLIN, codes.CLARITHROMYCIN)),
+                status="completed",
+                text="One to be taken three times a day for 7 days",
+            )
+        )
     for i, when in enumerate(encounters[-3:]):
         enc = f"E{len(encounters) - len(encounters[-3:]) + i}"
         if person.age >= 16:
             sys_ = rng.gauss(128 + person.age / 3, 14)
-            out.append(Fact("bp", f"BP{i}", when, codes.BP_PANEL, value=round(sys_),
-                            unit=str(round(sys_ * 0.62 + rng.gauss(0, 6))), encounter=enc,
-                            status="final"))
+            out.append(
+                Fact(
+                    "bp",
+                    f"BP{i}",
+                    when,
+                    codes.BP_PANEL,
+                    value=round(sys_),
+                    unit=str(round(sys_ * 0.62 + rng.gauss(0, 6))),
+                    encounter=enc,
+                    status="final",
+                )
+            )
         code, unit, lo, hi = rng.choice(codes.VITALS)
-        out.append(Fact("vital", f"V{i}", when, code, value=round(rng.uniform(lo, hi), 1),
-                        unit=unit, encounter=enc, status="final"))
+        out.append(
+            Fact(
+                "vital",
+                f"V{i}",
+                when,
+                code,
+                value=round(rng.uniform(lo, hi), 1),
+                unit=unit,
+                encounter=enc,
+                status="final",
+            )
+        )
     out.extend(shared_allergies(seed, person))
     if not any(f.kind == "allergy" for f in out) and rng.random() < 0.5:
-        out.append(Fact("allergy", "NKDA", _when(rng, person, 10), codes.NO_KNOWN_DRUG_ALLERGY,
-                        status="active"))
+        out.append(
+            Fact(
+                "allergy",
+                "NKDA",
+                _when(rng, person, 10),
+                codes.NO_KNOWN_DRUG_ALLERGY,
+                status="active",
+            )
+        )
     for year in range(2022, 2026):
         if person.age >= 65 and rng.random() < 0.75:
-            when = datetime(year, 10, rng.randint(1, 28), 10, 0, tzinfo=timezone.utc)
-            out.append(Fact("immunisation", f"FLU{year}", when, codes.VACCINES["flu"],
-                            status="completed"))
+            when = datetime(year, 10, rng.randint(1, 28), 10, 0, tzinfo=UTC)
+            out.append(
+                Fact("immunisation", f"FLU{year}", when, codes.VACCINES["flu"], status="completed")
+            )
     if person.age >= 65 and rng.random() < 0.7:
-        out.append(Fact("immunisation", "PPV", _when(rng, person, 5), codes.VACCINES["pneumo"],
-                        status="completed"))
+        out.append(
+            Fact(
+                "immunisation",
+                "PPV",
+                _when(rng, person, 5),
+                codes.VACCINES["pneumo"],
+                status="completed",
+            )
+        )
     if person.age >= 12 and rng.random() < 0.7:
-        out.append(Fact("immunisation", "COV1", _when(rng, person, 4), codes.VACCINES["covid"],
-                        status="completed"))
+        out.append(
+            Fact(
+                "immunisation",
+                "COV1",
+                _when(rng, person, 4),
+                codes.VACCINES["covid"],
+                status="completed",
+            )
+        )
     if rng.random() < 0.2:
-        out.append(Fact("referral", "REF0", _when(rng, person, 2), codes.REFERRALS[0],
-                        related=rng.choice(codes.REFERRAL_SERVICES), status="active"))
+        out.append(
+            Fact(
+                "referral",
+                "REF0",
+                _when(rng, person, 2),
+                codes.REFERRALS[0],
+                related=rng.choice(codes.REFERRAL_SERVICES),
+                status="active",
+            )
+        )
     if person.age >= 75 and rng.random() < 0.3:
-        out.append(Fact("careplan", "CP0", _when(rng, person, 2), codes.EOL_CARE_PLAN,
-                        text="Anticipatory care plan agreed with patient and family"))
+        out.append(
+            Fact(
+                "careplan",
+                "CP0",
+                _when(rng, person, 2),
+                codes.EOL_CARE_PLAN,
+                text="Anticipatory care plan agreed with patient and family",
+            )
+        )
     return out
 
 
-def _acute(rng: random.Random, person: Person, problems: list[codes.Problem],
-           seed: int) -> list[Fact]:
+def _acute(
+    rng: random.Random, person: Person, problems: list[codes.Problem], seed: int
+) -> list[Fact]:
     out: list[Fact] = []
     for i in range(rng.randint(1, 3)):
         start = _when(rng, person, 6)
         icd, snomed, proc = rng.choice(codes.ADMISSIONS)
         end = start + timedelta(days=rng.randint(0, 12), hours=rng.randint(1, 20))
         enc = f"ADM{i}"
-        out.append(Fact("admission", enc, start, snomed, end=end, status="finished",
-                        related=icd))
+        out.append(Fact("admission", enc, start, snomed, end=end, status="finished", related=icd))
         out.append(Fact("diagnosis", f"DX{i}", start, icd, encounter=enc, related=snomed))
         if proc is not None:
-            out.append(Fact("procedure", f"PR{i}", start + timedelta(hours=6), proc, encounter=enc,
-                            status="completed"))
+            out.append(
+                Fact(
+                    "procedure",
+                    f"PR{i}",
+                    start + timedelta(hours=6),
+                    proc,
+                    encounter=enc,
+                    status="completed",
+                )
+            )
         for j, (code, unit, lo, hi) in enumerate(rng.sample(codes.LABS, 3)):
-            out.append(Fact("lab", f"LAB{i}-{j}", start + timedelta(hours=2), code,
-                            value=round(rng.uniform(lo, hi), 1), unit=unit, encounter=enc,
-                            status="final"))
+            out.append(
+                Fact(
+                    "lab",
+                    f"LAB{i}-{j}",
+                    start + timedelta(hours=2),
+                    code,
+                    value=round(rng.uniform(lo, hi), 1),
+                    unit=unit,
+                    encounter=enc,
+                    status="final",
+                )
+            )
         if rng.random() < 0.5:
-            out.append(Fact("prescription", f"TTO{i}", end, rng.choice(
-                (codes.AMOXICILLIN, codes.CIPROFLOXACIN, codes.PARACETAMOL)), encounter=enc,
-                status="completed", text="Discharge medication"))
-        out.append(Fact("document", f"DS{i}", end, codes.DISCHARGE_SUMMARY, encounter=enc,
-                        status="current", text=f"Discharged after treatment for {snomed.display}."))
+            out.append(
+                Fact(
+                    "prescription",
+                    f"TTO{i}",
+                    end,
+                    rng.choice((codes.AMOXICILLIN, codes.CIPROFLOXACIN, codes.PARACETAMOL)),
+                    encounter=enc,
+                    status="completed",
+                    text="Discharge medication",
+                )
+            )
+        out.append(
+            Fact(
+                "document",
+                f"DS{i}",
+                end,
+                codes.DISCHARGE_SUMMARY,
+                encounter=enc,
+                status="current",
+                text=f"Discharged after treatment for {snomed.display}.",
+            )
+        )
     out.extend(shared_allergies(seed, person))
     return out
 
 
-def _community(rng: random.Random, person: Person, problems: list[codes.Problem],
-               seed: int) -> list[Fact]:
+def _community(
+    rng: random.Random, person: Person, problems: list[codes.Problem], seed: int
+) -> list[Fact]:
     """Community and mental-health trust: episodes, contacts, MH problems, scores."""
     out: list[Fact] = []
     mh = [p for p in problems if p.sensitivity in ("PSY", "ETH")]
     team = "mental-health" if mh else "district-nursing"
     start = _when(rng, person, 4)
-    out.append(Fact("episode", "EP0", start, None, text=team, status="active",
-                    sensitivity="PSY" if mh else None))
+    out.append(
+        Fact(
+            "episode",
+            "EP0",
+            start,
+            None,
+            text=team,
+            status="active",
+            sensitivity="PSY" if mh else None,
+        )
+    )
     for i in range(rng.randint(1, 5)):
-        out.append(Fact("contact", f"CT{i}", _when(rng, person, 3), None, text=team,
-                        status="finished", encounter="EP0"))
+        out.append(
+            Fact(
+                "contact",
+                f"CT{i}",
+                _when(rng, person, 3),
+                None,
+                text=team,
+                status="finished",
+                encounter="EP0",
+            )
+        )
     for i, p in enumerate(mh):
-        out.append(Fact("condition", f"MH{i}", _when(rng, person, 10), p.snomed,
-                        sensitivity=p.sensitivity, related=p.icd10))
+        out.append(
+            Fact(
+                "condition",
+                f"MH{i}",
+                _when(rng, person, 10),
+                p.snomed,
+                sensitivity=p.sensitivity,
+                related=p.icd10,
+            )
+        )
     if mh:
         for i in range(rng.randint(1, 3)):
-            out.append(Fact("score", f"PHQ{i}", _when(rng, person, 2),
-                            codes.loinc("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]"),
-                            value=float(rng.randint(0, 27)), unit="{score}", status="final",
-                            sensitivity="PSY"))
+            out.append(
+                Fact(
+                    "score",
+                    f"PHQ{i}",
+                    _when(rng, person, 2),
+                    codes.loinc(
+                        "44261-6",
+                        "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]",
+                    ),
+                    value=float(rng.randint(0, 27)),
+                    unit="{score}",
+                    status="final",
+                    sensitivity="PSY",
+                )
+            )
     else:
         code, unit, lo, hi = codes.VITALS[0]
-        out.append(Fact("score", "WT0", _when(rng, person, 1), code,
-                        value=round(rng.uniform(lo, hi), 1), unit=unit, status="final"))
+        out.append(
+            Fact(
+                "score",
+                "WT0",
+                _when(rng, person, 1),
+                code,
+                value=round(rng.uniform(lo, hi), 1),
+                unit=unit,
+                status="final",
+            )
+        )
     return out
 
 
-def _social(rng: random.Random, person: Person, problems: list[codes.Problem],
-            seed: int) -> list[Fact]:
+def _social(
+    rng: random.Random, person: Person, problems: list[codes.Problem], seed: int
+) -> list[Fact]:
     """Council social care: assessments, services in place, alerts, carers."""
     out: list[Fact] = []
     start = _when(rng, person, 5)
@@ -371,15 +526,38 @@ def _social(rng: random.Random, person: Person, problems: list[codes.Problem],
     out.append(Fact("assessment", "AS0", start, None, text=kind, status="completed"))
     if person.age >= 18:
         service = rng.choice(("home-care", "day-centre", "meals", "telecare", "residential"))
-        out.append(Fact("service", "SV0", start + timedelta(days=21), None, text=service,
-                        value=float(rng.choice((3, 7, 10, 14, 21))), unit="hours/week"))
+        out.append(
+            Fact(
+                "service",
+                "SV0",
+                start + timedelta(days=21),
+                None,
+                text=service,
+                value=float(rng.choice((3, 7, 10, 14, 21))),
+                unit="hours/week",
+            )
+        )
     if rng.random() < 0.12:
-        out.append(Fact("alert", "AL0", _when(rng, person, 3), None,
-                        text="safeguarding" if person.age >= 18 else "child-protection",
-                        sensitivity="SDV"))
+        out.append(
+            Fact(
+                "alert",
+                "AL0",
+                _when(rng, person, 3),
+                None,
+                text="safeguarding" if person.age >= 18 else "child-protection",
+                sensitivity="SDV",
+            )
+        )
     if rng.random() < 0.4:
-        out.append(Fact("carer", "CR0", start, None,
-                        text=rng.choice(("spouse", "daughter", "son", "friend"))))
+        out.append(
+            Fact(
+                "carer",
+                "CR0",
+                start,
+                None,
+                text=rng.choice(("spouse", "daughter", "son", "friend")),
+            )
+        )
     return out
 
 
@@ -407,8 +585,11 @@ def social_demographics(person: Person) -> dict[str, str | None]:
     if variant == "misspelt":
         family = person.family
         i = rng.randrange(1, len(family)) if len(family) > 2 else 1
-        out["family"] = family[:i] + family[i + 1:] if rng.random() < 0.5 else (
-            family[:i] + family[i - 1] + family[i:])
+        out["family"] = (
+            family[:i] + family[i + 1 :]
+            if rng.random() < 0.5
+            else (family[:i] + family[i - 1] + family[i:])
+        )
     elif variant == "swapped":
         out["given"], out["family"] = person.family, person.given
     elif variant == "old-address":

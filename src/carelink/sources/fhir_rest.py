@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -27,12 +27,13 @@ def as_of(headers: Any) -> str:
             when = parsedate_to_datetime(raw)
         except (TypeError, ValueError):
             when = None
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def get_json(session: aiohttp.ClientSession, source: str, method: str, url: str,
-                   body: bytes | None = None) -> tuple[Json | None, Any]:
+async def get_json(
+    session: aiohttp.ClientSession, source: str, method: str, url: str, body: bytes | None = None
+) -> tuple[Json | None, Any]:
     """One request; ``(None, headers)`` on 404; source errors raised as such."""
     headers = {"Accept": FHIR_JSON}
     if body is not None:
@@ -71,8 +72,14 @@ def bundle_resources(doc: Json, source: str) -> list[Json]:
 
 def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
     """Index demographics from a FHIR Patient."""
-    nhs = next((i.get("value") for i in patient.get("identifier", [])
-                if i.get("system") == NHS_NUMBER_SYSTEM), None)
+    nhs = next(
+        (
+            i.get("value")
+            for i in patient.get("identifier", [])
+            if i.get("system") == NHS_NUMBER_SYSTEM
+        ),
+        None,
+    )
     name = (patient.get("name") or [{}])[0]
     address = (patient.get("address") or [{}])[0]
     return SourcePerson(
@@ -89,27 +96,44 @@ def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
     )
 
 
-def localise(resources: list[Json], source: str, local_id: str, patient_ref: str,
-             types: frozenset[str] | None) -> list[Json]:
+def localise(
+    resources: list[Json],
+    source: str,
+    local_id: str,
+    patient_ref: str,
+    types: frozenset[str] | None,
+) -> list[Json]:
     """Namespace a source's resources, keeping only ``types`` (the Patient always)."""
     own = f"Patient/{local_id}"
-    return [namespace(r, source, own, patient_ref) for r in resources
-            if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"]
+    return [
+        namespace(r, source, own, patient_ref)
+        for r in resources
+        if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
+    ]
 
 
 class AcuteSource:
     """The hospital EPR, spoken to in FHIR R4 REST (``$everything`` with paging)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, name: str = "acute",
-                 page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        name: str = "acute",
+        page_size: int = 1000,
+    ) -> None:
         self.session = session
         self.base = base_url.rstrip("/") + "/fhir"
         self.name = name
         self.page_size = page_size
 
-    async def fetch_record(self, local_id: str, patient_ref: str,
-                           types: frozenset[str] | None,
-                           nhs_number: str | None = None) -> SourceAnswer:
+    async def fetch_record(
+        self,
+        local_id: str,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        nhs_number: str | None = None,
+    ) -> SourceAnswer:
         """Follow ``$everything``'s next links; versions of all pages make the version."""
         url: str | None = f"{self.base}/Patient/{local_id}/$everything?_count={self.page_size}"
         if types:
@@ -124,10 +148,12 @@ class AcuteSource:
             resources.extend(bundle_resources(doc, self.name))
             versions.append(headers.get("ETag", ""))
             stamp = stamp or as_of(headers)
-            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
-                       None)
-        return SourceAnswer(localise(resources, self.name, local_id, patient_ref, types),
-                            "|".join(versions), stamp)
+            url = next(
+                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
+            )
+        return SourceAnswer(
+            localise(resources, self.name, local_id, patient_ref, types), "|".join(versions), stamp
+        )
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""
@@ -138,29 +164,40 @@ class AcuteSource:
                 return
             for patient in bundle_resources(doc, self.name):
                 yield person_from_patient(self.name, str(patient["id"]), patient)
-            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
-                       None)
+            url = next(
+                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
+            )
 
 
 class GPSource:
     """The GP system, spoken to through GP Connect Access Record: Structured."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, name: str = "gp",
-                 page_size: int = 1000) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, name: str = "gp", page_size: int = 1000
+    ) -> None:
         self.session = session
         self.base = base_url.rstrip("/")
         self.name = name
         self.page_size = page_size
 
-    async def fetch_record(self, local_id: str, patient_ref: str,
-                           types: frozenset[str] | None,
-                           nhs_number: str | None = None) -> SourceAnswer:
+    async def fetch_record(
+        self,
+        local_id: str,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        nhs_number: str | None = None,
+    ) -> SourceAnswer:
         """Ask for the structured record by NHS number (the local id when there is none)."""
-        params: list[Json] = [{"name": "patientNHSNumber", "valueIdentifier": {
-            "system": NHS_NUMBER_SYSTEM, "value": nhs_number or local_id}}]
+        params: list[Json] = [
+            {
+                "name": "patientNHSNumber",
+                "valueIdentifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number or local_id},
+            }
+        ]
         body = orjson.dumps({"resourceType": "Parameters", "parameter": params})
-        doc, headers = await get_json(self.session, self.name, "POST",
-                                      f"{self.base}/$gpc.getstructuredrecord", body)
+        doc, headers = await get_json(
+            self.session, self.name, "POST", f"{self.base}/$gpc.getstructuredrecord", body
+        )
         if doc is None:
             return SourceAnswer([], "absent", as_of(headers))
         resources = bundle_resources(doc, self.name)
@@ -169,7 +206,9 @@ class GPSource:
             raise SourceBadPayload(self.name, "structured record without a Patient")
         return SourceAnswer(
             localise(resources, self.name, f"{patient['id']}", patient_ref, types),
-            headers.get("ETag", ""), as_of(headers))
+            headers.get("ETag", ""),
+            as_of(headers),
+        )
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``)."""
@@ -180,8 +219,9 @@ class GPSource:
                 return
             for patient in bundle_resources(doc, self.name):
                 yield person_from_patient(self.name, str(patient["id"]), patient)
-            url = next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"),
-                       None)
+            url = next(
+                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
+            )
 
 
 def source_patient_id(source: str, local: str) -> str:

@@ -52,18 +52,22 @@ class Database:
     def migrate(self) -> int:
         """Apply every migration not yet applied; return the schema version."""
         with self.engine.begin() as conn:
-            conn.execute(sa.text(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                "description TEXT NOT NULL)"))
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                    "description TEXT NOT NULL)"
+                )
+            )
             done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
             for number, description, change in MIGRATIONS:
                 if number in done:
                     continue
                 change(conn)
-                conn.execute(sa.text(
-                    "INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
-                    {"v": number, "d": description})
-            return max([n for n, _, _ in MIGRATIONS] + list(done))
+                conn.execute(
+                    sa.text("INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
+                    {"v": number, "d": description},
+                )
+            return int(max([n for n, _, _ in MIGRATIONS] + list(done)))
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -63,16 +63,21 @@ class IndexStore:
     def secret(self, name: str = "person-id-key") -> bytes:
         """A random key kept in the database (made on first use), e.g. for person ids."""
         with self.db.engine.begin() as conn:
-            row = conn.execute(sa.select(settings_table.c.value)
-                               .where(settings_table.c.key == name)).first()
+            row = conn.execute(
+                sa.select(settings_table.c.value).where(settings_table.c.key == name)
+            ).first()
             if row is not None:
                 return bytes.fromhex(row[0])
             value = secrets.token_bytes(32)
             conn.execute(settings_table.insert().values(key=name, value=value.hex()))
             return value
 
-    def replace_all(self, people: Iterable[PersonRow], person_links: Iterable[LinkRow],
-                    reviews: Iterable[ReviewRow]) -> None:
+    def replace_all(
+        self,
+        people: Iterable[PersonRow],
+        person_links: Iterable[LinkRow],
+        reviews: Iterable[ReviewRow],
+    ) -> None:
         """Swap the whole index in one transaction (readers see old or new, never half)."""
         with self.db.engine.begin() as conn:
             conn.execute(review.delete())
@@ -98,10 +103,11 @@ class IndexStore:
         """A person and every source link, in one round trip."""
         with self.db.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(persons, links).select_from(
-                    persons.outerjoin(links, links.c.person_id == persons.c.id))
+                sa.select(persons, links)
+                .select_from(persons.outerjoin(links, links.c.person_id == persons.c.id))
                 .where(persons.c.id == person_id)
-                .order_by(links.c.source, links.c.local_id)).all()
+                .order_by(links.c.source, links.c.local_id)
+            ).all()
         if not rows:
             return None
         n = len(persons.c)
@@ -109,8 +115,14 @@ class IndexStore:
         found = [LinkRow(*r[n:]) for r in rows if r[n] is not None]
         return person, found
 
-    def search(self, *, family: str | None = None, given: str | None = None,
-               birth_dates: Sequence[str] | None = None, limit: int = 1000) -> list[PersonRow]:
+    def search(
+        self,
+        *,
+        family: str | None = None,
+        given: str | None = None,
+        birth_dates: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[PersonRow]:
         """People whose folded names start with the folded values given."""
         q = sa.select(persons)
         if family:
@@ -130,8 +142,9 @@ class IndexStore:
     def link(self, source: str, local_id: str) -> LinkRow | None:
         """The link for one source record."""
         with self.db.engine.connect() as conn:
-            row = conn.execute(sa.select(links).where(
-                links.c.source == source, links.c.local_id == local_id)).first()
+            row = conn.execute(
+                sa.select(links).where(links.c.source == source, links.c.local_id == local_id)
+            ).first()
         return LinkRow(*row) if row else None
 
     def link_by_patient_id(self, patient_id: str) -> LinkRow | None:
@@ -143,8 +156,11 @@ class IndexStore:
     def links_of(self, person_id: str) -> list[LinkRow]:
         """Every source link of a person."""
         with self.db.engine.connect() as conn:
-            rows = conn.execute(sa.select(links).where(links.c.person_id == person_id)
-                                .order_by(links.c.source, links.c.local_id))
+            rows = conn.execute(
+                sa.select(links)
+                .where(links.c.person_id == person_id)
+                .order_by(links.c.source, links.c.local_id)
+            )
             return [LinkRow(*r) for r in rows]
 
     def reviews(self) -> list[ReviewRow]:
@@ -156,19 +172,23 @@ class IndexStore:
     def counts(self) -> dict[str, int]:
         """How many persons, links per source, and reviews the index holds."""
         with self.db.engine.connect() as conn:
-            out = {"persons": conn.execute(sa.select(sa.func.count()).select_from(persons))
-                   .scalar_one(),
-                   "review": conn.execute(sa.select(sa.func.count()).select_from(review))
-                   .scalar_one()}
-            for source, n in conn.execute(sa.select(links.c.source, sa.func.count())
-                                          .group_by(links.c.source)):
+            out = {
+                "persons": conn.execute(
+                    sa.select(sa.func.count()).select_from(persons)
+                ).scalar_one(),
+                "review": conn.execute(sa.select(sa.func.count()).select_from(review)).scalar_one(),
+            }
+            for source, n in conn.execute(
+                sa.select(links.c.source, sa.func.count()).group_by(links.c.source)
+            ):
                 out[f"links:{source}"] = n
         return out
 
 
-def _insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, object]],
-            chunk: int = 5000) -> None:
+def _insert(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, object]], chunk: int = 5000
+) -> None:
     for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
+        part = rows[i : i + chunk]
         if part:
             conn.execute(table.insert(), part)

@@ -7,13 +7,15 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 settings_table = sa.Table(
-    "index_settings", metadata,
+    "index_settings",
+    metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
 
 persons = sa.Table(
-    "persons", metadata,
+    "persons",
+    metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("nhs_number", sa.String(10), unique=True, nullable=True),
     sa.Column("family", sa.String(200), nullable=False),
@@ -28,11 +30,11 @@ persons = sa.Table(
 )
 
 links = sa.Table(
-    "person_links", metadata,
+    "person_links",
+    metadata,
     sa.Column("source", sa.String(32), primary_key=True),
     sa.Column("local_id", sa.String(128), primary_key=True),
-    sa.Column("person_id", sa.String(64), sa.ForeignKey("persons.id"), nullable=False,
-              index=True),
+    sa.Column("person_id", sa.String(64), sa.ForeignKey("persons.id"), nullable=False, index=True),
     sa.Column("patient_id", sa.String(64), nullable=False, unique=True),
     sa.Column("method", sa.String(16), nullable=False),
     sa.Column("score", sa.Float, nullable=True),
@@ -40,7 +42,8 @@ links = sa.Table(
 )
 
 review = sa.Table(
-    "match_review", metadata,
+    "match_review",
+    metadata,
     sa.Column("source", sa.String(32), primary_key=True),
     sa.Column("local_id", sa.String(128), primary_key=True),
     sa.Column("candidate_id", sa.String(64), nullable=True),

@@ -1,0 +1,64 @@
+"""Everything the gateway returns validates against the official FHIR R4 JSON schema."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from tests.integration.conftest import System
+
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "fhir" / "fhir.r4.schema.json"
+SAMPLE = 200
+
+
+@cache
+def _definitions() -> dict:
+    return json.loads(SCHEMA.read_text())["definitions"]
+
+
+@cache
+def validator(resource_type: str) -> jsonschema.Draft6Validator:
+    return jsonschema.Draft6Validator({"$ref": f"#/definitions/{resource_type}",
+                                       "definitions": _definitions()})
+
+
+def problems(resource: dict) -> list[str]:
+    v = validator(resource["resourceType"])
+    return [f"{resource['resourceType']}/{resource.get('id')}: {'/'.join(map(str, e.path))} "
+            f"{e.message[:200]}" for e in v.iter_errors(resource)]
+
+
+def test_the_validator_can_fail():
+    assert problems({"resourceType": "Patient", "gender": "robot"})
+    assert problems({"resourceType": "Observation", "id": "x", "colour": "blue"})
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason="shared FHIR schema not present")
+def test_every_resource_for_200_patients_validates(system: System):
+    checked = 0
+    failures: list[str] = []
+    types: set[str] = set()
+    with httpx.Client(timeout=30) as client:
+        for person in system.population[:SAMPLE]:
+            found = client.get(f"{system.base}/Patient",
+                               params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+            bundle = found.json()
+            failures += problems(bundle)
+            pid = bundle["entry"][0]["resource"]["id"]
+            everything = client.get(f"{system.base}/Patient/{pid}/$everything",
+                                    params={"_count": 1000}).json()
+            failures += problems(everything)
+            for entry in everything["entry"]:
+                failures += problems(entry["resource"])
+                types.add(entry["resource"]["resourceType"])
+                checked += 1
+    assert checked > SAMPLE * 10
+    assert {"Patient", "Encounter", "Condition", "Observation", "EpisodeOfCare", "Flag",
+            "Provenance", "OperationOutcome"} <= types
+    assert failures == []
