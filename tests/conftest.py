@@ -1,0 +1,41 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from carelink.storage import Database
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("CARELINK_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A fresh database of each kind: a real SQLite file, and PostgreSQL when configured.
+
+    PostgreSQL tests get a schema of their own (dropped afterwards), so runs never collide.
+    """
+    if request.param == "sqlite":
+        yield str(tmp_path / "carelink.db")
+        return
+    base = _postgres_url()
+    if not base:
+        pytest.skip("CARELINK_TEST_POSTGRES_URL is not set")
+    schema = f"carelink_test_{uuid.uuid4().hex[:12]}"
+    admin = Database(base)
+    with admin.engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

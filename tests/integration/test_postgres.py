@@ -1,0 +1,31 @@
+"""The same gateway on PostgreSQL: index build and lookups through the real API."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from tests.integration.conftest import System
+from tests.support.procs import carelink, free_port, running
+
+
+@pytest.mark.postgres
+def test_index_build_and_lookup_on_postgresql(system: System, database_url: str):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("this test is about PostgreSQL; SQLite is covered by the whole suite")
+    env = {**system.env, "CARELINK_DATABASE_URL": database_url}
+    built = carelink(["index", "build"], env)
+    assert built.returncode == 0, built.stderr
+    assert f"index built: {len(system.population)} persons" in built.stdout
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    person = next(p for p in system.population if len(p.sources) >= 3)
+    with running(["serve", "--port", str(port)], f"{base}/metadata", env):
+        r = httpx.get(f"{base}/Patient",
+                      params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+        assert r.json()["total"] == 1
+        pid = r.json()["entry"][0]["resource"]["id"]
+        everything = httpx.get(f"{base}/Patient/{pid}/$everything", timeout=10).json()
+    sources = {e["resource"].get("meta", {}).get("source") for e in everything["entry"]}
+    assert {f"urn:carelink:source:{s}" for s in person.sources} <= sources

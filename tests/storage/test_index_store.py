@@ -1,0 +1,74 @@
+"""The patient index store on a real SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import orjson
+
+from carelink.federation.index import link_people
+from carelink.fhir.search import fold
+from carelink.simulators import population as pop
+from carelink.sources.base import SourcePerson
+from carelink.storage import Database, IndexStore
+
+
+def _gp(people: list[pop.Person]) -> dict[str, list[SourcePerson]]:
+    return {"gp": [
+        SourcePerson("gp", pop.local_id("gp", p.index), p.nhs_number, p.given, p.family,
+                     p.birth_date.isoformat(), p.gender, p.postcode, None,
+                     {"resourceType": "Patient", "id": f"gp-{p.index}",
+                      "name": [{"family": p.family, "given": [p.given]}]})
+        for p in people]}
+
+
+def test_migrations_are_idempotent(database_url):
+    db = Database(database_url)
+    assert db.migrate() == db.migrate() == 1
+    db.dispose()
+
+
+def test_index_round_trips_and_answers_lookups(database_url):
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    people = list(pop.people(2, 150))
+    persons, links, reviews, _ = link_people(_gp(people), store.secret())
+    store.replace_all(persons, links, reviews)
+    target = people[17]
+    row = store.person_by_nhs(target.nhs_number)
+    assert row is not None
+    assert orjson.loads(row.patient)["name"][0]["family"] == target.family
+    assert row.birth_date == target.birth_date.isoformat()
+    found = store.person_and_links(row.id)
+    assert found is not None
+    assert [lk.local_id for lk in found[1]] == [pop.local_id("gp", target.index)]
+    hits = store.search(family=fold(target.family), birth_dates=[target.birth_date.isoformat()])
+    assert row.id in [h.id for h in hits]
+    assert store.counts()["persons"] == 150
+    db.dispose()
+
+
+def test_the_person_id_key_is_kept_across_processes(database_url):
+    first = Database(database_url)
+    first.migrate()
+    key = IndexStore(first).secret()
+    first.dispose()
+    second = Database(database_url)
+    assert IndexStore(second).secret() == key
+    second.dispose()
+
+
+def test_rebuild_replaces_the_whole_index_atomically(database_url):
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    key = store.secret()
+    a = link_people(_gp(list(pop.people(2, 50))), key)
+    store.replace_all(*a[:3])
+    b = link_people(_gp(list(pop.people(3, 20))), key)
+    store.replace_all(*b[:3])
+    assert store.counts()["persons"] == 20
+    new = {p.nhs_number for p in pop.people(3, 20)}
+    gone = [p.nhs_number for p in pop.people(2, 50) if p.nhs_number not in new]
+    assert gone
+    assert all(store.person_by_nhs(n) is None for n in gone)
+    db.dispose()
