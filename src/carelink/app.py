@@ -76,12 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for n in settings.sources
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
-        app.state.record = SharedRecord(IndexStore(db), fanout)
+        index = IndexStore(db)
+        app.state.record = SharedRecord(index, fanout)
         try:
             yield
         finally:
             for session in sessions.values():
                 await session.close()
+            index.close()
             db.dispose()
 
     app = FastAPI(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -54,11 +55,57 @@ class ReviewRow:
     demographics: str
 
 
+_PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
+_LINK_COLUMNS = ", ".join(c.name for c in links.c)
+
+
 class IndexStore:
-    """Reads and writes of the patient index tables."""
+    """Reads and writes of the patient index tables.
+
+    The two reads on the lookup path (person by NHS number, person with
+    links) go through one long-lived DBAPI connection in autocommit mode with
+    fixed SQL: no pool checkout or statement building per request, and every
+    committed rebuild is visible to the next read.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._hot: Any = None
+        mark = "?" if db.is_sqlite else "%s"
+        self._sql_by_nhs = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE nhs_number = {mark}"
+        self._sql_by_id = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE id = {mark}"
+        self._sql_links = (f"SELECT {_LINK_COLUMNS} FROM person_links WHERE person_id = {mark} "
+                           "ORDER BY source, local_id")
+
+    def _query(self, sql: str, value: str) -> list[tuple[Any, ...]]:
+        for attempt in (1, 2):
+            try:
+                if self._hot is None:
+                    self._hot = self.db.engine.raw_connection()
+                    driver = self._hot.driver_connection
+                    if self.db.is_sqlite:
+                        driver.isolation_level = None  # autocommit: each read sees the latest
+                    else:
+                        driver.autocommit = True
+                cur = self._hot.cursor()
+                try:
+                    cur.execute(sql, (value,))
+                    return list(cur.fetchall())
+                finally:
+                    cur.close()
+            except Exception:
+                if self._hot is not None:
+                    self._hot.invalidate()
+                    self._hot = None
+                if attempt == 2:
+                    raise
+        return []  # pragma: no cover - the loop returns or raises
+
+    def close(self) -> None:
+        """Release the lookup connection."""
+        if self._hot is not None:
+            self._hot.close()
+            self._hot = None
 
     def secret(self, name: str = "person-id-key") -> bytes:
         """A random key kept in the database (made on first use), e.g. for person ids."""
@@ -89,31 +136,20 @@ class IndexStore:
 
     def person_by_nhs(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number."""
-        with self.db.engine.connect() as conn:
-            row = conn.execute(sa.select(persons).where(persons.c.nhs_number == nhs_number)).first()
-        return PersonRow(*row) if row else None
+        rows = self._query(self._sql_by_nhs, nhs_number)
+        return _person(rows[0]) if rows else None
 
     def person(self, person_id: str) -> PersonRow | None:
         """The person with this gateway id."""
-        with self.db.engine.connect() as conn:
-            row = conn.execute(sa.select(persons).where(persons.c.id == person_id)).first()
-        return PersonRow(*row) if row else None
+        rows = self._query(self._sql_by_id, person_id)
+        return _person(rows[0]) if rows else None
 
     def person_and_links(self, person_id: str) -> tuple[PersonRow, list[LinkRow]] | None:
-        """A person and every source link, in one round trip."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(persons, links)
-                .select_from(persons.outerjoin(links, links.c.person_id == persons.c.id))
-                .where(persons.c.id == person_id)
-                .order_by(links.c.source, links.c.local_id)
-            ).all()
-        if not rows:
+        """A person and every source link."""
+        person = self.person(person_id)
+        if person is None:
             return None
-        n = len(persons.c)
-        person = PersonRow(*rows[0][:n])
-        found = [LinkRow(*r[n:]) for r in rows if r[n] is not None]
-        return person, found
+        return person, [_link(r) for r in self._query(self._sql_links, person_id)]
 
     def search(
         self,
@@ -183,6 +219,18 @@ class IndexStore:
             ):
                 out[f"links:{source}"] = n
         return out
+
+
+def _person(row: tuple[Any, ...]) -> PersonRow:
+    values = list(row)
+    values[9] = bytes(values[9])  # sqlite3 and psycopg give bytes / memoryview
+    return PersonRow(*values)
+
+
+def _link(row: tuple[Any, ...]) -> LinkRow:
+    values = list(row)
+    values[6] = bytes(values[6])
+    return LinkRow(*values)
 
 
 def _insert(
