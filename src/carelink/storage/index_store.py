@@ -71,11 +71,15 @@ class IndexStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._hot: Any = None
+        # Fixed SQL built once from our own column names; values are always bound parameters.
         mark = "?" if db.is_sqlite else "%s"
-        self._sql_by_nhs = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE nhs_number = {mark}"
-        self._sql_by_id = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE id = {mark}"
-        self._sql_links = (f"SELECT {_LINK_COLUMNS} FROM person_links WHERE person_id = {mark} "
-                           "ORDER BY source, local_id")
+        person_sql = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE"  # noqa: S608
+        self._sql_by_nhs = f"{person_sql} nhs_number = {mark}"
+        self._sql_by_id = f"{person_sql} id = {mark}"
+        self._sql_links = (
+            f"SELECT {_LINK_COLUMNS} FROM person_links WHERE person_id = {mark} "  # noqa: S608
+            "ORDER BY source, local_id"
+        )
 
     def _query(self, sql: str, value: str) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):
