@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -86,7 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             index.close()
             db.dispose()
 
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # FastAPI's built-in OpenTelemetry looks up providers on every request; off here
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(
+        **extra,
         title="carelink",
         version="0.1.0",
         lifespan=lifespan,

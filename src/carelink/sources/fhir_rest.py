@@ -12,6 +12,7 @@ import orjson
 
 from carelink.errors import SourceBadPayload, SourceUnavailable
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -31,10 +32,10 @@ def as_of(headers: Any) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def get_json(
+async def fetch(
     session: aiohttp.ClientSession, source: str, method: str, url: str, body: bytes | None = None
-) -> tuple[Json | None, Any]:
-    """One request; ``(None, headers)`` on 404; source errors raised as such."""
+) -> tuple[bytes | None, Any]:
+    """One request's body; ``(None, headers)`` on 404; source errors raised as such."""
     headers = {"Accept": FHIR_JSON}
     if body is not None:
         headers["Content-Type"] = FHIR_JSON
@@ -45,16 +46,28 @@ async def get_json(
                 return None, resp.headers
             if resp.status >= 400:
                 raise SourceUnavailable(source, f"HTTP {resp.status}")
-            hdrs = resp.headers
+            return data, resp.headers
     except aiohttp.ClientError as exc:
         raise SourceUnavailable(source, type(exc).__name__) from exc
+
+
+def parse(data: bytes, source: str) -> Json:
+    """A FHIR resource from response bytes, or ``SourceBadPayload``."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SourceBadPayload(source, "response is not JSON") from exc
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise SourceBadPayload(source, "response is not a FHIR resource")
-    return doc, hdrs
+    return doc
+
+
+async def get_json(
+    session: aiohttp.ClientSession, source: str, method: str, url: str, body: bytes | None = None
+) -> tuple[Json | None, Any]:
+    """One request, parsed; ``(None, headers)`` on 404."""
+    data, headers = await fetch(session, source, method, url, body)
+    return (None if data is None else parse(data, source)), headers
 
 
 def bundle_resources(doc: Json, source: str) -> list[Json]:
@@ -126,6 +139,7 @@ class AcuteSource:
         self.base = base_url.rstrip("/") + "/fhir"
         self.name = name
         self.page_size = page_size
+        self.cache = AnswerCache()
 
     async def fetch_record(
         self,
@@ -138,22 +152,33 @@ class AcuteSource:
         url: str | None = f"{self.base}/Patient/{local_id}/$everything?_count={self.page_size}"
         if types:
             url = f"{url}&_type={','.join(sorted(types | {'Patient'}))}"
+        key = (local_id, patient_ref, types)
         resources: list[Json] = []
         versions: list[str] = []
         stamp = ""
+        first = True
         while url:
-            doc, headers = await get_json(self.session, self.name, "GET", url)
-            if doc is None:
+            data, headers = await fetch(self.session, self.name, "GET", url)
+            if data is None:
                 return SourceAnswer([], "absent", as_of(headers))
-            resources.extend(bundle_resources(doc, self.name))
-            versions.append(headers.get("ETag", ""))
             stamp = stamp or as_of(headers)
+            versions.append(headers.get("ETag", ""))
+            if first:
+                fingerprint = digest(data)
+                cached = self.cache.get(key, fingerprint)
+                if cached is not None:
+                    return SourceAnswer(cached, versions[0], stamp)
+            doc = parse(data, self.name)
+            resources.extend(bundle_resources(doc, self.name))
             url = next(
                 (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
             )
-        return SourceAnswer(
-            localise(resources, self.name, local_id, patient_ref, types), "|".join(versions), stamp
-        )
+            single_page = first and url is None
+            first = False
+        out = localise(resources, self.name, local_id, patient_ref, types)
+        if single_page:
+            self.cache.put(key, fingerprint, out)
+        return SourceAnswer(out, "|".join(versions), stamp)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""
@@ -179,6 +204,7 @@ class GPSource:
         self.base = base_url.rstrip("/")
         self.name = name
         self.page_size = page_size
+        self.cache = AnswerCache()
 
     async def fetch_record(
         self,
@@ -195,20 +221,24 @@ class GPSource:
             }
         ]
         body = orjson.dumps({"resourceType": "Parameters", "parameter": params})
-        doc, headers = await get_json(
+        data, headers = await fetch(
             self.session, self.name, "POST", f"{self.base}/$gpc.getstructuredrecord", body
         )
-        if doc is None:
+        if data is None:
             return SourceAnswer([], "absent", as_of(headers))
-        resources = bundle_resources(doc, self.name)
+        key = (local_id, patient_ref, types)
+        fingerprint = digest(data)
+        version = headers.get("ETag", "") or fingerprint.hex()
+        cached = self.cache.get(key, fingerprint)
+        if cached is not None:
+            return SourceAnswer(cached, version, as_of(headers))
+        resources = bundle_resources(parse(data, self.name), self.name)
         patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
         if patient is None:
             raise SourceBadPayload(self.name, "structured record without a Patient")
-        return SourceAnswer(
-            localise(resources, self.name, f"{patient['id']}", patient_ref, types),
-            headers.get("ETag", ""),
-            as_of(headers),
-        )
+        out = localise(resources, self.name, f"{patient['id']}", patient_ref, types)
+        self.cache.put(key, fingerprint, out)
+        return SourceAnswer(out, version, as_of(headers))
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``)."""

@@ -1,0 +1,58 @@
+"""Reuse a source's transformed answer when the source sends the same bytes again.
+
+Every request still goes to the source (the record stays live and failures
+are still seen); when the body is byte-for-byte what it sent last time for
+the same question, the FHIR resources made from it are reused instead of
+parsing and transforming the same bytes again.
+
+Cached resources are shared between requests: callers must not mutate them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+Json = dict[str, Any]
+Key = tuple[str, str, frozenset[str] | None]  # local id, patient ref, types
+
+
+def digest(body: bytes) -> bytes:
+    """A fingerprint of a response body."""
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One remembered answer and the fingerprint of the bytes it was made from."""
+
+    fingerprint: bytes
+    resources: list[Json]
+
+
+class AnswerCache:
+    """A bounded LRU of answers by (local id, patient ref, types)."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Key, Cached] = OrderedDict()
+
+    def get(self, key: Key, fingerprint: bytes) -> list[Json] | None:
+        """The resources made last time, if the source sent exactly these bytes then."""
+        hit = self._items.get(key)
+        if hit is None or hit.fingerprint != fingerprint:
+            return None
+        self._items.move_to_end(key)
+        return hit.resources
+
+    def put(self, key: Key, fingerprint: bytes, resources: list[Json]) -> None:
+        """Remember what these bytes became."""
+        self._items[key] = Cached(fingerprint, resources)
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
