@@ -30,11 +30,13 @@ def fold_key(resource: Json) -> bytes:
 def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[str]]]:
     """All resources of the sources that answered, exact duplicates folded.
 
-    Returns the resources (in source order, then as each source sent them)
-    and, per source, the references of the resources it contributed
-    (including the ones folded into another source's copy).
+    Only copies from different sources fold: two identical entries within
+    one source are two records there and both are kept. Returns the
+    resources (in source order, then as each source sent them) and, per
+    source, the references of the resources it contributed (including the
+    ones folded into another source's copy).
     """
-    seen: dict[bytes, Json] = {}
+    seen: dict[bytes, tuple[str, Json]] = {}
     out: list[Json] = []
     contributed: dict[str, list[str]] = {}
     for result in results:
@@ -47,9 +49,11 @@ def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[s
                 refs.append(f"Patient/{resource['id']}")
                 continue
             key = fold_key(resource)
-            kept = seen.get(key)
-            if kept is None:
-                seen[key] = resource
+            hit = seen.get(key)
+            if hit is not None and hit[0] != result.source:
+                kept = hit[1]  # the same fact from another source: one copy, both credited
+            else:
+                seen.setdefault(key, (result.source, resource))
                 out.append(resource)
                 kept = resource
             refs.append(f"{kept['resourceType']}/{kept['id']}")

@@ -1,0 +1,54 @@
+"""Merging: cross-source duplicates fold, same-source entries stay, provenance repeats."""
+
+from __future__ import annotations
+
+from carelink.federation.fanout import SourceResult
+from carelink.federation.merge import merge, provenance
+
+ALLERGY = {
+    "resourceType": "AllergyIntolerance",
+    "code": {"text": "penicillin"},
+    "patient": {"reference": "Patient/p"},
+}
+
+
+def _res(source: str, rid: str, **extra) -> dict:
+    return {**ALLERGY, "id": f"{source}-{rid}", "meta": {"source": f"urn:{source}"}, **extra}
+
+
+def _ok(source: str, *resources: dict) -> SourceResult:
+    return SourceResult(source, "ok", 1.0, tuple(resources), "v1", "2026-01-01T00:00:00Z")
+
+
+def test_the_same_fact_from_two_sources_is_one_entry_credited_to_both():
+    out, contributed = merge([_ok("gp", _res("gp", "1")), _ok("acute", _res("acute", "9"))])
+    assert [r["id"] for r in out] == ["gp-1"]
+    assert contributed == {"gp": ["AllergyIntolerance/gp-1"], "acute": ["AllergyIntolerance/gp-1"]}
+
+
+def test_identical_entries_within_one_source_are_both_kept():
+    out, _ = merge([_ok("gp", _res("gp", "1"), _res("gp", "2"))])
+    assert [r["id"] for r in out] == ["gp-1", "gp-2"]
+
+
+def test_different_content_is_never_folded():
+    out, _ = merge(
+        [_ok("gp", _res("gp", "1")), _ok("acute", _res("acute", "9", onsetDateTime="2020-01-01"))]
+    )
+    assert len(out) == 2
+
+
+def test_failed_sources_contribute_nothing():
+    failed = SourceResult("acute", "timeout", 500.0, reason="slow")
+    out, contributed = merge([_ok("gp", _res("gp", "1")), failed])
+    assert [r["id"] for r in out] == ["gp-1"]
+    assert "acute" not in contributed
+
+
+def test_provenance_is_reproducible_for_the_same_data_and_changes_with_it():
+    a = provenance("p", _ok("gp"), ["AllergyIntolerance/gp-1"])
+    assert a == provenance("p", _ok("gp"), ["AllergyIntolerance/gp-1"])
+    changed = SourceResult("gp", "ok", 1.0, (), "v2", "2026-01-01T00:00:00Z")
+    assert provenance("p", changed, [])["id"] != a["id"]
+    assert a["target"] == [{"reference": "AllergyIntolerance/gp-1"}]
+    assert a["recorded"] == "2026-01-01T00:00:00Z"

@@ -1,0 +1,73 @@
+"""A tester's own FHIR data (a Synthea Bulk Data export) federates back complete."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.procs import carelink, free_port, running
+
+SYNTHEA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "synthea-bulk-10"
+LINKS = ("subject", "patient", "beneficiary", "individual")
+
+
+def _compartments() -> dict[str, collections.Counter[str]]:
+    out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for f in SYNTHEA.glob("*.ndjson"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            if r["resourceType"] == "Patient":
+                out[r["id"]]["Patient"] += 1
+                continue
+            for key in LINKS:
+                ref = (
+                    (r.get(key) or {}).get("reference", "") if isinstance(r.get(key), dict) else ""
+                )
+                if ref:
+                    out[ref.split("/")[-1].removeprefix("urn:uuid:")][r["resourceType"]] += 1
+                    break
+    return out
+
+
+@pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
+def test_every_resource_of_every_synthea_patient_comes_back(tmp_path):
+    expected = _compartments()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(
+        ["simulate", "acute", "--port", str(port), "--data", str(SYNTHEA)], f"{url}/_admin/health"
+    ):
+        env = {
+            "CARELINK_DATABASE_URL": str(tmp_path / "own.db"),
+            "CARELINK_SOURCES": f"acute={url}",
+        }
+        built = carelink(["index", "build"], env)
+        assert built.returncode == 0, built.stderr
+        gport = free_port()
+        base = f"http://127.0.0.1:{gport}/fhir"
+        with (
+            running(["serve", "--port", str(gport)], f"{base}/metadata", env),
+            httpx.Client(timeout=30) as client,
+        ):
+            for local, counts in expected.items():
+                found = client.get(
+                    f"{base}/Patient",
+                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+                ).json()
+                assert found["total"] == 1, local
+                pid = found["entry"][0]["resource"]["id"]
+                got: collections.Counter[str] = collections.Counter()
+                url_ = f"{base}/Patient/{pid}/$everything?_count=1000"
+                while url_:
+                    page = client.get(url_).json()
+                    for e in page["entry"]:
+                        if e["search"]["mode"] == "match" and e["resource"]["id"] != pid:
+                            got[e["resource"]["resourceType"]] += 1
+                    url_ = next(
+                        (lk["url"] for lk in page["link"] if lk["relation"] == "next"), None
+                    )
+                assert got == counts, local
