@@ -82,16 +82,24 @@ def run_demo(
     from carelink.storage import Database, IndexStore
 
     Path(database).parent.mkdir(parents=True, exist_ok=True)
-    print(f"starting four simulated sources for {size:,} people (seed {seed}) ...")
+    print(f"starting four simulated sources for {size:,} people (seed {seed}) ...", flush=True)
     urls, procs = start_simulators(size, seed, source_port, latency_ms)
     try:
         settings = replace(Settings.from_env(), database_url=database, sources=urls)
         db = Database(database)
         db.migrate()
-        report = asyncio.run(build(settings, IndexStore(db)))
+        store = IndexStore(db)
+        report = asyncio.run(build(settings, store))
+        example = max(people(seed, size), key=lambda p: len(p.sources))
+        row = store.person_by_nhs(example.nhs_number)
+        pid = row.id if row else "<id>"
+        store.close()
         db.dispose()
-        print(f"index built: {report}")
-        example = next(p for p in people(seed, size) if len(p.sources) == 4)
+        print(
+            f"index built: {report.persons:,} people, {report.by_nhs_number:,} records linked "
+            f"by NHS number, {report.by_demographics:,} by demographics",
+            flush=True,
+        )
         base = f"http://127.0.0.1:{port}/fhir"
         for name, url in urls.items():
             print(f"  source {name:12} {url}")
@@ -100,9 +108,9 @@ def run_demo(
             f"  curl '{base}/metadata'\n"
             f"  curl '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
             f"{example.nhs_number}'\n"
-            f"  # then, with the id from that answer:\n"
-            f"  curl '{base}/Patient/<id>/$everything'\n"
-            f"  curl '{base}/Observation?patient=<id>&category=vital-signs'\n"
+            f"  curl '{base}/Patient/{pid}/$everything'\n"
+            f"  curl '{base}/Observation?patient={pid}&category=vital-signs'\n",
+            flush=True,
         )
         os.environ["CARELINK_DATABASE_URL"] = database
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")

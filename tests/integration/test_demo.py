@@ -1,0 +1,54 @@
+"""The README's first command: ``carelink demo`` brings the whole system up."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import httpx
+
+from tests.support.procs import free_port, running
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _four_free_ports() -> int:
+    while True:
+        first = free_port()
+        if first < 60000 and all(_free(first + i) for i in range(1, 4)):
+            return first
+
+
+def test_demo_starts_four_sources_builds_the_index_and_prints_working_requests(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    args = [
+        "demo",
+        "--size",
+        "150",
+        "--port",
+        str(port),
+        "--source-port",
+        str(_four_free_ports()),
+        "--latency-ms",
+        "1",
+        "--database",
+        str(tmp_path / "d.db"),
+    ]
+    with running(args, f"{base}/metadata") as proc:
+        assert proc.stdout is not None
+        banner = ""
+        while "vital-signs" not in banner:
+            banner += proc.stdout.readline().decode()
+        urls = re.findall(r"curl '([^']+)'", banner)
+        assert len(urls) == 4
+        answers = [httpx.get(u, timeout=10) for u in urls]
+    assert "index built: 150 people" in banner
+    assert [a.status_code for a in answers] == [200] * 4
+    assert answers[1].json()["total"] == 1
+    everything = answers[2].json()
+    outcome = next(e["resource"] for e in everything["entry"] if e["search"]["mode"] == "outcome")
+    assert len(outcome["issue"]) == 4
