@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 import orjson
@@ -204,13 +205,15 @@ async def everything(
     end = parse_date(q["end"][-1], "end").range if "end" in q else None
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
-    matches = [
-        r
-        for r in fed.resources
-        if (not types or r["resourceType"] in types)
-        and in_period(r, start, end)
-        and _since_ok(r, since)
-    ]
+    matches = fed.resources
+    if types or start or end or since:
+        matches = [
+            r
+            for r in matches
+            if (not types or r["resourceType"] in types)
+            and in_period(r, start, end)
+            and _since_ok(r, since)
+        ]
     etag = f'"{fed.etag}-{_query_digest(q)}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -241,8 +244,6 @@ def _since_ok(resource: Json, since: Any) -> bool:
 
 
 def _query_digest(q: dict[str, list[str]]) -> str:
-    import hashlib
-
     return hashlib.blake2b(orjson.dumps(sorted(q.items())), digest_size=6).hexdigest()
 
 
