@@ -19,13 +19,17 @@ from carelink.errors import CarelinkError, ConfigError
 from carelink.federation import CircuitBreaker, FanOut, SharedRecord
 from carelink.settings import Settings
 from carelink.sources.base import Source
+from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
+from carelink.sources.social_care import SocialCareSource
 from carelink.storage import Database, IndexStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
     "acute": lambda s, url, name: AcuteSource(s, url, name),
     "gp": lambda s, url, name: GPSource(s, url, name),
+    "community": lambda s, url, name: CommunitySource(s, url, name),
+    "social-care": lambda s, url, name: SocialCareSource(s, url, name),
 }
 
 

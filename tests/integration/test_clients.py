@@ -18,8 +18,11 @@ def _person(system: System):
 def test_fhirpy_searches_reads_pages_and_calls_everything(system: System):
     person = _person(system)
     fhir = SyncFHIRClient(system.base)
-    found = fhir.resources("Patient").search(
-        identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}").fetch()
+    found = (
+        fhir.resources("Patient")
+        .search(identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}")
+        .fetch()
+    )
     assert len(found) == 1
     patient = found[0]
     assert patient["birthDate"] == person.birth_date.isoformat()
@@ -35,10 +38,9 @@ def test_fhirpy_searches_reads_pages_and_calls_everything(system: System):
 
 def test_smart_fhirclient_searches_reads_and_calls_everything(system: System):
     person = _person(system)
-    smart = smart_client.FHIRClient(settings={"app_id": "carelink-tests",
-                                              "api_base": system.base})
+    smart = smart_client.FHIRClient(settings={"app_id": "carelink-tests", "api_base": system.base})
     search = Patient.where(struct={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
-    patients = search.perform_resources(smart.server)
+    patients = list(search.perform_resources_iter(smart.server))
     assert len(patients) == 1
     read = Patient.read(patients[0].id, smart.server)
     assert read.birthDate.isostring == person.birth_date.isoformat()

@@ -27,8 +27,9 @@ def everyone(system: System):
 
 
 def pid_of(system: System, person) -> str:
-    r = httpx.get(f"{system.base}/Patient",
-                  params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+    r = httpx.get(
+        f"{system.base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"}
+    )
     return r.json()["entry"][0]["resource"]["id"]
 
 
@@ -49,8 +50,9 @@ def test_each_fault_on_each_source_gives_the_rest_of_the_record(system, source, 
     system.faults(source, **FAULTS[fault])
     try:
         t0 = time.monotonic()
-        r = httpx.get(f"{system.base}/Patient/{pid}/$everything", params={"_count": 1000},
-                      timeout=10)
+        r = httpx.get(
+            f"{system.base}/Patient/{pid}/$everything", params={"_count": 1000}, timeout=10
+        )
         elapsed = time.monotonic() - t0
     finally:
         system.heal()
@@ -59,8 +61,11 @@ def test_each_fault_on_each_source_gives_the_rest_of_the_record(system, source, 
     got = statuses(bundle)
     assert got[source] == EXPECTED[fault]
     assert all(v == "ok" for k, v in got.items() if k != source)
-    sources_seen = {e["resource"].get("meta", {}).get("source") for e in bundle["entry"]
-                    if e["search"]["mode"] == "match"}
+    sources_seen = {
+        e["resource"].get("meta", {}).get("source")
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "match"
+    }
     assert f"urn:carelink:source:{source}" not in sources_seen
     assert {f"urn:carelink:source:{s}" for s in SOURCES if s != source} <= sources_seen
     assert elapsed < BUDGET + 1.5, f"took {elapsed:.2f}s with a {BUDGET}s budget"
@@ -71,8 +76,9 @@ def test_prefer_wait_returns_what_arrived_by_then(system):
     pid = pid_of(system, person)
     system.faults("community", latency_ms=400.0, latency_sigma=0.01)
     try:
-        r = httpx.get(f"{system.base}/Patient/{pid}/$everything",
-                      headers={"Prefer": "wait=0.1"}, timeout=10)
+        r = httpx.get(
+            f"{system.base}/Patient/{pid}/$everything", headers={"Prefer": "wait=0.1"}, timeout=10
+        )
     finally:
         system.faults("community", latency_ms=2.0, latency_sigma=0.25)
         system.heal()
@@ -107,12 +113,12 @@ def test_a_source_whose_process_is_not_running_is_reported_not_fatal(system):
     env = dict(system.env)
     dead = f"http://127.0.0.1:{free_port()}"
     env["CARELINK_SOURCES"] = ",".join(
-        f"{k}={dead if k == 'acute' else v}" for k, v in system.sources.items())
+        f"{k}={dead if k == 'acute' else v}" for k, v in system.sources.items()
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     with running(["serve", "--port", str(port)], f"{base}/metadata", env):
-        pid = pid_of(System(base, system.sources, env, system.population),
-                     everyone(system))
+        pid = pid_of(System(base, system.sources, env, system.population), everyone(system))
         r = httpx.get(f"{base}/Patient/{pid}/$everything", timeout=10)
     assert r.status_code == 200
     got = statuses(r.json())

@@ -22,8 +22,9 @@ def test_index_build_and_lookup_on_postgresql(system: System, database_url: str)
     base = f"http://127.0.0.1:{port}/fhir"
     person = next(p for p in system.population if len(p.sources) >= 3)
     with running(["serve", "--port", str(port)], f"{base}/metadata", env):
-        r = httpx.get(f"{base}/Patient",
-                      params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+        r = httpx.get(
+            f"{base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"}
+        )
         assert r.json()["total"] == 1
         pid = r.json()["entry"][0]["resource"]["id"]
         everything = httpx.get(f"{base}/Patient/{pid}/$everything", timeout=10).json()

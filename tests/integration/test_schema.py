@@ -24,14 +24,18 @@ def _definitions() -> dict:
 
 @cache
 def validator(resource_type: str) -> jsonschema.Draft6Validator:
-    return jsonschema.Draft6Validator({"$ref": f"#/definitions/{resource_type}",
-                                       "definitions": _definitions()})
+    return jsonschema.Draft6Validator(
+        {"$ref": f"#/definitions/{resource_type}", "definitions": _definitions()}
+    )
 
 
 def problems(resource: dict) -> list[str]:
     v = validator(resource["resourceType"])
-    return [f"{resource['resourceType']}/{resource.get('id')}: {'/'.join(map(str, e.path))} "
-            f"{e.message[:200]}" for e in v.iter_errors(resource)]
+    return [
+        f"{resource['resourceType']}/{resource.get('id')}: {'/'.join(map(str, e.path))} "
+        f"{e.message[:200]}"
+        for e in v.iter_errors(resource)
+    ]
 
 
 def test_the_validator_can_fail():
@@ -46,19 +50,30 @@ def test_every_resource_for_200_patients_validates(system: System):
     types: set[str] = set()
     with httpx.Client(timeout=30) as client:
         for person in system.population[:SAMPLE]:
-            found = client.get(f"{system.base}/Patient",
-                               params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
+            found = client.get(
+                f"{system.base}/Patient",
+                params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"},
+            )
             bundle = found.json()
             failures += problems(bundle)
             pid = bundle["entry"][0]["resource"]["id"]
-            everything = client.get(f"{system.base}/Patient/{pid}/$everything",
-                                    params={"_count": 1000}).json()
+            everything = client.get(
+                f"{system.base}/Patient/{pid}/$everything", params={"_count": 1000}
+            ).json()
             failures += problems(everything)
             for entry in everything["entry"]:
                 failures += problems(entry["resource"])
                 types.add(entry["resource"]["resourceType"])
                 checked += 1
     assert checked > SAMPLE * 10
-    assert {"Patient", "Encounter", "Condition", "Observation", "EpisodeOfCare", "Flag",
-            "Provenance", "OperationOutcome"} <= types
+    assert {
+        "Patient",
+        "Encounter",
+        "Condition",
+        "Observation",
+        "EpisodeOfCare",
+        "Flag",
+        "Provenance",
+        "OperationOutcome",
+    } <= types
     assert failures == []

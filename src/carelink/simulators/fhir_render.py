@@ -7,7 +7,7 @@ source's own local ids; the gateway's adapters namespace them.
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
@@ -101,8 +101,8 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "subject": subject,
                 "period": {"start": instant(fact.when)},
             }
-            if fact.end is not None:
-                out["period"]["end"] = instant(fact.end)
+            end = fact.end or fact.when + timedelta(minutes=15)  # a finished consultation
+            out["period"]["end"] = instant(end)
             if fact.related is not None:
                 out["reasonCode"] = [concept(fact.related)]
         case "condition" | "diagnosis":

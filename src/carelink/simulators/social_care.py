@@ -1,0 +1,198 @@
+"""The council's adult and children's social-care case-management system.
+
+Its own JSON API, deliberately not FHIR: the council's field names, dates as
+``DD/MM/YYYY`` and its own code lists.
+
+- ``GET /api/v2/persons?page=N&pageSize=M`` -> ``{"items", "page", "pageSize", "totalItems"}``
+- ``GET /api/v2/persons/search?surname=&forename=&dob=DD/MM/YYYY&postcode=&nhsNo=``
+- ``GET /api/v2/persons/{personRef}``
+- ``GET /api/v2/persons/{personRef}/case`` -> the person with ``assessments``,
+  ``services``, ``alerts`` and ``carers``
+
+Demographics are what the council holds (``social_demographics``): for one
+record in five the NHS number is missing and the name or address differs
+from the GP's.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from carelink.simulators.base import Behaviour, admin_routes, etag_for, with_behaviour
+from carelink.simulators.population import Fact, Person, social_demographics
+from carelink.simulators.store import PopulationSlice
+
+Json = dict[str, Any]
+
+ASSESSMENT_TYPES = {"care-act": "CA01", "childrens": "CF02"}
+SERVICE_TYPES = {
+    "home-care": "SV-HC",
+    "day-centre": "SV-DC",
+    "meals": "SV-ML",
+    "telecare": "SV-TC",
+    "residential": "SV-RC",
+}
+ALERT_TYPES = {"safeguarding": "AL-SG", "child-protection": "AL-CP"}
+RELATIONSHIPS = {"spouse": "SPO", "daughter": "DAU", "son": "SON", "friend": "FRD"}
+MALFORMED = b'{"personRef": "SC0001", "forename": "Ma'
+
+
+def _uk(d: date | datetime) -> str:
+    return d.strftime("%d/%m/%Y")
+
+
+def person_json(person: Person, ref: str) -> Json:
+    """The council's person record."""
+    demo = social_demographics(person)
+    born = date.fromisoformat(str(demo["birth_date"]))
+    return {
+        "personRef": ref,
+        "forename": demo["given"],
+        "surname": demo["family"],
+        "dateOfBirth": _uk(born),
+        "genderCode": "M" if person.gender == "male" else "F",
+        "nhsNo": demo["nhs_number"],
+        "addressLines": [demo["address_line"], person.town],
+        "postCode": demo["postcode"],
+        "caseStatus": "OPEN",
+    }
+
+
+def case_json(person: Person, ref: str, facts: tuple[Fact, ...]) -> Json:
+    """The person with everything the council records about them."""
+    out = person_json(person, ref)
+    out["assessments"] = [
+        {
+            "assessmentId": f"{ref}-{f.local_id}",
+            "assessmentType": ASSESSMENT_TYPES[f.text or ""],
+            "completedOn": _uk(f.when),
+            "outcome": "Eligible needs identified",
+        }
+        for f in facts
+        if f.kind == "assessment"
+    ]
+    out["services"] = [
+        {
+            "serviceId": f"{ref}-{f.local_id}",
+            "serviceType": SERVICE_TYPES[f.text or ""],
+            "startDate": _uk(f.when),
+            "hoursPerWeek": f.value,
+            "provider": "Council in-house team",
+        }
+        for f in facts
+        if f.kind == "service"
+    ]
+    out["alerts"] = [
+        {
+            "alertId": f"{ref}-{f.local_id}",
+            "alertType": ALERT_TYPES[f.text or ""],
+            "raisedOn": _uk(f.when),
+            "restricted": f.sensitivity is not None,
+            "note": "Concerns raised; plan in place & reviewed",
+        }
+        for f in facts
+        if f.kind == "alert"
+    ]
+    out["carers"] = [
+        {
+            "carerId": f"{ref}-{f.local_id}",
+            "relationship": RELATIONSHIPS[f.text or ""],
+            "carerName": f"{person.family} (carer)",
+        }
+        for f in facts
+        if f.kind == "carer"
+    ]
+    return out
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    data = orjson.dumps(body)
+    now = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return Response(
+        data,
+        status_code=status,
+        media_type="application/json",
+        headers={"ETag": etag_for(data), "Last-Modified": now},
+    )
+
+
+def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
+    """The social-care simulator serving its slice of the synthetic population."""
+    people = PopulationSlice("social-care", seed, size)
+
+    async def persons(request: Request) -> Response:
+        q = request.query_params
+        try:
+            page = max(1, int(q.get("page", "1")))
+            page_size = min(1000, max(1, int(q.get("pageSize", "100"))))
+        except ValueError:
+            return _json({"error": "page and pageSize must be whole numbers"}, 400)
+        refs = people.local_ids()
+        chunk = refs[(page - 1) * page_size : page * page_size]
+        return _json(
+            {
+                "items": [person_json(people.by_local[r], r) for r in chunk],
+                "page": page,
+                "pageSize": page_size,
+                "totalItems": len(refs),
+            }
+        )
+
+    async def search(request: Request) -> Response:
+        q = request.query_params
+        surname = q.get("surname", "").casefold()
+        forename = q.get("forename", "").casefold()
+        dob, postcode = q.get("dob", ""), q.get("postCode", q.get("postcode", ""))
+        nhs = q.get("nhsNo", "")
+        if not any((surname, forename, dob, postcode, nhs)):
+            return _json(
+                {"error": "give at least one of surname, forename, dob, postcode, nhsNo"}, 400
+            )
+        hits = []
+        for ref, person in people.by_local.items():
+            p = person_json(person, ref)
+            if surname and not str(p["surname"]).casefold().startswith(surname):
+                continue
+            if forename and not str(p["forename"]).casefold().startswith(forename):
+                continue
+            if dob and p["dateOfBirth"] != dob:
+                continue
+            if (
+                postcode
+                and str(p["postCode"]).replace(" ", "").upper() != postcode.replace(" ", "").upper()
+            ):
+                continue
+            if nhs and p["nhsNo"] != nhs:
+                continue
+            hits.append(p)
+        return _json({"items": hits, "totalItems": len(hits)})
+
+    async def one(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        person = people.by_local.get(ref)
+        if person is None:
+            return _json({"error": f"no person {ref}"}, 404)
+        return _json(person_json(person, ref))
+
+    async def case(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        person = people.by_local.get(ref)
+        if person is None:
+            return _json({"error": f"no person {ref}"}, 404)
+        return _json(case_json(person, ref, people.facts(ref)))
+
+    routes = [
+        Route("/api/v2/persons", with_behaviour(behaviour, persons, MALFORMED)),
+        Route("/api/v2/persons/search", with_behaviour(behaviour, search, MALFORMED)),
+        Route("/api/v2/persons/{ref}/case", with_behaviour(behaviour, case, MALFORMED)),
+        Route("/api/v2/persons/{ref}", with_behaviour(behaviour, one, MALFORMED)),
+        *admin_routes(behaviour),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,100 @@
+"""Adapter for the community and mental-health trust (HL7 v2 over HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from carelink.errors import SourceBadPayload
+from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.base import Json, SourceAnswer, SourcePerson
+from carelink.sources.fhir_rest import as_of, fetch
+from carelink.sources.hl7v2 import message_type, person, resources, split_messages
+
+
+class CommunitySource:
+    """``GET /hl7/record?pid=`` for a record, ``GET /hl7/patients`` for the index."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        name: str = "community",
+        page_size: int = 500,
+    ) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/") + "/hl7"
+        self.name = name
+        self.page_size = page_size
+        self.cache = AnswerCache()
+
+    async def fetch_record(
+        self,
+        local_id: str,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        nhs_number: str | None = None,
+    ) -> SourceAnswer:
+        """The person's messages as FHIR; an unknown person is an empty answer."""
+        data, headers = await fetch(
+            self.session, self.name, "GET", f"{self.base}/record?pid={local_id}"
+        )
+        if data is None:
+            return SourceAnswer([], "absent", as_of(headers))
+        key = (local_id, patient_ref, types)
+        fingerprint = digest(data)
+        version = headers.get("ETag", "") or fingerprint.hex()
+        cached = self.cache.get(key, fingerprint)
+        if cached is not None:
+            return SourceAnswer(cached, version, as_of(headers))
+        out: list[Json] = []
+        for msg in split_messages(data, self.name):
+            if message_type(msg) == "ADT^A28":
+                out.append(person(msg, self.name)[2])
+            else:
+                out.extend(
+                    r
+                    for r in resources(msg, self.name, patient_ref)
+                    if types is None or r["resourceType"] in types
+                )
+        if not out or out[0]["resourceType"] != "Patient":
+            raise SourceBadPayload(self.name, "record without the person's ADT^A28")
+        self.cache.put(key, fingerprint, out)
+        return SourceAnswer(out, version, as_of(headers))
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""
+        page = 1
+        while True:
+            data, headers = await fetch(
+                self.session,
+                self.name,
+                "GET",
+                f"{self.base}/patients?page={page}&page_size={self.page_size}",
+            )
+            if data is None:
+                return
+            for msg in split_messages(data, self.name):
+                local, nhs, patient = person(msg, self.name)
+                name = patient["name"][0]
+                address = (patient.get("address") or [{}])[0]
+                yield SourcePerson(
+                    source=self.name,
+                    local_id=local,
+                    nhs_number=nhs,
+                    given=" ".join(name.get("given", [])),
+                    family=name.get("family", ""),
+                    birth_date=patient.get("birthDate"),
+                    gender=patient.get("gender"),
+                    postcode=address.get("postalCode"),
+                    address_line=(address.get("line") or [None])[0],
+                    patient=patient,
+                )
+            try:
+                total = int(headers.get("X-Total-Count", "0"))
+            except ValueError as exc:
+                raise SourceBadPayload(self.name, "X-Total-Count is not a number") from exc
+            if page * self.page_size >= total:
+                return
+            page += 1

@@ -1,0 +1,297 @@
+"""HL7 v2 batches from the community trust, turned into FHIR R4.
+
+Parsing is python-hl7's (segments, delimiters, escape sequences); this
+module reads the fields the community system uses (see
+``carelink.simulators.community`` for the message shapes) and maps:
+
+- ``ADT^A28`` PID -> ``Patient``
+- ``ADT^A01`` + ``ZEP`` -> ``EpisodeOfCare``
+- ``ADT^A03`` PV1 -> ``Encounter`` (a contact, linked to its episode)
+- ``PPR^PC1`` PRB -> ``Condition`` (SNOMED CT + ICD-10; PRB-25 sensitivity)
+- ``ORU^R01`` OBX -> ``Observation`` (LOINC; sensitivity from a following ZSN)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hl7
+
+from carelink.errors import SourceBadPayload
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.sources.base import Json, local_id_system, security_labels, source_uri
+from carelink.sources.namespacing import namespaced_id
+
+SNOMED = "http://snomed.info/sct"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+CODE_SYSTEMS = {"SCT": SNOMED, "I10": ICD10, "LN": LOINC}
+SURVEY_CODES = {"44261-6"}
+_BATCH = ("FHS", "BHS", "BTS", "FTS")
+
+
+def split_messages(data: bytes, source: str) -> list[Any]:
+    """The messages of a batch, parsed; anything unreadable is a bad payload."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceBadPayload(source, "HL7 batch is not UTF-8") from exc
+    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
+    messages: list[list[str]] = []
+    for seg in segments:
+        if seg[:3] in _BATCH:
+            continue
+        if seg.startswith("MSH"):
+            messages.append([seg])
+        elif messages:
+            messages[-1].append(seg)
+        else:
+            raise SourceBadPayload(source, f"segment {seg[:3]!r} before any MSH")
+    if not messages:
+        raise SourceBadPayload(source, "no HL7 message in the answer")
+    try:
+        return [hl7.parse("\r".join(m)) for m in messages]
+    except Exception as exc:  # python-hl7 raises several kinds on broken input
+        raise SourceBadPayload(source, f"unparseable HL7: {type(exc).__name__}") from exc
+
+
+def field(msg: Any, seg: Any, n: int) -> list[list[str]]:
+    """Field ``n`` of a segment as repetitions of unescaped components."""
+    try:
+        raw = str(seg[n])
+    except IndexError:
+        return [[""]]
+    return [[msg.unescape(c) for c in rep.split("^")] for rep in raw.split("~")]
+
+
+def value(msg: Any, seg: Any, n: int, comp: int = 1) -> str:
+    """One component of the first repetition (1-based), or ''."""
+    reps = field(msg, seg, n)
+    comps = reps[0]
+    return comps[comp - 1] if len(comps) >= comp else ""
+
+
+def fhir_datetime(dtm: str) -> str | None:
+    """``YYYYMMDD[HHMM[SS]][+ZZZZ]`` to a FHIR date or dateTime."""
+    if len(dtm) < 8 or not dtm[:8].isdigit():
+        return None
+    date = f"{dtm[:4]}-{dtm[4:6]}-{dtm[6:8]}"
+    rest = dtm[8:]
+    zone = ""
+    for sign in "+-":
+        if sign in rest:
+            rest, _, z = rest.partition(sign)
+            zone = f"{sign}{z[:2]}:{z[2:4]}"
+    if len(rest) < 4:
+        return date
+    seconds = rest[4:6] or "00"
+    return f"{date}T{rest[:2]}:{rest[2:4]}:{seconds}{zone or '+00:00'}"
+
+
+def message_type(msg: Any) -> str:
+    """``ADT^A28`` from MSH-9."""
+    msh = msg.segment("MSH")
+    return f"{value(msg, msh, 9, 1)}^{value(msg, msh, 9, 2)}"
+
+
+def person(msg: Any, source: str) -> tuple[str, str | None, Json]:
+    """The local id, NHS number and Patient from a message's PID."""
+    pid = msg.segment("PID")
+    local, nhs = "", None
+    for rep in field(msg, pid, 3):
+        kind = rep[4] if len(rep) > 4 else ""
+        if kind == "MR":
+            local = rep[0]
+        elif kind == "NH":
+            nhs = rep[0]
+    if not local:
+        raise SourceBadPayload(source, "PID-3 without a local (MR) identifier")
+    name = field(msg, pid, 5)[0]
+    identifiers: list[Json] = []
+    if nhs:
+        identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": nhs})
+    identifiers.append({"system": local_id_system(source), "value": local})
+    patient: Json = {
+        "resourceType": "Patient",
+        "id": namespaced_id(source, local),
+        "meta": {"source": source_uri(source)},
+        "identifier": identifiers,
+        "name": [{"use": "official", "family": name[0], "given": [g for g in name[1:3] if g]}],
+        "gender": {"M": "male", "F": "female"}.get(value(msg, pid, 8), "unknown"),
+    }
+    born = fhir_datetime(value(msg, pid, 7))
+    if born:
+        patient["birthDate"] = born[:10]
+    addr = field(msg, pid, 11)[0]
+    if any(addr):
+        address: Json = {"use": "home"}
+        if addr[0]:
+            address["line"] = [addr[0]]
+        if len(addr) > 2 and addr[2]:
+            address["city"] = addr[2]
+        if len(addr) > 4 and addr[4]:
+            address["postalCode"] = addr[4]
+        patient["address"] = [address]
+    phone = value(msg, pid, 13)
+    if phone:
+        patient["telecom"] = [{"system": "phone", "value": phone, "use": "mobile"}]
+    return local, nhs, patient
+
+
+def _coding(comps: list[str], offset: int) -> Json | None:
+    if len(comps) <= offset or not comps[offset]:
+        return None
+    system = CODE_SYSTEMS.get(comps[offset + 2] if len(comps) > offset + 2 else "", "")
+    out: Json = {"code": comps[offset]}
+    if system:
+        out["system"] = system
+    if len(comps) > offset + 1 and comps[offset + 1]:
+        out["display"] = comps[offset + 1]
+    return out
+
+
+def _concept(comps: list[str]) -> Json:
+    codings = [c for c in (_coding(comps, 0), _coding(comps, 3)) if c]
+    return {"coding": codings, "text": comps[1] if len(comps) > 1 else codings[0]["code"]}
+
+
+def _meta(source: str, sensitivity: str) -> Json:
+    meta: Json = {"source": source_uri(source)}
+    if sensitivity:
+        meta["security"] = security_labels(sensitivity)
+    return meta
+
+
+def resources(msg: Any, source: str, patient_ref: str) -> list[Json]:
+    """The clinical resources one message carries (not its Patient)."""
+    kind = message_type(msg)
+    subject = {"reference": patient_ref}
+    out: list[Json] = []
+    if kind == "ADT^A01":
+        zep = msg.segment("ZEP")
+        team = field(msg, zep, 2)[0]
+        episode: Json = {
+            "resourceType": "EpisodeOfCare",
+            "id": namespaced_id(source, value(msg, zep, 1)),
+            "meta": _meta(source, value(msg, zep, 5)),
+            "status": value(msg, zep, 4) or "active",
+            "type": [{"text": team[1] if len(team) > 1 else team[0]}],
+            "patient": subject,
+            "managingOrganization": {"display": "Community and mental health trust"},
+        }
+        start = fhir_datetime(value(msg, zep, 3))
+        if start:
+            episode["period"] = {"start": start}
+        out.append(episode)
+    elif kind == "ADT^A03":
+        pv1 = msg.segment("PV1")
+        service = value(msg, pv1, 10)
+        enc: Json = {
+            "resourceType": "Encounter",
+            "id": namespaced_id(source, value(msg, pv1, 19)),
+            "meta": _meta(source, ""),
+            "status": "finished",
+            "class": (
+                {"system": ACT_CODE, "code": "HH", "display": "home health"}
+                if service == "DN"
+                else {"system": ACT_CODE, "code": "AMB", "display": "ambulatory"}
+            ),
+            "serviceType": {"text": service},
+            "subject": subject,
+        }
+        period = {
+            k: v
+            for k, v in (
+                ("start", fhir_datetime(value(msg, pv1, 44))),
+                ("end", fhir_datetime(value(msg, pv1, 45))),
+            )
+            if v
+        }
+        if period:
+            enc["period"] = period
+        episode_id = value(msg, pv1, 50)
+        if episode_id:
+            enc["episodeOfCare"] = [
+                {"reference": f"EpisodeOfCare/{namespaced_id(source, episode_id)}"}
+            ]
+        out.append(enc)
+    elif kind == "PPR^PC1":
+        for prb in msg.segments("PRB"):
+            cond: Json = {
+                "resourceType": "Condition",
+                "id": namespaced_id(source, value(msg, prb, 4)),
+                "meta": _meta(source, value(msg, prb, 25)),
+                "clinicalStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                            "code": value(msg, prb, 14) or "active",
+                        }
+                    ]
+                },
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                "code": "problem-list-item",
+                            }
+                        ]
+                    }
+                ],
+                "code": _concept(field(msg, prb, 3)[0]),
+                "subject": subject,
+            }
+            onset = fhir_datetime(value(msg, prb, 16))
+            recorded = fhir_datetime(value(msg, prb, 2))
+            if onset:
+                cond["onsetDateTime"] = onset
+            if recorded:
+                cond["recordedDate"] = recorded
+            out.append(cond)
+    elif kind == "ORU^R01":
+        out.extend(_observations(msg, source, subject))
+    return out
+
+
+def _observations(msg: Any, source: str, subject: Json) -> list[Json]:
+    out: list[Json] = []
+    order = value(msg, msg.segment("OBR"), 3)
+    current: Json | None = None
+    for seg in msg:
+        name = str(seg[0])
+        if name == "OBX":
+            comps = field(msg, seg, 3)[0]
+            code = comps[0]
+            category = "survey" if code in SURVEY_CODES else "vital-signs"
+            current = {
+                "resourceType": "Observation",
+                "id": namespaced_id(source, f"{order}-{value(msg, seg, 1)}"),
+                "meta": _meta(source, ""),
+                "status": {"F": "final", "P": "preliminary", "C": "corrected"}.get(
+                    value(msg, seg, 11), "unknown"
+                ),
+                "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
+                "code": _concept(comps),
+                "subject": subject,
+            }
+            when = fhir_datetime(value(msg, seg, 14))
+            if when:
+                current["effectiveDateTime"] = when
+            raw, unit = value(msg, seg, 5), value(msg, seg, 6)
+            try:
+                current["valueQuantity"] = {
+                    "value": float(raw),
+                    "unit": unit,
+                    "system": UCUM,
+                    "code": unit,
+                }
+            except ValueError:
+                current["valueString"] = raw
+            out.append(current)
+        elif name == "ZSN" and current is not None:
+            current["meta"] = _meta(source, value(msg, seg, 1))
+    return out
