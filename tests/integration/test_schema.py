@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
-
 import httpx
-import jsonschema
 import pytest
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from tests.integration.conftest import System
+from tests.support.schema import SCHEMA, problems
 
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "fhir" / "fhir.r4.schema.json"
 SAMPLE = 200
-
-
-@cache
-def _definitions() -> dict:
-    return json.loads(SCHEMA.read_text())["definitions"]
-
-
-@cache
-def validator(resource_type: str) -> jsonschema.Draft6Validator:
-    return jsonschema.Draft6Validator(
-        {"$ref": f"#/definitions/{resource_type}", "definitions": _definitions()}
-    )
-
-
-def problems(resource: dict) -> list[str]:
-    v = validator(resource["resourceType"])
-    return [
-        f"{resource['resourceType']}/{resource.get('id')}: {'/'.join(map(str, e.path))} "
-        f"{e.message[:200]}"
-        for e in v.iter_errors(resource)
-    ]
 
 
 def test_the_validator_can_fail():

@@ -12,12 +12,27 @@ from carelink.storage import Database, IndexStore
 
 
 def _gp(people: list[pop.Person]) -> dict[str, list[SourcePerson]]:
-    return {"gp": [
-        SourcePerson("gp", pop.local_id("gp", p.index), p.nhs_number, p.given, p.family,
-                     p.birth_date.isoformat(), p.gender, p.postcode, None,
-                     {"resourceType": "Patient", "id": f"gp-{p.index}",
-                      "name": [{"family": p.family, "given": [p.given]}]})
-        for p in people]}
+    return {
+        "gp": [
+            SourcePerson(
+                "gp",
+                pop.local_id("gp", p.index),
+                p.nhs_number,
+                p.given,
+                p.family,
+                p.birth_date.isoformat(),
+                p.gender,
+                p.postcode,
+                None,
+                {
+                    "resourceType": "Patient",
+                    "id": f"gp-{p.index}",
+                    "name": [{"family": p.family, "given": [p.given]}],
+                },
+            )
+            for p in people
+        ]
+    }
 
 
 def test_migrations_are_idempotent(database_url):
