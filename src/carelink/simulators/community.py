@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from carelink.simulators.base import Behaviour, admin_routes, etag_for, with_behaviour
-from carelink.simulators.population import Fact, Person
+from carelink.simulators.population import REFERENCE_DATE, Fact, Person
 from carelink.simulators.store import PopulationSlice
 
 MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -36,6 +36,9 @@ TEAMS = {
     "district-nursing": ("DN", "District Nursing | Adult Community Services"),
 }
 FACILITY = "RCOMM"
+#: MSH-7 / FHS-7: when the extract was made. Fixed, so the same data gives the same bytes
+#: (and the same ETag) on every request; the serving time goes in Last-Modified only.
+STAMP = datetime.combine(REFERENCE_DATE, datetime.min.time(), tzinfo=UTC)
 MALFORMED = b"PID|1||C123^^^RCOMM^MR||Trunc"
 
 
@@ -214,7 +217,7 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         except ValueError:
             return Response(b"page and page_size must be whole numbers", status_code=400)
         refs = people.local_ids()
-        w = Writer(datetime.now(UTC))
+        w = Writer(STAMP)
         for ref in refs[(page - 1) * size_ : page * size_]:
             add_person(w, people.by_local[ref], ref)
         return answer(w.batch(), total=len(refs))
@@ -224,7 +227,7 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         local = q.get("pid") or people.by_nhs.get(q.get("nhs", ""))
         if not local or local not in people.by_local:
             return Response(b"unknown patient", status_code=404)
-        w = Writer(datetime.now(UTC))
+        w = Writer(STAMP)
         record(w, people.by_local[local], local, people.facts(local))
         return answer(w.batch())
 

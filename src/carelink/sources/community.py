@@ -10,7 +10,14 @@ from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.fhir_rest import as_of, fetch
-from carelink.sources.hl7v2 import message_type, person, resources, split_messages
+from carelink.sources.hl7v2 import (
+    HL7_ER7,
+    message_type,
+    person,
+    person_id,
+    resources,
+    split_messages,
+)
 
 
 class CommunitySource:
@@ -38,7 +45,7 @@ class CommunitySource:
     ) -> SourceAnswer:
         """The person's messages as FHIR; an unknown person is an empty answer."""
         data, headers = await fetch(
-            self.session, self.name, "GET", f"{self.base}/record?pid={local_id}"
+            self.session, self.name, "GET", f"{self.base}/record?pid={local_id}", accept=HL7_ER7
         )
         if data is None:
             return SourceAnswer([], "absent", as_of(headers))
@@ -48,20 +55,37 @@ class CommunitySource:
         cached = self.cache.get(key, fingerprint)
         if cached is not None:
             return SourceAnswer(cached, version, as_of(headers))
+        out = self._map(data, local_id, patient_ref, types)
+        self.cache.put(key, fingerprint, out)
+        return SourceAnswer(out, version, as_of(headers))
+
+    def _map(
+        self, data: bytes, local_id: str, patient_ref: str, types: frozenset[str] | None
+    ) -> list[Json]:
+        """Messages to FHIR, refusing an answer about anyone but the person asked for."""
         out: list[Json] = []
-        for msg in split_messages(data, self.name):
-            if message_type(msg) == "ADT^A28":
-                out.append(person(msg, self.name)[2])
-            else:
+        try:
+            for msg in split_messages(data, self.name):
+                if message_type(msg) == "ADT^A28":
+                    local, _, patient = person(msg, self.name)
+                    if local != local_id:
+                        raise SourceBadPayload(self.name, "answer is about a different person")
+                    out.append(patient)
+                    continue
+                if person_id(msg) != local_id:
+                    raise SourceBadPayload(self.name, "answer is about a different person")
                 out.extend(
                     r
                     for r in resources(msg, self.name, patient_ref)
                     if types is None or r["resourceType"] in types
                 )
+        except (IndexError, KeyError, ValueError, TypeError) as exc:
+            raise SourceBadPayload(
+                self.name, f"unexpected HL7 content: {type(exc).__name__}"
+            ) from exc
         if not out or out[0]["resourceType"] != "Patient":
             raise SourceBadPayload(self.name, "record without the person's ADT^A28")
-        self.cache.put(key, fingerprint, out)
-        return SourceAnswer(out, version, as_of(headers))
+        return out
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""
@@ -72,6 +96,7 @@ class CommunitySource:
                 self.name,
                 "GET",
                 f"{self.base}/patients?page={page}&page_size={self.page_size}",
+                accept=HL7_ER7,
             )
             if data is None:
                 return

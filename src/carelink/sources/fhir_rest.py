@@ -33,10 +33,15 @@ def as_of(headers: Any) -> str:
 
 
 async def fetch(
-    session: aiohttp.ClientSession, source: str, method: str, url: str, body: bytes | None = None
+    session: aiohttp.ClientSession,
+    source: str,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    accept: str = FHIR_JSON,
 ) -> tuple[bytes | None, Any]:
     """One request's body; ``(None, headers)`` on 404; source errors raised as such."""
-    headers = {"Accept": FHIR_JSON}
+    headers = {"Accept": accept}
     if body is not None:
         headers["Content-Type"] = FHIR_JSON
     try:

@@ -31,6 +31,7 @@ OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CODE_SYSTEMS = {"SCT": SNOMED, "I10": ICD10, "LN": LOINC}
 SURVEY_CODES = {"44261-6"}
 _BATCH = ("FHS", "BHS", "BTS", "FTS")
+HL7_ER7 = "x-application/hl7-v2+er7"
 
 
 def split_messages(data: bytes, source: str) -> list[Any]:
@@ -95,6 +96,14 @@ def message_type(msg: Any) -> str:
     """``ADT^A28`` from MSH-9."""
     msh = msg.segment("MSH")
     return f"{value(msg, msh, 9, 1)}^{value(msg, msh, 9, 2)}"
+
+
+def person_id(msg: Any) -> str:
+    """The local (MR) identifier in a message's PID-3, or ''."""
+    for rep in field(msg, msg.segment("PID"), 3):
+        if len(rep) > 4 and rep[4] == "MR":
+            return rep[0]
+    return ""
 
 
 def person(msg: Any, source: str) -> tuple[str, str | None, Json]:
