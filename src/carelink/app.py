@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 from carelink.api import router
 from carelink.api.responses import from_error, outcome
 from carelink.errors import CarelinkError, ConfigError
-from carelink.federation import CircuitBreaker, FanOut, SharedRecord
+from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
 from carelink.sources.base import Source
 from carelink.sources.community import CommunitySource
@@ -126,3 +127,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return outcome(400, "invalid", "the request is not valid")
 
     return app
+
+
+async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport:
+    """Open sessions, build the index from every configured source, close the sessions.
+
+    Index building reads whole populations, so it gets a generous connect timeout
+    rather than the request path's budget.
+    """
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        return await build_index(list(make_sources(settings, sessions).values()), store)
+    finally:
+        for session in sessions.values():
+            await session.close()

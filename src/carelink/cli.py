@@ -15,16 +15,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from carelink import errors
-
-if TYPE_CHECKING:
-    from carelink.federation import BuildReport
-    from carelink.settings import Settings
-    from carelink.storage import IndexStore
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE = 0, 1, 2, 3, 4
 
@@ -168,26 +161,15 @@ def _index(args: argparse.Namespace) -> int:
         for r in store.reviews():
             print(f"{r.source}/{r.local_id} -> {r.candidate_id or '-'}: {r.explanation}")
         return EXIT_OK
-    report = asyncio.run(build(settings, store))
+    from carelink.app import build_index_from
+
+    report = asyncio.run(build_index_from(settings, store))
     print(
         f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
         f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
         f"({report.review} for review); records per source {report.records}"
     )
     return EXIT_OK
-
-
-async def build(settings: Settings, store: IndexStore) -> BuildReport:
-    """Open sessions, build the index from every configured source, close sessions."""
-    from carelink.app import make_sources, open_sessions
-    from carelink.federation import build_index
-
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        return await build_index(list(make_sources(settings, sessions).values()), store)
-    finally:
-        for s in sessions.values():
-            await s.close()
 
 
 if __name__ == "__main__":

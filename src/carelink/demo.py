@@ -76,8 +76,7 @@ def run_demo(
     """Run everything until interrupted."""
     import uvicorn
 
-    from carelink.app import create_app
-    from carelink.cli import build
+    from carelink.app import build_index_from, create_app
     from carelink.simulators.population import people
     from carelink.storage import Database, IndexStore
 
@@ -89,7 +88,7 @@ def run_demo(
         db = Database(database)
         db.migrate()
         store = IndexStore(db)
-        report = asyncio.run(build(settings, store))
+        report = asyncio.run(build_index_from(settings, store))
         example = max(people(seed, size), key=lambda p: len(p.sources))
         row = store.person_by_nhs(example.nhs_number)
         pid = row.id if row else "<id>"
