@@ -27,6 +27,8 @@ def test_index_build_and_lookup_on_postgresql(system: System, database_url: str)
         )
         assert r.json()["total"] == 1
         pid = r.json()["entry"][0]["resource"]["id"]
-        everything = httpx.get(f"{base}/Patient/{pid}/$everything", timeout=10).json()
+        everything = httpx.get(
+            f"{base}/Patient/{pid}/$everything", params={"_count": 1000}, timeout=10
+        ).json()
     sources = {e["resource"].get("meta", {}).get("source") for e in everything["entry"]}
     assert {f"urn:carelink:source:{s}" for s in person.sources} <= sources
