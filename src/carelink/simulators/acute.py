@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, with_behaviour
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
@@ -114,9 +114,10 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             )
         )
 
+    cache = ResponseCache()
     routes = [
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
-        Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything)),
+        Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),

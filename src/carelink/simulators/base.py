@@ -13,8 +13,10 @@ import asyncio
 import hashlib
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -56,8 +58,48 @@ Handler = Callable[[Request], Awaitable[Response]]
 MALFORMED = b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": '
 
 
-def with_behaviour(behaviour: Behaviour, handler: Handler, malformed: bytes = MALFORMED) -> Handler:
-    """Wrap a route handler with latency and fault injection."""
+class ResponseCache:
+    """Rendered answers by request: the population never changes while a simulator runs,
+    so the same question gets the same bytes without rendering them again."""
+
+    def __init__(self, maxsize: int = 2048) -> None:
+        self.maxsize = maxsize
+        self.items: OrderedDict[tuple[str, str, str, bytes], Response] = OrderedDict()
+
+    async def answer(self, request: Request, handler: Handler) -> Response:
+        body = await request.body() if request.method == "POST" else b""
+        key = (request.method, request.url.path, request.url.query, body)
+        hit = self.items.get(key)
+        if hit is None:
+            hit = await handler(request)
+            if hit.status_code == 200:
+                self.items[key] = hit
+                if len(self.items) > self.maxsize:
+                    self.items.popitem(last=False)
+        else:
+            self.items.move_to_end(key)
+        return _fresh(hit)
+
+
+def _fresh(cached: Response) -> Response:
+    headers = {
+        k: v
+        for k, v in cached.headers.items()
+        if k.lower() not in ("content-length", "content-type", "last-modified")
+    }
+    headers["Last-Modified"] = formatdate(usegmt=True)
+    return Response(
+        cached.body, status_code=cached.status_code, headers=headers, media_type=cached.media_type
+    )
+
+
+def with_behaviour(
+    behaviour: Behaviour,
+    handler: Handler,
+    malformed: bytes = MALFORMED,
+    cache: ResponseCache | None = None,
+) -> Handler:
+    """Wrap a route handler with latency, fault injection and (optionally) a response cache."""
 
     async def wrapped(request: Request) -> Response:
         b = behaviour
@@ -74,6 +116,8 @@ def with_behaviour(behaviour: Behaviour, handler: Handler, malformed: bytes = MA
             return Response(b"internal error", status_code=500)
         if roll < b.error_rate + b.malformed_rate:
             return Response(malformed, media_type="application/json")
+        if cache is not None:
+            return await cache.answer(request, handler)
         return await handler(request)
 
     return wrapped

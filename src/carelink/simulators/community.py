@@ -26,7 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from carelink.simulators.base import Behaviour, admin_routes, etag_for, with_behaviour
+from carelink.simulators.base import (
+    Behaviour,
+    ResponseCache,
+    admin_routes,
+    etag_for,
+    with_behaviour,
+)
 from carelink.simulators.population import REFERENCE_DATE, Fact, Person
 from carelink.simulators.store import PopulationSlice
 
@@ -231,9 +237,10 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         record(w, people.by_local[local], local, people.facts(local))
         return answer(w.batch())
 
+    cache = ResponseCache()
     routes = [
         Route("/hl7/patients", with_behaviour(behaviour, patients, MALFORMED)),
-        Route("/hl7/record", with_behaviour(behaviour, one, MALFORMED)),
+        Route("/hl7/record", with_behaviour(behaviour, one, MALFORMED, cache=cache)),
         *admin_routes(behaviour),
     ]
     return Starlette(routes=routes)

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, with_behaviour
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
@@ -135,8 +135,13 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             )
         )
 
+    cache = ResponseCache()
     routes = [
-        Route("/$gpc.getstructuredrecord", with_behaviour(behaviour, structured), methods=["POST"]),
+        Route(
+            "/$gpc.getstructuredrecord",
+            with_behaviour(behaviour, structured, cache=cache),
+            methods=["POST"],
+        ),
         Route("/Patient", with_behaviour(behaviour, patients)),
         *admin_routes(behaviour),
     ]

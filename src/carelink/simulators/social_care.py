@@ -25,7 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from carelink.simulators.base import Behaviour, admin_routes, etag_for, with_behaviour
+from carelink.simulators.base import (
+    Behaviour,
+    ResponseCache,
+    admin_routes,
+    etag_for,
+    with_behaviour,
+)
 from carelink.simulators.population import Fact, Person, social_demographics
 from carelink.simulators.store import PopulationSlice
 
@@ -188,10 +194,13 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
             return _json({"error": f"no person {ref}"}, 404)
         return _json(case_json(person, ref, people.facts(ref)))
 
+    cache = ResponseCache()
     routes = [
         Route("/api/v2/persons", with_behaviour(behaviour, persons, MALFORMED)),
         Route("/api/v2/persons/search", with_behaviour(behaviour, search, MALFORMED)),
-        Route("/api/v2/persons/{ref}/case", with_behaviour(behaviour, case, MALFORMED)),
+        Route(
+            "/api/v2/persons/{ref}/case", with_behaviour(behaviour, case, MALFORMED, cache=cache)
+        ),
         Route("/api/v2/persons/{ref}", with_behaviour(behaviour, one, MALFORMED)),
         *admin_routes(behaviour),
     ]
