@@ -1,11 +1,39 @@
-"""FastAPI dependencies: the one place every request's caller is established."""
+"""What every FHIR request goes through: the caller, the domain, the base URL.
+
+Routes are plain ``async def (request) -> Response`` endpoints on a FastAPI
+router, without per-parameter dependency injection: on the lookup path that
+machinery costs more than the lookup itself. Every route starts with
+``context(request)``, the one place the caller (``Principal``) is
+established, so authentication is filled in there without touching a route.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.federation import SharedRecord
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class FhirRouter(APIRouter):
+    """An APIRouter whose ``fhir_get`` registers a plain GET endpoint under ``/fhir``."""
+
+    def fhir_get(self, path: str) -> Callable[[Endpoint], Endpoint]:
+        """Decorator: ``@router.fhir_get("/Patient")``."""
+
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.add_route(self.prefix + path, endpoint, methods=["GET"], include_in_schema=False)
+            return endpoint
+
+        return register
+
+
+router = FhirRouter(prefix="/fhir")
 
 
 async def principal(request: Request) -> Principal:
@@ -14,12 +42,12 @@ async def principal(request: Request) -> Principal:
     return DEVELOPMENT_PRINCIPAL
 
 
-async def shared_record(request: Request) -> SharedRecord:
-    """The app's ``SharedRecord`` (made once at start-up)."""
-    record: SharedRecord = request.app.state.record
-    return record
-
-
 async def base_url(request: Request) -> str:
     """The FHIR base as the caller sees it (for fullUrl and links)."""
     return str(request.base_url).rstrip("/") + "/fhir"
+
+
+async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
+    """The domain, the caller and the base URL for one request."""
+    record: SharedRecord = request.app.state.record
+    return record, await principal(request), await base_url(request)

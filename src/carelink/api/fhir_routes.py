@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import base_url, principal, shared_record
+from carelink.api.deps import base_url, context, router
 from carelink.api.responses import fhir, http_date, not_modified
-from carelink.auth import Principal
 from carelink.errors import InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
@@ -23,21 +22,18 @@ from carelink.fhir.search import apply_elements, fold, parse_date, parse_token, 
 from carelink.sources.base import LOCAL_ID_SYSTEM
 
 Json = dict[str, Any]
-Caller = Annotated[Principal, Depends(principal)]
-Record = Annotated[SharedRecord, Depends(shared_record)]
-Base = Annotated[str, Depends(base_url)]
 
 PATIENT_PARAMS = {"identifier", "family", "given", "birthdate", "_id"}
 EVERYTHING_PARAMS = {"start", "end", "_since", "_type", "_count", "_offset", "_format"}
 
-router = APIRouter(prefix="/fhir")
+route = router.fhir_get
 
 
-@router.get("/metadata")
-async def metadata(request: Request, base: Base) -> Response:
+@route("/metadata")
+async def metadata(request: Request) -> Response:
     """The CapabilityStatement (no token needed, as SMART requires)."""
     P.check_format(request)
-    return fhir(capability_statement(base))
+    return fhir(capability_statement(await base_url(request)))
 
 
 def _page(
@@ -71,9 +67,10 @@ def _page(
     )
 
 
-@router.get("/Patient")
-async def search_patient(request: Request, record: Record, caller: Caller, base: Base) -> Response:
+@route("/Patient")
+async def search_patient(request: Request) -> Response:
     """Find people in the index by NHS number, local id, name, birth date or id."""
+    record, _caller, base = await context(request)
     P.check_format(request)
     q = P.multi(request)
     pref = P.prefer(request)
@@ -139,9 +136,10 @@ def _by_demographics(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]
     return rows
 
 
-@router.get("/Patient/$ihe-pix")
-async def pix(request: Request, record: Record, caller: Caller) -> Response:
+@route("/Patient/$ihe-pix")
+async def pix(request: Request) -> Response:
     """IHE PIXm: any source's local id (or the NHS number) to every identifier of the person."""
+    record, _caller, _ = await context(request)
     P.check_format(request)
     q = P.multi(request)
     if "sourceIdentifier" not in q:
@@ -169,9 +167,11 @@ async def pix(request: Request, record: Record, caller: Caller) -> Response:
     return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
-@router.get("/Patient/{pid}")
-async def read_patient(pid: str, request: Request, record: Record, caller: Caller) -> Response:
+@route("/Patient/{pid}")
+async def read_patient(request: Request) -> Response:
     """The merged Patient, or a source's own Patient (``<source>-<local id>``)."""
+    record, _caller, _ = await context(request)
+    pid = request.path_params["pid"]
     P.check_format(request)
     row = record.person(pid)
     if row is not None:
@@ -191,11 +191,11 @@ async def read_patient(pid: str, request: Request, record: Record, caller: Calle
     return fhir(body, headers=headers)
 
 
-@router.get("/Patient/{pid}/$everything")
-async def everything(
-    pid: str, request: Request, record: Record, caller: Caller, base: Base
-) -> Response:
+@route("/Patient/{pid}/$everything")
+async def everything(request: Request) -> Response:
     """The whole shared record: every source at once, merged, paged stably."""
+    record, _caller, base = await context(request)
+    pid = request.path_params["pid"]
     P.check_format(request)
     q = P.multi(request)
     pref = P.prefer(request)
@@ -247,11 +247,11 @@ def _query_digest(q: dict[str, list[str]]) -> str:
     return hashlib.blake2b(orjson.dumps(sorted(q.items())), digest_size=6).hexdigest()
 
 
-@router.get("/{rtype}")
-async def search_type(
-    rtype: str, request: Request, record: Record, caller: Caller, base: Base
-) -> Response:
+@route("/{rtype}")
+async def search_type(request: Request) -> Response:
     """Per-type search within one patient's federated record."""
+    record, _caller, base = await context(request)
+    rtype = request.path_params["rtype"]
     P.check_format(request)
     if rtype not in SEARCH_TYPES:
         raise NotFound(f"Resource type '{rtype}' is not supported")
