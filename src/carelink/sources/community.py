@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from carelink.errors import SourceBadPayload
-from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.fhir_rest import as_of, fetch
 from carelink.sources.hl7v2 import (
     HL7_ER7,
     message_type,
@@ -18,6 +17,7 @@ from carelink.sources.hl7v2 import (
     resources,
     split_messages,
 )
+from carelink.sources.http import answer, fetch
 
 
 class CommunitySource:
@@ -47,17 +47,13 @@ class CommunitySource:
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/record?pid={local_id}", accept=HL7_ER7
         )
-        if data is None:
-            return SourceAnswer([], "absent", as_of(headers))
-        key = (local_id, patient_ref, types)
-        fingerprint = digest(data)
-        version = headers.get("ETag", "") or fingerprint.hex()
-        cached = self.cache.get(key, fingerprint)
-        if cached is not None:
-            return SourceAnswer(cached, version, as_of(headers))
-        out = self._map(data, local_id, patient_ref, types)
-        self.cache.put(key, fingerprint, out)
-        return SourceAnswer(out, version, as_of(headers))
+        return answer(
+            self.cache,
+            (local_id, patient_ref, types),
+            data,
+            headers,
+            lambda body: self._map(body, local_id, patient_ref, types),
+        )
 
     def _map(
         self, data: bytes, local_id: str, patient_ref: str, types: frozenset[str] | None

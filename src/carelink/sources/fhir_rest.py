@@ -3,57 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
-from carelink.errors import SourceBadPayload, SourceUnavailable
+from carelink.errors import SourceBadPayload
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
+from carelink.sources.http import answer, as_of, fetch
 from carelink.sources.namespacing import namespace, namespaced_id
-
-FHIR_JSON = "application/fhir+json"
-
-
-def as_of(headers: Any) -> str:
-    """The data's as-of instant from ``Last-Modified`` (or now)."""
-    raw = headers.get("Last-Modified")
-    when = None
-    if raw:
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            when = None
-    when = when or datetime.now(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def fetch(
-    session: aiohttp.ClientSession,
-    source: str,
-    method: str,
-    url: str,
-    body: bytes | None = None,
-    accept: str = FHIR_JSON,
-) -> tuple[bytes | None, Any]:
-    """One request's body; ``(None, headers)`` on 404; source errors raised as such."""
-    headers = {"Accept": accept}
-    if body is not None:
-        headers["Content-Type"] = FHIR_JSON
-    try:
-        async with session.request(method, url, data=body, headers=headers) as resp:
-            data = await resp.read()
-            if resp.status == 404:
-                return None, resp.headers
-            if resp.status >= 400:
-                raise SourceUnavailable(source, f"HTTP {resp.status}")
-            return data, resp.headers
-    except aiohttp.ClientError as exc:
-        raise SourceUnavailable(source, type(exc).__name__) from exc
 
 
 def parse(data: bytes, source: str) -> Json:
@@ -229,21 +189,20 @@ class GPSource:
         data, headers = await fetch(
             self.session, self.name, "POST", f"{self.base}/$gpc.getstructuredrecord", body
         )
-        if data is None:
-            return SourceAnswer([], "absent", as_of(headers))
-        key = (local_id, patient_ref, types)
-        fingerprint = digest(data)
-        version = headers.get("ETag", "") or fingerprint.hex()
-        cached = self.cache.get(key, fingerprint)
-        if cached is not None:
-            return SourceAnswer(cached, version, as_of(headers))
-        resources = bundle_resources(parse(data, self.name), self.name)
+        return answer(
+            self.cache,
+            (local_id, patient_ref, types),
+            data,
+            headers,
+            lambda body: self._map(body, patient_ref, types),
+        )
+
+    def _map(self, body: bytes, patient_ref: str, types: frozenset[str] | None) -> list[Json]:
+        resources = bundle_resources(parse(body, self.name), self.name)
         patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
         if patient is None:
             raise SourceBadPayload(self.name, "structured record without a Patient")
-        out = localise(resources, self.name, f"{patient['id']}", patient_ref, types)
-        self.cache.put(key, fingerprint, out)
-        return SourceAnswer(out, version, as_of(headers))
+        return localise(resources, self.name, f"{patient['id']}", patient_ref, types)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``)."""

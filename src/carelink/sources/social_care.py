@@ -9,9 +9,9 @@ import aiohttp
 import orjson
 
 from carelink.errors import SourceBadPayload
-from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson
-from carelink.sources.fhir_rest import as_of, fetch
+from carelink.sources.http import answer, fetch
 from carelink.sources.social_care_map import patient, record
 
 
@@ -49,20 +49,17 @@ class SocialCareSource:
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/persons/{local_id}/case"
         )
-        if data is None:
-            return SourceAnswer([], "absent", as_of(headers))
-        key = (local_id, patient_ref, types)
-        fingerprint = digest(data)
-        version = headers.get("ETag", "") or fingerprint.hex()
-        resources = self.cache.get(key, fingerprint)
-        if resources is None:
-            resources = [
+        return answer(
+            self.cache,
+            (local_id, patient_ref, types),
+            data,
+            headers,
+            lambda body: [
                 r
-                for r in record(_load(data, self.name), self.name, patient_ref)
+                for r in record(_load(body, self.name), self.name, patient_ref)
                 if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
-            ]
-            self.cache.put(key, fingerprint, resources)
-        return SourceAnswer(resources, version, as_of(headers))
+            ],
+        )
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page."""

@@ -1,0 +1,74 @@
+"""HTTP plumbing every source adapter shares: one request, its body or a source error,
+and the answer's as-of time. Sessions are made once per source by the app and passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from carelink.errors import SourceUnavailable
+from carelink.sources.answer_cache import AnswerCache, Key, digest
+from carelink.sources.base import Json, SourceAnswer
+
+FHIR_JSON = "application/fhir+json"
+
+
+def as_of(headers: Any) -> str:
+    """The data's as-of instant from ``Last-Modified`` (or now)."""
+    raw = headers.get("Last-Modified")
+    when = None
+    if raw:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            when = None
+    when = when or datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    source: str,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    accept: str = FHIR_JSON,
+) -> tuple[bytes | None, Any]:
+    """One request's body; ``(None, headers)`` on 404; source errors raised as such."""
+    headers = {"Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = FHIR_JSON
+    try:
+        async with session.request(method, url, data=body, headers=headers) as resp:
+            data = await resp.read()
+            if resp.status == 404:
+                return None, resp.headers
+            if resp.status >= 400:
+                raise SourceUnavailable(source, f"HTTP {resp.status}")
+            return data, resp.headers
+    except aiohttp.ClientError as exc:
+        raise SourceUnavailable(source, type(exc).__name__) from exc
+
+
+def answer(
+    cache: AnswerCache,
+    key: Key,
+    data: bytes | None,
+    headers: Any,
+    build: Callable[[bytes], list[Json]],
+) -> SourceAnswer:
+    """A source's answer from a response body: empty when the person is not known there
+    (404), reused when the bytes are the ones mapped last time, else ``build(data)``."""
+    if data is None:
+        return SourceAnswer([], "absent", as_of(headers))
+    fingerprint = digest(data)
+    version = headers.get("ETag", "") or fingerprint.hex()
+    resources = cache.get(key, fingerprint)
+    if resources is None:
+        resources = build(data)
+        cache.put(key, fingerprint, resources)
+    return SourceAnswer(resources, version, as_of(headers))
