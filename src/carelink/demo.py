@@ -8,7 +8,9 @@ URLs and example requests to paste.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,14 @@ from pathlib import Path
 
 from carelink.settings import Settings
 from carelink.simulators.population import SOURCES
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to stop a simulator when the demo process dies, however it dies
+    (uvicorn re-raises SIGTERM after shutting down, so a ``finally`` may never run)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def start_simulators(
@@ -44,7 +54,8 @@ def start_simulators(
                     str(seed),
                     "--latency-ms",
                     str(latency_ms),
-                ]
+                ],
+                preexec_fn=_die_with_parent,  # only os-level calls; no threads yet
             )
         )
         urls[name] = f"http://127.0.0.1:{port}"
