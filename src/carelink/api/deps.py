@@ -43,8 +43,15 @@ async def principal(request: Request) -> Principal:
 
 
 async def base_url(request: Request) -> str:
-    """The FHIR base as the caller sees it (for fullUrl and links)."""
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """The FHIR base as the caller sees it (for fullUrl and links), from the Host header."""
+    scope = request.scope
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        server = scope.get("server") or ("localhost", 80)
+        authority = f"{server[0]}:{server[1]}"
+    else:
+        authority = host.decode("latin-1")
+    return f"{scope['scheme']}://{authority}{scope.get('root_path', '')}/fhir"
 
 
 async def context(request: Request) -> tuple[SharedRecord, Principal, str]:

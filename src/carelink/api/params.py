@@ -96,9 +96,11 @@ class Paging:
     def links(self, url: str, total: int) -> dict[str, str]:
         """self, first, next, previous links."""
 
+        kept = urlencode(self.kept)
+        prefix = f"{url}?{kept}&" if kept else f"{url}?"
+
         def at(offset: int) -> str:
-            q = [*self.kept, ("_count", str(self.count)), ("_offset", str(offset))]
-            return f"{url}?{urlencode(q)}"
+            return f"{prefix}_count={self.count}&_offset={offset}"
 
         out = {"self": at(self.offset), "first": at(0)}
         if self.offset + self.count < total:

@@ -1,0 +1,283 @@
+"""Lookup and $everything throughput and latency, each beside its ceiling.
+
+One command, one run (about three minutes on 2 cores):
+
+    .venv/bin/python benchmarks/federation_bench.py [--workers 1] [--duration 15]
+
+It starts the four simulators as separate processes with ~20 ms median
+latency (log-normal), builds the index in a temporary SQLite file, starts the
+gateway, resolves a spread of patients, then drives each endpoint with wrk at
+32 connections: (a) the lookup by NHS number, (b) ``$everything``; each beside
+a bare uvicorn endpoint serving the very same response bytes with the same
+worker count (the ceiling), plus the simulators' own latency measured
+directly. Targets: lookup >= 50% of its ceiling's req/s; $everything >= 15% of
+its ceiling with p99 <= the simulators' p99 + 25 ms. Results are printed and
+written as JSON (``--out``). Traffic goes to 127.0.0.1 only; every process it
+starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+SOURCES = ("gp", "acute", "community", "social-care")
+LUA = """
+local paths = {}
+for line in io.lines("%s") do paths[#paths + 1] = line end
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%f %%f %%f %%f %%d\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000, summary.duration))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+        return bytes(resp.read())
+
+
+def wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited")  # type: ignore[arg-type]
+        try:
+            get(url)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready")
+
+
+@contextmanager
+def process(args: list[str], ready: str, env: dict[str, str]) -> Iterator[None]:
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait(ready, proc)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wrk(
+    url_base: str, paths: list[str], seconds: int, connections: int, tmp: Path
+) -> dict[str, float]:
+    """Run wrk over ``paths`` (chosen at random per request); req/s and latency in ms."""
+    (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
+    (tmp / "script.lua").write_text(LUA % (tmp / "paths.txt"))
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(tmp / "script.lua"),
+            url_base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", out)
+    if m is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    n, errors, p50, p95, p99, top, micros = m.groups()
+    return {
+        "rps": int(n) / (int(micros) / 1e6),
+        "errors": int(errors),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "max_ms": float(top),
+    }
+
+
+def ceiling(
+    body: bytes, paths: list[str], args: argparse.Namespace, env: dict[str, str], tmp: Path
+) -> dict[str, float]:
+    """The same bytes from a bare uvicorn app with the gateway's worker count."""
+    (tmp / "body.json").write_bytes(body)
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.bare:app",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    with process(
+        cmd,
+        f"http://127.0.0.1:{port}/",
+        {**env, "BARE_BODY": str(tmp / "body.json"), "PYTHONPATH": str(ROOT)},
+    ):
+        time.sleep(1)
+        return wrk(f"http://127.0.0.1:{port}", paths, args.duration, 32, tmp)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="carelink-bench-"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    carelink = [sys.executable, "-m", "carelink"]
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args)}
+    with ExitStack() as stack:
+        urls = {}
+        for name in SOURCES:
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            stack.enter_context(
+                process(
+                    [
+                        *carelink,
+                        "simulate",
+                        name,
+                        "--port",
+                        str(port),
+                        "--size",
+                        str(args.size),
+                        "--seed",
+                        "42",
+                        "--latency-ms",
+                        str(args.latency_ms),
+                    ],
+                    f"{urls[name]}/_admin/health",
+                    env,
+                )
+            )
+        env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
+        env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
+        subprocess.run(
+            [*carelink, "index", "build"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        stack.enter_context(
+            process(
+                [*carelink, "serve", "--port", str(port), "--workers", str(args.workers)],
+                f"{base}/fhir/metadata",
+                env,
+            )
+        )
+        sys.path.insert(0, str(ROOT / "src"))
+        from carelink.simulators.population import local_id, people
+
+        population = list(people(42, args.size))
+        rng = random.Random(1)
+        everyone = [p for p in population if len(p.sources) == 4]
+        sample = everyone[:50] + rng.sample(population, args.patients - min(50, len(everyone)))
+        lookups = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in sample]
+        ids = [json.loads(get(base + path))["entry"][0]["resource"]["id"] for path in lookups]
+        records = [f"/fhir/Patient/{pid}/$everything" for pid in ids]
+        for path in records:  # warm: sources' first renders, adapters' first mappings
+            get(base + path)
+        print("measuring the lookup ...", flush=True)
+        results["lookup"] = wrk(base, lookups, args.duration, 32, tmp)
+        results["lookup_ceiling"] = ceiling(get(base + lookups[0]), lookups, args, env, tmp)
+        print("measuring $everything ...", flush=True)
+        results["everything"] = wrk(base, records, args.duration, 32, tmp)
+        full = max(records, key=lambda p: len(get(base + p)))
+        results["everything_ceiling"] = ceiling(get(base + full), records, args, env, tmp)
+        acute = [
+            f"/fhir/Patient/{local_id('acute', p.index)}/$everything"
+            for p in sample
+            if "acute" in p.sources
+        ]
+        results["simulator"] = wrk(urls["acute"], acute, max(5, args.duration // 2), 8, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    lk, lc = results["lookup"], results["lookup_ceiling"]
+    ev, ec, sim = results["everything"], results["everything_ceiling"], results["simulator"]
+    results["targets"] = {
+        "lookup_ratio": lk["rps"] / lc["rps"],
+        "lookup_ok": lk["rps"] >= 0.5 * lc["rps"],
+        "everything_ratio": ev["rps"] / ec["rps"],
+        "everything_p99_budget_ms": sim["p99_ms"] + 25,
+        "everything_ok": ev["rps"] >= 0.15 * ec["rps"] and ev["p99_ms"] <= sim["p99_ms"] + 25,
+    }
+    return results
+
+
+def report(r: dict[str, Any]) -> None:
+    print(f"\n{'':24}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
+    for key in ("lookup", "lookup_ceiling", "everything", "everything_ceiling", "simulator"):
+        m = r[key]
+        print(
+            f"{key:24}{m['rps']:9.0f}{m['p50_ms']:9.1f}{m['p95_ms']:9.1f}{m['p99_ms']:9.1f}"
+            f"{m['max_ms']:9.1f}{m['errors']:8d}"
+        )
+    t = r["targets"]
+    print(
+        f"\nlookup: {t['lookup_ratio']:.0%} of ceiling (target >= 50%): "
+        f"{'MET' if t['lookup_ok'] else 'MISSED'}"
+    )
+    print(
+        f"$everything: {t['everything_ratio']:.0%} of ceiling (target >= 15%), p99 "
+        f"{r['everything']['p99_ms']:.1f} ms vs budget {t['everything_p99_budget_ms']:.1f} ms "
+        f"(simulators' p99 + 25): {'MET' if t['everything_ok'] else 'MISSED'}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=2000)
+    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--duration", type=int, default=15)
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    args = p.parse_args()
+    results = run(args)
+    report(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
