@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +128,10 @@ def _simulate(args: argparse.Namespace) -> int:
     app = create_simulator(
         args.name, seed=args.seed, size=args.size, behaviour=behaviour, data=args.data
     )
+    # The population is loaded: keep the collector off it (see carelink.app.GC_THRESHOLDS).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return EXIT_OK
 
