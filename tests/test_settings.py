@@ -1,0 +1,48 @@
+"""Settings: read once, validated, and production refuses development shortcuts."""
+
+from __future__ import annotations
+
+import pytest
+
+from carelink.errors import ConfigError
+from carelink.settings import DEFAULT_SOURCES, Settings
+from tests.support.procs import carelink
+
+
+def test_defaults_need_no_environment():
+    s = Settings.from_env({})
+    assert s.database_url == "var/carelink.db"
+    assert dict(s.sources) == DEFAULT_SOURCES
+
+
+def test_sources_and_budget_from_the_environment():
+    s = Settings.from_env(
+        {"CARELINK_SOURCES": "gp=http://a:1, acute=http://b:2", "CARELINK_BUDGET": "0.25"}
+    )
+    assert dict(s.sources) == {"gp": "http://a:1", "acute": "http://b:2"}
+    assert s.budget == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CARELINK_MODE": "production"}, "production mode refuses development authentication"),
+        ({"CARELINK_MODE": "staging"}, "development or production"),
+        ({"CARELINK_BUDGET": "soon"}, "number of seconds"),
+        ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
+        ({"CARELINK_SOURCES": "gp"}, "name=url"),
+        ({"CARELINK_SOURCES": "gp=ftp://x"}, "http:// or https://"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_the_gateway_refuses_to_start_in_production_mode_without_a_token_issuer():
+    result = carelink(["serve", "--port", "1"], {"CARELINK_MODE": "production"})
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "carelink: configuration error: production mode refuses development authentication: "
+        "configure a token issuer (CARELINK_AUTH) before starting in production"
+    ]
