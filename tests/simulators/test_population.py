@@ -7,6 +7,7 @@ import collections
 import pytest
 
 from carelink.fhir.nhs import is_valid
+from carelink.simulators import clinical
 from carelink.simulators import population as pop
 
 
@@ -62,13 +63,13 @@ def test_postcodes_have_a_uk_shape():
 
 def test_facts_are_deterministic_and_empty_where_the_person_is_not_known():
     person = next(p for p in pop.people(4, 300) if "acute" not in p.sources)
-    assert pop.facts(4, person, "acute") == []
-    assert pop.facts(4, person, "gp") == pop.facts(4, person, "gp")
+    assert clinical.facts(4, person, "acute") == []
+    assert clinical.facts(4, person, "gp") == clinical.facts(4, person, "gp")
 
 
 def test_sensitive_items_are_marked():
     people = list(pop.people(6, 3000))
-    labels = {f.sensitivity for p in people for s in p.sources for f in pop.facts(6, p, s)}
+    labels = {f.sensitivity for p in people for s in p.sources for f in clinical.facts(6, p, s)}
     assert {"PSY", "ETH", "STD", "SDV"} <= labels
 
 

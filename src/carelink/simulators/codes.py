@@ -10,6 +10,7 @@ HIV, SEX sexual and reproductive health, SDV abuse/domestic violence
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 SNOMED = "http://snomed.info/sct"
@@ -256,3 +257,14 @@ REFERRAL_SERVICES: tuple[Code, ...] = (
 )
 DISCHARGE_SUMMARY = sct("373942005", "Discharge summary")
 EOL_CARE_PLAN = sct("734163000", "Care plan")
+
+
+def problems_for(seed: int, index: int, age: int) -> list[Problem]:
+    """The long-term conditions person ``index`` of population ``seed`` has (deterministic)."""
+    rng = random.Random(f"{seed}:{index}:problems")
+    out: list[Problem] = []
+    for p in PROBLEMS:
+        gradient = 1.0 if p.sensitivity else min(2.5, max(0.3, age / 45))
+        if age >= p.min_age and rng.random() < p.prevalence * gradient:
+            out.append(p)
+    return out

@@ -33,7 +33,8 @@ from carelink.simulators.base import (
     etag_for,
     with_behaviour,
 )
-from carelink.simulators.population import REFERENCE_DATE, Fact, Person
+from carelink.simulators.clinical import Fact
+from carelink.simulators.population import REFERENCE_DATE, Person
 from carelink.simulators.store import PopulationSlice
 
 MEDIA_TYPE = "x-application/hl7-v2+er7"

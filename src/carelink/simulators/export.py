@@ -20,7 +20,8 @@ from typing import IO, Any
 import orjson
 
 from carelink.simulators import fhir_render
-from carelink.simulators.population import facts, local_id, people
+from carelink.simulators.clinical import facts
+from carelink.simulators.population import local_id, people
 
 
 def _default(value: Any) -> Any:

@@ -12,7 +12,8 @@ from typing import Any
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators import codes
-from carelink.simulators.population import Fact, Person
+from carelink.simulators.clinical import Fact
+from carelink.simulators.population import Person
 
 Json = dict[str, Any]
 

@@ -32,7 +32,8 @@ from carelink.simulators.base import (
     etag_for,
     with_behaviour,
 )
-from carelink.simulators.population import Fact, Person, social_demographics
+from carelink.simulators.clinical import Fact
+from carelink.simulators.population import Person, social_demographics
 from carelink.simulators.store import PopulationSlice
 
 Json = dict[str, Any]

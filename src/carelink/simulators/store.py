@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from carelink.simulators.population import Fact, Person, facts, local_id, people
+from carelink.simulators.clinical import Fact, facts
+from carelink.simulators.population import Person, local_id, people
 
 
 class PopulationSlice:
