@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from carelink.api import router
 from carelink.api.responses import from_error, outcome
+from carelink.auth.tokens import TokenPolicy, load_keys
 from carelink.errors import CarelinkError, ConfigError
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
@@ -130,6 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
+    app.state.token_policy = (
+        TokenPolicy(str(settings.issuer), str(settings.audience), load_keys(str(settings.jwks)))
+        if settings.auth == "jwt"
+        else None
+    )
     app.include_router(router)
 
     @app.exception_handler(CarelinkError)

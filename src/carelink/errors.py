@@ -9,6 +9,7 @@ Only ``carelink.api`` turns these into an HTTP status and an
     ├── InvalidRequest          400  bad parameter, bad NHS number, bad body
     │   └── UnsupportedFormat   406  _format / Accept the gateway cannot produce
     ├── NotFound                404  no such resource or person
+    ├── Unauthenticated         401  no token, or a token that does not validate
     ├── AccessDenied            403  the caller may not do this
     ├── ConsentDenied           403  the patient's consent forbids it
     ├── SourceError                  one source system failed (never fatal to a request)
@@ -46,6 +47,14 @@ class UnsupportedFormat(InvalidRequest):
 
 class NotFound(CarelinkError):
     """No such resource, person or operation (HTTP 404)."""
+
+
+class Unauthenticated(CarelinkError):
+    """No bearer token, or one that does not validate (HTTP 401).
+
+    The message names what failed (expired, wrong audience ...) but never
+    echoes the token.
+    """
 
 
 class AccessDenied(CarelinkError):

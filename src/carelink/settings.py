@@ -26,8 +26,12 @@ class Settings:
     budget: float = 0.8
     #: "production" refuses development shortcuts
     mode: str = "development"
-    #: how callers are authenticated: "development" (no token needed) until issue #3
+    #: how callers are authenticated: "development" (no token) or "jwt" (bearer JWTs
+    #: from ``issuer``, verified with the keys in the ``jwks`` file, ``aud`` = ``audience``)
     auth: str = "development"
+    issuer: str | None = None
+    audience: str | None = None
+    jwks: str | None = None
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3
@@ -42,6 +46,12 @@ class Settings:
             raise ConfigError(
                 "production mode refuses development authentication: configure a token issuer "
                 "(CARELINK_AUTH) before starting in production"
+            )
+        if self.auth not in ("development", "jwt"):
+            raise ConfigError(f"CARELINK_AUTH must be development or jwt, not {self.auth!r}")
+        if self.auth == "jwt" and not (self.issuer and self.audience and self.jwks):
+            raise ConfigError(
+                "CARELINK_AUTH=jwt needs CARELINK_ISSUER, CARELINK_AUDIENCE and CARELINK_JWKS"
             )
         if not 0 < self.budget <= 30:
             raise ConfigError(
@@ -79,6 +89,11 @@ class Settings:
                 raise ConfigError("CARELINK_BREAKER_RESET must be a number of seconds") from exc
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])
-        if "CARELINK_AUTH" in e:
-            s = replace(s, auth=e["CARELINK_AUTH"])
+        s = replace(
+            s,
+            auth=e.get("CARELINK_AUTH", s.auth),
+            issuer=e.get("CARELINK_ISSUER", s.issuer),
+            audience=e.get("CARELINK_AUDIENCE", s.audience),
+            jwks=e.get("CARELINK_JWKS", s.jwks),
+        )
         return s.validate()

@@ -20,8 +20,30 @@ def _param(name: str, kind: str, doc: str | None = None) -> Json:
     return out
 
 
-def capability_statement(base: str) -> Json:
+def capability_statement(base: str, auth: str) -> Json:
     """Built from the same tables the search code uses, so it cannot drift from them."""
+    if auth == "jwt":
+        security: Json = {
+            "cors": False,
+            "service": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "SMART-on-FHIR",
+                        }
+                    ]
+                }
+            ],
+            "description": "Bearer JWTs from the configured issuer (RS384/ES384/RS256/ES256/"
+            "PS384, aud = this base URL); every endpoint but metadata needs one.",
+        }
+    else:
+        security = {
+            "cors": False,
+            "description": "Development mode: no token is checked; "
+            "production mode refuses to start this way.",
+        }
     patient = {
         "type": "Patient",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
@@ -87,11 +109,7 @@ def capability_statement(base: str) -> Json:
                 "Prefer: handling=strict. Prefer: wait=N shortens the time the "
                 "gateway waits for sources (seconds). _summary=count and _elements "
                 "are supported on every search.",
-                "security": {
-                    "cors": False,
-                    "description": "Development mode: no token is checked yet; "
-                    "production mode refuses to start without a token issuer.",
-                },
+                "security": security,
                 "resource": resources,
                 "searchParam": [
                     _param("_count", "number"),

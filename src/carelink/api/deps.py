@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
+from carelink.auth.tokens import TokenPolicy, bearer, validate
 from carelink.federation import SharedRecord
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -37,9 +38,12 @@ router = FhirRouter(prefix="/fhir")
 
 
 async def principal(request: Request) -> Principal:
-    """The caller. Development mode only until token validation lands (issue #3);
-    ``Settings.validate`` refuses production mode with development auth."""
-    return DEVELOPMENT_PRINCIPAL
+    """The caller: from the bearer token when the gateway validates tokens, else the
+    development caller (which ``Settings.validate`` refuses in production mode)."""
+    policy: TokenPolicy | None = request.app.state.token_policy
+    if policy is None:
+        return DEVELOPMENT_PRINCIPAL
+    return validate(bearer(request.headers.get("authorization")), policy)
 
 
 async def base_url(request: Request) -> str:

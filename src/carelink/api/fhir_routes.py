@@ -33,7 +33,7 @@ route = router.fhir_get
 async def metadata(request: Request) -> Response:
     """The CapabilityStatement (no token needed, as SMART requires)."""
     P.check_format(request)
-    return fhir(capability_statement(await base_url(request)))
+    return fhir(capability_statement(await base_url(request), request.app.state.settings.auth))
 
 
 def _page(

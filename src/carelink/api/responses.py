@@ -16,6 +16,7 @@ STATUS = (
     (errors.UnsupportedFormat, 406, "not-supported"),
     (errors.InvalidRequest, 400, "invalid"),
     (errors.NotFound, 404, "not-found"),
+    (errors.Unauthenticated, 401, "login"),
     (errors.ConsentDenied, 403, "forbidden"),
     (errors.AccessDenied, 403, "forbidden"),
     (errors.AuditError, 503, "exception"),
@@ -42,7 +43,10 @@ def from_error(exc: errors.CarelinkError) -> Response:
             message = str(exc) if status < 500 else "internal error"
             if isinstance(exc, errors.AuditError):
                 message = "the audit trail is unavailable, so no patient data is served"
-            return outcome(status, code, message, expression)
+            response = outcome(status, code, message, expression)
+            if status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="carelink"'
+            return response
     return outcome(500, "exception", "internal error")  # pragma: no cover - tuple ends in base
 
 

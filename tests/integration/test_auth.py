@@ -1,0 +1,93 @@
+"""The gateway in token mode: no patient data without a valid bearer token."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from tests.integration.conftest import System
+from tests.support.procs import free_port, running
+from tests.support.tokens import ISSUER, Issuer, unsigned
+
+
+@pytest.fixture(scope="module")
+def secured(system: System, tmp_path_factory) -> Iterator[tuple[str, Issuer]]:
+    issuer = Issuer()
+    jwks = tmp_path_factory.mktemp("keys") / "jwks.json"
+    jwks.write_text(json.dumps(issuer.public_jwks()))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    env = {
+        **system.env,
+        "CARELINK_AUTH": "jwt",
+        "CARELINK_ISSUER": ISSUER,
+        "CARELINK_AUDIENCE": base,
+        "CARELINK_JWKS": str(jwks),
+    }
+    with running(["serve", "--port", str(port)], f"{base}/metadata", env):
+        yield base, issuer
+
+
+def _lookup(system: System, base: str, headers: dict[str, str]) -> httpx.Response:
+    nhs = system.population[0].nhs_number
+    return httpx.get(
+        f"{base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"}, headers=headers
+    )
+
+
+def test_metadata_needs_no_token(secured):
+    base, _ = secured
+    assert httpx.get(f"{base}/metadata").status_code == 200
+
+
+def test_a_valid_token_reads_patient_data(system, secured):
+    base, issuer = secured
+    token = issuer.token(aud=base)
+    r = _lookup(system, base, {"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    assert r.json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda base, i: None,
+        lambda base, i: i.token(aud=base, exp=int(time.time()) - 600),
+        lambda base, i: i.token(aud=base, nbf=int(time.time()) + 600),
+        lambda base, i: i.token(),  # audience is another gateway's
+        lambda base, i: i.token(aud=base, iss="https://evil.test"),
+        lambda base, i: unsigned(i.claims(aud=base)),
+        lambda base, i: i.hs256_with_public_key(),
+        lambda base, i: i.token("foreign", aud=base),
+    ],
+    ids=[
+        "no-token",
+        "expired",
+        "not-yet-valid",
+        "wrong-aud",
+        "foreign-issuer",
+        "alg-none",
+        "hs256-public-key",
+        "unknown-signer",
+    ],
+)
+def test_no_patient_data_without_a_valid_token(system, secured, make):
+    base, issuer = secured
+    token = make(base, issuer)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for r in (
+        _lookup(system, base, headers),
+        httpx.get(f"{base}/Patient/anything/$everything", headers=headers),
+    ):
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        body = r.json()
+        assert body["resourceType"] == "OperationOutcome"
+        assert body["issue"][0]["code"] == "login"
+        if token:
+            assert token not in r.text
