@@ -59,6 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     isub.add_parser("build", help="read every source and (re)build the index")
     isub.add_parser("review", help="list near-miss demographic matches")
 
+    token = sub.add_parser("token", help="development tokens (refused in production mode)")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    mint = tsub.add_parser("mint", help="print a signed development token")
+    mint.add_argument(
+        "--audience", default="http://127.0.0.1:8080/fhir", help="the gateway's FHIR base URL"
+    )
+    mint.add_argument("--subject", default="dev-clinician")
+    mint.add_argument("--role", default="R8000", help="NHS national RBAC role code")
+    mint.add_argument("--organisation", default="RXX01", help="ODS code")
+    mint.add_argument("--purpose", default="TREAT", help="v3 ActReason purpose of use")
+    mint.add_argument("--scope", default="user/*.rs")
+    mint.add_argument("--patient", help="for a citizen's token: their patient id")
+    mint.add_argument("--minutes", type=int, default=60)
+    mint.add_argument(
+        "--keys",
+        type=Path,
+        default=Path("var/dev-issuer"),
+        help="where the development signing key lives",
+    )
+
     pop = sub.add_parser("population", help="the synthetic population")
     psub = pop.add_subparsers(dest="population_command", required=True)
     gen = psub.add_parser("generate", help="stream a population to NDJSON files")
@@ -93,6 +113,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "index":
         return _index(args)
+    if args.command == "token":
+        return _mint(args)
     if args.command == "population":
         from carelink.simulators.export import generate
 
@@ -151,6 +173,26 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
     )
+    return EXIT_OK
+
+
+def _mint(args: argparse.Namespace) -> int:
+    import os
+
+    from carelink.auth.dev_issuer import DevIssuer
+
+    if os.environ.get("CARELINK_MODE") == "production":
+        raise errors.ConfigError("development tokens are refused in production mode")
+    claims = {
+        "sub": args.subject,
+        "role": args.role,
+        "organisation": args.organisation,
+        "purpose_of_use": args.purpose,
+        "scope": args.scope,
+    }
+    if args.patient:
+        claims["patient"] = args.patient
+    print(DevIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
     return EXIT_OK
 
 

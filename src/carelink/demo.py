@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+from carelink.auth.dev_issuer import DEV_ISSUER, DevIssuer
 from carelink.settings import Settings
 from carelink.simulators.population import SOURCES
 
@@ -95,7 +96,17 @@ def run_demo(
     print(f"starting four simulated sources for {size:,} people (seed {seed}) ...", flush=True)
     urls, procs = start_simulators(size, seed, source_port, latency_ms)
     try:
-        settings = replace(Settings.from_env(), database_url=database, sources=urls)
+        issuer = DevIssuer(Path(database).parent / "dev-issuer")
+        base = f"http://127.0.0.1:{port}/fhir"
+        settings = replace(
+            Settings.from_env(),
+            database_url=database,
+            sources=urls,
+            auth="jwt",
+            issuer=DEV_ISSUER,
+            audience=base,
+            jwks=str(issuer.jwks_path),
+        )
         db = Database(database)
         db.migrate()
         store = IndexStore(db)
@@ -110,16 +121,29 @@ def run_demo(
             f"by NHS number, {report.by_demographics:,} by demographics",
             flush=True,
         )
-        base = f"http://127.0.0.1:{port}/fhir"
+        token = issuer.mint(
+            base,
+            {
+                "sub": "demo-clinician",
+                "role": "R8000",
+                "organisation": "RXX01",
+                "purpose_of_use": "TREAT",
+                "scope": "user/*.rs",
+            },
+            lifetime=8 * 3600,
+        )
         for name, url in urls.items():
             print(f"  source {name:12} {url}")
+        auth = '-H "Authorization: Bearer $TOKEN"'
         print(
-            f"\ngateway: {base}\n\ntry:\n"
+            f"\ngateway: {base}  (a development token for 8 hours; "
+            "`carelink token mint --help` makes others)\n\n"
+            f"export TOKEN={token}\n\ntry:\n"
             f"  curl '{base}/metadata'\n"
-            f"  curl '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
+            f"  curl {auth} '{base}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|"
             f"{example.nhs_number}'\n"
-            f"  curl '{base}/Patient/{pid}/$everything'\n"
-            f"  curl '{base}/Observation?patient={pid}&category=vital-signs'\n",
+            f"  curl {auth} '{base}/Patient/{pid}/$everything'\n"
+            f"  curl {auth} '{base}/Observation?patient={pid}&category=vital-signs'\n",
             flush=True,
         )
         os.environ["CARELINK_DATABASE_URL"] = database

@@ -23,6 +23,7 @@ def _four_free_ports() -> int:
 
 
 def test_demo_starts_four_sources_builds_the_index_and_prints_working_requests(tmp_path):
+    """Every printed request works with the printed token, and none without it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     args = [
@@ -43,11 +44,16 @@ def test_demo_starts_four_sources_builds_the_index_and_prints_working_requests(t
         banner = ""
         while "vital-signs" not in banner:
             banner += proc.stdout.readline().decode()
-        urls = re.findall(r"curl '([^']+)'", banner)
+        urls = re.findall(r"curl (?:-H \"Authorization: Bearer \$TOKEN\" )?'([^']+)'", banner)
+        token = re.search(r"export TOKEN=(\S+)", banner)
         assert len(urls) == 4
-        answers = [httpx.get(u, timeout=10) for u in urls]
+        assert token is not None
+        headers = {"Authorization": f"Bearer {token.group(1)}"}
+        answers = [httpx.get(u, timeout=10, headers=headers) for u in urls]
+        without = httpx.get(urls[1], timeout=10)
     assert "index built: 150 people" in banner
     assert [a.status_code for a in answers] == [200] * 4
+    assert without.status_code == 401  # the demo is secured like production
     assert answers[1].json()["total"] == 1
     everything = answers[2].json()
     outcome = next(e["resource"] for e in everything["entry"] if e["search"]["mode"] == "outcome")

@@ -21,7 +21,7 @@ import orjson
 
 from carelink.simulators import fhir_render
 from carelink.simulators.clinical import facts
-from carelink.simulators.population import local_id, people
+from carelink.simulators.population import check_size, local_id, people
 
 
 def _default(value: Any) -> Any:
@@ -31,7 +31,8 @@ def _default(value: Any) -> Any:
 
 
 def generate(size: int, seed: int, out: Path) -> str:
-    """Write the population; return a one-line summary."""
+    """Write the population; return a one-line summary. Nothing is written for a bad size."""
+    check_size(size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "acute").mkdir(exist_ok=True)
     (out / "gp").mkdir(exist_ok=True)

@@ -181,16 +181,21 @@ def make_person(seed: int, index: int, nhs_number: str, practices: int) -> Perso
 
 def people(seed: int, size: int) -> Iterator[Person]:
     """Yield ``size`` people deterministically from ``seed``, one at a time."""
-    if not 1 <= size <= MAX_SIZE:
-        raise ValueError(
-            f"population size must be 1..{MAX_SIZE:,} (the valid NHS numbers in the "
-            f"reserved test range 999 000 0000 - 999 999 9999), got {size:,}"
-        )
+    check_size(size)
     practices = practice_count(size)
     for index, number in enumerate(_nhs_numbers(seed)):
         if index >= size:
             return
         yield make_person(seed, index, number, practices)
+
+
+def check_size(size: int) -> None:
+    """Refuse a population the reserved NHS number range cannot hold."""
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError(
+            f"population size must be 1..{MAX_SIZE:,} (the valid NHS numbers in the "
+            f"reserved test range 999 000 0000 - 999 999 9999), got {size:,}"
+        )
 
 
 def social_demographics(person: Person) -> dict[str, str | None]:
