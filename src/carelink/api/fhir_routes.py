@@ -9,11 +9,13 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from carelink.api import access
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
 from carelink.api.deps import base_url, context, router
 from carelink.api.responses import fhir, http_date, not_modified
-from carelink.errors import InvalidRequest, NotFound
+from carelink.auth import Principal
+from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
 from carelink.fhir import NHS_NUMBER_SYSTEM, problem, searchset
@@ -70,13 +72,16 @@ def _page(
 @route("/Patient")
 async def search_patient(request: Request) -> Response:
     """Find people in the index by NHS number, local id, name, birth date or id."""
-    record, _caller, base = await context(request)
+    record, caller, base = await context(request)
     P.check_format(request)
     q = P.multi(request)
     pref = P.prefer(request)
     P.unknown([k for k in q if k not in PATIENT_PARAMS | P.RESULT_PARAMS], pref.strict)
-    rows = _find_patients(record, q)
-    matches = [orjson.loads(r.patient) for r in rows]
+    access.require(caller, "Patient", "s")
+    rows = [
+        r for r in _find_patients(record, q) if caller.patient is None or r.id == caller.patient
+    ]
+    matches = access.visible(caller, (orjson.loads(r.patient) for r in rows), "s")
     used = {k for k in q if k in PATIENT_PARAMS}
     return fhir(_page(base, f"{base}/Patient", matches, q, used, request))
 
@@ -139,7 +144,7 @@ def _by_demographics(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]
 @route("/Patient/$ihe-pix")
 async def pix(request: Request) -> Response:
     """IHE PIXm: any source's local id (or the NHS number) to every identifier of the person."""
-    record, _caller, _ = await context(request)
+    record, caller, _ = await context(request)
     P.check_format(request)
     q = P.multi(request)
     if "sourceIdentifier" not in q:
@@ -147,10 +152,12 @@ async def pix(request: Request) -> Response:
     token = parse_token(q["sourceIdentifier"][-1], "sourceIdentifier")
     if not token.system or not token.code:
         raise InvalidRequest("sourceIdentifier must be system|value", "sourceIdentifier")
+    access.require(caller, "Patient", "s")
     rows = _by_identifier(record, token.system, token.code)
     if not rows:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
+    access.in_compartment(caller, person.id)
     targets = set(q.get("targetSystem", []))
     wanted = (
         [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}] if person.nhs_number else []
@@ -170,17 +177,22 @@ async def pix(request: Request) -> Response:
 @route("/Patient/{pid}")
 async def read_patient(request: Request) -> Response:
     """The merged Patient, or a source's own Patient (``<source>-<local id>``)."""
-    record, _caller, _ = await context(request)
+    record, caller, _ = await context(request)
     pid = request.path_params["pid"]
     P.check_format(request)
+    access.require(caller, "Patient", "r")
     row = record.person(pid)
     if row is not None:
+        access.in_compartment(caller, row.id)
         body, version = row.patient, row.version
     else:
         link = record.source_patient(pid)
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
+        access.in_compartment(caller, link.person_id)
         body, version = link.patient, f"{link.person_id}-{link.source}"
+    if not access.visible(caller, [orjson.loads(body)]):
+        raise AccessDenied("no scope allows read of this Patient")
     etag = f'W/"{version}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -194,7 +206,7 @@ async def read_patient(request: Request) -> Response:
 @route("/Patient/{pid}/$everything")
 async def everything(request: Request) -> Response:
     """The whole shared record: every source at once, merged, paged stably."""
-    record, _caller, base = await context(request)
+    record, caller, base = await context(request)
     pid = request.path_params["pid"]
     P.check_format(request)
     q = P.multi(request)
@@ -204,8 +216,10 @@ async def everything(request: Request) -> Response:
     start = parse_date(q["start"][-1], "start").range if "start" in q else None
     end = parse_date(q["end"][-1], "end").range if "end" in q else None
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
+    access.require(caller, "Patient", "r")
+    access.in_compartment(caller, pid)
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
-    matches = fed.resources
+    matches = access.visible(caller, fed.resources)
     if types or start or end or since:
         matches = [
             r
@@ -214,7 +228,7 @@ async def everything(request: Request) -> Response:
             and in_period(r, start, end)
             and _since_ok(r, since)
         ]
-    etag = f'"{fed.etag}-{_query_digest(q)}"'
+    etag = f'"{fed.etag}-{_query_digest(q, caller)}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     used = {"start", "end", "_since", "_type"} & set(q)
@@ -225,7 +239,7 @@ async def everything(request: Request) -> Response:
         q,
         used,
         request,
-        includes=fed.provenance,
+        includes=access.provenance_for(caller, fed.provenance, matches),
         outcomes=[fed.outcome],
     )
     headers = {"ETag": etag}
@@ -243,14 +257,16 @@ def _since_ok(resource: Json, since: Any) -> bool:
     return rng is None or rng.start >= since
 
 
-def _query_digest(q: dict[str, list[str]]) -> str:
-    return hashlib.blake2b(orjson.dumps(sorted(q.items())), digest_size=6).hexdigest()
+def _query_digest(q: dict[str, list[str]], caller: Principal) -> str:
+    """What else shapes the representation: the query and what the caller may see."""
+    shape = [sorted(q.items()), sorted(caller.scopes), caller.patient]
+    return hashlib.blake2b(orjson.dumps(shape), digest_size=8).hexdigest()
 
 
 @route("/{rtype}")
 async def search_type(request: Request) -> Response:
     """Per-type search within one patient's federated record."""
-    record, _caller, base = await context(request)
+    record, caller, base = await context(request)
     rtype = request.path_params["rtype"]
     P.check_format(request)
     if rtype not in SEARCH_TYPES:
@@ -269,12 +285,20 @@ async def search_type(request: Request) -> Response:
     crit, unknown_names = criteria(rtype, rest)
     P.unknown(unknown_names, pref.strict)
     revinclude = "Provenance:target" in q.get("_revinclude", [])
+    access.require(caller, rtype, "s")
+    access.in_compartment(caller, pid)
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
-    matches = [
-        r for r in fed.resources if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
-    ]
+    matches = access.visible(
+        caller,
+        (
+            r
+            for r in fed.resources
+            if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
+        ),
+        "s",
+    )
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
-    includes = fed.provenance if revinclude else []
+    includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
     return fhir(
         _page(
             base,

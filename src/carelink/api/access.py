@@ -1,0 +1,78 @@
+"""What the caller's scopes and context let through, applied to every answer.
+
+- A request needs a scope granting its interaction on its resource type
+  (read ``r``, search ``s``), or it is refused (403).
+- Granular scopes (``patient/Observation.rs?category=…|laboratory``) narrow
+  what comes back: a resource passes when some granting scope's parameters
+  all match it. Filtering happens before counting, so totals, paging and
+  ``_summary=count`` never reveal what the caller could not read.
+- A patient's token is held to that patient's own compartment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from carelink.auth import Principal
+from carelink.auth.scopes import Scope, granting, parse_all
+from carelink.errors import AccessDenied
+from carelink.federation.query import criteria
+
+Json = dict[str, Any]
+
+
+@lru_cache(maxsize=1024)
+def scopes_of(granted: frozenset[str]) -> tuple[Scope, ...]:
+    """Parsed scopes (cached: tokens repeat)."""
+    return parse_all(granted)
+
+
+def require(caller: Principal, resource_type: str, perm: str) -> tuple[Scope, ...]:
+    """The scopes granting ``perm`` on the type, or AccessDenied naming what is missing."""
+    found = granting(scopes_of(caller.scopes), resource_type, perm)
+    if not found:
+        verb = {"r": "read", "s": "search"}.get(perm, perm)
+        raise AccessDenied(f"no scope allows {verb} of {resource_type}")
+    return found
+
+
+def in_compartment(caller: Principal, person_id: str) -> None:
+    """A patient token reaches only its own record."""
+    if caller.patient is not None and caller.patient != person_id:
+        raise AccessDenied("this token is limited to its own patient's record")
+
+
+def _passes(resource: Json, scope: Scope) -> bool:
+    if not scope.filters:
+        return True
+    params: dict[str, list[str]] = {}
+    for key, value in scope.filters:
+        params.setdefault(key, []).append(value)
+    crit, unknown = criteria(resource["resourceType"], params)
+    return not unknown and all(c.matches(resource) for c in crit)
+
+
+def visible(caller: Principal, resources: Iterable[Json], perm: str = "r") -> list[Json]:
+    """The resources some scope lets the caller see (unfiltered scopes pass everything)."""
+    parsed = scopes_of(caller.scopes)
+    out = []
+    for r in resources:
+        grants = granting(parsed, r["resourceType"], perm)
+        if any(_passes(r, s) for s in grants):
+            out.append(r)
+    return out
+
+
+def provenance_for(caller: Principal, provenance: list[Json], shown: list[Json]) -> list[Json]:
+    """Provenance the caller may read, pointing only at resources they were shown."""
+    if not granting(scopes_of(caller.scopes), "Provenance", "r"):
+        return []
+    refs = {f"{r['resourceType']}/{r['id']}" for r in shown}
+    out = []
+    for p in provenance:
+        targets = [t for t in p["target"] if t["reference"] in refs]
+        if targets:
+            out.append({**p, "target": targets})
+    return out
