@@ -23,9 +23,8 @@ def test_token_mint_prints_a_token_the_gateway_would_accept(tmp_path):
         ]
     )
     assert r.returncode == 0, r.stderr
-    policy = TokenPolicy(
-        "urn:carelink:development-issuer", "http://gw/fhir", load_keys(str(keys / "jwks.json"))
-    )
+    keyset = load_keys(str(keys / "jwks.json"))
+    policy = TokenPolicy({"urn:carelink:development-issuer": keyset}, "http://gw/fhir")
     caller = validate(r.stdout.strip(), policy)
     assert (caller.role, caller.purpose) == ("R8001", "ETREAT")
 

@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.token_policy = (
-        TokenPolicy(str(settings.issuer), str(settings.audience), load_keys(str(settings.jwks)))
+        TokenPolicy({str(settings.issuer): load_keys(str(settings.jwks))}, str(settings.audience))
         if settings.auth == "jwt"
         else None
     )

@@ -18,7 +18,7 @@ def issuer() -> Issuer:
 
 @pytest.fixture(scope="module")
 def policy(issuer: Issuer) -> TokenPolicy:
-    return TokenPolicy(ISSUER, AUDIENCE, issuer.keys())
+    return TokenPolicy({ISSUER: issuer.keys()}, AUDIENCE)
 
 
 @pytest.mark.parametrize("key", ["rsa", "ec"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,19 @@ ALLOWED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "PS384")
 
 @dataclass(frozen=True)
 class TokenPolicy:
-    """Whom the gateway trusts, and how strictly."""
+    """Whom the gateway trusts (issuer -> its public keys), and how strictly."""
 
-    issuer: str
+    issuers: Mapping[str, KeySet]
     audience: str
-    keys: KeySet
     algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
     leeway: int = 30
+
+    def issuer_of(self, kid: object) -> str | None:
+        """The trusted issuer holding key ``kid``."""
+        for issuer, keys in self.issuers.items():
+            if any(k.kid == kid for k in keys.keys):
+                return issuer
+        return None
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -57,15 +63,15 @@ def validate(token: str, policy: TokenPolicy, now: Callable[[], float] = time.ti
     alg = header.get("alg")
     if alg not in policy.algorithms:
         raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not any(k.kid == kid for k in policy.keys.keys):
+    issuer = policy.issuer_of(header.get("kid"))
+    if issuer is None:
         raise Unauthenticated("token key id is not one of the issuer's keys")
     try:
-        decoded = jwt.decode(token, policy.keys, algorithms=list(policy.algorithms))
+        decoded = jwt.decode(token, policy.issuers[issuer], algorithms=list(policy.algorithms))
     except JoseError as exc:
         raise Unauthenticated("token signature does not verify") from exc
     claims = decoded.claims
-    if claims.get("iss") != policy.issuer:
+    if claims.get("iss") != issuer:
         raise Unauthenticated("token is from an issuer the gateway does not trust")
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
