@@ -24,7 +24,7 @@ def test_token_mint_prints_a_token_the_gateway_would_accept(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     keyset = load_keys(str(keys / "jwks.json"))
-    policy = TokenPolicy({"urn:carelink:development-issuer": keyset}, "http://gw/fhir")
+    policy = TokenPolicy({"urn:carelink:local-issuer": keyset}, "http://gw/fhir")
     caller = validate(r.stdout.strip(), policy)
     assert (caller.role, caller.purpose) == ("R8001", "ETREAT")
 

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from starlette.exceptions import HTTPException
 
 from carelink.api import router
 from carelink.api.responses import from_error, outcome
+from carelink.auth.backend_services import TokenService, load_clients
+from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, load_keys
 from carelink.errors import CarelinkError, ConfigError
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
@@ -26,7 +29,7 @@ from carelink.sources.base import Source
 from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
-from carelink.storage import Database, IndexStore
+from carelink.storage import Database, IndexStore, ReplayStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -106,6 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
+        if app.state.token_policy is not None:
+            app.state.token_service = TokenService(
+                app.state.token_clients,
+                app.state.token_url,
+                str(settings.audience),
+                app.state.local_issuer,
+                ReplayStore(db),
+            )
         gc.set_threshold(*GC_THRESHOLDS)
         freezer = asyncio.create_task(_freeze_long_lived(GC_FREEZE_EVERY))
         try:
@@ -131,11 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
-    app.state.token_policy = (
-        TokenPolicy({str(settings.issuer): load_keys(str(settings.jwks))}, str(settings.audience))
-        if settings.auth == "jwt"
-        else None
-    )
+    app.state.token_policy = None
+    app.state.token_service = None
+    if settings.auth == "jwt":
+        local = LocalIssuer(Path(settings.issuer_keys))
+        trusted = {LOCAL_ISSUER: load_keys(str(local.jwks_path))}
+        if settings.issuer and settings.jwks:
+            trusted[settings.issuer] = load_keys(settings.jwks)
+        audience = str(settings.audience)
+        app.state.token_policy = TokenPolicy(trusted, audience)
+        app.state.token_url = audience.removesuffix("/fhir") + "/auth/token"
+        app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
+        app.state.local_issuer = local
     app.include_router(router)
 
     @app.exception_handler(CarelinkError)

@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument(
         "--keys",
         type=Path,
-        default=Path("var/dev-issuer"),
-        help="where the development signing key lives",
+        default=Path("var/issuer"),
+        help="the gateway's issuer key directory (CARELINK_ISSUER_KEYS)",
     )
 
     pop = sub.add_parser("population", help="the synthetic population")
@@ -179,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _mint(args: argparse.Namespace) -> int:
     import os
 
-    from carelink.auth.dev_issuer import DevIssuer
+    from carelink.auth.local_issuer import LocalIssuer
 
     if os.environ.get("CARELINK_MODE") == "production":
         raise errors.ConfigError("development tokens are refused in production mode")
@@ -192,7 +192,7 @@ def _mint(args: argparse.Namespace) -> int:
     }
     if args.patient:
         claims["patient"] = args.patient
-    print(DevIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
+    print(LocalIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from carelink.auth.dev_issuer import DEV_ISSUER, DevIssuer
+from carelink.auth.local_issuer import LocalIssuer
 from carelink.settings import Settings
 from carelink.simulators.population import SOURCES
 
@@ -96,16 +96,16 @@ def run_demo(
     print(f"starting four simulated sources for {size:,} people (seed {seed}) ...", flush=True)
     urls, procs = start_simulators(size, seed, source_port, latency_ms)
     try:
-        issuer = DevIssuer(Path(database).parent / "dev-issuer")
+        keys = Path(database).parent / "issuer"
+        issuer = LocalIssuer(keys)
         base = f"http://127.0.0.1:{port}/fhir"
         settings = replace(
             Settings.from_env(),
             database_url=database,
             sources=urls,
             auth="jwt",
-            issuer=DEV_ISSUER,
             audience=base,
-            jwks=str(issuer.jwks_path),
+            issuer_keys=str(keys),
         )
         db = Database(database)
         db.migrate()

@@ -32,6 +32,10 @@ class Settings:
     issuer: str | None = None
     audience: str | None = None
     jwks: str | None = None
+    #: the gateway's own issuer key (backend-services and development tokens)
+    issuer_keys: str = "var/issuer"
+    #: registered backend-services clients (JSON); none when unset
+    clients: str | None = None
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3
@@ -49,10 +53,10 @@ class Settings:
             )
         if self.auth not in ("development", "jwt"):
             raise ConfigError(f"CARELINK_AUTH must be development or jwt, not {self.auth!r}")
-        if self.auth == "jwt" and not (self.issuer and self.audience and self.jwks):
-            raise ConfigError(
-                "CARELINK_AUTH=jwt needs CARELINK_ISSUER, CARELINK_AUDIENCE and CARELINK_JWKS"
-            )
+        if self.auth == "jwt" and not self.audience:
+            raise ConfigError("CARELINK_AUTH=jwt needs CARELINK_AUDIENCE (the FHIR base URL)")
+        if bool(self.issuer) != bool(self.jwks):
+            raise ConfigError("CARELINK_ISSUER and CARELINK_JWKS go together")
         if not 0 < self.budget <= 30:
             raise ConfigError(
                 f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
@@ -95,5 +99,7 @@ class Settings:
             issuer=e.get("CARELINK_ISSUER", s.issuer),
             audience=e.get("CARELINK_AUDIENCE", s.audience),
             jwks=e.get("CARELINK_JWKS", s.jwks),
+            issuer_keys=e.get("CARELINK_ISSUER_KEYS", s.issuer_keys),
+            clients=e.get("CARELINK_CLIENTS", s.clients),
         )
         return s.validate()

@@ -8,11 +8,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from joserfc.jwk import KeySet
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from tests.auth.test_backend_services import Registered
 from tests.integration.conftest import System
 from tests.support.procs import free_port, running
 from tests.support.tokens import ISSUER, Issuer, unsigned
+
+BACKEND = Registered()
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +24,18 @@ def secured(system: System, tmp_path_factory) -> Iterator[tuple[str, Issuer]]:
     issuer = Issuer()
     jwks = tmp_path_factory.mktemp("keys") / "jwks.json"
     jwks.write_text(json.dumps(issuer.public_jwks()))
+    clients = jwks.parent / "clients.json"
+    clients.write_text(
+        json.dumps(
+            [
+                {
+                    "client_id": "analytics",
+                    "scope": "system/Patient.rs system/Observation.rs",
+                    "jwks": KeySet([BACKEND.rsa, BACKEND.ec]).as_dict(private=False),
+                }
+            ]
+        )
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     env = {
@@ -28,6 +44,8 @@ def secured(system: System, tmp_path_factory) -> Iterator[tuple[str, Issuer]]:
         "CARELINK_ISSUER": ISSUER,
         "CARELINK_AUDIENCE": base,
         "CARELINK_JWKS": str(jwks),
+        "CARELINK_ISSUER_KEYS": str(jwks.parent / "local-issuer"),
+        "CARELINK_CLIENTS": str(clients),
     }
     with running(["serve", "--port", str(port)], f"{base}/metadata", env):
         yield base, issuer
@@ -91,3 +109,48 @@ def test_no_patient_data_without_a_valid_token(system, secured, make):
         assert body["issue"][0]["code"] == "login"
         if token:
             assert token not in r.text
+
+
+def test_smart_configuration_names_the_token_endpoint(secured):
+    base, _ = secured
+    conf = httpx.get(f"{base}/.well-known/smart-configuration").json()
+    assert conf["token_endpoint"] == base.removesuffix("/fhir") + "/auth/token"
+    assert conf["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert "client-confidential-asymmetric" in conf["capabilities"]
+
+
+def test_a_backend_service_gets_a_token_and_reads_only_what_it_was_granted(system, secured):
+    base, _ = secured
+    token_url = base.removesuffix("/fhir") + "/auth/token"
+    assertion = BACKEND.assertion(aud=token_url)
+    r = httpx.post(
+        token_url,
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/Patient.rs",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    token = r.json()["access_token"]
+    assert _lookup(system, base, {"Authorization": f"Bearer {token}"}).status_code == 200
+    again = httpx.post(
+        token_url,
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/Patient.rs",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
+    assert again.status_code == 401
+    assert again.json()["error"] == "invalid_client"
+    pid = _lookup(system, base, {"Authorization": f"Bearer {token}"}).json()["entry"][0][
+        "resource"
+    ]["id"]
+    denied = httpx.get(
+        f"{base}/Encounter", params={"patient": pid}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert denied.status_code == 403

@@ -2,5 +2,6 @@
 
 from carelink.storage.database import Database
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage.replay_store import ReplayStore
 
-__all__ = ["Database", "IndexStore", "LinkRow", "PersonRow", "ReviewRow"]
+__all__ = ["Database", "IndexStore", "LinkRow", "PersonRow", "ReplayStore", "ReviewRow"]

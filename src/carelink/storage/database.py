@@ -13,11 +13,16 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from carelink.storage.tables import metadata
+from carelink.storage.tables import client_assertions, metadata
 
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
+    (
+        2,
+        "client assertion replay table",
+        lambda conn: client_assertions.create(conn, checkfirst=True),
+    ),
 ]
 
 

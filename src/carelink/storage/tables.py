@@ -51,3 +51,13 @@ review = sa.Table(
     sa.Column("explanation", sa.Text, nullable=False),
     sa.Column("demographics", sa.Text, nullable=False),
 )
+
+#: client assertion ids seen, so a ``jti`` is never accepted twice per client
+#: (shared by every gateway process through the database)
+client_assertions = sa.Table(
+    "client_assertions",
+    metadata,
+    sa.Column("client_id", sa.String(200), primary_key=True),
+    sa.Column("jti", sa.String(200), primary_key=True),
+    sa.Column("expires_at", sa.Integer, nullable=False, index=True),
+)

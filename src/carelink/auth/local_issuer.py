@@ -1,8 +1,9 @@
-"""A development token issuer: one local ES384 key, tokens minted on request.
+"""The gateway's own token issuer: one local ES384 key, tokens minted on request.
 
-For ``carelink demo`` and ``carelink token mint`` only: the CLI refuses to
-mint in production mode. The private key lives in ``<dir>/private.jwk.json``
-(file mode 0600); the gateway is pointed at ``<dir>/jwks.json``.
+It signs the access tokens of the backend-services token endpoint, and the
+development tokens of ``carelink demo`` and ``carelink token mint`` (the CLI
+refuses those in production mode). The private key lives in
+``<dir>/private.jwk.json`` (file mode 0600); its public half in ``<dir>/jwks.json``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import orjson
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
-DEV_ISSUER = "urn:carelink:development-issuer"
+LOCAL_ISSUER = "urn:carelink:local-issuer"
 
 
-class DevIssuer:
+class LocalIssuer:
     """Loads (or makes, on first use) the development signing key under ``directory``."""
 
     def __init__(self, directory: Path) -> None:
@@ -49,7 +50,7 @@ class DevIssuer:
         """A signed token for ``audience`` carrying ``claims`` (role, organisation, ...)."""
         t = int(now())
         body = {
-            "iss": DEV_ISSUER,
+            "iss": LOCAL_ISSUER,
             "aud": audience,
             "iat": t,
             "nbf": t,

@@ -1,0 +1,188 @@
+"""SMART Backend Services: ``client_credentials`` with a ``private_key_jwt`` assertion.
+
+A registered client proves itself with a JWT it signs (RS384 or ES384) with
+a key from its registered JWKS; the gateway answers with a short-lived access
+token from its own issuer. The assertion must have ``iss`` = ``sub`` = the
+client id, ``aud`` = the token endpoint's URL, an ``exp`` no more than five
+minutes ahead, and a ``jti`` never used before by that client (checked in the
+database, so every gateway process agrees). Keys come only from the
+registration: a ``jku`` in the assertion is never fetched.
+
+Errors follow RFC 6749 section 5.2 (``invalid_client``, ``invalid_request``,
+``unsupported_grant_type``, ``invalid_scope``).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from carelink.auth.local_issuer import LocalIssuer
+from carelink.auth.scopes import ScopeError, parse
+from carelink.errors import ConfigError
+from carelink.storage import ReplayStore
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_ALGORITHMS = ("RS384", "ES384")
+MAX_ASSERTION_LIFETIME = 300
+ACCESS_TOKEN_LIFETIME = 300
+
+
+class OAuthError(Exception):
+    """An RFC 6749 error response."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body."""
+        return {"error": self.error, "error_description": self.description}
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered backend client: its keys and the most it may ask for."""
+
+    client_id: str
+    keys: KeySet
+    scopes: frozenset[str]
+    purpose: str = "HOPERAT"
+
+
+def load_clients(path: Path) -> dict[str, Client]:
+    """Registrations from a JSON file: ``[{"client_id", "jwks", "scope", "purpose"?}]``."""
+    try:
+        entries = orjson.loads(path.read_bytes())
+        return {
+            e["client_id"]: Client(
+                e["client_id"],
+                KeySet.import_key_set(e["jwks"]),
+                frozenset(e["scope"].split()),
+                e.get("purpose", "HOPERAT"),
+            )
+            for e in entries
+        }
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, JoseError) as exc:
+        raise ConfigError(f"{path}: not a valid client registry ({type(exc).__name__})") from exc
+
+
+class TokenService:
+    """The token endpoint's logic, without HTTP."""
+
+    def __init__(
+        self,
+        clients: Mapping[str, Client],
+        token_url: str,
+        audience: str,
+        issuer: LocalIssuer,
+        replay: ReplayStore,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.clients = clients
+        self.token_url = token_url
+        self.audience = audience
+        self.issuer = issuer
+        self.replay = replay
+        self.now = now
+
+    def exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
+        """Answer a token request, or raise ``OAuthError``."""
+        if form.get("grant_type") != "client_credentials":
+            raise OAuthError("unsupported_grant_type", "only client_credentials is supported")
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise OAuthError("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
+        assertion = form.get("client_assertion")
+        if not assertion:
+            raise OAuthError("invalid_request", "client_assertion is required")
+        client = self._authenticate(assertion)
+        granted = self._scopes(client, form.get("scope", ""))
+        token = self.issuer.mint(
+            self.audience,
+            {
+                "sub": client.client_id,
+                "client_id": client.client_id,
+                "scope": " ".join(sorted(granted)),
+                "purpose_of_use": client.purpose,
+            },
+            lifetime=ACCESS_TOKEN_LIFETIME,
+            now=self.now,
+        )
+        return {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": ACCESS_TOKEN_LIFETIME,
+            "scope": " ".join(sorted(granted)),
+        }
+
+    def _authenticate(self, assertion: str) -> Client:
+        if _part(assertion, 0).get("alg") not in CLIENT_ALGORITHMS:
+            raise OAuthError("invalid_client", "assertion algorithm must be RS384 or ES384", 401)
+        # Unverified only to find whose keys to verify with; nothing else is trusted yet.
+        client = self.clients.get(str(_part(assertion, 1).get("iss")))
+        if client is None:
+            raise OAuthError("invalid_client", "unknown client", 401)
+        try:
+            verified = jwt.decode(assertion, client.keys, algorithms=list(CLIENT_ALGORITHMS))
+        except JoseError as exc:
+            raise OAuthError(
+                "invalid_client",
+                "assertion signature does not verify with the client's registered keys",
+                401,
+            ) from exc
+        c = verified.claims
+        if c.get("sub") != client.client_id:
+            raise OAuthError(
+                "invalid_client", "assertion iss and sub must both be the client id", 401
+            )
+        aud = c.get("aud")
+        if self.token_url not in (aud if isinstance(aud, list) else [aud]):
+            raise OAuthError("invalid_client", "assertion aud must be the token endpoint URL", 401)
+        now = int(self.now())
+        exp = c.get("exp")
+        if not isinstance(exp, int) or exp < now:
+            raise OAuthError("invalid_client", "assertion has expired or has no exp", 401)
+        if exp > now + MAX_ASSERTION_LIFETIME:
+            raise OAuthError("invalid_client", "assertion exp is more than 5 minutes ahead", 401)
+        jti = c.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise OAuthError("invalid_client", "assertion needs a jti", 401)
+        if not self.replay.first_use(client.client_id, jti, exp, now):
+            raise OAuthError("invalid_client", "assertion jti has been used before", 401)
+        return client
+
+    def _scopes(self, client: Client, requested: str) -> frozenset[str]:
+        asked = frozenset(requested.split()) or client.scopes
+        for s in asked:
+            try:
+                scope = parse(s)
+            except ScopeError as exc:
+                raise OAuthError("invalid_scope", str(exc)) from exc
+            if scope is not None and scope.context != "system":
+                raise OAuthError("invalid_scope", f"backend services get system/ scopes, not {s}")
+        granted = asked & client.scopes
+        if not granted:
+            raise OAuthError("invalid_scope", "none of the requested scopes is registered")
+        return granted
+
+
+def _part(token: str, index: int) -> dict[str, Any]:
+    try:
+        raw = token.split(".")[index]
+        value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (IndexError, ValueError, orjson.JSONDecodeError) as exc:
+        raise OAuthError("invalid_client", "client_assertion is not a JWT", 401) from exc
+    if not isinstance(value, dict):
+        raise OAuthError("invalid_client", "client_assertion is not a JWT", 401)
+    return value
