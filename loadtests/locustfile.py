@@ -7,6 +7,10 @@ medication, allergies). Patients are spread over the whole population the
 demo serves (``CARELINK_SEED``/``CARELINK_SIZE``, default 42/2000 as
 ``carelink demo``).
 
+Requests carry a bearer token: ``CARELINK_TOKEN`` if set, else one minted
+for the host with the gateway's own issuer key (``CARELINK_ISSUER_KEYS``,
+default ``var/issuer``, where the demo keeps it).
+
 At the end the run is judged against ``thresholds.json`` (p95/p99 per request
 group, error rate); a miss prints why and makes the exit code 1.
 """
@@ -21,6 +25,7 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
+from carelink.auth.local_issuer import LocalIssuer
 from carelink.simulators.population import people
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -39,6 +44,22 @@ SEARCHES = (
 )
 
 
+def token_for(host: str) -> str:
+    """The bearer token for this run."""
+    given = os.environ.get("CARELINK_TOKEN")
+    if given:
+        return given
+    keys = Path(os.environ.get("CARELINK_ISSUER_KEYS", "var/issuer"))
+    claims = {
+        "sub": "load-test-clinician",
+        "role": "R8000",
+        "organisation": "RXX01",
+        "purpose_of_use": "TREAT",
+        "scope": "user/*.rs",
+    }
+    return LocalIssuer(keys).mint(host.rstrip("/") + "/fhir", claims, lifetime=4 * 3600)
+
+
 class Clinician(HttpUser):
     """One clinician's app: look up, read, page, search."""
 
@@ -46,6 +67,7 @@ class Clinician(HttpUser):
 
     def on_start(self) -> None:
         self.ids: list[str] = []
+        self.client.headers["Authorization"] = f"Bearer {token_for(self.host or '')}"
 
     def _lookup(self) -> str | None:
         nhs = random.choice(NUMBERS)

@@ -9,15 +9,20 @@ from carelink.settings import DEFAULT_SOURCES, Settings
 from tests.support.procs import carelink
 
 
-def test_defaults_need_no_environment():
+def test_tokens_are_required_by_default():
     s = Settings.from_env({})
+    assert s.auth == "jwt"
     assert s.database_url == "var/carelink.db"
     assert dict(s.sources) == DEFAULT_SOURCES
 
 
 def test_sources_and_budget_from_the_environment():
     s = Settings.from_env(
-        {"CARELINK_SOURCES": "gp=http://a:1, acute=http://b:2", "CARELINK_BUDGET": "0.25"}
+        {
+            "CARELINK_SOURCES": "gp=http://a:1, acute=http://b:2",
+            "CARELINK_BUDGET": "0.25",
+            "CARELINK_AUTH": "development",
+        }
     )
     assert dict(s.sources) == {"gp": "http://a:1", "acute": "http://b:2"}
     assert s.budget == 0.25
@@ -26,7 +31,10 @@ def test_sources_and_budget_from_the_environment():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CARELINK_MODE": "production"}, "production mode refuses development authentication"),
+        (
+            {"CARELINK_MODE": "production", "CARELINK_AUTH": "development"},
+            "production mode refuses development authentication",
+        ),
         ({"CARELINK_MODE": "staging"}, "development or production"),
         ({"CARELINK_BUDGET": "soon"}, "number of seconds"),
         ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
@@ -40,9 +48,18 @@ def test_bad_settings_are_refused_with_a_clear_message(env, message):
 
 
 def test_the_gateway_refuses_to_start_in_production_mode_without_a_token_issuer():
-    result = carelink(["serve", "--port", "1"], {"CARELINK_MODE": "production"})
+    result = carelink(
+        ["serve", "--port", "1"], {"CARELINK_MODE": "production", "CARELINK_AUTH": "development"}
+    )
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "carelink: configuration error: production mode refuses development authentication: "
         "configure a token issuer (CARELINK_AUTH) before starting in production"
     ]
+
+
+def test_token_mode_without_an_audience_does_not_start():
+    from carelink.app import create_app
+
+    with pytest.raises(ConfigError, match="CARELINK_AUDIENCE"):
+        create_app(Settings.from_env({}))

@@ -145,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_policy = None
     app.state.token_service = None
     if settings.auth == "jwt":
+        if not settings.audience:
+            raise ConfigError("CARELINK_AUTH=jwt needs CARELINK_AUDIENCE (the FHIR base URL)")
         local = LocalIssuer(Path(settings.issuer_keys))
         trusted = {LOCAL_ISSUER: load_keys(str(local.jwks_path))}
         if settings.issuer and settings.jwks:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,6 +164,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from carelink.settings import Settings
 
+    if "CARELINK_AUDIENCE" not in os.environ:
+        # tokens are for this gateway: its FHIR base as served here
+        os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
     Settings.from_env()  # fail fast with a clear message before forking workers
     uvicorn.run(
         "carelink.app:create_app",
@@ -177,8 +181,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mint(args: argparse.Namespace) -> int:
-    import os
-
     from carelink.auth.local_issuer import LocalIssuer
 
     if os.environ.get("CARELINK_MODE") == "production":

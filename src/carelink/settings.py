@@ -26,9 +26,10 @@ class Settings:
     budget: float = 0.8
     #: "production" refuses development shortcuts
     mode: str = "development"
-    #: how callers are authenticated: "development" (no token) or "jwt" (bearer JWTs
-    #: from ``issuer``, verified with the keys in the ``jwks`` file, ``aud`` = ``audience``)
-    auth: str = "development"
+    #: how callers are authenticated: "jwt" (the default: bearer JWTs from the gateway's
+    #: own issuer, or ``issuer`` verified with the ``jwks`` file; ``aud`` = ``audience``)
+    #: or "development" (no token; refused in production mode)
+    auth: str = "jwt"
     issuer: str | None = None
     audience: str | None = None
     jwks: str | None = None
@@ -53,8 +54,6 @@ class Settings:
             )
         if self.auth not in ("development", "jwt"):
             raise ConfigError(f"CARELINK_AUTH must be development or jwt, not {self.auth!r}")
-        if self.auth == "jwt" and not self.audience:
-            raise ConfigError("CARELINK_AUTH=jwt needs CARELINK_AUDIENCE (the FHIR base URL)")
         if bool(self.issuer) != bool(self.jwks):
             raise ConfigError("CARELINK_ISSUER and CARELINK_JWKS go together")
         if not 0 < self.budget <= 30:

@@ -77,6 +77,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
             "CARELINK_BUDGET": "0.5",
             "CARELINK_BREAKER_RESET": "0.3",
+            "CARELINK_AUTH": "development",  # token mode has its own tests (test_auth, ...)
         }
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr

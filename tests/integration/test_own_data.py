@@ -44,6 +44,7 @@ def test_every_resource_of_every_synthea_patient_comes_back(tmp_path):
         env = {
             "CARELINK_DATABASE_URL": str(tmp_path / "own.db"),
             "CARELINK_SOURCES": f"acute={url}",
+            "CARELINK_AUTH": "development",
         }
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr
