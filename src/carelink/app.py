@@ -21,7 +21,7 @@ from carelink.api import router
 from carelink.api.responses import from_error, outcome
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
-from carelink.auth.tokens import TokenPolicy, load_keys
+from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.errors import CarelinkError, ConfigError
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.token_policy = None
+    app.state.verifier = None
     app.state.token_service = None
     if settings.auth == "jwt":
         if not settings.audience:
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             trusted[settings.issuer] = load_keys(settings.jwks)
         audience = str(settings.audience)
         app.state.token_policy = TokenPolicy(trusted, audience)
+        app.state.verifier = Verifier(app.state.token_policy)
         app.state.token_url = audience.removesuffix("/fhir") + "/auth/token"
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local

@@ -84,3 +84,26 @@ def test_missing_or_malformed_authorization_header(header):
 def test_garbage_is_not_a_jwt(policy):
     with pytest.raises(Unauthenticated, match="not a JWT"):
         validate("not-a-token", policy)
+
+
+def test_the_verifier_reuses_a_verified_token_but_never_past_its_expiry(issuer, policy):
+    from carelink.auth.tokens import Verifier
+
+    clock = [time.time()]
+    verify = Verifier(policy, now=lambda: clock[0])
+    token = issuer.token(exp=int(clock[0]) + 60)
+    assert verify(token).subject == "clinician-1"
+    assert verify(token).subject == "clinician-1"
+    clock[0] += 60 + policy.leeway + 1
+    with pytest.raises(Unauthenticated, match="expired"):
+        verify(token)
+
+
+def test_the_verifier_does_not_remember_failures(issuer, policy):
+    from carelink.auth.tokens import Verifier
+
+    verify = Verifier(policy)
+    bad = issuer.token(aud="https://elsewhere.test/fhir")
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            verify(bad)

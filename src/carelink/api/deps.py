@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
-from carelink.auth.tokens import TokenPolicy, bearer, validate
+from carelink.auth.tokens import Verifier, bearer
 from carelink.federation import SharedRecord
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -40,10 +40,10 @@ router = FhirRouter(prefix="/fhir")
 async def principal(request: Request) -> Principal:
     """The caller: from the bearer token when the gateway validates tokens, else the
     development caller (which ``Settings.validate`` refuses in production mode)."""
-    policy: TokenPolicy | None = request.app.state.token_policy
-    if policy is None:
+    verify: Verifier | None = request.app.state.verifier
+    if verify is None:
         return DEVELOPMENT_PRINCIPAL
-    return validate(bearer(request.headers.get("authorization")), policy)
+    return verify(bearer(request.headers.get("authorization")))
 
 
 async def base_url(request: Request) -> str:

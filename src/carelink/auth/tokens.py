@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,47 @@ def validate(token: str, policy: TokenPolicy, now: Callable[[], float] = time.ti
     if isinstance(nbf, int | float) and t < nbf - policy.leeway:
         raise Unauthenticated("token is not valid yet")
     return principal_from(claims)
+
+
+class Verifier:
+    """``validate`` with a memory: a token already verified is not verified again
+    until it expires (a client reuses one token for many requests, and an
+    ES384/RS384 signature check costs more than the lookup it guards)."""
+
+    def __init__(
+        self, policy: TokenPolicy, maxsize: int = 10_000, now: Callable[[], float] = time.time
+    ) -> None:
+        self.policy = policy
+        self.maxsize = maxsize
+        self.now = now
+        self._seen: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
+
+    def __call__(self, token: str) -> Principal:
+        """The caller for ``token``; Unauthenticated when it does not (or no longer) validate."""
+        hit = self._seen.get(token)
+        t = self.now()
+        if hit is not None:
+            principal, not_before, expires = hit
+            if not_before <= t <= expires:
+                return principal
+            del self._seen[token]
+        principal = validate(token, self.policy, self.now)
+        claims = _claims_unverified(token)
+        leeway = self.policy.leeway
+        self._seen[token] = (
+            principal,
+            float(claims.get("nbf", 0)) - leeway,
+            float(claims["exp"]) + leeway,
+        )
+        if len(self._seen) > self.maxsize:
+            self._seen.popitem(last=False)
+        return principal
+
+
+def _claims_unverified(token: str) -> dict[str, Any]:
+    """The payload of a token ``validate`` has just accepted."""
+    body = token.split(".")[1]
+    return dict(orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
 
 
 def principal_from(claims: dict[str, Any]) -> Principal:
