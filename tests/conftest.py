@@ -16,15 +16,10 @@ def _postgres_url() -> str | None:
     return os.environ.get("CARELINK_TEST_POSTGRES_URL")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """A fresh database of each kind: a real SQLite file, and PostgreSQL when configured.
-
-    PostgreSQL tests get a schema of their own (dropped afterwards), so runs never collide.
-    """
-    if request.param == "sqlite":
-        yield str(tmp_path / "carelink.db")
-        return
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database URL with a schema of its own (dropped afterwards), so runs
+    never collide; the test is skipped when no server is configured."""
     base = _postgres_url()
     if not base:
         pytest.skip("CARELINK_TEST_POSTGRES_URL is not set")
@@ -39,3 +34,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         with admin.engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh database of each kind: a real SQLite file, and PostgreSQL when configured."""
+    if request.param == "sqlite":
+        return str(tmp_path / "carelink.db")
+    return str(request.getfixturevalue("postgres_url"))

@@ -11,10 +11,8 @@ from tests.support.procs import carelink, free_port, running
 
 
 @pytest.mark.postgres
-def test_index_build_and_lookup_on_postgresql(system: System, database_url: str):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("this test is about PostgreSQL; SQLite is covered by the whole suite")
-    env = {**system.env, "CARELINK_DATABASE_URL": database_url}
+def test_index_build_and_lookup_on_postgresql(system: System, postgres_url: str):
+    env = {**system.env, "CARELINK_DATABASE_URL": postgres_url}
     built = carelink(["index", "build"], env)
     assert built.returncode == 0, built.stderr
     assert f"index built: {len(system.population)} persons" in built.stdout
