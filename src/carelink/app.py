@@ -18,11 +18,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from carelink.api import router
+from carelink.api.deps import audit
 from carelink.api.responses import from_error, outcome
+from carelink.audit import AuditTrail
+from carelink.audit.events import REFUSED
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
-from carelink.errors import CarelinkError, ConfigError
+from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
 from carelink.sources.base import Source
@@ -30,6 +33,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
 from carelink.storage import Database, IndexStore, ReplayStore
+from carelink.storage.audit_store import AuditStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -91,6 +95,18 @@ async def _freeze_long_lived(every: float) -> None:
         gc.freeze()
 
 
+def _interaction(request: Request) -> str:
+    path = request.url.path
+    if "$" in path:
+        return "operation"
+    return "read" if "pid" in request.path_params else "search-type"
+
+
+def _patient_of(request: Request) -> str | None:
+    pid = request.path_params.get("pid") or request.query_params.get("patient")
+    return pid.removeprefix("Patient/") if pid else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway ASGI app. Settings are read here once and passed down."""
     settings = (settings or Settings.from_env()).validate()
@@ -109,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
+        app.state.audit = AuditTrail(AuditStore(db))
         if app.state.token_policy is not None:
             app.state.token_service = TokenService(
                 app.state.token_clients,
@@ -162,6 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
+        if isinstance(exc, Unauthenticated | AccessDenied):
+            try:
+                audit(request, _interaction(request), [_patient_of(request)], REFUSED, str(exc))
+            except AuditError as failed:
+                return from_error(failed)
         return from_error(exc)
 
     @app.exception_handler(HTTPException)

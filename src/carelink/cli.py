@@ -7,6 +7,7 @@ Exit codes (each means one thing, never reused):
 - 2 usage error (bad arguments)
 - 3 configuration error (settings, policy or profile files)
 - 4 a source system could not be read (index build)
+- 5 the audit trail failed verification (``carelink audit verify``)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from carelink import errors
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +81,20 @@ def _parser() -> argparse.ArgumentParser:
         help="the gateway's issuer key directory (CARELINK_ISSUER_KEYS)",
     )
 
+    aud = sub.add_parser("audit", help="the tamper-evident audit trail")
+    asub = aud.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser("verify", help="check the hash chain (and a signed checkpoint)")
+    ver.add_argument("--checkpoint", type=Path, help="a checkpoint file kept elsewhere")
+    cp = asub.add_parser("checkpoint", help="sign the current head and write it out")
+    cp.add_argument("--out", type=Path, required=True)
+    for p_ in (ver, cp):
+        p_.add_argument(
+            "--keys",
+            type=Path,
+            default=Path("var/audit"),
+            help="where the Ed25519 checkpoint key lives",
+        )
+
     pop = sub.add_parser("population", help="the synthetic population")
     psub = pop.add_subparsers(dest="population_command", required=True)
     gen = psub.add_parser("generate", help="stream a population to NDJSON files")
@@ -116,6 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _index(args)
     if args.command == "token":
         return _mint(args)
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "population":
         from carelink.simulators.export import generate
 
@@ -195,6 +212,34 @@ def _mint(args: argparse.Namespace) -> int:
     if args.patient:
         claims["patient"] = args.patient
     print(LocalIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import orjson
+
+    from carelink.audit.trail import AuditTrail, load_or_make_key, verify
+    from carelink.settings import Settings
+    from carelink.storage import Database
+    from carelink.storage.audit_store import AuditStore
+
+    db = Database(Settings.from_env().database_url)
+    db.migrate()
+    store = AuditStore(db)
+    key = load_or_make_key(args.keys)
+    if args.audit_command == "checkpoint":
+        cp = AuditTrail(store).checkpoint(key)
+        args.out.write_bytes(orjson.dumps(cp, option=orjson.OPT_INDENT_2))
+        print(f"checkpoint at record {cp['seq']} written to {args.out}")
+        return EXIT_OK
+    checkpoint = orjson.loads(args.checkpoint.read_bytes()) if args.checkpoint else None
+    findings = verify(store, checkpoint, key.public_key())
+    for f in findings:
+        print(f"record {f.seq}: {f.problem}")
+    if findings:
+        return EXIT_TAMPERED
+    seq, _ = store.head()
+    print(f"audit trail intact: {seq} records" + (" and the checkpoint" if checkpoint else ""))
     return EXIT_OK
 
 

@@ -9,11 +9,15 @@ established, so authentication is filled in there without touching a route.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from carelink.audit import Access, AuditTrail, Who, audit_event
+from carelink.audit.events import SUCCESS
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
 from carelink.federation import SharedRecord
@@ -61,4 +65,46 @@ async def base_url(request: Request) -> str:
 async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
     """The domain, the caller and the base URL for one request."""
     record: SharedRecord = request.app.state.record
-    return record, await principal(request), await base_url(request)
+    caller = await principal(request)
+    request.state.caller = caller
+    return record, caller, await base_url(request)
+
+
+def audit(
+    request: Request,
+    interaction: str,
+    patient_ids: Iterable[str | None],
+    outcome: str = SUCCESS,
+    reason: str | None = None,
+) -> None:
+    """Write one AuditEvent per patient touched (durably, before the answer goes out).
+
+    Raises ``AuditError`` when the trail cannot be written: the request then
+    fails closed with a 503 and no patient data.
+    """
+    trail: AuditTrail = request.app.state.audit
+    caller: Principal | None = getattr(request.state, "caller", None)
+    who = (
+        None
+        if caller is None
+        else Who(caller.subject, caller.role, caller.organisation, caller.purpose)
+    )
+    scope = request.scope
+    query = scope["path"] + (
+        "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+    )
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    access = Access(
+        interaction,
+        query,
+        request.headers.get("x-request-id") or uuid.uuid4().hex,
+        now,
+        str(request.base_url).rstrip("/") + "/fhir",
+    )
+    ids = list(dict.fromkeys(patient_ids)) or [None]
+    events = []
+    for pid in ids:
+        event = audit_event(access, who, pid, outcome, reason)
+        event["id"] = uuid.uuid4().hex
+        events.append((now, pid, outcome, event))
+    trail.record(events)

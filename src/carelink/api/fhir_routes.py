@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from carelink.api import access
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import base_url, context, router
+from carelink.api.deps import audit, base_url, context, router
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.auth import Principal
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
@@ -83,6 +83,7 @@ async def search_patient(request: Request) -> Response:
     ]
     matches = access.visible(caller, (orjson.loads(r.patient) for r in rows), "s")
     used = {k for k in q if k in PATIENT_PARAMS}
+    audit(request, "search-type", [str(m["id"]) for m in matches])
     return fhir(_page(base, f"{base}/Patient", matches, q, used, request))
 
 
@@ -171,6 +172,7 @@ async def pix(request: Request) -> Response:
         and not (ident["system"] == token.system and ident["value"] == token.code)
     ]
     parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{person.id}"}})
+    audit(request, "operation", [person.id])
     return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
@@ -183,16 +185,17 @@ async def read_patient(request: Request) -> Response:
     access.require(caller, "Patient", "r")
     row = record.person(pid)
     if row is not None:
-        access.in_compartment(caller, row.id)
-        body, version = row.patient, row.version
+        person_id, body, version = row.id, row.patient, row.version
     else:
         link = record.source_patient(pid)
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
-        access.in_compartment(caller, link.person_id)
-        body, version = link.patient, f"{link.person_id}-{link.source}"
+        person_id, body = link.person_id, link.patient
+        version = f"{link.person_id}-{link.source}"
+    access.in_compartment(caller, person_id)
     if not access.visible(caller, [orjson.loads(body)]):
         raise AccessDenied("no scope allows read of this Patient")
+    audit(request, "read", [person_id])
     etag = f'W/"{version}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -229,6 +232,7 @@ async def everything(request: Request) -> Response:
             and _since_ok(r, since)
         ]
     etag = f'"{fed.etag}-{_query_digest(q, caller)}"'
+    audit(request, "operation", [pid])
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     used = {"start", "end", "_since", "_type"} & set(q)
@@ -299,6 +303,7 @@ async def search_type(request: Request) -> Response:
     )
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
+    audit(request, "search-type", [pid])
     return fhir(
         _page(
             base,

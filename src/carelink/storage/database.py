@@ -13,7 +13,15 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from carelink.storage.tables import client_assertions, metadata
+from carelink.storage.tables import audit_events, audit_lock, client_assertions, metadata
+
+
+def _audit_tables(conn: Connection) -> None:
+    audit_events.create(conn, checkfirst=True)
+    audit_lock.create(conn, checkfirst=True)
+    if conn.execute(sa.select(sa.func.count()).select_from(audit_lock)).scalar_one() == 0:
+        conn.execute(audit_lock.insert().values(id=1, appends=0))
+
 
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
@@ -23,6 +31,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         "client assertion replay table",
         lambda conn: client_assertions.create(conn, checkfirst=True),
     ),
+    (3, "audit trail", _audit_tables),
 ]
 
 

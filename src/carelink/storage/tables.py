@@ -61,3 +61,24 @@ client_assertions = sa.Table(
     sa.Column("jti", sa.String(200), primary_key=True),
     sa.Column("expires_at", sa.Integer, nullable=False, index=True),
 )
+
+#: the tamper-evident audit trail: each row chained by hash to the one before
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("recorded", sa.String(40), nullable=False),
+    sa.Column("patient_id", sa.String(64), nullable=True, index=True),
+    sa.Column("outcome", sa.String(2), nullable=False),
+    sa.Column("event", sa.LargeBinary, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+#: one row, updated by every append: the lock that serialises appends across processes
+audit_lock = sa.Table(
+    "audit_lock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("appends", sa.Integer, nullable=False),
+)

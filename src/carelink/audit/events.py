@@ -1,0 +1,129 @@
+"""AuditEvent resources in the shapes of IHE Basic Audit Log Patterns (BALP).
+
+One event per patient touched by a request (RESTful read, search or
+operation), and one for every refusal. Agents: the client application, the
+user (with role and purpose of use), the server. Entities: the patient, the
+query (base64, as BALP says) and the request id.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+Json = dict[str, Any]
+
+EVENT_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+INTERACTION = "http://hl7.org/fhir/restful-interaction"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+RBAC_ROLE = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode"
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+#: BALP outcome codes: 0 success, 4 minor failure (refused), 8 serious failure
+SUCCESS, REFUSED, FAILED = "0", "4", "8"
+
+
+@dataclass(frozen=True)
+class Who:
+    """The user behind a request, as the audit trail records them."""
+
+    subject: str
+    role: str | None
+    organisation: str | None
+    purpose: str | None
+
+
+@dataclass(frozen=True)
+class Access:
+    """One request, as the audit trail needs it."""
+
+    interaction: str  # read | search-type | operation
+    query: str  # path and query string as received
+    request_id: str
+    recorded: str  # FHIR instant
+    server: str  # the gateway's FHIR base
+
+
+def audit_event(
+    access: Access,
+    caller: Who | None,
+    patient_id: str | None,
+    outcome: str,
+    reason: str | None = None,
+) -> Json:
+    """One AuditEvent for one patient (or none, for a refusal before one was known)."""
+    agents: list[Json] = [
+        {
+            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+            "who": {"display": (caller.subject if caller else "unauthenticated client")},
+            "requestor": False,
+        }
+    ]
+    if caller is not None:
+        user: Json = {"who": {"identifier": {"value": caller.subject}}, "requestor": True}
+        if caller.role:
+            user["role"] = [{"coding": [{"system": RBAC_ROLE, "code": caller.role}]}]
+        if caller.organisation:
+            user["who"]["display"] = caller.organisation
+            user["location"] = {"identifier": {"system": ODS, "value": caller.organisation}}
+        agents.append(user)
+    agents.append(
+        {
+            "type": {
+                "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
+            },
+            "who": {"display": "carelink gateway"},
+            "requestor": False,
+            "network": {"address": access.server, "type": "5"},
+        }
+    )
+    entities: list[Json] = []
+    if patient_id:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{patient_id}"},
+                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+            }
+        )
+    entities.append(
+        {
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+            "query": base64.b64encode(access.query.encode()).decode(),
+        }
+    )
+    entities.append(
+        {"what": {"identifier": {"value": access.request_id}}, "description": "request id"}
+    )
+    event: Json = {
+        "resourceType": "AuditEvent",
+        "type": EVENT_TYPE,
+        "subtype": [{"system": INTERACTION, "code": access.interaction}],
+        "action": "R" if access.interaction == "read" else "E",
+        "recorded": access.recorded,
+        "outcome": outcome,
+        "agent": agents,
+        "source": {
+            "observer": {"display": "carelink gateway"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                }
+            ],
+        },
+        "entity": entities,
+    }
+    if caller is not None and caller.purpose:
+        event["purposeOfEvent"] = [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
+    if reason:
+        event["outcomeDesc"] = reason
+    return event

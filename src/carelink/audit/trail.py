@@ -1,0 +1,129 @@
+"""The tamper-evident trail: append, sign checkpoints, verify.
+
+Rows are chained by hash (``storage.audit_store``). A checkpoint is the head
+(sequence number and hash) signed with the gateway's Ed25519 key; kept
+somewhere else, it lets ``verify`` prove the trail was not truncated or
+rewritten back to that point.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from carelink.errors import AuditError, ConfigError
+from carelink.storage.audit_store import GENESIS, AuditStore, NewEvent, chain_hash
+
+Json = dict[str, Any]
+
+
+def load_or_make_key(directory: Path) -> Ed25519PrivateKey:
+    """The checkpoint signing key (made on first use, file mode 0600)."""
+    path = directory / "audit-ed25519.pem"
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{path}: not an Ed25519 private key")
+        return key
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return key
+
+
+def _public_raw(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+class AuditTrail:
+    """Writes events durably; any failure is an ``AuditError`` (the request fails closed)."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    def record(self, events: Sequence[tuple[str, str | None, str, Json]]) -> int:
+        """Append (recorded, patient id, outcome, AuditEvent) tuples; the last seq."""
+        try:
+            return self.store.append([NewEvent(r, p, o, orjson.dumps(e)) for r, p, o, e in events])
+        except Exception as exc:  # any storage failure means: do not answer
+            raise AuditError("audit trail unavailable") from exc
+
+    def checkpoint(self, key: Ed25519PrivateKey) -> Json:
+        """The signed head, to be kept elsewhere."""
+        seq, head = self.store.head()
+        message = f"{seq}|{head}".encode()
+        return {
+            "seq": seq,
+            "hash": head,
+            "signature": base64.b64encode(key.sign(message)).decode(),
+            "public_key": _public_raw(key.public_key()),
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Where verification failed, and how."""
+
+    seq: int
+    problem: str
+
+
+def verify(
+    store: AuditStore, checkpoint: Json | None = None, trusted_key: Ed25519PublicKey | None = None
+) -> list[Finding]:
+    """Every break in the chain (edited, deleted, inserted, reordered rows) and, with a
+    checkpoint, truncation or rewriting before it. Empty when the trail is intact."""
+    findings: list[Finding] = []
+    expected_seq, prev = 1, GENESIS
+    seen: dict[int, str] = {}
+    for row in store.rows():
+        if row.seq != expected_seq:
+            findings.append(
+                Finding(
+                    row.seq, f"expected record {expected_seq}: a record is missing or was inserted"
+                )
+            )
+        if row.prev_hash != prev:
+            findings.append(
+                Finding(
+                    row.seq, "does not follow the record before it (deleted, inserted or reordered)"
+                )
+            )
+        if chain_hash(row.prev_hash, row.seq, row.event) != row.hash:
+            findings.append(Finding(row.seq, "content does not match its hash (edited)"))
+        seen[row.seq] = row.hash
+        expected_seq, prev = row.seq + 1, row.hash
+    if checkpoint is not None:
+        findings.extend(_check_point(checkpoint, seen, trusted_key))
+    return findings
+
+
+def _check_point(
+    cp: Json, seen: dict[int, str], trusted_key: Ed25519PublicKey | None
+) -> list[Finding]:
+    seq = int(cp["seq"])
+    key = trusted_key or Ed25519PublicKey.from_public_bytes(base64.b64decode(cp["public_key"]))
+    try:
+        key.verify(base64.b64decode(cp["signature"]), f"{seq}|{cp['hash']}".encode())
+    except InvalidSignature:
+        return [Finding(seq, "checkpoint signature is not valid")]
+    if seq not in seen:
+        return [Finding(seq, "trail ends before this checkpoint (truncated)")]
+    if seen[seq] != cp["hash"]:
+        return [Finding(seq, "record differs from the checkpoint (rewritten)")]
+    return []
