@@ -22,6 +22,7 @@ from carelink.api.deps import audit
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail
 from carelink.audit.events import REFUSED
+from carelink.audit.trail import GroupCommit
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
@@ -125,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
-        app.state.audit = AuditTrail(AuditStore(db))
+        app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
         if app.state.token_policy is not None:
             app.state.token_service = TokenService(
                 app.state.token_clients,
@@ -181,7 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
         if isinstance(exc, Unauthenticated | AccessDenied):
             try:
-                audit(request, _interaction(request), [_patient_of(request)], REFUSED, str(exc))
+                await audit(
+                    request, _interaction(request), [_patient_of(request)], REFUSED, str(exc)
+                )
             except AuditError as failed:
                 return from_error(failed)
         return from_error(exc)

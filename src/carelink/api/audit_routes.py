@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from carelink.api import params as P
 from carelink.api.deps import context, router
 from carelink.api.responses import fhir
-from carelink.audit import AuditTrail
+from carelink.audit.trail import GroupCommit
 from carelink.errors import AccessDenied, InvalidRequest
 from carelink.fhir import searchset
 
@@ -33,7 +33,7 @@ async def audit_events(request: Request) -> Response:
             raise AccessDenied("a citizen may see only who accessed their own record")
     elif caller.role not in OVERSIGHT_ROLES:
         raise AccessDenied("only a privacy officer or Caldicott Guardian may read audit events")
-    trail: AuditTrail = request.app.state.audit
-    events = [orjson.loads(e) for e in trail.store.for_patient(patient)]
+    trail: GroupCommit = request.app.state.audit
+    events = [orjson.loads(e) for e in trail.trail.store.for_patient(patient)]
     url = f"{base}/AuditEvent?patient={patient}"
     return fhir(searchset(base, events, total=len(events), links={"self": url}))

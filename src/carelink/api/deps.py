@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from carelink.audit import Access, AuditTrail, Who, audit_event
+from carelink.audit import Access, Who, audit_event
 from carelink.audit.events import SUCCESS
+from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
 from carelink.federation import SharedRecord
@@ -70,7 +71,7 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
     return record, caller, await base_url(request)
 
 
-def audit(
+async def audit(
     request: Request,
     interaction: str,
     patient_ids: Iterable[str | None],
@@ -82,7 +83,7 @@ def audit(
     Raises ``AuditError`` when the trail cannot be written: the request then
     fails closed with a 503 and no patient data.
     """
-    trail: AuditTrail = request.app.state.audit
+    trail: GroupCommit = request.app.state.audit
     caller: Principal | None = getattr(request.state, "caller", None)
     who = (
         None
@@ -107,4 +108,4 @@ def audit(
         event = audit_event(access, who, pid, outcome, reason)
         event["id"] = uuid.uuid4().hex
         events.append((now, pid, outcome, event))
-    trail.record(events)
+    await trail.record(events)

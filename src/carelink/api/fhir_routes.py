@@ -83,7 +83,7 @@ async def search_patient(request: Request) -> Response:
     ]
     matches = access.visible(caller, (orjson.loads(r.patient) for r in rows), "s")
     used = {k for k in q if k in PATIENT_PARAMS}
-    audit(request, "search-type", [str(m["id"]) for m in matches])
+    await audit(request, "search-type", [str(m["id"]) for m in matches])
     return fhir(_page(base, f"{base}/Patient", matches, q, used, request))
 
 
@@ -172,7 +172,7 @@ async def pix(request: Request) -> Response:
         and not (ident["system"] == token.system and ident["value"] == token.code)
     ]
     parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{person.id}"}})
-    audit(request, "operation", [person.id])
+    await audit(request, "operation", [person.id])
     return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
@@ -195,7 +195,7 @@ async def read_patient(request: Request) -> Response:
     access.in_compartment(caller, person_id)
     if not access.visible(caller, [orjson.loads(body)]):
         raise AccessDenied("no scope allows read of this Patient")
-    audit(request, "read", [person_id])
+    await audit(request, "read", [person_id])
     etag = f'W/"{version}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -232,7 +232,7 @@ async def everything(request: Request) -> Response:
             and _since_ok(r, since)
         ]
     etag = f'"{fed.etag}-{_query_digest(q, caller)}"'
-    audit(request, "operation", [pid])
+    await audit(request, "operation", [pid])
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     used = {"start", "end", "_since", "_type"} & set(q)
@@ -303,7 +303,7 @@ async def search_type(request: Request) -> Response:
     )
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
-    audit(request, "search-type", [pid])
+    await audit(request, "search-type", [pid])
     return fhir(
         _page(
             base,

@@ -16,6 +16,7 @@ from the GP's.
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -33,6 +34,7 @@ from carelink.simulators.base import (
     with_behaviour,
 )
 from carelink.simulators.clinical import Fact
+from carelink.simulators.names import FAMILY, GIVEN_FEMALE, GIVEN_MALE
 from carelink.simulators.population import Person, social_demographics
 from carelink.simulators.store import PopulationSlice
 
@@ -111,12 +113,24 @@ def case_json(person: Person, ref: str, facts: tuple[Fact, ...]) -> Json:
         {
             "carerId": f"{ref}-{f.local_id}",
             "relationship": RELATIONSHIPS[f.text or ""],
-            "carerName": f"{person.family} (carer)",
+            "carerName": carer_name(person, f),
         }
         for f in facts
         if f.kind == "carer"
     ]
     return out
+
+
+def carer_name(person: Person, fact: Fact) -> str:
+    """A carer's name, the same every time: family share the person's surname."""
+    rng = random.Random(f"{person.index}:{fact.local_id}:carer")
+    relationship = fact.text or ""
+    if relationship == "son" or (relationship == "spouse" and person.gender == "female"):
+        given = rng.choice(GIVEN_MALE)
+    else:
+        given = rng.choice(GIVEN_FEMALE if relationship != "friend" else GIVEN_MALE + GIVEN_FEMALE)
+    family = rng.choice(FAMILY) if relationship == "friend" else person.family
+    return f"{given} {family}"
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -1,4 +1,10 @@
-"""Adapter for the council's social-care case-management API (its own JSON)."""
+"""Adapter for the council's social-care case-management API (its own JSON, not FHIR).
+
+The HTTP here is two calls: a person's case (``/api/v2/persons/{ref}/case``)
+for the shared record and the paged person list (``/api/v2/persons``) for
+the patient index. Everything the council's fields mean lives in
+``social_care_map``, so the mapping is tested without a server.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import orjson
 
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
-from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.http import answer, fetch
-from carelink.sources.social_care_map import patient, record
+from carelink.sources.social_care_map import record, source_person
+
+JSON = "application/json"
 
 
 def _load(data: bytes, source: str) -> Any:
@@ -23,7 +31,7 @@ def _load(data: bytes, source: str) -> Any:
 
 
 class SocialCareSource:
-    """The council's API: ``/api/v2/persons`` and ``/api/v2/persons/{ref}/case``."""
+    """The council's API as a ``Source``; sessions and timeouts belong to the caller."""
 
     def __init__(
         self,
@@ -45,24 +53,37 @@ class SocialCareSource:
         types: frozenset[str] | None,
         nhs_number: str | None = None,
     ) -> SourceAnswer:
-        """The person's case; an unknown person is an empty answer, not an error."""
+        """The person's case as FHIR; an unknown person is an empty answer, not an error.
+
+        ``types`` narrows the case's resources; the council's Patient always
+        comes along, since it is what ties the answer to the person.
+        """
         data, headers = await fetch(
-            self.session, self.name, "GET", f"{self.base}/persons/{local_id}/case"
+            self.session, self.name, "GET", f"{self.base}/persons/{local_id}/case", accept=JSON
         )
         return answer(
             self.cache,
             (local_id, patient_ref, types),
             data,
             headers,
-            lambda body: [
-                r
-                for r in record(_load(body, self.name), self.name, patient_ref)
-                if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
-            ],
+            lambda body: self._map(body, local_id, patient_ref, types),
         )
 
+    def _map(
+        self, body: bytes, local_id: str, patient_ref: str, types: frozenset[str] | None
+    ) -> list[Json]:
+        """A case to FHIR, refusing an answer about anyone but the person asked for."""
+        doc = _load(body, self.name)
+        if isinstance(doc, dict) and doc.get("personRef") not in (None, local_id):
+            raise SourceBadPayload(self.name, "answer is about a different person")
+        return [
+            r
+            for r in record(doc, self.name, patient_ref)
+            if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
+        ]
+
     async def people(self) -> AsyncIterator[SourcePerson]:
-        """Everyone the council holds, page by page."""
+        """Everyone the council holds, page by page until ``totalItems`` are seen."""
         page = 1
         while True:
             data, _ = await fetch(
@@ -70,25 +91,15 @@ class SocialCareSource:
                 self.name,
                 "GET",
                 f"{self.base}/persons?page={page}&pageSize={self.page_size}",
+                accept=JSON,
             )
             doc = _load(data or b"{}", self.name)
-            if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
-                raise SourceBadPayload(self.name, "person list without items")
-            for item in doc["items"]:
-                p = patient(item, self.name)
-                address = (p.get("address") or [{}])[0]
-                yield SourcePerson(
-                    source=self.name,
-                    local_id=str(item["personRef"]),
-                    nhs_number=item.get("nhsNo") or None,
-                    given=str(item["forename"]),
-                    family=str(item["surname"]),
-                    birth_date=p["birthDate"],
-                    gender=p.get("gender"),
-                    postcode=address.get("postalCode"),
-                    address_line=(address.get("line") or [None])[0],
-                    patient=p,
-                )
-            if page * self.page_size >= int(doc.get("totalItems", 0)) or not doc["items"]:
+            items = doc.get("items") if isinstance(doc, dict) else None
+            total = doc.get("totalItems") if isinstance(doc, dict) else None
+            if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
+                raise SourceBadPayload(self.name, "person list without items and totalItems")
+            for item in items:
+                yield source_person(item, self.name)
+            if not items or page * self.page_size >= total:
                 return
             page += 1
