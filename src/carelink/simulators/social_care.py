@@ -9,6 +9,10 @@ Its own JSON API, deliberately not FHIR: the council's field names, dates as
 - ``GET /api/v2/persons/{personRef}/case`` -> the person with ``assessments``,
   ``services``, ``alerts`` and ``carers``
 
+Every answer carries an ``ETag`` (the body's version) and ``Last-Modified``
+(the data's as-of time). Faults come from ``Behaviour``; this system's
+malformed answer is truncated JSON.
+
 Demographics are what the council holds (``social_demographics``): for one
 record in five the NHS number is missing and the name or address differs
 from the GP's.
@@ -125,12 +129,10 @@ def carer_name(person: Person, fact: Fact) -> str:
     """A carer's name, the same every time: family share the person's surname."""
     rng = random.Random(f"{person.index}:{fact.local_id}:carer")
     relationship = fact.text or ""
-    if relationship == "son" or (relationship == "spouse" and person.gender == "female"):
-        given = rng.choice(GIVEN_MALE)
-    else:
-        given = rng.choice(GIVEN_FEMALE if relationship != "friend" else GIVEN_MALE + GIVEN_FEMALE)
+    spouse = GIVEN_MALE if person.gender == "female" else GIVEN_FEMALE
+    given = {"son": GIVEN_MALE, "daughter": GIVEN_FEMALE, "friend": GIVEN_MALE + GIVEN_FEMALE}
     family = rng.choice(FAMILY) if relationship == "friend" else person.family
-    return f"{given} {family}"
+    return f"{rng.choice(given.get(relationship, spouse))} {family}"
 
 
 def _json(body: Any, status: int = 200) -> Response:
