@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            app.state.audit.trail.store.close()
             db.dispose()
 
     extra: dict[str, Any] = {}
