@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 import uuid
@@ -17,10 +18,13 @@ from carelink.auth.backend_services import (
     ASSERTION_TYPE,
     Client,
     OAuthError,
+    RegisteredJwks,
     TokenService,
+    load_clients,
 )
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, validate
+from carelink.errors import ConfigError
 from carelink.storage import Database, ReplayStore
 
 TOKEN_URL = "https://gw.test/auth/token"
@@ -184,3 +188,115 @@ def test_malformed_requests(service, changes, error):
     with pytest.raises(OAuthError) as err:
         svc.exchange({**form(reg.assertion()), **changes})
     assert err.value.error == error
+
+
+class JwksServer:
+    """A real HTTP server publishing a JWKS, counting what is asked of it."""
+
+    def __init__(self, keys: KeySet) -> None:
+        self.keys = keys
+        self.hits: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                body = json.dumps(outer.keys.as_dict(private=False)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def by_url(database_url: str, tmp_path) -> Iterator[tuple[TokenService, Registered, JwksServer]]:
+    db = Database(database_url)
+    db.migrate()
+    reg = Registered()
+    published = JwksServer(KeySet([reg.rsa]))
+    registry = tmp_path / "clients.json"
+    registry.write_text(
+        json.dumps([{"client_id": "analytics", "jwks_uri": published.url, "scope": "system/*.rs"}])
+    )
+    svc = TokenService(
+        load_clients(registry),
+        TOKEN_URL,
+        FHIR_BASE,
+        LocalIssuer(tmp_path / "issuer"),
+        ReplayStore(db),
+    )
+    yield svc, reg, published
+    published.close()
+    db.dispose()
+
+
+def test_keys_registered_by_url_are_fetched_once_and_cached(by_url):
+    svc, reg, published = by_url
+    for _ in range(3):
+        assert svc.exchange(form(reg.assertion(), "system/Patient.rs"))["access_token"]
+    assert published.hits == ["/jwks.json"]
+
+
+def test_a_jku_outside_the_registered_url_is_never_fetched(by_url):
+    svc, reg, published = by_url
+    elsewhere = JwksServer(KeySet([reg.rsa, reg.ec]))
+    try:
+        # Signed with the EC key, which only the jku's server publishes.
+        assertion = reg.assertion("ec", header={"jku": elsewhere.url})
+        with pytest.raises(OAuthError, match="registered keys") as err:
+            svc.exchange(form(assertion))
+    finally:
+        elsewhere.close()
+    assert err.value.error == "invalid_client"
+    assert elsewhere.hits == []
+    assert published.hits == ["/jwks.json"]
+
+
+def test_a_rotated_key_is_picked_up_from_the_registered_url(by_url, monkeypatch):
+    svc, reg, published = by_url
+    svc.exchange(form(reg.assertion("rsa")))
+    published.keys = KeySet([reg.rsa, reg.ec])  # the client adds its new key
+    # Within a minute an unknown kid does not make the gateway fetch again...
+    with pytest.raises(OAuthError, match="registered keys"):
+        svc.exchange(form(reg.assertion("ec")))
+    assert len(published.hits) == 1
+    # ...after it, one fetch picks the new key up.
+    jwks = svc.clients["analytics"].keys
+    assert isinstance(jwks, RegisteredJwks)
+    monkeypatch.setattr(jwks, "_fetched", jwks._fetched - 61)
+    assert svc.exchange(form(reg.assertion("ec")))["access_token"]
+    assert len(published.hits) == 2
+
+
+def test_an_unreachable_registered_url_is_invalid_client(by_url):
+    svc, reg, published = by_url
+    published.close()
+    with pytest.raises(OAuthError, match="JWKS URL could not be read") as err:
+        svc.exchange(form(reg.assertion()))
+    assert (err.value.error, err.value.status) == ("invalid_client", 401)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"client_id": "a", "scope": "system/*.rs", "jwks_uri": "http://keys.example.org/jwks"},
+        {"client_id": "a", "scope": "system/*.rs"},
+        {"client_id": "a", "scope": "system/*.rs", "jwks_uri": "https://x", "jwks": {"keys": []}},
+    ],
+)
+def test_bad_registrations_are_refused_at_start(tmp_path, entry):
+    registry = tmp_path / "clients.json"
+    registry.write_text(json.dumps([entry]))
+    with pytest.raises(ConfigError):
+        load_clients(registry)

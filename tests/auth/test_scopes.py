@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carelink.auth.scopes import Scope, ScopeError, granting, parse, parse_all
+from carelink.auth.scopes import Scope, ScopeError, granting, parse, parse_all, within
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,30 @@ def test_granting_picks_the_scopes_for_the_type_and_interaction():
     assert [s.resource for s in granting(scopes, "Observation", "s")] == ["Observation"]
     assert granting(scopes, "Patient", "s") == ()
     assert granting(scopes, "Condition", "r") == ()
+
+
+@pytest.mark.parametrize(
+    ("asked", "allowed", "inside"),
+    [
+        ("system/Patient.rs", "system/*.rs", True),
+        ("system/Patient.r", "system/Patient.rs", True),
+        ("system/Patient.rs", "system/Patient.r", False),
+        ("system/*.rs", "system/Patient.rs", False),
+        ("user/Patient.rs", "system/*.rs", False),
+        ("system/Observation.rs?category=laboratory", "system/Observation.rs", True),
+        ("system/Observation.rs", "system/Observation.rs?category=laboratory", False),
+        (
+            "system/Observation.rs?category=laboratory&status=final",
+            "system/Observation.rs?category=laboratory",
+            True,
+        ),
+        ("system/Observation.d", "system/Observation.read", False),
+    ],
+)
+def test_a_requested_scope_is_within_a_registered_one_only_if_it_grants_no_more(
+    asked, allowed, inside
+):
+    a, b = parse(asked), parse(allowed)
+    assert a is not None
+    assert b is not None
+    assert within(a, b) is inside

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from carelink.api.deps import base_url, router
@@ -26,7 +27,8 @@ async def token(request: Request) -> Response:
         return Response(dumps(error.body()), 400, media_type=JSON, headers=NO_STORE)
     form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
     try:
-        body = service.exchange(form)
+        # A registered JWKS URL may be fetched, and the replay check writes: off the event loop.
+        body = await run_in_threadpool(service.exchange, form)
     except OAuthError as exc:
         return Response(dumps(exc.body()), exc.status, media_type=JSON, headers=NO_STORE)
     return Response(dumps(body), 200, media_type=JSON, headers=NO_STORE)

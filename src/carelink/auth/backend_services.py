@@ -6,7 +6,10 @@ token from its own issuer. The assertion must have ``iss`` = ``sub`` = the
 client id, ``aud`` = the token endpoint's URL, an ``exp`` no more than five
 minutes ahead, and a ``jti`` never used before by that client (checked in the
 database, so every gateway process agrees). Keys come only from the
-registration: a ``jku`` in the assertion is never fetched.
+registration, either the JWKS itself or a JWKS URL given at registration; a
+``jku`` in the assertion is never fetched. A registered URL is fetched with a
+short timeout, cached, and fetched again at most once a minute when an
+assertion names a ``kid`` the cached set lacks (key rotation).
 
 Errors follow RFC 6749 section 5.2 (``invalid_client``, ``invalid_request``,
 ``unsupported_grant_type``, ``invalid_scope``).
@@ -15,11 +18,15 @@ Errors follow RFC 6749 section 5.2 (``invalid_client``, ``invalid_request``,
 from __future__ import annotations
 
 import base64
+import ipaddress
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from joserfc import jwt
@@ -27,7 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from carelink.auth.local_issuer import LocalIssuer
-from carelink.auth.scopes import ScopeError, parse
+from carelink.auth.scopes import ScopeError, parse, within
 from carelink.errors import ConfigError
 from carelink.storage import ReplayStore
 
@@ -51,29 +58,101 @@ class OAuthError(Exception):
         return {"error": self.error, "error_description": self.description}
 
 
+JWKS_FETCH_TIMEOUT = 3.0
+JWKS_CACHE_SECONDS = 3600.0
+JWKS_REFETCH_SECONDS = 60.0
+JWKS_MAX_BYTES = 256 * 1024
+
+
+class RegisteredJwks:
+    """A client's keys behind the JWKS URL given at registration, cached.
+
+    Only this URL is ever fetched; it must be https, except on a loopback host
+    (development and tests).
+    """
+
+    def __init__(self, url: str, now: Callable[[], float] = time.monotonic) -> None:
+        parts = urlsplit(url)
+        loopback = parts.hostname in {"localhost"} or _is_loopback(parts.hostname)
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ConfigError(f"jwks_uri {url!r} must be https (http only on a loopback host)")
+        self.url = url
+        self.now = now
+        self._keys: KeySet | None = None
+        self._fetched = float("-inf")
+        self._lock = threading.Lock()
+
+    def keys_for(self, kid: object) -> KeySet:
+        """The key set, fetched again if stale or if it lacks ``kid`` (at most once a minute)."""
+        with self._lock:
+            age = self.now() - self._fetched
+            known = self._keys is not None and any(k.kid == kid for k in self._keys.keys)
+            if (
+                self._keys is None
+                or age > JWKS_CACHE_SECONDS
+                or (not known and age > JWKS_REFETCH_SECONDS)
+            ):
+                self._keys = self._fetch()
+                self._fetched = self.now()
+            return self._keys
+
+    def _fetch(self) -> KeySet:
+        try:
+            with urllib.request.urlopen(self.url, timeout=JWKS_FETCH_TIMEOUT) as answer:  # noqa: S310 - scheme checked above
+                body = answer.read(JWKS_MAX_BYTES + 1)
+            if len(body) > JWKS_MAX_BYTES:
+                raise ValueError("JWKS too large")
+            return KeySet.import_key_set(orjson.loads(body))
+        except (OSError, ValueError, KeyError, TypeError, JoseError) as exc:
+            raise OAuthError(
+                "invalid_client", "the client's registered JWKS URL could not be read", 401
+            ) from exc
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Client:
-    """A registered backend client: its keys and the most it may ask for."""
+    """A registered backend client: its keys (a JWKS or a JWKS URL) and the most it may ask for."""
 
     client_id: str
-    keys: KeySet
+    keys: KeySet | RegisteredJwks
     scopes: frozenset[str]
     purpose: str = "HOPERAT"
 
+    def keys_for(self, kid: object) -> KeySet:
+        """The registered keys to verify an assertion naming ``kid``."""
+        if isinstance(self.keys, KeySet):
+            return self.keys
+        return self.keys.keys_for(kid)
+
 
 def load_clients(path: Path) -> dict[str, Client]:
-    """Registrations from a JSON file: ``[{"client_id", "jwks", "scope", "purpose"?}]``."""
+    """Registrations from a JSON file.
+
+    ``[{"client_id", "jwks" | "jwks_uri", "scope", "purpose"?}]``: exactly one
+    of ``jwks`` and ``jwks_uri``.
+    """
     try:
         entries = orjson.loads(path.read_bytes())
-        return {
-            e["client_id"]: Client(
-                e["client_id"],
-                KeySet.import_key_set(e["jwks"]),
-                frozenset(e["scope"].split()),
-                e.get("purpose", "HOPERAT"),
+        clients = {}
+        for e in entries:
+            if ("jwks" in e) == ("jwks_uri" in e):
+                raise ConfigError(
+                    f"{path}: client {e.get('client_id')!r} needs exactly one of jwks and jwks_uri"
+                )
+            keys: KeySet | RegisteredJwks = (
+                KeySet.import_key_set(e["jwks"]) if "jwks" in e else RegisteredJwks(e["jwks_uri"])
             )
-            for e in entries
-        }
+            clients[e["client_id"]] = Client(
+                e["client_id"], keys, frozenset(e["scope"].split()), e.get("purpose", "HOPERAT")
+            )
+        return clients
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, JoseError) as exc:
         raise ConfigError(f"{path}: not a valid client registry ({type(exc).__name__})") from exc
 
@@ -127,14 +206,16 @@ class TokenService:
         }
 
     def _authenticate(self, assertion: str) -> Client:
-        if _part(assertion, 0).get("alg") not in CLIENT_ALGORITHMS:
+        header = _part(assertion, 0)
+        if header.get("alg") not in CLIENT_ALGORITHMS:
             raise OAuthError("invalid_client", "assertion algorithm must be RS384 or ES384", 401)
         # Unverified only to find whose keys to verify with; nothing else is trusted yet.
         client = self.clients.get(str(_part(assertion, 1).get("iss")))
         if client is None:
             raise OAuthError("invalid_client", "unknown client", 401)
         try:
-            verified = jwt.decode(assertion, client.keys, algorithms=list(CLIENT_ALGORITHMS))
+            keys = client.keys_for(header.get("kid"))
+            verified = jwt.decode(assertion, keys, algorithms=list(CLIENT_ALGORITHMS))
         except JoseError as exc:
             raise OAuthError(
                 "invalid_client",
@@ -163,18 +244,25 @@ class TokenService:
         return client
 
     def _scopes(self, client: Client, requested: str) -> frozenset[str]:
-        asked = frozenset(requested.split()) or client.scopes
-        for s in asked:
+        """What is asked for and lies within the registration; nothing is ever widened."""
+        if not requested.split():
+            return client.scopes
+        registered = [r for r in (parse(x) for x in client.scopes) if r is not None]
+        granted = set()
+        for s in requested.split():
             try:
                 scope = parse(s)
             except ScopeError as exc:
                 raise OAuthError("invalid_scope", str(exc)) from exc
-            if scope is not None and scope.context != "system":
+            if scope is None:
+                continue
+            if scope.context != "system":
                 raise OAuthError("invalid_scope", f"backend services get system/ scopes, not {s}")
-        granted = asked & client.scopes
+            if any(within(scope, r) for r in registered):
+                granted.add(s)
         if not granted:
             raise OAuthError("invalid_scope", "none of the requested scopes is registered")
-        return granted
+        return frozenset(granted)
 
 
 def _part(token: str, index: int) -> dict[str, Any]:

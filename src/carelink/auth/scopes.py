@@ -72,3 +72,19 @@ def parse_all(scopes: frozenset[str] | set[str]) -> tuple[Scope, ...]:
 def granting(scopes: tuple[Scope, ...], resource_type: str, perm: str) -> tuple[Scope, ...]:
     """The scopes that grant ``perm`` on ``resource_type`` (each may carry filters)."""
     return tuple(s for s in scopes if s.covers(resource_type, perm))
+
+
+def within(asked: Scope, allowed: Scope) -> bool:
+    """Is everything ``asked`` would grant also granted by ``allowed``?
+
+    Same context; ``allowed`` names the type or ``*``; no permission beyond
+    ``allowed``'s; and ``asked`` keeps every filter ``allowed`` imposes (it may
+    add more, which only narrows it).
+    """
+    return (
+        asked.context == allowed.context
+        and allowed.resource in ("*", asked.resource)
+        and (asked.resource != "*" or allowed.resource == "*")
+        and asked.perms <= allowed.perms
+        and set(allowed.filters) <= set(asked.filters)
+    )
