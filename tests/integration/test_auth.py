@@ -117,6 +117,13 @@ def test_smart_configuration_names_the_token_endpoint(secured):
     assert conf["token_endpoint"] == base.removesuffix("/fhir") + "/auth/token"
     assert conf["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
     assert "client-confidential-asymmetric" in conf["capabilities"]
+    # The CapabilityStatement's security section says the same.
+    security = httpx.get(f"{base}/metadata").json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    (uris,) = security["extension"]
+    assert uris["url"].endswith("/oauth-uris")
+    assert uris["extension"] == [{"url": "token", "valueUri": conf["token_endpoint"]}]
+    assert "AuditEvent" in security["description"]
 
 
 def test_a_backend_service_gets_a_token_and_reads_only_what_it_was_granted(system, secured):

@@ -20,8 +20,13 @@ def _param(name: str, kind: str, doc: str | None = None) -> Json:
     return out
 
 
-def capability_statement(base: str, auth: str) -> Json:
+def capability_statement(base: str, auth: str, token_url: str | None = None) -> Json:
     """Built from the same tables the search code uses, so it cannot drift from them."""
+    audit = (
+        " Every access, allowed or refused, is recorded as an AuditEvent (IHE Basic Audit Log "
+        "Patterns), hash-chained with signed checkpoints, before the answer is sent; if the "
+        "trail cannot be written no patient data is served (503)."
+    )
     if auth == "jwt":
         security: Json = {
             "cors": False,
@@ -35,14 +40,28 @@ def capability_statement(base: str, auth: str) -> Json:
                     ]
                 }
             ],
-            "description": "Bearer JWTs from the configured issuer (RS384/ES384/RS256/ES256/"
-            "PS384, aud = this base URL); every endpoint but metadata needs one.",
+            "description": "Bearer JWTs from a trusted issuer (RS384/ES384/RS256/ES256/PS384; "
+            "aud = this base URL; exp required, 30 s leeway); every endpoint but metadata and "
+            "/.well-known/smart-configuration needs one. Scopes: SMART v2 "
+            "context/Type.cruds[?param=value] (v1 .read/.write/.* mapped), enforced on every "
+            "interaction including $everything, _include, _revinclude and counts; patient/ "
+            "tokens stay in their own compartment. Claims: role (NHS national RBAC code), "
+            "organisation (ODS code), purpose_of_use (v3 ActReason), patient for citizens. "
+            "Backend services: client_credentials with a private_key_jwt assertion (RS384 or "
+            "ES384) at the token endpoint." + audit,
         }
+        if token_url:
+            security["extension"] = [
+                {
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token_url}],
+                }
+            ]
     else:
         security = {
             "cors": False,
             "description": "Development mode: no token is checked; "
-            "production mode refuses to start this way.",
+            "production mode refuses to start this way." + audit,
         }
     patient = {
         "type": "Patient",
@@ -92,6 +111,20 @@ def capability_statement(base: str, auth: str) -> Json:
                 "documentation": _PAGING,
             }
         )
+    resources.append(
+        {
+            "type": "AuditEvent",
+            "interaction": [{"code": "search-type"}],
+            "searchParam": [
+                _param(
+                    "patient",
+                    "reference",
+                    "Required. Privacy officers (R0001) read any patient's trail; a citizen "
+                    "reads who accessed their own record.",
+                )
+            ],
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "id": "carelink",

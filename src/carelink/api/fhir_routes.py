@@ -35,7 +35,9 @@ route = router.fhir_get
 async def metadata(request: Request) -> Response:
     """The CapabilityStatement (no token needed, as SMART requires)."""
     P.check_format(request)
-    return fhir(capability_statement(await base_url(request), request.app.state.settings.auth))
+    state = request.app.state
+    token_url = state.token_url if state.token_service is not None else None
+    return fhir(capability_statement(await base_url(request), state.settings.auth, token_url))
 
 
 def _page(
