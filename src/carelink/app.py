@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
-            app.state.audit.trail.store.close()
+            app.state.audit.close()
             db.dispose()
 
     extra: dict[str, Any] = {}

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,10 @@ class GroupCommit:
     """Batches the events of concurrent requests into one transaction (group commit).
 
     Each request awaits the commit that contains its events, so every event
-    is durable before its answer goes out; events of the requests running
-    at the same moment share one transaction. The commit runs on the event
-    loop itself: measured against a worker thread it served more (478 vs 428
-    $everything req/s), the thread losing more to the GIL than the loop to
-    the short SQLite commit.
+    is durable (synced to disk) before its answer goes out. The commit runs
+    on one dedicated writer thread: while it waits for the disk, the event
+    loop goes on serving, and the events of every request that finishes
+    meanwhile form the next batch.
     """
 
     def __init__(self, trail: AuditTrail) -> None:
@@ -95,6 +95,7 @@ class GroupCommit:
         self._pending: list[Pending] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self.commits = 0
 
     async def record(self, events: Sequence[Pending]) -> None:
@@ -107,16 +108,13 @@ class GroupCommit:
         await waiter
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, waiters = self._pending, self._waiters
                 self._pending, self._waiters = [], []
-                await asyncio.sleep(0)  # let the requests already running add their events
-                batch.extend(self._pending)
-                waiters.extend(self._waiters)
-                self._pending, self._waiters = [], []
                 try:
-                    self.trail.record(batch)
+                    await loop.run_in_executor(self._writer, self.trail.record, batch)
                 except AuditError as exc:
                     for w in waiters:
                         w.set_exception(exc)
@@ -126,6 +124,11 @@ class GroupCommit:
                         w.set_result(None)
         finally:
             self._flushing = None
+
+    def close(self) -> None:
+        """Close the store's connection on the thread that made it, then stop that thread."""
+        self._writer.submit(self.trail.store.close).result()
+        self._writer.shutdown(wait=True)
 
 
 @dataclass(frozen=True)

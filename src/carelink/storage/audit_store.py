@@ -76,6 +76,9 @@ class AuditStore:
             driver = self._conn.driver_connection
             if self.db.is_sqlite:
                 driver.isolation_level = None
+                # Durable means on disk, not only in the OS cache: this connection
+                # syncs the WAL at every commit (~0.2 ms here; group commit shares it).
+                driver.execute("PRAGMA synchronous=FULL")
             else:
                 driver.autocommit = True
         cur = self._conn.cursor()
