@@ -7,7 +7,8 @@ Only ``carelink.api`` turns these into an HTTP status and an
 
     CarelinkError
     ├── InvalidRequest          400  bad parameter, bad NHS number, bad body
-    │   └── UnsupportedFormat   406  _format / Accept the gateway cannot produce
+    │   ├── UnsupportedFormat   406  _format / Accept the gateway cannot produce
+    │   └── UnprocessableResource 422 a resource body that breaks a rule (e.g. a Consent)
     ├── NotFound                404  no such resource or person
     ├── Unauthenticated         401  no token, or a token that does not validate
     ├── AccessDenied            403  the caller may not do this
@@ -43,6 +44,10 @@ class InvalidRequest(CarelinkError):
 
 class UnsupportedFormat(InvalidRequest):
     """The caller asked for a representation the gateway does not produce (HTTP 406)."""
+
+
+class UnprocessableResource(InvalidRequest):
+    """A resource sent to be stored is well-formed JSON but breaks a rule (HTTP 422)."""
 
 
 class NotFound(CarelinkError):

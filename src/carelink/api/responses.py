@@ -14,6 +14,7 @@ from carelink.fhir import FHIR_JSON, dumps, error_outcome
 
 STATUS = (
     (errors.UnsupportedFormat, 406, "not-supported"),
+    (errors.UnprocessableResource, 422, "business-rule"),
     (errors.InvalidRequest, 400, "invalid"),
     (errors.NotFound, 404, "not-found"),
     (errors.Unauthenticated, 401, "login"),

@@ -13,7 +13,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from carelink.storage.tables import audit_events, audit_lock, client_assertions, metadata
+from carelink.storage.tables import (
+    audit_events,
+    audit_lock,
+    break_glass,
+    client_assertions,
+    consents,
+    metadata,
+)
 
 
 def _audit_tables(conn: Connection) -> None:
@@ -21,6 +28,11 @@ def _audit_tables(conn: Connection) -> None:
     audit_lock.create(conn, checkfirst=True)
     if conn.execute(sa.select(sa.func.count()).select_from(audit_lock)).scalar_one() == 0:
         conn.execute(audit_lock.insert().values(id=1, appends=0))
+
+
+def _consent_tables(conn: Connection) -> None:
+    consents.create(conn, checkfirst=True)
+    break_glass.create(conn, checkfirst=True)
 
 
 #: (number, what it does, the change) — append only
@@ -32,6 +44,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         lambda conn: client_assertions.create(conn, checkfirst=True),
     ),
     (3, "audit trail", _audit_tables),
+    (4, "consents and break-glass grants", _consent_tables),
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
+from carelink.storage.hot import HotConnection
 from carelink.storage.tables import links, persons, review, settings_table
 
 
@@ -70,7 +71,7 @@ class IndexStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._hot: Any = None
+        self._hot = HotConnection(db)
         # Fixed SQL built once from our own column names; values are always bound parameters.
         mark = "?" if db.is_sqlite else "%s"
         person_sql = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE"  # noqa: S608
@@ -82,34 +83,11 @@ class IndexStore:
         )
 
     def _query(self, sql: str, value: str) -> list[tuple[Any, ...]]:
-        for attempt in (1, 2):
-            try:
-                if self._hot is None:
-                    self._hot = self.db.engine.raw_connection()
-                    driver = self._hot.driver_connection
-                    if self.db.is_sqlite:
-                        driver.isolation_level = None  # autocommit: each read sees the latest
-                    else:
-                        driver.autocommit = True
-                cur = self._hot.cursor()
-                try:
-                    cur.execute(sql, (value,))
-                    return list(cur.fetchall())
-                finally:
-                    cur.close()
-            except Exception:
-                if self._hot is not None:
-                    self._hot.invalidate()
-                    self._hot = None
-                if attempt == 2:
-                    raise
-        return []  # pragma: no cover - the loop returns or raises
+        return self._hot.query(sql, (value,))
 
     def close(self) -> None:
         """Release the lookup connection."""
-        if self._hot is not None:
-            self._hot.close()
-            self._hot = None
+        self._hot.close()
 
     def secret(self, name: str = "person-id-key") -> bytes:
         """A random key kept in the database (made on first use), e.g. for person ids."""

@@ -82,3 +82,34 @@ audit_lock = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("appends", sa.Integer, nullable=False),
 )
+
+#: patients' consents (FHIR Consent JSON); only the current version of each is kept
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("patient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("last_updated", sa.String(40), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+#: break-glass grants: who, whom, why, until when, and their review
+break_glass = sa.Table(
+    "break_glass",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("organisation", sa.String(20), nullable=True),
+    sa.Column("role", sa.String(10), nullable=True),
+    sa.Column("patient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("granted", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("review_status", sa.String(20), nullable=False),
+    sa.Column("reviewer", sa.String(200), nullable=True),
+    sa.Column("review_outcome", sa.String(20), nullable=True),
+    sa.Column("review_note", sa.Text, nullable=True),
+    sa.Column("reviewed", sa.Float, nullable=True),
+)

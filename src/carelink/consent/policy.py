@@ -1,0 +1,216 @@
+"""The ICS sharing policy, loaded from a versioned JSON file and validated.
+
+The file (``consent/policy.json`` in the repository; any path through
+``CARELINK_CONSENT_POLICY``) says:
+
+- ``model``: ``implied-consent-with-objection`` (the only model supported:
+  direct care is permitted unless the patient objected);
+- ``directCarePurposes``: the v3 ActReason codes the live API serves; any
+  other purpose is refused (secondary use goes through extracts);
+- ``organisations``: each source's custodian ODS code (the GP source's is
+  ``registered-practice``: the patient's own practice);
+- ``categories``: sensitive categories, how they are recognised (security
+  labels the sources set, or clinical codes), which roles may see them
+  without explicit consent, and whether the citizen may see them;
+- ``breakGlass``: who may override, for how long, who reviews;
+- ``consentManagers``: roles that may record patients' choices;
+- ``custodianAccess``: sources whose organisation keeps seeing its own data
+  through the gateway whatever the patient chose (the registered practice).
+
+Anything the file does not permit is denied. A malformed file stops start-up
+with ``ConfigError`` naming the file, the field and (where it can be found)
+the line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from carelink.errors import ConfigError
+
+ROLE = re.compile(r"^R\d{4}$")
+ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+ACT_REASON = re.compile(r"^[A-Z]{3,10}$")
+REGISTERED_PRACTICE = "registered-practice"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coding(_Strict):
+    """A code in a code system."""
+
+    system: str = Field(min_length=1)
+    code: str = Field(min_length=1)
+
+
+class Organisation(_Strict):
+    """The organisation responsible for a source's data."""
+
+    ods: str
+    name: str
+
+    @field_validator("ods")
+    @classmethod
+    def _ods(cls, v: str) -> str:
+        if v != REGISTERED_PRACTICE and not ODS.match(v):
+            raise ValueError(f"{v!r} is not an ODS code (or 'registered-practice')")
+        return v
+
+
+def _roles(v: list[str]) -> list[str]:
+    for r in v:
+        if not ROLE.match(r):
+            raise ValueError(
+                f"{r!r} is not an NHS national RBAC role code (R followed by 4 digits)"
+            )
+    return v
+
+
+class Category(_Strict):
+    """A sensitive category: how it is recognised and who may see it by default."""
+
+    code: str = Field(pattern=r"^[A-Z]{2,12}$")
+    display: str
+    labels: list[Coding] = Field(min_length=1)
+    codes: list[Coding] = []
+    roles: list[str]
+    citizenMayView: bool
+
+    _check_roles = field_validator("roles")(classmethod(lambda cls, v: _roles(v)))
+
+
+class BreakGlass(_Strict):
+    """Emergency override: who, why, for how long, reviewed by whom."""
+
+    roles: list[str]
+    purpose: str = Field(pattern=ACT_REASON.pattern)
+    minutes: int = Field(gt=0, le=24 * 60)
+    overrides: list[Literal["objection", "sensitive"]]
+    reviewers: list[str] = Field(min_length=1)
+    reviewWithinDays: int = Field(gt=0)
+
+    _check_roles = field_validator("roles", "reviewers")(classmethod(lambda cls, v: _roles(v)))
+
+
+class PolicyFile(_Strict):
+    """The whole file."""
+
+    version: str = Field(min_length=1)
+    name: str
+    model: Literal["implied-consent-with-objection"]
+    directCarePurposes: list[str] = Field(min_length=1)
+    organisations: dict[str, Organisation]
+    categories: list[Category]
+    breakGlass: BreakGlass
+    consentManagers: list[str]
+    citizensManageOwn: bool
+    custodianAccess: list[str]
+
+    @field_validator("directCarePurposes")
+    @classmethod
+    def _purposes(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not ACT_REASON.match(p):
+                raise ValueError(f"{p!r} is not a v3 ActReason code")
+        return v
+
+    _check_managers = field_validator("consentManagers")(classmethod(lambda cls, v: _roles(v)))
+
+    @field_validator("custodianAccess")
+    @classmethod
+    def _custodian_access(cls, v: list[str], info: Any) -> list[str]:
+        known = info.data.get("organisations", {})
+        for name in v:
+            if name not in known:
+                raise ValueError(f"{name!r} is not one of the organisations' sources")
+        return v
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The validated policy, indexed for the request path."""
+
+    source: PolicyFile
+    path: str
+    #: (label system, label code) -> category code
+    by_label: dict[tuple[str, str], str]
+    #: (code system, code) -> category code
+    by_code: dict[tuple[str, str], str]
+    categories: dict[str, Category]
+
+    @property
+    def version(self) -> str:
+        """The policy's version, recorded with every decision."""
+        return self.source.version
+
+    def custodian(self, source: str) -> str | None:
+        """The ODS code responsible for a source's data (``registered-practice`` for GP)."""
+        org = self.source.organisations.get(source)
+        return org.ods if org else None
+
+    def categories_of(self, resource: dict[str, Any]) -> frozenset[str]:
+        """The sensitive categories a resource falls in (by label or by code)."""
+        found: set[str] = set()
+        for label in resource.get("meta", {}).get("security", ()):
+            cat = self.by_label.get((label.get("system", ""), label.get("code", "")))
+            if cat:
+                found.add(cat)
+        if self.by_code:
+            for key in ("code", "vaccineCode", "medicationCodeableConcept"):
+                for c in (resource.get(key) or {}).get("coding", ()):
+                    cat = self.by_code.get((c.get("system", ""), c.get("code", "")))
+                    if cat:
+                        found.add(cat)
+        return frozenset(found)
+
+
+def from_document(document: Any, path: str = "<policy>", text: str = "") -> Policy:
+    """Validate a parsed policy document; ``ConfigError`` names the field that is wrong."""
+    try:
+        source = PolicyFile.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        line = _line_of(text, first["loc"])
+        where = f"{path}:{line}" if line else path
+        raise ConfigError(f"{where}: consent policy field {field}: {first['msg']}") from None
+    codes = [c.code for c in source.categories]
+    if len(set(codes)) != len(codes):
+        raise ConfigError(f"{path}: consent policy field categories: a code appears twice")
+    by_label = {(lab.system, lab.code): c.code for c in source.categories for lab in c.labels}
+    by_code = {(k.system, k.code): c.code for c in source.categories for k in c.codes}
+    return Policy(source, path, by_label, by_code, {c.code: c for c in source.categories})
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: consent policy cannot be read ({exc.strerror})") from exc
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: consent policy is not JSON ({exc.msg})") from exc
+    return from_document(document, str(path), text)
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The line of the last named key on the path (best effort: JSON keeps no positions)."""
+    pos, found = 0, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        at = text.find(f'"{part}"', pos)
+        if at < 0:
+            break
+        pos, found = at, at
+    return text.count("\n", 0, found) + 1 if found is not None else None

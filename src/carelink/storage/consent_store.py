@@ -1,0 +1,157 @@
+"""Patients' Consent resources and break-glass grants, in the shared database.
+
+Every gateway process reads them on each request (one indexed read on the
+hot connection), so a change is in force on the very next request anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.hot import HotConnection
+from carelink.storage.tables import break_glass, consents
+
+
+@dataclass(frozen=True)
+class ConsentRow:
+    """One stored Consent."""
+
+    id: str
+    patient_id: str
+    status: str
+    version: int
+    last_updated: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    """One break-glass grant and its review."""
+
+    id: str
+    subject: str
+    organisation: str | None
+    role: str | None
+    patient_id: str
+    reason: str
+    granted: float
+    expires: float
+    review_status: str
+    reviewer: str | None
+    review_outcome: str | None
+    review_note: str | None
+    reviewed: float | None
+
+
+class ConsentStore:
+    """Reads and writes of consents and grants."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._hot = HotConnection(db)
+        m = self._hot.mark
+        self._sql_active = (
+            f"SELECT id, body FROM consents WHERE patient_id = {m} AND status = 'active'"
+        )
+        self._sql_grant = (
+            f"SELECT 1 FROM break_glass WHERE patient_id = {m} AND subject = {m} "
+            f"AND expires > {m} LIMIT 1"
+        )
+
+    # -- request path -------------------------------------------------------
+    def active(self, patient_id: str) -> list[tuple[str, bytes]]:
+        """(id, body) of the patient's active consents."""
+        return [(str(i), bytes(b)) for i, b in self._hot.query(self._sql_active, (patient_id,))]
+
+    def has_grant(self, patient_id: str, subject: str, now: float) -> bool:
+        """Does ``subject`` hold an unexpired break-glass grant for the patient?"""
+        return bool(self._hot.query(self._sql_grant, (patient_id, subject, now)))
+
+    def close(self) -> None:
+        """Release the hot connection."""
+        self._hot.close()
+
+    # -- consents -----------------------------------------------------------
+    def get(self, consent_id: str) -> ConsentRow | None:
+        """One consent by id."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(consents).where(consents.c.id == consent_id)).first()
+        return ConsentRow(*row) if row else None
+
+    def for_patient(self, patient_id: str) -> list[ConsentRow]:
+        """Every consent of a patient, newest first."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(consents)
+                .where(consents.c.patient_id == patient_id)
+                .order_by(consents.c.last_updated.desc(), consents.c.id)
+            ).all()
+        return [ConsentRow(*r) for r in rows]
+
+    def put(self, row: ConsentRow, expected_version: int | None) -> bool:
+        """Insert (``expected_version`` None) or replace at that version; False on a conflict."""
+        values = {
+            "patient_id": row.patient_id,
+            "status": row.status,
+            "version": row.version,
+            "last_updated": row.last_updated,
+            "body": row.body,
+        }
+        try:
+            with self.db.engine.begin() as conn:
+                if expected_version is None:
+                    conn.execute(consents.insert().values(id=row.id, **values))
+                    return True
+                done = conn.execute(
+                    consents.update()
+                    .where(consents.c.id == row.id, consents.c.version == expected_version)
+                    .values(**values)
+                )
+                return done.rowcount == 1
+        except sa.exc.IntegrityError:
+            return False
+
+    def delete(self, consent_id: str) -> bool:
+        """Remove a consent; False when there was none."""
+        with self.db.engine.begin() as conn:
+            return conn.execute(consents.delete().where(consents.c.id == consent_id)).rowcount == 1
+
+    # -- break-glass ----------------------------------------------------------
+    def grant(self, row: GrantRow) -> None:
+        """Record a break-glass grant (its review starts as ``requested``)."""
+        with self.db.engine.begin() as conn:
+            conn.execute(break_glass.insert().values(**row.__dict__))
+
+    def grants(self, status: str | None = None) -> Sequence[GrantRow]:
+        """Grants, oldest first, optionally by review status."""
+        q = sa.select(break_glass).order_by(break_glass.c.granted, break_glass.c.id)
+        if status is not None:
+            q = q.where(break_glass.c.review_status == status)
+        with self.db.engine.connect() as conn:
+            return [GrantRow(*r) for r in conn.execute(q).all()]
+
+    def grant_by_id(self, grant_id: str) -> GrantRow | None:
+        """One grant."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(break_glass).where(break_glass.c.id == grant_id)).first()
+        return GrantRow(*row) if row else None
+
+    def review(self, grant_id: str, reviewer: str, outcome: str, note: str, now: float) -> bool:
+        """Complete a grant's review once; False if it is unknown or already reviewed."""
+        with self.db.engine.begin() as conn:
+            done = conn.execute(
+                break_glass.update()
+                .where(break_glass.c.id == grant_id, break_glass.c.review_status == "requested")
+                .values(
+                    review_status="completed",
+                    reviewer=reviewer,
+                    review_outcome=outcome,
+                    review_note=note,
+                    reviewed=now,
+                )
+            )
+            return done.rowcount == 1
