@@ -53,14 +53,16 @@ class ConsentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._hot = HotConnection(db)
-        m = self._hot.mark
-        self._sql_active = (
-            f"SELECT id, body FROM consents WHERE patient_id = {m} AND status = 'active'"
+        # Fixed SQL; values are always bound ("?" becomes the driver's own placeholder).
+        self._sql_active = self._sql(
+            "SELECT id, body FROM consents WHERE patient_id = ? AND status = 'active'"
         )
-        self._sql_grant = (
-            f"SELECT 1 FROM break_glass WHERE patient_id = {m} AND subject = {m} "
-            f"AND expires > {m} LIMIT 1"
+        self._sql_grant = self._sql(
+            "SELECT 1 FROM break_glass WHERE patient_id = ? AND subject = ? AND expires > ? LIMIT 1"
         )
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._hot.mark)
 
     # -- request path -------------------------------------------------------
     def active(self, patient_id: str) -> list[tuple[str, bytes]]:
