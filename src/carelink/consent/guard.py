@@ -1,0 +1,138 @@
+"""Consent on the request path: load a patient's choices, filter an answer.
+
+``Guard`` is what the API calls. It reads the patient's active consents on
+every request (one indexed read, so a change made through any gateway
+process is in force on the next request), keeps the parsed rule trees
+cached by content, and asks the database about break-glass grants only when
+a grant could change the answer.
+
+Filtering leaves no trace: withheld resources are simply absent (the caller
+counts, pages and includes only what is left), and the merged Patient loses
+the local identifiers of every source whose data this caller may not see,
+so the answer does not even show where the person has records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from carelink.consent.decision import Actor, Decision, Engine, Situation, label
+from carelink.consent.directive import ODS_SYSTEM, Directive, directive
+from carelink.storage import ConsentStore
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """What consent let through, and what it says about the rest."""
+
+    resources: list[Json]
+    withheld: int
+    sources_seen: frozenset[str]
+    break_glass: bool
+
+
+class Guard:
+    """The consent decision applied to one request's resources."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ConsentStore,
+        source_uris: Mapping[str, str],
+        identifier_systems: Mapping[str, str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.source_uris = dict(source_uris)  # meta.source URI -> source name
+        self.identifier_systems = dict(identifier_systems)  # local id system -> source name
+        self.clock = clock
+        self._parsed: OrderedDict[bytes, Directive] = OrderedDict()
+
+    def situation(self, actor: Actor, patient_id: str, patient: Json | None) -> Situation:
+        """Everything the decision needs about this patient, read now."""
+        return Situation(
+            actor=actor,
+            patient_id=patient_id,
+            directives=[self._directive(body) for _, body in self.store.active(patient_id)],
+            now=datetime.fromtimestamp(self.clock(), UTC),
+            sources={**self.source_uris, **self.identifier_systems},
+            registered_practice=registered_practice(patient) if patient else None,
+        )
+
+    def decide(self, s: Situation, resource: Json) -> Decision:
+        """One decision, with break-glass looked up only when it could matter."""
+        d = self.engine.decide(s, resource)
+        if not d.permit and self._could_override(s, d) and self._granted(s):
+            return self.engine.decide(replace(s, break_glass=True), resource)
+        return d
+
+    def filter(self, s: Situation, resources: Sequence[Json]) -> Filtered:
+        """The permitted resources, labelled; the merged Patient trimmed of hidden sources."""
+        decisions = [self.engine.decide(s, r) for r in resources]
+        if any(not d.permit and self._could_override(s, d) for d in decisions) and self._granted(s):
+            s = replace(s, break_glass=True)
+            decisions = [self.engine.decide(s, r) for r in resources]
+        kept = [label(r, d) for r, d in zip(resources, decisions, strict=True) if d.permit]
+        withheld = len(resources) - len(kept)
+        hidden = self.hidden_sources(s)
+        kept = [self._trim(r, hidden) for r in kept]
+        seen = frozenset(
+            self.source_uris[src]
+            for r in kept
+            if (src := r.get("meta", {}).get("source")) in self.source_uris
+        )
+        return Filtered(kept, withheld, seen, s.break_glass)
+
+    def hidden_sources(self, s: Situation) -> frozenset[str]:
+        """Sources none of whose (non-sensitive) data this caller may see."""
+        out = set()
+        for uri, name in self.source_uris.items():
+            probe = {"resourceType": "Basic", "id": "-", "meta": {"source": uri}}
+            if not self.engine.decide(s, probe).permit:
+                out.add(name)
+        return frozenset(out)
+
+    def _trim(self, r: Json, hidden: frozenset[str]) -> Json:
+        if r.get("resourceType") != "Patient" or not hidden:
+            return r
+        idents = [
+            i
+            for i in r.get("identifier", ())
+            if self.identifier_systems.get(i.get("system")) not in hidden
+        ]
+        return {**r, "identifier": idents}
+
+    def _could_override(self, s: Situation, d: Decision) -> bool:
+        bg = self.engine.policy.source.breakGlass
+        return not s.break_glass and d.basis in bg.overrides and s.actor.role in bg.roles
+
+    def _granted(self, s: Situation) -> bool:
+        return self.store.has_grant(s.patient_id, s.actor.subject, self.clock())
+
+    def _directive(self, body: bytes) -> Directive:
+        got = self._parsed.get(body)
+        if got is None:
+            got = directive(orjson.loads(body))
+            self._parsed[body] = got
+            if len(self._parsed) > 4096:
+                self._parsed.popitem(last=False)
+        return got
+
+
+def registered_practice(patient: Json) -> str | None:
+    """The ODS code of the patient's registered GP practice, if the record says."""
+    for gp in patient.get("generalPractitioner", ()):
+        ident = gp.get("identifier", {})
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+    return None
