@@ -26,14 +26,15 @@ from carelink.audit.trail import GroupCommit
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
+from carelink.consent import Engine, Guard, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
-from carelink.sources.base import Source
+from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
-from carelink.storage import Database, IndexStore, ReplayStore
+from carelink.storage import ConsentStore, Database, IndexStore, ReplayStore
 from carelink.storage.audit_store import AuditStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
@@ -126,6 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
+        consents = ConsentStore(db)
+        app.state.consents = consents
+        app.state.guard = Guard(
+            Engine(app.state.policy),
+            consents,
+            {source_uri(n): n for n in settings.sources},
+            {local_id_system(n): n for n in settings.sources},
+        )
         app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
         if app.state.token_policy is not None:
             app.state.token_service = TokenService(
@@ -144,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            consents.close()
             app.state.audit.close()
             db.dispose()
 
@@ -161,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
+    app.state.policy = load_policy(Path(settings.consent_policy))
     app.state.token_policy = None
     app.state.verifier = None
     app.state.token_service = None

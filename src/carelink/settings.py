@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from carelink.errors import ConfigError
 
@@ -14,6 +15,11 @@ DEFAULT_SOURCES = {
     "community": "http://127.0.0.1:8103",
     "social-care": "http://127.0.0.1:8104",
 }
+
+
+def default_policy_path() -> str:
+    """The policy shipped beside the package in the repository (``consent/policy.json``)."""
+    return str(Path(__file__).resolve().parents[2] / "consent" / "policy.json")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class Settings:
     issuer_keys: str = "var/issuer"
     #: registered backend-services clients (JSON); none when unset
     clients: str | None = None
+    #: the ICS sharing policy (JSON); by default the repository's ``consent/policy.json``
+    consent_policy: str = field(default_factory=lambda: default_policy_path())
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3
@@ -100,5 +108,6 @@ class Settings:
             jwks=e.get("CARELINK_JWKS", s.jwks),
             issuer_keys=e.get("CARELINK_ISSUER_KEYS", s.issuer_keys),
             clients=e.get("CARELINK_CLIENTS", s.clients),
+            consent_policy=e.get("CARELINK_CONSENT_POLICY", s.consent_policy),
         )
         return s.validate()

@@ -32,7 +32,13 @@ def secured(system: System, tmp_path_factory) -> Iterator[tuple[str, Issuer]]:
                     "client_id": "analytics",
                     "scope": "system/Patient.rs system/Observation.rs",
                     "jwks": KeySet([BACKEND.rsa, BACKEND.ec]).as_dict(private=False),
-                }
+                    "purpose": "TREAT",
+                },
+                {
+                    "client_id": "planning",
+                    "scope": "system/Patient.rs",
+                    "jwks": KeySet([BACKEND.rsa, BACKEND.ec]).as_dict(private=False),
+                },
             ]
         )
     )
@@ -161,3 +167,22 @@ def test_a_backend_service_gets_a_token_and_reads_only_what_it_was_granted(syste
         f"{base}/Encounter", params={"patient": pid}, headers={"Authorization": f"Bearer {token}"}
     )
     assert denied.status_code == 403
+
+
+def test_a_secondary_use_purpose_gets_no_patient_data_from_the_live_api(system, secured):
+    """A backend client registered for operations (HOPERAT) is refused: extracts serve it."""
+    base, _ = secured
+    token_url = base.removesuffix("/fhir") + "/auth/token"
+    r = httpx.post(
+        token_url,
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/Patient.rs",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": BACKEND.assertion(aud=token_url, iss="planning", sub="planning"),
+        },
+    )
+    assert r.status_code == 200, r.text
+    refused = _lookup(system, base, {"Authorization": f"Bearer {r.json()['access_token']}"})
+    assert refused.status_code == 403
+    assert "HOPERAT is not a direct-care purpose" in refused.text

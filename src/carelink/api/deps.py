@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,9 +22,11 @@ from carelink.audit.events import SUCCESS
 from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
+from carelink.consent import Actor, Guard
 from carelink.federation import SharedRecord
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Json = dict[str, Any]
 
 
 class FhirRouter(APIRouter):
@@ -34,6 +37,15 @@ class FhirRouter(APIRouter):
 
         def register(endpoint: Endpoint) -> Endpoint:
             self.add_route(self.prefix + path, endpoint, methods=["GET"], include_in_schema=False)
+            return endpoint
+
+        return register
+
+    def fhir_route(self, path: str, methods: list[str]) -> Callable[[Endpoint], Endpoint]:
+        """Decorator for other methods: ``@router.fhir_route("/Consent", ["POST"])``."""
+
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.add_route(self.prefix + path, endpoint, methods=methods, include_in_schema=False)
             return endpoint
 
         return register
@@ -49,6 +61,18 @@ async def principal(request: Request) -> Principal:
     if verify is None:
         return DEVELOPMENT_PRINCIPAL
     return verify(bearer(request.headers.get("authorization")))
+
+
+def actor(caller: Principal) -> Actor:
+    """The caller as consent sees them."""
+    return Actor(caller.subject, caller.role, caller.organisation, caller.purpose, caller.patient)
+
+
+def consent_for(request: Request, caller: Principal, patient_id: str, patient: Json | None) -> Any:
+    """The consent situation of this request for one patient (purpose checked first)."""
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
+    return guard.situation(actor(caller), patient_id, patient)
 
 
 async def base_url(request: Request) -> str:
@@ -103,9 +127,10 @@ async def audit(
         str(request.base_url).rstrip("/") + "/fhir",
     )
     ids = list(dict.fromkeys(patient_ids)) or [None]
+    break_glass = bool(getattr(request.state, "break_glass", False))
     events = []
     for pid in ids:
-        event = audit_event(access, who, pid, outcome, reason)
+        event = audit_event(access, who, pid, outcome, reason, break_glass)
         event["id"] = uuid.uuid4().hex
         events.append((now, pid, outcome, event))
     await trail.record(events)

@@ -12,13 +12,16 @@ from fastapi.responses import Response
 from carelink.api import access
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import audit, base_url, context, router
+from carelink.api.deps import audit, base_url, consent_for, context, router
 from carelink.api.responses import fhir, http_date, not_modified
+from carelink.audit.events import REFUSED
 from carelink.auth import Principal
+from carelink.consent import Filtered, Guard, Situation
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
-from carelink.fhir import NHS_NUMBER_SYSTEM, problem, searchset
+from carelink.federation.record import source_outcome
+from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem, searchset
 from carelink.fhir.nhs import normalise
 from carelink.fhir.search import apply_elements, fold, parse_date, parse_token, target_range
 from carelink.sources.base import LOCAL_ID_SYSTEM
@@ -83,7 +86,11 @@ async def search_patient(request: Request) -> Response:
     rows = [
         r for r in _find_patients(record, q) if caller.patient is None or r.id == caller.patient
     ]
-    matches = access.visible(caller, (orjson.loads(r.patient) for r in rows), "s")
+    guard: Guard = request.app.state.guard
+    matches = []
+    for found in access.visible(caller, (orjson.loads(r.patient) for r in rows), "s"):
+        situation = consent_for(request, caller, str(found["id"]), found)
+        matches.extend(guard.filter(situation, [found]).resources)
     used = {k for k in q if k in PATIENT_PARAMS}
     await audit(request, "search-type", [str(m["id"]) for m in matches])
     return fhir(_page(base, f"{base}/Patient", matches, q, used, request))
@@ -161,11 +168,20 @@ async def pix(request: Request) -> Response:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
     access.in_compartment(caller, person.id)
+    guard: Guard = request.app.state.guard
+    patient = orjson.loads(person.patient)
+    situation = consent_for(request, caller, person.id, patient)
+    if not guard.filter(situation, [patient]).resources:
+        await audit(request, "operation", [person.id], REFUSED, "withheld by consent")
+        raise NotFound("sourceIdentifier is not known to the index")
+    hidden = guard.hidden_sources(situation)
     targets = set(q.get("targetSystem", []))
     wanted = (
         [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}] if person.nhs_number else []
     )
     for link in record.index.links_of(person.id):
+        if link.source in hidden:
+            continue
         wanted.append({"system": LOCAL_ID_SYSTEM.format(name=link.source), "value": link.local_id})
     parameters: list[Json] = [
         {"name": "targetIdentifier", "valueIdentifier": ident}
@@ -195,8 +211,20 @@ async def read_patient(request: Request) -> Response:
         person_id, body = link.person_id, link.patient
         version = f"{link.person_id}-{link.source}"
     access.in_compartment(caller, person_id)
-    if not access.visible(caller, [orjson.loads(body)]):
+    resource = orjson.loads(body)
+    if not access.visible(caller, [resource]):
         raise AccessDenied("no scope allows read of this Patient")
+    guard: Guard = request.app.state.guard
+    person = record.person(person_id)
+    situation = consent_for(
+        request, caller, person_id, orjson.loads(person.patient) if person else None
+    )
+    shown = guard.filter(situation, [resource])
+    if not shown.resources:
+        await audit(request, "read", [person_id], REFUSED, "withheld by consent")
+        raise NotFound(f"Patient/{pid} is not known")
+    request.state.break_glass = shown.break_glass
+    body = dumps(shown.resources[0]) if shown.resources[0] is not resource else body
     await audit(request, "read", [person_id])
     etag = f'W/"{version}"'
     if not_modified(request, etag):
@@ -223,8 +251,11 @@ async def everything(request: Request) -> Response:
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     access.require(caller, "Patient", "r")
     access.in_compartment(caller, pid)
+    situation = await _consented_person(request, caller, record, pid)
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
-    matches = access.visible(caller, fed.resources)
+    shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
+    request.state.break_glass = shown.break_glass
+    matches = shown.resources
     if types or start or end or since:
         matches = [
             r
@@ -233,7 +264,7 @@ async def everything(request: Request) -> Response:
             and in_period(r, start, end)
             and _since_ok(r, since)
         ]
-    etag = f'"{fed.etag}-{_query_digest(q, caller)}"'
+    etag = f'"{fed.etag}-{_query_digest(q, caller, situation)}"'
     await audit(request, "operation", [pid])
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -246,7 +277,7 @@ async def everything(request: Request) -> Response:
         used,
         request,
         includes=access.provenance_for(caller, fed.provenance, matches),
-        outcomes=[fed.outcome],
+        outcomes=[_outcome(fed, shown)],
     )
     headers = {"ETag": etag}
     newest = max((r.as_of for r in fed.results if r.as_of), default=None)
@@ -263,10 +294,41 @@ def _since_ok(resource: Json, since: Any) -> bool:
     return rng is None or rng.start >= since
 
 
-def _query_digest(q: dict[str, list[str]], caller: Principal) -> str:
-    """What else shapes the representation: the query and what the caller may see."""
-    shape = [sorted(q.items()), sorted(caller.scopes), caller.patient]
-    return hashlib.blake2b(orjson.dumps(shape), digest_size=8).hexdigest()
+def _query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:
+    """What else shapes the representation: the query, what the caller may see, consent."""
+    shape = [
+        sorted(q.items()),
+        sorted(caller.scopes),
+        caller.patient,
+        caller.organisation,
+        caller.role,
+        caller.purpose,
+        [(d.id, d.status) for d in situation.directives],
+    ]
+    return hashlib.blake2b(orjson.dumps(shape, default=str), digest_size=8).hexdigest()
+
+
+async def _consented_person(
+    request: Request, caller: Principal, record: SharedRecord, pid: str
+) -> Situation:
+    """The consent situation, refusing (as not found) a person withheld from this caller."""
+    person = record.person(pid)
+    if person is None:
+        raise NotFound(f"Patient/{pid} is not known")
+    patient = orjson.loads(person.patient)
+    situation: Situation = consent_for(request, caller, pid, patient)
+    if not request.app.state.guard.filter(situation, [patient]).resources:
+        await audit(request, "operation", [pid], REFUSED, "withheld by consent")
+        raise NotFound(f"Patient/{pid} is not known")
+    return situation
+
+
+def _outcome(fed: Any, shown: Filtered) -> Json:
+    """The per-source outcome, naming only sources the caller saw data from when consent
+    withheld anything (so the answer does not show where else the person has records)."""
+    if not shown.withheld:
+        return dict(fed.outcome)
+    return source_outcome([r for r in fed.results if r.source in shown.sources_seen])
 
 
 @route("/{rtype}")
@@ -293,16 +355,22 @@ async def search_type(request: Request) -> Response:
     revinclude = "Provenance:target" in q.get("_revinclude", [])
     access.require(caller, rtype, "s")
     access.in_compartment(caller, pid)
+    situation = await _consented_person(request, caller, record, pid)
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
-    matches = access.visible(
-        caller,
-        (
-            r
-            for r in fed.resources
-            if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
+    shown = request.app.state.guard.filter(
+        situation,
+        access.visible(
+            caller,
+            (
+                r
+                for r in fed.resources
+                if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
+            ),
+            "s",
         ),
-        "s",
     )
+    request.state.break_glass = shown.break_glass
+    matches = shown.resources
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
     await audit(request, "search-type", [pid])
@@ -315,6 +383,6 @@ async def search_type(request: Request) -> Response:
             used,
             request,
             includes=includes,
-            outcomes=[fed.outcome],
+            outcomes=[_outcome(fed, shown)],
         )
     )

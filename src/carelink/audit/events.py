@@ -57,6 +57,7 @@ def audit_event(
     patient_id: str | None,
     outcome: str,
     reason: str | None = None,
+    break_glass: bool = False,
 ) -> Json:
     """One AuditEvent for one patient (or none, for a refusal before one was known)."""
     agents: list[Json] = [
@@ -124,6 +125,12 @@ def audit_event(
     }
     if caller is not None and caller.purpose:
         event["purposeOfEvent"] = [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
+    if break_glass:
+        # Access under an emergency override: said in the event itself, for the reviewers.
+        event["purposeOfEvent"] = [
+            {"coding": [{"system": ACT_REASON, "code": "ETREAT"}]},
+            {"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]},
+        ]
     if reason:
         event["outcomeDesc"] = reason
     return event

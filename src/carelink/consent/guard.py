@@ -25,6 +25,7 @@ import orjson
 
 from carelink.consent.decision import Actor, Decision, Engine, Situation, label
 from carelink.consent.directive import ODS_SYSTEM, Directive, directive
+from carelink.errors import ConsentDenied
 from carelink.storage import ConsentStore
 
 Json = dict[str, Any]
@@ -57,6 +58,17 @@ class Guard:
         self.identifier_systems = dict(identifier_systems)  # local id system -> source name
         self.clock = clock
         self._parsed: OrderedDict[bytes, Directive] = OrderedDict()
+
+    def require_purpose(self, actor: Actor) -> None:
+        """Refuse (``ConsentDenied``) a purpose the policy does not serve on the live API."""
+        if (
+            actor.patient is None
+            and actor.purpose not in self.engine.policy.source.directCarePurposes
+        ):
+            raise ConsentDenied(
+                f"purpose of use {actor.purpose or '(none)'} is not a direct-care purpose here; "
+                "secondary use is served by extracts"
+            )
 
     def situation(self, actor: Actor, patient_id: str, patient: Json | None) -> Situation:
         """Everything the decision needs about this patient, read now."""
