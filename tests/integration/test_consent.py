@@ -180,7 +180,7 @@ def test_an_objection_hides_the_record_from_everyone_but_the_gp_for_its_own_data
         lookup = gw.get("/Patient", stranger, identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}")
         assert lookup.status_code == 200
         assert lookup.json()["total"] == 0
-        assert "entry" not in lookup.json()
+        assert lookup.json().get("entry", []) == []
         count = gw.get(
             "/Patient",
             stranger,
@@ -378,7 +378,12 @@ def test_a_non_direct_care_purpose_is_refused(pair, system):
         ({"provision": {"type": "deny", "provision": [{"actor": []}]}}, "provision[0].type"),
         ({"provision": {"type": "deny", "agent": "x"}}, "agent"),
         (
-            {"provision": {"type": "deny", "actor": [{"reference": {"display": "Dr X"}}]}},
+            {
+                "provision": {
+                    "type": "deny",
+                    "actor": [{**_org("X"), "reference": {"display": "X"}}],
+                }
+            },
             "actor[0]",
         ),
         ({"provision": {"type": "deny", "period": {"end": "last week"}}}, "period"),
@@ -588,7 +593,12 @@ def test_roles_in_consents_are_nhs_role_codes(pair, system):
         "provision": [
             {
                 "type": "deny",
-                "actor": [{"reference": {"identifier": {"system": ROLE_SYSTEM, "value": "R8001"}}}],
+                "actor": [
+                    {
+                        **_org("-"),
+                        "reference": {"identifier": {"system": ROLE_SYSTEM, "value": "R8001"}},
+                    }
+                ],
             }
         ],
     }

@@ -208,28 +208,30 @@ class Engine:
             return deny[0] if deny else inner[0]
         return verdict, names
 
+    def _actor_applies(self, p: Provision, s: Situation, r: Json) -> bool:
+        """Recipient actors match the caller; custodian actors match when every organisation
+        responsible for the resource is named (the merged Patient has several)."""
+        actor = s.actor
+        for a in p.actors:
+            if not a.custodian and (
+                (a.system == ODS_SYSTEM and a.value == actor.organisation)
+                or (a.system == ROLE_SYSTEM and a.value == actor.role)
+            ):
+                return True
+        named = {a.value for a in p.actors if a.custodian and a.system == ODS_SYSTEM}
+        if named:
+            custodians = self.custodians(s, r)
+            return bool(custodians) and custodians <= named
+        return False
+
     def _applies(self, p: Provision, s: Situation, r: Json, cats: frozenset[str]) -> bool:
         actor = s.actor
         if p.period is not None and not p.period.holds(s.now):
             return False
         if p.actions and not p.actions & GATEWAY_ACTIONS:
             return False
-        if p.actors:
-            custodians: frozenset[str] | None = None
-            hit = False
-            for a in p.actors:
-                if a.custodian:
-                    if custodians is None:
-                        custodians = self.custodians(s, r)
-                    hit = a.system == ODS_SYSTEM and a.value in custodians
-                else:
-                    hit = (a.system == ODS_SYSTEM and a.value == actor.organisation) or (
-                        a.system == ROLE_SYSTEM and a.value == actor.role
-                    )
-                if hit:
-                    break
-            if not hit:
-                return False
+        if p.actors and not self._actor_applies(p, s, r):
+            return False
         if p.purposes and actor.purpose not in p.purposes:
             return False
         if p.labels:
