@@ -63,7 +63,7 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
             "description": "Development mode: no token is checked; "
             "production mode refuses to start this way." + audit,
         }
-    patient = {
+    patient: Json = {
         "type": "Patient",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "versioning": "no-version",
@@ -123,6 +123,43 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
                     "reads who accessed their own record.",
                 )
             ],
+        }
+    )
+    consent: Json = {
+        "type": "Consent",
+        "interaction": [{"code": c} for c in ("read", "create", "update", "delete", "search-type")],
+        "versioning": "versioned-update",
+        "updateCreate": False,
+        "searchParam": [_param("patient", "reference", "Required"), _param("status", "token")],
+        "documentation": "Patients' choices (scope patient-privacy), in force on the next "
+        "request in every gateway process. Writers: the policy's consentManagers roles, or "
+        "a citizen for their own record. See consent/README.md for the provision elements "
+        "enforced; any other is refused.",
+    }
+    resources.append(consent)
+    patient["operation"].append(
+        {
+            "name": "break-glass",
+            "definition": f"{base}/OperationDefinition/break-glass",
+            "documentation": "POST Parameters(patient|identifier, purpose=ETREAT, reason): "
+            "emergency access to one patient for the policy's minutes, by the policy's roles; "
+            "audited (BTG) and put on the review list (Task).",
+        }
+    )
+    resources.append(
+        {
+            "type": "Task",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [_param("status", "token")],
+            "operation": [
+                {
+                    "name": "review",
+                    "definition": f"{base}/OperationDefinition/review",
+                    "documentation": "POST Parameters(outcome=appropriate|inappropriate, note)",
+                }
+            ],
+            "documentation": "Break-glass reviews, for privacy officers (R0001) and Caldicott "
+            "Guardians (R5105).",
         }
     )
     return {
