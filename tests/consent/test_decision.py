@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from carelink.consent import Actor, Engine, Situation
+from carelink.consent.decision import label
 from carelink.consent.directive import CONSENT_SCOPE, ODS_SYSTEM, directive
 from carelink.consent.policy import load_policy
 
@@ -177,3 +178,14 @@ def test_break_glass_overrides_objection_and_sensitivity_and_says_so():
     assert (d.permit, d.basis) == (True, "break-glass")
     purpose = Situation(Actor("u", "R8000", "RXX01", "HRESCH"), "p", [], NOW, SOURCES, None, True)
     assert not ENGINE.decide(purpose, resource()).permit  # never for a non-direct-care purpose
+
+
+def test_sensitive_data_a_role_may_see_is_labelled_restricted():
+    d = decide(resource(label="PSY"))
+    assert (d.permit, d.categories) == (True, frozenset({"PSY"}))
+    labelled = label(resource(label="PSY"), d)
+    codes = {s["code"] for s in labelled["meta"]["security"]}
+    assert {"PSY", "R", "NORDSCLCD"} <= codes
+    plain = resource()
+    assert label(plain, decide(plain)) is plain  # nothing to say, nothing copied
+    assert not decide(resource(label="PSY"), role="R8008").permit  # a role the category omits

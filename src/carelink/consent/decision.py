@@ -86,6 +86,9 @@ class Situation:
     break_glass: bool = False
 
 
+IMPLIED = Decision(True, "policy", "implied consent for direct care")
+
+
 class Engine:
     """Decisions under one policy."""
 
@@ -109,6 +112,19 @@ class Engine:
             if d.permit:
                 out.append(label(r, d))
         return out
+
+    def _own(self, s: Situation, r: Json) -> bool:
+        """Is the caller's organisation responsible for ``r`` (a ``custodianAccess`` source)?"""
+        org = s.actor.organisation
+        if not org:
+            return False
+        src = r.get("meta", {}).get("source")
+        if src is not None and src in s.sources:
+            ods = self.policy.custodian(s.sources[src])
+            if s.sources[src] not in self.policy.source.custodianAccess:
+                return False
+            return org == (s.registered_practice if ods == REGISTERED_PRACTICE else ods)
+        return org in self.custodians(s, r, own_access=True)
 
     def custodians(self, s: Situation, resource: Json, own_access: bool = False) -> frozenset[str]:
         """The ODS codes responsible for a resource (every contributor, for the merged Patient).
@@ -144,10 +160,12 @@ class Engine:
             if hidden:
                 return Decision(False, "policy", f"{hidden[0]} is not shown to the patient")
             return Decision(True, "citizen", "the patient's own record", (), cats)
-        if actor.organisation and actor.organisation in self.custodians(s, r, own_access=True):
+        if self._own(s, r):
             return Decision(True, "custodian", "the organisation's own data", (), cats)
         if actor.purpose not in policy.source.directCarePurposes:
             return Decision(False, "purpose", f"purpose {actor.purpose} is not direct care")
+        if not cats and not s.directives:
+            return IMPLIED  # the common case, without building anything
         verdict, named, ids = self._consents(s, r, cats)
         if verdict == DENY:
             return Decision(False, "objection", "the patient's consent denies it", ids, cats)
@@ -161,7 +179,7 @@ class Engine:
             )
         if verdict == PERMIT:
             return Decision(True, "consent", "the patient's consent permits it", ids, cats)
-        return Decision(True, "policy", "implied consent for direct care", (), cats)
+        return Decision(True, "policy", IMPLIED.reason, (), cats) if cats else IMPLIED
 
     def _overridable(self, d: Decision) -> bool:
         overrides = self.policy.source.breakGlass.overrides
@@ -172,6 +190,8 @@ class Engine:
     def _consents(
         self, s: Situation, r: Json, cats: frozenset[str]
     ) -> tuple[str | None, frozenset[str], tuple[str, ...]]:
+        if not s.directives:
+            return None, frozenset(), ()
         verdicts: list[tuple[str, frozenset[str], str]] = []
         for d in s.directives:
             if d.status != "active":

@@ -96,8 +96,9 @@ class Guard:
             decisions = [self.engine.decide(s, r) for r in resources]
         kept = [label(r, d) for r, d in zip(resources, decisions, strict=True) if d.permit]
         withheld = len(resources) - len(kept)
-        hidden = self.hidden_sources(s)
-        kept = [self._trim(r, hidden) for r in kept]
+        if any(r.get("resourceType") == "Patient" for r in kept):
+            hidden = self.hidden_sources(s)
+            kept = [self._trim(r, hidden) for r in kept]
         seen = frozenset(
             self.source_uris[src]
             for r in kept
@@ -107,6 +108,8 @@ class Guard:
 
     def hidden_sources(self, s: Situation) -> frozenset[str]:
         """Sources none of whose (non-sensitive) data this caller may see."""
+        if not s.directives:
+            return frozenset()  # the policy alone never withholds a whole source
         out = set()
         for uri, name in self.source_uris.items():
             probe = {"resourceType": "Basic", "id": "-", "meta": {"source": uri}}
