@@ -60,53 +60,43 @@ class Node:
     type: str
     path: str  # Patient.name.given (no indexes)
     element: str  # the element's name (``given``; ``effectiveDateTime`` for a choice)
+    parent_type: str = ""  # the FHIR type of the element holding this one
 
 
 def walk(resource: Json) -> Iterator[Node]:
-    """Every node of a resource, depth first, parents before children."""
+    """Every node of a resource, depth first, parents before children.
+
+    Resources nested in it (``contained``, Bundle ``entry.resource``) are
+    yielded as nodes of type ``Resource`` but not entered: each is a
+    resource of its own.
+    """
     rtype = str(resource.get("resourceType", ""))
     yield from _walk_dict(resource, rtype, rtype)
 
 
+def below(node: Node) -> Iterator[Node]:
+    """The nodes inside ``node`` (not ``node`` itself)."""
+    if isinstance(node.value, dict) and node.type not in PRIMITIVES and node.type != "Resource":
+        yield from _walk_dict(node.value, node.type, node.path)
+
+
 def _walk_dict(obj: Json, type_name: str, path: str) -> Iterator[Node]:
-    table = types()
-    props = table.get(type_name, {})
+    props = types().get(type_name, {})
     for key, value in list(obj.items()):
-        if key in ("resourceType",) or key.startswith("_"):
+        if key == "resourceType" or key.startswith("_"):
             continue
-        elem_type = props.get(key)
-        if elem_type is None:
-            elem_type = "Resource" if key == "resource" else "string"
+        elem_type = props.get(key, "string")
         child_path = f"{path}.{key}"
-        if elem_type == "ResourceList" or (
-            key in ("contained", "resource") and isinstance(value, dict | list)
-        ):
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
-                if isinstance(item, dict) and "resourceType" in item:
-                    holder = value if isinstance(value, list) else obj
-                    yield Node(
-                        holder,
-                        i if isinstance(value, list) else key,
-                        item,
-                        "Resource",
-                        child_path,
-                        key,
-                    )
-                    yield from _walk_dict(
-                        item, str(item["resourceType"]), str(item["resourceType"])
-                    )
-            continue
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from _node(value, i, item, elem_type, child_path, key)
-        else:
-            yield from _node(obj, key, value, elem_type, child_path, key)
-
-
-def _node(
-    container: Any, key: Any, value: Any, elem_type: str, path: str, element: str
-) -> Iterator[Node]:
-    yield Node(container, key, value, elem_type, path, element)
-    if isinstance(value, dict) and elem_type not in PRIMITIVES:
-        yield from _walk_dict(value, elem_type, path)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            container, at = (value, i) if isinstance(value, list) else (obj, key)
+            if (
+                isinstance(item, dict)
+                and "resourceType" in item
+                and key in ("contained", "resource")
+            ):
+                yield Node(container, at, item, "Resource", child_path, key, type_name)
+                continue
+            yield Node(container, at, item, elem_type, child_path, key, type_name)
+            if isinstance(item, dict) and elem_type not in PRIMITIVES:
+                yield from _walk_dict(item, elem_type, child_path)
