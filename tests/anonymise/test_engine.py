@@ -213,15 +213,16 @@ def test_generalize_follows_the_first_true_case(cases, other, value, expected):
     assert "GENERALIZED" in codes(out)
 
 
+MASK_CASE = {"$this.startsWith('123') or $this.endsWith('234')": "$this.substring(0,3)+'****'"}
+
+
 def test_generalize_strings():
     e = engine(
         [
             {
                 "path": "Patient.telecom.value",
                 "method": "generalize",
-                "cases": {
-                    "$this.startsWith('123') or $this.endsWith('234')": "$this.substring(0,3)+'****'"
-                },
+                "cases": MASK_CASE,
             }
         ]
     )
