@@ -42,9 +42,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from fhirpathpy import evaluate
+from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models
 
 from carelink.anonymise.keys import ProjectKeys
@@ -133,14 +134,25 @@ class Anonymiser:
         self.partial_zip = bool(p.get("enablePartialZipCodesForRedact", False))
         self.restricted_zip = [str(z) for z in p.get("restrictedZipCodeTabulationAreas") or []]
         self.nhs = bool(p.get("pseudonymiseNhsNumber", False))
+        self._compiled: dict[str, Callable[..., list[Any]]] = {}
         if self.scope == "person" and keys is None:
             raise ExportError("dateShiftScope person needs project keys")
+
+    def _eval(
+        self, expression: str, data: Any, variables: dict[str, Any] | None = None
+    ) -> list[Any]:
+        """Evaluate FHIRPath, compiling each distinct expression once."""
+        fn = self._compiled.get(expression)
+        if fn is None:
+            fn = fhirpath_compile(expression, models["r4"])
+            self._compiled[expression] = fn
+        return list(fn(data, variables or {}))
 
     # -- public --------------------------------------------------------------------------------
     def apply(self, resource: Json, person: str | None = None) -> Json:
         """A de-identified copy of ``resource``. ``person`` is the person's pseudonym
         (for ``dateShiftScope: person``)."""
-        out = copy.deepcopy(resource)
+        out: Json = orjson.loads(orjson.dumps(resource))  # a deep copy, several times faster
         self._resource(out, out, person)
         return out
 
@@ -214,7 +226,7 @@ class Anonymiser:
         Results that are elements map back through the mark; primitive results
         (``...where(...).value``) through their parent and the last name.
         """
-        marked = copy.deepcopy(resource)
+        marked: Json = orjson.loads(orjson.dumps(resource))
         originals = [n for n in nodes if isinstance(n.value, dict)]
         copies = [n for n in walk(marked) if n.type != "Resource" and isinstance(n.value, dict)]
         for i, dup in enumerate(copies):
@@ -223,7 +235,7 @@ class Anonymiser:
         def run(expression: str) -> list[Any]:
             prefix = _NODES_BY_PREFIX.match(expression)
             if prefix is None:
-                return list(evaluate(marked, expression, model=models["r4"]))
+                return self._eval(expression, marked)
             kind, name = prefix.groups()
             rest = expression[prefix.end() :].lstrip(".")
             starts = [d.value for d in copies if (d.type if kind == "Type" else d.element) == name]
@@ -231,7 +243,7 @@ class Anonymiser:
                 return starts
             out: list[Any] = []
             for start in starts:
-                out += evaluate({}, "%node." + rest, {"node": start}, model=models["r4"])
+                out += self._eval("%node." + rest, {}, {"node": start})
             return out
 
         def nodes_of(results: list[Any]) -> list[Node]:
@@ -434,9 +446,9 @@ class Anonymiser:
         if n.value is None:
             return
         for condition, result in rule.options["cases"].items():
-            got = evaluate({}, condition.replace("$this", "%this"), {"this": n.value})
+            got = self._eval(condition.replace("$this", "%this"), {}, {"this": n.value})
             if got and got[0] is True:
-                value = evaluate({}, str(result).replace("$this", "%this"), {"this": n.value})
+                value = self._eval(str(result).replace("$this", "%this"), {}, {"this": n.value})
                 _set(n, _scalar(value[0]) if value else None)
                 break
         else:

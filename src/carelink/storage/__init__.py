@@ -2,6 +2,7 @@
 
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import Database
+from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.replay_store import ReplayStore
 
@@ -11,7 +12,10 @@ __all__ = [
     "Database",
     "GrantRow",
     "IndexStore",
+    "JobRow",
+    "JobStore",
     "LinkRow",
+    "OptOutStore",
     "PersonRow",
     "ReplayStore",
     "ReviewRow",

@@ -19,7 +19,9 @@ from carelink.storage.tables import (
     break_glass,
     client_assertions,
     consents,
+    export_jobs,
     metadata,
+    opt_outs,
 )
 
 
@@ -35,6 +37,11 @@ def _consent_tables(conn: Connection) -> None:
     break_glass.create(conn, checkfirst=True)
 
 
+def _export_tables(conn: Connection) -> None:
+    opt_outs.create(conn, checkfirst=True)
+    export_jobs.create(conn, checkfirst=True)
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -45,6 +52,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (3, "audit trail", _audit_tables),
     (4, "consents and break-glass grants", _consent_tables),
+    (5, "opt-outs and export jobs", _export_tables),
 ]
 
 

@@ -113,3 +113,26 @@ break_glass = sa.Table(
     sa.Column("review_note", sa.Text, nullable=True),
     sa.Column("reviewed", sa.Float, nullable=True),
 )
+
+#: opt-outs from secondary use: national data opt-out (ndop) and GP type 1 (type1)
+opt_outs = sa.Table(
+    "opt_outs",
+    metadata,
+    sa.Column("nhs_number", sa.String(10), primary_key=True),
+    sa.Column("kind", sa.String(10), primary_key=True),
+    sa.Column("recorded", sa.String(40), nullable=False),
+)
+
+#: Bulk Data export jobs: they survive a restart; a process holds one by a lease
+export_jobs = sa.Table(
+    "export_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("client", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("request", sa.LargeBinary, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("progress", sa.String(200), nullable=False),
+    sa.Column("manifest", sa.LargeBinary, nullable=True),
+)

@@ -1,0 +1,171 @@
+"""Bulk Data export jobs: queued in the database, run by whichever gateway process
+claims them, resumed from the start after a restart.
+
+Each job's files live in ``<exports>/<job id>/``; the manifest lists them and
+says what was done (profile, project, opt-outs excluded, risk report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from carelink.anonymise.disclosure import Refused
+from carelink.errors import CarelinkError, ExportError
+from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
+from carelink.export.tables import to_parquet
+from carelink.federation import SharedRecord
+from carelink.storage import JobRow, JobStore, OptOutStore
+
+log = logging.getLogger("carelink.export")
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A kick-off, as stored with the job."""
+
+    spec: ExtractSpec
+    request_url: str
+    output_format: str  # ndjson | parquet
+
+    def to_bytes(self) -> bytes:
+        s = self.spec
+        return orjson.dumps(
+            {
+                "project": s.project,
+                "profile": s.profile,
+                "types": sorted(s.types) if s.types is not None else None,
+                "since": s.since.isoformat() if s.since else None,
+                "typeFilters": s.type_filters,
+                "cohort": [s.cohort.kind, s.cohort.value],
+                "request": self.request_url,
+                "format": self.output_format,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> JobRequest:
+        d = orjson.loads(raw)
+        spec = ExtractSpec(
+            project=d["project"],
+            profile=d["profile"],
+            types=frozenset(d["types"]) if d["types"] is not None else None,
+            since=datetime.fromisoformat(d["since"]) if d["since"] else None,
+            type_filters=d["typeFilters"],
+            cohort=Cohort(*d["cohort"]),
+        )
+        return cls(spec, d["request"], d["format"])
+
+
+class Runner:
+    """Claims and runs export jobs in this process, one at a time."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        opt_outs: OptOutStore,
+        record: SharedRecord,
+        exports: Path,
+        rules_dir: Path,
+        master_key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.jobs = jobs
+        self.opt_outs = opt_outs
+        self.record = record
+        self.exports = exports
+        self.rules_dir = rules_dir
+        self.master_key = master_key
+        self.clock = clock
+
+    async def serve(self, poll: float = 0.5) -> None:
+        """Run jobs until cancelled."""
+        while True:
+            job = self.jobs.claim(self.clock())
+            if job is None:
+                await asyncio.sleep(poll)
+                continue
+            await self.run_one(job)
+
+    async def run_one(self, job: JobRow) -> None:
+        """Run one claimed job to completion, error or cancellation."""
+        directory = self.exports / job.id
+        shutil.rmtree(directory, ignore_errors=True)  # a resumed job starts again
+        request = JobRequest.from_bytes(job.request)
+        out = Output(directory)
+
+        async def progress(done: int, total: int) -> bool:
+            await asyncio.sleep(0)
+            return self.jobs.heartbeat(job.id, f"{done} of {total} people", self.clock())
+
+        try:
+            result = await run(
+                self.record,
+                request.spec,
+                self.master_key,
+                self.rules_dir,
+                self.opt_outs.all(),
+                out,
+                progress,
+            )
+            files = sorted(result.counts)
+            ext = "parquet" if request.output_format == "parquet" else "ndjson"
+            if request.output_format == "parquet":
+                for rtype in files:
+                    to_parquet(directory / f"{rtype}.ndjson", directory / f"{rtype}.parquet")
+            manifest = {
+                "transactionTime": datetime.fromtimestamp(job.created, UTC).isoformat(),
+                "request": request.request_url,
+                "requiresAccessToken": True,
+                "output": [
+                    {
+                        "type": rtype,
+                        "url": f"{rtype}.{ext}",
+                        "count": result.counts[rtype],
+                    }
+                    for rtype in files
+                ],
+                "error": [],
+                "extension": {"carelink": result.manifest_extension()},
+            }
+            self.jobs.finish(job.id, "complete", orjson.dumps(manifest))
+        except Refused as exc:
+            self.jobs.finish(
+                job.id, "error", _error_manifest(request, job, str(exc), exc.report.as_json())
+            )
+            shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
+        except ExportError as exc:
+            if str(exc) != "cancelled":
+                self.jobs.finish(job.id, "error", _error_manifest(str(exc), None))
+            shutil.rmtree(directory, ignore_errors=True)
+        except CarelinkError as exc:
+            log.warning("export job %s failed: %s", job.id, type(exc).__name__)
+            self.jobs.finish(
+                job.id, "error", _error_manifest(request, job, "the extract failed", None)
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            with contextlib.suppress(Exception):
+                out.close()
+
+
+def _error_manifest(message: str, risk: Json | None) -> bytes:
+    outcome: Json = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "fatal", "code": "processing", "diagnostics": message}],
+    }
+    body: Json = {"outcome": outcome}
+    if risk is not None:
+        body["risk"] = risk
+    return orjson.dumps(body)

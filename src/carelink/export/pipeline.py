@@ -1,0 +1,310 @@
+"""The extract pipeline: cohort, opt-outs, disclosure control, federation, de-identification.
+
+Streaming end to end: people are taken one at a time, their record federated
+from every source, filtered, de-identified and appended to one NDJSON file
+per resource type, so memory does not grow with the extract. Used by the
+Bulk Data ``$export`` jobs and by ``carelink extract``.
+
+Profiles (``consent/deid/<profile>.json``):
+
+- ``pseudonymised``: linkable within one project (keyed pseudonyms and a
+  keyed per-person date shift, both derived for that project from the master
+  key); the national data opt-out and GP type 1 opt-outs are applied;
+- ``anonymised``: direct identifiers removed, free text removed, dates to
+  month (or year); the Patient keeps only sex, an age band and a postcode
+  district (or coarser), generalised until k-anonymity holds over them;
+  an extract that cannot meet its thresholds is refused. Opt-outs do not
+  apply to anonymised data, and the manifest says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from carelink.anonymise.disclosure import (
+    Report,
+    Thresholds,
+    age_band,
+    postcode_level,
+    protect,
+    small_numbers,
+)
+from carelink.anonymise.engine import Anonymiser
+from carelink.anonymise.keys import ProjectKeys
+from carelink.anonymise.rules import load as load_rules
+from carelink.errors import ExportError, InvalidRequest
+from carelink.federation import SharedRecord
+from carelink.federation.query import criteria
+from carelink.storage import PersonRow
+
+Json = dict[str, Any]
+PROFILES = ("pseudonymised", "anonymised")
+AGE_BAND_URL = "https://carelink.example/StructureDefinition/age-band"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+SNOMED = "http://snomed.info/sct"
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Who is in the extract: everyone, a GP practice's patients, or people with a condition."""
+
+    kind: str = "all"  # all | practice | condition
+    value: str = ""
+
+    @classmethod
+    def from_group(cls, group_id: str) -> Cohort:
+        """``practice-<ODS>`` or ``condition-<SNOMED code>``."""
+        kind, _, value = group_id.partition("-")
+        if kind not in ("practice", "condition") or not value:
+            raise InvalidRequest(
+                f"Group/{group_id} is not known: groups are practice-<ODS code> or "
+                "condition-<SNOMED CT code>"
+            )
+        return cls(kind, value)
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What an analyst asked for."""
+
+    project: str
+    profile: str = "anonymised"
+    types: frozenset[str] | None = None
+    since: datetime | None = None
+    type_filters: dict[str, list[dict[str, list[str]]]] = field(default_factory=dict)
+    cohort: Cohort = Cohort()
+    k: int = 5
+    max_suppressed: float = 0.1
+
+    def check(self) -> None:
+        """Refuse a request the pipeline cannot honour (``InvalidRequest``)."""
+        if self.profile not in PROFILES:
+            raise InvalidRequest(f"profile must be one of {', '.join(PROFILES)}", "profile")
+        if not self.project:
+            raise InvalidRequest("an extract needs a project", "project")
+        for rtype, filters in self.type_filters.items():
+            for f in filters:
+                _, unknown = criteria(rtype, f)
+                if unknown:
+                    raise InvalidRequest(
+                        f"_typeFilter {rtype}: unsupported parameter {unknown[0]}", "_typeFilter"
+                    )
+
+
+class Output:
+    """One NDJSON file per resource type, appended as people are processed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.counts: dict[str, int] = {}
+        self._files: dict[str, Any] = {}
+
+    def write(self, resource: Json) -> None:
+        """Append one resource."""
+        rtype = str(resource["resourceType"])
+        f = self._files.get(rtype)
+        if f is None:
+            f = (self.directory / f"{rtype}.ndjson").open("wb")
+            self._files[rtype] = f
+        f.write(orjson.dumps(resource) + b"\n")
+        self.counts[rtype] = self.counts.get(rtype, 0) + 1
+
+    def close(self) -> None:
+        """Flush and close every file."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+@dataclass
+class Result:
+    """What an extract produced."""
+
+    counts: dict[str, int]
+    people: int
+    excluded: dict[str, int]
+    risk: Report | None
+    profile: str
+    project: str
+
+    def manifest_extension(self) -> Json:
+        """The carelink part of a manifest (small numbers suppressed)."""
+        out: Json = {
+            "profile": self.profile,
+            "project": self.project,
+            "people": small_numbers(self.people),
+            "optOutsExcluded": {k: small_numbers(v) for k, v in self.excluded.items()},
+        }
+        if self.profile == "anonymised":
+            out["optOutsExcluded"] = "not applied: the extract is anonymised"
+        if self.risk is not None:
+            out["risk"] = self.risk.as_json()
+        return out
+
+
+Progress = Callable[[int, int], Awaitable[bool]]  # (done, total) -> keep going?
+
+
+def _age(birth: str | None, on: date) -> int | None:
+    if not birth or len(birth) < 10:
+        return None
+    b = date.fromisoformat(birth[:10])
+    return on.year - b.year - ((on.month, on.day) < (b.month, b.day))
+
+
+def _practice(p: PersonRow) -> str | None:
+    patient = orjson.loads(p.patient)
+    for gp in patient.get("generalPractitioner", ()):
+        ident = gp.get("identifier", {})
+        if ident.get("system") == ODS_SYSTEM:
+            return str(ident.get("value"))
+    return None
+
+
+def _since_ok(r: Json, since: datetime | None) -> bool:
+    if since is None:
+        return True
+    updated = r.get("meta", {}).get("lastUpdated")
+    if not updated:
+        return True  # undated resources are included (the Bulk Data spec allows it)
+    t = datetime.fromisoformat(str(updated).replace("Z", "+00:00"))
+    return t >= since
+
+
+def _wanted(r: Json, spec: ExtractSpec) -> bool:
+    rtype = str(r.get("resourceType"))
+    if spec.types is not None and rtype not in spec.types:
+        return False
+    if not _since_ok(r, spec.since):
+        return False
+    filters = spec.type_filters.get(rtype)
+    if filters:
+        return any(all(c.matches(r) for c in criteria(rtype, f)[0]) for f in filters)
+    return True
+
+
+def _has_condition(resources: Iterable[Json], code: str) -> bool:
+    return any(
+        r.get("resourceType") == "Condition"
+        and any(c.get("code") == code for c in (r.get("code") or {}).get("coding", ()))
+        for r in resources
+    )
+
+
+async def run(
+    record: SharedRecord,
+    spec: ExtractSpec,
+    master_key: bytes,
+    rules_dir: Path,
+    opt_outs: dict[str, set[str]],
+    out: Output,
+    progress: Progress | None = None,
+    today: date | None = None,
+) -> Result:
+    """Run one extract into ``out``; ``ExportError`` (``Refused``) if it cannot be shipped."""
+    spec.check()
+    today = today or datetime.now(UTC).date()
+    keys = ProjectKeys.for_project(master_key, spec.project)
+    engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys)
+    people = record.index.all_persons()
+    if spec.cohort.kind == "practice":
+        people = [p for p in people if _practice(p) == spec.cohort.value]
+    excluded = {"ndop": 0, "type1": 0}
+    if spec.profile == "pseudonymised":
+        kept = []
+        for p in people:
+            kinds = opt_outs.get(p.nhs_number or "", set())
+            for kind in kinds:
+                excluded[kind] = excluded.get(kind, 0) + 1
+            if not kinds:
+                kept.append(p)
+        people = kept
+    report: Report | None = None
+    levels: dict[str, int] = {}
+    if spec.profile == "anonymised" and spec.cohort.kind != "condition":
+        people, report, levels = _k_anonymous(people, spec, today)
+    total = len(people)
+    written_people = 0
+    try:
+        for i, person in enumerate(people):
+            if progress is not None and not await progress(i, total):
+                raise ExportError("cancelled")
+            fed = await record.federate(person.id, None)
+            resources = fed.resources
+            if spec.cohort.kind == "condition" and not _has_condition(resources, spec.cohort.value):
+                continue
+            pseudonym = keys.pseudonym("person:" + person.id)
+            wrote = False
+            for r in resources:
+                if not _wanted(r, spec):
+                    continue
+                done = engine.apply(r, person=pseudonym)
+                if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
+                    done = _generalised_patient(done, person, today, levels)
+                out.write(done)
+                wrote = True
+            written_people += wrote
+    finally:
+        out.close()
+    if spec.profile == "anonymised" and spec.cohort.kind == "condition":
+        report = None  # k-anonymity for condition cohorts is left to the analyst's aggregates
+    return Result(dict(out.counts), written_people, excluded, report, spec.profile, spec.project)
+
+
+def _quasi(people: list[PersonRow], today: date) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [p.id for p in people],
+            "age": [_age(p.birth_date, today) for p in people],
+            "sex": [p.gender for p in people],
+            "postcode": [p.postcode for p in people],
+        }
+    )
+
+
+def _k_anonymous(
+    people: list[PersonRow], spec: ExtractSpec, today: date
+) -> tuple[list[PersonRow], Report, dict[str, int]]:
+    released, report = protect(
+        _quasi(people, today),
+        ["age", "sex", "postcode"],
+        Thresholds(k=spec.k, max_suppressed=spec.max_suppressed),
+    )
+    keep = set(released["id"])
+    return [p for p in people if p.id in keep], report, report.levels
+
+
+def _generalised_patient(
+    patient: Json, person: PersonRow, today: date, levels: dict[str, int]
+) -> Json:
+    """The anonymised Patient: sex, an age band and a postcode district at the released level."""
+    out: Json = {k: v for k, v in patient.items() if k in ("resourceType", "id", "meta", "gender")}
+    band = age_band(_age(person.birth_date, today), levels.get("age", 1))
+    if band is not None:
+        out["extension"] = [{"url": AGE_BAND_URL, "valueString": str(band)}]
+    district = postcode_level(person.postcode, levels.get("postcode", 1))
+    if district:
+        out["address"] = [{"postalCode": district, "country": "GB"}]
+    return out
+
+
+def type_filters(values: Iterable[str]) -> dict[str, list[dict[str, list[str]]]]:
+    """Parse ``_typeFilter`` values (``Observation?category=laboratory``)."""
+    from urllib.parse import parse_qs
+
+    out: dict[str, list[dict[str, list[str]]]] = {}
+    for value in values:
+        for part in value.split(","):
+            rtype, sep, query = part.partition("?")
+            if not sep or not rtype:
+                raise InvalidRequest(f"_typeFilter {part!r} is not Type?query", "_typeFilter")
+            out.setdefault(rtype, []).append(parse_qs(query, keep_blank_values=True))
+    return out

@@ -1,0 +1,153 @@
+"""Export jobs and secondary-use opt-outs, in the shared database.
+
+A job is claimed by one gateway process at a time through a lease that the
+process renews while it works; a job whose lease ran out (its process died,
+or the gateway restarted) is claimed again and run from the start, so jobs
+survive a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.tables import export_jobs, opt_outs
+
+LEASE_SECONDS = 30.0
+OPEN = ("accepted", "running")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One export job."""
+
+    id: str
+    client: str
+    status: str  # accepted | running | complete | error | cancelled
+    request: bytes
+    created: float
+    lease_until: float
+    progress: str
+    manifest: bytes | None
+
+
+class JobStore:
+    """Export jobs."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, job_id: str, client: str, request: bytes, now: float) -> None:
+        """A new job, waiting for a process to claim it."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                export_jobs.insert().values(
+                    id=job_id,
+                    client=client,
+                    status="accepted",
+                    request=request,
+                    created=now,
+                    lease_until=0.0,
+                    progress="queued",
+                    manifest=None,
+                )
+            )
+
+    def get(self, job_id: str) -> JobRow | None:
+        """One job."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(export_jobs).where(export_jobs.c.id == job_id)).first()
+        return JobRow(*row) if row else None
+
+    def claim(self, now: float) -> JobRow | None:
+        """Take the oldest job nobody holds (new, or whose holder's lease ran out)."""
+        with self.db.engine.begin() as conn:
+            candidates = conn.execute(
+                sa.select(export_jobs.c.id)
+                .where(export_jobs.c.status.in_(OPEN), export_jobs.c.lease_until < now)
+                .order_by(export_jobs.c.created)
+                .limit(5)
+            ).all()
+            for (job_id,) in candidates:
+                taken = conn.execute(
+                    export_jobs.update()
+                    .where(
+                        export_jobs.c.id == job_id,
+                        export_jobs.c.status.in_(OPEN),
+                        export_jobs.c.lease_until < now,
+                    )
+                    .values(status="running", lease_until=now + LEASE_SECONDS)
+                )
+                if taken.rowcount == 1:
+                    row = conn.execute(
+                        sa.select(export_jobs).where(export_jobs.c.id == job_id)
+                    ).first()
+                    return JobRow(*row) if row else None
+        return None
+
+    def heartbeat(self, job_id: str, progress: str, now: float) -> bool:
+        """Renew the lease and say how far along it is; False if the job was cancelled."""
+        with self.db.engine.begin() as conn:
+            done = conn.execute(
+                export_jobs.update()
+                .where(export_jobs.c.id == job_id, export_jobs.c.status == "running")
+                .values(lease_until=now + LEASE_SECONDS, progress=progress)
+            )
+            return done.rowcount == 1
+
+    def finish(self, job_id: str, status: str, manifest: bytes) -> bool:
+        """Record the outcome (complete or error) unless the job was cancelled meanwhile."""
+        with self.db.engine.begin() as conn:
+            done = conn.execute(
+                export_jobs.update()
+                .where(export_jobs.c.id == job_id, export_jobs.c.status == "running")
+                .values(status=status, manifest=manifest, progress=status, lease_until=0.0)
+            )
+            return done.rowcount == 1
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job (whatever its state); False if there is none."""
+        with self.db.engine.begin() as conn:
+            done = conn.execute(
+                export_jobs.update()
+                .where(export_jobs.c.id == job_id, export_jobs.c.status != "cancelled")
+                .values(status="cancelled", progress="cancelled")
+            )
+            return done.rowcount == 1
+
+
+class OptOutStore:
+    """Who opted out of secondary use, and how."""
+
+    KINDS = ("ndop", "type1")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def load(self, rows: Iterable[tuple[str, str]], recorded: str) -> int:
+        """Add (NHS number, kind) rows; duplicates are kept once. The number added."""
+        added = 0
+        with self.db.engine.begin() as conn:
+            for nhs, kind in rows:
+                exists = conn.execute(
+                    sa.select(opt_outs.c.nhs_number).where(
+                        opt_outs.c.nhs_number == nhs, opt_outs.c.kind == kind
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        opt_outs.insert().values(nhs_number=nhs, kind=kind, recorded=recorded)
+                    )
+                    added += 1
+        return added
+
+    def all(self) -> dict[str, set[str]]:
+        """NHS number -> the kinds of opt-out recorded."""
+        out: dict[str, set[str]] = {}
+        with self.db.engine.connect() as conn:
+            for nhs, kind in conn.execute(sa.select(opt_outs.c.nhs_number, opt_outs.c.kind)):
+                out.setdefault(str(nhs), set()).add(str(kind))
+        return out
