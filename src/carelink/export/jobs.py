@@ -141,9 +141,7 @@ class Runner:
             }
             self.jobs.finish(job.id, "complete", orjson.dumps(manifest))
         except Refused as exc:
-            self.jobs.finish(
-                job.id, "error", _error_manifest(request, job, str(exc), exc.report.as_json())
-            )
+            self.jobs.finish(job.id, "error", _error_manifest(str(exc), exc.report.as_json()))
             shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
         except ExportError as exc:
             if str(exc) != "cancelled":
@@ -151,9 +149,7 @@ class Runner:
             shutil.rmtree(directory, ignore_errors=True)
         except CarelinkError as exc:
             log.warning("export job %s failed: %s", job.id, type(exc).__name__)
-            self.jobs.finish(
-                job.id, "error", _error_manifest(request, job, "the extract failed", None)
-            )
+            self.jobs.finish(job.id, "error", _error_manifest("the extract failed", None))
             shutil.rmtree(directory, ignore_errors=True)
         finally:
             with contextlib.suppress(Exception):
