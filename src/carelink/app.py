@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from carelink.anonymise.keys import load_master_key
 from carelink.api import router
 from carelink.api.deps import audit
 from carelink.api.responses import from_error, outcome
@@ -28,13 +29,21 @@ from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
+from carelink.export.jobs import Runner
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
-from carelink.storage import ConsentStore, Database, IndexStore, ReplayStore
+from carelink.storage import (
+    ConsentStore,
+    Database,
+    IndexStore,
+    JobStore,
+    OptOutStore,
+    ReplayStore,
+)
 from carelink.storage.audit_store import AuditStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
@@ -127,6 +136,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
+        exports, master = _export_paths(settings)
+        app.state.jobs = JobStore(db)
+        app.state.exports = exports
+        runner = Runner(
+            app.state.jobs,
+            OptOutStore(db),
+            app.state.record,
+            exports,
+            Path(settings.deid_rules),
+            load_master_key(master, create=settings.mode != "production"),
+        )
+        exporter = asyncio.create_task(runner.serve())
         consents = ConsentStore(db)
         app.state.consents = consents
         app.state.guard = Guard(
@@ -150,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             freezer.cancel()
+            exporter.cancel()
             for session in sessions.values():
                 await session.close()
             index.close()
@@ -230,3 +252,16 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     finally:
         for session in sessions.values():
             await session.close()
+
+
+def _export_paths(settings: Settings) -> tuple[Path, Path]:
+    """Where extracts and the master key live: as configured, or beside a SQLite file."""
+    url = settings.database_url
+    beside = Path(url).parent if "://" not in url else Path("var")
+    exports = Path(settings.exports) if settings.exports != "var/exports" else beside / "exports"
+    master = (
+        Path(settings.master_key)
+        if settings.master_key != "var/extract-master.key"
+        else beside / "extract-master.key"
+    )
+    return exports, master

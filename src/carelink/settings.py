@@ -45,6 +45,14 @@ class Settings:
     clients: str | None = None
     #: the ICS sharing policy (JSON); by default the repository's ``consent/policy.json``
     consent_policy: str = field(default_factory=lambda: default_policy_path())
+    #: where export jobs write their files
+    exports: str = "var/exports"
+    #: the de-identification profiles (``<profile>.json``); by default ``consent/deid``
+    deid_rules: str = field(
+        default_factory=lambda: str(Path(default_policy_path()).parent / "deid")
+    )
+    #: the extract master key file (32+ random bytes; made on first use outside production)
+    master_key: str = "var/extract-master.key"
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3
@@ -109,5 +117,8 @@ class Settings:
             issuer_keys=e.get("CARELINK_ISSUER_KEYS", s.issuer_keys),
             clients=e.get("CARELINK_CLIENTS", s.clients),
             consent_policy=e.get("CARELINK_CONSENT_POLICY", s.consent_policy),
+            exports=e.get("CARELINK_EXPORTS", s.exports),
+            deid_rules=e.get("CARELINK_DEID_RULES", s.deid_rules),
+            master_key=e.get("CARELINK_MASTER_KEY", s.master_key),
         )
         return s.validate()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -77,3 +79,20 @@ class ProjectKeys:
         digest = hmac.new(self.date_key, person.encode(), hashlib.sha256).digest()
         n = int.from_bytes(digest[:8], "big") % (2 * max_days)
         return n - max_days if n < max_days else n - max_days + 1
+
+
+def load_master_key(path: Path, create: bool) -> bytes:
+    """The master key from its file; made (32 random bytes, mode 0600) only when ``create``."""
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) < MIN_MASTER_BYTES:
+            raise ConfigError(f"{path}: the extract master key must be at least 32 bytes")
+        return key
+    if not create:
+        raise ConfigError(f"{path}: no extract master key (production mode never makes one)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    key = os.urandom(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key

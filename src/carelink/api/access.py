@@ -78,3 +78,22 @@ def provenance_for(caller: Principal, provenance: list[Json], shown: list[Json])
         if targets:
             out.append({**p, "target": targets})
     return out
+
+
+def system_filters(caller: Principal, resource_type: str) -> list[dict[str, list[str]]] | None:
+    """For an export: None if no ``system/`` scope grants read of the type; ``[]`` if one
+    grants it unfiltered; else each granting scope's parameters (any may match)."""
+    found = [
+        s for s in granting(scopes_of(caller.scopes), resource_type, "r") if s.context == "system"
+    ]
+    if not found:
+        return None
+    if any(not s.filters for s in found):
+        return []
+    out = []
+    for s in found:
+        params: dict[str, list[str]] = {}
+        for k, v in s.filters:
+            params.setdefault(k, []).append(v)
+        out.append(params)
+    return out

@@ -15,7 +15,8 @@ The file (``consent/policy.json`` in the repository; any path through
 - ``breakGlass``: who may override, for how long, who reviews;
 - ``consentManagers``: roles that may record patients' choices;
 - ``custodianAccess``: sources whose organisation keeps seeing its own data
-  through the gateway whatever the patient chose (the registered practice).
+  through the gateway whatever the patient chose (the registered practice);
+- ``secondaryUsePurposes``: the purposes an extract (``$export``) may serve.
 
 Anything the file does not permit is denied. A malformed file stops start-up
 with ``ConfigError`` naming the file, the field and (where it can be found)
@@ -113,8 +114,9 @@ class PolicyFile(_Strict):
     consentManagers: list[str]
     citizensManageOwn: bool
     custodianAccess: list[str]
+    secondaryUsePurposes: list[str] = Field(min_length=1)
 
-    @field_validator("directCarePurposes")
+    @field_validator("directCarePurposes", "secondaryUsePurposes")
     @classmethod
     def _purposes(cls, v: list[str]) -> list[str]:
         for p in v:

@@ -49,6 +49,7 @@ class JobRequest:
                 "since": s.since.isoformat() if s.since else None,
                 "typeFilters": s.type_filters,
                 "cohort": [s.cohort.kind, s.cohort.value],
+                "k": s.k,
                 "request": self.request_url,
                 "format": self.output_format,
             }
@@ -64,6 +65,7 @@ class JobRequest:
             since=datetime.fromisoformat(d["since"]) if d["since"] else None,
             type_filters=d["typeFilters"],
             cohort=Cohort(*d["cohort"]),
+            k=int(d.get("k", 5)),
         )
         return cls(spec, d["request"], d["format"])
 

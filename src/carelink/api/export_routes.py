@@ -1,0 +1,180 @@
+"""FHIR Bulk Data Access ``$export`` for analysts' backend services.
+
+Kick-off at system, ``Patient`` and ``Group/{id}`` level (groups:
+``practice-<ODS>``, ``condition-<SNOMED CT>``) with ``Prefer: respond-async``
+answers 202 with ``Content-Location``; polling answers 202 with
+``X-Progress`` and ``Retry-After`` until the manifest (200); ``DELETE``
+cancels (later polls: 404). Files are served only to the client that asked.
+Needs a backend-services token (``system/`` scopes; narrower scopes narrow
+the export) and a secondary-use purpose of use. carelink parameters:
+``profile`` (``anonymised``, the default, or ``pseudonymised``) and ``k``
+(the k-anonymity threshold of an anonymised extract, default 5).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from carelink.api import access
+from carelink.api.deps import audit, context, router
+from carelink.api.responses import fhir
+from carelink.auth import Principal
+from carelink.auth.scopes import parse_all
+from carelink.consent import Policy
+from carelink.errors import AccessDenied, InvalidRequest, NotFound
+from carelink.export.jobs import JobRequest
+from carelink.export.pipeline import Cohort, ExtractSpec, type_filters
+from carelink.federation.query import SEARCH_TYPES
+from carelink.fhir.search import parse_date
+from carelink.storage import JobStore
+
+FORMATS = {
+    "application/fhir+ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "ndjson": "ndjson",
+    "application/vnd.apache.parquet": "parquet",
+    "parquet": "parquet",
+}
+EXPORT_TYPES = frozenset({"Patient", *SEARCH_TYPES})
+MEDIA = {"ndjson": "application/fhir+ndjson", "parquet": "application/vnd.apache.parquet"}
+
+
+def _allowed(caller: Principal, policy: Policy) -> None:
+    if caller.patient is not None or not any(
+        s.context == "system" for s in parse_all(caller.scopes)
+    ):
+        raise AccessDenied("$export needs a backend-services token with system/ scopes")
+    if caller.purpose not in policy.source.secondaryUsePurposes:
+        raise AccessDenied(
+            f"purpose of use {caller.purpose or '(none)'} is not a secondary-use purpose "
+            "this ICS allows for extracts"
+        )
+
+
+async def _kick_off(request: Request, cohort: Cohort) -> Response:
+    _, caller, base = await context(request)
+    _allowed(caller, request.app.state.policy)
+    if request.headers.get("prefer", "").replace(" ", "").lower().find("respond-async") < 0:
+        raise InvalidRequest("$export needs the header Prefer: respond-async", "Prefer")
+    q = request.query_params
+    if request.method == "POST":
+        raise InvalidRequest("send $export parameters in the query string (GET)")
+    fmt = FORMATS.get(q.get("_outputFormat", "application/fhir+ndjson"))
+    if fmt is None:
+        raise InvalidRequest(
+            "_outputFormat must be application/fhir+ndjson or parquet", "_outputFormat"
+        )
+    asked = {t.strip() for v in q.getlist("_type") for t in v.split(",") if t.strip()}
+    unknown = asked - EXPORT_TYPES
+    if unknown:
+        raise InvalidRequest(f"_type {sorted(unknown)[0]} cannot be exported here", "_type")
+    scoped = {t: f for t in EXPORT_TYPES if (f := access.system_filters(caller, t)) is not None}
+    granted = set(scoped)
+    if asked and not asked <= granted:
+        raise AccessDenied(f"no scope allows export of {sorted(asked - granted)[0]}")
+    wanted = type_filters(q.getlist("_typeFilter"))
+    for t, scope_filters in scoped.items():
+        if scope_filters:  # a granular scope narrows the export; it is never widened
+            wanted[t] = [{**u, **f} for u in wanted.get(t, [{}]) for f in scope_filters]
+    since = parse_date(q["_since"], "_since").range.start if "_since" in q else None
+    try:
+        k = int(q.get("k", "5"))
+    except ValueError:
+        raise InvalidRequest("k must be a whole number", "k") from None
+    if k < 2:
+        raise InvalidRequest("k must be at least 2", "k")
+    spec = ExtractSpec(
+        project=caller.subject,
+        profile=q.get("profile", "anonymised"),
+        types=frozenset(asked or granted),
+        since=since if isinstance(since, datetime) else None,
+        type_filters=wanted,
+        cohort=cohort,
+        k=k,
+    )
+    spec.check()
+    job_id = uuid.uuid4().hex
+    jobs: JobStore = request.app.state.jobs
+    job = JobRequest(spec, str(request.url), fmt)
+    jobs.create(job_id, caller.subject, job.to_bytes(), time.time())
+    await audit(request, "operation", [])
+    return Response(
+        status_code=202, headers={"Content-Location": f"{base}/$export-status/{job_id}"}
+    )
+
+
+@router.fhir_route("/$export", ["GET", "POST"])
+async def export_system(request: Request) -> Response:
+    """System-level export: everyone in the index."""
+    return await _kick_off(request, Cohort())
+
+
+@router.fhir_route("/Patient/$export", ["GET", "POST"])
+async def export_patients(request: Request) -> Response:
+    """Patient-level export: every patient (the compartment of each)."""
+    return await _kick_off(request, Cohort())
+
+
+@router.fhir_route("/Group/{gid}/$export", ["GET", "POST"])
+async def export_group(request: Request) -> Response:
+    """Group-level export: a practice's patients or people with a condition."""
+    return await _kick_off(request, Cohort.from_group(request.path_params["gid"]))
+
+
+def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]
+    job = request.app.state.jobs.get(job_id)
+    if job is None or job.client != caller.subject or job.status == "cancelled":
+        raise NotFound("no such export job (unknown, someone else's, or cancelled)")
+    return job
+
+
+@router.fhir_get("/$export-status/{job}")
+async def export_status(request: Request) -> Response:
+    """Progress (202), the manifest (200), or the error (500 OperationOutcome)."""
+    _, caller, base = await context(request)
+    job = _own_job(request, caller, request.path_params["job"])
+    if job.status in ("accepted", "running"):
+        return Response(
+            status_code=202, headers={"X-Progress": job.progress[:100], "Retry-After": "1"}
+        )
+    body = orjson.loads(job.manifest or b"{}")
+    if job.status == "error":
+        return fhir(body["outcome"], 500)
+    for item in body.get("output", []):
+        item["url"] = f"{base}/$export-file/{job.id}/{item['url']}"
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.fhir_route("/$export-status/{job}", ["DELETE"])
+async def export_cancel(request: Request) -> Response:
+    """Cancel a job and delete its files."""
+    _, caller, _ = await context(request)
+    job = _own_job(request, caller, request.path_params["job"])
+    request.app.state.jobs.cancel(job.id)
+    directory: Path = request.app.state.exports / job.id
+    await run_in_threadpool(shutil.rmtree, directory, True)
+    return Response(status_code=202)
+
+
+@router.fhir_get("/$export-file/{job}/{name}")
+async def export_file(request: Request) -> Response:
+    """One output file, to the client that asked for it."""
+    _, caller, _ = await context(request)
+    job = _own_job(request, caller, request.path_params["job"])
+    name = request.path_params["name"]
+    rtype, _, ext = name.partition(".")
+    if job.status != "complete" or ext not in MEDIA or rtype not in EXPORT_TYPES:
+        raise NotFound("no such file")
+    path: Path = request.app.state.exports / job.id / name
+    if not await run_in_threadpool(path.is_file):
+        raise NotFound("no such file")
+    return FileResponse(path, media_type=MEDIA[ext])

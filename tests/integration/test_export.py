@@ -1,0 +1,237 @@
+"""Bulk Data ``$export`` through a real gateway process, its simulators and real tokens."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from carelink.anonymise.keys import ProjectKeys
+from carelink.export.jobs import JobRequest
+from carelink.export.pipeline import ExtractSpec
+from carelink.storage import Database, JobStore, OptOutStore
+from tests.integration.conftest import System
+from tests.support.procs import free_port, running
+from tests.support.tokens import ISSUER, Issuer
+
+ANALYST = "population-health"
+
+
+@dataclass
+class Exporter:
+    base: str
+    issuer: Issuer
+    db: Path
+    opted_out: dict[str, str]  # NHS number -> kind
+
+    def token(self, sub: str = ANALYST, **claims: Any) -> str:
+        claims.setdefault("scope", "system/*.rs")
+        claims.setdefault("purpose_of_use", "HRESCH")
+        return self.issuer.token(aud=self.base, sub=sub, role=None, organisation=None, **claims)
+
+    def kick_off(
+        self, path: str = "/$export", token: str | None = None, **params: Any
+    ) -> httpx.Response:
+        return httpx.get(
+            f"{self.base}{path}",
+            params=params,
+            headers={
+                "Authorization": f"Bearer {token or self.token()}",
+                "Prefer": "respond-async",
+                "Accept": "application/fhir+json",
+            },
+            timeout=15,
+        )
+
+    def wait(self, status_url: str, token: str | None = None, limit: float = 120) -> httpx.Response:
+        deadline = time.monotonic() + limit
+        headers = {"Authorization": f"Bearer {token or self.token()}"}
+        while time.monotonic() < deadline:
+            r = httpx.get(status_url, headers=headers, timeout=15)
+            if r.status_code != 202:
+                return r
+            assert "X-Progress" in r.headers
+            assert r.headers["Retry-After"] == "1"
+            time.sleep(0.3)
+        raise AssertionError("the export did not finish")
+
+    def download(self, url: str, token: str | None = None) -> httpx.Response:
+        return httpx.get(
+            url, headers={"Authorization": f"Bearer {token or self.token()}"}, timeout=30
+        )
+
+
+@pytest.fixture(scope="module")
+def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+    tmp = tmp_path_factory.mktemp("export")
+    db = tmp / "shared.db"
+    with sqlite3.connect(system.env["CARELINK_DATABASE_URL"]) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    opted = {p.nhs_number: "ndop" for p in system.population[::17]}
+    opted |= {p.nhs_number: "type1" for p in system.population[5::29]}
+    database = Database(str(db))
+    database.migrate()
+    OptOutStore(database).load([(n, k) for n, k in opted.items()], "2026-11-23")
+    # A job accepted before this gateway started: it must still run (jobs survive restarts).
+    JobStore(database).create(
+        "left-over",
+        ANALYST,
+        JobRequest(
+            ExtractSpec(ANALYST, "pseudonymised", frozenset({"Patient"})), "x", "ndjson"
+        ).to_bytes(),
+        time.time(),
+    )
+    database.dispose()
+    issuer = Issuer()
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(issuer.public_jwks()))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    env = {
+        **system.env,
+        "CARELINK_DATABASE_URL": str(db),
+        "CARELINK_AUTH": "jwt",
+        "CARELINK_ISSUER": ISSUER,
+        "CARELINK_AUDIENCE": base,
+        "CARELINK_JWKS": str(jwks),
+        "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
+    }
+    with running(["serve", "--port", str(port)], f"{base}/metadata", env):
+        yield Exporter(base, issuer, db, opted)
+
+
+def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+def test_a_job_accepted_before_a_restart_still_runs(exporter):
+    done = exporter.wait(f"{exporter.base}/$export-status/left-over")
+    assert done.status_code == 200, done.text
+    assert [o["type"] for o in done.json()["output"]] == ["Patient"]
+
+
+def test_a_pseudonymised_export_leaves_out_opted_out_people_and_keeps_links(exporter, system):
+    kick = exporter.kick_off(_type="Patient,Condition", profile="pseudonymised")
+    assert kick.status_code == 202, kick.text
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert manifest["requiresAccessToken"] is True
+    assert {o["type"] for o in manifest["output"]} == {"Patient", "Condition"}
+    excluded = manifest["extension"]["carelink"]["optOutsExcluded"]
+    assert set(excluded) == {"ndop", "type1"}
+    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    assert all(len(files[o["type"]]) == o["count"] for o in manifest["output"])
+    # Pseudonyms are the project's keyed hashes of the NHS number.
+    master = (exporter.db.parent / "extract-master.key").read_bytes()
+    keys = ProjectKeys.for_project(master, ANALYST)
+    shown = {
+        i["value"]
+        for p in files["Patient"]
+        for i in p.get("identifier", [])
+        if "pseudonym" in i["system"]
+    }
+    in_index = [p for p in system.population if p.social_variant is None or "gp" in p.sources]
+    for person in in_index:
+        pseudonym = keys.nhs_pseudonym(person.nhs_number)
+        assert (pseudonym in shown) is (person.nhs_number not in exporter.opted_out)
+    text = json.dumps(files)
+    assert not any(p.nhs_number in text for p in system.population)
+    assert not any(p.family in text for p in system.population if len(p.family) > 3)
+    # References between the extract's resources still resolve.
+    patient_ids = {p["id"] for p in files["Patient"]}
+    assert {c["subject"]["reference"].split("/")[-1] for c in files["Condition"]} <= patient_ids
+
+
+def test_an_anonymised_practice_export_is_k_anonymous_and_holds_no_identifiers(exporter, system):
+    practice = system.population[0].gp_ods
+    kick = exporter.kick_off(
+        f"/Group/practice-{practice}/$export", _type="Patient,Observation", k=3
+    )
+    assert kick.status_code == 202, kick.text
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    risk = manifest["extension"]["carelink"]["risk"]
+    assert risk["met"] is True
+    assert risk["smallest_class"] >= 3
+    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    patients = files["Patient"]
+    classes: dict[tuple[Any, ...], int] = {}
+    for p in patients:
+        key = (p.get("gender"), json.dumps(p.get("extension")), json.dumps(p.get("address")))
+        classes[key] = classes.get(key, 0) + 1
+        assert "birthDate" not in p
+        assert "name" not in p
+        assert "identifier" not in p
+    assert min(classes.values()) >= 3
+    text = json.dumps(files)
+    members = [p for p in system.population if p.gp_ods == practice]
+    for p in members:
+        assert p.nhs_number not in text
+        assert p.postcode not in text
+        assert p.birth_date.isoformat() not in text
+        assert p.phone not in text
+    assert "REDACTED" in text
+
+
+def test_an_extract_below_its_k_threshold_is_refused(exporter, system):
+    practice = system.population[0].gp_ods
+    kick = exporter.kick_off(f"/Group/practice-{practice}/$export", _type="Patient", k=100000)
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 500
+    outcome = done.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "REFUSED" in outcome["issue"][0]["diagnostics"]
+
+
+def test_parquet_output(exporter):
+    kick = exporter.kick_off(_type="Patient", _outputFormat="application/vnd.apache.parquet")
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    (out,) = done.json()["output"]
+    got = exporter.download(out["url"])
+    assert got.headers["content-type"].startswith("application/vnd.apache.parquet")
+    path = exporter.db.parent / "p.parquet"
+    path.write_bytes(got.content)
+    frame = pd.read_parquet(path)
+    assert len(frame) == out["count"]
+    assert "gender" in frame.columns
+
+
+def test_cancel_files_only_for_their_client_and_the_rules_of_kick_off(exporter):
+    kick = exporter.kick_off(_type="Patient")
+    status = kick.headers["Content-Location"]
+    other = exporter.token(sub="someone-else")
+    assert httpx.get(status, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    done = exporter.wait(status)
+    url = done.json()["output"][0]["url"]
+    assert exporter.download(url, other).status_code == 404
+    assert exporter.download(url).status_code == 200
+    cancel = httpx.delete(status, headers={"Authorization": f"Bearer {exporter.token()}"})
+    assert cancel.status_code == 202
+    gone = httpx.get(status, headers={"Authorization": f"Bearer {exporter.token()}"})
+    assert gone.status_code == 404
+    assert gone.json()["resourceType"] == "OperationOutcome"
+    assert exporter.download(url).status_code == 404
+    # Kick-off rules.
+    no_prefer = httpx.get(
+        f"{exporter.base}/$export", headers={"Authorization": f"Bearer {exporter.token()}"}
+    )
+    assert no_prefer.status_code == 400
+    clinician = exporter.issuer.token(aud=exporter.base)  # user scopes, purpose TREAT
+    assert exporter.kick_off(token=clinician).status_code == 403
+    treat = exporter.token(purpose_of_use="TREAT")
+    assert exporter.kick_off(token=treat).status_code == 403
+    narrow = exporter.token(scope="system/Patient.rs")
+    assert exporter.kick_off(token=narrow, _type="Condition").status_code == 403
+    assert exporter.kick_off(_type="Nonsense").status_code == 400
+    assert exporter.kick_off(_outputFormat="text/csv").status_code == 400
