@@ -30,6 +30,8 @@ from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.export.jobs import Runner
+from carelink.export.pipeline import ExtractSpec
+from carelink.export.tables import extract
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
@@ -265,3 +267,30 @@ def _export_paths(settings: Settings) -> tuple[Path, Path]:
         else beside / "extract-master.key"
     )
     return exports, master
+
+
+async def extract_with(
+    settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
+) -> Any:
+    """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
+    db = Database(settings.database_url)
+    db.migrate()
+    sessions = open_sessions(replace(settings, budget=max(settings.budget, 5.0)))
+    index = IndexStore(db)
+    try:
+        fanout = FanOut(make_sources(settings, sessions), max(settings.budget, 5.0))
+        _, master = _export_paths(settings)
+        return await extract(
+            SharedRecord(index, fanout),
+            spec,
+            load_master_key(master, create=settings.mode != "production"),
+            Path(settings.deid_rules),
+            OptOutStore(db).all(),
+            out,
+            progress,
+        )
+    finally:
+        for session in sessions.values():
+            await session.close()
+        index.close()
+        db.dispose()

@@ -95,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
             help="where the Ed25519 checkpoint key lives",
         )
 
+    ext = sub.add_parser("extract", help="a de-identified extract as Parquet tables")
+    ext.add_argument("--project", required=True, help="the project (its keys derive from it)")
+    ext.add_argument("--profile", default="anonymised", choices=["anonymised", "pseudonymised"])
+    ext.add_argument("--out", type=Path, required=True)
+    ext.add_argument("--group", help="practice-<ODS> or condition-<SNOMED CT code>")
+    ext.add_argument("--type", action="append", help="resource types (repeatable)")
+    ext.add_argument("--k", type=int, default=5, help="k-anonymity threshold (anonymised)")
+
+    opt = sub.add_parser("optout", help="secondary-use opt-outs")
+    osub = opt.add_subparsers(dest="optout_command", required=True)
+    load = osub.add_parser("load", help="load a CSV of nhs_number,kind (ndop | type1)")
+    load.add_argument("file", type=Path)
+
     pop = sub.add_parser("population", help="the synthetic population")
     psub = pop.add_subparsers(dest="population_command", required=True)
     gen = psub.add_parser("generate", help="stream a population to NDJSON files")
@@ -133,6 +146,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _mint(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "extract":
+        return _extract(args)
+    if args.command == "optout":
+        return _optout(args)
     if args.command == "population":
         from carelink.simulators.export import generate
 
@@ -263,6 +280,61 @@ def _index(args: argparse.Namespace) -> int:
         f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
         f"({report.review} for review); records per source {report.records}"
     )
+    return EXIT_OK
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from carelink.app import extract_with
+    from carelink.export.pipeline import Cohort, ExtractSpec
+    from carelink.settings import Settings
+
+    spec = ExtractSpec(
+        project=args.project,
+        profile=args.profile,
+        types=frozenset(args.type) if args.type else None,
+        cohort=Cohort.from_group(args.group) if args.group else Cohort(),
+        k=args.k,
+    )
+    with Progress(transient=True) as bar:
+        task = bar.add_task("extracting", total=None)
+
+        async def progress(done: int, total: int) -> bool:
+            bar.update(task, completed=done, total=total)
+            return True
+
+        tables = asyncio.run(extract_with(Settings.from_env(), spec, args.out, progress))
+    for name, frame in sorted(tables.items()):
+        print(f"{name}: {len(frame)} rows, {len(frame.columns)} columns")
+    print(f"written to {args.out} (Parquet tables, dictionary.json, manifest.json)")
+    return EXIT_OK
+
+
+def _optout(args: argparse.Namespace) -> int:
+    import csv
+    from datetime import UTC, datetime
+
+    from carelink.fhir.nhs import normalise, problem
+    from carelink.settings import Settings
+    from carelink.storage import Database, OptOutStore
+
+    rows = []
+    with args.file.open(newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row or row[0].strip().lower() in ("nhs_number", ""):
+                continue
+            if len(row) != 2 or row[1].strip() not in OptOutStore.KINDS:
+                raise ValueError(f"{args.file}:{n}: expected nhs_number,kind (ndop or type1)")
+            why = problem(row[0].strip())
+            if why is not None:
+                raise ValueError(f"{args.file}:{n}: not an NHS number: {why}")
+            rows.append((normalise(row[0].strip()), row[1].strip()))
+    db = Database(Settings.from_env().database_url)
+    db.migrate()
+    added = OptOutStore(db).load(rows, datetime.now(UTC).isoformat())
+    db.dispose()
+    print(f"{added} opt-outs added ({len(rows) - added} already known)")
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import ExtractSpec
 from carelink.storage import Database, JobStore, OptOutStore
 from tests.integration.conftest import System
-from tests.support.procs import free_port, running
+from tests.support.procs import carelink, free_port, running
 from tests.support.tokens import ISSUER, Issuer
 
 ANALYST = "population-health"
@@ -31,6 +31,7 @@ class Exporter:
     issuer: Issuer
     db: Path
     opted_out: dict[str, str]  # NHS number -> kind
+    env: dict[str, str]
 
     def token(self, sub: str = ANALYST, **claims: Any) -> str:
         claims.setdefault("scope", "system/*.rs")
@@ -105,7 +106,7 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
     }
     with running(["serve", "--port", str(port)], f"{base}/metadata", env):
-        yield Exporter(base, issuer, db, opted)
+        yield Exporter(base, issuer, db, opted, env)
 
 
 def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
@@ -235,3 +236,31 @@ def test_cancel_files_only_for_their_client_and_the_rules_of_kick_off(exporter):
     assert exporter.kick_off(token=narrow, _type="Condition").status_code == 403
     assert exporter.kick_off(_type="Nonsense").status_code == 400
     assert exporter.kick_off(_outputFormat="text/csv").status_code == 400
+
+
+def test_the_command_line_extract_writes_parquet_tables_a_dictionary_and_a_risk_report(
+    exporter, system, tmp_path
+):
+    csv = tmp_path / "optouts.csv"
+    csv.write_text(f"nhs_number,kind\n{system.population[1].nhs_number},ndop\n")
+    loaded = carelink(["optout", "load", str(csv)], exporter.env)
+    assert loaded.returncode == 0, loaded.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("9434765918,ndop\n")
+    refused = carelink(["optout", "load", str(bad)], exporter.env)
+    assert refused.returncode != 0
+    assert "not an NHS number" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    out = tmp_path / "extract"
+    practice = system.population[0].gp_ods
+    args = ["extract", "--project", "atlas", "--out", str(out), "--group", f"practice-{practice}"]
+    done = carelink([*args, "--type", "Patient", "--type", "Condition", "--k", "3"], exporter.env)
+    assert done.returncode == 0, done.stderr
+    patients = pd.read_parquet(out / "Patient.parquet")
+    assert len(patients) > 0
+    assert "birthDate" not in patients.columns
+    dictionary = json.loads((out / "dictionary.json").read_text())
+    assert {d["table"] for d in dictionary} == {"Patient", "Condition"}
+    assert "smallest" in (out / "risk.txt").read_text()
+    text = (out / "ndjson" / "Patient.ndjson").read_text()
+    assert not any(p.nhs_number in text for p in system.population)

@@ -93,3 +93,33 @@ def dictionary(tables: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+async def extract(
+    record: Any,
+    spec: Any,
+    master_key: bytes,
+    rules_dir: Path,
+    opt_outs: dict[str, set[str]],
+    out: Path,
+    progress: Any = None,
+) -> dict[str, pd.DataFrame]:
+    """The analyst's extract: NDJSON, then one flattened Parquet table per resource type,
+    a data dictionary, the manifest and the risk report, all in ``out``. Returns the
+    tables as DataFrames."""
+    from carelink.export.pipeline import Output, run
+
+    raw = out / "ndjson"
+    result = await run(record, spec, master_key, rules_dir, opt_outs, Output(raw), progress)
+    tables: dict[str, pd.DataFrame] = {}
+    for rtype in sorted(result.counts):
+        to_parquet(raw / f"{rtype}.ndjson", out / f"{rtype}.parquet")
+        tables[rtype] = pd.read_parquet(out / f"{rtype}.parquet")
+    (out / "dictionary.json").write_bytes(
+        orjson.dumps(dictionary(tables), option=orjson.OPT_INDENT_2)
+    )
+    manifest = {"counts": result.counts, "carelink": result.manifest_extension()}
+    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    if result.risk is not None:
+        (out / "risk.txt").write_text(result.risk.summary() + "\n")
+    return tables
