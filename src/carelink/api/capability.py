@@ -162,6 +162,15 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
             "Guardians (R5105).",
         }
     )
+    bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+    patient["operation"].append({"name": "export", "definition": bulk + "patient-export"})
+    resources.append(
+        {
+            "type": "Group",
+            "operation": [{"name": "export", "definition": bulk + "group-export"}],
+            "documentation": "Groups for $export: practice-<ODS code>, condition-<SNOMED CT>.",
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "id": "carelink",
@@ -180,6 +189,14 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
                 "gateway waits for sources (seconds). _summary=count and _elements "
                 "are supported on every search.",
                 "security": security,
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                        "documentation": "Backend services with system/ scopes and a "
+                        "secondary-use purpose; profile=anonymised|pseudonymised, k.",
+                    }
+                ],
                 "resource": resources,
                 "searchParam": [
                     _param("_count", "number"),
