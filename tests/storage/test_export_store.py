@@ -1,0 +1,53 @@
+"""Export jobs held by a lease; opt-outs kept once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from carelink.storage import Database, JobStore, OptOutStore
+from carelink.storage.export_store import LEASE_SECONDS
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    d = Database(database_url)
+    d.migrate()
+    yield d
+    d.dispose()
+
+
+def test_a_job_is_held_by_one_process_until_its_lease_runs_out(db):
+    jobs = JobStore(db)
+    jobs.create("j1", "client", b"{}", now=100.0)
+    first = jobs.claim(now=101.0)
+    assert first is not None
+    assert first.status == "running"
+    assert jobs.claim(now=102.0) is None  # held
+    assert jobs.heartbeat("j1", "5 of 10 people", now=110.0)
+    assert jobs.claim(now=110.0 + LEASE_SECONDS - 1) is None
+    again = jobs.claim(now=110.0 + LEASE_SECONDS + 1)  # its process died: taken again
+    assert again is not None
+    assert again.id == "j1"
+    assert jobs.finish("j1", "complete", b'{"output": []}')
+    assert jobs.claim(now=10_000.0) is None
+
+
+def test_a_cancelled_job_stops_and_is_never_finished(db):
+    jobs = JobStore(db)
+    jobs.create("j2", "client", b"{}", now=1.0)
+    assert jobs.claim(now=2.0) is not None
+    assert jobs.cancel("j2")
+    assert not jobs.heartbeat("j2", "x", now=3.0)  # the runner learns it should stop
+    assert not jobs.finish("j2", "complete", b"{}")
+    row = jobs.get("j2")
+    assert row is not None
+    assert row.status == "cancelled"
+
+
+def test_opt_outs_are_kept_once_per_kind(db):
+    store = OptOutStore(db)
+    assert store.load([("9434765919", "ndop"), ("9434765919", "ndop")], "t") == 1
+    assert store.load([("9434765919", "type1")], "t") == 1
+    assert store.all() == {"9434765919": {"ndop", "type1"}}
