@@ -9,7 +9,6 @@ own GP practice is ``person.gp_ods``.
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.clinical import facts
 from carelink.simulators.population import Person
 from tests.integration.conftest import SEED, System
-from tests.support.procs import free_port, running
-from tests.support.tokens import ISSUER, Issuer
+from tests.support.gateways import copy_index, token_gateways
+from tests.support.tokens import Issuer
 
 STRANGER = "RXX01"
 ACUTE_ODS = "RAC00"
@@ -67,34 +66,10 @@ class Gateway:
 def pair(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
     tmp = tmp_path_factory.mktemp("consent")
     db = tmp / "shared.db"
-    with sqlite3.connect(system.env["CARELINK_DATABASE_URL"]) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
+    copy_index(system.env["CARELINK_DATABASE_URL"], db)
     issuer = Issuer()
-    jwks = tmp / "jwks.json"
-    jwks.write_text(json.dumps(issuer.public_jwks()))
-    gateways = []
-    with_stack = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}/fhir"
-            env = {
-                **system.env,
-                "CARELINK_DATABASE_URL": str(db),
-                "CARELINK_AUTH": "jwt",
-                "CARELINK_ISSUER": ISSUER,
-                "CARELINK_AUDIENCE": base,
-                "CARELINK_JWKS": str(jwks),
-                "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
-            }
-            ctx = running(["serve", "--port", str(port)], f"{base}/metadata", env)
-            ctx.__enter__()
-            with_stack.append(ctx)
-            gateways.append(Gateway(base, issuer))
-        yield gateways
-    finally:
-        for ctx in reversed(with_stack):
-            ctx.__exit__(None, None, None)
+    with token_gateways(system.env, db, issuer, tmp, count=2) as started:
+        yield [Gateway(g.base, issuer) for g in started]
 
 
 def _people(system: System, *, sources: set[str], label: str | None = None) -> Iterator[Person]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import ExtractSpec
 from carelink.storage import Database, JobStore, OptOutStore
 from tests.integration.conftest import System
-from tests.support.procs import carelink, free_port, running
-from tests.support.tokens import ISSUER, Issuer
+from tests.support.gateways import copy_index, token_gateways
+from tests.support.procs import carelink
+from tests.support.tokens import Issuer
 
 ANALYST = "population-health"
 
@@ -74,8 +74,7 @@ class Exporter:
 def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
     tmp = tmp_path_factory.mktemp("export")
     db = tmp / "shared.db"
-    with sqlite3.connect(system.env["CARELINK_DATABASE_URL"]) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
+    copy_index(system.env["CARELINK_DATABASE_URL"], db)
     opted = {p.nhs_number: "ndop" for p in system.population[::17]}
     opted |= {p.nhs_number: "type1" for p in system.population[5::29]}
     database = Database(str(db))
@@ -92,21 +91,8 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     database.dispose()
     issuer = Issuer()
-    jwks = tmp / "jwks.json"
-    jwks.write_text(json.dumps(issuer.public_jwks()))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    env = {
-        **system.env,
-        "CARELINK_DATABASE_URL": str(db),
-        "CARELINK_AUTH": "jwt",
-        "CARELINK_ISSUER": ISSUER,
-        "CARELINK_AUDIENCE": base,
-        "CARELINK_JWKS": str(jwks),
-        "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
-    }
-    with running(["serve", "--port", str(port)], f"{base}/metadata", env):
-        yield Exporter(base, issuer, db, opted, env)
+    with token_gateways(system.env, db, issuer, tmp) as (gateway,):
+        yield Exporter(gateway.base, issuer, db, opted, gateway.env)
 
 
 def ndjson(r: httpx.Response) -> list[dict[str, Any]]:

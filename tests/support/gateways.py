@@ -1,0 +1,55 @@
+"""Token-mode gateway processes on a private copy of the integration index."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.procs import free_port, running
+from tests.support.tokens import ISSUER, Issuer
+
+
+@dataclass(frozen=True)
+class Started:
+    """One running gateway: its FHIR base and the environment it runs with."""
+
+    base: str
+    env: dict[str, str]
+
+
+def copy_index(source: str, target: Path) -> Path:
+    """A consistent copy of a SQLite index (the SQLite backup API), so tests that change
+    the database never change what other tests see."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
+@contextmanager
+def token_gateways(
+    base_env: Mapping[str, str], db: Path, issuer: Issuer, tmp: Path, count: int = 1
+) -> Iterator[list[Started]]:
+    """``count`` gateway processes sharing ``db``, trusting ``issuer``."""
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(issuer.public_jwks()))
+    with ExitStack() as stack:
+        started = []
+        for _ in range(count):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}/fhir"
+            env = {
+                **base_env,
+                "CARELINK_DATABASE_URL": str(db),
+                "CARELINK_AUTH": "jwt",
+                "CARELINK_ISSUER": ISSUER,
+                "CARELINK_AUDIENCE": base,
+                "CARELINK_JWKS": str(jwks),
+                "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
+            }
+            stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+            started.append(Started(base, env))
+        yield started
