@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from joserfc.jwk import KeySet, RSAKey
 
 from carelink.anonymise.keys import ProjectKeys
 from carelink.export.jobs import JobRequest
@@ -23,6 +26,8 @@ from tests.support.procs import carelink
 from tests.support.tokens import Issuer
 
 ANALYST = "population-health"
+SMART_FETCH_CLIENT = "bulk-client"
+BULK_KEY = RSAKey.generate_key(2048, parameters={"kid": "bulk-1"})
 
 
 @dataclass
@@ -91,7 +96,21 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     database.dispose()
     issuer = Issuer()
-    with token_gateways(system.env, db, issuer, tmp) as (gateway,):
+    clients = tmp / "clients.json"
+    clients.write_text(
+        json.dumps(
+            [
+                {
+                    "client_id": SMART_FETCH_CLIENT,
+                    "jwks": KeySet([BULK_KEY]).as_dict(private=False),
+                    "scope": "system/*.rs",
+                    "purpose": "HRESCH",
+                }
+            ]
+        )
+    )
+    extra = {"CARELINK_CLIENTS": str(clients)}
+    with token_gateways(system.env, db, issuer, tmp, extra=extra) as (gateway,):
         yield Exporter(gateway.base, issuer, db, opted, gateway.env)
 
 
@@ -250,3 +269,47 @@ def test_the_command_line_extract_writes_parquet_tables_a_dictionary_and_a_risk_
     assert "smallest" in (out / "risk.txt").read_text()
     text = (out / "ndjson" / "Patient.ndjson").read_text()
     assert not any(p.nhs_number in text for p in system.population)
+
+
+def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter, tmp_path):
+    """smart-fetch (a maintained Bulk Data client) gets a token with a private_key_jwt
+    assertion, kicks off, polls, downloads and cleans up, as any analyst's tool would."""
+    key = tmp_path / "key.jwks"
+    private = KeySet([BULK_KEY]).as_dict(private=True)
+    for k in private["keys"]:
+        k.update(alg="RS384", key_ops=["sign"])
+    key.write_text(json.dumps(private))
+    out = tmp_path / "bulk"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "smart-fetch"),
+            "bulk",
+            str(out),
+            "--fhir-url",
+            exporter.base,
+            "--smart-client-id",
+            SMART_FETCH_CLIENT,
+            "--smart-key",
+            str(key),
+            "--type",
+            "Patient,Condition",
+            "--no-default-filters",
+            "--no-compression",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in out.glob("*.ndjson"))
+    assert any(f.startswith("Patient.") for f in files), files
+    assert any(f.startswith("Condition.") for f in files), files
+    patients = [
+        json.loads(line)
+        for f in out.glob("Patient.*.ndjson")
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
+    assert patients
+    assert all("name" not in p and "birthDate" not in p for p in patients)  # anonymised

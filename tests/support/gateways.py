@@ -31,7 +31,12 @@ def copy_index(source: str, target: Path) -> Path:
 
 @contextmanager
 def token_gateways(
-    base_env: Mapping[str, str], db: Path, issuer: Issuer, tmp: Path, count: int = 1
+    base_env: Mapping[str, str],
+    db: Path,
+    issuer: Issuer,
+    tmp: Path,
+    count: int = 1,
+    extra: Mapping[str, str] | None = None,
 ) -> Iterator[list[Started]]:
     """``count`` gateway processes sharing ``db``, trusting ``issuer``."""
     jwks = tmp / "jwks.json"
@@ -49,6 +54,7 @@ def token_gateways(
                 "CARELINK_AUDIENCE": base,
                 "CARELINK_JWKS": str(jwks),
                 "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
+                **(extra or {}),
             }
             stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
             started.append(Started(base, env))
