@@ -405,3 +405,13 @@ def test_the_input_is_never_modified():
     snapshot = copy.deepcopy(original)
     e.apply(original, person="p")
     assert original == snapshot
+
+
+def test_a_fixed_date_shift_offset_is_used_as_given():
+    e = engine(
+        [{"path": "nodesByType('date')", "method": "dateShift"}], dateShiftFixedOffsetInDays=7
+    )
+    assert (
+        e.apply({"resourceType": "Patient", "id": "x", "birthDate": "2015-02-07"})["birthDate"]
+        == "2015-02-14"
+    )

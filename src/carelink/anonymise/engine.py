@@ -327,6 +327,9 @@ class Anonymiser:
         return age > 89
 
     def _offset(self, root: Json, person: str | None) -> int:
+        fixed = self.config.parameters.get("dateShiftFixedOffsetInDays")
+        if fixed is not None:
+            return int(fixed)
         if self.scope == "person":
             if person is None or self.keys is None:
                 raise ExportError("a per-person date shift needs the person")

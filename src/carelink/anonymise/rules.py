@@ -32,6 +32,7 @@ PARAMETERS = frozenset(
         "dateShiftKey",
         "dateShiftScope",
         "dateShiftRange",
+        "dateShiftFixedOffsetInDays",
         "cryptoHashKey",
         "encryptKey",
         "enablePartialAgesForRedact",
