@@ -12,9 +12,12 @@ import pytest
 from carelink.anonymise.engine import Anonymiser
 from carelink.anonymise.keys import ProjectKeys
 from carelink.anonymise.rules import load
+from tests.support.shared import SYNTHEA
 
 ROOT = Path(__file__).parents[2]
-SYNTHEA = ROOT.parent / "shared" / "testdata" / "synthea-bulk-10"
+pytestmark = pytest.mark.skipif(
+    not SYNTHEA.exists(), reason=f"shared Synthea sample not at {SYNTHEA}"
+)
 MASTER = b"m" * 32
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import collections
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.procs import carelink, free_port, running
+from tests.support.shared import SYNTHEA
 
-SYNTHEA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "synthea-bulk-10"
 LINKS = ("subject", "patient", "beneficiary", "individual")
 
 

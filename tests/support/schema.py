@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 import jsonschema
 
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "fhir" / "fhir.r4.schema.json"
+from tests.support.shared import SCHEMA
 
 
 @cache
