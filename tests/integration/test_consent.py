@@ -72,13 +72,9 @@ def pair(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[l
         yield [Gateway(g.base, issuer) for g in started]
 
 
-def _people(system: System, *, sources: set[str], label: str | None = None) -> Iterator[Person]:
+def _people(system: System, *, sources: set[str]) -> Iterator[Person]:
     for p in system.population:
-        if not sources <= p.sources or p.social_variant is not None:
-            continue
-        if label is None or any(
-            f.sensitivity == label for src in p.sources for f in facts(SEED, p, src)
-        ):
+        if sources <= p.sources and p.social_variant is None:
             yield p
 
 

@@ -37,7 +37,6 @@ import os
 import random
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -99,13 +98,6 @@ QUANTITIES = frozenset(
     {"Age", "Count", "Duration", "Distance", "Money", "MoneyQuantity", "Quantity", "SimpleQuantity"}
 )
 MARK = "__carelink_node"
-
-
-@dataclass
-class Outcome:
-    """What one call did: the operations recorded (for labels and the manifest)."""
-
-    operations: set[str] = field(default_factory=set)
 
 
 class Anonymiser:

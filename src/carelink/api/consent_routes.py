@@ -62,6 +62,13 @@ def _may_manage(request: Request, caller: Principal, patient_id: str, perm: str)
         raise AccessDenied(f"role {caller.role} may not record patients' consent")
 
 
+def _current(store: ConsentStore, cid: str) -> ConsentRow:
+    row = store.get(cid)
+    if row is None:
+        raise NotFound(f"Consent/{cid} is not known")
+    return row
+
+
 async def _body(request: Request) -> Any:
     try:
         return orjson.loads(await request.body())
@@ -96,9 +103,7 @@ async def update_consent(request: Request) -> Response:
     record, caller, _ = await context(request)
     cid = request.path_params["cid"]
     store: ConsentStore = request.app.state.consents
-    current = store.get(cid)
-    if current is None:
-        raise NotFound(f"Consent/{cid} is not known (create it with POST)")
+    current = _current(store, cid)
     consent = await _body(request)
     if isinstance(consent, dict) and consent.get("id") != cid:
         raise InvalidRequest("the body's id must match the URL", "id")
@@ -124,9 +129,7 @@ async def delete_consent(request: Request) -> Response:
     _, caller, _ = await context(request)
     cid = request.path_params["cid"]
     store: ConsentStore = request.app.state.consents
-    current = store.get(cid)
-    if current is None:
-        raise NotFound(f"Consent/{cid} is not known")
+    current = _current(store, cid)
     _may_manage(request, caller, current.patient_id, "d")
     store.delete(cid)
     await audit(request, "delete", [current.patient_id])
@@ -139,9 +142,7 @@ async def read_consent(request: Request) -> Response:
     _, caller, _ = await context(request)
     cid = request.path_params["cid"]
     access.require(caller, "Consent", "r")
-    row = request.app.state.consents.get(cid)
-    if row is None:
-        raise NotFound(f"Consent/{cid} is not known")
+    row = _current(request.app.state.consents, cid)
     access.in_compartment(caller, row.patient_id)
     await audit(request, "read", [row.patient_id])
     return fhir(row.body, headers={"ETag": f'W/"{row.version}"'})

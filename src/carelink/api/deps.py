@@ -22,7 +22,7 @@ from carelink.audit.events import SUCCESS
 from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
-from carelink.consent import Actor, Guard
+from carelink.consent import Actor, Guard, Situation
 from carelink.federation import SharedRecord
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -68,7 +68,9 @@ def actor(caller: Principal) -> Actor:
     return Actor(caller.subject, caller.role, caller.organisation, caller.purpose, caller.patient)
 
 
-def consent_for(request: Request, caller: Principal, patient_id: str, patient: Json | None) -> Any:
+def consent_for(
+    request: Request, caller: Principal, patient_id: str, patient: Json | None
+) -> Situation:
     """The consent situation of this request for one patient (purpose checked first)."""
     guard: Guard = request.app.state.guard
     guard.require_purpose(actor(caller))

@@ -215,7 +215,7 @@ async def read_patient(request: Request) -> Response:
     if not access.visible(caller, [resource]):
         raise AccessDenied("no scope allows read of this Patient")
     guard: Guard = request.app.state.guard
-    person = record.person(person_id)
+    person = row if row is not None else record.person(person_id)  # the index row, once
     situation = consent_for(
         request, caller, person_id, orjson.loads(person.patient) if person else None
     )

@@ -104,15 +104,6 @@ class Engine:
             )
         return decision
 
-    def filter(self, s: Situation, resources: Sequence[Json]) -> list[Json]:
-        """The resources the decision lets through, labelled with the handling that applies."""
-        out = []
-        for r in resources:
-            d = self.decide(s, r)
-            if d.permit:
-                out.append(label(r, d))
-        return out
-
     def _own(self, s: Situation, r: Json) -> bool:
         """Is the caller's organisation responsible for ``r`` (a ``custodianAccess`` source)?"""
         org = s.actor.organisation
