@@ -6,12 +6,16 @@ import json
 from functools import cache
 
 import jsonschema
+import pytest
 
 from tests.support.shared import SCHEMA
 
 
 @cache
 def _definitions() -> dict:
+    if not SCHEMA.exists():
+        # Without R4 truth the test cannot say what it claims: skip it, saying why.
+        pytest.skip(f"the official R4 schema is not at {SCHEMA} (set CARELINK_SHARED_DIR)")
     return json.loads(SCHEMA.read_text())["definitions"]
 
 
