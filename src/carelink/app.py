@@ -27,11 +27,11 @@ from carelink.audit.trail import GroupCommit
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
-from carelink.consent import Engine, Guard, load_policy
+from carelink.consent import Engine, Guard, Policy, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec
-from carelink.export.tables import extract
+from carelink.export.tables import Extracted, extract
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
@@ -141,6 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
+        consents = ConsentStore(db)
+        app.state.consents = consents
+        app.state.guard = _guard(app.state.policy, consents, settings)
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
@@ -148,16 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
+            app.state.guard,
         )
         exporter = asyncio.create_task(runner.serve())
-        consents = ConsentStore(db)
-        app.state.consents = consents
-        app.state.guard = Guard(
-            Engine(app.state.policy),
-            consents,
-            {source_uri(n): n for n in settings.sources},
-            {local_id_system(n): n for n in settings.sources},
-        )
         app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
         if app.state.token_policy is not None:
             app.state.token_service = TokenService(
@@ -256,6 +252,15 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
             await session.close()
 
 
+def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
+    return Guard(
+        Engine(policy),
+        consents,
+        {source_uri(n): n for n in settings.sources},
+        {local_id_system(n): n for n in settings.sources},
+    )
+
+
 def _export_paths(settings: Settings) -> tuple[Path, Path]:
     """Where extracts and the master key live: as configured, or beside a SQLite file."""
     url = settings.database_url
@@ -271,7 +276,7 @@ def _export_paths(settings: Settings) -> tuple[Path, Path]:
 
 async def extract_with(
     settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
-) -> Any:
+) -> Extracted:
     """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
     db = Database(settings.database_url)
     db.migrate()
@@ -288,6 +293,7 @@ async def extract_with(
             OptOutStore(db).all(),
             out,
             progress,
+            guard=_guard(load_policy(Path(settings.consent_policy)), ConsentStore(db), settings),
         )
     finally:
         for session in sessions.values():

@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--group", help="practice-<ODS> or condition-<SNOMED CT code>")
     ext.add_argument("--type", action="append", help="resource types (repeatable)")
     ext.add_argument("--k", type=int, default=5, help="k-anonymity threshold (anonymised)")
+    ext.add_argument(
+        "--purpose",
+        default="HOPERAT",
+        help="v3 ActReason the extract serves; one of the policy's secondaryUsePurposes",
+    )
 
     opt = sub.add_parser("optout", help="secondary-use opt-outs")
     osub = opt.add_subparsers(dest="optout_command", required=True)
@@ -296,6 +301,7 @@ def _extract(args: argparse.Namespace) -> int:
         types=frozenset(args.type) if args.type else None,
         cohort=Cohort.from_group(args.group) if args.group else Cohort(),
         k=args.k,
+        purpose=args.purpose,
     )
     with Progress(transient=True) as bar:
         task = bar.add_task("extracting", total=None)
@@ -304,9 +310,9 @@ def _extract(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
             return True
 
-        tables = asyncio.run(extract_with(Settings.from_env(), spec, args.out, progress))
-    for name, frame in sorted(tables.items()):
-        print(f"{name}: {len(frame)} rows, {len(frame.columns)} columns")
+        done = asyncio.run(extract_with(Settings.from_env(), spec, args.out, progress))
+    for name, count in sorted(done.counts.items()):
+        print(f"{name}: {count} rows")
     print(f"written to {args.out} (Parquet tables, dictionary.json, manifest.json)")
     return EXIT_OK
 

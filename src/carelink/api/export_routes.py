@@ -32,7 +32,7 @@ from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.export.jobs import JobRequest
-from carelink.export.pipeline import Cohort, ExtractSpec, type_filters
+from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filters
 from carelink.federation.query import SEARCH_TYPES
 from carelink.fhir.search import parse_date
 from carelink.storage import JobStore
@@ -100,8 +100,10 @@ async def _kick_off(request: Request, cohort: Cohort) -> Response:
         type_filters=wanted,
         cohort=cohort,
         k=k,
+        purpose=str(caller.purpose),
     )
     spec.check()
+    permitted(request.app.state.policy, spec)
     job_id = uuid.uuid4().hex
     jobs: JobStore = request.app.state.jobs
     job = JobRequest(spec, str(request.url), fmt)

@@ -104,6 +104,27 @@ class Engine:
             )
         return decision
 
+    def for_secondary_use(self, s: Situation, r: Json, objections: bool) -> Decision:
+        """One resource in an extract, for ``s.actor.purpose`` (a secondary-use purpose).
+
+        Categories in ``secondaryUseExcludes`` are never extracted. With
+        ``objections``, the patient's active Consents are read for the
+        extract's purpose: a deny that names no purpose or names this one (and
+        whose other conditions hold) keeps the resource out; a permit cannot
+        bring back an excluded category.
+        """
+        cats = self.policy.categories_of(r)
+        kept_out = sorted(cats & self.policy.secondary_excludes)
+        if kept_out:
+            return Decision(
+                False, "sensitive", f"{kept_out[0]} is kept out of secondary use", (), cats
+            )
+        if objections and s.directives:
+            verdict, _, ids = self._consents(s, r, cats)
+            if verdict == DENY:
+                return Decision(False, "objection", "the patient's consent denies it", ids, cats)
+        return Decision(True, "policy", "secondary use under the policy", (), cats)
+
     def _own(self, s: Situation, r: Json) -> bool:
         """Is the caller's organisation responsible for ``r`` (a ``custodianAccess`` source)?"""
         org = s.actor.organisation

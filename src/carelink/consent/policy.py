@@ -16,7 +16,14 @@ The file (``consent/policy.json`` in the repository; any path through
 - ``consentManagers``: roles that may record patients' choices;
 - ``custodianAccess``: sources whose organisation keeps seeing its own data
   through the gateway whatever the patient chose (the registered practice);
-- ``secondaryUsePurposes``: the purposes an extract (``$export``) may serve.
+- ``secondaryUsePurposes``: the purposes an extract (``$export``) may serve;
+- ``secondaryUseExcludes``: sensitive categories never extracted, whatever
+  the profile (the legally restricted ones: sexual health, reproductive
+  health, gender identity, safeguarding);
+- ``secondaryUseObjections``: which extracts honour the patient's Consents
+  (``pseudonymised``, the default: wherever the opt-outs apply; ``all``;
+  ``none``). In an extract a Consent is read for the extract's purpose: a
+  deny that names no purpose, or names that one, keeps its data out.
 
 Anything the file does not permit is denied. A malformed file stops start-up
 with ``ConfigError`` naming the file, the field and (where it can be found)
@@ -27,11 +34,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from carelink.errors import ConfigError
 
@@ -115,6 +130,8 @@ class PolicyFile(_Strict):
     citizensManageOwn: bool
     custodianAccess: list[str]
     secondaryUsePurposes: list[str] = Field(min_length=1)
+    secondaryUseExcludes: list[str] = []
+    secondaryUseObjections: Literal["pseudonymised", "all", "none"] = "pseudonymised"
 
     @field_validator("directCarePurposes", "secondaryUsePurposes")
     @classmethod
@@ -135,6 +152,14 @@ class PolicyFile(_Strict):
                 raise ValueError(f"{name!r} is not one of the organisations' sources")
         return v
 
+    @model_validator(mode="after")
+    def _excludes_known(self) -> PolicyFile:
+        known = {c.code for c in self.categories}
+        for code in self.secondaryUseExcludes:
+            if code not in known:
+                raise ValueError(f"secondaryUseExcludes: {code!r} is not one of the categories")
+        return self
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -147,6 +172,11 @@ class Policy:
     #: (code system, code) -> category code
     by_code: dict[tuple[str, str], str]
     categories: dict[str, Category]
+
+    @cached_property
+    def secondary_excludes(self) -> frozenset[str]:
+        """Category codes never extracted."""
+        return frozenset(self.source.secondaryUseExcludes)
 
     @property
     def version(self) -> str:

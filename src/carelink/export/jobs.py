@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from carelink.anonymise.disclosure import Refused
+from carelink.consent import Guard
 from carelink.errors import CarelinkError, ExportError
 from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
 from carelink.export.tables import to_parquet
@@ -50,6 +51,7 @@ class JobRequest:
                 "typeFilters": s.type_filters,
                 "cohort": [s.cohort.kind, s.cohort.value],
                 "k": s.k,
+                "purpose": s.purpose,
                 "request": self.request_url,
                 "format": self.output_format,
             }
@@ -66,6 +68,7 @@ class JobRequest:
             type_filters=d["typeFilters"],
             cohort=Cohort(*d["cohort"]),
             k=int(d.get("k", 5)),
+            purpose=str(d.get("purpose", "HOPERAT")),
         )
         return cls(spec, d["request"], d["format"])
 
@@ -81,6 +84,7 @@ class Runner:
         exports: Path,
         rules_dir: Path,
         master_key: bytes,
+        guard: Guard,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.jobs = jobs
@@ -89,6 +93,7 @@ class Runner:
         self.exports = exports
         self.rules_dir = rules_dir
         self.master_key = master_key
+        self.guard = guard
         self.clock = clock
 
     async def serve(self, poll: float = 0.5) -> None:
@@ -105,7 +110,7 @@ class Runner:
         directory = self.exports / job.id
         shutil.rmtree(directory, ignore_errors=True)  # a resumed job starts again
         request = JobRequest.from_bytes(job.request)
-        out = Output(directory)
+        out = Output(directory, tabulate=request.output_format == "parquet")
 
         async def progress(done: int, total: int) -> bool:
             await asyncio.sleep(0)
@@ -120,12 +125,18 @@ class Runner:
                 self.opt_outs.all(),
                 out,
                 progress,
+                guard=self.guard,
             )
             files = sorted(result.counts)
             ext = "parquet" if request.output_format == "parquet" else "ndjson"
             if request.output_format == "parquet":
                 for rtype in files:
-                    to_parquet(directory / f"{rtype}.ndjson", directory / f"{rtype}.parquet")
+                    to_parquet(
+                        directory / f"{rtype}.ndjson",
+                        directory / f"{rtype}.parquet",
+                        out.columns[rtype],
+                    )
+                    (directory / f"{rtype}.ndjson").unlink()
             manifest = {
                 "transactionTime": datetime.fromtimestamp(job.created, UTC).isoformat(),
                 "request": request.request_url,

@@ -15,6 +15,18 @@ Profiles (``consent/deid/<profile>.json``):
   district (or coarser), generalised until k-anonymity holds over them;
   an extract that cannot meet its thresholds is refused. Opt-outs do not
   apply to anonymised data, and the manifest says so.
+
+Consent for secondary use (with a ``Guard``): categories the policy keeps
+out of secondary use (``secondaryUseExcludes``) are never extracted, and the
+patients' Consents are read for the extract's purpose where the policy says
+(``secondaryUseObjections``); the manifest counts what was withheld, small
+numbers suppressed. Condition cohorts are found in a first pass over the
+population (nothing written), so the anonymised profile's k-anonymity holds
+over the cohort that is actually released.
+
+The source answer caches are not fed by an extract (``bulk_read``): a scan
+of the whole population would otherwise grow the process and evict the
+clinicians' hot answers.
 """
 
 from __future__ import annotations
@@ -39,9 +51,12 @@ from carelink.anonymise.disclosure import (
 from carelink.anonymise.engine import Anonymiser
 from carelink.anonymise.keys import ProjectKeys
 from carelink.anonymise.rules import load as load_rules
-from carelink.errors import ExportError, InvalidRequest
+from carelink.consent import Actor, Guard, Policy
+from carelink.errors import AccessDenied, ExportError, InvalidRequest
+from carelink.export.tables import Columns, flatten
 from carelink.federation import SharedRecord
 from carelink.federation.query import criteria
+from carelink.sources.answer_cache import bulk_read
 from carelink.storage import PersonRow
 
 Json = dict[str, Any]
@@ -82,6 +97,7 @@ class ExtractSpec:
     cohort: Cohort = Cohort()
     k: int = 5
     max_suppressed: float = 0.1
+    purpose: str = "HOPERAT"  # the v3 ActReason the extract serves (a secondary-use purpose)
 
     def check(self) -> None:
         """Refuse a request the pipeline cannot honour (``InvalidRequest``)."""
@@ -101,10 +117,13 @@ class ExtractSpec:
 class Output:
     """One NDJSON file per resource type, appended as people are processed."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tabulate: bool = False) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.counts: dict[str, int] = {}
+        self.tabulate = tabulate
+        #: each type's table columns, recorded as written when ``tabulate`` (for Parquet)
+        self.columns: dict[str, Columns] = {}
         self._files: dict[str, Any] = {}
 
     def write(self, resource: Json) -> None:
@@ -116,6 +135,11 @@ class Output:
             self._files[rtype] = f
         f.write(orjson.dumps(resource) + b"\n")
         self.counts[rtype] = self.counts.get(rtype, 0) + 1
+        if self.tabulate:
+            cols = self.columns.get(rtype)
+            if cols is None:
+                cols = self.columns[rtype] = Columns()
+            cols.add(flatten(resource))
 
     def close(self) -> None:
         """Flush and close every file."""
@@ -134,6 +158,8 @@ class Result:
     risk: Report | None
     profile: str
     project: str
+    withheld: dict[str, int] = field(default_factory=dict)
+    consents_applied: bool = False
 
     def manifest_extension(self) -> Json:
         """The carelink part of a manifest (small numbers suppressed)."""
@@ -145,6 +171,14 @@ class Result:
         }
         if self.profile == "anonymised":
             out["optOutsExcluded"] = "not applied: the extract is anonymised"
+        out["consent"] = {
+            "sensitiveCategoriesWithheld": small_numbers(self.withheld.get("sensitive", 0)),
+            "objections": (
+                {"resourcesWithheld": small_numbers(self.withheld.get("objection", 0))}
+                if self.consents_applied
+                else f"not applied to {self.profile} extracts by the policy"
+            ),
+        }
         if self.risk is not None:
             out["risk"] = self.risk.as_json()
         return out
@@ -208,10 +242,16 @@ async def run(
     out: Output,
     progress: Progress | None = None,
     today: date | None = None,
+    guard: Guard | None = None,
 ) -> Result:
-    """Run one extract into ``out``; ``ExportError`` (``Refused``) if it cannot be shipped."""
+    """Run one extract into ``out``; ``ExportError`` (``Refused``) if it cannot be shipped.
+
+    Without a ``guard`` no consent rule applies (only the opt-outs): the
+    gateway and ``carelink extract`` always pass one.
+    """
     spec.check()
     today = today or datetime.now(UTC).date()
+    consent = _SecondaryUse.of(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
     engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys)
     people = record.index.all_persons()
@@ -229,34 +269,114 @@ async def run(
         people = kept
     report: Report | None = None
     levels: dict[str, int] = {}
-    if spec.profile == "anonymised" and spec.cohort.kind != "condition":
-        people, report, levels = _k_anonymous(people, spec, today)
-    total = len(people)
     written_people = 0
     try:
-        for i, person in enumerate(people):
-            if progress is not None and not await progress(i, total):
-                raise ExportError("cancelled")
-            fed = await record.federate(person.id, None)
-            resources = fed.resources
-            if spec.cohort.kind == "condition" and not _has_condition(resources, spec.cohort.value):
-                continue
-            pseudonym = keys.pseudonym("person:" + person.id)
-            wrote = False
-            for r in resources:
-                if not _wanted(r, spec):
-                    continue
-                done = engine.apply(r, person=pseudonym)
-                if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
-                    done = _generalised_patient(done, person, today, levels)
-                out.write(done)
-                wrote = True
-            written_people += wrote
+        with bulk_read():
+            if spec.cohort.kind == "condition":
+                people = await _with_condition(record, people, spec.cohort.value, progress, consent)
+            if spec.profile == "anonymised":
+                people, report, levels = _k_anonymous(people, spec, today)
+            total = len(people)
+            for i, person in enumerate(people):
+                if progress is not None and not await progress(i, total):
+                    raise ExportError("cancelled")
+                fed = await record.federate(person.id, None)
+                wanted = [r for r in fed.resources if _wanted(r, spec)]
+                if consent is not None:
+                    wanted = consent.filter(person, wanted)
+                pseudonym = keys.pseudonym("person:" + person.id)
+                wrote = False
+                for r in wanted:
+                    done = engine.apply(r, person=pseudonym)
+                    if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
+                        done = _generalised_patient(done, person, today, levels)
+                    out.write(done)
+                    wrote = True
+                written_people += wrote
     finally:
         out.close()
-    if spec.profile == "anonymised" and spec.cohort.kind == "condition":
-        report = None  # k-anonymity for condition cohorts is left to the analyst's aggregates
-    return Result(dict(out.counts), written_people, excluded, report, spec.profile, spec.project)
+    return Result(
+        dict(out.counts),
+        written_people,
+        excluded,
+        report,
+        spec.profile,
+        spec.project,
+        dict(consent.withheld) if consent else {},
+        bool(consent and consent.objections),
+    )
+
+
+def permitted(policy: Policy, spec: ExtractSpec) -> None:
+    """Refuse (``AccessDenied``) an extract the consent policy does not allow: a purpose
+    that is not secondary use, or a condition cohort in a category kept out of secondary
+    use (membership alone would disclose it)."""
+    allowed = policy.source.secondaryUsePurposes
+    if spec.purpose not in allowed:
+        raise AccessDenied(
+            f"purpose of use {spec.purpose or '(none)'} is not a secondary-use purpose under "
+            f"the consent policy ({', '.join(allowed)})"
+        )
+    if spec.cohort.kind == "condition":
+        category = policy.by_code.get((SNOMED, spec.cohort.value))
+        if category in policy.secondary_excludes:
+            raise AccessDenied(
+                f"Group/condition-{spec.cohort.value} is coded as {category}, a category the "
+                "consent policy keeps out of secondary use"
+            )
+
+
+class _SecondaryUse:
+    """Consent for one extract: excluded categories, and Consents where the policy says."""
+
+    def __init__(self, guard: Guard, spec: ExtractSpec) -> None:
+        permitted(guard.engine.policy, spec)
+        policy = guard.engine.policy.source
+        self.guard = guard
+        self.objections = policy.secondaryUseObjections == "all" or (
+            policy.secondaryUseObjections == spec.profile
+        )
+        self.actor = Actor(f"project:{spec.project}", None, None, spec.purpose)
+        self.withheld: dict[str, int] = {"sensitive": 0, "objection": 0}
+
+    @classmethod
+    def of(cls, guard: Guard | None, spec: ExtractSpec) -> _SecondaryUse | None:
+        return cls(guard, spec) if guard is not None else None
+
+    def filter(self, person: PersonRow, resources: list[Json], count: bool = True) -> list[Json]:
+        """The resources consent lets into the extract (withheld ones counted by ground)."""
+        s = self.guard.situation(self.actor, person.id, orjson.loads(person.patient))
+        kept = []
+        for r in resources:
+            d = self.guard.engine.for_secondary_use(s, r, self.objections)
+            if d.permit:
+                kept.append(r)
+            elif count:
+                self.withheld[d.basis] = self.withheld.get(d.basis, 0) + 1
+        return kept
+
+
+async def _with_condition(
+    record: SharedRecord,
+    people: list[PersonRow],
+    code: str,
+    progress: Progress | None,
+    consent: _SecondaryUse | None,
+) -> list[PersonRow]:
+    """The people whose federated record holds the condition, counting only Condition
+    resources consent lets into the extract (a first pass; nothing kept)."""
+    members = []
+    total = len(people)
+    for i, person in enumerate(people):
+        if progress is not None and not await progress(i, total):
+            raise ExportError("cancelled")
+        fed = await record.federate(person.id, frozenset({"Condition"}))
+        found = fed.resources
+        if consent is not None:
+            found = consent.filter(person, found, count=False)
+        if _has_condition(found, code):
+            members.append(person)
+    return members
 
 
 def _quasi(people: list[PersonRow], today: date) -> pd.DataFrame:

@@ -6,17 +6,36 @@ the same question, the FHIR resources made from it are reused instead of
 parsing and transforming the same bytes again.
 
 Cached resources are shared between requests: callers must not mutate them.
+
+A bulk read (an extract that visits every person once) runs inside
+``bulk_read()``: it still reuses what is cached but adds nothing, so it
+neither grows the process by a whole population's records nor evicts the
+answers clinicians' lookups are reusing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 Json = dict[str, Any]
 Key = tuple[str, str, frozenset[str] | None]  # local id, patient ref, types
+_REMEMBER: ContextVar[bool] = ContextVar("carelink_answer_cache_remember", default=True)
+
+
+@contextmanager
+def bulk_read() -> Iterator[None]:
+    """Within this block (and the tasks it starts), answers are not added to any cache."""
+    token = _REMEMBER.set(False)
+    try:
+        yield
+    finally:
+        _REMEMBER.reset(token)
 
 
 def digest(body: bytes) -> bytes:
@@ -48,7 +67,9 @@ class AnswerCache:
         return hit.resources
 
     def put(self, key: Key, fingerprint: bytes, resources: list[Json]) -> None:
-        """Remember what these bytes became."""
+        """Remember what these bytes became (not inside ``bulk_read()``)."""
+        if not _REMEMBER.get():
+            return
         self._items[key] = Cached(fingerprint, resources)
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
