@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from datetime import date
 from typing import Any
 
@@ -258,6 +259,51 @@ def test_substitute_primitive_and_complex():
     assert "SUBSTITUTED" in codes(out)
 
 
+def test_substitute_keeps_what_earlier_rules_did_inside_the_node_and_shields_it_after():
+    e = engine(
+        [
+            {"path": "Patient.name.family", "method": "cryptoHash"},
+            {
+                "path": "Patient.name",
+                "method": "substitute",
+                "replaceWith": {"family": "x", "given": ["test"], "use": "official"},
+            },
+            {"path": "Patient.name.given", "method": "redact"},
+        ]
+    )
+    out = e.apply(
+        {
+            "resourceType": "Patient",
+            "name": [{"family": "A", "given": ["c", "d"], "text": "A c"}],
+        }
+    )
+    (name,) = out["name"]
+    assert re.fullmatch("[0-9a-f]{64}", name["family"])  # the hash, not the replacement's "x"
+    assert name["given"] == ["test"]  # paired in order; the extra "d" removed; not redacted
+    assert name["use"] == "official"
+    assert "text" not in name
+    assert {"CRYTOHASH", "SUBSTITUTED"} <= codes(out)
+
+
+def test_substitute_strips_a_holder_down_to_what_was_processed_inside_it():
+    e = engine(
+        [
+            {"path": "Patient.address.postalCode", "method": "cryptoHash"},
+            {"path": "Patient.address", "method": "substitute", "replaceWith": {"country": "GB"}},
+        ]
+    )
+    out = e.apply(
+        {
+            "resourceType": "Patient",
+            "address": [{"line": ["1 High St"], "city": "Leeds", "postalCode": "LS1 4AP"}],
+        }
+    )
+    (address,) = out["address"]
+    assert set(address) == {"postalCode", "country"}
+    assert address["country"] == "GB"
+    assert address["postalCode"] != "LS1 4AP"
+
+
 def test_encrypt_round_trips_and_differs_each_time():
     e = engine(
         [{"path": "Patient.name.family", "method": "encrypt"}],
@@ -324,6 +370,34 @@ def test_a_failing_rule_raises_or_empties_the_resource():
     out = Anonymiser(config).apply({"resourceType": "Patient", "name": [{"family": "A"}]})
     assert out == {"resourceType": "Patient", "meta": {"security": [out["meta"]["security"][0]]}}
     assert codes(out) == {"REDACTED"}
+
+
+def test_date_shift_scopes_file_and_folder_share_one_shift_within_their_scope():
+    rules = [{"path": "nodesByType('date')", "method": "dateShift"}]
+
+    def shifted(e: Anonymiser, rid: str, file: str = "") -> str:
+        return e.apply(
+            {"resourceType": "Patient", "id": rid, "birthDate": "2000-06-15"}, file=file
+        )["birthDate"]
+
+    per_file = engine(rules, dateShiftKey="123", dateShiftScope="file")
+    assert shifted(per_file, "a", "Patient.ndjson") == shifted(per_file, "b", "x/Patient.ndjson")
+    files = {shifted(per_file, "a", f"f{i}.ndjson") for i in range(20)}
+    assert len(files) > 5  # a different file, (almost always) a different shift
+    config = parse(
+        {"fhirPathRules": rules, "parameters": {"dateShiftKey": "123", "dateShiftScope": "folder"}}
+    )
+    one = Anonymiser(config, folder="/exports/job-1/")
+    assert shifted(one, "a") == shifted(one, "b")
+    others = {shifted(Anonymiser(config, folder=f"job-{i}"), "a") for i in range(20)}
+    assert len(others) > 5
+    per_resource = engine(rules, dateShiftKey="123")
+    assert len({shifted(per_resource, f"r{i}") for i in range(20)}) > 5
+
+
+def test_an_unknown_date_shift_scope_is_refused():
+    with pytest.raises(ConfigError, match="dateShiftScope"):
+        parse({"fhirPathRules": [], "parameters": {"dateShiftScope": "planet"}})
 
 
 # --- carelink's stronger options ---------------------------------------------------------------

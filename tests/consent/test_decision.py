@@ -189,3 +189,38 @@ def test_sensitive_data_a_role_may_see_is_labelled_restricted():
     plain = resource()
     assert label(plain, decide(plain)) is plain  # nothing to say, nothing copied
     assert not decide(resource(label="PSY"), role="R8008").permit  # a role the category omits
+
+
+def secondary(r: dict[str, Any], *directives: Any, objections: bool = True, **who: Any) -> Any:
+    a = {"subject": "project:p", "role": None, "organisation": None, "purpose": "HRESCH", **who}
+    s = Situation(Actor(**a), "p", list(directives), NOW, SOURCES, registered_practice="B00001")
+    return ENGINE.for_secondary_use(s, r, objections)
+
+
+def test_secondary_use_keeps_out_the_excluded_categories_whatever_the_consent_says():
+    unlock = consent({"type": "permit", "securityLabel": [{"system": ACT, "code": "HIV"}]})
+    d = secondary(resource(label="HIV"), unlock)
+    assert (d.permit, d.basis) == (False, "sensitive")
+    assert secondary(resource(label="PSY")).permit  # not excluded by the shipped policy
+
+
+@pytest.mark.parametrize(
+    ("provision", "denied"),
+    [
+        ({"type": "deny"}, True),  # an objection naming no purpose covers every purpose
+        ({"type": "deny", "purpose": [{"code": "HRESCH"}]}, True),
+        ({"type": "deny", "purpose": [{"code": "TREAT"}]}, False),  # direct care only
+        ({"type": "deny", "actor": [org("RAC00", "CST")]}, True),  # data held by the trust
+        ({"type": "deny", "actor": [org("RXX01")]}, False),  # a recipient, not the project
+        ({"type": "deny", "class": [{"code": "Condition"}]}, False),
+    ],
+)
+def test_secondary_use_reads_consents_for_the_extract_purpose(provision, denied):
+    d = secondary(resource("acute"), consent(provision))
+    assert d.permit is not denied
+    if denied:
+        assert (d.basis, d.consents) == ("objection", ("c1",))
+
+
+def test_secondary_use_ignores_consents_where_the_policy_says_so():
+    assert secondary(resource(), consent({"type": "deny"}), objections=False).permit

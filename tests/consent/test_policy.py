@@ -28,6 +28,18 @@ def test_the_shipped_policy_loads():
     coded = {"code": {"coding": [{"system": "http://snomed.info/sct", "code": "86406008"}]}}
     assert policy.categories_of(coded) == {"HIV"}
     assert policy.categories_of({"meta": {}}) == frozenset()
+    assert {"HIV", "SDV"} <= policy.secondary_excludes
+    assert "PSY" not in policy.secondary_excludes
+
+
+def test_the_secondary_use_fields_are_optional_and_default_to_the_cautious_reading(tmp_path):
+    document = json.loads(SHIPPED.read_text())
+    del document["secondaryUseExcludes"], document["secondaryUseObjections"]
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(document))
+    policy = load_policy(path)
+    assert policy.secondary_excludes == frozenset()
+    assert policy.source.secondaryUseObjections == "pseudonymised"
 
 
 @pytest.mark.parametrize(
@@ -46,6 +58,8 @@ def test_the_shipped_policy_loads():
         (lambda d: d.update(directCarePurposes=["treat"]), "directCarePurposes"),
         (lambda d: d.update(surprise=True), "surprise"),
         (lambda d: d["categories"].append(dict(d["categories"][0])), "categories"),
+        (lambda d: d.update(secondaryUseExcludes=["XYZ"]), "secondaryUseExcludes"),
+        (lambda d: d.update(secondaryUseObjections="sometimes"), "secondaryUseObjections"),
     ],
 )
 def test_a_malformed_policy_stops_start_up_naming_file_and_field(tmp_path, change, field):

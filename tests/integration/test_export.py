@@ -313,3 +313,101 @@ def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter
     ]
     assert patients
     assert all("name" not in p and "birthDate" not in p for p in patients)  # anonymised
+
+
+EXCLUDED_CODES = {"86406008", "105629000"}  # HIV, chlamydia: categories kept out of extracts
+
+
+def _codes(r: dict[str, Any]) -> set[str]:
+    return {c.get("code") for c in (r.get("code") or {}).get("coding", [])}
+
+
+def test_categories_the_policy_keeps_out_of_secondary_use_are_never_extracted(exporter):
+    kick = exporter.kick_off(_type="Condition,Flag", profile="pseudonymised")
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    consent = manifest["extension"]["carelink"]["consent"]
+    assert consent["sensitiveCategoriesWithheld"] != "0"  # the population has some
+    files = [r for o in manifest["output"] for r in ndjson(exporter.download(o["url"]))]
+    assert files
+    for r in files:
+        assert not _codes(r) & EXCLUDED_CODES
+        labels = {s.get("code") for s in r.get("meta", {}).get("security", [])}
+        assert not labels & {"HIV", "STD", "SEX", "SDV", "GENDER"}
+
+
+def test_a_condition_cohort_is_k_anonymous_over_its_members(exporter):
+    kick = exporter.kick_off("/Group/condition-38341003/$export", _type="Patient,Condition", k=2)
+    assert kick.status_code == 202, kick.text
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    risk = manifest["extension"]["carelink"]["risk"]
+    assert risk["met"] is True
+    assert risk["smallest_class"] >= 2
+    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    by_subject: dict[str, set[str]] = {}
+    for c in files["Condition"]:
+        by_subject.setdefault(c["subject"]["reference"], set()).update(_codes(c))
+    assert by_subject
+    assert all("38341003" in codes for codes in by_subject.values())
+    assert len(files["Patient"]) == len(by_subject)
+
+
+def test_a_cohort_whose_membership_would_disclose_an_excluded_category_is_refused(exporter):
+    kick = exporter.kick_off("/Group/condition-86406008/$export", _type="Patient")
+    assert kick.status_code == 403
+    assert "keeps out of secondary use" in kick.json()["issue"][0]["diagnostics"]
+
+
+def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter, system):
+    person = next(
+        p for p in system.population if "gp" in p.sources and p.nhs_number not in exporter.opted_out
+    )
+    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
+    headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
+    found = httpx.get(
+        f"{exporter.base}/Patient",
+        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
+        headers=headers,
+        timeout=15,
+    ).json()
+    pid = found["entry"][0]["resource"]["id"]
+    body = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "dateTime": "2026-11-23T09:00:00Z",
+        "provision": {"type": "deny"},
+    }
+    stored = httpx.post(
+        f"{exporter.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
+    )
+    assert stored.status_code == 201, stored.text
+    try:
+        master = (exporter.db.parent / "extract-master.key").read_bytes()
+        pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
+        kick = exporter.kick_off(_type="Patient", profile="pseudonymised")
+        done = exporter.wait(kick.headers["Content-Location"])
+        assert done.status_code == 200, done.text
+        manifest = done.json()
+        objections = manifest["extension"]["carelink"]["consent"]["objections"]
+        assert objections["resourcesWithheld"] != "0"
+        text = json.dumps([ndjson(exporter.download(o["url"])) for o in manifest["output"]])
+        assert pseudonym not in text
+        anonymised = exporter.wait(exporter.kick_off(_type="Patient").headers["Content-Location"])
+        note = anonymised.json()["extension"]["carelink"]["consent"]["objections"]
+        assert note == "not applied to anonymised extracts by the policy"
+    finally:
+        gone = httpx.delete(f"{exporter.base}/Consent/{stored.json()['id']}", headers=headers)
+        assert gone.status_code in (200, 204)

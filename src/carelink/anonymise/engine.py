@@ -18,6 +18,11 @@ the tool is deterministic):
   ``generalize`` (FHIRPath cases on ``$this``), ``keep``;
 - security labels in ``meta.security`` for what was done.
 
+``dateShiftScope`` ``resource`` keys the shift by the resource's id,
+``file`` by the name of the file the resource is written to (``apply(...,
+file=)``; the pipeline writes ``<type>.ndjson``), ``folder`` by the name of
+the output folder (``Anonymiser(folder=)``), as the tool does.
+
 carelink's options (``parameters``): ``dateShiftScope: "person"`` shifts
 every date of a person by a keyed per-person offset (HMAC of the person's
 pseudonym, ``dateShiftRange`` days) the same in every resource from every
@@ -39,6 +44,7 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -109,8 +115,11 @@ class Anonymiser:
         keys: ProjectKeys | None = None,
         rng: random.Random | None = None,
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+        folder: str = "",
     ) -> None:
         self.config = config
+        self.folder = folder
+        self._file = ""
         self.keys = keys
         self.rng = rng or random.Random()
         self.today = today
@@ -141,10 +150,12 @@ class Anonymiser:
         return list(fn(data, variables or {}))
 
     # -- public --------------------------------------------------------------------------------
-    def apply(self, resource: Json, person: str | None = None) -> Json:
+    def apply(self, resource: Json, person: str | None = None, file: str = "") -> Json:
         """A de-identified copy of ``resource``. ``person`` is the person's pseudonym
-        (for ``dateShiftScope: person``)."""
+        (for ``dateShiftScope: person``), ``file`` the name of the file it is written to
+        (for ``dateShiftScope: file``). Not re-entrant: one engine per thread."""
         out: Json = orjson.loads(orjson.dumps(resource))  # a deep copy, several times faster
+        self._file = file
         self._resource(out, out, person)
         return out
 
@@ -262,8 +273,12 @@ class Anonymiser:
         root: Json,
         person: str | None,
     ) -> None:
+        if rule.method == "substitute":
+            if (id(node.container), node.key) not in visited:
+                self._substitute_node(rule, node, visited, ops)
+            return
         method = getattr(self, f"_{rule.method}")
-        whole = rule.method in ("substitute", "perturb")  # these act on the node as a whole
+        whole = rule.method == "perturb"  # acts on the node as a whole
         for n in [node] if whole else list(_subtree(node)):
             key = (id(n.container), n.key)
             if key in visited:
@@ -326,7 +341,11 @@ class Anonymiser:
             if person is None or self.keys is None:
                 raise ExportError("a per-person date shift needs the person")
             return self.keys.shift_days(person, self.range)
-        prefix = str(root.get("id", "")) if self.scope == "resource" else ""
+        prefix = {
+            "resource": str(root.get("id", "")),
+            "file": Path(self._file).name,
+            "folder": Path(self.folder.rstrip("/\\")).name,
+        }.get(self.scope, "")
         o = 0
         for b in (prefix + self.date_key).encode():
             o = (o * 131 + b) % 101
@@ -397,14 +416,28 @@ class Anonymiser:
         plain = unpadder.update(dec.update(raw[16:]) + dec.finalize()) + unpadder.finalize()
         return plain.decode()
 
-    def _substitute(
-        self, rule: Rule, n: Node, ops: set[str], root: Json, person: str | None
+    def _substitute_node(
+        self, rule: Rule, n: Node, visited: set[tuple[int, Any]], ops: set[str]
     ) -> None:
+        """Replace a node's value, keeping what earlier rules already processed inside it.
+
+        A primitive takes the replacement. A complex value is merged with the
+        replacement element by element: repeats are paired in order; an
+        element an earlier rule processed stays as that rule left it (and
+        takes up its replacement's place); one that merely holds such an
+        element is stripped down to it; anything else is replaced, or removed
+        when the replacement has nothing for it. Then the whole substituted
+        value counts as processed, so later rules leave it alone.
+        """
         replacement = rule.options.get("replaceWith")
         if n.type in PRIMITIVES or not isinstance(n.value, dict):
-            _set(n, None if replacement is None else replacement)
+            _set(n, None if replacement is None else copy.deepcopy(replacement))
         else:
-            n.container[n.key] = copy.deepcopy(replacement) if isinstance(replacement, dict) else {}
+            _merge(n.value, replacement if isinstance(replacement, dict) else {}, visited)
+        for d in _subtree(
+            Node(n.container, n.key, n.container[n.key], n.type, n.path, n.element, n.parent_type)
+        ):
+            visited.add((id(d.container), d.key))
         ops.add("SUBSTITUTE")
 
     def _perturb(self, rule: Rule, n: Node, ops: set[str], root: Json, person: str | None) -> None:
@@ -481,6 +514,67 @@ class Anonymiser:
             if op in ops and LABELS[op]["code"].lower() not in have:
                 labels.append(dict(LABELS[op]))
         meta["security"] = labels
+
+
+def _touched(value: Any, container: Any, key: Any, visited: set[tuple[int, Any]]) -> bool:
+    """Was this value, or anything inside it, processed by an earlier rule?"""
+    if (id(container), key) in visited:
+        return True
+    if isinstance(value, dict):
+        return any(
+            _touched(
+                item, v if isinstance(v, list) else value, i if isinstance(v, list) else k, visited
+            )
+            for k, v in value.items()
+            for i, item in (enumerate(v) if isinstance(v, list) else [(k, v)])
+        )
+    return False
+
+
+def _merge(target: Json, replacement: Json, visited: set[tuple[int, Any]]) -> None:
+    """``target`` substituted by ``replacement`` in place (see ``_substitute_node``)."""
+    for name in list(target):
+        if name == "resourceType":
+            continue
+        current = target[name]
+        reps = replacement.get(name)
+        rep_items = reps if isinstance(reps, list) else ([] if reps is None else [reps])
+        if isinstance(current, list):
+            kept: list[Any] = []
+            i = 0
+            for index, item in enumerate(current):
+                if (id(current), index) in visited:
+                    kept.append(item)
+                    i += 1
+                elif i < len(rep_items):
+                    kept.append(_merged(item, rep_items[i], current, index, visited))
+                    i += 1
+                elif _touched(item, current, index, visited):
+                    kept.append(_merged(item, {}, current, index, visited))
+            kept += [copy.deepcopy(r) for r in rep_items[i:]]
+            current[:] = kept  # the same list object: processed items keep their place
+        elif (id(target), name) in visited:
+            continue
+        elif rep_items:
+            target[name] = _merged(current, rep_items[0], target, name, visited)
+        elif _touched(current, target, name, visited):
+            target[name] = _merged(current, {}, target, name, visited)
+        else:
+            del target[name]
+    for name, reps in replacement.items():
+        if name not in target:
+            target[name] = copy.deepcopy(reps)
+
+
+def _merged(
+    value: Any, replacement: Any, container: Any, key: Any, visited: set[tuple[int, Any]]
+) -> Any:
+    if isinstance(value, dict) and isinstance(replacement, dict):
+        _merge(value, replacement, visited)
+        return value
+    if _touched(value, container, key, visited):
+        return value
+    return copy.deepcopy(replacement) if replacement != {} else None
 
 
 def _scalar(v: Any) -> Any:

@@ -101,6 +101,9 @@ def parse(document: Any, source: str = "<config>") -> Config:
     unknown = set(params) - PARAMETERS
     if unknown:
         raise ConfigError(f"{source}: unknown parameter {sorted(unknown)[0]!r}")
+    scope = params.get("dateShiftScope", "resource")
+    if scope not in ("resource", "file", "folder", "person"):
+        raise ConfigError(f"{source}: dateShiftScope must be resource, file, folder or person")
     used = {r.method for r in rules}
     if "encrypt" in used and len(str(params.get("encryptKey", "")).encode()) not in (16, 24, 32):
         raise ConfigError(f"{source}: encrypt needs an encryptKey of 16, 24 or 32 bytes")

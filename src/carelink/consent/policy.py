@@ -45,7 +45,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from carelink.errors import ConfigError
@@ -152,13 +151,14 @@ class PolicyFile(_Strict):
                 raise ValueError(f"{name!r} is not one of the organisations' sources")
         return v
 
-    @model_validator(mode="after")
-    def _excludes_known(self) -> PolicyFile:
-        known = {c.code for c in self.categories}
-        for code in self.secondaryUseExcludes:
+    @field_validator("secondaryUseExcludes")
+    @classmethod
+    def _excludes_known(cls, v: list[str], info: Any) -> list[str]:
+        known = {c.code for c in info.data.get("categories", ())}
+        for code in v:
             if code not in known:
-                raise ValueError(f"secondaryUseExcludes: {code!r} is not one of the categories")
-        return self
+                raise ValueError(f"{code!r} is not one of the categories' codes")
+        return v
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,9 @@ async def run(
     today = today or datetime.now(UTC).date()
     consent = _SecondaryUse.of(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
-    engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys)
+    engine = Anonymiser(
+        load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.directory.name
+    )
     people = record.index.all_persons()
     if spec.cohort.kind == "practice":
         people = [p for p in people if _practice(p) == spec.cohort.value]
@@ -287,7 +289,7 @@ async def run(
                 pseudonym = keys.pseudonym("person:" + person.id)
                 wrote = False
                 for r in wanted:
-                    done = engine.apply(r, person=pseudonym)
+                    done = engine.apply(r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson")
                     if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
                         done = _generalised_patient(done, person, today, levels)
                     out.write(done)
