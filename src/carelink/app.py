@@ -30,7 +30,7 @@ from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.export.jobs import Runner
-from carelink.export.pipeline import ExtractSpec
+from carelink.export.pipeline import ExtractSpec, load_pcns
 from carelink.export.tables import Extracted, extract
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.policy = load_policy(Path(settings.consent_policy))
+    app.state.pcns = load_pcns(Path(settings.pcns)) if settings.pcns else None
     app.state.token_policy = None
     app.state.verifier = None
     app.state.token_service = None

@@ -99,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--project", required=True, help="the project (its keys derive from it)")
     ext.add_argument("--profile", default="anonymised", choices=["anonymised", "pseudonymised"])
     ext.add_argument("--out", type=Path, required=True)
-    ext.add_argument("--group", help="practice-<ODS> or condition-<SNOMED CT code>")
+    ext.add_argument(
+        "--group", help="practice-<ODS>, pcn-<ODS> (CARELINK_PCNS) or condition-<SNOMED CT code>"
+    )
     ext.add_argument("--type", action="append", help="resource types (repeatable)")
     ext.add_argument("--k", type=int, default=5, help="k-anonymity threshold (anonymised)")
     ext.add_argument(
@@ -292,14 +294,17 @@ def _extract(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from carelink.app import extract_with
-    from carelink.export.pipeline import Cohort, ExtractSpec
+    from carelink.export.pipeline import Cohort, ExtractSpec, load_pcns
     from carelink.settings import Settings
+
+    settings = Settings.from_env()
+    pcns = load_pcns(Path(settings.pcns)) if settings.pcns else None
 
     spec = ExtractSpec(
         project=args.project,
         profile=args.profile,
         types=frozenset(args.type) if args.type else None,
-        cohort=Cohort.from_group(args.group) if args.group else Cohort(),
+        cohort=Cohort.from_group(args.group, pcns) if args.group else Cohort(),
         k=args.k,
         purpose=args.purpose,
     )
@@ -310,7 +315,7 @@ def _extract(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
             return True
 
-        done = asyncio.run(extract_with(Settings.from_env(), spec, args.out, progress))
+        done = asyncio.run(extract_with(settings, spec, args.out, progress))
     for name, count in sorted(done.counts.items()):
         print(f"{name}: {count} rows")
     print(f"written to {args.out} (Parquet tables, dictionary.json, manifest.json)")

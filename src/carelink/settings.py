@@ -51,6 +51,8 @@ class Settings:
     deid_rules: str = field(
         default_factory=lambda: str(Path(default_policy_path()).parent / "deid")
     )
+    #: primary care networks for ``Group/pcn-<code>`` cohorts (JSON); none when unset
+    pcns: str | None = None
     #: the extract master key file (32+ random bytes; made on first use outside production)
     master_key: str = "var/extract-master.key"
     default_page_size: int = 50
@@ -120,5 +122,6 @@ class Settings:
             exports=e.get("CARELINK_EXPORTS", s.exports),
             deid_rules=e.get("CARELINK_DEID_RULES", s.deid_rules),
             master_key=e.get("CARELINK_MASTER_KEY", s.master_key),
+            pcns=e.get("CARELINK_PCNS", s.pcns) or None,
         )
         return s.validate()

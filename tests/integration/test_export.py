@@ -28,6 +28,7 @@ from tests.support.tokens import Issuer
 ANALYST = "population-health"
 SMART_FETCH_CLIENT = "bulk-client"
 BULK_KEY = RSAKey.generate_key(2048, parameters={"kid": "bulk-1"})
+PCN, PCN_PRACTICES = "U86001", ["B86000", "B86001"]
 
 
 @dataclass
@@ -109,7 +110,9 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             ]
         )
     )
-    extra = {"CARELINK_CLIENTS": str(clients)}
+    pcns = tmp / "pcns.json"
+    pcns.write_text(json.dumps({PCN: {"name": "North PCN", "practices": PCN_PRACTICES}}))
+    extra = {"CARELINK_CLIENTS": str(clients), "CARELINK_PCNS": str(pcns)}
     with token_gateways(system.env, db, issuer, tmp, extra=extra) as (gateway,):
         yield Exporter(gateway.base, issuer, db, opted, gateway.env)
 
@@ -411,3 +414,29 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
     finally:
         gone = httpx.delete(f"{exporter.base}/Consent/{stored.json()['id']}", headers=headers)
         assert gone.status_code in (200, 204)
+
+
+def test_a_pcn_cohort_holds_exactly_its_practices_registered_patients(exporter, system):
+    assert {p.gp_ods for p in system.population} >= set(PCN_PRACTICES)
+    kick = exporter.kick_off(f"/Group/pcn-{PCN}/$export", _type="Patient", profile="pseudonymised")
+    assert kick.status_code == 202, kick.text
+    done = exporter.wait(kick.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    (out,) = done.json()["output"]
+    shown = {
+        i["value"]
+        for p in ndjson(exporter.download(out["url"]))
+        for i in p.get("identifier", [])
+        if "pseudonym" in i["system"]
+    }
+    master = (exporter.db.parent / "extract-master.key").read_bytes()
+    keys = ProjectKeys.for_project(master, ANALYST)
+    expected = {
+        keys.nhs_pseudonym(p.nhs_number)
+        for p in system.population
+        if p.gp_ods in PCN_PRACTICES and p.nhs_number not in exporter.opted_out
+    }
+    assert shown == expected
+    unknown = exporter.kick_off("/Group/pcn-U99999/$export")
+    assert unknown.status_code == 404
+    assert "not a configured PCN" in unknown.json()["issue"][0]["diagnostics"]

@@ -128,8 +128,10 @@ async def export_patients(request: Request) -> Response:
 
 @router.fhir_route("/Group/{gid}/$export", ["GET", "POST"])
 async def export_group(request: Request) -> Response:
-    """Group-level export: a practice's patients or people with a condition."""
-    return await _kick_off(request, Cohort.from_group(request.path_params["gid"]))
+    """Group-level export: a practice's or a PCN's patients, or people with a condition."""
+    return await _kick_off(
+        request, Cohort.from_group(request.path_params["gid"], request.app.state.pcns)
+    )
 
 
 def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]

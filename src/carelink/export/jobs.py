@@ -49,7 +49,7 @@ class JobRequest:
                 "types": sorted(s.types) if s.types is not None else None,
                 "since": s.since.isoformat() if s.since else None,
                 "typeFilters": s.type_filters,
-                "cohort": [s.cohort.kind, s.cohort.value],
+                "cohort": [s.cohort.kind, s.cohort.value, list(s.cohort.practices)],
                 "k": s.k,
                 "purpose": s.purpose,
                 "request": self.request_url,
@@ -60,13 +60,14 @@ class JobRequest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> JobRequest:
         d = orjson.loads(raw)
+        kind, value, *members = d["cohort"]
         spec = ExtractSpec(
             project=d["project"],
             profile=d["profile"],
             types=frozenset(d["types"]) if d["types"] is not None else None,
             since=datetime.fromisoformat(d["since"]) if d["since"] else None,
             type_filters=d["typeFilters"],
-            cohort=Cohort(*d["cohort"]),
+            cohort=Cohort(kind, value, tuple(members[0]) if members else ()),
             k=int(d.get("k", 5)),
             purpose=str(d.get("purpose", "HOPERAT")),
         )

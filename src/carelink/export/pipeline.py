@@ -31,7 +31,8 @@ clinicians' hot answers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -52,7 +53,7 @@ from carelink.anonymise.engine import Anonymiser
 from carelink.anonymise.keys import ProjectKeys
 from carelink.anonymise.rules import load as load_rules
 from carelink.consent import Actor, Guard, Policy
-from carelink.errors import AccessDenied, ExportError, InvalidRequest
+from carelink.errors import AccessDenied, ConfigError, ExportError, InvalidRequest, NotFound
 from carelink.export.tables import Columns, flatten
 from carelink.federation import SharedRecord
 from carelink.federation.query import criteria
@@ -68,21 +69,86 @@ SNOMED = "http://snomed.info/sct"
 
 @dataclass(frozen=True)
 class Cohort:
-    """Who is in the extract: everyone, a GP practice's patients, or people with a condition."""
+    """Who is in the extract: everyone, a GP practice's or a primary care network's
+    registered patients, or people with a condition."""
 
-    kind: str = "all"  # all | practice | condition
+    kind: str = "all"  # all | practice | pcn | condition
     value: str = ""
+    #: a PCN's member practices (ODS codes), fixed when the export is asked for
+    practices: tuple[str, ...] = ()
 
     @classmethod
-    def from_group(cls, group_id: str) -> Cohort:
-        """``practice-<ODS>`` or ``condition-<SNOMED code>``."""
+    def from_group(cls, group_id: str, pcns: Mapping[str, Pcn] | None = None) -> Cohort:
+        """``practice-<ODS>``, ``pcn-<ODS>`` (from the configured PCN list) or
+        ``condition-<SNOMED code>``; ``NotFound`` for a group that does not exist."""
         kind, _, value = group_id.partition("-")
-        if kind not in ("practice", "condition") or not value:
-            raise InvalidRequest(
-                f"Group/{group_id} is not known: groups are practice-<ODS code> or "
-                "condition-<SNOMED CT code>"
+        if kind not in ("practice", "pcn", "condition") or not value:
+            raise NotFound(
+                f"Group/{group_id} is not known: groups are practice-<ODS code>, "
+                "pcn-<ODS code> or condition-<SNOMED CT code>"
             )
+        if kind == "pcn":
+            if not pcns:
+                raise NotFound(
+                    f"Group/{group_id}: no primary care networks are configured (CARELINK_PCNS)"
+                )
+            pcn = pcns.get(value)
+            if pcn is None:
+                raise NotFound(f"Group/{group_id}: {value} is not a configured PCN")
+            return cls(kind, value, pcn.practices)
         return cls(kind, value)
+
+    def holds(self, practice: str | None) -> bool:
+        """Is a person registered with ``practice`` in the cohort (before any condition)?"""
+        if self.kind == "practice":
+            return practice == self.value
+        if self.kind == "pcn":
+            return practice in self.practices
+        return True
+
+
+@dataclass(frozen=True)
+class Pcn:
+    """A primary care network: its ODS code, name and member practices."""
+
+    code: str
+    name: str
+    practices: tuple[str, ...]
+
+
+_ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+
+
+def load_pcns(path: Path) -> dict[str, Pcn]:
+    """The PCN list: ``{"<PCN ODS code>": {"name": ..., "practices": ["<ODS>", ...]}}``;
+    ``ConfigError`` naming the file and the entry that is wrong."""
+    try:
+        document = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: PCN list cannot be read ({exc.strerror})") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: PCN list is not JSON ({exc.msg})") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the PCN list is an object of PCN code -> entry")
+    out = {}
+    owner: dict[str, str] = {}
+    for code, entry in document.items():
+        where = f"{path}: PCN {code}"
+        if not _ODS.match(code):
+            raise ConfigError(f"{where}: not an ODS code")
+        if not isinstance(entry, dict) or set(entry) - {"name", "practices"}:
+            raise ConfigError(f"{where}: an entry has name and practices only")
+        practices = entry.get("practices")
+        if not isinstance(practices, list) or not practices:
+            raise ConfigError(f"{where}: practices must be a non-empty list of ODS codes")
+        for practice in practices:
+            if not isinstance(practice, str) or not _ODS.match(practice):
+                raise ConfigError(f"{where}: {practice!r} is not an ODS code")
+            if practice in owner:
+                raise ConfigError(f"{where}: {practice} already belongs to {owner[practice]}")
+            owner[practice] = code
+        out[code] = Pcn(code, str(entry.get("name", code)), tuple(practices))
+    return out
 
 
 @dataclass(frozen=True)
@@ -257,8 +323,8 @@ async def run(
         load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.directory.name
     )
     people = record.index.all_persons()
-    if spec.cohort.kind == "practice":
-        people = [p for p in people if _practice(p) == spec.cohort.value]
+    if spec.cohort.kind in ("practice", "pcn"):
+        people = [p for p in people if spec.cohort.holds(_practice(p))]
     excluded = {"ndop": 0, "type1": 0}
     if spec.profile == "pseudonymised":
         kept = []
