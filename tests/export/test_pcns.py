@@ -17,7 +17,9 @@ def write(tmp_path, document):
 
 
 def test_a_pcn_group_resolves_to_its_member_practices(tmp_path):
-    pcns = load_pcns(write(tmp_path, {"U12345": {"name": "North", "practices": ["B86001", "B86002"]}}))
+    pcns = load_pcns(
+        write(tmp_path, {"U12345": {"name": "North", "practices": ["B86001", "B86002"]}})
+    )
     cohort = Cohort.from_group("pcn-U12345", pcns)
     assert cohort.practices == ("B86001", "B86002")
     assert cohort.holds("B86002")
@@ -49,7 +51,10 @@ def test_unknown_groups_are_not_found(group, pcns, message):
         ({"U12345": {"practices": []}}, "non-empty list"),
         ({"U12345": {"practices": ["b 1"]}}, "'b 1' is not an ODS code"),
         ({"U12345": {"practices": ["B86001"], "colour": "red"}}, "name and practices only"),
-        ({"U12345": {"practices": ["B86001"]}, "U12346": {"practices": ["B86001"]}}, "already belongs to U12345"),
+        (
+            {"U12345": {"practices": ["B86001"]}, "U12346": {"practices": ["B86001"]}},
+            "already belongs to U12345",
+        ),
     ],
 )
 def test_a_malformed_pcn_list_names_the_file_and_the_problem(tmp_path, document, message):
