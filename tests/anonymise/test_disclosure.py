@@ -14,6 +14,7 @@ from carelink.anonymise.disclosure import (
     age_band,
     postcode_level,
     protect,
+    recheck,
     small_numbers,
     suppress_table,
 )
@@ -61,6 +62,26 @@ def test_an_extract_that_cannot_meet_k_is_refused_not_shipped():
         protect(df, ["sex", "diagnosis"], Thresholds(k=50, max_suppressed=0.0))
     assert not err.value.report.met
     assert "REFUSED" in err.value.report.summary()
+
+
+def test_k_is_checked_again_over_what_consent_let_through():
+    qis = ["age", "sex", "postcode"]
+    df = people(2000).assign(id=range(2000))
+    t = Thresholds(k=5, max_suppressed=0.05)
+    released, report = protect(df, qis, t)
+    planned = df[df["id"].isin(released["id"])]
+    again = recheck(planned, qis, t, report.levels, report.records_in)
+    assert (again.met, again.smallest_class) == (True, report.smallest_class)
+    # Consent withholds all but one member of one class: that person would stand alone.
+    sizes = released.groupby(qis, dropna=False)["id"].transform("size")
+    members = released[sizes == sizes.min()]
+    key = members.iloc[0][qis]
+    same = members[(members[qis] == key).all(axis=1)]["id"].tolist()
+    fewer = planned[~planned["id"].isin(same[1:])]
+    with pytest.raises(Refused) as err:
+        recheck(fewer, qis, t, report.levels, report.records_in)
+    assert err.value.report.smallest_class == 1
+    assert "below k" in err.value.report.summary()
 
 
 def test_l_diversity_is_checked_on_the_sensitive_column():

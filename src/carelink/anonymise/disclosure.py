@@ -186,6 +186,26 @@ def protect(
     return released.reset_index(drop=True), report
 
 
+def recheck(
+    released: pd.DataFrame,
+    qis: Sequence[str],
+    thresholds: Thresholds,
+    levels: dict[str, int],
+    records_in: int,
+) -> Report:
+    """The report for the records actually released, at the levels ``protect`` chose.
+
+    When fewer records are released than ``protect`` planned for (consent
+    withheld some), classes can shrink below k: ``Refused`` if they do.
+    """
+    raw = released.reset_index(drop=True)
+    current = _generalised(raw, raw, levels)
+    report = _report(current, records_in, records_in - len(current), qis, thresholds, levels, None)
+    if not report.met:
+        raise Refused(report)
+    return report
+
+
 def _report(
     released: pd.DataFrame,
     n: int,

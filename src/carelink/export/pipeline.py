@@ -47,6 +47,7 @@ from carelink.anonymise.disclosure import (
     age_band,
     postcode_level,
     protect,
+    recheck,
     small_numbers,
 )
 from carelink.anonymise.engine import Anonymiser
@@ -338,6 +339,7 @@ async def run(
     report: Report | None = None
     levels: dict[str, int] = {}
     written_people = 0
+    with_patient: list[PersonRow] = []  # people whose (generalised) Patient is released
     try:
         with bulk_read():
             if spec.cohort.kind == "condition":
@@ -354,6 +356,8 @@ async def run(
                     wanted = consent.filter(person, wanted)
                 pseudonym = keys.pseudonym("person:" + person.id)
                 wrote = False
+                if any(r.get("resourceType") == "Patient" for r in wanted):
+                    with_patient.append(person)
                 for r in wanted:
                     done = engine.apply(r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson")
                     if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
@@ -361,6 +365,15 @@ async def run(
                     out.write(done)
                     wrote = True
                 written_people += wrote
+        if report is not None and with_patient and len(with_patient) < report.records_out:
+            # Consent withheld some planned Patients: k must still hold over those released.
+            report = recheck(
+                _quasi(with_patient, today),
+                QUASI,
+                _thresholds(spec),
+                levels,
+                report.records_in,
+            )
     finally:
         out.close()
     return Result(
@@ -458,14 +471,17 @@ def _quasi(people: list[PersonRow], today: date) -> pd.DataFrame:
     )
 
 
+QUASI = ("age", "sex", "postcode")
+
+
+def _thresholds(spec: ExtractSpec) -> Thresholds:
+    return Thresholds(k=spec.k, max_suppressed=spec.max_suppressed)
+
+
 def _k_anonymous(
     people: list[PersonRow], spec: ExtractSpec, today: date
 ) -> tuple[list[PersonRow], Report, dict[str, int]]:
-    released, report = protect(
-        _quasi(people, today),
-        ["age", "sex", "postcode"],
-        Thresholds(k=spec.k, max_suppressed=spec.max_suppressed),
-    )
+    released, report = protect(_quasi(people, today), QUASI, _thresholds(spec))
     keep = set(released["id"])
     return [p for p in people if p.id in keep], report, report.levels
 

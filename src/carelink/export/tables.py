@@ -13,6 +13,7 @@ extract but a bounded sample of each column's values.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,13 @@ async def extract(
 
     raw = out / "ndjson"
     output = Output(raw, tabulate=True)
-    result = await run(record, spec, master_key, rules_dir, opt_outs, output, progress, guard=guard)
+    try:
+        result = await run(
+            record, spec, master_key, rules_dir, opt_outs, output, progress, guard=guard
+        )
+    except BaseException:
+        shutil.rmtree(raw, ignore_errors=True)  # refused or failed: nothing half-written stays
+        raise
     entries: list[dict[str, Any]] = []
     for rtype in sorted(result.counts):
         entries += to_parquet(
