@@ -292,6 +292,13 @@ def _wanted(r: Json, spec: ExtractSpec) -> bool:
     return True
 
 
+def _one_patient(r: Json, person: PersonRow) -> bool:
+    """One Patient per person: the index's merged Patient, not each source's copy (copies
+    would repeat the person in the Patient table, and in anonymised extracts would make
+    one person look like a whole equivalence class)."""
+    return r.get("resourceType") != "Patient" or r.get("id") == person.id
+
+
 def _has_condition(resources: Iterable[Json], code: str) -> bool:
     return any(
         r.get("resourceType") == "Condition"
@@ -351,7 +358,7 @@ async def run(
                 if progress is not None and not await progress(i, total):
                     raise ExportError("cancelled")
                 fed = await record.federate(person.id, None)
-                wanted = [r for r in fed.resources if _wanted(r, spec)]
+                wanted = [r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)]
                 if consent is not None:
                     wanted = consent.filter(person, wanted)
                 pseudonym = keys.pseudonym("person:" + person.id)
