@@ -446,3 +446,58 @@ def test_a_pcn_cohort_holds_exactly_its_practices_registered_patients(exporter, 
     unknown = exporter.kick_off("/Group/pcn-U99999/$export")
     assert unknown.status_code == 404
     assert "not a configured PCN" in unknown.json()["issue"][0]["diagnostics"]
+
+
+def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_what_is_left(
+    system, tmp_path
+):
+    policy = json.loads((Path(__file__).parents[2] / "consent" / "policy.json").read_text())
+    policy["secondaryUseObjections"] = "all"
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    db = tmp_path / "own.db"
+    copy_index(system.env["CARELINK_DATABASE_URL"], db)
+    issuer = Issuer()
+    extra = {"CARELINK_CONSENT_POLICY": str(tmp_path / "policy.json")}
+    with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
+        exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
+        clinician = issuer.token(aud=gateway.base, scope="user/*.cruds")
+        headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
+        practice = system.population[0].gp_ods
+        objectors = [p for p in system.population if p.gp_ods == practice][:4]
+        for person in objectors:
+            found = httpx.get(
+                f"{gateway.base}/Patient",
+                params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
+                headers=headers,
+                timeout=15,
+            ).json()
+            body = {
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                            "code": "patient-privacy",
+                        }
+                    ]
+                },
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": f"Patient/{found['entry'][0]['resource']['id']}"},
+                "provision": {"type": "deny"},
+            }
+            stored = httpx.post(
+                f"{gateway.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
+            )
+            assert stored.status_code == 201, stored.text
+        kick = exporter.kick_off(f"/Group/practice-{practice}/$export", _type="Patient", k=2)
+        done = exporter.wait(kick.headers["Content-Location"])
+        assert done.status_code == 200, done.text
+        manifest = done.json()
+        carelink_part = manifest["extension"]["carelink"]
+        assert carelink_part["consent"]["objections"]["resourcesWithheld"] != "0"
+        (out,) = manifest["output"]
+        patients = ndjson(exporter.download(out["url"]))
+        # The report is of what was released, not of what was planned before consent.
+        assert carelink_part["risk"]["records_out"] == len(patients) == out["count"]
+        assert carelink_part["risk"]["smallest_class"] >= 2
