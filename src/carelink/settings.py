@@ -18,8 +18,9 @@ DEFAULT_SOURCES = {
 
 
 def default_policy_path() -> str:
-    """The policy shipped beside the package in the repository (``consent/policy.json``)."""
-    return str(Path(__file__).resolve().parents[2] / "consent" / "policy.json")
+    """The shipped policy: the repository's ``consent/policy.json``, installed with the
+    package as ``carelink/consent_files/`` (a link to ``consent/`` in the repository)."""
+    return str(Path(__file__).resolve().parent / "consent_files" / "policy.json")
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,9 @@ def test_k_is_checked_again_over_what_consent_let_through():
     t = Thresholds(k=5, max_suppressed=0.05)
     released, report = protect(df, qis, t)
     planned = df[df["id"].isin(released["id"])]
-    again = recheck(planned, qis, t, report.levels, report.records_in)
+    again = recheck(planned, qis, t, report.levels, report.suppressed)
     assert (again.met, again.smallest_class) == (True, report.smallest_class)
+    assert (again.records_in, again.suppressed) == (report.records_in, report.suppressed)
     # Consent withholds all but one member of one class: that person would stand alone.
     sizes = released.groupby(qis, dropna=False)["id"].transform("size")
     members = released[sizes == sizes.min()]
@@ -79,9 +80,29 @@ def test_k_is_checked_again_over_what_consent_let_through():
     same = members[(members[qis] == key).all(axis=1)]["id"].tolist()
     fewer = planned[~planned["id"].isin(same[1:])]
     with pytest.raises(Refused) as err:
-        recheck(fewer, qis, t, report.levels, report.records_in)
+        recheck(fewer, qis, t, report.levels, report.suppressed)
     assert err.value.report.smallest_class == 1
     assert "below k" in err.value.report.summary()
+
+
+def test_people_consent_withheld_are_neither_suppressed_nor_counted_in():
+    qis = ["sex"]
+    df = pd.DataFrame({"sex": ["F"] * 100, "id": range(100)})
+    t = Thresholds(k=5, max_suppressed=0.1)
+    _, report = protect(df, qis, t)
+    after = recheck(df.iloc[11:], qis, t, report.levels, report.suppressed)  # 11 objected
+    assert after.met
+    assert (after.records_in, after.suppressed, after.records_out) == (89, 0, 89)
+
+
+def test_counts_of_people_not_in_the_extract_follow_the_small_number_rule():
+    df = pd.DataFrame({"sex": ["F"] * 3, "id": range(3)})
+    with pytest.raises(Refused) as err:
+        protect(df, ["sex"], Thresholds(k=5, max_suppressed=0.0))
+    shown = err.value.report.as_json()
+    assert (shown["records_in"], shown["suppressed"]) == ("*", "*")
+    summary = err.value.report.summary()
+    assert "of * records released (* suppressed)" in summary
 
 
 def test_l_diversity_is_checked_on_the_sensitive_column():

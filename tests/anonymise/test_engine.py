@@ -304,6 +304,37 @@ def test_substitute_strips_a_holder_down_to_what_was_processed_inside_it():
     assert address["postalCode"] != "LS1 4AP"
 
 
+def test_a_substitute_rule_matching_nodes_inside_each_other_replaces_the_outer_one():
+    e = engine(
+        [{"path": "nodesByType('Extension')", "method": "substitute", "replaceWith": {"url": "x"}}]
+    )
+    out = e.apply(
+        {
+            "resourceType": "Patient",
+            "extension": [{"url": "a", "extension": [{"url": "b", "valueString": "s"}]}],
+        }
+    )
+    assert out["extension"] == [{"url": "x"}]
+
+
+def test_a_replacement_of_the_wrong_shape_fails_closed():
+    e = engine(
+        [
+            {"path": "Patient.address.postalCode", "method": "cryptoHash"},
+            {"path": "Patient", "method": "substitute", "replaceWith": {"address": "none"}},
+        ]
+    )
+    out = e.apply(
+        {
+            "resourceType": "Patient",
+            "address": [{"line": ["1 High St"], "city": "Leeds", "postalCode": "LS1 4AP"}],
+        }
+    )
+    (address,) = out["address"]
+    assert set(address) == {"postalCode"}  # street and city do not survive
+    assert address["postalCode"] != "LS1 4AP"
+
+
 def test_encrypt_round_trips_and_differs_each_time():
     e = engine(
         [{"path": "Patient.name.family", "method": "encrypt"}],

@@ -89,6 +89,17 @@ def test_the_dictionary_counts_values_and_caps_distinct(tmp_path):
     assert by["id"]["distinct"] == f">{DISTINCT_CAP}"
 
 
+def test_integers_beyond_int64_are_kept_exact_as_text(tmp_path):
+    big = [
+        {"resourceType": "Basic", "id": "a", "n": 2**63},
+        {"resourceType": "Basic", "id": "b", "n": 7},
+    ]
+    out = written(tmp_path, big)
+    target = tmp_path / "b.parquet"
+    to_parquet(tmp_path / "raw" / "Basic.ndjson", target, out.columns["Basic"])
+    assert pd.read_parquet(target)["n"].tolist() == [str(2**63), "7"]
+
+
 @pytest.mark.parametrize(
     ("resource", "row"),
     [

@@ -501,3 +501,85 @@ def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_wha
         # The report is of what was released, not of what was planned before consent.
         assert carelink_part["risk"]["records_out"] == len(patients) == out["count"]
         assert carelink_part["risk"]["smallest_class"] >= 2
+
+
+def test_an_unknown_group_says_nothing_to_a_caller_without_a_token(exporter):
+    anonymous = httpx.get(
+        f"{exporter.base}/Group/pcn-U99999/$export", headers={"Prefer": "respond-async"}
+    )
+    assert anonymous.status_code == 401
+    assert "PCN" not in anonymous.text
+
+
+def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient(exporter, system):
+    """An objection to social care's data: the pseudonymised Patient must not even carry
+    social care's (hashed) local identifier, which would show the person is known there."""
+    from carelink.sources.base import local_id_system
+
+    person = next(
+        p
+        for p in reversed(system.population)
+        if {"gp", "social-care"} <= set(p.sources)
+        and p.social_variant is None
+        and p.nhs_number not in exporter.opted_out
+    )
+    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
+    headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
+    found = httpx.get(
+        f"{exporter.base}/Patient",
+        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
+        headers=headers,
+        timeout=15,
+    ).json()
+    patient = found["entry"][0]["resource"]
+    social = local_id_system("social-care")
+    assert any(i["system"] == social for i in patient["identifier"])  # known there
+    body = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient['id']}"},
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {
+                    "role": {"coding": [{"code": "CST"}]},
+                    "reference": {
+                        "identifier": {
+                            "system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                            "value": "LSC00",
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    stored = httpx.post(
+        f"{exporter.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
+    )
+    assert stored.status_code == 201, stored.text
+    try:
+        master = (exporter.db.parent / "extract-master.key").read_bytes()
+        pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
+        kick = exporter.kick_off(_type="Patient", profile="pseudonymised")
+        done = exporter.wait(kick.headers["Content-Location"])
+        assert done.status_code == 200, done.text
+        (out,) = done.json()["output"]
+        mine = [
+            p
+            for p in ndjson(exporter.download(out["url"]))
+            if any(i.get("value") == pseudonym for i in p.get("identifier", []))
+        ]
+        assert len(mine) == 1  # still extracted: only social care's part is objected to
+        assert all(i["system"] != social for i in mine[0]["identifier"])
+    finally:
+        gone = httpx.delete(f"{exporter.base}/Consent/{stored.json()['id']}", headers=headers)
+        assert gone.status_code in (200, 204)

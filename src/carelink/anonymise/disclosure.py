@@ -114,14 +114,18 @@ class Report:
     reasons: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        return dict(self.__dict__)
+        """The report as JSON-ready data, for the analyst: the counts of records that are
+        not in the extract (records in, suppressed) under the small-number rule."""
+        out = dict(self.__dict__)
+        out["records_in"] = small_numbers(self.records_in)
+        out["suppressed"] = small_numbers(self.suppressed)
+        return out
 
     def summary(self) -> str:
-        """A short readable account."""
+        """A short readable account (counts not in the extract under the small-number rule)."""
         lines = [
-            f"{self.records_out} of {self.records_in} records released "
-            f"({self.suppressed} suppressed); {self.classes} equivalence classes, "
+            f"{self.records_out} of {small_numbers(self.records_in)} records released "
+            f"({small_numbers(self.suppressed)} suppressed); {self.classes} equivalence classes, "
             f"smallest {self.smallest_class} (k required {self.k}).",
             "Generalisation: "
             + ", ".join(f"{q} level {lvl}" for q, lvl in self.levels.items())
@@ -191,16 +195,19 @@ def recheck(
     qis: Sequence[str],
     thresholds: Thresholds,
     levels: dict[str, int],
-    records_in: int,
+    suppressed: int,
 ) -> Report:
     """The report for the records actually released, at the levels ``protect`` chose.
 
     When fewer records are released than ``protect`` planned for (consent
-    withheld some), classes can shrink below k: ``Refused`` if they do.
+    withheld some), classes can shrink below k: ``Refused`` if they do. The
+    records consent withheld are not counted as suppressed, nor as records in
+    (their number is not the analyst's to learn); ``suppressed`` is what
+    ``protect`` suppressed.
     """
     raw = released.reset_index(drop=True)
     current = _generalised(raw, raw, levels)
-    report = _report(current, records_in, records_in - len(current), qis, thresholds, levels, None)
+    report = _report(current, len(current) + suppressed, suppressed, qis, thresholds, levels, None)
     if not report.met:
         raise Refused(report)
     return report
@@ -218,7 +225,8 @@ def _report(
     reasons = []
     if n and suppressed > t.max_suppressed * n:
         reasons.append(
-            f"{suppressed} of {n} records would be suppressed (at most {t.max_suppressed:.0%})"
+            f"{small_numbers(suppressed)} of {small_numbers(n)} records would be suppressed "
+            f"(at most {t.max_suppressed:.0%})"
         )
     if len(released):
         groups = released.groupby(list(qis), dropna=False)

@@ -274,7 +274,7 @@ class Anonymiser:
         person: str | None,
     ) -> None:
         if rule.method == "substitute":
-            if (id(node.container), node.key) not in visited:
+            if (id(node.container), node.key) not in visited and _attached(node):
                 self._substitute_node(rule, node, visited, ops)
             return
         method = getattr(self, f"_{rule.method}")
@@ -569,12 +569,27 @@ def _merge(target: Json, replacement: Json, visited: set[tuple[int, Any]]) -> No
 def _merged(
     value: Any, replacement: Any, container: Any, key: Any, visited: set[tuple[int, Any]]
 ) -> Any:
-    if isinstance(value, dict) and isinstance(replacement, dict):
-        _merge(value, replacement, visited)
-        return value
-    if _touched(value, container, key, visited):
+    if isinstance(value, dict):
+        if isinstance(replacement, dict):
+            _merge(value, replacement, visited)
+            return value
+        if _touched(value, container, key, visited):
+            # A replacement of another shape: keep only what earlier rules processed
+            # (failing closed, never the untouched rest of the element).
+            _merge(value, {}, visited)
+            return value
+    elif _touched(value, container, key, visited):
         return value
     return copy.deepcopy(replacement) if replacement != {} else None
+
+
+def _attached(node: Node) -> bool:
+    """Is the node still where the walk found it? (An earlier match of the same
+    substitute rule may have replaced an element holding it.)"""
+    try:
+        return node.container[node.key] is node.value
+    except (IndexError, KeyError, TypeError):
+        return False
 
 
 def _scalar(v: Any) -> Any:

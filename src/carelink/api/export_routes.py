@@ -60,9 +60,11 @@ def _allowed(caller: Principal, policy: Policy) -> None:
         )
 
 
-async def _kick_off(request: Request, cohort: Cohort) -> Response:
+async def _kick_off(request: Request, group: str | None = None) -> Response:
     _, caller, base = await context(request)
     _allowed(caller, request.app.state.policy)
+    # Resolved only once the caller is known: unknown groups say nothing to strangers.
+    cohort = Cohort.from_group(group, request.app.state.pcns) if group else Cohort()
     if request.headers.get("prefer", "").replace(" ", "").lower().find("respond-async") < 0:
         raise InvalidRequest("$export needs the header Prefer: respond-async", "Prefer")
     q = request.query_params
@@ -117,21 +119,19 @@ async def _kick_off(request: Request, cohort: Cohort) -> Response:
 @router.fhir_route("/$export", ["GET", "POST"])
 async def export_system(request: Request) -> Response:
     """System-level export: everyone in the index."""
-    return await _kick_off(request, Cohort())
+    return await _kick_off(request)
 
 
 @router.fhir_route("/Patient/$export", ["GET", "POST"])
 async def export_patients(request: Request) -> Response:
     """Patient-level export: every patient (the compartment of each)."""
-    return await _kick_off(request, Cohort())
+    return await _kick_off(request)
 
 
 @router.fhir_route("/Group/{gid}/$export", ["GET", "POST"])
 async def export_group(request: Request) -> Response:
     """Group-level export: a practice's or a PCN's patients, or people with a condition."""
-    return await _kick_off(
-        request, Cohort.from_group(request.path_params["gid"], request.app.state.pcns)
-    )
+    return await _kick_off(request, request.path_params["gid"])
 
 
 def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]

@@ -98,7 +98,7 @@ class Guard:
         withheld = len(resources) - len(kept)
         if any(r.get("resourceType") == "Patient" for r in kept):
             hidden = self.hidden_sources(s)
-            kept = [self._trim(r, hidden) for r in kept]
+            kept = [self.trim(r, hidden) for r in kept]
         seen = frozenset(
             self.source_uris[src]
             for r in kept
@@ -106,18 +106,23 @@ class Guard:
         )
         return Filtered(kept, withheld, seen, s.break_glass)
 
-    def hidden_sources(self, s: Situation) -> frozenset[str]:
-        """Sources none of whose (non-sensitive) data this caller may see."""
+    def hidden_sources(
+        self, s: Situation, decide: Callable[[Situation, Json], Decision] | None = None
+    ) -> frozenset[str]:
+        """Sources none of whose (non-sensitive) data this caller may see (under
+        ``decide``, by default the direct-care decision)."""
         if not s.directives:
             return frozenset()  # the policy alone never withholds a whole source
+        decide = decide or self.engine.decide
         out = set()
         for uri, name in self.source_uris.items():
             probe = {"resourceType": "Basic", "id": "-", "meta": {"source": uri}}
-            if not self.engine.decide(s, probe).permit:
+            if not decide(s, probe).permit:
                 out.add(name)
         return frozenset(out)
 
-    def _trim(self, r: Json, hidden: frozenset[str]) -> Json:
+    def trim(self, r: Json, hidden: frozenset[str]) -> Json:
+        """The merged Patient without the local identifiers of ``hidden`` sources."""
         if r.get("resourceType") != "Patient" or not hidden:
             return r
         idents = [

@@ -22,7 +22,7 @@ import orjson
 
 from carelink.anonymise.disclosure import Refused
 from carelink.consent import Guard
-from carelink.errors import CarelinkError, ExportError
+from carelink.errors import ExportError
 from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
 from carelink.export.tables import to_parquet
 from carelink.federation import SharedRecord
@@ -161,7 +161,7 @@ class Runner:
             if str(exc) != "cancelled":
                 self.jobs.finish(job.id, "error", _error_manifest(str(exc), None))
             shutil.rmtree(directory, ignore_errors=True)
-        except CarelinkError as exc:
+        except Exception as exc:  # any failure ends this job, never the runner
             log.warning("export job %s failed: %s", job.id, type(exc).__name__)
             self.jobs.finish(job.id, "error", _error_manifest("the extract failed", None))
             shutil.rmtree(directory, ignore_errors=True)

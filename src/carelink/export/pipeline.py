@@ -184,8 +184,10 @@ class ExtractSpec:
 class Output:
     """One NDJSON file per resource type, appended as people are processed."""
 
-    def __init__(self, directory: Path, tabulate: bool = False) -> None:
+    def __init__(self, directory: Path, tabulate: bool = False, name: str = "") -> None:
         self.directory = directory
+        #: the extract's name (``dateShiftScope: folder``): the job id, or the output folder
+        self.name = name or directory.name
         directory.mkdir(parents=True, exist_ok=True)
         self.counts: dict[str, int] = {}
         self.tabulate = tabulate
@@ -327,9 +329,7 @@ async def run(
     today = today or datetime.now(UTC).date()
     consent = _SecondaryUse.of(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
-    engine = Anonymiser(
-        load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.directory.name
-    )
+    engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name)
     people = record.index.all_persons()
     if spec.cohort.kind in ("practice", "pcn"):
         people = [p for p in people if spec.cohort.holds(_practice(p))]
@@ -375,11 +375,7 @@ async def run(
         if report is not None and with_patient and len(with_patient) < report.records_out:
             # Consent withheld some planned Patients: k must still hold over those released.
             report = recheck(
-                _quasi(with_patient, today),
-                QUASI,
-                _thresholds(spec),
-                levels,
-                report.records_in,
+                _quasi(with_patient, today), QUASI, _thresholds(spec), levels, report.suppressed
             )
     finally:
         out.close()
@@ -432,15 +428,25 @@ class _SecondaryUse:
         return cls(guard, spec) if guard is not None else None
 
     def filter(self, person: PersonRow, resources: list[Json], count: bool = True) -> list[Json]:
-        """The resources consent lets into the extract (withheld ones counted by ground)."""
+        """The resources consent lets into the extract (withheld ones counted by ground);
+        the merged Patient loses the local identifiers of sources the Consents keep out,
+        which would otherwise show the person is known there."""
         s = self.guard.situation(self.actor, person.id, orjson.loads(person.patient))
+        engine = self.guard.engine
         kept = []
         for r in resources:
-            d = self.guard.engine.for_secondary_use(s, r, self.objections)
+            d = engine.for_secondary_use(s, r, self.objections)
             if d.permit:
                 kept.append(r)
             elif count:
                 self.withheld[d.basis] = self.withheld.get(d.basis, 0) + 1
+        if (
+            self.objections
+            and s.directives
+            and any(r.get("resourceType") == "Patient" for r in kept)
+        ):
+            hidden = self.guard.hidden_sources(s, lambda s, r: engine.for_secondary_use(s, r, True))
+            kept = [self.guard.trim(r, hidden) for r in kept]
         return kept
 
 

@@ -51,7 +51,7 @@ def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, int):
-        return "int"
+        return "int" if -(2**63) <= v < 2**63 else "str"  # beyond int64: kept exact, as text
     if isinstance(v, float):
         return "float"
     return "str"
@@ -201,19 +201,22 @@ async def extract(
     from carelink.export.pipeline import Output, run
 
     raw = out / "ndjson"
-    output = Output(raw, tabulate=True)
+    output = Output(raw, tabulate=True, name=out.name)
     try:
         result = await run(
             record, spec, master_key, rules_dir, opt_outs, output, progress, guard=guard
         )
+        entries: list[dict[str, Any]] = []
+        for rtype in sorted(result.counts):
+            entries += to_parquet(
+                raw / f"{rtype}.ndjson", out / f"{rtype}.parquet", output.columns[rtype], rtype
+            )
     except BaseException:
-        shutil.rmtree(raw, ignore_errors=True)  # refused or failed: nothing half-written stays
+        # Refused or failed: nothing half-written stays (NDJSON or tables).
+        shutil.rmtree(raw, ignore_errors=True)
+        for rtype in output.counts:
+            (out / f"{rtype}.parquet").unlink(missing_ok=True)
         raise
-    entries: list[dict[str, Any]] = []
-    for rtype in sorted(result.counts):
-        entries += to_parquet(
-            raw / f"{rtype}.ndjson", out / f"{rtype}.parquet", output.columns[rtype], rtype
-        )
     (out / "dictionary.json").write_bytes(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
     manifest = {"counts": result.counts, "carelink": result.manifest_extension()}
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
