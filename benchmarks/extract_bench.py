@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from federation_bench import SOURCES, free_port, process
+from federation_bench import simulators
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,29 +88,7 @@ def main() -> None:
     carelink = [sys.executable, "-m", "carelink"]
     try:
         with ExitStack() as stack:
-            urls = {}
-            for name in SOURCES:
-                port = free_port()
-                urls[name] = f"http://127.0.0.1:{port}"
-                stack.enter_context(
-                    process(
-                        [
-                            *carelink,
-                            "simulate",
-                            name,
-                            "--port",
-                            str(port),
-                            "--size",
-                            str(args.people),
-                            "--seed",
-                            "42",
-                            "--latency-ms",
-                            str(args.latency_ms),
-                        ],
-                        f"{urls[name]}/_admin/health",
-                        env,
-                    )
-                )
+            urls = simulators(stack, carelink, args.people, args.latency_ms, env)
             env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
             env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
             subprocess.run(

@@ -93,6 +93,36 @@ def process(args: list[str], ready: str, env: dict[str, str]) -> Iterator[None]:
             proc.kill()
 
 
+def simulators(
+    stack: ExitStack, carelink: list[str], size: int, latency_ms: float, env: dict[str, str]
+) -> dict[str, str]:
+    """Start the four simulators as processes (stopped with ``stack``); their base URLs."""
+    urls = {}
+    for name in SOURCES:
+        port = free_port()
+        urls[name] = f"http://127.0.0.1:{port}"
+        stack.enter_context(
+            process(
+                [
+                    *carelink,
+                    "simulate",
+                    name,
+                    "--port",
+                    str(port),
+                    "--size",
+                    str(size),
+                    "--seed",
+                    "42",
+                    "--latency-ms",
+                    str(latency_ms),
+                ],
+                f"{urls[name]}/_admin/health",
+                env,
+            )
+        )
+    return urls
+
+
 def wrk(
     url_base: str, paths: list[str], seconds: int, connections: int, tmp: Path
 ) -> dict[str, float]:
@@ -168,29 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     carelink = [sys.executable, "-m", "carelink"]
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args)}
     with ExitStack() as stack:
-        urls = {}
-        for name in SOURCES:
-            port = free_port()
-            urls[name] = f"http://127.0.0.1:{port}"
-            stack.enter_context(
-                process(
-                    [
-                        *carelink,
-                        "simulate",
-                        name,
-                        "--port",
-                        str(port),
-                        "--size",
-                        str(args.size),
-                        "--seed",
-                        "42",
-                        "--latency-ms",
-                        str(args.latency_ms),
-                    ],
-                    f"{urls[name]}/_admin/health",
-                    env,
-                )
-            )
+        urls = simulators(stack, carelink, args.size, args.latency_ms, env)
         env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
         env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
         env["CARELINK_AUTH"] = "development"  # the facade's own cost; auth is measured apart

@@ -121,6 +121,52 @@ def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]
 
 
+def _patient(base: str, token: str, nhs_number: str) -> dict[str, Any]:
+    """The gateway's merged Patient for an NHS number."""
+    found = httpx.get(
+        f"{base}/Patient",
+        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs_number}"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=15,
+    ).json()
+    return dict(found["entry"][0]["resource"])
+
+
+def _record_consent(base: str, token: str, patient_id: str, provision: dict[str, Any]) -> str:
+    """Record an active privacy Consent through the API; its id."""
+    body = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": "2026-11-23T09:00:00Z",
+        "provision": provision,
+    }
+    stored = httpx.post(
+        f"{base}/Consent",
+        content=json.dumps(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        timeout=15,
+    )
+    assert stored.status_code == 201, stored.text
+    return str(stored.json()["id"])
+
+
+def _withdraw(base: str, token: str, consent_id: str) -> None:
+    gone = httpx.delete(
+        f"{base}/Consent/{consent_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert gone.status_code in (200, 204)
+
+
 def test_a_job_accepted_before_a_restart_still_runs(exporter):
     done = exporter.wait(f"{exporter.base}/$export-status/left-over")
     assert done.status_code == 200, done.text
@@ -371,34 +417,8 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
         if "gp" in p.sources and p.nhs_number not in exporter.opted_out
     )
     clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
-    headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
-    found = httpx.get(
-        f"{exporter.base}/Patient",
-        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
-        headers=headers,
-        timeout=15,
-    ).json()
-    pid = found["entry"][0]["resource"]["id"]
-    body = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "dateTime": "2026-11-23T09:00:00Z",
-        "provision": {"type": "deny"},
-    }
-    stored = httpx.post(
-        f"{exporter.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
-    )
-    assert stored.status_code == 201, stored.text
+    pid = _patient(exporter.base, clinician, person.nhs_number)["id"]
+    consent_id = _record_consent(exporter.base, clinician, pid, {"type": "deny"})
     try:
         master = (exporter.db.parent / "extract-master.key").read_bytes()
         pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
@@ -414,8 +434,7 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
         note = anonymised.json()["extension"]["carelink"]["consent"]["objections"]
         assert note == "not applied to anonymised extracts by the policy"
     finally:
-        gone = httpx.delete(f"{exporter.base}/Consent/{stored.json()['id']}", headers=headers)
-        assert gone.status_code in (200, 204)
+        _withdraw(exporter.base, clinician, consent_id)
 
 
 def test_a_pcn_cohort_holds_exactly_its_practices_registered_patients(exporter, system):
@@ -461,35 +480,11 @@ def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_wha
     with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
         exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
         clinician = issuer.token(aud=gateway.base, scope="user/*.cruds")
-        headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
         practice = system.population[0].gp_ods
         objectors = [p for p in system.population if p.gp_ods == practice][:4]
         for person in objectors:
-            found = httpx.get(
-                f"{gateway.base}/Patient",
-                params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
-                headers=headers,
-                timeout=15,
-            ).json()
-            body = {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                            "code": "patient-privacy",
-                        }
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"reference": f"Patient/{found['entry'][0]['resource']['id']}"},
-                "provision": {"type": "deny"},
-            }
-            stored = httpx.post(
-                f"{gateway.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
-            )
-            assert stored.status_code == 201, stored.text
+            pid = _patient(gateway.base, clinician, person.nhs_number)["id"]
+            _record_consent(gateway.base, clinician, pid, {"type": "deny"})
         kick = exporter.kick_off(f"/Group/practice-{practice}/$export", _type="Patient", k=2)
         done = exporter.wait(kick.headers["Content-Location"])
         assert done.status_code == 200, done.text
@@ -524,48 +519,21 @@ def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient
         and p.nhs_number not in exporter.opted_out
     )
     clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
-    headers = {"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"}
-    found = httpx.get(
-        f"{exporter.base}/Patient",
-        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{person.nhs_number}"},
-        headers=headers,
-        timeout=15,
-    ).json()
-    patient = found["entry"][0]["resource"]
+    patient = _patient(exporter.base, clinician, person.nhs_number)
     social = local_id_system("social-care")
     assert any(i["system"] == social for i in patient["identifier"])  # known there
-    body = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient['id']}"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"coding": [{"code": "CST"}]},
-                    "reference": {
-                        "identifier": {
-                            "system": "https://fhir.nhs.uk/Id/ods-organization-code",
-                            "value": "LSC00",
-                        }
-                    },
-                }
-            ],
+    custodian = {
+        "role": {"coding": [{"code": "CST"}]},
+        "reference": {
+            "identifier": {
+                "system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                "value": "LSC00",
+            }
         },
     }
-    stored = httpx.post(
-        f"{exporter.base}/Consent", content=json.dumps(body), headers=headers, timeout=15
+    consent_id = _record_consent(
+        exporter.base, clinician, patient["id"], {"type": "deny", "actor": [custodian]}
     )
-    assert stored.status_code == 201, stored.text
     try:
         master = (exporter.db.parent / "extract-master.key").read_bytes()
         pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
@@ -581,5 +549,4 @@ def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient
         assert len(mine) == 1  # still extracted: only social care's part is objected to
         assert all(i["system"] != social for i in mine[0]["identifier"])
     finally:
-        gone = httpx.delete(f"{exporter.base}/Consent/{stored.json()['id']}", headers=headers)
-        assert gone.status_code in (200, 204)
+        _withdraw(exporter.base, clinician, consent_id)
