@@ -318,6 +318,8 @@ def _extract(args: argparse.Namespace) -> int:
         done = asyncio.run(extract_with(settings, spec, args.out, progress))
     for name, count in sorted(done.counts.items()):
         print(f"{name}: {count} rows")
+    for problem in done.manifest["errors"]:
+        print(f"warning: {problem} (OperationOutcome.ndjson)", file=sys.stderr)
     print(f"written to {args.out} (Parquet tables, dictionary.json, manifest.json)")
     return EXIT_OK
 

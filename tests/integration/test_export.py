@@ -550,3 +550,28 @@ def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient
         assert all(i["system"] != social for i in mine[0]["identifier"])
     finally:
         _withdraw(exporter.base, clinician, consent_id)
+
+
+def test_a_source_that_cannot_be_read_is_reported_not_silently_missing(exporter, system):
+    system.faults("acute", down=True)
+    try:
+        kick = exporter.kick_off(_type="Patient,Encounter", profile="pseudonymised")
+        done = exporter.wait(kick.headers["Content-Location"])
+    finally:
+        system.heal()
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert set(manifest["extension"]["carelink"]["incompleteSources"]) == {"acute"}
+    (error,) = manifest["error"]
+    assert error["type"] == "OperationOutcome"
+    (outcome,) = ndjson(exporter.download(error["url"]))
+    text = outcome["issue"][0]["diagnostics"]
+    assert text.startswith("source acute could not be read for ")
+    assert not any(p.nhs_number in text or p.family in text for p in system.population)
+    # The other sources' data is all there.
+    assert {o["type"] for o in manifest["output"]} == {"Patient", "Encounter"}
+    healthy = exporter.wait(
+        exporter.kick_off(_type="Patient", profile="pseudonymised").headers["Content-Location"]
+    )
+    assert healthy.json()["error"] == []
+    assert "incompleteSources" not in healthy.json()["extension"]["carelink"]

@@ -31,7 +31,7 @@ from carelink.auth import Principal
 from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
-from carelink.export.jobs import JobRequest
+from carelink.export.jobs import ERRORS, JobRequest
 from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filters
 from carelink.federation.query import SEARCH_TYPES
 from carelink.fhir.search import parse_date
@@ -153,7 +153,7 @@ async def export_status(request: Request) -> Response:
     body = orjson.loads(job.manifest or b"{}")
     if job.status == "error":
         return fhir(body["outcome"], 500)
-    for item in body.get("output", []):
+    for item in [*body.get("output", []), *body.get("error", [])]:
         item["url"] = f"{base}/$export-file/{job.id}/{item['url']}"
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -176,7 +176,8 @@ async def export_file(request: Request) -> Response:
     job = _own_job(request, caller, request.path_params["job"])
     name = request.path_params["name"]
     rtype, _, ext = name.partition(".")
-    if job.status != "complete" or ext not in MEDIA or rtype not in EXPORT_TYPES:
+    known = rtype in EXPORT_TYPES or name == ERRORS
+    if job.status != "complete" or ext not in MEDIA or not known:
         raise NotFound("no such file")
     path: Path = request.app.state.exports / job.id / name
     if not await run_in_threadpool(path.is_file):

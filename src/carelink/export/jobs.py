@@ -150,7 +150,7 @@ class Runner:
                     }
                     for rtype in files
                 ],
-                "error": [],
+                "error": _error_file(directory, result.errors()),
                 "extension": {"carelink": result.manifest_extension()},
             }
             self.jobs.finish(job.id, "complete", orjson.dumps(manifest))
@@ -168,6 +168,17 @@ class Runner:
         finally:
             with contextlib.suppress(Exception):
                 out.close()
+
+
+ERRORS = "OperationOutcome.ndjson"
+
+
+def _error_file(directory: Path, outcomes: list[Json]) -> list[Json]:
+    """The Bulk Data error file (one OperationOutcome a line) and its manifest entry."""
+    if not outcomes:
+        return []
+    (directory / ERRORS).write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in outcomes))
+    return [{"type": "OperationOutcome", "url": ERRORS, "count": len(outcomes)}]
 
 
 def _error_manifest(message: str, risk: Json | None) -> bytes:

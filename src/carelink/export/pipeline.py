@@ -31,6 +31,7 @@ clinicians' hot answers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ from carelink.consent import Actor, Guard, Policy
 from carelink.errors import AccessDenied, ConfigError, ExportError, InvalidRequest, NotFound
 from carelink.export.tables import Columns, flatten
 from carelink.federation import SharedRecord
+from carelink.federation.fanout import NOT_KNOWN, OK
 from carelink.federation.query import criteria
+from carelink.federation.record import Federated
 from carelink.sources.answer_cache import bulk_read
 from carelink.storage import PersonRow
 
@@ -229,6 +232,29 @@ class Result:
     project: str
     withheld: dict[str, int] = field(default_factory=dict)
     consents_applied: bool = False
+    #: source -> people whose data from it could not be read (after retries)
+    incomplete: dict[str, int] = field(default_factory=dict)
+
+    def errors(self) -> list[Json]:
+        """One OperationOutcome per source that could not be read for someone (the Bulk
+        Data error file): the extract is complete except for what these say."""
+        return [
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "incomplete",
+                        "diagnostics": (
+                            f"source {source} could not be read for {small_numbers(n)} "
+                            f"{'person' if n == 1 else 'people'} after {ATTEMPTS} attempts: "
+                            f"their records in this extract lack its data"
+                        ),
+                    }
+                ],
+            }
+            for source, n in sorted(self.incomplete.items())
+        ]
 
     def manifest_extension(self) -> Json:
         """The carelink part of a manifest (small numbers suppressed)."""
@@ -248,6 +274,8 @@ class Result:
                 else f"not applied to {self.profile} extracts by the policy"
             ),
         }
+        if self.incomplete:
+            out["incompleteSources"] = {k: small_numbers(v) for k, v in self.incomplete.items()}
         if self.risk is not None:
             out["risk"] = self.risk.as_json()
         return out
@@ -292,6 +320,34 @@ def _wanted(r: Json, spec: ExtractSpec) -> bool:
     if filters:
         return any(all(c.matches(r) for c in criteria(rtype, f)[0]) for f in filters)
     return True
+
+
+ATTEMPTS = 3  # reads of a person's record before a failing source is given up for them
+RETRY_SECONDS = 0.2
+
+
+class _Reader:
+    """Federated reads for an extract, retried when a source fails, counted when it
+    still fails. A source that failed someone's every attempt is not retried for the
+    next people until it answers again (a source that is down costs one read each)."""
+
+    def __init__(self, record: SharedRecord) -> None:
+        self.record = record
+        self.incomplete: dict[str, int] = {}
+        self._down: set[str] = set()
+
+    async def read(self, person: PersonRow, types: frozenset[str] | None) -> Federated:
+        for attempt in range(1, ATTEMPTS + 1):
+            fed = await self.record.federate(person.id, types)
+            failed = {r.source for r in fed.results if r.status not in (OK, NOT_KNOWN)}
+            self._down -= {r.source for r in fed.results if r.status == OK}
+            if not failed or failed <= self._down or attempt == ATTEMPTS:
+                break
+            await asyncio.sleep(RETRY_SECONDS * attempt)
+        for source in failed:
+            self.incomplete[source] = self.incomplete.get(source, 0) + 1
+        self._down |= failed
+        return fed
 
 
 def _one_patient(r: Json, person: PersonRow) -> bool:
@@ -347,17 +403,18 @@ async def run(
     levels: dict[str, int] = {}
     written_people = 0
     with_patient: list[PersonRow] = []  # people whose (generalised) Patient is released
+    reader = _Reader(record)
     try:
         with bulk_read():
             if spec.cohort.kind == "condition":
-                people = await _with_condition(record, people, spec.cohort.value, progress, consent)
+                people = await _with_condition(reader, people, spec.cohort.value, progress, consent)
             if spec.profile == "anonymised":
                 people, report, levels = _k_anonymous(people, spec, today)
             total = len(people)
             for i, person in enumerate(people):
                 if progress is not None and not await progress(i, total):
                     raise ExportError("cancelled")
-                fed = await record.federate(person.id, None)
+                fed = await reader.read(person, None)
                 wanted = [r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)]
                 if consent is not None:
                     wanted = consent.filter(person, wanted)
@@ -388,6 +445,7 @@ async def run(
         spec.project,
         dict(consent.withheld) if consent else {},
         bool(consent and consent.objections),
+        dict(reader.incomplete),
     )
 
 
@@ -451,7 +509,7 @@ class _SecondaryUse:
 
 
 async def _with_condition(
-    record: SharedRecord,
+    reader: _Reader,
     people: list[PersonRow],
     code: str,
     progress: Progress | None,
@@ -464,7 +522,7 @@ async def _with_condition(
     for i, person in enumerate(people):
         if progress is not None and not await progress(i, total):
             raise ExportError("cancelled")
-        fed = await record.federate(person.id, frozenset({"Condition"}))
+        fed = await reader.read(person, frozenset({"Condition"}))
         found = fed.resources
         if consent is not None:
             found = consent.filter(person, found, count=False)

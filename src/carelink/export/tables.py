@@ -218,7 +218,16 @@ async def extract(
             (out / f"{rtype}.parquet").unlink(missing_ok=True)
         raise
     (out / "dictionary.json").write_bytes(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
-    manifest = {"counts": result.counts, "carelink": result.manifest_extension()}
+    errors = result.errors()
+    if errors:
+        (out / "OperationOutcome.ndjson").write_bytes(
+            b"".join(orjson.dumps(o) + b"\n" for o in errors)
+        )
+    manifest = {
+        "counts": result.counts,
+        "errors": [o["issue"][0]["diagnostics"] for o in errors],
+        "carelink": result.manifest_extension(),
+    }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     if result.risk is not None:
         (out / "risk.txt").write_text(result.risk.summary() + "\n")
