@@ -152,7 +152,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
             app.state.guard,
+            ttl_hours=settings.export_ttl_hours,
         )
+        app.state.export_ttl = settings.export_ttl_hours * 3600
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
         if app.state.token_policy is not None:

@@ -23,6 +23,15 @@ def default_policy_path() -> str:
     return str(Path(__file__).resolve().parent / "consent_files" / "policy.json")
 
 
+def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
+    if name not in env:
+        return default
+    try:
+        return float(env[name])
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of {unit}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to start; immutable once made."""
@@ -48,6 +57,8 @@ class Settings:
     consent_policy: str = field(default_factory=lambda: default_policy_path())
     #: where export jobs write their files
     exports: str = "var/exports"
+    #: hours an export's files are kept after it was asked for (then deleted)
+    export_ttl_hours: float = 24.0
     #: the de-identification profiles (``<profile>.json``); by default ``consent/deid``
     deid_rules: str = field(
         default_factory=lambda: str(Path(default_policy_path()).parent / "deid")
@@ -79,6 +90,10 @@ class Settings:
             raise ConfigError(
                 f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
             )
+        if not self.export_ttl_hours > 0:
+            raise ConfigError(
+                f"CARELINK_EXPORT_TTL_HOURS must be more than 0 hours, not {self.export_ttl_hours}"
+            )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
@@ -99,16 +114,11 @@ class Settings:
             if any(len(p) != 2 for p in pairs):
                 raise ConfigError("CARELINK_SOURCES must be name=url[,name=url...]")
             s = replace(s, sources={k.strip(): v.strip() for k, v in pairs})
-        if "CARELINK_BUDGET" in e:
-            try:
-                s = replace(s, budget=float(e["CARELINK_BUDGET"]))
-            except ValueError as exc:
-                raise ConfigError("CARELINK_BUDGET must be a number of seconds") from exc
-        if "CARELINK_BREAKER_RESET" in e:
-            try:
-                s = replace(s, breaker_reset=float(e["CARELINK_BREAKER_RESET"]))
-            except ValueError as exc:
-                raise ConfigError("CARELINK_BREAKER_RESET must be a number of seconds") from exc
+        s = replace(
+            s,
+            budget=_number(e, "CARELINK_BUDGET", s.budget, "seconds"),
+            breaker_reset=_number(e, "CARELINK_BREAKER_RESET", s.breaker_reset, "seconds"),
+        )
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])
         s = replace(
@@ -121,6 +131,7 @@ class Settings:
             clients=e.get("CARELINK_CLIENTS", s.clients),
             consent_policy=e.get("CARELINK_CONSENT_POLICY", s.consent_policy),
             exports=e.get("CARELINK_EXPORTS", s.exports),
+            export_ttl_hours=_number(e, "CARELINK_EXPORT_TTL_HOURS", s.export_ttl_hours, "hours"),
             deid_rules=e.get("CARELINK_DEID_RULES", s.deid_rules),
             master_key=e.get("CARELINK_MASTER_KEY", s.master_key),
             pcns=e.get("CARELINK_PCNS", s.pcns) or None,

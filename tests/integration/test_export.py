@@ -575,3 +575,32 @@ def test_a_source_that_cannot_be_read_is_reported_not_silently_missing(exporter,
     )
     assert healthy.json()["error"] == []
     assert "incompleteSources" not in healthy.json()["extension"]["carelink"]
+
+
+def test_exports_are_deleted_after_their_retention_time(system, tmp_path):
+    db = tmp_path / "own.db"
+    copy_index(system.env["CARELINK_DATABASE_URL"], db)
+    issuer = Issuer()
+    extra = {"CARELINK_EXPORT_TTL_HOURS": "0.001"}  # 3.6 s
+    with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
+        exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
+        kick = exporter.kick_off(_type="Patient")
+        done = exporter.wait(kick.headers["Content-Location"])
+        assert done.status_code == 200, done.text
+        assert "Expires" in done.headers
+        url = done.json()["output"][0]["url"]
+        assert exporter.download(url).status_code == 200
+        job = kick.headers["Content-Location"].rsplit("/", 1)[1]
+        files = tmp_path / "exports" / job
+        assert files.is_dir()
+        deadline = time.monotonic() + 20
+        while files.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not files.exists()
+        gone = httpx.get(
+            kick.headers["Content-Location"],
+            headers={"Authorization": f"Bearer {exporter.token()}"},
+        )
+        assert gone.status_code == 404
+        assert "expired" in gone.json()["issue"][0]["diagnostics"]
+        assert exporter.download(url).status_code == 404

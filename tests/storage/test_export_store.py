@@ -51,3 +51,20 @@ def test_opt_outs_are_kept_once_per_kind(db):
     assert store.load([("9434765919", "ndop"), ("9434765919", "ndop")], "t") == 1
     assert store.load([("9434765919", "type1")], "t") == 1
     assert store.all() == {"9434765919": {"ndop", "type1"}}
+
+
+def test_finished_jobs_expire_after_their_time_and_running_ones_do_not(db):
+    jobs = JobStore(db)
+    for job_id, created in (("old-done", 10.0), ("old-running", 11.0), ("new-done", 500.0)):
+        jobs.create(job_id, "client", b"{}", now=created)
+    assert [jobs.claim(now=600.0).id for _ in range(3)] == ["old-done", "old-running", "new-done"]
+    assert jobs.finish("old-done", "complete", b'{"output": []}')
+    assert jobs.finish("new-done", "complete", b'{"output": []}')
+    assert jobs.expire(created_before=100.0) == ["old-done"]
+    expired = jobs.get("old-done")
+    assert expired is not None
+    assert (expired.status, expired.manifest) == ("expired", None)
+    assert jobs.get("old-running").status == "running"
+    assert jobs.get("new-done").status == "complete"
+    assert jobs.expire(created_before=100.0) == []  # once
+    assert not jobs.cancel("old-done")

@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from datetime import datetime
+from email.utils import formatdate
 from pathlib import Path
 
 import orjson
@@ -136,8 +137,8 @@ async def export_group(request: Request) -> Response:
 
 def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]
     job = request.app.state.jobs.get(job_id)
-    if job is None or job.client != caller.subject or job.status == "cancelled":
-        raise NotFound("no such export job (unknown, someone else's, or cancelled)")
+    if job is None or job.client != caller.subject or job.status in ("cancelled", "expired"):
+        raise NotFound("no such export job (unknown, someone else's, cancelled or expired)")
     return job
 
 
@@ -155,7 +156,8 @@ async def export_status(request: Request) -> Response:
         return fhir(body["outcome"], 500)
     for item in [*body.get("output", []), *body.get("error", [])]:
         item["url"] = f"{base}/$export-file/{job.id}/{item['url']}"
-    return Response(orjson.dumps(body), media_type="application/json")
+    expires = formatdate(job.created + request.app.state.export_ttl, usegmt=True)
+    return Response(orjson.dumps(body), media_type="application/json", headers={"Expires": expires})
 
 
 @router.fhir_route("/$export-status/{job}", ["DELETE"])

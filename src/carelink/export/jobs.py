@@ -87,6 +87,7 @@ class Runner:
         master_key: bytes,
         guard: Guard,
         clock: Callable[[], float] = time.time,
+        ttl_hours: float = 24.0,
     ) -> None:
         self.jobs = jobs
         self.opt_outs = opt_outs
@@ -96,15 +97,30 @@ class Runner:
         self.master_key = master_key
         self.guard = guard
         self.clock = clock
+        self.ttl = ttl_hours * 3600
 
-    async def serve(self, poll: float = 0.5) -> None:
-        """Run jobs until cancelled."""
+    async def serve(self, poll: float = 0.5, sweep_every: float | None = None) -> None:
+        """Run jobs until cancelled; delete expired exports' files as it goes (every
+        minute, or twice per retention time when that is shorter)."""
+        sweep_every = sweep_every if sweep_every is not None else min(60.0, self.ttl / 2)
+        swept = -sweep_every
         while True:
+            if self.clock() - swept >= sweep_every:
+                swept = self.clock()
+                await asyncio.to_thread(self.sweep)
             job = self.jobs.claim(self.clock())
             if job is None:
                 await asyncio.sleep(poll)
                 continue
             await self.run_one(job)
+
+    def sweep(self) -> list[str]:
+        """Expire exports asked for more than the retention time ago and delete their
+        files (in any gateway process: whichever sweeps first); the expired job ids."""
+        expired = self.jobs.expire(self.clock() - self.ttl)
+        for job_id in expired:
+            shutil.rmtree(self.exports / job_id, ignore_errors=True)
+        return expired
 
     async def run_one(self, job: JobRow) -> None:
         """Run one claimed job to completion, error or cancellation."""

@@ -26,7 +26,7 @@ class JobRow:
 
     id: str
     client: str
-    status: str  # accepted | running | complete | error | cancelled
+    status: str  # accepted | running | complete | error | cancelled | expired
     request: bytes
     created: float
     lease_until: float
@@ -108,12 +108,36 @@ class JobStore:
             )
             return done.rowcount == 1
 
+    def expire(self, created_before: float) -> list[str]:
+        """Mark finished jobs asked for before ``created_before`` as expired; their ids
+        (their files are to be deleted). Jobs still running are left alone."""
+        with self.db.engine.begin() as conn:
+            ids = [
+                job_id
+                for (job_id,) in conn.execute(
+                    sa.select(export_jobs.c.id).where(
+                        export_jobs.c.created < created_before,
+                        export_jobs.c.status.in_(("complete", "error", "cancelled")),
+                    )
+                ).all()
+            ]
+            if ids:
+                conn.execute(
+                    export_jobs.update()
+                    .where(export_jobs.c.id.in_(ids))
+                    .values(status="expired", progress="expired", manifest=None)
+                )
+        return ids
+
     def cancel(self, job_id: str) -> bool:
         """Cancel a job (whatever its state); False if there is none."""
         with self.db.engine.begin() as conn:
             done = conn.execute(
                 export_jobs.update()
-                .where(export_jobs.c.id == job_id, export_jobs.c.status != "cancelled")
+                .where(
+                    export_jobs.c.id == job_id,
+                    export_jobs.c.status.notin_(("cancelled", "expired")),
+                )
                 .values(status="cancelled", progress="cancelled")
             )
             return done.rowcount == 1
