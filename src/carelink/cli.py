@@ -18,6 +18,7 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from carelink import errors
@@ -104,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     ext.add_argument("--type", action="append", help="resource types (repeatable)")
     ext.add_argument("--k", type=int, default=5, help="k-anonymity threshold (anonymised)")
+    ext.add_argument(
+        "--since", help="only resources updated at or after this instant (FHIR dateTime)"
+    )
+    ext.add_argument(
+        "--type-filter",
+        action="append",
+        help="Bulk Data _typeFilter, e.g. Observation?category=laboratory (repeatable)",
+    )
     ext.add_argument(
         "--purpose",
         default="HOPERAT",
@@ -294,7 +303,7 @@ def _extract(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from carelink.app import extract_with
-    from carelink.export.pipeline import Cohort, ExtractSpec, load_pcns
+    from carelink.export.pipeline import Cohort, ExtractSpec, load_pcns, type_filters
     from carelink.settings import Settings
 
     settings = Settings.from_env()
@@ -307,6 +316,8 @@ def _extract(args: argparse.Namespace) -> int:
         cohort=Cohort.from_group(args.group, pcns) if args.group else Cohort(),
         k=args.k,
         purpose=args.purpose,
+        since=_instant(args.since) if args.since else None,
+        type_filters=type_filters(args.type_filter or ()),
     )
     with Progress(transient=True) as bar:
         task = bar.add_task("extracting", total=None)
@@ -324,9 +335,17 @@ def _extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _instant(text: str) -> datetime:
+    """``--since``: a FHIR dateTime with a time zone, or a date (midnight UTC)."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r} is not a FHIR dateTime") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _optout(args: argparse.Namespace) -> int:
     import csv
-    from datetime import UTC, datetime
 
     from carelink.fhir.nhs import normalise, problem
     from carelink.settings import Settings

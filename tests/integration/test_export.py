@@ -318,6 +318,20 @@ def test_the_command_line_extract_writes_parquet_tables_a_dictionary_and_a_risk_
     assert "smallest" in (out / "risk.txt").read_text()
     text = (out / "ndjson" / "Patient.ndjson").read_text()
     assert not any(p.nhs_number in text for p in system.population)
+    # The Bulk Data filters, at the command line too.
+    filtered = tmp_path / "filtered"
+    args = ["extract", "--project", "atlas", "--profile", "pseudonymised", "--out", str(filtered)]
+    only = carelink(
+        [*args, "--type", "Condition", "--type-filter", "Condition?code=38341003"], exporter.env
+    )
+    assert only.returncode == 0, only.stderr
+    conditions = pd.read_parquet(filtered / "Condition.parquet")
+    assert len(conditions) > 0
+    assert set(conditions["code.coding.0.code"]) == {"38341003"}
+    bad = carelink([*args, "--since", "last tuesday"], exporter.env)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "--since 'last tuesday' is not a FHIR dateTime" in bad.stderr
 
 
 def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter, tmp_path):
