@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -326,6 +328,9 @@ ATTEMPTS = 3  # reads of a person's record before a failing source is given up f
 RETRY_SECONDS = 0.2
 
 
+IN_FLIGHT = 8  # people whose records are being read ahead of the one being written
+
+
 class _Reader:
     """Federated reads for an extract, retried when a source fails, counted when it
     still fails. A source that failed someone's every attempt is not retried for the
@@ -348,6 +353,37 @@ class _Reader:
             self.incomplete[source] = self.incomplete.get(source, 0) + 1
         self._down |= failed
         return fed
+
+    async def ahead(
+        self, people: list[PersonRow], types: frozenset[str] | None
+    ) -> AsyncGenerator[tuple[int, PersonRow, Federated], None]:
+        """Each person (numbered from 0) with their record, in order, reading up to
+        ``IN_FLIGHT`` ahead (the sources' latency overlaps; memory holds at most that
+        many records)."""
+        pending: deque[tuple[PersonRow, asyncio.Task[Federated]]] = deque()
+        queue = iter(people)
+
+        def top_up() -> None:
+            while len(pending) < IN_FLIGHT:
+                person = next(queue, None)
+                if person is None:
+                    return
+                pending.append((person, asyncio.create_task(self.read(person, types))))
+
+        top_up()
+        try:
+            done = 0
+            while pending:
+                person, task = pending.popleft()
+                fed = await task
+                top_up()
+                yield done, person, fed
+                done += 1
+        finally:
+            for _, task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
 
 
 def _one_patient(r: Json, person: PersonRow) -> bool:
@@ -411,24 +447,28 @@ async def run(
             if spec.profile == "anonymised":
                 people, report, levels = _k_anonymous(people, spec, today)
             total = len(people)
-            for i, person in enumerate(people):
-                if progress is not None and not await progress(i, total):
-                    raise ExportError("cancelled")
-                fed = await reader.read(person, None)
-                wanted = [r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)]
-                if consent is not None:
-                    wanted = consent.filter(person, wanted)
-                pseudonym = keys.pseudonym("person:" + person.id)
-                wrote = False
-                if any(r.get("resourceType") == "Patient" for r in wanted):
-                    with_patient.append(person)
-                for r in wanted:
-                    done = engine.apply(r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson")
-                    if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
-                        done = _generalised_patient(done, person, today, levels)
-                    out.write(done)
-                    wrote = True
-                written_people += wrote
+            async with aclosing(reader.ahead(people, None)) as records:
+                async for i, person, fed in records:
+                    if progress is not None and not await progress(i, total):
+                        raise ExportError("cancelled")
+                    wanted = [
+                        r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)
+                    ]
+                    if consent is not None:
+                        wanted = consent.filter(person, wanted)
+                    pseudonym = keys.pseudonym("person:" + person.id)
+                    wrote = False
+                    if any(r.get("resourceType") == "Patient" for r in wanted):
+                        with_patient.append(person)
+                    for r in wanted:
+                        done = engine.apply(
+                            r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson"
+                        )
+                        if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
+                            done = _generalised_patient(done, person, today, levels)
+                        out.write(done)
+                        wrote = True
+                    written_people += wrote
         if report is not None and with_patient and len(with_patient) < report.records_out:
             # Consent withheld some planned Patients: k must still hold over those released.
             report = recheck(
@@ -519,15 +559,15 @@ async def _with_condition(
     resources consent lets into the extract (a first pass; nothing kept)."""
     members = []
     total = len(people)
-    for i, person in enumerate(people):
-        if progress is not None and not await progress(i, total):
-            raise ExportError("cancelled")
-        fed = await reader.read(person, frozenset({"Condition"}))
-        found = fed.resources
-        if consent is not None:
-            found = consent.filter(person, found, count=False)
-        if _has_condition(found, code):
-            members.append(person)
+    async with aclosing(reader.ahead(people, frozenset({"Condition"}))) as records:
+        async for i, person, fed in records:
+            if progress is not None and not await progress(i, total):
+                raise ExportError("cancelled")
+            found = fed.resources
+            if consent is not None:
+                found = consent.filter(person, found, count=False)
+            if _has_condition(found, code):
+                members.append(person)
     return members
 
 
