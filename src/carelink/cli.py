@@ -336,12 +336,13 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _instant(text: str) -> datetime:
-    """``--since``: a FHIR dateTime with a time zone, or a date (midnight UTC)."""
+    """``--since``, read as ``_since`` is on ``$export``: a FHIR date or dateTime (its start)."""
+    from carelink.fhir.search import parse_date
+
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--since {text!r} is not a FHIR dateTime") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return parse_date(text, "--since").range.start
+    except errors.CarelinkError:
+        raise ValueError(f"--since {text!r} is not a FHIR date or dateTime") from None
 
 
 def _optout(args: argparse.Namespace) -> int:

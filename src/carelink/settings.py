@@ -90,9 +90,10 @@ class Settings:
             raise ConfigError(
                 f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
             )
-        if not self.export_ttl_hours > 0:
+        if not 0 < self.export_ttl_hours <= 24 * 366:
             raise ConfigError(
-                f"CARELINK_EXPORT_TTL_HOURS must be more than 0 hours, not {self.export_ttl_hours}"
+                "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
+                f"not {self.export_ttl_hours}"
             )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):

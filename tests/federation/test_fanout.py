@@ -113,3 +113,27 @@ def test_circuit_half_opens_after_the_reset_and_closes_on_success():
     source.error = None
     assert run(fan, ["a"])[0].status == "ok"
     assert breaker.state == "closed"
+
+
+def test_a_cancelled_fan_out_stops_its_fetches_and_frees_a_half_open_trial():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=1, reset_after=5.0, clock=lambda: now[0])
+    breaker.record(False)  # open
+    now[0] = 10.0  # past the reset: the next request is the half-open trial
+    slow = ScriptedSource("a", delay=5.0)
+    fan = FanOut({"a": slow}, budget=10.0, breakers={"a": breaker})
+
+    async def cancel_midway() -> None:
+        task = asyncio.ensure_future(fan.gather([Request("a", "L1", None)], "Patient/p", None))
+        await asyncio.sleep(0.05)
+        assert breaker.trial_in_flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # no fetch task of the fan-out is left running
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert others == []
+
+    asyncio.run(cancel_midway())
+    assert slow.calls == 1
+    assert breaker.allow()  # a new trial may go: the source is not shut for good

@@ -137,7 +137,14 @@ async def export_group(request: Request) -> Response:
 
 def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]
     job = request.app.state.jobs.get(job_id)
-    if job is None or job.client != caller.subject or job.status in ("cancelled", "expired"):
+    expired = job is not None and (
+        job.status == "expired"
+        or (
+            job.status in ("complete", "error")
+            and job.created + request.app.state.export_ttl < time.time()
+        )
+    )
+    if job is None or job.client != caller.subject or job.status == "cancelled" or expired:
         raise NotFound("no such export job (unknown, someone else's, cancelled or expired)")
     return job
 

@@ -27,6 +27,7 @@ from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
 from carelink.export.tables import to_parquet
 from carelink.federation import SharedRecord
 from carelink.storage import JobRow, JobStore, OptOutStore
+from carelink.storage.export_store import LEASE_SECONDS
 
 log = logging.getLogger("carelink.export")
 Json = dict[str, Any]
@@ -100,19 +101,28 @@ class Runner:
         self.ttl = ttl_hours * 3600
 
     async def serve(self, poll: float = 0.5, sweep_every: float | None = None) -> None:
-        """Run jobs until cancelled; delete expired exports' files as it goes (every
+        """Run jobs until cancelled, and meanwhile delete expired exports' files (every
         minute, or twice per retention time when that is shorter)."""
-        sweep_every = sweep_every if sweep_every is not None else min(60.0, self.ttl / 2)
-        swept = -sweep_every
+        sweeper = asyncio.create_task(
+            self._sweep_forever(sweep_every if sweep_every is not None else min(60.0, self.ttl / 2))
+        )
+        try:
+            while True:
+                job = self.jobs.claim(self.clock())
+                if job is None:
+                    await asyncio.sleep(poll)
+                    continue
+                await self.run_one(job)
+        finally:
+            sweeper.cancel()
+
+    async def _sweep_forever(self, every: float) -> None:
         while True:
-            if self.clock() - swept >= sweep_every:
-                swept = self.clock()
+            try:
                 await asyncio.to_thread(self.sweep)
-            job = self.jobs.claim(self.clock())
-            if job is None:
-                await asyncio.sleep(poll)
-                continue
-            await self.run_one(job)
+            except Exception as exc:  # a failed sweep is tried again; jobs go on meanwhile
+                log.warning("export sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(every)
 
     def sweep(self) -> list[str]:
         """Expire exports asked for more than the retention time ago and delete their
@@ -129,10 +139,21 @@ class Runner:
         request = JobRequest.from_bytes(job.request)
         out = Output(directory, tabulate=request.output_format == "parquet")
 
+        state = {"progress": "starting", "live": True}
+
         async def progress(done: int, total: int) -> bool:
             await asyncio.sleep(0)
-            return self.jobs.heartbeat(job.id, f"{done} of {total} people", self.clock())
+            state["progress"] = f"{done} of {total} people"
+            return bool(state["live"])
 
+        async def keep_lease() -> None:
+            # The lease is renewed on a clock, not per person: one person's read (with
+            # retries) may take longer than a lease, and the job must not be taken over.
+            while state["live"]:
+                state["live"] = self.jobs.heartbeat(job.id, str(state["progress"]), self.clock())
+                await asyncio.sleep(LEASE_SECONDS / 3)
+
+        lease = asyncio.create_task(keep_lease())
         try:
             result = await run(
                 self.record,
@@ -182,6 +203,8 @@ class Runner:
             self.jobs.finish(job.id, "error", _error_manifest("the extract failed", None))
             shutil.rmtree(directory, ignore_errors=True)
         finally:
+            state["live"] = False
+            lease.cancel()
             with contextlib.suppress(Exception):
                 out.close()
 

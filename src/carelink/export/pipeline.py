@@ -236,27 +236,28 @@ class Result:
     consents_applied: bool = False
     #: source -> people whose data from it could not be read (after retries)
     incomplete: dict[str, int] = field(default_factory=dict)
+    #: the same while finding a condition cohort's members
+    incomplete_cohort: dict[str, int] = field(default_factory=dict)
 
     def errors(self) -> list[Json]:
         """One OperationOutcome per source that could not be read for someone (the Bulk
         Data error file): the extract is complete except for what these say."""
-        return [
-            {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {
-                        "severity": "error",
-                        "code": "incomplete",
-                        "diagnostics": (
-                            f"source {source} could not be read for {small_numbers(n)} "
-                            f"{'person' if n == 1 else 'people'} after {ATTEMPTS} attempts: "
-                            f"their records in this extract lack its data"
-                        ),
-                    }
-                ],
-            }
+        out = [
+            _incomplete(
+                f"source {source} could not be read for {small_numbers(n)} of the extract's "
+                f"people after {ATTEMPTS} attempts: their records here lack its data"
+            )
             for source, n in sorted(self.incomplete.items())
         ]
+        out += [
+            _incomplete(
+                f"source {source} could not be read for {small_numbers(n)} of the people "
+                f"considered for the cohort after {ATTEMPTS} attempts: anyone whose condition "
+                "is recorded only there is missing from it"
+            )
+            for source, n in sorted(self.incomplete_cohort.items())
+        ]
+        return out
 
     def manifest_extension(self) -> Json:
         """The carelink part of a manifest (small numbers suppressed)."""
@@ -278,6 +279,10 @@ class Result:
         }
         if self.incomplete:
             out["incompleteSources"] = {k: small_numbers(v) for k, v in self.incomplete.items()}
+        if self.incomplete_cohort:
+            out["incompleteCohortSources"] = {
+                k: small_numbers(v) for k, v in self.incomplete_cohort.items()
+            }
         if self.risk is not None:
             out["risk"] = self.risk.as_json()
         return out
@@ -342,17 +347,25 @@ class _Reader:
         self._down: set[str] = set()
 
     async def read(self, person: PersonRow, types: frozenset[str] | None) -> Federated:
-        for attempt in range(1, ATTEMPTS + 1):
-            fed = await self.record.federate(person.id, types)
-            failed = {r.source for r in fed.results if r.status not in (OK, NOT_KNOWN)}
-            self._down -= {r.source for r in fed.results if r.status == OK}
-            if not failed or failed <= self._down or attempt == ATTEMPTS:
+        fed, failed = await self._attempt(person, types)
+        for attempt in range(2, ATTEMPTS + 1):
+            if not failed or failed <= self._down:
                 break
-            await asyncio.sleep(RETRY_SECONDS * attempt)
+            await asyncio.sleep(RETRY_SECONDS * (attempt - 1))
+            again, still = await self._attempt(person, types)
+            if len(still) < len(failed):
+                fed, failed = again, still  # the most complete of the attempts is kept
         for source in failed:
             self.incomplete[source] = self.incomplete.get(source, 0) + 1
         self._down |= failed
         return fed
+
+    async def _attempt(
+        self, person: PersonRow, types: frozenset[str] | None
+    ) -> tuple[Federated, set[str]]:
+        fed = await self.record.federate(person.id, types)
+        self._down -= {r.source for r in fed.results if r.status == OK}
+        return fed, {r.source for r in fed.results if r.status not in (OK, NOT_KNOWN)}
 
     async def ahead(
         self, people: list[PersonRow], types: frozenset[str] | None
@@ -384,6 +397,13 @@ class _Reader:
                 task.cancel()
             if pending:
                 await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+
+def _incomplete(text: str) -> Json:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "incomplete", "diagnostics": text}],
+    }
 
 
 def _one_patient(r: Json, person: PersonRow) -> bool:
@@ -439,11 +459,13 @@ async def run(
     levels: dict[str, int] = {}
     written_people = 0
     with_patient: list[PersonRow] = []  # people whose (generalised) Patient is released
-    reader = _Reader(record)
+    reader, cohort_reader = _Reader(record), _Reader(record)
     try:
         with bulk_read():
             if spec.cohort.kind == "condition":
-                people = await _with_condition(reader, people, spec.cohort.value, progress, consent)
+                people = await _with_condition(
+                    cohort_reader, people, spec.cohort.value, progress, consent
+                )
             if spec.profile == "anonymised":
                 people, report, levels = _k_anonymous(people, spec, today)
             total = len(people)
@@ -486,6 +508,7 @@ async def run(
         dict(consent.withheld) if consent else {},
         bool(consent and consent.objections),
         dict(reader.incomplete),
+        dict(cohort_reader.incomplete),
     )
 
 

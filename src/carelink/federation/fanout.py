@@ -69,6 +69,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def abandon(self) -> None:
+        """A request that was allowed was given up by its caller before any outcome (it was
+        cancelled): no outcome to note, but a half-open trial is over, so another may go."""
+        self.trial_in_flight = False
+
     def record(self, success: bool) -> None:
         """Note the outcome of a request that was allowed."""
         self.trial_in_flight = False
@@ -138,7 +143,16 @@ class FanOut:
             task = asyncio.ensure_future(self._timed(source, req, patient_ref, types, started))
             tasks[task] = req
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=budget)
+            try:
+                done, pending = await asyncio.wait(tasks, timeout=budget)
+            except asyncio.CancelledError:
+                # The caller gave up (an extract cancelled, say): stop the fetches and free
+                # any half-open trial, or that source would stay shut for everyone.
+                for task, req in tasks.items():
+                    task.cancel()
+                    self.breakers[req.source].abandon()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             for task in pending:
                 task.cancel()
             elapsed = (self.clock() - started) * 1000
