@@ -88,3 +88,15 @@ def test_rebuild_replaces_the_whole_index_atomically(database_url):
     assert gone
     assert all(store.person_by_nhs(n) is None for n in gone)
     db.dispose()
+
+
+def test_a_scan_of_the_whole_index_reads_it_in_batches_in_id_order(database_url):
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    persons, links, reviews, _ = link_people(_gp(list(pop.people(4, 23))), store.secret())
+    store.replace_all(persons, links, reviews)
+    scanned = [p.id for p in store.each_person(batch=7)]
+    assert scanned == [p.id for p in store.all_persons()]
+    assert len(scanned) == 23
+    db.dispose()

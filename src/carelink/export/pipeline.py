@@ -298,8 +298,31 @@ def _age(birth: str | None, on: date) -> int | None:
     return on.year - b.year - ((on.month, on.day) < (b.month, b.day))
 
 
-def _practice(p: PersonRow) -> str | None:
-    patient = orjson.loads(p.patient)
+@dataclass(frozen=True, slots=True)
+class Member:
+    """What an extract keeps of each person while it runs (a few hundred bytes: the
+    merged Patient is read again with the person's record, when it is needed)."""
+
+    id: str
+    nhs_number: str | None
+    birth_date: str | None
+    gender: str | None
+    postcode: str | None
+    practice: str | None
+
+    @classmethod
+    def of(cls, row: PersonRow) -> Member:
+        return cls(
+            row.id,
+            row.nhs_number,
+            row.birth_date,
+            row.gender,
+            row.postcode,
+            _practice(orjson.loads(row.patient)),
+        )
+
+
+def _practice(patient: Json) -> str | None:
     for gp in patient.get("generalPractitioner", ()):
         ident = gp.get("identifier", {})
         if ident.get("system") == ODS_SYSTEM:
@@ -346,7 +369,7 @@ class _Reader:
         self.incomplete: dict[str, int] = {}
         self._down: set[str] = set()
 
-    async def read(self, person: PersonRow, types: frozenset[str] | None) -> Federated:
+    async def read(self, person: Member, types: frozenset[str] | None) -> Federated:
         fed, failed = await self._attempt(person, types)
         for attempt in range(2, ATTEMPTS + 1):
             if not failed or failed <= self._down:
@@ -361,19 +384,19 @@ class _Reader:
         return fed
 
     async def _attempt(
-        self, person: PersonRow, types: frozenset[str] | None
+        self, person: Member, types: frozenset[str] | None
     ) -> tuple[Federated, set[str]]:
         fed = await self.record.federate(person.id, types)
         self._down -= {r.source for r in fed.results if r.status == OK}
         return fed, {r.source for r in fed.results if r.status not in (OK, NOT_KNOWN)}
 
     async def ahead(
-        self, people: list[PersonRow], types: frozenset[str] | None
-    ) -> AsyncGenerator[tuple[int, PersonRow, Federated], None]:
+        self, people: list[Member], types: frozenset[str] | None
+    ) -> AsyncGenerator[tuple[int, Member, Federated], None]:
         """Each person (numbered from 0) with their record, in order, reading up to
         ``IN_FLIGHT`` ahead (the sources' latency overlaps; memory holds at most that
         many records)."""
-        pending: deque[tuple[PersonRow, asyncio.Task[Federated]]] = deque()
+        pending: deque[tuple[Member, asyncio.Task[Federated]]] = deque()
         queue = iter(people)
 
         def top_up() -> None:
@@ -406,7 +429,7 @@ def _incomplete(text: str) -> Json:
     }
 
 
-def _one_patient(r: Json, person: PersonRow) -> bool:
+def _one_patient(r: Json, person: Member) -> bool:
     """One Patient per person: the index's merged Patient, not each source's copy (copies
     would repeat the person in the Patient table, and in anonymised extracts would make
     one person look like a whole equivalence class)."""
@@ -442,23 +465,23 @@ async def run(
     consent = _SecondaryUse.of(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
     engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name)
-    people = record.index.all_persons()
-    if spec.cohort.kind in ("practice", "pcn"):
-        people = [p for p in people if spec.cohort.holds(_practice(p))]
     excluded = {"ndop": 0, "type1": 0}
-    if spec.profile == "pseudonymised":
-        kept = []
-        for p in people:
-            kinds = opt_outs.get(p.nhs_number or "", set())
+    people: list[Member] = []
+    for row in record.index.each_person():  # streamed: only the light rows are kept
+        member = Member.of(row)
+        if not spec.cohort.holds(member.practice):
+            continue
+        if spec.profile == "pseudonymised":
+            kinds = opt_outs.get(member.nhs_number or "", set())
             for kind in kinds:
                 excluded[kind] = excluded.get(kind, 0) + 1
-            if not kinds:
-                kept.append(p)
-        people = kept
+            if kinds:
+                continue
+        people.append(member)
     report: Report | None = None
     levels: dict[str, int] = {}
     written_people = 0
-    with_patient: list[PersonRow] = []  # people whose (generalised) Patient is released
+    with_patient: list[Member] = []  # people whose (generalised) Patient is released
     reader, cohort_reader = _Reader(record), _Reader(record)
     try:
         with bulk_read():
@@ -477,7 +500,7 @@ async def run(
                         r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)
                     ]
                     if consent is not None:
-                        wanted = consent.filter(person, wanted)
+                        wanted = consent.filter(person.id, fed.resources[0], wanted)
                     pseudonym = keys.pseudonym("person:" + person.id)
                     wrote = False
                     if any(r.get("resourceType") == "Patient" for r in wanted):
@@ -548,11 +571,13 @@ class _SecondaryUse:
     def of(cls, guard: Guard | None, spec: ExtractSpec) -> _SecondaryUse | None:
         return cls(guard, spec) if guard is not None else None
 
-    def filter(self, person: PersonRow, resources: list[Json], count: bool = True) -> list[Json]:
+    def filter(
+        self, person_id: str, patient: Json, resources: list[Json], count: bool = True
+    ) -> list[Json]:
         """The resources consent lets into the extract (withheld ones counted by ground);
         the merged Patient loses the local identifiers of sources the Consents keep out,
         which would otherwise show the person is known there."""
-        s = self.guard.situation(self.actor, person.id, orjson.loads(person.patient))
+        s = self.guard.situation(self.actor, person_id, patient)
         engine = self.guard.engine
         kept = []
         for r in resources:
@@ -573,11 +598,11 @@ class _SecondaryUse:
 
 async def _with_condition(
     reader: _Reader,
-    people: list[PersonRow],
+    people: list[Member],
     code: str,
     progress: Progress | None,
     consent: _SecondaryUse | None,
-) -> list[PersonRow]:
+) -> list[Member]:
     """The people whose federated record holds the condition, counting only Condition
     resources consent lets into the extract (a first pass; nothing kept)."""
     members = []
@@ -588,13 +613,13 @@ async def _with_condition(
                 raise ExportError("cancelled")
             found = fed.resources
             if consent is not None:
-                found = consent.filter(person, found, count=False)
+                found = consent.filter(person.id, fed.resources[0], found, count=False)
             if _has_condition(found, code):
                 members.append(person)
     return members
 
 
-def _quasi(people: list[PersonRow], today: date) -> pd.DataFrame:
+def _quasi(people: list[Member], today: date) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": [p.id for p in people],
@@ -613,15 +638,15 @@ def _thresholds(spec: ExtractSpec) -> Thresholds:
 
 
 def _k_anonymous(
-    people: list[PersonRow], spec: ExtractSpec, today: date
-) -> tuple[list[PersonRow], Report, dict[str, int]]:
+    people: list[Member], spec: ExtractSpec, today: date
+) -> tuple[list[Member], Report, dict[str, int]]:
     released, report = protect(_quasi(people, today), QUASI, _thresholds(spec))
     keep = set(released["id"])
     return [p for p in people if p.id in keep], report, report.levels
 
 
 def _generalised_patient(
-    patient: Json, person: PersonRow, today: date, levels: dict[str, int]
+    patient: Json, person: Member, today: date, levels: dict[str, int]
 ) -> Json:
     """The anonymised Patient: sex, an age band and a postcode district at the released level."""
     out: Json = {k: v for k, v in patient.items() if k in ("resourceType", "id", "meta", "gender")}

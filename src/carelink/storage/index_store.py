@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,24 @@ class IndexStore:
             q = q.where(persons.c.birth_date.in_(list(birth_dates)))
         with self.db.engine.connect() as conn:
             return [PersonRow(*r) for r in conn.execute(q.order_by(persons.c.id).limit(limit))]
+
+    def each_person(self, batch: int = 1000) -> Iterator[PersonRow]:
+        """Every person, in id order, read ``batch`` rows at a time (a scan of the whole
+        index that never holds it all)."""
+        after = ""
+        while True:
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(persons)
+                    .where(persons.c.id > after)
+                    .order_by(persons.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield PersonRow(*r)
+            after = rows[-1][0]
 
     def all_persons(self) -> list[PersonRow]:
         """Every person (for tools and tests, not the request path)."""
