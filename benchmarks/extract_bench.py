@@ -88,7 +88,7 @@ def main() -> None:
     carelink = [sys.executable, "-m", "carelink"]
     try:
         with ExitStack() as stack:
-            urls = simulators(stack, carelink, args.people, args.latency_ms, env)
+            urls = simulators(stack, args.people, args.latency_ms)
             env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
             env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
             subprocess.run(

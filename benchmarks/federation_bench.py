@@ -37,7 +37,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
-SOURCES = ("gp", "acute", "community", "social-care")
 LUA = """
 local paths = {}
 for line in io.lines("%s") do paths[#paths + 1] = line end
@@ -93,33 +92,14 @@ def process(args: list[str], ready: str, env: dict[str, str]) -> Iterator[None]:
             proc.kill()
 
 
-def simulators(
-    stack: ExitStack, carelink: list[str], size: int, latency_ms: float, env: dict[str, str]
-) -> dict[str, str]:
-    """Start the four simulators as processes (stopped with ``stack``); their base URLs."""
-    urls = {}
-    for name in SOURCES:
-        port = free_port()
-        urls[name] = f"http://127.0.0.1:{port}"
-        stack.enter_context(
-            process(
-                [
-                    *carelink,
-                    "simulate",
-                    name,
-                    "--port",
-                    str(port),
-                    "--size",
-                    str(size),
-                    "--seed",
-                    "42",
-                    "--latency-ms",
-                    str(latency_ms),
-                ],
-                f"{urls[name]}/_admin/health",
-                env,
-            )
-        )
+def simulators(stack: ExitStack, size: int, latency_ms: float) -> dict[str, str]:
+    """The four simulators, started as the demo starts them, stopped with ``stack``."""
+    from carelink.demo import start_simulators
+
+    urls, procs = start_simulators(size, 42, free_port(), latency_ms)
+    for proc in procs:
+        stack.callback(proc.wait, 10)
+        stack.callback(proc.terminate)
     return urls
 
 
@@ -198,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     carelink = [sys.executable, "-m", "carelink"]
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args)}
     with ExitStack() as stack:
-        urls = simulators(stack, carelink, args.size, args.latency_ms, env)
+        urls = simulators(stack, args.size, args.latency_ms)
         env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
         env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
         env["CARELINK_AUTH"] = "development"  # the facade's own cost; auth is measured apart

@@ -21,6 +21,7 @@ from carelink.federation.index import link_people
 from carelink.simulators import population as pop
 from carelink.sources.base import SourceAnswer, SourcePerson
 from carelink.storage import Database, IndexStore
+from tests.support.people import as_listed_by
 
 SIZE = 20
 
@@ -51,24 +52,7 @@ def index(tmp_path):
     db.migrate()
     store = IndexStore(db)
     people = list(pop.people(3, SIZE))
-    by_source = {
-        name: [
-            SourcePerson(
-                name,
-                pop.local_id(name, p.index),
-                p.nhs_number,
-                p.given,
-                p.family,
-                p.birth_date.isoformat(),
-                p.gender,
-                p.postcode,
-                None,
-                {"resourceType": "Patient", "id": pop.local_id(name, p.index)},
-            )
-            for p in people
-        ]
-        for name in ("gp", "acute")
-    }
+    by_source = {name: as_listed_by(name, people) for name in ("gp", "acute")}
     persons, links, reviews, _ = link_people(by_source, store.secret())
     store.replace_all(persons, links, reviews)
     yield store

@@ -71,6 +71,23 @@ class Exporter:
             time.sleep(0.3)
         raise AssertionError("the export did not finish")
 
+    def completed(self, path: str = "/$export", **params: Any) -> dict[str, Any]:
+        """Kick off, wait for it to finish (200), and return the manifest."""
+        kick = self.kick_off(path, **params)
+        assert kick.status_code == 202, kick.text
+        done = self.wait(kick.headers["Content-Location"])
+        assert done.status_code == 200, done.text
+        return dict(done.json())
+
+    def files(self, manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """Each output file's resources, by type."""
+        return {o["type"]: ndjson(self.download(o["url"])) for o in manifest["output"]}
+
+    def keys(self) -> ProjectKeys:
+        """The analyst project's keys (from the master key the gateway made)."""
+        master = (self.db.parent / "extract-master.key").read_bytes()
+        return ProjectKeys.for_project(master, ANALYST)
+
     def download(self, url: str, token: str | None = None) -> httpx.Response:
         return httpx.get(
             url, headers={"Authorization": f"Bearer {token or self.token()}"}, timeout=30
@@ -120,6 +137,13 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+def _pseudonyms(patients: list[dict[str, Any]]) -> set[str]:
+    """The NHS-number pseudonyms the extracted Patients carry."""
+    return {
+        i["value"] for p in patients for i in p.get("identifier", []) if "pseudonym" in i["system"]
+    }
 
 
 def _patient(base: str, token: str, nhs_number: str) -> dict[str, Any]:
@@ -175,26 +199,16 @@ def test_a_job_accepted_before_a_restart_still_runs(exporter):
 
 
 def test_a_pseudonymised_export_leaves_out_opted_out_people_and_keeps_links(exporter, system):
-    kick = exporter.kick_off(_type="Patient,Condition", profile="pseudonymised")
-    assert kick.status_code == 202, kick.text
-    done = exporter.wait(kick.headers["Content-Location"])
-    assert done.status_code == 200, done.text
-    manifest = done.json()
+    manifest = exporter.completed(_type="Patient,Condition", profile="pseudonymised")
     assert manifest["requiresAccessToken"] is True
     assert {o["type"] for o in manifest["output"]} == {"Patient", "Condition"}
     excluded = manifest["extension"]["carelink"]["optOutsExcluded"]
     assert set(excluded) == {"ndop", "type1"}
-    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    files = exporter.files(manifest)
     assert all(len(files[o["type"]]) == o["count"] for o in manifest["output"])
     # Pseudonyms are the project's keyed hashes of the NHS number.
-    master = (exporter.db.parent / "extract-master.key").read_bytes()
-    keys = ProjectKeys.for_project(master, ANALYST)
-    shown = {
-        i["value"]
-        for p in files["Patient"]
-        for i in p.get("identifier", [])
-        if "pseudonym" in i["system"]
-    }
+    keys = exporter.keys()
+    shown = _pseudonyms(files["Patient"])
     in_index = [p for p in system.population if p.social_variant is None or "gp" in p.sources]
     for person in in_index:
         pseudonym = keys.nhs_pseudonym(person.nhs_number)
@@ -209,17 +223,13 @@ def test_a_pseudonymised_export_leaves_out_opted_out_people_and_keeps_links(expo
 
 def test_an_anonymised_practice_export_is_k_anonymous_and_holds_no_identifiers(exporter, system):
     practice = system.population[0].gp_ods
-    kick = exporter.kick_off(
+    manifest = exporter.completed(
         f"/Group/practice-{practice}/$export", _type="Patient,Observation", k=3
     )
-    assert kick.status_code == 202, kick.text
-    done = exporter.wait(kick.headers["Content-Location"])
-    assert done.status_code == 200, done.text
-    manifest = done.json()
     risk = manifest["extension"]["carelink"]["risk"]
     assert risk["met"] is True
     assert risk["smallest_class"] >= 3
-    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    files = exporter.files(manifest)
     patients = files["Patient"]
     classes: dict[tuple[Any, ...], int] = {}
     for p in patients:
@@ -387,13 +397,10 @@ def _codes(r: dict[str, Any]) -> set[str]:
 
 
 def test_categories_the_policy_keeps_out_of_secondary_use_are_never_extracted(exporter):
-    kick = exporter.kick_off(_type="Condition,Flag", profile="pseudonymised")
-    done = exporter.wait(kick.headers["Content-Location"])
-    assert done.status_code == 200, done.text
-    manifest = done.json()
+    manifest = exporter.completed(_type="Condition,Flag", profile="pseudonymised")
     consent = manifest["extension"]["carelink"]["consent"]
     assert consent["sensitiveCategoriesWithheld"] != "0"  # the population has some
-    files = [r for o in manifest["output"] for r in ndjson(exporter.download(o["url"]))]
+    files = [r for rs in exporter.files(manifest).values() for r in rs]
     assert files
     for r in files:
         assert not _codes(r) & EXCLUDED_CODES
@@ -402,15 +409,13 @@ def test_categories_the_policy_keeps_out_of_secondary_use_are_never_extracted(ex
 
 
 def test_a_condition_cohort_is_k_anonymous_over_its_members(exporter):
-    kick = exporter.kick_off("/Group/condition-38341003/$export", _type="Patient,Condition", k=2)
-    assert kick.status_code == 202, kick.text
-    done = exporter.wait(kick.headers["Content-Location"])
-    assert done.status_code == 200, done.text
-    manifest = done.json()
+    manifest = exporter.completed(
+        "/Group/condition-38341003/$export", _type="Patient,Condition", k=2
+    )
     risk = manifest["extension"]["carelink"]["risk"]
     assert risk["met"] is True
     assert risk["smallest_class"] >= 2
-    files = {o["type"]: ndjson(exporter.download(o["url"])) for o in manifest["output"]}
+    files = exporter.files(manifest)
     by_subject: dict[str, set[str]] = {}
     for c in files["Condition"]:
         by_subject.setdefault(c["subject"]["reference"], set()).update(_codes(c))
@@ -435,18 +440,13 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
     pid = _patient(exporter.base, clinician, person.nhs_number)["id"]
     consent_id = _record_consent(exporter.base, clinician, pid, {"type": "deny"})
     try:
-        master = (exporter.db.parent / "extract-master.key").read_bytes()
-        pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
-        kick = exporter.kick_off(_type="Patient", profile="pseudonymised")
-        done = exporter.wait(kick.headers["Content-Location"])
-        assert done.status_code == 200, done.text
-        manifest = done.json()
+        pseudonym = exporter.keys().nhs_pseudonym(person.nhs_number)
+        manifest = exporter.completed(_type="Patient", profile="pseudonymised")
         objections = manifest["extension"]["carelink"]["consent"]["objections"]
         assert objections["resourcesWithheld"] != "0"
-        text = json.dumps([ndjson(exporter.download(o["url"])) for o in manifest["output"]])
-        assert pseudonym not in text
-        anonymised = exporter.wait(exporter.kick_off(_type="Patient").headers["Content-Location"])
-        note = anonymised.json()["extension"]["carelink"]["consent"]["objections"]
+        assert pseudonym not in json.dumps(exporter.files(manifest))
+        anonymised = exporter.completed(_type="Patient")
+        note = anonymised["extension"]["carelink"]["consent"]["objections"]
         assert note == "not applied to anonymised extracts by the policy"
     finally:
         _withdraw(exporter.base, clinician, consent_id)
@@ -454,19 +454,11 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
 
 def test_a_pcn_cohort_holds_exactly_its_practices_registered_patients(exporter, system):
     assert {p.gp_ods for p in system.population} >= set(PCN_PRACTICES)
-    kick = exporter.kick_off(f"/Group/pcn-{PCN}/$export", _type="Patient", profile="pseudonymised")
-    assert kick.status_code == 202, kick.text
-    done = exporter.wait(kick.headers["Content-Location"])
-    assert done.status_code == 200, done.text
-    (out,) = done.json()["output"]
-    shown = {
-        i["value"]
-        for p in ndjson(exporter.download(out["url"]))
-        for i in p.get("identifier", [])
-        if "pseudonym" in i["system"]
-    }
-    master = (exporter.db.parent / "extract-master.key").read_bytes()
-    keys = ProjectKeys.for_project(master, ANALYST)
+    manifest = exporter.completed(
+        f"/Group/pcn-{PCN}/$export", _type="Patient", profile="pseudonymised"
+    )
+    shown = _pseudonyms(exporter.files(manifest)["Patient"])
+    keys = exporter.keys()
     database = Database(str(exporter.db))
     opted_out = OptOutStore(database).all()  # as loaded, by the fixture and the command line
     database.dispose()
@@ -500,10 +492,7 @@ def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_wha
         for person in objectors:
             pid = _patient(gateway.base, clinician, person.nhs_number)["id"]
             _record_consent(gateway.base, clinician, pid, {"type": "deny"})
-        kick = exporter.kick_off(f"/Group/practice-{practice}/$export", _type="Patient", k=2)
-        done = exporter.wait(kick.headers["Content-Location"])
-        assert done.status_code == 200, done.text
-        manifest = done.json()
+        manifest = exporter.completed(f"/Group/practice-{practice}/$export", _type="Patient", k=2)
         carelink_part = manifest["extension"]["carelink"]
         assert carelink_part["consent"]["objections"]["resourcesWithheld"] != "0"
         (out,) = manifest["output"]
@@ -550,17 +539,9 @@ def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient
         exporter.base, clinician, patient["id"], {"type": "deny", "actor": [custodian]}
     )
     try:
-        master = (exporter.db.parent / "extract-master.key").read_bytes()
-        pseudonym = ProjectKeys.for_project(master, ANALYST).nhs_pseudonym(person.nhs_number)
-        kick = exporter.kick_off(_type="Patient", profile="pseudonymised")
-        done = exporter.wait(kick.headers["Content-Location"])
-        assert done.status_code == 200, done.text
-        (out,) = done.json()["output"]
-        mine = [
-            p
-            for p in ndjson(exporter.download(out["url"]))
-            if any(i.get("value") == pseudonym for i in p.get("identifier", []))
-        ]
+        pseudonym = exporter.keys().nhs_pseudonym(person.nhs_number)
+        manifest = exporter.completed(_type="Patient", profile="pseudonymised")
+        mine = [p for p in exporter.files(manifest)["Patient"] if _pseudonyms([p]) == {pseudonym}]
         assert len(mine) == 1  # still extracted: only social care's part is objected to
         assert all(i["system"] != social for i in mine[0]["identifier"])
     finally:
@@ -585,11 +566,9 @@ def test_a_source_that_cannot_be_read_is_reported_not_silently_missing(exporter,
     assert re.match(r"source acute could not be read for (\*|[0-9]*[05]) of the extract's", text)
     # The other sources' data is all there.
     assert {o["type"] for o in manifest["output"]} == {"Patient", "Encounter"}
-    healthy = exporter.wait(
-        exporter.kick_off(_type="Patient", profile="pseudonymised").headers["Content-Location"]
-    )
-    assert healthy.json()["error"] == []
-    assert "incompleteSources" not in healthy.json()["extension"]["carelink"]
+    healthy = exporter.completed(_type="Patient", profile="pseudonymised")
+    assert healthy["error"] == []
+    assert "incompleteSources" not in healthy["extension"]["carelink"]
 
 
 def test_exports_are_deleted_after_their_retention_time(system, tmp_path):

@@ -10,30 +10,11 @@ from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
 from carelink.storage import Database, IndexStore
 from carelink.storage.database import MIGRATIONS
+from tests.support.people import as_listed_by
 
 
 def _gp(people: list[pop.Person]) -> dict[str, list[SourcePerson]]:
-    return {
-        "gp": [
-            SourcePerson(
-                "gp",
-                pop.local_id("gp", p.index),
-                p.nhs_number,
-                p.given,
-                p.family,
-                p.birth_date.isoformat(),
-                p.gender,
-                p.postcode,
-                None,
-                {
-                    "resourceType": "Patient",
-                    "id": f"gp-{p.index}",
-                    "name": [{"family": p.family, "given": [p.given]}],
-                },
-            )
-            for p in people
-        ]
-    }
+    return {"gp": as_listed_by("gp", people)}
 
 
 def test_migrations_are_idempotent(database_url):

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from carelink.errors import ConfigError
+from carelink.fhir.jsonio import read_config
 
 METHODS = frozenset(
     {"keep", "redact", "dateShift", "cryptoHash", "encrypt", "substitute", "perturb", "generalize"}
@@ -115,10 +114,5 @@ def parse(document: Any, source: str = "<config>") -> Config:
 
 def load(path: Path) -> Config:
     """Read and validate a configuration file."""
-    try:
-        document = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from exc
+    document, _ = read_config(path, "de-identification configuration")
     return parse(document, str(path))

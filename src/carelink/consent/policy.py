@@ -38,7 +38,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,6 +47,7 @@ from pydantic import (
 )
 
 from carelink.errors import ConfigError
+from carelink.fhir.jsonio import read_config
 
 ROLE = re.compile(r"^R\d{4}$")
 ODS = re.compile(r"^[A-Z0-9]{3,10}$")
@@ -224,14 +224,7 @@ def from_document(document: Any, path: str = "<policy>", text: str = "") -> Poli
 
 def load_policy(path: Path) -> Policy:
     """Read and validate the policy file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: consent policy cannot be read ({exc.strerror})") from exc
-    try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: consent policy is not JSON ({exc.msg})") from exc
+    document, text = read_config(path, "consent policy")
     return from_document(document, str(path), text)
 
 

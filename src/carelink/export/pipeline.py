@@ -63,6 +63,7 @@ from carelink.federation import SharedRecord
 from carelink.federation.fanout import NOT_KNOWN, OK
 from carelink.federation.query import criteria
 from carelink.federation.record import Federated
+from carelink.fhir.jsonio import read_config
 from carelink.sources.answer_cache import bulk_read
 from carelink.storage import PersonRow
 
@@ -128,12 +129,7 @@ _ODS = re.compile(r"^[A-Z0-9]{3,10}$")
 def load_pcns(path: Path) -> dict[str, Pcn]:
     """The PCN list: ``{"<PCN ODS code>": {"name": ..., "practices": ["<ODS>", ...]}}``;
     ``ConfigError`` naming the file and the entry that is wrong."""
-    try:
-        document = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: PCN list cannot be read ({exc.strerror})") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: PCN list is not JSON ({exc.msg})") from exc
+    document, _ = read_config(path, "PCN list")
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the PCN list is an object of PCN code -> entry")
     out = {}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
+
+from carelink.errors import ConfigError
 
 FHIR_JSON = "application/fhir+json"
 FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
@@ -26,3 +29,17 @@ def loads(data: bytes | str) -> Any:
 
 
 JSONDecodeError = orjson.JSONDecodeError
+
+
+def read_config(path: Path, what: str) -> tuple[Any, str]:
+    """A JSON configuration file, parsed, and its text; ``ConfigError`` naming the file
+    (and the line) when it cannot be read or is not JSON. ``what`` names it in messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"{path}: {what} cannot be read ({why})") from exc
+    try:
+        return orjson.loads(text), text
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: {what} is not JSON ({exc.msg})") from exc
