@@ -14,7 +14,7 @@ from contextlib import aclosing
 import pytest
 
 from carelink.errors import SourceUnavailable
-from carelink.export.pipeline import ATTEMPTS, IN_FLIGHT, Result, _Reader
+from carelink.export.pipeline import ATTEMPTS, IN_FLIGHT, Member, Result, _Reader
 from carelink.federation import SharedRecord
 from carelink.federation.fanout import CircuitBreaker, FanOut
 from carelink.federation.index import link_people
@@ -59,6 +59,10 @@ def index(tmp_path):
     db.dispose()
 
 
+def members(index) -> list[Member]:
+    return [Member.of(row) for row in index.each_person()]
+
+
 def record(index, acute: Scripted) -> SharedRecord:
     sources = {"gp": Scripted("gp"), "acute": acute}
     never_open = {n: CircuitBreaker(threshold=10_000) for n in sources}
@@ -70,7 +74,7 @@ def test_a_source_that_stays_down_is_tried_in_full_once_then_once_a_person(index
     reader = _Reader(record(index, acute))
 
     async def all_of_them() -> None:
-        for person in index.all_persons():
+        for person in members(index):
             fed = await reader.read(person, None)
             assert {r.source: r.status for r in fed.results}["gp"] == "ok"
 
@@ -82,7 +86,7 @@ def test_a_source_that_stays_down_is_tried_in_full_once_then_once_a_person(index
 def test_a_passing_failure_is_retried_and_not_reported(index):
     acute = Scripted("acute", failing=lambda n: n == 1)  # only the very first call fails
     reader = _Reader(record(index, acute))
-    person = index.all_persons()[0]
+    person = members(index)[0]
     fed = asyncio.run(reader.read(person, None))
     assert {r.source: r.status for r in fed.results}["acute"] == "ok"
     assert reader.incomplete == {}
@@ -90,7 +94,7 @@ def test_a_passing_failure_is_retried_and_not_reported(index):
 
 
 def test_reading_ahead_keeps_order_bounds_what_is_in_flight_and_cleans_up(index):
-    people = index.all_persons()
+    people = members(index)
     # Later people answer sooner: order must still be the cohort's.
     rank = {pop.local_id("acute", i): i for i in range(SIZE)}
     acute = Scripted("acute", delay=lambda local_id: 0.002 * (SIZE - rank[local_id]))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from carelink.export.pipeline import Output
-from carelink.export.tables import DISTINCT_CAP, Columns, flatten, to_parquet
+from carelink.export.tables import DISTINCT_CAP, flatten, to_parquet
 
 OBS = [
     {
@@ -54,21 +54,13 @@ def test_columns_keep_json_types_and_widen_only_as_far_as_needed(tmp_path):
     assert frame["code.coding.0.code"].tolist()[0] == "2345-7"
 
 
-def test_columns_recorded_while_writing_match_a_fresh_read_of_the_file(tmp_path):
-    out = written(tmp_path, OBS)
-    assert out.columns["Observation"] == Columns.of_file(tmp_path / "raw" / "Observation.ndjson")
-
-
-def test_without_tabulate_nothing_is_recorded_and_to_parquet_reads_the_columns_itself(tmp_path):
+def test_columns_are_recorded_only_when_tables_are_wanted(tmp_path):
     out = Output(tmp_path / "raw")
     for r in OBS:
         out.write(r)
     out.close()
     assert out.columns == {}
-    target = tmp_path / "o.parquet"
-    entries = to_parquet(tmp_path / "raw" / "Observation.ndjson", target)
-    assert len(pd.read_parquet(target)) == 4
-    assert {e["table"] for e in entries} == {"Observation"}
+    assert written(tmp_path / "t", OBS).columns["Observation"].kinds["valueBoolean"] == "bool"
 
 
 def test_the_dictionary_counts_values_and_caps_distinct(tmp_path):

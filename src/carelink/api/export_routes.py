@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from datetime import datetime
 from email.utils import formatdate
 from pathlib import Path
 
@@ -32,8 +31,9 @@ from carelink.auth import Principal
 from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
-from carelink.export.jobs import ERRORS, JobRequest
+from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filters
+from carelink.export.tables import ERRORS
 from carelink.federation.query import SEARCH_TYPES
 from carelink.fhir.search import parse_date
 from carelink.storage import JobStore
@@ -99,7 +99,7 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
         project=caller.subject,
         profile=q.get("profile", "anonymised"),
         types=frozenset(asked or granted),
-        since=since if isinstance(since, datetime) else None,
+        since=since,
         type_filters=wanted,
         cohort=cohort,
         k=k,

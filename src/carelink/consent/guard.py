@@ -98,13 +98,42 @@ class Guard:
         withheld = len(resources) - len(kept)
         if any(r.get("resourceType") == "Patient" for r in kept):
             hidden = self.hidden_sources(s)
-            kept = [self.trim(r, hidden) for r in kept]
+            kept = [self._trim(r, hidden) for r in kept]
         seen = frozenset(
             self.source_uris[src]
             for r in kept
             if (src := r.get("meta", {}).get("source")) in self.source_uris
         )
         return Filtered(kept, withheld, seen, s.break_glass)
+
+    def for_extract(
+        self,
+        actor: Actor,
+        patient_id: str,
+        patient: Json,
+        resources: Sequence[Json],
+        objections: bool,
+    ) -> tuple[list[Json], list[Decision]]:
+        """Secondary use: the resources an extract for ``actor.purpose`` may hold, and the
+        decisions that withheld the others. The merged Patient is trimmed as on the live
+        API, of the sources the Consents keep out. Consents are read only when they
+        apply (``objections``)."""
+        if objections:
+            s = self.situation(actor, patient_id, patient)
+        else:
+            s = Situation(actor, patient_id, (), datetime.fromtimestamp(self.clock(), UTC))
+        kept: list[Json] = []
+        refused: list[Decision] = []
+        for r in resources:
+            d = self.engine.for_secondary_use(s, r, objections)
+            if d.permit:
+                kept.append(r)
+            else:
+                refused.append(d)
+        if s.directives and any(r.get("resourceType") == "Patient" for r in kept):
+            hidden = self.hidden_sources(s, lambda s, r: self.engine.for_secondary_use(s, r, True))
+            kept = [self._trim(r, hidden) for r in kept]
+        return kept, refused
 
     def hidden_sources(
         self, s: Situation, decide: Callable[[Situation, Json], Decision] | None = None
@@ -121,7 +150,7 @@ class Guard:
                 out.add(name)
         return frozenset(out)
 
-    def trim(self, r: Json, hidden: frozenset[str]) -> Json:
+    def _trim(self, r: Json, hidden: frozenset[str]) -> Json:
         """The merged Patient without the local identifiers of ``hidden`` sources."""
         if r.get("resourceType") != "Patient" or not hidden:
             return r

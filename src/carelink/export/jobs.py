@@ -24,7 +24,7 @@ from carelink.anonymise.disclosure import Refused
 from carelink.consent import Guard
 from carelink.errors import ExportError
 from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
-from carelink.export.tables import to_parquet
+from carelink.export.tables import to_parquet, write_errors
 from carelink.federation import SharedRecord
 from carelink.storage import JobRow, JobStore, OptOutStore
 from carelink.storage.export_store import LEASE_SECONDS
@@ -187,7 +187,7 @@ class Runner:
                     }
                     for rtype in files
                 ],
-                "error": _error_file(directory, result.errors()),
+                "error": write_errors(directory, result.errors()),
                 "extension": {"carelink": result.manifest_extension()},
             }
             self.jobs.finish(job.id, "complete", orjson.dumps(manifest))
@@ -207,17 +207,6 @@ class Runner:
             lease.cancel()
             with contextlib.suppress(Exception):
                 out.close()
-
-
-ERRORS = "OperationOutcome.ndjson"
-
-
-def _error_file(directory: Path, outcomes: list[Json]) -> list[Json]:
-    """The Bulk Data error file (one OperationOutcome a line) and its manifest entry."""
-    if not outcomes:
-        return []
-    (directory / ERRORS).write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in outcomes))
-    return [{"type": "OperationOutcome", "url": ERRORS, "count": len(outcomes)}]
 
 
 def _error_manifest(message: str, risk: Json | None) -> bytes:

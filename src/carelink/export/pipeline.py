@@ -307,15 +307,10 @@ class Member:
     practice: str | None
 
     @classmethod
-    def of(cls, row: PersonRow) -> Member:
-        return cls(
-            row.id,
-            row.nhs_number,
-            row.birth_date,
-            row.gender,
-            row.postcode,
-            _practice(orjson.loads(row.patient)),
-        )
+    def of(cls, row: PersonRow, with_practice: bool = True) -> Member:
+        """The light row; the practice (which means parsing the Patient) only if asked."""
+        practice = _practice(orjson.loads(row.patient)) if with_practice else None
+        return cls(row.id, row.nhs_number, row.birth_date, row.gender, row.postcode, practice)
 
 
 def _practice(patient: Json) -> str | None:
@@ -449,22 +444,20 @@ async def run(
     out: Output,
     progress: Progress | None = None,
     today: date | None = None,
-    guard: Guard | None = None,
+    *,
+    guard: Guard,
 ) -> Result:
-    """Run one extract into ``out``; ``ExportError`` (``Refused``) if it cannot be shipped.
-
-    Without a ``guard`` no consent rule applies (only the opt-outs): the
-    gateway and ``carelink extract`` always pass one.
-    """
+    """Run one extract into ``out``; ``ExportError`` (``Refused``) if it cannot be shipped."""
     spec.check()
     today = today or datetime.now(UTC).date()
-    consent = _SecondaryUse.of(guard, spec)
+    consent = _SecondaryUse(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
     engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name)
     excluded = {"ndop": 0, "type1": 0}
     people: list[Member] = []
+    by_practice = spec.cohort.kind in ("practice", "pcn")
     for row in record.index.each_person():  # streamed: only the light rows are kept
-        member = Member.of(row)
+        member = Member.of(row, with_practice=by_practice)
         if not spec.cohort.holds(member.practice):
             continue
         if spec.profile == "pseudonymised":
@@ -495,8 +488,7 @@ async def run(
                     wanted = [
                         r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)
                     ]
-                    if consent is not None:
-                        wanted = consent.filter(person.id, fed.resources[0], wanted)
+                    wanted = consent.filter(fed, wanted)
                     pseudonym = keys.pseudonym("person:" + person.id)
                     wrote = False
                     if any(r.get("resourceType") == "Patient" for r in wanted):
@@ -524,8 +516,8 @@ async def run(
         report,
         spec.profile,
         spec.project,
-        dict(consent.withheld) if consent else {},
-        bool(consent and consent.objections),
+        dict(consent.withheld),
+        consent.objections,
         dict(reader.incomplete),
         dict(cohort_reader.incomplete),
     )
@@ -551,7 +543,8 @@ def permitted(policy: Policy, spec: ExtractSpec) -> None:
 
 
 class _SecondaryUse:
-    """Consent for one extract: excluded categories, and Consents where the policy says."""
+    """Consent for one extract: excluded categories, and Consents where the policy says;
+    what was withheld, counted by ground."""
 
     def __init__(self, guard: Guard, spec: ExtractSpec) -> None:
         permitted(guard.engine.policy, spec)
@@ -563,32 +556,14 @@ class _SecondaryUse:
         self.actor = Actor(f"project:{spec.project}", None, None, spec.purpose)
         self.withheld: dict[str, int] = {"sensitive": 0, "objection": 0}
 
-    @classmethod
-    def of(cls, guard: Guard | None, spec: ExtractSpec) -> _SecondaryUse | None:
-        return cls(guard, spec) if guard is not None else None
-
-    def filter(
-        self, person_id: str, patient: Json, resources: list[Json], count: bool = True
-    ) -> list[Json]:
-        """The resources consent lets into the extract (withheld ones counted by ground);
-        the merged Patient loses the local identifiers of sources the Consents keep out,
-        which would otherwise show the person is known there."""
-        s = self.guard.situation(self.actor, person_id, patient)
-        engine = self.guard.engine
-        kept = []
-        for r in resources:
-            d = engine.for_secondary_use(s, r, self.objections)
-            if d.permit:
-                kept.append(r)
-            elif count:
+    def filter(self, fed: Federated, resources: list[Json], count: bool = True) -> list[Json]:
+        """The resources of one person's record consent lets into the extract."""
+        kept, refused = self.guard.for_extract(
+            self.actor, fed.person.id, fed.resources[0], resources, self.objections
+        )
+        if count:
+            for d in refused:
                 self.withheld[d.basis] = self.withheld.get(d.basis, 0) + 1
-        if (
-            self.objections
-            and s.directives
-            and any(r.get("resourceType") == "Patient" for r in kept)
-        ):
-            hidden = self.guard.hidden_sources(s, lambda s, r: engine.for_secondary_use(s, r, True))
-            kept = [self.guard.trim(r, hidden) for r in kept]
         return kept
 
 
@@ -597,7 +572,7 @@ async def _with_condition(
     people: list[Member],
     code: str,
     progress: Progress | None,
-    consent: _SecondaryUse | None,
+    consent: _SecondaryUse,
 ) -> list[Member]:
     """The people whose federated record holds the condition, counting only Condition
     resources consent lets into the extract (a first pass; nothing kept)."""
@@ -607,10 +582,10 @@ async def _with_condition(
         async for i, person, fed in records:
             if progress is not None and not await progress(i, total):
                 raise ExportError("cancelled")
-            found = fed.resources
-            if consent is not None:
-                found = consent.filter(person.id, fed.resources[0], found, count=False)
-            if _has_condition(found, code):
+            # The cheap test first; consent only for those who could be members.
+            if _has_condition(fed.resources, code) and _has_condition(
+                consent.filter(fed, fed.resources, count=False), code
+            ):
                 members.append(person)
     return members
 

@@ -91,14 +91,6 @@ class Columns:
         """The Arrow schema, columns in name order."""
         return pa.schema([(c, ARROW[self.kinds[c]]) for c in sorted(self.kinds)])
 
-    @classmethod
-    def of_file(cls, ndjson: Path) -> Columns:
-        """The columns of an NDJSON file (one extra read, for files not written by Output)."""
-        cols = cls()
-        for row in rows(ndjson):
-            cols.add(row)
-        return cols
-
 
 def rows(path: Path) -> Iterator[dict[str, Any]]:
     """The flattened rows of a resource NDJSON file, one at a time."""
@@ -122,11 +114,9 @@ class _Stats:
                 self.more, self.seen = True, set()
 
 
-def to_parquet(
-    ndjson: Path, parquet: Path, columns: Columns | None = None, table: str | None = None
-) -> list[dict[str, Any]]:
-    """Write the flattened file as typed Parquet in one read; its data dictionary entries."""
-    cols = columns if columns is not None else Columns.of_file(ndjson)
+def to_parquet(ndjson: Path, parquet: Path, cols: Columns) -> list[dict[str, Any]]:
+    """Write the flattened file as typed Parquet in one read, with the columns ``Output``
+    recorded while writing it; its data dictionary entries."""
     schema = cols.schema()
     names = schema.names
     text = {c for c in names if cols.kinds[c] == "str"}
@@ -148,7 +138,7 @@ def to_parquet(
                 batch, size = {c: [] for c in names}, 0
         if size or not names:
             writer.write_table(pa.table(batch, schema=schema))
-    name = table or ndjson.stem
+    name = ndjson.stem
     return [
         {
             "table": name,
@@ -162,9 +152,16 @@ def to_parquet(
     ]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A whole NDJSON file as one DataFrame (for small files and tests)."""
-    return pd.DataFrame(list(rows(path)))
+ERRORS = "OperationOutcome.ndjson"
+
+
+def write_errors(directory: Path, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Bulk Data error file (one OperationOutcome a line), if there is anything to
+    say; its manifest entries."""
+    if not outcomes:
+        return []
+    (directory / ERRORS).write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in outcomes))
+    return [{"type": "OperationOutcome", "url": ERRORS, "count": len(outcomes)}]
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ async def extract(
         entries: list[dict[str, Any]] = []
         for rtype in sorted(result.counts):
             entries += to_parquet(
-                raw / f"{rtype}.ndjson", out / f"{rtype}.parquet", output.columns[rtype], rtype
+                raw / f"{rtype}.ndjson", out / f"{rtype}.parquet", output.columns[rtype]
             )
     except BaseException:
         # Refused or failed: nothing half-written stays (NDJSON or tables).
@@ -219,10 +216,7 @@ async def extract(
         raise
     (out / "dictionary.json").write_bytes(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
     errors = result.errors()
-    if errors:
-        (out / "OperationOutcome.ndjson").write_bytes(
-            b"".join(orjson.dumps(o) + b"\n" for o in errors)
-        )
+    write_errors(out, errors)
     manifest = {
         "counts": result.counts,
         "errors": [o["issue"][0]["diagnostics"] for o in errors],

@@ -170,11 +170,6 @@ class IndexStore:
                 yield PersonRow(*r)
             after = rows[-1][0]
 
-    def all_persons(self) -> list[PersonRow]:
-        """Every person (for tools and tests, not the request path)."""
-        with self.db.engine.connect() as conn:
-            return [PersonRow(*r) for r in conn.execute(sa.select(persons).order_by(persons.c.id))]
-
     def link(self, source: str, local_id: str) -> LinkRow | None:
         """The link for one source record."""
         with self.db.engine.connect() as conn:
