@@ -215,10 +215,12 @@ async def read_patient(request: Request) -> Response:
     if not access.visible(caller, [resource]):
         raise AccessDenied("no scope allows read of this Patient")
     guard: Guard = request.app.state.guard
-    person = row if row is not None else record.person(person_id)  # the index row, once
-    situation = consent_for(
-        request, caller, person_id, orjson.loads(person.patient) if person else None
-    )
+    if row is not None:
+        merged: Json | None = resource  # the index's Patient, parsed once above
+    else:
+        person = record.person(person_id)
+        merged = orjson.loads(person.patient) if person else None
+    situation = consent_for(request, caller, person_id, merged)
     shown = guard.filter(situation, [resource])
     if not shown.resources:
         await audit(request, "read", [person_id], REFUSED, "withheld by consent")
@@ -230,7 +232,7 @@ async def read_patient(request: Request) -> Response:
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     headers = {"ETag": etag}
-    modified = http_date(orjson.loads(body).get("meta", {}).get("lastUpdated"))
+    modified = http_date(shown.resources[0].get("meta", {}).get("lastUpdated"))
     if modified:
         headers["Last-Modified"] = modified
     return fhir(body, headers=headers)
