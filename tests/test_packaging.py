@@ -7,19 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from carelink.settings import Settings, default_policy_path
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_the_default_policy_is_the_repository_consent_folder():
-    assert (
-        Path(default_policy_path()).read_bytes() == (ROOT / "consent" / "policy.json").read_bytes()
-    )
-    rules = Path(Settings().deid_rules)
-    assert (rules / "anonymised.json").read_bytes() == (
-        ROOT / "consent" / "deid" / "anonymised.json"
-    ).read_bytes()
 
 
 def test_a_built_wheel_holds_the_policy_profiles_and_examples(tmp_path):

@@ -24,6 +24,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.clinical import facts
 from carelink.simulators.population import Person
 from tests.integration.conftest import SEED, System
+from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.tokens import Issuer
 
@@ -84,18 +85,6 @@ def _pid(gw: Gateway, person: Person) -> str:
     return str(r.json()["entry"][0]["resource"]["id"])
 
 
-def _consent(pid: str, provision: dict[str, Any], status: str = "active") -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": status,
-        "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "dateTime": "2026-11-23T09:00:00Z",
-        "provision": provision,
-    }
-
-
 def _org(ods: str, role: str = "IRCP") -> dict[str, Any]:
     return {
         "role": {
@@ -145,7 +134,7 @@ def test_an_objection_hides_the_record_from_everyone_but_the_gp_for_its_own_data
         SOURCE.format(name="acute"),
         SOURCE.format(name="gp"),
     }
-    cid = _store(gw, _consent(pid, {"type": "deny"}))
+    cid = _store(gw, privacy_consent(pid, {"type": "deny"}))
     try:
         # Nobody else finds them, by any route, and nothing says why.
         lookup = gw.get("/Patient", stranger, identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}")
@@ -205,7 +194,7 @@ def test_inactive_and_expired_objections_have_no_effect(pair, system, status, pe
     provision: dict[str, Any] = {"type": "deny"}
     if period:
         provision["period"] = period
-    cid = _store(gw, _consent(pid, provision, status))
+    cid = _store(gw, privacy_consent(pid, provision, status))
     try:
         r = _record(gw, pid, gw.token(organisation=STRANGER))
         assert r.status_code == 200
@@ -224,7 +213,7 @@ def test_objecting_to_one_organisations_data_hides_only_that_data(pair, system):
     assert acute
     cid = _store(
         gw,
-        _consent(
+        privacy_consent(
             pid,
             {"type": "permit", "provision": [{"type": "deny", "actor": [_org(ACUTE_ODS, "CST")]}]},
         ),
@@ -282,7 +271,7 @@ def test_sensitive_data_is_withheld_unless_a_consent_names_its_category(pair, sy
     # "Share my {label} data only with RNAMED": permit, deny the category, except RNAMED.
     cid = _store(
         gw,
-        _consent(
+        privacy_consent(
             pid,
             {
                 "type": "permit",
@@ -363,7 +352,7 @@ def test_a_non_direct_care_purpose_is_refused(pair, system):
 def test_a_bad_consent_is_refused_naming_the_field(pair, system, change, field):
     gw = pair[0]
     pid = _pid(gw, next(_people(system, sources={"gp"})))
-    r = gw.send("POST", "/Consent", {**_consent(pid, {"type": "deny"}), **change})
+    r = gw.send("POST", "/Consent", {**privacy_consent(pid, {"type": "deny"}), **change})
     assert r.status_code in (400, 422), r.text
     assert r.json()["resourceType"] == "OperationOutcome"
     assert field in json.dumps(r.json())
@@ -375,17 +364,22 @@ def test_only_consent_managers_and_the_patient_record_consent(pair, system):
     person = next(_people(system, sources={"gp"}))
     pid = _pid(gw, person)
     admin = gw.token(role="R8008")
-    assert gw.send("POST", "/Consent", _consent(pid, {"type": "deny"}), admin).status_code == 403
+    assert (
+        gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), admin).status_code
+        == 403
+    )
     read_only = gw.token(scope="user/*.rs")
     assert (
-        gw.send("POST", "/Consent", _consent(pid, {"type": "deny"}), read_only).status_code == 403
+        gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), read_only).status_code
+        == 403
     )
     citizen = gw.token(role=None, patient=pid, scope="patient/*.cruds", purpose_of_use="PATRQT")
-    mine = gw.send("POST", "/Consent", _consent(pid, {"type": "deny"}), citizen)
+    mine = gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), citizen)
     assert mine.status_code == 201, mine.text
     other = _pid(gw, next(p for p in _people(system, sources={"gp"}) if p != person))
     assert (
-        gw.send("POST", "/Consent", _consent(other, {"type": "deny"}), citizen).status_code == 403
+        gw.send("POST", "/Consent", privacy_consent(other, {"type": "deny"}), citizen).status_code
+        == 403
     )
     assert gw.send("DELETE", f"/Consent/{mine.json()['id']}", None, citizen).status_code == 204
 
@@ -395,7 +389,7 @@ def test_withdrawing_by_update_and_seeing_it_in_a_second_gateway_process(pair, s
     person = next(_people(system, sources={"gp", "acute"}))
     pid = _pid(first, person)
     nhs = f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"
-    consent = _consent(pid, {"type": "deny"})
+    consent = privacy_consent(pid, {"type": "deny"})
     cid = _store(first, consent)
     try:
         # Stored through the first process, in force in the second on its very next request.
@@ -443,7 +437,7 @@ def test_break_glass_is_for_the_right_roles_audited_time_limited_and_reviewed(pa
     gw = pair[0]
     person = next(_people(system, sources={"gp", "acute"}))
     pid = _pid(gw, person)
-    cid = _store(gw, _consent(pid, {"type": "deny"}))
+    cid = _store(gw, privacy_consent(pid, {"type": "deny"}))
     try:
         doctor = gw.token(organisation=STRANGER, sub=f"dr-{uuid.uuid4().hex[:6]}")
         assert _record(gw, pid, doctor).status_code == 404
@@ -534,7 +528,7 @@ def test_the_decision_service_says_permit_deny_or_no_consent_and_why(pair, syste
     assert ask(STRANGER, "HRESCH")["extension"]["decision"] == "deny"
     cid = _store(
         gw,
-        _consent(
+        privacy_consent(
             pid,
             {
                 "type": "permit",
@@ -573,7 +567,7 @@ def test_roles_in_consents_are_nhs_role_codes(pair, system):
             }
         ],
     }
-    cid = _store(gw, _consent(pid, nurse_deny))
+    cid = _store(gw, privacy_consent(pid, nurse_deny))
     try:
         assert _record(gw, pid, gw.token(organisation=STRANGER, role="R8001")).status_code == 404
         assert _record(gw, pid, gw.token(organisation=STRANGER, role="R8000")).status_code == 200

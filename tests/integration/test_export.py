@@ -20,8 +20,10 @@ from joserfc.jwk import KeySet, RSAKey
 from carelink.anonymise.keys import ProjectKeys
 from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import ExtractSpec
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, JobStore, OptOutStore
 from tests.integration.conftest import System
+from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import carelink
 from tests.support.tokens import Issuer
@@ -150,7 +152,7 @@ def _patient(base: str, token: str, nhs_number: str) -> dict[str, Any]:
     """The gateway's merged Patient for an NHS number."""
     found = httpx.get(
         f"{base}/Patient",
-        params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs_number}"},
+        params={"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs_number}"},
         headers={"Authorization": f"Bearer {token}"},
         timeout=15,
     ).json()
@@ -159,22 +161,7 @@ def _patient(base: str, token: str, nhs_number: str) -> dict[str, Any]:
 
 def _record_consent(base: str, token: str, patient_id: str, provision: dict[str, Any]) -> str:
     """Record an active privacy Consent through the API; its id."""
-    body = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": "2026-11-23T09:00:00Z",
-        "provision": provision,
-    }
+    body = privacy_consent(patient_id, provision)
     stored = httpx.post(
         f"{base}/Consent",
         content=json.dumps(body),

@@ -1,0 +1,20 @@
+"""FHIR Consent resources as the tests record them through the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carelink.consent.directive import CONSENT_SCOPE
+
+
+def privacy_consent(pid: str, provision: dict[str, Any], status: str = "active") -> dict[str, Any]:
+    """A patient-privacy Consent for ``Patient/pid`` with ``provision``."""
+    return {
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "dateTime": "2026-11-23T09:00:00Z",
+        "provision": provision,
+    }
