@@ -30,7 +30,7 @@ from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
 from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
 from carelink.export.jobs import Runner
-from carelink.export.pipeline import ExtractSpec, load_pcns
+from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
 from carelink.settings import Settings
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.guard,
             ttl_hours=settings.export_ttl_hours,
         )
-        app.state.export_ttl = settings.export_ttl_hours * 3600
+        app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
         if app.state.token_policy is not None:
@@ -194,7 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.policy = load_policy(Path(settings.consent_policy))
-    app.state.pcns = load_pcns(Path(settings.pcns)) if settings.pcns else None
+    app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
     app.state.verifier = None
     app.state.token_service = None
@@ -264,16 +264,17 @@ def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
     )
 
 
+def pcns_of(settings: Settings) -> dict[str, Pcn] | None:
+    """The configured primary care networks (``CARELINK_PCNS``), if any."""
+    return load_pcns(Path(settings.pcns)) if settings.pcns else None
+
+
 def _export_paths(settings: Settings) -> tuple[Path, Path]:
     """Where extracts and the master key live: as configured, or beside a SQLite file."""
     url = settings.database_url
     beside = Path(url).parent if "://" not in url else Path("var")
-    exports = Path(settings.exports) if settings.exports != "var/exports" else beside / "exports"
-    master = (
-        Path(settings.master_key)
-        if settings.master_key != "var/extract-master.key"
-        else beside / "extract-master.key"
-    )
+    exports = Path(settings.exports) if settings.exports else beside / "exports"
+    master = Path(settings.master_key) if settings.master_key else beside / "extract-master.key"
     return exports, master
 
 
@@ -283,10 +284,11 @@ async def extract_with(
     """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
     db = Database(settings.database_url)
     db.migrate()
-    sessions = open_sessions(replace(settings, budget=max(settings.budget, 5.0)))
+    bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
+    sessions = open_sessions(bulk)
     index = IndexStore(db)
     try:
-        fanout = FanOut(make_sources(settings, sessions), max(settings.budget, 5.0))
+        fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
             SharedRecord(index, fanout),

@@ -302,12 +302,12 @@ def _index(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from carelink.app import extract_with
-    from carelink.export.pipeline import Cohort, ExtractSpec, load_pcns, type_filters
+    from carelink.app import extract_with, pcns_of
+    from carelink.export.pipeline import Cohort, ExtractSpec, type_filters
     from carelink.settings import Settings
 
     settings = Settings.from_env()
-    pcns = load_pcns(Path(settings.pcns)) if settings.pcns else None
+    pcns = pcns_of(settings)
 
     spec = ExtractSpec(
         project=args.project,

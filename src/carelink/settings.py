@@ -55,8 +55,9 @@ class Settings:
     clients: str | None = None
     #: the ICS sharing policy (JSON); by default the repository's ``consent/policy.json``
     consent_policy: str = field(default_factory=lambda: default_policy_path())
-    #: where export jobs write their files
-    exports: str = "var/exports"
+    #: where export jobs write their files; by default ``exports/`` beside a SQLite
+    #: database (``var/exports`` with PostgreSQL)
+    exports: str | None = None
     #: hours an export's files are kept after it was asked for (then deleted)
     export_ttl_hours: float = 24.0
     #: the de-identification profiles (``<profile>.json``); by default ``consent/deid``
@@ -65,8 +66,9 @@ class Settings:
     )
     #: primary care networks for ``Group/pcn-<code>`` cohorts (JSON); none when unset
     pcns: str | None = None
-    #: the extract master key file (32+ random bytes; made on first use outside production)
-    master_key: str = "var/extract-master.key"
+    #: the extract master key file (32+ random bytes; made on first use outside
+    #: production); by default ``extract-master.key`` beside a SQLite database
+    master_key: str | None = None
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3

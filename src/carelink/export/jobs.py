@@ -70,7 +70,7 @@ class JobRequest:
             type_filters=d["typeFilters"],
             cohort=Cohort(kind, value, tuple(members[0]) if members else ()),
             k=int(d.get("k", 5)),
-            purpose=str(d.get("purpose", "HOPERAT")),
+            purpose=str(d.get("purpose", ExtractSpec.purpose)),
         )
         return cls(spec, d["request"], d["format"])
 
