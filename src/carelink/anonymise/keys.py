@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from carelink.errors import ConfigError, InvalidRequest
 from carelink.fhir.nhs import normalise, problem
+from carelink.secret_files import create_secret
 
 MIN_MASTER_BYTES = 32
 
@@ -90,9 +91,6 @@ def load_master_key(path: Path, create: bool) -> bytes:
         return key
     if not create:
         raise ConfigError(f"{path}: no extract master key (production mode never makes one)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     key = os.urandom(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    create_secret(path, key)
     return key

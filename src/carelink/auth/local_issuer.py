@@ -8,7 +8,6 @@ refuses those in production mode). The private key lives in
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import orjson
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
+
+from carelink.secret_files import create_secret
 
 LOCAL_ISSUER = "urn:carelink:local-issuer"
 
@@ -33,9 +34,7 @@ class LocalIssuer:
             directory.mkdir(parents=True, exist_ok=True)
             self.key = ECKey.generate_key("P-384", parameters={"use": "sig"})
             self.key.ensure_kid()
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps(self.key.as_dict(private=True)))
+            create_secret(private, orjson.dumps(self.key.as_dict(private=True)))
         self.key.ensure_kid()
         self.jwks_path = directory / "jwks.json"
         self.jwks_path.write_bytes(orjson.dumps(KeySet([self.key]).as_dict(private=False)))
