@@ -1,7 +1,8 @@
-"""Where the project's shared material lives (``../shared`` beside the repository).
+"""Test data nobody on the project wrote, vendored under ``tests/data/``.
 
-``CARELINK_SHARED_DIR`` points elsewhere. Tests that need it skip, saying so,
-when a checkout has no shared folder beside it (a clone in a temporary directory).
+``tests/data/README.md`` says where each folder came from and under which
+licence. ``CARELINK_SHARED_DIR`` points at another copy of the same layout
+(``testdata/…`` and ``fhir/…``), e.g. the team's ``../shared``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHARED = Path(
-    os.environ.get("CARELINK_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
+DATA = Path(__file__).resolve().parents[1] / "data"
+_OTHER = os.environ.get("CARELINK_SHARED_DIR")
+
+SYNTHEA = Path(_OTHER) / "testdata" / "synthea-bulk-10" if _OTHER else DATA / "synthea-bulk-10"
+UKCORE_EXAMPLES = (
+    Path(_OTHER) / "testdata" / "ukcore-examples" if _OTHER else DATA / "ukcore-examples"
 )
-SYNTHEA = SHARED / "testdata" / "synthea-bulk-10"
-SCHEMA = SHARED / "fhir" / "fhir.r4.schema.json"
+SCHEMA = (
+    Path(_OTHER) / "fhir" / "fhir.r4.schema.json"
+    if _OTHER
+    else DATA / "fhir" / "fhir.r4.schema.json"
+)
