@@ -9,7 +9,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from tests.integration.conftest import System
 from tests.support.schema import SCHEMA, problems
 
-SAMPLE = 200
+SAMPLE = 60
 
 
 def test_the_validator_can_fail():
@@ -18,7 +18,7 @@ def test_the_validator_can_fail():
 
 
 @pytest.mark.skipif(not SCHEMA.exists(), reason="shared FHIR schema not present")
-def test_every_resource_for_200_patients_validates(system: System):
+def test_every_resource_for_60_patients_validates(system: System):
     checked = 0
     failures: list[str] = []
     types: set[str] = set()
@@ -34,9 +34,8 @@ def test_every_resource_for_200_patients_validates(system: System):
             everything = client.get(
                 f"{system.base}/Patient/{pid}/$everything", params={"_count": 1000}
             ).json()
-            failures += problems(everything)
+            failures += problems(everything)  # the Bundle and, one by one, its entries
             for entry in everything["entry"]:
-                failures += problems(entry["resource"])
                 types.add(entry["resource"]["resourceType"])
                 checked += 1
     assert checked > SAMPLE * 10
