@@ -61,7 +61,10 @@ def read(files: list[Path]) -> tuple[list[Item], list[Problem]]:
     problems: list[Problem] = []
     for f in files:
         for got in _read_file(f):
-            (items if isinstance(got, Item) else problems).append(got)
+            if isinstance(got, Item):
+                items.append(got)
+            else:
+                problems.append(got)
     return items, problems
 
 

@@ -81,9 +81,7 @@ class Loaded:
         if system:
             hit = self.identifiers.get((rtype, system, value))
             return [hit] if hit else []
-        return [
-            rid for (t, _, v), rid in self.identifiers.items() if t == rtype and v == value
-        ][:1]
+        return [rid for (t, _, v), rid in self.identifiers.items() if t == rtype and v == value][:1]
 
     def resolve(self, ref: str) -> Key | None:
         """The loaded resource a reference points at, or None."""
@@ -184,9 +182,7 @@ def _place(out: Loaded, item: Item) -> None:
         for local in owners:
             out.compartments[local].append(r)
         if "id" not in r:
-            out.without_id.append(
-                Problem(item.where, f"{rtype} without an id: served as given")
-            )
+            out.without_id.append(Problem(item.where, f"{rtype} without an id: served as given"))
     elif dangling:
         out.skipped.append(Problem(item.where, f"{rtype} refers to a Patient not in the data"))
     elif "id" not in r:

@@ -20,6 +20,7 @@ from carelink.simulators.store import PopulationSlice
 
 Json = dict[str, Any]
 
+
 class FhirStore(Protocol):
     """Read access the FHIR simulators need."""
 
