@@ -138,6 +138,8 @@ def test_repeated_bad_answers_for_one_patient_never_cost_another_patient_their_d
             bundle = _everything(client, gateway, "pa")
             [status] = _coded(_outcome(bundle), STATUS_SYSTEM)
             assert status["details"]["coding"][0]["code"] == "ok"
+            [skipped] = _coded(_outcome(bundle), PROBLEM_SYSTEM)  # remembered answers too
+            assert skipped["diagnostics"].count(": no id") == 5
         other = _everything(client, gateway, "pb")
     [status] = _coded(_outcome(other), STATUS_SYSTEM)
     assert status["details"]["coding"][0]["code"] == "ok"

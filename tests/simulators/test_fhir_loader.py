@@ -258,6 +258,7 @@ def test_the_uk_core_examples_place_what_they_can_and_say_why_not_for_the_rest()
 
 def test_the_synthea_export_puts_every_clinical_resource_in_a_record():
     store = FileStore(SYNTHEA)
-    assert store.report.skipped == () and store.report.without_id == ()
+    assert store.report.skipped == ()
+    assert store.report.without_id == ()
     shared_types = {t for t, _ in store.loaded.shared}
     assert shared_types == {"Location", "Organization", "Practitioner", "PractitionerRole"}

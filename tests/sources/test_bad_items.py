@@ -166,6 +166,17 @@ def test_community_one_bad_observation_takes_its_sensitivity_label_with_it():
     assert answer.skipped == ("message 2 ORU^R01 OBX 1: no code (OBX-3)",)
 
 
+def test_community_a_message_without_pid_is_left_out_as_no_ones():
+    body = _batch(
+        [MSH.format(kind="ADT^A28^ADT_A05", n=1), PID],
+        [MSH.format(kind="PPR^PC1^PPR_PC1", n=2), _prb("P1")],
+        [MSH.format(kind="PPR^PC1^PPR_PC1", n=3), PID, _prb("P2")],
+    )
+    answer = _community(body)
+    assert _kept(answer) == ["community-C1", "community-P2"]
+    assert answer.skipped == ("message 2 PPR^PC1: no PID, so no one's",)
+
+
 def test_community_an_unreadable_person_message_is_still_a_bad_payload():
     body = _batch([MSH.format(kind="ADT^A28^ADT_A05", n=1), "PID|1||^^^RCOMM^NH"])
     with pytest.raises(SourceBadPayload, match="PID-3"):

@@ -72,16 +72,19 @@ class Loaded:
     by_key: dict[Key, Json] = field(default_factory=dict)
     shared: dict[Key, Json] = field(default_factory=dict)
     identifiers: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    by_value: dict[tuple[str, str], str] = field(default_factory=dict)  # any system
     full_urls: dict[str, Key] = field(default_factory=dict)
     without_id: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
 
     def find(self, rtype: str, system: str | None, value: str) -> list[str]:
         """Ids of ``rtype`` resources with identifier ``system|value`` (any system if None)."""
-        if system:
-            hit = self.identifiers.get((rtype, system, value))
-            return [hit] if hit else []
-        return [rid for (t, _, v), rid in self.identifiers.items() if t == rtype and v == value][:1]
+        hit = (
+            self.identifiers.get((rtype, system, value))
+            if system
+            else self.by_value.get((rtype, value))
+        )
+        return [hit] if hit else []
 
     def resolve(self, ref: str) -> Key | None:
         """The loaded resource a reference points at, or None."""
@@ -155,6 +158,7 @@ def _index(out: Loaded, item: Item) -> bool:
     for ident in r.get("identifier", []) if isinstance(r.get("identifier"), list) else []:
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
             out.identifiers.setdefault((rtype, str(ident.get("system", "")), ident["value"]), rid)
+            out.by_value.setdefault((rtype, ident["value"]), rid)
     if rtype == "Patient":
         out.patients[rid] = r
         out.compartments.setdefault(rid, [])

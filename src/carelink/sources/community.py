@@ -75,7 +75,12 @@ class CommunitySource:
             if kind == "ADT^A28":
                 out.insert(0, self._person(msg, local_id))
                 continue
-            if person_id(msg) != local_id:
+            try:
+                owner = person_id(msg)
+            except UNREADABLE:
+                skipped.append(f"message {n} {kind}: no PID, so no one's")
+                continue
+            if owner != local_id:
                 raise SourceBadPayload(self.name, "answer is about a different person")
             try:
                 got, left_out = message_resources(msg, self.name, patient_ref)
