@@ -195,6 +195,14 @@ def test_a_duplicate_id_keeps_the_first_and_reports_the_second(tmp_path):
     assert reported(store) == [f"{f}:3: duplicate Observation id"]
 
 
+def test_an_unreadable_file_is_reported_and_the_others_are_served(tmp_path):
+    ndjson(tmp_path / "a.ndjson", patient("p1"))
+    (tmp_path / "trap.json").mkdir()  # matches the pattern, but cannot be read as a file
+    store = FileStore(tmp_path)
+    assert store.patient_ids() == ["p1"]
+    assert reported(store) == [f"{tmp_path / 'trap.json'}: unreadable (IsADirectoryError)"]
+
+
 def test_a_byte_order_mark_and_crlf_line_endings_are_read(tmp_path):
     f = tmp_path / "bom.ndjson"
     f.write_bytes(

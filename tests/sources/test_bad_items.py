@@ -166,6 +166,18 @@ def test_community_one_bad_observation_takes_its_sensitivity_label_with_it():
     assert answer.skipped == ("message 2 ORU^R01 OBX 1: no code (OBX-3)",)
 
 
+def test_community_a_contact_without_a_visit_number_costs_only_itself():
+    pv1 = community.segment("PV1", {2: "O", 10: "DN", 19: "{visit}", 44: "20240102"})
+    body = _batch(
+        [MSH.format(kind="ADT^A28^ADT_A05", n=1), PID],
+        [MSH.format(kind="ADT^A03^ADT_A03", n=2), PID, pv1.format(visit="")],
+        [MSH.format(kind="ADT^A03^ADT_A03", n=3), PID, pv1.format(visit="V2")],
+    )
+    answer = _community(body)
+    assert _kept(answer) == ["community-C1", "community-V2"]
+    assert answer.skipped == ("message 2 ADT^A03: no visit number (PV1-19)",)
+
+
 def test_community_a_message_without_pid_is_left_out_as_no_ones():
     body = _batch(
         [MSH.format(kind="ADT^A28^ADT_A05", n=1), PID],

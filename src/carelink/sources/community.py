@@ -19,6 +19,7 @@ from carelink.sources.hl7v2 import (
     person_id,
     read_batch,
     split_messages,
+    why_unreadable,
 )
 from carelink.sources.http import Mapped, answer, fetch
 
@@ -85,7 +86,7 @@ class CommunitySource:
             try:
                 got, left_out = message_resources(msg, self.name, patient_ref)
             except UNREADABLE as exc:
-                skipped.append(f"message {n} {kind}: unreadable ({type(exc).__name__})")
+                skipped.append(f"message {n} {kind}: {why_unreadable(exc)}")
                 continue
             skipped.extend(f"message {n} {why}" for why in left_out)
             out.extend(r for r in got if types is None or r["resourceType"] in types)

@@ -214,16 +214,24 @@ def message_resources(
             try:
                 conditions.append(_condition(msg, prb, source, subject))
             except UNREADABLE as exc:
-                skipped.append(f"{kind} PRB {n}: {_why(exc)}")
+                skipped.append(f"{kind} PRB {n}: {why_unreadable(exc)}")
         return conditions, tuple(skipped)
     if kind == "ORU^R01":
         return _observations(msg, source, subject)
     return _event(kind, msg, source, subject), ()
 
 
-def _why(exc: Exception) -> str:
+def why_unreadable(exc: Exception) -> str:
     """A reason that names what was wrong, never the data."""
     return exc.reason if isinstance(exc, SourceBadPayload) else type(exc).__name__
+
+
+def _required(msg: Any, seg: Any, n: int, source: str, what: str) -> str:
+    """A field the resource's id comes from: without it the resource would have no id."""
+    got = value(msg, seg, n)
+    if not got:
+        raise SourceBadPayload(source, f"no {what}")
+    return got
 
 
 def _event(kind: str, msg: Any, source: str, subject: Json) -> list[Json]:
@@ -233,7 +241,7 @@ def _event(kind: str, msg: Any, source: str, subject: Json) -> list[Json]:
         team = field(msg, zep, 2)[0]
         episode: Json = {
             "resourceType": "EpisodeOfCare",
-            "id": namespaced_id(source, value(msg, zep, 1)),
+            "id": namespaced_id(source, _required(msg, zep, 1, source, "episode id (ZEP-1)")),
             "meta": _meta(source, value(msg, zep, 5)),
             "status": value(msg, zep, 4) or "active",
             "type": [{"text": team[1] if len(team) > 1 else team[0]}],
@@ -249,7 +257,7 @@ def _event(kind: str, msg: Any, source: str, subject: Json) -> list[Json]:
         service = value(msg, pv1, 10)
         enc: Json = {
             "resourceType": "Encounter",
-            "id": namespaced_id(source, value(msg, pv1, 19)),
+            "id": namespaced_id(source, _required(msg, pv1, 19, source, "visit number (PV1-19)")),
             "meta": _meta(source, ""),
             "status": "finished",
             "class": (
@@ -334,7 +342,7 @@ def _observations(msg: Any, source: str, subject: Json) -> tuple[list[Json], tup
                 current = _observation(msg, seg, source, subject, order)
             except UNREADABLE as exc:
                 current = None
-                skipped.append(f"ORU^R01 OBX {n}: {_why(exc)}")
+                skipped.append(f"ORU^R01 OBX {n}: {why_unreadable(exc)}")
                 continue
             out.append(current)
         elif name == "ZSN" and current is not None:
