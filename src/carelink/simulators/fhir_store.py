@@ -2,8 +2,9 @@
 
 ``PopulationStore`` renders a slice of the synthetic population;
 ``FileStore`` serves FHIR R4 handed to it (NDJSON files or Bundles, such as a
-Synthea Bulk Data export), grouping every resource under the Patient it
-refers to.
+Synthea Bulk Data export): every resource in the record of each Patient whose
+compartment it is in, the rest as shared resources, and a report of what was
+skipped and why (``carelink.simulators.fhir_load``).
 """
 
 from __future__ import annotations

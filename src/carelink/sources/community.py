@@ -98,9 +98,7 @@ class CommunitySource:
         """The Patient of the person's ADT^A28: without it the answer is no one's."""
         try:
             local, _, patient = person(msg, self.name)
-        except UNREADABLE as exc:
-            if isinstance(exc, SourceBadPayload):
-                raise
+        except (IndexError, KeyError, ValueError, TypeError) as exc:
             raise SourceBadPayload(self.name, f"unreadable ADT^A28 ({type(exc).__name__})") from exc
         if local != local_id:
             raise SourceBadPayload(self.name, "answer is about a different person")
