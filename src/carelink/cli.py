@@ -20,8 +20,12 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carelink import errors
+
+if TYPE_CHECKING:
+    from carelink.simulators.fhir_load import LoadReport
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
 
@@ -201,12 +205,26 @@ def _simulate(args: argparse.Namespace) -> int:
     app = create_simulator(
         args.name, seed=args.seed, size=args.size, behaviour=behaviour, data=args.data
     )
+    report = getattr(app.state, "load_report", None) if args.data is not None else None
+    if report is not None:
+        _print_load_report(args.data, report)
     # The population is loaded: keep the collector off it (see carelink.app.GC_THRESHOLDS).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return EXIT_OK
+
+
+def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None:
+    """What ``--data`` loaded, then each resource served without an id or skipped, by
+    file and line (counts and places only, never the data)."""
+    print(f"carelink simulate: {path}: {report.summary()}", file=sys.stderr)
+    problems = [*report.without_id, *report.skipped]
+    for problem in problems[:shown]:
+        print(f"  {problem}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"  ... and {len(problems) - shown} more", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

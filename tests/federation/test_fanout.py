@@ -101,6 +101,30 @@ def test_circuit_opens_after_repeated_failures_and_costs_no_call():
     assert source.calls == 2
 
 
+@pytest.mark.parametrize(
+    "error", [SourceBadPayload("a", "not JSON"), KeyError("id")], ids=["bad-payload", "bug"]
+)
+def test_unreadable_answers_never_open_the_circuit(error):
+    """One person's bad data says the source is up: it must not shut it for everyone."""
+    source = ScriptedSource("a", error=error)
+    breaker = CircuitBreaker(threshold=2, reset_after=10, clock=lambda: 0.0)
+    fan = FanOut({"a": source}, budget=1.0, breakers={"a": breaker})
+    statuses = [run(fan, ["a"])[0].status for _ in range(5)]
+    assert statuses == ["error"] * 5
+    assert breaker.state == "closed"
+    assert source.calls == 5
+
+
+def test_what_a_source_skipped_is_carried_to_its_result():
+    class Partial(ScriptedSource):
+        async def fetch_record(self, local_id, patient_ref, types, nhs_number=None):
+            return SourceAnswer([], "v", "2026-01-01T00:00:00Z", ("Observation entry 2: no id",))
+
+    result = run(FanOut({"a": Partial("a")}, budget=1.0), ["a"])[0]
+    assert result.status == "ok"
+    assert result.skipped == ("Observation entry 2: no id",)
+
+
 def test_circuit_half_opens_after_the_reset_and_closes_on_success():
     source = ScriptedSource("a", error=SourceUnavailable("a", "down"))
     now = [0.0]

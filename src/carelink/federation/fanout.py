@@ -3,7 +3,9 @@
 A source that fails, hangs or sends garbage is left out and reported; it
 never fails the request. A source whose circuit is open is not asked at all
 (a dead source costs no waiting); after ``reset_after`` seconds one trial
-request is let through (half-open).
+request is let through (half-open). Only failures to reach a source
+(connection errors, HTTP errors, timeouts) count towards opening its circuit;
+an answer that cannot be read is one person's problem, not the source's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from carelink.errors import SourceError, SourceTimeout
+from carelink.errors import SourceError, SourceTimeout, SourceUnavailable
 from carelink.sources.base import Json, Source, SourceAnswer
 
 Clock = Callable[[], float]
@@ -45,6 +47,7 @@ class SourceResult:
     version: str = ""
     as_of: str | None = None
     reason: str | None = None
+    skipped: tuple[str, ...] = ()  # resources the adapter left out of an ok answer, and why
 
 
 class CircuitBreaker:
@@ -196,12 +199,26 @@ class FanOut:
             answer, latency = task.result()
             self.breakers[name].record(True)
             return SourceResult(
-                name, OK, latency, tuple(answer.resources), answer.version, answer.as_of
+                name,
+                OK,
+                latency,
+                tuple(answer.resources),
+                answer.version,
+                answer.as_of,
+                skipped=tuple(answer.skipped),
             )
         latency = getattr(exc, "latency_ms", (self.clock() - started) * 1000)
-        self.breakers[name].record(False)
+        # Only a source that cannot be reached counts towards opening its circuit: one
+        # person's unreadable answer (bad payload, an adapter's surprise) says the source is
+        # up, and must not shut it for everyone else.
+        self.breakers[name].record(not _unreachable(exc))
         if isinstance(exc, SourceTimeout):
             return SourceResult(name, TIMEOUT, latency, reason=exc.reason)
         if isinstance(exc, SourceError):
             return SourceResult(name, ERROR, latency, reason=exc.reason)
         return SourceResult(name, ERROR, latency, reason=f"unexpected {type(exc).__name__}")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Does this failure say the source cannot be reached (rather than one answer unreadable)?"""
+    return isinstance(exc, SourceUnavailable | SourceTimeout | TimeoutError | OSError)

@@ -23,6 +23,10 @@ STATUS_SYSTEM = "https://carelink.example/CodeSystem/source-status"
 EXT_LATENCY = "https://carelink.example/StructureDefinition/source-latency-ms"
 EXT_AS_OF = "https://carelink.example/StructureDefinition/source-data-as-of"
 EXT_SOURCE = "https://carelink.example/StructureDefinition/source-name"
+EXT_SKIPPED = "https://carelink.example/StructureDefinition/source-skipped-count"
+PROBLEM_SYSTEM = "https://carelink.example/CodeSystem/source-problem"
+#: reasons quoted in a source's ``skipped`` issue; the count always says how many in all
+SKIPPED_SHOWN = 10
 _SEVERITY = {"ok": "information", "not-known": "information"}
 _CODE = {
     "ok": "informational",
@@ -47,7 +51,13 @@ class Federated:
 
 
 def source_outcome(results: Sequence[SourceResult]) -> Json:
-    """One issue per configured source: what happened, how long it took, data as of when."""
+    """One issue per configured source: what happened, how long it took, data as of when.
+
+    The status issue's ``details`` is coded in ``STATUS_SYSTEM``. A source
+    that answered but had resources left out (unreadable: no id, say) stays
+    ``ok``, counts them in its status issue and is followed by one
+    ``warning`` issue coded ``skipped`` in ``PROBLEM_SYSTEM`` naming them.
+    """
     issues = []
     for r in results:
         ext: list[Json] = [
@@ -56,9 +66,13 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
         ]
         if r.as_of:
             ext.append({"url": EXT_AS_OF, "valueInstant": r.as_of})
+        if r.skipped:
+            ext.append({"url": EXT_SKIPPED, "valueInteger": len(r.skipped)})
         text = f"source {r.source}: {r.status}"
         if r.status == OK:
             text += f" in {r.latency_ms:.0f} ms, data as of {r.as_of}"
+            if r.skipped:
+                text += f"; {len(r.skipped)} unreadable resources left out"
         elif r.reason:
             text += f" ({r.reason})"
         issues.append(
@@ -70,7 +84,25 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
                 extension=ext,
             )
         )
+        if r.skipped:
+            issues.append(_skipped_issue(r))
     return operation_outcome(issues, id_="sources")
+
+
+def _skipped_issue(r: SourceResult) -> Json:
+    shown = "; ".join(r.skipped[:SKIPPED_SHOWN])
+    more = len(r.skipped) - SKIPPED_SHOWN
+    return issue(
+        "warning",
+        "processing",
+        f"source {r.source} left out {len(r.skipped)} unreadable resources: {shown}"
+        + (f"; and {more} more" if more > 0 else ""),
+        details={"coding": [{"system": PROBLEM_SYSTEM, "code": "skipped"}], "text": "skipped"},
+        extension=[
+            {"url": EXT_SOURCE, "valueString": r.source},
+            {"url": EXT_SKIPPED, "valueInteger": len(r.skipped)},
+        ],
+    )
 
 
 class SharedRecord:

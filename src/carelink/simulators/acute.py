@@ -6,6 +6,9 @@ Endpoints (base ``/fhir``):
 - ``GET /Patient/{id}``
 - ``GET /Patient/{id}/$everything[?_type=A,B][&_count=N&_offset=M]``
 - ``GET /{Type}?patient={id}`` for any type in the patient's compartment
+- ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for any
+  resource held, shared ones (Practitioner, Organization, Location ...)
+  included, so references in a record can be followed
 
 Paging uses ``_count`` / ``_offset`` and ``next`` links, as many EPRs do.
 """
@@ -23,9 +26,11 @@ from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, wit
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
+    identifier_search,
     int_param,
     not_found,
     page_links,
+    resource_read,
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
@@ -39,8 +44,14 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
 
 
 def create_app_from_files(path: Path, *, behaviour: Behaviour) -> Starlette:
-    """The acute simulator serving FHIR R4 NDJSON files or Bundles from ``path``."""
-    return build(FileStore(path), behaviour)
+    """The acute simulator serving FHIR R4 NDJSON files or Bundles from ``path``.
+
+    ``app.state.load_report`` says what was loaded and what was skipped, and why.
+    """
+    store = FileStore(path)
+    app = build(store, behaviour)
+    app.state.load_report = store.report
+    return app
 
 
 def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
@@ -103,8 +114,10 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
     async def by_type(request: Request) -> Response:
         rtype = request.path_params["type"]
         pid = request.query_params.get("patient", "").removeprefix("Patient/")
+        if not pid and "identifier" in request.query_params:
+            return identifier_search(request, store, base(request))
         if not pid:
-            return bad_request(f"{rtype} search needs a patient parameter")
+            return bad_request(f"{rtype} search needs a patient or identifier parameter")
         rec = store.record(pid) or []
         items = [r for r in rec[1:] if r["resourceType"] == rtype]
         url = f"{base(request)}/{rtype}?patient={pid}"
@@ -119,6 +132,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
+        Route("/fhir/{type}/{id}", with_behaviour(behaviour, resource_read(store))),
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),
     ]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from carelink.simulators.base import etag_for
+from carelink.simulators.fhir_store import FhirStore
 
 Json = dict[str, Any]
 FHIR_JSON = "application/fhir+json"
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def fhir_response(body: Json | bytes, status: int = 200) -> Response:
@@ -58,14 +62,16 @@ def searchset(base: str, resources: list[Json], total: int, links: dict[str, str
         "total": total,
         "link": [{"relation": k, "url": v} for k, v in links.items()],
         "entry": [
-            {
-                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
-            }
-            for r in resources
+            {**full_url(base, r), "resource": r, "search": {"mode": "match"}} for r in resources
         ],
     }
+
+
+def full_url(base: str, resource: Json) -> dict[str, str]:
+    """``{"fullUrl": ...}`` for a Bundle entry, or nothing for a resource without an id
+    (data loaded with ``--data`` may hold such resources; they are served as given)."""
+    rid = resource.get("id")
+    return {"fullUrl": f"{base}/{resource['resourceType']}/{rid}"} if rid else {}
 
 
 def page_links(url: str, offset: int, count: int, total: int) -> dict[str, str]:
@@ -87,3 +93,27 @@ def int_param(value: str | None, default: int, upper: int) -> int:
     if n < 0:
         raise ValueError("negative")
     return min(n, upper)
+
+
+def resource_read(store: FhirStore) -> Endpoint:
+    """``GET {base}/{type}/{id}``: any resource the store holds, shared ones included."""
+
+    async def read(request: Request) -> Response:
+        rtype, rid = request.path_params["type"], request.path_params["id"]
+        found = store.resource(rtype, rid)
+        return fhir_response(found) if found else not_found(rtype)
+
+    return read
+
+
+def identifier_search(request: Request, store: FhirStore, base: str) -> Response:
+    """``GET {base}/{type}?identifier=system|value`` (one page: identifiers are near-unique)."""
+    rtype = request.path_params["type"]
+    ident = request.query_params.get("identifier", "")
+    if not ident:
+        return bad_request(f"{rtype} search needs an identifier parameter")
+    system, sep, value = ident.partition("|")
+    hits = store.search(rtype, system if sep else None, value if sep else system)
+    url = f"{base}/{rtype}?identifier={ident}"
+    links = page_links(url, 0, len(hits) or 1, len(hits))
+    return fhir_response(searchset(base, hits, len(hits), links))

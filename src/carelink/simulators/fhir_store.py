@@ -2,8 +2,9 @@
 
 ``PopulationStore`` renders a slice of the synthetic population;
 ``FileStore`` serves FHIR R4 handed to it (NDJSON files or Bundles, such as a
-Synthea Bulk Data export), grouping every resource under the Patient it
-refers to.
+Synthea Bulk Data export): every resource in the record of each Patient whose
+compartment it is in, the rest as shared resources, and a report of what was
+skipped and why (``carelink.simulators.fhir_load``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators import fhir_render
+from carelink.simulators import fhir_files, fhir_render
+from carelink.simulators.fhir_files import data_files
+from carelink.simulators.fhir_load import LoadReport, load
 from carelink.simulators.store import PopulationSlice
 
 Json = dict[str, Any]
-
-#: Elements through which a resource belongs to a patient's compartment
-PATIENT_LINKS = ("subject", "patient", "beneficiary", "individual")
 
 
 class FhirStore(Protocol):
@@ -37,6 +35,14 @@ class FhirStore(Protocol):
 
     def record(self, local: str) -> list[Json] | None:
         """The Patient (first) and everything in its compartment, or None if unknown."""
+        ...
+
+    def resource(self, rtype: str, rid: str) -> Json | None:
+        """Any resource the source holds by type and id (shared ones included), or None."""
+        ...
+
+    def search(self, rtype: str, system: str | None, value: str) -> list[Json]:
+        """Resources of ``rtype`` with identifier ``system|value`` (any system if None)."""
         ...
 
 
@@ -69,79 +75,61 @@ class PopulationStore:
             return None
         return self._record(local)
 
+    def resource(self, rtype: str, rid: str) -> Json | None:
+        """Only Patients: the generated population holds no shared resources."""
+        rec = self.record(rid) if rtype == "Patient" else None
+        return rec[0] if rec else None
+
+    def search(self, rtype: str, system: str | None, value: str) -> list[Json]:
+        local = self.find(system, value) if rtype == "Patient" else None
+        rec = self.record(local) if local else None
+        return [rec[0]] if rec else []
+
 
 class FileStore:
-    """FHIR R4 from files: ``*.ndjson`` (one resource a line) or ``*.json`` Bundles."""
+    """FHIR R4 from files: ``*.ndjson`` (one resource a line) or ``*.json`` Bundles.
+
+    ``report`` says what was loaded and what was not, and why (see
+    ``carelink.simulators.fhir_load``). ValueError if ``path`` holds no
+    Patient to serve.
+    """
 
     def __init__(self, path: Path) -> None:
-        files = (
-            sorted(path.rglob("*.ndjson")) + sorted(path.rglob("*.json"))
-            if path.is_dir()
-            else [path]
+        files = data_files(path)
+        items, problems = fhir_files.read(files)
+        self.loaded = load(items)
+        self.report = LoadReport(
+            files=len(files),
+            patients=len(self.loaded.patients),
+            in_records=len({id(r) for rs in self.loaded.compartments.values() for r in rs}),
+            shared=len(self.loaded.shared),
+            without_id=tuple(self.loaded.without_id),
+            skipped=(*problems, *self.loaded.skipped),
         )
-        if not files:
-            raise ValueError(f"{path}: no .ndjson or .json files found")
-        self.patients: dict[str, Json] = {}
-        self.compartments: dict[str, list[Json]] = {}
-        self.identifiers: dict[tuple[str, str], str] = {}
-        for resource in _read(files):
-            self._add(resource)
-
-    def _add(self, resource: Json) -> None:
-        if resource.get("resourceType") == "Patient":
-            local = str(resource["id"])
-            self.patients[local] = resource
-            self.compartments.setdefault(local, [])
-            for ident in resource.get("identifier", []):
-                if "value" in ident:
-                    self.identifiers[(ident.get("system", ""), ident["value"])] = local
-            return
-        for key in PATIENT_LINKS:
-            link = resource.get(key)
-            ref = link.get("reference") if isinstance(link, dict) else None
-            if isinstance(ref, str):
-                local = ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
-                self.compartments.setdefault(local, []).append(resource)
-                return
+        if not self.loaded.patients:
+            first = f"; first: {self.report.skipped[0]}" if self.report.skipped else ""
+            raise ValueError(
+                f"{path}: no FHIR Patient to serve in {len(files)} files "
+                f"({len(self.report.skipped)} skipped{first})"
+            )
 
     def patient_ids(self) -> list[str]:
-        return list(self.patients)
+        return list(self.loaded.patients)
 
     def find(self, system: str | None, value: str) -> str | None:
-        if system:
-            return self.identifiers.get((system, value))
-        for (_, v), local in self.identifiers.items():
-            if v == value:
-                return local
-        return value if value in self.patients else None
+        hits = self.loaded.find("Patient", system, value)
+        if hits:
+            return hits[0]
+        return value if not system and value in self.loaded.patients else None
 
     def record(self, local: str) -> list[Json] | None:
-        if local not in self.patients:
+        patient = self.loaded.patients.get(local)
+        if patient is None:
             return None
-        return [self.patients[local], *self.compartments.get(local, [])]
+        return [patient, *self.loaded.compartments.get(local, [])]
 
+    def resource(self, rtype: str, rid: str) -> Json | None:
+        return self.loaded.by_key.get((rtype, rid))
 
-def _read(files: list[Path]) -> list[Json]:
-    out: list[Json] = []
-    for f in files:
-        data = f.read_bytes()
-        if f.suffix == ".ndjson":
-            out.extend(orjson.loads(line) for line in data.splitlines() if line.strip())
-            continue
-        doc = orjson.loads(data)
-        if doc.get("resourceType") == "Bundle":
-            out.extend(e["resource"] for e in doc.get("entry", []) if "resource" in e)
-        else:
-            out.append(doc)
-    return [_normalise_refs(r) for r in out]
-
-
-def _normalise_refs(resource: Json) -> Json:
-    """Synthea-style ``urn:uuid:X`` patient references become ``Patient/X``."""
-    for key in PATIENT_LINKS:
-        link = resource.get(key)
-        if isinstance(link, dict):
-            ref = link.get("reference")
-            if isinstance(ref, str) and ref.startswith("urn:uuid:"):
-                link["reference"] = "Patient/" + ref.removeprefix("urn:uuid:")
-    return resource
+    def search(self, rtype: str, system: str | None, value: str) -> list[Json]:
+        return [self.loaded.by_key[(rtype, rid)] for rid in self.loaded.find(rtype, system, value)]

@@ -6,6 +6,9 @@
   Patient and the requested clinical areas.
 - ``GET /Patient?identifier=...`` and ``GET /Patient`` (paged, the practice
   list), so an index can enumerate registered patients.
+- ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for any
+  resource held (Practitioner, Organization, Location ... as GP Connect's
+  Foundations reads do), so references in a record can be followed.
 
 Clinical areas and the resource types they return: includeAllergies
 (AllergyIntolerance), includeMedication (MedicationStatement,
@@ -31,9 +34,12 @@ from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, wit
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
+    full_url,
+    identifier_search,
     int_param,
     not_found,
     page_links,
+    resource_read,
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
@@ -56,8 +62,14 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
 
 
 def create_app_from_files(path: Path, *, behaviour: Behaviour) -> Starlette:
-    """The GP simulator serving FHIR R4 NDJSON files or Bundles from ``path``."""
-    return build(FileStore(path), behaviour)
+    """The GP simulator serving FHIR R4 NDJSON files or Bundles from ``path``.
+
+    ``app.state.load_report`` says what was loaded and what was skipped, and why.
+    """
+    store = FileStore(path)
+    app = build(store, behaviour)
+    app.state.load_report = store.report
+    return app
 
 
 def _parse(body: bytes) -> tuple[str, set[str] | None] | str:
@@ -105,10 +117,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
                         "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-StructuredRecord-Bundle-1"
                     ]
                 },
-                "entry": [
-                    {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r}
-                    for r in items
-                ],
+                "entry": [{**full_url(base, r), "resource": r} for r in items],
             }
         )
 
@@ -135,6 +144,9 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             )
         )
 
+    async def by_identifier(request: Request) -> Response:
+        return identifier_search(request, store, str(request.base_url).rstrip("/"))
+
     cache = ResponseCache()
     routes = [
         Route(
@@ -144,5 +156,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         ),
         Route("/Patient", with_behaviour(behaviour, patients)),
         *admin_routes(behaviour),
+        Route("/{type}/{id}", with_behaviour(behaviour, resource_read(store))),
+        Route("/{type}", with_behaviour(behaviour, by_identifier)),
     ]
     return Starlette(routes=routes)

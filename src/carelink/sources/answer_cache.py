@@ -49,6 +49,7 @@ class Cached:
 
     fingerprint: bytes
     resources: list[Json]
+    skipped: tuple[str, ...] = ()  # what the adapter left out of this answer, and why
 
 
 class AnswerCache:
@@ -60,17 +61,24 @@ class AnswerCache:
 
     def get(self, key: Key, fingerprint: bytes) -> list[Json] | None:
         """The resources made last time, if the source sent exactly these bytes then."""
+        hit = self.lookup(key, fingerprint)
+        return None if hit is None else hit.resources
+
+    def lookup(self, key: Key, fingerprint: bytes) -> Cached | None:
+        """What these bytes became last time (resources and what was skipped), or None."""
         hit = self._items.get(key)
         if hit is None or hit.fingerprint != fingerprint:
             return None
         self._items.move_to_end(key)
-        return hit.resources
+        return hit
 
-    def put(self, key: Key, fingerprint: bytes, resources: list[Json]) -> None:
+    def put(
+        self, key: Key, fingerprint: bytes, resources: list[Json], skipped: tuple[str, ...] = ()
+    ) -> None:
         """Remember what these bytes became (not inside ``bulk_read()``)."""
         if not _REMEMBER.get():
             return
-        self._items[key] = Cached(fingerprint, resources)
+        self._items[key] = Cached(fingerprint, resources, skipped)
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)

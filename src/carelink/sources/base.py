@@ -9,8 +9,10 @@ transport), speaks the source's native interface and returns FHIR R4 dicts:
   pointing at the gateway's merged Patient (``patient_ref``);
 - ``meta.source`` naming the source, sensitivity carried in ``meta.security``.
 
-Adapters raise ``SourceUnavailable`` / ``SourceBadPayload``; federation owns
-timeouts and circuit breaking.
+Adapters raise ``SourceUnavailable`` / ``SourceBadPayload`` when the answer as
+a whole cannot be had or read; one unreadable resource, message or record
+costs only itself: it is left out and named in ``SourceAnswer.skipped``.
+Federation owns timeouts and circuit breaking.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class SourceAnswer:
     resources: list[Json]
     version: str  # changes whenever the source's data for the person changes
     as_of: str  # FHIR instant: when the source says the data was current
+    #: what the adapter could not read and left out, one line each ("Observation entry
+    #: 3: no id"); the rest of the answer still counts. Never quotes patient data.
+    skipped: tuple[str, ...] = ()
 
 
 @runtime_checkable

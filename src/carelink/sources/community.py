@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -11,13 +12,16 @@ from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.hl7v2 import (
     HL7_ER7,
+    UNREADABLE,
+    message_resources,
     message_type,
     person,
     person_id,
-    resources,
+    read_batch,
     split_messages,
+    why_unreadable,
 )
-from carelink.sources.http import answer, fetch
+from carelink.sources.http import Mapped, answer, fetch
 
 
 class CommunitySource:
@@ -57,31 +61,48 @@ class CommunitySource:
 
     def _map(
         self, data: bytes, local_id: str, patient_ref: str, types: frozenset[str] | None
-    ) -> list[Json]:
-        """Messages to FHIR, refusing an answer about anyone but the person asked for."""
+    ) -> Mapped:
+        """Messages to FHIR, refusing an answer about anyone but the person asked for.
+
+        One message or segment that cannot be read costs only its own resources
+        (left out and named); the person's ADT^A28 cannot be done without, and a
+        message about someone else makes the whole answer suspect.
+        """
+        messages, unreadable = read_batch(data, self.name)
+        skipped = list(unreadable)
         out: list[Json] = []
-        try:
-            for msg in split_messages(data, self.name):
-                if message_type(msg) == "ADT^A28":
-                    local, _, patient = person(msg, self.name)
-                    if local != local_id:
-                        raise SourceBadPayload(self.name, "answer is about a different person")
-                    out.append(patient)
-                    continue
-                if person_id(msg) != local_id:
-                    raise SourceBadPayload(self.name, "answer is about a different person")
-                out.extend(
-                    r
-                    for r in resources(msg, self.name, patient_ref)
-                    if types is None or r["resourceType"] in types
-                )
-        except (IndexError, KeyError, ValueError, TypeError) as exc:
-            raise SourceBadPayload(
-                self.name, f"unexpected HL7 content: {type(exc).__name__}"
-            ) from exc
+        for n, msg in enumerate(messages, start=1):
+            kind = message_type(msg)
+            if kind == "ADT^A28":
+                out.insert(0, self._person(msg, local_id))
+                continue
+            try:
+                owner = person_id(msg)
+            except UNREADABLE:
+                skipped.append(f"message {n} {kind}: no PID, so no one's")
+                continue
+            if owner != local_id:
+                raise SourceBadPayload(self.name, "answer is about a different person")
+            try:
+                got, left_out = message_resources(msg, self.name, patient_ref)
+            except UNREADABLE as exc:
+                skipped.append(f"message {n} {kind}: {why_unreadable(exc)}")
+                continue
+            skipped.extend(f"message {n} {why}" for why in left_out)
+            out.extend(r for r in got if types is None or r["resourceType"] in types)
         if not out or out[0]["resourceType"] != "Patient":
             raise SourceBadPayload(self.name, "record without the person's ADT^A28")
-        return out
+        return Mapped(out, tuple(skipped))
+
+    def _person(self, msg: Any, local_id: str) -> Json:
+        """The Patient of the person's ADT^A28: without it the answer is no one's."""
+        try:
+            local, _, patient = person(msg, self.name)
+        except (IndexError, KeyError, ValueError, TypeError) as exc:
+            raise SourceBadPayload(self.name, f"unreadable ADT^A28 ({type(exc).__name__})") from exc
+        if local != local_id:
+            raise SourceBadPayload(self.name, "answer is about a different person")
+        return patient
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""

@@ -12,7 +12,7 @@ from carelink.errors import SourceBadPayload
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.http import answer, as_of, fetch
+from carelink.sources.http import Mapped, answer, as_of, fetch
 from carelink.sources.namespacing import namespace, namespaced_id
 
 
@@ -35,17 +35,32 @@ async def get_json(
     return (None if data is None else parse(data, source)), headers
 
 
-def bundle_resources(doc: Json, source: str) -> list[Json]:
-    """The resources of a Bundle; a non-Bundle or an entry without resourceType is bad payload."""
+def bundle_resources(doc: Json, source: str, first: int = 0) -> Mapped:
+    """The readable resources of a Bundle, and the entries left out and why.
+
+    One entry without a resource, a resourceType or an id costs only itself
+    (``"Observation entry 3: no id"``, counting entries from ``first``); only
+    an answer that is not a Bundle at all is a bad payload.
+    """
     if doc.get("resourceType") != "Bundle":
         raise SourceBadPayload(source, f"expected a Bundle, got {doc.get('resourceType')}")
-    out = []
-    for e in doc.get("entry", []):
-        r = e.get("resource")
-        if not isinstance(r, dict) or "resourceType" not in r or "id" not in r:
-            raise SourceBadPayload(source, "Bundle entry without a resource, type or id")
-        out.append(r)
-    return out
+    entries = doc.get("entry", [])
+    if not isinstance(entries, list):
+        raise SourceBadPayload(source, "Bundle.entry is not a list")
+    out: list[Json] = []
+    skipped: list[str] = []
+    for i, e in enumerate(entries, start=first):
+        r = e.get("resource") if isinstance(e, dict) else None
+        rtype = r.get("resourceType") if isinstance(r, dict) else None
+        if not isinstance(r, dict):
+            skipped.append(f"entry {i}: no resource")
+        elif not isinstance(rtype, str) or not rtype:
+            skipped.append(f"entry {i}: no resourceType")
+        elif not isinstance(r.get("id"), str) or not r["id"]:
+            skipped.append(f"{rtype} entry {i}: no id")
+        else:
+            out.append(r)
+    return Mapped(out, tuple(skipped))
 
 
 def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
@@ -119,6 +134,8 @@ class AcuteSource:
             url = f"{url}&_type={','.join(sorted(types | {'Patient'}))}"
         key = (local_id, patient_ref, types)
         resources: list[Json] = []
+        skipped: list[str] = []
+        entries = 0
         versions: list[str] = []
         stamp = ""
         first = True
@@ -130,11 +147,14 @@ class AcuteSource:
             versions.append(headers.get("ETag", ""))
             if first:
                 fingerprint = digest(data)
-                cached = self.cache.get(key, fingerprint)
+                cached = self.cache.lookup(key, fingerprint)
                 if cached is not None:
-                    return SourceAnswer(cached, versions[0], stamp)
+                    return SourceAnswer(cached.resources, versions[0], stamp, cached.skipped)
             doc = parse(data, self.name)
-            resources.extend(bundle_resources(doc, self.name))
+            page = bundle_resources(doc, self.name, entries)
+            entries += len(doc.get("entry", []))
+            resources.extend(page.resources)
+            skipped.extend(page.skipped)
             url = next(
                 (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
             )
@@ -142,8 +162,8 @@ class AcuteSource:
             first = False
         out = localise(resources, self.name, local_id, patient_ref, types)
         if single_page:
-            self.cache.put(key, fingerprint, out)
-        return SourceAnswer(out, "|".join(versions), stamp)
+            self.cache.put(key, fingerprint, out, tuple(skipped))
+        return SourceAnswer(out, "|".join(versions), stamp, tuple(skipped))
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""
@@ -152,7 +172,7 @@ class AcuteSource:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 return
-            for patient in bundle_resources(doc, self.name):
+            for patient in bundle_resources(doc, self.name).resources:
                 yield person_from_patient(self.name, str(patient["id"]), patient)
             url = next(
                 (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
@@ -197,12 +217,13 @@ class GPSource:
             lambda body: self._map(body, patient_ref, types),
         )
 
-    def _map(self, body: bytes, patient_ref: str, types: frozenset[str] | None) -> list[Json]:
-        resources = bundle_resources(parse(body, self.name), self.name)
-        patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+    def _map(self, body: bytes, patient_ref: str, types: frozenset[str] | None) -> Mapped:
+        read = bundle_resources(parse(body, self.name), self.name)
+        patient = next((r for r in read.resources if r["resourceType"] == "Patient"), None)
         if patient is None:
             raise SourceBadPayload(self.name, "structured record without a Patient")
-        return localise(resources, self.name, f"{patient['id']}", patient_ref, types)
+        out = localise(read.resources, self.name, f"{patient['id']}", patient_ref, types)
+        return Mapped(out, read.skipped)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``)."""
@@ -211,7 +232,7 @@ class GPSource:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 return
-            for patient in bundle_resources(doc, self.name):
+            for patient in bundle_resources(doc, self.name).resources:
                 yield person_from_patient(self.name, str(patient["id"]), patient)
             url = next(
                 (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None

@@ -34,8 +34,9 @@ _BATCH = ("FHS", "BHS", "BTS", "FTS")
 HL7_ER7 = "x-application/hl7-v2+er7"
 
 
-def split_messages(data: bytes, source: str) -> list[Any]:
-    """The messages of a batch, parsed; anything unreadable is a bad payload."""
+def read_batch(data: bytes, source: str) -> tuple[list[Any], tuple[str, ...]]:
+    """The messages of a batch, parsed, and those left out (``"message 3: unparseable HL7
+    (ParseException)"``). A batch that is not text or holds no message is a bad payload."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -53,10 +54,22 @@ def split_messages(data: bytes, source: str) -> list[Any]:
             raise SourceBadPayload(source, f"segment {seg[:3]!r} before any MSH")
     if not messages:
         raise SourceBadPayload(source, "no HL7 message in the answer")
-    try:
-        return [hl7.parse("\r".join(m)) for m in messages]
-    except Exception as exc:  # python-hl7 raises several kinds on broken input
-        raise SourceBadPayload(source, f"unparseable HL7: {type(exc).__name__}") from exc
+    parsed: list[Any] = []
+    skipped: list[str] = []
+    for n, m in enumerate(messages, start=1):
+        try:
+            parsed.append(hl7.parse("\r".join(m)))
+        except Exception as exc:  # python-hl7 raises several kinds on broken input
+            skipped.append(f"message {n}: unparseable HL7 ({type(exc).__name__})")
+    return parsed, tuple(skipped)
+
+
+def split_messages(data: bytes, source: str) -> list[Any]:
+    """The messages of a batch, parsed; anything unreadable is a bad payload."""
+    parsed, skipped = read_batch(data, source)
+    if skipped:
+        raise SourceBadPayload(source, skipped[0])
+    return parsed
 
 
 def field(msg: Any, seg: Any, n: int) -> list[list[str]]:
@@ -174,17 +187,61 @@ def _meta(source: str, sensitivity: str) -> Json:
     return meta
 
 
+#: what reading a segment the source got wrong raises (python-hl7 and our own checks)
+UNREADABLE = (IndexError, KeyError, ValueError, TypeError, SourceBadPayload)
+
+
 def resources(msg: Any, source: str, patient_ref: str) -> list[Json]:
-    """The clinical resources one message carries (not its Patient)."""
+    """The clinical resources one message carries (not its Patient); any unreadable
+    segment is a bad payload (``message_resources`` leaves it out instead)."""
+    out, skipped = message_resources(msg, source, patient_ref)
+    if skipped:
+        raise SourceBadPayload(source, skipped[0])
+    return out
+
+
+def message_resources(
+    msg: Any, source: str, patient_ref: str
+) -> tuple[list[Json], tuple[str, ...]]:
+    """The clinical resources one message carries (not its Patient), and the segments left
+    out and why: one PRB or OBX that cannot be read costs only its own resource."""
     kind = message_type(msg)
     subject = {"reference": patient_ref}
+    if kind == "PPR^PC1":
+        conditions: list[Json] = []
+        skipped: list[str] = []
+        for n, prb in enumerate(msg.segments("PRB"), start=1):
+            try:
+                conditions.append(_condition(msg, prb, source, subject))
+            except UNREADABLE as exc:
+                skipped.append(f"{kind} PRB {n}: {why_unreadable(exc)}")
+        return conditions, tuple(skipped)
+    if kind == "ORU^R01":
+        return _observations(msg, source, subject)
+    return _event(kind, msg, source, subject), ()
+
+
+def why_unreadable(exc: Exception) -> str:
+    """A reason that names what was wrong, never the data."""
+    return exc.reason if isinstance(exc, SourceBadPayload) else type(exc).__name__
+
+
+def _required(msg: Any, seg: Any, n: int, source: str, what: str) -> str:
+    """A field the resource's id comes from: without it the resource would have no id."""
+    got = value(msg, seg, n)
+    if not got:
+        raise SourceBadPayload(source, f"no {what}")
+    return got
+
+
+def _event(kind: str, msg: Any, source: str, subject: Json) -> list[Json]:
     out: list[Json] = []
     if kind == "ADT^A01":
         zep = msg.segment("ZEP")
         team = field(msg, zep, 2)[0]
         episode: Json = {
             "resourceType": "EpisodeOfCare",
-            "id": namespaced_id(source, value(msg, zep, 1)),
+            "id": namespaced_id(source, _required(msg, zep, 1, source, "episode id (ZEP-1)")),
             "meta": _meta(source, value(msg, zep, 5)),
             "status": value(msg, zep, 4) or "active",
             "type": [{"text": team[1] if len(team) > 1 else team[0]}],
@@ -200,7 +257,7 @@ def resources(msg: Any, source: str, patient_ref: str) -> list[Json]:
         service = value(msg, pv1, 10)
         enc: Json = {
             "resourceType": "Encounter",
-            "id": namespaced_id(source, value(msg, pv1, 19)),
+            "id": namespaced_id(source, _required(msg, pv1, 19, source, "visit number (PV1-19)")),
             "meta": _meta(source, ""),
             "status": "finished",
             "class": (
@@ -227,80 +284,102 @@ def resources(msg: Any, source: str, patient_ref: str) -> list[Json]:
                 {"reference": f"EpisodeOfCare/{namespaced_id(source, episode_id)}"}
             ]
         out.append(enc)
-    elif kind == "PPR^PC1":
-        for prb in msg.segments("PRB"):
-            cond: Json = {
-                "resourceType": "Condition",
-                "id": namespaced_id(source, value(msg, prb, 4)),
-                "meta": _meta(source, value(msg, prb, 25)),
-                "clinicalStatus": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                            "code": value(msg, prb, 14) or "active",
-                        }
-                    ]
-                },
-                "category": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                                "code": "problem-list-item",
-                            }
-                        ]
-                    }
-                ],
-                "code": _concept(field(msg, prb, 3)[0]),
-                "subject": subject,
-            }
-            onset = fhir_datetime(value(msg, prb, 16))
-            recorded = fhir_datetime(value(msg, prb, 2))
-            if onset:
-                cond["onsetDateTime"] = onset
-            if recorded:
-                cond["recordedDate"] = recorded
-            out.append(cond)
-    elif kind == "ORU^R01":
-        out.extend(_observations(msg, source, subject))
     return out
 
 
-def _observations(msg: Any, source: str, subject: Json) -> list[Json]:
+def _condition(msg: Any, prb: Any, source: str, subject: Json) -> Json:
+    """One PRB segment as a Condition."""
+    if not value(msg, prb, 4):
+        raise SourceBadPayload(source, "no problem id (PRB-4)")
+    cond: Json = {
+        "resourceType": "Condition",
+        "id": namespaced_id(source, value(msg, prb, 4)),
+        "meta": _meta(source, value(msg, prb, 25)),
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": value(msg, prb, 14) or "active",
+                }
+            ]
+        },
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item",
+                    }
+                ]
+            }
+        ],
+        "code": _concept(field(msg, prb, 3)[0]),
+        "subject": subject,
+    }
+    onset = fhir_datetime(value(msg, prb, 16))
+    recorded = fhir_datetime(value(msg, prb, 2))
+    if onset:
+        cond["onsetDateTime"] = onset
+    if recorded:
+        cond["recordedDate"] = recorded
+    return cond
+
+
+def _observations(msg: Any, source: str, subject: Json) -> tuple[list[Json], tuple[str, ...]]:
+    """Each OBX as an Observation (a following ZSN labels its sensitivity); an OBX that
+    cannot be read is left out, and so is the ZSN after it, so no label lands on the
+    wrong Observation."""
     out: list[Json] = []
+    skipped: list[str] = []
     order = value(msg, msg.segment("OBR"), 3)
     current: Json | None = None
+    n = 0
     for seg in msg:
         name = str(seg[0])
         if name == "OBX":
-            comps = field(msg, seg, 3)[0]
-            code = comps[0]
-            category = "survey" if code in SURVEY_CODES else "vital-signs"
-            current = {
-                "resourceType": "Observation",
-                "id": namespaced_id(source, f"{order}-{value(msg, seg, 1)}"),
-                "meta": _meta(source, ""),
-                "status": {"F": "final", "P": "preliminary", "C": "corrected"}.get(
-                    value(msg, seg, 11), "unknown"
-                ),
-                "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-                "code": _concept(comps),
-                "subject": subject,
-            }
-            when = fhir_datetime(value(msg, seg, 14))
-            if when:
-                current["effectiveDateTime"] = when
-            raw, unit = value(msg, seg, 5), value(msg, seg, 6)
+            n += 1
             try:
-                current["valueQuantity"] = {
-                    "value": float(raw),
-                    "unit": unit,
-                    "system": UCUM,
-                    "code": unit,
-                }
-            except ValueError:
-                current["valueString"] = raw
+                current = _observation(msg, seg, source, subject, order)
+            except UNREADABLE as exc:
+                current = None
+                skipped.append(f"ORU^R01 OBX {n}: {why_unreadable(exc)}")
+                continue
             out.append(current)
         elif name == "ZSN" and current is not None:
             current["meta"] = _meta(source, value(msg, seg, 1))
-    return out
+    return out, tuple(skipped)
+
+
+def _observation(msg: Any, seg: Any, source: str, subject: Json, order: str) -> Json:
+    if not value(msg, seg, 1):
+        raise SourceBadPayload(source, "no set id (OBX-1)")
+    comps = field(msg, seg, 3)[0]
+    if not comps[0]:
+        raise SourceBadPayload(source, "no code (OBX-3)")
+    code = comps[0]
+    category = "survey" if code in SURVEY_CODES else "vital-signs"
+    current: Json = {
+        "resourceType": "Observation",
+        "id": namespaced_id(source, f"{order}-{value(msg, seg, 1)}"),
+        "meta": _meta(source, ""),
+        "status": {"F": "final", "P": "preliminary", "C": "corrected"}.get(
+            value(msg, seg, 11), "unknown"
+        ),
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
+        "code": _concept(comps),
+        "subject": subject,
+    }
+    when = fhir_datetime(value(msg, seg, 14))
+    if when:
+        current["effectiveDateTime"] = when
+    raw, unit = value(msg, seg, 5), value(msg, seg, 6)
+    try:
+        current["valueQuantity"] = {
+            "value": float(raw),
+            "unit": unit,
+            "system": UCUM,
+            "code": unit,
+        }
+    except ValueError:
+        current["valueString"] = raw
+    return current

@@ -4,6 +4,7 @@ and the answer's as-of time. Sessions are made once per source by the app and pa
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -54,12 +55,20 @@ async def fetch(
         raise SourceUnavailable(source, type(exc).__name__) from exc
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """An adapter's reading of one answer: the resources, and what it had to leave out."""
+
+    resources: list[Json]
+    skipped: tuple[str, ...] = ()
+
+
 def answer(
     cache: AnswerCache,
     key: Key,
     data: bytes | None,
     headers: Any,
-    build: Callable[[bytes], list[Json]],
+    build: Callable[[bytes], Mapped],
 ) -> SourceAnswer:
     """A source's answer from a response body: empty when the person is not known there
     (404), reused when the bytes are the ones mapped last time, else ``build(data)``."""
@@ -67,8 +76,8 @@ def answer(
         return SourceAnswer([], "absent", as_of(headers))
     fingerprint = digest(data)
     version = headers.get("ETag", "") or fingerprint.hex()
-    resources = cache.get(key, fingerprint)
-    if resources is None:
-        resources = build(data)
-        cache.put(key, fingerprint, resources)
-    return SourceAnswer(resources, version, as_of(headers))
+    hit = cache.lookup(key, fingerprint)
+    mapped = Mapped(hit.resources, hit.skipped) if hit is not None else build(data)
+    if hit is None:
+        cache.put(key, fingerprint, mapped.resources, mapped.skipped)
+    return SourceAnswer(mapped.resources, version, as_of(headers), mapped.skipped)

@@ -16,9 +16,9 @@ import orjson
 
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
-from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.http import answer, fetch
-from carelink.sources.social_care_map import record, source_person
+from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.social_care_map import read_case, source_person
 
 JSON = "application/json"
 
@@ -71,16 +71,19 @@ class SocialCareSource:
 
     def _map(
         self, body: bytes, local_id: str, patient_ref: str, types: frozenset[str] | None
-    ) -> list[Json]:
-        """A case to FHIR, refusing an answer about anyone but the person asked for."""
+    ) -> Mapped:
+        """A case to FHIR, refusing an answer about anyone but the person asked for; an
+        item that cannot be read is left out and named."""
         doc = _load(body, self.name)
         if isinstance(doc, dict) and doc.get("personRef") not in (None, local_id):
             raise SourceBadPayload(self.name, "answer is about a different person")
-        return [
+        resources, skipped = read_case(doc, self.name, patient_ref)
+        kept = [
             r
-            for r in record(doc, self.name, patient_ref)
+            for r in resources
             if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
         ]
+        return Mapped(kept, skipped)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page until ``totalItems`` are seen."""

@@ -111,13 +111,6 @@ def _required_text(doc: Json, field: str, source: str) -> str:
     return value
 
 
-def _items(doc: Json, field: str, source: str) -> list[Json]:
-    value = doc.get(field)
-    if not isinstance(value, list):
-        raise SourceBadPayload(source, f"{field} is not a list")
-    return [_object(v, source, f"an entry of {field}") for v in value]
-
-
 def _coded(source: str, codelist: str, code: str, names: dict[str, str]) -> Json:
     """A CodeableConcept keeping the council's code; unknown codes become text only."""
     name = names.get(code)
@@ -192,15 +185,36 @@ def source_person(doc: Json, source: str) -> SourcePerson:
     )
 
 
-def record(doc: Json, source: str, patient_ref: str) -> list[Json]:
-    """Every resource in one case, the council's Patient first."""
+def read_case(doc: Json, source: str, patient_ref: str) -> tuple[list[Json], tuple[str, ...]]:
+    """Every readable resource in one case (the council's Patient first), and the items
+    left out and why (``"alerts[1]: missing alertId"``).
+
+    One assessment, service, alert or carer the adapter cannot read costs only
+    itself; the person, or a list that is not a list, is a bad payload for the
+    whole case, since without them the answer cannot be tied to anyone.
+    """
     doc = _require(doc, source, "assessments", "services", "alerts", "carers")
     subject = {"reference": patient_ref}
     out = [patient(doc, source)]
-    out += [_assessment(a, source, subject) for a in _items(doc, "assessments", source)]
-    out += [_service(s, source, subject) for s in _items(doc, "services", source)]
-    out += [_alert(a, source, subject) for a in _items(doc, "alerts", source)]
-    out += [_carer(c, source, subject) for c in _items(doc, "carers", source)]
+    skipped: list[str] = []
+    for field, build in _ITEMS:
+        items = doc.get(field)
+        if not isinstance(items, list):
+            raise SourceBadPayload(source, f"{field} is not a list")
+        for i, item in enumerate(items):
+            try:
+                out.append(build(_object(item, source, f"an entry of {field}"), source, subject))
+            except SourceBadPayload as exc:
+                skipped.append(f"{field}[{i}]: {exc.reason}")
+    return out, tuple(skipped)
+
+
+def record(doc: Json, source: str, patient_ref: str) -> list[Json]:
+    """Every resource in one case, the council's Patient first; any unreadable item is a
+    bad payload (``read_case`` leaves such items out instead)."""
+    out, skipped = read_case(doc, source, patient_ref)
+    if skipped:
+        raise SourceBadPayload(source, skipped[0])
     return out
 
 
@@ -296,3 +310,11 @@ def _carer(c: Json, source: str, subject: Json) -> Json:
     if name:
         out["name"] = [{"text": name}]
     return out
+
+
+_ITEMS = (
+    ("assessments", _assessment),
+    ("services", _service),
+    ("alerts", _alert),
+    ("carers", _carer),
+)
