@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -11,99 +14,75 @@ from fastapi.responses import Response
 from carelink.api import access
 from carelink.api import params as P
 from carelink.api.deps import audit, consent_for, context, router
-from carelink.api.fhir_routes import _page
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
 from carelink.consent import Guard
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
-from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem
-from carelink.fhir.nhs import normalise
-from carelink.fhir.search import fold, parse_date, parse_token, target_range
-from carelink.sources.base import LOCAL_ID_SYSTEM
+from carelink.federation.patient_search import (
+    find_people,
+    identifier_tests,
+    patient_params,
+    patient_query,
+)
+from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
+from carelink.fhir.search import apply_elements, parse_token
+from carelink.sources.base import LOCAL_ID_SYSTEM, local_id_system
+from carelink.storage import PersonQuery, PersonRow
 
 Json = dict[str, Any]
-
-PATIENT_PARAMS = {"identifier", "family", "given", "birthdate", "_id"}
 
 route = router.fhir_get
 
 
 @route("/Patient")
 async def search_patient(request: Request) -> Response:
-    """Find people in the index by NHS number, local id, name, birth date or id."""
+    """Find people in the index: exact (identifier, _id) or demographic (at least family and
+    birthdate), every match in SQL, paged, counting only whom consent lets the caller see."""
     record, caller, base = await context(request)
     P.check_format(request)
     q = P.multi(request)
     pref = P.prefer(request)
-    P.unknown([k for k in q if k not in PATIENT_PARAMS | P.RESULT_PARAMS], pref.strict)
+    params, others = patient_params(q)
+    P.unknown([k for k in others if k not in P.RESULT_PARAMS], pref.strict)
     access.require(caller, "Patient", "s")
-    rows = [
-        r for r in _find_patients(record, q) if caller.patient is None or r.id == caller.patient
-    ]
     guard: Guard = request.app.state.guard
-    matches = []
-    for found in access.visible(caller, (orjson.loads(r.patient) for r in rows), "s"):
-        situation = consent_for(request, caller, str(found["id"]), found)
-        matches.extend(guard.filter(situation, [found]).resources)
-    used = {k for k in q if k in PATIENT_PARAMS}
-    await audit(request, "search-type", [str(m["id"]) for m in matches])
-    return fhir(_page(base, f"{base}/Patient", matches, q, used, request))
+    query = _find_patients(record, params, datetime.fromtimestamp(guard.clock(), UTC))
+    if caller.patient is not None:  # a patient's token: their own compartment only
+        query = replace(query, ids=(*query.ids, (caller.patient,)))
+    settings = request.app.state.settings
+    paging = P.paging(q, params, settings.default_page_size, settings.max_page_size)
+    counting = P.summary_count(q)
+
+    def shown(row: PersonRow) -> Json | None:
+        found = orjson.loads(row.patient)
+        if not access.visible(caller, [found], "s"):
+            return None
+        situation = consent_for(request, caller, row.id, found)
+        kept = guard.filter(situation, [found]).resources
+        return kept[0] if kept else None
+
+    found = find_people(record.index, query, shown, paging.offset, 0 if counting else paging.count)
+    await audit(request, "search-type", found.ids)
+    links = paging.links(f"{base}/Patient", found.total)
+    if counting:
+        return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
+    wanted = P.elements(q)
+    page = found.page if wanted is None else [apply_elements(r, wanted) for r in found.page]
+    return fhir(searchset(base, page, total=found.total, links=links))
 
 
-def _find_patients(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]:
-    if "identifier" in q:
-        results = None
-        for value in q["identifier"]:
-            token = parse_token(value, "identifier")
-            hits = _by_identifier(record, token.system, token.code)
-            results = hits if results is None else [r for r in results if r in hits]
-        rows = results or []
-    elif "_id" in q:
-        rows = [r for v in q["_id"] for i in v.split(",") if (r := record.person(i))]
-    elif any(k in q for k in ("family", "given", "birthdate")):
-        rows = _by_demographics(record, q)
-    else:
-        raise InvalidRequest(
-            "Patient search needs identifier, _id, family, given or birthdate "
-            "(the gateway does not list everyone)"
-        )
-    return rows
+def _find_patients(
+    record: SharedRecord, params: dict[str, list[str]], now: datetime
+) -> PersonQuery:
+    """The index criteria for the request's Patient search parameters (400s on bad ones)."""
+    return patient_query(params, record.fanout.sources, now)
 
 
-def _by_identifier(record: SharedRecord, system: str | None, value: str | None) -> list[Any]:
-    if value is None:
-        raise InvalidRequest("identifier needs a value", "identifier")
-    if system in (None, NHS_NUMBER_SYSTEM):
-        why = problem(value)
-        if why is not None and system == NHS_NUMBER_SYSTEM:
-            raise InvalidRequest(f"identifier: invalid NHS number: {why}", "identifier")
-        if why is None:
-            row = record.by_nhs_number(normalise(value))
-            return [row] if row else []
-        if system is not None:
-            return []
-    for name in record.fanout.sources:
-        if system in (None, LOCAL_ID_SYSTEM.format(name=name)):
-            link = record.index.link(name, value)
-            if link is not None:
-                person = record.person(link.person_id)
-                return [person] if person else []
-    return []
-
-
-def _by_demographics(record: SharedRecord, q: dict[str, list[str]]) -> list[Any]:
-    family = fold(q["family"][-1]) if "family" in q else None
-    given = fold(q["given"][-1]) if "given" in q else None
-    rows = record.index.search(family=family, given=given, birth_dates=None)
-    for value in q.get("birthdate", []):
-        query = parse_date(value, "birthdate")
-        rows = [
-            r
-            for r in rows
-            if r.birth_date and (t := target_range(r.birth_date)) is not None and query.matches(t)
-        ]
-    return rows
+def _by_identifier(record: SharedRecord, value: str) -> list[PersonRow]:
+    """The person (at most one) an identifier token names."""
+    tests = identifier_tests(value, {local_id_system(s): s for s in record.fanout.sources})
+    return record.index.find(PersonQuery(identifiers=(tests,)), limit=1)
 
 
 @route("/Patient/$ihe-pix")
@@ -118,7 +97,7 @@ async def pix(request: Request) -> Response:
     if not token.system or not token.code:
         raise InvalidRequest("sourceIdentifier must be system|value", "sourceIdentifier")
     access.require(caller, "Patient", "s")
-    rows = _by_identifier(record, token.system, token.code)
+    rows = _by_identifier(record, q["sourceIdentifier"][-1])
     if not rows:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
@@ -158,13 +137,12 @@ async def read_patient(request: Request) -> Response:
     access.require(caller, "Patient", "r")
     row = record.person(pid)
     if row is not None:
-        person_id, body, version = row.id, row.patient, row.version
+        person_id, body = row.id, row.patient
     else:
         link = record.source_patient(pid)
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
         person_id, body = link.person_id, link.patient
-        version = f"{link.person_id}-{link.source}"
     access.in_compartment(caller, person_id)
     resource = orjson.loads(body)
     if not access.visible(caller, [resource]):
@@ -181,13 +159,18 @@ async def read_patient(request: Request) -> Response:
         await audit(request, "read", [person_id], REFUSED, "withheld by consent")
         raise NotFound(f"Patient/{pid} is not known")
     request.state.break_glass = shown.break_glass
-    body = dumps(shown.resources[0]) if shown.resources[0] is not resource else body
+    served = shown.resources[0]
+    body = dumps(served) if served is not resource else body
     await audit(request, "read", [person_id])
-    etag = f'W/"{version}"'
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    headers = {"ETag": etag}
-    modified = http_date(shown.resources[0].get("meta", {}).get("lastUpdated"))
+    # content-versioned: the hash of the bytes served (what consent left, for this caller)
+    headers = {"ETag": f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'}
+    # a source Patient copy without meta.lastUpdated is as new as the index build that made it
+    updated = served.get("meta", {}).get("lastUpdated") or (merged or {}).get("meta", {}).get(
+        "lastUpdated"
+    )
+    modified = http_date(updated)
     if modified:
         headers["Last-Modified"] = modified
+    if not_modified(request, headers["ETag"], modified):
+        return Response(status_code=304, headers=headers)
     return fhir(body, headers=headers)
