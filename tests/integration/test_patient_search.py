@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from carelink.federation.index import link_people, person_id
+from carelink.federation.patient_search import MODIFIERS
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
@@ -225,3 +226,14 @@ def test_reads_are_content_versioned_and_answer_304(crowd, kind):
         if status == 304:
             assert again.headers["etag"] == etag
             assert again.content == b""
+
+
+def test_the_capability_statement_lists_exactly_the_patient_search_parameters(crowd):
+    cs = httpx.get(f"{crowd.base}/metadata", timeout=30).json()
+    patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    assert {p["name"] for p in patient["searchParam"]} == set(MODIFIERS)
+    for p in patient["searchParam"]:
+        for modifier in MODIFIERS[p["name"]]:
+            assert f":{modifier}" in p["documentation"]
+    assert "family and birthdate" in patient["documentation"]
+    assert patient["conditionalRead"] == "full-support"
