@@ -237,3 +237,11 @@ def test_the_capability_statement_lists_exactly_the_patient_search_parameters(cr
             assert f":{modifier}" in p["documentation"]
     assert "family and birthdate" in patient["documentation"]
     assert patient["conditionalRead"] == "full-support"
+
+
+@pytest.mark.parametrize("birthdate", [BIRTHDAY, "1900-01-01"])
+def test_a_secondary_use_purpose_is_refused_whether_or_not_anyone_matches(crowd, birthdate):
+    research = crowd.token(purpose_of_use="HRESCH")
+    r = crowd.get("/Patient", research, family="hartley", birthdate=birthdate)
+    assert r.status_code == 403
+    assert r.json()["resourceType"] == "OperationOutcome"

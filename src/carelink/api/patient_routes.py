@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import audit, consent_for, context, router
+from carelink.api.deps import actor, audit, consent_for, context, router
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
 from carelink.consent import Guard
@@ -47,6 +47,8 @@ async def search_patient(request: Request) -> Response:
     P.unknown([k for k in others if k not in P.RESULT_PARAMS], pref.strict)
     access.require(caller, "Patient", "s")
     guard: Guard = request.app.state.guard
+    # before the search, so a refused purpose is refused whether anyone matches or not
+    guard.require_purpose(actor(caller))
     query = _find_patients(record, params, datetime.fromtimestamp(guard.clock(), UTC))
     if caller.patient is not None:  # a patient's token: their own compartment only
         query = replace(query, ids=(*query.ids, (caller.patient,)))
@@ -79,9 +81,10 @@ def _find_patients(
     return patient_query(params, record.fanout.sources, now)
 
 
-def _by_identifier(record: SharedRecord, value: str) -> list[PersonRow]:
+def _by_identifier(record: SharedRecord, value: str, parameter: str) -> list[PersonRow]:
     """The person (at most one) an identifier token names."""
-    tests = identifier_tests(value, {local_id_system(s): s for s in record.fanout.sources})
+    systems = {local_id_system(s): s for s in record.fanout.sources}
+    tests = identifier_tests(value, systems, parameter)
     return record.index.find(PersonQuery(identifiers=(tests,)), limit=1)
 
 
@@ -97,7 +100,7 @@ async def pix(request: Request) -> Response:
     if not token.system or not token.code:
         raise InvalidRequest("sourceIdentifier must be system|value", "sourceIdentifier")
     access.require(caller, "Patient", "s")
-    rows = _by_identifier(record, q["sourceIdentifier"][-1])
+    rows = _by_identifier(record, q["sourceIdentifier"][-1], "sourceIdentifier")
     if not rows:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]

@@ -156,8 +156,11 @@ def _alternatives(
     return tuple(p.replace(" ", "").upper() for p in parts)  # address-postalcode
 
 
-def identifier_tests(value: str, systems: Mapping[str, str]) -> tuple[IdentifierTest, ...]:
-    """What one identifier token matches. ``systems``: local-id system -> source name.
+def identifier_tests(
+    value: str, systems: Mapping[str, str], parameter: str = "identifier"
+) -> tuple[IdentifierTest, ...]:
+    """What one identifier token matches. ``systems``: local-id system -> source name;
+    errors name ``parameter``.
 
     - the NHS number system: that NHS number (400 when it fails the check);
     - a source's local-id system: that id at that source;
@@ -167,10 +170,10 @@ def identifier_tests(value: str, systems: Mapping[str, str]) -> tuple[Identifier
       named. Valid NHS numbers and other values also match any source's local id;
     - any other system (or ``|value``, no system): nothing.
     """
-    token = parse_token(value, "identifier")
+    token = parse_token(value, parameter)
     code = token.code
     if code is None:
-        raise InvalidRequest("identifier needs a value (system|value or value)", "identifier")
+        raise InvalidRequest(f"{parameter} needs a value (system|value or value)", parameter)
     if token.system == NHS_NUMBER_SYSTEM or token.system is None:
         digits = normalise(code)
         is_nhs_shape = digits.isdigit() and len(digits) == 10
@@ -178,7 +181,7 @@ def identifier_tests(value: str, systems: Mapping[str, str]) -> tuple[Identifier
             why = problem(code)
             if why is not None:
                 hint = "" if token.system else "; a 10-digit local id needs its system|value"
-                raise InvalidRequest(f"identifier: invalid NHS number: {why}{hint}", "identifier")
+                raise InvalidRequest(f"{parameter}: invalid NHS number: {why}{hint}", parameter)
             nhs = (IdentifierTest(nhs_number=digits),)
             return nhs if token.system else (*nhs, IdentifierTest(local_id=code))
         return (IdentifierTest(local_id=code),)
