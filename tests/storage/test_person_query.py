@@ -124,6 +124,10 @@ def test_identifiers_by_nhs_number_and_local_id(store):
     assert ids(store, PersonQuery(identifiers=((nhs,), (at_acute,)))) == []
     assert ids(store, PersonQuery(identifiers=((),))) == []
     assert store.count(PersonQuery(identifiers=((nhs, anywhere),))) == 3
+    # one NHS number alone takes the lookup connection: same answers, keyset included
+    assert ids(store, PersonQuery(identifiers=((IdentifierTest(nhs_number="9990000018"),),))) == []
+    assert [r.id for r in store.find(PersonQuery(identifiers=((nhs,),)), after="1")] == []
+    assert ids(store, PersonQuery(identifiers=((nhs,),), family=((NameTest("x"),),))) == []
 
 
 def test_date_tests_on_partial_stored_dates(store):

@@ -136,7 +136,14 @@ class IndexStore:
 
     def find(self, query: PersonQuery, *, after: str = "", limit: int = 500) -> list[PersonRow]:
         """Up to ``limit`` persons matching ``query`` with ids after ``after``, in id order
-        (keyset paging: call again with the last id to walk every match, never holding all)."""
+        (keyset paging: call again with the last id to walk every match, never holding all).
+
+        The lookup by one NHS number, the hot path, reads through the lookup connection.
+        """
+        nhs = _only_nhs_number(query)
+        if nhs is not None:
+            row = self.person_by_nhs(nhs)
+            return [row] if row is not None and row.id > after and limit > 0 else []
         q = (
             sa.select(persons)
             .where(where(query), persons.c.id > after)
@@ -214,6 +221,16 @@ class IndexStore:
             ):
                 out[f"links:{source}"] = n
         return out
+
+
+def _only_nhs_number(query: PersonQuery) -> str | None:
+    """The NHS number when ``query`` asks for exactly one NHS number and nothing else."""
+    if query != PersonQuery(identifiers=query.identifiers) or len(query.identifiers) != 1:
+        return None
+    (alternatives,) = query.identifiers
+    if len(alternatives) != 1:
+        return None
+    return alternatives[0].nhs_number
 
 
 def _person(row: tuple[Any, ...]) -> PersonRow:
