@@ -8,7 +8,7 @@ from carelink.federation.index import link_people
 from carelink.fhir.search import fold
 from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
-from carelink.storage import Database, IndexStore
+from carelink.storage import Database, DateTest, IndexStore, NameTest, PersonQuery
 from carelink.storage.database import MIGRATIONS
 from tests.support.people import as_listed_by
 
@@ -38,8 +38,12 @@ def test_index_round_trips_and_answers_lookups(database_url):
     found = store.person_and_links(row.id)
     assert found is not None
     assert [lk.local_id for lk in found[1]] == [pop.local_id("gp", target.index)]
-    hits = store.search(family=fold(target.family), birth_dates=[target.birth_date.isoformat()])
-    assert row.id in [h.id for h in hits]
+    born = target.birth_date.isoformat()
+    query = PersonQuery(
+        family=((NameTest(fold(target.family)),),),
+        birth_date=(((DateTest("starts<=", born), DateTest("ends>=", born)),),),
+    )
+    assert row.id in [h.id for h in store.find(query)]
     assert store.counts()["persons"] == 150
     db.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from carelink import __version__
+from carelink.federation.patient_search import MODIFIERS
 from carelink.federation.query import PARAMS
 
 Json = dict[str, Any]
@@ -17,6 +18,43 @@ def _param(name: str, kind: str, doc: str | None = None) -> Json:
     out: Json = {"name": name, "type": kind}
     if doc:
         out["documentation"] = doc
+    return out
+
+
+#: what each Patient search parameter does (names and modifiers from the search code's table)
+_PATIENT_DOCS = {
+    "_id": ("token", "Gateway person id; comma-separated ids OR"),
+    "identifier": (
+        "token",
+        "NHS number (https://fhir.nhs.uk/Id/nhs-number|N, check digit validated: 400 if bad) "
+        "or a source's local id (https://carelink.example/Id/<source>|id); without a system, "
+        "10 digits are an NHS number (400 if the check digit fails) or any source's local id; "
+        "system|a,system|b OR",
+    ),
+    "family": ("string", "Starts with, ignoring case and accents; :exact: exactly as stored"),
+    "given": ("string", "Starts with, ignoring case and accents; :exact: exactly as stored"),
+    "birthdate": (
+        "date",
+        "YYYY, YYYY-MM or YYYY-MM-DD with eq ne lt gt le ge sa eb ap; repeat to AND, commas OR",
+    ),
+    "gender": ("token", "male | female | other | unknown"),
+    "address-postalcode": ("string", "Postcode starts with, ignoring case and spaces"),
+}
+_PATIENT_SEARCH = (
+    "Search needs identifier or _id, or at least family and birthdate (the minimum of the NHS "
+    "PDS FHIR API for a demographic search); below it, or with an unsupported modifier, 400. "
+    "Every match is returned (paged, exact total); people consent withholds from the caller "
+    "are neither listed nor counted. "
+)
+
+
+def _patient_params() -> list[Json]:
+    out = []
+    for name, modifiers in MODIFIERS.items():
+        kind, doc = _PATIENT_DOCS[name]
+        named = ", ".join(f":{m}" for m in sorted(modifiers)) or "none"
+        doc += f" (modifiers: {named}; any other is refused with 400)"
+        out.append(_param(name, kind, doc))
     return out
 
 
@@ -68,18 +106,10 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "versioning": "no-version",
         "conditionalRead": "full-support",
-        "searchParam": [
-            _param(
-                "identifier",
-                "token",
-                "NHS number (https://fhir.nhs.uk/Id/nhs-number|N, check digit validated) or a "
-                "source's local id (https://carelink.example/Id/<source>|id)",
-            ),
-            _param("family", "string"),
-            _param("given", "string"),
-            _param("birthdate", "date"),
-            _param("_id", "token"),
-        ],
+        "documentation": _PATIENT_SEARCH
+        + "Read: ETag (a hash of the bytes served) and Last-Modified (meta.lastUpdated); "
+        "If-None-Match and If-Modified-Since answer 304.",
+        "searchParam": _patient_params(),
         "operation": [
             {
                 "name": "everything",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from fastapi import Request
@@ -51,15 +51,23 @@ def from_error(exc: errors.CarelinkError) -> Response:
     return outcome(500, "exception", "internal error")  # pragma: no cover - tuple ends in base
 
 
-def not_modified(request: Request, etag: str) -> bool:
-    """True when ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 says for GET)."""
+def not_modified(request: Request, etag: str, last_modified: str | None = None) -> bool:
+    """True when the caller's copy is current (RFC 9110 13.2.2): ``If-None-Match`` names
+    ``etag`` (weak comparison, as for GET), or, only when that header is absent,
+    ``If-Modified-Since`` is at or after ``last_modified`` (an HTTP-date)."""
     header = request.headers.get("if-none-match")
-    if not header:
+    if header:
+        wanted = etag.removeprefix("W/")
+        return header.strip() == "*" or any(
+            t.strip().removeprefix("W/") == wanted for t in header.split(",")
+        )
+    since = request.headers.get("if-modified-since")
+    if not since or last_modified is None:
         return False
-    wanted = etag.removeprefix("W/")
-    return header.strip() == "*" or any(
-        t.strip().removeprefix("W/") == wanted for t in header.split(",")
-    )
+    try:
+        return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored, as RFC 9110 says
 
 
 def http_date(instant: str | None) -> str | None:

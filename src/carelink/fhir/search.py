@@ -106,8 +106,9 @@ class DateQuery:
     prefix: str
     range: DateRange
 
-    def matches(self, target: DateRange) -> bool:
-        """Apply the R4 prefix semantics of a search value to a target range."""
+    def matches(self, target: DateRange, now: datetime | None = None) -> bool:
+        """Apply the R4 prefix semantics of a search value to a target range
+        (``now``, by default the clock's, anchors ``ap``)."""
         q, t = self.range, target
         match self.prefix:
             case "eq":
@@ -127,7 +128,7 @@ class DateQuery:
             case "eb":
                 return t.end <= q.start
             case _:  # "ap": within 10% of the gap to now, at least a day
-                now = datetime.now(UTC)
+                now = now or datetime.now(UTC)
                 slack = max(abs(now - q.start) * 0.1, timedelta(days=1))
                 return t.end > q.start - slack and t.start < q.end + slack
 

@@ -4,18 +4,23 @@ from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
 
 __all__ = [
     "ConsentRow",
     "ConsentStore",
     "Database",
+    "DateTest",
     "GrantRow",
+    "IdentifierTest",
     "IndexStore",
     "JobRow",
     "JobStore",
     "LinkRow",
+    "NameTest",
     "OptOutStore",
+    "PersonQuery",
     "PersonRow",
     "ReplayStore",
     "ReviewRow",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
+from carelink.storage.person_query import PersonQuery, where
 from carelink.storage.tables import links, persons, review, settings_table
 
 
@@ -133,24 +134,30 @@ class IndexStore:
             return None
         return person, [_link(r) for r in self._query(self._sql_links, person_id)]
 
-    def search(
-        self,
-        *,
-        family: str | None = None,
-        given: str | None = None,
-        birth_dates: Sequence[str] | None = None,
-        limit: int = 1000,
-    ) -> list[PersonRow]:
-        """People whose folded names start with the folded values given."""
-        q = sa.select(persons)
-        if family:
-            q = q.where(persons.c.family_folded.startswith(family, autoescape=True))
-        if given:
-            q = q.where(persons.c.given_folded.startswith(given, autoescape=True))
-        if birth_dates is not None:
-            q = q.where(persons.c.birth_date.in_(list(birth_dates)))
+    def find(self, query: PersonQuery, *, after: str = "", limit: int = 500) -> list[PersonRow]:
+        """Up to ``limit`` persons matching ``query`` with ids after ``after``, in id order
+        (keyset paging: call again with the last id to walk every match, never holding all).
+
+        The lookup by one NHS number, the hot path, reads through the lookup connection.
+        """
+        nhs = _only_nhs_number(query)
+        if nhs is not None:
+            row = self.person_by_nhs(nhs)
+            return [row] if row is not None and row.id > after and limit > 0 else []
+        q = (
+            sa.select(persons)
+            .where(where(query), persons.c.id > after)
+            .order_by(persons.c.id)
+            .limit(limit)
+        )
         with self.db.engine.connect() as conn:
-            return [PersonRow(*r) for r in conn.execute(q.order_by(persons.c.id).limit(limit))]
+            return [_person(tuple(r)) for r in conn.execute(q)]
+
+    def count(self, query: PersonQuery) -> int:
+        """How many persons match ``query`` (a SQL COUNT of the same WHERE clause)."""
+        q = sa.select(sa.func.count()).select_from(persons).where(where(query))
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
 
     def each_person(self, batch: int = 1000) -> Iterator[PersonRow]:
         """Every person, in id order, read ``batch`` rows at a time (a scan of the whole
@@ -214,6 +221,16 @@ class IndexStore:
             ):
                 out[f"links:{source}"] = n
         return out
+
+
+def _only_nhs_number(query: PersonQuery) -> str | None:
+    """The NHS number when ``query`` asks for exactly one NHS number and nothing else."""
+    if query != PersonQuery(identifiers=query.identifiers) or len(query.identifiers) != 1:
+        return None
+    (alternatives,) = query.identifiers
+    if len(alternatives) != 1:
+        return None
+    return alternatives[0].nhs_number
 
 
 def _person(row: tuple[Any, ...]) -> PersonRow:

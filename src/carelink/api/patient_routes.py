@@ -1,0 +1,179 @@
+"""Patient search, read and IHE PIXm: finding people in the index."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from carelink.api import access
+from carelink.api import params as P
+from carelink.api.deps import actor, audit, consent_for, context, router
+from carelink.api.responses import fhir, http_date, not_modified
+from carelink.audit.events import REFUSED
+from carelink.consent import Guard
+from carelink.errors import AccessDenied, InvalidRequest, NotFound
+from carelink.federation import SharedRecord
+from carelink.federation.patient_search import (
+    find_people,
+    identifier_tests,
+    patient_params,
+    patient_query,
+)
+from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
+from carelink.fhir.search import apply_elements, parse_token
+from carelink.sources.base import LOCAL_ID_SYSTEM, local_id_system
+from carelink.storage import PersonQuery, PersonRow
+
+Json = dict[str, Any]
+
+route = router.fhir_get
+
+
+@route("/Patient")
+async def search_patient(request: Request) -> Response:
+    """Find people in the index: exact (identifier, _id) or demographic (at least family and
+    birthdate), every match in SQL, paged, counting only whom consent lets the caller see."""
+    record, caller, base = await context(request)
+    P.check_format(request)
+    q = P.multi(request)
+    pref = P.prefer(request)
+    params, others = patient_params(q)
+    P.unknown([k for k in others if k not in P.RESULT_PARAMS], pref.strict)
+    access.require(caller, "Patient", "s")
+    guard: Guard = request.app.state.guard
+    # before the search, so a refused purpose is refused whether anyone matches or not
+    guard.require_purpose(actor(caller))
+    query = _find_patients(record, params, datetime.fromtimestamp(guard.clock(), UTC))
+    if caller.patient is not None:  # a patient's token: their own compartment only
+        query = replace(query, ids=(*query.ids, (caller.patient,)))
+    settings = request.app.state.settings
+    paging = P.paging(q, params, settings.default_page_size, settings.max_page_size)
+    counting = P.summary_count(q)
+
+    def shown(row: PersonRow) -> Json | None:
+        found = orjson.loads(row.patient)
+        if not access.visible(caller, [found], "s"):
+            return None
+        situation = consent_for(request, caller, row.id, found)
+        kept = guard.filter(situation, [found]).resources
+        return kept[0] if kept else None
+
+    found = find_people(record.index, query, shown, paging.offset, 0 if counting else paging.count)
+    await audit(request, "search-type", found.ids)
+    links = paging.links(f"{base}/Patient", found.total)
+    if counting:
+        return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
+    wanted = P.elements(q)
+    page = found.page if wanted is None else [apply_elements(r, wanted) for r in found.page]
+    return fhir(searchset(base, page, total=found.total, links=links))
+
+
+def _find_patients(
+    record: SharedRecord, params: dict[str, list[str]], now: datetime
+) -> PersonQuery:
+    """The index criteria for the request's Patient search parameters (400s on bad ones)."""
+    return patient_query(params, record.fanout.sources, now)
+
+
+def _by_identifier(record: SharedRecord, value: str, parameter: str) -> list[PersonRow]:
+    """The person (at most one) an identifier token names."""
+    systems = {local_id_system(s): s for s in record.fanout.sources}
+    tests = identifier_tests(value, systems, parameter)
+    return record.index.find(PersonQuery(identifiers=(tests,)), limit=1)
+
+
+@route("/Patient/$ihe-pix")
+async def pix(request: Request) -> Response:
+    """IHE PIXm: any source's local id (or the NHS number) to every identifier of the person."""
+    record, caller, _ = await context(request)
+    P.check_format(request)
+    q = P.multi(request)
+    if "sourceIdentifier" not in q:
+        raise InvalidRequest("sourceIdentifier (system|value) is required", "sourceIdentifier")
+    token = parse_token(q["sourceIdentifier"][-1], "sourceIdentifier")
+    if not token.system or not token.code:
+        raise InvalidRequest("sourceIdentifier must be system|value", "sourceIdentifier")
+    access.require(caller, "Patient", "s")
+    rows = _by_identifier(record, q["sourceIdentifier"][-1], "sourceIdentifier")
+    if not rows:
+        raise NotFound("sourceIdentifier is not known to the index")
+    person = rows[0]
+    access.in_compartment(caller, person.id)
+    guard: Guard = request.app.state.guard
+    patient = orjson.loads(person.patient)
+    situation = consent_for(request, caller, person.id, patient)
+    if not guard.filter(situation, [patient]).resources:
+        await audit(request, "operation", [person.id], REFUSED, "withheld by consent")
+        raise NotFound("sourceIdentifier is not known to the index")
+    hidden = guard.hidden_sources(situation)
+    targets = set(q.get("targetSystem", []))
+    wanted = (
+        [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}] if person.nhs_number else []
+    )
+    for link in record.index.links_of(person.id):
+        if link.source in hidden:
+            continue
+        wanted.append({"system": LOCAL_ID_SYSTEM.format(name=link.source), "value": link.local_id})
+    parameters: list[Json] = [
+        {"name": "targetIdentifier", "valueIdentifier": ident}
+        for ident in wanted
+        if (not targets or ident["system"] in targets)
+        and not (ident["system"] == token.system and ident["value"] == token.code)
+    ]
+    parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{person.id}"}})
+    await audit(request, "operation", [person.id])
+    return fhir({"resourceType": "Parameters", "parameter": parameters})
+
+
+@route("/Patient/{pid}")
+async def read_patient(request: Request) -> Response:
+    """The merged Patient, or a source's own Patient (``<source>-<local id>``)."""
+    record, caller, _ = await context(request)
+    pid = request.path_params["pid"]
+    P.check_format(request)
+    access.require(caller, "Patient", "r")
+    row = record.person(pid)
+    if row is not None:
+        person_id, body = row.id, row.patient
+    else:
+        link = record.source_patient(pid)
+        if link is None:
+            raise NotFound(f"Patient/{pid} is not known")
+        person_id, body = link.person_id, link.patient
+    access.in_compartment(caller, person_id)
+    resource = orjson.loads(body)
+    if not access.visible(caller, [resource]):
+        raise AccessDenied("no scope allows read of this Patient")
+    guard: Guard = request.app.state.guard
+    if row is not None:
+        merged: Json | None = resource  # the index's Patient, parsed once above
+    else:
+        person = record.person(person_id)
+        merged = orjson.loads(person.patient) if person else None
+    situation = consent_for(request, caller, person_id, merged)
+    shown = guard.filter(situation, [resource])
+    if not shown.resources:
+        await audit(request, "read", [person_id], REFUSED, "withheld by consent")
+        raise NotFound(f"Patient/{pid} is not known")
+    request.state.break_glass = shown.break_glass
+    served = shown.resources[0]
+    body = dumps(served) if served is not resource else body
+    await audit(request, "read", [person_id])
+    # content-versioned: the hash of the bytes served (what consent left, for this caller)
+    headers = {"ETag": f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'}
+    # a source Patient copy without meta.lastUpdated is as new as the index build that made it
+    updated = served.get("meta", {}).get("lastUpdated") or (merged or {}).get("meta", {}).get(
+        "lastUpdated"
+    )
+    modified = http_date(updated)
+    if modified:
+        headers["Last-Modified"] = modified
+    if not_modified(request, headers["ETag"], modified):
+        return Response(status_code=304, headers=headers)
+    return fhir(body, headers=headers)
