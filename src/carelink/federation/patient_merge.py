@@ -132,6 +132,14 @@ def _multiple(p: Json) -> Hashable:
     return p.get("multipleBirthBoolean")
 
 
+def _getter(element: str) -> Callable[[Json], Hashable]:
+    def get(p: Json) -> Hashable:
+        value: Hashable = p.get(element)
+        return value
+
+    return get
+
+
 def _deceased(p: Json) -> bool:
     return bool(p.get("deceasedBoolean")) or "deceasedDateTime" in p
 
@@ -243,7 +251,7 @@ def merge_patient(
     for element in ("gender", "birthDate"):
         if (value := first(element)) is not None:
             out[element] = value
-            check(element, lambda p, e=element: p.get(e), value)
+            check(element, _getter(element), value)
     _merge_deceased(out, pats, check)
     if addresses := union("address"):
         out["address"] = addresses
@@ -252,8 +260,8 @@ def merge_patient(
         check("maritalStatus", lambda p: _codes(p.get("maritalStatus")), _codes(marital))
     holder = next((p for _, p in pats if _multiple(p) is not None), None)
     if holder is not None:
-        key = "multipleBirthInteger" if "multipleBirthInteger" in holder else "multipleBirthBoolean"
-        out[key] = holder[key]
+        kind = "Integer" if "multipleBirthInteger" in holder else "Boolean"
+        out["multipleBirth" + kind] = holder["multipleBirth" + kind]
         check("multipleBirth", _multiple, _multiple(holder))
     for element, key in (
         ("photo", _key),
