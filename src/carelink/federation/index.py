@@ -51,6 +51,8 @@ class BuildReport:
     kept_apart_same_source: int = 0
     #: matching pairs kept apart because the people hold different NHS numbers
     kept_apart_nhs_number: int = 0
+    #: near misses not listed because both their records already have a review entry
+    unlisted_near_misses: int = 0
     #: merged Patients whose sources disagree, per element
     conflicts: dict[str, int] = field(default_factory=dict)
 
@@ -92,6 +94,7 @@ def link_people(
         invalid_nhs_records=list(linkage.invalid_nhs_numbers),
         kept_apart_same_source=linkage.kept_apart_same_source,
         kept_apart_nhs_number=linkage.kept_apart_nhs_number,
+        unlisted_near_misses=linkage.unlisted_near_misses,
     )
     owner: dict[tuple[str, str], str] = {}
     persons: list[PersonRow] = []

@@ -24,7 +24,8 @@ How one build decides (no step depends on the order sources or records arrive in
 5. Every scored pair at or above ``REVIEW_THRESHOLD`` whose records ended in
    different people goes to review with its field-by-field explanation (and
    the rule that kept it apart, if one did): once per pair of people, the
-   best-scoring pair of records.
+   best-scoring pair of records. The review list holds one entry per record,
+   so a pair whose two records are both already listed is only counted.
 
 Joining is single linkage (a record joins a person if it matches any of the
 person's records), kept short by the same-source rule: a person holds at most
@@ -90,6 +91,8 @@ class Linkage:
     #: pairs of people that matched but were kept apart, by rule
     kept_apart_same_source: int
     kept_apart_nhs_number: int
+    #: near misses left off the review list because both records already have an entry
+    unlisted_near_misses: int
 
 
 def demographics(p: SourcePerson) -> Demographics:
@@ -214,14 +217,30 @@ def _result(
             else:
                 methods[key] = ("unmatched", None)
     seen: set[tuple[int, int]] = set()
+    listed: set[int] = set()
     near: list[NearMiss] = []
+    unlisted = 0
     for _, i, j, s in scored:
         a, b = people.find(i), people.find(j)
         if a == b or (min(a, b), max(a, b)) in seen:
             continue
         seen.add((min(a, b), max(a, b)))
-        # the record reported is the one without an NHS number, if only one lacks it
-        rec, other = (j, i) if people.nhs[b] is None and people.nhs[a] is not None else (i, j)
+        # the review list holds one entry per record: the record named is the one without
+        # an NHS number if only one lacks it, else the other end if that one is taken
+        ends = (
+            [(j, i), (i, j)]
+            if people.nhs[b] is None and people.nhs[a] is not None
+            else [
+                (i, j),
+                (j, i),
+            ]
+        )
+        free = [(rec, other) for rec, other in ends if rec not in listed]
+        if not free:
+            unlisted += 1
+            continue
+        rec, other = free[0]
+        listed.add(rec)
         near.append(NearMiss(records[rec], records[other], s, blocked.get((i, j))))
     groups = tuple(
         Group(tuple(records[i] for i in idx), people.nhs[root])
@@ -235,4 +254,5 @@ def _result(
         candidates={(r.source, r.local_id): c for r, c in zip(records, candidates, strict=True)},
         kept_apart_same_source=sum(1 for m in near if m.reason == SAME_SOURCE),
         kept_apart_nhs_number=sum(1 for m in near if m.reason == OTHER_NHS_NUMBER),
+        unlisted_near_misses=unlisted,
     )
