@@ -131,9 +131,10 @@ class _People:
         self.sources[a] |= self.sources[b]
 
 
-def _candidate_pairs(
+def candidate_pairs(
     records: Sequence[SourcePerson], nhs: Sequence[str | None]
 ) -> set[tuple[int, int]]:
+    """Index pairs sharing a blocking key, at least one without a (valid) NHS number."""
     blocks: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     for i, r in enumerate(records):
         for key in set(blocking_keys(demographics(r))):
@@ -164,7 +165,7 @@ def link(by_source: Mapping[str, Iterable[SourcePerson]]) -> Linkage:
     for i, number in enumerate(nhs):
         if number:
             people.union(first_with.setdefault(number, i), i)
-    pairs = _candidate_pairs(records, nhs)
+    pairs = candidate_pairs(records, nhs)
     candidates = [0] * len(records)
     scored: list[tuple[float, int, int, MatchScore]] = []
     demos = [demographics(r) for r in records]
