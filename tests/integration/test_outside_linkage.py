@@ -19,6 +19,7 @@ import pytest
 
 from carelink.federation.patient_merge import CONFLICT_URL
 from tests.support.procs import carelink, free_port, running
+from tests.support.schema import problems
 from tests.support.shared import SYNTHEA
 
 LINKS = ("subject", "patient", "beneficiary", "individual")
@@ -108,6 +109,7 @@ def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_e
         assert built.returncode == 0, built.stderr
         assert f"index built: {len(gp_id)} persons;" in built.stdout
         assert f"by demographics {2 * len(gp_id)};" in built.stdout
+        assert "{'deceased': 1}" in built.stdout  # the death the GP was not told of
         port = free_port()
         base = f"http://127.0.0.1:{port}/fhir"
         with (
@@ -122,6 +124,7 @@ def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_e
                 assert found["total"] == 1, local
                 pid = found["entry"][0]["resource"]["id"]
                 patient = client.get(f"{base}/Patient/{pid}").json()
+                assert problems(patient) == []
                 assert sorted(lk["other"]["reference"] for lk in patient["link"]) == [
                     f"Patient/acute-{local}",
                     f"Patient/gp-{gp_local}",
