@@ -307,6 +307,11 @@ def _index(args: argparse.Namespace) -> int:
             f"matches kept apart (see index review): {report.kept_apart_same_source} within "
             f"one source, {report.kept_apart_nhs_number} with different NHS numbers"
         )
+    if report.unlisted_near_misses:
+        print(
+            f"{report.unlisted_near_misses} further near miss(es) not listed for review: "
+            "both records already have a review entry"
+        )
     if report.conflicts:
         print(f"merged Patients where sources disagree, per element: {report.conflicts}")
     return EXIT_OK
