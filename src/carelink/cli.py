@@ -314,6 +314,24 @@ def _index(args: argparse.Namespace) -> int:
         f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
         f"({report.review} for review); records per source {report.records}"
     )
+    if report.invalid_nhs_records:
+        where = ", ".join(f"{s}/{local}" for s, local in report.invalid_nhs_records)
+        print(
+            f"{report.invalid_nhs_numbers} NHS number(s) failed the check digit and were "
+            f"not used for linking: {where}"
+        )
+    if report.kept_apart_same_source or report.kept_apart_nhs_number:
+        print(
+            f"matches kept apart (see index review): {report.kept_apart_same_source} within "
+            f"one source, {report.kept_apart_nhs_number} with different NHS numbers"
+        )
+    if report.unlisted_near_misses:
+        print(
+            f"{report.unlisted_near_misses} further near miss(es) not listed for review: "
+            "both records already have a review entry"
+        )
+    if report.conflicts:
+        print(f"merged Patients where sources disagree, per element: {report.conflicts}")
     return EXIT_OK
 
 

@@ -1,14 +1,14 @@
 """Build the patient index: who each source's records belong to.
 
-Records carrying a valid NHS number are linked by it. Records without one
-(or with an invalid one) are matched on demographics against the people
-already known (see ``matching``): linked at or above the match threshold,
-put on the review list between the thresholds, and otherwise kept as a
-person of their own so their data is never lost.
+``linkage`` decides who is who (NHS number first, then demographics for
+everyone, order-independent; near misses to review); ``patient_merge`` makes
+each person's merged Patient. This module turns both into index rows and
+stores them.
 
 The gateway's person id is a keyed hash (HMAC-SHA256, key kept in the
 database) of the NHS number, so ids are stable across rebuilds yet reveal
-nothing about the number.
+nothing about the number. A person without one gets the hash of their
+preferred record's source and local id.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,28 +24,19 @@ from typing import Any
 
 import orjson
 
-from carelink.federation.matching import (
-    MATCH_THRESHOLD,
-    REVIEW_THRESHOLD,
-    Demographics,
-    best_match,
-    blocking_keys,
-)
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid, normalise
+from carelink.federation.linkage import Group, demographics, link
+from carelink.federation.patient_merge import merge_patient, rank
 from carelink.fhir.search import fold
-from carelink.sources.base import Source, SourcePerson, local_id_system
+from carelink.sources.base import Source, SourcePerson
 from carelink.sources.namespacing import namespaced_id
 from carelink.storage import IndexStore, LinkRow, PersonRow, ReviewRow
 
 Json = dict[str, Any]
-GATEWAY_SOURCE = "urn:carelink:gateway"
-#: the source whose demographics win when several hold the person (registration)
-PREFERRED = ("gp", "acute", "community", "social-care")
 
 
 @dataclass
 class BuildReport:
-    """What a build did, per source and overall."""
+    """What a build did, per source and overall (counts and record keys, no patient data)."""
 
     records: dict[str, int] = field(default_factory=dict)
     persons: int = 0
@@ -54,6 +45,16 @@ class BuildReport:
     review: int = 0
     unmatched: int = 0
     invalid_nhs_numbers: int = 0
+    #: (source, local id) of each record whose NHS number failed the check (not used)
+    invalid_nhs_records: list[tuple[str, str]] = field(default_factory=list)
+    #: matching pairs kept apart because both records are at one source (sent to review)
+    kept_apart_same_source: int = 0
+    #: matching pairs kept apart because the people hold different NHS numbers
+    kept_apart_nhs_number: int = 0
+    #: near misses not listed because both their records already have a review entry
+    unlisted_near_misses: int = 0
+    #: merged Patients whose sources disagree, per element
+    conflicts: dict[str, int] = field(default_factory=dict)
 
 
 def person_id(key: bytes, nhs_number: str | None, fallback: str) -> str:
@@ -62,41 +63,10 @@ def person_id(key: bytes, nhs_number: str | None, fallback: str) -> str:
     return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _demo(p: SourcePerson) -> Demographics:
-    return Demographics(p.given, p.family, p.birth_date, p.gender, p.postcode)
-
-
-def _rank(p: SourcePerson) -> int:
-    return PREFERRED.index(p.source) if p.source in PREFERRED else len(PREFERRED)
-
-
-def merged_patient(
-    pid: str, members: Sequence[SourcePerson], nhs: str | None, built_at: str
-) -> Json:
-    """The gateway's Patient: best demographics, every source id, links to source Patients."""
-    best = min(members, key=_rank)
-    identifiers: list[Json] = []
-    if nhs:
-        identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": nhs})
-    identifiers.extend({"system": local_id_system(m.source), "value": m.local_id} for m in members)
-    src = best.patient
-    out: Json = {
-        "resourceType": "Patient",
-        "id": pid,
-        "meta": {"source": GATEWAY_SOURCE, "lastUpdated": built_at},
-        "identifier": identifiers,
-    }
-    for key in ("name", "telecom", "gender", "birthDate", "address", "generalPractitioner"):
-        if key in src:
-            out[key] = src[key]
-    out["link"] = [
-        {
-            "other": {"reference": f"Patient/{namespaced_id(m.source, m.local_id)}"},
-            "type": "seealso",
-        }
-        for m in members
-    ]
-    return out
+def group_id(key: bytes, group: Group) -> str:
+    """A person's id: from the NHS number, else from the preferred record."""
+    best = min(group.members, key=rank)
+    return person_id(key, group.nhs_number, f"{best.source}:{best.local_id}")
 
 
 async def collect(sources: Sequence[Source]) -> dict[str, list[SourcePerson]]:
@@ -113,70 +83,33 @@ def link_people(
     by_source: dict[str, list[SourcePerson]], key: bytes, built_at: str = "2026-01-01T00:00:00Z"
 ) -> tuple[list[PersonRow], list[LinkRow], list[ReviewRow], BuildReport]:
     """Group source records into persons (pure: no I/O; ``built_at`` stamps lastUpdated)."""
-    report = BuildReport(records={s: len(v) for s, v in by_source.items()})
-    groups: dict[str, list[SourcePerson]] = defaultdict(list)
-    methods: dict[tuple[str, str], tuple[str, float | None]] = {}
-    nhs_of: dict[str, str | None] = {}
-    pending: list[SourcePerson] = []
-    for source in sorted(by_source, key=lambda s: PREFERRED.index(s) if s in PREFERRED else 9):
-        for p in by_source[source]:
-            nhs = normalise(p.nhs_number) if p.nhs_number else None
-            if nhs and not is_valid(nhs):
-                report.invalid_nhs_numbers += 1
-                nhs = None
-            if nhs is None:
-                pending.append(p)
-                continue
-            pid = person_id(key, nhs, "")
-            groups[pid].append(p)
-            nhs_of[pid] = nhs
-            methods[(p.source, p.local_id)] = ("nhs-number", None)
-            report.by_nhs_number += 1
-    blocks: dict[str, list[str]] = defaultdict(list)
-    demo_of: dict[str, Demographics] = {}
-    for pid, members in groups.items():
-        d = _demo(min(members, key=_rank))
-        demo_of[pid] = d
-        for k in blocking_keys(d):
-            blocks[k].append(pid)
-    reviews: list[ReviewRow] = []
-    for p in pending:
-        d = _demo(p)
-        cands = {c for k in blocking_keys(d) for c in blocks.get(k, ())}
-        cid, sc = best_match(d, ((c, demo_of[c]) for c in sorted(cands)))
-        if cid is not None and sc is not None and sc.total >= MATCH_THRESHOLD:
-            groups[cid].append(p)
-            methods[(p.source, p.local_id)] = ("demographic", sc.total)
-            report.by_demographics += 1
-            continue
-        pid = person_id(key, None, f"{p.source}:{p.local_id}")
-        groups[pid].append(p)
-        nhs_of[pid] = None
-        methods[(p.source, p.local_id)] = ("unmatched", sc.total if sc else None)
-        report.unmatched += 1
-        if sc is not None and sc.total >= REVIEW_THRESHOLD:
-            reviews.append(
-                ReviewRow(
-                    p.source,
-                    p.local_id,
-                    cid,
-                    sc.total,
-                    sc.explain(),
-                    orjson.dumps(vars(d)).decode(),
-                )
-            )
-            report.review += 1
+    linkage = link(by_source)
+    methods = Counter(method for method, _ in linkage.methods.values())
+    report = BuildReport(
+        records={s: len(v) for s, v in by_source.items()},
+        by_nhs_number=methods["nhs-number"],
+        by_demographics=methods["demographic"],
+        unmatched=methods["unmatched"],
+        invalid_nhs_numbers=len(linkage.invalid_nhs_numbers),
+        invalid_nhs_records=list(linkage.invalid_nhs_numbers),
+        kept_apart_same_source=linkage.kept_apart_same_source,
+        kept_apart_nhs_number=linkage.kept_apart_nhs_number,
+        unlisted_near_misses=linkage.unlisted_near_misses,
+    )
+    owner: dict[tuple[str, str], str] = {}
     persons: list[PersonRow] = []
     link_rows: list[LinkRow] = []
-    for pid, members in groups.items():
-        nhs = nhs_of.get(pid)
-        patient = merged_patient(pid, members, nhs, built_at)
-        body = orjson.dumps(patient)
-        best = min(members, key=_rank)
+    conflicts: Counter[str] = Counter()
+    for group in linkage.groups:
+        pid = group_id(key, group)
+        merged = merge_patient(pid, group.members, group.nhs_number, built_at)
+        conflicts.update(c.element for c in merged.conflicts)
+        body = orjson.dumps(merged.patient)
+        best = min(group.members, key=rank)
         persons.append(
             PersonRow(
                 id=pid,
-                nhs_number=nhs,
+                nhs_number=group.nhs_number,
                 family=best.family,
                 given=best.given,
                 family_folded=fold(best.family),
@@ -188,8 +121,9 @@ def link_people(
                 version=hashlib.blake2b(body, digest_size=12).hexdigest(),
             )
         )
-        for m in members:
-            method, sc_ = methods[(m.source, m.local_id)]
+        for m in group.members:
+            owner[(m.source, m.local_id)] = pid
+            method, score = linkage.methods[(m.source, m.local_id)]
             sp = dict(m.patient)
             sp["link"] = [{"other": {"reference": f"Patient/{pid}"}, "type": "seealso"}]
             link_rows.append(
@@ -199,11 +133,24 @@ def link_people(
                     pid,
                     namespaced_id(m.source, m.local_id),
                     method,
-                    sc_,
+                    score,
                     orjson.dumps(sp),
                 )
             )
+    reviews = [
+        ReviewRow(
+            n.record.source,
+            n.record.local_id,
+            owner[(n.other.source, n.other.local_id)],
+            n.score.total,
+            n.explain(),
+            orjson.dumps(vars(demographics(n.record))).decode(),
+        )
+        for n in linkage.near_misses
+    ]
     report.persons = len(persons)
+    report.review = len(reviews)
+    report.conflicts = dict(sorted(conflicts.items()))
     return persons, link_rows, reviews, report
 
 

@@ -1,0 +1,142 @@
+"""Outside data without NHS numbers, held by two sources, links into one person each.
+
+The vendored Synthea Bulk export is split across the acute and GP simulators
+as two real systems would hold it: both have every Patient (the GP under its
+own ids, with realistic drift: a shortened given name, no address, another
+phone number, and one death it has not been told about), and the clinical
+resources are divided between them. No source has an NHS number, so every
+link is demographic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from carelink.federation.patient_merge import CONFLICT_URL
+from tests.support.procs import carelink, free_port, running
+from tests.support.schema import problems
+from tests.support.shared import SYNTHEA
+
+LINKS = ("subject", "patient", "beneficiary", "individual")
+GP_SYSTEM = "https://gp.example/Id/patient"
+
+
+def _resources() -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for f in sorted(SYNTHEA.glob("*.ndjson"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def _gp_copy(n: int, patient: dict[str, Any]) -> dict[str, Any]:
+    """The GP's own record of the same person: own id, own identifier, some drift."""
+    gp = {k: v for k, v in patient.items() if k not in ("identifier", "text", "meta")}
+    gp["id"] = f"G{n}"
+    gp["identifier"] = [{"system": GP_SYSTEM, "value": f"G{n}"}]
+    name = dict(gp["name"][0])
+    if n % 3 == 0:
+        name["given"] = [name["given"][0][:4]]  # "Sumiko254" recorded as "Sumi"
+    gp["name"] = [name]
+    if n % 4 == 1:
+        gp.pop("address")
+    if n % 2 == 0:
+        gp["telecom"] = [{"system": "phone", "value": f"07700 900{n:03d}", "use": "mobile"}]
+    return gp
+
+
+def _split(acute_dir: Path, gp_dir: Path) -> tuple[dict[str, str], set[str], str]:
+    """Write the two sources' files; return acute id -> GP id, the dead, one GP-unaware death."""
+    everything = _resources()
+    patients = [r for r in everything if r["resourceType"] == "Patient"]
+    gp_id = {p["id"]: f"G{n}" for n, p in enumerate(patients)}
+    dead = {p["id"] for p in patients if "deceasedDateTime" in p}
+    unaware = sorted(dead)[0]
+    acute_lines = [json.dumps(p) for p in patients]
+    gp_lines = []
+    for n, p in enumerate(patients):
+        gp = _gp_copy(n, p)
+        if p["id"] == unaware:
+            gp.pop("deceasedDateTime")
+        gp_lines.append(json.dumps(gp))
+    clinical = [r for r in everything if r["resourceType"] != "Patient"]
+    for n, r in enumerate(clinical):
+        if n % 2 == 0:
+            acute_lines.append(json.dumps(r))
+            continue
+        for key in LINKS:
+            link = r.get(key)
+            if isinstance(link, dict) and "reference" in link:
+                local = link["reference"].rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+                link["reference"] = f"Patient/{gp_id.get(local, local)}"
+                break
+        gp_lines.append(json.dumps(r))
+    (acute_dir / "acute.ndjson").write_text("\n".join(acute_lines) + "\n")
+    (gp_dir / "gp.ndjson").write_text("\n".join(gp_lines) + "\n")
+    return gp_id, dead, unaware
+
+
+@pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
+def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_each(tmp_path):
+    acute_dir, gp_dir = tmp_path / "acute", tmp_path / "gp"
+    acute_dir.mkdir()
+    gp_dir.mkdir()
+    gp_id, dead, unaware = _split(acute_dir, gp_dir)
+    aport, gport = free_port(), free_port()
+    acute, gp = f"http://127.0.0.1:{aport}", f"http://127.0.0.1:{gport}"
+    with (
+        running(
+            ["simulate", "acute", "--port", str(aport), "--data", str(acute_dir)],
+            f"{acute}/_admin/health",
+        ),
+        running(
+            ["simulate", "gp", "--port", str(gport), "--data", str(gp_dir)],
+            f"{gp}/_admin/health",
+        ),
+    ):
+        env = {
+            "CARELINK_DATABASE_URL": str(tmp_path / "linkage.db"),
+            "CARELINK_SOURCES": f"acute={acute},gp={gp}",
+            "CARELINK_AUTH": "development",
+        }
+        built = carelink(["index", "build"], env)
+        assert built.returncode == 0, built.stderr
+        assert f"index built: {len(gp_id)} persons;" in built.stdout
+        assert f"by demographics {2 * len(gp_id)};" in built.stdout
+        assert "{'deceased': 1}" in built.stdout  # the death the GP was not told of
+        port = free_port()
+        base = f"http://127.0.0.1:{port}/fhir"
+        with (
+            running(["serve", "--port", str(port)], f"{base}/metadata", env),
+            httpx.Client(timeout=30) as client,
+        ):
+            for local, gp_local in gp_id.items():
+                found = client.get(
+                    f"{base}/Patient",
+                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+                ).json()
+                assert found["total"] == 1, local
+                pid = found["entry"][0]["resource"]["id"]
+                patient = client.get(f"{base}/Patient/{pid}").json()
+                assert problems(patient) == []
+                assert sorted(lk["other"]["reference"] for lk in patient["link"]) == [
+                    f"Patient/acute-{local}",
+                    f"Patient/gp-{gp_local}",
+                ]
+                assert {"system": GP_SYSTEM, "value": gp_local} in patient["identifier"]
+                assert ("deceasedDateTime" in patient) == (local in dead), local
+                conflicts = [e for e in patient.get("extension", []) if e["url"] == CONFLICT_URL]
+                assert bool(conflicts) == (local == unaware), local
+            page = client.get(f"{base}/Patient/{pid}/$everything?_count=1000").json()
+            sources = {
+                e["resource"]["meta"]["source"]
+                for e in page["entry"]
+                if e["search"]["mode"] == "match" and e["resource"]["id"] != pid
+            }
+            assert sources == {"urn:carelink:source:acute", "urn:carelink:source:gp"}
