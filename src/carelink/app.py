@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -19,16 +20,17 @@ from starlette.exceptions import HTTPException
 
 from carelink.anonymise.keys import load_master_key
 from carelink.api import router
+from carelink.api.audit_middleware import AuditEveryRequest, interaction
+from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
 from carelink.api.responses import from_error, outcome
-from carelink.audit import AuditTrail
+from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_or_make_key
 from carelink.audit.events import REFUSED
-from carelink.audit.trail import GroupCommit
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
-from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError, Unauthenticated
+from carelink.errors import AuditError, CarelinkError, ConfigError
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
@@ -46,6 +48,7 @@ from carelink.storage import (
     OptOutStore,
     ReplayStore,
 )
+from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
@@ -108,18 +111,6 @@ async def _freeze_long_lived(every: float) -> None:
         gc.freeze()
 
 
-def _interaction(request: Request) -> str:
-    path = request.url.path
-    if "$" in path:
-        return "operation"
-    return "read" if "pid" in request.path_params else "search-type"
-
-
-def _patient_of(request: Request) -> str | None:
-    pid = request.path_params.get("pid") or request.query_params.get("patient")
-    return pid.removeprefix("Patient/") if pid else None
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway ASGI app. Settings are read here once and passed down."""
     settings = (settings or Settings.from_env()).validate()
@@ -156,7 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
-        app.state.audit = GroupCommit(AuditTrail(AuditStore(db)))
+        app.state.audit = GroupCommit(AuditTrail(AuditStore(db), _checkpointer(settings)))
+        app.state.audit_search = AuditSearch(db)
+        minutes = settings.audit_checkpoint_minutes
+        checkpoints = asyncio.create_task(app.state.audit.checkpoints(min(60.0, minutes * 60)))
         if app.state.token_policy is not None:
             app.state.token_service = TokenService(
                 app.state.token_clients,
@@ -172,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             freezer.cancel()
             exporter.cancel()
+            checkpoints.cancel()
             for session in sessions.values():
                 await session.close()
             index.close()
@@ -212,14 +207,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
+    app.add_middleware(AuditEveryRequest)
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
-        if isinstance(exc, Unauthenticated | AccessDenied):
+        # Every refusal is audited, under the person the request named (read from its
+        # path, query or body), unless the route already wrote its own event.
+        if not isinstance(exc, AuditError) and not getattr(request.state, "audited", False):
             try:
-                await audit(
-                    request, _interaction(request), [_patient_of(request)], REFUSED, str(exc)
-                )
+                who = await subjects_of(request, read_body=True)
+                await audit(request, interaction(request), who, REFUSED, str(exc))
             except AuditError as failed:
                 return from_error(failed)
         return from_error(exc)
@@ -253,6 +250,18 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     finally:
         for session in sessions.values():
             await session.close()
+
+
+def _checkpointer(settings: Settings) -> Checkpointer:
+    """Signed checkpoints of the audit trail, written by the gateway as the trail grows."""
+    keys, folder = settings.audit_paths()
+    return Checkpointer(
+        folder,
+        load_or_make_key(keys),
+        settings.audit_checkpoint_every,
+        settings.audit_checkpoint_minutes * 60,
+        time.time,
+    )
 
 
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+
 from carelink import errors
 
 if TYPE_CHECKING:
@@ -88,16 +90,23 @@ def _parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="the tamper-evident audit trail")
     asub = aud.add_subparsers(dest="audit_command", required=True)
-    ver = asub.add_parser("verify", help="check the hash chain (and a signed checkpoint)")
-    ver.add_argument("--checkpoint", type=Path, help="a checkpoint file kept elsewhere")
+    ver = asub.add_parser(
+        "verify", help="check the hash chain and the latest signed checkpoint (never makes keys)"
+    )
+    ver.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a checkpoint file (default: the latest in CARELINK_AUDIT_CHECKPOINTS)",
+    )
     cp = asub.add_parser("checkpoint", help="sign the current head and write it out")
-    cp.add_argument("--out", type=Path, required=True)
+    cp.add_argument(
+        "--out", type=Path, help="the file (default: a new one in CARELINK_AUDIT_CHECKPOINTS)"
+    )
     for p_ in (ver, cp):
         p_.add_argument(
             "--keys",
             type=Path,
-            default=Path("var/audit"),
-            help="where the Ed25519 checkpoint key lives",
+            help="where the Ed25519 checkpoint key lives (default: CARELINK_AUDIT_KEYS)",
         )
 
     ext = sub.add_parser("extract", help="a de-identified extract as Parquet tables")
@@ -267,30 +276,47 @@ def _mint(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import orjson
-
-    from carelink.audit.trail import AuditTrail, load_or_make_key, verify
+    from carelink.audit import checkpoints
+    from carelink.audit.trail import AuditTrail
+    from carelink.audit.verify import verify
     from carelink.settings import Settings
     from carelink.storage import Database
     from carelink.storage.audit_store import AuditStore
 
-    db = Database(Settings.from_env().database_url)
+    settings = Settings.from_env()
+    keys, folder = settings.audit_paths()
+    keys = args.keys or keys
+    if args.audit_command == "checkpoint":
+        key = checkpoints.load_or_make_key(keys)
+    else:
+        key = checkpoints.load_key(keys)  # a verifier never makes itself a key to trust
+    db = Database(settings.database_url)
     db.migrate()
     store = AuditStore(db)
-    key = load_or_make_key(args.keys)
     if args.audit_command == "checkpoint":
         cp = AuditTrail(store).checkpoint(key)
-        args.out.write_bytes(orjson.dumps(cp, option=orjson.OPT_INDENT_2))
-        print(f"checkpoint at record {cp['seq']} written to {args.out}")
+        if args.out:
+            args.out.write_bytes(orjson.dumps(cp, option=orjson.OPT_INDENT_2))
+            out = args.out
+        else:
+            out = checkpoints.write(folder, cp)
+        print(f"checkpoint at record {cp['seq']} written to {out}")
         return EXIT_OK
-    checkpoint = orjson.loads(args.checkpoint.read_bytes()) if args.checkpoint else None
-    findings = verify(store, checkpoint, key.public_key())
+    path = args.checkpoint or checkpoints.latest(folder)
+    checkpoint = checkpoints.read(path) if path else None
+    if checkpoint is None:
+        print(
+            f"carelink: no checkpoint in {folder}: a cut-off tail cannot be detected",
+            file=sys.stderr,
+        )
+    findings = verify(store.rows(), checkpoint, key.public_key())
     for f in findings:
         print(f"record {f.seq}: {f.problem}")
     if findings:
         return EXIT_TAMPERED
     seq, _ = store.head()
-    print(f"audit trail intact: {seq} records" + (" and the checkpoint" if checkpoint else ""))
+    upto = f" and checkpoint {path} (record {checkpoint['seq']})" if checkpoint else ""
+    print(f"audit trail intact: {seq} records{upto}")
     return EXIT_OK
 
 

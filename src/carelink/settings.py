@@ -69,6 +69,16 @@ class Settings:
     #: the extract master key file (32+ random bytes; made on first use outside
     #: production); by default ``extract-master.key`` beside a SQLite database
     master_key: str | None = None
+    #: the audit checkpoint signing key's folder; by default ``audit/`` beside a SQLite
+    #: database (``var/audit`` with PostgreSQL)
+    audit_keys: str | None = None
+    #: where the gateway writes signed audit checkpoints (outside the database); by
+    #: default ``audit-checkpoints/`` beside a SQLite database (``var/audit-checkpoints``)
+    audit_checkpoints: str | None = None
+    #: a checkpoint after this many audit events ...
+    audit_checkpoint_every: int = 1000
+    #: ... or this many minutes after the last one, if the trail grew meanwhile
+    audit_checkpoint_minutes: float = 5.0
     default_page_size: int = 50
     max_page_size: int = 1000
     breaker_threshold: int = 3
@@ -97,10 +107,26 @@ class Settings:
                 "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
                 f"not {self.export_ttl_hours}"
             )
+        if self.audit_checkpoint_every < 1 or not 0 < self.audit_checkpoint_minutes <= 24 * 60:
+            raise ConfigError(
+                "CARELINK_AUDIT_CHECKPOINT_EVERY must be at least 1 and "
+                "CARELINK_AUDIT_CHECKPOINT_MINUTES more than 0 and at most a day"
+            )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
         return self
+
+    def audit_paths(self) -> tuple[Path, Path]:
+        """The audit checkpoint key folder and the checkpoints folder, as configured or
+        beside a SQLite database (``var/`` with PostgreSQL)."""
+        url = self.database_url
+        beside = Path(url).parent if "://" not in url else Path("var")
+        keys = Path(self.audit_keys) if self.audit_keys else beside / "audit"
+        points = (
+            Path(self.audit_checkpoints) if self.audit_checkpoints else beside / "audit-checkpoints"
+        )
+        return keys, points
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,5 +164,13 @@ class Settings:
             deid_rules=e.get("CARELINK_DEID_RULES", s.deid_rules),
             master_key=e.get("CARELINK_MASTER_KEY", s.master_key),
             pcns=e.get("CARELINK_PCNS", s.pcns) or None,
+            audit_keys=e.get("CARELINK_AUDIT_KEYS", s.audit_keys) or None,
+            audit_checkpoints=e.get("CARELINK_AUDIT_CHECKPOINTS", s.audit_checkpoints) or None,
+            audit_checkpoint_every=int(
+                _number(e, "CARELINK_AUDIT_CHECKPOINT_EVERY", s.audit_checkpoint_every, "events")
+            ),
+            audit_checkpoint_minutes=_number(
+                e, "CARELINK_AUDIT_CHECKPOINT_MINUTES", s.audit_checkpoint_minutes, "minutes"
+            ),
         )
         return s.validate()

@@ -10,13 +10,14 @@ established, so authentication is filled in there without touching a route.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from carelink.api.audit_subject import person_for
 from carelink.audit import Access, Who, audit_event
 from carelink.audit.events import SUCCESS
 from carelink.audit.trail import GroupCommit
@@ -103,13 +104,23 @@ async def audit(
     patient_ids: Iterable[str | None],
     outcome: str = SUCCESS,
     reason: str | None = None,
+    break_glass_ids: Collection[str] = (),
 ) -> None:
     """Write one AuditEvent per patient touched (durably, before the answer goes out).
 
-    Raises ``AuditError`` when the trail cannot be written: the request then
-    fails closed with a 503 and no patient data.
+    Refusals and failures may name a patient any way the request did (a source's
+    Patient id ...): they are filed under the index's person, or under no patient when
+    the index does not know them. Events about ``break_glass_ids`` (or every event,
+    when the request set ``state.break_glass``) are marked BTG. Raises ``AuditError``
+    when the trail cannot be written: the request then fails closed with a 503 and no
+    patient data.
     """
     trail: GroupCommit = request.app.state.audit
+    request.state.audited = True  # an event was attempted: the safety net stands down
+    ids = list(dict.fromkeys(patient_ids))
+    if outcome != SUCCESS:
+        record: SharedRecord = request.app.state.record
+        ids = list(dict.fromkeys(person_for(record, p) if p else None for p in ids))
     caller: Principal | None = getattr(request.state, "caller", None)
     who = (
         None
@@ -128,11 +139,11 @@ async def audit(
         now,
         str(request.base_url).rstrip("/") + "/fhir",
     )
-    ids = list(dict.fromkeys(patient_ids)) or [None]
     break_glass = bool(getattr(request.state, "break_glass", False))
     events = []
-    for pid in ids:
-        event = audit_event(access, who, pid, outcome, reason, break_glass)
+    for pid in ids or [None]:
+        btg = break_glass or pid in break_glass_ids
+        event = audit_event(access, who, pid, outcome, reason, btg)
         event["id"] = uuid.uuid4().hex
-        events.append((now, pid, outcome, event))
+        events.append(event)
     await trail.record(events)

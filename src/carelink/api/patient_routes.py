@@ -56,16 +56,22 @@ async def search_patient(request: Request) -> Response:
     paging = P.paging(q, params, settings.default_page_size, settings.max_page_size)
     counting = P.summary_count(q)
 
+    break_glass: set[str] = set()
+
     def shown(row: PersonRow) -> Json | None:
         found = orjson.loads(row.patient)
         if not access.visible(caller, [found], "s"):
             return None
         situation = consent_for(request, caller, row.id, found)
-        kept = guard.filter(situation, [found]).resources
-        return kept[0] if kept else None
+        filtered = guard.filter(situation, [found])
+        if filtered.break_glass:
+            break_glass.add(row.id)
+        return filtered.resources[0] if filtered.resources else None
 
     found = find_people(record.index, query, shown, paging.offset, 0 if counting else paging.count)
-    await audit(request, "search-type", found.ids)
+    # one event per person actually returned on this page (a count returns nobody)
+    served = [str(r["id"]) for r in found.page]
+    await audit(request, "search-type", served, break_glass_ids=break_glass)
     links = paging.links(f"{base}/Patient", found.total)
     if counting:
         return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
@@ -108,9 +114,11 @@ async def pix(request: Request) -> Response:
     guard: Guard = request.app.state.guard
     patient = orjson.loads(person.patient)
     situation = consent_for(request, caller, person.id, patient)
-    if not guard.filter(situation, [patient]).resources:
+    filtered = guard.filter(situation, [patient])
+    if not filtered.resources:
         await audit(request, "operation", [person.id], REFUSED, "withheld by consent")
         raise NotFound("sourceIdentifier is not known to the index")
+    request.state.break_glass = filtered.break_glass
     hidden = guard.hidden_sources(situation)
     targets = set(q.get("targetSystem", []))
     wanted = (

@@ -1,6 +1,19 @@
 """The audit trail: BALP-shaped AuditEvents, hash-chained, with signed checkpoints."""
 
+from carelink.audit.checkpoints import Checkpointer, load_key, load_or_make_key
 from carelink.audit.events import Access, Who, audit_event
-from carelink.audit.trail import AuditTrail, verify
+from carelink.audit.trail import AuditTrail, GroupCommit
+from carelink.audit.verify import Finding, verify
 
-__all__ = ["Access", "AuditTrail", "Who", "audit_event", "verify"]
+__all__ = [
+    "Access",
+    "AuditTrail",
+    "Checkpointer",
+    "Finding",
+    "GroupCommit",
+    "Who",
+    "audit_event",
+    "load_key",
+    "load_or_make_key",
+    "verify",
+]

@@ -134,3 +134,24 @@ def audit_event(
     if reason:
         event["outcomeDesc"] = reason
     return event
+
+
+def columns(event: Json) -> tuple[str, str | None, str, str | None]:
+    """What the trail stores beside an event, read from the event itself: recorded,
+    patient id, outcome, requesting user. One source of truth, so ``verify`` can hold
+    every stored column to the event it came with."""
+    patient = None
+    for entity in event.get("entity", ()):
+        ref = str(entity.get("what", {}).get("reference", ""))
+        if entity.get("role", {}).get("code") == "1" and ref.startswith("Patient/"):
+            patient = ref.removeprefix("Patient/")
+            break
+    agent = next(
+        (
+            a.get("who", {}).get("identifier", {}).get("value")
+            for a in event.get("agent", ())
+            if a.get("requestor")
+        ),
+        None,
+    )
+    return str(event.get("recorded", "")), patient, str(event.get("outcome", "")), agent

@@ -1,10 +1,13 @@
 """Append-only storage of the audit trail, chained by hash.
 
-Each row's hash covers its sequence number, the previous row's hash and the
-event bytes, so an edited, deleted, inserted or reordered row breaks the chain
-from that point on. Appends from every gateway process are serialised by one
-lock row that each append updates first (a row lock on PostgreSQL, the write
-lock on SQLite), so the chain never forks.
+Each row's hash covers every column of the row (sequence number, previous
+row's hash, recorded, patient, outcome, agent, the event bytes and the hash
+scheme itself), so an edited, moved, deleted, inserted or reordered row
+breaks the chain from that point on. Rows written before migration 6 carry
+the older scheme (chain 1: sequence, previous hash and event only); see
+``row_hash``. Appends from every gateway process are serialised by one lock
+row that each append updates first (a row lock on PostgreSQL, the write lock
+on SQLite), so the chain never forks.
 """
 
 from __future__ import annotations
@@ -15,18 +18,36 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
 from carelink.storage.tables import audit_events
 
 GENESIS = "0" * 64
+#: the hash scheme new rows are written with
+CHAIN = 2
 
 
 def chain_hash(prev_hash: str, seq: int, event: bytes) -> str:
-    """The hash of one row: previous hash, position and content."""
+    """Chain 1 (rows stored before migration 6): previous hash, position and content."""
     digest = hashlib.sha256(event).hexdigest()
     return hashlib.sha256(f"{prev_hash}|{seq}|{digest}".encode()).hexdigest()
+
+
+def row_hash(
+    prev_hash: str,
+    seq: int,
+    recorded: str,
+    patient_id: str | None,
+    outcome: str,
+    agent: str | None,
+    event: bytes,
+) -> str:
+    """Chain 2: every column, as an unambiguous JSON array (no separator games)."""
+    digest = hashlib.sha256(event).hexdigest()
+    fields = [CHAIN, prev_hash, seq, recorded, patient_id, outcome, agent, digest]
+    return hashlib.sha256(orjson.dumps(fields)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,24 @@ class AuditRow:
     event: bytes
     prev_hash: str
     hash: str
+    agent: str | None
+    chain: int
+
+    def expected_hash(self) -> str | None:
+        """The hash this row should carry under its scheme (None: unknown scheme)."""
+        if self.chain == 1:
+            return chain_hash(self.prev_hash, self.seq, self.event)
+        if self.chain == CHAIN:
+            return row_hash(
+                self.prev_hash,
+                self.seq,
+                self.recorded,
+                self.patient_id,
+                self.outcome,
+                self.agent,
+                self.event,
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -49,7 +88,11 @@ class NewEvent:
     recorded: str
     patient_id: str | None
     outcome: str
+    agent: str | None
     event: bytes
+
+
+_COLUMNS = ("seq", "recorded", "patient_id", "outcome", "event", "prev_hash", "hash")
 
 
 class AuditStore:
@@ -58,14 +101,15 @@ class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._conn: Any = None
-        marks = ", ".join(["?" if db.is_sqlite else "%s"] * 7)  # placeholders, never values
+        marks = ", ".join(["?" if db.is_sqlite else "%s"] * 9)  # placeholders, never values
         self._insert = (
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "  # noqa: S608
-            f"hash) VALUES ({marks})"
+            f"hash, agent, chain) VALUES ({marks})"
         )
 
-    def append(self, events: Sequence[NewEvent]) -> int:
-        """Append events in one transaction (durable when this returns); the last seq.
+    def append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
+        """Append events in one transaction (durable when this returns); the new head
+        (last seq and its hash).
 
         Uses one long-lived DBAPI connection with fixed SQL (the request path
         pays for every microsecond here). ``BEGIN IMMEDIATE`` on SQLite and a
@@ -94,13 +138,15 @@ class AuditStore:
             rows = []
             for e in events:
                 seq += 1
-                h = chain_hash(prev, seq, e.event)
-                rows.append((seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h))
+                h = row_hash(prev, seq, e.recorded, e.patient_id, e.outcome, e.agent, e.event)
+                rows.append(
+                    (seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h, e.agent, CHAIN)
+                )
                 prev = h
             if rows:
                 cur.executemany(self._insert, rows)
             cur.execute("COMMIT")
-            return seq
+            return seq, prev
         except Exception:
             with contextlib.suppress(Exception):  # the connection is dropped just below
                 cur.execute("ROLLBACK")
@@ -118,10 +164,24 @@ class AuditStore:
 
     def rows(self) -> Iterator[AuditRow]:
         """Every row in sequence order (for verification)."""
+        c = audit_events.c
         with self.db.engine.connect() as conn:
-            for r in conn.execute(sa.select(audit_events).order_by(audit_events.c.seq)):
+            result = conn.execution_options(stream_results=True).execute(
+                sa.select(
+                    c.seq,
+                    c.recorded,
+                    c.patient_id,
+                    c.outcome,
+                    c.event,
+                    c.prev_hash,
+                    c.hash,
+                    c.agent,
+                    c.chain,
+                ).order_by(c.seq)
+            )
+            for r in result:
                 event = r[4].encode() if isinstance(r[4], str) else bytes(r[4])  # tampered type
-                yield AuditRow(r[0], r[1], r[2], r[3], event, r[5], r[6])
+                yield AuditRow(r[0], r[1], r[2], r[3], event, r[5], r[6], r[7], int(r[8]))
 
     def head(self) -> tuple[int, str]:
         """The last sequence number and its hash."""
@@ -132,14 +192,3 @@ class AuditStore:
                 .limit(1)
             ).first()
         return (row[0], row[1]) if row else (0, GENESIS)
-
-    def for_patient(self, patient_id: str, limit: int = 1000) -> list[bytes]:
-        """The events about one patient, newest first."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(audit_events.c.event)
-                .where(audit_events.c.patient_id == patient_id)
-                .order_by(audit_events.c.seq.desc())
-                .limit(limit)
-            )
-            return [bytes(r[0]) for r in rows]

@@ -32,6 +32,24 @@ def _audit_tables(conn: Connection) -> None:
         conn.execute(audit_lock.insert().values(id=1, appends=0))
 
 
+def _audit_every_column(conn: Connection) -> None:
+    """The requesting user as a column, and the hash over every column (chain 2).
+
+    Rows already stored keep their chain-1 hashes (over sequence, previous hash
+    and event): rewriting them would launder whatever was done to them before.
+    Their ``agent`` stays empty (``AuditEvent?agent=`` does not find them).
+    """
+    have = {c["name"] for c in sa.inspect(conn).get_columns("audit_events")}
+    if "agent" not in have:
+        conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN agent VARCHAR(200)"))
+    if "chain" not in have:
+        conn.execute(
+            sa.text("ALTER TABLE audit_events ADD COLUMN chain INTEGER NOT NULL DEFAULT 1")
+        )
+    for index in audit_events.indexes:
+        index.create(conn, checkfirst=True)
+
+
 def _consent_tables(conn: Connection) -> None:
     consents.create(conn, checkfirst=True)
     break_glass.create(conn, checkfirst=True)
@@ -53,6 +71,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "audit trail", _audit_tables),
     (4, "consents and break-glass grants", _consent_tables),
     (5, "opt-outs and export jobs", _export_tables),
+    (6, "audit trail: agent column, hash over every column", _audit_every_column),
 ]
 
 

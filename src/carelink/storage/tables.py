@@ -73,6 +73,13 @@ audit_events = sa.Table(
     sa.Column("event", sa.LargeBinary, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    #: the requesting user (the event's requestor agent), for ``AuditEvent?agent=``
+    sa.Column("agent", sa.String(200), nullable=True),
+    #: how ``hash`` was made: 1 (before migration 6) sequence, previous hash and event;
+    #: 2 every column of the row (see ``storage.audit_store.row_hash``)
+    sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_audit_events_patient_seq", "patient_id", "seq"),
+    sa.Index("ix_audit_events_agent_seq", "agent", "seq"),
 )
 
 #: one row, updated by every append: the lock that serialises appends across processes

@@ -1,0 +1,78 @@
+"""Searching the audit trail: by patient, agent, time and outcome, newest first.
+
+Pages are keyset pages over the sequence number (``before``): events
+appended while someone pages (their own reads of the trail, for one) never
+shift a page, and every stored event is reachable however many there are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.tables import audit_events
+
+#: lo <= recorded < hi (either end open when None)
+Span = tuple[str | None, str | None]
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """What to find. ``recorded``: clauses all of which hold, each true when the
+    recorded instant falls in one of its spans (text comparison: every stored
+    instant has the same ``YYYY-MM-DDThh:mm:ss.ffffffZ`` shape)."""
+
+    patient: str | None = None
+    agent: str | None = None
+    has_patient: bool | None = None
+    outcomes: tuple[str, ...] = ()
+    recorded: tuple[tuple[Span, ...], ...] = ()
+
+
+def _where(q: AuditQuery) -> list[sa.ColumnElement[bool]]:
+    c = audit_events.c
+    out: list[sa.ColumnElement[bool]] = []
+    if q.patient is not None:
+        out.append(c.patient_id == q.patient)
+    if q.agent is not None:
+        out.append(c.agent == q.agent)
+    if q.has_patient is not None:
+        out.append(c.patient_id.is_not(None) if q.has_patient else c.patient_id.is_(None))
+    if q.outcomes:
+        out.append(c.outcome.in_(q.outcomes))
+    for spans in q.recorded:
+        either = []
+        for lo, hi in spans:
+            both = []
+            if lo is not None:
+                both.append(c.recorded >= lo)
+            if hi is not None:
+                both.append(c.recorded < hi)
+            either.append(sa.and_(sa.true(), *both))
+        out.append(sa.or_(sa.false(), *either))
+    return out
+
+
+class AuditSearch:
+    """Counted, paged reads of the trail."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def count(self, q: AuditQuery) -> int:
+        """How many events match, exactly."""
+        stmt = sa.select(sa.func.count()).select_from(audit_events).where(*_where(q))
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def page(self, q: AuditQuery, limit: int, before: int | None = None) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` matching events older than ``before`` (seq), newest first."""
+        c = audit_events.c
+        where = _where(q)
+        if before is not None:
+            where.append(c.seq < before)
+        stmt = sa.select(c.seq, c.event).where(*where).order_by(c.seq.desc()).limit(limit)
+        with self.db.engine.connect() as conn:
+            return [(int(r[0]), bytes(r[1])) for r in conn.execute(stmt)]
