@@ -1,0 +1,88 @@
+"""A trail stored before migration 6 (hashes over the event only) still verifies after it,
+new records carry hashes over every column, and old records are still held to their
+events' contents (so moving one to another patient is found)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from carelink.audit import AuditTrail, verify
+from carelink.audit.events import columns
+from carelink.storage import Database
+from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
+from tests.audit.test_trail import event
+
+LEGACY = """CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, recorded VARCHAR(40) NOT NULL,
+patient_id VARCHAR(64), outcome VARCHAR(2) NOT NULL, event {blob} NOT NULL,
+prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL)"""
+
+
+def _legacy_trail(db: Database, n: int) -> None:
+    blob = "BLOB" if db.is_sqlite else "BYTEA"
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(LEGACY.format(blob=blob)))
+        conn.execute(sa.text("CREATE TABLE audit_lock (id INTEGER PRIMARY KEY, appends INTEGER)"))
+        conn.execute(sa.text("INSERT INTO audit_lock VALUES (1, 0)"))
+        conn.execute(
+            sa.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT)")
+        )
+        for v in range(1, 6):
+            conn.execute(sa.text("INSERT INTO schema_version VALUES (:v, 'old')"), {"v": v})
+        prev = GENESIS
+        for seq in range(1, n + 1):
+            e = event(seq % 10)
+            body = orjson.dumps(e)
+            recorded, patient, outcome, _ = columns(e)
+            h = chain_hash(prev, seq, body)
+            conn.execute(
+                sa.text("INSERT INTO audit_events VALUES (:s, :r, :p, :o, :e, :ph, :h)"),
+                {
+                    "s": seq,
+                    "r": recorded,
+                    "p": patient,
+                    "o": outcome,
+                    "e": body,
+                    "ph": prev,
+                    "h": h,
+                },
+            )
+            prev = h
+
+
+@pytest.fixture
+def upgraded(database_url):
+    db = Database(database_url)
+    _legacy_trail(db, 4)
+    assert db.migrate() == 6
+    yield db
+    db.dispose()
+
+
+def test_an_old_trail_verifies_after_the_upgrade_and_new_records_use_the_new_hash(upgraded):
+    store = AuditStore(upgraded)
+    assert verify(store.rows()) == []
+    AuditTrail(store).record([event(5), event(6)])
+    rows = list(store.rows())
+    assert [r.chain for r in rows] == [1, 1, 1, 1, 2, 2]
+    assert [r.agent for r in rows][-2:] == ["user-1", "user-0"]
+    assert verify(store.rows()) == []
+
+
+def test_an_old_record_moved_to_another_patient_is_found(upgraded):
+    with upgraded.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_events SET patient_id = 'elsewhere' WHERE seq = 2"))
+    findings = verify(AuditStore(upgraded).rows())
+    assert [(f.seq, f.problem) for f in findings] == [
+        (2, "patient_id differs from its event (edited)")
+    ]
+
+
+def test_a_new_record_passed_off_as_an_old_one_is_found(upgraded):
+    store = AuditStore(upgraded)
+    AuditTrail(store).record([event(5), event(6)])
+    with upgraded.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_events SET chain = 1 WHERE seq = 6"))
+    problems = [f.problem for f in verify(store.rows()) if f.seq == 6]
+    assert "old hash scheme after newer records (downgraded)" in problems
