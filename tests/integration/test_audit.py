@@ -50,11 +50,29 @@ def test_a_lookup_and_a_record_read_leave_one_balp_event_each(system):
         assert e["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
 
 
-def test_refusals_are_audited_with_their_reason(system, secured):  # noqa: F811
+def _pid(system) -> str:
+    person = _person(system)
+    found = httpx.get(
+        f"{system.base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"}
+    ).json()
+    return str(found["entry"][0]["resource"]["id"])
+
+
+def _patients(event: dict) -> list[str]:
+    return [
+        x["what"]["reference"]
+        for x in event["entity"]
+        if x.get("what", {}).get("reference", "").startswith("Patient/")
+    ]
+
+
+def test_refusals_are_audited_with_their_reason_under_the_person_named(system, secured):  # noqa: F811
     base, issuer = secured
+    pid = _pid(system)
     store = _store(system)
     start, _ = store.head()
-    httpx.get(f"{base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|9434765919"})
+    nhs = _person(system).nhs_number
+    httpx.get(f"{base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"})
     token = issuer.token(aud=base, scope="user/Patient.rs")
     httpx.get(
         f"{base}/Condition",
@@ -64,8 +82,9 @@ def test_refusals_are_audited_with_their_reason(system, secured):  # noqa: F811
     events = _new_events(store, start)
     assert [e["outcome"] for e in events] == ["4", "4"]
     assert events[0]["outcomeDesc"] == "a bearer token is required"
+    assert _patients(events[0]) == [f"Patient/{pid}"]  # the NHS number, resolved
     assert events[1]["outcomeDesc"] == "no scope allows search of Condition"
-    assert {"reference": "Patient/someone"} in [x.get("what") for x in events[1]["entity"]]
+    assert _patients(events[1]) == []  # nobody the index knows: no patient
 
 
 def test_privacy_officers_and_the_patient_see_who_accessed_the_record(system, secured):  # noqa: F811
@@ -78,7 +97,7 @@ def test_privacy_officers_and_the_patient_see_who_accessed_the_record(system, se
         params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"},
     ).json()
     pid = found["entry"][0]["resource"]["id"]
-    officer = issuer.token(aud=base, role="R0001")
+    officer = issuer.token(aud=base, role="R0001", purpose_of_use="HOPERAT")
     seen = httpx.get(
         f"{base}/AuditEvent",
         params={"patient": pid},
@@ -110,16 +129,23 @@ def test_privacy_officers_and_the_patient_see_who_accessed_the_record(system, se
         headers={"Authorization": f"Bearer {clinician}"},
     )
     assert nosy.status_code == 403
+    treating = issuer.token(aud=base, role="R0001")  # an officer, but for direct care
+    wrong_purpose = httpx.get(
+        f"{base}/AuditEvent",
+        params={"patient": pid},
+        headers={"Authorization": f"Bearer {treating}"},
+    )
+    assert wrong_purpose.status_code == 403
 
 
 def test_audit_verify_passes_an_untouched_trail_and_names_an_edited_record(system, tmp_path):
     env = {**system.env}
     keys = ["--keys", str(tmp_path / "audit-keys")]
-    ok = carelink(["audit", "verify", *keys], env)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "audit trail intact" in ok.stdout
     cp = tmp_path / "checkpoint.json"
     assert carelink(["audit", "checkpoint", "--out", str(cp), *keys], env).returncode == 0
+    ok = carelink(["audit", "verify", "--checkpoint", str(cp), *keys], env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "audit trail intact" in ok.stdout
     db = sqlite3.connect(env["CARELINK_DATABASE_URL"])
     seq, event = db.execute("SELECT seq, event FROM audit_events ORDER BY seq LIMIT 1").fetchone()
     try:
