@@ -466,7 +466,8 @@ def test_break_glass_is_for_the_right_roles_audited_time_limited_and_reviewed(pa
         assert _record(gw, pid, colleague).status_code == 404
         # Audited as break-glass.
         officer = gw.token(role="R0001", organisation=STRANGER)
-        events = gw.get("/AuditEvent", officer, patient=pid).json()
+        oversight = gw.token(role="R0001", organisation=STRANGER, purpose_of_use="HOPERAT")
+        events = gw.get("/AuditEvent", oversight, patient=pid).json()
         purposes = [
             c["code"]
             for e in events.get("entry", [])

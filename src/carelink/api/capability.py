@@ -149,9 +149,15 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
                 _param(
                     "patient",
                     "reference",
-                    "Required. Privacy officers (R0001) read any patient's trail; a citizen "
-                    "reads who accessed their own record.",
-                )
+                    "Privacy officers (R0001) and Caldicott Guardians (R5105), with purpose "
+                    "HOPERAT, HCOMPL or HSYSADMIN, read any patient's trail (or all of it); a "
+                    "citizen reads who accessed their own record. Newest first, exact total, "
+                    "keyset next links.",
+                ),
+                _param("date", "date", "When recorded; eq ne lt gt le ge sa eb ap; repeat to AND"),
+                _param("agent", "reference", "The user (their identifier)"),
+                _param("entity-type", "token", "1 events naming a person, 2 every event"),
+                _param("outcome", "token", "0 success, 4 refused, 8 failed; commas OR"),
             ],
         }
     )
