@@ -29,6 +29,7 @@ from carelink.audit.checkpoints import latest, read
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, IndexStore
 from tests.integration.conftest import System, system  # noqa: F401 - the shared system
+from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import carelink
 from tests.support.tokens import Issuer
@@ -362,3 +363,42 @@ def test_verify_with_a_key_folder_that_is_not_there_is_a_configuration_error(
     assert len(r.stderr.strip().splitlines()) == 1
     assert "no audit checkpoint key" in r.stderr
     assert not nowhere.exists()
+
+
+def _btg(event: dict) -> bool:
+    return any(c["code"] == "BTG" for p in event.get("purposeOfEvent", []) for c in p["coding"])
+
+
+def test_break_glass_data_released_by_search_and_pixm_is_marked_btg(gateway: Gateway, system):  # noqa: F811
+    gw = gateway
+    person = _person(system, 7)
+    pid = _pid(gw, person.nhs_number)
+    nhs = f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"
+    objection = privacy_consent(pid, {"type": "deny"})
+    stored = gw.call("POST", "/Consent", gw.token(scope="user/*.cruds"), "consent", objection)
+    assert stored.status_code == 201, stored.text
+    doctor = gw.token(organisation="RXX01", sub=f"dr-{uuid.uuid4().hex[:6]}")
+    u = uuid.uuid4().hex[:8]
+    hidden = gw.call("GET", "/Patient", doctor, f"hidden-{u}", identifier=nhs)
+    assert hidden.json()["total"] == 0
+    glass = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}},
+            {"name": "purpose", "valueCode": "ETREAT"},
+            {"name": "reason", "valueString": "unconscious in ED, no history"},
+        ],
+    }
+    assert gw.call("POST", "/Patient/$break-glass", doctor, f"glass-{u}", glass).status_code == 201
+    found = gw.call("GET", "/Patient", doctor, f"search-{u}", identifier=nhs)
+    assert found.json()["total"] == 1
+    link = next(x for x in IndexStore(Database(str(gw.db))).links_of(pid) if x.source == "acute")
+    pix = gw.call(
+        "GET", "/Patient/$ihe-pix", doctor, f"pix-{u}", sourceIdentifier=f"{ACUTE}|{link.local_id}"
+    )
+    assert pix.status_code == 200
+    events = {
+        _request_id(e): e for _, _, e in _events(gw, "patient_id = ?", pid) if u in _request_id(e)
+    }
+    assert sorted(events) == sorted(f"{k}-{u}" for k in ("glass", "search", "pix"))
+    assert all(_btg(e) for e in events.values())
