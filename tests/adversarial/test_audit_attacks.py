@@ -28,7 +28,7 @@ import pytest
 from carelink.audit.checkpoints import latest, read
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, IndexStore
-from tests.integration.conftest import System, system  # noqa: F401 - the shared system
+from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import carelink
@@ -77,7 +77,7 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:  # noqa: F811
+def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("audit-attacks")
     db = copy_index(system.env["CARELINK_DATABASE_URL"], tmp / "audit.db")
     checkpoints = tmp / "checkpoints"
@@ -91,7 +91,7 @@ def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Gateway(started.base, started.env, issuer, db, checkpoints)
 
 
-def _person(system: System, n: int = 0) -> Any:  # noqa: F811
+def _person(system: System, n: int = 0) -> Any:
     people = [p for p in system.population if {"gp", "acute"} <= p.sources]
     return people[n]
 
@@ -141,7 +141,7 @@ def _audit_view(gw: Gateway, pid: str, count: int, **params: Any) -> tuple[list[
         assert page.status_code == 200, page.text
 
 
-def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, system: System):  # noqa: F811
+def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, system: System):
     gw = gateway
     person = _person(system, 0)
     pid = _pid(gw, person.nhs_number)
@@ -232,7 +232,7 @@ def test_reads_of_the_audit_and_export_routes_and_unknown_paths_are_audited(gate
     assert all(found[f"misc-{u}-{i}"]["outcome"] == "4" for i in range(1, len(calls)))
 
 
-def test_a_search_with_count_1_audits_only_the_person_on_the_page(gateway: Gateway, system):  # noqa: F811
+def test_a_search_with_count_1_audits_only_the_person_on_the_page(gateway: Gateway, system):
     gw = gateway
     ids = sorted(_pid(gw, _person(system, n).nhs_number) for n in range(1, 4))
     step = f"page-{uuid.uuid4().hex[:8]}"
@@ -244,7 +244,7 @@ def test_a_search_with_count_1_audits_only_the_person_on_the_page(gateway: Gatew
     assert [pid for _, pid, _ in events] == shown == [ids[0]]
 
 
-def test_a_500_is_audited_as_a_serious_failure(gateway: Gateway, system):  # noqa: F811
+def test_a_500_is_audited_as_a_serious_failure(gateway: Gateway, system):
     """A real fault: the index's link table disappears under the running gateway, so a
     source Patient read fails inside the route."""
     gw = gateway
@@ -265,7 +265,7 @@ def test_a_500_is_audited_as_a_serious_failure(gateway: Gateway, system):  # noq
     assert patient is None
 
 
-def test_1010_reads_do_not_hide_earlier_events(gateway: Gateway, system):  # noqa: F811
+def test_1010_reads_do_not_hide_earlier_events(gateway: Gateway, system):
     gw = gateway
     pid = _pid(gw, _person(system, 5).nhs_number)
     first = f"first-{uuid.uuid4().hex[:8]}"
@@ -369,7 +369,7 @@ def _btg(event: dict) -> bool:
     return any(c["code"] == "BTG" for p in event.get("purposeOfEvent", []) for c in p["coding"])
 
 
-def test_break_glass_data_released_by_search_and_pixm_is_marked_btg(gateway: Gateway, system):  # noqa: F811
+def test_break_glass_data_released_by_search_and_pixm_is_marked_btg(gateway: Gateway, system):
     gw = gateway
     person = _person(system, 7)
     pid = _pid(gw, person.nhs_number)
