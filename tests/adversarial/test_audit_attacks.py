@@ -167,6 +167,10 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
             {"name": "reason", "valueString": "unconscious in ED, no history"},
         ],
     }
+    permit = privacy_consent(pid, {"type": "permit"})
+    made = gw.call("POST", "/Consent", gw.token(scope="user/*.cruds"), "consent", permit)
+    assert made.status_code == 201, made.text
+    cid = made.json()["id"]
     u = uuid.uuid4().hex[:8]
     script: list[tuple[str, str, str | None, dict[str, Any], Any, int]] = [
         ("GET", "/Patient", doctor, {"identifier": nhs}, None, 200),
@@ -190,6 +194,8 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
         ("GET", "/Condition", narrow, {"subject": source_pid}, None, 403),
         ("GET", f"/Patient/{pid}/$everything", stranger, {}, None, 403),
         ("POST", CDS, narrow, {}, consult, 403),
+        ("GET", f"/Consent/{cid}", narrow, {}, None, 403),
+        ("DELETE", f"/Consent/{cid}", narrow, {}, None, 403),
         ("POST", "/Patient/$break-glass", doctor, {}, glass, 400),
         ("GET", "/AuditEvent", doctor, {"patient": pid}, None, 403),
         ("GET", "/AuditEvent", stranger, {"patient": source_pid}, None, 403),
@@ -208,7 +214,7 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
     assert len(view) == totals[0]
     assert totals == [totals[0] + n for n in range(len(totals))]
     refused = [e for e in view if _request_id(e) in steps and e["outcome"] == "4"]
-    assert len(refused) == 13
+    assert len(refused) == 15
 
 
 def test_reads_of_the_audit_and_export_routes_and_unknown_paths_are_audited(gateway: Gateway):

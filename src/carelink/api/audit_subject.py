@@ -21,7 +21,7 @@ from carelink.federation import SharedRecord
 from carelink.federation.patient_search import identifier_tests
 from carelink.fhir import NHS_NUMBER_SYSTEM
 from carelink.sources.base import local_id_system
-from carelink.storage import PersonQuery
+from carelink.storage import ConsentStore, PersonQuery
 
 Json = dict[str, Any]
 #: at most this many people are resolved from one request's identifiers
@@ -78,6 +78,22 @@ def _from_body(record: SharedRecord, body: Any) -> list[str]:
     return found
 
 
+def _from_path(request: Request, record: SharedRecord) -> list[str]:
+    """A patient id in the path, or the patient of a Consent or break-glass review named there."""
+    params = request.path_params
+    found: list[str | None] = []
+    if "pid" in params:
+        found.append(person_for(record, str(params["pid"])))
+    consents: ConsentStore | None = getattr(request.app.state, "consents", None)
+    if consents is not None and "cid" in params:
+        row = consents.get(str(params["cid"]))
+        found.append(row.patient_id if row else None)
+    if consents is not None and "tid" in params:
+        grant = consents.grant_by_id(str(params["tid"]))
+        found.append(grant.patient_id if grant else None)
+    return [x for x in found if x]
+
+
 def _from_query(record: SharedRecord, request: Request) -> list[str]:
     q = request.query_params
     found: list[str] = []
@@ -103,9 +119,7 @@ async def subjects_of(request: Request, read_body: bool = False) -> list[str]:
         return []
     try:
         found: list[str] = []
-        pid = request.path_params.get("pid")
-        if pid:
-            found += [x for x in [person_for(record, str(pid))] if x]
+        found += _from_path(request, record)
         found += _from_query(record, request)
         if read_body and request.method in ("POST", "PUT"):
             raw = await request.body()

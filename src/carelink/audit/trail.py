@@ -32,8 +32,9 @@ class AuditTrail:
 
     def record(self, events: Sequence[Json]) -> tuple[int, str]:
         """Append AuditEvents (their columns read from themselves); the new head. A
-        checkpoint follows when one is due; failing to write it fails the append, as the
-        trail would otherwise silently lose its protection."""
+        checkpoint follows when one is due; if it cannot be written the events stay
+        stored but the request fails closed all the same: a trail that silently stopped
+        being checkpointed would lose its protection against truncation unnoticed."""
         try:
             rows = [NewEvent(*columns(e), orjson.dumps(e)) for e in events]
             seq, head = self.store.append(rows)
