@@ -408,3 +408,28 @@ def test_break_glass_data_released_by_search_and_pixm_is_marked_btg(gateway: Gat
     }
     assert sorted(events) == sorted(f"{k}-{u}" for k in ("glass", "search", "pix"))
     assert all(_btg(e) for e in events.values())
+
+
+def test_the_audit_view_searches_by_agent_date_entity_type_and_outcome(gateway: Gateway, system):
+    gw = gateway
+    pid = _pid(gw, _person(system, 9).nhs_number)
+    clinician = f"dr-{uuid.uuid4().hex[:8]}"
+    token = gw.token(sub=clinician)
+    stamp = gw.call("GET", "/AuditEvent", _officer(gw), "clock", _count=1).json()
+    since = stamp["entry"][0]["resource"]["recorded"]  # the gateway's own clock
+    assert gw.call("GET", f"/Patient/{pid}", token, "by-agent-1").status_code == 200
+    assert gw.call("GET", "/Patient/nobody-known", token, "by-agent-2").status_code == 404
+    officer = _officer(gw)
+
+    def total(**params: Any) -> int:
+        r = gw.call("GET", "/AuditEvent", officer, "search", **params)
+        assert r.status_code == 200, r.text
+        return int(r.json()["total"])
+
+    assert total(agent=clinician) == 2
+    assert total(agent=clinician, date=f"ge{since}") == 2
+    assert total(agent=clinician, date=f"lt{since}") == 0
+    assert total(agent=clinician, outcome="4") == 1
+    assert total(agent=clinician, **{"entity-type": "1"}) == 1
+    assert total(agent=clinician, patient=pid) == 1
+    assert gw.call("GET", "/AuditEvent", officer, "bad", who="x").status_code == 400
