@@ -24,7 +24,7 @@ from carelink.api.audit_middleware import AuditEveryRequest, interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
 from carelink.api.responses import from_error, outcome
-from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_or_make_key
+from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
 from carelink.audit.events import REFUSED
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
@@ -253,11 +253,13 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
 
 
 def _checkpointer(settings: Settings) -> Checkpointer:
-    """Signed checkpoints of the audit trail, written by the gateway as the trail grows."""
+    """Signed checkpoints of the audit trail, written by the gateway as the trail grows.
+    The signing key is made on first start, except in production, where it must be
+    provisioned (``carelink audit checkpoint`` makes one)."""
     keys, folder = settings.audit_paths()
     return Checkpointer(
         folder,
-        load_or_make_key(keys),
+        load_key(keys) if settings.mode == "production" else load_or_make_key(keys),
         settings.audit_checkpoint_every,
         settings.audit_checkpoint_minutes * 60,
         time.time,
