@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from carelink.api import access
+from carelink.api import access, paging
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
 from carelink.api.deps import audit, base_url, consent_for, context, router
 from carelink.api.responses import fhir, http_date, not_modified
-from carelink.audit.events import REFUSED
+from carelink.audit.events import FAILED, REFUSED
 from carelink.auth import Principal
 from carelink.consent import Filtered, Guard, Situation
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
+from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
-from carelink.federation.record import source_outcome
+from carelink.federation.record import Federated, source_outcome
 from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem, searchset
 from carelink.fhir.nhs import normalise
 from carelink.fhir.search import apply_elements, fold, parse_date, parse_token, target_range
-from carelink.sources.base import LOCAL_ID_SYSTEM
+from carelink.sources.base import LOCAL_ID_SYSTEM, source_uri
 
 Json = dict[str, Any]
 
@@ -53,9 +55,13 @@ def _page(
     *,
     includes: list[Json] | None = None,
     outcomes: list[Json] | None = None,
+    cursor: str | None = None,
 ) -> Json:
+    """One page of ``matches``; with ``cursor``, the links page over that stored result."""
     settings = request.app.state.settings
     paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
+    if cursor is not None:
+        paging = paging.on_cursor(cursor)
     total = len(matches)
     links = paging.links(url, total)
     if P.summary_count(q):
@@ -240,60 +246,203 @@ async def read_patient(request: Request) -> Response:
 
 @route("/Patient/{pid}/$everything")
 async def everything(request: Request) -> Response:
-    """The whole shared record: every source at once, merged, paged stably."""
+    """The whole shared record: every source at once, merged, paged over one stored result."""
+    return await _everything(request, P.multi(request))
+
+
+@router.fhir_route("/Patient/{pid}/$everything", ["POST"])
+async def everything_post(request: Request) -> Response:
+    """``$everything`` by POST: parameters in the query or in a ``Parameters`` body."""
+    return await _everything(request, await _with_body(request))
+
+
+async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     record, caller, base = await context(request)
     pid = request.path_params["pid"]
     P.check_format(request)
-    q = P.multi(request)
     pref = P.prefer(request)
-    P.unknown([k for k in q if k not in EVERYTHING_PARAMS | P.RESULT_PARAMS], pref.strict)
-    types = frozenset(t.strip() for v in q.get("_type", []) for t in v.split(",") if t.strip())
+    P.unknown([k for k in q if k not in EVERYTHING_PARAMS | PAGED_PARAMS], pref.strict)
+    types = _types(q)
     start = parse_date(q["start"][-1], "start").range if "start" in q else None
     end = parse_date(q["end"][-1], "end").range if "end" in q else None
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     access.require(caller, "Patient", "r")
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
+    key = f"Patient/{pid}/$everything"
+    url = f"{base}/{key}"
+    used = {"start", "end", "_since", "_type"} & set(q)
+    if "_cursor" in q:
+        return await _stored_page(request, caller, situation, key, base, url, q, used, "operation")
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
     shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
     request.state.break_glass = shown.break_glass
     matches = shown.resources
     if types or start or end or since:
+        learned = _learned(fed)
         matches = [
             r
             for r in matches
             if (not types or r["resourceType"] in types)
             and in_period(r, start, end)
-            and _since_ok(r, since)
+            and _since_ok(r, since, learned)
         ]
-    etag = f'"{fed.etag}-{_query_digest(q, caller, situation)}"'
-    await audit(request, "operation", [pid])
+    snap = _snapshot(request, fed, situation, shown, key, matches)
+    snap = replace(snap, includes=access.provenance_for(caller, fed.provenance, matches))
+    return await _first_page(request, caller, situation, pid, snap, base, url, q, used, "operation")
+
+
+async def _with_body(request: Request) -> dict[str, list[str]]:
+    """The query's parameters and those of the POST body, together."""
+    q = P.multi(request)
+    for k, v in (await P.body_params(request)).items():
+        q.setdefault(k, []).extend(v)
+    return q
+
+
+#: result parameters, and the cursor of a stored result
+PAGED_PARAMS = P.RESULT_PARAMS | {"_cursor"}
+#: what ``$everything``'s ``_type`` may name: the types the gateway serves
+EVERYTHING_TYPES = frozenset(SEARCH_TYPES) | {"Patient"}
+
+
+def _types(q: dict[str, list[str]]) -> frozenset[str]:
+    types = frozenset(t.strip() for v in q.get("_type", []) for t in v.split(",") if t.strip())
+    wrong = sorted(types - EVERYTHING_TYPES)
+    if wrong:
+        raise InvalidRequest(
+            f"_type names {', '.join(wrong)}, which the gateway does not serve "
+            f"(it serves {', '.join(sorted(EVERYTHING_TYPES))})",
+            "_type",
+        )
+    return types
+
+
+def _learned(fed: Federated) -> dict[str, str]:
+    """meta.source URI -> when the gateway learned that source's answer (its ``as_of``)."""
+    return {source_uri(r.source): r.as_of for r in fed.results if r.as_of}
+
+
+def _since_ok(resource: Json, since: Any, learned: dict[str, str] | None = None) -> bool:
+    """``_since``: changed at or after ``since``. A resource without ``meta.lastUpdated`` is
+    judged on when the gateway learned of it (its source answer's ``as_of``); one with
+    neither is left out, as nothing says it changed."""
+    if since is None:
+        return True
+    meta = resource.get("meta", {})
+    updated = meta.get("lastUpdated") or (learned or {}).get(meta.get("source", ""))
+    rng = target_range(updated) if updated else None
+    return rng is not None and rng.start >= since
+
+
+def _snapshot(
+    request: Request,
+    fed: Federated,
+    situation: Situation,
+    shown: Filtered,
+    key: str,
+    matches: list[Json],
+) -> Snapshot:
+    """What this search answered the caller, ready to page over."""
+    hidden = request.app.state.guard.hidden_sources(situation)
+    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
+    return Snapshot(
+        key=key,
+        consent=paging.consent_digest(situation),
+        matches=matches,
+        includes=[],
+        outcome=_outcome(fed, hidden),
+        missing=paging.missing(fed.results, hidden),
+        version=fed.etag,
+        last_modified=http_date(newest),
+        break_glass=shown.break_glass,
+    )
+
+
+async def _first_page(
+    request: Request,
+    caller: Principal,
+    situation: Situation,
+    pid: str,
+    snap: Snapshot,
+    base: str,
+    url: str,
+    q: dict[str, list[str]],
+    used: set[str],
+    interaction: str,
+) -> Response:
+    """Answer from a fresh fan-out; keep the result when there is more than one page."""
+    if P.prefer(request).complete and snap.missing:
+        await audit(request, interaction, [pid], FAILED, "sources unavailable")
+        return fhir(
+            paging.unavailable(snap.missing),
+            503,
+            headers={paging.MISSING_HEADER: ", ".join(snap.missing)},
+        )
+    await audit(request, interaction, [pid])
+    settings = request.app.state.settings
+    pages = P.paging(q, used, settings.default_page_size, settings.max_page_size)
+    cursor = None
+    if not P.summary_count(q) and (
+        pages.offset > 0 or pages.offset + pages.count < len(snap.matches)
+    ):
+        cursor = request.app.state.pages.keep(snap, paging.owner(caller))
+    return _respond(request, caller, situation, snap, base, url, q, used, cursor)
+
+
+async def _stored_page(
+    request: Request,
+    caller: Principal,
+    situation: Situation,
+    key: str,
+    base: str,
+    url: str,
+    q: dict[str, list[str]],
+    used: set[str],
+    interaction: str,
+) -> Response:
+    """A later page, cut from the result the first page stored (no fan-out)."""
+    cursor = q["_cursor"][-1]
+    pages: Pages = request.app.state.pages
+    snap = pages.load(cursor, paging.owner(caller), key, paging.consent_digest(situation))
+    request.state.break_glass = snap.break_glass
+    await audit(request, interaction, [situation.patient_id])
+    return _respond(request, caller, situation, snap, base, url, q, used, cursor)
+
+
+def _respond(
+    request: Request,
+    caller: Principal,
+    situation: Situation,
+    snap: Snapshot,
+    base: str,
+    url: str,
+    q: dict[str, list[str]],
+    used: set[str],
+    cursor: str | None,
+) -> Response:
+    etag = f'"{snap.version}-{_query_digest(q, caller, situation)}"'
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    used = {"start", "end", "_since", "_type"} & set(q)
     body = _page(
         base,
-        f"{base}/Patient/{pid}/$everything",
-        matches,
+        url,
+        snap.matches,
         q,
         used,
         request,
-        includes=access.provenance_for(caller, fed.provenance, matches),
-        outcomes=[_outcome(fed, shown)],
+        includes=snap.includes,
+        outcomes=[snap.outcome],
+        cursor=cursor,
     )
     headers = {"ETag": etag}
-    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
-    if (modified := http_date(newest)) is not None:
-        headers["Last-Modified"] = modified
+    if snap.last_modified is not None:
+        headers["Last-Modified"] = snap.last_modified
+    if snap.missing:
+        headers[paging.MISSING_HEADER] = ", ".join(snap.missing)
+    if P.prefer(request).complete:
+        headers["Preference-Applied"] = P.PARTIAL_FAIL
     return fhir(body, headers=headers)
-
-
-def _since_ok(resource: Json, since: Any) -> bool:
-    if since is None:
-        return True
-    updated = resource.get("meta", {}).get("lastUpdated")
-    rng = target_range(updated) if updated else None
-    return rng is None or rng.start >= since
 
 
 def _query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:
@@ -325,32 +474,58 @@ async def _consented_person(
     return situation
 
 
-def _outcome(fed: Any, shown: Filtered) -> Json:
-    """The per-source outcome, naming only sources the caller saw data from when consent
-    withheld anything (so the answer does not show where else the person has records)."""
-    if not shown.withheld:
+def _outcome(fed: Federated, hidden: frozenset[str]) -> Json:
+    """The per-source outcome, leaving out the sources consent hides from this caller
+    (so the answer does not show where else the person has records)."""
+    if not hidden:
         return dict(fed.outcome)
-    return source_outcome([r for r in fed.results if r.source in shown.sources_seen])
+    return source_outcome([r for r in fed.results if r.source not in hidden])
+
+
+def _patient_param(q: dict[str, list[str]], base: str) -> str:
+    """The patient's id from ``patient``/``subject``: ``X``, ``Patient/X`` or this gateway's
+    absolute ``<base>/Patient/X``; a reference to another server is refused."""
+    value = q.get("patient", q.get("subject", [None]))[-1]
+    name = "patient" if "patient" in q else "subject"
+    if not value:
+        raise InvalidRequest("the search needs the patient parameter", "patient")
+    if "://" in value:
+        local = value.removeprefix(base.rstrip("/") + "/")
+        if local == value or not local.startswith("Patient/"):
+            raise InvalidRequest(
+                f"{name} refers to another server; this gateway answers for {base}", name
+            )
+        value = local
+    pid = value.removeprefix("Patient/")
+    if not pid or "/" in pid:
+        raise InvalidRequest(f"{name} must be a Patient id or reference", name)
+    return pid
 
 
 @route("/{rtype}")
 async def search_type(request: Request) -> Response:
     """Per-type search within one patient's federated record."""
+    return await _search_type(request, P.multi(request))
+
+
+@router.fhir_route("/{rtype}/_search", ["POST"])
+async def search_type_post(request: Request) -> Response:
+    """Per-type search by POST: parameters in the query or a form-encoded body."""
+    return await _search_type(request, await _with_body(request))
+
+
+async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     record, caller, base = await context(request)
     rtype = request.path_params["rtype"]
     P.check_format(request)
     if rtype not in SEARCH_TYPES:
         raise NotFound(f"Resource type '{rtype}' is not supported")
-    q = P.multi(request)
     pref = P.prefer(request)
-    patient = q.get("patient", q.get("subject", [None]))[-1]
-    if not patient:
+    if not q.get("patient", q.get("subject", [None]))[-1]:
         raise InvalidRequest(f"{rtype} search needs the patient parameter", "patient")
-    pid = patient.removeprefix("Patient/")
+    pid = _patient_param(q, base)
     rest = {
-        k: v
-        for k, v in q.items()
-        if k not in P.RESULT_PARAMS | {"patient", "subject", "_revinclude"}
+        k: v for k, v in q.items() if k not in PAGED_PARAMS | {"patient", "subject", "_revinclude"}
     }
     crit, unknown_names = criteria(rtype, rest)
     P.unknown(unknown_names, pref.strict)
@@ -358,6 +533,13 @@ async def search_type(request: Request) -> Response:
     access.require(caller, rtype, "s")
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
+    key = f"{rtype}?patient=Patient/{pid}"
+    url = f"{base}/{rtype}"
+    used = {"patient", "subject", "_revinclude"} & set(q) | {c.param for c in crit}
+    if "_cursor" in q:
+        return await _stored_page(
+            request, caller, situation, key, base, url, q, used, "search-type"
+        )
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
     shown = request.app.state.guard.filter(
         situation,
@@ -373,18 +555,9 @@ async def search_type(request: Request) -> Response:
     )
     request.state.break_glass = shown.break_glass
     matches = shown.resources
-    used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
-    includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
-    await audit(request, "search-type", [pid])
-    return fhir(
-        _page(
-            base,
-            f"{base}/{rtype}",
-            matches,
-            q,
-            used,
-            request,
-            includes=includes,
-            outcomes=[_outcome(fed, shown)],
-        )
+    snap = _snapshot(request, fed, situation, shown, key, matches)
+    if revinclude:
+        snap = replace(snap, includes=access.provenance_for(caller, fed.provenance, matches))
+    return await _first_page(
+        request, caller, situation, pid, snap, base, url, q, used, "search-type"
     )

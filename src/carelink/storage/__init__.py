@@ -5,6 +5,7 @@ from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.replay_store import ReplayStore
+from carelink.storage.result_store import ResultStore
 
 __all__ = [
     "ConsentRow",
@@ -18,5 +19,6 @@ __all__ = [
     "OptOutStore",
     "PersonRow",
     "ReplayStore",
+    "ResultStore",
     "ReviewRow",
 ]
