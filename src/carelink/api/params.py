@@ -167,8 +167,10 @@ class Paging:
         return out
 
     def on_cursor(self, cursor: str) -> Paging:
-        """The same page over a stored result: links carry the cursor, not the search."""
-        kept = tuple((k, v) for k, v in self.kept if k in ("_elements", "_summary", "_format"))
+        """The same page over a stored result: links carry the cursor and the patient
+        (which says whose compartment is searched), not the rest of the search."""
+        wanted = ("patient", "subject", "_elements", "_summary", "_format")
+        kept = tuple((k, v) for k, v in self.kept if k in wanted)
         return replace(self, kept=(("_cursor", cursor), *kept))
 
 

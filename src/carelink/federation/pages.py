@@ -32,7 +32,7 @@ from carelink.storage import ResultStore
 Json = dict[str, Any]
 
 GONE = (
-    "this paging cursor is unknown, has expired or belongs to another caller; "
+    "this paging cursor is unknown, has expired or is no longer valid for this caller; "
     "run the search again for a fresh first page"
 )
 
@@ -80,11 +80,8 @@ class Pages:
         if body is None:
             raise Gone(GONE)
         snapshot = Snapshot(**orjson.loads(body))
-        if snapshot.key != key:
+        if snapshot.key != key or snapshot.consent != consent:
+            # a consent change ends the cursor (never serve what consent now withholds),
+            # with the same words as any other dead cursor, so nothing says why
             raise Gone(GONE)
-        if snapshot.consent != consent:
-            raise Gone(
-                "the patient's consent changed since this search began; "
-                "run the search again for a fresh first page"
-            )
         return snapshot

@@ -159,7 +159,7 @@ def criteria(rtype: str, params: Mapping[str, list[str]]) -> tuple[list[Criterio
     out: list[Criterion] = []
     unknown: list[str] = []
     for key, values in params.items():
-        name, _, modifier = key.partition(":")
+        name, colon, modifier = key.partition(":")
         spec = known.get(name)
         if spec is None:
             unknown.append(key)
@@ -168,7 +168,7 @@ def criteria(rtype: str, params: Mapping[str, list[str]]) -> tuple[list[Criterio
         for v in values:
             if v == "":
                 raise InvalidRequest(f"Parameter '{key}' has an empty value", key)
-        if modifier:
+        if colon:
             if modifier not in MODIFIERS.get(kind, frozenset()):
                 allowed = ", ".join(f":{m}" for m in sorted(MODIFIERS.get(kind, ())))
                 raise InvalidRequest(
