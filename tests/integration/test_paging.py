@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -297,6 +300,36 @@ def test_fhirpy_execute_calls_everything_by_post_with_its_defaults(system):
     assert next_url(typed) is not None
 
 
+JS = Path(__file__).resolve().parents[1] / "js"
+
+
+def test_fhir_kit_client_operation_and_next_page_work_with_their_defaults(system):
+    """fhir-kit-client (JavaScript) POSTs operations with no body or a Parameters body."""
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "fhir-kit-client").is_dir():
+        pytest.skip("fhir-kit-client is not installed: npm ci --prefix tests/js")
+    pid = pid_of(system.base, everyone(system))
+    run = subprocess.run(
+        [node, str(JS / "everything.mjs"), system.base, pid],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["resourceType"] == "Bundle"
+    assert got["total"] > 0
+    expected = matches(
+        httpx.get(
+            f"{system.base}/Patient/{pid}/$everything",
+            params={"_type": "Encounter", "_count": 1000},
+        ).json()
+    )
+    assert got["encounters"] == len(expected) > 3
+    assert got["paged"] == expected
+
+
 def test_post_search_with_a_form_is_the_same_as_get(system):
     pid = pid_of(system.base, everyone(system))
     got = httpx.get(f"{system.base}/Encounter", params={"patient": pid, "_count": 1000}).json()
@@ -351,12 +384,21 @@ def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Gateway(started[0].base, issuer)
 
 
+def audit_outcomes(gateway: Gateway, pid: str) -> list[str]:
+    """The outcome codes of the patient's audit trail, newest first."""
+    officer = gateway.token(role="R0001")
+    r = gateway.get("/AuditEvent", officer, params={"patient": pid})
+    return [e["resource"]["outcome"] for e in r.json()["entry"]]
+
+
 def test_another_caller_cannot_use_a_cursor(gateway, system):
     alice = gateway.token(sub="clinician-1")
     pid = pid_of(gateway.base, everyone(system), {"Authorization": f"Bearer {alice}"})
     first = gateway.get("/Encounter", alice, params={"patient": pid, "_count": 2})
     link = str(next_url(first.json()))
+    before = audit_outcomes(gateway, pid)
     assert gateway.get(link, alice).status_code == 200
+    assert audit_outcomes(gateway, pid) == ["0", *before]  # each page access is audited
     unknown = link.replace(parse_qs(urlsplit(link).query)["_cursor"][0], "x" * 32)
     for thief in (
         gateway.token(sub="clinician-2"),  # someone else
@@ -368,6 +410,7 @@ def test_another_caller_cannot_use_a_cursor(gateway, system):
         assert stolen.status_code == 410, stolen.text
         # indistinguishable from a cursor that never existed
         assert stolen.json() == gateway.get(unknown, thief).json()
+    assert audit_outcomes(gateway, pid)[:8] == ["4"] * 8  # every attempt audited as refused
 
 
 def test_an_expired_cursor_is_410_gone(gateway, system):

@@ -18,7 +18,7 @@ from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import FAILED, REFUSED
 from carelink.auth import Principal
 from carelink.consent import Filtered, Guard, Situation
-from carelink.errors import AccessDenied, InvalidRequest, NotFound
+from carelink.errors import AccessDenied, Gone, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
@@ -404,7 +404,11 @@ async def _stored_page(
     """A later page, cut from the result the first page stored (no fan-out)."""
     cursor = q["_cursor"][-1]
     pages: Pages = request.app.state.pages
-    snap = pages.load(cursor, paging.owner(caller), key, paging.consent_digest(situation))
+    try:
+        snap = pages.load(cursor, paging.owner(caller), key, paging.consent_digest(situation))
+    except Gone as gone:
+        await audit(request, interaction, [situation.patient_id], REFUSED, "paging cursor gone")
+        raise gone
     request.state.break_glass = snap.break_glass
     await audit(request, interaction, [situation.patient_id])
     return _respond(request, caller, situation, snap, base, url, q, used, cursor)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
@@ -71,7 +71,9 @@ class Pages:
         """Store ``snapshot`` for ``owner``; return its cursor id."""
         cursor = self.new_id()
         now = self.clock()
-        self.store.put(cursor, owner, orjson.dumps(asdict(snapshot)), now + self.ttl, now)
+        # fields by hand: dataclasses.asdict would deep-copy every resource first
+        body = orjson.dumps({f.name: getattr(snapshot, f.name) for f in fields(snapshot)})
+        self.store.put(cursor, owner, body, now + self.ttl, now)
         return cursor
 
     def load(self, cursor: str, owner: str, key: str, consent: str) -> Snapshot:
