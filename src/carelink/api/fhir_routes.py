@@ -244,16 +244,12 @@ async def read_patient(request: Request) -> Response:
     return fhir(body, headers=headers)
 
 
-@route("/Patient/{pid}/$everything")
+@router.fhir_route("/Patient/{pid}/$everything", ["GET", "POST"])
 async def everything(request: Request) -> Response:
-    """The whole shared record: every source at once, merged, paged over one stored result."""
-    return await _everything(request, P.multi(request))
-
-
-@router.fhir_route("/Patient/{pid}/$everything", ["POST"])
-async def everything_post(request: Request) -> Response:
-    """``$everything`` by POST: parameters in the query or in a ``Parameters`` body."""
-    return await _everything(request, await _with_body(request))
+    """The whole shared record: every source at once, merged, paged over one stored result.
+    By POST, parameters may also come in a ``Parameters`` body (or a form)."""
+    q = await _with_body(request) if request.method == "POST" else P.multi(request)
+    return await _everything(request, q)
 
 
 async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
@@ -372,13 +368,8 @@ async def _first_page(
     interaction: str,
 ) -> Response:
     """Answer from a fresh fan-out; keep the result when there is more than one page."""
-    if P.prefer(request).complete and snap.missing:
-        await audit(request, interaction, [pid], FAILED, "sources unavailable")
-        return fhir(
-            paging.unavailable(snap.missing),
-            503,
-            headers={paging.MISSING_HEADER: ", ".join(snap.missing)},
-        )
+    if (refused := await _refuse_partial(request, snap, pid, interaction)) is not None:
+        return refused
     await audit(request, interaction, [pid])
     settings = request.app.state.settings
     pages = P.paging(q, used, settings.default_page_size, settings.max_page_size)
@@ -410,8 +401,26 @@ async def _stored_page(
         await audit(request, interaction, [situation.patient_id], REFUSED, "paging cursor gone")
         raise gone
     request.state.break_glass = snap.break_glass
+    if (
+        refused := await _refuse_partial(request, snap, situation.patient_id, interaction)
+    ) is not None:
+        return refused
     await audit(request, interaction, [situation.patient_id])
     return _respond(request, caller, situation, snap, base, url, q, used, cursor)
+
+
+async def _refuse_partial(
+    request: Request, snap: Snapshot, pid: str, interaction: str
+) -> Response | None:
+    """Under ``Prefer: partial=fail``, a 503 naming the missing sources instead of the data."""
+    if not (P.prefer(request).complete and snap.missing):
+        return None
+    await audit(request, interaction, [pid], FAILED, "sources unavailable")
+    return fhir(
+        paging.unavailable(snap.missing),
+        503,
+        headers={paging.MISSING_HEADER: ", ".join(snap.missing)},
+    )
 
 
 def _respond(
