@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -15,17 +13,16 @@ from carelink.api import params as P
 from carelink.api.capability import capability_statement
 from carelink.api.deps import audit, base_url, consent_for, context, router
 from carelink.api.responses import fhir, http_date, not_modified
-from carelink.audit.events import FAILED, REFUSED
+from carelink.audit.events import REFUSED
 from carelink.auth import Principal
-from carelink.consent import Filtered, Guard, Situation
-from carelink.errors import AccessDenied, Gone, InvalidRequest, NotFound
+from carelink.consent import Guard, Situation
+from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
-from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
-from carelink.federation.record import Federated, source_outcome
-from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem, searchset
+from carelink.federation.record import Federated
+from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem
 from carelink.fhir.nhs import normalise
-from carelink.fhir.search import apply_elements, fold, parse_date, parse_token, target_range
+from carelink.fhir.search import fold, parse_date, parse_token, target_range
 from carelink.sources.base import LOCAL_ID_SYSTEM, source_uri
 
 Json = dict[str, Any]
@@ -45,39 +42,8 @@ async def metadata(request: Request) -> Response:
     return fhir(capability_statement(await base_url(request), state.settings.auth, token_url))
 
 
-def _page(
-    base: str,
-    url: str,
-    matches: list[Json],
-    q: dict[str, list[str]],
-    used: set[str],
-    request: Request,
-    *,
-    includes: list[Json] | None = None,
-    outcomes: list[Json] | None = None,
-    cursor: str | None = None,
-) -> Json:
-    """One page of ``matches``; with ``cursor``, the links page over that stored result."""
-    settings = request.app.state.settings
-    paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
-    if cursor is not None:
-        paging = paging.on_cursor(cursor)
-    total = len(matches)
-    links = paging.links(url, total)
-    if P.summary_count(q):
-        return searchset(base, [], total=total, links={"self": links["self"]})
-    page = matches[paging.offset : paging.offset + paging.count]
-    wanted = P.elements(q)
-    if wanted is not None:
-        page = [apply_elements(r, wanted) for r in page]
-    return searchset(
-        base,
-        page,
-        total=total,
-        links=links,
-        includes=(includes or []) if paging.offset == 0 else [],
-        outcomes=outcomes or [],
-    )
+#: one page of a searchset (kept under this name for the Patient routes)
+_page = paging.page
 
 
 @route("/Patient")
@@ -266,10 +232,10 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
     key = f"Patient/{pid}/$everything"
-    url = f"{base}/{key}"
     used = {"start", "end", "_since", "_type"} & set(q)
+    asked = paging.Asked(caller, situation, key, base, f"{base}/{key}", q, used, "operation")
     if "_cursor" in q:
-        return await _stored_page(request, caller, situation, key, base, url, q, used, "operation")
+        return await paging.stored_page(request, asked)
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
     shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
     request.state.break_glass = shown.break_glass
@@ -283,9 +249,9 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
             and in_period(r, start, end)
             and _since_ok(r, since, learned)
         ]
-    snap = _snapshot(request, fed, situation, shown, key, matches)
-    snap = replace(snap, includes=access.provenance_for(caller, fed.provenance, matches))
-    return await _first_page(request, caller, situation, pid, snap, base, url, q, used, "operation")
+    includes = access.provenance_for(caller, fed.provenance, matches)
+    snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
+    return await paging.first_page(request, asked, snap)
 
 
 async def _with_body(request: Request) -> dict[str, list[str]]:
@@ -331,147 +297,6 @@ def _since_ok(resource: Json, since: Any, learned: dict[str, str] | None = None)
     return rng is not None and rng.start >= since
 
 
-def _snapshot(
-    request: Request,
-    fed: Federated,
-    situation: Situation,
-    shown: Filtered,
-    key: str,
-    matches: list[Json],
-) -> Snapshot:
-    """What this search answered the caller, ready to page over."""
-    hidden = request.app.state.guard.hidden_sources(situation)
-    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
-    return Snapshot(
-        key=key,
-        consent=paging.consent_digest(situation),
-        matches=matches,
-        includes=[],
-        outcome=_outcome(fed, hidden),
-        missing=paging.missing(fed.results, hidden),
-        version=fed.etag,
-        last_modified=http_date(newest),
-        break_glass=shown.break_glass,
-    )
-
-
-async def _first_page(
-    request: Request,
-    caller: Principal,
-    situation: Situation,
-    pid: str,
-    snap: Snapshot,
-    base: str,
-    url: str,
-    q: dict[str, list[str]],
-    used: set[str],
-    interaction: str,
-) -> Response:
-    """Answer from a fresh fan-out; keep the result when there is more than one page."""
-    if (refused := await _refuse_partial(request, snap, pid, interaction)) is not None:
-        return refused
-    await audit(request, interaction, [pid])
-    settings = request.app.state.settings
-    pages = P.paging(q, used, settings.default_page_size, settings.max_page_size)
-    cursor = None
-    if not P.summary_count(q) and (
-        pages.offset > 0 or pages.offset + pages.count < len(snap.matches)
-    ):
-        cursor = request.app.state.pages.keep(snap, paging.owner(caller))
-    return _respond(request, caller, situation, snap, base, url, q, used, cursor)
-
-
-async def _stored_page(
-    request: Request,
-    caller: Principal,
-    situation: Situation,
-    key: str,
-    base: str,
-    url: str,
-    q: dict[str, list[str]],
-    used: set[str],
-    interaction: str,
-) -> Response:
-    """A later page, cut from the result the first page stored (no fan-out)."""
-    cursor = q["_cursor"][-1]
-    pages: Pages = request.app.state.pages
-    try:
-        snap = pages.load(cursor, paging.owner(caller), key, paging.consent_digest(situation))
-    except Gone as gone:
-        await audit(request, interaction, [situation.patient_id], REFUSED, "paging cursor gone")
-        raise gone
-    request.state.break_glass = snap.break_glass
-    if (
-        refused := await _refuse_partial(request, snap, situation.patient_id, interaction)
-    ) is not None:
-        return refused
-    await audit(request, interaction, [situation.patient_id])
-    return _respond(request, caller, situation, snap, base, url, q, used, cursor)
-
-
-async def _refuse_partial(
-    request: Request, snap: Snapshot, pid: str, interaction: str
-) -> Response | None:
-    """Under ``Prefer: partial=fail``, a 503 naming the missing sources instead of the data."""
-    if not (P.prefer(request).complete and snap.missing):
-        return None
-    await audit(request, interaction, [pid], FAILED, "sources unavailable")
-    return fhir(
-        paging.unavailable(snap.missing),
-        503,
-        headers={paging.MISSING_HEADER: ", ".join(snap.missing)},
-    )
-
-
-def _respond(
-    request: Request,
-    caller: Principal,
-    situation: Situation,
-    snap: Snapshot,
-    base: str,
-    url: str,
-    q: dict[str, list[str]],
-    used: set[str],
-    cursor: str | None,
-) -> Response:
-    etag = f'"{snap.version}-{_query_digest(q, caller, situation)}"'
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    body = _page(
-        base,
-        url,
-        snap.matches,
-        q,
-        used,
-        request,
-        includes=snap.includes,
-        outcomes=[snap.outcome],
-        cursor=cursor,
-    )
-    headers = {"ETag": etag}
-    if snap.last_modified is not None:
-        headers["Last-Modified"] = snap.last_modified
-    if snap.missing:
-        headers[paging.MISSING_HEADER] = ", ".join(snap.missing)
-    if P.prefer(request).complete:
-        headers["Preference-Applied"] = P.PARTIAL_FAIL
-    return fhir(body, headers=headers)
-
-
-def _query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:
-    """What else shapes the representation: the query, what the caller may see, consent."""
-    shape = [
-        sorted(q.items()),
-        sorted(caller.scopes),
-        caller.patient,
-        caller.organisation,
-        caller.role,
-        caller.purpose,
-        [(d.id, d.status) for d in situation.directives],
-    ]
-    return hashlib.blake2b(orjson.dumps(shape, default=str), digest_size=8).hexdigest()
-
-
 async def _consented_person(
     request: Request, caller: Principal, record: SharedRecord, pid: str
 ) -> Situation:
@@ -485,14 +310,6 @@ async def _consented_person(
         await audit(request, "operation", [pid], REFUSED, "withheld by consent")
         raise NotFound(f"Patient/{pid} is not known")
     return situation
-
-
-def _outcome(fed: Federated, hidden: frozenset[str]) -> Json:
-    """The per-source outcome, leaving out the sources consent hides from this caller
-    (so the answer does not show where else the person has records)."""
-    if not hidden:
-        return dict(fed.outcome)
-    return source_outcome([r for r in fed.results if r.source not in hidden])
 
 
 def _patient_param(q: dict[str, list[str]], base: str) -> str:
@@ -547,12 +364,10 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
     key = f"{rtype}?patient=Patient/{pid}"
-    url = f"{base}/{rtype}"
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.param for c in crit}
+    asked = paging.Asked(caller, situation, key, base, f"{base}/{rtype}", q, used, "search-type")
     if "_cursor" in q:
-        return await _stored_page(
-            request, caller, situation, key, base, url, q, used, "search-type"
-        )
+        return await paging.stored_page(request, asked)
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
     shown = request.app.state.guard.filter(
         situation,
@@ -568,9 +383,6 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     )
     request.state.break_glass = shown.break_glass
     matches = shown.resources
-    snap = _snapshot(request, fed, situation, shown, key, matches)
-    if revinclude:
-        snap = replace(snap, includes=access.provenance_for(caller, fed.provenance, matches))
-    return await _first_page(
-        request, caller, situation, pid, snap, base, url, q, used, "search-type"
-    )
+    includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
+    snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
+    return await paging.first_page(request, asked, snap)
