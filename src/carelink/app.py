@@ -119,7 +119,7 @@ def _interaction(request: Request) -> str:
 
 def _patient_of(request: Request) -> str | None:
     pid = request.path_params.get("pid") or request.query_params.get("patient")
-    return pid.removeprefix("Patient/") if pid else None
+    return pid.rpartition("Patient/")[2] if pid else None  # id, Patient/id or an absolute URL
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
