@@ -101,18 +101,22 @@ async def body_params(request: Request) -> dict[str, list[str]]:
             f"a POST body of type '{kind}' is not understood: send a FHIR Parameters "
             "resource (application/fhir+json) or a form (application/x-www-form-urlencoded)"
         )
-    return _parameters(raw)
+    return parameters_of(raw)
 
 
-def _parameters(raw: bytes) -> dict[str, list[str]]:
+def parameters_of(raw: bytes) -> dict[str, list[str]]:
+    """The name/value pairs of a FHIR ``Parameters`` body (simple values only, as text)."""
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("the body is not JSON") from exc
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("the body must be a FHIR Parameters resource")
+    given = body.get("parameter", [])
+    if not isinstance(given, list):
+        raise InvalidRequest("Parameters.parameter must be a list")
     out: dict[str, list[str]] = {}
-    for p in body.get("parameter", []):
+    for p in given:
         values = [v for k, v in p.items() if k.startswith("value")] if isinstance(p, dict) else []
         name = p.get("name") if isinstance(p, dict) else None
         if not isinstance(name, str) or len(values) != 1:
