@@ -91,11 +91,16 @@ def test_the_pages_of_a_search_are_its_single_page_answer_whatever_sources_do(
     query = {k: v.format(pid=pid) for k, v in params.items()}
     system.heal()
     try:
-        whole = httpx.get(url, params={**query, "_count": 1000}, timeout=10)
-        assert MISSING not in whole.headers  # every source answered the reference search
+        for _ in range(3):  # a healthy start: every source answered both (a busy machine
+            # can make a source miss the budget now and then)
+            whole = httpx.get(url, params={**query, "_count": 1000}, timeout=10)
+            page = httpx.get(url, params={**query, "_count": size}, timeout=10)
+            if MISSING not in whole.headers and MISSING not in page.headers:
+                break
+        assert MISSING not in whole.headers
+        assert MISSING not in page.headers
         expected = matches(whole.json())
         seen: list[str] = []
-        page = httpx.get(url, params={**query, "_count": size}, timeout=10)
         for step in range(1000):
             assert page.status_code == 200, page.text
             assert page.json()["total"] == len(expected)

@@ -183,6 +183,9 @@ async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response
     await audit(request, asked.interaction, [asked.pid])
     settings = request.app.state.settings
     paging = P.paging(asked.q, asked.used, settings.default_page_size, settings.max_page_size)
+    etag = _etag(asked, snap)
+    if not_modified(request, etag):  # before storing anything: a 304 has no links
+        return Response(status_code=304, headers={"ETag": etag})
     cursor = None
     more = paging.offset > 0 or paging.offset + paging.count < len(snap.matches)
     if more and not P.summary_count(asked.q):
@@ -215,8 +218,13 @@ async def _refuse_partial(request: Request, asked: Asked, snap: Snapshot) -> Res
     return fhir(unavailable(snap.missing), 503, headers={MISSING_HEADER: ", ".join(snap.missing)})
 
 
+def _etag(asked: Asked, snap: Snapshot) -> str:
+    """The page's version: the sources' data versions and everything that shaped the page."""
+    return f'"{snap.version}-{query_digest(asked.q, asked.caller, asked.situation)}"'
+
+
 def _respond(request: Request, asked: Asked, snap: Snapshot, cursor: str | None) -> Response:
-    etag = f'"{snap.version}-{query_digest(asked.q, asked.caller, asked.situation)}"'
+    etag = _etag(asked, snap)
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     body = page(
