@@ -77,3 +77,10 @@ def test_expiry_is_stated_by_the_ttl(pages):
     kept = p.keep(SNAP, "alice")
     clock.now += 599
     assert p.load(kept, "alice", SNAP.key, "c0").version == "v1"
+
+
+def test_a_set_written_in_another_shape_is_gone_not_an_error(pages):
+    p, clock = pages
+    p.store.put("old", "alice", b'{"key": "Patient/p1/$everything"}', clock.now + 60, clock.now)
+    with pytest.raises(Gone):
+        p.load("old", "alice", SNAP.key, "c0")

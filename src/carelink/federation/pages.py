@@ -81,7 +81,10 @@ class Pages:
         body = self.store.get(cursor, owner, self.clock()) if cursor else None
         if body is None:
             raise Gone(GONE)
-        snapshot = Snapshot(**orjson.loads(body))
+        try:
+            snapshot = Snapshot(**orjson.loads(body))
+        except (TypeError, orjson.JSONDecodeError):  # written by another gateway version
+            raise Gone(GONE) from None
         if snapshot.key != key or snapshot.consent != consent:
             # a consent change ends the cursor (never serve what consent now withholds),
             # with the same words as any other dead cursor, so nothing says why
