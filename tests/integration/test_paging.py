@@ -25,6 +25,7 @@ from carelink.simulators.population import SOURCES, Person
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
+from tests.support.procs import free_port, running
 from tests.support.tokens import Issuer
 
 MISSING = "x-carelink-missing-sources"
@@ -115,6 +116,22 @@ def test_the_pages_of_a_search_are_its_single_page_answer_whatever_sources_do(
         system.heal()
     assert len(seen) == len(set(seen))
     assert seen == expected
+
+
+def test_any_gateway_process_serves_the_pages_another_one_stored(system):
+    """The stored answer is in the shared database, not in the process that made it."""
+    pid = pid_of(system.base, everyone(system))
+    url = f"{system.base}/Patient/{pid}/$everything"
+    whole = matches(httpx.get(url, params={"_count": 1000}, timeout=10).json())
+    port = free_port()
+    other = f"http://127.0.0.1:{port}/fhir"
+    with running(["serve", "--port", str(port)], f"{other}/metadata", system.env):
+        page = httpx.get(url, params={"_count": 9}, timeout=10).json()
+        seen = matches(page)
+        while (link := next_url(page)) is not None:
+            page = httpx.get(link.replace(system.base, other), timeout=10).json()
+            seen += [m.replace(other, system.base) for m in matches(page)]
+    assert seen == whole
 
 
 def test_later_pages_are_cut_from_the_stored_result_under_a_cursor(system):
