@@ -28,6 +28,11 @@ def test_sources_and_budget_from_the_environment():
     assert s.budget == 0.25
 
 
+def test_stored_search_results_live_ten_minutes_unless_configured():
+    assert Settings.from_env({}).result_ttl == 600.0
+    assert Settings.from_env({"CARELINK_RESULT_TTL": "30"}).result_ttl == 30.0
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -40,6 +45,8 @@ def test_sources_and_budget_from_the_environment():
         ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
         ({"CARELINK_SOURCES": "gp"}, "name=url"),
         ({"CARELINK_SOURCES": "gp=ftp://x"}, "http:// or https://"),
+        ({"CARELINK_RESULT_TTL": "0"}, "CARELINK_RESULT_TTL must be more than 0"),
+        ({"CARELINK_RESULT_TTL": "a while"}, "number of seconds"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env, message):

@@ -33,6 +33,7 @@ from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
 from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
+from carelink.federation.pages import Pages
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -45,6 +46,7 @@ from carelink.storage import (
     JobStore,
     OptOutStore,
     ReplayStore,
+    ResultStore,
 )
 from carelink.storage.audit_store import AuditStore
 
@@ -117,7 +119,7 @@ def _interaction(request: Request) -> str:
 
 def _patient_of(request: Request) -> str | None:
     pid = request.path_params.get("pid") or request.query_params.get("patient")
-    return pid.removeprefix("Patient/") if pid else None
+    return pid.rpartition("Patient/")[2] if pid else None  # id, Patient/id or an absolute URL
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -138,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
         app.state.record = SharedRecord(index, fanout)
+        app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
@@ -228,7 +231,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = "not-found" if exc.status_code == 404 else "processing"
         text = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return outcome(exc.status_code, code, text)
+        response = outcome(exc.status_code, code, text)
+        if exc.headers:  # e.g. the Allow header of a 405
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -70,6 +70,8 @@ class Settings:
     #: production); by default ``extract-master.key`` beside a SQLite database
     master_key: str | None = None
     default_page_size: int = 50
+    #: seconds a search's stored result stays pageable (its ``next`` links work this long)
+    result_ttl: float = 600.0
     max_page_size: int = 1000
     breaker_threshold: int = 3
     breaker_reset: float = 5.0
@@ -97,6 +99,11 @@ class Settings:
                 "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
                 f"not {self.export_ttl_hours}"
             )
+        if not 0 < self.result_ttl <= 86_400:
+            raise ConfigError(
+                f"CARELINK_RESULT_TTL must be more than 0 and at most 86400 seconds, "
+                f"not {self.result_ttl}"
+            )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
@@ -121,6 +128,7 @@ class Settings:
             s,
             budget=_number(e, "CARELINK_BUDGET", s.budget, "seconds"),
             breaker_reset=_number(e, "CARELINK_BREAKER_RESET", s.breaker_reset, "seconds"),
+            result_ttl=_number(e, "CARELINK_RESULT_TTL", s.result_ttl, "seconds"),
         )
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])

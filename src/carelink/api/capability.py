@@ -11,7 +11,14 @@ from carelink.federation.query import PARAMS
 Json = dict[str, Any]
 
 _TYPES = {"token": "token", "date": "date"}
-_PAGING = "Paging with _count and _offset; next/previous links carry every other parameter."
+_PAGING = (
+    "Paging with _count and _offset over one stored answer: next/previous links carry "
+    "_cursor (valid for the caller who searched, for a limited time; then 410 Gone). "
+    "Token parameters take a,b (OR) and :not; every parameter takes :missing; other "
+    "modifiers are a 400. Also by POST (.../_search with a form; $everything with "
+    "Parameters). X-Carelink-Missing-Sources names sources missing from the answer; "
+    "Prefer: partial=fail makes that a 503."
+)
 
 
 def _param(name: str, kind: str, doc: str | None = None) -> Json:

@@ -6,6 +6,7 @@ from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
+from carelink.storage.result_store import ResultStore
 
 __all__ = [
     "ConsentRow",
@@ -23,5 +24,6 @@ __all__ = [
     "PersonQuery",
     "PersonRow",
     "ReplayStore",
+    "ResultStore",
     "ReviewRow",
 ]

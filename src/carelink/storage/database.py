@@ -22,6 +22,7 @@ from carelink.storage.tables import (
     export_jobs,
     metadata,
     opt_outs,
+    result_sets,
 )
 
 
@@ -53,6 +54,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "audit trail", _audit_tables),
     (4, "consents and break-glass grants", _consent_tables),
     (5, "opt-outs and export jobs", _export_tables),
+    (6, "result sets for paging", lambda conn: result_sets.create(conn, checkfirst=True)),
 ]
 
 

@@ -136,3 +136,14 @@ export_jobs = sa.Table(
     sa.Column("progress", sa.String(200), nullable=False),
     sa.Column("manifest", sa.LargeBinary, nullable=True),
 )
+
+#: search results kept for paging: every page of one search is cut from one stored answer
+#: (already filtered for the caller who asked), shared by every gateway process
+result_sets = sa.Table(
+    "result_sets",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
