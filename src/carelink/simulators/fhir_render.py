@@ -136,7 +136,7 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "resourceType": "Observation",
                 "status": fact.status,
                 "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-                "code": concept(fact.code),
+                "code": concept(fact.code, fact.related),
                 "subject": subject,
                 "effectiveDateTime": instant(fact.when),
                 "valueQuantity": {
@@ -153,7 +153,7 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "resourceType": "Observation",
                 "status": fact.status,
                 "category": [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs"}]}],
-                "code": concept(fact.code),
+                "code": concept(fact.code, fact.related),
                 "subject": subject,
                 "effectiveDateTime": instant(fact.when),
                 "component": [
@@ -252,9 +252,9 @@ def resource(fact: Fact, local: str) -> Json | None:
     return out
 
 
-def _bp(code: codes.Code, value: float | None) -> Json:
+def _bp(code: tuple[codes.Code, codes.Code], value: float | None) -> Json:
     return {
-        "code": concept(code),
+        "code": concept(*code),
         "valueQuantity": {"value": value, "unit": "mmHg", "system": codes.UCUM, "code": "mm[Hg]"},
     }
 
