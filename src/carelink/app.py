@@ -260,7 +260,7 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
 
 def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
     """The UK Core shape of the output: the loaded profiles, each source's ODS code."""
-    return UkCore(profiles.by_type(), settings.source_ods)
+    return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
 
 
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:

@@ -6,7 +6,11 @@ OperationOutcome) and returns it as UK Core expects:
 
 - every resource claims its type's UK Core profile in ``meta.profile``
   (resourceType -> profile URL comes from the profiles loaded from
-  ``profiles/``, so a deployment that ships other profiles claims those);
+  ``profiles/``, so a deployment that ships other profiles claims those),
+  except one that lacks a top-level element its profile makes mandatory (a
+  source's MedicationRequest without ``substitution``, as Synthea's are):
+  the gateway does not invent clinical content, so it does not claim a
+  profile the data cannot meet either (such a resource is still valid R4);
 - the merged Patient's NHS number carries the UK Core NHS number verification
   status extension: ``01`` (number present and verified) when a source that
   holds the same number says it is verified (a GP system: registration traces
@@ -93,12 +97,21 @@ def with_nhs_number_status(
     return claim(out, profile)
 
 
+def _present(resource: Json, name: str) -> bool:
+    if name.endswith("[x]"):
+        stem = name[:-3]
+        return any(k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper() for k in resource)
+    return name in resource or f"_{name}" in resource
+
+
 @dataclass(frozen=True)
 class UkCore:
     """The profiles the gateway's output claims, and each source's organisation."""
 
     profiles: Mapping[str, str]  # resourceType -> profile URL
     ods: Mapping[str, str] = field(default_factory=dict)  # source -> ODS code
+    #: resourceType -> top-level elements its profile requires (no claim without them)
+    required: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def organisation(self, source: str, patient: Json) -> str | None:
         """The ODS code naming ``source`` in Provenance (for ``registered-practice``, the
@@ -107,8 +120,11 @@ class UkCore:
         return registered_practice(patient) if ods == REGISTERED_PRACTICE else ods
 
     def claim(self, resource: Json) -> Json:
-        """``resource`` claiming its type's profile."""
-        return claim(resource, self.profiles.get(str(resource.get("resourceType"))))
+        """``resource`` claiming its type's profile, when it has what the profile requires."""
+        rtype = str(resource.get("resourceType"))
+        if not all(_present(resource, name) for name in self.required.get(rtype, ())):
+            return resource
+        return claim(resource, self.profiles.get(rtype))
 
     def shape(
         self, resources: Sequence[Json], provenance: Sequence[Json], outcome: Json

@@ -23,7 +23,8 @@ Checked, for every element the differential constrains:
 - extensions whose own profile is loaded (the NHS number verification status)
   are checked against that profile as well;
 - beyond the profile, carelink's own rule: an identifier with the NHS number
-  system carries a number that passes the modulus 11 check.
+  system carries a number that passes the modulus 11 check (a missing number
+  is the profile's cardinality to report).
 
 Not checked: ``extensible``/``preferred``/``example`` bindings, and required
 bindings to value sets not in ``profiles/`` (no terminology server: e.g.
@@ -73,7 +74,7 @@ def check(resource: Json, profiles: ProfileSet, url: str | None = None) -> list[
             out += [f"{label}: {m}" for m in _check(resource, profile, profiles)]
     for ident in _listed(resource.get("identifier")):
         nhs = isinstance(ident, dict) and ident.get("system") == NHS_NUMBER_SYSTEM
-        if nhs and not is_valid(str(ident.get("value", ""))):
+        if nhs and "value" in ident and not is_valid(str(ident["value"])):
             out.append(f"{label}: NHS number {ident.get('value')!r} fails the check digit")
     return out
 

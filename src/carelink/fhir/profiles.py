@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,23 @@ class Profile:
     base: str
     elements: tuple[Element, ...]
 
+    @cached_property
+    def _by_id(self) -> dict[str, Element]:
+        return {e.id: e for e in self.elements}
+
     def element(self, id_: str) -> Element | None:
         """The differential element with this id, if the profile constrains it."""
-        return next((e for e in self.elements if e.id == id_), None)
+        return self._by_id.get(id_)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Top-level elements the profile makes mandatory (``min >= 1``), e.g. UK Core
+        MedicationRequest's ``substitution``; ``value[x]`` style names keep their ``[x]``."""
+        return tuple(
+            e.id.split(".", 1)[1]
+            for e in self.elements
+            if e.min and e.id.count(".") == 1 and ":" not in e.id
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,14 @@ class ProfileSet:
             if p.type == resource_type and p.base == CORE + resource_type:
                 return p.url
         return None
+
+    def required_by_type(self) -> dict[str, tuple[str, ...]]:
+        """resourceType -> the top-level elements its profile makes mandatory."""
+        return {
+            p.type: p.required
+            for p in self.profiles.values()
+            if p.base == CORE + p.type and p.required
+        }
 
     def by_type(self) -> dict[str, str]:
         """resourceType -> the profile it claims, for every type with one."""
