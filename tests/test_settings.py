@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carelink.errors import ConfigError
-from carelink.settings import DEFAULT_SOURCES, Settings
+from carelink.settings import DEFAULT_SOURCE_ODS, DEFAULT_SOURCES, Settings
 from tests.support.procs import carelink
 
 
@@ -28,6 +28,14 @@ def test_sources_and_budget_from_the_environment():
     assert s.budget == 0.25
 
 
+def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
+    assert dict(Settings.from_env({}).source_ods) == DEFAULT_SOURCE_ODS
+    s = Settings.from_env({"CARELINK_SOURCE_ODS": "acute=RXX01, hospice=Y12345"})
+    assert s.source_ods["acute"] == "RXX01"
+    assert s.source_ods["hospice"] == "Y12345"
+    assert s.source_ods["gp"] == "registered-practice"  # the defaults stay for the rest
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -40,6 +48,8 @@ def test_sources_and_budget_from_the_environment():
         ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
         ({"CARELINK_SOURCES": "gp"}, "name=url"),
         ({"CARELINK_SOURCES": "gp=ftp://x"}, "http:// or https://"),
+        ({"CARELINK_SOURCE_ODS": "acute"}, "name=ODS code"),
+        ({"CARELINK_SOURCE_ODS": "acute=rac 00"}, "'acute': 'rac 00' is not an ODS code"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env, message):
