@@ -40,6 +40,7 @@ KEEP = (
     "PractitionerRole",
     "Procedure",
     "Provenance",
+    "RelatedPerson",
     "ServiceRequest",
 )
 #: StructureDefinition elements that repeat (0..*): JSON arrays even with one item
