@@ -32,8 +32,14 @@ from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
-from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
-from carelink.federation.ukcore import UkCore
+from carelink.federation import (
+    BuildReport,
+    CircuitBreaker,
+    FanOut,
+    SharedRecord,
+    UkCore,
+    build_index,
+)
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
