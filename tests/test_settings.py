@@ -73,3 +73,16 @@ def test_token_mode_without_an_audience_does_not_start():
 
     with pytest.raises(ConfigError, match="CARELINK_AUDIENCE"):
         create_app(Settings.from_env({}))
+
+
+def test_the_gateway_does_not_start_with_a_profile_file_it_cannot_use(tmp_path):
+    (tmp_path / "UKCore-Patient.json").write_text('{"resourceType": "StructureDefinition"')
+    result = carelink(
+        ["serve", "--port", "1"],
+        {"CARELINK_AUTH": "development", "CARELINK_PROFILES": str(tmp_path)},
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        f"carelink: configuration error: {tmp_path / 'UKCore-Patient.json'}:1: a profile is "
+        "not JSON (unexpected end of data)"
+    ]
