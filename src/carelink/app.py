@@ -32,8 +32,16 @@ from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
-from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
+from carelink.federation import (
+    BuildReport,
+    CircuitBreaker,
+    FanOut,
+    SharedRecord,
+    UkCore,
+    build_index,
+)
 from carelink.federation.pages import Pages
+from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -139,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout)
+        app.state.record = SharedRecord(index, fanout, _ukcore(app.state.profiles, settings))
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
@@ -197,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.policy = load_policy(Path(settings.consent_policy))
+    app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
     app.state.verifier = None
@@ -261,6 +270,11 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
             await session.close()
 
 
+def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
+    """The UK Core shape of the output: the loaded profiles, each source's ODS code."""
+    return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
+
+
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
     return Guard(
         Engine(policy),
@@ -297,7 +311,7 @@ async def extract_with(
         fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
-            SharedRecord(index, fanout),
+            SharedRecord(index, fanout, _ukcore(load_profiles(Path(settings.profiles)), settings)),
             spec,
             load_master_key(master, create=settings.mode != "production"),
             Path(settings.deid_rules),

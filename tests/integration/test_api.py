@@ -241,8 +241,13 @@ def test_everything_etag_answers_304_until_data_changes(system):
         ),
         (
             "Observation",
+            {"code": "http://snomed.info/sct|75367002"},
+            lambda r: r["code"]["coding"][0]["code"] == "75367002",
+        ),
+        (  # primary care records SNOMED CT; the LOINC coding alongside still finds it
+            "Observation",
             {"code": "http://loinc.org|85354-9"},
-            lambda r: r["code"]["coding"][0]["code"] == "85354-9",
+            lambda r: any(c["code"] == "85354-9" for c in r["code"]["coding"]),
         ),
         ("Observation", {"date": "ge2020-01-01"}, lambda r: r["effectiveDateTime"] >= "2020-01-01"),
         ("Encounter", {}, lambda r: r["resourceType"] == "Encounter"),

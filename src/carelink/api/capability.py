@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from carelink import __version__
@@ -65,8 +66,14 @@ def _patient_params() -> list[Json]:
     return out
 
 
-def capability_statement(base: str, auth: str, token_url: str | None = None) -> Json:
-    """Built from the same tables the search code uses, so it cannot drift from them."""
+def capability_statement(
+    base: str, auth: str, token_url: str | None = None, profiles: Mapping[str, str] | None = None
+) -> Json:
+    """Built from the same tables the search code uses, so it cannot drift from them.
+
+    ``profiles`` (resourceType -> profile URL, the ones the output claims) become each
+    resource's ``supportedProfile``.
+    """
     audit = (
         " Every access, allowed or refused, is recorded as an AuditEvent (IHE Basic Audit Log "
         "Patterns), hash-chained with signed checkpoints, before the answer is sent; if the "
@@ -208,6 +215,9 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
             "documentation": "Groups for $export: practice-<ODS code>, condition-<SNOMED CT>.",
         }
     )
+    for r in resources:
+        if profiles and r["type"] in profiles:
+            r["supportedProfile"] = [profiles[r["type"]]]
     return {
         "resourceType": "CapabilityStatement",
         "id": "carelink",

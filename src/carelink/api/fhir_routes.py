@@ -38,7 +38,10 @@ async def metadata(request: Request) -> Response:
     P.check_format(request)
     state = request.app.state
     token_url = state.token_url if state.token_service is not None else None
-    return fhir(capability_statement(await base_url(request), state.settings.auth, token_url))
+    profiles = state.profiles.by_type()
+    return fhir(
+        capability_statement(await base_url(request), state.settings.auth, token_url, profiles)
+    )
 
 
 @router.fhir_route("/Patient/{pid}/$everything", ["GET", "POST"])

@@ -15,6 +15,7 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.merge import merge, provenance
+from carelink.federation.ukcore import UkCore
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.storage import IndexStore, LinkRow, PersonRow
 
@@ -108,9 +109,13 @@ def _skipped_issue(r: SourceResult) -> Json:
 class SharedRecord:
     """Index lookups and federated reads."""
 
-    def __init__(self, index: IndexStore, fanout: FanOut) -> None:
+    def __init__(self, index: IndexStore, fanout: FanOut, ukcore: UkCore | None = None) -> None:
         self.index = index
         self.fanout = fanout
+        self.ukcore = ukcore  # the UK Core shape of the output (None: as the sources gave it)
+
+    def _ods(self, source: str, patient: Json) -> str | None:
+        return self.ukcore.organisation(source, patient) if self.ukcore is not None else None
 
     def by_nhs_number(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number (index only, no fan-out)."""
@@ -138,10 +143,13 @@ class SharedRecord:
         patient = orjson.loads(person.patient)
         resources = [patient, *merged]
         provs = [
-            provenance(person_id, r, contributed.get(r.source, []))
+            provenance(person_id, r, contributed.get(r.source, []), self._ods(r.source, patient))
             for r in results
             if r.status == OK
         ]
+        outcome = source_outcome(results)
+        if self.ukcore is not None:
+            resources, provs, outcome = self.ukcore.shape(resources, provs, outcome)
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
         for r in results:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
@@ -150,7 +158,7 @@ class SharedRecord:
             tuple(links),
             resources,
             provs,
-            source_outcome(results),
+            outcome,
             tuple(results),
             tag.hexdigest(),
         )
