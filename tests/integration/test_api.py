@@ -36,7 +36,9 @@ def test_lookup_by_nhs_number_returns_one_merged_patient_linking_each_source(sys
     assert bundle["type"] == "searchset"
     assert bundle["total"] == 1
     patient = bundle["entry"][0]["resource"]
-    assert {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number} in patient["identifier"]
+    nhs = [i for i in patient["identifier"] if i["system"] == NHS_NUMBER_SYSTEM]
+    assert [i["value"] for i in nhs] == [person.nhs_number]
+    assert nhs[0]["extension"][0]["url"].endswith("Extension-UKCore-NHSNumberVerificationStatus")
     assert patient["name"][0]["family"] == person.family
     assert patient["birthDate"] == person.birth_date.isoformat()
     linked = {link["other"]["reference"].split("/")[1].split("-")[0] for link in patient["link"]}

@@ -62,7 +62,6 @@ from typing import Any
 
 import orjson
 
-from carelink.federation.ukcore import with_nhs_number_status
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.base import SourcePerson, local_id_system
 from carelink.sources.namespacing import namespaced_id
@@ -281,8 +280,7 @@ def merge_patient(
         out["extension"] = extensions
     if modifiers := union("modifierExtension"):
         out["modifierExtension"] = modifiers
-    # UK Core shape: NHS number verification status and meta.profile
-    return MergedPatient(with_nhs_number_status(out, [m.patient for m in ranked]), tuple(conflicts))
+    return MergedPatient(out, tuple(conflicts))
 
 
 def _merge_deceased(
