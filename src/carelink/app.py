@@ -43,6 +43,7 @@ from carelink.storage import (
     Database,
     IndexStore,
     JobStore,
+    LocationStore,
     OptOutStore,
     ReplayStore,
 )
@@ -137,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout)
+        app.state.record = SharedRecord(index, fanout, LocationStore(db))
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports

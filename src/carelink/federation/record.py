@@ -6,8 +6,9 @@ Plain values in, plain values out; the API turns them into HTTP.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,8 +16,9 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.merge import merge, provenance
+from carelink.federation.references import SHARED_TYPES, folded_copies, resolve
 from carelink.fhir.outcome import issue, operation_outcome
-from carelink.storage import IndexStore, LinkRow, PersonRow
+from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]
 STATUS_SYSTEM = "https://carelink.example/CodeSystem/source-status"
@@ -73,12 +75,30 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
     return operation_outcome(issues, id_="sources")
 
 
-class SharedRecord:
-    """Index lookups and federated reads."""
+def utc_now() -> str:
+    """The current time as a FHIR instant."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def __init__(self, index: IndexStore, fanout: FanOut) -> None:
+
+class SharedRecord:
+    """Index lookups and federated reads.
+
+    With ``locations``, every federated record notes where each of its
+    resources lives (type and id -> person), so a resource can later be read
+    by its id alone (``carelink.federation.read``).
+    """
+
+    def __init__(
+        self,
+        index: IndexStore,
+        fanout: FanOut,
+        locations: LocationStore | None = None,
+        now: Callable[[], str] = utc_now,
+    ) -> None:
         self.index = index
         self.fanout = fanout
+        self.locations = locations
+        self.now = now
 
     def by_nhs_number(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number (index only, no fan-out)."""
@@ -95,21 +115,43 @@ class SharedRecord:
     async def federate(
         self, person_id: str, types: frozenset[str] | None = None, deadline: float | None = None
     ) -> Federated:
-        """Ask every source that knows the person, merge, and report per source."""
+        """Ask every source that knows the person, merge, resolve references between the
+        sources' resources (see ``federation.references``), and report per source.
+
+        With ``types``, the shared resources (Practitioner, Organization ...) are asked
+        for too, so references to them resolve, and then left out unless asked for.
+        """
         found = self.index.person_and_links(person_id)
         if found is None:
             raise NotFound(f"Patient/{person_id} is not known")
         person, links = found
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
-        results = await self.fanout.gather(requests, f"Patient/{person_id}", types, deadline)
+        asked = types | SHARED_TYPES if types else None
+        results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
         merged, contributed = merge(results)
         patient = orjson.loads(person.patient)
-        resources = [patient, *merged]
+        resources = resolve(
+            [patient, *merged], folded_copies(results, contributed), list(self.fanout.sources)
+        )
+        if types:
+            resources = [
+                r for r in resources if r["resourceType"] in types or r["resourceType"] == "Patient"
+            ]
         provs = [
             provenance(person_id, r, contributed.get(r.source, []))
             for r in results
             if r.status == OK
         ]
+        if self.locations is not None:
+            self.locations.record(
+                person_id,
+                (
+                    (r["resourceType"], str(r["id"]))
+                    for r in [*resources, *provs]
+                    if r["resourceType"] not in SHARED_TYPES
+                ),
+                self.now(),
+            )
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
         for r in results:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())

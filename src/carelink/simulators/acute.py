@@ -6,6 +6,9 @@ Endpoints (base ``/fhir``):
 - ``GET /Patient/{id}``
 - ``GET /Patient/{id}/$everything[?_type=A,B][&_count=N&_offset=M]``
 - ``GET /{Type}?patient={id}`` for any type in the patient's compartment
+- ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for the shared
+  types (Practitioner, Organization, ...) when serving files; ``$everything``
+  then includes the shared resources the record refers to
 
 Paging uses ``_count`` / ``_offset`` and ``next`` links, as many EPRs do.
 """
@@ -29,6 +32,8 @@ from carelink.simulators.fhir_server import (
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+from carelink.simulators.shared import SharedStore, referenced
+from carelink.simulators.shared import routes as shared_routes
 
 MAX_PAGE = 1000
 
@@ -83,6 +88,10 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         q = request.query_params
         types = set(q["_type"].split(",")) if q.get("_type") else None
         items = [r for r in rec if types is None or r["resourceType"] in types]
+        if isinstance(store, SharedStore):
+            items += [
+                r for r in referenced(store, rec) if types is None or r["resourceType"] in types
+            ]
         try:
             count = int_param(q.get("_count"), MAX_PAGE, MAX_PAGE)
             offset = int_param(q.get("_offset"), 0, 10**9)
@@ -119,6 +128,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
+        *(shared_routes(store, behaviour, "/fhir") if isinstance(store, SharedStore) else []),
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),
     ]

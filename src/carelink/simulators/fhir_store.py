@@ -22,6 +22,8 @@ Json = dict[str, Any]
 
 #: Elements through which a resource belongs to a patient's compartment
 PATIENT_LINKS = ("subject", "patient", "beneficiary", "individual")
+#: Resources outside any patient's compartment that records refer to (kept by ``FileStore``)
+SHARED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication")
 
 
 class FhirStore(Protocol):
@@ -84,6 +86,8 @@ class FileStore:
         self.patients: dict[str, Json] = {}
         self.compartments: dict[str, list[Json]] = {}
         self.identifiers: dict[tuple[str, str], str] = {}
+        self.shared: dict[tuple[str, str], Json] = {}
+        self.shared_ids: dict[tuple[str, str, str], str] = {}
         for resource in _read(files):
             self._add(resource)
 
@@ -103,6 +107,28 @@ class FileStore:
                 local = ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
                 self.compartments.setdefault(local, []).append(resource)
                 return
+        if resource.get("resourceType") in SHARED_TYPES and "id" in resource:
+            self._add_shared(resource)
+
+    def _add_shared(self, resource: Json) -> None:
+        rtype, local = resource["resourceType"], str(resource["id"])
+        self.shared[(rtype, local)] = resource
+        for ident in resource.get("identifier", []):
+            if "value" in ident:
+                self.shared_ids[(rtype, ident.get("system", ""), ident["value"])] = local
+
+    def shared_resource(self, rtype: str, local: str) -> Json | None:
+        """A Practitioner, Organization, ... (outside every compartment) by id."""
+        return self.shared.get((rtype, local))
+
+    def shared_by_identifier(self, rtype: str, system: str | None, value: str) -> Json | None:
+        """A shared resource by identifier (``system`` None: any system)."""
+        if system is not None:
+            local = self.shared_ids.get((rtype, system, value))
+            return None if local is None else self.shared[(rtype, local)]
+        hits = (loc for (t, _, v), loc in self.shared_ids.items() if (t, v) == (rtype, value))
+        local = next(hits, None)
+        return None if local is None else self.shared[(rtype, local)]
 
     def patient_ids(self) -> list[str]:
         return list(self.patients)

@@ -12,7 +12,10 @@ Clinical areas and the resource types they return: includeAllergies
 MedicationRequest), includeConsultations (Encounter), includeProblems
 (Condition), includeImmunisations (Immunization), includeInvestigations
 (Observation), includeReferrals (ServiceRequest), includeCarePlans (CarePlan).
-No include parameter means every area.
+No include parameter means every area. When serving files, the Bundle also
+carries the Practitioners, Organizations, Locations ... the record refers to
+(as GP Connect's does), and ``GET /{Type}/{id}`` / ``GET /{Type}?identifier=``
+read them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from carelink.simulators.fhir_server import (
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+from carelink.simulators.shared import SharedStore, referenced
+from carelink.simulators.shared import routes as shared_routes
 
 AREAS: dict[str, tuple[str, ...]] = {
     "includeAllergies": ("AllergyIntolerance",),
@@ -95,6 +100,8 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         if rec is None:
             return not_found("Patient")
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
+        if isinstance(store, SharedStore):
+            items += referenced(store, items)
         base = str(request.base_url).rstrip("/")
         return fhir_response(
             {
@@ -143,6 +150,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             methods=["POST"],
         ),
         Route("/Patient", with_behaviour(behaviour, patients)),
+        *(shared_routes(store, behaviour, "") if isinstance(store, SharedStore) else []),
         *admin_routes(behaviour),
     ]
     return Starlette(routes=routes)

@@ -22,6 +22,7 @@ from carelink.storage.tables import (
     export_jobs,
     metadata,
     opt_outs,
+    resource_locations,
 )
 
 
@@ -53,6 +54,11 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "audit trail", _audit_tables),
     (4, "consents and break-glass grants", _consent_tables),
     (5, "opt-outs and export jobs", _export_tables),
+    (
+        6,
+        "resource locations",
+        lambda conn: resource_locations.create(conn, checkfirst=True),
+    ),
 ]
 
 

@@ -136,3 +136,14 @@ export_jobs = sa.Table(
     sa.Column("progress", sa.String(200), nullable=False),
     sa.Column("manifest", sa.LargeBinary, nullable=True),
 )
+
+#: where a resource the gateway has returned lives: (type, id) -> the person whose
+#: record holds it, and when the gateway first learned of it
+resource_locations = sa.Table(
+    "resource_locations",
+    metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_seen", sa.String(40), nullable=False),
+)

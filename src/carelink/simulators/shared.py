@@ -1,0 +1,126 @@
+"""Resources outside every patient's compartment (Practitioner, Organization, ...) at a
+FHIR simulator: read by id, searched by identifier, and found from the references of a
+patient's record so ``$everything`` can include them (R4: it SHOULD include resources
+the record refers to).
+
+Only stores holding such resources (``FileStore``, from files) take part; the
+synthetic population has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from carelink.simulators.base import Behaviour, Handler, with_behaviour
+from carelink.simulators.fhir_server import fhir_response, not_found, page_links, searchset
+from carelink.simulators.fhir_store import SHARED_TYPES
+
+Json = dict[str, Any]
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store that also holds shared resources."""
+
+    def shared_resource(self, rtype: str, local: str) -> Json | None:
+        """The shared resource ``rtype/local``."""
+        ...
+
+    def shared_by_identifier(self, rtype: str, system: str | None, value: str) -> Json | None:
+        """The shared resource of type ``rtype`` with identifier ``system|value``."""
+        ...
+
+
+def _refs(value: Any) -> Iterator[Json]:
+    if isinstance(value, dict):
+        if "reference" in value or isinstance(value.get("identifier"), dict):
+            yield value
+        for v in value.values():
+            if isinstance(v, dict | list):
+                yield from _refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, dict | list):
+                yield from _refs(v)
+
+
+def target(store: SharedStore, ref: Json) -> Json | None:
+    """The shared resource a Reference points at: literal (``Type/id``), conditional
+    (``Type?identifier=system|value``) or logical (``identifier`` alone)."""
+    literal = ref.get("reference")
+    if isinstance(literal, str):
+        rtype, sep, rest = literal.partition("?")
+        if sep:
+            if rtype not in SHARED_TYPES or not rest.startswith("identifier="):
+                return None
+            system, bar, value = rest.removeprefix("identifier=").rpartition("|")
+            return store.shared_by_identifier(rtype, system if bar else None, value)
+        parts = literal.split("/")
+        if len(parts) == 2 and parts[0] in SHARED_TYPES:
+            return store.shared_resource(parts[0], parts[1])
+        return None
+    ident = ref.get("identifier")
+    if not isinstance(ident, dict) or "value" not in ident:
+        return None
+    types = [ref["type"]] if ref.get("type") in SHARED_TYPES else SHARED_TYPES
+    for rtype in types:
+        hit = store.shared_by_identifier(rtype, ident.get("system"), ident["value"])
+        if hit is not None:
+            return hit
+    return None
+
+
+def referenced(store: SharedStore, resources: Iterable[Json]) -> list[Json]:
+    """The shared resources ``resources`` refer to, and those these refer to, once each."""
+    found: dict[tuple[str, str], Json] = {}
+    todo = list(resources)
+    while todo:
+        resource = todo.pop()
+        for ref in _refs({k: v for k, v in resource.items() if k != "contained"}):
+            hit = target(store, ref)
+            if hit is None:
+                continue
+            key = (hit["resourceType"], str(hit["id"]))
+            if key not in found:
+                found[key] = hit
+                todo.append(hit)
+    return [found[k] for k in sorted(found)]
+
+
+def routes(store: SharedStore, behaviour: Behaviour, prefix: str) -> list[Route]:
+    """``GET {prefix}/{Type}/{id}`` and ``GET {prefix}/{Type}?identifier=system|value``
+    for each shared type."""
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + prefix
+
+    def read(rtype: str) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            hit = store.shared_resource(rtype, request.path_params["id"])
+            return fhir_response(hit) if hit is not None else not_found(rtype)
+
+        return endpoint
+
+    def search(rtype: str) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            ident = request.query_params.get("identifier", "")
+            system, bar, value = ident.rpartition("|")
+            hit = store.shared_by_identifier(rtype, system if bar else None, value)
+            items = [hit] if hit is not None else []
+            url = f"{base(request)}/{rtype}?identifier={ident}"
+            return fhir_response(
+                searchset(base(request), items, len(items), page_links(url, 0, 1, len(items)))
+            )
+
+        return endpoint
+
+    out = []
+    for rtype in SHARED_TYPES:
+        out.append(Route(f"{prefix}/{rtype}/{{id}}", with_behaviour(behaviour, read(rtype))))
+        out.append(Route(f"{prefix}/{rtype}", with_behaviour(behaviour, search(rtype))))
+    return out

@@ -1,0 +1,216 @@
+"""Every reference in a shared record resolves: in the Bundle, or by a read at the gateway.
+
+The vendored Synthea export is split between two sources, as a person's
+record is in life: the hospital (acute) holds the Patient, the Encounters and
+what happened in them; the GP holds the Conditions, medicines, allergies and
+immunisations, which refer to the hospital's Encounters. Both serve the
+practitioners, organisations and locations they refer to (conditionally, by
+identifier, as Synthea writes them).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from tests.support.procs import carelink, free_port, running
+from tests.support.references import logical_only, unresolved
+from tests.support.shared import SYNTHEA
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present"),
+]
+
+SHARED = ("Practitioner", "PractitionerRole", "Organization", "Location")
+AT_ACUTE = ("Patient", "Encounter", "Procedure", "DocumentReference", "Device", *SHARED)
+AT_GP = (
+    "Patient",
+    "Condition",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Immunization",
+    *SHARED,
+)
+#: the people checked reference by reference (each $everything is a few thousand references)
+PEOPLE = 3
+
+
+@dataclass(frozen=True)
+class Split:
+    base: str  # gateway FHIR base
+    people: list[str]  # gateway Patient ids of the people known at both sources
+
+
+def _nhs_numbers() -> Iterator[str]:
+    """Valid NHS numbers from the 999 test range."""
+    for n in range(1_000_000):
+        first = f"999{n:06d}"
+        digit = check_digit(first)
+        if digit is not None:
+            yield f"{first}{digit}"
+
+
+def _copy(types: tuple[str, ...], to: Path) -> Path:
+    """The export's files of ``types``; each Patient given an NHS number (as both sources of
+    an English person's record would know it, and Synthea, being American, does not)."""
+    to.mkdir()
+    for f in SYNTHEA.glob("*.ndjson"):
+        if f.name.split(".")[0] not in types:
+            continue
+        if not f.name.startswith("Patient."):
+            shutil.copy(f, to / f.name)
+            continue
+        lines = []
+        for line, nhs in zip(f.read_text().splitlines(), _nhs_numbers(), strict=False):
+            patient = json.loads(line)
+            patient["identifier"].append({"system": NHS_NUMBER_SYSTEM, "value": nhs})
+            lines.append(json.dumps(patient))
+        (to / f.name).write_text("\n".join(lines) + "\n")
+    return to
+
+
+def _synthea_ids() -> list[str]:
+    lines = next(SYNTHEA.glob("Patient.*.ndjson")).read_text().splitlines()
+    return [json.loads(line)["id"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
+    tmp = tmp_path_factory.mktemp("split")
+    with ExitStack() as stack:
+        urls = {}
+        for name, types in (("acute", AT_ACUTE), ("gp", AT_GP)):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            data = _copy(types, tmp / name)
+            stack.enter_context(
+                running(
+                    ["simulate", name, "--port", str(port), "--data", str(data)],
+                    f"{url}/_admin/health",
+                )
+            )
+            urls[name] = url
+        env = {
+            "CARELINK_DATABASE_URL": str(tmp / "refs.db"),
+            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
+            "CARELINK_BUDGET": "20",
+            "CARELINK_AUTH": "development",
+        }
+        built = carelink(["index", "build"], env)
+        assert built.returncode == 0, built.stderr
+        port = free_port()
+        base = f"http://127.0.0.1:{port}/fhir"
+        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+        people = []
+        with httpx.Client(timeout=60) as client:
+            for local in _synthea_ids():
+                found = client.get(
+                    f"{base}/Patient",
+                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+                ).json()
+                assert found["total"] == 1, local
+                people.append(found["entry"][0]["resource"]["id"])
+        yield Split(base, people)
+
+
+def _everything(client: httpx.Client, base: str, pid: str) -> dict:
+    """The person's $everything, its pages' entries in one Bundle."""
+    url: str | None = f"{base}/Patient/{pid}/$everything?_count=1000"
+    entries: list[dict] = []
+    while url:
+        got = client.get(url)
+        assert got.status_code == 200, got.text
+        page = got.json()
+        entries += [e for e in page["entry"] if e["search"]["mode"] != "outcome" or not entries]
+        url = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+    return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+
+
+def count_unresolved(base: str, people: list[str]) -> tuple[int, list[str]]:
+    """(references, unresolved references) over the people's $everything."""
+    total = 0
+    bad: list[str] = []
+    with httpx.Client(timeout=60) as client:
+        for pid in people:
+            bundle = _everything(client, base, pid)
+
+            def readable(ref: str) -> bool:
+                return client.get(f"{base}/{ref}").status_code == 200
+
+            missing = unresolved(bundle, readable)
+            total += sum(1 for _ in _refs(bundle))
+            bad += missing
+    return total, bad
+
+
+def _refs(bundle: dict) -> Iterator[str]:
+    for e in bundle["entry"]:
+        yield from (
+            r["reference"] for r in _walk(e["resource"]) if isinstance(r.get("reference"), str)
+        )
+
+
+def _walk(value: object) -> Iterator[dict]:
+    if isinstance(value, dict):
+        yield value
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+
+
+def test_every_reference_in_everything_resolves(split: Split):
+    total, bad = count_unresolved(split.base, split.people[:PEOPLE])
+    print(f"references: {total}, unresolved: {len(bad)}")  # before/after number, seen with -s
+    assert total > 1000
+    assert bad == [], collections.Counter(r.split("/")[0].split("?")[0] for r in bad)
+
+
+def test_only_provenance_keeps_logical_references(split: Split):
+    """Identifier-only references are given the literal reference of the match in the Bundle;
+    what stays logical is Provenance naming the source system and its data version."""
+    with httpx.Client(timeout=60) as client:
+        bundle = _everything(client, split.base, split.people[0])
+    left = logical_only(bundle)
+    assert left
+    assert {t for t, _ in left} == {"Provenance"}
+
+
+def test_gp_condition_points_at_the_acute_encounter(split: Split):
+    with httpx.Client(timeout=60) as client:
+        bundle = _everything(client, split.base, split.people[0])
+        held = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
+        conditions = [
+            e["resource"]
+            for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "Condition" and "encounter" in e["resource"]
+        ]
+        assert conditions
+        for c in conditions:
+            assert c["id"].startswith("gp-")
+            ref = c["encounter"]["reference"]
+            assert ref.startswith("Encounter/acute-"), ref
+            assert ref in held
+        read = client.get(f"{split.base}/{conditions[0]['encounter']['reference']}")
+        assert read.status_code == 200
+        assert read.json()["meta"]["source"] == "urn:carelink:source:acute"
+
+
+def test_conditional_references_become_literal(split: Split):
+    with httpx.Client(timeout=60) as client:
+        bundle = _everything(client, split.base, split.people[0])
+    refs = list(_refs(bundle))
+    assert not [r for r in refs if "?" in r]
+    assert any(r.startswith("Practitioner/") for r in refs)
+    assert any(r.startswith("Location/") for r in refs)
