@@ -136,20 +136,25 @@ def _everything(client: httpx.Client, base: str, pid: str) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
 
 
-def count_unresolved(base: str, people: list[str]) -> tuple[int, list[str]]:
+@pytest.fixture(scope="module")
+def bundles(split: Split) -> dict[str, dict]:
+    """The first few people's $everything, by gateway Patient id."""
+    with httpx.Client(timeout=60) as client:
+        return {pid: _everything(client, split.base, pid) for pid in split.people[:PEOPLE]}
+
+
+def count_unresolved(base: str, bundles: dict[str, dict]) -> tuple[int, list[str]]:
     """(references, unresolved references) over the people's $everything."""
     total = 0
     bad: list[str] = []
     with httpx.Client(timeout=60) as client:
-        for pid in people:
-            bundle = _everything(client, base, pid)
 
-            def readable(ref: str) -> bool:
-                return client.get(f"{base}/{ref}").status_code == 200
+        def readable(ref: str) -> bool:
+            return client.get(f"{base}/{ref}").status_code == 200
 
-            missing = unresolved(bundle, readable)
+        for bundle in bundles.values():
+            bad += unresolved(bundle, readable)
             total += sum(1 for _ in _refs(bundle))
-            bad += missing
     return total, bad
 
 
@@ -170,26 +175,25 @@ def _walk(value: object) -> Iterator[dict]:
             yield from _walk(v)
 
 
-def test_every_reference_in_everything_resolves(split: Split):
-    total, bad = count_unresolved(split.base, split.people[:PEOPLE])
+def test_every_reference_in_everything_resolves(split: Split, bundles: dict[str, dict]):
+    total, bad = count_unresolved(split.base, bundles)
     print(f"references: {total}, unresolved: {len(bad)}")  # before/after number, seen with -s
     assert total > 1000
     assert bad == [], collections.Counter(r.split("/")[0].split("?")[0] for r in bad)
 
 
-def test_only_provenance_keeps_logical_references(split: Split):
+def test_only_provenance_keeps_logical_references(bundles: dict[str, dict]):
     """Identifier-only references are given the literal reference of the match in the Bundle;
     what stays logical is Provenance naming the source system and its data version."""
-    with httpx.Client(timeout=60) as client:
-        bundle = _everything(client, split.base, split.people[0])
-    left = logical_only(bundle)
-    assert left
-    assert {t for t, _ in left} == {"Provenance"}
+    for bundle in bundles.values():
+        left = logical_only(bundle)
+        assert left
+        assert {t for t, _ in left} == {"Provenance"}
 
 
-def test_gp_condition_points_at_the_acute_encounter(split: Split):
+def test_gp_condition_points_at_the_acute_encounter(split: Split, bundles: dict[str, dict]):
+    bundle = bundles[split.people[0]]
     with httpx.Client(timeout=60) as client:
-        bundle = _everything(client, split.base, split.people[0])
         held = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
         conditions = [
             e["resource"]
@@ -207,10 +211,62 @@ def test_gp_condition_points_at_the_acute_encounter(split: Split):
         assert read.json()["meta"]["source"] == "urn:carelink:source:acute"
 
 
-def test_conditional_references_become_literal(split: Split):
-    with httpx.Client(timeout=60) as client:
-        bundle = _everything(client, split.base, split.people[0])
-    refs = list(_refs(bundle))
+def test_conditional_references_become_literal(split: Split, bundles: dict[str, dict]):
+    refs = list(_refs(bundles[split.people[0]]))
     assert not [r for r in refs if "?" in r]
     assert any(r.startswith("Practitioner/") for r in refs)
     assert any(r.startswith("Location/") for r in refs)
+
+
+def _smallest(bundles: dict[str, dict]) -> tuple[str, dict]:
+    pid = min(bundles, key=lambda p: len(bundles[p]["entry"]))
+    return pid, bundles[pid]
+
+
+def test_every_full_url_reads_back_its_entry(bundles: dict[str, dict]):
+    """Each entry's fullUrl is a read of the same resource: compartment resources, the
+    shared ones (Practitioner, Location ...) and Provenance alike."""
+    _, bundle = _smallest(bundles)
+    types = set()
+    with httpx.Client(timeout=60) as client:
+        for e in bundle["entry"]:
+            resource = e["resource"]
+            if e["search"]["mode"] == "outcome":
+                assert "fullUrl" not in e
+                continue
+            got = client.get(e["fullUrl"])
+            assert got.status_code == 200, (e["fullUrl"], got.text)
+            assert got.headers["content-type"].startswith("application/fhir+json")
+            assert (got.json()["resourceType"], got.json()["id"]) == (
+                resource["resourceType"],
+                resource["id"],
+            )
+            types.add(resource["resourceType"])
+    assert {"Encounter", "Condition", "Practitioner", "Location", "Provenance"} <= types
+
+
+@pytest.mark.parametrize(
+    "path", ["Encounter/acute-no-such", "Practitioner/acute-no-such", "Practitioner/x", "Nope/1"]
+)
+def test_an_unknown_id_is_not_found(split: Split, path: str):
+    got = httpx.get(f"{split.base}/{path}", timeout=30)
+    assert got.status_code == 404
+    assert got.json()["issue"][0]["code"] == "not-found"
+
+
+def test_compartment_search_is_the_type_search(split: Split):
+    pid = split.people[0]
+    with httpx.Client(timeout=60) as client:
+        nested = client.get(f"{split.base}/Patient/{pid}/Condition", params={"_count": 1000})
+        flat = client.get(f"{split.base}/Condition", params={"patient": pid, "_count": 1000})
+        other = client.get(f"{split.base}/Patient/{pid}")
+        everything = client.get(f"{split.base}/Patient/{pid}/$everything", params={"_count": 1})
+    assert nested.status_code == flat.status_code == 200
+    ids = [e["resource"]["id"] for e in nested.json()["entry"] if e["search"]["mode"] == "match"]
+    assert ids
+    assert ids == [
+        e["resource"]["id"] for e in flat.json()["entry"] if e["search"]["mode"] != "outcome"
+    ]
+    # the routes before it keep their endpoints
+    assert other.json()["resourceType"] == "Patient"
+    assert everything.json()["resourceType"] == "Bundle"
