@@ -9,9 +9,11 @@ synthetic population has none.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,6 +23,13 @@ from carelink.simulators.fhir_server import fhir_response, not_found, page_links
 from carelink.simulators.fhir_store import SHARED_TYPES
 
 Json = dict[str, Any]
+
+#: a literal or conditional reference to a shared resource, in serialised JSON
+_SHARED_REF = re.compile(
+    rb'"reference":"((?:' + "|".join(SHARED_TYPES).encode() + rb')[/?][^"\\\\]*)"'
+)
+#: a Reference given by identifier (an ``identifier`` that is an object, not a list)
+_LOGICAL = b'"identifier":{'
 
 
 @runtime_checkable
@@ -81,7 +90,13 @@ def referenced(store: SharedStore, resources: Iterable[Json]) -> list[Json]:
     todo = list(resources)
     while todo:
         resource = todo.pop()
-        for ref in _refs({k: v for k, v in resource.items() if k != "contained"}):
+        # scanning the serialised resource is many times faster than walking it in Python;
+        # only a resource holding a logical reference is walked
+        raw = orjson.dumps({k: v for k, v in resource.items() if k != "contained"})
+        refs: list[Json] = [{"reference": m.decode()} for m in _SHARED_REF.findall(raw)]
+        if _LOGICAL in raw:
+            refs += [r for r in _refs(resource) if "reference" not in r]
+        for ref in refs:
             hit = target(store, ref)
             if hit is None:
                 continue
