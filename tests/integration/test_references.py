@@ -13,18 +13,30 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from fhirclient import client as smart_client
+from fhirclient.models.condition import Condition
+from fhirclient.models.encounter import Encounter
+from fhirpy import SyncFHIRClient
 
+from carelink.audit.events import REFUSED
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from carelink.storage import Database
+from carelink.storage.audit_store import AuditStore
+from tests.support.consents import privacy_consent
+from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import carelink, free_port, running
 from tests.support.references import logical_only, unresolved
 from tests.support.shared import SYNTHEA
+from tests.support.tokens import Issuer
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,6 +61,7 @@ PEOPLE = 3
 class Split:
     base: str  # gateway FHIR base
     people: list[str]  # gateway Patient ids of the people known at both sources
+    env: dict[str, str]  # the gateway's environment
 
 
 def _nhs_numbers() -> Iterator[str]:
@@ -120,7 +133,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
                 ).json()
                 assert found["total"] == 1, local
                 people.append(found["entry"][0]["resource"]["id"])
-        yield Split(base, people)
+        yield Split(base, people, env)
 
 
 def _everything(client: httpx.Client, base: str, pid: str) -> dict:
@@ -270,3 +283,121 @@ def test_compartment_search_is_the_type_search(split: Split):
     # the routes before it keep their endpoints
     assert other.json()["resourceType"] == "Patient"
     assert everything.json()["resourceType"] == "Bundle"
+
+
+def _first(bundle: dict, rtype: str, source: str) -> dict:
+    return next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == rtype
+        and e["resource"]["id"].startswith(f"{source}-")
+        and (rtype != "Condition" or "encounter" in e["resource"])
+    )
+
+
+def test_fhirpy_follows_references_to_another_source_and_to_a_practitioner(
+    split: Split, bundles: dict[str, dict]
+):
+    condition = _first(bundles[split.people[0]], "Condition", "gp")
+    fhir = SyncFHIRClient(split.base)
+    read = fhir.reference("Condition", condition["id"]).to_resource()
+    encounter = read["encounter"].to_resource()
+    assert encounter["resourceType"] == "Encounter"
+    assert encounter["meta"]["source"] == "urn:carelink:source:acute"
+    doctor = encounter["participant"][0]["individual"].to_resource()
+    assert doctor["resourceType"] == "Practitioner"
+    assert doctor["name"]
+
+
+def test_fhirclient_resolves_a_reference_to_another_source(split: Split, bundles: dict[str, dict]):
+    condition = _first(bundles[split.people[0]], "Condition", "gp")
+    smart = smart_client.FHIRClient(settings={"app_id": "carelink-tests", "api_base": split.base})
+    read = Condition.read(condition["id"], smart.server)
+    encounter = read.encounter.resolved(Encounter)
+    assert isinstance(encounter, Encounter)
+    assert encounter.id == condition["encounter"]["reference"].split("/")[1]
+
+
+JS = Path(__file__).resolve().parents[1] / "js"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (JS / "node_modules" / "fhir-kit-client").exists(),
+    reason="fhir-kit-client (JavaScript) not installed: npm ci --prefix tests/js",
+)
+def test_fhir_kit_client_resolves_a_reference_to_another_source(
+    split: Split, bundles: dict[str, dict]
+):
+    condition = _first(bundles[split.people[0]], "Condition", "gp")
+    ran = subprocess.run(
+        [
+            "node",
+            str(JS / "follow_reference.mjs"),
+            split.base,
+            "Condition",
+            condition["id"],
+            "encounter",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    target = json.loads(ran.stdout)
+    assert f"Encounter/{target['id']}" == condition["encounter"]["reference"]
+    assert target["meta"]["source"] == "urn:carelink:source:acute"
+
+
+@pytest.fixture(scope="module")
+def secured(
+    split: Split, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Issuer, str]]:
+    """A token-mode gateway on a copy of the index, so its Consents stay its own."""
+    tmp = tmp_path_factory.mktemp("refs-consent")
+    db = copy_index(split.env["CARELINK_DATABASE_URL"], tmp / "consent.db")
+    issuer = Issuer()
+    with token_gateways(split.env, db, issuer, tmp) as started:
+        yield started[0].base, issuer, str(db)
+
+
+def test_a_read_consent_withholds_is_not_found_like_an_unknown_one_and_audited(
+    split: Split, secured: tuple[str, Issuer, str]
+):
+    base, issuer, db = secured
+    pid = split.people[0]
+    stranger = {"Authorization": f"Bearer {issuer.token(aud=base, organisation='RXX01')}"}
+    manager = {
+        "Authorization": f"Bearer {issuer.token(aud=base, scope='user/*.cruds')}",
+        "Content-Type": "application/fhir+json",
+    }
+    with httpx.Client(timeout=60) as client:
+        got = client.get(
+            f"{base}/Patient/{pid}/$everything", params={"_count": 1000}, headers=stranger
+        )
+        encounter = _first(got.json(), "Encounter", "acute")["id"]
+        condition = _first(got.json(), "Condition", "gp")["id"]
+        assert client.get(f"{base}/Encounter/{encounter}", headers=stranger).status_code == 200
+        # the patient withholds one Encounter
+        deny = {
+            "type": "deny",
+            "data": [{"meaning": "instance", "reference": {"reference": f"Encounter/{encounter}"}}],
+        }
+        consent = privacy_consent(pid, {"type": "permit", "provision": [deny]})
+        stored = client.post(f"{base}/Consent", content=orjson.dumps(consent), headers=manager)
+        assert stored.status_code == 201, stored.text
+        audit = AuditStore(Database(db))
+        start, _ = audit.head()
+        withheld = client.get(f"{base}/Encounter/{encounter}", headers=stranger)
+        unknown = client.get(f"{base}/Encounter/acute-no-such", headers=stranger)
+        allowed = client.get(f"{base}/Condition/{condition}", headers=stranger)
+    assert withheld.status_code == unknown.status_code == 404
+    assert withheld.json()["issue"][0]["diagnostics"] == f"Encounter/{encounter} is not known"
+    assert unknown.json()["issue"][0]["diagnostics"] == "Encounter/acute-no-such is not known"
+    assert allowed.status_code == 200
+    events = [orjson.loads(r.event) for r in audit.rows() if r.seq > start]
+    refused = [e for e in events if e["outcome"] == REFUSED]
+    assert len(refused) == 1
+    assert refused[0]["outcomeDesc"] == "withheld by consent"
+    assert {"reference": f"Patient/{pid}"} in [x.get("what") for x in refused[0]["entity"]]
+    assert [e["outcome"] for e in events if e is not refused[0]] == ["0"]  # the allowed read

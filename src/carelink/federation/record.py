@@ -16,7 +16,12 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.merge import merge, provenance
-from carelink.federation.references import SHARED_TYPES, folded_copies, resolve
+from carelink.federation.references import (
+    SHARED_TYPES,
+    folded_copies,
+    referenced_types,
+    resolve,
+)
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
@@ -119,7 +124,9 @@ class SharedRecord:
         sources' resources (see ``federation.references``), and report per source.
 
         With ``types``, the shared resources (Practitioner, Organization ...) are asked
-        for too, so references to them resolve, and then left out unless asked for.
+        for too, so references to them resolve, and then left out unless asked for; the
+        other types the answer refers to (the Encounters of Conditions) are asked for in a
+        second round, only to resolve references against them.
         """
         found = self.index.person_and_links(person_id)
         if found is None:
@@ -129,10 +136,19 @@ class SharedRecord:
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
         merged, contributed = merge(results)
+        folded = folded_copies(results, contributed)
+        context: list[Json] = []
+        extra: list[SourceResult] = []
+        if asked is not None:
+            wanted = referenced_types(merged) - asked - {"Patient"}
+            if wanted:
+                extra = await self.fanout.gather(
+                    requests, f"Patient/{person_id}", frozenset(wanted), deadline
+                )
+                context, extra_contributed = merge(extra)
+                folded.update(folded_copies(extra, extra_contributed))
         patient = orjson.loads(person.patient)
-        resources = resolve(
-            [patient, *merged], folded_copies(results, contributed), list(self.fanout.sources)
-        )
+        resources = resolve([patient, *merged], folded, list(self.fanout.sources), context=context)
         if types:
             resources = [
                 r for r in resources if r["resourceType"] in types or r["resourceType"] == "Patient"
@@ -153,7 +169,7 @@ class SharedRecord:
                 self.now(),
             )
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
-        for r in results:
+        for r in [*results, *extra]:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
         return Federated(
             person,

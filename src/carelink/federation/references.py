@@ -193,8 +193,25 @@ class Resolver:
 
 
 def resolve(
-    resources: Sequence[Json], folded: Mapping[str, str], sources: Sequence[str]
+    resources: Sequence[Json],
+    folded: Mapping[str, str],
+    sources: Sequence[str],
+    context: Sequence[Json] = (),
 ) -> list[Json]:
-    """Every resource with its references resolved against the record (see the module)."""
-    resolver = Resolver(resources, folded, sources)
+    """Every resource with its references resolved against the record (see the module).
+
+    ``context`` is more of the record, fetched only so references can be resolved
+    against it (the Encounters a search for Conditions refers to): targets, not output.
+    """
+    resolver = Resolver([*resources, *context], folded, sources)
     return [resolver.resource(r) for r in resources]
+
+
+_TYPE_OF_REFERENCE = re.compile(rb'"reference":"([A-Z][A-Za-z]+)/')
+
+
+def referenced_types(resources: Sequence[Json]) -> frozenset[str]:
+    """The types the resources' literal references name."""
+    return frozenset(
+        m.decode() for r in resources for m in _TYPE_OF_REFERENCE.findall(orjson.dumps(r))
+    )
