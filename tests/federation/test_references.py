@@ -6,7 +6,7 @@ import copy
 
 from carelink.federation.fanout import OK, SourceResult
 from carelink.federation.merge import merge
-from carelink.federation.references import folded_copies, resolve
+from carelink.federation.references import folded_copies, resolve, unsettled
 
 SOURCES = ["acute", "gp", "social-care"]
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -112,3 +112,33 @@ def test_conditional_and_logical_references_resolve_to_the_resource_with_the_ide
         "reference": "Practitioner/acute-dr",
     }
     assert "reference" not in role["organization"]  # a Practitioner is not an Organization
+
+
+def test_a_reference_is_settled_by_the_record_or_by_what_was_seen_before():
+    record = _rec(
+        {"resourceType": "Condition", "id": "gp-2", "encounter": {"reference": "Encounter/gp-1"}},
+        {"resourceType": "Condition", "id": "gp-3", "encounter": {"reference": "Encounter/gp-5"}},
+        {
+            "resourceType": "Condition",
+            "id": "gp-4",
+            "evidence": [{"detail": [{"reference": "Condition/gp-2"}]}],
+        },
+    )
+    assert unsettled(record, {}, SOURCES) == {"Encounter/gp-1", "Encounter/gp-5"}
+    seen = {"Encounter/acute-1", "Encounter/gp-5"}
+    assert unsettled(record, {}, SOURCES, seen) == set()
+    out = resolve(record, {}, SOURCES, known=seen)
+    assert [r.get("encounter") for r in out[1:3]] == [
+        {"reference": "Encounter/acute-1"},
+        {"reference": "Encounter/gp-5"},
+    ]
+
+
+def test_context_resources_are_targets_but_not_output():
+    record = _rec(
+        {"resourceType": "Condition", "id": "gp-2", "encounter": {"reference": "Encounter/gp-1"}}
+    )
+    context = [{"resourceType": "Encounter", "id": "acute-1"}]
+    out = resolve(record, {}, SOURCES, context=context)
+    assert len(out) == 2
+    assert out[1]["encounter"]["reference"] == "Encounter/acute-1"

@@ -401,3 +401,14 @@ def test_a_read_consent_withholds_is_not_found_like_an_unknown_one_and_audited(
     assert refused[0]["outcomeDesc"] == "withheld by consent"
     assert {"reference": f"Patient/{pid}"} in [x.get("what") for x in refused[0]["entity"]]
     assert [e["outcome"] for e in events if e is not refused[0]] == ["0"]  # the allowed read
+
+
+def test_a_search_settles_references_to_types_it_did_not_ask_for(split: Split):
+    """A person the gateway has not federated before: the Conditions' Encounters are asked
+    for in a second round, so the search still points at the acute Encounters."""
+    pid = split.people[PEOPLE]  # nobody else in this module reads this person's record
+    got = httpx.get(f"{split.base}/Condition", params={"patient": pid, "_count": 1000}, timeout=60)
+    conditions = [e["resource"] for e in got.json()["entry"] if e["search"]["mode"] == "match"]
+    refs = [c["encounter"]["reference"] for c in conditions if "encounter" in c]
+    assert refs
+    assert all(r.startswith("Encounter/acute-") for r in refs), refs

@@ -19,8 +19,8 @@ from carelink.federation.merge import merge, provenance
 from carelink.federation.references import (
     SHARED_TYPES,
     folded_copies,
-    referenced_types,
     resolve,
+    unsettled,
 )
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
@@ -124,9 +124,10 @@ class SharedRecord:
         sources' resources (see ``federation.references``), and report per source.
 
         With ``types``, the shared resources (Practitioner, Organization ...) are asked
-        for too, so references to them resolve, and then left out unless asked for; the
-        other types the answer refers to (the Encounters of Conditions) are asked for in a
-        second round, only to resolve references against them.
+        for too, so references to them resolve, and then left out unless asked for. A
+        reference to a type not asked for (a Condition's Encounter) is settled by what the
+        gateway has seen of the person before (``resource_locations``), or else by a
+        second round asking for the types still unsettled, as targets only.
         """
         found = self.index.person_and_links(person_id)
         if found is None:
@@ -139,16 +140,24 @@ class SharedRecord:
         folded = folded_copies(results, contributed)
         context: list[Json] = []
         extra: list[SourceResult] = []
+        known: frozenset[str] = frozenset()
+        patient = orjson.loads(person.patient)
+        sources = list(self.fanout.sources)
         if asked is not None:
-            wanted = referenced_types(merged) - asked - {"Patient"}
+            # references to types not asked for: settled by what the gateway has seen of
+            # the person before, or else by asking the sources for those types too
+            loose = unsettled([patient, *merged], folded, sources)
+            if loose and self.locations is not None:
+                known = self.locations.refs_of(person_id)
+                loose = unsettled([patient, *merged], folded, sources, known)
+            wanted = {ref.split("/", 1)[0] for ref in loose} - asked - {"Patient"}
             if wanted:
                 extra = await self.fanout.gather(
                     requests, f"Patient/{person_id}", frozenset(wanted), deadline
                 )
                 context, extra_contributed = merge(extra)
                 folded.update(folded_copies(extra, extra_contributed))
-        patient = orjson.loads(person.patient)
-        resources = resolve([patient, *merged], folded, list(self.fanout.sources), context=context)
+        resources = resolve([patient, *merged], folded, sources, context=context, known=known)
         if types:
             resources = [
                 r for r in resources if r["resourceType"] in types or r["resourceType"] == "Patient"

@@ -21,7 +21,7 @@ them changes: the sources' answers are cached and shared between requests.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -67,9 +67,14 @@ class Resolver:
     """The targets of one merged record, and the rules above applied to a reference."""
 
     def __init__(
-        self, resources: Sequence[Json], folded: Mapping[str, str], sources: Sequence[str]
+        self,
+        resources: Sequence[Json],
+        folded: Mapping[str, str],
+        sources: Sequence[str],
+        known: Collection[str] = (),
     ) -> None:
         self.present = {f"{r['resourceType']}/{r['id']}" for r in resources}
+        self.present.update(known)
         self.folded = dict(folded)
         # longest first, so "social-care-x" is not read as source "social"
         self.sources = sorted(sources, key=len, reverse=True)
@@ -197,21 +202,33 @@ def resolve(
     folded: Mapping[str, str],
     sources: Sequence[str],
     context: Sequence[Json] = (),
+    known: Collection[str] = (),
 ) -> list[Json]:
     """Every resource with its references resolved against the record (see the module).
 
     ``context`` is more of the record, fetched only so references can be resolved
     against it (the Encounters a search for Conditions refers to): targets, not output.
+    ``known`` are ``Type/id`` of the person's resources the gateway has seen before
+    (``resource_locations``), also targets.
     """
-    resolver = Resolver([*resources, *context], folded, sources)
+    resolver = Resolver([*resources, *context], folded, sources, known)
     return [resolver.resource(r) for r in resources]
 
 
-_TYPE_OF_REFERENCE = re.compile(rb'"reference":"([A-Z][A-Za-z]+)/')
-
-
-def referenced_types(resources: Sequence[Json]) -> frozenset[str]:
-    """The types the resources' literal references name."""
-    return frozenset(
-        m.decode() for r in resources for m in _TYPE_OF_REFERENCE.findall(orjson.dumps(r))
-    )
+def unsettled(
+    resources: Sequence[Json],
+    folded: Mapping[str, str],
+    sources: Sequence[str],
+    known: Collection[str] = (),
+) -> frozenset[str]:
+    """Literal ``Type/id`` references whose target is neither in the record (under any
+    source's name) nor ``known``: the record must be asked for more to settle them."""
+    resolver = Resolver(resources, folded, sources, known)
+    out = set()
+    for r in resources:
+        for m in _REFERENCE.findall(orjson.dumps(r)):
+            ref = m.decode()
+            literal = ref.count("/") == 1 and "?" not in ref
+            if literal and ref not in resolver.present and resolver.literal(ref) == ref:
+                out.add(ref)
+    return frozenset(out)

@@ -30,6 +30,10 @@ class LocationStore:
         # fixed SQL from our own placeholder marks; values are always bound parameters
         where = f"resource_type = {mark} AND resource_id = {mark}"
         self._sql_person = f"SELECT person_id FROM resource_locations WHERE {where}"  # noqa: S608
+        self._sql_refs = (
+            "SELECT resource_type, resource_id FROM resource_locations "  # noqa: S608
+            f"WHERE person_id = {mark}"
+        )
         self._written: set[tuple[str, str]] = set()
 
     def record(self, person_id: str, resources: Iterable[tuple[str, str]], seen: str) -> int:
@@ -65,6 +69,11 @@ class LocationStore:
         """The person whose record held ``resource_type/resource_id``, if ever seen."""
         rows = self._hot.query(self._sql_person, (resource_type, resource_id))
         return str(rows[0][0]) if rows else None
+
+    def refs_of(self, person_id: str) -> frozenset[str]:
+        """``Type/id`` of every resource seen in the person's record."""
+        rows = self._hot.query(self._sql_refs, (person_id,))
+        return frozenset(f"{t}/{i}" for t, i in rows)
 
     def first_seen(self, resource_type: str, resource_id: str) -> str | None:
         """When the gateway first learned of the resource."""
