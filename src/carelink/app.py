@@ -113,7 +113,10 @@ def _interaction(request: Request) -> str:
     path = request.url.path
     if "$" in path:
         return "operation"
-    return "read" if "pid" in request.path_params else "search-type"
+    params = request.path_params
+    return (
+        "read" if "rid" in params or ("pid" in params and "rtype" not in params) else "search-type"
+    )
 
 
 def _patient_of(request: Request) -> str | None:
