@@ -141,7 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout, LocationStore(db))
+        locations = LocationStore(db)
+        app.state.record = SharedRecord(index, fanout, locations)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
@@ -151,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
-            app.state.record,
+            SharedRecord(index, fanout),  # bulk: no resource_locations rows for whole cohorts
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            locations.close()
             consents.close()
             app.state.audit.close()
             db.dispose()
