@@ -412,3 +412,26 @@ def test_a_search_settles_references_to_types_it_did_not_ask_for(split: Split):
     refs = [c["encounter"]["reference"] for c in conditions if "encounter" in c]
     assert refs
     assert all(r.startswith("Encounter/acute-") for r in refs), refs
+
+
+def test_reads_keep_to_the_token_scopes_and_a_patients_own_compartment(
+    split: Split, bundles: dict[str, dict], secured: tuple[str, Issuer, str]
+):
+    base, issuer, _ = secured
+    bundle = bundles[split.people[0]]
+    condition = _first(bundle, "Condition", "gp")["id"]
+    doctor = _first(bundle, "Practitioner", "acute")["id"]
+
+    def read(path: str, **claims: str) -> int:
+        token = issuer.token(aud=base, **claims)
+        got = httpx.get(f"{base}/{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return got.status_code
+
+    conditions_only = {"scope": "user/Condition.rs"}
+    assert read(f"Condition/{condition}", **conditions_only) == 200
+    assert read(f"Practitioner/{doctor}", **conditions_only) == 403
+    assert read(f"Practitioner/{doctor}", scope="user/Practitioner.r") == 200
+    own = {"scope": "patient/*.rs", "patient": split.people[0]}
+    other = {"scope": "patient/*.rs", "patient": split.people[1]}
+    assert read(f"Condition/{condition}", **own) == 200
+    assert read(f"Condition/{condition}", **other) == 404  # not 403: no existence oracle
