@@ -152,7 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
-            SharedRecord(index, fanout),  # bulk: no resource_locations rows for whole cohorts
+            # bulk: no resource_locations rows for whole cohorts, no second rounds for targets
+            SharedRecord(index, fanout, fetch_targets=False),
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
@@ -297,7 +298,7 @@ async def extract_with(
         fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
-            SharedRecord(index, fanout),
+            SharedRecord(index, fanout, fetch_targets=False),
             spec,
             load_master_key(master, create=settings.mode != "production"),
             Path(settings.deid_rules),

@@ -90,7 +90,9 @@ class SharedRecord:
 
     With ``locations``, every federated record notes where each of its
     resources lives (type and id -> person), so a resource can later be read
-    by its id alone (``carelink.federation.read``).
+    by its id alone (``carelink.federation.read``). Without ``fetch_targets``
+    (bulk extracts, whose files hold only the types asked for) a typed read
+    never asks the sources a second time just to resolve references.
     """
 
     def __init__(
@@ -99,11 +101,13 @@ class SharedRecord:
         fanout: FanOut,
         locations: LocationStore | None = None,
         now: Callable[[], str] = utc_now,
+        fetch_targets: bool = True,
     ) -> None:
         self.index = index
         self.fanout = fanout
         self.locations = locations
         self.now = now
+        self.fetch_targets = fetch_targets
 
     def by_nhs_number(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number (index only, no fan-out)."""
@@ -151,7 +155,7 @@ class SharedRecord:
                 known = self.locations.refs_of(person_id)
                 loose = unsettled([patient, *merged], folded, sources, known)
             wanted = {ref.split("/", 1)[0] for ref in loose} - asked - {"Patient"}
-            if wanted:
+            if wanted and self.fetch_targets:
                 extra = await self.fanout.gather(
                     requests, f"Patient/{person_id}", frozenset(wanted), deadline
                 )
