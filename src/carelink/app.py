@@ -52,6 +52,7 @@ from carelink.storage import (
     Database,
     IndexStore,
     JobStore,
+    LocationStore,
     OptOutStore,
     ReplayStore,
     ResultStore,
@@ -122,7 +123,10 @@ def _interaction(request: Request) -> str:
     path = request.url.path
     if "$" in path:
         return "operation"
-    return "read" if "pid" in request.path_params else "search-type"
+    params = request.path_params
+    return (
+        "read" if "rid" in params or ("pid" in params and "rtype" not in params) else "search-type"
+    )
 
 
 def _patient_of(request: Request) -> str | None:
@@ -147,7 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout, _ukcore(app.state.profiles, settings))
+        locations = LocationStore(db)
+        app.state.record = SharedRecord(
+            index, fanout, _ukcore(app.state.profiles, settings), locations=locations
+        )
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
@@ -158,7 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
-            app.state.record,
+            # bulk: no resource_locations rows for whole cohorts, no second rounds for targets
+            SharedRecord(index, fanout, fetch_targets=False),
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
@@ -186,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            locations.close()
             consents.close()
             app.state.audit.close()
             db.dispose()
@@ -311,7 +320,12 @@ async def extract_with(
         fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
-            SharedRecord(index, fanout, _ukcore(load_profiles(Path(settings.profiles)), settings)),
+            SharedRecord(
+                index,
+                fanout,
+                _ukcore(load_profiles(Path(settings.profiles)), settings),
+                fetch_targets=False,
+            ),
             spec,
             load_master_key(master, create=settings.mode != "production"),
             Path(settings.deid_rules),

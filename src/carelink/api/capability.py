@@ -8,6 +8,7 @@ from typing import Any
 from carelink import __version__
 from carelink.federation.patient_search import MODIFIERS
 from carelink.federation.query import PARAMS
+from carelink.federation.references import SHARED_TYPES
 
 Json = dict[str, Any]
 
@@ -143,7 +144,7 @@ def capability_statement(
         resources.append(
             {
                 "type": rtype,
-                "interaction": [{"code": "search-type"}],
+                "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "searchInclude": [],
                 "searchRevInclude": ["Provenance:target"],
                 "searchParam": [
@@ -155,6 +156,23 @@ def capability_statement(
                 "documentation": _PAGING,
             }
         )
+    resources.append(
+        {
+            "type": "Provenance",
+            "interaction": [{"code": "read"}],
+            "documentation": "Where each part of a record came from: read by the id in "
+            "$everything or _revinclude while the source's data is unchanged.",
+        }
+    )
+    resources.extend(
+        {
+            "type": shared,
+            "interaction": [{"code": "read"}],
+            "documentation": "Not patient data: returned by $everything when the record "
+            "refers to it, read from the source its id names; scopes apply, consent does not.",
+        }
+        for shared in sorted(SHARED_TYPES)
+    )
     resources.append(
         {
             "type": "AuditEvent",

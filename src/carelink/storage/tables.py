@@ -147,3 +147,15 @@ result_sets = sa.Table(
     sa.Column("expires", sa.Float, nullable=False, index=True),
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
+
+
+#: where a resource the gateway has returned lives: (type, id) -> the person whose
+#: record holds it, and when the gateway first learned of it
+resource_locations = sa.Table(
+    "resource_locations",
+    metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_seen", sa.String(40), nullable=False),
+)
