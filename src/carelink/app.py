@@ -34,7 +34,16 @@ from carelink.errors import AuditError, CarelinkError, ConfigError
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
-from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
+from carelink.federation import (
+    BuildReport,
+    CircuitBreaker,
+    FanOut,
+    SharedRecord,
+    UkCore,
+    build_index,
+)
+from carelink.federation.pages import Pages
+from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -45,8 +54,10 @@ from carelink.storage import (
     Database,
     IndexStore,
     JobStore,
+    LocationStore,
     OptOutStore,
     ReplayStore,
+    ResultStore,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -128,7 +139,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout)
+        locations = LocationStore(db)
+        app.state.record = SharedRecord(
+            index, fanout, _ukcore(app.state.profiles, settings), locations=locations
+        )
+        app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
@@ -138,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
-            app.state.record,
+            # bulk: no resource_locations rows for whole cohorts, no second rounds for targets
+            SharedRecord(index, fanout, fetch_targets=False),
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
@@ -170,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            locations.close()
             consents.close()
             app.state.audit.close()
             db.dispose()
@@ -189,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.policy = load_policy(Path(settings.consent_policy))
+    app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
     app.state.verifier = None
@@ -225,7 +243,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = "not-found" if exc.status_code == 404 else "processing"
         text = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return outcome(exc.status_code, code, text)
+        response = outcome(exc.status_code, code, text)
+        if exc.headers:  # e.g. the Allow header of a 405
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -266,6 +287,11 @@ def _checkpointer(settings: Settings) -> Checkpointer:
     )
 
 
+def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
+    """The UK Core shape of the output: the loaded profiles, each source's ODS code."""
+    return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
+
+
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
     return Guard(
         Engine(policy),
@@ -302,7 +328,12 @@ async def extract_with(
         fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
-            SharedRecord(index, fanout),
+            SharedRecord(
+                index,
+                fanout,
+                _ukcore(load_profiles(Path(settings.profiles)), settings),
+                fetch_targets=False,
+            ),
             spec,
             load_master_key(master, create=settings.mode != "production"),
             Path(settings.deid_rules),

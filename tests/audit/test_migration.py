@@ -1,4 +1,4 @@
-"""A trail stored before migration 6 (hashes over the event only) still verifies after it,
+"""A trail stored before migration 8 (hashes over the event only) still verifies after it,
 new records carry hashes over every column, and old records are still held to their
 events' contents (so moving one to another patient is found)."""
 
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from carelink.audit import AuditTrail, verify
 from carelink.audit.events import columns
 from carelink.storage import Database
+from carelink.storage.database import MIGRATIONS
 from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
 from tests.audit.test_trail import event
 
@@ -55,7 +56,7 @@ def _legacy_trail(db: Database, n: int) -> None:
 def upgraded(database_url):
     db = Database(database_url)
     _legacy_trail(db, 4)
-    assert db.migrate() == 6
+    assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
     yield db
     db.dispose()
 

@@ -36,7 +36,9 @@ def test_lookup_by_nhs_number_returns_one_merged_patient_linking_each_source(sys
     assert bundle["type"] == "searchset"
     assert bundle["total"] == 1
     patient = bundle["entry"][0]["resource"]
-    assert {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number} in patient["identifier"]
+    nhs = [i for i in patient["identifier"] if i["system"] == NHS_NUMBER_SYSTEM]
+    assert [i["value"] for i in nhs] == [person.nhs_number]
+    assert nhs[0]["extension"][0]["url"].endswith("Extension-UKCore-NHSNumberVerificationStatus")
     assert patient["name"][0]["family"] == person.family
     assert patient["birthDate"] == person.birth_date.isoformat()
     linked = {link["other"]["reference"].split("/")[1].split("-")[0] for link in patient["link"]}
@@ -241,8 +243,13 @@ def test_everything_etag_answers_304_until_data_changes(system):
         ),
         (
             "Observation",
+            {"code": "http://snomed.info/sct|75367002"},
+            lambda r: r["code"]["coding"][0]["code"] == "75367002",
+        ),
+        (  # primary care records SNOMED CT; the LOINC coding alongside still finds it
+            "Observation",
             {"code": "http://loinc.org|85354-9"},
-            lambda r: r["code"]["coding"][0]["code"] == "85354-9",
+            lambda r: any(c["code"] == "85354-9" for c in r["code"]["coding"]),
         ),
         ("Observation", {"date": "ge2020-01-01"}, lambda r: r["effectiveDateTime"] >= "2020-01-01"),
         ("Encounter", {}, lambda r: r["resourceType"] == "Encounter"),

@@ -37,7 +37,10 @@ def interaction(request: Request) -> str:
         return "operation"
     if method in ("POST", "PUT", "DELETE"):
         return {"POST": "create", "PUT": "update", "DELETE": "delete"}[method]
-    has_id = any(k in request.path_params for k in ("pid", "cid", "tid", "id", "job"))
+    params = request.path_params
+    if "rtype" in params:  # /{type}/{id} reads; /Patient/{id}/{type} searches
+        return "read" if "rid" in params else "search-type"
+    has_id = any(k in params for k in ("pid", "cid", "tid", "job"))
     return "read" if has_id else "search-type"
 
 

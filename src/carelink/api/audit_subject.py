@@ -1,11 +1,12 @@
 """Whom a request concerned, for the audit trail: the person in the index.
 
 A request can name a person many ways: the gateway id, a source's own
-Patient id (``acute-RX0…``), an NHS number or local id in ``identifier``,
-PIXm's ``sourceIdentifier``, ``patient=``/``subject=``, or a body (break-glass
-``Parameters``, a ``Consent``, a CDS Hooks consult). Refusals and failures
-must be filed under that person as the privacy officer knows them, so every
-form is resolved through the index to the person id; what the index does not
+Patient id (``acute-RX0…``), one of their resources (``/{type}/{id}``), an
+NHS number or local id in ``identifier``, PIXm's ``sourceIdentifier``,
+``patient=``/``subject=``, or a body (break-glass ``Parameters``, a
+``Consent``, a CDS Hooks consult). Refusals and failures must be filed under
+that person as the privacy officer knows them, so every form is resolved
+through the index to the person id; what the index does not
 know is filed under no patient (the query itself is in the event).
 """
 
@@ -19,6 +20,7 @@ from fastapi import Request
 from carelink.errors import CarelinkError
 from carelink.federation import SharedRecord
 from carelink.federation.patient_search import identifier_tests
+from carelink.federation.read import is_shared, person_of
 from carelink.fhir import NHS_NUMBER_SYSTEM
 from carelink.sources.base import local_id_system
 from carelink.storage import ConsentStore, PersonQuery
@@ -84,6 +86,8 @@ def _from_path(request: Request, record: SharedRecord) -> list[str]:
     found: list[str | None] = []
     if "pid" in params:
         found.append(person_for(record, str(params["pid"])))
+    if "rid" in params and "rtype" in params and not is_shared(str(params["rtype"])):
+        found.append(person_of(record, str(params["rtype"]), str(params["rid"])))
     consents: ConsentStore | None = getattr(request.app.state, "consents", None)
     if consents is not None and "cid" in params:
         row = consents.get(str(params["cid"]))

@@ -75,7 +75,7 @@ audit_events = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     #: the requesting user (the event's requestor agent), for ``AuditEvent?agent=``
     sa.Column("agent", sa.String(200), nullable=True),
-    #: how ``hash`` was made: 1 (before migration 6) sequence, previous hash and event;
+    #: how ``hash`` was made: 1 (before migration 8) sequence, previous hash and event;
     #: 2 every column of the row (see ``storage.audit_store.row_hash``)
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
     sa.Index("ix_audit_events_patient_seq", "patient_id", "seq"),
@@ -142,4 +142,27 @@ export_jobs = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
     sa.Column("progress", sa.String(200), nullable=False),
     sa.Column("manifest", sa.LargeBinary, nullable=True),
+)
+
+#: search results kept for paging: every page of one search is cut from one stored answer
+#: (already filtered for the caller who asked), shared by every gateway process
+result_sets = sa.Table(
+    "result_sets",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+
+#: where a resource the gateway has returned lives: (type, id) -> the person whose
+#: record holds it, and when the gateway first learned of it
+resource_locations = sa.Table(
+    "resource_locations",
+    metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_seen", sa.String(40), nullable=False),
 )
