@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from carelink.audit import AuditTrail, verify
 from carelink.audit.events import columns
 from carelink.storage import Database
-from carelink.storage.database import MIGRATIONS
 from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
+from carelink.storage.database import MIGRATIONS
 from tests.audit.test_trail import event
 
 LEGACY = """CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, recorded VARCHAR(40) NOT NULL,
