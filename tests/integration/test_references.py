@@ -397,10 +397,12 @@ def test_a_read_consent_withholds_is_not_found_like_an_unknown_one_and_audited(
     assert allowed.status_code == 200
     events = [orjson.loads(r.event) for r in audit.rows() if r.seq > start]
     refused = [e for e in events if e["outcome"] == REFUSED]
-    assert len(refused) == 1
+    assert len(refused) == 2  # every request is audited, the unknown one too
     assert refused[0]["outcomeDesc"] == "withheld by consent"
     assert {"reference": f"Patient/{pid}"} in [x.get("what") for x in refused[0]["entity"]]
-    assert [e["outcome"] for e in events if e is not refused[0]] == ["0"]  # the allowed read
+    assert refused[1]["outcomeDesc"] == "Encounter/acute-no-such is not known"
+    assert not [x for x in refused[1]["entity"] if "Patient/" in str(x.get("what"))]
+    assert [e["outcome"] for e in events if e not in refused] == ["0"]  # the allowed read
 
 
 def test_a_search_settles_references_to_types_it_did_not_ask_for(split: Split):
