@@ -427,7 +427,7 @@ def audit_outcomes(gateway: Gateway, pid: str) -> list[str]:
     """The outcome codes of the patient's audit trail, newest first (without the privacy
     officer's own reads of it, which are audited under the patient too)."""
     officer = gateway.token(role="R0001", purpose_of_use="HOPERAT", sub="privacy-officer")
-    r = gateway.get("/AuditEvent", officer, params={"patient": pid})
+    r = gateway.get("/AuditEvent", officer, params={"patient": pid, "_count": 1000})
     return [
         e["resource"]["outcome"]
         for e in r.json()["entry"]
