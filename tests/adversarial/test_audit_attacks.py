@@ -204,6 +204,12 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
         r = gw.call(method, path, token, f"step-{u}-{i}", body, **params)
         assert r.status_code == status, (i, path, r.text)
     steps = {f"step-{u}-{i}" for i in range(len(script))}
+    # one of the person's own resources, read by its id (``/{type}/{id}``) and refused
+    conditions = gw.call("GET", "/Condition", doctor, "conditions", patient=pid).json()
+    some = next(e["resource"] for e in conditions["entry"] if e["search"]["mode"] == "match")
+    by_id = gw.call("GET", f"/Condition/{some['id']}", narrow, f"step-{u}-by-id")
+    assert by_id.status_code == 403
+    steps.add(f"step-{u}-by-id")
 
     view, totals = _audit_view(gw, pid, 5)
     in_view = [_request_id(e) for e in view]
@@ -214,7 +220,7 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
     assert len(view) == totals[0]
     assert totals == [totals[0] + n for n in range(len(totals))]
     refused = [e for e in view if _request_id(e) in steps and e["outcome"] == "4"]
-    assert len(refused) == 15
+    assert len(refused) == 16
 
 
 def test_reads_of_the_audit_and_export_routes_and_unknown_paths_are_audited(gateway: Gateway):
