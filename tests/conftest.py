@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from carelink.storage import Database
+from tests.support.system import system  # noqa: F401  (the whole system, one per session)
 
 
 def _postgres_url() -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -323,3 +325,43 @@ def test_capability_statement_lists_what_is_supported(system):
     assert cs["fhirVersion"] == "4.0.1"
     types = {r["type"] for r in cs["rest"][0]["resource"]}
     assert {"Patient", "Observation", "Encounter", "Flag", "DocumentReference"} <= types
+
+
+def test_pixm_answers_a_post_with_a_parameters_body_as_it_answers_a_get(system):
+    person = person_in(system, "gp", "acute")
+    acute_id = next(
+        i
+        for i in lookup(system, person)["entry"][0]["resource"]["identifier"]
+        if i["system"].endswith("/acute")
+    )
+    got = httpx.get(
+        f"{system.base}/Patient/$ihe-pix",
+        params={"sourceIdentifier": f"{acute_id['system']}|{acute_id['value']}"},
+    )
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "sourceIdentifier",
+                "valueIdentifier": {"system": acute_id["system"], "value": acute_id["value"]},
+            }
+        ],
+    }
+    posted = httpx.post(
+        f"{system.base}/Patient/$ihe-pix",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert got.status_code == posted.status_code == 200, posted.text
+    assert posted.json() == got.json()
+    bad = httpx.post(
+        f"{system.base}/Patient/$ihe-pix",
+        content=json.dumps(
+            {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "sourceIdentifier", "valueIdentifier": {"system": "x"}}],
+            }
+        ),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert bad.status_code == 400

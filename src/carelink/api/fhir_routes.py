@@ -203,20 +203,14 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     if "_cursor" in q:
         return await paging.stored_page(request, asked)
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
+    # Consent and scopes first, the search criteria on what is left: what a criterion
+    # matched among withheld data must shape nothing of the answer.
     shown = request.app.state.guard.filter(
         situation,
-        access.visible(
-            caller,
-            (
-                r
-                for r in fed.resources
-                if r["resourceType"] == rtype and all(c.matches(r) for c in crit)
-            ),
-            "s",
-        ),
+        access.visible(caller, (r for r in fed.resources if r["resourceType"] == rtype), "s"),
     )
     request.state.break_glass = shown.break_glass
-    matches = shown.resources
+    matches = [r for r in shown.resources if all(c.matches(r) for c in crit)]
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
     snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
     return await paging.first_page(request, asked, snap)

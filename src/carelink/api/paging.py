@@ -127,18 +127,41 @@ def snapshot(
 ) -> Snapshot:
     """What this search answered the caller, ready to page over."""
     hidden = request.app.state.guard.hidden_sources(situation)
-    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
+    shown_missing = missing(fed.results, hidden)
     return Snapshot(
         key=key,
         consent=consent_digest(situation),
         matches=matches,
         includes=includes,
         outcome=outcome(fed, hidden),
-        missing=missing(fed.results, hidden),
-        version=fed.etag,
-        last_modified=http_date(newest),
+        missing=shown_missing,
+        version=content_version(matches, includes, shown_missing),
+        last_modified=http_date(newest_update(matches)),
         break_glass=shown.break_glass,
     )
+
+
+def content_version(matches: list[Json], includes: list[Json], missing: list[str]) -> str:
+    """The version of what the caller is shown, and of nothing else.
+
+    Built from the released resources (and which visible sources are missing), never
+    from the sources' own versions or times: those change when data the caller may not
+    see changes (a withheld diagnosis recorded), and an ETag that moved with them would
+    tell the caller so.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(orjson.dumps([matches, includes, missing]))
+    return digest.hexdigest()
+
+
+def newest_update(resources: Iterable[Json]) -> str | None:
+    """The newest ``meta.lastUpdated`` among the resources shown (``Last-Modified``)."""
+    stamps = [
+        str(r["meta"]["lastUpdated"])
+        for r in resources
+        if isinstance(r.get("meta"), dict) and r["meta"].get("lastUpdated")
+    ]
+    return max(stamps, default=None)
 
 
 def page(
@@ -219,7 +242,7 @@ async def _refuse_partial(request: Request, asked: Asked, snap: Snapshot) -> Res
 
 
 def _etag(asked: Asked, snap: Snapshot) -> str:
-    """The page's version: the sources' data versions and everything that shaped the page."""
+    """The page's version: what the caller is shown and everything that shaped the page."""
     return f'"{snap.version}-{query_digest(asked.q, asked.caller, asked.situation)}"'
 
 

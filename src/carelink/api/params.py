@@ -105,7 +105,8 @@ async def body_params(request: Request) -> dict[str, list[str]]:
 
 
 def parameters_of(raw: bytes) -> dict[str, list[str]]:
-    """The name/value pairs of a FHIR ``Parameters`` body (simple values only, as text)."""
+    """The name/value pairs of a FHIR ``Parameters`` body: simple values as text, an
+    ``Identifier`` (``valueIdentifier``) as the token ``system|value``."""
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -122,6 +123,8 @@ def parameters_of(raw: bytes) -> dict[str, list[str]]:
         if not isinstance(name, str) or len(values) != 1:
             raise InvalidRequest("each parameter needs a name and exactly one value[x]")
         value = values[0]
+        if "valueIdentifier" in p and isinstance(value, dict):
+            value = _identifier_token(value, name)
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise InvalidRequest(f"parameter '{name}' must have a simple value", name)
         out.setdefault(name, []).append(str(value))
@@ -203,3 +206,11 @@ def summary_count(params: dict[str, list[str]]) -> bool:
     if value == "count":
         return True
     raise InvalidRequest(f"_summary={value} is not supported (count and false are)", "_summary")
+
+
+def _identifier_token(ident: dict[str, Any], name: str) -> str:
+    """``system|value`` of an Identifier parameter (``value`` alone without a system)."""
+    system, value = ident.get("system"), ident.get("value")
+    if not isinstance(value, str) or (system is not None and not isinstance(system, str)):
+        raise InvalidRequest(f"parameter '{name}' needs an Identifier with a value", name)
+    return f"{system}|{value}" if system else value

@@ -1,0 +1,116 @@
+"""A search must not be an oracle for what consent withholds (issue 11, item 1).
+
+The guarantee: no observable of a response depends on data the caller may not
+see. Asked for the code of a withheld diagnosis, a clinician gets exactly the
+answer they get for a code nobody holds: the same status, total, entries,
+per-source outcome, missing-sources header and Last-Modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.simulators.clinical import facts
+from carelink.simulators.population import Person
+from tests.integration.conftest import SEED, System
+from tests.support.gateways import copy_index, token_gateways
+from tests.support.tokens import Issuer
+
+STRANGER = "RXX01"
+NOBODY_HAS = "http://snomed.info/sct|1000000000000109"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    system: System, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Issuer]]:
+    tmp = tmp_path_factory.mktemp("oracles")
+    db = copy_index(system.env["CARELINK_DATABASE_URL"], tmp / "oracles.db")
+    issuer = Issuer()
+    with token_gateways(system.env, db, issuer, tmp, count=1) as started:
+        yield started[0].base, issuer
+
+
+def _get(base: str, issuer: Issuer, path: str, org: str, **params: Any) -> httpx.Response:
+    token = issuer.token(aud=base, scope="user/*.cruds", organisation=org)
+    return httpx.get(
+        f"{base}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+def _sensitive_at_gp(system: System) -> Person:
+    for p in system.population:
+        usable = "gp" in p.sources and p.social_variant is None
+        if usable and any(f.sensitivity in ("HIV", "STD") for f in facts(SEED, p, "gp")):
+            return p
+    raise AssertionError("the test population has nobody with HIV or STD data at the GP")
+
+
+def _labels(r: dict[str, Any]) -> set[str]:
+    return {s.get("code") for s in r.get("meta", {}).get("security", [])}
+
+
+def _observable(r: httpx.Response) -> dict[str, Any]:
+    """Everything a caller can see of a search answer but what the query itself shapes
+    (the ETag and self link carry the query) and what varies run to run (latency)."""
+    body = r.json()
+    outcomes = []
+    for e in body.get("entry", []):
+        if e["search"]["mode"] != "outcome":
+            continue
+        issues = []
+        for i in e["resource"].get("issue", []):
+            ext = [x for x in i.get("extension", []) if not x["url"].endswith("source-latency-ms")]
+            issues.append((i["severity"], i["code"], i.get("details"), ext))
+        outcomes.append(issues)
+    return {
+        "status": r.status_code,
+        "total": body.get("total"),
+        "matches": [e for e in body.get("entry", []) if e["search"]["mode"] != "outcome"],
+        "outcome": outcomes,
+        "missing": r.headers.get("X-Carelink-Missing-Sources"),
+        "last-modified": r.headers.get("Last-Modified"),
+    }
+
+
+def test_searching_for_a_withheld_diagnosis_answers_as_for_a_code_nobody_has(gateway, system):
+    base, issuer = gateway
+    person = _sensitive_at_gp(system)
+    found = _get(
+        base,
+        issuer,
+        "/Patient",
+        person.gp_ods,
+        identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}",
+    )
+    pid = found.json()["entry"][0]["resource"]["id"]
+    # the custodian (the registered practice) sees the sensitive item: learn its type and code
+    own = _get(base, issuer, f"/Patient/{pid}/$everything", person.gp_ods, _count=1000).json()
+    withheld = next(
+        e["resource"]
+        for e in own["entry"]
+        if e["search"]["mode"] == "match" and _labels(e["resource"]) & {"HIV", "STD"}
+    )
+    rtype = withheld["resourceType"]
+    code_elem = next(k for k in ("code", "medicationCodeableConcept") if k in withheld)
+    coding = withheld[code_elem]["coding"][0]
+    code = f"{coding['system']}|{coding['code']}"
+    assert (
+        _get(base, issuer, f"/{rtype}", person.gp_ods, patient=pid, code=code).json()["total"] >= 1
+    )
+
+    asked = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=code)
+    control = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=NOBODY_HAS)
+    assert asked.status_code == 200, asked.text
+    assert _observable(asked) == _observable(control)
+    assert asked.json()["total"] == 0
+    counted = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=code, _summary="count")
+    counted_control = _get(
+        base, issuer, f"/{rtype}", STRANGER, patient=pid, code=NOBODY_HAS, _summary="count"
+    )
+    assert _observable(counted) == _observable(counted_control)
