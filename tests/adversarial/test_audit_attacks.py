@@ -439,3 +439,21 @@ def test_the_audit_view_searches_by_agent_date_entity_type_and_outcome(gateway: 
     assert total(agent=clinician, **{"entity-type": "1"}) == 1
     assert total(agent=clinician, patient=pid) == 1
     assert gw.call("GET", "/AuditEvent", officer, "bad", who="x").status_code == 400
+
+
+def test_an_answer_no_route_audited_is_withheld_when_the_trail_cannot_be_written(gateway):
+    """The safety net fails closed too: the CDS discovery document (a 200 its route does
+    not audit) becomes a 503 when its event cannot be written."""
+    gw = gateway
+    conn = sqlite3.connect(gw.db)
+    conn.execute("ALTER TABLE audit_events RENAME TO audit_events_away")
+    conn.commit()
+    try:
+        r = gw.call("GET", "/cds-services", gw.token(), "discovery")
+    finally:
+        conn.execute("ALTER TABLE audit_events_away RENAME TO audit_events")
+        conn.commit()
+        conn.close()
+    assert r.status_code == 503
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert gw.call("GET", "/cds-services", gw.token(), "discovery-again").status_code == 200
