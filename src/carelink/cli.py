@@ -244,6 +244,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # h11 stops reading headers past this (the app's BoundedInput answers 431 too)
+        h11_max_incomplete_event_size=64 * 1024,
     )
     return EXIT_OK
 
@@ -261,7 +263,13 @@ def _mint(args: argparse.Namespace) -> int:
         "scope": args.scope,
     }
     if args.patient:
-        claims["patient"] = args.patient
+        # a citizen (or someone acting for them): no clinical role, no organisation
+        claims = {
+            "sub": args.subject,
+            "purpose_of_use": args.purpose,
+            "scope": args.scope,
+            "patient": args.patient,
+        }
     print(LocalIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
     return EXIT_OK
 

@@ -45,6 +45,7 @@ class Exporter:
     def token(self, sub: str = ANALYST, **claims: Any) -> str:
         claims.setdefault("scope", "system/*.rs")
         claims.setdefault("purpose_of_use", "HRESCH")
+        claims.setdefault("client_id", sub)  # a backend-services token: the client is the caller
         return self.issuer.token(aud=self.base, sub=sub, role=None, organisation=None, **claims)
 
     def kick_off(

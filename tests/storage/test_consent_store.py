@@ -19,7 +19,11 @@ def store(database_url: str) -> Iterator[ConsentStore]:
     db.dispose()
 
 
-def grant(gid: str, expires: float) -> GrantRow:
+DR = '["issuer","dr","RXX01","R8000",null,null]'
+DR_ELSEWHERE = '["issuer","dr","RYY02","R8000",null,null]'
+
+
+def grant(gid: str, expires: float, kind: str = "break-glass") -> GrantRow:
     return GrantRow(
         gid,
         "dr",
@@ -34,15 +38,25 @@ def grant(gid: str, expires: float) -> GrantRow:
         None,
         None,
         None,
+        kind,
+        DR,
+        '["issuer","dr"]',
     )
 
 
 def test_a_grant_is_in_force_until_it_expires_and_only_for_its_holder(store):
     store.grant(grant("g1", expires=100.0))
-    assert store.has_grant("p1", "dr", now=99.0)
-    assert not store.has_grant("p1", "dr", now=100.0)
-    assert not store.has_grant("p1", "someone-else", now=50.0)
-    assert not store.has_grant("p2", "dr", now=50.0)
+    assert store.has_grant("p1", DR, now=99.0)
+    assert not store.has_grant("p1", DR, now=100.0)
+    assert not store.has_grant("p1", "dr", now=50.0)  # the bare subject is no identity
+    assert not store.has_grant("p1", DR_ELSEWHERE, now=50.0)
+    assert not store.has_grant("p2", DR, now=50.0)
+
+
+def test_a_consent_change_review_grants_no_access(store):
+    store.grant(grant("g3", expires=100.0, kind="consent-change"))
+    assert not store.has_grant("p1", DR, now=50.0)
+    assert [g.kind for g in store.grants("requested")] == ["consent-change"]
 
 
 def test_a_review_completes_once(store):
@@ -65,5 +79,6 @@ def test_only_active_consents_are_read_on_the_request_path_and_updates_are_versi
     assert not store.put(newer, expected_version=5)  # stale
     assert store.put(newer, expected_version=1)
     assert store.active("p1") == []
-    assert store.delete("c1")
-    assert store.get("c1") is None
+    assert [r.version for r in store.history("c1")] == [2, 1]  # every version is kept
+    assert store.history("c1")[1].body == b'{"id": "c1"}'
+    assert store.history("nobody") == []

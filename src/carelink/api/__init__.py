@@ -8,6 +8,7 @@ from carelink.api import (  # noqa: F401
     export_routes,
     fhir_routes,
     patient_routes,
+    review_routes,
 )
 from carelink.api.deps import router
 
