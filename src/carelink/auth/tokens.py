@@ -101,6 +101,8 @@ def validate(token: str, policy: TokenPolicy, now: Callable[[], float] = time.ti
         raise Unauthenticated("token has no expiry")
     if t > exp + policy.leeway:
         raise Unauthenticated("token has expired")
+    if nbf is not None and not isinstance(nbf, int | float):
+        raise Unauthenticated("token nbf is not a time")
     if isinstance(nbf, int | float) and t < nbf - policy.leeway:
         raise Unauthenticated("token is not valid yet")
     return principal_from(claims, issuer)
