@@ -82,3 +82,68 @@ def test_only_active_consents_are_read_on_the_request_path_and_updates_are_versi
     assert [r.version for r in store.history("c1")] == [2, 1]  # every version is kept
     assert store.history("c1")[1].body == b'{"id": "c1"}'
     assert store.history("nobody") == []
+
+
+OLD_TABLES = [
+    "CREATE TABLE consents (id VARCHAR(64) PRIMARY KEY, patient_id VARCHAR(64) NOT NULL, "
+    "status VARCHAR(20) NOT NULL, version INTEGER NOT NULL, last_updated VARCHAR(40) NOT NULL, "
+    "body BYTEA NOT NULL)",
+    "CREATE TABLE break_glass (id VARCHAR(64) PRIMARY KEY, subject VARCHAR(200) NOT NULL, "
+    "organisation VARCHAR(20), role VARCHAR(10), patient_id VARCHAR(64) NOT NULL, "
+    "reason TEXT NOT NULL, granted FLOAT NOT NULL, expires FLOAT NOT NULL, "
+    "review_status VARCHAR(20) NOT NULL, reviewer VARCHAR(200), review_outcome VARCHAR(20), "
+    "review_note TEXT, reviewed FLOAT)",
+    "CREATE TABLE export_jobs (id VARCHAR(64) PRIMARY KEY, client VARCHAR(200) NOT NULL, "
+    "status VARCHAR(20) NOT NULL, request BYTEA NOT NULL, created FLOAT NOT NULL, "
+    "lease_until FLOAT NOT NULL, progress TEXT NOT NULL, manifest BYTEA)",
+]
+
+
+def test_migration_6_keeps_what_a_schema_5_database_holds(database_url):
+    """Grants gain kind and identities (old ones match nobody), Consents their history."""
+    import sqlalchemy as sa
+
+    from carelink.storage.database import MIGRATIONS
+
+    db = Database(database_url)
+    blob = "BLOB" if db.is_sqlite else "BYTEA"
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE schema_version "
+                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
+            )
+        )
+        for number, description, _ in MIGRATIONS[:5]:
+            conn.execute(
+                sa.text("INSERT INTO schema_version VALUES (:v, :d)"),
+                {"v": number, "d": description},
+            )
+        for ddl in OLD_TABLES:
+            conn.execute(sa.text(ddl.replace("BYTEA", blob)))
+        conn.execute(
+            sa.text("INSERT INTO consents VALUES ('c1', 'p1', 'active', 3, 't', :b)"),
+            {"b": b'{"id": "c1"}'},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO break_glass (id, subject, patient_id, reason, granted, expires, "
+                "review_status) VALUES ('g1', 'dr', 'p1', 'old', 0, 1e12, 'requested')"
+            )
+        )
+    assert db.migrate() == len(MIGRATIONS)
+    store = ConsentStore(db)
+    try:
+        assert [(r.id, r.version) for r in store.history("c1")] == [("c1", 3)]
+        old = store.grant_by_id("g1")
+        assert old is not None
+        assert old.actor is None
+        assert not store.has_grant("p1", "dr", now=1.0)  # a bare subject matches nothing
+        newer = ConsentRow("c1", "p1", "inactive", 4, "t2", b'{"id": "c1", "v": 4}')
+        assert store.put(newer, expected_version=3)
+        assert [r.version for r in store.history("c1")] == [4, 3]
+        store.grant(grant("g2", expires=1e12))
+        assert store.has_grant("p1", DR, now=1.0)
+    finally:
+        store.close()
+        db.dispose()

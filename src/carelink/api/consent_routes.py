@@ -63,6 +63,12 @@ def _practice(record: SharedRecord, patient_id: str) -> str | None:
     return registered_practice(orjson.loads(person.patient)) if person else None
 
 
+def _purpose(request: Request, caller: Principal) -> None:
+    """Consent routes serve direct care (and the patient): the purpose is checked first."""
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
+
+
 def _sees(request: Request, caller: Principal, patient_id: str) -> bool:
     """Does the patient exist, and may the caller know anything about their Consents?"""
     record: SharedRecord = request.app.state.record
@@ -91,9 +97,12 @@ def _visible_row(request: Request, caller: Principal, cid: str) -> ConsentRow:
 async def _consent_body(request: Request) -> Any:
     """A Consent body within the Consent limits (bytes, provisions), before validation."""
     settings = request.app.state.settings
-    if int(request.headers.get("content-length") or 0) > settings.max_consent_bytes:
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > settings.max_consent_bytes:
         raise PayloadTooLarge(f"a Consent is at most {settings.max_consent_bytes} bytes")
     consent = await json_body(request)
+    if len(await request.body()) > settings.max_consent_bytes:  # chunked: no Content-Length
+        raise PayloadTooLarge(f"a Consent is at most {settings.max_consent_bytes} bytes")
     if isinstance(consent, dict) and isinstance(consent.get("provision"), dict):
         count = provision_count(consent)
         if count > settings.max_consent_provisions:
@@ -161,6 +170,7 @@ async def create_consent(request: Request) -> Response:
     """Record a patient's choice; in force from the next request, in every gateway process."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "c")
+    _purpose(request, caller)
     consent = await _consent_body(request)
     patient_id = _validated(request, caller, consent)
     _may_change(request, caller, patient_id)
@@ -180,6 +190,7 @@ async def update_consent(request: Request) -> Response:
     """Replace a consent (e.g. status inactive to withdraw an objection)."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "u")
+    _purpose(request, caller)
     cid = request.path_params["cid"]
     current = _visible_row(request, caller, cid)
     consent = await _consent_body(request)
@@ -205,6 +216,7 @@ async def delete_consent(request: Request) -> Response:
     version with status ``inactive`` is stored, and the earlier ones stay in the history."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "d")
+    _purpose(request, caller)
     cid = request.path_params["cid"]
     current = _visible_row(request, caller, cid)
     _may_change(request, caller, current.patient_id)
@@ -221,6 +233,7 @@ async def read_consent(request: Request) -> Response:
     """One consent (its current version)."""
     _, caller, _ = await context(request)
     access.require(caller, "Consent", "r")
+    _purpose(request, caller)
     row = _visible_row(request, caller, request.path_params["cid"])
     await audit(request, "read", [row.patient_id])
     return fhir(row.body, headers={"ETag": f'W/"{row.version}"'})
@@ -231,6 +244,7 @@ async def consent_history(request: Request) -> Response:
     """Every version of one consent, newest first (a ``history`` Bundle)."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "r")
+    _purpose(request, caller)
     row = _visible_row(request, caller, request.path_params["cid"])
     versions = request.app.state.consents.history(row.id)
     await audit(request, "history-instance", [row.patient_id])
@@ -255,6 +269,7 @@ async def consent_version(request: Request) -> Response:
     """One version of one consent."""
     _, caller, _ = await context(request)
     access.require(caller, "Consent", "r")
+    _purpose(request, caller)
     row = _visible_row(request, caller, request.path_params["cid"])
     vid = request.path_params["vid"]
     found = next(
@@ -272,6 +287,7 @@ async def search_consent(request: Request) -> Response:
     answers as an unknown patient does: an empty searchset."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "s")
+    _purpose(request, caller)
     patient = request.query_params.get("patient", "").removeprefix("Patient/")
     if not patient:
         raise InvalidRequest("Consent search needs the patient parameter", "patient")
@@ -303,6 +319,7 @@ async def consult(request: Request) -> Response:
     who may know this patient's choices; to anyone else the patient is unknown."""
     record, caller, base = await context(request)
     access.require(caller, "Consent", "r")
+    _purpose(request, caller)
     body = await json_body(request)
     ctx = body.get("context") if isinstance(body, dict) else None
     if not isinstance(body, dict) or body.get("hook") != "patient-consent-consult":

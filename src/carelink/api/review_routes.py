@@ -26,11 +26,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api.bodies import json_body
-from carelink.api.deps import audit, context, router
+from carelink.api.deps import actor, audit, context, router
 from carelink.api.responses import fhir, outcome
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
-from carelink.consent import Policy
+from carelink.consent import Guard, Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.fhir import NHS_NUMBER_SYSTEM, problem, searchset
@@ -114,6 +114,8 @@ async def break_glass(request: Request) -> Response:
     pid = _person_of(record, params)
     reason = str(_text(params, "reason", "valueString") or "").strip()
     purpose = _text(params, "purpose", "valueCode")
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
     if caller.patient is not None or caller.role not in bg.roles:
         await audit(request, "operation", [pid], REFUSED, "role may not break glass")
         raise AccessDenied(f"role {caller.role} may not break glass")
@@ -166,6 +168,8 @@ def task(g: GrantRow, base: str) -> Json:
 
 def _reviewer(request: Request, caller: Principal) -> None:
     policy: Policy = request.app.state.policy
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
     if caller.patient is not None or caller.role not in policy.source.breakGlass.reviewers:
         raise AccessDenied("only the policy's reviewers work through break-glass reviews")
 
