@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -540,3 +541,22 @@ def test_token_claims_of_the_wrong_type_are_401(gw, people):
         token = gw.issuer.token(aud=gw.base, **claims)
         r = gw.get("/Patient", token, identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}")
         assert r.status_code == 401, (claims, r.text)
+
+
+def test_system_scopes_reach_the_live_api_only_where_the_policy_says_so(system, people, tmp_path):
+    """``systemScopesOnLiveApi`` (default false) is the one switch; still backend tokens only."""
+    policy = json.loads((Path(__file__).parents[2] / "consent" / "policy.json").read_text())
+    policy["systemScopesOnLiveApi"] = True
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    db = copy_index(system.env["CARELINK_DATABASE_URL"], tmp_path / "allowing.db")
+    issuer = Issuer()
+    extra = {"CARELINK_CONSENT_POLICY": str(tmp_path / "policy.json")}
+    with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (started,):
+        allowing = Gateway(started.base, issuer, started.env["CARELINK_ISSUER_KEYS"])
+        person = people[11]
+        lookup = {"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"}
+        bot = allowing.backend("clinical-bot", purpose_of_use="TREAT", scope="system/Patient.rs")
+        assert allowing.get("/Patient", bot, **lookup).json()["total"] == 1
+        assert allowing.get("/Observation", bot, patient="x").status_code == 403  # not granted
+        posing = allowing.token(sub="clinical-bot", scope="system/Patient.rs")
+        assert allowing.get("/Patient", posing, **lookup).status_code == 401
