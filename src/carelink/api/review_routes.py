@@ -28,7 +28,6 @@ from fastapi.responses import Response
 from carelink.api.bodies import json_body
 from carelink.api.deps import actor, audit, context, router
 from carelink.api.responses import fhir, outcome
-from carelink.audit.events import REFUSED
 from carelink.auth import Principal
 from carelink.consent import Guard, Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
@@ -108,17 +107,17 @@ async def break_glass(request: Request) -> Response:
     record, caller, base = await context(request)
     policy: Policy = request.app.state.policy
     bg = policy.source.breakGlass
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
+    if caller.patient is not None or caller.role not in bg.roles:
+        # refused before the patient is looked up: no answer tells who is known
+        raise AccessDenied(f"role {caller.role} may not break glass")
     params = await json_body(request)
     if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
         raise InvalidRequest("send a Parameters resource (patient or identifier, reason, purpose)")
     pid = _person_of(record, params)
     reason = str(_text(params, "reason", "valueString") or "").strip()
     purpose = _text(params, "purpose", "valueCode")
-    guard: Guard = request.app.state.guard
-    guard.require_purpose(actor(caller))
-    if caller.patient is not None or caller.role not in bg.roles:
-        await audit(request, "operation", [pid], REFUSED, "role may not break glass")
-        raise AccessDenied(f"role {caller.role} may not break glass")
     if purpose != bg.purpose:
         raise InvalidRequest(f"break-glass needs purpose {bg.purpose}", "purpose")
     if len(reason) < 10:
