@@ -230,12 +230,13 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from carelink.serving import PROTOCOL
     from carelink.settings import Settings
 
     if "CARELINK_AUDIENCE" not in os.environ:
         # tokens are for this gateway: its FHIR base as served here
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
-    Settings.from_env()  # fail fast with a clear message before forking workers
+    settings = Settings.from_env()  # fail fast with a clear message before forking workers
     uvicorn.run(
         "carelink.app:create_app",
         factory=True,
@@ -244,8 +245,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="warning",
         access_log=False,
-        # h11 stops reading headers past this (the app's BoundedInput answers 431 too)
-        h11_max_incomplete_event_size=64 * 1024,
+        # request heads are bounded before they are parsed (carelink.serving)
+        http=PROTOCOL,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return EXIT_OK
 
