@@ -209,6 +209,19 @@ def test_a_stranger_learns_nothing_about_an_objection_from_the_consent_routes(gw
     put = gw.send("PUT", f"/Consent/{cid}", {"resourceType": "Consent", "id": cid}, stranger)
     assert put.status_code == 404
     assert pid not in put.text
+    # The probing is not lost: refused accesses naming the patient, for privacy officers.
+    officer = gw.token(role="R0001", sub="officer-1")
+    events = gw.get("/AuditEvent", officer, patient=pid, _count=1000).json()
+    probes = [
+        e["resource"]
+        for e in events.get("entry", [])
+        if e["resource"]["outcome"] == "4"
+        and any(
+            a["who"].get("identifier", {}).get("value") == "dr-stranger"
+            for a in e["resource"]["agent"]
+        )
+    ]
+    assert len(probes) >= 5
     # Those who may know still do: the registered practice, the patient, a privacy officer.
     gp = _consult(gw, gw.gp(person), person.nhs_number)
     assert gp.status_code == 200

@@ -33,6 +33,7 @@ from carelink.api.bodies import json_body
 from carelink.api.deps import actor, audit, context, router
 from carelink.api.responses import fhir, outcome
 from carelink.api.review_routes import CONSENT_CHANGE, new_review
+from carelink.audit.events import REFUSED
 from carelink.auth import Principal
 from carelink.consent import Guard, Policy, validate
 from carelink.consent.guard import registered_practice
@@ -86,11 +87,20 @@ def _may_change(request: Request, caller: Principal, patient_id: str) -> None:
         raise AccessDenied("this caller may not change this patient's consent")
 
 
-def _visible_row(request: Request, caller: Principal, cid: str) -> ConsentRow:
+async def _unknown(request: Request, patient_id: str | None, message: str) -> NotFound:
+    """The not-found answer, audited as a refusal (naming the patient when there is one,
+    so a privacy officer sees the probing; the caller sees only "not known")."""
+    await audit(request, "operation", [patient_id], REFUSED, "no access to this consent")
+    return NotFound(message)
+
+
+async def _visible_row(request: Request, caller: Principal, cid: str) -> ConsentRow:
     """The Consent, if it exists and the caller may see it; else the unknown answer."""
     row: ConsentRow | None = request.app.state.consents.get(cid)
     if row is None or not _sees(request, caller, row.patient_id):
-        raise NotFound(f"Consent/{cid} is not known")
+        raise await _unknown(
+            request, row.patient_id if row else None, f"Consent/{cid} is not known"
+        )
     return row
 
 
@@ -192,7 +202,7 @@ async def update_consent(request: Request) -> Response:
     access.require(caller, "Consent", "u")
     _purpose(request, caller)
     cid = request.path_params["cid"]
-    current = _visible_row(request, caller, cid)
+    current = await _visible_row(request, caller, cid)
     consent = await _consent_body(request)
     if isinstance(consent, dict) and consent.get("id") != cid:
         raise InvalidRequest("the body's id must match the URL", "id")
@@ -218,7 +228,7 @@ async def delete_consent(request: Request) -> Response:
     access.require(caller, "Consent", "d")
     _purpose(request, caller)
     cid = request.path_params["cid"]
-    current = _visible_row(request, caller, cid)
+    current = await _visible_row(request, caller, cid)
     _may_change(request, caller, current.patient_id)
     if current.status not in RETIRED:
         consent = {**orjson.loads(current.body), "status": "inactive"}
@@ -234,7 +244,7 @@ async def read_consent(request: Request) -> Response:
     _, caller, _ = await context(request)
     access.require(caller, "Consent", "r")
     _purpose(request, caller)
-    row = _visible_row(request, caller, request.path_params["cid"])
+    row = await _visible_row(request, caller, request.path_params["cid"])
     await audit(request, "read", [row.patient_id])
     return fhir(row.body, headers={"ETag": f'W/"{row.version}"'})
 
@@ -245,7 +255,7 @@ async def consent_history(request: Request) -> Response:
     _, caller, base = await context(request)
     access.require(caller, "Consent", "r")
     _purpose(request, caller)
-    row = _visible_row(request, caller, request.path_params["cid"])
+    row = await _visible_row(request, caller, request.path_params["cid"])
     versions = request.app.state.consents.history(row.id)
     await audit(request, "history-instance", [row.patient_id])
     bundle: Json = {
@@ -270,7 +280,7 @@ async def consent_version(request: Request) -> Response:
     _, caller, _ = await context(request)
     access.require(caller, "Consent", "r")
     _purpose(request, caller)
-    row = _visible_row(request, caller, request.path_params["cid"])
+    row = await _visible_row(request, caller, request.path_params["cid"])
     vid = request.path_params["vid"]
     found = next(
         (v for v in request.app.state.consents.history(row.id) if str(v.version) == vid), None
@@ -291,12 +301,14 @@ async def search_consent(request: Request) -> Response:
     patient = request.query_params.get("patient", "").removeprefix("Patient/")
     if not patient:
         raise InvalidRequest("Consent search needs the patient parameter", "patient")
-    rows = (
-        request.app.state.consents.for_patient(patient) if _sees(request, caller, patient) else []
-    )
+    sees = _sees(request, caller, patient)
+    rows = request.app.state.consents.for_patient(patient) if sees else []
     status = request.query_params.get("status")
     found = [orjson.loads(r.body) for r in rows if status is None or r.status == status]
-    await audit(request, "search-type", [patient])
+    if sees:
+        await audit(request, "search-type", [patient])
+    else:
+        await audit(request, "search-type", [patient], REFUSED, "no access to this consent")
     return fhir(searchset(base, found, total=len(found), links={"self": f"{base}/Consent"}))
 
 
@@ -327,8 +339,8 @@ async def consult(request: Request) -> Response:
     if not isinstance(ctx, dict):
         raise InvalidRequest("hook must be patient-consent-consult, with a context")
     pid = _consulted_patient(record, ctx)
-    if not _sees(request, caller, pid):
-        raise NotFound(UNKNOWN_PATIENT)
+    if pid is None or not _sees(request, caller, pid):
+        raise await _unknown(request, pid, UNKNOWN_PATIENT)
     subject = _actor_for(ctx, caller)
     guard: Guard = request.app.state.guard
     person = record.person(pid)
@@ -367,7 +379,7 @@ async def consult(request: Request) -> Response:
     return Response(dumps({"cards": [card]}), media_type="application/json")
 
 
-def _consulted_patient(record: SharedRecord, ctx: Json) -> str:
+def _consulted_patient(record: SharedRecord, ctx: Json) -> str | None:
     ids = ctx.get("patientId")
     for ident in ids if isinstance(ids, list) else [ids]:
         if not isinstance(ident, dict):
@@ -378,7 +390,7 @@ def _consulted_patient(record: SharedRecord, ctx: Json) -> str:
                 return person.id
         if ident.get("system") in (None, "Patient") and record.person(str(ident.get("value"))):
             return str(ident["value"])
-    raise NotFound(UNKNOWN_PATIENT)
+    return None
 
 
 def _actor_for(ctx: Json, caller: Principal) -> Any:
