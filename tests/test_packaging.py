@@ -39,3 +39,6 @@ def test_a_built_wheel_holds_the_policy_profiles_and_examples(tmp_path):
     examples = {n for n in names if n.startswith("carelink/consent_files/examples/")}
     assert len(examples) == len(list((ROOT / "consent" / "examples").glob("*.json")))
     assert "carelink/fhir/r4_types.json" in names
+    profiles = {n for n in names if n.startswith("carelink/profile_files/")}
+    assert "carelink/profile_files/UKCore-Patient.json" in profiles
+    assert len(profiles) == len(list((ROOT / "profiles").glob("*"))) > 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carelink.errors import ConfigError
-from carelink.settings import DEFAULT_SOURCES, Settings
+from carelink.settings import DEFAULT_SOURCE_ODS, DEFAULT_SOURCES, Settings
 from tests.support.procs import carelink
 
 
@@ -28,6 +28,19 @@ def test_sources_and_budget_from_the_environment():
     assert s.budget == 0.25
 
 
+def test_stored_search_results_live_ten_minutes_unless_configured():
+    assert Settings.from_env({}).result_ttl == 600.0
+    assert Settings.from_env({"CARELINK_RESULT_TTL": "30"}).result_ttl == 30.0
+
+
+def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
+    assert dict(Settings.from_env({}).source_ods) == DEFAULT_SOURCE_ODS
+    s = Settings.from_env({"CARELINK_SOURCE_ODS": "acute=RXX01, hospice=Y12345"})
+    assert s.source_ods["acute"] == "RXX01"
+    assert s.source_ods["hospice"] == "Y12345"
+    assert s.source_ods["gp"] == "registered-practice"  # the defaults stay for the rest
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -40,6 +53,10 @@ def test_sources_and_budget_from_the_environment():
         ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
         ({"CARELINK_SOURCES": "gp"}, "name=url"),
         ({"CARELINK_SOURCES": "gp=ftp://x"}, "http:// or https://"),
+        ({"CARELINK_RESULT_TTL": "0"}, "CARELINK_RESULT_TTL must be more than 0"),
+        ({"CARELINK_RESULT_TTL": "a while"}, "number of seconds"),
+        ({"CARELINK_SOURCE_ODS": "acute"}, "name=ODS code"),
+        ({"CARELINK_SOURCE_ODS": "acute=rac 00"}, "'acute': 'rac 00' is not an ODS code"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env, message):
@@ -63,6 +80,19 @@ def test_token_mode_without_an_audience_does_not_start():
 
     with pytest.raises(ConfigError, match="CARELINK_AUDIENCE"):
         create_app(Settings.from_env({}))
+
+
+def test_the_gateway_does_not_start_with_a_profile_file_it_cannot_use(tmp_path):
+    (tmp_path / "UKCore-Patient.json").write_text('{"resourceType": "StructureDefinition"')
+    result = carelink(
+        ["serve", "--port", "1"],
+        {"CARELINK_AUTH": "development", "CARELINK_PROFILES": str(tmp_path)},
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        f"carelink: configuration error: {tmp_path / 'UKCore-Patient.json'}:1: a profile is "
+        "not JSON (unexpected end of data)"
+    ]
 
 
 def test_input_limits_have_sane_defaults_and_come_from_the_environment():

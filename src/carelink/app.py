@@ -33,7 +33,16 @@ from carelink.errors import AccessDenied, AuditError, CarelinkError, ConfigError
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
-from carelink.federation import BuildReport, CircuitBreaker, FanOut, SharedRecord, build_index
+from carelink.federation import (
+    BuildReport,
+    CircuitBreaker,
+    FanOut,
+    SharedRecord,
+    UkCore,
+    build_index,
+)
+from carelink.federation.pages import Pages
+from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -44,8 +53,10 @@ from carelink.storage import (
     Database,
     IndexStore,
     JobStore,
+    LocationStore,
     OptOutStore,
     ReplayStore,
+    ResultStore,
 )
 from carelink.storage.audit_store import AuditStore
 
@@ -113,12 +124,15 @@ def _interaction(request: Request) -> str:
     path = request.url.path
     if "$" in path:
         return "operation"
-    return "read" if "pid" in request.path_params else "search-type"
+    params = request.path_params
+    return (
+        "read" if "rid" in params or ("pid" in params and "rtype" not in params) else "search-type"
+    )
 
 
 def _patient_of(request: Request) -> str | None:
     pid = request.path_params.get("pid") or request.query_params.get("patient")
-    return pid.removeprefix("Patient/") if pid else None
+    return pid.rpartition("Patient/")[2] if pid else None  # id, Patient/id or an absolute URL
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -138,7 +152,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
         index = IndexStore(db)
-        app.state.record = SharedRecord(index, fanout)
+        locations = LocationStore(db)
+        app.state.record = SharedRecord(
+            index, fanout, _ukcore(app.state.profiles, settings), locations=locations
+        )
+        app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
@@ -148,7 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
-            app.state.record,
+            # bulk: no resource_locations rows for whole cohorts, no second rounds for targets
+            SharedRecord(index, fanout, fetch_targets=False),
             exports,
             Path(settings.deid_rules),
             load_master_key(master, create=settings.mode != "production"),
@@ -176,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in sessions.values():
                 await session.close()
             index.close()
+            locations.close()
             consents.close()
             app.state.audit.close()
             db.dispose()
@@ -195,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.policy = load_policy(Path(settings.consent_policy))
+    app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
     app.state.verifier = None
@@ -234,7 +255,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = "not-found" if exc.status_code == 404 else "processing"
         text = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return outcome(exc.status_code, code, text)
+        response = outcome(exc.status_code, code, text)
+        if exc.headers:  # e.g. the Allow header of a 405
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -259,6 +283,11 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     finally:
         for session in sessions.values():
             await session.close()
+
+
+def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
+    """The UK Core shape of the output: the loaded profiles, each source's ODS code."""
+    return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
 
 
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
@@ -297,7 +326,12 @@ async def extract_with(
         fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
-            SharedRecord(index, fanout),
+            SharedRecord(
+                index,
+                fanout,
+                _ukcore(load_profiles(Path(settings.profiles)), settings),
+                fetch_targets=False,
+            ),
             spec,
             load_master_key(master, create=settings.mode != "production"),
             Path(settings.deid_rules),

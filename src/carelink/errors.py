@@ -12,6 +12,7 @@ Only ``carelink.api`` turns these into an HTTP status and an
     │   ├── PayloadTooLarge     413  a body over the configured limit
     │   └── UnprocessableResource 422 a resource body that breaks a rule (e.g. a Consent)
     ├── NotFound                404  no such resource or person
+    ├── Gone                    410  a paging cursor that expired, is unknown or is not yours
     ├── Unauthenticated         401  no token, or a token that does not validate
     ├── AccessDenied            403  the caller may not do this
     ├── ConsentDenied           403  the patient's consent forbids it
@@ -62,6 +63,11 @@ class UnprocessableResource(InvalidRequest):
 
 class NotFound(CarelinkError):
     """No such resource, person or operation (HTTP 404)."""
+
+
+class Gone(CarelinkError):
+    """A search's stored result is no longer there for this caller (HTTP 410): it expired,
+    never existed, belongs to another caller, or the patient's consent changed since."""
 
 
 class Unauthenticated(CarelinkError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,11 +17,36 @@ DEFAULT_SOURCES = {
     "social-care": "http://127.0.0.1:8104",
 }
 
+#: each source's organisation (ODS code) as Provenance names it; the demo organisations of
+#: ``consent/policy.json``. ``registered-practice``: the patient's own GP practice (the
+#: ``generalPractitioner`` of the merged Patient), as a GP system serves many practices.
+REGISTERED_PRACTICE = "registered-practice"
+DEFAULT_SOURCE_ODS = {
+    "gp": REGISTERED_PRACTICE,
+    "acute": "RAC00",
+    "community": "RCM00",
+    "social-care": "LSC00",
+}
+_ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+
 
 def default_policy_path() -> str:
     """The shipped policy: the repository's ``consent/policy.json``, installed with the
     package as ``carelink/consent_files/`` (a link to ``consent/`` in the repository)."""
     return str(Path(__file__).resolve().parent / "consent_files" / "policy.json")
+
+
+def default_profiles_path() -> str:
+    """The shipped profiles: the repository's ``profiles/``, installed with the package as
+    ``carelink/profile_files/`` (a link to ``profiles/`` in the repository)."""
+    return str(Path(__file__).resolve().parent / "profile_files")
+
+
+def _pairs(env: Mapping[str, str], name: str, what: str) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in env[name].split(",") if p]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"{name} must be name={what}[,name={what}...]")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
@@ -38,6 +64,11 @@ class Settings:
 
     database_url: str = "var/carelink.db"
     sources: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    #: source name -> its organisation's ODS code (or ``registered-practice``), for
+    #: Provenance; a source without one is named by ``urn:carelink:source`` instead
+    source_ods: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCE_ODS))
+    #: the FHIR profiles (UK Core) the output claims and is checked against
+    profiles: str = field(default_factory=lambda: default_profiles_path())
     #: seconds the fan-out waits for sources before answering with what it has
     budget: float = 0.8
     #: "production" refuses development shortcuts
@@ -70,6 +101,8 @@ class Settings:
     #: production); by default ``extract-master.key`` beside a SQLite database
     master_key: str | None = None
     default_page_size: int = 50
+    #: seconds a search's stored result stays pageable (its ``next`` links work this long)
+    result_ttl: float = 600.0
     max_page_size: int = 1000
     breaker_threshold: int = 3
     breaker_reset: float = 5.0
@@ -104,30 +137,44 @@ class Settings:
                 "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
                 f"not {self.export_ttl_hours}"
             )
+        if not 0 < self.result_ttl <= 86_400:
+            raise ConfigError(
+                f"CARELINK_RESULT_TTL must be more than 0 and at most 86400 seconds, "
+                f"not {self.result_ttl}"
+            )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
+        for name, ods in self.source_ods.items():
+            if ods != REGISTERED_PRACTICE and not _ODS.match(ods):
+                raise ConfigError(
+                    f"CARELINK_SOURCE_ODS: source {name!r}: {ods!r} is not an ODS code "
+                    f"(3 to 10 capital letters and digits, or {REGISTERED_PRACTICE})"
+                )
         return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``CARELINK_*`` environment variables over the defaults.
 
-        ``CARELINK_SOURCES`` is ``name=url,name=url``.
+        ``CARELINK_SOURCES`` is ``name=url,name=url``; ``CARELINK_SOURCE_ODS`` is
+        ``name=ODS,name=ODS`` over the demo organisations.
         """
         e = os.environ if env is None else env
         s = cls()
         if "CARELINK_DATABASE_URL" in e:
             s = replace(s, database_url=e["CARELINK_DATABASE_URL"])
         if "CARELINK_SOURCES" in e:
-            pairs = [p.split("=", 1) for p in e["CARELINK_SOURCES"].split(",") if p]
-            if any(len(p) != 2 for p in pairs):
-                raise ConfigError("CARELINK_SOURCES must be name=url[,name=url...]")
-            s = replace(s, sources={k.strip(): v.strip() for k, v in pairs})
+            s = replace(s, sources=_pairs(e, "CARELINK_SOURCES", "url"))
+        if "CARELINK_SOURCE_ODS" in e:
+            s = replace(
+                s, source_ods={**s.source_ods, **_pairs(e, "CARELINK_SOURCE_ODS", "ODS code")}
+            )
         s = replace(
             s,
             budget=_number(e, "CARELINK_BUDGET", s.budget, "seconds"),
             breaker_reset=_number(e, "CARELINK_BREAKER_RESET", s.breaker_reset, "seconds"),
+            result_ttl=_number(e, "CARELINK_RESULT_TTL", s.result_ttl, "seconds"),
         )
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])
@@ -145,6 +192,7 @@ class Settings:
             deid_rules=e.get("CARELINK_DEID_RULES", s.deid_rules),
             master_key=e.get("CARELINK_MASTER_KEY", s.master_key),
             pcns=e.get("CARELINK_PCNS", s.pcns) or None,
+            profiles=e.get("CARELINK_PROFILES", s.profiles),
         )
         limits: dict[str, str] = {
             "max_body_bytes": "CARELINK_MAX_BODY_BYTES",

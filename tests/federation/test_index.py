@@ -155,7 +155,9 @@ def test_merged_patient_carries_nhs_number_every_local_id_and_links():
     p = next(x for x in people if "social-care" in x.sources)
     row = next(r for r in persons if r.nhs_number == p.nhs_number)
     patient = orjson.loads(row.patient)
-    assert {"system": NHS_NUMBER_SYSTEM, "value": p.nhs_number} in patient["identifier"]
+    nhs = [i for i in patient["identifier"] if i["system"] == NHS_NUMBER_SYSTEM]
+    assert [i["value"] for i in nhs] == [p.nhs_number]
+    assert nhs[0]["extension"][0]["url"].endswith("NHSNumberVerificationStatus")
     assert len(patient["link"]) == 2
     assert row.id == person_id(KEY, p.nhs_number, "") != p.nhs_number
 

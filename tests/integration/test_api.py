@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -36,7 +38,9 @@ def test_lookup_by_nhs_number_returns_one_merged_patient_linking_each_source(sys
     assert bundle["type"] == "searchset"
     assert bundle["total"] == 1
     patient = bundle["entry"][0]["resource"]
-    assert {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number} in patient["identifier"]
+    nhs = [i for i in patient["identifier"] if i["system"] == NHS_NUMBER_SYSTEM]
+    assert [i["value"] for i in nhs] == [person.nhs_number]
+    assert nhs[0]["extension"][0]["url"].endswith("Extension-UKCore-NHSNumberVerificationStatus")
     assert patient["name"][0]["family"] == person.family
     assert patient["birthDate"] == person.birth_date.isoformat()
     linked = {link["other"]["reference"].split("/")[1].split("-")[0] for link in patient["link"]}
@@ -241,8 +245,13 @@ def test_everything_etag_answers_304_until_data_changes(system):
         ),
         (
             "Observation",
+            {"code": "http://snomed.info/sct|75367002"},
+            lambda r: r["code"]["coding"][0]["code"] == "75367002",
+        ),
+        (  # primary care records SNOMED CT; the LOINC coding alongside still finds it
+            "Observation",
             {"code": "http://loinc.org|85354-9"},
-            lambda r: r["code"]["coding"][0]["code"] == "85354-9",
+            lambda r: any(c["code"] == "85354-9" for c in r["code"]["coding"]),
         ),
         ("Observation", {"date": "ge2020-01-01"}, lambda r: r["effectiveDateTime"] >= "2020-01-01"),
         ("Encounter", {}, lambda r: r["resourceType"] == "Encounter"),
@@ -316,3 +325,43 @@ def test_capability_statement_lists_what_is_supported(system):
     assert cs["fhirVersion"] == "4.0.1"
     types = {r["type"] for r in cs["rest"][0]["resource"]}
     assert {"Patient", "Observation", "Encounter", "Flag", "DocumentReference"} <= types
+
+
+def test_pixm_answers_a_post_with_a_parameters_body_as_it_answers_a_get(system):
+    person = person_in(system, "gp", "acute")
+    acute_id = next(
+        i
+        for i in lookup(system, person)["entry"][0]["resource"]["identifier"]
+        if i["system"].endswith("/acute")
+    )
+    got = httpx.get(
+        f"{system.base}/Patient/$ihe-pix",
+        params={"sourceIdentifier": f"{acute_id['system']}|{acute_id['value']}"},
+    )
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "sourceIdentifier",
+                "valueIdentifier": {"system": acute_id["system"], "value": acute_id["value"]},
+            }
+        ],
+    }
+    posted = httpx.post(
+        f"{system.base}/Patient/$ihe-pix",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert got.status_code == posted.status_code == 200, posted.text
+    assert posted.json() == got.json()
+    bad = httpx.post(
+        f"{system.base}/Patient/$ihe-pix",
+        content=json.dumps(
+            {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "sourceIdentifier", "valueIdentifier": {"system": "x"}}],
+            }
+        ),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert bad.status_code == 400

@@ -76,6 +76,7 @@ def test_a_record_holding_a_resource_without_id_is_still_served(data):
         (True, "Patient"),
         (False, "Observation"),
         (True, "Encounter"),
+        (True, "Practitioner"),  # referenced by the Encounter: $everything includes it
     ]
 
 

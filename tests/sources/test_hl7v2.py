@@ -69,6 +69,26 @@ def test_problem_maps_to_condition_with_both_code_systems_and_its_sensitivity():
     assert problems(condition) == []
 
 
+def test_a_score_maps_to_a_survey_observation_in_snomed_ct_with_loinc_alongside():
+    concept = (
+        "720433000^Patient Health Questionnaire Nine Item score^SCT^44261-6^PHQ-9 total score^LN"
+    )
+    oru = (
+        "MSH|^~\\&|EPR|RCOMM|CARELINK|ICS|20260101120000+0000||ORU^R01^ORU_R01|3|P|2.5.1\r"
+        f"PID|1||C1^^^RCOMM^MR\rOBR|1||V1|{concept}\r"
+        f"OBX|1|NM|{concept}||12|{{score}}|||||F|||20240102090000+0000\r"
+    ).encode()
+    [msg] = split_messages(oru, "community")
+    [obs] = resources(msg, "community", "Patient/p1")
+    assert [(c["system"], c["code"]) for c in obs["code"]["coding"]] == [
+        ("http://snomed.info/sct", "720433000"),
+        ("http://loinc.org", "44261-6"),
+    ]
+    assert obs["category"][0]["coding"][0]["code"] == "survey"
+    assert obs["valueQuantity"]["value"] == 12.0
+    assert problems(obs) == []
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from carelink import __version__
 from carelink.federation.patient_search import MODIFIERS
 from carelink.federation.query import PARAMS
+from carelink.federation.references import SHARED_TYPES
 
 Json = dict[str, Any]
 
 _TYPES = {"token": "token", "date": "date"}
-_PAGING = "Paging with _count and _offset; next/previous links carry every other parameter."
+_PAGING = (
+    "Paging with _count and _offset over one stored answer: next/previous links carry "
+    "_cursor (valid for the caller who searched, for a limited time; then 410 Gone). "
+    "Token parameters take a,b (OR) and :not; every parameter takes :missing; other "
+    "modifiers are a 400. Also by POST (.../_search with a form; $everything with "
+    "Parameters). X-Carelink-Missing-Sources names sources missing from the answer; "
+    "Prefer: partial=fail makes that a 503."
+)
 
 
 def _param(name: str, kind: str, doc: str | None = None) -> Json:
@@ -58,8 +67,14 @@ def _patient_params() -> list[Json]:
     return out
 
 
-def capability_statement(base: str, auth: str, token_url: str | None = None) -> Json:
-    """Built from the same tables the search code uses, so it cannot drift from them."""
+def capability_statement(
+    base: str, auth: str, token_url: str | None = None, profiles: Mapping[str, str] | None = None
+) -> Json:
+    """Built from the same tables the search code uses, so it cannot drift from them.
+
+    ``profiles`` (resourceType -> profile URL, the ones the output claims) become each
+    resource's ``supportedProfile``.
+    """
     audit = (
         " Every access, allowed or refused, is recorded as an AuditEvent (IHE Basic Audit Log "
         "Patterns), hash-chained with signed checkpoints, before the answer is sent; if the "
@@ -129,7 +144,7 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
         resources.append(
             {
                 "type": rtype,
-                "interaction": [{"code": "search-type"}],
+                "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "searchInclude": [],
                 "searchRevInclude": ["Provenance:target"],
                 "searchParam": [
@@ -141,6 +156,23 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
                 "documentation": _PAGING,
             }
         )
+    resources.append(
+        {
+            "type": "Provenance",
+            "interaction": [{"code": "read"}],
+            "documentation": "Where each part of a record came from: read by the id in "
+            "$everything or _revinclude while the source's data is unchanged.",
+        }
+    )
+    resources.extend(
+        {
+            "type": shared,
+            "interaction": [{"code": "read"}],
+            "documentation": "Not patient data: returned by $everything when the record "
+            "refers to it, read from the source its id names; scopes apply, consent does not.",
+        }
+        for shared in sorted(SHARED_TYPES)
+    )
     resources.append(
         {
             "type": "AuditEvent",
@@ -201,6 +233,9 @@ def capability_statement(base: str, auth: str, token_url: str | None = None) -> 
             "documentation": "Groups for $export: practice-<ODS code>, condition-<SNOMED CT>.",
         }
     )
+    for r in resources:
+        if profiles and r["type"] in profiles:
+            r["supportedProfile"] = [profiles[r["type"]]]
     return {
         "resourceType": "CapabilityStatement",
         "id": "carelink",

@@ -4,27 +4,26 @@ Patient search, read and PIXm live in ``patient_routes``."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from carelink.api import access
+from carelink.api import access, paging
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
 from carelink.api.deps import audit, base_url, consent_for, context, router
-from carelink.api.responses import fhir, http_date, not_modified
+from carelink.api.responses import fhir
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
-from carelink.consent import Filtered, Situation
+from carelink.consent import Situation
 from carelink.errors import InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
-from carelink.federation.record import source_outcome
-from carelink.fhir import searchset
-from carelink.fhir.search import apply_elements, parse_date, target_range
+from carelink.federation.record import Federated
+from carelink.fhir.search import parse_date, target_range
+from carelink.sources.base import source_uri
 
 Json = dict[str, Any]
 
@@ -39,110 +38,97 @@ async def metadata(request: Request) -> Response:
     P.check_format(request)
     state = request.app.state
     token_url = state.token_url if state.token_service is not None else None
-    return fhir(capability_statement(await base_url(request), state.settings.auth, token_url))
-
-
-def _page(
-    base: str,
-    url: str,
-    matches: list[Json],
-    q: dict[str, list[str]],
-    used: set[str],
-    request: Request,
-    *,
-    includes: list[Json] | None = None,
-    outcomes: list[Json] | None = None,
-) -> Json:
-    settings = request.app.state.settings
-    paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
-    total = len(matches)
-    links = paging.links(url, total)
-    if P.summary_count(q):
-        return searchset(base, [], total=total, links={"self": links["self"]})
-    page = matches[paging.offset : paging.offset + paging.count]
-    wanted = P.elements(q)
-    if wanted is not None:
-        page = [apply_elements(r, wanted) for r in page]
-    return searchset(
-        base,
-        page,
-        total=total,
-        links=links,
-        includes=(includes or []) if paging.offset == 0 else [],
-        outcomes=outcomes or [],
+    profiles = state.profiles.by_type()
+    return fhir(
+        capability_statement(await base_url(request), state.settings.auth, token_url, profiles)
     )
 
 
-@route("/Patient/{pid}/$everything")
+@router.fhir_route("/Patient/{pid}/$everything", ["GET", "POST"])
 async def everything(request: Request) -> Response:
-    """The whole shared record: every source at once, merged, paged stably."""
+    """The whole shared record: every source at once, merged, paged over one stored result.
+    By POST, parameters may also come in a ``Parameters`` body (or a form)."""
+    q = await _with_body(request) if request.method == "POST" else P.multi(request)
+    return await _everything(request, q)
+
+
+async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     record, caller, base = await context(request)
     pid = request.path_params["pid"]
     P.check_format(request)
-    q = P.multi(request)
     pref = P.prefer(request)
-    P.unknown([k for k in q if k not in EVERYTHING_PARAMS | P.RESULT_PARAMS], pref.strict)
-    types = frozenset(t.strip() for v in q.get("_type", []) for t in v.split(",") if t.strip())
+    P.unknown([k for k in q if k not in EVERYTHING_PARAMS | PAGED_PARAMS], pref.strict)
+    types = _types(q)
     start = parse_date(q["start"][-1], "start").range if "start" in q else None
     end = parse_date(q["end"][-1], "end").range if "end" in q else None
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     access.require(caller, "Patient", "r")
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
+    key = f"Patient/{pid}/$everything"
+    used = {"start", "end", "_since", "_type"} & set(q)
+    asked = paging.Asked(caller, situation, key, base, f"{base}/{key}", q, used, "operation")
+    if "_cursor" in q:
+        return await paging.stored_page(request, asked)
     fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
     shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
     request.state.break_glass = shown.break_glass
     matches = shown.resources
     if types or start or end or since:
+        learned = _learned(fed)
         matches = [
             r
             for r in matches
             if (not types or r["resourceType"] in types)
             and in_period(r, start, end)
-            and _since_ok(r, since)
+            and _since_ok(r, since, learned)
         ]
-    etag = f'"{fed.etag}-{_query_digest(q, caller, situation)}"'
-    await audit(request, "operation", [pid])
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    used = {"start", "end", "_since", "_type"} & set(q)
-    body = _page(
-        base,
-        f"{base}/Patient/{pid}/$everything",
-        matches,
-        q,
-        used,
-        request,
-        includes=access.provenance_for(caller, fed.provenance, matches),
-        outcomes=[_outcome(fed, shown)],
-    )
-    headers = {"ETag": etag}
-    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
-    if (modified := http_date(newest)) is not None:
-        headers["Last-Modified"] = modified
-    return fhir(body, headers=headers)
+    includes = access.provenance_for(caller, fed.provenance, matches)
+    snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
+    return await paging.first_page(request, asked, snap)
 
 
-def _since_ok(resource: Json, since: Any) -> bool:
+async def _with_body(request: Request) -> dict[str, list[str]]:
+    """The query's parameters and those of the POST body, together."""
+    q = P.multi(request)
+    for k, v in (await P.body_params(request)).items():
+        q.setdefault(k, []).extend(v)
+    return q
+
+
+#: result parameters, and the cursor of a stored result
+PAGED_PARAMS = P.RESULT_PARAMS | {"_cursor"}
+#: what ``$everything``'s ``_type`` may name: the types the gateway serves
+EVERYTHING_TYPES = frozenset(SEARCH_TYPES) | {"Patient"}
+
+
+def _types(q: dict[str, list[str]]) -> frozenset[str]:
+    types = frozenset(t.strip() for v in q.get("_type", []) for t in v.split(",") if t.strip())
+    wrong = sorted(types - EVERYTHING_TYPES)
+    if wrong:
+        raise InvalidRequest(
+            f"_type names {', '.join(wrong)}, which the gateway does not serve "
+            f"(it serves {', '.join(sorted(EVERYTHING_TYPES))})",
+            "_type",
+        )
+    return types
+
+
+def _learned(fed: Federated) -> dict[str, str]:
+    """meta.source URI -> when the gateway learned that source's answer (its ``as_of``)."""
+    return {source_uri(r.source): r.as_of for r in fed.results if r.as_of}
+
+
+def _since_ok(resource: Json, since: Any, learned: dict[str, str] | None = None) -> bool:
+    """``_since``: changed at or after ``since``. A resource without ``meta.lastUpdated`` is
+    judged on when the gateway learned of it (its source answer's ``as_of``); one with
+    neither is left out, as nothing says it changed."""
     if since is None:
         return True
-    updated = resource.get("meta", {}).get("lastUpdated")
+    meta = resource.get("meta", {})
+    updated = meta.get("lastUpdated") or (learned or {}).get(meta.get("source", ""))
     rng = target_range(updated) if updated else None
-    return rng is None or rng.start >= since
-
-
-def _query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:
-    """What else shapes the representation: the query, what the caller may see, consent."""
-    shape = [
-        sorted(q.items()),
-        sorted(caller.scopes),
-        caller.patient,
-        caller.organisation,
-        caller.role,
-        caller.purpose,
-        [(d.id, d.status) for d in situation.directives],
-    ]
-    return hashlib.blake2b(orjson.dumps(shape, default=str), digest_size=8).hexdigest()
+    return rng is not None and rng.start >= since
 
 
 async def _consented_person(
@@ -160,32 +146,50 @@ async def _consented_person(
     return situation
 
 
-def _outcome(fed: Any, shown: Filtered) -> Json:
-    """The per-source outcome, naming only sources the caller saw data from when consent
-    withheld anything (so the answer does not show where else the person has records)."""
-    if not shown.withheld:
-        return dict(fed.outcome)
-    return source_outcome([r for r in fed.results if r.source in shown.sources_seen])
+def _patient_param(q: dict[str, list[str]], base: str) -> str:
+    """The patient's id from ``patient``/``subject``: ``X``, ``Patient/X`` or this gateway's
+    absolute ``<base>/Patient/X``; a reference to another server is refused."""
+    value = q.get("patient", q.get("subject", [None]))[-1]
+    name = "patient" if "patient" in q else "subject"
+    if not value:
+        raise InvalidRequest("the search needs the patient parameter", "patient")
+    if "://" in value:
+        local = value.removeprefix(base.rstrip("/") + "/")
+        if local == value or not local.startswith("Patient/"):
+            raise InvalidRequest(
+                f"{name} refers to another server; this gateway answers for {base}", name
+            )
+        value = local
+    pid = value.removeprefix("Patient/")
+    if not pid or "/" in pid:
+        raise InvalidRequest(f"{name} must be a Patient id or reference", name)
+    return pid
 
 
 @route("/{rtype}")
 async def search_type(request: Request) -> Response:
     """Per-type search within one patient's federated record."""
+    return await _search_type(request, P.multi(request))
+
+
+@router.fhir_route("/{rtype}/_search", ["POST"])
+async def search_type_post(request: Request) -> Response:
+    """Per-type search by POST: parameters in the query or a form-encoded body."""
+    return await _search_type(request, await _with_body(request))
+
+
+async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     record, caller, base = await context(request)
     rtype = request.path_params["rtype"]
     P.check_format(request)
     if rtype not in SEARCH_TYPES:
         raise NotFound(f"Resource type '{rtype}' is not supported")
-    q = P.multi(request)
     pref = P.prefer(request)
-    patient = q.get("patient", q.get("subject", [None]))[-1]
-    if not patient:
+    if not q.get("patient", q.get("subject", [None]))[-1]:
         raise InvalidRequest(f"{rtype} search needs the patient parameter", "patient")
-    pid = patient.removeprefix("Patient/")
+    pid = _patient_param(q, base)
     rest = {
-        k: v
-        for k, v in q.items()
-        if k not in P.RESULT_PARAMS | {"patient", "subject", "_revinclude"}
+        k: v for k, v in q.items() if k not in PAGED_PARAMS | {"patient", "subject", "_revinclude"}
     }
     crit, unknown_names = criteria(rtype, rest)
     P.unknown(unknown_names, pref.strict)
@@ -193,6 +197,11 @@ async def search_type(request: Request) -> Response:
     access.require(caller, rtype, "s")
     access.in_compartment(caller, pid)
     situation = await _consented_person(request, caller, record, pid)
+    key = f"{rtype}?patient=Patient/{pid}"
+    used = {"patient", "subject", "_revinclude"} & set(q) | {c.param for c in crit}
+    asked = paging.Asked(caller, situation, key, base, f"{base}/{rtype}", q, used, "search-type")
+    if "_cursor" in q:
+        return await paging.stored_page(request, asked)
     fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
     shown = request.app.state.guard.filter(
         situation,
@@ -208,18 +217,6 @@ async def search_type(request: Request) -> Response:
     )
     request.state.break_glass = shown.break_glass
     matches = shown.resources
-    used = {"patient", "subject", "_revinclude"} & set(q) | {c.name for c in crit}
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
-    await audit(request, "search-type", [pid])
-    return fhir(
-        _page(
-            base,
-            f"{base}/{rtype}",
-            matches,
-            q,
-            used,
-            request,
-            includes=includes,
-            outcomes=[_outcome(fed, shown)],
-        )
-    )
+    snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
+    return await paging.first_page(request, asked, snap)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from urllib.parse import urlencode
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from fastapi import Request
 
 from carelink.errors import InvalidRequest, UnsupportedFormat
@@ -39,16 +41,27 @@ class Prefer:
 
     strict: bool
     wait: float | None
+    #: ``partial=fail``: a source that failed fails the request (503) instead of a partial answer
+    complete: bool = False
+
+
+#: ``Prefer: partial=fail`` asks for failure rather than a partial answer
+PARTIAL_FAIL = "partial=fail"
 
 
 def prefer(request: Request) -> Prefer:
-    """Parse ``Prefer: handling=strict|lenient, wait=N``."""
+    """Parse ``Prefer: handling=strict|lenient, wait=N, partial=fail|allow``."""
     strict = False
+    complete = False
     wait: float | None = None
     for part in request.headers.get("prefer", "").split(","):
         key, _, value = part.strip().partition("=")
         if key == "handling":
             strict = value.strip() == "strict"
+        elif key == "partial":
+            if value.strip() not in ("fail", "allow"):
+                raise InvalidRequest("Prefer: partial must be fail or allow")
+            complete = value.strip() == "fail"
         elif key == "wait":
             try:
                 wait = float(value)
@@ -56,7 +69,7 @@ def prefer(request: Request) -> Prefer:
                 raise InvalidRequest("Prefer: wait must be a number of seconds") from exc
             if wait <= 0:
                 raise InvalidRequest("Prefer: wait must be positive")
-    return Prefer(strict, wait)
+    return Prefer(strict, wait, complete)
 
 
 def multi(request: Request) -> dict[str, list[str]]:
@@ -64,6 +77,57 @@ def multi(request: Request) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, v in request.query_params.multi_items():
         out.setdefault(k, []).append(v)
+    return out
+
+
+async def body_params(request: Request) -> dict[str, list[str]]:
+    """Search or operation parameters sent in a POST body: form-encoded (``_search``) or a
+    FHIR ``Parameters`` resource (operations); an empty body has none."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("the form body is not UTF-8") from exc
+        out: dict[str, list[str]] = {}
+        for k, v in pairs:
+            out.setdefault(k, []).append(v)
+        return out
+    if kind and kind not in JSON_FORMATS:
+        raise InvalidRequest(
+            f"a POST body of type '{kind}' is not understood: send a FHIR Parameters "
+            "resource (application/fhir+json) or a form (application/x-www-form-urlencoded)"
+        )
+    return parameters_of(raw)
+
+
+def parameters_of(raw: bytes) -> dict[str, list[str]]:
+    """The name/value pairs of a FHIR ``Parameters`` body: simple values as text, an
+    ``Identifier`` (``valueIdentifier``) as the token ``system|value``."""
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("the body is not JSON") from exc
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise InvalidRequest("the body must be a FHIR Parameters resource")
+    given = body.get("parameter", [])
+    if not isinstance(given, list):
+        raise InvalidRequest("Parameters.parameter must be a list")
+    out: dict[str, list[str]] = {}
+    for p in given:
+        values = [v for k, v in p.items() if k.startswith("value")] if isinstance(p, dict) else []
+        name = p.get("name") if isinstance(p, dict) else None
+        if not isinstance(name, str) or len(values) != 1:
+            raise InvalidRequest("each parameter needs a name and exactly one value[x]")
+        value = values[0]
+        if "valueIdentifier" in p and isinstance(value, dict):
+            value = _identifier_token(value, name)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise InvalidRequest(f"parameter '{name}' must have a simple value", name)
+        out.setdefault(name, []).append(str(value))
     return out
 
 
@@ -109,6 +173,13 @@ class Paging:
             out["previous"] = at(max(0, self.offset - self.count))
         return out
 
+    def on_cursor(self, cursor: str) -> Paging:
+        """The same page over a stored result: links carry the cursor and the patient
+        (which says whose compartment is searched), not the rest of the search."""
+        wanted = ("patient", "subject", "_elements", "_summary", "_format")
+        kept = tuple((k, v) for k, v in self.kept if k in wanted)
+        return replace(self, kept=(("_cursor", cursor), *kept))
+
 
 def paging(params: dict[str, list[str]], used: Iterable[str], default: int, upper: int) -> Paging:
     """Paging from the query; ``used`` names the parameters to carry in links."""
@@ -135,3 +206,11 @@ def summary_count(params: dict[str, list[str]]) -> bool:
     if value == "count":
         return True
     raise InvalidRequest(f"_summary={value} is not supported (count and false are)", "_summary")
+
+
+def _identifier_token(ident: dict[str, Any], name: str) -> str:
+    """``system|value`` of an Identifier parameter (``value`` alone without a system)."""
+    system, value = ident.get("system"), ident.get("value")
+    if not isinstance(value, str) or (system is not None and not isinstance(system, str)):
+        raise InvalidRequest(f"parameter '{name}' needs an Identifier with a value", name)
+    return f"{system}|{value}" if system else value

@@ -88,12 +88,17 @@ def _by_identifier(record: SharedRecord, value: str, parameter: str) -> list[Per
     return record.index.find(PersonQuery(identifiers=(tests,)), limit=1)
 
 
-@route("/Patient/$ihe-pix")
+@router.fhir_route("/Patient/$ihe-pix", ["GET", "POST"])
 async def pix(request: Request) -> Response:
-    """IHE PIXm: any source's local id (or the NHS number) to every identifier of the person."""
+    """IHE PIXm: any source's local id (or the NHS number) to every identifier of the person.
+    By POST, the parameters may come in a ``Parameters`` body (``sourceIdentifier`` as a
+    ``valueIdentifier``) or a form, as FHIR operations allow."""
     record, caller, _ = await context(request)
     P.check_format(request)
     q = P.multi(request)
+    if request.method == "POST":
+        for k, v in (await P.body_params(request)).items():
+            q.setdefault(k, []).extend(v)
     if "sourceIdentifier" not in q:
         raise InvalidRequest("sourceIdentifier (system|value) is required", "sourceIdentifier")
     token = parse_token(q["sourceIdentifier"][-1], "sourceIdentifier")

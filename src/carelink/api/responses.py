@@ -19,6 +19,7 @@ STATUS = (
     (errors.UnprocessableResource, 422, "business-rule"),
     (errors.InvalidRequest, 400, "invalid"),
     (errors.NotFound, 404, "not-found"),
+    (errors.Gone, 410, "expired"),
     (errors.Unauthenticated, 401, "login"),
     (errors.ConsentDenied, 403, "forbidden"),
     (errors.AccessDenied, 403, "forbidden"),

@@ -1,10 +1,12 @@
 """Federation: the patient index, fan-out with budgets and circuit breaking,
-merge with provenance, and ``SharedRecord``, the hot path.
+merge with provenance, the UK Core shape of the output, and ``SharedRecord``,
+the hot path.
 """
 
 from carelink.federation.fanout import CircuitBreaker, FanOut, SourceResult
 from carelink.federation.index import BuildReport, build_index
 from carelink.federation.record import Federated, SharedRecord
+from carelink.federation.ukcore import UkCore, with_nhs_number_status
 
 __all__ = [
     "BuildReport",
@@ -13,5 +15,7 @@ __all__ = [
     "Federated",
     "SharedRecord",
     "SourceResult",
+    "UkCore",
     "build_index",
+    "with_nhs_number_status",
 ]

@@ -26,6 +26,7 @@ import orjson
 
 from carelink.federation.linkage import Group, demographics, link
 from carelink.federation.patient_merge import merge_patient, rank
+from carelink.federation.ukcore import with_nhs_number_status
 from carelink.fhir.search import fold
 from carelink.sources.base import Source, SourcePerson
 from carelink.sources.namespacing import namespaced_id
@@ -104,7 +105,10 @@ def link_people(
         pid = group_id(key, group)
         merged = merge_patient(pid, group.members, group.nhs_number, built_at)
         conflicts.update(c.element for c in merged.conflicts)
-        body = orjson.dumps(merged.patient)
+        # UK Core shape: the NHS number's verification status and the Patient profile
+        body = orjson.dumps(
+            with_nhs_number_status(merged.patient, [m.patient for m in group.members])
+        )
         best = min(group.members, key=rank)
         persons.append(
             PersonRow(

@@ -14,6 +14,7 @@ from carelink.sources.base import source_uri
 Json = dict[str, Any]
 
 PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 _IGNORED = frozenset(("id", "meta", "text"))
 
 
@@ -60,8 +61,19 @@ def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[s
     return out, contributed
 
 
-def provenance(person_id: str, result: SourceResult, targets: list[str]) -> Json:
-    """A reproducible Provenance: same source data for the same person -> same resource."""
+def provenance(
+    person_id: str, result: SourceResult, targets: list[str], ods: str | None = None
+) -> Json:
+    """A reproducible Provenance: same source data for the same person -> same resource.
+
+    The author is the source's organisation by ODS code when ``ods`` is known (as UK
+    Core names organisations), else the source by its carelink name.
+    """
+    who = (
+        {"system": ODS_SYSTEM, "value": ods}
+        if ods
+        else {"system": "urn:carelink:source", "value": result.source}
+    )
     digest = hashlib.blake2b(
         f"{person_id}|{result.source}|{result.version}".encode(), digest_size=16
     ).hexdigest()
@@ -75,10 +87,7 @@ def provenance(person_id: str, result: SourceResult, targets: list[str]) -> Json
         "agent": [
             {
                 "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "author"}]},
-                "who": {
-                    "identifier": {"system": "urn:carelink:source", "value": result.source},
-                    "display": result.source,
-                },
+                "who": {"identifier": who, "display": result.source},
             }
         ],
         "entity": [

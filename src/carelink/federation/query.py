@@ -96,22 +96,41 @@ CLINICAL_DATE: dict[str, tuple[str, ...]] = {
 }
 
 
+#: modifiers each kind of parameter supports; any other modifier is refused (400)
+MODIFIERS: dict[str, frozenset[str]] = {
+    "token": frozenset({"not", "missing"}),
+    "date": frozenset({"missing"}),
+    "string": frozenset({"exact", "missing"}),
+}
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """One search parameter applied to one element set."""
+    """One search parameter (with its modifier, if any) applied to one element set."""
 
     name: str
     kind: str
     paths: tuple[str, ...]
-    values: tuple[str, ...]  # repeated parameters AND together
+    values: tuple[str, ...]  # repeated parameters AND together; commas within one OR
     dates: tuple[DateQuery, ...] = ()
+    modifier: str | None = None
+
+    @property
+    def param(self) -> str:
+        """The parameter as written in the query (``code:not``)."""
+        return f"{self.name}:{self.modifier}" if self.modifier else self.name
 
     def matches(self, resource: Json) -> bool:
         """Does ``resource`` satisfy every repetition of this parameter?"""
+        if self.modifier == "missing":
+            present = any(resource.get(p) not in (None, [], {}, "") for p in self.paths)
+            return all(present != (v == "true") for v in self.values)
         if self.kind == "date":
             target = _first_range(resource, self.paths)
             return target is not None and all(d.matches(target) for d in self.dates)
         concept = [_as_concept(resource.get(p)) for p in self.paths if p in resource]
+        if self.modifier == "not":  # FHIR: also true when the element is absent
+            return not any(token_matches(v, self.name, concept) for v in self.values)
         return all(token_matches(v, self.name, concept) for v in self.values)
 
 
@@ -129,23 +148,41 @@ def _first_range(resource: Json, paths: tuple[str, ...]) -> DateRange | None:
 
 
 def criteria(rtype: str, params: Mapping[str, list[str]]) -> tuple[list[Criterion], list[str]]:
-    """Parse the type's search parameters; return the criteria and the unknown names."""
+    """Parse the type's search parameters; return the criteria and the unknown names.
+
+    ``name:modifier`` is read as FHIR says: ``:not`` on tokens, ``:missing`` on
+    every listed parameter, ``:exact`` on strings; any other modifier on a known
+    parameter is refused rather than ignored (ignoring ``code:not`` would return
+    exactly what the caller asked to exclude).
+    """
     known = PARAMS.get(rtype, {})
     out: list[Criterion] = []
     unknown: list[str] = []
-    for name, values in params.items():
+    for key, values in params.items():
+        name, colon, modifier = key.partition(":")
         spec = known.get(name)
         if spec is None:
-            unknown.append(name)
+            unknown.append(key)
             continue
         kind, paths = spec
-        if kind == "date":
+        for v in values:
+            if v == "":
+                raise InvalidRequest(f"Parameter '{key}' has an empty value", key)
+        if colon:
+            if modifier not in MODIFIERS.get(kind, frozenset()):
+                allowed = ", ".join(f":{m}" for m in sorted(MODIFIERS.get(kind, ())))
+                raise InvalidRequest(
+                    f"Modifier ':{modifier}' is not supported on {kind} parameter '{name}' "
+                    f"(supported: {allowed})",
+                    key,
+                )
+            if modifier == "missing" and any(v not in ("true", "false") for v in values):
+                raise InvalidRequest(f"Parameter '{key}' must be true or false", key)
+            out.append(Criterion(name, kind, paths, tuple(values), modifier=modifier))
+        elif kind == "date":
             dates = tuple(parse_date(v, name) for v in values)
             out.append(Criterion(name, kind, paths, tuple(values), dates))
         else:
-            for v in values:
-                if v == "":
-                    raise InvalidRequest(f"Parameter '{name}' has an empty value", name)
             out.append(Criterion(name, kind, paths, tuple(values)))
     return out, unknown
 

@@ -6,8 +6,9 @@ Plain values in, plain values out; the API turns them into HTTP.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,8 +16,15 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.merge import merge, provenance
+from carelink.federation.references import (
+    SHARED_TYPES,
+    folded_copies,
+    resolve,
+    unsettled,
+)
+from carelink.federation.ukcore import UkCore
 from carelink.fhir.outcome import issue, operation_outcome
-from carelink.storage import IndexStore, LinkRow, PersonRow
+from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]
 STATUS_SYSTEM = "https://carelink.example/CodeSystem/source-status"
@@ -105,12 +113,39 @@ def _skipped_issue(r: SourceResult) -> Json:
     )
 
 
-class SharedRecord:
-    """Index lookups and federated reads."""
+def utc_now() -> str:
+    """The current time as a FHIR instant."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def __init__(self, index: IndexStore, fanout: FanOut) -> None:
+
+class SharedRecord:
+    """Index lookups and federated reads.
+
+    With ``locations``, every federated record notes where each of its
+    resources lives (type and id -> person), so a resource can later be read
+    by its id alone (``carelink.federation.read``). Without ``fetch_targets``
+    (bulk extracts, whose files hold only the types asked for) a typed read
+    never asks the sources a second time just to resolve references.
+    """
+
+    def __init__(
+        self,
+        index: IndexStore,
+        fanout: FanOut,
+        ukcore: UkCore | None = None,
+        locations: LocationStore | None = None,
+        now: Callable[[], str] = utc_now,
+        fetch_targets: bool = True,
+    ) -> None:
         self.index = index
         self.fanout = fanout
+        self.ukcore = ukcore  # the UK Core shape of the output (None: as the sources gave it)
+        self.locations = locations
+        self.now = now
+        self.fetch_targets = fetch_targets
+
+    def _ods(self, source: str, patient: Json) -> str | None:
+        return self.ukcore.organisation(source, patient) if self.ukcore is not None else None
 
     def by_nhs_number(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number (index only, no fan-out)."""
@@ -127,30 +162,75 @@ class SharedRecord:
     async def federate(
         self, person_id: str, types: frozenset[str] | None = None, deadline: float | None = None
     ) -> Federated:
-        """Ask every source that knows the person, merge, and report per source."""
+        """Ask every source that knows the person, merge, resolve references between the
+        sources' resources (see ``federation.references``), and report per source.
+
+        With ``types``, the shared resources (Practitioner, Organization ...) are asked
+        for too, so references to them resolve, and then left out unless asked for. A
+        reference to a type not asked for (a Condition's Encounter) is settled by what the
+        gateway has seen of the person before (``resource_locations``), or else by a
+        second round asking for the types still unsettled, as targets only.
+        """
         found = self.index.person_and_links(person_id)
         if found is None:
             raise NotFound(f"Patient/{person_id} is not known")
         person, links = found
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
-        results = await self.fanout.gather(requests, f"Patient/{person_id}", types, deadline)
+        asked = types | SHARED_TYPES if types else None
+        results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
         merged, contributed = merge(results)
+        folded = folded_copies(results, contributed)
+        context: list[Json] = []
+        extra: list[SourceResult] = []
+        known: frozenset[str] = frozenset()
         patient = orjson.loads(person.patient)
-        resources = [patient, *merged]
+        sources = list(self.fanout.sources)
+        if asked is not None:
+            # references to types not asked for: settled by what the gateway has seen of
+            # the person before, or else by asking the sources for those types too
+            loose = unsettled([patient, *merged], folded, sources)
+            if loose and self.locations is not None:
+                known = self.locations.refs_of(person_id)
+                loose = unsettled([patient, *merged], folded, sources, known)
+            wanted = {ref.split("/", 1)[0] for ref in loose} - asked - {"Patient"}
+            if wanted and self.fetch_targets:
+                extra = await self.fanout.gather(
+                    requests, f"Patient/{person_id}", frozenset(wanted), deadline
+                )
+                context, extra_contributed = merge(extra)
+                folded.update(folded_copies(extra, extra_contributed))
+        resources = resolve([patient, *merged], folded, sources, context=context, known=known)
+        if types:
+            resources = [
+                r for r in resources if r["resourceType"] in types or r["resourceType"] == "Patient"
+            ]
         provs = [
-            provenance(person_id, r, contributed.get(r.source, []))
+            provenance(person_id, r, contributed.get(r.source, []), self._ods(r.source, patient))
             for r in results
             if r.status == OK
         ]
+        if self.locations is not None:
+            self.locations.record(
+                person_id,
+                (
+                    (r["resourceType"], str(r["id"]))
+                    for r in [*resources, *provs]
+                    if r["resourceType"] not in SHARED_TYPES
+                ),
+                self.now(),
+            )
+        outcome = source_outcome(results)
+        if self.ukcore is not None:
+            resources, provs, outcome = self.ukcore.shape(resources, provs, outcome)
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
-        for r in results:
+        for r in [*results, *extra]:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
         return Federated(
             person,
             tuple(links),
             resources,
             provs,
-            source_outcome(results),
+            outcome,
             tuple(results),
             tag.hexdigest(),
         )

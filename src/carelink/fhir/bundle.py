@@ -33,11 +33,8 @@ def searchset(
     """A ``searchset`` Bundle: matches, then includes, then outcome entries."""
     entries = [entry(base, r, "match") for r in matches]
     entries.extend(entry(base, r, "include") for r in includes)
-    for oo in outcomes:
-        e: Json = {"resource": oo, "search": {"mode": "outcome"}}
-        if "id" in oo:
-            e["fullUrl"] = f"{base}/OperationOutcome/{oo['id']}"
-        entries.append(e)
+    # an outcome is about this answer, not a resource the server holds: no fullUrl to read
+    entries.extend({"resource": oo, "search": {"mode": "outcome"}} for oo in outcomes)
     out: Json = {"resourceType": "Bundle", "type": "searchset"}
     if id_ is not None:
         out["id"] = id_

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 Json = dict[str, Any]
+#: every OperationOutcome the gateway builds claims UK Core's profile
+UKCORE_OPERATION_OUTCOME = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-OperationOutcome"
 
 
 def issue(
@@ -29,7 +31,11 @@ def issue(
 
 def operation_outcome(issues: list[Json], id_: str | None = None) -> Json:
     """An ``OperationOutcome`` resource holding ``issues``."""
-    out: Json = {"resourceType": "OperationOutcome", "issue": issues}
+    out: Json = {
+        "resourceType": "OperationOutcome",
+        "meta": {"profile": [UKCORE_OPERATION_OUTCOME]},
+        "issue": issues,
+    }
     if id_ is not None:
         out["id"] = id_
     return out

@@ -16,6 +16,7 @@ Paging uses ``_count`` / ``_offset`` and ``next`` links, as many EPRs do.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,8 +35,10 @@ from carelink.simulators.fhir_server import (
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+from carelink.simulators.shared import SharedStore, referenced
 
 MAX_PAGE = 1000
+Json = dict[str, Any]
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
@@ -94,6 +97,10 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         q = request.query_params
         types = set(q["_type"].split(",")) if q.get("_type") else None
         items = [r for r in rec if types is None or r["resourceType"] in types]
+        if isinstance(store, SharedStore):
+            if pid not in shared_of:  # every page of $everything needs them
+                shared_of[pid] = referenced(store, rec)
+            items += [r for r in shared_of[pid] if types is None or r["resourceType"] in types]
         try:
             count = int_param(q.get("_count"), MAX_PAGE, MAX_PAGE)
             offset = int_param(q.get("_offset"), 0, 10**9)
@@ -128,6 +135,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         )
 
     cache = ResponseCache()
+    shared_of: dict[str, list[Json]] = {}  # the files do not change while served
     routes = [
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),

@@ -110,12 +110,13 @@ def _gp(rng: random.Random, person: Person, problems: list[codes.Problem], seed:
                     when,
                     codes.BP_PANEL,
                     value=round(sys_),
+                    related=codes.BP_PANEL_LOINC,
                     unit=str(round(sys_ * 0.62 + rng.gauss(0, 6))),
                     encounter=enc,
                     status="final",
                 )
             )
-        code, unit, lo, hi = rng.choice(codes.VITALS)
+        code, alt, unit, lo, hi = rng.choice(codes.VITALS)
         out.append(
             Fact(
                 "vital",
@@ -124,6 +125,7 @@ def _gp(rng: random.Random, person: Person, problems: list[codes.Problem], seed:
                 code,
                 value=round(rng.uniform(lo, hi), 1),
                 unit=unit,
+                related=alt,
                 encounter=enc,
                 status="final",
             )
@@ -300,18 +302,16 @@ def _community(
                     "score",
                     f"PHQ{i}",
                     _when(rng, person, 2),
-                    codes.loinc(
-                        "44261-6",
-                        "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]",
-                    ),
+                    codes.PHQ9,
                     value=float(rng.randint(0, 27)),
+                    related=codes.PHQ9_LOINC,
                     unit="{score}",
                     status="final",
                     sensitivity="PSY",
                 )
             )
     else:
-        code, unit, lo, hi = codes.VITALS[0]
+        code, alt, unit, lo, hi = codes.VITALS[0]
         out.append(
             Fact(
                 "score",
@@ -320,6 +320,7 @@ def _community(
                 code,
                 value=round(rng.uniform(lo, hi), 1),
                 unit=unit,
+                related=alt,
                 status="final",
             )
         )

@@ -227,15 +227,36 @@ VACCINES: dict[str, Code] = {
     ),
 }
 
-#: (code, unit, low, high) vital signs taken in primary care
-VITALS: tuple[tuple[Code, str, float, float], ...] = (
-    (loinc("29463-7", "Body weight"), "kg", 50.0, 110.0),
-    (loinc("39156-5", "Body mass index (BMI) [Ratio]"), "kg/m2", 18.0, 38.0),
-    (loinc("8867-4", "Heart rate"), "/min", 52.0, 100.0),
+#: (SNOMED CT code, LOINC code, unit, low, high) vital signs taken in primary care and the
+#: community. UK primary care records SNOMED CT; the LOINC coding rides along for systems
+#: that read LOINC. The SNOMED CT codes are the ones UK Core's own vital-signs examples use
+#: (UKCore-Observation-VitalSigns-BodyWeight/-BMI/-BloodPressure-Example), heart rate the
+#: observable entity 364075005 |Heart rate| (the example's 444981005 is *resting* heart rate).
+VITALS: tuple[tuple[Code, Code, str, float, float], ...] = (
+    (sct("27113001", "Body weight"), loinc("29463-7", "Body weight"), "kg", 50.0, 110.0),
+    (
+        sct("60621009", "Body mass index"),
+        loinc("39156-5", "Body mass index (BMI) [Ratio]"),
+        "kg/m2",
+        18.0,
+        38.0,
+    ),
+    (sct("364075005", "Heart rate"), loinc("8867-4", "Heart rate"), "/min", 52.0, 100.0),
 )
-SYSTOLIC = loinc("8480-6", "Systolic blood pressure")
-DIASTOLIC = loinc("8462-4", "Diastolic blood pressure")
-BP_PANEL = loinc("85354-9", "Blood pressure panel with all children optional")
+BP_PANEL = sct("75367002", "Blood pressure")
+BP_PANEL_LOINC = loinc("85354-9", "Blood pressure panel with all children optional")
+SYSTOLIC = (
+    sct("72313002", "Systolic arterial pressure"),
+    loinc("8480-6", "Systolic blood pressure"),
+)
+DIASTOLIC = (
+    sct("1091811000000102", "Diastolic arterial pressure"),
+    loinc("8462-4", "Diastolic blood pressure"),
+)
+#: PHQ-9 total score: SNOMED CT 720433000 |Patient Health Questionnaire Nine Item score| (the
+#: observable UK primary care records the PHQ-9 with), LOINC 44261-6 alongside
+PHQ9 = sct("720433000", "Patient Health Questionnaire Nine Item score")
+PHQ9_LOINC = loinc("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]")
 
 #: (code, unit, low, high) hospital laboratory results
 LABS: tuple[tuple[Code, str, float, float], ...] = (

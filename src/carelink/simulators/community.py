@@ -13,8 +13,9 @@ separated by carriage returns, text escaped with the standard sequences
   contact (``PV1-19`` visit number, ``PV1-44``/``45`` start and end,
   ``PV1-50`` the episode); a ``PPR^PC1`` per problem (``PRB-3`` SNOMED CT
   code with the ICD-10 code as the alternate identifier, ``PRB-25``
-  security/sensitivity); an ``ORU^R01`` per score (``OBX`` with a LOINC
-  code, followed by ``ZSN`` carrying its sensitivity when it has one)
+  security/sensitivity); an ``ORU^R01`` per score (``OBX`` with a SNOMED CT
+  code and the LOINC code as the alternate identifier, followed by ``ZSN``
+  carrying its sensitivity when it has one)
 """
 
 from __future__ import annotations
@@ -182,7 +183,9 @@ def record(w: Writer, person: Person, local: str, facts: tuple[Fact, ...]) -> No
             )
             w.message("PPR^PC1^PPR_PC1", short, prb)
         elif f.kind == "score" and f.code is not None:
-            concept = f"{f.code.code}^{escape(f.code.display)}^LN"
+            concept = f"{f.code.code}^{escape(f.code.display)}^SCT"
+            if f.related is not None:  # the LOINC code as the alternate identifier
+                concept += f"^{f.related.code}^{escape(f.related.display)}^LN"
             segments = [
                 short,
                 segment("OBR", {1: "1", 3: visit, 4: concept, 7: ts(f.when)}),

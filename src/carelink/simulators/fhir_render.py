@@ -10,7 +10,7 @@ import base64
 from datetime import datetime, timedelta
 from typing import Any
 
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid
 from carelink.simulators import codes
 from carelink.simulators.clinical import Fact
 from carelink.simulators.population import Person
@@ -47,14 +47,32 @@ def instant(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
+#: a GP system's number is traced on PDS at registration: UK Core's "verified" status
+VERIFIED_NHS_NUMBER = {
+    "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+    "valueCodeableConcept": {
+        "coding": [
+            {
+                "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland",
+                "code": "01",
+                "display": "Number present and verified",
+            }
+        ]
+    },
+}
+
+
 def patient(person: Person, source: str, local: str) -> Json:
-    """The source's Patient resource."""
+    """The source's Patient resource (the GP's NHS number marked verified when valid)."""
     given = [person.given] + ([person.middle] if person.middle else [])
+    nhs: Json = {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}
+    if source == "gp" and is_valid(person.nhs_number):
+        nhs = {"extension": [VERIFIED_NHS_NUMBER], **nhs}
     return {
         "resourceType": "Patient",
         "id": local,
         "identifier": [
-            {"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number},
+            nhs,
             {"system": LOCAL_SYSTEMS.get(source, f"https://{source}.example/Id"), "value": local},
         ],
         "name": [{"use": "official", "family": person.family, "given": given}],
@@ -136,7 +154,7 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "resourceType": "Observation",
                 "status": fact.status,
                 "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-                "code": concept(fact.code),
+                "code": concept(fact.code, fact.related),
                 "subject": subject,
                 "effectiveDateTime": instant(fact.when),
                 "valueQuantity": {
@@ -153,7 +171,7 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "resourceType": "Observation",
                 "status": fact.status,
                 "category": [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs"}]}],
-                "code": concept(fact.code),
+                "code": concept(fact.code, fact.related),
                 "subject": subject,
                 "effectiveDateTime": instant(fact.when),
                 "component": [
@@ -182,6 +200,7 @@ def resource(fact: Fact, local: str) -> Json | None:
                 "subject": subject,
                 "authoredOn": instant(fact.when),
                 "dosageInstruction": [{"text": fact.text}],
+                "substitution": {"allowedBoolean": True},  # UK Core: 1..1
             }
             if enc:
                 out["encounter"] = enc
@@ -252,9 +271,9 @@ def resource(fact: Fact, local: str) -> Json | None:
     return out
 
 
-def _bp(code: codes.Code, value: float | None) -> Json:
+def _bp(code: tuple[codes.Code, codes.Code], value: float | None) -> Json:
     return {
-        "code": concept(code),
+        "code": concept(*code),
         "valueQuantity": {"value": value, "unit": "mmHg", "system": codes.UCUM, "code": "mm[Hg]"},
     }
 

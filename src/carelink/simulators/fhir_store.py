@@ -21,6 +21,10 @@ from carelink.simulators.store import PopulationSlice
 
 Json = dict[str, Any]
 
+#: Resources outside any patient's compartment that records refer to (served by id and
+#: identifier, and included in ``$everything`` when a record refers to them)
+SHARED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication")
+
 
 class FhirStore(Protocol):
     """Read access the FHIR simulators need."""
@@ -112,6 +116,16 @@ class FileStore:
                 f"{path}: no FHIR Patient to serve in {len(files)} files "
                 f"({len(self.report.skipped)} skipped{first})"
             )
+
+    def shared_resource(self, rtype: str, local: str) -> Json | None:
+        """A Practitioner, Organization, ... (outside every compartment) by id."""
+        return self.resource(rtype, local) if rtype in SHARED_TYPES else None
+
+    def shared_by_identifier(self, rtype: str, system: str | None, value: str) -> Json | None:
+        """A shared resource by identifier (``system`` None: any system)."""
+        if rtype not in SHARED_TYPES:
+            return None
+        return next(iter(self.search(rtype, system, value)), None)
 
     def patient_ids(self) -> list[str]:
         return list(self.loaded.patients)

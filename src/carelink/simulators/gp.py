@@ -15,7 +15,10 @@ Clinical areas and the resource types they return: includeAllergies
 MedicationRequest), includeConsultations (Encounter), includeProblems
 (Condition), includeImmunisations (Immunization), includeInvestigations
 (Observation), includeReferrals (ServiceRequest), includeCarePlans (CarePlan).
-No include parameter means every area.
+No include parameter means every area. When serving files, the Bundle also
+carries the Practitioners, Organizations, Locations ... the record refers to
+(as GP Connect's does), and ``GET /{Type}/{id}`` / ``GET /{Type}?identifier=``
+read them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from carelink.simulators.fhir_server import (
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+from carelink.simulators.shared import SharedStore, referenced
 
 AREAS: dict[str, tuple[str, ...]] = {
     "includeAllergies": ("AllergyIntolerance",),
@@ -107,6 +111,8 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         if rec is None:
             return not_found("Patient")
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
+        if isinstance(store, SharedStore):
+            items += referenced(store, items)
         base = str(request.base_url).rstrip("/")
         return fhir_response(
             {

@@ -93,6 +93,16 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedReader(Protocol):
+    """A source that also serves resources outside patients' compartments
+    (Practitioner, Organization, Location ...), by the source's own id."""
+
+    async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
+        """The resource, namespaced like the source's records, or None if unknown."""
+        ...
+
+
 def source_uri(name: str) -> str:
     """``meta.source`` value for source ``name``."""
     return SOURCE_URI.format(name=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -105,6 +106,18 @@ def localise(
     ]
 
 
+async def read_one(
+    session: aiohttp.ClientSession, source: str, url: str, resource_type: str
+) -> Json | None:
+    """``GET url`` for one resource of ``resource_type``, namespaced; None on 404."""
+    doc, _ = await get_json(session, source, "GET", url)
+    if doc is None:
+        return None
+    if doc.get("resourceType") != resource_type:
+        raise SourceBadPayload(source, f"expected a {resource_type}, got {doc.get('resourceType')}")
+    return namespace(doc, source, "", "")
+
+
 class AcuteSource:
     """The hospital EPR, spoken to in FHIR R4 REST (``$everything`` with paging)."""
 
@@ -165,6 +178,11 @@ class AcuteSource:
             self.cache.put(key, fingerprint, out, tuple(skipped))
         return SourceAnswer(out, "|".join(versions), stamp, tuple(skipped))
 
+    async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
+        """``GET /fhir/{type}/{id}`` for a Practitioner, Organization ..."""
+        url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
+        return await read_one(self.session, self.name, url, resource_type)
+
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""
         url: str | None = f"{self.base}/Patient?_count={self.page_size}"
@@ -224,6 +242,11 @@ class GPSource:
             raise SourceBadPayload(self.name, "structured record without a Patient")
         out = localise(read.resources, self.name, f"{patient['id']}", patient_ref, types)
         return Mapped(out, read.skipped)
+
+    async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
+        """``GET /{type}/{id}`` (GP Connect's Read Practitioner, Organization, Location)."""
+        url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
+        return await read_one(self.session, self.name, url, resource_type)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``)."""

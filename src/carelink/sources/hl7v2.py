@@ -8,7 +8,8 @@ module reads the fields the community system uses (see
 - ``ADT^A01`` + ``ZEP`` -> ``EpisodeOfCare``
 - ``ADT^A03`` PV1 -> ``Encounter`` (a contact, linked to its episode)
 - ``PPR^PC1`` PRB -> ``Condition`` (SNOMED CT + ICD-10; PRB-25 sensitivity)
-- ``ORU^R01`` OBX -> ``Observation`` (LOINC; sensitivity from a following ZSN)
+- ``ORU^R01`` OBX -> ``Observation`` (SNOMED CT, LOINC as the alternate code; sensitivity
+  from a following ZSN)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ UCUM = "http://unitsofmeasure.org"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CODE_SYSTEMS = {"SCT": SNOMED, "I10": ICD10, "LN": LOINC}
-SURVEY_CODES = {"44261-6"}
+SURVEY_CODES = {"720433000", "44261-6"}  # PHQ-9 total score: SNOMED CT, LOINC
 _BATCH = ("FHS", "BHS", "BTS", "FTS")
 HL7_ER7 = "x-application/hl7-v2+er7"
 

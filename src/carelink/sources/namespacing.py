@@ -25,7 +25,8 @@ def namespace(resource: Json, source: str, patient_local_ref: str, patient_ref: 
     A reference to the person's own Patient at the source
     (``patient_local_ref``, e.g. ``Patient/123``) becomes ``patient_ref``; any
     other relative ``Type/id`` reference becomes ``Type/<source>-<id>``.
-    Absolute and contained (``#``) references are left alone.
+    Absolute, contained (``#``) and conditional (``Type?identifier=...``) references
+    are left alone: federation resolves conditional ones against the merged record.
     """
     if "id" in resource:
         resource["id"] = namespaced_id(source, str(resource["id"]))
@@ -57,7 +58,7 @@ def _rewrite(value: Any, source: str, own: str, patient_ref: str) -> None:
 def _map_ref(ref: str, source: str, own: str, patient_ref: str) -> str:
     if ref == own:
         return patient_ref
-    if ref.startswith("#") or "://" in ref or ref.startswith("urn:"):
+    if ref.startswith("#") or "://" in ref or ref.startswith("urn:") or "?" in ref:
         return ref
     parts = ref.split("/")
     if len(parts) == 2:

@@ -4,8 +4,10 @@ from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
+from carelink.storage.result_store import ResultStore
 
 __all__ = [
     "ConsentRow",
@@ -18,10 +20,12 @@ __all__ = [
     "JobRow",
     "JobStore",
     "LinkRow",
+    "LocationStore",
     "NameTest",
     "OptOutStore",
     "PersonQuery",
     "PersonRow",
     "ReplayStore",
+    "ResultStore",
     "ReviewRow",
 ]

@@ -23,6 +23,8 @@ from carelink.storage.tables import (
     export_jobs,
     metadata,
     opt_outs,
+    resource_locations,
+    result_sets,
 )
 
 
@@ -90,7 +92,13 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "audit trail", _audit_tables),
     (4, "consents and break-glass grants", _consent_tables),
     (5, "opt-outs and export jobs", _export_tables),
-    (6, "full identities on grants and jobs; consent history", _identities_and_history),
+    (6, "result sets for paging", lambda conn: result_sets.create(conn, checkfirst=True)),
+    (
+        7,
+        "resource locations",
+        lambda conn: resource_locations.create(conn, checkfirst=True),
+    ),
+    (8, "full identities on grants and jobs; consent history", _identities_and_history),
 ]
 
 

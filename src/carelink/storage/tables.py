@@ -112,7 +112,7 @@ break_glass = sa.Table(
     sa.Column("review_outcome", sa.String(20), nullable=True),
     sa.Column("review_note", sa.Text, nullable=True),
     sa.Column("reviewed", sa.Float, nullable=True),
-    # migration 6: what is reviewed, and the full identities (not the bare subject)
+    # migration 8: what is reviewed, and the full identities (not the bare subject)
     sa.Column("kind", sa.String(20), nullable=True),
     sa.Column("actor", sa.String(1000), nullable=True, index=True),
     sa.Column("person", sa.String(1000), nullable=True),
@@ -152,4 +152,27 @@ export_jobs = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
     sa.Column("progress", sa.String(200), nullable=False),
     sa.Column("manifest", sa.LargeBinary, nullable=True),
+)
+
+#: search results kept for paging: every page of one search is cut from one stored answer
+#: (already filtered for the caller who asked), shared by every gateway process
+result_sets = sa.Table(
+    "result_sets",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+
+
+#: where a resource the gateway has returned lives: (type, id) -> the person whose
+#: record holds it, and when the gateway first learned of it
+resource_locations = sa.Table(
+    "resource_locations",
+    metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_seen", sa.String(40), nullable=False),
 )

@@ -1,0 +1,262 @@
+"""Paging over one stored answer, and partial answers, at the HTTP edge.
+
+- The first page of a search fans out once; when there is more than one page
+  its answer is kept (``carelink.federation.pages``) and the links carry
+  ``_cursor``. Later pages are cut from it without asking the sources again.
+- A cursor belongs to the caller who started the search: ``owner`` is a digest
+  of everything that shapes what they may see (subject, organisation, role,
+  purpose, scopes, patient context).
+- ``X-Carelink-Missing-Sources`` names the sources whose part of the answer is
+  missing, as a comma-separated list of ``<source>;status=<status>`` items
+  (an RFC 8941 structured-field list of tokens with one parameter), e.g.
+  ``acute;status=timeout, gp;status=circuit-open``; absent when nothing is
+  missing. ``Prefer: partial=fail`` turns such an answer into a 503. Sources
+  consent hides from the caller are never named and never cause a 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from carelink.api import params as P
+from carelink.api.deps import audit
+from carelink.api.responses import fhir, http_date, not_modified
+from carelink.audit.events import FAILED, REFUSED
+from carelink.auth import Principal
+from carelink.consent import Filtered, Situation
+from carelink.errors import Gone
+from carelink.federation.fanout import CIRCUIT_OPEN, ERROR, TIMEOUT, SourceResult
+from carelink.federation.pages import Pages, Snapshot
+from carelink.federation.record import Federated, source_outcome
+from carelink.fhir import searchset
+from carelink.fhir.outcome import issue, operation_outcome
+from carelink.fhir.search import apply_elements
+
+Json = dict[str, Any]
+
+MISSING_HEADER = "X-Carelink-Missing-Sources"
+FAILED_STATUSES = (TIMEOUT, ERROR, CIRCUIT_OPEN)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One search as the caller asked it, after authorisation and consent."""
+
+    caller: Principal
+    situation: Situation
+    key: str  # what was asked, e.g. ``Patient/p1/$everything``
+    base: str
+    url: str  # where links point
+    q: dict[str, list[str]]
+    used: set[str]  # search parameters the first page's links would carry
+    interaction: str  # for the audit trail
+
+    @property
+    def pid(self) -> str:
+        """The patient searched."""
+        return self.situation.patient_id
+
+
+def owner(caller: Principal) -> str:
+    """Who a stored result belongs to: the same person in the same role, organisation,
+    purpose and scopes (a changed scope or purpose is a different caller)."""
+    shape = [
+        caller.subject,
+        caller.organisation,
+        caller.role,
+        caller.purpose,
+        sorted(caller.scopes),
+        caller.patient,
+    ]
+    return hashlib.blake2b(orjson.dumps(shape), digest_size=32).hexdigest()
+
+
+def consent_digest(situation: Situation) -> str:
+    """The patient's consent as it shaped a result (a change ends its cursor)."""
+    return hashlib.blake2b(repr(situation.directives).encode(), digest_size=16).hexdigest()
+
+
+def missing(results: Iterable[SourceResult], hidden: frozenset[str]) -> list[str]:
+    """Header items for the sources that failed, leaving out those hidden by consent."""
+    return [
+        f"{r.source};status={r.status}"
+        for r in results
+        if r.status in FAILED_STATUSES and r.source not in hidden
+    ]
+
+
+def outcome(fed: Federated, hidden: frozenset[str]) -> Json:
+    """The per-source outcome, leaving out the sources consent hides from this caller
+    (so the answer does not show where else the person has records)."""
+    if not hidden:
+        return dict(fed.outcome)
+    return source_outcome([r for r in fed.results if r.source not in hidden])
+
+
+def unavailable(items: list[str]) -> Json:
+    """The OperationOutcome of a refused partial answer (``Prefer: partial=fail``)."""
+    issues = []
+    for item in items:
+        source, _, status = item.partition(";status=")
+        issues.append(
+            issue(
+                "error",
+                "timeout" if status == TIMEOUT else "transient",
+                f"source {source}: {status}; the answer would be incomplete "
+                "and Prefer: partial=fail asked for no partial answers",
+            )
+        )
+    return operation_outcome(issues)
+
+
+def snapshot(
+    request: Request,
+    fed: Federated,
+    situation: Situation,
+    shown: Filtered,
+    key: str,
+    matches: list[Json],
+    includes: list[Json],
+) -> Snapshot:
+    """What this search answered the caller, ready to page over."""
+    hidden = request.app.state.guard.hidden_sources(situation)
+    newest = max((r.as_of for r in fed.results if r.as_of), default=None)
+    return Snapshot(
+        key=key,
+        consent=consent_digest(situation),
+        matches=matches,
+        includes=includes,
+        outcome=outcome(fed, hidden),
+        missing=missing(fed.results, hidden),
+        version=fed.etag,
+        last_modified=http_date(newest),
+        break_glass=shown.break_glass,
+    )
+
+
+def page(
+    base: str,
+    url: str,
+    matches: list[Json],
+    q: dict[str, list[str]],
+    used: set[str],
+    request: Request,
+    *,
+    includes: list[Json] | None = None,
+    outcomes: list[Json] | None = None,
+    cursor: str | None = None,
+) -> Json:
+    """One page of ``matches``; with ``cursor``, the links page over that stored result."""
+    settings = request.app.state.settings
+    paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
+    if cursor is not None:
+        paging = paging.on_cursor(cursor)
+    total = len(matches)
+    links = paging.links(url, total)
+    if P.summary_count(q):
+        return searchset(base, [], total=total, links={"self": links["self"]})
+    shown = matches[paging.offset : paging.offset + paging.count]
+    wanted = P.elements(q)
+    if wanted is not None:
+        shown = [apply_elements(r, wanted) for r in shown]
+    return searchset(
+        base,
+        shown,
+        total=total,
+        links=links,
+        includes=(includes or []) if paging.offset == 0 else [],
+        outcomes=outcomes or [],
+    )
+
+
+async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response:
+    """Answer from a fresh fan-out; keep the answer when there is more than one page."""
+    if (refused := await _refuse_partial(request, asked, snap)) is not None:
+        return refused
+    await audit(request, asked.interaction, [asked.pid])
+    settings = request.app.state.settings
+    paging = P.paging(asked.q, asked.used, settings.default_page_size, settings.max_page_size)
+    etag = _etag(asked, snap)
+    if not_modified(request, etag):  # before storing anything: a 304 has no links
+        return Response(status_code=304, headers={"ETag": etag})
+    cursor = None
+    more = paging.offset > 0 or paging.offset + paging.count < len(snap.matches)
+    if more and not P.summary_count(asked.q):
+        pages: Pages = request.app.state.pages
+        cursor = pages.keep(snap, owner(asked.caller))
+    return _respond(request, asked, snap, cursor)
+
+
+async def stored_page(request: Request, asked: Asked) -> Response:
+    """A later page, cut from the answer the first page stored (no fan-out)."""
+    cursor = asked.q["_cursor"][-1]
+    pages: Pages = request.app.state.pages
+    try:
+        snap = pages.load(cursor, owner(asked.caller), asked.key, consent_digest(asked.situation))
+    except Gone:
+        await audit(request, asked.interaction, [asked.pid], REFUSED, "paging cursor gone")
+        raise
+    request.state.break_glass = snap.break_glass
+    if (refused := await _refuse_partial(request, asked, snap)) is not None:
+        return refused
+    await audit(request, asked.interaction, [asked.pid])
+    return _respond(request, asked, snap, cursor)
+
+
+async def _refuse_partial(request: Request, asked: Asked, snap: Snapshot) -> Response | None:
+    """Under ``Prefer: partial=fail``, a 503 naming the missing sources instead of the data."""
+    if not (P.prefer(request).complete and snap.missing):
+        return None
+    await audit(request, asked.interaction, [asked.pid], FAILED, "sources unavailable")
+    return fhir(unavailable(snap.missing), 503, headers={MISSING_HEADER: ", ".join(snap.missing)})
+
+
+def _etag(asked: Asked, snap: Snapshot) -> str:
+    """The page's version: the sources' data versions and everything that shaped the page."""
+    return f'"{snap.version}-{query_digest(asked.q, asked.caller, asked.situation)}"'
+
+
+def _respond(request: Request, asked: Asked, snap: Snapshot, cursor: str | None) -> Response:
+    etag = _etag(asked, snap)
+    if not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    body = page(
+        asked.base,
+        asked.url,
+        snap.matches,
+        asked.q,
+        asked.used,
+        request,
+        includes=snap.includes,
+        outcomes=[snap.outcome],
+        cursor=cursor,
+    )
+    headers = {"ETag": etag}
+    if snap.last_modified is not None:
+        headers["Last-Modified"] = snap.last_modified
+    if snap.missing:
+        headers[MISSING_HEADER] = ", ".join(snap.missing)
+    if P.prefer(request).complete:
+        headers["Preference-Applied"] = P.PARTIAL_FAIL
+    return fhir(body, headers=headers)
+
+
+def query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:
+    """What else shapes the representation: the query, what the caller may see, consent."""
+    shape = [
+        sorted(q.items()),
+        sorted(caller.scopes),
+        caller.patient,
+        caller.organisation,
+        caller.role,
+        caller.purpose,
+        [(d.id, d.status) for d in situation.directives],
+    ]
+    return hashlib.blake2b(orjson.dumps(shape, default=str), digest_size=8).hexdigest()

@@ -1,0 +1,91 @@
+"""Where each resource the gateway has handed out lives: (type, id) -> person.
+
+Written whenever a person's record is federated, so a later read of
+``Observation/acute-123`` knows whose record to ask for it. The first time
+seen is kept: the time the gateway learned of the resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from carelink.storage.database import Database
+from carelink.storage.hot import HotConnection
+from carelink.storage.tables import resource_locations
+
+#: (type, id) pairs this process has written, so a re-read of a record writes nothing
+_MEMO_LIMIT = 200_000
+
+
+class LocationStore:
+    """Reads and writes of ``resource_locations``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._hot = HotConnection(db)
+        mark = self._hot.mark
+        # fixed SQL from our own placeholder marks; values are always bound parameters
+        where = f"resource_type = {mark} AND resource_id = {mark}"
+        self._sql_person = f"SELECT person_id FROM resource_locations WHERE {where}"  # noqa: S608
+        self._sql_refs = (
+            "SELECT resource_type, resource_id FROM resource_locations "  # noqa: S608
+            f"WHERE person_id = {mark}"
+        )
+        self._written: set[tuple[str, str]] = set()
+
+    def record(self, person_id: str, resources: Iterable[tuple[str, str]], seen: str) -> int:
+        """Note that the person's record holds these (type, id) pairs.
+
+        The first time seen is kept; the person is the latest (a rebuilt index may
+        have moved a source's record to another person).
+
+        Returns how many pairs were new to this process (and so sent to the database).
+        """
+        new = [key for key in dict.fromkeys(resources) if key not in self._written]
+        if not new:
+            return 0
+        rows = [
+            {"resource_type": t, "resource_id": i, "person_id": person_id, "first_seen": seen}
+            for t, i in new
+        ]
+        insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(resource_locations)
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["resource_type", "resource_id"],
+                    set_={"person_id": insert.excluded.person_id},
+                ),
+                rows,
+            )
+        if len(self._written) + len(new) > _MEMO_LIMIT:
+            self._written.clear()
+        self._written.update(new)
+        return len(new)
+
+    def person_of(self, resource_type: str, resource_id: str) -> str | None:
+        """The person whose record held ``resource_type/resource_id``, if ever seen."""
+        rows = self._hot.query(self._sql_person, (resource_type, resource_id))
+        return str(rows[0][0]) if rows else None
+
+    def refs_of(self, person_id: str) -> frozenset[str]:
+        """``Type/id`` of every resource seen in the person's record."""
+        rows = self._hot.query(self._sql_refs, (person_id,))
+        return frozenset(f"{t}/{i}" for t, i in rows)
+
+    def first_seen(self, resource_type: str, resource_id: str) -> str | None:
+        """When the gateway first learned of the resource."""
+        with self.db.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(resource_locations.c.first_seen).where(
+                    resource_locations.c.resource_type == resource_type,
+                    resource_locations.c.resource_id == resource_id,
+                )
+            ).scalar()
+        return None if value is None else str(value)
+
+    def close(self) -> None:
+        """Release the lookup connection."""
+        self._hot.close()

@@ -1,0 +1,51 @@
+"""Stored search results, so that every page of one search is cut from one answer.
+
+A row is an opaque body under a random id, the digest of the caller it belongs
+to, and the instant it expires. Expired rows are deleted whenever a new one is
+written, so the table never holds more than the last ``ttl`` of searches.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.tables import result_sets
+
+
+class ResultStore:
+    """Result sets by id, in the database every gateway process shares."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, set_id: str, owner: str, body: bytes, expires: float, now: float) -> None:
+        """Store one result set, sweeping away the expired ones in the same transaction."""
+        with self.db.engine.begin() as conn:
+            conn.execute(result_sets.delete().where(result_sets.c.expires <= now))
+            conn.execute(
+                result_sets.insert().values(id=set_id, owner=owner, expires=expires, body=body)
+            )
+
+    def get(self, set_id: str, owner: str, now: float) -> bytes | None:
+        """The body, if the set exists, has not expired and belongs to ``owner``.
+
+        Which of the three failed is deliberately not said: a caller holding
+        someone else's cursor learns nothing from the answer.
+        """
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(result_sets.c.body).where(
+                    result_sets.c.id == set_id,
+                    result_sets.c.owner == owner,
+                    result_sets.c.expires > now,
+                )
+            ).first()
+        return bytes(row[0]) if row else None
+
+    def sweep(self, now: float) -> int:
+        """Delete expired sets; return how many went."""
+        with self.db.engine.begin() as conn:
+            return int(
+                conn.execute(result_sets.delete().where(result_sets.c.expires <= now)).rowcount
+            )

@@ -1,0 +1,45 @@
+"""The pure parts of paging at the HTTP edge: cursor owners and the missing-sources header."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carelink.api.paging import missing, owner
+from carelink.auth import Principal
+from carelink.federation.fanout import SourceResult
+
+NAMES = ["gp", "acute", "community", "social-care"]
+STATUSES = ["ok", "timeout", "error", "circuit-open", "not-known"]
+
+results = st.lists(
+    st.builds(SourceResult, st.sampled_from(NAMES), st.sampled_from(STATUSES), st.just(1.0)),
+    unique_by=lambda r: r.source,
+)
+
+
+@given(results=results, hidden=st.frozensets(st.sampled_from(NAMES)))
+def test_the_header_names_exactly_the_failed_sources_consent_does_not_hide(results, hidden):
+    items = missing(results, hidden)
+    named = {i.split(";")[0] for i in items}
+    failed = {r.source for r in results if r.status in ("timeout", "error", "circuit-open")}
+    assert named == failed - hidden
+    assert all(i == f"{i.split(';')[0]};status={i.split('=')[1]}" for i in items)
+
+
+ALICE = Principal("alice", "R8000", "RXX01", frozenset({"user/*.rs"}), "TREAT")
+
+
+def test_a_cursor_owner_is_the_same_caller_in_the_same_capacity():
+    assert owner(ALICE) == owner(replace(ALICE))
+    others = [
+        replace(ALICE, subject="bob"),
+        replace(ALICE, role="R8001"),
+        replace(ALICE, organisation="RYY02"),
+        replace(ALICE, scopes=frozenset({"user/Encounter.rs"})),
+        replace(ALICE, purpose="ETREAT"),
+        replace(ALICE, patient="p1"),
+    ]
+    assert len({owner(o) for o in others} | {owner(ALICE)}) == len(others) + 1

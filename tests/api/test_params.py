@@ -1,0 +1,51 @@
+"""POST bodies as search parameters: FHIR Parameters resources."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carelink.api.params import parameters_of
+from carelink.errors import InvalidRequest
+
+names = st.sampled_from(["start", "end", "_since", "_type", "_count"])
+values = st.one_of(
+    st.tuples(st.just("valueString"), st.text(max_size=20)),
+    st.tuples(st.just("valueDate"), st.dates().map(str)),
+    st.tuples(st.just("valueInteger"), st.integers(0, 10_000)),
+)
+
+
+@given(st.lists(st.tuples(names, values), max_size=8))
+def test_every_parameter_comes_back_as_text_in_order(pairs):
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": n, kind: v} for n, (kind, v) in pairs],
+    }
+    got = parameters_of(orjson.dumps(body))
+    expected: dict[str, list[str]] = {}
+    for n, (_, v) in pairs:
+        expected.setdefault(n, []).append(str(v))
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"resourceType": "Patient"}',
+        b'{"resourceType": "Parameters", "parameter": {"name": "x"}}',
+        b'{"resourceType": "Parameters", "parameter": [{"name": "x"}]}',
+        b'{"resourceType": "Parameters", "parameter": [{"valueString": "x"}]}',
+        b'{"resourceType": "Parameters", "parameter": [{"name": "x", "valueBoolean": true}]}',
+        b'{"resourceType": "Parameters", "parameter": [{"name": "x", "valueCoding": {}}]}',
+        b'{"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": "a", '
+        b'"valueInteger": 1}]}',
+        b'{"resourceType": "Parameters", "parameter": ["x"]}',
+    ],
+)
+def test_what_is_not_a_simple_parameters_body_is_400(body):
+    with pytest.raises(InvalidRequest):
+        parameters_of(body)

@@ -1,0 +1,46 @@
+"""Where each resource handed out lives, in SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from carelink.storage import Database, LocationStore
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def test_a_recorded_resource_names_its_person_and_an_unknown_one_nobody(db):
+    store = LocationStore(db)
+    assert store.record("p1", [("Observation", "acute-1"), ("Encounter", "gp-2")], "T1") == 2
+    assert store.person_of("Observation", "acute-1") == "p1"
+    assert store.person_of("Encounter", "gp-2") == "p1"
+    assert store.person_of("Encounter", "acute-1") is None  # the type is part of the key
+    assert store.person_of("Observation", "acute-9") is None
+    store.close()
+
+
+def test_the_first_time_seen_is_kept_and_the_latest_person_wins(db):
+    first, second = LocationStore(db), LocationStore(db)  # two gateway processes
+    first.record("p1", [("Condition", "gp-1")], "2026-01-01T00:00:00Z")
+    assert second.record("p2", [("Condition", "gp-1"), ("Condition", "gp-1")], "2026-02-02") == 1
+    assert first.person_of("Condition", "gp-1") == "p2"
+    assert first.first_seen("Condition", "gp-1") == "2026-01-01T00:00:00Z"
+    assert first.first_seen("Condition", "gp-404") is None
+    first.close()
+    second.close()
+
+
+def test_a_process_writes_a_resource_it_has_recorded_only_once(db):
+    store = LocationStore(db)
+    store.record("p1", [("Observation", "acute-1")], "T1")
+    assert store.record("p1", [("Observation", "acute-1")], "T2") == 0
+    assert store.record("p1", [("Observation", "acute-1"), ("Observation", "acute-2")], "T2") == 1
+    store.close()
