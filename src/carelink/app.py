@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from carelink.anonymise.keys import load_master_key
 from carelink.api import router
 from carelink.api.deps import audit
+from carelink.api.limits import BoundedInput
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail
 from carelink.audit.events import REFUSED
@@ -233,6 +234,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
+    app.add_middleware(
+        BoundedInput,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
