@@ -93,3 +93,17 @@ def test_the_gateway_does_not_start_with_a_profile_file_it_cannot_use(tmp_path):
         f"carelink: configuration error: {tmp_path / 'UKCore-Patient.json'}:1: a profile is "
         "not JSON (unexpected end of data)"
     ]
+
+
+def test_input_limits_have_sane_defaults_and_come_from_the_environment():
+    s = Settings.from_env({})
+    assert (s.max_body_bytes, s.max_header_bytes) == (1024 * 1024, 32 * 1024)
+    assert (s.max_json_depth, s.max_consent_provisions) == (32, 100)
+    changed = Settings.from_env({"CARELINK_MAX_CONSENT_PROVISIONS": "20"})
+    assert changed.max_consent_provisions == 20
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots"])
+def test_an_input_limit_must_be_a_whole_number_of_at_least_one(value):
+    with pytest.raises(ConfigError, match="CARELINK_MAX_BODY_BYTES"):
+        Settings.from_env({"CARELINK_MAX_BODY_BYTES": value})

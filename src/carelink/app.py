@@ -23,6 +23,7 @@ from carelink.api import router
 from carelink.api.audit_middleware import AuditEveryRequest, interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
+from carelink.api.limits import BoundedInput
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
 from carelink.audit.events import REFUSED
@@ -225,6 +226,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
+    app.add_middleware(
+        BoundedInput,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    # added last, so outermost: requests the input bounds refuse are audited too
     app.add_middleware(AuditEveryRequest)
 
     @app.exception_handler(CarelinkError)

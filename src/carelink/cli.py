@@ -239,12 +239,13 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from carelink.serving import PROTOCOL
     from carelink.settings import Settings
 
     if "CARELINK_AUDIENCE" not in os.environ:
         # tokens are for this gateway: its FHIR base as served here
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
-    Settings.from_env()  # fail fast with a clear message before forking workers
+    settings = Settings.from_env()  # fail fast with a clear message before forking workers
     uvicorn.run(
         "carelink.app:create_app",
         factory=True,
@@ -253,6 +254,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # request heads are bounded before they are parsed (carelink.serving)
+        http=PROTOCOL,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return EXIT_OK
 
@@ -270,7 +274,13 @@ def _mint(args: argparse.Namespace) -> int:
         "scope": args.scope,
     }
     if args.patient:
-        claims["patient"] = args.patient
+        # a citizen (or someone acting for them): no clinical role, no organisation
+        claims = {
+            "sub": args.subject,
+            "purpose_of_use": args.purpose,
+            "scope": args.scope,
+            "patient": args.patient,
+        }
     print(LocalIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
     return EXIT_OK
 

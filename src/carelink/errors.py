@@ -8,6 +8,8 @@ Only ``carelink.api`` turns these into an HTTP status and an
     CarelinkError
     ├── InvalidRequest          400  bad parameter, bad NHS number, bad body
     │   ├── UnsupportedFormat   406  _format / Accept the gateway cannot produce
+    │   ├── UnsupportedMediaType 415 a body in a content type the gateway does not read
+    │   ├── PayloadTooLarge     413  a body over the configured limit
     │   └── UnprocessableResource 422 a resource body that breaks a rule (e.g. a Consent)
     ├── NotFound                404  no such resource or person
     ├── Gone                    410  a paging cursor that expired, is unknown or is not yours
@@ -45,6 +47,14 @@ class InvalidRequest(CarelinkError):
 
 class UnsupportedFormat(InvalidRequest):
     """The caller asked for a representation the gateway does not produce (HTTP 406)."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A body sent as a content type the gateway does not read (HTTP 415)."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body over the configured limit (HTTP 413)."""
 
 
 class UnprocessableResource(InvalidRequest):

@@ -117,6 +117,13 @@ class Settings:
     breaker_threshold: int = 3
     breaker_reset: float = 5.0
     upstream_connections: int = 64
+    #: bounded input: request body bytes (413 beyond), request header bytes (431 beyond),
+    #: JSON nesting depth and, for a Consent, its provisions and bytes (400/422 beyond)
+    max_body_bytes: int = 1024 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_json_depth: int = 32
+    max_consent_provisions: int = 100
+    max_consent_bytes: int = 64 * 1024
 
     def validate(self) -> Settings:
         """Refuse unsafe or impossible combinations with a clear message."""
@@ -221,4 +228,16 @@ class Settings:
             ),
             profiles=e.get("CARELINK_PROFILES", s.profiles),
         )
+        limits: dict[str, str] = {
+            "max_body_bytes": "CARELINK_MAX_BODY_BYTES",
+            "max_header_bytes": "CARELINK_MAX_HEADER_BYTES",
+            "max_json_depth": "CARELINK_MAX_JSON_DEPTH",
+            "max_consent_provisions": "CARELINK_MAX_CONSENT_PROVISIONS",
+            "max_consent_bytes": "CARELINK_MAX_CONSENT_BYTES",
+        }
+        for attr, name in limits.items():
+            value = _number(e, name, getattr(s, attr), "bytes or items")
+            if value < 1 or value != int(value):
+                raise ConfigError(f"{name} must be a whole number of at least 1, not {value}")
+            s = replace(s, **{attr: int(value)})  # type: ignore[arg-type]
         return s.validate()

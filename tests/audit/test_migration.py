@@ -1,4 +1,4 @@
-"""A trail stored before migration 8 (hashes over the event only) still verifies after it,
+"""A trail stored before migration 9 (hashes over the event only) still verifies after it,
 new records carry hashes over every column, and old records are still held to their
 events' contents (so moving one to another patient is found)."""
 

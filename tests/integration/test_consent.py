@@ -42,6 +42,10 @@ class Gateway:
         claims.setdefault("scope", "user/*.cruds")
         return self.issuer.token(aud=self.base, **claims)
 
+    def officer(self) -> str:
+        """A privacy officer: may record any patient's choices (policy consentAccess)."""
+        return self.token(role="R0001", sub="privacy-officer-1")
+
     def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
         return httpx.get(
             f"{self.base}{path}",
@@ -56,7 +60,7 @@ class Gateway:
             f"{self.base}{path}",
             content=json.dumps(body) if body is not None else None,
             headers={
-                "Authorization": f"Bearer {token or self.token()}",
+                "Authorization": f"Bearer {token or self.officer()}",
                 "Content-Type": "application/fhir+json",
             },
             timeout=15,
@@ -363,12 +367,13 @@ def test_only_consent_managers_and_the_patient_record_consent(pair, system):
     gw = pair[0]
     person = next(_people(system, sources={"gp"}))
     pid = _pid(gw, person)
-    admin = gw.token(role="R8008")
-    assert (
-        gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), admin).status_code
-        == 403
-    )
-    read_only = gw.token(scope="user/*.rs")
+    # A clerk, even at the patient's own practice, is not among consentAccess's roles: to
+    # them the patient is unknown (the same 422 a made-up patient id gets).
+    admin = gw.token(role="R8008", organisation=person.gp_ods)
+    refused = gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), admin)
+    assert refused.status_code == 422
+    assert "known to the gateway" in refused.text
+    read_only = gw.token(scope="user/*.rs", organisation=person.gp_ods)
     assert (
         gw.send("POST", "/Consent", privacy_consent(pid, {"type": "deny"}), read_only).status_code
         == 403
@@ -379,7 +384,7 @@ def test_only_consent_managers_and_the_patient_record_consent(pair, system):
     other = _pid(gw, next(p for p in _people(system, sources={"gp"}) if p != person))
     assert (
         gw.send("POST", "/Consent", privacy_consent(other, {"type": "deny"}), citizen).status_code
-        == 403
+        == 422  # someone else's record: unknown to this citizen
     )
     assert gw.send("DELETE", f"/Consent/{mine.json()['id']}", None, citizen).status_code == 204
 
@@ -405,7 +410,11 @@ def test_withdrawing_by_update_and_seeing_it_in_a_second_gateway_process(pair, s
         stale = httpx.put(
             f"{first.base}/Consent/{cid}",
             content=json.dumps({**consent, "id": cid}),
-            headers={"Authorization": f"Bearer {first.token()}", "If-Match": 'W/"1"'},
+            headers={
+                "Authorization": f"Bearer {first.officer()}",
+                "If-Match": 'W/"1"',
+                "Content-Type": "application/fhir+json",
+            },
         )
         assert stale.status_code == 412
     finally:
@@ -518,7 +527,8 @@ def test_the_decision_service_says_permit_deny_or_no_consent_and_why(pair, syste
                     "data": {"class": "Observation", "source": "acute"},
                 },
             },
-            headers={"Authorization": f"Bearer {gw.token()}"},
+            # the patient's own practice may ask (consentAccess); a stranger may not
+            headers={"Authorization": f"Bearer {gw.token(organisation=person.gp_ods)}"},
         )
         assert r.status_code == 200, r.text
         return dict(r.json()["cards"][0])

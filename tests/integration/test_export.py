@@ -18,6 +18,7 @@ import pytest
 from joserfc.jwk import KeySet, RSAKey
 
 from carelink.anonymise.keys import ProjectKeys
+from carelink.auth import Principal
 from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import ExtractSpec
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
@@ -26,7 +27,7 @@ from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import carelink
-from tests.support.tokens import Issuer
+from tests.support.tokens import ISSUER, Issuer
 
 ANALYST = "population-health"
 SMART_FETCH_CLIENT = "bulk-client"
@@ -45,6 +46,7 @@ class Exporter:
     def token(self, sub: str = ANALYST, **claims: Any) -> str:
         claims.setdefault("scope", "system/*.rs")
         claims.setdefault("purpose_of_use", "HRESCH")
+        claims.setdefault("client_id", sub)  # a backend-services token: the client is the caller
         return self.issuer.token(aud=self.base, sub=sub, role=None, organisation=None, **claims)
 
     def kick_off(
@@ -107,9 +109,10 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     database.migrate()
     OptOutStore(database).load([(n, k) for n, k in opted.items()], "2026-11-23")
     # A job accepted before this gateway started: it must still run (jobs survive restarts).
+    analyst = Principal(ANALYST, None, None, frozenset(), issuer=ISSUER, client_id=ANALYST)
     JobStore(database).create(
         "left-over",
-        ANALYST,
+        analyst.identity,  # jobs are bound to the full identity that asked
         JobRequest(
             ExtractSpec(ANALYST, "pseudonymised", frozenset({"Patient"})), "x", "ndjson"
         ).to_bytes(),
@@ -423,7 +426,7 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
         for p in system.population[2:]  # population[1] is opted out by the command-line test
         if "gp" in p.sources and p.nhs_number not in exporter.opted_out
     )
-    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
+    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds", role="R0001")
     pid = _patient(exporter.base, clinician, person.nhs_number)["id"]
     consent_id = _record_consent(exporter.base, clinician, pid, {"type": "deny"})
     try:
@@ -473,7 +476,7 @@ def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_wha
     extra = {"CARELINK_CONSENT_POLICY": str(tmp_path / "policy.json")}
     with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
         exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
-        clinician = issuer.token(aud=gateway.base, scope="user/*.cruds")
+        clinician = issuer.token(aud=gateway.base, scope="user/*.cruds", role="R0001")
         practice = system.population[0].gp_ods
         objectors = [p for p in system.population if p.gp_ods == practice][:4]
         for person in objectors:
@@ -509,7 +512,7 @@ def test_a_source_the_consent_keeps_out_leaves_no_trace_on_the_extracted_patient
         and p.social_variant is None
         and p.nhs_number not in exporter.opted_out
     )
-    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds")
+    clinician = exporter.issuer.token(aud=exporter.base, scope="user/*.cruds", role="R0001")
     patient = _patient(exporter.base, clinician, person.nhs_number)
     social = local_id_system("social-care")
     assert any(i["system"] == social for i in patient["identifier"])  # known there

@@ -497,7 +497,7 @@ def test_the_missing_sources_header_never_names_a_source_consent_hides(gateway, 
     """No observable of a response depends on data the caller may not see: with acute's
     data withheld by consent, acute failing changes neither header, status nor outcome."""
     person = everyone(system)
-    admin = gateway.token()
+    admin = gateway.token(role="R0001")  # a privacy officer records the patient's choice
     stranger = gateway.token(organisation=STRANGER)
     pid = pid_of(gateway.base, person, {"Authorization": f"Bearer {admin}"})
     url = f"/Patient/{pid}/$everything"
@@ -542,7 +542,7 @@ def test_the_missing_sources_header_never_names_a_source_consent_hides(gateway, 
 
 def test_a_consent_change_between_pages_ends_the_cursor(gateway, system):
     person = everyone(system)
-    admin = gateway.token()
+    admin = gateway.token(role="R0001")  # a privacy officer records the patient's choice
     stranger = gateway.token(organisation=STRANGER)
     pid = pid_of(gateway.base, person, {"Authorization": f"Bearer {admin}"})
     first = gateway.get(f"/Patient/{pid}/$everything", stranger, params={"_count": 2})

@@ -167,10 +167,11 @@ def test_totals_never_count_people_consent_withholds(crowd):
     hidden = crowd.birthday[0]
     found = crowd.get("/Patient", clinician, identifier=f"{NHS_NUMBER_SYSTEM}|{hidden}").json()
     pid = found["entry"][0]["resource"]["id"]
+    officer = crowd.token(role="R0001")  # records choices for any patient (consentAccess)
     stored = httpx.post(
         f"{crowd.base}/Consent",
         json=privacy_consent(pid, {"type": "deny"}),
-        headers={"Authorization": f"Bearer {clinician}", "Content-Type": "application/fhir+json"},
+        headers={"Authorization": f"Bearer {officer}", "Content-Type": "application/fhir+json"},
         timeout=30,
     )
     assert stored.status_code == 201, stored.text
@@ -188,7 +189,7 @@ def test_totals_never_count_people_consent_withholds(crowd):
     finally:
         gone = httpx.delete(
             f"{crowd.base}/Consent/{stored.json()['id']}",
-            headers={"Authorization": f"Bearer {clinician}"},
+            headers={"Authorization": f"Bearer {officer}"},
             timeout=30,
         )
         assert gone.status_code == 204

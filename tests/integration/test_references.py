@@ -368,7 +368,7 @@ def test_a_read_consent_withholds_is_not_found_like_an_unknown_one_and_audited(
     pid = split.people[0]
     stranger = {"Authorization": f"Bearer {issuer.token(aud=base, organisation='RXX01')}"}
     manager = {
-        "Authorization": f"Bearer {issuer.token(aud=base, scope='user/*.cruds')}",
+        "Authorization": f"Bearer {issuer.token(aud=base, scope='user/*.cruds', role='R0001')}",
         "Content-Type": "application/fhir+json",
     }
     with httpx.Client(timeout=60) as client:

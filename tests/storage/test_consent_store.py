@@ -19,7 +19,11 @@ def store(database_url: str) -> Iterator[ConsentStore]:
     db.dispose()
 
 
-def grant(gid: str, expires: float) -> GrantRow:
+DR = '["issuer","dr","RXX01","R8000",null,null]'
+DR_ELSEWHERE = '["issuer","dr","RYY02","R8000",null,null]'
+
+
+def grant(gid: str, expires: float, kind: str = "break-glass") -> GrantRow:
     return GrantRow(
         gid,
         "dr",
@@ -34,15 +38,25 @@ def grant(gid: str, expires: float) -> GrantRow:
         None,
         None,
         None,
+        kind,
+        DR,
+        '["issuer","dr"]',
     )
 
 
 def test_a_grant_is_in_force_until_it_expires_and_only_for_its_holder(store):
     store.grant(grant("g1", expires=100.0))
-    assert store.has_grant("p1", "dr", now=99.0)
-    assert not store.has_grant("p1", "dr", now=100.0)
-    assert not store.has_grant("p1", "someone-else", now=50.0)
-    assert not store.has_grant("p2", "dr", now=50.0)
+    assert store.has_grant("p1", DR, now=99.0)
+    assert not store.has_grant("p1", DR, now=100.0)
+    assert not store.has_grant("p1", "dr", now=50.0)  # the bare subject is no identity
+    assert not store.has_grant("p1", DR_ELSEWHERE, now=50.0)
+    assert not store.has_grant("p2", DR, now=50.0)
+
+
+def test_a_consent_change_review_grants_no_access(store):
+    store.grant(grant("g3", expires=100.0, kind="consent-change"))
+    assert not store.has_grant("p1", DR, now=50.0)
+    assert [g.kind for g in store.grants("requested")] == ["consent-change"]
 
 
 def test_a_review_completes_once(store):
@@ -65,5 +79,71 @@ def test_only_active_consents_are_read_on_the_request_path_and_updates_are_versi
     assert not store.put(newer, expected_version=5)  # stale
     assert store.put(newer, expected_version=1)
     assert store.active("p1") == []
-    assert store.delete("c1")
-    assert store.get("c1") is None
+    assert [r.version for r in store.history("c1")] == [2, 1]  # every version is kept
+    assert store.history("c1")[1].body == b'{"id": "c1"}'
+    assert store.history("nobody") == []
+
+
+OLD_TABLES = [
+    "CREATE TABLE consents (id VARCHAR(64) PRIMARY KEY, patient_id VARCHAR(64) NOT NULL, "
+    "status VARCHAR(20) NOT NULL, version INTEGER NOT NULL, last_updated VARCHAR(40) NOT NULL, "
+    "body BYTEA NOT NULL)",
+    "CREATE TABLE break_glass (id VARCHAR(64) PRIMARY KEY, subject VARCHAR(200) NOT NULL, "
+    "organisation VARCHAR(20), role VARCHAR(10), patient_id VARCHAR(64) NOT NULL, "
+    "reason TEXT NOT NULL, granted FLOAT NOT NULL, expires FLOAT NOT NULL, "
+    "review_status VARCHAR(20) NOT NULL, reviewer VARCHAR(200), review_outcome VARCHAR(20), "
+    "review_note TEXT, reviewed FLOAT)",
+    "CREATE TABLE export_jobs (id VARCHAR(64) PRIMARY KEY, client VARCHAR(200) NOT NULL, "
+    "status VARCHAR(20) NOT NULL, request BYTEA NOT NULL, created FLOAT NOT NULL, "
+    "lease_until FLOAT NOT NULL, progress TEXT NOT NULL, manifest BYTEA)",
+]
+
+
+def test_migration_8_keeps_what_a_schema_7_database_holds(database_url):
+    """Grants gain kind and identities (old ones match nobody), Consents their history."""
+    import sqlalchemy as sa
+
+    from carelink.storage.database import MIGRATIONS
+
+    db = Database(database_url)
+    blob = "BLOB" if db.is_sqlite else "BYTEA"
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE schema_version "
+                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
+            )
+        )
+        for number, description, _ in MIGRATIONS[:7]:
+            conn.execute(
+                sa.text("INSERT INTO schema_version VALUES (:v, :d)"),
+                {"v": number, "d": description},
+            )
+        for ddl in OLD_TABLES:
+            conn.execute(sa.text(ddl.replace("BYTEA", blob)))
+        conn.execute(
+            sa.text("INSERT INTO consents VALUES ('c1', 'p1', 'active', 3, 't', :b)"),
+            {"b": b'{"id": "c1"}'},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO break_glass (id, subject, patient_id, reason, granted, expires, "
+                "review_status) VALUES ('g1', 'dr', 'p1', 'old', 0, 1e12, 'requested')"
+            )
+        )
+    assert db.migrate() == len(MIGRATIONS)
+    store = ConsentStore(db)
+    try:
+        assert [(r.id, r.version) for r in store.history("c1")] == [("c1", 3)]
+        old = store.grant_by_id("g1")
+        assert old is not None
+        assert old.actor is None
+        assert not store.has_grant("p1", "dr", now=1.0)  # a bare subject matches nothing
+        newer = ConsentRow("c1", "p1", "inactive", 4, "t2", b'{"id": "c1", "v": 4}')
+        assert store.put(newer, expected_version=3)
+        assert [r.version for r in store.history("c1")] == [4, 3]
+        store.grant(grant("g2", expires=1e12))
+        assert store.has_grant("p1", DR, now=1.0)
+    finally:
+        store.close()
+        db.dispose()

@@ -7,6 +7,11 @@
   all match it. Filtering happens before counting, so totals, paging and
   ``_summary=count`` never reveal what the caller could not read.
 - A patient's token is held to that patient's own compartment.
+- Only ``user/`` and ``patient/`` scopes open the live clinical API:
+  ``system/`` scopes (backend services) serve ``$export``, unless the policy's
+  ``systemScopesOnLiveApi`` lets them through (``deps.context`` then reads them
+  as ``user/`` scopes). A ``patient/`` scope never arrives without a patient
+  context: the token is refused at validation.
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ Json = dict[str, Any]
 
 
 @lru_cache(maxsize=1024)
-def scopes_of(granted: frozenset[str]) -> tuple[Scope, ...]:
-    """Parsed scopes (cached: tokens repeat)."""
+def all_scopes_of(granted: frozenset[str]) -> tuple[Scope, ...]:
+    """Parsed scopes, every context (cached: tokens repeat)."""
     return parse_all(granted)
+
+
+@lru_cache(maxsize=1024)
+def scopes_of(granted: frozenset[str]) -> tuple[Scope, ...]:
+    """The scopes that count on the live clinical API (``user/`` and ``patient/``)."""
+    return tuple(s for s in parse_all(granted) if s.context != "system")
 
 
 def require(caller: Principal, resource_type: str, perm: str) -> tuple[Scope, ...]:
@@ -84,7 +95,9 @@ def system_filters(caller: Principal, resource_type: str) -> list[dict[str, list
     """For an export: None if no ``system/`` scope grants read of the type; ``[]`` if one
     grants it unfiltered; else each granting scope's parameters (any may match)."""
     found = [
-        s for s in granting(scopes_of(caller.scopes), resource_type, "r") if s.context == "system"
+        s
+        for s in granting(all_scopes_of(caller.scopes), resource_type, "r")
+        if s.context == "system"
     ]
     if not found:
         return None

@@ -1,17 +1,20 @@
-"""Patients' choices through the FHIR API, break-glass and its review, the decision service.
+"""Patients' choices through the FHIR API, and the decision as a service.
 
 - ``Consent``: create (POST), read, update (PUT, optimistic with If-Match),
-  revoke (DELETE), search by patient. Writers need a scope granting the
-  interaction on Consent and a role the policy lists in ``consentManagers``
-  (or, where the policy allows, a citizen for their own record).
-- ``POST /fhir/Patient/$break-glass``: an emergency override for one
-  patient, for the policy's number of minutes, by roles the policy allows,
-  with purpose ETREAT and a reason; audited, and put on the review list.
-- ``GET /fhir/Task?status=requested``: that review list, for the policy's
-  reviewers (privacy officer R0001, Caldicott Guardian R5105);
-  ``POST /fhir/Task/{id}/$review`` completes an item.
+  revoke (DELETE: a new, inactive version; nothing is deleted), history
+  (``/Consent/{id}/_history``), search by patient.
 - ``POST /cds-services/patient-consent-consult``: the decision as a service,
   in the CDS Hooks shape of the LEAP consent decision service.
+
+Every route is consent-protected itself (``consent.stewardship``, policy
+``consentAccess``): only the patient (or those acting for them), privacy
+officers and the patient's registered practice learn anything about a
+patient's Consents. Everyone else gets exactly the answer an unknown patient
+or Consent gets, so no route tells whether someone objected. Writers also
+need a role in ``consentManagers``; the server records who entered each
+version (``performer``, ``verification``) and raises a review Task when
+someone other than the patient withdraws an objection or unlocks a
+sensitive category.
 """
 
 from __future__ import annotations
@@ -26,292 +29,287 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import access
+from carelink.api.bodies import json_body
 from carelink.api.deps import actor, audit, context, router
 from carelink.api.responses import fhir, outcome
+from carelink.api.review_routes import CONSENT_CHANGE, new_review
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
 from carelink.consent import Guard, Policy, validate
-from carelink.errors import AccessDenied, InvalidRequest, NotFound, UnprocessableResource
+from carelink.consent.guard import registered_practice
+from carelink.consent.stewardship import may_change, may_see, provision_count, review_reason
+from carelink.errors import (
+    AccessDenied,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnprocessableResource,
+)
 from carelink.federation import SharedRecord
 from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, problem, searchset
 from carelink.fhir.nhs import normalise
-from carelink.storage import ConsentRow, ConsentStore, GrantRow
+from carelink.storage import ConsentRow, ConsentStore
 
 Json = dict[str, Any]
-REVIEW_OUTCOMES = ("appropriate", "inappropriate")
+RETIRED = ("inactive", "entered-in-error")
+UNKNOWN_PATIENT = "patientId does not name a patient known to the gateway"
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _stored(row: ConsentRow) -> Json:
-    body: Json = orjson.loads(row.body)
-    return body
+def _practice(record: SharedRecord, patient_id: str) -> str | None:
+    person = record.person(patient_id)
+    return registered_practice(orjson.loads(person.patient)) if person else None
 
 
-def _may_manage(request: Request, caller: Principal, patient_id: str, perm: str) -> None:
+def _purpose(request: Request, caller: Principal) -> None:
+    """Consent routes serve direct care (and the patient): the purpose is checked first."""
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
+
+
+def _sees(request: Request, caller: Principal, patient_id: str) -> bool:
+    """Does the patient exist, and may the caller know anything about their Consents?"""
+    record: SharedRecord = request.app.state.record
+    if record.person(patient_id) is None:
+        return False
     policy: Policy = request.app.state.policy
-    access.require(caller, "Consent", perm)
-    access.in_compartment(caller, patient_id)
-    if caller.patient is not None:
-        if not policy.source.citizensManageOwn:
-            raise AccessDenied("this ICS does not let citizens record consent through the API")
-        return
-    if caller.role not in policy.source.consentManagers:
-        raise AccessDenied(f"role {caller.role} may not record patients' consent")
+    return may_see(policy, actor(caller), patient_id, _practice(record, patient_id))
 
 
-def _current(store: ConsentStore, cid: str) -> ConsentRow:
-    row = store.get(cid)
-    if row is None:
-        raise NotFound(f"Consent/{cid} is not known")
+def _may_change(request: Request, caller: Principal, patient_id: str) -> None:
+    """Refuse (403) a caller who may see but not change this patient's choices."""
+    policy: Policy = request.app.state.policy
+    record: SharedRecord = request.app.state.record
+    if not may_change(policy, actor(caller), patient_id, _practice(record, patient_id)):
+        raise AccessDenied("this caller may not change this patient's consent")
+
+
+async def _unknown(request: Request, patient_id: str | None, message: str) -> NotFound:
+    """The not-found answer, audited as a refusal (naming the patient when there is one,
+    so a privacy officer sees the probing; the caller sees only "not known")."""
+    await audit(request, "operation", [patient_id], REFUSED, "no access to this consent")
+    return NotFound(message)
+
+
+async def _visible_row(request: Request, caller: Principal, cid: str) -> ConsentRow:
+    """The Consent, if it exists and the caller may see it; else the unknown answer."""
+    row: ConsentRow | None = request.app.state.consents.get(cid)
+    if row is None or not _sees(request, caller, row.patient_id):
+        raise await _unknown(
+            request, row.patient_id if row else None, f"Consent/{cid} is not known"
+        )
     return row
 
 
-async def _body(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not JSON") from None
+async def _consent_body(request: Request) -> Any:
+    """A Consent body within the Consent limits (bytes, provisions), before validation."""
+    settings = request.app.state.settings
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > settings.max_consent_bytes:
+        raise PayloadTooLarge(f"a Consent is at most {settings.max_consent_bytes} bytes")
+    consent = await json_body(request)
+    if len(await request.body()) > settings.max_consent_bytes:  # chunked: no Content-Length
+        raise PayloadTooLarge(f"a Consent is at most {settings.max_consent_bytes} bytes")
+    if isinstance(consent, dict) and isinstance(consent.get("provision"), dict):
+        count = provision_count(consent)
+        if count > settings.max_consent_provisions:
+            raise UnprocessableResource(
+                f"a Consent holds at most {settings.max_consent_provisions} provisions",
+                "provision",
+            )
+    return consent
+
+
+def _validated(request: Request, caller: Principal, consent: Any) -> str:
+    """The patient id of a valid Consent; a patient the caller may not see is unknown."""
+    return validate(consent, lambda pid: _sees(request, caller, pid))
+
+
+def _entered_by(caller: Principal, patient_id: str, stamp: str) -> Json:
+    """Who entered this version: ``performer`` and ``verification`` from the token."""
+    if caller.patient is not None:
+        who: Json = {"reference": f"Patient/{patient_id}"}
+    else:
+        who = {
+            "identifier": {
+                "system": caller.issuer or "urn:carelink:unknown",
+                "value": caller.subject,
+            },
+            "display": f"{caller.role or '?'} at {caller.organisation or '?'}",
+        }
+    return {
+        "performer": [who],
+        "verification": [{"verified": True, "verifiedWith": who, "verificationDate": stamp}],
+    }
+
+
+async def _store(
+    request: Request,
+    caller: Principal,
+    consent: Json,
+    before: ConsentRow | None,
+    base: str,
+) -> ConsentRow | None:
+    """Store a new version (None on a version conflict) and raise its review if it needs one."""
+    store: ConsentStore = request.app.state.consents
+    cid = before.id if before else uuid.uuid4().hex
+    version, stamp = (before.version + 1 if before else 1), _now()
+    patient_id = before.patient_id if before else str(consent["patient"]["reference"])[8:]
+    body = {
+        **consent,
+        "id": cid,
+        "meta": {"versionId": str(version), "lastUpdated": stamp},
+        **_entered_by(caller, patient_id, stamp),
+    }
+    row = ConsentRow(cid, patient_id, str(body["status"]), version, stamp, orjson.dumps(body))
+    if not store.put(row, before.version if before else None):
+        return None
+    previous = orjson.loads(before.body) if before else None
+    why = review_reason(request.app.state.policy, actor(caller), previous, body)
+    if why is not None:
+        reason = f"Consent/{cid}/_history/{version}: {why}"
+        store.grant(new_review(caller, patient_id, reason, time.time(), CONSENT_CHANGE))
+    return row
 
 
 @router.fhir_route("/Consent", ["POST"])
 async def create_consent(request: Request) -> Response:
     """Record a patient's choice; in force from the next request, in every gateway process."""
-    record, caller, base = await context(request)
-    consent = await _body(request)
-    patient_id = validate(consent, lambda p: record.person(p) is not None)
-    _may_manage(request, caller, patient_id, "c")
-    consent_id = uuid.uuid4().hex
-    stamp = _now()
-    consent = {**consent, "id": consent_id, "meta": {"versionId": "1", "lastUpdated": stamp}}
-    store: ConsentStore = request.app.state.consents
-    row = ConsentRow(consent_id, patient_id, consent["status"], 1, stamp, orjson.dumps(consent))
-    store.put(row, None)
+    _, caller, base = await context(request)
+    access.require(caller, "Consent", "c")
+    _purpose(request, caller)
+    consent = await _consent_body(request)
+    patient_id = _validated(request, caller, consent)
+    _may_change(request, caller, patient_id)
+    row = await _store(request, caller, consent, None, base)
+    if row is None:  # pragma: no cover - a fresh uuid never conflicts
+        return outcome(409, "conflict", "try again")
     await audit(request, "create", [patient_id])
     return fhir(
-        consent,
+        row.body,
         201,
-        headers={"Location": f"{base}/Consent/{consent_id}/_history/1", "ETag": 'W/"1"'},
+        headers={"Location": f"{base}/Consent/{row.id}/_history/1", "ETag": 'W/"1"'},
     )
 
 
 @router.fhir_route("/Consent/{cid}", ["PUT"])
 async def update_consent(request: Request) -> Response:
     """Replace a consent (e.g. status inactive to withdraw an objection)."""
-    record, caller, _ = await context(request)
+    _, caller, base = await context(request)
+    access.require(caller, "Consent", "u")
+    _purpose(request, caller)
     cid = request.path_params["cid"]
-    store: ConsentStore = request.app.state.consents
-    current = _current(store, cid)
-    consent = await _body(request)
+    current = await _visible_row(request, caller, cid)
+    consent = await _consent_body(request)
     if isinstance(consent, dict) and consent.get("id") != cid:
         raise InvalidRequest("the body's id must match the URL", "id")
-    patient_id = validate(consent, lambda p: record.person(p) is not None)
-    _may_manage(request, caller, current.patient_id, "u")
+    patient_id = _validated(request, caller, consent)
+    _may_change(request, caller, current.patient_id)
     if patient_id != current.patient_id:
         raise UnprocessableResource("a consent cannot move to another patient", "patient")
     wanted = request.headers.get("if-match")
     if wanted is not None and wanted.strip().removeprefix("W/").strip('"') != str(current.version):
         return outcome(412, "conflict", f"Consent/{cid} is at version {current.version}")
-    version, stamp = current.version + 1, _now()
-    consent = {**consent, "meta": {"versionId": str(version), "lastUpdated": stamp}}
-    row = ConsentRow(cid, patient_id, consent["status"], version, stamp, orjson.dumps(consent))
-    if not store.put(row, current.version):
+    row = await _store(request, caller, consent, current, base)
+    if row is None:
         return outcome(409, "conflict", f"Consent/{cid} was changed meanwhile; read it again")
     await audit(request, "update", [patient_id])
-    return fhir(consent, headers={"ETag": f'W/"{version}"'})
+    return fhir(row.body, headers={"ETag": f'W/"{row.version}"'})
 
 
 @router.fhir_route("/Consent/{cid}", ["DELETE"])
 async def delete_consent(request: Request) -> Response:
-    """Revoke a consent: it stops having any effect at once."""
-    _, caller, _ = await context(request)
+    """Revoke a consent: it stops having any effect at once. Nothing is deleted: a new
+    version with status ``inactive`` is stored, and the earlier ones stay in the history."""
+    _, caller, base = await context(request)
+    access.require(caller, "Consent", "d")
+    _purpose(request, caller)
     cid = request.path_params["cid"]
-    store: ConsentStore = request.app.state.consents
-    current = _current(store, cid)
-    _may_manage(request, caller, current.patient_id, "d")
-    store.delete(cid)
+    current = await _visible_row(request, caller, cid)
+    _may_change(request, caller, current.patient_id)
+    if current.status not in RETIRED:
+        consent = {**orjson.loads(current.body), "status": "inactive"}
+        if await _store(request, caller, consent, current, base) is None:
+            return outcome(409, "conflict", f"Consent/{cid} was changed meanwhile; read it again")
     await audit(request, "delete", [current.patient_id])
     return Response(status_code=204)
 
 
 @router.fhir_get("/Consent/{cid}")
 async def read_consent(request: Request) -> Response:
-    """One consent."""
+    """One consent (its current version)."""
     _, caller, _ = await context(request)
-    cid = request.path_params["cid"]
     access.require(caller, "Consent", "r")
-    row = _current(request.app.state.consents, cid)
-    access.in_compartment(caller, row.patient_id)
+    _purpose(request, caller)
+    row = await _visible_row(request, caller, request.path_params["cid"])
     await audit(request, "read", [row.patient_id])
     return fhir(row.body, headers={"ETag": f'W/"{row.version}"'})
 
 
+@router.fhir_get("/Consent/{cid}/_history")
+async def consent_history(request: Request) -> Response:
+    """Every version of one consent, newest first (a ``history`` Bundle)."""
+    _, caller, base = await context(request)
+    access.require(caller, "Consent", "r")
+    _purpose(request, caller)
+    row = await _visible_row(request, caller, request.path_params["cid"])
+    versions = request.app.state.consents.history(row.id)
+    await audit(request, "history-instance", [row.patient_id])
+    bundle: Json = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": len(versions),
+        "entry": [
+            {
+                "fullUrl": f"{base}/Consent/{v.id}",
+                "resource": orjson.loads(v.body),
+                "request": {"method": "POST" if v.version == 1 else "PUT", "url": "Consent"},
+            }
+            for v in versions
+        ],
+    }
+    return fhir(bundle)
+
+
+@router.fhir_get("/Consent/{cid}/_history/{vid}")
+async def consent_version(request: Request) -> Response:
+    """One version of one consent."""
+    _, caller, _ = await context(request)
+    access.require(caller, "Consent", "r")
+    _purpose(request, caller)
+    row = await _visible_row(request, caller, request.path_params["cid"])
+    vid = request.path_params["vid"]
+    found = next(
+        (v for v in request.app.state.consents.history(row.id) if str(v.version) == vid), None
+    )
+    if found is None:
+        raise NotFound(f"Consent/{row.id} has no version {vid}")
+    await audit(request, "vread", [row.patient_id])
+    return fhir(found.body, headers={"ETag": f'W/"{found.version}"'})
+
+
 @router.fhir_get("/Consent")
 async def search_consent(request: Request) -> Response:
-    """A patient's consents (``patient`` is required)."""
+    """A patient's consents (``patient`` is required). A patient the caller may not see
+    answers as an unknown patient does: an empty searchset."""
     _, caller, base = await context(request)
     access.require(caller, "Consent", "s")
+    _purpose(request, caller)
     patient = request.query_params.get("patient", "").removeprefix("Patient/")
     if not patient:
         raise InvalidRequest("Consent search needs the patient parameter", "patient")
-    access.in_compartment(caller, patient)
-    rows = request.app.state.consents.for_patient(patient)
+    sees = _sees(request, caller, patient)
+    rows = request.app.state.consents.for_patient(patient) if sees else []
     status = request.query_params.get("status")
-    found = [_stored(r) for r in rows if status is None or r.status == status]
-    await audit(request, "search-type", [patient])
+    found = [orjson.loads(r.body) for r in rows if status is None or r.status == status]
+    if sees:
+        await audit(request, "search-type", [patient])
+    else:
+        await audit(request, "search-type", [patient], REFUSED, "no access to this consent")
     return fhir(searchset(base, found, total=len(found), links={"self": f"{base}/Consent"}))
-
-
-def _parameter(params: Json, name: str) -> Json | None:
-    for p in params.get("parameter", ()):
-        if isinstance(p, dict) and p.get("name") == name:
-            return p
-    return None
-
-
-def _person_of(record: SharedRecord, params: Json) -> str:
-    ref = _parameter(params, "patient")
-    if ref is not None:
-        pid = str(ref.get("valueReference", {}).get("reference", "")).removeprefix("Patient/")
-        if record.person(pid) is None:
-            raise NotFound("that patient is not known")
-        return pid
-    ident = _parameter(params, "identifier")
-    if ident is None:
-        raise InvalidRequest("give the patient (valueReference) or identifier (NHS number)")
-    value = ident.get("valueIdentifier", {})
-    if value.get("system") != NHS_NUMBER_SYSTEM or problem(str(value.get("value", ""))):
-        raise InvalidRequest("identifier must be a valid NHS number", "identifier")
-    person = record.by_nhs_number(normalise(str(value["value"])))
-    if person is None:
-        raise NotFound("that patient is not known")
-    return person.id
-
-
-@router.fhir_route("/Patient/$break-glass", ["POST"])
-async def break_glass(request: Request) -> Response:
-    """Emergency access to one patient for a short time, audited and reviewed."""
-    record, caller, base = await context(request)
-    policy: Policy = request.app.state.policy
-    bg = policy.source.breakGlass
-    params = await _body(request)
-    if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
-        raise InvalidRequest("send a Parameters resource (patient or identifier, reason, purpose)")
-    pid = _person_of(record, params)
-    reason = str((_parameter(params, "reason") or {}).get("valueString", "")).strip()
-    purpose = (_parameter(params, "purpose") or {}).get("valueCode")
-    if caller.patient is not None or caller.role not in bg.roles:
-        await audit(request, "operation", [pid], REFUSED, "role may not break glass")
-        raise AccessDenied(f"role {caller.role} may not break glass")
-    if purpose != bg.purpose:
-        raise InvalidRequest(f"break-glass needs purpose {bg.purpose}", "purpose")
-    if len(reason) < 10:
-        raise InvalidRequest("break-glass needs a reason (at least 10 characters)", "reason")
-    now = time.time()
-    grant = GrantRow(
-        uuid.uuid4().hex,
-        caller.subject,
-        caller.organisation,
-        caller.role,
-        pid,
-        reason,
-        now,
-        now + bg.minutes * 60,
-        "requested",
-        None,
-        None,
-        None,
-        None,
-    )
-    request.app.state.consents.grant(grant)
-    request.state.break_glass = True
-    await audit(request, "operation", [pid])
-    return fhir(_task(grant, base), 201, headers={"Location": f"{base}/Task/{grant.id}"})
-
-
-def _instant(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _task(g: GrantRow, base: str) -> Json:
-    """A break-glass grant as the FHIR Task its review is."""
-    task: Json = {
-        "resourceType": "Task",
-        "id": g.id,
-        "status": g.review_status,
-        "intent": "order",
-        "code": {"text": "break-glass review"},
-        "for": {"reference": f"Patient/{g.patient_id}"},
-        "authoredOn": _instant(g.granted),
-        "requester": {
-            "identifier": {"value": g.subject},
-            "display": f"{g.role or '?'} at {g.organisation or '?'}",
-        },
-        "reasonCode": {"text": g.reason},
-        "restriction": {"period": {"start": _instant(g.granted), "end": _instant(g.expires)}},
-    }
-    if g.review_status == "completed":
-        task["owner"] = {"identifier": {"value": g.reviewer}}
-        task["output"] = [{"type": {"text": "outcome"}, "valueCode": g.review_outcome}]
-        if g.review_note:
-            task["note"] = [{"text": g.review_note}]
-        task["lastModified"] = _instant(g.reviewed or g.granted)
-    return task
-
-
-def _reviewer(request: Request, caller: Principal) -> None:
-    policy: Policy = request.app.state.policy
-    if caller.patient is not None or caller.role not in policy.source.breakGlass.reviewers:
-        raise AccessDenied("only the policy's reviewers work through break-glass reviews")
-
-
-@router.fhir_get("/Task")
-async def review_list(request: Request) -> Response:
-    """Break-glass reviews, oldest first (``status=requested`` for those still to do)."""
-    _, caller, base = await context(request)
-    _reviewer(request, caller)
-    status = request.query_params.get("status")
-    tasks = [_task(g, base) for g in request.app.state.consents.grants(status)]
-    await audit(request, "search-type", sorted({t["for"]["reference"][8:] for t in tasks}))
-    return fhir(searchset(base, tasks, total=len(tasks), links={"self": f"{base}/Task"}))
-
-
-@router.fhir_get("/Task/{tid}")
-async def read_review(request: Request) -> Response:
-    """One break-glass review."""
-    _, caller, base = await context(request)
-    _reviewer(request, caller)
-    grant = request.app.state.consents.grant_by_id(request.path_params["tid"])
-    if grant is None:
-        raise NotFound("no such review")
-    await audit(request, "read", [grant.patient_id])
-    return fhir(_task(grant, base))
-
-
-@router.fhir_route("/Task/{tid}/$review", ["POST"])
-async def complete_review(request: Request) -> Response:
-    """Complete a review: outcome appropriate | inappropriate, and a note."""
-    _, caller, base = await context(request)
-    _reviewer(request, caller)
-    params = await _body(request)
-    if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
-        raise InvalidRequest("send a Parameters resource (outcome, note)")
-    result = (_parameter(params, "outcome") or {}).get("valueCode")
-    if result not in REVIEW_OUTCOMES:
-        raise InvalidRequest("outcome must be appropriate or inappropriate", "outcome")
-    note = str((_parameter(params, "note") or {}).get("valueString", ""))
-    store: ConsentStore = request.app.state.consents
-    tid = request.path_params["tid"]
-    grant = store.grant_by_id(tid)
-    if grant is None:
-        raise NotFound("no such review")
-    if not store.review(tid, caller.subject, result, note, time.time()):
-        return outcome(409, "conflict", "this review is already completed")
-    await audit(request, "operation", [grant.patient_id])
-    done = store.grant_by_id(tid)
-    return fhir(_task(done or grant, base))
 
 
 async def consult_discovery(request: Request) -> Response:
@@ -329,24 +327,30 @@ async def consult_discovery(request: Request) -> Response:
 
 
 async def consult(request: Request) -> Response:
-    """The consent decision as a service (LEAP ``patient-consent-consult`` shape)."""
+    """The consent decision as a service (LEAP ``patient-consent-consult`` shape), for those
+    who may know this patient's choices; to anyone else the patient is unknown."""
     record, caller, base = await context(request)
     access.require(caller, "Consent", "r")
-    body = await _body(request)
+    _purpose(request, caller)
+    body = await json_body(request)
     ctx = body.get("context") if isinstance(body, dict) else None
-    if body.get("hook") != "patient-consent-consult" or not isinstance(ctx, dict):
+    if not isinstance(body, dict) or body.get("hook") != "patient-consent-consult":
+        raise InvalidRequest("hook must be patient-consent-consult, with a context")
+    if not isinstance(ctx, dict):
         raise InvalidRequest("hook must be patient-consent-consult, with a context")
     pid = _consulted_patient(record, ctx)
-    access.in_compartment(caller, pid)
+    if pid is None or not _sees(request, caller, pid):
+        raise await _unknown(request, pid, UNKNOWN_PATIENT)
     subject = _actor_for(ctx, caller)
     guard: Guard = request.app.state.guard
     person = record.person(pid)
     situation = guard.situation(subject, pid, orjson.loads(person.patient) if person else None)
-    data = ctx.get("data") or {}
+    data: Json = ctx["data"] if isinstance(ctx.get("data"), dict) else {}
+    labels: list[Any] = data["securityLabel"] if isinstance(data.get("securityLabel"), list) else []
     probe: Json = {
-        "resourceType": data.get("class", "Basic"),
+        "resourceType": str(data.get("class", "Basic")),
         "id": "-",
-        "meta": {"security": [{"code": c} for c in data.get("securityLabel", ())]},
+        "meta": {"security": [{"code": str(c)} for c in labels]},
     }
     if data.get("source"):
         probe["meta"]["source"] = next(
@@ -375,7 +379,7 @@ async def consult(request: Request) -> Response:
     return Response(dumps({"cards": [card]}), media_type="application/json")
 
 
-def _consulted_patient(record: SharedRecord, ctx: Json) -> str:
+def _consulted_patient(record: SharedRecord, ctx: Json) -> str | None:
     ids = ctx.get("patientId")
     for ident in ids if isinstance(ids, list) else [ids]:
         if not isinstance(ident, dict):
@@ -386,24 +390,25 @@ def _consulted_patient(record: SharedRecord, ctx: Json) -> str:
                 return person.id
         if ident.get("system") in (None, "Patient") and record.person(str(ident.get("value"))):
             return str(ident["value"])
-    raise NotFound("patientId does not name a patient known to the gateway")
+    return None
 
 
 def _actor_for(ctx: Json, caller: Principal) -> Any:
-    """The actor asked about: the context's, else the caller."""
+    """The actor asked about: the context's, else the caller (break-glass grants are the
+    caller's own, so they count only when the caller asks about themselves)."""
     me = actor(caller)
     org, role = me.organisation, me.role
     for a in ctx.get("actor") or []:
-        if (
-            isinstance(a, dict)
-            and a.get("system") == "https://fhir.nhs.uk/Id/ods-organization-code"
-        ):
+        if not isinstance(a, dict):
+            continue
+        if a.get("system") == "https://fhir.nhs.uk/Id/ods-organization-code":
             org = str(a.get("value"))
-        if isinstance(a, dict) and a.get("system", "").endswith("NHSDigital-SDS-JobRoleCode"):
+        if str(a.get("system", "")).endswith("NHSDigital-SDS-JobRoleCode"):
             role = str(a.get("value"))
     purposes = ctx.get("purposeOfUse")
     purpose = purposes[0] if isinstance(purposes, list) and purposes else purposes or me.purpose
-    return type(me)(me.subject, role, org, str(purpose), None)
+    identity = me.identity if (org, role) == (me.organisation, me.role) else ""
+    return type(me)(me.subject, role, org, str(purpose), None, identity)
 
 
 router.add_route("/cds-services", consult_discovery, methods=["GET"], include_in_schema=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,8 +66,15 @@ async def principal(request: Request) -> Principal:
 
 
 def actor(caller: Principal) -> Actor:
-    """The caller as consent sees them."""
-    return Actor(caller.subject, caller.role, caller.organisation, caller.purpose, caller.patient)
+    """The caller as consent sees them (break-glass is bound to the full identity)."""
+    return Actor(
+        caller.subject,
+        caller.role,
+        caller.organisation,
+        caller.purpose,
+        caller.patient,
+        caller.identity,
+    )
 
 
 def consent_for(
@@ -76,6 +84,15 @@ def consent_for(
     guard: Guard = request.app.state.guard
     guard.require_purpose(actor(caller))
     return guard.situation(actor(caller), patient_id, patient)
+
+
+def _as_user(scopes: frozenset[str]) -> frozenset[str]:
+    return (
+        frozenset(
+            "user/" + s.removeprefix("system/") if s.startswith("system/") else s for s in scopes
+        )
+        | scopes
+    )
 
 
 async def base_url(request: Request) -> str:
@@ -94,6 +111,9 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
     """The domain, the caller and the base URL for one request."""
     record: SharedRecord = request.app.state.record
     caller = await principal(request)
+    if caller.backend and request.app.state.policy.source.systemScopesOnLiveApi:
+        # the policy lets backend services use the live API: their system/ scopes count there
+        caller = replace(caller, scopes=_as_user(caller.scopes))
     request.state.caller = caller
     return record, caller, await base_url(request)
 

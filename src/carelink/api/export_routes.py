@@ -4,7 +4,9 @@ Kick-off at system, ``Patient`` and ``Group/{id}`` level (groups:
 ``practice-<ODS>``, ``condition-<SNOMED CT>``) with ``Prefer: respond-async``
 answers 202 with ``Content-Location``; polling answers 202 with
 ``X-Progress`` and ``Retry-After`` until the manifest (200); ``DELETE``
-cancels (later polls: 404). Files are served only to the client that asked.
+cancels (later polls: 404). Jobs and their files are bound to the full identity that asked (issuer,
+subject, client id): status, files and cancel check that, and the scope and
+purpose again, on every request.
 Needs a backend-services token (``system/`` scopes; narrower scopes narrow
 the export) and a secondary-use purpose of use. carelink parameters:
 ``profile`` (``anonymised``, the default, or ``pseudonymised``) and ``k``
@@ -50,9 +52,9 @@ MEDIA = {"ndjson": "application/fhir+ndjson", "parquet": "application/vnd.apache
 
 
 def _allowed(caller: Principal, policy: Policy) -> None:
-    if caller.patient is not None or not any(
-        s.context == "system" for s in parse_all(caller.scopes)
-    ):
+    """A backend-services token (the client itself, no role, organisation or patient) with
+    ``system/`` scopes and a secondary-use purpose: checked on every export route."""
+    if not caller.backend or not any(s.context == "system" for s in parse_all(caller.scopes)):
         raise AccessDenied("$export needs a backend-services token with system/ scopes")
     if caller.purpose not in policy.source.secondaryUsePurposes:
         raise AccessDenied(
@@ -110,7 +112,7 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
     job_id = uuid.uuid4().hex
     jobs: JobStore = request.app.state.jobs
     job = JobRequest(spec, str(request.url), fmt)
-    jobs.create(job_id, caller.subject, job.to_bytes(), time.time())
+    jobs.create(job_id, caller.identity, job.to_bytes(), time.time())
     await audit(request, "operation", [])
     return Response(
         status_code=202, headers={"Content-Location": f"{base}/$export-status/{job_id}"}
@@ -136,6 +138,9 @@ async def export_group(request: Request) -> Response:
 
 
 def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]
+    """The caller's own job: bound to the full identity that asked (issuer, client id ...),
+    and the caller must still be a backend service with export scope and purpose."""
+    _allowed(caller, request.app.state.policy)
     job = request.app.state.jobs.get(job_id)
     expired = job is not None and (
         job.status == "expired"
@@ -144,7 +149,8 @@ def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[
             and job.created + request.app.state.export_ttl < time.time()
         )
     )
-    if job is None or job.client != caller.subject or job.status == "cancelled" or expired:
+    owner = job is not None and job.client == caller.identity
+    if job is None or not owner or job.status == "cancelled" or expired:
         raise NotFound("no such export job (unknown, someone else's, cancelled or expired)")
     return job
 

@@ -14,6 +14,8 @@ from carelink.fhir import FHIR_JSON, dumps, error_outcome
 
 STATUS = (
     (errors.UnsupportedFormat, 406, "not-supported"),
+    (errors.UnsupportedMediaType, 415, "not-supported"),
+    (errors.PayloadTooLarge, 413, "too-costly"),
     (errors.UnprocessableResource, 422, "business-rule"),
     (errors.InvalidRequest, 400, "invalid"),
     (errors.NotFound, 404, "not-found"),

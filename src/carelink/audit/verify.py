@@ -53,7 +53,7 @@ def _row_findings(row: AuditRow, expected_seq: int, prev: str, upgraded: bool) -
     stored = (row.recorded, row.patient_id, row.outcome, row.agent)
     for name, kept, said in zip(_NAMES, stored, told, strict=True):
         if name == "agent" and row.chain == 1 and kept is None:
-            continue  # rows from before migration 8 were stored without it
+            continue  # rows from before migration 9 were stored without it
         if kept != said:
             out.append(Finding(row.seq, f"{name} differs from its event (edited)"))
     return out

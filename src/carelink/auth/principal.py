@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -11,7 +13,13 @@ class Principal:
 
     ``role`` is an NHS national RBAC role code (e.g. R8000), ``organisation``
     an ODS code, ``purpose`` a v3 ActReason (TREAT, ETREAT, HRESCH ...),
-    ``patient`` set for citizens reading their own record.
+    ``patient`` set for citizens (and those acting for them) reading their own
+    record, ``issuer`` the token's ``iss`` and ``client_id`` set only for a
+    backend-services client (``client_credentials``: the client is the caller).
+
+    The bare ``subject`` is never an identity on its own: two issuers may both
+    have a ``clinician-1``, and one human may hold several role profiles.
+    ``identity`` is what grants, reviews and export jobs are bound to.
     """
 
     subject: str
@@ -20,6 +28,38 @@ class Principal:
     scopes: frozenset[str]
     purpose: str | None = None
     patient: str | None = None
+    issuer: str = ""
+    client_id: str | None = None
+
+    @property
+    def backend(self) -> bool:
+        """A backend-services client (no human, no role, no patient context)."""
+        return (
+            self.client_id is not None
+            and self.client_id == self.subject
+            and self.role is None
+            and self.organisation is None
+            and self.patient is None
+        )
+
+    @property
+    def identity(self) -> str:
+        """The full identity as one stable string: issuer, subject, organisation, role,
+        patient context and client id (JSON, so no separator can be smuggled in)."""
+        parts = [
+            self.issuer,
+            self.subject,
+            self.organisation,
+            self.role,
+            self.patient,
+            self.client_id,
+        ]
+        return orjson.dumps(parts).decode()
+
+    @property
+    def person(self) -> str:
+        """The human (or client) behind the token whatever role it claims: issuer and subject."""
+        return orjson.dumps([self.issuer, self.subject]).decode()
 
 
 #: The caller in development mode, before token validation exists (issue #3).
@@ -29,4 +69,5 @@ DEVELOPMENT_PRINCIPAL = Principal(
     organisation="DEV01",
     scopes=frozenset({"user/*.rs"}),
     purpose="TREAT",
+    issuer="urn:carelink:development",
 )

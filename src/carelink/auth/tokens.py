@@ -31,6 +31,8 @@ from carelink.auth.principal import Principal
 from carelink.errors import Unauthenticated
 
 ALLOWED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "PS384")
+#: a bearer token longer than this is refused unread (the header limit bounds it too)
+MAX_TOKEN_LENGTH = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,26 +52,41 @@ class TokenPolicy:
         return None
 
 
-def _header(token: str) -> dict[str, Any]:
+def _segment(token: str, index: int) -> dict[str, Any]:
+    """One base64url JSON object of a compact JWS; anything else (a list, null, a
+    number, garbage, a token of the wrong shape) is not a JWT: 401, never 500."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthenticated("the bearer token is not a JWT")
     try:
-        head = token.split(".")[0]
-        return dict(orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))))
-    except (ValueError, orjson.JSONDecodeError) as exc:
-        raise Unauthenticated("the bearer token is not a JWT") from exc
+        part = parts[index]
+        value = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise Unauthenticated("the bearer token is not a JWT") from None
+    if not isinstance(value, dict):
+        raise Unauthenticated("the bearer token is not a JWT")
+    return value
+
+
+def _header(token: str) -> dict[str, Any]:
+    return _segment(token, 0)
 
 
 def validate(token: str, policy: TokenPolicy, now: Callable[[], float] = time.time) -> Principal:
     """The caller a token speaks for, or ``Unauthenticated`` saying why not."""
     header = _header(token)
+    _segment(token, 1)  # the claims must be a JSON object too
     alg = header.get("alg")
-    if alg not in policy.algorithms:
-        raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
-    issuer = policy.issuer_of(header.get("kid"))
+    if not isinstance(alg, str) or alg not in policy.algorithms:
+        shown = repr(alg) if isinstance(alg, str) and len(alg) <= 16 else "(malformed)"
+        raise Unauthenticated(f"token algorithm {shown} is not accepted")
+    kid = header.get("kid")
+    issuer = policy.issuer_of(kid) if isinstance(kid, str) else None
     if issuer is None:
         raise Unauthenticated("token key id is not one of the issuer's keys")
     try:
         decoded = jwt.decode(token, policy.issuers[issuer], algorithms=list(policy.algorithms))
-    except JoseError as exc:
+    except (JoseError, ValueError, TypeError) as exc:
         raise Unauthenticated("token signature does not verify") from exc
     claims = decoded.claims
     if claims.get("iss") != issuer:
@@ -84,9 +101,11 @@ def validate(token: str, policy: TokenPolicy, now: Callable[[], float] = time.ti
         raise Unauthenticated("token has no expiry")
     if t > exp + policy.leeway:
         raise Unauthenticated("token has expired")
+    if nbf is not None and not isinstance(nbf, int | float):
+        raise Unauthenticated("token nbf is not a time")
     if isinstance(nbf, int | float) and t < nbf - policy.leeway:
         raise Unauthenticated("token is not valid yet")
-    return principal_from(claims)
+    return principal_from(claims, issuer)
 
 
 class Verifier:
@@ -112,11 +131,12 @@ class Verifier:
                 return principal
             del self._seen[token]
         principal = validate(token, self.policy, self.now)
-        claims = _claims_unverified(token)
+        claims = _segment(token, 1)
         leeway = self.policy.leeway
+        nbf = claims.get("nbf")
         self._seen[token] = (
             principal,
-            float(claims.get("nbf", 0)) - leeway,
+            (float(nbf) if isinstance(nbf, int | float) else 0.0) - leeway,
             float(claims["exp"]) + leeway,
         )
         if len(self._seen) > self.maxsize:
@@ -124,23 +144,48 @@ class Verifier:
         return principal
 
 
-def _claims_unverified(token: str) -> dict[str, Any]:
-    """The payload of a token ``validate`` has just accepted."""
-    body = token.split(".")[1]
-    return dict(orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
+def _text(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise Unauthenticated(f"token claim {name} must be a non-empty string")
+    return value
 
 
-def principal_from(claims: dict[str, Any]) -> Principal:
-    """Map the token's claims to the caller (role, ODS organisation, purpose, scopes)."""
+def principal_from(claims: dict[str, Any], issuer: str = "") -> Principal:
+    """Map the token's claims to the caller (role, ODS organisation, purpose, scopes).
+
+    The scopes must fit the token's context, or the token is refused:
+    ``patient/`` scopes need a ``patient`` claim (else they would reach every
+    patient); ``system/`` scopes come only in a backend-services token
+    (``client_id`` = ``sub``, no role, organisation or patient). A patient's
+    token (a citizen, or someone acting for them) carries no clinical role or
+    organisation, whatever else it says.
+    """
+    subject = _text(claims, "sub")
+    if subject is None:
+        raise Unauthenticated("token has no subject")
     scope = claims.get("scope", "")
-    return Principal(
-        subject=str(claims.get("sub", "")),
-        role=claims.get("role"),
-        organisation=claims.get("organisation"),
-        scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
-        purpose=claims.get("purpose_of_use"),
-        patient=claims.get("patient"),
+    if not isinstance(scope, str):
+        raise Unauthenticated("token scope must be a space-separated string")
+    patient = _text(claims, "patient")
+    principal = Principal(
+        subject=subject,
+        role=None if patient else _text(claims, "role"),
+        organisation=None if patient else _text(claims, "organisation"),
+        scopes=frozenset(scope.split()),
+        purpose=_text(claims, "purpose_of_use"),
+        patient=patient,
+        issuer=issuer,
+        client_id=_text(claims, "client_id"),
     )
+    contexts = {s.split("/", 1)[0] for s in principal.scopes if "/" in s}
+    if "patient" in contexts and patient is None:
+        raise Unauthenticated("patient/ scopes need the patient context (a patient claim)")
+    if "system" in contexts and not principal.backend:
+        raise Unauthenticated("system/ scopes are only for backend-services tokens")
+    return principal
 
 
 def load_keys(path: str) -> KeySet:

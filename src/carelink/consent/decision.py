@@ -59,6 +59,7 @@ class Actor:
     organisation: str | None
     purpose: str | None
     patient: str | None = None  # set for a citizen reading their own record
+    identity: str = ""  # the full identity break-glass grants are bound to (never the subject)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,9 @@ class Guard:
         return not s.break_glass and d.basis in bg.overrides and s.actor.role in bg.roles
 
     def _granted(self, s: Situation) -> bool:
-        return self.store.has_grant(s.patient_id, s.actor.subject, self.clock())
+        if not s.actor.identity:
+            return False
+        return self.store.has_grant(s.patient_id, s.actor.identity, self.clock())
 
     def _directive(self, body: bytes) -> Directive:
         got = self._parsed.get(body)

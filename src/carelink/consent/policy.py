@@ -20,6 +20,10 @@ The file (``consent/policy.json`` in the repository; any path through
 - ``secondaryUseExcludes``: sensitive categories never extracted, whatever
   the profile (the legally restricted ones: sexual health, reproductive
   health, gender identity, safeguarding);
+- ``consentAccess``: who may read, change and consult whose Consents, and
+  which changes are reviewed (see ``ConsentAccess``);
+- ``systemScopesOnLiveApi``: may backend-services (``system/``) tokens use the
+  live clinical API (default false: they serve ``$export`` only);
 - ``secondaryUseObjections``: which extracts honour the patient's Consents
   (``pseudonymised``, the default: wherever the opt-outs apply; ``all``;
   ``none``). In an extract a Consent is read for the extract's purpose: a
@@ -115,6 +119,30 @@ class BreakGlass(_Strict):
     _check_roles = field_validator("roles", "reviewers")(classmethod(lambda cls, v: _roles(v)))
 
 
+class ConsentAccess(_Strict):
+    """Who may read, change and ask the decision service about a patient's Consents.
+
+    The patient (a patient-context token, also those acting for them) always
+    may; so may ``privacyOfficers`` for anyone, and ``registeredPracticeRoles``
+    at the patient's registered practice (``Patient.generalPractitioner`` ODS =
+    the token's organisation) for that practice's patients. Changing also needs
+    the role in ``consentManagers``. Anyone else gets the answer an unknown
+    patient gets. Changes by anyone but the patient of the kinds in
+    ``reviewChanges`` raise a review Task for the break-glass reviewers.
+    """
+
+    privacyOfficers: list[str] = []
+    registeredPracticeRoles: list[str] = []
+    reviewChanges: list[Literal["withdraw-objection", "sensitive-permit"]] = [
+        "withdraw-objection",
+        "sensitive-permit",
+    ]
+
+    _check_roles = field_validator("privacyOfficers", "registeredPracticeRoles")(
+        classmethod(lambda cls, v: _roles(v))
+    )
+
+
 class PolicyFile(_Strict):
     """The whole file."""
 
@@ -131,6 +159,8 @@ class PolicyFile(_Strict):
     secondaryUsePurposes: list[str] = Field(min_length=1)
     secondaryUseExcludes: list[str] = []
     secondaryUseObjections: Literal["pseudonymised", "all", "none"] = "pseudonymised"
+    consentAccess: ConsentAccess = ConsentAccess()
+    systemScopesOnLiveApi: bool = False
 
     @field_validator("directCarePurposes", "secondaryUsePurposes")
     @classmethod

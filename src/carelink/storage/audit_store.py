@@ -3,7 +3,7 @@
 Each row's hash covers every column of the row (sequence number, previous
 row's hash, recorded, patient, outcome, agent, the event bytes and the hash
 scheme itself), so an edited, moved, deleted, inserted or reordered row
-breaks the chain from that point on. Rows written before migration 8 carry
+breaks the chain from that point on. Rows written before migration 9 carry
 the older scheme (chain 1: sequence, previous hash and event only); see
 ``row_hash``. Appends from every gateway process are serialised by one lock
 row that each append updates first (a row lock on PostgreSQL, the write lock
@@ -30,7 +30,7 @@ CHAIN = 2
 
 
 def chain_hash(prev_hash: str, seq: int, event: bytes) -> str:
-    """Chain 1 (rows stored before migration 8): previous hash, position and content."""
+    """Chain 1 (rows stored before migration 9): previous hash, position and content."""
     digest = hashlib.sha256(event).hexdigest()
     return hashlib.sha256(f"{prev_hash}|{seq}|{digest}".encode()).hexdigest()
 

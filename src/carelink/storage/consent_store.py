@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
-from carelink.storage.tables import break_glass, consents
+from carelink.storage.tables import break_glass, consent_versions, consents
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class GrantRow:
     review_outcome: str | None
     review_note: str | None
     reviewed: float | None
+    kind: str | None = "break-glass"  # or "consent-change": a review with no access granted
+    actor: str | None = None  # the full identity (``Principal.identity``) it was made by
+    person: str | None = None  # issuer and subject alone (``Principal.person``)
+    reviewer_identity: str | None = None
 
 
 class ConsentStore:
@@ -58,7 +62,8 @@ class ConsentStore:
             "SELECT id, body FROM consents WHERE patient_id = ? AND status = 'active'"
         )
         self._sql_grant = self._sql(
-            "SELECT 1 FROM break_glass WHERE patient_id = ? AND subject = ? AND expires > ? LIMIT 1"
+            "SELECT 1 FROM break_glass WHERE patient_id = ? AND actor = ? AND expires > ? "
+            "AND kind = 'break-glass' LIMIT 1"
         )
 
     def _sql(self, text: str) -> str:
@@ -69,9 +74,10 @@ class ConsentStore:
         """(id, body) of the patient's active consents."""
         return [(str(i), bytes(b)) for i, b in self._hot.query(self._sql_active, (patient_id,))]
 
-    def has_grant(self, patient_id: str, subject: str, now: float) -> bool:
-        """Does ``subject`` hold an unexpired break-glass grant for the patient?"""
-        return bool(self._hot.query(self._sql_grant, (patient_id, subject, now)))
+    def has_grant(self, patient_id: str, identity: str, now: float) -> bool:
+        """Does the caller with this full identity (issuer, subject, organisation, role ...)
+        hold an unexpired break-glass grant for the patient?"""
+        return bool(self._hot.query(self._sql_grant, (patient_id, identity, now)))
 
     def close(self) -> None:
         """Release the hot connection."""
@@ -94,8 +100,26 @@ class ConsentStore:
             ).all()
         return [ConsentRow(*r) for r in rows]
 
+    def history(self, consent_id: str) -> list[ConsentRow]:
+        """Every stored version of a Consent, newest first."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    consent_versions.c.id,
+                    consent_versions.c.patient_id,
+                    consent_versions.c.status,
+                    consent_versions.c.version,
+                    consent_versions.c.last_updated,
+                    consent_versions.c.body,
+                )
+                .where(consent_versions.c.id == consent_id)
+                .order_by(consent_versions.c.version.desc())
+            ).all()
+        return [ConsentRow(*r) for r in rows]
+
     def put(self, row: ConsentRow, expected_version: int | None) -> bool:
-        """Insert (``expected_version`` None) or replace at that version; False on a conflict."""
+        """Insert (``expected_version`` None) or replace at that version; False on a conflict.
+        Every version is also kept in the history, in the same transaction."""
         values = {
             "patient_id": row.patient_id,
             "status": row.status,
@@ -107,20 +131,18 @@ class ConsentStore:
             with self.db.engine.begin() as conn:
                 if expected_version is None:
                     conn.execute(consents.insert().values(id=row.id, **values))
-                    return True
-                done = conn.execute(
-                    consents.update()
-                    .where(consents.c.id == row.id, consents.c.version == expected_version)
-                    .values(**values)
-                )
-                return done.rowcount == 1
+                else:
+                    done = conn.execute(
+                        consents.update()
+                        .where(consents.c.id == row.id, consents.c.version == expected_version)
+                        .values(**values)
+                    )
+                    if done.rowcount != 1:
+                        return False
+                conn.execute(consent_versions.insert().values(id=row.id, **values))
+                return True
         except sa.exc.IntegrityError:
             return False
-
-    def delete(self, consent_id: str) -> bool:
-        """Remove a consent; False when there was none."""
-        with self.db.engine.begin() as conn:
-            return conn.execute(consents.delete().where(consents.c.id == consent_id)).rowcount == 1
 
     # -- break-glass ----------------------------------------------------------
     def grant(self, row: GrantRow) -> None:
@@ -142,7 +164,15 @@ class ConsentStore:
             row = conn.execute(sa.select(break_glass).where(break_glass.c.id == grant_id)).first()
         return GrantRow(*row) if row else None
 
-    def review(self, grant_id: str, reviewer: str, outcome: str, note: str, now: float) -> bool:
+    def review(
+        self,
+        grant_id: str,
+        reviewer: str,
+        outcome: str,
+        note: str,
+        now: float,
+        reviewer_identity: str | None = None,
+    ) -> bool:
         """Complete a grant's review once; False if it is unknown or already reviewed."""
         with self.db.engine.begin() as conn:
             done = conn.execute(
@@ -154,6 +184,7 @@ class ConsentStore:
                     review_outcome=outcome,
                     review_note=note,
                     reviewed=now,
+                    reviewer_identity=reviewer_identity,
                 )
             )
             return done.rowcount == 1

@@ -18,6 +18,7 @@ from carelink.storage.tables import (
     audit_lock,
     break_glass,
     client_assertions,
+    consent_versions,
     consents,
     export_jobs,
     metadata,
@@ -62,6 +63,42 @@ def _export_tables(conn: Connection) -> None:
     export_jobs.create(conn, checkfirst=True)
 
 
+def _identities_and_history(conn: Connection) -> None:
+    """Break-glass grants and reviews bound to full identities; Consent history; export
+    jobs bound to the full identity (longer ``client``)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("break_glass")}
+    for name, length in (("kind", 20), ("actor", 1000), ("person", 1000)):
+        if name not in have:
+            conn.execute(sa.text(f"ALTER TABLE break_glass ADD COLUMN {name} VARCHAR({length})"))
+    if "reviewer_identity" not in have:
+        conn.execute(sa.text("ALTER TABLE break_glass ADD COLUMN reviewer_identity VARCHAR(1000)"))
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("break_glass")}
+    if "ix_break_glass_actor" not in indexes:
+        conn.execute(sa.text("CREATE INDEX ix_break_glass_actor ON break_glass (actor)"))
+    consent_versions.create(conn, checkfirst=True)
+    # What was stored before history existed becomes its first known version.
+    conn.execute(
+        consent_versions.insert().from_select(
+            ["id", "version", "patient_id", "status", "last_updated", "body"],
+            sa.select(
+                consents.c.id,
+                consents.c.version,
+                consents.c.patient_id,
+                consents.c.status,
+                consents.c.last_updated,
+                consents.c.body,
+            ).where(
+                ~sa.exists().where(
+                    consent_versions.c.id == consents.c.id,
+                    consent_versions.c.version == consents.c.version,
+                )
+            ),
+        )
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE VARCHAR(1000)"))
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -79,7 +116,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         "resource locations",
         lambda conn: resource_locations.create(conn, checkfirst=True),
     ),
-    (8, "audit trail: agent column, hash over every column", _audit_every_column),
+    (8, "full identities on grants and jobs; consent history", _identities_and_history),
+    (9, "audit trail: agent column, hash over every column", _audit_every_column),
 ]
 
 

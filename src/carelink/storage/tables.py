@@ -75,7 +75,7 @@ audit_events = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     #: the requesting user (the event's requestor agent), for ``AuditEvent?agent=``
     sa.Column("agent", sa.String(200), nullable=True),
-    #: how ``hash`` was made: 1 (before migration 8) sequence, previous hash and event;
+    #: how ``hash`` was made: 1 (before migration 9) sequence, previous hash and event;
     #: 2 every column of the row (see ``storage.audit_store.row_hash``)
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
     sa.Index("ix_audit_events_patient_seq", "patient_id", "seq"),
@@ -119,6 +119,23 @@ break_glass = sa.Table(
     sa.Column("review_outcome", sa.String(20), nullable=True),
     sa.Column("review_note", sa.Text, nullable=True),
     sa.Column("reviewed", sa.Float, nullable=True),
+    # migration 8: what is reviewed, and the full identities (not the bare subject)
+    sa.Column("kind", sa.String(20), nullable=True),
+    sa.Column("actor", sa.String(1000), nullable=True, index=True),
+    sa.Column("person", sa.String(1000), nullable=True),
+    sa.Column("reviewer_identity", sa.String(1000), nullable=True),
+)
+
+#: every version of every Consent ever stored (history: nothing is deleted)
+consent_versions = sa.Table(
+    "consent_versions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("patient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("last_updated", sa.String(40), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
 )
 
 #: opt-outs from secondary use: national data opt-out (ndop) and GP type 1 (type1)
@@ -135,7 +152,7 @@ export_jobs = sa.Table(
     "export_jobs",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("client", sa.String(200), nullable=False),
+    sa.Column("client", sa.String(1000), nullable=False),
     sa.Column("status", sa.String(20), nullable=False, index=True),
     sa.Column("request", sa.LargeBinary, nullable=False),
     sa.Column("created", sa.Float, nullable=False),

@@ -1,0 +1,95 @@
+"""Bounded input, before any route runs: request headers and body size.
+
+A pure ASGI middleware (no buffering by Starlette's machinery): headers over
+``max_header_bytes`` in total are answered 431; a body whose
+``Content-Length`` is over ``max_body_bytes`` is answered 413 unread, and a
+chunked body is counted as it arrives and cut off with 413 the moment it
+passes the limit. Either way no route sees it, so nothing is stored.
+(The HTTP server bounds headers too: ``carelink serve`` sets h11's
+incomplete-event limit, so a slow header flood is cut off before it is parsed.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from carelink.errors import PayloadTooLarge
+from carelink.fhir import dumps, error_outcome
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = dumps(error_outcome(code, message, None))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/fhir+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BoundedInput:
+    """Refuse oversized headers (431) and bodies (413) before the app reads them."""
+
+    def __init__(self, app: App, max_body_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_headers = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_headers:
+            await _refuse(send, 431, "too-costly", "the request headers are too large")
+            return
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _refuse(send, 400, "invalid", "Content-Length is not a number")
+                return
+            if declared > self.max_body:
+                await _refuse(send, 413, "too-costly", self._message())
+                return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    # the app's error handlers answer 413 for it (the route is mid-read)
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except PayloadTooLarge:
+            if not started:
+                await _refuse(send, 413, "too-costly", self._message())
+
+    def _message(self) -> str:
+        return f"the request body is over the limit of {self.max_body} bytes"
