@@ -42,6 +42,8 @@ def _audit_every_column(conn: Connection) -> None:
     and event): rewriting them would launder whatever was done to them before.
     Their ``agent`` stays empty (``AuditEvent?agent=`` does not find them).
     """
+    if not sa.inspect(conn).has_table("audit_events"):
+        _audit_tables(conn)  # a database whose earlier migrations were applied elsewhere
     have = {c["name"] for c in sa.inspect(conn).get_columns("audit_events")}
     if "agent" not in have:
         conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN agent VARCHAR(200)"))
