@@ -15,6 +15,7 @@ from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
 from carelink.storage.database import MIGRATIONS
 from tests.audit.test_trail import event
 
+UPGRADE = next(n for n, d, _ in MIGRATIONS if d.startswith("audit trail: agent column"))
 LEGACY = """CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, recorded VARCHAR(40) NOT NULL,
 patient_id VARCHAR(64), outcome VARCHAR(2) NOT NULL, event {blob} NOT NULL,
 prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL)"""
@@ -29,7 +30,7 @@ def _legacy_trail(db: Database, n: int) -> None:
         conn.execute(
             sa.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT)")
         )
-        for v in range(1, 6):
+        for v in range(1, UPGRADE):  # everything before the audit upgrade is done
             conn.execute(sa.text("INSERT INTO schema_version VALUES (:v, 'old')"), {"v": v})
         prev = GENESIS
         for seq in range(1, n + 1):
