@@ -210,7 +210,7 @@ def test_a_stranger_learns_nothing_about_an_objection_from_the_consent_routes(gw
     assert put.status_code == 404
     assert pid not in put.text
     # The probing is not lost: refused accesses naming the patient, for privacy officers.
-    officer = gw.token(role="R0001", sub="officer-1")
+    officer = gw.token(role="R0001", sub="officer-1", purpose_of_use="HOPERAT")
     events = gw.get("/AuditEvent", officer, patient=pid, _count=1000).json()
     probes = [
         e["resource"]
