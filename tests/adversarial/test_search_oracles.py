@@ -114,3 +114,51 @@ def test_searching_for_a_withheld_diagnosis_answers_as_for_a_code_nobody_has(gat
         base, issuer, f"/{rtype}", STRANGER, patient=pid, code=NOBODY_HAS, _summary="count"
     )
     assert _observable(counted) == _observable(counted_control)
+
+
+def _as_patient(base: str, issuer: Issuer, own: str, path: str, **params: Any) -> httpx.Response:
+    token = issuer.token(aud=base, scope="patient/*.rs", patient=own)
+    return httpx.get(
+        f"{base}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+def _text(r: httpx.Response) -> tuple[int, list[str]]:
+    return r.status_code, [i.get("diagnostics", "") for i in r.json().get("issue", [])]
+
+
+def test_a_patient_token_cannot_tell_who_else_exists(gateway, system):
+    """Issue 11 item 3: through a source id, the merged id or PIXm, someone else's record
+    answers exactly as a record that does not exist."""
+    base, issuer = gateway
+    me, other = [p for p in system.population if {"gp", "acute"} <= p.sources][:2]
+    ids = {}
+    for p in (me, other):
+        found = _get(
+            base, issuer, "/Patient", p.gp_ods, identifier=f"{NHS_NUMBER_SYSTEM}|{p.nhs_number}"
+        ).json()["entry"][0]["resource"]
+        ids[p.nhs_number] = found
+    mine = ids[me.nhs_number]["id"]
+    theirs = ids[other.nhs_number]
+    acute = next(i for i in theirs["identifier"] if i["system"].endswith("/acute"))
+    assert _as_patient(base, issuer, mine, f"/Patient/{mine}").status_code == 200
+    for real, fake in (
+        (theirs["id"], "0" * 32),
+        (f"acute-{acute['value']}", "acute-RX00000000"),
+    ):
+        got_real = _as_patient(base, issuer, mine, f"/Patient/{real}")
+        got_fake = _as_patient(base, issuer, mine, f"/Patient/{fake}")
+        assert got_real.status_code == got_fake.status_code == 404
+        assert _text(got_real)[1] == [t.replace(fake, real) for t in _text(got_fake)[1]]
+    pix_real = _as_patient(
+        base,
+        issuer,
+        mine,
+        "/Patient/$ihe-pix",
+        sourceIdentifier=f"{acute['system']}|{acute['value']}",
+    )
+    pix_fake = _as_patient(
+        base, issuer, mine, "/Patient/$ihe-pix", sourceIdentifier=f"{acute['system']}|RX00000000"
+    )
+    assert _text(pix_real) == _text(pix_fake)
+    assert pix_real.status_code == 404

@@ -21,9 +21,7 @@ from carelink.federation.patient_merge import CONFLICT_URL
 from tests.support.procs import carelink, free_port, running
 from tests.support.schema import problems
 from tests.support.shared import SYNTHEA
-
-LINKS = ("subject", "patient", "beneficiary", "individual")
-GP_SYSTEM = "https://gp.example/Id/patient"
+from tests.support.split import GP_SYSTEM, LINKS, gp_copy
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -33,22 +31,6 @@ def _resources() -> list[dict[str, Any]]:
         for line in f.read_text().splitlines()
         if line.strip()
     ]
-
-
-def _gp_copy(n: int, patient: dict[str, Any]) -> dict[str, Any]:
-    """The GP's own record of the same person: own id, own identifier, some drift."""
-    gp = {k: v for k, v in patient.items() if k not in ("identifier", "text", "meta")}
-    gp["id"] = f"G{n}"
-    gp["identifier"] = [{"system": GP_SYSTEM, "value": f"G{n}"}]
-    name = dict(gp["name"][0])
-    if n % 3 == 0:
-        name["given"] = [name["given"][0][:4]]  # "Sumiko254" recorded as "Sumi"
-    gp["name"] = [name]
-    if n % 4 == 1:
-        gp.pop("address")
-    if n % 2 == 0:
-        gp["telecom"] = [{"system": "phone", "value": f"07700 900{n:03d}", "use": "mobile"}]
-    return gp
 
 
 def _split(acute_dir: Path, gp_dir: Path) -> tuple[dict[str, str], set[str], str]:
@@ -61,7 +43,7 @@ def _split(acute_dir: Path, gp_dir: Path) -> tuple[dict[str, str], set[str], str
     acute_lines = [json.dumps(p) for p in patients]
     gp_lines = []
     for n, p in enumerate(patients):
-        gp = _gp_copy(n, p)
+        gp = gp_copy(n, p)
         if p["id"] == unaware:
             gp.pop("deceasedDateTime")
         gp_lines.append(json.dumps(gp))

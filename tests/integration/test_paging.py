@@ -297,6 +297,25 @@ def test_since_judges_resources_without_last_updated_on_when_the_gateway_learned
     assert "urn:carelink:source:community" in sources  # no lastUpdated: learned just now
 
 
+def test_since_does_not_offer_again_what_the_gateway_learned_before(system):
+    """Resources without lastUpdated are judged on when the gateway first saw them, not on
+    when the source last answered: asked again later, unchanged ones are not new."""
+    pid = pid_of(system.base, everyone(system))
+    url = f"{system.base}/Patient/{pid}/$everything"
+    first = httpx.get(url, params={"_count": 1000}).json()
+    undated = [
+        e["resource"]
+        for e in first["entry"]
+        if e["search"]["mode"] == "match" and not e["resource"].get("meta", {}).get("lastUpdated")
+    ]
+    assert undated  # the community trust's HL7 v2 gives no lastUpdated
+    time.sleep(1.1)
+    after = (datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = httpx.get(url, params={"_since": after, "_count": 1000}).json()
+    ids = {e["resource"]["id"] for e in later.get("entry", []) if e["search"]["mode"] == "match"}
+    assert not ids & {r["id"] for r in undated}
+
+
 def test_patient_may_be_this_gateways_absolute_url_but_not_anothers(system):
     pid = pid_of(system.base, everyone(system))
     plain = httpx.get(f"{system.base}/Encounter", params={"patient": pid}).json()

@@ -52,13 +52,21 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 @contextmanager
 def running(
-    args: list[str], ready_url: str, extra_env: Mapping[str, str] | None = None
+    args: list[str],
+    ready_url: str,
+    extra_env: Mapping[str, str] | None = None,
+    output: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m carelink ARGS`` until the block ends."""
+    """Run ``python -m carelink ARGS`` until the block ends.
+
+    With ``output``, the child's stdout and stderr go to that file (which a test
+    may read while the child runs) instead of a pipe.
+    """
+    log = output.open("wb") if output is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "carelink", *args],
         env=env(extra_env),
-        stdout=subprocess.PIPE,
+        stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
@@ -73,6 +81,8 @@ def running(
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+        if log is not None:
+            log.close()
 
 
 def carelink(

@@ -49,9 +49,16 @@ def require(caller: Principal, resource_type: str, perm: str) -> tuple[Scope, ..
     return found
 
 
+def reaches(caller: Principal, person_id: str) -> bool:
+    """Whether the caller's token reaches this person's record (a patient token reaches
+    only its own). Where the person was looked up first, a token that does not reach
+    them must get the answer an unknown person gets, not a 403 that confirms them."""
+    return caller.patient is None or caller.patient == person_id
+
+
 def in_compartment(caller: Principal, person_id: str) -> None:
-    """A patient token reaches only its own record."""
-    if caller.patient is not None and caller.patient != person_id:
+    """A patient token reaches only its own record (403 before any lookup)."""
+    if not reaches(caller, person_id):
         raise AccessDenied("this token is limited to its own patient's record")
 
 

@@ -75,7 +75,7 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     request.state.break_glass = shown.break_glass
     matches = shown.resources
     if types or start or end or since:
-        learned = _learned(fed)
+        learned = _learned(record, pid, fed) if since is not None else {}
         matches = [
             r
             for r in matches
@@ -114,19 +114,29 @@ def _types(q: dict[str, list[str]]) -> frozenset[str]:
     return types
 
 
-def _learned(fed: Federated) -> dict[str, str]:
-    """meta.source URI -> when the gateway learned that source's answer (its ``as_of``)."""
-    return {source_uri(r.source): r.as_of for r in fed.results if r.as_of}
+def _learned(record: SharedRecord, pid: str, fed: Federated) -> dict[str, str]:
+    """When the gateway learned of each resource: ``Type/id`` -> the first time it saw it
+    (``resource_locations``), else the source answer's ``as_of`` by ``meta.source``."""
+    out = {source_uri(r.source): r.as_of for r in fed.results if r.as_of}
+    if record.locations is not None:
+        out.update(record.locations.first_seen_of(pid))
+    return out
 
 
 def _since_ok(resource: Json, since: Any, learned: dict[str, str] | None = None) -> bool:
     """``_since``: changed at or after ``since``. A resource without ``meta.lastUpdated`` is
-    judged on when the gateway learned of it (its source answer's ``as_of``); one with
-    neither is left out, as nothing says it changed."""
+    judged on when the gateway first learned of it (``resource_locations``), else on its
+    source answer's ``as_of``; one with none of these is left out, as nothing says it
+    changed."""
     if since is None:
         return True
     meta = resource.get("meta", {})
-    updated = meta.get("lastUpdated") or (learned or {}).get(meta.get("source", ""))
+    known = learned or {}
+    updated = (
+        meta.get("lastUpdated")
+        or known.get(f"{resource.get('resourceType')}/{resource.get('id')}")
+        or known.get(meta.get("source", ""))
+    )
     rng = target_range(updated) if updated else None
     return rng is not None and rng.start >= since
 

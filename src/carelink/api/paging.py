@@ -150,7 +150,10 @@ def content_version(matches: list[Json], includes: list[Json], missing: list[str
     tell the caller so.
     """
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(orjson.dumps([matches, includes, missing]))
+    # a Provenance's ``recorded`` is when the source answered (often "now"): a time of
+    # the request, not a change of the data
+    stable = [{k: v for k, v in r.items() if k != "recorded"} for r in includes]
+    digest.update(orjson.dumps([matches, stable, missing]))
     return digest.hexdigest()
 
 

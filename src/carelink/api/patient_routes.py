@@ -115,7 +115,9 @@ async def pix(request: Request) -> Response:
     if not rows:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
-    access.in_compartment(caller, person.id)
+    if not access.reaches(caller, person.id):  # another patient's: as if unknown
+        await audit(request, "operation", [person.id], REFUSED, "outside the token's patient")
+        raise NotFound("sourceIdentifier is not known to the index")
     guard: Guard = request.app.state.guard
     patient = orjson.loads(person.patient)
     situation = consent_for(request, caller, person.id, patient)
@@ -159,7 +161,9 @@ async def read_patient(request: Request) -> Response:
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
         person_id, body = link.person_id, link.patient
-    access.in_compartment(caller, person_id)
+    if not access.reaches(caller, person_id):  # another patient's: as if unknown
+        await audit(request, "read", [person_id], REFUSED, "outside the token's patient")
+        raise NotFound(f"Patient/{pid} is not known")
     resource = orjson.loads(body)
     if not access.visible(caller, [resource]):
         raise AccessDenied("no scope allows read of this Patient")

@@ -34,6 +34,10 @@ class LocationStore:
             "SELECT resource_type, resource_id FROM resource_locations "  # noqa: S608
             f"WHERE person_id = {mark}"
         )
+        self._sql_seen = (
+            "SELECT resource_type, resource_id, first_seen FROM resource_locations "  # noqa: S608
+            f"WHERE person_id = {mark}"
+        )
         self._written: set[tuple[str, str]] = set()
 
     def record(self, person_id: str, resources: Iterable[tuple[str, str]], seen: str) -> int:
@@ -74,6 +78,11 @@ class LocationStore:
         """``Type/id`` of every resource seen in the person's record."""
         rows = self._hot.query(self._sql_refs, (person_id,))
         return frozenset(f"{t}/{i}" for t, i in rows)
+
+    def first_seen_of(self, person_id: str) -> dict[str, str]:
+        """``Type/id`` -> when the gateway first learned of it, for the person's record."""
+        rows = self._hot.query(self._sql_seen, (person_id,))
+        return {f"{t}/{i}": str(seen) for t, i, seen in rows}
 
     def first_seen(self, resource_type: str, resource_id: str) -> str | None:
         """When the gateway first learned of the resource."""
