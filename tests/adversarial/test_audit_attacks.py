@@ -189,7 +189,7 @@ def test_every_request_about_a_patient_is_in_their_audit_view(gateway: Gateway, 
         ("GET", "/Patient", narrow, {"identifier": nhs}, None, 403),
         ("GET", "/Patient", narrow, {"identifier": person.nhs_number}, None, 403),
         ("GET", f"/Patient/{source_pid}", narrow, {}, None, 403),
-        ("GET", f"/Patient/{source_pid}", stranger, {}, None, 403),
+        ("GET", f"/Patient/{source_pid}", stranger, {}, None, 404),  # as if unknown
         ("GET", "/Patient/$ihe-pix", narrow, {"sourceIdentifier": source_id}, None, 403),
         ("GET", "/Condition", narrow, {"subject": f"Patient/{pid}"}, None, 403),
         ("GET", "/Condition", narrow, {"subject": source_pid}, None, 403),
