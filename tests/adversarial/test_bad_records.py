@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.procs import carelink, free_port, running
+from tests.support.files_system import files_system
 
 LOCAL_SYSTEM = "https://carelink.example/Id/acute"
 PROBLEM_SYSTEM = "https://carelink.example/CodeSystem/source-problem"
@@ -70,22 +70,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp: Path = tmp_path_factory.mktemp("bad-records")
     data = tmp / "bundle.json"
     data.write_text(json.dumps(_bundle()))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        ["simulate", "acute", "--port", str(port), "--data", str(data)], f"{url}/_admin/health"
-    ):
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp / "index.db"),
-            "CARELINK_SOURCES": f"acute={url}",
-            "CARELINK_AUTH": "development",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        gport = free_port()
-        base = f"http://127.0.0.1:{gport}/fhir"
-        with running(["serve", "--port", str(gport)], f"{base}/metadata", env):
-            yield base
+    with files_system({"acute": data}, tmp) as system:
+        yield system.base
 
 
 def _everything(client: httpx.Client, base: str, local: str) -> dict[str, object]:

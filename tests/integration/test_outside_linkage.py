@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from carelink.federation.patient_merge import CONFLICT_URL
-from tests.support.procs import carelink, free_port, running
+from tests.support.files_system import files_system
 from tests.support.schema import problems
 from tests.support.shared import SYNTHEA
 from tests.support.split import GP_SYSTEM, LINKS, gp_copy
@@ -70,55 +70,35 @@ def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_e
     acute_dir.mkdir()
     gp_dir.mkdir()
     gp_id, dead, unaware = _split(acute_dir, gp_dir)
-    aport, gport = free_port(), free_port()
-    acute, gp = f"http://127.0.0.1:{aport}", f"http://127.0.0.1:{gport}"
     with (
-        running(
-            ["simulate", "acute", "--port", str(aport), "--data", str(acute_dir)],
-            f"{acute}/_admin/health",
-        ),
-        running(
-            ["simulate", "gp", "--port", str(gport), "--data", str(gp_dir)],
-            f"{gp}/_admin/health",
-        ),
+        files_system({"acute": acute_dir, "gp": gp_dir}, tmp_path) as fs,
+        httpx.Client(timeout=30) as client,
     ):
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp_path / "linkage.db"),
-            "CARELINK_SOURCES": f"acute={acute},gp={gp}",
-            "CARELINK_AUTH": "development",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
+        built, base = fs.built, fs.base
         assert f"index built: {len(gp_id)} persons;" in built.stdout
         assert f"by demographics {2 * len(gp_id)};" in built.stdout
         assert "{'deceased': 1}" in built.stdout  # the death the GP was not told of
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        with (
-            running(["serve", "--port", str(port)], f"{base}/metadata", env),
-            httpx.Client(timeout=30) as client,
-        ):
-            for local, gp_local in gp_id.items():
-                found = client.get(
-                    f"{base}/Patient",
-                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
-                ).json()
-                assert found["total"] == 1, local
-                pid = found["entry"][0]["resource"]["id"]
-                patient = client.get(f"{base}/Patient/{pid}").json()
-                assert problems(patient) == []
-                assert sorted(lk["other"]["reference"] for lk in patient["link"]) == [
-                    f"Patient/acute-{local}",
-                    f"Patient/gp-{gp_local}",
-                ]
-                assert {"system": GP_SYSTEM, "value": gp_local} in patient["identifier"]
-                assert ("deceasedDateTime" in patient) == (local in dead), local
-                conflicts = [e for e in patient.get("extension", []) if e["url"] == CONFLICT_URL]
-                assert bool(conflicts) == (local == unaware), local
-            page = client.get(f"{base}/Patient/{pid}/$everything?_count=1000").json()
-            sources = {
-                e["resource"]["meta"]["source"]
-                for e in page["entry"]
-                if e["search"]["mode"] == "match" and e["resource"]["id"] != pid
-            }
-            assert sources == {"urn:carelink:source:acute", "urn:carelink:source:gp"}
+        for local, gp_local in gp_id.items():
+            found = client.get(
+                f"{base}/Patient",
+                params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+            ).json()
+            assert found["total"] == 1, local
+            pid = found["entry"][0]["resource"]["id"]
+            patient = client.get(f"{base}/Patient/{pid}").json()
+            assert problems(patient) == []
+            assert sorted(lk["other"]["reference"] for lk in patient["link"]) == [
+                f"Patient/acute-{local}",
+                f"Patient/gp-{gp_local}",
+            ]
+            assert {"system": GP_SYSTEM, "value": gp_local} in patient["identifier"]
+            assert ("deceasedDateTime" in patient) == (local in dead), local
+            conflicts = [e for e in patient.get("extension", []) if e["url"] == CONFLICT_URL]
+            assert bool(conflicts) == (local == unaware), local
+        page = client.get(f"{base}/Patient/{pid}/$everything?_count=1000").json()
+        sources = {
+            e["resource"]["meta"]["source"]
+            for e in page["entry"]
+            if e["search"]["mode"] == "match" and e["resource"]["id"] != pid
+        }
+        assert sources == {"urn:carelink:source:acute", "urn:carelink:source:gp"}

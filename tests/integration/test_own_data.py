@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.support.procs import carelink, free_port, running
+from tests.support.files_system import files_system
 from tests.support.shared import SYNTHEA
 
 LINKS = ("subject", "patient", "beneficiary", "individual")
@@ -37,47 +37,31 @@ def _compartments() -> dict[str, collections.Counter[str]]:
 @pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
 def test_every_resource_of_every_synthea_patient_comes_back(tmp_path):
     expected = _compartments()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        ["simulate", "acute", "--port", str(port), "--data", str(SYNTHEA)], f"{url}/_admin/health"
+    # one person here has 3,500 resources (6 MB): completeness, not speed, is tested
+    with (
+        files_system({"acute": SYNTHEA}, tmp_path, {"CARELINK_BUDGET": "20"}) as fs,
+        httpx.Client(timeout=30) as client,
     ):
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp_path / "own.db"),
-            "CARELINK_SOURCES": f"acute={url}",
-            "CARELINK_AUTH": "development",
-            # one person here has 3,500 resources (6 MB): completeness, not speed, is tested
-            "CARELINK_BUDGET": "20",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        gport = free_port()
-        base = f"http://127.0.0.1:{gport}/fhir"
-        with (
-            running(["serve", "--port", str(gport)], f"{base}/metadata", env),
-            httpx.Client(timeout=30) as client,
-        ):
-            for local, counts in expected.items():
-                found = client.get(
-                    f"{base}/Patient",
-                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
-                ).json()
-                assert found["total"] == 1, local
-                pid = found["entry"][0]["resource"]["id"]
-                got: collections.Counter[str] = collections.Counter()
-                shared = 0
-                url_ = f"{base}/Patient/{pid}/$everything?_count=1000"
-                while url_:
-                    page = client.get(url_).json()
-                    for e in page["entry"]:
-                        if e["search"]["mode"] == "match" and e["resource"]["id"] != pid:
-                            rtype = e["resource"]["resourceType"]
-                            if rtype in SHARED:
-                                shared += 1
-                            else:
-                                got[rtype] += 1
-                    url_ = next(
-                        (lk["url"] for lk in page["link"] if lk["relation"] == "next"), None
-                    )
-                assert got == counts, local
-                assert shared > 0, local
+        base = fs.base
+        for local, counts in expected.items():
+            found = client.get(
+                f"{base}/Patient",
+                params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+            ).json()
+            assert found["total"] == 1, local
+            pid = found["entry"][0]["resource"]["id"]
+            got: collections.Counter[str] = collections.Counter()
+            shared = 0
+            url_ = f"{base}/Patient/{pid}/$everything?_count=1000"
+            while url_:
+                page = client.get(url_).json()
+                for e in page["entry"]:
+                    if e["search"]["mode"] == "match" and e["resource"]["id"] != pid:
+                        rtype = e["resource"]["resourceType"]
+                        if rtype in SHARED:
+                            shared += 1
+                        else:
+                            got[rtype] += 1
+                url_ = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+            assert got == counts, local
+            assert shared > 0, local

@@ -16,7 +16,7 @@ from carelink.fhir.profile_check import check
 from carelink.fhir.profiles import load_profiles
 from carelink.settings import DEFAULT_SOURCE_ODS, default_profiles_path
 from tests.integration.conftest import System
-from tests.support.procs import carelink, free_port, running
+from tests.support.files_system import files_system
 from tests.support.schema import problems
 from tests.support.shared import SYNTHEA
 
@@ -132,32 +132,19 @@ def test_the_capability_statement_names_the_profile_of_each_resource(system: Sys
 @pytest.mark.slow
 @pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
 def test_a_synthea_persons_record_meets_uk_core_where_the_data_allows(tmp_path: Path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        ["simulate", "acute", "--port", str(port), "--data", str(SYNTHEA)], f"{url}/_admin/health"
+    with (
+        files_system({"acute": SYNTHEA}, tmp_path) as fs,
+        httpx.Client(timeout=30) as client,
     ):
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp_path / "own.db"),
-            "CARELINK_SOURCES": f"acute={url}",
-            "CARELINK_AUTH": "development",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        gport = free_port()
-        base = f"http://127.0.0.1:{gport}/fhir"
-        with (
-            running(["serve", "--port", str(gport)], f"{base}/metadata", env),
-            httpx.Client(timeout=30) as client,
-        ):
-            pids = []
-            for local in _synthea_patients()[:3]:
-                found = client.get(
-                    f"{base}/Patient",
-                    params={"identifier": f"https://carelink.example/Id/acute|{local}"},
-                ).json()
-                pids.append(found["entry"][0]["resource"]["id"])
-            resources = [r for pid in pids[:3] for r in _everything(client, base, pid)]
+        base = fs.base
+        pids = []
+        for local in _synthea_patients()[:3]:
+            found = client.get(
+                f"{base}/Patient",
+                params={"identifier": f"https://carelink.example/Id/acute|{local}"},
+            ).json()
+            pids.append(found["entry"][0]["resource"]["id"])
+        resources = [r for pid in pids[:3] for r in _everything(client, base, pid)]
     assert len(resources) > 100
     unmet = _nonconformance(resources)
     # Synthea's MedicationRequests have no substitution, which UK Core requires (1..1): the

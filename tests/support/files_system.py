@@ -1,0 +1,54 @@
+"""A gateway over simulators that serve FHIR files (``carelink simulate NAME --data PATH``):
+outside data such as the Synthea export or a broken feed, through the real processes."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.procs import carelink, free_port, running
+
+
+@dataclass(frozen=True)
+class FilesSystem:
+    """Where the gateway listens, what ``index build`` said, and the environment used."""
+
+    base: str
+    built: subprocess.CompletedProcess[str]
+    env: dict[str, str]
+    sources: dict[str, str]
+
+
+@contextmanager
+def files_system(
+    data: Mapping[str, Path], tmp: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[FilesSystem]:
+    """One simulator per ``data`` entry (source name -> file or folder), the index built over
+    them in ``tmp``, and a gateway in development auth, until the block ends."""
+    with ExitStack() as stack:
+        urls = {}
+        for name, path in data.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            stack.enter_context(
+                running(
+                    ["simulate", name, "--port", str(port), "--data", str(path)],
+                    f"{url}/_admin/health",
+                )
+            )
+            urls[name] = url
+        env = {
+            "CARELINK_DATABASE_URL": str(tmp / "index.db"),
+            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
+            "CARELINK_AUTH": "development",
+            **(extra_env or {}),
+        }
+        built = carelink(["index", "build"], env)
+        assert built.returncode == 0, built.stderr
+        port = free_port()
+        base = f"http://127.0.0.1:{port}/fhir"
+        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+        yield FilesSystem(base, built, env, urls)
