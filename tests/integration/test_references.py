@@ -15,7 +15,6 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.storage import Database
 from carelink.storage.audit_store import AuditStore
 from tests.support.consents import privacy_consent
+from tests.support.files_system import files_system
 from tests.support.gateways import copy_index, token_gateways
-from tests.support.procs import carelink, free_port, running
 from tests.support.references import logical_only, unresolved
 from tests.support.shared import SYNTHEA
 from tests.support.tokens import Issuer
@@ -100,30 +99,9 @@ def _synthea_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     tmp = tmp_path_factory.mktemp("split")
-    with ExitStack() as stack:
-        urls = {}
-        for name, types in (("acute", AT_ACUTE), ("gp", AT_GP)):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            data = _copy(types, tmp / name)
-            stack.enter_context(
-                running(
-                    ["simulate", name, "--port", str(port), "--data", str(data)],
-                    f"{url}/_admin/health",
-                )
-            )
-            urls[name] = url
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp / "refs.db"),
-            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
-            "CARELINK_BUDGET": "20",
-            "CARELINK_AUTH": "development",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+    data = {name: _copy(types, tmp / name) for name, types in (("acute", AT_ACUTE), ("gp", AT_GP))}
+    with files_system(data, tmp, {"CARELINK_BUDGET": "20"}) as fs:
+        base, env = fs.base, fs.env
         people = []
         with httpx.Client(timeout=60) as client:
             for local in _synthea_ids():

@@ -32,7 +32,6 @@ import collections
 import json
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from carelink.federation.record import EXT_SOURCE, PROBLEM_SYSTEM
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.base import LOCAL_ID_SYSTEM
 from carelink.sources.namespacing import namespaced_id
-from tests.support.procs import carelink, free_port, running
+from tests.support.files_system import files_system
 from tests.support.references import logical_only, references, unresolved
 from tests.support.schema import problems
 from tests.support.shared import SYNTHEA, UKCORE_EXAMPLES
@@ -290,32 +289,9 @@ def _hold(held: Held, r: Json, where: str) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("whole")
     people, held = _write(tmp)
-    with ExitStack() as stack:
-        urls, logs = {}, {}
-        for name in SOURCES:
-            port = free_port()
-            urls[name] = f"http://127.0.0.1:{port}"
-            logs[name] = tmp / f"{name}.log"
-            stack.enter_context(
-                running(
-                    ["simulate", name, "--port", str(port), "--data", str(tmp / name)],
-                    f"{urls[name]}/_admin/health",
-                    output=logs[name],
-                )
-            )
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp / "whole.db"),
-            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
-            "CARELINK_AUTH": "development",
-            # one person has 3,500 resources: completeness, not speed, is tested here
-            "CARELINK_BUDGET": "30",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
-        yield World(base, people, held, built.stdout, logs)
+    # one person has 3,500 resources: completeness, not speed, is tested here
+    with files_system({n: tmp / n for n in SOURCES}, tmp, {"CARELINK_BUDGET": "30"}) as fs:
+        yield World(fs.base, people, held, fs.built.stdout, fs.logs)
 
 
 @pytest.fixture(scope="module")

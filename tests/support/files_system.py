@@ -20,6 +20,7 @@ class FilesSystem:
     built: subprocess.CompletedProcess[str]
     env: dict[str, str]
     sources: dict[str, str]
+    logs: dict[str, Path]  # each simulator's output (its --data report), source -> file
 
 
 @contextmanager
@@ -29,14 +30,16 @@ def files_system(
     """One simulator per ``data`` entry (source name -> file or folder), the index built over
     them in ``tmp``, and a gateway in development auth, until the block ends."""
     with ExitStack() as stack:
-        urls = {}
+        urls, logs = {}, {}
         for name, path in data.items():
             port = free_port()
             url = f"http://127.0.0.1:{port}"
+            logs[name] = tmp / f"{name}.log"
             stack.enter_context(
                 running(
                     ["simulate", name, "--port", str(port), "--data", str(path)],
                     f"{url}/_admin/health",
+                    output=logs[name],
                 )
             )
             urls[name] = url
@@ -51,4 +54,4 @@ def files_system(
         port = free_port()
         base = f"http://127.0.0.1:{port}/fhir"
         stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
-        yield FilesSystem(base, built, env, urls)
+        yield FilesSystem(base, built, env, urls, logs)
