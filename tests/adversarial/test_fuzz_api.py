@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from carelink.api import router
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.simulators.population import Person
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
@@ -108,20 +109,15 @@ def target(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             claims.setdefault("scope", "user/*.cruds")
             return issuer.token(aud=fhir, **claims)
 
-        person = next(p for p in system.population if {"gp", "acute"} <= p.sources)
+        person, other = [p for p in system.population if {"gp", "acute"} <= p.sources][-2:]
         gp = token(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
-        found = httpx.get(
-            f"{fhir}/Patient",
-            params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"},
-            headers={"Authorization": f"Bearer {gp}"},
-            timeout=30,
-        )
-        assert found.status_code == 200, found.text
-        pid = str(found.json()["entry"][0]["resource"]["id"])
+        gp_other = token(organisation=other.gp_ods, sub=f"gp-{other.gp_ods}")
+        pid = _pid(fhir, person, gp)
         officer = token(role="R0001", sub="privacy-officer-1")
         stored = httpx.post(
             f"{fhir}/Consent",
-            content=json.dumps(privacy_consent(pid, {"type": "deny"})),
+            # an objection on someone else's record, so the fuzzed person stays readable
+            content=json.dumps(privacy_consent(_pid(fhir, other, gp_other), {"type": "deny"})),
             headers={"Authorization": f"Bearer {officer}", "Content-Type": "application/fhir+json"},
             timeout=30,
         )
@@ -158,6 +154,17 @@ def target(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "gid": ["all"],
         }
         yield Target(fhir.removesuffix("/fhir"), tokens, ids)
+
+
+def _pid(fhir: str, person: Person, token: str) -> str:
+    found = httpx.get(
+        f"{fhir}/Patient",
+        params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    return str(found.json()["entry"][0]["resource"]["id"])
 
 
 # --- strategies ---------------------------------------------------------------------------
@@ -232,14 +239,13 @@ VALUES = st.one_of(
     st.lists(TEXT, max_size=4).map(",".join),
     st.lists(TEXT, max_size=4).map("|".join),
 )
-QUERY = st.lists(
-    st.tuples(
-        st.one_of(st.sampled_from(QUERY_NAMES), TEXT).flatmap(
-            lambda n: MODIFIERS.map(lambda m: n + m)
-        ),
-        VALUES,
-    ),
-    max_size=6,
+KNOWN_PARAM = st.tuples(st.sampled_from(QUERY_NAMES), st.sampled_from(["", "", "", ":exact"]))
+ANY_PARAM = st.tuples(st.one_of(st.sampled_from(QUERY_NAMES), TEXT), MODIFIERS)
+#: half the time no query or well-formed names only, so the routes get past validation too
+QUERY = st.one_of(
+    st.just([]),
+    st.lists(st.tuples(KNOWN_PARAM.map("".join), VALUES), max_size=3),
+    st.lists(st.tuples(ANY_PARAM.map("".join), VALUES), max_size=6),
 )
 
 
@@ -335,11 +341,8 @@ def requests(draw: st.DrawFn, t: Target) -> tuple[str, str, list[tuple[str, str]
     method, template = draw(st.sampled_from(ENDPOINTS))
     path = template
     for name in re.findall(r"{(\w+)}", template):
-        value = draw(
-            st.one_of(st.sampled_from(t.ids.get(name, ["x"])), TEXT, JUNK, LONG)
-            if draw(st.booleans())
-            else st.sampled_from(t.ids.get(name, ["x"]))
-        )
+        real = st.sampled_from(t.ids.get(name, ["x"]))
+        value = draw(real | st.one_of(TEXT, JUNK, LONG) if draw(st.booleans()) else real)
         raw = draw(st.booleans())
         path = path.replace("{" + name + "}", value if raw else urllib.parse.quote(value, safe=""))
     body: tuple[bytes, str] | None = None
