@@ -277,7 +277,7 @@ def fhirish(draw: st.DrawFn, pid: str) -> Any:
         body = {
             "resourceType": "Parameters",
             "parameter": [
-                {"name": draw(st.sampled_from(QUERY_NAMES + ["reason", "patient", "decision"]))}
+                {"name": draw(st.sampled_from([*QUERY_NAMES, "reason", "patient", "decision"]))}
                 | draw(
                     st.sampled_from(
                         [
