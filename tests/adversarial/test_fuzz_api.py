@@ -7,8 +7,9 @@ touching this file. Hypothesis picks a route, a method, path parameters (real
 ids, junk, unicode, very long, ``..``, ``%00``), query parameters (the names
 the gateway knows and random ones, with prefixes, modifiers, commas, pipes,
 empty and huge values), a body (valid-ish FHIR, broken JSON, deep nesting,
-wrong content types) and one of several kinds of valid token, and sends it to
-a real gateway process (token mode, a private copy of the integration index).
+wrong content types), request headers (Accept, conditional, Prefer) and one
+of several kinds of valid token, and sends it to a real gateway process
+(token mode, a private copy of the integration index).
 
 Every answer must be below 500, and every error must be an OperationOutcome
 served as ``application/fhir+json`` (``/auth/token`` answers OAuth errors
@@ -72,13 +73,11 @@ NOT_FHIR = {"/auth/token"}
 
 
 def _endpoints() -> list[tuple[str, str]]:
-    """Every (method, path) the router registers (HEAD is GET without a body)."""
+    """Every (method, path) the router registers, HEAD included."""
     out = []
     for route in router.routes:
         assert isinstance(route, Route)
-        for method in sorted(route.methods or ()):
-            if method != "HEAD":
-                out.append((method, route.path))
+        out.extend((method, route.path) for method in route.methods or ())
     return sorted(out)
 
 
@@ -336,8 +335,39 @@ def bodies(draw: st.DrawFn, pid: str) -> tuple[bytes, str]:
     return b"", ctype
 
 
+#: request headers the routes read (conditional requests, Prefer, content negotiation)
+HEADERS = st.dictionaries(
+    st.sampled_from(
+        ["Accept", "If-None-Match", "If-Match", "If-Modified-Since", "Prefer", "Accept-Encoding"]
+    ),
+    st.one_of(
+        st.sampled_from(
+            [
+                "application/fhir+json",
+                "application/fhir+ndjson",
+                "text/html",
+                "*/*",
+                'W/"1"',
+                '"x"',
+                "*",
+                "Mon, 30 Nov 2026 10:00:00 GMT",
+                "yesterday",
+                "respond-async",
+                "return=representation",
+                "handling=strict",
+                "gzip",
+            ]
+        ),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30),
+    ),
+    max_size=3,
+)
+
+
 @st.composite
-def requests(draw: st.DrawFn, t: Target) -> tuple[str, str, list[tuple[str, str]], Any, str]:
+def requests(
+    draw: st.DrawFn, t: Target
+) -> tuple[str, str, list[tuple[str, str]], Any, str, dict[str, str]]:
     method, template = draw(st.sampled_from(ENDPOINTS))
     path = template
     for name in re.findall(r"{(\w+)}", template):
@@ -348,16 +378,23 @@ def requests(draw: st.DrawFn, t: Target) -> tuple[str, str, list[tuple[str, str]
     body: tuple[bytes, str] | None = None
     if method in {"POST", "PUT"}:
         body = draw(bodies(t.ids["pid"][0]))
-    return method, path, draw(QUERY), body, draw(st.sampled_from(sorted(t.tokens)))
+    who = draw(st.sampled_from(sorted(t.tokens)))
+    return method, path, draw(QUERY), body, who, draw(HEADERS)
 
 
 # --- the property -------------------------------------------------------------------------
 
 
 def _send(
-    t: Target, method: str, path: str, query: list[tuple[str, str]], body: Any, who: str
+    t: Target,
+    method: str,
+    path: str,
+    query: list[tuple[str, str]],
+    body: Any,
+    who: str,
+    extra: dict[str, str],
 ) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {t.tokens[who]}"}
+    headers = {**extra, "Authorization": f"Bearer {t.tokens[who]}"}
     content = None
     if body is not None:
         content, ctype = body
@@ -383,10 +420,10 @@ def _raw(path: str, query: list[tuple[str, str]]) -> bytes:
 def test_no_route_answers_5xx_and_every_error_is_an_operation_outcome(
     target: Target, data: st.DataObject
 ) -> None:
-    method, path, query, body, who = data.draw(requests(target))
-    r = _send(target, method, path, query, body, who)
+    method, path, query, body, who, extra = data.draw(requests(target))
+    r = _send(target, method, path, query, body, who, extra)
     assert r.status_code < 500, (r.status_code, r.text[:2000])
-    if r.status_code >= 400 and not any(path.startswith(p) for p in NOT_FHIR):
+    if r.status_code >= 400 and method != "HEAD" and not any(path.startswith(p) for p in NOT_FHIR):
         assert r.headers["content-type"].startswith("application/fhir+json"), (
             r.status_code,
             r.headers.get("content-type"),
