@@ -15,17 +15,20 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.api.audit_subject import person_for
 from carelink.audit import Access, Who, audit_event
-from carelink.audit.events import SUCCESS
+from carelink.audit.events import REFUSED, SUCCESS
 from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
 from carelink.consent import Actor, Guard, Situation
+from carelink.errors import NotFound
 from carelink.federation import SharedRecord
+from carelink.storage import PersonRow
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Json = dict[str, Any]
@@ -116,6 +119,25 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
         caller = replace(caller, scopes=_as_user(caller.scopes))
     request.state.caller = caller
     return record, caller, await base_url(request)
+
+
+async def consented_person(
+    request: Request, caller: Principal, pid: str, interaction: str, unknown: str
+) -> tuple[Situation, PersonRow]:
+    """The person and their consent situation for this caller, or ``NotFound(unknown)``
+    both when nobody has the id and when consent withholds the person from the caller
+    (audited as refused), so the answer does not tell the two apart."""
+    record: SharedRecord = request.app.state.record
+    person = record.person(pid)
+    if person is None:
+        raise NotFound(unknown)
+    patient = orjson.loads(person.patient)
+    situation = consent_for(request, caller, pid, patient)
+    guard: Guard = request.app.state.guard
+    if not guard.filter(situation, [patient]).resources:
+        await audit(request, interaction, [pid], REFUSED, "withheld by consent")
+        raise NotFound(unknown)
+    return situation, person
 
 
 async def audit(

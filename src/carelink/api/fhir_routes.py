@@ -6,18 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import access, paging
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import audit, base_url, consent_for, context, router
+from carelink.api.deps import base_url, consented_person, context, router
 from carelink.api.responses import fhir
-from carelink.audit.events import REFUSED
-from carelink.auth import Principal
-from carelink.consent import Situation
 from carelink.errors import InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.query import SEARCH_TYPES, criteria, in_period
@@ -64,13 +60,15 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     access.require(caller, "Patient", "r")
     access.in_compartment(caller, pid)
-    situation = await _consented_person(request, caller, record, pid)
+    situation, person = await consented_person(
+        request, caller, pid, "operation", f"Patient/{pid} is not known"
+    )
     key = f"Patient/{pid}/$everything"
     used = {"start", "end", "_since", "_type"} & set(q)
     asked = paging.Asked(caller, situation, key, base, f"{base}/{key}", q, used, "operation")
     if "_cursor" in q:
         return await paging.stored_page(request, asked)
-    fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait)
+    fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait, person)
     shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
     request.state.break_glass = shown.break_glass
     matches = shown.resources
@@ -141,21 +139,6 @@ def _since_ok(resource: Json, since: Any, learned: dict[str, str] | None = None)
     return rng is not None and rng.start >= since
 
 
-async def _consented_person(
-    request: Request, caller: Principal, record: SharedRecord, pid: str
-) -> Situation:
-    """The consent situation, refusing (as not found) a person withheld from this caller."""
-    person = record.person(pid)
-    if person is None:
-        raise NotFound(f"Patient/{pid} is not known")
-    patient = orjson.loads(person.patient)
-    situation: Situation = consent_for(request, caller, pid, patient)
-    if not request.app.state.guard.filter(situation, [patient]).resources:
-        await audit(request, "operation", [pid], REFUSED, "withheld by consent")
-        raise NotFound(f"Patient/{pid} is not known")
-    return situation
-
-
 def _patient_param(q: dict[str, list[str]], base: str) -> str:
     """The patient's id from ``patient``/``subject``: ``X``, ``Patient/X`` or this gateway's
     absolute ``<base>/Patient/X``; a reference to another server is refused."""
@@ -206,13 +189,15 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     revinclude = "Provenance:target" in q.get("_revinclude", [])
     access.require(caller, rtype, "s")
     access.in_compartment(caller, pid)
-    situation = await _consented_person(request, caller, record, pid)
+    situation, person = await consented_person(
+        request, caller, pid, "search-type", f"Patient/{pid} is not known"
+    )
     key = f"{rtype}?patient=Patient/{pid}"
     used = {"patient", "subject", "_revinclude"} & set(q) | {c.param for c in crit}
     asked = paging.Asked(caller, situation, key, base, f"{base}/{rtype}", q, used, "search-type")
     if "_cursor" in q:
         return await paging.stored_page(request, asked)
-    fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait)
+    fed = await record.federate(pid, frozenset({rtype, "Patient"}), pref.wait, person)
     # Consent and scopes first, the search criteria on what is left: what a criterion
     # matched among withheld data must shape nothing of the answer.
     shown = request.app.state.guard.filter(

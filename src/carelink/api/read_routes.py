@@ -18,19 +18,18 @@ import hashlib
 import re
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import audit, consent_for, context, router
+from carelink.api.deps import audit, consented_person, context, router
 from carelink.api.fhir_routes import search_type
 from carelink.api.responses import fhir, not_modified, outcome
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
 from carelink.consent import Guard
-from carelink.errors import AccessDenied, NotFound, SourceError, SourceTimeout
+from carelink.errors import NotFound, SourceError, SourceTimeout
 from carelink.federation import SharedRecord
 from carelink.federation.read import is_shared, locate, person_of, read_shared
 from carelink.fhir import dumps
@@ -55,20 +54,13 @@ async def read(request: Request) -> Response:
     if is_shared(rtype):
         return await _read_shared(request, record, caller, rtype, rid)
     person_id = person_of(record, rtype, rid)
-    person = record.person(person_id) if person_id else None
-    if person is None:
-        raise _unknown(rtype, rid)
-    try:
-        access.in_compartment(caller, person.id)
-    except AccessDenied:
-        raise _unknown(rtype, rid) from None  # another patient's: not known to this token
-    patient = orjson.loads(person.patient)
+    if person_id is None or not access.reaches(caller, person_id):
+        raise _unknown(rtype, rid)  # never handed out, or another patient's for this token
+    situation, person = await consented_person(
+        request, caller, person_id, "read", f"{rtype}/{rid} is not known"
+    )
     guard: Guard = request.app.state.guard
-    situation = consent_for(request, caller, person.id, patient)
-    if not guard.filter(situation, [patient]).resources:
-        await audit(request, "read", [person.id], REFUSED, WITHHELD)
-        raise _unknown(rtype, rid)
-    found = await locate(record, rtype, rid, P.prefer(request).wait)
+    found = await locate(record, person, rtype, rid, P.prefer(request).wait)
     if found is None:
         raise _unknown(rtype, rid)
     if rtype == "Provenance":

@@ -19,6 +19,7 @@ from carelink.federation.record import Federated, SharedRecord
 from carelink.federation.references import SHARED_TYPES
 from carelink.sources.base import SharedReader
 from carelink.sources.namespacing import namespaced_id
+from carelink.storage import PersonRow
 
 Json = dict[str, Any]
 
@@ -45,28 +46,28 @@ def person_of(record: SharedRecord, resource_type: str, resource_id: str) -> str
 
 
 async def locate(
-    record: SharedRecord, resource_type: str, resource_id: str, deadline: float | None = None
+    record: SharedRecord,
+    person: PersonRow,
+    resource_type: str,
+    resource_id: str,
+    deadline: float | None = None,
 ) -> Located | None:
-    """The resource from its person's record as the sources give it now, or None.
-
-    None when the gateway never handed the id out, or the record no longer
-    holds it (deleted at the source, or the source not answering now).
-    Provenance is found among the record's Provenance (which needs the whole
-    record: its targets are every resource of a source).
+    """The resource from ``person``'s record (found by ``person_of``) as the sources give it
+    now, or None when the record no longer holds it (deleted at the source, or the source
+    not answering now). Provenance is found among the record's Provenance (which needs the
+    whole record: its targets are every resource of a source).
     """
-    person_id = person_of(record, resource_type, resource_id)
-    if person_id is None or record.person(person_id) is None:
-        return None
     if resource_type == "Provenance":
-        fed = await record.federate(person_id, None, deadline)
+        fed = await record.federate(person.id, None, deadline, person)
         pool = fed.provenance
     else:
-        fed = await record.federate(person_id, frozenset({resource_type, "Patient"}), deadline)
+        types = frozenset({resource_type, "Patient"})
+        fed = await record.federate(person.id, types, deadline, person)
         pool = fed.resources
     hit = next(
         (r for r in pool if r["resourceType"] == resource_type and r["id"] == resource_id), None
     )
-    return None if hit is None else Located(person_id, hit, fed)
+    return None if hit is None else Located(person.id, hit, fed)
 
 
 def source_of(record: SharedRecord, resource_id: str) -> tuple[str, str] | None:

@@ -160,7 +160,11 @@ class SharedRecord:
         return self.index.link_by_patient_id(patient_id)
 
     async def federate(
-        self, person_id: str, types: frozenset[str] | None = None, deadline: float | None = None
+        self,
+        person_id: str,
+        types: frozenset[str] | None = None,
+        deadline: float | None = None,
+        person: PersonRow | None = None,
     ) -> Federated:
         """Ask every source that knows the person, merge, resolve references between the
         sources' resources (see ``federation.references``), and report per source.
@@ -171,10 +175,13 @@ class SharedRecord:
         gateway has seen of the person before (``resource_locations``), or else by a
         second round asking for the types still unsettled, as targets only.
         """
-        found = self.index.person_and_links(person_id)
-        if found is None:
-            raise NotFound(f"Patient/{person_id} is not known")
-        person, links = found
+        if person is None or person.id != person_id:  # read here unless the caller just did
+            found = self.index.person_and_links(person_id)
+            if found is None:
+                raise NotFound(f"Patient/{person_id} is not known")
+            person, links = found
+        else:
+            links = self.index.links(person_id)
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)

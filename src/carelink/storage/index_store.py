@@ -132,7 +132,11 @@ class IndexStore:
         person = self.person(person_id)
         if person is None:
             return None
-        return person, [_link(r) for r in self._query(self._sql_links, person_id)]
+        return person, self.links(person_id)
+
+    def links(self, person_id: str) -> list[LinkRow]:
+        """Every source link of a person, through the lookup connection (the hot path)."""
+        return [_link(r) for r in self._query(self._sql_links, person_id)]
 
     def find(self, query: PersonQuery, *, after: str = "", limit: int = 500) -> list[PersonRow]:
         """Up to ``limit`` persons matching ``query`` with ids after ``after``, in id order
