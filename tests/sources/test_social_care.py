@@ -15,8 +15,9 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators import social_care as sim
 from carelink.simulators.store import PopulationSlice
 from carelink.sources.base import local_id_system, security_labels, source_uri
-from carelink.sources.social_care_map import iso, patient, record, source_person
+from carelink.sources.social_care_map import iso, patient, source_person
 from tests.support.schema import problems
+from tests.support.social_care import record
 
 SOURCE = "social-care"
 PATIENT_REF = "Patient/gw-42"

@@ -7,8 +7,9 @@ import pytest
 from carelink.errors import SourceBadPayload
 from carelink.simulators import social_care as sim
 from carelink.simulators.store import PopulationSlice
-from carelink.sources.social_care_map import iso, patient, record
+from carelink.sources.social_care_map import iso, patient
 from tests.support.schema import problems
+from tests.support.social_care import record
 
 CASE = {
     "personRef": "SC1",

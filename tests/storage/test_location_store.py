@@ -32,8 +32,9 @@ def test_the_first_time_seen_is_kept_and_the_latest_person_wins(db):
     first.record("p1", [("Condition", "gp-1")], "2026-01-01T00:00:00Z")
     assert second.record("p2", [("Condition", "gp-1"), ("Condition", "gp-1")], "2026-02-02") == 1
     assert first.person_of("Condition", "gp-1") == "p2"
-    assert first.first_seen("Condition", "gp-1") == "2026-01-01T00:00:00Z"
-    assert first.first_seen("Condition", "gp-404") is None
+    seen = first.first_seen_of("p2")  # the person moved, the first sighting stays
+    assert seen["Condition/gp-1"] == "2026-01-01T00:00:00Z"
+    assert "Condition/gp-404" not in seen
     first.close()
     second.close()
 

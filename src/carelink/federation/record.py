@@ -181,7 +181,7 @@ class SharedRecord:
                 raise NotFound(f"Patient/{person_id} is not known")
             person, links = found
         else:
-            links = self.index.links(person_id)
+            links = self.index.links_of(person_id)
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)

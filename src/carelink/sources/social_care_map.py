@@ -209,15 +209,6 @@ def read_case(doc: Json, source: str, patient_ref: str) -> tuple[list[Json], tup
     return out, tuple(skipped)
 
 
-def record(doc: Json, source: str, patient_ref: str) -> list[Json]:
-    """Every resource in one case, the council's Patient first; any unreadable item is a
-    bad payload (``read_case`` leaves such items out instead)."""
-    out, skipped = read_case(doc, source, patient_ref)
-    if skipped:
-        raise SourceBadPayload(source, skipped[0])
-    return out
-
-
 def _base(resource_type: str, source: str, local: str) -> Json:
     return {
         "resourceType": resource_type,

@@ -132,9 +132,9 @@ class IndexStore:
         person = self.person(person_id)
         if person is None:
             return None
-        return person, self.links(person_id)
+        return person, self.links_of(person_id)
 
-    def links(self, person_id: str) -> list[LinkRow]:
+    def links_of(self, person_id: str) -> list[LinkRow]:
         """Every source link of a person, through the lookup connection (the hot path)."""
         return [_link(r) for r in self._query(self._sql_links, person_id)]
 
@@ -194,16 +194,6 @@ class IndexStore:
         with self.db.engine.connect() as conn:
             row = conn.execute(sa.select(links).where(links.c.patient_id == patient_id)).first()
         return LinkRow(*row) if row else None
-
-    def links_of(self, person_id: str) -> list[LinkRow]:
-        """Every source link of a person."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(links)
-                .where(links.c.person_id == person_id)
-                .order_by(links.c.source, links.c.local_id)
-            )
-            return [LinkRow(*r) for r in rows]
 
     def reviews(self) -> list[ReviewRow]:
         """The near-miss review list."""

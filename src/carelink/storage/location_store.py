@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from carelink.storage.database import Database
@@ -83,17 +82,6 @@ class LocationStore:
         """``Type/id`` -> when the gateway first learned of it, for the person's record."""
         rows = self._hot.query(self._sql_seen, (person_id,))
         return {f"{t}/{i}": str(seen) for t, i, seen in rows}
-
-    def first_seen(self, resource_type: str, resource_id: str) -> str | None:
-        """When the gateway first learned of the resource."""
-        with self.db.engine.connect() as conn:
-            value = conn.execute(
-                sa.select(resource_locations.c.first_seen).where(
-                    resource_locations.c.resource_type == resource_type,
-                    resource_locations.c.resource_id == resource_id,
-                )
-            ).scalar()
-        return None if value is None else str(value)
 
     def close(self) -> None:
         """Release the lookup connection."""
