@@ -8,7 +8,7 @@ from typing import Any
 from carelink import __version__
 from carelink.federation.patient_search import MODIFIERS
 from carelink.federation.query import PARAMS
-from carelink.federation.references import SHARED_TYPES
+from carelink.fhir.shared_types import SHARED_TYPES
 
 Json = dict[str, Any]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from carelink.errors import SourceTimeout
 from carelink.federation.record import Federated, SharedRecord
-from carelink.federation.references import SHARED_TYPES
+from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.sources.base import SharedReader
 from carelink.sources.namespacing import namespaced_id
 from carelink.storage import PersonRow

@@ -16,14 +16,10 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.merge import merge, provenance
-from carelink.federation.references import (
-    SHARED_TYPES,
-    folded_copies,
-    resolve,
-    unsettled,
-)
+from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
 from carelink.fhir.outcome import issue, operation_outcome
+from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]

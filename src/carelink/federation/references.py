@@ -36,12 +36,6 @@ _REFERENCE = re.compile(rb'"reference":"([^"\\\\]*)"')
 #: a Reference given by identifier (an element ``identifier`` that is an object, not a list)
 _LOGICAL = b'"identifier":{'
 
-#: Resources outside every patient's compartment that records refer to: not patient
-#: data, read from their source directly, returned in ``$everything`` when referred to
-SHARED_TYPES = frozenset(
-    ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication")
-)
-
 
 def folded_copies(
     results: Sequence[SourceResult], contributed: Mapping[str, list[str]]

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.simulators import fhir_files, fhir_render
 from carelink.simulators.fhir_files import data_files
 from carelink.simulators.fhir_load import LoadReport, load
 from carelink.simulators.store import PopulationSlice
 
 Json = dict[str, Any]
-
-#: Resources outside any patient's compartment that records refer to (served by id and
-#: identifier, and included in ``$everything`` when a record refers to them)
-SHARED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication")
 
 
 class FhirStore(Protocol):

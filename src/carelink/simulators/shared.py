@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from carelink.simulators.fhir_store import SHARED_TYPES
+from carelink.fhir.shared_types import SHARED_TYPES
 
 Json = dict[str, Any]
 
