@@ -91,7 +91,8 @@ def attack(
         for chosen, hit in ((chosen_rare, "rare"), (chosen_random, "random")):
             candidates = set(by_class.get(person.qi, set()))
             for f in chosen:
-                candidates &= by_fact.get(f, set())
+                # a fact released without its year is compatible with any year
+                candidates &= by_fact.get(f, set()) | by_fact.get((f[0], f[1], ""), set())
                 if not candidates:
                     break
             if candidates == {person.released_as}:

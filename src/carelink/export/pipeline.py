@@ -567,111 +567,147 @@ async def _anonymous(
     progress: Progress | None,
     today: date,
 ) -> tuple[int, Report]:
-    """The anonymised release (``anonymise.release``): every person's allow-listed facts
-    are spooled, k-anonymity is applied to the Patients and k^m-anonymity to the facts,
-    the intruder is run against the result, and only then is anything written.
-
-    ``Refused`` when the intruder singles out more than 1/k of the released people, or
-    when k cannot be reached within the allowed suppression.
-    """
-    spool_path = out.directory / SPOOL
-    bands = release.Bands()
-    released: list[Member] = []
+    """The anonymised release of the people's federated records (``AnonymousRelease``)."""
+    anonymous = AnonymousRelease(spec, out, today)
     total = len(people)
     try:
-        with spool_path.open("wb") as spool:
-            async with aclosing(reader.ahead(people, None)) as records:
-                async for i, person, fed in records:
-                    if progress is not None and not await progress(i, total):
-                        raise ExportError("cancelled")
-                    candidates = [
-                        r
-                        for r in fed.resources
-                        if _one_patient(r, person)
-                        and (r.get("resourceType") == "Patient" or _wanted(r, spec))
-                    ]
-                    kept = consent.filter(fed, candidates)
-                    if not any(r.get("resourceType") == "Patient" for r in kept):
-                        continue  # consent keeps the person out: none of their facts go
-                    drafts = [d for d in map(release.reduce, kept) if d is not None]
-                    for d in drafts:
-                        bands.add(d)
-                    spool.write(
-                        orjson.dumps([[d.rtype, d.content, d.quantity] for d in drafts]) + b"\n"
-                    )
-                    released.append(person)
-        return _release(spool_path, released, spec, bands, out, today)
+        async with aclosing(reader.ahead(people, None)) as records:
+            async for i, person, fed in records:
+                if progress is not None and not await progress(i, total):
+                    raise ExportError("cancelled")
+                candidates = [
+                    r
+                    for r in fed.resources
+                    if _one_patient(r, person)
+                    and (r.get("resourceType") == "Patient" or _wanted(r, spec))
+                ]
+                anonymous.add(person, consent.filter(fed, candidates))
+        return anonymous.finish()
     finally:
-        spool_path.unlink(missing_ok=True)
+        anonymous.discard()
 
 
-def _release(
-    spool_path: Path,
-    people: list[Member],
-    spec: ExtractSpec,
-    bands: release.Bands,
-    out: Output,
-    today: date,
-) -> tuple[int, Report]:
-    kept_df, report = protect(_quasi(people, today), QUASI, _thresholds(spec))
-    levels = report.levels
-    keep = set(kept_df["id"])
-    bands.fix()
-    plan = release.Plan()
-    members: list[Member] = []
-    truth: list[tuple[intruder.Fact, ...]] = []
-    with spool_path.open("rb") as spool:
-        for person, line in zip(people, spool, strict=True):
-            if person.id not in keep:
-                continue
-            drafts = [
-                release.Draft(t, c, (q[0], q[1]) if q else None) for t, c, q in orjson.loads(line)
-            ]
-            facts = [(d.fact(bands), d.rtype in release.SENSITIVE_TYPES) for d in drafts]
-            plan.add_person(facts)
-            members.append(person)
-            truth.append(tuple(release.project(f)[0] for f, _ in facts))
-    qis = [_released_qi(p, today, levels) for p in members]
-    classes: dict[tuple[Any, ...], list[int]] = {}
-    for i, qi in enumerate(qis):
-        classes.setdefault(qi, []).append(i)
-    cost = release.enforce(plan, classes.values(), spec.k, spec.m)
-    shown = [
-        {p for f in plan.people[i] for p in release.project(plan.facts[f])}
-        for i in range(len(members))
-    ]
-    known = [intruder.Known(qis[i], truth[i], i) for i in range(len(members))]
-    attack = intruder.attack(known, qis, shown, spec.m)
-    report.facts = {
-        "m": spec.m,
-        "considered": cost.facts_in,
-        "released": cost.facts_out,
-        "retainedShare": (cost.facts_out / cost.facts_in) if cost.facts_in else 1.0,
-        "rule": (
-            f"every set of at most {spec.m} facts a person holds is held by at least "
-            f"{spec.k} people of their class; no diagnosis is held by a whole class"
-        ),
-        "notCovered": (
-            "the number of distinct facts a person has; an intruder knowing more than "
-            f"{spec.m} facts; what can be inferred from {spec.m} known facts"
-        ),
-    }
-    report.intruder = attack.as_json()
-    if attack.rate > 1 / spec.k:
-        report.met = False
-        report.reasons.append(
-            f"the intruder re-identified {attack.rate:.1%} of the released people "
-            f"(at most 1/k = {1 / spec.k:.1%}): the cohort cannot be released at record level"
+class AnonymousRelease:
+    """An anonymised release (``anonymise.release``), person by person, then all at once.
+
+    ``add`` spools each person's allow-listed facts (the record itself is not
+    kept); ``finish`` applies k-anonymity to the Patients and k^m-anonymity to
+    the facts, runs the intruder against the result, and only then writes
+    anything: ``Refused`` when the intruder singles out more than 1/k of the
+    released people, or when k cannot be reached within the allowed
+    suppression. A domain object: a test drives it with any records.
+    """
+
+    def __init__(self, spec: ExtractSpec, out: Output, today: date) -> None:
+        self.spec = spec
+        self.out = out
+        self.today = today
+        self.bands = release.Bands()
+        self.people: list[Member] = []
+        self.spool_path = out.directory / SPOOL
+        self._spool = self.spool_path.open("wb")
+
+    def add(self, person: Member, resources: list[Json]) -> None:
+        """One person's resources as consent lets them into the extract (their merged
+        Patient among them, or the person is not released at all)."""
+        if not any(r.get("resourceType") == "Patient" for r in resources):
+            return  # consent keeps the person out: none of their facts go
+        drafts = [d for d in map(release.reduce, resources) if d is not None]
+        for d in drafts:
+            self.bands.add(d)
+        self._spool.write(orjson.dumps([[d.rtype, d.content, d.quantity] for d in drafts]) + b"\n")
+        self.people.append(person)
+
+    def discard(self) -> None:
+        """Remove the spool (always: it holds facts before disclosure control)."""
+        self._spool.close()
+        self.spool_path.unlink(missing_ok=True)
+
+    def _cohort_own(self, ladder: list[bytes], sensitive: bool) -> bool:
+        """Is this the condition cohort's own condition (kept in preference)?"""
+        cohort = self.spec.cohort
+        return (
+            cohort.kind == "condition"
+            and not sensitive
+            and (
+                ladder[0].startswith(b'["Condition"') and f'"{cohort.value}"'.encode() in ladder[-1]
+            )
         )
-        raise Refused(report)
-    for i in range(len(members)):
-        pid = release.fresh_id()
-        if spec.types is None or "Patient" in spec.types:
-            out.write(_generalised_patient(pid, qis[i]))
-        for f in sorted(plan.people[i]):
-            rtype, content = orjson.loads(plan.facts[f])
-            out.write(release.resource(rtype, content, pid, release.subject_of(rtype)))
-    return len(members), report
+
+    def _sensitive(self, draft: release.Draft) -> bool:
+        """Is the fact a diagnosis the diversity rule protects? Not a condition cohort's
+        own condition: membership of the cohort already says it of everyone."""
+        if draft.rtype not in release.SENSITIVE_TYPES:
+            return False
+        cohort = self.spec.cohort
+        if cohort.kind != "condition":
+            return True
+        codings = (draft.content.get("code") or {}).get("coding", ())
+        return not any(c.get("code") == cohort.value for c in codings)
+
+    def finish(self) -> tuple[int, Report]:
+        """Protect, attack, write; the people written and the risk report."""
+        self._spool.close()
+        kept_df, report = protect(_quasi(self.people, self.today), QUASI, _thresholds(self.spec))
+        levels = report.levels
+        keep = set(kept_df["id"])
+        self.bands.fix()
+        plan = release.Plan()
+        members: list[Member] = []
+        truth: list[tuple[intruder.Fact, ...]] = []
+        with self.spool_path.open("rb") as spool:
+            for person, line in zip(self.people, spool, strict=True):
+                if person.id not in keep:
+                    continue
+                drafts = [
+                    release.Draft(t, c, (q[0], q[1]) if q else None)
+                    for t, c, q in orjson.loads(line)
+                ]
+                facts = [(d.ladder(self.bands), self._sensitive(d)) for d in drafts]
+                plan.add_person(facts, [f for f, s in facts if self._cohort_own(f, s)])
+                members.append(person)
+                truth.append(tuple(release.project(ladder[0])[0] for ladder, _ in facts))
+        qis = [_released_qi(p, self.today, levels) for p in members]
+        classes: dict[tuple[Any, ...], list[int]] = {}
+        for i, qi in enumerate(qis):
+            classes.setdefault(qi, []).append(i)
+        cost = release.enforce(plan, classes.values(), self.spec.k, self.spec.m)
+        shown = [
+            {p for f in plan.people[i] for p in release.project(plan.facts[f])}
+            for i in range(len(members))
+        ]
+        known = [intruder.Known(qis[i], truth[i], i) for i in range(len(members))]
+        attack = intruder.attack(known, qis, shown, self.spec.m)
+        report.facts = {
+            "m": self.spec.m,
+            "considered": cost.facts_in,
+            "released": cost.facts_out,
+            "retainedShare": (cost.facts_out / cost.facts_in) if cost.facts_in else 1.0,
+            "rule": (
+                f"every set of at most {self.spec.m} facts a person holds is held by at least "
+                f"{self.spec.k} people of their class; no diagnosis is held by a whole class"
+            ),
+            "notCovered": (
+                "the number of distinct facts a person has; an intruder knowing more than "
+                f"{self.spec.m} facts; what can be inferred from {self.spec.m} known facts"
+            ),
+        }
+        report.intruder = attack.as_json()
+        if attack.rate > 1 / self.spec.k:
+            report.met = False
+            report.reasons.append(
+                f"the intruder re-identified {attack.rate:.1%} of the released people (at most "
+                f"1/k = {1 / self.spec.k:.1%}): the cohort cannot be released at record level"
+            )
+            raise Refused(report)
+        for i in range(len(members)):
+            pid = release.fresh_id()
+            if self.spec.types is None or "Patient" in self.spec.types:
+                self.out.write(_generalised_patient(pid, qis[i]))
+            for f in sorted(plan.people[i]):
+                rtype, content = orjson.loads(plan.facts[f])
+                self.out.write(release.resource(rtype, content, pid, release.subject_of(rtype)))
+        return len(members), report
 
 
 def _released_qi(person: Member, today: date, levels: dict[str, int]) -> tuple[Any, ...]:
