@@ -264,8 +264,9 @@ class Anonymiser:
         if m:
             kind, name, child = m.groups()
             hits = [n for n in nodes if (n.type if kind == "Type" else n.element) == name]
-            if child:
+            if child:  # the child's container is its parent, or for a repeat the list in it
                 parents = {id(h.value) for h in hits}
+                parents |= {id(h.value.get(child)) for h in hits if isinstance(h.value, dict)}
                 hits = [c for c in nodes if id(c.container) in parents and c.element == child]
             return hits
         if _DOTTED.match(expr):
@@ -746,7 +747,9 @@ def _year(value: str) -> str | None:
 
 def _clean(obj: Any) -> Any:
     """Remove empty elements bottom-up (resources themselves stay); a repeating
-    primitive and its ``_name`` companion list stay aligned."""
+    primitive and its ``_name`` companion list stay aligned. An extension whose
+    ``url`` was redacted goes whole: without it the rest (say, the year a
+    partial-date redaction left) means nothing and is not valid FHIR."""
     if isinstance(obj, dict):
         for k in list(obj):
             if k not in obj:
@@ -756,6 +759,8 @@ def _clean(obj: Any) -> Any:
                 _clean_pair(obj, k.removeprefix("_"))
                 continue
             _clean(v)
+            if k in ("extension", "modifierExtension") and isinstance(v, list):
+                v[:] = [e for e in v if not (isinstance(e, dict) and "url" not in e)]
             if v is None or v == {} or v == [] or v == "":
                 del obj[k]
         return obj
