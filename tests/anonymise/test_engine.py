@@ -399,7 +399,9 @@ def test_a_failing_rule_raises_or_leaves_the_resource_out():
         engine(rules).apply({"resourceType": "Patient", "name": [{"family": "A"}]})
     for key in ("processingErrors", "processingError"):
         config = parse({"fhirPathRules": rules, key: "Skip"})
-        assert Anonymiser(config).apply({"resourceType": "Patient", "name": [{"family": "A"}]}) is None
+        assert (
+            Anonymiser(config).apply({"resourceType": "Patient", "name": [{"family": "A"}]}) is None
+        )
 
 
 def test_a_failure_inside_a_contained_resource_leaves_the_whole_resource_out():

@@ -91,7 +91,9 @@ def test_every_vendored_configuration_loads():
 @pytest.mark.parametrize("name", FULL)
 def test_the_tools_own_configurations_leave_no_direct_identifier_in_synthea(name):
     data = synthea()
-    organisations = json.dumps([r for r in data if r["resourceType"] in ("Organization", "Location")])
+    organisations = json.dumps(
+        [r for r in data if r["resourceType"] in ("Organization", "Location")]
+    )
     secrets = identifiers([r for r in data if r["resourceType"] == "Patient"], organisations)
     assert len(secrets) > 50
     e = engine_for(name)
@@ -100,7 +102,9 @@ def test_the_tools_own_configurations_leave_no_direct_identifier_in_synthea(name
         out = e.apply(r, file=f"{r['resourceType']}.ndjson")
         assert out is not None
         leaves |= set(strings(out))
-    leaked = sorted(s for s in secrets if s in leaves or (not s.isdigit() and any(s in v for v in leaves)))
+    leaked = sorted(
+        s for s in secrets if s in leaves or (not s.isdigit() and any(s in v for v in leaves))
+    )
     assert leaked == []
 
 
@@ -141,7 +145,13 @@ def test_documented_outputs_of_the_sample_configuration():
             "birthDate": "1930-05-01",
             "deceasedDateTime": "2015-02-07T13:28:17-05:00",
             "address": [
-                {"line": ["1 Main St"], "city": "Smalltown", "state": "WA", "postalCode": "03601", "country": "US"},
+                {
+                    "line": ["1 Main St"],
+                    "city": "Smalltown",
+                    "state": "WA",
+                    "postalCode": "03601",
+                    "country": "US",
+                },
                 {"city": "Redmond", "postalCode": "98052"},
             ],
             "generalPractitioner": [{"reference": "Practitioner/123"}],
@@ -155,13 +165,17 @@ def test_documented_outputs_of_the_sample_configuration():
     assert out["address"][0] == {"state": "WA", "postalCode": "00000", "country": "US"}
     assert out["address"][1] == {"postalCode": "98000"}
     reference = out["generalPractitioner"][0]["reference"]
-    assert reference.startswith("Practitioner/") and len(reference) == len("Practitioner/") + 64
+    assert reference.startswith("Practitioner/")
+    assert len(reference) == len("Practitioner/") + 64
     partial = e.apply({"resourceType": "Condition", "id": "c", "recordedDate": "2015-02"})
-    assert partial is not None and partial["recordedDate"] == "2015"
+    assert partial is not None
+    assert partial["recordedDate"] == "2015"
 
 
 def test_the_fixed_offset_sample_shifts_by_its_offset():
-    document = json.loads((SAMPLES / "configuration-sample-with-dateshiftfixedoffset.json").read_text("utf-8-sig"))
+    document = json.loads(
+        (SAMPLES / "configuration-sample-with-dateshiftfixedoffset.json").read_text("utf-8-sig")
+    )
     offset = document["parameters"]["dateShiftFixedOffsetInDays"]
     out = engine_for("configuration-sample-with-dateshiftfixedoffset.json").apply(
         {"resourceType": "Encounter", "id": "e", "period": {"start": "2020-01-10"}}
@@ -173,7 +187,11 @@ def test_the_fixed_offset_sample_shifts_by_its_offset():
 def test_the_samples_perturb_rule_on_an_age_choice_type():
     e = engine_for("configuration-sample.json")
     out = e.apply(
-        {"resourceType": "FamilyMemberHistory", "id": "f", "condition": [{"onsetAge": {"value": 50, "unit": "a"}}]}
+        {
+            "resourceType": "FamilyMemberHistory",
+            "id": "f",
+            "condition": [{"onsetAge": {"value": 50, "unit": "a"}}],
+        }
     )
     assert out is not None
     assert 45 <= out["condition"][0]["onsetAge"]["value"] <= 55

@@ -100,7 +100,8 @@ def test_the_walker_sees_companions_and_their_extensions():
     extensions = [n for n in nodes if n.type == "Extension"]
     assert {e.value["url"] for e in extensions} == {BIRTH_TIME, OWN_NAME, NICKNAME}
     birth = next(n for n in nodes if n.element == "birthDate")
-    assert birth.companion is not None and birth.companion.value["id"] == "bt-91x"
+    assert birth.companion is not None
+    assert birth.companion.value["id"] == "bt-91x"
     assert next(n for n in nodes if n.element == "valueDateTime").type == "dateTime"
 
 
@@ -119,7 +120,11 @@ def test_redacting_every_extension_reaches_the_ones_on_primitives():
     [
         {"path": "Patient.birthDate", "method": "redact"},
         {"path": "nodesByType('date')", "method": "dateShift"},
-        {"path": "Patient.birthDate", "method": "generalize", "cases": {"true": "$this.substring(0, 4)"}},
+        {
+            "path": "Patient.birthDate",
+            "method": "generalize",
+            "cases": {"true": "$this.substring(0, 4)"},
+        },
         {"path": "Patient.birthDate", "method": "cryptoHash"},
         {"path": "Patient.birthDate", "method": "substitute", "replaceWith": "1970-01-01"},
     ],
@@ -133,7 +138,9 @@ def test_a_rule_on_a_primitive_takes_its_id_and_extensions_with_it(rule):
 
 
 def test_redacting_a_primitive_with_partial_dates_keeps_the_year_but_not_the_birth_time():
-    e = engine([{"path": "Patient.birthDate", "method": "redact"}], enablePartialDatesForRedact=True)
+    e = engine(
+        [{"path": "Patient.birthDate", "method": "redact"}], enablePartialDatesForRedact=True
+    )
     out = e.apply(patient())
     assert out is not None
     assert out["birthDate"] == "1961"
@@ -142,11 +149,16 @@ def test_redacting_a_primitive_with_partial_dates_keeps_the_year_but_not_the_bir
 
 def test_keep_keeps_the_companion_and_a_rule_that_kept_extensions_first_wins():
     out = engine([{"path": "Patient.birthDate", "method": "keep"}]).apply(patient())
-    assert out is not None and out["_birthDate"] == patient()["_birthDate"]
+    assert out is not None
+    assert out["_birthDate"] == patient()["_birthDate"]
     kept_first = engine(
         [
             {"path": "nodesByType('Extension')", "method": "keep"},
-            {"path": "Patient.birthDate", "method": "generalize", "cases": {"true": "$this.substring(0, 4)"}},
+            {
+                "path": "Patient.birthDate",
+                "method": "generalize",
+                "cases": {"true": "$this.substring(0, 4)"},
+            },
         ]
     ).apply(patient())
     assert kept_first is not None
@@ -162,12 +174,16 @@ def test_a_removed_primitive_takes_even_a_kept_companion_with_it():
         ]
     ).apply(patient())
     assert out is not None
-    assert "birthDate" not in out and "_birthDate" not in out
+    assert "birthDate" not in out
+    assert "_birthDate" not in out
 
 
 def test_repeating_primitives_stay_aligned_with_their_companions():
     resource = patient()
-    resource["name"][0]["_given"] = [{"extension": [{"url": NICKNAME, "valueString": "V"}]}, {"id": "g2"}]
+    resource["name"][0]["_given"] = [
+        {"extension": [{"url": NICKNAME, "valueString": "V"}]},
+        {"id": "g2"},
+    ]
     out = engine([{"path": "nodesByType('Extension')", "method": "redact"}]).apply(resource)
     assert out is not None
     assert out["name"][0]["given"] == ["Valentina", "Vladimirovna"]
@@ -176,7 +192,10 @@ def test_repeating_primitives_stay_aligned_with_their_companions():
 
 def test_a_removed_repeat_takes_its_own_companion_and_no_other():
     resource = patient()
-    resource["name"][0]["_given"] = [{"id": "g1"}, {"extension": [{"url": NICKNAME, "valueString": "V"}]}]
+    resource["name"][0]["_given"] = [
+        {"id": "g1"},
+        {"extension": [{"url": NICKNAME, "valueString": "V"}]},
+    ]
     e = engine(
         [
             {"path": "nodesByType('Extension')", "method": "keep"},
@@ -198,7 +217,12 @@ def test_a_companion_without_a_value_is_processed_by_the_rules_on_that_element()
     resource = {
         "resourceType": "Patient",
         "_birthDate": {"extension": [{"url": NOTE, "valueString": FREE_TEXT}]},
-        "name": [{"given": ["A", None], "_given": [None, {"extension": [{"url": NOTE, "valueString": "B"}]}]}],
+        "name": [
+            {
+                "given": ["A", None],
+                "_given": [None, {"extension": [{"url": NOTE, "valueString": "B"}]}],
+            }
+        ],
     }
     out = engine(
         [
@@ -211,12 +235,13 @@ def test_a_companion_without_a_value_is_processed_by_the_rules_on_that_element()
 
 
 def test_free_text_in_an_extension_on_a_date_is_shifted_away_by_the_date_rule():
-    out = engine([{"path": "nodesByType('dateTime')", "method": "dateShift"}], dateShiftKey="k").apply(
-        condition()
-    )
+    out = engine(
+        [{"path": "nodesByType('dateTime')", "method": "dateShift"}], dateShiftKey="k"
+    ).apply(condition())
     assert out is not None
     assert "_onsetDateTime" not in out
-    assert "07700" not in text(out) and "Whitfield" not in text(out)
+    assert "07700" not in text(out)
+    assert "Whitfield" not in text(out)
 
 
 def test_the_input_keeps_its_companions():
@@ -252,13 +277,22 @@ def with_companions(r: dict[str, Any]) -> dict[str, Any]:
     """A Synthea resource given the primitive extensions real feeds carry."""
     r = copy.deepcopy(r)
     if r["resourceType"] == "Patient":
-        r["_birthDate"] = {"extension": [{"url": BIRTH_TIME, "valueDateTime": r["birthDate"] + "T04:05:00Z"}]}
+        r["_birthDate"] = {
+            "extension": [{"url": BIRTH_TIME, "valueDateTime": r["birthDate"] + "T04:05:00Z"}]
+        }
         for name in r.get("name", []):
-            name["_family"] = {"extension": [{"url": OWN_NAME, "valueString": "Own" + name["family"]}]}
-            name["_given"] = [{"extension": [{"url": NICKNAME, "valueString": g + "ie"}]} for g in name["given"]]
+            name["_family"] = {
+                "extension": [{"url": OWN_NAME, "valueString": "Own" + name["family"]}]
+            }
+            name["_given"] = [
+                {"extension": [{"url": NICKNAME, "valueString": g + "ie"}]} for g in name["given"]
+            ]
     for key in ("onsetDateTime", "recordedDate", "occurrenceDateTime", "authoredOn"):
         if key in r:
-            r["_" + key] = {"id": "note-" + r["id"], "extension": [{"url": NOTE, "valueString": FREE_TEXT}]}
+            r["_" + key] = {
+                "id": "note-" + r["id"],
+                "extension": [{"url": NOTE, "valueString": FREE_TEXT}],
+            }
     return r
 
 

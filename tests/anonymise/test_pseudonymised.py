@@ -53,7 +53,9 @@ FREE_TEXT_RESOURCES: list[dict[str, Any]] = [
         "title": SECRET,
         "description": SECRET,
         "subject": {"reference": "Patient/p"},
-        "activity": [{"detail": {"status": "scheduled", "description": SECRET, "code": concept(SECRET)}}],
+        "activity": [
+            {"detail": {"status": "scheduled", "description": SECRET, "code": concept(SECRET)}}
+        ],
         "note": [{"text": SECRET, "authorString": SECRET}],
     },
     {
@@ -114,7 +116,8 @@ def leftover_text(resource: dict[str, Any]) -> list[str]:
 def test_free_text_never_leaves_a_pseudonymised_extract(resource):
     out = pseudonymiser().apply(resource, person="p")
     assert out is not None
-    assert "Whitfield" not in json.dumps(out) and "07700" not in json.dumps(out)
+    assert "Whitfield" not in json.dumps(out)
+    assert "07700" not in json.dumps(out)
     assert leftover_text(out) == []
     assert out["status"] if "status" in resource else True  # coded elements are not text
 
@@ -128,7 +131,9 @@ def test_what_is_not_free_text_stays():
         {
             "resourceType": "Patient",
             "gender": "female",
-            "address": [{"line": ["1 Mill Lane"], "city": "Leeds", "postalCode": "LS1 4AP", "country": "GB"}],
+            "address": [
+                {"line": ["1 Mill Lane"], "city": "Leeds", "postalCode": "LS1 4AP", "country": "GB"}
+            ],
         },
         person="p",
     )
@@ -140,9 +145,12 @@ def test_what_is_not_free_text_stays():
 def test_the_keep_list_can_be_extended_and_free_text_can_stay_when_asked():
     document = profile(freeTextKeep=["CarePlan.title"])
     out = pseudonymiser(document).apply(FREE_TEXT_RESOURCES[0], person="p")
-    assert out is not None and out["title"] == SECRET and "description" not in out
+    assert out is not None
+    assert out["title"] == SECRET
+    assert "description" not in out
     kept = pseudonymiser(profile(freeText="keep")).apply(FREE_TEXT_RESOURCES[1], person="p")
-    assert kept is not None and kept["summary"] == SECRET
+    assert kept is not None
+    assert kept["summary"] == SECRET
 
 
 @pytest.mark.skipif(not SYNTHEA.exists(), reason=f"shared Synthea sample not at {SYNTHEA}")
@@ -177,7 +185,20 @@ def test_no_per_person_shift_is_under_the_minimum():
     shifts = [keys.shift_days(f"person-{i}", 180, 14) for i in range(4000)]
     assert all(14 <= abs(s) <= 180 for s in shifts)
     assert {min(shifts), max(shifts)} == {-180, 180}
-    assert {s for s in shifts if abs(s) < 20} == {-19, -18, -17, -16, -15, -14, 14, 15, 16, 17, 18, 19}
+    assert {s for s in shifts if abs(s) < 20} == {
+        -19,
+        -18,
+        -17,
+        -16,
+        -15,
+        -14,
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+    }
     negative = sum(s < 0 for s in shifts)
     assert 1800 < negative < 2200
 
@@ -204,7 +225,11 @@ def test_per_event_jitter_is_keyed_bounded_and_repeatable():
     e = pseudonymiser(document)
     base = ProjectKeys.for_project(MASTER, "study").shift_days("p", 180, 14)
     events = [
-        {"resourceType": "Encounter", "id": f"e{i}", "period": {"start": "2024-06-15", "end": "2024-06-20"}}
+        {
+            "resourceType": "Encounter",
+            "id": f"e{i}",
+            "period": {"start": "2024-06-15", "end": "2024-06-20"},
+        }
         for i in range(40)
     ]
     outs = [e.apply(ev, person="p") for ev in events]
@@ -215,7 +240,8 @@ def test_per_event_jitter_is_keyed_bounded_and_repeatable():
         end = date.fromisoformat(out["period"]["end"])
         assert (end - start).days == 5  # one event's dates move together
         offsets.add((start - date(2024, 6, 15)).days - base)
-    assert offsets <= set(range(-3, 4)) and len(offsets) > 3
+    assert offsets <= set(range(-3, 4))
+    assert len(offsets) > 3
     again = [pseudonymiser(document).apply(ev, person="p") for ev in events]
     assert json.dumps(again) == json.dumps(outs)  # reruns are byte-identical
     plain = pseudonymiser().apply(events[0], person="p")
@@ -243,17 +269,28 @@ def test_a_pseudonymised_configuration_can_perturb_lab_values():
     document = profile()
     document["fhirPathRules"].insert(
         0,
-        {"path": "nodesByType('Quantity')", "method": "perturb", "span": 0.1, "rangeType": "proportional"},
+        {
+            "path": "nodesByType('Quantity')",
+            "method": "perturb",
+            "span": 0.1,
+            "rangeType": "proportional",
+        },
     )
     e = pseudonymiser(document)
     values = []
     for i in range(30):
         out = e.apply(
-            {"resourceType": "Observation", "id": f"o{i}", "status": "final", "valueQuantity": {"value": 80.0, "unit": "kg"}},
+            {
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "status": "final",
+                "valueQuantity": {"value": 80.0, "unit": "kg"},
+            },
             person="p",
         )
         assert out is not None
         values.append(out["valueQuantity"]["value"])
         assert out["valueQuantity"]["unit"] == "kg"
     assert all(76 <= v <= 84 for v in values)
-    assert len(set(values)) > 10 and 80.0 not in values
+    assert len(set(values)) > 10
+    assert 80.0 not in values
