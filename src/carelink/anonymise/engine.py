@@ -15,8 +15,21 @@ the tool is deterministic):
   zeroed, time zone kept), ``cryptoHash`` (HMAC-SHA256 hex; only the id part
   of a reference), ``encrypt`` (AES-CBC, PKCS7, random IV, base64(IV‖data)),
   ``substitute``, ``perturb`` (uniform noise, banker's rounding),
-  ``generalize`` (FHIRPath cases on ``$this``), ``keep``;
+  ``generalize`` (FHIRPath cases on ``$this``), ``keep``; method names in
+  any casing;
+- ``processingErrors: skip``: a resource a rule fails on is left out
+  (``apply`` returns ``None``; the tool writes an empty resource instead);
 - security labels in ``meta.security`` for what was done.
+
+A primitive's id and extensions (``_birthDate`` beside ``birthDate``) are
+its children, as in the tool's element model: ``nodesByType('Extension')``
+reaches them, and a rule on the primitive takes them along. Where carelink
+is stricter than the tool: any method but ``keep`` removes them (keeping
+only what an earlier rule already processed), since they describe the exact
+value the method changed (a birth-time extension under a shifted or
+generalised birth date); a primitive that is removed takes them with it
+whatever earlier rules did; repeats stay aligned with their ``_name`` list;
+an extension left without its ``url`` is removed.
 
 ``dateShiftScope`` ``resource`` keys the shift by the resource's id,
 ``file`` by the name of the file the resource is written to (``apply(...,
@@ -25,9 +38,21 @@ the output folder (``Anonymiser(folder=)``), as the tool does.
 
 carelink's options (``parameters``): ``dateShiftScope: "person"`` shifts
 every date of a person by a keyed per-person offset (HMAC of the person's
-pseudonym, ``dateShiftRange`` days) the same in every resource from every
-source; with project keys, ``cryptoHash`` uses the project's pseudonym key
-(HKDF from the master key), so projects cannot be linked;
+pseudonym), uniform over ``dateShiftMinimum``..``dateShiftRange`` days either
+way, the same in every resource from every source. A known exact date of any
+event of a person (a birth date if it were shifted, an admission someone
+remembers) still reveals that person's shift, and with it all their dates;
+the pseudonymised profile therefore keeps only the year of birth.
+``dateJitterDays`` moves each resource's dates by a further keyed offset in
+``[-j, j]`` (HMAC of the person and the resource id: the same input gives
+the same output, and one resource's dates move together), so the day gaps
+between a person's events, which would otherwise link two projects'
+extracts by their content, no longer match exactly. ``freeText: "drop"``
+removes, after the rules, every string, markdown and xhtml value except
+``FREE_TEXT_KEEP`` and ``freeTextKeep`` (``Type.element`` or a resource
+path). With project keys, ``cryptoHash``, ``encrypt`` and ``dateShift`` use
+the project's keys (HKDF from the master key), so projects cannot be linked
+by pseudonyms; a configuration that sets its own keys is refused there.
 ``pseudonymiseNhsNumber`` replaces NHS-number identifiers with the keyed hash
 of the normalised, check-digit-validated number before any rule runs.
 """
