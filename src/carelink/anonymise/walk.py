@@ -183,8 +183,13 @@ def _definition(type_name: str, path: str) -> str:
 
 @cache
 def _refined(definition: str, key: str, table_type: str) -> str:
-    """The table's type, with coded elements the schema gave as strings corrected."""
-    if table_type not in ("string", "markdown"):
+    """The table's type, with coded elements the schema gave as strings corrected.
+
+    Only ``string`` to ``code``: the table types inlined text choices
+    (``valueString``) as ``markdown``, and profiles rely on
+    ``nodesByType('markdown')`` reaching them.
+    """
+    if table_type != "string":
         return table_type
     model = models["r4"]["path2Type"].get(f"{definition}.{key}")
-    return model if model in PRIMITIVES else table_type
+    return "code" if model == "code" else table_type
