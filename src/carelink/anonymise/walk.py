@@ -4,7 +4,8 @@ Types come from ``carelink/fhir/r4_types.json``, derived from the official R4
 JSON schema by ``scripts/gen_fhir_types.py``. The schema gives coded elements
 with a fixed value set (``gender``, ``status``) as plain strings; the walker
 corrects those to ``code`` from the FHIRPath model's element types, so
-``string`` means what FHIR means by it (text, possibly free text). A node is
+``string`` and ``markdown`` are text, possibly free text (inlined text
+choices such as ``valueString`` stay ``markdown``, as the table has them). A node is
 where a value sits (its container and key, so it can be replaced or removed),
 its value, its FHIR type and its FHIRPath-style path (``Patient.name.given``).
 
