@@ -23,12 +23,13 @@ from carelink.auth.backend_services import (
     OAuthError,
     RegisteredJwks,
     TokenService,
+    deid_profile_for,
     deid_profiles_within,
     load_clients,
 )
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, validate
-from carelink.errors import ConfigError
+from carelink.errors import AccessDenied, ConfigError
 from carelink.storage import Database, ReplayStore
 
 TOKEN_URL = "https://gw.test/auth/token"
@@ -381,6 +382,31 @@ def test_the_deid_profile_is_read_from_the_registration_and_defaults_to_anonymis
 def test_an_agreement_covers_its_profile_and_any_less_identifying_one():
     assert deid_profiles_within("pseudonymised") == ("pseudonymised", "anonymised")
     assert deid_profiles_within("anonymised") == ("anonymised",)
+
+
+@pytest.mark.parametrize(
+    ("agreed", "asked", "gets"),
+    [
+        ("pseudonymised", None, "pseudonymised"),
+        ("pseudonymised", "pseudonymised", "pseudonymised"),
+        ("pseudonymised", "anonymised", "anonymised"),
+        ("anonymised", None, "anonymised"),
+        ("anonymised", "anonymised", "anonymised"),
+        (None, None, "anonymised"),  # no registration here: no agreement
+        (None, "anonymised", "anonymised"),
+        ("anonymised", "raw", "raw"),  # not a profile: the extract's own check refuses it
+    ],
+)
+def test_an_extract_gets_the_agreed_profile_or_a_less_identifying_one_asked_for(
+    agreed, asked, gets
+):
+    assert deid_profile_for(agreed, asked) == gets
+
+
+@pytest.mark.parametrize("agreed", ["anonymised", None])
+def test_a_profile_more_identifying_than_the_agreement_is_access_denied(agreed):
+    with pytest.raises(AccessDenied, match=r"more identifying .* agreement \(anonymised\)"):
+        deid_profile_for(agreed, "pseudonymised")
 
 
 # --- clock skew ---------------------------------------------------------------------

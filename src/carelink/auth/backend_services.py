@@ -40,7 +40,7 @@ from joserfc.jwk import KeySet
 
 from carelink.auth.local_issuer import LocalIssuer
 from carelink.auth.scopes import ScopeError, parse, within
-from carelink.errors import ConfigError
+from carelink.errors import AccessDenied, ConfigError
 from carelink.storage import ReplayStore
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -140,6 +140,28 @@ def deid_profiles_within(agreed: str) -> tuple[str, ...]:
     ('anonymised',)
     """
     return DEID_PROFILES[DEID_PROFILES.index(agreed) :]
+
+
+def deid_profile_for(agreed: str | None, asked: str | None) -> str:
+    """The profile an extract gets under the agreement ``agreed`` (``None``: the caller
+    has no registration here, so ``DEFAULT_DEID_PROFILE``) when ``asked`` names one (or
+    ``None``): the agreed one by default, or a less identifying one asked for.
+
+    A more identifying one is ``AccessDenied``; a name that is no profile is passed on
+    for the extract's own check to refuse.
+
+    >>> deid_profile_for("pseudonymised", None), deid_profile_for("pseudonymised", "anonymised")
+    ('pseudonymised', 'anonymised')
+    """
+    agreed = agreed or DEFAULT_DEID_PROFILE
+    if asked is None:
+        return agreed
+    if asked in DEID_PROFILES and asked not in deid_profiles_within(agreed):
+        raise AccessDenied(
+            f"profile {asked} is more identifying than this client's data-sharing agreement "
+            f"({agreed}) allows"
+        )
+    return asked
 
 
 @dataclass(frozen=True)
