@@ -8,12 +8,15 @@ minutes ahead, and a ``jti`` never used before by that client (checked in the
 database, so every gateway process agrees). Clocks differ: ``exp``, ``nbf``
 and ``iat`` are judged with ``CLOCK_SKEW`` (60 s) of tolerance, so a client
 that rounds its clock and adds exactly five minutes (the SMART
-``bulk-data-client`` does) is not refused for a fraction of a second, while an
-``exp`` more than five minutes and the tolerance ahead still is. Keys come only from the
-registration, either the JWKS itself or a JWKS URL given at registration; a
-``jku`` in the assertion is never fetched. A registered URL is fetched with a
-short timeout, cached, and fetched again at most once a minute when an
-assertion names a ``kid`` the cached set lacks (key rotation).
+``bulk-data-client`` does) is not refused for a fraction of a second, while
+an ``exp`` more than five minutes and the tolerance ahead still is.
+
+Keys come only from the registration, either the JWKS itself or a JWKS URL
+given at registration; a ``jku`` in the assertion is never fetched. A
+registered URL is fetched with a short timeout, cached, and fetched again at
+most once a minute when an assertion names a ``kid`` the cached set lacks (key
+rotation). A registration also names the client's data-sharing agreement, the
+de-identification profile its extracts get (``deid_profile_for``).
 
 Errors follow RFC 6749 section 5.2 (``invalid_client``, ``invalid_request``,
 ``unsupported_grant_type``, ``invalid_scope``).
