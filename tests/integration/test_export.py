@@ -1,9 +1,17 @@
-"""Bulk Data ``$export`` through a real gateway process, its simulators and real tokens."""
+"""Bulk Data ``$export`` through a real gateway process, its simulators and real tokens.
+
+Backend tokens here are what the gateway's token endpoint mints (its own issuer, the
+registered client's id, scope and purpose), so each client's registered data-sharing
+agreement applies; the real Bulk Data clients get theirs at the token endpoint itself.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,35 +27,61 @@ from joserfc.jwk import KeySet, RSAKey
 
 from carelink.anonymise.keys import ProjectKeys
 from carelink.auth import Principal
+from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.export.jobs import JobRequest
 from carelink.export.pipeline import ExtractSpec
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, JobStore, OptOutStore
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
-from tests.support.gateways import copy_index, token_gateways
+from tests.support.gateways import Started, copy_index, token_gateways
 from tests.support.procs import carelink
-from tests.support.tokens import ISSUER, Issuer
+from tests.support.tokens import Issuer
 
-ANALYST = "population-health"
-SMART_FETCH_CLIENT = "bulk-client"
+ANALYST = "population-health"  # registered for pseudonymised extracts
+DASHBOARDS = "dashboards"  # registered with no profile named: anonymised only
+SMART_FETCH_CLIENT = "bulk-client"  # registered for pseudonymised extracts
+SMART_BULK_CLIENT = "smart-bulk-data-client"  # registered for anonymised extracts
 BULK_KEY = RSAKey.generate_key(2048, parameters={"kid": "bulk-1"})
 PCN, PCN_PRACTICES = "U86001", ["B86000", "B86001"]
+JS = Path(__file__).parents[1] / "js"
 
 
 @dataclass
 class Exporter:
     base: str
-    issuer: Issuer
+    issuer: Issuer  # the external issuer: clinicians' tokens
+    local: LocalIssuer  # the gateway's own issuer: backend-services tokens
     db: Path
     opted_out: dict[str, str]  # NHS number -> kind
     env: dict[str, str]
 
+    @classmethod
+    def of(
+        cls, gateway: Started, issuer: Issuer, db: Path, tmp: Path, opted: dict[str, str]
+    ) -> Exporter:
+        """For a gateway from ``token_gateways`` (its issuer keys under ``tmp``)."""
+        local = LocalIssuer(tmp / "local-issuer")
+        return cls(gateway.base, issuer, local, db, opted, gateway.env)
+
     def token(self, sub: str = ANALYST, **claims: Any) -> str:
+        """A backend-services token for client ``sub``, as the token endpoint mints it."""
         claims.setdefault("scope", "system/*.rs")
         claims.setdefault("purpose_of_use", "HRESCH")
         claims.setdefault("client_id", sub)  # a backend-services token: the client is the caller
-        return self.issuer.token(aud=self.base, sub=sub, role=None, organisation=None, **claims)
+        return self.local.mint(self.base, {"sub": sub, **claims}, lifetime=600)
+
+    def external_backend_token(self, sub: str = ANALYST) -> str:
+        """A backend-services token from the external issuer: no registration here."""
+        return self.issuer.token(
+            aud=self.base,
+            sub=sub,
+            client_id=sub,
+            role=None,
+            organisation=None,
+            scope="system/*.rs",
+            purpose_of_use="HRESCH",
+        )
 
     def kick_off(
         self, path: str = "/$export", token: str | None = None, **params: Any
@@ -87,10 +121,11 @@ class Exporter:
         """Each output file's resources, by type."""
         return {o["type"]: ndjson(self.download(o["url"])) for o in manifest["output"]}
 
-    def keys(self) -> ProjectKeys:
-        """The analyst project's keys (from the master key the gateway made)."""
+    def keys(self, project: str = ANALYST) -> ProjectKeys:
+        """A project's keys (from the master key the gateway made); a client's project
+        is its client id."""
         master = (self.db.parent / "extract-master.key").read_bytes()
-        return ProjectKeys.for_project(master, ANALYST)
+        return ProjectKeys.for_project(master, project)
 
     def download(self, url: str, token: str | None = None) -> httpx.Response:
         return httpx.get(
@@ -109,7 +144,7 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     database.migrate()
     OptOutStore(database).load([(n, k) for n, k in opted.items()], "2026-11-23")
     # A job accepted before this gateway started: it must still run (jobs survive restarts).
-    analyst = Principal(ANALYST, None, None, frozenset(), issuer=ISSUER, client_id=ANALYST)
+    analyst = Principal(ANALYST, None, None, frozenset(), issuer=LOCAL_ISSUER, client_id=ANALYST)
     JobStore(database).create(
         "left-over",
         analyst.identity,  # jobs are bound to the full identity that asked
@@ -121,15 +156,15 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     database.dispose()
     issuer = Issuer()
     clients = tmp / "clients.json"
+    public = KeySet([BULK_KEY]).as_dict(private=False)
+    registered = {"jwks": public, "scope": "system/*.rs", "purpose": "HRESCH"}
     clients.write_text(
         json.dumps(
             [
-                {
-                    "client_id": SMART_FETCH_CLIENT,
-                    "jwks": KeySet([BULK_KEY]).as_dict(private=False),
-                    "scope": "system/*.rs",
-                    "purpose": "HRESCH",
-                }
+                {"client_id": ANALYST, "deid_profile": "pseudonymised", **registered},
+                {"client_id": DASHBOARDS, **registered},
+                {"client_id": SMART_FETCH_CLIENT, "deid_profile": "pseudonymised", **registered},
+                {"client_id": SMART_BULK_CLIENT, "deid_profile": "anonymised", **registered},
             ]
         )
     )
@@ -137,7 +172,7 @@ def exporter(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     pcns.write_text(json.dumps({PCN: {"name": "North PCN", "practices": PCN_PRACTICES}}))
     extra = {"CARELINK_CLIENTS": str(clients), "CARELINK_PCNS": str(pcns)}
     with token_gateways(system.env, db, issuer, tmp, extra=extra) as (gateway,):
-        yield Exporter(gateway.base, issuer, db, opted, gateway.env)
+        yield Exporter.of(gateway, issuer, db, tmp, opted)
 
 
 def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
@@ -189,7 +224,8 @@ def test_a_job_accepted_before_a_restart_still_runs(exporter):
 
 
 def test_a_pseudonymised_export_leaves_out_opted_out_people_and_keeps_links(exporter, system):
-    manifest = exporter.completed(_type="Patient,Condition", profile="pseudonymised")
+    """The client names no profile: its registration's agreement (pseudonymised) applies."""
+    manifest = exporter.completed(_type="Patient,Condition")
     assert manifest["requiresAccessToken"] is True
     assert {o["type"] for o in manifest["output"]} == {"Patient", "Condition"}
     excluded = manifest["extension"]["carelink"]["optOutsExcluded"]
@@ -211,10 +247,69 @@ def test_a_pseudonymised_export_leaves_out_opted_out_people_and_keeps_links(expo
     assert {c["subject"]["reference"].split("/")[-1] for c in files["Condition"]} <= patient_ids
 
 
+def _job_profile(exporter: Exporter, kick: httpx.Response) -> str:
+    """The profile the kick-off's job was stored with (what the runner will extract)."""
+    assert kick.status_code == 202, kick.text
+    job_id = kick.headers["Content-Location"].rsplit("/", 1)[1]
+    database = Database(str(exporter.db))
+    row = JobStore(database).get(job_id)
+    database.dispose()
+    assert row is not None
+    cancel = httpx.delete(
+        kick.headers["Content-Location"],
+        headers={"Authorization": kick.request.headers["Authorization"]},
+    )
+    assert cancel.status_code == 202  # the job itself is not needed
+    return JobRequest.from_bytes(row.request).spec.profile
+
+
+@pytest.mark.parametrize(
+    ("client", "asked", "gets"),
+    [
+        (ANALYST, None, "pseudonymised"),  # the agreement, with no carelink parameter
+        (ANALYST, "pseudonymised", "pseudonymised"),
+        (ANALYST, "anonymised", "anonymised"),  # less identifying than agreed: allowed
+        (DASHBOARDS, None, "anonymised"),  # a registration naming no profile
+        (DASHBOARDS, "anonymised", "anonymised"),
+        ("not-registered", None, "anonymised"),  # a token of the gateway's, no agreement
+    ],
+)
+def test_a_kick_off_gets_the_profile_its_registration_agreed_or_a_less_identifying_one(
+    exporter, client, asked, gets
+):
+    params = {"profile": asked} if asked else {}
+    kick = exporter.kick_off(token=exporter.token(client), _type="Patient", **params)
+    assert _job_profile(exporter, kick) == gets
+
+
+@pytest.mark.parametrize("client", [DASHBOARDS, "not-registered", "external"])
+def test_a_profile_more_identifying_than_the_agreement_is_refused(exporter, client):
+    """Anonymised-only agreements, no registration here (a token of the gateway's own, or
+    an external issuer's backend token): never pseudonymised."""
+    token = exporter.external_backend_token() if client == "external" else exporter.token(client)
+    kick = exporter.kick_off(token=token, _type="Patient", profile="pseudonymised")
+    assert kick.status_code == 403, kick.text
+    outcome = kick.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert (
+        "more identifying than this client's data-sharing agreement (anonymised)"
+        in (outcome["issue"][0]["diagnostics"])
+    )
+
+
+def test_an_unknown_profile_is_a_bad_request(exporter):
+    kick = exporter.kick_off(_type="Patient", profile="raw")
+    assert kick.status_code == 400
+    assert "profile must be one of" in kick.json()["issue"][0]["diagnostics"]
+
+
 def test_an_anonymised_practice_export_is_k_anonymous_and_holds_no_identifiers(exporter, system):
     practice = system.population[0].gp_ods
     manifest = exporter.completed(
-        f"/Group/practice-{practice}/$export", _type="Patient,Observation", k=3
+        f"/Group/practice-{practice}/$export",
+        _type="Patient,Observation",
+        k=3,
+        profile="anonymised",  # less identifying than the client's agreement: allowed
     )
     risk = manifest["extension"]["carelink"]["risk"]
     assert risk["met"] is True
@@ -241,7 +336,9 @@ def test_an_anonymised_practice_export_is_k_anonymous_and_holds_no_identifiers(e
 
 def test_an_extract_below_its_k_threshold_is_refused(exporter, system):
     practice = system.population[0].gp_ods
-    kick = exporter.kick_off(f"/Group/practice-{practice}/$export", _type="Patient", k=1000)
+    kick = exporter.kick_off(
+        f"/Group/practice-{practice}/$export", _type="Patient", k=1000, profile="anonymised"
+    )
     done = exporter.wait(kick.headers["Content-Location"])
     assert done.status_code == 500
     outcome = done.json()
@@ -335,14 +432,35 @@ def test_the_command_line_extract_writes_parquet_tables_a_dictionary_and_a_risk_
     assert "--since 'last tuesday' is not a FHIR date or dateTime" in bad.stderr
 
 
-def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter, tmp_path):
-    """smart-fetch (a maintained Bulk Data client) gets a token with a private_key_jwt
-    assertion, kicks off, polls, downloads and cleans up, as any analyst's tool would."""
-    key = tmp_path / "key.jwks"
+def _signing_jwks(path: Path) -> dict[str, Any]:
+    """The registered key as a client holds it: a private JWK for RS384 signing."""
     private = KeySet([BULK_KEY]).as_dict(private=True)
     for k in private["keys"]:
         k.update(alg="RS384", key_ops=["sign"])
-    key.write_text(json.dumps(private))
+    path.write_text(json.dumps(private))
+    return private
+
+
+def _downloaded(folder: Path, rtype: str) -> list[dict[str, Any]]:
+    """The resources of one type a client wrote, as NDJSON (gzipped or not), in any number
+    of files (``Patient.ndjson``, ``Patient.000.ndjson.gz``, ``1.Patient.ndjson`` ...)."""
+    out = []
+    for f in sorted(folder.rglob("*.ndjson*")):
+        if rtype not in f.name.split("."):
+            continue
+        raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        out += [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    return out
+
+
+def test_smart_fetch_exports_under_its_registered_agreement_with_its_default_options(
+    exporter, system, tmp_path
+):
+    """smart-fetch (a maintained Bulk Data client) gets a token with a private_key_jwt
+    assertion, kicks off, polls, downloads and cleans up, as any analyst's tool would.
+    It knows no carelink parameter: the pseudonymised extract comes from its registration."""
+    key = tmp_path / "key.jwks"
+    _signing_jwks(key)
     out = tmp_path / "bulk"
     done = subprocess.run(
         [
@@ -357,8 +475,6 @@ def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter
             str(key),
             "--type",
             "Patient,Condition",
-            "--no-default-filters",
-            "--no-compression",
         ],
         capture_output=True,
         text=True,
@@ -366,17 +482,99 @@ def test_a_real_bulk_data_client_exports_through_smart_backend_services(exporter
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    files = sorted(p.name for p in out.glob("*.ndjson"))
-    assert any(f.startswith("Patient.") for f in files), files
-    assert any(f.startswith("Condition.") for f in files), files
-    patients = [
-        json.loads(line)
-        for f in out.glob("Patient.*.ndjson")
-        for line in f.read_text().splitlines()
-        if line.strip()
-    ]
+    patients = _downloaded(out, "Patient")
     assert patients
-    assert all("name" not in p and "birthDate" not in p for p in patients)  # anonymised
+    assert _downloaded(out, "Condition")
+    # Pseudonymised for the client's own project: its keyed hashes of NHS numbers.
+    keys = exporter.keys(SMART_FETCH_CLIENT)
+    everyone = {keys.nhs_pseudonym(p.nhs_number) for p in system.population}
+    shown = _pseudonyms(patients)
+    assert shown
+    assert shown <= everyone
+    assert len(shown) == len(patients)
+    text = json.dumps(patients)
+    assert not any(p.nhs_number in text for p in system.population)
+
+
+def _bulk_data_client() -> tuple[str, Path] | None:
+    """node and the SMART bulk-data-client's folder (its ``built/app.js`` and installed
+    dependencies): ``CARELINK_BULK_DATA_CLIENT``, else ``tests/js/node_modules``."""
+    node = shutil.which("node")
+    folder = Path(
+        os.environ.get("CARELINK_BULK_DATA_CLIENT", JS / "node_modules" / "bulk-data-client")
+    )
+    if node is None or not (folder / "built" / "app.js").is_file():
+        return None
+    return node, folder
+
+
+BULK_DATA_CLIENT_ABSENT = (
+    "the SMART bulk-data-client (github.com/smart-on-fhir/bulk-data-client) is not installed: "
+    "it is not published on the npm registry, so tests/js cannot pin it. Point "
+    "CARELINK_BULK_DATA_CLIENT at a copy of its repository in which `npm install --omit=dev "
+    "--engine-strict=false` has been run. Its assertion timing is reproduced without it in "
+    "tests/auth/test_backend_services.py"
+)
+
+
+@pytest.mark.skipif(_bulk_data_client() is None, reason=BULK_DATA_CLIENT_ABSENT)
+def test_the_smart_bulk_data_client_exports_a_group_under_its_registered_agreement(
+    exporter, system, tmp_path
+):
+    """The SMART reference client, from a config file: its own assertion (exp rounded, then
+    exactly five minutes on), a group kick-off with no carelink parameter, polling and
+    downloads; what it writes is the anonymised extract of the practice's patients."""
+    found = _bulk_data_client()
+    assert found is not None
+    node, folder = found
+    practice = system.population[0].gp_ods
+    out = tmp_path / "downloads"
+    out.mkdir()
+    private = _signing_jwks(tmp_path / "key.jwks")
+    config = tmp_path / "bulk-data-client.json"
+    config.write_text(
+        json.dumps(
+            {
+                "fhirUrl": exporter.base,
+                "tokenUrl": exporter.base.removesuffix("/fhir") + "/auth/token",
+                "clientId": SMART_BULK_CLIENT,
+                "privateKey": private["keys"][0],
+                "scope": "system/*.rs",
+                "group": f"practice-{practice}",
+                "_type": "Patient,Condition",
+                "destination": str(out),
+                "reporter": "text",
+                "log": {"enabled": False},
+                "parallelDownloads": 2,
+            }
+        )
+    )
+    app = str(folder / "built" / "app.js")
+    runs = []
+    for _ in range(2):  # each run signs a fresh assertion at a different part of a second
+        done = subprocess.run(
+            [node, "-r", str(JS / "no_keepalive.cjs"), app, "--config", str(config)],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append(_downloaded(out, "Patient"))
+        assert _downloaded(out, "Condition"), (sorted(out.rglob("*")), done.stdout[-3000:])
+        for f in out.rglob("*.ndjson*"):
+            f.unlink()
+    patients = runs[0]
+    assert patients
+    members = [p for p in system.population if p.gp_ods == practice]
+    assert len(patients) <= len(members)
+    for p in patients:  # the anonymised profile: no identifiers, names or birth dates
+        assert "identifier" not in p
+        assert "name" not in p
+        assert "birthDate" not in p
+    text = json.dumps(runs)
+    assert not any(p.nhs_number in text for p in members)
 
 
 EXCLUDED_CODES = {"86406008", "105629000"}  # HIV, chlamydia: categories kept out of extracts
@@ -400,7 +598,7 @@ def test_categories_the_policy_keeps_out_of_secondary_use_are_never_extracted(ex
 
 def test_a_condition_cohort_is_k_anonymous_over_its_members(exporter):
     manifest = exporter.completed(
-        "/Group/condition-38341003/$export", _type="Patient,Condition", k=2
+        "/Group/condition-38341003/$export", _type="Patient,Condition", k=2, profile="anonymised"
     )
     risk = manifest["extension"]["carelink"]["risk"]
     assert risk["met"] is True
@@ -435,7 +633,7 @@ def test_an_objection_keeps_a_person_out_of_pseudonymised_extracts_only(exporter
         objections = manifest["extension"]["carelink"]["consent"]["objections"]
         assert objections["resourcesWithheld"] != "0"
         assert pseudonym not in json.dumps(exporter.files(manifest))
-        anonymised = exporter.completed(_type="Patient")
+        anonymised = exporter.completed(_type="Patient", profile="anonymised")
         note = anonymised["extension"]["carelink"]["consent"]["objections"]
         assert note == "not applied to anonymised extracts by the policy"
     finally:
@@ -475,7 +673,7 @@ def test_where_the_policy_applies_objections_to_anonymised_extracts_k_covers_wha
     issuer = Issuer()
     extra = {"CARELINK_CONSENT_POLICY": str(tmp_path / "policy.json")}
     with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
-        exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
+        exporter = Exporter.of(gateway, issuer, db, tmp_path, {})
         clinician = issuer.token(aud=gateway.base, scope="user/*.cruds", role="R0001")
         practice = system.population[0].gp_ods
         objectors = [p for p in system.population if p.gp_ods == practice][:4]
@@ -567,7 +765,7 @@ def test_exports_are_deleted_after_their_retention_time(system, tmp_path):
     issuer = Issuer()
     extra = {"CARELINK_EXPORT_TTL_HOURS": "0.003"}  # 10.8 s
     with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
-        exporter = Exporter(gateway.base, issuer, db, {}, gateway.env)
+        exporter = Exporter.of(gateway, issuer, db, tmp_path, {})
         kick = exporter.kick_off(_type="Patient")
         done = exporter.wait(kick.headers["Content-Location"])
         assert done.status_code == 200, done.text

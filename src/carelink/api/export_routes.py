@@ -8,9 +8,16 @@ cancels (later polls: 404). Jobs and their files are bound to the full identity 
 subject, client id): status, files and cancel check that, and the scope and
 purpose again, on every request.
 Needs a backend-services token (``system/`` scopes; narrower scopes narrow
-the export) and a secondary-use purpose of use. carelink parameters:
-``profile`` (``anonymised``, the default, or ``pseudonymised``) and ``k``
-(the k-anonymity threshold of an anonymised extract, default 5).
+the export) and a secondary-use purpose of use.
+
+The de-identification profile is the one the client's registration (its
+data-sharing agreement, ``deid_profile``) names, so a standard Bulk Data
+client that sends no carelink parameter gets what was agreed. A client may ask
+for a less identifying profile than its agreement (``profile=anonymised`` under
+a pseudonymised agreement), never a more identifying one (403). Only clients
+registered here have an agreement: a backend token from another issuer gets
+anonymised extracts. carelink parameters: ``profile`` and ``k`` (the
+k-anonymity threshold of an anonymised extract, default 5).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from carelink.api import access
 from carelink.api.deps import audit, context, router
 from carelink.api.responses import fhir
 from carelink.auth import Principal
+from carelink.auth.backend_services import deid_profile_for
+from carelink.auth.local_issuer import LOCAL_ISSUER
 from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
@@ -61,6 +70,15 @@ def _allowed(caller: Principal, policy: Policy) -> None:
             f"purpose of use {caller.purpose or '(none)'} is not a secondary-use purpose "
             "this ICS allows for extracts"
         )
+
+
+def _agreed_profile(request: Request, caller: Principal) -> str | None:
+    """The profile the caller's registration agreed to; ``None`` for a caller with no
+    registration here (a token from another issuer, or for an unregistered client)."""
+    if caller.issuer != LOCAL_ISSUER or caller.client_id is None:
+        return None
+    registration = request.app.state.token_clients.get(caller.client_id)
+    return registration.deid_profile if registration is not None else None
 
 
 async def _kick_off(request: Request, group: str | None = None) -> Response:
@@ -99,7 +117,7 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
         raise InvalidRequest("k must be at least 2", "k")
     spec = ExtractSpec(
         project=caller.subject,
-        profile=q.get("profile", "anonymised"),
+        profile=deid_profile_for(_agreed_profile(request, caller), q.get("profile")),
         types=frozenset(asked or granted),
         since=since,
         type_filters=wanted,

@@ -5,11 +5,18 @@ a key from its registered JWKS; the gateway answers with a short-lived access
 token from its own issuer. The assertion must have ``iss`` = ``sub`` = the
 client id, ``aud`` = the token endpoint's URL, an ``exp`` no more than five
 minutes ahead, and a ``jti`` never used before by that client (checked in the
-database, so every gateway process agrees). Keys come only from the
-registration, either the JWKS itself or a JWKS URL given at registration; a
-``jku`` in the assertion is never fetched. A registered URL is fetched with a
-short timeout, cached, and fetched again at most once a minute when an
-assertion names a ``kid`` the cached set lacks (key rotation).
+database, so every gateway process agrees). Clocks differ: ``exp``, ``nbf``
+and ``iat`` are judged with ``CLOCK_SKEW`` (60 s) of tolerance, so a client
+that rounds its clock and adds exactly five minutes (the SMART
+``bulk-data-client`` does) is not refused for a fraction of a second, while
+an ``exp`` more than five minutes and the tolerance ahead still is.
+
+Keys come only from the registration, either the JWKS itself or a JWKS URL
+given at registration; a ``jku`` in the assertion is never fetched. A
+registered URL is fetched with a short timeout, cached, and fetched again at
+most once a minute when an assertion names a ``kid`` the cached set lacks (key
+rotation). A registration also names the client's data-sharing agreement, the
+de-identification profile its extracts get (``deid_profile_for``).
 
 Errors follow RFC 6749 section 5.2 (``invalid_client``, ``invalid_request``,
 ``unsupported_grant_type``, ``invalid_scope``).
@@ -19,13 +26,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import orjson
@@ -35,13 +43,23 @@ from joserfc.jwk import KeySet
 
 from carelink.auth.local_issuer import LocalIssuer
 from carelink.auth.scopes import ScopeError, parse, within
-from carelink.errors import ConfigError
+from carelink.errors import AccessDenied, ConfigError
 from carelink.storage import ReplayStore
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_LIFETIME = 300
+#: seconds by which a client's clock may differ from the gateway's (exp, nbf, iat)
+CLOCK_SKEW = 60
 ACCESS_TOKEN_LIFETIME = 300
+
+#: de-identification profiles a data-sharing agreement can name, most identifying first
+DEID_PROFILES = ("pseudonymised", "anonymised")
+#: what a registration that names none agrees to (and all a caller without one gets)
+DEFAULT_DEID_PROFILE = "anonymised"
+REGISTRATION_FIELDS = frozenset(
+    {"client_id", "client_name", "jwks", "jwks_uri", "scope", "purpose", "deid_profile"}
+)
 
 
 class OAuthError(Exception):
@@ -116,14 +134,49 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def deid_profiles_within(agreed: str) -> tuple[str, ...]:
+    """The profiles an agreement for ``agreed`` covers: that one and any less identifying.
+
+    >>> deid_profiles_within("pseudonymised")
+    ('pseudonymised', 'anonymised')
+    >>> deid_profiles_within("anonymised")
+    ('anonymised',)
+    """
+    return DEID_PROFILES[DEID_PROFILES.index(agreed) :]
+
+
+def deid_profile_for(agreed: str | None, asked: str | None) -> str:
+    """The profile an extract gets under the agreement ``agreed`` (``None``: the caller
+    has no registration here, so ``DEFAULT_DEID_PROFILE``) when ``asked`` names one (or
+    ``None``): the agreed one by default, or a less identifying one asked for.
+
+    A more identifying one is ``AccessDenied``; a name that is no profile is passed on
+    for the extract's own check to refuse.
+
+    >>> deid_profile_for("pseudonymised", None), deid_profile_for("pseudonymised", "anonymised")
+    ('pseudonymised', 'anonymised')
+    """
+    agreed = agreed or DEFAULT_DEID_PROFILE
+    if asked is None:
+        return agreed
+    if asked in DEID_PROFILES and asked not in deid_profiles_within(agreed):
+        raise AccessDenied(
+            f"profile {asked} is more identifying than this client's data-sharing agreement "
+            f"({agreed}) allows"
+        )
+    return asked
+
+
 @dataclass(frozen=True)
 class Client:
-    """A registered backend client: its keys (a JWKS or a JWKS URL) and the most it may ask for."""
+    """A registered backend client: its keys (a JWKS or a JWKS URL), the most it may ask
+    for, and the de-identification profile its data-sharing agreement allows."""
 
     client_id: str
     keys: KeySet | RegisteredJwks
     scopes: frozenset[str]
     purpose: str = "HOPERAT"
+    deid_profile: str = DEFAULT_DEID_PROFILE
 
     def keys_for(self, kid: object) -> KeySet:
         """The registered keys to verify an assertion naming ``kid``."""
@@ -133,28 +186,60 @@ class Client:
 
 
 def load_clients(path: Path) -> dict[str, Client]:
-    """Registrations from a JSON file.
+    """Registrations from a JSON file, each checked; a bad one is a one-line ``ConfigError``
+    naming the file and the client.
 
-    ``[{"client_id", "jwks" | "jwks_uri", "scope", "purpose"?}]``: exactly one
-    of ``jwks`` and ``jwks_uri``.
+    ``[{"client_id", "jwks" | "jwks_uri", "scope", "purpose"?, "deid_profile"?,
+    "client_name"?}]``: exactly one of ``jwks`` and ``jwks_uri``; ``deid_profile`` is
+    ``anonymised`` (the default) or ``pseudonymised``; no other fields (a misspelt
+    one would otherwise be silently ignored).
     """
     try:
         entries = orjson.loads(path.read_bytes())
-        clients = {}
-        for e in entries:
-            if ("jwks" in e) == ("jwks_uri" in e):
-                raise ConfigError(
-                    f"{path}: client {e.get('client_id')!r} needs exactly one of jwks and jwks_uri"
-                )
-            keys: KeySet | RegisteredJwks = (
-                KeySet.import_key_set(e["jwks"]) if "jwks" in e else RegisteredJwks(e["jwks_uri"])
-            )
-            clients[e["client_id"]] = Client(
-                e["client_id"], keys, frozenset(e["scope"].split()), e.get("purpose", "HOPERAT")
-            )
-        return clients
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, JoseError) as exc:
+    except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid client registry ({type(exc).__name__})") from exc
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: a client registry is a JSON list of registrations")
+    clients = {}
+    for e in entries:
+        client = _registration(path, e)
+        if client.client_id in clients:
+            raise ConfigError(f"{path}: client {client.client_id!r} is registered twice")
+        clients[client.client_id] = client
+    return clients
+
+
+def _registration(path: Path, e: object) -> Client:
+    if not isinstance(e, dict) or not isinstance(e.get("client_id"), str) or not e["client_id"]:
+        raise ConfigError(f"{path}: every registration needs a client_id")
+    where = f"{path}: client {e['client_id']!r}"
+    unknown = sorted(set(e) - REGISTRATION_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where} has an unknown field {unknown[0]!r}")
+    if ("jwks" in e) == ("jwks_uri" in e):
+        raise ConfigError(f"{where} needs exactly one of jwks and jwks_uri")
+    if not isinstance(e.get("scope"), str):
+        raise ConfigError(f"{where} needs a scope (space-separated system/ scopes)")
+    profile = e.get("deid_profile", DEFAULT_DEID_PROFILE)
+    if profile not in DEID_PROFILES:
+        raise ConfigError(
+            f"{where} has deid_profile {profile!r}; expected one of {', '.join(DEID_PROFILES)}"
+        )
+    try:
+        keys: KeySet | RegisteredJwks = (
+            KeySet.import_key_set(e["jwks"]) if "jwks" in e else RegisteredJwks(e["jwks_uri"])
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, JoseError) as exc:
+        raise ConfigError(f"{where} has unusable keys ({type(exc).__name__})") from exc
+    return Client(
+        e["client_id"],
+        keys,
+        frozenset(e["scope"].split()),
+        str(e.get("purpose", "HOPERAT")),
+        profile,
+    )
 
 
 class TokenService:
@@ -177,7 +262,13 @@ class TokenService:
         self.now = now
 
     def exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """Answer a token request, or raise ``OAuthError``."""
+        """Answer a token request, or raise ``OAuthError``.
+
+        The assertion's times are judged against this service's clock with
+        ``CLOCK_SKEW`` (60 s) of tolerance either way: ``exp`` may lie up to five
+        minutes plus the tolerance ahead and up to the tolerance behind; ``nbf`` and
+        ``iat``, when present, no more than the tolerance ahead.
+        """
         if form.get("grant_type") != "client_credentials":
             raise OAuthError("unsupported_grant_type", "only client_credentials is supported")
         if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -230,16 +321,22 @@ class TokenService:
         aud = c.get("aud")
         if self.token_url not in (aud if isinstance(aud, list) else [aud]):
             raise OAuthError("invalid_client", "assertion aud must be the token endpoint URL", 401)
-        now = int(self.now())
+        now = self.now()
         exp = c.get("exp")
-        if not isinstance(exp, int) or exp < now:
+        if not _numeric_date(exp) or exp + CLOCK_SKEW < now:
             raise OAuthError("invalid_client", "assertion has expired or has no exp", 401)
-        if exp > now + MAX_ASSERTION_LIFETIME:
+        if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
             raise OAuthError("invalid_client", "assertion exp is more than 5 minutes ahead", 401)
+        for claim in ("nbf", "iat"):
+            value = c.get(claim)
+            if value is not None and (not _numeric_date(value) or value > now + CLOCK_SKEW):
+                raise OAuthError("invalid_client", f"assertion {claim} is in the future", 401)
         jti = c.get("jti")
         if not isinstance(jti, str) or not jti:
             raise OAuthError("invalid_client", "assertion needs a jti", 401)
-        if not self.replay.first_use(client.client_id, jti, exp, now):
+        # Remembered for as long as the assertion could still be accepted.
+        remember_until = math.ceil(exp) + CLOCK_SKEW
+        if not self.replay.first_use(client.client_id, jti, remember_until, int(now)):
             raise OAuthError("invalid_client", "assertion jti has been used before", 401)
         return client
 
@@ -263,6 +360,11 @@ class TokenService:
         if not granted:
             raise OAuthError("invalid_scope", "none of the requested scopes is registered")
         return frozenset(granted)
+
+
+def _numeric_date(value: object) -> TypeGuard[int | float]:
+    """A JWT NumericDate: seconds since the epoch, an integer or not (never a boolean)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _part(token: str, index: int) -> dict[str, Any]:
