@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--type", action="append", help="resource types (repeatable)")
     ext.add_argument("--k", type=int, default=5, help="k-anonymity threshold (anonymised)")
     ext.add_argument(
+        "--m",
+        type=int,
+        default=2,
+        help="facts about a person's care the intruder knows (anonymised; default 2)",
+    )
+    ext.add_argument(
         "--since", help="only resources updated at or after this instant (FHIR dateTime)"
     )
     ext.add_argument(
@@ -387,6 +393,7 @@ def _extract(args: argparse.Namespace) -> int:
         types=frozenset(args.type) if args.type else None,
         cohort=Cohort.from_group(args.group, pcns) if args.group else Cohort(),
         k=args.k,
+        m=args.m,
         purpose=args.purpose,
         since=_instant(args.since) if args.since else None,
         type_filters=type_filters(args.type_filter or ()),

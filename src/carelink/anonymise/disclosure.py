@@ -254,8 +254,8 @@ def _report(
     if n and suppressed > t.max_suppressed * n:
         reasons.append(
             f"more than {t.max_suppressed:.0%} of the people would be suppressed to reach "
-            f"k = {t.k}: the cohort cannot be released at record level (ask for aggregate "
-            "tables instead: profile=aggregate)"
+            f"k = {t.k}: the cohort cannot be released at record level, only as aggregate "
+            "tables under the small-number rule"
         )
     if len(released):
         groups = released.groupby(list(qis), dropna=False)

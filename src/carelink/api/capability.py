@@ -265,7 +265,8 @@ def capability_statement(
                         "name": "export",
                         "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
                         "documentation": "Backend services with system/ scopes and a "
-                        "secondary-use purpose; profile=anonymised|pseudonymised, k.",
+                        "secondary-use purpose; the de-identification profile is the client's "
+                        "registered agreement (profile=anonymised may narrow it), k, m.",
                     }
                 ],
                 "resource": resources,

@@ -16,8 +16,9 @@ client that sends no carelink parameter gets what was agreed. A client may ask
 for a less identifying profile than its agreement (``profile=anonymised`` under
 a pseudonymised agreement), never a more identifying one (403). Only clients
 registered here have an agreement: a backend token from another issuer gets
-anonymised extracts. carelink parameters: ``profile`` and ``k`` (the
-k-anonymity threshold of an anonymised extract, default 5).
+anonymised extracts. carelink parameters: ``profile``, ``k`` (the
+k-anonymity threshold of an anonymised extract, default 5) and ``m`` (how many
+facts of a person's care the stated intruder knows, default 2).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
         raise InvalidRequest("k must be a whole number", "k") from None
     if k < 2:
         raise InvalidRequest("k must be at least 2", "k")
+    try:
+        m = int(q.get("m", "2"))
+    except ValueError:
+        raise InvalidRequest("m must be a whole number", "m") from None
     spec = ExtractSpec(
         project=caller.subject,
         profile=deid_profile_for(_agreed_profile(request, caller), q.get("profile")),
@@ -123,6 +128,7 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
         type_filters=wanted,
         cohort=cohort,
         k=k,
+        m=m,
         purpose=str(caller.purpose),
     )
     spec.check()

@@ -52,6 +52,7 @@ class JobRequest:
                 "typeFilters": s.type_filters,
                 "cohort": [s.cohort.kind, s.cohort.value, list(s.cohort.practices)],
                 "k": s.k,
+                "m": s.m,
                 "purpose": s.purpose,
                 "request": self.request_url,
                 "format": self.output_format,
@@ -70,6 +71,7 @@ class JobRequest:
             type_filters=d["typeFilters"],
             cohort=Cohort(kind, value, tuple(members[0]) if members else ()),
             k=int(d.get("k", 5)),
+            m=int(d.get("m", 2)),
             purpose=str(d.get("purpose", ExtractSpec.purpose)),
         )
         return cls(spec, d["request"], d["format"])

@@ -697,7 +697,8 @@ class AnonymousRelease:
             report.met = False
             report.reasons.append(
                 f"the intruder re-identified {attack.rate:.1%} of the released people (at most "
-                f"1/k = {1 / self.spec.k:.1%}): the cohort cannot be released at record level"
+                f"1/k = {1 / self.spec.k:.1%}): the cohort cannot be released at record level, "
+                "only as aggregate tables under the small-number rule"
             )
             raise Refused(report)
         for i in range(len(members)):
