@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # added after the bounds, so outside them: requests the input bounds refuse are audited too
     app.add_middleware(AuditEveryRequest)
     # outermost: every answer, the audit's 503s included, carries its X-Request-ID and is logged
-    app.add_middleware(Observe, telemetry=app.state.telemetry)
+    app.add_middleware(Observe, telemetry=app.state.telemetry, routes=router.routes)
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:

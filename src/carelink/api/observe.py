@@ -15,7 +15,8 @@ exception nothing handled (answered here, so that one carries its id too).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,22 +28,37 @@ UNMATCHED = "unmatched"
 _HEADER = HEADER.lower().encode()
 
 
-def route_of(scope: Scope) -> str:
-    """The template of the route that served the request, or ``unmatched``."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+def templates(routes: Iterable[Any]) -> dict[Any, str]:
+    """Each route's endpoint and path template (``/fhir/Patient/{pid}``)."""
+    return {r.endpoint: r.path for r in routes if hasattr(r, "endpoint") and hasattr(r, "path")}
 
 
 class Observe:
-    """Request ids in and out, one access line and the metrics of each request."""
+    """Request ids in and out, one access line and the metrics of each request.
+
+    ``routes`` are the app's routes, for their templates: the router marks the scope
+    with the endpoint it chose (FastAPI sets ``scope["route"]`` for its own API routes
+    only, and the FHIR routes are plain ones).
+    """
 
     def __init__(
-        self, app: ASGIApp, telemetry: Telemetry, clock: Callable[[], float] = time.perf_counter
+        self,
+        app: ASGIApp,
+        telemetry: Telemetry,
+        routes: Iterable[Any] = (),
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.app = app
         self.telemetry = telemetry
+        self.templates = templates(routes)
         self.clock = clock
+
+    def route_of(self, scope: Scope) -> str:
+        """The template of the route that served the request, or ``unmatched``."""
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            return path
+        return self.templates.get(scope.get("endpoint"), UNMATCHED)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,5 +90,5 @@ class Observe:
             raise
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.telemetry.request(method, route_of(scope), status, self.clock() - started)
+            self.telemetry.request(method, self.route_of(scope), status, self.clock() - started)
             unbind(bound)
