@@ -359,3 +359,33 @@ def test_the_metrics_token_when_set_is_required(system, tmp_path):
         ok = httpx.get(f"{root}/metrics", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert "carelink_http_requests_total" in ok.text
+
+
+def test_with_several_workers_a_scrape_counts_every_workers_requests(system, tmp_path):
+    db = copy_index(system.env["CARELINK_DATABASE_URL"], tmp_path / "index.db")
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    shared = tmp_path / "metrics"
+    env = {
+        **system.env,
+        "CARELINK_DATABASE_URL": str(db),
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    }
+    args = ["serve", "--port", str(port), "--workers", "2"]
+    with running(args, f"{root}/livez", env):  # its readiness poll is one /livez request
+        time.sleep(1.0)  # both workers up
+        for _ in range(20):  # a new connection each time, so either worker may answer
+            with httpx.Client() as client:
+                assert client.get(f"{root}/livez").status_code == 200
+        seen = set()
+        for _ in range(6):  # whichever worker answers the scrape, it counts them all
+            with httpx.Client() as client:
+                scraped = client.get(f"{root}/metrics").text
+            seen |= {
+                line.rsplit(" ", 1)[1]
+                for line in scraped.splitlines()
+                if line.startswith("carelink_http_requests_total{") and 'route="/livez"' in line
+            }
+        writers = {f.stem.rsplit("_", 1)[1] for f in shared.glob("*.db")}
+    assert len(writers) == 2  # each worker writes its own values ...
+    assert seen == {"21.0"}  # ... and a scrape sums them

@@ -86,3 +86,20 @@ def test_in_multiprocess_mode_a_scrape_sums_every_worker(tmp_path):
     ).stdout
     route = (("method", "GET"), ("route", "/fhir/Patient"), ("status", "200"))
     assert _samples(out)[("carelink_http_requests_total", route)] == 6
+
+
+def test_several_workers_get_a_metrics_directory_and_a_reused_one_is_cleared(tmp_path, monkeypatch):
+    from carelink.observability.metrics import MULTIPROC_DIR, prepare_multiprocess
+
+    monkeypatch.delenv(MULTIPROC_DIR, raising=False)
+    assert prepare_multiprocess(1) is None
+    made = prepare_multiprocess(2)
+    assert made is not None
+    assert env()[MULTIPROC_DIR] == made  # the workers inherit it
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    (operators / "counter_123.db").write_bytes(b"old")
+    (operators / "README").write_text("kept")
+    monkeypatch.setenv(MULTIPROC_DIR, str(operators))
+    assert prepare_multiprocess(4) == str(operators)
+    assert [p.name for p in operators.iterdir()] == ["README"]

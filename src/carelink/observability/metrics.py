@@ -15,7 +15,9 @@ database, so they are right whichever worker answers.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -146,7 +148,12 @@ def prepare_multiprocess(workers: int) -> str | None:
     """Before starting ``workers`` processes: with more than one, make sure
     ``PROMETHEUS_MULTIPROC_DIR`` names an empty directory (a fresh temporary one unless
     the operator set it, from which a previous run's ``*.db`` value files are removed)
-    and return it. The workers inherit it through the environment."""
+    and return it. The workers inherit it through the environment; a temporary one is
+    removed when this (the supervising) process exits.
+
+    A worker that dies leaves its files: its counters stay in the sums (as counters
+    should); its circuit-state gauge stays too until the directory is cleared.
+    """
     if workers <= 1:
         return None
     folder = os.environ.get(MULTIPROC_DIR)
@@ -157,4 +164,5 @@ def prepare_multiprocess(workers: int) -> str | None:
     else:
         folder = tempfile.mkdtemp(prefix="carelink-metrics-")
         os.environ[MULTIPROC_DIR] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
