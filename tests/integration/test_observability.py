@@ -189,12 +189,14 @@ def test_an_unmatched_path_is_logged_as_unmatched_not_as_sent(gateway):
 def test_the_probes_and_metrics_answer_without_a_token(gateway):
     root = gateway.base.removesuffix("/fhir")
     assert httpx.get(f"{gateway.base}/Patient").status_code == 401
-    live = httpx.get(f"{root}/livez")
+    live = httpx.get(f"{root}/livez", headers={"X-Request-ID": "probe-1"})
     ready = httpx.get(f"{root}/readyz")
     scraped = httpx.get(f"{root}/metrics")
     assert (live.status_code, ready.status_code, scraped.status_code) == (200, 200, 200)
     assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert "X-Request-ID" in live.headers
+    assert live.headers["X-Request-ID"] == "probe-1"
+    # probes come every few seconds: counted, but their access lines are debug-level
+    assert not [line for line in gateway.lines() if line.get("request_id") == "probe-1"]
 
 
 def test_metrics_count_requests_sources_circuits_audit_and_jobs_without_patient_data(
@@ -330,7 +332,7 @@ def test_readyz_is_503_while_the_database_cannot_be_opened(plain):
     db.rename(away)
     db.mkdir()  # the path is there, but it is no database
     try:
-        down = httpx.get(f"{root}/readyz", timeout=5)
+        down = httpx.get(f"{root}/readyz", timeout=5, headers={"X-Request-ID": "not-ready"})
         alive = httpx.get(f"{root}/livez", timeout=5)
     finally:
         db.rmdir()
@@ -340,9 +342,15 @@ def test_readyz_is_503_while_the_database_cannot_be_opened(plain):
     assert down.json()["resourceType"] == "OperationOutcome"
     assert alive.status_code == 200  # the process is up all the same
     assert httpx.get(f"{root}/readyz").status_code == 200
-    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [line["event"] for line in lines]
     assert "database not ready" in events
     assert "database ready" in events
+    failed = [line for line in lines if line.get("request_id") == "not-ready"]
+    assert {(line["event"], line.get("status")) for line in failed} == {
+        ("database not ready", None),
+        ("request", 503),  # a failing probe is logged at info level
+    }
 
 
 def test_the_metrics_token_when_set_is_required(system, tmp_path):

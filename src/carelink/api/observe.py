@@ -9,17 +9,21 @@ exception nothing handled (answered here, so that one carries its id too).
   log lines read it) and returned on every response.
 - One access line and the request metrics once the answer is complete, labelled
   by the route template (``/fhir/Patient/{pid}``), never the path as sent, which
-  may hold an NHS number; a path no route matched is ``unmatched``.
+  may hold an NHS number; a path no route matched is ``unmatched``. Probes and
+  scrapes that succeed are logged at debug level (they come every few seconds);
+  they are counted all the same.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from carelink.api.probe_routes import PROBES
 from carelink.api.responses import outcome
 from carelink.observability import HEADER, Telemetry, accept_request_id, bind, unbind
 
@@ -90,5 +94,7 @@ class Observe:
             raise
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.telemetry.request(method, self.route_of(scope), status, self.clock() - started)
+            route = self.route_of(scope)
+            level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
+            self.telemetry.request(method, route, status, self.clock() - started, level)
             unbind(bound)

@@ -61,12 +61,15 @@ class Telemetry:
             level, f"circuit {state}", extra={"fields": {"source": source, "state": state}}
         )
 
-    def request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """A request was answered: its access line and its metrics."""
+    def request(
+        self, method: str, route: str, status: int, seconds: float, level: int = logging.INFO
+    ) -> None:
+        """A request was answered: its access line (at ``level``) and its metrics."""
         code = str(status)
         self.metrics.requests.labels(method, route, code).inc()
         self.metrics.request_seconds.labels(method, route, code).observe(seconds)
-        _access.info(
+        _access.log(
+            level,
             "request",
             extra={
                 "fields": {
