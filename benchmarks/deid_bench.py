@@ -25,7 +25,7 @@ from carelink.anonymise.keys import ProjectKeys
 from carelink.anonymise.rules import load
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHEA = ROOT.parent / "shared" / "testdata" / "synthea-bulk-10"
+SYNTHEA = ROOT / "tests" / "data" / "synthea-bulk-10"
 
 
 def lines(n: int) -> Iterator[bytes]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Derive carelink's FHIR R4 element-type table from the official R4 JSON schema.
 
-    python scripts/gen_fhir_types.py ../shared/fhir/fhir.r4.schema.json \
+    python scripts/gen_fhir_types.py tests/data/fhir/fhir.r4.schema.json \
         src/carelink/fhir/r4_types.json
 
 Output: {"Type": {"element": "ElementType", ...}, ...}: for every resource,

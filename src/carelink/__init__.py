@@ -1,8 +1,10 @@
 """carelink: a shared-care-record gateway.
 
 One FHIR R4 endpoint in front of the record systems of an integrated care
-system. See ``DESIGN.md`` in the project's shared material for the map; the
-packages below follow it one idea per folder.
+system. ``docs/architecture.md`` in the repository is the map: one package per
+idea, and which may import which.
 """
 
+#: The one place the version is written: the build reads it (pyproject.toml's
+#: ``[tool.setuptools.dynamic]``), the CapabilityStatement and OpenAPI show it.
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from carelink import __version__
 from carelink.anonymise.keys import load_master_key
 from carelink.api import router
 from carelink.api.audit_middleware import AuditEveryRequest, interaction
@@ -215,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         **extra,
         title="carelink",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

@@ -393,14 +393,38 @@ def test_bad_configurations_are_refused():
         parse({"fhirPathRules": [{"path": "Patient.id", "method": "substitute"}]})
 
 
-def test_a_failing_rule_raises_or_empties_the_resource():
+def test_a_failing_rule_raises_or_leaves_the_resource_out():
     rules = [{"path": "Patient.name", "method": "generalize", "cases": {"true": "'x'"}}]
     with pytest.raises(ExportError):
         engine(rules).apply({"resourceType": "Patient", "name": [{"family": "A"}]})
-    config = parse({"fhirPathRules": rules, "processingError": "skip"})
-    out = Anonymiser(config).apply({"resourceType": "Patient", "name": [{"family": "A"}]})
-    assert out == {"resourceType": "Patient", "meta": {"security": [out["meta"]["security"][0]]}}
-    assert codes(out) == {"REDACTED"}
+    for key in ("processingErrors", "processingError"):
+        config = parse({"fhirPathRules": rules, key: "Skip"})
+        assert (
+            Anonymiser(config).apply({"resourceType": "Patient", "name": [{"family": "A"}]}) is None
+        )
+
+
+def test_a_failure_inside_a_contained_resource_leaves_the_whole_resource_out():
+    rules = [{"path": "Practitioner.name", "method": "generalize", "cases": {"true": "'x'"}}]
+    config = parse({"fhirPathRules": rules, "processingErrors": "skip"})
+    patient = {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Practitioner", "name": [{"family": "A"}]}],
+    }
+    assert Anonymiser(config).apply(patient) is None
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"processingErrors": "keep"}, "keep is not supported"),
+        ({"processingErrors": "ignore"}, "raise or skip"),
+        ({"processingErrors": "skip", "processingError": "raise"}, "disagree"),
+    ],
+)
+def test_processing_error_modes_the_tool_does_not_have_are_refused(document, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"fhirPathRules": [], **document})
 
 
 def test_date_shift_scopes_file_and_folder_share_one_shift_within_their_scope():

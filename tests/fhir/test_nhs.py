@@ -50,7 +50,7 @@ def test_problem_says_what_is_wrong(value, reason):
 def test_known_valid_and_invalid_examples():
     assert is_valid("9434765919")
     assert is_valid("9000000009")
-    # UK Core's baby example carries a number that fails modulus 11 (see shared/testdata)
+    # UK Core's baby example carries a number that fails modulus 11 (see tests/data/ukcore-examples)
     assert not is_valid("9912003890")
 
 

@@ -112,21 +112,36 @@ class Report:
     l_smallest: int | None
     met: bool
     reasons: list[str] = field(default_factory=list)
+    #: the released facts (anonymised extracts): k^m-anonymity and what it cost
+    facts: dict[str, Any] | None = None
+    #: the intruder attack run on the release itself
+    intruder: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The report as JSON-ready data, for the analyst: the counts of records that are
-        not in the extract (records in, suppressed) under the small-number rule."""
-        out = dict(self.__dict__)
-        out["records_in"] = small_numbers(self.records_in)
+        """The report as JSON-ready data, for the analyst.
+
+        Disclosure control that cannot be differenced: what is released is
+        counted exactly (it is in the files anyway); what is *not* released
+        (people suppressed) is published once, under the small-number rule,
+        and never beside a total that includes it (``records_in`` is not
+        published: with the exact ``records_out`` it would give the suppressed
+        count back).
+        """
+        out = {k: v for k, v in self.__dict__.items() if k != "records_in"}
         out["suppressed"] = small_numbers(self.suppressed)
+        out["reasons"] = list(self.reasons)
+        if self.facts is None:
+            out.pop("facts")
+        if self.intruder is None:
+            out.pop("intruder")
         return out
 
     def summary(self) -> str:
-        """A short readable account (counts not in the extract under the small-number rule)."""
+        """A short readable account (what was not released under the small-number rule)."""
         lines = [
-            f"{self.records_out} of {small_numbers(self.records_in)} records released "
-            f"({small_numbers(self.suppressed)} suppressed); {self.classes} equivalence classes, "
-            f"smallest {self.smallest_class} (k required {self.k}).",
+            f"{self.records_out} people released ({small_numbers(self.suppressed)} "
+            f"suppressed); {self.classes} equivalence classes, smallest {self.smallest_class} "
+            f"(k required {self.k}).",
             "Generalisation: "
             + ", ".join(f"{q} level {lvl}" for q, lvl in self.levels.items())
             + ".",
@@ -136,6 +151,19 @@ class Report:
         ]
         if self.l_smallest is not None:
             lines.append(f"l-diversity: smallest class has {self.l_smallest} distinct values.")
+        if self.facts is not None:
+            lines.append(
+                f"Facts: k^m-anonymity with m = {self.facts['m']}: "
+                f"{self.facts['released']} facts released, "
+                f"{self.facts['retainedShare']:.0%} of those considered."
+            )
+        if self.intruder is not None:
+            lines.append(
+                f"Intruder ({self.intruder['knows']}): re-identified "
+                f"{self.intruder['reidentifiedByRarestFacts']} (rarest facts) and "
+                f"{self.intruder['reidentifiedByRandomFacts']} (random facts) of "
+                f"{self.intruder['releasedPeople']}; rate {self.intruder['rate']:.4f}."
+            )
         lines.append("Thresholds met." if self.met else "REFUSED: " + "; ".join(self.reasons))
         return "\n".join(lines)
 
@@ -225,8 +253,9 @@ def _report(
     reasons = []
     if n and suppressed > t.max_suppressed * n:
         reasons.append(
-            f"{small_numbers(suppressed)} of {small_numbers(n)} records would be suppressed "
-            f"(at most {t.max_suppressed:.0%})"
+            f"more than {t.max_suppressed:.0%} of the people would be suppressed to reach "
+            f"k = {t.k}: the cohort cannot be released at record level (ask for aggregate "
+            "tables instead: profile=aggregate)"
         )
     if len(released):
         groups = released.groupby(list(qis), dropna=False)

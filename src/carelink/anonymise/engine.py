@@ -15,8 +15,21 @@ the tool is deterministic):
   zeroed, time zone kept), ``cryptoHash`` (HMAC-SHA256 hex; only the id part
   of a reference), ``encrypt`` (AES-CBC, PKCS7, random IV, base64(IV‖data)),
   ``substitute``, ``perturb`` (uniform noise, banker's rounding),
-  ``generalize`` (FHIRPath cases on ``$this``), ``keep``;
+  ``generalize`` (FHIRPath cases on ``$this``), ``keep``; method names in
+  any casing;
+- ``processingErrors: skip``: a resource a rule fails on is left out
+  (``apply`` returns ``None``; the tool writes an empty resource instead);
 - security labels in ``meta.security`` for what was done.
+
+A primitive's id and extensions (``_birthDate`` beside ``birthDate``) are
+its children, as in the tool's element model: ``nodesByType('Extension')``
+reaches them, and a rule on the primitive takes them along. Where carelink
+is stricter than the tool: any method but ``keep`` removes them (keeping
+only what an earlier rule already processed), since they describe the exact
+value the method changed (a birth-time extension under a shifted or
+generalised birth date); a primitive that is removed takes them with it
+whatever earlier rules did; repeats stay aligned with their ``_name`` list;
+an extension left without its ``url`` is removed.
 
 ``dateShiftScope`` ``resource`` keys the shift by the resource's id,
 ``file`` by the name of the file the resource is written to (``apply(...,
@@ -25,9 +38,21 @@ the output folder (``Anonymiser(folder=)``), as the tool does.
 
 carelink's options (``parameters``): ``dateShiftScope: "person"`` shifts
 every date of a person by a keyed per-person offset (HMAC of the person's
-pseudonym, ``dateShiftRange`` days) the same in every resource from every
-source; with project keys, ``cryptoHash`` uses the project's pseudonym key
-(HKDF from the master key), so projects cannot be linked;
+pseudonym), uniform over ``dateShiftMinimum``..``dateShiftRange`` days either
+way, the same in every resource from every source. A known exact date of any
+event of a person (a birth date if it were shifted, an admission someone
+remembers) still reveals that person's shift, and with it all their dates;
+the pseudonymised profile therefore keeps only the year of birth.
+``dateJitterDays`` moves each resource's dates by a further keyed offset in
+``[-j, j]`` (HMAC of the person and the resource id: the same input gives
+the same output, and one resource's dates move together), so the day gaps
+between a person's events, which would otherwise link two projects'
+extracts by their content, no longer match exactly. ``freeText: "drop"``
+removes, after the rules, every string, markdown and xhtml value except
+``FREE_TEXT_KEEP`` and ``freeTextKeep`` (``Type.element`` or a resource
+path). With project keys, ``cryptoHash``, ``encrypt`` and ``dateShift`` use
+the project's keys (HKDF from the master key), so projects cannot be linked
+by pseudonyms; a configuration that sets its own keys is refused there.
 ``pseudonymiseNhsNumber`` replaces NHS-number identifiers with the keyed hash
 of the normalised, check-digit-validated number before any rule runs.
 """
@@ -55,8 +80,8 @@ from fhirpathpy.models import models
 
 from carelink.anonymise.keys import ProjectKeys
 from carelink.anonymise.rules import Config, Rule
-from carelink.anonymise.walk import PRIMITIVES, Node, below, walk
-from carelink.errors import ExportError
+from carelink.anonymise.walk import PRIMITIVES, Node, below, is_companion, walk
+from carelink.errors import ConfigError, ExportError
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, normalise, problem
 
 Json = dict[str, Any]
@@ -104,6 +129,29 @@ QUANTITIES = frozenset(
     {"Age", "Count", "Duration", "Distance", "Money", "MoneyQuantity", "Quantity", "SimpleQuantity"}
 )
 MARK = "__carelink_node"
+FREE_TEXT = frozenset({"string", "markdown", "xhtml"})
+# Text elements that are not free text; ``freeTextKeep`` adds to them. Identifier
+# values and references are there because the rules hash them, not because they are safe.
+FREE_TEXT_KEEP = frozenset(
+    {
+        "Coding.display",
+        "Coding.version",
+        "Quantity.unit",
+        "Address.country",
+        "Address.postalCode",
+        "Identifier.value",
+        "Reference.reference",
+    }
+)
+KEY_PARAMETERS = ("cryptoHashKey", "encryptKey", "dateShiftKey")
+
+
+class _Failed(ExportError):
+    """A rule failed on a resource (``processingErrors`` decides what follows)."""
+
+
+class _Misused(ExportError):
+    """The engine was called wrongly; never skipped."""
 
 
 class Anonymiser:
@@ -124,12 +172,26 @@ class Anonymiser:
         self.rng = rng or random.Random()
         self.today = today
         p = config.parameters
-        self.date_key = str(p.get("dateShiftKey") or os.urandom(16).hex())
+        if keys is not None:
+            for name in KEY_PARAMETERS:
+                if p.get(name):
+                    raise ConfigError(
+                        f"{config.source}: {name} is set but extracts derive per-project keys;"
+                        " remove it"
+                    )
+        self.date_key = (
+            keys.date_key.hex() if keys is not None else str(p.get("dateShiftKey") or "")
+        ) or os.urandom(16).hex()
         default_key = os.urandom(16).hex()
         self.hash_key = str(p.get("cryptoHashKey") or default_key).encode()
         self.encrypt_key = str(p.get("encryptKey") or default_key).encode()
         self.scope = str(p.get("dateShiftScope", "resource"))
         self.range = int(p.get("dateShiftRange", 50))
+        self.minimum = int(p.get("dateShiftMinimum", 1))
+        self.jitter = int(p.get("dateJitterDays", 0))
+        self.free_text = p.get("freeText", "keep") == "drop"
+        self.free_text_keep = FREE_TEXT_KEEP | {str(k) for k in p.get("freeTextKeep") or []}
+        self._event = ""
         self.partial_dates = bool(p.get("enablePartialDatesForRedact", False))
         self.partial_ages = bool(p.get("enablePartialAgesForRedact", False))
         self.partial_zip = bool(p.get("enablePartialZipCodesForRedact", False))
@@ -150,13 +212,26 @@ class Anonymiser:
         return list(fn(data, variables or {}))
 
     # -- public --------------------------------------------------------------------------------
-    def apply(self, resource: Json, person: str | None = None, file: str = "") -> Json:
-        """A de-identified copy of ``resource``. ``person`` is the person's pseudonym
-        (for ``dateShiftScope: person``), ``file`` the name of the file it is written to
-        (for ``dateShiftScope: file``). Not re-entrant: one engine per thread."""
+    def apply(self, resource: Json, person: str | None = None, file: str = "") -> Json | None:
+        """A de-identified copy of ``resource``, or ``None`` when it must be left out.
+
+        ``person`` is the person's pseudonym (for ``dateShiftScope: person``),
+        ``file`` the name of the file it is written to (for ``dateShiftScope:
+        file``). When a rule fails on the resource (or on one nested in it),
+        ``processingErrors: raise`` (the default) raises ``ExportError`` and
+        ``skip`` returns ``None``: the caller leaves the resource out. (The
+        Microsoft tool writes an empty resource labelled REDACTED instead and
+        counts it as skipped.) Not re-entrant: one engine per thread.
+        """
         out: Json = orjson.loads(orjson.dumps(resource))  # a deep copy, several times faster
         self._file = file
-        self._resource(out, out, person)
+        self._event = str(resource.get("id", ""))
+        try:
+            self._resource(out, out, person)
+        except _Failed:
+            if self.config.processing_error == "skip":
+                return None
+            raise
         return out
 
     # -- per resource ----------------------------------------------------------------------------
@@ -180,15 +255,12 @@ class Anonymiser:
                     self._process(rule, node, visited, ops, root, person)
                 if rule.method == "substitute":
                     nodes = None  # substituted elements are new objects: walk again
+            except _Misused:
+                raise
             except Exception as exc:
-                if self.config.processing_error == "raise":
-                    raise ExportError(
-                        f"rule {rule.path!r} ({rule.method}) failed on a {rtype}"
-                    ) from exc
-                resource.clear()
-                resource["resourceType"] = rtype
-                resource["meta"] = {"security": [dict(LABELS["REDACT"])]}
-                return {"REDACT"}
+                raise _Failed(f"rule {rule.path!r} ({rule.method}) failed on a {rtype}") from exc
+        if self.free_text:
+            self._drop_free_text(resource, ops)
         # Nested resources, each on its own: Bundle entries carry their own labels,
         # contained resources' operations are labelled on their container.
         is_bundle = rtype == "Bundle"
@@ -211,12 +283,15 @@ class Anonymiser:
     ) -> list[Node]:
         if rule_type and not expr:  # a resource-type rule: the resource itself
             return [Node({"": resource}, "", resource, rtype, rtype, "")]
+        if rule_type and _NODES_BY_PREFIX.match(expr):  # Patient.nodesByType('HumanName')
+            path = expr
         m = _NODES_BY.match(path)
         if m:
             kind, name, child = m.groups()
             hits = [n for n in nodes if (n.type if kind == "Type" else n.element) == name]
-            if child:
+            if child:  # the child's container is its parent, or for a repeat the list in it
                 parents = {id(h.value) for h in hits}
+                parents |= {id(h.value.get(child)) for h in hits if isinstance(h.value, dict)}
                 hits = [c for c in nodes if id(c.container) in parents and c.element == child]
             return hits
         if _DOTTED.match(expr):
@@ -276,6 +351,8 @@ class Anonymiser:
         if rule.method == "substitute":
             if (id(node.container), node.key) not in visited and _attached(node):
                 self._substitute_node(rule, node, visited, ops)
+                if node.companion is not None:
+                    _drop_companion(node.companion, visited)
             return
         method = getattr(self, f"_{rule.method}")
         whole = rule.method == "perturb"  # acts on the node as a whole
@@ -283,11 +360,19 @@ class Anonymiser:
             key = (id(n.container), n.key)
             if key in visited:
                 continue
+            if is_companion(n) and rule.method != "keep":
+                _drop_companion(n, visited)
+                continue
             if whole:
-                for d in _subtree(n):
+                for d in list(_subtree(n)):
+                    if is_companion(d):
+                        _drop_companion(d, visited)
                     visited.add((id(d.container), d.key))
             visited.add(key)
+            before = n.value
             method(rule, n, ops, root, person)
+            if n.companion is not None and before is not None and n.value is None:
+                _set(n.companion, None)  # the value is gone: so are its id and extensions
 
     def _keep(self, rule: Rule, n: Node, ops: set[str], root: Json, person: str | None) -> None:
         return None
@@ -339,8 +424,8 @@ class Anonymiser:
             return int(fixed)
         if self.scope == "person":
             if person is None or self.keys is None:
-                raise ExportError("a per-person date shift needs the person")
-            return self.keys.shift_days(person, self.range)
+                raise _Misused("a per-person date shift needs the person")
+            return self.keys.shift_days(person, self.range, self.minimum) + self._jitter(person)
         prefix = {
             "resource": str(root.get("id", "")),
             "file": Path(self._file).name,
@@ -368,6 +453,30 @@ class Anonymiser:
             shifted = f"{shifted}T{zeroed}{m.group(9)}"
         _set(n, shifted)
         ops.add("PERTURB")
+
+    def _jitter(self, person: str) -> int:
+        """This event's own offset in ``[-dateJitterDays, dateJitterDays]``, keyed by the
+        person and the resource's id: every date of one resource moves together (a
+        period stays in order), reruns give the same output."""
+        if self.jitter == 0 or self.keys is None:
+            return 0
+        message = f"jitter\x00{person}\x00{self._event}".encode()
+        digest = hmac.new(self.keys.date_key, message, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") % (2 * self.jitter + 1) - self.jitter
+
+    def _drop_free_text(self, resource: Json, ops: set[str]) -> None:
+        """``freeText: drop``: every string, markdown and xhtml value not on the keep list
+        (``Type.element`` or a resource path) goes, whatever the rules did with it."""
+        for n in list(walk(resource)):
+            if n.type not in FREE_TEXT or n.value is None:
+                continue
+            parent = "Quantity" if n.parent_type in QUANTITIES else n.parent_type
+            if f"{parent}.{n.element}" in self.free_text_keep or n.path in self.free_text_keep:
+                continue
+            _set(n, None)
+            if n.companion is not None:
+                _set(n.companion, None)
+            ops.add("REDACT")
 
     def _hash(self, text: str) -> str:
         key = self.keys.pseudonym_key if self.keys is not None else self.hash_key
@@ -502,7 +611,9 @@ class Anonymiser:
                 else:
                     _set(n, None)  # never hashed into what could be someone else's number
                     ops.add("REDACT")
-                for d in _subtree(n):
+                for d in list(_subtree(n)):
+                    if is_companion(d):
+                        _drop_companion(d, visited)
                     visited.add((id(d.container), d.key))
 
     @staticmethod
@@ -583,6 +694,19 @@ def _merged(
     return copy.deepcopy(replacement) if replacement != {} else None
 
 
+def _drop_companion(node: Node, visited: set[tuple[int, Any]]) -> None:
+    """A processed primitive's id and extensions go, except what an earlier rule
+    already processed (``keep`` included); then they count as processed."""
+    inside = list(_subtree(node))
+    if isinstance(node.value, dict) and (id(node.container), node.key) not in visited:
+        if _touched(node.value, node.container, node.key, visited):
+            _merge(node.value, {}, visited)
+        else:
+            _set(node, None)
+    for d in inside:
+        visited.add((id(d.container), d.key))
+
+
 def _attached(node: Node) -> bool:
     """Is the node still where the walk found it? (An earlier match of the same
     substitute rule may have replaced an element holding it.)"""
@@ -647,14 +771,46 @@ def _year(value: str) -> str | None:
 
 
 def _clean(obj: Any) -> Any:
-    """Remove empty elements bottom-up (resources themselves stay)."""
+    """Remove empty elements bottom-up (resources themselves stay); a repeating
+    primitive and its ``_name`` companion list stay aligned. An extension whose
+    ``url`` was redacted goes whole: without it the rest (say, the year a
+    partial-date redaction left) means nothing and is not valid FHIR."""
     if isinstance(obj, dict):
         for k in list(obj):
+            if k not in obj:
+                continue
             v = obj[k]
+            if isinstance(v, list) and _paired(obj, k):
+                _clean_pair(obj, k.removeprefix("_"))
+                continue
             _clean(v)
+            if k in ("extension", "modifierExtension") and isinstance(v, list):
+                v[:] = [e for e in v if not (isinstance(e, dict) and "url" not in e)]
             if v is None or v == {} or v == [] or v == "":
                 del obj[k]
         return obj
     if isinstance(obj, list):
         obj[:] = [x for x in (_clean(v) for v in obj) if not (x is None or x == {} or x == [])]
     return obj
+
+
+def _paired(obj: Json, key: str) -> bool:
+    name = key.removeprefix("_")
+    return isinstance(obj.get(name), list) and isinstance(obj.get("_" + name), list)
+
+
+def _clean_pair(obj: Json, name: str) -> None:
+    """``given`` and ``_given``: drop the places where both are empty, keep the rest
+    aligned (nulls where only one side has something)."""
+    values, extras = obj[name], obj["_" + name]
+    size = max(len(values), len(extras))
+    vals = [values[i] if i < len(values) else None for i in range(size)]
+    exts = [_clean(extras[i]) if i < len(extras) else None for i in range(size)]
+    exts = [None if e in (None, {}, []) else e for e in exts]
+    kept = [i for i in range(size) if vals[i] is not None or exts[i] is not None]
+    vals, exts = [vals[i] for i in kept], [exts[i] for i in kept]
+    del obj[name], obj["_" + name]
+    if any(e is not None for e in exts):
+        obj[name], obj["_" + name] = vals, exts
+    elif vals:
+        obj[name] = vals

@@ -70,16 +70,21 @@ class ProjectKeys:
             raise InvalidRequest(f"not an NHS number: {why}")
         return self.pseudonym("nhs:" + normalise(nhs_number))
 
-    def shift_days(self, person: str, max_days: int) -> int:
-        """The person's date shift, in ``[-max_days, max_days]`` and never 0.
+    def shift_days(self, person: str, max_days: int, min_days: int = 1) -> int:
+        """The person's date shift: uniform over ``[-max_days, -min_days]`` and
+        ``[min_days, max_days]``, so never 0 and never smaller than ``min_days``.
 
         Derived with HMAC from the person's pseudonym: the same for every
         resource of that person from every source, and unrelated between
         people, so two known true dates reveal nothing about anyone else's shift.
+        With ``min_days=1`` the shifts are the ones earlier releases gave.
         """
+        if not 1 <= min_days <= max_days:
+            raise ConfigError(f"a date shift needs 1 <= minimum ({min_days}) <= range ({max_days})")
+        width = max_days - min_days + 1
         digest = hmac.new(self.date_key, person.encode(), hashlib.sha256).digest()
-        n = int.from_bytes(digest[:8], "big") % (2 * max_days)
-        return n - max_days if n < max_days else n - max_days + 1
+        n = int.from_bytes(digest[:8], "big") % (2 * width)
+        return n - max_days if n < width else n - width + min_days
 
 
 def load_master_key(path: Path, create: bool) -> bytes:

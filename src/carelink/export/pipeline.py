@@ -44,13 +44,14 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from carelink.anonymise import intruder, release
 from carelink.anonymise.disclosure import (
+    HIERARCHIES,
+    Refused,
     Report,
     Thresholds,
-    age_band,
-    postcode_level,
+    keep_level,
     protect,
-    recheck,
     small_numbers,
 )
 from carelink.anonymise.engine import Anonymiser
@@ -165,6 +166,8 @@ class ExtractSpec:
     cohort: Cohort = Cohort()
     k: int = 5
     max_suppressed: float = 0.1
+    #: facts about a person's care the stated intruder knows (anonymised extracts)
+    m: int = 2
     purpose: str = "HOPERAT"  # the v3 ActReason the extract serves (a secondary-use purpose)
 
     def check(self) -> None:
@@ -173,6 +176,10 @@ class ExtractSpec:
             raise InvalidRequest(f"profile must be one of {', '.join(PROFILES)}", "profile")
         if not self.project:
             raise InvalidRequest("an extract needs a project", "project")
+        if not 2 <= self.k <= 1000:
+            raise InvalidRequest("k must be between 2 and 1000", "k")
+        if not 1 <= self.m <= 3:
+            raise InvalidRequest("m (facts the intruder knows) must be 1, 2 or 3", "m")
         for rtype, filters in self.type_filters.items():
             for f in filters:
                 _, unknown = criteria(rtype, f)
@@ -234,6 +241,8 @@ class Result:
     incomplete: dict[str, int] = field(default_factory=dict)
     #: the same while finding a condition cohort's members
     incomplete_cohort: dict[str, int] = field(default_factory=dict)
+    #: were the opt-outs counted among the cohort's own people (not for condition cohorts)
+    opt_outs_counted: bool = True
 
     def errors(self) -> list[Json]:
         """One OperationOutcome per source that could not be read for someone (the Bulk
@@ -260,11 +269,20 @@ class Result:
         out: Json = {
             "profile": self.profile,
             "project": self.project,
-            "people": small_numbers(self.people),
+            # released people are counted exactly: the files show them anyway
+            "people": self.people,
             "optOutsExcluded": {k: small_numbers(v) for k, v in self.excluded.items()},
         }
         if self.profile == "anonymised":
-            out["optOutsExcluded"] = "not applied: the extract is anonymised"
+            out["optOutsExcluded"] = (
+                "not applied: the extract passed the intruder test (anonymous in the ICO "
+                "sense), which the national data opt-out does not cover"
+            )
+        elif not self.opt_outs_counted:
+            out["optOutsExcluded"] = (
+                "applied before the condition cohort was found and not counted: counting "
+                "them would mean reading the records of people who opted out"
+            )
         out["consent"] = {
             "sensitiveCategoriesWithheld": small_numbers(self.withheld.get("sensitive", 0)),
             "objections": (
@@ -452,15 +470,17 @@ async def run(
     today = today or datetime.now(UTC).date()
     consent = _SecondaryUse(guard, spec)
     keys = ProjectKeys.for_project(master_key, spec.project)
-    engine = Anonymiser(load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name)
     excluded = {"ndop": 0, "type1": 0}
     people: list[Member] = []
     by_practice = spec.cohort.kind in ("practice", "pcn")
+    # The opt-outs apply to every release that is not anonymous (consent/README.md):
+    # the pseudonymised profile. They are applied before anyone's record is read.
+    applies_opt_outs = spec.profile == "pseudonymised"
     for row in record.index.each_person():  # streamed: only the light rows are kept
         member = Member.of(row, with_practice=by_practice)
         if not spec.cohort.holds(member.practice):
             continue
-        if spec.profile == "pseudonymised":
+        if applies_opt_outs:
             kinds = opt_outs.get(member.nhs_number or "", set())
             for kind in kinds:
                 excluded[kind] = excluded.get(kind, 0) + 1
@@ -468,9 +488,7 @@ async def run(
                 continue
         people.append(member)
     report: Report | None = None
-    levels: dict[str, int] = {}
     written_people = 0
-    with_patient: list[Member] = []  # people whose (generalised) Patient is released
     reader, cohort_reader = _Reader(record), _Reader(record)
     try:
         with bulk_read():
@@ -479,34 +497,16 @@ async def run(
                     cohort_reader, people, spec.cohort.value, progress, consent
                 )
             if spec.profile == "anonymised":
-                people, report, levels = _k_anonymous(people, spec, today)
-            total = len(people)
-            async with aclosing(reader.ahead(people, None)) as records:
-                async for i, person, fed in records:
-                    if progress is not None and not await progress(i, total):
-                        raise ExportError("cancelled")
-                    wanted = [
-                        r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)
-                    ]
-                    wanted = consent.filter(fed, wanted)
-                    pseudonym = keys.pseudonym("person:" + person.id)
-                    wrote = False
-                    if any(r.get("resourceType") == "Patient" for r in wanted):
-                        with_patient.append(person)
-                    for r in wanted:
-                        done = engine.apply(
-                            r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson"
-                        )
-                        if spec.profile == "anonymised" and r.get("resourceType") == "Patient":
-                            done = _generalised_patient(done, person, today, levels)
-                        out.write(done)
-                        wrote = True
-                    written_people += wrote
-        if report is not None and with_patient and len(with_patient) < report.records_out:
-            # Consent withheld some planned Patients: k must still hold over those released.
-            report = recheck(
-                _quasi(with_patient, today), QUASI, _thresholds(spec), levels, report.suppressed
-            )
+                written_people, report = await _anonymous(
+                    reader, people, spec, consent, out, progress, today
+                )
+            else:
+                engine = Anonymiser(
+                    load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name
+                )
+                written_people = await _pseudonymous(
+                    reader, people, spec, consent, engine, keys, out, progress
+                )
     finally:
         out.close()
     return Result(
@@ -520,7 +520,204 @@ async def run(
         consent.objections,
         dict(reader.incomplete),
         dict(cohort_reader.incomplete),
+        opt_outs_counted=spec.cohort.kind != "condition",
     )
+
+
+async def _pseudonymous(
+    reader: _Reader,
+    people: list[Member],
+    spec: ExtractSpec,
+    consent: _SecondaryUse,
+    engine: Anonymiser,
+    keys: ProjectKeys,
+    out: Output,
+    progress: Progress | None,
+) -> int:
+    """Each person's record through the profile's rules, streamed; the people written."""
+    written_people = 0
+    total = len(people)
+    async with aclosing(reader.ahead(people, None)) as records:
+        async for i, person, fed in records:
+            if progress is not None and not await progress(i, total):
+                raise ExportError("cancelled")
+            wanted = [r for r in fed.resources if _one_patient(r, person) and _wanted(r, spec)]
+            wanted = consent.filter(fed, wanted)
+            pseudonym = keys.pseudonym("person:" + person.id)
+            wrote = False
+            for r in wanted:
+                done = engine.apply(r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson")
+                if done is None:  # processingErrors: skip
+                    continue
+                out.write(done)
+                wrote = True
+            written_people += wrote
+    return written_people
+
+
+SPOOL = ".anonymise-spool.ndjson"
+
+
+async def _anonymous(
+    reader: _Reader,
+    people: list[Member],
+    spec: ExtractSpec,
+    consent: _SecondaryUse,
+    out: Output,
+    progress: Progress | None,
+    today: date,
+) -> tuple[int, Report]:
+    """The anonymised release of the people's federated records (``AnonymousRelease``)."""
+    anonymous = AnonymousRelease(spec, out, today)
+    total = len(people)
+    try:
+        async with aclosing(reader.ahead(people, None)) as records:
+            async for i, person, fed in records:
+                if progress is not None and not await progress(i, total):
+                    raise ExportError("cancelled")
+                candidates = [
+                    r
+                    for r in fed.resources
+                    if _one_patient(r, person)
+                    and (r.get("resourceType") == "Patient" or _wanted(r, spec))
+                ]
+                anonymous.add(person, consent.filter(fed, candidates))
+        return anonymous.finish()
+    finally:
+        anonymous.discard()
+
+
+class AnonymousRelease:
+    """An anonymised release (``anonymise.release``), person by person, then all at once.
+
+    ``add`` spools each person's allow-listed facts (the record itself is not
+    kept); ``finish`` applies k-anonymity to the Patients and k^m-anonymity to
+    the facts, runs the intruder against the result, and only then writes
+    anything: ``Refused`` when the intruder singles out more than 1/k of the
+    released people, or when k cannot be reached within the allowed
+    suppression. A domain object: a test drives it with any records.
+    """
+
+    def __init__(self, spec: ExtractSpec, out: Output, today: date) -> None:
+        self.spec = spec
+        self.out = out
+        self.today = today
+        self.bands = release.Bands()
+        self.people: list[Member] = []
+        self.spool_path = out.directory / SPOOL
+        self._spool = self.spool_path.open("wb")
+
+    def add(self, person: Member, resources: list[Json]) -> None:
+        """One person's resources as consent lets them into the extract (their merged
+        Patient among them, or the person is not released at all)."""
+        if not any(r.get("resourceType") == "Patient" for r in resources):
+            return  # consent keeps the person out: none of their facts go
+        drafts = [d for d in map(release.reduce, resources) if d is not None]
+        for d in drafts:
+            self.bands.add(d)
+        self._spool.write(orjson.dumps([[d.rtype, d.content, d.quantity] for d in drafts]) + b"\n")
+        self.people.append(person)
+
+    def discard(self) -> None:
+        """Remove the spool (always: it holds facts before disclosure control)."""
+        self._spool.close()
+        self.spool_path.unlink(missing_ok=True)
+
+    def _cohort_own(self, ladder: list[bytes], sensitive: bool) -> bool:
+        """Is this the condition cohort's own condition (kept in preference)?"""
+        cohort = self.spec.cohort
+        return (
+            cohort.kind == "condition"
+            and not sensitive
+            and (
+                ladder[0].startswith(b'["Condition"') and f'"{cohort.value}"'.encode() in ladder[-1]
+            )
+        )
+
+    def _sensitive(self, draft: release.Draft) -> bool:
+        """Is the fact a diagnosis the diversity rule protects? Not a condition cohort's
+        own condition: membership of the cohort already says it of everyone."""
+        if draft.rtype not in release.SENSITIVE_TYPES:
+            return False
+        cohort = self.spec.cohort
+        if cohort.kind != "condition":
+            return True
+        codings = (draft.content.get("code") or {}).get("coding", ())
+        return not any(c.get("code") == cohort.value for c in codings)
+
+    def finish(self) -> tuple[int, Report]:
+        """Protect, attack, write; the people written and the risk report."""
+        self._spool.close()
+        kept_df, report = protect(_quasi(self.people, self.today), QUASI, _thresholds(self.spec))
+        levels = report.levels
+        keep = set(kept_df["id"])
+        self.bands.fix()
+        plan = release.Plan()
+        members: list[Member] = []
+        truth: list[tuple[intruder.Fact, ...]] = []
+        with self.spool_path.open("rb") as spool:
+            for person, line in zip(self.people, spool, strict=True):
+                if person.id not in keep:
+                    continue
+                drafts = [
+                    release.Draft(t, c, (q[0], q[1]) if q else None)
+                    for t, c, q in orjson.loads(line)
+                ]
+                facts = [(d.ladder(self.bands), self._sensitive(d)) for d in drafts]
+                plan.add_person(facts, [f for f, s in facts if self._cohort_own(f, s)])
+                members.append(person)
+                truth.append(tuple(release.project(ladder[0])[0] for ladder, _ in facts))
+        qis = [_released_qi(p, self.today, levels) for p in members]
+        classes: dict[tuple[Any, ...], list[int]] = {}
+        for i, qi in enumerate(qis):
+            classes.setdefault(qi, []).append(i)
+        cost = release.enforce(plan, classes.values(), self.spec.k, self.spec.m)
+        shown = [
+            {p for f in plan.people[i] for p in release.project(plan.facts[f])}
+            for i in range(len(members))
+        ]
+        known = [intruder.Known(qis[i], truth[i], i) for i in range(len(members))]
+        attack = intruder.attack(known, qis, shown, self.spec.m)
+        report.facts = {
+            "m": self.spec.m,
+            "considered": cost.facts_in,
+            "released": cost.facts_out,
+            "retainedShare": (cost.facts_out / cost.facts_in) if cost.facts_in else 1.0,
+            "rule": (
+                f"every set of at most {self.spec.m} facts a person holds is held by at least "
+                f"{self.spec.k} people of their class; no diagnosis is held by a whole class"
+            ),
+            "notCovered": (
+                "the number of distinct facts a person has; an intruder knowing more than "
+                f"{self.spec.m} facts; what can be inferred from {self.spec.m} known facts"
+            ),
+        }
+        report.intruder = attack.as_json()
+        if attack.rate > 1 / self.spec.k:
+            report.met = False
+            report.reasons.append(
+                f"the intruder re-identified {attack.rate:.1%} of the released people (at most "
+                f"1/k = {1 / self.spec.k:.1%}): the cohort cannot be released at record level"
+            )
+            raise Refused(report)
+        for i in range(len(members)):
+            pid = release.fresh_id()
+            if self.spec.types is None or "Patient" in self.spec.types:
+                self.out.write(_generalised_patient(pid, qis[i]))
+            for f in sorted(plan.people[i]):
+                rtype, content = orjson.loads(plan.facts[f])
+                self.out.write(release.resource(rtype, content, pid, release.subject_of(rtype)))
+        return len(members), report
+
+
+def _released_qi(person: Member, today: date, levels: dict[str, int]) -> tuple[Any, ...]:
+    """The person's quasi-identifiers as the release shows them (sex, age band, area)."""
+    values = {
+        "age": _age(person.birth_date, today),
+        "sex": person.gender,
+        "postcode": person.postcode,
+    }
+    return tuple(HIERARCHIES.get(q, (keep_level, 1))[0](values[q], levels.get(q, 0)) for q in QUASI)
 
 
 def permitted(policy: Policy, spec: ExtractSpec) -> None:
@@ -608,25 +805,21 @@ def _thresholds(spec: ExtractSpec) -> Thresholds:
     return Thresholds(k=spec.k, max_suppressed=spec.max_suppressed)
 
 
-def _k_anonymous(
-    people: list[Member], spec: ExtractSpec, today: date
-) -> tuple[list[Member], Report, dict[str, int]]:
-    released, report = protect(_quasi(people, today), QUASI, _thresholds(spec))
-    keep = set(released["id"])
-    return [p for p in people if p.id in keep], report, report.levels
-
-
-def _generalised_patient(
-    patient: Json, person: Member, today: date, levels: dict[str, int]
-) -> Json:
-    """The anonymised Patient: sex, an age band and a postcode district at the released level."""
-    out: Json = {k: v for k, v in patient.items() if k in ("resourceType", "id", "meta", "gender")}
-    band = age_band(_age(person.birth_date, today), levels.get("age", 1))
-    if band is not None:
-        out["extension"] = [{"url": AGE_BAND_URL, "valueString": str(band)}]
-    district = postcode_level(person.postcode, levels.get("postcode", 1))
-    if district:
-        out["address"] = [{"postalCode": district, "country": "GB"}]
+def _generalised_patient(pid: str, qi: tuple[Any, ...]) -> Json:
+    """The anonymised Patient: exactly its released quasi-identifiers (age band, sex,
+    postcode area, each only if not generalised away), under a fresh id."""
+    values = dict(zip(QUASI, qi, strict=True))
+    out: Json = {
+        "resourceType": "Patient",
+        "id": pid,
+        "meta": {"security": [dict(release.SECURITY)]},
+    }
+    if values["sex"] is not None:
+        out["gender"] = values["sex"]
+    if values["age"] is not None:
+        out["extension"] = [{"url": AGE_BAND_URL, "valueString": str(values["age"])}]
+    if values["postcode"]:
+        out["address"] = [{"postalCode": values["postcode"], "country": "GB"}]
     return out
 
 
