@@ -49,3 +49,12 @@ def test_a_bad_population_size_is_one_line_and_exit_1(tmp_path):
 
 def test_usage_errors_exit_2():
     assert carelink(["simulate", "pharmacy", "--port", "1"]).returncode == 2
+
+
+def test_serve_refuses_an_unknown_log_level_as_usage_and_a_bad_setting_as_configuration():
+    usage = carelink(["serve", "--log-level", "chatty"])
+    assert usage.returncode == 2
+    assert "--log-level" in usage.stderr
+    config = carelink(["serve"], {"CARELINK_LOG_LEVEL": "chatty"})
+    assert config.returncode == 3
+    assert "CARELINK_LOG_LEVEL" in config.stderr

@@ -57,6 +57,11 @@ def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
         ({"CARELINK_RESULT_TTL": "a while"}, "number of seconds"),
         ({"CARELINK_SOURCE_ODS": "acute"}, "name=ODS code"),
         ({"CARELINK_SOURCE_ODS": "acute=rac 00"}, "'acute': 'rac 00' is not an ODS code"),
+        ({"CARELINK_PUBLIC_BASE_URL": "carelink.example/fhir"}, "CARELINK_PUBLIC_BASE_URL"),
+        ({"CARELINK_PUBLIC_BASE_URL": "https://x.example/fhir?a=b"}, "without query"),
+        ({"CARELINK_LOG_LEVEL": "chatty"}, "CARELINK_LOG_LEVEL must be one of"),
+        ({"CARELINK_HEADER_TIMEOUT": "0"}, "CARELINK_HEADER_TIMEOUT"),
+        ({"CARELINK_KEEPALIVE_TIMEOUT": "0.5"}, "CARELINK_KEEPALIVE_TIMEOUT"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env, message):
@@ -107,3 +112,40 @@ def test_input_limits_have_sane_defaults_and_come_from_the_environment():
 def test_an_input_limit_must_be_a_whole_number_of_at_least_one(value):
     with pytest.raises(ConfigError, match="CARELINK_MAX_BODY_BYTES"):
         Settings.from_env({"CARELINK_MAX_BODY_BYTES": value})
+
+
+def test_links_are_built_from_the_public_base_url_else_the_audience_else_the_demos():
+    assert Settings.from_env({}).public_base() == "http://127.0.0.1:8080/fhir"
+    aud = Settings.from_env({"CARELINK_AUDIENCE": "http://10.0.0.5:9000/fhir"})
+    assert aud.public_base() == "http://10.0.0.5:9000/fhir"
+    public = Settings.from_env(
+        {
+            "CARELINK_AUDIENCE": "http://10.0.0.5:9000/fhir",
+            "CARELINK_PUBLIC_BASE_URL": "https://carelink.example.nhs.uk/ics/fhir/",
+        }
+    )
+    assert public.public_base() == "https://carelink.example.nhs.uk/ics/fhir"
+
+
+def test_operability_settings_have_defaults_and_come_from_the_environment():
+    s = Settings.from_env({})
+    assert (s.log_level, s.keepalive_timeout, s.header_timeout, s.metrics_token) == (
+        "info",
+        5,
+        10.0,
+        None,
+    )
+    s = Settings.from_env(
+        {
+            "CARELINK_LOG_LEVEL": "WARNING",
+            "CARELINK_KEEPALIVE_TIMEOUT": "30",
+            "CARELINK_HEADER_TIMEOUT": "2.5",
+            "CARELINK_METRICS_TOKEN": "t",
+        }
+    )
+    assert (s.log_level, s.keepalive_timeout, s.header_timeout, s.metrics_token) == (
+        "warning",
+        30,
+        2.5,
+        "t",
+    )

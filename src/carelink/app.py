@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from carelink.api.audit_middleware import AuditEveryRequest, interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
 from carelink.api.limits import BoundedInput
+from carelink.api.observe import Observe
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
 from carelink.audit.events import REFUSED
@@ -46,6 +48,7 @@ from carelink.federation import (
 )
 from carelink.federation.pages import Pages
 from carelink.fhir.profiles import ProfileSet, load_profiles
+from carelink.observability import Metrics, Readiness, Telemetry
 from carelink.settings import Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -63,6 +66,7 @@ from carelink.storage import (
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
+from carelink.storage.health import Health
 
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -135,11 +139,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.database_url)
         db.migrate()
         sessions = open_sessions(settings)
+        telemetry: Telemetry = app.state.telemetry
         breakers = {
-            n: CircuitBreaker(settings.breaker_threshold, settings.breaker_reset)
+            n: CircuitBreaker(
+                settings.breaker_threshold,
+                settings.breaker_reset,
+                on_change=partial(telemetry.circuit, n),
+            )
             for n in settings.sources
         }
-        fanout = FanOut(make_sources(settings, sessions), settings.budget, breakers)
+        fanout = FanOut(
+            make_sources(settings, sessions), settings.budget, breakers, watcher=telemetry
+        )
+        app.state.health = Health(db)
+        app.state.readiness = Readiness(app.state.health.ping)
         index = IndexStore(db)
         locations = LocationStore(db)
         app.state.record = SharedRecord(
@@ -165,7 +178,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
-        app.state.audit = GroupCommit(AuditTrail(AuditStore(db), _checkpointer(settings)))
+        app.state.audit = GroupCommit(
+            AuditTrail(AuditStore(db), _checkpointer(settings)), telemetry.audit_committed
+        )
         app.state.audit_search = AuditSearch(db)
         minutes = settings.audit_checkpoint_minutes
         checkpoints = asyncio.create_task(app.state.audit.checkpoints(min(60.0, minutes * 60)))
@@ -191,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             locations.close()
             consents.close()
             app.state.audit.close()
+            app.state.health.close()
             db.dispose()
 
     extra: dict[str, Any] = {}
@@ -207,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
+    app.state.telemetry = Telemetry(Metrics(), settings.sources)
     app.state.policy = load_policy(Path(settings.consent_policy))
     app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
@@ -232,8 +249,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
     )
-    # added last, so outermost: requests the input bounds refuse are audited too
+    # added after the bounds, so outside them: requests the input bounds refuse are audited too
     app.add_middleware(AuditEveryRequest)
+    # outermost: every answer, the audit's 503s included, carries its X-Request-ID and is logged
+    app.add_middleware(Observe, telemetry=app.state.telemetry, routes=router.routes)
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="JSON log lines on stderr from this level (default: CARELINK_LOG_LEVEL or info)",
+    )
 
     index = sub.add_parser("index", help="the patient index")
     isub = index.add_subparsers(dest="index_command", required=True)
@@ -245,6 +250,7 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from carelink.observability import log_config, prepare_multiprocess
     from carelink.serving import PROTOCOL
     from carelink.settings import Settings
 
@@ -252,15 +258,19 @@ def _serve(args: argparse.Namespace) -> int:
         # tokens are for this gateway: its FHIR base as served here
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
     settings = Settings.from_env()  # fail fast with a clear message before forking workers
+    level = args.log_level or settings.log_level
+    prepare_multiprocess(args.workers)  # each worker's metrics in files a scrape sums
     uvicorn.run(
         "carelink.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level="warning",
-        access_log=False,
-        # request heads are bounded before they are parsed (carelink.serving)
+        log_level=level,
+        log_config=log_config(level),
+        access_log=False,  # the gateway writes its own access line (carelink.api.observe)
+        timeout_keep_alive=settings.keepalive_timeout,
+        # request heads are bounded in size and time before they are parsed (carelink.serving)
         http=PROTOCOL,
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )

@@ -8,10 +8,22 @@ limit to httptools: a head still incomplete after that many bytes is answered
 431 and the connection closed. ``carelink serve`` uses it with the limit from
 ``CARELINK_MAX_HEADER_BYTES`` (the app's ``BoundedInput`` answers 431 too, for
 any server).
+
+It bounds the time to send a head as well: uvicorn closes idle keep-alive
+connections (``timeout_keep_alive``) but waits forever for a connection that
+sends nothing, or half a head and then nothing (slowloris). A timer runs from
+the moment a connection is made (for its first request) or a later request's
+first byte arrives until its head is complete; when it fires first, the client
+is answered 408 and the connection closed. The bound is ``head_timeout``, by
+default ``CARELINK_HEADER_TIMEOUT`` seconds (read from the environment the
+``carelink serve`` command validated, as each worker process starts).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+from functools import cache
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -25,26 +37,85 @@ REFUSAL = (
     b"connection: close\r\n\r\n"
     b"the request headers are too large"
 )
+DEFAULT_HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT_ENV = "CARELINK_HEADER_TIMEOUT"
+_LATE = b"the request head took too long"
+TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\n"
+    b"connection: close\r\n\r\n%s" % (len(_LATE), _LATE)
+)
+
+
+@cache
+def configured_head_timeout() -> float:
+    """``CARELINK_HEADER_TIMEOUT`` (seconds), or the default when unset or unreadable."""
+    try:
+        value = float(os.environ.get(HEAD_TIMEOUT_ENV, DEFAULT_HEAD_TIMEOUT))
+    except ValueError:
+        return DEFAULT_HEAD_TIMEOUT
+    return value if value > 0 else DEFAULT_HEAD_TIMEOUT
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """httptools, with a request head of at most ``config.h11_max_incomplete_event_size``."""
+    """httptools, with a request head of at most ``config.h11_max_incomplete_event_size``
+    bytes, sent within ``head_timeout`` seconds."""
+
+    #: seconds to send a request head; ``None``: ``CARELINK_HEADER_TIMEOUT``
+    head_timeout: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = False
         self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: it is waiting for its first head from now on."""
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Gone: no timer outlives its connection."""
+        self._stop_head_timer()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
-        """A new request: its head starts here."""
+        """A new request: its head starts here (the first request's timer already runs)."""
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        if self._head_timer is None:
+            self._start_head_timer()
 
     def on_headers_complete(self) -> None:
         """The head is complete: the body is bounded by the app, not here."""
         self._in_head = False
+        self._stop_head_timer()
         super().on_headers_complete()
+
+    def _start_head_timer(self) -> None:
+        timeout = self.head_timeout or configured_head_timeout()
+        self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        """The head did not arrive in time: 408 and close, unless an earlier request on
+        the connection is still being answered (then close once that answer is out)."""
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        self._in_head = False
+        self.transport.write(TIMED_OUT)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; refuse a head that is still incomplete past the limit."""

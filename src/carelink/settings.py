@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from carelink.errors import ConfigError
 
@@ -28,6 +29,8 @@ DEFAULT_SOURCE_ODS = {
     "social-care": "LSC00",
 }
 _ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+DEFAULT_PUBLIC_BASE = "http://127.0.0.1:8080/fhir"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def default_policy_path() -> str:
@@ -124,6 +127,26 @@ class Settings:
     max_json_depth: int = 32
     max_consent_provisions: int = 100
     max_consent_bytes: int = 64 * 1024
+    #: the gateway's FHIR base URL as its clients reach it (e.g. behind a proxy:
+    #: ``https://carelink.example.nhs.uk/fhir``); every link and ``fullUrl`` is built from
+    #: it, never from the request's ``Host`` header. Unset: ``audience``, else the demo's
+    #: ``http://127.0.0.1:8080/fhir``
+    public_base_url: str | None = None
+    #: debug | info (one access line per request) | warning | error
+    log_level: str = "info"
+    #: whole seconds an idle keep-alive connection is kept open
+    keepalive_timeout: int = 5
+    #: seconds a client has to send a request head (from connecting, or from the first
+    #: byte of a later request on the connection); then 408 and closed (slowloris)
+    header_timeout: float = 10.0
+    #: a bearer token ``GET /metrics`` requires; unset: /metrics is open (scrape it on a
+    #: network clients cannot reach)
+    metrics_token: str | None = None
+
+    def public_base(self) -> str:
+        """The FHIR base URL for links: ``public_base_url``, else ``audience``, else the
+        demo's, without a trailing slash."""
+        return (self.public_base_url or self.audience or DEFAULT_PUBLIC_BASE).rstrip("/")
 
     def validate(self) -> Settings:
         """Refuse unsafe or impossible combinations with a clear message."""
@@ -156,6 +179,21 @@ class Settings:
             raise ConfigError(
                 f"CARELINK_RESULT_TTL must be more than 0 and at most 86400 seconds, "
                 f"not {self.result_ttl}"
+            )
+        base = urlsplit(self.public_base())
+        if base.scheme not in ("http", "https") or not base.netloc or base.query or base.fragment:
+            raise ConfigError(
+                "CARELINK_PUBLIC_BASE_URL must be an http:// or https:// URL without query "
+                f"or fragment, not {self.public_base()!r}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"CARELINK_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if not 0 < self.keepalive_timeout <= 3600 or not 0 < self.header_timeout <= 3600:
+            raise ConfigError(
+                "CARELINK_KEEPALIVE_TIMEOUT and CARELINK_HEADER_TIMEOUT must be more than 0 "
+                "and at most 3600 seconds"
             )
         for name, url in self.sources.items():
             if not url.startswith(("http://", "https://")):
@@ -227,6 +265,13 @@ class Settings:
                 e, "CARELINK_AUDIT_CHECKPOINT_MINUTES", s.audit_checkpoint_minutes, "minutes"
             ),
             profiles=e.get("CARELINK_PROFILES", s.profiles),
+            public_base_url=e.get("CARELINK_PUBLIC_BASE_URL", s.public_base_url) or None,
+            log_level=e.get("CARELINK_LOG_LEVEL", s.log_level).lower(),
+            keepalive_timeout=int(
+                _number(e, "CARELINK_KEEPALIVE_TIMEOUT", s.keepalive_timeout, "seconds")
+            ),
+            header_timeout=_number(e, "CARELINK_HEADER_TIMEOUT", s.header_timeout, "seconds"),
+            metrics_token=e.get("CARELINK_METRICS_TOKEN", s.metrics_token) or None,
         )
         limits: dict[str, str] = {
             "max_body_bytes": "CARELINK_MAX_BODY_BYTES",

@@ -140,3 +140,23 @@ def test_an_unwritable_trail_raises_audit_error(trail):
     _sql(db, "DROP TABLE audit_events")
     with pytest.raises(AuditError):
         t.record([event(1)])
+
+
+def test_each_group_commit_reports_its_time_and_size(trail):
+    """Concurrent requests' events go in one commit; the observer hears each commit."""
+    import asyncio
+
+    from carelink.audit import GroupCommit
+
+    t, _ = trail
+    heard: list[tuple[float, int]] = []
+    ticks = iter([1.0, 1.25, 2.0, 2.5])
+    group = GroupCommit(t, lambda s, n: heard.append((s, n)), clock=lambda: next(ticks))
+
+    async def requests() -> None:
+        await asyncio.gather(*(group.record([event(10 + i)]) for i in range(3)))
+        await group.record([event(20), event(21)])
+
+    asyncio.run(requests())
+    group.close()
+    assert heard == [(0.25, 3), (0.5, 2)]

@@ -161,3 +161,66 @@ def test_a_cancelled_fan_out_stops_its_fetches_and_frees_a_half_open_trial():
     asyncio.run(cancel_midway())
     assert slow.calls == 1
     assert breaker.allow()  # a new trial may go: the source is not shut for good
+
+
+class Heard:
+    """A ``Watcher`` that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, str]] = []
+        self.circuits: list[tuple[str, str]] = []
+
+    def answered(self, source, outcome, latency_ms, reason) -> None:
+        assert latency_ms >= 0
+        self.answers.append((source, outcome))
+
+    def circuit(self, source, state) -> None:
+        self.circuits.append((source, state))
+
+
+def test_the_watcher_hears_each_asked_source_and_not_the_unknown_ones():
+    heard = Heard()
+    sources = {
+        "a": ScriptedSource("a"),
+        "b": ScriptedSource("b", error=SourceUnavailable("b", "HTTP 500")),
+        "c": ScriptedSource("c"),
+    }
+    run(FanOut(sources, budget=1.0, watcher=heard), ["a", "b"])
+    assert sorted(heard.answers) == [("a", "ok"), ("b", "error")]
+
+
+def test_a_breaker_tells_each_state_it_enters_once():
+    """closed -> open at the threshold, half-open when the trial goes, open again when it
+    fails, closed when a later trial succeeds; nothing while the state stays the same."""
+    now = [0.0]
+    told: list[str] = []
+    breaker = CircuitBreaker(2, 5.0, clock=lambda: now[0], on_change=told.append)
+    breaker.record(False)
+    assert told == []
+    breaker.record(False)
+    breaker.record(False)
+    assert told == ["open"]
+    assert not breaker.allow()
+    now[0] = 6.0
+    assert breaker.allow()
+    breaker.record(False)
+    now[0] = 12.0
+    assert breaker.allow()
+    breaker.record(True)
+    breaker.record(True)
+    assert told == ["open", "half-open", "open", "half-open", "closed"]
+
+
+def test_a_circuit_opened_by_the_fan_out_is_told_to_the_watcher_by_source():
+    heard = Heard()
+    breakers = {"down": CircuitBreaker(2, 60.0, on_change=lambda s: heard.circuit("down", s))}
+    fan = FanOut(
+        {"down": ScriptedSource("down", error=SourceUnavailable("down", "HTTP 503"))},
+        budget=1.0,
+        breakers=breakers,
+        watcher=heard,
+    )
+    for _ in range(3):
+        run(fan, ["down"])
+    assert heard.circuits == [("down", "open")]
+    assert heard.answers == [("down", "error"), ("down", "error"), ("down", "circuit-open")]

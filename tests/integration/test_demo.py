@@ -39,7 +39,7 @@ def test_demo_starts_four_sources_builds_the_index_and_prints_working_requests(t
         "--database",
         str(tmp_path / "d.db"),
     ]
-    with running(args, f"{base}/metadata") as proc:
+    with running(args, f"{base}/metadata", pipe=True) as proc:
         assert proc.stdout is not None
         banner = ""
         while "vital-signs" not in banner:

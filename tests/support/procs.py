@@ -10,11 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -34,12 +36,24 @@ def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Poll ``url`` until it answers; fail with the child's output if it dies."""
+def _output_of(proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> str:
+    if proc.stdout:
+        return proc.stdout.read().decode(errors="replace")
+    if log is not None and log.readable():
+        log.seek(0)
+        return log.read().decode(errors="replace")
+    return ""
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0, log: IO[bytes] | None = None
+) -> None:
+    """Poll ``url`` until it answers; fail with the child's output (its pipe, or ``log``
+    when that is where it writes) if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = _output_of(proc, log)
             raise RuntimeError(f"process for {url} exited ({proc.returncode}):\n{out[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
@@ -56,13 +70,20 @@ def running(
     ready_url: str,
     extra_env: Mapping[str, str] | None = None,
     output: Path | None = None,
+    pipe: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m carelink ARGS`` until the block ends.
 
-    With ``output``, the child's stdout and stderr go to that file (which a test
-    may read while the child runs) instead of a pipe.
+    The child's stdout and stderr go to ``output`` (a file a test may read while the
+    child runs), to a pipe the test reads (``pipe``), or else to an anonymous
+    temporary file: a gateway writes a log line per request, and an unread pipe
+    would fill up and stop it.
     """
-    log = output.open("wb") if output is not None else None
+    log: IO[bytes] | None = None
+    if output is not None:
+        log = output.open("wb")
+    elif not pipe:
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "-m", "carelink", *args],
         env=env(extra_env),
@@ -70,7 +91,7 @@ def running(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_ready(ready_url, proc)
+        wait_ready(ready_url, proc, log=log)
         yield proc
     finally:
         proc.terminate()

@@ -9,6 +9,7 @@ from carelink.api import (  # noqa: F401, I001
     export_routes,
     fhir_routes,
     patient_routes,
+    probe_routes,
     review_routes,
 )
 from carelink.api import read_routes  # noqa: F401

@@ -9,8 +9,9 @@ for 5xx, filed under whoever the request named (``audit_subject``). If that
 event cannot be written, an answer that would have carried data is replaced
 by a 503, as everywhere else.
 
-Only the public discovery documents are left out (``PUBLIC``): they carry
-nobody's data and every client and health check polls them.
+Only the public discovery documents and the operator probes are left out
+(``PUBLIC``): they carry nobody's data and every client, health check and
+metrics scraper polls them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from carelink.api.responses import outcome as outcome_response
 from carelink.audit.events import FAILED, REFUSED, SUCCESS
 from carelink.errors import AuditError
 
-PUBLIC = frozenset({"/fhir/metadata", "/.well-known/smart-configuration", "/openapi.json"})
+PUBLIC = frozenset(
+    {
+        "/fhir/metadata",
+        "/.well-known/smart-configuration",
+        "/openapi.json",
+        "/livez",
+        "/readyz",
+        "/metrics",
+    }
+)
 
 
 def interaction(request: Request) -> str:

@@ -28,6 +28,7 @@ from carelink.auth.tokens import Verifier, bearer
 from carelink.consent import Actor, Guard, Situation
 from carelink.errors import NotFound
 from carelink.federation import SharedRecord
+from carelink.observability import current_request_id
 from carelink.storage import PersonRow
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -99,15 +100,11 @@ def _as_user(scopes: frozenset[str]) -> frozenset[str]:
 
 
 async def base_url(request: Request) -> str:
-    """The FHIR base as the caller sees it (for fullUrl and links), from the Host header."""
-    scope = request.scope
-    host = next((v for k, v in scope["headers"] if k == b"host"), None)
-    if host is None:
-        server = scope.get("server") or ("localhost", 80)
-        authority = f"{server[0]}:{server[1]}"
-    else:
-        authority = host.decode("latin-1")
-    return f"{scope['scheme']}://{authority}{scope.get('root_path', '')}/fhir"
+    """The FHIR base for fullUrl and links: the configured public base URL
+    (``Settings.public_base``), never the request's ``Host`` header, which the caller
+    chooses (``Host: evil.example`` would otherwise send the next page elsewhere)."""
+    base: str = request.app.state.settings.public_base()
+    return base
 
 
 async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
@@ -177,9 +174,10 @@ async def audit(
     access = Access(
         interaction,
         query,
-        request.headers.get("x-request-id") or uuid.uuid4().hex,
+        # the id the response carries (bound by api.observe), so the two can be joined
+        current_request_id() or uuid.uuid4().hex,
         now,
-        str(request.base_url).rstrip("/") + "/fhir",
+        await base_url(request),
     )
     break_glass = bool(getattr(request.state, "break_glass", False))
     events = []

@@ -3,7 +3,7 @@ merge with provenance, the UK Core shape of the output, and ``SharedRecord``,
 the hot path.
 """
 
-from carelink.federation.fanout import CircuitBreaker, FanOut, SourceResult
+from carelink.federation.fanout import CircuitBreaker, FanOut, SourceResult, Watcher
 from carelink.federation.index import BuildReport, build_index
 from carelink.federation.record import Federated, SharedRecord
 from carelink.federation.ukcore import UkCore, with_nhs_number_status
@@ -16,6 +16,7 @@ __all__ = [
     "SharedRecord",
     "SourceResult",
     "UkCore",
+    "Watcher",
     "build_index",
     "with_nhs_number_status",
 ]

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from carelink.errors import SourceError, SourceTimeout, SourceUnavailable
 from carelink.sources.base import Json, Source, SourceAnswer
@@ -50,18 +51,46 @@ class SourceResult:
     skipped: tuple[str, ...] = ()  # resources the adapter left out of an ok answer, and why
 
 
+class Watcher(Protocol):
+    """Who hears how each source fared and how each circuit changed (the gateway's
+    metrics and logs); the fan-out works the same without one."""
+
+    def answered(self, source: str, outcome: str, latency_ms: float, reason: str | None) -> None:
+        """``source`` was asked (or skipped, ``circuit-open``) with this outcome."""
+
+    def circuit(self, source: str, state: str) -> None:
+        """``source``'s circuit entered ``state`` (closed | half-open | open)."""
+
+
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; half-opens after ``reset_after`` s."""
+    """Opens after ``threshold`` consecutive failures; half-opens after ``reset_after`` s.
+
+    ``on_change(state)`` is told each state it enters: ``open`` when the failures reach
+    the threshold (or a half-open trial fails), ``half-open`` when a trial request is let
+    through, ``closed`` when a request succeeds after the circuit was not closed.
+    """
 
     def __init__(
-        self, threshold: int = 3, reset_after: float = 5.0, clock: Clock = time.monotonic
+        self,
+        threshold: int = 3,
+        reset_after: float = 5.0,
+        clock: Clock = time.monotonic,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
         self.clock = clock
+        self.on_change = on_change
         self.failures = 0
         self.opened_at: float | None = None
         self.trial_in_flight = False
+        self._told = "closed"
+
+    def _tell(self, state: str) -> None:
+        if state != self._told:
+            self._told = state
+            if self.on_change is not None:
+                self.on_change(state)
 
     def allow(self) -> bool:
         """May a request go to the source now?"""
@@ -69,6 +98,7 @@ class CircuitBreaker:
             return True
         if self.clock() - self.opened_at >= self.reset_after and not self.trial_in_flight:
             self.trial_in_flight = True
+            self._tell("half-open")
             return True
         return False
 
@@ -83,10 +113,12 @@ class CircuitBreaker:
         if success:
             self.failures = 0
             self.opened_at = None
+            self._tell("closed")
             return
         self.failures += 1
         if self.failures >= self.threshold:
             self.opened_at = self.clock()
+            self._tell("open")
 
     @property
     def state(self) -> str:
@@ -97,7 +129,8 @@ class CircuitBreaker:
 
 
 class FanOut:
-    """The sources, their breakers and the default budget."""
+    """The sources, their breakers and the default budget; ``watcher`` hears each
+    source's outcome (not the sources the person has no record at)."""
 
     def __init__(
         self,
@@ -105,10 +138,12 @@ class FanOut:
         budget: float = 0.8,
         breakers: Mapping[str, CircuitBreaker] | None = None,
         clock: Clock = time.monotonic,
+        watcher: Watcher | None = None,
     ) -> None:
         self.sources = dict(sources)
         self.budget = budget
         self.clock = clock
+        self.watcher = watcher
         self.breakers = (
             dict(breakers)
             if breakers
@@ -172,6 +207,10 @@ class FanOut:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         results.sort(key=lambda r: r.source)
+        if self.watcher is not None:
+            for r in results:
+                if r.status != NOT_KNOWN:
+                    self.watcher.answered(r.source, r.status, r.latency_ms, r.reason)
         return results
 
     async def _timed(

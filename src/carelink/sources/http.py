@@ -1,5 +1,7 @@
 """HTTP plumbing every source adapter shares: one request, its body or a source error,
-and the answer's as-of time. Sessions are made once per source by the app and passed in."""
+and the answer's as-of time. Sessions are made once per source by the app and passed in.
+Each request carries the gateway request's ``X-Request-ID`` (when there is one), so a
+source's own logs can be joined to the gateway's and to the audit trail."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from carelink.errors import SourceUnavailable
+from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, Key, digest
 from carelink.sources.base import Json, SourceAnswer
 
@@ -41,6 +44,9 @@ async def fetch(
 ) -> tuple[bytes | None, Any]:
     """One request's body; ``(None, headers)`` on 404; source errors raised as such."""
     headers = {"Accept": accept}
+    request_id = current_request_id()
+    if request_id is not None:
+        headers[HEADER] = request_id
     if body is not None:
         headers["Content-Type"] = FHIR_JSON
     try:

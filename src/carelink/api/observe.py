@@ -1,0 +1,100 @@
+"""The HTTP edge of observability: request ids, the access line and request metrics.
+
+A pure ASGI middleware, outermost, so it sees every answer: the app's, the
+input bounds' refusals, the audit's fail-closed 503s, and a 500 for an
+exception nothing handled (answered here, so that one carries its id too).
+
+- ``X-Request-ID``: the caller's when well formed (``observability.context``),
+  else a new UUID4; bound for the request (audit, outbound source requests and
+  log lines read it) and returned on every response.
+- One access line and the request metrics once the answer is complete, labelled
+  by the route template (``/fhir/Patient/{pid}``), never the path as sent, which
+  may hold an NHS number; a path no route matched is ``unmatched``. Probes and
+  scrapes that succeed are logged at debug level (they come every few seconds);
+  they are counted all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from carelink.api.probe_routes import PROBES
+from carelink.api.responses import outcome
+from carelink.observability import HEADER, Telemetry, accept_request_id, bind, unbind
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+_HEADER = HEADER.lower().encode()
+
+
+def templates(routes: Iterable[Any]) -> dict[Any, str]:
+    """Each route's endpoint and path template (``/fhir/Patient/{pid}``)."""
+    return {r.endpoint: r.path for r in routes if hasattr(r, "endpoint") and hasattr(r, "path")}
+
+
+class Observe:
+    """Request ids in and out, one access line and the metrics of each request.
+
+    ``routes`` are the app's routes, for their templates: the router marks the scope
+    with the endpoint it chose (FastAPI sets ``scope["route"]`` for its own API routes
+    only, and the FHIR routes are plain ones).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        telemetry: Telemetry,
+        routes: Iterable[Any] = (),
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.templates = templates(routes)
+        self.clock = clock
+
+    def route_of(self, scope: Scope) -> str:
+        """The template of the route that served the request, or ``unmatched``."""
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            return path
+        return self.templates.get(scope.get("endpoint"), UNMATCHED)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = self.clock()
+        given = next((v for k, v in scope["headers"] if k == _HEADER), None)
+        request_id = accept_request_id(given.decode("latin-1") if given is not None else None)
+        scope.setdefault("state", {})["request_id"] = request_id
+        bound = bind(request_id)
+        status = 500
+        answered = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                answered = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]
+                headers.append((_HEADER, request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not answered:  # the server would answer 500 without our header: answer here
+                await outcome(500, "exception", "internal error")(scope, receive, send_with_id)
+            raise
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route = self.route_of(scope)
+            level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
+            self.telemetry.request(method, route, status, self.clock() - started, level)
+            unbind(bound)

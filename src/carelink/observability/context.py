@@ -1,0 +1,82 @@
+"""What the current request is, for everything that runs on its behalf.
+
+The HTTP edge binds a request id (and an empty list of source outcomes) at the
+start of each request; code further down reads them without being handed the
+request: the source adapters forward the id on their outbound calls, the audit
+writes it into the AuditEvent, the fan-out notes which sources it asked. Context
+variables follow the request into every task it starts (``asyncio`` copies the
+context), and are unset (``None``) outside a request, e.g. in export jobs.
+
+>>> handle = bind(accept_request_id("abc-123"))
+>>> current_request_id()
+'abc-123'
+>>> unbind(handle)
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+#: what a caller's ``X-Request-ID`` may be: 1 to 128 characters from a header-, log- and
+#: URL-safe set (letters, digits and ``. _ - : + = /``); anything else is replaced
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+HEADER = "X-Request-ID"
+
+
+@dataclass(frozen=True)
+class SourceCall:
+    """One source's part in a request: its name, outcome and time taken."""
+
+    source: str
+    outcome: str
+    ms: float
+
+
+_request_id: ContextVar[str | None] = ContextVar("carelink_request_id", default=None)
+_sources: ContextVar[list[SourceCall] | None] = ContextVar("carelink_sources", default=None)
+
+
+def accept_request_id(given: str | None) -> str:
+    """The caller's id when well formed, else a new one (a UUID4)."""
+    if given is not None and REQUEST_ID.fullmatch(given):
+        return given
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What ``bind`` set, for ``unbind`` to undo."""
+
+    request_id: Token[str | None]
+    sources: Token[list[SourceCall] | None]
+
+
+def bind(request_id: str) -> Bound:
+    """Make ``request_id`` the current request's, with no source asked yet."""
+    return Bound(_request_id.set(request_id), _sources.set([]))
+
+
+def unbind(bound: Bound) -> None:
+    """Leave the request (restore what was current before ``bind``)."""
+    _sources.reset(bound.sources)
+    _request_id.reset(bound.request_id)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, or ``None`` outside one."""
+    return _request_id.get()
+
+
+def note_source(source: str, outcome: str, ms: float) -> None:
+    """Record that the current request asked ``source`` (ignored outside a request)."""
+    calls = _sources.get()
+    if calls is not None:
+        calls.append(SourceCall(source, outcome, ms))
+
+
+def sources_asked() -> list[SourceCall]:
+    """The sources the current request asked so far, in the order they answered."""
+    return list(_sources.get() or ())

@@ -1,0 +1,91 @@
+"""Telemetry: what happened, told once and turned into metrics, log lines and the
+current request's record of the sources it asked.
+
+The domain hears nothing of Prometheus or logging: the fan-out reports each
+source's answer and each circuit change to whoever it was given (a ``Telemetry``
+in the gateway), and the HTTP edge reports each finished request here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from carelink.observability.context import note_source, sources_asked
+from carelink.observability.logs import ACCESS, CIRCUIT, SOURCES
+from carelink.observability.metrics import CIRCUIT_STATES, Metrics
+
+#: the fan-out's outcomes that mean a source was asked and did not answer
+FAILED = frozenset({"timeout", "error"})
+#: the fan-out's outcome for a source not asked because its circuit is open
+NOT_ASKED = "circuit-open"
+
+_access = logging.getLogger(ACCESS)
+_sources = logging.getLogger(SOURCES)
+_circuit = logging.getLogger(CIRCUIT)
+
+
+class Telemetry:
+    """Metrics and logs for one gateway process."""
+
+    def __init__(self, metrics: Metrics, sources: Iterable[str] = ()) -> None:
+        self.metrics = metrics
+        for name in sources:  # every configured source has a circuit series from the start
+            metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
+
+    def answered(self, source: str, outcome: str, latency_ms: float, reason: str | None) -> None:
+        """A source answered, failed or was skipped (circuit open) for the current request."""
+        self.metrics.source_calls.labels(source, outcome).inc()
+        if outcome != NOT_ASKED:
+            self.metrics.source_seconds.labels(source, outcome).observe(latency_ms / 1000)
+        note_source(source, outcome, round(latency_ms, 1))
+        if outcome in FAILED:
+            _sources.warning(
+                "source failed",
+                extra={
+                    "fields": {
+                        "source": source,
+                        "outcome": outcome,
+                        "reason": reason,
+                        "duration_ms": round(latency_ms, 1),
+                    }
+                },
+            )
+
+    def circuit(self, source: str, state: str) -> None:
+        """A source's circuit breaker entered ``state`` (closed | half-open | open)."""
+        self.metrics.circuit_state.labels(source).set(CIRCUIT_STATES.get(state, 2.0))
+        self.metrics.circuit_changes.labels(source, state).inc()
+        level = logging.WARNING if state == "open" else logging.INFO
+        _circuit.log(
+            level, f"circuit {state}", extra={"fields": {"source": source, "state": state}}
+        )
+
+    def request(
+        self, method: str, route: str, status: int, seconds: float, level: int = logging.INFO
+    ) -> None:
+        """A request was answered: its access line (at ``level``) and its metrics."""
+        code = str(status)
+        self.metrics.requests.labels(method, route, code).inc()
+        self.metrics.request_seconds.labels(method, route, code).observe(seconds)
+        _access.log(
+            level,
+            "request",
+            extra={
+                "fields": {
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                    "sources": [
+                        {"source": c.source, "outcome": c.outcome, "ms": c.ms}
+                        for c in sources_asked()
+                    ],
+                }
+            },
+        )
+
+    def audit_committed(self, seconds: float, events: int) -> None:
+        """One group commit of ``events`` audit events took ``seconds``."""
+        self.metrics.audit_seconds.observe(seconds)
+        self.metrics.audit_batch.observe(events)

@@ -1,0 +1,64 @@
+"""JSON log lines: one object a line, the request id in it, no exception message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+
+from carelink.observability import JsonFormatter, bind, log_config, unbind
+
+
+def _record(message: str, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("carelink.test", logging.WARNING, __file__, 1, message, None, None)
+    record.fields = fields
+    return record
+
+
+def test_a_line_is_one_json_object_with_timestamp_level_event_and_fields():
+    line = JsonFormatter().format(_record("source failed", source="gp", duration_ms=12.5))
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["level"] == "warning"
+    assert parsed["logger"] == "carelink.test"
+    assert parsed["event"] == "source failed"
+    assert parsed["source"] == "gp"
+    assert parsed["duration_ms"] == 12.5
+    assert parsed["timestamp"].endswith("Z")
+    assert "request_id" not in parsed  # outside a request
+
+
+def test_a_line_written_during_a_request_carries_its_id():
+    bound = bind("req-42")
+    try:
+        parsed = json.loads(JsonFormatter().format(_record("x")))
+    finally:
+        unbind(bound)
+    assert parsed["request_id"] == "req-42"
+
+
+def test_an_exception_is_logged_as_its_type_and_frames_never_its_message():
+    number = "9434765919"
+    try:
+        raise ValueError(f"NHS number {number} is not valid")
+    except ValueError:
+        record = _record("failed")
+        record.exc_info = sys.exc_info()
+    parsed = json.loads(JsonFormatter().format(record))
+    assert parsed["error"] == "ValueError"
+    assert "test_logs.py" in parsed["traceback"]
+    assert "9434765919" not in json.dumps(parsed)
+
+
+def test_the_process_config_sends_every_logger_to_stderr_as_json_at_the_level():
+    config = log_config("warning")
+    assert config["root"]["level"] == "WARNING"
+    assert config["formatters"]["json"]["()"].endswith("JsonFormatter")
+    assert config["loggers"]["uvicorn.access"]["propagate"] is False
+
+
+def test_an_unknown_level_is_refused():
+    with pytest.raises(ValueError, match="log level"):
+        log_config("verbose")

@@ -1,0 +1,105 @@
+"""Prometheus metrics: what a scrape reads, in one process and across workers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from carelink.observability import LiveCounts, Metrics, Telemetry, bind, exposition, unbind
+from tests.support.procs import env
+
+
+def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+def test_requests_sources_circuits_and_audit_commits_are_counted():
+    telemetry = Telemetry(Metrics(), ["gp", "acute"])
+    bound = bind("r1")
+    telemetry.answered("gp", "ok", 12.0, None)
+    telemetry.answered("acute", "timeout", 500.0, "no answer within 500 ms")
+    telemetry.request("GET", "/fhir/Patient/{pid}/$everything", 200, 0.52)
+    unbind(bound)
+    telemetry.circuit("acute", "open")
+    telemetry.audit_committed(0.003, 4)
+    got = _samples(exposition(telemetry.metrics))
+    route = (("method", "GET"), ("route", "/fhir/Patient/{pid}/$everything"), ("status", "200"))
+    assert got[("carelink_http_requests_total", route)] == 1
+    assert got[("carelink_http_request_duration_seconds_count", route)] == 1
+    bucket = tuple(sorted((*route, ("le", "1.0"))))
+    assert got[("carelink_http_request_duration_seconds_bucket", bucket)] == 1
+    assert (
+        got[("carelink_source_requests_total", (("outcome", "timeout"), ("source", "acute")))] == 1
+    )
+    assert got[("carelink_source_circuit_state", (("source", "acute"),))] == 2
+    assert got[("carelink_source_circuit_state", (("source", "gp"),))] == 0
+    assert got[("carelink_audit_commit_events_sum", ())] == 4
+    assert got[("carelink_audit_commit_duration_seconds_count", ())] == 1
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics():
+    a, b = Metrics(), Metrics()
+    a.requests.labels("GET", "/livez", "200").inc()
+    assert b"/livez" not in exposition(b)
+
+
+def test_live_counts_report_every_known_state_and_skip_a_failed_read():
+    jobs = LiveCounts("carelink_export_jobs", "jobs", "state", lambda: {"running": 2}, ["accepted"])
+    got = _samples(exposition(Metrics(), [jobs]))
+    assert got[("carelink_export_jobs", (("state", "running"),))] == 2
+    assert got[("carelink_export_jobs", (("state", "accepted"),))] == 0
+
+    def down() -> dict[str, int]:
+        raise OSError("database gone")
+
+    broken = LiveCounts("carelink_export_jobs", "jobs", "state", down, ["accepted"])
+    assert b"carelink_export_jobs" not in exposition(Metrics(), [broken])
+
+
+def test_in_multiprocess_mode_a_scrape_sums_every_worker(tmp_path):
+    """Two 'workers' (processes) count requests; a third process's scrape sees both."""
+    worker = textwrap.dedent(
+        """
+        from carelink.observability import Metrics
+        Metrics().requests.labels("GET", "/fhir/Patient", "200").inc(3)
+        """
+    )
+    scrape = textwrap.dedent(
+        """
+        import sys
+        from carelink.observability import Metrics, exposition
+        sys.stdout.write(exposition(Metrics()).decode())
+        """
+    )
+    multi = env({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", worker], env=multi, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", scrape], env=multi, check=True, capture_output=True
+    ).stdout
+    route = (("method", "GET"), ("route", "/fhir/Patient"), ("status", "200"))
+    assert _samples(out)[("carelink_http_requests_total", route)] == 6
+
+
+def test_several_workers_get_a_metrics_directory_and_a_reused_one_is_cleared(tmp_path, monkeypatch):
+    from carelink.observability.metrics import MULTIPROC_DIR, prepare_multiprocess
+
+    monkeypatch.delenv(MULTIPROC_DIR, raising=False)
+    assert prepare_multiprocess(1) is None
+    made = prepare_multiprocess(2)
+    assert made is not None
+    assert env()[MULTIPROC_DIR] == made  # the workers inherit it
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    (operators / "counter_123.db").write_bytes(b"old")
+    (operators / "README").write_text("kept")
+    monkeypatch.setenv(MULTIPROC_DIR, str(operators))
+    assert prepare_multiprocess(4) == str(operators)
+    assert [p.name for p in operators.iterdir()] == ["README"]
