@@ -10,11 +10,11 @@ Profiles (``consent/deid/<profile>.json``):
 - ``pseudonymised``: linkable within one project (keyed pseudonyms and a
   keyed per-person date shift, both derived for that project from the master
   key); the national data opt-out and GP type 1 opt-outs are applied;
-- ``anonymised``: direct identifiers removed, free text removed, dates to
-  month (or year); the Patient keeps only sex, an age band and a postcode
-  district (or coarser), generalised until k-anonymity holds over them;
-  an extract that cannot meet its thresholds is refused. Opt-outs do not
-  apply to anonymised data, and the manifest says so.
+- ``anonymised``: an allow-listed, k^m-anonymous release with fresh ids
+  (``AnonymousRelease``, ``anonymise.release``), measured by running the
+  stated intruder against it (``anonymise.intruder``) and refused when the
+  intruder singles out more than 1/k of the released people. Opt-outs do not
+  apply to a release that passes (consent/README.md), and the manifest says so.
 
 Consent for secondary use (with a ``Guard``): categories the policy keeps
 out of secondary use (``secondaryUseExcludes``) are never extracted, and the
