@@ -135,7 +135,11 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
     permitted(request.app.state.policy, spec)
     job_id = uuid.uuid4().hex
     jobs: JobStore = request.app.state.jobs
-    job = JobRequest(spec, str(request.url), fmt)
+    # The request as the manifest states it: the public base, never the Host header.
+    public = request.app.state.settings.public_base().rstrip("/")
+    asked_path = request.url.path.split("/fhir", 1)[-1] if "/fhir" in request.url.path else ""
+    query = f"?{request.url.query}" if request.url.query else ""
+    job = JobRequest(spec, f"{public}{asked_path}{query}", fmt)
     jobs.create(job_id, caller.identity, job.to_bytes(), time.time())
     await audit(request, "operation", [])
     return Response(
