@@ -116,7 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ext = sub.add_parser("extract", help="a de-identified extract as Parquet tables")
     ext.add_argument("--project", required=True, help="the project (its keys derive from it)")
-    ext.add_argument("--profile", default="anonymised", choices=["anonymised", "pseudonymised"])
+    ext.add_argument(
+        "--profile",
+        default="anonymised",
+        choices=["anonymised", "pseudonymised", "aggregate"],
+        help="de-identification profile (default anonymised)",
+    )
     ext.add_argument("--out", type=Path, required=True)
     ext.add_argument(
         "--group", help="practice-<ODS>, pcn-<ODS> (CARELINK_PCNS) or condition-<SNOMED CT code>"

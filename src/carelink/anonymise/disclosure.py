@@ -255,7 +255,7 @@ def _report(
         reasons.append(
             f"more than {t.max_suppressed:.0%} of the people would be suppressed to reach "
             f"k = {t.k}: the cohort cannot be released at record level, only as aggregate "
-            "tables under the small-number rule"
+            "tables under the small-number rule (profile=aggregate)"
         )
     if len(released):
         groups = released.groupby(list(qis), dropna=False)

@@ -57,7 +57,8 @@ FORMATS = {
     "application/vnd.apache.parquet": "parquet",
     "parquet": "parquet",
 }
-EXPORT_TYPES = frozenset({"Patient", *SEARCH_TYPES})
+# MeasureReport: the aggregate tables of profile=aggregate
+EXPORT_TYPES = frozenset({"Patient", "MeasureReport", *SEARCH_TYPES})
 MEDIA = {"ndjson": "application/fhir+ndjson", "parquet": "application/vnd.apache.parquet"}
 
 

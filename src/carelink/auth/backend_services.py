@@ -54,7 +54,7 @@ CLOCK_SKEW = 60
 ACCESS_TOKEN_LIFETIME = 300
 
 #: de-identification profiles a data-sharing agreement can name, most identifying first
-DEID_PROFILES = ("pseudonymised", "anonymised")
+DEID_PROFILES = ("pseudonymised", "anonymised", "aggregate")  # most to least identifying
 #: what a registration that names none agrees to (and all a caller without one gets)
 DEFAULT_DEID_PROFILE = "anonymised"
 REGISTRATION_FIELDS = frozenset(
@@ -138,9 +138,9 @@ def deid_profiles_within(agreed: str) -> tuple[str, ...]:
     """The profiles an agreement for ``agreed`` covers: that one and any less identifying.
 
     >>> deid_profiles_within("pseudonymised")
-    ('pseudonymised', 'anonymised')
+    ('pseudonymised', 'anonymised', 'aggregate')
     >>> deid_profiles_within("anonymised")
-    ('anonymised',)
+    ('anonymised', 'aggregate')
     """
     return DEID_PROFILES[DEID_PROFILES.index(agreed) :]
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -69,7 +69,7 @@ from carelink.sources.answer_cache import bulk_read
 from carelink.storage import PersonRow
 
 Json = dict[str, Any]
-PROFILES = ("pseudonymised", "anonymised")
+PROFILES = ("pseudonymised", "anonymised", "aggregate")
 AGE_BAND_URL = "https://carelink.example/StructureDefinition/age-band"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 SNOMED = "http://snomed.info/sct"
@@ -273,7 +273,14 @@ class Result:
             "people": self.people,
             "optOutsExcluded": {k: small_numbers(v) for k, v in self.excluded.items()},
         }
-        if self.profile == "anonymised":
+        if self.profile == "aggregate":
+            # nothing is released at record level: the people counted are a count too
+            out["people"] = small_numbers(self.people)
+            out["optOutsExcluded"] = (
+                "not applied: aggregate tables under the small-number rule are anonymous, "
+                "which the national data opt-out does not cover"
+            )
+        elif self.profile == "anonymised":
             out["optOutsExcluded"] = (
                 "not applied: the extract passed the intruder test (anonymous in the ICO "
                 "sense), which the national data opt-out does not cover"
@@ -500,6 +507,10 @@ async def run(
                 written_people, report = await _anonymous(
                     reader, people, spec, consent, out, progress, today
                 )
+            elif spec.profile == "aggregate":
+                written_people = await _aggregate(
+                    reader, people, spec, consent, out, progress, today
+                )
             else:
                 engine = Anonymiser(
                     load_rules(rules_dir / f"{spec.profile}.json"), keys, folder=out.name
@@ -698,7 +709,7 @@ class AnonymousRelease:
             report.reasons.append(
                 f"the intruder re-identified {attack.rate:.1%} of the released people (at most "
                 f"1/k = {1 / self.spec.k:.1%}): the cohort cannot be released at record level, "
-                "only as aggregate tables under the small-number rule"
+                "only as aggregate tables under the small-number rule (profile=aggregate)"
             )
             raise Refused(report)
         for i in range(len(members)):
@@ -709,6 +720,129 @@ class AnonymousRelease:
                 rtype, content = orjson.loads(plan.facts[f])
                 self.out.write(release.resource(rtype, content, pid, release.subject_of(rtype)))
         return len(members), report
+
+
+AGGREGATE_MEASURE = "https://carelink.example/Measure/people-with-a-fact"
+COHORT_MEASURE = "https://carelink.example/Measure/people-in-the-cohort"
+STRATIFIER = "sex, 10-year age band, postcode area"
+SUPPRESSED_URL = "https://carelink.example/StructureDefinition/small-number-suppressed"
+
+
+async def _aggregate(
+    reader: _Reader,
+    people: list[Member],
+    spec: ExtractSpec,
+    consent: _SecondaryUse,
+    out: Output,
+    progress: Progress | None,
+    today: date,
+) -> int:
+    """Aggregate tables (``MeasureReport``, type summary): how many people of the cohort
+    have each coded fact, overall and by sex, 10-year age band and postcode area, every
+    count under the small-number rule (0 is not shown, 1 to 7 is suppressed, the rest
+    rounded to 5), with no exact total anywhere beside them. For cohorts that cannot be
+    released at record level. The people counted (a count too)."""
+    bands = release.Bands()
+    bands.fix()
+    cohort: Counter[tuple[Any, ...]] = Counter()
+    facts: dict[bytes, Counter[tuple[Any, ...]]] = {}
+    counted = 0
+    total = len(people)
+    async with aclosing(reader.ahead(people, None)) as records:
+        async for i, person, fed in records:
+            if progress is not None and not await progress(i, total):
+                raise ExportError("cancelled")
+            candidates = [
+                r
+                for r in fed.resources
+                if _one_patient(r, person)
+                and (r.get("resourceType") == "Patient" or _wanted(r, spec))
+            ]
+            kept = consent.filter(fed, candidates)
+            if not any(r.get("resourceType") == "Patient" for r in kept):
+                continue
+            stratum = _released_qi(person, today, {"age": 2, "sex": 0, "postcode": 2})
+            cohort[stratum] += 1
+            counted += 1
+            kinds = {d.ladder(bands)[-1] for d in map(release.reduce, kept) if d is not None}
+            for kind in kinds:
+                facts.setdefault(kind, Counter())[stratum] += 1
+    period = {"start": "1900-01-01", "end": today.isoformat()}
+    out.write(_measure_report(COHORT_MEASURE, None, cohort, period, today))
+    for kind in sorted(facts):
+        rtype, content = orjson.loads(kind)
+        out.write(_measure_report(AGGREGATE_MEASURE, (rtype, content), facts[kind], period, today))
+    return counted
+
+
+def _count(n: int) -> Json:
+    """A population or stratum count under the small-number rule, as FHIR allows it (an
+    integer, or no count and an extension saying it was suppressed)."""
+    shown = small_numbers(n)
+    if shown == "*":
+        return {"extension": [{"url": SUPPRESSED_URL, "valueString": "1 to 7"}]}
+    return {"count": int(shown)}
+
+
+def _measure_report(
+    measure: str,
+    fact: tuple[str, Json] | None,
+    counts: Counter[tuple[Any, ...]],
+    period: Json,
+    today: date,
+) -> Json:
+    population = {
+        "code": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/measure-population",
+                    "code": "initial-population",
+                }
+            ]
+        },
+        **_count(sum(counts.values())),
+    }
+    strata = []
+    for stratum in sorted(counts, key=lambda s: tuple(str(x) for x in s)):
+        shown = _count(counts[stratum])
+        if shown.get("count") == 0:
+            continue
+        strata.append(
+            {
+                "value": {"text": " | ".join("unknown" if x is None else str(x) for x in stratum)},
+                "population": [{**shown}],
+            }
+        )
+    group: Json = {
+        "population": [population],
+        "stratifier": [{"code": [{"text": STRATIFIER}], "stratum": strata}],
+    }
+    if fact is not None:
+        rtype, content = fact
+        code_path = release.SHAPES[rtype].code
+        group["code"] = {
+            "coding": [
+                c
+                for concept in (
+                    content[code_path]
+                    if isinstance(content[code_path], list)
+                    else [content[code_path]]
+                )
+                for c in concept["coding"]
+            ],
+            "text": f"people with a {rtype} of this code",
+        }
+    return {
+        "resourceType": "MeasureReport",
+        "id": release.fresh_id(),
+        "meta": {"security": [dict(release.SECURITY)]},
+        "status": "complete",
+        "type": "summary",
+        "measure": measure,
+        "date": today.isoformat(),
+        "period": period,
+        "group": [group],
+    }
 
 
 def _released_qi(person: Member, today: date, levels: dict[str, int]) -> tuple[Any, ...]:
