@@ -9,7 +9,9 @@ Profiles (``consent/deid/<profile>.json``):
 
 - ``pseudonymised``: linkable within one project (keyed pseudonyms and a
   keyed per-person date shift, both derived for that project from the master
-  key); the national data opt-out and GP type 1 opt-outs are applied;
+  key), minimised to an allow-list of types and elements
+  (``anonymise.minimise``); the national data opt-out and GP type 1 opt-outs
+  are applied;
 - ``anonymised``: an allow-listed, k^m-anonymous release with fresh ids
   (``AnonymousRelease``, ``anonymise.release``), measured by running the
   stated intruder against it (``anonymise.intruder``) and refused when the
@@ -56,6 +58,7 @@ from carelink.anonymise.disclosure import (
 )
 from carelink.anonymise.engine import Anonymiser
 from carelink.anonymise.keys import ProjectKeys
+from carelink.anonymise.minimise import minimise
 from carelink.anonymise.rules import load as load_rules
 from carelink.consent import Actor, Guard, Policy
 from carelink.errors import AccessDenied, ConfigError, ExportError, InvalidRequest, NotFound
@@ -559,6 +562,9 @@ async def _pseudonymous(
             for r in wanted:
                 done = engine.apply(r, person=pseudonym, file=f"{r.get('resourceType')}.ndjson")
                 if done is None:  # processingErrors: skip
+                    continue
+                done = minimise(done)  # only the allowed types and elements
+                if done is None:
                     continue
                 out.write(done)
                 wrote = True
