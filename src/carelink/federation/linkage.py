@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from carelink.federation.matching import (
+    BLOCK_CAP,
     MATCH_THRESHOLD,
     REVIEW_THRESHOLD,
     Demographics,
@@ -131,23 +132,45 @@ class _People:
         self.sources[a] |= self.sources[b]
 
 
+def record_keys(p: SourcePerson) -> set[str]:
+    """A record's blocking keys."""
+    return set(blocking_keys(demographics(p)))
+
+
 def candidate_pairs(
-    records: Sequence[SourcePerson], nhs: Sequence[str | None]
+    records: Sequence[SourcePerson],
+    nhs: Sequence[str | None],
+    oversized: frozenset[str] = frozenset(),
 ) -> set[tuple[int, int]]:
-    """Index pairs sharing a blocking key, at least one without a (valid) NHS number."""
+    """Index pairs sharing a blocking key, at least one without a (valid) NHS number.
+
+    A block of more than ``BLOCK_CAP`` records, or one named in ``oversized`` (a
+    streaming build that links a part of the population passes the blocks that
+    are over the cap in the whole of it), finds no candidates.
+    """
     blocks: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     for i, r in enumerate(records):
-        for key in set(blocking_keys(demographics(r))):
+        for key in record_keys(r):
             blocks[key][0 if nhs[i] else 1].append(i)
     pairs: set[tuple[int, int]] = set()
-    for with_nhs, without in blocks.values():
+    for key, (with_nhs, without) in blocks.items():
+        if not without or key in oversized or len(with_nhs) + len(without) > BLOCK_CAP:
+            continue
         for n, i in enumerate(without):
             pairs.update((min(i, j), max(i, j)) for j in without[n + 1 :])
             pairs.update((min(i, j), max(i, j)) for j in with_nhs)
     return pairs
 
 
-def link(by_source: Mapping[str, Iterable[SourcePerson]]) -> Linkage:
+def valid_nhs(p: SourcePerson) -> str | None:
+    """The record's NHS number when it passes the check, else None."""
+    number = normalise(p.nhs_number) if p.nhs_number else None
+    return number if number and is_valid(number) else None
+
+
+def link(
+    by_source: Mapping[str, Iterable[SourcePerson]], oversized: frozenset[str] = frozenset()
+) -> Linkage:
     """Partition every record of every source into people (pure; order-independent)."""
     records = sorted(
         (p for ps in by_source.values() for p in ps), key=lambda p: (p.source, p.local_id)
@@ -165,7 +188,7 @@ def link(by_source: Mapping[str, Iterable[SourcePerson]]) -> Linkage:
     for i, number in enumerate(nhs):
         if number:
             people.union(first_with.setdefault(number, i), i)
-    pairs = candidate_pairs(records, nhs)
+    pairs = candidate_pairs(records, nhs, oversized)
     candidates = [0] * len(records)
     scored: list[tuple[float, int, int, MatchScore]] = []
     demos = [demographics(r) for r in records]

@@ -133,19 +133,64 @@ def score(a: Demographics, b: Demographics) -> MatchScore:
     return MatchScore(round(sum(f.weight for f in out), 2), tuple(out))
 
 
+#: A block holding more records than this is not used to find candidates (its records
+#: still meet their candidates through their other keys); see ``blocking_keys``.
+BLOCK_CAP = 200
+
+
+def _date_key(birth_date: str) -> str:
+    """The birth date with day and month in either order: a transposition keeps the key."""
+    if len(birth_date) != 10:
+        return birth_date
+    month, day = birth_date[5:7], birth_date[8:10]
+    return birth_date[:4] + ":" + min(month, day) + max(month, day)
+
+
+def _sound(name: str) -> str:
+    return jellyfish.soundex(name) if name else ""
+
+
 def blocking_keys(d: Demographics) -> Iterable[str]:
-    """Keys under which candidates are looked for (a pair must share one to be compared)."""
+    """Keys under which candidates are looked for (a pair must share one to be compared).
+
+    Every key joins two or more fields, so a block holds the handful of people
+    alike in all of them however large the population grows (candidates per
+    record stay roughly constant), and each kind of error a second system makes
+    leaves at least one key intact:
+
+    - ``fd``: surname sound-alike + birth date (day and month either way round):
+      survives a given-name typo or nickname, a move, a transposed date;
+    - ``gd``: given-name initial + birth date: survives a changed or misspelt surname;
+    - ``pd``: postcode + birth date: survives changes to both names;
+    - ``nd``: both names' sound-alikes in either order + birth date: swapped names;
+    - ``fp``: surname sound-alike + given initial + postcode: a wrong birth date;
+    - ``fy``: both names' sound-alikes + birth year: a wrong birth date after a move.
+
+    The fallback ``ds`` (birth date + sex) is used only by a record that has no name
+    to block on. Blocks larger than ``BLOCK_CAP`` are skipped by the linker.
+    """
+    family = fold(d.family)
+    given = fold(d.given).split(" ")[0]
+    fam, giv = _sound(family), _sound(given)
+    initial = given[:1]
+    postcode = d.postcode.replace(" ", "").upper() if d.postcode else ""
     if d.birth_date:
-        yield "dob:" + d.birth_date
-        yield "dobym:" + d.birth_date[:7] + ":" + fold(d.family)[:1]
-    if d.postcode:
-        yield "pc:" + d.postcode.replace(" ", "").upper()
-    yield (
-        "name:"
-        + jellyfish.soundex(fold(d.family) or "x")
-        + ":"
-        + jellyfish.soundex(fold(d.given).split(" ")[0] or "x")
-    )
+        day = _date_key(d.birth_date)
+        if fam:
+            yield f"fd:{fam}:{day}"
+        if initial:
+            yield f"gd:{initial}:{day}"
+        if postcode:
+            yield f"pd:{postcode}:{day}"
+        if fam and giv:
+            yield f"nd:{min(fam, giv)}:{max(fam, giv)}:{day}"
+            yield f"fy:{fam}:{giv}:{d.birth_date[:4]}"
+        if not (fam and giv):
+            yield f"ds:{day}:{d.gender or ''}"
+    elif fam and giv:
+        yield f"fg:{fam}:{giv}"
+    if fam and initial and postcode:
+        yield f"fp:{fam}:{initial}:{postcode}"
 
 
 def best_match(
