@@ -3,8 +3,9 @@ merge with provenance, the UK Core shape of the output, and ``SharedRecord``,
 the hot path.
 """
 
+from carelink.federation.build import build_index
 from carelink.federation.fanout import CircuitBreaker, FanOut, SourceResult, Watcher
-from carelink.federation.index import BuildReport, build_index
+from carelink.federation.index import BuildReport
 from carelink.federation.record import Federated, SharedRecord
 from carelink.federation.ukcore import UkCore, with_nhs_number_status
 

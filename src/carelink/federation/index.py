@@ -17,9 +17,8 @@ import asyncio
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,7 +29,7 @@ from carelink.federation.ukcore import with_nhs_number_status
 from carelink.fhir.search import fold
 from carelink.sources.base import Source, SourcePerson
 from carelink.sources.namespacing import namespaced_id
-from carelink.storage import IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage import LinkRow, PersonRow, ReviewRow
 
 Json = dict[str, Any]
 
@@ -56,6 +55,11 @@ class BuildReport:
     unlisted_near_misses: int = 0
     #: merged Patients whose sources disagree, per element
     conflicts: dict[str, int] = field(default_factory=dict)
+    #: candidates each record without a valid NHS number was compared with (mean, max)
+    candidates_mean: float = 0.0
+    candidates_max: int = 0
+    #: blocks over ``matching.BLOCK_CAP`` records, not used to find candidates
+    oversized_blocks: int = 0
 
 
 def person_id(key: bytes, nhs_number: str | None, fallback: str) -> str:
@@ -80,6 +84,52 @@ async def collect(sources: Sequence[Source]) -> dict[str, list[SourcePerson]]:
     return {s.name: r for s, r in zip(sources, results, strict=True)}
 
 
+def person_rows(
+    key: bytes,
+    group: Group,
+    methods: Mapping[tuple[str, str], tuple[str, float | None]],
+    built_at: str,
+    conflicts: Counter[str],
+) -> tuple[PersonRow, list[LinkRow]]:
+    """One person's index row and their links (``conflicts`` counts disagreements)."""
+    pid = group_id(key, group)
+    merged = merge_patient(pid, group.members, group.nhs_number, built_at)
+    conflicts.update(c.element for c in merged.conflicts)
+    # UK Core shape: the NHS number's verification status and the Patient profile
+    body = orjson.dumps(with_nhs_number_status(merged.patient, [m.patient for m in group.members]))
+    best = min(group.members, key=rank)
+    person = PersonRow(
+        id=pid,
+        nhs_number=group.nhs_number,
+        family=best.family,
+        given=best.given,
+        family_folded=fold(best.family),
+        given_folded=fold(best.given),
+        birth_date=best.birth_date,
+        gender=best.gender,
+        postcode=best.postcode,
+        patient=body,
+        version=hashlib.blake2b(body, digest_size=12).hexdigest(),
+    )
+    rows = []
+    for m in group.members:
+        method, score = methods[(m.source, m.local_id)]
+        sp = dict(m.patient)
+        sp["link"] = [{"other": {"reference": f"Patient/{pid}"}, "type": "seealso"}]
+        rows.append(
+            LinkRow(
+                m.source,
+                m.local_id,
+                pid,
+                namespaced_id(m.source, m.local_id),
+                method,
+                score,
+                orjson.dumps(sp),
+            )
+        )
+    return person, rows
+
+
 def link_people(
     by_source: dict[str, list[SourcePerson]], key: bytes, built_at: str = "2026-01-01T00:00:00Z"
 ) -> tuple[list[PersonRow], list[LinkRow], list[ReviewRow], BuildReport]:
@@ -101,46 +151,14 @@ def link_people(
     persons: list[PersonRow] = []
     link_rows: list[LinkRow] = []
     conflicts: Counter[str] = Counter()
+    counts = [c for k, c in linkage.candidates.items() if linkage.methods[k][0] != "nhs-number"]
+    report.candidates_mean = round(sum(counts) / len(counts), 2) if counts else 0.0
+    report.candidates_max = max(counts, default=0)
     for group in linkage.groups:
-        pid = group_id(key, group)
-        merged = merge_patient(pid, group.members, group.nhs_number, built_at)
-        conflicts.update(c.element for c in merged.conflicts)
-        # UK Core shape: the NHS number's verification status and the Patient profile
-        body = orjson.dumps(
-            with_nhs_number_status(merged.patient, [m.patient for m in group.members])
-        )
-        best = min(group.members, key=rank)
-        persons.append(
-            PersonRow(
-                id=pid,
-                nhs_number=group.nhs_number,
-                family=best.family,
-                given=best.given,
-                family_folded=fold(best.family),
-                given_folded=fold(best.given),
-                birth_date=best.birth_date,
-                gender=best.gender,
-                postcode=best.postcode,
-                patient=body,
-                version=hashlib.blake2b(body, digest_size=12).hexdigest(),
-            )
-        )
-        for m in group.members:
-            owner[(m.source, m.local_id)] = pid
-            method, score = linkage.methods[(m.source, m.local_id)]
-            sp = dict(m.patient)
-            sp["link"] = [{"other": {"reference": f"Patient/{pid}"}, "type": "seealso"}]
-            link_rows.append(
-                LinkRow(
-                    m.source,
-                    m.local_id,
-                    pid,
-                    namespaced_id(m.source, m.local_id),
-                    method,
-                    score,
-                    orjson.dumps(sp),
-                )
-            )
+        person, person_links = person_rows(key, group, linkage.methods, built_at, conflicts)
+        persons.append(person)
+        link_rows.extend(person_links)
+        owner.update(((m.source, m.local_id), person.id) for m in group.members)
     reviews = [
         ReviewRow(
             n.record.source,
@@ -156,16 +174,3 @@ def link_people(
     report.review = len(reviews)
     report.conflicts = dict(sorted(conflicts.items()))
     return persons, link_rows, reviews, report
-
-
-async def build_index(
-    sources: Sequence[Source],
-    store: IndexStore,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> BuildReport:
-    """Read every source, link, and swap the stored index in one transaction."""
-    by_source = await collect(sources)
-    built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-    persons, link_rows, reviews, report = link_people(by_source, store.secret(), built_at)
-    store.replace_all(persons, link_rows, reviews)
-    return report

@@ -3,7 +3,10 @@
 Endpoints (base ``/fhir``):
 
 - ``GET /Patient?identifier=system|value`` and ``GET /Patient`` (all, paged)
-- ``GET /Patient/{id}``
+- ``GET /Patient/{id}``; ``PUT /Patient/{id}`` makes or changes a Patient (a new
+  registration, corrected demographics, a merge: ``active`` false with a
+  ``replaced-by`` link), and ``GET /Patient?_lastUpdated=gt<instant>`` lists those
+  changed since (``carelink.simulators.changes``)
 - ``GET /Patient/{id}/$everything[?_type=A,B][&_count=N&_offset=M]``
 - ``GET /{Type}?patient={id}`` for any type in the patient's compartment
 - ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for any
@@ -18,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, with_behaviour
+from carelink.simulators.changes import PatientChanges
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
@@ -63,6 +68,11 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/fhir"
 
+    changes = PatientChanges()
+
+    def patient(local: str) -> Json | None:
+        return changes.patients.get(local) or store.patient(local)
+
     async def patients(request: Request) -> Response:
         q = request.query_params
         try:
@@ -71,23 +81,43 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         except ValueError:
             return bad_request("_count and _offset must be non-negative integers")
         ident = q.get("identifier")
+        since = q.get("_lastUpdated", "")
         if ident is not None:
             system, _, value = ident.rpartition("|")
             hit = store.find(system or None, value)
             ids = [hit] if hit else []
             url = f"{base(request)}/Patient?identifier={ident}"
+        elif since:
+            if not since.startswith("gt"):
+                return bad_request("_lastUpdated takes gt<instant>")
+            try:
+                ids = changes.since(since[2:])
+            except ValueError:
+                return bad_request("_lastUpdated takes gt<instant>")
+            url = f"{base(request)}/Patient?_lastUpdated={since}"
         else:
-            ids = store.patient_ids()
+            ids = store.patient_ids() + [i for i in changes.patients if store.patient(i) is None]
             url = f"{base(request)}/Patient"
         page = ids[offset : offset + count]
-        resources = [rec[0] for i in page if (rec := store.record(i))]
+        resources = [p for i in page if (p := patient(i))]
         return fhir_response(
             searchset(base(request), resources, len(ids), page_links(url, offset, count, len(ids)))
         )
 
     async def read(request: Request) -> Response:
-        rec = store.record(request.path_params["id"])
-        return fhir_response(rec[0]) if rec else not_found("Patient")
+        found = patient(request.path_params["id"])
+        return fhir_response(found) if found else not_found("Patient")
+
+    async def put(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return bad_request("body is not JSON")
+        if not isinstance(body, dict) or body.get("resourceType") != "Patient":
+            return bad_request("body must be a Patient")
+        local = request.path_params["id"]
+        created = patient(local) is None
+        return fhir_response(changes.put(local, body), status=201 if created else 200)
 
     async def everything(request: Request) -> Response:
         pid = request.path_params["id"]
@@ -140,6 +170,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
+        Route("/fhir/Patient/{id}", put, methods=["PUT"]),
         Route("/fhir/{type}/{id}", with_behaviour(behaviour, resource_read(store))),
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),

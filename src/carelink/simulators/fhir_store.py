@@ -38,6 +38,10 @@ class FhirStore(Protocol):
         """The Patient (first) and everything in its compartment, or None if unknown."""
         ...
 
+    def patient(self, local: str) -> Json | None:
+        """The Patient alone (listing patients never builds their records), or None."""
+        ...
+
     def resource(self, rtype: str, rid: str) -> Json | None:
         """Any resource the source holds by type and id (shared ones included), or None."""
         ...
@@ -75,6 +79,10 @@ class PopulationStore:
         if local not in self.slice.by_local:
             return None
         return self._record(local)
+
+    def patient(self, local: str) -> Json | None:
+        person = self.slice.by_local.get(local)
+        return fhir_render.patient(person, self.source, local) if person else None
 
     def resource(self, rtype: str, rid: str) -> Json | None:
         """Only Patients: the generated population holds no shared resources."""
@@ -138,6 +146,9 @@ class FileStore:
         if patient is None:
             return None
         return [patient, *self.loaded.compartments.get(local, [])]
+
+    def patient(self, local: str) -> Json | None:
+        return self.loaded.patients.get(local)
 
     def resource(self, rtype: str, rid: str) -> Json | None:
         return self.loaded.by_key.get((rtype, rid))

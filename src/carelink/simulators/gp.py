@@ -143,7 +143,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         else:
             ids = store.patient_ids()
         page = ids[offset : offset + count]
-        resources = [rec[0] for i in page if (rec := store.record(i))]
+        resources = [p for i in page if (p := store.patient(i))]
         return fhir_response(
             searchset(
                 base, resources, len(ids), page_links(f"{base}/Patient", offset, count, len(ids))

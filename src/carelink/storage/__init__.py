@@ -3,6 +3,7 @@
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
+from carelink.storage.index_build import IndexBuild
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
@@ -16,6 +17,7 @@ __all__ = [
     "DateTest",
     "GrantRow",
     "IdentifierTest",
+    "IndexBuild",
     "IndexStore",
     "JobRow",
     "JobStore",

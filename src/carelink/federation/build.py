@@ -1,0 +1,251 @@
+"""The streaming index build: memory that does not grow with the population.
+
+``link_people`` (``index.py``) links a population held in memory; at the
+scale of an ICS that is millions of records held several times over. The
+build here gives the same index while holding only what linking needs:
+
+1. **Stage.** Every source is read concurrently; each record goes to the
+   database's staging table in batches (bulk loaded) with its group: its
+   valid NHS number, or itself. Only records *without* a valid NHS number
+   are kept in memory (a few per cent of them).
+2. **Block.** Demographic linking only ever compares pairs where at least
+   one record lacks a valid NHS number. So the staged records' linking
+   fields are streamed once and kept only when they share a blocking key
+   with a record without a number; blocks over the cap are noted.
+3. **Link.** ``linkage.link`` runs on that neighbourhood: the records
+   without numbers, and every record of each NHS number they met (so the
+   rules that keep numbers and sources apart see whole people). Its result
+   for those records is the result the whole population would give, since
+   no other pair would be compared. Records that join someone are
+   re-grouped in the staging table.
+4. **Write.** The staged records are streamed back in group order; each
+   group becomes a person (``index.person_rows``), bulk loaded into new
+   tables, which are indexed and swapped in for the live ones at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from carelink.federation.index import BuildReport, group_id, person_rows
+from carelink.federation.linkage import Group, demographics, link, valid_nhs
+from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
+from carelink.sources.base import Source, SourcePerson
+from carelink.storage import IndexBuild, IndexStore, ReviewRow
+
+#: ``progress(stage, done, total)``: stage is "reading", "linking" or "writing";
+#: total is None while it is not known
+Progress = Callable[[str, int, int | None], None]
+
+
+def _quiet(stage: str, done: int, total: int | None) -> None:
+    return None
+
+
+def _staged(p: SourcePerson, nhs: str | None) -> tuple[Any, ...]:
+    grp = f"n:{nhs}" if nhs else f"r:{p.source}:{p.local_id}"
+    method = "nhs-number" if nhs else "unmatched"
+    return (
+        p.source,
+        p.local_id,
+        nhs,
+        grp,
+        method,
+        None,
+        p.given,
+        p.family,
+        p.birth_date,
+        p.gender,
+        p.postcode,
+        orjson.dumps(p.patient),
+    )
+
+
+def _person(row: Sequence[Any]) -> SourcePerson:
+    """A staged row (``STAGED_COLUMNS``) back as the record it was."""
+    source, local, nhs, _, _, _, given, family, birth, gender, postcode, patient = row
+    return SourcePerson(
+        source, local, nhs, given, family, birth, gender, postcode, None, orjson.loads(patient)
+    )
+
+
+async def _read(
+    sources: Sequence[Source], build: IndexBuild, report: BuildReport, progress: Progress
+) -> list[SourcePerson]:
+    """Stage every record; return those without a valid NHS number."""
+    loose: list[SourcePerson] = []
+    lock = asyncio.Lock()
+    read = 0
+
+    async def flush(batch: list[tuple[Any, ...]]) -> None:
+        nonlocal read
+        async with lock:  # one writer; the event loop keeps reading meanwhile
+            await asyncio.to_thread(build.stage, batch)
+            read += len(batch)
+            progress("reading", read, None)
+
+    async def one(source: Source) -> None:
+        batch: list[tuple[Any, ...]] = []
+        count = 0
+        async for p in source.people():
+            count += 1
+            nhs = valid_nhs(p)
+            if nhs is None:
+                loose.append(p)
+                if p.nhs_number:
+                    report.invalid_nhs_records.append((p.source, p.local_id))
+            batch.append(_staged(p, nhs))
+            if len(batch) >= build.batch:
+                await flush(batch)
+                batch = []
+        await flush(batch)
+        report.records[source.name] = count
+
+    await asyncio.gather(*(one(s) for s in sources))
+    report.records = dict(sorted(report.records.items()))
+    report.invalid_nhs_records.sort()
+    report.invalid_nhs_numbers = len(report.invalid_nhs_records)
+    return loose
+
+
+def _neighbours(
+    build: IndexBuild, loose: Sequence[SourcePerson]
+) -> tuple[set[str], frozenset[str]]:
+    """NHS numbers sharing a usable block with a record without one; blocks over the cap."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(loose):
+        for k in set(blocking_keys(demographics(p))):
+            wanted[k].append(i)
+    sizes: Counter[str] = Counter({k: len(v) for k, v in wanted.items()})
+    hits: dict[str, list[str]] = defaultdict(list)
+    for nhs, given, family, birth, gender, postcode in build.linking_fields():
+        for k in set(blocking_keys(Demographics(given, family, birth, gender, postcode))):
+            if k in wanted:
+                sizes[k] += 1
+                if sizes[k] <= BLOCK_CAP:
+                    hits[k].append(nhs)
+    oversized = frozenset(k for k, n in sizes.items() if n > BLOCK_CAP)
+    numbers = {n for k, ns in hits.items() if k not in oversized for n in ns}
+    return numbers, oversized
+
+
+def _link(
+    build: IndexBuild, loose: Sequence[SourcePerson], key: bytes, report: BuildReport
+) -> list[ReviewRow]:
+    """Link the records without NHS numbers; re-group them in staging; the review rows."""
+    numbers, oversized = _neighbours(build, loose)
+    known = [_person(r) for r in build.with_nhs_numbers(sorted(numbers))]
+    by_source: dict[str, list[SourcePerson]] = defaultdict(list)
+    for p in [*loose, *known]:
+        by_source[p.source].append(p)
+    linkage = link(by_source, oversized)
+    owner: dict[tuple[str, str], str] = {}
+    changes: list[tuple[str, str | None, float | None, str, str]] = []
+    for group in linkage.groups:
+        owner.update(((m.source, m.local_id), group_id(key, group)) for m in group.members)
+        first = group.members[0]
+        grp = f"n:{group.nhs_number}" if group.nhs_number else f"r:{first.source}:{first.local_id}"
+        for m in group.members:
+            method, score = linkage.methods[(m.source, m.local_id)]
+            if method != "nhs-number":
+                changes.append((grp, method, score, m.source, m.local_id))
+    build.regroup(changes)
+    methods = Counter(linkage.methods[(p.source, p.local_id)][0] for p in loose)
+    report.by_demographics = methods["demographic"]
+    report.unmatched = methods["unmatched"]
+    report.kept_apart_same_source = linkage.kept_apart_same_source
+    report.kept_apart_nhs_number = linkage.kept_apart_nhs_number
+    report.unlisted_near_misses = linkage.unlisted_near_misses
+    report.oversized_blocks = len(oversized)
+    counts = [linkage.candidates[(p.source, p.local_id)] for p in loose]
+    report.candidates_mean = round(sum(counts) / len(counts), 2) if counts else 0.0
+    report.candidates_max = max(counts, default=0)
+    return [
+        ReviewRow(
+            n.record.source,
+            n.record.local_id,
+            owner[(n.other.source, n.other.local_id)],
+            n.score.total,
+            n.explain(),
+            orjson.dumps(vars(demographics(n.record))).decode(),
+        )
+        for n in linkage.near_misses
+    ]
+
+
+def _groups(rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive rows of one group."""
+    current: str | None = None
+    members: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row[3] != current and members:
+            yield str(current), members
+            members = []
+        current = row[3]
+        members.append(row)
+    if members:
+        yield str(current), members
+
+
+def _write(
+    build: IndexBuild,
+    key: bytes,
+    built_at: str,
+    report: BuildReport,
+    progress: Progress,
+) -> None:
+    """Every group as a person, bulk loaded into the new tables."""
+    total = sum(report.records.values())
+    conflicts: Counter[str] = Counter()
+    people, links = [], []
+    done = 0
+    for grp, rows in _groups(build.by_group()):
+        members = tuple(_person(r) for r in rows)
+        methods = {(r[0], r[1]): (r[4], r[5]) for r in rows}
+        nhs = grp[2:] if grp.startswith("n:") else None
+        person, person_links = person_rows(key, Group(members, nhs), methods, built_at, conflicts)
+        people.append(person)
+        links.extend(person_links)
+        report.persons += 1
+        if len(links) >= build.batch:
+            build.load("persons", people)
+            build.load("person_links", links)
+            done += len(links)
+            progress("writing", done, total)
+            people, links = [], []
+    build.load("persons", people)
+    build.load("person_links", links)
+    progress("writing", total, total)
+    report.by_nhs_number = total - report.by_demographics - report.unmatched
+    report.conflicts = dict(sorted(conflicts.items()))
+
+
+async def build_index(
+    sources: Sequence[Source],
+    store: IndexStore,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Progress = _quiet,
+) -> BuildReport:
+    """Read every source, link, and swap the new index in for the old one at once."""
+    key = store.secret()
+    built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    report = BuildReport()
+    build = IndexBuild(store.db)
+    try:
+        loose = await _read(sources, build, report, progress)
+        progress("linking", 0, None)
+        reviews = await asyncio.to_thread(_link, build, loose, key, report)
+        del loose
+        await asyncio.to_thread(_write, build, key, built_at, report, progress)
+        build.load("match_review", reviews)
+        report.review = len(reviews)
+        await asyncio.to_thread(build.swap)
+    finally:
+        build.close()
+    return report

@@ -1,0 +1,248 @@
+"""A new patient index built beside the live one and swapped in at once.
+
+``IndexBuild`` stages every source record in a table of its own
+(``index_staging``), fills new tables (``persons_build``,
+``person_links_build``, ``match_review_build``) by bulk loading (PostgreSQL
+``COPY``, batched ``executemany`` on SQLite), makes their indexes once the
+rows are in, then, in one transaction, drops the old tables and renames the
+new ones into their place: readers see the old index or the new, never half.
+
+Nothing here holds more than one batch of rows: the build reads the staged
+records back as a stream.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from carelink.storage.database import Database
+from carelink.storage.tables import links, persons, review
+
+STAGING = "index_staging"
+#: the staged record's columns, in the order ``stage`` takes them
+STAGED_COLUMNS = (
+    "source",
+    "local_id",
+    "nhs",
+    "grp",
+    "method",
+    "score",
+    "given",
+    "family",
+    "birth_date",
+    "gender",
+    "postcode",
+    "patient",
+)
+_LIVE = (persons, links, review)
+#: (table, column) indexed after the load, unique or not, named like the live ones
+_INDEXES = (
+    ("persons", "nhs_number", True),
+    ("persons", "family_folded", False),
+    ("persons", "birth_date", False),
+    ("person_links", "person_id", False),
+    ("person_links", "patient_id", True),
+)
+
+
+def _build_name(table: str) -> str:
+    return f"{table}_build"
+
+
+def _new_tables(md: sa.MetaData) -> list[sa.Table]:
+    """The live tables' columns under build names: primary keys only, no other index."""
+    out = []
+    for table in _LIVE:
+        columns = []
+        for c in table.columns:
+            fk = [sa.ForeignKey(_build_name("persons") + ".id")] if c.foreign_keys else []
+            columns.append(
+                sa.Column(c.name, c.type, *fk, primary_key=c.primary_key, nullable=c.nullable)
+            )
+        out.append(sa.Table(_build_name(table.name), md, *columns))
+    return out
+
+
+def _staging_table(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        STAGING,
+        md,
+        sa.Column("source", sa.String(32), primary_key=True),
+        sa.Column("local_id", sa.String(128), primary_key=True),
+        sa.Column("nhs", sa.String(10), nullable=True),
+        sa.Column("grp", sa.String(200), nullable=False),
+        sa.Column("method", sa.String(16), nullable=False),
+        sa.Column("score", sa.Float, nullable=True),
+        sa.Column("given", sa.String(200), nullable=False),
+        sa.Column("family", sa.String(200), nullable=False),
+        sa.Column("birth_date", sa.String(10), nullable=True),
+        sa.Column("gender", sa.String(16), nullable=True),
+        sa.Column("postcode", sa.String(10), nullable=True),
+        sa.Column("patient", sa.LargeBinary, nullable=False),
+    )
+
+
+class IndexBuild:
+    """One build: staging, bulk load into new tables, the swap. Use from one thread."""
+
+    def __init__(self, db: Database, batch: int = 5000) -> None:
+        self.db = db
+        self.batch = batch
+        self.token = secrets.token_hex(4)
+        md = sa.MetaData()
+        self.staging = _staging_table(md)
+        self.tables = _new_tables(md)
+        self._raw: Any = db.engine.raw_connection()
+        self._conn: Any = self._raw.driver_connection
+        if db.is_sqlite:
+            self._conn.isolation_level = None  # explicit BEGIN/COMMIT, DDL included
+        with db.engine.begin() as conn:
+            for t in [self.staging, *reversed(self.tables)]:
+                t.drop(conn, checkfirst=True)  # what a crashed build left
+            md.create_all(conn)
+
+    # -- writing ------------------------------------------------------------------
+
+    def _load(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        cur = self._conn.cursor()
+        try:
+            if self.db.is_sqlite:
+                marks = ", ".join("?" for _ in columns)
+                cur.execute("BEGIN")
+                cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+                cur.execute("COMMIT")
+            else:
+                with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                self._conn.commit()
+        finally:
+            cur.close()
+
+    def stage(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Add source records (values in ``STAGED_COLUMNS`` order)."""
+        for i in range(0, len(rows), self.batch):
+            self._load(STAGING, STAGED_COLUMNS, rows[i : i + self.batch])
+
+    def regroup(self, changes: Sequence[tuple[str, str | None, float | None, str, str]]) -> None:
+        """Set (grp, method, score) of staged records, each named by (source, local id)."""
+        mark = "?" if self.db.is_sqlite else "%s"
+        sql = (
+            f"UPDATE {STAGING} SET grp = {mark}, method = {mark}, score = {mark} "  # noqa: S608
+            f"WHERE source = {mark} AND local_id = {mark}"
+        )
+        cur = self._conn.cursor()
+        try:
+            if self.db.is_sqlite:
+                cur.execute("BEGIN")
+            cur.executemany(sql, list(changes))
+            if self.db.is_sqlite:
+                cur.execute("COMMIT")
+            else:
+                self._conn.commit()
+        finally:
+            cur.close()
+
+    def load(self, table: str, rows: Sequence[Any]) -> None:
+        """Bulk load index rows (``PersonRow``, ``LinkRow`` or ``ReviewRow``) into the new
+        ``persons``, ``person_links`` or ``match_review``."""
+        live = {t.name: t for t in _LIVE}[table]
+        columns = [c.name for c in live.columns]
+        self._load(_build_name(table), columns, [tuple(vars(r).values()) for r in rows])
+
+    # -- reading back -------------------------------------------------------------
+
+    def _stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        with self.db.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=self.batch).execute(
+                sa.text(sql), params or {}
+            )
+            for row in result:
+                yield tuple(row)
+
+    def linking_fields(self) -> Iterator[tuple[Any, ...]]:
+        """(nhs, given, family, birth_date, gender, postcode) of every staged record that
+        has a valid NHS number, in no particular order."""
+        return self._stream(
+            f"SELECT nhs, given, family, birth_date, gender, postcode FROM {STAGING} "  # noqa: S608
+            "WHERE nhs IS NOT NULL"
+        )
+
+    def with_nhs_numbers(self, numbers: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Staged records (``STAGED_COLUMNS``) holding any of ``numbers``."""
+        out: list[tuple[Any, ...]] = []
+        t = self.staging
+        with self.db.engine.connect() as conn:
+            for i in range(0, len(numbers), 500):
+                part = list(numbers[i : i + 500])
+                q = sa.select(*[t.c[c] for c in STAGED_COLUMNS]).where(t.c.nhs.in_(part))
+                out.extend(tuple(r) for r in conn.execute(q))
+        return out
+
+    def by_group(self) -> Iterator[tuple[Any, ...]]:
+        """Every staged record (``STAGED_COLUMNS``), ordered by group, source and local id."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"CREATE INDEX ix_{STAGING}_grp_{self.token} "
+                    f"ON {STAGING} (grp, source, local_id)"
+                )
+            )
+        cols = ", ".join(STAGED_COLUMNS)
+        return self._stream(
+            f"SELECT {cols} FROM {STAGING} ORDER BY grp, source, local_id"  # noqa: S608
+        )
+
+    # -- the swap -----------------------------------------------------------------
+
+    def swap(self) -> None:
+        """Index the new tables, then put them in place of the live ones in one transaction."""
+        sqlite = self.db.is_sqlite
+        cur = self._conn.cursor()
+        try:
+            for table, column, unique in _INDEXES:
+                kind = "UNIQUE INDEX" if unique else "INDEX"
+                name = f"ix_{table}_{column}_{self.token}"
+                cur.execute(f"CREATE {kind} {name} ON {_build_name(table)} ({column})")
+            if not sqlite:
+                self._conn.commit()
+                # ANALYZE so the planner knows the new tables before the first lookup
+                for t in self.tables:
+                    cur.execute(f"ANALYZE {t.name}")
+                self._conn.commit()
+            if sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            for t in reversed(_LIVE):
+                cur.execute(f"DROP TABLE {t.name}")
+            for t in _LIVE:
+                cur.execute(f"ALTER TABLE {_build_name(t.name)} RENAME TO {t.name}")
+            if not sqlite:
+                # the live names, so the schema reads as if made by the migrations
+                for table, column, _ in _INDEXES:
+                    cur.execute(
+                        f"ALTER INDEX ix_{table}_{column}_{self.token} "
+                        f"RENAME TO ix_{table}_{column}"
+                    )
+                for t in _LIVE:
+                    cur.execute(f"ALTER INDEX {_build_name(t.name)}_pkey RENAME TO {t.name}_pkey")
+            cur.execute("COMMIT") if sqlite else self._conn.commit()
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        """Drop the staging table (and build tables a failed build left) and disconnect."""
+        try:
+            if not self.db.is_sqlite:
+                self._conn.rollback()
+            with self.db.engine.begin() as conn:
+                for t in [self.staging, *reversed(self.tables)]:
+                    t.drop(conn, checkfirst=True)
+        finally:
+            self._raw.close()

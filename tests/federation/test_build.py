@@ -1,0 +1,101 @@
+"""The streaming build: the same index as linking in memory, swapped in whole."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import sqlalchemy as sa
+
+from carelink.federation.build import build_index
+from carelink.federation.index import link_people
+from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.storage import Database, IndexStore, LinkRow, PersonRow
+from carelink.storage.tables import links, persons, review
+from tests.federation.test_index import KEY, MESSY, _sources
+
+
+class ListSource:
+    """A source that lists the records it is given."""
+
+    def __init__(self, name: str, records: Sequence[SourcePerson]) -> None:
+        self.name = name
+        self.records = records
+
+    async def fetch_record(self, *args: object, **kwargs: object) -> SourceAnswer:
+        raise NotImplementedError
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        for r in self.records:
+            yield r
+
+
+def _store(url: str) -> IndexStore:
+    db = Database(url)
+    db.migrate()
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO index_settings (key, value) VALUES ('person-id-key', :v)"),
+            {"v": KEY.hex()},
+        )
+    return IndexStore(db)
+
+
+def _stored(store: IndexStore) -> tuple[list[PersonRow], list[LinkRow], list[tuple]]:
+    with store.db.engine.connect() as conn:
+        people = [PersonRow(*r) for r in conn.execute(sa.select(persons).order_by(persons.c.id))]
+        people = [PersonRow(**{**vars(p), "patient": bytes(p.patient)}) for p in people]
+        link_rows = [
+            LinkRow(*r[:6], bytes(r[6]))
+            for r in conn.execute(sa.select(links).order_by(links.c.source, links.c.local_id))
+        ]
+        reviews = [tuple(r) for r in conn.execute(sa.select(review))]
+    return people, link_rows, reviews
+
+
+def _build(store: IndexStore, by_source: dict[str, list[SourcePerson]]):
+    sources = [ListSource(name, records) for name, records in by_source.items()]
+    return asyncio.run(build_index(sources, store, now=lambda: datetime(2026, 1, 1, tzinfo=UTC)))
+
+
+@pytest.mark.parametrize(
+    "population", [MESSY, _sources(3000)[0]], ids=["messy", "social-care-variants"]
+)
+def test_the_streaming_build_stores_the_index_linking_in_memory_makes(population, database_url):
+    store = _store(database_url)
+    report = _build(store, population)
+    want_persons, want_links, want_reviews, want_report = link_people(population, KEY)
+    people, link_rows, reviews = _stored(store)
+    assert people == sorted(want_persons, key=lambda p: p.id)
+    assert link_rows == sorted(want_links, key=lambda lk: (lk.source, lk.local_id))
+    assert sorted(reviews, key=repr) == sorted(
+        (tuple(vars(r).values()) for r in want_reviews), key=repr
+    )
+    assert vars(report) == {**vars(want_report), "oversized_blocks": 0}
+    store.close()
+
+
+def test_a_rebuild_replaces_the_whole_index_and_lookups_see_the_new_one(database_url):
+    store = _store(database_url)
+    by, people = _sources(600, seed=3)
+    _build(store, by)
+    first = people[0]
+    assert store.person_by_nhs(first.nhs_number) is not None
+    smaller = {s: [r for r in rs if r.local_id != by["gp"][0].local_id] for s, rs in by.items()}
+    report = _build(store, smaller)
+    assert store.person_by_nhs(first.nhs_number) is None
+    assert store.counts()["persons"] == report.persons
+    with store.db.engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names())
+    assert "index_staging" not in names
+    assert not {n for n in names if n.endswith("_build")}
+    store.close()
+
+
+def test_candidates_per_record_without_a_number_stay_flat_as_the_population_grows():
+    small = link_people(_sources(1000, seed=5)[0], KEY)[3]
+    large = link_people(_sources(8000, seed=5)[0], KEY)[3]
+    assert large.candidates_mean <= small.candidates_mean * 1.5 + 0.5
+    assert large.candidates_max <= 20
