@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,45 @@ class IndexStore:
             _insert(conn, persons, [vars(p) for p in people])
             _insert(conn, links, [vars(link) for link in person_links])
             _insert(conn, review, [vars(r) for r in reviews])
+
+    def replace_people(
+        self,
+        person_ids: Sequence[str],
+        people: Sequence[PersonRow],
+        person_links: Sequence[LinkRow],
+        reviews: Sequence[ReviewRow],
+        records: Sequence[tuple[str, str]],
+    ) -> None:
+        """Replace some people in one transaction: ``person_ids`` (and their links) go,
+        ``people`` and ``person_links`` come; review entries of ``records`` are replaced
+        by ``reviews``."""
+        with self.db.engine.begin() as conn:
+            for i in range(0, len(records), 500):
+                part = records[i : i + 500]
+                conn.execute(
+                    review.delete().where(sa.tuple_(review.c.source, review.c.local_id).in_(part))
+                )
+            for i in range(0, len(person_ids), 500):
+                part_ids = person_ids[i : i + 500]
+                conn.execute(links.delete().where(links.c.person_id.in_(part_ids)))
+                conn.execute(persons.delete().where(persons.c.id.in_(part_ids)))
+            _insert(conn, persons, [vars(p) for p in people])
+            _insert(conn, links, [vars(link) for link in person_links])
+            _insert(conn, review, [vars(r) for r in reviews])
+
+    def alike(
+        self, birth_dates: Sequence[str], postcode: str | None, family_folded: str
+    ) -> set[str]:
+        """Ids of people born on one of ``birth_dates``, or living at ``postcode`` with
+        this folded surname (candidates for a record without an NHS number)."""
+        test = persons.c.birth_date.in_(list(birth_dates))
+        if postcode:
+            test = sa.or_(
+                test,
+                sa.and_(persons.c.postcode == postcode, persons.c.family_folded == family_folded),
+            )
+        with self.db.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(persons.c.id).where(test))}
 
     def person_by_nhs(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number."""

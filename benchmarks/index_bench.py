@@ -1,0 +1,327 @@
+"""The patient index at ICS scale: build, lookups, search, linkage quality, changes.
+
+One command per population size (the simulators take a while to start at the
+full range; the build is what is timed):
+
+    PYTHONPATH=src .venv/bin/python benchmarks/index_bench.py --people 10000
+    PYTHONPATH=src .venv/bin/python benchmarks/index_bench.py --people 100000 \\
+        --database postgresql://postgres@127.0.0.1:5432/i15_bench
+
+It starts the four simulators as processes (0 ms latency, ports from
+``--port``), then, in this process:
+
+- builds the index (``federation.build.build_index``) into a fresh SQLite file
+  (or the PostgreSQL database given, whose index tables are replaced), timing
+  it and taking the process's peak resident memory right after;
+- error injection: ``--errors`` of the hospital's records lose their NHS number
+  and get one or two errors a second system makes (typos in either name, day
+  and month transposed, a changed surname, a move, a nickname); each such
+  record's true person is its dropped NHS number, so precision (linked to the
+  right person / linked at all) and recall (linked to the right person / all
+  of them) are measured;
+- candidates per record without an NHS number (mean, max) from the build;
+- NHS number lookup p99 (``IndexStore.person_by_nhs``, 5,000 random numbers,
+  one client);
+- demographic search p99 with 32 concurrent clients (threads), each asking
+  ``IndexStore.find`` for surname + birth date of random people;
+- ``apply_changes`` of ``--changes`` people whose demographics changed (and
+  half of them new registrations), timed.
+
+Prints one table row and writes JSON with ``--out``. Traffic stays on
+127.0.0.1; every process it starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from carelink.app import ADAPTERS
+from carelink.federation.build import build_index
+from carelink.federation.changes import Upsert, apply_changes
+from carelink.federation.linkage import valid_nhs
+from carelink.fhir.search import fold
+from carelink.simulators.names import FAMILY, NICKNAMES
+from carelink.simulators.population import SOURCES
+from carelink.sources.base import Source, SourcePerson
+from carelink.storage import Database, IndexStore, NameTest, PersonQuery
+from carelink.storage.person_query import DateTest
+
+ERRORS = ("family-typo", "given-typo", "day-month", "surname", "moved", "nickname")
+
+
+def _typo(rng: random.Random, text: str) -> str:
+    if len(text) < 3:
+        return text + "e"
+    i = rng.randrange(1, len(text) - 1)
+    return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+
+
+def perturb(p: SourcePerson, rng: random.Random) -> SourcePerson:
+    """The record without its NHS number and with one or two demographic errors."""
+    d = {"given": p.given, "family": p.family, "birth_date": p.birth_date, "postcode": p.postcode}
+    for error in rng.sample(ERRORS, rng.choice((1, 1, 2))):
+        if error == "family-typo":
+            d["family"] = _typo(rng, p.family)
+        elif error == "given-typo":
+            d["given"] = _typo(rng, p.given)
+        elif error == "day-month" and p.birth_date and int(p.birth_date[8:]) <= 12:
+            b = p.birth_date
+            d["birth_date"] = f"{b[:4]}-{b[8:]}-{b[5:7]}"
+        elif error == "surname":
+            d["family"] = rng.choice(FAMILY)
+        elif error == "moved" and p.postcode:
+            d["postcode"] = p.postcode[:-2] + rng.choice("ABDEFGHJ") + rng.choice("LNPQRSTU")
+        elif error == "nickname":
+            first = p.given.split(" ")[0]
+            d["given"] = NICKNAMES.get(first, first[:3])
+    patient = {
+        **p.patient,
+        "identifier": [i for i in p.patient.get("identifier", []) if "nhs-number" not in str(i)],
+        "name": [{"family": d["family"], "given": [d["given"]]}],
+        "birthDate": d["birth_date"],
+        "address": [{"postalCode": d["postcode"]}],
+    }
+    return SourcePerson(
+        p.source,
+        p.local_id,
+        None,
+        str(d["given"]),
+        str(d["family"]),
+        d["birth_date"],
+        p.gender,
+        d["postcode"],
+        None,
+        patient,
+    )
+
+
+class Perturbed:
+    """A source whose records, a share of them, come with errors; remembers the truth."""
+
+    def __init__(self, inner: Source, rate: float, seed: int) -> None:
+        self.inner, self.name, self.rate = inner, inner.name, rate
+        self.rng = random.Random(seed)
+        self.truth: dict[str, str] = {}  # local id -> the NHS number it lost
+
+    async def fetch_record(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.inner.fetch_record(*args, **kwargs)
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        async for p in self.inner.people():
+            nhs = valid_nhs(p)
+            if nhs and self.rng.random() < self.rate:
+                self.truth[p.local_id] = nhs
+                yield perturb(p, self.rng)
+            else:
+                yield p
+
+
+def start(size: int, port: int) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+    urls, procs = {}, []
+    for n, name in enumerate(SOURCES):
+        urls[name] = f"http://127.0.0.1:{port + n}"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "carelink", "simulate", name, "--port", str(port + n)]
+                + ["--size", str(size), "--seed", "42", "--latency-ms", "0"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    deadline = time.monotonic() + 3600
+    for url in urls.values():
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_admin/health", timeout=2):  # noqa: S310
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+    return urls, procs
+
+
+def p99(values: list[float]) -> float:
+    return round(statistics.quantiles(values, n=100)[98] * 1000, 2)
+
+
+def searches(store: IndexStore, people: list[tuple[str, str]], clients: int, each: int) -> float:
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        mine = []
+        for _ in range(each):
+            family, born = rng.choice(people)
+            q = PersonQuery(
+                family=((NameTest(fold(family)),),),
+                birth_date=(((DateTest("starts<=", born), DateTest("ends>=", born)),),),
+            )
+            t = time.perf_counter()
+            store.find(q, limit=50)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            times.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return p99(times)
+
+
+async def build(urls: dict[str, str], store: IndexStore, rate: float) -> tuple[Any, Perturbed]:
+    sessions = [aiohttp.ClientSession() for _ in urls]
+    try:
+        sources: list[Source] = [
+            ADAPTERS[name](s, url, name)
+            for s, (name, url) in zip(sessions, urls.items(), strict=True)
+        ]
+        perturbed = Perturbed(sources[SOURCES.index("acute")], rate, 7)
+        sources[SOURCES.index("acute")] = perturbed
+        return await build_index(sources, store), perturbed
+    finally:
+        for s in sessions:
+            await s.close()
+
+
+def quality(store: IndexStore, truth: dict[str, str]) -> tuple[float, float]:
+    linked = right = 0
+    for local, nhs in truth.items():
+        row = store.link("acute", local)
+        person = store.person(row.person_id) if row else None
+        if person is not None and person.nhs_number is not None:
+            linked += 1
+            right += person.nhs_number == nhs
+    precision = right / linked if linked else 1.0
+    return round(precision, 4), round(right / len(truth), 4) if truth else 1.0
+
+
+def changes(store: IndexStore, n: int, seed: int) -> tuple[float, int]:
+    rng = random.Random(seed)
+    picked = []
+    for p in store.each_person(batch=5000):
+        if p.nhs_number and rng.random() < 0.02:
+            picked.append(p)
+        if len(picked) >= n:
+            break
+    batch = []
+    for k, p in enumerate(picked):
+        links = store.links_of(p.id)
+        gp = next((lk for lk in links if lk.source == "gp"), links[0])
+        from carelink.federation.changes import record_of
+
+        r = record_of(gp)
+        if k % 2:
+            new_local = f"NEW{k:07d}"
+            patient = {**r.patient, "id": f"{r.source}-{new_local}"}
+            batch.append(
+                Upsert(
+                    SourcePerson(
+                        **{**vars(r), "source": "acute", "local_id": new_local, "patient": patient}
+                    )
+                )
+            )
+        else:
+            moved = (r.postcode or "LS1 1AA")[:-2] + "ZZ"
+            patient = {**r.patient, "address": [{"postalCode": moved}]}
+            batch.append(Upsert(SourcePerson(**{**vars(r), "postcode": moved, "patient": patient})))
+    report = apply_changes(store, batch)
+    return report.seconds, len(batch)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = tempfile.mkdtemp(prefix="index-bench-")
+    url = args.database or str(Path(tmp) / "index.db")
+    urls, procs = start(args.people, args.port)
+    try:
+        db = Database(url)
+        db.migrate()
+        store = IndexStore(db)
+        started = time.perf_counter()
+        report, perturbed = asyncio.run(build(urls, store, args.errors))
+        took = time.perf_counter() - started
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        precision, recall = quality(store, perturbed.truth)
+        numbers, alike = [], []
+        for p in store.each_person(batch=5000):
+            if p.nhs_number and len(numbers) < 200_000:
+                numbers.append(p.nhs_number)
+            if p.birth_date and len(alike) < 200_000:
+                alike.append((p.family, p.birth_date))
+        rng = random.Random(3)
+        lookups = []
+        for nhs in rng.sample(numbers, min(5000, len(numbers))):
+            t = time.perf_counter()
+            store.person_by_nhs(nhs)
+            lookups.append(time.perf_counter() - t)
+        search_p99 = searches(store, alike, 32, 100)
+        change_s, changed = changes(store, args.changes, 11)
+        return {
+            "people": args.people,
+            "database": "postgresql" if args.database else "sqlite",
+            "records": report.records,
+            "persons": report.persons,
+            "build_s": round(took, 1),
+            "peak_mb": round(peak_mb),
+            "candidates_mean": report.candidates_mean,
+            "candidates_max": report.candidates_max,
+            "oversized_blocks": report.oversized_blocks,
+            "nhs_lookup_p99_ms": p99(lookups),
+            "search_p99_ms_32_clients": search_p99,
+            "perturbed_records": len(perturbed.truth),
+            "precision": precision,
+            "recall": recall,
+            "changes": changed,
+            "changes_s": change_s,
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--people", type=int, default=10_000)
+    ap.add_argument("--database", help="a PostgreSQL URL (default: a temporary SQLite file)")
+    ap.add_argument("--errors", type=float, default=0.05, help="share of hospital records")
+    ap.add_argument("--changes", type=int, default=1000)
+    ap.add_argument("--port", type=int, default=18610)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    r = run(args)
+    print(json.dumps(r, indent=1))
+    print(
+        "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) | P/R | 1,000 changes |"
+    )
+    print(
+        f"| {r['people']:,} | {r['build_s']} s | {r['peak_mb']} MB | {r['candidates_mean']}/"
+        f"{r['candidates_max']} | {r['nhs_lookup_p99_ms']} ms | {r['search_p99_ms_32_clients']} ms"
+        f" | {r['precision']}/{r['recall']} | {r['changes_s']} s |"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()
