@@ -46,6 +46,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ import aiohttp
 
 from carelink.app import ADAPTERS
 from carelink.federation.build import build_index
-from carelink.federation.changes import Upsert, apply_changes
+from carelink.federation.changes import Upsert, apply_changes, record_of
 from carelink.federation.linkage import valid_nhs
 from carelink.fhir.search import fold
 from carelink.simulators.names import FAMILY, NICKNAMES
@@ -62,6 +63,7 @@ from carelink.sources.base import Source, SourcePerson
 from carelink.storage import Database, IndexStore, NameTest, PersonQuery
 from carelink.storage.person_query import DateTest
 
+DAY = timedelta(days=1)
 ERRORS = ("family-typo", "given-typo", "day-month", "surname", "moved", "nickname")
 
 
@@ -138,8 +140,11 @@ def start(size: int, port: int) -> tuple[dict[str, str], list[subprocess.Popen[b
         urls[name] = f"http://127.0.0.1:{port + n}"
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "carelink", "simulate", name, "--port", str(port + n)]
-                + ["--size", str(size), "--seed", "42", "--latency-ms", "0"],
+                [
+                    *(sys.executable, "-m", "carelink", "simulate", name),
+                    *("--port", str(port + n), "--size", str(size)),
+                    *("--seed", "42", "--latency-ms", "0"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -161,6 +166,12 @@ def p99(values: list[float]) -> float:
     return round(statistics.quantiles(values, n=100)[98] * 1000, 2)
 
 
+def eq_day(born: str) -> tuple[tuple[DateTest, ...]]:
+    """``birthdate=born`` as ``patient_search`` reads it."""
+    d = date.fromisoformat(born)
+    return ((DateTest("starts<=", str(d - DAY), True), DateTest("ends>=", str(d + DAY), True)),)
+
+
 def searches(store: IndexStore, people: list[tuple[str, str]], clients: int, each: int) -> float:
     times: list[float] = []
     lock = threading.Lock()
@@ -172,7 +183,7 @@ def searches(store: IndexStore, people: list[tuple[str, str]], clients: int, eac
             family, born = rng.choice(people)
             q = PersonQuery(
                 family=((NameTest(fold(family)),),),
-                birth_date=(((DateTest("starts<=", born), DateTest("ends>=", born)),),),
+                birth_date=(eq_day(born),),
             )
             t = time.perf_counter()
             store.find(q, limit=50)
@@ -227,8 +238,6 @@ def changes(store: IndexStore, n: int, seed: int) -> tuple[float, int]:
     for k, p in enumerate(picked):
         links = store.links_of(p.id)
         gp = next((lk for lk in links if lk.source == "gp"), links[0])
-        from carelink.federation.changes import record_of
-
         r = record_of(gp)
         if k % 2:
             new_local = f"NEW{k:07d}"
@@ -281,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "records": report.records,
             "persons": report.persons,
             "build_s": round(took, 1),
+            "stages_s": report.seconds,
             "peak_mb": round(peak_mb),
             "candidates_mean": report.candidates_mean,
             "candidates_max": report.candidates_max,
@@ -312,7 +322,8 @@ def main() -> None:
     r = run(args)
     print(json.dumps(r, indent=1))
     print(
-        "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) | P/R | 1,000 changes |"
+        "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) | P/R "
+        "| 1,000 changes |"
     )
     print(
         f"| {r['people']:,} | {r['build_s']} s | {r['peak_mb']} MB | {r['candidates_mean']}/"

@@ -85,3 +85,48 @@ def test_a_scan_of_the_whole_index_reads_it_in_batches_in_id_order(database_url)
     assert scanned == [p.id for p in store.each_person(batch=1000)]
     assert len(scanned) == 23
     db.dispose()
+
+
+def test_the_fixed_search_by_name_and_birth_day_finds_what_the_general_one_finds(database_url):
+    """``family`` / ``given`` prefixes with ``birthdate=eq<day>`` take fixed SQL; the
+    answer is the general WHERE clause's, partial stored dates included."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from carelink.storage.person_query import where
+    from carelink.storage.tables import persons
+
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    people = list(pop.people(4, 400))
+    rows, links, reviews, _ = link_people(_gp(people), store.secret())
+    partial = [
+        type(r)(**{**vars(r), "birth_date": r.birth_date[:n]})
+        for r, n in zip(rows[:40], [4, 7] * 20)
+    ]
+    store.replace_all(partial + rows[40:], links, reviews)
+    day = dt.timedelta(days=1)
+    for r in rows[:80]:
+        d = dt.date.fromisoformat(r.birth_date)
+        born = ((DateTest("starts<=", str(d - day), True), DateTest("ends>=", str(d + day), True)),)
+        for family, given in (
+            (r.family_folded[:2], None),
+            (None, r.given_folded[:1]),
+            (r.family_folded, r.given_folded),
+        ):
+            q = PersonQuery(
+                family=((NameTest(family),),) if family else (),
+                given=((NameTest(given),),) if given else (),
+                birth_date=(born,),
+            )
+            with db.engine.connect() as conn:
+                want = [
+                    x[0]
+                    for x in conn.execute(
+                        sa.select(persons.c.id).where(where(q)).order_by(persons.c.id)
+                    )
+                ]
+            assert [p.id for p in store.find(q)] == want
+    store.close()

@@ -26,6 +26,7 @@ build here gives the same index while holding only what linking needs:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -237,15 +238,26 @@ async def build_index(
     built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
     report = BuildReport()
     build = IndexBuild(store.db)
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        report.seconds[stage] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
     try:
         loose = await _read(sources, build, report, progress)
+        lap("reading")
         progress("linking", 0, None)
         reviews = await asyncio.to_thread(_link, build, loose, key, report)
         del loose
+        lap("linking")
         await asyncio.to_thread(_write, build, key, built_at, report, progress)
         build.load("match_review", reviews)
         report.review = len(reviews)
+        lap("writing")
         await asyncio.to_thread(build.swap)
+        lap("swap")
     finally:
         build.close()
     return report

@@ -18,7 +18,7 @@ from carelink.sources.hl7v2 import (
     person,
     person_id,
     read_batch,
-    split_messages,
+    split_registrations,
     why_unreadable,
 )
 from carelink.sources.http import Mapped, answer, fetch
@@ -117,7 +117,7 @@ class CommunitySource:
             )
             if data is None:
                 return
-            for msg in split_messages(data, self.name):
+            for msg in split_registrations(data, self.name):
                 local, nhs, patient = person(msg, self.name)
                 name = patient["name"][0]
                 address = (patient.get("address") or [{}])[0]

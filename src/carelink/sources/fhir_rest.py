@@ -86,7 +86,7 @@ def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
         gender=patient.get("gender"),
         postcode=address.get("postalCode"),
         address_line=" ".join(address.get("line", [])) or None,
-        patient=namespace(orjson.loads(orjson.dumps(patient)), source, "", ""),
+        patient=namespace(patient, source, "", ""),  # the caller's copy, freshly parsed
     )
 
 

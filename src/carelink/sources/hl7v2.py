@@ -35,9 +35,8 @@ _BATCH = ("FHS", "BHS", "BTS", "FTS")
 HL7_ER7 = "x-application/hl7-v2+er7"
 
 
-def read_batch(data: bytes, source: str) -> tuple[list[Any], tuple[str, ...]]:
-    """The messages of a batch, parsed, and those left out (``"message 3: unparseable HL7
-    (ParseException)"``). A batch that is not text or holds no message is a bad payload."""
+def _messages(data: bytes, source: str) -> list[list[str]]:
+    """A batch's messages, each a list of segments (batch header and trailer left out)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -55,6 +54,13 @@ def read_batch(data: bytes, source: str) -> tuple[list[Any], tuple[str, ...]]:
             raise SourceBadPayload(source, f"segment {seg[:3]!r} before any MSH")
     if not messages:
         raise SourceBadPayload(source, "no HL7 message in the answer")
+    return messages
+
+
+def read_batch(data: bytes, source: str) -> tuple[list[Any], tuple[str, ...]]:
+    """The messages of a batch, parsed, and those left out (``"message 3: unparseable HL7
+    (ParseException)"``). A batch that is not text or holds no message is a bad payload."""
+    messages = _messages(data, source)
     parsed: list[Any] = []
     skipped: list[str] = []
     for n, m in enumerate(messages, start=1):
@@ -71,6 +77,39 @@ def split_messages(data: bytes, source: str) -> list[Any]:
     if skipped:
         raise SourceBadPayload(source, skipped[0])
     return parsed
+
+
+class _Registration:
+    """A message read only as far as its PID, by splitting on the standard delimiters:
+    enough for ``person``, without python-hl7's full parse of every segment."""
+
+    def __init__(self, pid: list[str]) -> None:
+        self._pid = pid
+
+    def segment(self, name: str) -> list[str]:
+        if name != "PID":
+            raise KeyError(name)
+        return self._pid
+
+    def unescape(self, text: str) -> str:
+        return text  # only made for a PID without escape sequences
+
+
+def split_registrations(data: bytes, source: str) -> list[Any]:
+    """The messages of a patient listing, for ``person`` only. A message with the standard
+    delimiters and no escape sequence in its PID is split, not parsed (the listing's cost
+    is then the network's); any other is parsed in full, as ``split_messages`` does."""
+    out: list[Any] = []
+    for m in _messages(data, source):
+        pids = [seg for seg in m if seg.startswith("PID|")]
+        if len(pids) == 1 and "\\" not in pids[0] and m[0].startswith("MSH|^~\\&|"):
+            out.append(_Registration(pids[0].split("|")))
+            continue
+        try:
+            out.append(hl7.parse("\r".join(m)))
+        except Exception as exc:  # python-hl7 raises several kinds on broken input
+            raise SourceBadPayload(source, f"unparseable HL7 ({type(exc).__name__})") from exc
+    return out
 
 
 def field(msg: Any, seg: Any, n: int) -> list[list[str]]:
