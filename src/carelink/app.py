@@ -46,7 +46,9 @@ from carelink.federation import (
     UkCore,
     build_index,
 )
+from carelink.federation.build import Progress
 from carelink.federation.pages import Pages
+from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry
 from carelink.settings import Settings
@@ -286,7 +288,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport:
+async def build_index_from(
+    settings: Settings, store: IndexStore, progress: Progress | None = None
+) -> BuildReport:
     """Open sessions, build the index from every configured source, close the sessions.
 
     Index building reads whole populations, so it gets a generous connect timeout
@@ -294,7 +298,31 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await build_index(list(make_sources(settings, sessions).values()), store)
+        sources = list(make_sources(settings, sessions).values())
+        if progress is None:
+            return await build_index(sources, store)
+        return await build_index(sources, store, progress=progress)
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
+async def update_index_from(settings: Settings, store: IndexStore) -> UpdateReport:
+    """Apply the changes every configured source lists since its watermark."""
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        return await update_from(list(make_sources(settings, sessions).values()), store)
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
+async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> dict[str, Drift]:
+    """Compare every configured source's whole listing with the index (``fix``: apply)."""
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        sources = make_sources(settings, sessions)
+        return {name: await reconcile(s, store, fix) for name, s in sources.items()}
     finally:
         for session in sessions.values():
             await session.close()

@@ -17,17 +17,19 @@ import asyncio
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from carelink import errors
 
 if TYPE_CHECKING:
+    from carelink.settings import Settings
     from carelink.simulators.fhir_load import LoadReport
+    from carelink.storage import IndexStore
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
 
@@ -72,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     isub = index.add_subparsers(dest="index_command", required=True)
     isub.add_parser("build", help="read every source and (re)build the index")
     isub.add_parser("review", help="list near-miss demographic matches")
+    upd = isub.add_parser(
+        "update", help="apply the changes each source lists since the last build or update"
+    )
+    upd.add_argument(
+        "--every", type=float, metavar="SECONDS", help="keep running, updating this often"
+    )
+    upd.add_argument(
+        "--reconcile", action="store_true", help="also compare every source's whole listing"
+    )
+    upd.add_argument("--fix", action="store_true", help="with --reconcile: apply what differs")
 
     token = sub.add_parser("token", help="development tokens (refused in production mode)")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -363,9 +375,11 @@ def _index(args: argparse.Namespace) -> int:
         for r in store.reviews():
             print(f"{r.source}/{r.local_id} -> {r.candidate_id or '-'}: {r.explanation}")
         return EXIT_OK
+    if args.index_command == "update":
+        return _index_update(args, settings, store)
     from carelink.app import build_index_from
 
-    report = asyncio.run(build_index_from(settings, store))
+    report = asyncio.run(build_index_from(settings, store, _build_progress()))
     print(
         f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
         f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
@@ -390,6 +404,70 @@ def _index(args: argparse.Namespace) -> int:
     if report.conflicts:
         print(f"merged Patients where sources disagree, per element: {report.conflicts}")
     return EXIT_OK
+
+
+def _build_progress() -> Callable[[str, int, int | None], None]:
+    """A rich progress bar per build stage, with its rate and (once known) time left."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9} records/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, rate="")
+        task = tasks[stage]
+        bar.update(task, completed=done, total=total)
+        speed = bar.tasks[task].speed
+        bar.update(task, rate=f"{speed:,.0f}" if speed else "")
+        if stage == "writing" and total is not None and done >= total:
+            bar.stop()
+
+    return progress
+
+
+def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStore) -> int:
+    import time
+
+    from carelink.app import reconcile_from, update_index_from
+
+    while True:
+        report = asyncio.run(update_index_from(settings, store))
+        applied = report.applied
+        if applied is not None:
+            print(
+                f"index updated: {sum(report.listed.values())} changed records listed "
+                f"{report.listed}; {applied.persons_before} people re-linked into "
+                f"{applied.persons_after} in {applied.seconds:.2f} s"
+                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else "")
+            )
+        if args.reconcile:
+            for name, drift in asyncio.run(reconcile_from(settings, store, args.fix)).items():
+                print(
+                    f"drift at {name}: {drift.listed} listed, {drift.missing} not in the index, "
+                    f"{drift.gone} no longer listed, {drift.changed} with other demographics"
+                    + (" (applied)" if drift.fixed else "")
+                )
+        if not args.every:
+            return EXIT_OK
+        time.sleep(args.every)
 
 
 def _extract(args: argparse.Namespace) -> int:

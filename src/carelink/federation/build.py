@@ -37,6 +37,7 @@ import orjson
 from carelink.federation.index import BuildReport, group_id, person_rows
 from carelink.federation.linkage import Group, demographics, link, valid_nhs
 from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
+from carelink.federation.update import mark_built
 from carelink.sources.base import Source, SourcePerson
 from carelink.storage import IndexBuild, IndexStore, ReviewRow
 
@@ -235,7 +236,8 @@ async def build_index(
 ) -> BuildReport:
     """Read every source, link, and swap the new index in for the old one at once."""
     key = store.secret()
-    built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = now()
+    built_at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
     report = BuildReport()
     build = IndexBuild(store.db)
     clock = time.perf_counter()
@@ -260,4 +262,5 @@ async def build_index(
         lap("swap")
     finally:
         build.close()
+    mark_built(store, sources, started)
     return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -94,7 +95,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
                 ids = changes.since(since[2:])
             except ValueError:
                 return bad_request("_lastUpdated takes gt<instant>")
-            url = f"{base(request)}/Patient?_lastUpdated={since}"
+            url = f"{base(request)}/Patient?_lastUpdated={quote(since, safe='')}"
         else:
             ids = store.patient_ids() + [i for i in changes.patients if store.patient(i) is None]
             url = f"{base(request)}/Patient"

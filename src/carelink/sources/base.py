@@ -94,6 +94,19 @@ class Source(Protocol):
 
 
 @runtime_checkable
+class ChangeLister(Protocol):
+    """A source that can list the people it made or changed since an instant (for
+    ``carelink index update``). A record merged into another comes with the Patient's
+    ``active`` false and a ``replaced-by`` link to the survivor."""
+
+    name: str
+
+    def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
+        """Records made or changed after ``instant`` (a FHIR instant), oldest first."""
+        ...
+
+
+@runtime_checkable
 class SharedReader(Protocol):
     """A source that also serves resources outside patients' compartments
     (Practitioner, Organization, Location ...), by the source's own id."""

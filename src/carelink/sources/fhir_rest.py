@@ -185,7 +185,20 @@ class AcuteSource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""
-        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
+        async for p in self._listing(f"{self.base}/Patient?_count={self.page_size}"):
+            yield p
+
+    async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
+        """Patients made or changed after ``instant`` (``GET /Patient?_lastUpdated=gt...``);
+        a merged-away record comes with ``active`` false and a ``replaced-by`` link."""
+        since = quote("gt" + instant, safe="")
+        async for p in self._listing(
+            f"{self.base}/Patient?_lastUpdated={since}&_count={self.page_size}"
+        ):
+            yield p
+
+    async def _listing(self, first: str) -> AsyncIterator[SourcePerson]:
+        url: str | None = first
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -97,7 +97,7 @@ class IndexBuild:
         self.staging = _staging_table(md)
         self.tables = _new_tables(md)
         self._raw: Any = db.engine.raw_connection()
-        self._conn: Any = self._raw.driver_connection
+        self._conn: Any = cast(Any, self._raw.driver_connection)  # sqlite3 or psycopg
         if db.is_sqlite:
             self._conn.isolation_level = None  # explicit BEGIN/COMMIT, DDL included
         with db.engine.begin() as conn:

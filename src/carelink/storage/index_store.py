@@ -103,6 +103,20 @@ class IndexStore:
             conn.execute(settings_table.insert().values(key=name, value=value.hex()))
             return value
 
+    def setting(self, name: str) -> str | None:
+        """A stored index setting (e.g. a source's change watermark), or None."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(settings_table.c.value).where(settings_table.c.key == name)
+            ).first()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Store an index setting, replacing any earlier value."""
+        with self.db.engine.begin() as conn:
+            conn.execute(settings_table.delete().where(settings_table.c.key == name))
+            conn.execute(settings_table.insert().values(key=name, value=value))
+
     def replace_all(
         self,
         people: Iterable[PersonRow],
@@ -148,7 +162,7 @@ class IndexStore:
     ) -> set[str]:
         """Ids of people born on one of ``birth_dates``, or living at ``postcode`` with
         this folded surname (candidates for a record without an NHS number)."""
-        test = persons.c.birth_date.in_(list(birth_dates))
+        test: sa.ColumnElement[bool] = persons.c.birth_date.in_(list(birth_dates))
         if postcode:
             test = sa.or_(
                 test,
