@@ -8,6 +8,7 @@ broken connection is dropped and the read tried once more on a new one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +16,28 @@ from carelink.storage.database import Database
 
 
 class HotConnection:
-    """Fixed-SQL reads on one connection (used from one thread: the event loop's)."""
+    """Fixed-SQL reads on one long-lived connection per thread."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.mark = "?" if db.is_sqlite else "%s"
-        self._conn: Any = None
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def _conn(self) -> Any:
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, conn: Any) -> None:
+        with self._lock:
+            old = getattr(self._local, "conn", None)
+            if old is not None and old in self._all:
+                self._all.remove(old)
+            if conn is not None:
+                self._all.append(conn)
+        self._local.conn = conn
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` with bound ``values``."""
@@ -48,7 +65,12 @@ class HotConnection:
         return []  # pragma: no cover - the loop returns or raises
 
     def close(self) -> None:
-        """Release the connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Release every thread's connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: S112 - a connection already broken needs no closing
+                continue
+        self._local = threading.local()
