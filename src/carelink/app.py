@@ -31,7 +31,13 @@ from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
-from carelink.errors import AuditError, CarelinkError, ConfigError, StorageUnavailable
+from carelink.errors import (
+    AuditError,
+    CarelinkError,
+    ConfigError,
+    SourceBadPayload,
+    StorageUnavailable,
+)
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
@@ -289,7 +295,12 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await build_index(list(make_sources(settings, sessions).values()), store)
+        return await build_index(
+            list(make_sources(settings, sessions).values()), store, refuse_empty=True
+        )
+    except SourceBadPayload as exc:
+        url = settings.sources.get(exc.source, "")
+        raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
     finally:
         for session in sessions.values():
             await session.close()
