@@ -31,12 +31,12 @@ def preflight(settings: Settings) -> int:
     (the database cannot be reached). The schema is migrated here, once, under the
     migration lock, so workers find it current.
     """
-    create_app(settings)  # settings, policy, profiles, PCNs, token issuer keys
-    _checkpointer(settings)  # the audit checkpoint key (production: must exist)
-    _, master = _export_paths(settings)
-    load_master_key(master, create=settings.mode != "production")
-    db = settings.database()
+    db = settings.database()  # first: a missing data folder is not made by what follows
     try:
+        create_app(settings)  # settings, policy, profiles, PCNs, token issuer keys
+        _checkpointer(settings)  # the audit checkpoint key (production: must exist)
+        _, master = _export_paths(settings)
+        load_master_key(master, create=settings.mode != "production")
         return db.migrate()
     finally:
         db.dispose()
