@@ -109,8 +109,7 @@ def run_demo(
     from carelink.storage import Database, IndexStore
 
     check_ports_free(
-        {port: "gateway"}
-        | {source_port + i: f"simulator {name}" for i, name in enumerate(SOURCES)}
+        {port: "gateway"} | {source_port + i: f"simulator {name}" for i, name in enumerate(SOURCES)}
     )
     Path(database).parent.mkdir(parents=True, exist_ok=True)
     print(f"starting four simulated sources for {size:,} people (seed {seed}) ...", flush=True)

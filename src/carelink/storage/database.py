@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,6 +221,7 @@ class Database:
         self.wait = statement_timeout if statement_timeout is not None else 30.0
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._stuck: tuple[Future[Any], float] | None = None
         kwargs: dict[str, object] = {}
         if backend == "sqlite":
             where = parsed.database
@@ -267,9 +270,7 @@ class Database:
         """``fn(*args)`` on one of this database's threads, awaited for at most the
         statement timeout: the event loop never waits on the database, and a database
         that does not answer in time is ``StorageUnavailable``."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="database")
-        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
         try:
             return await asyncio.wait_for(future, self.wait)
         except TimeoutError:
@@ -280,6 +281,39 @@ class Database:
             if is_unavailable(exc) and not isinstance(exc, StorageUnavailable):
                 raise StorageUnavailable(describe(exc)) from exc
             raise
+
+    def bounded(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` for synchronous code that may run on an event loop.
+
+        Off the loop (a worker thread, the CLI) it is simply called. On the loop it
+        runs on one of this database's threads and is waited for at most the statement
+        timeout; when a call timed out and is still stuck, the next ones fail at once
+        (``StorageUnavailable``) instead of each holding the loop again, until the stuck
+        call returns (the database is back) or a few timeouts have passed.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args)
+        stuck = self._stuck
+        recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
+        if stuck is not None and recent and not stuck[0].done():
+            raise StorageUnavailable("the database is not answering")
+        future = self._executor().submit(fn, *args)
+        try:
+            result = future.result(timeout=self.wait)
+        except FutureTimeout:
+            self._stuck = (future, time.monotonic())
+            raise StorageUnavailable(
+                f"the database did not answer within {self.wait:g} s"
+            ) from None
+        self._stuck = None
+        return result
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="database")
+        return self._pool
 
     def migrate(self) -> int:
         """Apply every migration not yet applied; return the schema version.

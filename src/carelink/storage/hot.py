@@ -40,7 +40,12 @@ class HotConnection:
         self._local.conn = conn
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Rows of ``sql`` with bound ``values``."""
+        """Rows of ``sql`` with bound ``values``; called on the event loop, the read runs
+        on one of the database's threads, waited for at most the statement timeout
+        (``Database.bounded``)."""
+        return self.db.bounded(self._query, sql, values)
+
+    def _query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):
             try:
                 if self._conn is None:
