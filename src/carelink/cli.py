@@ -316,22 +316,15 @@ def _db(args: argparse.Namespace) -> int:
     try:
         latest = max(n for n, _, _ in MIGRATIONS)
         if args.db_command == "upgrade":
-            before = db.version() if _reachable(db) else 0
             after = db.migrate()
-            print(f"database {db.shown}: schema version {after} ({after - before} applied)")
+            print(f"database {db.shown}: schema version {after} ({db.applied} applied)")
             return EXIT_OK
-        _reachable(db)
+        db.check()
         now = db.version()
         print(f"database {db.shown}: schema version {now} of {latest}")
         return EXIT_OK
     finally:
         db.dispose()
-
-
-def _reachable(db: Any) -> bool:
-    """``db.check()``: True, or ``StorageUnavailable`` naming the database and why."""
-    db.check()
-    return True
 
 
 def _mint(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -207,8 +208,9 @@ class Database:
         self.url = normalise_url(url)
         try:
             parsed = sa.engine.make_url(self.url)
-        except sa.exc.ArgumentError:
-            raise ConfigError(f"database URL {url!r} is not a path or a URL") from None
+        except (sa.exc.ArgumentError, ValueError):
+            shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+            raise ConfigError(f"database URL {shown!r} is not a path or a URL") from None
         self.shown = parsed.render_as_string(hide_password=True)
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
@@ -222,6 +224,8 @@ class Database:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._stuck: tuple[Future[Any], float] | None = None
+        #: how many migrations the last ``migrate`` applied (0: the schema was current)
+        self.applied = 0
         kwargs: dict[str, object] = {}
         if backend == "sqlite":
             where = parsed.database
@@ -350,8 +354,7 @@ class Database:
             found = conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar()
         return int(found or 0)
 
-    @staticmethod
-    def _apply(conn: Connection) -> int:
+    def _apply(self, conn: Connection) -> int:
         conn.execute(
             sa.text(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
@@ -359,10 +362,12 @@ class Database:
             )
         )
         done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
+        self.applied = 0
         for number, description, change in MIGRATIONS:
             if number in done:
                 continue
             change(conn)
+            self.applied += 1
             conn.execute(
                 sa.text("INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
                 {"v": number, "d": description},
