@@ -122,7 +122,7 @@ class Outage:
 
 @pytest.fixture(scope="module")
 def outage(
-    system: System, schema_url: str, tmp_path_factory: pytest.TempPathFactory
+    schema_url: str, system: System, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outage]:
     built = carelink(["index", "build"], {**system.env, "CARELINK_DATABASE_URL": schema_url})
     assert built.returncode == 0, built.stderr

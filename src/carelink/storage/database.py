@@ -286,12 +286,13 @@ class Database:
                 raise StorageUnavailable(describe(exc)) from exc
             raise
 
-    def bounded(self, fn: Callable[..., T], *args: Any) -> T:
+    def bounded(self, fn: Callable[..., T], *args: Any, limit: float | None = None) -> T:
         """``fn(*args)`` for synchronous code that may run on an event loop.
 
         Off the loop (a worker thread, the CLI) it is simply called. On the loop it
-        runs on one of this database's threads and is waited for at most the statement
-        timeout; when a call timed out and is still stuck, the next ones fail at once
+        runs on one of this database's threads and is waited for at most ``limit``
+        seconds (default: the statement timeout). The loop still waits for it, but
+        bounded: when a call timed out and is still stuck, the next ones fail at once
         (``StorageUnavailable``) instead of each holding the loop again, until the stuck
         call returns (the database is back) or a few timeouts have passed.
         """
@@ -303,14 +304,13 @@ class Database:
         recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
         if stuck is not None and recent and not stuck[0].done():
             raise StorageUnavailable("the database is not answering")
+        wait = self.wait if limit is None else min(limit, self.wait)
         future = self._executor().submit(fn, *args)
         try:
-            result = future.result(timeout=self.wait)
+            result = future.result(timeout=wait)
         except FutureTimeout:
             self._stuck = (future, time.monotonic())
-            raise StorageUnavailable(
-                f"the database did not answer within {self.wait:g} s"
-            ) from None
+            raise StorageUnavailable(f"the database did not answer within {wait:g} s") from None
         self._stuck = None
         return result
 

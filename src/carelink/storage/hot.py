@@ -14,6 +14,9 @@ from typing import Any
 
 from carelink.storage.database import Database
 
+#: the longest the event loop waits for one hot read (see ``HotConnection.query``)
+HOT_LIMIT = 1.0
+
 
 class HotConnection:
     """Fixed-SQL reads on one long-lived connection per thread."""
@@ -41,9 +44,10 @@ class HotConnection:
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` with bound ``values``; called on the event loop, the read runs
-        on one of the database's threads, waited for at most the statement timeout
-        (``Database.bounded``)."""
-        return self.db.bounded(self._query, sql, values)
+        on one of the database's threads and is waited for at most ``HOT_LIMIT`` seconds
+        (``Database.bounded``): these indexed reads take well under a millisecond, so
+        one that takes a second means the database is stuck, not busy."""
+        return self.db.bounded(self._query, sql, values, limit=HOT_LIMIT)
 
     def _query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):
