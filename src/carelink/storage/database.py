@@ -186,12 +186,12 @@ def describe(exc: BaseException) -> str:
 
 
 class Database:
-    """A SQLAlchemy engine, the migrations that shape its schema, and a bounded pool of
-    threads that keeps the event loop free of database calls.
+    """A SQLAlchemy engine, the migrations that shape its schema, and a small pool of
+    threads that bounds how long the event loop can wait for the database.
 
     Every connection is bounded in time: ``connect_timeout`` to connect (and to wait
     for a pooled connection), ``statement_timeout`` per statement (PostgreSQL's
-    ``statement_timeout``; SQLite's busy timeout), and ``call`` waits at most that
+    ``statement_timeout``; SQLite's busy timeout), and ``bounded`` waits at most that
     long for an answer, so a frozen database costs a request a 503, never the server.
     A broken connection is found before use (``pool_pre_ping``) and replaced, so
     the gateway recovers on its own when the database is back.
@@ -268,22 +268,6 @@ class Database:
         except Exception as exc:
             if is_unavailable(exc):
                 raise StorageUnavailable(f"database {self.shown}: {describe(exc)}") from None
-            raise
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on one of this database's threads, awaited for at most the
-        statement timeout: the event loop never waits on the database, and a database
-        that does not answer in time is ``StorageUnavailable``."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
-        try:
-            return await asyncio.wait_for(future, self.wait)
-        except TimeoutError:
-            raise StorageUnavailable(
-                f"the database did not answer within {self.wait:g} s"
-            ) from None
-        except Exception as exc:
-            if is_unavailable(exc) and not isinstance(exc, StorageUnavailable):
-                raise StorageUnavailable(describe(exc)) from exc
             raise
 
     def bounded(self, fn: Callable[..., T], *args: Any, limit: float | None = None) -> T:
