@@ -34,7 +34,13 @@ from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
-from carelink.errors import AuditError, CarelinkError, ConfigError
+from carelink.errors import (
+    AuditError,
+    CarelinkError,
+    ConfigError,
+    SourceBadPayload,
+    StorageUnavailable,
+)
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
@@ -55,14 +61,15 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
 from carelink.storage import (
+    UNAVAILABLE,
     ConsentStore,
-    Database,
     IndexStore,
     JobStore,
     LocationStore,
     OptOutStore,
     ReplayStore,
     ResultStore,
+    describe,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -136,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        db = settings.database()
         db.migrate()
         sessions = open_sessions(settings)
         telemetry: Telemetry = app.state.telemetry
@@ -179,7 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(
-            AuditTrail(AuditStore(db), _checkpointer(settings)), telemetry.audit_committed
+            AuditTrail(AuditStore(db), _checkpointer(settings)),
+            telemetry.audit_committed,
+            timeout=settings.db_timeout,
         )
         app.state.audit_search = AuditSearch(db)
         minutes = settings.audit_checkpoint_minutes
@@ -258,13 +267,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
         # Every refusal is audited, under the person the request named (read from its
         # path, query or body), unless the route already wrote its own event.
-        if not isinstance(exc, AuditError) and not getattr(request.state, "audited", False):
+        # A database that is away cannot take the event either: the safety net
+        # (AuditEveryRequest) makes the one attempt.
+        if not isinstance(exc, AuditError | StorageUnavailable) and not getattr(
+            request.state, "audited", False
+        ):
             try:
                 who = await subjects_of(request, read_body=True)
                 await audit(request, interaction(request), who, REFUSED, str(exc))
             except AuditError as failed:
                 return from_error(failed)
         return from_error(exc)
+
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback
+        return await carelink_error(request, StorageUnavailable(describe(exc)))
+
+    for unavailable in UNAVAILABLE:
+        if not issubclass(unavailable, CarelinkError):
+            app.add_exception_handler(unavailable, database_unavailable)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -294,7 +315,12 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await build_index(list(make_sources(settings, sessions).values()), store)
+        return await build_index(
+            list(make_sources(settings, sessions).values()), store, refuse_empty=True
+        )
+    except SourceBadPayload as exc:
+        url = settings.sources.get(exc.source, "")
+        raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
     finally:
         for session in sessions.values():
             await session.close()
@@ -346,7 +372,7 @@ async def extract_with(
     settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
 ) -> Extracted:
     """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
-    db = Database(settings.database_url)
+    db = settings.database(batch=True)
     db.migrate()
     bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
     sessions = open_sessions(bulk)

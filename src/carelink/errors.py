@@ -23,6 +23,7 @@ Only ``carelink.api`` turns these into an HTTP status and an
     ├── IndexError_                  the patient index is missing or inconsistent
     ├── ExportError                  a bulk export job failed
     ├── AuditError              503  the audit trail cannot be written
+    ├── StorageUnavailable      503  the database cannot be reached or did not answer in time
     └── ConfigError                  settings, policy or profile files are invalid
 """
 
@@ -125,6 +126,12 @@ class ExportError(CarelinkError):
 
 class AuditError(CarelinkError):
     """The audit trail cannot be written: patient data must not be served (HTTP 503)."""
+
+
+class StorageUnavailable(CarelinkError):
+    """The database cannot be reached, or did not answer within its time limit (HTTP 503,
+    with ``Retry-After``): nothing is served that would need it, and the request is
+    tried again later. At start-up (``carelink`` commands) it is a configuration error."""
 
 
 class ConfigError(CarelinkError):

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from carelink.errors import ConfigError
+from carelink.storage import Database
 
 DEFAULT_SOURCES = {
     "gp": "http://127.0.0.1:8101",
@@ -66,6 +67,11 @@ class Settings:
     """Everything the gateway needs to start; immutable once made."""
 
     database_url: str = "var/carelink.db"
+    #: seconds to connect to the database (and to wait for a pooled connection)
+    db_connect_timeout: float = 5.0
+    #: seconds a database statement may take (PostgreSQL ``statement_timeout``, SQLite's
+    #: busy timeout), and the longest a request waits for the database before its 503
+    db_timeout: float = 5.0
     sources: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
     #: source name -> its organisation's ODS code (or ``registered-practice``), for
     #: Provenance; a source without one is named by ``urn:carelink:source`` instead
@@ -165,6 +171,11 @@ class Settings:
             raise ConfigError(
                 f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
             )
+        if not 0 < self.db_connect_timeout <= 300 or not 0 < self.db_timeout <= 3600:
+            raise ConfigError(
+                "CARELINK_DB_CONNECT_TIMEOUT must be more than 0 and at most 300 seconds, "
+                "CARELINK_DB_TIMEOUT more than 0 and at most 3600"
+            )
         if not 0 < self.export_ttl_hours <= 24 * 366:
             raise ConfigError(
                 "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
@@ -206,6 +217,15 @@ class Settings:
                 )
         return self
 
+    def database(self, *, batch: bool = False) -> Database:
+        """The database these settings name, with their time limits (``batch``: a command
+        that reads or writes whole tables, whose statements get no time limit)."""
+        return Database(
+            self.database_url,
+            connect_timeout=self.db_connect_timeout,
+            statement_timeout=None if batch else self.db_timeout,
+        )
+
     def audit_paths(self) -> tuple[Path, Path]:
         """The audit checkpoint key folder and the checkpoints folder, as configured or
         beside a SQLite database (``var/`` with PostgreSQL)."""
@@ -239,6 +259,10 @@ class Settings:
             budget=_number(e, "CARELINK_BUDGET", s.budget, "seconds"),
             breaker_reset=_number(e, "CARELINK_BREAKER_RESET", s.breaker_reset, "seconds"),
             result_ttl=_number(e, "CARELINK_RESULT_TTL", s.result_ttl, "seconds"),
+            db_connect_timeout=_number(
+                e, "CARELINK_DB_CONNECT_TIMEOUT", s.db_connect_timeout, "seconds"
+            ),
+            db_timeout=_number(e, "CARELINK_DB_TIMEOUT", s.db_timeout, "seconds"),
         )
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from carelink.errors import SourceBadPayload
 from carelink.federation.linkage import Group, demographics, link
 from carelink.federation.patient_merge import merge_patient, rank
 from carelink.federation.ukcore import with_nhs_number_status
@@ -162,9 +163,23 @@ async def build_index(
     sources: Sequence[Source],
     store: IndexStore,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    *,
+    refuse_empty: bool = False,
 ) -> BuildReport:
-    """Read every source, link, and swap the stored index in one transaction."""
+    """Read every source, link, and swap the stored index in one transaction.
+
+    With ``refuse_empty``, a source that gave no patient records at all is a
+    ``SourceBadPayload`` naming it, and the stored index is left as it was: such a
+    source is almost always a URL pointing at the wrong kind of system."""
     by_source = await collect(sources)
+    if refuse_empty:
+        for source in sources:
+            if not by_source[source.name]:
+                raise SourceBadPayload(
+                    source.name,
+                    "no patient records were read: is the URL that of this kind of system? "
+                    "(the index is unchanged)",
+                )
     built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
     persons, link_rows, reviews, report = link_people(by_source, store.secret(), built_at)
     store.replace_all(persons, link_rows, reviews)

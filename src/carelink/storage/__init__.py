@@ -1,7 +1,7 @@
 """Database access: SQLite by default, PostgreSQL for shared deployments."""
 
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
-from carelink.storage.database import Database
+from carelink.storage.database import UNAVAILABLE, Database, describe, is_unavailable
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
@@ -10,6 +10,7 @@ from carelink.storage.replay_store import ReplayStore
 from carelink.storage.result_store import ResultStore
 
 __all__ = [
+    "UNAVAILABLE",
     "ConsentRow",
     "ConsentStore",
     "Database",
@@ -28,4 +29,6 @@ __all__ = [
     "ReplayStore",
     "ResultStore",
     "ReviewRow",
+    "describe",
+    "is_unavailable",
 ]
