@@ -27,6 +27,8 @@ import orjson
 
 from carelink import __version__, errors
 
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess folder
+
 if TYPE_CHECKING:
     from carelink.simulators.fhir_load import LoadReport
 
@@ -279,6 +281,11 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The checks below build an app in this (the supervising) process: its metrics must
+    # stay in memory, not become a third writer beside the workers in the shared folder.
+    # prometheus_client reads the variable when it is first imported, just below.
+    shared = os.environ.pop(MULTIPROC_DIR, None)
+    from carelink.observability import prepare_multiprocess
     from carelink.settings import Settings
     from carelink.start import WorkerFailed, preflight, serve
 
@@ -289,6 +296,9 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
     settings = Settings.from_env()
     preflight(settings)  # everything a worker needs, checked once before any starts
+    if shared is not None:
+        os.environ[MULTIPROC_DIR] = shared
+    prepare_multiprocess(args.workers)  # each worker's metrics in files a scrape sums
     try:
         serve(settings, args.host, args.port, args.workers, args.log_level or settings.log_level)
     except WorkerFailed as exc:

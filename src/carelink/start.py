@@ -16,7 +16,7 @@ from uvicorn.supervisors import Multiprocess
 
 from carelink.anonymise.keys import load_master_key
 from carelink.app import _checkpointer, _export_paths, create_app
-from carelink.observability import log_config, prepare_multiprocess
+from carelink.observability import log_config
 from carelink.serving import PROTOCOL
 from carelink.settings import Settings
 
@@ -45,7 +45,6 @@ def preflight(settings: Settings) -> int:
 
 def serve(settings: Settings, host: str, port: int, workers: int, log_level: str = "info") -> None:
     """Serve until stopped; ``WorkerFailed`` if a worker could not start."""
-    prepare_multiprocess(workers)  # each worker's metrics in files a scrape sums
     config = uvicorn.Config(
         "carelink.app:create_app",
         factory=True,
