@@ -3,6 +3,7 @@
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
+from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
@@ -10,10 +11,13 @@ from carelink.storage.replay_store import ReplayStore
 from carelink.storage.result_store import ResultStore
 
 __all__ = [
+    "Arrival",
     "ConsentRow",
     "ConsentStore",
     "Database",
     "DateTest",
+    "FeedRecord",
+    "FeedStore",
     "GrantRow",
     "IdentifierTest",
     "IndexStore",

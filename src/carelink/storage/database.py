@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from carelink.storage.feed_tables import create_feed_tables
 from carelink.storage.tables import (
     audit_events,
     audit_lock,
@@ -120,6 +121,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (8, "full identities on grants and jobs; consent history", _identities_and_history),
     (9, "audit trail: agent column, hash over every column", _audit_every_column),
+    (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
 ]
 
 
