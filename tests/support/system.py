@@ -93,8 +93,10 @@ def _gateway(stack: ExitStack, urls: dict[str, str], tmp: Path, feeds: str = "")
         _, _, port = feeds.rpartition(":")
         stack.enter_context(feed_listener(int(port), env))
         pushed = carelink(
-            ["simulate", "community", "--feed-to", f"127.0.0.1:{port}"]
-            + ["--size", str(SIZE), "--seed", str(SEED)]
+            [
+                *("simulate", "community", "--feed-to", f"127.0.0.1:{port}"),
+                *("--size", str(SIZE), "--seed", str(SEED)),
+            ]
         )
         assert pushed.returncode == 0, pushed.stderr
         assert " 0 refused" in pushed.stdout, pushed.stdout
