@@ -52,7 +52,9 @@ def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
         ({"CARELINK_BUDGET": "soon"}, "number of seconds"),
         ({"CARELINK_BUDGET": "0"}, "between 0 and 30"),
         ({"CARELINK_SOURCES": "gp"}, "name=url"),
-        ({"CARELINK_SOURCES": "gp=ftp://x"}, "http:// or https://"),
+        ({"CARELINK_SOURCES": "gp=ftp://x"}, "http://, https:// or mllp://"),
+        ({"CARELINK_SOURCES": "gp=mllp://127.0.0.1:2575"}, "only community sources take a feed"),
+        ({"CARELINK_SOURCES": "community=mllp://127.0.0.1"}, "mllp://host:port"),
         ({"CARELINK_RESULT_TTL": "0"}, "CARELINK_RESULT_TTL must be more than 0"),
         ({"CARELINK_RESULT_TTL": "a while"}, "number of seconds"),
         ({"CARELINK_SOURCE_ODS": "acute"}, "name=ODS code"),
@@ -149,3 +151,8 @@ def test_operability_settings_have_defaults_and_come_from_the_environment():
         2.5,
         "t",
     )
+
+
+def test_a_community_source_at_an_mllp_address_is_a_feed():
+    s = Settings.from_env({"CARELINK_SOURCES": "community=mllp://127.0.0.1:2575,gp=http://x"})
+    assert s.feeds() == {"community": ("127.0.0.1", 2575)}

@@ -55,14 +55,17 @@ from carelink.federation import (
 from carelink.federation.pages import Pages
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry
-from carelink.settings import Settings
+from carelink.settings import FEED_SCHEME, Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
+from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource, GPSource
 from carelink.sources.social_care import SocialCareSource
 from carelink.storage import (
     UNAVAILABLE,
     ConsentStore,
+    Database,
+    FeedStore,
     IndexStore,
     JobStore,
     LocationStore,
@@ -107,11 +110,17 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
 
 
 def make_sources(
-    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession]
+    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession], db: Database
 ) -> dict[str, Source]:
-    """The configured source adapters."""
+    """The configured source adapters; a source at an ``mllp://`` address pushes a feed,
+    and is served from what the feed stored (``carelink feed listen`` takes it)."""
+    feed = FeedStore(db)
     return {
-        name: ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+        name: (
+            CommunityFeedSource(feed, name)
+            if url.startswith(FEED_SCHEME)
+            else ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+        )
         for name, url in settings.sources.items()
     }
 
@@ -156,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for n in settings.sources
         }
         fanout = FanOut(
-            make_sources(settings, sessions), settings.budget, breakers, watcher=telemetry
+            make_sources(settings, sessions, db), settings.budget, breakers, watcher=telemetry
         )
         app.state.health = Health(db)
         app.state.readiness = Readiness(app.state.health.ping)
@@ -316,7 +325,7 @@ async def build_index_from(settings: Settings, store: IndexStore) -> BuildReport
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         return await build_index(
-            list(make_sources(settings, sessions).values()), store, refuse_empty=True
+            list(make_sources(settings, sessions, store.db).values()), store, refuse_empty=True
         )
     except SourceBadPayload as exc:
         url = settings.sources.get(exc.source, "")
@@ -378,7 +387,7 @@ async def extract_with(
     sessions = open_sessions(bulk)
     index = IndexStore(db)
     try:
-        fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
+        fanout = FanOut(make_sources(bulk, sessions, db), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
             SharedRecord(

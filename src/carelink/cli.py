@@ -63,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run one simulated source system")
     sim.add_argument("name", choices=["acute", "gp", "community", "social-care"])
-    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--port", type=int, help="serve the HTTP interface on this port")
+    sim.add_argument(
+        "--feed-to", metavar="HOST:PORT", help="community: push the population over MLLP, then exit"
+    )
+    sim.add_argument("--replay", type=Path, help="with --feed-to: push this file's messages")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--size", type=int, default=2000)
     sim.add_argument("--seed", type=int, default=42)
@@ -74,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--hang-rate", type=float, default=0.0)
     sim.add_argument("--malformed-rate", type=float, default=0.0)
     sim.add_argument("--down", action="store_true")
+
+    feed = sub.add_parser("feed", help="HL7 v2 feeds pushed over MLLP")
+    fsub = feed.add_subparsers(dest="feed_command", required=True)
+    fsub.add_parser("listen", help="take the feeds of CARELINK_SOURCES' mllp:// sources")
 
     serve = sub.add_parser("serve", help="run the gateway (settings from CARELINK_* env)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -209,8 +217,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _init()
     if args.command == "db":
         return _db(args)
+    if args.command == "simulate" and args.feed_to:
+        return _push_feed(args)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "feed":
+        from carelink.feeds.run import listen_until_stopped
+        from carelink.settings import Settings
+
+        return listen_until_stopped(Settings.from_env())
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
@@ -241,9 +256,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
 
 
+def _push_feed(args: argparse.Namespace) -> int:
+    """``simulate community --feed-to HOST:PORT [--replay FILE]``: send, report, exit."""
+    from carelink.simulators.community import feed
+    from carelink.simulators.feed import send_feed, split_file
+
+    host, _, port = args.feed_to.rpartition(":")
+    if args.name != "community" or not host or not port.isdigit():
+        print("carelink: --feed-to HOST:PORT is for the community simulator", file=sys.stderr)
+        return EXIT_USAGE
+    if args.replay is not None:
+        messages = split_file(args.replay.read_text(encoding="utf-8"))
+    else:
+        messages = list(feed(args.seed, args.size))
+    report = asyncio.run(send_feed(messages, host, int(port)))
+    print(f"carelink simulate: feed to {args.feed_to}: {report.summary()}")
+    return EXIT_OK
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if args.port is None:
+        print("carelink: simulate needs --port (or --feed-to)", file=sys.stderr)
+        return EXIT_USAGE
     from carelink.simulators.base import Behaviour
     from carelink.simulators.registry import create_simulator
 

@@ -30,6 +30,9 @@ DEFAULT_SOURCE_ODS = {
     "social-care": "LSC00",
 }
 _ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+#: a source whose URL has this scheme pushes an HL7 v2 feed over MLLP to that address
+#: (``carelink feed listen`` binds it) and is served from what was stored
+FEED_SCHEME = "mllp://"
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:8080/fhir"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -60,6 +63,18 @@ def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> flo
         return float(env[name])
     except ValueError:
         raise ConfigError(f"{name} must be a number of {unit}") from None
+
+
+def _address(name: str, url: str) -> tuple[str, int]:
+    """``mllp://host:port`` as (host, port)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"source {name!r}: a feed address is {FEED_SCHEME}host:port")
+    return parts.hostname, port
 
 
 @dataclass(frozen=True)
@@ -207,8 +222,14 @@ class Settings:
                 "and at most 3600 seconds"
             )
         for name, url in self.sources.items():
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
+            if url.startswith(FEED_SCHEME):
+                if not name.startswith("community"):
+                    raise ConfigError(f"source {name!r}: only community sources take a feed")
+                _address(name, url)
+            elif not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"source {name!r}: URL must start with http://, https:// or {FEED_SCHEME}"
+                )
         for name, ods in self.source_ods.items():
             if ods != REGISTERED_PRACTICE and not _ODS.match(ods):
                 raise ConfigError(
@@ -225,6 +246,14 @@ class Settings:
             connect_timeout=self.db_connect_timeout,
             statement_timeout=None if batch else self.db_timeout,
         )
+
+    def feeds(self) -> dict[str, tuple[str, int]]:
+        """The sources that push a feed, and the address (host, port) each sends to."""
+        return {
+            name: _address(name, url)
+            for name, url in self.sources.items()
+            if url.startswith(FEED_SCHEME)
+        }
 
     def audit_paths(self) -> tuple[Path, Path]:
         """The audit checkpoint key folder and the checkpoints folder, as configured or

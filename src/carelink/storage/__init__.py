@@ -3,6 +3,7 @@
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
 from carelink.storage.database import UNAVAILABLE, Database, describe, is_unavailable
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
+from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
@@ -11,10 +12,13 @@ from carelink.storage.result_store import ResultStore
 
 __all__ = [
     "UNAVAILABLE",
+    "Arrival",
     "ConsentRow",
     "ConsentStore",
     "Database",
     "DateTest",
+    "FeedRecord",
+    "FeedStore",
     "GrantRow",
     "IdentifierTest",
     "IndexStore",

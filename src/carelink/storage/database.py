@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from carelink.errors import ConfigError, StorageUnavailable
+from carelink.storage.feed_tables import create_feed_tables
 from carelink.storage.tables import (
     audit_events,
     audit_lock,
@@ -134,6 +135,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (8, "full identities on grants and jobs; consent history", _identities_and_history),
     (9, "audit trail: agent column, hash over every column", _audit_every_column),
+    (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
 ]
 
 
