@@ -38,6 +38,8 @@ _CODE = {
     "timeout": "timeout",
     "circuit-open": "transient",
     "error": "transient",
+    "refused": "forbidden",
+    "not-asked": "not-supported",
 }
 
 
