@@ -59,6 +59,7 @@ class SourceResult:
     as_of: str | None = None
     reason: str | None = None
     skipped: tuple[str, ...] = ()  # resources the adapter left out of an ok answer, and why
+    notes: tuple[str, ...] = ()  # what the source said about its answer (warnings)
 
 
 class Watcher(Protocol):
@@ -255,6 +256,7 @@ class FanOut:
                 answer.version,
                 answer.as_of,
                 skipped=tuple(answer.skipped),
+                notes=tuple(answer.notes),
             )
         latency = getattr(exc, "latency_ms", (self.clock() - started) * 1000)
         if isinstance(exc, SourceNotAsked):

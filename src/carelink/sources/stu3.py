@@ -399,9 +399,9 @@ def _prune(value: Any, type_name: str, path: str, dropped: list[str]) -> Any:
         if key == "resourceType" or (key.startswith("_") and key[1:] in elements):
             out[key] = v
         elif key in elements:
-            if key in ("extension", "modifierExtension") and isinstance(v, dict):
-                v = [v]  # published quirk: one extension not in a list
-            if type_name in _SCALAR_PARTS and isinstance(v, list) and len(v) == 1:
+            if key in ("extension", "modifierExtension"):
+                v = [v] if isinstance(v, dict) else v  # published quirk: not in a list
+            elif type_name in _SCALAR_PARTS and isinstance(v, list) and len(v) == 1:
                 v = v[0]  # published quirk: Duration.code ["d"]
             kept = _prune(v, elements[key], f"{path}.{key}", dropped)
             if kept is not None and kept != []:
