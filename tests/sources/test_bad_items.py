@@ -27,7 +27,8 @@ from carelink.simulators import acute, community, gp
 from carelink.simulators.base import Behaviour
 from carelink.sources.base import SourceAnswer
 from carelink.sources.community import CommunitySource
-from carelink.sources.fhir_rest import AcuteSource, GPSource, bundle_resources
+from carelink.sources.fhir_rest import AcuteSource, bundle_resources
+from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource
 from tests.support.servers import run_app
 
@@ -105,7 +106,9 @@ def test_acute_over_paged_everything_leaves_out_only_the_resources_without_id(fh
 def test_gp_structured_record_leaves_out_only_the_resources_without_id(fhir_data):
     app = gp.create_app_from_files(fhir_data, behaviour=Behaviour())
     with run_app(app) as url:
-        answer = run(lambda s: GPSource(s, url).fetch_record("p1", REF, None, nhs_number=NHS))
+        answer = run(
+            lambda s: GPConnectSource(s, url).fetch_record("p1", REF, None, nhs_number=NHS)
+        )
     assert _kept(answer) == ["gp-enc1", "gp-good1", "gp-p1"]
     assert answer.skipped == ("Observation entry 2: no id", "Observation entry 4: no id")
 

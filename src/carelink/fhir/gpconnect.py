@@ -30,6 +30,8 @@ FHIR_JSON_UTF8 = "application/fhir+json;charset=utf-8"
 BUNDLE_PROFILE = "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-StructuredRecord-Bundle-1"
 OUTCOME_PROFILE = "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-OperationOutcome-1"
 SPINE_CODES = "https://fhir.nhs.uk/STU3/CodeSystem/Spine-ErrorOrWarningCode-1"
+#: the systems Spine codes arrive in (1.2.x examples name the ValueSet)
+SPINE_CODE_SYSTEMS = (SPINE_CODES, "https://fhir.nhs.uk/STU3/ValueSet/Spine-ErrorOrWarningCode-1")
 #: the SSP's own errors use HTTP status numbers as codes, in these systems
 SSP_CODE_SYSTEMS = (
     "http://fhir.nhs.net/ValueSet/gpconnect-schedule-response-code-1-0",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import orjson
 
 from carelink.errors import SourceError, SourceRefused, SourceUnavailable
-from carelink.fhir.gpconnect import SPINE_CODES, SSP_CODE_SYSTEMS, outcome_codes
+from carelink.fhir.gpconnect import SPINE_CODE_SYSTEMS, SSP_CODE_SYSTEMS, outcome_codes
 
 #: Spine codes the patient's or practice's decision lies behind, and what each means
 REFUSALS = {
@@ -67,7 +67,7 @@ def failure(source: str, status: int, body: bytes) -> SourceError:
         doc = None
     if isinstance(doc, dict) and doc.get("resourceType") == "OperationOutcome":
         codes = outcome_codes(doc)
-    spine = next((code for _, system, code in codes if system == SPINE_CODES), None)
+    spine = next((code for _, system, code in codes if system in SPINE_CODE_SYSTEMS), None)
     ssp = next((code for _, system, code in codes if system in SSP_CODE_SYSTEMS), None)
     if spine in REFUSALS:
         return SourceRefused(source, _say(spine, status, REFUSALS[spine]), spine)

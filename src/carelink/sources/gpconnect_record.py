@@ -27,7 +27,7 @@ from carelink.fhir.gpconnect import (
     LIST_WARNING_URL,
     SECONDARY_LISTS,
     SECTION_LISTS,
-    SPINE_CODES,
+    SPINE_CODE_SYSTEMS,
 )
 from carelink.sources.base import Json
 from carelink.sources.stu3 import PATIENT_LINK, RENAMED_TYPES, is_r4_type, missing, to_r4
@@ -80,7 +80,7 @@ def outcome_warnings(r: Json) -> list[str]:
     out = []
     for i in r.get("issue", []):
         codings = (i.get("details") or {}).get("coding") or [{}]
-        code = next((c.get("code") for c in codings if c.get("system") == SPINE_CODES), None)
+        code = next((c.get("code") for c in codings if c.get("system") in SPINE_CODE_SYSTEMS), None)
         text = (i.get("details") or {}).get("text") or i.get("diagnostics") or ""
         out.append(f"{i.get('severity', 'warning')} {code or i.get('code')}: {text}".strip())
     return out
