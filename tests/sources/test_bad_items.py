@@ -85,6 +85,12 @@ def fhir_data(tmp_path: Path) -> Path:
         {"resourceType": "Encounter", "id": "enc1", "subject": {"reference": "Patient/p1"}},
         {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}},
     ]
+    for r in lines[1:]:  # what R4 requires, so only the missing ids are at fault
+        r.update(
+            {"status": "finished", "class": {"code": "AMB"}}
+            if r["resourceType"] == "Encounter"
+            else {"status": "final", "code": {"text": "pulse"}}
+        )
     f = tmp_path / "data.ndjson"
     f.write_text("\n".join(json.dumps(x) for x in lines))
     return f
