@@ -54,8 +54,8 @@ from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
-from carelink.sources.tls import client_context
 from carelink.sources.social_care import SocialCareSource
+from carelink.sources.tls import client_context
 from carelink.storage import (
     ConsentStore,
     Database,

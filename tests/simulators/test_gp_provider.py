@@ -37,7 +37,9 @@ def sim() -> tuple[str, str]:
     store = PopulationStore("gp", 7, 40)
     local = store.patient_ids()[0]
     nhs = next(
-        i["value"] for i in store.record(local)[0]["identifier"] if i["system"].endswith("nhs-number")
+        i["value"]
+        for i in store.record(local)[0]["identifier"]
+        if i["system"].endswith("nhs-number")
     )
     with run_app(gp.create_app(seed=7, size=40, behaviour=Behaviour())) as url:
         yield url, nhs
@@ -77,9 +79,13 @@ def test_every_published_request_is_accepted(sim, path: Path):
 
 
 @pytest.mark.parametrize(
-    "change, status, code",
+    ("change", "status", "code"),
     [
-        ({"Ssp-InteractionID": "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"}, 400, "BAD_REQUEST"),
+        (
+            {"Ssp-InteractionID": "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"},
+            400,
+            "BAD_REQUEST",
+        ),
         ({"Ssp-TraceID": "not-a-uuid"}, 400, "BAD_REQUEST"),
         ({"Ssp-From": ""}, 400, "BAD_REQUEST"),
         ({"Authorization": "Bearer abc.def.ghi"}, 400, "BAD_REQUEST"),
@@ -96,13 +102,18 @@ def test_bad_headers_are_refused_as_the_spec_says(sim, change, status, code):
 
 
 @pytest.mark.parametrize(
-    "nhs, parts, status, code",
+    ("nhs", "parts", "status", "code"),
     [
         ("c0f9b1de-1d1b-4f5c-9a55-1b2f1c2f0a11", None, 400, "INVALID_NHS_NUMBER"),
         ("9434765918", None, 400, "INVALID_NHS_NUMBER"),
         ("9434765919", None, 404, "PATIENT_NOT_FOUND"),
         (None, [], 422, "INVALID_PARAMETER"),  # includeAllergies without its part
-        (None, [{"name": "includeResolvedAllergies", "valueBoolean": "yes"}], 422, "INVALID_PARAMETER"),
+        (
+            None,
+            [{"name": "includeResolvedAllergies", "valueBoolean": "yes"}],
+            422,
+            "INVALID_PARAMETER",
+        ),
     ],
 )
 def test_bad_parameters_are_refused_with_spine_codes(sim, nhs, parts, status, code):
@@ -127,12 +138,14 @@ def test_the_consumer_reads_the_simulated_record_as_valid_r4_and_hears_refusals(
         async with aiohttp.ClientSession() as session:
             source = GPConnectSource(session, url)
             answer = await source.fetch_record("L", "Patient/merged", None, nhs_number=nhs)
-            httpx.post(f"{url}/_admin/gpconnect", json={"refuse": {nhs: "NO_PATIENT_CONSENT"}})
+            await session.post(
+                f"{url}/_admin/gpconnect", json={"refuse": {nhs: "NO_PATIENT_CONSENT"}}
+            )
             try:
                 with pytest.raises(SourceRefused, match="NO_PATIENT_CONSENT") as refused:
                     await source.fetch_record("L", "Patient/merged", None, nhs_number=nhs)
             finally:
-                httpx.post(f"{url}/_admin/gpconnect", json={"refuse": {}})
+                await session.post(f"{url}/_admin/gpconnect", json={"refuse": {}})
             return answer, refused.value
 
     answer, refused = asyncio.run(go())
@@ -149,7 +162,9 @@ def test_published_example_bundles_are_served_with_data():
     """``--data`` with the published Bundles: found by their Patient's NHS number (the
     pathology example's 9432003812 fails the check digit, so a provider refuses it)."""
     doc = json.loads((DATA / "responses/allergies_response1.json").read_text())
-    patient = next(e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient = next(
+        e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
     nhs = next(i["value"] for i in patient["identifier"] if i["system"].endswith("nhs-number"))
     app = gp.create_app_from_files(DATA / "responses", behaviour=Behaviour())
     with run_app(app) as url:

@@ -59,9 +59,13 @@ def test_every_published_response_becomes_valid_r4_with_every_entry_accounted_fo
 
 
 def test_the_published_quirks_are_read_as_a_consumer_must():
-    diary = read_structured(json.loads((DATA / "responses/diaryentries_response1.json").read_text()), "gp")
+    diary = read_structured(
+        json.loads((DATA / "responses/diaryentries_response1.json").read_text()), "gp"
+    )
     assert [r["resourceType"] for r in diary.resources].count("ServiceRequest") == 2
-    allergies = read_structured(json.loads((DATA / "responses/allergies_response1.json").read_text()), "gp")
+    allergies = read_structured(
+        json.loads((DATA / "responses/allergies_response1.json").read_text()), "gp"
+    )
     ids = {r["id"] for r in allergies.resources if r["resourceType"] == "AllergyIntolerance"}
     assert "Resolved-1" in ids  # contained in the resolved allergies List, taken out
     assert not [r for r in allergies.resources if r["resourceType"] == "List"]
@@ -85,7 +89,11 @@ ERRORS = {
     "ssp_error_example_method_not_allowed": (405, "error", "405"),
     "ssp_error_example_unsupported_media_type": (415, "error", "415"),
     "ssp_error_example_sender_asid_is_not_authorised_for_this_interaction": (403, "refused", "403"),
-    "ssp_error_example_receiver_asid_is_not_authorised_for_this_interaction": (403, "refused", "403"),
+    "ssp_error_example_receiver_asid_is_not_authorised_for_this_interaction": (
+        403,
+        "refused",
+        "403",
+    ),
     "ssp_error_example_sender_asid_is_not_authorised_to_send_the_interaction_to_recei": (
         403,
         "refused",
@@ -112,7 +120,9 @@ def test_every_published_error_becomes_an_outcome_saying_what_happened(path: Pat
 
 
 def test_the_in_bundle_warning_of_a_disabled_area_is_a_note():
-    entry = json.loads((DATA / "errors/clinical_area_config__populating_a_warning.json").read_text())
+    entry = json.loads(
+        (DATA / "errors/clinical_area_config__populating_a_warning.json").read_text()
+    )
     doc = {"resourceType": "Bundle", "type": "collection", "entry": [entry]}
     assert read_structured(doc, "gp").notes == [
         "warning NOT_IMPLEMENTED: includeProblems has been disabled"
@@ -140,7 +150,8 @@ def test_types_and_periods_become_include_groups_within_the_rules():
     assert "includeConsultations" not in params
     everything = parameters(NHS, None, Period(dt.date(2023, 1, 1)), TODAY)
     names = [p["name"] for p in everything["parameter"]]
-    assert "includeConsultations" in names and "includeReferrals" in names
+    assert "includeConsultations" in names
+    assert "includeReferrals" in names
     med = next(p for p in everything["parameter"] if p["name"] == "includeMedication")
     assert "part" not in med or all(
         q["name"] != "medicationSearchFromDate" for q in med["part"]
@@ -172,14 +183,23 @@ async def _serve(handler, ssl_context=None):
 def test_the_request_carries_the_ssp_headers_and_jwt_facts_requires():
     recorder = Recorder()
     dr = Requester(
-        "10019", "A1001", "Test Hospital", "111222333444", "444555666777", "Jones", ("Claire",), ("Dr",)
+        "10019",
+        "A1001",
+        "Test Hospital",
+        "111222333444",
+        "444555666777",
+        "Jones",
+        ("Claire",),
+        ("Dr",),
     )
 
     async def go():
         runner, port = await _serve(recorder.handle)
         try:
             async with aiohttp.ClientSession() as session:
-                source = GPConnectSource(session, f"http://127.0.0.1:{port}/GP0001/STU3/1", clock=lambda: 1_700_000_000)
+                source = GPConnectSource(
+                    session, f"http://127.0.0.1:{port}/GP0001/STU3/1", clock=lambda: 1_700_000_000
+                )
                 with on_behalf_of(dr):
                     return await source.fetch_record("L1", "Patient/p1", None, nhs_number=NHS)
         finally:
@@ -190,34 +210,46 @@ def test_the_request_carries_the_ssp_headers_and_jwt_facts_requires():
     ((path, headers, body),) = recorder.requests
     assert path == "/GP0001/STU3/1/Patient/$gpc.getstructuredrecord"
     uuid.UUID(headers["Ssp-TraceID"])
-    assert headers["Ssp-From"] and headers["Ssp-To"]
+    assert headers["Ssp-From"]
+    assert headers["Ssp-To"]
     assert headers["Ssp-InteractionID"] == INTERACTION_ID
     assert headers["Content-Type"].startswith("application/fhir+json")
     token = headers["Authorization"].removeprefix("Bearer ")
     head, payload, signature = token.split(".")
-    assert token.endswith(".") and signature == ""
+    assert token.endswith(".")
+    assert signature == ""
     assert _decode(head) == {"alg": "none", "typ": "JWT"}
     claims = _decode(payload)
-    example = json.loads((DATA / "jwt/cross_organisation_audit_and_provenance__jwt_payload_full_example.json").read_text())
+    example = json.loads(
+        (
+            DATA / "jwt/cross_organisation_audit_and_provenance__jwt_payload_full_example.json"
+        ).read_text()
+    )
     assert set(claims) == set(example)
     assert claims["exp"] - claims["iat"] == 300
     assert claims["iat"] == 1_700_000_000
     assert claims["reason_for_request"] == "directcare"
     assert claims["requested_scope"] == "patient/*.read"
     assert claims["aud"] == f"http://127.0.0.1:{headers['Host'].split(':')[1]}/GP0001/STU3/1"
-    assert claims["sub"] == claims["requesting_practitioner"]["id"] == "10019"
+    assert claims["sub"] == "10019"
+    assert claims["requesting_practitioner"]["id"] == "10019"
     assert claims["requesting_organization"]["identifier"] == [
         {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "A1001"}
     ]
     systems = {i["system"] for i in claims["requesting_practitioner"]["identifier"]}
-    assert {"https://fhir.nhs.uk/Id/sds-user-id", "https://fhir.nhs.uk/Id/sds-role-profile-id"} <= systems
+    assert {
+        "https://fhir.nhs.uk/Id/sds-user-id",
+        "https://fhir.nhs.uk/Id/sds-role-profile-id",
+    } <= systems
     assert claims["requesting_device"]["resourceType"] == "Device"
     sent = json.loads(body)
     assert sent["resourceType"] == "Parameters"
     assert sent["parameter"][0]["valueIdentifier"]["value"] == NHS
 
 
-@pytest.mark.parametrize("nhs_number", [None, "", "c0f9b1de-1d1b-4f5c-9a55-1b2f1c2f0a11", "9434765918"])
+@pytest.mark.parametrize(
+    "nhs_number", [None, "", "c0f9b1de-1d1b-4f5c-9a55-1b2f1c2f0a11", "9434765918"]
+)
 def test_a_person_without_a_traced_nhs_number_is_never_sent(nhs_number):
     recorder = Recorder()
 
@@ -255,7 +287,9 @@ def _cert(name: str, issuer_key, issuer_name, key, ca: bool = False) -> x509.Cer
     )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
             critical=False,
         )
     return builder.sign(issuer_key, hashes.SHA256())
@@ -281,9 +315,16 @@ def test_mutual_tls_with_the_configured_client_certificate(tmp_path: Path):
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = _cert("test CA", ca_key, ca_name, ca_key, ca=True)
     ca_file, _ = _pem(tmp_path, "ca", ca, ca_key)
-    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    server_cert, server_keyfile = _pem(tmp_path, "server", _cert("127.0.0.1", ca_key, ca_name, server_key), server_key)
-    client_cert, client_keyfile = _pem(tmp_path, "client", _cert("carelink", ca_key, ca_name, client_key), client_key)
+    server_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    server_cert, server_keyfile = _pem(
+        tmp_path, "server", _cert("127.0.0.1", ca_key, ca_name, server_key), server_key
+    )
+    client_cert, client_keyfile = _pem(
+        tmp_path, "client", _cert("carelink", ca_key, ca_name, client_key), client_key
+    )
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
     server_ctx.load_cert_chain(server_cert, server_keyfile)
     server_ctx.verify_mode = ssl.CERT_REQUIRED

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from carelink.errors import SourceError
 from carelink.observability import bind, unbind
 from carelink.sources.base import Source
 from carelink.sources.community import CommunitySource
-from carelink.errors import SourceError
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource

@@ -100,7 +100,10 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
                     "information",
                     "informational",
                     f"source {r.source} says: " + "; ".join(r.notes),
-                    details={"coding": [{"system": NOTES_SYSTEM, "code": "notes"}], "text": "notes"},
+                    details={
+                        "coding": [{"system": NOTES_SYSTEM, "code": "notes"}],
+                        "text": "notes",
+                    },
                     extension=[{"url": EXT_SOURCE, "valueString": r.source}],
                 )
             )

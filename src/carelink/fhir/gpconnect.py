@@ -37,7 +37,9 @@ SSP_CODE_SYSTEMS = (
     "http://fhir.nhs.net/ValueSet/gpconnect-schedule-response-code-1-0",
     "https://fhir.nhs.uk/StructureDefinition/spine-operationoutcome-1",
 )
-LIST_WARNING_URL = "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1"
+LIST_WARNING_URL = (
+    "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1"
+)
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"

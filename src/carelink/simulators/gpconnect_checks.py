@@ -196,7 +196,9 @@ def _date_problem(text: Any, today: date, name: str) -> str | None:
     return f"{name} is in the future" if when > today else None
 
 
-def _part_problem(group: str, name: str, kind: str, got: tuple[str, Any], today: date) -> str | None:
+def _part_problem(
+    group: str, name: str, kind: str, got: tuple[str, Any], today: date
+) -> str | None:
     key, value = got
     if kind == "boolean":
         return None if key == "valueBoolean" and isinstance(value, bool) else f"{name}: a boolean"
@@ -299,7 +301,11 @@ def warning_outcome(warnings: list[str]) -> Json:
                 "code": "not-supported",
                 "details": {
                     "coding": [
-                        {"system": SPINE_CODES, "code": "NOT_IMPLEMENTED", "display": "Not implemented"}
+                        {
+                            "system": SPINE_CODES,
+                            "code": "NOT_IMPLEMENTED",
+                            "display": "Not implemented",
+                        }
                     ],
                     "text": w,
                 },

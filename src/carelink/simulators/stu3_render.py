@@ -123,7 +123,8 @@ def _immunization(r: Json) -> None:
     r.pop("occurrenceString", None)
     if "performer" in r:
         r["practitioner"] = [
-            {("role" if k == "function" else k): v for k, v in p.items()} for p in r.pop("performer")
+            {("role" if k == "function" else k): v for k, v in p.items()}
+            for p in r.pop("performer")
         ]
     why: Json = {}
     if "reasonCode" in r:

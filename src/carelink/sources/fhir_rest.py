@@ -13,7 +13,7 @@ from carelink.errors import SourceBadPayload
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.http import Mapped, answer, as_of, fetch
+from carelink.sources.http import Mapped, as_of, fetch
 from carelink.sources.namespacing import namespace, namespaced_id
 
 

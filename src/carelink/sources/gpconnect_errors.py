@@ -82,7 +82,9 @@ def failure(source: str, status: int, body: bytes) -> SourceError:
             return SourceUnavailable(source, reason)
         return SourceRefused(source, reason, ssp, kind)
     if spine is not None:
-        return SourceRefused(source, _say(spine, status, "unrecognised GP Connect error"), spine, "error")
+        return SourceRefused(
+            source, _say(spine, status, "unrecognised GP Connect error"), spine, "error"
+        )
     return SourceUnavailable(source, f"HTTP {status}")
 
 

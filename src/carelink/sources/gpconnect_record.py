@@ -70,7 +70,9 @@ def list_warnings(r: Json) -> list[str]:
     if isinstance(reason, dict):
         said = reason.get("text") or ", ".join(sorted(_codes(reason)))
         out.append(f"{title}: empty ({said})")
-    out += [f"{title}: {n['text']}" for n in r.get("note", []) if isinstance(n, dict) and n.get("text")]
+    out += [
+        f"{title}: {n['text']}" for n in r.get("note", []) if isinstance(n, dict) and n.get("text")
+    ]
     return out
 
 
@@ -109,7 +111,7 @@ def read_structured(doc: Json, source: str) -> Reading:
     own = {"reference": f"Patient/{patient['id']}"} if patient else None
 
     def take(r: Json, where: str, n: int | str) -> None:
-        rtype = r["resourceType"]
+        rtype = str(r["resourceType"])
         key = (RENAMED_TYPES.get(rtype, rtype), str(r["id"]).removeprefix(rtype + "/"))
         if key in seen:
             out.fates.append((where, f"folded: a copy of {seen[key]}"))

@@ -178,7 +178,11 @@ def parameters(
     for name in areas:
         parts = [p for p in wanted.get(name, []) if p["name"] not in forbidden]
         out.append({"name": name, "part": parts} if parts else {"name": name})
-    return {"resourceType": "Parameters", "meta": {"profile": [PARAMETERS_PROFILE]}, "parameter": out}
+    return {
+        "resourceType": "Parameters",
+        "meta": {"profile": [PARAMETERS_PROFILE]},
+        "parameter": out,
+    }
 
 
 def _b64(doc: object) -> str:

@@ -263,7 +263,9 @@ def _diagnostic_report(r: Json) -> None:
     _context_to_encounter(r)
     _listed(r, "category")
     if "performer" in r:
-        r["performer"] = [p["actor"] for p in r["performer"] if isinstance(p, dict) and "actor" in p]
+        r["performer"] = [
+            p["actor"] for p in r["performer"] if isinstance(p, dict) and "actor" in p
+        ]
     _rename(r, "codedDiagnosis", "conclusionCode")
     _rename(r, "image", "media")
 
@@ -321,7 +323,11 @@ def _document_reference(r: Json) -> None:
     ctx = r.get("context")
     if isinstance(ctx, dict):
         _listed(ctx, "encounter")
-        ctx["related"] = [x.get("ref") or {"identifier": x["identifier"]} for x in ctx.get("related", []) if x.get("ref") or x.get("identifier")]
+        ctx["related"] = [
+            x.get("ref") or {"identifier": x["identifier"]}
+            for x in ctx.get("related", [])
+            if x.get("ref") or x.get("identifier")
+        ]
         if not ctx["related"]:
             del ctx["related"]
     if created:
@@ -334,7 +340,10 @@ def _healthcare_service(r: Json) -> None:
     eligibility, note = r.pop("eligibility", None), r.pop("eligibilityNote", None)
     if eligibility or note:
         r["eligibility"] = [
-            {**({"code": eligibility} if eligibility else {}), **({"comment": note} if note else {})}
+            {
+                **({"code": eligibility} if eligibility else {}),
+                **({"comment": note} if note else {}),
+            }
         ]
     programs = r.pop("programName", None)
     if programs:
@@ -435,7 +444,9 @@ def missing(resource: Json) -> list[str]:
     for name in REQUIRED.get(str(resource.get("resourceType")), ()):
         if name.endswith("[x]"):
             stem = name[:-3]
-            if not any(k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper() for k in resource):
+            if not any(
+                k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper() for k in resource
+            ):
                 out.append(name)
         elif resource.get(name) in (None, [], {}, ""):
             out.append(name)

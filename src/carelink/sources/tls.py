@@ -1,9 +1,9 @@
 """Outbound TLS for a source: the CA to trust and the client certificate to present.
 
 GP Connect requires mutual TLS between consumer and the Spine Secure Proxy; any
-source may be configured the same way (``Settings.source_tls``: client certificate and key, both or neither, and the CA
-bundle signing the server's certificate, system CAs when unset). The context is
-made once per source when its session is opened.
+source may be configured the same way (``Settings.source_tls``: client certificate
+and key, both or neither, and the CA bundle signing the server's certificate, system
+CAs when unset). The context is made once per source when its session is opened.
 """
 
 from __future__ import annotations
