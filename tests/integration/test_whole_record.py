@@ -452,7 +452,10 @@ def test_every_person_is_one_patient(world: World, gateway_ids: list[str], clien
                 for p in pix["parameter"]
                 if p["name"] == "targetIdentifier"
             }
-            assert values == {person.locals["gp"]: LOCAL_ID_SYSTEM.format(name="gp")}
+            assert values == {
+                person.locals["gp"]: LOCAL_ID_SYSTEM.format(name="gp"),
+                _test_nhs_number(int(person.locals["gp"][1:])): NHS_NUMBER_SYSTEM,
+            }
             target = next(p for p in pix["parameter"] if p["name"] == "targetId")
             assert target["valueReference"]["reference"] == f"Patient/{pid}"
 
