@@ -59,8 +59,10 @@ from carelink.settings import FEED_SCHEME, Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
 from carelink.sources.community_feed import CommunityFeedSource
-from carelink.sources.fhir_rest import AcuteSource, GPSource
+from carelink.sources.fhir_rest import AcuteSource
+from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource
+from carelink.sources.tls import client_context
 from carelink.storage import (
     UNAVAILABLE,
     ConsentStore,
@@ -81,7 +83,7 @@ from carelink.storage.health import Health
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
     "acute": lambda s, url, name: AcuteSource(s, url, name),
-    "gp": lambda s, url, name: GPSource(s, url, name),
+    "gp": lambda s, url, name: GPConnectSource(s, url, name),
     "community": lambda s, url, name: CommunitySource(s, url, name),
     "social-care": lambda s, url, name: SocialCareSource(s, url, name),
 }
@@ -100,7 +102,12 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     return {
         name: aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=settings.upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
+                limit=settings.upstream_connections,
+                ttl_dns_cache=300,
+                keepalive_timeout=30,
+                ssl=client_context(name, tls.cert, tls.key, tls.ca)
+                if (tls := settings.source_tls.get(name)) is not None
+                else True,
             ),
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.budget),
             raise_for_status=False,

@@ -19,7 +19,9 @@ Only ``carelink.api`` turns these into an HTTP status and an
     ├── SourceError                  one source system failed (never fatal to a request)
     │   ├── SourceUnavailable        connection refused, HTTP 5xx, circuit open
     │   ├── SourceTimeout            no answer within the time budget
-    │   └── SourceBadPayload         an answer that cannot be understood
+    │   ├── SourceBadPayload         an answer that cannot be understood
+    │   ├── SourceRefused            the source answered no: consent, access, no such patient
+    │   └── SourceNotAsked           the gateway could not ask (GP Connect without an NHS number)
     ├── IndexError_                  the patient index is missing or inconsistent
     ├── ExportError                  a bulk export job failed
     ├── AuditError              503  the audit trail cannot be written
@@ -114,6 +116,27 @@ class SourceBadPayload(SourceError):
     """The source answered with something that cannot be understood."""
 
     status = "error"
+
+
+class SourceRefused(SourceError):
+    """The source understood the request and declined it, saying why (GP Connect's
+    ``NO_PATIENT_CONSENT``, ``PATIENT_NOT_FOUND`` ...); ``code`` is the source's own.
+    ``status`` is ``refused``, or ``error`` when the refusal says the gateway's request
+    was wrong (``INVALID_PARAMETER``): either way the source is up."""
+
+    status = "refused"
+
+    def __init__(self, source: str, reason: str, code: str = "", status: str = "refused") -> None:
+        super().__init__(source, reason)
+        self.code = code
+        self.status = status
+
+
+class SourceNotAsked(SourceError):
+    """The gateway did not ask the source, and says why (GP Connect is asked by traced
+    NHS number only: a person without one is never sent)."""
+
+    status = "not-asked"
 
 
 class IndexError_(CarelinkError):

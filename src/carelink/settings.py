@@ -78,6 +78,17 @@ def _address(name: str, url: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class SourceTLS:
+    """PEM files for one source's outbound TLS: the client certificate and key (both or
+    neither) and the CA bundle that signs the source's server certificate (system CAs
+    when unset)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to start; immutable once made."""
 
@@ -91,6 +102,9 @@ class Settings:
     #: source name -> its organisation's ODS code (or ``registered-practice``), for
     #: Provenance; a source without one is named by ``urn:carelink:source`` instead
     source_ods: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCE_ODS))
+    #: source name -> outbound TLS (client certificate, key, CA) for https sources
+    #: (``CARELINK_SOURCE_TLS=gp=cert.pem;key.pem;ca.pem``; empty parts: unset)
+    source_tls: Mapping[str, SourceTLS] = field(default_factory=dict)
     #: the FHIR profiles (UK Core) the output claims and is checked against
     profiles: str = field(default_factory=lambda: default_profiles_path())
     #: seconds the fan-out waits for sources before answering with what it has
@@ -279,6 +293,12 @@ class Settings:
             s = replace(s, database_url=e["CARELINK_DATABASE_URL"])
         if "CARELINK_SOURCES" in e:
             s = replace(s, sources=_pairs(e, "CARELINK_SOURCES", "url"))
+        if "CARELINK_SOURCE_TLS" in e:
+            tls = {}
+            for name, files in _pairs(e, "CARELINK_SOURCE_TLS", "cert;key;ca").items():
+                cert, key, ca = ([*files.split(";"), "", ""])[:3]
+                tls[name] = SourceTLS(cert or None, key or None, ca or None)
+            s = replace(s, source_tls=tls)
         if "CARELINK_SOURCE_ODS" in e:
             s = replace(
                 s, source_ods={**s.source_ods, **_pairs(e, "CARELINK_SOURCE_ODS", "ODS code")}
