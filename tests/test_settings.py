@@ -156,3 +156,21 @@ def test_operability_settings_have_defaults_and_come_from_the_environment():
 def test_a_community_source_at_an_mllp_address_is_a_feed():
     s = Settings.from_env({"CARELINK_SOURCES": "community=mllp://127.0.0.1:2575,gp=http://x"})
     assert s.feeds() == {"community": ("127.0.0.1", 2575)}
+
+
+def test_the_gp_connect_consumer_identity_and_source_tls_come_from_settings():
+    from carelink.app import _consumer
+
+    s = Settings.from_env(
+        {
+            "CARELINK_GPCONNECT_ASID": "200000000999",
+            "CARELINK_GPCONNECT_PROVIDER_ASID": "918999100001",
+            "CARELINK_SOURCE_TLS": "gp=/k/cert.pem;/k/key.pem;/k/ca.pem,acute=;;/k/ca2.pem",
+        }
+    )
+    consumer = _consumer(s)
+    assert (consumer.asid, consumer.provider_asid) == ("200000000999", "918999100001")
+    assert consumer.endpoint == _consumer(Settings()).endpoint  # unset: the demo's
+    assert (s.source_tls["gp"].cert, s.source_tls["gp"].ca) == ("/k/cert.pem", "/k/ca.pem")
+    assert s.source_tls["acute"].cert is None
+    assert s.source_tls["acute"].ca == "/k/ca2.pem"

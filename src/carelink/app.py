@@ -61,6 +61,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
+from carelink.sources.gpconnect_request import Consumer
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
 from carelink.storage import (
@@ -116,6 +117,17 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     }
 
 
+def _consumer(settings: Settings) -> Consumer:
+    """This gateway as GP Connect providers and Spine know it (settings over the demo's)."""
+    demo = Consumer()
+    return replace(
+        demo,
+        asid=settings.gpconnect_asid or demo.asid,
+        provider_asid=settings.gpconnect_provider_asid or demo.provider_asid,
+        endpoint=settings.gpconnect_endpoint or demo.endpoint,
+    )
+
+
 def make_sources(
     settings: Settings, sessions: Mapping[str, aiohttp.ClientSession], db: Database
 ) -> dict[str, Source]:
@@ -126,6 +138,8 @@ def make_sources(
         name: (
             CommunityFeedSource(feed, name)
             if url.startswith(FEED_SCHEME)
+            else GPConnectSource(sessions[name], url, name, consumer=_consumer(settings))
+            if adapter_kind(name) == "gp"
             else ADAPTERS[adapter_kind(name)](sessions[name], url, name)
         )
         for name, url in settings.sources.items()
