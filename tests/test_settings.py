@@ -93,7 +93,12 @@ def test_the_gateway_does_not_start_with_a_profile_file_it_cannot_use(tmp_path):
     (tmp_path / "UKCore-Patient.json").write_text('{"resourceType": "StructureDefinition"')
     result = carelink(
         ["serve", "--port", "1"],
-        {"CARELINK_AUTH": "development", "CARELINK_PROFILES": str(tmp_path)},
+        {
+            "CARELINK_AUTH": "development",
+            "CARELINK_PROFILES": str(tmp_path),
+            # a database that is there: the start-up checks look at it first
+            "CARELINK_DATABASE_URL": str(tmp_path / "carelink.db"),
+        },
     )
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
