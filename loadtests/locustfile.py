@@ -57,7 +57,9 @@ def token_for(host: str) -> str:
         "purpose_of_use": "TREAT",
         "scope": "user/*.rs",
     }
-    return LocalIssuer(keys).mint(host.rstrip("/") + "/fhir", claims, lifetime=4 * 3600)
+    # the gateway's own key, never a new one (a token signed with that would be refused)
+    issuer = LocalIssuer(keys, create=False)
+    return issuer.mint(host.rstrip("/") + "/fhir", claims, lifetime=4 * 3600)
 
 
 class Clinician(HttpUser):

@@ -10,7 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from carelink.storage import Database
-from tests.support.system import system  # noqa: F401  (the whole system, one per session)
+from tests.support.system import (  # noqa: F401  (the whole systems, shared)
+    feed_system,
+    system,
+)
 
 
 def _postgres_url() -> str | None:

@@ -34,7 +34,13 @@ from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
 from carelink.consent import Engine, Guard, Policy, load_policy
-from carelink.errors import AuditError, CarelinkError, ConfigError
+from carelink.errors import (
+    AuditError,
+    CarelinkError,
+    ConfigError,
+    SourceBadPayload,
+    StorageUnavailable,
+)
 from carelink.export.jobs import Runner
 from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
 from carelink.export.tables import Extracted, extract
@@ -51,20 +57,27 @@ from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry
-from carelink.settings import Settings
+from carelink.settings import FEED_SCHEME, Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
-from carelink.sources.fhir_rest import AcuteSource, GPSource
+from carelink.sources.community_feed import CommunityFeedSource
+from carelink.sources.fhir_rest import AcuteSource
+from carelink.sources.gpconnect import GPConnectSource
+from carelink.sources.gpconnect_request import Consumer
 from carelink.sources.social_care import SocialCareSource
+from carelink.sources.tls import client_context
 from carelink.storage import (
+    UNAVAILABLE,
     ConsentStore,
     Database,
+    FeedStore,
     IndexStore,
     JobStore,
     LocationStore,
     OptOutStore,
     ReplayStore,
     ResultStore,
+    describe,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -73,7 +86,7 @@ from carelink.storage.health import Health
 AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
 ADAPTERS: dict[str, AdapterFactory] = {
     "acute": lambda s, url, name: AcuteSource(s, url, name),
-    "gp": lambda s, url, name: GPSource(s, url, name),
+    "gp": lambda s, url, name: GPConnectSource(s, url, name),
     "community": lambda s, url, name: CommunitySource(s, url, name),
     "social-care": lambda s, url, name: SocialCareSource(s, url, name),
 }
@@ -92,7 +105,12 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     return {
         name: aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=settings.upstream_connections, ttl_dns_cache=300, keepalive_timeout=30
+                limit=settings.upstream_connections,
+                ttl_dns_cache=300,
+                keepalive_timeout=30,
+                ssl=client_context(name, tls.cert, tls.key, tls.ca)
+                if (tls := settings.source_tls.get(name)) is not None
+                else True,
             ),
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.budget),
             raise_for_status=False,
@@ -101,12 +119,31 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     }
 
 
+def _consumer(settings: Settings) -> Consumer:
+    """This gateway as GP Connect providers and Spine know it (settings over the demo's)."""
+    demo = Consumer()
+    return replace(
+        demo,
+        asid=settings.gpconnect_asid or demo.asid,
+        provider_asid=settings.gpconnect_provider_asid or demo.provider_asid,
+        endpoint=settings.gpconnect_endpoint or demo.endpoint,
+    )
+
+
 def make_sources(
-    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession]
+    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession], db: Database
 ) -> dict[str, Source]:
-    """The configured source adapters."""
+    """The configured source adapters; a source at an ``mllp://`` address pushes a feed,
+    and is served from what the feed stored (``carelink feed listen`` takes it)."""
+    feed = FeedStore(db)
     return {
-        name: ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+        name: (
+            CommunityFeedSource(feed, name)
+            if url.startswith(FEED_SCHEME)
+            else GPConnectSource(sessions[name], url, name, consumer=_consumer(settings))
+            if adapter_kind(name) == "gp"
+            else ADAPTERS[adapter_kind(name)](sessions[name], url, name)
+        )
         for name, url in settings.sources.items()
     }
 
@@ -138,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        db = settings.database()
         db.migrate()
         sessions = open_sessions(settings)
         telemetry: Telemetry = app.state.telemetry
@@ -151,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for n in settings.sources
         }
         fanout = FanOut(
-            make_sources(settings, sessions), settings.budget, breakers, watcher=telemetry
+            make_sources(settings, sessions, db), settings.budget, breakers, watcher=telemetry
         )
         app.state.health = Health(db)
         app.state.readiness = Readiness(app.state.health.ping)
@@ -181,7 +218,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(
-            AuditTrail(AuditStore(db), _checkpointer(settings)), telemetry.audit_committed
+            AuditTrail(AuditStore(db), _checkpointer(settings)),
+            telemetry.audit_committed,
+            timeout=settings.db_timeout,
         )
         app.state.audit_search = AuditSearch(db)
         minutes = settings.audit_checkpoint_minutes
@@ -260,13 +299,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
         # Every refusal is audited, under the person the request named (read from its
         # path, query or body), unless the route already wrote its own event.
-        if not isinstance(exc, AuditError) and not getattr(request.state, "audited", False):
+        # A database that is away cannot take the event either: the safety net
+        # (AuditEveryRequest) makes the one attempt.
+        if not isinstance(exc, AuditError | StorageUnavailable) and not getattr(
+            request.state, "audited", False
+        ):
             try:
                 who = await subjects_of(request, read_body=True)
                 await audit(request, interaction(request), who, REFUSED, str(exc))
             except AuditError as failed:
                 return from_error(failed)
         return from_error(exc)
+
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback
+        return await carelink_error(request, StorageUnavailable(describe(exc)))
+
+    for unavailable in UNAVAILABLE:
+        if not issubclass(unavailable, CarelinkError):
+            app.add_exception_handler(unavailable, database_unavailable)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -298,10 +349,11 @@ async def build_index_from(
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        sources = list(make_sources(settings, sessions).values())
-        if progress is None:
-            return await build_index(sources, store)
-        return await build_index(sources, store, progress=progress)
+        sources = list(make_sources(settings, sessions, store.db).values())
+        return await build_index(sources, store, progress=progress, refuse_empty=True)
+    except SourceBadPayload as exc:
+        url = settings.sources.get(exc.source, "")
+        raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
     finally:
         for session in sessions.values():
             await session.close()
@@ -311,7 +363,7 @@ async def update_index_from(settings: Settings, store: IndexStore) -> UpdateRepo
     """Apply the changes every configured source lists since its watermark."""
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await update_from(list(make_sources(settings, sessions).values()), store)
+        return await update_from(list(make_sources(settings, sessions, store.db).values()), store)
     finally:
         for session in sessions.values():
             await session.close()
@@ -321,7 +373,7 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     """Compare every configured source's whole listing with the index (``fix``: apply)."""
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        sources = make_sources(settings, sessions)
+        sources = make_sources(settings, sessions, store.db)
         return {name: await reconcile(s, store, fix) for name, s in sources.items()}
     finally:
         for session in sessions.values():
@@ -374,13 +426,13 @@ async def extract_with(
     settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
 ) -> Extracted:
     """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
-    db = Database(settings.database_url)
+    db = settings.database(batch=True)
     db.migrate()
     bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
     sessions = open_sessions(bulk)
     index = IndexStore(db)
     try:
-        fanout = FanOut(make_sources(bulk, sessions), bulk.budget)
+        fanout = FanOut(make_sources(bulk, sessions, db), bulk.budget)
         _, master = _export_paths(settings)
         return await extract(
             SharedRecord(

@@ -4,8 +4,9 @@ Exit codes (each means one thing, never reused):
 
 - 0 success
 - 1 an error carelink anticipated (message on stderr, one line)
-- 2 usage error (bad arguments)
-- 3 configuration error (settings, policy or profile files)
+- 2 usage error (bad arguments, e.g. an unknown resource type or group)
+- 3 configuration error (settings, policy, profile or key files, a missing data folder,
+  a database URL that is malformed, of an unsupported kind, or cannot be reached)
 - 4 a source system could not be read (index build)
 - 5 the audit trail failed verification (``carelink audit verify``)
 """
@@ -24,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from carelink import errors
+from carelink import __version__, errors
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess folder
 
 if TYPE_CHECKING:
     from carelink.settings import Settings
@@ -34,9 +37,23 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
 
 
+class UsageError(Exception):
+    """An argument that parses but names something that does not exist (exit 2)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carelink", description="Shared care record gateway.")
+    p.add_argument("--version", action="version", version=f"carelink {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "init",
+        help="make the data folder, the keys and the database schema (CARELINK_* settings)",
+    )
+    db = sub.add_parser("db", help="the database")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", help="apply the schema migrations not yet applied")
+    dsub.add_parser("status", help="print the schema version applied and the latest known")
 
     demo = sub.add_parser("demo", help="run gateway + four simulators + embedded database")
     demo.add_argument("--size", type=int, default=2000, help="people in the population")
@@ -48,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run one simulated source system")
     sim.add_argument("name", choices=["acute", "gp", "community", "social-care"])
-    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--port", type=int, help="serve the HTTP interface on this port")
+    sim.add_argument(
+        "--feed-to", metavar="HOST:PORT", help="community: push the population over MLLP, then exit"
+    )
+    sim.add_argument("--replay", type=Path, help="with --feed-to: push this file's messages")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--size", type=int, default=2000)
     sim.add_argument("--seed", type=int, default=42)
@@ -59,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--hang-rate", type=float, default=0.0)
     sim.add_argument("--malformed-rate", type=float, default=0.0)
     sim.add_argument("--down", action="store_true")
+
+    feed = sub.add_parser("feed", help="HL7 v2 feeds pushed over MLLP")
+    fsub = feed.add_subparsers(dest="feed_command", required=True)
+    fsub.add_parser("listen", help="take the feeds of CARELINK_SOURCES' mllp:// sources")
 
     serve = sub.add_parser("serve", help="run the gateway (settings from CARELINK_* env)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -89,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     tsub = token.add_subparsers(dest="token_command", required=True)
     mint = tsub.add_parser("mint", help="print a signed development token")
     mint.add_argument(
-        "--audience", default="http://127.0.0.1:8080/fhir", help="the gateway's FHIR base URL"
+        "--audience",
+        help="the gateway's FHIR base URL (default: CARELINK_AUDIENCE, as the gateway reads "
+        "it, else http://127.0.0.1:8080/fhir as `carelink serve` serves it)",
     )
     mint.add_argument("--subject", default="dev-clinician")
     mint.add_argument("--role", default="R8000", help="NHS national RBAC role code")
@@ -101,8 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument(
         "--keys",
         type=Path,
-        default=Path("var/issuer"),
-        help="the gateway's issuer key directory (CARELINK_ISSUER_KEYS)",
+        help="the gateway's issuer key directory (default: CARELINK_ISSUER_KEYS); never made here",
     )
 
     aud = sub.add_parser("audit", help="the tamper-evident audit trail")
@@ -179,7 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except UsageError as exc:
+        print(f"carelink: usage error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except errors.ConfigError as exc:
+        print(f"carelink: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except errors.StorageUnavailable as exc:
         print(f"carelink: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except errors.SourceError as exc:
@@ -193,8 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return _init()
+    if args.command == "db":
+        return _db(args)
+    if args.command == "simulate" and args.feed_to:
+        return _push_feed(args)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "feed":
+        from carelink.feeds.run import listen_until_stopped
+        from carelink.settings import Settings
+
+        return listen_until_stopped(Settings.from_env())
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
@@ -225,9 +268,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
 
 
+def _push_feed(args: argparse.Namespace) -> int:
+    """``simulate community --feed-to HOST:PORT [--replay FILE]``: send, report, exit."""
+    from carelink.simulators.community import feed
+    from carelink.simulators.feed import send_feed, split_file
+
+    host, _, port = args.feed_to.rpartition(":")
+    if args.name != "community" or not host or not port.isdigit():
+        print("carelink: --feed-to HOST:PORT is for the community simulator", file=sys.stderr)
+        return EXIT_USAGE
+    if args.replay is not None:
+        messages = split_file(args.replay.read_text(encoding="utf-8"))
+    else:
+        messages = list(feed(args.seed, args.size))
+    report = asyncio.run(send_feed(messages, host, int(port)))
+    print(f"carelink simulate: feed to {args.feed_to}: {report.summary()}")
+    return EXIT_OK
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if args.port is None:
+        print("carelink: simulate needs --port (or --feed-to)", file=sys.stderr)
+        return EXIT_USAGE
     from carelink.simulators.base import Behaviour
     from carelink.simulators.registry import create_simulator
 
@@ -265,40 +329,87 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from carelink.observability import log_config, prepare_multiprocess
-    from carelink.serving import PROTOCOL
+    # The checks below build an app in this (the supervising) process: its metrics must
+    # stay in memory, not become a third writer beside the workers in the shared folder.
+    # prometheus_client reads the variable when it is first imported, just below.
+    shared = os.environ.pop(MULTIPROC_DIR, None)
+    from carelink.observability import prepare_multiprocess
     from carelink.settings import Settings
+    from carelink.start import WorkerFailed, preflight, serve
 
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
     if "CARELINK_AUDIENCE" not in os.environ:
         # tokens are for this gateway: its FHIR base as served here
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
-    settings = Settings.from_env()  # fail fast with a clear message before forking workers
-    level = args.log_level or settings.log_level
+    settings = Settings.from_env()
+    preflight(settings)  # everything a worker needs, checked once before any starts
+    if shared is not None:
+        os.environ[MULTIPROC_DIR] = shared
     prepare_multiprocess(args.workers)  # each worker's metrics in files a scrape sums
-    uvicorn.run(
-        "carelink.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=level,
-        log_config=log_config(level),
-        access_log=False,  # the gateway writes its own access line (carelink.api.observe)
-        timeout_keep_alive=settings.keepalive_timeout,
-        # request heads are bounded in size and time before they are parsed (carelink.serving)
-        http=PROTOCOL,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+    try:
+        serve(settings, args.host, args.port, args.workers, args.log_level or settings.log_level)
+    except WorkerFailed as exc:
+        print(f"carelink: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _init() -> int:
+    """Make what the gateway needs and never makes on its own in production."""
+    from carelink.anonymise.keys import load_master_key
+    from carelink.app import _export_paths
+    from carelink.audit.checkpoints import load_or_make_key
+    from carelink.auth.local_issuer import LocalIssuer
+    from carelink.settings import Settings
+
+    settings = Settings.from_env()
+    if "://" not in settings.database_url:
+        Path(settings.database_url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    LocalIssuer(Path(settings.issuer_keys))
+    audit_keys, _ = settings.audit_paths()
+    load_or_make_key(audit_keys)
+    _, master = _export_paths(settings)
+    master.parent.mkdir(parents=True, exist_ok=True)
+    load_master_key(master, create=True)
+    db = settings.database(batch=True)
+    version = db.migrate()
+    db.dispose()
+    print(
+        f"issuer key in {settings.issuer_keys}, audit checkpoint key in {audit_keys}, "
+        f"extract master key {master}; database {db.shown} at schema version {version}"
     )
     return EXIT_OK
 
 
+def _db(args: argparse.Namespace) -> int:
+    from carelink.settings import Settings
+    from carelink.storage.database import MIGRATIONS
+
+    db = Settings.from_env().database(batch=True)
+    try:
+        latest = max(n for n, _, _ in MIGRATIONS)
+        if args.db_command == "upgrade":
+            after = db.migrate()
+            print(f"database {db.shown}: schema version {after} ({db.applied} applied)")
+            return EXIT_OK
+        db.check()
+        now = db.version()
+        print(f"database {db.shown}: schema version {now} of {latest}")
+        return EXIT_OK
+    finally:
+        db.dispose()
+
+
 def _mint(args: argparse.Namespace) -> int:
     from carelink.auth.local_issuer import LocalIssuer
+    from carelink.settings import Settings
 
     if os.environ.get("CARELINK_MODE") == "production":
         raise errors.ConfigError("development tokens are refused in production mode")
+    settings = Settings.from_env()  # the same issuer key and audience as the gateway's
+    keys = args.keys or Path(settings.issuer_keys)
+    audience = args.audience or settings.audience or "http://127.0.0.1:8080/fhir"
     claims = {
         "sub": args.subject,
         "role": args.role,
@@ -314,7 +425,8 @@ def _mint(args: argparse.Namespace) -> int:
             "scope": args.scope,
             "patient": args.patient,
         }
-    print(LocalIssuer(args.keys).mint(args.audience, claims, lifetime=args.minutes * 60))
+    issuer = LocalIssuer(keys, create=False)
+    print(issuer.mint(audience, claims, lifetime=args.minutes * 60))
     return EXIT_OK
 
 
@@ -323,7 +435,6 @@ def _audit(args: argparse.Namespace) -> int:
     from carelink.audit.trail import AuditTrail
     from carelink.audit.verify import verify
     from carelink.settings import Settings
-    from carelink.storage import Database
     from carelink.storage.audit_store import AuditStore
 
     settings = Settings.from_env()
@@ -333,8 +444,10 @@ def _audit(args: argparse.Namespace) -> int:
         key = checkpoints.load_or_make_key(keys)
     else:
         key = checkpoints.load_key(keys)  # a verifier never makes itself a key to trust
-    db = Database(settings.database_url)
-    db.migrate()
+    db = settings.database(batch=True)
+    db.check()
+    if db.version() == 0:  # never make a database (or its schema) just to look at it
+        raise errors.ConfigError(f"database {db.shown} holds no audit trail (no schema)")
     store = AuditStore(db)
     if args.audit_command == "checkpoint":
         cp = AuditTrail(store).checkpoint(key)
@@ -365,10 +478,10 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     from carelink.settings import Settings
-    from carelink.storage import Database, IndexStore
+    from carelink.storage import IndexStore
 
     settings = Settings.from_env()
-    db = Database(settings.database_url)
+    db = settings.database(batch=True)
     db.migrate()
     store = IndexStore(db)
     if args.index_command == "review":
@@ -479,12 +592,14 @@ def _extract(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     pcns = pcns_of(settings)
+    types = _extract_types(args.type) if args.type else None
+    cohort = _cohort(args.group, pcns, settings) if args.group else Cohort()
 
     spec = ExtractSpec(
         project=args.project,
         profile=args.profile,
-        types=frozenset(args.type) if args.type else None,
-        cohort=Cohort.from_group(args.group, pcns) if args.group else Cohort(),
+        types=types,
+        cohort=cohort,
         k=args.k,
         m=args.m,
         purpose=args.purpose,
@@ -507,6 +622,54 @@ def _extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _extract_types(asked: Sequence[str]) -> frozenset[str]:
+    """``--type`` values: each a FHIR R4 resource type the gateway can extract."""
+    from carelink.anonymise.walk import types as r4_types
+    from carelink.federation.query import SEARCH_TYPES
+
+    extractable = {"Patient", *SEARCH_TYPES}
+    wanted = {t.strip() for value in asked for t in value.split(",") if t.strip()}
+    for name in sorted(wanted):
+        if name in extractable:
+            continue
+        if name not in r4_types() or "_" in name:
+            raise UsageError(f"--type {name}: not a FHIR R4 resource type")
+        raise UsageError(
+            f"--type {name}: not extracted by carelink (one of {', '.join(sorted(extractable))})"
+        )
+    return frozenset(wanted)
+
+
+def _cohort(group: str, pcns: Any, settings: Any) -> Any:
+    """``--group``: a group that exists. A malformed group or a practice nobody in the
+    index is registered with is a usage error; a PCN not configured, a configuration
+    error (CARELINK_PCNS)."""
+    from carelink.export.pipeline import Cohort, Member
+    from carelink.storage import IndexStore
+
+    try:
+        cohort = Cohort.from_group(group, pcns)
+    except errors.NotFound as exc:
+        if group.startswith("pcn-"):
+            raise errors.ConfigError(str(exc)) from None
+        raise UsageError(f"--group {exc}") from None
+    if cohort.kind != "practice":
+        return cohort
+    db = settings.database(batch=True)
+    db.check()
+    store = IndexStore(db)
+    try:
+        if not any(Member.of(row).practice == cohort.value for row in store.each_person()):
+            raise UsageError(
+                f"--group {group}: no one in the patient index is registered with practice "
+                f"{cohort.value}"
+            )
+    finally:
+        store.close()
+        db.dispose()
+    return cohort
+
+
 def _instant(text: str) -> datetime:
     """``--since``, read as ``_since`` is on ``$export``: a FHIR date or dateTime (its start)."""
     from carelink.fhir.search import parse_date
@@ -522,7 +685,7 @@ def _optout(args: argparse.Namespace) -> int:
 
     from carelink.fhir.nhs import normalise, problem
     from carelink.settings import Settings
-    from carelink.storage import Database, OptOutStore
+    from carelink.storage import OptOutStore
 
     rows = []
     with args.file.open(newline="") as f:
@@ -535,7 +698,7 @@ def _optout(args: argparse.Namespace) -> int:
             if why is not None:
                 raise ValueError(f"{args.file}:{n}: not an NHS number: {why}")
             rows.append((normalise(row[0].strip()), row[1].strip()))
-    db = Database(Settings.from_env().database_url)
+    db = Settings.from_env().database(batch=True)
     db.migrate()
     added = OptOutStore(db).load(rows, datetime.now(UTC).isoformat())
     db.dispose()

@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from carelink.auth.local_issuer import LocalIssuer
+from carelink.errors import ConfigError
 from carelink.settings import Settings
 from carelink.simulators.population import SOURCES
 
@@ -82,6 +84,20 @@ def wait_healthy(
     raise RuntimeError(f"simulator {name} did not become healthy within {timeout:.0f} s")
 
 
+def check_ports_free(ports: dict[int, str]) -> None:
+    """``ConfigError`` naming the first port (and what it was for) that something else
+    already listens on: the demo would otherwise talk to someone else's servers."""
+    for port, what in ports.items():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise ConfigError(
+                    f"port {port} ({what}) is already in use: stop what listens there, or "
+                    "choose --port / --source-port"
+                ) from None
+
+
 def run_demo(
     *, size: int, seed: int, port: int, source_port: int, latency_ms: float, database: str
 ) -> int:
@@ -92,6 +108,9 @@ def run_demo(
     from carelink.simulators.population import people
     from carelink.storage import Database, IndexStore
 
+    check_ports_free(
+        {port: "gateway"} | {source_port + i: f"simulator {name}" for i, name in enumerate(SOURCES)}
+    )
     Path(database).parent.mkdir(parents=True, exist_ok=True)
     print(f"starting four simulated sources for {size:,} people (seed {seed}) ...", flush=True)
     urls, procs = start_simulators(size, seed, source_port, latency_ms)

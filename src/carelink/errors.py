@@ -19,10 +19,13 @@ Only ``carelink.api`` turns these into an HTTP status and an
     ├── SourceError                  one source system failed (never fatal to a request)
     │   ├── SourceUnavailable        connection refused, HTTP 5xx, circuit open
     │   ├── SourceTimeout            no answer within the time budget
-    │   └── SourceBadPayload         an answer that cannot be understood
+    │   ├── SourceBadPayload         an answer that cannot be understood
+    │   ├── SourceRefused            the source answered no: consent, access, no such patient
+    │   └── SourceNotAsked           the gateway could not ask (GP Connect without an NHS number)
     ├── IndexError_                  the patient index is missing or inconsistent
     ├── ExportError                  a bulk export job failed
     ├── AuditError              503  the audit trail cannot be written
+    ├── StorageUnavailable      503  the database cannot be reached or did not answer in time
     └── ConfigError                  settings, policy or profile files are invalid
 """
 
@@ -115,6 +118,27 @@ class SourceBadPayload(SourceError):
     status = "error"
 
 
+class SourceRefused(SourceError):
+    """The source understood the request and declined it, saying why (GP Connect's
+    ``NO_PATIENT_CONSENT``, ``PATIENT_NOT_FOUND`` ...); ``code`` is the source's own.
+    ``status`` is ``refused``, or ``error`` when the refusal says the gateway's request
+    was wrong (``INVALID_PARAMETER``): either way the source is up."""
+
+    status = "refused"
+
+    def __init__(self, source: str, reason: str, code: str = "", status: str = "refused") -> None:
+        super().__init__(source, reason)
+        self.code = code
+        self.status = status
+
+
+class SourceNotAsked(SourceError):
+    """The gateway did not ask the source, and says why (GP Connect is asked by traced
+    NHS number only: a person without one is never sent)."""
+
+    status = "not-asked"
+
+
 class IndexError_(CarelinkError):
     """The patient index is missing or inconsistent."""
 
@@ -125,6 +149,12 @@ class ExportError(CarelinkError):
 
 class AuditError(CarelinkError):
     """The audit trail cannot be written: patient data must not be served (HTTP 503)."""
+
+
+class StorageUnavailable(CarelinkError):
+    """The database cannot be reached, or did not answer within its time limit (HTTP 503,
+    with ``Retry-After``): nothing is served that would need it, and the request is
+    tried again later. At start-up (``carelink`` commands) it is a configuration error."""
 
 
 class ConfigError(CarelinkError):

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from carelink.errors import ConfigError
+from carelink.storage import Database
 
 DEFAULT_SOURCES = {
     "gp": "http://127.0.0.1:8101",
@@ -29,6 +30,9 @@ DEFAULT_SOURCE_ODS = {
     "social-care": "LSC00",
 }
 _ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+#: a source whose URL has this scheme pushes an HL7 v2 feed over MLLP to that address
+#: (``carelink feed listen`` binds it) and is served from what was stored
+FEED_SCHEME = "mllp://"
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:8080/fhir"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -61,15 +65,51 @@ def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> flo
         raise ConfigError(f"{name} must be a number of {unit}") from None
 
 
+def _address(name: str, url: str) -> tuple[str, int]:
+    """``mllp://host:port`` as (host, port)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"source {name!r}: a feed address is {FEED_SCHEME}host:port")
+    return parts.hostname, port
+
+
+@dataclass(frozen=True)
+class SourceTLS:
+    """PEM files for one source's outbound TLS: the client certificate and key (both or
+    neither) and the CA bundle that signs the source's server certificate (system CAs
+    when unset)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to start; immutable once made."""
 
     database_url: str = "var/carelink.db"
+    #: seconds to connect to the database (and to wait for a pooled connection)
+    db_connect_timeout: float = 5.0
+    #: seconds a database statement may take (PostgreSQL ``statement_timeout``, SQLite's
+    #: busy timeout), and the longest a request waits for the database before its 503
+    db_timeout: float = 5.0
     sources: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
     #: source name -> its organisation's ODS code (or ``registered-practice``), for
     #: Provenance; a source without one is named by ``urn:carelink:source`` instead
     source_ods: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCE_ODS))
+    #: source name -> outbound TLS (client certificate, key, CA) for https sources
+    #: (``CARELINK_SOURCE_TLS=gp=cert.pem;key.pem;ca.pem``; empty parts: unset)
+    source_tls: Mapping[str, SourceTLS] = field(default_factory=dict)
+    #: this gateway as Spine knows it, for GP Connect (``Ssp-From``, the JWT's device):
+    #: its ASID, the GP provider's ASID (``Ssp-To``) and its endpoint; empty: the demo's
+    gpconnect_asid: str = ""
+    gpconnect_provider_asid: str = ""
+    gpconnect_endpoint: str = ""
     #: the FHIR profiles (UK Core) the output claims and is checked against
     profiles: str = field(default_factory=lambda: default_profiles_path())
     #: seconds the fan-out waits for sources before answering with what it has
@@ -165,6 +205,11 @@ class Settings:
             raise ConfigError(
                 f"CARELINK_BUDGET must be between 0 and 30 seconds, not {self.budget}"
             )
+        if not 0 < self.db_connect_timeout <= 300 or not 0 < self.db_timeout <= 3600:
+            raise ConfigError(
+                "CARELINK_DB_CONNECT_TIMEOUT must be more than 0 and at most 300 seconds, "
+                "CARELINK_DB_TIMEOUT more than 0 and at most 3600"
+            )
         if not 0 < self.export_ttl_hours <= 24 * 366:
             raise ConfigError(
                 "CARELINK_EXPORT_TTL_HOURS must be more than 0 and at most a year of hours, "
@@ -196,8 +241,14 @@ class Settings:
                 "and at most 3600 seconds"
             )
         for name, url in self.sources.items():
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"source {name!r}: URL must start with http:// or https://")
+            if url.startswith(FEED_SCHEME):
+                if not name.startswith("community"):
+                    raise ConfigError(f"source {name!r}: only community sources take a feed")
+                _address(name, url)
+            elif not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"source {name!r}: URL must start with http://, https:// or {FEED_SCHEME}"
+                )
         for name, ods in self.source_ods.items():
             if ods != REGISTERED_PRACTICE and not _ODS.match(ods):
                 raise ConfigError(
@@ -205,6 +256,23 @@ class Settings:
                     f"(3 to 10 capital letters and digits, or {REGISTERED_PRACTICE})"
                 )
         return self
+
+    def database(self, *, batch: bool = False) -> Database:
+        """The database these settings name, with their time limits (``batch``: a command
+        that reads or writes whole tables, whose statements get no time limit)."""
+        return Database(
+            self.database_url,
+            connect_timeout=self.db_connect_timeout,
+            statement_timeout=None if batch else self.db_timeout,
+        )
+
+    def feeds(self) -> dict[str, tuple[str, int]]:
+        """The sources that push a feed, and the address (host, port) each sends to."""
+        return {
+            name: _address(name, url)
+            for name, url in self.sources.items()
+            if url.startswith(FEED_SCHEME)
+        }
 
     def audit_paths(self) -> tuple[Path, Path]:
         """The audit checkpoint key folder and the checkpoints folder, as configured or
@@ -230,6 +298,12 @@ class Settings:
             s = replace(s, database_url=e["CARELINK_DATABASE_URL"])
         if "CARELINK_SOURCES" in e:
             s = replace(s, sources=_pairs(e, "CARELINK_SOURCES", "url"))
+        if "CARELINK_SOURCE_TLS" in e:
+            tls = {}
+            for name, files in _pairs(e, "CARELINK_SOURCE_TLS", "cert;key;ca").items():
+                cert, key, ca = ([*files.split(";"), "", ""])[:3]
+                tls[name] = SourceTLS(cert or None, key or None, ca or None)
+            s = replace(s, source_tls=tls)
         if "CARELINK_SOURCE_ODS" in e:
             s = replace(
                 s, source_ods={**s.source_ods, **_pairs(e, "CARELINK_SOURCE_ODS", "ODS code")}
@@ -239,6 +313,10 @@ class Settings:
             budget=_number(e, "CARELINK_BUDGET", s.budget, "seconds"),
             breaker_reset=_number(e, "CARELINK_BREAKER_RESET", s.breaker_reset, "seconds"),
             result_ttl=_number(e, "CARELINK_RESULT_TTL", s.result_ttl, "seconds"),
+            db_connect_timeout=_number(
+                e, "CARELINK_DB_CONNECT_TIMEOUT", s.db_connect_timeout, "seconds"
+            ),
+            db_timeout=_number(e, "CARELINK_DB_TIMEOUT", s.db_timeout, "seconds"),
         )
         if "CARELINK_MODE" in e:
             s = replace(s, mode=e["CARELINK_MODE"])
@@ -265,6 +343,11 @@ class Settings:
                 e, "CARELINK_AUDIT_CHECKPOINT_MINUTES", s.audit_checkpoint_minutes, "minutes"
             ),
             profiles=e.get("CARELINK_PROFILES", s.profiles),
+            gpconnect_asid=e.get("CARELINK_GPCONNECT_ASID", s.gpconnect_asid),
+            gpconnect_provider_asid=e.get(
+                "CARELINK_GPCONNECT_PROVIDER_ASID", s.gpconnect_provider_asid
+            ),
+            gpconnect_endpoint=e.get("CARELINK_GPCONNECT_ENDPOINT", s.gpconnect_endpoint),
             public_base_url=e.get("CARELINK_PUBLIC_BASE_URL", s.public_base_url) or None,
             log_level=e.get("CARELINK_LOG_LEVEL", s.log_level).lower(),
             keepalive_timeout=int(

@@ -109,7 +109,8 @@ def test_upserts_give_the_index_a_rebuild_gives(tmp_path):
     for c in changes[:70]:
         after[c.record.source].append(c.record)
     report = apply_changes(store, changes, now=lambda: NOW)
-    assert report.changes == 100 and not report.unknown
+    assert report.changes == 100
+    assert not report.unknown
     fresh = _store(str(tmp_path / "b.db"))
     build(fresh, after)
     assert snapshot(store) == snapshot(fresh)
@@ -158,7 +159,8 @@ def test_a_superseded_nhs_number_moves_the_person_to_the_new_number(tmp_path):
     apply_changes(store, [NhsNumberSuperseded(p.nhs_number, new)])
     assert store.person_by_nhs(p.nhs_number) is None
     moved = store.person_by_nhs(new)
-    assert moved is not None and moved.id != old.id
+    assert moved is not None
+    assert moved.id != old.id
     assert {(lk.source, lk.local_id) for lk in store.links_of(moved.id)} == records
 
 

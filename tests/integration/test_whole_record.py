@@ -1,8 +1,9 @@
 """One person, the whole record: complete and correct on data we did not make (issue 10).
 
 The acceptance test, end to end, as a user meets it. The vendored Synthea
-export is split across the acute and GP simulators with no NHS number
-anywhere: both hold every Patient (the GP under its own ids, with drift), the
+export is split across the acute and GP simulators with no NHS number at the
+hospital: both hold every Patient (the GP under its own ids, with drift, and a
+traced NHS number, as GP Connect asks for a record by that number only), the
 hospital holds the Encounters, Procedures, documents and devices, the GP the
 problems, medicines, allergies and immunisations (which refer to the
 hospital's Encounters), and both hold the practitioners, organisations,
@@ -43,7 +44,7 @@ from fhirclient.models.allergyintolerance import AllergyIntolerance
 from fhirpy import SyncFHIRClient
 
 from carelink.federation.record import EXT_SOURCE, PROBLEM_SYSTEM
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.sources.base import LOCAL_ID_SYSTEM
 from carelink.sources.namespacing import namespaced_id
 from tests.support.files_system import files_system
@@ -174,6 +175,15 @@ def _strip_nhs(value: Any) -> None:
             _strip_nhs(v)
 
 
+def _test_nhs_number(n: int) -> str:
+    """The ``n``th valid NHS number in the range reserved for test data (999...)."""
+    for first in range(999_000_000 + n * 20, 999_999_999):
+        check = check_digit(str(first))
+        if check is not None:
+            return f"{first}{check}"
+    raise AssertionError("no NHS number")
+
+
 def _referenced_ids(resources: list[Json]) -> set[str]:
     """The last path segment of every literal reference (what an id-less copy would break)."""
     return {
@@ -210,7 +220,9 @@ def _write(tmp: Path) -> tuple[list[Person], dict[str, Held]]:
     lines: dict[str, list[Json]] = {s: [] for s in SOURCES}
     for n, p in enumerate(patients):
         lines["acute"].append(p)
-        lines["gp"].append(gp_copy(n, p))
+        copy = gp_copy(n, p)
+        copy["identifier"].append({"system": NHS_NUMBER_SYSTEM, "value": _test_nhs_number(n)})
+        lines["gp"].append(copy)
     id_less = {i for rtype, people in ID_LESS.values() for i in _id_less(everything, rtype, people)}
     for r in everything:
         rtype = r["resourceType"]
@@ -440,7 +452,10 @@ def test_every_person_is_one_patient(world: World, gateway_ids: list[str], clien
                 for p in pix["parameter"]
                 if p["name"] == "targetIdentifier"
             }
-            assert values == {person.locals["gp"]: LOCAL_ID_SYSTEM.format(name="gp")}
+            assert values == {
+                person.locals["gp"]: LOCAL_ID_SYSTEM.format(name="gp"),
+                _test_nhs_number(int(person.locals["gp"][1:])): NHS_NUMBER_SYSTEM,
+            }
             target = next(p for p in pix["parameter"] if p["name"] == "targetId")
             assert target["valueReference"]["reference"] == f"Patient/{pid}"
 

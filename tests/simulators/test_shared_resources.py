@@ -17,10 +17,12 @@ import pytest
 
 from carelink.simulators import acute, gp
 from carelink.simulators.base import Behaviour
-from carelink.sources.fhir_rest import AcuteSource, GPSource
+from carelink.sources.fhir_rest import AcuteSource
+from carelink.sources.gpconnect import GPConnectSource
 from tests.support.servers import run_app
 
 NPI = "http://hl7.org/fhir/sid/us-npi"
+NHS = "9434765919"
 ORG = "https://example.org/orgs"
 
 
@@ -33,7 +35,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A patient whose Encounter names its doctor conditionally, the doctor's role naming
     the doctor and the organisation by identifier, and a doctor nobody refers to."""
     folder = tmp_path_factory.mktemp("shared")
-    (folder / "Patient.ndjson").write_text(_line({"resourceType": "Patient", "id": "p1"}))
+    (folder / "Patient.ndjson").write_text(
+        _line(
+            {
+                "resourceType": "Patient",
+                "id": "p1",
+                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS}],
+            }
+        )
+    )
     (folder / "Encounter.ndjson").write_text(
         _line(
             {
@@ -106,16 +116,8 @@ def test_everything_includes_what_the_record_refers_to_and_nothing_else(acute_ur
 
 
 def test_the_gp_record_carries_what_it_refers_to(gp_url: str):
-    body = {
-        "resourceType": "Parameters",
-        "parameter": [
-            {
-                "name": "patientNHSNumber",
-                "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "p1"},
-            }
-        ],
-    }
-    bundle = httpx.post(f"{gp_url}/$gpc.getstructuredrecord", json=body).json()
+    url, headers, body = GPConnectSource(None, gp_url).request(NHS, None)  # type: ignore[arg-type]
+    bundle = httpx.post(url, content=body, headers=headers).json()
     assert {"Practitioner/d7", "Organization/o1"} <= _ids(bundle)
     assert "Practitioner/d8" not in _ids(bundle)
 
@@ -137,7 +139,7 @@ def test_the_adapters_read_shared_resources_namespaced(acute_url: str, gp_url: s
     async def go() -> tuple[dict | None, dict | None, dict | None]:
         async with aiohttp.ClientSession() as session:
             hospital = AcuteSource(session, acute_url)
-            practice = GPSource(session, gp_url)
+            practice = GPConnectSource(session, gp_url)
             return (
                 await hospital.read_shared("PractitionerRole", "r1"),
                 await practice.read_shared("Organization", "o1"),

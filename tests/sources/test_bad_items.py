@@ -27,7 +27,8 @@ from carelink.simulators import acute, community, gp
 from carelink.simulators.base import Behaviour
 from carelink.sources.base import SourceAnswer
 from carelink.sources.community import CommunitySource
-from carelink.sources.fhir_rest import AcuteSource, GPSource, bundle_resources
+from carelink.sources.fhir_rest import AcuteSource, bundle_resources
+from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource
 from tests.support.servers import run_app
 
@@ -84,6 +85,12 @@ def fhir_data(tmp_path: Path) -> Path:
         {"resourceType": "Encounter", "id": "enc1", "subject": {"reference": "Patient/p1"}},
         {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}},
     ]
+    for r in lines[1:]:  # what R4 requires, so only the missing ids are at fault
+        r.update(
+            {"status": "finished", "class": {"code": "AMB"}}
+            if r["resourceType"] == "Encounter"
+            else {"status": "final", "code": {"text": "pulse"}}
+        )
     f = tmp_path / "data.ndjson"
     f.write_text("\n".join(json.dumps(x) for x in lines))
     return f
@@ -105,7 +112,9 @@ def test_acute_over_paged_everything_leaves_out_only_the_resources_without_id(fh
 def test_gp_structured_record_leaves_out_only_the_resources_without_id(fhir_data):
     app = gp.create_app_from_files(fhir_data, behaviour=Behaviour())
     with run_app(app) as url:
-        answer = run(lambda s: GPSource(s, url).fetch_record("p1", REF, None, nhs_number=NHS))
+        answer = run(
+            lambda s: GPConnectSource(s, url).fetch_record("p1", REF, None, nhs_number=NHS)
+        )
     assert _kept(answer) == ["gp-enc1", "gp-good1", "gp-p1"]
     assert answer.skipped == ("Observation entry 2: no id", "Observation entry 4: no id")
 

@@ -104,7 +104,7 @@ def test_the_fixed_search_by_name_and_birth_day_finds_what_the_general_one_finds
     rows, links, reviews, _ = link_people(_gp(people), store.secret())
     partial = [
         type(r)(**{**vars(r), "birth_date": r.birth_date[:n]})
-        for r, n in zip(rows[:40], [4, 7] * 20)
+        for r, n in zip(rows[:40], [4, 7] * 20, strict=True)
     ]
     store.replace_all(partial + rows[40:], links, reviews)
     day = dt.timedelta(days=1)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
+from carelink.api.responses import RETRY_AFTER
 from carelink.api.responses import outcome as outcome_response
 from carelink.audit.events import FAILED, REFUSED, SUCCESS
 from carelink.errors import AuditError
@@ -83,6 +84,7 @@ class AuditEveryRequest:
                     if status < 400:  # it would carry data: fail closed instead
                         replaced = True
                         blocked = outcome_response(503, "transient", str(exc))
+                        blocked.headers["Retry-After"] = RETRY_AFTER
                         await blocked(scope, receive, send)
                         return
             await send(message)

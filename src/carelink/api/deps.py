@@ -29,6 +29,7 @@ from carelink.consent import Actor, Guard, Situation
 from carelink.errors import NotFound
 from carelink.federation import SharedRecord
 from carelink.observability import current_request_id
+from carelink.sources.gpconnect_request import Requester, act_for
 from carelink.storage import PersonRow
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -115,6 +116,8 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
         # the policy lets backend services use the live API: their system/ scopes count there
         caller = replace(caller, scopes=_as_user(caller.scopes))
     request.state.caller = caller
+    # GP Connect audits the person a request is made for, never a generic system user
+    act_for(Requester(caller.subject, caller.organisation or "UNK"))
     return record, caller, await base_url(request)
 
 

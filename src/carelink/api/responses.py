@@ -12,6 +12,9 @@ from fastapi.responses import Response
 from carelink import errors
 from carelink.fhir import FHIR_JSON, dumps, error_outcome
 
+#: seconds a client is asked to wait after a 503 (the database or audit trail is away)
+RETRY_AFTER = "5"
+
 STATUS = (
     (errors.UnsupportedFormat, 406, "not-supported"),
     (errors.UnsupportedMediaType, 415, "not-supported"),
@@ -24,6 +27,7 @@ STATUS = (
     (errors.ConsentDenied, 403, "forbidden"),
     (errors.AccessDenied, 403, "forbidden"),
     (errors.AuditError, 503, "exception"),
+    (errors.StorageUnavailable, 503, "transient"),
     (errors.CarelinkError, 500, "exception"),
 )
 
@@ -47,9 +51,13 @@ def from_error(exc: errors.CarelinkError) -> Response:
             message = str(exc) if status < 500 else "internal error"
             if isinstance(exc, errors.AuditError):
                 message = "the audit trail is unavailable, so no patient data is served"
+            if isinstance(exc, errors.StorageUnavailable):
+                message = "the database is unavailable; try again shortly"
             response = outcome(status, code, message, expression)
             if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="carelink"'
+            if status == 503:
+                response.headers["Retry-After"] = RETRY_AFTER
             return response
     return outcome(500, "exception", "internal error")  # pragma: no cover - tuple ends in base
 

@@ -60,6 +60,12 @@ class AuditTrail:
         return sign(key, seq, head)
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a commit's outcome as seen, also when its request stopped waiting for it."""
+    if not future.cancelled():
+        future.exception()
+
+
 class GroupCommit:
     """Batches the events of concurrent requests into one transaction (group commit).
 
@@ -67,8 +73,11 @@ class GroupCommit:
     is durable (synced to disk) before its answer goes out. The commit runs
     on one dedicated writer thread: while it waits for the disk, the event
     loop goes on serving, and the events of every request that finishes
-    meanwhile form the next batch. ``observe(seconds, events)`` hears how long each
-    successful commit took and how many events it held (the gateway's metrics).
+    meanwhile form the next batch. A request waits at most ``timeout`` seconds
+    for its commit (a frozen database): then it is an ``AuditError`` and the
+    request fails closed, while the commit may still complete later.
+    ``observe(seconds, events)`` hears how long each successful commit took and
+    how many events it held (the gateway's metrics).
     """
 
     def __init__(
@@ -76,24 +85,35 @@ class GroupCommit:
         trail: AuditTrail,
         observe: Callable[[float, int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        timeout: float = 10.0,
     ) -> None:
         self.trail = trail
         self.observe = observe
         self.clock = clock
+        self.timeout = timeout
         self._pending: list[Json] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
+        self._batch_started = 0.0
         self.commits = 0
 
     async def record(self, events: Sequence[Json]) -> None:
         """Return once ``events`` are committed; ``AuditError`` if they could not be."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._flushing is not None and loop.time() - self._batch_started > self.timeout:
+            # the commit under way is stuck (a frozen database): fail at once
+            raise AuditError("audit trail did not answer in time")
+        waiter: asyncio.Future[None] = loop.create_future()
         self._pending.extend(events)
         self._waiters.append(waiter)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
-        await waiter
+        waiter.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
+        except TimeoutError:
+            raise AuditError("audit trail did not answer in time") from None
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +122,7 @@ class GroupCommit:
                 batch, waiters = self._pending, self._waiters
                 self._pending, self._waiters = [], []
                 started = self.clock()
+                self._batch_started = loop.time()
                 try:
                     await loop.run_in_executor(self._writer, self.trail.record, batch)
                 except AuditError as exc:

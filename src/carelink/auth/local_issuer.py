@@ -17,19 +17,28 @@ import orjson
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
+from carelink.errors import ConfigError
 from carelink.secret_files import create_secret
 
 LOCAL_ISSUER = "urn:carelink:local-issuer"
 
 
 class LocalIssuer:
-    """Loads (or makes, on first use) the development signing key under ``directory``."""
+    """Loads the signing key under ``directory``; makes it there first when ``create``
+    (the gateway on its first start, ``carelink init``, the demo). A command that only
+    mints (``carelink token mint``, the load tests) never makes one: a token signed
+    with a key the gateway does not have would only be refused."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, create: bool = True) -> None:
         self.directory = directory
         private = directory / "private.jwk.json"
         if private.exists():
             self.key = ECKey.import_key(orjson.loads(private.read_bytes()))
+        elif not create:
+            raise ConfigError(
+                f"no issuer key in {directory} (CARELINK_ISSUER_KEYS): the gateway makes it "
+                "on its first start, or `carelink init`"
+            )
         else:
             directory.mkdir(parents=True, exist_ok=True)
             self.key = ECKey.generate_key("P-384", parameters={"use": "sig"})

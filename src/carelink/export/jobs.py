@@ -26,7 +26,7 @@ from carelink.errors import ExportError
 from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
 from carelink.export.tables import to_parquet, write_errors
 from carelink.federation import SharedRecord
-from carelink.storage import JobRow, JobStore, OptOutStore
+from carelink.storage import JobRow, JobStore, OptOutStore, describe, is_unavailable
 from carelink.storage.export_store import LEASE_SECONDS
 
 log = logging.getLogger("carelink.export")
@@ -102,28 +102,50 @@ class Runner:
         self.clock = clock
         self.ttl = ttl_hours * 3600
 
-    async def serve(self, poll: float = 0.5, sweep_every: float | None = None) -> None:
+    async def serve(
+        self,
+        poll: float = 0.5,
+        sweep_every: float | None = None,
+        backoff: tuple[float, float] = (0.5, 15.0),
+    ) -> None:
         """Run jobs until cancelled, and meanwhile delete expired exports' files (every
-        minute, or twice per retention time when that is shorter)."""
+        minute, or twice per retention time when that is shorter).
+
+        Supervised: nothing but cancellation ends it. While the database cannot be
+        used, claims are retried with a growing pause (``backoff``: first and longest)
+        and one line is logged when that starts and one when it ends."""
         sweeper = asyncio.create_task(
             self._sweep_forever(sweep_every if sweep_every is not None else min(60.0, self.ttl / 2))
         )
+        trouble = _Trouble("export runner: cannot claim jobs", backoff)
         try:
             while True:
-                job = self.jobs.claim(self.clock())
+                try:
+                    job = await asyncio.to_thread(self.jobs.claim, self.clock())
+                except Exception as exc:
+                    await trouble.failed(exc)
+                    continue
+                trouble.recovered()
                 if job is None:
                     await asyncio.sleep(poll)
                     continue
-                await self.run_one(job)
+                try:
+                    await self.run_one(job)
+                except Exception as exc:  # e.g. its outcome could not be stored: it is
+                    # claimed again when its lease runs out, and run from the start
+                    log.warning("export job %s not finished: %s", job.id, _why(exc))
         finally:
             sweeper.cancel()
 
     async def _sweep_forever(self, every: float) -> None:
+        trouble = _Trouble("export sweep failed", (every, every))
         while True:
             try:
                 await asyncio.to_thread(self.sweep)
             except Exception as exc:  # a failed sweep is tried again; jobs go on meanwhile
-                log.warning("export sweep failed: %s", type(exc).__name__)
+                await trouble.failed(exc)
+                continue
+            trouble.recovered()
             await asyncio.sleep(every)
 
     def sweep(self) -> list[str]:
@@ -151,8 +173,12 @@ class Runner:
         async def keep_lease() -> None:
             # The lease is renewed on a clock, not per person: one person's read (with
             # retries) may take longer than a lease, and the job must not be taken over.
+            # A renewal that fails (the database is away) is tried again at the next tick.
             while state["live"]:
-                state["live"] = self.jobs.heartbeat(job.id, str(state["progress"]), self.clock())
+                with contextlib.suppress(Exception):
+                    state["live"] = await asyncio.to_thread(
+                        self.jobs.heartbeat, job.id, str(state["progress"]), self.clock()
+                    )
                 await asyncio.sleep(LEASE_SECONDS / 3)
 
         lease = asyncio.create_task(keep_lease())
@@ -162,7 +188,7 @@ class Runner:
                 request.spec,
                 self.master_key,
                 self.rules_dir,
-                self.opt_outs.all(),
+                await asyncio.to_thread(self.opt_outs.all),
                 out,
                 progress,
                 guard=self.guard,
@@ -192,23 +218,60 @@ class Runner:
                 "error": write_errors(directory, result.errors()),
                 "extension": {"carelink": result.manifest_extension()},
             }
-            self.jobs.finish(job.id, "complete", orjson.dumps(manifest))
+            await asyncio.to_thread(self.jobs.finish, job.id, "complete", orjson.dumps(manifest))
         except Refused as exc:
-            self.jobs.finish(job.id, "error", _error_manifest(str(exc), exc.report.as_json()))
             shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
+            await asyncio.to_thread(
+                self.jobs.finish, job.id, "error", _error_manifest(str(exc), exc.report.as_json())
+            )
         except ExportError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
             if str(exc) != "cancelled":
-                self.jobs.finish(job.id, "error", _error_manifest(str(exc), None))
-            shutil.rmtree(directory, ignore_errors=True)
+                await asyncio.to_thread(
+                    self.jobs.finish, job.id, "error", _error_manifest(str(exc), None)
+                )
         except Exception as exc:  # any failure ends this job, never the runner
-            log.warning("export job %s failed: %s", job.id, type(exc).__name__)
-            self.jobs.finish(job.id, "error", _error_manifest("the extract failed", None))
             shutil.rmtree(directory, ignore_errors=True)
+            if is_unavailable(exc):
+                raise  # not the job's fault: it is run again once the database is back
+            log.warning("export job %s failed: %s", job.id, _why(exc))
+            await asyncio.to_thread(
+                self.jobs.finish, job.id, "error", _error_manifest("the extract failed", None)
+            )
         finally:
             state["live"] = False
             lease.cancel()
             with contextlib.suppress(Exception):
                 out.close()
+
+
+class _Trouble:
+    """A failure that repeats (the database is away): one log line when it starts, one
+    when it ends, and a pause that doubles up to a limit in between."""
+
+    def __init__(self, what: str, backoff: tuple[float, float]) -> None:
+        self.what = what
+        self.first, self.longest = backoff
+        self.pause = 0.0
+        self.since = 0.0
+
+    async def failed(self, exc: BaseException) -> None:
+        if not self.pause:
+            self.since = time.monotonic()
+            log.warning("%s: %s; retrying until it works", self.what, _why(exc))
+        self.pause = min(self.longest, self.pause * 2 if self.pause else self.first)
+        await asyncio.sleep(self.pause)
+
+    def recovered(self) -> None:
+        if self.pause:
+            took = time.monotonic() - self.since
+            log.warning("%s: works again after %.1f s", self.what, took)
+            self.pause = 0.0
+
+
+def _why(exc: BaseException) -> str:
+    """One line, without data: what kind of failure, and the database's reason if any."""
+    return describe(exc) if is_unavailable(exc) else type(exc).__name__
 
 
 def _error_manifest(message: str, risk: Json | None) -> bytes:

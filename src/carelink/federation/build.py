@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from carelink.errors import SourceBadPayload
 from carelink.federation.index import BuildReport, group_id, person_rows
 from carelink.federation.linkage import Group, demographics, link, valid_nhs
 from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
@@ -232,12 +233,19 @@ async def build_index(
     sources: Sequence[Source],
     store: IndexStore,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    progress: Progress = _quiet,
+    progress: Progress | None = None,
+    *,
+    refuse_empty: bool = False,
 ) -> BuildReport:
-    """Read every source, link, and swap the new index in for the old one at once."""
+    """Read every source, link, and swap the new index in for the old one at once.
+
+    With ``refuse_empty``, a source that gave no patient records at all is a
+    ``SourceBadPayload`` naming it, and the stored index is left as it was: such a
+    source is almost always a URL pointing at the wrong kind of system."""
     key = store.secret()
     started = now()
     built_at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+    progress = progress or _quiet
     report = BuildReport()
     build = IndexBuild(store.db)
     clock = time.perf_counter()
@@ -250,6 +258,13 @@ async def build_index(
     try:
         loose = await _read(sources, build, report, progress)
         lap("reading")
+        empty = [s.name for s in sources if refuse_empty and not report.records.get(s.name)]
+        if empty:
+            raise SourceBadPayload(
+                empty[0],
+                "no patient records were read: is the URL that of this kind of system? "
+                "(the index is unchanged)",
+            )
         progress("linking", 0, None)
         reviews = await asyncio.to_thread(_link, build, loose, key, report)
         del loose

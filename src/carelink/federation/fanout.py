@@ -16,7 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from carelink.errors import SourceError, SourceTimeout, SourceUnavailable
+from carelink.errors import (
+    SourceError,
+    SourceNotAsked,
+    SourceRefused,
+    SourceTimeout,
+    SourceUnavailable,
+)
 from carelink.sources.base import Json, Source, SourceAnswer
 
 Clock = Callable[[], float]
@@ -26,6 +32,10 @@ TIMEOUT = "timeout"
 ERROR = "error"
 CIRCUIT_OPEN = "circuit-open"
 NOT_KNOWN = "not-known"
+#: the source declined (consent, access, no such patient), saying why
+REFUSED = "refused"
+#: the gateway could not ask the source (GP Connect without a traced NHS number)
+NOT_ASKED = "not-asked"
 
 
 @dataclass(frozen=True)
@@ -42,13 +52,14 @@ class SourceResult:
     """What happened at one source."""
 
     source: str
-    status: str  # ok | timeout | error | circuit-open | not-known
+    status: str  # ok | timeout | error | circuit-open | not-known | refused | not-asked
     latency_ms: float
     resources: tuple[Json, ...] = ()
     version: str = ""
     as_of: str | None = None
     reason: str | None = None
     skipped: tuple[str, ...] = ()  # resources the adapter left out of an ok answer, and why
+    notes: tuple[str, ...] = ()  # what the source said about its answer (warnings)
 
 
 class Watcher(Protocol):
@@ -245,14 +256,22 @@ class FanOut:
                 answer.version,
                 answer.as_of,
                 skipped=tuple(answer.skipped),
+                notes=tuple(answer.notes),
             )
         latency = getattr(exc, "latency_ms", (self.clock() - started) * 1000)
+        if isinstance(exc, SourceNotAsked):
+            # nothing was sent: no evidence either way about the source
+            self.breakers[name].abandon()
+            return SourceResult(name, NOT_ASKED, latency, reason=exc.reason)
         # Only a source that cannot be reached counts towards opening its circuit: one
-        # person's unreadable answer (bad payload, an adapter's surprise) says the source is
-        # up, and must not shut it for everyone else.
+        # person's unreadable answer (bad payload, an adapter's surprise) or a refusal
+        # (no consent, no such patient) says the source is up, and must not shut it for
+        # everyone else.
         self.breakers[name].record(not _unreachable(exc))
         if isinstance(exc, SourceTimeout):
             return SourceResult(name, TIMEOUT, latency, reason=exc.reason)
+        if isinstance(exc, SourceRefused):
+            return SourceResult(name, exc.status, latency, reason=exc.reason)
         if isinstance(exc, SourceError):
             return SourceResult(name, ERROR, latency, reason=exc.reason)
         return SourceResult(name, ERROR, latency, reason=f"unexpected {type(exc).__name__}")

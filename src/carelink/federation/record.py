@@ -29,6 +29,8 @@ EXT_AS_OF = "https://carelink.example/StructureDefinition/source-data-as-of"
 EXT_SOURCE = "https://carelink.example/StructureDefinition/source-name"
 EXT_SKIPPED = "https://carelink.example/StructureDefinition/source-skipped-count"
 PROBLEM_SYSTEM = "https://carelink.example/CodeSystem/source-problem"
+#: a source's own remarks on its answer (items withheld, parameters not recognised)
+NOTES_SYSTEM = "https://carelink.example/CodeSystem/source-notes"
 #: reasons quoted in a source's ``skipped`` issue; the count always says how many in all
 SKIPPED_SHOWN = 10
 _SEVERITY = {"ok": "information", "not-known": "information"}
@@ -38,6 +40,8 @@ _CODE = {
     "timeout": "timeout",
     "circuit-open": "transient",
     "error": "transient",
+    "refused": "forbidden",
+    "not-asked": "not-supported",
 }
 
 
@@ -90,6 +94,19 @@ def source_outcome(results: Sequence[SourceResult]) -> Json:
         )
         if r.skipped:
             issues.append(_skipped_issue(r))
+        if r.notes:
+            issues.append(
+                issue(
+                    "information",
+                    "informational",
+                    f"source {r.source} says: " + "; ".join(r.notes),
+                    details={
+                        "coding": [{"system": NOTES_SYSTEM, "code": "notes"}],
+                        "text": "notes",
+                    },
+                    extension=[{"url": EXT_SOURCE, "valueString": r.source}],
+                )
+            )
     return operation_outcome(issues, id_="sources")
 
 

@@ -1,4 +1,7 @@
-"""The community and mental-health trust's system: HL7 v2.5.1 over HTTP.
+"""The community and mental-health trust's system: HL7 v2.5.1 over HTTP, and as a feed.
+
+``feed`` gives the same messages as a stream to push over MLLP
+(``carelink.simulators.feed`` sends it); the HTTP interface below answers queries.
 
 Answers are HL7 v2 batches (``FHS``/``BHS`` ... ``BTS``/``FTS``), segments
 separated by carriage returns, text escaped with the standard sequences
@@ -20,6 +23,7 @@ separated by carriage returns, text escaped with the standard sequences
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from starlette.applications import Starlette
@@ -75,10 +79,12 @@ def ts(value: datetime) -> str:
 
 
 class Writer:
-    """Builds the messages of one answer with sequential control ids."""
+    """Builds the messages of one answer with sequential control ids (MSH-10:
+    ``prefix`` and a count)."""
 
-    def __init__(self, now: datetime) -> None:
+    def __init__(self, now: datetime, prefix: str = "MSG") -> None:
         self.now = now
+        self.prefix = prefix
         self.count = 0
         self.messages: list[str] = []
 
@@ -86,7 +92,7 @@ class Writer:
         self.count += 1
         msh = (
             f"MSH|^~\\&|COMMUNITY-EPR|{FACILITY}|CARELINK|ICS|{ts(self.now)}||{kind}|"
-            f"MSG{self.count:06d}|P|2.5.1"
+            f"{self.prefix}{self.count:06d}|P|2.5.1"
         )
         self.messages.append("\r".join((msh, *segments)))
 
@@ -205,6 +211,18 @@ def record(w: Writer, person: Person, local: str, facts: tuple[Fact, ...]) -> No
             if f.sensitivity:
                 segments.append(f"ZSN|{f.sensitivity}")
             w.message("ORU^R01^ORU_R01", *segments)
+
+
+def feed(seed: int, size: int) -> Iterator[str]:
+    """The trust's population as the feed it pushes: per person, in population order,
+    the ``ADT^A28`` that introduces them, then their episodes (``ADT^A01``), contacts
+    (``ADT^A03``), problems (``PPR^PC1``) and results (``ORU^R01``). Control ids are
+    the person's local id and a count, so sending the feed again is a replay."""
+    people = PopulationSlice("community", seed, size)
+    for local in people.local_ids():
+        w = Writer(STAMP, prefix=f"{local}-")
+        record(w, people.by_local[local], local, people.facts(local))
+        yield from w.messages
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:

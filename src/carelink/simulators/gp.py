@@ -1,28 +1,32 @@
-"""The GP system: GP Connect Access Record: Structured, in its style.
+"""The GP system: a GP Connect Access Record: Structured 1.6 provider.
 
-- ``POST /$gpc.getstructuredrecord`` with a ``Parameters`` body naming the
-  patient (``patientNHSNumber``, a ``valueIdentifier``) and optional
-  ``include*`` parameters; the answer is a ``collection`` Bundle holding the
-  Patient and the requested clinical areas.
-- ``GET /Patient?identifier=...`` and ``GET /Patient`` (paged, the practice
-  list), so an index can enumerate registered patients.
-- ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for any
-  resource held (Practitioner, Organization, Location ... as GP Connect's
-  Foundations reads do), so references in a record can be followed.
+- ``POST /Patient/$gpc.getstructuredrecord``: checks what a provider (and the
+  Spine Secure Proxy before it) checks: the media type, the four ``Ssp-*``
+  headers, the unsigned JWT and its claims, the STU3 ``Parameters``
+  (``gpconnect_checks``); answers with the specification's HTTP statuses and
+  Spine codes (``INVALID_NHS_NUMBER`` 400, ``PATIENT_NOT_FOUND`` 404,
+  ``INVALID_PARAMETER`` 422 ...), or with an STU3 ``collection`` Bundle laid out
+  as the published examples are (``stu3_render``): only the areas asked for,
+  section Lists, the resources referred to, and an ``OperationOutcome`` warning
+  for each parameter it does not recognise.
+- ``POST /Patient/$gpc.migratestructuredrecord``: the same checks with
+  ``reason_for_request`` migration; the full record.
+- ``GET /Patient`` (paged, the practice list) and ``GET /{Type}/{id}``,
+  ``GET /{Type}?identifier=``: simulator conveniences for the index build and
+  Foundations-style reads, in STU3.
+- ``POST /_admin/gpconnect`` ``{"refuse": {"<NHS number>": "NO_PATIENT_CONSENT"}}``:
+  make the provider answer a patient with an error code, as a practice where the
+  patient dissented (or access is off) would.
 
-Clinical areas and the resource types they return: includeAllergies
-(AllergyIntolerance), includeMedication (MedicationStatement,
-MedicationRequest), includeConsultations (Encounter), includeProblems
-(Condition), includeImmunisations (Immunization), includeInvestigations
-(Observation), includeReferrals (ServiceRequest), includeCarePlans (CarePlan).
-No include parameter means every area. When serving files, the Bundle also
-carries the Practitioners, Organizations, Locations ... the record refers to
-(as GP Connect's does), and ``GET /{Type}/{id}`` / ``GET /{Type}?identifier=``
-read them.
+``--data`` serves R4 files (rendered as STU3) or, when the folder holds GP Connect
+structured record Bundles (such as the published examples), those Bundles as they
+are, found by their Patient's NHS number.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +36,39 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from carelink.fhir.gpconnect import (
+    BUNDLE_PROFILE,
+    GROUPS,
+    INTERACTION_ID,
+    MIGRATE_INTERACTION_ID,
+    MIGRATE_OPERATION,
+    OPERATION,
+    SPINE_ERRORS,
+    spine_outcome,
+)
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, with_behaviour
+from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
-    full_url,
     identifier_search,
     int_param,
-    not_found,
     page_links,
-    resource_read,
     searchset,
 )
 from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
+from carelink.simulators.gpconnect_checks import (
+    Asked,
+    Refusal,
+    check_headers,
+    check_parameters,
+    warning_outcome,
+)
 from carelink.simulators.shared import SharedStore, referenced
+from carelink.simulators.stu3_render import down, structured_bundle
 
-AREAS: dict[str, tuple[str, ...]] = {
-    "includeAllergies": ("AllergyIntolerance",),
-    "includeMedication": ("MedicationStatement", "MedicationRequest"),
-    "includeConsultations": ("Encounter",),
-    "includeProblems": ("Condition",),
-    "includeImmunisations": ("Immunization",),
-    "includeInvestigations": ("Observation", "DiagnosticReport"),
-    "includeReferrals": ("ServiceRequest",),
-    "includeCarePlans": ("CarePlan",),
-}
+Json = dict[str, Any]
+FHIR = "application/fhir+json; charset=utf-8"
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
@@ -65,67 +76,91 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
     return build(PopulationStore("gp", seed, size), behaviour)
 
 
-def create_app_from_files(path: Path, *, behaviour: Behaviour) -> Starlette:
-    """The GP simulator serving FHIR R4 NDJSON files or Bundles from ``path``.
+def _examples(path: Path) -> dict[str, list[Json]]:
+    """GP Connect structured record Bundles under ``path``, their entries by NHS number."""
+    out: dict[str, list[Json]] = {}
+    for f in sorted(path.glob("*.json")):
+        try:
+            doc = orjson.loads(f.read_bytes())
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(doc, dict) or BUNDLE_PROFILE not in (doc.get("meta") or {}).get(
+            "profile", []
+        ):
+            continue
+        entries = doc.get("entry", [])
+        for e in entries:
+            r = e.get("resource", e) if isinstance(e, dict) else None
+            if isinstance(r, dict) and r.get("resourceType") == "Patient":
+                for i in r.get("identifier", []):
+                    if i.get("system") == NHS_NUMBER_SYSTEM:
+                        out.setdefault(i["value"], []).extend(entries)
+    return out
 
-    ``app.state.load_report`` says what was loaded and what was skipped, and why.
-    """
+
+def create_app_from_files(path: Path, *, behaviour: Behaviour) -> Starlette:
+    """The GP simulator serving ``path``: GP Connect Bundles as published, else FHIR R4
+    NDJSON files or Bundles (``app.state.load_report`` says what was loaded and skipped)."""
+    examples = _examples(path)
     store = FileStore(path)
-    app = build(store, behaviour)
+    app = build(store, behaviour, examples or None)
     app.state.load_report = store.report
     return app
 
 
-def _parse(body: bytes) -> tuple[str, set[str] | None] | str:
-    try:
-        params: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "body is not JSON"
-    if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
-        return "body must be a Parameters resource"
-    nhs: str | None = None
-    areas: set[str] = set()
-    for p in params.get("parameter", []):
-        name = p.get("name")
-        if name == "patientNHSNumber":
-            ident = p.get("valueIdentifier", {})
-            if ident.get("system") == NHS_NUMBER_SYSTEM:
-                nhs = ident.get("value")
-        elif name in AREAS:
-            areas.update(AREAS[name])
-    if not nhs:
-        return "patientNHSNumber with system " + NHS_NUMBER_SYSTEM + " is required"
-    return nhs, (areas or None)
+def _error(refusal: Refusal) -> Response:
+    return Response(orjson.dumps(refusal.outcome), status_code=refusal.status, media_type=FHIR)
 
 
-def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
-    """Wire the routes over ``store``."""
+def _today() -> Any:
+    return datetime.now(UTC).date()
 
-    async def structured(request: Request) -> Response:
-        parsed = _parse(await request.body())
-        if isinstance(parsed, str):
-            return bad_request(parsed)
-        nhs, types = parsed
-        local = store.find(NHS_NUMBER_SYSTEM, nhs) or store.find(None, nhs)
+
+def build(
+    store: FhirStore, behaviour: Behaviour, examples: dict[str, list[Json]] | None = None
+) -> Starlette:
+    """Wire the routes over ``store`` (or the published ``examples``)."""
+    refusals: dict[str, str] = {}
+
+    def answer(asked: Asked) -> Response:
+        code = refusals.get(asked.nhs_number)
+        if code is not None:
+            return _error(Refusal(SPINE_ERRORS[code].http, spine_outcome(code, code)))
+        extra = [warning_outcome(asked.warnings)] if asked.warnings else []
+        if examples is not None:
+            entries = examples.get(asked.nhs_number)
+            if entries is None:
+                return _error(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "not found")))
+            bundle = {
+                "resourceType": "Bundle",
+                "meta": {"profile": [BUNDLE_PROFILE]},
+                "type": "collection",
+                "entry": entries + [{"resource": r} for r in extra],
+            }
+            return fhir_response(bundle)
+        local = store.find(NHS_NUMBER_SYSTEM, asked.nhs_number)
         rec = store.record(local) if local else None
         if rec is None:
-            return not_found("Patient")
+            return _error(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "no such patient")))
+        if "includeFullRecord" in asked.groups:
+            types = None
+        else:
+            types = {t for g in asked.groups for t in GROUPS[g].r4_types}
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
-        if isinstance(store, SharedStore):
-            items += referenced(store, items)
-        base = str(request.base_url).rstrip("/")
-        return fhir_response(
-            {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "meta": {
-                    "profile": [
-                        "https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-StructuredRecord-Bundle-1"
-                    ]
-                },
-                "entry": [{**full_url(base, r), "resource": r} for r in items],
-            }
-        )
+        shared = referenced(store, items) if isinstance(store, SharedStore) else []
+        return fhir_response(structured_bundle(items, shared, extra))
+
+    def operation(interaction: str, reason: str, full: bool) -> Any:
+        async def handle(request: Request) -> Response:
+            checked = check_headers(request.headers, interaction, int(time.time()), reason)
+            if isinstance(checked, Refusal):
+                return _error(checked)
+            asked = check_parameters(await request.body(), _today(), full_record=full)
+            if isinstance(asked, Refusal):
+                return _error(asked)
+            return answer(asked)
+
+        return handle
 
     async def patients(request: Request) -> Response:
         q = request.query_params
@@ -143,26 +178,47 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         else:
             ids = store.patient_ids()
         page = ids[offset : offset + count]
-        resources = [p for i in page if (p := store.patient(i))]
+        resources = [down(p) for i in page if (p := store.patient(i))]
         return fhir_response(
             searchset(
                 base, resources, len(ids), page_links(f"{base}/Patient", offset, count, len(ids))
             )
         )
 
+    async def read(request: Request) -> Response:
+        found = store.resource(request.path_params["type"], request.path_params["id"])
+        if found is None:
+            return _error(Refusal(404, spine_outcome("NO_RECORD_FOUND", "no such resource")))
+        return fhir_response(down(found))
+
     async def by_identifier(request: Request) -> Response:
         return identifier_search(request, store, str(request.base_url).rstrip("/"))
 
-    cache = ResponseCache()
+    async def admin(request: Request) -> Response:
+        if request.method == "POST":
+            change = orjson.loads(await request.body())
+            unknown = {c for c in change.get("refuse", {}).values() if c not in SPINE_ERRORS}
+            if unknown:
+                return Response(f"unknown codes {sorted(unknown)}".encode(), status_code=400)
+            refusals.clear()
+            refusals.update(change.get("refuse", {}))
+        return Response(orjson.dumps({"refuse": refusals}), media_type="application/json")
+
     routes = [
         Route(
-            "/$gpc.getstructuredrecord",
-            with_behaviour(behaviour, structured, cache=cache),
+            f"/Patient/{OPERATION}",
+            with_behaviour(behaviour, operation(INTERACTION_ID, "directcare", False)),
+            methods=["POST"],
+        ),
+        Route(
+            f"/Patient/{MIGRATE_OPERATION}",
+            with_behaviour(behaviour, operation(MIGRATE_INTERACTION_ID, "migration", True)),
             methods=["POST"],
         ),
         Route("/Patient", with_behaviour(behaviour, patients)),
+        Route("/_admin/gpconnect", admin, methods=["GET", "POST"]),
         *admin_routes(behaviour),
-        Route("/{type}/{id}", with_behaviour(behaviour, resource_read(store))),
+        Route("/{type}/{id}", with_behaviour(behaviour, read)),
         Route("/{type}", with_behaviour(behaviour, by_identifier)),
     ]
     return Starlette(routes=routes)

@@ -66,6 +66,9 @@ class SourceAnswer:
     #: what the adapter could not read and left out, one line each ("Observation entry
     #: 3: no id"); the rest of the answer still counts. Never quotes patient data.
     skipped: tuple[str, ...] = ()
+    #: what the source said about its answer (a GP Connect List's warning that items
+    #: were withheld, a parameter it did not recognise), one line each
+    notes: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -1,4 +1,4 @@
-"""Adapters for the two FHIR-speaking sources: the acute EPR and the GP system."""
+"""Adapter for the FHIR R4 REST source (the acute EPR), and FHIR helpers other adapters share."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from carelink.errors import SourceBadPayload
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.http import Mapped, answer, as_of, fetch
+from carelink.sources.http import Mapped, as_of, fetch
 from carelink.sources.namespacing import namespace, namespaced_id
 
 
@@ -199,71 +199,6 @@ class AcuteSource:
 
     async def _listing(self, first: str) -> AsyncIterator[SourcePerson]:
         url: str | None = first
-        while url:
-            doc, _ = await get_json(self.session, self.name, "GET", url)
-            if doc is None:
-                return
-            for patient in bundle_resources(doc, self.name).resources:
-                yield person_from_patient(self.name, str(patient["id"]), patient)
-            url = next(
-                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
-            )
-
-
-class GPSource:
-    """The GP system, spoken to through GP Connect Access Record: Structured."""
-
-    def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, name: str = "gp", page_size: int = 1000
-    ) -> None:
-        self.session = session
-        self.base = base_url.rstrip("/")
-        self.name = name
-        self.page_size = page_size
-        self.cache = AnswerCache()
-
-    async def fetch_record(
-        self,
-        local_id: str,
-        patient_ref: str,
-        types: frozenset[str] | None,
-        nhs_number: str | None = None,
-    ) -> SourceAnswer:
-        """Ask for the structured record by NHS number (the local id when there is none)."""
-        params: list[Json] = [
-            {
-                "name": "patientNHSNumber",
-                "valueIdentifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number or local_id},
-            }
-        ]
-        body = orjson.dumps({"resourceType": "Parameters", "parameter": params})
-        data, headers = await fetch(
-            self.session, self.name, "POST", f"{self.base}/$gpc.getstructuredrecord", body
-        )
-        return answer(
-            self.cache,
-            (local_id, patient_ref, types),
-            data,
-            headers,
-            lambda body: self._map(body, patient_ref, types),
-        )
-
-    def _map(self, body: bytes, patient_ref: str, types: frozenset[str] | None) -> Mapped:
-        read = bundle_resources(parse(body, self.name), self.name)
-        patient = next((r for r in read.resources if r["resourceType"] == "Patient"), None)
-        if patient is None:
-            raise SourceBadPayload(self.name, "structured record without a Patient")
-        out = localise(read.resources, self.name, f"{patient['id']}", patient_ref, types)
-        return Mapped(out, read.skipped)
-
-    async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
-        """``GET /{type}/{id}`` (GP Connect's Read Practitioner, Organization, Location)."""
-        url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
-        return await read_one(self.session, self.name, url, resource_type)
-
-    async def people(self) -> AsyncIterator[SourcePerson]:
-        """Page through the practice list (``GET /Patient``)."""
-        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:

@@ -113,12 +113,19 @@ def split_registrations(data: bytes, source: str) -> list[Any]:
 
 
 def field(msg: Any, seg: Any, n: int) -> list[list[str]]:
-    """Field ``n`` of a segment as repetitions of unescaped components."""
+    """Field ``n`` of a segment as repetitions of unescaped components.
+
+    The repetition and component separators are the message's own (MSH-2, as
+    python-hl7 read them into ``msg.separators``: segment, field, repetition,
+    component, subcomponent), and so is the escape character the escapes
+    (``\\F\\`` ``\\S\\`` ``\\T\\`` ``\\R\\`` ``\\E\\`` with the default one) are decoded with.
+    """
     try:
         raw = str(seg[n])
     except IndexError:
         return [[""]]
-    return [[msg.unescape(c) for c in rep.split("^")] for rep in raw.split("~")]
+    repetition, component = msg.separators[2], msg.separators[3]
+    return [[msg.unescape(c) for c in rep.split(component)] for rep in raw.split(repetition)]
 
 
 def value(msg: Any, seg: Any, n: int, comp: int = 1) -> str:
@@ -153,10 +160,29 @@ def message_type(msg: Any) -> str:
 
 def person_id(msg: Any) -> str:
     """The local (MR) identifier in a message's PID-3, or ''."""
-    for rep in field(msg, msg.segment("PID"), 3):
+    return _local_id(msg, msg.segment("PID"), 3)
+
+
+def prior_id(msg: Any) -> str:
+    """The local (MR) identifier a merge (``ADT^A40``) retires: MRG-1, or ''."""
+    return _local_id(msg, msg.segment("MRG"), 1)
+
+
+def _local_id(msg: Any, seg: Any, n: int) -> str:
+    for rep in field(msg, seg, n):
         if len(rep) > 4 and rep[4] == "MR":
             return rep[0]
     return ""
+
+
+def has_segment(msg: Any, name: str) -> bool:
+    """Whether the message holds a segment called ``name``."""
+    return any(str(seg[0]) == name for seg in msg)
+
+
+def control_id(msg: Any) -> str:
+    """MSH-10, the sender's id for this message."""
+    return value(msg, msg.segment("MSH"), 10)
 
 
 def person(msg: Any, source: str) -> tuple[str, str | None, Json]:
@@ -276,7 +302,7 @@ def _required(msg: Any, seg: Any, n: int, source: str, what: str) -> str:
 
 def _event(kind: str, msg: Any, source: str, subject: Json) -> list[Json]:
     out: list[Json] = []
-    if kind == "ADT^A01":
+    if kind == "ADT^A01" and has_segment(msg, "ZEP"):  # the trust's episode of care
         zep = msg.segment("ZEP")
         team = field(msg, zep, 2)[0]
         episode: Json = {

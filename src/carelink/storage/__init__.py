@@ -1,8 +1,9 @@
 """Database access: SQLite by default, PostgreSQL for shared deployments."""
 
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
-from carelink.storage.database import Database
+from carelink.storage.database import UNAVAILABLE, Database, describe, is_unavailable
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
+from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_build import IndexBuild
 from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
@@ -11,10 +12,14 @@ from carelink.storage.replay_store import ReplayStore
 from carelink.storage.result_store import ResultStore
 
 __all__ = [
+    "UNAVAILABLE",
+    "Arrival",
     "ConsentRow",
     "ConsentStore",
     "Database",
     "DateTest",
+    "FeedRecord",
+    "FeedStore",
     "GrantRow",
     "IdentifierTest",
     "IndexBuild",
@@ -30,4 +35,6 @@ __all__ = [
     "ReplayStore",
     "ResultStore",
     "ReviewRow",
+    "describe",
+    "is_unavailable",
 ]

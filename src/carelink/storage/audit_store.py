@@ -101,6 +101,7 @@ class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._conn: Any = None
+        self._committing = False
         marks = ", ".join(["?" if db.is_sqlite else "%s"] * 9)  # placeholders, never values
         self._insert = (
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "  # noqa: S608
@@ -114,7 +115,21 @@ class AuditStore:
         Uses one long-lived DBAPI connection with fixed SQL (the request path
         pays for every microsecond here). ``BEGIN IMMEDIATE`` on SQLite and a
         ``FOR UPDATE`` lock on PostgreSQL serialise appends across processes.
+        A connection found broken before anything was committed (the database
+        restarted since its last use) is replaced and the append made once more on
+        the new one; after ``COMMIT`` was sent it never is (that could write twice).
         """
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            self._committing = False
+            try:
+                return self._append(events)
+            except Exception:
+                if fresh or self._committing or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
         if self._conn is None:
             self._conn = self.db.engine.raw_connection()
             driver = self._conn.driver_connection
@@ -145,16 +160,19 @@ class AuditStore:
                 prev = h
             if rows:
                 cur.executemany(self._insert, rows)
+            self._committing = True
             cur.execute("COMMIT")
             return seq, prev
         except Exception:
             with contextlib.suppress(Exception):  # the connection is dropped just below
                 cur.execute("ROLLBACK")
-            self._conn.invalidate()
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
             self._conn = None
             raise
         finally:
-            cur.close()
+            with contextlib.suppress(Exception):
+                cur.close()
 
     def close(self) -> None:
         """Release the append connection."""

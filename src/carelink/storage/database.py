@@ -2,17 +2,30 @@
 
 One ``Database`` per process, made from a URL in ``create_app`` or the CLI,
 never at import time. Schema changes are numbered migrations applied in
-order and recorded in ``schema_version``.
+order and recorded in ``schema_version``, one process at a time (a lock), so
+``carelink db upgrade`` and any number of starting gateway processes are safe
+together.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
+import sqlite3
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from carelink.errors import ConfigError, StorageUnavailable
+from carelink.storage.feed_tables import create_feed_tables
 from carelink.storage.tables import (
     audit_events,
     audit_lock,
@@ -26,6 +39,8 @@ from carelink.storage.tables import (
     resource_locations,
     result_sets,
 )
+
+T = TypeVar("T")
 
 
 def _audit_tables(conn: Connection) -> None:
@@ -120,6 +135,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (8, "full identities on grants and jobs; consent history", _identities_and_history),
     (9, "audit trail: agent column, hash over every column", _audit_every_column),
+    (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
 ]
 
 
@@ -132,48 +148,235 @@ def normalise_url(url: str) -> str:
     return url
 
 
-class Database:
-    """A SQLAlchemy engine and the migrations that shape its schema."""
+#: What a database that is down, unreachable, frozen or busy raises, from SQLAlchemy
+#: and from the drivers' own connections (the hot paths use raw DBAPI connections).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    StorageUnavailable,
+)
 
-    def __init__(self, url: str) -> None:
+#: the key of the PostgreSQL advisory lock that serialises migrations ("carelink")
+MIGRATION_LOCK = 0x6361_7265_6C69_6E6B
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database cannot be used right now."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, UNAVAILABLE):
+            return True
+        if isinstance(seen, sa.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying why the database failed (the driver's first line, no traceback)."""
+    if isinstance(exc, StorageUnavailable):
+        return str(exc)
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0].strip() if lines else type(orig).__name__
+
+
+class Database:
+    """A SQLAlchemy engine, the migrations that shape its schema, and a small pool of
+    threads that bounds how long the event loop can wait for the database.
+
+    Every connection is bounded in time: ``connect_timeout`` to connect (and to wait
+    for a pooled connection), ``statement_timeout`` per statement (PostgreSQL's
+    ``statement_timeout``; SQLite's busy timeout), and ``bounded`` waits at most that
+    long for an answer, so a frozen database costs a request a 503, never the server.
+    A broken connection is found before use (``pool_pre_ping``) and replaced, so
+    the gateway recovers on its own when the database is back.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        statement_timeout: float | None = None,
+        threads: int = 8,
+    ) -> None:
         self.url = normalise_url(url)
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except (sa.exc.ArgumentError, ValueError):
+            shown = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+            raise ConfigError(f"database URL {shown!r} is not a path or a URL") from None
+        self.shown = parsed.render_as_string(hide_password=True)
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"database URL {self.shown}: {backend!r} is not supported "
+                "(a file path for SQLite, or postgresql://)"
+            )
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.wait = statement_timeout if statement_timeout is not None else 30.0
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._stuck: tuple[Future[Any], float] | None = None
+        #: how many migrations the last ``migrate`` applied (0: the schema was current)
+        self.applied = 0
         kwargs: dict[str, object] = {}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False}
+        if backend == "sqlite":
+            where = parsed.database
+            if where and where != ":memory:" and not Path(where).parent.is_dir():
+                raise ConfigError(
+                    f"database {where}: the folder {Path(where).parent} does not exist "
+                    "(carelink init makes it)"
+                )
+            busy = statement_timeout if statement_timeout is not None else 30.0
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
-        self.engine: Engine = sa.create_engine(self.url, **kwargs)
-        if self.url.startswith("sqlite"):
+            kwargs.update(
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=connect_timeout,
+                # libpq takes whole seconds, and treats less than 2 as 2
+                connect_args={"connect_timeout": max(2, math.ceil(connect_timeout))},
+            )
+        try:
+            self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        except (ImportError, sa.exc.ArgumentError) as exc:
+            raise ConfigError(f"database URL {self.shown}: {describe(exc)}") from None
+        if backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif statement_timeout is not None:
+            millis = max(1, round(statement_timeout * 1000))
+            sa.event.listen(self.engine, "connect", _statement_timeout(millis))
 
     @property
     def is_sqlite(self) -> bool:
         """True for the embedded default."""
         return self.url.startswith("sqlite")
 
+    def check(self) -> None:
+        """Connect once; ``StorageUnavailable`` naming the database and why if that fails."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StorageUnavailable(f"database {self.shown}: {describe(exc)}") from None
+            raise
+
+    def bounded(self, fn: Callable[..., T], *args: Any, limit: float | None = None) -> T:
+        """``fn(*args)`` for synchronous code that may run on an event loop.
+
+        Off the loop (a worker thread, the CLI) it is simply called. On the loop it
+        runs on one of this database's threads and is waited for at most ``limit``
+        seconds (default: the statement timeout). The loop still waits for it, but
+        bounded: when a call timed out and is still stuck, the next ones fail at once
+        (``StorageUnavailable``) instead of each holding the loop again, until the stuck
+        call returns (the database is back) or a few timeouts have passed.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args)
+        stuck = self._stuck
+        recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
+        if stuck is not None and recent and not stuck[0].done():
+            raise StorageUnavailable("the database is not answering")
+        wait = self.wait if limit is None else min(limit, self.wait)
+        future = self._executor().submit(fn, *args)
+        try:
+            result = future.result(timeout=wait)
+        except FutureTimeout:
+            self._stuck = (future, time.monotonic())
+            raise StorageUnavailable(f"the database did not answer within {wait:g} s") from None
+        self._stuck = None
+        return result
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="database")
+        return self._pool
+
     def migrate(self) -> int:
-        """Apply every migration not yet applied; return the schema version."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                    "description TEXT NOT NULL)"
-                )
+        """Apply every migration not yet applied; return the schema version.
+
+        Serialised across processes (a PostgreSQL advisory lock; SQLite's write lock
+        taken up front with ``BEGIN IMMEDIATE``), so any number of processes may start
+        at once on an empty database: the first migrates, the others then find it done.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if self.is_sqlite:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    try:
+                        version = self._apply(conn)
+                    except BaseException:
+                        conn.exec_driver_sql("ROLLBACK")
+                        raise
+                    conn.exec_driver_sql("COMMIT")
+                    return version
+                with conn.begin():
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                    return self._apply(conn)
+        except Exception as exc:
+            if is_unavailable(exc) and not isinstance(exc, StorageUnavailable):
+                raise StorageUnavailable(f"database {self.shown}: {describe(exc)}") from None
+            raise
+
+    def version(self) -> int:
+        """The schema version applied (0 for an empty database)."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("schema_version"):
+                return 0
+            found = conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar()
+        return int(found or 0)
+
+    def _apply(self, conn: Connection) -> int:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL)"
             )
-            done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
-            for number, description, change in MIGRATIONS:
-                if number in done:
-                    continue
-                change(conn)
-                conn.execute(
-                    sa.text("INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
-                    {"v": number, "d": description},
-                )
-            return int(max([n for n, _, _ in MIGRATIONS] + list(done)))
+        )
+        done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
+        self.applied = 0
+        for number, description, change in MIGRATIONS:
+            if number in done:
+                continue
+            change(conn)
+            self.applied += 1
+            conn.execute(
+                sa.text("INSERT INTO schema_version (version, description) VALUES (:v, :d)"),
+                {"v": number, "d": description},
+            )
+        return int(max([n for n, _, _ in MIGRATIONS] + list(done)))
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and stop the threads (a call still stuck on a
+        frozen database is left to finish on its own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         self.engine.dispose()
+
+
+def _statement_timeout(millis: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"SET statement_timeout = {int(millis)}")
+        cursor.close()
+        dbapi_conn.commit()
+
+    return on_connect
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

@@ -8,22 +8,48 @@ broken connection is dropped and the read tried once more on a new one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from carelink.storage.database import Database
 
+#: the longest the event loop waits for one hot read (see ``HotConnection.query``)
+HOT_LIMIT = 1.0
+
 
 class HotConnection:
-    """Fixed-SQL reads on one connection (used from one thread: the event loop's)."""
+    """Fixed-SQL reads on one long-lived connection per thread."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.mark = "?" if db.is_sqlite else "%s"
-        self._conn: Any = None
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def _conn(self) -> Any:
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, conn: Any) -> None:
+        with self._lock:
+            old = getattr(self._local, "conn", None)
+            if old is not None and old in self._all:
+                self._all.remove(old)
+            if conn is not None:
+                self._all.append(conn)
+        self._local.conn = conn
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Rows of ``sql`` with bound ``values``."""
+        """Rows of ``sql`` with bound ``values``; called on the event loop, the read runs
+        on one of the database's threads and is waited for at most ``HOT_LIMIT`` seconds
+        (``Database.bounded``): these indexed reads take well under a millisecond, so
+        one that takes a second means the database is stuck, not busy."""
+        return self.db.bounded(self._query, sql, values, limit=HOT_LIMIT)
+
+    def _query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):
             try:
                 if self._conn is None:
@@ -48,7 +74,12 @@ class HotConnection:
         return []  # pragma: no cover - the loop returns or raises
 
     def close(self) -> None:
-        """Release the connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Release every thread's connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: S112 - a connection already broken needs no closing
+                continue
+        self._local = threading.local()

@@ -291,6 +291,32 @@ class IndexStore:
         return out
 
 
+def repoint_link(
+    conn: sa.Connection, source: str, retired: str, survivor: str, survivor_patient_id: str
+) -> None:
+    """Apply a source's merge of two of its local records to the index, inside the
+    caller's transaction: the retired local id's link goes, and when the surviving id
+    has no link yet, the retired one's person takes it over (as ``survivor_patient_id``).
+    A person whose only link was the retired one keeps their row (the next build
+    drops it)."""
+    old = links.c
+    row = conn.execute(
+        sa.select(old.person_id).where(old.source == source, old.local_id == retired)
+    ).first()
+    if row is None:
+        return
+    has_survivor = conn.execute(
+        sa.select(old.local_id).where(old.source == source, old.local_id == survivor)
+    ).first()
+    where = (old.source == source) & (old.local_id == retired)
+    if has_survivor is not None:
+        conn.execute(links.delete().where(where))
+    else:
+        conn.execute(
+            links.update().where(where).values(local_id=survivor, patient_id=survivor_patient_id)
+        )
+
+
 def _only_nhs_number(query: PersonQuery) -> str | None:
     """The NHS number when ``query`` asks for exactly one NHS number and nothing else."""
     if query != PersonQuery(identifiers=query.identifiers) or len(query.identifiers) != 1:

@@ -1,0 +1,154 @@
+"""The GP system, spoken to as a GP Connect Access Record: Structured 1.6 consumer.
+
+``fetch_record`` posts the STU3 ``Parameters`` (``gpconnect_request``) to
+``{base}/Patient/$gpc.getstructuredrecord`` with the Spine headers and the
+JWT naming the caller (``on_behalf_of``), reads the STU3 Bundle as R4
+(``gpconnect_record``), and answers like every adapter: namespaced R4
+resources, the entries it could not use in ``skipped``, the provider's warnings
+in ``notes``. An error answer becomes the ``SourceError`` that says what
+happened (``gpconnect_errors``). A person without a traced NHS number is never
+sent: GP Connect identifies patients by NHS number only, and a local id in its
+place would be a wrong-patient risk (``SourceNotAsked``).
+
+``people`` and ``read_shared`` use the simulator's ``GET /Patient`` and
+``GET /{type}/{id}`` (GP Connect's Foundations reads), in STU3 too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
+from carelink.fhir.gpconnect import OPERATION
+from carelink.fhir.nhs import is_valid
+from carelink.observability.context import HEADER, current_request_id
+from carelink.sources.base import Json, SourceAnswer, SourcePerson
+from carelink.sources.fhir_rest import get_json, localise, parse, person_from_patient
+from carelink.sources.gpconnect_errors import failure
+from carelink.sources.gpconnect_record import read_structured
+from carelink.sources.gpconnect_request import (
+    Consumer,
+    Period,
+    areas_for,
+    current_period,
+    current_requester,
+    headers,
+    parameters,
+)
+from carelink.sources.http import as_of
+from carelink.sources.namespacing import namespace
+from carelink.sources.stu3 import to_r4
+
+NO_NHS_NUMBER = "not sent: no traced NHS number (GP Connect finds patients by NHS number only)"
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+class GPConnectSource:
+    """A GP practice system behind GP Connect (``base_url``: the provider's FHIR base,
+    through the Spine Secure Proxy when there is one)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        name: str = "gp",
+        consumer: Consumer | None = None,
+        page_size: int = 1000,
+        clock: Callable[[], float] = time.time,
+        today: Callable[[], date] = _today,
+    ) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.consumer = consumer or Consumer()
+        self.page_size = page_size
+        self.clock = clock
+        self.today = today
+
+    def request(
+        self, nhs_number: str, types: frozenset[str] | None, period: Period | None = None
+    ) -> tuple[str, dict[str, str], bytes]:
+        """URL, headers and body of one structured record request (no I/O)."""
+        requester = current_requester() or self.consumer.fallback
+        hdrs = headers(self.consumer, requester, self.base, int(self.clock()))
+        request_id = current_request_id()
+        if request_id is not None:
+            hdrs[HEADER] = request_id
+        body = orjson.dumps(parameters(nhs_number, types, period, self.today()))
+        return f"{self.base}/Patient/{OPERATION}", hdrs, body
+
+    async def fetch_record(
+        self,
+        local_id: str,
+        patient_ref: str,
+        types: frozenset[str] | None,
+        nhs_number: str | None = None,
+        period: Period | None = None,
+    ) -> SourceAnswer:
+        """The structured record of the person with ``nhs_number``, as R4."""
+        if not nhs_number or not is_valid(nhs_number):
+            raise SourceNotAsked(self.name, NO_NHS_NUMBER)
+        if not areas_for(types):
+            # nothing asked that a clinical area holds: the index has the demographics
+            return SourceAnswer([], "no-area", as_of({}))
+        url, hdrs, body = self.request(nhs_number, types, period or current_period())
+        try:
+            async with self.session.post(url, data=body, headers=hdrs) as resp:
+                data = await resp.read()
+                if resp.status >= 400:
+                    raise failure(self.name, resp.status, data)
+                got = resp.headers
+        except aiohttp.ClientError as exc:
+            raise SourceUnavailable(self.name, type(exc).__name__) from exc
+        reading = read_structured(parse(data, self.name), self.name)
+        patient = next((r for r in reading.resources if r["resourceType"] == "Patient"), None)
+        if patient is None:
+            raise SourceBadPayload(self.name, "structured record without a Patient")
+        out = localise(reading.resources, self.name, str(patient["id"]), patient_ref, types)
+        version = got.get("ETag", "") or orjson.dumps(len(data)).decode()
+        return SourceAnswer(
+            out, version, as_of(got), tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
+        )
+
+    async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
+        """``GET /{type}/{id}`` (Practitioner, Organization, Location), as R4."""
+        url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
+        doc, _ = await get_json(self.session, self.name, "GET", url)
+        if doc is None:
+            return None
+        converted = to_r4(doc).resource
+        if converted.get("resourceType") != resource_type:
+            raise SourceBadPayload(
+                self.name, f"expected a {resource_type}, got {doc.get('resourceType')}"
+            )
+        return namespace(converted, self.name, "", "")
+
+    async def people(self) -> AsyncIterator[SourcePerson]:
+        """Page through the practice list (``GET /Patient``), as R4."""
+        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
+        while url:
+            doc, _ = await get_json(self.session, self.name, "GET", url)
+            if doc is None:
+                return
+            for e in doc.get("entry", []):
+                r = e.get("resource") if isinstance(e, dict) else None
+                if isinstance(r, dict) and r.get("resourceType") == "Patient" and r.get("id"):
+                    patient = to_r4(r).resource
+                    yield person_from_patient(self.name, str(patient["id"]), patient)
+            url = next(
+                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
+            )
+
+
+def parse_answer(data: bytes, source: str) -> Json:
+    """A structured record's bytes as JSON (``SourceBadPayload`` when not FHIR)."""
+    return parse(data, source)

@@ -1,0 +1,223 @@
+"""The gateway on PostgreSQL through a proxy the test controls: the database goes down,
+freezes and comes back, and the gateway neither freezes nor needs a restart."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.storage import Database
+from tests.integration.conftest import System
+from tests.support.gateways import token_gateways
+from tests.support.procs import carelink
+from tests.support.tcp_proxy import TcpProxy, proxy_to
+from tests.support.tokens import Issuer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+#: seconds: the gateway's database time limit in these tests, and how soon it must be
+#: answering again once the database is back
+DB_TIMEOUT = 1.0
+RECOVERY = 10.0
+#: export retention: 18 s (swept every 9 s)
+TTL_HOURS = 0.005
+
+
+def with_host(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (user, database and options kept)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}:{port}"))
+
+
+@pytest.fixture(scope="module")
+def schema_url() -> Iterator[str]:
+    """A schema of its own in the test PostgreSQL database, for this module."""
+    base = os.environ.get("CARELINK_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("CARELINK_TEST_POSTGRES_URL is not set")
+    schema = f"carelink_outage_{uuid.uuid4().hex[:10]}"
+    admin = Database(base)
+    with admin.engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@dataclass
+class Outage:
+    base: str
+    proxy: TcpProxy
+    issuer: Issuer
+    exports: Path
+    nhs_number: str
+
+    def clinician(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.token(aud=self.base)}"}
+
+    def analyst(self) -> dict[str, str]:
+        token = self.issuer.token(
+            aud=self.base,
+            sub="outage-analyst",
+            role=None,
+            organisation=None,
+            scope="system/*.rs",
+            purpose_of_use="HRESCH",
+            client_id="outage-analyst",
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+    def lookup(self, timeout: float = 15) -> httpx.Response:
+        return httpx.get(
+            f"{self.base}/Patient",
+            params={"identifier": f"{NHS_NUMBER_SYSTEM}|{self.nhs_number}"},
+            headers=self.clinician(),
+            timeout=timeout,
+        )
+
+    def recovered(self, within: float = RECOVERY) -> float:
+        """Seconds until a clinical lookup answers 200 again."""
+        start = time.monotonic()
+        while time.monotonic() - start < within:
+            if self.lookup().status_code == 200:
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise AssertionError(f"no 200 within {within} s of the database coming back")
+
+    def export(self) -> str:
+        kick = httpx.get(
+            f"{self.base}/$export",
+            params={"_type": "Patient"},
+            headers={**self.analyst(), "Prefer": "respond-async"},
+            timeout=15,
+        )
+        assert kick.status_code == 202, kick.text
+        return kick.headers["Content-Location"]
+
+    def finished(self, status_url: str, within: float = 60) -> httpx.Response:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            r = httpx.get(status_url, headers=self.analyst(), timeout=15)
+            if r.status_code != 202:
+                return r
+            time.sleep(0.3)
+        raise AssertionError(f"{status_url} did not finish within {within} s")
+
+
+@pytest.fixture(scope="module")
+def outage(
+    schema_url: str, system: System, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outage]:
+    built = carelink(["index", "build"], {**system.env, "CARELINK_DATABASE_URL": schema_url})
+    assert built.returncode == 0, built.stderr
+    target = urlsplit(schema_url)
+    tmp = tmp_path_factory.mktemp("outage")
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        extra = {
+            "CARELINK_DATABASE_URL": with_host(schema_url, "127.0.0.1", proxy.port),
+            "CARELINK_DB_TIMEOUT": str(DB_TIMEOUT),
+            "CARELINK_DB_CONNECT_TIMEOUT": "1",
+            "CARELINK_EXPORTS": str(tmp / "exports"),
+            "CARELINK_EXPORT_TTL_HOURS": str(TTL_HOURS),
+            "CARELINK_MASTER_KEY": str(tmp / "master.key"),
+            "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
+            "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "checkpoints"),
+        }
+        issuer = Issuer()
+        with token_gateways(system.env, tmp / "unused.db", issuer, tmp, extra=extra) as (gw,):
+            person = system.population[0]
+            yield Outage(gw.base, proxy, issuer, tmp / "exports", person.nhs_number)
+
+
+def test_metadata_answers_within_a_second_while_the_database_is_frozen(outage: Outage):
+    assert outage.lookup().status_code == 200
+    outage.proxy.freeze()
+    answers: list[httpx.Response] = []
+    try:
+        start = time.monotonic()
+        first = outage.lookup()
+        # the first request waits the database's time limit (twice: its read, then the
+        # safety net's audit event), then is refused; the server is not held meanwhile
+        assert first.status_code == 503
+        assert first.headers["Retry-After"]
+        assert time.monotonic() - start < 2 * DB_TIMEOUT + 1.5
+        waiting = [
+            threading.Thread(target=lambda: answers.append(outage.lookup())) for _ in range(3)
+        ]
+        for t in waiting:
+            t.start()
+        for _ in range(5):
+            start = time.monotonic()
+            meta = httpx.get(f"{outage.base}/metadata", timeout=5)
+            assert meta.status_code == 200
+            assert time.monotonic() - start < 1.0
+            time.sleep(0.2)
+        for t in waiting:
+            t.join(15)
+    finally:
+        outage.proxy.resume()
+    assert [a.status_code for a in answers] == [503, 503, 503]
+    assert all(a.headers["Retry-After"] for a in answers)
+    assert outage.recovered() < RECOVERY
+
+
+def test_clinical_requests_get_503_while_the_database_is_down_then_recover(outage: Outage):
+    assert outage.lookup().status_code == 200
+    outage.proxy.kill()
+    try:
+        down = outage.lookup()
+        assert down.status_code == 503
+        assert int(down.headers["Retry-After"]) > 0
+        assert down.json()["resourceType"] == "OperationOutcome"
+        assert "Traceback" not in down.text
+    finally:
+        outage.proxy.resume()
+    # the first audited requests after the blip succeed: readers and the audit writer
+    # reconnect by themselves
+    assert outage.recovered() < RECOVERY
+    assert all(outage.lookup().status_code == 200 for _ in range(5))
+
+
+def _blip(proxy: TcpProxy, seconds: float = 3.0) -> None:
+    proxy.kill()
+    time.sleep(seconds)
+    proxy.resume()
+
+
+def test_an_export_asked_for_after_a_blip_completes(outage: Outage):
+    _blip(outage.proxy)
+    outage.recovered()
+    done = outage.finished(outage.export())
+    assert done.status_code == 200, done.text
+    assert any(o["type"] == "Patient" for o in done.json()["output"])
+
+
+def test_an_expired_export_is_deleted_on_time_after_a_blip(outage: Outage):
+    status = outage.export()
+    done = outage.finished(status)
+    assert done.status_code == 200, done.text
+    job = status.rstrip("/").rsplit("/", 1)[1]
+    files = outage.exports / job
+    assert files.is_dir()
+    asked = time.monotonic()
+    _blip(outage.proxy)
+    ttl = TTL_HOURS * 3600
+    while files.exists() and time.monotonic() - asked < ttl + ttl / 2 + 10:
+        time.sleep(0.5)
+    assert not files.exists(), "the retention sweeper stopped after the blip"

@@ -1,0 +1,386 @@
+"""The GP Connect consumer: what it sends (FACTS.md's rules), how it reads the published
+example answers (valid R4, every entry accounted for), what each published error
+becomes, that a person without an NHS number is never sent, and mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import ssl
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from carelink.errors import SourceNotAsked, SourceRefused, SourceUnavailable
+from carelink.federation.fanout import NOT_ASKED, FanOut, Request
+from carelink.fhir.gpconnect import INTERACTION_ID
+from carelink.sources.gpconnect import GPConnectSource
+from carelink.sources.gpconnect_errors import failure
+from carelink.sources.gpconnect_record import read_structured
+from carelink.sources.gpconnect_request import (
+    Period,
+    Requester,
+    asking_for,
+    on_behalf_of,
+    parameters,
+)
+from carelink.sources.tls import client_context
+from tests.support.schema import problems
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "gpconnect"
+RESPONSES = sorted((DATA / "responses").glob("*.json"))
+NHS = "9434765919"
+TODAY = dt.date(2024, 6, 1)
+
+
+def _decode(part: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+@pytest.mark.parametrize("path", RESPONSES, ids=lambda p: p.stem)
+def test_every_published_response_becomes_valid_r4_with_every_entry_accounted_for(path: Path):
+    doc = json.loads(path.read_text())
+    reading = read_structured(doc, "gp")
+    contained = sum(
+        len([c for c in (e.get("resource", e).get("contained") or []) if c.get("id")])
+        for e in doc["entry"]
+        if e.get("resource", e).get("resourceType") == "List"
+    )
+    assert len(reading.fates) == len(doc["entry"]) + contained
+    converted = [f for _, f in reading.fates if f == "converted"]
+    assert len(converted) == len(reading.resources)
+    skipped = [f for _, f in reading.fates if f.startswith("skipped")]
+    assert len(skipped) == len(reading.skipped)
+    for r in reading.resources:
+        assert problems(r) == [], r["resourceType"]
+
+
+def test_the_published_quirks_are_read_as_a_consumer_must():
+    diary = read_structured(
+        json.loads((DATA / "responses/diaryentries_response1.json").read_text()), "gp"
+    )
+    assert [r["resourceType"] for r in diary.resources].count("ServiceRequest") == 2
+    allergies = read_structured(
+        json.loads((DATA / "responses/allergies_response1.json").read_text()), "gp"
+    )
+    ids = {r["id"] for r in allergies.resources if r["resourceType"] == "AllergyIntolerance"}
+    assert "Resolved-1" in ids  # contained in the resolved allergies List, taken out
+    assert not [r for r in allergies.resources if r["resourceType"] == "List"]
+    forwards = read_structured(
+        json.loads((DATA / "responses/consultations_forwards_response1.json").read_text()), "gp"
+    )
+    assert any("includeConsultations is an unrecognised parameter" in n for n in forwards.notes)
+
+
+ERRORS = {
+    "example_invalid_nhs_number_supplied": (400, "refused", "INVALID_NHS_NUMBER"),
+    "example_patient_not_found": (404, "refused", "PATIENT_NOT_FOUND"),
+    "example_no_patient_consent_to_share": (403, "refused", "NO_PATIENT_CONSENT"),
+    "example_access_denied": (403, "refused", "ACCESS"),
+    "example_malformed_json_claim_in_request": (400, "error", "BAD_REQUEST"),
+    "example_reference_not_found": (422, "error", "REFERENCE_NOT_FOUND"),
+    "example_resource_not_found": (404, "refused", "NO_RECORD_FOUND"),
+    "example_attempting_to_register_a_patient_that_already_exists": (409, "error", "DUPLICATE"),
+    "example_unexpected_exception": (500, "unavailable", "INTERNAL_SERVER_ERROR"),
+    "ssp_error_example_error_communicating_to_target_url": (502, "unavailable", "502"),
+    "ssp_error_example_method_not_allowed": (405, "error", "405"),
+    "ssp_error_example_unsupported_media_type": (415, "error", "415"),
+    "ssp_error_example_sender_asid_is_not_authorised_for_this_interaction": (403, "refused", "403"),
+    "ssp_error_example_receiver_asid_is_not_authorised_for_this_interaction": (
+        403,
+        "refused",
+        "403",
+    ),
+    "ssp_error_example_sender_asid_is_not_authorised_to_send_the_interaction_to_recei": (
+        403,
+        "refused",
+        "403",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted((DATA / "errors").glob("*.json")) if "clinical_area" not in p.name],
+    ids=lambda p: p.stem,
+)
+def test_every_published_error_becomes_an_outcome_saying_what_happened(path: Path):
+    key = path.stem.split("error_handling_guidance__", 1)[1]
+    status, kind, says = ERRORS[key]
+    got = failure("gp", status, path.read_bytes())
+    if kind == "unavailable":
+        assert isinstance(got, SourceUnavailable)
+    else:
+        assert isinstance(got, SourceRefused)
+        assert got.status == kind
+    assert says in got.reason or says in getattr(got, "code", "")
+
+
+def test_the_in_bundle_warning_of_a_disabled_area_is_a_note():
+    entry = json.loads(
+        (DATA / "errors/clinical_area_config__populating_a_warning.json").read_text()
+    )
+    doc = {"resourceType": "Bundle", "type": "collection", "entry": [entry]}
+    assert read_structured(doc, "gp").notes == [
+        "warning NOT_IMPLEMENTED: includeProblems has been disabled"
+    ]
+
+
+def test_types_and_periods_become_include_groups_within_the_rules():
+    body = parameters(
+        NHS,
+        frozenset({"MedicationRequest", "AllergyIntolerance", "Observation"}),
+        Period(dt.date(2023, 1, 1), dt.date(2099, 1, 1)),
+        TODAY,
+    )
+    params = {p["name"]: p for p in body["parameter"]}
+    assert params["patientNHSNumber"]["valueIdentifier"]["value"] == NHS
+    assert params["includeAllergies"]["part"] == [
+        {"name": "includeResolvedAllergies", "valueBoolean": True}
+    ]
+    assert params["includeMedication"]["part"] == [
+        {"name": "medicationSearchFromDate", "valueDate": "2023-01-01"}
+    ]
+    period = {"start": "2023-01-01", "end": "2024-06-01"}  # never in the future
+    assert params["includeUncategorisedData"]["part"][0]["valuePeriod"] == period
+    assert params["includeInvestigations"]["part"][0]["valuePeriod"] == period
+    assert "includeConsultations" not in params
+    everything = parameters(NHS, None, Period(dt.date(2023, 1, 1)), TODAY)
+    names = [p["name"] for p in everything["parameter"]]
+    assert "includeConsultations" in names
+    assert "includeReferrals" in names
+    med = next(p for p in everything["parameter"] if p["name"] == "includeMedication")
+    assert "part" not in med or all(
+        q["name"] != "medicationSearchFromDate" for q in med["part"]
+    )  # not permitted beside includeConsultations
+
+
+class Recorder:
+    """A GP Connect endpoint that notes each request and answers a fixed Bundle."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, dict(request.headers), await request.read()))
+        body = (DATA / "responses/allergies_response2.json").read_bytes()
+        return web.Response(body=body, content_type="application/fhir+json")
+
+
+async def _serve(handler, ssl_context=None):
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+def test_the_request_carries_the_ssp_headers_and_jwt_facts_requires():
+    recorder = Recorder()
+    dr = Requester(
+        "10019",
+        "A1001",
+        "Test Hospital",
+        "111222333444",
+        "444555666777",
+        "Jones",
+        ("Claire",),
+        ("Dr",),
+    )
+
+    async def go():
+        runner, port = await _serve(recorder.handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(
+                    session, f"http://127.0.0.1:{port}/GP0001/STU3/1", clock=lambda: 1_700_000_000
+                )
+                with on_behalf_of(dr):
+                    return await source.fetch_record("L1", "Patient/p1", None, nhs_number=NHS)
+        finally:
+            await runner.cleanup()
+
+    answer = asyncio.run(go())
+    assert answer.resources
+    ((path, headers, body),) = recorder.requests
+    assert path == "/GP0001/STU3/1/Patient/$gpc.getstructuredrecord"
+    uuid.UUID(headers["Ssp-TraceID"])
+    assert headers["Ssp-From"]
+    assert headers["Ssp-To"]
+    assert headers["Ssp-InteractionID"] == INTERACTION_ID
+    assert headers["Content-Type"].startswith("application/fhir+json")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    head, payload, signature = token.split(".")
+    assert token.endswith(".")
+    assert signature == ""
+    assert _decode(head) == {"alg": "none", "typ": "JWT"}
+    claims = _decode(payload)
+    example = json.loads(
+        (
+            DATA / "jwt/cross_organisation_audit_and_provenance__jwt_payload_full_example.json"
+        ).read_text()
+    )
+    assert set(claims) == set(example)
+    assert claims["exp"] - claims["iat"] == 300
+    assert claims["iat"] == 1_700_000_000
+    assert claims["reason_for_request"] == "directcare"
+    assert claims["requested_scope"] == "patient/*.read"
+    assert claims["aud"] == f"http://127.0.0.1:{headers['Host'].split(':')[1]}/GP0001/STU3/1"
+    assert claims["sub"] == "10019"
+    assert claims["requesting_practitioner"]["id"] == "10019"
+    assert claims["requesting_organization"]["identifier"] == [
+        {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "A1001"}
+    ]
+    systems = {i["system"] for i in claims["requesting_practitioner"]["identifier"]}
+    assert {
+        "https://fhir.nhs.uk/Id/sds-user-id",
+        "https://fhir.nhs.uk/Id/sds-role-profile-id",
+    } <= systems
+    assert claims["requesting_device"]["resourceType"] == "Device"
+    sent = json.loads(body)
+    assert sent["resourceType"] == "Parameters"
+    assert sent["parameter"][0]["valueIdentifier"]["value"] == NHS
+
+
+@pytest.mark.parametrize(
+    "nhs_number", [None, "", "c0f9b1de-1d1b-4f5c-9a55-1b2f1c2f0a11", "9434765918"]
+)
+def test_a_person_without_a_traced_nhs_number_is_never_sent(nhs_number):
+    recorder = Recorder()
+
+    async def go():
+        runner, port = await _serve(recorder.handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(session, f"http://127.0.0.1:{port}")
+                with pytest.raises(SourceNotAsked, match="no traced NHS number"):
+                    await source.fetch_record("L1", "Patient/p1", None, nhs_number=nhs_number)
+                results = await FanOut({"gp": source}).gather(
+                    [Request("gp", "L1", nhs_number)], "Patient/p1", None
+                )
+                return results
+        finally:
+            await runner.cleanup()
+
+    (result,) = asyncio.run(go())
+    assert recorder.requests == []
+    assert result.status == NOT_ASKED
+    assert "no traced NHS number" in (result.reason or "")
+
+
+def _cert(name: str, issuer_key, issuer_name, key, ca: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(tmp: Path, name: str, cert: x509.Certificate, key) -> tuple[str, str]:
+    c, k = tmp / f"{name}.crt", tmp / f"{name}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(c), str(k)
+
+
+def test_mutual_tls_with_the_configured_client_certificate(tmp_path: Path):
+    """A server that demands a client certificate from the test CA answers the adapter
+    with its configured certificate, and refuses a session without one."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = _cert("test CA", ca_key, ca_name, ca_key, ca=True)
+    ca_file, _ = _pem(tmp_path, "ca", ca, ca_key)
+    server_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    server_cert, server_keyfile = _pem(
+        tmp_path, "server", _cert("127.0.0.1", ca_key, ca_name, server_key), server_key
+    )
+    client_cert, client_keyfile = _pem(
+        tmp_path, "client", _cert("carelink", ca_key, ca_name, client_key), client_key
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
+    server_ctx.load_cert_chain(server_cert, server_keyfile)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    recorder = Recorder()
+
+    async def go():
+        runner, port = await _serve(recorder.handle, server_ctx)
+        url = f"https://127.0.0.1:{port}"
+        try:
+            good = client_context("gp", client_cert, client_keyfile, ca_file)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=good)) as s:
+                answer = await GPConnectSource(s, url).fetch_record("L1", "Patient/p", None, NHS)
+            no_cert = client_context("gp", None, None, ca_file)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=no_cert)) as s:
+                with pytest.raises(SourceUnavailable):
+                    await GPConnectSource(s, url).fetch_record("L1", "Patient/p", None, NHS)
+            return answer
+        finally:
+            await runner.cleanup()
+
+    answer = asyncio.run(go())
+    assert answer.resources
+    assert len(recorder.requests) == 1
+
+
+def test_the_period_asked_of_the_gateway_becomes_the_providers_search_periods():
+    """``$everything?start=&end=`` runs its federation inside ``asking_for``: the GP
+    is asked only for that period (the gateway still filters every source alike)."""
+    recorder = Recorder()
+
+    async def go():
+        runner, port = await _serve(recorder.handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(session, f"http://127.0.0.1:{port}/GP0001/STU3/1")
+                with asking_for(Period(dt.date(2020, 1, 1), dt.date(2021, 12, 31))):
+                    await source.fetch_record(
+                        "L1", "Patient/p1", frozenset({"Encounter"}), nhs_number=NHS
+                    )
+                await source.fetch_record(
+                    "L1", "Patient/p1", frozenset({"Encounter"}), nhs_number=NHS
+                )
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+    (_, _, within), (_, _, unbounded) = recorder.requests
+    consultations = next(
+        p for p in json.loads(within)["parameter"] if p["name"] == "includeConsultations"
+    )
+    period = next(p for p in consultations["part"] if p["name"] == "consultationSearchPeriod")
+    assert period["valuePeriod"] == {"start": "2020-01-01", "end": "2021-12-31"}
+    assert "consultationSearchPeriod" not in unbounded.decode()
