@@ -83,6 +83,10 @@ class _Registration:
     """A message read only as far as its PID, by splitting on the standard delimiters:
     enough for ``person``, without python-hl7's full parse of every segment."""
 
+    #: segment, field, repetition, component, subcomponent: the standard ones, as the
+    #: listing is only split this way when MSH-2 declares them
+    separators = "\r|~^&"
+
     def __init__(self, pid: list[str]) -> None:
         self._pid = pid
 
