@@ -199,7 +199,9 @@ def searches(store: IndexStore, people: list[tuple[str, str]], clients: int, eac
     return p99(times)
 
 
-async def build(urls: dict[str, str], store: IndexStore, rate: float) -> tuple[Any, Perturbed]:
+async def build(
+    urls: dict[str, str], store: IndexStore, rate: float, writers: int
+) -> tuple[Any, Perturbed]:
     sessions = [aiohttp.ClientSession() for _ in urls]
     try:
         sources: list[Source] = [
@@ -208,7 +210,7 @@ async def build(urls: dict[str, str], store: IndexStore, rate: float) -> tuple[A
         ]
         perturbed = Perturbed(sources[SOURCES.index("acute")], rate, 7)
         sources[SOURCES.index("acute")] = perturbed
-        return await build_index(sources, store), perturbed
+        return await build_index(sources, store, writers=writers), perturbed
     finally:
         for s in sessions:
             await s.close()
@@ -266,9 +268,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db.migrate()
         store = IndexStore(db)
         started = time.perf_counter()
-        report, perturbed = asyncio.run(build(urls, store, args.errors))
+        report, perturbed = asyncio.run(build(urls, store, args.errors, args.writers))
         took = time.perf_counter() - started
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         precision, recall = quality(store, perturbed.truth)
         numbers, alike = [], []
         for p in store.each_person(batch=5000):
@@ -292,6 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "build_s": round(took, 1),
             "stages_s": report.seconds,
             "peak_mb": round(peak_mb),
+            "writer_peak_mb": round(writer_mb) if args.writers > 1 else None,
             "candidates_mean": report.candidates_mean,
             "candidates_max": report.candidates_max,
             "oversized_blocks": report.oversized_blocks,
@@ -316,6 +320,7 @@ def main() -> None:
     ap.add_argument("--database", help="a PostgreSQL URL (default: a temporary SQLite file)")
     ap.add_argument("--errors", type=float, default=0.05, help="share of hospital records")
     ap.add_argument("--changes", type=int, default=1000)
+    ap.add_argument("--writers", type=int, default=2, help="processes making the people")
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import gc
 import inspect
 import time
@@ -350,7 +351,10 @@ async def build_index_from(
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         sources = list(make_sources(settings, sessions, store.db).values())
-        return await build_index(sources, store, progress=progress, refuse_empty=True)
+        writers = max(1, min(4, os.cpu_count() or 1))  # the merge per person is CPU-bound
+        return await build_index(
+            sources, store, progress=progress, refuse_empty=True, writers=writers
+        )
     except SourceBadPayload as exc:
         url = settings.sources.get(exc.source, "")
         raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None

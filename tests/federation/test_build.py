@@ -55,17 +55,21 @@ def _stored(store: IndexStore) -> tuple[list[PersonRow], list[LinkRow], list[tup
     return people, link_rows, reviews
 
 
-def _build(store: IndexStore, by_source: dict[str, list[SourcePerson]]):
+def _build(store: IndexStore, by_source: dict[str, list[SourcePerson]], writers: int = 1):
     sources = [ListSource(name, records) for name, records in by_source.items()]
-    return asyncio.run(build_index(sources, store, now=lambda: datetime(2026, 1, 1, tzinfo=UTC)))
+    now = lambda: datetime(2026, 1, 1, tzinfo=UTC)  # noqa: E731
+    return asyncio.run(build_index(sources, store, now=now, writers=writers))
 
 
 @pytest.mark.parametrize(
     "population", [MESSY, _sources(3000)[0]], ids=["messy", "social-care-variants"]
 )
-def test_the_streaming_build_stores_the_index_linking_in_memory_makes(population, database_url):
+@pytest.mark.parametrize("writers", [1, 2])
+def test_the_streaming_build_stores_the_index_linking_in_memory_makes(
+    population, writers, database_url
+):
     store = _store(database_url)
-    report = _build(store, population)
+    report = _build(store, population, writers)
     want_persons, want_links, want_reviews, want_report = link_people(population, KEY)
     people, link_rows, reviews = _stored(store)
     assert people == sorted(want_persons, key=lambda p: p.id)

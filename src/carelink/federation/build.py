@@ -26,9 +26,12 @@ build here gives the same index while holding only what linking needs:
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +43,7 @@ from carelink.federation.linkage import Group, demographics, link, valid_nhs
 from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
 from carelink.federation.update import mark_built
 from carelink.sources.base import Source, SourcePerson
-from carelink.storage import IndexBuild, IndexStore, ReviewRow
+from carelink.storage import Database, IndexBuild, IndexStore, ReviewRow
 
 #: ``progress(stage, done, total)``: stage is "reading", "linking" or "writing";
 #: total is None while it is not known
@@ -51,7 +54,12 @@ def _quiet(stage: str, done: int, total: int | None) -> None:
     return None
 
 
-def _staged(p: SourcePerson, nhs: str | None) -> tuple[Any, ...]:
+def part_of(grp: str, parts: int) -> int:
+    """Which writer process a group goes to (the same part for all its records)."""
+    return zlib.crc32(grp.encode()) % parts
+
+
+def _staged(p: SourcePerson, nhs: str | None, parts: int) -> tuple[Any, ...]:
     grp = f"n:{nhs}" if nhs else f"r:{p.source}:{p.local_id}"
     method = "nhs-number" if nhs else "unmatched"
     return (
@@ -67,19 +75,24 @@ def _staged(p: SourcePerson, nhs: str | None) -> tuple[Any, ...]:
         p.gender,
         p.postcode,
         orjson.dumps(p.patient),
+        part_of(grp, parts),
     )
 
 
 def _person(row: Sequence[Any]) -> SourcePerson:
     """A staged row (``STAGED_COLUMNS``) back as the record it was."""
-    source, local, nhs, _, _, _, given, family, birth, gender, postcode, patient = row
+    source, local, nhs, _, _, _, given, family, birth, gender, postcode, patient, _ = row
     return SourcePerson(
         source, local, nhs, given, family, birth, gender, postcode, None, orjson.loads(patient)
     )
 
 
 async def _read(
-    sources: Sequence[Source], build: IndexBuild, report: BuildReport, progress: Progress
+    sources: Sequence[Source],
+    build: IndexBuild,
+    report: BuildReport,
+    progress: Progress,
+    parts: int = 1,
 ) -> list[SourcePerson]:
     """Stage every record; return those without a valid NHS number."""
     loose: list[SourcePerson] = []
@@ -103,7 +116,7 @@ async def _read(
                 loose.append(p)
                 if p.nhs_number:
                     report.invalid_nhs_records.append((p.source, p.local_id))
-            batch.append(_staged(p, nhs))
+            batch.append(_staged(p, nhs, parts))
             if len(batch) >= build.batch:
                 await flush(batch)
                 batch = []
@@ -139,7 +152,11 @@ def _neighbours(
 
 
 def _link(
-    build: IndexBuild, loose: Sequence[SourcePerson], key: bytes, report: BuildReport
+    build: IndexBuild,
+    loose: Sequence[SourcePerson],
+    key: bytes,
+    report: BuildReport,
+    parts: int = 1,
 ) -> list[ReviewRow]:
     """Link the records without NHS numbers; re-group them in staging; the review rows."""
     numbers, oversized = _neighbours(build, loose)
@@ -149,7 +166,7 @@ def _link(
         by_source[p.source].append(p)
     linkage = link(by_source, oversized)
     owner: dict[tuple[str, str], str] = {}
-    changes: list[tuple[str, str | None, float | None, str, str]] = []
+    changes: list[tuple[str, str | None, float | None, int, str, str]] = []
     for group in linkage.groups:
         owner.update(((m.source, m.local_id), group_id(key, group)) for m in group.members)
         first = group.members[0]
@@ -157,7 +174,7 @@ def _link(
         for m in group.members:
             method, score = linkage.methods[(m.source, m.local_id)]
             if method != "nhs-number":
-                changes.append((grp, method, score, m.source, m.local_id))
+                changes.append((grp, method, score, part_of(grp, parts), m.source, m.local_id))
     build.regroup(changes)
     methods = Counter(linkage.methods[(p.source, p.local_id)][0] for p in loose)
     report.by_demographics = methods["demographic"]
@@ -200,30 +217,82 @@ def _write(
     build: IndexBuild,
     key: bytes,
     built_at: str,
-    report: BuildReport,
-    progress: Progress,
-) -> None:
-    """Every group as a person, bulk loaded into the new tables."""
-    total = sum(report.records.values())
+    part: int = 0,
+    progress: Callable[[int], None] = lambda done: None,
+) -> tuple[int, dict[str, int]]:
+    """Every group of one part as a person, bulk loaded into the new tables; returns
+    how many people and the merged Patients' conflicts per element."""
     conflicts: Counter[str] = Counter()
     people, links = [], []
-    done = 0
-    for grp, rows in _groups(build.by_group()):
+    persons = done = 0
+    for grp, rows in _groups(build.by_group(part)):
         members = tuple(_person(r) for r in rows)
         methods = {(r[0], r[1]): (r[4], r[5]) for r in rows}
         nhs = grp[2:] if grp.startswith("n:") else None
         person, person_links = person_rows(key, Group(members, nhs), methods, built_at, conflicts)
         people.append(person)
         links.extend(person_links)
-        report.persons += 1
+        persons += 1
         if len(links) >= build.batch:
             build.load("persons", people)
             build.load("person_links", links)
             done += len(links)
-            progress("writing", done, total)
+            progress(done)
             people, links = [], []
     build.load("persons", people)
     build.load("person_links", links)
+    return persons, dict(conflicts)
+
+
+def write_part(
+    url: str, part: int, key: bytes, built_at: str, batch: int
+) -> tuple[int, dict[str, int]]:
+    """``_write`` in a process of its own, attached to the build in database ``url``."""
+    db = Database(url)
+    build = IndexBuild(db, batch, attach=True)
+    try:
+        return _write(build, key, built_at, part)
+    finally:
+        build.close()
+        db.dispose()
+
+
+async def _write_all(
+    build: IndexBuild,
+    key: bytes,
+    built_at: str,
+    report: BuildReport,
+    progress: Progress,
+    parts: int,
+) -> None:
+    """Write every part: in this process when there is one, else one process each."""
+    total = sum(report.records.values())
+    build.index_groups()
+    results: list[tuple[int, dict[str, int]]] = []
+    if parts == 1:
+        results.append(
+            await asyncio.to_thread(
+                _write, build, key, built_at, 0, lambda done: progress("writing", done, total)
+            )
+        )
+    else:
+        loop = asyncio.get_running_loop()
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=parts, mp_context=spawn) as pool:
+            futures = [
+                loop.run_in_executor(
+                    pool, write_part, build.db.url, part, key, built_at, build.batch
+                )
+                for part in range(parts)
+            ]
+            while not all(f.done() for f in futures):
+                await asyncio.wait(futures, timeout=1.0)
+                progress("writing", await asyncio.to_thread(build.written), total)
+            results = [f.result() for f in futures]
+    conflicts: Counter[str] = Counter()
+    for persons, counted in results:
+        report.persons += persons
+        conflicts.update(counted)
     progress("writing", total, total)
     report.by_nhs_number = total - report.by_demographics - report.unmatched
     report.conflicts = dict(sorted(conflicts.items()))
@@ -236,12 +305,16 @@ async def build_index(
     progress: Progress | None = None,
     *,
     refuse_empty: bool = False,
+    writers: int = 1,
 ) -> BuildReport:
     """Read every source, link, and swap the new index in for the old one at once.
 
     With ``refuse_empty``, a source that gave no patient records at all is a
     ``SourceBadPayload`` naming it, and the stored index is left as it was: such a
-    source is almost always a URL pointing at the wrong kind of system."""
+    source is almost always a URL pointing at the wrong kind of system.
+
+    ``writers`` > 1 makes the people in that many processes (the merge of each
+    person's Patient is most of a build's work once the sources are read)."""
     key = store.secret()
     started = now()
     built_at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -256,7 +329,7 @@ async def build_index(
         clock = time.perf_counter()
 
     try:
-        loose = await _read(sources, build, report, progress)
+        loose = await _read(sources, build, report, progress, writers)
         lap("reading")
         empty = [s.name for s in sources if refuse_empty and not report.records.get(s.name)]
         if empty:
@@ -266,10 +339,10 @@ async def build_index(
                 "(the index is unchanged)",
             )
         progress("linking", 0, None)
-        reviews = await asyncio.to_thread(_link, build, loose, key, report)
+        reviews = await asyncio.to_thread(_link, build, loose, key, report, writers)
         del loose
         lap("linking")
-        await asyncio.to_thread(_write, build, key, built_at, report, progress)
+        await _write_all(build, key, built_at, report, progress, writers)
         build.load("match_review", reviews)
         report.review = len(reviews)
         lap("writing")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
+
+import orjson
 
 from carelink.sources.base import Json, source_uri
 
 _MAX_ID = 64
+#: letters and digits (as ``str.isalnum`` has them: ``\w`` but the underscore), "-" and "."
+_PLAIN_ID = re.compile(r"(?:[^\W_]|[-.])+")
 
 
 def namespaced_id(source: str, local: str) -> str:
     """``<source>-<local>``, hashed when it would exceed FHIR's 64-character id limit."""
     candidate = f"{source}-{local}"
-    if len(candidate) <= _MAX_ID and all(c.isalnum() or c in "-." for c in candidate):
+    if len(candidate) <= _MAX_ID and _PLAIN_ID.fullmatch(candidate):
         return candidate
     digest = hashlib.blake2b(local.encode(), digest_size=16).hexdigest()
     return f"{source}-{digest}"
@@ -35,10 +40,20 @@ def namespace(resource: Json, source: str, patient_local_ref: str, patient_ref: 
         meta = resource["meta"] = {}
     meta["source"] = source_uri(source)
     meta.pop("versionId", None)
+    if not _may_refer(resource):
+        return resource  # nothing to rewrite (a Patient in a listing, often): skip the walk
     for key, value in resource.items():
         if key not in ("id", "meta", "resourceType"):
             _rewrite(value, source, patient_local_ref, patient_ref)
     return resource
+
+
+def _may_refer(resource: Json) -> bool:
+    """Whether any ``reference`` key may be inside (one C-speed dump beats the walk)."""
+    try:
+        return b'"reference"' in orjson.dumps(resource)
+    except (TypeError, orjson.JSONEncodeError):
+        return True
 
 
 def _rewrite(value: Any, source: str, own: str, patient_ref: str) -> None:

@@ -37,6 +37,7 @@ STAGED_COLUMNS = (
     "gender",
     "postcode",
     "patient",
+    "part",
 )
 _LIVE = (persons, links, review)
 #: (table, column) indexed after the load, unique or not, named like the live ones
@@ -83,16 +84,23 @@ def _staging_table(md: sa.MetaData) -> sa.Table:
         sa.Column("gender", sa.String(16), nullable=True),
         sa.Column("postcode", sa.String(10), nullable=True),
         sa.Column("patient", sa.LargeBinary, nullable=False),
+        sa.Column("part", sa.Integer, nullable=False),
     )
 
 
 class IndexBuild:
-    """One build: staging, bulk load into new tables, the swap. Use from one thread."""
+    """One build: staging, bulk load into new tables, the swap. Use from one thread.
 
-    def __init__(self, db: Database, batch: int = 5000) -> None:
+    Staged records carry a ``part`` (0 .. parts-1, the same for every record of a
+    group), so several processes can each write the people of one part: each
+    ``attach``es to the build the first one made.
+    """
+
+    def __init__(self, db: Database, batch: int = 5000, *, attach: bool = False) -> None:
         self.db = db
         self.batch = batch
         self.token = secrets.token_hex(4)
+        self.attached = attach
         md = sa.MetaData()
         self.staging = _staging_table(md)
         self.tables = _new_tables(md)
@@ -100,6 +108,8 @@ class IndexBuild:
         self._conn: Any = cast(Any, self._raw.driver_connection)  # sqlite3 or psycopg
         if db.is_sqlite:
             self._conn.isolation_level = None  # explicit BEGIN/COMMIT, DDL included
+        if attach:
+            return
         with db.engine.begin() as conn:
             for t in [self.staging, *reversed(self.tables)]:
                 t.drop(conn, checkfirst=True)  # what a crashed build left
@@ -115,7 +125,7 @@ class IndexBuild:
         try:
             if self.db.is_sqlite:
                 marks = ", ".join("?" for _ in columns)
-                cur.execute("BEGIN")
+                cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
                 cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
                 cur.execute("COMMIT")
             else:
@@ -131,12 +141,14 @@ class IndexBuild:
         for i in range(0, len(rows), self.batch):
             self._load(STAGING, STAGED_COLUMNS, rows[i : i + self.batch])
 
-    def regroup(self, changes: Sequence[tuple[str, str | None, float | None, str, str]]) -> None:
-        """Set (grp, method, score) of staged records, each named by (source, local id)."""
+    def regroup(
+        self, changes: Sequence[tuple[str, str | None, float | None, int, str, str]]
+    ) -> None:
+        """Set (grp, method, score, part) of staged records, each named by (source, local id)."""
         mark = "?" if self.db.is_sqlite else "%s"
         sql = (
-            f"UPDATE {STAGING} SET grp = {mark}, method = {mark}, score = {mark} "  # noqa: S608
-            f"WHERE source = {mark} AND local_id = {mark}"
+            f"UPDATE {STAGING} SET grp = {mark}, method = {mark}, score = {mark}, "  # noqa: S608
+            f"part = {mark} WHERE source = {mark} AND local_id = {mark}"
         )
         cur = self._conn.cursor()
         try:
@@ -186,19 +198,31 @@ class IndexBuild:
                 out.extend(tuple(r) for r in conn.execute(q))
         return out
 
-    def by_group(self) -> Iterator[tuple[Any, ...]]:
-        """Every staged record (``STAGED_COLUMNS``), ordered by group, source and local id."""
+    def index_groups(self) -> None:
+        """Index the staged records by part and group, for ``by_group``."""
         with self.db.engine.begin() as conn:
             conn.execute(
                 sa.text(
                     f"CREATE INDEX ix_{STAGING}_grp_{self.token} "
-                    f"ON {STAGING} (grp, source, local_id)"
+                    f"ON {STAGING} (part, grp, source, local_id)"
                 )
             )
+
+    def by_group(self, part: int = 0) -> Iterator[tuple[Any, ...]]:
+        """The staged records of one part (``STAGED_COLUMNS``), ordered by group, source
+        and local id (after ``index_groups``)."""
         cols = ", ".join(STAGED_COLUMNS)
         return self._stream(
-            f"SELECT {cols} FROM {STAGING} ORDER BY grp, source, local_id"  # noqa: S608
+            f"SELECT {cols} FROM {STAGING} WHERE part = :part "  # noqa: S608
+            "ORDER BY grp, source, local_id",
+            {"part": part},
         )
+
+    def written(self) -> int:
+        """How many links the new tables hold so far."""
+        with self.db.engine.connect() as conn:
+            table = _build_name("person_links")
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
 
     # -- the swap -----------------------------------------------------------------
 
@@ -237,7 +261,11 @@ class IndexBuild:
             cur.close()
 
     def close(self) -> None:
-        """Drop the staging table (and build tables a failed build left) and disconnect."""
+        """Drop the staging table (and build tables a failed build left) and disconnect
+        (an attached build only disconnects)."""
+        if self.attached:
+            self._raw.close()
+            return
         try:
             if not self.db.is_sqlite:
                 self._conn.rollback()
