@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import gc
 import inspect
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
