@@ -320,7 +320,7 @@ def main() -> None:
     ap.add_argument("--database", help="a PostgreSQL URL (default: a temporary SQLite file)")
     ap.add_argument("--errors", type=float, default=0.05, help="share of hospital records")
     ap.add_argument("--changes", type=int, default=1000)
-    ap.add_argument("--writers", type=int, default=2, help="processes making the people")
+    ap.add_argument("--writers", type=int, default=1, help="processes making the people")
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

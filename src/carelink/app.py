@@ -351,7 +351,9 @@ async def build_index_from(
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         sources = list(make_sources(settings, sessions, store.db).values())
-        writers = max(1, min(4, os.cpu_count() or 1))  # the merge per person is CPU-bound
+        # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
+        # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
+        writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
         return await build_index(
             sources, store, progress=progress, refuse_empty=True, writers=writers
         )
