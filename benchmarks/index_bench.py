@@ -134,10 +134,22 @@ class Perturbed:
                 yield p
 
 
-def start(size: int, port: int) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_admin/health", timeout=2):  # noqa: S310
+            return True
+    except OSError:
+        return False
+
+
+def start(
+    size: int, port: int, running: bool = False
+) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
     urls, procs = {}, []
     for n, name in enumerate(SOURCES):
         urls[name] = f"http://127.0.0.1:{port + n}"
+        if running and _healthy(urls[name]):
+            continue  # started by hand with this --size (it takes minutes at the full range)
         procs.append(
             subprocess.Popen(
                 [
@@ -262,7 +274,7 @@ def changes(store: IndexStore, n: int, seed: int) -> tuple[float, int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="index-bench-")
     url = args.database or str(Path(tmp) / "index.db")
-    urls, procs = start(args.people, args.port)
+    urls, procs = start(args.people, args.port, args.running)
     try:
         db = Database(url)
         db.migrate()
@@ -323,6 +335,11 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=1, help="processes making the people")
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--running",
+        action="store_true",
+        help="use simulators already answering on the ports (same --people), start the rest",
+    )
     args = ap.parse_args()
     r = run(args)
     print(json.dumps(r, indent=1))

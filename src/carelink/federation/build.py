@@ -32,6 +32,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,7 +114,7 @@ async def _read(
             count += 1
             nhs = valid_nhs(p)
             if nhs is None:
-                loose.append(p)
+                loose.append(replace(p, patient={}))  # the Patient stays staged
                 if p.nhs_number:
                     report.invalid_nhs_records.append((p.source, p.local_id))
             batch.append(_staged(p, nhs, parts))
@@ -160,7 +161,13 @@ def _link(
 ) -> list[ReviewRow]:
     """Link the records without NHS numbers; re-group them in staging; the review rows."""
     numbers, oversized = _neighbours(build, loose)
-    known = [_person(r) for r in build.with_nhs_numbers(sorted(numbers))]
+    # their records' linking fields only (the Patients stay staged until writing)
+    known = [
+        SourcePerson(source, local, nhs, given, family, birth, gender, postcode, None, {})
+        for source, local, nhs, given, family, birth, gender, postcode in build.with_nhs_numbers(
+            sorted(numbers)
+        )
+    ]
     by_source: dict[str, list[SourcePerson]] = defaultdict(list)
     for p in [*loose, *known]:
         by_source[p.source].append(p)

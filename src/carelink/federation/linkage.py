@@ -148,9 +148,12 @@ def candidate_pairs(
     streaming build that links a part of the population passes the blocks that
     are over the cap in the whole of it), finds no candidates.
     """
+    keys = [record_keys(r) for r in records]
+    # only blocks holding a record without a number make pairs: the others are not kept
+    wanted = {k for i, ks in enumerate(keys) if not nhs[i] for k in ks}
     blocks: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for i, r in enumerate(records):
-        for key in record_keys(r):
+    for i, ks in enumerate(keys):
+        for key in ks & wanted:
             blocks[key][0 if nhs[i] else 1].append(i)
     pairs: set[tuple[int, int]] = set()
     for key, (with_nhs, without) in blocks.items():

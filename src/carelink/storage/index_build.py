@@ -188,13 +188,15 @@ class IndexBuild:
         )
 
     def with_nhs_numbers(self, numbers: Sequence[str]) -> list[tuple[Any, ...]]:
-        """Staged records (``STAGED_COLUMNS``) holding any of ``numbers``."""
+        """(source, local_id, nhs, given, family, birth_date, gender, postcode) of the
+        staged records holding any of ``numbers``: their linking fields only."""
         out: list[tuple[Any, ...]] = []
         t = self.staging
+        slim = ("source", "local_id", "nhs", "given", "family", "birth_date", "gender", "postcode")
         with self.db.engine.connect() as conn:
             for i in range(0, len(numbers), 500):
                 part = list(numbers[i : i + 500])
-                q = sa.select(*[t.c[c] for c in STAGED_COLUMNS]).where(t.c.nhs.in_(part))
+                q = sa.select(*[t.c[c] for c in slim]).where(t.c.nhs.in_(part))
                 out.extend(tuple(r) for r in conn.execute(q))
         return out
 
