@@ -55,21 +55,24 @@ def _stored(store: IndexStore) -> tuple[list[PersonRow], list[LinkRow], list[tup
     return people, link_rows, reviews
 
 
-def _build(store: IndexStore, by_source: dict[str, list[SourcePerson]], writers: int = 1):
+def _build(
+    store: IndexStore, by_source: dict[str, list[SourcePerson]], writers: int = 1, batch: int = 5000
+):
     sources = [ListSource(name, records) for name, records in by_source.items()]
     now = lambda: datetime(2026, 1, 1, tzinfo=UTC)  # noqa: E731
-    return asyncio.run(build_index(sources, store, now=now, writers=writers))
+    return asyncio.run(build_index(sources, store, now=now, writers=writers, batch=batch))
 
 
 @pytest.mark.parametrize(
     "population", [MESSY, _sources(3000)[0]], ids=["messy", "social-care-variants"]
 )
-@pytest.mark.parametrize("writers", [1, 2])
+@pytest.mark.parametrize(("writers", "batch"), [(1, 5000), (2, 5000), (1, 7)])
 def test_the_streaming_build_stores_the_index_linking_in_memory_makes(
-    population, writers, database_url
+    population, writers, batch, database_url
 ):
+    """In one process or several, in large batches or small ones (groups cut by a batch)."""
     store = _store(database_url)
-    report = _build(store, population, writers)
+    report = _build(store, population, writers, batch)
     want_persons, want_links, want_reviews, want_report = link_people(population, KEY)
     people, link_rows, reviews = _stored(store)
     assert people == sorted(want_persons, key=lambda p: p.id)

@@ -313,6 +313,7 @@ async def build_index(
     *,
     refuse_empty: bool = False,
     writers: int = 1,
+    batch: int = 5000,
 ) -> BuildReport:
     """Read every source, link, and swap the new index in for the old one at once.
 
@@ -321,13 +322,14 @@ async def build_index(
     source is almost always a URL pointing at the wrong kind of system.
 
     ``writers`` > 1 makes the people in that many processes (the merge of each
-    person's Patient is most of a build's work once the sources are read)."""
+    person's Patient is most of a build's work once the sources are read). Rows go
+    to and from the database ``batch`` at a time."""
     key = store.secret()
     started = now()
     built_at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
     progress = progress or _quiet
     report = BuildReport()
-    build = IndexBuild(store.db)
+    build = IndexBuild(store.db, batch)
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:

@@ -164,7 +164,8 @@ def blocking_keys(d: Demographics) -> Iterable[str]:
     - ``pd``: postcode + birth date: survives changes to both names;
     - ``nd``: both names' sound-alikes in either order + birth date: swapped names;
     - ``fp``: surname sound-alike + given initial + postcode: a wrong birth date;
-    - ``fy``: both names' sound-alikes + birth year: a wrong birth date after a move.
+    - ``fy``: both names' sound-alikes + birth year and month: a wrong birth day after
+      a move.
 
     The fallback ``ds`` (birth date + sex) is used only by a record that has no name
     to block on. Blocks larger than ``BLOCK_CAP`` are skipped by the linker.
@@ -184,7 +185,7 @@ def blocking_keys(d: Demographics) -> Iterable[str]:
             yield f"pd:{postcode}:{day}"
         if fam and giv:
             yield f"nd:{min(fam, giv)}:{max(fam, giv)}:{day}"
-            yield f"fy:{fam}:{giv}:{d.birth_date[:4]}"
+            yield f"fy:{fam}:{giv}:{d.birth_date[:7]}"
         if not (fam and giv):
             yield f"ds:{day}:{d.gender or ''}"
     elif fam and giv:

@@ -190,6 +190,14 @@ class IndexBuild:
     def with_nhs_numbers(self, numbers: Sequence[str]) -> list[tuple[Any, ...]]:
         """(source, local_id, nhs, given, family, birth_date, gender, postcode) of the
         staged records holding any of ``numbers``: their linking fields only."""
+        if numbers:
+            with self.db.engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        f"CREATE INDEX IF NOT EXISTS ix_{STAGING}_nhs_{self.token} "
+                        f"ON {STAGING} (nhs)"
+                    )
+                )
         out: list[tuple[Any, ...]] = []
         t = self.staging
         slim = ("source", "local_id", "nhs", "given", "family", "birth_date", "gender", "postcode")
@@ -212,13 +220,25 @@ class IndexBuild:
 
     def by_group(self, part: int = 0) -> Iterator[tuple[Any, ...]]:
         """The staged records of one part (``STAGED_COLUMNS``), ordered by group, source
-        and local id (after ``index_groups``)."""
-        cols = ", ".join(STAGED_COLUMNS)
-        return self._stream(
-            f"SELECT {cols} FROM {STAGING} WHERE part = :part "  # noqa: S608
-            "ORDER BY grp, source, local_id",
-            {"part": part},
-        )
+        and local id (after ``index_groups``). Read in batches, each in a short
+        transaction of its own: a read held open for the whole build would keep SQLite
+        from checkpointing its write-ahead log while the people are written."""
+        t = self.staging
+        columns = [t.c[c] for c in STAGED_COLUMNS]
+        order = (t.c.grp, t.c.source, t.c.local_id)
+        after: tuple[Any, ...] | None = None
+        while True:
+            q = sa.select(*columns).where(t.c.part == part)
+            if after is not None:
+                q = q.where(sa.tuple_(*order) > sa.tuple_(*[sa.literal(v) for v in after]))
+            q = q.order_by(*order).limit(self.batch)
+            with self.db.engine.connect() as conn:
+                rows = [tuple(r) for r in conn.execute(q)]
+            yield from rows
+            if len(rows) < self.batch:
+                return
+            last = rows[-1]
+            after = (last[3], last[0], last[1])
 
     def written(self) -> int:
         """How many links the new tables hold so far."""
