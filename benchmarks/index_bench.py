@@ -38,6 +38,7 @@ import asyncio
 import json
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -324,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
