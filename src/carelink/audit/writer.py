@@ -110,19 +110,7 @@ class WriterProcess:
         ):
             return self._reader, self._writer
         self._stop(grace=0.0)
-        ours, theirs = socket.socketpair()
-        try:
-            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [self.python, "-m", "carelink.audit.writer", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=_child_env(),
-            )
-        except OSError as exc:
-            ours.close()
-            raise AuditError("audit writer process could not start") from exc
-        finally:
-            theirs.close()
+        self._proc, ours = _spawn(self.python)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         spec = orjson.dumps(asdict(self.spec))
         self._writer.write(_HEAD.pack(b"S", len(spec)) + spec)
@@ -143,6 +131,24 @@ class WriterProcess:
     def close(self) -> None:
         """Close the socket; the child commits nothing more and exits."""
         self._stop()
+
+
+def _spawn(python: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start the child with one end of a new socket pair; the process and our end."""
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [python, "-m", "carelink.audit.writer", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+        )
+    except OSError as exc:
+        ours.close()
+        raise AuditError("audit writer process could not start") from exc
+    finally:
+        theirs.close()
+    return proc, ours
 
 
 def _child_env() -> dict[str, str]:

@@ -118,9 +118,7 @@ class GPConnectSource:
         fingerprint = digest(data)
         cached = self.cache.lookup(key, fingerprint)
         if cached is not None:
-            return SourceAnswer(
-                cached.resources, version, as_of(got), cached.skipped, cached.notes
-            )
+            return SourceAnswer(cached.resources, version, as_of(got), cached.skipped, cached.notes)
         reading = read_structured(parse(data, self.name), self.name)
         patient = next((r for r in reading.resources if r["resourceType"] == "Patient"), None)
         if patient is None:
