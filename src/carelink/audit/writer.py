@@ -72,6 +72,7 @@ class WriterProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock: asyncio.Lock | None = None
+        self._sock: socket.socket | None = None
 
     async def start(self) -> None:
         """Start the child now (else the first batch starts it)."""
@@ -111,6 +112,7 @@ class WriterProcess:
             return self._reader, self._writer
         self._stop(grace=0.0)
         self._proc, ours = _spawn(self.python)
+        self._sock = ours
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         spec = orjson.dumps(asdict(self.spec))
         self._writer.write(_HEAD.pack(b"S", len(spec)) + spec)
@@ -118,8 +120,11 @@ class WriterProcess:
 
     def _stop(self, grace: float = 10.0) -> None:
         if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
+            with contextlib.suppress(RuntimeError):  # its event loop has already closed
+                self._writer.close()
+        if self._sock is not None:
+            self._sock.close()  # now, so the child sees the end at once
+        self._reader = self._writer = self._sock = None
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=grace)  # the child exits when its socket closes
