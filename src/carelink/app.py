@@ -76,6 +76,7 @@ from carelink.storage import (
     ReplayStore,
     ResultStore,
     describe,
+    is_unavailable,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -310,7 +311,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return from_error(exc)
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback
+        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback;
+        # a driver error that says our schema or SQL is wrong is a fault of ours (500)
+        if not is_unavailable(exc):
+            raise exc  # on, as any unexpected failure: audited as one, answered 500
         return await carelink_error(request, StorageUnavailable(describe(exc)))
 
     for unavailable in UNAVAILABLE:

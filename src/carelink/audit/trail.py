@@ -108,6 +108,7 @@ class GroupCommit:
         self._pending.extend(events)
         self._waiters.append(waiter)
         if self._flushing is None:
+            self._batch_started = loop.time()  # the clock of the stuck-commit check
             self._flushing = asyncio.create_task(self._flush())
         waiter.add_done_callback(_retrieve)
         try:
