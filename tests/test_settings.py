@@ -93,7 +93,12 @@ def test_the_gateway_does_not_start_with_a_profile_file_it_cannot_use(tmp_path):
     (tmp_path / "UKCore-Patient.json").write_text('{"resourceType": "StructureDefinition"')
     result = carelink(
         ["serve", "--port", "1"],
-        {"CARELINK_AUTH": "development", "CARELINK_PROFILES": str(tmp_path)},
+        {
+            "CARELINK_AUTH": "development",
+            "CARELINK_PROFILES": str(tmp_path),
+            # a database that is there: the start-up checks look at it first
+            "CARELINK_DATABASE_URL": str(tmp_path / "carelink.db"),
+        },
     )
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
@@ -156,3 +161,21 @@ def test_operability_settings_have_defaults_and_come_from_the_environment():
 def test_a_community_source_at_an_mllp_address_is_a_feed():
     s = Settings.from_env({"CARELINK_SOURCES": "community=mllp://127.0.0.1:2575,gp=http://x"})
     assert s.feeds() == {"community": ("127.0.0.1", 2575)}
+
+
+def test_the_gp_connect_consumer_identity_and_source_tls_come_from_settings():
+    from carelink.app import _consumer
+
+    s = Settings.from_env(
+        {
+            "CARELINK_GPCONNECT_ASID": "200000000999",
+            "CARELINK_GPCONNECT_PROVIDER_ASID": "918999100001",
+            "CARELINK_SOURCE_TLS": "gp=/k/cert.pem;/k/key.pem;/k/ca.pem,acute=;;/k/ca2.pem",
+        }
+    )
+    consumer = _consumer(s)
+    assert (consumer.asid, consumer.provider_asid) == ("200000000999", "918999100001")
+    assert consumer.endpoint == _consumer(Settings()).endpoint  # unset: the demo's
+    assert (s.source_tls["gp"].cert, s.source_tls["gp"].ca) == ("/k/cert.pem", "/k/ca.pem")
+    assert s.source_tls["acute"].cert is None
+    assert s.source_tls["acute"].ca == "/k/ca2.pem"

@@ -62,6 +62,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
+from carelink.sources.gpconnect_request import Consumer
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
 from carelink.storage import (
@@ -76,6 +77,7 @@ from carelink.storage import (
     ReplayStore,
     ResultStore,
     describe,
+    is_unavailable,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -117,6 +119,17 @@ def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     }
 
 
+def _consumer(settings: Settings) -> Consumer:
+    """This gateway as GP Connect providers and Spine know it (settings over the demo's)."""
+    demo = Consumer()
+    return replace(
+        demo,
+        asid=settings.gpconnect_asid or demo.asid,
+        provider_asid=settings.gpconnect_provider_asid or demo.provider_asid,
+        endpoint=settings.gpconnect_endpoint or demo.endpoint,
+    )
+
+
 def make_sources(
     settings: Settings, sessions: Mapping[str, aiohttp.ClientSession], db: Database
 ) -> dict[str, Source]:
@@ -127,6 +140,8 @@ def make_sources(
         name: (
             CommunityFeedSource(feed, name)
             if url.startswith(FEED_SCHEME)
+            else GPConnectSource(sessions[name], url, name, consumer=_consumer(settings))
+            if adapter_kind(name) == "gp"
             else ADAPTERS[adapter_kind(name)](sessions[name], url, name)
         )
         for name, url in settings.sources.items()
@@ -297,7 +312,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return from_error(exc)
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback
+        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback;
+        # a driver error that says our schema or SQL is wrong is a fault of ours (500)
+        if not is_unavailable(exc):
+            raise exc  # on, as any unexpected failure: audited as one, answered 500
         return await carelink_error(request, StorageUnavailable(describe(exc)))
 
     for unavailable in UNAVAILABLE:

@@ -105,6 +105,11 @@ class Settings:
     #: source name -> outbound TLS (client certificate, key, CA) for https sources
     #: (``CARELINK_SOURCE_TLS=gp=cert.pem;key.pem;ca.pem``; empty parts: unset)
     source_tls: Mapping[str, SourceTLS] = field(default_factory=dict)
+    #: this gateway as Spine knows it, for GP Connect (``Ssp-From``, the JWT's device):
+    #: its ASID, the GP provider's ASID (``Ssp-To``) and its endpoint; empty: the demo's
+    gpconnect_asid: str = ""
+    gpconnect_provider_asid: str = ""
+    gpconnect_endpoint: str = ""
     #: the FHIR profiles (UK Core) the output claims and is checked against
     profiles: str = field(default_factory=lambda: default_profiles_path())
     #: seconds the fan-out waits for sources before answering with what it has
@@ -345,6 +350,11 @@ class Settings:
                 e, "CARELINK_AUDIT_CHECKPOINT_MINUTES", s.audit_checkpoint_minutes, "minutes"
             ),
             profiles=e.get("CARELINK_PROFILES", s.profiles),
+            gpconnect_asid=e.get("CARELINK_GPCONNECT_ASID", s.gpconnect_asid),
+            gpconnect_provider_asid=e.get(
+                "CARELINK_GPCONNECT_PROVIDER_ASID", s.gpconnect_provider_asid
+            ),
+            gpconnect_endpoint=e.get("CARELINK_GPCONNECT_ENDPOINT", s.gpconnect_endpoint),
             public_base_url=e.get("CARELINK_PUBLIC_BASE_URL", s.public_base_url) or None,
             log_level=e.get("CARELINK_LOG_LEVEL", s.log_level).lower(),
             audit_writer=e.get("CARELINK_AUDIT_WRITER", s.audit_writer).lower(),

@@ -380,8 +380,9 @@ def test_the_deid_profile_is_read_from_the_registration_and_defaults_to_anonymis
 
 
 def test_an_agreement_covers_its_profile_and_any_less_identifying_one():
-    assert deid_profiles_within("pseudonymised") == ("pseudonymised", "anonymised")
-    assert deid_profiles_within("anonymised") == ("anonymised",)
+    assert deid_profiles_within("pseudonymised") == ("pseudonymised", "anonymised", "aggregate")
+    assert deid_profiles_within("anonymised") == ("anonymised", "aggregate")
+    assert deid_profiles_within("aggregate") == ("aggregate",)
 
 
 @pytest.mark.parametrize(
@@ -392,6 +393,7 @@ def test_an_agreement_covers_its_profile_and_any_less_identifying_one():
         ("pseudonymised", "anonymised", "anonymised"),
         ("anonymised", None, "anonymised"),
         ("anonymised", "anonymised", "anonymised"),
+        ("anonymised", "aggregate", "aggregate"),
         (None, None, "anonymised"),  # no registration here: no agreement
         (None, "anonymised", "anonymised"),
         ("anonymised", "raw", "raw"),  # not a profile: the extract's own check refuses it

@@ -26,7 +26,13 @@ from carelink.fhir.gpconnect import INTERACTION_ID
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_errors import failure
 from carelink.sources.gpconnect_record import read_structured
-from carelink.sources.gpconnect_request import Period, Requester, on_behalf_of, parameters
+from carelink.sources.gpconnect_request import (
+    Period,
+    Requester,
+    asking_for,
+    on_behalf_of,
+    parameters,
+)
 from carelink.sources.tls import client_context
 from tests.support.schema import problems
 
@@ -397,3 +403,33 @@ def test_the_same_answer_is_read_once_and_a_changed_one_is_read_again():
     assert "AllergyIntolerance" in types
     assert "Encounter" not in types
     assert not changed.notes
+
+
+def test_the_period_asked_of_the_gateway_becomes_the_providers_search_periods():
+    """``$everything?start=&end=`` runs its federation inside ``asking_for``: the GP
+    is asked only for that period (the gateway still filters every source alike)."""
+    recorder = Recorder()
+
+    async def go():
+        runner, port = await _serve(recorder.handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(session, f"http://127.0.0.1:{port}/GP0001/STU3/1")
+                with asking_for(Period(dt.date(2020, 1, 1), dt.date(2021, 12, 31))):
+                    await source.fetch_record(
+                        "L1", "Patient/p1", frozenset({"Encounter"}), nhs_number=NHS
+                    )
+                await source.fetch_record(
+                    "L1", "Patient/p1", frozenset({"Encounter"}), nhs_number=NHS
+                )
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+    (_, _, within), (_, _, unbounded) = recorder.requests
+    consultations = next(
+        p for p in json.loads(within)["parameter"] if p["name"] == "includeConsultations"
+    )
+    period = next(p for p in consultations["part"] if p["name"] == "consultationSearchPeriod")
+    assert period["valuePeriod"] == {"start": "2020-01-01", "end": "2021-12-31"}
+    assert "consultationSearchPeriod" not in unbounded.decode()

@@ -4,6 +4,7 @@ Patient search, read and PIXm live in ``patient_routes``."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -20,6 +21,7 @@ from carelink.federation.query import SEARCH_TYPES, criteria, in_period
 from carelink.federation.record import Federated
 from carelink.fhir.search import parse_date, target_range
 from carelink.sources.base import source_uri
+from carelink.sources.gpconnect_request import Period, asking_for
 
 Json = dict[str, Any]
 
@@ -68,7 +70,14 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     asked = paging.Asked(caller, situation, key, base, f"{base}/{key}", q, used, "operation")
     if "_cursor" in q:
         return await paging.stored_page(request, asked)
-    fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait, person)
+    # GP Connect is asked for the period too (its search periods); everything is still
+    # filtered here, for every source alike
+    asked_period = Period(
+        start.start.date() if start else None,
+        (end.end - timedelta(microseconds=1)).date() if end else None,
+    )
+    with asking_for(asked_period if start or end else None):
+        fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait, person)
     shown = request.app.state.guard.filter(situation, access.visible(caller, fed.resources))
     request.state.break_glass = shown.break_glass
     matches = shown.resources

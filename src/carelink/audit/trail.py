@@ -144,9 +144,7 @@ class GroupCommit:
         self._pending.extend(events)
         self._waiters.append(waiter)
         if self._flushing is None:
-            # from now: a request arriving before the task first runs must not read the
-            # start of a batch that ended long ago as a commit stuck for that long
-            self._batch_started = loop.time()
+            self._batch_started = loop.time()  # the clock of the stuck-commit check
             self._flushing = asyncio.create_task(self._flush())
         waiter.add_done_callback(_retrieve)
         try:

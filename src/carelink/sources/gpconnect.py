@@ -39,6 +39,7 @@ from carelink.sources.gpconnect_request import (
     Consumer,
     Period,
     areas_for,
+    current_period,
     current_requester,
     headers,
     parameters,
@@ -103,7 +104,7 @@ class GPConnectSource:
         if not areas_for(types):
             # nothing asked that a clinical area holds: the index has the demographics
             return SourceAnswer([], "no-area", as_of({}))
-        url, hdrs, body = self.request(nhs_number, types, period)
+        url, hdrs, body = self.request(nhs_number, types, period or current_period())
         try:
             async with self.session.post(url, data=body, headers=hdrs) as resp:
                 data = await resp.read()

@@ -110,6 +110,25 @@ def act_for(requester: Requester | None) -> None:
     _acting_for.set(requester)
 
 
+_asked_period: ContextVar[Period | None] = ContextVar("gpconnect_period", default=None)
+
+
+@contextmanager
+def asking_for(period: Period | None) -> Iterator[None]:
+    """Within the block, GP Connect requests ask only for ``period`` (``$everything``'s
+    ``start`` and ``end``): the provider's search periods, so it sends less."""
+    token = _asked_period.set(period)
+    try:
+        yield
+    finally:
+        _asked_period.reset(token)
+
+
+def current_period() -> Period | None:
+    """The period the current request asked for, if any."""
+    return _asked_period.get()
+
+
 def current_requester() -> Requester | None:
     """Who the current request is made on behalf of, if anyone said."""
     return _acting_for.get()
