@@ -1,19 +1,23 @@
-"""Lookup and $everything throughput and latency, each beside its ceiling.
+"""Lookup and $everything throughput and latency, each beside its ceilings.
 
-One command, one run (about three minutes on 2 cores):
+One command, one run (about four minutes on 2 cores):
 
-    .venv/bin/python benchmarks/federation_bench.py [--workers 1] [--duration 15]
+    .venv/bin/python benchmarks/federation_bench.py [--workers 1] [--duration 15] [--runs 3]
 
 It starts the four simulators as separate processes with ~20 ms median
 latency (log-normal), builds the index in a temporary SQLite file, starts the
-gateway, resolves a spread of patients, then drives each endpoint with wrk at
-32 connections: (a) the lookup by NHS number, (b) ``$everything``; each beside
-a bare uvicorn endpoint serving the very same response bytes with the same
-worker count (the ceiling), plus the simulators' own latency measured
-directly. Targets: lookup >= 50% of its ceiling's req/s; $everything >= 15% of
-its ceiling with p99 <= the simulators' p99 + 25 ms. Results are printed and
-written as JSON (``--out``). Traffic goes to 127.0.0.1 only; every process it
-starts is stopped at the end.
+gateway with every safeguard on (bearer tokens verified, consent, the durable
+audit trail, request ids, access logs and metrics; ``--auth development`` leaves
+tokens out), resolves a spread of patients, then drives each endpoint with wrk
+at 32 connections: (a) the lookup by NHS number, (b) ``$everything``; each
+beside two ceilings serving the very same response bytes with the same worker
+count, measured in the same run: a raw ASGI app and a bare FastAPI endpoint
+(``benchmarks/bare.py``); and the simulators' own latency measured directly,
+after each ``$everything`` run (``--runs`` of them). Targets (issue #13): lookup
+>= 50% of the bare FastAPI endpoint's req/s; ``$everything`` p99 <= the
+simulators' p99 + 25 ms in every run. Results are printed and written as JSON
+(``--out``). Traffic goes to 127.0.0.1 only; every process it starts is stopped
+at the end.
 """
 
 from __future__ import annotations
@@ -60,11 +64,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
-        return bytes(resp.read())
-
-
 def wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,18 +102,38 @@ def simulators(stack: ExitStack, size: int, latency_ms: float) -> dict[str, str]
     return urls
 
 
+def get(url: str, token: str | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
+        return bytes(resp.read())
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min) now."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def wrk(
-    url_base: str, paths: list[str], seconds: int, connections: int, tmp: Path
-) -> dict[str, float]:
+    url_base: str,
+    paths: list[str],
+    seconds: int,
+    connections: int,
+    tmp: Path,
+    token: str | None = None,
+) -> dict[str, Any]:
     """Run wrk over ``paths`` (chosen at random per request); req/s and latency in ms."""
     (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
     (tmp / "script.lua").write_text(LUA % (tmp / "paths.txt"))
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+    before = load()
     out = subprocess.run(
         [
             "wrk",
             "-t1",
             f"-c{connections}",
             f"-d{seconds}s",
+            *auth,
             "-s",
             str(tmp / "script.lua"),
             url_base,
@@ -134,20 +153,27 @@ def wrk(
         "p95_ms": float(p95),
         "p99_ms": float(p99),
         "max_ms": float(top),
+        "load_before": before,
+        "load_after": load(),
     }
 
 
 def ceiling(
-    body: bytes, paths: list[str], args: argparse.Namespace, env: dict[str, str], tmp: Path
-) -> dict[str, float]:
-    """The same bytes from a bare uvicorn app with the gateway's worker count."""
+    body: bytes,
+    paths: list[str],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    tmp: Path,
+    app: str = "benchmarks.bare:app",
+) -> dict[str, Any]:
+    """The same bytes from a bare app (``app``) with the gateway's worker count."""
     (tmp / "body.json").write_bytes(body)
     port = free_port()
     cmd = [
         sys.executable,
         "-m",
         "uvicorn",
-        "benchmarks.bare:app",
+        app,
         "--port",
         str(port),
         "--workers",
@@ -181,12 +207,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         urls = simulators(stack, args.size, args.latency_ms)
         env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
         env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
-        env["CARELINK_AUTH"] = "development"  # the facade's own cost; auth is measured apart
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env["CARELINK_AUTH"] = args.auth
+        env["CARELINK_AUDIENCE"] = f"{base}/fhir"
+        env["CARELINK_ISSUER_KEYS"] = str(tmp / "issuer")
         subprocess.run(
             [*carelink, "index", "build"], env=env, check=True, stdout=subprocess.DEVNULL
         )
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
         stack.enter_context(
             process(
                 [*carelink, "serve", "--port", str(port), "--workers", str(args.workers)],
@@ -194,6 +222,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 env,
             )
         )
+        token = None
+        if args.auth == "jwt":  # one clinician's token, reused as a client would
+            token = subprocess.run(
+                [*carelink, "token", "mint", "--minutes", "120"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
         sys.path.insert(0, str(ROOT / "src"))
         from carelink.simulators.population import local_id, people
 
@@ -202,53 +239,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         everyone = [p for p in population if len(p.sources) == 4]
         sample = everyone[:50] + rng.sample(population, args.patients - min(50, len(everyone)))
         lookups = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in sample]
-        ids = [json.loads(get(base + path))["entry"][0]["resource"]["id"] for path in lookups]
+        ids = [
+            json.loads(get(base + path, token))["entry"][0]["resource"]["id"] for path in lookups
+        ]
         records = [f"/fhir/Patient/{pid}/$everything" for pid in ids]
         for path in records:  # warm: sources' first renders, adapters' first mappings
-            get(base + path)
-        print("measuring the lookup ...", flush=True)
-        results["lookup"] = wrk(base, lookups, args.duration, 32, tmp)
-        results["lookup_ceiling"] = ceiling(get(base + lookups[0]), lookups, args, env, tmp)
-        print("measuring $everything ...", flush=True)
-        results["everything"] = wrk(base, records, args.duration, 32, tmp)
-        full = max(records, key=lambda p: len(get(base + p)))
-        results["everything_ceiling"] = ceiling(get(base + full), records, args, env, tmp)
+            get(base + path, token)
         acute = [
             f"/fhir/Patient/{local_id('acute', p.index)}/$everything"
             for p in sample
             if "acute" in p.sources
         ]
-        results["simulator"] = wrk(urls["acute"], acute, max(5, args.duration // 2), 8, tmp)
+        print("measuring the lookup ...", flush=True)
+        results["lookup"] = wrk(base, lookups, args.duration, 32, tmp, token)
+        body = get(base + lookups[0], token)
+        results["lookup_ceiling"] = ceiling(body, lookups, args, env, tmp)
+        results["lookup_fastapi"] = ceiling(
+            body, lookups, args, env, tmp, "benchmarks.bare:fastapi_app"
+        )
+        results["everything_runs"] = []
+        for n in range(args.runs):
+            print(f"measuring $everything ({n + 1} of {args.runs}) ...", flush=True)
+            run_ = {
+                "everything": wrk(base, records, args.duration, 32, tmp, token),
+                "simulator": wrk(urls["acute"], acute, max(5, args.duration // 2), 8, tmp),
+            }
+            run_["budget_ms"] = run_["simulator"]["p99_ms"] + 25
+            run_["ok"] = run_["everything"]["p99_ms"] <= run_["budget_ms"]
+            results["everything_runs"].append(run_)
+        results["everything"] = results["everything_runs"][0]["everything"]
+        results["simulator"] = results["everything_runs"][0]["simulator"]
+        full = max(records, key=lambda p: len(get(base + p, token)))
+        body = get(base + full, token)
+        results["everything_ceiling"] = ceiling(body, records, args, env, tmp)
+        results["everything_fastapi"] = ceiling(
+            body, records, args, env, tmp, "benchmarks.bare:fastapi_app"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
-    lk, lc = results["lookup"], results["lookup_ceiling"]
-    ev, ec, sim = results["everything"], results["everything_ceiling"], results["simulator"]
+    lk, lf = results["lookup"], results["lookup_fastapi"]
+    runs = results["everything_runs"]
     results["targets"] = {
-        "lookup_ratio": lk["rps"] / lc["rps"],
-        "lookup_ok": lk["rps"] >= 0.5 * lc["rps"],
-        "everything_ratio": ev["rps"] / ec["rps"],
-        "everything_p99_budget_ms": sim["p99_ms"] + 25,
-        "everything_ok": ev["rps"] >= 0.15 * ec["rps"] and ev["p99_ms"] <= sim["p99_ms"] + 25,
+        "lookup_ratio_fastapi": lk["rps"] / lf["rps"],
+        "lookup_ratio_raw": lk["rps"] / results["lookup_ceiling"]["rps"],
+        "lookup_ok": lk["rps"] >= 0.5 * lf["rps"],
+        "everything_ok_runs": sum(r["ok"] for r in runs),
+        "everything_ok": all(r["ok"] for r in runs),
     }
     return results
 
 
+def _row(name: str, m: dict[str, Any]) -> None:
+    print(
+        f"{name:24}{m['rps']:9.0f}{m['p50_ms']:9.1f}{m['p95_ms']:9.1f}{m['p99_ms']:9.1f}"
+        f"{m['max_ms']:9.1f}{m['errors']:8d}   {m['load_before']}"
+    )
+
+
 def report(r: dict[str, Any]) -> None:
-    print(f"\n{'':24}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
-    for key in ("lookup", "lookup_ceiling", "everything", "everything_ceiling", "simulator"):
-        m = r[key]
-        print(
-            f"{key:24}{m['rps']:9.0f}{m['p50_ms']:9.1f}{m['p95_ms']:9.1f}{m['p99_ms']:9.1f}"
-            f"{m['max_ms']:9.1f}{m['errors']:8d}"
-        )
+    print(
+        f"\n{'':24}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
+        "   load (1, 5, 15 min) at start"
+    )
+    for key in (
+        "lookup",
+        "lookup_fastapi",
+        "lookup_ceiling",
+        "everything_fastapi",
+        "everything_ceiling",
+    ):
+        _row(key, r[key])
+    for n, run_ in enumerate(r["everything_runs"], 1):
+        _row(f"everything run {n}", run_["everything"])
+        _row(f"simulator run {n}", run_["simulator"])
     t = r["targets"]
     print(
-        f"\nlookup: {t['lookup_ratio']:.0%} of ceiling (target >= 50%): "
-        f"{'MET' if t['lookup_ok'] else 'MISSED'}"
+        f"\nlookup: {t['lookup_ratio_fastapi']:.0%} of the bare FastAPI endpoint (target >= 50%),"
+        f" {t['lookup_ratio_raw']:.0%} of raw ASGI: {'MET' if t['lookup_ok'] else 'MISSED'}"
     )
+    for n, run_ in enumerate(r["everything_runs"], 1):
+        print(
+            f"$everything run {n}: p99 {run_['everything']['p99_ms']:.1f} ms vs budget "
+            f"{run_['budget_ms']:.1f} ms (simulators' p99 + 25): "
+            f"{'met' if run_['ok'] else 'missed'}"
+        )
+    runs = len(r["everything_runs"])
     print(
-        f"$everything: {t['everything_ratio']:.0%} of ceiling (target >= 15%), p99 "
-        f"{r['everything']['p99_ms']:.1f} ms vs budget {t['everything_p99_budget_ms']:.1f} ms "
-        f"(simulators' p99 + 25): {'MET' if t['everything_ok'] else 'MISSED'}"
+        f"$everything: within budget in {t['everything_ok_runs']} of {runs} runs: "
+        f"{'MET' if t['everything_ok'] else 'MISSED'}"
     )
 
 
@@ -259,6 +336,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--duration", type=int, default=15)
     p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--runs", type=int, default=3, help="$everything runs (each with its budget)")
+    p.add_argument(
+        "--auth",
+        choices=("jwt", "development"),
+        default="jwt",
+        help="jwt: every request carries a bearer token the gateway verifies (default)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = p.parse_args()
     results = run(args)

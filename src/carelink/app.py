@@ -31,6 +31,7 @@ from carelink.api.observe import Observe
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
 from carelink.audit.events import REFUSED
+from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
@@ -79,6 +80,7 @@ from carelink.storage import (
     ReplayStore,
     ResultStore,
     describe,
+    is_unavailable,
 )
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
@@ -219,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(
-            AuditTrail(AuditStore(db), _checkpointer(settings)),
+            await _audit_committer(settings, db),
             telemetry.audit_committed,
             timeout=settings.db_timeout,
         )
@@ -313,7 +315,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return from_error(exc)
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback
+        # the database is down, unreachable or too slow: 503 with Retry-After, no traceback;
+        # a driver error that says our schema or SQL is wrong is a fault of ours (500)
+        if not is_unavailable(exc):
+            raise exc  # on, as any unexpected failure: audited as one, answered 500
         return await carelink_error(request, StorageUnavailable(describe(exc)))
 
     for unavailable in UNAVAILABLE:
@@ -384,6 +389,28 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     finally:
         for session in sessions.values():
             await session.close()
+
+
+async def _audit_committer(settings: Settings, db: Database) -> AuditTrail | WriterProcess:
+    """Where audit appends run (``Settings.audit_writer``). The checkpoint key is loaded
+    (or made) here either way, so a missing production key stops the start-up."""
+    checkpointer = _checkpointer(settings)
+    if settings.audit_writer == "thread":
+        return AuditTrail(AuditStore(db), checkpointer)
+    keys, points = settings.audit_paths()
+    writer = WriterProcess(
+        WriterSpec(
+            db.url,
+            settings.db_connect_timeout,
+            settings.db_timeout,
+            str(keys),
+            str(points),
+            settings.audit_checkpoint_every,
+            settings.audit_checkpoint_minutes * 60,
+        )
+    )
+    await writer.start()
+    return writer
 
 
 def _checkpointer(settings: Settings) -> Checkpointer:

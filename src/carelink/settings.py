@@ -153,6 +153,9 @@ class Settings:
     audit_checkpoint_every: int = 1000
     #: ... or this many minutes after the last one, if the trail grew meanwhile
     audit_checkpoint_minutes: float = 5.0
+    #: where audit appends run: "process" (a writer process of its own, which never
+    #: holds the server's GIL) or "thread" (a thread of the gateway's process)
+    audit_writer: str = "process"
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)
     result_ttl: float = 600.0
@@ -230,6 +233,10 @@ class Settings:
             raise ConfigError(
                 "CARELINK_PUBLIC_BASE_URL must be an http:// or https:// URL without query "
                 f"or fragment, not {self.public_base()!r}"
+            )
+        if self.audit_writer not in ("process", "thread"):
+            raise ConfigError(
+                f"CARELINK_AUDIT_WRITER must be process or thread, not {self.audit_writer!r}"
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
@@ -350,6 +357,7 @@ class Settings:
             gpconnect_endpoint=e.get("CARELINK_GPCONNECT_ENDPOINT", s.gpconnect_endpoint),
             public_base_url=e.get("CARELINK_PUBLIC_BASE_URL", s.public_base_url) or None,
             log_level=e.get("CARELINK_LOG_LEVEL", s.log_level).lower(),
+            audit_writer=e.get("CARELINK_AUDIT_WRITER", s.audit_writer).lower(),
             keepalive_timeout=int(
                 _number(e, "CARELINK_KEEPALIVE_TIMEOUT", s.keepalive_timeout, "seconds")
             ),

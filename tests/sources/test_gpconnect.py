@@ -356,6 +356,55 @@ def test_mutual_tls_with_the_configured_client_certificate(tmp_path: Path):
     assert len(recorder.requests) == 1
 
 
+class Switchable:
+    """A GP Connect endpoint whose answer the test changes between requests."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.requests = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = (DATA / "responses" / self.answer).read_bytes()
+        return web.Response(body=body, content_type="application/fhir+json")
+
+
+def test_the_same_answer_is_read_once_and_a_changed_one_is_read_again():
+    """Every fetch asks the provider; bytes it sent before for the same question are not
+    converted again (same resources, same notes), and different bytes always are."""
+    gp = Switchable("consultations_forwards_response1.json")
+
+    async def go():
+        runner, port = await _serve(gp.handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(session, f"http://127.0.0.1:{port}")
+                fetch = source.fetch_record
+                first = await fetch("L1", "Patient/p1", None, nhs_number=NHS)
+                again = await fetch("L1", "Patient/p1", None, nhs_number=NHS)
+                other_question = await fetch(
+                    "L1", "Patient/p1", frozenset({"Encounter"}), nhs_number=NHS
+                )
+                gp.answer = "allergies_response2.json"
+                changed = await fetch("L1", "Patient/p1", None, nhs_number=NHS)
+                return first, again, other_question, changed
+        finally:
+            await runner.cleanup()
+
+    first, again, other_question, changed = asyncio.run(go())
+    assert gp.requests == 4
+    assert again.resources is first.resources
+    assert again.notes == first.notes
+    assert first.notes
+    assert again.skipped == first.skipped
+    assert other_question.resources is not first.resources
+    assert changed.resources is not first.resources
+    types = {r["resourceType"] for r in changed.resources}
+    assert "AllergyIntolerance" in types
+    assert "Encounter" not in types
+    assert not changed.notes
+
+
 def test_the_period_asked_of_the_gateway_becomes_the_providers_search_periods():
     """``$everything?start=&end=`` runs its federation inside ``asking_for``: the GP
     is asked only for that period (the gateway still filters every source alike)."""

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -60,6 +60,42 @@ class AuditTrail:
         return sign(key, seq, head)
 
 
+class Committer(Protocol):
+    """Where group commit sends each batch: a thread of this process (``OnThread``) or
+    the writer process (``audit.writer.WriterProcess``)."""
+
+    async def record(self, events: Sequence[Json]) -> None:
+        """Return once ``events`` are durable; ``AuditError`` if they could not be."""
+
+    async def tick(self) -> None:
+        """Write a checkpoint if one is due (``AuditError`` if it could not be)."""
+
+    def close(self) -> None:
+        """Release the trail's connection and whatever runs the appends."""
+
+
+class OnThread:
+    """Appends on one dedicated thread of this process: while the thread waits for the
+    disk the event loop goes on serving, but every database call hands the GIL over."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
+
+    async def record(self, events: Sequence[Json]) -> None:
+        """Append on the writer thread."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.trail.record, events)
+
+    async def tick(self) -> None:
+        """A checkpoint if due, on the writer thread (never racing an append's own)."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.trail.tick)
+
+    def close(self) -> None:
+        """Close the store's connection on the thread that made it, then stop that thread."""
+        self._writer.submit(self.trail.store.close).result()
+        self._writer.shutdown(wait=True)
+
+
 def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a commit's outcome as seen, also when its request stopped waiting for it."""
     if not future.cancelled():
@@ -71,9 +107,10 @@ class GroupCommit:
 
     Each request awaits the commit that contains its events, so every event
     is durable (synced to disk) before its answer goes out. The commit runs
-    on one dedicated writer thread: while it waits for the disk, the event
-    loop goes on serving, and the events of every request that finishes
-    meanwhile form the next batch. A request waits at most ``timeout`` seconds
+    elsewhere (``committer``: the writer process, or a thread when given an
+    ``AuditTrail``): while it waits for the disk, the event loop goes on
+    serving, and the events of every request that finishes meanwhile form the
+    next batch. A request waits at most ``timeout`` seconds
     for its commit (a frozen database): then it is an ``AuditError`` and the
     request fails closed, while the commit may still complete later.
     ``observe(seconds, events)`` hears how long each successful commit took and
@@ -82,19 +119,18 @@ class GroupCommit:
 
     def __init__(
         self,
-        trail: AuditTrail,
+        trail: AuditTrail | Committer,
         observe: Callable[[float, int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         timeout: float = 10.0,
     ) -> None:
-        self.trail = trail
+        self.committer: Committer = OnThread(trail) if isinstance(trail, AuditTrail) else trail
         self.observe = observe
         self.clock = clock
         self.timeout = timeout
         self._pending: list[Json] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._batch_started = 0.0
         self.commits = 0
 
@@ -108,6 +144,7 @@ class GroupCommit:
         self._pending.extend(events)
         self._waiters.append(waiter)
         if self._flushing is None:
+            self._batch_started = loop.time()  # the clock of the stuck-commit check
             self._flushing = asyncio.create_task(self._flush())
         waiter.add_done_callback(_retrieve)
         try:
@@ -124,7 +161,7 @@ class GroupCommit:
                 started = self.clock()
                 self._batch_started = loop.time()
                 try:
-                    await loop.run_in_executor(self._writer, self.trail.record, batch)
+                    await self.committer.record(batch)
                 except AuditError as exc:
                     for w in waiters:
                         w.set_exception(exc)
@@ -139,16 +176,14 @@ class GroupCommit:
 
     async def checkpoints(self, every: float) -> None:
         """Run until cancelled: every ``every`` seconds, a checkpoint if one is overdue
-        (on the writer thread, so it never races an append's own checkpoint)."""
-        loop = asyncio.get_running_loop()
+        (where the appends run, so it never races an append's own checkpoint)."""
         while True:
             await asyncio.sleep(every)
             try:
-                await loop.run_in_executor(self._writer, self.trail.tick)
+                await self.committer.tick()
             except AuditError:
                 continue  # tried again next time; appends keep failing closed meanwhile
 
     def close(self) -> None:
-        """Close the store's connection on the thread that made it, then stop that thread."""
-        self._writer.submit(self.trail.store.close).result()
-        self._writer.shutdown(wait=True)
+        """Stop whatever runs the appends (its connection closed where it was made)."""
+        self.committer.close()

@@ -50,6 +50,7 @@ class Cached:
     fingerprint: bytes
     resources: list[Json]
     skipped: tuple[str, ...] = ()  # what the adapter left out of this answer, and why
+    notes: tuple[str, ...] = ()  # what the source said about its answer (warnings)
 
 
 class AnswerCache:
@@ -73,12 +74,17 @@ class AnswerCache:
         return hit
 
     def put(
-        self, key: Key, fingerprint: bytes, resources: list[Json], skipped: tuple[str, ...] = ()
+        self,
+        key: Key,
+        fingerprint: bytes,
+        resources: list[Json],
+        skipped: tuple[str, ...] = (),
+        notes: tuple[str, ...] = (),
     ) -> None:
         """Remember what these bytes became (not inside ``bulk_read()``)."""
         if not _REMEMBER.get():
             return
-        self._items[key] = Cached(fingerprint, resources, skipped)
+        self._items[key] = Cached(fingerprint, resources, skipped, notes)
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)

@@ -8,7 +8,9 @@ resources, the entries it could not use in ``skipped``, the provider's warnings
 in ``notes``. An error answer becomes the ``SourceError`` that says what
 happened (``gpconnect_errors``). A person without a traced NHS number is never
 sent: GP Connect identifies patients by NHS number only, and a local id in its
-place would be a wrong-patient risk (``SourceNotAsked``).
+place would be a wrong-patient risk (``SourceNotAsked``). Every request goes to the
+provider; an answer byte-for-byte the same as its last answer to the same question
+is not read and converted again (``answer_cache``, as for the other sources).
 
 ``people`` and ``read_shared`` use the simulator's ``GET /Patient`` and
 ``GET /{type}/{id}`` (GP Connect's Foundations reads), in STU3 too.
@@ -28,6 +30,7 @@ from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
 from carelink.fhir.gpconnect import OPERATION
 from carelink.fhir.nhs import is_valid
 from carelink.observability.context import HEADER, current_request_id
+from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.fhir_rest import get_json, localise, parse, person_from_patient
 from carelink.sources.gpconnect_errors import failure
@@ -73,6 +76,7 @@ class GPConnectSource:
         self.page_size = page_size
         self.clock = clock
         self.today = today
+        self.cache = AnswerCache()
 
     def request(
         self, nhs_number: str, types: frozenset[str] | None, period: Period | None = None
@@ -109,15 +113,21 @@ class GPConnectSource:
                 got = resp.headers
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(self.name, type(exc).__name__) from exc
+        version = got.get("ETag", "") or orjson.dumps(len(data)).decode()
+        # the same question answered with the same bytes reads as it did last time
+        key = (f"{nhs_number}|{period}", patient_ref, types)
+        fingerprint = digest(data)
+        cached = self.cache.lookup(key, fingerprint)
+        if cached is not None:
+            return SourceAnswer(cached.resources, version, as_of(got), cached.skipped, cached.notes)
         reading = read_structured(parse(data, self.name), self.name)
         patient = next((r for r in reading.resources if r["resourceType"] == "Patient"), None)
         if patient is None:
             raise SourceBadPayload(self.name, "structured record without a Patient")
         out = localise(reading.resources, self.name, str(patient["id"]), patient_ref, types)
-        version = got.get("ETag", "") or orjson.dumps(len(data)).decode()
-        return SourceAnswer(
-            out, version, as_of(got), tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
-        )
+        skipped, notes = tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
+        self.cache.put(key, fingerprint, out, skipped, notes)
+        return SourceAnswer(out, version, as_of(got), skipped, notes)
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """``GET /{type}/{id}`` (Practitioner, Organization, Location), as R4."""

@@ -164,11 +164,24 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 MIGRATION_LOCK = 0x6361_7265_6C69_6E6B
 
 
+#: SQLite reports a broken schema as an OperationalError too: that is a fault of ours
+#: (a 500), not a database that cannot be reached for now (a 503)
+SQLITE_SCHEMA_FAULTS = ("no such table", "no such column", "has no column", "syntax error")
+
+
+def _schema_fault(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None) or exc
+    return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(SQLITE_SCHEMA_FAULTS)
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) says the database cannot be used right now."""
+    """True when ``exc`` (or what caused it) says the database cannot be used right now
+    (not when it says our schema or SQL is wrong)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
+            return False
+        if _schema_fault(seen):
             return False
         if isinstance(seen, UNAVAILABLE):
             return True

@@ -1,0 +1,266 @@
+"""The audit trail's writer in a process of its own, so appends never hold the server's GIL.
+
+Appending a batch is a few small SQLite (or PostgreSQL) calls and a sync to
+disk. On a thread of the gateway's process each of those calls gives the GIL
+up and must win it back from the busy event loop, which can take a whole
+switch interval (5 ms) each time: under load a commit that needs a fraction of
+a millisecond of disk took 12 ms, and the requests waiting for it with it. A
+child process has its own interpreter, so the loop only writes one frame and
+reads one back per batch.
+
+The parent (``WriterProcess``) starts ``python -m carelink.audit.writer FD``
+with one end of a socket pair, sends it the ``WriterSpec`` (where the database
+and the checkpoints are), then one frame per batch; the child answers each
+frame once its events are committed (durable) or could not be, in order. The
+child exits when the socket closes, so it never outlives the gateway process.
+If it dies, the batch under way fails (the requests fail closed, as with any
+audit failure) and the next batch starts a new child.
+
+Frames, both ways: one kind byte, a 4-byte big-endian length, the payload.
+To the child: ``S`` the spec (JSON), ``A`` a batch (a JSON array of
+AuditEvents), ``T`` a checkpoint tick. From the child: ``K`` done (JSON), or
+``E`` failed (a short reason, never the data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from carelink.errors import AuditError
+
+Json = dict[str, Any]
+_HEAD = struct.Struct(">cI")
+#: a frame larger than this is refused (a batch of events is far smaller)
+MAX_FRAME = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WriterSpec:
+    """What the child needs to open the trail: the database and the checkpoint settings
+    (``keys`` is None for no checkpoints)."""
+
+    database_url: str
+    connect_timeout: float = 5.0
+    statement_timeout: float | None = None
+    keys: str | None = None
+    checkpoints: str | None = None
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 3600.0
+
+
+class WriterProcess:
+    """Group commit's back end: each batch committed by the writer child, awaited here."""
+
+    def __init__(self, spec: WriterSpec, python: str = sys.executable) -> None:
+        self.spec = spec
+        self.python = python
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock: asyncio.Lock | None = None
+        self._sock: socket.socket | None = None
+
+    async def start(self) -> None:
+        """Start the child now (else the first batch starts it)."""
+        await self._ensure()
+
+    async def record(self, events: Sequence[Json]) -> None:
+        """Return once the child has committed ``events``; ``AuditError`` if it could not."""
+        await self._call(b"A", orjson.dumps(list(events)))
+
+    async def tick(self) -> None:
+        """Ask the child to write a checkpoint if one is due."""
+        await self._call(b"T", b"")
+
+    async def _call(self, kind: bytes, payload: bytes) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one frame in flight: answers come back in order
+            reader, writer = await self._ensure()
+            try:
+                writer.write(_HEAD.pack(kind, len(payload)) + payload)
+                await writer.drain()
+                answer, body = await _read_frame(reader)
+            except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
+                self._stop(grace=0.0)
+                raise AuditError("audit writer process is not answering") from exc
+            if answer != b"K":
+                raise AuditError(f"audit trail unavailable ({body.decode(errors='replace')})")
+            return orjson.loads(body)
+
+    async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if (
+            self._proc is not None
+            and self._proc.poll() is None
+            and self._reader is not None
+            and self._writer is not None
+        ):
+            return self._reader, self._writer
+        self._stop(grace=0.0)
+        self._proc, ours = _spawn(self.python)
+        self._sock = ours
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        spec = orjson.dumps(asdict(self.spec))
+        self._writer.write(_HEAD.pack(b"S", len(spec)) + spec)
+        return self._reader, self._writer
+
+    def _stop(self, grace: float = 10.0) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop has already closed
+                self._writer.close()
+        if self._sock is not None:
+            self._sock.close()  # now, so the child sees the end at once
+        self._reader = self._writer = self._sock = None
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=grace)  # the child exits when its socket closes
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        """Close the socket; the child commits nothing more and exits."""
+        self._stop()
+
+
+def _spawn(python: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start the child with one end of a new socket pair; the process and our end."""
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [python, "-m", "carelink.audit.writer", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+        )
+    except OSError as exc:
+        ours.close()
+        raise AuditError("audit writer process could not start") from exc
+    finally:
+        theirs.close()
+    return proc, ours
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder this ``carelink`` was imported from first on the
+    child's path (it may have come from ``sys.path`` rather than an installed package)."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    kind, size = _HEAD.unpack(await reader.readexactly(_HEAD.size))
+    if size > MAX_FRAME:
+        raise ValueError("frame too large")
+    return kind, await reader.readexactly(size)
+
+
+# --- the child ---------------------------------------------------------------------------
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _frame(sock: socket.socket) -> tuple[bytes, bytes]:
+    kind, size = _HEAD.unpack(_read_exact(sock, _HEAD.size))
+    if size > MAX_FRAME:
+        raise EOFError
+    return kind, _read_exact(sock, size)
+
+
+def _send(sock: socket.socket, kind: bytes, payload: bytes) -> None:
+    sock.sendall(_HEAD.pack(kind, len(payload)) + payload)
+
+
+def _open(spec: WriterSpec) -> Any:
+    """The trail the spec names (imports here: only the child needs the storage stack)."""
+    from carelink.audit.checkpoints import Checkpointer, load_key
+    from carelink.audit.trail import AuditTrail
+    from carelink.storage import Database
+    from carelink.storage.audit_store import AuditStore
+
+    db = Database(
+        spec.database_url,
+        connect_timeout=spec.connect_timeout,
+        statement_timeout=spec.statement_timeout,
+    )
+    checkpointer = (
+        Checkpointer(
+            Path(spec.checkpoints or "."),
+            load_key(Path(spec.keys)),
+            spec.checkpoint_every,
+            spec.checkpoint_seconds,
+            time.time,
+        )
+        if spec.keys is not None
+        else None
+    )
+    return AuditTrail(AuditStore(db), checkpointer), db
+
+
+def serve(sock: socket.socket) -> None:
+    """The child's loop: the spec, then one answer per frame until the socket closes."""
+    try:
+        kind, body = _frame(sock)
+    except EOFError:
+        return
+    if kind != b"S":
+        return
+    trail, db = _open(WriterSpec(**orjson.loads(body)))
+    try:
+        while True:
+            try:
+                kind, body = _frame(sock)
+            except (EOFError, OSError):
+                return
+            try:
+                if kind == b"A":
+                    seq, head = trail.record(orjson.loads(body))
+                    _send(sock, b"K", orjson.dumps([seq, head]))
+                elif kind == b"T":
+                    _send(sock, b"K", orjson.dumps(trail.tick()))
+                else:
+                    _send(sock, b"E", b"unknown frame")
+            except AuditError as exc:
+                _send(sock, b"E", str(exc).encode())
+    finally:
+        trail.store.close()
+        db.dispose()
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m carelink.audit.writer FD``: serve the socket inherited as ``FD``."""
+    # Ctrl-C reaches the whole process group: the gateway closes the socket when it
+    # stops, and the child finishes the batch under way and exits then, not midway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with socket.socket(fileno=int(argv[1])) as sock:
+        serve(sock)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
