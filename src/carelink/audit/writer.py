@@ -127,7 +127,14 @@ class WriterProcess:
         self._reader = self._writer = self._sock = None
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=grace)  # the child exits when its socket closes
+                # the child exits when its socket closes; at most a moment is waited for
+                # that, then it is asked to stop (a commit under way is one transaction:
+                # it is in the trail whole or not at all, and nobody awaits it any more)
+                self._proc.wait(timeout=min(grace, 0.5))
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=grace)
             if self._proc.poll() is None:
                 self._proc.kill()
                 self._proc.wait()
