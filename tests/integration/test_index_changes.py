@@ -25,7 +25,7 @@ from carelink.simulators import acute, community, gp, social_care
 from carelink.simulators.base import Behaviour
 from carelink.sources.base import local_id_system
 from carelink.storage import Database, IndexStore
-from tests.support.procs import carelink, free_port, running
+from tests.support.procs import built_and_served, carelink
 from tests.support.servers import run_app
 
 pytestmark = pytest.mark.slow
@@ -143,18 +143,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             for name, sim in SIMULATORS.items()
         }
-        db = tmp / "index.db"
-        env = {
-            "CARELINK_DATABASE_URL": str(db),
-            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
-            "CARELINK_AUTH": "development",
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
-        yield World(base, urls, env, db)
+        base, env, _ = built_and_served(stack, urls, tmp / "index.db")
+        yield World(base, urls, env, tmp / "index.db")
 
 
 def test_a_new_registration_at_each_source_is_found_after_an_update(world: World):
