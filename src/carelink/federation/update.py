@@ -82,6 +82,30 @@ def _change(p: SourcePerson, store: IndexStore) -> list[Change]:
     return [*out, Upsert(p)]
 
 
+def _stamp(p: SourcePerson) -> datetime:
+    """When the source says the record was last changed (the earliest instant if unsaid)."""
+    try:
+        moment = datetime.fromisoformat(
+            str(p.patient["meta"]["lastUpdated"]).replace("Z", "+00:00")
+        )
+    except (KeyError, TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def newest(listed: Sequence[SourcePerson]) -> list[SourcePerson]:
+    """One version of each record: of a record listed more than once (listings overlap, a
+    page repeats, a source lists out of order), the one its source changed last
+    (``meta.lastUpdated``; when that ties or is unsaid, the one listed last)."""
+    kept: dict[str, SourcePerson] = {}
+    for p in listed:
+        had = kept.get(p.local_id)
+        if had is None or _stamp(p) >= _stamp(had):
+            kept.pop(p.local_id, None)
+            kept[p.local_id] = p
+    return list(kept.values())
+
+
 @dataclass
 class UpdateReport:
     """Per source: records listed as changed since the watermark, and what applying did."""
@@ -117,7 +141,7 @@ async def update_from(
         else:
             continue
         report.listed[source.name] = len(listed)
-        for p in listed:
+        for p in newest(listed):
             changes += _change(p, store)
     report.applied = apply_changes(store, changes, now) if changes else ChangeReport()
     for key, mark in marks.items():
