@@ -56,8 +56,10 @@ from carelink.federation import (
     build_index,
 )
 from carelink.federation.build import Progress
+from carelink.federation.keeper import keep_current
 from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
+from carelink.feeds.run import FeedKeeper
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry
 from carelink.settings import FEED_SCHEME, Settings
@@ -392,6 +394,26 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     finally:
         for session in sessions.values():
             await session.close()
+
+
+def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
+    """What ``carelink feed listen`` runs beside its listeners: the index kept current
+    from what the feeds stored, woken by the listener as soon as an ADT message that
+    changes someone is stored (and every ``every`` seconds regardless). The first update
+    takes whatever was stored but not applied before a restart. Updates run on a thread
+    of their own, so the listeners go on acknowledging meanwhile."""
+
+    async def keep(db: Database, wake: asyncio.Event) -> None:
+        index = IndexStore(db)
+        feed = FeedStore(db)
+        sources: list[Source] = [CommunityFeedSource(feed, name) for name in settings.feeds()]
+
+        async def update() -> UpdateReport:
+            return await asyncio.to_thread(lambda: asyncio.run(update_from(sources, index)))
+
+        await keep_current(update, every, wake)
+
+    return keep
 
 
 async def _audit_committer(settings: Settings, db: Database) -> AuditTrail | WriterProcess:

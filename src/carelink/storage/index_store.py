@@ -263,6 +263,19 @@ class IndexStore:
             ).first()
         return LinkRow(*row) if row else None
 
+    def local_ids(self, source: str, after: str = "", limit: int = 1000) -> list[str]:
+        """One page of the local ids the index links for ``source``: those after
+        ``after``, in order, at most ``limit`` (walk on from the last one)."""
+        c = links.c
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.local_id)
+                .where(c.source == source, c.local_id > after)
+                .order_by(c.local_id)
+                .limit(limit)
+            )
+            return [str(r[0]) for r in rows]
+
     def link_by_patient_id(self, patient_id: str) -> LinkRow | None:
         """The link whose source Patient has this gateway id."""
         with self.db.engine.connect() as conn:
