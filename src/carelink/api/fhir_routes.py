@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from carelink.api import access, paging
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import base_url, consented_person, context, router
+from carelink.api.deps import base_url, consented_person, context, looked_up, router
 from carelink.api.responses import fhir
 from carelink.errors import InvalidRequest, NotFound
 from carelink.federation import SharedRecord
@@ -82,7 +82,7 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     request.state.break_glass = shown.break_glass
     matches = shown.resources
     if types or start or end or since:
-        learned = _learned(record, pid, fed) if since is not None else {}
+        learned = await looked_up(request, _learned, record, pid, fed) if since is not None else {}
         matches = [
             r
             for r in matches

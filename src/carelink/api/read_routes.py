@@ -23,7 +23,7 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import audit, consented_person, context, router
+from carelink.api.deps import audit, consented_person, context, looked_up, router
 from carelink.api.fhir_routes import search_type
 from carelink.api.responses import fhir, not_modified, outcome
 from carelink.audit.events import REFUSED
@@ -53,7 +53,7 @@ async def read(request: Request) -> Response:
     access.require(caller, rtype, "r")
     if is_shared(rtype):
         return await _read_shared(request, record, caller, rtype, rid)
-    person_id = person_of(record, rtype, rid)
+    person_id = await looked_up(request, person_of, record, rtype, rid)
     if person_id is None or not access.reaches(caller, person_id):
         raise _unknown(rtype, rid)  # never handed out, or another patient's for this token
     situation, person = await consented_person(
