@@ -64,11 +64,13 @@ async def read(request: Request) -> Response:
     if found is None:
         raise _unknown(rtype, rid)
     if rtype == "Provenance":
-        seen = guard.filter(situation, access.visible(caller, found.federated.resources))
+        visible = access.visible(caller, found.federated.resources)
+        seen = await looked_up(request, guard.filter, situation, visible, limit=None)
         shown = access.provenance_for(caller, [found.resource], seen.resources)
         break_glass = seen.break_glass
     else:
-        allowed = guard.filter(situation, access.visible(caller, [found.resource]))
+        visible = access.visible(caller, [found.resource])
+        allowed = await looked_up(request, guard.filter, situation, visible, limit=None)
         shown, break_glass = allowed.resources, allowed.break_glass
     if not shown:
         await audit(request, "read", [person.id], REFUSED, WITHHELD)
