@@ -26,6 +26,7 @@ from carelink.api import router
 from carelink.api.audit_middleware import AuditEveryRequest, interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
+from carelink.api.dispatch import Dispatch
 from carelink.api.limits import BoundedInput
 from carelink.api.observe import Observe
 from carelink.api.responses import from_error, outcome
@@ -289,6 +290,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
+    # innermost: the gateway's routes straight to their endpoints (api.dispatch)
+    app.add_middleware(Dispatch, routes=router.routes)
     app.add_middleware(
         BoundedInput,
         max_body_bytes=settings.max_body_bytes,

@@ -9,10 +9,8 @@ established, so authentication is filled in there without touching a route.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -28,7 +26,7 @@ from carelink.auth.tokens import Verifier, bearer
 from carelink.consent import Actor, Guard, Situation
 from carelink.errors import AuditError, NotFound, StorageUnavailable
 from carelink.federation import SharedRecord
-from carelink.observability import current_request_id
+from carelink.observability import current_request_id, instant, new_id
 from carelink.sources.gpconnect_request import Requester, act_for
 from carelink.storage import Database, PersonRow
 from carelink.storage.database import HOT_LIMIT
@@ -205,13 +203,12 @@ async def audit(
     query = scope["path"] + (
         "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
     )
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     access = Access(
         interaction,
         query,
         # the id the response carries (bound by api.observe), so the two can be joined
-        current_request_id() or uuid.uuid4().hex,
-        now,
+        current_request_id() or new_id(),
+        instant(),
         await base_url(request),
     )
     break_glass = bool(getattr(request.state, "break_glass", False))
@@ -219,6 +216,6 @@ async def audit(
     for pid in ids or [None]:
         btg = break_glass or pid in break_glass_ids
         event = audit_event(access, who, pid, outcome, reason, btg)
-        event["id"] = uuid.uuid4().hex
+        event["id"] = new_id()
         events.append(event)
     await trail.record(events)
