@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = settings.database()
         db.migrate()
+        app.state.db = db
         sessions = open_sessions(settings)
         telemetry: Telemetry = app.state.telemetry
         breakers = {
@@ -315,7 +316,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 who = await subjects_of(request, read_body=True)
                 await audit(request, interaction(request), who, REFUSED, str(exc))
-            except AuditError as failed:
+            except (AuditError, StorageUnavailable) as failed:
                 return from_error(failed)
         return from_error(exc)
 

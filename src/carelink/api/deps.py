@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -24,14 +24,16 @@ from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
 from carelink.consent import Actor, Guard, Situation
-from carelink.errors import NotFound
+from carelink.errors import AuditError, NotFound, StorageUnavailable
 from carelink.federation import SharedRecord
 from carelink.observability import current_request_id, instant, new_id
 from carelink.sources.gpconnect_request import Requester, act_for
-from carelink.storage import PersonRow
+from carelink.storage import Database, PersonRow
+from carelink.storage.database import HOT_LIMIT
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Json = dict[str, Any]
+T = TypeVar("T")
 
 
 class FhirRouter(APIRouter):
@@ -57,6 +59,24 @@ class FhirRouter(APIRouter):
 
 
 router = FhirRouter(prefix="/fhir")
+
+
+async def stored(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, synchronous code that uses the database, on one of the database's
+    threads: the event loop serves other requests meanwhile, and the request waits at
+    most the statement timeout (``CARELINK_DB_TIMEOUT``) before its 503
+    (``Database.run``)."""
+    db: Database = request.app.state.db
+    return await db.run(fn, *args)
+
+
+async def looked_up(
+    request: Request, fn: Callable[..., T], *args: Any, limit: float | None = HOT_LIMIT
+) -> T:
+    """``fn(*args)``, the indexed reads of the lookup path (``Database.looked_up``): on
+    SQLite right here, else as ``stored`` within ``limit`` seconds."""
+    db: Database = request.app.state.db
+    return await db.looked_up(fn, *args, limit=limit)
 
 
 async def principal(request: Request) -> Principal:
@@ -126,16 +146,21 @@ async def consented_person(
     both when nobody has the id and when consent withholds the person from the caller
     (audited as refused), so the answer does not tell the two apart."""
     record: SharedRecord = request.app.state.record
-    person = record.person(pid)
-    if person is None:
-        raise NotFound(unknown)
-    patient = orjson.loads(person.patient)
-    situation = consent_for(request, caller, pid, patient)
     guard: Guard = request.app.state.guard
-    if not guard.filter(situation, [patient]).resources:
+
+    def consented() -> tuple[Situation, PersonRow] | None:
+        person = record.person(pid)
+        if person is None:
+            raise NotFound(unknown)
+        patient = orjson.loads(person.patient)
+        situation = consent_for(request, caller, pid, patient)
+        return (situation, person) if guard.filter(situation, [patient]).resources else None
+
+    found = await looked_up(request, consented)
+    if found is None:
         await audit(request, interaction, [pid], REFUSED, "withheld by consent")
         raise NotFound(unknown)
-    return situation, person
+    return found
 
 
 async def audit(
@@ -160,7 +185,14 @@ async def audit(
     ids = list(dict.fromkeys(patient_ids))
     if outcome != SUCCESS:
         record: SharedRecord = request.app.state.record
-        ids = list(dict.fromkeys(person_for(record, p) if p else None for p in ids))
+        named = ids
+        try:
+            ids = await stored(
+                request,
+                lambda: list(dict.fromkeys(person_for(record, p) if p else None for p in named)),
+            )
+        except StorageUnavailable as exc:  # the event cannot be filed: fail closed
+            raise AuditError(f"the audit trail cannot be written now: {exc}") from None
     caller: Principal | None = getattr(request.state, "caller", None)
     who = (
         None

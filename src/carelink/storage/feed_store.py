@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from carelink.storage.database import Database
 from carelink.storage.feed_tables import feed_messages, feed_people
 from carelink.storage.index_store import repoint_link
+from carelink.storage.loop_guard import loop_bounded
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class FeedRecord:
     version: str  # changes whenever a message about them is applied
 
 
+@loop_bounded
 class FeedStore:
     """Durable intake and reads of pushed HL7 v2 messages."""
 
