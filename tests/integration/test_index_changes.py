@@ -166,7 +166,10 @@ def test_a_changed_surname_and_address_at_each_source_is_found_after_an_update(w
     before = {source: world.by_nhs(nhs)[0]["id"] for source, (_, nhs) in moved.items()}
     for source, (local, nhs) in moved.items():
         world.change(source, local, patient(nhs, f"Ashdown{len(source)}", BIRTH[source], "YO1 7HH"))
-    assert sum(world.update_here().listed.values()) == len(moved)
+    listed = world.update_here().listed
+    # each source lists its change; a change of the test before may be listed again, as
+    # listings overlap by federation.update.OVERLAP on purpose (applying it twice is a no-op)
+    assert all(listed[source] >= 1 for source in moved), listed
     for source, (local, _) in moved.items():
         found = world.search(family=f"Ashdown{len(source)}", birthdate=BIRTH[source])
         assert [p["id"] for p in found] == [before[source]], source  # the same person, moved
