@@ -41,6 +41,7 @@ from carelink.errors import (
     CarelinkError,
     ConfigError,
     SourceBadPayload,
+    SourceWrongKind,
     StorageUnavailable,
 )
 from carelink.export.jobs import Runner
@@ -66,6 +67,7 @@ from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_request import Consumer
+from carelink.sources.kind import confirm_kinds
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
 from carelink.storage import (
@@ -355,13 +357,17 @@ async def build_index_from(
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        sources = list(make_sources(settings, sessions, store.db).values())
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)  # a wrong kind of system fails before anything is read
+        sources = list(named.values())
         # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
         # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
         writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
         return await build_index(
             sources, store, progress=progress, refuse_empty=True, writers=writers
         )
+    except SourceWrongKind:
+        raise  # names its URL already
     except SourceBadPayload as exc:
         url = settings.sources.get(exc.source, "")
         raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
@@ -374,7 +380,9 @@ async def update_index_from(settings: Settings, store: IndexStore) -> UpdateRepo
     """Apply the changes every configured source lists since its watermark."""
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await update_from(list(make_sources(settings, sessions, store.db).values()), store)
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)
+        return await update_from(list(named.values()), store)
     finally:
         for session in sessions.values():
             await session.close()
@@ -385,6 +393,7 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         sources = make_sources(settings, sessions, store.db)
+        await confirm_kinds(sources)
         return {name: await reconcile(s, store, fix) for name, s in sources.items()}
     finally:
         for session in sessions.values():

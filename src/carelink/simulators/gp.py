@@ -11,6 +11,8 @@
   for each parameter it does not recognise.
 - ``POST /Patient/$gpc.migratestructuredrecord``: the same checks with
   ``reason_for_request`` migration; the full record.
+- ``GET /metadata``: the provider's STU3 CapabilityStatement (Foundations "read
+  metadata"), naming both operations.
 - ``GET /Patient`` (paged, the practice list) and ``GET /{Type}/{id}``,
   ``GET /{Type}?identifier=``: simulator conveniences for the index build and
   Foundations-style reads, in STU3.
@@ -47,9 +49,10 @@ from carelink.fhir.gpconnect import (
     spine_outcome,
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.base import Behaviour, admin_routes, unless_down, with_behaviour
 from carelink.simulators.fhir_server import (
     bad_request,
+    capability,
     fhir_response,
     identifier_search,
     int_param,
@@ -69,6 +72,12 @@ from carelink.simulators.stu3_render import down, structured_bundle
 
 Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
+STRUCTURED_DEFINITION = (
+    "https://fhir.nhs.uk/STU3/OperationDefinition/GPConnect-GetStructuredRecord-Operation-1"
+)
+MIGRATE_DEFINITION = (
+    "https://fhir.nhs.uk/STU3/OperationDefinition/GPConnect-MigrateStructuredRecord-Operation-1"
+)
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
@@ -204,7 +213,20 @@ def build(
             refusals.update(change.get("refuse", {}))
         return Response(orjson.dumps({"refuse": refusals}), media_type="application/json")
 
+    metadata = capability(
+        "carelink GP Connect provider simulator",
+        "3.0.1",
+        ["Patient", "Practitioner", "Organization", "Location"],
+        [
+            {"name": name.lstrip("$"), "definition": {"reference": definition}}
+            for name, definition in (
+                (OPERATION, STRUCTURED_DEFINITION),
+                (MIGRATE_OPERATION, MIGRATE_DEFINITION),
+            )
+        ],
+    )
     routes = [
+        Route("/metadata", unless_down(behaviour, metadata)),
         Route(
             f"/Patient/{OPERATION}",
             with_behaviour(behaviour, operation(INTERACTION_ID, "directcare", False)),

@@ -22,6 +22,7 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.kind import KindCheck
 
 
 class CommunitySource:
@@ -39,6 +40,7 @@ class CommunitySource:
         self.name = name
         self.page_size = page_size
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "community", base_url)
 
     async def fetch_record(
         self,
@@ -48,6 +50,8 @@ class CommunitySource:
         nhs_number: str | None = None,
     ) -> SourceAnswer:
         """The person's messages as FHIR; an unknown person is an empty answer."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/record?pid={local_id}", accept=HL7_ER7
         )
@@ -106,6 +110,8 @@ class CommunitySource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         page = 1
         while True:
             data, headers = await fetch(

@@ -18,6 +18,7 @@ from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson
 from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.kind import KindCheck
 from carelink.sources.social_care_map import read_case, source_person
 
 JSON = "application/json"
@@ -45,6 +46,7 @@ class SocialCareSource:
         self.name = name
         self.page_size = page_size
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "social-care", base_url)
 
     async def fetch_record(
         self,
@@ -58,6 +60,8 @@ class SocialCareSource:
         ``types`` narrows the case's resources; the council's Patient always
         comes along, since it is what ties the answer to the person.
         """
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/persons/{local_id}/case", accept=JSON
         )
@@ -87,6 +91,8 @@ class SocialCareSource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page until ``totalItems`` are seen."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         page = 1
         while True:
             data, _ = await fetch(
