@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from carelink.errors import Gone
@@ -30,12 +32,26 @@ SNAP = Snapshot(
 )
 
 
+class Waited:
+    """``Pages`` with each call awaited to completion, for tests without a loop."""
+
+    def __init__(self, pages: Pages) -> None:
+        self.store = pages.store
+        self._pages = pages
+
+    def keep(self, snapshot: Snapshot, owner: str) -> str:
+        return asyncio.run(self._pages.keep(snapshot, owner))
+
+    def load(self, cursor: str, owner: str, key: str, consent: str) -> Snapshot:
+        return asyncio.run(self._pages.load(cursor, owner, key, consent))
+
+
 @pytest.fixture
-def pages(tmp_path) -> tuple[Pages, Clock]:
+def pages(tmp_path) -> tuple[Waited, Clock]:
     db = Database(str(tmp_path / "pages.db"))
     db.migrate()
     clock = Clock()
-    return Pages(ResultStore(db), ttl=600, clock=clock), clock
+    return Waited(Pages(ResultStore(db), ttl=600, clock=clock)), clock
 
 
 def test_a_kept_snapshot_comes_back_whole(pages):

@@ -206,17 +206,20 @@ async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response
     """Answer from a fresh fan-out; keep the answer when there is more than one page."""
     if (refused := await _refuse_partial(request, asked, snap)) is not None:
         return refused
-    await audit(request, asked.interaction, [asked.pid])
     settings = request.app.state.settings
     paging = P.paging(asked.q, asked.used, settings.default_page_size, settings.max_page_size)
     etag = _etag(asked, snap)
     if not_modified(request, etag):  # before storing anything: a 304 has no links
+        await audit(request, asked.interaction, [asked.pid])
         return Response(status_code=304, headers={"ETag": etag})
     cursor = None
     more = paging.offset > 0 or paging.offset + paging.count < len(snap.matches)
     if more and not P.summary_count(asked.q):
         pages: Pages = request.app.state.pages
-        cursor = pages.keep(snap, owner(asked.caller))
+        # stored before the disclosure is audited: a store that fails answers 503, and
+        # the trail does not record as disclosed what was never sent
+        cursor = await pages.keep(snap, owner(asked.caller))
+    await audit(request, asked.interaction, [asked.pid])
     return _respond(request, asked, snap, cursor)
 
 
@@ -225,7 +228,9 @@ async def stored_page(request: Request, asked: Asked) -> Response:
     cursor = asked.q["_cursor"][-1]
     pages: Pages = request.app.state.pages
     try:
-        snap = pages.load(cursor, owner(asked.caller), asked.key, consent_digest(asked.situation))
+        snap = await pages.load(
+            cursor, owner(asked.caller), asked.key, consent_digest(asked.situation)
+        )
     except Gone:
         await audit(request, asked.interaction, [asked.pid], REFUSED, "paging cursor gone")
         raise

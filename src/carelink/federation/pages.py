@@ -12,8 +12,8 @@ a cursor is live. Snapshots are kept ``ttl`` seconds, then swept.
 Example::
 
     pages = Pages(ResultStore(db), ttl=600)
-    cursor = pages.keep(snapshot, owner="9f2c...")
-    again = pages.load(cursor, owner="9f2c...")  # the same snapshot, or Gone
+    cursor = await pages.keep(snapshot, owner="9f2c...")
+    again = await pages.load(cursor, owner="9f2c...")  # the same snapshot, or Gone
 """
 
 from __future__ import annotations
@@ -67,18 +67,19 @@ class Pages:
         self.clock = clock
         self.new_id = new_id
 
-    def keep(self, snapshot: Snapshot, owner: str) -> str:
-        """Store ``snapshot`` for ``owner``; return its cursor id."""
+    async def keep(self, snapshot: Snapshot, owner: str) -> str:
+        """Store ``snapshot`` for ``owner``; return its cursor id. The database is
+        written off the event loop (``StorageUnavailable`` if it does not answer)."""
         cursor = self.new_id()
         now = self.clock()
         # fields by hand: dataclasses.asdict would deep-copy every resource first
         body = orjson.dumps({f.name: getattr(snapshot, f.name) for f in fields(snapshot)})
-        self.store.put(cursor, owner, body, now + self.ttl, now)
+        await self.store.keep(cursor, owner, body, now + self.ttl, now)
         return cursor
 
-    def load(self, cursor: str, owner: str, key: str, consent: str) -> Snapshot:
+    async def load(self, cursor: str, owner: str, key: str, consent: str) -> Snapshot:
         """The snapshot behind ``cursor`` for this owner, search and consent, or ``Gone``."""
-        body = self.store.get(cursor, owner, self.clock()) if cursor else None
+        body = await self.store.fetch(cursor, owner, self.clock()) if cursor else None
         if body is None:
             raise Gone(GONE)
         try:

@@ -299,19 +299,43 @@ class Database:
             asyncio.get_running_loop()
         except RuntimeError:
             return fn(*args)
-        stuck = self._stuck
-        recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
-        if stuck is not None and recent and not stuck[0].done():
-            raise StorageUnavailable("the database is not answering")
-        wait = self.wait if limit is None else min(limit, self.wait)
+        wait = self._wait_for(limit)
         future = self._executor().submit(fn, *args)
         try:
             result = future.result(timeout=wait)
         except FutureTimeout:
-            self._stuck = (future, time.monotonic())
-            raise StorageUnavailable(f"the database did not answer within {wait:g} s") from None
+            raise self._stuck_on(future, wait) from None
         self._stuck = None
         return result
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any, limit: float | None = None) -> T:
+        """``fn(*args)`` on one of this database's threads, awaited without holding the
+        event loop, for at most ``limit`` seconds (default: the statement timeout).
+
+        For calls on the request path that are not the hot indexed reads: a write, or a
+        read of a large row. Like ``bounded``, once a call is stuck the next ones fail at
+        once (``StorageUnavailable``) rather than each taking a thread and the limit.
+        """
+        wait = self._wait_for(limit)
+        future = self._executor().submit(fn, *args)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), wait)
+        except TimeoutError:
+            raise self._stuck_on(future, wait) from None
+        self._stuck = None
+        return result
+
+    def _wait_for(self, limit: float | None) -> float:
+        """The wait for a call, or ``StorageUnavailable`` while an earlier one is stuck."""
+        stuck = self._stuck
+        recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
+        if stuck is not None and recent and not stuck[0].done():
+            raise StorageUnavailable("the database is not answering")
+        return self.wait if limit is None else min(limit, self.wait)
+
+    def _stuck_on(self, future: Future[Any], wait: float) -> StorageUnavailable:
+        self._stuck = (future, time.monotonic())
+        return StorageUnavailable(f"the database did not answer within {wait:g} s")
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -27,6 +27,16 @@ class ResultStore:
                 result_sets.insert().values(id=set_id, owner=owner, expires=expires, body=body)
             )
 
+    async def keep(self, set_id: str, owner: str, body: bytes, expires: float, now: float) -> None:
+        """``put``, off the event loop and bounded in time (``Database.off_loop``): a
+        stored answer is up to megabytes, and a database that stalls must not stall
+        every other request with it."""
+        await self.db.off_loop(self.put, set_id, owner, body, expires, now)
+
+    async def fetch(self, set_id: str, owner: str, now: float) -> bytes | None:
+        """``get``, off the event loop and bounded in time, as ``keep``."""
+        return await self.db.off_loop(self.get, set_id, owner, now)
+
     def get(self, set_id: str, owner: str, now: float) -> bytes | None:
         """The body, if the set exists, has not expired and belongs to ``owner``.
 

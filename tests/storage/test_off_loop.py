@@ -1,0 +1,86 @@
+"""Stored search results are written and read off the event loop: a database that
+stalls (here a SQLite file another connection holds locked) holds the caller, never
+the loop, and once one call is stuck the next ones are refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from carelink.errors import StorageUnavailable
+from carelink.storage import Database, ResultStore
+
+
+def _locked_for(path: str, seconds: float) -> threading.Thread:
+    """Another connection holds the file's write lock for ``seconds``, from now."""
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    locker = threading.Thread(target=hold, daemon=True)
+    locker.start()
+    held.wait(5)
+    return locker
+
+
+async def _ticks_while(call: asyncio.Future[object] | asyncio.Task[object]) -> int:
+    ticks = 0
+    while not call.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    return ticks
+
+
+def test_a_store_waiting_for_a_locked_database_leaves_the_loop_free(tmp_path):
+    path = str(tmp_path / "r.db")
+    db = Database(path, statement_timeout=5.0)
+    db.migrate()
+    store = ResultStore(db)
+    locker = _locked_for(path, 1.0)
+
+    async def go() -> tuple[int, bytes | None]:
+        call = asyncio.ensure_future(store.keep("c1", "alice", b"body", 2e9, 1.0))
+        ticks = await _ticks_while(call)
+        await call
+        return ticks, await store.fetch("c1", "alice", 2.0)
+
+    ticks, body = asyncio.run(go())
+    locker.join()
+    assert body == b"body"
+    assert ticks >= 20  # the loop ran all the while (it would tick 0 times if held)
+    db.dispose()
+
+
+def test_a_stuck_database_is_refused_in_the_time_limit_and_then_at_once(tmp_path):
+    path = str(tmp_path / "r.db")
+    db = Database(path, statement_timeout=0.5)
+    db.migrate()
+    store = ResultStore(db)
+    locker = _locked_for(path, 3.0)
+
+    async def go() -> tuple[float, float]:
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            # SQLite's own busy wait is the same 0.5 s: either way, refused in time
+            await store.keep("c1", "alice", b"body", 2e9, 1.0)
+        first = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            await store.fetch("c1", "alice", 2.0)
+        return first, time.monotonic() - start
+
+    first, second = asyncio.run(go())
+    locker.join()
+    assert first < 2.0
+    assert second < 0.4  # refused at once, not after another wait
+    db.dispose()
