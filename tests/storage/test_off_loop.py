@@ -1,6 +1,8 @@
-"""Stored search results are written and read off the event loop: a database that
-stalls (here a SQLite file another connection holds locked) holds the caller, never
-the loop, and once one call is stuck the next ones are refused at once."""
+"""Writes on the request path (stored search results, resource locations) and the
+stored-result read run off the event loop: a database that stalls (here a SQLite file
+another connection holds locked) holds the caller, never the loop, and once one call
+is stuck the next ones are refused at once. Found by the Locust run with a database
+freeze (``loadtests/README.md``): either write on the loop froze both workers."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 import pytest
 
 from carelink.errors import StorageUnavailable
-from carelink.storage import Database, ResultStore
+from carelink.storage import Database, LocationStore, ResultStore
 
 
 def _locked_for(path: str, seconds: float) -> threading.Thread:
@@ -41,7 +43,7 @@ async def _ticks_while(call: asyncio.Future[object] | asyncio.Task[object]) -> i
     return ticks
 
 
-def test_a_store_waiting_for_a_locked_database_leaves_the_loop_free(tmp_path):
+def test_a_stored_result_waiting_for_a_locked_database_leaves_the_loop_free(tmp_path):
     path = str(tmp_path / "r.db")
     db = Database(path, statement_timeout=5.0)
     db.migrate()
@@ -58,6 +60,26 @@ def test_a_store_waiting_for_a_locked_database_leaves_the_loop_free(tmp_path):
     locker.join()
     assert body == b"body"
     assert ticks >= 20  # the loop ran all the while (it would tick 0 times if held)
+    db.dispose()
+
+
+def test_resource_locations_waiting_for_a_locked_database_leave_the_loop_free(tmp_path):
+    path = str(tmp_path / "r.db")
+    db = Database(path, statement_timeout=5.0)
+    db.migrate()
+    store = LocationStore(db)
+    locker = _locked_for(path, 1.0)
+
+    async def go() -> tuple[int, int]:
+        call = asyncio.ensure_future(store.note("p1", [("Observation", "acute-1")], "T1"))
+        return await _ticks_while(call), await call
+
+    ticks, written = asyncio.run(go())
+    locker.join()
+    assert written == 1
+    assert store.person_of("Observation", "acute-1") == "p1"
+    assert ticks >= 20
+    store.close()
     db.dispose()
 
 

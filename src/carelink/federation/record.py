@@ -230,7 +230,7 @@ class SharedRecord:
             if r.status == OK
         ]
         if self.locations is not None:
-            self.locations.record(
+            await self.locations.note(
                 person_id,
                 (
                     (r["resourceType"], str(r["id"]))

@@ -68,6 +68,12 @@ class LocationStore:
         self._written.update(new)
         return len(new)
 
+    async def note(self, person_id: str, resources: Iterable[tuple[str, str]], seen: str) -> int:
+        """``record``, off the event loop and bounded in time (``Database.off_loop``): on
+        the request path a database that stalls must hold this request, not the server."""
+        pairs = list(resources)  # read here, on the caller's thread
+        return await self.db.off_loop(self.record, person_id, pairs, seen)
+
     def person_of(self, resource_type: str, resource_id: str) -> str | None:
         """The person whose record held ``resource_type/resource_id``, if ever seen."""
         rows = self._hot.query(self._sql_person, (resource_type, resource_id))
