@@ -35,6 +35,14 @@ def _locked_for(path: str, seconds: float) -> threading.Thread:
     return locker
 
 
+def _locked_database(tmp_path, timeout: float, locked: float) -> tuple[Database, threading.Thread]:
+    """A migrated SQLite database whose file another connection locks for ``locked`` s."""
+    path = str(tmp_path / "r.db")
+    db = Database(path, statement_timeout=timeout)
+    db.migrate()
+    return db, _locked_for(path, locked)
+
+
 async def _ticks_while(call: asyncio.Future[object] | asyncio.Task[object]) -> int:
     ticks = 0
     while not call.done():
@@ -44,11 +52,8 @@ async def _ticks_while(call: asyncio.Future[object] | asyncio.Task[object]) -> i
 
 
 def test_a_stored_result_waiting_for_a_locked_database_leaves_the_loop_free(tmp_path):
-    path = str(tmp_path / "r.db")
-    db = Database(path, statement_timeout=5.0)
-    db.migrate()
+    db, locker = _locked_database(tmp_path, timeout=5.0, locked=1.0)
     store = ResultStore(db)
-    locker = _locked_for(path, 1.0)
 
     async def go() -> tuple[int, bytes | None]:
         call = asyncio.ensure_future(store.keep("c1", "alice", b"body", 2e9, 1.0))
@@ -64,11 +69,8 @@ def test_a_stored_result_waiting_for_a_locked_database_leaves_the_loop_free(tmp_
 
 
 def test_resource_locations_waiting_for_a_locked_database_leave_the_loop_free(tmp_path):
-    path = str(tmp_path / "r.db")
-    db = Database(path, statement_timeout=5.0)
-    db.migrate()
+    db, locker = _locked_database(tmp_path, timeout=5.0, locked=1.0)
     store = LocationStore(db)
-    locker = _locked_for(path, 1.0)
 
     async def go() -> tuple[int, int]:
         call = asyncio.ensure_future(store.note("p1", [("Observation", "acute-1")], "T1"))
@@ -84,11 +86,8 @@ def test_resource_locations_waiting_for_a_locked_database_leave_the_loop_free(tm
 
 
 def test_a_stuck_database_is_refused_in_the_time_limit_and_then_at_once(tmp_path):
-    path = str(tmp_path / "r.db")
-    db = Database(path, statement_timeout=0.5)
-    db.migrate()
+    db, locker = _locked_database(tmp_path, timeout=0.5, locked=3.0)
     store = ResultStore(db)
-    locker = _locked_for(path, 3.0)
 
     async def go() -> tuple[float, float]:
         start = time.monotonic()
