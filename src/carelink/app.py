@@ -59,7 +59,7 @@ from carelink.federation.build import Progress
 from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.fhir.profiles import ProfileSet, load_profiles
-from carelink.observability import Metrics, Readiness, Telemetry
+from carelink.observability import Metrics, Readiness, Telemetry, source_spans
 from carelink.settings import FEED_SCHEME, Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -269,7 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
-    app.state.telemetry = Telemetry(Metrics(), settings.sources)
+    app.state.telemetry = Telemetry(Metrics(), settings.sources, spans=source_spans())
     app.state.policy = load_policy(Path(settings.consent_policy))
     app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)

@@ -23,6 +23,7 @@ from carelink.observability.metrics import (
 )
 from carelink.observability.readiness import Readiness
 from carelink.observability.telemetry import Telemetry
+from carelink.observability.tracing import SourceSpans, source_spans
 
 __all__ = [
     "CONTENT_TYPE",
@@ -31,6 +32,7 @@ __all__ = [
     "LiveCounts",
     "Metrics",
     "Readiness",
+    "SourceSpans",
     "Telemetry",
     "accept_request_id",
     "bind",
@@ -38,6 +40,7 @@ __all__ = [
     "exposition",
     "log_config",
     "prepare_multiprocess",
+    "source_spans",
     "sources_asked",
     "unbind",
 ]
