@@ -8,8 +8,12 @@ demo serves (``CARELINK_SEED``/``CARELINK_SIZE``, default 42/2000 as
 ``carelink demo``).
 
 Requests carry a bearer token: ``CARELINK_TOKEN`` if set, else one minted
-for the host with the gateway's own issuer key (``CARELINK_ISSUER_KEYS``,
-default ``var/issuer``, where the demo keeps it).
+with the gateway's own issuer key for the gateway's audience, both read from
+the same settings the gateway reads (``CARELINK_ISSUER_KEYS``, default
+``var/issuer`` where the demo keeps it; ``CARELINK_AUDIENCE``, default the
+host's ``/fhir``). Each request carries an ``X-Request-ID`` of its own
+(``locust-<uuid>``), as a clinical app's would, so a run's answers can be
+matched with the audit trail afterwards (``loadtests/README.md``).
 
 At the end the run is judged against ``thresholds.json`` (p95/p99 per request
 group, error rate); a miss prints why and makes the exit code 1.
@@ -20,12 +24,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
 from locust import HttpUser, between, events, task
 
 from carelink.auth.local_issuer import LocalIssuer
+from carelink.settings import Settings
 from carelink.simulators.population import people
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -49,7 +55,7 @@ def token_for(host: str) -> str:
     given = os.environ.get("CARELINK_TOKEN")
     if given:
         return given
-    keys = Path(os.environ.get("CARELINK_ISSUER_KEYS", "var/issuer"))
+    settings = Settings.from_env()  # the issuer key and audience the gateway uses
     claims = {
         "sub": "load-test-clinician",
         "role": "R8000",
@@ -58,8 +64,14 @@ def token_for(host: str) -> str:
         "scope": "user/*.rs",
     }
     # the gateway's own key, never a new one (a token signed with that would be refused)
-    issuer = LocalIssuer(keys, create=False)
-    return issuer.mint(host.rstrip("/") + "/fhir", claims, lifetime=4 * 3600)
+    issuer = LocalIssuer(Path(settings.issuer_keys), create=False)
+    audience = settings.audience or host.rstrip("/") + "/fhir"
+    return issuer.mint(audience, claims, lifetime=4 * 3600)
+
+
+def request_id() -> dict[str, str]:
+    """A fresh ``X-Request-ID`` header (the gateway returns it and writes it in the audit)."""
+    return {"X-Request-ID": f"locust-{uuid.uuid4()}"}
 
 
 class Clinician(HttpUser):
@@ -77,6 +89,7 @@ class Clinician(HttpUser):
             "/fhir/Patient",
             params={"identifier": f"{NHS}|{nhs}"},
             name="lookup",
+            headers=request_id(),
             catch_response=True,
         ) as resp:
             if resp.status_code != 200:
@@ -101,7 +114,9 @@ class Clinician(HttpUser):
     def record(self) -> None:
         pid = self._someone()
         if pid:
-            self.client.get(f"/fhir/Patient/{pid}/$everything", name="everything")
+            self.client.get(
+                f"/fhir/Patient/{pid}/$everything", name="everything", headers=request_id()
+            )
 
     @task(2)
     def page_through(self) -> None:
@@ -112,7 +127,7 @@ class Clinician(HttpUser):
         for _ in range(10):
             if url is None:
                 break
-            resp = self.client.get(url, name="everything page")
+            resp = self.client.get(url, name="everything page", headers=request_id())
             if resp.status_code != 200:
                 break
             url = next(
@@ -124,7 +139,12 @@ class Clinician(HttpUser):
         pid = self._someone()
         if pid:
             rtype, params = random.choice(SEARCHES)
-            self.client.get(f"/fhir/{rtype}", params={"patient": pid, **params}, name="search")
+            self.client.get(
+                f"/fhir/{rtype}",
+                params={"patient": pid, **params},
+                name="search",
+                headers=request_id(),
+            )
 
 
 def judge(stats: Any, limits: dict[str, Any]) -> list[str]:

@@ -42,6 +42,7 @@ from carelink.errors import (
     CarelinkError,
     ConfigError,
     SourceBadPayload,
+    SourceWrongKind,
     StorageUnavailable,
 )
 from carelink.export.jobs import Runner
@@ -61,7 +62,7 @@ from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.feeds.run import FeedKeeper
 from carelink.fhir.profiles import ProfileSet, load_profiles
-from carelink.observability import Metrics, Readiness, Telemetry
+from carelink.observability import Metrics, Readiness, Telemetry, source_spans
 from carelink.settings import FEED_SCHEME, Settings
 from carelink.sources.base import Source, local_id_system, source_uri
 from carelink.sources.community import CommunitySource
@@ -69,6 +70,7 @@ from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_request import Consumer
+from carelink.sources.kind import confirm_kinds
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
 from carelink.storage import (
@@ -271,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
-    app.state.telemetry = Telemetry(Metrics(), settings.sources)
+    app.state.telemetry = Telemetry(Metrics(), settings.sources, spans=source_spans())
     app.state.policy = load_policy(Path(settings.consent_policy))
     app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
@@ -361,13 +363,17 @@ async def build_index_from(
     """
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        sources = list(make_sources(settings, sessions, store.db).values())
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)  # a wrong kind of system fails before anything is read
+        sources = list(named.values())
         # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
         # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
         writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
         return await build_index(
             sources, store, progress=progress, refuse_empty=True, writers=writers
         )
+    except SourceWrongKind:
+        raise  # names its URL already
     except SourceBadPayload as exc:
         url = settings.sources.get(exc.source, "")
         raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
@@ -380,7 +386,9 @@ async def update_index_from(settings: Settings, store: IndexStore) -> UpdateRepo
     """Apply the changes every configured source lists since its watermark."""
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        return await update_from(list(make_sources(settings, sessions, store.db).values()), store)
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)
+        return await update_from(list(named.values()), store)
     finally:
         for session in sessions.values():
             await session.close()
@@ -391,6 +399,7 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     sessions = open_sessions(replace(settings, budget=30.0))
     try:
         sources = make_sources(settings, sessions, store.db)
+        await confirm_kinds(sources)
         return {name: await reconcile(s, store, fix) for name, s in sources.items()}
     finally:
         for session in sessions.values():

@@ -7,7 +7,8 @@ Exit codes (each means one thing, never reused):
 - 2 usage error (bad arguments, e.g. an unknown resource type or group)
 - 3 configuration error (settings, policy, profile or key files, a missing data folder,
   a database URL that is malformed, of an unsupported kind, or cannot be reached)
-- 4 a source system could not be read (index build)
+- 4 a source system could not be read (index build / update), or a source URL answers as
+  another kind of system (index build / update, and ``serve`` before it starts)
 - 5 the audit trail failed verification (``carelink audit verify``)
 """
 
@@ -338,7 +339,7 @@ def _serve(args: argparse.Namespace) -> int:
     shared = os.environ.pop(MULTIPROC_DIR, None)
     from carelink.observability import prepare_multiprocess
     from carelink.settings import Settings
-    from carelink.start import WorkerFailed, preflight, serve
+    from carelink.start import WorkerFailed, preflight, serve, source_warnings
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
@@ -347,6 +348,8 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"
     settings = Settings.from_env()
     preflight(settings)  # everything a worker needs, checked once before any starts
+    for warning in source_warnings(settings):  # a wrong kind of source: exit 4 here
+        print(f"carelink: warning: {warning}", file=sys.stderr)
     if shared is not None:
         os.environ[MULTIPROC_DIR] = shared
     prepare_multiprocess(args.workers)  # each worker's metrics in files a scrape sums

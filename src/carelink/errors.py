@@ -20,6 +20,7 @@ Only ``carelink.api`` turns these into an HTTP status and an
     │   ├── SourceUnavailable        connection refused, HTTP 5xx, circuit open
     │   ├── SourceTimeout            no answer within the time budget
     │   ├── SourceBadPayload         an answer that cannot be understood
+    │   │   └── SourceWrongKind      the URL answers, but as another kind of system
     │   ├── SourceRefused            the source answered no: consent, access, no such patient
     │   └── SourceNotAsked           the gateway could not ask (GP Connect without an NHS number)
     ├── IndexError_                  the patient index is missing or inconsistent
@@ -116,6 +117,20 @@ class SourceBadPayload(SourceError):
     """The source answered with something that cannot be understood."""
 
     status = "error"
+
+
+class SourceWrongKind(SourceBadPayload):
+    """The source's URL answers, but not as that kind of source system does (the
+    council's API configured as the acute EPR, a web server's 404 page): a setting to
+    correct. Like any answer that cannot be understood, it says the far end is up, so it
+    does not open the circuit; the adapter asks again only now and then."""
+
+    def __init__(self, source: str, url: str, expected: str, found: str) -> None:
+        super().__init__(source, f"{url}: not {expected} (found {found})")
+        self.args = (f"source {source!r} at {url}: not {expected} (found {found})",)
+        self.url = url
+        self.expected = expected
+        self.found = found
 
 
 class SourceRefused(SourceError):

@@ -10,15 +10,19 @@ otherwise report success, or start it again and again.
 
 from __future__ import annotations
 
+import asyncio
+
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from carelink.anonymise.keys import load_master_key
-from carelink.app import _checkpointer, _export_paths, create_app
+from carelink.app import _checkpointer, _export_paths, create_app, make_sources, open_sessions
 from carelink.observability import log_config
 from carelink.serving import PROTOCOL
 from carelink.settings import Settings
+from carelink.sources.kind import confirm_kinds, shown
+from carelink.storage import Database
 
 
 class WorkerFailed(RuntimeError):
@@ -41,6 +45,35 @@ def preflight(settings: Settings) -> int:
         return db.migrate()
     finally:
         db.dispose()
+
+
+async def check_sources(settings: Settings, db: Database) -> dict[str, str]:
+    """``confirm_kinds`` for the configured sources, over sessions of its own."""
+    sessions = open_sessions(settings)
+    try:
+        return await confirm_kinds(make_sources(settings, sessions, db))
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
+def source_warnings(settings: Settings) -> list[str]:
+    """Ask each configured source whether it is its kind of system, before serving.
+
+    Raises ``SourceWrongKind`` (the CLI's exit code 4) for a URL that answers as another
+    kind of system; a source that cannot be reached is a warning line, not a refusal
+    to start: it may come up later, and until then its part is reported missing.
+    """
+    db = settings.database()
+    try:
+        unreachable = asyncio.run(check_sources(settings, db))
+    finally:
+        db.dispose()
+    return [
+        f"source {name!r} at {shown(settings.sources[name])}: not reachable now ({why}); "
+        "served without it until it answers"
+        for name, why in unreachable.items()
+    ]
 
 
 def serve(settings: Settings, host: str, port: int, workers: int, log_level: str = "info") -> None:

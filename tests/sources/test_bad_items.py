@@ -30,6 +30,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource, bundle_resources
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource
+from tests.support.kinds import kind_route
 from tests.support.servers import run_app
 
 T = TypeVar("T")
@@ -119,11 +120,13 @@ def test_gp_structured_record_leaves_out_only_the_resources_without_id(fhir_data
     assert answer.skipped == ("Observation entry 2: no id", "Observation entry 4: no id")
 
 
-def fixed(path: str, body: bytes, media_type: str) -> Starlette:
+def fixed(kind: str, path: str, body: bytes, media_type: str) -> Starlette:
+    """A ``kind`` of source that answers ``body`` at ``path``."""
+
     async def answer(request: Request) -> Response:
         return Response(body, media_type=media_type)
 
-    return Starlette(routes=[Route(path, answer)])
+    return Starlette(routes=[kind_route(kind), Route(path, answer)])
 
 
 MSH = "MSH|^~\\&|EPR|RCOMM|CARELINK|ICS|20260101120000+0000||{kind}|{n}|P|2.5.1"
@@ -141,7 +144,7 @@ def _batch(*messages: list[str]) -> bytes:
 
 
 def _community(body: bytes) -> Any:
-    with run_app(fixed("/hl7/record", body, "x-application/hl7-v2+er7")) as url:
+    with run_app(fixed("community", "/hl7/record", body, "x-application/hl7-v2+er7")) as url:
         return run(lambda s: CommunitySource(s, url).fetch_record("C1", REF, None))
 
 
@@ -224,7 +227,7 @@ def _case(**changes: Any) -> dict[str, Any]:
 
 def _council(doc: Any) -> SourceAnswer:
     body = json.dumps(doc).encode()
-    with run_app(fixed("/api/v2/persons/SC1/case", body, "application/json")) as url:
+    with run_app(fixed("social-care", "/api/v2/persons/SC1/case", body, "application/json")) as url:
         return run(lambda s: SocialCareSource(s, url).fetch_record("SC1", REF, None))
 
 

@@ -34,6 +34,7 @@ from carelink.sources.gpconnect_request import (
     parameters,
 )
 from carelink.sources.tls import client_context
+from tests.support.kinds import answering_kind
 from tests.support.schema import problems
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpconnect"
@@ -178,7 +179,7 @@ class Recorder:
 
 async def _serve(handler, ssl_context=None):
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
+    app.router.add_route("*", "/{tail:.*}", answering_kind("gp", handler))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)

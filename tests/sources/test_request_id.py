@@ -17,6 +17,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.social_care import SocialCareSource
+from tests.support.kinds import answering_kind
 
 ADAPTERS: dict[str, Callable[[aiohttp.ClientSession, str], Source]] = {
     "acute": lambda s, url: AcuteSource(s, url),
@@ -36,7 +37,7 @@ async def _ask(kind: str, request_id: str | None) -> list[str | None]:
         return web.Response(status=404)
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
+    app.router.add_route("*", "/{tail:.*}", answering_kind(kind, record))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

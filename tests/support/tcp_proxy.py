@@ -40,12 +40,14 @@ class TcpProxy:
 
     # -- control, from the test's thread ---------------------------------------------
 
-    def start(self) -> int:
-        """Listen on a free port; the port."""
+    def start(self, port: int = 0) -> int:
+        """Listen on ``port`` (0: a free one); the port."""
         self._thread.start()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = port
+        if not port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
         self._call(self._listen())
         return self.port
 

@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import params as P
-from carelink.api.deps import audit, looked_up
+from carelink.api.deps import audit, stored
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import FAILED, REFUSED
 from carelink.auth import Principal
@@ -206,18 +206,21 @@ async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response
     """Answer from a fresh fan-out; keep the answer when there is more than one page."""
     if (refused := await _refuse_partial(request, asked, snap)) is not None:
         return refused
-    await audit(request, asked.interaction, [asked.pid])
     settings = request.app.state.settings
     paging = P.paging(asked.q, asked.used, settings.default_page_size, settings.max_page_size)
     etag = _etag(asked, snap)
     if not_modified(request, etag):  # before storing anything: a 304 has no links
+        await audit(request, asked.interaction, [asked.pid])
         return Response(status_code=304, headers={"ETag": etag})
     cursor = None
     more = paging.offset > 0 or paging.offset + paging.count < len(snap.matches)
     if more and not P.summary_count(asked.q):
         pages: Pages = request.app.state.pages
-        # one write, on SQLite right here as before
-        cursor = await looked_up(request, pages.keep, snap, owner(asked.caller), limit=None)
+        # stored before the disclosure is audited: a store that fails answers 503, and
+        # the trail does not record as disclosed what was never sent; a write of up to
+        # megabytes, off the loop on SQLite too (a write waits for the audit's commits)
+        cursor = await stored(request, pages.keep, snap, owner(asked.caller))
+    await audit(request, asked.interaction, [asked.pid])
     return _respond(request, asked, snap, cursor)
 
 
@@ -226,14 +229,13 @@ async def stored_page(request: Request, asked: Asked) -> Response:
     cursor = asked.q["_cursor"][-1]
     pages: Pages = request.app.state.pages
     try:
-        snap = await looked_up(
+        snap = await stored(
             request,
             pages.load,
             cursor,
             owner(asked.caller),
             asked.key,
             consent_digest(asked.situation),
-            limit=None,
         )
     except Gone:
         await audit(request, asked.interaction, [asked.pid], REFUSED, "paging cursor gone")

@@ -235,10 +235,8 @@ class SharedRecord:
                 for r in [*resources, *provs]
                 if r["resourceType"] not in SHARED_TYPES
             ]
-            # a write, but most often of nothing new (remembered): on SQLite right here
-            await self.index.db.looked_up(
-                self.locations.record, person_id, pairs, self.now(), limit=None
-            )
+            # a write: off the loop on SQLite too, where it may wait for the audit's commits
+            await self.index.db.run(self.locations.record, person_id, pairs, self.now())
         outcome = source_outcome(results)
         if self.ukcore is not None:
             resources, provs, outcome = self.ukcore.shape(resources, provs, outcome)

@@ -17,6 +17,8 @@ Json = dict[str, Any]
 OPERATION = "$gpc.getstructuredrecord"
 MIGRATE_OPERATION = "$gpc.migratestructuredrecord"
 INTERACTION_ID = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
+#: Foundations "read metadata": the provider's CapabilityStatement
+METADATA_INTERACTION_ID = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"
 MIGRATE_INTERACTION_ID = (
     "urn:nhs:names:services:gpconnect:fhir:operation:gpc.migratestructuredrecord-1"
 )

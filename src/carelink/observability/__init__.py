@@ -25,6 +25,7 @@ from carelink.observability.metrics import (
 )
 from carelink.observability.readiness import Readiness
 from carelink.observability.telemetry import Telemetry
+from carelink.observability.tracing import SourceSpans, source_spans
 
 __all__ = [
     "CONTENT_TYPE",
@@ -33,6 +34,7 @@ __all__ = [
     "LiveCounts",
     "Metrics",
     "Readiness",
+    "SourceSpans",
     "Telemetry",
     "accept_request_id",
     "bind",
@@ -42,6 +44,7 @@ __all__ = [
     "log_config",
     "new_id",
     "prepare_multiprocess",
+    "source_spans",
     "sources_asked",
     "unbind",
 ]

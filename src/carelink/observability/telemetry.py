@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from carelink.observability.context import note_source, sources_asked
+from carelink.observability.context import current_request_id, note_source, sources_asked
 from carelink.observability.logs import ACCESS, CIRCUIT, SOURCES
 from carelink.observability.metrics import CIRCUIT_STATES, Metrics
+from carelink.observability.tracing import SourceSpans
 
 #: the fan-out's outcomes that mean a source was asked and did not answer
 FAILED = frozenset({"timeout", "error"})
@@ -28,8 +29,11 @@ _circuit = logging.getLogger(CIRCUIT)
 class Telemetry:
     """Metrics and logs for one gateway process."""
 
-    def __init__(self, metrics: Metrics, sources: Iterable[str] = ()) -> None:
+    def __init__(
+        self, metrics: Metrics, sources: Iterable[str] = (), spans: SourceSpans | None = None
+    ) -> None:
         self.metrics = metrics
+        self.spans = spans  # None unless an OpenTelemetry tracer provider is configured
         for name in sources:  # every configured source has a circuit series from the start
             metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
 
@@ -39,6 +43,9 @@ class Telemetry:
         if outcome != NOT_ASKED:
             self.metrics.source_seconds.labels(source, outcome).observe(latency_ms / 1000)
         note_source(source, outcome, round(latency_ms, 1))
+        if self.spans is not None:
+            failed = outcome in FAILED
+            self.spans.record(source, outcome, latency_ms, reason, current_request_id(), failed)
         if outcome in FAILED:
             _sources.warning(
                 "source failed",

@@ -2,6 +2,7 @@
 
 Endpoints (base ``/fhir``):
 
+- ``GET /metadata``: the CapabilityStatement (FHIR 4.0.1, the types, ``$everything``)
 - ``GET /Patient?identifier=system|value`` and ``GET /Patient`` (all, paged)
 - ``GET /Patient/{id}``; ``PUT /Patient/{id}`` makes or changes a Patient (a new
   registration, corrected demographics, a merge: ``active`` false with a
@@ -29,10 +30,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from carelink.simulators.base import Behaviour, ResponseCache, admin_routes, with_behaviour
+from carelink.simulators.base import (
+    Behaviour,
+    ResponseCache,
+    admin_routes,
+    unless_down,
+    with_behaviour,
+)
 from carelink.simulators.changes import PatientChanges
 from carelink.simulators.fhir_server import (
     bad_request,
+    capability,
     fhir_response,
     identifier_search,
     int_param,
@@ -45,6 +53,18 @@ from carelink.simulators.fhir_store import FhirStore, FileStore, PopulationStore
 from carelink.simulators.shared import SharedStore, referenced
 
 MAX_PAGE = 1000
+#: named in the CapabilityStatement (any type in a record is served, these are the usual)
+SERVED_TYPES = (
+    "Encounter",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Procedure",
+    "Practitioner",
+    "Organization",
+    "Location",
+)
 Json = dict[str, Any]
 
 
@@ -176,7 +196,19 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
 
     cache = ResponseCache()
     shared_of: dict[str, list[Json]] = {}  # the files do not change while served
+    metadata = capability(
+        "carelink acute EPR simulator",
+        "4.0.1",
+        ["Patient", *SERVED_TYPES],
+        [
+            {
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            }
+        ],
+    )
     routes = [
+        Route("/fhir/metadata", unless_down(behaviour, metadata)),
         Route("/fhir/Patient", with_behaviour(behaviour, patients)),
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),

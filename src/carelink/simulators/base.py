@@ -123,6 +123,19 @@ def with_behaviour(
     return wrapped
 
 
+def unless_down(behaviour: Behaviour, handler: Handler) -> Handler:
+    """Answer with ``handler`` while the simulator is up, 503 while it is down; no other
+    fault is injected (a server's self-description is static, and asking it must not
+    change the sequence of faults the other routes inject)."""
+
+    async def wrapped(request: Request) -> Response:
+        if behaviour.down:
+            return Response(b"service unavailable", status_code=503)
+        return await handler(request)
+
+    return wrapped
+
+
 def admin_routes(behaviour: Behaviour) -> list[Route]:
     """``GET``/``POST /_admin/faults``: read or change the behaviour of a running simulator."""
 

@@ -30,6 +30,37 @@ def fhir_response(body: Json | bytes, status: int = 200) -> Response:
     )
 
 
+def capability(
+    software: str, fhir_version: str, resources: list[str], operations: list[Json]
+) -> Endpoint:
+    """``GET [base]/metadata``: a CapabilityStatement naming the FHIR version, the resource
+    types served and the operations; a source adapter's first question (``sources.kind``)."""
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "kind": "instance",
+        "software": {"name": software},
+        "fhirVersion": fhir_version,
+        "format": ["application/fhir+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}]}
+                    for t in resources
+                ],
+                "operation": operations,
+            }
+        ],
+    }
+
+    async def metadata(request: Request) -> Response:
+        return fhir_response(statement)
+
+    return metadata
+
+
 def not_found(what: str) -> Response:
     """404 with an OperationOutcome."""
     return fhir_response(

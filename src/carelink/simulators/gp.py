@@ -11,6 +11,8 @@
   for each parameter it does not recognise.
 - ``POST /Patient/$gpc.migratestructuredrecord``: the same checks with
   ``reason_for_request`` migration; the full record.
+- ``GET /metadata``: the provider's STU3 CapabilityStatement (Foundations "read
+  metadata"), naming both operations.
 - ``GET /Patient`` (paged, the practice list) and ``GET /{Type}/{id}``,
   ``GET /{Type}?identifier=``: simulator conveniences for the index build and
   Foundations-style reads, in STU3.
@@ -59,11 +61,12 @@ from carelink.fhir.gpconnect import (
     spine_outcome,
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.base import Behaviour, admin_routes, unless_down, with_behaviour
 from carelink.simulators.changes import Changed, PatientChanges
 from carelink.simulators.changes import admin_routes as change_routes
 from carelink.simulators.fhir_server import (
     bad_request,
+    capability,
     fhir_response,
     identifier_search,
     int_param,
@@ -85,6 +88,12 @@ Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
 #: what a GP event message says happened (``MessageHeader.event``)
 EVENT_SYSTEM = "https://carelink.example/CodeSystem/gp-registration-event"
+STRUCTURED_DEFINITION = (
+    "https://fhir.nhs.uk/STU3/OperationDefinition/GPConnect-GetStructuredRecord-Operation-1"
+)
+MIGRATE_DEFINITION = (
+    "https://fhir.nhs.uk/STU3/OperationDefinition/GPConnect-MigrateStructuredRecord-Operation-1"
+)
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
@@ -274,7 +283,20 @@ def build(
             refusals.update(change.get("refuse", {}))
         return Response(orjson.dumps({"refuse": refusals}), media_type="application/json")
 
+    metadata = capability(
+        "carelink GP Connect provider simulator",
+        "3.0.1",
+        ["Patient", "Practitioner", "Organization", "Location"],
+        [
+            {"name": name.lstrip("$"), "definition": {"reference": definition}}
+            for name, definition in (
+                (OPERATION, STRUCTURED_DEFINITION),
+                (MIGRATE_OPERATION, MIGRATE_DEFINITION),
+            )
+        ],
+    )
     routes = [
+        Route("/metadata", unless_down(behaviour, metadata)),
         Route(
             f"/Patient/{OPERATION}",
             with_behaviour(behaviour, operation(INTERACTION_ID, "directcare", False)),

@@ -24,6 +24,7 @@ from carelink.sources.hl7v2 import (
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
 from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.kind import KindCheck
 
 
 class CommunitySource:
@@ -41,6 +42,7 @@ class CommunitySource:
         self.name = name
         self.page_size = page_size
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "community", base_url)
 
     async def fetch_record(
         self,
@@ -50,6 +52,8 @@ class CommunitySource:
         nhs_number: str | None = None,
     ) -> SourceAnswer:
         """The person's messages as FHIR; an unknown person is an empty answer."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/record?pid={local_id}", accept=HL7_ER7
         )
@@ -108,6 +112,8 @@ class CommunitySource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         page = 1
         while True:
             data, headers = await fetch(
@@ -129,6 +135,8 @@ class CommunitySource:
         """The trust's ADT events after ``instant`` (``GET /hl7/changes?since=DTM``), page
         by page, as the records they change (``hl7v2_changes``). A message that cannot be
         read fails the listing (``SourceBadPayload``): skipping it would lose a change."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         since = quote(hl7_dtm(instant), safe="")
         page = 1
         while True:

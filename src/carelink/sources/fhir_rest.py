@@ -13,6 +13,7 @@ from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
 from carelink.sources.http import Mapped, as_of, fetch
+from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
 
@@ -111,6 +112,7 @@ class AcuteSource:
         self.name = name
         self.page_size = page_size
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "acute", base_url)
 
     async def fetch_record(
         self,
@@ -120,6 +122,8 @@ class AcuteSource:
         nhs_number: str | None = None,
     ) -> SourceAnswer:
         """Follow ``$everything``'s next links; versions of all pages make the version."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         url: str | None = f"{self.base}/Patient/{local_id}/$everything?_count={self.page_size}"
         if types:
             url = f"{url}&_type={','.join(sorted(types | {'Patient'}))}"
@@ -158,6 +162,8 @@ class AcuteSource:
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """``GET /fhir/{type}/{id}`` for a Practitioner, Organization ..."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
         return await read_one(self.session, self.name, url, resource_type)
 
@@ -176,6 +182,8 @@ class AcuteSource:
             yield p
 
     async def _listing(self, first: str) -> AsyncIterator[SourcePerson]:
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         url: str | None = first
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)

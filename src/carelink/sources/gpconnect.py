@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 
 from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
-from carelink.fhir.gpconnect import OPERATION
+from carelink.fhir.gpconnect import METADATA_INTERACTION_ID, OPERATION, SSP_INTERACTION_ID
 from carelink.fhir.nhs import is_valid
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, digest
@@ -45,6 +45,7 @@ from carelink.sources.gpconnect_request import (
     parameters,
 )
 from carelink.sources.http import as_of
+from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import to_r4
 
@@ -77,6 +78,7 @@ class GPConnectSource:
         self.clock = clock
         self.today = today
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "gp", base_url, self._metadata_headers)
 
     def request(
         self, nhs_number: str, types: frozenset[str] | None, period: Period | None = None
@@ -90,6 +92,19 @@ class GPConnectSource:
         body = orjson.dumps(parameters(nhs_number, types, period, self.today()))
         return f"{self.base}/Patient/{OPERATION}", hdrs, body
 
+    def _metadata_headers(self) -> dict[str, str]:
+        """Spine headers of the Foundations "read metadata" interaction (the first-contact
+        check's question, ``sources.kind``)."""
+        hdrs = headers(
+            self.consumer,
+            current_requester() or self.consumer.fallback,
+            self.base,
+            int(self.clock()),
+        )
+        hdrs[SSP_INTERACTION_ID] = METADATA_INTERACTION_ID
+        del hdrs["Content-Type"]
+        return hdrs
+
     async def fetch_record(
         self,
         local_id: str,
@@ -99,6 +114,8 @@ class GPConnectSource:
         period: Period | None = None,
     ) -> SourceAnswer:
         """The structured record of the person with ``nhs_number``, as R4."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         if not nhs_number or not is_valid(nhs_number):
             raise SourceNotAsked(self.name, NO_NHS_NUMBER)
         if not areas_for(types):
@@ -131,6 +148,8 @@ class GPConnectSource:
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """``GET /{type}/{id}`` (Practitioner, Organization, Location), as R4."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
         doc, _ = await get_json(self.session, self.name, "GET", url)
         if doc is None:
@@ -174,7 +193,10 @@ class GPConnectSource:
             yield person_from_patient(self.name, str(patient["id"]), patient)
 
     async def _pages(self, first: str) -> AsyncIterator[Json]:
-        """The resources of a searchset and its next pages."""
+        """The resources of a searchset and its next pages (once the far end has been
+        confirmed to be a GP Connect provider)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         url: str | None = first
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)

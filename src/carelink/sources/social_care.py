@@ -19,6 +19,7 @@ from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson, retired
 from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
 
@@ -47,6 +48,7 @@ class SocialCareSource:
         self.name = name
         self.page_size = page_size
         self.cache = AnswerCache()
+        self.kind = KindCheck(session, name, "social-care", base_url)
 
     async def fetch_record(
         self,
@@ -60,6 +62,8 @@ class SocialCareSource:
         ``types`` narrows the case's resources; the council's Patient always
         comes along, since it is what ties the answer to the person.
         """
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         data, headers = await fetch(
             self.session, self.name, "GET", f"{self.base}/persons/{local_id}/case", accept=JSON
         )
@@ -112,7 +116,10 @@ class SocialCareSource:
                 raise SourceBadPayload(self.name, "change of an unknown kind or without its person")
 
     async def _items(self, url: str) -> AsyncIterator[Any]:
-        """The items of a paged council list (``url`` ends with ``?`` or ``&``)."""
+        """The items of a paged council list (``url`` ends with ``?`` or ``&``), once the
+        far end has been confirmed to be the council's API."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
         page = 1
         while True:
             data, _ = await fetch(
