@@ -16,7 +16,7 @@ from tests.support.procs import carelink, free_port, running
 class FilesSystem:
     """Where the gateway listens, what ``index build`` said, and the environment used."""
 
-    base: str
+    base: str  # "" when started without a gateway (``serve=False``)
     built: subprocess.CompletedProcess[str]
     env: dict[str, str]
     sources: dict[str, str]
@@ -25,10 +25,14 @@ class FilesSystem:
 
 @contextmanager
 def files_system(
-    data: Mapping[str, Path], tmp: Path, extra_env: Mapping[str, str] | None = None
+    data: Mapping[str, Path],
+    tmp: Path,
+    extra_env: Mapping[str, str] | None = None,
+    serve: bool = True,
 ) -> Iterator[FilesSystem]:
     """One simulator per ``data`` entry (source name -> file or folder), the index built over
-    them in ``tmp``, and a gateway in development auth, until the block ends."""
+    them in ``tmp``, and a gateway in development auth, until the block ends. Commands that
+    read the sources themselves (``carelink extract``) need no gateway: ``serve=False``."""
     with ExitStack() as stack:
         urls, logs = {}, {}
         for name, path in data.items():
@@ -51,7 +55,9 @@ def files_system(
         }
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+        base = ""
+        if serve:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}/fhir"
+            stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
         yield FilesSystem(base, built, env, urls, logs)
