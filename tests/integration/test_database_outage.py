@@ -116,7 +116,7 @@ class Outage:
             r = httpx.get(status_url, headers=self.analyst(), timeout=15)
             if r.status_code != 202:
                 return r
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise AssertionError(f"{status_url} did not finish within {within} s")
 
 
