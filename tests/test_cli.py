@@ -152,9 +152,11 @@ def test_serve_refuses_no_workers():
     _one_line(carelink(["serve", "--workers", "0"]), 2, "--workers")
 
 
-@pytest.fixture
-def empty_index(tmp_path) -> dict[str, str]:
-    env = _settings(tmp_path)
+@pytest.fixture(scope="module")
+def empty_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An initialised, empty gateway for the extract refusals (made once for the module:
+    they only read it)."""
+    env = _settings(tmp_path_factory.mktemp("empty-index"))
     assert carelink(["init"], env).returncode == 0
     return env
 

@@ -333,6 +333,8 @@ def _print_load_report(path: Path, report: LoadReport, shown: int = 100) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:  # before the app's imports: a usage error is answered at once
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
     # The checks below build an app in this (the supervising) process: its metrics must
     # stay in memory, not become a third writer beside the workers in the shared folder.
     # prometheus_client reads the variable when it is first imported, just below.
@@ -341,8 +343,6 @@ def _serve(args: argparse.Namespace) -> int:
     from carelink.settings import Settings
     from carelink.start import WorkerFailed, preflight, serve, source_warnings
 
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {args.workers}")
     if "CARELINK_AUDIENCE" not in os.environ:
         # tokens are for this gateway: its FHIR base as served here
         os.environ["CARELINK_AUDIENCE"] = f"http://{args.host}:{args.port}/fhir"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from tests.support.files_system import files_system
+from tests.support.files_system import FilesSystem, files_system
 from tests.support.procs import carelink
 from tests.support.shared import SYNTHEA
 
@@ -185,21 +186,64 @@ def _everything_written(out: Path) -> str:
     return "\n".join(texts)
 
 
-@pytest.mark.skipif(not SYNTHEA.exists(), reason="the vendored Synthea sample is missing")
-@pytest.mark.parametrize("profile", ["anonymised", "pseudonymised"])
-def test_no_file_of_an_extract_holds_anything_identifying(profile, tmp_path):
-    data = tmp_path / "data"
+def _leaked(needles: list[str], written: str) -> list[str]:
+    """The needles found in ``written``: a long one anywhere, a short one as a whole JSON
+    string (as substrings, five digits of a US zip code turn up inside hexadecimal
+    pseudonyms by chance).
+
+    Exact, and fast over a large extract: a needle without a double quote lies, wherever
+    it occurs, inside one run of text between quotes, so each distinct run is searched
+    once however often it repeats (17 MB written holds well under 1 MB of distinct runs).
+    """
+    runs = written.split('"')
+    whole = set(runs[1:-1])  # a quote either side: each a whole JSON string
+    distinct = "\x00".join(set(runs))
+    found = set()
+    for n in set(needles):
+        if '"' in n or "\x00" in n:
+            hit = (n if len(n) >= 10 else f'"{n}"') in written
+        else:
+            hit = n in distinct if len(n) >= 10 else n in whole
+        if hit:
+            found.add(n)
+    return sorted(found)
+
+
+def test_the_scan_finds_a_needle_wherever_it_is_written():
+    written = '{"a":"xx LONG-NEEDLE-1 yy","b":["SHORT"]}\nfree text SHORTER "x"'
+    needles = ["LONG-NEEDLE-1", "SHORT", "SHORTER", "NOT-WRITTEN-AT-ALL", 'SAY "x"', "ext SH"]
+    # a short value inside a longer string is not reported (it is looked for as a whole)
+    assert _leaked(needles, written) == ["LONG-NEEDLE-1", "SHORT"]
+    assert _leaked(["text SHORTER"], written) == ["text SHORTER"]  # outside any JSON string
+    assert _leaked(['text SHORTER "x'], written) == ['text SHORTER "x']  # across a quote
+
+
+@pytest.fixture(scope="module")
+def synthea_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, FilesSystem]]:
+    """The Synthea export and the hand-made resources, served by one simulator with the
+    index built over it, for every profile's extract (an extract reads the sources itself,
+    so no gateway is started)."""
+    if not SYNTHEA.exists():
+        pytest.skip("the vendored Synthea sample is missing")
+    tmp = tmp_path_factory.mktemp("leaks")
+    data = tmp / "data"
     shutil.copytree(SYNTHEA, data)
     (data / "hand-made.ndjson").write_text("\n".join(json.dumps(r) for r in _hand_made()) + "\n")
+    (tmp / "run").mkdir()
+    with files_system({"acute": data}, tmp / "run", serve=False) as fs:
+        yield data, fs
+
+
+@pytest.mark.parametrize("profile", ["anonymised", "pseudonymised"])
+def test_no_file_of_an_extract_holds_anything_identifying(profile, synthea_source, tmp_path):
+    data, fs = synthea_source
     needles = _needles(data, dates=profile == "anonymised")
-    (tmp_path / "run").mkdir()
-    with files_system({"acute": data}, tmp_path / "run") as fs:
-        out = tmp_path / "extract"
-        done = carelink(
-            ["extract", "--project", "leaks", "--out", str(out), "--profile", profile, "--k", "2"],
-            fs.env,
-        )
-        assert done.returncode == 0, done.stderr
+    out = tmp_path / "extract"
+    done = carelink(
+        ["extract", "--project", "leaks", "--out", str(out), "--profile", profile, "--k", "2"],
+        fs.env,
+    )
+    assert done.returncode == 0, done.stderr
     written = _everything_written(out)
     assert "birthTime" not in written
     patients = [json.loads(x) for x in (out / "ndjson" / "Patient.ndjson").read_text().splitlines()]
@@ -207,8 +251,6 @@ def test_no_file_of_an_extract_holds_anything_identifying(profile, tmp_path):
     assert len(list((out / "ndjson").glob("*.ndjson"))) >= 2  # clinical facts too, not only
     assert all(len(p.get("birthDate", "")) in (0, 4) for p in patients)  # a year at most
     assert '"resourceType"' in written or "Patient" in written  # something was extracted
-    # Short values are looked for as whole JSON strings: as substrings, five digits of a
-    # US zip code turn up inside hexadecimal pseudonyms by chance.
-    leaked = sorted({n for n in needles if (n if len(n) >= 10 else f'"{n}"') in written})
+    leaked = _leaked(needles, written)
     where = {n: written[max(0, written.find(n) - 300) : written.find(n) + 60] for n in leaked}
     assert leaked == [], where

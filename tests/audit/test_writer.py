@@ -124,3 +124,21 @@ def test_closing_stops_the_child(db):
     assert proc.poll() is None
     writer.close()
     assert proc.poll() is not None
+
+
+def test_closed_on_the_servers_event_loop_the_child_ends_by_itself(db):
+    """The gateway closes the writer while uvicorn's event loop (uvloop) still runs, and
+    that loop's transport holds the socket: the child must still see the end and exit
+    on its own, not wait to be terminated."""
+    uvloop = pytest.importorskip("uvloop")
+    writer = WriterProcess(WriterSpec(db.url))
+
+    async def serve_then_stop() -> None:
+        await writer.record([event(1)])  # the child is up and serving
+        proc = writer._proc
+        assert proc is not None
+        writer.close()
+        assert proc.returncode == 0
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve_then_stop())

@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 #: answering again once the database is back
 DB_TIMEOUT = 1.0
 RECOVERY = 10.0
-#: export retention: 18 s (swept every 9 s)
-TTL_HOURS = 0.005
+#: export retention: 9 s (swept every 4.5 s, so a sweep is likely to meet the blip)
+TTL_HOURS = 0.0025
 #: seconds a refused request may take while the database is frozen: its own wait for the
 #: database, then the safety net's wait to write its audit event, and a margin
 REFUSED_WITHIN = 2 * DB_TIMEOUT + 1.5
@@ -134,7 +134,7 @@ class Outage:
             r = httpx.get(status_url, headers=self.analyst(), timeout=15)
             if r.status_code != 202:
                 return r
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise AssertionError(f"{status_url} did not finish within {within} s")
 
 
@@ -237,7 +237,7 @@ def test_an_expired_export_is_deleted_on_time_after_a_blip(outage: Outage):
     _blip(outage.proxy)
     ttl = TTL_HOURS * 3600
     while files.exists() and time.monotonic() - asked < ttl + ttl / 2 + 10:
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert not files.exists(), "the retention sweeper stopped after the blip"
 
 

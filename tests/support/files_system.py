@@ -9,14 +9,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import built_and_served, free_port, running
+from tests.support.procs import built_and_served
 
 
 @dataclass(frozen=True)
 class FilesSystem:
     """Where the gateway listens, what ``index build`` said, and the environment used."""
 
-    base: str
+    base: str  # "" when started without a gateway (``serve=False``)
     built: subprocess.CompletedProcess[str]
     env: dict[str, str]
     sources: dict[str, str]
@@ -25,10 +25,14 @@ class FilesSystem:
 
 @contextmanager
 def files_system(
-    data: Mapping[str, Path], tmp: Path, extra_env: Mapping[str, str] | None = None
+    data: Mapping[str, Path],
+    tmp: Path,
+    extra_env: Mapping[str, str] | None = None,
+    serve: bool = True,
 ) -> Iterator[FilesSystem]:
     """One simulator per ``data`` entry (source name -> file or folder), the index built over
-    them in ``tmp``, and a gateway in development auth, until the block ends."""
+    them in ``tmp``, and a gateway in development auth, until the block ends. Commands that
+    read the sources themselves (``carelink extract``) need no gateway: ``serve=False``."""
     with ExitStack() as stack:
         urls, logs = {}, {}
         for name, path in data.items():
@@ -43,5 +47,5 @@ def files_system(
                 )
             )
             urls[name] = url
-        base, env, built = built_and_served(stack, urls, tmp / "index.db", extra_env)
+        base, env, built = built_and_served(stack, urls, tmp / "index.db", extra_env, serve)
         yield FilesSystem(base, built, env, urls, logs)

@@ -125,10 +125,12 @@ def built_and_served(
     sources: Mapping[str, str],
     db: Path,
     extra_env: Mapping[str, str] | None = None,
+    serve: bool = True,
 ) -> tuple[str, dict[str, str], subprocess.CompletedProcess[str]]:
     """``carelink index build`` over ``sources`` (name -> URL) into the SQLite file ``db``,
-    then a gateway in development auth serving it until ``stack`` closes: its FHIR base,
-    the environment both ran with, and what the build said."""
+    then (``serve``) a gateway in development auth serving it until ``stack`` closes: its
+    FHIR base ("" without a gateway), the environment both ran with, and what the build
+    said."""
     env = {
         "CARELINK_DATABASE_URL": str(db),
         "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in sources.items()),
@@ -137,6 +139,8 @@ def built_and_served(
     }
     built = carelink(["index", "build"], env)
     assert built.returncode == 0, built.stderr
+    if not serve:
+        return "", env, built
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
