@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import built_and_served
+from tests.support.procs import built_and_served, free_port, running
 
 
 @dataclass(frozen=True)
