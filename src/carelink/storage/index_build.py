@@ -13,6 +13,7 @@ records back as a stream.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -96,9 +97,19 @@ class IndexBuild:
     ``attach``es to the build the first one made.
     """
 
-    def __init__(self, db: Database, batch: int = 5000, *, attach: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        batch: int = 5000,
+        *,
+        attach: bool = False,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
         self.db = db
         self.batch = batch
+        # held around each SQLite write transaction: processes writing one file take
+        # turns at once instead of sleeping in SQLite's busy handler
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self.token = secrets.token_hex(4)
         self.attached = attach
         md = sa.MetaData()
@@ -125,9 +136,10 @@ class IndexBuild:
         try:
             if self.db.is_sqlite:
                 marks = ", ".join("?" for _ in columns)
-                cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
-                cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
-                cur.execute("COMMIT")
+                with self.lock:
+                    cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
+                    cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+                    cur.execute("COMMIT")
             else:
                 with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                     for row in rows:
@@ -223,28 +235,22 @@ class IndexBuild:
         and local id (after ``index_groups``). Read in batches, each in a short
         transaction of its own: a read held open for the whole build would keep SQLite
         from checkpointing its write-ahead log while the people are written."""
-        t = self.staging
-        columns = [t.c[c] for c in STAGED_COLUMNS]
-        order = (t.c.grp, t.c.source, t.c.local_id)
-        after: tuple[Any, ...] | None = None
+        mark = "?" if self.db.is_sqlite else "%s"
+        select = f"SELECT {', '.join(STAGED_COLUMNS)} FROM {STAGING} WHERE part = {mark}"  # noqa: S608
+        order = f" ORDER BY grp, source, local_id LIMIT {self.batch}"
+        first = select + order
+        rest = f"{select} AND (grp, source, local_id) > ({mark}, {mark}, {mark}){order}"
+        after: tuple[Any, ...] = ()
         while True:
-            q = sa.select(*columns).where(t.c.part == part)
-            if after is not None:
-                q = q.where(sa.tuple_(*order) > sa.tuple_(*[sa.literal(v) for v in after]))
-            q = q.order_by(*order).limit(self.batch)
             with self.db.engine.connect() as conn:
-                rows = [tuple(r) for r in conn.execute(q)]
+                rows = [
+                    tuple(r) for r in conn.exec_driver_sql(rest if after else first, (part, *after))
+                ]
             yield from rows
             if len(rows) < self.batch:
                 return
             last = rows[-1]
             after = (last[3], last[0], last[1])
-
-    def written(self) -> int:
-        """How many links the new tables hold so far."""
-        with self.db.engine.connect() as conn:
-            table = _build_name("person_links")
-            return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
 
     # -- the swap -----------------------------------------------------------------
 
