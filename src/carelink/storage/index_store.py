@@ -207,16 +207,22 @@ class IndexStore:
             f"SELECT {_PERSON_COLUMNS} FROM persons WHERE {test} "  # noqa: S608
             f"AND id > {mark} ORDER BY id LIMIT {mark}"
         )
-        with self.db.engine.connect() as conn:
-            rows = conn.exec_driver_sql(sql, (*values, after, limit))
-            return [_person(tuple(r)) for r in rows]
+        return [_person(r) for r in self._search(sql, (*values, after, limit))]
 
     def count(self, query: PersonQuery) -> int:
         """How many persons match ``query`` (a SQL COUNT of the same WHERE clause)."""
         test, values = where_sql(query, "?" if self.db.is_sqlite else "%s")
+        sql = f"SELECT count(*) FROM persons WHERE {test}"  # noqa: S608
+        return int(self._search(sql, values)[0][0])
+
+    def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A search's rows: on SQLite through the lookup connection (a pooled connection
+        and a result object cost more than the indexed read), on PostgreSQL through the
+        pool (a wide search may take longer than ``HOT_LIMIT`` there)."""
+        if self.db.is_sqlite:
+            return self._hot.query(sql, values)
         with self.db.engine.connect() as conn:
-            sql = f"SELECT count(*) FROM persons WHERE {test}"  # noqa: S608
-            return int(conn.exec_driver_sql(sql, tuple(values)).scalar_one())
+            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
 
     def each_person(self, batch: int = 1000) -> Iterator[PersonRow]:
         """Every person, in id order, read ``batch`` rows at a time (a scan of the whole
