@@ -216,11 +216,8 @@ class IndexStore:
         return int(self._search(sql, values)[0][0])
 
     def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A search's rows: on SQLite through the lookup connection (a pooled connection
-        and a result object cost more than the indexed read), on PostgreSQL through the
-        pool (a wide search may take longer than ``HOT_LIMIT`` there)."""
-        if self.db.is_sqlite:
-            return self._hot.query(sql, values)
+        """A search's rows, through the pool (a wide search may take longer than the
+        lookup connection's ``HOT_LIMIT``, and searches may come from many threads)."""
         with self.db.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
 
