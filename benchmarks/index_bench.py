@@ -280,6 +280,30 @@ def search_paths(people: list[PersonRow], form: str, n: int, seed: int) -> list[
     return out
 
 
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by the processes descended from ``root`` (not itself)."""
+    parents: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = _stat(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    below = {root}
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _) in parents.items() if ppid in below} - below
+        below |= new
+        grew = bool(new)
+    return sum(parents[pid][1] for pid in below - {root})
+
+
 def http_searches(
     db_url: str, urls: dict[str, str], people: list[PersonRow], port: int, seconds: int
 ) -> dict[str, Any]:
@@ -309,7 +333,15 @@ def http_searches(
                 matched = sum(
                     json.loads(get(base + path, token)).get("total", 0) > 0 for path in paths[:50]
                 )
-                out[form] = {**wrk(base, paths, seconds, 32, tmp, token), "found_of_50": matched}
+                before = tree_cpu(os.getpid())  # the gateway's processes (wrk ends before after)
+                result = wrk(base, paths, seconds, 32, tmp, token)
+                used = tree_cpu(os.getpid()) - before
+                requests = result["rps"] * seconds
+                out[form] = {
+                    **result,
+                    "found_of_50": matched,
+                    "cpu_ms_per_request": round(used / requests * 1000, 2) if requests else None,
+                }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -355,9 +387,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db.migrate()
         store = IndexStore(db)
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         report, perturbed = asyncio.run(build(urls, store, args.errors, args.writers))
         took = time.perf_counter() - started
+        build_cpu = sum(
+            getattr(resource.getrusage(who), f) - getattr(then, f)
+            for who, then in zip((resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN), cpu, strict=True)
+            for f in ("ru_utime", "ru_stime")
+        )
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         precision, recall = quality(store, perturbed.truth)
@@ -389,6 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "persons": report.persons,
             "build_s": round(took, 1),
             "stages_s": report.seconds,
+            "build_cpu_s": round(build_cpu, 1),
             "peak_mb": round(peak_mb),
             "writer_peak_mb": round(writer_mb) if args.writers > 1 else None,
             "candidates_mean": report.candidates_mean,
@@ -450,7 +489,8 @@ def main() -> None:
         print(
             f"HTTP {form:18} p50 {m['p50_ms']:7.1f}  p95 {m['p95_ms']:7.1f}  "
             f"p99 {m['p99_ms']:7.1f} ms"
-            f"  {m['rps']:6.0f} req/s  errors {m['errors']}  found {m['found_of_50']}/50"
+            f"  {m['rps']:6.0f} req/s  {m['cpu_ms_per_request']} ms CPU/req  errors {m['errors']}"
+            f"  found {m['found_of_50']}/50"
         )
     if args.out:
         args.out.write_text(json.dumps(r, indent=1))
