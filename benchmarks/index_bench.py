@@ -415,7 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lookups.append(time.perf_counter() - t)
         search_p99 = searches(store, alike, 32, 100)
         http = (
-            http_searches(url, urls, sample, args.port + 10, args.http_seconds)
+            http_searches(url, urls, sample, args.gateway_port or args.port + 10, args.http_seconds)
             if args.http_seconds
             else {}
         )
@@ -462,6 +462,7 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=1, help="processes making the people")
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--gateway-port", type=int, help="for the HTTP searches (default: --port + 10)")
     ap.add_argument(
         "--http-seconds",
         type=int,
