@@ -317,6 +317,12 @@ def http_searches(
         "CARELINK_AUTH": "jwt",
         "CARELINK_AUDIENCE": f"{base}/fhir",
         "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
+        # keys and checkpoints in the run's own folder (with PostgreSQL they would go
+        # to var/ in the working directory)
+        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
+        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "audit-checkpoints"),
+        "CARELINK_MASTER_KEY": str(tmp / "extract-master.key"),
+        "CARELINK_EXPORTS": str(tmp / "exports"),
         "CARELINK_LOG_LEVEL": "warning",
     }
     carelink = [sys.executable, "-m", "carelink"]
