@@ -26,6 +26,7 @@ from carelink.api import router
 from carelink.api.audit_middleware import AuditEveryRequest, interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
+from carelink.api.dispatch import Dispatch
 from carelink.api.limits import BoundedInput
 from carelink.api.observe import Observe
 from carelink.api.responses import from_error, outcome
@@ -55,8 +56,10 @@ from carelink.federation import (
     build_index,
 )
 from carelink.federation.build import Progress
+from carelink.federation.keeper import keep_current
 from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
+from carelink.feeds.run import FeedKeeper
 from carelink.fhir.profiles import ProfileSet, load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry
 from carelink.settings import FEED_SCHEME, Settings
@@ -180,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = settings.database()
         db.migrate()
+        app.state.db = db
         sessions = open_sessions(settings)
         telemetry: Telemetry = app.state.telemetry
         breakers = {
@@ -288,6 +292,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
+    # innermost: the gateway's routes straight to their endpoints (api.dispatch)
+    app.add_middleware(Dispatch, routes=router.routes)
     app.add_middleware(
         BoundedInput,
         max_body_bytes=settings.max_body_bytes,
@@ -310,7 +316,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 who = await subjects_of(request, read_body=True)
                 await audit(request, interaction(request), who, REFUSED, str(exc))
-            except AuditError as failed:
+            except (AuditError, StorageUnavailable) as failed:
                 return from_error(failed)
         return from_error(exc)
 
@@ -389,6 +395,26 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
     finally:
         for session in sessions.values():
             await session.close()
+
+
+def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
+    """What ``carelink feed listen`` runs beside its listeners: the index kept current
+    from what the feeds stored, woken by the listener as soon as an ADT message that
+    changes someone is stored (and every ``every`` seconds regardless). The first update
+    takes whatever was stored but not applied before a restart. Updates run on a thread
+    of their own, so the listeners go on acknowledging meanwhile."""
+
+    async def keep(db: Database, wake: asyncio.Event) -> None:
+        index = IndexStore(db)
+        feed = FeedStore(db)
+        sources: list[Source] = [CommunityFeedSource(feed, name) for name in settings.feeds()]
+
+        async def update() -> UpdateReport:
+            return await asyncio.to_thread(lambda: asyncio.run(update_from(sources, index)))
+
+        await keep_current(update, every, wake)
+
+    return keep
 
 
 async def _audit_committer(settings: Settings, db: Database) -> AuditTrail | WriterProcess:

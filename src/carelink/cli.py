@@ -30,6 +30,7 @@ from carelink import __version__, errors
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess folder
 
 if TYPE_CHECKING:
+    from carelink.federation import UpdateReport
     from carelink.settings import Settings
     from carelink.simulators.fhir_load import LoadReport
     from carelink.storage import IndexStore
@@ -234,10 +235,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "feed":
+        from carelink.app import feed_keeper
         from carelink.feeds.run import listen_until_stopped
         from carelink.settings import Settings
 
-        return listen_until_stopped(Settings.from_env())
+        settings = Settings.from_env()
+        return listen_until_stopped(settings, feed_keeper(settings))
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
@@ -557,30 +560,39 @@ def _build_progress() -> Callable[[str, int, int | None], None]:
 
 
 def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStore) -> int:
-    import time
-
     from carelink.app import reconcile_from, update_index_from
+    from carelink.federation.keeper import keep_current
 
-    while True:
-        report = asyncio.run(update_index_from(settings, store))
+    async def once() -> UpdateReport:
+        report = await update_index_from(settings, store)
+        if args.reconcile:
+            drifts = await reconcile_from(settings, store, args.fix)
+            for name, drift in drifts.items():
+                print(
+                    f"drift at {name}: {drift.listed} listed, {drift.missing} not in the index, "
+                    f"{drift.gone} no longer listed, {drift.changed} with other demographics"
+                    + (" (applied)" if drift.fixed else ""),
+                    flush=True,
+                )
+        return report
+
+    def said(report: UpdateReport) -> None:
         applied = report.applied
         if applied is not None:
             print(
                 f"index updated: {sum(report.listed.values())} changed records listed "
                 f"{report.listed}; {applied.persons_before} people re-linked into "
                 f"{applied.persons_after} in {applied.seconds:.2f} s"
-                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else "")
+                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else ""),
+                flush=True,
             )
-        if args.reconcile:
-            for name, drift in asyncio.run(reconcile_from(settings, store, args.fix)).items():
-                print(
-                    f"drift at {name}: {drift.listed} listed, {drift.missing} not in the index, "
-                    f"{drift.gone} no longer listed, {drift.changed} with other demographics"
-                    + (" (applied)" if drift.fixed else "")
-                )
-        if not args.every:
-            return EXIT_OK
-        time.sleep(args.every)
+
+    if not args.every:
+        said(asyncio.run(once()))
+        return EXIT_OK
+    # supervised: a failed update is logged and retried with a growing pause, never fatal
+    asyncio.run(keep_current(once, args.every, done=said))
+    return EXIT_OK
 
 
 def _extract(args: argparse.Namespace) -> int:

@@ -1,17 +1,22 @@
-"""``update_from`` and ``reconcile`` against a real acute simulator and adapter."""
+"""``update_from`` and ``reconcile`` against a real acute simulator and adapter, and the
+stored HL7 v2 feed read from a cursor (SQLite, and PostgreSQL when configured)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from carelink.federation.build import build_index
-from carelink.federation.update import reconcile, update_from, watermark_key
+from carelink.federation.update import cursor_key, reconcile, update_from, watermark_key
+from carelink.feeds.intake import read
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.simulators import acute
 from carelink.simulators.base import Behaviour
+from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
+from carelink.storage import Arrival, FeedStore, IndexStore
 from tests.federation.test_build import _store
 from tests.support.servers import run_app
 
@@ -87,21 +92,110 @@ def test_registrations_and_merges_at_the_source_reach_the_index(tmp_path):
 
 def test_reconcile_reports_and_fixes_what_an_update_missed(tmp_path):
     store = _store(str(tmp_path / "i.db"))
-    app = acute.create_app(seed=9, size=SIZE, behaviour=Behaviour())
-    with run_app(app) as base:
 
-        async def scenario() -> None:
+    async def scenario(session: aiohttp.ClientSession, source: AcuteSource, base: str) -> None:
+        await build_index([source], store)
+        await _put(session, base, _patient("NEW2", _number(100), "Okafor"))
+        drift = await reconcile(source, store)
+        assert (drift.missing, drift.changed, drift.fixed) == (1, 0, None)
+        fixed = await reconcile(source, store, fix=True)
+        assert fixed.fixed is not None
+        assert store.link("acute", "NEW2") is not None
+        again = await reconcile(source, store)
+        assert (again.missing, again.changed, again.gone) == (0, 0, 0)
+
+    _against_acute(store, scenario)
+
+
+def _against_acute(
+    store: IndexStore,
+    scenario: Callable[[aiohttp.ClientSession, AcuteSource, str], Awaitable[None]],
+) -> None:
+    """Run ``scenario`` with a session, the adapter and the base URL of a real acute
+    simulator; close the store after."""
+    with run_app(acute.create_app(seed=9, size=SIZE, behaviour=Behaviour())) as base:
+
+        async def go() -> None:
             async with aiohttp.ClientSession() as session:
-                source = AcuteSource(session, base)
-                await build_index([source], store)
-                await _put(session, base, _patient("NEW2", _number(100), "Okafor"))
-                drift = await reconcile(source, store)
-                assert (drift.missing, drift.changed, drift.fixed) == (1, 0, None)
-                fixed = await reconcile(source, store, fix=True)
-                assert fixed.fixed is not None
-                assert store.link("acute", "NEW2") is not None
-                again = await reconcile(source, store)
-                assert (again.missing, again.changed, again.gone) == (0, 0, 0)
+                await scenario(session, AcuteSource(session, base), base)
 
-        asyncio.run(scenario())
+        asyncio.run(go())
+    store.close()
+
+
+def test_reconcile_fix_removes_records_gone_from_the_source_walking_the_index_in_pages(
+    database_url,
+):
+    """Two records deleted at the source: reconcile finds which (walking the index's links
+    seven at a time), ``fix`` removes them, and the next reconcile finds no drift."""
+    store = _store(database_url)
+
+    async def scenario(session: aiohttp.ClientSession, source: AcuteSource, base: str) -> None:
+        report = await build_index([source], store)
+        gone = store.local_ids("acute", "", 40)[::20]
+        for local in gone:
+            async with session.delete(f"{base}/fhir/Patient/{local}") as resp:
+                assert resp.status == 204
+        seen = await reconcile(source, store, batch=7)
+        assert (seen.gone, seen.missing, seen.fixed) == (2, 0, None)
+        assert all(store.link("acute", local) for local in gone)
+        fixed = await reconcile(source, store, fix=True, batch=7)
+        assert fixed.gone == 2
+        assert fixed.fixed is not None
+        assert [store.link("acute", local) for local in gone] == [None, None]
+        assert store.counts()["links:acute"] == report.records["acute"] - 2
+        again = await reconcile(source, store, batch=7)
+        assert (again.gone, again.missing, again.changed) == (0, 0, 0)
+
+    _against_acute(store, scenario)
+
+
+def _arrival(text: str, control: str) -> Arrival:
+    verdict = read(text.replace("{id}", control).encode(), "community", INSTANT, "ack")
+    assert verdict.arrival is not None, verdict.reason
+    return verdict.arrival
+
+
+A28 = (
+    "MSH|^~\\&|COMMUNITY-EPR|RCOMM|CARELINK|ICS|20260101120000+0000||ADT^A28^ADT_A05|{id}|P|2.5.1"
+    "\rEVN|A28|20260101120000\rPID|1||{local}^^^RCOMM^MR{nhs}||{family}^Oscar||19370918|M"
+)
+INSTANT = "2026-03-04T05:06:07.000Z"
+
+
+def _a28(control: str, local: str, family: str, nhs: str = "") -> Arrival:
+    number = f"~{nhs}^^^NHS^NH" if nhs else ""
+    return _arrival(A28.format(id="{id}", local=local, nhs=number, family=family), control)
+
+
+def test_feed_arrivals_stored_but_not_applied_are_applied_by_the_next_update(database_url):
+    """What the listener stored (and acknowledged) before the process died reaches the
+    index at the next update; an update applies each stored change once, from a cursor."""
+    store = _store(database_url)
+    feed = FeedStore(store.db)
+    source = CommunityFeedSource(feed)
+    for n, (local, family) in enumerate([("C1", "Davies"), ("C2", "Price"), ("C3", "Evans")]):
+        assert feed.apply(_a28(f"M{n}", local, family, _number(300 + 50 * n)))
+    first = asyncio.run(update_from([source], store))
+    assert first.listed == {"community": 3}
+    assert store.setting(cursor_key("community")) is not None
+    assert {store.link("community", c) is not None for c in ("C1", "C2", "C3")} == {True}
+    again = asyncio.run(update_from([source], store))
+    assert (again.listed, again.behind) == ({"community": 0}, False)
+    merge = (
+        "MSH|^~\\&|COMMUNITY-EPR|RCOMM|CARELINK|ICS|20260101120000+0000||ADT^A40^ADT_A39|{id}|P"
+        "|2.5.1\rEVN|A40|20260101120000\rPID|1||C2^^^RCOMM^MR||Price^Oscar||19370918|M"
+        "\rMRG|C3^^^RCOMM^MR"
+    )
+    delete = (
+        "MSH|^~\\&|COMMUNITY-EPR|RCOMM|CARELINK|ICS|20260101120000+0000||ADT^A29^ADT_A21|{id}|P"
+        "|2.5.1\rEVN|A29|20260101120000\rPID|1||C1^^^RCOMM^MR"
+    )
+    assert feed.apply(_arrival(merge, "M8"))
+    assert feed.apply(_arrival(delete, "M9"))
+    asyncio.run(update_from([source], store))
+    assert store.link("community", "C3") is None
+    assert store.link("community", "C1") is None
+    assert store.link("community", "C2") is not None
+    assert store.counts()["links:community"] == 1
     store.close()

@@ -3,13 +3,16 @@ freezes and comes back, and the gateway neither freezes nor needs a restart."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -19,6 +22,7 @@ import sqlalchemy as sa
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
 from tests.integration.conftest import System
+from tests.support.consents import privacy_consent
 from tests.support.gateways import token_gateways
 from tests.support.procs import carelink
 from tests.support.tcp_proxy import TcpProxy, proxy_to
@@ -32,6 +36,9 @@ DB_TIMEOUT = 1.0
 RECOVERY = 10.0
 #: export retention: 18 s (swept every 9 s)
 TTL_HOURS = 0.005
+#: seconds a refused request may take while the database is frozen: its own wait for the
+#: database, then the safety net's wait to write its audit event, and a margin
+REFUSED_WITHIN = 2 * DB_TIMEOUT + 1.5
 
 
 def with_host(url: str, host: str, port: int) -> str:
@@ -70,6 +77,17 @@ class Outage:
 
     def clinician(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.issuer.token(aud=self.base)}"}
+
+    def officer(self, purpose: str = "TREAT") -> dict[str, str]:
+        """A privacy officer: records consents, reviews, and (for oversight) reads the audit."""
+        token = self.issuer.token(
+            aud=self.base,
+            sub="outage-officer",
+            role="R0001",
+            scope="user/*.cruds",
+            purpose_of_use=purpose,
+        )
+        return {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
 
     def analyst(self) -> dict[str, str]:
         token = self.issuer.token(
@@ -221,3 +239,157 @@ def test_an_expired_export_is_deleted_on_time_after_a_blip(outage: Outage):
     while files.exists() and time.monotonic() - asked < ttl + ttl / 2 + 10:
         time.sleep(0.5)
     assert not files.exists(), "the retention sweeper stopped after the blip"
+
+
+# -- every request path while the database is frozen ------------------------------------
+
+
+@dataclass
+class Known:
+    """What the route table's requests name: a person, one of their Consents, and (made
+    just before the row that reads it: the module's exports expire in seconds) a finished
+    export job's status URL."""
+
+    pid: str
+    family: str
+    birth_date: str
+    nhs_number: str
+    consent: str
+    job: str = ""
+
+
+@pytest.fixture(scope="module")
+def known(outage: Outage, system: System) -> Known:
+    person = system.population[0]
+    found = outage.lookup()
+    assert found.status_code == 200, found.text
+    pid = found.json()["entry"][0]["resource"]["id"]
+    stored = httpx.post(
+        f"{outage.base}/Consent",
+        content=json.dumps(privacy_consent(pid, {"type": "permit"})),
+        headers=outage.officer(),
+        timeout=15,
+    )
+    assert stored.status_code == 201, stored.text
+    return Known(
+        pid, person.family, person.birth_date.isoformat(), person.nhs_number, stored.json()["id"]
+    )
+
+
+def _finished_job(o: Outage, k: Known) -> Known:
+    job = o.export()
+    assert o.finished(job).status_code == 200
+    return replace(k, job=job)
+
+
+Ask = Callable[[Outage, Known, float], httpx.Response]
+
+
+def _get(path: Callable[[Known], str], who: str = "clinician", **params: str) -> Ask:
+    def ask(o: Outage, k: Known, timeout: float) -> httpx.Response:
+        headers = {
+            "clinician": o.clinician,
+            "officer": o.officer,
+            "oversight": lambda: o.officer("HOPERAT"),
+            "analyst": o.analyst,
+        }[who]()
+        query = {name: value.format(k=k) for name, value in params.items()}
+        url = path(k) if path(k).startswith("http") else f"{o.base}{path(k)}"
+        return httpx.get(url, params=query, headers=headers, timeout=timeout)
+
+    return ask
+
+
+def _new_export(o: Outage, k: Known, timeout: float) -> httpx.Response:
+    headers = {**o.analyst(), "Prefer": "respond-async"}
+    return httpx.get(
+        f"{o.base}/$export", params={"_type": "Patient"}, headers=headers, timeout=timeout
+    )
+
+
+def _new_consent(o: Outage, k: Known, timeout: float) -> httpx.Response:
+    body = privacy_consent(k.pid, {"type": "permit"})
+    return httpx.post(
+        f"{o.base}/Consent", content=json.dumps(body), headers=o.officer(), timeout=timeout
+    )
+
+
+Prepare = Callable[[Outage, Known], Known]
+
+#: (request path, the request, its status once the database is back[, what it needs made first])
+ROUTES: list[tuple[Any, ...]] = [
+    (
+        "demographic search",
+        _get(lambda k: "/Patient", family="{k.family}", birthdate="{k.birth_date}"),
+        200,
+    ),
+    ("patient read", _get(lambda k: f"/Patient/{k.pid}"), 200),
+    (
+        "IHE PIXm",
+        _get(
+            lambda k: "/Patient/$ihe-pix",
+            sourceIdentifier=f"{NHS_NUMBER_SYSTEM}|{{k.nhs_number}}",
+        ),
+        200,
+    ),
+    ("everything", _get(lambda k: f"/Patient/{k.pid}/$everything"), 200),
+    ("type search", _get(lambda k: "/Condition", patient="{k.pid}"), 200),
+    ("consent read", _get(lambda k: f"/Consent/{k.consent}", "officer"), 200),
+    ("consent history", _get(lambda k: f"/Consent/{k.consent}/_history", "officer"), 200),
+    ("consent search", _get(lambda k: "/Consent", "officer", patient="{k.pid}"), 200),
+    ("consent create", _new_consent, 201),
+    ("review list", _get(lambda k: "/Task", "officer"), 200),
+    ("audit search", _get(lambda k: "/AuditEvent", "oversight", patient="{k.pid}"), 200),
+    ("export status", _get(lambda k: k.job, "analyst"), 200, _finished_job),
+    ("export kick-off", _new_export, 202),
+]
+
+
+def _timed(fn: Callable[[], httpx.Response]) -> tuple[httpx.Response | None, float]:
+    """The answer (None when there was none within the client's timeout) and its seconds."""
+    start = time.monotonic()
+    try:
+        answer: httpx.Response | None = fn()
+    except httpx.TimeoutException:
+        answer = None
+    return answer, time.monotonic() - start
+
+
+@pytest.mark.parametrize("row", ROUTES, ids=[r[0] for r in ROUTES])
+def test_a_frozen_database_costs_each_route_a_prompt_503_and_never_the_server(
+    outage: Outage, known: Known, row: tuple[Any, ...]
+):
+    """With the database frozen (connections open, no byte through), the request is
+    refused with a 503 OperationOutcome and Retry-After within the time limits, /livez is
+    answered at once meanwhile, and once the database is back the route works again."""
+    path, ask, ok, *prepare = row
+    for made in prepare:
+        known = made(outage, known)
+    assert ask(outage, known, 15).status_code == ok
+    outage.proxy.freeze()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            refused = pool.submit(_timed, lambda: ask(outage, known, REFUSED_WITHIN + 3))
+            time.sleep(0.2)  # the request is waiting for the database now
+            livez = outage.base.removesuffix("/fhir") + "/livez"
+            live = pool.submit(_timed, lambda: httpx.get(livez, timeout=5))
+            (answer, took), (probe, probe_took) = refused.result(), live.result()
+    finally:
+        outage.proxy.resume()
+    assert probe is not None, f"/livez: no answer in {probe_took:.1f} s"
+    assert probe.status_code == 200
+    assert probe_took < 1.0, f"/livez took {probe_took:.2f} s while {path} waited"
+    assert answer is not None, f"{path}: no answer within {took:.1f} s"
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["Retry-After"]) > 0
+    assert answer.json()["resourceType"] == "OperationOutcome"
+    assert took < REFUSED_WITHIN, f"{path} was refused after {took:.2f} s"
+    deadline = time.monotonic() + RECOVERY
+    again: Any = None
+    while time.monotonic() < deadline:
+        again = ask(outage, known, 15)
+        if again.status_code == ok:
+            break
+        time.sleep(0.2)
+    assert again is not None
+    assert again.status_code == ok, f"{path} after recovery: {again.status_code}"

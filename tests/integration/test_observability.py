@@ -30,6 +30,20 @@ EVIL = "evil.example"
 RESET = 2.0
 
 
+def settled_lines(log: Path) -> list[dict[str, Any]]:
+    """The log's lines once it has stopped growing: the gateway writes its lines in
+    batches a moment after the answers they tell of (``observability.logs.BufferedLines``)."""
+    deadline = time.monotonic() + 5
+    size = -1
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = log.stat().st_size
+        if now == size:
+            break
+        size = now
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 @dataclass
 class Gateway:
     base: str
@@ -47,8 +61,7 @@ class Gateway:
 
     def lines(self) -> list[dict[str, Any]]:
         """Every line the process wrote so far, each parsed as JSON (fails if one is not)."""
-        time.sleep(0.2)  # the line of the last answer is written just after it is sent
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return settled_lines(self.log)
 
     def access(self, request_id: str) -> dict[str, Any]:
         """The access line of one request."""
@@ -357,7 +370,7 @@ def test_readyz_is_503_while_the_database_cannot_be_opened(plain):
     assert down.json()["resourceType"] == "OperationOutcome"
     assert alive.status_code == 200  # the process is up all the same
     assert httpx.get(f"{root}/readyz").status_code == 200
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = settled_lines(log)
     events = [line["event"] for line in lines]
     assert "database not ready" in events
     assert "database ready" in events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import pytest
 
@@ -62,3 +63,50 @@ def test_the_process_config_sends_every_logger_to_stderr_as_json_at_the_level():
 def test_an_unknown_level_is_refused():
     with pytest.raises(ValueError, match="log level"):
         log_config("verbose")
+
+
+class _Stream:
+    """A stream that remembers each write (one write a flush, when lines are batched)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    def lines(self) -> list[str]:
+        return [json.loads(x)["event"] for x in "".join(self.writes).splitlines()]
+
+
+def _logged(handler: logging.Handler, level: int, message: str) -> None:
+    handler.handle(logging.LogRecord("carelink.test", level, __file__, 1, message, None, None))
+
+
+def test_batched_lines_are_written_together_soon_and_a_warning_at_once_in_order():
+    from carelink.observability.logs import BufferedLines
+
+    stream = _Stream()
+    handler = BufferedLines(stream, interval=0.05)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    for n in range(5):
+        _logged(handler, logging.INFO, f"request {n}")
+    assert stream.writes == []  # not one write a line
+    deadline = time.monotonic() + 5
+    while not stream.writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(stream.writes) == 1  # all five in one write
+    assert stream.lines() == [f"request {n}" for n in range(5)]
+    _logged(handler, logging.INFO, "before")
+    _logged(handler, logging.WARNING, "source failed")  # written now, after the line before it
+    assert stream.lines()[-2:] == ["before", "source failed"]
+    _logged(handler, logging.INFO, "last")
+    handler.close()  # as logging.shutdown does at exit: nothing waiting is lost
+    assert stream.lines()[-1] == "last"
+
+
+def test_the_process_config_batches_the_lines():
+    handler = log_config("info")["handlers"]["stderr"]
+    assert handler["()"].endswith("BufferedLines")

@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import carelink, free_port, running
+from tests.support.procs import built_and_served, free_port, running
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,5 @@ def files_system(
                 )
             )
             urls[name] = url
-        env = {
-            "CARELINK_DATABASE_URL": str(tmp / "index.db"),
-            "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
-            "CARELINK_AUTH": "development",
-            **(extra_env or {}),
-        }
-        built = carelink(["index", "build"], env)
-        assert built.returncode == 0, built.stderr
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/fhir"
-        stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+        base, env, built = built_and_served(stack, urls, tmp / "index.db", extra_env)
         yield FilesSystem(base, built, env, urls, logs)

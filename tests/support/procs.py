@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -118,3 +118,26 @@ def carelink(
         timeout=timeout,
         check=False,
     )
+
+
+def built_and_served(
+    stack: ExitStack,
+    sources: Mapping[str, str],
+    db: Path,
+    extra_env: Mapping[str, str] | None = None,
+) -> tuple[str, dict[str, str], subprocess.CompletedProcess[str]]:
+    """``carelink index build`` over ``sources`` (name -> URL) into the SQLite file ``db``,
+    then a gateway in development auth serving it until ``stack`` closes: its FHIR base,
+    the environment both ran with, and what the build said."""
+    env = {
+        "CARELINK_DATABASE_URL": str(db),
+        "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in sources.items()),
+        "CARELINK_AUTH": "development",
+        **(extra_env or {}),
+    }
+    built = carelink(["index", "build"], env)
+    assert built.returncode == 0, built.stderr
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
+    return base, env, built

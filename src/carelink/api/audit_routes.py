@@ -25,13 +25,12 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
 from carelink.api.audit_subject import person_for
-from carelink.api.deps import audit, context, router
+from carelink.api.deps import audit, context, router, stored
 from carelink.api.responses import fhir
 from carelink.auth import Principal
 from carelink.errors import AccessDenied, InvalidRequest
@@ -112,7 +111,8 @@ async def audit_events(request: Request) -> Response:
     P.check_format(request)
     q = P.multi(request)
     asked = q.get("patient", [""])[-1].strip() or None
-    named = (person_for(record, asked) or asked.removeprefix("Patient/")) if asked else None
+    found = await stored(request, person_for, record, asked) if asked else None
+    named = (found or asked.removeprefix("Patient/")) if asked else None
     patient = _may_read(request, caller, named)
     query = _query(q, patient)
     settings = request.app.state.settings
@@ -121,8 +121,8 @@ async def audit_events(request: Request) -> Response:
     if cursor and not cursor.isdigit():
         raise InvalidRequest("_cursor is not one this server gave", "_cursor")
     search: AuditSearch = request.app.state.audit_search
-    total = await run_in_threadpool(search.count, query)
-    rows = await run_in_threadpool(search.page, query, count, int(cursor) if cursor else None)
+    total = await stored(request, search.count, query)
+    rows = await stored(request, search.page, query, count, int(cursor) if cursor else None)
     await audit(request, "search-type", [patient])
     kept = [(k, v) for k in sorted(q) if k not in ("_cursor", "_count", "patient") for v in q[k]]
     kept = [*([("patient", patient)] if patient else []), *kept, ("_count", str(count))]

@@ -23,7 +23,7 @@ from carelink.federation.patient_search import identifier_tests
 from carelink.federation.read import is_shared, person_of
 from carelink.fhir import NHS_NUMBER_SYSTEM
 from carelink.sources.base import local_id_system
-from carelink.storage import ConsentStore, PersonQuery
+from carelink.storage import ConsentStore, Database, PersonQuery
 
 Json = dict[str, Any]
 #: at most this many people are resolved from one request's identifiers
@@ -121,14 +121,15 @@ async def subjects_of(request: Request, read_body: bool = False) -> list[str]:
     record: SharedRecord | None = getattr(request.app.state, "record", None)
     if record is None:
         return []
+    db: Database = request.app.state.db
     try:
-        found: list[str] = []
-        found += _from_path(request, record)
-        found += _from_query(record, request)
+        found: list[str] = await db.run(
+            lambda: _from_path(request, record) + _from_query(record, request)
+        )
         if read_body and request.method in ("POST", "PUT"):
             raw = await request.body()
             if raw:
-                found += _from_body(record, orjson.loads(raw))
+                found += await db.run(_from_body, record, orjson.loads(raw))
         return list(dict.fromkeys(found))[:MOST]
     except Exception:
         return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qsl
 
 from fastapi import Request
@@ -10,7 +11,13 @@ from fastapi.responses import Response
 
 from carelink.api.deps import base_url, router
 from carelink.api.responses import outcome
-from carelink.auth.backend_services import CLIENT_ALGORITHMS, OAuthError, TokenService
+from carelink.auth.backend_services import (
+    CLIENT_ALGORITHMS,
+    JWKS_FETCH_TIMEOUT,
+    OAuthError,
+    TokenService,
+)
+from carelink.errors import StorageUnavailable
 from carelink.fhir import dumps
 
 JSON = "application/json"
@@ -27,8 +34,12 @@ async def token(request: Request) -> Response:
         return Response(dumps(error.body()), 400, media_type=JSON, headers=NO_STORE)
     form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
     try:
-        # A registered JWKS URL may be fetched, and the replay check writes: off the event loop.
-        body = await run_in_threadpool(service.exchange, form)
+        # A registered JWKS URL may be fetched, and the replay check writes: off the event
+        # loop, and waited for no longer than the fetch's and the database's time limits
+        limit = JWKS_FETCH_TIMEOUT + request.app.state.settings.db_timeout
+        body = await asyncio.wait_for(run_in_threadpool(service.exchange, form), limit)
+    except TimeoutError:
+        raise StorageUnavailable("the token service did not answer in time") from None
     except OAuthError as exc:
         return Response(dumps(exc.body()), exc.status, media_type=JSON, headers=NO_STORE)
     return Response(dumps(body), 200, media_type=JSON, headers=NO_STORE)

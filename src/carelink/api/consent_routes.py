@@ -30,12 +30,12 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api.bodies import json_body
-from carelink.api.deps import actor, audit, context, router
+from carelink.api.deps import actor, audit, context, router, stored
 from carelink.api.responses import fhir, outcome
 from carelink.api.review_routes import CONSENT_CHANGE, new_review
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
-from carelink.consent import Guard, Policy, validate
+from carelink.consent import Guard, Policy, Situation, validate
 from carelink.consent.guard import registered_practice
 from carelink.consent.stewardship import may_change, may_see, provision_count, review_reason
 from carelink.errors import (
@@ -96,8 +96,13 @@ async def _unknown(request: Request, patient_id: str | None, message: str) -> No
 
 async def _visible_row(request: Request, caller: Principal, cid: str) -> ConsentRow:
     """The Consent, if it exists and the caller may see it; else the unknown answer."""
-    row: ConsentRow | None = request.app.state.consents.get(cid)
-    if row is None or not _sees(request, caller, row.patient_id):
+
+    def seen() -> tuple[ConsentRow | None, bool]:
+        row: ConsentRow | None = request.app.state.consents.get(cid)
+        return row, row is not None and _sees(request, caller, row.patient_id)
+
+    row, sees = await stored(request, seen)
+    if row is None or not sees:
         raise await _unknown(
             request, row.patient_id if row else None, f"Consent/{cid} is not known"
         )
@@ -165,14 +170,18 @@ async def _store(
         **_entered_by(caller, patient_id, stamp),
     }
     row = ConsentRow(cid, patient_id, str(body["status"]), version, stamp, orjson.dumps(body))
-    if not store.put(row, before.version if before else None):
-        return None
     previous = orjson.loads(before.body) if before else None
     why = review_reason(request.app.state.policy, actor(caller), previous, body)
-    if why is not None:
-        reason = f"Consent/{cid}/_history/{version}: {why}"
-        store.grant(new_review(caller, patient_id, reason, time.time(), CONSENT_CHANGE))
-    return row
+
+    def put() -> bool:
+        if not store.put(row, before.version if before else None):
+            return False
+        if why is not None:
+            reason = f"Consent/{cid}/_history/{version}: {why}"
+            store.grant(new_review(caller, patient_id, reason, time.time(), CONSENT_CHANGE))
+        return True
+
+    return row if await stored(request, put) else None
 
 
 @router.fhir_route("/Consent", ["POST"])
@@ -182,8 +191,8 @@ async def create_consent(request: Request) -> Response:
     access.require(caller, "Consent", "c")
     _purpose(request, caller)
     consent = await _consent_body(request)
-    patient_id = _validated(request, caller, consent)
-    _may_change(request, caller, patient_id)
+    patient_id = await stored(request, _validated, request, caller, consent)
+    await stored(request, _may_change, request, caller, patient_id)
     row = await _store(request, caller, consent, None, base)
     if row is None:  # pragma: no cover - a fresh uuid never conflicts
         return outcome(409, "conflict", "try again")
@@ -206,8 +215,8 @@ async def update_consent(request: Request) -> Response:
     consent = await _consent_body(request)
     if isinstance(consent, dict) and consent.get("id") != cid:
         raise InvalidRequest("the body's id must match the URL", "id")
-    patient_id = _validated(request, caller, consent)
-    _may_change(request, caller, current.patient_id)
+    patient_id = await stored(request, _validated, request, caller, consent)
+    await stored(request, _may_change, request, caller, current.patient_id)
     if patient_id != current.patient_id:
         raise UnprocessableResource("a consent cannot move to another patient", "patient")
     wanted = request.headers.get("if-match")
@@ -229,7 +238,7 @@ async def delete_consent(request: Request) -> Response:
     _purpose(request, caller)
     cid = request.path_params["cid"]
     current = await _visible_row(request, caller, cid)
-    _may_change(request, caller, current.patient_id)
+    await stored(request, _may_change, request, caller, current.patient_id)
     if current.status not in RETIRED:
         consent = {**orjson.loads(current.body), "status": "inactive"}
         if await _store(request, caller, consent, current, base) is None:
@@ -256,7 +265,7 @@ async def consent_history(request: Request) -> Response:
     access.require(caller, "Consent", "r")
     _purpose(request, caller)
     row = await _visible_row(request, caller, request.path_params["cid"])
-    versions = request.app.state.consents.history(row.id)
+    versions = await stored(request, request.app.state.consents.history, row.id)
     await audit(request, "history-instance", [row.patient_id])
     bundle: Json = {
         "resourceType": "Bundle",
@@ -282,9 +291,8 @@ async def consent_version(request: Request) -> Response:
     _purpose(request, caller)
     row = await _visible_row(request, caller, request.path_params["cid"])
     vid = request.path_params["vid"]
-    found = next(
-        (v for v in request.app.state.consents.history(row.id) if str(v.version) == vid), None
-    )
+    versions = await stored(request, request.app.state.consents.history, row.id)
+    found = next((v for v in versions if str(v.version) == vid), None)
     if found is None:
         raise NotFound(f"Consent/{row.id} has no version {vid}")
     await audit(request, "vread", [row.patient_id])
@@ -301,8 +309,8 @@ async def search_consent(request: Request) -> Response:
     patient = request.query_params.get("patient", "").removeprefix("Patient/")
     if not patient:
         raise InvalidRequest("Consent search needs the patient parameter", "patient")
-    sees = _sees(request, caller, patient)
-    rows = request.app.state.consents.for_patient(patient) if sees else []
+    sees = await stored(request, _sees, request, caller, patient)
+    rows = await stored(request, request.app.state.consents.for_patient, patient) if sees else []
     status = request.query_params.get("status")
     found = [orjson.loads(r.body) for r in rows if status is None or r.status == status]
     if sees:
@@ -338,13 +346,17 @@ async def consult(request: Request) -> Response:
         raise InvalidRequest("hook must be patient-consent-consult, with a context")
     if not isinstance(ctx, dict):
         raise InvalidRequest("hook must be patient-consent-consult, with a context")
-    pid = _consulted_patient(record, ctx)
-    if pid is None or not _sees(request, caller, pid):
+    pid = await stored(request, _consulted_patient, record, ctx)
+    if pid is None or not await stored(request, _sees, request, caller, pid):
         raise await _unknown(request, pid, UNKNOWN_PATIENT)
     subject = _actor_for(ctx, caller)
     guard: Guard = request.app.state.guard
-    person = record.person(pid)
-    situation = guard.situation(subject, pid, orjson.loads(person.patient) if person else None)
+
+    def situation_of(pid: str) -> Situation:
+        person = record.person(pid)
+        return guard.situation(subject, pid, orjson.loads(person.patient) if person else None)
+
+    situation = await stored(request, situation_of, pid)
     data: Json = ctx["data"] if isinstance(ctx.get("data"), dict) else {}
     labels: list[Any] = data["securityLabel"] if isinstance(data.get("securityLabel"), list) else []
     probe: Json = {

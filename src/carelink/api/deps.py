@@ -9,11 +9,9 @@ established, so authentication is filled in there without touching a route.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -26,14 +24,16 @@ from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
 from carelink.consent import Actor, Guard, Situation
-from carelink.errors import NotFound
+from carelink.errors import AuditError, NotFound, StorageUnavailable
 from carelink.federation import SharedRecord
-from carelink.observability import current_request_id
+from carelink.observability import current_request_id, instant, new_id
 from carelink.sources.gpconnect_request import Requester, act_for
-from carelink.storage import PersonRow
+from carelink.storage import Database, PersonRow
+from carelink.storage.database import HOT_LIMIT
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Json = dict[str, Any]
+T = TypeVar("T")
 
 
 class FhirRouter(APIRouter):
@@ -59,6 +59,24 @@ class FhirRouter(APIRouter):
 
 
 router = FhirRouter(prefix="/fhir")
+
+
+async def stored(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, synchronous code that uses the database, on one of the database's
+    threads: the event loop serves other requests meanwhile, and the request waits at
+    most the statement timeout (``CARELINK_DB_TIMEOUT``) before its 503
+    (``Database.run``)."""
+    db: Database = request.app.state.db
+    return await db.run(fn, *args)
+
+
+async def looked_up(
+    request: Request, fn: Callable[..., T], *args: Any, limit: float | None = HOT_LIMIT
+) -> T:
+    """``fn(*args)``, the indexed reads of the lookup path (``Database.looked_up``): on
+    SQLite right here, else as ``stored`` within ``limit`` seconds."""
+    db: Database = request.app.state.db
+    return await db.looked_up(fn, *args, limit=limit)
 
 
 async def principal(request: Request) -> Principal:
@@ -128,16 +146,21 @@ async def consented_person(
     both when nobody has the id and when consent withholds the person from the caller
     (audited as refused), so the answer does not tell the two apart."""
     record: SharedRecord = request.app.state.record
-    person = record.person(pid)
-    if person is None:
-        raise NotFound(unknown)
-    patient = orjson.loads(person.patient)
-    situation = consent_for(request, caller, pid, patient)
     guard: Guard = request.app.state.guard
-    if not guard.filter(situation, [patient]).resources:
+
+    def consented() -> tuple[Situation, PersonRow] | None:
+        person = record.person(pid)
+        if person is None:
+            raise NotFound(unknown)
+        patient = orjson.loads(person.patient)
+        situation = consent_for(request, caller, pid, patient)
+        return (situation, person) if guard.filter(situation, [patient]).resources else None
+
+    found = await looked_up(request, consented)
+    if found is None:
         await audit(request, interaction, [pid], REFUSED, "withheld by consent")
         raise NotFound(unknown)
-    return situation, person
+    return found
 
 
 async def audit(
@@ -162,7 +185,14 @@ async def audit(
     ids = list(dict.fromkeys(patient_ids))
     if outcome != SUCCESS:
         record: SharedRecord = request.app.state.record
-        ids = list(dict.fromkeys(person_for(record, p) if p else None for p in ids))
+        named = ids
+        try:
+            ids = await stored(
+                request,
+                lambda: list(dict.fromkeys(person_for(record, p) if p else None for p in named)),
+            )
+        except StorageUnavailable as exc:  # the event cannot be filed: fail closed
+            raise AuditError(f"the audit trail cannot be written now: {exc}") from None
     caller: Principal | None = getattr(request.state, "caller", None)
     who = (
         None
@@ -173,13 +203,12 @@ async def audit(
     query = scope["path"] + (
         "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
     )
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     access = Access(
         interaction,
         query,
         # the id the response carries (bound by api.observe), so the two can be joined
-        current_request_id() or uuid.uuid4().hex,
-        now,
+        current_request_id() or new_id(),
+        instant(),
         await base_url(request),
     )
     break_glass = bool(getattr(request.state, "break_glass", False))
@@ -187,6 +216,6 @@ async def audit(
     for pid in ids or [None]:
         btg = break_glass or pid in break_glass_ids
         event = audit_event(access, who, pid, outcome, reason, btg)
-        event["id"] = uuid.uuid4().hex
+        event["id"] = new_id()
         events.append(event)
     await trail.record(events)

@@ -35,7 +35,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from carelink.api import access
-from carelink.api.deps import audit, context, router
+from carelink.api.deps import audit, context, router, stored
 from carelink.api.responses import fhir
 from carelink.auth import Principal
 from carelink.auth.backend_services import deid_profile_for
@@ -48,7 +48,7 @@ from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filter
 from carelink.export.tables import ERRORS
 from carelink.federation.query import SEARCH_TYPES
 from carelink.fhir.search import parse_date
-from carelink.storage import JobStore
+from carelink.storage import JobRow, JobStore
 
 FORMATS = {
     "application/fhir+ndjson": "ndjson",
@@ -141,7 +141,7 @@ async def _kick_off(request: Request, group: str | None = None) -> Response:
     asked_path = request.url.path.split("/fhir", 1)[-1] if "/fhir" in request.url.path else ""
     query = f"?{request.url.query}" if request.url.query else ""
     job = JobRequest(spec, f"{public}{asked_path}{query}", fmt)
-    jobs.create(job_id, caller.identity, job.to_bytes(), time.time())
+    await stored(request, jobs.create, job_id, caller.identity, job.to_bytes(), time.time())
     await audit(request, "operation", [])
     return Response(
         status_code=202, headers={"Content-Location": f"{base}/$export-status/{job_id}"}
@@ -166,11 +166,11 @@ async def export_group(request: Request) -> Response:
     return await _kick_off(request, request.path_params["gid"])
 
 
-def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[no-untyped-def]
+async def _own_job(request: Request, caller: Principal, job_id: str) -> JobRow:
     """The caller's own job: bound to the full identity that asked (issuer, client id ...),
     and the caller must still be a backend service with export scope and purpose."""
     _allowed(caller, request.app.state.policy)
-    job = request.app.state.jobs.get(job_id)
+    job: JobRow | None = await stored(request, request.app.state.jobs.get, job_id)
     expired = job is not None and (
         job.status == "expired"
         or (
@@ -188,7 +188,7 @@ def _own_job(request: Request, caller: Principal, job_id: str):  # type: ignore[
 async def export_status(request: Request) -> Response:
     """Progress (202), the manifest (200), or the error (500 OperationOutcome)."""
     _, caller, base = await context(request)
-    job = _own_job(request, caller, request.path_params["job"])
+    job = await _own_job(request, caller, request.path_params["job"])
     if job.status in ("accepted", "running"):
         return Response(
             status_code=202, headers={"X-Progress": job.progress[:100], "Retry-After": "1"}
@@ -206,8 +206,8 @@ async def export_status(request: Request) -> Response:
 async def export_cancel(request: Request) -> Response:
     """Cancel a job and delete its files."""
     _, caller, _ = await context(request)
-    job = _own_job(request, caller, request.path_params["job"])
-    request.app.state.jobs.cancel(job.id)
+    job = await _own_job(request, caller, request.path_params["job"])
+    await stored(request, request.app.state.jobs.cancel, job.id)
     directory: Path = request.app.state.exports / job.id
     await run_in_threadpool(shutil.rmtree, directory, True)
     return Response(status_code=202)
@@ -217,7 +217,7 @@ async def export_cancel(request: Request) -> Response:
 async def export_file(request: Request) -> Response:
     """One output file, to the client that asked for it."""
     _, caller, _ = await context(request)
-    job = _own_job(request, caller, request.path_params["job"])
+    job = await _own_job(request, caller, request.path_params["job"])
     name = request.path_params["name"]
     rtype, _, ext = name.partition(".")
     known = rtype in EXPORT_TYPES or name == ERRORS

@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api import params as P
-from carelink.api.deps import audit
+from carelink.api.deps import audit, looked_up
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import FAILED, REFUSED
 from carelink.auth import Principal
@@ -216,7 +216,8 @@ async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response
     more = paging.offset > 0 or paging.offset + paging.count < len(snap.matches)
     if more and not P.summary_count(asked.q):
         pages: Pages = request.app.state.pages
-        cursor = pages.keep(snap, owner(asked.caller))
+        # one write, on SQLite right here as before
+        cursor = await looked_up(request, pages.keep, snap, owner(asked.caller), limit=None)
     return _respond(request, asked, snap, cursor)
 
 
@@ -225,7 +226,15 @@ async def stored_page(request: Request, asked: Asked) -> Response:
     cursor = asked.q["_cursor"][-1]
     pages: Pages = request.app.state.pages
     try:
-        snap = pages.load(cursor, owner(asked.caller), asked.key, consent_digest(asked.situation))
+        snap = await looked_up(
+            request,
+            pages.load,
+            cursor,
+            owner(asked.caller),
+            asked.key,
+            consent_digest(asked.situation),
+            limit=None,
+        )
     except Gone:
         await audit(request, asked.interaction, [asked.pid], REFUSED, "paging cursor gone")
         raise

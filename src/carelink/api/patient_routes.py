@@ -13,10 +13,10 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import actor, audit, consent_for, context, router
+from carelink.api.deps import actor, audit, consent_for, context, looked_up, router
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
-from carelink.consent import Guard
+from carelink.consent import Filtered, Guard
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.patient_search import (
@@ -28,7 +28,8 @@ from carelink.federation.patient_search import (
 from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
 from carelink.fhir.search import apply_elements, parse_token
 from carelink.sources.base import LOCAL_ID_SYSTEM, local_id_system
-from carelink.storage import PersonQuery, PersonRow
+from carelink.storage import LinkRow, PersonQuery, PersonRow
+from carelink.storage.database import HOT_LIMIT
 
 Json = dict[str, Any]
 
@@ -68,7 +69,17 @@ async def search_patient(request: Request) -> Response:
             break_glass.add(row.id)
         return filtered.resources[0] if filtered.resources else None
 
-    found = find_people(record.index, query, shown, paging.offset, 0 if counting else paging.count)
+    found = await looked_up(
+        request,
+        find_people,
+        record.index,
+        query,
+        shown,
+        paging.offset,
+        0 if counting else paging.count,
+        # a demographic search may take longer than the lookup's one indexed read
+        limit=HOT_LIMIT if record.index.is_lookup(query) else None,
+    )
     # one event per person actually returned on this page (a count returns nobody)
     served = [str(r["id"]) for r in found.page]
     await audit(request, "search-type", served, break_glass_ids=break_glass)
@@ -111,7 +122,9 @@ async def pix(request: Request) -> Response:
     if not token.system or not token.code:
         raise InvalidRequest("sourceIdentifier must be system|value", "sourceIdentifier")
     access.require(caller, "Patient", "s")
-    rows = _by_identifier(record, q["sourceIdentifier"][-1], "sourceIdentifier")
+    rows = await looked_up(
+        request, _by_identifier, record, q["sourceIdentifier"][-1], "sourceIdentifier"
+    )
     if not rows:
         raise NotFound("sourceIdentifier is not known to the index")
     person = rows[0]
@@ -120,18 +133,24 @@ async def pix(request: Request) -> Response:
         raise NotFound("sourceIdentifier is not known to the index")
     guard: Guard = request.app.state.guard
     patient = orjson.loads(person.patient)
-    situation = consent_for(request, caller, person.id, patient)
-    filtered = guard.filter(situation, [patient])
+
+    def consented() -> tuple[Filtered, frozenset[str], list[LinkRow]]:
+        situation = consent_for(request, caller, person.id, patient)
+        filtered = guard.filter(situation, [patient])
+        if not filtered.resources:
+            return filtered, frozenset(), []
+        return filtered, guard.hidden_sources(situation), record.index.links_of(person.id)
+
+    filtered, hidden, person_links = await looked_up(request, consented)
     if not filtered.resources:
         await audit(request, "operation", [person.id], REFUSED, "withheld by consent")
         raise NotFound("sourceIdentifier is not known to the index")
     request.state.break_glass = filtered.break_glass
-    hidden = guard.hidden_sources(situation)
     targets = set(q.get("targetSystem", []))
     wanted = (
         [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}] if person.nhs_number else []
     )
-    for link in record.index.links_of(person.id):
+    for link in person_links:
         if link.source in hidden:
             continue
         wanted.append({"system": LOCAL_ID_SYSTEM.format(name=link.source), "value": link.local_id})
@@ -146,6 +165,12 @@ async def pix(request: Request) -> Response:
     return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
+def _patient_or_copy(record: SharedRecord, pid: str) -> tuple[PersonRow | None, LinkRow | None]:
+    """The index's person with this id, or else the source Patient copy with this id."""
+    row = record.person(pid)
+    return (row, None) if row is not None else (None, record.source_patient(pid))
+
+
 @route("/Patient/{pid}")
 async def read_patient(request: Request) -> Response:
     """The merged Patient, or a source's own Patient (``<source>-<local id>``)."""
@@ -153,11 +178,10 @@ async def read_patient(request: Request) -> Response:
     pid = request.path_params["pid"]
     P.check_format(request)
     access.require(caller, "Patient", "r")
-    row = record.person(pid)
+    row, link = await looked_up(request, _patient_or_copy, record, pid)
     if row is not None:
         person_id, body = row.id, row.patient
     else:
-        link = record.source_patient(pid)
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
         person_id, body = link.person_id, link.patient
@@ -168,13 +192,17 @@ async def read_patient(request: Request) -> Response:
     if not access.visible(caller, [resource]):
         raise AccessDenied("no scope allows read of this Patient")
     guard: Guard = request.app.state.guard
-    if row is not None:
-        merged: Json | None = resource  # the index's Patient, parsed once above
-    else:
-        person = record.person(person_id)
-        merged = orjson.loads(person.patient) if person else None
-    situation = consent_for(request, caller, person_id, merged)
-    shown = guard.filter(situation, [resource])
+
+    def consented() -> tuple[Json | None, Filtered]:
+        if row is not None:
+            merged: Json | None = resource  # the index's Patient, parsed once above
+        else:
+            person = record.person(person_id)
+            merged = orjson.loads(person.patient) if person else None
+        situation = consent_for(request, caller, person_id, merged)
+        return merged, guard.filter(situation, [resource])
+
+    merged, shown = await looked_up(request, consented)
     if not shown.resources:
         await audit(request, "read", [person_id], REFUSED, "withheld by consent")
         raise NotFound(f"Patient/{pid} is not known")

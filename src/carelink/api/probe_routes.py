@@ -18,10 +18,9 @@ from __future__ import annotations
 import secrets
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from carelink.api.deps import router
+from carelink.api.deps import router, stored
 from carelink.api.responses import outcome
 from carelink.observability import CONTENT_TYPE, LiveCounts, Readiness, exposition
 from carelink.storage.health import JOB_STATES, Health
@@ -59,7 +58,7 @@ async def metrics(request: Request) -> Response:
     jobs = LiveCounts(
         "carelink_export_jobs", "Export jobs by state", "state", health.jobs_by_state, JOB_STATES
     )
-    text = await run_in_threadpool(exposition, request.app.state.telemetry.metrics, [jobs])
+    text = await stored(request, exposition, request.app.state.telemetry.metrics, [jobs])
     return Response(text, media_type=CONTENT_TYPE)
 
 

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import audit, consented_person, context, router
+from carelink.api.deps import audit, consented_person, context, looked_up, router
 from carelink.api.fhir_routes import search_type
 from carelink.api.responses import fhir, not_modified, outcome
 from carelink.audit.events import REFUSED
@@ -53,7 +53,7 @@ async def read(request: Request) -> Response:
     access.require(caller, rtype, "r")
     if is_shared(rtype):
         return await _read_shared(request, record, caller, rtype, rid)
-    person_id = person_of(record, rtype, rid)
+    person_id = await looked_up(request, person_of, record, rtype, rid)
     if person_id is None or not access.reaches(caller, person_id):
         raise _unknown(rtype, rid)  # never handed out, or another patient's for this token
     situation, person = await consented_person(
@@ -64,11 +64,13 @@ async def read(request: Request) -> Response:
     if found is None:
         raise _unknown(rtype, rid)
     if rtype == "Provenance":
-        seen = guard.filter(situation, access.visible(caller, found.federated.resources))
+        visible = access.visible(caller, found.federated.resources)
+        seen = await looked_up(request, guard.filter, situation, visible, limit=None)
         shown = access.provenance_for(caller, [found.resource], seen.resources)
         break_glass = seen.break_glass
     else:
-        allowed = guard.filter(situation, access.visible(caller, [found.resource]))
+        visible = access.visible(caller, [found.resource])
+        allowed = await looked_up(request, guard.filter, situation, visible, limit=None)
         shown, break_glass = allowed.resources, allowed.break_glass
     if not shown:
         await audit(request, "read", [person.id], REFUSED, WITHHELD)

@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from carelink.api.bodies import json_body
-from carelink.api.deps import actor, audit, context, router
+from carelink.api.deps import actor, audit, context, router, stored
 from carelink.api.responses import fhir, outcome
 from carelink.auth import Principal
 from carelink.consent import Guard, Policy
@@ -115,7 +115,7 @@ async def break_glass(request: Request) -> Response:
     params = await json_body(request)
     if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
         raise InvalidRequest("send a Parameters resource (patient or identifier, reason, purpose)")
-    pid = _person_of(record, params)
+    pid = await stored(request, _person_of, record, params)
     reason = str(_text(params, "reason", "valueString") or "").strip()
     purpose = _text(params, "purpose", "valueCode")
     if purpose != bg.purpose:
@@ -125,7 +125,7 @@ async def break_glass(request: Request) -> Response:
     if len(reason) > 2000:
         raise InvalidRequest("the reason is too long (at most 2000 characters)", "reason")
     grant = new_review(caller, pid, reason, time.time(), BREAK_GLASS, bg.minutes)
-    request.app.state.consents.grant(grant)
+    await stored(request, request.app.state.consents.grant, grant)
     request.state.break_glass = True
     await audit(request, "operation", [pid])
     return fhir(task(grant, base), 201, headers={"Location": f"{base}/Task/{grant.id}"})
@@ -185,7 +185,9 @@ async def review_list(request: Request) -> Response:
     _, caller, base = await context(request)
     _reviewer(request, caller)
     status = request.query_params.get("status")
-    tasks = [task(g, base) for g in request.app.state.consents.grants(status)]
+    tasks = [
+        task(g, base) for g in await stored(request, request.app.state.consents.grants, status)
+    ]
     await audit(request, "search-type", sorted({t["for"]["reference"][8:] for t in tasks}))
     return fhir(searchset(base, tasks, total=len(tasks), links={"self": f"{base}/Task"}))
 
@@ -195,7 +197,9 @@ async def read_review(request: Request) -> Response:
     """One review."""
     _, caller, base = await context(request)
     _reviewer(request, caller)
-    grant = request.app.state.consents.grant_by_id(request.path_params["tid"])
+    grant = await stored(
+        request, request.app.state.consents.grant_by_id, request.path_params["tid"]
+    )
     if grant is None:
         raise NotFound("no such review")
     await audit(request, "read", [grant.patient_id])
@@ -216,13 +220,16 @@ async def complete_review(request: Request) -> Response:
     note = str(_text(params, "note", "valueString") or "")[:4000]
     store: ConsentStore = request.app.state.consents
     tid = request.path_params["tid"]
-    grant = store.grant_by_id(tid)
+    grant = await stored(request, store.grant_by_id, tid)
     if grant is None:
         raise NotFound("no such review")
     if own_work(caller, grant):
         raise AccessDenied("nobody reviews their own break-glass or consent change")
-    if not store.review(tid, caller.subject, str(result), note, time.time(), caller.identity):
+    reviewed = await stored(
+        request, store.review, tid, caller.subject, str(result), note, time.time(), caller.identity
+    )
+    if not reviewed:
         return outcome(409, "conflict", "this review is already completed")
     await audit(request, "operation", [grant.patient_id])
-    done = store.grant_by_id(tid)
+    done = await stored(request, store.grant_by_id, tid)
     return fhir(task(done or grant, base))

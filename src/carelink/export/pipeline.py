@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -69,7 +69,7 @@ from carelink.federation.query import criteria
 from carelink.federation.record import Federated
 from carelink.fhir.jsonio import read_config
 from carelink.sources.answer_cache import bulk_read
-from carelink.storage import PersonRow
+from carelink.storage import IndexStore, PersonRow
 
 Json = dict[str, Any]
 PROFILES = ("pseudonymised", "anonymised", "aggregate")
@@ -463,6 +463,15 @@ def _has_condition(resources: Iterable[Json], code: str) -> bool:
     )
 
 
+async def _everyone(index: IndexStore) -> AsyncIterator[PersonRow]:
+    """Every person in the index, in id order, each batch read off the event loop."""
+    after = ""
+    while rows := await index.db.run(index.people_after, after):
+        for row in rows:
+            yield row
+        after = rows[-1].id
+
+
 async def run(
     record: SharedRecord,
     spec: ExtractSpec,
@@ -486,7 +495,7 @@ async def run(
     # The opt-outs apply to every release that is not anonymous (consent/README.md):
     # the pseudonymised profile. They are applied before anyone's record is read.
     applies_opt_outs = spec.profile == "pseudonymised"
-    for row in record.index.each_person():  # streamed: only the light rows are kept
+    async for row in _everyone(record.index):  # streamed: only the light rows are kept
         member = Member.of(row, with_practice=by_practice)
         if not spec.cohort.holds(member.practice):
             continue

@@ -35,7 +35,7 @@ from carelink.federation.index import person_rows
 from carelink.federation.linkage import demographics, link, valid_nhs
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.fhir.search import fold
-from carelink.sources.base import SourcePerson
+from carelink.sources.base import SourcePerson, indexed
 from carelink.storage import IndexStore, LinkRow, ReviewRow
 
 
@@ -91,34 +91,13 @@ def record_of(row: LinkRow) -> SourcePerson:
     """The source record a link was made from (demographics read from its Patient)."""
     patient: dict[str, Any] = orjson.loads(row.patient)
     patient.pop("link", None)
-    nhs = next(
-        (
-            i.get("value")
-            for i in patient.get("identifier", [])
-            if i.get("system") == NHS_NUMBER_SYSTEM
-        ),
-        None,
-    )
-    name = (patient.get("name") or [{}])[0]
-    address = (patient.get("address") or [{}])[0]
-    return SourcePerson(
-        source=row.source,
-        local_id=row.local_id,
-        nhs_number=nhs,
-        given=" ".join(name.get("given", [])),
-        family=name.get("family", ""),
-        birth_date=patient.get("birthDate"),
-        gender=patient.get("gender"),
-        postcode=address.get("postalCode"),
-        address_line=" ".join(address.get("line", [])) or None,
-        patient=patient,
-    )
+    return indexed(row.source, row.local_id, patient)
 
 
 def _renumbered(p: SourcePerson, new: str) -> SourcePerson:
     patient = dict(p.patient)
     patient["identifier"] = [
-        {**i, "value": new} if i.get("system") == NHS_NUMBER_SYSTEM else i
+        {**i, "value": new} if i.get("system") == NHS_NUMBER_SYSTEM and i.get("use") != "old" else i
         for i in patient.get("identifier", [])
     ]
     return SourcePerson(**{**vars(p), "nhs_number": new, "patient": patient})

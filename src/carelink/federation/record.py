@@ -189,12 +189,12 @@ class SharedRecord:
         second round asking for the types still unsettled, as targets only.
         """
         if person is None or person.id != person_id:  # read here unless the caller just did
-            found = self.index.person_and_links(person_id)
+            found = await self.index.db.looked_up(self.index.person_and_links, person_id)
             if found is None:
                 raise NotFound(f"Patient/{person_id} is not known")
             person, links = found
         else:
-            links = self.index.links_of(person_id)
+            links = await self.index.db.looked_up(self.index.links_of, person_id)
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
@@ -210,7 +210,7 @@ class SharedRecord:
             # the person before, or else by asking the sources for those types too
             loose = unsettled([patient, *merged], folded, sources)
             if loose and self.locations is not None:
-                known = self.locations.refs_of(person_id)
+                known = await self.index.db.looked_up(self.locations.refs_of, person_id)
                 loose = unsettled([patient, *merged], folded, sources, known)
             wanted = {ref.split("/", 1)[0] for ref in loose} - asked - {"Patient"}
             if wanted and self.fetch_targets:
@@ -230,14 +230,14 @@ class SharedRecord:
             if r.status == OK
         ]
         if self.locations is not None:
-            self.locations.record(
-                person_id,
-                (
-                    (r["resourceType"], str(r["id"]))
-                    for r in [*resources, *provs]
-                    if r["resourceType"] not in SHARED_TYPES
-                ),
-                self.now(),
+            pairs = [
+                (r["resourceType"], str(r["id"]))
+                for r in [*resources, *provs]
+                if r["resourceType"] not in SHARED_TYPES
+            ]
+            # a write, but most often of nothing new (remembered): on SQLite right here
+            await self.index.db.looked_up(
+                self.locations.record, person_id, pairs, self.now(), limit=None
             )
         outcome = source_outcome(results)
         if self.ukcore is not None:

@@ -3,11 +3,16 @@
 ``update_from`` asks every source that can list its changes
 (``sources.base.ChangeLister``) for the records made or changed since that
 source's watermark (the instant its last listing began; a build sets it to
-the instant the build began reading), turns them into ``changes.Change``
-values and applies them. ``reconcile`` compares a source's whole listing with
+the instant the build began reading), and every source read from a cursor
+(``sources.base.CursorLister``: the stored HL7 v2 feed) for the records changed
+by what was stored after its cursor; it turns them into ``changes.Change``
+values and applies them, and only then moves the watermarks and cursors, so a
+process that dies in between lists the same changes again (applying a change
+twice changes nothing). ``reconcile`` compares a source's whole listing with
 the index and reports drift: records the index lacks, records it holds that
 the source no longer lists, records whose demographics differ; with ``fix``
-it applies what it found.
+it applies what it found, removals included (found by walking the index's
+links of that source page by page).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from carelink.federation.changes import (
     Change,
     ChangeReport,
     MergeRecords,
+    NhsNumberSuperseded,
     Remove,
     Upsert,
     apply_changes,
     record_of,
 )
 from carelink.federation.linkage import demographics
-from carelink.sources.base import ChangeLister, Source, SourcePerson
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.sources.base import ChangeLister, CursorLister, Source, SourcePerson
 from carelink.storage import IndexStore
 
 #: a listing starts this much before the last one began, so a change stamped while the
@@ -34,9 +41,18 @@ from carelink.storage import IndexStore
 OVERLAP = timedelta(seconds=2)
 
 
+#: the most changes read from a cursor source in one update (the next update goes on)
+CURSOR_BATCH = 2000
+
+
 def watermark_key(source: str) -> str:
     """The index setting holding a source's watermark."""
     return f"watermark:{source}"
+
+
+def cursor_key(source: str) -> str:
+    """The index setting holding a cursor source's cursor."""
+    return f"cursor:{source}"
 
 
 def instant(moment: datetime) -> str:
@@ -44,16 +60,50 @@ def instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _change(p: SourcePerson, store: IndexStore) -> Change:
-    """A listed record as a change: a merge when it was replaced by another record."""
+def _change(p: SourcePerson, store: IndexStore) -> list[Change]:
+    """A listed record as changes: a merge when it was replaced by another record, a
+    removal when it is closed; else the record, after the supersession of an NHS number
+    it keeps as ``old`` (so the index's other records of that number follow it)."""
     if p.patient.get("active") is False:
         for lk in p.patient.get("link", []):
             ref = str((lk.get("other") or {}).get("reference", ""))
             survivor = store.link_by_patient_id(ref.removeprefix("Patient/"))
             if lk.get("type") == "replaced-by" and survivor is not None:
-                return MergeRecords(p.source, p.local_id, survivor.local_id)
-        return Remove(p.source, p.local_id)
-    return Upsert(p)
+                return [MergeRecords(p.source, p.local_id, survivor.local_id)]
+        return [Remove(p.source, p.local_id)]
+    old = {
+        str(i.get("value"))
+        for i in p.patient.get("identifier", [])
+        if i.get("system") == NHS_NUMBER_SYSTEM and i.get("use") == "old" and i.get("value")
+    }
+    out: list[Change] = []
+    if p.nhs_number:
+        out += [NhsNumberSuperseded(o, p.nhs_number) for o in sorted(old - {p.nhs_number})]
+    return [*out, Upsert(p)]
+
+
+def _stamp(p: SourcePerson) -> datetime:
+    """When the source says the record was last changed (the earliest instant if unsaid)."""
+    try:
+        moment = datetime.fromisoformat(
+            str(p.patient["meta"]["lastUpdated"]).replace("Z", "+00:00")
+        )
+    except (KeyError, TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def newest(listed: Sequence[SourcePerson]) -> list[SourcePerson]:
+    """One version of each record: of a record listed more than once (listings overlap, a
+    page repeats, a source lists out of order), the one its source changed last
+    (``meta.lastUpdated``; when that ties or is unsaid, the one listed last)."""
+    kept: dict[str, SourcePerson] = {}
+    for p in listed:
+        had = kept.get(p.local_id)
+        if had is None or _stamp(p) >= _stamp(had):
+            kept.pop(p.local_id, None)
+            kept[p.local_id] = p
+    return list(kept.values())
 
 
 @dataclass
@@ -62,6 +112,8 @@ class UpdateReport:
 
     listed: dict[str, int] = field(default_factory=dict)
     applied: ChangeReport | None = None
+    #: a cursor source had more stored than one update reads: update again now
+    behind: bool = False
 
 
 async def update_from(
@@ -74,19 +126,26 @@ async def update_from(
     changes: list[Change] = []
     marks: dict[str, str] = {}
     for source in sources:
-        if not isinstance(source, ChangeLister):
+        if isinstance(source, CursorLister):
+            cursor = store.setting(cursor_key(source.name)) or ""
+            listed, after = await source.changes_after(cursor, CURSOR_BATCH)
+            report.behind = report.behind or after != cursor
+            marks[cursor_key(source.name)] = after
+        elif isinstance(source, ChangeLister):
+            started = instant(now() - OVERLAP)
+            since = store.setting(watermark_key(source.name))
+            if since is None:
+                continue  # never built from this source: a build lists everyone
+            listed = [p async for p in source.changed_since(since)]
+            marks[watermark_key(source.name)] = started
+        else:
             continue
-        started = instant(now() - OVERLAP)
-        since = store.setting(watermark_key(source.name))
-        if since is None:
-            continue  # never built from this source: a build lists everyone
-        listed = [p async for p in source.changed_since(since)]
         report.listed[source.name] = len(listed)
-        changes += [_change(p, store) for p in listed]
-        marks[source.name] = started
+        for p in newest(listed):
+            changes += _change(p, store)
     report.applied = apply_changes(store, changes, now) if changes else ChangeReport()
-    for name, mark in marks.items():
-        store.set_setting(watermark_key(name), mark)
+    for key, mark in marks.items():
+        store.set_setting(key, mark)
     return report
 
 
@@ -110,10 +169,20 @@ class Drift:
 async def reconcile(
     source: Source, store: IndexStore, fix: bool = False, batch: int = 1000
 ) -> Drift:
-    """Compare the source's whole listing with the index (``fix``: apply the difference)."""
+    """Compare the source's whole listing with the index (``fix``: apply the difference).
+
+    The source's local ids are kept as a set while it is listed; the index's links of
+    the source are then walked ``batch`` at a time, so the index is never read whole.
+    With ``fix`` the changes are applied ``batch`` at a time too."""
     drift = Drift()
     pending: list[SourcePerson] = []
     changes: list[Change] = []
+    seen: set[str] = set()
+
+    def apply(final: bool = False) -> None:
+        if fix and changes and (final or len(changes) >= batch):
+            drift.fixed = _added(drift.fixed, apply_changes(store, changes))
+            changes.clear()
 
     def check() -> None:
         for p in pending:
@@ -125,17 +194,37 @@ async def reconcile(
                 drift.changed += 1
                 changes.append(Upsert(p))
         pending.clear()
+        apply()
 
     async for p in source.people():
         if p.patient.get("active") is False:
             continue  # merged away or closed: the index should not hold it
         drift.listed += 1
+        seen.add(p.local_id)
         pending.append(p)
         if len(pending) >= batch:
             check()
     check()
-    held = store.counts().get(f"links:{source.name}", 0)
-    drift.gone = max(0, held - (drift.listed - drift.missing))
-    if fix and changes:
-        drift.fixed = apply_changes(store, changes)
+    after = ""
+    while page := store.local_ids(source.name, after, batch):
+        for local in page:
+            if local not in seen:
+                drift.gone += 1
+                changes.append(Remove(source.name, local))
+        after = page[-1]
+        apply()  # the walk goes on by local id: a removal does not move it
+    apply(final=True)
     return drift
+
+
+def _added(total: ChangeReport | None, more: ChangeReport) -> ChangeReport:
+    """Two reports of applying changes as one."""
+    if total is None:
+        return more
+    total.changes += more.changes
+    total.records += more.records
+    total.persons_before += more.persons_before
+    total.persons_after += more.persons_after
+    total.seconds = round(total.seconds + more.seconds, 3)
+    total.unknown += more.unknown
+    return total

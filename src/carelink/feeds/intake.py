@@ -43,6 +43,7 @@ ACCEPTED = frozenset(
         "ADT^A04",  # register
         "ADT^A08",  # update patient information
         "ADT^A28",  # add person information
+        "ADT^A29",  # delete person information
         "ADT^A31",  # update person information
         "ADT^A40",  # merge patient: patient identifier list (MRG)
         "ORU^R01",  # observation results

@@ -25,6 +25,7 @@ from typing import Any
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from carelink.feeds.intake import SEGMENT_SEQUENCE_ERROR, Verdict, bare_ack, read
+from carelink.sources.hl7v2_changes import INDEX_EVENTS
 from carelink.storage import FeedStore
 
 log = logging.getLogger("carelink.feed")
@@ -65,11 +66,14 @@ class FeedListener:
         *,
         clock: Callable[[], str] = now_instant,
         ack_ids: Callable[[], str] = new_ack_id,
+        changed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.clock = clock
         self.ack_ids = ack_ids
+        #: told (after the commit) when a stored message changes someone in the index
+        self.changed = changed
         self.tally = Tally()
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -126,6 +130,8 @@ class FeedListener:
             return False
         if not fresh:
             self.tally.duplicates += 1
+        elif self.changed is not None and verdict.arrival.kind in INDEX_EVENTS:
+            self.changed()
         return True
 
     async def stop(self, server: asyncio.Server) -> None:
@@ -138,12 +144,15 @@ class FeedListener:
 
 
 async def listen_all(
-    store: FeedStore, addresses: Mapping[str, tuple[str, int]]
+    store: FeedStore,
+    addresses: Mapping[str, tuple[str, int]],
+    changed: Callable[[], None] | None = None,
 ) -> list[tuple[FeedListener, asyncio.Server]]:
-    """One listener per feed source, each on its own address."""
+    """One listener per feed source, each on its own address (``changed``: see
+    ``FeedListener``)."""
     out = []
     for source, (host, port) in addresses.items():
-        listener = FeedListener(store, source)
+        listener = FeedListener(store, source, changed=changed)
         out.append((listener, await listener.serve(host, port)))
         log.info("feed listening", extra={"source": source, "address": f"{host}:{port}"})
     return out

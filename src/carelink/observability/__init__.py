@@ -10,6 +10,8 @@ from carelink.observability.context import (
     accept_request_id,
     bind,
     current_request_id,
+    instant,
+    new_id,
     sources_asked,
     unbind,
 )
@@ -36,7 +38,9 @@ __all__ = [
     "bind",
     "current_request_id",
     "exposition",
+    "instant",
     "log_config",
+    "new_id",
     "prepare_multiprocess",
     "sources_asked",
     "unbind",

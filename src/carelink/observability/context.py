@@ -15,8 +15,9 @@ context), and are unset (``None``) outside a request, e.g. in export jobs.
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
+import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
@@ -39,11 +40,43 @@ _request_id: ContextVar[str | None] = ContextVar("carelink_request_id", default=
 _sources: ContextVar[list[SourceCall] | None] = ContextVar("carelink_sources", default=None)
 
 
+def new_id() -> str:
+    """A new random UUID4, as 32 hex digits.
+
+    From the process's pseudo-random generator (seeded from the system's entropy, and
+    again in every forked child), not ``uuid.uuid4``'s system call a time: these ids
+    tell requests and events apart, they guard nothing.
+    """
+    bits = random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    return "%032x" % (bits | (0x4000 << 64) | (0x8000 << 48))
+
+
 def accept_request_id(given: str | None) -> str:
-    """The caller's id when well formed, else a new one (a UUID4)."""
+    """The caller's id when well formed, else a new one (a UUID4, hyphenated)."""
     if given is not None and REQUEST_ID.fullmatch(given):
         return given
-    return str(uuid.uuid4())
+    h = new_id()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second = -1
+_prefix = ""
+
+
+def instant(moment: float | None = None, places: int = 6) -> str:
+    """``moment`` (default: now) as a FHIR instant in UTC with ``places`` (3 or 6)
+    decimals of the second (``2026-11-30T19:14:03.123456Z``). The date and time part is
+    formatted once a second: it costs more than the rest."""
+    global _second, _prefix
+    now = time.time() if moment is None else moment
+    second = int(now)
+    if second != _second:
+        _prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second = second
+    fraction = now - second
+    if places == 3:
+        return f"{_prefix}{int(fraction * 1000):03d}Z"
+    return f"{_prefix}{int(fraction * 1_000_000):06d}Z"
 
 
 @dataclass(frozen=True)

@@ -68,21 +68,21 @@ class Telemetry:
         code = str(status)
         self.metrics.requests.labels(method, route, code).inc()
         self.metrics.request_seconds.labels(method, route, code).observe(seconds)
-        _access.log(
-            level,
-            "request",
-            extra={
-                "fields": {
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 1),
-                    "sources": [
-                        {"source": c.source, "outcome": c.outcome, "ms": c.ms}
-                        for c in sources_asked()
-                    ],
-                }
-            },
+        if not _access.isEnabledFor(level):
+            return
+        fields = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 1),
+            "sources": [
+                {"source": c.source, "outcome": c.outcome, "ms": c.ms} for c in sources_asked()
+            ],
+        }
+        # made and handled directly: ``Logger.log`` would walk the stack for a caller the
+        # line never shows, a request at a time
+        _access.handle(
+            _access.makeRecord(ACCESS, level, "", 0, "request", (), None, extra={"fields": fields})
         )
 
     def audit_committed(self, seconds: float, events: int) -> None:

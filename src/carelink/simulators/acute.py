@@ -5,8 +5,9 @@ Endpoints (base ``/fhir``):
 - ``GET /Patient?identifier=system|value`` and ``GET /Patient`` (all, paged)
 - ``GET /Patient/{id}``; ``PUT /Patient/{id}`` makes or changes a Patient (a new
   registration, corrected demographics, a merge: ``active`` false with a
-  ``replaced-by`` link), and ``GET /Patient?_lastUpdated=gt<instant>`` lists those
-  changed since (``carelink.simulators.changes``)
+  ``replaced-by`` link), ``DELETE /Patient/{id}`` removes one, and
+  ``GET /Patient?_lastUpdated=gt<instant>`` lists those changed since, a deleted
+  one as an inactive Patient without links (``carelink.simulators.changes``)
 - ``GET /Patient/{id}/$everything[?_type=A,B][&_count=N&_offset=M]``
 - ``GET /{Type}?patient={id}`` for any type in the patient's compartment
 - ``GET /{Type}/{id}`` and ``GET /{Type}?identifier=system|value`` for any
@@ -72,7 +73,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
     changes = PatientChanges()
 
     def patient(local: str) -> Json | None:
-        return changes.patients.get(local) or store.patient(local)
+        return changes.patient(local, store.patient)
 
     async def patients(request: Request) -> Response:
         q = request.query_params
@@ -92,18 +93,22 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             if not since.startswith("gt"):
                 return bad_request("_lastUpdated takes gt<instant>")
             try:
-                ids = changes.since(since[2:])
+                ids = [c.local for c in changes.since(since[2:])]
             except ValueError:
                 return bad_request("_lastUpdated takes gt<instant>")
             url = f"{base(request)}/Patient?_lastUpdated={quote(since, safe='')}"
         else:
-            ids = store.patient_ids() + [i for i in changes.patients if store.patient(i) is None]
+            ids = changes.listed(store.patient_ids())
             url = f"{base(request)}/Patient"
         page = ids[offset : offset + count]
-        resources = [p for i in page if (p := patient(i))]
+        resources = [p for i in page if (p := patient(i) or gone(i))]
         return fhir_response(
             searchset(base(request), resources, len(ids), page_links(url, offset, count, len(ids)))
         )
+
+    def gone(local: str) -> Json:
+        """A deleted Patient as a change listing shows it: inactive, nothing more."""
+        return {"resourceType": "Patient", "id": local, "active": False}
 
     async def read(request: Request) -> Response:
         found = patient(request.path_params["id"])
@@ -119,6 +124,10 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         local = request.path_params["id"]
         created = patient(local) is None
         return fhir_response(changes.put(local, body), status=201 if created else 200)
+
+    async def delete(request: Request) -> Response:
+        changes.delete(request.path_params["id"])
+        return Response(status_code=204)
 
     async def everything(request: Request) -> Response:
         pid = request.path_params["id"]
@@ -172,6 +181,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         Route("/fhir/Patient/{id}/$everything", with_behaviour(behaviour, everything, cache=cache)),
         Route("/fhir/Patient/{id}", with_behaviour(behaviour, read)),
         Route("/fhir/Patient/{id}", put, methods=["PUT"]),
+        Route("/fhir/Patient/{id}", delete, methods=["DELETE"]),
         Route("/fhir/{type}/{id}", with_behaviour(behaviour, resource_read(store))),
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),

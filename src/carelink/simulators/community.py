@@ -10,6 +10,12 @@ separated by carriage returns, text escaped with the standard sequences
 
 - ``GET /hl7/patients?page=N&page_size=M``: one ``ADT^A28`` (add person) per
   person; ``X-Total-Count`` says how many there are in all
+- ``GET /hl7/changes?since=DTM&page=N&page_size=M``: what changed after the HL7
+  DTM ``since``, oldest first, one message per person (their latest change):
+  ``ADT^A28`` a person added, ``ADT^A31`` a person's details updated, ``ADT^A40``
+  a merge (``PID`` the survivor, ``MRG-1`` the retired local id), ``ADT^A29``
+  a person's information deleted; MSH-7 says when. People are changed at run
+  time through ``/_admin/patients/{id}`` (``carelink.simulators.changes``)
 - ``GET /hl7/record?pid=LOCAL`` (or ``?nhs=NUMBER``): the person's
   ``ADT^A28``; an ``ADT^A01`` opening each episode of care, with a ``ZEP``
   segment (episode id, team, start, status, sensitivity); an ``ADT^A03`` per
@@ -25,12 +31,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.base import (
     Behaviour,
     ResponseCache,
@@ -38,6 +46,8 @@ from carelink.simulators.base import (
     etag_for,
     with_behaviour,
 )
+from carelink.simulators.changes import Changed, PatientChanges, parse_instant
+from carelink.simulators.changes import admin_routes as change_routes
 from carelink.simulators.clinical import Fact
 from carelink.simulators.population import REFERENCE_DATE, Person
 from carelink.simulators.store import PopulationSlice
@@ -74,8 +84,24 @@ def segment(name: str, fields: dict[int, str]) -> str:
 
 
 def ts(value: datetime) -> str:
-    """An HL7 DTM with seconds and offset."""
+    """An HL7 DTM with seconds and offset (ten-thousandths when there are any)."""
+    if value.microsecond:
+        return value.strftime("%Y%m%d%H%M%S.") + f"{value.microsecond // 100:04d}+0000"
     return value.strftime("%Y%m%d%H%M%S+0000")
+
+
+def dtm_instant(text: str) -> datetime:
+    """An HL7 DTM (``YYYYMMDDHHMMSS[.SSSS][+ZZZZ]``) as an aware datetime (UTC when it
+    has no offset); ``ValueError`` when it is not one."""
+    body, sign, offset = text.partition("+") if "+" in text else text.partition("-")
+    whole, _, fraction = body.partition(".")
+    if len(whole) != 14 or not whole.isdigit() or (fraction and not fraction.isdigit()):
+        raise ValueError("not an HL7 DTM to the second")
+    iso = f"{whole[:4]}-{whole[4:6]}-{whole[6:8]}T{whole[8:10]}:{whole[10:12]}:{whole[12:14]}"
+    if fraction:
+        iso += "." + fraction[:6].ljust(6, "0")
+    zone = f"{sign}{offset[:2]}:{offset[2:4]}" if sign and len(offset) == 4 else "+00:00"
+    return parse_instant(iso + zone)
 
 
 class Writer:
@@ -118,6 +144,48 @@ def pid(person: Person, local: str) -> str:
             13: f"{person.phone.replace(' ', '')}^PRN^CP",
         },
     )
+
+
+def pid_of(patient: dict[str, Any], local: str) -> str:
+    """The PID segment of a person changed at run time (an R4 Patient)."""
+    ids = [f"{local}^^^{FACILITY}^MR"]
+    ids += [
+        f"{i['value']}^^^NHS^NH"
+        for i in patient.get("identifier", [])
+        if i.get("system") == NHS_NUMBER_SYSTEM and i.get("use") != "old" and i.get("value")
+    ][:1]
+    name = (patient.get("name") or [{}])[0]
+    given = "^".join(escape(g) for g in name.get("given", [])[:2])
+    address = (patient.get("address") or [{}])[0]
+    line = escape(" ".join(address.get("line", [])))
+    return segment(
+        "PID",
+        {
+            1: "1",
+            3: "~".join(ids),
+            5: f"{escape(name.get('family', ''))}^{given}",
+            7: str(patient.get("birthDate", "")).replace("-", ""),
+            8: {"male": "M", "female": "F"}.get(str(patient.get("gender")), "U"),
+            11: f"{line}^^{escape(address.get('city', ''))}^^{address.get('postalCode', '')}^GBR^H",
+        },
+    )
+
+
+def change_message(w: Writer, change: Changed, pid_now: Any, known: bool) -> None:
+    """The ADT message saying what ``change`` did (``pid_now``: a local id's PID now)."""
+    w.now = change.stamp
+    evn = f"{ts(change.stamp)}"
+    survivor = change.merged_into
+    if change.patient is None:
+        short = f"PID|1||{change.local}^^^{FACILITY}^MR"
+        w.message("ADT^A29^ADT_A21", f"EVN|A29|{evn}", short)
+    elif survivor is not None:
+        mrg = f"MRG|{change.local}^^^{FACILITY}^MR"
+        w.message("ADT^A40^ADT_A39", f"EVN|A40|{evn}", pid_now(survivor), mrg)
+    else:
+        event = "A31" if known else "A28"
+        segments = (f"EVN|{event}|{evn}", pid_of(change.patient, change.local))
+        w.message(f"ADT^{event}^ADT_A05", *segments)
 
 
 def add_person(w: Writer, person: Person, local: str) -> None:
@@ -228,6 +296,15 @@ def feed(seed: int, size: int) -> Iterator[str]:
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
     """The community simulator serving its slice of the synthetic population."""
     people = PopulationSlice("community", seed, size)
+    cache = ResponseCache()
+    changes = PatientChanges(on_change=cache.items.clear)
+
+    def pid_now(local: str) -> str:
+        changed = changes.latest.get(local)
+        if changed is not None and changed.patient is not None:
+            return pid_of(changed.patient, local)
+        person = people.by_local.get(local)
+        return pid(person, local) if person else f"PID|1||{local}^^^{FACILITY}^MR"
 
     def answer(body: bytes, status: int = 200, total: int | None = None) -> Response:
         headers = {
@@ -244,25 +321,59 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
             size_ = min(1000, max(1, int(request.query_params.get("page_size", "100"))))
         except ValueError:
             return Response(b"page and page_size must be whole numbers", status_code=400)
-        refs = people.local_ids()
+        refs = [
+            r
+            for r in changes.listed(people.local_ids())
+            if r not in changes.latest or changes.latest[r].merged_into is None
+        ]
         w = Writer(STAMP)
         for ref in refs[(page - 1) * size_ : page * size_]:
-            add_person(w, people.by_local[ref], ref)
+            changed = changes.latest.get(ref)
+            if changed is not None and changed.patient is not None:
+                w.message("ADT^A28^ADT_A05", f"EVN|A28|{ts(w.now)}", pid_of(changed.patient, ref))
+            else:
+                add_person(w, people.by_local[ref], ref)
         return answer(w.batch(), total=len(refs))
+
+    async def changed(request: Request) -> Response:
+        q = request.query_params
+        try:
+            page = max(1, int(q.get("page", "1")))
+            size_ = min(1000, max(1, int(q.get("page_size", "100"))))
+            cut = dtm_instant(q.get("since", ""))
+        except ValueError:
+            return Response(
+                b"since must be an HL7 DTM; page and page_size whole numbers", status_code=400
+            )
+        listed = changes.since(cut.isoformat())
+        w = Writer(STAMP, prefix="CHG")
+        for c in listed[(page - 1) * size_ : page * size_]:
+            change_message(w, c, pid_now, c.local in people.by_local)
+        return answer(w.batch(), total=len(listed))
 
     async def one(request: Request) -> Response:
         q = request.query_params
         local = q.get("pid") or people.by_nhs.get(q.get("nhs", ""))
-        if not local or local not in people.by_local:
+        changed = changes.latest.get(local or "")
+        if changed is not None and (changed.patient is None or changed.merged_into is not None):
+            return Response(b"unknown patient", status_code=404)
+        if not local or (changed is None and local not in people.by_local):
             return Response(b"unknown patient", status_code=404)
         w = Writer(STAMP)
-        record(w, people.by_local[local], local, people.facts(local))
+        person = people.by_local.get(local)
+        if person is not None:
+            record(w, person, local, people.facts(local))
+        if changed is not None and changed.patient is not None:  # the A28 as it is now
+            w.messages[:1] = []
+            w.message("ADT^A28^ADT_A05", f"EVN|A28|{ts(w.now)}", pid_of(changed.patient, local))
+            w.messages.insert(0, w.messages.pop())
         return answer(w.batch())
 
-    cache = ResponseCache()
     routes = [
         Route("/hl7/patients", with_behaviour(behaviour, patients, MALFORMED)),
         Route("/hl7/record", with_behaviour(behaviour, one, MALFORMED, cache=cache)),
+        Route("/hl7/changes", with_behaviour(behaviour, changed, MALFORMED)),
         *admin_routes(behaviour),
+        *change_routes(changes),
     ]
     return Starlette(routes=routes)

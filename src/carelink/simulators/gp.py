@@ -14,6 +14,17 @@
 - ``GET /Patient`` (paged, the practice list) and ``GET /{Type}/{id}``,
   ``GET /{Type}?identifier=``: simulator conveniences for the index build and
   Foundations-style reads, in STU3.
+- ``GET /Bundle?_lastUpdated=gt<instant>[&_count=N&_offset=M]``: the practice's
+  registration events since ``instant``, oldest first, one per person (their
+  latest), each an STU3 ``message`` Bundle after the manner of the NEMS events a
+  practice system publishes: a ``MessageHeader`` whose ``event`` says what happened
+  (``registration``, ``demographics-change``, ``merge``, ``deregistration``, in
+  ``EVENT_SYSTEM``) and the Patient as it is now (a merged record inactive with a
+  ``replaced-by`` link; a superseded NHS number kept with ``use`` ``old``; a
+  deregistered one inactive and bare). GP Connect itself has no "changed since"
+  search; a consumer keeping an index current subscribes to such events. People
+  are changed at run time through ``/_admin/patients/{id}``
+  (``carelink.simulators.changes``).
 - ``POST /_admin/gpconnect`` ``{"refuse": {"<NHS number>": "NO_PATIENT_CONSENT"}}``:
   make the provider answer a patient with an error code, as a practice where the
   patient dissented (or access is off) would.
@@ -29,6 +40,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -48,6 +60,8 @@ from carelink.fhir.gpconnect import (
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.base import Behaviour, admin_routes, with_behaviour
+from carelink.simulators.changes import Changed, PatientChanges
+from carelink.simulators.changes import admin_routes as change_routes
 from carelink.simulators.fhir_server import (
     bad_request,
     fhir_response,
@@ -69,6 +83,8 @@ from carelink.simulators.stu3_render import down, structured_bundle
 
 Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
+#: what a GP event message says happened (``MessageHeader.event``)
+EVENT_SYSTEM = "https://carelink.example/CodeSystem/gp-registration-event"
 
 
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
@@ -116,11 +132,40 @@ def _today() -> Any:
     return datetime.now(UTC).date()
 
 
+def event_message(change: Changed, known: bool) -> Json:
+    """One registration event as an STU3 ``message`` Bundle (MessageHeader, Patient)."""
+    if change.patient is None:
+        code = "deregistration"
+        patient: Json = {"resourceType": "Patient", "id": change.local, "active": False}
+    else:
+        patient = down(change.patient)
+        survivor = change.merged_into is not None
+        code = "merge" if survivor else "demographics-change" if known else "registration"
+    header = {
+        "resourceType": "MessageHeader",
+        "id": f"event-{change.local}-{int(change.stamp.timestamp() * 1e6)}",
+        "event": {"system": EVENT_SYSTEM, "code": code},
+        "timestamp": change.instant,
+        "focus": [{"reference": f"Patient/{change.local}"}],
+    }
+    return {
+        "resourceType": "Bundle",
+        "id": header["id"],
+        "meta": {"lastUpdated": change.instant},
+        "type": "message",
+        "entry": [{"resource": header}, {"resource": patient}],
+    }
+
+
 def build(
     store: FhirStore, behaviour: Behaviour, examples: dict[str, list[Json]] | None = None
 ) -> Starlette:
     """Wire the routes over ``store`` (or the published ``examples``)."""
     refusals: dict[str, str] = {}
+    changes = PatientChanges()
+
+    def current(local: str) -> Json | None:
+        return changes.patient(local, store.patient)
 
     def answer(asked: Asked) -> Response:
         code = refusals.get(asked.nhs_number)
@@ -176,13 +221,38 @@ def build(
             hit = store.find(system or None, value)
             ids = [hit] if hit else []
         else:
-            ids = store.patient_ids()
+            ids = [
+                i
+                for i in changes.listed(store.patient_ids())
+                if i not in changes.latest or changes.latest[i].merged_into is None
+            ]
         page = ids[offset : offset + count]
-        resources = [down(p) for i in page if (p := store.patient(i))]
+        resources = [down(p) for i in page if (p := current(i))]
         return fhir_response(
             searchset(
                 base, resources, len(ids), page_links(f"{base}/Patient", offset, count, len(ids))
             )
+        )
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        since = q.get("_lastUpdated", "")
+        try:
+            count = int_param(q.get("_count"), 100, 1000)
+            offset = int_param(q.get("_offset"), 0, 10**9)
+            if not since.startswith("gt"):
+                raise ValueError(since)
+            listed = changes.since(since[2:])
+        except ValueError:
+            return bad_request("Bundle search takes _lastUpdated=gt<instant>, _count, _offset")
+        base = str(request.base_url).rstrip("/")
+        page = [
+            event_message(c, store.patient(c.local) is not None)
+            for c in listed[offset : offset + count]
+        ]
+        url = f"{base}/Bundle?_lastUpdated={quote(since, safe='')}"
+        return fhir_response(
+            searchset(base, page, len(listed), page_links(url, offset, count, len(listed)))
         )
 
     async def read(request: Request) -> Response:
@@ -216,8 +286,10 @@ def build(
             methods=["POST"],
         ),
         Route("/Patient", with_behaviour(behaviour, patients)),
+        Route("/Bundle", with_behaviour(behaviour, events)),
         Route("/_admin/gpconnect", admin, methods=["GET", "POST"]),
         *admin_routes(behaviour),
+        *change_routes(changes),
         Route("/{type}/{id}", with_behaviour(behaviour, read)),
         Route("/{type}", with_behaviour(behaviour, by_identifier)),
     ]

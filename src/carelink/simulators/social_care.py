@@ -6,6 +6,12 @@ Its own JSON API, deliberately not FHIR: the council's field names, dates as
 - ``GET /api/v2/persons?page=N&pageSize=M`` -> ``{"items", "page", "pageSize", "totalItems"}``
 - ``GET /api/v2/persons/search?surname=&forename=&dob=DD/MM/YYYY&postcode=&nhsNo=``
 - ``GET /api/v2/persons/{personRef}``
+- ``GET /api/v2/persons/changes?since=ISO-8601&page=N&pageSize=M`` -> ``{"items",
+  "page", "pageSize", "totalItems"}``, each item one person's latest change after
+  ``since``, oldest first: ``changeType`` (``created``, ``updated``, ``merged``,
+  ``deleted``), ``changedAt``, ``personRef``, the ``person`` as it is now (none
+  when deleted) and, for a merge, ``mergedInto``. People are changed at run time
+  through ``/_admin/patients/{id}`` (``carelink.simulators.changes``)
 - ``GET /api/v2/persons/{personRef}/case`` -> the person with ``assessments``,
   ``services``, ``alerts`` and ``carers``
 
@@ -30,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.base import (
     Behaviour,
     ResponseCache,
@@ -37,6 +44,8 @@ from carelink.simulators.base import (
     etag_for,
     with_behaviour,
 )
+from carelink.simulators.changes import Changed, PatientChanges
+from carelink.simulators.changes import admin_routes as change_routes
 from carelink.simulators.clinical import Fact
 from carelink.simulators.names import FAMILY, GIVEN_FEMALE, GIVEN_MALE
 from carelink.simulators.population import Person, social_demographics
@@ -75,6 +84,53 @@ def person_json(person: Person, ref: str) -> Json:
         "addressLines": [demo["address_line"], person.town],
         "postCode": demo["postcode"],
         "caseStatus": "OPEN",
+    }
+
+
+def council_person(patient: Json, ref: str) -> Json:
+    """The council's person record of someone changed at run time (an R4 Patient)."""
+    name = (patient.get("name") or [{}])[0]
+    address = (patient.get("address") or [{}])[0]
+    born = patient.get("birthDate")
+    nhs = next(
+        (
+            i.get("value")
+            for i in patient.get("identifier", [])
+            if i.get("system") == NHS_NUMBER_SYSTEM and i.get("use") != "old"
+        ),
+        None,
+    )
+    return {
+        "personRef": ref,
+        "forename": " ".join(name.get("given", [])),
+        "surname": name.get("family", ""),
+        "dateOfBirth": _uk(date.fromisoformat(born)) if born else None,
+        "genderCode": {"male": "M", "female": "F"}.get(str(patient.get("gender")), "U"),
+        "nhsNo": nhs,
+        "addressLines": [*address.get("line", []), *filter(None, [address.get("city")])],
+        "postCode": address.get("postalCode"),
+        "caseStatus": "OPEN" if patient.get("active", True) else "CLOSED",
+    }
+
+
+def change_item(change: Changed, person: Json | None, known: bool) -> Json:
+    """One entry of the council's change list."""
+    survivor = change.merged_into
+    kind = (
+        "deleted"
+        if change.patient is None
+        else "merged"
+        if survivor is not None
+        else "updated"
+        if known
+        else "created"
+    )
+    return {
+        "changeType": kind,
+        "changedAt": change.instant,
+        "personRef": change.local,
+        "person": person,
+        "mergedInto": survivor,
     }
 
 
@@ -149,23 +205,55 @@ def _json(body: Any, status: int = 200) -> Response:
 def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
     """The social-care simulator serving its slice of the synthetic population."""
     people = PopulationSlice("social-care", seed, size)
+    cache = ResponseCache()
+    changes = PatientChanges(on_change=cache.items.clear)
+
+    def current(ref: str) -> Json | None:
+        """The person as the council holds them now (None: not held, or merged away)."""
+        changed = changes.latest.get(ref)
+        if changed is None:
+            person = people.by_local.get(ref)
+            return person_json(person, ref) if person else None
+        if changed.patient is None or changed.merged_into is not None:
+            return None
+        return council_person(changed.patient, ref)
+
+    def held() -> list[str]:
+        return [r for r in changes.listed(people.local_ids()) if current(r) is not None]
+
+    def paged(q: Any, items: list[Any]) -> tuple[list[Any], int, int]:
+        page = max(1, int(q.get("page", "1")))
+        page_size = min(1000, max(1, int(q.get("pageSize", "100"))))
+        return items[(page - 1) * page_size : page * page_size], page, page_size
 
     async def persons(request: Request) -> Response:
-        q = request.query_params
+        refs = held()
         try:
-            page = max(1, int(q.get("page", "1")))
-            page_size = min(1000, max(1, int(q.get("pageSize", "100"))))
+            chunk, page, page_size = paged(request.query_params, refs)
         except ValueError:
             return _json({"error": "page and pageSize must be whole numbers"}, 400)
-        refs = people.local_ids()
-        chunk = refs[(page - 1) * page_size : page * page_size]
         return _json(
             {
-                "items": [person_json(people.by_local[r], r) for r in chunk],
+                "items": [current(r) for r in chunk],
                 "page": page,
                 "pageSize": page_size,
                 "totalItems": len(refs),
             }
+        )
+
+    async def changed(request: Request) -> Response:
+        q = request.query_params
+        try:
+            listed = changes.since(q.get("since", ""))
+            chunk, page, page_size = paged(q, listed)
+        except ValueError:
+            return _json(
+                {"error": "since must be an ISO 8601 date-time; page and pageSize whole numbers"},
+                400,
+            )
+        items = [change_item(c, current(c.local), c.local in people.by_local) for c in chunk]
+        return _json(
+            {"items": items, "page": page, "pageSize": page_size, "totalItems": len(listed)}
         )
 
     async def search(request: Request) -> Response:
@@ -179,8 +267,9 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
                 {"error": "give at least one of surname, forename, dob, postcode, nhsNo"}, 400
             )
         hits = []
-        for ref, person in people.by_local.items():
-            p = person_json(person, ref)
+        for ref in held():
+            p = current(ref)
+            assert p is not None
             if surname and not str(p["surname"]).casefold().startswith(surname):
                 continue
             if forename and not str(p["forename"]).casefold().startswith(forename):
@@ -199,26 +288,30 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
 
     async def one(request: Request) -> Response:
         ref = request.path_params["ref"]
-        person = people.by_local.get(ref)
-        if person is None:
+        found = current(ref)
+        if found is None:
             return _json({"error": f"no person {ref}"}, 404)
-        return _json(person_json(person, ref))
+        return _json(found)
 
     async def case(request: Request) -> Response:
         ref = request.path_params["ref"]
-        person = people.by_local.get(ref)
-        if person is None:
+        found = current(ref)
+        if found is None:
             return _json({"error": f"no person {ref}"}, 404)
-        return _json(case_json(person, ref, people.facts(ref)))
+        person = people.by_local.get(ref)
+        empty: Json = {"assessments": [], "services": [], "alerts": [], "carers": []}
+        out = case_json(person, ref, people.facts(ref)) if person else empty
+        return _json({**out, **found})
 
-    cache = ResponseCache()
     routes = [
         Route("/api/v2/persons", with_behaviour(behaviour, persons, MALFORMED)),
         Route("/api/v2/persons/search", with_behaviour(behaviour, search, MALFORMED)),
+        Route("/api/v2/persons/changes", with_behaviour(behaviour, changed, MALFORMED)),
         Route(
             "/api/v2/persons/{ref}/case", with_behaviour(behaviour, case, MALFORMED, cache=cache)
         ),
         Route("/api/v2/persons/{ref}", with_behaviour(behaviour, one, MALFORMED)),
         *admin_routes(behaviour),
+        *change_routes(changes),
     ]
     return Starlette(routes=routes)

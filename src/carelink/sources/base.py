@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+
 Json = dict[str, Any]
 
 #: ``meta.source`` for resources from source ``name``
@@ -110,6 +112,19 @@ class ChangeLister(Protocol):
 
 
 @runtime_checkable
+class CursorLister(Protocol):
+    """A source whose changes are read in the order it stored them, from a cursor (the
+    stored HL7 v2 feed: the sequence of the last message taken), not from an instant."""
+
+    name: str
+
+    async def changes_after(self, cursor: str, limit: int) -> tuple[list[SourcePerson], str]:
+        """Records changed by at most ``limit`` changes stored after ``cursor`` (``""``:
+        from the first), oldest first, and the cursor to ask from next time."""
+        ...
+
+
+@runtime_checkable
 class SharedReader(Protocol):
     """A source that also serves resources outside patients' compartments
     (Practitioner, Organization, Location ...), by the source's own id."""
@@ -117,6 +132,50 @@ class SharedReader(Protocol):
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """The resource, namespaced like the source's records, or None if unknown."""
         ...
+
+
+def nhs_number_of(patient: Json) -> str | None:
+    """A Patient's current NHS number (one kept with ``use`` old is superseded)."""
+    return next(
+        (
+            i.get("value")
+            for i in patient.get("identifier", [])
+            if i.get("system") == NHS_NUMBER_SYSTEM and i.get("use") != "old"
+        ),
+        None,
+    )
+
+
+def indexed(source: str, local_id: str, patient: Json, first_line: bool = False) -> SourcePerson:
+    """A FHIR Patient's demographics as the patient index reads them (the first name
+    and address; ``first_line``: only that address's first line, as HL7 v2's XAD-1)."""
+    name = (patient.get("name") or [{}])[0]
+    address = (patient.get("address") or [{}])[0]
+    lines = address.get("line", [])
+    line = (lines[0] if lines else None) if first_line else " ".join(lines)
+    return SourcePerson(
+        source=source,
+        local_id=local_id,
+        nhs_number=nhs_number_of(patient),
+        given=" ".join(name.get("given", [])),
+        family=name.get("family", ""),
+        birth_date=patient.get("birthDate"),
+        gender=patient.get("gender"),
+        postcode=address.get("postalCode"),
+        address_line=line or None,
+        patient=patient,
+    )
+
+
+def retired(source: str, local_id: str, survivor_patient_id: str | None = None) -> SourcePerson:
+    """A record a change listing says is gone: merged into the record whose gateway
+    Patient id is ``survivor_patient_id`` (a ``replaced-by`` link), or closed (none)."""
+    patient: Json = {"resourceType": "Patient", "active": False}
+    if survivor_patient_id:
+        patient["link"] = [
+            {"type": "replaced-by", "other": {"reference": f"Patient/{survivor_patient_id}"}}
+        ]
+    return SourcePerson(source, local_id, None, "", "", None, None, None, None, patient)
 
 
 def source_uri(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -21,6 +22,7 @@ from carelink.sources.hl7v2 import (
     split_registrations,
     why_unreadable,
 )
+from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
 from carelink.sources.http import Mapped, answer, fetch
 
 
@@ -118,25 +120,45 @@ class CommunitySource:
             if data is None:
                 return
             for msg in split_registrations(data, self.name):
-                local, nhs, patient = person(msg, self.name)
-                name = patient["name"][0]
-                address = (patient.get("address") or [{}])[0]
-                yield SourcePerson(
-                    source=self.name,
-                    local_id=local,
-                    nhs_number=nhs,
-                    given=" ".join(name.get("given", [])),
-                    family=name.get("family", ""),
-                    birth_date=patient.get("birthDate"),
-                    gender=patient.get("gender"),
-                    postcode=address.get("postalCode"),
-                    address_line=(address.get("line") or [None])[0],
-                    patient=patient,
-                )
-            try:
-                total = int(headers.get("X-Total-Count", "0"))
-            except ValueError as exc:
-                raise SourceBadPayload(self.name, "X-Total-Count is not a number") from exc
-            if page * self.page_size >= total:
+                yield registration(self.name, *person(msg, self.name))
+            if page * self.page_size >= self._total(headers):
                 return
             page += 1
+
+    async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
+        """The trust's ADT events after ``instant`` (``GET /hl7/changes?since=DTM``), page
+        by page, as the records they change (``hl7v2_changes``). A message that cannot be
+        read fails the listing (``SourceBadPayload``): skipping it would lose a change."""
+        since = quote(hl7_dtm(instant), safe="")
+        page = 1
+        while True:
+            url = f"{self.base}/changes?since={since}&page={page}&page_size={self.page_size}"
+            data, headers = await fetch(self.session, self.name, "GET", url, accept=HL7_ER7)
+            if data is None:
+                return
+            try:
+                messages, unreadable = read_batch(data, self.name)
+            except SourceBadPayload as exc:
+                if data.startswith(b"FHS") and b"MSH" not in data:  # an empty batch
+                    return
+                raise exc
+            if unreadable:
+                raise SourceBadPayload(self.name, f"change listing {unreadable[0]}")
+            for msg in messages:
+                try:
+                    changed = adt_changes(msg, self.name)
+                except UNREADABLE as exc:
+                    raise SourceBadPayload(
+                        self.name, f"change listing: {why_unreadable(exc)}"
+                    ) from exc
+                for p in changed:
+                    yield p
+            if page * self.page_size >= self._total(headers):
+                return
+            page += 1
+
+    def _total(self, headers: Any) -> int:
+        try:
+            return int(headers.get("X-Total-Count", "0"))
+        except ValueError as exc:
+            raise SourceBadPayload(self.name, "X-Total-Count is not a number") from exc

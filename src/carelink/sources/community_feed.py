@@ -14,7 +14,7 @@ The store is handed in behind ``FeedReader`` (the app passes the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 import hl7
@@ -23,6 +23,7 @@ from carelink.errors import SourceBadPayload, SourceUnavailable
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.hl7v2 import UNREADABLE, message_resources, person, why_unreadable
+from carelink.sources.hl7v2_changes import INDEX_EVENTS, adt_changes, registration
 from carelink.sources.http import as_of
 
 
@@ -47,6 +48,10 @@ class FeedReader(Protocol):
     def record(self, source: str, local_id: str) -> StoredPart | None: ...
 
     def people(self, source: str) -> Iterator[tuple[str, str, str]]: ...
+
+    def messages_after(
+        self, source: str, seq: int, kinds: Collection[str], limit: int
+    ) -> Iterator[tuple[int, str]]: ...
 
 
 class CommunityFeedSource:
@@ -114,17 +119,27 @@ class CommunityFeedSource:
                 local, nhs, patient = person(hl7.parse(body), self.name)
             except (*UNREADABLE, hl7.ParseException) as exc:
                 raise SourceBadPayload(self.name, f"stored ADT: {why_unreadable(exc)}") from exc
-            name = patient["name"][0]
-            address = (patient.get("address") or [{}])[0]
-            yield SourcePerson(
-                source=self.name,
-                local_id=local,
-                nhs_number=nhs,
-                given=" ".join(name.get("given", [])),
-                family=name.get("family", ""),
-                birth_date=patient.get("birthDate"),
-                gender=patient.get("gender"),
-                postcode=address.get("postalCode"),
-                address_line=(address.get("line") or [None])[0],
-                patient=patient,
-            )
+            yield registration(self.name, local, nhs, patient)
+
+    async def changes_after(self, cursor: str, limit: int) -> tuple[list[SourcePerson], str]:
+        """The records changed by the ADT events stored after ``cursor`` (the sequence of
+        the last one taken), at most ``limit`` of them, oldest first. A stored message
+        that cannot be read now (it was read on arrival) is passed over, not retried for
+        ever.
+
+        Known limit: on PostgreSQL, sequence numbers are handed out before commit, so
+        a message committed after a later-numbered one that an update has already
+        taken would be passed over until ``index update --reconcile``. On SQLite
+        (one writer at a time) they commit in sequence order."""
+        after = int(cursor or "0")
+        rows = await asyncio.to_thread(
+            lambda: list(self.store.messages_after(self.name, after, INDEX_EVENTS, limit))
+        )
+        out: list[SourcePerson] = []
+        for seq, body in rows:
+            after = seq
+            try:
+                out.extend(adt_changes(hl7.parse(body), self.name))
+            except (*UNREADABLE, hl7.ParseException):
+                continue
+        return out, str(after)

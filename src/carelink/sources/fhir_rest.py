@@ -10,9 +10,8 @@ import aiohttp
 import orjson
 
 from carelink.errors import SourceBadPayload
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.answer_cache import AnswerCache, digest
-from carelink.sources.base import Json, SourceAnswer, SourcePerson
+from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
 from carelink.sources.http import Mapped, as_of, fetch
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -65,29 +64,8 @@ def bundle_resources(doc: Json, source: str, first: int = 0) -> Mapped:
 
 
 def person_from_patient(source: str, local: str, patient: Json) -> SourcePerson:
-    """Index demographics from a FHIR Patient."""
-    nhs = next(
-        (
-            i.get("value")
-            for i in patient.get("identifier", [])
-            if i.get("system") == NHS_NUMBER_SYSTEM
-        ),
-        None,
-    )
-    name = (patient.get("name") or [{}])[0]
-    address = (patient.get("address") or [{}])[0]
-    return SourcePerson(
-        source=source,
-        local_id=local,
-        nhs_number=nhs,
-        given=" ".join(name.get("given", [])),
-        family=name.get("family", ""),
-        birth_date=patient.get("birthDate"),
-        gender=patient.get("gender"),
-        postcode=address.get("postalCode"),
-        address_line=" ".join(address.get("line", [])) or None,
-        patient=namespace(patient, source, "", ""),  # the caller's copy, freshly parsed
-    )
+    """Index demographics from a FHIR Patient (namespaced here: the caller's fresh copy)."""
+    return indexed(source, local, namespace(patient, source, "", ""))
 
 
 def localise(

@@ -144,16 +144,46 @@ class GPConnectSource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``), as R4."""
-        url: str | None = f"{self.base}/Patient?_count={self.page_size}"
+        async for r in self._pages(f"{self.base}/Patient?_count={self.page_size}"):
+            if r.get("resourceType") == "Patient" and r.get("id"):
+                patient = to_r4(r).resource
+                yield person_from_patient(self.name, str(patient["id"]), patient)
+
+    async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
+        """The practice's registration events after ``instant`` (``GET
+        /Bundle?_lastUpdated=gt...``: STU3 message Bundles, each a MessageHeader and the
+        Patient as it is now), as R4 records: a merged one inactive with a
+        ``replaced-by`` link, a deregistered one inactive, a superseded NHS number kept
+        with ``use`` old. An event without its Patient fails the listing: skipping it
+        would lose a change."""
+        since = quote("gt" + instant, safe="")
+        url = f"{self.base}/Bundle?_lastUpdated={since}&_count={self.page_size}"
+        async for message in self._pages(url):
+            entries = message.get("entry") if message.get("type") == "message" else None
+            patients = [
+                e["resource"]
+                for e in entries or []
+                if isinstance(e, dict)
+                and isinstance(e.get("resource"), dict)
+                and e["resource"].get("resourceType") == "Patient"
+                and e["resource"].get("id")
+            ]
+            if len(patients) != 1:
+                raise SourceBadPayload(self.name, "registration event without one Patient")
+            patient = to_r4(patients[0]).resource
+            yield person_from_patient(self.name, str(patient["id"]), patient)
+
+    async def _pages(self, first: str) -> AsyncIterator[Json]:
+        """The resources of a searchset and its next pages."""
+        url: str | None = first
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 return
             for e in doc.get("entry", []):
                 r = e.get("resource") if isinstance(e, dict) else None
-                if isinstance(r, dict) and r.get("resourceType") == "Patient" and r.get("id"):
-                    patient = to_r4(r).resource
-                    yield person_from_patient(self.name, str(patient["id"]), patient)
+                if isinstance(r, dict):
+                    yield r
             url = next(
                 (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
             )

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
-from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.sources.base import SourceAnswer, SourcePerson, retired
 from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
 
 JSON = "application/json"
@@ -87,22 +89,46 @@ class SocialCareSource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page until ``totalItems`` are seen."""
+        async for item in self._items(f"{self.base}/persons?"):
+            yield source_person(item, self.name)
+
+    async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
+        """The council's change list after ``instant`` (``/persons/changes?since=``):
+        a person created or updated as they now are, a merged one inactive with a
+        ``replaced-by`` link to the record it went into, a deleted one inactive."""
+        url = f"{self.base}/persons/changes?since={quote(instant, safe='')}&"
+        async for item in self._items(url):
+            kind = item.get("changeType") if isinstance(item, dict) else None
+            ref = item.get("personRef") if isinstance(item, dict) else None
+            if not isinstance(ref, str) or not ref:
+                raise SourceBadPayload(self.name, "change without a personRef")
+            if kind in ("created", "updated") and isinstance(item.get("person"), dict):
+                yield source_person(item["person"], self.name)
+            elif kind == "merged" and isinstance(item.get("mergedInto"), str):
+                yield retired(self.name, ref, namespaced_id(self.name, item["mergedInto"]))
+            elif kind == "deleted":
+                yield retired(self.name, ref)
+            else:
+                raise SourceBadPayload(self.name, "change of an unknown kind or without its person")
+
+    async def _items(self, url: str) -> AsyncIterator[Any]:
+        """The items of a paged council list (``url`` ends with ``?`` or ``&``)."""
         page = 1
         while True:
             data, _ = await fetch(
                 self.session,
                 self.name,
                 "GET",
-                f"{self.base}/persons?page={page}&pageSize={self.page_size}",
+                f"{url}page={page}&pageSize={self.page_size}",
                 accept=JSON,
             )
             doc = _load(data or b"{}", self.name)
             items = doc.get("items") if isinstance(doc, dict) else None
             total = doc.get("totalItems") if isinstance(doc, dict) else None
             if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
-                raise SourceBadPayload(self.name, "person list without items and totalItems")
+                raise SourceBadPayload(self.name, "list without items and totalItems")
             for item in items:
-                yield source_person(item, self.name)
+                yield item
             if not items or page * self.page_size >= total:
                 return
             page += 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
+from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import audit_events
 
 #: lo <= recorded < hi (either end open when None)
@@ -55,6 +56,7 @@ def _where(q: AuditQuery) -> list[sa.ColumnElement[bool]]:
     return out
 
 
+@loop_bounded
 class AuditSearch:
     """Counted, paged reads of the trail."""
 

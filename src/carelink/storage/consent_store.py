@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
+from carelink.storage.loop_guard import bounds_itself, loop_bounded
 from carelink.storage.tables import break_glass, consent_versions, consents
 
 
@@ -51,6 +52,7 @@ class GrantRow:
     reviewer_identity: str | None = None
 
 
+@loop_bounded
 class ConsentStore:
     """Reads and writes of consents and grants."""
 
@@ -70,15 +72,18 @@ class ConsentStore:
         return text.replace("?", self._hot.mark)
 
     # -- request path -------------------------------------------------------
+    @bounds_itself
     def active(self, patient_id: str) -> list[tuple[str, bytes]]:
         """(id, body) of the patient's active consents."""
         return [(str(i), bytes(b)) for i, b in self._hot.query(self._sql_active, (patient_id,))]
 
+    @bounds_itself
     def has_grant(self, patient_id: str, identity: str, now: float) -> bool:
         """Does the caller with this full identity (issuer, subject, organisation, role ...)
         hold an unexpired break-glass grant for the patient?"""
         return bool(self._hot.query(self._sql_grant, (patient_id, identity, now)))
 
+    @bounds_itself
     def close(self) -> None:
         """Release the hot connection."""
         self._hot.close()

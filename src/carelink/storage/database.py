@@ -42,6 +42,9 @@ from carelink.storage.tables import (
 
 T = TypeVar("T")
 
+#: the longest the event loop waits for one hot read (see ``storage.hot``)
+HOT_LIMIT = 1.0
+
 
 def _audit_tables(conn: Connection) -> None:
     audit_events.create(conn, checkfirst=True)
@@ -251,6 +254,9 @@ class Database:
                 )
             busy = statement_timeout if statement_timeout is not None else 30.0
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy}
+            if where and where != ":memory:":
+                # a thread waiting for a pooled connection waits no longer than for a new one
+                kwargs["pool_timeout"] = connect_timeout
         else:
             kwargs.update(
                 pool_size=10,
@@ -293,25 +299,66 @@ class Database:
         seconds (default: the statement timeout). The loop still waits for it, but
         bounded: when a call timed out and is still stuck, the next ones fail at once
         (``StorageUnavailable``) instead of each holding the loop again, until the stuck
-        call returns (the database is back) or a few timeouts have passed.
+        call returns (the database is back) or a few timeouts have passed. Async code
+        awaits ``run`` instead, which does not hold the loop at all.
         """
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return fn(*args)
+        future, wait = self._start(fn, args, limit)
+        try:
+            result = future.result(timeout=wait)
+        except FutureTimeout:
+            raise self._stuck_on(future, wait) from None
+        self._stuck = None
+        return result
+
+    async def run(
+        self, fn: Callable[..., T], *args: Any, limit: float | None = None, inline: bool = False
+    ) -> T:
+        """``fn(*args)`` on one of this database's threads, awaited for at most ``limit``
+        seconds (default: the statement timeout): the event loop goes on serving other
+        requests meanwhile. Past the limit, ``StorageUnavailable`` (a 503), and while that
+        call is still stuck the next ones fail at once, as in ``bounded``.
+
+        ``inline``: call ``fn`` right here instead, for the few indexed reads on SQLite
+        whose thread hand-off would cost more than the read (see ``storage.hot``).
+        """
+        if inline:
+            return fn(*args)
+        future, wait = self._start(fn, args, limit)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), wait)
+        except TimeoutError:
+            raise self._stuck_on(future, wait) from None
+        self._stuck = None
+        return result
+
+    async def looked_up(
+        self, fn: Callable[..., T], *args: Any, limit: float | None = HOT_LIMIT
+    ) -> T:
+        """``fn(*args)`` made of the lookup path's indexed reads (the index, consents,
+        resource locations): on SQLite right here, as handing them to a thread costs more
+        than the reads (``storage.hot``); otherwise ``run`` within ``limit`` seconds
+        (``None``: the statement timeout)."""
+        return await self.run(fn, *args, limit=limit, inline=self.is_sqlite)
+
+    def _start(
+        self, fn: Callable[..., T], args: tuple[Any, ...], limit: float | None
+    ) -> tuple[Future[T], float]:
+        """``fn(*args)`` submitted to the database's threads, and how long to wait for it;
+        ``StorageUnavailable`` at once while an earlier call is stuck (for a few waits)."""
         stuck = self._stuck
         recent = stuck is not None and time.monotonic() - stuck[1] < 5 * self.wait
         if stuck is not None and recent and not stuck[0].done():
             raise StorageUnavailable("the database is not answering")
         wait = self.wait if limit is None else min(limit, self.wait)
-        future = self._executor().submit(fn, *args)
-        try:
-            result = future.result(timeout=wait)
-        except FutureTimeout:
-            self._stuck = (future, time.monotonic())
-            raise StorageUnavailable(f"the database did not answer within {wait:g} s") from None
-        self._stuck = None
-        return result
+        return self._executor().submit(fn, *args), wait
+
+    def _stuck_on(self, future: Future[Any], wait: float) -> StorageUnavailable:
+        self._stuck = (future, time.monotonic())
+        return StorageUnavailable(f"the database did not answer within {wait:g} s")
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
+from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import export_jobs, opt_outs
 
 LEASE_SECONDS = 30.0
@@ -34,6 +35,7 @@ class JobRow:
     manifest: bytes | None
 
 
+@loop_bounded
 class JobStore:
     """Export jobs."""
 
@@ -143,6 +145,7 @@ class JobStore:
             return done.rowcount == 1
 
 
+@loop_bounded
 class OptOutStore:
     """Who opted out of secondary use, and how."""
 

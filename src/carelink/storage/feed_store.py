@@ -14,7 +14,7 @@ hands in plain values (``Arrival``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from carelink.storage.database import Database
 from carelink.storage.feed_tables import feed_messages, feed_people
 from carelink.storage.index_store import repoint_link
+from carelink.storage.loop_guard import loop_bounded
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class FeedRecord:
     version: str  # changes whenever a message about them is applied
 
 
+@loop_bounded
 class FeedStore:
     """Durable intake and reads of pushed HL7 v2 messages."""
 
@@ -188,6 +190,21 @@ class FeedStore:
             for local, body, as_of in rows:
                 yield str(local), str(body), str(as_of)
             after = rows[-1][0]
+
+    def messages_after(
+        self, source: str, seq: int, kinds: Collection[str], limit: int
+    ) -> Iterator[tuple[int, str]]:
+        """(seq, body) of the source's messages of ``kinds`` stored after ``seq``, in the
+        order they were stored, at most ``limit`` (read in one query: a page)."""
+        m = feed_messages.c
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(m.seq, m.body)
+                .where(m.source == source, m.seq > seq, m.kind.in_(sorted(kinds)))
+                .order_by(m.seq)
+                .limit(limit)
+            ).all()
+        return iter([(int(s), str(b)) for s, b in rows])
 
     def count(self, source: str) -> int:
         """How many messages the source's feed has stored."""

@@ -6,8 +6,9 @@ data (autocommit), so a change made by another process is seen at once. A
 broken connection is dropped and the read tried once more on a new one.
 
 Where the read runs depends on the database. PostgreSQL is across a network
-that can stall: the read runs on one of the database's threads and the event
-loop waits for it at most ``HOT_LIMIT`` (``Database.bounded``). SQLite is a
+that can stall: the request path awaits these reads on one of the database's
+threads for at most ``HOT_LIMIT`` (``Database.looked_up``), and a read made on the
+event loop all the same is waited for at most that (``Database.bounded``). SQLite is a
 local file in WAL mode, where a reader never waits for a writer: the read runs
 on the calling thread, as handing it to another thread and back costs several
 times the read itself (measured on the lookup: 18% of the event loop's time
@@ -21,10 +22,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from carelink.storage.database import Database
+from carelink.storage.database import HOT_LIMIT, Database
 
-#: the longest the event loop waits for one hot read (see ``HotConnection.query``)
-HOT_LIMIT = 1.0
+__all__ = ["HOT_LIMIT", "HotConnection"]
 
 
 class HotConnection:

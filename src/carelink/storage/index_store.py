@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
+from carelink.storage.loop_guard import bounds_itself, loop_bounded
 from carelink.storage.person_query import PersonQuery, where_sql
 from carelink.storage.tables import links, persons, review, settings_table
 
@@ -61,6 +62,7 @@ _PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
 _LINK_COLUMNS = ", ".join(c.name for c in links.c)
 
 
+@loop_bounded
 class IndexStore:
     """Reads and writes of the patient index tables.
 
@@ -86,6 +88,7 @@ class IndexStore:
     def _query(self, sql: str, value: str) -> list[tuple[Any, ...]]:
         return self._hot.query(sql, (value,))
 
+    @bounds_itself
     def close(self) -> None:
         """Release the lookup connection."""
         self._hot.close()
@@ -170,16 +173,19 @@ class IndexStore:
         with self.db.engine.connect() as conn:
             return {r[0] for r in conn.execute(sa.select(persons.c.id).where(test))}
 
+    @bounds_itself
     def person_by_nhs(self, nhs_number: str) -> PersonRow | None:
         """The person with this NHS number."""
         rows = self._query(self._sql_by_nhs, nhs_number)
         return _person(rows[0]) if rows else None
 
+    @bounds_itself
     def person(self, person_id: str) -> PersonRow | None:
         """The person with this gateway id."""
         rows = self._query(self._sql_by_id, person_id)
         return _person(rows[0]) if rows else None
 
+    @bounds_itself
     def person_and_links(self, person_id: str) -> tuple[PersonRow, list[LinkRow]] | None:
         """A person and every source link."""
         person = self.person(person_id)
@@ -187,9 +193,16 @@ class IndexStore:
             return None
         return person, self.links_of(person_id)
 
+    @bounds_itself
     def links_of(self, person_id: str) -> list[LinkRow]:
         """Every source link of a person, through the lookup connection (the hot path)."""
         return [_link(r) for r in self._query(self._sql_links, person_id)]
+
+    @staticmethod
+    def is_lookup(query: PersonQuery) -> bool:
+        """Does ``find`` answer ``query`` with the lookup's one indexed read (one NHS
+        number, nothing else)?"""
+        return _only_nhs_number(query) is not None
 
     def find(self, query: PersonQuery, *, after: str = "", limit: int = 500) -> list[PersonRow]:
         """Up to ``limit`` persons matching ``query`` with ids after ``after``, in id order
@@ -221,23 +234,22 @@ class IndexStore:
         with self.db.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
 
+    def people_after(self, after: str = "", batch: int = 1000) -> list[PersonRow]:
+        """Up to ``batch`` persons with ids after ``after``, in id order: one step of a
+        scan of the whole index (``each_person``)."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(persons).where(persons.c.id > after).order_by(persons.c.id).limit(batch)
+            ).all()
+        return [PersonRow(*r) for r in rows]
+
     def each_person(self, batch: int = 1000) -> Iterator[PersonRow]:
         """Every person, in id order, read ``batch`` rows at a time (a scan of the whole
         index that never holds it all)."""
         after = ""
-        while True:
-            with self.db.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.select(persons)
-                    .where(persons.c.id > after)
-                    .order_by(persons.c.id)
-                    .limit(batch)
-                ).all()
-            if not rows:
-                return
-            for r in rows:
-                yield PersonRow(*r)
-            after = rows[-1][0]
+        while rows := self.people_after(after, batch):
+            yield from rows
+            after = rows[-1].id
 
     def link(self, source: str, local_id: str) -> LinkRow | None:
         """The link for one source record."""
@@ -246,6 +258,19 @@ class IndexStore:
                 sa.select(links).where(links.c.source == source, links.c.local_id == local_id)
             ).first()
         return LinkRow(*row) if row else None
+
+    def local_ids(self, source: str, after: str = "", limit: int = 1000) -> list[str]:
+        """One page of the local ids the index links for ``source``: those after
+        ``after``, in order, at most ``limit`` (walk on from the last one)."""
+        c = links.c
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.local_id)
+                .where(c.source == source, c.local_id > after)
+                .order_by(c.local_id)
+                .limit(limit)
+            )
+            return [str(r[0]) for r in rows]
 
     def link_by_patient_id(self, patient_id: str) -> LinkRow | None:
         """The link whose source Patient has this gateway id."""

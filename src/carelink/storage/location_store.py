@@ -13,12 +13,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
+from carelink.storage.loop_guard import bounds_itself, loop_bounded
 from carelink.storage.tables import resource_locations
 
 #: (type, id) pairs this process has written, so a re-read of a record writes nothing
 _MEMO_LIMIT = 200_000
 
 
+@loop_bounded
 class LocationStore:
     """Reads and writes of ``resource_locations``."""
 
@@ -68,21 +70,25 @@ class LocationStore:
         self._written.update(new)
         return len(new)
 
+    @bounds_itself
     def person_of(self, resource_type: str, resource_id: str) -> str | None:
         """The person whose record held ``resource_type/resource_id``, if ever seen."""
         rows = self._hot.query(self._sql_person, (resource_type, resource_id))
         return str(rows[0][0]) if rows else None
 
+    @bounds_itself
     def refs_of(self, person_id: str) -> frozenset[str]:
         """``Type/id`` of every resource seen in the person's record."""
         rows = self._hot.query(self._sql_refs, (person_id,))
         return frozenset(f"{t}/{i}" for t, i in rows)
 
+    @bounds_itself
     def first_seen_of(self, person_id: str) -> dict[str, str]:
         """``Type/id`` -> when the gateway first learned of it, for the person's record."""
         rows = self._hot.query(self._sql_seen, (person_id,))
         return {f"{t}/{i}": str(seen) for t, i, seen in rows}
 
+    @bounds_itself
     def close(self) -> None:
         """Release the lookup connection."""
         self._hot.close()

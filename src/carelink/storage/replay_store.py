@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
+from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import client_assertions
 
 
+@loop_bounded
 class ReplayStore:
     """Remembers each client's assertion ids until they expire."""
 

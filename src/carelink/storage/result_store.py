@@ -10,9 +10,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
+from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import result_sets
 
 
+@loop_bounded
 class ResultStore:
     """Result sets by id, in the database every gateway process shares."""
 

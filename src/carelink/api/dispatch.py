@@ -1,0 +1,130 @@
+"""Straight to the endpoint: the gateway's routes matched without FastAPI's router.
+
+Every gateway route is a plain ``async def (request) -> Response`` endpoint
+(``deps.FhirRouter``), so the framework's routing machinery (included routers,
+per-route match contexts, a second exception wrapper per route) does nothing
+for them but cost time: measured on the lookup it was about a quarter of the
+event loop's work (benchmarks/README.md, issue #13). ``Dispatch`` sits where
+that machinery starts, innermost of the gateway's middlewares, and matches
+each request against the same routes in the same order, with the same rule as
+Starlette's router: the first route whose path and method both match wins.
+
+It answers only such full matches. Anything else — no route, a path whose
+method is not allowed (405 with ``Allow``), a trailing-slash redirect, the
+framework's own routes (``/openapi.json``) — goes on to the framework
+unchanged, so those answers are the framework's own. An exception from an
+endpoint goes to the app's exception handlers, found by the exception's class
+as the framework finds them; one without a handler propagates, as before, to
+the middlewares outside (the audit safety net, ``Observe``'s 500).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class _Route:
+    __slots__ = ("convertors", "endpoint", "methods", "regex")
+
+    def __init__(self, route: Any) -> None:
+        self.regex: re.Pattern[str] = route.path_regex
+        self.methods: frozenset[str] = frozenset(route.methods)
+        self.convertors: dict[str, Any] = route.param_convertors
+        self.endpoint: Endpoint = route.endpoint
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes are matched against: the request's, less any ``root_path``."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
+
+
+class Dispatch:
+    """Pure ASGI: requests that fully match one of ``routes`` go straight to its endpoint;
+    everything else to ``app`` (the framework's own exception handling and router)."""
+
+    def __init__(self, app: App, routes: Iterable[Any]) -> None:
+        self.app = app
+        self.routes = [
+            _Route(r)
+            for r in routes
+            if hasattr(r, "path_regex") and getattr(r, "methods", None) and hasattr(r, "endpoint")
+        ]
+        self._handlers: dict[type[BaseException], Handler] | None = None
+
+    def match(self, method: str, path: str) -> tuple[_Route, dict[str, Any]] | None:
+        """The first route whose path and method match, with its path parameters."""
+        for route in self.routes:
+            found = route.regex.match(path)
+            if found is not None and method in route.methods:
+                params = found.groupdict()
+                for key, value in params.items():
+                    params[key] = route.convertors[key].convert(value)
+                return route, params
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hit = self.match(scope["method"], route_path(scope))
+        if hit is None:
+            await self.app(scope, receive, send)
+            return
+        route, params = hit
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = params
+        request = Request(scope, receive, send)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            response = await route.endpoint(request)
+            await response(scope, receive, sending)
+        except Exception as exc:
+            handler = None if started else self.handler(scope, exc)
+            if handler is None:
+                raise
+            answer = await handler(request, exc)
+            await answer(scope, receive, sending)
+
+    def handler(self, scope: Scope, exc: Exception) -> Handler | None:
+        """The app's handler for ``exc``, by the nearest class that has one (an
+        ``HTTPException`` first by its status code), as the framework chooses. The
+        catch-all ``Exception`` handler is left to the framework's outermost layer."""
+        if self._handlers is None:
+            registered: dict[Any, Handler] = dict(scope["app"].exception_handlers)
+            self._status = {k: v for k, v in registered.items() if isinstance(k, int)}
+            self._handlers = {
+                k: v
+                for k, v in registered.items()
+                if isinstance(k, type) and k is not Exception and issubclass(k, BaseException)
+            }
+        if isinstance(exc, HTTPException) and exc.status_code in self._status:
+            return self._status[exc.status_code]
+        for cls in type(exc).__mro__:
+            if cls in self._handlers:
+                return self._handlers[cls]
+        return None
