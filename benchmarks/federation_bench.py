@@ -109,6 +109,17 @@ def get(url: str, token: str | None = None) -> bytes:
         return bytes(resp.read())
 
 
+def mint(env: dict[str, str]) -> str:
+    """One clinician's bearer token for the gateway ``env`` configures (two hours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "carelink", "token", "mint", "--minutes", "120"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def load() -> str:
     """The machine's load averages (1, 5, 15 min) now."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -224,13 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         token = None
         if args.auth == "jwt":  # one clinician's token, reused as a client would
-            token = subprocess.run(
-                [*carelink, "token", "mint", "--minutes", "120"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+            token = mint(env)
         sys.path.insert(0, str(ROOT / "src"))
         from carelink.simulators.population import local_id, people
 

@@ -24,6 +24,12 @@ It starts the four simulators as processes (0 ms latency, ports from
   one client);
 - demographic search p99 with 32 concurrent clients (threads), each asking
   ``IndexStore.find`` for surname + birth date of random people;
+- demographic search over HTTP, as clients see it: the gateway (``carelink
+  serve``, bearer tokens verified, consent and the audit trail on) started on
+  the built index, driven by wrk with 32 connections for ``--http-seconds``
+  per search form (``family`` + ``birthdate``; with ``given``; with ``gender``;
+  with ``address-postalcode``; ``family:exact``; a year's range of birth
+  dates), p50/p95/p99 of each;
 - ``apply_changes`` of ``--changes`` people whose demographics changed (and
   half of them new registrations), timed.
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import shutil
@@ -47,11 +54,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+from federation_bench import get, mint, process, wrk
 
 from carelink.app import ADAPTERS
 from carelink.federation.build import build_index
@@ -61,7 +71,7 @@ from carelink.fhir.search import fold
 from carelink.simulators.names import FAMILY, NICKNAMES
 from carelink.simulators.population import SOURCES
 from carelink.sources.base import Source, SourcePerson
-from carelink.storage import Database, IndexStore, NameTest, PersonQuery
+from carelink.storage import Database, IndexStore, NameTest, PersonQuery, PersonRow
 from carelink.storage.person_query import DateTest
 
 DAY = timedelta(days=1)
@@ -241,6 +251,108 @@ def quality(store: IndexStore, truth: dict[str, str]) -> tuple[float, float]:
     return round(precision, 4), round(right / len(truth), 4) if truth else 1.0
 
 
+HTTP_FORMS = ("family+birthdate", "+given", "+gender", "+postcode", "family:exact", "year range")
+
+
+def search_paths(people: list[PersonRow], form: str, n: int, seed: int) -> list[str]:
+    """``n`` Patient searches of one form, each for a random person of ``people``."""
+    rng = random.Random(seed)
+    out = []
+    for p in rng.sample(people, min(n, len(people))):
+        born = str(p.birth_date)
+        family = quote(p.family)
+        base = f"/fhir/Patient?family={family}&birthdate={born}"
+        if form == "+given":
+            base += f"&given={quote(p.given.split(' ')[0])}"
+        elif form == "+gender":
+            base += f"&gender={p.gender or 'unknown'}"
+        elif form == "+postcode":
+            base += f"&address-postalcode={quote(str(p.postcode))}"
+        elif form == "family:exact":
+            base = f"/fhir/Patient?family:exact={family}&birthdate={born}"
+        elif form == "year range":
+            year = born[:4]
+            base = (
+                f"/fhir/Patient?family={family}&given={quote(p.given[:1])}"
+                f"&birthdate=ge{year}-01-01&birthdate=le{year}-12-31"
+            )
+        out.append(base)
+    return out
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by the processes descended from ``root`` (not itself)."""
+    parents: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = _stat(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    below = {root}
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _) in parents.items() if ppid in below} - below
+        below |= new
+        grew = bool(new)
+    return sum(parents[pid][1] for pid in below - {root})
+
+
+def http_searches(
+    db_url: str, urls: dict[str, str], people: list[PersonRow], port: int, seconds: int
+) -> dict[str, Any]:
+    """p50/p95/p99 of each search form over HTTP against the gateway on the built index."""
+    tmp = Path(tempfile.mkdtemp(prefix="index-bench-http-"))
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "CARELINK_DATABASE_URL": db_url,
+        "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
+        "CARELINK_AUTH": "jwt",
+        "CARELINK_AUDIENCE": f"{base}/fhir",
+        "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
+        # keys and checkpoints in the run's own folder (with PostgreSQL they would go
+        # to var/ in the working directory)
+        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
+        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "audit-checkpoints"),
+        "CARELINK_MASTER_KEY": str(tmp / "extract-master.key"),
+        "CARELINK_EXPORTS": str(tmp / "exports"),
+        "CARELINK_LOG_LEVEL": "warning",
+    }
+    carelink = [sys.executable, "-m", "carelink"]
+    out: dict[str, Any] = {}
+    try:
+        with process(
+            [*carelink, "serve", "--port", str(port), "--workers", "2"],
+            f"{base}/fhir/metadata",
+            env,
+        ):
+            token = mint(env)
+            for n, form in enumerate(HTTP_FORMS):
+                paths = search_paths(people, form, 2000, n)
+                matched = sum(
+                    json.loads(get(base + path, token)).get("total", 0) > 0 for path in paths[:50]
+                )
+                before = tree_cpu(os.getpid())  # the gateway's processes (wrk ends before after)
+                result = wrk(base, paths, seconds, 32, tmp, token)
+                used = tree_cpu(os.getpid()) - before
+                requests = result["rps"] * seconds
+                out[form] = {
+                    **result,
+                    "found_of_50": matched,
+                    "cpu_ms_per_request": round(used / requests * 1000, 2) if requests else None,
+                }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def changes(store: IndexStore, n: int, seed: int) -> tuple[float, int]:
     rng = random.Random(seed)
     picked = []
@@ -280,18 +392,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db = Database(url)
         db.migrate()
         store = IndexStore(db)
+        load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         report, perturbed = asyncio.run(build(urls, store, args.errors, args.writers))
         took = time.perf_counter() - started
+        build_cpu = sum(
+            getattr(resource.getrusage(who), f) - getattr(then, f)
+            for who, then in zip((resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN), cpu, strict=True)
+            for f in ("ru_utime", "ru_stime")
+        )
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         precision, recall = quality(store, perturbed.truth)
-        numbers, alike = [], []
+        numbers, alike, sample = [], [], []
         for p in store.each_person(batch=5000):
             if p.nhs_number and len(numbers) < 200_000:
                 numbers.append(p.nhs_number)
             if p.birth_date and len(alike) < 200_000:
                 alike.append((p.family, p.birth_date))
+            if p.birth_date and len(p.birth_date) == 10 and len(sample) < 20_000:
+                sample.append(replace(p, patient=b""))
         rng = random.Random(3)
         lookups = []
         for nhs in rng.sample(numbers, min(5000, len(numbers))):
@@ -299,6 +420,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.person_by_nhs(nhs)
             lookups.append(time.perf_counter() - t)
         search_p99 = searches(store, alike, 32, 100)
+        http = (
+            http_searches(url, urls, sample, args.gateway_port or args.port + 10, args.http_seconds)
+            if args.http_seconds
+            else {}
+        )
         change_s, changed = changes(store, args.changes, 11)
         return {
             "people": args.people,
@@ -307,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "persons": report.persons,
             "build_s": round(took, 1),
             "stages_s": report.seconds,
+            "build_cpu_s": round(build_cpu, 1),
             "peak_mb": round(peak_mb),
             "writer_peak_mb": round(writer_mb) if args.writers > 1 else None,
             "candidates_mean": report.candidates_mean,
@@ -314,6 +441,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "oversized_blocks": report.oversized_blocks,
             "nhs_lookup_p99_ms": p99(lookups),
             "search_p99_ms_32_clients": search_p99,
+            "http_search": http,
+            "http_search_p99_ms": max((m["p99_ms"] for m in http.values()), default=None),
+            "load_before_build": load_before,
+            "load_after_build": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "perturbed_records": len(perturbed.truth),
             "precision": precision,
             "recall": recall,
@@ -337,6 +468,13 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=1, help="processes making the people")
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--gateway-port", type=int, help="for the HTTP searches (default: --port + 10)")
+    ap.add_argument(
+        "--http-seconds",
+        type=int,
+        default=15,
+        help="wrk seconds per search form against the gateway (0: no HTTP searches)",
+    )
     ap.add_argument(
         "--running",
         action="store_true",
@@ -346,14 +484,21 @@ def main() -> None:
     r = run(args)
     print(json.dumps(r, indent=1))
     print(
-        "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) | P/R "
-        "| 1,000 changes |"
+        "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) "
+        "| HTTP search p99 (32) | P/R | 1,000 changes |"
     )
     print(
         f"| {r['people']:,} | {r['build_s']} s | {r['peak_mb']} MB | {r['candidates_mean']}/"
         f"{r['candidates_max']} | {r['nhs_lookup_p99_ms']} ms | {r['search_p99_ms_32_clients']} ms"
-        f" | {r['precision']}/{r['recall']} | {r['changes_s']} s |"
+        f" | {r['http_search_p99_ms']} ms | {r['precision']}/{r['recall']} | {r['changes_s']} s |"
     )
+    for form, m in r["http_search"].items():
+        print(
+            f"HTTP {form:18} p50 {m['p50_ms']:7.1f}  p95 {m['p95_ms']:7.1f}  "
+            f"p99 {m['p99_ms']:7.1f} ms"
+            f"  {m['rps']:6.0f} req/s  {m['cpu_ms_per_request']} ms CPU/req  errors {m['errors']}"
+            f"  found {m['found_of_50']}/50"
+        )
     if args.out:
         args.out.write_text(json.dumps(r, indent=1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from carelink.federation.build import build_index
 from carelink.federation.index import link_people
 from carelink.sources.base import SourceAnswer, SourcePerson
 from carelink.storage import Database, IndexStore, LinkRow, PersonRow
+from carelink.storage.index_build import staging_file
 from carelink.storage.tables import links, persons, review
 from tests.federation.test_index import KEY, MESSY, _sources
 
@@ -99,6 +101,9 @@ def test_a_rebuild_replaces_the_whole_index_and_lookups_see_the_new_one(database
         names = set(sa.inspect(conn).get_table_names())
     assert "index_staging" not in names
     assert not {n for n in names if n.endswith("_build")}
+    if store.db.is_sqlite:  # staged in a scratch file beside the database, gone after
+        assert staging_file(store.db).endswith(".staging")
+        assert not os.path.exists(staging_file(store.db))
     store.close()
 
 

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import random
+from dataclasses import replace
+from typing import Any
+
 import orjson
 
 from carelink.federation.index import link_people
 from carelink.fhir.search import fold
 from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
-from carelink.storage import Database, DateTest, IndexStore, NameTest, PersonQuery
+from carelink.storage import (
+    Database,
+    DateTest,
+    IdentifierTest,
+    IndexStore,
+    LinkRow,
+    NameTest,
+    PersonQuery,
+    PersonRow,
+)
 from carelink.storage.database import MIGRATIONS
 from tests.support.people import as_listed_by
+
+DAY = dt.timedelta(days=1)
 
 
 def _gp(people: list[pop.Person]) -> dict[str, list[SourcePerson]]:
@@ -87,11 +103,69 @@ def test_a_scan_of_the_whole_index_reads_it_in_batches_in_id_order(database_url)
     db.dispose()
 
 
-def test_the_fixed_search_by_name_and_birth_day_finds_what_the_general_one_finds(database_url):
-    """``family`` / ``given`` prefixes with ``birthdate=eq<day>`` take fixed SQL; the
-    answer is the general WHERE clause's, partial stored dates included."""
-    import datetime as dt
+def _random_query(rng: random.Random, rows: list[PersonRow], links: list[LinkRow]) -> PersonQuery:
+    """A random mix of every criterion, each drawn from the stored people (so most match
+    someone), as ``patient_query`` makes them."""
+    from carelink.federation.patient_search import birth_date_clauses
+    from carelink.fhir.search import parse_date
 
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+
+    def some(n: int) -> list[PersonRow]:
+        return rng.sample(rows, n)
+
+    def names(attr: str, folded: str) -> tuple[tuple[NameTest, ...], ...]:
+        return tuple(
+            tuple(
+                NameTest(getattr(r, attr), True)
+                if rng.random() < 0.2
+                else NameTest(getattr(r, folded)[: rng.randint(1, 6)])
+                for r in some(rng.randint(1, 2))
+            )
+            for _ in range(rng.randint(0, 1))
+        )
+
+    def born() -> tuple[Any, ...]:
+        r = some(1)[0]
+        stored = r.birth_date if r.birth_date and len(r.birth_date) in (4, 7, 10) else "1950"
+        value = rng.choice([stored, "1950", "1950-03", "2001-02-03"])
+        value = value[: rng.choice([4, 7, 10, 10, 10])]
+        prefix = rng.choice(["", "eq", "eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap"])
+        return birth_date_clauses(parse_date(prefix + value, "birthdate"), now)
+
+    ids = tuple(tuple(r.id for r in some(2)) for _ in range(rng.random() < 0.1))
+    identifiers = tuple(
+        (
+            IdentifierTest(nhs_number=rng.choice(rows).nhs_number or "0000000000"),
+            IdentifierTest(local_id=(lk := rng.choice(links)).local_id, source=lk.source),
+            IdentifierTest(local_id=rng.choice(links).local_id),
+        )[rng.randint(0, 2) :]
+        for _ in range(rng.random() < 0.15)
+    )
+    return PersonQuery(
+        ids=ids,
+        identifiers=identifiers,
+        family=names("family", "family_folded"),
+        given=names("given", "given_folded"),
+        birth_date=tuple(born() for _ in range(rng.choice([0, 1, 1, 1, 2]))),
+        birth_date_missing=rng.choice([None, None, None, True, False]),
+        gender=tuple(
+            tuple(rng.sample(["male", "female", "other", "unknown"], rng.randint(0, 2)))
+            for _ in range(rng.random() < 0.3)
+        ),
+        gender_missing=rng.choice([None, None, None, True, False]),
+        postcode=tuple(
+            tuple(str(r.postcode or "LS").replace(" ", "")[: rng.randint(2, 7)] for r in some(1))
+            for _ in range(rng.random() < 0.3)
+        ),
+    )
+
+
+def test_the_search_sql_finds_what_the_general_where_clause_finds(database_url):
+    """``find`` and ``count`` run SQL text (``where_sql``); on random queries of every
+    criterion (OR-lists, exact and prefix names, every date prefix at every precision,
+    missing, identifiers) over stored dates of every precision and none, they give the
+    rows SQLAlchemy's ``where`` selects, in the same order."""
     import sqlalchemy as sa
 
     from carelink.storage.person_query import where
@@ -102,31 +176,37 @@ def test_the_fixed_search_by_name_and_birth_day_finds_what_the_general_one_finds
     store = IndexStore(db)
     people = list(pop.people(4, 400))
     rows, links, reviews, _ = link_people(_gp(people), store.secret())
-    partial = [
-        type(r)(**{**vars(r), "birth_date": r.birth_date[:n]})
-        for r, n in zip(rows[:40], [4, 7] * 20, strict=True)
+    cut = [4, 7, None, 10, 9] * 20  # 9: a malformed date matches no date test
+    odd = [
+        replace(r, birth_date=r.birth_date[:n] if n else None, gender=None if n else r.gender)
+        for r, n in zip(rows[:100], cut, strict=True)
     ]
-    store.replace_all(partial + rows[40:], links, reviews)
-    day = dt.timedelta(days=1)
-    for r in rows[:80]:
-        d = dt.date.fromisoformat(r.birth_date)
-        born = ((DateTest("starts<=", str(d - day), True), DateTest("ends>=", str(d + day), True)),)
-        for family, given in (
-            (r.family_folded[:2], None),
-            (None, r.given_folded[:1]),
-            (r.family_folded, r.given_folded),
-        ):
-            q = PersonQuery(
-                family=((NameTest(family),),) if family else (),
-                given=((NameTest(given),),) if given else (),
-                birth_date=(born,),
-            )
-            with db.engine.connect() as conn:
-                want = [
-                    x[0]
-                    for x in conn.execute(
-                        sa.select(persons.c.id).where(where(q)).order_by(persons.c.id)
-                    )
-                ]
-            assert [p.id for p in store.find(q)] == want
+    rows = odd + rows[100:]
+    store.replace_all(rows, links, reviews)
+    rng = random.Random(5)
+    seen = 0
+    for r in rows[:60]:  # the shapes a Patient search makes most: names with one birth day
+        d = (
+            dt.date.fromisoformat(r.birth_date)
+            if r.birth_date and len(r.birth_date) == 10
+            else None
+        )
+        if d is None:
+            continue
+        born = ((DateTest("starts<=", str(d - DAY), True), DateTest("ends>=", str(d + DAY), True)),)
+        q = PersonQuery(family=((NameTest(r.family_folded[:2]),),), birth_date=(born,))
+        assert r.id in [p.id for p in store.find(q)]
+    for _ in range(400):
+        q = _random_query(rng, rows, links)
+        with db.engine.connect() as conn:
+            want = [
+                x[0]
+                for x in conn.execute(
+                    sa.select(persons.c.id).where(where(q)).order_by(persons.c.id)
+                )
+            ]
+        assert [p.id for p in store.find(q, limit=10_000)] == want, q
+        assert store.count(q) == len(want)
+        seen += bool(want)
+    assert seen > 100  # most queries matched someone: the comparison is not of empty lists
     store.close()

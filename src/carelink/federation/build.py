@@ -251,14 +251,38 @@ def _write(
     return persons, dict(conflicts)
 
 
+class _Shared:
+    """What the writer processes share: the SQLite write lock and how many links are
+    written (set in each process by ``_start_writer``)."""
+
+    lock: Any = None
+    written: Any = None
+
+
+def _start_writer(lock: Any, written: Any) -> None:
+    _Shared.lock, _Shared.written = lock, written
+
+
+def _count_written(done: int) -> None:
+    with _Shared.written.get_lock():
+        _Shared.written.value += done
+
+
 def write_part(
     url: str, part: int, key: bytes, built_at: str, batch: int
 ) -> tuple[int, dict[str, int]]:
     """``_write`` in a process of its own, attached to the build in database ``url``."""
     db = Database(url)
-    build = IndexBuild(db, batch, attach=True)
+    build = IndexBuild(db, batch, attach=True, lock=_Shared.lock)
+    reported = 0
+
+    def progress(done: int) -> None:
+        nonlocal reported
+        _count_written(done - reported)
+        reported = done
+
     try:
-        return _write(build, key, built_at, part)
+        return _write(build, key, built_at, part, progress)
     finally:
         build.close()
         db.dispose()
@@ -285,7 +309,13 @@ async def _write_all(
     else:
         loop = asyncio.get_running_loop()
         spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=parts, mp_context=spawn) as pool:
+        written = spawn.Value("q", 0)
+        with ProcessPoolExecutor(
+            max_workers=parts,
+            mp_context=spawn,
+            initializer=_start_writer,
+            initargs=(spawn.Lock(), written),
+        ) as pool:
             futures = [
                 loop.run_in_executor(
                     pool, write_part, build.db.url, part, key, built_at, build.batch
@@ -294,7 +324,7 @@ async def _write_all(
             ]
             while not all(f.done() for f in futures):
                 await asyncio.wait(futures, timeout=1.0)
-                progress("writing", await asyncio.to_thread(build.written), total)
+                progress("writing", written.value, total)
             results = [f.result() for f in futures]
     conflicts: Counter[str] = Counter()
     for persons, counted in results:

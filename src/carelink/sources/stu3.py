@@ -29,6 +29,8 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from carelink.sources.base import Json
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
@@ -453,9 +455,19 @@ def missing(resource: Json) -> list[str]:
     return out
 
 
+def _copy(doc: Json) -> Json:
+    """A deep copy of parsed JSON (orjson's, with the standard library's for what orjson
+    does not write, e.g. integers beyond 64 bits)."""
+    try:
+        copied: Json = orjson.loads(orjson.dumps(doc))
+    except (TypeError, orjson.JSONEncodeError):
+        copied = json.loads(json.dumps(doc))
+    return copied
+
+
 def to_r4(stu3: Json) -> Converted:
     """``stu3`` (not changed) as an R4 resource, with what could not be kept."""
-    r: Json = json.loads(json.dumps(stu3))
+    r: Json = _copy(stu3)
     stu3_type = str(r.get("resourceType"))
     if isinstance(r.get("id"), str) and r["id"].startswith(stu3_type + "/"):
         r["id"] = r["id"].removeprefix(stu3_type + "/")  # published quirk: "Type/id" as id

@@ -13,6 +13,8 @@ records back as a stream.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -68,7 +70,7 @@ def _new_tables(md: sa.MetaData) -> list[sa.Table]:
     return out
 
 
-def _staging_table(md: sa.MetaData) -> sa.Table:
+def _staging_table(md: sa.MetaData, schema: str | None) -> sa.Table:
     return sa.Table(
         STAGING,
         md,
@@ -85,7 +87,16 @@ def _staging_table(md: sa.MetaData) -> sa.Table:
         sa.Column("postcode", sa.String(10), nullable=True),
         sa.Column("patient", sa.LargeBinary, nullable=False),
         sa.Column("part", sa.Integer, nullable=False),
+        schema=schema,
     )
+
+
+def staging_file(db: Database) -> str:
+    """Where a SQLite build stages its records: a scratch file beside the database (a
+    table of every record inside it would leave gigabytes of free pages behind, and
+    dropping it costs a walk over all of them), or memory for an in-memory database."""
+    where = sa.engine.make_url(db.url).database
+    return f"{where}.staging" if where and where != ":memory:" else ":memory:"
 
 
 class IndexBuild:
@@ -96,24 +107,67 @@ class IndexBuild:
     ``attach``es to the build the first one made.
     """
 
-    def __init__(self, db: Database, batch: int = 5000, *, attach: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        batch: int = 5000,
+        *,
+        attach: bool = False,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
         self.db = db
         self.batch = batch
+        # held around each SQLite write transaction: processes writing one file take
+        # turns at once instead of sleeping in SQLite's busy handler
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self.token = secrets.token_hex(4)
         self.attached = attach
         md = sa.MetaData()
-        self.staging = _staging_table(md)
+        self.staging = _staging_table(md, "staging" if db.is_sqlite else None)
+        #: the staging table's name in SQL
+        self.staged = f"staging.{STAGING}" if db.is_sqlite else STAGING
         self.tables = _new_tables(md)
         self._raw: Any = db.engine.raw_connection()
         self._conn: Any = cast(Any, self._raw.driver_connection)  # sqlite3 or psycopg
-        if db.is_sqlite:
+        sqlite = db.is_sqlite
+        if sqlite:
             self._conn.isolation_level = None  # explicit BEGIN/COMMIT, DDL included
+            self._file = staging_file(db)
+            if not attach:
+                _remove(self._file)  # what a crashed build left
+            self._execute("ATTACH DATABASE ? AS staging", (self._file,))
+            # scratch: a crash loses nothing the next build does not remake
+            self._execute("PRAGMA staging.journal_mode=OFF")
+            self._execute("PRAGMA staging.synchronous=OFF")
         if attach:
             return
         with db.engine.begin() as conn:
-            for t in [self.staging, *reversed(self.tables)]:
+            for t in [*([] if sqlite else [self.staging]), *reversed(self.tables)]:
                 t.drop(conn, checkfirst=True)  # what a crashed build left
-            md.create_all(conn)
+            for t in self.tables:
+                t.create(conn)
+        self._execute(str(sa.schema.CreateTable(self.staging).compile(dialect=db.engine.dialect)))
+        if not sqlite:
+            self._conn.commit()
+
+    def _execute(self, sql: str, values: Sequence[Any] = ()) -> None:
+        cur = self._conn.cursor()
+        try:
+            cur.execute(sql, tuple(values))
+        finally:
+            cur.close()
+
+    def _rows(self, sql: str, values: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a read on the build's own connection (its own short transaction)."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute(sql, tuple(values))
+            rows = [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+        if not self.db.is_sqlite:
+            self._conn.commit()
+        return rows
 
     # -- writing ------------------------------------------------------------------
 
@@ -125,9 +179,10 @@ class IndexBuild:
         try:
             if self.db.is_sqlite:
                 marks = ", ".join("?" for _ in columns)
-                cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
-                cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
-                cur.execute("COMMIT")
+                with self.lock:
+                    cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
+                    cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+                    cur.execute("COMMIT")
             else:
                 with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                     for row in rows:
@@ -139,7 +194,7 @@ class IndexBuild:
     def stage(self, rows: Sequence[Sequence[Any]]) -> None:
         """Add source records (values in ``STAGED_COLUMNS`` order)."""
         for i in range(0, len(rows), self.batch):
-            self._load(STAGING, STAGED_COLUMNS, rows[i : i + self.batch])
+            self._load(self.staged, STAGED_COLUMNS, rows[i : i + self.batch])
 
     def regroup(
         self, changes: Sequence[tuple[str, str | None, float | None, int, str, str]]
@@ -147,7 +202,7 @@ class IndexBuild:
         """Set (grp, method, score, part) of staged records, each named by (source, local id)."""
         mark = "?" if self.db.is_sqlite else "%s"
         sql = (
-            f"UPDATE {STAGING} SET grp = {mark}, method = {mark}, score = {mark}, "  # noqa: S608
+            f"UPDATE {self.staged} SET grp = {mark}, method = {mark}, score = {mark}, "  # noqa: S608
             f"part = {mark} WHERE source = {mark} AND local_id = {mark}"
         )
         cur = self._conn.cursor()
@@ -171,80 +226,81 @@ class IndexBuild:
 
     # -- reading back -------------------------------------------------------------
 
-    def _stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
-        with self.db.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=self.batch).execute(
-                sa.text(sql), params or {}
-            )
-            for row in result:
-                yield tuple(row)
-
     def linking_fields(self) -> Iterator[tuple[Any, ...]]:
         """(nhs, given, family, birth_date, gender, postcode) of every staged record that
-        has a valid NHS number, in no particular order."""
-        return self._stream(
-            f"SELECT nhs, given, family, birth_date, gender, postcode FROM {STAGING} "  # noqa: S608
-            "WHERE nhs IS NOT NULL"
-        )
+        has a valid NHS number, in no particular order, read in batches."""
+        mark = "?" if self.db.is_sqlite else "%s"
+        columns = "rowid, nhs, given, family, birth_date, gender, postcode"
+        key = "rowid"
+        if not self.db.is_sqlite:
+            columns, key = (
+                "source, local_id, " + columns.removeprefix("rowid, "),
+                "(source, local_id)",
+            )
+        after: tuple[Any, ...] = ()
+        while True:
+            test = f" AND {key} > ({', '.join(mark for _ in after)})" if after else ""
+            rows = self._rows(
+                f"SELECT {columns} FROM {self.staged} WHERE nhs IS NOT NULL{test} "  # noqa: S608
+                f"ORDER BY {key.strip('()')} LIMIT {self.batch}",
+                after,
+            )
+            width = 1 if self.db.is_sqlite else 2
+            for r in rows:
+                yield r[width:]
+            if len(rows) < self.batch:
+                return
+            after = rows[-1][:width]
 
     def with_nhs_numbers(self, numbers: Sequence[str]) -> list[tuple[Any, ...]]:
         """(source, local_id, nhs, given, family, birth_date, gender, postcode) of the
         staged records holding any of ``numbers``: their linking fields only."""
         if numbers:
-            with self.db.engine.begin() as conn:
-                conn.execute(
-                    sa.text(
-                        f"CREATE INDEX IF NOT EXISTS ix_{STAGING}_nhs_{self.token} "
-                        f"ON {STAGING} (nhs)"
-                    )
-                )
+            name = f"ix_{STAGING}_nhs_{self.token}"
+            if self.db.is_sqlite:
+                name = f"staging.{name}"
+            self._execute(f"CREATE INDEX IF NOT EXISTS {name} ON {STAGING} (nhs)")
+        mark = "?" if self.db.is_sqlite else "%s"
+        slim = "source, local_id, nhs, given, family, birth_date, gender, postcode"
         out: list[tuple[Any, ...]] = []
-        t = self.staging
-        slim = ("source", "local_id", "nhs", "given", "family", "birth_date", "gender", "postcode")
-        with self.db.engine.connect() as conn:
-            for i in range(0, len(numbers), 500):
-                part = list(numbers[i : i + 500])
-                q = sa.select(*[t.c[c] for c in slim]).where(t.c.nhs.in_(part))
-                out.extend(tuple(r) for r in conn.execute(q))
+        for i in range(0, len(numbers), 500):
+            part = list(numbers[i : i + 500])
+            out.extend(
+                self._rows(
+                    f"SELECT {slim} FROM {self.staged} "  # noqa: S608
+                    f"WHERE nhs IN ({', '.join(mark for _ in part)})",
+                    part,
+                )
+            )
         return out
 
     def index_groups(self) -> None:
         """Index the staged records by part and group, for ``by_group``."""
-        with self.db.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    f"CREATE INDEX ix_{STAGING}_grp_{self.token} "
-                    f"ON {STAGING} (part, grp, source, local_id)"
-                )
-            )
+        name = f"ix_{STAGING}_grp_{self.token}"
+        if self.db.is_sqlite:
+            name = f"staging.{name}"
+        self._execute(f"CREATE INDEX {name} ON {STAGING} (part, grp, source, local_id)")
+        if not self.db.is_sqlite:
+            self._conn.commit()
 
     def by_group(self, part: int = 0) -> Iterator[tuple[Any, ...]]:
         """The staged records of one part (``STAGED_COLUMNS``), ordered by group, source
         and local id (after ``index_groups``). Read in batches, each in a short
         transaction of its own: a read held open for the whole build would keep SQLite
         from checkpointing its write-ahead log while the people are written."""
-        t = self.staging
-        columns = [t.c[c] for c in STAGED_COLUMNS]
-        order = (t.c.grp, t.c.source, t.c.local_id)
-        after: tuple[Any, ...] | None = None
+        mark = "?" if self.db.is_sqlite else "%s"
+        select = f"SELECT {', '.join(STAGED_COLUMNS)} FROM {self.staged} WHERE part = {mark}"  # noqa: S608
+        order = f" ORDER BY grp, source, local_id LIMIT {self.batch}"
+        first = select + order
+        rest = f"{select} AND (grp, source, local_id) > ({mark}, {mark}, {mark}){order}"
+        after: tuple[Any, ...] = ()
         while True:
-            q = sa.select(*columns).where(t.c.part == part)
-            if after is not None:
-                q = q.where(sa.tuple_(*order) > sa.tuple_(*[sa.literal(v) for v in after]))
-            q = q.order_by(*order).limit(self.batch)
-            with self.db.engine.connect() as conn:
-                rows = [tuple(r) for r in conn.execute(q)]
+            rows = self._rows(rest if after else first, (part, *after))
             yield from rows
             if len(rows) < self.batch:
                 return
             last = rows[-1]
             after = (last[3], last[0], last[1])
-
-    def written(self) -> int:
-        """How many links the new tables hold so far."""
-        with self.db.engine.connect() as conn:
-            table = _build_name("person_links")
-            return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
 
     # -- the swap -----------------------------------------------------------------
 
@@ -283,16 +339,29 @@ class IndexBuild:
             cur.close()
 
     def close(self) -> None:
-        """Drop the staging table (and build tables a failed build left) and disconnect
-        (an attached build only disconnects)."""
-        if self.attached:
-            self._raw.close()
-            return
+        """Drop the staging (on SQLite its file) and build tables a failed build left, and
+        disconnect (an attached build only disconnects)."""
         try:
+            if self.attached:
+                return
             if not self.db.is_sqlite:
                 self._conn.rollback()
             with self.db.engine.begin() as conn:
-                for t in [self.staging, *reversed(self.tables)]:
+                for t in [*([] if self.db.is_sqlite else [self.staging]), *reversed(self.tables)]:
                     t.drop(conn, checkfirst=True)
         finally:
+            if self.db.is_sqlite:
+                with contextlib.suppress(Exception):
+                    self._execute("DETACH DATABASE staging")  # the connection goes back to the pool
             self._raw.close()
+            if self.db.is_sqlite and not self.attached:
+                _remove(self._file)
+
+
+def _remove(path: str) -> None:
+    """Delete a staging file (and what SQLite keeps beside it), if there."""
+    if path == ":memory:":
+        return
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +12,7 @@ import sqlalchemy as sa
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
 from carelink.storage.loop_guard import bounds_itself, loop_bounded
-from carelink.storage.person_query import PersonQuery, where
+from carelink.storage.person_query import PersonQuery, where_sql
 from carelink.storage.tables import links, persons, review, settings_table
 
 
@@ -215,40 +214,25 @@ class IndexStore:
         if nhs is not None:
             row = self.person_by_nhs(nhs)
             return [row] if row is not None and row.id > after and limit > 0 else []
-        fast = _names_born_on(query)
-        if fast is not None:
-            return self._names_born_on(*fast, after=after, limit=limit)
-        q = (
-            sa.select(persons)
-            .where(where(query), persons.c.id > after)
-            .order_by(persons.c.id)
-            .limit(limit)
-        )
-        with self.db.engine.connect() as conn:
-            return [_person(tuple(r)) for r in conn.execute(q)]
-
-    def _names_born_on(
-        self, day: str, family: str | None, given: str | None, *, after: str, limit: int
-    ) -> list[PersonRow]:
-        """Fixed SQL for the commonest demographic search: name prefixes and one birth day
-        (building the general WHERE clause costs twenty times the indexed read)."""
         mark = "?" if self.db.is_sqlite else "%s"
-        sql = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE birth_date = {mark}"  # noqa: S608
-        values: list[Any] = [day]
-        for column, prefix in (("family_folded", family), ("given_folded", given)):
-            if prefix is not None:
-                sql += f" AND substr({column}, 1, {mark}) = {mark}"
-                values += [len(prefix), prefix]
-        sql += f" AND id > {mark} ORDER BY id LIMIT {mark}"
-        values += [after, limit]
-        with self.db.engine.connect() as conn:
-            return [_person(tuple(r)) for r in conn.exec_driver_sql(sql, tuple(values))]
+        test, values = where_sql(query, mark)
+        sql = (
+            f"SELECT {_PERSON_COLUMNS} FROM persons WHERE {test} "  # noqa: S608
+            f"AND id > {mark} ORDER BY id LIMIT {mark}"
+        )
+        return [_person(r) for r in self._search(sql, (*values, after, limit))]
 
     def count(self, query: PersonQuery) -> int:
         """How many persons match ``query`` (a SQL COUNT of the same WHERE clause)."""
-        q = sa.select(sa.func.count()).select_from(persons).where(where(query))
+        test, values = where_sql(query, "?" if self.db.is_sqlite else "%s")
+        sql = f"SELECT count(*) FROM persons WHERE {test}"  # noqa: S608
+        return int(self._search(sql, values)[0][0])
+
+    def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A search's rows, through the pool (a wide search may take longer than the
+        lookup connection's ``HOT_LIMIT``, and searches may come from many threads)."""
         with self.db.engine.connect() as conn:
-            return int(conn.execute(q).scalar_one())
+            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
 
     def people_after(self, after: str = "", batch: int = 1000) -> list[PersonRow]:
         """Up to ``batch`` persons with ids after ``after``, in id order: one step of a
@@ -350,39 +334,6 @@ def _only_nhs_number(query: PersonQuery) -> str | None:
     if len(alternatives) != 1:
         return None
     return alternatives[0].nhs_number
-
-
-def _names_born_on(query: PersonQuery) -> tuple[str, str | None, str | None] | None:
-    """(day, family prefix, given prefix) when ``query`` asks only for a birth date equal
-    to one day (``birthdate=eq``) and name prefixes: a stored date matches exactly when
-    it is that day, since a partial date's period is longer than the query's."""
-    if query != PersonQuery(family=query.family, given=query.given, birth_date=query.birth_date):
-        return None
-    if len(query.birth_date) != 1 or len(query.birth_date[0]) != 1:
-        return None
-    (clause,) = query.birth_date[0]
-    if len(clause) != 2:
-        return None
-    starts, ends = sorted(clause, key=lambda t: t.bound, reverse=True)
-    if not (
-        starts.bound == "starts<=" and ends.bound == "ends>=" and starts.negate and ends.negate
-    ):
-        return None
-    try:
-        before, after = date.fromisoformat(starts.date), date.fromisoformat(ends.date)
-    except ValueError:
-        return None
-    if after - before != timedelta(days=2):
-        return None
-    prefixes: list[str | None] = []
-    for names in (query.family, query.given):
-        if not names:
-            prefixes.append(None)
-        elif len(names) == 1 and len(names[0]) == 1 and not names[0][0].exact:
-            prefixes.append(names[0][0].value)
-        else:
-            return None
-    return (before + timedelta(days=1)).isoformat(), prefixes[0], prefixes[1]
 
 
 def _person(row: tuple[Any, ...]) -> PersonRow:
