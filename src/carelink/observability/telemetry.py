@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from carelink.observability.context import current_request_id, note_source, sources_asked
 from carelink.observability.logs import ACCESS, CIRCUIT, SOURCES
@@ -34,6 +35,10 @@ class Telemetry:
     ) -> None:
         self.metrics = metrics
         self.spans = spans  # None unless an OpenTelemetry tracer provider is configured
+        #: each (method, route, status)'s counter and histogram series, looked up once:
+        #: ``labels()`` takes a lock and builds a key on every call. Bounded: methods and
+        #: routes are fixed sets (``api.observe``), statuses a few dozen.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         for name in sources:  # every configured source has a circuit series from the start
             metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
 
@@ -72,9 +77,16 @@ class Telemetry:
         self, method: str, route: str, status: int, seconds: float, level: int = logging.INFO
     ) -> None:
         """A request was answered: its access line (at ``level``) and its metrics."""
-        code = str(status)
-        self.metrics.requests.labels(method, route, code).inc()
-        self.metrics.request_seconds.labels(method, route, code).observe(seconds)
+        series = self._series.get((method, route, status))
+        if series is None:
+            code = str(status)
+            series = (
+                self.metrics.requests.labels(method, route, code),
+                self.metrics.request_seconds.labels(method, route, code),
+            )
+            self._series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if not _access.isEnabledFor(level):
             return
         fields = {
