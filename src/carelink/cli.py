@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -208,22 +209,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except UsageError as exc:
-        print(f"carelink: usage error: {exc}", file=sys.stderr)
+        _fail(f"usage error: {exc}")
         return EXIT_USAGE
     except errors.ConfigError as exc:
-        print(f"carelink: configuration error: {exc}", file=sys.stderr)
+        _fail(f"configuration error: {exc}")
         return EXIT_CONFIG
     except errors.StorageUnavailable as exc:
-        print(f"carelink: configuration error: {exc}", file=sys.stderr)
+        _fail(f"configuration error: {exc}")
         return EXIT_CONFIG
     except errors.SourceError as exc:
-        print(f"carelink: source error: {exc}", file=sys.stderr)
+        _fail(f"source error: {exc}")
         return EXIT_SOURCE
     except (errors.CarelinkError, ValueError, OSError) as exc:
-        print(f"carelink: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _fail(text: str) -> None:
+    """The one line a failed command ends with, after every log line before it (the
+    gateway writes its log lines in batches: ``observability.logs.BufferedLines``)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    print(f"carelink: {text}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -356,7 +365,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve(settings, args.host, args.port, args.workers, args.log_level or settings.log_level)
     except WorkerFailed as exc:
-        print(f"carelink: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return EXIT_ERROR
     return EXIT_OK
 

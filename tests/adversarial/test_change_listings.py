@@ -34,6 +34,7 @@ from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.storage import FeedStore
 from tests.federation.test_build import _store
+from tests.support.kinds import kind_route
 from tests.support.procs import free_port
 from tests.support.servers import run_app
 
@@ -90,7 +91,7 @@ def _disorderly_server() -> Starlette:
         more = f"{base}/Patient?_lastUpdated=gt2000&page=1" if page == 0 else None
         return _bundle(base, PAGES[page], more)
 
-    return Starlette(routes=[Route("/fhir/Patient", patients)])
+    return Starlette(routes=[kind_route("acute"), Route("/fhir/Patient", patients)])
 
 
 def test_a_listing_that_repeats_and_runs_out_of_order_leaves_each_record_once_and_newest(
