@@ -18,7 +18,7 @@ messages).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,6 +75,11 @@ class PatientChanges:
         self.clock = clock
         self.on_change = on_change  # e.g. forget answers cached before the change
         self.latest: dict[str, Changed] = {}  # in order of change, oldest first
+        #: the lists last made by ``listed``/``present``, by kind, with the number of
+        #: changes they reflect: a simulator lists a population of up to a million a page
+        #: at a time, and remaking the whole list for every page made listing quadratic
+        self._made: dict[str, tuple[int, list[str]]] = {}
+        self._count = 0  # changes made since start
 
     def _keep(self, local: str, patient: Json | None) -> Changed:
         stamp = self.clock()
@@ -84,6 +89,7 @@ class PatientChanges:
         changed = Changed(local, stamp, patient)
         self.latest.pop(local, None)
         self.latest[local] = changed
+        self._count += 1
         if self.on_change is not None:
             self.on_change()
         return changed
@@ -109,14 +115,34 @@ class PatientChanges:
         changed = self.latest.get(local)
         return generated(local) if changed is None else changed.patient
 
-    def listed(self, generated: Iterable[str]) -> list[str]:
+    def listed(self, generated: list[str]) -> list[str]:
         """The local ids the source lists now: the generated ones less those deleted,
-        then those added since start."""
+        then those added since start (``generated`` itself while nothing has changed).
+        ``generated`` is the same population at every call."""
+        if not self.latest:
+            return generated
+        made = self._made.get("listed")
+        if made is not None and made[0] == self._count:
+            return made[1]
         ids = [i for i in generated if i not in self.latest or self.latest[i].patient is not None]
         known = set(ids)
         ids += [
             c.local for c in self.latest.values() if c.patient is not None and c.local not in known
         ]
+        self._made["listed"] = (self._count, ids)
+        return ids
+
+    def present(self, generated: list[str]) -> list[str]:
+        """What ``listed`` lists less the records merged into another (a source's
+        patient list holds a merged-away record no more)."""
+        listed = self.listed(generated)
+        if not self.latest:
+            return listed
+        made = self._made.get("present")
+        if made is not None and made[0] == self._count:
+            return made[1]
+        ids = [i for i in listed if i not in self.latest or self.latest[i].merged_into is None]
+        self._made["present"] = (self._count, ids)
         return ids
 
     def since(self, instant: str) -> list[Changed]:

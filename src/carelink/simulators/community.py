@@ -321,11 +321,7 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
             size_ = min(1000, max(1, int(request.query_params.get("page_size", "100"))))
         except ValueError:
             return Response(b"page and page_size must be whole numbers", status_code=400)
-        refs = [
-            r
-            for r in changes.listed(people.local_ids())
-            if r not in changes.latest or changes.latest[r].merged_into is None
-        ]
+        refs = changes.present(people.local_ids())
         w = Writer(STAMP)
         for ref in refs[(page - 1) * size_ : page * size_]:
             changed = changes.latest.get(ref)

@@ -230,11 +230,7 @@ def build(
             hit = store.find(system or None, value)
             ids = [hit] if hit else []
         else:
-            ids = [
-                i
-                for i in changes.listed(store.patient_ids())
-                if i not in changes.latest or changes.latest[i].merged_into is None
-            ]
+            ids = changes.present(store.patient_ids())
         page = ids[offset : offset + count]
         resources = [down(p) for i in page if (p := current(i))]
         return fhir_response(

@@ -219,7 +219,8 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         return council_person(changed.patient, ref)
 
     def held() -> list[str]:
-        return [r for r in changes.listed(people.local_ids()) if current(r) is not None]
+        """Everyone the council holds now: not deleted, not merged away."""
+        return changes.present(people.local_ids())
 
     def paged(q: Any, items: list[Any]) -> tuple[list[Any], int, int]:
         page = max(1, int(q.get("page", "1")))
