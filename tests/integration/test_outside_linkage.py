@@ -108,3 +108,49 @@ def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_e
         told = json.dumps([e for e in page["entry"] if e["search"]["mode"] == "outcome"])
         assert "gp" in told
         assert "no traced NHS number" in told
+
+
+@pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
+def test_an_outside_person_who_moves_at_one_source_stays_one_person_with_one_id(tmp_path):
+    """The incremental update re-links with the build's rules on data we did not make: a
+    Synthea person who moves house at the acute trust (the GP, with no NHS number for
+    either, still has the old details) is still one person, under the same id, after
+    ``carelink index update``, shown at the new address; nobody else is touched."""
+    from tests.support.procs import carelink
+
+    acute_dir, gp_dir = tmp_path / "acute", tmp_path / "gp"
+    acute_dir.mkdir()
+    gp_dir.mkdir()
+    gp_id, _, _ = _split(acute_dir, gp_dir)
+    with (
+        files_system({"acute": acute_dir, "gp": gp_dir}, tmp_path) as fs,
+        httpx.Client(timeout=30) as client,
+    ):
+        local = sorted(gp_id)[1]
+
+        def person(acute_local: str) -> dict[str, Any]:
+            found = client.get(
+                f"{fs.base}/Patient",
+                params={"identifier": f"https://carelink.example/Id/acute|{acute_local}"},
+            ).json()
+            assert found["total"] == 1, acute_local
+            return dict(found["entry"][0]["resource"])
+
+        before = {a: person(a)["id"] for a in gp_id}
+        acute = fs.sources["acute"]
+        patient = client.get(f"{acute}/fhir/Patient/{local}").json()
+        patient["address"] = [{"line": ["2 New Street"], "postalCode": "YO1 7HH"}]
+        patient["telecom"] = [{"system": "phone", "value": "01904 000000"}]
+        assert client.put(f"{acute}/fhir/Patient/{local}", json=patient).status_code in (200, 201)
+        updated = carelink(["index", "update"], fs.env)
+        assert updated.returncode == 0, updated.stderr
+        after = person(local)
+        assert after["id"] == before[local]  # still the same person ...
+        assert sorted(lk["other"]["reference"] for lk in after["link"]) == [
+            f"Patient/acute-{local}",
+            f"Patient/gp-{gp_id[local]}",
+        ]  # ... still held by both sources
+        assert "YO1 7HH" in json.dumps(after.get("address", []))
+        assert {a: person(a)["id"] for a in gp_id if a != local} == {
+            a: pid for a, pid in before.items() if a != local
+        }

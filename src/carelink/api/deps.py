@@ -105,8 +105,9 @@ def consent_for(
 ) -> Situation:
     """The consent situation of this request for one patient (purpose checked first)."""
     guard: Guard = request.app.state.guard
-    guard.require_purpose(actor(caller))
-    return guard.situation(actor(caller), patient_id, patient)
+    who = actor(caller)
+    guard.require_purpose(who)
+    return guard.situation(who, patient_id, patient)
 
 
 def _as_user(scopes: frozenset[str]) -> frozenset[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.shared_types import SHARED_TYPES
+from carelink.observability import instant
 from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]
@@ -127,8 +127,8 @@ def _skipped_issue(r: SourceResult) -> Json:
 
 
 def utc_now() -> str:
-    """The current time as a FHIR instant."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current time as a FHIR instant (``observability.instant``)."""
+    return instant()
 
 
 class SharedRecord:

@@ -19,12 +19,12 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from carelink.feeds.intake import SEGMENT_SEQUENCE_ERROR, Verdict, bare_ack, read
+from carelink.observability import instant
 from carelink.sources.hl7v2_changes import INDEX_EVENTS
 from carelink.storage import FeedStore
 
@@ -36,7 +36,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 def now_instant() -> str:
     """The current time as a FHIR instant (UTC, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return instant(places=3)
 
 
 def new_ack_id() -> str:
