@@ -33,6 +33,14 @@ def _resources() -> list[dict[str, Any]]:
     ]
 
 
+def _folders(tmp_path: Path) -> tuple[Path, Path]:
+    """The acute trust's and the GP's data folders."""
+    acute_dir, gp_dir = tmp_path / "acute", tmp_path / "gp"
+    acute_dir.mkdir()
+    gp_dir.mkdir()
+    return acute_dir, gp_dir
+
+
 def _split(acute_dir: Path, gp_dir: Path) -> tuple[dict[str, str], set[str], str]:
     """Write the two sources' files; return acute id -> GP id, the dead, one GP-unaware death."""
     everything = _resources()
@@ -66,9 +74,7 @@ def _split(acute_dir: Path, gp_dir: Path) -> tuple[dict[str, str], set[str], str
 
 @pytest.mark.skipif(not SYNTHEA.exists(), reason="shared Synthea sample not present")
 def test_synthea_people_held_by_two_sources_without_nhs_numbers_are_one_person_each(tmp_path):
-    acute_dir, gp_dir = tmp_path / "acute", tmp_path / "gp"
-    acute_dir.mkdir()
-    gp_dir.mkdir()
+    acute_dir, gp_dir = _folders(tmp_path)
     gp_id, dead, unaware = _split(acute_dir, gp_dir)
     with (
         files_system({"acute": acute_dir, "gp": gp_dir}, tmp_path) as fs,
@@ -118,9 +124,7 @@ def test_an_outside_person_who_moves_at_one_source_stays_one_person_with_one_id(
     ``carelink index update``, shown at the new address; nobody else is touched."""
     from tests.support.procs import carelink
 
-    acute_dir, gp_dir = tmp_path / "acute", tmp_path / "gp"
-    acute_dir.mkdir()
-    gp_dir.mkdir()
+    acute_dir, gp_dir = _folders(tmp_path)
     gp_id, _, _ = _split(acute_dir, gp_dir)
     with (
         files_system({"acute": acute_dir, "gp": gp_dir}, tmp_path) as fs,
