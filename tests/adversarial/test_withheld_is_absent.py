@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -25,12 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
-from carelink.simulators.population import Person
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from tests.integration.conftest import System
-from tests.support.consents import privacy_consent
-from tests.support.gateways import copy_index, token_gateways
-from tests.support.tokens import Issuer
+from tests.support.objections import Gateway, objections_gateway, unknown_nhs_number
 
 STRANGER = "RXX01"
 SCOPES = ["user/*.cruds", "user/*.rs", "user/Patient.rs user/Condition.rs"]
@@ -45,67 +41,11 @@ SHAPES = [
 ]
 
 
-@dataclass
-class Gateway:
-    base: str
-    issuer: Issuer = field(repr=False)
-    people: list[Person] = field(repr=False)
-    ids: dict[str, str] = field(default_factory=dict, repr=False)  # NHS number -> merged id
-    objected: set[str] = field(default_factory=set, repr=False)  # NHS numbers
-
-    def token(self, **claims: Any) -> str:
-        claims.setdefault("scope", "user/*.cruds")
-        return self.issuer.token(aud=self.base, **claims)
-
-    def get(self, path: str, token: str, params: dict[str, str]) -> httpx.Response:
-        return httpx.get(
-            f"{self.base}{path}",
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-    def pid(self, person: Person) -> str:
-        if person.nhs_number not in self.ids:
-            gp = self.token(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
-            r = self.get("/Patient", gp, {"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"})
-            assert r.status_code == 200, r.text
-            self.ids[person.nhs_number] = str(r.json()["entry"][0]["resource"]["id"])
-        return self.ids[person.nhs_number]
-
-    def object(self, person: Person) -> None:
-        """Record the person's objection to sharing (once), as a privacy officer."""
-        if person.nhs_number in self.objected:
-            return
-        r = httpx.post(
-            f"{self.base}/Consent",
-            content=json.dumps(privacy_consent(self.pid(person), {"type": "deny"})),
-            headers={
-                "Authorization": f"Bearer {self.token(role='R0001', sub='privacy-officer-1')}",
-                "Content-Type": "application/fhir+json",
-            },
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        self.objected.add(person.nhs_number)
-
-
 @pytest.fixture(scope="module")
 def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("withheld")
-    db = copy_index(system.env["CARELINK_DATABASE_URL"], tmp / "withheld.db")
-    issuer = Issuer()
-    people = [p for p in system.population if "gp" in p.sources and not p.social_variant][:40]
-    with token_gateways(system.env, db, issuer, tmp) as (started,):
-        yield Gateway(started.base, issuer, people)
-
-
-def _unknown_nhs_number(known: set[str], start: int) -> str:
-    for n in range(start, 999_999_999):
-        digit = check_digit(str(n))
-        if digit is not None and f"{n}{digit}" not in known:
-            return f"{n}{digit}"
-    raise AssertionError("no free NHS number")  # pragma: no cover
+    with objections_gateway(system, tmp, 40, "withheld.db") as gateway:
+        yield gateway
 
 
 def _fill(value: str, pid: str, nhs: str) -> str:
@@ -188,7 +128,7 @@ def test_withheld_answers_as_absent(
         # an objection hides the record from everyone but the registered practice
         withheld = objection and who != "gp"
     absent_id = fake.hex
-    absent_nhs = _unknown_nhs_number({p.nhs_number for p in gateway.people}, start)
+    absent_nhs = unknown_nhs_number({p.nhs_number for p in gateway.people}, start)
     for path, query in SHAPES:
         real = gateway.get(
             _fill(path, pid, person.nhs_number),

@@ -25,8 +25,12 @@ def check_format(request: Request) -> None:
             raise UnsupportedFormat(f"_format '{fmt}' is not supported; use json", "_format")
         return
     accept = request.headers.get("accept", "")
-    if not accept:
-        return
+    if accept:
+        check_accept(accept)
+
+
+def check_accept(accept: str) -> None:
+    """406 unless the ``Accept`` header admits FHIR JSON."""
     kinds = [a.split(";")[0].strip() for a in accept.split(",")]
     ok = JSON_FORMATS | {"*/*", "application/*"}
     if not any(k in ok for k in kinds):
@@ -179,6 +183,25 @@ class Paging:
         wanted = ("patient", "subject", "_elements", "_summary", "_format")
         kept = tuple((k, v) for k, v in self.kept if k in wanted)
         return replace(self, kept=(("_cursor", cursor), *kept))
+
+
+#: ``identifier=<the NHS number system>|`` as ``Paging.links`` writes it
+_LOOKUP_KEPT = urlencode((("identifier", "https://fhir.nhs.uk/Id/nhs-number|"),))
+
+
+def lookup_links(url: str, nhs: str, count: int, total: int) -> dict[str, str]:
+    """``Paging.links`` for the first page of the lookup by NHS number (``nhs``, ten
+    digits, which need no encoding): the same links, without encoding the query anew."""
+    prefix = f"{url}?{_LOOKUP_KEPT}{nhs}&_count={count}&_offset="
+    out = {"self": prefix + "0", "first": prefix + "0"}
+    if count < total:
+        out["next"] = prefix + str(count)
+    return out
+
+
+def page_size(default: int) -> int:
+    """The page size of a search without ``_count``, as ``paging`` reads it."""
+    return max(default, 0)
 
 
 def paging(params: dict[str, list[str]], used: Iterable[str], default: int, upper: int) -> Paging:

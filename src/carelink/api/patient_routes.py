@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from carelink.federation.patient_search import (
     patient_query,
 )
 from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
+from carelink.fhir.nhs import problem
 from carelink.fhir.search import apply_elements, parse_token
 from carelink.sources.base import LOCAL_ID_SYSTEM, local_id_system
 from carelink.storage import LinkRow, PersonQuery, PersonRow
@@ -36,10 +38,31 @@ Json = dict[str, Any]
 route = router.fhir_get
 
 
+#: The lookup's query string exactly: one ``identifier`` of the NHS number system, as sent
+#: or percent-encoded, and nothing else (``lookup_number``).
+_LOOKUP = re.compile(
+    rb"identifier=https(?::|%3[aA])(?:/|%2[fF])(?:/|%2[fF])fhir\.nhs\.uk(?:/|%2[fF])Id"
+    rb"(?:/|%2[fF])nhs-number(?:\||%7[cC])([0-9]{10})"
+)
+
+
+def lookup_number(query_string: bytes) -> str | None:
+    """The NHS number when a Patient search's query is the lookup
+    (``identifier=https://fhir.nhs.uk/Id/nhs-number|<10 digits>`` alone), else None."""
+    found = _LOOKUP.fullmatch(query_string)
+    return found.group(1).decode() if found is not None else None
+
+
 @route("/Patient")
 async def search_patient(request: Request) -> Response:
     """Find people in the index: exact (identifier, _id) or demographic (at least family and
-    birthdate), every match in SQL, paged, counting only whom consent lets the caller see."""
+    birthdate), every match in SQL, paged, counting only whom consent lets the caller see.
+
+    The lookup by NHS number alone, the clinician's hot path, is answered by ``lookup``:
+    the same answer, refusals and audit as the general search gives it."""
+    nhs = lookup_number(request.scope["query_string"])
+    if nhs is not None:
+        return await lookup(request, nhs)
     record, caller, base = await context(request)
     P.check_format(request)
     q = P.multi(request)
@@ -60,14 +83,7 @@ async def search_patient(request: Request) -> Response:
     break_glass: set[str] = set()
 
     def shown(row: PersonRow) -> Json | None:
-        found = orjson.loads(row.patient)
-        if not access.visible(caller, [found], "s"):
-            return None
-        situation = consent_for(request, caller, row.id, found)
-        filtered = guard.filter(situation, [found])
-        if filtered.break_glass:
-            break_glass.add(row.id)
-        return filtered.resources[0] if filtered.resources else None
+        return _shown(request, caller, guard, row, break_glass)
 
     found = await looked_up(
         request,
@@ -89,6 +105,58 @@ async def search_patient(request: Request) -> Response:
     wanted = P.elements(q)
     page = found.page if wanted is None else [apply_elements(r, wanted) for r in found.page]
     return fhir(searchset(base, page, total=found.total, links=links))
+
+
+def _shown(
+    request: Request, caller: Any, guard: Guard, row: PersonRow, break_glass: set[str]
+) -> Json | None:
+    """The Patient a search may show the caller for ``row``, or None when scopes or consent
+    withhold it; a break-glass disclosure adds the person's id to ``break_glass``."""
+    found = orjson.loads(row.patient)
+    if not access.visible(caller, [found], "s"):
+        return None
+    situation = consent_for(request, caller, row.id, found)
+    filtered = guard.filter(situation, [found])
+    if filtered.break_glass:
+        break_glass.add(row.id)
+    return filtered.resources[0] if filtered.resources else None
+
+
+async def lookup(request: Request, nhs: str) -> Response:
+    """``GET /Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|<nhs>``: the person with
+    this NHS number, if consent and the token let the caller see them, as a searchset.
+
+    What the general search does for this query, in the same order and with the same
+    errors, without what only other queries need: the query is known to be one valid
+    NHS number and nothing else, so it is one indexed read, no paging beyond the first
+    page, and the links are written directly. ``tests/api/test_lookup_path.py`` holds
+    the two to the same answers and audit events."""
+    record, caller, base = await context(request)
+    accept = request.headers.get("accept")
+    if accept:
+        P.check_accept(accept)
+    if "prefer" in request.headers:
+        P.prefer(request)  # its errors only: nothing it says changes the lookup's answer
+    access.require(caller, "Patient", "s")
+    guard: Guard = request.app.state.guard
+    guard.require_purpose(actor(caller))
+    why = problem(nhs)
+    if why is not None:
+        raise InvalidRequest(f"identifier: invalid NHS number: {why}", "identifier")
+    count = P.page_size(request.app.state.settings.default_page_size)
+    break_glass: set[str] = set()
+
+    def find() -> Json | None:
+        row = record.index.person_by_nhs(nhs)
+        if row is None or (caller.patient is not None and row.id != caller.patient):
+            return None
+        return _shown(request, caller, guard, row, break_glass)
+
+    shown = await looked_up(request, find)
+    page = [] if shown is None or count == 0 else [shown]
+    await audit(request, "search-type", [str(r["id"]) for r in page], break_glass_ids=break_glass)
+    links = P.lookup_links(f"{base}/Patient", nhs, count, 0 if shown is None else 1)
+    return fhir(searchset(base, page, total=0 if shown is None else 1, links=links))
 
 
 def _find_patients(
