@@ -110,3 +110,43 @@ def test_batched_lines_are_written_together_soon_and_a_warning_at_once_in_order(
 def test_the_process_config_batches_the_lines():
     handler = log_config("info")["handlers"]["stderr"]
     assert handler["()"].endswith("BufferedLines")
+
+
+def test_a_line_handed_straight_to_the_handler_is_the_line_logging_would_write():
+    """``log_fields`` skips the ``LogRecord`` only where the line would reach the
+    gateway's one handler anyway; the line is the same, and a capture (another handler,
+    as pytest's ``caplog``) still gets its record."""
+    from carelink.observability.logs import BufferedLines, log_fields
+
+    stream = _Stream()
+    handler = BufferedLines(stream, interval=60)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("carelink.test.direct")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    fields = {"method": "GET", "route": "/fhir/Patient", "status": 200, "sources": []}
+    bound = bind("request-1")
+    try:
+        log_fields(logger, logging.INFO, "request", fields)  # straight to the handler
+        record = logger.makeRecord(logger.name, logging.INFO, "", 0, "request", (), None)
+        record.fields = fields
+        handler.handle(record)  # the ordinary way
+        log_fields(logger, logging.DEBUG, "request", fields)  # below the level: nothing
+        seen: list[logging.LogRecord] = []
+        capture = logging.Handler()
+        capture.emit = seen.append  # type: ignore[method-assign]
+        logger.addHandler(capture)
+        log_fields(logger, logging.INFO, "request", fields)
+    finally:
+        unbind(bound)
+        logger.handlers.clear()
+    handler.flush()
+    direct, ordinary, captured = (json.loads(x) for x in "".join(stream.writes).splitlines())
+    when = ordinary.pop("timestamp")
+    for line in (direct, captured):
+        assert line.pop("timestamp")[:19] == when[:19]
+        assert line == ordinary
+    assert [r.fields for r in seen] == [fields]  # type: ignore[attr-defined]
+    assert ordinary["request_id"] == "request-1"
+    assert ordinary["route"] == "/fhir/Patient"

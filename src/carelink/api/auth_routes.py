@@ -53,7 +53,7 @@ async def smart_configuration(request: Request) -> Response:
     """What a SMART client needs to know to get a token here."""
     if request.app.state.token_service is None:
         return outcome(404, "not-found", "no SMART authorisation in development mode")
-    base = await base_url(request)
+    base = base_url(request)
     return Response(
         dumps(
             {

@@ -119,7 +119,7 @@ def _as_user(scopes: frozenset[str]) -> frozenset[str]:
     )
 
 
-async def base_url(request: Request) -> str:
+def base_url(request: Request) -> str:
     """The FHIR base for fullUrl and links: the configured public base URL
     (``Settings.public_base``), never the request's ``Host`` header, which the caller
     chooses (``Host: evil.example`` would otherwise send the next page elsewhere)."""
@@ -134,10 +134,10 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
     if caller.backend and request.app.state.policy.source.systemScopesOnLiveApi:
         # the policy lets backend services use the live API: their system/ scopes count there
         caller = replace(caller, scopes=_as_user(caller.scopes))
-    request.state.caller = caller
+    request.scope.setdefault("state", {})["caller"] = caller  # request.state.caller, unwrapped
     # GP Connect audits the person a request is made for, never a generic system user
     act_for(Requester(caller.subject, caller.organisation or "UNK"))
-    return record, caller, await base_url(request)
+    return record, caller, base_url(request)
 
 
 async def consented_person(
@@ -182,7 +182,9 @@ async def audit(
     patient data.
     """
     trail: GroupCommit = request.app.state.audit
-    request.state.audited = True  # an event was attempted: the safety net stands down
+    # the request's state (``request.state``), read and set without its wrapper
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    state["audited"] = True  # an event was attempted: the safety net stands down
     ids = list(dict.fromkeys(patient_ids))
     if outcome != SUCCESS:
         record: SharedRecord = request.app.state.record
@@ -194,7 +196,7 @@ async def audit(
             )
         except StorageUnavailable as exc:  # the event cannot be filed: fail closed
             raise AuditError(f"the audit trail cannot be written now: {exc}") from None
-    caller: Principal | None = getattr(request.state, "caller", None)
+    caller: Principal | None = state.get("caller")
     who = (
         None
         if caller is None
@@ -210,9 +212,9 @@ async def audit(
         # the id the response carries (bound by api.observe), so the two can be joined
         current_request_id() or new_id(),
         instant(),
-        await base_url(request),
+        base_url(request),
     )
-    break_glass = bool(getattr(request.state, "break_glass", False))
+    break_glass = bool(state.get("break_glass", False))
     events = []
     for pid in ids or [None]:
         btg = break_glass or pid in break_glass_ids

@@ -68,10 +68,17 @@ class Dispatch:
             if hasattr(r, "path_regex") and getattr(r, "methods", None) and hasattr(r, "endpoint")
         ]
         self._handlers: dict[type[BaseException], Handler] | None = None
+        #: each path some route has without parameters -> the routes whose pattern
+        #: matches that very path, in order: the scan's answer for it, worked out once
+        self._fixed: dict[str, list[_Route]] = {}
+        for r in routes:
+            path = getattr(r, "path", None)
+            if isinstance(path, str) and "{" not in path and path not in self._fixed:
+                self._fixed[path] = [x for x in self.routes if x.regex.match(path)]
 
     def match(self, method: str, path: str) -> tuple[_Route, dict[str, Any]] | None:
         """The first route whose path and method match, with its path parameters."""
-        for route in self.routes:
+        for route in self._fixed.get(path, self.routes):
             found = route.regex.match(path)
             if found is not None and method in route.methods:
                 params = found.groupdict()

@@ -38,9 +38,7 @@ async def metadata(request: Request) -> Response:
     state = request.app.state
     token_url = state.token_url if state.token_service is not None else None
     profiles = state.profiles.by_type()
-    return fhir(
-        capability_statement(await base_url(request), state.settings.auth, token_url, profiles)
-    )
+    return fhir(capability_statement(base_url(request), state.settings.auth, token_url, profiles))
 
 
 @router.fhir_route("/Patient/{pid}/$everything", ["GET", "POST"])

@@ -56,6 +56,7 @@ class Guard:
         self.store = store
         self.source_uris = dict(source_uris)  # meta.source URI -> source name
         self.identifier_systems = dict(identifier_systems)  # local id system -> source name
+        self._sources = {**self.source_uris, **self.identifier_systems}
         self.clock = clock
         self._parsed: OrderedDict[bytes, Directive] = OrderedDict()
 
@@ -77,7 +78,7 @@ class Guard:
             patient_id=patient_id,
             directives=[self._directive(body) for _, body in self.store.active(patient_id)],
             now=datetime.fromtimestamp(self.clock(), UTC),
-            sources={**self.source_uris, **self.identifier_systems},
+            sources=self._sources,
             registered_practice=registered_practice(patient) if patient else None,
         )
 

@@ -8,6 +8,8 @@ the FHIR identifier system.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from nhs_number.validate import calculate_checksum
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -21,6 +23,7 @@ def normalise(value: str) -> str:
     return value.replace(" ", "").replace("-", "").strip()
 
 
+@lru_cache(maxsize=65_536)  # the lookup checks the same numbers again and again
 def problem(value: str) -> str | None:
     """Say what is wrong with an NHS number, or ``None`` if it is valid.
 

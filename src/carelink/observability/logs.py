@@ -51,23 +51,77 @@ class JsonFormatter(logging.Formatter):
         logging.logMultiprocessing = False
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "timestamp": instant(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        request_id = current_request_id()
-        if request_id is not None:
-            line["request_id"] = request_id
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
+        line = json_line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+        )
         if record.exc_info and record.exc_info[0] is not None:
             kind, _, tb = record.exc_info
             line["error"] = kind.__name__
             line["traceback"] = "".join(traceback.format_tb(tb))
         return orjson.dumps(line, default=str).decode()
+
+
+def json_line(
+    created: float, level: str, logger: str, event: str, fields: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a line says, before any exception: when, how grave, who logged what, the
+    request it was logged for and the fields."""
+    line: dict[str, Any] = {
+        "timestamp": instant(created, 3),
+        "level": level.lower(),
+        "logger": logger,
+        "event": event,
+    }
+    request_id = current_request_id()
+    if request_id is not None:
+        line["request_id"] = request_id
+    if fields:
+        line.update(fields)
+    return line
+
+
+def log_fields(logger: logging.Logger, level: int, event: str, fields: dict[str, Any]) -> None:
+    """``logger.log(level, event, extra={"fields": fields})``, made cheaper for the lines
+    logged a request at a time: where the line would go only to the gateway's own
+    handler (``BufferedLines``, the one handler ``log_config`` sets, with no filters on
+    the way), it is formatted and handed to that handler directly, the same line without
+    a ``LogRecord`` or the handler chain; otherwise (a test's capture, another
+    configuration) it is logged the ordinary way."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _only_handler(logger)
+    if handler is None or level < handler.level:
+        # made and handled directly: ``Logger.log`` would walk the stack for a caller the
+        # line never shows
+        logger.handle(
+            logger.makeRecord(logger.name, level, "", 0, event, (), None, extra={"fields": fields})
+        )
+        return
+    line = json_line(time.time(), logging.getLevelName(level), logger.name, event, fields)
+    handler.add(orjson.dumps(line, default=str).decode(), level)
+
+
+def _only_handler(logger: logging.Logger) -> BufferedLines | None:
+    """The one handler a line of ``logger`` reaches, when that is a plain ``BufferedLines``
+    with the JSON formatter and no filter anywhere on the way; else None."""
+    found: BufferedLines | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for h in current.handlers:
+            if found is not None or type(h) is not BufferedLines or h.filters:
+                return None
+            if type(h.formatter) is not JsonFormatter:
+                return None
+            found = h
+        current = current.parent if current.propagate else None
+    return found
 
 
 class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
@@ -97,17 +151,22 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.add(line, record.levelno)
+
+    def add(self, line: str, level: int) -> None:
+        """Queue a formatted line (``level``: its logging level)."""
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line + self.terminator)
             self._size += len(line) + 1
-            urgent = record.levelno >= logging.WARNING or self._size >= self.limit
+            urgent = level >= logging.WARNING or self._size >= self.limit
         if urgent:
             self.flush()
             return
         if self._flusher is None or not self._flusher.is_alive():
             self._flusher = threading.Thread(target=self._run, name="log-lines", daemon=True)
             self._flusher.start()
-        self._waiting.set()
+        if not self._waiting.is_set():  # setting it takes a lock, a line at a time
+            self._waiting.set()
 
     def _run(self) -> None:
         while True:

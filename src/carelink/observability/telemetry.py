@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from carelink.observability.context import current_request_id, note_source, sources_asked
-from carelink.observability.logs import ACCESS, CIRCUIT, SOURCES
+from carelink.observability.logs import ACCESS, CIRCUIT, SOURCES, log_fields
 from carelink.observability.metrics import CIRCUIT_STATES, Metrics
 from carelink.observability.tracing import SourceSpans
 
@@ -89,7 +89,7 @@ class Telemetry:
         series[1].observe(seconds)
         if not _access.isEnabledFor(level):
             return
-        fields = {
+        fields: dict[str, Any] = {
             "method": method,
             "route": route,
             "status": status,
@@ -98,11 +98,7 @@ class Telemetry:
                 {"source": c.source, "outcome": c.outcome, "ms": c.ms} for c in sources_asked()
             ],
         }
-        # made and handled directly: ``Logger.log`` would walk the stack for a caller the
-        # line never shows, a request at a time
-        _access.handle(
-            _access.makeRecord(ACCESS, level, "", 0, "request", (), None, extra={"fields": fields})
-        )
+        log_fields(_access, level, "request", fields)
 
     def audit_committed(self, seconds: float, events: int) -> None:
         """One group commit of ``events`` audit events took ``seconds``."""
