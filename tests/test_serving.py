@@ -94,3 +94,18 @@ def test_complete_requests_are_served_and_an_idle_keep_alive_connection_is_close
         received, after = _until_closed(conn)
     assert received == b""  # closed quietly: it was idle, not in the middle of a request
     assert after <= KEEPALIVE + 1.5
+
+
+def test_half_a_head_after_a_complete_request_on_the_same_connection_is_cut_off(server):
+    """A head that comes whole in one read needs no clock; one that does not gets it,
+    on a connection already used for a request as on a new one."""
+    with socket.create_connection(server) as conn:
+        conn.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        conn.settimeout(5)
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok\n"):
+            answer += conn.recv(4096)
+        conn.sendall(b"GET /fhir/metadata HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        received, after = _until_closed(conn)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert after <= HEAD_TIMEOUT + 1.5

@@ -70,6 +70,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._timeout = self.head_timeout or configured_head_timeout()
+        self._limit = self.config.h11_max_incomplete_event_size or DEFAULT_LIMIT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """A new connection: it is waiting for its first head from now on."""
@@ -82,12 +84,13 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
-        """A new request: its head starts here (the first request's timer already runs)."""
+        """A new request: its head starts here. Its timer starts only if the head is not
+        complete in the bytes that began it (``data_received``): a head that comes whole
+        in one read, as nearly all do, needs none (the first request's timer runs from
+        the connection's start)."""
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
-        if self._head_timer is None:
-            self._start_head_timer()
 
     def on_headers_complete(self) -> None:
         """The head is complete: the body is bounded by the app, not here."""
@@ -96,8 +99,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _start_head_timer(self) -> None:
-        timeout = self.head_timeout or configured_head_timeout()
-        self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+        self._head_timer = self.loop.call_later(self._timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -123,8 +125,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         if not self._in_head or self.transport.is_closing():
             return
         self._head_bytes += len(data)
-        limit = self.config.h11_max_incomplete_event_size or DEFAULT_LIMIT
-        if self._head_bytes > limit:
+        if self._head_bytes > self._limit:
             self._in_head = False
+            self._stop_head_timer()
             self.transport.write(REFUSAL)
             self.transport.close()
+        elif self._head_timer is None:  # a head still coming: from now on it has a limit
+            self._start_head_timer()
