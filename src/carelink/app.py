@@ -175,6 +175,42 @@ async def _freeze_long_lived(every: float) -> None:
         gc.freeze()
 
 
+class Gateway(FastAPI):
+    """FastAPI, with HTTP requests entering at the gateway's own outermost middleware.
+
+    The framework wraps the app's middlewares in layers of its own: a server-error
+    catcher, its OpenTelemetry exception hook (off here) and its body-size limit
+    (unset here). For the gateway they do nothing: ``Observe``, outermost of ours,
+    answers a 500 itself for any exception nothing handled (so the framework's
+    catcher only ever finds the answer started and passes the exception on), and
+    ``BoundedInput`` bounds bodies. Each layer costs a call and a frame on every
+    resumption of every request, so HTTP requests go straight to ``Observe``; the
+    lifespan and anything else still take the framework's whole stack. Should a
+    framework version no longer lead to ``Observe`` through ``.app``, every request
+    takes the whole stack, as before.
+    """
+
+    _front: Any = None
+
+    def build_middleware_stack(self) -> Any:
+        stack = super().build_middleware_stack()
+        layer: Any = stack
+        while layer is not None and not isinstance(layer, Observe):
+            layer = getattr(layer, "app", None)
+        self._front = layer
+        return stack
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.root_path:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        front = self._front if self._front is not None else self.middleware_stack
+        await front(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway ASGI app. Settings are read here once and passed down."""
     settings = (settings or Settings.from_env()).validate()
@@ -263,7 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if "telemetry" in inspect.signature(FastAPI).parameters:
         # FastAPI's built-in OpenTelemetry looks up providers on every request; off here
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(
+    app = Gateway(
         **extra,
         title="carelink",
         version=__version__,

@@ -91,6 +91,11 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: str
         # request heads are bounded in size and time before they are parsed (carelink.serving)
         http=PROTOCOL,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        # the gateway takes nothing from the client's address or X-Forwarded-* (links
+        # come from CARELINK_PUBLIC_BASE_URL), so it trusts no proxy headers; and it
+        # does not name its server software
+        proxy_headers=False,
+        server_header=False,
     )
     if workers <= 1:
         server = uvicorn.Server(config)

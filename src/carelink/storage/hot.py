@@ -62,19 +62,17 @@ class HotConnection:
         return self.db.bounded(self._query, sql, values, limit=HOT_LIMIT)
 
     def _query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        local = self._local
         for attempt in (1, 2):
+            driver = getattr(local, "driver", None)
             try:
-                if self._conn is None:
-                    self._conn = self.db.engine.raw_connection()
-                    driver = self._conn.driver_connection
-                    if self.db.is_sqlite:
-                        driver.isolation_level = None
-                        driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
-                    else:
-                        driver.autocommit = True
-                cur = self._conn.cursor()
+                if driver is None:
+                    driver = self._connect()
+                if self.db.is_sqlite:  # the driver's own statement cache, no cursor object kept
+                    return list(driver.execute(sql, values).fetchall())
+                cur = driver.cursor()
                 try:
-                    cur.execute(sql, tuple(values))
+                    cur.execute(sql, values)
                     return list(cur.fetchall())
                 finally:
                     cur.close()
@@ -82,9 +80,23 @@ class HotConnection:
                 if self._conn is not None:
                     self._conn.invalidate()
                     self._conn = None
+                local.driver = None
                 if attempt == 2:
                     raise
         return []  # pragma: no cover - the loop returns or raises
+
+    def _connect(self) -> Any:
+        """This thread's new connection (pooled, so it can be invalidated when it breaks),
+        and the driver's own connection inside it, which the reads use directly."""
+        self._conn = self.db.engine.raw_connection()
+        driver = self._conn.driver_connection
+        if self.db.is_sqlite:
+            driver.isolation_level = None
+            driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
+        else:
+            driver.autocommit = True
+        self._local.driver = driver
+        return driver
 
     def close(self) -> None:
         """Release every thread's connection."""
