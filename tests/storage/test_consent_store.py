@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from carelink.storage import ConsentRow, ConsentStore, Database, GrantRow
+from carelink.storage import ConsentRow, ConsentStore, Database, GrantRow, IndexStore, PersonRow
 
 
 @pytest.fixture
@@ -147,3 +147,32 @@ def test_migration_8_keeps_what_a_schema_7_database_holds(database_url):
     finally:
         store.close()
         db.dispose()
+
+
+def _person(pid: str, nhs: str) -> PersonRow:
+    return PersonRow(
+        pid, nhs, "D", "O", "d", "o", None, None, None, b'{"id": "%s"}' % pid.encode(), "1"
+    )
+
+
+def test_the_lookups_one_read_gives_what_the_two_reads_give(store):
+    """``person_by_nhs_with_consents`` (the lookup's single statement) against the two
+    reads it replaces, for people with no, one and several consents, active or not."""
+    index = IndexStore(store.db)
+    people = [_person("p1", "9000000009"), _person("p2", "9000000017"), _person("p3", "9000000025")]
+    index.replace_all(people, [], [])
+    store.put(ConsentRow("c2", "p1", "active", 1, "t", b'{"id": "c2"}'), None)
+    store.put(ConsentRow("c1", "p1", "active", 1, "t", b'{"id": "c1"}'), None)
+    store.put(ConsentRow("c3", "p1", "inactive", 1, "t", b'{"id": "c3"}'), None)
+    store.put(ConsentRow("c4", "p2", "inactive", 1, "t", b'{"id": "c4"}'), None)
+    store.put(ConsentRow("c5", "p3", "active", 1, "t", b'{"id": "c5"}'), None)
+    try:
+        for person in people:
+            assert person.nhs_number is not None
+            one = index.person_by_nhs_with_consents(person.nhs_number)
+            assert one is not None
+            assert one == (index.person_by_nhs(person.nhs_number), store.active(person.id))
+        assert [c for c, _ in store.active("p1")] == ["c1", "c2"]
+        assert index.person_by_nhs_with_consents("9000000033") is None
+    finally:
+        index.close()

@@ -9,7 +9,7 @@ established, so authentication is filled in there without touching a route.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -101,13 +101,18 @@ def actor(caller: Principal) -> Actor:
 
 
 def consent_for(
-    request: Request, caller: Principal, patient_id: str, patient: Json | None
+    request: Request,
+    caller: Principal,
+    patient_id: str,
+    patient: Json | None,
+    consents: Sequence[tuple[str, bytes]] | None = None,
 ) -> Situation:
-    """The consent situation of this request for one patient (purpose checked first)."""
+    """The consent situation of this request for one patient (purpose checked first;
+    ``consents``: the patient's active consents when already read with the person)."""
     guard: Guard = request.app.state.guard
     who = actor(caller)
     guard.require_purpose(who)
-    return guard.situation(who, patient_id, patient)
+    return guard.situation(who, patient_id, patient, consents)
 
 
 def _as_user(scopes: frozenset[str]) -> frozenset[str]:

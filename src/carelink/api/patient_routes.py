@@ -108,14 +108,20 @@ async def search_patient(request: Request) -> Response:
 
 
 def _shown(
-    request: Request, caller: Any, guard: Guard, row: PersonRow, break_glass: set[str]
+    request: Request,
+    caller: Any,
+    guard: Guard,
+    row: PersonRow,
+    break_glass: set[str],
+    consents: list[tuple[str, bytes]] | None = None,
 ) -> Json | None:
     """The Patient a search may show the caller for ``row``, or None when scopes or consent
-    withhold it; a break-glass disclosure adds the person's id to ``break_glass``."""
+    withhold it; a break-glass disclosure adds the person's id to ``break_glass``
+    (``consents``: the person's active consents, when read with the row)."""
     found = orjson.loads(row.patient)
     if not access.visible(caller, [found], "s"):
         return None
-    situation = consent_for(request, caller, row.id, found)
+    situation = consent_for(request, caller, row.id, found, consents)
     filtered = guard.filter(situation, [found])
     if filtered.break_glass:
         break_glass.add(row.id)
@@ -147,10 +153,10 @@ async def lookup(request: Request, nhs: str) -> Response:
     break_glass: set[str] = set()
 
     def find() -> Json | None:
-        row = record.index.person_by_nhs(nhs)
-        if row is None or (caller.patient is not None and row.id != caller.patient):
+        found = record.index.person_by_nhs_with_consents(nhs)
+        if found is None or (caller.patient is not None and found[0].id != caller.patient):
             return None
-        return _shown(request, caller, guard, row, break_glass)
+        return _shown(request, caller, guard, found[0], break_glass, found[1])
 
     shown = await looked_up(request, find)
     page = [] if shown is None or count == 0 else [shown]

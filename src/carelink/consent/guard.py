@@ -71,12 +71,22 @@ class Guard:
                 "secondary use is served by extracts"
             )
 
-    def situation(self, actor: Actor, patient_id: str, patient: Json | None) -> Situation:
-        """Everything the decision needs about this patient, read now."""
+    def situation(
+        self,
+        actor: Actor,
+        patient_id: str,
+        patient: Json | None,
+        consents: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Situation:
+        """Everything the decision needs about this patient, read now (``consents``: the
+        patient's active consents as (id, body) when the caller has just read them with
+        the person, else they are read here)."""
+        if consents is None:
+            consents = self.store.active(patient_id)
         return Situation(
             actor=actor,
             patient_id=patient_id,
-            directives=[self._directive(body) for _, body in self.store.active(patient_id)],
+            directives=[self._directive(body) for _, body in consents],
             now=datetime.fromtimestamp(self.clock(), UTC),
             sources=self._sources,
             registered_practice=registered_practice(patient) if patient else None,

@@ -61,7 +61,7 @@ class ConsentStore:
         self._hot = HotConnection(db)
         # Fixed SQL; values are always bound ("?" becomes the driver's own placeholder).
         self._sql_active = self._sql(
-            "SELECT id, body FROM consents WHERE patient_id = ? AND status = 'active'"
+            "SELECT id, body FROM consents WHERE patient_id = ? AND status = 'active' ORDER BY id"
         )
         self._sql_grant = self._sql(
             "SELECT 1 FROM break_glass WHERE patient_id = ? AND actor = ? AND expires > ? "

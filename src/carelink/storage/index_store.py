@@ -79,6 +79,14 @@ class IndexStore:
         mark = "?" if db.is_sqlite else "%s"
         person_sql = f"SELECT {_PERSON_COLUMNS} FROM persons WHERE"  # noqa: S608
         self._sql_by_nhs = f"{person_sql} nhs_number = {mark}"
+        # the lookup's one read: the person and their active consents together, one
+        # statement, so the two are read from one snapshot
+        person_cols = ", ".join(f"p.{c.name}" for c in persons.c)
+        self._sql_by_nhs_consents = (
+            f"SELECT {person_cols}, c.id, c.body FROM persons p "  # noqa: S608
+            "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
+            f"WHERE p.nhs_number = {mark} ORDER BY c.id"
+        )
         self._sql_by_id = f"{person_sql} id = {mark}"
         self._sql_links = (
             f"SELECT {_LINK_COLUMNS} FROM person_links WHERE person_id = {mark} "  # noqa: S608
@@ -178,6 +186,19 @@ class IndexStore:
         """The person with this NHS number."""
         rows = self._query(self._sql_by_nhs, nhs_number)
         return _person(rows[0]) if rows else None
+
+    @bounds_itself
+    def person_by_nhs_with_consents(
+        self, nhs_number: str
+    ) -> tuple[PersonRow, list[tuple[str, bytes]]] | None:
+        """The person with this NHS number and (id, body) of their active consents, in
+        one read (what ``person_by_nhs`` and ``ConsentStore.active`` give, together)."""
+        rows = self._query(self._sql_by_nhs_consents, nhs_number)
+        if not rows:
+            return None
+        width = len(persons.c)
+        consents = [(str(r[width]), bytes(r[width + 1])) for r in rows if r[width] is not None]
+        return _person(rows[0][:width]), consents
 
     @bounds_itself
     def person(self, person_id: str) -> PersonRow | None:
