@@ -96,10 +96,14 @@ class OnThread:
         self._writer.shutdown(wait=True)
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    """A request waited ``GroupCommit.timeout`` for its commit: it fails closed."""
-    if not waiter.done():
-        waiter.set_exception(AuditError("audit trail did not answer in time"))
+def _time_out(*groups: list[asyncio.Future[None]]) -> None:
+    """A commit took ``GroupCommit.timeout``: its requests, and those queued behind it,
+    fail closed."""
+    failure = AuditError("audit trail did not answer in time")
+    for waiters in groups:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
 
 
 class GroupCommit:
@@ -112,7 +116,10 @@ class GroupCommit:
     serving, and the events of every request that finishes meanwhile form the
     next batch. A request waits at most ``timeout`` seconds
     for its commit (a frozen database): then it is an ``AuditError`` and the
-    request fails closed, while the commit may still complete later.
+    request fails closed, while the commit may still complete later. One timer per
+    commit keeps that bound (not one per request): when the first request of a
+    commit has waited ``timeout``, that commit's requests and every one queued behind
+    it fail, and new ones fail at once until it returns.
     ``observe(seconds, events)`` hears how long each successful commit took and
     how many events it held (the gateway's metrics).
     """
@@ -132,6 +139,7 @@ class GroupCommit:
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._batch_started = 0.0
+        self._queued_since = 0.0
         self.commits = 0
 
     async def record(self, events: Sequence[Json]) -> None:
@@ -141,19 +149,16 @@ class GroupCommit:
             # the commit under way is stuck (a frozen database): fail at once
             raise AuditError("audit trail did not answer in time")
         waiter: asyncio.Future[None] = loop.create_future()
+        if not self._waiters:
+            self._queued_since = loop.time()  # the first of the next batch: its deadline
         self._pending.extend(events)
         self._waiters.append(waiter)
         if self._flushing is None:
             self._batch_started = loop.time()  # the clock of the stuck-commit check
             self._flushing = asyncio.create_task(self._flush())
-        # one timer on the waiter itself (cheaper than wait_for and shield, a request at
-        # a time): the commit goes on if the wait ends; its outcome then finds the waiter
-        # done (timed out, or cancelled with its request) and leaves it as it is
-        timer = loop.call_later(self.timeout, _time_out, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        # the commit goes on if the wait ends; its outcome then finds the waiter done
+        # (timed out, or cancelled with its request) and leaves it as it is
+        await waiter
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,6 +168,11 @@ class GroupCommit:
                 self._pending, self._waiters = [], []
                 started = self.clock()
                 self._batch_started = loop.time()
+                # due when the batch's first request has waited ``timeout``; those queued
+                # meanwhile wait behind this commit, so a stuck one fails them too
+                timer = loop.call_at(
+                    self._queued_since + self.timeout, _time_out, waiters, self._waiters
+                )
                 try:
                     await self.committer.record(batch)
                 except AuditError as exc:
@@ -176,6 +186,8 @@ class GroupCommit:
                     for w in waiters:
                         if not w.done():
                             w.set_result(None)
+                finally:
+                    timer.cancel()
         finally:
             self._flushing = None
 
