@@ -66,6 +66,11 @@ class BoundedInput:
             if declared > self.max_body:
                 await _refuse(send, 413, "too-costly", self._message())
                 return
+        elif not any(k == b"transfer-encoding" for k, _ in headers):
+            # neither length nor chunks: the request has no body (HTTP/1.1, RFC 9112 6.3),
+            # nothing to count (most requests: a GET)
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
 
