@@ -139,6 +139,8 @@ async def measure(
         print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if prof:
             pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+            if os.environ.get("CALLERS"):
+                pstats.Stats(prof).print_callers(os.environ["CALLERS"])
 
 
 def main() -> None:

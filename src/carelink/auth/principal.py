@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import orjson
 
@@ -42,10 +43,11 @@ class Principal:
             and self.patient is None
         )
 
-    @property
+    @cached_property
     def identity(self) -> str:
         """The full identity as one stable string: issuer, subject, organisation, role,
-        patient context and client id (JSON, so no separator can be smuggled in)."""
+        patient context and client id (JSON, so no separator can be smuggled in). Made
+        once per principal (a verified token's principal serves all its requests)."""
         parts = [
             self.issuer,
             self.subject,
@@ -56,7 +58,7 @@ class Principal:
         ]
         return orjson.dumps(parts).decode()
 
-    @property
+    @cached_property
     def person(self) -> str:
         """The human (or client) behind the token whatever role it claims: issuer and subject."""
         return orjson.dumps([self.issuer, self.subject]).decode()
