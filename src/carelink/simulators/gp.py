@@ -82,7 +82,7 @@ from carelink.simulators.gpconnect_checks import (
     warning_outcome,
 )
 from carelink.simulators.shared import SharedStore, referenced
-from carelink.simulators.stu3_render import down, structured_bundle
+from carelink.simulators.stu3_render import down, sent_as_is, structured_bundle
 
 Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
@@ -232,7 +232,8 @@ def build(
         else:
             ids = changes.present(store.patient_ids())
         page = ids[offset : offset + count]
-        resources = [down(p) for i in page if (p := current(i))]
+        # a Patient goes out as it is: serialising reads it, nothing changes it
+        resources = [p if sent_as_is(p) else down(p) for i in page if (p := current(i))]
         return fhir_response(
             searchset(
                 base, resources, len(ids), page_links(f"{base}/Patient", offset, count, len(ids))

@@ -26,6 +26,7 @@ class PopulationSlice:
                 lid = local_id(source, person.index)
                 self.by_local[lid] = person
                 self.by_nhs[person.nhs_number] = lid
+        self._ids = list(self.by_local)
         self._facts = lru_cache(maxsize=cache_size)(self._make_facts)
 
     def _make_facts(self, lid: str) -> tuple[Fact, ...]:
@@ -36,5 +37,6 @@ class PopulationSlice:
         return self._facts(lid)
 
     def local_ids(self) -> list[str]:
-        """All local ids, in a stable order (population order)."""
-        return list(self.by_local)
+        """All local ids, in a stable order (population order): one list, made once
+        (every listing page asks for it), which callers read and never change."""
+        return self._ids

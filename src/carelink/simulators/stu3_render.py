@@ -203,6 +203,12 @@ DOWN: dict[str, Callable[[Json], None]] = {
 }
 
 
+def sent_as_is(r4: Json) -> bool:
+    """Whether a resource goes out in STU3 exactly as it is in R4 (a Patient, a
+    Practitioner ...): such a resource needs neither ``down`` nor its copy."""
+    return r4.get("resourceType") not in DOWN
+
+
 def down(r4: Json) -> Json:
     """One R4 resource as STU3 (a copy), references to ServiceRequests left as they are
     (``stu3_types`` fixes them once the record's types are known)."""

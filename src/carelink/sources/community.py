@@ -23,7 +23,7 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
-from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.http import Mapped, answer, fetch, read_ahead
 from carelink.sources.kind import KindCheck
 
 
@@ -111,7 +111,14 @@ class CommunitySource:
         return patient
 
     async def people(self) -> AsyncIterator[SourcePerson]:
-        """Everyone the trust holds, page by page (``X-Total-Count`` says when to stop)."""
+        """Everyone the trust holds, page by page, each page asked for while the one
+        before is read (``read_ahead``)."""
+        async for data in read_ahead(self._patient_pages()):
+            for msg in split_registrations(data, self.name):
+                yield registration(self.name, *person(msg, self.name))
+
+    async def _patient_pages(self) -> AsyncIterator[bytes]:
+        """The patient listing's pages (``X-Total-Count`` says when to stop)."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         page = 1
@@ -125,8 +132,7 @@ class CommunitySource:
             )
             if data is None:
                 return
-            for msg in split_registrations(data, self.name):
-                yield registration(self.name, *person(msg, self.name))
+            yield data
             if page * self.page_size >= self._total(headers):
                 return
             page += 1

@@ -12,7 +12,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, as_of, fetch
+from carelink.sources.http import Mapped, as_of, fetch, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -182,6 +182,12 @@ class AcuteSource:
             yield p
 
     async def _listing(self, first: str) -> AsyncIterator[SourcePerson]:
+        async for doc in read_ahead(self._pages(first)):
+            for patient in bundle_resources(doc, self.name).resources:
+                yield person_from_patient(self.name, str(patient["id"]), patient)
+
+    async def _pages(self, first: str) -> AsyncIterator[Json]:
+        """A searchset's Bundle and its next pages."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         url: str | None = first
@@ -189,11 +195,13 @@ class AcuteSource:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 return
-            for patient in bundle_resources(doc, self.name).resources:
-                yield person_from_patient(self.name, str(patient["id"]), patient)
-            url = next(
-                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
-            )
+            yield doc
+            url = next_page(doc)
+
+
+def next_page(doc: Json) -> str | None:
+    """The URL of a searchset's next page, if any."""
+    return next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None)
 
 
 def source_patient_id(source: str, local: str) -> str:

@@ -32,7 +32,7 @@ from carelink.fhir.nhs import is_valid
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.fhir_rest import get_json, localise, parse, person_from_patient
+from carelink.sources.fhir_rest import get_json, localise, next_page, parse, person_from_patient
 from carelink.sources.gpconnect_errors import failure
 from carelink.sources.gpconnect_record import read_structured
 from carelink.sources.gpconnect_request import (
@@ -44,7 +44,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters,
 )
-from carelink.sources.http import as_of
+from carelink.sources.http import as_of, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import to_r4
@@ -163,9 +163,9 @@ class GPConnectSource:
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``), as R4."""
-        async for r in self._pages(f"{self.base}/Patient?_count={self.page_size}"):
+        async for r in self._resources(f"{self.base}/Patient?_count={self.page_size}"):
             if r.get("resourceType") == "Patient" and r.get("id"):
-                patient = to_r4(r).resource
+                patient = to_r4(r, owned=True).resource  # parsed here, ours to change
                 yield person_from_patient(self.name, str(patient["id"]), patient)
 
     async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
@@ -177,7 +177,7 @@ class GPConnectSource:
         would lose a change."""
         since = quote("gt" + instant, safe="")
         url = f"{self.base}/Bundle?_lastUpdated={since}&_count={self.page_size}"
-        async for message in self._pages(url):
+        async for message in self._resources(url):
             entries = message.get("entry") if message.get("type") == "message" else None
             patients = [
                 e["resource"]
@@ -189,12 +189,21 @@ class GPConnectSource:
             ]
             if len(patients) != 1:
                 raise SourceBadPayload(self.name, "registration event without one Patient")
-            patient = to_r4(patients[0]).resource
+            patient = to_r4(patients[0], owned=True).resource
             yield person_from_patient(self.name, str(patient["id"]), patient)
 
+    async def _resources(self, first: str) -> AsyncIterator[Json]:
+        """The resources of a searchset and its next pages, each page asked for while
+        the one before is read (``read_ahead``)."""
+        async for doc in read_ahead(self._pages(first)):
+            for e in doc.get("entry", []):
+                r = e.get("resource") if isinstance(e, dict) else None
+                if isinstance(r, dict):
+                    yield r
+
     async def _pages(self, first: str) -> AsyncIterator[Json]:
-        """The resources of a searchset and its next pages (once the far end has been
-        confirmed to be a GP Connect provider)."""
+        """A searchset and its next pages (once the far end has been confirmed to be a
+        GP Connect provider)."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         url: str | None = first
@@ -202,13 +211,8 @@ class GPConnectSource:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 return
-            for e in doc.get("entry", []):
-                r = e.get("resource") if isinstance(e, dict) else None
-                if isinstance(r, dict):
-                    yield r
-            url = next(
-                (lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None
-            )
+            yield doc
+            url = next_page(doc)
 
 
 def parse_answer(data: bytes, source: str) -> Json:

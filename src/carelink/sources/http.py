@@ -5,11 +5,13 @@ source's own logs can be joined to the gateway's and to the audit trail."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -19,6 +21,7 @@ from carelink.sources.answer_cache import AnswerCache, Key, digest
 from carelink.sources.base import Json, SourceAnswer
 
 FHIR_JSON = "application/fhir+json"
+T = TypeVar("T")
 
 
 def as_of(headers: Any) -> str:
@@ -87,3 +90,28 @@ def answer(
     if hit is None:
         cache.put(key, fingerprint, mapped.resources, mapped.skipped)
     return SourceAnswer(mapped.resources, version, as_of(headers), mapped.skipped)
+
+
+async def read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The pages of a listing, each next one asked for as soon as the one before is
+    handed out: the source prepares it while the caller works on this one. One page
+    ahead, never more (a listing is read in bounded memory); an error asking for the
+    next page is raised where that page would have come."""
+
+    async def following() -> T:
+        return await anext(pages)
+
+    ahead = asyncio.ensure_future(following())
+    try:
+        while True:
+            try:
+                page = await ahead
+            except StopAsyncIteration:
+                return
+            ahead = asyncio.ensure_future(following())
+            await asyncio.sleep(0)  # let the request go out before the caller's work
+            yield page
+    finally:
+        ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+            await ahead

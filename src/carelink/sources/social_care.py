@@ -18,7 +18,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson, retired
-from carelink.sources.http import Mapped, answer, fetch
+from carelink.sources.http import Mapped, answer, fetch, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
@@ -116,8 +116,15 @@ class SocialCareSource:
                 raise SourceBadPayload(self.name, "change of an unknown kind or without its person")
 
     async def _items(self, url: str) -> AsyncIterator[Any]:
-        """The items of a paged council list (``url`` ends with ``?`` or ``&``), once the
-        far end has been confirmed to be the council's API."""
+        """The items of a paged council list (``url`` ends with ``?`` or ``&``), each page
+        asked for while the one before is read (``read_ahead``)."""
+        async for items in read_ahead(self._pages(url)):
+            for item in items:
+                yield item
+
+    async def _pages(self, url: str) -> AsyncIterator[list[Any]]:
+        """The item lists of a paged council list's pages, once the far end has been
+        confirmed to be the council's API."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         page = 1
@@ -134,8 +141,7 @@ class SocialCareSource:
             total = doc.get("totalItems") if isinstance(doc, dict) else None
             if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
                 raise SourceBadPayload(self.name, "list without items and totalItems")
-            for item in items:
-                yield item
+            yield items
             if not items or page * self.page_size >= total:
                 return
             page += 1

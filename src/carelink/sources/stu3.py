@@ -465,9 +465,11 @@ def _copy(doc: Json) -> Json:
     return copied
 
 
-def to_r4(stu3: Json) -> Converted:
-    """``stu3`` (not changed) as an R4 resource, with what could not be kept."""
-    r: Json = _copy(stu3)
+def to_r4(stu3: Json, *, owned: bool = False) -> Converted:
+    """``stu3`` as an R4 resource, with what could not be kept. ``stu3`` is not changed
+    unless ``owned``: a caller that owns the dict (it parsed it and keeps no other use
+    for it) saves the copy, and ``stu3``'s parts become the result's."""
+    r: Json = stu3 if owned else _copy(stu3)
     stu3_type = str(r.get("resourceType"))
     if isinstance(r.get("id"), str) and r["id"].startswith(stu3_type + "/"):
         r["id"] = r["id"].removeprefix(stu3_type + "/")  # published quirk: "Type/id" as id
@@ -476,7 +478,7 @@ def to_r4(stu3: Json) -> Converted:
         meta.pop("profile", None)
         if not meta:
             del r["meta"]
-    contained = [to_r4(c) for c in r.pop("contained", []) if isinstance(c, dict)]
+    contained = [to_r4(c, owned=True) for c in r.pop("contained", []) if isinstance(c, dict)]
     convert = CONVERTERS.get(stu3_type)
     if convert is not None:
         convert(r)
