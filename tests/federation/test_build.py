@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from carelink.errors import SourceBadPayload
 from carelink.federation.build import build_index
 from carelink.federation.index import link_people
 from carelink.sources.base import SourceAnswer, SourcePerson
@@ -112,3 +114,20 @@ def test_candidates_per_record_without_a_number_stay_flat_as_the_population_grow
     large = link_people(_sources(8000, seed=5)[0], KEY)[3]
     assert large.candidates_mean <= small.candidates_mean * 1.5 + 0.5
     assert large.candidates_max <= 20
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+def test_a_build_leaves_the_garbage_collector_as_it_found_it(fails, tmp_path):
+    """The build quietens the collector while it runs (``few_collections``), not after."""
+    store = _store(f"sqlite:///{tmp_path / 'index.db'}")
+    by = _sources(200, seed=4)[0]
+    sources = [ListSource(name, [] if fails else rs) for name, rs in by.items()]
+    before = gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()
+    run = build_index(sources, store, refuse_empty=True)
+    if fails:
+        with pytest.raises(SourceBadPayload):
+            asyncio.run(run)
+    else:
+        assert asyncio.run(run).persons > 0
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
+    store.close()

@@ -375,6 +375,16 @@ CONVERTERS: dict[str, Callable[[Json], None]] = {
 }
 
 
+def _may_rename(resource: Json) -> bool:
+    """Whether a reference to a renamed type may be inside (one C-speed dump beats the
+    walk; a Patient of a practice list has none)."""
+    try:
+        text = orjson.dumps(resource)
+    except (TypeError, orjson.JSONEncodeError):
+        return True
+    return any(f"{old}/".encode() in text for old in RENAMED_TYPES)
+
+
 def _rewrite_refs(value: Any) -> None:
     if isinstance(value, dict):
         ref = value.get("reference")
@@ -414,7 +424,10 @@ def _prune(value: Any, type_name: str, path: str, dropped: list[str]) -> Any:
                 v = [v] if isinstance(v, dict) else v  # published quirk: not in a list
             elif type_name in _SCALAR_PARTS and isinstance(v, list) and len(v) == 1:
                 v = v[0]  # published quirk: Duration.code ["d"]
-            kept = _prune(v, elements[key], f"{path}.{key}", dropped)
+            if isinstance(v, dict | list):
+                kept = _prune(v, elements[key], f"{path}.{key}", dropped)
+            else:  # a primitive (most elements): no walk, no path
+                kept = _primitive(v, elements[key])
             if kept is not None and kept != []:
                 out[key] = [x for x in kept if x is not None] if isinstance(kept, list) else kept
         else:
@@ -482,7 +495,8 @@ def to_r4(stu3: Json, *, owned: bool = False) -> Converted:
     convert = CONVERTERS.get(stu3_type)
     if convert is not None:
         convert(r)
-    _rewrite_refs(r)
+    if _may_rename(r):
+        _rewrite_refs(r)
     dropped: list[str] = []
     out = _prune(r, r["resourceType"], r["resourceType"], dropped)
     if contained:
