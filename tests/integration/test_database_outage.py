@@ -164,7 +164,9 @@ def outage(
 
 
 def test_metadata_answers_within_a_second_while_the_database_is_frozen(outage: Outage):
-    assert outage.lookup().status_code == 200
+    # before: the gateway answers (its first connection, made through the proxy on a
+    # loaded machine, may take longer than the lookup's one-second bound)
+    outage.recovered()
     outage.proxy.freeze()
     answers: list[httpx.Response] = []
     try:
@@ -196,7 +198,7 @@ def test_metadata_answers_within_a_second_while_the_database_is_frozen(outage: O
 
 
 def test_clinical_requests_get_503_while_the_database_is_down_then_recover(outage: Outage):
-    assert outage.lookup().status_code == 200
+    outage.recovered()  # before: the gateway answers
     outage.proxy.kill()
     try:
         down = outage.lookup()
