@@ -13,6 +13,7 @@ from carelink.federation.changes import (
     Upsert,
     apply_changes,
 )
+from carelink.federation.read import retired_patient
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
@@ -143,6 +144,15 @@ def test_an_a40_merge_leaves_one_record_and_one_person(tmp_path):
     assert store.counts()["persons"] == persons - 1
     assert (report.persons_before, report.persons_after) == (2, 1)
     assert all(r.local_id != "TEMP1" for r in store.reviews())
+    # the temporary registration's person id is retired, pointing to the survivor
+    survivor = store.person_by_nhs(p.nhs_number).id
+    assert retired_patient(store, temp.person_id) == {
+        "resourceType": "Patient",
+        "id": temp.person_id,
+        "active": False,
+        "link": [{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}],
+    }
+    assert retired_patient(store, survivor) is None  # a live id is not retired
 
 
 def test_a_superseded_nhs_number_moves_the_person_to_the_new_number(tmp_path):
@@ -162,6 +172,8 @@ def test_a_superseded_nhs_number_moves_the_person_to_the_new_number(tmp_path):
     assert moved is not None
     assert moved.id != old.id
     assert {(lk.source, lk.local_id) for lk in store.links_of(moved.id)} == records
+    assert store.person(old.id) is None
+    assert store.successors(old.id) == [moved.id]  # the old id leads to the new
 
 
 def test_removing_a_record_and_naming_an_unknown_one(tmp_path):

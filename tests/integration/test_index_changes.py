@@ -181,7 +181,7 @@ def test_a_merge_at_each_source_retires_the_merged_record_after_an_update(world:
     for source in SIMULATORS:  # a temporary registration without an NHS number
         world.change(source, "TEMP-7", patient(None, "Pennant", BIRTH[source], "HG1 1AA"))
     world.update_here()
-    assert all(world.by_local(source, "TEMP-7") for source in SIMULATORS)
+    temporary = {source: world.by_local(source, "TEMP-7")[0]["id"] for source in SIMULATORS}
     for source, (local, _) in survivors.items():
         merged = {"type": "replaced-by", "other": {"reference": f"Patient/{local}"}}
         world.change(
@@ -194,6 +194,13 @@ def test_a_merge_at_each_source_retires_the_merged_record_after_an_update(world:
         assert world.by_local(source, "TEMP-7") == [], source
         assert len(world.by_nhs(nhs)) == 1, source
         assert world.by_local(source, local), source
+        # a client holding the retired person's id is pointed to the survivor, not told 404
+        r = httpx.get(f"{world.base}/Patient/{temporary[source]}", timeout=15)
+        assert r.status_code == 200, (source, r.text)
+        assert r.json()["active"] is False
+        assert r.json()["link"] == [
+            {"other": {"reference": f"Patient/{world.by_nhs(nhs)[0]['id']}"}, "type": "replaced-by"}
+        ], source
 
 
 def test_a_person_gone_from_a_source_and_a_superseded_nhs_number_reach_the_gateway(

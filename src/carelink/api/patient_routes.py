@@ -17,6 +17,7 @@ from carelink.api import params as P
 from carelink.api.deps import actor, audit, consent_for, context, looked_up, router
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
+from carelink.auth import Principal
 from carelink.consent import Filtered, Guard
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
@@ -26,6 +27,7 @@ from carelink.federation.patient_search import (
     patient_params,
     patient_query,
 )
+from carelink.federation.read import retired_patient
 from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
 from carelink.fhir.nhs import problem
 from carelink.fhir.search import apply_elements, parse_token
@@ -239,10 +241,31 @@ async def pix(request: Request) -> Response:
     return fhir({"resourceType": "Parameters", "parameter": parameters})
 
 
-def _patient_or_copy(record: SharedRecord, pid: str) -> tuple[PersonRow | None, LinkRow | None]:
-    """The index's person with this id, or else the source Patient copy with this id."""
+def _patient_or_copy(
+    record: SharedRecord, pid: str
+) -> tuple[PersonRow | None, LinkRow | None, Json | None]:
+    """The index's person with this id, or else the source Patient copy with this id, or
+    else the retired person id's Patient pointing on to its successors."""
     row = record.person(pid)
-    return (row, None) if row is not None else (None, record.source_patient(pid))
+    if row is not None:
+        return row, None, None
+    link = record.source_patient(pid)
+    return None, link, None if link is not None else retired_patient(record.index, pid)
+
+
+async def _retired(request: Request, caller: Principal, pid: str, retired: Json) -> Response:
+    """A retired id read: the ids of the successors the caller reaches (a patient token
+    reaches its own only), or unknown when it reaches none of them."""
+    links = [
+        lk
+        for lk in retired["link"]
+        if access.reaches(caller, lk["other"]["reference"].removeprefix("Patient/"))
+    ]
+    if not links:
+        raise NotFound(f"Patient/{pid} is not known")
+    shown = [lk["other"]["reference"].removeprefix("Patient/") for lk in links]
+    await audit(request, "read", shown)
+    return fhir(dumps({**retired, "link": links}))
 
 
 @route("/Patient/{pid}")
@@ -252,10 +275,12 @@ async def read_patient(request: Request) -> Response:
     pid = request.path_params["pid"]
     P.check_format(request)
     access.require(caller, "Patient", "r")
-    row, link = await looked_up(request, _patient_or_copy, record, pid)
+    row, link, retired = await looked_up(request, _patient_or_copy, record, pid)
     if row is not None:
         person_id, body = row.id, row.patient
     else:
+        if retired is not None:
+            return await _retired(request, caller, pid, retired)
         if link is None:
             raise NotFound(f"Patient/{pid} is not known")
         person_id, body = link.person_id, link.patient

@@ -41,12 +41,12 @@ from typing import Any
 import orjson
 
 from carelink.errors import SourceBadPayload
-from carelink.federation.index import BuildReport, group_id, person_rows
+from carelink.federation.index import BuildReport, fields_row, group_id, person_rows
 from carelink.federation.linkage import Group, demographics, link, valid_nhs
 from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
 from carelink.federation.update import mark_built
 from carelink.sources.base import Source, SourcePerson
-from carelink.storage import Database, IndexBuild, IndexStore, ReviewRow
+from carelink.storage import Database, FieldsRow, IndexBuild, IndexStore, ReviewRow
 
 #: ``progress(stage, done, total)``: stage is "reading", "linking" or "writing";
 #: total is None while it is not known
@@ -253,9 +253,11 @@ def _write(
     how many people and the merged Patients' conflicts per element."""
     conflicts: Counter[str] = Counter()
     people, links = [], []
+    fields: list[FieldsRow] = []
     persons = done = 0
     for grp, rows in _groups(build.by_group(part)):
         members = tuple(_person(r) for r in rows)
+        fields.extend(fields_row(m, r[2]) for m, r in zip(members, rows, strict=True))
         methods = {(r[0], r[1]): (r[4], r[5]) for r in rows}
         nhs = grp[2:] if grp.startswith("n:") else None
         person, person_links = person_rows(key, Group(members, nhs), methods, built_at, conflicts)
@@ -265,11 +267,13 @@ def _write(
         if len(links) >= build.batch:
             build.load("persons", people)
             build.load("person_links", links)
+            build.load("record_fields", fields)
             done += len(links)
             progress(done)
-            people, links = [], []
+            people, links, fields = [], [], []
     build.load("persons", people)
     build.load("person_links", links)
+    build.load("record_fields", fields)
     return persons, dict(conflicts)
 
 

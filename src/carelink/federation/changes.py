@@ -1,10 +1,12 @@
 """Changes at a source applied to the live index, without a rebuild.
 
 A change names the records it touches; ``apply_changes`` re-links only the
-people those records belong to, or could belong to (the person holding the
-record now, the person holding its NHS number, the people alike in birth date
-or postcode), with the same rules as a build (``linkage.link``), and
-replaces those people in one transaction. Everyone else is left alone.
+people those records belong to, or could belong to, with the same rules as a
+build (``linkage.link``), and replaces those people in one transaction.
+Everyone else is left alone. "Could belong to" is closed: the person holding
+a record now, the person holding its NHS number, every record it could be
+linked with (found through the linking fields the index keeps per record,
+``record_fields``), and so on from each of those, until nothing is added.
 
 Kinds of change:
 
@@ -15,9 +17,15 @@ Kinds of change:
 - ``NhsNumberSuperseded``: PDS replaced an NHS number; every record holding
   the old number now holds the new one.
 
-A rebuild from the same sources gives the same people, except where the
-neighbourhood searched here misses a candidate the full blocking would find;
-``reconcile`` (``federation.update``) reports such drift.
+A rebuild from the same sources gives the same people
+(``tests/federation/test_update_is_rebuild.py``). One limit: a block that the
+whole population fills past ``matching.BLOCK_CAP`` is skipped by a build but
+not by an update, which does not count blocks; ``reconcile``
+(``federation.update``) reports drift from the sources.
+
+A person id that an update retires (the person merged into another, or split)
+is kept with the people its records went to (``person_successors``), so a
+client that holds it is pointed on (``IndexStore.successors``).
 """
 
 from __future__ import annotations
@@ -31,10 +39,16 @@ from typing import Any
 
 import orjson
 
-from carelink.federation.index import person_rows
+from carelink.federation.index import fields_row, person_rows
 from carelink.federation.linkage import demographics, link, valid_nhs
+from carelink.federation.matching import (
+    REVIEW_THRESHOLD,
+    Demographics,
+    blocking_keys,
+    lookup_values,
+    score,
+)
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.fhir.search import fold
 from carelink.sources.base import SourcePerson, indexed
 from carelink.storage import IndexStore, LinkRow, ReviewRow
 
@@ -103,21 +117,77 @@ def _renumbered(p: SourcePerson, new: str) -> SourcePerson:
     return SourcePerson(**{**vars(p), "nhs_number": new, "patient": patient})
 
 
-def _neighbours(store: IndexStore, p: SourcePerson) -> set[str]:
-    """People who could be this record's person: the holder of its NHS number, else
-    (a new number, or none) people alike in birth date (either way round) or in
-    postcode and surname, whom a record without a number may join."""
-    nhs = valid_nhs(p)
-    if nhs:
-        found = store.person_by_nhs(nhs)
-        if found:
-            return {found.id}
-    dates = set()
-    if p.birth_date:
-        dates.add(p.birth_date)
-        if len(p.birth_date) == 10:
-            dates.add(f"{p.birth_date[:4]}-{p.birth_date[8:]}-{p.birth_date[5:7]}")
-    return store.alike(sorted(dates), p.postcode, fold(p.family))
+class _Neighbourhood:
+    """The records an update re-links: closed under both "was one person with" (in the
+    index now) and "could be linked with" (after the changes: one NHS number, or a
+    shared blocking key with at least one end without a valid number and a score
+    that reaches the review list). Linking a set closed so gives its records the
+    people (and near misses) a rebuild gives them, since a rebuild's decisions about
+    a record depend only on the records it could be linked with; everyone outside
+    keeps their person."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        new: dict[tuple[str, str], SourcePerson],
+        gone: set[tuple[str, str]],
+    ) -> None:
+        self.store, self.new, self.gone = store, new, gone
+        self.persons: set[str] = set()
+        self.records: dict[tuple[str, str], SourcePerson] = {}
+        #: each re-linked record's person before the update
+        self.was: dict[tuple[str, str], str] = {}
+        self.todo: list[SourcePerson] = []
+
+    def add_person(self, pid: str) -> None:
+        if pid in self.persons:
+            return
+        self.persons.add(pid)
+        for row in self.store.links_of(pid):
+            key = (row.source, row.local_id)
+            self.was[key] = pid
+            if key not in self.gone:
+                self.add_record(self.new.get(key) or record_of(row))
+
+    def add_record(self, r: SourcePerson) -> None:
+        key = (r.source, r.local_id)
+        if key not in self.records:
+            self.records[key] = r
+            self.todo.append(r)
+
+    def close(self) -> None:
+        while self.todo:
+            r = self.todo.pop()
+            nhs = valid_nhs(r)
+            if nhs:
+                held = self.store.person_by_nhs(nhs)
+                if held is not None:
+                    self.add_person(held.id)
+            mine = demographics(r)
+            keys = set(blocking_keys(mine))
+            for f in self.store.near(*lookup_values(mine)):
+                key = (f.source, f.local_id)
+                if key in self.records or key in self.gone or key in self.new:
+                    continue  # changed records are in already, with their new fields
+                if nhs and f.nhs:
+                    continue  # two valid numbers: decided by the numbers
+                theirs = Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
+                if keys.isdisjoint(blocking_keys(theirs)):
+                    continue
+                if score(mine, theirs).total < REVIEW_THRESHOLD:
+                    continue
+                row = self.store.link(*key)
+                if row is not None:
+                    self.add_person(row.person_id)
+
+
+def _fill_fields(store: IndexStore, batch: int = 2000) -> None:
+    """Keep the linking fields of every linked record (an index built before they were
+    kept): one walk over the links, once."""
+    after = ("", "")
+    while rows := store.links_after(after, batch):
+        store.add_fields([fields_row(p, valid_nhs(p)) for p in map(record_of, rows)])
+        after = (rows[-1].source, rows[-1].local_id)
 
 
 def apply_changes(
@@ -125,55 +195,51 @@ def apply_changes(
     changes: Sequence[Change],
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChangeReport:
-    """Apply ``changes`` to the live index: re-link the people they touch, in one swap."""
+    """Apply ``changes`` (in order) to the live index: re-link the people they touch, in
+    one swap. A person id that goes is recorded with the people its records went to."""
     started = time.perf_counter()
     report = ChangeReport(changes=len(changes))
     key = store.secret()
     built_at = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-    affected: set[str] = set()
+    if store.fields_missing():
+        _fill_fields(store)
     new: dict[tuple[str, str], SourcePerson] = {}
     gone: set[tuple[str, str]] = set()
+    #: a record merged away -> the record it was merged into (its person's successor)
+    merged: dict[tuple[str, str], tuple[str, str]] = {}
+    seeds: set[str] = set()
 
-    def owner(source: str, local: str) -> None:
+    def known(source: str, local: str) -> bool:
         row = store.link(source, local)
-        if row is None:
-            report.unknown.append((source, local))
-        else:
-            affected.add(row.person_id)
+        if row is not None:
+            seeds.add(row.person_id)
+        return row is not None or (source, local) in new
 
     for change in changes:
         if isinstance(change, Upsert):
             r = change.record
-            current = store.link(r.source, r.local_id)
-            if current is not None:
-                affected.add(current.person_id)
-            affected |= _neighbours(store, r)
+            known(r.source, r.local_id)
             new[(r.source, r.local_id)] = r
-        elif isinstance(change, Remove):
-            owner(change.source, change.local_id)
-            gone.add((change.source, change.local_id))
-        elif isinstance(change, MergeRecords):
-            owner(change.source, change.old)
-            owner(change.source, change.into)
-            gone.add((change.source, change.old))
+            gone.discard((r.source, r.local_id))
+        elif isinstance(change, Remove | MergeRecords):
+            old = change.local_id if isinstance(change, Remove) else change.old
+            if not known(change.source, old):
+                report.unknown.append((change.source, old))
+            if isinstance(change, MergeRecords):
+                if not known(change.source, change.into):
+                    report.unknown.append((change.source, change.into))
+                merged[(change.source, old)] = (change.source, change.into)
+            new.pop((change.source, old), None)
+            gone.add((change.source, old))
         else:
-            held = store.person_by_nhs(change.old)
-            if held is not None:
-                affected.add(held.id)
-                for row in store.links_of(held.id):
-                    r = record_of(row)
-                    if valid_nhs(r) == change.old:
-                        new[(r.source, r.local_id)] = _renumbered(r, change.new)
-            target = store.person_by_nhs(change.new)
-            if target is not None:
-                affected.add(target.id)
-    records: dict[tuple[str, str], SourcePerson] = {}
-    for pid in affected:
-        for row in store.links_of(pid):
-            records[(row.source, row.local_id)] = record_of(row)
-    records.update(new)
-    for k in gone:
-        records.pop(k, None)
+            _supersede(store, change, new, gone, seeds)
+    area = _Neighbourhood(store, new, gone)
+    for pid in sorted(seeds):
+        area.add_person(pid)
+    for r in new.values():
+        area.add_record(r)
+    area.close()
+    records = area.records
     by_source: dict[str, list[SourcePerson]] = defaultdict(list)
     for r in records.values():
         by_source[r.source].append(r)
@@ -196,9 +262,50 @@ def apply_changes(
         )
         for n in linkage.near_misses
     ]
-    store.replace_people(sorted(affected), people, link_rows, reviews, sorted(gone | set(records)))
+    staying = {p.id for p in people}
+    successors = set()
+    for k, pid in area.was.items():
+        if pid in staying:
+            continue
+        to = owners.get(merged.get(k, k))
+        if to is not None:
+            successors.add((pid, to))
+    store.replace_people(
+        sorted(area.persons),
+        people,
+        link_rows,
+        reviews,
+        sorted(gone | set(records)),
+        [fields_row(r, valid_nhs(r)) for r in records.values()],
+        sorted(successors),
+        built_at,
+    )
     report.records = len(records)
-    report.persons_before = len(affected)
+    report.persons_before = len(area.persons)
     report.persons_after = len(people)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _supersede(
+    store: IndexStore,
+    change: NhsNumberSuperseded,
+    new: dict[tuple[str, str], SourcePerson],
+    gone: set[tuple[str, str]],
+    seeds: set[str],
+) -> None:
+    """Every record holding ``change.old`` now (in the index or among the changes so far)
+    holds ``change.new``."""
+    held = store.person_by_nhs(change.old)
+    if held is not None:
+        seeds.add(held.id)
+        for row in store.links_of(held.id):
+            k = (row.source, row.local_id)
+            if k not in new and k not in gone:
+                new[k] = record_of(row)
+    for k, r in list(new.items()):
+        if valid_nhs(r) == change.old:
+            new[k] = _renumbered(r, change.new)
+    target = store.person_by_nhs(change.new)
+    if target is not None:
+        seeds.add(target.id)

@@ -24,12 +24,13 @@ from typing import Any
 import orjson
 
 from carelink.federation.linkage import Group, demographics, link
+from carelink.federation.matching import lookup_values
 from carelink.federation.patient_merge import merge_patient, rank
 from carelink.federation.ukcore import with_nhs_number_status
 from carelink.fhir.search import fold
 from carelink.sources.base import Source, SourcePerson
 from carelink.sources.namespacing import namespaced_id
-from carelink.storage import LinkRow, PersonRow, ReviewRow
+from carelink.storage import FieldsRow, LinkRow, PersonRow, ReviewRow
 
 Json = dict[str, Any]
 
@@ -130,6 +131,24 @@ def person_rows(
             )
         )
     return person, rows
+
+
+def fields_row(p: SourcePerson, nhs: str | None) -> FieldsRow:
+    """A record's linking fields as the index keeps them (``nhs``: its valid NHS number)."""
+    day, names_ym, pc = lookup_values(demographics(p))
+    return FieldsRow(
+        p.source,
+        p.local_id,
+        nhs,
+        p.given,
+        p.family,
+        p.birth_date,
+        p.gender,
+        p.postcode,
+        day,
+        names_ym,
+        pc,
+    )
 
 
 def link_people(

@@ -194,6 +194,20 @@ def blocking_keys(d: Demographics) -> Iterable[str]:
         yield f"fp:{fam}:{initial}:{postcode}"
 
 
+def lookup_values(d: Demographics) -> tuple[str, str, str]:
+    """(day, names and year-month, postcode): two records sharing a blocking key share
+    one of these non-empty values (every key but ``fy``, ``fg`` and ``fp`` holds the
+    day; those hold the names and year-month, or the postcode). So the index finds a
+    record's possible block neighbours by three indexed equalities ("" for none)."""
+    family = fold(d.family)
+    given = fold(d.given).split(" ")[0]
+    fam, giv = _sound(family), _sound(given)
+    day = _date_key(d.birth_date) if d.birth_date else ""
+    names = f"{fam}:{giv}:{(d.birth_date or '')[:7]}" if fam and giv else ""
+    postcode = d.postcode.replace(" ", "").upper() if d.postcode else ""
+    return day, names, postcode if fam and given[:1] else ""
+
+
 def best_match(
     record: Demographics, candidates: Iterable[tuple[str, Demographics]]
 ) -> tuple[str | None, MatchScore | None]:

@@ -19,7 +19,7 @@ from carelink.federation.record import Federated, SharedRecord
 from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.sources.base import SharedReader
 from carelink.sources.namespacing import namespaced_id
-from carelink.storage import PersonRow
+from carelink.storage import IndexStore, PersonRow
 
 Json = dict[str, Any]
 
@@ -68,6 +68,23 @@ async def locate(
         (r for r in pool if r["resourceType"] == resource_type and r["id"] == resource_id), None
     )
     return None if hit is None else Located(person.id, hit, fed)
+
+
+def retired_patient(index: IndexStore, person_id: str) -> Json | None:
+    """The Patient a client holding a retired person id reads (FHIR R4 Patient.link): not
+    active, ``replaced-by`` each live person its records went to. None when the id was
+    never retired (or its records went nowhere): unknown, as before."""
+    successors = index.successors(person_id)
+    if not successors:
+        return None
+    return {
+        "resourceType": "Patient",
+        "id": person_id,
+        "active": False,
+        "link": [
+            {"other": {"reference": f"Patient/{s}"}, "type": "replaced-by"} for s in successors
+        ],
+    }
 
 
 def source_of(record: SharedRecord, resource_id: str) -> tuple[str, str] | None:

@@ -5,7 +5,7 @@ from carelink.storage.database import UNAVAILABLE, Database, describe, is_unavai
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_build import IndexBuild
-from carelink.storage.index_store import IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage.index_store import FieldsRow, IndexStore, LinkRow, PersonRow, ReviewRow
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
@@ -20,6 +20,7 @@ __all__ = [
     "DateTest",
     "FeedRecord",
     "FeedStore",
+    "FieldsRow",
     "GrantRow",
     "IdentifierTest",
     "IndexBuild",

@@ -36,6 +36,8 @@ from carelink.storage.tables import (
     export_jobs,
     metadata,
     opt_outs,
+    person_successors,
+    record_fields,
     resource_locations,
     result_sets,
 )
@@ -119,6 +121,13 @@ def _identities_and_history(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE VARCHAR(1000)"))
 
 
+def _linkage_tables(conn: Connection) -> None:
+    """Filled by the next build (an index built before has none: the first incremental
+    update fills ``record_fields`` from the links, see ``federation.changes``)."""
+    record_fields.create(conn, checkfirst=True)
+    person_successors.create(conn, checkfirst=True)
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -139,6 +148,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "full identities on grants and jobs; consent history", _identities_and_history),
     (9, "audit trail: agent column, hash over every column", _audit_every_column),
     (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
+    (11, "linked records' linking fields; retired person ids' successors", _linkage_tables),
 ]
 
 

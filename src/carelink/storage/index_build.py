@@ -2,8 +2,8 @@
 
 ``IndexBuild`` stages every source record in a table of its own
 (``index_staging``), fills new tables (``persons_build``,
-``person_links_build``, ``match_review_build``) by bulk loading (PostgreSQL
-``COPY``, batched ``executemany`` on SQLite), makes their indexes once the
+``person_links_build``, ``match_review_build``, ``record_fields_build``) by bulk
+loading (PostgreSQL ``COPY``, batched ``executemany`` on SQLite), makes their indexes once the
 rows are in, then, in one transaction, drops the old tables and renames the
 new ones into their place: readers see the old index or the new, never half.
 
@@ -22,7 +22,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from carelink.storage.database import Database
-from carelink.storage.tables import links, persons, review
+from carelink.storage.tables import links, persons, record_fields, review
 
 STAGING = "index_staging"
 #: the staged record's columns, in the order ``stage`` takes them
@@ -41,7 +41,7 @@ STAGED_COLUMNS = (
     "patient",
     "part",
 )
-_LIVE = (persons, links, review)
+_LIVE = (persons, links, review, record_fields)
 #: (table, column) indexed after the load, unique or not, named like the live ones
 _INDEXES = (
     ("persons", "nhs_number", True),
@@ -49,6 +49,9 @@ _INDEXES = (
     ("persons", "birth_date", False),
     ("person_links", "person_id", False),
     ("person_links", "patient_id", True),
+    ("record_fields", "day", False),
+    ("record_fields", "names_ym", False),
+    ("record_fields", "pc", False),
 )
 
 
@@ -218,8 +221,8 @@ class IndexBuild:
             cur.close()
 
     def load(self, table: str, rows: Sequence[Any]) -> None:
-        """Bulk load index rows (``PersonRow``, ``LinkRow`` or ``ReviewRow``) into the new
-        ``persons``, ``person_links`` or ``match_review``."""
+        """Bulk load index rows (``PersonRow``, ``LinkRow``, ``ReviewRow`` or ``FieldsRow``)
+        into the new ``persons``, ``person_links``, ``match_review`` or ``record_fields``."""
         live = {t.name: t for t in _LIVE}[table]
         columns = [c.name for c in live.columns]
         self._load(_build_name(table), columns, [tuple(vars(r).values()) for r in rows])

@@ -13,7 +13,14 @@ from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
 from carelink.storage.loop_guard import bounds_itself, loop_bounded
 from carelink.storage.person_query import PersonQuery, where_sql
-from carelink.storage.tables import links, persons, review, settings_table
+from carelink.storage.tables import (
+    links,
+    person_successors,
+    persons,
+    record_fields,
+    review,
+    settings_table,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,23 @@ class ReviewRow:
     score: float
     explanation: str
     demographics: str
+
+
+@dataclass(frozen=True)
+class FieldsRow:
+    """A linked record's linking fields and the values it is looked up by (``record_fields``)."""
+
+    source: str
+    local_id: str
+    nhs: str | None  # the valid NHS number, if any
+    given: str
+    family: str
+    birth_date: str | None
+    gender: str | None
+    postcode: str | None
+    day: str
+    names_ym: str
+    pc: str
 
 
 _PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
@@ -136,6 +160,7 @@ class IndexStore:
         """Swap the whole index in one transaction (readers see old or new, never half)."""
         with self.db.engine.begin() as conn:
             conn.execute(review.delete())
+            conn.execute(record_fields.delete())  # filled again by the next update
             conn.execute(links.delete())
             conn.execute(persons.delete())
             _insert(conn, persons, [vars(p) for p in people])
@@ -149,15 +174,27 @@ class IndexStore:
         person_links: Sequence[LinkRow],
         reviews: Sequence[ReviewRow],
         records: Sequence[tuple[str, str]],
+        fields: Sequence[FieldsRow] = (),
+        successors: Sequence[tuple[str, str]] = (),
+        at: str = "",
     ) -> None:
         """Replace some people in one transaction: ``person_ids`` (and their links) go,
-        ``people`` and ``person_links`` come; review entries of ``records`` are replaced
-        by ``reviews``."""
+        ``people`` and ``person_links`` come; review entries and linking fields of
+        ``records`` are replaced by ``reviews`` and ``fields``. ``successors``: (retired
+        id, successor id) of the ids that went, recorded as of ``at``; an id that comes
+        back is no longer retired."""
         with self.db.engine.begin() as conn:
             for i in range(0, len(records), 500):
                 part = records[i : i + 500]
+                for table in (review, record_fields):
+                    key = sa.tuple_(table.c.source, table.c.local_id)
+                    conn.execute(table.delete().where(key.in_(part)))
+            back = [p.id for p in people]
+            for i in range(0, len(back), 500):
                 conn.execute(
-                    review.delete().where(sa.tuple_(review.c.source, review.c.local_id).in_(part))
+                    person_successors.delete().where(
+                        person_successors.c.retired_id.in_(back[i : i + 500])
+                    )
                 )
             for i in range(0, len(person_ids), 500):
                 part_ids = person_ids[i : i + 500]
@@ -166,6 +203,78 @@ class IndexStore:
             _insert(conn, persons, [vars(p) for p in people])
             _insert(conn, links, [vars(link) for link in person_links])
             _insert(conn, review, [vars(r) for r in reviews])
+            _insert(conn, record_fields, [vars(f) for f in fields])
+            _insert(
+                conn,
+                person_successors,
+                [{"retired_id": r, "successor_id": s, "retired_at": at} for r, s in successors],
+            )
+
+    def near(self, day: str, names_ym: str, pc: str) -> list[FieldsRow]:
+        """Linked records sharing a lookup value with a record (a superset of those it
+        could share a blocking key with); "" looks nothing up."""
+        f = record_fields.c
+        tests = [c == v for c, v in ((f.day, day), (f.names_ym, names_ym), (f.pc, pc)) if v]
+        if not tests:
+            return []
+        test = sa.or_(*tests)
+        with self.db.engine.connect() as conn:
+            return [FieldsRow(*r) for r in conn.execute(sa.select(record_fields).where(test))]
+
+    def fields_missing(self) -> bool:
+        """Does the index link records whose linking fields are not kept (an index built
+        before migration 11)?"""
+        with self.db.engine.connect() as conn:
+            has_links = conn.execute(sa.select(links.c.source).limit(1)).first() is not None
+            has_fields = conn.execute(sa.select(record_fields.c.source).limit(1)).first()
+        return has_links and has_fields is None
+
+    def add_fields(self, rows: Sequence[FieldsRow]) -> None:
+        """Keep linking fields (replacing those of the same records)."""
+        with self.db.engine.begin() as conn:
+            keys = [(r.source, r.local_id) for r in rows]
+            for i in range(0, len(keys), 500):
+                key = sa.tuple_(record_fields.c.source, record_fields.c.local_id)
+                conn.execute(record_fields.delete().where(key.in_(keys[i : i + 500])))
+            _insert(conn, record_fields, [vars(r) for r in rows])
+
+    def links_after(self, after: tuple[str, str] = ("", ""), batch: int = 1000) -> list[LinkRow]:
+        """Up to ``batch`` links after ``after`` in (source, local id) order: one step of a
+        walk over every link."""
+        c = links.c
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(links)
+                .where(sa.tuple_(c.source, c.local_id) > after)
+                .order_by(c.source, c.local_id)
+                .limit(batch)
+            ).all()
+        return [_link(tuple(r)) for r in rows]
+
+    def successors(self, retired_id: str) -> list[str]:
+        """The live people a retired person id's records went to, following later
+        retirements (empty when the id was never retired, or went nowhere)."""
+        out: list[str] = []
+        seen = {retired_id}
+        todo = [retired_id]
+        with self.db.engine.connect() as conn:
+            while todo:
+                pid = todo.pop()
+                rows = conn.execute(
+                    sa.select(person_successors.c.successor_id)
+                    .where(person_successors.c.retired_id == pid)
+                    .order_by(person_successors.c.successor_id)
+                ).all()
+                for (nxt,) in rows:
+                    if nxt in seen:
+                        continue
+                    seen.add(nxt)
+                    live = conn.execute(sa.select(persons.c.id).where(persons.c.id == nxt)).first()
+                    if live is not None:
+                        out.append(nxt)
+                    else:
+                        todo.append(nxt)
+        return sorted(out)
 
     def alike(
         self, birth_dates: Sequence[str], postcode: str | None, family_folded: str
@@ -339,12 +448,15 @@ def repoint_link(
         sa.select(old.local_id).where(old.source == source, old.local_id == survivor)
     ).first()
     where = (old.source == source) & (old.local_id == retired)
+    kept = (record_fields.c.source == source) & (record_fields.c.local_id == retired)
     if has_survivor is not None:
         conn.execute(links.delete().where(where))
+        conn.execute(record_fields.delete().where(kept))
     else:
         conn.execute(
             links.update().where(where).values(local_id=survivor, patient_id=survivor_patient_id)
         )
+        conn.execute(record_fields.update().where(kept).values(local_id=survivor))
 
 
 def _only_nhs_number(query: PersonQuery) -> str | None:

@@ -183,3 +183,39 @@ resource_locations = sa.Table(
     sa.Column("person_id", sa.String(64), nullable=False, index=True),
     sa.Column("first_seen", sa.String(40), nullable=False),
 )
+
+
+#: migration 11's tables, apart from ``metadata`` so that migration 1's ``create_all``
+#: leaves them to their own migration
+linkage_metadata = sa.MetaData()
+
+#: migration 11: each linked record's linking fields, and the three values under which
+#: an incremental update looks up the records it could block with (``day``: the birth
+#: date with day and month either way round; ``names_ym``: both names' sound-alikes
+#: and the birth year and month; ``pc``: the postcode without spaces). The values are
+#: made by ``federation.matching.lookup_values``; storage only keeps them.
+record_fields = sa.Table(
+    "record_fields",
+    linkage_metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("nhs", sa.String(10), nullable=True),
+    sa.Column("given", sa.String(200), nullable=False),
+    sa.Column("family", sa.String(200), nullable=False),
+    sa.Column("birth_date", sa.String(10), nullable=True),
+    sa.Column("gender", sa.String(16), nullable=True),
+    sa.Column("postcode", sa.String(10), nullable=True),
+    sa.Column("day", sa.String(20), nullable=False, index=True),
+    sa.Column("names_ym", sa.String(40), nullable=False, index=True),
+    sa.Column("pc", sa.String(10), nullable=False, index=True),
+)
+
+#: migration 11: a person id retired by a merge or a split, and the people its records
+#: went to (so a client holding the old id is pointed on, not told 404)
+person_successors = sa.Table(
+    "person_successors",
+    linkage_metadata,
+    sa.Column("retired_id", sa.String(64), primary_key=True),
+    sa.Column("successor_id", sa.String(64), primary_key=True),
+    sa.Column("retired_at", sa.String(40), nullable=False),
+)
