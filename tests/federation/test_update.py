@@ -4,11 +4,16 @@ stored HL7 v2 feed read from a cursor (SQLite, and PostgreSQL when configured)."
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
+import pytest
 
 from carelink.federation.build import build_index
+from carelink.federation.changes import record_of
 from carelink.federation.update import cursor_key, reconcile, update_from, watermark_key
 from carelink.feeds.intake import read
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
@@ -16,7 +21,7 @@ from carelink.simulators import acute
 from carelink.simulators.base import Behaviour
 from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
-from carelink.storage import Arrival, FeedStore, IndexStore
+from carelink.storage import Arrival, Database, FeedStore, IndexStore
 from tests.federation.test_build import _store
 from tests.support.servers import run_app
 
@@ -198,4 +203,70 @@ def test_feed_arrivals_stored_but_not_applied_are_applied_by_the_next_update(dat
     assert store.link("community", "C1") is None
     assert store.link("community", "C2") is not None
     assert store.counts()["links:community"] == 1
+    store.close()
+
+
+class _Paused:
+    """The real feed source, pausing after it has listed (until ``go``): the moment a
+    second worker would list the same changes, and more, if nothing kept it out."""
+
+    def __init__(self, source: CommunityFeedSource, listed: threading.Event, go: threading.Event):
+        self.name, self.source, self.listed, self.go = source.name, source, listed, go
+
+    async def changes_after(self, cursor: str, limit: int) -> tuple[list, str]:
+        got = await self.source.changes_after(cursor, limit)
+        self.listed.set()
+        await asyncio.to_thread(self.go.wait, 10)
+        return got
+
+    async def people(self):  # pragma: no cover - the update never lists everyone
+        raise NotImplementedError
+        yield
+
+
+@pytest.mark.postgres
+def test_two_workers_apply_one_sources_feed_in_order_on_postgresql(postgres_url):
+    """Worker A lists the feed and is slow to apply; a newer message about the same person
+    is stored; worker B updates meanwhile. B waits for A's turn (the source's advisory
+    lock), then takes on from A's cursor: the index ends with the newer demographics and
+    the cursor past both messages, never A's older listing applied last."""
+    name = f"community-{uuid.uuid4().hex[:8]}"  # a lock of its own among concurrent runs
+    store = _store(postgres_url)
+    feed = FeedStore(store.db)
+    assert feed.apply(replace(_a28("M1", "C1", "Older", _number(700)), source=name))
+    listed, go, b_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def worker(tag: str, source: object, done: threading.Event | None = None) -> None:
+        db = Database(postgres_url)
+        try:
+            results[tag] = asyncio.run(update_from([source], IndexStore(db)))
+        except Exception as exc:  # reported by the assertions below
+            results[tag] = exc
+        finally:
+            db.dispose()
+            if done is not None:
+                done.set()
+
+    a = threading.Thread(
+        target=worker, args=("a", _Paused(CommunityFeedSource(feed, name), listed, go))
+    )
+    a.start()
+    assert listed.wait(10)
+    assert feed.apply(replace(_a28("M2", "C1", "Newer", _number(700)), source=name))
+    b = threading.Thread(target=worker, args=("b", CommunityFeedSource(feed, name), b_done))
+    b.start()
+    finished_first = b_done.wait(1.0)  # without the lock B lists, applies and is done here
+    go.set()
+    a.join(20)
+    b.join(20)
+    assert not isinstance(results.get("a"), Exception), results
+    assert not isinstance(results.get("b"), Exception), results
+    row = store.link(name, "C1")
+    assert row is not None
+    assert record_of(row).family == "Newer"
+    assert store.setting(cursor_key(name)) == str(
+        max(seq for seq, _ in feed.messages_after(name, 0, {"ADT^A28"}, 10))
+    )
+    assert not finished_first, "worker B applied while A held the source's changes"
     store.close()

@@ -8,7 +8,9 @@ the instant the build began reading), and every source read from a cursor
 by what was stored after its cursor; it turns them into ``changes.Change``
 values and applies them, and only then moves the watermarks and cursors, so a
 process that dies in between lists the same changes again (applying a change
-twice changes nothing). ``reconcile`` compares a source's whole listing with
+twice changes nothing). Each source's turn holds a lock of that source
+(PostgreSQL advisory lock), so updates running in several processes apply one
+source's changes in the order it made them. ``reconcile`` compares a source's whole listing with
 the index and reports drift: records the index lacks, records it holds that
 the source no longer lists, records whose demographics differ; with ``fix``
 it applies what it found, removals included (found by walking the index's
@@ -121,31 +123,36 @@ async def update_from(
     store: IndexStore,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> UpdateReport:
-    """Apply every change the sources list since their watermarks; move the watermarks."""
+    """Apply every change the sources list since their watermarks; move the watermarks.
+
+    Each source in turn, holding its lock (``IndexStore.applying``) from reading its mark
+    to moving it: two processes updating at once apply one source's changes one after
+    the other, each from where the last left off, never an older listing last."""
     report = UpdateReport()
-    changes: list[Change] = []
-    marks: dict[str, str] = {}
     for source in sources:
-        if isinstance(source, CursorLister):
-            cursor = store.setting(cursor_key(source.name)) or ""
-            listed, after = await source.changes_after(cursor, CURSOR_BATCH)
-            report.behind = report.behind or after != cursor
-            marks[cursor_key(source.name)] = after
-        elif isinstance(source, ChangeLister):
-            started = instant(now() - OVERLAP)
-            since = store.setting(watermark_key(source.name))
-            if since is None:
-                continue  # never built from this source: a build lists everyone
-            listed = [p async for p in source.changed_since(since)]
-            marks[watermark_key(source.name)] = started
-        else:
+        if not isinstance(source, CursorLister | ChangeLister):
             continue
-        report.listed[source.name] = len(listed)
-        for p in newest(listed):
-            changes += _change(p, store)
-    report.applied = apply_changes(store, changes, now) if changes else ChangeReport()
-    for key, mark in marks.items():
-        store.set_setting(key, mark)
+        with store.applying(source.name):
+            if isinstance(source, CursorLister):
+                mark_key = cursor_key(source.name)
+                cursor = store.setting(mark_key) or ""
+                listed, mark = await source.changes_after(cursor, CURSOR_BATCH)
+                report.behind = report.behind or mark != cursor
+            else:
+                mark_key, mark = watermark_key(source.name), instant(now() - OVERLAP)
+                since = store.setting(mark_key)
+                if since is None:
+                    continue  # never built from this source: a build lists everyone
+                listed = [p async for p in source.changed_since(since)]
+            report.listed[source.name] = len(listed)
+            changes: list[Change] = []
+            for p in newest(listed):
+                changes += _change(p, store)
+            if changes:
+                report.applied = _added(report.applied, apply_changes(store, changes, now))
+            store.set_setting(mark_key, mark)
+    if report.applied is None:
+        report.applied = ChangeReport()
     return report
 
 

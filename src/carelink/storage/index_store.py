@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +152,21 @@ class IndexStore:
         with self.db.engine.begin() as conn:
             conn.execute(settings_table.delete().where(settings_table.c.key == name))
             conn.execute(settings_table.insert().values(key=name, value=value))
+
+    @contextmanager
+    def applying(self, source: str) -> Iterator[None]:
+        """Held while one source's changes are listed from its cursor or watermark,
+        applied, and the mark moved: on PostgreSQL a transaction-scoped advisory lock per
+        source, so two processes never apply one source's changes at once (nor an older
+        listing after a newer one); the other waits its turn, however long the first
+        takes. SQLite takes one writer at a time already, and holds nothing here."""
+        if self.db.is_sqlite:
+            yield
+            return
+        with self.db.engine.connect() as conn, conn.begin():
+            conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": applying_key(source)})
+            yield
 
     def replace_all(
         self,
@@ -428,6 +445,12 @@ class IndexStore:
             ):
                 out[f"links:{source}"] = n
         return out
+
+
+def applying_key(source: str) -> int:
+    """The advisory lock key of applying ``source``'s changes (a signed 64-bit integer)."""
+    digest = hashlib.blake2b(f"carelink:applying:{source}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def repoint_link(
