@@ -27,6 +27,7 @@ from carelink.federation.linkage import valid_nhs
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.sources.base import SourcePerson
 from carelink.storage import IndexStore
+from carelink.storage.tables import record_fields
 from tests.federation.test_build import ListSource, _store
 from tests.federation.test_changes import snapshot
 
@@ -207,3 +208,22 @@ def _anna() -> dict:
         "gender": "female",
         "nhs": None,
     }
+
+
+def test_an_index_built_before_linking_fields_were_kept_gets_them_at_its_first_update(tmp_path):
+    """An index from before migration 11 has links but no ``record_fields``: the first
+    update keeps every linked record's fields, and so still finds a change's neighbours."""
+    gp = record("gp", "g1", {**_anna(), "nhs": NUMBERS[0]})
+    acute = record("acute", "a1", {**_anna(), "nhs": NUMBERS[1]})
+    live = _store(str(tmp_path / "live.db"))
+    build(live, {("gp", "g1"): gp, ("acute", "a1"): acute})
+    with live.db.engine.begin() as conn:
+        conn.execute(record_fields.delete())
+    assert live.fields_missing()
+    # a record without a number that matches the GP's Anna: found only through her fields
+    social = record("social-care", "s1", _anna())
+    apply_changes(live, [Upsert(social)], now=lambda: NOW)
+    assert not live.fields_missing()
+    fresh = _store(str(tmp_path / "fresh.db"))
+    build(fresh, {("gp", "g1"): gp, ("acute", "a1"): acute, ("social-care", "s1"): social})
+    assert snapshot(live) == snapshot(fresh)
