@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -139,13 +139,12 @@ class _Neighbourhood:
         self.was: dict[tuple[str, str], str] = {}
         self.todo: list[SourcePerson] = []
 
-    def add_person(self, pid: str) -> None:
-        if pid in self.persons:
-            return
-        self.persons.add(pid)
-        for row in self.store.links_of(pid):
+    def add_persons(self, pids: Iterable[str]) -> None:
+        fresh = sorted(set(pids) - self.persons)
+        self.persons.update(fresh)
+        for row in self.store.links_of_people(fresh):
             key = (row.source, row.local_id)
-            self.was[key] = pid
+            self.was[key] = row.person_id
             if key not in self.gone:
                 self.add_record(self.new.get(key) or record_of(row))
 
@@ -156,29 +155,40 @@ class _Neighbourhood:
             self.todo.append(r)
 
     def close(self) -> None:
+        """Add what the records could be linked with, a wave at a time (a few queries a
+        wave, whatever its size), until a wave adds nobody."""
         while self.todo:
-            r = self.todo.pop()
-            nhs = valid_nhs(r)
-            if nhs:
-                held = self.store.person_by_nhs(nhs)
-                if held is not None:
-                    self.add_person(held.id)
-            mine = demographics(r)
-            keys = set(blocking_keys(mine))
-            for f in self.store.near(*lookup_values(mine)):
+            wave, self.todo = self.todo, []
+            numbers = {n for r in wave if (n := valid_nhs(r))}
+            found = set(self.store.people_by_nhs(sorted(numbers)).values())
+            by_value: dict[str, list[tuple[SourcePerson, Demographics]]] = defaultdict(list)
+            for r in wave:
+                d = demographics(r)
+                for tag, value in zip("dnp", lookup_values(d), strict=True):
+                    if value:
+                        by_value[tag + value].append((r, d))
+            wanted: set[tuple[str, str]] = set()
+            for f in self.store.near_any(by_value):
                 key = (f.source, f.local_id)
-                if key in self.records or key in self.gone or key in self.new:
+                if key in self.records or key in self.gone or key in self.new or key in wanted:
                     continue  # changed records are in already, with their new fields
-                if nhs and f.nhs:
-                    continue  # two valid numbers: decided by the numbers
                 theirs = Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
-                if keys.isdisjoint(blocking_keys(theirs)):
-                    continue
-                if score(mine, theirs).total < REVIEW_THRESHOLD:
-                    continue
-                row = self.store.link(*key)
-                if row is not None:
-                    self.add_person(row.person_id)
+                their_keys = set(blocking_keys(theirs))
+                mine = {
+                    id(r): (r, d)
+                    for v in ("d" + f.day, "n" + f.names_ym, "p" + f.pc)
+                    for r, d in by_value.get(v, ())
+                }
+                for r, d in mine.values():
+                    if f.nhs and valid_nhs(r):
+                        continue  # two valid numbers: decided by the numbers
+                    if their_keys.isdisjoint(blocking_keys(d)):
+                        continue
+                    if score(d, theirs).total >= REVIEW_THRESHOLD:
+                        wanted.add(key)
+                        break
+            found |= set(self.store.owners(sorted(wanted)).values())
+            self.add_persons(found)
 
 
 def _fill_fields(store: IndexStore, batch: int = 2000) -> None:
@@ -207,18 +217,16 @@ def apply_changes(
     gone: set[tuple[str, str]] = set()
     #: a record merged away -> the record it was merged into (its person's successor)
     merged: dict[tuple[str, str], tuple[str, str]] = {}
-    seeds: set[str] = set()
+    named = {k for c in changes for k in _named(c)}
+    linked = store.owners(sorted(named))
+    seeds: set[str] = set(linked.values())
 
     def known(source: str, local: str) -> bool:
-        row = store.link(source, local)
-        if row is not None:
-            seeds.add(row.person_id)
-        return row is not None or (source, local) in new
+        return (source, local) in linked or (source, local) in new
 
     for change in changes:
         if isinstance(change, Upsert):
             r = change.record
-            known(r.source, r.local_id)
             new[(r.source, r.local_id)] = r
             gone.discard((r.source, r.local_id))
         elif isinstance(change, Remove | MergeRecords):
@@ -234,8 +242,7 @@ def apply_changes(
         else:
             _supersede(store, change, new, gone, seeds)
     area = _Neighbourhood(store, new, gone)
-    for pid in sorted(seeds):
-        area.add_person(pid)
+    area.add_persons(seeds)
     for r in new.values():
         area.add_record(r)
     area.close()
@@ -285,6 +292,17 @@ def apply_changes(
     report.persons_after = len(people)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _named(change: Change) -> list[tuple[str, str]]:
+    """The records a change names by (source, local id)."""
+    if isinstance(change, Upsert):
+        return [(change.record.source, change.record.local_id)]
+    if isinstance(change, Remove):
+        return [(change.source, change.local_id)]
+    if isinstance(change, MergeRecords):
+        return [(change.source, change.old), (change.source, change.into)]
+    return []
 
 
 def _supersede(

@@ -227,16 +227,57 @@ class IndexStore:
                 [{"retired_id": r, "successor_id": s, "retired_at": at} for r, s in successors],
             )
 
-    def near(self, day: str, names_ym: str, pc: str) -> list[FieldsRow]:
-        """Linked records sharing a lookup value with a record (a superset of those it
-        could share a blocking key with); "" looks nothing up."""
+    def near_any(self, values: Iterable[str]) -> list[FieldsRow]:
+        """Linked records sharing a lookup value with some record (a superset of those it
+        could share a blocking key with). Each value is tagged by its column: ``d`` day,
+        ``n`` names and year-month, ``p`` postcode (``"d1950:0304"``)."""
         f = record_fields.c
-        tests = [c == v for c, v in ((f.day, day), (f.names_ym, names_ym), (f.pc, pc)) if v]
-        if not tests:
-            return []
-        test = sa.or_(*tests)
+        column = {"d": f.day, "n": f.names_ym, "p": f.pc}
+        wanted: dict[str, list[str]] = {"d": [], "n": [], "p": []}
+        for v in values:
+            wanted[v[0]].append(v[1:])
+        out: dict[tuple[str, str], FieldsRow] = {}
         with self.db.engine.connect() as conn:
-            return [FieldsRow(*r) for r in conn.execute(sa.select(record_fields).where(test))]
+            for tag, found in wanted.items():
+                for i in range(0, len(found), 500):
+                    test = column[tag].in_(sorted(found)[i : i + 500])
+                    for r in conn.execute(sa.select(record_fields).where(test)):
+                        out[(r[0], r[1])] = FieldsRow(*r)
+        return list(out.values())
+
+    def people_by_nhs(self, numbers: Sequence[str]) -> dict[str, str]:
+        """NHS number -> person id, of the people holding any of ``numbers``."""
+        out: dict[str, str] = {}
+        with self.db.engine.connect() as conn:
+            for i in range(0, len(numbers), 500):
+                test = persons.c.nhs_number.in_(numbers[i : i + 500])
+                for nhs, pid in conn.execute(
+                    sa.select(persons.c.nhs_number, persons.c.id).where(test)
+                ):
+                    out[nhs] = pid
+        return out
+
+    def owners(self, records: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(source, local id) -> person id, of the linked ones among ``records``."""
+        out: dict[tuple[str, str], str] = {}
+        c = links.c
+        with self.db.engine.connect() as conn:
+            for i in range(0, len(records), 500):
+                test = sa.tuple_(c.source, c.local_id).in_(records[i : i + 500])
+                for source, local, pid in conn.execute(
+                    sa.select(c.source, c.local_id, c.person_id).where(test)
+                ):
+                    out[(source, local)] = pid
+        return out
+
+    def links_of_people(self, person_ids: Sequence[str]) -> list[LinkRow]:
+        """Every link of any of ``person_ids``."""
+        out: list[LinkRow] = []
+        with self.db.engine.connect() as conn:
+            for i in range(0, len(person_ids), 500):
+                test = links.c.person_id.in_(person_ids[i : i + 500])
+                out.extend(_link(tuple(r)) for r in conn.execute(sa.select(links).where(test)))
+        return out
 
     def fields_missing(self) -> bool:
         """Does the index link records whose linking fields are not kept (an index built
