@@ -1,6 +1,7 @@
 """CPU per lookup, in process: the gateway's own work on one request, without a server.
 
     PYTHONPATH=src .venv/bin/python benchmarks/lookup_cpu.py [--requests 20000] [--profile]
+        [--port P]
 
 wrk measures what clients see, but on two shared cores its numbers move with
 everything else the machine does. This counts the gateway process's CPU time
@@ -27,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,25 +145,17 @@ async def measure(
                 pstats.Stats(prof).print_callers(os.environ["CALLERS"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
-    ap.add_argument("--top", type=int, default=40)
-    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="carelink-lookup-cpu-"))
+@contextmanager
+def gateway_env(size: int, port: int, latency_ms: float = 0.0) -> Iterator[Prepared]:
+    """The four simulators (stopped at the end), an index of them in a temporary SQLite
+    file, `carelink init`'s keys and one clinician's token: what ``create_app`` needs."""
+    tmp = Path(tempfile.mkdtemp(prefix="carelink-cpu-"))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     from carelink.demo import start_simulators
-    from carelink.simulators.population import people
 
     with ExitStack() as stack:
-        port = 33000 + random.Random().randrange(800)
-        urls, procs = start_simulators(args.size, 42, port, 0.0)
+        urls, procs = start_simulators(size, 42, port, latency_ms)
         for proc in procs:
             stack.callback(proc.wait, 10)
             stack.callback(proc.terminate)
@@ -171,18 +165,11 @@ def main() -> None:
         env["CARELINK_AUDIENCE"] = "http://127.0.0.1:8000/fhir"
         env["CARELINK_PUBLIC_BASE_URL"] = "http://127.0.0.1:8000/fhir"
         env["CARELINK_ISSUER_KEYS"] = str(tmp / "issuer")
-        env["BARE_BODY"] = str(tmp / "body.json")
         os.chdir(tmp)  # the keys and files `carelink init` makes go here
         carelink = [sys.executable, "-m", "carelink"]
         subprocess.run([*carelink, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(
-            [sys.executable, "-m", "carelink", "index", "build"],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        population = list(people(42, args.size))
-        paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in population[:200]]
+        build = [*carelink, "index", "build"]
+        subprocess.run(build, env=env, check=True, stdout=subprocess.DEVNULL)
         token = subprocess.run(
             [*carelink, "token", "mint", "--minutes", "120"],
             env=env,
@@ -190,9 +177,40 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        os.environ.update({k: v for k, v in env.items() if k != "BARE_BODY"})
-        asyncio.run(measure(args, env, paths, token))
-    print(json.dumps({"tmp": str(tmp)}))
+        os.environ.update(env)
+        yield Prepared(env, tmp, token, urls, [p.pid for p in procs])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``gateway_env`` set up."""
+
+    env: dict[str, str]
+    tmp: Path
+    token: str
+    urls: dict[str, str]
+    simulator_pids: list[int]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
+    ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
+    args = ap.parse_args()
+    from carelink.simulators.population import people
+
+    with gateway_env(args.size, args.port) as prep:
+        env = {**prep.env, "BARE_BODY": str(prep.tmp / "body.json")}
+        population = list(people(42, args.size))
+        paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in population[:200]]
+        asyncio.run(measure(args, env, paths, prep.token))
+        print(json.dumps({"tmp": str(prep.tmp)}))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from carelink.federation import (
 )
 from carelink.federation.build import Progress
 from carelink.federation.keeper import keep_current
+from carelink.federation.memo import RecordMemo
 from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.feeds.run import FeedKeeper
@@ -240,7 +241,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         index = IndexStore(db)
         locations = LocationStore(db)
         app.state.record = SharedRecord(
-            index, fanout, _ukcore(app.state.profiles, settings), locations=locations
+            index,
+            fanout,
+            _ukcore(app.state.profiles, settings),
+            locations=locations,
+            memo=RecordMemo(),
         )
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)

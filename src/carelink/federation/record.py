@@ -14,6 +14,7 @@ import orjson
 
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
+from carelink.federation.memo import Made, RecordMemo, answers_of
 from carelink.federation.merge import merge, provenance
 from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
@@ -138,7 +139,8 @@ class SharedRecord:
     resources lives (type and id -> person), so a resource can later be read
     by its id alone (``carelink.federation.read``). Without ``fetch_targets``
     (bulk extracts, whose files hold only the types asked for) a typed read
-    never asks the sources a second time just to resolve references.
+    never asks the sources a second time just to resolve references. With ``memo``, a
+    record put together from the very same answers is reused (``federation.memo``).
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class SharedRecord:
         locations: LocationStore | None = None,
         now: Callable[[], str] = utc_now,
         fetch_targets: bool = True,
+        memo: RecordMemo | None = None,
     ) -> None:
         self.index = index
         self.fanout = fanout
@@ -156,6 +159,7 @@ class SharedRecord:
         self.locations = locations
         self.now = now
         self.fetch_targets = fetch_targets
+        self.memo = memo
 
     def _ods(self, source: str, patient: Json) -> str | None:
         return self.ukcore.organisation(source, patient) if self.ukcore is not None else None
@@ -198,6 +202,59 @@ class SharedRecord:
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
+        made = None
+        if asked is None and self.memo is not None:  # no second round: every input known
+            made = self.memo.get(person_id, person.patient, None, frozenset(), answers_of(results))
+        extra: list[SourceResult] = []
+        if made is None:
+            made, extra = await self._make(person, requests, results, types or None, deadline)
+        resources = made.resources
+        patient = orjson.loads(person.patient)  # the index's, as the sources' ODS codes read it
+        provs = [
+            provenance(
+                person_id, r, made.contributed.get(r.source, []), self._ods(r.source, patient)
+            )
+            for r in results
+            if r.status == OK
+        ]
+        outcome = source_outcome(results)
+        if self.ukcore is not None:
+            provs = [self.ukcore.claim(p) for p in provs]
+            outcome = self.ukcore.claim(outcome)
+        if self.locations is not None:
+            pairs = [
+                (r["resourceType"], str(r["id"]))
+                for r in [*resources, *provs]
+                if r["resourceType"] not in SHARED_TYPES
+            ]
+            if self.locations.unwritten(pairs):
+                # a write: off the loop on SQLite too, where it may wait for the audit's commits
+                await self.index.db.run(self.locations.record, person_id, pairs, self.now())
+        tag = hashlib.blake2b(person.version.encode(), digest_size=16)
+        for r in [*results, *extra]:
+            tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
+        return Federated(
+            person,
+            tuple(links),
+            resources,
+            provs,
+            outcome,
+            tuple(results),
+            tag.hexdigest(),
+        )
+
+    async def _make(
+        self,
+        person: PersonRow,
+        requests: list[Request],
+        results: list[SourceResult],
+        types: frozenset[str] | None,
+        deadline: float | None,
+    ) -> tuple[Made, list[SourceResult]]:
+        """The record from the sources' answers (and a second round for reference targets
+        when only some types were asked for), or the memo's when made from the same."""
+        person_id = person.id
+        asked = types | SHARED_TYPES if types else None
         merged, contributed = merge(results)
         folded = folded_copies(results, contributed)
         context: list[Json] = []
@@ -219,36 +276,19 @@ class SharedRecord:
                 )
                 context, extra_contributed = merge(extra)
                 folded.update(folded_copies(extra, extra_contributed))
+        answers = answers_of(results) + answers_of(extra)
+        if types is not None and self.memo is not None:
+            made = self.memo.get(person_id, person.patient, types, known, answers)
+            if made is not None:
+                return made, extra
         resources = resolve([patient, *merged], folded, sources, context=context, known=known)
         if types:
             resources = [
                 r for r in resources if r["resourceType"] in types or r["resourceType"] == "Patient"
             ]
-        provs = [
-            provenance(person_id, r, contributed.get(r.source, []), self._ods(r.source, patient))
-            for r in results
-            if r.status == OK
-        ]
-        if self.locations is not None:
-            pairs = [
-                (r["resourceType"], str(r["id"]))
-                for r in [*resources, *provs]
-                if r["resourceType"] not in SHARED_TYPES
-            ]
-            # a write: off the loop on SQLite too, where it may wait for the audit's commits
-            await self.index.db.run(self.locations.record, person_id, pairs, self.now())
-        outcome = source_outcome(results)
         if self.ukcore is not None:
-            resources, provs, outcome = self.ukcore.shape(resources, provs, outcome)
-        tag = hashlib.blake2b(person.version.encode(), digest_size=16)
-        for r in [*results, *extra]:
-            tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
-        return Federated(
-            person,
-            tuple(links),
-            resources,
-            provs,
-            outcome,
-            tuple(results),
-            tag.hexdigest(),
-        )
+            resources = self.ukcore.shape_resources(resources)
+        made = Made(person.patient, types, known, answers, resources, contributed)
+        if self.memo is not None:
+            self.memo.put(person_id, made)
+        return made, extra

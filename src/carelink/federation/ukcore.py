@@ -131,14 +131,18 @@ class UkCore:
     ) -> tuple[list[Json], list[Json], Json]:
         """A federated record in UK Core shape: merged Patient (first) with its NHS number
         status, every resource claiming its profile."""
+        return (
+            self.shape_resources(resources),
+            [self.claim(p) for p in provenance],
+            self.claim(outcome),
+        )
+
+    def shape_resources(self, resources: Sequence[Json]) -> list[Json]:
+        """The record's resources (merged Patient first) as ``shape`` makes them."""
         if not resources:
-            return [], [self.claim(p) for p in provenance], self.claim(outcome)
+            return []
         first, rest = resources[0], resources[1:]
         if first.get("resourceType") == "Patient":
             sources = [r for r in rest if r.get("resourceType") == "Patient"]
             first = with_nhs_number_status(first, sources, self.profiles.get("Patient"))
-        return (
-            [self.claim(first), *(self.claim(r) for r in rest)],
-            [self.claim(p) for p in provenance],
-            self.claim(outcome),
-        )
+        return [self.claim(first), *(self.claim(r) for r in rest)]

@@ -38,6 +38,11 @@ def bulk_read() -> Iterator[None]:
         _REMEMBER.reset(token)
 
 
+def remembering() -> bool:
+    """Whether answers made now may be kept (False inside ``bulk_read()``)."""
+    return _REMEMBER.get()
+
+
 def digest(body: bytes) -> bytes:
     """A fingerprint of a response body."""
     return hashlib.blake2b(body, digest_size=16).digest()
@@ -82,7 +87,7 @@ class AnswerCache:
         notes: tuple[str, ...] = (),
     ) -> None:
         """Remember what these bytes became (not inside ``bulk_read()``)."""
-        if not _REMEMBER.get():
+        if not remembering():
             return
         self._items[key] = Cached(fingerprint, resources, skipped, notes)
         self._items.move_to_end(key)

@@ -49,7 +49,7 @@ class LocationStore:
 
         Returns how many pairs were new to this process (and so sent to the database).
         """
-        new = [key for key in dict.fromkeys(resources) if key not in self._written]
+        new = self.unwritten(resources)
         if not new:
             return 0
         rows = [
@@ -69,6 +69,12 @@ class LocationStore:
             self._written.clear()
         self._written.update(new)
         return len(new)
+
+    @bounds_itself
+    def unwritten(self, resources: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (type, id) pairs this process has not sent to the database yet (no I/O:
+        the caller skips the write, and its hand-off to a thread, when there are none)."""
+        return [key for key in dict.fromkeys(resources) if key not in self._written]
 
     @bounds_itself
     def person_of(self, resource_type: str, resource_id: str) -> str | None:

@@ -1,0 +1,128 @@
+"""CPU per ``$everything``, in process: the gateway's own work, and the simulators'.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/everything_cpu.py [--requests 3000] [--port P]
+        [--profile]
+
+As ``benchmarks/lookup_cpu.py`` does for the lookup: the four simulators run
+as processes on loopback HTTP (no added latency), the gateway app is created
+in this process with every safeguard on (bearer tokens verified, consent, the
+durable audit trail in its writer process, request ids, access lines,
+metrics) and ``GET /fhir/Patient/{id}/$everything`` is driven through the
+ASGI interface, 32 requests in flight, over the same spread of patients as
+``federation_bench.py`` (50 known to all four sources, 150 at random). It
+prints the gateway process's CPU time per request and the four simulators'
+CPU time per request (from ``/proc``: a bench artefact, as real sources run
+elsewhere, but they share the two cores with the gateway under
+``federation_bench.py``). ``--profile`` prints cProfile's top functions for
+the gateway's first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging.config
+import os
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.lookup_cpu import NHS, App, drive, gateway_env, one
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def simulators_cpu(pids: list[int]) -> float:
+    """Seconds of CPU (user + system) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / TICK
+
+
+async def ids_of(app: App, nhs_numbers: list[str], token: str) -> list[str]:
+    """The gateway's Patient id for each NHS number (by the lookup)."""
+    out = []
+    for nhs in nhs_numbers:
+        status, body = await one(app, f"/fhir/Patient?identifier={NHS}|{nhs}", token)
+        assert status == 200, (status, body[:300])
+        out.append(json.loads(body)["entry"][0]["resource"]["id"])
+    return out
+
+
+async def measure(
+    args: argparse.Namespace, env: dict[str, str], token: str, pids: list[int]
+) -> None:
+    from carelink.app import create_app
+    from carelink.observability.logs import log_config
+    from carelink.settings import Settings
+    from carelink.simulators.population import people
+
+    population = list(people(42, args.size))
+    rng = random.Random(1)
+    everyone = [p for p in population if len(p.sources) == 4]
+    sample = everyone[:50] + rng.sample(population, args.patients - min(50, len(everyone)))
+    logging.config.dictConfig(log_config(args.log_level))  # as `carelink serve` does
+    app = create_app(Settings.from_env(env))
+    async with app.router.lifespan_context(app):
+        ids = await ids_of(app, [p.nhs_number for p in sample], token)
+        paths = [f"/fhir/Patient/{pid}/$everything" for pid in ids]
+        await drive(app, paths, token, len(paths) * 2)  # warm: every path at least once
+        gateway, sims = [], []
+        for n in range(args.runs):
+            prof = cProfile.Profile() if args.profile and n == 0 else None
+            if prof:
+                prof.enable()
+            before = simulators_cpu(pids)
+            cpu, wall = await drive(app, paths, token, args.requests)
+            sim = simulators_cpu(pids) - before
+            if prof:
+                prof.disable()
+                if args.profile_out:
+                    prof.dump_stats(args.profile_out)
+                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+            gateway.append(cpu / args.requests * 1e6)
+            sims.append(sim / args.requests * 1e6)
+            print(
+                f"run {n + 1}: gateway {gateway[-1]:.0f} us, simulators {sims[-1]:.0f} us CPU"
+                f" per $everything; {args.requests / wall:.0f} req/s in process;"
+                f" load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+                flush=True,
+            )
+        print(
+            f"gateway: CPU per $everything {min(gateway):.0f} us"
+            f" (runs: {', '.join(f'{x:.0f}' for x in gateway)})"
+        )
+        print(
+            f"simulators: CPU per $everything {min(sims):.0f} us"
+            f" (runs: {', '.join(f'{x:.0f}' for x in sims)})"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
+    ap.add_argument("--patients", type=int, default=200)
+    ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-out", type=Path, help="also write the profile here (pstats)")
+    ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    with gateway_env(args.size, args.port) as prep:
+        asyncio.run(measure(args, prep.env, prep.token, prep.simulator_pids))
+    print(f"({time.perf_counter() - started:.0f} s in all; files in {prep.tmp})")
+
+
+if __name__ == "__main__":
+    main()

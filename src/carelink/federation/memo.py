@@ -1,0 +1,112 @@
+"""A person's record put together once, reused while every source answers the same.
+
+Merging, resolving references and the UK Core shape depend only on the
+sources' answers, the index's merged Patient, the types asked for and the
+reference targets the gateway knew of from before. While a source sends the
+same bytes, its adapter hands back the very same resource objects
+(``sources.answer_cache``), so when every answer is the same objects as last
+time and the other inputs are equal, the record made last time is the record
+now. The answers are compared by identity, and the memo keeps them alive, so
+an object's id is never reused by another while it is compared.
+
+Only the shared part is remembered: every source is still asked on every
+request, and the per-request parts (the per-source outcome with its latencies,
+Provenance with each source's as-of, consent, paging and the audit) are made
+on every answer. Remembered records are shared between requests: callers must
+not mutate them. Within ``bulk_read()`` (an extract that visits each person
+once) nothing is added.
+
+Example::
+
+    memo = RecordMemo()
+    made = memo.get("p1", patient_json, None, frozenset(), answers)
+    if made is None:
+        made = Made(patient_json, None, frozenset(), answers, resources, contributed)
+        memo.put("p1", made)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from carelink.federation.fanout import OK, SourceResult
+from carelink.sources.answer_cache import remembering
+
+Json = dict[str, Any]
+#: per source that answered, in order: its name and the resources it sent
+Answers = tuple[tuple[str, tuple[Json, ...]], ...]
+
+
+def answers_of(results: Sequence[SourceResult]) -> Answers:
+    """What the sources that answered sent, in the order of ``results``."""
+    return tuple((r.source, r.resources) for r in results if r.status == OK)
+
+
+def same_answers(a: Answers, b: Answers) -> bool:
+    """The same sources sent the very same resource objects, in the same order."""
+    if len(a) != len(b):
+        return False
+    for (source_a, got_a), (source_b, got_b) in zip(a, b, strict=True):
+        if source_a != source_b or len(got_a) != len(got_b):
+            return False
+        if not all(x is y for x, y in zip(got_a, got_b, strict=True)):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Made:
+    """A record as it was put together, and everything it was put together from."""
+
+    patient: bytes  # the index's merged Patient (JSON)
+    asked: frozenset[str] | None  # the types asked for (None: everything)
+    known: frozenset[str]  # reference targets known from before (``resource_locations``)
+    answers: Answers  # both rounds: the types asked for, then any asked as targets only
+    resources: list[Json]  # merged Patient first, references resolved, in UK Core shape
+    contributed: dict[str, list[str]]  # per source, the kept reference of each resource
+
+
+class RecordMemo:
+    """The last record made per person and types asked for, at most ``maxsize`` of them
+    (the least recently used go first)."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple[str, frozenset[str] | None], Made] = OrderedDict()
+
+    def get(
+        self,
+        person_id: str,
+        patient: bytes,
+        asked: frozenset[str] | None,
+        known: frozenset[str],
+        answers: Answers,
+    ) -> Made | None:
+        """The record made from exactly these inputs, if it is the one remembered."""
+        key = (person_id, asked)
+        made = self._items.get(key)
+        if (
+            made is None
+            or made.patient != patient
+            or made.known != known
+            or not same_answers(made.answers, answers)
+        ):
+            return None
+        self._items.move_to_end(key)
+        return made
+
+    def put(self, person_id: str, made: Made) -> None:
+        """Remember ``made`` as the person's record for its types (not in ``bulk_read()``)."""
+        if not remembering():
+            return
+        key = (person_id, made.asked)
+        self._items[key] = made
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,197 @@
+"""A record put together once is reused only while every input is the same.
+
+Real patient index and resource locations (a SQLite file), real ``SharedRecord``,
+``FanOut`` and ``RecordMemo``; the sources are small ``Source`` implementations that
+hand back the very same resource objects until a test changes their answer, as the
+real adapters do with their answer cache (``sources.answer_cache``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from carelink.federation import SharedRecord
+from carelink.federation.fanout import FanOut
+from carelink.federation.index import link_people
+from carelink.federation.memo import RecordMemo
+from carelink.simulators import population as pop
+from carelink.sources.answer_cache import bulk_read
+from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.storage import Database, IndexStore, LocationStore, PersonRow
+from tests.support.people import as_listed_by
+
+Json = dict
+
+SOURCES = ("acute", "gp")
+
+
+class Held:
+    """Answers every question with ``resources``: the same objects until changed."""
+
+    def __init__(self, name: str, resources: list[Json], by_type: bool = True) -> None:
+        self.name = name
+        self.resources = resources
+        self.by_type = by_type  # False: sends everything whatever was asked (the gateway filters)
+
+    async def fetch_record(self, local_id, patient_ref, types, nhs_number=None) -> SourceAnswer:
+        wanted = [
+            r
+            for r in self.resources
+            if types is None or not self.by_type or r["resourceType"] in types
+        ]
+        # the very same objects, as an adapter's answer cache hands them back
+        return SourceAnswer(wanted, "v1", "2026-01-01T00:00:00Z")
+
+    async def people(self) -> AsyncIterator[SourcePerson]:  # pragma: no cover - unused
+        return
+        yield
+
+
+def condition(source: str, code: str, encounter: str | None = None) -> Json:
+    out: Json = {
+        "resourceType": "Condition",
+        "id": f"{source}-c-{code}",
+        "meta": {"source": f"urn:carelink:source:{source}"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
+    }
+    if encounter:
+        out["encounter"] = {"reference": encounter}
+    return out
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(str(tmp_path / "index.db"))
+    database.migrate()
+    store = IndexStore(database)
+    people = [p for p in pop.people(3, 40) if set(SOURCES) <= set(p.sources)]
+    by_source = {name: as_listed_by(name, people) for name in SOURCES}
+    persons, links, reviews, _ = link_people(by_source, store.secret())
+    store.replace_all(persons, links, reviews)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def world(db):
+    sources = {
+        "acute": Held("acute", [condition("acute", "1", "Encounter/acute-e1")]),
+        "gp": Held("gp", [condition("gp", "2")]),
+    }
+    memo = RecordMemo()
+    record = SharedRecord(
+        IndexStore(db),
+        FanOut(sources, budget=2.0),
+        locations=LocationStore(db),
+        memo=memo,
+        fetch_targets=False,
+    )
+    person = next(iter(IndexStore(db).each_person()))
+    return record, sources, memo, person
+
+
+def federate(record: SharedRecord, person: PersonRow, types=None):
+    return asyncio.run(record.federate(person.id, types, person=person))
+
+
+def test_the_same_answers_give_the_very_same_record(world):
+    record, _, memo, person = world
+    first = federate(record, person)
+    again = federate(record, person)
+    assert again.resources is first.resources
+    assert len(memo) == 1
+
+
+def test_a_record_from_the_memo_is_the_one_made_without_it(world, db):
+    record, sources, _, person = world
+    federate(record, person)
+    reused = federate(record, person)
+    plain = SharedRecord(IndexStore(db), FanOut(sources, budget=2.0), fetch_targets=False)
+    made = federate(plain, person)
+    assert reused.resources == made.resources
+    assert reused.provenance == made.provenance
+    assert reused.etag == made.etag
+
+
+def test_a_source_sending_other_objects_gives_a_new_record(world):
+    record, sources, _, person = world
+    first = federate(record, person)
+    sources["gp"].resources = [condition("gp", "3")]  # new bytes at the GP: new objects
+    changed = federate(record, person)
+    assert changed.resources is not first.resources
+    codes = {r["code"]["coding"][0]["code"] for r in changed.resources if "code" in r}
+    assert codes == {"1", "3"}
+
+
+def test_equal_but_other_objects_are_not_taken_for_the_same_answer(world):
+    record, sources, _, person = world
+    first = federate(record, person)
+    sources["gp"].resources = orjson.loads(orjson.dumps(sources["gp"].resources))
+    assert federate(record, person).resources is not first.resources
+
+
+def test_another_patient_in_the_index_gives_a_new_record(world):
+    record, _, _, person = world
+    federate(record, person)
+    patient = orjson.loads(person.patient)
+    renamed = replace(person, patient=orjson.dumps({**patient, "gender": "unknown"}))
+    out = federate(record, renamed)
+    assert out.resources[0]["gender"] == "unknown"
+
+
+def test_the_types_asked_for_are_part_of_the_key(world):
+    record, sources, _, person = world
+    # the very same answer whatever is asked: only the types tell the records apart
+    sources["acute"] = Held("acute", [], by_type=False)
+    sources["gp"] = Held("gp", [condition("gp", "2")], by_type=False)
+    record.fanout.sources.update(sources)
+    sources["gp"].resources.append({"resourceType": "Flag", "id": "gp-f1"})
+    every = federate(record, person)
+    assert {r["resourceType"] for r in every.resources} == {"Patient", "Condition", "Flag"}
+    flags = federate(record, person, frozenset({"Flag", "Patient"}))
+    assert {r["resourceType"] for r in flags.resources} == {"Patient", "Flag"}
+    conditions = federate(record, person, frozenset({"Condition", "Patient"}))
+    assert {r["resourceType"] for r in conditions.resources} == {"Patient", "Condition"}
+
+
+def test_a_reference_target_learned_since_gives_a_new_record(world, db):
+    record, _, _, person = world
+    types = frozenset({"Condition", "Patient"})
+    for _ in range(3):  # the record's own resources become known after the first
+        before = federate(record, person, types)
+    assert federate(record, person, types).resources is before.resources
+
+    def encounter_of(resources: list[Json]) -> str:
+        return next(r["encounter"]["reference"] for r in resources if "encounter" in r)
+
+    assert encounter_of(before.resources) == "Encounter/acute-e1"
+    # the gateway has since seen the GP's copy of that encounter in this person's record
+    LocationStore(db).record(person.id, [("Encounter", "gp-e1")], "2026-01-02T00:00:00Z")
+    after = federate(record, person, types)
+    assert encounter_of(after.resources) == "Encounter/gp-e1"
+
+
+def test_a_bulk_read_adds_nothing(world):
+    record, _, memo, person = world
+
+    async def bulk() -> None:
+        with bulk_read():
+            await record.federate(person.id, None, person=person)
+
+    asyncio.run(bulk())
+    assert len(memo) == 0
+
+
+def test_the_least_recently_used_record_goes_first(world, db):
+    record, _, _, _ = world
+    record.memo = RecordMemo(maxsize=2)
+    people = list(IndexStore(db).each_person())[:3]
+    made = [federate(record, p).resources for p in people]
+    assert len(record.memo) == 2
+    assert federate(record, people[2]).resources is made[2]
+    assert federate(record, people[0]).resources is not made[0]
