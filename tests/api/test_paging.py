@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hypothesis import given
+import orjson
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelink.api.paging import missing, owner
+from carelink.api.paging import content_version, missing, owner
 from carelink.auth import Principal
 from carelink.federation.fanout import SourceResult
+from carelink.fhir.jsonio import Encodings
 
 NAMES = ["gp", "acute", "community", "social-care"]
 STATUSES = ["ok", "timeout", "error", "circuit-open", "not-known"]
@@ -43,3 +45,25 @@ def test_a_cursor_owner_is_the_same_caller_in_the_same_capacity():
         replace(ALICE, patient="p1"),
     ]
     assert len({owner(o) for o in others} | {owner(ALICE)}) == len(others) + 1
+
+
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-9, 9), st.text("ab", max_size=2)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(st.text("ab", max_size=2), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+SHOWN = st.lists(
+    st.dictionaries(st.sampled_from(["id", "code", "status"]), JSONISH, max_size=3), max_size=3
+)
+
+
+@settings(deadline=None)  # a shared, loaded machine: no per-example time limit
+@given(a=SHOWN, b=SHOWN, encode_a=st.booleans(), encode_b=st.booleans())
+def test_the_content_version_is_the_same_exactly_when_the_json_shown_is(a, b, encode_a, encode_b):
+    """With or without the record's JSON made beforehand (``Encodings``), the version moves
+    exactly when the JSON of what is shown moves."""
+    version_a = content_version(a, [], [], Encodings(a) if encode_a else None)
+    version_b = content_version(b, [], [], Encodings(b) if encode_b else None)
+    assert (version_a == version_b) == (orjson.dumps(a) == orjson.dumps(b))

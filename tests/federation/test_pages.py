@@ -6,6 +6,7 @@ import pytest
 
 from carelink.errors import Gone
 from carelink.federation.pages import Pages, Snapshot
+from carelink.fhir.jsonio import Encodings
 from carelink.storage import Database, ResultStore
 
 
@@ -84,3 +85,13 @@ def test_a_set_written_in_another_shape_is_gone_not_an_error(pages):
     p.store.put("old", "alice", b'{"key": "Patient/p1/$everything"}', clock.now + 60, clock.now)
     with pytest.raises(Gone):
         p.load("old", "alice", SNAP.key, "c0")
+
+
+def test_a_snapshot_kept_with_its_encodings_is_the_same_stored_bytes(pages):
+    """The matches' JSON made once (``Encodings``) is stored as it would be made again."""
+    store, _ = pages
+    with_bytes = store.keep(SNAP, owner="o", encodings=Encodings(SNAP.matches))
+    plain = store.keep(SNAP, owner="o")
+    now = store.clock()
+    assert store.store.get(with_bytes, "o", now) == store.store.get(plain, "o", now)
+    assert store.load(with_bytes, "o", SNAP.key, SNAP.consent) == SNAP

@@ -95,7 +95,7 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
         ]
     includes = access.provenance_for(caller, fed.provenance, matches)
     snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
-    return await paging.first_page(request, asked, snap)
+    return await paging.first_page(request, asked, snap, fed.encodings)
 
 
 async def _with_body(request: Request) -> dict[str, list[str]]:
@@ -224,4 +224,4 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     matches = [r for r in shown.resources if all(c.matches(r) for c in crit)]
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
     snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
-    return await paging.first_page(request, asked, snap)
+    return await paging.first_page(request, asked, snap, fed.encodings)

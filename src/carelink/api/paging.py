@@ -36,6 +36,7 @@ from carelink.federation.fanout import CIRCUIT_OPEN, ERROR, TIMEOUT, SourceResul
 from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.record import Federated, source_outcome
 from carelink.fhir import searchset
+from carelink.fhir.jsonio import Encodings
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.search import apply_elements
 
@@ -135,25 +136,32 @@ def snapshot(
         includes=includes,
         outcome=outcome(fed, hidden),
         missing=shown_missing,
-        version=content_version(matches, includes, shown_missing),
+        version=content_version(matches, includes, shown_missing, fed.encodings),
         last_modified=http_date(newest_update(matches)),
         break_glass=shown.break_glass,
     )
 
 
-def content_version(matches: list[Json], includes: list[Json], missing: list[str]) -> str:
+def content_version(
+    matches: list[Json],
+    includes: list[Json],
+    missing: list[str],
+    encodings: Encodings | None = None,
+) -> str:
     """The version of what the caller is shown, and of nothing else.
 
     Built from the released resources (and which visible sources are missing), never
     from the sources' own versions or times: those change when data the caller may not
     see changes (a withheld diagnosis recorded), and an ETag that moved with them would
-    tell the caller so.
+    tell the caller so. ``encodings`` give the matches' JSON where it is made already
+    (the same bytes: the version is the same with or without them).
     """
     digest = hashlib.blake2b(digest_size=16)
     # a Provenance's ``recorded`` is when the source answered (often "now"): a time of
     # the request, not a change of the data
     stable = [{k: v for k, v in r.items() if k != "recorded"} for r in includes]
-    digest.update(orjson.dumps([matches, stable, missing]))
+    shown: list[Any] = matches if encodings is None else [encodings.fragment(r) for r in matches]
+    digest.update(orjson.dumps([shown, stable, missing]))
     return digest.hexdigest()
 
 
@@ -178,8 +186,10 @@ def page(
     includes: list[Json] | None = None,
     outcomes: list[Json] | None = None,
     cursor: str | None = None,
+    encodings: Encodings | None = None,
 ) -> Json:
-    """One page of ``matches``; with ``cursor``, the links page over that stored result."""
+    """One page of ``matches``; with ``cursor``, the links page over that stored result;
+    ``encodings``, the JSON of resources made already."""
     settings = request.app.state.settings
     paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
     if cursor is not None:
@@ -199,11 +209,15 @@ def page(
         links=links,
         includes=(includes or []) if paging.offset == 0 else [],
         outcomes=outcomes or [],
+        encode=None if encodings is None else encodings.fragment,
     )
 
 
-async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response:
-    """Answer from a fresh fan-out; keep the answer when there is more than one page."""
+async def first_page(
+    request: Request, asked: Asked, snap: Snapshot, encodings: Encodings | None = None
+) -> Response:
+    """Answer from a fresh fan-out; keep the answer when there is more than one page
+    (``encodings``: the record's JSON made already, ``Federated.encodings``)."""
     if (refused := await _refuse_partial(request, asked, snap)) is not None:
         return refused
     settings = request.app.state.settings
@@ -219,9 +233,9 @@ async def first_page(request: Request, asked: Asked, snap: Snapshot) -> Response
         # stored before the disclosure is audited: a store that fails answers 503, and
         # the trail does not record as disclosed what was never sent; a write of up to
         # megabytes, off the loop on SQLite too (a write waits for the audit's commits)
-        cursor = await stored(request, pages.keep, snap, owner(asked.caller))
+        cursor = await stored(request, pages.keep, snap, owner(asked.caller), encodings)
     await audit(request, asked.interaction, [asked.pid])
-    return _respond(request, asked, snap, cursor)
+    return _respond(request, asked, snap, cursor, encodings)
 
 
 async def stored_page(request: Request, asked: Asked) -> Response:
@@ -260,7 +274,13 @@ def _etag(asked: Asked, snap: Snapshot) -> str:
     return f'"{snap.version}-{query_digest(asked.q, asked.caller, asked.situation)}"'
 
 
-def _respond(request: Request, asked: Asked, snap: Snapshot, cursor: str | None) -> Response:
+def _respond(
+    request: Request,
+    asked: Asked,
+    snap: Snapshot,
+    cursor: str | None,
+    encodings: Encodings | None = None,
+) -> Response:
     etag = _etag(asked, snap)
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
@@ -274,6 +294,7 @@ def _respond(request: Request, asked: Asked, snap: Snapshot, cursor: str | None)
         includes=snap.includes,
         outcomes=[snap.outcome],
         cursor=cursor,
+        encodings=encodings,
     )
     headers = {"ETag": etag}
     if snap.last_modified is not None:

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from carelink.federation.fanout import OK, SourceResult
+from carelink.fhir.jsonio import Encodings
 from carelink.sources.answer_cache import remembering
 
 Json = dict[str, Any]
@@ -67,6 +68,11 @@ class Made:
     answers: Answers  # both rounds: the types asked for, then any asked as targets only
     resources: list[Json]  # merged Patient first, references resolved, in UK Core shape
     contributed: dict[str, list[str]]  # per source, the kept reference of each resource
+    #: each resource's JSON, made once for the ETag and the page
+    encodings: Encodings = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encodings", Encodings(self.resources))
 
 
 class RecordMemo:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from carelink.errors import Gone
+from carelink.fhir.jsonio import Encodings
 from carelink.storage import ResultStore
 
 Json = dict[str, Any]
@@ -67,12 +68,16 @@ class Pages:
         self.clock = clock
         self.new_id = new_id
 
-    def keep(self, snapshot: Snapshot, owner: str) -> str:
-        """Store ``snapshot`` for ``owner``; return its cursor id."""
+    def keep(self, snapshot: Snapshot, owner: str, encodings: Encodings | None = None) -> str:
+        """Store ``snapshot`` for ``owner``; return its cursor id. ``encodings`` give the
+        JSON of resources made already (``Federated.encodings``; the same bytes)."""
         cursor = self.new_id()
         now = self.clock()
         # fields by hand: dataclasses.asdict would deep-copy every resource first
-        body = orjson.dumps({f.name: getattr(snapshot, f.name) for f in fields(snapshot)})
+        parts = {f.name: getattr(snapshot, f.name) for f in fields(snapshot)}
+        if encodings is not None:
+            parts["matches"] = [encodings.fragment(r) for r in snapshot.matches]
+        body = orjson.dumps(parts)
         self.store.put(cursor, owner, body, now + self.ttl, now)
         return cursor
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from carelink.federation.memo import Made, RecordMemo, answers_of
 from carelink.federation.merge import merge, provenance
 from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
+from carelink.fhir.jsonio import Encodings
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.observability import instant
@@ -57,6 +58,8 @@ class Federated:
     outcome: Json  # OperationOutcome: one issue per source
     results: tuple[SourceResult, ...]
     etag: str
+    #: the JSON of ``resources``, each made once while the record is reused
+    encodings: Encodings = field(default_factory=Encodings)
 
 
 def source_outcome(results: Sequence[SourceResult]) -> Json:
@@ -241,6 +244,7 @@ class SharedRecord:
             outcome,
             tuple(results),
             tag.hexdigest(),
+            made.encodings,
         )
 
     async def _make(

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 Json = dict[str, Any]
 
 
-def entry(base: str, resource: Json, mode: str | None = "match") -> Json:
-    """A Bundle entry whose ``fullUrl`` is the resource's absolute URL on ``base``."""
+def entry(
+    base: str,
+    resource: Json,
+    mode: str | None = "match",
+    encode: Callable[[Json], Any] | None = None,
+) -> Json:
+    """A Bundle entry whose ``fullUrl`` is the resource's absolute URL on ``base``; with
+    ``encode``, the resource as it gives it (its JSON made once: ``Encodings.fragment``)."""
     out: Json = {
         "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
-        "resource": resource,
+        "resource": resource if encode is None else encode(resource),
     }
     if mode is not None:
         out["search"] = {"mode": mode}
@@ -29,10 +35,12 @@ def searchset(
     outcomes: Iterable[Json] = (),
     timestamp: str | None = None,
     id_: str | None = None,
+    encode: Callable[[Json], Any] | None = None,
 ) -> Json:
-    """A ``searchset`` Bundle: matches, then includes, then outcome entries."""
-    entries = [entry(base, r, "match") for r in matches]
-    entries.extend(entry(base, r, "include") for r in includes)
+    """A ``searchset`` Bundle: matches, then includes, then outcome entries (``encode``:
+    as ``entry``'s)."""
+    entries = [entry(base, r, "match", encode) for r in matches]
+    entries.extend(entry(base, r, "include", encode) for r in includes)
     # an outcome is about this answer, not a resource the server holds: no fullUrl to read
     entries.extend({"resource": oo, "search": {"mode": "outcome"}} for oo in outcomes)
     out: Json = {"resourceType": "Bundle", "type": "searchset"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,36 @@ def loads(data: bytes | str) -> Any:
 
 
 JSONDecodeError = orjson.JSONDecodeError
+
+
+class Encodings:
+    """The JSON of a fixed set of shared values that are never changed, each made once.
+
+    A federated record's resources are shared between requests (``federation.memo``)
+    and serialised for the ETag, the page and the stored result; this makes each one's
+    bytes once. Values are known by identity (the set holds them, so an id stays
+    theirs); any other value is serialised afresh every time. ``fragment`` hands the
+    bytes to orjson to embed as they are, so ``dumps([enc.fragment(r)]) == dumps([r])``.
+    """
+
+    def __init__(self, values: Iterable[Any] = ()) -> None:
+        self._values = {id(v): v for v in values}
+        self._bytes: dict[int, bytes] = {}
+
+    def of(self, value: Any) -> bytes:
+        """``dumps(value)``, made once for a value of the set."""
+        key = id(value)
+        done = self._bytes.get(key)
+        if done is not None:
+            return done
+        out = orjson.dumps(value)
+        if self._values.get(key) is value:
+            self._bytes[key] = out
+        return out
+
+    def fragment(self, value: Any) -> orjson.Fragment:
+        """``value``'s JSON, for orjson to embed unchanged."""
+        return orjson.Fragment(self.of(value))
 
 
 def read_config(path: Path, what: str) -> tuple[Any, str]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import aiohttp
@@ -27,13 +28,18 @@ T = TypeVar("T")
 def as_of(headers: Any) -> str:
     """The data's as-of instant from ``Last-Modified`` (or now)."""
     raw = headers.get("Last-Modified")
-    when = None
-    if raw:
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            when = None
-    when = when or datetime.now(UTC)
+    stamp = _instant_of(raw) if raw else None
+    return stamp or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@lru_cache(maxsize=4096)
+def _instant_of(raw: str) -> str | None:
+    """An HTTP date as a FHIR instant, parsed once per value (a source's answers share a
+    handful of ``Last-Modified`` values); None when it is not a date."""
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
