@@ -37,13 +37,10 @@ from benchmarks.lookup_cpu import NHS, App, drive, gateway_env, one
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def simulators_cpu(pids: list[int]) -> float:
-    """Seconds of CPU (user + system) the processes have used so far."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / TICK
+def cpu_of(pid: int) -> float:
+    """Seconds of CPU (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
 async def ids_of(app: App, nhs_numbers: list[str], token: str) -> list[str]:
@@ -57,13 +54,14 @@ async def ids_of(app: App, nhs_numbers: list[str], token: str) -> list[str]:
 
 
 async def measure(
-    args: argparse.Namespace, env: dict[str, str], token: str, pids: list[int]
+    args: argparse.Namespace, env: dict[str, str], token: str, sims: dict[str, int]
 ) -> None:
     from carelink.app import create_app
     from carelink.observability.logs import log_config
     from carelink.settings import Settings
     from carelink.simulators.population import people
 
+    names, pids = list(sims), list(sims.values())
     population = list(people(42, args.size))
     rng = random.Random(1)
     everyone = [p for p in population if len(p.sources) == 4]
@@ -79,9 +77,10 @@ async def measure(
             prof = cProfile.Profile() if args.profile and n == 0 else None
             if prof:
                 prof.enable()
-            before = simulators_cpu(pids)
+            before = [cpu_of(pid) for pid in pids]
             cpu, wall = await drive(app, paths, token, args.requests)
-            sim = simulators_cpu(pids) - before
+            each = [cpu_of(pid) - b for pid, b in zip(pids, before, strict=True)]
+            sim = sum(each)
             if prof:
                 prof.disable()
                 if args.profile_out:
@@ -95,6 +94,8 @@ async def measure(
                 f" load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
                 flush=True,
             )
+            per = [f"{n} {c / args.requests * 1e6:.0f} us" for n, c in zip(names, each, strict=True)]
+            print(f"  simulators, each: {', '.join(per)}", flush=True)
         print(
             f"gateway: CPU per $everything {min(gateway):.0f} us"
             f" (runs: {', '.join(f'{x:.0f}' for x in gateway)})"
@@ -120,7 +121,8 @@ def main() -> None:
     args = ap.parse_args()
     started = time.perf_counter()
     with gateway_env(args.size, args.port) as prep:
-        asyncio.run(measure(args, prep.env, prep.token, prep.simulator_pids))
+        sims = dict(zip(prep.urls, prep.simulator_pids, strict=True))
+        asyncio.run(measure(args, prep.env, prep.token, sims))
     print(f"({time.perf_counter() - started:.0f} s in all; files in {prep.tmp})")
 
 
