@@ -94,7 +94,8 @@ async def measure(
                 f" load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
                 flush=True,
             )
-            per = [f"{n} {c / args.requests * 1e6:.0f} us" for n, c in zip(names, each, strict=True)]
+            us = [c / args.requests * 1e6 for c in each]
+            per = [f"{n} {u:.0f} us" for n, u in zip(names, us, strict=True)]
             print(f"  simulators, each: {', '.join(per)}", flush=True)
         print(
             f"gateway: CPU per $everything {min(gateway):.0f} us"

@@ -7,7 +7,7 @@ import orjson
 
 from carelink.simulators.fhir_store import PopulationStore
 from carelink.simulators.population import people
-from carelink.simulators.stu3_render import down, structured_bundle
+from carelink.simulators.stu3_render import RenderedBundles, down, structured_bundle
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
@@ -37,3 +37,26 @@ def test_a_converted_resource_shares_nothing_with_its_source():
             elif isinstance(value, list) and value and isinstance(value[0], dict):
                 value[0]["changed"] = True
         assert orjson.dumps(r4) == before
+
+
+def test_a_bundle_is_rendered_once_while_its_resources_are_the_very_same():
+    record = _records(1)[0]
+    rendered = RenderedBundles()
+    first = rendered.bundle(("G1", None), record, [], [])
+    assert first == orjson.dumps(structured_bundle(record, [], []))
+    assert rendered.bundle(("G1", None), list(record), [], []) is first
+
+
+def test_a_changed_resource_or_other_warnings_give_a_new_bundle():
+    record = _records(1)[0]
+    rendered = RenderedBundles()
+    first = rendered.bundle(("G1", None), record, [], [])
+    renamed = [{**record[0], "name": [{"family": "Changed"}]}, *record[1:]]
+    again = rendered.bundle(("G1", None), renamed, [], [])
+    assert again == orjson.dumps(structured_bundle(renamed, [], []))
+    assert b"Changed" in again
+    assert b"Changed" not in first
+    warned = [{"resourceType": "OperationOutcome", "id": "w", "issue": []}]
+    assert rendered.bundle(("G1", None), renamed, [], warned) == orjson.dumps(
+        structured_bundle(renamed, [], warned)
+    )

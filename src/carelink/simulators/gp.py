@@ -82,7 +82,7 @@ from carelink.simulators.gpconnect_checks import (
     warning_outcome,
 )
 from carelink.simulators.shared import SharedStore, referenced
-from carelink.simulators.stu3_render import down, sent_as_is, structured_bundle
+from carelink.simulators.stu3_render import RenderedBundles, down, sent_as_is
 
 Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
@@ -172,6 +172,7 @@ def build(
     """Wire the routes over ``store`` (or the published ``examples``)."""
     refusals: dict[str, str] = {}
     changes = PatientChanges()
+    rendered = RenderedBundles()
 
     def current(local: str) -> Json | None:
         return changes.patient(local, store.patient)
@@ -202,7 +203,8 @@ def build(
             types = {t for g in asked.groups for t in GROUPS[g].r4_types}
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
         shared = referenced(store, items) if isinstance(store, SharedStore) else []
-        return fhir_response(structured_bundle(items, shared, extra))
+        asked_types = None if types is None else frozenset(types)
+        return fhir_response(rendered.bundle((local, asked_types), items, shared, extra))
 
     def operation(interaction: str, reason: str, full: bool) -> Any:
         async def handle(request: Request) -> Response:

@@ -10,7 +10,8 @@ CarePlan ...) are not sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -213,7 +214,7 @@ def sent_as_is(r4: Json) -> bool:
 def down(r4: Json) -> Json:
     """One R4 resource as STU3 (a copy), references to ServiceRequests left as they are
     (``stu3_types`` fixes them once the record's types are known)."""
-    r = orjson.loads(orjson.dumps(r4))  # a deep copy of JSON data, several times faster
+    r: Json = orjson.loads(orjson.dumps(r4))  # a deep copy of JSON data, several times faster
     convert = DOWN.get(str(r.get("resourceType")))
     if convert is not None:
         convert(r)
@@ -277,3 +278,38 @@ def structured_bundle(record: list[Json], shared: list[Json], extra: list[Json])
         "type": "collection",
         "entry": [{"resource": r} for r in [*stu3, *lists, *rest, *extra]],
     }
+
+
+class RenderedBundles:
+    """Structured record Bundles as bytes, each rendered once while its inputs stay the
+    very same resource objects (the population store keeps each record it rendered), so
+    the simulator does not convert the same record again for every request: the bytes
+    are those ``structured_bundle`` makes, and rendering again would make the same.
+    At most ``maxsize`` are kept, the least recently used going first."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, tuple[tuple[Json, ...], bytes, bytes]] = OrderedDict()
+
+    def bundle(
+        self, key: Hashable, record: list[Json], shared: list[Json], extra: list[Json]
+    ) -> bytes:
+        """``structured_bundle(record, shared, extra)`` serialised; ``key`` names the
+        question (whose record, which types)."""
+        inputs = (*record, *shared)
+        notes = orjson.dumps(extra)
+        hit = self._items.get(key)
+        if (
+            hit is not None
+            and hit[1] == notes
+            and len(hit[0]) == len(inputs)
+            and all(a is b for a, b in zip(hit[0], inputs, strict=True))
+        ):
+            self._items.move_to_end(key)
+            return hit[2]
+        body = orjson.dumps(structured_bundle(record, shared, extra))
+        self._items[key] = (inputs, notes, body)  # holds the inputs: their ids stay theirs
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return body
