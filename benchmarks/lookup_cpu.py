@@ -155,6 +155,7 @@ def gateway_env(size: int, port: int, latency_ms: float = 0.0) -> Iterator[Prepa
     from carelink.demo import start_simulators
 
     with ExitStack() as stack:
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]  # the simulators run this checkout too
         urls, procs = start_simulators(size, 42, port, latency_ms)
         for proc in procs:
             stack.callback(proc.wait, 10)
