@@ -45,3 +45,15 @@ def test_a_process_writes_a_resource_it_has_recorded_only_once(db):
     assert store.record("p1", [("Observation", "acute-1")], "T2") == 0
     assert store.record("p1", [("Observation", "acute-1"), ("Observation", "acute-2")], "T2") == 1
     store.close()
+
+
+def test_what_a_process_has_not_written_yet_is_told_without_a_write(db):
+    """The request path asks first, and hands a write to a thread only when one is new."""
+    store = LocationStore(db)
+    pairs = [("Observation", "acute-1"), ("Observation", "acute-1"), ("Encounter", "gp-2")]
+    assert store.unwritten(pairs) == [("Observation", "acute-1"), ("Encounter", "gp-2")]
+    store.record("p1", pairs[:1], "T1")
+    assert store.unwritten(pairs) == [("Encounter", "gp-2")]
+    store.record("p1", pairs, "T1")
+    assert store.unwritten(pairs) == []
+    store.close()
