@@ -131,7 +131,7 @@ def test_migration_8_keeps_what_a_schema_7_database_holds(database_url):
                 "review_status) VALUES ('g1', 'dr', 'p1', 'old', 0, 1e12, 'requested')"
             )
         )
-    assert db.migrate() == len(MIGRATIONS)
+    assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
     store = ConsentStore(db)
     try:
         assert [(r.id, r.version) for r in store.history("c1")] == [("c1", 3)]

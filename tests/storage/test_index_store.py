@@ -35,7 +35,7 @@ def _gp(people: list[pop.Person]) -> dict[str, list[SourcePerson]]:
 
 def test_migrations_are_idempotent(database_url):
     db = Database(database_url)
-    assert db.migrate() == db.migrate() == len(MIGRATIONS)
+    assert db.migrate() == db.migrate() == max(n for n, _, _ in MIGRATIONS)
     db.dispose()
 
 

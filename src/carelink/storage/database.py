@@ -34,9 +34,11 @@ from carelink.storage.tables import (
     consent_versions,
     consents,
     export_jobs,
+    links,
     metadata,
     opt_outs,
     person_successors,
+    persons,
     record_fields,
     resource_locations,
     result_sets,
@@ -128,6 +130,16 @@ def _linkage_tables(conn: Connection) -> None:
     person_successors.create(conn, checkfirst=True)
 
 
+def _search_indexes(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("person_links"):
+        return  # a database whose index tables are made elsewhere
+    # only these: after a SQLite build the older indexes carry the build's names
+    new = ("ix_persons_birth_family", "ix_persons_family_birth", "ix_person_links_local_id")
+    for index in [*persons.indexes, *links.indexes]:
+        if index.name in new:
+            index.create(conn, checkfirst=True)
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -149,6 +161,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (9, "audit trail: agent column, hash over every column", _audit_every_column),
     (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
     (11, "linked records' linking fields; retired person ids' successors", _linkage_tables),
+    (12, "name-and-date and local-id indexes for Patient search", _search_indexes),
 ]
 
 

@@ -42,16 +42,19 @@ STAGED_COLUMNS = (
     "part",
 )
 _LIVE = (persons, links, review, record_fields)
-#: (table, column) indexed after the load, unique or not, named like the live ones
+#: (table, name, columns, unique) indexed after the load, named like the live ones
 _INDEXES = (
-    ("persons", "nhs_number", True),
-    ("persons", "family_folded", False),
-    ("persons", "birth_date", False),
-    ("person_links", "person_id", False),
-    ("person_links", "patient_id", True),
-    ("record_fields", "day", False),
-    ("record_fields", "names_ym", False),
-    ("record_fields", "pc", False),
+    ("persons", "nhs_number", "nhs_number", True),
+    ("persons", "family_folded", "family_folded", False),
+    ("persons", "birth_date", "birth_date", False),
+    ("persons", "birth_family", "birth_date, family_folded", False),
+    ("persons", "family_birth", "family_folded, birth_date", False),
+    ("person_links", "person_id", "person_id", False),
+    ("person_links", "patient_id", "patient_id", True),
+    ("person_links", "local_id", "local_id", False),
+    ("record_fields", "day", "day", False),
+    ("record_fields", "names_ym", "names_ym", False),
+    ("record_fields", "pc", "pc", False),
 )
 
 
@@ -312,10 +315,10 @@ class IndexBuild:
         sqlite = self.db.is_sqlite
         cur = self._conn.cursor()
         try:
-            for table, column, unique in _INDEXES:
+            for table, name, columns, unique in _INDEXES:
                 kind = "UNIQUE INDEX" if unique else "INDEX"
-                name = f"ix_{table}_{column}_{self.token}"
-                cur.execute(f"CREATE {kind} {name} ON {_build_name(table)} ({column})")
+                made = f"ix_{table}_{name}_{self.token}"
+                cur.execute(f"CREATE {kind} {made} ON {_build_name(table)} ({columns})")
             if not sqlite:
                 self._conn.commit()
                 # ANALYZE so the planner knows the new tables before the first lookup
@@ -330,10 +333,9 @@ class IndexBuild:
                 cur.execute(f"ALTER TABLE {_build_name(t.name)} RENAME TO {t.name}")
             if not sqlite:
                 # the live names, so the schema reads as if made by the migrations
-                for table, column, _ in _INDEXES:
+                for table, name, _, _ in _INDEXES:
                     cur.execute(
-                        f"ALTER INDEX ix_{table}_{column}_{self.token} "
-                        f"RENAME TO ix_{table}_{column}"
+                        f"ALTER INDEX ix_{table}_{name}_{self.token} RENAME TO ix_{table}_{name}"
                     )
                 for t in _LIVE:
                     cur.execute(f"ALTER INDEX {_build_name(t.name)}_pkey RENAME TO {t.name}_pkey")

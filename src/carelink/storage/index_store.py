@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +16,7 @@ import sqlalchemy as sa
 from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
 from carelink.storage.loop_guard import bounds_itself, loop_bounded
-from carelink.storage.person_query import PersonQuery, where_sql
+from carelink.storage.person_query import PersonQuery, seekable_sql
 from carelink.storage.tables import (
     links,
     person_successors,
@@ -402,19 +404,43 @@ class IndexStore:
         if nhs is not None:
             row = self.person_by_nhs(nhs)
             return [row] if row is not None and row.id > after and limit > 0 else []
+        sql, values = self._find_sql(query, after, limit)
+        return [_person(r) for r in self._search(sql, values)]
+
+    def _find_sql(self, query: PersonQuery, after: str, limit: int) -> tuple[str, list[Any]]:
         mark = "?" if self.db.is_sqlite else "%s"
-        test, values = where_sql(query, mark)
+        test, values = self._where(query)
         sql = (
             f"SELECT {_PERSON_COLUMNS} FROM persons WHERE {test} "  # noqa: S608
             f"AND id > {mark} ORDER BY id LIMIT {mark}"
         )
-        return [_person(r) for r in self._search(sql, (*values, after, limit))]
+        return sql, [*values, after, limit]
+
+    def _where(self, query: PersonQuery) -> tuple[str, list[Any]]:
+        sqlite = self.db.is_sqlite
+        return seekable_sql(query, "?" if sqlite else "%s", sqlite)
 
     def count(self, query: PersonQuery) -> int:
         """How many persons match ``query`` (a SQL COUNT of the same WHERE clause)."""
-        test, values = where_sql(query, "?" if self.db.is_sqlite else "%s")
+        test, values = self._where(query)
         sql = f"SELECT count(*) FROM persons WHERE {test}"  # noqa: S608
         return int(self._search(sql, values)[0][0])
+
+    def plan(self, query: PersonQuery) -> tuple[str, ...]:
+        """How the database would read ``find(query)``'s first page: for each read of a
+        table, ``index:<name>`` (a search in that index) or ``scan:<table>`` (every row,
+        or every entry of an index walked whole). The SQLite plan comes from
+        ``EXPLAIN QUERY PLAN``, PostgreSQL's from ``EXPLAIN (FORMAT JSON)``."""
+        sql, values = self._find_sql(query, "", 500)
+        if self.db.is_sqlite:
+            return tuple(
+                access
+                for row in self._search(f"EXPLAIN QUERY PLAN {sql}", values)
+                if (access := _sqlite_access(str(row[3]))) is not None
+            )
+        (document,) = self._search(f"EXPLAIN (FORMAT JSON) {sql}", values)[0]
+        found = document if isinstance(document, list) else json.loads(document)
+        return tuple(_postgres_access(found[0]["Plan"]))
 
     def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A search's rows, through the pool (a wide search may take longer than the
@@ -531,6 +557,36 @@ def _only_nhs_number(query: PersonQuery) -> str | None:
     if len(alternatives) != 1:
         return None
     return alternatives[0].nhs_number
+
+
+_SQLITE_READ = re.compile(r"(SCAN|SEARCH) (\w+)(?: USING (?:COVERING )?INDEX (\w+)(?: \((.*)\))?)?")
+
+
+def _sqlite_access(detail: str) -> str | None:
+    """One line of SQLite's query plan as ``index:<name>`` or ``scan:<table>`` (None for
+    lines that read no table: sorts, unions, subquery headers, rowid seeks)."""
+    found = _SQLITE_READ.match(detail)
+    if found is None:
+        return None
+    kind, table, index, test = found.groups()
+    if kind == "SEARCH" and test != "id>?":  # only the keyset's id > '': every row in id order
+        return f"index:{index}" if index else None  # no index: by rowid or primary key
+    return f"scan:{table}"
+
+
+def _postgres_access(node: dict[str, Any]) -> Iterator[str]:
+    """PostgreSQL's plan tree as ``index:<name>`` or ``scan:<table>`` per table read (an
+    index walked without a condition is a scan)."""
+    kind = node["Node Type"]
+    if kind == "Seq Scan":
+        yield f"scan:{node['Relation Name']}"
+    elif "Index Name" in node:
+        test = node.get("Index Cond", "")
+        # none, or only the keyset's id > '': every row in id order
+        walked = not test or re.fullmatch(r"\(id > '[^']*'::\w+( varying)?\)", test)
+        yield f"{'scan' if walked else 'index'}:{node['Index Name']}"
+    for child in node.get("Plans", ()):
+        yield from _postgres_access(child)
 
 
 def _person(row: tuple[Any, ...]) -> PersonRow:

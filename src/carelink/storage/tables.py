@@ -28,6 +28,10 @@ persons = sa.Table(
     sa.Column("patient", sa.LargeBinary, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),
 )
+#: name and birth date together, for demographic search (migration 12): the date first
+#: for a day's search (name prefix tested in the index), the name first for a range of dates
+sa.Index("ix_persons_birth_family", persons.c.birth_date, persons.c.family_folded)
+sa.Index("ix_persons_family_birth", persons.c.family_folded, persons.c.birth_date)
 
 links = sa.Table(
     "person_links",
@@ -40,6 +44,9 @@ links = sa.Table(
     sa.Column("score", sa.Float, nullable=True),
     sa.Column("patient", sa.LargeBinary, nullable=False),
 )
+
+#: a local id at any source (``identifier`` without a system; migration 12)
+sa.Index("ix_person_links_local_id", links.c.local_id)
 
 review = sa.Table(
     "match_review",
