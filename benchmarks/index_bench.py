@@ -305,7 +305,12 @@ def tree_cpu(root: int) -> float:
 
 
 def http_searches(
-    db_url: str, urls: dict[str, str], people: list[PersonRow], port: int, seconds: int
+    db_url: str,
+    urls: dict[str, str],
+    people: list[PersonRow],
+    port: int,
+    seconds: int,
+    forms: list[str],
 ) -> dict[str, Any]:
     """p50/p95/p99 of each search form over HTTP against the gateway on the built index."""
     tmp = Path(tempfile.mkdtemp(prefix="index-bench-http-"))
@@ -334,7 +339,8 @@ def http_searches(
             env,
         ):
             token = mint(env)
-            for n, form in enumerate(HTTP_FORMS):
+            for form in forms:
+                n = HTTP_FORMS.index(form)
                 paths = search_paths(people, form, 2000, n)
                 matched = sum(
                     json.loads(get(base + path, token)).get("total", 0) > 0 for path in paths[:50]
@@ -386,12 +392,16 @@ def changes(store: IndexStore, n: int, seed: int) -> tuple[float, int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="index-bench-")
-    url = args.database or str(Path(tmp) / "index.db")
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    url = args.database or str((args.keep or Path(tmp)) / "index.db")
     urls, procs = start(args.people, args.port, args.running)
     try:
         db = Database(url)
         db.migrate()
         store = IndexStore(db)
+        if args.keep and store.counts()["persons"]:
+            return {"people": args.people, "kept": url, **measure(args, store, url, urls)}
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -405,26 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         precision, recall = quality(store, perturbed.truth)
-        numbers, alike, sample = [], [], []
-        for p in store.each_person(batch=5000):
-            if p.nhs_number and len(numbers) < 200_000:
-                numbers.append(p.nhs_number)
-            if p.birth_date and len(alike) < 200_000:
-                alike.append((p.family, p.birth_date))
-            if p.birth_date and len(p.birth_date) == 10 and len(sample) < 20_000:
-                sample.append(replace(p, patient=b""))
-        rng = random.Random(3)
-        lookups = []
-        for nhs in rng.sample(numbers, min(5000, len(numbers))):
-            t = time.perf_counter()
-            store.person_by_nhs(nhs)
-            lookups.append(time.perf_counter() - t)
-        search_p99 = searches(store, alike, 32, 100)
-        http = (
-            http_searches(url, urls, sample, args.gateway_port or args.port + 10, args.http_seconds)
-            if args.http_seconds
-            else {}
-        )
+        measured = measure(args, store, url, urls)
         change_s, changed = changes(store, args.changes, 11)
         return {
             "people": args.people,
@@ -439,10 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "candidates_mean": report.candidates_mean,
             "candidates_max": report.candidates_max,
             "oversized_blocks": report.oversized_blocks,
-            "nhs_lookup_p99_ms": p99(lookups),
-            "search_p99_ms_32_clients": search_p99,
-            "http_search": http,
-            "http_search_p99_ms": max((m["p99_ms"] for m in http.values()), default=None),
+            **measured,
             "load_before_build": load_before,
             "load_after_build": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "perturbed_records": len(perturbed.truth),
@@ -457,6 +445,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for proc in procs:
             proc.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(
+    args: argparse.Namespace, store: IndexStore, url: str, urls: dict[str, str]
+) -> dict[str, Any]:
+    """Lookups and searches on the built index (in process, then over HTTP)."""
+    numbers, alike, sample = [], [], []
+    for p in store.each_person(batch=5000):
+        if p.nhs_number and len(numbers) < 200_000:
+            numbers.append(p.nhs_number)
+        if p.birth_date and len(alike) < 200_000:
+            alike.append((p.family, p.birth_date))
+        if p.birth_date and len(p.birth_date) == 10 and len(sample) < 20_000:
+            sample.append(replace(p, patient=b""))
+    rng = random.Random(3)
+    lookups = []
+    for nhs in rng.sample(numbers, min(5000, len(numbers))):
+        t = time.perf_counter()
+        store.person_by_nhs(nhs)
+        lookups.append(time.perf_counter() - t)
+    search_p99 = searches(store, alike, 32, 100)
+    port = args.gateway_port or args.port + 10
+    forms = args.forms or list(HTTP_FORMS)
+    seconds = args.http_seconds
+    http = http_searches(url, urls, sample, port, seconds, forms) if seconds and forms else {}
+    return {
+        "nhs_lookup_p99_ms": p99(lookups),
+        "search_p99_ms_32_clients": search_p99,
+        "http_search": http,
+        "http_search_p99_ms": max((m["p99_ms"] for m in http.values()), default=None),
+        "load_at_search": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def main() -> None:
@@ -476,6 +496,16 @@ def main() -> None:
         help="wrk seconds per search form against the gateway (0: no HTTP searches)",
     )
     ap.add_argument(
+        "--keep",
+        type=Path,
+        help="a folder for the SQLite index, kept: built when empty, else only searched",
+    )
+    ap.add_argument(
+        "--forms",
+        type=lambda v: [f.strip() for f in v.split(",") if f.strip()],
+        help=f"HTTP search forms, comma-separated (default all: {', '.join(HTTP_FORMS)})",
+    )
+    ap.add_argument(
         "--running",
         action="store_true",
         help="use simulators already answering on the ports (same --people), start the rest",
@@ -483,6 +513,9 @@ def main() -> None:
     args = ap.parse_args()
     r = run(args)
     print(json.dumps(r, indent=1))
+    if "build_s" not in r:  # a kept index, searched only
+        r.update(build_s="-", peak_mb="-", candidates_mean="-", candidates_max="-")
+        r.update(precision="-", recall="-", changes_s="-")
     print(
         "| people | build | peak | candidates mean/max | NHS p99 | search p99 (32) "
         "| HTTP search p99 (32) | P/R | 1,000 changes |"

@@ -1,7 +1,7 @@
 """CPU per lookup, in process: the gateway's own work on one request, without a server.
 
     PYTHONPATH=src .venv/bin/python benchmarks/lookup_cpu.py [--requests 20000] [--profile]
-        [--port P]
+        [--port P] [--search]
 
 wrk measures what clients see, but on two shared cores its numbers move with
 everything else the machine does. This counts the gateway process's CPU time
@@ -200,6 +200,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
     ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--search", action="store_true", help="drive Patient?family=&birthdate= instead"
+    )
     ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
@@ -209,7 +212,13 @@ def main() -> None:
     with gateway_env(args.size, args.port) as prep:
         env = {**prep.env, "BARE_BODY": str(prep.tmp / "body.json")}
         population = list(people(42, args.size))
-        paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in population[:200]]
+        if args.search:  # the demographic search's one-day form instead of the lookup
+            paths = [
+                f"/fhir/Patient?family={p.family}&birthdate={p.birth_date.isoformat()}"
+                for p in population[:200]
+            ]
+        else:
+            paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in population[:200]]
         asyncio.run(measure(args, env, paths, prep.token))
         print(json.dumps({"tmp": str(prep.tmp)}))
 

@@ -444,9 +444,20 @@ class IndexStore:
 
     def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A search's rows, through the pool (a wide search may take longer than the
-        lookup connection's ``HOT_LIMIT``, and searches may come from many threads)."""
-        with self.db.engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
+        lookup connection's ``HOT_LIMIT``, and searches may come from many threads), on
+        the driver's own cursor: SQLAlchemy's result set cost a third of a one-day
+        search's CPU, for rows that need no conversion. The connection goes back to the
+        pool rolled back."""
+        conn = self.db.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, tuple(values))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+        finally:
+            conn.close()
 
     def people_after(self, after: str = "", batch: int = 1000) -> list[PersonRow]:
         """Up to ``batch`` persons with ids after ``after``, in id order: one step of a
