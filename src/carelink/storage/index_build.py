@@ -42,13 +42,15 @@ STAGED_COLUMNS = (
     "part",
 )
 _LIVE = (persons, links, review, record_fields)
-#: (table, name, columns, unique) indexed after the load, named like the live ones
+#: (table, name, columns, unique) indexed after the load, named like the live ones;
+#: ``{pattern}``: PostgreSQL's pattern operator class (LIKE 'x%' through the index)
 _INDEXES = (
     ("persons", "nhs_number", "nhs_number", True),
     ("persons", "family_folded", "family_folded", False),
     ("persons", "birth_date", "birth_date", False),
     ("persons", "birth_family", "birth_date, family_folded", False),
-    ("persons", "family_birth", "family_folded, birth_date", False),
+    # PostgreSQL's pattern operators, as tables.py declares them
+    ("persons", "family_birth", "family_folded{pattern}, birth_date", False),
     ("person_links", "person_id", "person_id", False),
     ("person_links", "patient_id", "patient_id", True),
     ("person_links", "local_id", "local_id", False),
@@ -318,6 +320,7 @@ class IndexBuild:
             for table, name, columns, unique in _INDEXES:
                 kind = "UNIQUE INDEX" if unique else "INDEX"
                 made = f"ix_{table}_{name}_{self.token}"
+                columns = columns.format(pattern="" if sqlite else " varchar_pattern_ops")
                 cur.execute(f"CREATE {kind} {made} ON {_build_name(table)} ({columns})")
             if not sqlite:
                 self._conn.commit()

@@ -250,7 +250,9 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
     every folded name starting with the prefix is in it), and ``likelihood`` tells its
     planner that the names longer than a prefix of three letters or more are few
     (without it, it reads the whole range of dates for them). PostgreSQL reads them as
-    ``family_folded <> 'smith'`` beside the LIKE, whatever the collation."""
+    ``family_folded <> 'smith'`` beside the LIKE, whatever the collation; its
+    ``(family_folded, birth_date)`` index has the pattern operator class, which
+    answers the LIKE."""
     test, values = where_sql(query, mark)
     if not query.family or not query.family[0]:
         return test, values

@@ -31,7 +31,14 @@ persons = sa.Table(
 #: name and birth date together, for demographic search (migration 12): the date first
 #: for a day's search (name prefix tested in the index), the name first for a range of dates
 sa.Index("ix_persons_birth_family", persons.c.birth_date, persons.c.family_folded)
-sa.Index("ix_persons_family_birth", persons.c.family_folded, persons.c.birth_date)
+sa.Index(
+    "ix_persons_family_birth",
+    persons.c.family_folded,
+    persons.c.birth_date,
+    # PostgreSQL reads LIKE 'smith%' through a btree index only in the C locale or
+    # with the pattern operators (which also take =)
+    postgresql_ops={"family_folded": "varchar_pattern_ops"},
+)
 
 links = sa.Table(
     "person_links",
