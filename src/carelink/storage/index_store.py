@@ -447,7 +447,11 @@ class IndexStore:
         lookup connection's ``HOT_LIMIT``, and searches may come from many threads), on
         the driver's own cursor: SQLAlchemy's result set cost a third of a one-day
         search's CPU, for rows that need no conversion. The connection goes back to the
-        pool rolled back."""
+        pool rolled back. On SQLite, a local file in WAL mode whose readers never wait
+        for a writer, the lookup connection reads it on this thread, without the pool's
+        checkout."""
+        if self.db.is_sqlite:
+            return self._hot.query(sql, values)
         conn = self.db.engine.raw_connection()
         try:
             cur = conn.cursor()
