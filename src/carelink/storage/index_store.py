@@ -443,13 +443,14 @@ class IndexStore:
         return tuple(_postgres_access(found[0]["Plan"]))
 
     def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A search's rows, through the pool (a wide search may take longer than the
-        lookup connection's ``HOT_LIMIT``, and searches may come from many threads), on
-        the driver's own cursor: SQLAlchemy's result set cost a third of a one-day
-        search's CPU, for rows that need no conversion. The connection goes back to the
-        pool rolled back. On SQLite, a local file in WAL mode whose readers never wait
-        for a writer, the lookup connection reads it on this thread, without the pool's
-        checkout."""
+        """A search's rows on the driver's own cursor (SQLAlchemy's result set cost more
+        than the indexed read, for rows that need no conversion).
+
+        On SQLite, a local file in WAL mode whose readers never wait for a writer, the
+        lookup connection reads it on this thread, without a pool checkout. On
+        PostgreSQL a pooled connection (a wide search may take longer than the lookup
+        connection's ``HOT_LIMIT``, and searches may come from many threads), given back
+        rolled back."""
         if self.db.is_sqlite:
             return self._hot.query(sql, values)
         conn = self.db.engine.raw_connection()
