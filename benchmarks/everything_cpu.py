@@ -69,6 +69,7 @@ async def measure(
     logging.config.dictConfig(log_config(args.log_level))  # as `carelink serve` does
     app = create_app(Settings.from_env(env))
     async with app.router.lifespan_context(app):
+        pauses = gc_pauses() if args.gc else None
         ids = await ids_of(app, [p.nhs_number for p in sample], token)
         paths = [f"/fhir/Patient/{pid}/$everything" for pid in ids]
         await drive(app, paths, token, len(paths) * 2)  # warm: every path at least once
@@ -97,6 +98,12 @@ async def measure(
             us = [c / args.requests * 1e6 for c in each]
             per = [f"{n} {u:.0f} us" for n, u in zip(names, us, strict=True)]
             print(f"  simulators, each: {', '.join(per)}", flush=True)
+        if pauses is not None:
+            for generation, took in sorted(pauses.items()):
+                print(
+                    f"gc generation {generation}: {len(took)} collections, longest"
+                    f" {max(took) * 1e3:.1f} ms, {sum(took) * 1e3:.0f} ms in all"
+                )
         print(
             f"gateway: CPU per $everything {min(gateway):.0f} us"
             f" (runs: {', '.join(f'{x:.0f}' for x in gateway)})"
@@ -107,6 +114,24 @@ async def measure(
         )
 
 
+def gc_pauses() -> dict[int, list[float]]:
+    """From now on, how long each of the collector's runs takes, by generation (a
+    collection stops every request in the process: a tail-latency cause)."""
+    import gc
+
+    took: dict[int, list[float]] = {}
+    started = [0.0]
+
+    def heard(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            took.setdefault(info["generation"], []).append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(heard)
+    return took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=3000)
@@ -115,6 +140,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--gc", action="store_true", help="report the collector's pauses")
     ap.add_argument("--profile-out", type=Path, help="also write the profile here (pstats)")
     ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
     ap.add_argument("--top", type=int, default=40)
