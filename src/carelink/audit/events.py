@@ -51,15 +51,22 @@ class Access:
     server: str  # the gateway's FHIR base
 
 
-def audit_event(
-    access: Access,
-    caller: Who | None,
-    patient_id: str | None,
-    outcome: str,
-    reason: str | None = None,
-    break_glass: bool = False,
-) -> Json:
-    """One AuditEvent for one patient (or none, for a refusal before one was known)."""
+#: the AuditEvent's ``source``: the same for every event
+_SOURCE: Json = {
+    "observer": {"display": "carelink gateway"},
+    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
+}
+#: the agents of recent callers (with the server they called), made once each: events
+#: share them, and are only ever serialised, never changed
+_AGENTS: dict[tuple[Who | None, str], list[Json]] = {}
+_AGENTS_KEPT = 1024
+
+
+def _agents(caller: Who | None, server: str) -> list[Json]:
+    """The client application, the user (with role and organisation) and the server."""
+    found = _AGENTS.get((caller, server))
+    if found is not None:
+        return found
     agents: list[Json] = [
         {
             "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
@@ -82,9 +89,25 @@ def audit_event(
             },
             "who": {"display": "carelink gateway"},
             "requestor": False,
-            "network": {"address": access.server, "type": "5"},
+            "network": {"address": server, "type": "5"},
         }
     )
+    if len(_AGENTS) >= _AGENTS_KEPT:
+        _AGENTS.clear()
+    _AGENTS[(caller, server)] = agents
+    return agents
+
+
+def audit_event(
+    access: Access,
+    caller: Who | None,
+    patient_id: str | None,
+    outcome: str,
+    reason: str | None = None,
+    break_glass: bool = False,
+) -> Json:
+    """One AuditEvent for one patient (or none, for a refusal before one was known)."""
+    agents = _agents(caller, access.server)
     entities: list[Json] = []
     if patient_id:
         entities.append(
@@ -112,15 +135,7 @@ def audit_event(
         "recorded": access.recorded,
         "outcome": outcome,
         "agent": agents,
-        "source": {
-            "observer": {"display": "carelink gateway"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                }
-            ],
-        },
+        "source": _SOURCE,
         "entity": entities,
     }
     if caller is not None and caller.purpose:
