@@ -210,3 +210,41 @@ def test_the_search_sql_finds_what_the_general_where_clause_finds(database_url):
         seen += bool(want)
     assert seen > 100  # most queries matched someone: the comparison is not of empty lists
     store.close()
+
+
+def test_searches_from_many_threads_leave_the_pool_to_others(database_url):
+    """Thirty-two threads that have each searched (and are still alive) hold no pooled
+    connection: another reader still gets one at once. A search that kept a connection
+    per thread, as the lookup connection does, exhausted SQLite's pool of 15 here."""
+    import threading
+
+    db = Database(database_url, connect_timeout=2.0)
+    db.migrate()
+    store = IndexStore(db)
+    people = list(pop.people(4, 23))
+    persons, links, reviews, _ = link_people(_gp(people), store.secret())
+    store.replace_all(persons, links, reviews)
+    person = persons[0]
+    query = PersonQuery(family=((NameTest(person.family_folded or ""),),))
+    searched = threading.Barrier(33)
+    done = threading.Event()
+    found: list[int] = []
+
+    def search() -> None:
+        found.append(len(store.find(query, limit=50)))
+        searched.wait(10)
+        done.wait(10)
+
+    threads = [threading.Thread(target=search) for _ in range(32)]
+    for t in threads:
+        t.start()
+    try:
+        searched.wait(10)
+        assert len(store.people_after("", 5)) == 5  # a pooled read while all 32 live
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+        store.close()
+        db.dispose()
+    assert found == [found[0]] * 32 and found[0] >= 1

@@ -446,13 +446,10 @@ class IndexStore:
         """A search's rows on the driver's own cursor (SQLAlchemy's result set cost more
         than the indexed read, for rows that need no conversion).
 
-        On SQLite, a local file in WAL mode whose readers never wait for a writer, the
-        lookup connection reads it on this thread, without a pool checkout. On
-        PostgreSQL a pooled connection (a wide search may take longer than the lookup
-        connection's ``HOT_LIMIT``, and searches may come from many threads), given back
-        rolled back."""
-        if self.db.is_sqlite:
-            return self._hot.query(sql, values)
+        A pooled connection, given back rolled back: a wide search may take longer than
+        the lookup connection's ``HOT_LIMIT``, and searches may come from any number of
+        threads, where a connection kept by each (as the lookup connection is) would
+        exhaust the pool: 32 searching threads did, on SQLite, in ``index_bench``."""
         conn = self.db.engine.raw_connection()
         try:
             cur = conn.cursor()
