@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 
@@ -11,14 +12,23 @@ from tests.support.procs import free_port, running
 
 
 def _free(port: int) -> bool:
+    """Can a server bind ``port`` now (as the demo's own check does)? A port nobody
+    listens on may still be the local end of someone's connection."""
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _four_free_ports() -> int:
+    """Four consecutive bindable ports below the ephemeral range (32768 and up), where
+    the system does not hand them to outgoing connections meanwhile."""
+    rng = random.Random()
     while True:
-        first = free_port()
-        if first < 60000 and all(_free(first + i) for i in range(1, 4)):
+        first = rng.randrange(20000, 32000)
+        if all(_free(first + i) for i in range(4)):
             return first
 
 
