@@ -395,6 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     url = args.database or str((args.keep or Path(tmp)) / "index.db")
+    if args.http_seconds and shutil.which("wrk") is None:  # before an hour of building
+        raise SystemExit("wrk is needed for the HTTP searches: apt-get install -y wrk")
     urls, procs = start(args.people, args.port, args.running)
     try:
         db = Database(url)
@@ -414,6 +416,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        # at once, on stderr: what the build measured survives a failure of what follows
+        print(
+            f"built {report.records:,} records into {report.persons:,} people in {took:.1f} s"
+            f" (stages {report.seconds}, CPU {build_cpu:.1f} s, peak {peak_mb:.0f} MB,"
+            f" load before {load_before}, after"
+            f" {' '.join(f'{x:.2f}' for x in os.getloadavg())})",
+            file=sys.stderr,
+            flush=True,
+        )
         precision, recall = quality(store, perturbed.truth)
         measured = measure(args, store, url, urls)
         change_s, changed = changes(store, args.changes, 11)
