@@ -397,6 +397,7 @@ async def build_index(
     with few_collections():
         try:
             loose = await _read(sources, build, report, progress, writers)
+            await asyncio.to_thread(build.all_staged)
             lap("reading")
             empty = [s.name for s in sources if refuse_empty and not report.records.get(s.name)]
             if empty:
