@@ -163,11 +163,14 @@ def build(store: IndexStore, records: dict[tuple[str, str], SourcePerson]) -> No
     asyncio.run(build_index([ListSource(n, rs) for n, rs in by.items()], store, now=lambda: NOW))
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+#: hypothesis settings for tests that build indexes in files (slow, in tmp_path)
+ROOMY: dict = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+
+
+@settings(max_examples=60, **ROOMY)
 @given(case=scenarios())
 def test_changes_applied_incrementally_give_the_people_of_a_rebuild(tmp_path_factory, case):
     before, changes, after = case

@@ -25,7 +25,11 @@ not by an update, which does not count blocks; ``reconcile``
 
 A person id that an update retires (the person merged into another, or split)
 is kept with the people its records went to (``person_successors``), so a
-client that holds it is pointed on (``IndexStore.successors``).
+client that holds it is pointed on (``IndexStore.successors``). A rebuild does
+the same at its swap (``storage.IndexBuild.swap``), from the records each old
+id held to the new people holding them. Ids themselves are stable: a keyed hash
+of the NHS number, or of the preferred record, so a rebuild keeps the id of
+everyone whose records did not change.
 """
 
 from __future__ import annotations

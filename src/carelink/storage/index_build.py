@@ -74,6 +74,21 @@ def _copy_type(column: sa.Column[Any]) -> str:
     raise TypeError(f"no binary COPY type for {column.name}: {kind}")
 
 
+#: the swap's bookkeeping of retired ids (``IndexBuild.swap``), before the live tables go:
+#: ids back in the new index are no longer retired; each id not in it leads to the new
+#: people holding its records (a record nobody holds now leads nowhere)
+_RETIRE = (
+    "DELETE FROM person_successors WHERE EXISTS "
+    "(SELECT 1 FROM persons_build b WHERE b.id = person_successors.retired_id)",
+    "INSERT INTO person_successors (retired_id, successor_id, retired_at) "
+    "SELECT DISTINCT o.person_id, n.person_id, {mark} FROM person_links o "
+    "JOIN person_links_build n ON n.source = o.source AND n.local_id = o.local_id "
+    "WHERE NOT EXISTS (SELECT 1 FROM persons_build b WHERE b.id = o.person_id) "
+    "AND NOT EXISTS (SELECT 1 FROM person_successors s "
+    "WHERE s.retired_id = o.person_id AND s.successor_id = n.person_id)",
+)
+
+
 def _build_name(table: str) -> str:
     return f"{table}_build"
 
@@ -360,8 +375,15 @@ class IndexBuild:
 
     # -- the swap -----------------------------------------------------------------
 
-    def swap(self) -> None:
-        """Index the new tables, then put them in place of the live ones in one transaction."""
+    def swap(self, at: str = "") -> None:
+        """Index the new tables, then put them in place of the live ones in one transaction.
+
+        In the same transaction, each person id that goes (in the live index, not in the
+        new one) is recorded with the new people its records went to, as of ``at``
+        (``person_successors``, as an update records them), and an id that comes back
+        is no longer retired: a client holding an id the old index answered with is
+        pointed on. Done in SQL, through the tables' primary keys, so it holds nothing
+        in memory whatever the population."""
         sqlite = self.db.is_sqlite
         cur = self._conn.cursor()
         try:
@@ -380,6 +402,10 @@ class IndexBuild:
                 self._conn.commit()
             if sqlite:
                 cur.execute("BEGIN IMMEDIATE")
+            for sql in _RETIRE:
+                cur.execute(
+                    sql.format(mark="?" if sqlite else "%s"), (at,) if "{mark}" in sql else ()
+                )
             for t in reversed(_LIVE):
                 cur.execute(f"DROP TABLE {t.name}")
             for t in _LIVE:
