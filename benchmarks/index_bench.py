@@ -428,6 +428,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         precision, recall = quality(store, perturbed.truth)
         measured = measure(args, store, url, urls)
         change_s, changed = changes(store, args.changes, 11)
+        again = rebuild(urls, store, args) if args.rebuild else {}
         return {
             "people": args.people,
             "database": "postgresql" if args.database else "sqlite",
@@ -449,6 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "recall": recall,
             "changes": changed,
             "changes_s": change_s,
+            **again,
         }
     finally:
         for proc in procs:
@@ -456,6 +458,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for proc in procs:
             proc.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rebuild(urls: dict[str, str], store: IndexStore, args: argparse.Namespace) -> dict[str, Any]:
+    """The same sources built again over the index (the changes applied since are not at
+    the sources, so the people they made or moved are retired or moved back): how long,
+    and how long the swap took recording the retired ids' successors."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = time.perf_counter()
+    report, _ = asyncio.run(build(urls, store, args.errors, args.writers))
+    return {
+        "rebuild_s": round(time.perf_counter() - started, 1),
+        "rebuild_stages_s": report.seconds,
+        "rebuild_successors": report.successors,
+        "rebuild_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "load_before_rebuild": load,
+    }
 
 
 def measure(
@@ -515,6 +533,11 @@ def main() -> None:
         "--forms",
         type=lambda v: [f.strip() for f in v.split(",") if f.strip()],
         help=f"HTTP search forms, comma-separated (default all: {', '.join(HTTP_FORMS)})",
+    )
+    ap.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="at the end, build again over the index (the retired ids' successors timed)",
     )
     ap.add_argument(
         "--running",

@@ -84,7 +84,7 @@ def test_the_streaming_build_stores_the_index_linking_in_memory_makes(
     assert sorted(reviews, key=repr) == sorted(
         (tuple(vars(r).values()) for r in want_reviews), key=repr
     )
-    assert set(report.seconds) == {"reading", "linking", "writing", "swap"}
+    assert set(report.seconds) == {"reading", "linking", "writing", "retiring", "swap"}
     assert vars(report) == {**vars(want_report), "seconds": report.seconds}
     store.close()
 

@@ -99,7 +99,8 @@ def test_a_record_that_comes_to_match_after_a_rebuild_leaves_its_old_id_pointing
     anna = store.owners([("gp", "g1")])[("gp", "g1")]
     assert alone != anna
     corrected = record("social-care", "s1", _anna())
-    build(store, {("gp", "g1"): gp, ("social-care", "s1"): corrected})
+    report = build(store, {("gp", "g1"): gp, ("social-care", "s1"): corrected})
+    assert report.successors == 1
     assert store.owners([("social-care", "s1")])[("social-care", "s1")] == anna
     assert store.person(alone) is None
     assert store.successors(alone) == [anna]

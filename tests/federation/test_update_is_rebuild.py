@@ -23,6 +23,7 @@ from carelink.federation.changes import (
     Upsert,
     apply_changes,
 )
+from carelink.federation.index import BuildReport
 from carelink.federation.linkage import valid_nhs
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.sources.base import SourcePerson
@@ -158,9 +159,10 @@ def scenarios(draw: st.DrawFn) -> tuple[dict, list[Change], dict]:
     return before, changes, after
 
 
-def build(store: IndexStore, records: dict[tuple[str, str], SourcePerson]) -> None:
+def build(store: IndexStore, records: dict[tuple[str, str], SourcePerson]) -> BuildReport:
     by = {s: [r for (src, _), r in sorted(records.items()) if src == s] for s in SOURCES}
-    asyncio.run(build_index([ListSource(n, rs) for n, rs in by.items()], store, now=lambda: NOW))
+    sources = [ListSource(n, rs) for n, rs in by.items()]
+    return asyncio.run(build_index(sources, store, now=lambda: NOW))
 
 
 #: hypothesis settings for tests that build indexes in files (slow, in tmp_path)

@@ -414,7 +414,9 @@ async def build_index(
             build.load("match_review", reviews)
             report.review = len(reviews)
             lap("writing")
-            await asyncio.to_thread(build.swap, built_at)
+            report.successors, report.seconds["retiring"] = await asyncio.to_thread(
+                build.swap, built_at
+            )
             lap("swap")
         finally:
             build.close()

@@ -61,6 +61,8 @@ class BuildReport:
     candidates_max: int = 0
     #: blocks over ``matching.BLOCK_CAP`` records, not used to find candidates
     oversized_blocks: int = 0
+    #: (retired id, successor) pairs a rebuild recorded for the ids it retired
+    successors: int = 0
     #: wall-clock seconds per stage of a streaming build (reading, linking, writing, swap)
     seconds: dict[str, float] = field(default_factory=dict)
 

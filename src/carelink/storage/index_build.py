@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -375,7 +376,7 @@ class IndexBuild:
 
     # -- the swap -----------------------------------------------------------------
 
-    def swap(self, at: str = "") -> None:
+    def swap(self, at: str = "") -> tuple[int, float]:
         """Index the new tables, then put them in place of the live ones in one transaction.
 
         In the same transaction, each person id that goes (in the live index, not in the
@@ -383,8 +384,10 @@ class IndexBuild:
         (``person_successors``, as an update records them), and an id that comes back
         is no longer retired: a client holding an id the old index answered with is
         pointed on. Done in SQL, through the tables' primary keys, so it holds nothing
-        in memory whatever the population."""
+        in memory whatever the population. Returns how many (retired id, successor)
+        pairs were recorded, and the seconds that took."""
         sqlite = self.db.is_sqlite
+        pairs, took = 0, 0.0
         cur = self._conn.cursor()
         try:
             for table, name, columns, unique in _INDEXES:
@@ -402,10 +405,11 @@ class IndexBuild:
                 self._conn.commit()
             if sqlite:
                 cur.execute("BEGIN IMMEDIATE")
+            started = time.perf_counter()
             for sql in _RETIRE:
-                cur.execute(
-                    sql.format(mark="?" if sqlite else "%s"), (at,) if "{mark}" in sql else ()
-                )
+                values = (at,) if "{mark}" in sql else ()
+                cur.execute(sql.format(mark="?" if sqlite else "%s"), values)
+            pairs, took = max(cur.rowcount, 0), round(time.perf_counter() - started, 2)
             for t in reversed(_LIVE):
                 cur.execute(f"DROP TABLE {t.name}")
             for t in _LIVE:
@@ -421,6 +425,7 @@ class IndexBuild:
             cur.execute("COMMIT") if sqlite else self._conn.commit()
         finally:
             cur.close()
+        return pairs, took
 
     def close(self) -> None:
         """Drop the staging (on SQLite its file) and build tables a failed build left, and
