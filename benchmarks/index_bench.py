@@ -418,7 +418,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         # at once, on stderr: what the build measured survives a failure of what follows
         print(
-            f"built {sum(report.records.values()):,} records into {report.persons:,} people in {took:.1f} s"
+            f"built {sum(report.records.values()):,} records into {report.persons:,} people"
+            f" in {took:.1f} s"
             f" (stages {report.seconds}, CPU {build_cpu:.1f} s, peak {peak_mb:.0f} MB,"
             f" load before {load_before}, after"
             f" {' '.join(f'{x:.2f}' for x in os.getloadavg())})",

@@ -18,9 +18,12 @@ Kinds of change:
   the old number now holds the new one.
 
 A rebuild from the same sources gives the same people
-(``tests/federation/test_update_is_rebuild.py``). One limit: a block that the
-whole population fills past ``matching.BLOCK_CAP`` is skipped by a build but
-not by an update, which does not count blocks; ``reconcile``
+(``tests/federation/test_update_is_rebuild.py``), block cap included: a block
+that the whole population fills past ``matching.BLOCK_CAP`` is skipped by a
+build, so an update counts, in the index, every block its re-linked records
+hold and skips those the population (after the changes) fills past the cap; and
+when the changes take a block across the cap, one way or the other, every
+record in it is re-linked (pairs in it appear or vanish). ``reconcile``
 (``federation.update``) reports drift from the sources.
 
 A person id that an update retires (the person merged into another, or split)
@@ -44,8 +47,9 @@ from typing import Any
 import orjson
 
 from carelink.federation.index import fields_row, person_rows
-from carelink.federation.linkage import demographics, link, valid_nhs
+from carelink.federation.linkage import demographics, link, record_keys, valid_nhs
 from carelink.federation.matching import (
+    BLOCK_CAP,
     REVIEW_THRESHOLD,
     Demographics,
     blocking_keys,
@@ -54,7 +58,7 @@ from carelink.federation.matching import (
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.base import SourcePerson, indexed
-from carelink.storage import IndexStore, LinkRow, ReviewRow
+from carelink.storage import FieldsRow, IndexStore, LinkRow, ReviewRow
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ class _Neighbourhood:
         #: each re-linked record's person before the update
         self.was: dict[tuple[str, str], str] = {}
         self.todo: list[SourcePerson] = []
+        #: blocking key of a re-linked record -> the unchanged indexed records holding it
+        self.block: dict[str, set[tuple[str, str]]] = defaultdict(set)
 
     def add_persons(self, pids: Iterable[str]) -> None:
         fresh = sorted(set(pids) - self.persons)
@@ -172,12 +178,16 @@ class _Neighbourhood:
                     if value:
                         by_value[tag + value].append((r, d))
             wanted: set[tuple[str, str]] = set()
+            wave_keys = {k for r in wave for k in record_keys(r)}
             for f in self.store.near_any(by_value):
                 key = (f.source, f.local_id)
+                theirs = _demographics(f)
+                their_keys = set(blocking_keys(theirs))
+                if key not in self.gone and key not in self.new:
+                    for k in their_keys & wave_keys:
+                        self.block[k].add(key)
                 if key in self.records or key in self.gone or key in self.new or key in wanted:
                     continue  # changed records are in already, with their new fields
-                theirs = Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
-                their_keys = set(blocking_keys(theirs))
                 mine = {
                     id(r): (r, d)
                     for v in ("d" + f.day, "n" + f.names_ym, "p" + f.pc)
@@ -193,6 +203,53 @@ class _Neighbourhood:
                         break
             found |= set(self.store.owners(sorted(wanted)).values())
             self.add_persons(found)
+
+    def oversized(self) -> frozenset[str]:
+        """The re-linked records' blocks that the whole population after the changes
+        fills past ``BLOCK_CAP`` (a build skips them), after ``close``."""
+        sizes = Counter({k: len(v) for k, v in self.block.items()})
+        for r in self.new.values():
+            sizes.update(record_keys(r))
+        return frozenset(k for k, n in sizes.items() if n > BLOCK_CAP)
+
+
+def _demographics(f: FieldsRow) -> Demographics:
+    return Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
+
+
+def _lookups(d: Demographics) -> set[str]:
+    """``IndexStore.near_any``'s tagged lookup values of some demographics."""
+    return {tag + v for tag, v in zip("dnp", lookup_values(d), strict=True) if v}
+
+
+def _across_the_cap(
+    store: IndexStore, new: dict[tuple[str, str], SourcePerson], gone: set[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The unchanged records in every block the changes take across ``BLOCK_CAP`` (in or
+    out of it: a changed record's blocks before and after). A build compares no pair in
+    a block over the cap, so such a block's pairs vanish or appear, between records the
+    changes do not otherwise reach: they are all re-linked."""
+    old = store.fields_of(sorted(set(new) | gone))
+    touched: set[str] = set()
+    values: set[str] = set()
+    for d in [*map(_demographics, old), *map(demographics, new.values())]:
+        touched.update(blocking_keys(d))
+        values |= _lookups(d)
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
+    holders: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for f in store.near_any(values):
+        keys = set(blocking_keys(_demographics(f))) & touched
+        before.update(keys)
+        key = (f.source, f.local_id)
+        if key not in new and key not in gone:
+            after.update(keys)
+            for k in keys:
+                holders[k].append(key)
+    for r in new.values():
+        after.update(record_keys(r) & touched)
+    crossed = [k for k in sorted(touched) if (before[k] > BLOCK_CAP) != (after[k] > BLOCK_CAP)]
+    return sorted({h for k in crossed for h in holders[k]})
 
 
 def _fill_fields(store: IndexStore, batch: int = 2000) -> None:
@@ -245,6 +302,7 @@ def apply_changes(
             gone.add((change.source, old))
         else:
             _supersede(store, change, new, gone, seeds)
+    seeds.update(store.owners(_across_the_cap(store, new, gone)).values())
     area = _Neighbourhood(store, new, gone)
     area.add_persons(seeds)
     for r in new.values():
@@ -254,7 +312,7 @@ def apply_changes(
     by_source: dict[str, list[SourcePerson]] = defaultdict(list)
     for r in records.values():
         by_source[r.source].append(r)
-    linkage = link(by_source)
+    linkage = link(by_source, area.oversized())
     people, link_rows = [], []
     owners: dict[tuple[str, str], str] = {}
     for group in linkage.groups:
