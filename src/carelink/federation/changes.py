@@ -146,8 +146,6 @@ class _Neighbourhood:
         #: each re-linked record's person before the update
         self.was: dict[tuple[str, str], str] = {}
         self.todo: list[SourcePerson] = []
-        #: blocking key of a re-linked record -> the unchanged indexed records holding it
-        self.block: dict[str, set[tuple[str, str]]] = defaultdict(set)
 
     def add_persons(self, pids: Iterable[str]) -> None:
         fresh = sorted(set(pids) - self.persons)
@@ -178,16 +176,12 @@ class _Neighbourhood:
                     if value:
                         by_value[tag + value].append((r, d))
             wanted: set[tuple[str, str]] = set()
-            wave_keys = {k for r in wave for k in record_keys(r)}
             for f in self.store.near_any(by_value):
                 key = (f.source, f.local_id)
-                theirs = _demographics(f)
-                their_keys = set(blocking_keys(theirs))
-                if key not in self.gone and key not in self.new:
-                    for k in their_keys & wave_keys:
-                        self.block[k].add(key)
                 if key in self.records or key in self.gone or key in self.new or key in wanted:
                     continue  # changed records are in already, with their new fields
+                theirs = _demographics(f)
+                their_keys = set(blocking_keys(theirs))
                 mine = {
                     id(r): (r, d)
                     for v in ("d" + f.day, "n" + f.names_ym, "p" + f.pc)
@@ -204,14 +198,6 @@ class _Neighbourhood:
             found |= set(self.store.owners(sorted(wanted)).values())
             self.add_persons(found)
 
-    def oversized(self) -> frozenset[str]:
-        """The re-linked records' blocks that the whole population after the changes
-        fills past ``BLOCK_CAP`` (a build skips them), after ``close``."""
-        sizes = Counter({k: len(v) for k, v in self.block.items()})
-        for r in self.new.values():
-            sizes.update(record_keys(r))
-        return frozenset(k for k, n in sizes.items() if n > BLOCK_CAP)
-
 
 def _demographics(f: FieldsRow) -> Demographics:
     return Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
@@ -222,34 +208,67 @@ def _lookups(d: Demographics) -> set[str]:
     return {tag + v for tag, v in zip("dnp", lookup_values(d), strict=True) if v}
 
 
-def _across_the_cap(
-    store: IndexStore, new: dict[tuple[str, str], SourcePerson], gone: set[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """The unchanged records in every block the changes take across ``BLOCK_CAP`` (in or
-    out of it: a changed record's blocks before and after). A build compares no pair in
-    a block over the cap, so such a block's pairs vanish or appear, between records the
-    changes do not otherwise reach: they are all re-linked."""
-    old = store.fields_of(sorted(set(new) | gone))
-    touched: set[str] = set()
-    values: set[str] = set()
-    for d in [*map(_demographics, old), *map(demographics, new.values())]:
-        touched.update(blocking_keys(d))
-        values |= _lookups(d)
-    before: Counter[str] = Counter()
-    after: Counter[str] = Counter()
-    holders: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for f in store.near_any(values):
-        keys = set(blocking_keys(_demographics(f))) & touched
-        before.update(keys)
+#: which lookup value (``lookup_values``: day, names and year-month, postcode) holds a
+#: blocking key, by the key's kind
+_HOLDER = {"fd": 0, "gd": 0, "pd": 0, "nd": 0, "ds": 0, "fy": 1, "fg": 1, "fp": 2}
+
+
+@dataclass
+class _Blocks:
+    """Exact sizes of the blocks that may be over ``BLOCK_CAP``, before and after changes
+    (``new`` records, ``gone`` ones), and the unchanged records in each. A block is never
+    larger than the records sharing its key's lookup value, which the index counts
+    through an index: only blocks whose lookup value is that common are read."""
+
+    before: Counter[str] = field(default_factory=Counter)
+    after: Counter[str] = field(default_factory=Counter)
+    holders: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def over(self) -> frozenset[str]:
+        """Blocks over the cap after the changes (a build skips them)."""
+        return frozenset(k for k, n in self.after.items() if n > BLOCK_CAP)
+
+    def crossed(self) -> list[tuple[str, str]]:
+        """The unchanged records in every block the changes take across the cap."""
+        keys = [
+            k
+            for k in self.before | self.after
+            if (self.before[k] > BLOCK_CAP) != (self.after[k] > BLOCK_CAP)
+        ]
+        return sorted({h for k in keys for h in self.holders.get(k, ())})
+
+
+def _blocks(
+    store: IndexStore,
+    demos: Iterable[Demographics],
+    new: dict[tuple[str, str], SourcePerson],
+    gone: set[tuple[str, str]],
+) -> _Blocks:
+    """The blocks of ``demos`` that may be over the cap, measured (``_Blocks``)."""
+    value_of: dict[str, str] = {}
+    for d in demos:
+        values = lookup_values(d)
+        for k in blocking_keys(d):
+            value_of[k] = "dnp"[_HOLDER[k[:2]]] + values[_HOLDER[k[:2]]]
+    bound = Counter(store.value_counts(set(value_of.values())))
+    for r in new.values():
+        bound.update(_lookups(demographics(r)))
+    risky = {v for v in value_of.values() if bound[v] > BLOCK_CAP}
+    out = _Blocks()
+    if not risky:
+        return out
+    wanted = {k for k, v in value_of.items() if v in risky}
+    for f in store.near_any(risky):
+        keys = set(blocking_keys(_demographics(f))) & wanted
+        out.before.update(keys)
         key = (f.source, f.local_id)
         if key not in new and key not in gone:
-            after.update(keys)
+            out.after.update(keys)
             for k in keys:
-                holders[k].append(key)
+                out.holders.setdefault(k, []).append(key)
     for r in new.values():
-        after.update(record_keys(r) & touched)
-    crossed = [k for k in sorted(touched) if (before[k] > BLOCK_CAP) != (after[k] > BLOCK_CAP)]
-    return sorted({h for k in crossed for h in holders[k]})
+        out.after.update(record_keys(r) & wanted)
+    return out
 
 
 def _fill_fields(store: IndexStore, batch: int = 2000) -> None:
@@ -302,17 +321,28 @@ def apply_changes(
             gone.add((change.source, old))
         else:
             _supersede(store, change, new, gone, seeds)
-    seeds.update(store.owners(_across_the_cap(store, new, gone)).values())
     area = _Neighbourhood(store, new, gone)
     area.add_persons(seeds)
     for r in new.values():
         area.add_record(r)
     area.close()
+    # the blocks the changed records were in before stand beside those of every record
+    # re-linked: one measure says which are over the cap, and which the changes take
+    # across it (every record of such a block is re-linked too, and measured again)
+    before = [*map(_demographics, store.fields_of(sorted(set(new) | gone)))]
+    while True:
+        demos = before + [demographics(r) for r in area.records.values()]
+        blocks = _blocks(store, demos, new, gone)
+        crossed = set(store.owners(blocks.crossed()).values()) - area.persons
+        if not crossed:
+            break
+        area.add_persons(crossed)
+        area.close()
     records = area.records
     by_source: dict[str, list[SourcePerson]] = defaultdict(list)
     for r in records.values():
         by_source[r.source].append(r)
-    linkage = link(by_source, area.oversized())
+    linkage = link(by_source, blocks.over())
     people, link_rows = [], []
     owners: dict[tuple[str, str], str] = {}
     for group in linkage.groups:

@@ -247,6 +247,25 @@ class IndexStore:
                         out[(r[0], r[1])] = FieldsRow(*r)
         return list(out.values())
 
+    def value_counts(self, values: Iterable[str]) -> dict[str, int]:
+        """How many linked records hold each lookup value (tagged as for ``near_any``),
+        counted through the columns' indexes; values nobody holds are left out."""
+        f = record_fields.c
+        column = {"d": f.day, "n": f.names_ym, "p": f.pc}
+        wanted: dict[str, list[str]] = {"d": [], "n": [], "p": []}
+        for v in values:
+            wanted[v[0]].append(v[1:])
+        out: dict[str, int] = {}
+        with self.db.engine.connect() as conn:
+            for tag, found in wanted.items():
+                col = column[tag]
+                for i in range(0, len(found), 500):
+                    test = col.in_(sorted(found)[i : i + 500])
+                    query = sa.select(col, sa.func.count()).where(test).group_by(col)
+                    for value, n in conn.execute(query):
+                        out[tag + value] = int(n)
+        return out
+
     def fields_of(self, records: Sequence[tuple[str, str]]) -> list[FieldsRow]:
         """The kept linking fields of those of ``records`` (source, local id) the index links."""
         out: list[FieldsRow] = []
