@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fanout,
             _ukcore(app.state.profiles, settings),
             locations=locations,
-            memo=RecordMemo(),
+            memo=RecordMemo(settings.record_memo) if settings.record_memo else None,
         )
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)

@@ -159,6 +159,8 @@ class Settings:
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)
     result_ttl: float = 600.0
+    #: people's assembled records kept for reuse (``federation.memo``); 0: none kept
+    record_memo: int = 2_000
     max_page_size: int = 1000
     breaker_threshold: int = 3
     breaker_reset: float = 5.0
@@ -371,6 +373,10 @@ class Settings:
             "max_consent_provisions": "CARELINK_MAX_CONSENT_PROVISIONS",
             "max_consent_bytes": "CARELINK_MAX_CONSENT_BYTES",
         }
+        memo = _number(e, "CARELINK_RECORD_MEMO", s.record_memo, "records")
+        if memo < 0 or memo != int(memo):
+            raise ConfigError(f"CARELINK_RECORD_MEMO must be a whole number of records, not {memo}")
+        s = replace(s, record_memo=int(memo))
         for attr, name in limits.items():
             value = _number(e, name, getattr(s, attr), "bytes or items")
             if value < 1 or value != int(value):

@@ -85,6 +85,18 @@ def localise(
     ]
 
 
+def about_whom(resources: list[Json], source: str, local_id: str) -> None:
+    """A patient's ``$everything`` holds their Patient and no other: an answer with none,
+    or with another Patient (a source answering for the wrong person, or with the bytes
+    of another's record), is unreadable as a whole (``SourceBadPayload``), so no part of
+    another person's record is ever served as this one's."""
+    ids = {str(r["id"]) for r in resources if r["resourceType"] == "Patient"}
+    if not ids:
+        raise SourceBadPayload(source, "$everything without the Patient")
+    if ids != {local_id}:
+        raise SourceBadPayload(source, "answer is about a different person")
+
+
 async def read_one(
     session: aiohttp.ClientSession, source: str, url: str, resource_type: str
 ) -> Json | None:
@@ -155,6 +167,7 @@ class AcuteSource:
             )
             single_page = first and url is None
             first = False
+        about_whom(resources, self.name, local_id)
         out = localise(resources, self.name, local_id, patient_ref, types)
         if single_page:
             self.cache.put(key, fingerprint, out, tuple(skipped))

@@ -1,0 +1,124 @@
+"""A FHIR R4 server whose records a test changes while the gateway reads them.
+
+Serves outside data (the vendored Synthea export, read with the simulators' own file
+loader) as an acute EPR does: ``/fhir/metadata``, the Patient listing, each patient's
+``$everything`` (``_type`` honoured, one page) and reads of shared resources. The test
+holds the ``ChangingFhir`` and changes ``records`` (same ids, new content), points one
+patient's answer at another's bytes (``same_as``), or makes the server answer
+alternate requests from two versions of the data (``alternate``), as a source changing
+while a request is under way does. Bodies are byte-for-byte the same for the same
+content (no timestamps), so the gateway's answer cache and record memo see "the same
+answer" exactly when the content is the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from carelink.simulators.base import etag_for
+from carelink.simulators.fhir_store import FileStore
+
+Json = dict[str, Any]
+FHIR_JSON = "application/fhir+json"
+
+
+class ChangingFhir:
+    """Records per local Patient id (Patient first), changeable between and during requests."""
+
+    def __init__(self, data: Path, patients: int) -> None:
+        store = FileStore(data)
+        smallest = sorted(store.patient_ids(), key=lambda p: len(store.record(p) or []))
+        #: local id -> the Patient and everything in its compartment, as served now
+        self.records: dict[str, list[Json]] = {
+            p: copy.deepcopy(store.record(p) or []) for p in smallest[:patients]
+        }
+        self.store = store
+        #: local id -> another local id whose answer is sent, byte for byte, instead
+        self.same_as: dict[str, str] = {}
+        #: when set, every other ``$everything`` is answered from these records instead
+        self.alternate: dict[str, list[Json]] | None = None
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/fhir/metadata", self._metadata),
+                Route("/fhir/Patient", self._patients),
+                Route("/fhir/Patient/{id}/$everything", self._everything),
+                Route("/fhir/{type}/{id}", self._read),
+            ]
+        )
+
+    def _records_now(self) -> dict[str, list[Json]]:
+        with self._lock:
+            turn = next(self._turn)
+        if self.alternate is not None and turn % 2:
+            return self.alternate
+        return self.records
+
+    @staticmethod
+    def _answer(body: Json, status: int = 200) -> Response:
+        data = orjson.dumps(body)
+        return Response(
+            data, status_code=status, media_type=FHIR_JSON, headers={"ETag": etag_for(data)}
+        )
+
+    @staticmethod
+    def _bundle(base: str, resources: list[Json]) -> Json:
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(resources),
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in resources
+            ],
+        }
+
+    async def _metadata(self, request: Request) -> Response:
+        return self._answer(
+            {
+                "resourceType": "CapabilityStatement",
+                "status": "active",
+                "date": "2026-01-01",
+                "kind": "instance",
+                "fhirVersion": "4.0.1",
+                "format": [FHIR_JSON],
+                "rest": [{"mode": "server", "resource": [{"type": "Patient"}]}],
+            }
+        )
+
+    async def _patients(self, request: Request) -> Response:
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        return self._answer(self._bundle(base, [r[0] for r in self.records.values()]))
+
+    async def _everything(self, request: Request) -> Response:
+        local = request.path_params["id"]
+        records = self._records_now()
+        record = records.get(self.same_as.get(local, local))
+        if record is None:
+            return self._answer({"resourceType": "OperationOutcome", "issue": []}, 404)
+        asked = request.query_params.get("_type")
+        types = set(asked.split(",")) if asked else None
+        served = [r for r in record if types is None or r["resourceType"] in types]
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        return self._answer(self._bundle(base, served))
+
+    async def _read(self, request: Request) -> Response:
+        found = self.store.resource(request.path_params["type"], request.path_params["id"])
+        if found is None:
+            return self._answer({"resourceType": "OperationOutcome", "issue": []}, 404)
+        return self._answer(found)
