@@ -146,6 +146,8 @@ class _Neighbourhood:
         #: each re-linked record's person before the update
         self.was: dict[tuple[str, str], str] = {}
         self.todo: list[SourcePerson] = []
+        #: the changed (or gone) records as the index held them
+        self.old: list[SourcePerson] = []
 
     def add_persons(self, pids: Iterable[str]) -> None:
         fresh = sorted(set(pids) - self.persons)
@@ -153,6 +155,8 @@ class _Neighbourhood:
         for row in self.store.links_of_people(fresh):
             key = (row.source, row.local_id)
             self.was[key] = row.person_id
+            if key in self.gone or key in self.new:
+                self.old.append(record_of(row))
             if key not in self.gone:
                 self.add_record(self.new.get(key) or record_of(row))
 
@@ -329,7 +333,7 @@ def apply_changes(
     # the blocks the changed records were in before stand beside those of every record
     # re-linked: one measure says which are over the cap, and which the changes take
     # across it (every record of such a block is re-linked too, and measured again)
-    before = [*map(_demographics, store.fields_of(sorted(set(new) | gone)))]
+    before = [demographics(r) for r in area.old]
     while True:
         demos = before + [demographics(r) for r in area.records.values()]
         blocks = _blocks(store, demos, new, gone)

@@ -266,18 +266,6 @@ class IndexStore:
                         out[tag + value] = int(n)
         return out
 
-    def fields_of(self, records: Sequence[tuple[str, str]]) -> list[FieldsRow]:
-        """The kept linking fields of those of ``records`` (source, local id) the index links."""
-        out: list[FieldsRow] = []
-        key = sa.tuple_(record_fields.c.source, record_fields.c.local_id)
-        with self.db.engine.connect() as conn:
-            for i in range(0, len(records), 500):
-                test = key.in_(records[i : i + 500])
-                out.extend(
-                    FieldsRow(*r) for r in conn.execute(sa.select(record_fields).where(test))
-                )
-        return out
-
     def people_by_nhs(self, numbers: Sequence[str]) -> dict[str, str]:
         """NHS number -> person id, of the people holding any of ``numbers``."""
         out: dict[str, str] = {}
