@@ -36,7 +36,7 @@ from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
-from carelink.consent import Engine, Guard, Policy, load_policy
+from carelink.consent import Engine, FilterMemo, Guard, Policy, load_policy
 from carelink.errors import (
     AuditError,
     CarelinkError,
@@ -525,6 +525,7 @@ def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
         consents,
         {source_uri(n): n for n in settings.sources},
         {local_id_system(n): n for n in settings.sources},
+        memo=FilterMemo(),
     )
 
 

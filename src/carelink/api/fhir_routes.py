@@ -80,7 +80,12 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     guard: Guard = request.app.state.guard
     # may read the caller's break-glass grant: off the loop on PostgreSQL
     shown = await looked_up(
-        request, guard.filter, situation, access.visible(caller, fed.resources), limit=None
+        request,
+        guard.filter,
+        situation,
+        access.visible(caller, fed.resources),
+        True,  # the record's resources, shared while its sources answer the same
+        limit=None,
     )
     request.state.break_glass = shown.break_glass
     matches = shown.resources
@@ -218,6 +223,7 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
         guard.filter,
         situation,
         access.visible(caller, (r for r in fed.resources if r["resourceType"] == rtype), "s"),
+        True,  # the record's resources, shared while its sources answer the same
         limit=None,
     )
     request.state.break_glass = shown.break_glass

@@ -1,7 +1,7 @@
 """Consent for direct care: the ICS policy, patients' Consents, the decision, break-glass."""
 
 from carelink.consent.decision import Actor, Decision, Engine, Situation
-from carelink.consent.guard import Filtered, Guard
+from carelink.consent.guard import Filtered, FilterMemo, Guard
 from carelink.consent.policy import Policy, load_policy
 from carelink.consent.validate import validate
 
@@ -9,6 +9,7 @@ __all__ = [
     "Actor",
     "Decision",
     "Engine",
+    "FilterMemo",
     "Filtered",
     "Guard",
     "Policy",

@@ -10,10 +10,20 @@ Filtering leaves no trace: withheld resources are simply absent (the caller
 counts, pages and includes only what is left), and the merged Patient loses
 the local identifiers of every source whose data this caller may not see,
 so the answer does not even show where the person has records.
+
+A federated record is reused while its sources answer the same
+(``federation.memo``), so the same caller asks about the very same resource
+objects again and again. What the engine decides of them depends only on the
+resources, the caller, the patient's practice and the patient's Consents, and
+on the clock only through a provision's ``period``: so, when no provision has
+one, the answer is remembered (``FilterMemo``) and reused for the very same
+objects (compared by identity and kept alive while remembered). Break-glass
+grants are still read on every request whose answer one could change.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +34,7 @@ from typing import Any
 import orjson
 
 from carelink.consent.decision import Actor, Decision, Engine, Situation, label
-from carelink.consent.directive import ODS_SYSTEM, Directive, directive
+from carelink.consent.directive import ODS_SYSTEM, Directive, Provision, directive
 from carelink.errors import ConsentDenied
 from carelink.storage import ConsentStore
 
@@ -41,6 +51,61 @@ class Filtered:
     break_glass: bool
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """One filter's answer and everything it was decided from that is not in its key."""
+
+    resources: tuple[Json, ...]  # the very objects filtered (kept alive: ids stay theirs)
+    directives: tuple[Directive, ...]
+    filtered: Filtered  # the answer without break-glass
+    overridable: bool  # a denial a break-glass grant would turn (the grant is read each time)
+
+
+def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _timeless(p: Provision) -> bool:
+    """Does nothing in this provision (or under it) depend on the time of the request?"""
+    return p.period is None and all(_timeless(c) for c in p.children)
+
+
+class FilterMemo:
+    """The last answers of ``Guard.filter``, at most ``maxsize`` (least recently used go
+    first), by caller, patient and practice; each reused only for the very same resource
+    objects and Consents. Threads may share it (filters run on database threads on
+    PostgreSQL)."""
+
+    def __init__(self, maxsize: int = 2_000) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple[Any, ...], _Remembered] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: tuple[Any, ...], resources: Sequence[Json], s: Situation
+    ) -> _Remembered | None:
+        """The answer remembered for exactly these resources and Consents, if any."""
+        with self._lock:
+            got = self._items.get(key)
+            if got is None or not _same(got.resources, resources):
+                return None
+            if not _same(got.directives, s.directives):
+                return None
+            self._items.move_to_end(key)
+            return got
+
+    def put(self, key: tuple[Any, ...], remembered: _Remembered) -> None:
+        """Remember an answer."""
+        with self._lock:
+            self._items[key] = remembered
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Guard:
     """The consent decision applied to one request's resources."""
 
@@ -51,8 +116,10 @@ class Guard:
         source_uris: Mapping[str, str],
         identifier_systems: Mapping[str, str],
         clock: Callable[[], float] = time.time,
+        memo: FilterMemo | None = None,
     ) -> None:
         self.engine = engine
+        self.memo = memo
         self.store = store
         self.source_uris = dict(source_uris)  # meta.source URI -> source name
         self.identifier_systems = dict(identifier_systems)  # local id system -> source name
@@ -99,12 +166,49 @@ class Guard:
             return self.engine.decide(replace(s, break_glass=True), resource)
         return d
 
-    def filter(self, s: Situation, resources: Sequence[Json]) -> Filtered:
-        """The permitted resources, labelled; the merged Patient trimmed of hidden sources."""
+    def filter(self, s: Situation, resources: Sequence[Json], shared: bool = False) -> Filtered:
+        """The permitted resources, labelled; the merged Patient trimmed of hidden sources.
+
+        ``shared``: the resources are a record's that is reused between requests
+        (``federation.memo``). With a ``memo``, an answer decided for the very same
+        resource objects, caller and Consents is then reused when nothing in it depends
+        on the time; a break-glass grant is looked up on every call whose answer one
+        could change. The lists handed back are the caller's own (the resources in them
+        are shared: never mutate them)."""
+        key = self._memo_key(s, resources) if shared else None
+        if key is not None and self.memo is not None:
+            got = self.memo.get(key, resources, s)
+            if got is not None:
+                if got.overridable and self._granted(s):
+                    return self._filtered(replace(s, break_glass=True), resources)
+                f = got.filtered
+                return Filtered(list(f.resources), f.withheld, f.sources_seen, f.break_glass)
         decisions = [self.engine.decide(s, r) for r in resources]
-        if any(not d.permit and self._could_override(s, d) for d in decisions) and self._granted(s):
-            s = replace(s, break_glass=True)
-            decisions = [self.engine.decide(s, r) for r in resources]
+        overridable = any(not d.permit and self._could_override(s, d) for d in decisions)
+        if overridable and self._granted(s):
+            return self._filtered(replace(s, break_glass=True), resources)
+        filtered = self._kept(s, resources, decisions)
+        if key is not None and self.memo is not None:
+            held = _Remembered(tuple(resources), tuple(s.directives), filtered, overridable)
+            self.memo.put(key, held)
+            filtered = replace(filtered, resources=list(filtered.resources))
+        return filtered
+
+    def _memo_key(self, s: Situation, resources: Sequence[Json]) -> tuple[Any, ...] | None:
+        """What of ``s`` (besides its Consents) shapes a filter's answer, and which list
+        it is (its first object: one remembered is alive, so its id is its own); None
+        when the answer may change with the time (a provision in force for a period) or
+        ``s`` was not made by this guard."""
+        if s.break_glass or s.sources is not self._sources or not resources:
+            return None
+        if not all(_timeless(d.provision) for d in s.directives):
+            return None
+        return (s.actor, s.patient_id, s.registered_practice, id(resources[0]))
+
+    def _filtered(self, s: Situation, resources: Sequence[Json]) -> Filtered:
+        return self._kept(s, resources, [self.engine.decide(s, r) for r in resources])
+
+    def _kept(self, s: Situation, resources: Sequence[Json], decisions: list[Decision]) -> Filtered:
         kept = [label(r, d) for r, d in zip(resources, decisions, strict=True) if d.permit]
         withheld = len(resources) - len(kept)
         if any(r.get("resourceType") == "Patient" for r in kept):
