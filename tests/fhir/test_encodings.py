@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carelink.fhir.bundle import searchset
-from carelink.fhir.jsonio import Encodings, dumps
+from carelink.fhir.jsonio import Encodings, dumps, list_digest
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=8))
 VALUES = st.recursive(
@@ -54,3 +54,23 @@ def test_a_member_is_serialised_once_and_anything_else_every_time():
     assert b"inactive" in enc.of(stranger)
     # an equal value that is not the member is not taken for it
     assert b"inactive" in enc.of({**member})
+
+
+@settings(deadline=None)
+@given(resources=RESOURCES, picks=st.lists(st.lists(st.integers(0, 7), max_size=5), max_size=12))
+def test_a_list_digest_is_the_digest_of_its_json_however_often_asked(resources, picks):
+    """Members, strangers, the same list again, other orders: always the JSON's digest."""
+    enc = Encodings(resources)
+    for pick in picks:
+        shown = [resources[i] if i < len(resources) else {"id": str(i)} for i in pick]
+        assert enc.digest(shown) == list_digest(shown)
+
+
+def test_a_digest_is_never_that_of_a_list_gone_whose_objects_ids_are_reused():
+    """Values made for one request and freed leave their ids free: a new value at the same
+    address is another list (the digest keeps what it was made from alive)."""
+    enc = Encodings()
+    for n in range(200):
+        shown = [{"resourceType": "Flag", "id": str(n)}]
+        assert enc.digest(shown) == list_digest(shown)
+        del shown

@@ -36,7 +36,7 @@ from carelink.federation.fanout import CIRCUIT_OPEN, ERROR, TIMEOUT, SourceResul
 from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.record import Federated, source_outcome
 from carelink.fhir import searchset
-from carelink.fhir.jsonio import Encodings
+from carelink.fhir.jsonio import Encodings, list_digest
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.search import apply_elements
 
@@ -157,11 +157,12 @@ def content_version(
     (the same bytes: the version is the same with or without them).
     """
     digest = hashlib.blake2b(digest_size=16)
+    # the matches' fingerprint is made once per record and view (``Encodings.digest``)
+    digest.update(list_digest(matches) if encodings is None else encodings.digest(matches))
     # a Provenance's ``recorded`` is when the source answered (often "now"): a time of
     # the request, not a change of the data
     stable = [{k: v for k, v in r.items() if k != "recorded"} for r in includes]
-    shown: list[Any] = matches if encodings is None else [encodings.fragment(r) for r in matches]
-    digest.update(orjson.dumps([shown, stable, missing]))
+    digest.update(orjson.dumps([stable, missing]))
     return digest.hexdigest()
 
 

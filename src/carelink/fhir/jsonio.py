@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,17 @@ class Encodings:
     bytes once. Values are known by identity (the set holds them, so an id stays
     theirs); any other value is serialised afresh every time. ``fragment`` hands the
     bytes to orjson to embed as they are, so ``dumps([enc.fragment(r)]) == dumps([r])``.
+    ``digest`` fingerprints a list of values (what one caller is shown of the record),
+    made once for the same values.
     """
+
+    #: lists whose digest is kept (callers see different parts of a record)
+    DIGESTS = 8
 
     def __init__(self, values: Iterable[Any] = ()) -> None:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
+        self._digests: dict[tuple[int, ...], tuple[tuple[Any, ...], bytes]] = {}
 
     def of(self, value: Any) -> bytes:
         """``dumps(value)``, made once for a value of the set."""
@@ -60,6 +67,24 @@ class Encodings:
     def fragment(self, value: Any) -> orjson.Fragment:
         """``value``'s JSON, for orjson to embed unchanged."""
         return orjson.Fragment(self.of(value))
+
+    def digest(self, values: Sequence[Any]) -> bytes:
+        """``list_digest(values)``, made once for the very same values in the same order
+        (they are kept with it, so their ids stay theirs)."""
+        key = tuple(map(id, values))
+        done = self._digests.get(key)
+        if done is not None:
+            return done[1]
+        out = hashlib.blake2b(orjson.dumps([self.fragment(v) for v in values])).digest()
+        if len(self._digests) >= self.DIGESTS:
+            self._digests.pop(next(iter(self._digests)))
+        self._digests[key] = (tuple(values), out)
+        return out
+
+
+def list_digest(values: Sequence[Any]) -> bytes:
+    """A fingerprint of a list's JSON (``Encodings.digest`` gives the same)."""
+    return hashlib.blake2b(orjson.dumps(list(values))).digest()
 
 
 def read_config(path: Path, what: str) -> tuple[Any, str]:
