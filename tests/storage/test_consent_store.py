@@ -156,8 +156,9 @@ def _person(pid: str, nhs: str) -> PersonRow:
 
 
 def test_the_lookups_one_read_gives_what_the_two_reads_give(store):
-    """``person_by_nhs_with_consents`` (the lookup's single statement) against the two
-    reads it replaces, for people with no, one and several consents, active or not."""
+    """``person_by_nhs_with_consents`` (the lookup's single statement) and
+    ``person_with_consents`` (``$everything``'s and search's) against the two
+    reads they replace, for people with no, one and several consents, active or not."""
     index = IndexStore(store.db)
     people = [_person("p1", "9000000009"), _person("p2", "9000000017"), _person("p3", "9000000025")]
     index.replace_all(people, [], [])
@@ -172,7 +173,10 @@ def test_the_lookups_one_read_gives_what_the_two_reads_give(store):
             one = index.person_by_nhs_with_consents(person.nhs_number)
             assert one is not None
             assert one == (index.person_by_nhs(person.nhs_number), store.active(person.id))
+            by_id = index.person_with_consents(person.id)
+            assert by_id == (index.person(person.id), store.active(person.id))
         assert [c for c, _ in store.active("p1")] == ["c1", "c2"]
         assert index.person_by_nhs_with_consents("9000000033") is None
+        assert index.person_with_consents("p9") is None
     finally:
         index.close()

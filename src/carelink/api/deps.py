@@ -155,11 +155,12 @@ async def consented_person(
     guard: Guard = request.app.state.guard
 
     def consented() -> tuple[Situation, PersonRow] | None:
-        person = record.person(pid)
-        if person is None:
+        found = record.index.person_with_consents(pid)  # one read: the two from one snapshot
+        if found is None:
             raise NotFound(unknown)
+        person, consents = found
         patient = orjson.loads(person.patient)
-        situation = consent_for(request, caller, pid, patient)
+        situation = consent_for(request, caller, pid, patient, consents)
         return (situation, person) if guard.filter(situation, [patient]).resources else None
 
     found = await looked_up(request, consented)

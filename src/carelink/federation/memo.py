@@ -30,10 +30,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from carelink.federation.fanout import OK, SourceResult
 from carelink.fhir.jsonio import Encodings
+from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.sources.answer_cache import remembering
 
 Json = dict[str, Any]
@@ -73,6 +75,16 @@ class Made:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encodings", Encodings(self.resources))
+
+    @cached_property
+    def located(self) -> tuple[tuple[str, str], ...]:
+        """(type, id) of each resource that lives in the person's record (not the shared
+        types): what ``resource_locations`` notes of it."""
+        return tuple(
+            (r["resourceType"], str(r["id"]))
+            for r in self.resources
+            if r["resourceType"] not in SHARED_TYPES
+        )
 
 
 class RecordMemo:

@@ -226,9 +226,8 @@ class SharedRecord:
             outcome = self.ukcore.claim(outcome)
         if self.locations is not None:
             pairs = [
-                (r["resourceType"], str(r["id"]))
-                for r in [*resources, *provs]
-                if r["resourceType"] not in SHARED_TYPES
+                *made.located,  # the record's, made once while it is reused
+                *((p["resourceType"], str(p["id"])) for p in provs),
             ]
             if self.locations.unwritten(pairs):
                 # a write: off the loop on SQLite too, where it may wait for the audit's commits

@@ -110,11 +110,12 @@ class IndexStore:
         # the lookup's one read: the person and their active consents together, one
         # statement, so the two are read from one snapshot
         person_cols = ", ".join(f"p.{c.name}" for c in persons.c)
-        self._sql_by_nhs_consents = (
+        with_consents = (
             f"SELECT {person_cols}, c.id, c.body FROM persons p "  # noqa: S608
             "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
-            f"WHERE p.nhs_number = {mark} ORDER BY c.id"
         )
+        self._sql_by_nhs_consents = f"{with_consents}WHERE p.nhs_number = {mark} ORDER BY c.id"
+        self._sql_by_id_consents = f"{with_consents}WHERE p.id = {mark} ORDER BY c.id"
         self._sql_by_id = f"{person_sql} id = {mark}"
         self._sql_links = (
             f"SELECT {_LINK_COLUMNS} FROM person_links WHERE person_id = {mark} "  # noqa: S608
@@ -381,12 +382,15 @@ class IndexStore:
     ) -> tuple[PersonRow, list[tuple[str, bytes]]] | None:
         """The person with this NHS number and (id, body) of their active consents, in
         one read (what ``person_by_nhs`` and ``ConsentStore.active`` give, together)."""
-        rows = self._query(self._sql_by_nhs_consents, nhs_number)
-        if not rows:
-            return None
-        width = len(persons.c)
-        consents = [(str(r[width]), bytes(r[width + 1])) for r in rows if r[width] is not None]
-        return _person(rows[0][:width]), consents
+        return _with_consents(self._query(self._sql_by_nhs_consents, nhs_number))
+
+    @bounds_itself
+    def person_with_consents(
+        self, person_id: str
+    ) -> tuple[PersonRow, list[tuple[str, bytes]]] | None:
+        """The person with this gateway id and (id, body) of their active consents, in one
+        read (what ``person`` and ``ConsentStore.active`` give, together)."""
+        return _with_consents(self._query(self._sql_by_id_consents, person_id))
 
     @bounds_itself
     def person(self, person_id: str) -> PersonRow | None:
@@ -619,6 +623,17 @@ def _postgres_access(node: dict[str, Any]) -> Iterator[str]:
         yield f"{'scan' if walked else 'index'}:{node['Index Name']}"
     for child in node.get("Plans", ()):
         yield from _postgres_access(child)
+
+
+def _with_consents(
+    rows: Sequence[tuple[Any, ...]],
+) -> tuple[PersonRow, list[tuple[str, bytes]]] | None:
+    """A person read with their active consents (one row per consent, or one without)."""
+    if not rows:
+        return None
+    width = len(persons.c)
+    consents = [(str(r[width]), bytes(r[width + 1])) for r in rows if r[width] is not None]
+    return _person(rows[0][:width]), consents
 
 
 def _person(row: tuple[Any, ...]) -> PersonRow:
