@@ -41,6 +41,28 @@ def test_a_bundle_with_encoded_resources_is_the_bundle_byte_for_byte(resources):
     assert dumps(encoded) == plain  # and again, from the bytes made the first time
 
 
+@settings(deadline=None)
+@given(
+    resources=RESOURCES,
+    bases=st.lists(st.sampled_from(["http://gw/fhir", "https://other/r4"]), min_size=1),
+    split=st.integers(0, 6),
+)
+def test_a_bundle_of_made_entries_is_the_bundle_byte_for_byte(resources, bases, split):
+    """Entries made once per member (``Encodings.entry``), asked again on another base or
+    with members as matches or as includes, and strangers: the Bundle's very bytes."""
+    enc = Encodings(resources[: split + 1])
+    links = {"self": "http://gw/fhir/x"}
+    for n, base in enumerate(bases):
+        matches, includes = (resources[:split], resources[split:])
+        if n % 2:
+            matches, includes = includes, matches
+        plain = searchset(base, matches, total=len(matches), links=links, includes=includes)
+        made = searchset(
+            base, matches, total=len(matches), links=links, includes=includes, entry_of=enc.entry
+        )
+        assert dumps(made) == dumps(plain)
+
+
 def test_a_member_is_serialised_once_and_anything_else_every_time():
     member = {"resourceType": "Flag", "id": "f1", "status": "active"}
     stranger = {"resourceType": "Flag", "id": "f2", "status": "active"}

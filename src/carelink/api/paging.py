@@ -210,7 +210,7 @@ def page(
         links=links,
         includes=(includes or []) if paging.offset == 0 else [],
         outcomes=outcomes or [],
-        encode=None if encodings is None else encodings.fragment,
+        entry_of=None if encodings is None else encodings.entry,
     )
 
 

@@ -36,11 +36,17 @@ def searchset(
     timestamp: str | None = None,
     id_: str | None = None,
     encode: Callable[[Json], Any] | None = None,
+    entry_of: Callable[[str, Json, str], Any] | None = None,
 ) -> Json:
     """A ``searchset`` Bundle: matches, then includes, then outcome entries (``encode``:
-    as ``entry``'s)."""
-    entries = [entry(base, r, "match", encode) for r in matches]
-    entries.extend(entry(base, r, "include", encode) for r in includes)
+    as ``entry``'s; ``entry_of(base, resource, mode)``: each entry as it gives it, the
+    JSON of ``entry``'s, e.g. ``Encodings.entry``)."""
+    if entry_of is not None:
+        entries: list[Any] = [entry_of(base, r, "match") for r in matches]
+        entries.extend(entry_of(base, r, "include") for r in includes)
+    else:
+        entries = [entry(base, r, "match", encode) for r in matches]
+        entries.extend(entry(base, r, "include", encode) for r in includes)
     # an outcome is about this answer, not a resource the server holds: no fullUrl to read
     entries.extend({"resource": oo, "search": {"mode": "outcome"}} for oo in outcomes)
     out: Json = {"resourceType": "Bundle", "type": "searchset"}

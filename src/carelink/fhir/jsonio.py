@@ -33,6 +33,10 @@ def loads(data: bytes | str) -> Any:
 JSONDecodeError = orjson.JSONDecodeError
 
 
+#: the end of a Bundle entry in each common search mode
+_MODES = {m: b',"search":{"mode":"' + m.encode() + b'"}}' for m in ("match", "include")}
+
+
 class Encodings:
     """The JSON of a fixed set of shared values that are never changed, each made once.
 
@@ -52,6 +56,7 @@ class Encodings:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
         self._digests: dict[tuple[int, ...], tuple[tuple[Any, ...], bytes]] = {}
+        self._entries: dict[int, tuple[str, bytes]] = {}
 
     def of(self, value: Any) -> bytes:
         """``dumps(value)``, made once for a value of the set."""
@@ -67,6 +72,23 @@ class Encodings:
     def fragment(self, value: Any) -> orjson.Fragment:
         """``value``'s JSON, for orjson to embed unchanged."""
         return orjson.Fragment(self.of(value))
+
+    def entry(self, base: str, resource: Any, mode: str) -> orjson.Fragment:
+        """A Bundle entry of ``resource``: ``fhir.bundle.entry``'s JSON (``fullUrl`` on
+        ``base``, the resource, its search mode), its head made once for a member on the
+        same base (the resource's own bytes are not copied into what is kept)."""
+        key = id(resource)
+        member = self._values.get(key) is resource
+        done = self._entries.get(key) if member else None
+        if done is not None and done[0] == base:
+            head = done[1]
+        else:
+            url = f"{base}/{resource['resourceType']}/{resource['id']}"
+            head = b'{"fullUrl":' + orjson.dumps(url) + b',"resource":'
+            if member:
+                self._entries[key] = (base, head)
+        tail = _MODES.get(mode) or b',"search":{"mode":' + orjson.dumps(mode) + b"}}"
+        return orjson.Fragment(b"".join((head, self.of(resource), tail)))
 
     def digest(self, values: Sequence[Any]) -> bytes:
         """``list_digest(values)``, made once for the very same values in the same order
