@@ -27,9 +27,11 @@ from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_errors import failure
 from carelink.sources.gpconnect_record import read_structured
 from carelink.sources.gpconnect_request import (
+    Consumer,
     Period,
     Requester,
     asking_for,
+    headers,
     on_behalf_of,
     parameters,
 )
@@ -252,6 +254,23 @@ def test_the_request_carries_the_ssp_headers_and_jwt_facts_requires():
     sent = json.loads(body)
     assert sent["resourceType"] == "Parameters"
     assert sent["parameter"][0]["valueIdentifier"]["value"] == NHS
+
+
+def test_each_requests_jwt_names_its_own_requester_provider_and_second():
+    """The JWT is made once per requester, provider and second: asked again in any
+    order, each request's claims are its own."""
+    people = [Requester("u1", "A1001"), Requester("u2", "B2002"), Requester("u1", "B2002")]
+    for _ in range(2):
+        for when in (1_700_000_000, 1_700_000_001):
+            for who in people:
+                for aud in ("https://gp-a/STU3/1", "https://gp-b/STU3/1"):
+                    token = headers(Consumer(), who, aud, when)["Authorization"]
+                    got = _decode(token.removeprefix("Bearer ").split(".")[1])
+                    assert (got["sub"], got["iat"], got["aud"]) == (who.user_id, when, aud)
+                    org = got["requesting_organization"]["identifier"][0]["value"]
+                    assert org == who.organisation_ods
+    first, second = (headers(Consumer(), people[0], "a", 1)["Ssp-TraceID"] for _ in range(2))
+    assert first != second  # every request its own trace id
 
 
 @pytest.mark.parametrize(

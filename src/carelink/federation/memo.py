@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import orjson
+
 from carelink.federation.fanout import OK, SourceResult
 from carelink.fhir.jsonio import Encodings
 from carelink.fhir.shared_types import SHARED_TYPES
@@ -75,6 +77,12 @@ class Made:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encodings", Encodings(self.resources))
+
+    @cached_property
+    def index_patient(self) -> Json:
+        """``patient`` parsed, once (read only: the sources' ODS codes read it)."""
+        parsed: Json = orjson.loads(self.patient)
+        return parsed
 
     @cached_property
     def located(self) -> tuple[tuple[str, str], ...]:

@@ -212,7 +212,7 @@ class SharedRecord:
         if made is None:
             made, extra = await self._make(person, requests, results, types or None, deadline)
         resources = made.resources
-        patient = orjson.loads(person.patient)  # the index's, as the sources' ODS codes read it
+        patient = made.index_patient  # the index's, as the sources' ODS codes read it
         provs = [
             provenance(
                 person_id, r, made.contributed.get(r.source, []), self._ods(r.source, patient)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 
 import orjson
 
@@ -254,6 +255,13 @@ def unsigned_jwt(payload: Json) -> str:
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(payload)}."
 
 
+@lru_cache(maxsize=1024)
+def authorization(consumer: Consumer, requester: Requester, audience: str, now: int) -> str:
+    """The ``Authorization`` header: ``Bearer`` and the unsigned JWT of ``claims``, made
+    once per requester, provider and second (every request in that second carries it)."""
+    return "Bearer " + unsigned_jwt(claims(consumer, requester, audience, now))
+
+
 def headers(
     consumer: Consumer,
     requester: Requester,
@@ -267,7 +275,7 @@ def headers(
         SSP_FROM: consumer.asid,
         SSP_TO: consumer.provider_asid,
         SSP_INTERACTION_ID: INTERACTION_ID,
-        "Authorization": "Bearer " + unsigned_jwt(claims(consumer, requester, audience, now)),
+        "Authorization": authorization(consumer, requester, audience, now),
         "Accept": FHIR_JSON_UTF8,
         "Content-Type": FHIR_JSON_UTF8,
     }
