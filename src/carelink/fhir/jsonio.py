@@ -56,7 +56,7 @@ class Encodings:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
         self._digests: dict[tuple[int, ...], tuple[tuple[Any, ...], bytes]] = {}
-        self._entries: dict[int, tuple[str, bytes]] = {}
+        self._entries: dict[int, tuple[str, str, orjson.Fragment]] = {}
 
     def of(self, value: Any) -> bytes:
         """``dumps(value)``, made once for a value of the set."""
@@ -75,20 +75,22 @@ class Encodings:
 
     def entry(self, base: str, resource: Any, mode: str) -> orjson.Fragment:
         """A Bundle entry of ``resource``: ``fhir.bundle.entry``'s JSON (``fullUrl`` on
-        ``base``, the resource, its search mode), its head made once for a member on the
-        same base (the resource's own bytes are not copied into what is kept)."""
+        ``base``, the resource, its search mode), made once for a member on the same base
+        and mode (kept beside the resource's own JSON: a record's JSON twice, so a page
+        copies each resource once, into the answer)."""
         key = id(resource)
         member = self._values.get(key) is resource
         done = self._entries.get(key) if member else None
-        if done is not None and done[0] == base:
-            head = done[1]
-        else:
-            url = f"{base}/{resource['resourceType']}/{resource['id']}"
-            head = b'{"fullUrl":' + orjson.dumps(url) + b',"resource":'
-            if member:
-                self._entries[key] = (base, head)
+        if done is not None and done[0] == base and done[1] == mode:
+            return done[2]
+        url = f"{base}/{resource['resourceType']}/{resource['id']}"
         tail = _MODES.get(mode) or b',"search":{"mode":' + orjson.dumps(mode) + b"}}"
-        return orjson.Fragment(b"".join((head, self.of(resource), tail)))
+        made = orjson.Fragment(
+            b"".join((b'{"fullUrl":', orjson.dumps(url), b',"resource":', self.of(resource), tail))
+        )
+        if member:
+            self._entries[key] = (base, mode, made)
+        return made
 
     def digest(self, values: Sequence[Any]) -> bytes:
         """``list_digest(values)``, made once for the very same values in the same order
