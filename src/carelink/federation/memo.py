@@ -98,8 +98,9 @@ class Made:
 class RecordMemo:
     """The last record made per person and types asked for, at most ``maxsize`` of them
     (the least recently used go first). Each holds a record's resources and, once it is
-    served, their JSON: tens of kilobytes for a large record, so the bound is the
-    people seen in the last minutes, not the population."""
+    served, their JSON twice (alone, and as Bundle entries): tens of kilobytes for a
+    large record, so the bound is the people seen in the last minutes, not the
+    population."""
 
     def __init__(self, maxsize: int = 2_000) -> None:
         self.maxsize = maxsize
