@@ -525,7 +525,8 @@ def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
         consents,
         {source_uri(n): n for n in settings.sources},
         {local_id_system(n): n for n in settings.sources},
-        memo=FilterMemo(),
+        # consent's answers are reused only for remembered records' very objects
+        memo=FilterMemo(settings.record_memo) if settings.record_memo else None,
     )
 
 

@@ -159,7 +159,8 @@ class Settings:
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)
     result_ttl: float = 600.0
-    #: people's assembled records kept for reuse (``federation.memo``); 0: none kept
+    #: people's assembled records kept for reuse (``federation.memo``), and as many consent
+    #: answers about them (``consent.FilterMemo``); 0: none kept
     record_memo: int = 2_000
     max_page_size: int = 1000
     breaker_threshold: int = 3
