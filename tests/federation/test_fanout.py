@@ -224,3 +224,34 @@ def test_a_circuit_opened_by_the_fan_out_is_told_to_the_watcher_by_source():
         run(fan, ["down"])
     assert heard.circuits == [("down", "open")]
     assert heard.answers == [("down", "error"), ("down", "error"), ("down", "circuit-open")]
+
+
+class PerRecordDelay(ScriptedSource):
+    """One source holding several of a person's records, each answering after its own delay."""
+
+    def __init__(self, name: str, delays: dict[str, float]) -> None:
+        super().__init__(name)
+        self.delays = delays
+
+    async def fetch_record(self, local_id, patient_ref, types, nhs_number=None) -> SourceAnswer:
+        await asyncio.sleep(self.delays[local_id])
+        flag = {"resourceType": "Flag", "id": f"{self.name}-{local_id}"}
+        return SourceAnswer([flag], local_id, "2026-01-01T00:00:00Z")
+
+
+@pytest.mark.parametrize("first_is_slow", [True, False])
+def test_one_sources_answers_come_back_in_the_order_asked_not_the_order_they_finish(
+    first_is_slow,
+):
+    """A person with two records at one source: the results keep the requests' order
+    whichever finishes first, so the same answers always make the same record (the
+    record memo and each answer's Provenance rely on it)."""
+    delays = {"L1": 0.05, "L2": 0.0} if first_is_slow else {"L1": 0.0, "L2": 0.05}
+    fan = FanOut({"acute": PerRecordDelay("acute", delays), "gp": ScriptedSource("gp")}, 1.0)
+    reqs = [Request("acute", "L1", None), Request("gp", "L1", None), Request("acute", "L2", None)]
+    results = asyncio.run(fan.gather(reqs, "Patient/p", None))
+    assert [(r.source, r.version) for r in results] == [
+        ("acute", "L1"),
+        ("acute", "L2"),
+        ("gp", "v1"),
+    ]

@@ -172,52 +172,62 @@ class FanOut:
         budget = self.budget if deadline is None else min(self.budget, deadline)
         started = self.clock()
         asked = {r.source for r in requests}
-        results: list[SourceResult] = [
-            SourceResult(name, NOT_KNOWN, 0.0) for name in self.sources if name not in asked
+        # each result with the position of its request: one source's results (a person
+        # with two records there) come back in the order asked, not the order they
+        # finished, so the same answers always make the same record
+        placed: list[tuple[int, SourceResult]] = [
+            (-1, SourceResult(name, NOT_KNOWN, 0.0)) for name in self.sources if name not in asked
         ]
-        tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], Request] = {}
-        for req in requests:
+        tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], int] = {}
+        for i, req in enumerate(requests):
             source = self.sources.get(req.source)
             breaker = self.breakers.get(req.source)
             if source is None or breaker is None:
-                results.append(SourceResult(req.source, ERROR, 0.0, reason="source not configured"))
+                placed.append(
+                    (i, SourceResult(req.source, ERROR, 0.0, reason="source not configured"))
+                )
                 continue
             if not breaker.allow():
-                results.append(
-                    SourceResult(
-                        req.source, CIRCUIT_OPEN, 0.0, reason="circuit open after repeated failures"
+                placed.append(
+                    (
+                        i,
+                        SourceResult(
+                            req.source,
+                            CIRCUIT_OPEN,
+                            0.0,
+                            reason="circuit open after repeated failures",
+                        ),
                     )
                 )
                 continue
             task = asyncio.ensure_future(self._timed(source, req, patient_ref, types, started))
-            tasks[task] = req
+            tasks[task] = i
         if tasks:
             try:
                 done, pending = await asyncio.wait(tasks, timeout=budget)
             except asyncio.CancelledError:
                 # The caller gave up (an extract cancelled, say): stop the fetches and free
                 # any half-open trial, or that source would stay shut for everyone.
-                for task, req in tasks.items():
+                for task, i in tasks.items():
                     task.cancel()
-                    self.breakers[req.source].abandon()
+                    self.breakers[requests[i].source].abandon()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             for task in pending:
                 task.cancel()
             elapsed = (self.clock() - started) * 1000
             for task in pending:
-                name = tasks[task].source
+                name = requests[tasks[task]].source
                 self.breakers[name].record(False)
-                results.append(
-                    SourceResult(
-                        name, TIMEOUT, elapsed, reason=f"no answer within {budget * 1000:.0f} ms"
-                    )
-                )
+                late = f"no answer within {budget * 1000:.0f} ms"
+                placed.append((tasks[task], SourceResult(name, TIMEOUT, elapsed, reason=late)))
             for task in done:
-                results.append(self._finish(tasks[task].source, task, started))
+                i = tasks[task]
+                placed.append((i, self._finish(requests[i].source, task, started)))
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        results.sort(key=lambda r: r.source)
+        placed.sort(key=lambda p: (p[1].source, p[0]))
+        results = [r for _, r in placed]
         if self.watcher is not None:
             for r in results:
                 if r.status != NOT_KNOWN:

@@ -71,7 +71,7 @@ class Made:
     known: frozenset[str]  # reference targets known from before (``resource_locations``)
     answers: Answers  # both rounds: the types asked for, then any asked as targets only
     resources: list[Json]  # merged Patient first, references resolved, in UK Core shape
-    contributed: dict[str, list[str]]  # per source, the kept reference of each resource
+    contributed: list[list[str]]  # per answer, the kept reference of each resource
     #: each resource's JSON, made once for the ETag and the page
     encodings: Encodings = field(init=False)
 

@@ -28,22 +28,25 @@ def fold_key(resource: Json) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
 
 
-def merge(results: Sequence[SourceResult]) -> tuple[list[Json], dict[str, list[str]]]:
+def merge(results: Sequence[SourceResult]) -> tuple[list[Json], list[list[str]]]:
     """All resources of the sources that answered, exact duplicates folded.
 
     Only copies from different sources fold: two identical entries within
     one source are two records there and both are kept. Returns the
     resources (in source order, then as each source sent them) and, per
-    source, the references of the resources it contributed (including the
-    ones folded into another source's copy).
+    answer (each result that is ok, in the order of ``results``), the
+    references of the resources it contributed (including the ones folded
+    into another source's copy). Per answer, not per source: a person may
+    have two records at one source, and each answer's Provenance names its own.
     """
     seen: dict[bytes, tuple[str, Json]] = {}
     out: list[Json] = []
-    contributed: dict[str, list[str]] = {}
+    contributed: list[list[str]] = []
     for result in results:
         if result.status != OK:
             continue
-        refs = contributed.setdefault(result.source, [])
+        refs: list[str] = []
+        contributed.append(refs)
         for resource in result.resources:
             if resource["resourceType"] == "Patient":
                 out.append(resource)

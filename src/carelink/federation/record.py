@@ -213,12 +213,12 @@ class SharedRecord:
             made, extra = await self._make(person, requests, results, types or None, deadline)
         resources = made.resources
         patient = made.index_patient  # the index's, as the sources' ODS codes read it
+        # each answer's Provenance targets what that answer contributed (``made`` was made
+        # from these very answers, in this order: ``memo.same_answers``)
+        answered = [r for r in results if r.status == OK]
         provs = [
-            provenance(
-                person_id, r, made.contributed.get(r.source, []), self._ods(r.source, patient)
-            )
-            for r in results
-            if r.status == OK
+            provenance(person_id, r, kept, self._ods(r.source, patient))
+            for r, kept in zip(answered, made.contributed, strict=True)
         ]
         outcome = source_outcome(results)
         if self.ukcore is not None:

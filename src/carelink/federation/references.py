@@ -38,19 +38,17 @@ _LOGICAL = b'"identifier":{'
 
 
 def folded_copies(
-    results: Sequence[SourceResult], contributed: Mapping[str, list[str]]
+    results: Sequence[SourceResult], contributed: Sequence[list[str]]
 ) -> dict[str, str]:
     """``Type/id`` of each copy merge folded away -> ``Type/id`` of the copy it kept.
 
-    ``contributed`` is ``merge``'s: per source, the kept reference of each resource
-    the source sent, in the order it sent them.
+    ``contributed`` is ``merge``'s: per answer (each ok result, in order), the kept
+    reference of each resource it sent, in the order it sent them.
     """
     out: dict[str, str] = {}
-    for result in results:
-        if result.status != OK:
-            continue
-        kept = contributed.get(result.source, [])
-        for resource, ref in zip(result.resources, kept, strict=False):
+    answered = [r for r in results if r.status == OK]
+    for result, kept in zip(answered, contributed, strict=True):
+        for resource, ref in zip(result.resources, kept, strict=True):
             own = f"{resource['resourceType']}/{resource['id']}"
             if own != ref:
                 out[own] = ref
