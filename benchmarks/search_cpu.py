@@ -1,0 +1,212 @@
+"""CPU per Patient search, in process, on a kept index: per form, and by people found.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/search_cpu.py --database DIR/index.db
+        [--forms "family+birthdate,year range"] [--requests 2000] [--profile]
+
+``index_bench.py --keep DIR`` builds an index and keeps it; this searches it
+again with the gateway app created in this process, every safeguard on
+(bearer tokens verified, consent, the durable audit trail in its writer
+process, request ids, access lines, metrics), driving the same 2,000 searches
+per form that ``index_bench.py`` sends over HTTP through the ASGI interface.
+
+Two passes per form:
+
+- one request at a time: each request's CPU (``time.process_time``, this
+  process only), with the number of people it returned, so a tail is seen to
+  be a few dear requests or not, and the cost of each person returned is the
+  slope of CPU against people (least squares);
+- 32 in flight, as wrk drives the server: CPU per request of this process and
+  of its children (the audit writer), and each request's time in the loop.
+
+The audit events are written into the index's database, as a gateway on that
+database would write them (``--database`` is searched and appended to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging.config
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.federation_bench import mint, tree_cpu
+from benchmarks.lookup_cpu import ROOT, App, one  # lookup_cpu puts src/ on the path
+
+#: the forms of ``index_bench.HTTP_FORMS``, built the same way (``search_paths``)
+FORMS = ("family+birthdate", "+given", "+gender", "+postcode", "family:exact", "year range")
+
+
+def search_paths(people: list[object], form: str, n: int, seed: int) -> list[str]:
+    """``index_bench.search_paths``: imported lazily (it needs the build's imports)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from index_bench import search_paths as paths
+
+    return paths(people, form, n, seed)  # type: ignore[arg-type]
+
+
+def sample_of(database: str) -> list[object]:
+    """The people ``index_bench.measure`` searches for: the first 20,000 with a full
+    birth date, in id order (without their Patient, which the paths do not need)."""
+    from carelink.storage import Database, IndexStore
+
+    db = Database(database)
+    try:
+        out = []
+        for p in IndexStore(db).each_person(batch=5000):
+            if p.birth_date and len(p.birth_date) == 10:
+                out.append(replace(p, patient=b""))
+                if len(out) >= 20_000:
+                    break
+        return out
+    finally:
+        db.dispose()
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def one_at_a_time(app: App, paths: list[str], token: str) -> list[tuple[float, int]]:
+    """(CPU seconds, people returned) of each request, one request at a time."""
+    out = []
+    for path in paths:
+        cpu = time.process_time()
+        status, body = await one(app, path, token)
+        used = time.process_time() - cpu
+        if status != 200:
+            raise RuntimeError(f"{path}: {status} {body[:200]!r}")
+        found = json.loads(body)
+        entries = found.get("entry", ())
+        out.append((used, sum(e["resource"]["resourceType"] == "Patient" for e in entries)))
+    return out
+
+
+async def in_flight(
+    app: App, paths: list[str], token: str, n: int, inflight: int = 32
+) -> tuple[float, float, list[float]]:
+    """(this process's CPU seconds, its children's, each request's seconds in the loop)
+    for ``n`` requests over ``paths`` in turn, ``inflight`` at a time."""
+    sem = asyncio.Semaphore(inflight)
+    took: list[float] = []
+
+    async def task(path: str) -> None:
+        async with sem:
+            t = time.perf_counter()
+            status, _ = await one(app, path, token)
+            took.append(time.perf_counter() - t)
+            if status != 200:
+                raise RuntimeError(f"{path}: {status}")
+
+    children = tree_cpu(os.getpid())
+    cpu = time.process_time()
+    await asyncio.gather(*(task(paths[i % len(paths)]) for i in range(n)))
+    return time.process_time() - cpu, tree_cpu(os.getpid()) - children, took
+
+
+def slope(points: list[tuple[float, int]]) -> float | None:
+    """Least-squares CPU seconds per person returned (None: all returned as many)."""
+    xs = [float(n) for _, n in points]
+    if len(set(xs)) < 2:
+        return None
+    return statistics.linear_regression(xs, [c for c, _ in points]).slope
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> None:
+    from carelink.app import create_app
+    from carelink.observability.logs import log_config
+    from carelink.settings import Settings
+
+    sample = sample_of(args.database)
+    logging.config.dictConfig(log_config(args.log_level))  # as `carelink serve` does
+    app = create_app(Settings.from_env(env))
+    async with app.router.lifespan_context(app):
+        for form in args.forms:
+            paths = search_paths(sample, form, args.requests, FORMS.index(form))
+            await in_flight(app, paths, token, min(len(paths), 500))  # warm
+            prof = cProfile.Profile() if args.profile else None
+            if prof:
+                prof.enable()
+            each = await one_at_a_time(app, paths, token)
+            if prof:
+                prof.disable()
+            us = [c * 1e6 for c, _ in each]
+            people = [n for _, n in each]
+            per = slope(each)
+            by_n: dict[int, list[float]] = {}
+            for c, n in each:
+                by_n.setdefault(n, []).append(c * 1e6)
+            cpu, children, took = await in_flight(app, paths, token, len(paths))
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(
+                f"{form}: one at a time: CPU per request mean {statistics.fmean(us):.0f} us,"
+                f" p50 {quantile(us, 0.5):.0f}, p99 {quantile(us, 0.99):.0f},"
+                f" max {max(us):.0f}; people returned mean {statistics.fmean(people):.2f},"
+                f" max {max(people)}; per person returned"
+                f" {'-' if per is None else f'{per * 1e6:.0f}'} us",
+                flush=True,
+            )
+            print(
+                "  by people returned (n: requests, mean CPU us): "
+                + ", ".join(
+                    f"{n}: {len(v)}, {statistics.fmean(v):.0f}" for n, v in sorted(by_n.items())
+                )
+            )
+            ms = [t * 1e3 for t in took]
+            print(
+                f"  32 in flight: CPU per request {cpu / len(paths) * 1e6:.0f} us here +"
+                f" {children / len(paths) * 1e6:.0f} us in children (audit writer);"
+                f" in the loop p50 {quantile(ms, 0.5):.1f} ms, p99 {quantile(ms, 0.99):.1f} ms;"
+                f" load {load}",
+                flush=True,
+            )
+            if prof:
+                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--database", required=True, help="a kept index (SQLite file)")
+    ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated")
+    ap.add_argument("--requests", type=int, default=2000, help="searches per form")
+    ap.add_argument("--profile", action="store_true", help="cProfile the one-at-a-time pass")
+    ap.add_argument("--log-level", default="warning", help="as serve's (access lines at info)")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
+    args = ap.parse_args()
+    args.forms = [f for f in args.forms.split(",") if f]
+    tmp = Path(tempfile.mkdtemp(prefix="carelink-search-cpu-"))
+    env = {
+        **os.environ,
+        "CARELINK_DATABASE_URL": str(Path(args.database).resolve()),
+        # the search asks no source; these are never called
+        "CARELINK_SOURCES": "acute=http://127.0.0.1:9/a,gp=http://127.0.0.1:9/g,"
+        "community=http://127.0.0.1:9/c,social-care=http://127.0.0.1:9/s",
+        "CARELINK_AUTH": "jwt",
+        "CARELINK_AUDIENCE": "http://127.0.0.1:8000/fhir",
+        "CARELINK_PUBLIC_BASE_URL": "http://127.0.0.1:8000/fhir",
+        "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
+        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
+        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "audit-checkpoints"),
+        "CARELINK_MASTER_KEY": str(tmp / "extract-master.key"),
+        "CARELINK_EXPORTS": str(tmp / "exports"),
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    init = [sys.executable, "-m", "carelink", "init"]
+    subprocess.run(init, env=env, check=True, stdout=subprocess.DEVNULL)
+    asyncio.run(measure(args, env, mint(env)))
+
+
+if __name__ == "__main__":
+    main()
