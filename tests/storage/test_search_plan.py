@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ from tests.support.people import person_row as person
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 #: the indexes a demographic search may read persons through
 #: (by the folded name, so a range of dates is not read whole to find a few names)
-NAME_AND_DATE = {"ix_persons_birth_family", "ix_persons_family_birth", "ix_persons_family_folded"}
+NAME_AND_DATE = {"ix_persons_birth_family", "ix_persons_family_birth"}
 
 
 @pytest.fixture
@@ -97,18 +98,43 @@ def test_every_search_form_reads_through_an_index(store):
         plan = store.plan(patient_query(params, [], NOW))
         assert plan, form
         assert all(step.startswith("index:") for step in plan), (form, plan)
-        # a day's or a month's births are few; a range of dates is never read whole
-        # for a few names
-        one_day = all("-" in d and d[0].isdigit() for d in params["birthdate"])
-        allowed = NAME_AND_DATE | ({"ix_persons_birth_date"} if one_day else set())
+        # a range of dates is never read whole for a few names (nor a name for a day)
         found = {step.removeprefix("index:") for step in plan} - {"persons_pkey"}
-        assert found <= allowed, (form, plan)
+        assert found <= NAME_AND_DATE, (form, plan)
     nhs = store.plan(patient_query({"identifier": ["9434765919"]}, [], NOW))
     local = store.plan(PersonQuery(identifiers=((IdentifierTest(local_id="G1", source="gp"),),)))
     by_id = store.plan(patient_query({"_id": ["p000001"]}, [], NOW))
     for plan in (nhs, local, by_id):
         assert plan, plan
         assert all(step.startswith("index:") for step in plan), plan
+
+
+def _indexed_columns(store: IndexStore) -> set[tuple[str, ...]]:
+    with store.db.engine.connect() as conn:
+        return {tuple(i["column_names"]) for i in sa.inspect(conn).get_indexes("persons")}
+
+
+def test_migration_13_drops_the_name_and_the_date_indexed_alone(store):
+    """A database from before migration 13, its single-column indexes named as a SQLite
+    build names them (with the build's token) or as the migrations did, keeps only the
+    name-and-date indexes; every search form still reads through them."""
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_persons_family_folded_0a1b2c3d ON persons (family_folded)"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_persons_birth_date ON persons (birth_date)")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 13")
+    assert ("family_folded",) in _indexed_columns(store)
+    assert store.db.migrate() == 13
+    columns = _indexed_columns(store)
+    assert ("family_folded",) not in columns
+    assert ("birth_date",) not in columns
+    assert {("birth_date", "family_folded"), ("family_folded", "birth_date")} <= columns
+    store.replace_all(population(2_000), [], [])
+    for form, params in FORMS.items():
+        plan = store.plan(patient_query(params, [], NOW))
+        assert plan, form
+        assert all(step.startswith("index:") for step in plan), (form, plan)
 
 
 def test_plan_names_a_scan(store):

@@ -47,8 +47,6 @@ _LIVE = (persons, links, review, record_fields)
 #: ``{pattern}``: PostgreSQL's pattern operator class (LIKE 'x%' through the index)
 _INDEXES = (
     ("persons", "nhs_number", "nhs_number", True),
-    ("persons", "family_folded", "family_folded", False),
-    ("persons", "birth_date", "birth_date", False),
     ("persons", "birth_family", "birth_date, family_folded", False),
     # PostgreSQL's pattern operators, as tables.py declares them
     ("persons", "family_birth", "family_folded{pattern}, birth_date", False),
