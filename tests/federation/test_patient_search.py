@@ -188,8 +188,8 @@ def test_total_counts_exactly_what_the_caller_is_shown(store, n, withheld, count
     hidden = {f"p{i:02d}" for i in withheld}
     q = query(family="hart", birthdate="1936")
 
-    def shown(row):
-        return None if row.id in hidden else {"id": row.id}
+    def shown(rows):
+        return [None if row.id in hidden else {"id": row.id} for row in rows]
 
     visible = [r.id for r in rows if r.id not in hidden]
     listed: list[str] = []

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from carelink.federation.index import link_people, person_id
 from carelink.federation.patient_search import MODIFIERS
@@ -193,6 +195,67 @@ def test_totals_never_count_people_consent_withholds(crowd):
             timeout=30,
         )
         assert gone.status_code == 204
+
+
+class _Ids(tuple[str, ...]):
+    """Person ids, shown short (hypothesis prints a failing example's arguments)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} person ids>"
+
+
+@pytest.fixture(scope="module")
+def born_1936(crowd: Crowd) -> _Ids:
+    """The person ids of everyone born in 1936, as a clinician who sees them all pages them."""
+    url: str | None = f"{crowd.base}/Patient?family=hartley&birthdate=1936&_count=1000"
+    auth = {"Authorization": f"Bearer {crowd.token()}"}
+    out: list[str] = []
+    while url:
+        page = httpx.get(url, headers=auth, timeout=60).json()
+        out += [e["resource"]["id"] for e in page.get("entry", [])]
+        url = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+    assert len(out) == crowd.born_1936
+    return _Ids(out)
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(withheld=st.sets(st.integers(0, 1102), max_size=6), count=st.integers(250, 1000))
+def test_pages_and_total_agree_whatever_consent_withholds(crowd, born_1936, withheld, count):
+    """The invariant with each batch's consents read at once: objections over random
+    people of a year's 1,103 matches (three batches of the walk), paged by a random
+    _count; the pages together list each person shown exactly once, total counts exactly
+    them, and nobody withheld is listed or counted."""
+    hidden = {born_1936[i] for i in withheld}
+    officer = {"Authorization": f"Bearer {crowd.token(role='R0001')}"}
+    stored = []
+    try:
+        for pid in hidden:
+            r = httpx.post(
+                f"{crowd.base}/Consent",
+                json=privacy_consent(pid, {"type": "deny"}),
+                headers={**officer, "Content-Type": "application/fhir+json"},
+                timeout=30,
+            )
+            assert r.status_code == 201, r.text
+            stored.append(r.json()["id"])
+        stranger = {"Authorization": f"Bearer {crowd.token(organisation=STRANGER)}"}
+        url: str | None = f"{crowd.base}/Patient?family=hartley&birthdate=1936&_count={count}"
+        listed: list[str] = []
+        totals = set()
+        while url:
+            page = httpx.get(url, headers=stranger, timeout=60).json()
+            totals.add(page["total"])
+            listed += [e["resource"]["id"] for e in page.get("entry", [])]
+            url = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+        assert len(listed) == len(set(listed))
+        assert set(listed) == set(born_1936) - hidden
+        assert totals == {len(listed)}
+    finally:
+        for cid in stored:
+            gone = httpx.delete(f"{crowd.base}/Consent/{cid}", headers=officer, timeout=30)
+            assert gone.status_code == 204
 
 
 def _read_path(patient: dict[str, Any], kind: str) -> str:

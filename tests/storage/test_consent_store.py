@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from carelink.storage import ConsentRow, ConsentStore, Database, GrantRow, IndexStore, PersonRow
 
@@ -180,3 +182,29 @@ def test_the_lookups_one_read_gives_what_the_two_reads_give(store):
         assert index.person_with_consents("p9") is None
     finally:
         index.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.lists(
+        st.tuples(
+            st.sampled_from(["p1", "p2", "p3", "p10", "q"]),
+            st.sampled_from(["active", "inactive", "rejected", "draft"]),
+        ),
+        max_size=12,
+    ),
+    asked=st.lists(st.sampled_from(["p1", "p2", "p3", "p10", "q", "nobody"]), max_size=8),
+)
+def test_active_consents_of_many_patients_are_each_ones_own(store, stored, asked):
+    """One read for many patients gives each of them exactly what ``active`` gives them
+    alone: no consent of one patient is handed to another, none left out, none inactive."""
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM consent_versions")
+        conn.exec_driver_sql("DELETE FROM consents")
+    for i, (patient, status) in enumerate(stored):
+        row = ConsentRow(f"c{i:02d}", patient, status, 1, "t", f'{{"n": {i}}}'.encode())
+        assert store.put(row, None)
+    together = store.active_of(asked)
+    assert together == {p: store.active(p) for p in asked if store.active(p)}

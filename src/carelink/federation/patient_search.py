@@ -18,8 +18,9 @@ persons the caller is shown across all pages, so a person whom consent (or
 the caller's scopes) withholds is neither listed nor counted, and
 ``_summary=count`` reveals nothing more than paging would. The criteria
 select candidates in SQL (ordered by id, walked in keyset batches, so all
-matches are never held); each candidate is passed through ``shown`` (the
-consent guard), and only those it lets through are counted. The minimum
+matches are never held); each batch of candidates is passed through ``shown``
+(the consent guard, which reads the batch's consents at once), and only those it
+lets through are counted. The minimum
 criteria keep the candidate set small enough for that walk.
 """
 
@@ -271,13 +272,14 @@ class Found:
 def find_people(
     index: IndexStore,
     query: PersonQuery,
-    shown: Callable[[PersonRow], Json | None],
+    shown: Callable[[Sequence[PersonRow]], Sequence[Json | None]],
     offset: int,
     count: int,
     batch: int = 500,
 ) -> Found:
-    """Walk every match in id order, ``batch`` rows at a time; ``shown`` gives the
-    resource the caller may see for a row, or None when consent or scopes withhold it.
+    """Walk every match in id order, ``batch`` rows at a time; ``shown`` gives, for each
+    row of a batch, the resource the caller may see, or None when consent or scopes
+    withhold it (a whole batch at once, so it can read the batch's consents in one go).
 
     The page is the shown matches ``offset`` to ``offset + count``, and ``total``
     counts every shown match and nothing else (see the module doc).
@@ -287,8 +289,7 @@ def find_people(
     after = ""
     while True:
         rows = index.find(query, after=after, limit=batch)
-        for row in rows:
-            resource = shown(row)
+        for row, resource in zip(rows, shown(rows), strict=True):
             if resource is None:
                 continue
             if offset <= len(ids) < offset + count:

@@ -78,6 +78,22 @@ class ConsentStore:
         return [(str(i), bytes(b)) for i, b in self._hot.query(self._sql_active, (patient_id,))]
 
     @bounds_itself
+    def active_of(self, patient_ids: Sequence[str]) -> dict[str, list[tuple[str, bytes]]]:
+        """(id, body) of the active consents of each of ``patient_ids`` that has any, in
+        one read per 500 patients (what ``active`` gives each, for a page of a search)."""
+        out: dict[str, list[tuple[str, bytes]]] = {}
+        for i in range(0, len(patient_ids), 500):
+            part = list(dict.fromkeys(patient_ids[i : i + 500]))
+            marks = ", ".join("?" * len(part))
+            sql = self._sql(
+                "SELECT patient_id, id, body FROM consents "  # noqa: S608 - marks only
+                f"WHERE patient_id IN ({marks}) AND status = 'active' ORDER BY patient_id, id"
+            )
+            for patient, cid, body in self._hot.query(sql, tuple(part)):
+                out.setdefault(str(patient), []).append((str(cid), bytes(body)))
+        return out
+
+    @bounds_itself
     def has_grant(self, patient_id: str, identity: str, now: float) -> bool:
         """Does the caller with this full identity (issuer, subject, organisation, role ...)
         hold an unexpired break-glass grant for the patient?"""
