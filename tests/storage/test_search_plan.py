@@ -115,21 +115,30 @@ def _indexed_columns(store: IndexStore) -> set[tuple[str, ...]]:
 
 
 def test_migration_13_drops_the_name_and_the_date_indexed_alone(store):
-    """A database from before migration 13, its single-column indexes named as a SQLite
-    build names them (with the build's token) or as the migrations did, keeps only the
-    name-and-date indexes; every search form still reads through them."""
+    """A database from before migration 13, its indexes named as a SQLite build names
+    them (with the build's token) or as the migrations did, keeps only the name-and-date
+    indexes, the name first now with the given name; every search form still reads
+    through them."""
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql(
             "CREATE INDEX ix_persons_family_folded_0a1b2c3d ON persons (family_folded)"
         )
         conn.exec_driver_sql("CREATE INDEX ix_persons_birth_date ON persons (birth_date)")
+        # migration 12's index, as a build names it
+        conn.exec_driver_sql("DROP INDEX ix_persons_family_birth")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_persons_family_birth_0a1b2c3d ON persons (family_folded, birth_date)"
+        )
         conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 13")
     assert ("family_folded",) in _indexed_columns(store)
     assert store.db.migrate() == 13
     columns = _indexed_columns(store)
     assert ("family_folded",) not in columns
     assert ("birth_date",) not in columns
-    assert {("birth_date", "family_folded"), ("family_folded", "birth_date")} <= columns
+    assert ("family_folded", "birth_date") not in columns
+    assert {("birth_date", "family_folded"), ("family_folded", "birth_date", "given_folded")} <= (
+        columns
+    )
     store.replace_all(population(2_000), [], [])
     for form, params in FORMS.items():
         plan = store.plan(patient_query(params, [], NOW))

@@ -29,13 +29,16 @@ persons = sa.Table(
     sa.Column("version", sa.String(64), nullable=False),
 )
 #: name and birth date together, for demographic search (migration 12): the date first
-#: for a day's search (name prefix tested in the index), the name first for a range of dates;
-#: each also serves what reads its first column alone (no index on either alone: migration 13)
+#: for a day's search (name prefix tested in the index), the name first for a range of dates,
+#: with the given name, so a range of dates fetches only the rows whose given name matches
+#: (migration 13); each also serves what reads its first column alone (no index on either
+#: alone: migration 13)
 sa.Index("ix_persons_birth_family", persons.c.birth_date, persons.c.family_folded)
 sa.Index(
     "ix_persons_family_birth",
     persons.c.family_folded,
     persons.c.birth_date,
+    persons.c.given_folded,
     # PostgreSQL reads LIKE 'smith%' through a btree index only in the C locale or
     # with the pattern operators (which also take =)
     postgresql_ops={"family_folded": "varchar_pattern_ops"},
