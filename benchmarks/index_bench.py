@@ -402,7 +402,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db = Database(url)
         db.migrate()
         store = IndexStore(db)
-        if args.keep and store.counts()["persons"]:
+        if args.measure_only and not store.counts()["persons"]:
+            raise SystemExit(f"--measure-only: {args.database or url} holds no index")
+        if (args.keep or args.measure_only) and store.counts()["persons"]:
             return {"people": args.people, "kept": url, **measure(args, store, url, urls)}
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -529,6 +531,11 @@ def main() -> None:
         "--keep",
         type=Path,
         help="a folder for the SQLite index, kept: built when empty, else only searched",
+    )
+    ap.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="--database already holds a built index: search and look up, build nothing",
     )
     ap.add_argument(
         "--forms",
