@@ -265,9 +265,12 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
     every folded name starting with the prefix is in it), and ``likelihood`` tells its
     planner that the names longer than a prefix of three letters or more are few
     (without it, it reads the whole range of dates for them). PostgreSQL reads them as
-    ``family_folded <> 'smith'`` beside the LIKE, whatever the collation; its
-    ``(family_folded, birth_date)`` index has the pattern operator class, which
-    answers the LIKE.
+    ``family_folded ~>~ 'smith'`` beside the LIKE: byte order, whatever the collation,
+    and an operator of the pattern operator class that its ``(family_folded,
+    birth_date)`` index has, so the index seeks past the name itself to the longer
+    ones. (With ``<> 'smith'``, which no index answers, PostgreSQL's estimate of a
+    range of dates as text was a hundredth of the truth: at the full test range it read
+    a whole year, 11,617 people, to find none, 284 ms.)
 
     On SQLite each part implies its own alternative (the exact name, or the range of
     the longer ones), so the rest of the test leaves the first ``family`` list out: its
@@ -297,7 +300,7 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
         else:
             parts = [
                 (f"family_folded = {mark}", [t.value]),
-                (f"family_folded <> {mark}", [t.value]),
+                (f"family_folded ~>~ {mark}", [t.value]),
             ]
         for part, part_values in parts:
             # our own column names; the values are bound
