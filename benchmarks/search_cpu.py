@@ -109,10 +109,11 @@ async def in_flight(
             if status != 200:
                 raise RuntimeError(f"{path}: {status}")
 
-    children = tree_cpu(os.getpid())
+    tree = tree_cpu(os.getpid())  # this process and its descendants
     cpu = time.process_time()
     await asyncio.gather(*(task(paths[i % len(paths)]) for i in range(n)))
-    return time.process_time() - cpu, tree_cpu(os.getpid()) - children, took
+    own = time.process_time() - cpu
+    return own, tree_cpu(os.getpid()) - tree - own, took
 
 
 def slope(points: list[tuple[float, int]]) -> float | None:
@@ -177,7 +178,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--database", required=True, help="a kept index (SQLite file)")
+    ap.add_argument(
+        "--database", required=True, help="a kept index: a SQLite file or a PostgreSQL URL"
+    )
     ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated")
     ap.add_argument("--requests", type=int, default=2000, help="searches per form")
     ap.add_argument("--profile", action="store_true", help="cProfile the one-at-a-time pass")
@@ -189,7 +192,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="carelink-search-cpu-"))
     env = {
         **os.environ,
-        "CARELINK_DATABASE_URL": str(Path(args.database).resolve()),
+        "CARELINK_DATABASE_URL": (
+            args.database if "://" in args.database else str(Path(args.database).resolve())
+        ),
         # the search asks no source; these are never called
         "CARELINK_SOURCES": "acute=http://127.0.0.1:9/a,gp=http://127.0.0.1:9/g,"
         "community=http://127.0.0.1:9/c,social-care=http://127.0.0.1:9/s",
