@@ -305,6 +305,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.port is None:
         print("carelink: simulate needs --port (or --feed-to)", file=sys.stderr)
         return EXIT_USAGE
+    from carelink.serving import PROTOCOL
     from carelink.simulators.base import Behaviour
     from carelink.simulators.registry import create_simulator
 
@@ -326,7 +327,16 @@ def _simulate(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # httptools with each answer's head and body in one write, as the gateway serves: a
+    # second write per answer costs the machine a loopback packet on either side
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=PROTOCOL,
+    )
     return EXIT_OK
 
 

@@ -34,6 +34,7 @@ from carelink.simulators.base import (
     Behaviour,
     ResponseCache,
     admin_routes,
+    kept_first,
     unless_down,
     with_behaviour,
 )
@@ -218,4 +219,4 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
         Route("/fhir/{type}", with_behaviour(behaviour, by_type)),
         *admin_routes(behaviour),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[kept_first(behaviour, cache)])

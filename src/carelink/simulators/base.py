@@ -14,15 +14,17 @@ import hashlib
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from email.utils import formatdate
 from typing import Any
 
 import orjson
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 FAULT_FIELDS = ("error_rate", "hang_rate", "malformed_rate", "down")
 
@@ -56,6 +58,8 @@ class Behaviour:
 Handler = Callable[[Request], Awaitable[Response]]
 
 MALFORMED = b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": '
+#: in a request's scope: its latency and fault were drawn before its route was reached
+BEHAVED = "carelink.simulator.behaved"
 
 
 class ResponseCache:
@@ -64,11 +68,11 @@ class ResponseCache:
 
     def __init__(self, maxsize: int = 2048) -> None:
         self.maxsize = maxsize
-        self.items: OrderedDict[tuple[str, str, str, bytes], Response] = OrderedDict()
+        self.items: OrderedDict[tuple[str, str, bytes, bytes], Response] = OrderedDict()
 
     async def answer(self, request: Request, handler: Handler) -> Response:
         body = await request.body() if request.method == "POST" else b""
-        key = (request.method, request.url.path, request.url.query, body)
+        key = _key(request.scope, body)
         hit = self.items.get(key)
         if hit is None:
             hit = await handler(request)
@@ -79,6 +83,18 @@ class ResponseCache:
         else:
             self.items.move_to_end(key)
         return _fresh(hit)
+
+    def kept(self, scope: Scope) -> Response | None:
+        """The answer kept for this ``GET``, if there is one (no body to read)."""
+        key = _key(scope, b"")
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
+
+
+def _key(scope: Scope, body: bytes) -> tuple[str, str, bytes, bytes]:
+    return (scope["method"], scope["path"], scope["query_string"], body)
 
 
 def _fresh(cached: Response) -> Response:
@@ -93,6 +109,26 @@ def _fresh(cached: Response) -> Response:
     )
 
 
+async def misbehave(behaviour: Behaviour, malformed: bytes = MALFORMED) -> Response | None:
+    """This request's latency and fault: after the wait, the fault's answer (down, an
+    error, a malformed payload), or None to answer normally."""
+    b = behaviour
+    if b.down:
+        return Response(b"service unavailable", status_code=503)
+    roll = b.rng.random()
+    if roll < b.hang_rate:
+        await asyncio.sleep(b.hang_seconds)
+    delay = b.delay()
+    if delay:
+        await asyncio.sleep(delay)
+    roll = b.rng.random()
+    if roll < b.error_rate:
+        return Response(b"internal error", status_code=500)
+    if roll < b.error_rate + b.malformed_rate:
+        return Response(malformed, media_type="application/json")
+    return None
+
+
 def with_behaviour(
     behaviour: Behaviour,
     handler: Handler,
@@ -102,25 +138,68 @@ def with_behaviour(
     """Wrap a route handler with latency, fault injection and (optionally) a response cache."""
 
     async def wrapped(request: Request) -> Response:
-        b = behaviour
-        if b.down:
-            return Response(b"service unavailable", status_code=503)
-        roll = b.rng.random()
-        if roll < b.hang_rate:
-            await asyncio.sleep(b.hang_seconds)
-        delay = b.delay()
-        if delay:
-            await asyncio.sleep(delay)
-        roll = b.rng.random()
-        if roll < b.error_rate:
-            return Response(b"internal error", status_code=500)
-        if roll < b.error_rate + b.malformed_rate:
-            return Response(malformed, media_type="application/json")
+        # unless ``KeptFirst`` drew this request's latency and fault already
+        if not request.scope.pop(BEHAVED, False):
+            fault = await misbehave(behaviour, malformed)
+            if fault is not None:
+                return fault
         if cache is not None:
             return await cache.answer(request, handler)
         return await handler(request)
 
     return wrapped
+
+
+class KeptFirst:
+    """ASGI middleware: a ``GET`` whose answer a route's ``ResponseCache`` keeps is
+    answered here, with that route's latency and faults (``misbehave``: the same draws
+    from the same ``Behaviour``, in the same order), the kept bytes and headers and a
+    fresh ``Last-Modified``, as ``with_behaviour`` answers it, without the framework's
+    routing, request and response objects. Anything else goes on to ``app``."""
+
+    def __init__(
+        self, app: ASGIApp, behaviour: Behaviour, kept: Sequence[tuple[ResponseCache, bytes]]
+    ) -> None:
+        self.app = app
+        self.behaviour = behaviour
+        self.kept = tuple(kept)  # each cache with its route's malformed payload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            for cache, malformed in self.kept:
+                if cache.kept(scope) is None:
+                    continue
+                fault = await misbehave(self.behaviour, malformed)
+                if fault is not None:
+                    await fault(scope, receive, send)
+                    return
+                hit = cache.kept(scope)  # a change during the wait clears what was kept
+                if hit is not None:
+                    await _send_fresh(hit, send)
+                    return
+                scope[BEHAVED] = True  # the route renders it afresh, drawing nothing more
+                break
+        await self.app(scope, receive, send)
+
+
+def kept_first(
+    behaviour: Behaviour, cache: ResponseCache, malformed: bytes = MALFORMED
+) -> Middleware:
+    """``KeptFirst`` for one cached route, as a simulator's middleware."""
+    return Middleware(KeptFirst, behaviour=behaviour, kept=[(cache, malformed)])
+
+
+_NOT_KEPT = (b"content-length", b"content-type", b"last-modified")
+
+
+async def _send_fresh(cached: Response, send: Send) -> None:
+    """``_fresh(cached)`` sent: its headers in the order that response has them."""
+    raw = cached.raw_headers
+    headers = [h for h in raw if h[0] not in _NOT_KEPT]
+    headers.append((b"last-modified", formatdate(usegmt=True).encode("latin-1")))
+    headers += [h for h in raw if h[0] in _NOT_KEPT[:2]]
+    await send({"type": "http.response.start", "status": cached.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": cached.body})
 
 
 def unless_down(behaviour: Behaviour, handler: Handler) -> Handler:

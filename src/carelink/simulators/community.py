@@ -44,6 +44,7 @@ from carelink.simulators.base import (
     ResponseCache,
     admin_routes,
     etag_for,
+    kept_first,
     with_behaviour,
 )
 from carelink.simulators.changes import Changed, PatientChanges, parse_instant
@@ -372,4 +373,4 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         *admin_routes(behaviour),
         *change_routes(changes),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[kept_first(behaviour, cache, MALFORMED)])

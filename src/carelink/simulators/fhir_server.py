@@ -18,15 +18,16 @@ FHIR_JSON = "application/fhir+json"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def fhir_response(body: Json | bytes, status: int = 200) -> Response:
-    """A FHIR JSON response carrying an ETag of its bytes and the time it was current."""
+def fhir_response(body: Json | bytes, status: int = 200, etag: str | None = None) -> Response:
+    """A FHIR JSON response carrying an ETag of its bytes (``etag``, when made already)
+    and the time it was current."""
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     now = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
     return Response(
         data,
         status_code=status,
         media_type=FHIR_JSON,
-        headers={"ETag": etag_for(data), "Last-Modified": now},
+        headers={"ETag": etag or etag_for(data), "Last-Modified": now},
     )
 
 

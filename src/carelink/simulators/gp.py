@@ -61,7 +61,13 @@ from carelink.fhir.gpconnect import (
     spine_outcome,
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.simulators.base import Behaviour, admin_routes, unless_down, with_behaviour
+from carelink.simulators.base import (
+    Behaviour,
+    admin_routes,
+    etag_for,
+    unless_down,
+    with_behaviour,
+)
 from carelink.simulators.changes import Changed, PatientChanges
 from carelink.simulators.changes import admin_routes as change_routes
 from carelink.simulators.fhir_server import (
@@ -173,6 +179,7 @@ def build(
     refusals: dict[str, str] = {}
     changes = PatientChanges()
     rendered = RenderedBundles()
+    shares = isinstance(store, SharedStore)  # a protocol check: made once, not per request
 
     def current(local: str) -> Json | None:
         return changes.patient(local, store.patient)
@@ -202,9 +209,10 @@ def build(
         else:
             types = {t for g in asked.groups for t in GROUPS[g].r4_types}
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
-        shared = referenced(store, items) if isinstance(store, SharedStore) else []
+        shared = referenced(store, items) if shares else []
         asked_types = None if types is None else frozenset(types)
-        return fhir_response(rendered.bundle((local, asked_types), items, shared, extra))
+        body, tag = rendered.tagged((local, asked_types), items, shared, extra, etag_for)
+        return fhir_response(body, etag=tag)
 
     def operation(interaction: str, reason: str, full: bool) -> Any:
         async def handle(request: Request) -> Response:

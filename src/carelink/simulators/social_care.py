@@ -42,6 +42,7 @@ from carelink.simulators.base import (
     ResponseCache,
     admin_routes,
     etag_for,
+    kept_first,
     with_behaviour,
 )
 from carelink.simulators.changes import Changed, PatientChanges
@@ -315,4 +316,4 @@ def create_app(*, seed: int, size: int, behaviour: Behaviour) -> Starlette:
         *admin_routes(behaviour),
         *change_routes(changes),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[kept_first(behaviour, cache, MALFORMED)])

@@ -289,13 +289,36 @@ class RenderedBundles:
 
     def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = maxsize
-        self._items: OrderedDict[Hashable, tuple[tuple[Json, ...], bytes, bytes]] = OrderedDict()
+        #: per key: the inputs, the warnings' JSON, the bytes and their ETag once asked for
+        self._items: OrderedDict[Hashable, list[Any]] = OrderedDict()
 
     def bundle(
         self, key: Hashable, record: list[Json], shared: list[Json], extra: list[Json]
     ) -> bytes:
         """``structured_bundle(record, shared, extra)`` serialised; ``key`` names the
         question (whose record, which types)."""
+        body: bytes = self._kept(key, record, shared, extra)[2]
+        return body
+
+    def tagged(
+        self,
+        key: Hashable,
+        record: list[Json],
+        shared: list[Json],
+        extra: list[Json],
+        tag: Callable[[bytes], str],
+    ) -> tuple[bytes, str]:
+        """``bundle(...)`` and ``tag`` of its bytes (their ETag), made once with them."""
+        kept = self._kept(key, record, shared, extra)
+        if kept[3] is None:
+            kept[3] = tag(kept[2])
+        body: bytes = kept[2]
+        etag: str = kept[3]
+        return body, etag
+
+    def _kept(
+        self, key: Hashable, record: list[Json], shared: list[Json], extra: list[Json]
+    ) -> list[Any]:
         inputs = (*record, *shared)
         notes = orjson.dumps(extra)
         hit = self._items.get(key)
@@ -306,10 +329,11 @@ class RenderedBundles:
             and all(a is b for a, b in zip(hit[0], inputs, strict=True))
         ):
             self._items.move_to_end(key)
-            return hit[2]
+            return hit
         body = orjson.dumps(structured_bundle(record, shared, extra))
-        self._items[key] = (inputs, notes, body)  # holds the inputs: their ids stay theirs
+        kept = [inputs, notes, body, None]  # holds the inputs: their ids stay theirs
+        self._items[key] = kept
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)
-        return body
+        return kept
