@@ -17,6 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -88,6 +89,20 @@ def _unb64(part: str) -> Any:
     return orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
+@lru_cache(maxsize=64)
+def _read_jwt(token: str) -> tuple[Any, Any, str] | None:
+    """A JWT's header, claims and signature, read once per token (a consumer sends the
+    same one for a while); None when it is not three base64url JSON parts. The claims
+    are checked against the clock on every request all the same."""
+    parts = token.split(".")
+    try:
+        if len(parts) != 3:
+            raise ValueError("not three parts")
+        return _unb64(parts[0]), _unb64(parts[1]), parts[2]
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+
+
 def check_headers(
     headers: Any, interaction: str, now: int, reason: str = "directcare"
 ) -> Refusal | Json:
@@ -108,14 +123,11 @@ def check_headers(
     auth = headers.get("authorization", "")
     if not auth.startswith("Bearer "):
         return _refuse("BAD_REQUEST", "Authorization: Bearer <JWT> is required")
-    parts = auth.removeprefix("Bearer ").split(".")
-    try:
-        if len(parts) != 3:
-            raise ValueError("not three parts")
-        head, claims = _unb64(parts[0]), _unb64(parts[1])
-    except (ValueError, orjson.JSONDecodeError):
+    read = _read_jwt(auth.removeprefix("Bearer "))
+    if read is None:
         return _refuse("BAD_REQUEST", "JWT is not three base64url JSON parts")
-    if not isinstance(head, dict) or head.get("alg") != "none" or parts[2]:
+    head, claims, signature = read
+    if not isinstance(head, dict) or head.get("alg") != "none" or signature:
         return _refuse("BAD_REQUEST", "JWT must be unsigned: alg none and an empty signature")
     problem = _claims_problem(claims, now, reason) if isinstance(claims, dict) else "not JSON"
     if problem:
