@@ -179,7 +179,8 @@ def build(
     refusals: dict[str, str] = {}
     changes = PatientChanges()
     rendered = RenderedBundles()
-    shares = isinstance(store, SharedStore)  # a protocol check: made once, not per request
+    # a protocol check: made once, not per request
+    shares: SharedStore | None = store if isinstance(store, SharedStore) else None
 
     def current(local: str) -> Json | None:
         return changes.patient(local, store.patient)
@@ -209,7 +210,7 @@ def build(
         else:
             types = {t for g in asked.groups for t in GROUPS[g].r4_types}
         items = [rec[0]] + [r for r in rec[1:] if types is None or r["resourceType"] in types]
-        shared = referenced(store, items) if shares else []
+        shared = referenced(shares, items) if shares is not None else []
         asked_types = None if types is None else frozenset(types)
         body, tag = rendered.tagged((local, asked_types), items, shared, extra, etag_for)
         return fhir_response(body, etag=tag)
