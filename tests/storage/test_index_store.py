@@ -249,3 +249,32 @@ def test_searches_from_many_threads_leave_the_pool_to_others(database_url):
         db.dispose()
     assert found == [found[0]] * 32
     assert found[0] >= 1
+
+
+def test_a_postgresql_search_reads_outside_a_transaction_and_gives_the_pool_back_as_it_was(
+    postgres_url,
+):
+    """A search's read is one statement in autocommit mode (no ``BEGIN`` before it, no
+    ``ROLLBACK`` after): its transaction began with the statement itself. The connection
+    goes back to the pool transactional, so a write through the pool that fails midway
+    still leaves nothing behind."""
+    db = Database(postgres_url)
+    db.migrate()
+    store = IndexStore(db)
+    try:
+        # in a transaction opened by BEGIN, now() is the BEGIN's time, before the statement's
+        assert store._search("SELECT now() = statement_timestamp()", []) == [(True,)]
+        with db.engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is False
+        try:
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO index_settings (key, value) VALUES ('x', 'y')")
+                raise RuntimeError("midway")
+        except RuntimeError:
+            pass
+        with db.engine.connect() as conn:
+            left = conn.exec_driver_sql("SELECT count(*) FROM index_settings WHERE key = 'x'")
+            assert left.scalar() == 0
+    finally:
+        store.close()
+        db.dispose()
