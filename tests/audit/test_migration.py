@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from carelink.audit import AuditTrail, verify
 from carelink.audit.events import columns
 from carelink.storage import Database
+from carelink.storage.audit_search import AuditQuery, AuditSearch
 from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
 from carelink.storage.database import MIGRATIONS
 from tests.audit.test_trail import event
@@ -88,3 +89,43 @@ def test_a_new_record_passed_off_as_an_old_one_is_found(upgraded):
         conn.execute(sa.text("UPDATE audit_events SET chain = 1 WHERE seq = 6"))
     problems = [f.problem for f in verify(store.rows()) if f.seq == 6]
     assert "old hash scheme after newer records (downgraded)" in problems
+
+
+def _audit_indexes(db: Database) -> dict[str, list[str]]:
+    with db.engine.connect() as conn:
+        found = sa.inspect(conn).get_indexes("audit_events")
+    return {str(i["name"]): list(i["column_names"]) for i in found}
+
+
+def test_a_new_trail_has_no_index_on_the_patient_alone(database_url):
+    """Every append writes each index's page: the patient's events are found through
+    ``(patient_id, seq)``, which begins with the patient."""
+    db = Database(database_url)
+    db.migrate()
+    indexes = _audit_indexes(db)
+    db.dispose()
+    assert ["patient_id"] not in indexes.values()
+    assert indexes["ix_audit_events_patient_seq"] == ["patient_id", "seq"]
+
+
+def test_migration_14_drops_the_index_on_the_patient_alone_and_the_search_still_finds(
+    database_url,
+):
+    db = Database(database_url)
+    db.migrate()
+    with db.engine.begin() as conn:  # the trail as migrations up to 13 left it
+        conn.exec_driver_sql("CREATE INDEX ix_audit_events_patient_id ON audit_events (patient_id)")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 14")
+    store = AuditStore(db)
+    AuditTrail(store).record([event(i) for i in range(6)])
+    assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
+    indexes = _audit_indexes(db)
+    assert "ix_audit_events_patient_id" not in indexes
+    assert indexes["ix_audit_events_patient_seq"] == ["patient_id", "seq"]
+    search = AuditSearch(db)
+    found = search.page(AuditQuery(patient="p1"), 10)
+    assert [seq for seq, _ in found] == [5, 2]
+    assert search.count(AuditQuery(has_patient=True)) == 6
+    assert verify(store.rows()) == []
+    store.close()
+    db.dispose()

@@ -160,6 +160,13 @@ def _name_date_given(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _audit_patient_once(conn: Connection) -> None:
+    """Drop the audit trail's index on ``patient_id`` alone: ``(patient_id, seq)`` begins
+    with it and serves every search by patient, and each audit commit, on the request
+    path, wrote a page of both."""
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_id"))
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -187,6 +194,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         "persons: no index on the surname or the birth date alone; surname, date and given",
         _name_date_given,
     ),
+    (14, "audit trail: no index on the patient alone", _audit_patient_once),
 ]
 
 

@@ -86,7 +86,8 @@ audit_events = sa.Table(
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("recorded", sa.String(40), nullable=False),
-    sa.Column("patient_id", sa.String(64), nullable=True, index=True),
+    #: found by ``ix_audit_events_patient_seq``, which begins with it
+    sa.Column("patient_id", sa.String(64), nullable=True),
     sa.Column("outcome", sa.String(2), nullable=False),
     sa.Column("event", sa.LargeBinary, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
