@@ -32,12 +32,19 @@ class AuditTrail:
         self.checkpointer = checkpointer
 
     def record(self, events: Sequence[Json]) -> tuple[int, str]:
-        """Append AuditEvents (their columns read from themselves); the new head. A
+        """Append AuditEvents (their columns read from themselves); the new head."""
+        try:
+            rows = [NewEvent(*columns(e), orjson.dumps(e)) for e in events]
+        except Exception as exc:
+            raise AuditError("audit trail unavailable") from exc
+        return self.append(rows)
+
+    def append(self, rows: Sequence[NewEvent]) -> tuple[int, str]:
+        """Append events already serialised with their columns; the new head. A
         checkpoint follows when one is due; if it cannot be written the events stay
         stored but the request fails closed all the same: a trail that silently stopped
         being checkpointed would lose its protection against truncation unnoticed."""
         try:
-            rows = [NewEvent(*columns(e), orjson.dumps(e)) for e in events]
             seq, head = self.store.append(rows)
             if self.checkpointer is not None:
                 self.checkpointer.after_append(seq, head)

@@ -17,9 +17,11 @@ If it dies, the batch under way fails (the requests fail closed, as with any
 audit failure) and the next batch starts a new child.
 
 Frames, both ways: one kind byte, a 4-byte big-endian length, the payload.
-To the child: ``S`` the spec (JSON), ``A`` a batch (a JSON array of
-AuditEvents), ``T`` a checkpoint tick. From the child: ``K`` done (JSON), or
-``E`` failed (a short reason, never the data).
+To the child: ``S`` the spec (JSON), ``R`` a batch of rows (``rows_frame``:
+each AuditEvent's bytes with the columns stored beside it, read from the event
+here, so the child stores the very bytes and parses none of them again), ``T``
+a checkpoint tick. From the child: ``K`` done (JSON), or ``E`` failed (a short
+reason, never the data).
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ from typing import Any
 
 import orjson
 
+from carelink.audit.events import columns
 from carelink.errors import AuditError
 
 Json = dict[str, Any]
 _HEAD = struct.Struct(">cI")
+_SIZE = struct.Struct(">I")
+#: what the child stores for one event: recorded, patient, outcome, agent, its bytes
+Row = tuple[str, str | None, str, str | None, bytes]
 #: a frame larger than this is refused (a batch of events is far smaller)
 MAX_FRAME = 256 * 1024 * 1024
 
@@ -80,7 +86,7 @@ class WriterProcess:
 
     async def record(self, events: Sequence[Json]) -> None:
         """Return once the child has committed ``events``; ``AuditError`` if it could not."""
-        await self._call(b"A", orjson.dumps(list(events)))
+        await self._call(b"R", rows_frame(events))
 
     async def tick(self) -> None:
         """Ask the child to write a checkpoint if one is due."""
@@ -184,6 +190,27 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return kind, await reader.readexactly(size)
 
 
+def rows_frame(events: Sequence[Json]) -> bytes:
+    """The ``R`` payload: the size of a JSON array of each event's columns and byte
+    count, that array, then the events' bytes one after another."""
+    bodies = [orjson.dumps(e) for e in events]
+    head = orjson.dumps([[*columns(e), len(b)] for e, b in zip(events, bodies, strict=True)])
+    return _SIZE.pack(len(head)) + head + b"".join(bodies)
+
+
+def frame_rows(payload: bytes) -> list[Row]:
+    """The rows of an ``R`` payload (``ValueError`` if it does not add up)."""
+    (size,) = _SIZE.unpack_from(payload)
+    at = _SIZE.size + size
+    rows: list[Row] = []
+    for recorded, patient, outcome, agent, length in orjson.loads(payload[_SIZE.size : at]):
+        rows.append((recorded, patient, outcome, agent, payload[at : at + length]))
+        at += length
+    if at != len(payload):
+        raise ValueError("rows frame does not add up")
+    return rows
+
+
 # --- the child ---------------------------------------------------------------------------
 
 
@@ -243,6 +270,8 @@ def serve(sock: socket.socket) -> None:
         return
     if kind != b"S":
         return
+    from carelink.storage.audit_store import NewEvent
+
     trail, db = _open(WriterSpec(**orjson.loads(body)))
     try:
         while True:
@@ -251,8 +280,8 @@ def serve(sock: socket.socket) -> None:
             except (EOFError, OSError):
                 return
             try:
-                if kind == b"A":
-                    seq, head = trail.record(orjson.loads(body))
+                if kind == b"R":
+                    seq, head = trail.append([NewEvent(*row) for row in frame_rows(body)])
                     _send(sock, b"K", orjson.dumps([seq, head]))
                 elif kind == b"T":
                     _send(sock, b"K", orjson.dumps(trail.tick()))
@@ -260,6 +289,8 @@ def serve(sock: socket.socket) -> None:
                     _send(sock, b"E", b"unknown frame")
             except AuditError as exc:
                 _send(sock, b"E", str(exc).encode())
+            except (ValueError, TypeError, struct.error):
+                _send(sock, b"E", b"unreadable batch")
     finally:
         trail.store.close()
         db.dispose()
