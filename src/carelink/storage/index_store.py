@@ -479,7 +479,7 @@ class IndexStore:
         idle connection): two round trips fewer a read (a search by name and date:
         220 instead of 242 us of CPU, 536 instead of 722 us of wall time)."""
         conn = self.db.engine.raw_connection()
-        driver = conn.driver_connection
+        driver: Any = conn.driver_connection  # open: a pooled connection always has one
         reading = not self.db.is_sqlite
         try:
             if reading:
