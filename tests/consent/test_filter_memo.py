@@ -183,6 +183,28 @@ steps = st.tuples(
 )
 
 
+def grant_row(grant_id: str, pid: str, actor: Actor, at: float) -> GrantRow:
+    """A break-glass grant to ``actor`` for ``pid``, for an hour from ``at``."""
+    return GrantRow(
+        grant_id,
+        "dr",
+        actor.organisation,
+        actor.role,
+        pid,
+        "why",
+        at,
+        at + 3600,
+        "requested",
+        None,
+        None,
+        None,
+        None,
+        "break-glass",
+        actor.identity,
+        '["issuer","dr"]',
+    )
+
+
 def same(a: Filtered, b: Filtered) -> bool:
     return (a.resources, a.withheld, a.sources_seen, a.break_glass) == (
         b.resources,
@@ -213,26 +235,7 @@ def test_a_remembered_answer_is_the_answer_decided_afresh(store, records_, actor
         actor = actors_[who]
         if grant:
             grants += 1
-            store.grant(
-                GrantRow(
-                    f"g{grants}",
-                    "dr",
-                    actor.organisation,
-                    actor.role,
-                    pid,
-                    "why",
-                    clock.now,
-                    clock.now + 3600,
-                    "requested",
-                    None,
-                    None,
-                    None,
-                    None,
-                    "break-glass",
-                    actor.identity,
-                    '["issuer","dr"]',
-                )
-            )
+            store.grant(grant_row(f"g{grants}", pid, actor, clock.now))
         patient = {
             "generalPractitioner": [{"identifier": {"system": ODS_SYSTEM, "value": "B00001"}}]
         }

@@ -207,6 +207,12 @@ def test_inactive_and_expired_objections_have_no_effect(pair, system, status, pe
         gw.send("DELETE", f"/Consent/{cid}", None)
 
 
+def _object_to_acute(gw: Gateway, pid: str) -> str:
+    """Record the patient's objection to the acute trust's data (only); the Consent id."""
+    deny = {"type": "deny", "actor": [_org(ACUTE_ODS, "CST")]}
+    return _store(gw, privacy_consent(pid, {"type": "permit", "provision": [deny]}))
+
+
 def test_objecting_to_one_organisations_data_hides_only_that_data(pair, system):
     gw = pair[0]
     person = next(_people(system, sources={"gp", "acute"}))
@@ -215,13 +221,7 @@ def test_objecting_to_one_organisations_data_hides_only_that_data(pair, system):
     before = _shown(_record(gw, pid, stranger).json())
     acute = [r for r in before if r["meta"].get("source") == SOURCE.format(name="acute")]
     assert acute
-    cid = _store(
-        gw,
-        privacy_consent(
-            pid,
-            {"type": "permit", "provision": [{"type": "deny", "actor": [_org(ACUTE_ODS, "CST")]}]},
-        ),
-    )
+    cid = _object_to_acute(gw, pid)
     try:
         got = _record(gw, pid, stranger).json()
         after = _shown(got)
@@ -244,6 +244,35 @@ def test_objecting_to_one_organisations_data_hides_only_that_data(pair, system):
         assert obs == len([r for r in after if r["resourceType"] == "Observation"])
     finally:
         gw.send("DELETE", f"/Consent/{cid}", None)
+
+
+def test_a_search_shows_the_patient_as_consent_leaves_it_not_as_stored(pair, system):
+    """A demographic search serves a Patient shown unchanged as its stored bytes; one whose
+    patient objected to an organisation's data must go out trimmed of that source's
+    local identifiers, on the search as on the record."""
+    gw = pair[0]
+    person = next(_people(system, sources={"gp", "acute"}))
+    pid = _pid(gw, person)
+    stranger = gw.token(organisation=STRANGER)
+
+    def found() -> dict[str, Any]:
+        bundle = gw.get(
+            "/Patient", stranger, family=person.family, birthdate=person.birth_date.isoformat()
+        ).json()
+        return next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == pid)
+
+    def acute(identifier: dict[str, Any]) -> bool:
+        return str(identifier["system"]).endswith("/acute")
+
+    before = found()
+    assert any(acute(i) for i in before["identifier"])
+    cid = _object_to_acute(gw, pid)
+    try:
+        kept = [i for i in before["identifier"] if not acute(i)]
+        assert found() == {**before, "identifier": kept}
+    finally:
+        gw.send("DELETE", f"/Consent/{cid}", None)
+    assert found() == before
 
 
 # --- sensitive data -------------------------------------------------------------------

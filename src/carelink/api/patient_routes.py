@@ -19,7 +19,7 @@ from carelink.api.deps import actor, audit, consent_for, context, looked_up, rou
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
-from carelink.consent import Filtered, Guard
+from carelink.consent import Actor, Filtered, Guard
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.patient_search import (
@@ -74,8 +74,9 @@ async def search_patient(request: Request) -> Response:
     P.unknown([k for k in others if k not in P.RESULT_PARAMS], pref.strict)
     access.require(caller, "Patient", "s")
     guard: Guard = request.app.state.guard
+    who = actor(caller)
     # before the search, so a refused purpose is refused whether anyone matches or not
-    guard.require_purpose(actor(caller))
+    guard.require_purpose(who)
     query = _find_patients(record, params, datetime.fromtimestamp(guard.clock(), UTC))
     if caller.patient is not None:  # a patient's token: their own compartment only
         query = replace(query, ids=(*query.ids, (caller.patient,)))
@@ -85,10 +86,8 @@ async def search_patient(request: Request) -> Response:
 
     break_glass: set[str] = set()
 
-    def shown(rows: Sequence[PersonRow]) -> list[Json | None]:
-        # the batch's active consents in one read, not one read a person
-        held = guard.store.active_of([r.id for r in rows])
-        return [_shown(request, caller, guard, r, break_glass, held.get(r.id, [])) for r in rows]
+    def shown(rows: Sequence[PersonRow]) -> list[Shown | None]:
+        return _shown_batch(caller, who, guard, rows, break_glass)
 
     found = await looked_up(
         request,
@@ -102,14 +101,58 @@ async def search_patient(request: Request) -> Response:
         limit=HOT_LIMIT if record.index.is_lookup(query) else None,
     )
     # one event per person actually returned on this page (a count returns nobody)
-    served = [str(r["id"]) for r in found.page]
+    served = [str(r["id"]) for r, _ in found.page]
     await audit(request, "search-type", served, break_glass_ids=break_glass)
     links = paging.links(f"{base}/Patient", found.total)
     if counting:
         return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
     wanted = P.elements(q)
-    page = found.page if wanted is None else [apply_elements(r, wanted) for r in found.page]
-    return fhir(searchset(base, page, total=found.total, links=links))
+    if wanted is not None:
+        page = [apply_elements(r, wanted) for r, _ in found.page]
+        return fhir(searchset(base, page, total=found.total, links=links))
+    # a Patient shown as stored goes out as its stored bytes, not parsed and written again
+    # (the page holds each Patient, so no other object takes its id meanwhile)
+    stored = {id(r): raw for r, raw in found.page if raw is not None}
+
+    def encode(r: Json) -> Json | orjson.Fragment:
+        raw = stored.get(id(r))
+        return r if raw is None else orjson.Fragment(raw)
+
+    matches = [r for r, _ in found.page]
+    return fhir(searchset(base, matches, total=found.total, links=links, encode=encode))
+
+
+#: a Patient a search shows, and its stored JSON when it is shown exactly as stored
+Shown = tuple[Json, bytes | None]
+
+
+def _shown_batch(
+    caller: Principal,
+    who: Actor,
+    guard: Guard,
+    rows: Sequence[PersonRow],
+    break_glass: set[str],
+) -> list[Shown | None]:
+    """What a search may show the caller of each of a batch of its matches (None: scopes
+    or consent withhold the person), as ``_shown`` decides it for one: the batch's
+    active consents in one read, and the caller's consent identity made once. A
+    break-glass disclosure adds the person's id to ``break_glass``."""
+    held = guard.store.active_of([r.id for r in rows])
+    patients = [orjson.loads(r.patient) for r in rows]
+    scoped = {id(p) for p in access.visible(caller, patients, "s")}
+    people = [(r.id, p) for r, p in zip(rows, patients, strict=True) if id(p) in scoped]
+    decided = iter(guard.filter_people(who, people, held))
+    out: list[Shown | None] = []
+    for row, patient in zip(rows, patients, strict=True):
+        filtered = next(decided) if id(patient) in scoped else None
+        if filtered is not None and filtered.break_glass:
+            break_glass.add(row.id)
+        if filtered is None or not filtered.resources:
+            out.append(None)
+            continue
+        served = filtered.resources[0]
+        out.append((served, row.patient if served is patient else None))
+    return out
 
 
 def _shown(

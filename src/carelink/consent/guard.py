@@ -150,14 +150,42 @@ class Guard:
         the person, else they are read here)."""
         if consents is None:
             consents = self.store.active(patient_id)
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return self._situation(actor, patient_id, patient, consents, now)
+
+    def _situation(
+        self,
+        actor: Actor,
+        patient_id: str,
+        patient: Json | None,
+        consents: Sequence[tuple[str, bytes]],
+        now: datetime,
+    ) -> Situation:
         return Situation(
             actor=actor,
             patient_id=patient_id,
             directives=[self._directive(body) for _, body in consents],
-            now=datetime.fromtimestamp(self.clock(), UTC),
+            now=now,
             sources=self._sources,
             registered_practice=registered_practice(patient) if patient else None,
         )
+
+    def filter_people(
+        self,
+        actor: Actor,
+        people: Sequence[tuple[str, Json]],
+        consents: Mapping[str, Sequence[tuple[str, bytes]]],
+    ) -> list[Filtered]:
+        """``filter`` of each person's own Patient, for a batch of people one request
+        found (a page of a search): ``people`` as (person id, Patient), ``consents``
+        their active consents as read together (``ConsentStore.active_of``; a person
+        it leaves out has none). The same decisions as a ``situation`` and a
+        ``filter`` each, with one reading of the clock for the batch."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return [
+            self.filter(self._situation(actor, pid, patient, consents.get(pid, ()), now), [patient])
+            for pid, patient in people
+        ]
 
     def decide(self, s: Situation, resource: Json) -> Decision:
         """One decision, with break-glass looked up only when it could matter."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from carelink.errors import InvalidRequest
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, normalise, problem
@@ -38,6 +38,7 @@ from carelink.sources.base import local_id_system
 from carelink.storage import DateTest, IdentifierTest, IndexStore, NameTest, PersonQuery, PersonRow
 
 Json = dict[str, Any]
+T = TypeVar("T")
 DateClause = tuple[DateTest, ...]
 
 #: the Patient search parameters the index answers, and the modifiers each takes
@@ -260,11 +261,11 @@ def birth_date_clauses(query: DateQuery, now: datetime) -> tuple[DateClause, ...
 
 
 @dataclass(frozen=True)
-class Found:
+class Found(Generic[T]):
     """One page of the people a search found, how many the caller may see in all, and
     their ids (every match shown, for the audit)."""
 
-    page: list[Json]
+    page: list[T]
     total: int
     ids: tuple[str, ...]
 
@@ -272,19 +273,20 @@ class Found:
 def find_people(
     index: IndexStore,
     query: PersonQuery,
-    shown: Callable[[Sequence[PersonRow]], Sequence[Json | None]],
+    shown: Callable[[Sequence[PersonRow]], Sequence[T | None]],
     offset: int,
     count: int,
     batch: int = 500,
-) -> Found:
+) -> Found[T]:
     """Walk every match in id order, ``batch`` rows at a time; ``shown`` gives, for each
-    row of a batch, the resource the caller may see, or None when consent or scopes
-    withhold it (a whole batch at once, so it can read the batch's consents in one go).
+    row of a batch, what the caller may see of it (the resource, or whatever the caller
+    makes of it), or None when consent or scopes withhold it (a whole batch at once, so
+    it can read the batch's consents in one go).
 
     The page is the shown matches ``offset`` to ``offset + count``, and ``total``
     counts every shown match and nothing else (see the module doc).
     """
-    page: list[Json] = []
+    page: list[T] = []
     ids: list[str] = []
     after = ""
     while True:
