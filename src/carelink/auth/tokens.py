@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from joserfc.jwk import KeySet
 
 from carelink.auth.principal import Principal
 from carelink.errors import Unauthenticated
+from carelink.recent import Recent
 
 ALLOWED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "PS384")
 #: a bearer token longer than this is refused unread (the header limit bounds it too)
@@ -117,9 +117,8 @@ class Verifier:
         self, policy: TokenPolicy, maxsize: int = 10_000, now: Callable[[], float] = time.time
     ) -> None:
         self.policy = policy
-        self.maxsize = maxsize
         self.now = now
-        self._seen: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
+        self._seen: Recent[str, tuple[Principal, float, float]] = Recent(maxsize)
 
     def __call__(self, token: str) -> Principal:
         """The caller for ``token``; Unauthenticated when it does not (or no longer) validate."""
@@ -134,13 +133,14 @@ class Verifier:
         claims = _segment(token, 1)
         leeway = self.policy.leeway
         nbf = claims.get("nbf")
-        self._seen[token] = (
-            principal,
-            (float(nbf) if isinstance(nbf, int | float) else 0.0) - leeway,
-            float(claims["exp"]) + leeway,
+        self._seen.put(
+            token,
+            (
+                principal,
+                (float(nbf) if isinstance(nbf, int | float) else 0.0) - leeway,
+                float(claims["exp"]) + leeway,
+            ),
         )
-        if len(self._seen) > self.maxsize:
-            self._seen.popitem(last=False)
         return principal
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ import orjson
 from carelink.consent.decision import Actor, Decision, Engine, Situation, label
 from carelink.consent.directive import ODS_SYSTEM, Directive, Provision, directive
 from carelink.errors import ConsentDenied
+from carelink.recent import Recent
 from carelink.storage import ConsentStore
 
 Json = dict[str, Any]
@@ -77,8 +77,7 @@ class FilterMemo:
     PostgreSQL)."""
 
     def __init__(self, maxsize: int = 2_000) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[tuple[Any, ...], _Remembered] = OrderedDict()
+        self._items: Recent[tuple[Any, ...], _Remembered] = Recent(maxsize)
         self._lock = threading.Lock()
 
     def get(
@@ -91,16 +90,13 @@ class FilterMemo:
                 return None
             if not _same(got.directives, s.directives):
                 return None
-            self._items.move_to_end(key)
+            self._items.used(key)
             return got
 
     def put(self, key: tuple[Any, ...], remembered: _Remembered) -> None:
         """Remember an answer."""
         with self._lock:
-            self._items[key] = remembered
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+            self._items.put(key, remembered)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -125,7 +121,7 @@ class Guard:
         self.identifier_systems = dict(identifier_systems)  # local id system -> source name
         self._sources = {**self.source_uris, **self.identifier_systems}
         self.clock = clock
-        self._parsed: OrderedDict[bytes, Directive] = OrderedDict()
+        self._parsed: Recent[bytes, Directive] = Recent(4096)
 
     def require_purpose(self, actor: Actor) -> None:
         """Refuse (``ConsentDenied``) a purpose the policy does not serve on the live API."""
@@ -317,9 +313,7 @@ class Guard:
         got = self._parsed.get(body)
         if got is None:
             got = directive(orjson.loads(body))
-            self._parsed[body] = got
-            if len(self._parsed) > 4096:
-                self._parsed.popitem(last=False)
+            self._parsed.put(body, got)
         return got
 
 

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +37,7 @@ import orjson
 from carelink.federation.fanout import OK, SourceResult
 from carelink.fhir.jsonio import Encodings
 from carelink.fhir.shared_types import SHARED_TYPES
+from carelink.recent import Recent
 from carelink.sources.answer_cache import remembering
 
 Json = dict[str, Any]
@@ -103,8 +103,7 @@ class RecordMemo:
     population."""
 
     def __init__(self, maxsize: int = 2_000) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[tuple[str, frozenset[str] | None], Made] = OrderedDict()
+        self._items: Recent[tuple[str, frozenset[str] | None], Made] = Recent(maxsize)
 
     def get(
         self,
@@ -124,18 +123,14 @@ class RecordMemo:
             or not same_answers(made.answers, answers)
         ):
             return None
-        self._items.move_to_end(key)
+        self._items.used(key)
         return made
 
     def put(self, person_id: str, made: Made) -> None:
         """Remember ``made`` as the person's record for its types (not in ``bulk_read()``)."""
         if not remembering():
             return
-        key = (person_id, made.asked)
-        self._items[key] = made
-        self._items.move_to_end(key)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
+        self._items.put((person_id, made.asked), made)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -16,12 +16,13 @@ answers clinicians' lookups are reusing.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+
+from carelink.recent import Recent
 
 Json = dict[str, Any]
 Key = tuple[str, str, frozenset[str] | None]  # local id, patient ref, types
@@ -62,8 +63,7 @@ class AnswerCache:
     """A bounded LRU of answers by (local id, patient ref, types)."""
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[Key, Cached] = OrderedDict()
+        self._items: Recent[Key, Cached] = Recent(maxsize)
 
     def get(self, key: Key, fingerprint: bytes) -> list[Json] | None:
         """The resources made last time, if the source sent exactly these bytes then."""
@@ -75,7 +75,7 @@ class AnswerCache:
         hit = self._items.get(key)
         if hit is None or hit.fingerprint != fingerprint:
             return None
-        self._items.move_to_end(key)
+        self._items.used(key)
         return hit
 
     def put(
@@ -89,10 +89,7 @@ class AnswerCache:
         """Remember what these bytes became (not inside ``bulk_read()``)."""
         if not remembering():
             return
-        self._items[key] = Cached(fingerprint, resources, skipped, notes)
-        self._items.move_to_end(key)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
+        self._items.put(key, Cached(fingerprint, resources, skipped, notes))
 
     def __len__(self) -> int:
         return len(self._items)
