@@ -36,7 +36,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.population import Person
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
-from tests.support.gateways import copy_index, token_gateways
+from tests.support.gateways import copy_index, person_id, token_gateways
 from tests.support.tokens import Issuer
 
 STRANGER = "RXX01"
@@ -156,14 +156,7 @@ def target(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _pid(fhir: str, person: Person, token: str) -> str:
-    found = httpx.get(
-        f"{fhir}/Patient",
-        params={"identifier": f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert found.status_code == 200, found.text
-    return str(found.json()["entry"][0]["resource"]["id"])
+    return person_id(fhir, f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}", token)
 
 
 # --- strategies ---------------------------------------------------------------------------

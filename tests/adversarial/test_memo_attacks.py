@@ -31,7 +31,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.namespacing import namespaced_id
 from tests.support.changing_fhir import ChangingFhir
 from tests.support.consents import privacy_consent
-from tests.support.gateways import token_gateways
+from tests.support.gateways import person_id, token_gateways
 from tests.support.procs import carelink
 from tests.support.servers import run_app
 from tests.support.shared import SYNTHEA
@@ -91,15 +91,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 def _pid(rig: Rig, local: str) -> str:
-    base = rig.remembering
-    r = httpx.get(
-        f"{base}/Patient",
-        params={"identifier": f"{LOCAL_SYSTEM}|{local}"},
-        headers={"Authorization": f"Bearer {rig.token(base)}"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["entry"][0]["resource"]["id"])
+    return person_id(rig.remembering, f"{LOCAL_SYSTEM}|{local}", rig.token(rig.remembering))
 
 
 def _observed(body: dict[str, Any]) -> tuple[Any, ...]:

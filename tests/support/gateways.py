@@ -9,6 +9,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from tests.support.procs import free_port, running
 from tests.support.tokens import ISSUER, Issuer
 
@@ -19,6 +21,19 @@ class Started:
 
     base: str
     env: dict[str, str]
+
+
+def person_id(base: str, identifier: str, token: str) -> str:
+    """The gateway's id of the person holding ``identifier`` (``system|value``), found as
+    a client finds it: ``GET {base}/Patient?identifier=`` with the caller's token."""
+    found = httpx.get(
+        f"{base}/Patient",
+        params={"identifier": identifier},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    return str(found.json()["entry"][0]["resource"]["id"])
 
 
 def copy_index(source: str, target: Path) -> Path:
