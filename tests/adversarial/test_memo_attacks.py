@@ -250,17 +250,17 @@ def test_a_resource_withheld_by_consent_vanishes_at_once_and_only_for_that_perso
     ref = f"{withheld['resourceType']}/{withheld['id']}"
     deny = {"type": "deny", "data": [{"meaning": "instance", "reference": {"reference": ref}}]}
     consent = privacy_consent(pid, {"type": "permit", "provision": [deny]})
-    for base in (rig.remembering,):  # one database: stored once, both gateways see it
-        stored = httpx.post(
-            f"{base}/Consent",
-            content=orjson.dumps(consent),
-            headers={
-                "Authorization": f"Bearer {rig.token(base, role='R0001', scope='user/*.cruds')}",
-                "Content-Type": "application/fhir+json",
-            },
-            timeout=30,
-        )
-        assert stored.status_code == 201, stored.text
+    base = rig.remembering  # one database: stored once, both gateways see it
+    stored = httpx.post(
+        f"{base}/Consent",
+        content=orjson.dumps(consent),
+        headers={
+            "Authorization": f"Bearer {rig.token(base, role='R0001', scope='user/*.cruds')}",
+            "Content-Type": "application/fhir+json",
+        },
+        timeout=30,
+    )
+    assert stored.status_code == 201, stored.text
     after = _agree(rig, pid)
     ids = {f"{r['resourceType']}/{r['id']}" for r in map(orjson.loads, after[0])}
     assert ref not in ids
