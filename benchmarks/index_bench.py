@@ -63,6 +63,10 @@ from urllib.parse import quote
 import aiohttp
 from federation_bench import get, mint, process, wrk
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# a gateway's keys, checkpoints and exports in the run's folder, as the tests place them
+from tests.support.procs import own_files
+
 from carelink.app import ADAPTERS
 from carelink.federation.build import build_index
 from carelink.federation.changes import Upsert, apply_changes, record_of
@@ -321,13 +325,7 @@ def http_searches(
         "CARELINK_SOURCES": ",".join(f"{k}={v}" for k, v in urls.items()),
         "CARELINK_AUTH": "jwt",
         "CARELINK_AUDIENCE": f"{base}/fhir",
-        "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
-        # keys and checkpoints in the run's own folder (with PostgreSQL they would go
-        # to var/ in the working directory)
-        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
-        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "audit-checkpoints"),
-        "CARELINK_MASTER_KEY": str(tmp / "extract-master.key"),
-        "CARELINK_EXPORTS": str(tmp / "exports"),
+        **own_files(tmp),
         "CARELINK_LOG_LEVEL": "warning",
     }
     carelink = [sys.executable, "-m", "carelink"]

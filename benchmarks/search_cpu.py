@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.federation_bench import mint, tree_cpu
 from benchmarks.lookup_cpu import ROOT, App, one  # lookup_cpu puts src/ on the path
+from tests.support.procs import own_files
 
 #: the forms of ``index_bench.HTTP_FORMS``, built the same way (``search_paths``)
 FORMS = ("family+birthdate", "+given", "+gender", "+postcode", "family:exact", "year range")
@@ -202,11 +203,7 @@ def main() -> None:
         "CARELINK_AUTH": "jwt",
         "CARELINK_AUDIENCE": "http://127.0.0.1:8000/fhir",
         "CARELINK_PUBLIC_BASE_URL": "http://127.0.0.1:8000/fhir",
-        "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
-        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
-        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "audit-checkpoints"),
-        "CARELINK_MASTER_KEY": str(tmp / "extract-master.key"),
-        "CARELINK_EXPORTS": str(tmp / "exports"),
+        **own_files(tmp),
         "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     init = [sys.executable, "-m", "carelink", "init"]

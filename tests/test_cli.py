@@ -12,19 +12,13 @@ import pytest
 from carelink import __version__ as carelink_version
 from carelink.auth.tokens import TokenPolicy, load_keys, validate
 from carelink.storage.database import MIGRATIONS
-from tests.support.procs import carelink, env, free_port
+from tests.support.procs import carelink, env, free_port, own_files
 
 
 def _settings(tmp_path: Path) -> dict[str, str]:
     """Settings naming files under ``tmp_path`` only."""
-    return {
-        "CARELINK_DATABASE_URL": str(tmp_path / "var" / "carelink.db"),
-        "CARELINK_ISSUER_KEYS": str(tmp_path / "var" / "issuer"),
-        "CARELINK_AUDIT_KEYS": str(tmp_path / "var" / "audit"),
-        "CARELINK_AUDIT_CHECKPOINTS": str(tmp_path / "var" / "checkpoints"),
-        "CARELINK_MASTER_KEY": str(tmp_path / "var" / "master.key"),
-        "CARELINK_EXPORTS": str(tmp_path / "var" / "exports"),
-    }
+    var = tmp_path / "var"
+    return {"CARELINK_DATABASE_URL": str(var / "carelink.db"), **own_files(var)}
 
 
 def _one_line(r: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
 from carelink.storage.database import MIGRATIONS
-from tests.support.procs import carelink, env, free_port, running
+from tests.support.procs import carelink, env, free_port, own_files, running
 from tests.support.tcp_proxy import proxy_to
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -49,15 +49,7 @@ def new_database() -> Iterator[str]:
 
 
 def _settings(tmp: Path, url: str) -> dict[str, str]:
-    return {
-        "CARELINK_DATABASE_URL": url,
-        "CARELINK_AUTH": "development",
-        "CARELINK_ISSUER_KEYS": str(tmp / "issuer"),
-        "CARELINK_AUDIT_KEYS": str(tmp / "audit"),
-        "CARELINK_AUDIT_CHECKPOINTS": str(tmp / "checkpoints"),
-        "CARELINK_MASTER_KEY": str(tmp / "master.key"),
-        "CARELINK_EXPORTS": str(tmp / "exports"),
-    }
+    return {"CARELINK_DATABASE_URL": url, "CARELINK_AUTH": "development", **own_files(tmp)}
 
 
 def _versions(url: str) -> list[int]:

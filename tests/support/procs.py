@@ -28,6 +28,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def own_files(folder: Path) -> dict[str, str]:
+    """The settings that put every file a gateway writes (its token issuer's and audit
+    keys, audit checkpoints, the extract master key, exports) in ``folder``, not beside
+    its database or in ``var/`` of the working directory."""
+    return {
+        "CARELINK_ISSUER_KEYS": str(folder / "issuer"),
+        "CARELINK_AUDIT_KEYS": str(folder / "audit"),
+        "CARELINK_AUDIT_CHECKPOINTS": str(folder / "checkpoints"),
+        "CARELINK_MASTER_KEY": str(folder / "master.key"),
+        "CARELINK_EXPORTS": str(folder / "exports"),
+    }
+
+
 def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: this interpreter's, with ``src`` importable."""
     out = dict(os.environ)
