@@ -172,7 +172,8 @@ actors = st.builds(
     st.integers(0, 5).map(lambda n: n == 0),
 )
 
-#: one request: which record, caller, patient, Consents; a grant given; time passing
+#: one request: which record, caller, patient, Consents; a grant given; time passing;
+#: the patient's registered practice (the caller's own, another, none known)
 steps = st.tuples(
     st.integers(0, 2),
     st.integers(0, 1),
@@ -180,6 +181,7 @@ steps = st.tuples(
     st.integers(0, 1),
     st.booleans(),
     st.sampled_from([0.0, 4000.0]),
+    st.sampled_from(["B00001", "B00002", None]),
 )
 
 
@@ -230,15 +232,14 @@ def test_a_remembered_answer_is_the_answer_decided_afresh(store, records_, actor
     grants = 0
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM break_glass")
-    for record, who, pid, consents, grant, later in run:
+    for record, who, pid, consents, grant, later, practice in run:
         clock.now += later
         actor = actors_[who]
         if grant:
             grants += 1
             store.grant(grant_row(f"g{grants}", pid, actor, clock.now))
-        patient = {
-            "generalPractitioner": [{"identifier": {"system": ODS_SYSTEM, "value": "B00001"}}]
-        }
+        gp = {"identifier": {"system": ODS_SYSTEM, "value": practice}}
+        patient = {"generalPractitioner": [gp] if practice else []}
         s_memo = remembering.situation(actor, pid, patient, consents_[consents])
         s_fresh = fresh.situation(actor, pid, patient, consents_[consents])
         got = remembering.filter(s_memo, records_[record], shared=True)
@@ -246,6 +247,24 @@ def test_a_remembered_answer_is_the_answer_decided_afresh(store, records_, actor
         assert same(got, want), (got, want)
         # the caller's list is its own: changing it changes no later answer
         got.resources.clear()
+
+
+def test_an_answer_for_one_registered_practice_is_not_reused_for_another(store):
+    """A GP practice sees its own data, a sensitive part of it too; asked about the very
+    same objects for a patient registered elsewhere, it is decided anew (withheld)."""
+    g = guard(store, Clock(), FilterMemo())
+    actor = Actor("dr", "R8000", "B00001", "TREAT", None, "id")
+    hiv = {"source": source_uri("gp"), "security": [{"system": ACT, "code": "HIV"}]}
+    record = [{"resourceType": "Observation", "id": "o", "meta": hiv}]
+
+    def shown(practice: str) -> list[dict[str, Any]]:
+        gp = {"identifier": {"system": ODS_SYSTEM, "value": practice}}
+        s = g.situation(actor, "p1", {"generalPractitioner": [gp]}, [])
+        return g.filter(s, record, shared=True).resources
+
+    assert shown("B00001")  # the practice's own data
+    assert shown("B00002") == []  # HIV, from another practice: needs the patient's consent
+    assert shown("B00001")
 
 
 def test_the_memo_is_used_for_the_same_objects_and_not_for_equal_copies(store):
