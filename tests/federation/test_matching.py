@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from carelink.federation.matching import (
     MATCH_THRESHOLD,
     REVIEW_THRESHOLD,
     Demographics,
     blocking_keys,
+    key_value,
+    lookup_values,
     score,
 )
 from carelink.simulators import population as pop
@@ -81,3 +85,25 @@ def test_records_whose_names_both_differ_are_never_linked_automatically():
     other = Demographics("Ivy", "Begum", BASE.birth_date, BASE.gender, BASE.postcode)
     s = score(other, BASE)
     assert REVIEW_THRESHOLD <= s.total < MATCH_THRESHOLD
+
+
+#: few values of each field, so that records share blocking keys of every kind
+alike = st.builds(
+    Demographics,
+    st.sampled_from(["Ann", "Anne", "Bob", "", "Mary Ann"]),
+    st.sampled_from(["Smith", "Smyth", "Jones", ""]),
+    st.sampled_from(["1950-03-04", "1950-04-03", "1950-03-05", "1951-03-04", None]),
+    st.sampled_from(["female", "male", None]),
+    st.sampled_from(["BH1 1AA", "bh11aa", "DT1 2XY", None]),
+)
+
+
+@given(st.lists(alike, min_size=2, max_size=6))
+def test_records_sharing_a_blocking_key_share_the_lookup_value_it_names(people):
+    """What an update counts to bound a block (``key_value``) is held by every record in
+    the block: no block is larger than the records the index counts for it."""
+    for key in {k for d in people for k in blocking_keys(d)}:
+        holders = [d for d in people if key in set(blocking_keys(d))]
+        values = {key_value(key, lookup_values(d)) for d in holders}
+        assert len(values) == 1, (key, values)
+        assert values.pop()[1:], key  # a value the index holds, never the empty one

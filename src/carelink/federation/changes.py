@@ -53,6 +53,7 @@ from carelink.federation.matching import (
     REVIEW_THRESHOLD,
     Demographics,
     blocking_keys,
+    key_value,
     lookup_values,
     score,
 )
@@ -212,11 +213,6 @@ def _lookups(d: Demographics) -> set[str]:
     return {tag + v for tag, v in zip("dnp", lookup_values(d), strict=True) if v}
 
 
-#: which lookup value (``lookup_values``: day, names and year-month, postcode) holds a
-#: blocking key, by the key's kind
-_HOLDER = {"fd": 0, "gd": 0, "pd": 0, "nd": 0, "ds": 0, "fy": 1, "fg": 1, "fp": 2}
-
-
 @dataclass
 class _Blocks:
     """Exact sizes of the blocks that may be over ``BLOCK_CAP``, before and after changes
@@ -253,7 +249,7 @@ def _blocks(
     for d in demos:
         values = lookup_values(d)
         for k in blocking_keys(d):
-            value_of[k] = "dnp"[_HOLDER[k[:2]]] + values[_HOLDER[k[:2]]]
+            value_of[k] = key_value(k, values)
     bound = Counter(store.value_counts(set(value_of.values())))
     for r in new.values():
         bound.update(_lookups(demographics(r)))

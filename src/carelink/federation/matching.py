@@ -208,6 +208,19 @@ def lookup_values(d: Demographics) -> tuple[str, str, str]:
     return day, names, postcode if fam and given[:1] else ""
 
 
+#: which of ``lookup_values`` (day, names and year-month, postcode) each kind of blocking
+#: key holds
+_HELD_IN = {"fd": 0, "gd": 0, "pd": 0, "nd": 0, "ds": 0, "fy": 1, "fg": 1, "fp": 2}
+
+
+def key_value(key: str, values: tuple[str, str, str]) -> str:
+    """The lookup value that every record holding blocking ``key`` holds (``values``: one
+    holder's ``lookup_values``), tagged as ``IndexStore.near_any`` takes it: a block is
+    never larger than the records sharing that value."""
+    i = _HELD_IN[key[:2]]
+    return "dnp"[i] + values[i]
+
+
 def best_match(
     record: Demographics, candidates: Iterable[tuple[str, Demographics]]
 ) -> tuple[str | None, MatchScore | None]:
