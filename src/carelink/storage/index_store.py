@@ -234,16 +234,11 @@ class IndexStore:
         """Linked records sharing a lookup value with some record (a superset of those it
         could share a blocking key with). Each value is tagged by its column: ``d`` day,
         ``n`` names and year-month, ``p`` postcode (``"d1950:0304"``)."""
-        f = record_fields.c
-        column = {"d": f.day, "n": f.names_ym, "p": f.pc}
-        wanted: dict[str, list[str]] = {"d": [], "n": [], "p": []}
-        for v in values:
-            wanted[v[0]].append(v[1:])
         out: dict[tuple[str, str], FieldsRow] = {}
         with self.db.engine.connect() as conn:
-            for tag, found in wanted.items():
+            for _, column, found in _by_column(values):
                 for i in range(0, len(found), 500):
-                    test = column[tag].in_(sorted(found)[i : i + 500])
+                    test = column.in_(found[i : i + 500])
                     for r in conn.execute(sa.select(record_fields).where(test)):
                         out[(r[0], r[1])] = FieldsRow(*r)
         return list(out.values())
@@ -251,17 +246,11 @@ class IndexStore:
     def value_counts(self, values: Iterable[str]) -> dict[str, int]:
         """How many linked records hold each lookup value (tagged as for ``near_any``),
         counted through the columns' indexes; values nobody holds are left out."""
-        f = record_fields.c
-        column = {"d": f.day, "n": f.names_ym, "p": f.pc}
-        wanted: dict[str, list[str]] = {"d": [], "n": [], "p": []}
-        for v in values:
-            wanted[v[0]].append(v[1:])
         out: dict[str, int] = {}
         with self.db.engine.connect() as conn:
-            for tag, found in wanted.items():
-                col = column[tag]
+            for tag, col, found in _by_column(values):
                 for i in range(0, len(found), 500):
-                    test = col.in_(sorted(found)[i : i + 500])
+                    test = col.in_(found[i : i + 500])
                     query = sa.select(col, sa.func.count()).where(test).group_by(col)
                     for value, n in conn.execute(query):
                         out[tag + value] = int(n)
@@ -635,6 +624,17 @@ def _postgres_access(node: dict[str, Any]) -> Iterator[str]:
         yield f"{'scan' if walked else 'index'}:{node['Index Name']}"
     for child in node.get("Plans", ()):
         yield from _postgres_access(child)
+
+
+def _by_column(values: Iterable[str]) -> list[tuple[str, sa.Column[Any], list[str]]]:
+    """Lookup values tagged by their column (``IndexStore.near_any``): per column, its
+    tag, the column and its values, sorted."""
+    f = record_fields.c
+    wanted: dict[str, list[str]] = {"d": [], "n": [], "p": []}
+    for v in values:
+        wanted[v[0]].append(v[1:])
+    columns = {"d": f.day, "n": f.names_ym, "p": f.pc}
+    return [(tag, columns[tag], sorted(found)) for tag, found in wanted.items()]
 
 
 def _with_consents(
