@@ -74,17 +74,20 @@ def _copy_type(column: sa.Column[Any]) -> str:
 
 
 #: the swap's bookkeeping of retired ids (``IndexBuild.swap``), before the live tables go:
-#: ids back in the new index are no longer retired; each id not in it leads to the new
-#: people holding its records (a record nobody holds now leads nowhere)
-_RETIRE = (
+#: ids back in the new index are no longer retired ...
+_UNRETIRE = (
     "DELETE FROM person_successors WHERE EXISTS "
-    "(SELECT 1 FROM persons_build b WHERE b.id = person_successors.retired_id)",
+    "(SELECT 1 FROM persons_build b WHERE b.id = person_successors.retired_id)"
+)
+#: ... and each id not in it leads to the new people holding its records (a record nobody
+#: holds now leads nowhere), as of ``{mark}``
+_RETIRE = (
     "INSERT INTO person_successors (retired_id, successor_id, retired_at) "
     "SELECT DISTINCT o.person_id, n.person_id, {mark} FROM person_links o "
     "JOIN person_links_build n ON n.source = o.source AND n.local_id = o.local_id "
     "WHERE NOT EXISTS (SELECT 1 FROM persons_build b WHERE b.id = o.person_id) "
     "AND NOT EXISTS (SELECT 1 FROM person_successors s "
-    "WHERE s.retired_id = o.person_id AND s.successor_id = n.person_id)",
+    "WHERE s.retired_id = o.person_id AND s.successor_id = n.person_id)"
 )
 
 
@@ -385,7 +388,6 @@ class IndexBuild:
         in memory whatever the population. Returns how many (retired id, successor)
         pairs were recorded, and the seconds that took."""
         sqlite = self.db.is_sqlite
-        pairs, took = 0, 0.0
         cur = self._conn.cursor()
         try:
             for table, name, columns, unique in _INDEXES:
@@ -404,9 +406,8 @@ class IndexBuild:
             if sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             started = time.perf_counter()
-            for sql in _RETIRE:
-                values = (at,) if "{mark}" in sql else ()
-                cur.execute(sql.format(mark="?" if sqlite else "%s"), values)
+            cur.execute(_UNRETIRE)
+            cur.execute(_RETIRE.format(mark="?" if sqlite else "%s"), (at,))
             pairs, took = max(cur.rowcount, 0), round(time.perf_counter() - started, 2)
             for t in reversed(_LIVE):
                 cur.execute(f"DROP TABLE {t.name}")
