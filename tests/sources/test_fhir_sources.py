@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
+from carelink.errors import SourceBadPayload
 from carelink.simulators import fhir_render
 from carelink.simulators.store import PopulationSlice
-from carelink.sources.fhir_rest import localise
+from carelink.sources.fhir_rest import about_whom, localise
 from carelink.sources.namespacing import namespace, namespaced_id
 from tests.support.schema import problems
 
@@ -65,3 +68,23 @@ def test_type_filter_keeps_the_patient():
     rec = fhir_render.record(people.by_local[local], "gp", local, people.facts(local))
     kept = localise(copy.deepcopy(rec), "gp", local, "Patient/x", frozenset({"Encounter"}))
     assert {r["resourceType"] for r in kept} == {"Patient", "Encounter"}
+
+
+@pytest.mark.parametrize(
+    ("others", "why"),
+    [
+        ([], "without the Patient"),  # the Patient left out
+        ([{"resourceType": "Patient", "id": "p2"}], "different person"),  # another's alone
+        (
+            [{"resourceType": "Patient", "id": "p1"}, {"resourceType": "Patient", "id": "p2"}],
+            "different person",  # theirs and another's: whose would the rest be?
+        ),
+    ],
+)
+def test_an_everything_answer_not_about_the_patient_asked_for_is_refused_whole(others, why):
+    """A FHIR source's ``$everything`` holds the Patient asked for and no other: any other
+    answer is that source's error, so none of it is served as this patient's record."""
+    obs = {"resourceType": "Observation", "id": "o1"}
+    about_whom([{"resourceType": "Patient", "id": "p1"}, obs], "acute", "p1")  # theirs
+    with pytest.raises(SourceBadPayload, match=why):
+        about_whom([*others, obs], "acute", "p1")
