@@ -236,7 +236,7 @@ async def first_page(
         # megabytes, off the loop on SQLite too (a write waits for the audit's commits)
         cursor = await stored(request, pages.keep, snap, owner(asked.caller), encodings)
     await audit(request, asked.interaction, [asked.pid])
-    return _respond(request, asked, snap, cursor, encodings)
+    return _respond(request, asked, snap, cursor, encodings, etag)
 
 
 async def stored_page(request: Request, asked: Asked) -> Response:
@@ -281,10 +281,14 @@ def _respond(
     snap: Snapshot,
     cursor: str | None,
     encodings: Encodings | None = None,
+    etag: str | None = None,
 ) -> Response:
-    etag = _etag(asked, snap)
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag})
+    """The page (``etag``: its version, when the first page has made it and found the
+    client without it already)."""
+    if etag is None:
+        etag = _etag(asked, snap)
+        if not_modified(request, etag):
+            return Response(status_code=304, headers={"ETag": etag})
     body = page(
         asked.base,
         asked.url,
