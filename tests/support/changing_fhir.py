@@ -26,10 +26,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from carelink.simulators.base import etag_for
+from carelink.simulators.fhir_server import (
+    FHIR_JSON,
+    capability,
+    not_found,
+    resource_read,
+    searchset,
+)
 from carelink.simulators.fhir_store import FileStore
 
 Json = dict[str, Any]
-FHIR_JSON = "application/fhir+json"
 
 
 class ChangingFhir:
@@ -42,7 +48,6 @@ class ChangingFhir:
         self.records: dict[str, list[Json]] = {
             p: copy.deepcopy(store.record(p) or []) for p in smallest[:patients]
         }
-        self.store = store
         #: local id -> another local id whose answer is sent, byte for byte, instead
         self.same_as: dict[str, str] = {}
         #: when set, every other ``$everything`` is answered from these records instead
@@ -51,10 +56,10 @@ class ChangingFhir:
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
-                Route("/fhir/metadata", self._metadata),
+                Route("/fhir/metadata", capability("a FHIR R4 server", "4.0.1", ["Patient"], [])),
                 Route("/fhir/Patient", self._patients),
                 Route("/fhir/Patient/{id}/$everything", self._everything),
-                Route("/fhir/{type}/{id}", self._read),
+                Route("/fhir/{type}/{id}", resource_read(store)),
             ]
         )
 
@@ -66,59 +71,25 @@ class ChangingFhir:
         return self.records
 
     @staticmethod
-    def _answer(body: Json, status: int = 200) -> Response:
+    def _answer(body: Json) -> Response:
+        """``fhir_response`` without ``Last-Modified``: nothing in an answer moves with the
+        clock, so the same content is the same answer."""
         data = orjson.dumps(body)
-        return Response(
-            data, status_code=status, media_type=FHIR_JSON, headers={"ETag": etag_for(data)}
-        )
-
-    @staticmethod
-    def _bundle(base: str, resources: list[Json]) -> Json:
-        return {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(resources),
-            "entry": [
-                {
-                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                    "resource": r,
-                    "search": {"mode": "match"},
-                }
-                for r in resources
-            ],
-        }
-
-    async def _metadata(self, request: Request) -> Response:
-        return self._answer(
-            {
-                "resourceType": "CapabilityStatement",
-                "status": "active",
-                "date": "2026-01-01",
-                "kind": "instance",
-                "fhirVersion": "4.0.1",
-                "format": [FHIR_JSON],
-                "rest": [{"mode": "server", "resource": [{"type": "Patient"}]}],
-            }
-        )
+        return Response(data, media_type=FHIR_JSON, headers={"ETag": etag_for(data)})
 
     async def _patients(self, request: Request) -> Response:
         base = str(request.base_url).rstrip("/") + "/fhir"
-        return self._answer(self._bundle(base, [r[0] for r in self.records.values()]))
+        patients = [r[0] for r in self.records.values()]
+        return self._answer(searchset(base, patients, len(patients), {}))
 
     async def _everything(self, request: Request) -> Response:
         local = request.path_params["id"]
         records = self._records_now()
         record = records.get(self.same_as.get(local, local))
         if record is None:
-            return self._answer({"resourceType": "OperationOutcome", "issue": []}, 404)
+            return not_found("Patient")
         asked = request.query_params.get("_type")
         types = set(asked.split(",")) if asked else None
         served = [r for r in record if types is None or r["resourceType"] in types]
         base = str(request.base_url).rstrip("/") + "/fhir"
-        return self._answer(self._bundle(base, served))
-
-    async def _read(self, request: Request) -> Response:
-        found = self.store.resource(request.path_params["type"], request.path_params["id"])
-        if found is None:
-            return self._answer({"resourceType": "OperationOutcome", "issue": []}, 404)
-        return self._answer(found)
+        return self._answer(searchset(base, served, len(served), {}))
