@@ -6,12 +6,15 @@ Consent); each memo keeps only the entries used most recently, so memory is
 bounded by the people seen lately, not by the population. ``Recent`` is that
 bound, once: a memo reads with ``get``, says which entry it reused with
 ``used`` (only once it has checked the entry still holds), and adds with ``put``.
+A memo that holds the very objects it was made from checks them with
+``same_objects`` (it keeps them alive, so an id is never another object's).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -35,3 +38,8 @@ class Recent(OrderedDict[K, V]):
         self.move_to_end(key)
         while len(self) > self.maxsize:
             self.popitem(last=False)
+
+
+def same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """The very same objects, in the same order (identity, not equality)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))

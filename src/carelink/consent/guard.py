@@ -35,7 +35,7 @@ import orjson
 from carelink.consent.decision import Actor, Decision, Engine, Situation, label
 from carelink.consent.directive import ODS_SYSTEM, Directive, Provision, directive
 from carelink.errors import ConsentDenied
-from carelink.recent import Recent
+from carelink.recent import Recent, same_objects
 from carelink.storage import ConsentStore
 
 Json = dict[str, Any]
@@ -61,10 +61,6 @@ class _Remembered:
     overridable: bool  # a denial a break-glass grant would turn (the grant is read each time)
 
 
-def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
 def _timeless(p: Provision) -> bool:
     """Does nothing in this provision (or under it) depend on the time of the request?"""
     return p.period is None and all(_timeless(c) for c in p.children)
@@ -86,9 +82,9 @@ class FilterMemo:
         """The answer remembered for exactly these resources and Consents, if any."""
         with self._lock:
             got = self._items.get(key)
-            if got is None or not _same(got.resources, resources):
+            if got is None or not same_objects(got.resources, resources):
                 return None
-            if not _same(got.directives, s.directives):
+            if not same_objects(got.directives, s.directives):
                 return None
             self._items.used(key)
             return got
