@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from carelink.errors import SourceNotAsked, SourceRefused, SourceUnavailable
+from carelink.errors import SourceBadPayload, SourceNotAsked, SourceRefused, SourceUnavailable
 from carelink.federation.fanout import NOT_ASKED, FanOut, Request
 from carelink.fhir.gpconnect import INTERACTION_ID
+from carelink.fhir.nhs import is_valid
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_errors import failure
 from carelink.sources.gpconnect_record import read_structured
@@ -43,6 +44,31 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "gpconnect"
 RESPONSES = sorted((DATA / "responses").glob("*.json"))
 NHS = "9434765919"
 TODAY = dt.date(2024, 6, 1)
+
+
+def published_nhs(name: str) -> str | None:
+    """The NHS number of a published structured record's Patient (None: it has none)."""
+    doc = json.loads((DATA / "responses" / name).read_bytes())
+    for entry in doc.get("entry", ()):
+        r = entry.get("resource", entry)
+        if r.get("resourceType") == "Patient":
+            for i in r.get("identifier", ()):
+                if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number":
+                    return str(i["value"])
+    return None
+
+
+#: the published records whose Patient carries a valid NHS number
+ABOUT_SOMEONE = [p.name for p in RESPONSES if is_valid(published_nhs(p.name) or "")]
+
+
+def answered_for(nhs_number: str, name: str) -> bytes:
+    """A published structured record as a provider answers it for ``nhs_number``: its
+    Patient carries the number asked for (a record about anyone else is refused)."""
+    body = (DATA / "responses" / name).read_bytes()
+    published = f'"{published_nhs(name)}"'.encode()
+    assert published in body, name
+    return body.replace(published, f'"{nhs_number}"'.encode())
 
 
 def _decode(part: str) -> dict:
@@ -175,7 +201,7 @@ class Recorder:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, dict(request.headers), await request.read()))
-        body = (DATA / "responses/allergies_response2.json").read_bytes()
+        body = answered_for(NHS, "allergies_response2.json")
         return web.Response(body=body, content_type="application/fhir+json")
 
 
@@ -385,7 +411,7 @@ class Switchable:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
-        body = (DATA / "responses" / self.answer).read_bytes()
+        body = answered_for(NHS, self.answer)
         return web.Response(body=body, content_type="application/fhir+json")
 
 
@@ -423,6 +449,50 @@ def test_the_same_answer_is_read_once_and_a_changed_one_is_read_again():
     assert "AllergyIntolerance" in types
     assert "Encounter" not in types
     assert not changed.notes
+
+
+class Answering:
+    """A GP Connect endpoint that answers every request with the bytes it is given."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.body, content_type="application/fhir+json")
+
+
+def _fetch_answered(body: bytes, nhs_number: str = NHS):
+    async def go():
+        runner, port = await _serve(Answering(body).handle)
+        try:
+            async with aiohttp.ClientSession() as session:
+                source = GPConnectSource(session, f"http://127.0.0.1:{port}")
+                return await source.fetch_record("L1", "Patient/p1", None, nhs_number=nhs_number)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", ABOUT_SOMEONE)
+def test_a_record_about_someone_else_is_refused_whole(name):
+    """A provider answering with another person's structured record (each published
+    example as published, about its own patient, asked for 9434765919), or a record
+    holding a second Patient, is unreadable as a whole: nothing of it is served as this
+    person's. The same bytes about the person asked for are read."""
+    published = (DATA / "responses" / name).read_bytes()
+    with pytest.raises(SourceBadPayload, match="different person"):
+        _fetch_answered(published)
+    assert _fetch_answered(published, str(published_nhs(name))).resources
+    doc = json.loads(answered_for(NHS, name))
+    patient = next(
+        e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    other = {**patient, "id": "someone-else", "identifier": []}
+    doc["entry"].append({"resource": other})
+    with pytest.raises(SourceBadPayload, match="different person"):
+        _fetch_answered(json.dumps(doc).encode())
+    assert _fetch_answered(answered_for(NHS, name)).resources
 
 
 def test_the_period_asked_of_the_gateway_becomes_the_providers_search_periods():

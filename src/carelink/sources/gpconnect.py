@@ -28,7 +28,7 @@ import orjson
 
 from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
 from carelink.fhir.gpconnect import METADATA_INTERACTION_ID, OPERATION, SSP_INTERACTION_ID
-from carelink.fhir.nhs import is_valid
+from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, digest
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
@@ -54,6 +54,25 @@ NO_NHS_NUMBER = "not sent: no traced NHS number (GP Connect finds patients by NH
 
 def _today() -> date:
     return datetime.now(UTC).date()
+
+
+def about_whom(resources: list[Json], source: str, nhs_number: str) -> Json:
+    """A structured record's one Patient, which must carry the NHS number asked for: a
+    record with none, with two, or about someone else (a practice answering for the wrong
+    person) is unreadable as a whole (``SourceBadPayload``), so no part of another
+    person's record is ever served as this one's (as ``fhir_rest.about_whom`` for
+    ``$everything``)."""
+    patients = [r for r in resources if r["resourceType"] == "Patient"]
+    if not patients:
+        raise SourceBadPayload(source, "structured record without a Patient")
+    numbers = {
+        str(i.get("value", "")).replace(" ", "")
+        for i in patients[0].get("identifier") or ()
+        if isinstance(i, dict) and i.get("system") == NHS_NUMBER_SYSTEM
+    }
+    if len(patients) > 1 or nhs_number not in numbers:
+        raise SourceBadPayload(source, "structured record is about a different person")
+    return patients[0]
 
 
 class GPConnectSource:
@@ -138,9 +157,7 @@ class GPConnectSource:
         if cached is not None:
             return SourceAnswer(cached.resources, version, as_of(got), cached.skipped, cached.notes)
         reading = read_structured(parse(data, self.name), self.name)
-        patient = next((r for r in reading.resources if r["resourceType"] == "Patient"), None)
-        if patient is None:
-            raise SourceBadPayload(self.name, "structured record without a Patient")
+        patient = about_whom(reading.resources, self.name, nhs_number)
         out = localise(reading.resources, self.name, str(patient["id"]), patient_ref, types)
         skipped, notes = tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
         self.cache.put(key, fingerprint, out, skipped, notes)
