@@ -328,7 +328,13 @@ def test_a_failing_source_and_its_circuit_are_logged(gateway, system):
         and line.get("request_id") in ids
         and line["source"] == "community"
     ]
-    assert len(failed) == 3
+    told = [  # what the gateway said of community around these requests, for a failure
+        (line["logger"], line.get("request_id"), line.get("outcome"), line.get("state"))
+        for line in lines
+        if line.get("source") == "community"
+        or (line["logger"] == "carelink.access" and line.get("request_id") in ids)
+    ][-20:]
+    assert len(failed) == 3, told
     assert all(line["level"] == "warning" and line["reason"] for line in failed)
     circuit = [
         (line["state"], line["level"])
