@@ -4,42 +4,81 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carelink.sources.answer_cache import AnswerCache, bulk_read, digest
+from carelink.sources.http import Mapped, answer
 
 
 def test_reuses_only_identical_bytes() -> None:
     cache = AnswerCache()
     key = ("a-1", "Patient/p1", None)
-    cache.put(key, digest(b"one"), [{"id": "x"}])
-    assert cache.get(key, digest(b"one")) == [{"id": "x"}]
-    assert cache.get(key, digest(b"two")) is None
+    cache.put(key, b"one", [{"id": "x"}])
+    # equal bytes in another object are the same answer; a different body is not
+    assert cache.get(key, bytes(bytearray(b"one"))) == [{"id": "x"}]
+    assert cache.get(key, b"two") is None
+
+
+@given(st.binary(min_size=1, max_size=64), st.data())
+def test_a_body_differing_anywhere_is_not_reused(body: bytes, data: st.DataObject) -> None:
+    """Whatever byte differs (same length, so no shortcut decides it), the cache misses."""
+    at = data.draw(st.integers(0, len(body) - 1))
+    other = bytearray(body)
+    other[at] ^= data.draw(st.integers(1, 255))
+    cache = AnswerCache()
+    key = ("a-1", "Patient/p1", None)
+    cache.put(key, body, [{"id": "x"}])
+    assert cache.get(key, bytes(other)) is None
+    assert cache.get(key, bytes(body)) == [{"id": "x"}]
+
+
+def test_an_answer_without_an_etag_keeps_its_version_when_reused() -> None:
+    """A source that sends no ETag is versioned by its body: the same on a hit as on the
+    miss that made it, and different for different bytes."""
+    cache = AnswerCache()
+    key = ("a-1", "Patient/p1", None)
+    built: list[bytes] = []
+
+    def build(data: bytes) -> Mapped:
+        built.append(data)
+        return Mapped([{"id": data.decode()}])
+
+    first = answer(cache, key, b"body-1", {}, build)
+    again = answer(cache, key, bytes(bytearray(b"body-1")), {}, build)
+    other = answer(cache, key, b"body-2", {}, build)
+    assert built == [b"body-1", b"body-2"]  # the second answer was reused, not built
+    assert first.version == again.version == digest(b"body-1").hex()
+    assert other.version == digest(b"body-2").hex() != first.version
+    tagged = answer(cache, key, b"body-2", {"ETag": 'W/"7"'}, build)
+    assert tagged.version == 'W/"7"'
 
 
 def test_least_recently_used_goes_first() -> None:
     cache = AnswerCache(maxsize=2)
     for i in range(3):
-        cache.put((str(i), "", None), digest(b"x"), [])
+        cache.put((str(i), "", None), b"x", [])
     assert len(cache) == 2
-    assert cache.get(("0", "", None), digest(b"x")) is None
-    assert cache.get(("2", "", None), digest(b"x")) == []
+    assert cache.get(("0", "", None), b"x") is None
+    assert cache.get(("2", "", None), b"x") == []
 
 
 def test_bulk_read_adds_nothing_but_still_reuses() -> None:
     cache = AnswerCache()
     warm = ("warm", "", None)
-    cache.put(warm, digest(b"w"), [{"id": "w"}])
+    cache.put(warm, b"w", [{"id": "w"}])
 
     async def scan() -> list[object]:
         with bulk_read():
             # Tasks started inside the block (the fan-out's) inherit it.
             await asyncio.create_task(_put(cache, ("cold", "", None)))
-            return [cache.get(warm, digest(b"w"))]
+            return [cache.get(warm, b"w")]
 
     assert asyncio.run(scan()) == [[{"id": "w"}]]
     assert len(cache) == 1
-    cache.put(("after", "", None), digest(b"a"), [])  # outside the block it remembers again
+    cache.put(("after", "", None), b"a", [])  # outside the block it remembers again
     assert len(cache) == 2
 
 
 async def _put(cache: AnswerCache, key: tuple[str, str, None]) -> None:
-    cache.put(key, digest(b"c"), [{"id": "c"}])
+    cache.put(key, b"c", [{"id": "c"}])

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import hl7
 
 from carelink.errors import SourceBadPayload, SourceUnavailable
-from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.hl7v2 import UNREADABLE, message_resources, person, why_unreadable
 from carelink.sources.hl7v2_changes import INDEX_EVENTS, adt_changes, registration
@@ -77,12 +77,12 @@ class CommunityFeedSource:
         if part is None:
             return SourceAnswer([], "absent", as_of({}))
         key = (local_id, patient_ref, types)
-        fingerprint = digest(part.version.encode())
-        hit = self.cache.lookup(key, fingerprint)
+        stamp = part.version.encode()  # the feed's version of the part stands for its bytes
+        hit = self.cache.lookup(key, stamp)
         if hit is not None:
             return SourceAnswer(hit.resources, part.version, part.as_of, hit.skipped)
         resources, skipped = self._map(part, patient_ref, types)
-        self.cache.put(key, fingerprint, resources, skipped)
+        self.cache.put(key, stamp, resources, skipped)
         return SourceAnswer(resources, part.version, part.as_of, skipped)
 
     def _map(

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from carelink.errors import SourceBadPayload
-from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
 from carelink.sources.http import Mapped, as_of, fetch, read_ahead
 from carelink.sources.kind import KindCheck
@@ -153,8 +153,8 @@ class AcuteSource:
             stamp = stamp or as_of(headers)
             versions.append(headers.get("ETag", ""))
             if first:
-                fingerprint = digest(data)
-                cached = self.cache.lookup(key, fingerprint)
+                first_body = data
+                cached = self.cache.lookup(key, first_body)
                 if cached is not None:
                     return SourceAnswer(cached.resources, versions[0], stamp, cached.skipped)
             doc = parse(data, self.name)
@@ -170,7 +170,7 @@ class AcuteSource:
         about_whom(resources, self.name, local_id)
         out = localise(resources, self.name, local_id, patient_ref, types)
         if single_page:
-            self.cache.put(key, fingerprint, out, tuple(skipped))
+            self.cache.put(key, first_body, out, tuple(skipped))
         return SourceAnswer(out, "|".join(versions), stamp, tuple(skipped))
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:

@@ -30,7 +30,7 @@ from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
 from carelink.fhir.gpconnect import METADATA_INTERACTION_ID, OPERATION, SSP_INTERACTION_ID
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid
 from carelink.observability.context import HEADER, current_request_id
-from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.fhir_rest import get_json, localise, next_page, parse, person_from_patient
 from carelink.sources.gpconnect_errors import failure
@@ -152,15 +152,14 @@ class GPConnectSource:
         version = got.get("ETag", "") or orjson.dumps(len(data)).decode()
         # the same question answered with the same bytes reads as it did last time
         key = (f"{nhs_number}|{period}", patient_ref, types)
-        fingerprint = digest(data)
-        cached = self.cache.lookup(key, fingerprint)
+        cached = self.cache.lookup(key, data)
         if cached is not None:
             return SourceAnswer(cached.resources, version, as_of(got), cached.skipped, cached.notes)
         reading = read_structured(parse(data, self.name), self.name)
         patient = about_whom(reading.resources, self.name, nhs_number)
         out = localise(reading.resources, self.name, str(patient["id"]), patient_ref, types)
         skipped, notes = tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
-        self.cache.put(key, fingerprint, out, skipped, notes)
+        self.cache.put(key, data, out, skipped, notes)
         return SourceAnswer(out, version, as_of(got), skipped, notes)
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:

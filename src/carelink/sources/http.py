@@ -89,12 +89,14 @@ def answer(
     (404), reused when the bytes are the ones mapped last time, else ``build(data)``."""
     if data is None:
         return SourceAnswer([], "absent", as_of(headers))
-    fingerprint = digest(data)
-    version = headers.get("ETag", "") or fingerprint.hex()
-    hit = cache.lookup(key, fingerprint)
-    mapped = Mapped(hit.resources, hit.skipped) if hit is not None else build(data)
-    if hit is None:
-        cache.put(key, fingerprint, mapped.resources, mapped.skipped)
+    etag = headers.get("ETag", "")
+    hit = cache.lookup(key, data)
+    if hit is not None:
+        version = etag or hit.fingerprint.hex()
+        return SourceAnswer(hit.resources, version, as_of(headers), hit.skipped)
+    mapped = build(data)
+    cache.put(key, data, mapped.resources, mapped.skipped)
+    version = etag or digest(data).hex()
     return SourceAnswer(mapped.resources, version, as_of(headers), mapped.skipped)
 
 
