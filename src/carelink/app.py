@@ -271,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.guard,
             ttl_hours=settings.export_ttl_hours,
         )
+        app.state.runner = runner  # a DELETE stops the job it runs (``Runner.stop``)
         app.state.export_ttl = runner.ttl
         exporter = asyncio.create_task(runner.serve())
         app.state.audit = GroupCommit(

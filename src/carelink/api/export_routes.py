@@ -43,7 +43,7 @@ from carelink.auth.local_issuer import LOCAL_ISSUER
 from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
-from carelink.export.jobs import JobRequest
+from carelink.export.jobs import JobRequest, Runner
 from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filters
 from carelink.export.tables import ERRORS
 from carelink.federation.query import SEARCH_TYPES
@@ -204,10 +204,15 @@ async def export_status(request: Request) -> Response:
 
 @router.fhir_route("/$export-status/{job}", ["DELETE"])
 async def export_cancel(request: Request) -> Response:
-    """Cancel a job and delete its files."""
+    """Cancel a job and delete its files, answering once the job has stopped: then no
+    source is asked anything more for it and none of its files remain (``Runner.stop``:
+    at once here, or once the process holding it has let go, waited for at most
+    ``STOP_WAIT`` seconds)."""
     _, caller, _ = await context(request)
     job = await _own_job(request, caller, request.path_params["job"])
     await stored(request, request.app.state.jobs.cancel, job.id)
+    runner: Runner = request.app.state.runner
+    await runner.stop(job.id)
     directory: Path = request.app.state.exports / job.id
     await run_in_threadpool(shutil.rmtree, directory, True)
     return Response(status_code=202)

@@ -30,6 +30,10 @@ from carelink.storage import JobRow, JobStore, OptOutStore, describe, is_unavail
 from carelink.storage.export_store import LEASE_SECONDS
 
 log = logging.getLogger("carelink.export")
+#: how often a running job's state is read, so a cancel taken by another process stops it
+CHECK_SECONDS = 0.25
+#: how long a cancel waits for another process to stop the job it holds
+STOP_WAIT = 5.0
 Json = dict[str, Any]
 
 
@@ -101,6 +105,8 @@ class Runner:
         self.guard = guard
         self.clock = clock
         self.ttl = ttl_hours * 3600
+        #: the jobs running in this process: the extract's task, and set once it stopped
+        self._running: dict[str, tuple[asyncio.Task[bool], asyncio.Event]] = {}
 
     async def serve(
         self,
@@ -157,31 +163,98 @@ class Runner:
         return expired
 
     async def run_one(self, job: JobRow) -> None:
-        """Run one claimed job to completion, error or cancellation."""
+        """Run one claimed job to completion, error or cancellation.
+
+        The extract runs as a task of its own, which a cancel stops at once: ``stop``
+        in this process, or the watch here, which reads the job's state every
+        ``CHECK_SECONDS``, when another process took the ``DELETE``. Cancelling it
+        cancels the source requests in flight (``FanOut.gather``), so no further read,
+        page or retry goes out; then its files are deleted and its lease released."""
+        stopped = asyncio.Event()
+        state: dict[str, Any] = {"progress": "starting", "live": True}
+        work = asyncio.create_task(self._extract(job, state))
+        self._running[job.id] = (work, stopped)
+        watch = asyncio.create_task(self._watch(job.id, state, work))
+        try:
+            try:
+                recorded = await work
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the runner itself is stopping: the job is resumed elsewhere
+                recorded = False
+            if not recorded:  # cancelled: nothing of it stays
+                await asyncio.to_thread(self._forget, job.id)
+        finally:
+            state["live"] = False
+            watch.cancel()
+            self._running.pop(job.id, None)
+            stopped.set()
+
+    async def stop(self, job_id: str, wait: float = STOP_WAIT) -> bool:
+        """Once a job is marked cancelled: return when nothing of it runs any more and
+        its files are gone (True), or after ``wait`` seconds (False: the process holding
+        it has not let go; it stops at its next check, or its lease runs out if it died).
+
+        In this process the extract's task is cancelled here and now; a job another
+        process holds is stopped by that process's watch, and its lease released."""
+        here = self._running.get(job_id)
+        if here is not None:
+            work, stopped = here
+            work.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), wait)
+            return stopped.is_set()
+        deadline = time.monotonic() + wait
+        while True:
+            held = await self.jobs.db.run(self.jobs.holder, job_id)
+            if held is None or held[1] < self.clock():
+                return True  # never claimed, finished, released, or its holder died
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(CHECK_SECONDS / 5)
+
+    def _forget(self, job_id: str) -> None:
+        shutil.rmtree(self.exports / job_id, ignore_errors=True)
+        self.jobs.release(job_id)
+
+    async def _watch(self, job_id: str, state: dict[str, Any], work: asyncio.Task[bool]) -> None:
+        """Stop ``work`` as soon as the job is no longer running here (cancelled by any
+        process), reading its state every ``CHECK_SECONDS``; renew its lease meanwhile.
+
+        The lease is renewed on a clock, not per person: one person's read (with
+        retries) may take longer than a lease, and the job must not be taken over. A
+        read or renewal that fails (the database is away) is tried again at the next
+        tick, and the job goes on meanwhile."""
+        renewed = -LEASE_SECONDS
+        while state["live"]:
+            with contextlib.suppress(Exception):
+                if time.monotonic() - renewed >= LEASE_SECONDS / 3:
+                    state["live"] = await asyncio.to_thread(
+                        self.jobs.heartbeat, job_id, str(state["progress"]), self.clock()
+                    )
+                    renewed = time.monotonic()
+                else:
+                    held = await asyncio.to_thread(self.jobs.holder, job_id)
+                    state["live"] = held is not None and held[0] == "running"
+            if not state["live"]:
+                work.cancel()
+                return
+            await asyncio.sleep(CHECK_SECONDS)
+
+    async def _extract(self, job: JobRow, state: dict[str, Any]) -> bool:
+        """The extract and its manifest; False if its outcome was not recorded because
+        the job was cancelled meanwhile (its files are then to be deleted)."""
         directory = self.exports / job.id
         shutil.rmtree(directory, ignore_errors=True)  # a resumed job starts again
         request = JobRequest.from_bytes(job.request)
         out = Output(directory, tabulate=request.output_format == "parquet")
-
-        state = {"progress": "starting", "live": True}
 
         async def progress(done: int, total: int) -> bool:
             await asyncio.sleep(0)
             state["progress"] = f"{done} of {total} people"
             return bool(state["live"])
 
-        async def keep_lease() -> None:
-            # The lease is renewed on a clock, not per person: one person's read (with
-            # retries) may take longer than a lease, and the job must not be taken over.
-            # A renewal that fails (the database is away) is tried again at the next tick.
-            while state["live"]:
-                with contextlib.suppress(Exception):
-                    state["live"] = await asyncio.to_thread(
-                        self.jobs.heartbeat, job.id, str(state["progress"]), self.clock()
-                    )
-                await asyncio.sleep(LEASE_SECONDS / 3)
-
-        lease = asyncio.create_task(keep_lease())
         try:
             result = await run(
                 self.record,
@@ -218,29 +291,30 @@ class Runner:
                 "error": write_errors(directory, result.errors()),
                 "extension": {"carelink": result.manifest_extension()},
             }
-            await asyncio.to_thread(self.jobs.finish, job.id, "complete", orjson.dumps(manifest))
+            return await asyncio.to_thread(
+                self.jobs.finish, job.id, "complete", orjson.dumps(manifest)
+            )
         except Refused as exc:
             shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
-            await asyncio.to_thread(
+            return await asyncio.to_thread(
                 self.jobs.finish, job.id, "error", _error_manifest(str(exc), exc.report.as_json())
             )
         except ExportError as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            if str(exc) != "cancelled":
-                await asyncio.to_thread(
-                    self.jobs.finish, job.id, "error", _error_manifest(str(exc), None)
-                )
+            if str(exc) == "cancelled":
+                return False
+            return await asyncio.to_thread(
+                self.jobs.finish, job.id, "error", _error_manifest(str(exc), None)
+            )
         except Exception as exc:  # any failure ends this job, never the runner
             shutil.rmtree(directory, ignore_errors=True)
             if is_unavailable(exc):
                 raise  # not the job's fault: it is run again once the database is back
             log.warning("export job %s failed: %s", job.id, _why(exc))
-            await asyncio.to_thread(
+            return await asyncio.to_thread(
                 self.jobs.finish, job.id, "error", _error_manifest("the extract failed", None)
             )
         finally:
-            state["live"] = False
-            lease.cancel()
             with contextlib.suppress(Exception):
                 out.close()
 

@@ -100,6 +100,27 @@ class JobStore:
             )
             return done.rowcount == 1
 
+    def holder(self, job_id: str) -> tuple[str, float] | None:
+        """A job's status and lease (one read by its key): how a process running it sees
+        a cancel made by another, and how a cancel sees that the runner has let go."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(export_jobs.c.status, export_jobs.c.lease_until).where(
+                    export_jobs.c.id == job_id
+                )
+            ).first()
+        return (str(row[0]), float(row[1])) if row else None
+
+    def release(self, job_id: str) -> None:
+        """The process that held a cancelled job has stopped it and deleted its files:
+        its lease ends now (``holder`` says so to whoever is waiting on the cancel)."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                export_jobs.update()
+                .where(export_jobs.c.id == job_id, export_jobs.c.status == "cancelled")
+                .values(lease_until=0.0)
+            )
+
     def finish(self, job_id: str, status: str, manifest: bytes) -> bool:
         """Record the outcome (complete or error) unless the job was cancelled meanwhile."""
         with self.db.engine.begin() as conn:
