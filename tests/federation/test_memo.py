@@ -20,8 +20,7 @@ from carelink.federation.fanout import FanOut
 from carelink.federation.index import link_people
 from carelink.federation.memo import RecordMemo
 from carelink.simulators import population as pop
-from carelink.sources.answer_cache import bulk_read
-from carelink.sources.base import SourceAnswer, SourcePerson
+from carelink.sources.base import SourceAnswer, SourcePerson, bulk_read
 from carelink.storage import Database, IndexStore, LocationStore, PersonRow
 from tests.support.people import as_listed_by
 

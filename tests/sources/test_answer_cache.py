@@ -7,7 +7,8 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carelink.sources.answer_cache import AnswerCache, bulk_read, digest
+from carelink.sources.answer_cache import AnswerCache, digest
+from carelink.sources.base import bulk_read
 from carelink.sources.http import Mapped, answer
 
 

@@ -68,7 +68,7 @@ from carelink.federation.fanout import NOT_KNOWN, OK
 from carelink.federation.query import criteria
 from carelink.federation.record import Federated
 from carelink.fhir.jsonio import read_config
-from carelink.sources.answer_cache import bulk_read
+from carelink.sources.base import bulk_read
 from carelink.storage import IndexStore, PersonRow
 
 Json = dict[str, Any]

@@ -38,7 +38,7 @@ from carelink.federation.fanout import OK, SourceResult
 from carelink.fhir.jsonio import Encodings
 from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.recent import Recent
-from carelink.sources.answer_cache import remembering
+from carelink.sources.base import remembering
 
 Json = dict[str, Any]
 #: per source that answered, in order: its name and the resources it sent

@@ -21,7 +21,7 @@ from carelink.federation.ukcore import UkCore
 from carelink.fhir.jsonio import Encodings
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.shared_types import SHARED_TYPES
-from carelink.observability import instant
+from carelink.observability.context import instant
 from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]

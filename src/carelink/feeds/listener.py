@@ -24,7 +24,7 @@ from typing import Any
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from carelink.feeds.intake import SEGMENT_SEQUENCE_ERROR, Verdict, bare_ack, read
-from carelink.observability import instant
+from carelink.observability.context import instant
 from carelink.sources.hl7v2_changes import INDEX_EVENTS
 from carelink.storage import FeedStore
 

@@ -12,41 +12,23 @@ each other.
 Cached resources are shared between requests: callers must not mutate them.
 
 A bulk read (an extract that visits every person once) runs inside
-``bulk_read()``: it still reuses what is cached but adds nothing, so it
-neither grows the process by a whole population's records nor evicts the
-answers clinicians' lookups are reusing.
+``bulk_read()`` (``sources.base``): it still reuses what is cached but adds
+nothing, so it neither grows the process by a whole population's records nor
+evicts the answers clinicians' lookups are reusing.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from carelink.recent import Recent
+from carelink.sources.base import remembering
 
 Json = dict[str, Any]
 Key = tuple[str, str, frozenset[str] | None]  # local id, patient ref, types
-_REMEMBER: ContextVar[bool] = ContextVar("carelink_answer_cache_remember", default=True)
-
-
-@contextmanager
-def bulk_read() -> Iterator[None]:
-    """Within this block (and the tasks it starts), answers are not added to any cache."""
-    token = _REMEMBER.set(False)
-    try:
-        yield
-    finally:
-        _REMEMBER.reset(token)
-
-
-def remembering() -> bool:
-    """Whether answers made now may be kept (False inside ``bulk_read()``)."""
-    return _REMEMBER.get()
 
 
 def digest(body: bytes) -> bytes:

@@ -17,7 +17,9 @@ Federation owns timeouts and circuit breaking.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +31,26 @@ Json = dict[str, Any]
 SOURCE_URI = "urn:carelink:source:{name}"
 #: identifier system for a source's local patient ids
 LOCAL_ID_SYSTEM = "https://carelink.example/Id/{name}"
+
+_REMEMBER: ContextVar[bool] = ContextVar("carelink_answer_cache_remember", default=True)
+
+
+@contextmanager
+def bulk_read() -> Iterator[None]:
+    """Within this block (and the tasks it starts), answers are not added to any cache:
+    neither an adapter's answer cache nor federation's record memo. An extract, which
+    reads each person once, runs inside it."""
+    token = _REMEMBER.set(False)
+    try:
+        yield
+    finally:
+        _REMEMBER.reset(token)
+
+
+def remembering() -> bool:
+    """Whether answers made now may be kept (False inside ``bulk_read()``)."""
+    return _REMEMBER.get()
+
 
 SENSITIVITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
