@@ -104,16 +104,40 @@ def test_searching_for_a_withheld_diagnosis_answers_as_for_a_code_nobody_has(gat
         _get(base, issuer, f"/{rtype}", person.gp_ods, patient=pid, code=code).json()["total"] >= 1
     )
 
-    asked = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=code)
-    control = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=NOBODY_HAS)
+    asked, control = _compared(base, issuer, f"/{rtype}", STRANGER, pid, code)
     assert asked.status_code == 200, asked.text
     assert _observable(asked) == _observable(control)
     assert asked.json()["total"] == 0
-    counted = _get(base, issuer, f"/{rtype}", STRANGER, patient=pid, code=code, _summary="count")
-    counted_control = _get(
-        base, issuer, f"/{rtype}", STRANGER, patient=pid, code=NOBODY_HAS, _summary="count"
+    counted, counted_control = _compared(
+        base, issuer, f"/{rtype}", STRANGER, pid, code, _summary="count"
     )
     assert _observable(counted) == _observable(counted_control)
+
+
+#: outcome codes of a source that did not answer this time (a timeout, a dropped
+#: connection): what a loaded machine causes now and then, not what the data holds
+_TRANSIENT = {"timeout", "transient"}
+
+
+def _compared(
+    base: str, issuer: Issuer, path: str, org: str, pid: str, code: str, **params: Any
+) -> tuple[httpx.Response, httpx.Response]:
+    """The search for ``code`` and for a code nobody holds, asked one after the other.
+    When the two differ while a source did not answer one of them, the pair is asked
+    again (up to five times): a source's timeout is not an observable of the data. A
+    difference with every source answering, or the same source failing every time
+    (what withheld data would cause, each time alike), is returned as it is."""
+    for _ in range(5):
+        asked = _get(base, issuer, path, org, patient=pid, code=code, **params)
+        control = _get(base, issuer, path, org, patient=pid, code=NOBODY_HAS, **params)
+        seen, other = _observable(asked), _observable(control)
+        if seen == other or not (_unanswered(seen) or _unanswered(other)):
+            return asked, control
+    return asked, control
+
+
+def _unanswered(observed: dict[str, Any]) -> bool:
+    return any(code in _TRANSIENT for issues in observed["outcome"] for _, code, _, _ in issues)
 
 
 def _as_patient(base: str, issuer: Issuer, own: str, path: str, **params: Any) -> httpx.Response:
