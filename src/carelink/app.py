@@ -58,7 +58,7 @@ from carelink.federation import (
 )
 from carelink.federation.build import Progress
 from carelink.federation.keeper import keep_current
-from carelink.federation.memo import RecordMemo
+from carelink.federation.memo import ParsedPatients, RecordMemo
 from carelink.federation.pages import Pages
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.feeds.run import FeedKeeper
@@ -252,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _ukcore(app.state.profiles, settings),
             locations=locations,
             memo=RecordMemo(settings.record_memo) if settings.record_memo else None,
+            patients=ParsedPatients(settings.record_memo) if settings.record_memo else None,
         )
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
         exports, master = _export_paths(settings)

@@ -18,7 +18,7 @@ import pytest
 from carelink.federation import SharedRecord
 from carelink.federation.fanout import FanOut
 from carelink.federation.index import link_people
-from carelink.federation.memo import RecordMemo
+from carelink.federation.memo import ParsedPatients, RecordMemo
 from carelink.simulators import population as pop
 from carelink.sources.base import SourceAnswer, SourcePerson, bulk_read
 from carelink.storage import Database, IndexStore, LocationStore, PersonRow
@@ -194,3 +194,35 @@ def test_the_least_recently_used_record_goes_first(world, db):
     assert len(record.memo) == 2
     assert federate(record, people[2]).resources is made[2]
     assert federate(record, people[0]).resources is not made[0]
+
+
+def test_the_same_patient_bytes_give_the_very_same_object_and_other_bytes_another():
+    """``ParsedPatients``: keyed by content, so equal bytes read anew (another bytes object,
+    as each database read gives) find the object parsed before, and a Patient changed by
+    any process is other bytes, parsed anew; at most ``maxsize`` are kept."""
+    parsed = ParsedPatients(maxsize=2)
+    first = parsed.parse(b'{"resourceType":"Patient","id":"p1"}')
+    again = parsed.parse(bytes(bytearray(b'{"resourceType":"Patient","id":"p1"}')))
+    assert again is first
+    changed = parsed.parse(b'{"resourceType":"Patient","id":"p1","gender":"male"}')
+    assert changed == {"resourceType": "Patient", "id": "p1", "gender": "male"}
+    assert changed is not first
+    parsed.parse(b'{"resourceType":"Patient","id":"p2"}')  # p1's first form is forgotten
+    assert len(parsed) == 2
+    assert parsed.parse(b'{"resourceType":"Patient","id":"p1"}') is not first
+
+
+def test_a_record_without_the_memo_parses_each_patient_anew(tmp_path):
+    """``SharedRecord.index_patient``: shared objects only with ``ParsedPatients`` (a search
+    then reuses its consent answers for them); without, a new object each time."""
+    db = Database(f"sqlite:///{tmp_path / 'i.db'}")
+    index = IndexStore(db)
+    raw = b'{"resourceType":"Patient","id":"p1"}'
+    alone = SharedRecord(index, FanOut({}))
+    assert not alone.shares_patients
+    assert alone.index_patient(raw) == orjson.loads(raw)
+    assert alone.index_patient(raw) is not alone.index_patient(raw)
+    sharing = SharedRecord(index, FanOut({}), patients=ParsedPatients())
+    assert sharing.shares_patients
+    assert sharing.index_patient(raw) is sharing.index_patient(bytes(bytearray(raw)))
+    db.dispose()

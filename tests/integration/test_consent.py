@@ -450,6 +450,48 @@ def test_withdrawing_by_update_and_seeing_it_in_a_second_gateway_process(pair, s
         first.send("DELETE", f"/Consent/{cid}", None)
 
 
+def test_a_lookup_sees_a_consent_stored_through_another_process_on_its_next_request(pair, system):
+    """Each process reuses its consent answers for a lookup's Patient while the Patient's
+    bytes and Consents are the very same (``ParsedPatients``, ``FilterMemo``): a Consent
+    stored, deleted or withdrawn through one process is in force on the other's very
+    next lookup by the same caller, answered from that memo just before."""
+    first, second = pair
+    person = next(_people(system, sources={"gp", "acute"}))
+    pid = _pid(first, person)
+    stranger = second.token(organisation=STRANGER)
+
+    def looked_up() -> dict[str, Any]:
+        r = second.get("/Patient", stranger, identifier=f"{NHS_NUMBER_SYSTEM}|{person.nhs_number}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    before = looked_up()
+    assert before["total"] == 1
+    assert looked_up() == before  # the second from the memo
+    shown = before["entry"][0]["resource"]
+    assert any(str(i["system"]).endswith("/acute") for i in shown["identifier"])
+    stored: list[str] = []
+    try:
+        stored.append(_object_to_acute(first, pid))
+        trimmed = looked_up()
+        kept = [i for i in shown["identifier"] if not str(i["system"]).endswith("/acute")]
+        assert trimmed["entry"][0]["resource"] == {**shown, "identifier": kept}
+        assert first.send("DELETE", f"/Consent/{stored.pop()}", None).status_code < 300
+        assert looked_up() == before
+        consent = privacy_consent(pid, {"type": "deny"})
+        stored.append(_store(first, consent))
+        assert looked_up()["total"] == 0
+        cid = stored[-1]
+        withdrawn = first.send(
+            "PUT", f"/Consent/{cid}", {**consent, "id": cid, "status": "inactive"}
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert looked_up() == before
+    finally:
+        for cid in stored:
+            first.send("DELETE", f"/Consent/{cid}", None)
+
+
 # --- break-glass ---------------------------------------------------------------------
 
 

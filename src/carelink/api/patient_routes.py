@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -87,7 +87,7 @@ async def search_patient(request: Request) -> Response:
     break_glass: set[str] = set()
 
     def shown(rows: Sequence[PersonRow]) -> list[Shown | None]:
-        return _shown_batch(caller, who, guard, rows, break_glass)
+        return _shown_batch(record, caller, who, guard, rows, break_glass)
 
     found = await looked_up(
         request,
@@ -110,15 +110,8 @@ async def search_patient(request: Request) -> Response:
     if wanted is not None:
         page = [apply_elements(r, wanted) for r, _ in found.page]
         return fhir(searchset(base, page, total=found.total, links=links))
-    # a Patient shown as stored goes out as its stored bytes, not parsed and written again
-    # (the page holds each Patient, so no other object takes its id meanwhile)
-    stored = {id(r): raw for r, raw in found.page if raw is not None}
-
-    def encode(r: Json) -> Json | orjson.Fragment:
-        raw = stored.get(id(r))
-        return r if raw is None else orjson.Fragment(raw)
-
     matches = [r for r, _ in found.page]
+    encode = _as_stored(found.page)
     return fhir(searchset(base, matches, total=found.total, links=links, encode=encode))
 
 
@@ -126,22 +119,39 @@ async def search_patient(request: Request) -> Response:
 Shown = tuple[Json, bytes | None]
 
 
+def _as_stored(page: Sequence[Shown]) -> Callable[[Json], Json | orjson.Fragment]:
+    """The ``encode`` of a page's searchset: a Patient shown as stored goes out as its
+    stored bytes, not parsed and written again (the page holds each Patient, so no other
+    object takes its id meanwhile)."""
+    stored = {id(r): raw for r, raw in page if raw is not None}
+
+    def encode(r: Json) -> Json | orjson.Fragment:
+        raw = stored.get(id(r))
+        return r if raw is None else orjson.Fragment(raw)
+
+    return encode
+
+
 def _shown_batch(
+    record: SharedRecord,
     caller: Principal,
     who: Actor,
     guard: Guard,
     rows: Sequence[PersonRow],
     break_glass: set[str],
+    held: Mapping[str, Sequence[tuple[str, bytes]]] | None = None,
 ) -> list[Shown | None]:
     """What a search may show the caller of each of a batch of its matches (None: scopes
-    or consent withhold the person), as ``_shown`` decides it for one: the batch's
-    active consents in one read, and the caller's consent identity made once. A
-    break-glass disclosure adds the person's id to ``break_glass``."""
-    held = guard.store.active_of([r.id for r in rows])
-    patients = [orjson.loads(r.patient) for r in rows]
+    or consent withhold the person): the batch's active consents in one read (``held``:
+    as already read with the rows, by person id; a person it leaves out has none), and
+    the caller's consent identity made once. A break-glass disclosure adds the person's
+    id to ``break_glass``."""
+    if held is None:
+        held = guard.store.active_of([r.id for r in rows])
+    patients = [record.index_patient(r.patient) for r in rows]
     scoped = {id(p) for p in access.visible(caller, patients, "s")}
     people = [(r.id, p) for r, p in zip(rows, patients, strict=True) if id(p) in scoped]
-    decided = iter(guard.filter_people(who, people, held))
+    decided = iter(guard.filter_people(who, people, held, record.shares_patients))
     out: list[Shown | None] = []
     for row, patient in zip(rows, patients, strict=True):
         filtered = next(decided) if id(patient) in scoped else None
@@ -153,27 +163,6 @@ def _shown_batch(
         served = filtered.resources[0]
         out.append((served, row.patient if served is patient else None))
     return out
-
-
-def _shown(
-    request: Request,
-    caller: Any,
-    guard: Guard,
-    row: PersonRow,
-    break_glass: set[str],
-    consents: list[tuple[str, bytes]] | None = None,
-) -> Json | None:
-    """The Patient a search may show the caller for ``row``, or None when scopes or consent
-    withhold it; a break-glass disclosure adds the person's id to ``break_glass``
-    (``consents``: the person's active consents, when read with the row)."""
-    found = orjson.loads(row.patient)
-    if not access.visible(caller, [found], "s"):
-        return None
-    situation = consent_for(request, caller, row.id, found, consents)
-    filtered = guard.filter(situation, [found])
-    if filtered.break_glass:
-        break_glass.add(row.id)
-    return filtered.resources[0] if filtered.resources else None
 
 
 async def lookup(request: Request, nhs: str) -> Response:
@@ -193,24 +182,31 @@ async def lookup(request: Request, nhs: str) -> Response:
         P.prefer(request)  # its errors only: nothing it says changes the lookup's answer
     access.require(caller, "Patient", "s")
     guard: Guard = request.app.state.guard
-    guard.require_purpose(actor(caller))
+    who = actor(caller)
+    guard.require_purpose(who)
     why = problem(nhs)
     if why is not None:
         raise InvalidRequest(f"identifier: invalid NHS number: {why}", "identifier")
     count = P.page_size(request.app.state.settings.default_page_size)
     break_glass: set[str] = set()
 
-    def find() -> Json | None:
+    def find() -> Shown | None:
         found = record.index.person_by_nhs_with_consents(nhs)
         if found is None or (caller.patient is not None and found[0].id != caller.patient):
             return None
-        return _shown(request, caller, guard, found[0], break_glass, found[1])
+        row, consents = found
+        return _shown_batch(record, caller, who, guard, [row], break_glass, {row.id: consents})[0]
 
     shown = await looked_up(request, find)
     page = [] if shown is None or count == 0 else [shown]
-    await audit(request, "search-type", [str(r["id"]) for r in page], break_glass_ids=break_glass)
+    await audit(
+        request, "search-type", [str(r["id"]) for r, _ in page], break_glass_ids=break_glass
+    )
     links = P.lookup_links(f"{base}/Patient", nhs, count, 0 if shown is None else 1)
-    return fhir(searchset(base, page, total=0 if shown is None else 1, links=links))
+    total = 0 if shown is None else 1
+    return fhir(
+        searchset(base, [r for r, _ in page], total=total, links=links, encode=_as_stored(page))
+    )
 
 
 def _find_patients(

@@ -167,15 +167,21 @@ class Guard:
         actor: Actor,
         people: Sequence[tuple[str, Json]],
         consents: Mapping[str, Sequence[tuple[str, bytes]]],
+        shared: bool = False,
     ) -> list[Filtered]:
         """``filter`` of each person's own Patient, for a batch of people one request
         found (a page of a search): ``people`` as (person id, Patient), ``consents``
         their active consents as read together (``ConsentStore.active_of``; a person
         it leaves out has none). The same decisions as a ``situation`` and a
-        ``filter`` each, with one reading of the clock for the batch."""
+        ``filter`` each, with one reading of the clock for the batch. ``shared``: the
+        Patients are objects reused between requests (``federation.memo.ParsedPatients``),
+        so an answer remembered for the very same Patient and Consents is reused, as
+        ``filter`` reuses one for a shared record."""
         now = datetime.fromtimestamp(self.clock(), UTC)
         return [
-            self.filter(self._situation(actor, pid, patient, consents.get(pid, ()), now), [patient])
+            self.filter(
+                self._situation(actor, pid, patient, consents.get(pid, ()), now), [patient], shared
+            )
             for pid, patient in people
         ]
 

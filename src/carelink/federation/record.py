@@ -14,7 +14,7 @@ import orjson
 
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
-from carelink.federation.memo import Made, RecordMemo, answers_of
+from carelink.federation.memo import Made, ParsedPatients, RecordMemo, answers_of
 from carelink.federation.merge import merge, provenance
 from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
@@ -143,7 +143,9 @@ class SharedRecord:
     by its id alone (``carelink.federation.read``). Without ``fetch_targets``
     (bulk extracts, whose files hold only the types asked for) a typed read
     never asks the sources a second time just to resolve references. With ``memo``, a
-    record put together from the very same answers is reused (``federation.memo``).
+    record put together from the very same answers is reused (``federation.memo``); with
+    ``patients``, the index's Patients a search shows are parsed once per content
+    (``index_patient``).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class SharedRecord:
         now: Callable[[], str] = utc_now,
         fetch_targets: bool = True,
         memo: RecordMemo | None = None,
+        patients: ParsedPatients | None = None,
     ) -> None:
         self.index = index
         self.fanout = fanout
@@ -163,6 +166,20 @@ class SharedRecord:
         self.now = now
         self.fetch_targets = fetch_targets
         self.memo = memo
+        self.patients = patients
+
+    @property
+    def shares_patients(self) -> bool:
+        """Does ``index_patient`` give the same object for the same bytes (a memo)?"""
+        return self.patients is not None
+
+    def index_patient(self, patient: bytes) -> Json:
+        """A person's merged Patient as the index holds it (``PersonRow.patient``), parsed;
+        with ``patients``, the object shared by every request for these bytes (read only)."""
+        if self.patients is None:
+            parsed: Json = orjson.loads(patient)
+            return parsed
+        return self.patients.parse(patient)
 
     def _ods(self, source: str, patient: Json) -> str | None:
         return self.ukcore.organisation(source, patient) if self.ukcore is not None else None
