@@ -197,19 +197,23 @@ def test_the_least_recently_used_record_goes_first(world, db):
 
 
 def test_the_same_patient_bytes_give_the_very_same_object_and_other_bytes_another():
-    """``ParsedPatients``: keyed by content, so equal bytes read anew (another bytes object,
-    as each database read gives) find the object parsed before, and a Patient changed by
-    any process is other bytes, parsed anew; at most ``maxsize`` are kept."""
+    """``ParsedPatients``: equal bytes read anew (another bytes object, as each database
+    read gives) find the object parsed before, and a Patient changed by any process is
+    other bytes, parsed anew; at most ``maxsize`` people are kept."""
     parsed = ParsedPatients(maxsize=2)
-    first = parsed.parse(b'{"resourceType":"Patient","id":"p1"}')
-    again = parsed.parse(bytes(bytearray(b'{"resourceType":"Patient","id":"p1"}')))
-    assert again is first
-    changed = parsed.parse(b'{"resourceType":"Patient","id":"p1","gender":"male"}')
+    raw = b'{"resourceType":"Patient","id":"p1"}'
+    first = parsed.parse("p1", raw)
+    assert parsed.parse("p1", bytes(bytearray(raw))) is first
+    changed = parsed.parse("p1", b'{"resourceType":"Patient","id":"p1","gender":"male"}')
     assert changed == {"resourceType": "Patient", "id": "p1", "gender": "male"}
     assert changed is not first
-    parsed.parse(b'{"resourceType":"Patient","id":"p2"}')  # p1's first form is forgotten
+    back = parsed.parse("p1", raw)  # and back again: parsed anew, not an older object
+    assert back == first
+    assert back is not first
+    assert parsed.parse("p2", raw) is not back  # the same bytes, but another person's
+    parsed.parse("p3", b'{"resourceType":"Patient","id":"p3"}')
     assert len(parsed) == 2
-    assert parsed.parse(b'{"resourceType":"Patient","id":"p1"}') is not first
+    assert parsed.parse("p1", raw) is not back  # forgotten: least recently used
 
 
 def test_a_record_without_the_memo_parses_each_patient_anew(tmp_path):
@@ -218,11 +222,13 @@ def test_a_record_without_the_memo_parses_each_patient_anew(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'i.db'}")
     index = IndexStore(db)
     raw = b'{"resourceType":"Patient","id":"p1"}'
+    row = PersonRow("p1", None, "", "", "", "", None, None, None, raw, "1")
     alone = SharedRecord(index, FanOut({}))
     assert not alone.shares_patients
-    assert alone.index_patient(raw) == orjson.loads(raw)
-    assert alone.index_patient(raw) is not alone.index_patient(raw)
+    assert alone.index_patient(row) == orjson.loads(raw)
+    assert alone.index_patient(row) is not alone.index_patient(row)
     sharing = SharedRecord(index, FanOut({}), patients=ParsedPatients())
     assert sharing.shares_patients
-    assert sharing.index_patient(raw) is sharing.index_patient(bytes(bytearray(raw)))
+    again = replace(row, patient=bytes(bytearray(raw)))
+    assert sharing.index_patient(row) is sharing.index_patient(again)
     db.dispose()

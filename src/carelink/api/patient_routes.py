@@ -148,7 +148,7 @@ def _shown_batch(
     id to ``break_glass``."""
     if held is None:
         held = guard.store.active_of([r.id for r in rows])
-    patients = [record.index_patient(r.patient) for r in rows]
+    patients = [record.index_patient(r) for r in rows]
     scoped = {id(p) for p in access.visible(caller, patients, "s")}
     people = [(r.id, p) for r, p in zip(rows, patients, strict=True) if id(p) in scoped]
     decided = iter(guard.filter_people(who, people, held, record.shares_patients))

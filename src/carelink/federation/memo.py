@@ -138,30 +138,31 @@ class RecordMemo:
 
 
 class ParsedPatients:
-    """The index's merged Patients parsed once per content, at most ``maxsize`` of them
-    (the least recently used go first): the very same bytes give back the very same
-    object, so a memo that compares the objects it decided about (the consent filter's,
-    ``consent.FilterMemo``) finds its answer again while the person's index entry is
-    unchanged. Keyed by the bytes alone, it cannot go stale: a Patient changed by any
-    process is other bytes, parsed anew. The objects are shared between requests:
-    callers must not mutate them. Threads may share it (the lookup's reads run on
-    database threads on PostgreSQL)."""
+    """The index's merged Patients parsed once per content, the last of each of at most
+    ``maxsize`` people (the least recently used go first): the very same bytes give back
+    the very same object, so a memo that compares the objects it decided about (the
+    consent filter's, ``consent.FilterMemo``) finds its answer again while the person's
+    index entry is unchanged. The bytes are compared whole on every use, so it cannot go
+    stale: a Patient changed by any process is other bytes, parsed anew. The objects are
+    shared between requests: callers must not mutate them. Threads may share it (the
+    lookup's reads run on database threads on PostgreSQL)."""
 
     def __init__(self, maxsize: int = 2_000) -> None:
-        self._items: Recent[bytes, Json] = Recent(maxsize)
+        self._items: Recent[str, tuple[bytes, Json]] = Recent(maxsize)
         self._lock = threading.Lock()
 
-    def parse(self, patient: bytes) -> Json:
-        """``patient`` (the index's JSON) parsed: the object parsed before for these very
-        bytes while it is remembered, else a new one (then remembered)."""
+    def parse(self, person_id: str, patient: bytes) -> Json:
+        """``patient``, the person's Patient as the index holds it, parsed: the object
+        parsed before from these very bytes while it is remembered, else a new one
+        (then remembered)."""
         with self._lock:
-            got = self._items.get(patient)
-            if got is not None:
-                self._items.used(patient)
-                return got
+            got = self._items.get(person_id)
+            if got is not None and got[0] == patient:
+                self._items.used(person_id)
+                return got[1]
         parsed: Json = orjson.loads(patient)
         with self._lock:
-            self._items.put(patient, parsed)
+            self._items.put(person_id, (patient, parsed))
         return parsed
 
     def __len__(self) -> int:

@@ -173,13 +173,14 @@ class SharedRecord:
         """Does ``index_patient`` give the same object for the same bytes (a memo)?"""
         return self.patients is not None
 
-    def index_patient(self, patient: bytes) -> Json:
-        """A person's merged Patient as the index holds it (``PersonRow.patient``), parsed;
-        with ``patients``, the object shared by every request for these bytes (read only)."""
+    def index_patient(self, person: PersonRow) -> Json:
+        """The person's merged Patient as the index holds it, parsed; with ``patients``,
+        the object shared by every request while those bytes are the person's (read
+        only)."""
         if self.patients is None:
-            parsed: Json = orjson.loads(patient)
+            parsed: Json = orjson.loads(person.patient)
             return parsed
-        return self.patients.parse(patient)
+        return self.patients.parse(person.id, person.patient)
 
     def _ods(self, source: str, patient: Json) -> str | None:
         return self.ukcore.organisation(source, patient) if self.ukcore is not None else None

@@ -1,0 +1,117 @@
+"""Instructions per lookup, counted by callgrind: the gateway's own work, whatever the load.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/lookup_instructions.py [--requests 1000]
+        [--port P] [--bare]
+
+``lookup_cpu.py`` counts CPU time, which on two shared cores moves by a third from
+one run to the next with what else runs (the same code measured 189 and 298 us).
+This counts the instructions the gateway process executes instead, which do not
+depend on the load: it prepares what ``lookup_cpu.py`` prepares (the simulators,
+an index, keys, a clinician's token), then runs the gateway in a process of its
+own under ``valgrind --tool=callgrind`` with counting off, drives the NHS number
+lookup through the ASGI interface (warm-up first), and counts only the measured
+requests (``callgrind_control`` turns counting on and off around them). The
+audit writer child is not counted (it is another process). ``--bare`` drives the
+bare FastAPI endpoint serving the same bytes instead. Instructions are not time,
+but for the same interpreter running the same kind of code they move with it:
+an A/B between two checkouts is what this is for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+
+def _counting(on: bool) -> None:
+    """Turn callgrind's counting in this process on or off."""
+    flag = "on" if on else "off"
+    subprocess.run(
+        ["callgrind_control", "-i", flag, str(os.getpid())],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def _measure(requests: int, bare: bool, paths: list[str], token: str) -> None:
+    import importlib
+    import logging.config
+
+    from benchmarks.lookup_cpu import drive, one
+
+    from carelink.app import create_app
+    from carelink.observability.logs import log_config
+    from carelink.settings import Settings
+
+    logging.config.dictConfig(log_config("info"))  # as `carelink serve` does
+    app = create_app(Settings.from_env(dict(os.environ)))
+    async with app.router.lifespan_context(app):
+        status, body = await one(app, paths[0], token)
+        assert status == 200, (status, body[:300])
+        with open(os.environ["BARE_BODY"], "wb") as f:  # noqa: ASYNC230 - set-up
+            f.write(body)
+        target = importlib.import_module("benchmarks.bare").fastapi_app if bare else app
+        given = None if bare else token
+        await drive(target, paths, given, 500)  # warm: memos, caches, the writer child
+        _counting(True)
+        await drive(target, paths, given, requests)
+        _counting(False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
+    ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
+    ap.add_argument("--bare", action="store_true", help="the bare FastAPI endpoint instead")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from benchmarks.lookup_cpu import NHS, gateway_env
+
+    from carelink.simulators.population import people
+
+    paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in people(42, 200)]
+    if args.child:  # under callgrind, in the environment the parent prepared
+        asyncio.run(_measure(args.requests, args.bare, paths, os.environ["LOOKUP_TOKEN"]))
+        return
+    with gateway_env(args.size, args.port) as prep:
+        out = Path(tempfile.mkdtemp(prefix="carelink-ir-")) / "callgrind.out"
+        env = {
+            **prep.env,
+            "BARE_BODY": str(prep.tmp / "body.json"),
+            "LOOKUP_TOKEN": prep.token,
+            "PYTHONPATH": prep.env["PYTHONPATH"],
+        }
+        child = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            f"--requests={args.requests}",
+            *(["--bare"] if args.bare else []),
+        ]
+        done = subprocess.run(child, env=env, capture_output=True, text=True)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            sys.exit(f"callgrind failed:\n{done.stderr[-3000:]}")
+        total = int(found.group(1))
+        what = "bare FastAPI" if args.bare else "gateway"
+        print(f"{what}: {total / args.requests:,.0f} instructions per request")
+
+
+if __name__ == "__main__":
+    main()
