@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -159,9 +158,10 @@ async def consented_person(
         if found is None:
             raise NotFound(unknown)
         person, consents = found
-        patient = orjson.loads(person.patient)
+        patient = record.index_patient(person)  # shared while the person's bytes are these
         situation = consent_for(request, caller, pid, patient, consents)
-        return (situation, person) if guard.filter(situation, [patient]).resources else None
+        shown = guard.filter(situation, [patient], record.shares_patients)
+        return (situation, person) if shown.resources else None
 
     found = await looked_up(request, consented)
     if found is None:
