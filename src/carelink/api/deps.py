@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -87,8 +88,11 @@ async def principal(request: Request) -> Principal:
     return verify(bearer(request.headers.get("authorization")))
 
 
+@lru_cache(maxsize=1024)
 def actor(caller: Principal) -> Actor:
-    """The caller as consent sees them (break-glass is bound to the full identity)."""
+    """The caller as consent sees them (break-glass is bound to the full identity); made
+    once per caller (both are immutable), as a verified token's caller serves every
+    request made with it."""
     return Actor(
         caller.subject,
         caller.role,
@@ -170,6 +174,12 @@ async def consented_person(
     return found
 
 
+@lru_cache(maxsize=1024)
+def _who(caller: Principal) -> Who:
+    """The caller as the audit trail records them, made once per caller (as ``actor``)."""
+    return Who(caller.subject, caller.role, caller.organisation, caller.purpose)
+
+
 async def audit(
     request: Request,
     interaction: str,
@@ -203,11 +213,7 @@ async def audit(
         except StorageUnavailable as exc:  # the event cannot be filed: fail closed
             raise AuditError(f"the audit trail cannot be written now: {exc}") from None
     caller: Principal | None = state.get("caller")
-    who = (
-        None
-        if caller is None
-        else Who(caller.subject, caller.role, caller.organisation, caller.purpose)
-    )
+    who = None if caller is None else _who(caller)
     scope = request.scope
     query = scope["path"] + (
         "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
