@@ -188,7 +188,7 @@ def test_total_counts_exactly_what_the_caller_is_shown(store, n, withheld, count
     hidden = {f"p{i:02d}" for i in withheld}
     q = query(family="hart", birthdate="1936")
 
-    def shown(rows):
+    def shown(rows, _consents):
         return [None if row.id in hidden else {"id": row.id} for row in rows]
 
     visible = [r.id for r in rows if r.id not in hidden]

@@ -8,12 +8,15 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from carelink.federation.index import link_people
 from carelink.fhir.search import fold
 from carelink.simulators import population as pop
 from carelink.sources.base import SourcePerson
 from carelink.storage import (
+    ConsentRow,
+    ConsentStore,
     Database,
     DateTest,
     IdentifierTest,
@@ -276,5 +279,81 @@ def test_a_postgresql_search_reads_outside_a_transaction_and_gives_the_pool_back
             left = conn.exec_driver_sql("SELECT count(*) FROM index_settings WHERE key = 'x'")
             assert left.scalar() == 0
     finally:
+        store.close()
+        db.dispose()
+
+
+def _built(
+    url: str, seed: int, n: int
+) -> tuple[Database, IndexStore, list[pop.Person], list[PersonRow]]:
+    """A migrated database holding the index of ``n`` people of the GP's (``seed``)."""
+    db = Database(url)
+    db.migrate()
+    store = IndexStore(db)
+    people = list(pop.people(seed, n))
+    persons, links, reviews, _ = link_people(_gp(people), store.secret())
+    store.replace_all(persons, links, reviews)
+    return db, store, people, persons
+
+
+def _ended(db: Database, pids: list[int]) -> None:
+    """End these PostgreSQL backends, as a restart or an administrator would, and wait
+    until they are gone."""
+    with db.engine.connect() as conn:
+        for pid in pids:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid})
+
+
+def test_a_postgresql_search_whose_connection_the_server_ended_answers_on_a_new_one(
+    postgres_url,
+):
+    """A search reads on its thread's kept connection, which is not pinged before each
+    read: when the server has ended that connection and an idle one of the pool (as a
+    restart ends them all), the next search still answers, and answers the same."""
+    db, store, people, _ = _built(postgres_url, 6, 40)
+    query = PersonQuery(family=((NameTest(fold(people[3].family)),),))
+    admin = Database(postgres_url)
+    try:
+        before = [p.id for p in store.find(query)]
+        assert before
+        (kept,) = store._search("SELECT pg_backend_pid()", [])[0]
+        with db.engine.connect() as conn:  # a pooled one too, given back idle
+            (pooled,) = conn.execute(sa.text("SELECT pg_backend_pid()")).one()
+        _ended(admin, [kept, pooled])
+        assert [p.id for p in store.find(query)] == before
+        assert store._search("SELECT pg_backend_pid()", [])[0][0] not in (kept, pooled)
+    finally:
+        store.close()
+        db.dispose()
+        admin.dispose()
+
+
+def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url):
+    """``find_with_consents`` reads a page of a search and its people's active consents
+    in one statement: the same people, pages and consents as ``find`` and then
+    ``ConsentStore.active_of`` (none of one person's handed to another, none inactive,
+    a person with several of them once), by name and by one NHS number alike."""
+    db, store, _, persons = _built(database_url, 8, 60)
+    consents = ConsentStore(db)
+    rng = random.Random(5)
+    statuses = ["active", "active", "inactive", "rejected"]
+    for i, p in enumerate(rng.sample(persons, 30) * 2):
+        row = ConsentRow(f"c{i:03d}", p.id, rng.choice(statuses), 1, "t", f'{{"n": {i}}}'.encode())
+        assert consents.put(row, None)
+    families = {p.family_folded for p in persons}
+    queries = [PersonQuery(family=((NameTest(f[:1]),),)) for f in sorted(families)]
+    queries += [PersonQuery(identifiers=((IdentifierTest(nhs_number=persons[0].nhs_number),),))]
+    seen_held = 0
+    try:
+        for q in queries:
+            for after, limit in (("", 500), ("", 2), (persons[0].id, 3)):
+                rows, held = store.find_with_consents(q, after=after, limit=limit)
+                want = store.find(q, after=after, limit=limit)
+                assert rows == want
+                assert held == consents.active_of([r.id for r in want])
+                seen_held += len(held)
+        assert seen_held > 10  # consents were found, not only empty maps compared
+    finally:
+        consents.close()
         store.close()
         db.dispose()

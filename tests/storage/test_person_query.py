@@ -60,7 +60,7 @@ def test_birthdate_search_has_no_cap_and_counts_exactly(store):
     assert store.count(born("1936-05-13")) == 3
     assert store.count(born("1936")) == 1203
     walked = find_people(
-        store, born("1936"), lambda rows: [{"id": r.id} for r in rows], 1200, 10, batch=100
+        store, born("1936"), lambda rows, _held: [{"id": r.id} for r in rows], 1200, 10, batch=100
     )
     assert walked.total == 1203
     assert [p["id"] for p in walked.page] == ["z0", "z1", "z2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from carelink.consent import Actor, Filtered, Guard
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.federation import SharedRecord
 from carelink.federation.patient_search import (
+    Consents,
     find_people,
     identifier_tests,
     patient_params,
@@ -86,8 +87,8 @@ async def search_patient(request: Request) -> Response:
 
     break_glass: set[str] = set()
 
-    def shown(rows: Sequence[PersonRow]) -> list[Shown | None]:
-        return _shown_batch(record, caller, who, guard, rows, break_glass)
+    def shown(rows: Sequence[PersonRow], held: Consents) -> list[Shown | None]:
+        return _shown_batch(record, caller, who, guard, rows, break_glass, held)
 
     found = await looked_up(
         request,
@@ -139,15 +140,13 @@ def _shown_batch(
     guard: Guard,
     rows: Sequence[PersonRow],
     break_glass: set[str],
-    held: Mapping[str, Sequence[tuple[str, bytes]]] | None = None,
+    held: Consents,
 ) -> list[Shown | None]:
     """What a search may show the caller of each of a batch of its matches (None: scopes
-    or consent withhold the person): the batch's active consents in one read (``held``:
-    as already read with the rows, by person id; a person it leaves out has none), and
-    the caller's consent identity made once. A break-glass disclosure adds the person's
-    id to ``break_glass``."""
-    if held is None:
-        held = guard.store.active_of([r.id for r in rows])
+    or consent withhold the person): ``held``, the batch's active consents as read with
+    the rows, by person id (a person it leaves out has none), and the caller's consent
+    identity made once. A break-glass disclosure adds the person's id to
+    ``break_glass``."""
     patients = [record.index_patient(r) for r in rows]
     scoped = {id(p) for p in access.visible(caller, patients, "s")}
     people = [(r.id, p) for r, p in zip(rows, patients, strict=True) if id(p) in scoped]

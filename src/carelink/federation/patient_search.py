@@ -260,6 +260,10 @@ def birth_date_clauses(query: DateQuery, now: datetime) -> tuple[DateClause, ...
             return ((ends(lo.date()), starts(last)),)
 
 
+#: person id -> (id, body) of their active consents (a person without any is left out)
+Consents = Mapping[str, Sequence[tuple[str, bytes]]]
+
+
 @dataclass(frozen=True)
 class Found(Generic[T]):
     """One page of the people a search found, how many the caller may see in all, and
@@ -273,15 +277,16 @@ class Found(Generic[T]):
 def find_people(
     index: IndexStore,
     query: PersonQuery,
-    shown: Callable[[Sequence[PersonRow]], Sequence[T | None]],
+    shown: Callable[[Sequence[PersonRow], Consents], Sequence[T | None]],
     offset: int,
     count: int,
     batch: int = 500,
 ) -> Found[T]:
     """Walk every match in id order, ``batch`` rows at a time; ``shown`` gives, for each
     row of a batch, what the caller may see of it (the resource, or whatever the caller
-    makes of it), or None when consent or scopes withhold it (a whole batch at once, so
-    it can read the batch's consents in one go).
+    makes of it), or None when consent or scopes withhold it (a whole batch at once,
+    with the batch's active consents by person, read in the same statement as the
+    batch: ``IndexStore.find_with_consents``).
 
     The page is the shown matches ``offset`` to ``offset + count``, and ``total``
     counts every shown match and nothing else (see the module doc).
@@ -290,8 +295,8 @@ def find_people(
     ids: list[str] = []
     after = ""
     while True:
-        rows = index.find(query, after=after, limit=batch)
-        for row, resource in zip(rows, shown(rows), strict=True):
+        rows, held = index.find_with_consents(query, after=after, limit=batch)
+        for row, resource in zip(rows, shown(rows, held), strict=True):
             if resource is None:
                 continue
             if offset <= len(ids) < offset + count:

@@ -333,6 +333,11 @@ class Database:
             sa.event.listen(self.engine, "connect", _statement_timeout(millis))
 
     @property
+    def threads(self) -> int:
+        """How many threads ``run`` and ``bounded`` hand calls to."""
+        return self._threads
+
+    @property
     def is_sqlite(self) -> bool:
         """True for the embedded default."""
         return self.url.startswith("sqlite")

@@ -1,9 +1,25 @@
-"""One long-lived autocommit DBAPI connection for reads on the request path.
+"""One long-lived autocommit DBAPI connection per thread for reads on the request path.
 
 The request path pays for every microsecond: a pooled SQLAlchemy connection
-costs more than the indexed read itself. Each read sees the latest committed
-data (autocommit), so a change made by another process is seen at once. A
-broken connection is dropped and the read tried once more on a new one.
+costs more than the indexed read itself (on PostgreSQL the pool's ping before
+each checkout alone cost half as much CPU as a search's read). Each read sees
+the latest committed data (autocommit), so a change made by another process is
+seen at once.
+
+A connection is kept by at most ``kept`` threads at a time (by default the
+database's own threads, which make every read of a gateway on PostgreSQL); a
+read on any further thread (a benchmark's or a test's clients) checks a
+connection out of the pool for that one read and gives it back, so any number
+of threads can read without exhausting the pool. A thread that has ended gives
+its slot to the next that asks.
+
+A kept connection is not pinged before use. When a read fails because the
+connection itself was lost (the database restarted, the server ended the
+backend), the connection is dropped and the read made once more on a new one,
+which the pool pings before handing it out; any other failure (a statement
+timeout, an error in the statement) is raised at once, never run twice. On
+SQLite, whose driver does not say that a connection is lost, any failure is
+tried once more.
 
 Where the read runs depends on the database. PostgreSQL is across a network
 that can stall: the request path awaits these reads on one of the database's
@@ -20,36 +36,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from carelink.storage.database import HOT_LIMIT, Database
 
 __all__ = ["HOT_LIMIT", "HotConnection"]
 
+#: a slot taken by a thread whose connection is still being made
+_CONNECTING = object()
+
 
 class HotConnection:
-    """Fixed-SQL reads on one long-lived connection per thread."""
+    """Fixed-SQL reads on one long-lived connection per thread (for ``kept`` threads)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, kept: int | None = None) -> None:
         self.db = db
         self.mark = "?" if db.is_sqlite else "%s"
+        self.kept = db.threads if kept is None else kept
         self._local = threading.local()
-        self._all: list[Any] = []
+        self._owners: dict[threading.Thread, Any] = {}  # thread -> its pooled connection
         self._lock = threading.Lock()
-
-    @property
-    def _conn(self) -> Any:
-        return getattr(self._local, "conn", None)
-
-    @_conn.setter
-    def _conn(self, conn: Any) -> None:
-        with self._lock:
-            old = getattr(self._local, "conn", None)
-            if old is not None and old in self._all:
-                self._all.remove(old)
-            if conn is not None:
-                self._all.append(conn)
-        self._local.conn = conn
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` with bound ``values``, waited for at most ``HOT_LIMIT`` seconds:
@@ -58,52 +65,106 @@ class HotConnection:
         the module's docstring); otherwise on one of the database's threads
         (``Database.bounded``)."""
         if self.db.is_sqlite:
-            return self._query(sql, values)
-        return self.db.bounded(self._query, sql, values, limit=HOT_LIMIT)
+            return self.read(sql, values)
+        return self.db.bounded(self.read, sql, values, limit=HOT_LIMIT)
 
-    def _query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        local = self._local
+    def read(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` with bound ``values``, read on this thread, bounded only by the
+        statement timeout: for reads already on one of the database's threads (a search,
+        which may take longer than ``HOT_LIMIT``)."""
         for attempt in (1, 2):
-            driver = getattr(local, "driver", None)
+            driver = getattr(self._local, "driver", None)
+            if driver is None:
+                driver = self._connect()
+                if driver is None:  # every slot is taken by another live thread
+                    return self.once(sql, values)
             try:
-                if driver is None:
-                    driver = self._connect()
-                if self.db.is_sqlite:  # the driver's own statement cache, no cursor object kept
-                    return list(driver.execute(sql, values).fetchall())
-                cur = driver.cursor()
-                try:
-                    cur.execute(sql, values)
-                    return list(cur.fetchall())
-                finally:
-                    cur.close()
+                return self._rows(driver, sql, values)
             except Exception:
-                if self._conn is not None:
-                    self._conn.invalidate()
-                    self._conn = None
-                local.driver = None
-                if attempt == 2:
+                lost = self.db.is_sqlite or driver.closed or driver.broken
+                self._drop()
+                if attempt == 2 or not lost:
                     raise
-        return []  # pragma: no cover - the loop returns or raises
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def once(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` on a connection checked out of the pool for this one read and
+        given back as it was (on PostgreSQL the read is made in autocommit mode: no
+        ``BEGIN`` before it, nothing to roll back after)."""
+        conn = self.db.engine.raw_connection()
+        driver: Any = conn.driver_connection  # open: a pooled connection always has one
+        reading = not self.db.is_sqlite
+        try:
+            if reading:
+                driver.autocommit = True
+            return self._rows(driver, sql, values)
+        finally:
+            if reading:
+                with suppress(Exception):  # broken: the pool drops it when it is given back
+                    driver.autocommit = False
+            conn.close()
+
+    def _rows(self, driver: Any, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if self.db.is_sqlite:  # the driver's own statement cache, no cursor object kept
+            return list(driver.execute(sql, values).fetchall())
+        cur = driver.cursor()
+        try:
+            cur.execute(sql, values)
+            return list(cur.fetchall())
+        finally:
+            cur.close()
 
     def _connect(self) -> Any:
         """This thread's new connection (pooled, so it can be invalidated when it breaks),
-        and the driver's own connection inside it, which the reads use directly."""
-        self._conn = self.db.engine.raw_connection()
-        driver = self._conn.driver_connection
-        if self.db.is_sqlite:
-            driver.isolation_level = None
-            driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
-        else:
-            driver.autocommit = True
+        and the driver's own connection inside it, which the reads use directly; None
+        when ``kept`` live threads hold one already."""
+        me = threading.current_thread()
+        with self._lock:
+            if len(self._owners) >= self.kept:
+                # a thread still connecting is alive
+                for t in [t for t in self._owners if not t.is_alive()]:
+                    with suppress(Exception):  # already broken: nothing to give back
+                        self._owners[t].invalidate()
+                    del self._owners[t]
+            if len(self._owners) >= self.kept:
+                return None
+            self._owners[me] = _CONNECTING
+        try:
+            conn = self.db.engine.raw_connection()
+            driver: Any = conn.driver_connection  # open: a pooled connection always has one
+            if self.db.is_sqlite:
+                driver.isolation_level = None
+                driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
+            else:
+                driver.autocommit = True
+        except BaseException:
+            with self._lock:
+                self._owners.pop(me, None)
+            raise
+        with self._lock:
+            self._owners[me] = conn
         self._local.driver = driver
         return driver
 
-    def close(self) -> None:
-        """Release every thread's connection."""
+    def _drop(self) -> None:
+        """Invalidate this thread's connection (the pool makes a new one next time)."""
+        self._local.driver = None
         with self._lock:
-            conns, self._all = self._all, []
+            conn = self._owners.pop(threading.current_thread(), None)
+        if conn is not None and conn is not _CONNECTING:
+            with suppress(Exception):
+                conn.invalidate()
+
+    def close(self) -> None:
+        """Release every thread's connection, back to the pool as it was taken."""
+        with self._lock:
+            conns, self._owners = list(self._owners.values()), {}
         for conn in conns:
+            if conn is _CONNECTING:
+                continue
             try:
+                if not self.db.is_sqlite:
+                    conn.driver_connection.autocommit = False
                 conn.close()
             except Exception:  # noqa: S112 - a connection already broken needs no closing
                 continue

@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -419,6 +419,36 @@ class IndexStore:
         sql, values = self._find_sql(query, after, limit)
         return [_person(r) for r in self._search(sql, values)]
 
+    def find_with_consents(
+        self, query: PersonQuery, *, after: str = "", limit: int = 500
+    ) -> tuple[list[PersonRow], dict[str, list[tuple[str, bytes]]]]:
+        """``find``, and (id, body) of the active consents of each person found who has
+        any, in one statement (what ``find`` and ``ConsentStore.active_of`` give, together,
+        from one snapshot): a search's page and what consent needs to decide on it, in one
+        round trip to the database instead of two."""
+        nhs = _only_nhs_number(query)
+        if nhs is not None:
+            found = self.person_by_nhs_with_consents(nhs)
+            if found is None or found[0].id <= after or limit <= 0:
+                return [], {}
+            return [found[0]], {found[0].id: found[1]} if found[1] else {}
+        sql, values = self._find_sql(query, after, limit)
+        person_cols = ", ".join(f"p.{c.name}" for c in persons.c)
+        joined = (
+            f"SELECT {person_cols}, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
+            "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
+            "ORDER BY p.id, c.id"
+        )
+        rows: list[PersonRow] = []
+        held: dict[str, list[tuple[str, bytes]]] = {}
+        width = len(persons.c)
+        for r in self._search(joined, values):
+            if not rows or rows[-1].id != r[0]:
+                rows.append(_person(r[:width]))
+            if r[width] is not None:
+                held.setdefault(r[0], []).append((str(r[width]), bytes(r[width + 1])))
+        return rows, held
+
     def _find_sql(self, query: PersonQuery, after: str, limit: int) -> tuple[str, list[Any]]:
         mark = "?" if self.db.is_sqlite else "%s"
         test, values = self._where(query)
@@ -456,34 +486,19 @@ class IndexStore:
 
     def _search(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A search's rows on the driver's own cursor (SQLAlchemy's result set cost more
-        than the indexed read, for rows that need no conversion).
+        than the indexed read, for rows that need no conversion), in autocommit mode on
+        PostgreSQL: one statement, no ``BEGIN`` before it and nothing to roll back after.
 
-        A pooled connection, given back rolled back: a wide search may take longer than
-        the lookup connection's ``HOT_LIMIT``, and searches may come from any number of
-        threads, where a connection kept by each (as the lookup connection is) would
-        exhaust the pool: 32 searching threads did, on SQLite, in ``index_bench``.
-
-        On PostgreSQL the read is made in autocommit mode: one statement, no ``BEGIN``
-        before it and nothing to roll back after (psycopg sends no ``ROLLBACK`` for an
-        idle connection): two round trips fewer a read (a search by name and date:
-        220 instead of 242 us of CPU, 536 instead of 722 us of wall time)."""
-        conn = self.db.engine.raw_connection()
-        driver: Any = conn.driver_connection  # open: a pooled connection always has one
-        reading = not self.db.is_sqlite
-        try:
-            if reading:
-                driver.autocommit = True
-            cur = conn.cursor()
-            try:
-                cur.execute(sql, tuple(values))
-                return list(cur.fetchall())
-            finally:
-                cur.close()
-        finally:
-            if reading:
-                with suppress(Exception):  # broken: the pool drops it when it is given back
-                    driver.autocommit = False
-            conn.close()
+        On PostgreSQL, the calling thread's lookup connection (``HotConnection.read``,
+        bounded by the statement timeout only: a wide search may take longer than the
+        lookup's ``HOT_LIMIT``): no pool checkout, and so no ping before each read, which
+        cost a search by name and date 75 of its 150 us of CPU; threads beyond the
+        database's own read on a pooled connection each time, so a benchmark's 32
+        searching threads do not exhaust the pool. On SQLite a pooled connection each
+        time, as there the lookup connection waits for a lock at most ``HOT_LIMIT``."""
+        if self.db.is_sqlite:
+            return self._hot.once(sql, tuple(values))
+        return self._hot.read(sql, tuple(values))
 
     def people_after(self, after: str = "", batch: int = 1000) -> list[PersonRow]:
         """Up to ``batch`` persons with ids after ``after``, in id order: one step of a
