@@ -88,6 +88,7 @@ class FieldsRow:
 
 _PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
 _LINK_COLUMNS = ", ".join(c.name for c in links.c)
+_PERSON_COLUMNS_OF_P = ", ".join(f"p.{c.name}" for c in persons.c)
 
 
 @loop_bounded
@@ -109,9 +110,8 @@ class IndexStore:
         self._sql_by_nhs = f"{person_sql} nhs_number = {mark}"
         # the lookup's one read: the person and their active consents together, one
         # statement, so the two are read from one snapshot
-        person_cols = ", ".join(f"p.{c.name}" for c in persons.c)
         with_consents = (
-            f"SELECT {person_cols}, c.id, c.body FROM persons p "  # noqa: S608
+            f"SELECT {_PERSON_COLUMNS_OF_P}, c.id, c.body FROM persons p "  # noqa: S608
             "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
         )
         self._sql_by_nhs_consents = f"{with_consents}WHERE p.nhs_number = {mark} ORDER BY c.id"
@@ -433,9 +433,8 @@ class IndexStore:
                 return [], {}
             return [found[0]], {found[0].id: found[1]} if found[1] else {}
         sql, values = self._find_sql(query, after, limit)
-        person_cols = ", ".join(f"p.{c.name}" for c in persons.c)
         joined = (
-            f"SELECT {person_cols}, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
+            f"SELECT {_PERSON_COLUMNS_OF_P}, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
             "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
             "ORDER BY p.id, c.id"
         )
