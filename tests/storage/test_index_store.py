@@ -27,6 +27,7 @@ from carelink.storage import (
     PersonRow,
 )
 from carelink.storage.database import MIGRATIONS
+from carelink.storage.hot import HotConnection
 from tests.support.people import as_listed_by
 
 DAY = dt.timedelta(days=1)
@@ -267,6 +268,9 @@ def test_a_postgresql_search_reads_outside_a_transaction_and_gives_the_pool_back
     try:
         # in a transaction opened by BEGIN, now() is the BEGIN's time, before the statement's
         assert store._search("SELECT now() = statement_timestamp()", []) == [(True,)]
+        # a thread beyond those that keep a connection reads on a pooled one, given back
+        spare = HotConnection(db, kept=0)
+        assert spare.read("SELECT now() = statement_timestamp()", ()) == [(True,)]
         with db.engine.connect() as conn:
             assert conn.connection.driver_connection.autocommit is False
         try:
