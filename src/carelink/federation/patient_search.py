@@ -150,7 +150,7 @@ def _alternatives(
         return tuple(t for p in parts for t in identifier_tests(p, systems))
     if base in ("family", "given"):
         exact = modifier == "exact"
-        return tuple(NameTest(p if exact else fold(p), exact) for p in parts)
+        return tuple(NameTest(p, True, fold(p)) if exact else NameTest(fold(p)) for p in parts)
     if base == "birthdate":
         return tuple(c for p in parts for c in birth_date_clauses(_date(p), now))
     if base == "gender":
