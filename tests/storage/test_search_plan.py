@@ -167,10 +167,7 @@ def test_a_prefix_over_a_range_of_dates_seeks_past_a_common_name(store):
         )
         for i in range(50_000)
     ]
-    store.replace_all(rows, [], [])
-    if not store.db.is_sqlite:
-        with store.db.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE persons")
+    _stored_and_analysed(store, rows)
     for dates in (["ge1950-01-01", "le1950-12-31"], ["1950"], ["lt1925"], ["gt2015"]):
         params = {"family": ["brown"], "given": ["a"], "birthdate": dates}
         query = patient_query(params, [], NOW)
@@ -203,10 +200,7 @@ def test_an_exact_name_on_a_day_is_sought_by_the_name_too(store):
         )
         for i in range(3_000)
     ]
-    store.replace_all(rows, [], [])
-    if not store.db.is_sqlite:
-        with store.db.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE persons")
+    _stored_and_analysed(store, rows)
     params = {"family:exact": ["Brown"], "birthdate": ["1950-01-02"]}
     query = patient_query(params, [], NOW)
     found = [r.id for r in store.find(query)]
@@ -225,6 +219,15 @@ def test_an_exact_name_on_a_day_is_sought_by_the_name_too(store):
     reads = _index_conditions(store, query)
     assert reads
     assert all("family_folded" in cond for cond in reads), reads
+
+
+def _stored_and_analysed(store: IndexStore, rows: list[PersonRow]) -> None:
+    """``rows`` as the index, with PostgreSQL's statistics of them made (its plans
+    follow them; SQLite's planner is told what it needs by the query itself)."""
+    store.replace_all(rows, [], [])
+    if not store.db.is_sqlite:
+        with store.db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE persons")
 
 
 def _index_conditions(store: IndexStore, query: PersonQuery) -> list[str]:
