@@ -9,16 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carelink.storage import ConsentRow, ConsentStore, Database, GrantRow, IndexStore, PersonRow
+from tests.storage.conftest import opened
 
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[ConsentStore]:
-    db = Database(database_url)
-    db.migrate()
-    s = ConsentStore(db)
-    yield s
-    s.close()
-    db.dispose()
+    yield from opened(database_url, ConsentStore)
 
 
 DR = '["issuer","dr","RXX01","R8000",null,null]'

@@ -3,7 +3,6 @@ database, exact counts, no cap, and birth-date search equal to the FHIR referenc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pytest
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 from carelink.federation.patient_search import birth_date_clauses, find_people
 from carelink.fhir.search import parse_date, target_range
 from carelink.storage import (
-    Database,
     DateTest,
     IdentifierTest,
     IndexStore,
@@ -33,13 +31,8 @@ def link(source: str, local_id: str, person_id: str) -> LinkRow:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[IndexStore]:
-    db = Database(database_url)
-    db.migrate()
-    s = IndexStore(db)
-    yield s
-    s.close()
-    db.dispose()
+def store(index_store: IndexStore) -> IndexStore:
+    return index_store
 
 
 def ids(store: IndexStore, query: PersonQuery) -> list[str]:

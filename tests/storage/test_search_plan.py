@@ -5,7 +5,6 @@ indexed SQL finds is what a plain scan of every person finds."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -17,7 +16,6 @@ from carelink.federation.patient_search import birth_date_clauses, patient_query
 from carelink.fhir.search import fold, parse_date, target_range
 from carelink.simulators.names import FAMILY
 from carelink.storage import (
-    Database,
     IdentifierTest,
     IndexStore,
     LinkRow,
@@ -36,13 +34,8 @@ NAME_AND_DATE = {"ix_persons_birth_family", "ix_persons_family_birth"}
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[IndexStore]:
-    db = Database(database_url)
-    db.migrate()
-    s = IndexStore(db)
-    yield s
-    s.close()
-    db.dispose()
+def store(index_store: IndexStore) -> IndexStore:
+    return index_store
 
 
 def population(n: int) -> list[PersonRow]:
