@@ -46,8 +46,8 @@ from carelink.errors import (
     StorageUnavailable,
 )
 from carelink.export.jobs import Runner
-from carelink.export.pipeline import ExtractSpec, Pcn, load_pcns
-from carelink.export.tables import Extracted, extract
+from carelink.export.pipeline import Extracted, extract
+from carelink.export.spec import ExtractSpec, Pcn, load_pcns
 from carelink.federation import (
     BuildReport,
     CircuitBreaker,

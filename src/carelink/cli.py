@@ -621,7 +621,7 @@ def _extract(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from carelink.app import extract_with, pcns_of
-    from carelink.export.pipeline import Cohort, ExtractSpec, type_filters
+    from carelink.export.spec import Cohort, ExtractSpec, type_filters
     from carelink.settings import Settings
 
     settings = Settings.from_env()
@@ -678,7 +678,8 @@ def _cohort(group: str, pcns: Any, settings: Any) -> Any:
     """``--group``: a group that exists. A malformed group or a practice nobody in the
     index is registered with is a usage error; a PCN not configured, a configuration
     error (CARELINK_PCNS)."""
-    from carelink.export.pipeline import Cohort, Member
+    from carelink.export.reading import Member
+    from carelink.export.spec import Cohort
     from carelink.storage import IndexStore
 
     try:

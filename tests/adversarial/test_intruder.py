@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 
 from carelink.anonymise.disclosure import Refused
-from carelink.export.pipeline import AnonymousRelease, ExtractSpec, Member, Output
+from carelink.export.anonymous import AnonymousRelease
+from carelink.export.reading import Member
+from carelink.export.spec import ExtractSpec
+from carelink.export.tables import Output
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"

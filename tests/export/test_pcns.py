@@ -7,7 +7,7 @@ import json
 import pytest
 
 from carelink.errors import ConfigError, NotFound
-from carelink.export.pipeline import Cohort, load_pcns
+from carelink.export.spec import Cohort, load_pcns
 
 
 def write(tmp_path, document):

@@ -14,7 +14,8 @@ from contextlib import aclosing
 import pytest
 
 from carelink.errors import SourceUnavailable
-from carelink.export.pipeline import ATTEMPTS, IN_FLIGHT, Member, Result, _Reader
+from carelink.export.reading import IN_FLIGHT, Member, Reader
+from carelink.export.spec import ATTEMPTS, Result
 from carelink.federation import SharedRecord
 from carelink.federation.fanout import CircuitBreaker, FanOut
 from carelink.federation.index import link_people
@@ -71,7 +72,7 @@ def record(index, acute: Scripted) -> SharedRecord:
 
 def test_a_source_that_stays_down_is_tried_in_full_once_then_once_a_person(index):
     acute = Scripted("acute", failing=lambda n: True)
-    reader = _Reader(record(index, acute))
+    reader = Reader(record(index, acute))
 
     async def all_of_them() -> None:
         for person in members(index):
@@ -85,7 +86,7 @@ def test_a_source_that_stays_down_is_tried_in_full_once_then_once_a_person(index
 
 def test_a_passing_failure_is_retried_and_not_reported(index):
     acute = Scripted("acute", failing=lambda n: n == 1)  # only the very first call fails
-    reader = _Reader(record(index, acute))
+    reader = Reader(record(index, acute))
     person = members(index)[0]
     fed = asyncio.run(reader.read(person, None))
     assert {r.source: r.status for r in fed.results}["acute"] == "ok"
@@ -98,7 +99,7 @@ def test_reading_ahead_keeps_order_bounds_what_is_in_flight_and_cleans_up(index)
     # Later people answer sooner: order must still be the cohort's.
     rank = {pop.local_id("acute", i): i for i in range(SIZE)}
     acute = Scripted("acute", delay=lambda local_id: 0.002 * (SIZE - rank[local_id]))
-    reader = _Reader(record(index, acute))
+    reader = Reader(record(index, acute))
 
     async def read_some() -> list[str]:
         seen = []

@@ -6,8 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from carelink.export.pipeline import Output
-from carelink.export.tables import DISTINCT_CAP, flatten, to_parquet
+from carelink.export.tables import DISTINCT_CAP, Output, flatten, to_parquet
 
 OBS = [
     {

@@ -29,7 +29,7 @@ from carelink.anonymise.keys import ProjectKeys
 from carelink.auth import Principal
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.export.jobs import JobRequest
-from carelink.export.pipeline import ExtractSpec
+from carelink.export.spec import ExtractSpec
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, JobStore, OptOutStore
 from tests.integration.conftest import System
@@ -769,6 +769,7 @@ def test_exports_are_deleted_after_their_retention_time(system, tmp_path):
     with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
         exporter = Exporter.of(gateway, issuer, db, tmp_path, {})
         kick = exporter.kick_off(_type="Patient")
+        assert "Content-Location" in kick.headers, (kick.status_code, kick.text)
         done = exporter.wait(kick.headers["Content-Location"])
         assert done.status_code == 200, done.text
         assert "Expires" in done.headers

@@ -44,7 +44,7 @@ from carelink.auth.scopes import parse_all
 from carelink.consent import Policy
 from carelink.errors import AccessDenied, InvalidRequest, NotFound
 from carelink.export.jobs import JobRequest, Runner
-from carelink.export.pipeline import Cohort, ExtractSpec, permitted, type_filters
+from carelink.export.spec import Cohort, ExtractSpec, permitted, type_filters
 from carelink.export.tables import ERRORS
 from carelink.federation.query import SEARCH_TYPES
 from carelink.fhir.search import parse_date

@@ -23,8 +23,9 @@ import orjson
 from carelink.anonymise.disclosure import Refused
 from carelink.consent import Guard
 from carelink.errors import ExportError
-from carelink.export.pipeline import Cohort, ExtractSpec, Output, run
-from carelink.export.tables import to_parquet, write_errors
+from carelink.export.pipeline import run
+from carelink.export.spec import Cohort, ExtractSpec
+from carelink.export.tables import Output, to_parquet, write_errors
 from carelink.federation import SharedRecord
 from carelink.storage import JobRow, JobStore, OptOutStore, describe, is_unavailable
 from carelink.storage.export_store import LEASE_SECONDS

@@ -13,19 +13,18 @@ extract but a bounded sample of each column's values.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 CHUNK = 5000
 DISTINCT_CAP = 1000  # the dictionary counts distinct values up to this many
+Json = dict[str, Any]
 ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 
 
@@ -164,65 +163,37 @@ def write_errors(directory: Path, outcomes: list[dict[str, Any]]) -> list[dict[s
     return [{"type": "OperationOutcome", "url": ERRORS, "count": len(outcomes)}]
 
 
-@dataclass(frozen=True)
-class Extracted:
-    """Where an analyst's extract was written, and what it holds."""
+class Output:
+    """One NDJSON file per resource type, appended as people are processed."""
 
-    directory: Path
-    counts: dict[str, int]
-    manifest: dict[str, Any]
+    def __init__(self, directory: Path, tabulate: bool = False, name: str = "") -> None:
+        self.directory = directory
+        #: the extract's name (``dateShiftScope: folder``): the job id, or the output folder
+        self.name = name or directory.name
+        directory.mkdir(parents=True, exist_ok=True)
+        self.counts: dict[str, int] = {}
+        self.tabulate = tabulate
+        #: each type's table columns, recorded as written when ``tabulate`` (for Parquet)
+        self.columns: dict[str, Columns] = {}
+        self._files: dict[str, Any] = {}
 
-    def table(self, rtype: str) -> pd.DataFrame:
-        """One resource type's table as a DataFrame."""
-        if rtype not in self.counts:
-            raise KeyError(f"the extract has no {rtype} table")
-        return pd.read_parquet(self.directory / f"{rtype}.parquet")
+    def write(self, resource: Json) -> None:
+        """Append one resource."""
+        rtype = str(resource["resourceType"])
+        f = self._files.get(rtype)
+        if f is None:
+            f = (self.directory / f"{rtype}.ndjson").open("wb")
+            self._files[rtype] = f
+        f.write(orjson.dumps(resource) + b"\n")
+        self.counts[rtype] = self.counts.get(rtype, 0) + 1
+        if self.tabulate:
+            cols = self.columns.get(rtype)
+            if cols is None:
+                cols = self.columns[rtype] = Columns()
+            cols.add(flatten(resource))
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """Every table as a DataFrame (loads them all: for extracts that fit in memory)."""
-        return {rtype: self.table(rtype) for rtype in sorted(self.counts)}
-
-
-async def extract(
-    record: Any,
-    spec: Any,
-    master_key: bytes,
-    rules_dir: Path,
-    opt_outs: dict[str, set[str]],
-    out: Path,
-    progress: Any = None,
-    guard: Any = None,
-) -> Extracted:
-    """The analyst's extract: NDJSON, then one flattened, typed Parquet table per resource
-    type, a data dictionary, the manifest and the risk report, all in ``out``."""
-    from carelink.export.pipeline import Output, run
-
-    raw = out / "ndjson"
-    output = Output(raw, tabulate=True, name=out.name)
-    try:
-        result = await run(
-            record, spec, master_key, rules_dir, opt_outs, output, progress, guard=guard
-        )
-        entries: list[dict[str, Any]] = []
-        for rtype in sorted(result.counts):
-            entries += to_parquet(
-                raw / f"{rtype}.ndjson", out / f"{rtype}.parquet", output.columns[rtype]
-            )
-    except BaseException:
-        # Refused or failed: nothing half-written stays (NDJSON or tables).
-        shutil.rmtree(raw, ignore_errors=True)
-        for rtype in output.counts:
-            (out / f"{rtype}.parquet").unlink(missing_ok=True)
-        raise
-    (out / "dictionary.json").write_bytes(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
-    errors = result.errors()
-    write_errors(out, errors)
-    manifest = {
-        "counts": result.counts,
-        "errors": [o["issue"][0]["diagnostics"] for o in errors],
-        "carelink": result.manifest_extension(),
-    }
-    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    if result.risk is not None:
-        (out / "risk.txt").write_text(result.risk.summary() + "\n")
-    return Extracted(out, dict(result.counts), manifest)
+    def close(self) -> None:
+        """Flush and close every file."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
