@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from carelink.errors import InvalidRequest
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, normalise, problem
-from carelink.fhir.search import DateQuery, fold, parse_date, parse_token
+from carelink.fhir.search import DateQuery, alternatives, fold, parse_date, parse_token, unescaped
 from carelink.sources.base import local_id_system
 from carelink.storage import DateTest, IdentifierTest, IndexStore, NameTest, PersonQuery, PersonRow
 
@@ -141,7 +141,7 @@ def _alternatives(
     base: str, modifier: str, value: str, systems: Mapping[str, str], now: datetime
 ) -> tuple[Any, ...]:
     """One parameter value: its comma-separated alternatives (OR) as index criteria."""
-    parts = value.split(",")
+    parts = alternatives(value)
     if any(p == "" for p in parts):
         raise InvalidRequest(f"Parameter '{base}' has an empty alternative", base)
     if base == "_id":
@@ -150,7 +150,8 @@ def _alternatives(
         return tuple(t for p in parts for t in identifier_tests(p, systems))
     if base in ("family", "given"):
         exact = modifier == "exact"
-        return tuple(NameTest(p, True, fold(p)) if exact else NameTest(fold(p)) for p in parts)
+        names = [unescaped(p) for p in parts]
+        return tuple(NameTest(n, True, fold(n)) if exact else NameTest(fold(n)) for n in names)
     if base == "birthdate":
         return tuple(c for p in parts for c in birth_date_clauses(_date(p), now))
     if base == "gender":

@@ -165,6 +165,31 @@ def target_range(value: Any) -> DateRange | None:
         return None
 
 
+_ESCAPED = re.compile(r"\\([\\,$|])")
+
+
+def alternatives(value: str) -> list[str]:
+    """A search value's comma-separated alternatives (OR), split as FHIR R4 escapes
+    them: ``\\,`` is a comma inside an alternative, not between two. Each comes back
+    as sent (``unescaped`` reads a string's). ``"a\\,b,c"`` -> ``["a\\,b", "c"]``."""
+    parts, start, i = [], 0, 0
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2  # the escaped character is never a separator
+            continue
+        if value[i] == ",":
+            parts.append(value[start:i])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return parts
+
+
+def unescaped(value: str) -> str:
+    """A string alternative without FHIR R4's escapes (``\\\\ \\, \\$ \\|``)."""
+    return _ESCAPED.sub(r"\1", value)
+
+
 def fold(text: str) -> str:
     """Case- and accent-insensitive form for FHIR string search."""
     decomposed = unicodedata.normalize("NFKD", text)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
+from carelink.fhir.search import fold
+from carelink.storage import BIRTH_DATE_LENGTH, GENDER_LENGTH, NAME_LENGTH, POSTCODE_LENGTH
 
 Json = dict[str, Any]
 
@@ -78,6 +80,25 @@ class SourcePerson:
     postcode: str | None
     address_line: str | None
     patient: Json  # the source's Patient, as FHIR R4 (namespaced id)
+
+    def __post_init__(self) -> None:
+        """Leave out a demographic the patient index cannot hold (a name, or its fold,
+        longer than the name columns; a birth date, gender or postcode longer than
+        theirs): the record is still indexed, and ``patient`` keeps what the source
+        sent, but nobody is linked or found by that field. Without this, one record
+        from outside stopped a PostgreSQL build (SQLite kept the value)."""
+        for name in ("given", "family"):
+            value: str = getattr(self, name)
+            if len(value) > NAME_LENGTH or len(fold(value)) > NAME_LENGTH:
+                object.__setattr__(self, name, "")
+        for name, limit in (
+            ("birth_date", BIRTH_DATE_LENGTH),
+            ("gender", GENDER_LENGTH),
+            ("postcode", POSTCODE_LENGTH),
+        ):
+            held: str | None = getattr(self, name)
+            if held is not None and len(held) > limit:
+                object.__setattr__(self, name, None)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,18 @@ from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
 from carelink.storage.result_store import ResultStore
+from carelink.storage.tables import (
+    BIRTH_DATE_LENGTH,
+    GENDER_LENGTH,
+    NAME_LENGTH,
+    POSTCODE_LENGTH,
+)
 
 __all__ = [
+    "BIRTH_DATE_LENGTH",
+    "GENDER_LENGTH",
+    "NAME_LENGTH",
+    "POSTCODE_LENGTH",
     "UNAVAILABLE",
     "Arrival",
     "ConsentRow",

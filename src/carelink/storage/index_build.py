@@ -24,7 +24,16 @@ import sqlalchemy as sa
 
 from carelink.errors import IndexError_
 from carelink.storage.database import Database
-from carelink.storage.tables import links, persons, record_fields, review
+from carelink.storage.tables import (
+    BIRTH_DATE_LENGTH,
+    GENDER_LENGTH,
+    NAME_LENGTH,
+    POSTCODE_LENGTH,
+    links,
+    persons,
+    record_fields,
+    review,
+)
 
 STAGING = "index_staging"
 #: the staged record's columns, in the order ``stage`` takes them
@@ -132,11 +141,11 @@ def _staging_table(md: sa.MetaData, sqlite: bool) -> sa.Table:
         sa.Column("grp", sa.String(200), nullable=False),
         sa.Column("method", sa.String(16), nullable=False),
         sa.Column("score", sa.Float, nullable=True),
-        sa.Column("given", sa.String(200), nullable=False),
-        sa.Column("family", sa.String(200), nullable=False),
-        sa.Column("birth_date", sa.String(10), nullable=True),
-        sa.Column("gender", sa.String(16), nullable=True),
-        sa.Column("postcode", sa.String(10), nullable=True),
+        sa.Column("given", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("family", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("birth_date", sa.String(BIRTH_DATE_LENGTH), nullable=True),
+        sa.Column("gender", sa.String(GENDER_LENGTH), nullable=True),
+        sa.Column("postcode", sa.String(POSTCODE_LENGTH), nullable=True),
         sa.Column("patient", sa.LargeBinary, nullable=False),
         sa.Column("part", sa.Integer, nullable=False),
         schema="staging" if sqlite else None,

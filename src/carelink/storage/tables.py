@@ -6,6 +6,13 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+#: the longest of each demographic a source sends that the patient index holds (the
+#: columns below; PostgreSQL refuses a longer value, so ``SourcePerson`` leaves one out)
+NAME_LENGTH = 200  # a name, and its fold (which may be longer: "ß" -> "ss")
+BIRTH_DATE_LENGTH = 10
+GENDER_LENGTH = 16
+POSTCODE_LENGTH = 10
+
 settings_table = sa.Table(
     "index_settings",
     metadata,
@@ -18,13 +25,13 @@ persons = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("nhs_number", sa.String(10), unique=True, nullable=True),
-    sa.Column("family", sa.String(200), nullable=False),
-    sa.Column("given", sa.String(200), nullable=False),
-    sa.Column("family_folded", sa.String(200), nullable=False),
-    sa.Column("given_folded", sa.String(200), nullable=False),
-    sa.Column("birth_date", sa.String(10), nullable=True),
-    sa.Column("gender", sa.String(16), nullable=True),
-    sa.Column("postcode", sa.String(10), nullable=True),
+    sa.Column("family", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("given", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("family_folded", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("given_folded", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("birth_date", sa.String(BIRTH_DATE_LENGTH), nullable=True),
+    sa.Column("gender", sa.String(GENDER_LENGTH), nullable=True),
+    sa.Column("postcode", sa.String(POSTCODE_LENGTH), nullable=True),
     sa.Column("patient", sa.LargeBinary, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),
 )
@@ -219,11 +226,11 @@ record_fields = sa.Table(
     sa.Column("source", sa.String(32), primary_key=True),
     sa.Column("local_id", sa.String(128), primary_key=True),
     sa.Column("nhs", sa.String(10), nullable=True),
-    sa.Column("given", sa.String(200), nullable=False),
-    sa.Column("family", sa.String(200), nullable=False),
-    sa.Column("birth_date", sa.String(10), nullable=True),
-    sa.Column("gender", sa.String(16), nullable=True),
-    sa.Column("postcode", sa.String(10), nullable=True),
+    sa.Column("given", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("family", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("birth_date", sa.String(BIRTH_DATE_LENGTH), nullable=True),
+    sa.Column("gender", sa.String(GENDER_LENGTH), nullable=True),
+    sa.Column("postcode", sa.String(POSTCODE_LENGTH), nullable=True),
     sa.Column("day", sa.String(20), nullable=False, index=True),
     sa.Column("names_ym", sa.String(40), nullable=False, index=True),
     sa.Column("pc", sa.String(10), nullable=False, index=True),
