@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.population import SOURCES, Person
 from tests.integration.conftest import System
-from tests.support.consents import privacy_consent
+from tests.support.consents import custodian, privacy_consent
 from tests.support.gateways import copy_index, token_gateways
 from tests.support.procs import free_port, running
 from tests.support.tokens import Issuer
@@ -495,25 +495,8 @@ def test_an_expired_cursor_is_410_gone(gateway, system):
 
 
 def _deny_acute(pid: str) -> dict[str, Any]:
-    acute = {
-        "role": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                    "code": "CST",
-                }
-            ]
-        },
-        "reference": {
-            "identifier": {
-                "system": "https://fhir.nhs.uk/Id/ods-organization-code",
-                "value": ACUTE_ODS,
-            }
-        },
-    }
-    return privacy_consent(
-        pid, {"type": "permit", "provision": [{"type": "deny", "actor": [acute]}]}
-    )
+    deny = {"type": "deny", "actor": [custodian(ACUTE_ODS)]}
+    return privacy_consent(pid, {"type": "permit", "provision": [deny]})
 
 
 def test_the_missing_sources_header_never_names_a_source_consent_hides(gateway, system):

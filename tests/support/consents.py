@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from carelink.consent.directive import CONSENT_SCOPE
+from carelink.consent.directive import CONSENT_SCOPE, ODS_SYSTEM, PARTICIPATION
 
 
 def privacy_consent(pid: str, provision: dict[str, Any], status: str = "active") -> dict[str, Any]:
@@ -17,4 +17,13 @@ def privacy_consent(pid: str, provision: dict[str, Any], status: str = "active")
         "patient": {"reference": f"Patient/{pid}"},
         "dateTime": "2026-11-23T09:00:00Z",
         "provision": provision,
+    }
+
+
+def custodian(ods: str) -> dict[str, Any]:
+    """A Consent actor naming the organisation ``ods`` as custodian (role ``CST``): a
+    provision with it is about that organisation's data."""
+    return {
+        "role": {"coding": [{"system": PARTICIPATION, "code": "CST"}]},
+        "reference": {"identifier": {"system": ODS_SYSTEM, "value": ods}},
     }
