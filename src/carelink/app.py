@@ -329,6 +329,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = Telemetry(Metrics(), settings.sources, spans=source_spans())
     app.state.policy = load_policy(Path(settings.consent_policy))
+    _require_custodians(app.state.policy, settings)
     app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
@@ -521,6 +522,19 @@ def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
     return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
 
 
+def _require_custodians(policy: Policy, settings: Settings) -> None:
+    """Refuse a source the sharing policy does not name: consent finds each source's
+    custodian there, so a patient's objection to that organisation's data (a ``CST``
+    actor) could never apply to a source missing from it, and would be ignored."""
+    for name in settings.sources:
+        if policy.custodian(name) is None:
+            raise ConfigError(
+                f"source {name!r} is not among the organisations of the consent policy "
+                f"{settings.consent_policy}: add it (with its custodian's ODS code), so "
+                "consent can apply to its data"
+            )
+
+
 def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
     return Guard(
         Engine(policy),
@@ -550,6 +564,8 @@ async def extract_with(
     settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
 ) -> Extracted:
     """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
+    policy = load_policy(Path(settings.consent_policy))
+    _require_custodians(policy, settings)
     db = settings.database(batch=True)
     db.migrate()
     bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
@@ -571,7 +587,7 @@ async def extract_with(
             OptOutStore(db).all(),
             out,
             progress,
-            guard=_guard(load_policy(Path(settings.consent_policy)), ConsentStore(db), settings),
+            guard=_guard(policy, ConsentStore(db), settings),
         )
     finally:
         for session in sessions.values():
