@@ -93,3 +93,14 @@ class ChangingFhir:
         served = [r for r in record if types is None or r["resourceType"] in types]
         base = str(request.base_url).rstrip("/") + "/fhir"
         return self._answer(searchset(base, served, len(served), {}))
+
+
+def built_env(database: str, sources: str) -> dict[str, str]:
+    """The settings of an index build (and a gateway) over ``sources`` (``name=url,...``)
+    into ``database``: a budget nothing times out in, so answers depend on content alone."""
+    return {
+        "CARELINK_DATABASE_URL": database,
+        "CARELINK_SOURCES": sources,
+        "CARELINK_BUDGET": "20",
+        "CARELINK_AUTH": "development",
+    }

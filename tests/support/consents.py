@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+import orjson
+
 from carelink.consent.directive import CONSENT_SCOPE, ODS_SYSTEM, PARTICIPATION
 
 
@@ -27,3 +30,17 @@ def custodian(ods: str) -> dict[str, Any]:
         "role": {"coding": [{"system": PARTICIPATION, "code": "CST"}]},
         "reference": {"identifier": {"system": ODS_SYSTEM, "value": ods}},
     }
+
+
+def sent_consent(
+    base: str, token: str, consent: dict[str, Any], cid: str | None = None
+) -> httpx.Response:
+    """``consent`` stored through the gateway at ``base`` (``POST``), or with ``cid``
+    written over that Consent (``PUT``), by the holder of ``token``."""
+    return httpx.request(
+        "POST" if cid is None else "PUT",
+        f"{base}/Consent" if cid is None else f"{base}/Consent/{cid}",
+        content=orjson.dumps(consent if cid is None else {**consent, "id": cid}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        timeout=30,
+    )
