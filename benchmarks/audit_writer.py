@@ -1,0 +1,196 @@
+"""The audit writer's CPU per event on a large trail (issues 13 and 15).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/audit_writer.py --trail /tmp/me/trail.db \
+        [--database postgresql://postgres@127.0.0.1:5432/me_bench] \
+        [--drop ix_audit_events_patient_seq]
+
+Makes a trail of ``--rows`` events (patients drawn from ``--people``) once, by
+bulk insert with a valid hash chain, and keeps it at ``--trail`` (SQLite; with
+``--database`` the trail is made there instead, if it is empty). Each run
+copies the SQLite file to a scratch file beside it (the kept one is never
+written), so runs start from the same trail. ``--drop INDEX`` drops an index
+in the scratch copy first (what that index costs).
+
+Then appends ``--batches`` batches of ``--batch`` fresh AuditEvents (the
+gateway's events: a patient each, one of ``--agents`` users) through the
+real ``AuditStore.append`` (one durable commit a batch, as the writer child
+makes them), and prints the CPU an event: this process's user and system time
+and, on PostgreSQL, the server backend's (read from /proc), over the
+appends only. The first ``--warm`` batches are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+
+from carelink.audit.events import Access, Who, audit_event, columns
+from carelink.storage import Database
+from carelink.storage.audit_store import GENESIS, AuditStore, NewEvent, row_hash
+
+
+def _event(rng: random.Random, people: int, agents: int, n: int) -> NewEvent:
+    pid = f"{rng.randrange(people):06d}-gp"
+    stamp = f"2026-12-01T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}.{n % 999999:06d}Z"
+    access = Access(
+        "search-type",
+        f"/fhir/Patient?birthdate=ge1970-01-01&birthdate=lt1971-01-01&_count=20&n={n}",
+        f"req-{n}",
+        stamp,
+        "http://127.0.0.1:8000/fhir",
+    )
+    who = Who(f"user-{rng.randrange(agents)}", "R8000", "RXX01", "TREAT")
+    e = audit_event(access, who, pid, "0")
+    return NewEvent(*columns(e), orjson.dumps(e))
+
+
+def build(db: Database, rows: int, people: int, agents: int, seed: int) -> None:
+    """``rows`` events appended in bulk (a valid chain), indexes made after."""
+    db.migrate()
+    with db.engine.connect() as conn:
+        have = conn.exec_driver_sql("SELECT count(*) FROM audit_events").scalar_one()
+    if have:
+        print(f"trail has {have} rows already")
+        return
+    rng = random.Random(seed)
+    raw = db.engine.raw_connection()
+    cur = raw.cursor()
+    mark = "?" if db.is_sqlite else "%s"
+    insert = (
+        "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, hash,"  # noqa: S608
+        f" agent, chain) VALUES ({', '.join([mark] * 9)})"
+    )
+    idx = [(r[0], r[1]) for r in _indexes(db)]
+    for name, _ in idx:
+        cur.execute(f"DROP INDEX {name}")
+    prev, seq, started = GENESIS, 0, time.perf_counter()
+    while seq < rows:
+        chunk = []
+        for _ in range(min(20000, rows - seq)):
+            seq += 1
+            e = _event(rng, people, agents, seq)
+            h = row_hash(prev, seq, e.recorded, e.patient_id, e.outcome, e.agent, e.event)
+            chunk.append((seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h, e.agent, 2))
+            prev = h
+        cur.executemany(insert, chunk)
+        raw.commit()
+    for _, sql in idx:
+        cur.execute(sql)
+    raw.commit()
+    raw.close()
+    print(f"built {rows} rows in {time.perf_counter() - started:.1f} s")
+
+
+def _indexes(db: Database) -> list[tuple[str, str]]:
+    """Name and CREATE statement of each index on the events besides the key."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            q = (
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'audit_events' AND sql IS NOT NULL"
+            )
+        else:
+            q = (
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'audit_events' "
+                "AND right(indexname, 4) <> 'pkey'"
+            )
+        return [(str(r[0]), str(r[1])) for r in conn.exec_driver_sql(q)]
+
+
+def _backend_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(db: Database, args: argparse.Namespace) -> None:
+    store = AuditStore(db)
+    rng = random.Random(args.seed + 1)
+    n0 = args.rows + 1
+    batches = [
+        [_event(rng, args.people, args.agents, n0 + b * args.batch + i) for i in range(args.batch)]
+        for b in range(args.batches + args.warm)
+    ]
+    for b in batches[: args.warm]:
+        store.append(b)
+    backend = None
+    if not db.is_sqlite:
+        backend = int(store._conn.driver_connection.info.backend_pid)
+    r0, b0, t0 = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        _backend_cpu(backend),
+        time.perf_counter(),
+    )
+    for b in batches[args.warm :]:
+        store.append(b)
+    r1, b1, t1 = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        _backend_cpu(backend),
+        time.perf_counter(),
+    )
+    store.close()
+    events = args.batches * args.batch
+    user = (r1.ru_utime - r0.ru_utime) / events * 1e6
+    system = (r1.ru_stime - r0.ru_stime) / events * 1e6
+    server = (b1 - b0) / events * 1e6
+    print(
+        f"{'sqlite' if db.is_sqlite else 'postgresql'} drop={','.join(args.drop) or '-'} "
+        f"batch={args.batch} events={events}: {user + system + server:.1f} us CPU an event "
+        f"(user {user:.1f}, sys {system:.1f}, server {server:.1f}), "
+        f"{(t1 - t0) / args.batches * 1e3:.2f} ms a commit, load {os.getloadavg()[0]:.2f}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trail", type=Path, required=True, help="the kept SQLite trail")
+    p.add_argument("--database", help="a PostgreSQL URL instead of SQLite")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--people", type=int, default=900_000)
+    p.add_argument("--agents", type=int, default=200)
+    p.add_argument("--batch", type=int, default=40)
+    p.add_argument("--batches", type=int, default=1500)
+    p.add_argument("--warm", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--drop", action="append", default=[], help="an index to drop first")
+    args = p.parse_args()
+    if args.database:
+        db = Database(args.database)
+        build(db, args.rows, args.people, args.agents, args.seed)
+        for name in args.drop:
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+        run(db, args)
+        db.dispose()
+        return
+    if not args.trail.exists():
+        db = Database(str(args.trail))
+        build(db, args.rows, args.people, args.agents, args.seed)
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.dispose()
+    scratch = args.trail.with_name(args.trail.name + ".run")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(args.trail, scratch)
+    db = Database(str(scratch))
+    db.migrate()
+    for name in args.drop:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+    run(db, args)
+    db.dispose()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
