@@ -458,7 +458,7 @@ def _mint(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from carelink.audit import checkpoints
     from carelink.audit.trail import AuditTrail
-    from carelink.audit.verify import verify
+    from carelink.audit.verify import verify, verify_index
     from carelink.settings import Settings
     from carelink.storage.audit_store import AuditStore
 
@@ -490,7 +490,7 @@ def _audit(args: argparse.Namespace) -> int:
             f"carelink: no checkpoint in {folder}: a cut-off tail cannot be detected",
             file=sys.stderr,
         )
-    findings = verify(store.rows(), checkpoint, key.public_key())
+    findings = verify(store.rows(), checkpoint, key.public_key()) + verify_index(store)
     for f in findings:
         print(f"record {f.seq}: {f.problem}")
     if findings:

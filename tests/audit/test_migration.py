@@ -97,35 +97,52 @@ def _audit_indexes(db: Database) -> dict[str, list[str]]:
     return {str(i["name"]): list(i["column_names"]) for i in found}
 
 
-def test_a_new_trail_has_no_index_on_the_patient_alone(database_url):
-    """Every append writes each index's page: the patient's events are found through
-    ``(patient_id, seq)``, which begins with the patient."""
+def test_a_new_trail_has_no_index_on_the_patient_in_its_rows(database_url):
+    """Every append writes a page of each index on the rows: the patient's events are
+    found through ``audit_patient_index``, written in sorted blocks instead."""
     db = Database(database_url)
     db.migrate()
     indexes = _audit_indexes(db)
     db.dispose()
-    assert ["patient_id"] not in indexes.values()
-    assert indexes["ix_audit_events_patient_seq"] == ["patient_id", "seq"]
+    assert not [cols for cols in indexes.values() if "patient_id" in cols]
+    assert indexes["ix_audit_events_agent_seq"] == ["agent", "seq"]
 
 
-def test_migration_14_drops_the_index_on_the_patient_alone_and_the_search_still_finds(
-    database_url,
-):
+def _as_before(db: Database, upto: int) -> None:
+    """The trail as migrations up to ``upto`` left it: (patient_id, seq) indexed on the
+    rows (and, before 14, patient_id alone), no patient index of blocks."""
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE audit_patient_index")
+        conn.exec_driver_sql("DROP TABLE audit_index_blocks")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_audit_events_patient_seq ON audit_events (patient_id, seq)"
+        )
+        if upto < 14:
+            conn.exec_driver_sql(
+                "CREATE INDEX ix_audit_events_patient_id ON audit_events (patient_id)"
+            )
+        conn.execute(sa.text("DELETE FROM schema_version WHERE version > :v"), {"v": upto})
+
+
+@pytest.mark.parametrize("upto", [13, 14])
+def test_an_older_trail_is_migrated_to_blocks_and_the_search_still_finds(database_url, upto):
     db = Database(database_url)
     db.migrate()
-    with db.engine.begin() as conn:  # the trail as migrations up to 13 left it
-        conn.exec_driver_sql("CREATE INDEX ix_audit_events_patient_id ON audit_events (patient_id)")
-        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 14")
     store = AuditStore(db)
     AuditTrail(store).record([event(i) for i in range(6)])
+    _as_before(db, upto)
     assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
-    indexes = _audit_indexes(db)
-    assert "ix_audit_events_patient_id" not in indexes
-    assert indexes["ix_audit_events_patient_seq"] == ["patient_id", "seq"]
+    assert "patient_id" not in str(_audit_indexes(db))
+    with db.engine.connect() as conn:
+        blocks = conn.exec_driver_sql("SELECT first_seq, block FROM audit_index_blocks").all()
+    assert [tuple(b) for b in blocks] == [(1, 6)]  # every event stored before, one block
     search = AuditSearch(db)
     found = search.page(AuditQuery(patient="p1"), 10)
     assert [seq for seq, _ in found] == [5, 2]
     assert search.count(AuditQuery(has_patient=True)) == 6
     assert verify(store.rows()) == []
+    assert store.index_problems() == []
+    AuditTrail(store).record([event(1)])
+    assert [seq for seq, _ in search.page(AuditQuery(patient="p1"), 10)] == [7, 5, 2]
     store.close()
     db.dispose()

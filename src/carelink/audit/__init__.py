@@ -3,7 +3,7 @@
 from carelink.audit.checkpoints import Checkpointer, load_key, load_or_make_key
 from carelink.audit.events import Access, Who, audit_event
 from carelink.audit.trail import AuditTrail, GroupCommit
-from carelink.audit.verify import Finding, verify
+from carelink.audit.verify import Finding, verify, verify_index
 
 __all__ = [
     "Access",
@@ -16,4 +16,5 @@ __all__ = [
     "load_key",
     "load_or_make_key",
     "verify",
+    "verify_index",
 ]

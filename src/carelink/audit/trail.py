@@ -52,6 +52,15 @@ class AuditTrail:
             raise AuditError("audit trail unavailable") from exc
         return seq, head
 
+    def settle(self) -> int:
+        """Write the patient index's next block if it is due (``AuditStore.settle``),
+        after the answers that waited for the appends; events it covered (0 if none, or
+        if it failed: the tail is scanned meanwhile and the next call tries again)."""
+        try:
+            return self.store.settle()
+        except Exception:  # derived data: nothing depends on it being written now
+            return 0
+
     def tick(self) -> bool:
         """Write a checkpoint if the interval has passed and the trail grew."""
         if self.checkpointer is None:
@@ -92,6 +101,7 @@ class OnThread:
     async def record(self, events: Sequence[Json]) -> None:
         """Append on the writer thread."""
         await asyncio.get_running_loop().run_in_executor(self._writer, self.trail.record, events)
+        self._writer.submit(self.trail.settle)  # after the answer, before the next batch
 
     async def tick(self) -> None:
         """A checkpoint if due, on the writer thread (never racing an append's own)."""

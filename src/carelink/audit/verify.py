@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carelink.audit.checkpoints import message
 from carelink.audit.events import columns
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditRow
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditRow, AuditStore
 
 Json = dict[str, Any]
 _NAMES = ("recorded", "patient_id", "outcome", "agent")
@@ -82,6 +82,14 @@ def verify(
     if checkpoint is not None and trusted_key is not None:
         findings.extend(_check_point(checkpoint, at_checkpoint, expected_seq - 1, trusted_key))
     return findings
+
+
+def verify_index(store: AuditStore) -> list[Finding]:
+    """Where the patient index (derived from the rows, ``storage.audit_blocks``) does not
+    match them: an index row naming the wrong patient or event cannot add an answer to a
+    search (each row found is held to the patient), but one altered or deleted could
+    hide an event from a search by patient, so it is reported like any tampering."""
+    return [Finding(seq, problem) for seq, problem in store.index_problems()]
 
 
 def _check_point(cp: Json, found: str | None, last: int, key: Ed25519PublicKey) -> list[Finding]:

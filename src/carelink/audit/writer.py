@@ -283,6 +283,7 @@ def serve(sock: socket.socket) -> None:
                 if kind == b"R":
                     seq, head = trail.append([NewEvent(*row) for row in frame_rows(body)])
                     _send(sock, b"K", orjson.dumps([seq, head]))
+                    trail.settle()  # the patient index's next block, once answered
                 elif kind == b"T":
                     _send(sock, b"K", orjson.dumps(trail.tick()))
                 else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from carelink.storage.audit_blocks import patient_seqs
 from carelink.storage.database import Database
 from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import audit_events
@@ -32,10 +33,15 @@ class AuditQuery:
     recorded: tuple[tuple[Span, ...], ...] = ()
 
 
-def _where(q: AuditQuery) -> list[sa.ColumnElement[bool]]:
+def _where(q: AuditQuery, before: int | None = None) -> list[sa.ColumnElement[bool]]:
     c = audit_events.c
     out: list[sa.ColumnElement[bool]] = []
+    if before is not None:
+        out.append(c.seq < before)
     if q.patient is not None:
+        # found through the patient index's blocks and the tail (``audit_blocks``), and
+        # held to the patient here: an index row naming another event adds nothing
+        out.append(c.seq.in_(patient_seqs(q.patient, before)))
         out.append(c.patient_id == q.patient)
     if q.agent is not None:
         out.append(c.agent == q.agent)
@@ -72,9 +78,7 @@ class AuditSearch:
     def page(self, q: AuditQuery, limit: int, before: int | None = None) -> list[tuple[int, bytes]]:
         """Up to ``limit`` matching events older than ``before`` (seq), newest first."""
         c = audit_events.c
-        where = _where(q)
-        if before is not None:
-            where.append(c.seq < before)
+        where = _where(q, before)
         stmt = sa.select(c.seq, c.event).where(*where).order_by(c.seq.desc()).limit(limit)
         with self.db.engine.connect() as conn:
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(stmt)]

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from carelink.storage.audit_blocks import BLOCK, HEAD_SQL, MARK_SQL, block_sql, index_problems
 from carelink.storage.database import Database
 from carelink.storage.tables import audit_events
 
@@ -102,6 +103,10 @@ class AuditStore:
         self.db = db
         self._conn: Any = None
         self._committing = False
+        #: events past the patient index's last block, as last seen (None: not yet)
+        self.tail: int | None = None
+        #: the tail's size at which it is written as a block
+        self.block = BLOCK
         marks = ", ".join(["?" if db.is_sqlite else "%s"] * 9)  # placeholders, never values
         self._insert = (
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "  # noqa: S608
@@ -129,7 +134,7 @@ class AuditStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
+    def _connection(self) -> Any:
         if self._conn is None:
             self._conn = self.db.engine.raw_connection()
             driver = self._conn.driver_connection
@@ -140,13 +145,29 @@ class AuditStore:
                 driver.execute("PRAGMA synchronous=FULL")
             else:
                 driver.autocommit = True
-        cur = self._conn.cursor()
+        return self._conn
+
+    def _lock(self, cur: Any) -> None:
+        """Begin, holding the append lock until commit."""
+        if self.db.is_sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            cur.execute("BEGIN")
+            cur.execute("SELECT appends FROM audit_lock WHERE id = 1 FOR UPDATE")
+
+    def _drop(self, cur: Any) -> None:
+        with contextlib.suppress(Exception):  # the connection is dropped just below
+            cur.execute("ROLLBACK")
+        with contextlib.suppress(Exception):
+            self._conn.invalidate()
+        self._conn = None
+
+    def _append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
+        cur = self._connection().cursor()
         try:
-            if self.db.is_sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            else:
-                cur.execute("BEGIN")
-                cur.execute("SELECT appends FROM audit_lock WHERE id = 1 FOR UPDATE")
+            self._lock(cur)
+            cur.execute(MARK_SQL)
+            mark = int(cur.fetchone()[0])
             cur.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             head = cur.fetchone()
             seq, prev = (head[0], head[1]) if head else (0, GENESIS)
@@ -162,13 +183,41 @@ class AuditStore:
                 cur.executemany(self._insert, rows)
             self._committing = True
             cur.execute("COMMIT")
+            self.tail = seq - mark
             return seq, prev
         except Exception:
-            with contextlib.suppress(Exception):  # the connection is dropped just below
-                cur.execute("ROLLBACK")
+            self._drop(cur)
+            raise
+        finally:
             with contextlib.suppress(Exception):
-                self._conn.invalidate()
-            self._conn = None
+                cur.close()
+
+    def settle(self) -> int:
+        """Write the tail of the trail into the patient index as one sorted block if it
+        has reached ``block`` events; how many events the block covered (0: none was
+        due). Its own transaction under the append lock, so never the same block twice,
+        whichever process writes it; called after a batch's answer, not before it
+        (``audit.writer``). The first call looks at the database itself (a block due
+        when a writer stopped is written then). Nothing is lost if it never runs:
+        searches scan the tail's rows."""
+        if self.tail is not None and self.tail < self.block:
+            return 0
+        cur = self._connection().cursor()
+        try:
+            self._lock(cur)
+            cur.execute(MARK_SQL)
+            lo = int(cur.fetchone()[0])
+            cur.execute(HEAD_SQL)
+            hi = int(cur.fetchone()[0])
+            covered = hi - lo if hi - lo >= self.block else 0
+            if covered:
+                for statement in block_sql(lo, hi):
+                    cur.execute(statement)
+            cur.execute("COMMIT")
+            self.tail = hi - lo - covered
+            return covered
+        except Exception:
+            self._drop(cur)
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -200,6 +249,11 @@ class AuditStore:
             for r in result:
                 event = r[4].encode() if isinstance(r[4], str) else bytes(r[4])  # tampered type
                 yield AuditRow(r[0], r[1], r[2], r[3], event, r[5], r[6], r[7], int(r[8]))
+
+    def index_problems(self) -> list[tuple[int, str]]:
+        """Where the patient index disagrees with the rows: (seq, what), in order."""
+        with self.db.engine.connect() as conn:
+            return index_problems(conn)
 
     def head(self) -> tuple[int, str]:
         """The last sequence number and its hash."""

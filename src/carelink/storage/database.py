@@ -25,10 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from carelink.errors import ConfigError, StorageUnavailable
+from carelink.storage.audit_blocks import index_all
 from carelink.storage.feed_tables import create_feed_tables
 from carelink.storage.tables import (
     audit_events,
+    audit_index_blocks,
     audit_lock,
+    audit_patient_index,
     break_glass,
     client_assertions,
     consent_versions,
@@ -167,6 +170,19 @@ def _audit_patient_once(conn: Connection) -> None:
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_id"))
 
 
+def _audit_patient_blocks(conn: Connection) -> None:
+    """The audit trail's patient index as derived data in sorted blocks
+    (``storage.audit_blocks``): every event stored so far becomes one block, read in
+    order through the old index, which is then dropped (each append wrote one random
+    leaf of it per event)."""
+    if not sa.inspect(conn).has_table("audit_events"):
+        _audit_tables(conn)  # a database whose earlier migrations were applied elsewhere
+    audit_patient_index.create(conn, checkfirst=True)
+    audit_index_blocks.create(conn, checkfirst=True)
+    index_all(conn)
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_seq"))
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -195,6 +211,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         _name_date_given,
     ),
     (14, "audit trail: no index on the patient alone", _audit_patient_once),
+    (15, "audit trail: the patient index written in sorted blocks", _audit_patient_blocks),
 ]
 
 

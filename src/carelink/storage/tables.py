@@ -93,7 +93,7 @@ audit_events = sa.Table(
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("recorded", sa.String(40), nullable=False),
-    #: found by ``ix_audit_events_patient_seq``, which begins with it
+    #: found through ``audit_patient_index`` (blocks) and a scan of the unindexed tail
     sa.Column("patient_id", sa.String(64), nullable=True),
     sa.Column("outcome", sa.String(2), nullable=False),
     sa.Column("event", sa.LargeBinary, nullable=False),
@@ -104,8 +104,30 @@ audit_events = sa.Table(
     #: how ``hash`` was made: 1 (before migration 9) sequence, previous hash and event;
     #: 2 every column of the row (see ``storage.audit_store.row_hash``)
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
-    sa.Index("ix_audit_events_patient_seq", "patient_id", "seq"),
     sa.Index("ix_audit_events_agent_seq", "agent", "seq"),
+)
+
+#: the audit trail's events by patient, derived from ``audit_events`` and written in
+#: sorted blocks (``storage.audit_store.AuditStore.settle``), never one row per append:
+#: each block's keys sort after every earlier block's, so its pages are appended at the
+#: right edge instead of one random leaf per event
+audit_patient_index = sa.Table(
+    "audit_patient_index",
+    metadata,
+    #: the block's last sequence number (``audit_index_blocks.block``)
+    sa.Column("block", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("patient_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+#: the blocks of ``audit_patient_index``: events first_seq..block, consecutive from 1;
+#: events after the last block (the tail) are found by a scan of their rows
+audit_index_blocks = sa.Table(
+    "audit_index_blocks",
+    metadata,
+    sa.Column("block", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("first_seq", sa.Integer, nullable=False),
 )
 
 #: one row, updated by every append: the lock that serialises appends across processes
