@@ -119,8 +119,12 @@ def run(db: Database, args: argparse.Namespace) -> None:
         [_event(rng, args.people, args.agents, n0 + b * args.batch + i) for i in range(args.batch)]
         for b in range(args.batches + args.warm)
     ]
+    # the writer child writes the patient index's next block after each answer, where
+    # the tree has one (``AuditStore.settle``): counted with the appends
+    settle = getattr(store, "settle", lambda: 0)
     for b in batches[: args.warm]:
         store.append(b)
+        settle()
     backend = None
     if not db.is_sqlite:
         backend = int(store._conn.driver_connection.info.backend_pid)
@@ -131,6 +135,7 @@ def run(db: Database, args: argparse.Namespace) -> None:
     )
     for b in batches[args.warm :]:
         store.append(b)
+        settle()
     r1, b1, t1 = (
         resource.getrusage(resource.RUSAGE_SELF),
         _backend_cpu(backend),

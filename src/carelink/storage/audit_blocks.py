@@ -57,12 +57,20 @@ def index_all(conn: Connection) -> int:
     return hi - lo
 
 
-def patient_seqs(patient: str, before: int | None = None) -> sa.Select[tuple[int]]:
-    """The sequence numbers said to be ``patient``'s: one range per block, and the
-    tail's rows scanned. A candidate list only: the caller holds each row to the patient."""
+def indexed_upto(conn: Connection) -> int:
+    """The last event in a block (0: none). Read before a search, in a statement of its
+    own: a later block only makes the search's tail scan longer than it need be, never
+    miss an event (blocks and the mark only grow), and the planner then sees the bound
+    (PostgreSQL scanned the whole trail for ``seq > (SELECT max(block) ...)``)."""
+    return int(conn.exec_driver_sql(MARK_SQL).scalar_one())
+
+
+def patient_seqs(patient: str, mark: int, before: int | None = None) -> sa.Select[tuple[int]]:
+    """The sequence numbers said to be ``patient``'s: one range per block, and the rows
+    after ``mark`` (``indexed_upto``) scanned. A candidate list only: the caller holds
+    each row to the patient."""
     i, b = audit_patient_index.c, audit_index_blocks.c
     tail = audit_events.alias("tail")
-    mark = sa.select(sa.func.coalesce(sa.func.max(b.block), 0)).scalar_subquery()
     # the blocks drive: one seek of (block, patient) each, whatever the planner's statistics
     indexed = sa.select(i.seq).where(i.block.in_(sa.select(b.block)), i.patient_id == patient)
     scanned = sa.select(tail.c.seq).where(tail.c.seq > mark, tail.c.patient_id == patient)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from carelink.storage.audit_blocks import patient_seqs
+from carelink.storage.audit_blocks import indexed_upto, patient_seqs
 from carelink.storage.database import Database
 from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import audit_events
@@ -33,7 +33,8 @@ class AuditQuery:
     recorded: tuple[tuple[Span, ...], ...] = ()
 
 
-def _where(q: AuditQuery, before: int | None = None) -> list[sa.ColumnElement[bool]]:
+def _where(q: AuditQuery, mark: int = 0, before: int | None = None) -> list[sa.ColumnElement[bool]]:
+    """The query's conditions; ``mark``: the last event in a patient index block."""
     c = audit_events.c
     out: list[sa.ColumnElement[bool]] = []
     if before is not None:
@@ -41,7 +42,7 @@ def _where(q: AuditQuery, before: int | None = None) -> list[sa.ColumnElement[bo
     if q.patient is not None:
         # found through the patient index's blocks and the tail (``audit_blocks``), and
         # held to the patient here: an index row naming another event adds nothing
-        out.append(c.seq.in_(patient_seqs(q.patient, before)))
+        out.append(c.seq.in_(patient_seqs(q.patient, mark, before)))
         out.append(c.patient_id == q.patient)
     if q.agent is not None:
         out.append(c.agent == q.agent)
@@ -71,14 +72,16 @@ class AuditSearch:
 
     def count(self, q: AuditQuery) -> int:
         """How many events match, exactly."""
-        stmt = sa.select(sa.func.count()).select_from(audit_events).where(*_where(q))
         with self.db.engine.connect() as conn:
+            mark = indexed_upto(conn) if q.patient is not None else 0
+            stmt = sa.select(sa.func.count()).select_from(audit_events).where(*_where(q, mark))
             return int(conn.execute(stmt).scalar_one())
 
     def page(self, q: AuditQuery, limit: int, before: int | None = None) -> list[tuple[int, bytes]]:
         """Up to ``limit`` matching events older than ``before`` (seq), newest first."""
         c = audit_events.c
-        where = _where(q, before)
-        stmt = sa.select(c.seq, c.event).where(*where).order_by(c.seq.desc()).limit(limit)
         with self.db.engine.connect() as conn:
+            mark = indexed_upto(conn) if q.patient is not None else 0
+            where = _where(q, mark, before)
+            stmt = sa.select(c.seq, c.event).where(*where).order_by(c.seq.desc()).limit(limit)
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(stmt)]
