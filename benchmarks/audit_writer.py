@@ -133,9 +133,14 @@ def run(db: Database, args: argparse.Namespace) -> None:
         _backend_cpu(backend),
         time.perf_counter(),
     )
+    took, settled = [], []
     for b in batches[args.warm :]:
+        t = time.perf_counter()
         store.append(b)
-        settle()
+        mid = time.perf_counter()
+        if settle():
+            settled.append(time.perf_counter() - mid)
+        took.append(time.perf_counter() - t)
     r1, b1, t1 = (
         resource.getrusage(resource.RUSAGE_SELF),
         _backend_cpu(backend),
@@ -151,6 +156,13 @@ def run(db: Database, args: argparse.Namespace) -> None:
         f"batch={args.batch} events={events}: {user + system + server:.1f} us CPU an event "
         f"(user {user:.1f}, sys {system:.1f}, server {server:.1f}), "
         f"{(t1 - t0) / args.batches * 1e3:.2f} ms a commit, load {os.getloadavg()[0]:.2f}"
+    )
+    took.sort()
+    print(
+        f"  a batch (append, then settle when due): p50 {took[len(took) // 2] * 1e3:.2f}, "
+        f"p99 {took[int(len(took) * 0.99)] * 1e3:.2f}, max {took[-1] * 1e3:.2f} ms; "
+        f"{len(settled)} blocks written, "
+        f"{(sum(settled) / len(settled) * 1e3) if settled else 0:.1f} ms each on average"
     )
 
 
