@@ -224,9 +224,13 @@ class AuditStore:
                 cur.close()
 
     def close(self) -> None:
-        """Release the append connection."""
+        """Release the append connection. It is closed, not given back to the pool: it
+        runs without the driver's transactions (and, on SQLite, syncing every commit),
+        and a connection the pool handed out like that would commit each statement of
+        someone's transaction on its own."""
         if self._conn is not None:
-            self._conn.close()
+            with contextlib.suppress(Exception):  # already broken: nothing to release
+                self._conn.invalidate()
             self._conn = None
 
     def rows(self) -> Iterator[AuditRow]:

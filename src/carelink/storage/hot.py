@@ -156,16 +156,14 @@ class HotConnection:
                 conn.invalidate()
 
     def close(self) -> None:
-        """Release every thread's connection, back to the pool as it was taken."""
+        """Close every thread's connection. None goes back to the pool: each runs
+        without the driver's transactions (autocommit), and a connection handed out like
+        that would commit a transaction's statements one by one."""
         with self._lock:
             conns, self._owners = list(self._owners.values()), {}
         for conn in conns:
             if conn is _CONNECTING:
                 continue
-            try:
-                if not self.db.is_sqlite:
-                    conn.driver_connection.autocommit = False
-                conn.close()
-            except Exception:  # noqa: S112 - a connection already broken needs no closing
-                continue
+            with suppress(Exception):  # already broken: nothing to release
+                conn.invalidate()
         self._local = threading.local()

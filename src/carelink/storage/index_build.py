@@ -205,7 +205,8 @@ class IndexBuild:
             if not attach:
                 _remove(self._file)  # what a crashed build left
             # the build's tables have no key while they fill (``_new_tables``), so nothing
-            # can check a link's person then; ``swap`` checks every one once keyed
+            # can check a link's person then; ``swap`` checks every one once keyed (this
+            # connection is never used again: ``close``)
             self._execute("PRAGMA foreign_keys=OFF")
             self._execute("ATTACH DATABASE ? AS staging", (self._file,))
             # scratch: a crash loses nothing the next build does not remake
@@ -467,13 +468,12 @@ class IndexBuild:
                 for t in [*([] if self.db.is_sqlite else [self.staging]), *reversed(self.tables)]:
                     t.drop(conn, checkfirst=True)
         finally:
-            if self.db.is_sqlite:
-                try:  # the connection goes back to the pool as the pool made it
-                    self._execute("DETACH DATABASE staging")
-                    self._execute("PRAGMA foreign_keys=ON")
-                except Exception:
-                    self._raw.invalidate()  # the pool makes a new one instead
-            self._raw.close()
+            # Closed, never given back to the pool: it runs without the driver's
+            # transactions and foreign keys on SQLite (the staging file attached), and
+            # without waiting for the disk on PostgreSQL; a connection handed out like
+            # that would commit a transaction's statements one by one, or not durably.
+            with contextlib.suppress(Exception):  # already broken: nothing to release
+                self._raw.invalidate()
             if self.db.is_sqlite and not self.attached:
                 _remove(self._file)
 

@@ -1,0 +1,83 @@
+"""No connection goes back to the pool changed by whoever borrowed it.
+
+Invariant: after the audit store, the hot read path or an index build (finished or
+failed) let their connections go, every connection the pool hands out runs the driver's
+transactions (statements of a transaction commit together or not at all), checks foreign
+keys on SQLite, and waits for the disk at commit on PostgreSQL. Before, each of the three
+gave its connection back in autocommit (and the build, on PostgreSQL, without
+``synchronous_commit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from carelink.storage import Database
+from carelink.storage.audit_store import AuditStore, NewEvent
+from carelink.storage.hot import HotConnection
+from carelink.storage.index_build import IndexBuild
+from tests.support.people import person_row
+
+
+def _audit(db: Database) -> None:
+    store = AuditStore(db)
+    store.append([NewEvent("2026-12-01T10:00:00.000000Z", "p1", "0", "dr", b"{}")])
+    store.close()
+    assert len(list(store.rows())) == 1  # a streamed read needs a transaction
+
+
+def _hot(db: Database) -> None:
+    hot = HotConnection(db, kept=2)
+    assert hot.read("SELECT 1", ()) == [(1,)]
+    hot.close()
+
+
+def _built(db: Database) -> None:
+    build = IndexBuild(db)
+    try:
+        build.load("persons", [person_row("p1")])
+        build.swap()
+    finally:
+        build.close()
+
+
+def _failed_build(db: Database) -> None:
+    build = IndexBuild(db)
+    try:
+        build.load("persons", [person_row("p1")])
+    finally:
+        build.close()
+
+
+@pytest.mark.parametrize("borrow", [_audit, _hot, _built, _failed_build])
+def test_the_pool_hands_out_connections_as_it_made_them(
+    borrow: Callable[[Database], None], database_url: str
+) -> None:
+    db = Database(database_url)
+    db.migrate()
+    borrow(db)
+    raws = [db.engine.raw_connection() for _ in range(3)]
+    try:
+        for raw in raws:
+            driver = raw.driver_connection
+            if db.is_sqlite:
+                assert driver.isolation_level is not None
+                assert driver.execute("PRAGMA foreign_keys").fetchone() == (1,)
+            else:
+                assert driver.autocommit is False
+                cur = driver.cursor()
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone() == ("on",)
+                driver.rollback()
+    finally:
+        for raw in raws:
+            raw.close()
+    with db.engine.connect() as conn:  # a transaction rolled back leaves nothing behind
+        trans = conn.begin()
+        conn.execute(sa.text("INSERT INTO index_settings (key, value) VALUES ('k', 'v')"))
+        trans.rollback()
+        assert conn.execute(sa.text("SELECT count(*) FROM index_settings")).scalar_one() == 0
+    db.dispose()
