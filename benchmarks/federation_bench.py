@@ -3,6 +3,7 @@
 One command, one run (about four minutes on 2 cores):
 
     .venv/bin/python benchmarks/federation_bench.py [--workers 1] [--duration 15] [--runs 3]
+        [--port P]
 
 It starts the four simulators as separate processes with ~20 ms median
 latency (log-normal), builds the index in a temporary SQLite file, starts the
@@ -56,6 +57,31 @@ done = function(summary, latency, requests)
     latency:percentile(99) / 1000, latency.max / 1000, summary.duration))
 end
 """
+
+
+class Ports:
+    """The ports the bench listens on: from ``first`` on when given (the simulators
+    ``first`` to ``first + 3``, then one each for the gateway and the ceilings), else
+    each one the OS says is free (the simulators four in a row from one such port, which
+    another process may hold: give ``--port`` on a busy machine)."""
+
+    def __init__(self, first: int | None) -> None:
+        self.next = first
+
+    def simulators(self) -> int:
+        """The first of the four simulators' ports."""
+        if self.next is None:
+            return free_port()
+        first = self.next
+        self.next += 4
+        return first
+
+    def one(self) -> int:
+        """A port for one more server."""
+        if self.next is None:
+            return free_port()
+        self.next += 1
+        return self.next - 1
 
 
 def free_port() -> int:
@@ -118,11 +144,12 @@ def process(args: list[str], ready: str, env: dict[str, str]) -> Iterator[int]:
             proc.kill()
 
 
-def simulators(stack: ExitStack, size: int, latency_ms: float) -> dict[str, str]:
-    """The four simulators, started as the demo starts them, stopped with ``stack``."""
+def simulators(stack: ExitStack, size: int, latency_ms: float, first: int) -> dict[str, str]:
+    """The four simulators on ``first`` and the next three ports, started as the demo
+    starts them, stopped with ``stack``."""
     from carelink.demo import start_simulators
 
-    urls, procs = start_simulators(size, 42, free_port(), latency_ms)
+    urls, procs = start_simulators(size, 42, first, latency_ms)
     for proc in procs:
         stack.callback(proc.wait, 10)
         stack.callback(proc.terminate)
@@ -211,7 +238,7 @@ def ceiling(
 ) -> dict[str, Any]:
     """The same bytes from a bare app (``app``) with the gateway's worker count."""
     (tmp / "body.json").write_bytes(body)
-    port = free_port()
+    port = args.ports.one()
     cmd = [
         sys.executable,
         "-m",
@@ -242,15 +269,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="carelink-bench-"))
+    # every process runs this tree's code (the simulators too, which the demo starts with
+    # this process's environment), whichever checkout the interpreter was installed from
+    os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    sys.path.insert(0, str(ROOT / "src"))
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     carelink = [sys.executable, "-m", "carelink"]
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args)}
     with ExitStack() as stack:
-        urls = simulators(stack, args.size, args.latency_ms)
+        urls = simulators(stack, args.size, args.latency_ms, args.ports.simulators())
         env["CARELINK_SOURCES"] = ",".join(f"{k}={v}" for k, v in urls.items())
         env["CARELINK_DATABASE_URL"] = str(tmp / "bench.db")
-        port = free_port()
+        port = args.ports.one()
         base = f"http://127.0.0.1:{port}"
         env["CARELINK_AUTH"] = args.auth
         env["CARELINK_AUDIENCE"] = f"{base}/fhir"
@@ -268,7 +298,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         token = None
         if args.auth == "jwt":  # one clinician's token, reused as a client would
             token = mint(env)
-        sys.path.insert(0, str(ROOT / "src"))
         from carelink.simulators.population import local_id, people
 
         population = list(people(42, args.size))
@@ -403,8 +432,15 @@ def main() -> None:
         help="jwt: every request carries a bearer token the gateway verifies (default)",
     )
     p.add_argument("--lookup-only", action="store_true", help="measure the lookup alone")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="listen from this port on (the simulators on it and the next three, the gateway"
+        " and each ceiling on one more each: 9 in all); default: ports the OS says are free",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = p.parse_args()
+    args.ports = Ports(args.port)
     results = run(args)
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Instructions per lookup, counted by callgrind: the gateway's own work, whatever the load.
 
     PYTHONPATH=src .venv/bin/python benchmarks/lookup_instructions.py [--requests 1000]
-        [--port P] [--bare]
+        [--port P] [--bare | --everything]
 
 ``lookup_cpu.py`` counts CPU time, which on two shared cores moves by a third from
 one run to the next with what else runs (the same code measured 189 and 298 us).
@@ -15,6 +15,14 @@ audit writer child is not counted (it is another process). ``--bare`` drives the
 bare FastAPI endpoint serving the same bytes instead. Instructions are not time,
 but for the same interpreter running the same kind of code they move with it:
 an A/B between two checkouts is what this is for.
+
+``--everything`` counts ``GET /fhir/Patient/{id}/$everything`` instead, over the
+spread of patients ``federation_bench.py`` uses (50 known to all four sources, 150
+at random), each found by the lookup first, four requests in flight (not 32). The
+sources' budget is raised to 30 s (``CARELINK_BUDGET``) so that no source times out
+while the gateway runs ~50 times slower under callgrind; GP Connect's JWT, made once
+per requester and second, is made more often per request than at full speed (the
+same in both trees).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -44,7 +54,9 @@ def _counting(on: bool) -> None:
     )
 
 
-async def _measure(requests: int, bare: bool, paths: list[str], token: str) -> None:
+async def _measure(
+    requests: int, bare: bool, paths: list[str], token: str, everything: bool = False
+) -> None:
     import importlib
     import logging.config
 
@@ -57,15 +69,26 @@ async def _measure(requests: int, bare: bool, paths: list[str], token: str) -> N
     logging.config.dictConfig(log_config("info"))  # as `carelink serve` does
     app = create_app(Settings.from_env(dict(os.environ)))
     async with app.router.lifespan_context(app):
+        if everything:  # each person's record, by the id the lookup gives
+            records = []
+            for path in paths:
+                status, body = await one(app, path, token)
+                assert status == 200, (status, body[:300])
+                found = orjson.loads(body)["entry"][0]["resource"]["id"]
+                records.append(f"/fhir/Patient/{found}/$everything")
+            paths = records
         status, body = await one(app, paths[0], token)
         assert status == 200, (status, body[:300])
         with open(os.environ["BARE_BODY"], "wb") as f:  # noqa: ASYNC230 - set-up
             f.write(body)
         target = importlib.import_module("benchmarks.bare").fastapi_app if bare else app
         given = None if bare else token
-        await drive(target, paths, given, 500)  # warm: memos, caches, the writer child
+        # $everything four at a time: at 32 a request would wait ~2 s under callgrind for
+        # the others, past the gateway's own time limits (GP Connect's, the audit's)
+        inflight = 4 if everything else 32
+        await drive(target, paths, given, 500, inflight)  # warm: memos, caches, the writer
         _counting(True)
-        await drive(target, paths, given, requests)
+        await drive(target, paths, given, requests, inflight)
         _counting(False)
 
 
@@ -74,16 +97,26 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--size", type=int, default=2000, help="people at the simulators")
     ap.add_argument("--port", type=int, default=33000 + random.Random().randrange(800))
-    ap.add_argument("--bare", action="store_true", help="the bare FastAPI endpoint instead")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--bare", action="store_true", help="the bare FastAPI endpoint instead")
+    what.add_argument("--everything", action="store_true", help="$everything instead")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from benchmarks.lookup_cpu import NHS, gateway_env
 
     from carelink.simulators.population import people
 
-    paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in people(42, 200)]
+    if args.everything:  # federation_bench.py's spread of patients
+        population = list(people(42, args.size))
+        everyone = [p for p in population if len(p.sources) == 4]
+        rng = random.Random(1)
+        sample = everyone[:50] + rng.sample(population, 200 - min(50, len(everyone)))
+    else:
+        sample = list(people(42, 200))
+    paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in sample]
     if args.child:  # under callgrind, in the environment the parent prepared
-        asyncio.run(_measure(args.requests, args.bare, paths, os.environ["LOOKUP_TOKEN"]))
+        token = os.environ["LOOKUP_TOKEN"]
+        asyncio.run(_measure(args.requests, args.bare, paths, token, args.everything))
         return
     with gateway_env(args.size, args.port) as prep:
         out = Path(tempfile.mkdtemp(prefix="carelink-ir-")) / "callgrind.out"
@@ -93,6 +126,8 @@ def main() -> None:
             "LOOKUP_TOKEN": prep.token,
             "PYTHONPATH": prep.env["PYTHONPATH"],
         }
+        if args.everything:
+            env["CARELINK_BUDGET"] = "30"
         child = [
             "valgrind",
             "--tool=callgrind",
@@ -103,13 +138,17 @@ def main() -> None:
             "--child",
             f"--requests={args.requests}",
             *(["--bare"] if args.bare else []),
+            *(["--everything"] if args.everything else []),
+            f"--size={args.size}",
         ]
         done = subprocess.run(child, env=env, capture_output=True, text=True)
-        found = re.search(r"Collected : (\d+)", done.stderr)
+        # callgrind's own summary line, in its output file (its log's wording varies)
+        found = re.search(r"^totals: (\d+)", out.read_text() if out.exists() else "", re.M)
         if done.returncode != 0 or found is None:
-            sys.exit(f"callgrind failed:\n{done.stderr[-3000:]}")
+            sys.exit(f"callgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
         total = int(found.group(1))
         what = "bare FastAPI" if args.bare else "gateway"
+        what += ", $everything" if args.everything else ""
         print(f"{what}: {total / args.requests:,.0f} instructions per request")
 
 
