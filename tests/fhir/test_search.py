@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from carelink.errors import InvalidRequest
 from carelink.fhir.search import (
+    Token,
+    alternatives,
     apply_elements,
     parse_date,
     parse_token,
@@ -92,3 +96,28 @@ def test_elements_keeps_mandatory_and_named_and_marks_subsetted():
     assert set(out) == {"resourceType", "id", "meta", "status"}
     assert out["meta"]["tag"][0]["code"] == "SUBSETTED"
     assert "meta" not in r
+
+
+def _escaped(text: str) -> str:
+    return "".join("\\" + c if c in "\\,$|" else c for c in text)
+
+
+_TEXT = st.text(alphabet=st.sampled_from("ab1 |,$\\é"), max_size=8)
+
+
+@given(pairs=st.lists(st.tuples(_TEXT, _TEXT.filter(bool)), min_size=1, max_size=4))
+def test_tokens_read_fhir_escapes(pairs):
+    """Escaped ``| , $ \\`` stand for themselves in a token's system and code, so each
+    alternative is the pair that was escaped, and matches exactly its own coding."""
+    value = ",".join(f"{_escaped(s)}|{_escaped(c)}" for s, c in pairs)
+    parts = alternatives(value)
+    assert [parse_token(p, "code") for p in parts] == [Token(s, c) for s, c in pairs]
+    for s, c in pairs:
+        coding = {"system": s, "code": c} if s else {"code": c}
+        assert token_matches(value, "code", coding)
+        assert not token_matches(value, "code", {**coding, "code": c + "\x00"})
+
+
+def test_a_token_without_a_system_is_unescaped():
+    assert parse_token("a\\,b\\|c", "code") == Token(None, "a,b|c")
+    assert alternatives("a\\,b,c") == ["a\\,b", "c"]

@@ -44,18 +44,21 @@ class Token:
 
 
 def parse_token(value: str, parameter: str) -> Token:
-    """Parse ``system|code``; an empty value is an error naming ``parameter``."""
+    """Parse one alternative ``system|code``; an empty value is an error naming
+    ``parameter``. FHIR R4's escapes are read: ``\\|`` is a bar inside the system
+    or the code, not between them, and ``\\, \\$ \\\\`` stand for themselves."""
     if value == "":
         raise InvalidRequest(f"Parameter '{parameter}' has an empty value", parameter)
-    if "|" not in value:
-        return Token(None, value)
-    system, _, code = value.partition("|")
+    bar = _separator(value, "|")
+    if bar < 0:
+        return Token(None, unescaped(value))
+    system, code = unescaped(value[:bar]), unescaped(value[bar + 1 :])
     return Token(system, code or None)
 
 
 def token_matches(value: str, parameter: str, concept: Any) -> bool:
     """Match a comma-separated list of tokens (OR) against a CodeableConcept/Coding/list."""
-    tokens = [parse_token(v, parameter) for v in value.split(",")]
+    tokens = [parse_token(v, parameter) for v in alternatives(value)]
     codings = list(_codings(concept))
     return any(t.matches_coding(c) for t in tokens for c in codings)
 
@@ -168,20 +171,28 @@ def target_range(value: Any) -> DateRange | None:
 _ESCAPED = re.compile(r"\\([\\,$|])")
 
 
-def alternatives(value: str) -> list[str]:
-    """A search value's comma-separated alternatives (OR), split as FHIR R4 escapes
-    them: ``\\,`` is a comma inside an alternative, not between two. Each comes back
-    as sent (``unescaped`` reads a string's). ``"a\\,b,c"`` -> ``["a\\,b", "c"]``."""
-    parts, start, i = [], 0, 0
+def _separator(value: str, char: str) -> int:
+    """Where the first ``char`` not escaped by a backslash is in ``value``; -1 if none."""
+    i = 0
     while i < len(value):
         if value[i] == "\\":
             i += 2  # the escaped character is never a separator
             continue
-        if value[i] == ",":
-            parts.append(value[start:i])
-            start = i + 1
+        if value[i] == char:
+            return i
         i += 1
-    parts.append(value[start:])
+    return -1
+
+
+def alternatives(value: str) -> list[str]:
+    """A search value's comma-separated alternatives (OR), split as FHIR R4 escapes
+    them: ``\\,`` is a comma inside an alternative, not between two. Each comes back
+    as sent (``unescaped`` reads a string's). ``"a\\,b,c"`` -> ``["a\\,b", "c"]``."""
+    parts = []
+    while (i := _separator(value, ",")) >= 0:
+        parts.append(value[:i])
+        value = value[i + 1 :]
+    parts.append(value)
     return parts
 
 
