@@ -41,6 +41,12 @@ class Stalling:
         return None
 
 
+def _run(scenario: Any) -> None:
+    """Run a scenario with a bound of its own: a failed step fails the test, never hangs
+    it (a commit left stuck by a failed assertion would wait for ever)."""
+    asyncio.run(asyncio.wait_for(scenario, 30))
+
+
 async def _timed(awaitable: Any) -> tuple[str, float]:
     started = time.monotonic()
     try:
@@ -74,7 +80,7 @@ def test_a_stuck_commit_fails_its_requests_and_those_behind_it_within_the_timeou
         assert await _timed(group.record([{"n": 4}])) == ("ok", pytest.approx(0, abs=1.0))
         assert {"n": 4} in db.committed
 
-    asyncio.run(scenario())
+    _run(scenario())
 
 
 def test_requests_of_a_slow_commit_that_ends_in_time_succeed():
@@ -89,4 +95,4 @@ def test_requests_of_a_slow_commit_that_ends_in_time_succeed():
         assert [r[0] for r in results] == ["ok"] * 5
         assert sorted(e["n"] for e in db.committed) == list(range(5))
 
-    asyncio.run(scenario())
+    _run(scenario())
