@@ -541,6 +541,11 @@ def _index(args: argparse.Namespace) -> int:
         )
     if report.conflicts:
         print(f"merged Patients where sources disagree, per element: {report.conflicts}")
+    if report.left_out:
+        print(
+            "demographics too long for the index, left out of linkage and search (records "
+            f"per field; their Patients are served as sent): {report.left_out}"
+        )
     return EXIT_OK
 
 

@@ -205,6 +205,9 @@ def test_demographics_the_index_cannot_hold_cost_the_field_never_the_build(postg
         built = carelink(["index", "build"], built_env(database_url, f"acute={url}"))
         assert built.returncode == 0, built.stderr[-2000:]
         assert f"index built: {len(locals_)} persons" in built.stdout
+        # each left out is counted, by field, with no patient data
+        left = "{'birth_date': 1, 'family': 1, 'gender': 1, 'given': 1, 'postcode': 1}"
+        assert f"(records per field; their Patients are served as sent): {left}" in built.stdout
     db = Database(database_url)
     store = IndexStore(db)
     try:

@@ -123,6 +123,7 @@ def test_the_index_entry_carries_the_councils_demographics():
         "postcode": "WF1 2QT",
         "address_line": "14 Westgate",
         "patient": None,
+        "left_out": (),
     }
 
 

@@ -119,6 +119,7 @@ async def _read(
 ) -> list[SourcePerson]:
     """Stage every record; return those without a valid NHS number."""
     loose: list[SourcePerson] = []
+    left_out: Counter[str] = Counter()
     lock = asyncio.Lock()
     read = 0
 
@@ -134,6 +135,8 @@ async def _read(
         count = 0
         async for p in source.people():
             count += 1
+            for name in p.left_out:
+                left_out[name] += 1
             nhs = valid_nhs(p)
             if nhs is None:
                 loose.append(replace(p, patient={}))  # the Patient stays staged
@@ -150,6 +153,7 @@ async def _read(
     report.records = dict(sorted(report.records.items()))
     report.invalid_nhs_records.sort()
     report.invalid_nhs_numbers = len(report.invalid_nhs_records)
+    report.left_out = dict(sorted(left_out.items()))
     return loose
 
 

@@ -59,6 +59,9 @@ class BuildReport:
     #: candidates each record without a valid NHS number was compared with (mean, max)
     candidates_mean: float = 0.0
     candidates_max: int = 0
+    #: demographics left out of linkage and search because the index cannot hold them
+    #: (``SourcePerson.__post_init__``): how many records, per field
+    left_out: dict[str, int] = field(default_factory=dict)
     #: blocks over ``matching.BLOCK_CAP`` records, not used to find candidates
     oversized_blocks: int = 0
     #: (retired id, successor) pairs a rebuild recorded for the ids it retired

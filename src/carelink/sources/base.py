@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
@@ -80,19 +80,23 @@ class SourcePerson:
     postcode: str | None
     address_line: str | None
     patient: Json  # the source's Patient, as FHIR R4 (namespaced id)
+    #: the demographics ``__post_init__`` left out, by field name (a build counts them)
+    left_out: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         """Leave out a demographic the patient index cannot hold (a name, or its fold,
         longer than the name columns; a birth date, gender or postcode longer than
         theirs): the record is still indexed, and ``patient`` keeps what the source
-        sent, but nobody is linked or found by that field. Without this, one record
-        from outside stopped a PostgreSQL build (SQLite kept the value)."""
+        sent, but nobody is linked or found by that field; ``left_out`` names it. Without
+        this, one record from outside stopped a PostgreSQL build (SQLite kept the value)."""
+        left = list(self.left_out)
         for name in ("given", "family"):
             value: str = getattr(self, name)
             # ASCII folds to its own length (a fold costs ~2 us, on every record listed)
             too_long = len(value) > NAME_LENGTH
             if too_long or (not value.isascii() and len(fold(value)) > NAME_LENGTH):
                 object.__setattr__(self, name, "")
+                left.append(name)
         for name, limit in (
             ("birth_date", BIRTH_DATE_LENGTH),
             ("gender", GENDER_LENGTH),
@@ -101,6 +105,9 @@ class SourcePerson:
             held: str | None = getattr(self, name)
             if held is not None and len(held) > limit:
                 object.__setattr__(self, name, None)
+                left.append(name)
+        if len(left) != len(self.left_out):
+            object.__setattr__(self, "left_out", tuple(left))
 
 
 @dataclass(frozen=True)
