@@ -541,6 +541,11 @@ def _index(args: argparse.Namespace) -> int:
         )
     if report.conflicts:
         print(f"merged Patients where sources disagree, per element: {report.conflicts}")
+    if report.unkeyable:
+        print(
+            "records not indexed: their id is longer than the index holds (records per "
+            f"source): {report.unkeyable}"
+        )
     if report.left_out:
         print(
             "demographics too long for the index, left out of linkage and search (records "
@@ -610,7 +615,12 @@ def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStor
                 f"index updated: {sum(report.listed.values())} changed records listed "
                 f"{report.listed}; {applied.persons_before} people re-linked into "
                 f"{applied.persons_after} in {applied.seconds:.2f} s"
-                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else ""),
+                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else "")
+                + (
+                    f"; not indexed, id longer than the index holds: {applied.unkeyable}"
+                    if applied.unkeyable
+                    else ""
+                ),
                 flush=True,
             )
 

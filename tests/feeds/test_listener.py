@@ -18,7 +18,16 @@ from carelink.simulators import community as sim
 from carelink.simulators.feed import send_feed, split_file
 from carelink.sources.community import CommunitySource
 from carelink.sources.community_feed import CommunityFeedSource
-from carelink.storage import Arrival, Database, FeedStore, IndexStore, LinkRow, PersonRow
+from carelink.storage import (
+    LOCAL_ID_LENGTH,
+    Arrival,
+    Database,
+    FeedStore,
+    IndexStore,
+    LinkRow,
+    PersonRow,
+)
+from carelink.storage.feed_tables import CONTROL_ID_LENGTH
 from tests.support.procs import free_port
 
 MSH = "MSH|^~\\&|COMMUNITY-EPR|RCOMM|CARELINK|ICS|20260101120000+0000||{kind}|{id}|P|2.5.1"
@@ -116,8 +125,31 @@ def test_each_message_acknowledged_aa_after_it_is_stored(store: FeedStore):
         (message("ADT^A99^ADT_A01", "B1", "PID|1||C2^^^RCOMM^MR"), "AR", "201"),
         (message("ADT^A28^ADT_A05", "B1", "PID|1||C2^^^RCOMM^PI||X^Y"), "AE", "101"),  # no MR
         (message("ADT^A40^ADT_A39", "B1", "PID|1||C2^^^RCOMM^MR||X^Y", "MRG|"), "AE", "101"),
+        # keys longer than the feed and the index hold: refused, never stored cut short
+        (a28("B1", "C" * (LOCAL_ID_LENGTH + 1)), "AE", "102"),
+        (
+            message(
+                "ADT^A40^ADT_A39",
+                "B1",
+                "PID|1||C2^^^RCOMM^MR||X^Y",
+                f"MRG|{'C' * (LOCAL_ID_LENGTH + 1)}^^^RCOMM^MR",
+            ),
+            "AE",
+            "102",
+        ),
+        (a28("B" * (CONTROL_ID_LENGTH + 1), "C2"), "AR", "102"),
     ],
-    ids=["not-hl7", "no-control-id", "unsupported-type", "unsupported-event", "no-mr", "no-mrg"],
+    ids=[
+        "not-hl7",
+        "no-control-id",
+        "unsupported-type",
+        "unsupported-event",
+        "no-mr",
+        "no-mrg",
+        "long-mr",
+        "long-mrg",
+        "long-control-id",
+    ],
 )
 def test_a_bad_message_is_refused_without_losing_its_neighbours(
     store: FeedStore, bad: str, code: str, error: str
@@ -127,6 +159,23 @@ def test_a_bad_message_is_refused_without_losing_its_neighbours(
     err = got.acks[1].segment("ERR")
     assert str(err[3]).split("^")[0] == error
     assert store.count("community") == 2
+
+
+def test_the_longest_keys_the_feed_holds_are_stored_whole(database_url: str):
+    """At the limits the feed's columns hold (PostgreSQL refuses a longer value; SQLite
+    would keep it): accepted, stored and read back as sent, on both databases."""
+    db = Database(database_url)
+    db.migrate()
+    try:
+        feed = FeedStore(db)
+        local, control = "C" * LOCAL_ID_LENGTH, "B" * CONTROL_ID_LENGTH
+        got = exchange(feed, [a28("M1", local), oru(control, local)])
+        assert got.codes() == ["AA", "AA"]
+        part = feed.record("community", local)
+        assert part is not None
+        assert [m.split("\r")[0].split("|")[9] for m in part.messages] == [control]
+    finally:
+        db.dispose()
 
 
 def test_a_duplicate_or_replay_is_acknowledged_and_changes_nothing(store: FeedStore):

@@ -120,6 +120,7 @@ async def _read(
     """Stage every record; return those without a valid NHS number."""
     loose: list[SourcePerson] = []
     left_out: Counter[str] = Counter()
+    unkeyable: Counter[str] = Counter()
     lock = asyncio.Lock()
     read = 0
 
@@ -135,6 +136,9 @@ async def _read(
         count = 0
         async for p in source.people():
             count += 1
+            if not p.keyable:
+                unkeyable[source.name] += 1
+                continue
             for name in p.left_out:
                 left_out[name] += 1
             nhs = valid_nhs(p)
@@ -154,6 +158,7 @@ async def _read(
     report.invalid_nhs_records.sort()
     report.invalid_nhs_numbers = len(report.invalid_nhs_records)
     report.left_out = dict(sorted(left_out.items()))
+    report.unkeyable = dict(sorted(unkeyable.items()))
     return loose
 
 

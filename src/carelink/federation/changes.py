@@ -108,6 +108,9 @@ class ChangeReport:
     seconds: float = 0.0
     #: (source, local id) of changes naming a record the index does not hold
     unknown: list[tuple[str, str]] = field(default_factory=list)
+    #: new or changed records not indexed: their key is longer than the index holds
+    #: (``SourcePerson.keyable``), per source
+    unkeyable: dict[str, int] = field(default_factory=dict)
 
 
 def record_of(row: LinkRow) -> SourcePerson:
@@ -307,6 +310,9 @@ def apply_changes(
     for change in changes:
         if isinstance(change, Upsert):
             r = change.record
+            if not r.keyable:  # never held, so there is nothing of it to change either
+                report.unkeyable[r.source] = report.unkeyable.get(r.source, 0) + 1
+                continue
             new[(r.source, r.local_id)] = r
             gone.discard((r.source, r.local_id))
         elif isinstance(change, Remove | MergeRecords):

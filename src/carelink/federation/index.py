@@ -62,6 +62,9 @@ class BuildReport:
     #: demographics left out of linkage and search because the index cannot hold them
     #: (``SourcePerson.__post_init__``): how many records, per field
     left_out: dict[str, int] = field(default_factory=dict)
+    #: records not indexed because their key is longer than the index holds
+    #: (``SourcePerson.keyable``), per source
+    unkeyable: dict[str, int] = field(default_factory=dict)
     #: blocks over ``matching.BLOCK_CAP`` records, not used to find candidates
     oversized_blocks: int = 0
     #: (retired id, successor) pairs a rebuild recorded for the ids it retired

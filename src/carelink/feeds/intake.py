@@ -31,7 +31,8 @@ from carelink.sources.hl7v2 import (
     value,
 )
 from carelink.sources.namespacing import namespaced_id
-from carelink.storage import Arrival
+from carelink.storage import LOCAL_ID_LENGTH, Arrival
+from carelink.storage.feed_tables import CONTROL_ID_LENGTH
 
 #: ADT events and results the community feed carries (and PPR^PC1 problems, which the
 #: trust sends on the same interface)
@@ -91,6 +92,9 @@ def read(block: bytes, source: str, received_at: str, ack_id: str) -> Verdict:
         return bare_ack("AR", ack_id, SEGMENT_SEQUENCE_ERROR, "MSH cannot be read")
     if not sender_id:
         return _ack(msg, "AR", ack_id, REQUIRED_FIELD_MISSING, "no message control id (MSH-10)")
+    if len(sender_id) > CONTROL_ID_LENGTH:
+        why = f"message control id (MSH-10) longer than {CONTROL_ID_LENGTH} characters"
+        return _ack(msg, "AR", ack_id, DATA_TYPE_ERROR, why)
     if not version.startswith("2."):
         return _ack(msg, "AR", ack_id, UNSUPPORTED_VERSION, "only HL7 version 2.x (MSH-12)")
     if kind not in ACCEPTED:
@@ -99,6 +103,8 @@ def read(block: bytes, source: str, received_at: str, ack_id: str) -> Verdict:
         return _ack(msg, "AR", ack_id, error, f"{kind or 'no type'} is not taken (MSH-9)")
     try:
         arrival = _arrival(msg, kind, source, sender_id, received_at, text)
+    except _TooLong as exc:
+        return _ack(msg, "AE", ack_id, DATA_TYPE_ERROR, exc.reason)
     except UNREADABLE as exc:
         why = getattr(exc, "reason", None) or f"unreadable content ({type(exc).__name__})"
         return _ack(msg, "AE", ack_id, REQUIRED_FIELD_MISSING, why)
@@ -113,6 +119,20 @@ class _Missing(ValueError):
         self.reason = reason
 
 
+class _TooLong(ValueError):
+    """A record key longer than the index holds (it would be refused, or cut short)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _held(local: str, where: str) -> str:
+    if len(local) > LOCAL_ID_LENGTH:
+        raise _TooLong(f"{where} is longer than {LOCAL_ID_LENGTH} characters")
+    return local
+
+
 def _arrival(
     msg: Any, kind: str, source: str, sender_id: str, received_at: str, text: str
 ) -> Arrival:
@@ -120,6 +140,7 @@ def _arrival(
     local = person_id(msg)
     if not local:
         raise _Missing("no local (MR) identifier in PID-3")
+    _held(local, "the local (MR) identifier in PID-3")
     full_pid = bool(field(msg, msg.segment("PID"), 5)[0][0])
     if full_pid:
         person(msg, source)  # the Patient must be readable, or the message is no use
@@ -128,6 +149,7 @@ def _arrival(
         merged_from = prior_id(msg)
         if not merged_from:
             raise _Missing("no prior local (MR) identifier in MRG-1")
+        _held(merged_from, "the prior local (MR) identifier in MRG-1")
     return Arrival(
         source=source,
         control_id=sender_id,

@@ -25,7 +25,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.fhir.search import fold
-from carelink.storage import BIRTH_DATE_LENGTH, GENDER_LENGTH, NAME_LENGTH, POSTCODE_LENGTH
+from carelink.storage import (
+    BIRTH_DATE_LENGTH,
+    GENDER_LENGTH,
+    LOCAL_ID_LENGTH,
+    NAME_LENGTH,
+    POSTCODE_LENGTH,
+    SOURCE_LENGTH,
+)
 
 Json = dict[str, Any]
 
@@ -82,6 +89,13 @@ class SourcePerson:
     patient: Json  # the source's Patient, as FHIR R4 (namespaced id)
     #: the demographics ``__post_init__`` left out, by field name (a build counts them)
     left_out: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def keyable(self) -> bool:
+        """Can the index hold this record's key (its source's name and its id there)?
+        One that cannot is left out of the index and counted, never stored cut short
+        (PostgreSQL refused the whole build for one such record; SQLite kept it)."""
+        return len(self.local_id) <= LOCAL_ID_LENGTH and len(self.source) <= SOURCE_LENGTH
 
     def __post_init__(self) -> None:
         """Leave out a demographic the patient index cannot hold (a name, or its fold,

@@ -13,15 +13,19 @@ from carelink.storage.result_store import ResultStore
 from carelink.storage.tables import (
     BIRTH_DATE_LENGTH,
     GENDER_LENGTH,
+    LOCAL_ID_LENGTH,
     NAME_LENGTH,
     POSTCODE_LENGTH,
+    SOURCE_LENGTH,
 )
 
 __all__ = [
     "BIRTH_DATE_LENGTH",
     "GENDER_LENGTH",
+    "LOCAL_ID_LENGTH",
     "NAME_LENGTH",
     "POSTCODE_LENGTH",
+    "SOURCE_LENGTH",
     "UNAVAILABLE",
     "Arrival",
     "ConsentRow",

@@ -27,8 +27,10 @@ from carelink.storage.database import Database
 from carelink.storage.tables import (
     BIRTH_DATE_LENGTH,
     GENDER_LENGTH,
+    LOCAL_ID_LENGTH,
     NAME_LENGTH,
     POSTCODE_LENGTH,
+    SOURCE_LENGTH,
     links,
     persons,
     record_fields,
@@ -135,8 +137,8 @@ def _staging_table(md: sa.MetaData, sqlite: bool) -> sa.Table:
     return sa.Table(
         STAGING,
         md,
-        sa.Column("source", sa.String(32), primary_key=True),
-        sa.Column("local_id", sa.String(128), primary_key=True),
+        sa.Column("source", sa.String(SOURCE_LENGTH), primary_key=True),
+        sa.Column("local_id", sa.String(LOCAL_ID_LENGTH), primary_key=True),
         sa.Column("nhs", sa.String(10), nullable=True),
         sa.Column("grp", sa.String(200), nullable=False),
         sa.Column("method", sa.String(16), nullable=False),

@@ -12,6 +12,10 @@ NAME_LENGTH = 200  # a name, and its fold (which may be longer: "ß" -> "ss")
 BIRTH_DATE_LENGTH = 10
 GENDER_LENGTH = 16
 POSTCODE_LENGTH = 10
+#: the longest record key the index holds: a source's name and a record's id there (a
+#: record whose key is longer cannot be indexed: ``SourcePerson.keyable``)
+SOURCE_LENGTH = 32
+LOCAL_ID_LENGTH = 128
 
 settings_table = sa.Table(
     "index_settings",
@@ -54,8 +58,8 @@ sa.Index(
 links = sa.Table(
     "person_links",
     metadata,
-    sa.Column("source", sa.String(32), primary_key=True),
-    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(SOURCE_LENGTH), primary_key=True),
+    sa.Column("local_id", sa.String(LOCAL_ID_LENGTH), primary_key=True),
     sa.Column("person_id", sa.String(64), sa.ForeignKey("persons.id"), nullable=False, index=True),
     sa.Column("patient_id", sa.String(64), nullable=False, unique=True),
     sa.Column("method", sa.String(16), nullable=False),
@@ -69,8 +73,8 @@ sa.Index("ix_person_links_local_id", links.c.local_id)
 review = sa.Table(
     "match_review",
     metadata,
-    sa.Column("source", sa.String(32), primary_key=True),
-    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(SOURCE_LENGTH), primary_key=True),
+    sa.Column("local_id", sa.String(LOCAL_ID_LENGTH), primary_key=True),
     sa.Column("candidate_id", sa.String(64), nullable=True),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("explanation", sa.Text, nullable=False),
@@ -245,8 +249,8 @@ linkage_metadata = sa.MetaData()
 record_fields = sa.Table(
     "record_fields",
     linkage_metadata,
-    sa.Column("source", sa.String(32), primary_key=True),
-    sa.Column("local_id", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(SOURCE_LENGTH), primary_key=True),
+    sa.Column("local_id", sa.String(LOCAL_ID_LENGTH), primary_key=True),
     sa.Column("nhs", sa.String(10), nullable=True),
     sa.Column("given", sa.String(NAME_LENGTH), nullable=False),
     sa.Column("family", sa.String(NAME_LENGTH), nullable=False),
