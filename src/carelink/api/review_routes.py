@@ -124,6 +124,8 @@ async def break_glass(request: Request) -> Response:
         raise InvalidRequest("break-glass needs a reason (at least 10 characters)", "reason")
     if len(reason) > 2000:
         raise InvalidRequest("the reason is too long (at most 2000 characters)", "reason")
+    if "\x00" in reason:  # no database stores a NUL in text (PostgreSQL refuses it)
+        raise InvalidRequest("the reason may not contain a NUL character", "reason")
     grant = new_review(caller, pid, reason, time.time(), BREAK_GLASS, bg.minutes)
     await stored(request, request.app.state.consents.grant, grant)
     request.state.break_glass = True
@@ -218,6 +220,8 @@ async def complete_review(request: Request) -> Response:
     if result not in REVIEW_OUTCOMES:
         raise InvalidRequest("outcome must be appropriate or inappropriate", "outcome")
     note = str(_text(params, "note", "valueString") or "")[:4000]
+    if "\x00" in note:  # no database stores a NUL in text (PostgreSQL refuses it)
+        raise InvalidRequest("the note may not contain a NUL character", "note")
     store: ConsentStore = request.app.state.consents
     tid = request.path_params["tid"]
     grant = await stored(request, store.grant_by_id, tid)

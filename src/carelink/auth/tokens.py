@@ -29,6 +29,7 @@ from joserfc.jwk import KeySet
 from carelink.auth.principal import Principal
 from carelink.errors import Unauthenticated
 from carelink.recent import Recent
+from carelink.storage.tables import CLAIM_LENGTH
 
 ALLOWED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "PS384")
 #: a bearer token longer than this is refused unread (the header limit bounds it too)
@@ -145,11 +146,20 @@ class Verifier:
 
 
 def _text(claims: dict[str, Any], name: str) -> str | None:
+    """A string claim: non-empty, at most ``CLAIM_LENGTH`` characters, and no control
+    characters (none belongs in a name, a role or an id, and PostgreSQL refuses a NUL in
+    any text it stores: the subject goes into every AuditEvent's row, so one such token
+    would fail the group commit its requests shared with others)."""
     value = claims.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise Unauthenticated(f"token claim {name} must be a non-empty string")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > CLAIM_LENGTH
+        or not value.isprintable()
+    ):
+        raise Unauthenticated(f"token claim {name} must be a non-empty string of text")
     return value
 
 

@@ -28,6 +28,7 @@ from carelink.errors import ConfigError, StorageUnavailable
 from carelink.storage.audit_blocks import index_all
 from carelink.storage.feed_tables import create_feed_tables
 from carelink.storage.tables import (
+    CLAIM_LENGTH,
     audit_events,
     audit_index_blocks,
     audit_lock,
@@ -187,6 +188,27 @@ def _audit_patient_blocks(conn: Connection) -> None:
         conn.execute(sa.text("ANALYZE audit_events, audit_patient_index, audit_index_blocks"))
 
 
+def _identities_whole(conn: Connection) -> None:
+    """Break-glass grants and export jobs hold every claim a verified token can carry
+    (``tables.CLAIM_LENGTH``) and full identities as text: a clinician whose
+    organisation claim was over 20 characters could not break glass on PostgreSQL, and
+    an identity over 1,000 characters could neither break glass nor export. The index
+    on the grant's identity goes: a grant is found by its patient, and an identity of
+    long multi-byte claims is over PostgreSQL's limit for one index entry. (SQLite holds
+    any length already.)"""
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_break_glass_actor"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE break_glass ALTER COLUMN organisation TYPE varchar({CLAIM_LENGTH}), "
+                f"ALTER COLUMN role TYPE varchar({CLAIM_LENGTH}), "
+                "ALTER COLUMN actor TYPE text, ALTER COLUMN person TYPE text, "
+                "ALTER COLUMN reviewer_identity TYPE text"
+            )
+        )
+        conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE text"))
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -216,6 +238,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (14, "audit trail: no index on the patient alone", _audit_patient_once),
     (15, "audit trail: the patient index written in sorted blocks", _audit_patient_blocks),
+    (16, "break-glass grants, export jobs: every claim and identity held whole", _identities_whole),
 ]
 
 

@@ -16,6 +16,10 @@ POSTCODE_LENGTH = 10
 #: record whose key is longer cannot be indexed: ``SourcePerson.keyable``)
 SOURCE_LENGTH = 32
 LOCAL_ID_LENGTH = 128
+#: the longest token claim the gateway accepts (``auth.tokens`` refuses a longer one):
+#: every column holding one holds this much, and a full identity (``Principal.identity``,
+#: several claims as JSON) is held as text, never in an index (PostgreSQL's btree limit)
+CLAIM_LENGTH = 200
 
 settings_table = sa.Table(
     "index_settings",
@@ -159,23 +163,23 @@ break_glass = sa.Table(
     "break_glass",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("subject", sa.String(200), nullable=False),
-    sa.Column("organisation", sa.String(20), nullable=True),
-    sa.Column("role", sa.String(10), nullable=True),
+    sa.Column("subject", sa.String(CLAIM_LENGTH), nullable=False),
+    sa.Column("organisation", sa.String(CLAIM_LENGTH), nullable=True),
+    sa.Column("role", sa.String(CLAIM_LENGTH), nullable=True),
     sa.Column("patient_id", sa.String(64), nullable=False, index=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("granted", sa.Float, nullable=False),
     sa.Column("expires", sa.Float, nullable=False),
     sa.Column("review_status", sa.String(20), nullable=False),
-    sa.Column("reviewer", sa.String(200), nullable=True),
+    sa.Column("reviewer", sa.String(CLAIM_LENGTH), nullable=True),
     sa.Column("review_outcome", sa.String(20), nullable=True),
     sa.Column("review_note", sa.Text, nullable=True),
     sa.Column("reviewed", sa.Float, nullable=True),
     # migration 8: what is reviewed, and the full identities (not the bare subject)
     sa.Column("kind", sa.String(20), nullable=True),
-    sa.Column("actor", sa.String(1000), nullable=True, index=True),
-    sa.Column("person", sa.String(1000), nullable=True),
-    sa.Column("reviewer_identity", sa.String(1000), nullable=True),
+    sa.Column("actor", sa.Text, nullable=True),
+    sa.Column("person", sa.Text, nullable=True),
+    sa.Column("reviewer_identity", sa.Text, nullable=True),
 )
 
 #: every version of every Consent ever stored (history: nothing is deleted)
@@ -204,7 +208,7 @@ export_jobs = sa.Table(
     "export_jobs",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("client", sa.String(1000), nullable=False),
+    sa.Column("client", sa.Text, nullable=False),
     sa.Column("status", sa.String(20), nullable=False, index=True),
     sa.Column("request", sa.LargeBinary, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
