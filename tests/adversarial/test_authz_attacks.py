@@ -303,7 +303,9 @@ def test_a_permit_unlocking_hiv_data_by_a_clinician_is_reviewed_by_the_patient_i
 # --- 4 and 6. break-glass and reviews are bound to the full identity --------------------
 
 
-def _break_glass(gw: Gateway, pid: str, token: str) -> httpx.Response:
+def _break_glass(
+    gw: Gateway, pid: str, token: str, reason: str = "unconscious in ED, no history"
+) -> httpx.Response:
     return gw.send(
         "POST",
         "/Patient/$break-glass",
@@ -312,11 +314,23 @@ def _break_glass(gw: Gateway, pid: str, token: str) -> httpx.Response:
             "parameter": [
                 {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}},
                 {"name": "purpose", "valueCode": "ETREAT"},
-                {"name": "reason", "valueString": "unconscious in ED, no history"},
+                {"name": "reason", "valueString": reason},
             ],
         },
         token,
     )
+
+
+def test_a_break_glass_reason_no_database_stores_is_400_and_grants_nothing(gw, people):
+    person = people[6]
+    pid = _pid(gw, person)
+    _object(gw, pid, gw.citizen(pid))
+    doctor = gw.token(
+        sub=f"dr-{uuid.uuid4().hex[:8]}", organisation=STRANGER, purpose_of_use="ETREAT"
+    )
+    r = _break_glass(gw, pid, doctor, "unconscious\x00 in ED, no history")
+    assert r.status_code == 400, r.text
+    assert _record(gw, pid, doctor).status_code == 404
 
 
 REVIEW = {
