@@ -108,6 +108,26 @@ def test_a_good_assertion_gets_a_token_the_gateway_accepts(service, key, tmp_pat
     assert caller.scopes == frozenset({"system/Patient.rs"})
 
 
+@pytest.mark.parametrize(
+    ("jti", "taken"),
+    [("j" * 200, True), ("j" * 201, False), ("nul\x00inside", False), ("tab\tinside", False)],
+)
+def test_a_jti_is_taken_whole_or_refused_as_a_client_error(service, jti, taken):
+    """The jti is stored to refuse replays: one the store holds is taken (and refused the
+    second time); one it could not hold (PostgreSQL refuses text over the column or with
+    a NUL) is the client's error, 401, never a 500."""
+    svc, reg = service
+    assertion = reg.assertion(jti=jti)
+    if taken:
+        svc.exchange(form(assertion))
+        with pytest.raises(OAuthError, match="used before"):
+            svc.exchange(form(assertion))
+        return
+    with pytest.raises(OAuthError, match="jti must be text") as err:
+        svc.exchange(form(assertion))
+    assert (err.value.error, err.value.status) == ("invalid_client", 401)
+
+
 def test_a_replayed_jti_is_refused(service):
     svc, reg = service
     assertion = reg.assertion(jti="once-only")

@@ -45,6 +45,7 @@ from carelink.auth.local_issuer import LocalIssuer
 from carelink.auth.scopes import ScopeError, parse, within
 from carelink.errors import AccessDenied, ConfigError
 from carelink.storage import ReplayStore
+from carelink.storage.tables import CLAIM_LENGTH
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ALGORITHMS = ("RS384", "ES384")
@@ -212,6 +213,8 @@ def load_clients(path: Path) -> dict[str, Client]:
 def _registration(path: Path, e: object) -> Client:
     if not isinstance(e, dict) or not isinstance(e.get("client_id"), str) or not e["client_id"]:
         raise ConfigError(f"{path}: every registration needs a client_id")
+    if len(e["client_id"]) > CLAIM_LENGTH or not e["client_id"].isprintable():
+        raise ConfigError(f"{path}: a client_id is text of at most {CLAIM_LENGTH} characters")
     where = f"{path}: client {e['client_id']!r}"
     unknown = sorted(set(e) - REGISTRATION_FIELDS)
     if unknown:
@@ -334,6 +337,10 @@ class TokenService:
         jti = c.get("jti")
         if not isinstance(jti, str) or not jti:
             raise OAuthError("invalid_client", "assertion needs a jti", 401)
+        if len(jti) > CLAIM_LENGTH or not jti.isprintable():  # it is stored to refuse replays
+            raise OAuthError(
+                "invalid_client", f"assertion jti must be text of at most {CLAIM_LENGTH}", 401
+            )
         # Remembered for as long as the assertion could still be accepted.
         remember_until = math.ceil(exp) + CLOCK_SKEW
         if not self.replay.first_use(client.client_id, jti, remember_until, int(now)):
