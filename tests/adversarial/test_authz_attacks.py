@@ -615,3 +615,38 @@ def test_system_scopes_reach_the_live_api_only_where_the_policy_says_so(system, 
         assert allowing.get("/Observation", bot, patient="x").status_code == 403  # not granted
         posing = allowing.token(sub="clinical-bot", scope="system/Patient.rs")
         assert allowing.get("/Patient", posing, **lookup).status_code == 401
+
+
+# --- control characters: no FHIR string holds one, and PostgreSQL stores no NUL ----------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type"),
+    [
+        ("GET", "/Patient?family=Smi%00th&birthdate=1950-01-01", None, None),
+        ("GET", "/Patient?identifier=x%7Ca%1Fb", None, None),
+        ("GET", "/Patient/abc%00def", None, None),
+        ("POST", "/Patient/_search", b"family=Smi%00th&birthdate=1950", "form"),
+        ("POST", "/Patient/$break-glass", "reason", None),
+    ],
+    ids=["query", "query-unit-separator", "path", "form", "json-escape"],
+)
+def test_a_control_character_anywhere_in_a_request_is_400_before_any_route(
+    gw, people, method, path, body, content_type
+):
+    """Before: SQLite searched for the NUL and PostgreSQL failed the query (DataError:
+    500); now the request is refused as FHIR refuses such a string."""
+    doctor = gw.token(sub="dr-controls", purpose_of_use="ETREAT")
+    if body == "reason":
+        pid = _pid(gw, people[7])
+        r = _break_glass(gw, pid, doctor, "unconscious in ED\u0001 no history")
+    elif body is None:
+        r = httpx.request(
+            method, gw.url(path), headers={"Authorization": f"Bearer {doctor}"}, timeout=30
+        )
+    else:
+        r = gw.send(method, path, body, doctor, "application/x-www-form-urlencoded")
+    assert r.status_code == 400, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "control characters" in outcome["issue"][0]["diagnostics"]

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carelink.api.bodies import CONTROL
 from carelink.api.params import parameters_of
 from carelink.errors import InvalidRequest
 
 names = st.sampled_from(["start", "end", "_since", "_type", "_count"])
 values = st.one_of(
-    st.tuples(st.just("valueString"), st.text(max_size=20)),
+    # a FHIR string: no control character but tab, CR and LF (others are refused, below)
+    st.tuples(st.just("valueString"), st.text(max_size=20).filter(lambda t: not CONTROL.search(t))),
     st.tuples(st.just("valueDate"), st.dates().map(str)),
     st.tuples(st.just("valueInteger"), st.integers(0, 10_000)),
 )
@@ -29,6 +31,14 @@ def test_every_parameter_comes_back_as_text_in_order(pairs):
     for n, (_, v) in pairs:
         expected.setdefault(n, []).append(str(v))
     assert got == expected
+
+
+@given(st.text(max_size=10), st.sampled_from("\x00\x01\x08\x0b\x1f"), st.text(max_size=10))
+def test_a_parameter_holding_a_control_character_is_refused(before, control, after):
+    body = {"resourceType": "Parameters", "parameter": [{"name": "start", "valueString": ""}]}
+    body["parameter"][0]["valueString"] = before + control + after
+    with pytest.raises(InvalidRequest, match="control characters"):
+        parameters_of(orjson.dumps(body))
 
 
 @pytest.mark.parametrize(

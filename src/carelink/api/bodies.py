@@ -10,6 +10,7 @@ stack.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -18,6 +19,35 @@ from fastapi import Request
 from carelink.errors import InvalidRequest, UnsupportedMediaType
 
 JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
+
+#: what FHIR R4 strings may not hold: characters below U+0020 but tab, CR and LF
+#: (PostgreSQL stores no NUL at all: one in a value read into a query failed it with 500)
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: how JSON writes such a character (it may not appear raw): a cheap first look
+_ESCAPED_CONTROL = re.compile(rb"\\(u00[01]|[bf])")
+CONTROL_MESSAGE = (
+    "FHIR strings may not hold control characters (below U+0020, but tab, carriage "
+    "return and line feed)"
+)
+
+
+def controlled(raw: bytes, value: Any) -> bool:
+    """Does a parsed JSON body hold a control character in a key or string? Only a body
+    whose bytes could say one (an escape) is walked."""
+    if _ESCAPED_CONTROL.search(raw) is None:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if CONTROL.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def depth(value: Any) -> int:
@@ -44,10 +74,13 @@ async def json_body(request: Request) -> Any:
         raise UnsupportedMediaType(
             "send the body as application/fhir+json (or application/json)", "Content-Type"
         )
+    raw = await request.body()
     try:
-        value = orjson.loads(await request.body())
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("the body is not JSON") from None
+    if controlled(raw, value):
+        raise InvalidRequest(CONTROL_MESSAGE)
     limit: int = request.app.state.settings.max_json_depth
     if depth(value) > limit:
         raise InvalidRequest(f"the body nests more than {limit} levels deep")

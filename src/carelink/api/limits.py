@@ -1,4 +1,5 @@
-"""Bounded input, before any route runs: request headers and body size.
+"""Bounded input, before any route runs: request headers and body size, and URLs
+without control characters (400: FHIR strings hold none, PostgreSQL no NUL).
 
 A pure ASGI middleware (no buffering by Starlette's machinery): headers over
 ``max_header_bytes`` in total are answered 431; a body whose
@@ -11,11 +12,16 @@ incomplete-event limit, so a slow header flood is cut off before it is parsed.)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from carelink.api.bodies import CONTROL, CONTROL_MESSAGE
 from carelink.errors import PayloadTooLarge
 from carelink.fhir import dumps, error_outcome
+
+#: a control character FHIR strings may not hold (``bodies.CONTROL``), percent-encoded
+_CONTROL_IN_QUERY = re.compile(rb"%(0[0-8bBcCeEfF]|1[0-9a-fA-F])")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,6 +57,11 @@ class BoundedInput:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _CONTROL_IN_QUERY.search(scope.get("query_string", b"")) or CONTROL.search(
+            scope.get("path", "")
+        ):
+            await _refuse(send, 400, "invalid", f"{CONTROL_MESSAGE}: the URL holds one")
             return
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_headers:

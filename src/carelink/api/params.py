@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from fastapi import Request
 
+from carelink.api.bodies import CONTROL, CONTROL_MESSAGE, controlled
 from carelink.errors import InvalidRequest, UnsupportedFormat
 
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
@@ -98,6 +99,8 @@ async def body_params(request: Request) -> dict[str, list[str]]:
             raise InvalidRequest("the form body is not UTF-8") from exc
         out: dict[str, list[str]] = {}
         for k, v in pairs:
+            if CONTROL.search(k) or CONTROL.search(v):
+                raise InvalidRequest(CONTROL_MESSAGE)
             out.setdefault(k, []).append(v)
         return out
     if kind and kind not in JSON_FORMATS:
@@ -115,6 +118,8 @@ def parameters_of(raw: bytes) -> dict[str, list[str]]:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("the body is not JSON") from exc
+    if controlled(raw, body):
+        raise InvalidRequest(CONTROL_MESSAGE)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("the body must be a FHIR Parameters resource")
     given = body.get("parameter", [])
