@@ -58,7 +58,7 @@ from carelink.federation.matching import (
     score,
 )
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.sources.base import SourcePerson, indexed
+from carelink.sources.base import SourcePerson, holdable_key, indexed
 from carelink.storage import FieldsRow, IndexStore, LinkRow, ReviewRow
 
 
@@ -300,7 +300,9 @@ def apply_changes(
     gone: set[tuple[str, str]] = set()
     #: a record merged away -> the record it was merged into (its person's successor)
     merged: dict[tuple[str, str], tuple[str, str]] = {}
-    named = {k for c in changes for k in _named(c)}
+    # a key the index cannot hold names no record in it (and PostgreSQL takes no NUL to
+    # compare): such a change is unknown, as below
+    named = {k for c in changes for k in _named(c) if holdable_key(*k)}
     linked = store.owners(sorted(named))
     seeds: set[str] = set(linked.values())
 
@@ -324,7 +326,8 @@ def apply_changes(
                     report.unknown.append((change.source, change.into))
                 merged[(change.source, old)] = (change.source, change.into)
             new.pop((change.source, old), None)
-            gone.add((change.source, old))
+            if holdable_key(change.source, old):
+                gone.add((change.source, old))
         else:
             _supersede(store, change, new, gone, seeds)
     area = _Neighbourhood(store, new, gone)

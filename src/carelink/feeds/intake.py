@@ -128,8 +128,8 @@ class _TooLong(ValueError):
 
 
 def _held(local: str, where: str) -> str:
-    if len(local) > LOCAL_ID_LENGTH:
-        raise _TooLong(f"{where} is longer than {LOCAL_ID_LENGTH} characters")
+    if len(local) > LOCAL_ID_LENGTH or not local.isprintable():
+        raise _TooLong(f"{where} is longer than {LOCAL_ID_LENGTH} characters or not text")
     return local
 
 

@@ -73,6 +73,17 @@ SENSITIVITY_DISPLAY = {
 }
 
 
+def holdable_key(source: str, local_id: str) -> bool:
+    """Can the index hold (and look up) a record by this key? Not when it is longer than
+    its columns, or holds a NUL (PostgreSQL takes none in text, not even to compare)."""
+    return (
+        len(local_id) <= LOCAL_ID_LENGTH
+        and len(source) <= SOURCE_LENGTH
+        and "\x00" not in local_id
+        and "\x00" not in source
+    )
+
+
 @dataclass(frozen=True)
 class SourcePerson:
     """One person as a source knows them, for building the patient index."""
@@ -95,19 +106,20 @@ class SourcePerson:
         """Can the index hold this record's key (its source's name and its id there)?
         One that cannot is left out of the index and counted, never stored cut short
         (PostgreSQL refused the whole build for one such record; SQLite kept it)."""
-        return len(self.local_id) <= LOCAL_ID_LENGTH and len(self.source) <= SOURCE_LENGTH
+        return holdable_key(self.source, self.local_id)
 
     def __post_init__(self) -> None:
         """Leave out a demographic the patient index cannot hold (a name, or its fold,
         longer than the name columns; a birth date, gender or postcode longer than
-        theirs): the record is still indexed, and ``patient`` keeps what the source
-        sent, but nobody is linked or found by that field; ``left_out`` names it. Without
-        this, one record from outside stopped a PostgreSQL build (SQLite kept the value)."""
+        theirs; any of them holding a NUL, which PostgreSQL stores in no text): the
+        record is still indexed, and ``patient`` keeps what the source sent, but nobody
+        is linked or found by that field; ``left_out`` names it. Without this, one record
+        from outside stopped a PostgreSQL build (SQLite kept the value)."""
         left = list(self.left_out)
         for name in ("given", "family"):
             value: str = getattr(self, name)
             # ASCII folds to its own length (a fold costs ~2 us, on every record listed)
-            too_long = len(value) > NAME_LENGTH
+            too_long = len(value) > NAME_LENGTH or "\x00" in value  # no NUL in stored text
             if too_long or (not value.isascii() and len(fold(value)) > NAME_LENGTH):
                 object.__setattr__(self, name, "")
                 left.append(name)
@@ -117,7 +129,7 @@ class SourcePerson:
             ("postcode", POSTCODE_LENGTH),
         ):
             held: str | None = getattr(self, name)
-            if held is not None and len(held) > limit:
+            if held is not None and (len(held) > limit or "\x00" in held):
                 object.__setattr__(self, name, None)
                 left.append(name)
         if len(left) != len(self.left_out):
