@@ -20,28 +20,29 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from carelink import __version__, errors
+from carelink.cli.codes import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOURCE,
+    EXIT_TAMPERED,
+    EXIT_USAGE,
+    UsageError,
+)
+from carelink.cli.extract import extract, optout
+from carelink.cli.index import index
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess folder
 
 if TYPE_CHECKING:
-    from carelink.federation import UpdateReport
-    from carelink.settings import Settings
     from carelink.simulators.fhir_load import LoadReport
-    from carelink.storage import IndexStore
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_SOURCE, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
-
-
-class UsageError(Exception):
-    """An argument that parses but names something that does not exist (exit 2)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -254,15 +255,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
-        return _index(args)
+        return index(args)
     if args.command == "token":
         return _mint(args)
     if args.command == "audit":
         return _audit(args)
     if args.command == "extract":
-        return _extract(args)
+        return extract(args)
     if args.command == "optout":
-        return _optout(args)
+        return optout(args)
     if args.command == "population":
         from carelink.simulators.export import generate
 
@@ -498,261 +499,6 @@ def _audit(args: argparse.Namespace) -> int:
     seq, _ = store.head()
     upto = f" and checkpoint {path} (record {checkpoint['seq']})" if checkpoint else ""
     print(f"audit trail intact: {seq} records{upto}")
-    return EXIT_OK
-
-
-def _index(args: argparse.Namespace) -> int:
-    from carelink.settings import Settings
-    from carelink.storage import IndexStore
-
-    settings = Settings.from_env()
-    db = settings.database(batch=True)
-    db.migrate()
-    store = IndexStore(db)
-    if args.index_command == "review":
-        for r in store.reviews():
-            print(f"{r.source}/{r.local_id} -> {r.candidate_id or '-'}: {r.explanation}")
-        return EXIT_OK
-    if args.index_command == "update":
-        return _index_update(args, settings, store)
-    from carelink.app import build_index_from
-
-    report = asyncio.run(build_index_from(settings, store, _build_progress()))
-    print(
-        f"index built: {report.persons} persons; linked by NHS number {report.by_nhs_number}, "
-        f"by demographics {report.by_demographics}; unmatched {report.unmatched} "
-        f"({report.review} for review); records per source {report.records}"
-    )
-    if report.invalid_nhs_records:
-        where = ", ".join(f"{s}/{local}" for s, local in report.invalid_nhs_records)
-        print(
-            f"{report.invalid_nhs_numbers} NHS number(s) failed the check digit and were "
-            f"not used for linking: {where}"
-        )
-    if report.kept_apart_same_source or report.kept_apart_nhs_number:
-        print(
-            f"matches kept apart (see index review): {report.kept_apart_same_source} within "
-            f"one source, {report.kept_apart_nhs_number} with different NHS numbers"
-        )
-    if report.unlisted_near_misses:
-        print(
-            f"{report.unlisted_near_misses} further near miss(es) not listed for review: "
-            "both records already have a review entry"
-        )
-    if report.conflicts:
-        print(f"merged Patients where sources disagree, per element: {report.conflicts}")
-    if report.unkeyable:
-        print(
-            "records not indexed: their id is longer than the index holds (records per "
-            f"source): {report.unkeyable}"
-        )
-    if report.left_out:
-        print(
-            "demographics too long for the index, left out of linkage and search (records "
-            f"per field; their Patients are served as sent): {report.left_out}"
-        )
-    return EXIT_OK
-
-
-def _build_progress() -> Callable[[str, int, int | None], None]:
-    """A rich progress bar per build stage, with its rate and (once known) time left."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>9} records/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    tasks: dict[str, Any] = {}
-
-    def progress(stage: str, done: int, total: int | None) -> None:
-        if not tasks:
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, rate="")
-        task = tasks[stage]
-        bar.update(task, completed=done, total=total)
-        speed = bar.tasks[task].speed
-        bar.update(task, rate=f"{speed:,.0f}" if speed else "")
-        if stage == "writing" and total is not None and done >= total:
-            bar.stop()
-
-    return progress
-
-
-def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStore) -> int:
-    from carelink.app import reconcile_from, update_index_from
-    from carelink.federation.keeper import keep_current
-
-    async def once() -> UpdateReport:
-        report = await update_index_from(settings, store)
-        if args.reconcile:
-            drifts = await reconcile_from(settings, store, args.fix)
-            for name, drift in drifts.items():
-                print(
-                    f"drift at {name}: {drift.listed} listed, {drift.missing} not in the index, "
-                    f"{drift.gone} no longer listed, {drift.changed} with other demographics"
-                    + (" (applied)" if drift.fixed else ""),
-                    flush=True,
-                )
-        return report
-
-    def said(report: UpdateReport) -> None:
-        applied = report.applied
-        if applied is not None:
-            print(
-                f"index updated: {sum(report.listed.values())} changed records listed "
-                f"{report.listed}; {applied.persons_before} people re-linked into "
-                f"{applied.persons_after} in {applied.seconds:.2f} s"
-                + (f"; {len(applied.unknown)} named records unknown" if applied.unknown else "")
-                + (
-                    f"; not indexed, id longer than the index holds: {applied.unkeyable}"
-                    if applied.unkeyable
-                    else ""
-                ),
-                flush=True,
-            )
-
-    if not args.every:
-        said(asyncio.run(once()))
-        return EXIT_OK
-    # supervised: a failed update is logged and retried with a growing pause, never fatal
-    asyncio.run(keep_current(once, args.every, done=said))
-    return EXIT_OK
-
-
-def _extract(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
-    from carelink.app import extract_with, pcns_of
-    from carelink.export.spec import Cohort, ExtractSpec, type_filters
-    from carelink.settings import Settings
-
-    settings = Settings.from_env()
-    pcns = pcns_of(settings)
-    types = _extract_types(args.type) if args.type else None
-    cohort = _cohort(args.group, pcns, settings) if args.group else Cohort()
-
-    spec = ExtractSpec(
-        project=args.project,
-        profile=args.profile,
-        types=types,
-        cohort=cohort,
-        k=args.k,
-        m=args.m,
-        purpose=args.purpose,
-        since=_instant(args.since) if args.since else None,
-        type_filters=type_filters(args.type_filter or ()),
-    )
-    with Progress(transient=True) as bar:
-        task = bar.add_task("extracting", total=None)
-
-        async def progress(done: int, total: int) -> bool:
-            bar.update(task, completed=done, total=total)
-            return True
-
-        done = asyncio.run(extract_with(settings, spec, args.out, progress))
-    for name, count in sorted(done.counts.items()):
-        print(f"{name}: {count} rows")
-    for problem in done.manifest["errors"]:
-        print(f"warning: {problem} (OperationOutcome.ndjson)", file=sys.stderr)
-    print(f"written to {args.out} (Parquet tables, dictionary.json, manifest.json)")
-    return EXIT_OK
-
-
-def _extract_types(asked: Sequence[str]) -> frozenset[str]:
-    """``--type`` values: each a FHIR R4 resource type the gateway can extract."""
-    from carelink.anonymise.walk import types as r4_types
-    from carelink.federation.query import SEARCH_TYPES
-
-    extractable = {"Patient", *SEARCH_TYPES}
-    wanted = {t.strip() for value in asked for t in value.split(",") if t.strip()}
-    for name in sorted(wanted):
-        if name in extractable:
-            continue
-        if name not in r4_types() or "_" in name:
-            raise UsageError(f"--type {name}: not a FHIR R4 resource type")
-        raise UsageError(
-            f"--type {name}: not extracted by carelink (one of {', '.join(sorted(extractable))})"
-        )
-    return frozenset(wanted)
-
-
-def _cohort(group: str, pcns: Any, settings: Any) -> Any:
-    """``--group``: a group that exists. A malformed group or a practice nobody in the
-    index is registered with is a usage error; a PCN not configured, a configuration
-    error (CARELINK_PCNS)."""
-    from carelink.export.reading import Member
-    from carelink.export.spec import Cohort
-    from carelink.storage import IndexStore
-
-    try:
-        cohort = Cohort.from_group(group, pcns)
-    except errors.NotFound as exc:
-        if group.startswith("pcn-"):
-            raise errors.ConfigError(str(exc)) from None
-        raise UsageError(f"--group {exc}") from None
-    if cohort.kind != "practice":
-        return cohort
-    db = settings.database(batch=True)
-    db.check()
-    store = IndexStore(db)
-    try:
-        if not any(Member.of(row).practice == cohort.value for row in store.each_person()):
-            raise UsageError(
-                f"--group {group}: no one in the patient index is registered with practice "
-                f"{cohort.value}"
-            )
-    finally:
-        store.close()
-        db.dispose()
-    return cohort
-
-
-def _instant(text: str) -> datetime:
-    """``--since``, read as ``_since`` is on ``$export``: a FHIR date or dateTime (its start)."""
-    from carelink.fhir.search import parse_date
-
-    try:
-        return parse_date(text, "--since").range.start
-    except errors.CarelinkError:
-        raise ValueError(f"--since {text!r} is not a FHIR date or dateTime") from None
-
-
-def _optout(args: argparse.Namespace) -> int:
-    import csv
-
-    from carelink.fhir.nhs import normalise, problem
-    from carelink.settings import Settings
-    from carelink.storage import OptOutStore
-
-    rows = []
-    with args.file.open(newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if not row or row[0].strip().lower() in ("nhs_number", ""):
-                continue
-            if len(row) != 2 or row[1].strip() not in OptOutStore.KINDS:
-                raise ValueError(f"{args.file}:{n}: expected nhs_number,kind (ndop or type1)")
-            why = problem(row[0].strip())
-            if why is not None:
-                raise ValueError(f"{args.file}:{n}: not an NHS number: {why}")
-            rows.append((normalise(row[0].strip()), row[1].strip()))
-    db = Settings.from_env().database(batch=True)
-    db.migrate()
-    added = OptOutStore(db).load(rows, datetime.now(UTC).isoformat())
-    db.dispose()
-    print(f"{added} opt-outs added ({len(rows) - added} already known)")
     return EXIT_OK
 
 
