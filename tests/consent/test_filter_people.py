@@ -137,15 +137,17 @@ def test_shared_patients_are_answered_as_decided_afresh_whatever_changed_between
 
 def test_shared_patients_are_remembered_and_others_are_not(store):  # noqa: F811
     """Only a batch of shared Patients goes into the memo: a Patient parsed anew for each
-    request would only push the records' answers out of it."""
+    request would only push the records' answers out of it. (A person holding Consents:
+    one without any, and nothing sensitive, is shown without a decision to remember.)"""
     memo = FilterMemo()
     g = guard(store, Clock(), memo)
     actor = Actor("dr", "R8000", "B00001", "TREAT", None, "id")
     patient = {"resourceType": "Patient", "id": "p1"}
-    g.filter_people(actor, [("p1", patient)], {})
+    held = {"p1": _consents({"type": "permit"})}
+    g.filter_people(actor, [("p1", patient)], held)
     assert len(memo) == 0
-    first = g.filter_people(actor, [("p1", patient)], {}, shared=True)
+    first = g.filter_people(actor, [("p1", patient)], held, shared=True)
     assert len(memo) == 1
-    again = g.filter_people(actor, [("p1", patient)], {}, shared=True)
+    again = g.filter_people(actor, [("p1", patient)], held, shared=True)
     assert same(first[0], again[0])
     assert again[0].resources[0] is patient  # shown as stored: the very object

@@ -95,6 +95,19 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self._direct_care = frozenset(policy.source.directCarePurposes)
+
+    def shown_as_is(self, actor: Actor, resource: Json) -> bool:
+        """Is ``resource`` of a patient who holds no Consents permitted to ``actor`` as it
+        is (``decide`` permits it with no category and ``label`` adds nothing)? True when
+        the policy recognises no sensitive category in it and the actor is the patient or
+        serves a direct-care purpose: ``_decide`` then permits it as the citizen's own
+        record, the custodian's own data or by implied consent, whichever applies, with
+        no category. False decides nothing: ``decide`` does. A break-glass situation is
+        not this one (it only turns denials)."""
+        if actor.patient is None and actor.purpose not in self._direct_care:
+            return False
+        return not self.policy.categories_of(resource)
 
     def decide(self, s: Situation, resource: Json) -> Decision:
         """The decision for one resource."""

@@ -176,14 +176,23 @@ class Guard:
         ``filter`` each, with one reading of the clock for the batch. ``shared``: the
         Patients are objects reused between requests (``federation.memo.ParsedPatients``),
         so an answer remembered for the very same Patient and Consents is reused, as
-        ``filter`` reuses one for a shared record."""
+        ``filter`` reuses one for a shared record.
+
+        Most people found hold no Consents and nothing sensitive: for them the decision
+        is known without a situation or the memo (``Engine.shown_as_is``), and the
+        answer is the one ``filter`` gives, the Patient itself, unlabelled and untrimmed
+        (no Consent hides a source)."""
         now = datetime.fromtimestamp(self.clock(), UTC)
-        return [
-            self.filter(
-                self._situation(actor, pid, patient, consents.get(pid, ()), now), [patient], shared
-            )
-            for pid, patient in people
-        ]
+        as_is = self.engine.shown_as_is
+        out = []
+        for pid, patient in people:
+            held = consents.get(pid, ())
+            if not held and as_is(actor, patient):
+                out.append(Filtered([patient], 0, self._seen((patient,)), False))
+                continue
+            s = self._situation(actor, pid, patient, held, now)
+            out.append(self.filter(s, [patient], shared))
+        return out
 
     def decide(self, s: Situation, resource: Json) -> Decision:
         """One decision, with break-glass looked up only when it could matter."""
@@ -240,12 +249,15 @@ class Guard:
         if any(r.get("resourceType") == "Patient" for r in kept):
             hidden = self.hidden_sources(s)
             kept = [self._trim(r, hidden) for r in kept]
-        seen = frozenset(
+        return Filtered(kept, withheld, self._seen(kept), s.break_glass)
+
+    def _seen(self, kept: Sequence[Json]) -> frozenset[str]:
+        """The sources whose data is among ``kept`` (by ``meta.source``)."""
+        return frozenset(
             self.source_uris[src]
             for r in kept
             if (src := r.get("meta", {}).get("source")) in self.source_uris
         )
-        return Filtered(kept, withheld, seen, s.break_glass)
 
     def for_extract(
         self,
