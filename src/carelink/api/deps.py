@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.api.audit_subject import person_for
-from carelink.audit import Access, Who, audit_event
+from carelink.audit import Access, RequestEvents, Who
 from carelink.audit.events import REFUSED, SUCCESS
 from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
@@ -227,10 +227,10 @@ async def audit(
         base_url(request),
     )
     break_glass = bool(state.get("break_glass", False))
+    made = RequestEvents(access, who, outcome, reason)
     events = []
     for pid in ids or [None]:
-        btg = break_glass or pid in break_glass_ids
-        event = audit_event(access, who, pid, outcome, reason, btg)
+        event = made.event(pid, break_glass or pid in break_glass_ids)
         event["id"] = new_id()
         events.append(event)
     await trail.record(events)

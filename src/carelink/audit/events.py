@@ -98,6 +98,75 @@ def _agents(caller: Who | None, server: str) -> list[Json]:
     return agents
 
 
+#: the patient entity's type and role, the same in every event
+_PATIENT_TYPE: Json = {"system": ENTITY_TYPE, "code": "1", "display": "Person"}
+_PATIENT_ROLE: Json = {"system": OBJECT_ROLE, "code": "1", "display": "Patient"}
+_BREAK_GLASS: list[Json] = [
+    {"coding": [{"system": ACT_REASON, "code": "ETREAT"}]},
+    {"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]},
+]
+
+
+class RequestEvents:
+    """The AuditEvents of one request, one per patient (``event``): what they all share
+    (agents, the query, the request id, the purpose) made once, and the same objects in
+    each (events are only ever serialised, never changed), so a search that returns
+    many people pays for each only what is that person's."""
+
+    def __init__(
+        self, access: Access, caller: Who | None, outcome: str, reason: str | None = None
+    ) -> None:
+        self.access = access
+        self.caller = caller
+        self.outcome = outcome
+        self.reason = reason
+        self._agents = _agents(caller, access.server)
+        self._tail: list[Json] = [
+            {
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+                "query": base64.b64encode(access.query.encode()).decode(),
+            },
+            {"what": {"identifier": {"value": access.request_id}}, "description": "request id"},
+        ]
+        self._subtype = [{"system": INTERACTION, "code": access.interaction}]
+        self._purpose = (
+            [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
+            if caller is not None and caller.purpose
+            else None
+        )
+
+    def event(self, patient_id: str | None, break_glass: bool = False) -> Json:
+        """The event for one patient (or none, for a refusal before one was known)."""
+        entities = self._tail
+        if patient_id:
+            patient: Json = {
+                "what": {"reference": f"Patient/{patient_id}"},
+                "type": _PATIENT_TYPE,
+                "role": _PATIENT_ROLE,
+            }
+            entities = [patient, *entities]
+        event: Json = {
+            "resourceType": "AuditEvent",
+            "type": EVENT_TYPE,
+            "subtype": self._subtype,
+            "action": "R" if self.access.interaction == "read" else "E",
+            "recorded": self.access.recorded,
+            "outcome": self.outcome,
+            "agent": self._agents,
+            "source": _SOURCE,
+            "entity": entities,
+        }
+        if self._purpose is not None:
+            event["purposeOfEvent"] = self._purpose
+        if break_glass:
+            # Access under an emergency override: said in the event itself, for the reviewers.
+            event["purposeOfEvent"] = _BREAK_GLASS
+        if self.reason:
+            event["outcomeDesc"] = self.reason
+        return event
+
+
 def audit_event(
     access: Access,
     caller: Who | None,
@@ -107,48 +176,7 @@ def audit_event(
     break_glass: bool = False,
 ) -> Json:
     """One AuditEvent for one patient (or none, for a refusal before one was known)."""
-    agents = _agents(caller, access.server)
-    entities: list[Json] = []
-    if patient_id:
-        entities.append(
-            {
-                "what": {"reference": f"Patient/{patient_id}"},
-                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
-                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
-            }
-        )
-    entities.append(
-        {
-            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-            "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-            "query": base64.b64encode(access.query.encode()).decode(),
-        }
-    )
-    entities.append(
-        {"what": {"identifier": {"value": access.request_id}}, "description": "request id"}
-    )
-    event: Json = {
-        "resourceType": "AuditEvent",
-        "type": EVENT_TYPE,
-        "subtype": [{"system": INTERACTION, "code": access.interaction}],
-        "action": "R" if access.interaction == "read" else "E",
-        "recorded": access.recorded,
-        "outcome": outcome,
-        "agent": agents,
-        "source": _SOURCE,
-        "entity": entities,
-    }
-    if caller is not None and caller.purpose:
-        event["purposeOfEvent"] = [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
-    if break_glass:
-        # Access under an emergency override: said in the event itself, for the reviewers.
-        event["purposeOfEvent"] = [
-            {"coding": [{"system": ACT_REASON, "code": "ETREAT"}]},
-            {"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]},
-        ]
-    if reason:
-        event["outcomeDesc"] = reason
-    return event
+    return RequestEvents(access, caller, outcome, reason).event(patient_id, break_glass)
 
 
 def columns(event: Json) -> tuple[str, str | None, str, str | None]:
