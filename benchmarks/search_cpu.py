@@ -20,6 +20,16 @@ Two passes per form:
 
 The audit events are written into the index's database, as a gateway on that
 database would write them (``--database`` is searched and appended to).
+
+``--instructions`` counts instead the instructions this process executes in the
+one-at-a-time pass (``valgrind --tool=callgrind``, counting on only around it, the
+audit writer child not counted), which do not move with the machine's load: for an
+A/B of two checkouts on a shared machine. The searches are counted in two halves,
+those returning the fewest people and the rest, and the difference between the
+halves over the difference in people is the cost of a person returned. Before
+them, as many other searches run, so the memos are full of other people (at least
+300 ``--requests``, for more people than a memo keeps). ~50 times slower: give fewer
+``--requests`` (the first N of the same searches).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import json
 import logging.config
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -88,10 +99,14 @@ async def one_at_a_time(app: App, paths: list[str], token: str) -> list[tuple[fl
         used = time.process_time() - cpu
         if status != 200:
             raise RuntimeError(f"{path}: {status} {body[:200]!r}")
-        found = json.loads(body)
-        entries = found.get("entry", ())
-        out.append((used, sum(e["resource"]["resourceType"] == "Patient" for e in entries)))
+        out.append((used, people_in(body)))
     return out
+
+
+def people_in(body: bytes) -> int:
+    """The Patients a searchset returned."""
+    entries = json.loads(body).get("entry", ())
+    return sum(e["resource"]["resourceType"] == "Patient" for e in entries)
 
 
 async def in_flight(
@@ -123,6 +138,94 @@ def slope(points: list[tuple[float, int]]) -> float | None:
     if len(set(xs)) < 2:
         return None
     return statistics.linear_regression(xs, [c for c, _ in points]).slope
+
+
+def _callgrind(what: str) -> None:
+    """``callgrind_control`` on this process: ``-i on``/``-i off`` (counting), ``-d`` (dump
+    the counts so far to a file of their own, and start again from zero)."""
+    subprocess.run(
+        ["callgrind_control", *what.split(), str(os.getpid())],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def count(args: argparse.Namespace, env: dict[str, str], token: str) -> list[tuple[int, int]]:
+    """Under callgrind: the first ``--requests`` searches of the form, one at a time, in two
+    counted halves (those returning the fewest people, then the rest; each half's counts
+    dumped on their own), after a pass that finds how many each returns and one over as
+    many other searches. Each half's (searches, people returned)."""
+    from carelink.app import create_app
+    from carelink.observability.logs import log_config
+    from carelink.settings import Settings
+
+    sample = sample_of(args.database)
+    logging.config.dictConfig(log_config(args.log_level))
+    app = create_app(Settings.from_env(env))
+    halves = []
+    async with app.router.lifespan_context(app):
+        (form,) = args.forms
+        every = search_paths(sample, form, 2000, FORMS.index(form))
+        paths = every[: args.requests]
+        found = await one_at_a_time(app, paths, token)  # how many each returns
+        # then as many other searches: the memos are full, and not of these people (as
+        # for searches that rarely meet the same people again)
+        await one_at_a_time(app, every[args.requests : 2 * args.requests], token)
+        order = sorted(range(len(paths)), key=lambda i: found[i][1])
+        for half in (order[: len(order) // 2], order[len(order) // 2 :]):
+            answers = []
+            _callgrind("-i on")
+            for i in half:
+                answers.append(await one(app, paths[i], token))
+            _callgrind("-i off")
+            _callgrind("-d")
+            assert all(status == 200 for status, _ in answers)
+            # read here, not counted: parsing the answers is the client's work
+            halves.append((len(half), sum(people_in(body) for _, body in answers)))
+    return halves
+
+
+def _totals(out: Path) -> list[int]:
+    """The instructions of each dump callgrind wrote to ``out``'s folder, in order."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    found = [re.search(r"^totals: (\d+)", p.read_text(), re.M) for p in dumps]
+    return [int(f.group(1)) for f in found if f is not None]
+
+
+def instructions(args: argparse.Namespace, env: dict[str, str], token: str) -> None:
+    """Run ``count`` under callgrind, one form at a time; print instructions per request,
+    and per person returned (the slope between the two halves)."""
+    for form in args.forms:
+        tmp = Path(tempfile.mkdtemp(prefix="carelink-search-ir-"))
+        out, people = tmp / "callgrind.out", tmp / "people.json"
+        child = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            f"--database={args.database}",
+            f"--forms={form}",
+            f"--requests={args.requests}",
+        ]
+        run_env = {**env, "SEARCH_TOKEN": token, "SEARCH_PEOPLE": str(people)}
+        done = subprocess.run(child, env=run_env, capture_output=True, text=True)
+        totals = _totals(out)
+        if done.returncode != 0 or len(totals) < 2 or not people.exists():
+            sys.exit(f"callgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        (n1, p1), (n2, p2) = json.loads(people.read_text())
+        low, high = totals[0] / n1, totals[1] / n2
+        per = (high - low) / (p2 / n2 - p1 / n1)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"{form}: {(totals[0] + totals[1]) / (n1 + n2):,.0f} instructions a request over"
+            f" {n1 + n2} searches ({(p1 + p2) / (n1 + n2):.2f} people a search); fewer half"
+            f" {low:,.0f} ({p1 / n1:.2f} people), more half {high:,.0f} ({p2 / n2:.2f});"
+            f" {per:,.0f} a person returned; load {load}",
+            flush=True,
+        )
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> None:
@@ -189,8 +292,16 @@ def main() -> None:
     ap.add_argument("--log-level", default="warning", help="as serve's (access lines at info)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
+    ap.add_argument(
+        "--instructions", action="store_true", help="count instructions (callgrind) instead"
+    )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.forms = [f for f in args.forms.split(",") if f]
+    if args.child:  # under callgrind, in the environment the parent prepared
+        halves = asyncio.run(count(args, dict(os.environ), os.environ["SEARCH_TOKEN"]))
+        Path(os.environ["SEARCH_PEOPLE"]).write_text(json.dumps(halves))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="carelink-search-cpu-"))
     env = {
         **os.environ,
@@ -208,7 +319,10 @@ def main() -> None:
     }
     init = [sys.executable, "-m", "carelink", "init"]
     subprocess.run(init, env=env, check=True, stdout=subprocess.DEVNULL)
-    asyncio.run(measure(args, env, mint(env)))
+    if args.instructions:
+        instructions(args, env, mint(env))
+    else:
+        asyncio.run(measure(args, env, mint(env)))
 
 
 if __name__ == "__main__":
