@@ -38,3 +38,34 @@ def test_the_shipped_policy_names_every_kind_of_source(tmp_path):
         }
     )
     assert create_app(settings).state.policy is not None
+
+
+def test_app_state_reads_the_value_last_set_however_it_was_set_or_deleted(tmp_path):
+    """The gateway's ``app.state`` keeps each value as a plain attribute too (``Wiring``:
+    read without Starlette's failed lookup first); whichever way a value is set, replaced
+    or deleted (attribute or item), every way of reading it agrees, and a value never
+    set, or deleted, is an ``AttributeError`` as with Starlette's ``State``."""
+    settings = Settings.from_env(
+        {
+            "CARELINK_DATABASE_URL": str(tmp_path / "x.db"),
+            "CARELINK_AUTH": "development",
+            "CARELINK_SOURCES": "acute=http://127.0.0.1:9",
+        }
+    )
+    state = create_app(settings).state
+    assert state.settings is state["settings"]
+    state.guard = "first"
+    state["guard"] = "second"  # replaced through the item
+    assert (state.guard, state["guard"], getattr(state, "guard", None)) == ("second",) * 3
+    state.guard = "third"
+    assert (state.guard, state["guard"]) == ("third", "third")
+    del state["guard"]  # deleted through the item
+    assert getattr(state, "guard", "gone") == "gone"
+    state["audit"] = "item"
+    assert state.audit == "item"
+    del state.audit
+    with pytest.raises(AttributeError):
+        _ = state.audit
+    with pytest.raises(KeyError):
+        _ = state["audit"]
+    assert getattr(state, "never-set", None) is None

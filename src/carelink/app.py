@@ -18,6 +18,7 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 
 from carelink import __version__
@@ -182,6 +183,35 @@ async def _freeze_long_lived(every: float, first: float = 5.0) -> None:
         pause = min(pause * 2, every)
 
 
+class Wiring(State):
+    """``app.state`` whose values are read as plain attributes of the instance.
+
+    Starlette's ``State`` keeps its values in a dict (``_state``) behind ``__getattr__``,
+    which Python calls only after the ordinary lookup has failed: every read of
+    ``request.app.state.guard`` first made and formatted an ``AttributeError`` (eight
+    reads a lookup, ~6% of the gateway worker's instructions, benchmarks/README.md).
+    Here each value set is also an attribute of the instance, set and deleted together
+    with the dict's entry, so a read finds it at once. The dict, item access and the
+    error for a name never set are Starlette's as before.
+    """
+
+    def __setattr__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+        if key != "_state":  # the dict itself stays where Starlette keeps it
+            object.__setattr__(self, key, value)
+
+    def __delattr__(self, key: Any) -> None:
+        del self._state[key]
+        if key != "_state":
+            object.__delattr__(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.__setattr__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.__delattr__(key)
+
+
 class Gateway(FastAPI):
     """FastAPI, with HTTP requests entering at the gateway's own outermost middleware.
 
@@ -198,6 +228,10 @@ class Gateway(FastAPI):
     """
 
     _front: Any = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state = Wiring()
 
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
