@@ -79,13 +79,24 @@ async def looked_up(
     return await db.looked_up(fn, *args, limit=limit)
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The request's header ``name`` (lower case, as the server gives every name), the
+    first when repeated, or None: what ``request.headers.get`` gives, read straight from
+    the scope (Starlette's ``Headers`` is built for it, and a header the request lacks is
+    a ``KeyError`` raised and caught inside it)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 async def principal(request: Request) -> Principal:
     """The caller: from the bearer token when the gateway validates tokens, else the
     development caller (which ``Settings.validate`` refuses in production mode)."""
     verify: Verifier | None = request.app.state.verifier
     if verify is None:
         return DEVELOPMENT_PRINCIPAL
-    return verify(bearer(request.headers.get("authorization")))
+    return verify(bearer(header(request, b"authorization")))
 
 
 @lru_cache(maxsize=1024)

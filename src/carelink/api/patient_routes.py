@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from carelink.api import access
 from carelink.api import params as P
-from carelink.api.deps import actor, audit, consent_for, context, looked_up, router
+from carelink.api.deps import actor, audit, consent_for, context, header, looked_up, router
 from carelink.api.responses import fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
@@ -174,10 +174,10 @@ async def lookup(request: Request, nhs: str) -> Response:
     page, and the links are written directly. ``tests/api/test_lookup_path.py`` holds
     the two to the same answers and audit events."""
     record, caller, base = await context(request)
-    accept = request.headers.get("accept")
+    accept = header(request, b"accept")
     if accept:
         P.check_accept(accept)
-    if "prefer" in request.headers:
+    if header(request, b"prefer") is not None:
         P.prefer(request)  # its errors only: nothing it says changes the lookup's answer
     access.require(caller, "Patient", "s")
     guard: Guard = request.app.state.guard
