@@ -1,13 +1,13 @@
-"""The caller as consent and the audit trail see them, made once per caller
-(``deps.actor``, ``deps._who``): always what making them afresh from that caller gives,
-whichever callers came before."""
+"""The caller as consent, the audit trail and GP Connect see them, made once per caller
+(``deps.actor``, ``deps._who``, ``deps.requester``): always what making them afresh from
+that caller gives, whichever callers came before."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelink.api.deps import _who, actor
+from carelink.api.deps import _who, actor, requester
 from carelink.auth import Principal
 
 callers = st.builds(
@@ -30,3 +30,8 @@ def test_each_caller_is_seen_as_itself(requests):
         # the same functions without their memo (``lru_cache``'s ``__wrapped__``)
         assert actor(caller) == actor.__wrapped__(caller)
         assert _who(caller) == _who.__wrapped__(caller)
+        made = requester(caller)
+        assert (made.user_id, made.organisation_ods) == (
+            caller.subject,
+            caller.organisation or "UNK",
+        )

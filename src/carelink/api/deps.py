@@ -114,6 +114,12 @@ def actor(caller: Principal) -> Actor:
     )
 
 
+@lru_cache(maxsize=1024)
+def requester(caller: Principal) -> Requester:
+    """The person GP Connect is asked on behalf of, made once per caller (as ``actor``)."""
+    return Requester(caller.subject, caller.organisation or "UNK")
+
+
 def consent_for(
     request: Request,
     caller: Principal,
@@ -155,7 +161,7 @@ async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
         caller = replace(caller, scopes=_as_user(caller.scopes))
     request.scope.setdefault("state", {})["caller"] = caller  # request.state.caller, unwrapped
     # GP Connect audits the person a request is made for, never a generic system user
-    act_for(Requester(caller.subject, caller.organisation or "UNK"))
+    act_for(requester(caller))
     return record, caller, base_url(request)
 
 
