@@ -64,10 +64,20 @@ class BoundedInput:
             await _refuse(send, 400, "invalid", f"{CONTROL_MESSAGE}: the URL holds one")
             return
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_headers:
+        # one pass over the headers: their size, the first Content-Length, any chunking
+        size = 0
+        length: bytes | None = None
+        chunked = False
+        for k, v in headers:
+            size += len(k) + len(v) + 4
+            if k == b"content-length":
+                if length is None:
+                    length = v
+            elif k == b"transfer-encoding":
+                chunked = True
+        if size > self.max_headers:
             await _refuse(send, 431, "too-costly", "the request headers are too large")
             return
-        length = next((v for k, v in headers if k == b"content-length"), None)
         if length is not None:
             try:
                 declared = int(length)
@@ -77,7 +87,7 @@ class BoundedInput:
             if declared > self.max_body:
                 await _refuse(send, 413, "too-costly", self._message())
                 return
-        elif not any(k == b"transfer-encoding" for k, _ in headers):
+        elif not chunked:
             # neither length nor chunks: the request has no body (HTTP/1.1, RFC 9112 6.3),
             # nothing to count (most requests: a GET)
             await self.app(scope, receive, send)
