@@ -72,6 +72,8 @@ from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_request import Consumer
+from carelink.sources.http import close_session, lean
+from carelink.sources.http1 import Client
 from carelink.sources.kind import confirm_kinds
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
@@ -111,7 +113,18 @@ def adapter_kind(name: str) -> str:
 
 
 def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
-    """One pooled HTTP session per source (keep-alive, no per-request set-up)."""
+    """One pooled HTTP session per source (keep-alive, no per-request set-up); a source
+    without TLS settings has its plain-HTTP requests sent by the lean client
+    (``sources.http1``), within the same limits."""
+    return {
+        name: lean(session, Client(settings.upstream_connections, settings.budget))
+        if name not in settings.source_tls
+        else session
+        for name, session in _sessions(settings).items()
+    }
+
+
+def _sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
     return {
         name: aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
@@ -339,7 +352,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exporter.cancel()
             checkpoints.cancel()
             for session in sessions.values():
-                await session.close()
+                await close_session(session)
             index.close()
             locations.close()
             consents.close()
@@ -468,7 +481,7 @@ async def build_index_from(
         raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
     finally:
         for session in sessions.values():
-            await session.close()
+            await close_session(session)
 
 
 async def update_index_from(settings: Settings, store: IndexStore) -> UpdateReport:
@@ -480,7 +493,7 @@ async def update_index_from(settings: Settings, store: IndexStore) -> UpdateRepo
         return await update_from(list(named.values()), store)
     finally:
         for session in sessions.values():
-            await session.close()
+            await close_session(session)
 
 
 async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> dict[str, Drift]:
@@ -492,7 +505,7 @@ async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> di
         return {name: await reconcile(s, store, fix) for name, s in sources.items()}
     finally:
         for session in sessions.values():
-            await session.close()
+            await close_session(session)
 
 
 def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
@@ -625,6 +638,6 @@ async def extract_with(
         )
     finally:
         for session in sessions.values():
-            await session.close()
+            await close_session(session)
         index.close()
         db.dispose()

@@ -21,6 +21,7 @@ from carelink.app import _checkpointer, _export_paths, create_app, make_sources,
 from carelink.observability import log_config
 from carelink.serving import PROTOCOL
 from carelink.settings import Settings
+from carelink.sources.http import close_session
 from carelink.sources.kind import confirm_kinds, shown
 from carelink.storage import Database
 
@@ -54,7 +55,7 @@ async def check_sources(settings: Settings, db: Database) -> dict[str, str]:
         return await confirm_kinds(make_sources(settings, sessions, db))
     finally:
         for session in sessions.values():
-            await session.close()
+            await close_session(session)
 
 
 def source_warnings(settings: Settings) -> list[str]:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from carelink.errors import SourceBadPayload, SourceNotAsked, SourceUnavailable
+from carelink.errors import SourceBadPayload, SourceNotAsked
 from carelink.fhir.gpconnect import METADATA_INTERACTION_ID, OPERATION, SSP_INTERACTION_ID
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid
 from carelink.observability.context import HEADER, current_request_id
@@ -44,7 +44,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters,
 )
-from carelink.sources.http import as_of, read_ahead
+from carelink.sources.http import as_of, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import to_r4
@@ -141,14 +141,9 @@ class GPConnectSource:
             # nothing asked that a clinical area holds: the index has the demographics
             return SourceAnswer([], "no-area", as_of({}))
         url, hdrs, body = self.request(nhs_number, types, period or current_period())
-        try:
-            async with self.session.post(url, data=body, headers=hdrs) as resp:
-                data = await resp.read()
-                if resp.status >= 400:
-                    raise failure(self.name, resp.status, data)
-                got = resp.headers
-        except aiohttp.ClientError as exc:
-            raise SourceUnavailable(self.name, type(exc).__name__) from exc
+        status, got, data = await send(self.session, self.name, "POST", url, hdrs, body)
+        if status >= 400:
+            raise failure(self.name, status, data)
         version = got.get("ETag", "") or orjson.dumps(len(data)).decode()
         # the same question answered with the same bytes reads as it did last time
         key = (f"{nhs_number}|{period}", patient_ref, types)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from carelink.errors import SourceUnavailable
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, Key, digest
 from carelink.sources.base import Json, SourceAnswer
+from carelink.sources.http1 import Client, Http1Error
 
 FHIR_JSON = "application/fhir+json"
 T = TypeVar("T")
@@ -43,6 +45,51 @@ def _instant_of(raw: str) -> str | None:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: the lean client (``sources.http1``) that sends a session's plain-HTTP requests, for
+#: the sessions the app gave one (``lean``); every other request goes through aiohttp
+_LEAN: weakref.WeakKeyDictionary[aiohttp.ClientSession, Client] = weakref.WeakKeyDictionary()
+
+
+def lean(session: aiohttp.ClientSession, client: Client) -> aiohttp.ClientSession:
+    """``session``, its plain-HTTP requests (``Client.takes``) sent by ``client`` from
+    now on (``close_session`` closes both)."""
+    _LEAN[session] = client
+    return session
+
+
+async def close_session(session: aiohttp.ClientSession) -> None:
+    """Close ``session`` and its lean client's connections."""
+    client = _LEAN.pop(session, None)
+    if client is not None:
+        client.close()
+    await session.close()
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    source: str,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+) -> tuple[int, Any, bytes]:
+    """Status, headers and whole body of one request, by the session's lean client when
+    it takes the URL, else by aiohttp; a failure to make it or read the answer is
+    ``SourceUnavailable`` naming what failed."""
+    client = _LEAN.get(session)
+    if client is not None and client.takes(url):
+        try:
+            got = await client.request(method, url, headers, body)
+        except Http1Error as exc:
+            raise SourceUnavailable(source, str(exc)) from exc
+        return got.status, got.headers, got.body
+    try:
+        async with session.request(method, url, data=body, headers=headers) as resp:
+            return resp.status, resp.headers, await resp.read()
+    except aiohttp.ClientError as exc:
+        raise SourceUnavailable(source, type(exc).__name__) from exc
+
+
 async def fetch(
     session: aiohttp.ClientSession,
     source: str,
@@ -58,16 +105,12 @@ async def fetch(
         headers[HEADER] = request_id
     if body is not None:
         headers["Content-Type"] = FHIR_JSON
-    try:
-        async with session.request(method, url, data=body, headers=headers) as resp:
-            data = await resp.read()
-            if resp.status == 404:
-                return None, resp.headers
-            if resp.status >= 400:
-                raise SourceUnavailable(source, f"HTTP {resp.status}")
-            return data, resp.headers
-    except aiohttp.ClientError as exc:
-        raise SourceUnavailable(source, type(exc).__name__) from exc
+    status, got, data = await send(session, source, method, url, headers, body)
+    if status == 404:
+        return None, got
+    if status >= 400:
+        raise SourceUnavailable(source, f"HTTP {status}")
+    return data, got
 
 
 @dataclass(frozen=True)
