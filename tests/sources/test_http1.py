@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import uvloop
 
 from carelink.errors import SourceUnavailable
 from carelink.simulators import acute, community, gp, social_care
@@ -162,10 +163,13 @@ OK = b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: W/"7"\r\n\r\n%s' % (len(BO
 
 
 def _run(
-    answers: list[tuple[bytes, bool]], script: Callable[..., Any], server: Scripted | None = None
+    answers: list[tuple[bytes, bool]],
+    script: Callable[..., Any],
+    server: Scripted | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> tuple[Any, Scripted]:
     """Run ``script(session, url)`` against a scripted server, the session's requests sent
-    by the lean client."""
+    by the lean client (on ``loop_factory``'s loop: asyncio's by default)."""
     server = server or Scripted(answers)
 
     async def go() -> Any:
@@ -177,15 +181,19 @@ def _run(
             finally:
                 await close_session(session)
 
-    return asyncio.run(go()), server
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(go()), server
 
 
 async def _twice(session: aiohttp.ClientSession, url: str) -> list[Any]:
     return [await fetch(session, "acute", "GET", url) for _ in range(2)]
 
 
-def test_kept_alive_connections_are_reused():
-    got, server = _run([(OK, False), (OK, False)], _twice)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_kept_alive_connections_are_reused(loop):
+    """On asyncio's loop and on uvloop's (the gateway's, under uvicorn)."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    got, server = _run([(OK, False), (OK, False)], _twice, loop_factory=factory)
     assert [body for body, _ in got] == [BODY, BODY]
     assert got[0][1].get("etag") == 'W/"7"'
     assert server.connections == 1

@@ -74,10 +74,10 @@ async def send(
     body: bytes | None = None,
 ) -> tuple[int, Any, bytes]:
     """Status, headers and whole body of one request, by the session's lean client when
-    it takes the URL, else by aiohttp; a failure to make it or read the answer is
-    ``SourceUnavailable`` naming what failed."""
+    it takes the URL (a GET or POST: answers with bodies), else by aiohttp; a failure to
+    make it or read the answer is ``SourceUnavailable`` naming what failed."""
     client = _LEAN.get(session)
-    if client is not None and client.takes(url):
+    if client is not None and method in ("GET", "POST") and client.takes(url):
         try:
             got = await client.request(method, url, headers, body)
         except Http1Error as exc:
