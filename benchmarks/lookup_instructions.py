@@ -31,10 +31,7 @@ import argparse
 import asyncio
 import os
 import random
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -43,15 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-
-def _counting(on: bool) -> None:
-    """Turn callgrind's counting in this process on or off."""
-    flag = "on" if on else "off"
-    subprocess.run(
-        ["callgrind_control", "-i", flag, str(os.getpid())],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+from benchmarks.callgrind import control, counted  # noqa: E402
 
 
 async def _measure(
@@ -87,9 +76,9 @@ async def _measure(
         # the others, past the gateway's own time limits (GP Connect's, the audit's)
         inflight = 4 if everything else 32
         await drive(target, paths, given, 500, inflight)  # warm: memos, caches, the writer
-        _counting(True)
+        control("-i", "on")
         await drive(target, paths, given, requests, inflight)
-        _counting(False)
+        control("-i", "off")
 
 
 def main() -> None:
@@ -119,7 +108,6 @@ def main() -> None:
         asyncio.run(_measure(args.requests, args.bare, paths, token, args.everything))
         return
     with gateway_env(args.size, args.port) as prep:
-        out = Path(tempfile.mkdtemp(prefix="carelink-ir-")) / "callgrind.out"
         env = {
             **prep.env,
             "BARE_BODY": str(prep.tmp / "body.json"),
@@ -129,24 +117,13 @@ def main() -> None:
         if args.everything:
             env["CARELINK_BUDGET"] = "30"
         child = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            str(Path(__file__).resolve()),
             "--child",
             f"--requests={args.requests}",
             *(["--bare"] if args.bare else []),
             *(["--everything"] if args.everything else []),
             f"--size={args.size}",
         ]
-        done = subprocess.run(child, env=env, capture_output=True, text=True)
-        # callgrind's own summary line, in its output file (its log's wording varies)
-        found = re.search(r"^totals: (\d+)", out.read_text() if out.exists() else "", re.M)
-        if done.returncode != 0 or found is None:
-            sys.exit(f"callgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        total = int(found.group(1))
+        total = counted(Path(__file__).resolve(), child, env)[-1]
         what = "bare FastAPI" if args.bare else "gateway"
         what += ", $everything" if args.everything else ""
         print(f"{what}: {total / args.requests:,.0f} instructions per request")

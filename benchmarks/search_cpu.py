@@ -41,7 +41,6 @@ import json
 import logging.config
 import os
 import pstats
-import re
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.callgrind import control, counted
 from benchmarks.federation_bench import mint, tree_cpu
 from benchmarks.lookup_cpu import ROOT, App, one  # lookup_cpu puts src/ on the path
 from tests.support.procs import own_files
@@ -140,16 +140,6 @@ def slope(points: list[tuple[float, int]]) -> float | None:
     return statistics.linear_regression(xs, [c for c, _ in points]).slope
 
 
-def _callgrind(what: str) -> None:
-    """``callgrind_control`` on this process: ``-i on``/``-i off`` (counting), ``-d`` (dump
-    the counts so far to a file of their own, and start again from zero)."""
-    subprocess.run(
-        ["callgrind_control", *what.split(), str(os.getpid())],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
 async def count(args: argparse.Namespace, env: dict[str, str], token: str) -> list[tuple[int, int]]:
     """Under callgrind: the first ``--requests`` searches of the form, one at a time, in two
     counted halves (those returning the fewest people, then the rest; each half's counts
@@ -174,47 +164,32 @@ async def count(args: argparse.Namespace, env: dict[str, str], token: str) -> li
         order = sorted(range(len(paths)), key=lambda i: found[i][1])
         for half in (order[: len(order) // 2], order[len(order) // 2 :]):
             answers = []
-            _callgrind("-i on")
+            control("-i", "on")
             for i in half:
                 answers.append(await one(app, paths[i], token))
-            _callgrind("-i off")
-            _callgrind("-d")
+            control("-i", "off")
+            control("-d")
             assert all(status == 200 for status, _ in answers)
             # read here, not counted: parsing the answers is the client's work
             halves.append((len(half), sum(people_in(body) for _, body in answers)))
     return halves
 
 
-def _totals(out: Path) -> list[int]:
-    """The instructions of each dump callgrind wrote to ``out``'s folder, in order."""
-    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
-    found = [re.search(r"^totals: (\d+)", p.read_text(), re.M) for p in dumps]
-    return [int(f.group(1)) for f in found if f is not None]
-
-
 def instructions(args: argparse.Namespace, env: dict[str, str], token: str) -> None:
     """Run ``count`` under callgrind, one form at a time; print instructions per request,
     and per person returned (the slope between the two halves)."""
     for form in args.forms:
-        tmp = Path(tempfile.mkdtemp(prefix="carelink-search-ir-"))
-        out, people = tmp / "callgrind.out", tmp / "people.json"
+        people = Path(tempfile.mkdtemp(prefix="carelink-search-ir-")) / "people.json"
         child = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            str(Path(__file__).resolve()),
             "--child",
             f"--database={args.database}",
             f"--forms={form}",
             f"--requests={args.requests}",
         ]
         run_env = {**env, "SEARCH_TOKEN": token, "SEARCH_PEOPLE": str(people)}
-        done = subprocess.run(child, env=run_env, capture_output=True, text=True)
-        totals = _totals(out)
-        if done.returncode != 0 or len(totals) < 2 or not people.exists():
-            sys.exit(f"callgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        totals = counted(Path(__file__).resolve(), child, run_env, dumps=2)
+        if not people.exists():
+            sys.exit("the counted searches wrote no people")
         (n1, p1), (n2, p2) = json.loads(people.read_text())
         low, high = totals[0] / n1, totals[1] / n2
         per = (high - low) / (p2 / n2 - p1 / n1)

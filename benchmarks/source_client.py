@@ -29,18 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.callgrind import control, counted  # noqa: E402
 
 PATH = "/Patient/acute-1/$everything?_count=1000"
 
@@ -156,22 +156,14 @@ async def _measure(client: str, port: int, requests: int) -> None:
             await one()
 
     await asyncio.gather(*(connection(100) for _ in range(4)))  # warm: connections made
-    _counting(True)
+    control("-i", "on")
     started = time.process_time()
     await asyncio.gather(*(connection(requests // 4) for _ in range(4)))
     cpu = time.process_time() - started
-    _counting(False)
+    control("-i", "off")
     print(f"cpu {cpu / requests * 1e6:.1f} us a request (under callgrind)", file=sys.stderr)
     if client == "aiohttp":
         await session.close()
-
-
-def _counting(on: bool) -> None:
-    subprocess.run(
-        ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 def main() -> None:
@@ -198,23 +190,8 @@ def main() -> None:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
         for client in ("aiohttp", "bare"):
-            out = Path(tempfile.mkdtemp(prefix="carelink-client-")) / "callgrind.out"
-            child = [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                me,
-                f"--child={client}",
-                f"--port={args.port}",
-                f"--requests={args.requests}",
-            ]
-            done = subprocess.run(child, capture_output=True, text=True)
-            found = re.search(r"^totals: (\d+)", out.read_text() if out.exists() else "", re.M)
-            if done.returncode != 0 or found is None:
-                sys.exit(f"callgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
-            total = int(found.group(1))
+            child = [f"--child={client}", f"--port={args.port}", f"--requests={args.requests}"]
+            total = counted(Path(me), child)[-1]
             print(f"{client}: {total / args.requests:,.0f} instructions per source request")
     finally:
         server.terminate()

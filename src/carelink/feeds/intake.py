@@ -20,6 +20,7 @@ from typing import Any
 
 import hl7
 
+from carelink.sources.base import holdable_key
 from carelink.sources.hl7v2 import (
     UNREADABLE,
     control_id,
@@ -127,10 +128,10 @@ class _TooLong(ValueError):
         self.reason = reason
 
 
-def _held(local: str, where: str) -> str:
-    if len(local) > LOCAL_ID_LENGTH or not local.isprintable():
-        raise _TooLong(f"{where} is longer than {LOCAL_ID_LENGTH} characters or not text")
-    return local
+def _held(source: str, local: str, where: str) -> None:
+    """Refuse a record key the index could not hold (the build's and the update's rule)."""
+    if not holdable_key(source, local):
+        raise _TooLong(f"{where} is longer than {LOCAL_ID_LENGTH} characters or holds a NUL")
 
 
 def _arrival(
@@ -140,7 +141,7 @@ def _arrival(
     local = person_id(msg)
     if not local:
         raise _Missing("no local (MR) identifier in PID-3")
-    _held(local, "the local (MR) identifier in PID-3")
+    _held(source, local, "the local (MR) identifier in PID-3")
     full_pid = bool(field(msg, msg.segment("PID"), 5)[0][0])
     if full_pid:
         person(msg, source)  # the Patient must be readable, or the message is no use
@@ -149,7 +150,7 @@ def _arrival(
         merged_from = prior_id(msg)
         if not merged_from:
             raise _Missing("no prior local (MR) identifier in MRG-1")
-        _held(merged_from, "the prior local (MR) identifier in MRG-1")
+        _held(source, merged_from, "the prior local (MR) identifier in MRG-1")
     return Arrival(
         source=source,
         control_id=sender_id,
