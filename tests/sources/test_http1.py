@@ -28,6 +28,7 @@ from carelink.sources.http import close_session, fetch, lean, send
 from carelink.sources.http1 import Client
 from carelink.sources.social_care import SocialCareSource
 from tests.support.servers import run_app
+from tests.support.shared import SYNTHEA
 
 SEED, SIZE = 42, 40
 SIMULATORS: dict[str, tuple[Any, Callable[[aiohttp.ClientSession, str], Source]]] = {
@@ -303,3 +304,34 @@ def test_a_line_break_in_a_header_is_refused_before_anything_is_sent():
     assert got[0] == BODY
     assert len(server.requests) == 1
     assert b"X-Evil" not in server.requests[0]
+
+
+@pytest.mark.skipif(not SYNTHEA.exists(), reason="the Synthea sample is not present")
+def test_outside_records_read_the_same_through_either_client():
+    """Data we did not make: the acute simulator serving the Synthea export (records of
+    hundreds of resources, answers far larger than the generated ones). Every person it
+    lists, listed and read through aiohttp and through the lean client: the same people,
+    resources, versions and notes."""
+    app = acute.create_app_from_files(SYNTHEA, behaviour=Behaviour())
+
+    async def read(base: str, with_lean: bool) -> list[Any]:
+        session = aiohttp.ClientSession()
+        if with_lean:
+            lean(session, Client(8, 5.0))
+        try:
+            source = AcuteSource(session, base)
+            out: list[Any] = []
+            async for p in source.people():
+                got = await source.fetch_record(p.local_id, "Patient/p1", None)
+                resources = [orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in got.resources]
+                out.append((p.local_id, p.family, resources, got.version, got.skipped, got.notes))
+            return out
+        finally:
+            await close_session(session)
+
+    with run_app(app) as base:
+        plain = asyncio.run(read(base, with_lean=False))
+        leaned = asyncio.run(read(base, with_lean=True))
+    assert len(plain) >= 10
+    assert sum(len(r[2]) for r in plain) > 1000  # the whole export, not a sample
+    assert leaned == plain
