@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,8 @@ from tests.consent.test_filter_memo import (
     store,  # noqa: F401 - the fixture
 )
 from tests.consent.test_filter_people import choices
+from tests.support.shared import SYNTHEA
+from tests.support.shared import UKCORE_EXAMPLES as UKCORE
 
 DOCUMENT = json.loads((Path(__file__).parents[2] / "consent" / "policy.json").read_text())
 PURPOSES = ("TREAT", "ETREAT", "CAREMGT", "HRESCH")
@@ -180,3 +183,54 @@ def test_a_purpose_not_for_direct_care_is_still_decided(store):  # noqa: F811
     research = Actor("dr", "R8000", "RXX01", "HRESCH", None, "id")
     (got,) = g.filter_people(research, [("p1", patient)], {})
     assert got.resources == []
+
+
+def _outside() -> list[dict[str, Any]]:
+    """Patients we did not make: the Synthea export's and the UK Core examples', each with
+    its own identifiers, names, extensions and (UK Core) registered practice."""
+    people = [
+        json.loads(line)
+        for line in (SYNTHEA / "Patient.000.ndjson").read_text().splitlines()
+        if line.strip()
+    ]
+    people += [json.loads(p.read_text()) for p in sorted(UKCORE.glob("UKCore-Patient-*.json"))]
+    return people
+
+
+OUTSIDE = _outside() if SYNTHEA.exists() and UKCORE.exists() else []
+
+
+@pytest.mark.skipif(not OUTSIDE, reason="the outside samples are not present")
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    policies(),
+    st.sampled_from(range(max(len(OUTSIDE), 1))),
+    st.lists(st.sampled_from(LABELS), max_size=2, unique=True),
+    st.one_of(st.none(), st.sampled_from(SOURCES)),
+    actors,
+)
+def test_outside_patients_shown_as_is_get_the_full_decisions_answer(
+    store,  # noqa: F811
+    policy: Policy,
+    n: int,
+    labels: list[tuple[str, str]],
+    source: str | None,
+    actor: Actor,
+):
+    """The short cut against Patients we did not make, labelled or not, from a source or
+    merged: what a search shows of each person without Consents equals the full decision."""
+    patient = json.loads(json.dumps(OUTSIDE[n]))
+    meta = patient.setdefault("meta", {})
+    if labels:
+        meta["security"] = [
+            *meta.get("security", []),
+            *({"system": s, "code": c} for s, c in labels),
+        ]
+    if source:
+        meta["source"] = source_uri(source)
+    g = guard(store, policy)
+    (got,) = g.filter_people(actor, [("p0", patient)], {})
+    decided = g.filter(g.situation(actor, "p0", patient, []), [patient])
+    assert same(got, decided), (policy.source.model_dump(), actor, labels, source)
