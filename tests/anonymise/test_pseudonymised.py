@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from carelink.anonymise.engine import FREE_TEXT, FREE_TEXT_KEEP, QUANTITIES, Anonymiser
+from carelink.anonymise.engine import FREE_TEXT, FREE_TEXT_KEEP, Anonymiser
 from carelink.anonymise.keys import ProjectKeys
+from carelink.anonymise.methods import QUANTITIES
 from carelink.anonymise.rules import load, parse
 from carelink.anonymise.walk import walk
 from carelink.errors import ConfigError

@@ -37,19 +37,32 @@ What is *not* covered, and said in the risk report: the number of distinct
 facts a person has is visible (one resource per fact); an intruder who
 knows more than ``m`` facts; attribute inference from ``m`` known facts.
 ``intruder.attack`` measures the result against the extract itself.
+
+Here: a resource reduced to its fact (``reduce``, ``Draft``; what each type
+keeps is its ``shapes.Shape``), the value bands (``Bands``) and the released
+resource (``resource``, ``fresh_id``). ``km_anonymity.enforce`` applies the
+k^m and diversity rules to every person's facts.
 """
 
 from __future__ import annotations
 
 import uuid
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import orjson
+
+from carelink.anonymise.shapes import (
+    SHAPES,
+    is_standard,
+    put_at,
+    standard_coding,
+    standard_concept,
+    standard_concepts,
+    value_at,
+    year_of,
+)
 
 Json = dict[str, Any]
 
@@ -59,160 +72,8 @@ SECURITY = {
     "display": "anonymized",
 }
 
-#: code systems whose codes are public vocabularies (never local, never free text)
-STANDARD_SYSTEMS = (
-    "http://snomed.info/sct",
-    "http://loinc.org",
-    "https://dmd.nhs.uk",
-    "http://www.nlm.nih.gov/research/umls/rxnorm",
-    "http://hl7.org/fhir/sid/cvx",
-    "http://hl7.org/fhir/sid/icd-10",
-    "http://hl7.org/fhir/sid/icd-10-uk",
-    "http://terminology.hl7.org/CodeSystem/",
-    "http://hl7.org/fhir/",
-    "https://fhir.hl7.org.uk/CodeSystem/",
-    "https://fhir.nhs.uk/CodeSystem/",
-)
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What of one resource type is released."""
-
-    code: str  #: the element holding the fact's main code (the fact needs it)
-    coded: tuple[str, ...] = ()  #: further CodeableConcept (or list) elements kept as codes
-    codings: tuple[str, ...] = ()  #: Coding elements kept as codes
-    plain: tuple[str, ...] = ()  #: fixed-vocabulary ``code`` elements (status, intent)
-    when: tuple[str, ...] = ()  #: where the clinical date is, first present wins
-    year_as: str = ""  #: where the year is released (``period.start`` for a Period)
-    subject: str = "subject"
-    banded: bool = False  #: an Observation whose valueQuantity is released as a band
-
-
-SHAPES: dict[str, Shape] = {
-    "Condition": Shape(
-        "code",
-        coded=("category",),
-        when=("onsetDateTime", "onsetPeriod.start", "recordedDate"),
-        year_as="onsetDateTime",
-    ),
-    "Procedure": Shape(
-        "code",
-        plain=("status",),
-        when=("performedDateTime", "performedPeriod.start"),
-        year_as="performedDateTime",
-    ),
-    "Encounter": Shape(
-        "type",
-        codings=("class",),
-        plain=("status",),
-        when=("period.start",),
-        year_as="period.start",
-    ),
-    "Observation": Shape(
-        "code",
-        coded=("category", "valueCodeableConcept"),
-        plain=("status",),
-        when=("effectiveDateTime", "effectivePeriod.start", "issued"),
-        year_as="effectiveDateTime",
-        banded=True,
-    ),
-    "DiagnosticReport": Shape(
-        "code",
-        coded=("category",),
-        plain=("status",),
-        when=("effectiveDateTime", "effectivePeriod.start", "issued"),
-        year_as="effectiveDateTime",
-    ),
-    "MedicationRequest": Shape(
-        "medicationCodeableConcept",
-        plain=("status", "intent"),
-        when=("authoredOn",),
-        year_as="authoredOn",
-    ),
-    "MedicationStatement": Shape(
-        "medicationCodeableConcept",
-        plain=("status",),
-        when=("effectiveDateTime", "effectivePeriod.start", "dateAsserted"),
-        year_as="effectiveDateTime",
-    ),
-    "Immunization": Shape(
-        "vaccineCode",
-        plain=("status",),
-        when=("occurrenceDateTime",),
-        year_as="occurrenceDateTime",
-        subject="patient",
-    ),
-    "AllergyIntolerance": Shape(
-        "code",
-        when=("onsetDateTime", "recordedDate"),
-        year_as="recordedDate",
-        subject="patient",
-    ),
-}
-
-#: diagnoses: the sensitive attribute of the diversity rule
-SENSITIVE_TYPES = frozenset({"Condition"})
-
-
-def released_types() -> frozenset[str]:
-    """The clinical types an anonymised extract can hold (besides Patient)."""
-    return frozenset(SHAPES)
-
-
-def _get(resource: Json, path: str) -> Any:
-    value: Any = resource
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def _put(out: Json, path: str, value: Any) -> None:
-    head, _, rest = path.partition(".")
-    if rest:
-        _put(out.setdefault(head, {}), rest, value)
-    else:
-        out[head] = value
-
-
-def _standard(system: Any) -> bool:
-    return isinstance(system, str) and system.startswith(STANDARD_SYSTEMS)
-
-
-def _coding(c: Any) -> Json | None:
-    if not isinstance(c, dict) or not _standard(c.get("system")):
-        return None
-    code = c.get("code")
-    if not isinstance(code, str) or not code or len(code) > 64:
-        return None
-    return {"system": c["system"], "code": code}
-
-
-def _concept(value: Any) -> Json | None:
-    """A CodeableConcept reduced to its standard codings (sorted: order carries nothing)."""
-    if not isinstance(value, dict):
-        return None
-    codings = [x for x in (_coding(c) for c in value.get("coding") or ()) if x is not None]
-    if not codings:
-        return None
-    unique = {(c["system"], c["code"]): c for c in codings}
-    return {"coding": [unique[k] for k in sorted(unique)]}
-
-
-def _concepts(value: Any) -> Any:
-    if isinstance(value, list):
-        out = [x for x in (_concept(v) for v in value) if x is not None]
-        unique = {orjson.dumps(x, option=orjson.OPT_SORT_KEYS): x for x in out}
-        return [unique[k] for k in sorted(unique)] or None
-    return _concept(value)
-
-
-def _year(value: Any) -> str | None:
-    if isinstance(value, str) and len(value) >= 4 and value[:4].isdigit():
-        return value[:4]
-    return None
+#: the levels of generalisation of a fact, finest first (``Draft.ladder``)
+LEVELS = ("as recorded", "without its year", "without its value band", "its code alone")
 
 
 @dataclass(frozen=True)
@@ -259,34 +120,34 @@ def reduce(resource: Json) -> Draft | None:
     shape = SHAPES.get(str(rtype))
     if shape is None:
         return None
-    main = _get(resource, shape.code)
-    main_out = _concepts(main) if isinstance(main, list) else _concept(main)
+    main = value_at(resource, shape.code)
+    main_out = standard_concepts(main) if isinstance(main, list) else standard_concept(main)
     if not main_out:
         return None
     out: Json = {}
-    _put(out, shape.code, main_out)
+    put_at(out, shape.code, main_out)
     for path in shape.coded:
-        got = _concepts(_get(resource, path))
+        got = standard_concepts(value_at(resource, path))
         if got:
-            _put(out, path, got)
+            put_at(out, path, got)
     for path in shape.codings:
-        got = _coding(_get(resource, path))
+        got = standard_coding(value_at(resource, path))
         if got is not None:
-            _put(out, path, got)
+            put_at(out, path, got)
     for path in shape.plain:
-        value = _get(resource, path)
+        value = value_at(resource, path)
         if isinstance(value, str) and value.isascii() and 0 < len(value) <= 32:
-            _put(out, path, value)
+            put_at(out, path, value)
     for path in shape.when:
-        year = _year(_get(resource, path))
+        year = year_of(value_at(resource, path))
         if year is not None:
-            _put(out, shape.year_as, year)
+            put_at(out, shape.year_as, year)
             break
     quantity = None
     if shape.banded:
         q = resource.get("valueQuantity")
         if isinstance(q, dict) and isinstance(q.get("value"), int | float):
-            unit = q.get("code") if _standard(q.get("system")) or q.get("system") else None
+            unit = q.get("code") if is_standard(q.get("system")) or q.get("system") else None
             unit = unit or q.get("unit")
             if isinstance(unit, str) and len(unit) <= 32:
                 key = orjson.dumps([main_out, unit], option=orjson.OPT_SORT_KEYS).decode()
@@ -371,152 +232,13 @@ def _round3(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-LEVELS = ("as recorded", "without its year", "without its value band", "its code alone")
-
-
-@dataclass
-class Plan:
-    """Every person's facts (interned) at every level of generalisation; what survives."""
-
-    facts: list[bytes] = field(default_factory=list)
-    _ids: dict[bytes, int] = field(default_factory=dict)
-    #: each person's facts, each as its ladder of fact ids (one per level)
-    ladders: list[list[tuple[int, ...]]] = field(default_factory=list)
-    #: each person's released facts (filled in by ``enforce``)
-    people: list[set[int]] = field(default_factory=list)
-    sensitive: set[int] = field(default_factory=set)
-    #: facts kept in preference when a set of facts is too rare (a cohort's own condition)
-    anchored: set[int] = field(default_factory=set)
-
-    def _intern(self, fact: bytes, is_sensitive: bool) -> int:
-        i = self._ids.get(fact)
-        if i is None:
-            i = self._ids[fact] = len(self.facts)
-            self.facts.append(fact)
-        if is_sensitive:
-            self.sensitive.add(i)
-        return i
-
-    def add_person(
-        self, facts: Iterable[tuple[list[bytes], bool]], anchored: Iterable[list[bytes]] = ()
-    ) -> int:
-        """Record one person's facts, each as its ladder (``Draft.ladder``) with whether
-        it is a diagnosis; the person's number."""
-        ladders = [tuple(self._intern(f, s) for f in ladder) for ladder, s in facts]
-        for ladder in anchored:
-            self.anchored.update(self._intern(f, False) for f in ladder)
-        self.ladders.append(ladders)
-        self.people.append({ladder[0] for ladder in ladders})
-        return len(self.people) - 1
-
-
-@dataclass
-class Suppression:
-    """What enforcing k^m-anonymity cost."""
-
-    facts_in: int = 0
-    facts_out: int = 0
-    rounds: int = 0
-    #: how many (class, fact) choices settled at each level of ``LEVELS``
-    levels: Counter[str] = field(default_factory=Counter)
-
-
-def enforce(
-    plan: Plan, classes: Iterable[list[int]], k: int, m: int, diversity: bool = True
-) -> Suppression:
-    """Generalise, then suppress, until in every class every set of at most ``m``
-    released facts of a member is held by at least ``k`` members and (``diversity``) no
-    diagnosis is held by every member. Fills ``plan.people``.
-
-    First, for each kind of fact (its main code) within a class, one level of
-    generalisation is chosen for the whole class: the one that keeps the most
-    people's facts with at least ``k`` holders (the finer on a tie); facts still
-    rarer than that are suppressed. Then sets of up to ``m`` facts held by fewer
-    than ``k`` members lose their rarer fact for those members, and singles are
-    checked again, until nothing changes. Support is counted on exact released
-    content, so an intruder who knows less than a fact (no category, a month
-    instead of a year) faces at least as many candidates.
-    """
-    if m < 1 or m > 3:
-        raise ValueError("m (facts the intruder knows) must be 1, 2 or 3")
-    cost = Suppression(facts_in=sum(len(p) for p in plan.people))
-    for members in classes:
-        _generalise_class(plan, members, k, cost)
-        cost.rounds = max(cost.rounds, _suppress_class(plan, members, k, m, diversity))
-    cost.facts_out = sum(len(p) for p in plan.people)
-    return cost
-
-
-def _generalise_class(plan: Plan, members: list[int], k: int, cost: Suppression) -> None:
-    by_kind: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
-    for p in members:
-        for ladder in plan.ladders[p]:
-            by_kind.setdefault(ladder[-1], []).append((p, ladder))
-    chosen: dict[int, set[int]] = {p: set() for p in members}
-    for occurrences in by_kind.values():
-        best: tuple[int, int] | None = None  # (kept, -level)
-        for level in range(len(LEVELS)):
-            holders: dict[int, set[int]] = {}
-            for p, ladder in occurrences:
-                holders.setdefault(ladder[level], set()).add(p)
-            kept = sum(len(h) for h in holders.values() if len(h) >= k)
-            if best is None or kept > best[0]:
-                best = (kept, level)
-        assert best is not None
-        level = best[1]
-        cost.levels[LEVELS[level]] += 1
-        holders = {}
-        for p, ladder in occurrences:
-            holders.setdefault(ladder[level], set()).add(p)
-        for fact, who in holders.items():
-            if len(who) >= k:
-                for p in who:
-                    chosen[p].add(fact)
-    for p in members:
-        plan.people[p] = chosen[p]
-
-
-def _suppress_class(plan: Plan, members: list[int], k: int, m: int, diversity: bool) -> int:
-    people = plan.people
-    rounds = 0
-    while True:
-        rounds += 1
-        changed = False
-        support = Counter(f for p in members for f in people[p])
-        drop = {f for f, c in support.items() if c < k}
-        if diversity:
-            drop |= {f for f, c in support.items() if c == len(members) and f in plan.sensitive}
-        if drop:
-            for p in members:
-                people[p] -= drop
-            changed = True
-            support = Counter(f for p in members for f in people[p])
-        for size in range(2, m + 1):
-            counts: Counter[tuple[int, ...]] = Counter()
-            for p in members:
-                counts.update(combinations(sorted(people[p]), size))
-            bad = {combo for combo, c in counts.items() if c < k}
-            if not bad:
-                continue
-            changed = True
-            for p in members:
-                held = people[p]
-                for combo in combinations(sorted(held), size):
-                    if combo in bad and all(f in held for f in combo):
-                        # the rarer fact goes, for the few who hold the whole set
-                        held.discard(min(combo, key=lambda f: (f in plan.anchored, support[f], f)))
-            break  # recount from singles: supports have changed
-        if not changed:
-            return rounds
-
-
 def project(fact: bytes) -> list[tuple[str, str, str]]:
     """What an intruder could know of a fact: its type, a code and its year (one
     projection per code of its main element; the first is the fact's own)."""
     rtype, content = orjson.loads(fact)
     shape = SHAPES[rtype]
-    year = _get(content, shape.year_as) or ""
-    main = _get(content, shape.code)
+    year = value_at(content, shape.year_as) or ""
+    main = value_at(content, shape.code)
     concepts = main if isinstance(main, list) else [main]
     out = [
         (rtype, f"{c['system']}|{c['code']}", str(year))
@@ -545,9 +267,3 @@ def resource(rtype: str, content: Json, patient_id: str, shape_subject: str) -> 
 def subject_of(rtype: str) -> str:
     """The element naming the patient in a released resource of ``rtype``."""
     return SHAPES[rtype].subject
-
-
-def facts_of(plan: Plan, person: int) -> Iterator[bytes]:
-    """The facts of one person that survived, in a stable order."""
-    for f in sorted(plan.people[person]):
-        yield plan.facts[f]

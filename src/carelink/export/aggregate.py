@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from carelink.anonymise import release
+from carelink.anonymise import release, shapes
 from carelink.anonymise.disclosure import (
     small_numbers,
 )
@@ -100,7 +100,7 @@ def measure_report(
     }
     if fact is not None:
         rtype, content = fact
-        code_path = release.SHAPES[rtype].code
+        code_path = shapes.SHAPES[rtype].code
         group["code"] = {
             "coding": [
                 c

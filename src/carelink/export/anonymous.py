@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from carelink.anonymise import intruder, release
+from carelink.anonymise import intruder, km_anonymity, release, shapes
 from carelink.anonymise.disclosure import (
     HIERARCHIES,
     Refused,
@@ -92,7 +92,7 @@ class AnonymousRelease:
     def _sensitive(self, draft: release.Draft) -> bool:
         """Is the fact a diagnosis the diversity rule protects? Not a condition cohort's
         own condition: membership of the cohort already says it of everyone."""
-        if draft.rtype not in release.SENSITIVE_TYPES:
+        if draft.rtype not in shapes.SENSITIVE_TYPES:
             return False
         cohort = self.spec.cohort
         if cohort.kind != "condition":
@@ -109,7 +109,7 @@ class AnonymousRelease:
         levels = report.levels
         keep = set(kept_df["id"])
         self.bands.fix()
-        plan = release.Plan()
+        plan = km_anonymity.Plan()
         members: list[Member] = []
         truth: list[tuple[intruder.Fact, ...]] = []
         with self.spool_path.open("rb") as spool:
@@ -128,7 +128,7 @@ class AnonymousRelease:
         classes: dict[tuple[Any, ...], list[int]] = {}
         for i, qi in enumerate(qis):
             classes.setdefault(qi, []).append(i)
-        cost = release.enforce(plan, classes.values(), self.spec.k, self.spec.m)
+        cost = km_anonymity.enforce(plan, classes.values(), self.spec.k, self.spec.m)
         shown = [
             {p for f in plan.people[i] for p in release.project(plan.facts[f])}
             for i in range(len(members))
