@@ -299,3 +299,60 @@ def test_a_cohort_too_small_to_release_at_record_level_is_refused_with_the_way_o
     assert not list(tmp_path.glob("*.ndjson")) or all(
         not f.read_text() for f in tmp_path.glob("*.ndjson")
     )
+
+
+def _class_sharing_one_diagnosis(variant: str) -> list[tuple[Member, list[dict[str, Any]]]]:
+    """Ten people who look alike (one class), every one with diabetes (C1), recorded two
+    ways in equal halves: in two years, under two categories, or with and without an
+    ICD-10 code beside the SNOMED one (or, ``same``, one way). Half also have C2."""
+    people = []
+    for i in range(10):
+        pid = f"h{i}"
+        coding = [{"system": SNOMED, "code": "C1"}]
+        condition: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": f"hc{i}",
+            "onsetDateTime": "2019-03-01",
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+        if i % 2:
+            if variant == "year":
+                condition["onsetDateTime"] = "2020-03-01"
+            elif variant == "category":
+                category = "http://terminology.hl7.org/CodeSystem/condition-category"
+                condition["category"] = [{"coding": [{"system": category, "code": "x"}]}]
+            elif variant == "second code":
+                coding.append({"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11"})
+        condition["code"] = {"coding": coding}
+        other = {
+            "resourceType": "Condition",
+            "id": f"ho{i}",
+            "code": {"coding": [{"system": SNOMED, "code": "C2"}]},
+            "onsetDateTime": "2018-01-01",
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+        patient = {"resourceType": "Patient", "id": pid, "gender": "female"}
+        resources = [patient, condition, *([other] if i < 5 else [])]
+        people.append((Member(pid, None, "1960-05-05", "female", "LS1 4AB", None), resources))
+    return people
+
+
+@pytest.mark.parametrize("variant", ["same", "year", "category", "second code"])
+def test_no_diagnosis_is_released_for_every_member_of_a_class(variant, tmp_path):
+    """Distinct 2-diversity: a diagnosis every member of a class holds would be learnt
+    about anyone known to be in the class, however each member's fact is recorded
+    (its year, its category, the other codes beside it)."""
+    people = _class_sharing_one_diagnosis(variant)
+    files = release(people, tmp_path, k=2, m=1)
+    classes: dict[str, list[str]] = {}
+    for p in files["Patient"]:
+        key = json.dumps({x: v for x, v in p.items() if x != "id"}, sort_keys=True)
+        classes.setdefault(key, []).append(p["id"])
+    codes: dict[str, set[str]] = {p["id"]: set() for p in files["Patient"]}
+    for r in files.get("Condition", []):
+        codes[r["subject"]["reference"].split("/")[1]] |= {c["code"] for c in r["code"]["coding"]}
+    assert list(map(len, classes.values())) == [10]  # one class of all ten
+    assert any(codes.values())  # C2, held by half, is released
+    for members in classes.values():
+        shared = set.intersection(*(codes[pid] for pid in members))
+        assert not shared, f"every member of a class of {len(members)} is shown with {shared}"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from carelink.anonymise.release import LEVELS
+from carelink.anonymise.release import LEVELS, project
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Plan:
     sensitive: set[int] = field(default_factory=set)
     #: facts kept in preference when a set of facts is too rare (a cohort's own condition)
     anchored: set[int] = field(default_factory=set)
+    _codes: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
 
     def _intern(self, fact: bytes, is_sensitive: bool) -> int:
         i = self._ids.get(fact)
@@ -52,6 +53,13 @@ class Plan:
         self.ladders.append(ladders)
         self.people.append({ladder[0] for ladder in ladders})
         return len(self.people) - 1
+
+    def codes(self, fact: int) -> frozenset[tuple[str, str]]:
+        """The (type, ``system|code``) of each code of the fact's main element."""
+        got = self._codes.get(fact)
+        if got is None:
+            got = self._codes[fact] = frozenset((t, c) for t, c, _ in project(self.facts[fact]))
+        return got
 
 
 @dataclass
@@ -129,7 +137,7 @@ def _suppress_class(plan: Plan, members: list[int], k: int, m: int, diversity: b
         support = Counter(f for p in members for f in people[p])
         drop = {f for f, c in support.items() if c < k}
         if diversity:
-            drop |= {f for f, c in support.items() if c == len(members) and f in plan.sensitive}
+            drop |= _homogeneous(plan, members)
         if drop:
             for p in members:
                 people[p] -= drop
@@ -152,6 +160,25 @@ def _suppress_class(plan: Plan, members: list[int], k: int, m: int, diversity: b
             break  # recount from singles: supports have changed
         if not changed:
             return rounds
+
+
+def _homogeneous(plan: Plan, members: list[int]) -> set[int]:
+    """The diagnoses that would be learnt about anyone known to be in the class: every
+    diagnosis fact carrying a code that every member holds through some diagnosis fact,
+    however each records it (its year, category or the other codes beside it)."""
+    holders: dict[tuple[str, str], set[int]] = {}
+    for p in members:
+        for f in plan.people[p]:
+            if f in plan.sensitive:
+                for code in plan.codes(f):
+                    holders.setdefault(code, set()).add(p)
+    common = {code for code, who in holders.items() if len(who) == len(members)}
+    return {
+        f
+        for p in members
+        for f in plan.people[p]
+        if f in plan.sensitive and not plan.codes(f).isdisjoint(common)
+    }
 
 
 def facts_of(plan: Plan, person: int) -> Iterator[bytes]:

@@ -31,7 +31,9 @@ release is built so that such a person can never be singled out:
   the status) faces at least as many.
 - **No homogeneous class** (distinct 2-diversity on diagnoses): a
   diagnosis held by every member of a class would be learnt about anyone
-  known to be in it, so it is suppressed in that class.
+  known to be in it, so it is suppressed in that class. A diagnosis is a
+  code: it is suppressed however each member's fact records it (its year,
+  its category, the other codes beside it).
 
 What is *not* covered, and said in the risk report: the number of distinct
 facts a person has is visible (one resource per fact); an intruder who
