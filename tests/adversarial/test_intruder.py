@@ -356,3 +356,39 @@ def test_no_diagnosis_is_released_for_every_member_of_a_class(variant, tmp_path)
     for members in classes.values():
         shared = set.intersection(*(codes[pid] for pid in members))
         assert not shared, f"every member of a class of {len(members)} is shown with {shared}"
+
+
+def test_no_released_band_edge_is_one_persons_lowest_or_highest_value(tmp_path):
+    """Bands are open at both ends so that no released number is one person's exact
+    extreme value. Four women with the same HbA1c and one man, in another class, with
+    the population's highest: the women's band must not end at his value."""
+    people = []
+    for i, (sex, value) in enumerate(
+        [("female", 6.0)] * 4 + [("male", 9.87)] + [("male", None)] * 3
+    ):
+        pid = f"b{i}"
+        resources: list[dict[str, Any]] = [{"resourceType": "Patient", "id": pid, "gender": sex}]
+        if value is not None:
+            resources.append(
+                {
+                    "resourceType": "Observation",
+                    "id": f"bo{i}",
+                    "status": "final",
+                    "code": {"coding": [{"system": LOINC, "code": "4548-4"}]},
+                    "effectiveDateTime": "2020-06-01",
+                    "valueQuantity": {"value": value, "unit": "%"},
+                    "subject": {"reference": f"Patient/{pid}"},
+                }
+            )
+        people.append((Member(pid, None, "1960-05-05", sex, "LS1 4AB", None), resources))
+    files = release(people, tmp_path, k=2, m=1)
+    values = sorted(v for _, rs in people for r in rs[1:] for v in [r["valueQuantity"]["value"]])
+    extremes = {v for v in (values[0], values[-1]) if values.count(v) == 1}
+    edges = [
+        r["valueRange"][end]["value"]
+        for r in files.get("Observation", [])
+        for end in ("low", "high")
+        if end in r.get("valueRange", {})
+    ]
+    assert edges  # a band is released (the women's)
+    assert not extremes & set(edges), f"a released band ends at {extremes & set(edges)}"

@@ -163,8 +163,9 @@ class Bands:
     """Open-ended quantile bands of each (code, unit)'s released values.
 
     Edges are quantiles of the values, rounded to three significant figures,
-    and the outermost bands are open (no low, or no high), so no released
-    number is one person's exact extreme value.
+    never the lowest or the highest value itself (so with fewer than three
+    values there are no bands), and the outermost bands are open (no low, or
+    no high), so no released number is one person's exact extreme value.
     """
 
     per: int = 5
@@ -186,7 +187,10 @@ class Bands:
             n = len(values)
             edges: list[float] = []
             for i in range(1, self.per):
-                q = _round3(values[min(n - 1, i * n // self.per)])
+                at = i * n // self.per
+                if not 1 <= at <= n - 2:  # never the lowest or the highest value itself
+                    continue
+                q = _round3(values[at])
                 if not edges or q > edges[-1]:
                     edges.append(q)
             self._edges[key] = edges
