@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
 from carelink.storage.database import MIGRATIONS
-from tests.support.procs import carelink, env, free_port, own_files, running
+from tests.support.procs import carelink, env, free_port, own_files, running, workers_of
 from tests.support.tcp_proxy import proxy_to
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -82,17 +82,6 @@ def test_four_upgrades_at_once_on_a_new_database_migrate_it_once(new_database, t
     assert _versions(new_database) == NUMBERS
 
 
-def _workers(parent: int) -> set[int]:
-    """The server's worker processes (children of the parent that serve)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return {
-        int(pid)
-        for pid in children
-        if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-        and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    }
-
-
 def test_serve_with_four_workers_starts_on_a_new_database(new_database, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
@@ -101,9 +90,9 @@ def test_serve_with_four_workers_starts_on_a_new_database(new_database, tmp_path
         ["serve", "--workers", "4", "--port", str(port)], f"{base}/metadata", settings
     ) as p:
         deadline = time.monotonic() + 30
-        while len(_workers(p.pid)) < 4 and time.monotonic() < deadline:
+        while len(workers_of(p.pid)) < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
-        workers = _workers(p.pid)
+        workers = workers_of(p.pid)
         assert len(workers) == 4
         # every worker has its own database connections; each new connection may land on
         # any of them, and every answer (index read and audit write) is a 200
@@ -113,7 +102,7 @@ def test_serve_with_four_workers_starts_on_a_new_database(new_database, tmp_path
                     f"{base}/Patient", params={"identifier": f"{NHS_NUMBER_SYSTEM}|9000000009"}
                 )
             assert r.status_code == 200, r.text
-        assert _workers(p.pid) == workers  # none died and was replaced
+        assert workers_of(p.pid) == workers  # none died and was replaced
     assert _versions(new_database) == NUMBERS
 
 

@@ -158,3 +158,17 @@ def built_and_served(
     base = f"http://127.0.0.1:{port}/fhir"
     stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
     return base, env, built
+
+
+def workers_of(parent: int) -> set[int]:
+    """A ``carelink serve`` parent's worker processes (its children that serve; Linux)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    out = set()
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+            out.add(int(pid))
+    return out
