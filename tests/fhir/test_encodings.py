@@ -96,3 +96,50 @@ def test_a_digest_is_never_that_of_a_list_gone_whose_objects_ids_are_reused():
         shown = [{"resourceType": "Flag", "id": str(n)}]
         assert enc.digest(shown) == list_digest(shown)
         del shown
+
+
+def test_a_value_added_is_serialised_once_and_once_discarded_afresh_every_time():
+    """``add`` makes a value a member (its JSON, entry and JSON less a member made once);
+    after ``discard`` nothing kept of it is served any more, so a value changed or a new
+    one at its address is serialised as it is. Fails when ``discard`` leaves the kept
+    bytes in use."""
+    prov = {"resourceType": "Provenance", "id": "p1", "recorded": "t1", "target": []}
+    enc = Encodings()
+    enc.add(prov)
+    first = enc.of(prov)
+    entry = bytes(orjson.dumps([enc.entry("http://gw", prov, "include")]))
+    stable = bytes(orjson.dumps([enc.without(prov, "recorded")]))
+    prov["id"] = "p2"  # not done to members; here it shows which bytes are served
+    assert enc.of(prov) == first
+    assert bytes(orjson.dumps([enc.entry("http://gw", prov, "include")])) == entry
+    assert bytes(orjson.dumps([enc.without(prov, "recorded")])) == stable
+    enc.discard(prov)
+    assert enc.of(prov) == orjson.dumps(prov)
+    assert b'"p2"' in orjson.dumps([enc.entry("http://gw", prov, "include")])
+    assert orjson.dumps([enc.without(prov, "recorded")]) == orjson.dumps(
+        [{"resourceType": "Provenance", "id": "p2", "target": []}]
+    )
+    for n in range(200):  # new values, often at a freed address
+        other = {"resourceType": "Provenance", "id": f"n{n}", "recorded": "t"}
+        assert enc.of(other) == orjson.dumps(other)
+        del other
+
+
+@settings(deadline=None)
+@given(resources=RESOURCES, picks=st.lists(st.lists(st.integers(0, 7), max_size=5), max_size=12))
+def test_what_is_made_of_a_list_is_made_once_for_the_very_same_list(resources, picks):
+    """``of_list`` gives what ``make`` gives for each list asked about, made once for the
+    very same objects in the same order, anew for any other list (members or not)."""
+    enc = Encodings(resources)
+    made: list[tuple[int, ...]] = []
+
+    def count(_: Encodings, values: object) -> int:
+        made.append(tuple(map(id, values)))  # type: ignore[call-overload]
+        return len(made)
+
+    for pick in picks:
+        shown = [resources[i] if i < len(resources) else {"id": str(i)} for i in pick]
+        got = enc.of_list(shown, "n", count)
+        again = enc.of_list(list(shown), "n", count)
+        assert again == got
+        assert made[got - 1] == tuple(map(id, shown))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 
 from carelink.errors import ConfigError
+
+T = TypeVar("T")
 
 FHIR_JSON = "application/fhir+json"
 FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
@@ -46,7 +48,8 @@ class Encodings:
     theirs); any other value is serialised afresh every time. ``fragment`` hands the
     bytes to orjson to embed as they are, so ``dumps([enc.fragment(r)]) == dumps([r])``.
     ``digest`` fingerprints a list of values (what one caller is shown of the record),
-    made once for the same values.
+    made once for the same values. Members may be added (``add``) and taken away
+    (``discard``); what is kept of a value is used only while it is a member.
     """
 
     #: lists whose digest is kept (callers see different parts of a record)
@@ -55,17 +58,46 @@ class Encodings:
     def __init__(self, values: Iterable[Any] = ()) -> None:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
-        self._digests: dict[tuple[int, ...], tuple[tuple[Any, ...], bytes]] = {}
+        self._lists: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._entries: dict[int, tuple[str, str, orjson.Fragment]] = {}
+        self._without: dict[int, tuple[str, orjson.Fragment]] = {}
+
+    def add(self, value: Any) -> None:
+        """Make ``value`` a member (kept alive by the set, so its id stays its own)."""
+        self._values[id(value)] = value
+
+    def discard(self, value: Any) -> None:
+        """``value`` no longer a member: what was made of it goes with it."""
+        key = id(value)
+        if self._values.get(key) is value:
+            del self._values[key]
+            self._bytes.pop(key, None)
+            self._entries.pop(key, None)
+            self._without.pop(key, None)
+
+    def without(self, value: dict[str, Any], name: str) -> orjson.Fragment:
+        """The JSON of ``value`` less its member ``name``, made once for a member (one
+        ``name`` per member): what a fingerprint that must not move with that member
+        hashes (a Provenance's ``recorded``)."""
+        key = id(value)
+        member = self._values.get(key) is value
+        done = self._without.get(key) if member else None
+        if done is not None and done[0] == name:
+            return done[1]
+        made = orjson.Fragment(orjson.dumps({k: v for k, v in value.items() if k != name}))
+        if member:
+            self._without[key] = (name, made)
+        return made
 
     def of(self, value: Any) -> bytes:
         """``dumps(value)``, made once for a value of the set."""
         key = id(value)
-        done = self._bytes.get(key)
+        member = self._values.get(key) is value
+        done = self._bytes.get(key) if member else None
         if done is not None:
             return done
         out = orjson.dumps(value)
-        if self._values.get(key) is value:
+        if member:
             self._bytes[key] = out
         return out
 
@@ -95,15 +127,29 @@ class Encodings:
     def digest(self, values: Sequence[Any]) -> bytes:
         """``list_digest(values)``, made once for the very same values in the same order
         (they are kept with it, so their ids stay theirs)."""
+        return self.of_list(values, "digest", _member_digest)
+
+    def of_list(
+        self, values: Sequence[Any], name: str, make: Callable[[Encodings, Sequence[Any]], T]
+    ) -> T:
+        """``make(self, values)``, made once per ``name`` for the very same values in the
+        same order (the last ``DIGESTS`` lists asked about are kept, with their values):
+        what one caller is shown of the record, fingerprinted or summed up once."""
         key = tuple(map(id, values))
-        done = self._digests.get(key)
-        if done is not None:
-            return done[1]
-        out = hashlib.blake2b(orjson.dumps([self.fragment(v) for v in values])).digest()
-        if len(self._digests) >= self.DIGESTS:
-            self._digests.pop(next(iter(self._digests)))
-        self._digests[key] = (tuple(values), out)
+        done = self._lists.get(key)
+        if done is None:
+            if len(self._lists) >= self.DIGESTS:
+                self._lists.pop(next(iter(self._lists)))
+            done = self._lists[key] = (tuple(values), {})
+        made = done[1]
+        if name in made:
+            return cast(T, made[name])
+        out = made[name] = make(self, values)
         return out
+
+
+def _member_digest(enc: Encodings, values: Sequence[Any]) -> bytes:
+    return hashlib.blake2b(orjson.dumps([enc.fragment(v) for v in values])).digest()
 
 
 def list_digest(values: Sequence[Any]) -> bytes:
