@@ -36,6 +36,8 @@ class Held:
         self.name = name
         self.resources = resources
         self.by_type = by_type  # False: sends everything whatever was asked (the gateway filters)
+        self.version = "v1"
+        self.as_of = "2026-01-01T00:00:00Z"
 
     async def fetch_record(self, local_id, patient_ref, types, nhs_number=None) -> SourceAnswer:
         wanted = [
@@ -44,7 +46,7 @@ class Held:
             if types is None or not self.by_type or r["resourceType"] in types
         ]
         # the very same objects, as an adapter's answer cache hands them back
-        return SourceAnswer(wanted, "v1", "2026-01-01T00:00:00Z")
+        return SourceAnswer(wanted, self.version, self.as_of)
 
     async def people(self) -> AsyncIterator[SourcePerson]:  # pragma: no cover - unused
         return
@@ -115,6 +117,67 @@ def test_a_record_from_the_memo_is_the_one_made_without_it(world, db):
     assert reused.resources == made.resources
     assert reused.provenance == made.provenance
     assert reused.etag == made.etag
+
+
+def _by_source(fed) -> dict[str, Json]:
+    return {p["agent"][0]["who"]["display"]: p for p in fed.provenance}
+
+
+def test_provenance_is_made_once_while_the_answers_are_and_anew_when_one_moves(world, db):
+    """A reused record's Provenance is the very same objects (their JSON made once) while
+    each answer's version and as-of stay; a source answering as of a later instant, or at
+    another version, with the very same resources, gets a Provenance saying so (and only
+    that source), equal to one made without the memo, whose JSON is its own. Fails when
+    the as-of or the version is left out of what the Provenance is known by."""
+    record, sources, _, person = world
+    first = federate(record, person)
+    again = federate(record, person)
+    assert again.resources is first.resources
+    assert all(a is b for a, b in zip(first.provenance, again.provenance, strict=True))
+    plain = SharedRecord(IndexStore(db), FanOut(sources, budget=2.0), fetch_targets=False)
+    for change in ("as_of", "version"):
+        if change == "as_of":
+            sources["gp"].as_of = "2026-02-01T00:00:00Z"
+        else:
+            sources["gp"].version = "v2"
+        moved = federate(record, person)
+        assert moved.resources is first.resources  # the same record, made once
+        gp, acute = _by_source(moved)["gp"], _by_source(moved)["acute"]
+        assert gp["recorded"] == "2026-02-01T00:00:00Z"
+        assert gp["entity"][0]["what"]["identifier"]["value"] == sources["gp"].version
+        assert acute is _by_source(first)["acute"]
+        assert moved.provenance == federate(plain, person).provenance
+        assert moved.encodings.of(gp) == orjson.dumps(gp)
+
+
+def _located(db: Database) -> set[tuple[str, str]]:
+    with db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT resource_type, resource_id FROM resource_locations")
+        return {(t, i) for t, i in rows}
+
+
+def test_a_reused_records_locations_are_written_by_every_store_that_has_not(world, db):
+    """A record reused from the memo skips noting where its resources live only in the
+    store that wrote them: another store (another process's, or this one's after a
+    restart) writes them all again. Fails when the record remembers "written" without
+    remembering by whom."""
+    record, sources, memo, person = world
+    first = federate(record, person)
+    want = {(r["resourceType"], r["id"]) for r in first.resources}
+    assert want <= _located(db)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM resource_locations")
+    assert federate(record, person).resources is first.resources
+    assert not _located(db)  # the same store remembers it wrote them: nothing again
+    other = SharedRecord(
+        IndexStore(db),
+        FanOut(sources, budget=2.0),
+        locations=LocationStore(db),
+        memo=memo,
+        fetch_targets=False,
+    )
+    assert federate(other, person).resources is first.resources
+    assert want <= _located(db)
 
 
 def test_a_source_sending_other_objects_gives_a_new_record(world):

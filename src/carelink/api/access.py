@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +24,8 @@ from carelink.auth import Principal
 from carelink.auth.scopes import Scope, granting, parse_all
 from carelink.errors import AccessDenied
 from carelink.federation.query import criteria
+from carelink.federation.record import Federated
+from carelink.recent import same_objects
 
 Json = dict[str, Any]
 
@@ -85,15 +87,27 @@ def visible(caller: Principal, resources: Iterable[Json], perm: str = "r") -> li
     return out
 
 
-def provenance_for(caller: Principal, provenance: list[Json], shown: list[Json]) -> list[Json]:
-    """Provenance the caller may read, pointing only at resources they were shown."""
+def provenance_for(
+    caller: Principal, provenance: list[Json], shown: list[Json], record: Federated | None = None
+) -> list[Json]:
+    """Provenance the caller may read, pointing only at resources they were shown. One
+    whose targets were all shown is handed back itself (read only), so its JSON is the
+    one the record made; ``record``, the record ``shown`` was cut from, gives the
+    resources' references made once when ``shown`` is the record's very resources."""
     if not granting(scopes_of(caller.scopes), "Provenance", "r"):
         return []
-    refs = {f"{r['resourceType']}/{r['id']}" for r in shown}
+    refs: Collection[str]
+    if record is not None and record.refs is not None and same_objects(shown, record.resources):
+        refs = record.refs
+    else:
+        refs = {f"{r['resourceType']}/{r['id']}" for r in shown}
     out = []
     for p in provenance:
-        targets = [t for t in p["target"] if t["reference"] in refs]
-        if targets:
+        whole = p["target"]
+        targets = [t for t in whole if t["reference"] in refs]
+        if len(targets) == len(whole):
+            out.append(p)
+        elif targets:
             out.append({**p, "target": targets})
     return out
 

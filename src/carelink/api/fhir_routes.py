@@ -98,7 +98,7 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
             and in_period(r, start, end)
             and _since_ok(r, since, learned)
         ]
-    includes = access.provenance_for(caller, fed.provenance, matches)
+    includes = access.provenance_for(caller, fed.provenance, matches, fed)
     snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
     return await paging.first_page(request, asked, snap, fed.encodings)
 

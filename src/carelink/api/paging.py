@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,8 @@ def snapshot(
         outcome=outcome(fed, hidden),
         missing=shown_missing,
         version=content_version(matches, includes, shown_missing, fed.encodings),
-        last_modified=http_date(newest_update(matches)),
+        # made once for the very same matches (``Encodings.of_list``)
+        last_modified=fed.encodings.of_list(matches, "last-modified", _last_modified),
         break_glass=shown.break_glass,
     )
 
@@ -160,10 +161,16 @@ def content_version(
     # the matches' fingerprint is made once per record and view (``Encodings.digest``)
     digest.update(list_digest(matches) if encodings is None else encodings.digest(matches))
     # a Provenance's ``recorded`` is when the source answered (often "now"): a time of
-    # the request, not a change of the data
-    stable = [{k: v for k, v in r.items() if k != "recorded"} for r in includes]
+    # the request, not a change of the data (the JSON without it is made once for the
+    # record's own Provenance: ``Encodings.without``)
+    known = encodings or Encodings()
+    stable = [known.without(r, "recorded") for r in includes]
     digest.update(orjson.dumps([stable, missing]))
     return digest.hexdigest()
+
+
+def _last_modified(_: Encodings, matches: Sequence[Json]) -> str | None:
+    return http_date(newest_update(matches))
 
 
 def newest_update(resources: Iterable[Json]) -> str | None:

@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -38,7 +38,7 @@ import orjson
 from carelink.federation.fanout import OK, SourceResult
 from carelink.fhir.jsonio import Encodings
 from carelink.fhir.shared_types import SHARED_TYPES
-from carelink.recent import Recent
+from carelink.recent import Recent, same_objects
 from carelink.sources.base import remembering
 
 Json = dict[str, Any]
@@ -56,9 +56,7 @@ def same_answers(a: Answers, b: Answers) -> bool:
     if len(a) != len(b):
         return False
     for (source_a, got_a), (source_b, got_b) in zip(a, b, strict=True):
-        if source_a != source_b or len(got_a) != len(got_b):
-            return False
-        if not all(x is y for x, y in zip(got_a, got_b, strict=True)):
+        if source_a != source_b or not same_objects(got_a, got_b):
             return False
     return True
 
@@ -75,9 +73,46 @@ class Made:
     contributed: list[list[str]]  # per answer, the kept reference of each resource
     #: each resource's JSON, made once for the ETag and the page
     encodings: Encodings = field(init=False)
+    #: per answer (by position): what its Provenance was made from, and the Provenance
+    _provenance: dict[int, tuple[Hashable, Json]] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    #: the location store that wrote ``located``, and its generation then
+    _written_by: tuple[object, int] | None = field(
+        init=False, default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encodings", Encodings(self.resources))
+
+    def provenance(self, n: int, inputs: Hashable, make: Callable[[], Json]) -> Json:
+        """The Provenance of answer ``n``, ``make()``, made once while ``inputs`` (all it
+        is made from but the answer's contribution, which is this record's) stay the same:
+        one object, so its JSON is made once too (a member of ``encodings``). Read only."""
+        got = self._provenance.get(n)
+        if got is not None and got[0] == inputs:
+            return got[1]
+        made = make()
+        if got is not None:
+            self.encodings.discard(got[1])
+        self.encodings.add(made)
+        self._provenance[n] = (inputs, made)
+        return made
+
+    def located_written(self, store: object, generation: int) -> bool:
+        """Were ``located`` all written by ``store`` (a ``LocationStore``) while it was at
+        ``generation`` (``note_written``)?"""
+        got = self._written_by
+        return got is not None and got[0] is store and got[1] == generation
+
+    def note_written(self, store: object, generation: int) -> None:
+        """``located`` are all written by ``store``, which was at ``generation`` before."""
+        object.__setattr__(self, "_written_by", (store, generation))
+
+    @cached_property
+    def refs(self) -> frozenset[str]:
+        """``Type/id`` of every resource of the record."""
+        return frozenset(f"{r['resourceType']}/{r['id']}" for r in self.resources)
 
     @cached_property
     def index_patient(self) -> Json:

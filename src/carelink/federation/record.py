@@ -60,6 +60,8 @@ class Federated:
     etag: str
     #: the JSON of ``resources``, each made once while the record is reused
     encodings: Encodings = field(default_factory=Encodings)
+    #: ``Type/id`` of each of ``resources`` (made once while the record is reused)
+    refs: frozenset[str] | None = None
 
 
 def source_outcome(results: Sequence[SourceResult]) -> Json:
@@ -235,21 +237,25 @@ class SharedRecord:
         # from these very answers, in this order: ``memo.same_answers``)
         answered = [r for r in results if r.status == OK]
         provs = [
-            provenance(person_id, r, kept, self._ods(r.source, patient))
-            for r, kept in zip(answered, made.contributed, strict=True)
+            self._provenance(made, n, person_id, r, kept, self._ods(r.source, patient))
+            for n, (r, kept) in enumerate(zip(answered, made.contributed, strict=True))
         ]
         outcome = source_outcome(results)
         if self.ukcore is not None:
-            provs = [self.ukcore.claim(p) for p in provs]
             outcome = self.ukcore.claim(outcome)
         if self.locations is not None:
-            pairs = [
-                *made.located,  # the record's, made once while it is reused
-                *((p["resourceType"], str(p["id"])) for p in provs),
-            ]
+            # the record's (made once while it is reused), unless this store has written
+            # them all and remembers so still
+            generation = self.locations.generation
+            located = made.located
+            if made.located_written(self.locations, generation):
+                located = ()
+            pairs = [*located, *((p["resourceType"], str(p["id"])) for p in provs)]
             if self.locations.unwritten(pairs):
                 # a write: off the loop on SQLite too, where it may wait for the audit's commits
                 await self.index.db.run(self.locations.record, person_id, pairs, self.now())
+            if located:
+                made.note_written(self.locations, generation)
         tag = hashlib.blake2b(person.version.encode(), digest_size=16)
         for r in [*results, *extra]:
             tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
@@ -262,7 +268,21 @@ class SharedRecord:
             tuple(results),
             tag.hexdigest(),
             made.encodings,
+            made.refs,
         )
+
+    def _provenance(
+        self, made: Made, n: int, person_id: str, r: SourceResult, kept: list[str], ods: str | None
+    ) -> Json:
+        """Answer ``n``'s Provenance (in UK Core shape), made once while the answer's
+        version, as-of and author are the same (the record is made from the same
+        answers: its contribution is the same too)."""
+
+        def make() -> Json:
+            made = provenance(person_id, r, kept, ods)
+            return self.ukcore.claim(made) if self.ukcore is not None else made
+
+        return made.provenance(n, (person_id, r.source, r.version, r.as_of, ods), make)
 
     async def _make(
         self,

@@ -40,6 +40,8 @@ class LocationStore:
             f"WHERE person_id = {mark}"
         )
         self._written: set[tuple[str, str]] = set()
+        #: moves whenever ``_written`` forgets: what a caller learned of it holds till then
+        self.generation = 0
 
     def record(self, person_id: str, resources: Iterable[tuple[str, str]], seen: str) -> int:
         """Note that the person's record holds these (type, id) pairs.
@@ -67,6 +69,7 @@ class LocationStore:
             )
         if len(self._written) + len(new) > _MEMO_LIMIT:
             self._written.clear()
+            self.generation += 1
         self._written.update(new)
         return len(new)
 
