@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from carelink.federation.index import link_people
@@ -359,5 +360,37 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
         assert seen_held > 10  # consents were found, not only empty maps compared
     finally:
         consents.close()
+        store.close()
+        db.dispose()
+
+
+def test_rows_read_are_the_rows_written_and_stay_frozen(database_url):
+    """Every person and link read back (made without the dataclass's own ``__init__``,
+    ``index_store._row``) equals, hashes as and reads as the row written, and cannot be
+    changed. Fails when a value lands under another field's name."""
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    try:
+        people = list(pop.people(5, 40))
+        persons, links, reviews, _ = link_people(_gp(people), store.secret())
+        store.replace_all(persons, links, reviews)
+        for written in persons:
+            for read in (store.person(written.id), store.person_with_consents(written.id)[0]):
+                assert read == written
+                assert hash(read) == hash(written)
+                assert vars(read) == vars(written)
+                with pytest.raises(FrozenInstanceError):
+                    read.version = "changed"  # type: ignore[misc]
+        by_person = {}
+        for link in links:
+            by_person.setdefault(link.person_id, []).append(link)
+        for person_id, written_links in by_person.items():
+            read_links = store.links_of(person_id)
+            assert sorted(read_links, key=repr) == sorted(written_links, key=repr)
+            assert [vars(x) for x in sorted(read_links, key=repr)] == [
+                vars(x) for x in sorted(written_links, key=repr)
+            ]
+    finally:
         store.close()
         db.dispose()

@@ -8,8 +8,8 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -672,16 +672,31 @@ def _with_consents(
     return _person(rows[0][:width]), consents
 
 
+R = TypeVar("R")
+_PERSON_FIELDS = tuple(f.name for f in fields(PersonRow))
+_LINK_FIELDS = tuple(f.name for f in fields(LinkRow))
+
+
+def _row(cls: type[R], names: tuple[str, ...], values: list[Any]) -> R:
+    """``cls(*values)`` for a frozen dataclass without fields of its own making: its
+    attributes set in one step. A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, and the request path makes a row per person and link it
+    reads (the equal row: ``tests/storage/test_index_store.py``)."""
+    row = object.__new__(cls)
+    row.__dict__.update(zip(names, values, strict=True))
+    return row
+
+
 def _person(row: tuple[Any, ...]) -> PersonRow:
     values = list(row)
     values[9] = bytes(values[9])  # sqlite3 and psycopg give bytes / memoryview
-    return PersonRow(*values)
+    return _row(PersonRow, _PERSON_FIELDS, values)
 
 
 def _link(row: tuple[Any, ...]) -> LinkRow:
     values = list(row)
     values[6] = bytes(values[6])
-    return LinkRow(*values)
+    return _row(LinkRow, _LINK_FIELDS, values)
 
 
 def _insert(
