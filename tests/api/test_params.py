@@ -6,9 +6,10 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from carelink.api.bodies import CONTROL
-from carelink.api.params import parameters_of
+from carelink.api.params import Prefer, parameters_of, prefer
 from carelink.errors import InvalidRequest
 
 names = st.sampled_from(["start", "end", "_since", "_type", "_count"])
@@ -59,3 +60,38 @@ def test_a_parameter_holding_a_control_character_is_refused(before, control, aft
 def test_what_is_not_a_simple_parameters_body_is_400(body):
     with pytest.raises(InvalidRequest):
         parameters_of(body)
+
+
+def _request(*headers: tuple[bytes, bytes]) -> Request:
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": list(headers)})
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ((), Prefer(False, None, False)),
+        (((b"prefer", b"handling=strict"),), Prefer(True, None, False)),
+        (((b"prefer", b"wait=2.5, partial=fail"),), Prefer(False, 2.5, True)),
+        (((b"accept", b"*/*"), (b"prefer", b"partial=allow")), Prefer(False, None, False)),
+        (
+            ((b"prefer", b"handling=strict"), (b"prefer", b"partial=fail")),
+            Prefer(True, None, False),
+        ),
+    ],
+)
+def test_prefer_is_read_once_per_request_from_its_first_header(headers, expected):
+    """What the first ``Prefer`` header asks, parsed once: a request that asks again gets
+    the very same answer. Fails when the kept answer is another request's or is not kept."""
+    request = _request(*headers)
+    got = prefer(request)
+    assert got == expected
+    assert prefer(request) is got
+    assert prefer(_request((b"prefer", b"handling=strict, wait=1"))) == Prefer(True, 1.0, False)
+
+
+@pytest.mark.parametrize("value", [b"partial=maybe", b"wait=soon", b"wait=0"])
+def test_an_unreadable_prefer_is_refused_every_time_it_is_asked(value):
+    request = _request((b"prefer", value))
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            prefer(request)

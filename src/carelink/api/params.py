@@ -54,12 +54,32 @@ class Prefer:
 PARTIAL_FAIL = "partial=fail"
 
 
+#: no ``Prefer`` header: lenient, no wait, partial answers allowed
+_NO_PREFERENCE = Prefer(False, None, False)
+#: where a request's parsed ``Prefer`` is kept in its ASGI scope
+_PREFER_KEY = "carelink.prefer"
+
+
 def prefer(request: Request) -> Prefer:
-    """Parse ``Prefer: handling=strict|lenient, wait=N, partial=fail|allow``."""
+    """Parse ``Prefer: handling=strict|lenient, wait=N, partial=fail|allow`` (the first
+    such header), once per request: the answer is kept in the request's scope, as a
+    request asks several times (the search, then the paging, then the answer)."""
+    scope = request.scope
+    known: Prefer | None = scope.get(_PREFER_KEY)
+    if known is not None:
+        return known
+    raw = next((v for k, v in scope["headers"] if k == b"prefer"), None)
+    parsed = _NO_PREFERENCE if raw is None else parse_prefer(raw.decode("latin-1"))
+    scope[_PREFER_KEY] = parsed
+    return parsed
+
+
+def parse_prefer(header: str) -> Prefer:
+    """What a ``Prefer`` header's value asks for (``InvalidRequest`` when unreadable)."""
     strict = False
     complete = False
     wait: float | None = None
-    for part in request.headers.get("prefer", "").split(","):
+    for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "handling":
             strict = value.strip() == "strict"
