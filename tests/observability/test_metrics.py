@@ -44,6 +44,35 @@ def test_requests_sources_circuits_and_audit_commits_are_counted():
     assert got[("carelink_audit_commit_duration_seconds_count", ())] == 1
 
 
+def test_each_source_and_outcome_is_counted_in_its_own_series_however_often():
+    """Answers of several sources and outcomes, repeated and interleaved, each counted
+    (and timed, but for a source skipped with its circuit open) in its own series. Fails
+    when a series looked up once is another's."""
+    telemetry = Telemetry(Metrics(), ["gp", "acute"])
+    answers = [
+        ("gp", "ok", 10.0),
+        ("acute", "ok", 20.0),
+        ("gp", "timeout", 500.0),
+        ("gp", "ok", 30.0),
+        ("acute", "circuit-open", 0.0),
+        ("acute", "ok", 40.0),
+        ("gp", "ok", 50.0),
+    ]
+    for source, outcome, ms in answers:
+        telemetry.answered(source, outcome, ms, None)
+    got = _samples(exposition(telemetry.metrics))
+    for source, outcome in {(s, o) for s, o, _ in answers}:
+        key = (("outcome", outcome), ("source", source))
+        mine = [ms for s, o, ms in answers if (s, o) == (source, outcome)]
+        assert got[("carelink_source_requests_total", key)] == len(mine)
+        if outcome == "circuit-open":
+            assert ("carelink_source_request_duration_seconds_count", key) not in got
+        else:
+            assert got[("carelink_source_request_duration_seconds_count", key)] == len(mine)
+            total = got[("carelink_source_request_duration_seconds_sum", key)]
+            assert abs(total - sum(mine) / 1000) < 1e-9
+
+
 def test_two_apps_in_one_process_keep_their_own_metrics():
     a, b = Metrics(), Metrics()
     a.requests.labels("GET", "/livez", "200").inc()

@@ -39,14 +39,26 @@ class Telemetry:
         #: ``labels()`` takes a lock and builds a key on every call. Bounded: methods and
         #: routes are fixed sets (``api.observe``), statuses a few dozen.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: each (source, outcome)'s counter and histogram series (none for an outcome
+        #: with no latency), looked up once: sources are configured, outcomes a fixed set
+        self._answers: dict[tuple[str, str], tuple[Any, Any]] = {}
         for name in sources:  # every configured source has a circuit series from the start
             metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
 
     def answered(self, source: str, outcome: str, latency_ms: float, reason: str | None) -> None:
         """A source answered, failed or was skipped (circuit open) for the current request."""
-        self.metrics.source_calls.labels(source, outcome).inc()
-        if outcome != NOT_ASKED:
-            self.metrics.source_seconds.labels(source, outcome).observe(latency_ms / 1000)
+        series = self._answers.get((source, outcome))
+        if series is None:
+            series = (
+                self.metrics.source_calls.labels(source, outcome),
+                None
+                if outcome == NOT_ASKED
+                else self.metrics.source_seconds.labels(source, outcome),
+            )
+            self._answers[(source, outcome)] = series
+        series[0].inc()
+        if series[1] is not None:
+            series[1].observe(latency_ms / 1000)
         note_source(source, outcome, round(latency_ms, 1))
         if self.spans is not None:
             failed = outcome in FAILED
