@@ -13,16 +13,19 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carelink.errors import SourceBadPayload, SourceNotAsked, SourceRefused, SourceUnavailable
 from carelink.federation.fanout import NOT_ASKED, FanOut, Request
-from carelink.fhir.gpconnect import INTERACTION_ID
+from carelink.fhir.gpconnect import GROUPS, INTERACTION_ID
 from carelink.fhir.nhs import is_valid
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_errors import failure
@@ -35,6 +38,8 @@ from carelink.sources.gpconnect_request import (
     headers,
     on_behalf_of,
     parameters,
+    parameters_json,
+    trace_id,
 )
 from carelink.sources.tls import client_context
 from tests.support.kinds import answering_kind
@@ -523,3 +528,37 @@ def test_the_period_asked_of_the_gateway_becomes_the_providers_search_periods():
     period = next(p for p in consultations["part"] if p["name"] == "consultationSearchPeriod")
     assert period["valuePeriod"] == {"start": "2020-01-01", "end": "2021-12-31"}
     assert "consultationSearchPeriod" not in unbounded.decode()
+
+
+R4_TYPES = sorted({t for g in GROUPS.values() for t in g.r4_types} | {"Patient", "Flag"})
+DATES = st.one_of(st.none(), st.dates(dt.date(2000, 1, 1), dt.date(2030, 12, 31)))
+
+
+@settings(deadline=None)
+@given(
+    nhs=st.text(max_size=12),
+    types=st.one_of(st.none(), st.frozensets(st.sampled_from(R4_TYPES), max_size=5)),
+    period=st.one_of(st.none(), st.builds(Period, DATES, DATES)),
+    today=st.dates(dt.date(2000, 1, 1), dt.date(2030, 12, 31)),
+)
+def test_the_body_made_around_its_nhs_number_is_the_parameters_byte_for_byte(
+    nhs, types, period, today
+):
+    """The request body with its types, period and day made once (``parameters_json``)
+    is ``parameters``' JSON exactly, for any NHS number (escaped characters too), types,
+    period and day, asked again or for another number. Fails when the once-made part is
+    another question's."""
+    want = orjson.dumps(parameters(nhs, types, period, today))  # what was sent before
+    assert parameters_json(nhs, types, period, today) == want
+    assert parameters_json(nhs, types, period, today) == want
+    other = parameters_json(NHS, types, period, today)
+    assert json.loads(other) == parameters(NHS, types, period, today)
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_a_trace_id_is_a_version_4_uuid_of_its_random_bytes(raw):
+    """``trace_id`` is ``str(uuid.UUID(bytes=..., version=4))`` of the bytes it draws."""
+    assert trace_id(lambda n: raw[:n]) == str(uuid.UUID(bytes=raw, version=4))
+    made = {trace_id() for _ in range(3)}
+    assert len(made) == 3
+    assert all(uuid.UUID(t).version == 4 for t in made)

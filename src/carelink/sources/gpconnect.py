@@ -42,7 +42,7 @@ from carelink.sources.gpconnect_request import (
     current_period,
     current_requester,
     headers,
-    parameters,
+    parameters_json,
 )
 from carelink.sources.http import as_of, read_ahead, send
 from carelink.sources.kind import KindCheck
@@ -108,7 +108,7 @@ class GPConnectSource:
         request_id = current_request_id()
         if request_id is not None:
             hdrs[HEADER] = request_id
-        body = orjson.dumps(parameters(nhs_number, types, period, self.today()))
+        body = parameters_json(nhs_number, types, period, self.today())
         return f"{self.base}/Patient/{OPERATION}", hdrs, body
 
     def _metadata_headers(self) -> dict[str, str]:

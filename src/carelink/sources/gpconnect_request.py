@@ -15,7 +15,7 @@ gateway, as registered with Spine).
 from __future__ import annotations
 
 import base64
-import uuid
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -205,6 +205,41 @@ def parameters(
     }
 
 
+def parameters_json(
+    nhs_number: str, types: frozenset[str] | None, period: Period | None, today: date
+) -> bytes:
+    """``orjson.dumps(parameters(...))``, the same bytes, with everything but the NHS
+    number made once per types, period and day (``_areas_json``): a request's body."""
+    head, tail = _areas_json(types, period, today)
+    nhs = orjson.dumps({"system": NHS_NUMBER_SYSTEM, "value": nhs_number})
+    return b"".join((head, nhs, tail))
+
+
+@lru_cache(maxsize=256)
+def _areas_json(
+    types: frozenset[str] | None, period: Period | None, today: date
+) -> tuple[bytes, bytes]:
+    """The body of ``parameters`` for these types, period and day around its NHS number:
+    the JSON before the number's ``valueIdentifier`` and after it."""
+    marker = "\u0000carelink-nhs-number\u0000"  # no NHS number looks like it
+    whole = orjson.dumps(parameters(marker, types, period, today))
+    spot = orjson.dumps({"system": NHS_NUMBER_SYSTEM, "value": marker})
+    head, found, tail = whole.partition(spot)
+    if not found or spot in tail:  # pragma: no cover - the marker is ours, once
+        raise AssertionError("the NHS number's place in the parameters was not found")
+    return head, tail
+
+
+def trace_id(random: Callable[[int], bytes] = os.urandom) -> str:
+    """A random (version 4) UUID as text, ``str(uuid.uuid4())``'s form, for
+    ``Ssp-TraceID``: one per request."""
+    raw = bytearray(random(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _b64(doc: object) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(doc)).rstrip(b"=").decode()
 
@@ -267,11 +302,11 @@ def headers(
     requester: Requester,
     audience: str,
     now: int,
-    trace_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    new_trace_id: Callable[[], str] = trace_id,
 ) -> dict[str, str]:
     """Every header of one ``$gpc.getstructuredrecord`` request but the request id."""
     return {
-        SSP_TRACE_ID: trace_id(),
+        SSP_TRACE_ID: new_trace_id(),
         SSP_FROM: consumer.asid,
         SSP_TO: consumer.provider_asid,
         SSP_INTERACTION_ID: INTERACTION_ID,
