@@ -127,8 +127,9 @@ def test_provenance_is_made_once_while_the_answers_are_and_anew_when_one_moves(w
     """A reused record's Provenance is the very same objects (their JSON made once) while
     each answer's version and as-of stay; a source answering as of a later instant, or at
     another version, with the very same resources, gets a Provenance saying so (and only
-    that source), equal to one made without the memo, whose JSON is its own. Fails when
-    the as-of or the version is left out of what the Provenance is known by."""
+    that source), equal to one made without the memo, whose JSON (whole, and without
+    ``recorded``) is its own. Fails when the as-of or the version is left out of what
+    the Provenance is known by, or its JSON is not made with the new instant."""
     record, sources, _, person = world
     first = federate(record, person)
     again = federate(record, person)
@@ -148,6 +149,9 @@ def test_provenance_is_made_once_while_the_answers_are_and_anew_when_one_moves(w
         assert acute is _by_source(first)["acute"]
         assert moved.provenance == federate(plain, person).provenance
         assert moved.encodings.of(gp) == orjson.dumps(gp)
+        stable = {k: v for k, v in gp.items() if k != "recorded"}
+        assert orjson.dumps([moved.encodings.without(gp, "recorded")]) == orjson.dumps([stable])
+        assert list(gp) == list(_by_source(federate(plain, person))["gp"])  # keys in order
 
 
 def _located(db: Database) -> set[tuple[str, str]]:

@@ -74,7 +74,7 @@ class Made:
     #: each resource's JSON, made once for the ETag and the page
     encodings: Encodings = field(init=False)
     #: per answer (by position): what its Provenance was made from, and the Provenance
-    _provenance: dict[int, tuple[Hashable, Json]] = field(
+    _provenance: dict[int, _Provenance] = field(
         init=False, default_factory=dict, compare=False, repr=False
     )
     #: the location store that wrote ``located``, and its generation then
@@ -85,18 +85,35 @@ class Made:
     def __post_init__(self) -> None:
         object.__setattr__(self, "encodings", Encodings(self.resources))
 
-    def provenance(self, n: int, inputs: Hashable, make: Callable[[], Json]) -> Json:
-        """The Provenance of answer ``n``, ``make()``, made once while ``inputs`` (all it
-        is made from but the answer's contribution, which is this record's) stay the same:
-        one object, so its JSON is made once too (a member of ``encodings``). Read only."""
+    def provenance(
+        self, n: int, inputs: Hashable, recorded: str, make: Callable[[str], Json]
+    ) -> Json:
+        """The Provenance of answer ``n`` recorded at ``recorded``, ``make(recorded)``.
+
+        Made once while ``inputs`` (all it is made from but ``recorded`` and the answer's
+        contribution, which is this record's) stay the same; for each ``recorded`` (a
+        source's as-of, often the instant it answered) a copy saying so, whose JSON is
+        the once-made JSON with that instant put in (its JSON, and the JSON without
+        ``recorded``, known to ``encodings``: the copy is a member). Read only."""
         got = self._provenance.get(n)
-        if got is not None and got[0] == inputs:
-            return got[1]
-        made = make()
-        if got is not None:
-            self.encodings.discard(got[1])
-        self.encodings.add(made)
-        self._provenance[n] = (inputs, made)
+        if got is None or got.inputs != inputs:
+            if got is not None and got.current is not None:
+                self.encodings.discard(got.current)
+            got = _Provenance.of(inputs, make)
+            self._provenance[n] = got
+        if got.current is not None and got.recorded == recorded:
+            return got.current
+        if got.head is None:  # no place for the instant in its JSON: made whole
+            made = make(recorded)
+            json = None
+        else:
+            made = dict(got.template)
+            made["recorded"] = recorded  # in its place: the key is there
+            json = b"".join((got.head, orjson.dumps(recorded), got.tail))
+        if got.current is not None:
+            self.encodings.discard(got.current)
+        self.encodings.add(made, json, None if json is None else ("recorded", got.without))
+        got.recorded, got.current = recorded, made
         return made
 
     def located_written(self, store: object, generation: int) -> bool:
@@ -129,6 +146,33 @@ class Made:
             for r in self.resources
             if r["resourceType"] not in SHARED_TYPES
         )
+
+
+#: what a Provenance's template is recorded at: no instant looks like it
+_SOME_INSTANT = "\u0000carelink-recorded\u0000"
+
+
+@dataclass
+class _Provenance:
+    """One answer's Provenance as made once, and its copy for the last instant asked."""
+
+    inputs: Hashable
+    template: Json  # recorded at ``_SOME_INSTANT``
+    head: bytes | None  # its JSON up to the value of ``recorded`` (None: not found)
+    tail: bytes  # and after it
+    without: bytes  # its JSON without ``recorded``
+    recorded: str | None = None
+    current: Json | None = None
+
+    @classmethod
+    def of(cls, inputs: Hashable, make: Callable[[str], Json]) -> _Provenance:
+        template = make(_SOME_INSTANT)
+        whole = orjson.dumps(template)
+        head, found, tail = whole.partition(b'"recorded":' + orjson.dumps(_SOME_INSTANT))
+        without = orjson.dumps({k: v for k, v in template.items() if k != "recorded"})
+        if not found or _SOME_INSTANT.encode() in tail:
+            return cls(inputs, template, None, b"", without)
+        return cls(inputs, template, head + b'"recorded":', tail, without)
 
 
 class RecordMemo:

@@ -16,6 +16,8 @@ Json = dict[str, Any]
 PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 _IGNORED = frozenset(("id", "meta", "text"))
+#: a Provenance's ``recorded`` when the source gave no as-of
+NO_AS_OF = "1970-01-01T00:00:00Z"
 
 
 def fold_key(resource: Json) -> bytes:
@@ -85,7 +87,7 @@ def provenance(
         "id": f"prov-{digest}",
         "meta": {"source": "urn:carelink:gateway"},
         "target": [{"reference": t} for t in targets] or [{"reference": f"Patient/{person_id}"}],
-        "recorded": result.as_of or "1970-01-01T00:00:00Z",
+        "recorded": result.as_of or NO_AS_OF,
         "activity": {"text": "federated retrieval"},
         "agent": [
             {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ import orjson
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
 from carelink.federation.memo import Made, ParsedPatients, RecordMemo, answers_of
-from carelink.federation.merge import merge, provenance
+from carelink.federation.merge import NO_AS_OF, merge, provenance
 from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
 from carelink.fhir.jsonio import Encodings
@@ -275,14 +275,15 @@ class SharedRecord:
         self, made: Made, n: int, person_id: str, r: SourceResult, kept: list[str], ods: str | None
     ) -> Json:
         """Answer ``n``'s Provenance (in UK Core shape), made once while the answer's
-        version, as-of and author are the same (the record is made from the same
-        answers: its contribution is the same too)."""
+        version and author are the same (the record is made from the same answers: its
+        contribution is the same too), recorded at the answer's as-of."""
 
-        def make() -> Json:
-            made = provenance(person_id, r, kept, ods)
+        def make(recorded: str) -> Json:
+            made = provenance(person_id, replace(r, as_of=recorded), kept, ods)
             return self.ukcore.claim(made) if self.ukcore is not None else made
 
-        return made.provenance(n, (person_id, r.source, r.version, r.as_of, ods), make)
+        inputs = (person_id, r.source, r.version, ods)
+        return made.provenance(n, inputs, r.as_of or NO_AS_OF, make)
 
     async def _make(
         self,

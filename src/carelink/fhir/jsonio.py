@@ -62,9 +62,18 @@ class Encodings:
         self._entries: dict[int, tuple[str, str, orjson.Fragment]] = {}
         self._without: dict[int, tuple[str, orjson.Fragment]] = {}
 
-    def add(self, value: Any) -> None:
-        """Make ``value`` a member (kept alive by the set, so its id stays its own)."""
-        self._values[id(value)] = value
+    def add(
+        self, value: Any, json: bytes | None = None, without: tuple[str, bytes] | None = None
+    ) -> None:
+        """Make ``value`` a member (kept alive by the set, so its id stays its own); with
+        ``json``, its JSON made already (``dumps(value)``'s bytes), and with ``without``,
+        a key's name and the JSON of ``value`` less that key (``without``'s)."""
+        key = id(value)
+        self._values[key] = value
+        if json is not None:
+            self._bytes[key] = json
+        if without is not None:
+            self._without[key] = (without[0], orjson.Fragment(without[1]))
 
     def discard(self, value: Any) -> None:
         """``value`` no longer a member: what was made of it goes with it."""
