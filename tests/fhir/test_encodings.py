@@ -48,8 +48,10 @@ def test_a_bundle_with_encoded_resources_is_the_bundle_byte_for_byte(resources):
     split=st.integers(0, 6),
 )
 def test_a_bundle_of_made_entries_is_the_bundle_byte_for_byte(resources, bases, split):
-    """Entries made once per member (``Encodings.entry``), asked again on another base or
-    with members as matches or as includes, and strangers: the Bundle's very bytes."""
+    """Entries made once per member (``Encodings.entry``), and the matches' entries made
+    at once (``Encodings.entries``), asked again on another base or with members as
+    matches or as includes, and strangers: the Bundle's very bytes. Fails when the
+    entries made at once are another base's or mode's."""
     enc = Encodings(resources[: split + 1])
     links = {"self": "http://gw/fhir/x"}
     for n, base in enumerate(bases):
@@ -61,6 +63,17 @@ def test_a_bundle_of_made_entries_is_the_bundle_byte_for_byte(resources, bases, 
             base, matches, total=len(matches), links=links, includes=includes, entry_of=enc.entry
         )
         assert dumps(made) == dumps(plain)
+        for _ in range(2):  # every match's entry at once, made once for the same list
+            joined = searchset(
+                base,
+                list(matches),
+                total=len(matches),
+                links=links,
+                includes=includes,
+                entry_of=enc.entry,
+                entries_of=enc.entries,
+            )
+            assert dumps(joined) == dumps(plain)
 
 
 def test_a_member_is_serialised_once_and_anything_else_every_time():

@@ -218,6 +218,7 @@ def page(
         includes=(includes or []) if paging.offset == 0 else [],
         outcomes=outcomes or [],
         entry_of=None if encodings is None else encodings.entry,
+        entries_of=None if encodings is None else encodings.entries,
     )
 
 

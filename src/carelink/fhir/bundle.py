@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Json = dict[str, Any]
@@ -37,12 +37,19 @@ def searchset(
     id_: str | None = None,
     encode: Callable[[Json], Any] | None = None,
     entry_of: Callable[[str, Json, str], Any] | None = None,
+    entries_of: Callable[[str, Sequence[Json], str], Any] | None = None,
 ) -> Json:
     """A ``searchset`` Bundle: matches, then includes, then outcome entries (``encode``:
     as ``entry``'s; ``entry_of(base, resource, mode)``: each entry as it gives it, the
-    JSON of ``entry``'s, e.g. ``Encodings.entry``)."""
+    JSON of ``entry``'s, e.g. ``Encodings.entry``; with it, ``entries_of(base, matches,
+    "match")``: every match's entry at once, JSON that stands for them all in the list,
+    e.g. ``Encodings.entries``)."""
     if entry_of is not None:
-        entries: list[Any] = [entry_of(base, r, "match") for r in matches]
+        if entries_of is not None:
+            shown = list(matches)
+            entries: list[Any] = [entries_of(base, shown, "match")] if shown else []
+        else:
+            entries = [entry_of(base, r, "match") for r in matches]
         entries.extend(entry_of(base, r, "include") for r in includes)
     else:
         entries = [entry(base, r, "match", encode) for r in matches]

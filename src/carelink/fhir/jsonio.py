@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -58,8 +58,8 @@ class Encodings:
     def __init__(self, values: Iterable[Any] = ()) -> None:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
-        self._lists: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        self._entries: dict[int, tuple[str, str, orjson.Fragment]] = {}
+        self._lists: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[Hashable, Any]]] = {}
+        self._entries: dict[int, tuple[str, str, bytes]] = {}
         self._without: dict[int, tuple[str, orjson.Fragment]] = {}
 
     def add(
@@ -119,6 +119,20 @@ class Encodings:
         ``base``, the resource, its search mode), made once for a member on the same base
         and mode (kept beside the resource's own JSON: a record's JSON twice, so a page
         copies each resource once, into the answer)."""
+        return orjson.Fragment(self._entry(base, resource, mode))
+
+    def entries(self, base: str, resources: Sequence[Any], mode: str) -> orjson.Fragment:
+        """The Bundle entries of ``resources`` (at least one) as one fragment: each
+        ``entry``'s JSON, comma separated, so that in a list it stands for them all
+        (``dumps([enc.entries(b, rs, m)]) == dumps([enc.entry(b, r, m) for r in rs])``);
+        made once for the very same resources on the same base and mode (``of_list``)."""
+
+        def joined(enc: Encodings, values: Sequence[Any]) -> orjson.Fragment:
+            return orjson.Fragment(b",".join([enc._entry(base, r, mode) for r in values]))
+
+        return self.of_list(resources, ("entries", base, mode), joined)
+
+    def _entry(self, base: str, resource: Any, mode: str) -> bytes:
         key = id(resource)
         member = self._values.get(key) is resource
         done = self._entries.get(key) if member else None
@@ -126,8 +140,8 @@ class Encodings:
             return done[2]
         url = f"{base}/{resource['resourceType']}/{resource['id']}"
         tail = _MODES.get(mode) or b',"search":{"mode":' + orjson.dumps(mode) + b"}}"
-        made = orjson.Fragment(
-            b"".join((b'{"fullUrl":', orjson.dumps(url), b',"resource":', self.of(resource), tail))
+        made = b"".join(
+            (b'{"fullUrl":', orjson.dumps(url), b',"resource":', self.of(resource), tail)
         )
         if member:
             self._entries[key] = (base, mode, made)
@@ -139,7 +153,7 @@ class Encodings:
         return self.of_list(values, "digest", _member_digest)
 
     def of_list(
-        self, values: Sequence[Any], name: str, make: Callable[[Encodings, Sequence[Any]], T]
+        self, values: Sequence[Any], name: Hashable, make: Callable[[Encodings, Sequence[Any]], T]
     ) -> T:
         """``make(self, values)``, made once per ``name`` for the very same values in the
         same order (the last ``DIGESTS`` lists asked about are kept, with their values):
