@@ -97,12 +97,13 @@ class Made:
         ``recorded``, known to ``encodings``: the copy is a member). Read only."""
         got = self._provenance.get(n)
         if got is None or got.inputs != inputs:
-            if got is not None and got.current is not None:
-                self.encodings.discard(got.current)
+            if got is not None and got.last is not None:
+                self.encodings.discard(got.last[1])
             got = _Provenance.of(inputs, make)
             self._provenance[n] = got
-        if got.current is not None and got.recorded == recorded:
-            return got.current
+        last = got.last  # one read: the instant and its copy together
+        if last is not None and last[0] == recorded:
+            return last[1]
         if got.head is None:  # no place for the instant in its JSON: made whole
             made = make(recorded)
             json = None
@@ -110,10 +111,10 @@ class Made:
             made = dict(got.template)
             made["recorded"] = recorded  # in its place: the key is there
             json = b"".join((got.head, orjson.dumps(recorded), got.tail))
-        if got.current is not None:
-            self.encodings.discard(got.current)
+        if last is not None:
+            self.encodings.discard(last[1])
         self.encodings.add(made, json, None if json is None else ("recorded", got.without))
-        got.recorded, got.current = recorded, made
+        got.last = (recorded, made)
         return made
 
     def located_written(self, store: object, generation: int) -> bool:
@@ -161,8 +162,7 @@ class _Provenance:
     head: bytes | None  # its JSON up to the value of ``recorded`` (None: not found)
     tail: bytes  # and after it
     without: bytes  # its JSON without ``recorded``
-    recorded: str | None = None
-    current: Json | None = None
+    last: tuple[str, Json] | None = None  # the last instant asked, and its copy
 
     @classmethod
     def of(cls, inputs: Hashable, make: Callable[[str], Json]) -> _Provenance:
