@@ -12,7 +12,11 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 Json = dict[str, Any]
+#: an event ready to be stored: the columns stored beside it (``columns``), then its bytes
+Row = tuple[str, str | None, str, str | None, bytes]
 
 EVENT_TYPE = {
     "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
@@ -105,13 +109,93 @@ _BREAK_GLASS: list[Json] = [
     {"coding": [{"system": ACT_REASON, "code": "ETREAT"}]},
     {"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]},
 ]
+#: the parts of an event's bytes that ``RequestEvents.row`` writes around its values
+_PATIENT_OPEN = b'{"what":{"reference":'
+_PATIENT_CLOSE = b"}," + orjson.dumps({"type": _PATIENT_TYPE, "role": _PATIENT_ROLE})[1:] + b","
+_QUERY_ENTITY: Json = {
+    "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+    "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+}
+_QUERY_OPEN = orjson.dumps(_QUERY_ENTITY)[:-1] + b',"query":'
+_REQUEST_OPEN = b'},{"what":{"identifier":{"value":'
+_REQUEST_CLOSE = b'}},"description":"request id"}]'
+#: what every event of one kind of request shares, as bytes (``_frame``): before its
+#: ``recorded`` value, after it up to the open list of entities, and its end up to the
+#: ``id`` value, without and with break-glass
+Frame = tuple[bytes, bytes, tuple[bytes, bytes]]
+_FRAMES: dict[tuple[Who | None, str, str, str, str | None], Frame] = {}
+_FRAMES_KEPT = 1024
+
+
+def _frame(
+    caller: Who | None, server: str, interaction: str, outcome: str, reason: str | None
+) -> Frame:
+    """The bytes the events of this caller's ``interaction`` with this outcome share,
+    written once per kind (as ``orjson.dumps`` writes the event's dict)."""
+    key = (caller, server, interaction, outcome, reason)
+    found = _FRAMES.get(key)
+    if found is not None:
+        return found
+    before = (
+        orjson.dumps(
+            {
+                "resourceType": "AuditEvent",
+                "type": EVENT_TYPE,
+                "subtype": _subtype(interaction),
+                "action": _action(interaction),
+            }
+        )[:-1]
+        + b',"recorded":'
+    )
+    after = (
+        b","
+        + orjson.dumps(
+            {"outcome": outcome, "agent": _agents(caller, server), "source": _SOURCE, "entity": []}
+        )[1:-2]
+    )  # open at the entities: ``]}`` cut off
+    purpose = _purpose(caller)
+    ends = tuple(
+        b"".join(
+            [
+                *([b',"purposeOfEvent":', orjson.dumps(said)] if said is not None else ()),
+                *([b',"outcomeDesc":', orjson.dumps(reason)] if reason else ()),
+                b',"id":',
+            ]
+        )
+        for said in (purpose, _BREAK_GLASS)
+    )
+    if len(_FRAMES) >= _FRAMES_KEPT:
+        _FRAMES.clear()
+    made: Frame = (before, after, (ends[0], ends[1]))
+    _FRAMES[key] = made
+    return made
+
+
+def _subtype(interaction: str) -> list[Json]:
+    return [{"system": INTERACTION, "code": interaction}]
+
+
+def _action(interaction: str) -> str:
+    return "R" if interaction == "read" else "E"
+
+
+def _purpose(caller: Who | None) -> list[Json] | None:
+    if caller is None or not caller.purpose:
+        return None
+    return [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
 
 
 class RequestEvents:
     """The AuditEvents of one request, one per patient (``event``): what they all share
     (agents, the query, the request id, the purpose) made once, and the same objects in
     each (events are only ever serialised, never changed), so a search that returns
-    many people pays for each only what is that person's."""
+    many people pays for each only what is that person's.
+
+    ``row`` gives an event ready to be stored without making it: its bytes written from
+    those shared parts as bytes (``_frame``, made once per caller and kind of request),
+    the very bytes ``orjson.dumps`` writes for ``event`` with its ``id`` last, and the
+    columns ``columns`` reads from it (``tests/audit/test_event_rows.py`` holds it to
+    both)."""
 
     def __init__(
         self, access: Access, caller: Who | None, outcome: str, reason: str | None = None
@@ -120,25 +204,39 @@ class RequestEvents:
         self.caller = caller
         self.outcome = outcome
         self.reason = reason
-        self._agents = _agents(caller, access.server)
-        self._tail: list[Json] = [
-            {
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-                "query": base64.b64encode(access.query.encode()).decode(),
-            },
-            {"what": {"identifier": {"value": access.request_id}}, "description": "request id"},
-        ]
-        self._subtype = [{"system": INTERACTION, "code": access.interaction}]
-        self._purpose = (
-            [{"coding": [{"system": ACT_REASON, "code": caller.purpose}]}]
-            if caller is not None and caller.purpose
-            else None
+        self._shared: tuple[list[Json], list[Json], list[Json] | None] | None = None
+        self._before, self._after, self._ends = _frame(
+            caller, access.server, access.interaction, outcome, reason
         )
+        query = base64.b64encode(access.query.encode()).decode()
+        self._query = query
+        self._entities = b"".join(
+            [
+                _QUERY_OPEN,
+                orjson.dumps(query),
+                _REQUEST_OPEN,
+                orjson.dumps(access.request_id),
+                _REQUEST_CLOSE,
+            ]
+        )
+        self._head = b"".join([self._before, orjson.dumps(access.recorded), self._after])
+
+    def _parts(self) -> tuple[list[Json], list[Json], list[Json] | None]:
+        """The agents, the entities after the patient's, the purpose: made on first use."""
+        if self._shared is None:
+            tail: list[Json] = [
+                {**_QUERY_ENTITY, "query": self._query},
+                {
+                    "what": {"identifier": {"value": self.access.request_id}},
+                    "description": "request id",
+                },
+            ]
+            self._shared = (_agents(self.caller, self.access.server), tail, _purpose(self.caller))
+        return self._shared
 
     def event(self, patient_id: str | None, break_glass: bool = False) -> Json:
         """The event for one patient (or none, for a refusal before one was known)."""
-        entities = self._tail
+        agents, entities, purpose = self._parts()
         if patient_id:
             patient: Json = {
                 "what": {"reference": f"Patient/{patient_id}"},
@@ -149,22 +247,48 @@ class RequestEvents:
         event: Json = {
             "resourceType": "AuditEvent",
             "type": EVENT_TYPE,
-            "subtype": self._subtype,
-            "action": "R" if self.access.interaction == "read" else "E",
+            "subtype": _subtype(self.access.interaction),
+            "action": _action(self.access.interaction),
             "recorded": self.access.recorded,
             "outcome": self.outcome,
-            "agent": self._agents,
+            "agent": agents,
             "source": _SOURCE,
             "entity": entities,
         }
-        if self._purpose is not None:
-            event["purposeOfEvent"] = self._purpose
+        if purpose is not None:
+            event["purposeOfEvent"] = purpose
         if break_glass:
             # Access under an emergency override: said in the event itself, for the reviewers.
             event["purposeOfEvent"] = _BREAK_GLASS
         if self.reason:
             event["outcomeDesc"] = self.reason
         return event
+
+    def row(self, patient_id: str | None, event_id: str, break_glass: bool = False) -> Row:
+        """``event(patient_id, break_glass)`` with ``event_id`` as its ``id`` (last), ready
+        to be stored: its columns (``columns``) and its bytes, written without making it."""
+        if patient_id:
+            patient = [_PATIENT_OPEN, orjson.dumps(f"Patient/{patient_id}"), _PATIENT_CLOSE]
+        else:
+            patient = []
+        body = b"".join(
+            [
+                self._head,
+                *patient,
+                self._entities,
+                self._ends[break_glass],
+                orjson.dumps(event_id),
+                b"}",
+            ]
+        )
+        agent = None if self.caller is None else self.caller.subject
+        return self.access.recorded, patient_id or None, self.outcome, agent, body
+
+
+def row_of(event: Json) -> Row:
+    """An event made as a dict, ready to be stored: its columns and its bytes."""
+    recorded, patient, outcome, agent = columns(event)
+    return recorded, patient, outcome, agent, orjson.dumps(event)
 
 
 def audit_event(

@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carelink.audit.checkpoints import Checkpointer, sign
-from carelink.audit.events import columns
+from carelink.audit.events import Row, row_of
 from carelink.errors import AuditError
 from carelink.storage.audit_store import AuditStore, NewEvent
 
@@ -31,10 +30,11 @@ class AuditTrail:
         self.store = store
         self.checkpointer = checkpointer
 
-    def record(self, events: Sequence[Json]) -> tuple[int, str]:
-        """Append AuditEvents (their columns read from themselves); the new head."""
+    def record(self, events: Sequence[Json | Row]) -> tuple[int, str]:
+        """Append AuditEvents (their columns read from themselves; each a dict, or a row
+        already serialised, ``RequestEvents.row``); the new head."""
         try:
-            rows = [NewEvent(*columns(e), orjson.dumps(e)) for e in events]
+            rows = [NewEvent(*(e if isinstance(e, tuple) else row_of(e))) for e in events]
         except Exception as exc:
             raise AuditError("audit trail unavailable") from exc
         return self.append(rows)
@@ -80,8 +80,9 @@ class Committer(Protocol):
     """Where group commit sends each batch: a thread of this process (``OnThread``) or
     the writer process (``audit.writer.WriterProcess``)."""
 
-    async def record(self, events: Sequence[Json]) -> None:
-        """Return once ``events`` are durable; ``AuditError`` if they could not be."""
+    async def record(self, events: Sequence[Json | Row]) -> None:
+        """Return once ``events`` (dicts, or rows already serialised) are durable;
+        ``AuditError`` if they could not be."""
 
     async def tick(self) -> None:
         """Write a checkpoint if one is due (``AuditError`` if it could not be)."""
@@ -98,7 +99,7 @@ class OnThread:
         self.trail = trail
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
 
-    async def record(self, events: Sequence[Json]) -> None:
+    async def record(self, events: Sequence[Json | Row]) -> None:
         """Append on the writer thread."""
         await asyncio.get_running_loop().run_in_executor(self._writer, self.trail.record, events)
         self._writer.submit(self.trail.settle)  # after the answer, before the next batch
@@ -152,15 +153,16 @@ class GroupCommit:
         self.observe = observe
         self.clock = clock
         self.timeout = timeout
-        self._pending: list[Json] = []
+        self._pending: list[Json | Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._batch_started = 0.0
         self._queued_since = 0.0
         self.commits = 0
 
-    async def record(self, events: Sequence[Json]) -> None:
-        """Return once ``events`` are committed; ``AuditError`` if they could not be."""
+    async def record(self, events: Sequence[Json | Row]) -> None:
+        """Return once ``events`` (AuditEvents as dicts, or rows already serialised,
+        ``RequestEvents.row``) are committed; ``AuditError`` if they could not be."""
         loop = asyncio.get_running_loop()
         if self._flushing is not None and loop.time() - self._batch_started > self.timeout:
             # the commit under way is stuck (a frozen database): fail at once

@@ -42,14 +42,12 @@ from typing import Any
 
 import orjson
 
-from carelink.audit.events import columns
+from carelink.audit.events import Row, row_of
 from carelink.errors import AuditError
 
 Json = dict[str, Any]
 _HEAD = struct.Struct(">cI")
 _SIZE = struct.Struct(">I")
-#: what the child stores for one event: recorded, patient, outcome, agent, its bytes
-Row = tuple[str, str | None, str, str | None, bytes]
 #: a frame larger than this is refused (a batch of events is far smaller)
 MAX_FRAME = 256 * 1024 * 1024
 
@@ -84,8 +82,9 @@ class WriterProcess:
         """Start the child now (else the first batch starts it)."""
         await self._ensure()
 
-    async def record(self, events: Sequence[Json]) -> None:
-        """Return once the child has committed ``events``; ``AuditError`` if it could not."""
+    async def record(self, events: Sequence[Json | Row]) -> None:
+        """Return once the child has committed ``events`` (each a dict, or a row already
+        serialised); ``AuditError`` if it could not."""
         await self._call(b"R", rows_frame(events))
 
     async def tick(self) -> None:
@@ -190,12 +189,13 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return kind, await reader.readexactly(size)
 
 
-def rows_frame(events: Sequence[Json]) -> bytes:
+def rows_frame(events: Sequence[Json | Row]) -> bytes:
     """The ``R`` payload: the size of a JSON array of each event's columns and byte
-    count, that array, then the events' bytes one after another."""
-    bodies = [orjson.dumps(e) for e in events]
-    head = orjson.dumps([[*columns(e), len(b)] for e, b in zip(events, bodies, strict=True)])
-    return _SIZE.pack(len(head)) + head + b"".join(bodies)
+    count, that array, then the events' bytes one after another (each event a row
+    already serialised, ``RequestEvents.row``, or a dict serialised here)."""
+    rows = [e if isinstance(e, tuple) else row_of(e) for e in events]
+    head = orjson.dumps([[r[0], r[1], r[2], r[3], len(r[4])] for r in rows])
+    return _SIZE.pack(len(head)) + head + b"".join([r[4] for r in rows])
 
 
 def frame_rows(payload: bytes) -> list[Row]:
