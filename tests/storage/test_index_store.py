@@ -394,3 +394,36 @@ def test_rows_read_are_the_rows_written_and_stay_frozen(database_url):
     finally:
         store.close()
         db.dispose()
+
+
+def test_a_person_read_is_the_person_stored_a_frozen_value_like_any_other(database_url):
+    """The rows the lookup path reads (``_person`` sets a row's fields in one step rather
+    than through ``PersonRow.__init__``) are the very values stored: equal field by
+    field, equal hashes, the same repr, and frozen."""
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    people = list(pop.people(5, 40))
+    persons, links, reviews, _ = link_people(_gp(people), store.secret())
+    store.replace_all(persons, links, reviews)
+    try:
+        for stored in persons:
+            reads = [store.person(stored.id), store.person_and_links(stored.id)[0]]
+            reads.append(store.person_with_consents(stored.id)[0])
+            if stored.nhs_number is not None:
+                reads.append(store.person_by_nhs_with_consents(stored.nhs_number)[0])
+                reads.append(store.person_by_nhs(stored.nhs_number))
+            for read in reads:
+                assert read == stored
+                assert hash(read) == hash(stored)
+                assert repr(read) == repr(stored)
+                assert type(read.patient) is bytes
+                try:
+                    read.family = "changed"  # type: ignore[misc]
+                except AttributeError:
+                    pass
+                else:
+                    raise AssertionError("a person read is frozen")
+    finally:
+        store.close()
+        db.dispose()
