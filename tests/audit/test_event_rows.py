@@ -65,3 +65,13 @@ def test_a_row_names_its_patient_and_requesting_user():
     assert made.row("p1", "e1")[:4] == ("2026-12-01T00:00:00Z", "p1", "0", "dr")
     assert made.row(None, "e2")[1] is None
     assert RequestEvents(access, None, "4").row("p1", "e3")[3] is None
+
+
+def test_a_requests_access_is_immutable():
+    """``Access`` (a named tuple, made once a request) cannot be changed once made."""
+    access = Access("read", "/fhir/Patient/p1", "rid", "2026-12-01T00:00:00Z", "b")
+    try:
+        access.recorded = "later"  # type: ignore[misc]
+    except AttributeError:
+        return
+    raise AssertionError("an Access can be changed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from carelink.observability import accept_request_id, bind, current_request_id, unbind
-from carelink.observability.context import REQUEST_ID, note_source, sources_asked
+from carelink.observability.context import REQUEST_ID, instant, note_source, sources_asked
 
 
 @pytest.mark.parametrize(
@@ -62,3 +63,30 @@ def test_sources_noted_outside_a_request_go_nowhere():
     assert [(c.source, c.outcome) for c in sources_asked()] == [("gp", "timeout")]
     unbind(bound)
     assert sources_asked() == []
+
+
+def _instant(moment: float, places: int) -> str:
+    """A FHIR instant made from scratch: the second's date and time, then the fraction
+    of the second cut (not rounded) to ``places`` digits."""
+    second = int(moment)
+    digits = int((moment - second) * 10**places)
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)) + f"{digits:0{places}d}Z"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(0, 4_102_444_800),  # 1970 to 2100
+            st.integers(0, 4_102_444_800).map(float),  # whole seconds
+            st.integers(0, 4_102_444_800).map(lambda s: s + 0.9999999),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([3, 6]),
+)
+def test_an_instant_is_its_second_then_the_fraction_cut_to_its_places(moments, places):
+    """Whatever second came before (the date and time part is kept from one call to the
+    next while the second is the same)."""
+    for moment in moments:
+        assert instant(moment, places) == _instant(moment, places)
