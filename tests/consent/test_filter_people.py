@@ -151,3 +151,34 @@ def test_shared_patients_are_remembered_and_others_are_not(store):  # noqa: F811
     again = g.filter_people(actor, [("p1", patient)], held, shared=True)
     assert same(first[0], again[0])
     assert again[0].resources[0] is patient  # shown as stored: the very object
+
+
+class CountingClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return super().__call__()
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches(), actors)
+def test_a_batch_reads_the_clock_only_when_a_person_needs_a_decision(
+    store,  # noqa: F811
+    batch,
+    actor: Actor,
+):
+    """No reading when every person is shown as is (the lookup's usual answer); else
+    the batch is decided at a reading (what it decides: the test above)."""
+    clock = CountingClock()
+    g = guard(store, clock, None)
+    held = {pid: consents for pid, _, consents, _ in batch if consents}
+    g.filter_people(actor, [(pid, patient) for pid, patient, _, _ in batch], held)
+    as_is = all(
+        not held.get(pid) and g.engine.shown_as_is(actor, patient) for pid, patient, _, _ in batch
+    )
+    assert (clock.readings == 0) == as_is

@@ -181,8 +181,9 @@ class Guard:
         Most people found hold no Consents and nothing sensitive: for them the decision
         is known without a situation or the memo (``Engine.shown_as_is``), and the
         answer is the one ``filter`` gives, the Patient itself, unlabelled and untrimmed
-        (no Consent hides a source)."""
-        now = datetime.fromtimestamp(self.clock(), UTC)
+        (no Consent hides a source). The clock is read when the first person who needs
+        a situation comes (never, when none does: the lookup's usual person)."""
+        now: datetime | None = None
         as_is = self.engine.shown_as_is
         out = []
         for pid, patient in people:
@@ -190,6 +191,8 @@ class Guard:
             if not held and as_is(actor, patient):
                 out.append(Filtered([patient], 0, self._seen((patient,)), False))
                 continue
+            if now is None:
+                now = datetime.fromtimestamp(self.clock(), UTC)
             s = self._situation(actor, pid, patient, held, now)
             out.append(self.filter(s, [patient], shared))
         return out
