@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from carelink.api import params as P
 from carelink.api.bodies import CONTROL
 from carelink.api.params import Prefer, parameters_of, prefer
-from carelink.errors import InvalidRequest
+from carelink.errors import InvalidRequest, UnsupportedFormat
 
 names = st.sampled_from(["start", "end", "_since", "_type", "_count"])
 values = st.one_of(
@@ -95,3 +96,47 @@ def test_an_unreadable_prefer_is_refused_every_time_it_is_asked(value):
     for _ in range(2):
         with pytest.raises(InvalidRequest):
             prefer(request)
+
+
+RANGES = [
+    "*/*",
+    "application/*",
+    "json",
+    "application/json",
+    "application/fhir+json",
+    "application/json+fhir",
+    "text/html",
+    "application/xml",
+    "application/fhir+xml",
+    "*/*x",
+    "application/jsonx",
+    "Application/JSON",
+    "text/*",
+    "",
+]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(RANGES),
+            st.sampled_from(["", ";q=0.9", "; charset=utf-8", ";"]),
+            st.sampled_from(["", " ", "  "]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_an_accept_header_is_met_when_one_of_its_ranges_admits_fhir_json(ranges):
+    """``check_accept`` (with its short cut for a header that is one range alone) refuses
+    exactly the headers none of whose ranges, parameters and spaces aside, admits FHIR
+    JSON."""
+    accept = ",".join(f"{pad}{kind}{params}{pad}" for kind, params, pad in ranges)
+    admitted = {"*/*", "application/*", *P.JSON_FORMATS}
+    met = any(a.split(";")[0].strip() in admitted for a in accept.split(","))
+    try:
+        P.check_accept(accept)
+    except UnsupportedFormat:
+        assert not met, accept
+    else:
+        assert met, accept

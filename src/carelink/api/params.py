@@ -13,7 +13,11 @@ from fastapi import Request
 from carelink.api.bodies import CONTROL, CONTROL_MESSAGE, controlled
 from carelink.errors import InvalidRequest, UnsupportedFormat
 
-JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+JSON_FORMATS = frozenset(
+    {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+)
+#: the media ranges of an ``Accept`` header that admit FHIR JSON
+ACCEPTED = JSON_FORMATS | {"*/*", "application/*"}
 #: result parameters every search accepts
 RESULT_PARAMS = {"_count", "_offset", "_elements", "_summary", "_format", "_pretty"}
 
@@ -32,9 +36,10 @@ def check_format(request: Request) -> None:
 
 def check_accept(accept: str) -> None:
     """406 unless the ``Accept`` header admits FHIR JSON."""
+    if accept in ACCEPTED:  # one range alone, as nearly every client sends it
+        return
     kinds = [a.split(";")[0].strip() for a in accept.split(",")]
-    ok = JSON_FORMATS | {"*/*", "application/*"}
-    if not any(k in ok for k in kinds):
+    if not any(k in ACCEPTED for k in kinds):
         raise UnsupportedFormat(
             f"Accept '{accept}' cannot be met: the gateway serves application/fhir+json"
         )
