@@ -50,12 +50,15 @@ def searchset(
             entries: list[Any] = [entries_of(base, shown, "match")] if shown else []
         else:
             entries = [entry_of(base, r, "match") for r in matches]
-        entries.extend(entry_of(base, r, "include") for r in includes)
+        if includes:
+            entries.extend(entry_of(base, r, "include") for r in includes)
     else:
         entries = [entry(base, r, "match", encode) for r in matches]
-        entries.extend(entry(base, r, "include", encode) for r in includes)
-    # an outcome is about this answer, not a resource the server holds: no fullUrl to read
-    entries.extend({"resource": oo, "search": {"mode": "outcome"}} for oo in outcomes)
+        if includes:  # nothing to walk for the usual none (a generator is always walked)
+            entries.extend(entry(base, r, "include", encode) for r in includes)
+    if outcomes:
+        # an outcome is about this answer, not a resource the server holds: no fullUrl
+        entries.extend({"resource": oo, "search": {"mode": "outcome"}} for oo in outcomes)
     out: Json = {"resourceType": "Bundle", "type": "searchset"}
     if id_ is not None:
         out["id"] = id_
