@@ -132,3 +132,26 @@ def test_several_workers_get_a_metrics_directory_and_a_reused_one_is_cleared(tmp
     monkeypatch.setenv(MULTIPROC_DIR, str(operators))
     assert prepare_multiprocess(4) == str(operators)
     assert [p.name for p in operators.iterdir()] == ["README"]
+
+
+def test_the_access_line_names_each_source_asked_and_none_when_none_was(caplog):
+    """Each request's access line lists the sources it asked, in the order they answered,
+    with outcome and time, and an empty list for a request that asked none (the lookup)."""
+    telemetry = Telemetry(Metrics(), ["gp", "acute"])
+    caplog.set_level("INFO", logger="carelink.access")
+    bound = bind("r1")
+    telemetry.answered("gp", "ok", 12.04, None)
+    telemetry.answered("acute", "timeout", 500.0, "no answer within 500 ms")
+    telemetry.request("GET", "/fhir/Patient/{pid}/$everything", 200, 0.52)
+    unbind(bound)
+    bound = bind("r2")
+    telemetry.request("GET", "/fhir/Patient", 200, 0.01)
+    unbind(bound)
+    lines = [r.fields for r in caplog.records if r.name == "carelink.access"]  # type: ignore[attr-defined]
+    assert [line["sources"] for line in lines] == [
+        [
+            {"source": "gp", "outcome": "ok", "ms": 12.0},
+            {"source": "acute", "outcome": "timeout", "ms": 500.0},
+        ],
+        [],
+    ]

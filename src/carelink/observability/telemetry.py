@@ -101,14 +101,16 @@ class Telemetry:
         series[1].observe(seconds)
         if not _access.isEnabledFor(level):
             return
+        asked = sources_asked()
         fields: dict[str, Any] = {
             "method": method,
             "route": route,
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
-            "sources": [
-                {"source": c.source, "outcome": c.outcome, "ms": c.ms} for c in sources_asked()
-            ],
+            # none, on the lookup: no comprehension made to walk nothing
+            "sources": [{"source": c.source, "outcome": c.outcome, "ms": c.ms} for c in asked]
+            if asked
+            else [],
         }
         log_fields(_access, level, "request", fields)
 
