@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,7 @@ from carelink.fhir.search import (
     Token,
     alternatives,
     apply_elements,
+    fold,
     parse_date,
     parse_token,
     string_matches,
@@ -121,3 +124,33 @@ def test_tokens_read_fhir_escapes(pairs):
 def test_a_token_without_a_system_is_unescaped():
     assert parse_token("a\\,b\\|c", "code") == Token(None, "a,b|c")
     assert alternatives("a\\,b,c") == ["a\\,b", "c"]
+
+
+def _walked(text: str) -> str:
+    """Folding as the walk does it, for every text (what ``fold`` must equal)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_folds_as_the_walk_does(text):
+    assert fold(text) == _walked(text)
+
+
+@given(st.text())
+def test_any_text_folds_as_the_walk_does(text):
+    assert fold(text) == _walked(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "folded"),
+    [
+        ("Zoë", "zoe"),
+        ("Straße", "strasse"),
+        ("ﬁnch", "finch"),
+        ("Ølund", "ølund"),
+        ("KELVIN", "kelvin"),
+    ],
+)
+def test_text_beyond_ascii_still_loses_its_accents_and_case(text, folded):
+    assert fold(text) == folded

@@ -202,7 +202,13 @@ def unescaped(value: str) -> str:
 
 
 def fold(text: str) -> str:
-    """Case- and accent-insensitive form for FHIR string search."""
+    """Case- and accent-insensitive form for FHIR string search.
+
+    ASCII text has no accents and no compatibility forms, and its case folds as
+    ``lower`` does: it takes that path (~0.3 us against ~3 us for the walk below; an
+    index build folds every record's names several times)."""
+    if text.isascii():
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
