@@ -30,7 +30,8 @@ from carelink.fhir.gpconnect import (
     SPINE_CODE_SYSTEMS,
 )
 from carelink.sources.base import Json
-from carelink.sources.stu3 import PATIENT_LINK, RENAMED_TYPES, is_r4_type, missing, to_r4
+from carelink.sources.r4_prune import is_r4_type
+from carelink.sources.stu3 import PATIENT_LINK, RENAMED_TYPES, missing, to_r4
 
 
 @dataclass

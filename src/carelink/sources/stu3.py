@@ -20,24 +20,17 @@ are removed: the resource no longer conforms to them.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cache
-from importlib import resources
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 
 from carelink.sources.base import Json
+from carelink.sources.r4_prune import prune
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 #: GP Connect is English: a time without a zone is the time in England
-LOCAL_TIME = ZoneInfo("Europe/London")
-_NO_ZONE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 #: R4 elements a resource cannot be without (cardinality 1..1), for the types a
 #: structured record carries; ``[x]`` names a choice
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -68,8 +61,6 @@ PATIENT_LINK = {
     "List": "subject",
     "Specimen": "subject",
 }
-#: Quantity-like types whose parts are single values
-_SCALAR_PARTS = {"Quantity", "Duration", "Age", "Distance", "Count", "SimpleQuantity", "Money"}
 RENAMED_TYPES = {"ProcedureRequest": "ServiceRequest", "ReferralRequest": "ServiceRequest"}
 #: STU3 request statuses that R4 renamed
 REQUEST_STATUS = {"suspended": "on-hold", "cancelled": "revoked"}
@@ -81,20 +72,6 @@ class Converted:
 
     resource: Json
     dropped: list[str] = field(default_factory=list)
-
-
-@cache
-def r4_elements() -> dict[str, dict[str, str]]:
-    """Element name -> type, per R4 resource and backbone type."""
-    text = resources.files("carelink.fhir").joinpath("r4_types.json").read_text("utf-8")
-    table: dict[str, dict[str, str]] = json.loads(text)
-    return table
-
-
-def is_r4_type(resource_type: str) -> bool:
-    """Is ``resource_type`` a resource type of R4?"""
-    table = r4_elements()
-    return resource_type in table and "contained" in table[resource_type]
 
 
 def _cc(system: str, code: object) -> Json:
@@ -399,60 +376,6 @@ def _rewrite_refs(value: Any) -> None:
             _rewrite_refs(v)
 
 
-def _prune(value: Any, type_name: str, path: str, dropped: list[str]) -> Any:
-    """Keep what R4 has a place for; note the path of everything else."""
-    table = r4_elements()
-    if isinstance(value, list):
-        return [_prune(v, type_name, path, dropped) for v in value]
-    if not isinstance(value, dict):
-        return _primitive(value, type_name)
-    if type_name == "ResourceList":
-        rtype = value.get("resourceType")
-        if not isinstance(rtype, str) or not is_r4_type(rtype):
-            dropped.append(f"{path}: {rtype}")
-            return None
-        type_name = rtype
-    elements = table.get(type_name)
-    if elements is None:
-        return value
-    out: Json = {}
-    for key, v in value.items():
-        if key == "resourceType" or (key.startswith("_") and key[1:] in elements):
-            out[key] = v
-        elif key in elements:
-            if key in ("extension", "modifierExtension"):
-                v = [v] if isinstance(v, dict) else v  # published quirk: not in a list
-            elif type_name in _SCALAR_PARTS and isinstance(v, list) and len(v) == 1:
-                v = v[0]  # published quirk: Duration.code ["d"]
-            if isinstance(v, dict | list):
-                kept = _prune(v, elements[key], f"{path}.{key}", dropped)
-            else:  # a primitive (most elements): no walk, no path
-                kept = _primitive(v, elements[key])
-            if kept is not None and kept != []:
-                out[key] = [x for x in kept if x is not None] if isinstance(kept, list) else kept
-        else:
-            dropped.append(f"{path}.{key}")
-    return out
-
-
-def _primitive(value: Any, type_name: str) -> Any:
-    """Repair the published examples' primitive slips a consumer meets: numbers sent as
-    strings, codes and URIs with stray spaces, local times without a zone."""
-    if not isinstance(value, str):
-        return value
-    if type_name in ("decimal", "integer", "positiveInt", "unsignedInt") and _NUMBER.match(
-        value.strip()
-    ):
-        number = float(value) if "." in value else int(value)
-        return number
-    if type_name in ("code", "uri", "id", "canonical", "oid", "url"):
-        return value.strip()
-    if type_name in ("dateTime", "instant") and _NO_ZONE.match(value):
-        when = datetime.fromisoformat(value).replace(tzinfo=LOCAL_TIME)
-        return when.isoformat()
-    return value
-
-
 def missing(resource: Json) -> list[str]:
     """The required R4 elements ``resource`` lacks."""
     out = []
@@ -498,7 +421,7 @@ def to_r4(stu3: Json, *, owned: bool = False) -> Converted:
     if _may_rename(r):
         _rewrite_refs(r)
     dropped: list[str] = []
-    out = _prune(r, r["resourceType"], r["resourceType"], dropped)
+    out = prune(r, r["resourceType"], r["resourceType"], dropped)
     if contained:
         out["contained"] = [c.resource for c in contained]
         for c in contained:
