@@ -351,3 +351,27 @@ def test_links_point_at_every_source_patient_preferred_first_and_text_is_dropped
         "Patient/acute-1",
     ]
     assert "text" not in patient
+
+
+def test_one_source_holding_an_element_twice_gives_it_once_and_a_lone_value_as_it_is():
+    """A person of one record (most of a build's people): a list of one is taken as it
+    is, a longer one is still made unique."""
+    home = {"use": "home", "line": ["1 Leeds Road"], "postalCode": "LS1 4AB"}
+    alice = {"family": "Wetherby", "given": ["Alice"]}
+    member = _member(
+        "gp",
+        name=[alice, copy.deepcopy(alice), {"family": "Smith", "given": ["Alice"]}],
+        address=[home],
+        contact=[CONTACT, copy.deepcopy(CONTACT)],
+        communication=[],
+        photo=None,
+    )
+    merged = merge_patient("p1", [member], None, "2026-01-01T00:00:00Z")
+    patient = merged.patient
+    assert patient["name"] == [alice, {"family": "Smith", "given": ["Alice"]}]
+    assert patient["address"] == [home]
+    assert patient["contact"] == [CONTACT]
+    assert "communication" not in patient
+    assert "photo" not in patient
+    assert merged.conflicts == ()
+    assert problems(patient) == []

@@ -209,12 +209,23 @@ def merge_patient(
     conflicts: list[Conflict] = []
 
     def first(element: str) -> Any:
-        return next((p[element] for _, p in pats if element in p), None)
+        for _, p in pats:
+            if element in p:
+                return p[element]
+        return None
 
     def union(element: str, key: Callable[[Any], Hashable] = _key) -> list[Any]:
-        return _union([p.get(element) or [] for _, p in pats], key)
+        # most elements are absent, or one source's list of one: no keys to compare then
+        lists = [held for _, p in pats if (held := p.get(element))]
+        if not lists:
+            return []
+        if key is _key and len(lists) == 1 and type(lists[0]) is list and len(lists[0]) == 1:
+            return [lists[0][0]]
+        return _union(lists, key)
 
     def check(element: str, view: Callable[[Json], Hashable], merged: Hashable) -> None:
+        if len(pats) < 2:  # one source agrees with itself (its view was taken for merged)
+            return
         found = _conflict(element, [(s, view(p)) for s, p in pats], merged)
         if found:
             conflicts.append(found)
