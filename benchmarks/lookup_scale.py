@@ -40,13 +40,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from federation_bench import get, load, mint, process, wrk
+from index_bench import lookup_round
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.procs import own_files
@@ -112,15 +112,9 @@ def open_index(spec: str) -> Index:
 
 
 def in_process(index: Index, rng: random.Random) -> tuple[float, float]:
-    """One round: (p50, p99) in microseconds."""
-    rng.shuffle(index.numbers)
-    times = []
-    for nhs in index.numbers:
-        t = time.perf_counter()
-        index.store.person_by_nhs(nhs)
-        times.append(time.perf_counter() - t)
-    q = statistics.quantiles(times, n=100)
-    return statistics.median(times) * 1e6, q[98] * 1e6
+    """One round (``index_bench.lookup_round``): (p50, p99) in microseconds."""
+    p50, p99 = lookup_round(index.store, index.numbers, rng)
+    return p50 * 1e6, p99 * 1e6
 
 
 def start_gateway(stack: ExitStack, index: Index, port: int, tmp: Path) -> None:
