@@ -404,7 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_bytes=settings.max_header_bytes,
     )
     # added after the bounds, so outside them: requests the input bounds refuse are audited too
-    app.add_middleware(AuditEveryRequest)
+    app.add_middleware(AuditEveryRequest, routes=router.routes)
     # outermost: every answer, the audit's 503s included, carries its X-Request-ID and is logged
     app.add_middleware(Observe, telemetry=app.state.telemetry, routes=router.routes)
 

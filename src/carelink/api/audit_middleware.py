@@ -17,6 +17,7 @@ metrics scraper polls them.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
+from carelink.api.dispatch import Routes, route_path
 from carelink.api.responses import RETRY_AFTER
 from carelink.api.responses import outcome as outcome_response
 from carelink.audit.events import FAILED, REFUSED, SUCCESS
@@ -60,10 +62,16 @@ def _outcome(status: int) -> str:
 
 
 class AuditEveryRequest:
-    """Pure ASGI middleware (no response buffering; streaming answers stream)."""
+    """Pure ASGI middleware (no response buffering; streaming answers stream).
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``routes`` are the app's: a request refused before it was routed (a control
+    character in its URL, oversized headers or body: ``limits.BoundedInput``) is filed
+    as its route would have seen it, under the person its path names and as the
+    interaction it was (a read of ``/Patient/{id}``, not a search)."""
+
+    def __init__(self, app: ASGIApp, routes: Iterable[Any] = ()) -> None:
         self.app = app
+        self.routes = Routes(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC:
@@ -79,7 +87,7 @@ class AuditEveryRequest:
             if message["type"] == "http.response.start" and not state.get("audited"):
                 status = int(message["status"])
                 try:
-                    await _write(scope, status, None if status < 400 else f"HTTP {status}")
+                    await self._write(scope, status, None if status < 400 else f"HTTP {status}")
                 except AuditError as exc:
                     if status < 400:  # it would carry data: fail closed instead
                         replaced = True
@@ -95,10 +103,14 @@ class AuditEveryRequest:
             if not state.get("audited"):
                 # the 500 carries no data: if even this cannot be written, it stands as it is
                 with contextlib.suppress(AuditError):
-                    await _write(scope, 500, f"internal error ({type(exc).__name__})")
+                    await self._write(scope, 500, f"internal error ({type(exc).__name__})")
             raise
 
-
-async def _write(scope: Scope, status: int, reason: str | None) -> None:
-    request = Request(scope)
-    await audit(request, interaction(request), await subjects_of(request), _outcome(status), reason)
+    async def _write(self, scope: Scope, status: int, reason: str | None) -> None:
+        if "path_params" not in scope:  # never routed: its route's parameters, if any
+            hit = self.routes.match(scope["method"], route_path(scope))
+            if hit is not None:
+                scope = {**scope, "path_params": hit[1]}  # the request's state is shared
+        request = Request(scope)
+        who = await subjects_of(request)
+        await audit(request, interaction(request), who, _outcome(status), reason)

@@ -56,18 +56,18 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-class Dispatch:
-    """Pure ASGI: requests that fully match one of ``routes`` go straight to its endpoint;
-    everything else to ``app`` (the framework's own exception handling and router)."""
+class Routes:
+    """The gateway's routes, matched as Starlette's router matches them: in order, the
+    first whose path and method both match (``Dispatch``; the audit safety net, for a
+    request refused before it was routed)."""
 
-    def __init__(self, app: App, routes: Iterable[Any]) -> None:
-        self.app = app
+    def __init__(self, routes: Iterable[Any]) -> None:
+        routes = list(routes)
         self.routes = [
             _Route(r)
             for r in routes
             if hasattr(r, "path_regex") and getattr(r, "methods", None) and hasattr(r, "endpoint")
         ]
-        self._handlers: dict[type[BaseException], Handler] | None = None
         #: each path some route has without parameters -> the routes whose pattern
         #: matches that very path, in order: the scan's answer for it, worked out once
         self._fixed: dict[str, list[_Route]] = {}
@@ -86,6 +86,17 @@ class Dispatch:
                     params[key] = route.convertors[key].convert(value)
                 return route, params
         return None
+
+
+class Dispatch:
+    """Pure ASGI: requests that fully match one of ``routes`` go straight to its endpoint;
+    everything else to ``app`` (the framework's own exception handling and router)."""
+
+    def __init__(self, app: App, routes: Iterable[Any]) -> None:
+        self.app = app
+        self.routes = Routes(routes)
+        self.match = self.routes.match
+        self._handlers: dict[type[BaseException], Handler] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
