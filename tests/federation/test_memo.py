@@ -19,6 +19,7 @@ from carelink.federation import SharedRecord
 from carelink.federation.fanout import FanOut
 from carelink.federation.index import link_people
 from carelink.federation.memo import ParsedPatients, RecordMemo
+from carelink.fhir.jsonio import json_digest
 from carelink.simulators import population as pop
 from carelink.sources.base import SourceAnswer, SourcePerson, bulk_read
 from carelink.storage import Database, IndexStore, LocationStore, PersonRow
@@ -151,6 +152,8 @@ def test_provenance_is_made_once_while_the_answers_are_and_anew_when_one_moves(w
         assert moved.encodings.of(gp) == orjson.dumps(gp)
         stable = {k: v for k, v in gp.items() if k != "recorded"}
         assert orjson.dumps([moved.encodings.without(gp, "recorded")]) == orjson.dumps([stable])
+        # the digest the content version hashes, handed in with the copy: of that JSON
+        assert moved.encodings.without_digest(gp, "recorded") == json_digest(orjson.dumps(stable))
         assert list(gp) == list(_by_source(federate(plain, person))["gp"])  # keys in order
 
 

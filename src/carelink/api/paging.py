@@ -161,11 +161,15 @@ def content_version(
     # the matches' fingerprint is made once per record and view (``Encodings.digest``)
     digest.update(list_digest(matches) if encodings is None else encodings.digest(matches))
     # a Provenance's ``recorded`` is when the source answered (often "now"): a time of
-    # the request, not a change of the data (the JSON without it is made once for the
-    # record's own Provenance: ``Encodings.without``)
+    # the request, not a change of the data; each include is hashed as the digest of its
+    # JSON without it, made once for the record's own Provenance however many instants
+    # its copies say (``Encodings.without_digest``), so kilobytes of targets are not
+    # hashed again on every request
     known = encodings or Encodings()
-    stable = [known.without(r, "recorded") for r in includes]
-    digest.update(orjson.dumps([stable, missing]))
+    digest.update(len(includes).to_bytes(4, "big"))
+    for r in includes:
+        digest.update(known.without_digest(r, "recorded"))
+    digest.update(orjson.dumps(missing))
     return digest.hexdigest()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from carelink.federation.fanout import OK, SourceResult
-from carelink.fhir.jsonio import Encodings
+from carelink.fhir.jsonio import Encodings, json_digest
 from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.recent import Recent, same_objects
 from carelink.sources.base import remembering
@@ -113,7 +113,12 @@ class Made:
             json = b"".join((got.head, orjson.dumps(recorded), got.tail))
         if last is not None:
             self.encodings.discard(last[1])
-        self.encodings.add(made, json, None if json is None else ("recorded", got.without))
+        self.encodings.add(
+            made,
+            json,
+            None if json is None else ("recorded", got.without),
+            None if json is None else got.without_digest,
+        )
         got.last = (recorded, made)
         return made
 
@@ -162,6 +167,7 @@ class _Provenance:
     head: bytes | None  # its JSON up to the value of ``recorded`` (None: not found)
     tail: bytes  # and after it
     without: bytes  # its JSON without ``recorded``
+    without_digest: bytes  # ``json_digest(without)``, made once
     last: tuple[str, Json] | None = None  # the last instant asked, and its copy
 
     @classmethod
@@ -170,9 +176,10 @@ class _Provenance:
         whole = orjson.dumps(template)
         head, found, tail = whole.partition(b'"recorded":' + orjson.dumps(_SOME_INSTANT))
         without = orjson.dumps({k: v for k, v in template.items() if k != "recorded"})
+        digest = json_digest(without)
         if not found or _SOME_INSTANT.encode() in tail:
-            return cls(inputs, template, None, b"", without)
-        return cls(inputs, template, head + b'"recorded":', tail, without)
+            return cls(inputs, template, None, b"", without, digest)
+        return cls(inputs, template, head + b'"recorded":', tail, without, digest)
 
 
 class RecordMemo:

@@ -60,20 +60,25 @@ class Encodings:
         self._bytes: dict[int, bytes] = {}
         self._lists: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[Hashable, Any]]] = {}
         self._entries: dict[int, tuple[str, str, bytes]] = {}
-        self._without: dict[int, tuple[str, orjson.Fragment]] = {}
+        self._without: dict[int, tuple[str, orjson.Fragment, bytes | None]] = {}
 
     def add(
-        self, value: Any, json: bytes | None = None, without: tuple[str, bytes] | None = None
+        self,
+        value: Any,
+        json: bytes | None = None,
+        without: tuple[str, bytes] | None = None,
+        without_digest: bytes | None = None,
     ) -> None:
         """Make ``value`` a member (kept alive by the set, so its id stays its own); with
         ``json``, its JSON made already (``dumps(value)``'s bytes), and with ``without``,
-        a key's name and the JSON of ``value`` less that key (``without``'s)."""
+        a key's name and the JSON of ``value`` less that key (``without``'s), and
+        ``without_digest``, that JSON's ``json_digest`` made already."""
         key = id(value)
         self._values[key] = value
         if json is not None:
             self._bytes[key] = json
         if without is not None:
-            self._without[key] = (without[0], orjson.Fragment(without[1]))
+            self._without[key] = (without[0], orjson.Fragment(without[1]), without_digest)
 
     def discard(self, value: Any) -> None:
         """``value`` no longer a member: what was made of it goes with it."""
@@ -93,9 +98,25 @@ class Encodings:
         done = self._without.get(key) if member else None
         if done is not None and done[0] == name:
             return done[1]
-        made = orjson.Fragment(orjson.dumps({k: v for k, v in value.items() if k != name}))
+        json = orjson.dumps({k: v for k, v in value.items() if k != name})
+        made = orjson.Fragment(json)
         if member:
-            self._without[key] = (name, made)
+            self._without[key] = (name, made, None)
+        return made
+
+    def without_digest(self, value: dict[str, Any], name: str) -> bytes:
+        """``json_digest`` of ``without(value, name)``'s JSON, made once for a member (or
+        handed in by ``add``): a Provenance's fingerprint less ``recorded``, hashed once
+        however many instants its copies are recorded at."""
+        key = id(value)
+        member = self._values.get(key) is value
+        done = self._without.get(key) if member else None
+        if done is not None and done[0] == name and done[2] is not None:
+            return done[2]
+        json = orjson.dumps({k: v for k, v in value.items() if k != name})
+        made = json_digest(json)
+        if member:
+            self._without[key] = (name, orjson.Fragment(json), made)
         return made
 
     def of(self, value: Any) -> bytes:
@@ -173,6 +194,11 @@ class Encodings:
 
 def _member_digest(enc: Encodings, values: Sequence[Any]) -> bytes:
     return hashlib.blake2b(orjson.dumps([enc.fragment(v) for v in values])).digest()
+
+
+def json_digest(json: bytes) -> bytes:
+    """A fingerprint of one value's JSON (``Encodings.without_digest``'s)."""
+    return hashlib.blake2b(json, digest_size=16).digest()
 
 
 def list_digest(values: Sequence[Any]) -> bytes:
