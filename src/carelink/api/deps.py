@@ -28,7 +28,7 @@ from carelink.errors import AuditError, NotFound, StorageUnavailable
 from carelink.federation import SharedRecord
 from carelink.observability import current_request_id, instant, new_id
 from carelink.sources.gpconnect_request import Requester, act_for
-from carelink.storage import Database, PersonRow
+from carelink.storage import Database, LinkRow, PersonRow
 from carelink.storage.database import HOT_LIMIT
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -171,10 +171,32 @@ async def consented_person(
     """The person and their consent situation for this caller, or ``NotFound(unknown)``
     both when nobody has the id and when consent withholds the person from the caller
     (audited as refused), so the answer does not tell the two apart."""
+    situation, person, _ = await _consented(request, caller, pid, interaction, unknown, False)
+    return situation, person
+
+
+async def consented_record(
+    request: Request,
+    caller: Principal,
+    pid: str,
+    interaction: str,
+    unknown: str,
+    linked: bool = True,
+) -> tuple[Situation, PersonRow, list[LinkRow] | None]:
+    """``consented_person`` and, when ``linked``, the person's links (what
+    ``SharedRecord.federate`` would read next), read in the same call once consent has
+    let the person through: consent is decided on this request's own read, as for
+    ``consented_person``."""
+    return await _consented(request, caller, pid, interaction, unknown, linked)
+
+
+async def _consented(
+    request: Request, caller: Principal, pid: str, interaction: str, unknown: str, linked: bool
+) -> tuple[Situation, PersonRow, list[LinkRow] | None]:
     record: SharedRecord = request.app.state.record
     guard: Guard = request.app.state.guard
 
-    def consented() -> tuple[Situation, PersonRow] | None:
+    def consented() -> tuple[Situation, PersonRow, list[LinkRow] | None] | None:
         found = record.index.person_with_consents(pid)  # one read: the two from one snapshot
         if found is None:
             raise NotFound(unknown)
@@ -182,7 +204,11 @@ async def consented_person(
         patient = record.index_patient(person)  # shared while the person's bytes are these
         situation = consent_for(request, caller, pid, patient, consents)
         shown = guard.filter(situation, [patient], record.shares_patients)
-        return (situation, person) if shown.resources else None
+        if not shown.resources:
+            return None
+        # the links in the same hand-over (on PostgreSQL one thread hop, not two); one
+        # statement with the consents costs more on SQLite (every row carries the blobs)
+        return situation, person, record.index.links_of(pid) if linked else None
 
     found = await looked_up(request, consented)
     if found is None:

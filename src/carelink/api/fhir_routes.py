@@ -13,7 +13,14 @@ from fastapi.responses import Response
 from carelink.api import access, paging
 from carelink.api import params as P
 from carelink.api.capability import capability_statement
-from carelink.api.deps import base_url, consented_person, context, looked_up, router
+from carelink.api.deps import (
+    base_url,
+    consented_person,
+    consented_record,
+    context,
+    looked_up,
+    router,
+)
 from carelink.api.responses import fhir
 from carelink.consent import Guard
 from carelink.errors import InvalidRequest, NotFound
@@ -61,8 +68,8 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
     since = parse_date(q["_since"][-1], "_since").range.start if "_since" in q else None
     access.require(caller, "Patient", "r")
     access.in_compartment(caller, pid)
-    situation, person = await consented_person(
-        request, caller, pid, "operation", f"Patient/{pid} is not known"
+    situation, person, links = await consented_record(
+        request, caller, pid, "operation", f"Patient/{pid} is not known", "_cursor" not in q
     )
     key = f"Patient/{pid}/$everything"
     used = {"start", "end", "_since", "_type"} & set(q)
@@ -76,7 +83,9 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
         (end.end - timedelta(microseconds=1)).date() if end else None,
     )
     with asking_for(asked_period if start or end else None):
-        fed = await record.federate(pid, types | {"Patient"} if types else None, pref.wait, person)
+        fed = await record.federate(
+            pid, types | {"Patient"} if types else None, pref.wait, person, links
+        )
     guard: Guard = request.app.state.guard
     # may read the caller's break-glass grant: off the loop on PostgreSQL
     shown = await looked_up(

@@ -205,6 +205,7 @@ class SharedRecord:
         types: frozenset[str] | None = None,
         deadline: float | None = None,
         person: PersonRow | None = None,
+        links: Sequence[LinkRow] | None = None,
     ) -> Federated:
         """Ask every source that knows the person, merge, resolve references between the
         sources' resources (see ``federation.references``), and report per source.
@@ -213,14 +214,15 @@ class SharedRecord:
         for too, so references to them resolve, and then left out unless asked for. A
         reference to a type not asked for (a Condition's Encounter) is settled by what the
         gateway has seen of the person before (``resource_locations``), or else by a
-        second round asking for the types still unsettled, as targets only.
+        second round asking for the types still unsettled, as targets only. ``person``
+        (and ``links``): read by the caller just now, with its consent, so not again.
         """
         if person is None or person.id != person_id:  # read here unless the caller just did
             found = await self.index.db.looked_up(self.index.person_and_links, person_id)
             if found is None:
                 raise NotFound(f"Patient/{person_id} is not known")
             person, links = found
-        else:
+        elif links is None:
             links = await self.index.db.looked_up(self.index.links_of, person_id)
         requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
         asked = types | SHARED_TYPES if types else None
