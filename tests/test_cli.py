@@ -11,7 +11,7 @@ import pytest
 
 from carelink import __version__ as carelink_version
 from carelink.auth.tokens import TokenPolicy, load_keys, validate
-from carelink.storage.database import MIGRATIONS
+from carelink.storage.migrations import MIGRATIONS
 from tests.support.procs import carelink, env, free_port, own_files
 
 

@@ -13,7 +13,7 @@ from carelink.audit.events import columns
 from carelink.storage import Database
 from carelink.storage.audit_search import AuditQuery, AuditSearch
 from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
-from carelink.storage.database import MIGRATIONS
+from carelink.storage.migrations import MIGRATIONS
 from tests.audit.test_trail import event
 
 UPGRADE = next(n for n, d, _ in MIGRATIONS if d.startswith("audit trail: agent column"))

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
-from carelink.storage.database import MIGRATIONS
+from carelink.storage.migrations import MIGRATIONS
 from tests.support.procs import carelink, env, free_port, own_files, running, workers_of
 from tests.support.tcp_proxy import proxy_to
 

@@ -20,7 +20,7 @@ from carelink.api.review_routes import BREAK_GLASS, new_review
 from carelink.auth.tokens import principal_from
 from carelink.errors import Unauthenticated
 from carelink.storage import ConsentStore, Database, JobStore
-from carelink.storage.database import MIGRATIONS
+from carelink.storage.migrations import MIGRATIONS
 from carelink.storage.tables import CLAIM_LENGTH
 
 CLAIM = st.text(min_size=1, max_size=CLAIM_LENGTH)

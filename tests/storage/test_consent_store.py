@@ -101,7 +101,7 @@ def test_migration_8_keeps_what_a_schema_7_database_holds(database_url):
     """Grants gain kind and identities (old ones match nobody), Consents their history."""
     import sqlalchemy as sa
 
-    from carelink.storage.database import MIGRATIONS
+    from carelink.storage.migrations import MIGRATIONS
 
     db = Database(database_url)
     blob = "BLOB" if db.is_sqlite else "BYTEA"

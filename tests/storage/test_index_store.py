@@ -27,8 +27,8 @@ from carelink.storage import (
     PersonQuery,
     PersonRow,
 )
-from carelink.storage.database import MIGRATIONS
 from carelink.storage.hot import HotConnection
+from carelink.storage.migrations import MIGRATIONS
 from tests.support.people import as_listed_by
 
 DAY = dt.timedelta(days=1)
@@ -366,7 +366,7 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
 
 def test_rows_read_are_the_rows_written_and_stay_frozen(database_url):
     """Every person and link read back (made without the dataclass's own ``__init__``,
-    ``index_store._row``) equals, hashes as and reads as the row written, and cannot be
+    ``index_rows._row``) equals, hashes as and reads as the row written, and cannot be
     changed. Fails when a value lands under another field's name."""
     db = Database(database_url)
     db.migrate()

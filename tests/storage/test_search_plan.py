@@ -23,7 +23,7 @@ from carelink.storage import (
     PersonQuery,
     PersonRow,
 )
-from carelink.storage.database import MIGRATIONS
+from carelink.storage.migrations import MIGRATIONS
 from carelink.storage.person_query import after_prefix
 from tests.support.people import person_row as person
 

@@ -1,11 +1,12 @@
 """Database access: SQLite by default, PostgreSQL for shared deployments."""
 
 from carelink.storage.consent_store import ConsentRow, ConsentStore, GrantRow
-from carelink.storage.database import UNAVAILABLE, Database, describe, is_unavailable
+from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_build import IndexBuild
-from carelink.storage.index_store import FieldsRow, IndexStore, LinkRow, PersonRow, ReviewRow
+from carelink.storage.index_rows import FieldsRow, LinkRow, PersonRow, ReviewRow
+from carelink.storage.index_store import IndexStore
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
 from carelink.storage.replay_store import ReplayStore
@@ -18,6 +19,7 @@ from carelink.storage.tables import (
     POSTCODE_LENGTH,
     SOURCE_LENGTH,
 )
+from carelink.storage.unavailable import UNAVAILABLE, describe, is_unavailable
 
 __all__ = [
     "BIRTH_DATE_LENGTH",

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from carelink.storage.database import Database
 from carelink.storage.feed_tables import feed_messages, feed_people
-from carelink.storage.index_store import repoint_link
+from carelink.storage.index_linking import repoint_link
 from carelink.storage.loop_guard import loop_bounded
 
 

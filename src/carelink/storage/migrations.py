@@ -1,0 +1,224 @@
+"""The schema's numbered migrations, applied in order by ``Database.migrate`` and recorded
+in ``schema_version`` (append only: a migration once released is never changed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from carelink.storage.audit_blocks import index_all
+from carelink.storage.feed_tables import create_feed_tables
+from carelink.storage.tables import (
+    CLAIM_LENGTH,
+    audit_events,
+    audit_index_blocks,
+    audit_lock,
+    audit_patient_index,
+    break_glass,
+    client_assertions,
+    consent_versions,
+    consents,
+    export_jobs,
+    links,
+    metadata,
+    opt_outs,
+    person_successors,
+    persons,
+    record_fields,
+    resource_locations,
+    result_sets,
+)
+
+
+def _audit_tables(conn: Connection) -> None:
+    audit_events.create(conn, checkfirst=True)
+    audit_lock.create(conn, checkfirst=True)
+    if conn.execute(sa.select(sa.func.count()).select_from(audit_lock)).scalar_one() == 0:
+        conn.execute(audit_lock.insert().values(id=1, appends=0))
+
+
+def _audit_every_column(conn: Connection) -> None:
+    """The requesting user as a column, and the hash over every column (chain 2).
+
+    Rows already stored keep their chain-1 hashes (over sequence, previous hash
+    and event): rewriting them would launder whatever was done to them before.
+    Their ``agent`` stays empty (``AuditEvent?agent=`` does not find them).
+    """
+    if not sa.inspect(conn).has_table("audit_events"):
+        _audit_tables(conn)  # a database whose earlier migrations were applied elsewhere
+    have = {c["name"] for c in sa.inspect(conn).get_columns("audit_events")}
+    if "agent" not in have:
+        conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN agent VARCHAR(200)"))
+    if "chain" not in have:
+        conn.execute(
+            sa.text("ALTER TABLE audit_events ADD COLUMN chain INTEGER NOT NULL DEFAULT 1")
+        )
+    for index in audit_events.indexes:
+        index.create(conn, checkfirst=True)
+
+
+def _consent_tables(conn: Connection) -> None:
+    consents.create(conn, checkfirst=True)
+    break_glass.create(conn, checkfirst=True)
+
+
+def _export_tables(conn: Connection) -> None:
+    opt_outs.create(conn, checkfirst=True)
+    export_jobs.create(conn, checkfirst=True)
+
+
+def _identities_and_history(conn: Connection) -> None:
+    """Break-glass grants and reviews bound to full identities; Consent history; export
+    jobs bound to the full identity (longer ``client``)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("break_glass")}
+    for name, length in (("kind", 20), ("actor", 1000), ("person", 1000)):
+        if name not in have:
+            conn.execute(sa.text(f"ALTER TABLE break_glass ADD COLUMN {name} VARCHAR({length})"))
+    if "reviewer_identity" not in have:
+        conn.execute(sa.text("ALTER TABLE break_glass ADD COLUMN reviewer_identity VARCHAR(1000)"))
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes("break_glass")}
+    if "ix_break_glass_actor" not in indexes:
+        conn.execute(sa.text("CREATE INDEX ix_break_glass_actor ON break_glass (actor)"))
+    consent_versions.create(conn, checkfirst=True)
+    # What was stored before history existed becomes its first known version.
+    conn.execute(
+        consent_versions.insert().from_select(
+            ["id", "version", "patient_id", "status", "last_updated", "body"],
+            sa.select(
+                consents.c.id,
+                consents.c.version,
+                consents.c.patient_id,
+                consents.c.status,
+                consents.c.last_updated,
+                consents.c.body,
+            ).where(
+                ~sa.exists().where(
+                    consent_versions.c.id == consents.c.id,
+                    consent_versions.c.version == consents.c.version,
+                )
+            ),
+        )
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE VARCHAR(1000)"))
+
+
+def _linkage_tables(conn: Connection) -> None:
+    """Filled by the next build (an index built before has none: the first incremental
+    update fills ``record_fields`` from the links, see ``federation.changes``)."""
+    record_fields.create(conn, checkfirst=True)
+    person_successors.create(conn, checkfirst=True)
+
+
+def _search_indexes(conn: Connection) -> None:
+    if not sa.inspect(conn).has_table("person_links"):
+        return  # a database whose index tables are made elsewhere
+    # only these: after a SQLite build the older indexes carry the build's names
+    new = ("ix_persons_birth_family", "ix_persons_family_birth", "ix_person_links_local_id")
+    for index in [*persons.indexes, *links.indexes]:
+        if index.name in new:
+            index.create(conn, checkfirst=True)
+
+
+def _name_date_given(conn: Connection) -> None:
+    """Drop the persons indexes on ``family_folded`` alone and on ``birth_date`` alone,
+    whatever their names (a SQLite build names them with its token): the name-and-date
+    indexes of migration 12 begin with each column, so what read one of them reads
+    those, and every build and update writes two indexes fewer. ``(family_folded,
+    birth_date)`` gains ``given_folded``: a search over a range of dates then tests the
+    given name in the index and fetches only the rows that match it."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("persons"):
+        return
+    old = (["family_folded"], ["birth_date"], ["family_folded", "birth_date"])
+    for found in inspector.get_indexes("persons"):
+        if found["column_names"] in old and not found["unique"]:
+            # a name from the database's own catalogue, quoted
+            conn.execute(sa.text(f'DROP INDEX "{found["name"]}"'))
+    for index in persons.indexes:
+        if index.name == "ix_persons_family_birth":
+            index.create(conn, checkfirst=True)
+
+
+def _audit_patient_once(conn: Connection) -> None:
+    """Drop the audit trail's index on ``patient_id`` alone: ``(patient_id, seq)`` begins
+    with it and serves every search by patient, and each audit commit, on the request
+    path, wrote a page of both."""
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_id"))
+
+
+def _audit_patient_blocks(conn: Connection) -> None:
+    """The audit trail's patient index as derived data in sorted blocks
+    (``storage.audit_blocks``): every event stored so far becomes one block, read in
+    order through the old index, which is then dropped (each append wrote one random
+    leaf of it per event)."""
+    if not sa.inspect(conn).has_table("audit_events"):
+        _audit_tables(conn)  # a database whose earlier migrations were applied elsewhere
+    audit_patient_index.create(conn, checkfirst=True)
+    audit_index_blocks.create(conn, checkfirst=True)
+    index_all(conn)
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_seq"))
+    if conn.dialect.name == "postgresql":
+        # a search scans the rows after the last block by key: with no statistics of
+        # the trail yet, PostgreSQL guesses a third of it and reads all of it instead
+        conn.execute(sa.text("ANALYZE audit_events, audit_patient_index, audit_index_blocks"))
+
+
+def _identities_whole(conn: Connection) -> None:
+    """Break-glass grants and export jobs hold every claim a verified token can carry
+    (``tables.CLAIM_LENGTH``) and full identities as text: a clinician whose
+    organisation claim was over 20 characters could not break glass on PostgreSQL, and
+    an identity over 1,000 characters could neither break glass nor export. The index
+    on the grant's identity goes: a grant is found by its patient, and an identity of
+    long multi-byte claims is over PostgreSQL's limit for one index entry. (SQLite holds
+    any length already.)"""
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_break_glass_actor"))
+    if conn.dialect.name != "postgresql":
+        return
+    inspector = sa.inspect(conn)  # a table earlier migrations left to others is made whole
+    if inspector.has_table("break_glass"):
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE break_glass ALTER COLUMN organisation TYPE varchar({CLAIM_LENGTH}), "
+                f"ALTER COLUMN role TYPE varchar({CLAIM_LENGTH}), "
+                "ALTER COLUMN actor TYPE text, ALTER COLUMN person TYPE text, "
+                "ALTER COLUMN reviewer_identity TYPE text"
+            )
+        )
+    if inspector.has_table("export_jobs"):
+        conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE text"))
+
+
+#: (number, what it does, the change) — append only
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "patient index tables", lambda conn: metadata.create_all(conn)),
+    (
+        2,
+        "client assertion replay table",
+        lambda conn: client_assertions.create(conn, checkfirst=True),
+    ),
+    (3, "audit trail", _audit_tables),
+    (4, "consents and break-glass grants", _consent_tables),
+    (5, "opt-outs and export jobs", _export_tables),
+    (6, "result sets for paging", lambda conn: result_sets.create(conn, checkfirst=True)),
+    (
+        7,
+        "resource locations",
+        lambda conn: resource_locations.create(conn, checkfirst=True),
+    ),
+    (8, "full identities on grants and jobs; consent history", _identities_and_history),
+    (9, "audit trail: agent column, hash over every column", _audit_every_column),
+    (10, "HL7 v2 feed messages and the people they are about", create_feed_tables),
+    (11, "linked records' linking fields; retired person ids' successors", _linkage_tables),
+    (12, "name-and-date and local-id indexes for Patient search", _search_indexes),
+    (
+        13,
+        "persons: no index on the surname or the birth date alone; surname, date and given",
+        _name_date_given,
+    ),
+    (14, "audit trail: no index on the patient alone", _audit_patient_once),
+    (15, "audit trail: the patient index written in sorted blocks", _audit_patient_blocks),
+    (16, "break-glass grants, export jobs: every claim and identity held whole", _identities_whole),
+]
