@@ -18,15 +18,21 @@ from carelink.errors import StorageUnavailable
 from carelink.storage import Database, LocationStore, ResultStore
 
 
-def _locked_for(path: str, seconds: float) -> threading.Thread:
-    """Another connection holds the file's write lock for ``seconds``, from now."""
+def _locked_for(
+    path: str, seconds: float, release: threading.Event | None = None
+) -> threading.Thread:
+    """Another connection holds the file's write lock from now for ``seconds``, or until
+    ``release`` is set when one is given."""
     held = threading.Event()
 
     def hold() -> None:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(seconds)
+        if release is None:
+            time.sleep(seconds)
+        else:
+            release.wait(seconds)
         conn.execute("ROLLBACK")
         conn.close()
 
@@ -87,22 +93,42 @@ def test_resource_locations_waiting_for_a_locked_database_leave_the_loop_free(tm
 
 
 def test_a_stuck_database_is_refused_in_the_time_limit_and_then_at_once(tmp_path):
-    db, locker = _locked_database(tmp_path, timeout=0.5, locked=3.0)
+    """A call waiting longer than its limit is refused (``StorageUnavailable``) at the
+    limit, the next call at once while the first is still stuck, and once the database
+    is back and the stuck call has returned, calls go through again.
+
+    The database stays stuck until the test releases it, and SQLite's own busy wait (the
+    statement timeout, 30 s) outlasts the caller's limit (0.5 s): were the two equal,
+    the busy wait could end first on a loaded machine, and the call fail with SQLite's
+    "database is locked" instead, leaving nothing stuck to refuse the next call for."""
+    path = str(tmp_path / "r.db")
+    db = Database(path, statement_timeout=30.0)
+    db.migrate()
+    release = threading.Event()
+    locker = _locked_for(path, 60.0, release)
     store = ResultStore(db)
 
-    async def go() -> tuple[float, float]:
+    async def go() -> tuple[float, float, bytes | None]:
         start = time.monotonic()
         with pytest.raises(StorageUnavailable):
-            # SQLite's own busy wait is the same 0.5 s: either way, refused in time
-            await db.run(store.put, "c1", "alice", b"body", 2e9, 1.0)
+            await db.run(store.put, "c1", "alice", b"body", 2e9, 1.0, limit=0.5)
         first = time.monotonic() - start
         start = time.monotonic()
         with pytest.raises(StorageUnavailable):
+            # its own limit is the statement timeout: refused at once, not after 30 s
             await db.run(store.get, "c1", "alice", 2.0)
-        return first, time.monotonic() - start
+        second = time.monotonic() - start
+        release.set()
+        for _ in range(600):  # the stuck put finishes once the lock is gone (within 30 s)
+            try:
+                return first, second, await db.run(store.get, "c1", "alice", 2.0)
+            except StorageUnavailable:  # still stuck: refused at once, asked again
+                await asyncio.sleep(0.05)
+        raise AssertionError("the stuck call never returned after the lock went")
 
-    first, second = asyncio.run(go())
+    first, second, body = asyncio.run(go())
     locker.join()
     assert first < 2.0
     assert second < 0.4  # refused at once, not after another wait
+    assert body == b"body"  # the stuck put was not lost: it ran when the lock went
     db.dispose()
