@@ -177,8 +177,9 @@ class OwnSockets(Multiprocess):
     replacement) or, while ``restart_all`` replaces each living worker in turn, the slot
     of the worker being replaced. A socket left without a worker would keep its share
     of new connections waiting in its queue, so no slot is ever left empty while
-    another has two. Which worker holds which slot is learnt when the supervisor has
-    put the worker it made in its list (``_learn``).
+    another has two; a worker added beyond the sockets (``SIGTTIN``) shares the socket
+    the fewest workers listen on. Which worker holds which slot is learnt when the
+    supervisor has put the worker it made in its list (``_learn``).
     """
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
@@ -219,7 +220,9 @@ class OwnSockets(Multiprocess):
         free = [slot for slot in range(len(self.own)) if slot not in held]
         if free:
             return free[0]
-        return min(range(len(self.own)), key=held.count)  # not reached: a slot each
+        # every socket has a worker and one more is asked for (SIGTTIN adds a worker):
+        # it shares the socket the fewest listen on
+        return min(range(len(self.own)), key=held.count)
 
     def restart_all(self) -> None:
         """Replace each worker in turn (SIGHUP), each replacement on its worker's slot."""
