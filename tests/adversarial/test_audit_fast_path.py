@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import calendar
-import os
 import re
 import time
 import uuid
@@ -43,12 +42,19 @@ from carelink.audit.verify import verify
 from carelink.audit.writer import frame_rows, rows_frame
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, row_hash
+from carelink.storage.audit_store import (
+    CHAIN,
+    GENESIS,
+    AuditStore,
+    NewEvent,
+    agent_key,
+    row_hash,
+)
 from carelink.storage.tables import audit_events
 from tests.integration.conftest import System
-from tests.support.gateways import copy_index, person_id, token_gateways
+from tests.support.gateways import BOTH_DATABASES, IndexDatabase, person_id, token_gateways
 from tests.support.procs import carelink
-from tests.support.tokens import Issuer
+from tests.support.tokens import ISSUER, Issuer
 
 #: caller-controlled text meant to break out of a JSON string or pass for another field
 INJECTIONS = [
@@ -71,9 +77,24 @@ hostile = st.one_of(
     st.sampled_from(INJECTIONS),
     st.builds(lambda s, n: s * n, st.sampled_from(INJECTIONS), st.integers(50, 600)),  # long
 )
+#: issuers a caller's subject is said to be of: the gateway's own, an identity provider's,
+#: none, and hostile ones (an issuer is the operator's configuration, but its text is
+#: still text)
+issuers = st.one_of(
+    st.sampled_from(["", "urn:carelink:local-issuer", "https://idp.example"]), hostile
+)
 callers = st.one_of(
     st.none(),
-    st.builds(Who, hostile, st.one_of(st.none(), hostile), st.one_of(st.none(), hostile), hostile),
+    st.builds(
+        Who,
+        hostile,
+        st.one_of(st.none(), hostile),
+        st.one_of(st.none(), hostile),
+        hostile,
+        issuers,
+        st.one_of(st.none(), hostile),
+        st.one_of(st.none(), hostile),
+    ),
 )
 requests = st.tuples(
     st.builds(
@@ -105,13 +126,19 @@ def _said(event: dict[str, Any], access: Access, caller: Who | None, patient: st
     assert base64.b64decode(entities[-2]["query"]).decode() == access.query
     assert entities[-1]["what"] == {"identifier": {"value": access.request_id}}
     agents = event["agent"]
-    assert len(agents) == (2 if caller is None else 3)
+    context = caller is not None and caller.patient is not None
     assert [a.get("requestor") for a in agents] == (
-        [False, False] if caller is None else [False, True, False]
+        [False, False] if caller is None else [False, True, *([False] if context else []), False]
     )
     assert agents[-1]["network"]["address"] == access.server
     if caller is not None:
-        assert agents[1]["who"]["identifier"] == {"value": caller.subject}
+        named = {"system": caller.issuer} if caller.issuer else {}
+        assert agents[1]["who"]["identifier"] == {**named, "value": caller.subject}
+        assert agents[0]["who"].get("identifier") == (
+            None if caller.client_id is None else {**named, "value": caller.client_id}
+        )
+        if context:
+            assert agents[2]["who"] == {"reference": f"Patient/{caller.patient}"}
 
 
 @settings(max_examples=1500, deadline=None)
@@ -132,7 +159,12 @@ def test_a_fast_row_is_the_general_builders_event_whatever_the_caller_sends(batc
             assert (
                 row[:4]
                 == columns(stored)
-                == (access.recorded, patient or None, outcome, caller.subject if caller else None)
+                == (
+                    access.recorded,
+                    patient or None,
+                    outcome,
+                    agent_key(caller.subject, caller.issuer) if caller else None,
+                )
             )
             _said(stored, access, caller, patient or None)
             rows.append(row)
@@ -154,7 +186,7 @@ def test_hostile_rows_are_stored_and_read_back_unchanged_and_verify(database_url
         made = []
         for i, text in enumerate(_COLUMN_SAFE):
             access = Access("read", text * 3, text, f"2026-12-01T00:00:{i:02d}.000000Z", text)
-            who = Who(text[:200], text, text, text)
+            who = Who(text[:200], text, text, text, text, text, text[:64])
             for patient in (text[:64], None):
                 made.append(RequestEvents(access, who, "4", text).row(patient, f"e{i}", True))
         store.append([NewEvent(*row) for row in frame_rows(rows_frame(made))])
@@ -274,39 +306,7 @@ def _script(base: str, issuer: Issuer, system: System) -> tuple[str, str, list[S
     return pid, other, sent
 
 
-class _Database:
-    """A private database holding the integration index: a SQLite copy, or a PostgreSQL
-    schema of its own (dropped afterwards) with the index built into it."""
-
-    def __init__(self, kind: str, system: System, tmp: Path) -> None:
-        self.kind, self.system, self.tmp = kind, system, tmp
-        self.schema = f"carelink_fast_{uuid.uuid4().hex[:10]}"
-        self.admin: Database | None = None
-
-    def __enter__(self) -> str:
-        if self.kind == "sqlite":
-            return str(copy_index(self.system.env["CARELINK_DATABASE_URL"], self.tmp / "a.db"))
-        base = os.environ.get("CARELINK_TEST_POSTGRES_URL")
-        if not base:
-            pytest.skip("CARELINK_TEST_POSTGRES_URL is not set")
-        self.admin = Database(base)
-        with self.admin.engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))
-        url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.schema}"
-        built = carelink(["index", "build"], {**self.system.env, "CARELINK_DATABASE_URL": url})
-        assert built.returncode == 0, built.stderr
-        return url
-
-    def __exit__(self, *_: object) -> None:
-        if self.admin is not None:
-            with self.admin.engine.begin() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{self.schema}" CASCADE'))
-            self.admin.dispose()
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=BOTH_DATABASES)
 def served(
     request: pytest.FixtureRequest, system: System, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
@@ -318,7 +318,7 @@ def served(
     }
     issuer = Issuer()
     with ExitStack() as stack:
-        url = stack.enter_context(_Database(request.param, system, tmp))
+        url = stack.enter_context(IndexDatabase(request.param, system, tmp))
         extra["CARELINK_DATABASE_URL"] = url  # a URL, not the path it is taken for
         [started] = stack.enter_context(
             token_gateways(system.env, tmp / "unused.db", issuer, tmp, extra=extra)
@@ -350,7 +350,15 @@ def _request_id(event: dict[str, Any]) -> str:
 def _who(claims: dict[str, Any] | None) -> Who | None:
     if claims is None:
         return None
-    return Who(claims["sub"], claims["role"], claims["organisation"], claims["purpose_of_use"])
+    return Who(
+        claims["sub"],
+        claims["role"],
+        claims["organisation"],
+        claims["purpose_of_use"],
+        ISSUER,
+        claims.get("client_id"),
+        claims.get("patient"),
+    )
 
 
 def test_every_row_is_the_general_builders_event_for_what_the_client_sent(served: Served):

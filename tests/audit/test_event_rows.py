@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from carelink.audit import events
 from carelink.audit.events import Access, RequestEvents, Who, columns, row_of
+from carelink.storage.audit_store import agent_key
 
 texts = st.text(max_size=12)  # quotes, backslashes, control characters, any code point
 callers = st.one_of(
@@ -22,6 +23,9 @@ callers = st.one_of(
         st.sampled_from([None, "", "R8000"]),
         st.sampled_from([None, "", "RXX01", "Y\u0000"]),
         st.sampled_from([None, "", "TREAT", "ETREAT"]),
+        st.sampled_from(["", "https://idp.example", "urn:carelink:local-issuer", 'i"|\\']),
+        st.sampled_from([None, "dr-a", 'c"l\\|']),
+        st.sampled_from([None, "p1", 'p"2']),
     ),
 )
 accesses = st.builds(
@@ -62,9 +66,46 @@ def test_a_row_names_its_patient_and_requesting_user():
     none when it has none."""
     access = Access("read", "/fhir/Patient/p1", "rid", "2026-12-01T00:00:00Z", "b")
     made = RequestEvents(access, Who("dr", "R8000", "RXX01", "TREAT"), "0")
-    assert made.row("p1", "e1")[:4] == ("2026-12-01T00:00:00Z", "p1", "0", "dr")
+    assert made.row("p1", "e1")[:4] == ("2026-12-01T00:00:00Z", "p1", "0", agent_key("dr", ""))
     assert made.row(None, "e2")[1] is None
     assert RequestEvents(access, None, "4").row("p1", "e3")[3] is None
+
+
+#: callers each ``auth.Principal.identity`` tells apart from the first, by one field
+_DR = Who("dr-1", "R8000", "RXX01", "TREAT", "https://idp.example")
+_APART = [
+    Who("dr-1", "R8000", "RXX01", "TREAT", "urn:carelink:local-issuer"),
+    Who("dr-1", "R8000", "RXX01", "TREAT", "https://idp.example", client_id="dr-1"),
+    Who("dr-1", "R8000", "RXX01", "TREAT", "https://idp.example", patient="p1"),
+    Who("dr-1", "R8000", "RXX01", "TREAT", ""),
+]
+
+
+def test_callers_one_identity_field_apart_never_share_an_agent_or_a_cached_frame():
+    """Each caller's rows are their own event's, made after the first caller's frame and
+    agents were cached (a cache keyed without the issuer, client id or patient context
+    would hand out the first caller's bytes), and no two callers' agents are the same."""
+    access = Access("read", "/fhir/Patient/p1", "rid", "2026-12-01T00:00:00Z", "b")
+    seen = []
+    for caller in [_DR, *_APART]:
+        made = RequestEvents(access, caller, "0")
+        row = made.row("p1", "e1")
+        assert row == row_of({**made.event("p1"), "id": "e1"})
+        seen.append(orjson.loads(row[4])["agent"])
+    assert all(seen[i] != seen[j] for i in range(len(seen)) for j in range(i))
+    who = [orjson.loads(RequestEvents(access, c, "0").row("p1", "e")[4]) for c in (_DR, *_APART)]
+    assert who[0]["agent"][1]["who"]["identifier"] == {
+        "system": "https://idp.example",
+        "value": "dr-1",
+    }
+    assert who[1]["agent"][1]["who"]["identifier"]["system"] == "urn:carelink:local-issuer"
+    assert who[2]["agent"][0]["who"]["identifier"] == {
+        "system": "https://idp.example",
+        "value": "dr-1",
+    }
+    assert who[3]["agent"][2]["who"] == {"reference": "Patient/p1"}
+    columns_of = {columns(w)[3] for w in who[:2]}
+    assert len(columns_of) == 2  # the stored agent column tells the issuers apart
 
 
 def test_a_requests_access_is_immutable():

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from carelink.audit import events
 from carelink.audit.events import Access, RequestEvents, Who, audit_event, columns
+from carelink.storage.audit_store import agent_key
 
 names = st.sampled_from(["dr-a", "dr-b", "nurse-c"])
 callers = st.one_of(
@@ -41,7 +42,7 @@ def test_each_event_has_its_own_callers_agents(requests):
             assert user is not None
             assert user["who"]["identifier"]["value"] == caller.subject
             assert user["who"].get("display") == caller.organisation
-            assert columns(made)[3] == caller.subject
+            assert columns(made)[3] == agent_key(caller.subject, caller.issuer)
         assert made["agent"][-1]["network"]["address"] == server
 
 

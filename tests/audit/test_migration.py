@@ -4,16 +4,21 @@ events' contents (so moving one to another patient is found)."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+
 import orjson
 import pytest
 import sqlalchemy as sa
 
 from carelink.audit import AuditTrail, verify
-from carelink.audit.events import columns
+from carelink.audit.events import Access, RequestEvents, Who, audit_event, columns, legacy_agent
+from carelink.auth.local_issuer import LOCAL_ISSUER
 from carelink.storage import Database
 from carelink.storage.audit_search import AuditQuery, AuditSearch
-from carelink.storage.audit_store import GENESIS, AuditStore, chain_hash
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, agent_key, chain_hash
 from carelink.storage.migrations import MIGRATIONS
+from carelink.storage.tables import audit_events
 from tests.audit.test_trail import event
 
 UPGRADE = next(n for n, d, _ in MIGRATIONS if d.startswith("audit trail: agent column"))
@@ -68,8 +73,8 @@ def test_an_old_trail_verifies_after_the_upgrade_and_new_records_use_the_new_has
     assert verify(store.rows()) == []
     AuditTrail(store).record([event(5), event(6)])
     rows = list(store.rows())
-    assert [r.chain for r in rows] == [1, 1, 1, 1, 2, 2]
-    assert [r.agent for r in rows][-2:] == ["user-1", "user-0"]
+    assert [r.chain for r in rows] == [1, 1, 1, 1, CHAIN, CHAIN]
+    assert [r.agent for r in rows][-2:] == [agent_key("user-1", ""), agent_key("user-0", "")]
     assert verify(store.rows()) == []
 
 
@@ -144,5 +149,109 @@ def test_an_older_trail_is_migrated_to_blocks_and_the_search_still_finds(databas
     assert store.index_problems() == []
     AuditTrail(store).record([event(1)])
     assert [seq for seq, _ in search.page(AuditQuery(patient="p1"), 10)] == [7, 5, 2]
+    store.close()
+    db.dispose()
+
+
+# --- the agent column before issuers were recorded (migration 17) --------------------
+
+ISSUERS = next(n for n, d, _ in MIGRATIONS if d.startswith("audit trail: the requesting user's"))
+
+
+def _scheme_2(prev: str, seq: int, cols: tuple[str, str | None, str, str], body: bytes) -> str:
+    """A hash as rows before migration 17 carry it (scheme 2: every column, the agent
+    the bare subject), written out here as it was, not taken from the code under test."""
+    digest = hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(orjson.dumps([2, prev, seq, *cols, digest])).hexdigest()
+
+
+def _trail_before_issuers(db: Database) -> None:
+    """Two reads by ``dr-1`` stored as the trail held them before migration 17: the user
+    agent without an issuer, the bare subject in ``agent`` (200 characters at most on
+    PostgreSQL), scheme 2."""
+    db.migrate()
+    with db.engine.begin() as conn:
+        if not db.is_sqlite:
+            conn.exec_driver_sql("ALTER TABLE audit_events ALTER COLUMN agent TYPE varchar(200)")
+        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= :v"), {"v": ISSUERS})
+        prev = GENESIS
+        for seq in (1, 2):
+            access = Access("read", "/fhir/Patient/p1", f"r{seq}", f"2026-01-01T00:00:0{seq}Z", "b")
+            made = {**audit_event(access, Who("dr-1", "R8000", "RXX01", "TREAT"), "p1", "0")}
+            body = orjson.dumps({**made, "id": f"e{seq}"})
+            assert b'"identifier":{"value":"dr-1"}' in body  # the old event's shape
+            cols = (made["recorded"], "p1", "0", "dr-1")
+            h = _scheme_2(prev, seq, cols, body)
+            conn.execute(
+                audit_events.insert().values(
+                    seq=seq,
+                    recorded=cols[0],
+                    patient_id="p1",
+                    outcome="0",
+                    event=body,
+                    prev_hash=prev,
+                    hash=h,
+                    agent="dr-1",
+                    chain=2,
+                )
+            )
+            prev = h
+
+
+def test_rows_from_before_issuers_verify_beside_new_ones_and_are_found_by_subject(database_url):
+    db = Database(database_url)
+    _trail_before_issuers(db)
+    assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
+    store = AuditStore(db)
+    access = Access("read", "/fhir/Patient/p1", "r3", "2026-01-01T00:00:03Z", "b")
+    long_issuer = "https://idp.example/" + "\u00e9" * 300  # over the old column's 200
+    for issuer in ("https://idp.example", LOCAL_ISSUER, long_issuer):
+        who = Who("dr-1", "R8000", "RXX01", "TREAT", issuer)
+        store.append([NewEvent(*RequestEvents(access, who, "0").row("p1", uuid.uuid4().hex))])
+    assert [r.chain for r in store.rows()] == [2, 2, CHAIN, CHAIN, CHAIN]
+    assert verify(store.rows()) == []
+    search = AuditSearch(db)
+
+    def seqs(**q: str) -> list[int]:
+        return [seq for seq, _ in search.page(AuditQuery(patient="p1", **q), 10)]
+
+    assert seqs(agent="dr-1") == [5, 4, 3, 2, 1]  # that subject at any issuer, as always
+    assert seqs(agent="dr-1", issuer="https://idp.example") == [3]
+    assert seqs(agent="dr-1", issuer=LOCAL_ISSUER) == [4]
+    assert seqs(agent="dr-1", issuer=long_issuer) == [5]
+    assert seqs(agent="dr-1", issuer="") == [2, 1]  # no issuer known: the rows before
+    assert seqs(agent="DR-1") == []
+    with db.engine.begin() as conn:  # an old row's agent made to name an issuer
+        conn.execute(
+            sa.text("UPDATE audit_events SET agent = :a WHERE seq = 1"),
+            {"a": agent_key("dr-1", LOCAL_ISSUER)},
+        )
+    assert [(f.seq, f.problem) for f in verify(store.rows())] == [
+        (1, "content does not match its hash (edited)"),
+        (1, "agent differs from its event (edited)"),
+    ]
+    store.close()
+    db.dispose()
+
+
+def test_a_new_row_passed_off_as_one_from_before_issuers_is_found(database_url):
+    """A scheme-3 row rewritten as scheme 2 (bare subject, hash recomputed) after other
+    scheme-3 rows: a downgrade."""
+    db = Database(database_url)
+    db.migrate()
+    store = AuditStore(db)
+    AuditTrail(store).record([event(5), event(6)])
+    rows = list(store.rows())
+    last = rows[-1]
+    body = orjson.loads(last.event)
+    cols = (last.recorded, last.patient_id, last.outcome, legacy_agent(body))
+    h = _scheme_2(last.prev_hash, last.seq, cols, last.event)
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE audit_events SET chain = 2, agent = :a, hash = :h WHERE seq = :s"),
+            {"a": cols[3], "h": h, "s": last.seq},
+        )
+    problems = [f.problem for f in verify(store.rows()) if f.seq == last.seq]
+    assert problems == ["old hash scheme after newer records (downgraded)"]
     store.close()
     db.dispose()

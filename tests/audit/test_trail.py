@@ -10,7 +10,7 @@ from carelink.audit import Access, AuditTrail, Who, audit_event, load_or_make_ke
 from carelink.audit.events import REFUSED, SUCCESS
 from carelink.errors import AuditError
 from carelink.storage import Database
-from carelink.storage.audit_store import AuditStore, row_hash
+from carelink.storage.audit_store import AuditStore, agent_key, row_hash
 
 
 def event(i: int, patient: str | None = None, outcome: str = SUCCESS) -> dict:
@@ -51,7 +51,7 @@ def test_appends_continue_the_chain(trail):
 def test_stored_columns_are_read_from_the_event(trail):
     t, _ = trail
     row = next(r for r in t.store.rows() if r.seq == 2)
-    assert (row.patient_id, row.outcome, row.agent) == ("p1", "0", "user-1")
+    assert (row.patient_id, row.outcome, row.agent) == ("p1", "0", agent_key("user-1", ""))
     assert row.recorded == "2026-01-01T00:00:01.000000Z"
 
 

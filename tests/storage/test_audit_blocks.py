@@ -37,8 +37,8 @@ def _row(n: int, patient: str | None, agent: str, outcome: str) -> NewEvent:
 def _matches(r: AuditRow, q: AuditQuery) -> bool:
     if q.patient is not None and r.patient_id != q.patient:
         return False
-    if q.agent is not None and r.agent != q.agent:
-        return False
+    if q.agent is not None and (r.agent is None or orjson.loads(r.agent)[0] != q.agent):
+        return False  # every row here names its user whole: subject, then issuer
     if q.outcomes and r.outcome not in q.outcomes:
         return False
     return all(

@@ -7,7 +7,9 @@ import pytest
 
 from carelink.storage import Database
 from carelink.storage.audit_search import AuditQuery, AuditSearch
-from carelink.storage.audit_store import AuditStore, NewEvent
+from carelink.storage.audit_store import AuditStore, NewEvent, agent_key
+
+ISSUERS = ("https://idp.example", "urn:carelink:local-issuer")
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def search(database_url):
             f"2026-01-{1 + i // 10:02d}T00:00:{i % 10:02d}.000000Z",
             "p1" if i % 2 else ("p2" if i % 3 else None),
             "4" if i % 5 == 0 else "0",
-            f"user-{i % 3}",
+            agent_key(f"user-{i % 3}", ISSUERS[i % 2]),
             orjson.dumps({"n": i}),
         )
         for i in range(30)
@@ -47,6 +49,9 @@ def test_paging_by_keyset_reaches_every_event_newest_first(search):
     ("query", "expected"),
     [
         (AuditQuery(agent="user-0"), [i for i in range(30) if i % 3 == 0]),
+        (AuditQuery(agent="user-0", issuer=ISSUERS[1]), [i for i in range(30) if i % 6 == 3]),
+        (AuditQuery(agent="user-0", issuer=""), []),
+        (AuditQuery(agent="user-", issuer=None), []),
         (AuditQuery(has_patient=False), [i for i in range(30) if i % 2 == 0 and i % 3 == 0]),
         (AuditQuery(outcomes=("4",)), [0, 5, 10, 15, 20, 25]),
         (

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
+import sqlalchemy as sa
 
-from tests.support.procs import free_port, running
+from carelink.storage import Database
+from tests.support.procs import carelink, free_port, running
+from tests.support.system import System
 from tests.support.tokens import ISSUER, Issuer
 
 
@@ -74,3 +80,38 @@ def token_gateways(
             stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
             started.append(Started(base, env))
         yield started
+
+
+#: ``params`` of a fixture run on each database: PostgreSQL marked, for the runs that have one
+BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+class IndexDatabase:
+    """A private database holding the integration index: a SQLite copy, or a PostgreSQL
+    schema of its own (dropped afterwards) with the index built into it (skipped when
+    CARELINK_TEST_POSTGRES_URL is not set)."""
+
+    def __init__(self, kind: str, system: System, tmp: Path) -> None:
+        self.kind, self.system, self.tmp = kind, system, tmp
+        self.schema = f"carelink_idx_{uuid.uuid4().hex[:10]}"
+        self.admin: Database | None = None
+
+    def __enter__(self) -> str:
+        if self.kind == "sqlite":
+            return str(copy_index(self.system.env["CARELINK_DATABASE_URL"], self.tmp / "a.db"))
+        base = os.environ.get("CARELINK_TEST_POSTGRES_URL")
+        if not base:
+            pytest.skip("CARELINK_TEST_POSTGRES_URL is not set")
+        self.admin = Database(base)
+        with self.admin.engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))
+        url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.schema}"
+        built = carelink(["index", "build"], {**self.system.env, "CARELINK_DATABASE_URL": url})
+        assert built.returncode == 0, built.stderr
+        return url
+
+    def __exit__(self, *_: object) -> None:
+        if self.admin is not None:
+            with self.admin.engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{self.schema}" CASCADE'))
+            self.admin.dispose()

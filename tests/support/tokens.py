@@ -54,6 +54,15 @@ class Issuer:
             {"alg": alg, "kid": signing.kid}, self.claims(**changes), signing, algorithms=[alg]
         )
 
+    def backend(self, aud: str, client: str, **claims: Any) -> str:
+        """A backend-services token: the client is the subject, with no role,
+        organisation or patient (``system/Patient.rs`` for direct care unless told)."""
+        claims.setdefault("scope", "system/Patient.rs")
+        claims.setdefault("purpose_of_use", "TREAT")
+        return self.token(
+            aud=aud, sub=client, client_id=client, role=None, organisation=None, **claims
+        )
+
     def hs256_with_public_key(self) -> str:
         """The classic confusion attack: HMAC 'signed' with the RSA public key's bytes
         (made by hand: joserfc itself refuses to use a public key as an HMAC secret)."""

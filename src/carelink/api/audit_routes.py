@@ -10,7 +10,13 @@ Who may read the trail:
 
 Search parameters: ``patient`` (gateway id or a source's Patient id),
 ``date`` (repeatable, with ``eq ne lt gt le ge sa eb ap``), ``agent`` (the
-user's identifier), ``entity-type`` (1 person, 2 system object), ``outcome``
+requesting user, as a token: ``issuer|subject`` that user exactly; ``subject``,
+or a reference ending in it, that subject at any issuer, as it always meant,
+rows stored before issuers were recorded included; ``|subject`` those older
+rows only; ``\\|`` and ``\\\\`` escape a bar and a backslash, as FHIR token
+search says; ``agent:identifier`` the same, FHIR's way of searching a reference
+by its identifier, where a bare value is the subject whatever ``/`` it holds),
+``entity-type`` (1 person, 2 system object), ``outcome``
 (comma list) and ``_count``. Results are newest first, with an exact
 ``total``; ``next`` links page by keyset (``_cursor``) so events written
 while someone pages, their own reads included, never shift a page. Any
@@ -43,7 +49,9 @@ OVERSIGHT_ROLES = frozenset({"R0001", "R5105"})
 OVERSIGHT_PURPOSES = frozenset({"HOPERAT", "HCOMPL", "HSYSADMIN"})
 PATIENT_PURPOSES = frozenset({"PATRQT"})
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-KNOWN = frozenset({"patient", "date", "agent", "entity-type", "outcome", "_count", "_cursor"})
+KNOWN = frozenset(
+    {"patient", "date", "agent", "agent:identifier", "entity-type", "outcome", "_count", "_cursor"}
+)
 KNOWN_RESULT = frozenset({"_format"})
 
 
@@ -87,6 +95,31 @@ def _may_read(request: Request, caller: Principal, patient: str | None) -> str |
     return patient
 
 
+def _agent(said: str, reference: bool = True) -> tuple[str | None, str]:
+    """``issuer|subject`` (FHIR token search, ``\\`` escaping a bar or a backslash) as
+    the issuer and the subject; a value with no bar but escaped ones, unchanged: the
+    subject at any issuer (a ``reference``'s last segment, for ``agent``)."""
+    parts: list[str] = []
+    part: list[str] = []
+    escaped = False
+    for ch in said:
+        if escaped:
+            part.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "|" and not parts:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(ch)
+    if not parts:  # a bare value, or a reference: its last segment, as it was always read
+        return None, said.rsplit("/", 1)[-1] if reference else said
+    if escaped:
+        raise InvalidRequest("agent ends in an escape (\\) with nothing to escape", "agent")
+    return parts[0], "".join(part)
+
+
 def _query(q: dict[str, list[str]], patient: str | None) -> AuditQuery:
     bad = sorted(set(q) - KNOWN - KNOWN_RESULT)
     if bad:
@@ -98,10 +131,16 @@ def _query(q: dict[str, list[str]], patient: str | None) -> AuditQuery:
             raise InvalidRequest("entity-type must be 1 (person) or 2 (system object)")
         # every event names its query (2); those about a patient also name the person (1)
         has_patient = True if code == "1" else None
-    agent = q["agent"][-1].rsplit("/", 1)[-1] if "agent" in q else None
+    if "agent" in q and "agent:identifier" in q:
+        raise InvalidRequest("search by agent or by agent:identifier, not both", "agent")
+    issuer, agent = None, None
+    if "agent" in q:
+        issuer, agent = _agent(q["agent"][-1])
+    elif "agent:identifier" in q:
+        issuer, agent = _agent(q["agent:identifier"][-1], reference=False)
     outcomes = tuple(o for v in q.get("outcome", []) for o in v.split(",") if o)
     dates = tuple(spans(parse_date(v, "date")) for v in q.get("date", []))
-    return AuditQuery(patient, agent or None, has_patient, outcomes, dates)
+    return AuditQuery(patient, agent or None, has_patient, outcomes, dates, issuer)
 
 
 @router.fhir_get("/AuditEvent")

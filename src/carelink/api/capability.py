@@ -187,7 +187,12 @@ def capability_statement(
                     "keyset next links.",
                 ),
                 _param("date", "date", "When recorded; eq ne lt gt le ge sa eb ap; repeat to AND"),
-                _param("agent", "reference", "The user (their identifier)"),
+                _param(
+                    "agent",
+                    "reference",
+                    "The user: issuer|subject (or agent:identifier=issuer|subject) that "
+                    "user exactly; a bare subject, that subject at any issuer",
+                ),
                 _param("entity-type", "token", "1 events naming a person, 2 every event"),
                 _param("outcome", "token", "0 success, 4 refused, 8 failed; commas OR"),
             ],

@@ -220,7 +220,15 @@ async def _consented(
 @lru_cache(maxsize=1024)
 def _who(caller: Principal) -> Who:
     """The caller as the audit trail records them, made once per caller (as ``actor``)."""
-    return Who(caller.subject, caller.role, caller.organisation, caller.purpose)
+    return Who(
+        caller.subject,
+        caller.role,
+        caller.organisation,
+        caller.purpose,
+        caller.issuer,
+        caller.client_id,
+        caller.patient,
+    )
 
 
 async def audit(

@@ -2,8 +2,19 @@
 
 One event per patient touched by a request (RESTful read, search or
 operation), and one for every refusal. Agents: the client application, the
-user (with role and purpose of use), the server. Entities: the patient, the
-query (base64, as BALP says) and the request id.
+user (with role and purpose of use), the patient whose context the token
+carried (if it did), the server. Entities: the patient, the query (base64,
+as BALP says) and the request id.
+
+Who the caller was is said whole, never by a bare subject (two issuers may
+both have a ``dr-1``): the user agent's ``who.identifier`` has the token's
+issuer as its ``system`` and its subject as its ``value`` (the gateway's own
+tokens carry ``auth.local_issuer.LOCAL_ISSUER``, the identity provider's its
+``iss``, exactly as ``auth.Principal.issuer`` holds them). A token's
+``client_id`` goes on the application agent, as BALP puts the client there,
+as ``who.identifier`` with the same issuer as its ``system``: the issuer
+assigned the client its id, and the agent's type (Application) already says
+it is a client, not a person; an ``altId`` would be a bare string again.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+
+from carelink.storage.audit_store import agent_key
 
 Json = dict[str, Any]
 #: an event ready to be stored: the columns stored beside it (``columns``), then its bytes
@@ -30,18 +43,24 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 RBAC_ROLE = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode"
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+ROLE_CLASS = "http://terminology.hl7.org/CodeSystem/v3-RoleClass"
 #: BALP outcome codes: 0 success, 4 minor failure (refused), 8 serious failure
 SUCCESS, REFUSED, FAILED = "0", "4", "8"
 
 
 @dataclass(frozen=True)
 class Who:
-    """The user behind a request, as the audit trail records them."""
+    """The user behind a request, as the audit trail records them: whole, as
+    ``auth.Principal.identity`` tells callers apart (issuer, subject, role,
+    organisation, patient context, client id)."""
 
     subject: str
     role: str | None
     organisation: str | None
     purpose: str | None
+    issuer: str = ""
+    client_id: str | None = None
+    patient: str | None = None
 
 
 class Access(NamedTuple):
@@ -66,26 +85,49 @@ _AGENTS: dict[tuple[Who | None, str], list[Json]] = {}
 _AGENTS_KEPT = 1024
 
 
+def _identifier(system: str, value: str) -> Json:
+    """An identifier in ``system`` (none when the caller's issuer is not known)."""
+    return {"system": system, "value": value} if system else {"value": value}
+
+
 def _agents(caller: Who | None, server: str) -> list[Json]:
-    """The client application, the user (with role and organisation) and the server."""
+    """The client application (with its client id), the user (with issuer, role and
+    organisation), the patient whose context the token carried, and the server."""
     found = _AGENTS.get((caller, server))
     if found is not None:
         return found
+    client: Json = {"display": (caller.subject if caller else "unauthenticated client")}
+    if caller is not None and caller.client_id is not None:
+        client = {"identifier": _identifier(caller.issuer, caller.client_id), **client}
     agents: list[Json] = [
         {
             "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"display": (caller.subject if caller else "unauthenticated client")},
+            "who": client,
             "requestor": False,
         }
     ]
     if caller is not None:
-        user: Json = {"who": {"identifier": {"value": caller.subject}}, "requestor": True}
+        user: Json = {
+            "who": {"identifier": _identifier(caller.issuer, caller.subject)},
+            "requestor": True,
+        }
         if caller.role:
             user["role"] = [{"coding": [{"system": RBAC_ROLE, "code": caller.role}]}]
         if caller.organisation:
             user["who"]["display"] = caller.organisation
             user["location"] = {"identifier": {"system": ODS, "value": caller.organisation}}
         agents.append(user)
+        if caller.patient is not None:
+            # the citizen (or whoever acts for them) the token was issued for
+            agents.append(
+                {
+                    "type": {
+                        "coding": [{"system": ROLE_CLASS, "code": "PAT", "display": "patient"}]
+                    },
+                    "who": {"reference": f"Patient/{caller.patient}"},
+                    "requestor": False,
+                }
+            )
     agents.append(
         {
             "type": {
@@ -121,8 +163,8 @@ _REQUEST_OPEN = b'},{"what":{"identifier":{"value":'
 _REQUEST_CLOSE = b'}},"description":"request id"}]'
 #: what every event of one kind of request shares, as bytes (``_frame``): before its
 #: ``recorded`` value, after it up to the open list of entities, and its end up to the
-#: ``id`` value, without and with break-glass
-Frame = tuple[bytes, bytes, tuple[bytes, bytes]]
+#: ``id`` value, without and with break-glass; and its ``agent`` column (``columns``)
+Frame = tuple[bytes, bytes, tuple[bytes, bytes], str | None]
 _FRAMES: dict[tuple[Who | None, str, str, str, str | None], Frame] = {}
 _FRAMES_KEPT = 1024
 
@@ -166,7 +208,8 @@ def _frame(
     )
     if len(_FRAMES) >= _FRAMES_KEPT:
         _FRAMES.clear()
-    made: Frame = (before, after, (ends[0], ends[1]))
+    agent = None if caller is None else agent_key(caller.subject, caller.issuer)
+    made: Frame = (before, after, (ends[0], ends[1]), agent)
     _FRAMES[key] = made
     return made
 
@@ -205,7 +248,7 @@ class RequestEvents:
         self.outcome = outcome
         self.reason = reason
         self._shared: tuple[list[Json], list[Json], list[Json] | None] | None = None
-        before, after, self._ends = _frame(
+        before, after, self._ends, self._agent = _frame(
             caller, access.server, access.interaction, outcome, reason
         )
         query = base64.b64encode(access.query.encode()).decode()
@@ -281,8 +324,7 @@ class RequestEvents:
                 b"}",
             ]
         )
-        agent = None if self.caller is None else self.caller.subject
-        return self.access.recorded, patient_id or None, self.outcome, agent, body
+        return self.access.recorded, patient_id or None, self.outcome, self._agent, body
 
 
 def row_of(event: Json) -> Row:
@@ -305,20 +347,31 @@ def audit_event(
 
 def columns(event: Json) -> tuple[str, str | None, str, str | None]:
     """What the trail stores beside an event, read from the event itself: recorded,
-    patient id, outcome, requesting user. One source of truth, so ``verify`` can hold
-    every stored column to the event it came with."""
+    patient id, outcome, requesting user (``storage.audit_store.agent_key``: subject and
+    issuer). One source of truth, so ``verify`` can hold every stored column to the event
+    it came with (a row of an older scheme to ``legacy_agent``)."""
     patient = None
     for entity in event.get("entity", ()):
         ref = str(entity.get("what", {}).get("reference", ""))
         if entity.get("role", {}).get("code") == "1" and ref.startswith("Patient/"):
             patient = ref.removeprefix("Patient/")
             break
-    agent = next(
-        (
-            a.get("who", {}).get("identifier", {}).get("value")
-            for a in event.get("agent", ())
-            if a.get("requestor")
-        ),
-        None,
-    )
+    said = _requestor(event)
+    value = said.get("value")
+    agent = None if value is None else agent_key(value, said.get("system", ""))
     return str(event.get("recorded", "")), patient, str(event.get("outcome", "")), agent
+
+
+def legacy_agent(event: Json) -> str | None:
+    """The ``agent`` column as rows before chain 3 stored it: the bare subject."""
+    value: str | None = _requestor(event).get("value")
+    return value
+
+
+def _requestor(event: Json) -> Json:
+    """The requesting agent's identifier (empty when there is none)."""
+    for a in event.get("agent", ()):
+        if a.get("requestor"):
+            found = a.get("who", {}).get("identifier", {})
+            return found if isinstance(found, dict) else {}
+    return {}

@@ -12,8 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carelink.audit.checkpoints import message
-from carelink.audit.events import columns
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditRow, AuditStore
+from carelink.audit.events import columns, legacy_agent
+from carelink.storage.audit_store import CHAIN, GENESIS, IDENTIFIED, AuditRow, AuditStore
 
 Json = dict[str, Any]
 _NAMES = ("recorded", "patient_id", "outcome", "agent")
@@ -47,7 +47,10 @@ def _row_findings(row: AuditRow, expected_seq: int, prev: str, upgraded: bool) -
     elif expected != row.hash:
         out.append(Finding(row.seq, "content does not match its hash (edited)"))
     try:
-        told = columns(orjson.loads(row.event))
+        event = orjson.loads(row.event)
+        told = columns(event)
+        if row.chain < IDENTIFIED:  # stored with the bare subject: held to that
+            told = (*told[:3], legacy_agent(event))
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return [*out, Finding(row.seq, "content is not an AuditEvent (edited)")]
     stored = (row.recorded, row.patient_id, row.outcome, row.agent)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from carelink.storage.audit_blocks import indexed_upto, patient_seqs
+from carelink.storage.audit_store import IDENTIFIED, agent_key, agent_prefix
 from carelink.storage.database import Database
 from carelink.storage.loop_guard import loop_bounded
 from carelink.storage.tables import audit_events
@@ -24,13 +25,18 @@ Span = tuple[str | None, str | None]
 class AuditQuery:
     """What to find. ``recorded``: clauses all of which hold, each true when the
     recorded instant falls in one of its spans (text comparison: every stored
-    instant has the same ``YYYY-MM-DDThh:mm:ss.ffffffZ`` shape)."""
+    instant has the same ``YYYY-MM-DDThh:mm:ss.ffffffZ`` shape).
+
+    ``agent``: the requesting user's subject; ``issuer``: the issuer that vouched for
+    them (None: any issuer, rows stored before issuers were recorded included; ``""``:
+    none known, those older rows only and callers of no issuer)."""
 
     patient: str | None = None
     agent: str | None = None
     has_patient: bool | None = None
     outcomes: tuple[str, ...] = ()
     recorded: tuple[tuple[Span, ...], ...] = ()
+    issuer: str | None = None
 
 
 def _where(q: AuditQuery, mark: int = 0, before: int | None = None) -> list[sa.ColumnElement[bool]]:
@@ -45,7 +51,7 @@ def _where(q: AuditQuery, mark: int = 0, before: int | None = None) -> list[sa.C
         out.append(c.seq.in_(patient_seqs(q.patient, mark, before)))
         out.append(c.patient_id == q.patient)
     if q.agent is not None:
-        out.append(c.agent == q.agent)
+        out.append(_agent_is(q.agent, q.issuer))
     if q.has_patient is not None:
         out.append(c.patient_id.is_not(None) if q.has_patient else c.patient_id.is_(None))
     if q.outcomes:
@@ -61,6 +67,21 @@ def _where(q: AuditQuery, mark: int = 0, before: int | None = None) -> list[sa.C
             either.append(sa.and_(sa.true(), *both))
         out.append(sa.or_(sa.false(), *either))
     return out
+
+
+def _agent_is(subject: str, issuer: str | None) -> sa.ColumnElement[bool]:
+    """Rows whose requesting user is ``subject`` at ``issuer`` (any when None). Rows of
+    an older scheme hold the bare subject: they name no issuer, so only a search for
+    any issuer or none finds them. The prefix is compared as a substring, not with
+    ``LIKE`` (case-blind on SQLite: ``DR-1`` is not ``dr-1``)."""
+    c = audit_events.c
+    older = sa.and_(c.chain < IDENTIFIED, c.agent == subject)
+    if issuer is None:
+        prefix = agent_prefix(subject)
+        whole = sa.func.substr(c.agent, 1, len(prefix)) == prefix
+        return sa.or_(older, sa.and_(c.chain >= IDENTIFIED, whole))
+    exact = sa.and_(c.chain >= IDENTIFIED, c.agent == agent_key(subject, issuer))
+    return sa.or_(older, exact) if issuer == "" else exact
 
 
 @loop_bounded

@@ -5,9 +5,11 @@ row's hash, recorded, patient, outcome, agent, the event bytes and the hash
 scheme itself), so an edited, moved, deleted, inserted or reordered row
 breaks the chain from that point on. Rows written before migration 9 carry
 the older scheme (chain 1: sequence, previous hash and event only); see
-``row_hash``. Appends from every gateway process are serialised by one lock
-row that each append updates first (a row lock on PostgreSQL, the write lock
-on SQLite), so the chain never forks.
+``row_hash``. From chain 3 on, ``agent`` names the requesting user whole
+(``agent_key``: subject and issuer); chain 1 and 2 rows hold the bare
+subject. Appends from every gateway process are serialised by one lock row
+that each append updates first (a row lock on PostgreSQL, the write lock on
+SQLite), so the chain never forks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,22 @@ from carelink.storage.tables import audit_events
 
 GENESIS = "0" * 64
 #: the hash scheme new rows are written with
-CHAIN = 2
+CHAIN = 3
+#: the first scheme whose ``agent`` column is ``agent_key`` (before it: the bare subject)
+IDENTIFIED = 3
+
+
+def agent_key(subject: str, issuer: str) -> str:
+    """The ``agent`` column of a chain-3 row: the requesting user's subject and the issuer
+    that vouched for it, as a JSON array (subject first, so every issuer's user of one
+    subject shares the prefix ``agent_prefix``). Unambiguous whatever either holds: a
+    JSON string cannot end early, so no subject passes for another issuer's."""
+    return orjson.dumps([subject, issuer]).decode()
+
+
+def agent_prefix(subject: str) -> str:
+    """What every ``agent_key(subject, ...)`` begins with, and no other key does."""
+    return orjson.dumps([subject]).decode()[:-1] + ","
 
 
 def chain_hash(prev_hash: str, seq: int, event: bytes) -> str:
@@ -44,10 +61,12 @@ def row_hash(
     outcome: str,
     agent: str | None,
     event: bytes,
+    chain: int = CHAIN,
 ) -> str:
-    """Chain 2: every column, as an unambiguous JSON array (no separator games)."""
+    """Chain 2 and 3: every column, as an unambiguous JSON array (no separator games),
+    the scheme first (so a row cannot pass for another scheme's)."""
     digest = hashlib.sha256(event).hexdigest()
-    fields = [CHAIN, prev_hash, seq, recorded, patient_id, outcome, agent, digest]
+    fields = [chain, prev_hash, seq, recorded, patient_id, outcome, agent, digest]
     return hashlib.sha256(orjson.dumps(fields)).hexdigest()
 
 
@@ -69,7 +88,7 @@ class AuditRow:
         """The hash this row should carry under its scheme (None: unknown scheme)."""
         if self.chain == 1:
             return chain_hash(self.prev_hash, self.seq, self.event)
-        if self.chain == CHAIN:
+        if self.chain in (2, CHAIN):
             return row_hash(
                 self.prev_hash,
                 self.seq,
@@ -78,6 +97,7 @@ class AuditRow:
                 self.outcome,
                 self.agent,
                 self.event,
+                self.chain,
             )
         return None
 

@@ -192,6 +192,17 @@ def _identities_whole(conn: Connection) -> None:
 
 
 #: (number, what it does, the change) — append only
+def _audit_agent_whole(conn: Connection) -> None:
+    """The audit trail's ``agent`` as text: from chain 3 on it names the issuer beside
+    the subject (``audit_store.agent_key``), over the 200 characters it had. Rows stored
+    before keep their bare subject and their hashes (see ``verify``). Its index stays:
+    a subject is at most ``CLAIM_LENGTH`` characters and issuers are the operator's
+    own configuration, well within PostgreSQL's limit for one entry. (SQLite holds any
+    length already.)"""
+    if conn.dialect.name == "postgresql" and sa.inspect(conn).has_table("audit_events"):
+        conn.execute(sa.text("ALTER TABLE audit_events ALTER COLUMN agent TYPE text"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
     (
@@ -221,4 +232,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (14, "audit trail: no index on the patient alone", _audit_patient_once),
     (15, "audit trail: the patient index written in sorted blocks", _audit_patient_blocks),
     (16, "break-glass grants, export jobs: every claim and identity held whole", _identities_whole),
+    (17, "audit trail: the requesting user's issuer in the agent column", _audit_agent_whole),
 ]

@@ -107,10 +107,12 @@ audit_events = sa.Table(
     sa.Column("event", sa.LargeBinary, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
-    #: the requesting user (the event's requestor agent), for ``AuditEvent?agent=``
-    sa.Column("agent", sa.String(200), nullable=True),
+    #: the requesting user (the event's requestor agent), for ``AuditEvent?agent=``: chain 3
+    #: subject and issuer (``storage.audit_store.agent_key``), chain 1 and 2 the subject
+    sa.Column("agent", sa.Text, nullable=True),
     #: how ``hash`` was made: 1 (before migration 9) sequence, previous hash and event;
-    #: 2 every column of the row (see ``storage.audit_store.row_hash``)
+    #: 2 every column of the row (see ``storage.audit_store.row_hash``); 3 as 2, with
+    #: ``agent`` naming the issuer too
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
     sa.Index("ix_audit_events_agent_seq", "agent", "seq"),
 )
