@@ -33,7 +33,7 @@ import orjson
 
 from carelink.audit.events import Access, Who, audit_event, columns
 from carelink.storage import Database
-from carelink.storage.audit_store import GENESIS, AuditStore, NewEvent, row_hash
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, row_hash
 
 
 def _event(rng: random.Random, people: int, agents: int, n: int) -> NewEvent:
@@ -46,7 +46,7 @@ def _event(rng: random.Random, people: int, agents: int, n: int) -> NewEvent:
         stamp,
         "http://127.0.0.1:8000/fhir",
     )
-    who = Who(f"user-{rng.randrange(agents)}", "R8000", "RXX01", "TREAT")
+    who = Who(f"user-{rng.randrange(agents)}", "R8000", "RXX01", "TREAT", "https://idp.example")
     e = audit_event(access, who, pid, "0")
     return NewEvent(*columns(e), orjson.dumps(e))
 
@@ -77,7 +77,9 @@ def build(db: Database, rows: int, people: int, agents: int, seed: int) -> None:
             seq += 1
             e = _event(rng, people, agents, seq)
             h = row_hash(prev, seq, e.recorded, e.patient_id, e.outcome, e.agent, e.event)
-            chunk.append((seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h, e.agent, 2))
+            chunk.append(
+                (seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h, e.agent, CHAIN)
+            )
             prev = h
         cur.executemany(insert, chunk)
         raw.commit()
