@@ -24,12 +24,10 @@ from starlette.exceptions import HTTPException
 from carelink import __version__
 from carelink.anonymise.keys import load_master_key
 from carelink.api import router
-from carelink.api.audit_middleware import AuditEveryRequest, interaction
+from carelink.api.audit_middleware import interaction
 from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
-from carelink.api.dispatch import Dispatch
-from carelink.api.limits import BoundedInput
-from carelink.api.observe import Observe
+from carelink.api.front import Front
 from carelink.api.responses import from_error, outcome
 from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
 from carelink.audit.events import REFUSED
@@ -230,13 +228,13 @@ class Gateway(FastAPI):
 
     The framework wraps the app's middlewares in layers of its own: a server-error
     catcher, its OpenTelemetry exception hook (off here) and its body-size limit
-    (unset here). For the gateway they do nothing: ``Observe``, outermost of ours,
+    (unset here). For the gateway they do nothing: ``Front``, the one layer of ours,
     answers a 500 itself for any exception nothing handled (so the framework's
     catcher only ever finds the answer started and passes the exception on), and
-    ``BoundedInput`` bounds bodies. Each layer costs a call and a frame on every
-    resumption of every request, so HTTP requests go straight to ``Observe``; the
+    bounds bodies. Each layer costs a call and a frame on every
+    resumption of every request, so HTTP requests go straight to ``Front``; the
     lifespan and anything else still take the framework's whole stack. Should a
-    framework version no longer lead to ``Observe`` through ``.app``, every request
+    framework version no longer lead to ``Front`` through ``.app``, every request
     takes the whole stack, as before.
     """
 
@@ -249,7 +247,7 @@ class Gateway(FastAPI):
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
         layer: Any = stack
-        while layer is not None and not isinstance(layer, Observe):
+        while layer is not None and not isinstance(layer, Front):
             layer = getattr(layer, "app", None)
         self._front = layer
         return stack
@@ -396,24 +394,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.token_clients = load_clients(Path(settings.clients)) if settings.clients else {}
         app.state.local_issuer = local
     app.include_router(router)
-    # innermost: the gateway's routes straight to their endpoints (api.dispatch)
-    app.add_middleware(Dispatch, routes=router.routes)
+    # the one layer of ours: request ids, the access line and metrics, the audit safety net,
+    # the input bounds and the dispatch to the gateway's routes, in that order (api.front)
     app.add_middleware(
-        BoundedInput,
+        Front,
+        telemetry=app.state.telemetry,
+        routes=router.routes,
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
     )
-    # added after the bounds, so outside them: requests the input bounds refuse are audited too
-    app.add_middleware(AuditEveryRequest, routes=router.routes)
-    # outermost: every answer, the audit's 503s included, carries its X-Request-ID and is logged
-    app.add_middleware(Observe, telemetry=app.state.telemetry, routes=router.routes)
 
     @app.exception_handler(CarelinkError)
     async def carelink_error(request: Request, exc: CarelinkError) -> Response:
         # Every refusal is audited, under the person the request named (read from its
         # path, query or body), unless the route already wrote its own event.
         # A database that is away cannot take the event either: the safety net
-        # (AuditEveryRequest) makes the one attempt.
+        # (api.front) makes the one attempt.
         if not isinstance(exc, AuditError | StorageUnavailable) and not getattr(
             request.state, "audited", False
         ):

@@ -30,7 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def refuse(send: Send, status: int, code: str, message: str) -> None:
     body = dumps(error_outcome(code, message, None))
     await send(
         {
@@ -46,6 +46,63 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: a request the bounds refuse: its status, OperationOutcome code and message
+Refusal = tuple[int, str, str]
+
+
+def body_message(max_body: int) -> str:
+    return f"the request body is over the limit of {max_body} bytes"
+
+
+def judge(scope: Scope, max_body: int, max_headers: int) -> Refusal | bool:
+    """The bounds' verdict on a request from its URL and headers alone: a refusal, or
+    whether its body must be counted as it arrives (declared or chunked; a request
+    with neither has no body, HTTP/1.1, RFC 9112 6.3: most requests, a GET)."""
+    if _CONTROL_IN_QUERY.search(scope.get("query_string", b"")) or CONTROL.search(
+        scope.get("path", "")
+    ):
+        return 400, "invalid", f"{CONTROL_MESSAGE}: the URL holds one"
+    # one pass over the headers: their size, the first Content-Length, any chunking
+    size = 0
+    length: bytes | None = None
+    chunked = False
+    for k, v in scope.get("headers", []):
+        size += len(k) + len(v) + 4
+        if k == b"content-length":
+            if length is None:
+                length = v
+        elif k == b"transfer-encoding":
+            chunked = True
+    if size > max_headers:
+        return 431, "too-costly", "the request headers are too large"
+    if length is None:
+        return chunked
+    try:
+        declared = int(length)
+    except ValueError:
+        return 400, "invalid", "Content-Length is not a number"
+    if declared > max_body:
+        return 413, "too-costly", body_message(max_body)
+    return True
+
+
+def counted(receive: Receive, max_body: int) -> Receive:
+    """``receive``, raising ``PayloadTooLarge`` the moment the body passes ``max_body``
+    (the app's error handlers answer 413 for it: the route is mid-read)."""
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_body:
+                raise PayloadTooLarge(body_message(max_body))
+        return message
+
+    return counting
+
+
 class BoundedInput:
     """Refuse oversized headers (431) and bodies (413) before the app reads them."""
 
@@ -58,52 +115,14 @@ class BoundedInput:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _CONTROL_IN_QUERY.search(scope.get("query_string", b"")) or CONTROL.search(
-            scope.get("path", "")
-        ):
-            await _refuse(send, 400, "invalid", f"{CONTROL_MESSAGE}: the URL holds one")
-            return
-        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        # one pass over the headers: their size, the first Content-Length, any chunking
-        size = 0
-        length: bytes | None = None
-        chunked = False
-        for k, v in headers:
-            size += len(k) + len(v) + 4
-            if k == b"content-length":
-                if length is None:
-                    length = v
-            elif k == b"transfer-encoding":
-                chunked = True
-        if size > self.max_headers:
-            await _refuse(send, 431, "too-costly", "the request headers are too large")
-            return
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await _refuse(send, 400, "invalid", "Content-Length is not a number")
-                return
-            if declared > self.max_body:
-                await _refuse(send, 413, "too-costly", self._message())
-                return
-        elif not chunked:
-            # neither length nor chunks: the request has no body (HTTP/1.1, RFC 9112 6.3),
-            # nothing to count (most requests: a GET)
+        verdict = judge(scope, self.max_body, self.max_headers)
+        if verdict is False:
             await self.app(scope, receive, send)
             return
-        seen = 0
+        if verdict is not True:
+            await refuse(send, *verdict)
+            return
         started = False
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    # the app's error handlers answer 413 for it (the route is mid-read)
-                    raise PayloadTooLarge(self._message())
-            return message
 
         async def watched(message: Message) -> None:
             nonlocal started
@@ -112,10 +131,7 @@ class BoundedInput:
             await send(message)
 
         try:
-            await self.app(scope, counted, watched)
+            await self.app(scope, counted(receive, self.max_body), watched)
         except PayloadTooLarge:
             if not started:
-                await _refuse(send, 413, "too-costly", self._message())
-
-    def _message(self) -> str:
-        return f"the request body is over the limit of {self.max_body} bytes"
+                await refuse(send, 413, "too-costly", body_message(self.max_body))

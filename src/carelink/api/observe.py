@@ -37,12 +37,43 @@ def templates(routes: Iterable[Any]) -> dict[Any, str]:
     return {r.endpoint: r.path for r in routes if hasattr(r, "endpoint") and hasattr(r, "path")}
 
 
+def route_of(scope: Scope, known: dict[Any, str]) -> str:
+    """The template of the route that served the request, or ``unmatched``."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    return known.get(scope.get("endpoint"), UNMATCHED)
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id (the caller's when well formed, else new), in its state too."""
+    given = next((v for k, v in scope["headers"] if k == _HEADER), None)
+    found = accept_request_id(given.decode("latin-1") if given is not None else None)
+    scope.setdefault("state", {})["request_id"] = found
+    return found
+
+
+def with_id(message: Message, value: bytes) -> Message:
+    """A response start carrying ``value`` as its one ``X-Request-ID``."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]
+    headers.append((_HEADER, value))
+    return {**message, "headers": headers}
+
+
+def logged(telemetry: Telemetry, scope: Scope, route: str, status: int, seconds: float) -> None:
+    """The access line and the metrics of one finished request."""
+    method = scope["method"] if scope["method"] in METHODS else "other"
+    level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
+    telemetry.request(method, route, status, seconds, level)
+
+
 class Observe:
     """Request ids in and out, one access line and the metrics of each request.
 
     ``routes`` are the app's routes, for their templates: the router marks the scope
     with the endpoint it chose (FastAPI sets ``scope["route"]`` for its own API routes
-    only, and the FHIR routes are plain ones).
+    only, and the FHIR routes are plain ones). The gateway itself runs these steps in
+    its one front layer (``api.front``); this is them as a middleware of their own.
     """
 
     def __init__(
@@ -59,20 +90,16 @@ class Observe:
 
     def route_of(self, scope: Scope) -> str:
         """The template of the route that served the request, or ``unmatched``."""
-        path = getattr(scope.get("route"), "path", None)
-        if isinstance(path, str):
-            return path
-        return self.templates.get(scope.get("endpoint"), UNMATCHED)
+        return route_of(scope, self.templates)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = self.clock()
-        given = next((v for k, v in scope["headers"] if k == _HEADER), None)
-        request_id = accept_request_id(given.decode("latin-1") if given is not None else None)
-        scope.setdefault("state", {})["request_id"] = request_id
-        bound = bind(request_id)
+        rid = request_id(scope)
+        value = rid.encode()
+        bound = bind(rid)
         status = 500
         answered = False
 
@@ -81,9 +108,7 @@ class Observe:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 answered = True
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]
-                headers.append((_HEADER, request_id.encode()))
-                message = {**message, "headers": headers}
+                message = with_id(message, value)
             await send(message)
 
         try:
@@ -93,8 +118,5 @@ class Observe:
                 await outcome(500, "exception", "internal error")(scope, receive, send_with_id)
             raise
         finally:
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            route = self.route_of(scope)
-            level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
-            self.telemetry.request(method, route, status, self.clock() - started, level)
+            logged(self.telemetry, scope, self.route_of(scope), status, self.clock() - started)
             unbind(bound)
