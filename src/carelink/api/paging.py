@@ -27,7 +27,7 @@ from fastapi.responses import Response
 
 from carelink.api import params as P
 from carelink.api.deps import audit, stored
-from carelink.api.responses import fhir, http_date, not_modified
+from carelink.api.responses import Answer, fhir, http_date, not_modified
 from carelink.audit.events import FAILED, REFUSED
 from carelink.auth import Principal
 from carelink.consent import Filtered, Situation
@@ -35,7 +35,7 @@ from carelink.errors import Gone
 from carelink.federation.fanout import CIRCUIT_OPEN, ERROR, TIMEOUT, SourceResult
 from carelink.federation.pages import Pages, Snapshot
 from carelink.federation.record import Federated, source_outcome
-from carelink.fhir import searchset
+from carelink.fhir import dumps, searchset
 from carelink.fhir.jsonio import Encodings, list_digest
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.search import apply_elements
@@ -320,7 +320,7 @@ def _respond(
         headers[MISSING_HEADER] = ", ".join(snap.missing)
     if P.prefer(request).complete:
         headers["Preference-Applied"] = P.PARTIAL_FAIL
-    return fhir(body, headers=headers)
+    return Answer(dumps(body), headers)
 
 
 def query_digest(q: dict[str, list[str]], caller: Principal, situation: Situation) -> str:

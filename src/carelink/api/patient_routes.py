@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from carelink.api import access
 from carelink.api import params as P
 from carelink.api.deps import actor, audit, consent_for, context, header, looked_up, router
-from carelink.api.responses import fhir, http_date, not_modified
+from carelink.api.responses import Answer, fhir, http_date, not_modified
 from carelink.audit.events import REFUSED
 from carelink.auth import Principal
 from carelink.consent import Actor, Filtered, Guard
@@ -203,8 +203,11 @@ async def lookup(request: Request, nhs: str) -> Response:
     )
     links = P.lookup_links(f"{base}/Patient", nhs, count, 0 if shown is None else 1)
     total = 0 if shown is None else 1
-    return fhir(
-        searchset(base, [r for r, _ in page], total=total, links=links, encode=_as_stored(page))
+    return Answer(
+        dumps(
+            searchset(base, [r for r, _ in page], total=total, links=links, encode=_as_stored(page))
+        ),
+        {},
     )
 
 

@@ -14,6 +14,7 @@ from carelink.fhir import FHIR_JSON, dumps, error_outcome
 
 #: seconds a client is asked to wait after a 503 (the database or audit trail is away)
 RETRY_AFTER = "5"
+_CONTENT_TYPE = (b"content-type", FHIR_JSON.encode())
 
 STATUS = (
     (errors.UnsupportedFormat, 406, "not-supported"),
@@ -36,6 +37,30 @@ def fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     """A FHIR JSON response from a dict or ready bytes."""
     data = body if isinstance(body, bytes) else dumps(body)
     return Response(data, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+class Answer(Response):
+    """FHIR JSON bytes we made, sent as its two ASGI messages: what ``fhir`` answers,
+    status and headers byte for byte in the same order (the given ones lower-cased,
+    then Content-Length and Content-Type), without the work of a Response's own
+    constructor (media type, header mapping, charset) or sending (websocket check,
+    background task). A Response by type only, so that the framework's routes take it;
+    for the hot routes (the lookup, ``$everything``'s pages), its headers final."""
+
+    def __init__(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        raw.append(_CONTENT_TYPE)
+        self.body = body
+        self.raw_headers = raw
+        self.status_code = status
+        self.background = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def outcome(status: int, code: str, message: str, expression: str | None = None) -> Response:
