@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from carelink.api.responses import Answer, fhir
 
 NAMES = st.sampled_from(["ETag", "Last-Modified", "X-Missing-Sources", "Preference-Applied"])
-VALUES = st.text(alphabet="abcXYZ019-\"/ ,:", max_size=30)
+VALUES = st.text(alphabet='abcXYZ019-"/ ,:', max_size=30)
 
 
 def _sent(response: Any) -> list[dict[str, Any]]:

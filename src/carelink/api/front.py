@@ -123,9 +123,10 @@ class Front:
                         answer = await handler(request, exc)
                         await answer(scope, receive, sending)
                 except PayloadTooLarge:
-                    if not verdict or began:
+                    if not verdict:  # not the bounds' count: the app's own
                         raise
-                    await refuse(sending, 413, "too-costly", body_message(self.max_body))
+                    if not began:  # else the answer is under way: it stands, cut short
+                        await refuse(sending, 413, "too-costly", body_message(self.max_body))
             except Exception as exc:
                 if net and not state.get("audited"):
                     # the 500 carries no data: if even this cannot be written, it stands
