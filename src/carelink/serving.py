@@ -6,7 +6,7 @@ client sends one (50 MB of headers were accepted); h11's has a limit
 (``h11_max_incomplete_event_size``). ``BoundedHttpTools`` applies that same
 limit to httptools: a head still incomplete after that many bytes is answered
 431 and the connection closed. ``carelink serve`` uses it with the limit from
-``CARELINK_MAX_HEADER_BYTES`` (the app's ``BoundedInput`` answers 431 too, for
+``CARELINK_MAX_HEADER_BYTES`` (the app's front layer, ``limits.judge``, answers 431 too, for
 any server).
 
 It bounds the time to send a head as well: uvicorn closes idle keep-alive

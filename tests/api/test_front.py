@@ -1,6 +1,6 @@
 """The one front layer's input bounds where a body passes the limit mid-read: before the
 answer has started, 413 in its place; after, the answer stands as it went, the request
-ends without an error (as ``limits.BoundedInput`` does on its own)."""
+ends without an error."""
 
 from __future__ import annotations
 

@@ -1,16 +1,14 @@
-"""``BoundedInput`` decides from the request's headers alone, before any route runs:
-431 when they are too large, 400 or 413 by the first ``Content-Length``, a counted body
-when the length is declared or chunked, else the request as it came (no body)."""
+"""The input bounds (``limits.judge``, which the gateway's front layer runs) decide from
+the request's headers alone, before any route runs: 431 when they are too large, 400 or
+413 by the first ``Content-Length``, a counted body when the length is declared or
+chunked, else the request as it came (no body)."""
 
 from __future__ import annotations
-
-import asyncio
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelink.api.limits import BoundedInput
+from carelink.api.limits import judge
 
 MAX_BODY, MAX_HEADERS = 100, 120
 
@@ -36,18 +34,6 @@ def expected(headers: list[tuple[bytes, bytes]]) -> str:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(header, max_size=5))
 def test_the_bounds_decide_by_the_headers_as_described(headers):
-    seen: list[str] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def app(scope: Any, got_receive: Any, send: Any) -> None:
-        seen.append("as sent" if got_receive is receive else "counted")
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            seen.append(str(message["status"]))
-
-    bounded = BoundedInput(app, MAX_BODY, MAX_HEADERS)
-    asyncio.run(bounded({"type": "http", "headers": headers}, receive, send))
-    assert seen == [expected(headers)]
+    verdict = judge({"type": "http", "headers": headers}, MAX_BODY, MAX_HEADERS)
+    seen = str(verdict[0]) if isinstance(verdict, tuple) else "counted" if verdict else "as sent"
+    assert seen == expected(headers)

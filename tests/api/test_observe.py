@@ -1,4 +1,5 @@
-"""The observing middleware on its own: request ids in and out, and a 500 for an
+"""The front layer's observing steps (``api.front.Front`` over a bare app, on a public
+path, so the audit safety net stands aside): request ids in and out, and a 500 for an
 exception nothing handled still carries its id and leaves an access line."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from carelink.api.observe import Observe
+from carelink.api.front import Front
 from carelink.observability import JsonFormatter, Metrics, Telemetry, current_request_id
 
 
@@ -34,6 +35,11 @@ async def _broken(scope: Scope, receive: Receive, send: Send) -> None:
     raise RuntimeError("a bug")
 
 
+def _front(app: Any, telemetry: Telemetry, routes: Any = ()) -> Front:
+    """The gateway's one front layer over ``app``: what observes every request."""
+    return Front(app, telemetry, routes, max_body_bytes=1_000, max_header_bytes=8_000)
+
+
 def _call(
     app: Any, headers: list[tuple[bytes, bytes]]
 ) -> tuple[list[Message], BaseException | None]:
@@ -45,7 +51,14 @@ def _call(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/fhir/Thing/9434765919", "headers": headers}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/fhir/metadata",  # public: no AuditEvent, so no trail is needed here
+        "query_string": b"patient=9434765919",
+        "headers": headers,
+        "state": {},
+    }
     try:
         asyncio.run(app(scope, receive, send))
     except Exception as exc:
@@ -61,7 +74,7 @@ def _header(messages: list[Message]) -> str:
 
 
 def test_the_bound_id_is_what_the_app_sees_and_what_the_response_carries(caplog):
-    app = Observe(_ok, Telemetry(Metrics()), routes=[_Route])
+    app = _front(_ok, Telemetry(Metrics()), routes=[_Route])
     with caplog.at_level(logging.INFO, logger="carelink.access"):
         sent, error = _call(app, [(b"x-request-id", b"abc-1")])
     assert error is None
@@ -79,12 +92,12 @@ def test_a_response_header_of_the_same_name_from_the_app_is_replaced():
         )
         await send({"type": "http.response.body", "body": b""})
 
-    sent, _ = _call(Observe(echoing, Telemetry(Metrics())), [(b"x-request-id", b"mine")])
+    sent, _ = _call(_front(echoing, Telemetry(Metrics())), [(b"x-request-id", b"mine")])
     assert _header(sent) == "mine"
 
 
 def test_an_unhandled_exception_is_answered_500_with_the_id_and_logged(caplog):
-    app = Observe(_broken, Telemetry(Metrics()))
+    app = _front(_broken, Telemetry(Metrics()))
     with caplog.at_level(logging.INFO, logger="carelink.access"):
         sent, error = _call(app, [(b"x-request-id", b"boom-1")])
     assert isinstance(error, RuntimeError)  # still raised, for the server to log
@@ -103,5 +116,5 @@ def test_other_scopes_pass_through_untouched(scope_type):
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(scope["type"])
 
-    asyncio.run(Observe(inner, Telemetry(Metrics()))({"type": scope_type}, None, None))  # type: ignore[arg-type]
+    asyncio.run(_front(inner, Telemetry(Metrics()))({"type": scope_type}, None, None))  # type: ignore[arg-type]
     assert seen == [scope_type]

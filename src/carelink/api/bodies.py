@@ -1,7 +1,7 @@
 """Request bodies: the right content type (415), bounded (413), JSON (400), shallow (400).
 
 ``json_body`` is what every route that takes a body calls. The size limit is
-enforced before the body is read (``limits.BoundedInput``); here the body's
+enforced before the body is read (``limits.judge``, run by ``api.front``); here the body's
 media type must be ``application/fhir+json`` or ``application/json`` (FHIR's
 JSON, and plain JSON for CDS Hooks), and its nesting at most
 ``max_json_depth`` levels, checked without recursion so a deep body costs no

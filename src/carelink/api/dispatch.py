@@ -15,7 +15,7 @@ framework's own routes (``/openapi.json``) — goes on to the framework
 unchanged, so those answers are the framework's own. An exception from an
 endpoint goes to the app's exception handlers, found by the exception's class
 as the framework finds them; one without a handler propagates, as before, to
-the middlewares outside (the audit safety net, ``Observe``'s 500).
+the front layer's steps outside (the audit safety net, the 500 of ``api.observe``).
 """
 
 from __future__ import annotations

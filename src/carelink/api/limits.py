@@ -1,7 +1,7 @@
 """Bounded input, before any route runs: request headers and body size, and URLs
 without control characters (400: FHIR strings hold none, PostgreSQL no NUL).
 
-A pure ASGI middleware (no buffering by Starlette's machinery): headers over
+Steps of the front layer (``api.front``), with no buffering: headers over
 ``max_header_bytes`` in total are answered 431; a body whose
 ``Content-Length`` is over ``max_body_bytes`` is answered 413 unread, and a
 chunked body is counted as it arrives and cut off with 413 the moment it
@@ -101,37 +101,3 @@ def counted(receive: Receive, max_body: int) -> Receive:
         return message
 
     return counting
-
-
-class BoundedInput:
-    """Refuse oversized headers (431) and bodies (413) before the app reads them."""
-
-    def __init__(self, app: App, max_body_bytes: int, max_header_bytes: int) -> None:
-        self.app = app
-        self.max_body = max_body_bytes
-        self.max_headers = max_header_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        verdict = judge(scope, self.max_body, self.max_headers)
-        if verdict is False:
-            await self.app(scope, receive, send)
-            return
-        if verdict is not True:
-            await refuse(send, *verdict)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted(receive, self.max_body), watched)
-        except PayloadTooLarge:
-            if not started:
-                await refuse(send, 413, "too-costly", body_message(self.max_body))

@@ -1,8 +1,8 @@
 """The HTTP edge of observability: request ids, the access line and request metrics.
 
-A pure ASGI middleware, outermost, so it sees every answer: the app's, the
+Steps of the front layer (``api.front``), outermost, so they see every answer: the app's, the
 input bounds' refusals, the audit's fail-closed 503s, and a 500 for an
-exception nothing handled (answered here, so that one carries its id too).
+exception nothing handled (answered there, so that one carries its id too).
 
 - ``X-Request-ID``: the caller's when well formed (``observability.context``),
   else a new UUID4; bound for the request (audit, outbound source requests and
@@ -17,15 +17,13 @@ exception nothing handled (answered here, so that one carries its id too).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from carelink.api.probe_routes import PROBES
-from carelink.api.responses import outcome
-from carelink.observability import HEADER, Telemetry, accept_request_id, bind, unbind
+from carelink.observability import HEADER, Telemetry, accept_request_id
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
@@ -65,58 +63,3 @@ def logged(telemetry: Telemetry, scope: Scope, route: str, status: int, seconds:
     method = scope["method"] if scope["method"] in METHODS else "other"
     level = logging.DEBUG if route in PROBES and status < 400 else logging.INFO
     telemetry.request(method, route, status, seconds, level)
-
-
-class Observe:
-    """Request ids in and out, one access line and the metrics of each request.
-
-    ``routes`` are the app's routes, for their templates: the router marks the scope
-    with the endpoint it chose (FastAPI sets ``scope["route"]`` for its own API routes
-    only, and the FHIR routes are plain ones). The gateway itself runs these steps in
-    its one front layer (``api.front``); this is them as a middleware of their own.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        telemetry: Telemetry,
-        routes: Iterable[Any] = (),
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.app = app
-        self.telemetry = telemetry
-        self.templates = templates(routes)
-        self.clock = clock
-
-    def route_of(self, scope: Scope) -> str:
-        """The template of the route that served the request, or ``unmatched``."""
-        return route_of(scope, self.templates)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = self.clock()
-        rid = request_id(scope)
-        value = rid.encode()
-        bound = bind(rid)
-        status = 500
-        answered = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, answered
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                answered = True
-                message = with_id(message, value)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            if not answered:  # the server would answer 500 without our header: answer here
-                await outcome(500, "exception", "internal error")(scope, receive, send_with_id)
-            raise
-        finally:
-            logged(self.telemetry, scope, self.route_of(scope), status, self.clock() - started)
-            unbind(bound)
