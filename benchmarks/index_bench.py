@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # a gateway's keys, checkpoints and exports in the run's folder, as the tests place them
 from tests.support.procs import own_files
 
-from carelink.app import ADAPTERS
+from carelink.assembly import ADAPTERS
 from carelink.federation.build import build_index
 from carelink.federation.changes import Upsert, apply_changes, record_of
 from carelink.federation.linkage import valid_nhs

@@ -12,7 +12,7 @@ what changed in the source's own idiom, and applying it. "end to end" is the
 time from the first change sent to the simulator until the update is done.
 
 For the HL7 v2 feed it builds the index from the acute simulator, starts the
-real MLLP listener with the app's keeper beside it (``app.feed_keeper``, as
+real MLLP listener with the app's keeper beside it (``offline.feed_keeper``, as
 ``carelink feed listen`` runs them), sends ``--changes`` ADT^A28 over one MLLP
 connection (half carrying the NHS number of a hospital patient, half new
 people), each acknowledged only once stored, and times until the last one is
@@ -39,11 +39,12 @@ import aiohttp
 import uvicorn
 from hl7.mllp import open_hl7_connection
 
-from carelink.app import ADAPTERS, feed_keeper
+from carelink.assembly import ADAPTERS
 from carelink.federation.build import build_index
 from carelink.federation.update import update_from
 from carelink.feeds.listener import listen_all
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from carelink.offline import feed_keeper
 from carelink.settings import Settings
 from carelink.simulators import acute, community, gp, social_care
 from carelink.simulators.base import Behaviour

@@ -164,7 +164,7 @@ def test_a_community_source_at_an_mllp_address_is_a_feed():
 
 
 def test_the_gp_connect_consumer_identity_and_source_tls_come_from_settings():
-    from carelink.app import _consumer
+    from carelink.assembly import consumer_of
 
     s = Settings.from_env(
         {
@@ -173,9 +173,9 @@ def test_the_gp_connect_consumer_identity_and_source_tls_come_from_settings():
             "CARELINK_SOURCE_TLS": "gp=/k/cert.pem;/k/key.pem;/k/ca.pem,acute=;;/k/ca2.pem",
         }
     )
-    consumer = _consumer(s)
+    consumer = consumer_of(s)
     assert (consumer.asid, consumer.provider_asid) == ("200000000999", "918999100001")
-    assert consumer.endpoint == _consumer(Settings()).endpoint  # unset: the demo's
+    assert consumer.endpoint == consumer_of(Settings()).endpoint  # unset: the demo's
     assert (s.source_tls["gp"].cert, s.source_tls["gp"].ca) == ("/k/cert.pem", "/k/ca.pem")
     assert s.source_tls["acute"].cert is None
     assert s.source_tls["acute"].ca == "/k/ca2.pem"

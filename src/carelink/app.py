@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import os
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -29,57 +25,46 @@ from carelink.api.audit_subject import subjects_of
 from carelink.api.deps import audit
 from carelink.api.front import Front
 from carelink.api.responses import from_error, outcome
-from carelink.audit import AuditTrail, Checkpointer, GroupCommit, load_key, load_or_make_key
+from carelink.assembly import (
+    adapter_kind,
+    checkpointer_of,
+    export_paths,
+    guard_of,
+    make_sources,
+    open_sessions,
+    pcns_of,
+    require_custodians,
+    ukcore_of,
+)
+from carelink.audit import AuditTrail, GroupCommit
 from carelink.audit.events import REFUSED
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
 from carelink.auth.tokens import TokenPolicy, Verifier, load_keys
-from carelink.consent import Engine, FilterMemo, Guard, Policy, load_policy
+from carelink.consent import load_policy
 from carelink.errors import (
     AuditError,
     CarelinkError,
     ConfigError,
-    SourceBadPayload,
-    SourceWrongKind,
     StorageUnavailable,
 )
 from carelink.export.jobs import Runner
-from carelink.export.pipeline import Extracted, extract
-from carelink.export.spec import ExtractSpec, Pcn, load_pcns
 from carelink.federation import (
-    BuildReport,
     CircuitBreaker,
     FanOut,
     SharedRecord,
-    UkCore,
-    build_index,
 )
-from carelink.federation.build import Progress
-from carelink.federation.keeper import keep_current
 from carelink.federation.memo import ParsedPatients, RecordMemo
 from carelink.federation.pages import Pages
-from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
-from carelink.feeds.run import FeedKeeper
-from carelink.fhir.profiles import ProfileSet, load_profiles
+from carelink.fhir.profiles import load_profiles
 from carelink.observability import Metrics, Readiness, Telemetry, source_spans
-from carelink.settings import FEED_SCHEME, Settings
-from carelink.sources.base import Source, local_id_system, source_uri
-from carelink.sources.community import CommunitySource
-from carelink.sources.community_feed import CommunityFeedSource
-from carelink.sources.fhir_rest import AcuteSource
-from carelink.sources.gpconnect import GPConnectSource
-from carelink.sources.gpconnect_request import Consumer
-from carelink.sources.http import close_session, lean
-from carelink.sources.http1 import Client
-from carelink.sources.kind import confirm_kinds
-from carelink.sources.social_care import SocialCareSource
-from carelink.sources.tls import client_context
+from carelink.settings import Settings
+from carelink.sources.http import close_session
 from carelink.storage import (
     UNAVAILABLE,
     ConsentStore,
     Database,
-    FeedStore,
     IndexStore,
     JobStore,
     LocationStore,
@@ -92,82 +77,6 @@ from carelink.storage import (
 from carelink.storage.audit_search import AuditSearch
 from carelink.storage.audit_store import AuditStore
 from carelink.storage.health import Health
-
-AdapterFactory = Callable[[aiohttp.ClientSession, str, str], Source]
-ADAPTERS: dict[str, AdapterFactory] = {
-    "acute": lambda s, url, name: AcuteSource(s, url, name),
-    "gp": lambda s, url, name: GPConnectSource(s, url, name),
-    "community": lambda s, url, name: CommunitySource(s, url, name),
-    "social-care": lambda s, url, name: SocialCareSource(s, url, name),
-}
-
-
-def adapter_kind(name: str) -> str:
-    """The adapter kind for a source name (``gp-leeds`` -> ``gp``)."""
-    for kind in ADAPTERS:
-        if name == kind or name.startswith(kind + "-"):
-            return kind
-    raise ConfigError(f"source {name!r}: no adapter; names start with one of {sorted(ADAPTERS)}")
-
-
-def open_sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
-    """One pooled HTTP session per source (keep-alive, no per-request set-up); a source
-    without TLS settings has its plain-HTTP requests sent by the lean client
-    (``sources.http1``), within the same limits."""
-    return {
-        name: lean(session, Client(settings.upstream_connections, settings.budget))
-        if name not in settings.source_tls
-        else session
-        for name, session in _sessions(settings).items()
-    }
-
-
-def _sessions(settings: Settings) -> dict[str, aiohttp.ClientSession]:
-    return {
-        name: aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=settings.upstream_connections,
-                ttl_dns_cache=300,
-                keepalive_timeout=30,
-                ssl=client_context(name, tls.cert, tls.key, tls.ca)
-                if (tls := settings.source_tls.get(name)) is not None
-                else True,
-            ),
-            timeout=aiohttp.ClientTimeout(total=None, connect=settings.budget),
-            raise_for_status=False,
-        )
-        for name in settings.sources
-    }
-
-
-def _consumer(settings: Settings) -> Consumer:
-    """This gateway as GP Connect providers and Spine know it (settings over the demo's)."""
-    demo = Consumer()
-    return replace(
-        demo,
-        asid=settings.gpconnect_asid or demo.asid,
-        provider_asid=settings.gpconnect_provider_asid or demo.provider_asid,
-        endpoint=settings.gpconnect_endpoint or demo.endpoint,
-    )
-
-
-def make_sources(
-    settings: Settings, sessions: Mapping[str, aiohttp.ClientSession], db: Database
-) -> dict[str, Source]:
-    """The configured source adapters; a source at an ``mllp://`` address pushes a feed,
-    and is served from what the feed stored (``carelink feed listen`` takes it)."""
-    feed = FeedStore(db)
-    return {
-        name: (
-            CommunityFeedSource(feed, name)
-            if url.startswith(FEED_SCHEME)
-            else GPConnectSource(sessions[name], url, name, consumer=_consumer(settings))
-            if adapter_kind(name) == "gp"
-            else ADAPTERS[adapter_kind(name)](sessions[name], url, name)
-        )
-        for name, url in settings.sources.items()
-    }
-
 
 #: Young-generation threshold: the default 700 makes the collector run thousands of
 #: times a second under load, and each full collection walks every cached resource.
@@ -294,18 +203,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.record = SharedRecord(
             index,
             fanout,
-            _ukcore(app.state.profiles, settings),
+            ukcore_of(app.state.profiles, settings),
             locations=locations,
             memo=RecordMemo(settings.record_memo) if settings.record_memo else None,
             patients=ParsedPatients(settings.record_memo) if settings.record_memo else None,
         )
         app.state.pages = Pages(ResultStore(db), settings.result_ttl)
-        exports, master = _export_paths(settings)
+        exports, master = export_paths(settings)
         app.state.jobs = JobStore(db)
         app.state.exports = exports
         consents = ConsentStore(db)
         app.state.consents = consents
-        app.state.guard = _guard(app.state.policy, consents, settings)
+        app.state.guard = guard_of(app.state.policy, consents, settings)
         runner = Runner(
             app.state.jobs,
             OptOutStore(db),
@@ -374,7 +283,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = Telemetry(Metrics(), settings.sources, spans=source_spans())
     app.state.policy = load_policy(Path(settings.consent_policy))
-    _require_custodians(app.state.policy, settings)
+    require_custodians(app.state.policy, settings)
     app.state.profiles = load_profiles(Path(settings.profiles))
     app.state.pcns = pcns_of(settings)
     app.state.token_policy = None
@@ -451,83 +360,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def build_index_from(
-    settings: Settings, store: IndexStore, progress: Progress | None = None
-) -> BuildReport:
-    """Open sessions, build the index from every configured source, close the sessions.
-
-    Index building reads whole populations, so it gets a generous connect timeout
-    rather than the request path's budget.
-    """
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        named = make_sources(settings, sessions, store.db)
-        await confirm_kinds(named)  # a wrong kind of system fails before anything is read
-        sources = list(named.values())
-        # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
-        # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
-        writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
-        return await build_index(
-            sources, store, progress=progress, refuse_empty=True, writers=writers
-        )
-    except SourceWrongKind:
-        raise  # names its URL already
-    except SourceBadPayload as exc:
-        url = settings.sources.get(exc.source, "")
-        raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
-    finally:
-        for session in sessions.values():
-            await close_session(session)
-
-
-async def update_index_from(settings: Settings, store: IndexStore) -> UpdateReport:
-    """Apply the changes every configured source lists since its watermark."""
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        named = make_sources(settings, sessions, store.db)
-        await confirm_kinds(named)
-        return await update_from(list(named.values()), store)
-    finally:
-        for session in sessions.values():
-            await close_session(session)
-
-
-async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> dict[str, Drift]:
-    """Compare every configured source's whole listing with the index (``fix``: apply)."""
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        sources = make_sources(settings, sessions, store.db)
-        await confirm_kinds(sources)
-        return {name: await reconcile(s, store, fix) for name, s in sources.items()}
-    finally:
-        for session in sessions.values():
-            await close_session(session)
-
-
-def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
-    """What ``carelink feed listen`` runs beside its listeners: the index kept current
-    from what the feeds stored, woken by the listener as soon as an ADT message that
-    changes someone is stored (and every ``every`` seconds regardless). The first update
-    takes whatever was stored but not applied before a restart. Updates run on a thread
-    of their own, so the listeners go on acknowledging meanwhile."""
-
-    async def keep(db: Database, wake: asyncio.Event) -> None:
-        index = IndexStore(db)
-        feed = FeedStore(db)
-        sources: list[Source] = [CommunityFeedSource(feed, name) for name in settings.feeds()]
-
-        async def update() -> UpdateReport:
-            return await asyncio.to_thread(lambda: asyncio.run(update_from(sources, index)))
-
-        await keep_current(update, every, wake)
-
-    return keep
-
-
 async def _audit_committer(settings: Settings, db: Database) -> AuditTrail | WriterProcess:
     """Where audit appends run (``Settings.audit_writer``). The checkpoint key is loaded
     (or made) here either way, so a missing production key stops the start-up."""
-    checkpointer = _checkpointer(settings)
+    checkpointer = checkpointer_of(settings)
     if settings.audit_writer == "thread":
         return AuditTrail(AuditStore(db), checkpointer)
     keys, points = settings.audit_paths()
@@ -544,96 +380,3 @@ async def _audit_committer(settings: Settings, db: Database) -> AuditTrail | Wri
     )
     await writer.start()
     return writer
-
-
-def _checkpointer(settings: Settings) -> Checkpointer:
-    """Signed checkpoints of the audit trail, written by the gateway as the trail grows.
-    The signing key is made on first start, except in production, where it must be
-    provisioned (``carelink audit checkpoint`` makes one)."""
-    keys, folder = settings.audit_paths()
-    return Checkpointer(
-        folder,
-        load_key(keys) if settings.mode == "production" else load_or_make_key(keys),
-        settings.audit_checkpoint_every,
-        settings.audit_checkpoint_minutes * 60,
-        time.time,
-    )
-
-
-def _ukcore(profiles: ProfileSet, settings: Settings) -> UkCore:
-    """The UK Core shape of the output: the loaded profiles, each source's ODS code."""
-    return UkCore(profiles.by_type(), settings.source_ods, profiles.required_by_type())
-
-
-def _require_custodians(policy: Policy, settings: Settings) -> None:
-    """Refuse a source the sharing policy does not name: consent finds each source's
-    custodian there, so a patient's objection to that organisation's data (a ``CST``
-    actor) could never apply to a source missing from it, and would be ignored."""
-    for name in settings.sources:
-        if policy.custodian(name) is None:
-            raise ConfigError(
-                f"source {name!r} is not among the organisations of the consent policy "
-                f"{settings.consent_policy}: add it (with its custodian's ODS code), so "
-                "consent can apply to its data"
-            )
-
-
-def _guard(policy: Policy, consents: ConsentStore, settings: Settings) -> Guard:
-    return Guard(
-        Engine(policy),
-        consents,
-        {source_uri(n): n for n in settings.sources},
-        {local_id_system(n): n for n in settings.sources},
-        # consent's answers are reused only for remembered records' very objects
-        memo=FilterMemo(settings.record_memo) if settings.record_memo else None,
-    )
-
-
-def pcns_of(settings: Settings) -> dict[str, Pcn] | None:
-    """The configured primary care networks (``CARELINK_PCNS``), if any."""
-    return load_pcns(Path(settings.pcns)) if settings.pcns else None
-
-
-def _export_paths(settings: Settings) -> tuple[Path, Path]:
-    """Where extracts and the master key live: as configured, or beside a SQLite file."""
-    url = settings.database_url
-    beside = Path(url).parent if "://" not in url else Path("var")
-    exports = Path(settings.exports) if settings.exports else beside / "exports"
-    master = Path(settings.master_key) if settings.master_key else beside / "extract-master.key"
-    return exports, master
-
-
-async def extract_with(
-    settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
-) -> Extracted:
-    """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
-    policy = load_policy(Path(settings.consent_policy))
-    _require_custodians(policy, settings)
-    db = settings.database(batch=True)
-    db.migrate()
-    bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
-    sessions = open_sessions(bulk)
-    index = IndexStore(db)
-    try:
-        fanout = FanOut(make_sources(bulk, sessions, db), bulk.budget)
-        _, master = _export_paths(settings)
-        return await extract(
-            SharedRecord(
-                index,
-                fanout,
-                _ukcore(load_profiles(Path(settings.profiles)), settings),
-                fetch_targets=False,
-            ),
-            spec,
-            load_master_key(master, create=settings.mode != "production"),
-            Path(settings.deid_rules),
-            OptOutStore(db).all(),
-            out,
-            progress,
-            guard=_guard(policy, ConsentStore(db), settings),
-        )
-    finally:
-        for session in sessions.values():
-            await close_session(session)
-        index.close()
-        db.dispose()

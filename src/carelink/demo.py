@@ -104,7 +104,8 @@ def run_demo(
     """Run everything until interrupted."""
     import uvicorn
 
-    from carelink.app import build_index_from, create_app
+    from carelink.app import create_app
+    from carelink.offline import build_index_from
     from carelink.simulators.population import people
     from carelink.storage import Database, IndexStore
 

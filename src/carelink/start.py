@@ -22,7 +22,8 @@ from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from carelink.anonymise.keys import load_master_key
-from carelink.app import _checkpointer, _export_paths, create_app, make_sources, open_sessions
+from carelink.app import create_app
+from carelink.assembly import checkpointer_of, export_paths, make_sources, open_sessions
 from carelink.errors import ConfigError
 from carelink.observability import log_config
 from carelink.serving import PROTOCOL
@@ -46,8 +47,8 @@ def preflight(settings: Settings) -> int:
     db = settings.database()  # first: a missing data folder is not made by what follows
     try:
         create_app(settings)  # settings, policy, profiles, PCNs, token issuer keys
-        _checkpointer(settings)  # the audit checkpoint key (production: must exist)
-        _, master = _export_paths(settings)
+        checkpointer_of(settings)  # the audit checkpoint key (production: must exist)
+        _, master = export_paths(settings)
         load_master_key(master, create=settings.mode != "production")
         return db.migrate()
     finally:

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from carelink.app import update_index_from
 from carelink.federation import UpdateReport
 from carelink.federation.changes import record_of
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from carelink.offline import update_index_from
 from carelink.settings import Settings
 from carelink.simulators import acute, community, gp, social_care
 from carelink.simulators.base import Behaviour

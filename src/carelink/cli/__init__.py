@@ -68,8 +68,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return simulate(args)
     if args.command == "feed":
-        from carelink.app import feed_keeper
         from carelink.feeds.run import listen_until_stopped
+        from carelink.offline import feed_keeper
         from carelink.settings import Settings
 
         settings = Settings.from_env()

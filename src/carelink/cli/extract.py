@@ -16,8 +16,9 @@ from carelink.cli.codes import EXIT_OK, UsageError
 def extract(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from carelink.app import extract_with, pcns_of
+    from carelink.assembly import pcns_of
     from carelink.export.spec import Cohort, ExtractSpec, type_filters
+    from carelink.offline import extract_with
     from carelink.settings import Settings
 
     settings = Settings.from_env()

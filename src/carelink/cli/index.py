@@ -29,7 +29,7 @@ def index(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.index_command == "update":
         return _index_update(args, settings, store)
-    from carelink.app import build_index_from
+    from carelink.offline import build_index_from
 
     report = asyncio.run(build_index_from(settings, store, _build_progress()))
     print(
@@ -106,8 +106,8 @@ def _build_progress() -> Callable[[str, int, int | None], None]:
 
 
 def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStore) -> int:
-    from carelink.app import reconcile_from, update_index_from
     from carelink.federation.keeper import keep_current
+    from carelink.offline import reconcile_from, update_index_from
 
     async def once() -> UpdateReport:
         report = await update_index_from(settings, store)

@@ -12,7 +12,7 @@ from carelink.cli.codes import EXIT_OK
 def init() -> int:
     """Make what the gateway needs and never makes on its own in production."""
     from carelink.anonymise.keys import load_master_key
-    from carelink.app import _export_paths
+    from carelink.assembly import export_paths
     from carelink.audit.checkpoints import load_or_make_key
     from carelink.auth.local_issuer import LocalIssuer
     from carelink.settings import Settings
@@ -23,7 +23,7 @@ def init() -> int:
     LocalIssuer(Path(settings.issuer_keys))
     audit_keys, _ = settings.audit_paths()
     load_or_make_key(audit_keys)
-    _, master = _export_paths(settings)
+    _, master = export_paths(settings)
     master.parent.mkdir(parents=True, exist_ok=True)
     load_master_key(master, create=True)
     db = settings.database(batch=True)

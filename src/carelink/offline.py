@@ -1,0 +1,146 @@
+"""What runs off the request path, from the same settings as the gateway: building,
+updating and reconciling the patient index, the feed keeper beside ``feed listen``,
+and an extract run in this process (``carelink extract``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from carelink.anonymise.keys import load_master_key
+from carelink.assembly import (
+    export_paths,
+    guard_of,
+    make_sources,
+    open_sessions,
+    require_custodians,
+    ukcore_of,
+)
+from carelink.consent import load_policy
+from carelink.errors import SourceBadPayload, SourceWrongKind
+from carelink.export.pipeline import Extracted, extract
+from carelink.export.spec import ExtractSpec
+from carelink.federation import BuildReport, FanOut, SharedRecord, build_index
+from carelink.federation.build import Progress
+from carelink.federation.keeper import keep_current
+from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
+from carelink.feeds.run import FeedKeeper
+from carelink.fhir.profiles import load_profiles
+from carelink.settings import Settings
+from carelink.sources.base import Source
+from carelink.sources.community_feed import CommunityFeedSource
+from carelink.sources.http import close_session
+from carelink.sources.kind import confirm_kinds
+from carelink.storage import ConsentStore, Database, FeedStore, IndexStore, OptOutStore
+
+
+async def build_index_from(
+    settings: Settings, store: IndexStore, progress: Progress | None = None
+) -> BuildReport:
+    """Open sessions, build the index from every configured source, close the sessions.
+
+    Index building reads whole populations, so it gets a generous connect timeout
+    rather than the request path's budget.
+    """
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)  # a wrong kind of system fails before anything is read
+        sources = list(named.values())
+        # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
+        # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
+        writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
+        return await build_index(
+            sources, store, progress=progress, refuse_empty=True, writers=writers
+        )
+    except SourceWrongKind:
+        raise  # names its URL already
+    except SourceBadPayload as exc:
+        url = settings.sources.get(exc.source, "")
+        raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
+    finally:
+        for session in sessions.values():
+            await close_session(session)
+
+
+async def update_index_from(settings: Settings, store: IndexStore) -> UpdateReport:
+    """Apply the changes every configured source lists since its watermark."""
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        named = make_sources(settings, sessions, store.db)
+        await confirm_kinds(named)
+        return await update_from(list(named.values()), store)
+    finally:
+        for session in sessions.values():
+            await close_session(session)
+
+
+async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> dict[str, Drift]:
+    """Compare every configured source's whole listing with the index (``fix``: apply)."""
+    sessions = open_sessions(replace(settings, budget=30.0))
+    try:
+        sources = make_sources(settings, sessions, store.db)
+        await confirm_kinds(sources)
+        return {name: await reconcile(s, store, fix) for name, s in sources.items()}
+    finally:
+        for session in sessions.values():
+            await close_session(session)
+
+
+def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
+    """What ``carelink feed listen`` runs beside its listeners: the index kept current
+    from what the feeds stored, woken by the listener as soon as an ADT message that
+    changes someone is stored (and every ``every`` seconds regardless). The first update
+    takes whatever was stored but not applied before a restart. Updates run on a thread
+    of their own, so the listeners go on acknowledging meanwhile."""
+
+    async def keep(db: Database, wake: asyncio.Event) -> None:
+        index = IndexStore(db)
+        feed = FeedStore(db)
+        sources: list[Source] = [CommunityFeedSource(feed, name) for name in settings.feeds()]
+
+        async def update() -> UpdateReport:
+            return await asyncio.to_thread(lambda: asyncio.run(update_from(sources, index)))
+
+        await keep_current(update, every, wake)
+
+    return keep
+
+
+async def extract_with(
+    settings: Settings, spec: ExtractSpec, out: Path, progress: Any = None
+) -> Extracted:
+    """Run an extract in this process (``carelink extract``): the same pipeline as ``$export``."""
+    policy = load_policy(Path(settings.consent_policy))
+    require_custodians(policy, settings)
+    db = settings.database(batch=True)
+    db.migrate()
+    bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
+    sessions = open_sessions(bulk)
+    index = IndexStore(db)
+    try:
+        fanout = FanOut(make_sources(bulk, sessions, db), bulk.budget)
+        _, master = export_paths(settings)
+        return await extract(
+            SharedRecord(
+                index,
+                fanout,
+                ukcore_of(load_profiles(Path(settings.profiles)), settings),
+                fetch_targets=False,
+            ),
+            spec,
+            load_master_key(master, create=settings.mode != "production"),
+            Path(settings.deid_rules),
+            OptOutStore(db).all(),
+            out,
+            progress,
+            guard=guard_of(policy, ConsentStore(db), settings),
+        )
+    finally:
+        for session in sessions.values():
+            await close_session(session)
+        index.close()
+        db.dispose()
