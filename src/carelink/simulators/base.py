@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import math
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -103,7 +104,7 @@ def _fresh(cached: Response) -> Response:
         for k, v in cached.headers.items()
         if k.lower() not in ("content-length", "content-type", "last-modified")
     }
-    headers["Last-Modified"] = formatdate(usegmt=True)
+    headers["Last-Modified"] = http_now()
     return Response(
         cached.body, status_code=cached.status_code, headers=headers, media_type=cached.media_type
     )
@@ -182,6 +183,34 @@ class KeptFirst:
         await self.app(scope, receive, send)
 
 
+RawHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class PostsFirst:
+    """ASGI middleware: a ``POST`` to one of ``posts``' paths is answered by its raw
+    handler, after that request's latency and fault (``misbehave``, as ``with_behaviour``
+    draws them), without the framework's routing, request and response objects; the
+    handler reads the headers from the scope and the body from ``receive`` itself.
+    Anything else goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp, behaviour: Behaviour, posts: dict[str, RawHandler]) -> None:
+        self.app = app
+        self.behaviour = behaviour
+        self.posts = posts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.posts.get(scope["path"])
+            if handler is not None:
+                fault = await misbehave(self.behaviour)
+                if fault is not None:
+                    await fault(scope, receive, send)
+                    return
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def kept_first(
     behaviour: Behaviour, cache: ResponseCache, malformed: bytes = MALFORMED
 ) -> Middleware:
@@ -196,7 +225,7 @@ async def _send_fresh(cached: Response, send: Send) -> None:
     """``_fresh(cached)`` sent: its headers in the order that response has them."""
     raw = cached.raw_headers
     headers = [h for h in raw if h[0] not in _NOT_KEPT]
-    headers.append((b"last-modified", formatdate(usegmt=True).encode("latin-1")))
+    headers.append((b"last-modified", http_now().encode("latin-1")))
     headers += [h for h in raw if h[0] in _NOT_KEPT[:2]]
     await send({"type": "http.response.start", "status": cached.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": cached.body})
@@ -237,6 +266,61 @@ def admin_routes(behaviour: Behaviour) -> list[Route]:
         Route("/_admin/faults", faults, methods=["GET", "POST"]),
         Route("/_admin/health", health),
     ]
+
+
+class HeaderMap(dict[str, str]):
+    """A request's headers by lower-case name, each its first value (as Starlette's
+    ``Headers.get`` reads them), looked up by any case of the name; made once a request
+    from the ASGI scope instead of scanning the raw list on every look-up."""
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        super().__init__((k.decode("latin-1"), v.decode("latin-1")) for k, v in reversed(raw))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
+_now: list[Any] = [None, ""]
+
+
+def http_now() -> str:
+    """The time now as an HTTP date (``Last-Modified``), made once a second."""
+    second = int(time.time())
+    if second != _now[0]:
+        _now[0], _now[1] = second, formatdate(second, usegmt=True)
+    text: str = _now[1]
+    return text
+
+
+async def send_answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    media_type: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send the answer a Starlette ``Response(body, status, headers, media_type)`` sends,
+    header for header in the same order (``headers`` first, lower-case, then length and
+    type), without making that object."""
+    raw = [
+        *headers,
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", media_type.encode("latin-1")),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The request's whole body, or None when the client went away before sending it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def etag_for(body: bytes) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from carelink.simulators.base import etag_for
+from carelink.simulators.base import etag_for, http_now
 from carelink.simulators.fhir_store import FhirStore
 
 Json = dict[str, Any]
@@ -22,12 +21,11 @@ def fhir_response(body: Json | bytes, status: int = 200, etag: str | None = None
     """A FHIR JSON response carrying an ETag of its bytes (``etag``, when made already)
     and the time it was current."""
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    now = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
     return Response(
         data,
         status_code=status,
         media_type=FHIR_JSON,
-        headers={"ETag": etag or etag_for(data), "Last-Modified": now},
+        headers={"ETag": etag or etag_for(data), "Last-Modified": http_now()},
     )
 
 

@@ -39,6 +39,7 @@ are, found by their Patient's NHS number.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -63,8 +65,14 @@ from carelink.fhir.gpconnect import (
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.base import (
     Behaviour,
+    HeaderMap,
+    PostsFirst,
+    RawHandler,
     admin_routes,
     etag_for,
+    http_now,
+    read_body,
+    send_answer,
     unless_down,
     with_behaviour,
 )
@@ -92,6 +100,10 @@ from carelink.simulators.stu3_render import RenderedBundles, down, sent_as_is
 
 Json = dict[str, Any]
 FHIR = "application/fhir+json; charset=utf-8"
+#: the media type of a record answered (``fhir_server.fhir_response``'s)
+FHIR_JSON = "application/fhir+json"
+#: an answer: status, body, media type and the headers before length and type
+Answer = tuple[int, bytes, str, list[tuple[bytes, bytes]]]
 #: what a GP event message says happened (``MessageHeader.event``)
 EVENT_SYSTEM = "https://carelink.example/CodeSystem/gp-registration-event"
 STRUCTURED_DEFINITION = (
@@ -143,6 +155,16 @@ def _error(refusal: Refusal) -> Response:
     return Response(orjson.dumps(refusal.outcome), status_code=refusal.status, media_type=FHIR)
 
 
+def _refused(refusal: Refusal) -> Answer:
+    """``_error(refusal)`` as an ``Answer``."""
+    return refusal.status, orjson.dumps(refusal.outcome), FHIR, []
+
+
+def _stamped(tag: str) -> list[tuple[bytes, bytes]]:
+    """A record's ``ETag`` and ``Last-Modified`` (``fhir_server.fhir_response``'s)."""
+    return [(b"etag", tag.encode("latin-1")), (b"last-modified", http_now().encode("latin-1"))]
+
+
 def _today() -> Any:
     return datetime.now(UTC).date()
 
@@ -185,26 +207,27 @@ def build(
     def current(local: str) -> Json | None:
         return changes.patient(local, store.patient)
 
-    def answer(asked: Asked) -> Response:
+    def answer(asked: Asked) -> Answer:
         code = refusals.get(asked.nhs_number)
         if code is not None:
-            return _error(Refusal(SPINE_ERRORS[code].http, spine_outcome(code, code)))
+            return _refused(Refusal(SPINE_ERRORS[code].http, spine_outcome(code, code)))
         extra = [warning_outcome(asked.warnings)] if asked.warnings else []
         if examples is not None:
             entries = examples.get(asked.nhs_number)
             if entries is None:
-                return _error(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "not found")))
+                return _refused(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "not found")))
             bundle = {
                 "resourceType": "Bundle",
                 "meta": {"profile": [BUNDLE_PROFILE]},
                 "type": "collection",
                 "entry": entries + [{"resource": r} for r in extra],
             }
-            return fhir_response(bundle)
+            body = orjson.dumps(bundle)
+            return 200, body, FHIR_JSON, _stamped(etag_for(body))
         local = store.find(NHS_NUMBER_SYSTEM, asked.nhs_number)
         rec = store.record(local) if local else None
         if rec is None:
-            return _error(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "no such patient")))
+            return _refused(Refusal(404, spine_outcome("PATIENT_NOT_FOUND", "no such patient")))
         if "includeFullRecord" in asked.groups:
             types = None
         else:
@@ -213,17 +236,46 @@ def build(
         shared = referenced(shares, items) if shares is not None else []
         asked_types = None if types is None else frozenset(types)
         body, tag = rendered.tagged((local, asked_types), items, shared, extra, etag_for)
-        return fhir_response(body, etag=tag)
+        return 200, body, FHIR_JSON, _stamped(tag)
 
-    def operation(interaction: str, reason: str, full: bool) -> Any:
+    async def operate(
+        headers: Any, body: Callable[[], Awaitable[bytes | None]], interaction: str, reason: str
+    ) -> Answer | None:
+        """The operation's answer: the headers checked, then the body read (None: the
+        client went away before sending it)."""
+        checked = check_headers(headers, interaction, int(time.time()), reason)
+        if isinstance(checked, Refusal):
+            return _refused(checked)
+        got = await body()
+        if got is None:
+            return None
+        asked = check_parameters(got, _today(), full_record=reason == "migration")
+        if isinstance(asked, Refusal):
+            return _refused(asked)
+        return answer(asked)
+
+    def operation(interaction: str, reason: str) -> Any:
+        """The operation as a Starlette endpoint (``raw_operation`` answers it first)."""
+
         async def handle(request: Request) -> Response:
-            checked = check_headers(request.headers, interaction, int(time.time()), reason)
-            if isinstance(checked, Refusal):
-                return _error(checked)
-            asked = check_parameters(await request.body(), _today(), full_record=full)
-            if isinstance(asked, Refusal):
-                return _error(asked)
-            return answer(asked)
+            got = await operate(request.headers, request.body, interaction, reason)
+            assert got is not None  # Starlette's body() raises when the client has gone
+            status, body, media, headers = got
+            out = Response(body, status_code=status, media_type=media)
+            out.raw_headers[:0] = headers
+            return out
+
+        return handle
+
+    def raw_operation(interaction: str, reason: str) -> RawHandler:
+        """The operation as ``PostsFirst`` answers it: the same answer, sent raw."""
+
+        async def handle(scope: Any, receive: Any, send: Any) -> None:
+            got = await operate(
+                HeaderMap(scope["headers"]), lambda: read_body(receive), interaction, reason
+            )
+            if got is not None:
+                await send_answer(send, *got)
 
         return handle
 
@@ -307,12 +359,12 @@ def build(
         Route("/metadata", unless_down(behaviour, metadata)),
         Route(
             f"/Patient/{OPERATION}",
-            with_behaviour(behaviour, operation(INTERACTION_ID, "directcare", False)),
+            with_behaviour(behaviour, operation(INTERACTION_ID, "directcare")),
             methods=["POST"],
         ),
         Route(
             f"/Patient/{MIGRATE_OPERATION}",
-            with_behaviour(behaviour, operation(MIGRATE_INTERACTION_ID, "migration", True)),
+            with_behaviour(behaviour, operation(MIGRATE_INTERACTION_ID, "migration")),
             methods=["POST"],
         ),
         Route("/Patient", with_behaviour(behaviour, patients)),
@@ -323,4 +375,10 @@ def build(
         Route("/{type}/{id}", with_behaviour(behaviour, read)),
         Route("/{type}", with_behaviour(behaviour, by_identifier)),
     ]
-    return Starlette(routes=routes)
+    posts = {
+        f"/Patient/{OPERATION}": raw_operation(INTERACTION_ID, "directcare"),
+        f"/Patient/{MIGRATE_OPERATION}": raw_operation(MIGRATE_INTERACTION_ID, "migration"),
+    }
+    return Starlette(
+        routes=routes, middleware=[Middleware(PostsFirst, behaviour=behaviour, posts=posts)]
+    )

@@ -106,7 +106,12 @@ def _read_jwt(token: str) -> tuple[Any, Any, str] | None:
 def check_headers(
     headers: Any, interaction: str, now: int, reason: str = "directcare"
 ) -> Refusal | Json:
-    """The request's headers and JWT as a provider checks them; the claims when good."""
+    """The request's headers and JWT as a provider checks them; the claims when good.
+
+    Every check runs on every request, in this order; what follows the trace id is a
+    function of the headers it reads, ``now`` (to the second) and what is asked, so its
+    verdict is made once for each such question (a consumer sends the same JWT, and the
+    same ASIDs, for many requests within a second) and looked up after that."""
     media = headers.get("content-type", "")
     if "application/fhir+json" not in media:
         return Refusal(415, ssp_outcome(415, "Unsupported Media Type"))
@@ -115,12 +120,34 @@ def check_headers(
         uuid.UUID(trace)
     except ValueError:
         return _refuse("BAD_REQUEST", f"{SSP_TRACE_ID} must be a UUID")
-    for name in (SSP_FROM, SSP_TO):
-        if not headers.get(name, "").strip():
+    return _checked(
+        headers.get(SSP_FROM, ""),
+        headers.get(SSP_TO, ""),
+        headers.get(SSP_INTERACTION_ID),
+        headers.get("authorization", ""),
+        interaction,
+        now,
+        reason,
+    )
+
+
+@lru_cache(maxsize=256)
+def _checked(
+    sender: str,
+    receiver: str,
+    interaction_id: str | None,
+    auth: str,
+    interaction: str,
+    now: int,
+    reason: str,
+) -> Refusal | Json:
+    """``check_headers`` after the trace id: the ASIDs, the interaction id, the JWT and
+    its claims (the answer is shared by the requests asking the same: read, not changed)."""
+    for name, value in ((SSP_FROM, sender), (SSP_TO, receiver)):
+        if not value.strip():
             return _refuse("BAD_REQUEST", f"{name} header is required")
-    if headers.get(SSP_INTERACTION_ID) != interaction:
+    if interaction_id != interaction:
         return _refuse("BAD_REQUEST", f"{SSP_INTERACTION_ID} must be {interaction}")
-    auth = headers.get("authorization", "")
     if not auth.startswith("Bearer "):
         return _refuse("BAD_REQUEST", "Authorization: Bearer <JWT> is required")
     read = _read_jwt(auth.removeprefix("Bearer "))
@@ -234,8 +261,11 @@ def _part_problem(
     return None
 
 
+@lru_cache(maxsize=4096)
 def check_parameters(body: bytes, today: date, full_record: bool = False) -> Refusal | Asked:
-    """The operation's ``Parameters`` as a provider reads them."""
+    """The operation's ``Parameters`` as a provider reads them: a function of the body,
+    the day and the operation, so read once for each (the answer is shared by the
+    requests sending the same body that day: read, never changed)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
