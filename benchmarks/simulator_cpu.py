@@ -11,6 +11,11 @@ makes, the acute trust ``$everything?_count=1000``, the community trust
 ``/hl7/record?pid=``, the council ``/persons/{ref}/case``, over 200 people at random.
 It prints each simulator's CPU time (from ``/proc``) per request. ``--profile DIR``
 runs each simulator under cProfile and leaves ``DIR/NAME.pstats``.
+
+``--listing`` (with ``--size 100000``, say) instead reads each simulator's whole
+patient listing through the gateway's own source adapter (``people()``, as the index
+build reads it), one simulator at a time, and prints the seconds it took and the
+simulator's CPU seconds and the adapter's (this process), ``--runs`` times.
 """
 
 from __future__ import annotations
@@ -99,6 +104,17 @@ async def drive(port: int, requests: list[bytes], n: int) -> None:
     await asyncio.gather(*(connection(port, queue) for _ in range(32)))
 
 
+async def listing(name: str, port: int) -> int:
+    """Everyone in ``name``'s listing, read as the index build reads it; how many."""
+    import aiohttp
+
+    from carelink.app import ADAPTERS
+
+    async with aiohttp.ClientSession() as session:
+        source = ADAPTERS[name](session, f"http://127.0.0.1:{port}", name)
+        return sum([1 async for _ in source.people()])
+
+
 def wait_up(port: int) -> None:
     import urllib.request
 
@@ -119,6 +135,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=32500)
     ap.add_argument("--only", default=",".join(NAMES))
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--listing", action="store_true", help="read the patient listings")
     args = ap.parse_args()
     names = args.only.split(",")
     procs = {}
@@ -146,6 +163,20 @@ def main() -> None:
         for port, _ in procs.values():
             wait_up(port)
         for name, (port, proc) in procs.items():
+            if args.listing:
+                for _ in range(args.runs):
+                    before, wall, mine = cpu_of(proc.pid), time.perf_counter(), time.process_time()
+                    people = asyncio.run(listing(name, port))
+                    wall = time.perf_counter() - wall
+                    mine = time.process_time() - mine
+                    cpu = cpu_of(proc.pid) - before
+                    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                    print(
+                        f"{name}: {people:,} people listed in {wall:.2f} s, the simulator's"
+                        f" CPU {cpu:.2f} s, the adapter's {mine:.2f} s; load {load}",
+                        flush=True,
+                    )
+                continue
             reqs = requests_for(name, port, args.size)
             asyncio.run(drive(port, reqs, len(reqs) * 2))  # warm: every request once
             took = []
