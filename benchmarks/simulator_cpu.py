@@ -108,7 +108,7 @@ async def listing(name: str, port: int) -> int:
     """Everyone in ``name``'s listing, read as the index build reads it; how many."""
     import aiohttp
 
-    from carelink.app import ADAPTERS
+    from carelink.assembly import ADAPTERS
 
     async with aiohttp.ClientSession() as session:
         source = ADAPTERS[name](session, f"http://127.0.0.1:{port}", name)
