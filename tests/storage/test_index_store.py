@@ -20,6 +20,7 @@ from carelink.storage import (
     ConsentStore,
     Database,
     DateTest,
+    FoundPerson,
     IdentifierTest,
     IndexStore,
     LinkRow,
@@ -354,7 +355,7 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
             for after, limit in (("", 500), ("", 2), (persons[0].id, 3)):
                 rows, held = store.find_with_consents(q, after=after, limit=limit)
                 want = store.find(q, after=after, limit=limit)
-                assert rows == want
+                assert rows == [FoundPerson(r.id, r.patient) for r in want]
                 assert held == consents.active_of([r.id for r in want])
                 seen_held += len(held)
         assert seen_held > 10  # consents were found, not only empty maps compared

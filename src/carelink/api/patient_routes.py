@@ -34,7 +34,7 @@ from carelink.fhir import NHS_NUMBER_SYSTEM, dumps, searchset
 from carelink.fhir.nhs import problem
 from carelink.fhir.search import apply_elements, parse_token
 from carelink.sources.base import LOCAL_ID_SYSTEM, local_id_system
-from carelink.storage import LinkRow, PersonQuery, PersonRow
+from carelink.storage import FoundPerson, LinkRow, PersonQuery, PersonRow
 from carelink.storage.database import HOT_LIMIT
 
 Json = dict[str, Any]
@@ -87,7 +87,7 @@ async def search_patient(request: Request) -> Response:
 
     break_glass: set[str] = set()
 
-    def shown(rows: Sequence[PersonRow], held: Consents) -> list[Shown | None]:
+    def shown(rows: Sequence[FoundPerson], held: Consents) -> list[Shown | None]:
         return _shown_batch(record, caller, who, guard, rows, break_glass, held)
 
     found = await looked_up(
@@ -138,7 +138,7 @@ def _shown_batch(
     caller: Principal,
     who: Actor,
     guard: Guard,
-    rows: Sequence[PersonRow],
+    rows: Sequence[PersonRow | FoundPerson],
     break_glass: set[str],
     held: Consents,
 ) -> list[Shown | None]:

@@ -35,7 +35,14 @@ from carelink.errors import InvalidRequest
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, normalise, problem
 from carelink.fhir.search import DateQuery, alternatives, fold, parse_date, parse_token, unescaped
 from carelink.sources.base import local_id_system
-from carelink.storage import DateTest, IdentifierTest, IndexStore, NameTest, PersonQuery, PersonRow
+from carelink.storage import (
+    DateTest,
+    FoundPerson,
+    IdentifierTest,
+    IndexStore,
+    NameTest,
+    PersonQuery,
+)
 
 Json = dict[str, Any]
 T = TypeVar("T")
@@ -278,7 +285,7 @@ class Found(Generic[T]):
 def find_people(
     index: IndexStore,
     query: PersonQuery,
-    shown: Callable[[Sequence[PersonRow], Consents], Sequence[T | None]],
+    shown: Callable[[Sequence[FoundPerson], Consents], Sequence[T | None]],
     offset: int,
     count: int,
     batch: int = 500,

@@ -22,7 +22,7 @@ from carelink.fhir.jsonio import Encodings
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.shared_types import SHARED_TYPES
 from carelink.observability.context import instant
-from carelink.storage import IndexStore, LinkRow, LocationStore, PersonRow
+from carelink.storage import FoundPerson, IndexStore, LinkRow, LocationStore, PersonRow
 
 Json = dict[str, Any]
 STATUS_SYSTEM = "https://carelink.example/CodeSystem/source-status"
@@ -175,7 +175,7 @@ class SharedRecord:
         """Does ``index_patient`` give the same object for the same bytes (a memo)?"""
         return self.patients is not None
 
-    def index_patient(self, person: PersonRow) -> Json:
+    def index_patient(self, person: PersonRow | FoundPerson) -> Json:
         """The person's merged Patient as the index holds it, parsed; with ``patients``,
         the object shared by every request while those bytes are the person's (read
         only)."""

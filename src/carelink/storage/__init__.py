@@ -5,7 +5,7 @@ from carelink.storage.database import Database
 from carelink.storage.export_store import JobRow, JobStore, OptOutStore
 from carelink.storage.feed_store import Arrival, FeedRecord, FeedStore
 from carelink.storage.index_build import IndexBuild
-from carelink.storage.index_rows import FieldsRow, LinkRow, PersonRow, ReviewRow
+from carelink.storage.index_rows import FieldsRow, FoundPerson, LinkRow, PersonRow, ReviewRow
 from carelink.storage.index_store import IndexStore
 from carelink.storage.location_store import LocationStore
 from carelink.storage.person_query import DateTest, IdentifierTest, NameTest, PersonQuery
@@ -37,6 +37,7 @@ __all__ = [
     "FeedRecord",
     "FeedStore",
     "FieldsRow",
+    "FoundPerson",
     "GrantRow",
     "IdentifierTest",
     "IndexBuild",

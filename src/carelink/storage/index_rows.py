@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from carelink.storage.tables import persons
 
@@ -25,6 +25,16 @@ class PersonRow:
     postcode: str | None
     patient: bytes
     version: str
+
+
+class FoundPerson(NamedTuple):
+    """A person as a search reads them (``IndexStore.find_with_consents``): the id and the
+    merged Patient as JSON bytes. A search decides and shows nothing from the index's
+    other columns, and reading them cost more than the Patient (eleven driver values
+    made for each person found)."""
+
+    id: str
+    patient: bytes
 
 
 @dataclass(frozen=True)

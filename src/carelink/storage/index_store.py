@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from carelink.storage.database import Database
 from carelink.storage.hot import HotConnection
 from carelink.storage.index_linking import IndexLinking
 from carelink.storage.index_rows import (
+    FoundPerson,
     LinkRow,
     PersonRow,
     ReviewRow,
@@ -31,6 +33,10 @@ from carelink.storage.tables import links, persons, review
 _PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
 _LINK_COLUMNS = ", ".join(c.name for c in links.c)
 _PERSON_COLUMNS_OF_P = ", ".join(f"p.{c.name}" for c in persons.c)
+#: a search's rows (person id, Patient, consent id, consent body) in the order of
+#: ``find_with_consents``: by person, then consent (a person's consent ids differ, and a
+#: person without any has one row, so the ``None`` is never compared)
+_PERSON_AND_CONSENT = itemgetter(0, 2)
 
 
 @loop_bounded
@@ -141,32 +147,57 @@ class IndexStore(IndexLinking):
 
     def find_with_consents(
         self, query: PersonQuery, *, after: str = "", limit: int = 500
-    ) -> tuple[list[PersonRow], dict[str, list[tuple[str, bytes]]]]:
-        """``find``, and (id, body) of the active consents of each person found who has
-        any, in one statement (what ``find`` and ``ConsentStore.active_of`` give, together,
-        from one snapshot): a search's page and what consent needs to decide on it, in one
-        round trip to the database instead of two."""
+    ) -> tuple[list[FoundPerson], dict[str, list[tuple[str, bytes]]]]:
+        """``find`` (each person's id and Patient: what a search reads of them), and (id,
+        body) of the active consents of each person found who has any, in one statement
+        (what ``find`` and ``ConsentStore.active_of`` give, together, from one snapshot): a
+        search's page and what consent needs to decide on it, in one round trip to the
+        database instead of two."""
         nhs = _only_nhs_number(query)
         if nhs is not None:
             found = self.person_by_nhs_with_consents(nhs)
             if found is None or found[0].id <= after or limit <= 0:
                 return [], {}
-            return [found[0]], {found[0].id: found[1]} if found[1] else {}
-        sql, values = self._find_sql(query, after, limit)
-        joined = (
-            f"SELECT {_PERSON_COLUMNS_OF_P}, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
-            "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
-            "ORDER BY p.id, c.id"
-        )
-        rows: list[PersonRow] = []
+            person = FoundPerson(found[0].id, found[0].patient)
+            return [person], {person.id: found[1]} if found[1] else {}
+        if self.db.is_sqlite:
+            read = self._search(*self._page_with_consents_sql(query, after, limit))
+            # in id order, and each person's consents in theirs, here: the page's rowids
+            # are sorted by id in SQL (small keys), not the rows that carry Patients
+            read.sort(key=_PERSON_AND_CONSENT)
+        else:
+            sql, values = self._find_sql(query, after, limit)
+            joined = (
+                f"SELECT p.id, p.patient, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
+                "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
+                "ORDER BY p.id, c.id"
+            )
+            read = self._search(joined, values)
+        rows: list[FoundPerson] = []
         held: dict[str, list[tuple[str, bytes]]] = {}
-        width = len(persons.c)
-        for r in self._search(joined, values):
-            if not rows or rows[-1].id != r[0]:
-                rows.append(person_row(r[:width]))
-            if r[width] is not None:
-                held.setdefault(r[0], []).append((str(r[width]), bytes(r[width + 1])))
+        for r in read:
+            if not rows or rows[-1][0] != r[0]:
+                rows.append(FoundPerson(r[0], bytes(r[1])))  # psycopg may give a memoryview
+            if r[2] is not None:
+                held.setdefault(r[0], []).append((str(r[2]), bytes(r[3])))
         return rows, held
+
+    def _page_with_consents_sql(
+        self, query: PersonQuery, after: str, limit: int
+    ) -> tuple[str, list[Any]]:
+        """SQLite: ``find``'s page as the rowids of its persons (found, ordered by id and
+        cut in SQL: only the keys go through the sorter), each person read with their
+        active consents, in no order. Sorting the rows themselves in SQL, twice (the
+        page, then the join), copied every Patient into a sorter: 300,000 of the 860,000
+        instructions of the read for a search returning 13 people."""
+        test, values = self._where(query)
+        page = f"SELECT rowid FROM persons WHERE {test} AND id > ? ORDER BY id LIMIT ?"  # noqa: S608
+        sql = (
+            "SELECT p.id, p.patient, c.id, c.body FROM persons p "  # noqa: S608 - our SQL
+            "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
+            f"WHERE p.rowid IN ({page})"
+        )
+        return sql, [*values, after, limit]
 
     def _find_sql(self, query: PersonQuery, after: str, limit: int) -> tuple[str, list[Any]]:
         mark = "?" if self.db.is_sqlite else "%s"
