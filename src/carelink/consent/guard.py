@@ -51,6 +51,10 @@ class Filtered:
     break_glass: bool
 
 
+#: no source seen
+_NONE: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class _Remembered:
     """One filter's answer and everything it was decided from that is not in its key."""
@@ -116,6 +120,8 @@ class Guard:
         self.source_uris = dict(source_uris)  # meta.source URI -> source name
         self.identifier_systems = dict(identifier_systems)  # local id system -> source name
         self._sources = {**self.source_uris, **self.identifier_systems}
+        #: ``_seen`` of one resource, by its ``meta.source``: made once per source
+        self._seen_from = {uri: frozenset((name,)) for uri, name in self.source_uris.items()}
         self.clock = clock
         self._parsed: Recent[bytes, Directive] = Recent(4096)
 
@@ -185,11 +191,21 @@ class Guard:
         a situation comes (never, when none does: the lookup's usual person)."""
         now: datetime | None = None
         as_is = self.engine.shown_as_is
+        seen_from = self._seen_from
         out = []
         for pid, patient in people:
             held = consents.get(pid, ())
             if not held and as_is(actor, patient):
-                out.append(Filtered([patient], 0, self._seen((patient,)), False))
+                # ``Filtered([patient], 0, self._seen((patient,)), False)``, made a search's
+                # many times without the frozen dataclass's field-by-field ``__init__``
+                shown = object.__new__(Filtered)
+                shown.__dict__.update(
+                    resources=[patient],
+                    withheld=0,
+                    sources_seen=seen_from.get(patient.get("meta", {}).get("source"), _NONE),
+                    break_glass=False,
+                )
+                out.append(shown)
                 continue
             if now is None:
                 now = datetime.fromtimestamp(self.clock(), UTC)

@@ -226,12 +226,21 @@ class Policy:
             if cat:
                 found.add(cat)
         if self.by_code:
-            for key in ("code", "vaccineCode", "medicationCodeableConcept"):
-                for c in (resource.get(key) or {}).get("coding", ()):
+            for key in _CODED:
+                coded = resource.get(key)
+                if not coded:  # most resources carry none of them (a Patient, every time)
+                    continue
+                for c in coded.get("coding", ()):
                     cat = self.by_code.get((c.get("system", ""), c.get("code", "")))
                     if cat:
                         found.add(cat)
-        return frozenset(found)
+        return frozenset(found) if found else _NONE
+
+
+#: the elements whose codings ``categories_of`` reads
+_CODED = ("code", "vaccineCode", "medicationCodeableConcept")
+#: no category
+_NONE: frozenset[str] = frozenset()
 
 
 def from_document(document: Any, path: str = "<policy>", text: str = "") -> Policy:
