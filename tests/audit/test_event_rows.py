@@ -61,6 +61,28 @@ def test_a_row_is_its_event_serialised_with_the_columns_read_from_it(batch, forg
             assert orjson.loads(row[4]) == event
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    requests,
+    st.lists(st.one_of(st.none(), texts), max_size=5),
+    st.sets(texts, max_size=3),
+    st.booleans(),
+)
+def test_a_requests_rows_are_its_rows_one_by_one(request, patients, marked, every):
+    """``RequestEvents.rows`` (a search's events, in one loop) gives each patient the row
+    ``row`` gives them with the next event id, break-glass when the whole request is
+    or the patient is among those marked; nothing else."""
+    access, caller, outcome, reason, _ = request
+    made = RequestEvents(access, caller, outcome, reason)
+    ids = iter(f"e{i}" for i in range(len(patients)))
+    rows = made.rows(patients, lambda: next(ids), marked, every)
+    one_by_one = [made.row(p, f"e{i}", every or p in marked) for i, p in enumerate(patients)]
+    assert rows == one_by_one
+    for row, patient in zip(rows, patients, strict=True):
+        glass = orjson.loads(row[4]).get("purposeOfEvent") == events._BREAK_GLASS
+        assert glass == (every or patient in marked)
+
+
 def test_a_row_names_its_patient_and_requesting_user():
     """The columns stored beside an event are this event's: its patient and its user,
     none when it has none."""

@@ -280,5 +280,5 @@ async def audit(
     break_glass = bool(state.get("break_glass", False))
     made = RequestEvents(access, who, outcome, reason)
     # each event straight to the bytes stored, with its columns (never made as a dict)
-    rows = [made.row(pid, new_id(), break_glass or pid in break_glass_ids) for pid in ids or [None]]
+    rows = made.rows(ids or [None], new_id, break_glass_ids, break_glass)
     await trail.record(rows)

@@ -20,6 +20,7 @@ it is a client, not a person; an ``altId`` would be a bare string again.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -314,17 +315,44 @@ class RequestEvents:
             patient = [_PATIENT_OPEN, orjson.dumps(f"Patient/{patient_id}"), _PATIENT_CLOSE]
         else:
             patient = []
-        body = b"".join(
-            [
-                self._head,
-                *patient,
-                self._entities,
-                self._ends[break_glass],
-                orjson.dumps(event_id),
-                b"}",
-            ]
-        )
+        end = self._ends[break_glass]
+        body = b"".join([self._head, *patient, self._entities, end, orjson.dumps(event_id), b"}"])
         return self.access.recorded, patient_id or None, self.outcome, self._agent, body
+
+    def rows(
+        self,
+        patient_ids: Iterable[str | None],
+        event_id: Callable[[], str],
+        break_glass_ids: Collection[str] = (),
+        break_glass: bool = False,
+    ) -> list[Row]:
+        """``row`` of each of ``patient_ids`` in turn, each with a new ``event_id()``, marked
+        break-glass when ``break_glass`` is or its patient is in ``break_glass_ids``: one
+        loop for a request's events (a search's one a person)."""
+        head, entities, ends = self._head, self._entities, self._ends
+        recorded, outcome, agent = self.access.recorded, self.outcome, self._agent
+        dumps = orjson.dumps
+        out: list[Row] = []
+        for pid in patient_ids:
+            end = ends[break_glass or pid in break_glass_ids]
+            if pid:
+                patient = dumps(f"Patient/{pid}")
+                body = b"".join(
+                    (
+                        head,
+                        _PATIENT_OPEN,
+                        patient,
+                        _PATIENT_CLOSE,
+                        entities,
+                        end,
+                        dumps(event_id()),
+                        b"}",
+                    )
+                )
+            else:
+                body = b"".join((head, entities, end, dumps(event_id()), b"}"))
+            out.append((recorded, pid or None, outcome, agent, body))
+        return out
 
 
 def row_of(event: Json) -> Row:
