@@ -19,6 +19,7 @@ from carelink.fhir.search import (
     string_matches,
     target_range,
     token_matches,
+    unescaped,
 )
 
 CONCEPT = {
@@ -119,6 +120,14 @@ def test_tokens_read_fhir_escapes(pairs):
         coding = {"system": s, "code": c} if s else {"code": c}
         assert token_matches(value, "code", coding)
         assert not token_matches(value, "code", {**coding, "code": c + "\x00"})
+
+
+@given(texts=st.lists(_TEXT, min_size=1, max_size=4))
+def test_string_alternatives_are_the_texts_escaped(texts):
+    """A value of escaped texts joined by commas splits into those texts again, whether
+    it holds an escape (the walk) or none (the plain split)."""
+    value = ",".join(_escaped(t) for t in texts)
+    assert [unescaped(p) for p in alternatives(value)] == texts
 
 
 def test_a_token_without_a_system_is_unescaped():

@@ -188,6 +188,8 @@ def alternatives(value: str) -> list[str]:
     """A search value's comma-separated alternatives (OR), split as FHIR R4 escapes
     them: ``\\,`` is a comma inside an alternative, not between two. Each comes back
     as sent (``unescaped`` reads a string's). ``"a\\,b,c"`` -> ``["a\\,b", "c"]``."""
+    if "\\" not in value:  # nothing escaped (nearly every value): every comma separates
+        return value.split(",")
     parts = []
     while (i := _separator(value, ",")) >= 0:
         parts.append(value[:i])
@@ -198,7 +200,7 @@ def alternatives(value: str) -> list[str]:
 
 def unescaped(value: str) -> str:
     """A string alternative without FHIR R4's escapes (``\\\\ \\, \\$ \\|``)."""
-    return _ESCAPED.sub(r"\1", value)
+    return _ESCAPED.sub(r"\1", value) if "\\" in value else value
 
 
 def fold(text: str) -> str:
