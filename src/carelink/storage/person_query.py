@@ -23,7 +23,7 @@ date test (negated or not).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -214,12 +214,18 @@ class _Sql:
         return f"{column} LIKE {self.bind(escaped + '%')} ESCAPE '/'"
 
 
-def where_sql(query: PersonQuery, mark: str, sqlite: bool = False) -> tuple[str, list[Any]]:
+def where_sql(
+    query: PersonQuery,
+    mark: str,
+    sqlite: bool = False,
+    family: tuple[tuple[NameTest, ...], ...] | None = None,
+) -> tuple[str, list[Any]]:
     """``where(query)`` as SQL text over ``persons`` and its bound values: the same rows,
     without building SQLAlchemy's expression for every search (twenty times the cost
     of the indexed read it asks for). A ``birthdate=eq<day>`` alternative is read as
     ``birth_date = day`` (see ``eq_day``), which an index answers; on SQLite a prefix is
-    a range of text, not LIKE (``_Sql.starts_with``)."""
+    a range of text, not LIKE (``_Sql.starts_with``). ``family``: these ``family``
+    tests instead of the query's (``seekable_sql``'s rest of the test)."""
     q = _Sql(mark, ranges=sqlite)
     parts: list[str] = []
     parts += [
@@ -227,7 +233,7 @@ def where_sql(query: PersonQuery, mark: str, sqlite: bool = False) -> tuple[str,
     ]
     parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
     for raw, folded, tests in (
-        ("family", "family_folded", query.family),
+        ("family", "family_folded", query.family if family is None else family),
         ("given", "given_folded", query.given),
     ):
         parts += [q.any(_name_sql(q, raw, folded, t) for t in alts) for alts in tests]
@@ -286,8 +292,7 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
     ranges, beside the rare ones, would lead the planner to read the name whole."""
     if not query.family or not query.family[0]:
         return where_sql(query, mark, sqlite)
-    rest = replace(query, family=query.family[1:]) if sqlite else query
-    test, values = where_sql(rest, mark, sqlite)
+    test, values = where_sql(query, mark, sqlite, query.family[1:] if sqlite else None)
     selects: list[str] = []
     out: list[Any] = []
     key = "rowid" if sqlite else "id"
