@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import orjson
 import pytest
 from hypothesis import given
@@ -140,3 +142,13 @@ def test_an_accept_header_is_met_when_one_of_its_ranges_admits_fhir_json(ranges)
         assert not met, accept
     else:
         assert met, accept
+
+
+_QUERY_TEXT = st.text(alphabet=st.sampled_from("aZ09_.~- &=+%/é|\n"), max_size=6)
+
+
+@given(st.lists(st.tuples(_QUERY_TEXT, _QUERY_TEXT), max_size=5))
+def test_a_query_string_is_what_urlencode_writes(pairs):
+    """``query_string`` (the links' parameters) writes what ``urlencode`` writes, whether
+    every name and value is plain or some need quoting."""
+    assert P.query_string(pairs) == urlencode(pairs)

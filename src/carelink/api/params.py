@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -194,7 +195,7 @@ class Paging:
     def links(self, url: str, total: int) -> dict[str, str]:
         """self, first, next, previous links."""
 
-        kept = urlencode(self.kept)
+        kept = query_string(self.kept)
         prefix = f"{url}?{kept}&" if kept else f"{url}?"
 
         def at(offset: int) -> str:
@@ -213,6 +214,19 @@ class Paging:
         wanted = ("patient", "subject", "_elements", "_summary", "_format")
         kept = tuple((k, v) for k, v in self.kept if k in wanted)
         return replace(self, kept=(("_cursor", cursor), *kept))
+
+
+#: what ``urlencode`` leaves as it is (``quote_plus``'s always-safe characters)
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def query_string(pairs: Sequence[tuple[str, str]]) -> str:
+    """``urlencode(pairs)``: names and values that need no encoding (a search's, nearly
+    always) joined as they are, without quoting each in turn."""
+    plain = _PLAIN.fullmatch
+    if all(plain(k) and plain(v) for k, v in pairs):
+        return "&".join([f"{k}={v}" for k, v in pairs])
+    return urlencode(pairs)
 
 
 #: ``identifier=<the NHS number system>|`` as ``Paging.links`` writes it
