@@ -103,6 +103,23 @@ def test_every_search_form_reads_through_an_index(store):
         assert all(step.startswith("index:") for step in plan), plan
 
 
+def test_a_search_reads_through_the_indexes_find_reads_through(store):
+    """The statement a search runs (``find_with_consents``; on SQLite the page's rowids
+    ordered and cut apart from the rows read with their consents) reads persons through
+    the very indexes ``find``'s does, for every form: it scans no persons, and it reads
+    the consents too."""
+    store.replace_all(population(20_000), [], [])
+    if not store.db.is_sqlite:
+        with store.db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE persons")
+    for form, params in FORMS.items():
+        query = patient_query(params, [], NOW)
+        plan = store.plan(query, search=True)
+        persons = {step for step in plan if "consents" not in step}
+        assert persons == set(store.plan(query)), (form, plan)
+        assert len(persons) < len(plan), (form, plan)  # the consents are read with them
+
+
 def _indexed_columns(store: IndexStore) -> set[tuple[str, ...]]:
     with store.db.engine.connect() as conn:
         return {tuple(i["column_names"]) for i in sa.inspect(conn).get_indexes("persons")}
