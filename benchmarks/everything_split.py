@@ -37,6 +37,42 @@ SOURCES = ("acute", "gp", "community", "social-care")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def tree_by_process(pid: int) -> dict[int, tuple[str, float]]:
+    """Each living process in ``pid``'s tree: its name (what /proc's comm and cmdline
+    say, shortened) and the CPU seconds it has used so far."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent[int(entry)] = int(
+                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    found: dict[int, tuple[str, float]] = {}
+    for p in parent:
+        q = p
+        while q not in (0, 1) and q != pid:
+            q = parent.get(q, 0)
+        if q != pid:
+            continue
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found[p] = (_short(cmd, p == pid), cpu_of(p))
+        except OSError:
+            continue
+    return found
+
+
+def _short(cmd: str, top: bool) -> str:
+    """A process's role from its command line: serve (the top), audit-writer, worker ..."""
+    if "audit" in cmd:
+        return "audit-writer"
+    if "multiprocessing" in cmd or "spawn_main" in cmd:
+        return "child"
+    return "serve" if top else "worker"
+
+
 def cpu_of(pid: int) -> float:
     """Seconds of CPU (user + system) process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -101,6 +137,7 @@ class Stack:
         load = os.getloadavg()[0]
         sims = {s: cpu_of(p) for s, p in self.simulators.items()}
         gateway = tree_cpu(self.gateway)
+        split = tree_by_process(self.gateway)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         auth = f"Authorization: Bearer {self.token}"
         script = str(self.tmp / "script.lua")
@@ -126,6 +163,12 @@ class Stack:
             "load": load,
         }
         per = " ".join(f"{s} {us:.0f}" for s, us in each.items())
+        now = tree_by_process(self.gateway)
+        r["split"] = {
+            f"{name}:{p}": (seconds - split.get(p, (name, 0.0))[1]) / n * 1e6
+            for p, (name, seconds) in now.items()
+        }
+        print("  gateway by process, CPU us a request:", r["split"], flush=True)
         print(
             f"{self.name}: {r['rps']:5.0f} req/s, p50 {r['p50']:5.1f} p99 {r['p99']:6.1f} ms,"
             f" errors {r['errors']}; CPU us per request: gateway {r['gateway']:4.0f},"

@@ -23,6 +23,11 @@ sources' budget is raised to 30 s (``CARELINK_BUDGET``) so that no source times 
 while the gateway runs ~50 times slower under callgrind; GP Connect's JWT, made once
 per requester and second, is made more often per request than at full speed (the
 same in both trees).
+
+``--loop uvloop`` (the default) runs the gateway on uvloop's event loop, as ``carelink
+serve`` does (uvicorn's ``loop="auto"``); ``--loop asyncio`` on the standard library's,
+as this tool did before 2026-12-02 (its handles are Python objects: ~10 ``Handle``
+``__init__``s a ``$everything`` that the served gateway does not run).
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ def main() -> None:
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--bare", action="store_true", help="the bare FastAPI endpoint instead")
     what.add_argument("--everything", action="store_true", help="$everything instead")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from benchmarks.lookup_cpu import NHS, gateway_env
@@ -105,7 +111,13 @@ def main() -> None:
     paths = [f"/fhir/Patient?identifier={NHS}|{p.nhs_number}" for p in sample]
     if args.child:  # under callgrind, in the environment the parent prepared
         token = os.environ["LOOKUP_TOKEN"]
-        asyncio.run(_measure(args.requests, args.bare, paths, token, args.everything))
+        factory = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_measure(args.requests, args.bare, paths, token, args.everything))
         return
     with gateway_env(args.size, args.port) as prep:
         env = {
@@ -122,6 +134,7 @@ def main() -> None:
             *(["--bare"] if args.bare else []),
             *(["--everything"] if args.everything else []),
             f"--size={args.size}",
+            f"--loop={args.loop}",
         ]
         total = counted(Path(__file__).resolve(), child, env)[-1]
         what = "bare FastAPI" if args.bare else "gateway"
