@@ -203,27 +203,16 @@ class FanOut:
             task = asyncio.ensure_future(self._timed(source, req, patient_ref, types, started))
             tasks[task] = i
         if tasks:
-            try:
-                done, pending = await asyncio.wait(tasks, timeout=budget)
-            except asyncio.CancelledError:
-                # The caller gave up (an extract cancelled, say): stop the fetches and free
-                # any half-open trial, or that source would stay shut for everyone.
-                for task, i in tasks.items():
-                    task.cancel()
-                    self.breakers[requests[i].source].abandon()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            for task in pending:
-                task.cancel()
+            pending = await self._settle(tasks, requests, budget)
             elapsed = (self.clock() - started) * 1000
-            for task in pending:
-                name = requests[tasks[task]].source
-                self.breakers[name].record(False)
-                late = f"no answer within {budget * 1000:.0f} ms"
-                placed.append((tasks[task], SourceResult(name, TIMEOUT, elapsed, reason=late)))
-            for task in done:
-                i = tasks[task]
-                placed.append((i, self._finish(requests[i].source, task, started)))
+            for task, i in tasks.items():
+                if task in pending:
+                    name = requests[i].source
+                    self.breakers[name].record(False)
+                    late = f"no answer within {budget * 1000:.0f} ms"
+                    placed.append((i, SourceResult(name, TIMEOUT, elapsed, reason=late)))
+                else:
+                    placed.append((i, self._finish(requests[i].source, task, started)))
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         placed.sort(key=lambda p: (p[1].source, p[0]))
@@ -233,6 +222,46 @@ class FanOut:
                 if r.status != NOT_KNOWN:
                     self.watcher.answered(r.source, r.status, r.latency_ms, r.reason)
         return results
+
+    async def _settle(
+        self,
+        tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], int],
+        requests: Sequence[Request],
+        budget: float,
+    ) -> list[asyncio.Task[tuple[SourceAnswer, float]]]:
+        """Wait until every task is done or ``budget`` seconds have passed; the tasks not
+        done then, cancelled. One future the tasks count down to and one timer, as
+        ``asyncio.wait`` does, without its sets, checks and callbacks removed again: this
+        runs once for every ``$everything``."""
+        loop = asyncio.get_running_loop()
+        settled = loop.create_future()
+        left = len(tasks)
+
+        def one_done(_: object) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not settled.done():
+                settled.set_result(None)
+
+        for task in tasks:
+            task.add_done_callback(one_done)
+        timer = loop.call_later(budget, _wake, settled)
+        try:
+            await settled
+        except asyncio.CancelledError:
+            # The caller gave up (an extract cancelled, say): stop the fetches and free
+            # any half-open trial, or that source would stay shut for everyone.
+            for task, i in tasks.items():
+                task.cancel()
+                self.breakers[requests[i].source].abandon()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            timer.cancel()
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        return pending
 
     async def _timed(
         self,
@@ -285,6 +314,12 @@ class FanOut:
         if isinstance(exc, SourceError):
             return SourceResult(name, ERROR, latency, reason=exc.reason)
         return SourceResult(name, ERROR, latency, reason=f"unexpected {type(exc).__name__}")
+
+
+def _wake(settled: asyncio.Future[None]) -> None:
+    """The budget is spent: the fan-out stops waiting."""
+    if not settled.done():
+        settled.set_result(None)
 
 
 def _unreachable(exc: BaseException) -> bool:
