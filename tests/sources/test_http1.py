@@ -335,3 +335,94 @@ def test_outside_records_read_the_same_through_either_client():
     assert len(plain) >= 10
     assert sum(len(r[2]) for r in plain) > 1000  # the whole export, not a sample
     assert leaned == plain
+
+
+class Held:
+    """A raw HTTP/1.1 server that holds each request until ``release`` is set, noting how
+    many it held at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.held = 0
+        self.most = 0
+        self.seen: list[bytes] = []
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.seen.append(head.split(b" ")[1])
+                self.held += 1
+                self.most = max(self.most, self.held)
+                await self.release.wait()
+                self.held -= 1
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+        await writer.wait_closed()
+
+
+def _held(script: Callable[[Client, str, Held], Any]) -> Any:
+    async def go() -> Any:
+        held = Held()
+        server = await asyncio.start_server(held.serve, "127.0.0.1", 0)
+        client = Client(2, 2.0)
+        try:
+            base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            return await asyncio.wait_for(script(client, base, held), 10)
+        finally:
+            client.close()
+            server.close()
+            held.release.set()
+            # each handler ends as the client's connections close: none left pending
+            await asyncio.wait_for(asyncio.gather(*held.handlers), 5)
+
+    return asyncio.run(go())
+
+
+def test_at_most_limit_requests_go_at_once_and_the_others_go_in_the_order_asked():
+    async def five(client: Client, base: str, held: Held) -> Any:
+        asked = [asyncio.ensure_future(client.request("GET", f"{base}/{n}", {})) for n in range(5)]
+        await asyncio.sleep(0.2)
+        first = list(held.seen)
+        held.release.set()
+        answers = await asyncio.gather(*asked)
+        return first, held.seen, held.most, [a.body for a in answers]
+
+    first, seen, most, bodies = _held(five)
+    assert sorted(first) == [b"/0", b"/1"]  # the limit is 2: the other three wait
+    assert seen[2:] == [b"/2", b"/3", b"/4"]
+    assert most == 2
+    assert bodies == [BODY] * 5
+
+
+def test_a_request_cancelled_while_waiting_for_a_slot_takes_none_from_the_others():
+    async def cancel_waiters(client: Client, base: str, held: Held) -> Any:
+        busy = [asyncio.ensure_future(client.request("GET", f"{base}/b{n}", {})) for n in (0, 1)]
+        waiting = [asyncio.ensure_future(client.request("GET", f"{base}/w{n}", {})) for n in (0, 1)]
+        await asyncio.sleep(0.1)
+        waiting[0].cancel()  # still waiting for a slot
+        held.release.set()
+        await asyncio.sleep(0)  # the busy ones answer; the slot handed to w1 ...
+        await asyncio.gather(*busy)
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        # ... and afterwards both slots are free again: two more go at once
+        held.release.clear()
+        more = [asyncio.ensure_future(client.request("GET", f"{base}/m{n}", {})) for n in (0, 1)]
+        await asyncio.sleep(0.1)
+        at_once = held.held
+        held.release.set()
+        await asyncio.gather(*more)
+        return results, at_once, held.seen
+
+    results, at_once, seen = _held(cancel_waiters)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1].body == BODY
+    assert b"/w0" not in seen
+    assert at_once == 2

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -173,7 +174,9 @@ class Client:
         self.keepalive = keepalive
         self.clock = clock
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
-        self._slots: asyncio.Semaphore | None = None
+        #: requests under way, at most ``limit``; the rest wait their turn in order
+        self._busy = 0
+        self._turns: deque[asyncio.Future[None]] = deque()
 
     @staticmethod
     def takes(url: str) -> bool:
@@ -196,9 +199,12 @@ class Client:
             raise ValueError("a header name or value holds a line break")
         head = "\r\n".join(lines)
         data = (head + "\r\n\r\n").encode("latin-1") + (body or b"")
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.limit)
-        async with self._slots:
+        # a slot, counted here (no semaphore's coroutines for a request that need not wait)
+        if self._busy < self.limit and not self._turns:
+            self._busy += 1
+        else:
+            await self._wait_turn()
+        try:
             conn = self._take((host, port)) or await self._connect(host, port)
             loop = asyncio.get_running_loop()
             conn.waiter = loop.create_future()
@@ -216,6 +222,30 @@ class Client:
             else:
                 conn.close()
             return answer
+        finally:
+            self._leave()
+
+    async def _wait_turn(self) -> None:
+        """Wait until a finishing request hands this one its slot (in the order asked)."""
+        turn = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._leave()  # handed a slot just as it was cancelled: pass it on
+            elif turn in self._turns:  # not yet passed over by a finishing request
+                self._turns.remove(turn)
+            raise
+
+    def _leave(self) -> None:
+        """A request is over: its slot to the first still waiting, else free."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy -= 1
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
