@@ -63,6 +63,9 @@ class Federated:
     encodings: Encodings = field(default_factory=Encodings)
     #: ``Type/id`` of each of ``resources`` (made once while the record is reused)
     refs: frozenset[str] | None = None
+    #: by position in ``provenance``: the references its targets name (empty: it names
+    #: only the Patient, as a Provenance of an answer that gave nothing does)
+    targets: Sequence[Sequence[str]] | None = None
 
 
 def source_outcome(results: Sequence[SourceResult]) -> Json:
@@ -305,6 +308,7 @@ class SharedRecord:
             tag.hexdigest(),
             made.encodings,
             made.refs,
+            made.contributed,  # each Provenance's targets (``merge.provenance``)
         )
 
     def _provenance(
