@@ -45,4 +45,5 @@ def same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
     """The very same objects, in the same order (identity, not equality)."""
     # ``map`` over ``is_``: the comparison without a generator frame (a consent answer
     # reused is checked twice a request)
-    return len(a) == len(b) and all(map(is_, a, b))
+    # the very same sequence (a source's remembered answer, handed on as it is): no walk
+    return a is b or (len(a) == len(b) and all(map(is_, a, b)))

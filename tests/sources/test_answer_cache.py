@@ -17,7 +17,7 @@ def test_reuses_only_identical_bytes() -> None:
     key = ("a-1", "Patient/p1", None)
     cache.put(key, b"one", [{"id": "x"}])
     # equal bytes in another object are the same answer; a different body is not
-    assert cache.get(key, bytes(bytearray(b"one"))) == [{"id": "x"}]
+    assert cache.get(key, bytes(bytearray(b"one"))) == ({"id": "x"},)
     assert cache.get(key, b"two") is None
 
 
@@ -31,7 +31,7 @@ def test_a_body_differing_anywhere_is_not_reused(body: bytes, data: st.DataObjec
     key = ("a-1", "Patient/p1", None)
     cache.put(key, body, [{"id": "x"}])
     assert cache.get(key, bytes(other)) is None
-    assert cache.get(key, bytes(body)) == [{"id": "x"}]
+    assert cache.get(key, bytes(body)) == ({"id": "x"},)
 
 
 def test_an_answer_without_an_etag_keeps_its_version_when_reused() -> None:
@@ -55,13 +55,34 @@ def test_an_answer_without_an_etag_keeps_its_version_when_reused() -> None:
     assert tagged.version == 'W/"7"'
 
 
+def test_the_answer_that_made_an_entry_and_every_reuse_hand_on_the_very_same_object() -> None:
+    """So the fan-out's results and the record's memo see "the same answer as last time"
+    by identity (``recent.same_objects``), without walking the resources."""
+    cache = AnswerCache()
+    key = ("a-1", "Patient/p1", None)
+
+    def build(data: bytes) -> Mapped:
+        return Mapped([{"id": "r1"}, {"id": "r2"}])
+
+    first = answer(cache, key, b"body", {}, build)
+    again = answer(cache, key, bytes(bytearray(b"body")), {}, build)
+    assert isinstance(first.resources, tuple)
+    assert again.resources is first.resources
+    assert cache.get(key, b"body") is first.resources
+    # in a bulk read nothing is remembered, but the answer is the same either way
+    with bulk_read():
+        cold = answer(cache, ("a-2", "Patient/p2", None), b"body", {}, build)
+    assert cold.resources == ({"id": "r1"}, {"id": "r2"})
+    assert cache.get(("a-2", "Patient/p2", None), b"body") is None
+
+
 def test_least_recently_used_goes_first() -> None:
     cache = AnswerCache(maxsize=2)
     for i in range(3):
         cache.put((str(i), "", None), b"x", [])
     assert len(cache) == 2
     assert cache.get(("0", "", None), b"x") is None
-    assert cache.get(("2", "", None), b"x") == []
+    assert cache.get(("2", "", None), b"x") == ()
 
 
 def test_bulk_read_adds_nothing_but_still_reuses() -> None:
@@ -75,7 +96,7 @@ def test_bulk_read_adds_nothing_but_still_reuses() -> None:
             await asyncio.create_task(_put(cache, ("cold", "", None)))
             return [cache.get(warm, b"w")]
 
-    assert asyncio.run(scan()) == [[{"id": "w"}]]
+    assert asyncio.run(scan()) == [({"id": "w"},)]
     assert len(cache) == 1
     cache.put(("after", "", None), b"a", [])  # outside the block it remembers again
     assert len(cache) == 2

@@ -160,6 +160,8 @@ class FanOut:
             if breakers
             else {name: CircuitBreaker(clock=clock) for name in self.sources}
         )
+        #: each source's result when the person has no record there: always the same
+        self._not_known = {name: SourceResult(name, NOT_KNOWN, 0.0) for name in self.sources}
 
     async def gather(
         self,
@@ -176,7 +178,9 @@ class FanOut:
         # with two records there) come back in the order asked, not the order they
         # finished, so the same answers always make the same record
         placed: list[tuple[int, SourceResult]] = [
-            (-1, SourceResult(name, NOT_KNOWN, 0.0)) for name in self.sources if name not in asked
+            (-1, self._not_known.get(name) or SourceResult(name, NOT_KNOWN, 0.0))
+            for name in self.sources
+            if name not in asked
         ]
         tasks: dict[asyncio.Task[tuple[SourceAnswer, float]], int] = {}
         for i, req in enumerate(requests):

@@ -20,6 +20,7 @@ evicts the answers clinicians' lookups are reusing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -41,7 +42,9 @@ class Cached:
     """One remembered answer and the bytes it was made from."""
 
     body: bytes
-    resources: list[Json]
+    #: a tuple, handed on as it is: the fan-out's results and the record's memo keep the
+    #: very object, so "the same answer as last time" is one identity check
+    resources: tuple[Json, ...]
     skipped: tuple[str, ...] = ()  # what the adapter left out of this answer, and why
     notes: tuple[str, ...] = ()  # what the source said about its answer (warnings)
 
@@ -57,7 +60,7 @@ class AnswerCache:
     def __init__(self, maxsize: int = 10_000) -> None:
         self._items: Recent[Key, Cached] = Recent(maxsize)
 
-    def get(self, key: Key, body: bytes) -> list[Json] | None:
+    def get(self, key: Key, body: bytes) -> tuple[Json, ...] | None:
         """The resources made last time, if the source sent exactly these bytes then."""
         hit = self.lookup(key, body)
         return None if hit is None else hit.resources
@@ -74,14 +77,16 @@ class AnswerCache:
         self,
         key: Key,
         body: bytes,
-        resources: list[Json],
+        resources: Sequence[Json],
         skipped: tuple[str, ...] = (),
         notes: tuple[str, ...] = (),
-    ) -> None:
-        """Remember what these bytes became (not inside ``bulk_read()``)."""
-        if not remembering():
-            return
-        self._items.put(key, Cached(body, resources, skipped, notes))
+    ) -> tuple[Json, ...]:
+        """Remember what these bytes became (not inside ``bulk_read()``); the resources as
+        remembered, the very object a later ``lookup`` gives (answer with them now too)."""
+        kept = tuple(resources)
+        if remembering():
+            self._items.put(key, Cached(body, kept, skipped, notes))
+        return kept
 
     def __len__(self) -> int:
         return len(self._items)

@@ -17,7 +17,7 @@ Federation owns timeouts and circuit breaking.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -140,7 +140,8 @@ class SourcePerson:
 class SourceAnswer:
     """One source's part of a person's record."""
 
-    resources: list[Json]
+    #: a tuple when it is a remembered answer (``AnswerCache``): handed on as it is
+    resources: Sequence[Json]
     version: str  # changes whenever the source's data for the person changes
     as_of: str  # FHIR instant: when the source says the data was current
     #: what the adapter could not read and left out, one line each ("Observation entry

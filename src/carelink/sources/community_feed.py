@@ -82,8 +82,8 @@ class CommunityFeedSource:
         if hit is not None:
             return SourceAnswer(hit.resources, part.version, part.as_of, hit.skipped)
         resources, skipped = self._map(part, patient_ref, types)
-        self.cache.put(key, stamp, resources, skipped)
-        return SourceAnswer(resources, part.version, part.as_of, skipped)
+        kept = self.cache.put(key, stamp, resources, skipped)
+        return SourceAnswer(kept, part.version, part.as_of, skipped)
 
     def _map(
         self, part: StoredPart, patient_ref: str, types: frozenset[str] | None

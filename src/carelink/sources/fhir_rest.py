@@ -170,7 +170,12 @@ class AcuteSource:
         about_whom(resources, self.name, local_id)
         out = localise(resources, self.name, local_id, patient_ref, types)
         if single_page:
-            self.cache.put(key, first_body, out, tuple(skipped))
+            return SourceAnswer(
+                self.cache.put(key, first_body, out, tuple(skipped)),
+                "|".join(versions),
+                stamp,
+                tuple(skipped),
+            )
         return SourceAnswer(out, "|".join(versions), stamp, tuple(skipped))
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:

@@ -154,8 +154,8 @@ class GPConnectSource:
         patient = about_whom(reading.resources, self.name, nhs_number)
         out = localise(reading.resources, self.name, str(patient["id"]), patient_ref, types)
         skipped, notes = tuple(reading.skipped), tuple(dict.fromkeys(reading.notes))
-        self.cache.put(key, data, out, skipped, notes)
-        return SourceAnswer(out, version, as_of(got), skipped, notes)
+        kept = self.cache.put(key, data, out, skipped, notes)
+        return SourceAnswer(kept, version, as_of(got), skipped, notes)
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """``GET /{type}/{id}`` (Practitioner, Organization, Location), as R4."""

@@ -138,9 +138,9 @@ def answer(
         version = etag or hit.fingerprint.hex()
         return SourceAnswer(hit.resources, version, as_of(headers), hit.skipped)
     mapped = build(data)
-    cache.put(key, data, mapped.resources, mapped.skipped)
+    kept = cache.put(key, data, mapped.resources, mapped.skipped)
     version = etag or digest(data).hex()
-    return SourceAnswer(mapped.resources, version, as_of(headers), mapped.skipped)
+    return SourceAnswer(kept, version, as_of(headers), mapped.skipped)
 
 
 async def read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
