@@ -8,7 +8,8 @@ as processes on loopback HTTP (no added latency), the gateway app is created
 in this process with every safeguard on (bearer tokens verified, consent, the
 durable audit trail in its writer process, request ids, access lines,
 metrics) and ``GET /fhir/Patient/{id}/$everything`` is driven through the
-ASGI interface, 32 requests in flight, over the same spread of patients as
+ASGI interface (on uvloop, as ``carelink serve`` runs; ``--loop asyncio`` for
+the standard library's), 32 requests in flight, over the same spread of patients as
 ``federation_bench.py`` (50 known to all four sources, 150 at random). It
 prints the gateway process's CPU time per request and the four simulators'
 CPU time per request (from ``/proc``: a bench artefact, as real sources run
@@ -145,11 +146,23 @@ def main() -> None:
     ap.add_argument("--log-level", default="info", help="as serve's (access lines at info)")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative ...")
+    ap.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop: uvloop's, as carelink serve runs (asyncio: before 2026-12-02)",
+    )
     args = ap.parse_args()
     started = time.perf_counter()
     with gateway_env(args.size, args.port) as prep:
         sims = dict(zip(prep.urls, prep.simulator_pids, strict=True))
-        asyncio.run(measure(args, prep.env, prep.token, sims))
+        factory = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(measure(args, prep.env, prep.token, sims))
     print(f"({time.perf_counter() - started:.0f} s in all; files in {prep.tmp})")
 
 
