@@ -158,6 +158,36 @@ def test_what_is_made_of_a_list_is_made_once_for_the_very_same_list(resources, p
         assert made[got - 1] == tuple(map(id, shown))
 
 
+@settings(deadline=None)
+@given(
+    resources=RESOURCES, changes=st.lists(st.tuples(st.integers(0, 7), st.booleans()), max_size=8)
+)
+def test_the_same_list_asked_again_after_it_changed_is_made_for_what_it_holds(resources, changes):
+    """One list object asked about, changed (a value replaced, one appended or taken
+    away), asked about again: each answer is the one made for what it holds then, never
+    the one remembered for that object before. Fails when the list asked about last is
+    recognised by its identity alone."""
+    enc = Encodings(resources)
+
+    def ids(_: Encodings, values: object) -> tuple[int, ...]:
+        return tuple(map(id, values))  # type: ignore[call-overload]
+
+    shown = list(resources)
+    assert enc.of_list(shown, "ids", ids) == tuple(map(id, shown))
+    for at, grow in changes:
+        if grow:
+            shown.append({"id": f"new{at}"})
+        elif shown:
+            shown[at % len(shown)] = {"id": f"other{at}"}
+        else:
+            shown.append({"id": "first"})
+        assert enc.of_list(shown, "ids", ids) == tuple(map(id, shown))
+        assert enc.of_list(shown, "ids", ids) == tuple(map(id, shown))  # asked again
+        if shown and not grow:
+            shown.pop()
+            assert enc.of_list(shown, "ids", ids) == tuple(map(id, shown))
+
+
 def test_the_digest_less_a_member_is_of_that_json_made_once_and_gone_with_the_member():
     """``without_digest`` is ``json_digest`` of the JSON ``without`` gives (member or not,
     handed in by ``add`` or made on first use); after ``discard`` it is made afresh from

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from carelink.errors import ConfigError
+from carelink.recent import same_objects
 
 T = TypeVar("T")
 
@@ -59,6 +60,9 @@ class Encodings:
         self._values = {id(v): v for v in values}
         self._bytes: dict[int, bytes] = {}
         self._lists: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[Hashable, Any]]] = {}
+        #: the list ``of_list`` was last asked about and its entry: a page asks about the
+        #: same list several times (its digest, its newest update, its entries)
+        self._last: tuple[Sequence[Any], tuple[tuple[Any, ...], dict[Hashable, Any]]] | None = None
         self._entries: dict[int, tuple[str, str, bytes]] = {}
         self._without: dict[int, tuple[str, orjson.Fragment, bytes | None]] = {}
 
@@ -179,12 +183,19 @@ class Encodings:
         """``make(self, values)``, made once per ``name`` for the very same values in the
         same order (the last ``DIGESTS`` lists asked about are kept, with their values):
         what one caller is shown of the record, fingerprinted or summed up once."""
-        key = tuple(map(id, values))
-        done = self._lists.get(key)
-        if done is None:
-            if len(self._lists) >= self.DIGESTS:
-                self._lists.pop(next(iter(self._lists)))
-            done = self._lists[key] = (tuple(values), {})
+        last = self._last
+        if last is not None and last[0] is values and same_objects(values, last[1][0]):
+            # the same list, still holding the very same values: no key of their ids
+            done = last[1]
+        else:
+            key = tuple(map(id, values))
+            found = self._lists.get(key)
+            if found is None:
+                if len(self._lists) >= self.DIGESTS:
+                    self._lists.pop(next(iter(self._lists)))
+                found = self._lists[key] = (tuple(values), {})
+            done = found
+            self._last = (values, done)
         made = done[1]
         if name in made:
             return cast(T, made[name])
