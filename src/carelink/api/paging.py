@@ -210,7 +210,10 @@ def page(
     links = paging.links(url, total)
     if P.summary_count(q):
         return searchset(base, [], total=total, links={"self": links["self"]})
-    shown = matches[paging.offset : paging.offset + paging.count]
+    if paging.offset == 0 and paging.count >= total:
+        shown = matches  # the whole of it: the very list the snapshot fingerprinted
+    else:
+        shown = matches[paging.offset : paging.offset + paging.count]
     wanted = P.elements(q)
     if wanted is not None:
         shown = [apply_elements(r, wanted) for r in shown]

@@ -46,7 +46,8 @@ def searchset(
     e.g. ``Encodings.entries``)."""
     if entry_of is not None:
         if entries_of is not None:
-            shown = list(matches)
+            # a list as it is: the one a snapshot fingerprinted, known by its identity
+            shown = matches if isinstance(matches, list | tuple) else list(matches)
             entries: list[Any] = [entries_of(base, shown, "match")] if shown else []
         else:
             entries = [entry_of(base, r, "match") for r in matches]
