@@ -100,6 +100,37 @@ def test_any_path_at_all_reaches_the_routers_choice(
     assert _dispatch_choice(method, path) == _framework_choice(method, path)
 
 
+#: one dispatcher for every example below: the routes it keeps for a path's beginning
+#: are reused, and past ``Routes.BUCKETS`` beginnings picked out afresh
+SHARED = Dispatch(_no_app, router.routes)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    template=st.sampled_from(TEMPLATES),
+    values=st.lists(SEGMENT, min_size=4, max_size=4),
+    segments=st.lists(SEGMENT, min_size=0, max_size=5),
+)
+def test_one_dispatcher_asked_again_and_again_still_reaches_the_routers_choice(
+    method: str, template: str, values: list[str], segments: list[str]
+) -> None:
+    """The routes kept for a path's first two segments are those any path beginning so
+    could match, in order: fails when a route is left out of a beginning's routes that
+    a path there matches (its prefix ends inside the beginning, or goes past it: no
+    route here has the latter, but a new one may)."""
+    path = template
+    for value in values:
+        start = path.find("{")
+        if start < 0:
+            break
+        path = path[:start] + value + path[path.index("}", start) + 1 :]
+    other = "/" + "/".join(["fhir", *segments])
+    for p in (path, other, path):
+        hit = SHARED.match(method, p)
+        assert (None if hit is None else (hit[0].endpoint, hit[1])) == _framework_choice(method, p)
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Any:
     var = Path(tmp_path_factory.mktemp("dispatch"))

@@ -38,13 +38,16 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class _Route:
-    __slots__ = ("convertors", "endpoint", "methods", "regex")
+    __slots__ = ("convertors", "endpoint", "methods", "prefix", "regex")
 
     def __init__(self, route: Any) -> None:
         self.regex: re.Pattern[str] = route.path_regex
         self.methods: frozenset[str] = frozenset(route.methods)
         self.convertors: dict[str, Any] = route.param_convertors
         self.endpoint: Endpoint = route.endpoint
+        path = getattr(route, "path", None)
+        #: what every path it matches starts with: its path up to the first parameter
+        self.prefix: str = path.partition("{")[0] if isinstance(path, str) else ""
 
 
 def route_path(scope: Scope) -> str:
@@ -75,10 +78,33 @@ class Routes:
             path = getattr(r, "path", None)
             if isinstance(path, str) and "{" not in path and path not in self._fixed:
                 self._fixed[path] = [x for x in self.routes if x.regex.match(path)]
+        #: a path's first two segments (``/fhir/Patient/``) -> the routes, in order, that
+        #: could match a path beginning so (their prefix and it agree as far as both
+        #: go): the others' patterns are not tried. At most ``BUCKETS`` are kept
+        self._buckets: dict[str, list[_Route]] = {}
+
+    #: how many first-two-segment beginnings ``match`` keeps its routes for (a client
+    #: may send any: past this many, a beginning's routes are picked out again each time)
+    BUCKETS = 256
+
+    def candidates(self, path: str) -> list[_Route]:
+        """The routes, in order, that could match ``path``: every one whose literal
+        prefix (its path up to its first parameter) ``path`` could begin with."""
+        fixed = self._fixed.get(path)
+        if fixed is not None:
+            return fixed
+        end = path.find("/", path.find("/", 1) + 1)
+        key = path if end < 0 else path[: end + 1]
+        found = self._buckets.get(key)
+        if found is None:
+            found = [r for r in self.routes if key.startswith(r.prefix) or r.prefix.startswith(key)]
+            if len(self._buckets) < self.BUCKETS:
+                self._buckets[key] = found
+        return found
 
     def match(self, method: str, path: str) -> tuple[_Route, dict[str, Any]] | None:
         """The first route whose path and method match, with its path parameters."""
-        for route in self._fixed.get(path, self.routes):
+        for route in self.candidates(path):
             found = route.regex.match(path)
             if found is not None and method in route.methods:
                 params = found.groupdict()
