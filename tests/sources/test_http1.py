@@ -294,10 +294,21 @@ def test_a_source_that_refuses_connections_is_unavailable():
     asyncio.run(refused())
 
 
-def test_a_line_break_in_a_header_is_refused_before_anything_is_sent():
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Request-ID": "a\r\nX-Evil: 1"},
+        {"X-Request-ID": "a\nX-Evil: 1"},
+        {"X-Request-ID": "a\rX-Evil: 1"},
+        {"X-Evil: 1\r\nX-Request-ID": "a"},
+        {"Accept": "x", "X-Request-ID": "a\n"},
+    ],
+    ids=["crlf", "lf", "cr", "in-name", "at-end"],
+)
+def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(header):
     async def injected(session: aiohttp.ClientSession, url: str) -> Any:
         with pytest.raises(ValueError, match="line break"):
-            await send(session, "acute", "GET", url, {"X-Request-ID": "a\r\nX-Evil: 1"})
+            await send(session, "acute", "GET", url, header)
         return await fetch(session, "acute", "GET", url)
 
     got, server = _run([(OK, False)], injected)

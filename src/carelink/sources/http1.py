@@ -192,12 +192,15 @@ class Client:
             raise ValueError(f"not a plain-HTTP URL this client sends as it is: {url!r}")
         host, port, netloc, target = found
         lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}", f"User-Agent: {USER_AGENT}"]
-        lines.extend(f"{k}: {v}" for k, v in headers.items())
+        for k, v in headers.items():
+            lines.append(f"{k}: {v}")
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
-        if any("\r" in line or "\n" in line for line in lines):
-            raise ValueError("a header name or value holds a line break")
         head = "\r\n".join(lines)
+        # the lines' own CRs and LFs are the only ones beyond those that join them
+        breaks = len(lines) - 1
+        if head.count("\r") != breaks or head.count("\n") != breaks:
+            raise ValueError("a header name or value holds a line break")
         data = (head + "\r\n\r\n").encode("latin-1") + (body or b"")
         # a slot, counted here (no semaphore's coroutines for a request that need not wait)
         if self._busy < self.limit and not self._turns:
