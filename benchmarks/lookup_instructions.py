@@ -24,6 +24,13 @@ while the gateway runs ~50 times slower under callgrind; GP Connect's JWT, made 
 per requester and second, is made more often per request than at full speed (the
 same in both trees).
 
+``--rate R`` paces the measured requests at R a second (still at most four or 32 in
+flight): whatever the gateway does once a second or once per instant (a source's as-of
+that is the time it answered, a GP Connect JWT) is then the same share of every
+request in both trees, however fast each runs beside the other; unpaced, the tree that
+runs faster under callgrind also does less of that work a request (main's own count
+moved 2.39-2.78M between pairs with the load). It prints the rate it kept.
+
 ``--loop uvloop`` (the default) runs the gateway on uvloop's event loop, as ``carelink
 serve`` does (uvicorn's ``loop="auto"``); ``--loop asyncio`` on the standard library's,
 as this tool did before 2026-12-02 (its handles are Python objects: ~10 ``Handle``
@@ -38,6 +45,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -48,8 +56,36 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.callgrind import control, counted  # noqa: E402
 
 
+async def _paced(
+    app: Any, paths: list[str], token: str | None, n: int, inflight: int, rate: float
+) -> float:
+    """``n`` requests over ``inflight`` connections, request ``i`` sent no earlier than
+    ``i / rate`` seconds after the first; the rate kept."""
+    from benchmarks.lookup_cpu import one
+
+    rng = random.Random(7)
+    queue = iter(enumerate([rng.choice(paths) for _ in range(n)]))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def connection() -> None:
+        for i, path in queue:
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            status, _ = await one(app, path, token)
+            if status != 200:
+                raise RuntimeError(f"{path}: {status}")
+
+    await asyncio.gather(*(connection() for _ in range(inflight)))
+    return n / (loop.time() - start)
+
+
 async def _measure(
-    requests: int, bare: bool, paths: list[str], token: str, everything: bool = False
+    requests: int,
+    bare: bool,
+    paths: list[str],
+    token: str,
+    everything: bool = False,
+    rate: float = 0.0,
 ) -> None:
     import importlib
     import logging.config
@@ -81,9 +117,16 @@ async def _measure(
         # the others, past the gateway's own time limits (GP Connect's, the audit's)
         inflight = 4 if everything else 32
         await drive(target, paths, given, 500, inflight)  # warm: memos, caches, the writer
-        control("-i", "on")
-        await drive(target, paths, given, requests, inflight)
-        control("-i", "off")
+        if rate > 0:
+            control("-i", "on")
+            kept = await _paced(target, paths, given, requests, inflight, rate)
+            control("-i", "off")
+            with open(os.environ["BARE_BODY"] + ".rate", "w") as f:  # noqa: ASYNC230 - after
+                f.write(f"{kept:.2f}")
+        else:
+            control("-i", "on")
+            await drive(target, paths, given, requests, inflight)
+            control("-i", "off")
 
 
 def main() -> None:
@@ -95,6 +138,7 @@ def main() -> None:
     what.add_argument("--bare", action="store_true", help="the bare FastAPI endpoint instead")
     what.add_argument("--everything", action="store_true", help="$everything instead")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--rate", type=float, default=0.0, help="measured requests a second")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from benchmarks.lookup_cpu import NHS, gateway_env
@@ -117,7 +161,7 @@ def main() -> None:
 
             factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_measure(args.requests, args.bare, paths, token, args.everything))
+            runner.run(_measure(args.requests, args.bare, paths, token, args.everything, args.rate))
         return
     with gateway_env(args.size, args.port) as prep:
         env = {
@@ -135,11 +179,14 @@ def main() -> None:
             *(["--everything"] if args.everything else []),
             f"--size={args.size}",
             f"--loop={args.loop}",
+            f"--rate={args.rate}",
         ]
         total = counted(Path(__file__).resolve(), child, env)[-1]
         what = "bare FastAPI" if args.bare else "gateway"
         what += ", $everything" if args.everything else ""
-        print(f"{what}: {total / args.requests:,.0f} instructions per request")
+        kept = prep.tmp / "body.json.rate"
+        paced = f" (paced: {kept.read_text()} a second)" if kept.exists() else ""
+        print(f"{what}: {total / args.requests:,.0f} instructions per request{paced}")
 
 
 if __name__ == "__main__":
