@@ -255,3 +255,43 @@ def test_one_sources_answers_come_back_in_the_order_asked_not_the_order_they_fin
         ("acute", "L2"),
         ("gp", "v1"),
     ]
+
+
+def test_a_mixed_fan_out_reports_each_source_and_leaves_no_fetch_running():
+    """One source answers, one fails, one is too slow: each is reported as such, in the
+    sources' order, and the slow one's fetch is stopped (it hears the cancellation) before
+    the fan-out returns; nothing of the fan-out is left running after it."""
+    cancelled: list[str] = []
+
+    class Heeding(ScriptedSource):
+        async def fetch_record(self, local_id, patient_ref, types, nhs_number=None):
+            try:
+                return await super().fetch_record(local_id, patient_ref, types, nhs_number)
+            except asyncio.CancelledError:
+                cancelled.append(self.name)
+                raise
+
+    sources = {
+        "a": Heeding("a"),
+        "b": Heeding("b", error=SourceUnavailable("b", "HTTP 503")),
+        "c": Heeding("c", delay=5.0),
+        "d": Heeding("d"),
+    }
+    fan = FanOut(sources, budget=0.2)
+
+    async def go():
+        got = await fan.gather([Request(n, "L1", None) for n in ("c", "b", "a")], "Patient/p", None)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return got, others
+
+    results, others = asyncio.run(go())
+    assert [(r.source, r.status) for r in results] == [
+        ("a", "ok"),
+        ("b", "error"),
+        ("c", "timeout"),
+        ("d", "not-known"),
+    ]
+    assert results[1].reason == "HTTP 503"
+    assert results[2].reason == "no answer within 200 ms"
+    assert cancelled == ["c"]
+    assert others == []
