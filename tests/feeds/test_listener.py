@@ -302,7 +302,7 @@ def test_the_feed_serves_what_the_query_serves(store: FeedStore):
     queried = CommunitySource.__new__(CommunitySource)
     queried.name = "community"
     mapped = queried._map(w.batch(), local, "Patient/p", None)
-    assert fed.resources == mapped.resources  # type: ignore[attr-defined]
+    assert list(fed.resources) == mapped.resources  # type: ignore[attr-defined]
     assert fed.as_of == INSTANT  # type: ignore[attr-defined]
 
 
