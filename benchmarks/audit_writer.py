@@ -17,11 +17,19 @@ real ``AuditStore.append`` (one durable commit a batch, as the writer child
 makes them), and prints the CPU an event: this process's user and system time
 and, on PostgreSQL, the server backend's (read from /proc), over the
 appends only. The first ``--warm`` batches are not counted.
+
+``--child`` sends the same batches to the real writer child instead
+(``audit.writer.WriterProcess``: each batch framed as the gateway frames it,
+decoded, appended and answered by the child, the patient index's block
+written after the answer when due) and prints the child's CPU an event and a
+batch, read from /proc (and, on PostgreSQL, the server backend's, which is
+not counted there: the child's backend is not this process's to find).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import resource
@@ -168,6 +176,48 @@ def run(db: Database, args: argparse.Namespace) -> None:
     )
 
 
+def run_child(url: str, args: argparse.Namespace) -> None:
+    """The batches through the real writer child; its CPU an event and a batch."""
+    from carelink.audit.writer import WriterProcess, WriterSpec
+
+    rng = random.Random(args.seed + 1)
+    n0 = args.rows + 1
+    batches = [
+        [
+            (e.recorded, e.patient_id, e.outcome, e.agent, e.event)
+            for e in (
+                _event(rng, args.people, args.agents, n0 + b * args.batch + i)
+                for i in range(args.batch)
+            )
+        ]
+        for b in range(args.batches + args.warm)
+    ]
+
+    async def go() -> tuple[float, float]:
+        proc = WriterProcess(WriterSpec(url))
+        await proc.start()
+        try:
+            for b in batches[: args.warm]:
+                await proc.record(b)
+            assert proc._proc is not None
+            pid = proc._proc.pid
+            c0, t0 = _backend_cpu(pid), time.perf_counter()
+            for b in batches[args.warm :]:
+                await proc.record(b)
+            return _backend_cpu(pid) - c0, time.perf_counter() - t0
+        finally:
+            proc.close()
+
+    cpu, wall = asyncio.run(go())
+    events = args.batches * args.batch
+    print(
+        f"child {'postgresql' if url.startswith('postgresql') else 'sqlite'} batch={args.batch} "
+        f"events={events}: {cpu / events * 1e6:.1f} us CPU an event (child, user + sys), "
+        f"{cpu / args.batches * 1e6:.0f} us a batch, {wall / args.batches * 1e3:.2f} ms a "
+        f"batch's wall, load {os.getloadavg()[0]:.2f}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trail", type=Path, required=True, help="the kept SQLite trail")
@@ -180,6 +230,7 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--drop", action="append", default=[], help="an index to drop first")
+    p.add_argument("--child", action="store_true", help="through the real writer child")
     args = p.parse_args()
     if args.database:
         db = Database(args.database)
@@ -187,7 +238,11 @@ def main() -> None:
         for name in args.drop:
             with db.engine.begin() as conn:
                 conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-        run(db, args)
+        if args.child:
+            db.dispose()
+            run_child(args.database, args)
+        else:
+            run(db, args)
         db.dispose()
         return
     if not args.trail.exists():
@@ -205,7 +260,11 @@ def main() -> None:
     for name in args.drop:
         with db.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-    run(db, args)
+    if args.child:
+        db.dispose()
+        run_child(str(scratch), args)
+    else:
+        run(db, args)
     db.dispose()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{scratch}{suffix}").unlink(missing_ok=True)

@@ -34,18 +34,28 @@ class AuditTrail:
         """Append AuditEvents (their columns read from themselves; each a dict, or a row
         already serialised, ``RequestEvents.row``); the new head."""
         try:
-            rows = [NewEvent(*(e if isinstance(e, tuple) else row_of(e))) for e in events]
+            rows = [e if isinstance(e, tuple) else row_of(e) for e in events]
         except Exception as exc:
             raise AuditError("audit trail unavailable") from exc
-        return self.append(rows)
+        return self.append_rows(rows)
 
     def append(self, rows: Sequence[NewEvent]) -> tuple[int, str]:
         """Append events already serialised with their columns; the new head. A
         checkpoint follows when one is due; if it cannot be written the events stay
         stored but the request fails closed all the same: a trail that silently stopped
         being checkpointed would lose its protection against truncation unnoticed."""
+        return self._appended(self.store.append, rows)
+
+    def append_rows(self, rows: Sequence[Row]) -> tuple[int, str]:
+        """``append`` of rows as the writer child receives them (``NewEvent``'s fields,
+        a plain tuple each: ``AuditStore.append_rows``)."""
+        return self._appended(self.store.append_rows, rows)
+
+    def _appended(
+        self, append: Callable[[Any], tuple[int, str]], rows: Sequence[Any]
+    ) -> tuple[int, str]:
         try:
-            seq, head = self.store.append(rows)
+            seq, head = append(rows)
             if self.checkpointer is not None:
                 self.checkpointer.after_append(seq, head)
         except Exception as exc:  # any storage failure means: do not answer

@@ -270,8 +270,6 @@ def serve(sock: socket.socket) -> None:
         return
     if kind != b"S":
         return
-    from carelink.storage.audit_store import NewEvent
-
     trail, db = _open(WriterSpec(**orjson.loads(body)))
     try:
         while True:
@@ -281,7 +279,7 @@ def serve(sock: socket.socket) -> None:
                 return
             try:
                 if kind == b"R":
-                    seq, head = trail.append([NewEvent(*row) for row in frame_rows(body)])
+                    seq, head = trail.append_rows(frame_rows(body))
                     _send(sock, b"K", orjson.dumps([seq, head]))
                     trail.settle()  # the patient index's next block, once answered
                 elif kind == b"T":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,17 @@ class NewEvent:
     event: bytes
 
 
+#: a new event as the writer child receives it: ``NewEvent``'s fields in its order
+EventRow = tuple[str, str | None, str, str | None, bytes]
+
+#: the patient index's last block (``MARK_SQL``) and the trail's head, in one statement
+#: read under the append lock (head NULL: an empty trail)
+_HEAD_SQL = (
+    "SELECT m.mark, h.seq, h.hash FROM "
+    "(SELECT coalesce(max(block), 0) AS mark FROM audit_index_blocks) AS m LEFT JOIN "
+    "(SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS h ON 1 = 1"
+)
+
 _COLUMNS = ("seq", "recorded", "patient_id", "outcome", "event", "prev_hash", "hash")
 
 
@@ -144,11 +155,20 @@ class AuditStore:
         restarted since its last use) is replaced and the append made once more on
         the new one; after ``COMMIT`` was sent it never is (that could write twice).
         """
+        return self._retried(self._append, events)
+
+    def append_rows(self, rows: Sequence[EventRow]) -> tuple[int, str]:
+        """``append`` of events as plain tuples in ``NewEvent``'s field order (the writer
+        child's frame, ``audit.writer.frame_rows``): the same rows stored, no object
+        made an event."""
+        return self._retried(self._append_rows, rows)
+
+    def _retried(self, append: Callable[[Any], tuple[int, str]], events: Any) -> tuple[int, str]:
         for attempt in (1, 2):
             fresh = self._conn is None
             self._committing = False
             try:
-                return self._append(events)
+                return append(events)
             except Exception:
                 if fresh or self._committing or attempt == 2:
                     raise
@@ -183,27 +203,34 @@ class AuditStore:
         self._conn = None
 
     def _append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
+        return self._append_rows(
+            [(e.recorded, e.patient_id, e.outcome, e.agent, e.event) for e in events]
+        )
+
+    def _append_rows(self, events: Sequence[EventRow]) -> tuple[int, str]:
         cur = self._connection().cursor()
         try:
             self._lock(cur)
-            cur.execute(MARK_SQL)
-            mark = int(cur.fetchone()[0])
-            cur.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            head = cur.fetchone()
-            seq, prev = (head[0], head[1]) if head else (0, GENESIS)
-            rows = []
-            for e in events:
+            cur.execute(_HEAD_SQL)
+            mark, seq, prev = cur.fetchone()
+            if seq is None:
+                seq, prev = 0, GENESIS
+            rows: list[tuple[Any, ...]] = []
+            add = rows.append
+            # ``row_hash``, inlined: the writer's CPU an event is the request path's
+            sha256, dumps = hashlib.sha256, orjson.dumps
+            for recorded, patient_id, outcome, agent, event in events:
                 seq += 1
-                h = row_hash(prev, seq, e.recorded, e.patient_id, e.outcome, e.agent, e.event)
-                rows.append(
-                    (seq, e.recorded, e.patient_id, e.outcome, e.event, prev, h, e.agent, CHAIN)
-                )
+                digest = sha256(event).hexdigest()
+                fields = [CHAIN, prev, seq, recorded, patient_id, outcome, agent, digest]
+                h = sha256(dumps(fields)).hexdigest()
+                add((seq, recorded, patient_id, outcome, event, prev, h, agent, CHAIN))
                 prev = h
             if rows:
                 cur.executemany(self._insert, rows)
             self._committing = True
             cur.execute("COMMIT")
-            self.tail = seq - mark
+            self.tail = seq - int(mark)
             return seq, prev
         except Exception:
             self._drop(cur)

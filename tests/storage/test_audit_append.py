@@ -1,0 +1,117 @@
+"""The audit trail's append (``AuditStore.append`` and ``append_rows``, the writer child's):
+every row stored as given, chained by ``row_hash`` from the genesis hash, the head and the
+patient index's tail read in one statement under the append lock (an empty trail, a trail
+whose blocks were written), and both entry points storing the very same rows.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carelink.audit import Access, Who, audit_event, verify, verify_index
+from carelink.audit.events import columns
+from carelink.storage import Database
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, row_hash
+
+#: any text PostgreSQL can hold in a text column (no NUL)
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+)
+
+
+def _event(n: int, patient: str | None, agent: str) -> NewEvent:
+    recorded = f"2026-01-01T00:00:00.{n:06d}Z"
+    access = Access("read", f"/fhir/Patient/{patient}", f"req-{n}", recorded, "b")
+    e = audit_event(access, Who(agent, "R8000", "RXX01", "TREAT"), patient, "0")
+    return NewEvent(*columns(e), orjson.dumps(e))
+
+
+def _tuple(e: NewEvent) -> tuple[str, str | None, str, str | None, bytes]:
+    return (e.recorded, e.patient_id, e.outcome, e.agent, e.event)
+
+
+@pytest.fixture
+def store(database_url):
+    db = Database(database_url)
+    db.migrate()
+    s = AuditStore(db)
+    s.block = 3  # blocks written between appends: the tail is read against a mark
+    yield s
+    s.close()
+    db.dispose()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.one_of(st.none(), _TEXT), _TEXT), min_size=0, max_size=5),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_appended_rows_are_stored_as_given_and_chained_by_row_hash(store, batches):
+    """Whatever the columns hold (no patient, any text), each stored row is the event and
+    columns given, its ``prev_hash`` the row before's (the genesis hash first) and its hash
+    ``row_hash`` of its columns; the head returned is the last row's, and the tail counted
+    is the events past the last block written."""
+    with store.db.engine.begin() as conn:
+        for table in ("audit_events", "audit_patient_index", "audit_index_blocks"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - our own names
+    store.tail = None
+    given_rows = []
+    n = 0
+    for batch in batches:
+        events = []
+        for patient, agent in batch:
+            n += 1
+            events.append(_event(n, patient, agent))
+        # the writer child's tuples and other callers' NewEvents, in turns
+        seq, head = (
+            store.append_rows([_tuple(e) for e in events]) if n % 2 else store.append(events)
+        )
+        given_rows += events
+        stored = list(store.rows())
+        assert (seq, head) == ((stored[-1].seq, stored[-1].hash) if stored else (0, GENESIS))
+        with store.db.engine.connect() as conn:
+            mark = conn.exec_driver_sql(
+                "SELECT coalesce(max(block), 0) FROM audit_index_blocks"
+            ).scalar_one()
+        assert store.tail == seq - mark
+        store.settle()
+    stored = list(store.rows())
+    assert [r.seq for r in stored] == list(range(1, len(given_rows) + 1))
+    prev = GENESIS
+    for r, e in zip(stored, given_rows, strict=True):
+        assert (r.recorded, r.patient_id, r.outcome, r.agent, r.event) == _tuple(e)
+        assert r.chain == CHAIN
+        assert r.prev_hash == prev
+        assert r.hash == row_hash(
+            prev, r.seq, e.recorded, e.patient_id, e.outcome, e.agent, e.event
+        )
+        prev = r.hash
+    assert verify(stored) == []
+    assert verify_index(store) == []
+
+
+def test_append_and_append_rows_store_the_same_rows(tmp_path):
+    """The same events through ``append`` (NewEvents) and ``append_rows`` (tuples) make
+    two identical trails, row for row and byte for byte."""
+    events = [_event(i, f"p{i % 3}" if i % 4 else None, f"u{i % 2}") for i in range(1, 12)]
+    trails = []
+    for name, add in (("a", "append"), ("b", "append_rows")):
+        db = Database(str(tmp_path / f"{name}.db"))
+        db.migrate()
+        s = AuditStore(db)
+        for lo in range(0, len(events), 4):
+            chunk = events[lo : lo + 4]
+            getattr(s, add)(chunk if add == "append" else [_tuple(e) for e in chunk])
+        trails.append(list(s.rows()))
+        s.close()
+        db.dispose()
+    assert trails[0] == trails[1]
+    assert len(trails[0]) == len(events)
