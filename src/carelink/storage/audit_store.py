@@ -116,12 +116,11 @@ class NewEvent:
 #: a new event as the writer child receives it: ``NewEvent``'s fields in its order
 EventRow = tuple[str, str | None, str, str | None, bytes]
 
-#: the patient index's last block (``MARK_SQL``) and the trail's head, in one statement
-#: read under the append lock (head NULL: an empty trail)
+#: the trail's head and the patient index's last block (``MARK_SQL``), in one statement
+#: read under the append lock (no row: an empty trail, whose mark is read on its own)
 _HEAD_SQL = (
-    "SELECT m.mark, h.seq, h.hash FROM "
-    "(SELECT coalesce(max(block), 0) AS mark FROM audit_index_blocks) AS m LEFT JOIN "
-    "(SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS h ON 1 = 1"
+    "SELECT seq, hash, (SELECT coalesce(max(block), 0) FROM audit_index_blocks) "
+    "FROM audit_events ORDER BY seq DESC LIMIT 1"
 )
 
 _COLUMNS = ("seq", "recorded", "patient_id", "outcome", "event", "prev_hash", "hash")
@@ -212,9 +211,11 @@ class AuditStore:
         try:
             self._lock(cur)
             cur.execute(_HEAD_SQL)
-            mark, seq, prev = cur.fetchone()
-            if seq is None:
-                seq, prev = 0, GENESIS
+            head = cur.fetchone()
+            if head is None:
+                cur.execute(MARK_SQL)
+                head = (0, GENESIS, cur.fetchone()[0])
+            seq, prev, mark = head
             rows: list[tuple[Any, ...]] = []
             add = rows.append
             # ``row_hash``, inlined: the writer's CPU an event is the request path's
