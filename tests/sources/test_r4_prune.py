@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import string
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from carelink.sources.r4_prune import (
     r4_elements,
 )
 from carelink.sources.stu3 import to_r4
+from tests.support.json_values import json_values
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpconnect"
 RESPONSES = sorted((DATA / "responses").glob("*.json"))
@@ -144,21 +144,7 @@ def test_paths_of_dropped_elements_at_depth_and_unknown_contained_types():
 _KEYS = sorted(
     {k for elements in r4_elements().values() for k in elements} | {"odd", "_given", "_x"}
 )
-_LEAF = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-5, 5),
-    st.floats(allow_nan=False),
-    st.sampled_from(["1.5", " a ", "2020-01-02T03:04", "x", "-7", ""]),
-    st.text(string.printable, max_size=5),
-)
-_JSON = st.recursive(
-    _LEAF,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_values(_KEYS, ["1.5", " a ", "2020-01-02T03:04", "x", "-7", ""], 25)
 
 
 @settings(max_examples=300, deadline=None)

@@ -47,7 +47,7 @@ from carelink.sources.gpconnect_request import (
 from carelink.sources.http import as_of, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
-from carelink.sources.stu3 import to_r4
+from carelink.sources.stu3 import listed_patient, to_r4
 
 NO_NHS_NUMBER = "not sent: no traced NHS number (GP Connect finds patients by NHS number only)"
 
@@ -176,7 +176,7 @@ class GPConnectSource:
         """Page through the practice list (``GET /Patient``), as R4."""
         async for r in self._resources(f"{self.base}/Patient?_count={self.page_size}"):
             if r.get("resourceType") == "Patient" and r.get("id"):
-                patient = to_r4(r, owned=True).resource  # parsed here, ours to change
+                patient = listed_patient(r)  # parsed here, ours to change
                 yield person_from_patient(self.name, str(patient["id"]), patient)
 
     async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
@@ -200,7 +200,7 @@ class GPConnectSource:
             ]
             if len(patients) != 1:
                 raise SourceBadPayload(self.name, "registration event without one Patient")
-            patient = to_r4(patients[0], owned=True).resource
+            patient = listed_patient(patients[0])
             yield person_from_patient(self.name, str(patient["id"]), patient)
 
     async def _resources(self, first: str) -> AsyncIterator[Json]:

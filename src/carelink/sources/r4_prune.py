@@ -8,7 +8,10 @@ strings, codes and URIs with stray spaces, local times without a zone).
 A GP practice list is converted Patient by Patient, so the walk runs on every
 record a build reads from the GP: it makes no path string unless something is
 dropped (a path is a chain of ``(parent, key)`` tuples until then), and a
-primitive whose type is never repaired is kept without a call.
+primitive whose type is never repaired is kept without a call. ``kept_whole`` goes
+further for the listing: it only looks, and says whether the walk would give back
+what it was given (nothing dropped, repaired or reshaped), so a Patient that is
+already R4 is kept as it is, without the walk building it again.
 """
 
 from __future__ import annotations
@@ -123,6 +126,83 @@ def _prune_dict(value: dict[str, Any], type_name: str, path: Any, dropped: list[
         elif v is not None:
             out[key] = primitive(v, kind) if kind in _REPAIRED else v
     return out
+
+
+#: what ``kept_whole`` checks of an element, by the type the table gives it
+_PLAIN, _TRIM, _TIME, _NUMBER_TEXT, _KEPT, _NESTED, _EXTENSION = range(7)
+
+
+@cache
+def _plan(type_name: str) -> tuple[dict[str, tuple[int, str]], bool] | None:
+    """A type's elements, each with what ``kept_whole`` checks of it, and whether the
+    type's parts are single values (None for a type the walk keeps unlooked-at)."""
+    shape = _shape(type_name)
+    if shape is None or type_name == "ResourceList":
+        return None
+    plan: dict[str, tuple[int, str]] = {"resourceType": (_KEPT, "")}
+    for key, kind in shape[0].items():
+        if kind == "ResourceList":
+            continue  # a contained resource: the walk's own business
+        if key in ("extension", "modifierExtension"):
+            plan[key] = (_EXTENSION, kind)
+        elif _shape(kind) is not None:
+            plan[key] = (_NESTED, kind)
+        elif kind in _NUMERIC:
+            plan[key] = (_NUMBER_TEXT, kind)
+        elif kind in _TRIMMED:
+            plan[key] = (_TRIM, kind)
+        elif kind in _TIMED:
+            plan[key] = (_TIME, kind)
+        else:
+            plan[key] = (_PLAIN, kind)
+    return plan, type_name in SCALAR_PARTS
+
+
+def _kept_primitive(value: Any, check: int) -> bool:
+    """Would ``primitive`` keep ``value`` as it is (for an element checked as ``check``)?"""
+    kind = type(value)
+    if kind is str:
+        if check == _TRIM:
+            return bool(value.strip() == value)
+        if check == _TIME:
+            return _NO_ZONE.match(value) is None
+        return check in (_PLAIN, _KEPT)
+    return kind is bool or kind is int or kind is float
+
+
+def kept_whole(value: dict[str, Any], type_name: str) -> bool:
+    """Whether ``prune(value, type_name, ...)`` would give back ``value`` unchanged and drop
+    nothing: every element one R4 has a place for, no primitive it would repair, no
+    ``None`` or empty list it would leave out, no single value it would list or list it
+    would unwrap. Conservative: False for anything it does not look into (a contained
+    resource, a primitive's ``_`` extension, a dict where a primitive goes), which the
+    walk then handles."""
+    plan = _plan(type_name)
+    if plan is None:
+        return False
+    checks, scalar = plan
+    for key, v in value.items():
+        check = checks.get(key)
+        if check is None:
+            return False
+        how, kind = check
+        if type(v) is list:
+            if not v or scalar or how == _KEPT:
+                return False
+            if how >= _NESTED:
+                for x in v:
+                    if type(x) is not dict or not kept_whole(x, kind):
+                        return False
+            else:
+                for x in v:
+                    if not _kept_primitive(x, how):
+                        return False
+        elif how >= _NESTED:
+            if type(v) is not dict or how == _EXTENSION or not kept_whole(v, kind):
+                return False
+        elif not _kept_primitive(v, how):
+            return False
+    return True
 
 
 def primitive(value: Any, type_name: str) -> Any:

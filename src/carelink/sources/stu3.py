@@ -11,6 +11,10 @@ against the R4 element table (``fhir/r4_types.json``) and named in the result's
 ``dropped`` paths, so nothing goes silently. STU3 profiles in ``meta.profile``
 are removed: the resource no longer conforms to them.
 
+``listed_patient`` is ``to_r4`` for a practice list's Patients (the index build reads
+every one): the same R4, but a Patient that is already R4 once its profile is gone (the
+simulator's, and most a practice sends) is looked at, not walked and built again.
+
 >>> r = to_r4({"resourceType": "Condition", "id": "c", "clinicalStatus": "active",
 ...            "subject": {"reference": "Patient/p"}}).resource
 >>> r["clinicalStatus"]["coding"][0]["code"]
@@ -27,7 +31,7 @@ from typing import Any
 import orjson
 
 from carelink.sources.base import Json
-from carelink.sources.r4_prune import prune
+from carelink.sources.r4_prune import kept_whole, prune
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 #: GP Connect is English: a time without a zone is the time in England
@@ -427,3 +431,28 @@ def to_r4(stu3: Json, *, owned: bool = False) -> Converted:
         for c in contained:
             dropped.extend(f"{out['resourceType']}.contained.{d}" for d in c.dropped)
     return Converted(out, dropped)
+
+
+def listed_patient(patient: Json) -> Json:
+    """A Patient of a practice list as R4: ``to_r4(patient, owned=True).resource``, the
+    caller's dict (which it parsed and keeps no other use for) changed in place. What
+    ``to_r4`` does to every Patient (its profiles gone, ``animal`` gone, one
+    ``generalPractitioner`` listed) is done here; when the rest would change nothing
+    (``kept_whole``, no reference to a renamed type) the Patient is kept as it is, and
+    otherwise ``to_r4`` converts it (those steps done twice change nothing)."""
+    rid = patient.get("id")
+    if (
+        patient.get("resourceType") != "Patient"
+        or "contained" in patient
+        or (isinstance(rid, str) and rid.startswith("Patient/"))
+    ):
+        return to_r4(patient, owned=True).resource
+    meta = patient.get("meta")
+    if isinstance(meta, dict):
+        meta.pop("profile", None)
+        if not meta:
+            del patient["meta"]
+    _patient(patient)
+    if kept_whole(patient, "Patient") and not _may_rename(patient):
+        return patient
+    return to_r4(patient, owned=True).resource
