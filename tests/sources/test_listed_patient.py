@@ -96,6 +96,7 @@ def test_what_the_general_converter_changes_is_changed():
         "name": [{"family": "Shaw", "period": {"start": "2020-01-01T10:00"}}],
         "identifier": [{"system": " https://fhir.nhs.uk/Id/nhs-number ", "value": "01"}],
         "multipleBirthInteger": "2",
+        "extension": {"url": "https://carelink.example/x", "valueString": "not listed"},
         "odd": 1,
     }
     out = _same(patient)
@@ -105,6 +106,7 @@ def test_what_the_general_converter_changes_is_changed():
     assert out["name"][0]["period"]["start"] == "2020-01-01T10:00:00+00:00"
     assert out["identifier"][0]["system"] == "https://fhir.nhs.uk/Id/nhs-number"
     assert out["multipleBirthInteger"] == 2
+    assert out["extension"] == [patient["extension"]]
     for key, value in patient.items():  # each change alone
         if key != "resourceType":
             assert _same({**SIMULATED[0], key: value}) != {**SIMULATED[0], key: value}

@@ -158,15 +158,23 @@ def _plan(type_name: str) -> tuple[dict[str, tuple[int, str]], bool] | None:
     return plan, type_name in SCALAR_PARTS
 
 
+def _kept_text(value: str, check: int) -> bool:
+    """Would ``primitive`` keep the text ``value`` as it is (an element checked as
+    ``check``, a primitive's)?"""
+    if check in (_PLAIN, _KEPT):
+        return True
+    if check == _TRIM:
+        return bool(value.strip() == value)
+    if check == _TIME:
+        return _NO_ZONE.match(value) is None
+    return False
+
+
 def _kept_primitive(value: Any, check: int) -> bool:
     """Would ``primitive`` keep ``value`` as it is (for an element checked as ``check``)?"""
     kind = type(value)
     if kind is str:
-        if check == _TRIM:
-            return bool(value.strip() == value)
-        if check == _TIME:
-            return _NO_ZONE.match(value) is None
-        return check in (_PLAIN, _KEPT)
+        return _kept_text(value, check)
     return kind is bool or kind is int or kind is float
 
 
@@ -186,7 +194,14 @@ def kept_whole(value: dict[str, Any], type_name: str) -> bool:
         if check is None:
             return False
         how, kind = check
-        if type(v) is list:
+        t = type(v)
+        if t is str:  # most elements
+            if how != _PLAIN and not _kept_text(v, how):
+                return False
+        elif t is dict:
+            if how != _NESTED or not kept_whole(v, kind):
+                return False
+        elif t is list:
             if not v or scalar or how == _KEPT:
                 return False
             if how >= _NESTED:
@@ -197,10 +212,7 @@ def kept_whole(value: dict[str, Any], type_name: str) -> bool:
                 for x in v:
                     if not _kept_primitive(x, how):
                         return False
-        elif how >= _NESTED:
-            if type(v) is not dict or how == _EXTENSION or not kept_whole(v, kind):
-                return False
-        elif not _kept_primitive(v, how):
+        elif how >= _NESTED or not (t is bool or t is int or t is float):
             return False
     return True
 
