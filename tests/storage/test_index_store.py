@@ -8,6 +8,7 @@ from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -261,18 +262,22 @@ def test_a_postgresql_search_reads_outside_a_transaction_and_gives_the_pool_back
     postgres_url,
 ):
     """A search's read is one statement in autocommit mode (no ``BEGIN`` before it, no
-    ``ROLLBACK`` after): its transaction began with the statement itself. The connection
-    goes back to the pool transactional, so a write through the pool that fails midway
-    still leaves nothing behind."""
+    ``ROLLBACK`` after): its transaction began with the statement itself and ended with
+    it. The connection goes back to the pool transactional, so a write through the pool
+    that fails midway still leaves nothing behind."""
     db = Database(postgres_url)
     db.migrate()
     store = IndexStore(db)
     try:
-        # in a transaction opened by BEGIN, now() is the BEGIN's time, before the statement's
-        assert store._search("SELECT now() = statement_timestamp()", []) == [(True,)]
+        # a BEGIN would leave the transaction open after the read (the driver commits
+        # nothing by itself); the read's own transaction is over when it has answered
+        assert store._search("SELECT count(*) FROM persons WHERE id > %s", [""]) == [(0,)]
+        driver = store._hot._local.driver
+        assert driver.autocommit is True
+        assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         # a thread beyond those that keep a connection reads on a pooled one, given back
         spare = HotConnection(db, kept=0)
-        assert spare.read("SELECT now() = statement_timestamp()", ()) == [(True,)]
+        assert spare.read("SELECT count(*) FROM persons WHERE id > %s", ("",)) == [(0,)]
         with db.engine.connect() as conn:
             assert conn.connection.driver_connection.autocommit is False
         try:

@@ -152,3 +152,48 @@ def test_a_thread_waits_for_a_pooled_sqlite_connection_no_longer_than_for_a_new_
     db = Database(str(tmp_path / "pool.db"), connect_timeout=2.5)
     assert db.engine.pool.timeout() == 2.5  # type: ignore[attr-defined]
     db.dispose()
+
+
+def test_run_hands_back_the_calls_own_error_and_a_cancelled_call_waiting_for_a_thread_never_runs(
+    tmp_path,
+):
+    """What the database thread raised is what the awaiting caller gets (the very
+    exception, not a 503); a call cancelled while every database thread is busy is
+    dropped before it starts, and the threads then serve the next calls."""
+    db = Database(str(tmp_path / "run.db"), statement_timeout=5.0, threads=1)
+    back = threading.Event()
+    ran: list[str] = []
+    wrong = ValueError("the statement's own error")
+
+    def fails() -> None:
+        raise wrong
+
+    def busy() -> str:
+        back.wait(5)
+        return "busy"
+
+    async def scenario() -> tuple[BaseException | None, bool, str, str]:
+        try:
+            await db.run(fails)
+            raised = None
+        except ValueError as exc:
+            raised = exc
+        holding = asyncio.ensure_future(db.run(busy))
+        waiting = asyncio.ensure_future(db.run(ran.append, "waiting"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.sleep(0.05)
+        back.set()
+        held = await holding
+        await asyncio.sleep(0.05)
+        return raised, waiting.cancelled(), held, await db.run(str, "next")
+
+    try:
+        raised, cancelled, held, after = asyncio.run(scenario())
+    finally:
+        back.set()
+        db.dispose()
+    assert raised is wrong
+    assert cancelled
+    assert ran == []  # cancelled before a thread was free: never ran
+    assert (held, after) == ("busy", "next")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -175,11 +176,19 @@ class Database:
         """
         if inline:
             return fn(*args)
-        future, wait = self._start(fn, args, limit)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        future, wait = self._start(_answering, (loop, answer, fn, args), limit)
+        timer = loop.call_later(wait, _too_late, answer)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), wait)
-        except TimeoutError:
+            result = await answer
+        except _TooLate:
             raise self._stuck_on(future, wait) from None
+        except asyncio.CancelledError:
+            future.cancel()  # not started yet: it never runs
+            raise
+        finally:
+            timer.cancel()
         self._stuck = None
         return result
 
@@ -275,6 +284,52 @@ class Database:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         self.engine.dispose()
+
+
+class _TooLate(Exception):
+    """A ``Database.run`` call not answered within its wait (never seen outside ``run``)."""
+
+
+def _too_late(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(_TooLate())
+
+
+def _answering(
+    loop: asyncio.AbstractEventLoop,
+    answer: asyncio.Future[T],
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+) -> None:
+    """``fn(*args)`` on a database thread, its result or exception handed to ``answer`` on
+    the loop: one ``call_soon_threadsafe``, where ``asyncio.wrap_future`` and ``wait_for``
+    chained two futures, a callback each way and a waiter task (half the CPU of the hop
+    from the loop to a thread and back)."""
+    try:
+        result = fn(*args)
+    except BaseException as exc:  # every outcome goes back to the awaiting call
+        _hand_back(loop, answer, None, exc)
+    else:
+        _hand_back(loop, answer, result, None)
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    answer: asyncio.Future[Any],
+    result: Any,
+    exc: BaseException | None,
+) -> None:
+    with suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+        loop.call_soon_threadsafe(_settle, answer, result, exc)
+
+
+def _settle(answer: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if answer.done():  # timed out or cancelled meanwhile
+        return
+    if exc is None:
+        answer.set_result(result)
+    else:
+        answer.set_exception(exc)
 
 
 def _statement_timeout(millis: int) -> Callable[[Any, Any], None]:
