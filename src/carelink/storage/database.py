@@ -68,6 +68,7 @@ class Database:
         threads: int = 8,
     ) -> None:
         self.url = normalise_url(url)
+        self._sqlite = self.url.startswith("sqlite")  # asked several times a read
         try:
             parsed = sa.engine.make_url(self.url)
         except (sa.exc.ArgumentError, ValueError):
@@ -128,7 +129,7 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         """True for the embedded default."""
-        return self.url.startswith("sqlite")
+        return self._sqlite
 
     def check(self) -> None:
         """Connect once; ``StorageUnavailable`` naming the database and why if that fails."""

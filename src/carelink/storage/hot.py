@@ -79,7 +79,9 @@ class HotConnection:
                 if driver is None:  # every slot is taken by another live thread
                     return self.once(sql, values)
             try:
-                return self._rows(driver, sql, values)
+                if self.db.is_sqlite:
+                    return self._rows(driver, sql, values)
+                return self._fetch(self._local.cursor, sql, values)
             except Exception:
                 lost = self.db.is_sqlite or driver.closed or driver.broken
                 self._drop()
@@ -107,15 +109,16 @@ class HotConnection:
     def _rows(self, driver: Any, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self.db.is_sqlite:  # the driver's own statement cache, no cursor object kept
             return list(driver.execute(sql, values).fetchall())
-        # rows in binary: a bytea (each Patient, each consent) comes as its bytes, not
-        # hex text the server writes and the driver decodes (half the driver's CPU for
-        # a search returning 141 people); every other column is loaded to the same type
-        cur = driver.cursor(binary=True)
+        cur = _reader(driver)
         try:
-            cur.execute(sql, values)
-            return list(cur.fetchall())
+            return self._fetch(cur, sql, values)
         finally:
             cur.close()
+
+    @staticmethod
+    def _fetch(cur: Any, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur.execute(sql, values)
+        return list(cur.fetchall())
 
     def _connect(self) -> Any:
         """This thread's new connection (pooled, so it can be invalidated when it breaks),
@@ -140,6 +143,10 @@ class HotConnection:
                 driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
             else:
                 driver.autocommit = True
+                # the thread's one cursor, kept with its connection: a new cursor a read
+                # (its adapters' map, its state) cost a fifth of the driver's CPU of a
+                # search by name and date; it holds the last read's rows until the next
+                self._local.cursor = _reader(driver)
         except BaseException:
             with self._lock:
                 self._owners.pop(me, None)
@@ -151,7 +158,7 @@ class HotConnection:
 
     def _drop(self) -> None:
         """Invalidate this thread's connection (the pool makes a new one next time)."""
-        self._local.driver = None
+        self._local.driver = self._local.cursor = None
         with self._lock:
             conn = self._owners.pop(threading.current_thread(), None)
         if conn is not None and conn is not _CONNECTING:
@@ -170,3 +177,10 @@ class HotConnection:
             with suppress(Exception):  # already broken: nothing to release
                 conn.invalidate()
         self._local = threading.local()
+
+
+def _reader(driver: Any) -> Any:
+    """A cursor reading rows in binary: a bytea (each Patient, each consent) comes as its
+    bytes, not as hex text the server writes and the driver decodes (half the driver's
+    CPU for a search returning 141 people); every other column loads to the same type."""
+    return driver.cursor(binary=True)
