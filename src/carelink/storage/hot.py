@@ -4,7 +4,8 @@ The request path pays for every microsecond: a pooled SQLAlchemy connection
 costs more than the indexed read itself (on PostgreSQL the pool's ping before
 each checkout alone cost half as much CPU as a search's read). Each read sees
 the latest committed data (autocommit), so a change made by another process is
-seen at once.
+seen at once. On PostgreSQL each kept connection has one cursor, kept with it,
+which reads rows in binary (a Patient's bytea as its bytes, not hex text).
 
 A connection is kept by at most ``kept`` threads at a time (by default the
 database's own threads, which make every read of a gateway on PostgreSQL); a
