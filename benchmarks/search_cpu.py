@@ -256,6 +256,23 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
                 pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
 
 
+def search_env(database: str, tmp: Path) -> dict[str, str]:
+    """The environment of a gateway that searches ``database`` (a SQLite file or a
+    PostgreSQL URL) with every safeguard on; its own keys and files in ``tmp``."""
+    return {
+        **os.environ,
+        "CARELINK_DATABASE_URL": database if "://" in database else str(Path(database).resolve()),
+        # the search asks no source; these are never called
+        "CARELINK_SOURCES": "acute=http://127.0.0.1:9/a,gp=http://127.0.0.1:9/g,"
+        "community=http://127.0.0.1:9/c,social-care=http://127.0.0.1:9/s",
+        "CARELINK_AUTH": "jwt",
+        "CARELINK_AUDIENCE": "http://127.0.0.1:8000/fhir",
+        "CARELINK_PUBLIC_BASE_URL": "http://127.0.0.1:8000/fhir",
+        **own_files(tmp),
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -278,20 +295,7 @@ def main() -> None:
         Path(os.environ["SEARCH_PEOPLE"]).write_text(json.dumps(halves))
         return
     tmp = Path(tempfile.mkdtemp(prefix="carelink-search-cpu-"))
-    env = {
-        **os.environ,
-        "CARELINK_DATABASE_URL": (
-            args.database if "://" in args.database else str(Path(args.database).resolve())
-        ),
-        # the search asks no source; these are never called
-        "CARELINK_SOURCES": "acute=http://127.0.0.1:9/a,gp=http://127.0.0.1:9/g,"
-        "community=http://127.0.0.1:9/c,social-care=http://127.0.0.1:9/s",
-        "CARELINK_AUTH": "jwt",
-        "CARELINK_AUDIENCE": "http://127.0.0.1:8000/fhir",
-        "CARELINK_PUBLIC_BASE_URL": "http://127.0.0.1:8000/fhir",
-        **own_files(tmp),
-        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = search_env(args.database, tmp)
     init = [sys.executable, "-m", "carelink", "init"]
     subprocess.run(init, env=env, check=True, stdout=subprocess.DEVNULL)
     if args.instructions:

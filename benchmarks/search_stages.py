@@ -31,8 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.callgrind import control, counted
-from benchmarks.lookup_cpu import ROOT  # lookup_cpu puts src/ on the path
-from tests.support.procs import own_files
+from benchmarks.search_cpu import search_env
 
 Stages = dict[str, Callable[[], Any]]
 
@@ -146,19 +145,7 @@ def main() -> None:
         child(args)
         return
     tmp = Path(tempfile.mkdtemp(prefix="carelink-stages-"))
-    env = {
-        **os.environ,
-        "CARELINK_DATABASE_URL": str(Path(args.database).resolve()),
-        # the search asks no source; these are never called
-        "CARELINK_SOURCES": "acute=http://127.0.0.1:9/a,gp=http://127.0.0.1:9/g,"
-        "community=http://127.0.0.1:9/c,social-care=http://127.0.0.1:9/s",
-        "CARELINK_AUTH": "jwt",
-        "CARELINK_AUDIENCE": "http://127.0.0.1:8000/fhir",
-        "CARELINK_PUBLIC_BASE_URL": "http://127.0.0.1:8000/fhir",
-        **own_files(tmp),
-        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "STAGES_OUT": str(tmp / "stages.json"),
-    }
+    env = {**search_env(args.database, tmp), "STAGES_OUT": str(tmp / "stages.json")}
     init = [sys.executable, "-m", "carelink", "init"]
     subprocess.run(init, env=env, check=True, stdout=subprocess.DEVNULL)
     flags = [f"--database={Path(args.database).resolve()}", f"--calls={args.calls}"]

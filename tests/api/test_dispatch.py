@@ -69,6 +69,17 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no co
     raise AssertionError("not called by match")
 
 
+def filled(template: str, values: list[str]) -> str:
+    """``template`` with its ``{...}`` parameters replaced by ``values`` in turn."""
+    path = template
+    for value in values:
+        start = path.find("{")
+        if start < 0:
+            break
+        path = path[:start] + value + path[path.index("}", start) + 1 :]
+    return path
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     method=st.sampled_from(METHODS),
@@ -78,12 +89,7 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no co
 def test_a_path_made_from_any_route_template_reaches_the_routers_choice(
     method: str, template: str, values: list[str]
 ) -> None:
-    path = template
-    for value in values:
-        start = path.find("{")
-        if start < 0:
-            break
-        path = path[:start] + value + path[path.index("}", start) + 1 :]
+    path = filled(template, values)
     assert _dispatch_choice(method, path) == _framework_choice(method, path)
 
 
@@ -119,12 +125,7 @@ def test_one_dispatcher_asked_again_and_again_still_reaches_the_routers_choice(
     could match, in order: fails when a route is left out of a beginning's routes that
     a path there matches (its prefix ends inside the beginning, or goes past it: no
     route here has the latter, but a new one may)."""
-    path = template
-    for value in values:
-        start = path.find("{")
-        if start < 0:
-            break
-        path = path[:start] + value + path[path.index("}", start) + 1 :]
+    path = filled(template, values)
     other = "/" + "/".join(["fhir", *segments])
     for p in (path, other, path):
         hit = SHARED.match(method, p)
