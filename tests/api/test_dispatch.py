@@ -61,12 +61,8 @@ def _framework_choice(method: str, path: str) -> tuple[Any, dict[str, Any]] | No
 
 
 def _dispatch_choice(method: str, path: str) -> tuple[Any, dict[str, Any]] | None:
-    hit = Dispatch(_no_app, router.routes).match(method, path)
+    hit = Dispatch(router.routes).match(method, path)
     return None if hit is None else (hit[0].endpoint, hit[1])
-
-
-async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
-    raise AssertionError("not called by match")
 
 
 def filled(template: str, values: list[str]) -> str:
@@ -108,7 +104,7 @@ def test_any_path_at_all_reaches_the_routers_choice(
 
 #: one dispatcher for every example below: the routes it keeps for a path's beginning
 #: are reused, and past ``Routes.BUCKETS`` beginnings picked out afresh
-SHARED = Dispatch(_no_app, router.routes)
+SHARED = Dispatch(router.routes)
 
 
 @settings(max_examples=600, deadline=None)

@@ -8,10 +8,12 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelink.api.paging import content_version, missing, owner
+from carelink.api.paging import content_version, missing, outcome, owner
 from carelink.auth import Principal
 from carelink.federation.fanout import SourceResult
+from carelink.federation.record import Federated, source_outcome
 from carelink.fhir.jsonio import Encodings
+from carelink.storage import PersonRow
 
 NAMES = ["gp", "acute", "community", "social-care"]
 STATUSES = ["ok", "timeout", "error", "circuit-open", "not-known"]
@@ -96,3 +98,21 @@ def test_the_content_version_moves_with_the_includes_but_never_their_recorded(
     version_b = content_version([], b, [], known(b) if encode_b else None)
     stable = [[{k: v for k, v in r.items() if k != "recorded"} for r in x] for x in (a, b)]
     assert (version_a == version_b) == (orjson.dumps(stable[0]) == orjson.dumps(stable[1]))
+
+
+UKCORE_OUTCOME = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-OperationOutcome"
+PERSON = PersonRow("p1", None, "D", "O", "d", "o", None, None, None, b"{}", "1")
+
+
+@given(results=results, hidden=st.frozensets(st.sampled_from(NAMES)))
+def test_an_outcome_with_sources_hidden_has_the_shape_of_one_without(results, hidden):
+    """No observable of the outcome but the hidden sources' own issues depends on
+    consent having hidden any: the record's outcome claims UK Core's profile (as
+    ``SharedRecord`` shapes it), and the outcome with sources hidden claims it alike,
+    its issues those of the sources shown. Fails when hiding a source drops the claim."""
+    claimed = {**source_outcome(results), "meta": {"profile": [UKCORE_OUTCOME]}}
+    fed = Federated(PERSON, (), [], [], claimed, tuple(results), "tag")
+    shown = [r for r in results if r.source not in hidden]
+    got = outcome(fed, hidden)
+    assert got == {**source_outcome(shown), "meta": {"profile": [UKCORE_OUTCOME]}}
+    assert list(got) == list(outcome(fed, frozenset()))  # the same members, in order

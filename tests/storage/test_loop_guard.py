@@ -197,3 +197,38 @@ def test_run_hands_back_the_calls_own_error_and_a_cancelled_call_waiting_for_a_t
     assert cancelled
     assert ran == []  # cancelled before a thread was free: never ran
     assert (held, after) == ("busy", "next")
+
+
+def test_a_call_that_timed_out_waiting_for_a_thread_never_runs_after_its_503(tmp_path):
+    """A call still queued when its limit passes gets its 503 (``StorageUnavailable``)
+    and is dropped: a write must not land after its request was already refused. Fails
+    when the timed-out call is left in the thread pool's queue."""
+    db = Database(str(tmp_path / "late.db"), statement_timeout=5.0, threads=1)
+    back = threading.Event()
+    ran: list[str] = []
+
+    def busy() -> str:
+        back.wait(5)
+        return "busy"
+
+    async def scenario() -> tuple[bool, str, str]:
+        holding = asyncio.ensure_future(db.run(busy))
+        await asyncio.sleep(0.05)
+        try:
+            await db.run(ran.append, "late", limit=0.2)
+            refused = False
+        except StorageUnavailable:
+            refused = True
+        back.set()
+        held = await holding
+        await asyncio.sleep(0.1)  # a queued call would have run by now
+        return refused, held, await db.run(str, "next")
+
+    try:
+        refused, held, after = asyncio.run(scenario())
+    finally:
+        back.set()
+        db.dispose()
+    assert refused
+    assert ran == []
+    assert (held, after) == ("busy", "next")

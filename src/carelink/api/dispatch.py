@@ -4,18 +4,17 @@ Every gateway route is a plain ``async def (request) -> Response`` endpoint
 (``deps.FhirRouter``), so the framework's routing machinery (included routers,
 per-route match contexts, a second exception wrapper per route) does nothing
 for them but cost time: measured on the lookup it was about a quarter of the
-event loop's work (benchmarks/README.md, issue #13). ``Dispatch`` sits where
-that machinery starts, innermost of the gateway's middlewares, and matches
-each request against the same routes in the same order, with the same rule as
+event loop's work (benchmarks/README.md, issue #13). ``Front`` matches each
+request here, against the same routes in the same order, with the same rule as
 Starlette's router: the first route whose path and method both match wins.
 
-It answers only such full matches. Anything else — no route, a path whose
+Only such full matches go straight to their endpoint. Anything else — no route, a path whose
 method is not allowed (405 with ``Allow``), a trailing-slash redirect, the
 framework's own routes (``/openapi.json``) — goes on to the framework
 unchanged, so those answers are the framework's own. An exception from an
 endpoint goes to the app's exception handlers, found by the exception's class
 as the framework finds them; one without a handler propagates, as before, to
-the front layer's steps outside (the audit safety net, the 500 of ``api.observe``).
+the front layer's steps outside (the audit safety net, the 500 of ``Front``).
 """
 
 from __future__ import annotations
@@ -115,44 +114,14 @@ class Routes:
 
 
 class Dispatch:
-    """Pure ASGI: requests that fully match one of ``routes`` go straight to its endpoint;
-    everything else to ``app`` (the framework's own exception handling and router)."""
+    """What ``api.front.Front`` needs to send a request straight to its endpoint: the
+    route it fully matches (``match``), and the app's handler for an exception the
+    endpoint raised (``handler``)."""
 
-    def __init__(self, app: App, routes: Iterable[Any]) -> None:
-        self.app = app
+    def __init__(self, routes: Iterable[Any]) -> None:
         self.routes = Routes(routes)
         self.match = self.routes.match
         self._handlers: dict[type[BaseException], Handler] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        hit = self.match(scope["method"], route_path(scope))
-        if hit is None:
-            await self.app(scope, receive, send)
-            return
-        route, params = hit
-        scope["endpoint"] = route.endpoint
-        scope["path_params"] = params
-        request = Request(scope, receive, send)
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            response = await route.endpoint(request)
-            await response(scope, receive, sending)
-        except Exception as exc:
-            handler = None if started else self.handler(scope, exc)
-            if handler is None:
-                raise
-            answer = await handler(request, exc)
-            await answer(scope, receive, sending)
 
     def handler(self, scope: Scope, exc: Exception) -> Handler | None:
         """The app's handler for ``exc``, by the nearest class that has one (an

@@ -1,6 +1,7 @@
 """The gateway's one ASGI layer in front of its routes: every HTTP request enters here.
 
-It runs, in one call and with one wrapper of ``send``, what were four middlewares,
+It runs, in one call and with two wrappers of ``send`` (the id on the answer; the
+audit safety net), what were four middlewares,
 in their order, outermost first:
 
 1. observability (``observe``): the request id in and out, a 500 for an exception
@@ -53,7 +54,7 @@ class Front:
         self.app = app
         self.telemetry = telemetry
         self.templates = templates(routes)
-        self.dispatch = Dispatch(app, routes)
+        self.dispatch = Dispatch(routes)
         self.max_body = max_body_bytes
         self.max_headers = max_header_bytes
         self.clock = clock
@@ -100,7 +101,7 @@ class Front:
         try:
             try:
                 verdict = judge(scope, self.max_body, self.max_headers)
-                if verdict is not True and verdict is not False:
+                if isinstance(verdict, tuple):
                     await refuse(sending, *verdict)
                     return
                 if verdict:

@@ -13,21 +13,14 @@ incomplete-event limit, so a slow header flood is cut off before it is parsed.)
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from carelink.api.bodies import CONTROL, CONTROL_MESSAGE
+from carelink.api.dispatch import Message, Receive, Scope, Send
 from carelink.errors import PayloadTooLarge
 from carelink.fhir import dumps, error_outcome
 
 #: a control character FHIR strings may not hold (``bodies.CONTROL``), percent-encoded
 _CONTROL_IN_QUERY = re.compile(rb"%(0[0-8bBcCeEfF]|1[0-9a-fA-F])")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def refuse(send: Send, status: int, code: str, message: str) -> None:

@@ -218,13 +218,9 @@ class AuditStore:
             seq, prev, mark = head
             rows: list[tuple[Any, ...]] = []
             add = rows.append
-            # ``row_hash``, inlined: the writer's CPU an event is the request path's
-            sha256, dumps = hashlib.sha256, orjson.dumps
             for recorded, patient_id, outcome, agent, event in events:
                 seq += 1
-                digest = sha256(event).hexdigest()
-                fields = [CHAIN, prev, seq, recorded, patient_id, outcome, agent, digest]
-                h = sha256(dumps(fields)).hexdigest()
+                h = row_hash(prev, seq, recorded, patient_id, outcome, agent, event)
                 add((seq, recorded, patient_id, outcome, event, prev, h, agent, CHAIN))
                 prev = h
             if rows:

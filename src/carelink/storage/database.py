@@ -184,6 +184,7 @@ class Database:
         try:
             result = await answer
         except _TooLate:
+            future.cancel()  # still queued behind busy threads: it never runs, late
             raise self._stuck_on(future, wait) from None
         except asyncio.CancelledError:
             future.cancel()  # not started yet: it never runs

@@ -136,6 +136,7 @@ class HotConnection:
             if len(self._owners) >= self.kept:
                 return None
             self._owners[me] = _CONNECTING
+        conn = None
         try:
             conn = self.db.engine.raw_connection()
             driver: Any = conn.driver_connection  # open: a pooled connection always has one
@@ -149,6 +150,9 @@ class HotConnection:
                 # search by name and date; it holds the last read's rows until the next
                 self._local.cursor = _reader(driver)
         except BaseException:
+            if conn is not None:  # set up only in part: not given back to the pool as is
+                with suppress(Exception):
+                    conn.invalidate()
             with self._lock:
                 self._owners.pop(me, None)
             raise
