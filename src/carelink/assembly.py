@@ -9,7 +9,8 @@ both see one configuration.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from carelink.sources.community_feed import CommunityFeedSource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.gpconnect_request import Consumer
-from carelink.sources.http import lean
+from carelink.sources.http import close_session, lean
 from carelink.sources.http1 import Client
 from carelink.sources.social_care import SocialCareSource
 from carelink.sources.tls import client_context
@@ -108,6 +109,20 @@ def make_sources(
         )
         for name, url in settings.sources.items()
     }
+
+
+@asynccontextmanager
+async def sources_open(settings: Settings, db: Database) -> AsyncIterator[dict[str, Source]]:
+    """The configured source adapters (``make_sources``) over sessions of their own,
+    opened for the ``async with`` block and closed when it ends, however it ends: what
+    the work off the request path (index builds and updates, extracts, the start-up
+    check) asks its sources through."""
+    sessions = open_sessions(settings)
+    try:
+        yield make_sources(settings, sessions, db)
+    finally:
+        for session in sessions.values():
+            await close_session(session)
 
 
 def checkpointer_of(settings: Settings) -> Checkpointer:

@@ -14,9 +14,8 @@ from carelink.anonymise.keys import load_master_key
 from carelink.assembly import (
     export_paths,
     guard_of,
-    make_sources,
-    open_sessions,
     require_custodians,
+    sources_open,
     ukcore_of,
 )
 from carelink.consent import load_policy
@@ -32,7 +31,6 @@ from carelink.fhir.profiles import load_profiles
 from carelink.settings import Settings
 from carelink.sources.base import Source
 from carelink.sources.community_feed import CommunityFeedSource
-from carelink.sources.http import close_session
 from carelink.sources.kind import confirm_kinds
 from carelink.storage import ConsentStore, Database, FeedStore, IndexStore, OptOutStore
 
@@ -45,49 +43,35 @@ async def build_index_from(
     Index building reads whole populations, so it gets a generous connect timeout
     rather than the request path's budget.
     """
-    sessions = open_sessions(replace(settings, budget=30.0))
     try:
-        named = make_sources(settings, sessions, store.db)
-        await confirm_kinds(named)  # a wrong kind of system fails before anything is read
-        sources = list(named.values())
-        # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
-        # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
-        writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
-        return await build_index(
-            sources, store, progress=progress, refuse_empty=True, writers=writers
-        )
+        async with sources_open(replace(settings, budget=30.0), store.db) as named:
+            await confirm_kinds(named)  # a wrong kind of system fails before anything is read
+            sources = list(named.values())
+            # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
+            # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
+            writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
+            return await build_index(
+                sources, store, progress=progress, refuse_empty=True, writers=writers
+            )
     except SourceWrongKind:
         raise  # names its URL already
     except SourceBadPayload as exc:
         url = settings.sources.get(exc.source, "")
         raise SourceBadPayload(exc.source, f"{url}: {exc.reason}") from None
-    finally:
-        for session in sessions.values():
-            await close_session(session)
 
 
 async def update_index_from(settings: Settings, store: IndexStore) -> UpdateReport:
     """Apply the changes every configured source lists since its watermark."""
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        named = make_sources(settings, sessions, store.db)
+    async with sources_open(replace(settings, budget=30.0), store.db) as named:
         await confirm_kinds(named)
         return await update_from(list(named.values()), store)
-    finally:
-        for session in sessions.values():
-            await close_session(session)
 
 
 async def reconcile_from(settings: Settings, store: IndexStore, fix: bool) -> dict[str, Drift]:
     """Compare every configured source's whole listing with the index (``fix``: apply)."""
-    sessions = open_sessions(replace(settings, budget=30.0))
-    try:
-        sources = make_sources(settings, sessions, store.db)
+    async with sources_open(replace(settings, budget=30.0), store.db) as sources:
         await confirm_kinds(sources)
         return {name: await reconcile(s, store, fix) for name, s in sources.items()}
-    finally:
-        for session in sessions.values():
-            await close_session(session)
 
 
 def feed_keeper(settings: Settings, every: float = 30.0) -> FeedKeeper:
@@ -119,28 +103,25 @@ async def extract_with(
     db = settings.database(batch=True)
     db.migrate()
     bulk = replace(settings, budget=max(settings.budget, 5.0))  # an extract can wait longer
-    sessions = open_sessions(bulk)
     index = IndexStore(db)
     try:
-        fanout = FanOut(make_sources(bulk, sessions, db), bulk.budget)
-        _, master = export_paths(settings)
-        return await extract(
-            SharedRecord(
-                index,
-                fanout,
-                ukcore_of(load_profiles(Path(settings.profiles)), settings),
-                fetch_targets=False,
-            ),
-            spec,
-            load_master_key(master, create=settings.mode != "production"),
-            Path(settings.deid_rules),
-            OptOutStore(db).all(),
-            out,
-            progress,
-            guard=guard_of(policy, ConsentStore(db), settings),
-        )
+        async with sources_open(bulk, db) as sources:
+            _, master = export_paths(settings)
+            return await extract(
+                SharedRecord(
+                    index,
+                    FanOut(sources, bulk.budget),
+                    ukcore_of(load_profiles(Path(settings.profiles)), settings),
+                    fetch_targets=False,
+                ),
+                spec,
+                load_master_key(master, create=settings.mode != "production"),
+                Path(settings.deid_rules),
+                OptOutStore(db).all(),
+                out,
+                progress,
+                guard=guard_of(policy, ConsentStore(db), settings),
+            )
     finally:
-        for session in sessions.values():
-            await close_session(session)
         index.close()
         db.dispose()

@@ -23,12 +23,11 @@ from uvicorn.supervisors.multiprocess import Process
 
 from carelink.anonymise.keys import load_master_key
 from carelink.app import create_app
-from carelink.assembly import checkpointer_of, export_paths, make_sources, open_sessions
+from carelink.assembly import checkpointer_of, export_paths, sources_open
 from carelink.errors import ConfigError
 from carelink.observability import log_config
 from carelink.serving import PROTOCOL
 from carelink.settings import Settings
-from carelink.sources.http import close_session
 from carelink.sources.kind import confirm_kinds, shown
 from carelink.storage import Database
 
@@ -57,12 +56,8 @@ def preflight(settings: Settings) -> int:
 
 async def check_sources(settings: Settings, db: Database) -> dict[str, str]:
     """``confirm_kinds`` for the configured sources, over sessions of its own."""
-    sessions = open_sessions(settings)
-    try:
-        return await confirm_kinds(make_sources(settings, sessions, db))
-    finally:
-        for session in sessions.values():
-            await close_session(session)
+    async with sources_open(settings, db) as sources:
+        return await confirm_kinds(sources)
 
 
 def source_warnings(settings: Settings) -> list[str]:

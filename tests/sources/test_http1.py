@@ -423,17 +423,54 @@ def test_a_request_cancelled_while_waiting_for_a_slot_takes_none_from_the_others
         await asyncio.sleep(0)  # the busy ones answer; the slot handed to w1 ...
         await asyncio.gather(*busy)
         results = await asyncio.gather(*waiting, return_exceptions=True)
-        # ... and afterwards both slots are free again: two more go at once
-        held.release.clear()
-        more = [asyncio.ensure_future(client.request("GET", f"{base}/m{n}", {})) for n in (0, 1)]
-        await asyncio.sleep(0.1)
-        at_once = held.held
-        held.release.set()
-        await asyncio.gather(*more)
-        return results, at_once, held.seen
+        # ... and afterwards both slots are free again
+        return results, await _at_once_after(client, base, held), held.seen
 
-    results, at_once, seen = _held(cancel_waiters)
+    _w0_cancelled_w1_answered_and_both_slots_free(*_held(cancel_waiters))
+
+
+async def _at_once_after(client: Client, base: str, held: Held) -> int:
+    """How many of two new requests the client sends at once (2 while no slot leaked)."""
+    held.release.clear()
+    more = [asyncio.ensure_future(client.request("GET", f"{base}/m{n}", {})) for n in (0, 1)]
+    await asyncio.sleep(0.1)
+    at_once = held.held
+    held.release.set()
+    await asyncio.gather(*more)
+    return at_once
+
+
+def _w0_cancelled_w1_answered_and_both_slots_free(
+    results: list[Any], at_once: int, seen: list[bytes]
+) -> None:
     assert isinstance(results[0], asyncio.CancelledError)
     assert results[1].body == BODY
     assert b"/w0" not in seen
     assert at_once == 2
+
+
+def test_a_waiter_handed_a_slot_just_as_it_is_cancelled_passes_the_slot_on():
+    async def handed_then_cancelled(client: Client, base: str, held: Held) -> Any:
+        waiting: list[asyncio.Future[Any]] = []
+
+        async def first_busy() -> Any:
+            answer = await client.request("GET", f"{base}/b0", {})
+            # its slot was just handed to w0, whose task has not run since: cancelled
+            # now, w0 wakes with its turn done and must pass the slot on, not drop it
+            waiting[0].cancel()
+            return answer
+
+        busy = [asyncio.ensure_future(first_busy())]
+        await asyncio.sleep(0.05)
+        busy.append(asyncio.ensure_future(client.request("GET", f"{base}/b1", {})))
+        await asyncio.sleep(0.05)
+        waiting.extend(
+            asyncio.ensure_future(client.request("GET", f"{base}/w{n}", {})) for n in (0, 1)
+        )
+        await asyncio.sleep(0.1)
+        held.release.set()
+        await asyncio.gather(*busy)
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        return results, await _at_once_after(client, base, held), held.seen
+
+    _w0_cancelled_w1_answered_and_both_slots_free(*_held(handed_then_cancelled))
