@@ -1,4 +1,4 @@
-"""The request path's audit rows (``RequestEvents.row``: bytes and columns written by hand,
+"""The request path's audit rows (``RequestEvents.rows``: bytes and columns written by hand,
 never built as a dict), attacked from outside.
 
 - in process (hypothesis): for hostile callers, queries, request ids, reasons and patient
@@ -149,7 +149,7 @@ def test_a_fast_row_is_the_general_builders_event_whatever_the_caller_sends(batc
         rows = []
         for patient, glass in patients:
             event_id = uuid.uuid4().hex
-            row = made.row(patient, event_id, glass)
+            row = made.rows([patient], lambda e=event_id: e, (), glass)[0]
             general = {
                 **audit_event(access, caller, patient, outcome, reason, glass),
                 "id": event_id,
@@ -188,7 +188,9 @@ def test_hostile_rows_are_stored_and_read_back_unchanged_and_verify(database_url
             access = Access("read", text * 3, text, f"2026-12-01T00:00:{i:02d}.000000Z", text)
             who = Who(text[:200], text, text, text, text, text, text[:64])
             for patient in (text[:64], None):
-                made.append(RequestEvents(access, who, "4", text).row(patient, f"e{i}", True))
+                made += RequestEvents(access, who, "4", text).rows(
+                    [patient], lambda i=i: f"e{i}", (), True
+                )
         store.append([NewEvent(*row) for row in frame_rows(rows_frame(made))])
         back = list(store.rows())
         assert [(r.recorded, r.patient_id, r.outcome, r.agent, r.event) for r in back] == made

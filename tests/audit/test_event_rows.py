@@ -1,4 +1,4 @@
-"""An event written straight to bytes (``RequestEvents.row``, the request path's) is the
+"""An event written straight to bytes (``RequestEvents.rows``, the request path's) is the
 event itself: byte for byte what ``orjson.dumps`` writes for ``RequestEvents.event`` with
 its ``id`` last, and its columns what ``columns`` reads from that event, for every
 caller, interaction, outcome, patient and break-glass, in any order, whatever the
@@ -11,8 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carelink.audit import events
-from carelink.audit.events import Access, RequestEvents, Who, columns, row_of
+from carelink.audit.events import Access, RequestEvents, Row, Who, columns, row_of
 from carelink.storage.audit_store import agent_key
+
+
+def _row(made: RequestEvents, patient: str | None, event_id: str, glass: bool = False) -> Row:
+    """The oracle: the event made as a dict, with ``event_id`` as its ``id`` (last),
+    serialised by ``orjson`` with the columns ``columns`` reads from it."""
+    return row_of({**made.event(patient, glass), "id": event_id})
+
+
+def _one(made: RequestEvents, patient: str | None, event_id: str, glass: bool = False) -> Row:
+    """The request path's row for one patient."""
+    return made.rows([patient], lambda: event_id, (), glass)[0]
+
 
 texts = st.text(max_size=12)  # quotes, backslashes, control characters, any code point
 callers = st.one_of(
@@ -54,7 +66,7 @@ def test_a_row_is_its_event_serialised_with_the_columns_read_from_it(batch, forg
         made = RequestEvents(access, caller, outcome, reason)
         for patient, break_glass, event_id in patients:
             event = {**made.event(patient, break_glass), "id": event_id}
-            row = made.row(patient, event_id, break_glass)
+            row = _one(made, patient, event_id, break_glass)
             assert row[4] == orjson.dumps(event)
             assert row[:4] == columns(event)
             assert row == row_of(event)
@@ -69,14 +81,14 @@ def test_a_row_is_its_event_serialised_with_the_columns_read_from_it(batch, forg
     st.booleans(),
 )
 def test_a_requests_rows_are_its_rows_one_by_one(request, patients, marked, every):
-    """``RequestEvents.rows`` (a search's events, in one loop) gives each patient the row
-    ``row`` gives them with the next event id, break-glass when the whole request is
-    or the patient is among those marked; nothing else."""
+    """``RequestEvents.rows`` (a search's events, in one loop) gives each patient their
+    event's row with the next event id, break-glass when the whole request is or the
+    patient is among those marked; nothing else."""
     access, caller, outcome, reason, _ = request
     made = RequestEvents(access, caller, outcome, reason)
     ids = iter(f"e{i}" for i in range(len(patients)))
     rows = made.rows(patients, lambda: next(ids), marked, every)
-    one_by_one = [made.row(p, f"e{i}", every or p in marked) for i, p in enumerate(patients)]
+    one_by_one = [_row(made, p, f"e{i}", every or p in marked) for i, p in enumerate(patients)]
     assert rows == one_by_one
     for row, patient in zip(rows, patients, strict=True):
         glass = orjson.loads(row[4]).get("purposeOfEvent") == events._BREAK_GLASS
@@ -88,9 +100,9 @@ def test_a_row_names_its_patient_and_requesting_user():
     none when it has none."""
     access = Access("read", "/fhir/Patient/p1", "rid", "2026-12-01T00:00:00Z", "b")
     made = RequestEvents(access, Who("dr", "R8000", "RXX01", "TREAT"), "0")
-    assert made.row("p1", "e1")[:4] == ("2026-12-01T00:00:00Z", "p1", "0", agent_key("dr", ""))
-    assert made.row(None, "e2")[1] is None
-    assert RequestEvents(access, None, "4").row("p1", "e3")[3] is None
+    assert _one(made, "p1", "e1")[:4] == ("2026-12-01T00:00:00Z", "p1", "0", agent_key("dr", ""))
+    assert _one(made, None, "e2")[1] is None
+    assert _one(RequestEvents(access, None, "4"), "p1", "e3")[3] is None
 
 
 #: callers each ``auth.Principal.identity`` tells apart from the first, by one field
@@ -111,11 +123,11 @@ def test_callers_one_identity_field_apart_never_share_an_agent_or_a_cached_frame
     seen = []
     for caller in [_DR, *_APART]:
         made = RequestEvents(access, caller, "0")
-        row = made.row("p1", "e1")
-        assert row == row_of({**made.event("p1"), "id": "e1"})
+        row = _one(made, "p1", "e1")
+        assert row == _row(made, "p1", "e1")
         seen.append(orjson.loads(row[4])["agent"])
     assert all(seen[i] != seen[j] for i in range(len(seen)) for j in range(i))
-    who = [orjson.loads(RequestEvents(access, c, "0").row("p1", "e")[4]) for c in (_DR, *_APART)]
+    who = [orjson.loads(_one(RequestEvents(access, c, "0"), "p1", "e")[4]) for c in (_DR, *_APART)]
     assert who[0]["agent"][1]["who"]["identifier"] == {
         "system": "https://idp.example",
         "value": "dr-1",

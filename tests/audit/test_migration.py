@@ -207,7 +207,8 @@ def test_rows_from_before_issuers_verify_beside_new_ones_and_are_found_by_subjec
     long_issuer = "https://idp.example/" + "\u00e9" * 300  # over the old column's 200
     for issuer in ("https://idp.example", LOCAL_ISSUER, long_issuer):
         who = Who("dr-1", "R8000", "RXX01", "TREAT", issuer)
-        store.append([NewEvent(*RequestEvents(access, who, "0").row("p1", uuid.uuid4().hex))])
+        row = RequestEvents(access, who, "0").rows(["p1"], lambda: uuid.uuid4().hex)[0]
+        store.append([NewEvent(*row)])
     assert [r.chain for r in store.rows()] == [2, 2, CHAIN, CHAIN, CHAIN]
     assert verify(store.rows()) == []
     search = AuditSearch(db)

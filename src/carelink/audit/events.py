@@ -152,7 +152,7 @@ _BREAK_GLASS: list[Json] = [
     {"coding": [{"system": ACT_REASON, "code": "ETREAT"}]},
     {"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]},
 ]
-#: the parts of an event's bytes that ``RequestEvents.row`` writes around its values
+#: the parts of an event's bytes that ``RequestEvents.rows`` writes around its values
 _PATIENT_OPEN = b'{"what":{"reference":'
 _PATIENT_CLOSE = b"}," + orjson.dumps({"type": _PATIENT_TYPE, "role": _PATIENT_ROLE})[1:] + b","
 _QUERY_ENTITY: Json = {
@@ -235,11 +235,11 @@ class RequestEvents:
     each (events are only ever serialised, never changed), so a search that returns
     many people pays for each only what is that person's.
 
-    ``row`` gives an event ready to be stored without making it: its bytes written from
-    those shared parts as bytes (``_frame``, made once per caller and kind of request),
-    the very bytes ``orjson.dumps`` writes for ``event`` with its ``id`` last, and the
-    columns ``columns`` reads from it (``tests/audit/test_event_rows.py`` holds it to
-    both)."""
+    ``rows`` gives events ready to be stored without making them: their bytes written
+    from those shared parts as bytes (``_frame``, made once per caller and kind of
+    request), the very bytes ``orjson.dumps`` writes for ``event`` with its ``id`` last,
+    and the columns ``columns`` reads from it (``tests/audit/test_event_rows.py`` holds
+    them to both)."""
 
     def __init__(
         self, access: Access, caller: Who | None, outcome: str, reason: str | None = None
@@ -308,17 +308,6 @@ class RequestEvents:
             event["outcomeDesc"] = self.reason
         return event
 
-    def row(self, patient_id: str | None, event_id: str, break_glass: bool = False) -> Row:
-        """``event(patient_id, break_glass)`` with ``event_id`` as its ``id`` (last), ready
-        to be stored: its columns (``columns``) and its bytes, written without making it."""
-        if patient_id:
-            patient = [_PATIENT_OPEN, orjson.dumps(f"Patient/{patient_id}"), _PATIENT_CLOSE]
-        else:
-            patient = []
-        end = self._ends[break_glass]
-        body = b"".join([self._head, *patient, self._entities, end, orjson.dumps(event_id), b"}"])
-        return self.access.recorded, patient_id or None, self.outcome, self._agent, body
-
     def rows(
         self,
         patient_ids: Iterable[str | None],
@@ -326,9 +315,10 @@ class RequestEvents:
         break_glass_ids: Collection[str] = (),
         break_glass: bool = False,
     ) -> list[Row]:
-        """``row`` of each of ``patient_ids`` in turn, each with a new ``event_id()``, marked
-        break-glass when ``break_glass`` is or its patient is in ``break_glass_ids``: one
-        loop for a request's events (a search's one a person)."""
+        """The stored row (columns, bytes) of ``event`` for each of ``patient_ids`` in turn,
+        each with a new ``event_id()``, marked break-glass when ``break_glass`` is or its
+        patient is in ``break_glass_ids``: one loop for a request's events (a search's one
+        a person)."""
         head, entities, ends = self._head, self._entities, self._ends
         recorded, outcome, agent = self.access.recorded, self.outcome, self._agent
         dumps = orjson.dumps

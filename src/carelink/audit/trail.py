@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from carelink.audit.checkpoints import Checkpointer, sign
 from carelink.audit.events import Row, row_of
 from carelink.errors import AuditError
-from carelink.storage.audit_store import AuditStore, NewEvent
+from carelink.storage.audit_store import AuditStore
 
 Json = dict[str, Any]
 
@@ -32,30 +32,21 @@ class AuditTrail:
 
     def record(self, events: Sequence[Json | Row]) -> tuple[int, str]:
         """Append AuditEvents (their columns read from themselves; each a dict, or a row
-        already serialised, ``RequestEvents.row``); the new head."""
+        already serialised, ``RequestEvents.rows``); the new head."""
         try:
             rows = [e if isinstance(e, tuple) else row_of(e) for e in events]
         except Exception as exc:
             raise AuditError("audit trail unavailable") from exc
         return self.append_rows(rows)
 
-    def append(self, rows: Sequence[NewEvent]) -> tuple[int, str]:
-        """Append events already serialised with their columns; the new head. A
-        checkpoint follows when one is due; if it cannot be written the events stay
-        stored but the request fails closed all the same: a trail that silently stopped
-        being checkpointed would lose its protection against truncation unnoticed."""
-        return self._appended(self.store.append, rows)
-
     def append_rows(self, rows: Sequence[Row]) -> tuple[int, str]:
-        """``append`` of rows as the writer child receives them (``NewEvent``'s fields,
-        a plain tuple each: ``AuditStore.append_rows``)."""
-        return self._appended(self.store.append_rows, rows)
-
-    def _appended(
-        self, append: Callable[[Any], tuple[int, str]], rows: Sequence[Any]
-    ) -> tuple[int, str]:
+        """Append events already serialised with their columns (``AuditStore.append_rows``:
+        the writer child's frame, a plain tuple each); the new head. A checkpoint follows
+        when one is due; if it cannot be written the events stay stored but the request
+        fails closed all the same: a trail that silently stopped being checkpointed would
+        lose its protection against truncation unnoticed."""
         try:
-            seq, head = append(rows)
+            seq, head = self.store.append_rows(rows)
             if self.checkpointer is not None:
                 self.checkpointer.after_append(seq, head)
         except Exception as exc:  # any storage failure means: do not answer
@@ -172,7 +163,7 @@ class GroupCommit:
 
     async def record(self, events: Sequence[Json | Row]) -> None:
         """Return once ``events`` (AuditEvents as dicts, or rows already serialised,
-        ``RequestEvents.row``) are committed; ``AuditError`` if they could not be."""
+        ``RequestEvents.rows``) are committed; ``AuditError`` if they could not be."""
         loop = asyncio.get_running_loop()
         if self._flushing is not None and loop.time() - self._batch_started > self.timeout:
             # the commit under way is stuck (a frozen database): fail at once

@@ -192,7 +192,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 def rows_frame(events: Sequence[Json | Row]) -> bytes:
     """The ``R`` payload: the size of a JSON array of each event's columns and byte
     count, that array, then the events' bytes one after another (each event a row
-    already serialised, ``RequestEvents.row``, or a dict serialised here)."""
+    already serialised, ``RequestEvents.rows``, or a dict serialised here)."""
     rows = [e if isinstance(e, tuple) else row_of(e) for e in events]
     head = orjson.dumps([[r[0], r[1], r[2], r[3], len(r[4])] for r in rows])
     return _SIZE.pack(len(head)) + head + b"".join([r[4] for r in rows])
