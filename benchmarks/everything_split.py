@@ -73,6 +73,13 @@ def _short(cmd: str, top: bool) -> str:
     return "serve" if top else "worker"
 
 
+def commits_of(base: str) -> tuple[float, float]:
+    """The gateway's audit group commits so far and the events they held (its metrics)."""
+    text = get(f"{base}/metrics").decode()
+    said = dict(re.findall(r"^carelink_audit_commit_events_(count|sum) ([0-9.e+]+)$", text, re.M))
+    return float(said.get("count", 0)), float(said.get("sum", 0))
+
+
 def cpu_of(pid: int) -> float:
     """Seconds of CPU (user + system) process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -139,6 +146,7 @@ class Stack:
         gateway = tree_cpu(self.gateway)
         split = tree_by_process(self.gateway)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        commits = commits_of(self.base)
         auth = f"Authorization: Bearer {self.token}"
         script = str(self.tmp / "script.lua")
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", auth, "-s", script]
@@ -148,6 +156,7 @@ class Stack:
         if m is None:
             raise RuntimeError(f"wrk printed no result:\n{out}")
         n = int(m[1])
+        committed = [b - a for a, b in zip(commits, commits_of(self.base), strict=True)]
         each = {s: (cpu_of(p) - sims[s]) / n * 1e6 for s, p in self.simulators.items()}
         wrk_s = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         r = {
@@ -161,6 +170,8 @@ class Stack:
             "each": each,
             "wrk": wrk_s / n * 1e6,
             "load": load,
+            "commits": committed[0] / n,
+            "events": committed[1] / max(committed[0], 1),
         }
         per = " ".join(f"{s} {us:.0f}" for s, us in each.items())
         now = tree_by_process(self.gateway)
@@ -172,7 +183,8 @@ class Stack:
         print(
             f"{self.name}: {r['rps']:5.0f} req/s, p50 {r['p50']:5.1f} p99 {r['p99']:6.1f} ms,"
             f" errors {r['errors']}; CPU us per request: gateway {r['gateway']:4.0f},"
-            f" simulators {r['simulators']:3.0f} ({per}), wrk {r['wrk']:2.0f}; load {load:.2f}",
+            f" simulators {r['simulators']:3.0f} ({per}), wrk {r['wrk']:2.0f}; audit commits"
+            f" {r['commits']:.2f} a request, {r['events']:.1f} events each; load {load:.2f}",
             flush=True,
         )
         return r

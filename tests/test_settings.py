@@ -33,6 +33,12 @@ def test_stored_search_results_live_ten_minutes_unless_configured():
     assert Settings.from_env({"CARELINK_RESULT_TTL": "30"}).result_ttl == 30.0
 
 
+def test_audit_commits_gather_two_milliseconds_unless_configured():
+    assert Settings.from_env({}).audit_gather_ms == 2.0
+    assert Settings.from_env({"CARELINK_AUDIT_GATHER_MS": "0"}).audit_gather_ms == 0.0
+    assert Settings.from_env({"CARELINK_AUDIT_GATHER_MS": "0.5"}).audit_gather_ms == 0.5
+
+
 def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
     assert dict(Settings.from_env({}).source_ods) == DEFAULT_SOURCE_ODS
     s = Settings.from_env({"CARELINK_SOURCE_ODS": "acute=RXX01, hospice=Y12345"})
@@ -64,6 +70,10 @@ def test_each_source_is_named_by_an_ods_code_the_environment_can_change():
         ({"CARELINK_LOG_LEVEL": "chatty"}, "CARELINK_LOG_LEVEL must be one of"),
         ({"CARELINK_HEADER_TIMEOUT": "0"}, "CARELINK_HEADER_TIMEOUT"),
         ({"CARELINK_KEEPALIVE_TIMEOUT": "0.5"}, "CARELINK_KEEPALIVE_TIMEOUT"),
+        ({"CARELINK_AUDIT_GATHER_MS": "-1"}, "CARELINK_AUDIT_GATHER_MS must be from 0 to 50"),
+        ({"CARELINK_AUDIT_GATHER_MS": "51"}, "CARELINK_AUDIT_GATHER_MS must be from 0 to 50"),
+        ({"CARELINK_AUDIT_GATHER_MS": "nan"}, "CARELINK_AUDIT_GATHER_MS must be from 0 to 50"),
+        ({"CARELINK_AUDIT_GATHER_MS": "soon"}, "number of ms"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env, message):

@@ -38,6 +38,7 @@ from carelink.assembly import (
 )
 from carelink.audit import AuditTrail, GroupCommit
 from carelink.audit.events import REFUSED
+from carelink.audit.trail import GATHER_EVENTS
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
@@ -233,6 +234,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await _audit_committer(settings, db),
             telemetry.audit_committed,
             timeout=settings.db_timeout,
+            gather=settings.audit_gather_ms / 1000,
+            gather_events=GATHER_EVENTS,
         )
         app.state.audit_search = AuditSearch(db)
         minutes = settings.audit_checkpoint_minutes

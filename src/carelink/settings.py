@@ -156,6 +156,10 @@ class Settings:
     #: where audit appends run: "process" (a writer process of its own, which never
     #: holds the server's GIL) or "thread" (a thread of the gateway's process)
     audit_writer: str = "process"
+    #: milliseconds a group commit of fewer than ``audit.trail.GATHER_EVENTS`` events
+    #: waits, once the writer is free, for more requests' events (0: commits at once):
+    #: fewer commits, each answer later by at most this (``GroupCommit``'s window)
+    audit_gather_ms: float = 2.0
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)
     result_ttl: float = 600.0
@@ -236,6 +240,10 @@ class Settings:
             raise ConfigError(
                 "CARELINK_PUBLIC_BASE_URL must be an http:// or https:// URL without query "
                 f"or fragment, not {self.public_base()!r}"
+            )
+        if not 0 <= self.audit_gather_ms <= 50:
+            raise ConfigError(
+                f"CARELINK_AUDIT_GATHER_MS must be from 0 to 50, not {self.audit_gather_ms}"
             )
         if self.audit_writer not in ("process", "thread"):
             raise ConfigError(
@@ -352,6 +360,7 @@ class Settings:
             audit_checkpoint_minutes=_number(
                 e, "CARELINK_AUDIT_CHECKPOINT_MINUTES", s.audit_checkpoint_minutes, "minutes"
             ),
+            audit_gather_ms=_number(e, "CARELINK_AUDIT_GATHER_MS", s.audit_gather_ms, "ms"),
             profiles=e.get("CARELINK_PROFILES", s.profiles),
             gpconnect_asid=e.get("CARELINK_GPCONNECT_ASID", s.gpconnect_asid),
             gpconnect_provider_asid=e.get(
