@@ -29,12 +29,15 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.audit_writer import remove, scratch_copy
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -137,10 +140,7 @@ def main() -> None:
 
         Path(args.out).write_text(json.dumps(uvloop.run(_worker(args))))
         return
-    scratch = args.trail.with_name(args.trail.name + ".load")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(args.trail, scratch)
+    scratch = scratch_copy(args.trail, "load")
     flags = [f"--scratch={scratch}", f"--clients={args.clients}", f"--events={args.events}"]
     flags += [f"--work-us={args.work_us}", f"--people={args.people}", f"--wait-ms={args.wait_ms}"]
     flags += [f"--seconds={args.seconds}", f"--warm={args.warm}"]
@@ -165,8 +165,7 @@ def main() -> None:
     finally:
         for n in range(args.workers):
             Path(f"{scratch}.{n}.json").unlink(missing_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+        remove(scratch)
     requests = sum(r["requests"] for r in results)
     cpu = sum(r["cpu"] for r in results)
     commits = sum(r["commits"] for r in results)

@@ -59,6 +59,21 @@ def _event(rng: random.Random, people: int, agents: int, n: int) -> NewEvent:
     return NewEvent(*columns(e), orjson.dumps(e))
 
 
+def scratch_copy(trail: Path, tag: str) -> Path:
+    """A fresh copy of the kept ``trail`` beside it, named with ``tag`` (runs write it,
+    never the kept one)."""
+    scratch = trail.with_name(f"{trail.name}.{tag}")
+    remove(scratch)
+    shutil.copyfile(trail, scratch)
+    return scratch
+
+
+def remove(scratch: Path) -> None:
+    """A scratch copy and its WAL files, gone."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+
+
 def build(db: Database, rows: int, people: int, agents: int, seed: int) -> None:
     """``rows`` events appended in bulk (a valid chain), indexes made after."""
     db.migrate()
@@ -251,10 +266,7 @@ def main() -> None:
         with db.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         db.dispose()
-    scratch = args.trail.with_name(args.trail.name + ".run")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(args.trail, scratch)
+    scratch = scratch_copy(args.trail, "run")
     db = Database(str(scratch))
     db.migrate()
     for name in args.drop:
@@ -266,8 +278,7 @@ def main() -> None:
     else:
         run(db, args)
     db.dispose()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+    remove(scratch)
 
 
 if __name__ == "__main__":

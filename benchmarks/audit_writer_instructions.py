@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import socket
 import struct
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.audit_writer import _event
+from benchmarks.audit_writer import _event, remove, scratch_copy
 from benchmarks.callgrind import control, counted
 
 _HEAD = struct.Struct(">cI")
@@ -97,10 +96,7 @@ def main() -> None:
     if args.scratch:
         under(args)
         return
-    scratch = args.trail.with_name(args.trail.name + ".ir")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(args.trail, scratch)
+    scratch = scratch_copy(args.trail, "ir")
     flags = [f"--trail={args.trail}", f"--scratch={scratch}", f"--batches={args.batches}"]
     flags += [f"--batch={args.batch}", f"--warm={args.warm}", f"--people={args.people}"]
     flags += [f"--agents={args.agents}", f"--seed={args.seed}"]
@@ -108,8 +104,7 @@ def main() -> None:
     try:
         totals = counted(Path(__file__).resolve(), flags, env, dumps=1)
     finally:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+        remove(scratch)
     events = args.batches * args.batch
     print(
         f"batch={args.batch} batches={args.batches}: {totals[0] / events:,.0f} instructions "

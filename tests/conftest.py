@@ -46,3 +46,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "carelink.db")
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """``database_url``'s database, migrated (disposed of afterwards)."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pytest
 
 from carelink.audit import Access, AuditTrail, GroupCommit, RequestEvents, Who, verify
 from carelink.audit.trail import OnThread
@@ -28,14 +27,6 @@ from carelink.storage import Database
 from carelink.storage.audit_store import AuditStore
 
 _WHO = Who("dr-1", "R8000", "RXX01", "TREAT", "https://idp.example")
-
-
-@pytest.fixture
-def db(database_url):
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def _rows(n: int, events: int = 1) -> list[Any]:

@@ -15,17 +15,8 @@ from carelink.audit import GroupCommit, load_or_make_key, verify
 from carelink.audit.checkpoints import latest, read
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.errors import AuditError
-from carelink.storage import Database
 from carelink.storage.audit_store import AuditStore
 from tests.audit.test_trail import event
-
-
-@pytest.fixture
-def db(database_url):
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def test_concurrent_requests_are_committed_in_batches_and_the_chain_verifies(db):

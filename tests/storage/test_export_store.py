@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from carelink.storage import Database, JobStore, OptOutStore
+from carelink.storage import JobStore, OptOutStore
 from carelink.storage.export_store import LEASE_SECONDS
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    d = Database(database_url)
-    d.migrate()
-    yield d
-    d.dispose()
 
 
 def test_a_job_is_held_by_one_process_until_its_lease_runs_out(db):

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from carelink.storage import Database, LocationStore
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
+from carelink.storage import LocationStore
 
 
 def test_a_recorded_resource_names_its_person_and_an_unknown_one_nobody(db):
