@@ -33,8 +33,9 @@ def test_stored_search_results_live_ten_minutes_unless_configured():
     assert Settings.from_env({"CARELINK_RESULT_TTL": "30"}).result_ttl == 30.0
 
 
-def test_audit_commits_gather_two_milliseconds_unless_configured():
-    assert Settings.from_env({}).audit_gather_ms == 2.0
+def test_audit_commits_go_at_once_unless_a_gathering_window_is_configured():
+    assert Settings.from_env({}).audit_gather_ms == 0.0
+    assert Settings.from_env({"CARELINK_AUDIT_GATHER_MS": "2"}).audit_gather_ms == 2.0
     assert Settings.from_env({"CARELINK_AUDIT_GATHER_MS": "0"}).audit_gather_ms == 0.0
     assert Settings.from_env({"CARELINK_AUDIT_GATHER_MS": "0.5"}).audit_gather_ms == 0.5
 

@@ -157,9 +157,10 @@ class Settings:
     #: holds the server's GIL) or "thread" (a thread of the gateway's process)
     audit_writer: str = "process"
     #: milliseconds a group commit of fewer than ``audit.trail.GATHER_EVENTS`` events
-    #: waits, once the writer is free, for more requests' events (0: commits at once):
-    #: fewer commits, each answer later by at most this (``GroupCommit``'s window)
-    audit_gather_ms: float = 2.0
+    #: waits, once the writer is free, for more requests' events (0, the default: commits
+    #: at once): fewer commits, each answer later by at most this (``GroupCommit``'s
+    #: window; as PostgreSQL's ``commit_delay``, off unless measured to help)
+    audit_gather_ms: float = 0.0
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)
     result_ttl: float = 600.0
