@@ -28,6 +28,7 @@ from carelink.storage import (
     NameTest,
     PersonQuery,
     PersonRow,
+    tables,
 )
 from carelink.storage.hot import HotConnection
 from carelink.storage.migrations import MIGRATIONS
@@ -345,6 +346,9 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
     ``ConsentStore.active_of`` (none of one person's handed to another, none inactive,
     a person with several of them once), by name and by one NHS number alike."""
     db, store, _, persons = _built(database_url, 8, 60)
+    with db.engine.begin() as conn:  # some people plain, some not, whatever the build made
+        t = tables.persons
+        conn.execute(sa.update(t).where(t.c.id < "8").values(plain=sa.not_(t.c.plain)))
     consents = ConsentStore(db)
     rng = random.Random(5)
     statuses = ["active", "active", "inactive", "rejected"]
@@ -355,15 +359,18 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
     queries = [PersonQuery(family=((NameTest(f[:1]),),)) for f in sorted(families)]
     queries += [PersonQuery(identifiers=((IdentifierTest(nhs_number=persons[0].nhs_number),),))]
     seen_held = 0
+    plain: set[bool] = set()
     try:
         for q in queries:
             for after, limit in (("", 500), ("", 2), (persons[0].id, 3)):
                 rows, held = store.find_with_consents(q, after=after, limit=limit)
                 want = store.find(q, after=after, limit=limit)
-                assert rows == [FoundPerson(r.id, r.patient) for r in want]
+                assert rows == [FoundPerson(r.id, r.patient, r.plain) for r in want]
+                plain.update(r.plain for r in rows)
                 assert held == consents.active_of([r.id for r in want])
                 seen_held += len(held)
         assert seen_held > 10  # consents were found, not only empty maps compared
+        assert plain == {True, False}  # each kind of person read as its row says
     finally:
         consents.close()
         store.close()

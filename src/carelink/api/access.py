@@ -74,6 +74,12 @@ def _passes(resource: Json, scope: Scope) -> bool:
     return not unknown and all(c.matches(resource) for c in crit)
 
 
+def passes_every(caller: Principal, resource_type: str, perm: str = "r") -> bool:
+    """Does ``visible`` let every resource of this type through, whatever it holds (a
+    scope granting ``perm`` on the type, or on every type, with no filters)?"""
+    return any(not s.filters for s in granting(scopes_of(caller.scopes), resource_type, perm))
+
+
 def visible(caller: Principal, resources: Iterable[Json], perm: str = "r") -> list[Json]:
     """The resources some scope lets the caller see (unfiltered scopes pass everything)."""
     parsed = scopes_of(caller.scopes)

@@ -102,35 +102,51 @@ async def search_patient(request: Request) -> Response:
         limit=HOT_LIMIT if record.index.is_lookup(query) else None,
     )
     # one event per person actually returned on this page (a count returns nobody)
-    served = [str(r["id"]) for r, _ in found.page]
+    served = [pid for _, _, pid in found.page]
     await audit(request, "search-type", served, break_glass_ids=break_glass)
     links = paging.links(f"{base}/Patient", found.total)
     if counting:
         return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
     wanted = P.elements(q)
     if wanted is not None:
-        page = [apply_elements(r, wanted) for r, _ in found.page]
+        page = [apply_elements(_parsed(r, raw), wanted) for r, raw, _ in found.page]
         return fhir(searchset(base, page, total=found.total, links=links))
-    matches = [r for r, _ in found.page]
-    encode = _as_stored(found.page)
+    matches, encode = _as_stored(found.page)
     return fhir(searchset(base, matches, total=found.total, links=links, encode=encode))
 
 
-#: a Patient a search shows, and its stored JSON when it is shown exactly as stored
-Shown = tuple[Json, bytes | None]
+#: a Patient a search shows: the object (None when it was never parsed: a plain person
+#: shown as stored), its stored JSON when it is shown exactly as stored, and its id
+Shown = tuple[Json | None, bytes | None, str]
 
 
-def _as_stored(page: Sequence[Shown]) -> Callable[[Json], Json | orjson.Fragment]:
-    """The ``encode`` of a page's searchset: a Patient shown as stored goes out as its
-    stored bytes, not parsed and written again (the page holds each Patient, so no other
-    object takes its id meanwhile)."""
-    stored = {id(r): raw for r, raw in page if raw is not None}
+def _parsed(resource: Json | None, raw: bytes | None) -> Json:
+    """The Patient a search shows, parsed from its stored JSON if it was not."""
+    if resource is not None:
+        return resource
+    assert raw is not None  # what ``_shown_batch`` makes
+    parsed: Json = orjson.loads(raw)
+    return parsed
+
+
+def _as_stored(page: Sequence[Shown]) -> tuple[list[Json], Callable[[Json], Any]]:
+    """The matches of a page's searchset and its ``encode``: a Patient shown as stored
+    goes out as its stored bytes, not parsed (a plain person's) nor written again; one
+    never parsed stands in the matches as its type and id, all its entry's ``fullUrl``
+    is made of (the page holds each match, so no other object takes its id meanwhile)."""
+    matches: list[Json] = []
+    stored: dict[int, bytes] = {}
+    for r, raw, pid in page:
+        match = r if r is not None else {"resourceType": "Patient", "id": pid}
+        matches.append(match)
+        if raw is not None:
+            stored[id(match)] = raw
 
     def encode(r: Json) -> Json | orjson.Fragment:
         raw = stored.get(id(r))
         return r if raw is None else orjson.Fragment(raw)
 
-    return encode
+    return matches, encode
 
 
 def _shown_batch(
@@ -146,13 +162,27 @@ def _shown_batch(
     or consent withhold the person): ``held``, the batch's active consents as read with
     the rows, by person id (a person it leaves out has none), and the caller's consent
     identity made once. A break-glass disclosure adds the person's id to
-    ``break_glass``."""
-    patients = [record.index_patient(r) for r in rows]
+    ``break_glass``.
+
+    A plain person (``PersonRow.plain``: an unmarked Patient of their id) who holds no
+    Consents is shown as stored, never parsed, when the caller's scopes pass every
+    Patient and consent shows every unmarked resource to the caller as it is
+    (``Engine.shows_unmarked``): what ``visible`` and ``Guard.filter_people`` give such a
+    person, the Patient itself (``tests/api/test_patient_plain.py``). The others are
+    parsed and decided about as ever."""
+    as_stored = guard.engine.shows_unmarked(who) and access.passes_every(caller, "Patient", "s")
+    asked = [r for r in rows if not (r.plain and not held.get(r.id))] if as_stored else rows
+    patients = [record.index_patient(r) for r in asked]
     scoped = {id(p) for p in access.visible(caller, patients, "s")}
-    people = [(r.id, p) for r, p in zip(rows, patients, strict=True) if id(p) in scoped]
+    people = [(r.id, p) for r, p in zip(asked, patients, strict=True) if id(p) in scoped]
     decided = iter(guard.filter_people(who, people, held, record.shares_patients))
+    parsed = iter(patients)
     out: list[Shown | None] = []
-    for row, patient in zip(rows, patients, strict=True):
+    for row in rows:
+        if as_stored and row.plain and not held.get(row.id):
+            out.append((None, row.patient, row.id))
+            continue
+        patient = next(parsed)
         filtered = next(decided) if id(patient) in scoped else None
         if filtered is not None and filtered.break_glass:
             break_glass.add(row.id)
@@ -160,7 +190,7 @@ def _shown_batch(
             out.append(None)
             continue
         served = filtered.resources[0]
-        out.append((served, row.patient if served is patient else None))
+        out.append((served, row.patient if served is patient else None, str(served["id"])))
     return out
 
 
@@ -198,15 +228,12 @@ async def lookup(request: Request, nhs: str) -> Response:
 
     shown = await looked_up(request, find)
     page = [] if shown is None or count == 0 else [shown]
-    await audit(
-        request, "search-type", [str(r["id"]) for r, _ in page], break_glass_ids=break_glass
-    )
+    await audit(request, "search-type", [pid for _, _, pid in page], break_glass_ids=break_glass)
     links = P.lookup_links(f"{base}/Patient", nhs, count, 0 if shown is None else 1)
     total = 0 if shown is None else 1
+    matches, encode = _as_stored(page)
     return Answer(
-        dumps(
-            searchset(base, [r for r, _ in page], total=total, links=links, encode=_as_stored(page))
-        ),
+        dumps(searchset(base, matches, total=total, links=links, encode=encode)),
         {},
     )
 

@@ -105,9 +105,14 @@ class Engine:
         record, the custodian's own data or by implied consent, whichever applies, with
         no category. False decides nothing: ``decide`` does. A break-glass situation is
         not this one (it only turns denials)."""
-        if actor.patient is None and actor.purpose not in self._direct_care:
-            return False
-        return not self.policy.categories_of(resource)
+        return self.shows_unmarked(actor) and not self.policy.categories_of(resource)
+
+    def shows_unmarked(self, actor: Actor) -> bool:
+        """Is every resource ``policy.unmarked`` of a patient who holds no Consents shown
+        to ``actor`` as it is (``shown_as_is``, for any such resource: none has a
+        category under any policy)? True when the actor is the patient or serves a
+        direct-care purpose."""
+        return actor.patient is not None or actor.purpose in self._direct_care
 
     def decide(self, s: Situation, resource: Json) -> Decision:
         """The decision for one resource."""

@@ -219,7 +219,10 @@ class Policy:
         return org.ods if org else None
 
     def categories_of(self, resource: dict[str, Any]) -> frozenset[str]:
-        """The sensitive categories a resource falls in (by label or by code)."""
+        """The sensitive categories a resource falls in (by label or by code): none for
+        a resource ``unmarked`` (under every policy)."""
+        if unmarked(resource):
+            return _NONE
         found: set[str] = set()
         for label in resource.get("meta", {}).get("security", ()):
             cat = self.by_label.get((label.get("system", ""), label.get("code", "")))
@@ -241,6 +244,20 @@ class Policy:
 _CODED = ("code", "vaccineCode", "medicationCodeableConcept")
 #: no category
 _NONE: frozenset[str] = frozenset()
+#: a ``meta`` without ``security``
+_ABSENT = object()
+
+
+def unmarked(resource: dict[str, Any]) -> bool:
+    """Does ``resource`` carry nothing a policy recognises a sensitive category by: no
+    ``meta.security`` at all, and none of the coded elements ``categories_of`` reads
+    (or only empty ones)? Then ``categories_of`` finds no category in it under any
+    policy (it is ``categories_of``'s first step), so whether a stored resource is
+    unmarked can be decided once, when it is written, whatever policy later reads it
+    (the patient index's ``persons.plain``). False decides nothing."""
+    if resource.get("meta", {}).get("security", _ABSENT) is not _ABSENT:
+        return False
+    return not any(resource.get(key) for key in _CODED)
 
 
 def from_document(document: Any, path: str = "<policy>", text: str = "") -> Policy:

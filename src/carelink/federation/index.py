@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from carelink.consent.policy import unmarked
 from carelink.federation.linkage import Group, demographics, link
 from carelink.federation.matching import lookup_values
 from carelink.federation.patient_merge import merge_patient, rank
@@ -95,6 +96,15 @@ async def collect(sources: Sequence[Source]) -> dict[str, list[SourcePerson]]:
     return {s.name: r for s, r in zip(sources, results, strict=True)}
 
 
+def is_plain(pid: str, patient: Json) -> bool:
+    """``PersonRow.plain`` of the person ``pid`` whose merged Patient is ``patient``: it
+    is the Patient of that id and carries nothing a consent policy finds a sensitive
+    category by (consent's own test, ``consent.policy.unmarked``)."""
+    return (
+        patient.get("resourceType") == "Patient" and patient.get("id") == pid and unmarked(patient)
+    )
+
+
 def person_rows(
     key: bytes,
     group: Group,
@@ -107,7 +117,8 @@ def person_rows(
     merged = merge_patient(pid, group.members, group.nhs_number, built_at)
     conflicts.update(c.element for c in merged.conflicts)
     # UK Core shape: the NHS number's verification status and the Patient profile
-    body = orjson.dumps(with_nhs_number_status(merged.patient, [m.patient for m in group.members]))
+    patient = with_nhs_number_status(merged.patient, [m.patient for m in group.members])
+    body = orjson.dumps(patient)
     best = min(group.members, key=rank)
     person = PersonRow(
         id=pid,
@@ -121,6 +132,7 @@ def person_rows(
         postcode=best.postcode,
         patient=body,
         version=hashlib.blake2b(body, digest_size=12).hexdigest(),
+        plain=is_plain(pid, patient),
     )
     rows = []
     for m in group.members:

@@ -76,6 +76,8 @@ def _copy_type(column: sa.Column[Any]) -> str:
     kind = column.type
     if isinstance(kind, sa.LargeBinary):
         return "bytea"
+    if isinstance(kind, sa.Boolean):
+        return "bool"
     if isinstance(kind, sa.Float):
         return "float8"
     if isinstance(kind, sa.Integer):

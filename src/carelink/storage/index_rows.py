@@ -25,16 +25,22 @@ class PersonRow:
     postcode: str | None
     patient: bytes
     version: str
+    #: ``patient`` carries nothing a consent policy finds a sensitive category by
+    #: (``consent.policy.unmarked``) and is the Patient of ``id``: decided by whoever
+    #: makes the row from the Patient it writes (False decides nothing: a search then
+    #: parses the Patient and asks consent about it)
+    plain: bool = False
 
 
 class FoundPerson(NamedTuple):
-    """A person as a search reads them (``IndexStore.find_with_consents``): the id and the
-    merged Patient as JSON bytes. A search decides and shows nothing from the index's
-    other columns, and reading them cost more than the Patient (eleven driver values
-    made for each person found)."""
+    """A person as a search reads them (``IndexStore.find_with_consents``): the id, the
+    merged Patient as JSON bytes, and whether it is ``PersonRow.plain``. A search decides
+    and shows nothing from the index's other columns, and reading them cost more than the
+    Patient (eleven driver values made for each person found)."""
 
     id: str
     patient: bytes
+    plain: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,11 @@ def _row(cls: type[R], names: tuple[str, ...], values: list[Any]) -> R:
 
 def person_row(row: tuple[Any, ...]) -> PersonRow:
     """A ``PersonRow`` of a row of ``persons``, as ``PersonRow(*row)`` makes it, its
-    fields set in one step: a frozen dataclass's ``__init__`` sets its eleven fields one
+    fields set in one step: a frozen dataclass's ``__init__`` sets its twelve fields one
     by one through ``object.__setattr__``, more than twice the time of this."""
     values = list(row)
     values[9] = bytes(values[9])  # sqlite3 and psycopg give bytes / memoryview
+    values[11] = bool(values[11])  # sqlite3 gives 0 / 1
     return _row(PersonRow, _PERSON_FIELDS, values)
 
 

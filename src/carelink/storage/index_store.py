@@ -33,7 +33,7 @@ from carelink.storage.tables import links, persons, review
 _PERSON_COLUMNS = ", ".join(c.name for c in persons.c)
 _LINK_COLUMNS = ", ".join(c.name for c in links.c)
 _PERSON_COLUMNS_OF_P = ", ".join(f"p.{c.name}" for c in persons.c)
-#: a search's rows (person id, Patient, consent id, consent body) in the order of
+#: a search's rows (person id, Patient, consent id, consent body, plain) in the order of
 #: ``find_with_consents``: by person, then consent (a person's consent ids differ, and a
 #: person without any has one row, so the ``None`` is never compared)
 _PERSON_AND_CONSENT = itemgetter(0, 2)
@@ -148,7 +148,7 @@ class IndexStore(IndexLinking):
     def find_with_consents(
         self, query: PersonQuery, *, after: str = "", limit: int = 500
     ) -> tuple[list[FoundPerson], dict[str, list[tuple[str, bytes]]]]:
-        """``find`` (each person's id and Patient: what a search reads of them), and (id,
+        """``find`` (each person's id, Patient and ``plain``: what a search reads of them), and (id,
         body) of the active consents of each person found who has any, in one statement
         (what ``find`` and ``ConsentStore.active_of`` give, together, from one snapshot): a
         search's page and what consent needs to decide on it, in one round trip to the
@@ -158,7 +158,7 @@ class IndexStore(IndexLinking):
             found = self.person_by_nhs_with_consents(nhs)
             if found is None or found[0].id <= after or limit <= 0:
                 return [], {}
-            person = FoundPerson(found[0].id, found[0].patient)
+            person = FoundPerson(found[0].id, found[0].patient, found[0].plain)
             return [person], {person.id: found[1]} if found[1] else {}
         read = self._search(*self._with_consents_sql(query, after, limit))
         if self.db.is_sqlite:
@@ -169,7 +169,8 @@ class IndexStore(IndexLinking):
         held: dict[str, list[tuple[str, bytes]]] = {}
         for r in read:
             if not rows or rows[-1][0] != r[0]:
-                rows.append(FoundPerson(r[0], bytes(r[1])))  # psycopg may give a memoryview
+                # psycopg may give a memoryview; sqlite3 gives plain as 0 / 1
+                rows.append(FoundPerson(r[0], bytes(r[1]), bool(r[4])))
             if r[2] is not None:
                 held.setdefault(r[0], []).append((str(r[2]), bytes(r[3])))
         return rows, held
@@ -177,7 +178,7 @@ class IndexStore(IndexLinking):
     def _with_consents_sql(
         self, query: PersonQuery, after: str, limit: int
     ) -> tuple[str, list[Any]]:
-        """``find_with_consents``'s statement (id, Patient, consent id, consent body).
+        """``find_with_consents``'s statement (id, Patient, consent id, consent body, plain).
 
         On SQLite ``find``'s page as the rowids of its persons (found, ordered by id and
         cut in SQL: only the keys go through the sorter), each person read with their
@@ -188,7 +189,7 @@ class IndexStore(IndexLinking):
         if not self.db.is_sqlite:
             sql, values = self._find_sql(query, after, limit)
             joined = (
-                f"SELECT p.id, p.patient, c.id, c.body FROM ({sql}) p "  # noqa: S608 - our SQL
+                f"SELECT p.id, p.patient, c.id, c.body, p.plain FROM ({sql}) p "  # noqa: S608
                 "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
                 "ORDER BY p.id, c.id"
             )
@@ -196,7 +197,7 @@ class IndexStore(IndexLinking):
         test, values = self._where(query)
         page = f"SELECT rowid FROM persons WHERE {test} AND id > ? ORDER BY id LIMIT ?"  # noqa: S608
         sql = (
-            "SELECT p.id, p.patient, c.id, c.body FROM persons p "  # noqa: S608 - our SQL
+            "SELECT p.id, p.patient, c.id, c.body, p.plain FROM persons p "  # noqa: S608
             "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
             f"WHERE p.rowid IN ({page})"
         )

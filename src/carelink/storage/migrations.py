@@ -191,7 +191,6 @@ def _identities_whole(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE export_jobs ALTER COLUMN client TYPE text"))
 
 
-#: (number, what it does, the change) — append only
 def _audit_agent_whole(conn: Connection) -> None:
     """The audit trail's ``agent`` as text: from chain 3 on it names the issuer beside
     the subject (``audit_store.agent_key``), over the 200 characters it had. Rows stored
@@ -203,6 +202,23 @@ def _audit_agent_whole(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE audit_events ALTER COLUMN agent TYPE text"))
 
 
+def _persons_plain(conn: Connection) -> None:
+    """``persons.plain`` (``PersonRow.plain``), false for every person already indexed:
+    whether a Patient is unmarked is consent's to decide (``consent.policy.unmarked``),
+    not the storage's, so it is set as each person is written again (an update, or the
+    next build); until then a search decides about the person as before."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("persons"):
+        return
+    if any(c["name"] == "plain" for c in inspector.get_columns("persons")):
+        return  # made by migration 1 from today's tables
+    default = "false" if conn.dialect.name == "postgresql" else "0"
+    conn.execute(
+        sa.text(f"ALTER TABLE persons ADD COLUMN plain BOOLEAN NOT NULL DEFAULT {default}")
+    )
+
+
+#: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
     (
@@ -233,4 +249,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (15, "audit trail: the patient index written in sorted blocks", _audit_patient_blocks),
     (16, "break-glass grants, export jobs: every claim and identity held whole", _identities_whole),
     (17, "audit trail: the requesting user's issuer in the agent column", _audit_agent_whole),
+    (18, "persons: whether the merged Patient is unmarked (plain)", _persons_plain),
 ]

@@ -42,6 +42,10 @@ persons = sa.Table(
     sa.Column("postcode", sa.String(POSTCODE_LENGTH), nullable=True),
     sa.Column("patient", sa.LargeBinary, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),
+    #: the merged Patient carries nothing a consent policy finds a sensitive category by,
+    #: and is the Patient of this id (``PersonRow.plain``; migration 18: false until the
+    #: person is written again)
+    sa.Column("plain", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 #: name and birth date together, for demographic search (migration 12): the date first
 #: for a day's search (name prefix tested in the index), the name first for a range of dates,

@@ -1,0 +1,155 @@
+"""A plain person found by a search is shown as stored, never parsed: the same answer.
+
+``PersonRow.plain`` says, from when the row was written, that a person's merged Patient
+is the Patient of their id and carries nothing a consent policy finds a sensitive
+category by (``consent.policy.unmarked``). A search then shows such a person who holds
+no Consents as the stored bytes (``patient_routes._shown_batch``), when the caller's
+scopes pass every Patient and consent shows unmarked data to the caller as it is. The
+guarantee: for any caller, search, person and consent situation, the answer and its
+audit events are those of the full path, where every person is parsed and decided
+about. Each search is asked twice of one gateway, with the index as built (its people
+plain) and with every person marked not plain (``UPDATE persons SET plain = 0``): the
+two answers must have the same status, headers (but the date and request id) and body,
+byte for byte, and leave the same audit events (but ids, times and request ids).
+
+Callers are drawn as ``test_lookup_path`` draws them, with scopes that do and do not
+filter Patients; searches by family and birth date, by a year's range, with
+``_elements``, ``_summary=count`` and paging; a person with or without an objection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.adversarial.test_lookup_path import _headers, _normal_event
+from tests.integration.conftest import System
+from tests.support.objections import Gateway, objections_gateway
+
+CALLERS = ["gp", "stranger", "officer", "secondary", "own-patient", "other-patient"]
+SCOPES = [
+    "user/*.rs",
+    "user/*.cruds",
+    "user/Patient.rs",
+    "user/Patient.rs?gender=female",
+    "user/Patient.rs?gender=male",
+    "user/Condition.rs",
+]
+FORMS = ["day", "year", "year+given", "elements", "count", "page"]
+
+
+@pytest.fixture(scope="module")
+def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("plain")
+    with objections_gateway(system, tmp, 30, "plain.db") as gateway:
+        yield gateway
+
+
+def _built(gateway: Gateway) -> list[tuple[int, str]]:
+    """Each person's ``plain`` as the build wrote it, and their id."""
+    assert gateway.db is not None
+    with sqlite3.connect(gateway.db, timeout=30) as conn:
+        return [(int(p), str(i)) for i, p in conn.execute("SELECT id, plain FROM persons")]
+
+
+def _set(gateway: Gateway, flags: list[tuple[int, str]]) -> None:
+    assert gateway.db is not None
+    with sqlite3.connect(gateway.db, timeout=30) as conn:
+        conn.executemany("UPDATE persons SET plain = ? WHERE id = ?", flags)
+
+
+def _query(form: str, family: str, given: str, birth: str) -> dict[str, str | list[str]]:
+    year = birth[:4]
+    years = [f"ge{year}-01-01", f"le{year}-12-31"]
+    return {
+        "day": {"family": family, "birthdate": birth},
+        "year": {"family": family[:1], "birthdate": years},
+        "year+given": {"family": family, "given": given[:1], "birthdate": years},
+        "elements": {"family": family[:1], "birthdate": years, "_elements": "name,gender"},
+        "count": {"family": family[:1], "birthdate": years, "_summary": "count"},
+        "page": {"family": family[:1], "birthdate": years, "_count": "1", "_offset": "1"},
+    }[form]
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    who=st.sampled_from(CALLERS),
+    scope=st.sampled_from(SCOPES),
+    index=st.integers(0, 29),
+    other=st.integers(0, 29),
+    objection=st.booleans(),
+    form=st.sampled_from(FORMS),
+)
+def test_a_plain_person_is_shown_and_audited_as_the_full_path_shows_them(
+    gateway: Gateway,
+    who: str,
+    scope: str,
+    index: int,
+    other: int,
+    objection: bool,
+    form: str,
+) -> None:
+    person = gateway.people[index]
+    if objection:
+        gateway.object(person)
+    claims: dict[str, Any] = {"scope": scope}
+    if who == "gp":
+        claims.update(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
+    elif who == "officer":
+        claims.update(role="R0001", sub="privacy-officer-1")
+    elif who == "secondary":
+        claims.update(purpose_of_use="HRESCH")
+    elif who in ("own-patient", "other-patient"):
+        owner = person if who == "own-patient" else gateway.people[other]
+        claims.update(
+            patient=gateway.pid(owner),
+            scope=scope.replace("user/", "patient/"),
+            role=None,
+            organisation=None,
+        )
+    token = gateway.token(**claims)
+    params = _query(form, person.family, person.given, person.birth_date.isoformat())
+
+    built = _built(gateway)
+    assert any(p for p, _ in built), "the index as built has plain people"
+    answers = []
+    for flags in (built, [(0, i) for _, i in built]):
+        try:
+            _set(gateway, flags)
+            request_id = str(uuid.uuid4())
+            r = httpx.get(
+                f"{gateway.base}/Patient",
+                params=params,
+                headers={"Authorization": f"Bearer {token}", "X-Request-ID": request_id},
+                timeout=30,
+            )
+            answers.append((r, [_normal_event(e) for e in gateway.events(request_id)]))
+        finally:
+            _set(gateway, built)
+    (spliced, spliced_events), (parsed, parsed_events) = answers
+    assert spliced.status_code == parsed.status_code, (spliced.text, parsed.text)
+    assert _headers(spliced) == _headers(parsed)
+    assert spliced.content == parsed.content
+    assert spliced_events == parsed_events
+    assert spliced_events, "every search leaves an audit event"
+
+
+def test_the_people_of_the_index_are_plain_as_built(gateway: Gateway) -> None:
+    """The comparison above means something only if the index as built holds plain
+    people (their Patients carry no security label nor code) and a search returns them."""
+    built = {i: p for p, i in _built(gateway)}
+    person = gateway.people[0]
+    assert built[gateway.pid(person)] == 1
+    gp = gateway.token(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
+    r = gateway.get(
+        "/Patient", gp, {"family": person.family, "birthdate": person.birth_date.isoformat()}
+    )
+    assert r.status_code == 200
+    assert gateway.pid(person) in {e["resource"]["id"] for e in r.json()["entry"]}
