@@ -105,14 +105,18 @@ async def search_patient(request: Request) -> Response:
     served = [pid for _, _, pid in found.page]
     await audit(request, "search-type", served, break_glass_ids=break_glass)
     links = paging.links(f"{base}/Patient", found.total)
+    # ``Answer``: what ``fhir`` answers, byte for byte, without a Response's own making
     if counting:
-        return fhir(searchset(base, [], total=found.total, links={"self": links["self"]}))
+        bundle = searchset(base, [], total=found.total, links={"self": links["self"]})
+        return Answer(dumps(bundle), {})
     wanted = P.elements(q)
     if wanted is not None:
         page = [apply_elements(_parsed(r, raw), wanted) for r, raw, _ in found.page]
-        return fhir(searchset(base, page, total=found.total, links=links))
+        return Answer(dumps(searchset(base, page, total=found.total, links=links)), {})
     matches, encode = _as_stored(found.page)
-    return fhir(searchset(base, matches, total=found.total, links=links, encode=encode))
+    return Answer(
+        dumps(searchset(base, matches, total=found.total, links=links, encode=encode)), {}
+    )
 
 
 #: a Patient a search shows: the object (None when it was never parsed: a plain person

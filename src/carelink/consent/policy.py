@@ -257,7 +257,10 @@ def unmarked(resource: dict[str, Any]) -> bool:
     (the patient index's ``persons.plain``). False decides nothing."""
     if resource.get("meta", {}).get("security", _ABSENT) is not _ABSENT:
         return False
-    return not any(resource.get(key) for key in _CODED)
+    for key in _CODED:  # a loop, not ``any`` over a generator: asked of every resource
+        if resource.get(key):
+            return False
+    return True
 
 
 def from_document(document: Any, path: str = "<policy>", text: str = "") -> Policy:
