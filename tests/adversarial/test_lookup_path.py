@@ -19,18 +19,15 @@ the number percent-encoded; ``Accept`` and ``Prefer`` headers good and bad.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from tests.integration.conftest import System
-from tests.support.objections import Gateway, objections_gateway, unknown_nhs_number
+from tests.support.objections import Gateway, objections_gateway, same_answers, unknown_nhs_number
 
 CALLERS = ["gp", "stranger", "officer", "secondary", "own-patient", "other-patient", "none", "bad"]
 SCOPES = ["user/*.cruds", "user/*.rs", "user/Condition.rs", "user/Patient.r"]
@@ -58,23 +55,6 @@ def _spelt(nhs: str, spelling: str) -> str:
     if spelling == "encoded-lower":  # percent escapes are case-insensitive, the URL is not
         encoded = encoded.replace("%3A", "%3a").replace("%2F", "%2f").replace("%7C", "%7c")
     return "identifier=" + encoded + nhs
-
-
-def _normal_event(event: dict[str, Any]) -> dict[str, Any]:
-    """An event without what differs between any two requests: ids, times, the request
-    id and the query as sent."""
-    out = {k: v for k, v in event.items() if k not in ("id", "recorded", "meta")}
-    out["entity"] = [
-        e
-        for e in event.get("entity", [])
-        if e.get("description") != "request id"
-        and e.get("role", {}).get("code") != "24"  # the query
-    ]
-    return out
-
-
-def _headers(r: httpx.Response) -> dict[str, str]:
-    return {k: v for k, v in r.headers.items() if k not in ("date", "x-request-id")}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,21 +91,7 @@ def test_the_lookup_path_answers_and_audits_as_the_general_search(
         "nobody": unknown_nhs_number({p.nhs_number for p in gateway.people}, start),
         "bad-check-digit": _bad_check_digit(person.nhs_number),
     }[number]
-    claims: dict[str, Any] = {"scope": scope}
-    if who == "gp":
-        claims.update(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
-    elif who == "officer":
-        claims.update(role="R0001", sub="privacy-officer-1")
-    elif who == "secondary":
-        claims.update(purpose_of_use="HRESCH")
-    elif who in ("own-patient", "other-patient"):
-        owner = person if who == "own-patient" else gateway.people[other]
-        claims.update(
-            patient=gateway.pid(owner),
-            scope=scope.replace("user/", "patient/"),
-            role=None,
-            organisation=None,
-        )
+    claims = gateway.caller(who, scope, person, gateway.people[other])
     headers = {}
     if who != "none":
         token = gateway.token(**claims) if who != "bad" else "not.a.token"
@@ -135,21 +101,11 @@ def test_the_lookup_path_answers_and_audits_as_the_general_search(
     if prefer is not None:
         headers["Prefer"] = prefer
 
-    answers = []
-    for query in (_spelt(nhs, spelling), _spelt(nhs, spelling) + "&_count=50"):
-        request_id = str(uuid.uuid4())
-        r = httpx.get(
-            f"{gateway.base}/Patient?{query}",
-            headers={**headers, "X-Request-ID": request_id},
-            timeout=30,
-        )
-        answers.append((r, [_normal_event(e) for e in gateway.events(request_id)]))
-    (fast, fast_events), (general, general_events) = answers
-    assert fast.status_code == general.status_code, (fast.text, general.text)
-    assert _headers(fast) == _headers(general)
-    assert fast.content == general.content
-    assert fast_events == general_events
-    assert fast_events, "every lookup leaves an audit event"
+    fast, general = (
+        gateway.asked(f"/Patient?{query}", headers)
+        for query in (_spelt(nhs, spelling), _spelt(nhs, spelling) + "&_count=50")
+    )
+    same_answers(fast, general)
 
 
 def test_the_lookup_path_is_taken(gateway: Gateway) -> None:

@@ -56,22 +56,24 @@ def resources(draw: Any) -> dict[str, Any]:
 
 
 def former_categories(policy: Policy, resource: dict[str, Any]) -> frozenset[str]:
-    """``categories_of`` as it was before it began with ``unmarked``."""
-    found: set[str] = set()
-    for label in resource.get("meta", {}).get("security", ()):
-        cat = policy.by_label.get((label.get("system", ""), label.get("code", "")))
-        if cat:
-            found.add(cat)
-    if policy.by_code:
-        for key in ("code", "vaccineCode", "medicationCodeableConcept"):
-            coded = resource.get(key)
-            if not coded:
-                continue
-            for c in coded.get("coding", ()):
-                cat = policy.by_code.get((c.get("system", ""), c.get("code", "")))
-                if cat:
-                    found.add(cat)
-    return frozenset(found)
+    """What ``categories_of`` gave before it began with ``unmarked``: the category of each
+    security label the policy names, and, when it names codes, of each coding of the
+    coded elements that hold anything."""
+    labels = [
+        (x.get("system", ""), x.get("code", ""))
+        for x in resource.get("meta", {}).get("security", ())
+    ]
+    coded = [resource.get(k) for k in ("code", "vaccineCode", "medicationCodeableConcept")]
+    codings = [
+        (c.get("system", ""), c.get("code", ""))
+        for concept in (coded if policy.by_code else [])
+        if concept
+        for c in concept.get("coding", ())
+    ]
+    return frozenset(
+        {policy.by_label[x] for x in labels if policy.by_label.get(x)}
+        | {policy.by_code[x] for x in codings if policy.by_code.get(x)}
+    )
 
 
 @settings(max_examples=500, deadline=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,42 @@ class Gateway:
         claims.setdefault("scope", "user/*.cruds")
         return self.issuer.token(aud=self.base, **claims)
 
+    def caller(self, who: str, scope: str, person: Person, other: Person) -> dict[str, Any]:
+        """The claims of a drawn caller of ``person``'s record: ``gp`` (their practice),
+        ``officer`` (a privacy officer), ``secondary`` (a secondary-use purpose),
+        ``own-patient`` / ``other-patient`` (``person``'s or ``other``'s own token, the
+        scope in the patient context), anyone else a clinician of no organisation."""
+        claims: dict[str, Any] = {"scope": scope}
+        if who == "gp":
+            claims.update(organisation=person.gp_ods, sub=f"gp-{person.gp_ods}")
+        elif who == "officer":
+            claims.update(role="R0001", sub="privacy-officer-1")
+        elif who == "secondary":
+            claims.update(purpose_of_use="HRESCH")
+        elif who in ("own-patient", "other-patient"):
+            owner = person if who == "own-patient" else other
+            claims.update(
+                patient=self.pid(owner),
+                scope=scope.replace("user/", "patient/"),
+                role=None,
+                organisation=None,
+            )
+        return claims
+
+    def asked(
+        self, path: str, headers: dict[str, str], params: Any = None
+    ) -> tuple[httpx.Response, list[dict[str, Any]]]:
+        """The answer to ``GET path`` (with ``params``) and the audit events it left, but
+        what differs between any two requests (``normal_event``)."""
+        request_id = str(uuid.uuid4())
+        r = httpx.get(
+            f"{self.base}{path}",
+            params=params,
+            headers={**headers, "X-Request-ID": request_id},
+            timeout=30,
+        )
+        return r, [normal_event(e) for e in self.events(request_id)]
+
     def get(self, path: str, token: str, params: dict[str, str]) -> httpx.Response:
         return httpx.get(
             f"{self.base}{path}",
@@ -99,3 +136,34 @@ class Gateway:
                 (f"%{request_id}%",),
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+def normal_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event without what differs between any two requests: ids, times, the request
+    id and the query as sent."""
+    out = {k: v for k, v in event.items() if k not in ("id", "recorded", "meta")}
+    out["entity"] = [
+        e
+        for e in event.get("entity", [])
+        if e.get("description") != "request id"
+        and e.get("role", {}).get("code") != "24"  # the query
+    ]
+    return out
+
+
+def same_answers(
+    one: tuple[httpx.Response, list[dict[str, Any]]],
+    other: tuple[httpx.Response, list[dict[str, Any]]],
+) -> None:
+    """Two answers (``Gateway.asked``) with the same status, headers (but the date and
+    request id) and body, byte for byte, and the same audit events, at least one."""
+    (a, a_events), (b, b_events) = one, other
+    assert a.status_code == b.status_code, (a.text, b.text)
+    assert _headers(a) == _headers(b)
+    assert a.content == b.content
+    assert a_events == b_events
+    assert a_events, "every request leaves an audit event"
+
+
+def _headers(r: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in r.headers.items() if k not in ("date", "x-request-id")}
