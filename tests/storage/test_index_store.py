@@ -440,3 +440,28 @@ def test_a_person_read_is_the_person_stored_a_frozen_value_like_any_other(databa
     finally:
         store.close()
         db.dispose()
+
+
+def test_migration_18_leaves_the_people_indexed_before_it_not_plain(database_url):
+    """A database from before migration 18 (no ``plain``) gets the column with every
+    person not plain, so a search decides about each as before, until they are written
+    again; a person written since is read as their row says."""
+    db, store, _, persons = _built(database_url, 9, 12)
+    try:
+        assert any(p.plain for p in persons)  # the build's rows: plain people among them
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE persons DROP COLUMN plain")
+            conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 18")
+        store.close()  # its kept connection read the old columns
+        assert db.migrate() == max(n for n, _, _ in MIGRATIONS)
+        query = PersonQuery(family=((NameTest(""),),))
+        rows, _ = store.find_with_consents(query)
+        assert len(rows) == len(persons)
+        assert not any(r.plain for r in rows)
+        assert not any(r.plain for r in store.find(query))
+        store.replace_all(persons, [], [])
+        rows, _ = store.find_with_consents(query)
+        assert [r.plain for r in rows] == [p.plain for p in sorted(persons, key=lambda p: p.id)]
+    finally:
+        store.close()
+        db.dispose()
