@@ -7,7 +7,11 @@ import logging
 import sys
 import time
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from carelink.observability import JsonFormatter, bind, log_config, unbind
 
@@ -150,3 +154,92 @@ def test_a_line_handed_straight_to_the_handler_is_the_line_logging_would_write()
     assert [r.fields for r in seen] == [fields]  # type: ignore[attr-defined]
     assert ordinary["request_id"] == "request-1"
     assert ordinary["route"] == "/fhir/Patient"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    created=st.floats(min_value=0, max_value=4e9),
+    level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING]),
+    logger=st.sampled_from(["carelink.access", "carelink.x", 'odd "name"\n']),
+    event=st.text(max_size=20),
+    request_id=st.one_of(st.none(), st.text(max_size=20)),
+    fields=st.dictionaries(
+        st.sampled_from(["method", "route", "status", "duration_ms", "sources", "é"]),
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=10)
+        ),
+        min_size=1,
+    ),
+)
+def test_a_line_written_from_bytes_is_the_formatters_line(
+    created, level, logger, event, request_id, fields
+):
+    """``write_line`` (the access line's way) hands the handler what ``JsonFormatter``
+    writes for the same record, byte for byte."""
+    from carelink.observability.logs import BufferedLines, write_line
+
+    handler = BufferedLines(_Stream(), interval=60)  # type: ignore[arg-type]
+    added: list[tuple[str, int]] = []
+    handler.add = lambda line, lvl: added.append((line, lvl))  # type: ignore[method-assign]
+    record = logging.LogRecord(logger, level, "", 0, event, None, None)
+    record.created = created
+    record.fields = fields
+    bound = bind(request_id) if request_id is not None else None
+    try:
+        expected = JsonFormatter().format(record)
+        write_line(handler, created, level, logger, event, orjson.dumps(fields)[1:-1])
+    finally:
+        if bound is not None:
+            unbind(bound)
+    assert added == [(expected, level)]
+
+
+@pytest.mark.parametrize("sources", [[], [("gp", "ok", 12.5), ("acute", "timeout", 500.0)]])
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_the_access_line_is_the_same_by_the_gateways_handler_and_by_a_capture(sources, level):
+    """``Telemetry.request`` writes its line from bytes when it goes to the gateway's own
+    handler alone, else logs a record: the same line both ways, and the same metrics."""
+    from carelink.observability import Metrics, Telemetry
+    from carelink.observability.context import note_source
+    from carelink.observability.logs import BufferedLines
+
+    logger = logging.getLogger("carelink.access")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    stream = _Stream()
+    own = BufferedLines(stream, interval=60)  # type: ignore[arg-type]
+    own.setFormatter(JsonFormatter())
+    lines: list[dict[str, object]] = []
+    telemetry = Telemetry(Metrics())
+    try:
+        logger.handlers[:] = [own]
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        for capture in (False, True):
+            if capture:  # a second handler: the ordinary way, formatted by the same class
+                seen: list[logging.LogRecord] = []
+                other = logging.Handler()
+                other.emit = seen.append  # type: ignore[method-assign]
+                logger.addHandler(other)
+            bound = bind("rid-1")
+            try:
+                for source in sources:
+                    note_source(*source)
+                telemetry.request("GET", "/fhir/Patient/{pid}/$everything", 200, 0.01234, level)
+            finally:
+                unbind(bound)
+        own.flush()
+        lines = [json.loads(x) for x in "".join(stream.writes).splitlines()]
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+    direct, ordinary = lines
+    assert direct.pop("timestamp")[:19] == ordinary.pop("timestamp")[:19]
+    assert direct == ordinary
+    assert direct["level"] == logging.getLevelName(level).lower()
+    assert direct["sources"] == [{"source": s, "outcome": o, "ms": ms} for s, o, ms in sources]
+    assert direct["duration_ms"] == 12.3
+    text = generate_latest(telemetry.metrics.registry).decode()
+    assert (
+        'carelink_http_requests_total{method="GET",route="/fhir/Patient/{pid}/$everything",'
+        'status="200"} 2.0'
+    ) in text

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.api.audit_subject import person_for
-from carelink.audit import Access, RequestEvents, Who
-from carelink.audit.events import REFUSED, SUCCESS
+from carelink.audit import Who
+from carelink.audit.events import REFUSED, SUCCESS, Frame, frame, request_rows
 from carelink.audit.trail import GroupCommit
 from carelink.auth import DEVELOPMENT_PRINCIPAL, Principal
 from carelink.auth.tokens import Verifier, bearer
@@ -93,17 +93,27 @@ def header(request: Request, name: bytes) -> str | None:
 async def principal(request: Request) -> Principal:
     """The caller: from the bearer token when the gateway validates tokens, else the
     development caller (which ``Settings.validate`` refuses in production mode)."""
+    return _principal(request)
+
+
+def _principal(request: Request) -> Principal:
     verify: Verifier | None = request.app.state.verifier
     if verify is None:
         return DEVELOPMENT_PRINCIPAL
     return verify(bearer(header(request, b"authorization")))
 
 
+def _kept(caller: Principal, make: Callable[[Principal], T]) -> T:
+    """``make(caller)``, kept with the caller (``Principal.derived``): made once per
+    principal, found again without hashing its fields."""
+    found: T | None = caller.derived.get(make)
+    if found is None:
+        found = caller.derived[make] = make(caller)
+    return found
+
+
 @lru_cache(maxsize=1024)
-def actor(caller: Principal) -> Actor:
-    """The caller as consent sees them (break-glass is bound to the full identity); made
-    once per caller (both are immutable), as a verified token's caller serves every
-    request made with it."""
+def _actor(caller: Principal) -> Actor:
     return Actor(
         caller.subject,
         caller.role,
@@ -114,10 +124,21 @@ def actor(caller: Principal) -> Actor:
     )
 
 
+def actor(caller: Principal) -> Actor:
+    """The caller as consent sees them (break-glass is bound to the full identity); made
+    once per caller (both are immutable), as a verified token's caller serves every
+    request made with it (equal callers share one)."""
+    return _kept(caller, _actor)
+
+
 @lru_cache(maxsize=1024)
+def _requester(caller: Principal) -> Requester:
+    return Requester(caller.subject, caller.organisation or "UNK")
+
+
 def requester(caller: Principal) -> Requester:
     """The person GP Connect is asked on behalf of, made once per caller (as ``actor``)."""
-    return Requester(caller.subject, caller.organisation or "UNK")
+    return _kept(caller, _requester)
 
 
 def consent_for(
@@ -152,13 +173,18 @@ def base_url(request: Request) -> str:
     return base
 
 
+def _live(caller: Principal) -> Principal:
+    """A backend service's caller on the live API, its system/ scopes counting as user/."""
+    return replace(caller, scopes=_as_user(caller.scopes))
+
+
 async def context(request: Request) -> tuple[SharedRecord, Principal, str]:
     """The domain, the caller and the base URL for one request."""
     record: SharedRecord = request.app.state.record
-    caller = await principal(request)
+    caller = _principal(request)
     if caller.backend and request.app.state.policy.source.systemScopesOnLiveApi:
         # the policy lets backend services use the live API: their system/ scopes count there
-        caller = replace(caller, scopes=_as_user(caller.scopes))
+        caller = _kept(caller, _live)
     request.scope.setdefault("state", {})["caller"] = caller  # request.state.caller, unwrapped
     # GP Connect audits the person a request is made for, never a generic system user
     act_for(requester(caller))
@@ -231,6 +257,22 @@ def _who(caller: Principal) -> Who:
     )
 
 
+def _frame_of(
+    caller: Principal | None, server: str, interaction: str, outcome: str, reason: str | None
+) -> Frame:
+    """The bytes this caller's events of this kind share (``audit.events.frame``), kept
+    with the caller when there is no free-text reason (so a caller keeps at most one a
+    server, interaction and outcome)."""
+    if caller is None or reason is not None:
+        who = None if caller is None else _kept(caller, _who)
+        return frame(who, server, interaction, outcome, reason)
+    key = (_frame_of, server, interaction, outcome)
+    found: Frame | None = caller.derived.get(key)
+    if found is None:
+        found = caller.derived[key] = frame(_kept(caller, _who), server, interaction, outcome, None)
+    return found
+
+
 async def audit(
     request: Request,
     interaction: str,
@@ -264,21 +306,23 @@ async def audit(
         except StorageUnavailable as exc:  # the event cannot be filed: fail closed
             raise AuditError(f"the audit trail cannot be written now: {exc}") from None
     caller: Principal | None = state.get("caller")
-    who = None if caller is None else _who(caller)
     scope = request.scope
     query = scope["path"] + (
         "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
     )
-    access = Access(
-        interaction,
-        query,
-        # the id the response carries (bound by api.observe), so the two can be joined
-        current_request_id() or new_id(),
-        instant(),
-        base_url(request),
-    )
-    break_glass = bool(state.get("break_glass", False))
-    made = RequestEvents(access, who, outcome, reason)
+    # the id the response carries (bound by api.observe), so the two can be joined
+    request_id = current_request_id() or new_id()
+    server = base_url(request)
     # each event straight to the bytes stored, with its columns (never made as a dict)
-    rows = made.rows(ids or [None], new_id, break_glass_ids, break_glass)
+    rows = request_rows(
+        _frame_of(caller, server, interaction, outcome, reason),
+        instant(),
+        query,
+        request_id,
+        outcome,
+        ids or [None],
+        new_id,
+        break_glass_ids,
+        bool(state.get("break_glass", False)),
+    )
     await trail.record(rows)

@@ -162,7 +162,7 @@ _QUERY_ENTITY: Json = {
 _QUERY_OPEN = orjson.dumps(_QUERY_ENTITY)[:-1] + b',"query":'
 _REQUEST_OPEN = b'},{"what":{"identifier":{"value":'
 _REQUEST_CLOSE = b'}},"description":"request id"}]'
-#: what every event of one kind of request shares, as bytes (``_frame``): before its
+#: what every event of one kind of request shares, as bytes (``frame``): before its
 #: ``recorded`` value, after it up to the open list of entities, and its end up to the
 #: ``id`` value, without and with break-glass; and its ``agent`` column (``columns``)
 Frame = tuple[bytes, bytes, tuple[bytes, bytes], str | None]
@@ -170,11 +170,12 @@ _FRAMES: dict[tuple[Who | None, str, str, str, str | None], Frame] = {}
 _FRAMES_KEPT = 1024
 
 
-def _frame(
+def frame(
     caller: Who | None, server: str, interaction: str, outcome: str, reason: str | None
 ) -> Frame:
     """The bytes the events of this caller's ``interaction`` with this outcome share,
-    written once per kind (as ``orjson.dumps`` writes the event's dict)."""
+    written once per kind (as ``orjson.dumps`` writes the event's dict); a caller of
+    many requests may keep it (``request_rows``)."""
     key = (caller, server, interaction, outcome, reason)
     found = _FRAMES.get(key)
     if found is not None:
@@ -236,7 +237,7 @@ class RequestEvents:
     many people pays for each only what is that person's.
 
     ``rows`` gives events ready to be stored without making them: their bytes written
-    from those shared parts as bytes (``_frame``, made once per caller and kind of
+    from those shared parts as bytes (``frame``, made once per caller and kind of
     request), the very bytes ``orjson.dumps`` writes for ``event`` with its ``id`` last,
     and the columns ``columns`` reads from it (``tests/audit/test_event_rows.py`` holds
     them to both)."""
@@ -249,21 +250,12 @@ class RequestEvents:
         self.outcome = outcome
         self.reason = reason
         self._shared: tuple[list[Json], list[Json], list[Json] | None] | None = None
-        before, after, self._ends, self._agent = _frame(
+        before, after, self._ends, self._agent = frame(
             caller, access.server, access.interaction, outcome, reason
         )
-        query = base64.b64encode(access.query.encode()).decode()
-        self._query = query
-        self._entities = b"".join(
-            [
-                _QUERY_OPEN,
-                orjson.dumps(query),
-                _REQUEST_OPEN,
-                orjson.dumps(access.request_id),
-                _REQUEST_CLOSE,
-            ]
-        )
-        self._head = b"".join([before, orjson.dumps(access.recorded), after])
+        self._query = base64.b64encode(access.query.encode()).decode()
+        self._entities = _entities(self._query, access.request_id)
+        self._head = b"".join((before, orjson.dumps(access.recorded), after))
 
     def _parts(self) -> tuple[list[Json], list[Json], list[Json] | None]:
         """The agents, the entities after the patient's, the purpose: made on first use."""
@@ -319,30 +311,82 @@ class RequestEvents:
         each with a new ``event_id()``, marked break-glass when ``break_glass`` is or its
         patient is in ``break_glass_ids``: one loop for a request's events (a search's one
         a person)."""
-        head, entities, ends = self._head, self._entities, self._ends
-        recorded, outcome, agent = self.access.recorded, self.outcome, self._agent
-        dumps = orjson.dumps
-        out: list[Row] = []
-        for pid in patient_ids:
-            end = ends[break_glass or pid in break_glass_ids]
-            if pid:
-                patient = dumps(f"Patient/{pid}")
-                body = b"".join(
-                    (
-                        head,
-                        _PATIENT_OPEN,
-                        patient,
-                        _PATIENT_CLOSE,
-                        entities,
-                        end,
-                        dumps(event_id()),
-                        b"}",
-                    )
+        return _rows(
+            self._head,
+            self._entities,
+            self._ends,
+            (self.access.recorded, self.outcome, self._agent),
+            patient_ids,
+            event_id,
+            break_glass_ids,
+            break_glass,
+        )
+
+
+def request_rows(
+    kind: Frame,
+    recorded: str,
+    query: str,
+    request_id: str,
+    outcome: str,
+    patient_ids: Iterable[str | None],
+    event_id: Callable[[], str],
+    break_glass_ids: Collection[str] = (),
+    break_glass: bool = False,
+) -> list[Row]:
+    """What ``RequestEvents(Access(..., query, request_id, recorded, ...), caller, outcome,
+    reason).rows(patient_ids, event_id, break_glass_ids, break_glass)`` gives, ``kind``
+    being ``frame(caller, server, interaction, outcome, reason)``: the request's rows
+    without the objects, for the request path (one call a request; a caller keeps its
+    frames, ``api.deps``)."""
+    before, after, ends, agent = kind
+    head = b"".join((before, orjson.dumps(recorded), after))
+    entities = _entities(base64.b64encode(query.encode()).decode(), request_id)
+    columns = (recorded, outcome, agent)
+    return _rows(head, entities, ends, columns, patient_ids, event_id, break_glass_ids, break_glass)
+
+
+def _entities(query: str, request_id: str) -> bytes:
+    """The event's entities after the patient's (the query, base64, and the request id),
+    as bytes up to the end of the list."""
+    return b"".join(
+        (_QUERY_OPEN, orjson.dumps(query), _REQUEST_OPEN, orjson.dumps(request_id), _REQUEST_CLOSE)
+    )
+
+
+def _rows(
+    head: bytes,
+    entities: bytes,
+    ends: tuple[bytes, bytes],
+    columns: tuple[str, str, str | None],
+    patient_ids: Iterable[str | None],
+    event_id: Callable[[], str],
+    break_glass_ids: Collection[str],
+    break_glass: bool,
+) -> list[Row]:
+    recorded, outcome, agent = columns
+    dumps = orjson.dumps
+    out: list[Row] = []
+    for pid in patient_ids:
+        end = ends[break_glass or pid in break_glass_ids]
+        if pid:
+            patient = dumps(f"Patient/{pid}")
+            body = b"".join(
+                (
+                    head,
+                    _PATIENT_OPEN,
+                    patient,
+                    _PATIENT_CLOSE,
+                    entities,
+                    end,
+                    dumps(event_id()),
+                    b"}",
                 )
-            else:
-                body = b"".join((head, entities, end, dumps(event_id()), b"}"))
-            out.append((recorded, pid or None, outcome, agent, body))
-        return out
+            )
+        else:
+            body = b"".join((head, entities, end, dumps(event_id()), b"}"))
+        out.append((recorded, pid or None, outcome, agent, body))
+    return out
 
 
 def row_of(event: Json) -> Row:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import orjson
 
@@ -32,9 +33,10 @@ class Principal:
     issuer: str = ""
     client_id: str | None = None
 
-    @property
+    @cached_property
     def backend(self) -> bool:
-        """A backend-services client (no human, no role, no patient context)."""
+        """A backend-services client (no human, no role, no patient context): worked out
+        once per principal (its fields never change)."""
         return (
             self.client_id is not None
             and self.client_id == self.subject
@@ -57,6 +59,15 @@ class Principal:
             self.client_id,
         ]
         return orjson.dumps(parts).decode()
+
+    @cached_property
+    def derived(self) -> dict[Any, Any]:
+        """What the layers above make from this caller (consent's actor, the audit's
+        agent, ...), kept with it by what made it: made once per principal, as a verified
+        token's principal serves every request made with that token, and found again
+        without hashing the principal's fields. Not part of its value (equality and
+        hash are the fields')."""
+        return {}
 
     @cached_property
     def person(self) -> str:

@@ -19,7 +19,6 @@ import random
 import re
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from typing import NamedTuple
 
 #: what a caller's ``X-Request-ID`` may be: 1 to 128 characters from a header-, log- and
@@ -28,17 +27,22 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 HEADER = "X-Request-ID"
 
 
-@dataclass(frozen=True)
-class SourceCall:
-    """One source's part in a request: its name, outcome and time taken."""
+class SourceCall(NamedTuple):
+    """One source's part in a request: its name, outcome and time taken (a named tuple:
+    made for every source a request asks, and made as a tuple, without a constructor
+    call, by ``note_source``)."""
 
     source: str
     outcome: str
     ms: float
 
 
-_request_id: ContextVar[str | None] = ContextVar("carelink_request_id", default=None)
-_sources: ContextVar[list[SourceCall] | None] = ContextVar("carelink_sources", default=None)
+#: the current request: its id and the sources it asked so far (one variable, so binding
+#: a request is one ``set`` and leaving it one ``reset``)
+_current: ContextVar[tuple[str, list[SourceCall]] | None] = ContextVar(
+    "carelink_request", default=None
+)
+_tuple = tuple.__new__
 
 
 def new_id() -> str:
@@ -80,36 +84,34 @@ def instant(moment: float | None = None, places: int = 6) -> str:
     return _prefix + "%06dZ" % (fraction * 1_000_000)  # noqa: UP031 - as above
 
 
-class Bound(NamedTuple):
-    """What ``bind`` set, for ``unbind`` to undo (a named tuple: made once a request)."""
-
-    request_id: Token[str | None]
-    sources: Token[list[SourceCall] | None]
+#: what ``bind`` set, for ``unbind`` to undo
+Bound = Token[tuple[str, list[SourceCall]] | None]
 
 
 def bind(request_id: str) -> Bound:
     """Make ``request_id`` the current request's, with no source asked yet."""
-    return Bound(_request_id.set(request_id), _sources.set([]))
+    return _current.set((request_id, []))
 
 
 def unbind(bound: Bound) -> None:
     """Leave the request (restore what was current before ``bind``)."""
-    _sources.reset(bound.sources)
-    _request_id.reset(bound.request_id)
+    _current.reset(bound)
 
 
 def current_request_id() -> str | None:
     """The id of the request being served, or ``None`` outside one."""
-    return _request_id.get()
+    current = _current.get()
+    return None if current is None else current[0]
 
 
 def note_source(source: str, outcome: str, ms: float) -> None:
     """Record that the current request asked ``source`` (ignored outside a request)."""
-    calls = _sources.get()
-    if calls is not None:
-        calls.append(SourceCall(source, outcome, ms))
+    current = _current.get()
+    if current is not None:
+        current[1].append(_tuple(SourceCall, (source, outcome, ms)))
 
 
 def sources_asked() -> list[SourceCall]:
     """The sources the current request asked so far, in the order they answered."""
-    return list(_sources.get() or ())
+    current = _current.get()
+    return [] if current is None else list(current[1])

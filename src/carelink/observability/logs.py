@@ -88,14 +88,13 @@ def json_line(
 def log_fields(logger: logging.Logger, level: int, event: str, fields: dict[str, Any]) -> None:
     """``logger.log(level, event, extra={"fields": fields})``, made cheaper for the lines
     logged a request at a time: where the line would go only to the gateway's own
-    handler (``BufferedLines``, the one handler ``log_config`` sets, with no filters on
-    the way), it is formatted and handed to that handler directly, the same line without
-    a ``LogRecord`` or the handler chain; otherwise (a test's capture, another
-    configuration) it is logged the ordinary way."""
+    handler (``own_handler``), it is formatted and handed to that handler directly, the
+    same line without a ``LogRecord`` or the handler chain; otherwise (a test's capture,
+    another configuration) it is logged the ordinary way."""
     if not logger.isEnabledFor(level):
         return
-    handler = _only_handler(logger)
-    if handler is None or level < handler.level:
+    handler = own_handler(logger, level)
+    if handler is None:
         # made and handled directly: ``Logger.log`` would walk the stack for a caller the
         # line never shows
         logger.handle(
@@ -106,9 +105,12 @@ def log_fields(logger: logging.Logger, level: int, event: str, fields: dict[str,
     handler.add(orjson.dumps(line, default=str).decode(), level)
 
 
-def _only_handler(logger: logging.Logger) -> BufferedLines | None:
-    """The one handler a line of ``logger`` reaches, when that is a plain ``BufferedLines``
-    with the JSON formatter and no filter anywhere on the way; else None."""
+def own_handler(logger: logging.Logger, level: int) -> BufferedLines | None:
+    """The one handler a line of ``logger`` at ``level`` reaches, when that is the
+    gateway's own (a plain ``BufferedLines`` with the JSON formatter, the one handler
+    ``log_config`` sets) with no filter anywhere on the way and a level the line passes;
+    else None. (Whether the logger itself is enabled for ``level`` is the caller's
+    question: ``Logger.isEnabledFor``.)"""
     found: BufferedLines | None = None
     current: logging.Logger | None = logger
     while current is not None:
@@ -121,7 +123,49 @@ def _only_handler(logger: logging.Logger) -> BufferedLines | None:
                 return None
             found = h
         current = current.parent if current.propagate else None
+    if found is None or level < found.level:
+        return None
     return found
+
+
+#: each (level, logger, event)'s part of a line between its timestamp's value and its
+#: request id, as ``json_line`` and ``orjson`` write it, made once (``write_line``)
+_HEADS: dict[tuple[int, str, str], bytes] = {}
+_HEADS_KEPT = 256
+
+
+def write_line(
+    handler: BufferedLines, created: float, level: int, logger: str, event: str, fields: bytes
+) -> None:
+    """Hand ``handler`` the very line ``JsonFormatter`` writes for a record of ``logger``
+    at ``level`` made at ``created`` (``time.time()``) with ``event`` and fields whose
+    JSON object, without its
+    braces, is ``fields`` (not empty): written from bytes kept per kind of line, without
+    the fields' dict or the line's (``tests/observability/test_logs.py`` holds the two
+    to the same bytes)."""
+    key = (level, logger, event)
+    head = _HEADS.get(key)
+    if head is None:
+        said = {"level": logging.getLevelName(level).lower(), "logger": logger, "event": event}
+        head = b'",' + orjson.dumps(said)[1:-1]
+        if len(_HEADS) >= _HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[key] = head
+    request_id = current_request_id()
+    if request_id is None:
+        parts = [b'{"timestamp":"', instant(created, 3).encode(), head, b",", fields, b"}"]
+    else:
+        parts = [
+            b'{"timestamp":"',
+            instant(created, 3).encode(),
+            head,
+            b',"request_id":',
+            orjson.dumps(request_id),
+            b",",
+            fields,
+            b"}",
+        ]
+    handler.add(b"".join(parts).decode(), level)
 
 
 class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
