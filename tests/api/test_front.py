@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
-from carelink.api.front import Front
+from carelink.api.front import Front, request_for
 from carelink.observability import Metrics, Telemetry
 
 
@@ -40,3 +41,18 @@ def test_a_body_over_the_limit_mid_read(answer_first: bool) -> None:
     asyncio.run(front(scope, receive, send))
     starts = [m["status"] for m in sent if m["type"] == "http.response.start"]
     assert starts == ([200] if answer_first else [413])
+
+
+def test_a_request_made_for_an_endpoint_is_starlettes_own():
+    """``request_for`` sets what Starlette's two constructors set, nothing else."""
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - never read
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:  # pragma: no cover - never sent
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/fhir/Patient", "headers": []}
+    made = request_for(scope, receive, send)
+    assert type(made) is Request
+    assert vars(made) == vars(Request(scope, receive, send))

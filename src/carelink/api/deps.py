@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from carelink.api.audit_subject import person_for
+from carelink.api.dispatch import first_headers
 from carelink.audit import Who
 from carelink.audit.events import REFUSED, SUCCESS, Frame, frame, request_rows
 from carelink.audit.trail import GroupCommit
@@ -81,13 +82,12 @@ async def looked_up(
 
 def header(request: Request, name: bytes) -> str | None:
     """The request's header ``name`` (lower case, as the server gives every name), the
-    first when repeated, or None: what ``request.headers.get`` gives, read straight from
-    the scope (Starlette's ``Headers`` is built for it, and a header the request lacks is
-    a ``KeyError`` raised and caught inside it)."""
-    for key, value in request.scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+    first when repeated, or None: what ``request.headers.get`` gives, read from the
+    request's headers by name (``dispatch.first_headers``: the headers walked once a
+    request; Starlette's ``Headers`` is built for each read, and a header the request
+    lacks is a ``KeyError`` raised and caught inside it)."""
+    value = first_headers(request.scope).get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 async def principal(request: Request) -> Principal:

@@ -49,6 +49,22 @@ class _Route:
         self.prefix: str = path.partition("{")[0] if isinstance(path, str) else ""
 
 
+#: where a request's headers by name are kept in its scope (``first_headers``)
+HEADERS = "carelink.headers"
+
+
+def first_headers(scope: Scope) -> dict[bytes, bytes]:
+    """Each header of the request by its name (lower case, as the server gives every
+    name), its first value when repeated: made on first use and kept in the scope, so a
+    request's headers are walked once for its id, its bounds, its token and the route's
+    own questions (``Accept``, ``Prefer``)."""
+    found: dict[bytes, bytes] | None = scope.get(HEADERS)
+    if found is None:
+        # the last of a name's values written last: reversed, its first value wins
+        found = scope[HEADERS] = dict(reversed(scope.get("headers") or ()))
+    return found
+
+
 def route_path(scope: Scope) -> str:
     """The path the routes are matched against: the request's, less any ``root_path``."""
     path: str = scope["path"]

@@ -13,9 +13,10 @@ incomplete-event limit, so a slow header flood is cut off before it is parsed.)
 from __future__ import annotations
 
 import re
+from itertools import chain
 
 from carelink.api.bodies import CONTROL, CONTROL_MESSAGE
-from carelink.api.dispatch import Message, Receive, Scope, Send
+from carelink.api.dispatch import Message, Receive, Scope, Send, first_headers
 from carelink.errors import PayloadTooLarge
 from carelink.fhir import dumps, error_outcome
 
@@ -55,21 +56,14 @@ def judge(scope: Scope, max_body: int, max_headers: int) -> Refusal | bool:
         scope.get("path", "")
     ):
         return 400, "invalid", f"{CONTROL_MESSAGE}: the URL holds one"
-    # one pass over the headers: their size, the first Content-Length, any chunking
-    size = 0
-    length: bytes | None = None
-    chunked = False
-    for k, v in scope.get("headers", []):
-        size += len(k) + len(v) + 4
-        if k == b"content-length":
-            if length is None:
-                length = v
-        elif k == b"transfer-encoding":
-            chunked = True
-    if size > max_headers:
+    headers = scope.get("headers") or ()
+    # their size: each name and value, and 4 bytes a line (": " and CRLF)
+    if sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) > max_headers:
         return 431, "too-costly", "the request headers are too large"
+    given = first_headers(scope)
+    length = given.get(b"content-length")  # the first, when repeated
     if length is None:
-        return chunked
+        return b"transfer-encoding" in given
     try:
         declared = int(length)
     except ValueError:

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.types import Message, Scope
 
+from carelink.api.dispatch import first_headers
 from carelink.api.probe_routes import PROBES
 from carelink.observability import HEADER, Telemetry, accept_request_id
 
@@ -45,17 +46,22 @@ def route_of(scope: Scope, known: dict[Any, str]) -> str:
 
 def request_id(scope: Scope) -> str:
     """The request's id (the caller's when well formed, else new), in its state too."""
-    given = next((v for k, v in scope["headers"] if k == _HEADER), None)
+    given = first_headers(scope).get(_HEADER)
     found = accept_request_id(given.decode("latin-1") if given is not None else None)
     scope.setdefault("state", {})["request_id"] = found
     return found
 
 
+def id_headers(headers: Iterable[tuple[bytes, bytes]], value: bytes) -> list[tuple[bytes, bytes]]:
+    """``headers`` carrying ``value`` as their one ``X-Request-ID``."""
+    out = [(k, v) for k, v in headers if k.lower() != _HEADER]
+    out.append((_HEADER, value))
+    return out
+
+
 def with_id(message: Message, value: bytes) -> Message:
     """A response start carrying ``value`` as its one ``X-Request-ID``."""
-    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]
-    headers.append((_HEADER, value))
-    return {**message, "headers": headers}
+    return {**message, "headers": id_headers(message.get("headers", []), value)}
 
 
 def logged(telemetry: Telemetry, scope: Scope, route: str, status: int, seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -33,24 +34,39 @@ STATUS = (
 )
 
 
-def fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def fhir(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Answer:
     """A FHIR JSON response from a dict or ready bytes."""
-    data = body if isinstance(body, bytes) else dumps(body)
-    return Response(data, status_code=status, media_type=FHIR_JSON, headers=headers)
+    return Answer(body if isinstance(body, bytes) else dumps(body), headers, status)
 
 
 class Answer(Response):
-    """FHIR JSON bytes we made, sent as its two ASGI messages: what ``fhir`` answers,
-    status and headers byte for byte in the same order (the given ones lower-cased,
-    then Content-Length and Content-Type), without the work of a Response's own
-    constructor (media type, header mapping, charset) or sending (websocket check,
-    background task). A Response by type only, so that the framework's routes take it;
-    for the hot routes (the lookup, ``$everything``'s pages), its headers final."""
+    """FHIR JSON bytes, sent as their two ASGI messages: the one sender of the gateway's
+    FHIR answers (``fhir``, the hot routes, the OperationOutcomes). Status and headers
+    are what Starlette's ``Response(body, status, headers, media_type=FHIR_JSON)`` sends,
+    byte for byte in the same order (the given ones lower-cased, then Content-Length
+    unless given or the status has no body, then Content-Type unless given;
+    ``tests/api/test_answer.py``), without the work of its constructor (media type,
+    header mapping, charset) or its sending (websocket check, background task). A
+    ``Response`` by type, so that the framework's routes and handlers take it, and
+    ``headers`` is its mapping over the same list; ``api.front`` sends one itself."""
 
-    def __init__(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        raw.append((b"content-length", str(len(body)).encode()))
-        raw.append(_CONTENT_TYPE)
+    def __init__(
+        self, body: bytes, headers: Mapping[str, str] | None = None, status: int = 200
+    ) -> None:
+        length = kind = True
+        if headers:
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            for name, _ in raw:
+                if name == b"content-length":
+                    length = False
+                elif name == b"content-type":
+                    kind = False
+        else:
+            raw = []
+        if length and not (status < 200 or status in (204, 304)):
+            raw.append((b"content-length", str(len(body)).encode()))
+        if kind:
+            raw.append(_CONTENT_TYPE)
         self.body = body
         self.raw_headers = raw
         self.status_code = status
@@ -63,12 +79,12 @@ class Answer(Response):
         await send({"type": "http.response.body", "body": self.body})
 
 
-def outcome(status: int, code: str, message: str, expression: str | None = None) -> Response:
+def outcome(status: int, code: str, message: str, expression: str | None = None) -> Answer:
     """An OperationOutcome error response."""
     return fhir(error_outcome(code, message, expression), status)
 
 
-def from_error(exc: errors.CarelinkError) -> Response:
+def from_error(exc: errors.CarelinkError) -> Answer:
     """Map a carelink error to its status and OperationOutcome (never a stack trace)."""
     for cls, status, code in STATUS:
         if isinstance(exc, cls):
