@@ -243,3 +243,25 @@ def test_the_access_line_is_the_same_by_the_gateways_handler_and_by_a_capture(so
         'carelink_http_requests_total{method="GET",route="/fhir/Patient/{pid}/$everything",'
         'status="200"} 2.0'
     ) in text
+
+
+def test_a_forked_process_writes_its_batched_lines_with_a_flusher_of_its_own():
+    """The flusher is a thread, which a forked worker does not inherit: its first line
+    starts one there, so its lines are written without a warning to push them out."""
+    import os
+
+    from carelink.observability.logs import BufferedLines
+
+    stream = _Stream()
+    handler = BufferedLines(stream, interval=0.01)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    _logged(handler, logging.INFO, "in the parent")  # the parent's flusher starts
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's result is its exit status
+        _logged(handler, logging.INFO, "in the child")
+        deadline = time.monotonic() + 5
+        while "in the child" not in "".join(stream.writes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0 if "in the child" in "".join(stream.writes) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from carelink.observability import LiveCounts, Metrics, Telemetry, bind, exposition, unbind
@@ -96,8 +100,11 @@ def test_in_multiprocess_mode_a_scrape_sums_every_worker(tmp_path):
     """Two 'workers' (processes) count requests; a third process's scrape sees both."""
     worker = textwrap.dedent(
         """
-        from carelink.observability import Metrics
-        Metrics().requests.labels("GET", "/fhir/Patient", "200").inc(3)
+        from carelink.observability import Metrics, Telemetry
+        metrics = Metrics()
+        metrics.requests.labels("GET", "/fhir/Patient", "200").inc(2)
+        # and once as the gateway counts (on the series' values: ``series_of``)
+        Telemetry(metrics).request("GET", "/fhir/Patient", 200, 0.01, 10)
         """
     )
     scrape = textwrap.dedent(
@@ -115,6 +122,7 @@ def test_in_multiprocess_mode_a_scrape_sums_every_worker(tmp_path):
     ).stdout
     route = (("method", "GET"), ("route", "/fhir/Patient"), ("status", "200"))
     assert _samples(out)[("carelink_http_requests_total", route)] == 6
+    assert _samples(out)[("carelink_http_request_duration_seconds_count", route)] == 2
 
 
 def test_several_workers_get_a_metrics_directory_and_a_reused_one_is_cleared(tmp_path, monkeypatch):
@@ -155,3 +163,46 @@ def test_the_access_line_names_each_source_asked_and_none_when_none_was(caplog):
         ],
         [],
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["GET", "POST"]),
+            st.sampled_from(["/fhir/Patient", "unmatched"]),
+            st.sampled_from([200, 404, 503]),
+            st.floats(min_value=0, max_value=20),
+        ),
+        max_size=30,
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["gp", "acute"]),
+            st.sampled_from(["ok", "timeout", "circuit-open"]),
+            st.floats(min_value=0, max_value=20_000),
+        ),
+        max_size=30,
+    ),
+)
+def test_series_counted_straight_on_their_values_are_what_the_public_calls_count(requests, answers):
+    """``Telemetry`` counts and observes on the series' values (``series_of``): the
+    exposition is what ``inc()`` and ``observe()`` give for the same events, bucket by
+    bucket (an amount on a bucket's bound included)."""
+    ours = Telemetry(Metrics())
+    theirs = Metrics()
+    for method, route, status, seconds in [*requests, ("GET", "/fhir/Patient", 200, 0.005)]:
+        ours.request(method, route, status, seconds, logging.DEBUG)  # no line: not enabled
+        theirs.requests.labels(method, route, str(status)).inc()
+        theirs.request_seconds.labels(method, route, str(status)).observe(seconds)
+    for source, outcome, ms in answers:
+        ours.answered(source, outcome, ms, None)
+        theirs.source_calls.labels(source, outcome).inc()
+        if outcome != "circuit-open":
+            theirs.source_seconds.labels(source, outcome).observe(ms / 1000)
+
+    def shown(metrics: Metrics) -> list[str]:
+        text = generate_latest(metrics.registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert shown(ours.metrics) == shown(theirs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import traceback
@@ -187,7 +188,9 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
         self._waiting = threading.Event()
-        self._flusher: threading.Thread | None = None
+        #: the process whose flusher thread runs (it runs until the process ends; a
+        #: forked child has the handler but not the thread, and starts its own)
+        self._flusher = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -206,9 +209,9 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
         if urgent:
             self.flush()
             return
-        if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(target=self._run, name="log-lines", daemon=True)
-            self._flusher.start()
+        if self._flusher != os.getpid():  # none yet, or this is a forked copy without it
+            self._flusher = os.getpid()
+            threading.Thread(target=self._run, name="log-lines", daemon=True).start()
         if not self._waiting.is_set():  # setting it takes a lock, a line at a time
             self._waiting.set()
 

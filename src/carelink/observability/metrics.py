@@ -96,6 +96,30 @@ class Metrics:
         )
 
 
+#: one labelled series, as ``Telemetry`` updates it a request at a time: its counter's
+#: ``inc``, its histogram's sum's ``inc``, each bucket's ``inc`` and the buckets' bounds
+Series = tuple[
+    Callable[[float], None], Callable[[float], None], list[Callable[[float], None]], list[float]
+]
+
+
+def series_of(counter: Counter, histogram: Histogram) -> Series:
+    """A counter's and a histogram's children (``.labels(...)``), made ready to count and
+    observe without their checks: ``count(1)``, ``observe(amount)`` is ``add(amount)``
+    and ``buckets[bisect_left(bounds, amount)](1)``, what ``Counter.inc`` and
+    ``Histogram.observe`` do on the same values (one process or many), less their
+    checks that the child is a labelled one and the amount not negative (durations and
+    counts of one are neither). prometheus-client's own attributes, at the version the
+    lock file pins; ``tests/observability/test_metrics.py`` holds the two ways to the
+    same exposition."""
+    return (
+        counter._value.inc,
+        histogram._sum.inc,
+        [b.inc for b in histogram._buckets],
+        list(histogram._upper_bounds),
+    )
+
+
 class LiveCounts(Collector):
     """A gauge family read at scrape time: ``read()`` gives a count per label value;
     every value of ``known`` is reported, 0 when absent, so alerts see a series. When

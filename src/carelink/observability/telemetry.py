@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from carelink.observability.logs import (
     own_handler,
     write_line,
 )
-from carelink.observability.metrics import CIRCUIT_STATES, Metrics
+from carelink.observability.metrics import CIRCUIT_STATES, Metrics, Series, series_of
 from carelink.observability.tracing import SourceSpans
 
 #: the fan-out's outcomes that mean a source was asked and did not answer
@@ -48,10 +49,10 @@ class Telemetry:
         #: each (method, route, status)'s counter and histogram series, looked up once:
         #: ``labels()`` takes a lock and builds a key on every call. Bounded: methods and
         #: routes are fixed sets (``api.observe``), statuses a few dozen.
-        self._series: dict[tuple[str, str, int], tuple[Any, Any, bytes]] = {}
+        self._series: dict[tuple[str, str, int], tuple[Series, bytes]] = {}
         #: each (source, outcome)'s counter and histogram series (none for an outcome
         #: with no latency), looked up once: sources are configured, outcomes a fixed set
-        self._answers: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._answers: dict[tuple[str, str], tuple[Callable[[float], None], Series | None]] = {}
         for name in sources:  # every configured source has a circuit series from the start
             metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
 
@@ -59,16 +60,14 @@ class Telemetry:
         """A source answered, failed or was skipped (circuit open) for the current request."""
         series = self._answers.get((source, outcome))
         if series is None:
-            series = (
-                self.metrics.source_calls.labels(source, outcome),
-                None
-                if outcome == NOT_ASKED
-                else self.metrics.source_seconds.labels(source, outcome),
-            )
-            self._answers[(source, outcome)] = series
-        series[0].inc()
-        if series[1] is not None:
-            series[1].observe(latency_ms / 1000)
+            series = self._answer_series(source, outcome)
+        count, timed = series  # ``inc`` and ``observe``, unchecked (``series_of``)
+        count(1)
+        if timed is not None:  # none when not asked: no latency
+            _, add, buckets, bounds = timed
+            seconds = latency_ms / 1000
+            add(seconds)
+            buckets[bisect_left(bounds, seconds)](1)
         note_source(source, outcome, round(latency_ms, 1))
         if self.spans is not None:
             failed = outcome in FAILED
@@ -86,6 +85,19 @@ class Telemetry:
                 },
             )
 
+    def _answer_series(
+        self, source: str, outcome: str
+    ) -> tuple[Callable[[float], None], Series | None]:
+        calls = self.metrics.source_calls.labels(source, outcome)
+        series = (
+            calls._value.inc,  # what ``calls.inc()`` does, without its checks (``series_of``)
+            None
+            if outcome == NOT_ASKED
+            else series_of(calls, self.metrics.source_seconds.labels(source, outcome)),
+        )
+        self._answers[(source, outcome)] = series
+        return series
+
     def circuit(self, source: str, state: str) -> None:
         """A source's circuit breaker entered ``state`` (closed | half-open | open)."""
         self.metrics.circuit_state.labels(source).set(CIRCUIT_STATES.get(state, 2.0))
@@ -102,8 +114,10 @@ class Telemetry:
         series = self._series.get((method, route, status))
         if series is None:
             series = self._request_series(method, route, status)
-        series[0].inc()
-        series[1].observe(seconds)
+        count, add, buckets, bounds = series[0]  # ``inc`` and ``observe``, unchecked
+        count(1)
+        add(seconds)
+        buckets[bisect_left(bounds, seconds)](1)
         if not _access.isEnabledFor(level):
             return
         asked = sources_asked()
@@ -125,17 +139,19 @@ class Telemetry:
             if asked
             else b"[]"  # none, on the lookup
         )
-        tail = b"".join((series[2], orjson.dumps(duration), b',"sources":', called))
+        tail = b"".join((series[1], orjson.dumps(duration), b',"sources":', called))
         write_line(handler, time.time(), level, ACCESS, "request", tail)
 
-    def _request_series(self, method: str, route: str, status: int) -> tuple[Any, Any, bytes]:
+    def _request_series(self, method: str, route: str, status: int) -> tuple[Series, bytes]:
         """The counter and histogram series of (``method``, ``route``, ``status``), and the
         access line's fields for them up to the duration's value, as JSON."""
         code = str(status)
         said = orjson.dumps({"method": method, "route": route, "status": status})
         series = (
-            self.metrics.requests.labels(method, route, code),
-            self.metrics.request_seconds.labels(method, route, code),
+            series_of(
+                self.metrics.requests.labels(method, route, code),
+                self.metrics.request_seconds.labels(method, route, code),
+            ),
             said[1:-1] + b',"duration_ms":',
         )
         self._series[(method, route, status)] = series
