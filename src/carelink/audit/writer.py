@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,68 @@ class WriterSpec:
     checkpoint_seconds: float = 3600.0
 
 
+class _Channel(asyncio.Protocol):
+    """The parent's end of the child's socket: each frame written with a future, and the
+    child's answers (which come in the order of the frames) read as they arrive, each
+    given to the oldest future waiting. One protocol on the event loop instead of a
+    stream reader and writer, a lock and two reads a batch: a batch's answer costs one
+    callback (benchmarks/README.md, "The request envelope")."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = bytearray()
+        self._waiting: deque[asyncio.Future[tuple[bytes, bytes]]] = deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def call(self, kind: bytes, payload: bytes) -> asyncio.Future[tuple[bytes, bytes]]:
+        """Send one frame; the child's answer to it, (kind, body), when it comes."""
+        answer: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None:
+            answer.set_exception(EOFError())
+            return answer
+        self.transport.write(_HEAD.pack(kind, len(payload)) + payload)
+        self._waiting.append(answer)
+        return answer
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEAD.size:
+            kind, size = _HEAD.unpack_from(buffer)
+            if size > MAX_FRAME:
+                self._fail(ValueError("frame too large"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            end = _HEAD.size + size
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[_HEAD.size : end])
+            del buffer[:end]
+            if self._waiting:
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # else its caller stopped waiting (cancelled)
+                    waiter.set_result((kind, body))
+
+    def eof_received(self) -> bool:
+        self._fail(EOFError())
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(exc if exc is not None else EOFError())
+
+    def _fail(self, exc: BaseException) -> None:
+        self.closed = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+
 class WriterProcess:
     """Group commit's back end: each batch committed by the writer child, awaited here."""
 
@@ -73,9 +136,7 @@ class WriterProcess:
         self.spec = spec
         self.python = python
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock: asyncio.Lock | None = None
+        self._channel: _Channel | None = None
         self._sock: socket.socket | None = None
 
     async def start(self) -> None:
@@ -92,41 +153,40 @@ class WriterProcess:
         await self._call(b"T", b"")
 
     async def _call(self, kind: bytes, payload: bytes) -> Any:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:  # one frame in flight: answers come back in order
-            reader, writer = await self._ensure()
-            try:
-                writer.write(_HEAD.pack(kind, len(payload)) + payload)
-                await writer.drain()
-                answer, body = await _read_frame(reader)
-            except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
-                self._stop(grace=0.0)
-                raise AuditError("audit writer process is not answering") from exc
-            if answer != b"K":
-                raise AuditError(f"audit trail unavailable ({body.decode(errors='replace')})")
-            return orjson.loads(body)
+        channel = await self._ensure()
+        try:
+            # frames in flight are answered in order, each to its own future
+            answer, body = await channel.call(kind, payload)
+        except (OSError, EOFError, ValueError) as exc:
+            self._stop(grace=0.0)
+            raise AuditError("audit writer process is not answering") from exc
+        if answer != b"K":
+            raise AuditError(f"audit trail unavailable ({body.decode(errors='replace')})")
+        return orjson.loads(body)
 
-    async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _ensure(self) -> _Channel:
+        channel = self._channel
         if (
-            self._proc is not None
+            channel is not None
+            and not channel.closed
+            and self._proc is not None
             and self._proc.poll() is None
-            and self._reader is not None
-            and self._writer is not None
         ):
-            return self._reader, self._writer
+            return channel
         self._stop(grace=0.0)
         self._proc, ours = _spawn(self.python)
         self._sock = ours
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        loop = asyncio.get_running_loop()
+        transport, channel = await loop.create_unix_connection(_Channel, sock=ours)
+        self._channel = channel
         spec = orjson.dumps(asdict(self.spec))
-        self._writer.write(_HEAD.pack(b"S", len(spec)) + spec)
-        return self._reader, self._writer
+        transport.write(_HEAD.pack(b"S", len(spec)) + spec)
+        return channel
 
     def _stop(self, grace: float = 10.0) -> None:
-        if self._writer is not None:
+        if self._channel is not None and self._channel.transport is not None:
             with contextlib.suppress(RuntimeError):  # its event loop has already closed
-                self._writer.close()
+                self._channel.transport.close()
         if self._sock is not None:
             # shut down now, so the child sees the end at once: closing alone does not
             # end it while the event loop's transport still holds the socket (uvloop
@@ -134,7 +194,7 @@ class WriterProcess:
             with contextlib.suppress(OSError):  # the child has gone already
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
-        self._reader = self._writer = self._sock = None
+        self._channel = self._sock = None
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 # the child exits when its socket closes; at most a moment is waited for
@@ -180,13 +240,6 @@ def _child_env() -> dict[str, str]:
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return env
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    kind, size = _HEAD.unpack(await reader.readexactly(_HEAD.size))
-    if size > MAX_FRAME:
-        raise ValueError("frame too large")
-    return kind, await reader.readexactly(size)
 
 
 def rows_frame(events: Sequence[Json | Row]) -> bytes:

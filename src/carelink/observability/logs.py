@@ -188,9 +188,10 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
         self._waiting = threading.Event()
-        #: the process whose flusher thread runs (it runs until the process ends; a
-        #: forked child has the handler but not the thread, and starts its own)
-        self._flusher = 0
+        #: the fork count (``_forks``) of the process whose flusher thread runs: it runs
+        #: until the process ends, and a forked child has the handler but not the
+        #: thread, so it starts its own
+        self._flusher = -1
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -203,14 +204,14 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
     def add(self, line: str, level: int) -> None:
         """Queue a formatted line (``level``: its logging level)."""
         with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line + self.terminator)
+            self._lines.append(line)  # its terminator added when written
             self._size += len(line) + 1
             urgent = level >= logging.WARNING or self._size >= self.limit
         if urgent:
             self.flush()
             return
-        if self._flusher != os.getpid():  # none yet, or this is a forked copy without it
-            self._flusher = os.getpid()
+        if self._flusher != _forks:  # none yet, or this is a forked copy without it
+            self._flusher = _forks
             threading.Thread(target=self._run, name="log-lines", daemon=True).start()
         if not self._waiting.is_set():  # setting it takes a lock, a line at a time
             self._waiting.set()
@@ -234,8 +235,21 @@ class BufferedLines(logging.StreamHandler):  # type: ignore[type-arg]
                 # a closed or broken stream loses the lines, as any handler's would:
                 # logging must never fail the request that logged
                 with contextlib.suppress(Exception):
-                    self.stream.write("".join(lines))
+                    end = self.terminator
+                    self.stream.write(end.join(lines) + end)
                     self.stream.flush()
+
+
+#: how many times this process is a fork away from the one that imported this module
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def log_config(level: str) -> dict[str, Any]:
