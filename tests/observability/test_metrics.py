@@ -186,7 +186,8 @@ def test_the_access_line_names_each_source_asked_and_none_when_none_was(caplog):
     ),
 )
 def test_series_counted_straight_on_their_values_are_what_the_public_calls_count(requests, answers):
-    """``Telemetry`` counts and observes on the series' values (``series_of``): the
+    """``Telemetry`` counts and observes on the series' values (``series_of``,
+    ``observer_of``; requests, sources, audit commits): the
     exposition is what ``inc()`` and ``observe()`` give for the same events, bucket by
     bucket (an amount on a bucket's bound included)."""
     ours = Telemetry(Metrics())
@@ -200,6 +201,9 @@ def test_series_counted_straight_on_their_values_are_what_the_public_calls_count
         theirs.source_calls.labels(source, outcome).inc()
         if outcome != "circuit-open":
             theirs.source_seconds.labels(source, outcome).observe(ms / 1000)
+        ours.audit_committed(ms / 1000, len(source) * 16)  # a commit a source: any amounts
+        theirs.audit_seconds.observe(ms / 1000)
+        theirs.audit_batch.observe(len(source) * 16)
 
     def shown(metrics: Metrics) -> list[str]:
         text = generate_latest(metrics.registry).decode()

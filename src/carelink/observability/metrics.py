@@ -19,6 +19,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -96,28 +97,35 @@ class Metrics:
         )
 
 
-#: one labelled series, as ``Telemetry`` updates it a request at a time: its counter's
-#: ``inc``, its histogram's sum's ``inc``, each bucket's ``inc`` and the buckets' bounds
-Series = tuple[
-    Callable[[float], None], Callable[[float], None], list[Callable[[float], None]], list[float]
-]
+#: a histogram (or one of its labelled children), ready to observe without its checks
+#: (``observer_of``): its sum's ``inc``, each bucket's ``inc`` and the buckets' bounds
+Observer = tuple[Callable[[float], None], list[Callable[[float], None]], list[float]]
+#: a counter's child's ``inc`` and a histogram's child's ``Observer`` (``series_of``)
+Series = tuple[Callable[[float], None], Observer]
+
+
+def observer_of(histogram: Histogram) -> Observer:
+    """A histogram (or its child, ``.labels(...)``) made ready to observe ``amount``
+    without its checks: ``add(amount)`` and ``buckets[bisect_left(bounds, amount)](1)``
+    (``observe``), what ``Histogram.observe`` does on the same values (one process or
+    many), less its check that a labelled histogram is observed through a child.
+    prometheus-client's own attributes, at the version the lock file pins;
+    ``tests/observability/test_metrics.py`` holds the two ways to the same exposition."""
+    return histogram._sum.inc, [b.inc for b in histogram._buckets], list(histogram._upper_bounds)
 
 
 def series_of(counter: Counter, histogram: Histogram) -> Series:
-    """A counter's and a histogram's children (``.labels(...)``), made ready to count and
-    observe without their checks: ``count(1)``, ``observe(amount)`` is ``add(amount)``
-    and ``buckets[bisect_left(bounds, amount)](1)``, what ``Counter.inc`` and
-    ``Histogram.observe`` do on the same values (one process or many), less their
-    checks that the child is a labelled one and the amount not negative (durations and
-    counts of one are neither). prometheus-client's own attributes, at the version the
-    lock file pins; ``tests/observability/test_metrics.py`` holds the two ways to the
-    same exposition."""
-    return (
-        counter._value.inc,
-        histogram._sum.inc,
-        [b.inc for b in histogram._buckets],
-        list(histogram._upper_bounds),
-    )
+    """A counter's and a histogram's children, ready to count (``count(1)``: what
+    ``Counter.inc`` does, less its checks of the child and the amount) and to observe
+    (``observer_of``)."""
+    return counter._value.inc, observer_of(histogram)
+
+
+def observe(observer: Observer, amount: float) -> None:
+    """``Histogram.observe(amount)`` on an ``observer_of``'s histogram."""
+    add, buckets, bounds = observer
+    add(amount)
+    buckets[bisect_left(bounds, amount)](1)
 
 
 class LiveCounts(Collector):

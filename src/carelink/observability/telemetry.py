@@ -25,7 +25,15 @@ from carelink.observability.logs import (
     own_handler,
     write_line,
 )
-from carelink.observability.metrics import CIRCUIT_STATES, Metrics, Series, series_of
+from carelink.observability.metrics import (
+    CIRCUIT_STATES,
+    Metrics,
+    Observer,
+    Series,
+    observe,
+    observer_of,
+    series_of,
+)
 from carelink.observability.tracing import SourceSpans
 
 #: the fan-out's outcomes that mean a source was asked and did not answer
@@ -52,7 +60,9 @@ class Telemetry:
         self._series: dict[tuple[str, str, int], tuple[Series, bytes]] = {}
         #: each (source, outcome)'s counter and histogram series (none for an outcome
         #: with no latency), looked up once: sources are configured, outcomes a fixed set
-        self._answers: dict[tuple[str, str], tuple[Callable[[float], None], Series | None]] = {}
+        self._answers: dict[tuple[str, str], tuple[Callable[[float], None], Observer | None]] = {}
+        #: the audit commits' two histograms, ready to observe (``observer_of``)
+        self._commits = (observer_of(metrics.audit_seconds), observer_of(metrics.audit_batch))
         for name in sources:  # every configured source has a circuit series from the start
             metrics.circuit_state.labels(name).set(CIRCUIT_STATES["closed"])
 
@@ -64,10 +74,7 @@ class Telemetry:
         count, timed = series  # ``inc`` and ``observe``, unchecked (``series_of``)
         count(1)
         if timed is not None:  # none when not asked: no latency
-            _, add, buckets, bounds = timed
-            seconds = latency_ms / 1000
-            add(seconds)
-            buckets[bisect_left(bounds, seconds)](1)
+            observe(timed, latency_ms / 1000)
         note_source(source, outcome, round(latency_ms, 1))
         if self.spans is not None:
             failed = outcome in FAILED
@@ -87,13 +94,13 @@ class Telemetry:
 
     def _answer_series(
         self, source: str, outcome: str
-    ) -> tuple[Callable[[float], None], Series | None]:
+    ) -> tuple[Callable[[float], None], Observer | None]:
         calls = self.metrics.source_calls.labels(source, outcome)
         series = (
             calls._value.inc,  # what ``calls.inc()`` does, without its checks (``series_of``)
             None
             if outcome == NOT_ASKED
-            else series_of(calls, self.metrics.source_seconds.labels(source, outcome)),
+            else observer_of(self.metrics.source_seconds.labels(source, outcome)),
         )
         self._answers[(source, outcome)] = series
         return series
@@ -114,9 +121,9 @@ class Telemetry:
         series = self._series.get((method, route, status))
         if series is None:
             series = self._request_series(method, route, status)
-        count, add, buckets, bounds = series[0]  # ``inc`` and ``observe``, unchecked
+        count, (add, buckets, bounds) = series[0]  # ``inc`` and ``observe``, unchecked
         count(1)
-        add(seconds)
+        add(seconds)  # ``observe``, written out: once a request
         buckets[bisect_left(bounds, seconds)](1)
         if not _access.isEnabledFor(level):
             return
@@ -159,5 +166,5 @@ class Telemetry:
 
     def audit_committed(self, seconds: float, events: int) -> None:
         """One group commit of ``events`` audit events took ``seconds``."""
-        self.metrics.audit_seconds.observe(seconds)
-        self.metrics.audit_batch.observe(events)
+        observe(self._commits[0], seconds)
+        observe(self._commits[1], events)
