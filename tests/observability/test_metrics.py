@@ -128,7 +128,11 @@ def test_in_multiprocess_mode_a_scrape_sums_every_worker(tmp_path):
 def test_several_workers_get_a_metrics_directory_and_a_reused_one_is_cleared(tmp_path, monkeypatch):
     from carelink.observability.metrics import MULTIPROC_DIR, prepare_multiprocess
 
-    monkeypatch.delenv(MULTIPROC_DIR, raising=False)
+    # set, then removed, through monkeypatch: the directory ``prepare_multiprocess`` puts
+    # in the environment is taken out again after the test (left there, it sent the
+    # metrics of every gateway the later tests start to a folder no scrape read)
+    monkeypatch.setenv(MULTIPROC_DIR, "")
+    monkeypatch.delenv(MULTIPROC_DIR)
     assert prepare_multiprocess(1) is None
     made = prepare_multiprocess(2)
     assert made is not None
