@@ -66,7 +66,10 @@ def scope_for(path: str, token: str | None) -> dict[str, Any]:
 
 async def one(app: App, path: str, token: str | None) -> tuple[int, bytes]:
     status = 0
-    body = bytearray()
+    # the body's parts, joined at the end: one part (the gateway sends its answer whole)
+    # is handed back as it is, as a server writes it, not copied twice into a bytearray
+    # (~2.6% of the instructions ``lookup_instructions.py --everything`` counted)
+    body: list[bytes] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -76,10 +79,10 @@ async def one(app: App, path: str, token: str | None) -> tuple[int, bytes]:
         if message["type"] == "http.response.start":
             status = message["status"]
         elif message["type"] == "http.response.body":
-            body.extend(message.get("body", b""))
+            body.append(message.get("body", b""))
 
     await app(scope_for(path, token), receive, send)
-    return status, bytes(body)
+    return status, b"".join(body)
 
 
 async def drive(

@@ -9,7 +9,7 @@ import pytest
 
 from carelink.assembly import sources_open
 from carelink.settings import Settings
-from carelink.sources.http import _LEAN
+from carelink.sources.http import lean_client
 
 
 def _settings() -> Settings:
@@ -24,7 +24,7 @@ def test_the_sessions_are_open_in_the_block_and_closed_after_it(tmp_path):
             assert sorted(sources) == ["acute", "gp"]
             sessions = [s.session for s in sources.values()]
             assert not any(s.closed for s in sessions)
-            assert all(s in _LEAN for s in sessions)  # plain HTTP: the lean client's
+            assert all(lean_client(s) for s in sessions)  # plain HTTP: the lean client's
         return sessions
 
     try:
@@ -32,7 +32,7 @@ def test_the_sessions_are_open_in_the_block_and_closed_after_it(tmp_path):
     finally:
         db.dispose()
     assert all(s.closed for s in sessions)
-    assert not any(s in _LEAN for s in sessions)
+    assert not any(lean_client(s) for s in sessions)
 
 
 def test_the_sessions_are_closed_when_the_block_raises(tmp_path):

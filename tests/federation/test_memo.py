@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from carelink.errors import SourceUnavailable
 from carelink.federation import SharedRecord
-from carelink.federation.fanout import FanOut
+from carelink.federation.fanout import CircuitBreaker, FanOut
 from carelink.federation.index import link_people
 from carelink.federation.memo import ParsedPatients, RecordMemo
 from carelink.fhir.jsonio import json_digest
@@ -302,3 +306,73 @@ def test_a_record_without_the_memo_parses_each_patient_anew(tmp_path):
     again = replace(row, patient=bytes(bytearray(raw)))
     assert sharing.index_patient(row) is sharing.index_patient(again)
     db.dispose()
+
+
+class Failing(Held):
+    """``Held``, unreachable while ``down``."""
+
+    down = False
+
+    async def fetch_record(self, local_id, patient_ref, types, nhs_number=None) -> SourceAnswer:
+        if self.down:
+            raise SourceUnavailable(self.name, "down")
+        return await super().fetch_record(local_id, patient_ref, types, nhs_number)
+
+
+@settings(
+    deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["v1", "v2"]),
+            st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"]),
+            st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", None]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_records_provenance_and_etag_made_once_are_those_made_afresh(db, steps):
+    """While the answers' versions, as-of and statuses stay, a reused record hands back the
+    very Provenance list and ETag it made; whatever moves, they equal those of a record
+    made without the memo."""
+    sources = {
+        "acute": Held("acute", [condition("acute", "1")]),
+        "gp": Failing("gp", [condition("gp", "2")]),
+    }
+
+    def fan_out() -> FanOut:
+        # circuits that never open: the two fan-outs see the same statuses whatever the time
+        never = {name: CircuitBreaker(threshold=10**9) for name in sources}
+        return FanOut(sources, budget=30.0, breakers=never)
+
+    # one store for the example, closed after it: each holds a connection of the pool
+    index = IndexStore(db)
+    try:
+        _stamped_as_made_afresh(index, sources, fan_out, steps)
+    finally:
+        index.close()
+
+
+def _stamped_as_made_afresh(index: IndexStore, sources: dict, fan_out: Any, steps: list) -> None:
+    record = SharedRecord(index, fan_out(), memo=RecordMemo(), fetch_targets=False)
+    plain = SharedRecord(index, fan_out(), fetch_targets=False)
+    person = next(iter(index.each_person()))
+    last = None
+    for version, acute_at, gp_at, down in steps:
+        sources["gp"].version, sources["gp"].as_of, sources["gp"].down = version, gp_at, down
+        sources["acute"].as_of = acute_at
+        fed, fresh = federate(record, person), federate(plain, person)
+        assert fed.provenance == fresh.provenance
+        assert [orjson.dumps(p) for p in fed.provenance] == [
+            fed.encodings.of(p) for p in fed.provenance
+        ]
+        assert fed.etag == fresh.etag
+        # what they are made from: each source's status, version and as-of
+        made_from = [(r.source, r.status, r.version, r.as_of) for r in fed.results]
+        if last is not None and last[0] == made_from:
+            assert fed.provenance is last[1].provenance  # the very list: made once
+            assert fed.etag == last[1].etag
+        last = (made_from, fed)

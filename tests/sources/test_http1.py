@@ -474,3 +474,40 @@ def test_a_waiter_handed_a_slot_just_as_it_is_cancelled_passes_the_slot_on():
         return results, await _at_once_after(client, base, held), held.seen
 
     _w0_cancelled_w1_answered_and_both_slots_free(*_held(handed_then_cancelled))
+
+
+def test_headers_are_read_by_any_case_decoded_as_latin_1_and_absent_ones_are_the_default():
+    from carelink.sources.http1 import Headers
+
+    got = Headers(
+        {b"etag": b'"v1"', b"last-modified": b"Wed, 02 Dec 2026 07:00:00 GMT", b"x": b"\xe9"}
+    )
+    assert got.get("ETag") == got.get("etag") == got["ETAG"] == '"v1"'
+    assert got.get("Last-Modified") == "Wed, 02 Dec 2026 07:00:00 GMT"
+    assert got.get("X") == "\u00e9"  # Latin-1, as the server sent it
+    assert got.get("Content-Length") is None
+    assert got.get("Content-Length", "0") == "0"
+    assert "etag" in got
+    assert "ETag" in got
+    assert "Age" not in got
+    assert 3 not in got
+    with pytest.raises(KeyError):
+        got["Age"]
+
+
+def test_a_session_given_a_lean_client_is_forgotten_when_it_is_collected():
+    import gc
+
+    from carelink.sources import http
+
+    async def made() -> int:
+        session = aiohttp.ClientSession()
+        client = Client()
+        lean(session, client)
+        assert http.lean_client(session) is client
+        await session.close()
+        return id(session)
+
+    key = asyncio.run(made())
+    gc.collect()
+    assert key not in http._LEAN

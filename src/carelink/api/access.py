@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -103,23 +103,24 @@ def provenance_for(
     if not granting(scopes_of(caller.scopes), "Provenance", "r"):
         return []
     refs: Collection[str]
+    #: the record's references, and each Provenance's targets (``Federated.targets``),
+    #: when ``shown`` and ``provenance`` are the record's own
+    whole: frozenset[str] = frozenset()
+    named: Sequence[Sequence[str]] = ()
     if record is not None and record.refs is not None and same_objects(shown, record.resources):
-        refs = record.refs
+        refs = whole = record.refs
         if record.targets is not None and provenance is record.provenance:
-            # each Provenance whose targets the record's references all hold is handed
-            # back as it is, by one C-level check of the references it was made from
-            out = []
-            for p, named in zip(provenance, record.targets, strict=True):
-                if named and record.refs.issuperset(named):
-                    out.append(p)
-                else:
-                    out.extend(_cut(p, refs))
-            return out
+            named = record.targets
     else:
         refs = {f"{r['resourceType']}/{r['id']}" for r in shown}
     out = []
-    for p in provenance:
-        out.extend(_cut(p, refs))
+    for n, p in enumerate(provenance):
+        # one whose targets the record's references all hold is handed back as it is, by
+        # one C-level check of the references it was made from
+        if named and named[n] and whole.issuperset(named[n]):
+            out.append(p)
+        else:
+            out.extend(_cut(p, refs))
     return out
 
 

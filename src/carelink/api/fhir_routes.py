@@ -29,7 +29,7 @@ from carelink.federation.query import SEARCH_TYPES, criteria, in_period
 from carelink.federation.record import Federated
 from carelink.fhir.search import parse_date, target_range
 from carelink.sources.base import source_uri
-from carelink.sources.gpconnect_request import Period, asking_for
+from carelink.sources.gpconnect_request import Period, asking_for, current_period
 
 Json = dict[str, Any]
 
@@ -78,14 +78,20 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
         return await paging.stored_page(request, asked)
     # GP Connect is asked for the period too (its search periods); everything is still
     # filtered here, for every source alike
-    asked_period = Period(
-        start.start.date() if start else None,
-        (end.end - timedelta(microseconds=1)).date() if end else None,
-    )
-    with asking_for(asked_period if start or end else None):
-        fed = await record.federate(
-            pid, types | {"Patient"} if types else None, pref.wait, person, links
+    period = (
+        Period(
+            start.start.date() if start else None,
+            (end.end - timedelta(microseconds=1)).date() if end else None,
         )
+        if start or end
+        else None
+    )
+    call = record.federate(pid, types | {"Patient"} if types else None, pref.wait, person, links)
+    if period is None and current_period() is None:  # no period to say, none to hide
+        fed = await call
+    else:
+        with asking_for(period):
+            fed = await call
     guard: Guard = request.app.state.guard
     # may read the caller's break-glass grant: off the loop on PostgreSQL
     shown = await looked_up(
@@ -107,9 +113,8 @@ async def _everything(request: Request, q: dict[str, list[str]]) -> Response:
             and in_period(r, start, end)
             and _since_ok(r, since, learned)
         ]
-    includes = access.provenance_for(caller, fed.provenance, matches, fed)
-    snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
-    return await paging.first_page(request, asked, snap, fed.encodings)
+    ready = paging.shown(request, asked, fed, shown, matches)
+    return await paging.first_page(request, asked, ready, fed.encodings)
 
 
 async def _with_body(request: Request) -> dict[str, list[str]]:
@@ -239,4 +244,6 @@ async def _search_type(request: Request, q: dict[str, list[str]]) -> Response:
     matches = [r for r in shown.resources if all(c.matches(r) for c in crit)]
     includes = access.provenance_for(caller, fed.provenance, matches) if revinclude else []
     snap = paging.snapshot(request, fed, situation, shown, key, matches, includes)
-    return await paging.first_page(request, asked, snap, fed.encodings)
+    return await paging.first_page(
+        request, asked, paging.ready(request, asked, snap), fed.encodings
+    )

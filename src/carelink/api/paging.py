@@ -17,14 +17,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import is_
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from carelink.api import access
 from carelink.api import params as P
 from carelink.api.deps import audit, stored
 from carelink.api.responses import Answer, fhir, http_date, not_modified
@@ -39,6 +41,7 @@ from carelink.fhir import dumps, searchset
 from carelink.fhir.jsonio import Encodings, list_digest
 from carelink.fhir.outcome import issue, operation_outcome
 from carelink.fhir.search import apply_elements
+from carelink.recent import same_objects
 
 Json = dict[str, Any]
 
@@ -143,6 +146,123 @@ def snapshot(
     )
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A first page ready to answer: its snapshot, its ETag and its paging."""
+
+    snap: Snapshot
+    etag: str
+    paging: P.Paging
+    links: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one caller's answer to one question about one record gives every request
+    (``Federated.views``), and everything it was made from that is not in its key."""
+
+    directives: tuple[Any, ...]  # the situation's Consents, by identity
+    matches: list[Json]  # what the caller is shown (kept: never changed, ids stay theirs)
+    #: includes: every Provenance of the record as it is (True), or none (False)
+    every_provenance: bool
+    include_digests: tuple[bytes, ...]  # each include's JSON less ``recorded``, digested
+    missing: list[str]
+    consent: str
+    version: str
+    last_modified: str | None
+    etag: str
+    paging: P.Paging
+    links: dict[str, str]
+
+
+def shown(
+    request: Request,
+    asked: Asked,
+    fed: Federated,
+    filtered: Filtered,
+    matches: list[Json],
+) -> Shown:
+    """The first page's snapshot (``snapshot``, with ``access.provenance_for``'s
+    includes), ETag and paging.
+
+    While the record is reused (``fed.views``), what depends only on it and on this
+    caller's view of it (the consent digest, the content version, ``Last-Modified``, the
+    ETag, the paging and its links) is made once: reused while the very same matches are
+    shown under the very same Consents, the same sources missing, and the includes are
+    every Provenance of the record (or none) with the same JSON less ``recorded``. The
+    includes themselves (each source's Provenance for its as-of) and the outcome (each
+    source's latency) are this request's."""
+    situation = asked.situation
+    hidden = request.app.state.guard.hidden_sources(situation)
+    shown_missing = missing(fed.results, hidden)
+    views = fed.views
+    key: Hashable = None
+    if views is not None:
+        key = (asked.caller, asked.key, asked.url, _query_key(asked.q))
+        view: _View | None = views.get(key)
+        if (
+            view is not None
+            and same_objects(view.matches, matches)
+            and same_objects(view.directives, situation.directives)
+            and view.missing == shown_missing
+        ):
+            includes = list(fed.provenance) if view.every_provenance else []
+            digests = tuple(fed.encodings.without_digest(p, "recorded") for p in includes)
+            if digests == view.include_digests:
+                snap = Snapshot(
+                    key=asked.key,
+                    consent=view.consent,
+                    matches=view.matches,
+                    includes=includes,
+                    outcome=outcome(fed, hidden),
+                    missing=shown_missing,
+                    version=view.version,
+                    last_modified=view.last_modified,
+                    break_glass=filtered.break_glass,
+                )
+                return Shown(snap, view.etag, view.paging, view.links)
+    includes = access.provenance_for(asked.caller, fed.provenance, matches, fed)
+    snap = snapshot(request, fed, situation, filtered, asked.key, matches, includes)
+    made = ready(request, asked, snap)
+    if views is not None:
+        every = len(includes) == len(fed.provenance) and all(map(is_, includes, fed.provenance))
+        if every or not includes:
+            view = _View(
+                tuple(situation.directives),
+                list(matches),  # the caller's list may be theirs to change: a copy kept
+                every and bool(includes),
+                tuple(fed.encodings.without_digest(p, "recorded") for p in includes),
+                shown_missing,
+                snap.consent,
+                snap.version,
+                snap.last_modified,
+                made.etag,
+                made.paging,
+                made.links,
+            )
+            views.put(key, view)
+    return made
+
+
+def ready(request: Request, asked: Asked, snap: Snapshot) -> Shown:
+    """``snap`` with its ETag, the query's paging and the first page's links."""
+    paging = _paging(request, asked.q, asked.used)
+    return Shown(snap, _etag(asked, snap), paging, paging.links(asked.url, len(snap.matches)))
+
+
+def _query_key(q: dict[str, list[str]]) -> Hashable:
+    """The query as a key (the order of its names, and of each name's values, kept: the
+    links carry them in that order)."""
+    if not q:
+        return ()
+    return tuple((k, tuple(v)) for k, v in q.items())
+
+
+def _paging(request: Request, q: dict[str, list[str]], used: set[str]) -> P.Paging:
+    settings = request.app.state.settings
+    return P.paging(q, used, settings.default_page_size, settings.max_page_size)
+
+
 def content_version(
     matches: list[Json],
     includes: list[Json],
@@ -199,15 +319,21 @@ def page(
     outcomes: list[Json] | None = None,
     cursor: str | None = None,
     encodings: Encodings | None = None,
+    paging: P.Paging | None = None,
+    links: dict[str, str] | None = None,
 ) -> Json:
     """One page of ``matches``; with ``cursor``, the links page over that stored result;
-    ``encodings``, the JSON of resources made already."""
-    settings = request.app.state.settings
-    paging = P.paging(q, used, settings.default_page_size, settings.max_page_size)
+    ``encodings``, the JSON of resources made already; ``paging`` (and its ``links``),
+    the query's paging read already (``P.paging``)."""
+    if paging is None:
+        paging = _paging(request, q, used)
+        links = None
     if cursor is not None:
         paging = paging.on_cursor(cursor)
+        links = None
     total = len(matches)
-    links = paging.links(url, total)
+    if links is None:
+        links = paging.links(url, total)
     if P.summary_count(q):
         return searchset(base, [], total=total, links={"self": links["self"]})
     if paging.offset == 0 and paging.count >= total:
@@ -230,15 +356,16 @@ def page(
 
 
 async def first_page(
-    request: Request, asked: Asked, snap: Snapshot, encodings: Encodings | None = None
+    request: Request, asked: Asked, ready: Shown, encodings: Encodings | None = None
 ) -> Response:
     """Answer from a fresh fan-out; keep the answer when there is more than one page
-    (``encodings``: the record's JSON made already, ``Federated.encodings``)."""
+    (``ready``: the snapshot, ETag and paging, ``shown``; ``encodings``: the record's JSON
+    made already, ``Federated.encodings``)."""
+    snap = ready.snap
     if (refused := await _refuse_partial(request, asked, snap)) is not None:
         return refused
-    settings = request.app.state.settings
-    paging = P.paging(asked.q, asked.used, settings.default_page_size, settings.max_page_size)
-    etag = _etag(asked, snap)
+    paging = ready.paging
+    etag = ready.etag
     if not_modified(request, etag):  # before storing anything: a 304 has no links
         await audit(request, asked.interaction, [asked.pid])
         return Response(status_code=304, headers={"ETag": etag})
@@ -251,7 +378,7 @@ async def first_page(
         # megabytes, off the loop on SQLite too (a write waits for the audit's commits)
         cursor = await stored(request, pages.keep, snap, owner(asked.caller), encodings)
     await audit(request, asked.interaction, [asked.pid])
-    return _respond(request, asked, snap, cursor, encodings, etag)
+    return _respond(request, asked, snap, cursor, encodings, etag, paging, ready.links)
 
 
 async def stored_page(request: Request, asked: Asked) -> Response:
@@ -297,9 +424,11 @@ def _respond(
     cursor: str | None,
     encodings: Encodings | None = None,
     etag: str | None = None,
+    paging: P.Paging | None = None,
+    links: dict[str, str] | None = None,
 ) -> Response:
     """The page (``etag``: its version, when the first page has made it and found the
-    client without it already)."""
+    client without it already; ``paging`` and ``links``: the first page's, read once)."""
     if etag is None:
         etag = _etag(asked, snap)
         if not_modified(request, etag):
@@ -315,6 +444,8 @@ def _respond(
         outcomes=[snap.outcome],
         cursor=cursor,
         encodings=encodings,
+        paging=paging,
+        links=links,
     )
     headers = {"ETag": etag}
     if snap.last_modified is not None:

@@ -81,6 +81,12 @@ class Made:
     _written_by: tuple[object, int] | None = field(
         init=False, default=None, compare=False, repr=False
     )
+    #: the last Provenance list and ETag handed out, and all they were made from
+    _stamped: tuple[Hashable, list[Json], str] | None = field(
+        init=False, default=None, compare=False, repr=False
+    )
+    #: what callers derive from this record and keep while it is reused (``Views``)
+    views: Views = field(init=False, default_factory=lambda: Views(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encodings", Encodings(self.resources))
@@ -122,6 +128,19 @@ class Made:
         got.last = (recorded, made)
         return made
 
+    def stamped(self, inputs: Hashable) -> tuple[list[Json], str] | None:
+        """The Provenance list and ETag last noted (``note_stamped``) if made from
+        ``inputs`` (all they are made from besides this record: the answers' versions
+        and as-of ...), else None. Read only."""
+        got = self._stamped
+        if got is None or got[0] != inputs:
+            return None
+        return got[1], got[2]
+
+    def note_stamped(self, inputs: Hashable, provenance: list[Json], etag: str) -> None:
+        """The Provenance list (each made by ``provenance``) and ETag made from ``inputs``."""
+        object.__setattr__(self, "_stamped", (inputs, provenance, etag))
+
     def located_written(self, store: object, generation: int) -> bool:
         """Were ``located`` all written by ``store`` (a ``LocationStore``) while it was at
         ``generation`` (``note_written``)?"""
@@ -152,6 +171,30 @@ class Made:
             for r in self.resources
             if r["resourceType"] not in SHARED_TYPES
         )
+
+
+class Views:
+    """What callers made of one record for one view of it (a caller, a question), kept
+    while the record is reused: at most ``LIMIT`` views, the least recently used going
+    first. The record knows nothing of what is kept: each caller checks that what it
+    kept was made from the very inputs it has now before reusing it."""
+
+    LIMIT = 8
+
+    def __init__(self) -> None:
+        self._items: Recent[Hashable, Any] = Recent(self.LIMIT)
+
+    def get(self, key: Hashable) -> Any:
+        """What was kept under ``key``, or None."""
+        return self._items.get(key)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` under ``key`` (not within ``bulk_read()``)."""
+        if remembering():
+            self._items.put(key, value)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 #: what a Provenance's template is recorded at: no instant looks like it

@@ -15,7 +15,7 @@ import orjson
 
 from carelink.errors import NotFound
 from carelink.federation.fanout import OK, FanOut, Request, SourceResult
-from carelink.federation.memo import Made, ParsedPatients, RecordMemo, answers_of
+from carelink.federation.memo import Made, ParsedPatients, RecordMemo, Views, answers_of
 from carelink.federation.merge import NO_AS_OF, merge, provenance
 from carelink.federation.references import folded_copies, resolve, unsettled
 from carelink.federation.ukcore import UkCore
@@ -66,6 +66,8 @@ class Federated:
     #: by position in ``provenance``: the references its targets name (empty: it names
     #: only the Patient, as a Provenance of an answer that gave nothing does)
     targets: Sequence[Sequence[str]] | None = None
+    #: what callers derive from the record, kept while it is reused (``memo.Views``)
+    views: Views | None = None
 
 
 def source_outcome(results: Sequence[SourceResult]) -> Json:
@@ -271,14 +273,32 @@ class SharedRecord:
         if made is None:
             made, extra = await self._make(person, requests, results, types or None, deadline)
         resources = made.resources
-        patient = made.index_patient  # the index's, as the sources' ODS codes read it
-        # each answer's Provenance targets what that answer contributed (``made`` was made
-        # from these very answers, in this order: ``memo.same_answers``)
-        answered = [r for r in results if r.status == OK]
-        provs = [
-            self._provenance(made, n, person_id, r, kept, self._ods(r.source, patient))
-            for n, (r, kept) in enumerate(zip(answered, made.contributed, strict=True))
-        ]
+        # the Provenance and the ETag, made again only when what they are made from
+        # moved (an answer's version or as-of, a source's status, the index's person)
+        stamp = (
+            self,
+            person_id,
+            person.version,
+            tuple([(r.source, r.status, r.version, r.as_of) for r in results]),
+            tuple([(r.source, r.status, r.version) for r in extra]),
+        )
+        stamped = made.stamped(stamp)
+        if stamped is None:
+            patient = made.index_patient  # the index's, as the sources' ODS codes read it
+            # each answer's Provenance targets what that answer contributed (``made`` was
+            # made from these very answers, in this order: ``memo.same_answers``)
+            answered = [r for r in results if r.status == OK]
+            provs = [
+                self._provenance(made, n, person_id, r, kept, self._ods(r.source, patient))
+                for n, (r, kept) in enumerate(zip(answered, made.contributed, strict=True))
+            ]
+            tag = hashlib.blake2b(person.version.encode(), digest_size=16)
+            for r in [*results, *extra]:
+                tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
+            etag = tag.hexdigest()
+            made.note_stamped(stamp, provs, etag)
+        else:
+            provs, etag = stamped
         outcome = source_outcome(results)
         if self.ukcore is not None:
             outcome = self.ukcore.claim(outcome)
@@ -295,9 +315,6 @@ class SharedRecord:
                 await self.index.db.run(self.locations.record, person_id, pairs, self.now())
             if located:
                 made.note_written(self.locations, generation)
-        tag = hashlib.blake2b(person.version.encode(), digest_size=16)
-        for r in [*results, *extra]:
-            tag.update(f"|{r.source}:{r.status}:{r.version}".encode())
         return Federated(
             person,
             tuple(links),
@@ -305,10 +322,11 @@ class SharedRecord:
             provs,
             outcome,
             tuple(results),
-            tag.hexdigest(),
+            etag,
             made.encodings,
             made.refs,
             made.contributed,  # each Provenance's targets (``merge.provenance``)
+            made.views,
         )
 
     def _provenance(

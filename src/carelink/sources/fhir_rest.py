@@ -169,14 +169,10 @@ class AcuteSource:
             first = False
         about_whom(resources, self.name, local_id)
         out = localise(resources, self.name, local_id, patient_ref, types)
-        if single_page:
-            return SourceAnswer(
-                self.cache.put(key, first_body, out, tuple(skipped)),
-                "|".join(versions),
-                stamp,
-                tuple(skipped),
-            )
-        return SourceAnswer(out, "|".join(versions), stamp, tuple(skipped))
+        left_out = tuple(skipped)
+        # a one-page answer is remembered by its bytes (and answered with as remembered)
+        kept = self.cache.put(key, first_body, out, left_out) if single_page else out
+        return SourceAnswer(kept, "|".join(versions), stamp, left_out)
 
     async def read_shared(self, resource_type: str, local_id: str) -> Json | None:
         """``GET /fhir/{type}/{id}`` for a Practitioner, Organization ..."""

@@ -46,20 +46,35 @@ def _instant_of(raw: str) -> str | None:
 
 
 #: the lean client (``sources.http1``) that sends a session's plain-HTTP requests, for
-#: the sessions the app gave one (``lean``); every other request goes through aiohttp
-_LEAN: weakref.WeakKeyDictionary[aiohttp.ClientSession, Client] = weakref.WeakKeyDictionary()
+#: the sessions the app gave one (``lean``), by the session's id while it lives (a plain
+#: dict: a weak-keyed one makes a weak reference on every look-up); every other request
+#: goes through aiohttp
+_LEAN: dict[int, Client] = {}
 
 
 def lean(session: aiohttp.ClientSession, client: Client) -> aiohttp.ClientSession:
     """``session``, its plain-HTTP requests (``Client.takes``) sent by ``client`` from
     now on (``close_session`` closes both)."""
-    _LEAN[session] = client
+    key = id(session)
+    _LEAN[key] = client
+    # forgotten as the session goes, before its id can be another object's
+    weakref.finalize(session, _forget, key, client)
     return session
+
+
+def lean_client(session: aiohttp.ClientSession) -> Client | None:
+    """The lean client that sends ``session``'s plain-HTTP requests, if it was given one."""
+    return _LEAN.get(id(session))
+
+
+def _forget(key: int, client: Client) -> None:
+    if _LEAN.get(key) is client:
+        del _LEAN[key]
 
 
 async def close_session(session: aiohttp.ClientSession) -> None:
     """Close ``session`` and its lean client's connections."""
-    client = _LEAN.pop(session, None)
+    client = _LEAN.pop(id(session), None)
     if client is not None:
         client.close()
     await session.close()
@@ -76,13 +91,15 @@ async def send(
     """Status, headers and whole body of one request, by the session's lean client when
     it takes the URL (a GET or POST: answers with bodies), else by aiohttp; a failure to
     make it or read the answer is ``SourceUnavailable`` naming what failed."""
-    client = _LEAN.get(session)
-    if client is not None and method in ("GET", "POST") and client.takes(url):
-        try:
-            got = await client.request(method, url, headers, body)
-        except Http1Error as exc:
-            raise SourceUnavailable(source, str(exc)) from exc
-        return got.status, got.headers, got.body
+    client = _LEAN.get(id(session))
+    if client is not None and method in ("GET", "POST"):
+        found = client.target(url)
+        if found is not None:
+            try:
+                got = await client.request(method, url, headers, body, found)
+            except Http1Error as exc:
+                raise SourceUnavailable(source, str(exc)) from exc
+            return got.status, got.headers, got.body
     try:
         async with session.request(method, url, data=body, headers=headers) as resp:
             return resp.status, resp.headers, await resp.read()

@@ -46,20 +46,24 @@ class Http1Error(Exception):
 
 
 class Headers:
-    """An answer's headers, names compared without case (the last of a repeated name)."""
+    """An answer's headers, names compared without case (the last of a repeated name).
 
-    def __init__(self, items: dict[str, str]) -> None:
+    Kept as the bytes read (names lower-cased), each value decoded (Latin-1) when asked
+    for: an answer carries half a dozen headers and its reader asks for one or two."""
+
+    def __init__(self, items: dict[bytes, bytes]) -> None:
         self._items = items  # names lower-cased
 
     def get(self, name: str, default: Any = None) -> Any:
         """The value of header ``name``, or ``default``."""
-        return self._items.get(name.lower(), default)
+        value = self._items.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
+        return self._items[name.lower().encode("latin-1")].decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
+        return isinstance(name, str) and name.lower().encode("latin-1") in self._items
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
-        self._headers: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
         self._chunks: list[bytes] = []
         self._until_close = False
 
@@ -110,12 +114,12 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
 
     def on_headers_complete(self) -> None:
-        coded = "chunked" in self._headers.get("transfer-encoding", "").lower()
+        coded = b"chunked" in self._headers.get(b"transfer-encoding", b"").lower()
         bodiless = self.parser.get_status_code() in (204, 304)
-        self._until_close = not (coded or bodiless or "content-length" in self._headers)
+        self._until_close = not (coded or bodiless or b"content-length" in self._headers)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
@@ -183,11 +187,22 @@ class Client:
         """Does this client send requests to ``url`` (plain HTTP, a target as it is)?"""
         return _target(url) is not None
 
+    #: where a request to a URL goes (host, port, ``Host`` header, request target), or
+    #: None when this client does not send it (``takes``): hand it to ``request``
+    target = staticmethod(_target)
+
     async def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        found: tuple[str, int, str, str] | None = None,
     ) -> Answer:
-        """Send one request and read its whole answer (``Http1Error`` when either fails)."""
-        found = _target(url)
+        """Send one request and read its whole answer (``Http1Error`` when either fails);
+        ``found``: ``target(url)``, when the caller has it already."""
+        if found is None:
+            found = _target(url)
         if found is None:
             raise ValueError(f"not a plain-HTTP URL this client sends as it is: {url!r}")
         host, port, netloc, target = found

@@ -413,11 +413,7 @@ def to_r4(stu3: Json, *, owned: bool = False) -> Converted:
     stu3_type = str(r.get("resourceType"))
     if isinstance(r.get("id"), str) and r["id"].startswith(stu3_type + "/"):
         r["id"] = r["id"].removeprefix(stu3_type + "/")  # published quirk: "Type/id" as id
-    meta = r.get("meta")
-    if isinstance(meta, dict):
-        meta.pop("profile", None)
-        if not meta:
-            del r["meta"]
+    _drop_profiles(r)
     contained = [to_r4(c, owned=True) for c in r.pop("contained", []) if isinstance(c, dict)]
     convert = CONVERTERS.get(stu3_type)
     if convert is not None:
@@ -447,12 +443,18 @@ def listed_patient(patient: Json) -> Json:
         or (isinstance(rid, str) and rid.startswith("Patient/"))
     ):
         return to_r4(patient, owned=True).resource
-    meta = patient.get("meta")
-    if isinstance(meta, dict):
-        meta.pop("profile", None)
-        if not meta:
-            del patient["meta"]
+    _drop_profiles(patient)
     _patient(patient)
     if kept_whole(patient, "Patient") and not _may_rename(patient):
         return patient
     return to_r4(patient, owned=True).resource
+
+
+def _drop_profiles(r: Json) -> None:
+    """``r``'s STU3 profiles gone from ``meta.profile`` (in place), and ``meta`` with
+    them when nothing else is left in it."""
+    meta = r.get("meta")
+    if isinstance(meta, dict):
+        meta.pop("profile", None)
+        if not meta:
+            del r["meta"]
