@@ -1,6 +1,7 @@
-"""The birth-date clause's SQL text, its test texts made once (``_test_sql``), against the
-text built value by value as before, kept here as the oracle: the same text and the same
-bound values, in the same order, for drawn queries of any shape."""
+"""A search's SQL text (``where_sql``: each kind of test only when asked; the birth-date
+clause's test texts made once, ``_test_sql``) against the text built as before, kept here
+as the oracle: the same text and the same bound values, in the same order, for drawn
+queries of any shape."""
 
 from __future__ import annotations
 
@@ -9,8 +10,54 @@ from datetime import date
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carelink.storage import DateTest, NameTest, PersonQuery
-from carelink.storage.person_query import _PRECISIONS, _Sql, eq_day, seekable_sql, where_sql
+import carelink.storage.person_query as pq
+from carelink.storage import DateTest, IdentifierTest, NameTest, PersonQuery
+from carelink.storage.person_query import (
+    _PRECISIONS,
+    _clause_sql,
+    _identifier_sql,
+    _name_sql,
+    _Sql,
+    eq_day,
+    seekable_sql,
+    where_sql,
+)
+
+
+def old_where_sql(
+    query: PersonQuery,
+    mark: str,
+    sqlite: bool = False,
+    family: tuple[tuple[NameTest, ...], ...] | None = None,
+) -> tuple[str, list[object]]:
+    """``where_sql`` as it was: every kind of test's list made, asked or not."""
+    q = _Sql(mark, ranges=sqlite)
+    parts: list[str] = []
+    parts += [
+        f"id IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0" for alts in query.ids
+    ]
+    parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
+    for raw, folded, tests in (
+        ("family", "family_folded", query.family if family is None else family),
+        ("given", "given_folded", query.given),
+    ):
+        parts += [q.any(_name_sql(q, raw, folded, t) for t in alts) for alts in tests]
+    parts += [q.any(old_clause_sql(q, c) for c in alts) for alts in query.birth_date]
+    parts += [
+        f"gender IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
+        for alts in query.gender
+    ]
+    parts += [
+        q.any(q.starts_with("replace(upper(postcode), ' ', '')", p) for p in alts)
+        for alts in query.postcode
+    ]
+    for column, missing in (
+        ("birth_date", query.birth_date_missing),
+        ("gender", query.gender_missing),
+    ):
+        if missing is not None:
+            parts.append(f"{column} IS NULL" if missing else f"{column} IS NOT NULL")
+    return " AND ".join(["1 = 1", *parts]), q.values
 
 
 def old_clause_sql(q: _Sql, tests: tuple[DateTest, ...]) -> str:
@@ -60,8 +107,26 @@ names = st.builds(
     st.booleans(),
     st.one_of(st.none(), st.text(max_size=4)),
 )
+short = st.text(max_size=4)
+identifiers = st.builds(
+    IdentifierTest, st.one_of(st.none(), short), short, st.one_of(st.none(), short)
+)
+
+
+def ors(items: st.SearchStrategy[object]) -> st.SearchStrategy[tuple[tuple[object, ...], ...]]:
+    """An AND of OR-lists, as ``PersonQuery``'s fields are (an empty OR-list included)."""
+    return st.lists(st.lists(items, max_size=2).map(tuple), max_size=2).map(tuple)
+
+
+missing = st.one_of(st.none(), st.booleans())
 queries = st.builds(
     PersonQuery,
+    ids=ors(short),
+    identifiers=ors(identifiers),
+    gender=ors(short),
+    postcode=ors(short),
+    birth_date_missing=missing,
+    gender_missing=missing,
     family=st.lists(st.lists(names, max_size=2).map(tuple), max_size=2).map(tuple),
     given=st.lists(st.lists(names, max_size=2).map(tuple), max_size=2).map(tuple),
     birth_date=st.lists(st.lists(clauses, max_size=3).map(tuple), max_size=3).map(tuple),
@@ -70,8 +135,6 @@ queries = st.builds(
 
 @given(clause=clauses, mark=st.sampled_from(["?", "%s"]), ranges=st.booleans())
 def test_clause_text_and_values_are_the_old_ones(clause, mark, ranges):
-    from carelink.storage.person_query import _clause_sql
-
     new, old = _Sql(mark, ranges), _Sql(mark, ranges)
     new.bind("before")  # values already bound stay first
     old.bind("before")
@@ -81,12 +144,10 @@ def test_clause_text_and_values_are_the_old_ones(clause, mark, ranges):
 
 @given(query=queries, mark=st.sampled_from(["?", "%s"]), sqlite=st.booleans())
 def test_a_whole_query_is_the_old_text(query, mark, sqlite):
-    import carelink.storage.person_query as pq
-
     made = seekable_sql(query, mark, sqlite), where_sql(query, mark, sqlite)
-    kept = pq._clause_sql
-    pq._clause_sql = old_clause_sql
+    kept = pq.where_sql
+    pq.where_sql = old_where_sql  # seekable_sql's own parts over the old text
     try:
-        assert (seekable_sql(query, mark, sqlite), where_sql(query, mark, sqlite)) == made
+        assert (seekable_sql(query, mark, sqlite), old_where_sql(query, mark, sqlite)) == made
     finally:
-        pq._clause_sql = kept
+        pq.where_sql = kept

@@ -229,30 +229,39 @@ def where_sql(
     tests instead of the query's (``seekable_sql``'s rest of the test)."""
     q = _Sql(mark, ranges=sqlite)
     parts: list[str] = []
-    parts += [
-        f"id IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0" for alts in query.ids
-    ]
-    parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
-    for raw, folded, tests in (
-        ("family", "family_folded", query.family if family is None else family),
-        ("given", "given_folded", query.given),
-    ):
-        parts += [q.any(_name_sql(q, raw, folded, t) for t in alts) for alts in tests]
-    parts += [q.any(_clause_sql(q, c) for c in alts) for alts in query.birth_date]
-    parts += [
-        f"gender IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
-        for alts in query.gender
-    ]
-    parts += [
-        q.any(q.starts_with("replace(upper(postcode), ' ', '')", p) for p in alts)
-        for alts in query.postcode
-    ]
-    for column, missing in (
-        ("birth_date", query.birth_date_missing),
-        ("gender", query.gender_missing),
-    ):
-        if missing is not None:
-            parts.append(f"{column} IS NULL" if missing else f"{column} IS NOT NULL")
+    # each kind of test only when asked (a search asks for few of them)
+    if query.ids:
+        parts += [
+            f"id IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
+            for alts in query.ids
+        ]
+    if query.identifiers:
+        parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
+    families = query.family if family is None else family
+    if families:
+        parts += [
+            q.any(_name_sql(q, "family", "family_folded", t) for t in alts) for alts in families
+        ]
+    if query.given:
+        parts += [
+            q.any(_name_sql(q, "given", "given_folded", t) for t in alts) for alts in query.given
+        ]
+    if query.birth_date:
+        parts += [q.any(_clause_sql(q, c) for c in alts) for alts in query.birth_date]
+    if query.gender:
+        parts += [
+            f"gender IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
+            for alts in query.gender
+        ]
+    if query.postcode:
+        parts += [
+            q.any(q.starts_with("replace(upper(postcode), ' ', '')", p) for p in alts)
+            for alts in query.postcode
+        ]
+    if query.birth_date_missing is not None:
+        parts.append("birth_date IS NULL" if query.birth_date_missing else "birth_date IS NOT NULL")
+    if query.gender_missing is not None:
+        parts.append("gender IS NULL" if query.gender_missing else "gender IS NOT NULL")
     return " AND ".join(["1 = 1", *parts]), q.values
 
 
