@@ -89,7 +89,8 @@ def patient_query(
     """
     _check_modifiers(params)
     _check_minimum(params)
-    systems = {local_id_system(s): s for s in sources}
+    # the local-id systems only an identifier reads: not made for a demographic search
+    systems = {local_id_system(s): s for s in sources} if "identifier" in params else {}
     fields: dict[str, list[Any]] = {}
     missing: dict[str, bool] = {}
     for name, values in params.items():
@@ -160,7 +161,7 @@ def _alternatives(
         names = [unescaped(p) for p in parts]
         return tuple(NameTest(n, True, fold(n)) if exact else NameTest(fold(n)) for n in names)
     if base == "birthdate":
-        return tuple(c for p in parts for c in birth_date_clauses(_date(p), now))
+        return tuple(c for p in parts for c in _birth_date(p, now))
     if base == "gender":
         return tuple(_gender(p) for p in parts)
     return tuple(p.replace(" ", "").upper() for p in parts)  # address-postalcode
@@ -197,6 +198,27 @@ def identifier_tests(
         return (IdentifierTest(local_id=code),)
     source = systems.get(token.system)
     return (IdentifierTest(local_id=code, source=source),) if source else ()
+
+
+#: a birthdate alternative -> its clauses, for those not anchored at ``now`` (not ``ap``):
+#: the same few values (a year's bounds, a day) come again and again
+_CLAUSES: dict[str, tuple[DateClause, ...]] = {}
+#: at most this many kept (then the memo starts again)
+_CLAUSES_KEPT = 4096
+
+
+def _birth_date(value: str, now: datetime) -> tuple[DateClause, ...]:
+    """``birth_date_clauses(_date(value), now)``, remembered unless it reads ``now``: a value
+    not starting ``ap`` has another prefix or none (or is refused, never remembered)."""
+    known = _CLAUSES.get(value)
+    if known is not None:
+        return known
+    clauses = birth_date_clauses(_date(value), now)
+    if not value.startswith("ap"):
+        if len(_CLAUSES) >= _CLAUSES_KEPT:
+            _CLAUSES.clear()
+        _CLAUSES[value] = clauses
+    return clauses
 
 
 def _date(value: str) -> DateQuery:

@@ -37,6 +37,8 @@ _PERSON_COLUMNS_OF_P = ", ".join(f"p.{c.name}" for c in persons.c)
 #: ``find_with_consents``: by person, then consent (a person's consent ids differ, and a
 #: person without any has one row, so the ``None`` is never compared)
 _PERSON_AND_CONSENT = itemgetter(0, 2)
+#: a NamedTuple's fields given in order: ``tuple.__new__(FoundPerson, fields)``
+_FOUND = tuple.__new__
 
 
 @loop_bounded
@@ -167,12 +169,15 @@ class IndexStore(IndexLinking):
             read.sort(key=_PERSON_AND_CONSENT)
         rows: list[FoundPerson] = []
         held: dict[str, list[tuple[str, bytes]]] = {}
-        for r in read:
-            if not rows or rows[-1][0] != r[0]:
+        last = None  # the person of the row before (an id is never None)
+        for person, patient, consent, body, plain in read:
+            if person != last:
                 # psycopg may give a memoryview; sqlite3 gives plain as 0 / 1
-                rows.append(FoundPerson(r[0], bytes(r[1]), bool(r[4])))
-            if r[2] is not None:
-                held.setdefault(r[0], []).append((str(r[2]), bytes(r[3])))
+                # FoundPerson made as its __new__ makes it, without that Python call
+                rows.append(_FOUND(FoundPerson, (person, bytes(patient), bool(plain))))
+                last = person
+            if consent is not None:
+                held.setdefault(person, []).append((str(consent), bytes(body)))
         return rows, held
 
     def _with_consents_sql(
@@ -324,7 +329,9 @@ class IndexStore(IndexLinking):
 
 def _only_nhs_number(query: PersonQuery) -> str | None:
     """The NHS number when ``query`` asks for exactly one NHS number and nothing else."""
-    if query != PersonQuery(identifiers=query.identifiers) or len(query.identifiers) != 1:
+    # one identifier list first: a demographic search (none) is told without making and
+    # comparing a whole PersonQuery
+    if len(query.identifiers) != 1 or query != PersonQuery(identifiers=query.identifiers):
         return None
     (alternatives,) = query.identifiers
     if len(alternatives) != 1:

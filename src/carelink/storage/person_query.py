@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -228,30 +229,39 @@ def where_sql(
     tests instead of the query's (``seekable_sql``'s rest of the test)."""
     q = _Sql(mark, ranges=sqlite)
     parts: list[str] = []
-    parts += [
-        f"id IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0" for alts in query.ids
-    ]
-    parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
-    for raw, folded, tests in (
-        ("family", "family_folded", query.family if family is None else family),
-        ("given", "given_folded", query.given),
-    ):
-        parts += [q.any(_name_sql(q, raw, folded, t) for t in alts) for alts in tests]
-    parts += [q.any(_clause_sql(q, c) for c in alts) for alts in query.birth_date]
-    parts += [
-        f"gender IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
-        for alts in query.gender
-    ]
-    parts += [
-        q.any(q.starts_with("replace(upper(postcode), ' ', '')", p) for p in alts)
-        for alts in query.postcode
-    ]
-    for column, missing in (
-        ("birth_date", query.birth_date_missing),
-        ("gender", query.gender_missing),
-    ):
-        if missing is not None:
-            parts.append(f"{column} IS NULL" if missing else f"{column} IS NOT NULL")
+    # each kind of test only when asked (a search asks for few of them)
+    if query.ids:
+        parts += [
+            f"id IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
+            for alts in query.ids
+        ]
+    if query.identifiers:
+        parts += [q.any(_identifier_sql(q, t) for t in alts) for alts in query.identifiers]
+    families = query.family if family is None else family
+    if families:
+        parts += [
+            q.any(_name_sql(q, "family", "family_folded", t) for t in alts) for alts in families
+        ]
+    if query.given:
+        parts += [
+            q.any(_name_sql(q, "given", "given_folded", t) for t in alts) for alts in query.given
+        ]
+    if query.birth_date:
+        parts += [q.any(_clause_sql(q, c) for c in alts) for alts in query.birth_date]
+    if query.gender:
+        parts += [
+            f"gender IN ({', '.join(q.bind(v) for v in alts)})" if alts else "1 = 0"
+            for alts in query.gender
+        ]
+    if query.postcode:
+        parts += [
+            q.any(q.starts_with("replace(upper(postcode), ' ', '')", p) for p in alts)
+            for alts in query.postcode
+        ]
+    if query.birth_date_missing is not None:
+        parts.append("birth_date IS NULL" if query.birth_date_missing else "birth_date IS NOT NULL")
+    if query.gender_missing is not None:
+        parts.append("gender IS NULL" if query.gender_missing else "gender IS NOT NULL")
     return " AND ".join(["1 = 1", *parts]), q.values
 
 
@@ -346,28 +356,41 @@ def _identifier_sql(q: _Sql, t: IdentifierTest) -> str:
 
 
 def _clause_sql(q: _Sql, tests: DateClause) -> str:
-    """``_clause`` as text; the bounds each test implies are added for an index to use."""
-    day = eq_day(tests)
-    if day is not None:
-        return f"birth_date = {q.bind(day)}"
+    """``_clause`` as text; the bounds each test implies are added for an index to use.
+    A test's text depends only on its bound, ``negate`` and the placeholder
+    (``_test_sql``); its values are the date cut to each precision, then the bound's."""
+    if len(tests) == 2:
+        day = eq_day(tests)
+        if day is not None:
+            return f"birth_date = {q.bind(day)}"
     parts = ["birth_date IS NOT NULL"]
-    lengths = ", ".join(str(n) for n in _PRECISIONS)
+    values = q.values
     for t in tests:
-        op = "<=" if t.bound == "starts<=" else ">="
-        exact = q.any(
-            f"(length(birth_date) = {n} AND birth_date {op} {q.bind(t.date[:n])})"
-            for n in _PRECISIONS
-        )
-        if t.negate:
-            parts.append(f"length(birth_date) IN ({lengths}) AND NOT {exact}")
-            # not (v <= D[:n]) implies v >= D[:4]; not (v >= D[:n]) implies v <= D
-            low = t.bound == "starts<="
-            parts.append(
-                f"birth_date {'>=' if low else '<='} {q.bind(t.date[:4] if low else t.date)}"
-            )
-            continue
-        parts.append(exact)
-        # v <= D[:n] implies v <= D, and v >= D[:n] implies v >= D[:4]
-        low = t.bound == "ends>="
-        parts.append(f"birth_date {'>=' if low else '<='} {q.bind(t.date[:4] if low else t.date)}")
+        parts.append(_test_sql(t.bound, t.negate, q.mark))
+        d = t.date
+        # not (v <= D[:n]) and v >= D[:n] imply v >= D[:4]; not (v >= D[:n]) and
+        # v <= D[:n] imply v <= D
+        low = (t.bound == "starts<=") if t.negate else (t.bound == "ends>=")
+        values += (d[:4], d[:7], d[:10], d[:4] if low else d)
     return "(" + " AND ".join(parts) + ")"
+
+
+@cache
+def _test_sql(bound: str, negate: bool, mark: str) -> str:
+    """One date test's text (``_clause``'s), binding ``D[:4]``, ``D[:7]``, ``D[:10]``, then
+    the implied bound's value."""
+    op = "<=" if bound == "starts<=" else ">="
+    exact = (
+        "("
+        + " OR ".join(f"(length(birth_date) = {n} AND birth_date {op} {mark})" for n in _PRECISIONS)
+        + ")"
+    )
+    if negate:
+        lengths = ", ".join(str(n) for n in _PRECISIONS)
+        low = bound == "starts<="
+        return (
+            f"length(birth_date) IN ({lengths}) AND NOT {exact}"
+            f" AND birth_date {'>=' if low else '<='} {mark}"
+        )
+    low = bound == "ends>="
+    return f"{exact} AND birth_date {'>=' if low else '<='} {mark}"
