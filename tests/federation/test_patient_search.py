@@ -200,3 +200,15 @@ def test_total_counts_exactly_what_the_caller_is_shown(store, n, withheld, count
         listed += [p["id"] for p in found.page]
     assert listed == visible
     assert store.count(q) == n  # the SQL count of candidates, before consent
+
+
+@pytest.mark.parametrize("value", ["le9999-12-31", "9999-12-31", "gt9999-12", "ge9999"])
+def test_a_birthdate_in_the_last_year_is_a_400_naming_it_never_a_crash(value):
+    # le9999-12-31 raised an OverflowError (a 500) before ``fhir.search`` ended such
+    # ranges at the end of time; the day after it cannot be searched for
+    assert "birthdate is out of range" in str(refused(family="hartley", birthdate=value))
+
+
+def test_le_the_last_day_of_a_month_reads_up_to_and_including_that_day():
+    (value,) = query(family="hartley", birthdate="le2000-12-31").birth_date
+    assert [[(t.bound, t.date) for t in alt] for alt in value] == [[("starts<=", "2000-12-31")]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -163,3 +164,20 @@ def test_any_text_folds_as_the_walk_does(text):
 )
 def test_text_beyond_ascii_still_loses_its_accents_and_case(text, folded):
     assert fold(text) == folded
+
+
+@pytest.mark.parametrize(
+    ("value", "last_day"),
+    [("9999", "9999-12-31"), ("9999-12", "9999-12-31"), ("le9999-12-31", "9999-12-31")],
+)
+def test_the_last_year_python_holds_ends_at_the_end_of_time_not_in_an_error(value, last_day):
+    # its next year, month or day is past what a datetime holds (an OverflowError once)
+    got = parse_date(value, "birthdate").range
+    assert got.start < got.end
+    assert got.end.date().isoformat() == last_day
+    assert target_range(last_day) is not None
+
+
+def test_a_range_before_the_last_year_still_ends_at_the_next_midnight():
+    got = parse_date("2000-12", "birthdate").range
+    assert got.end == datetime(2001, 1, 1, tzinfo=UTC)

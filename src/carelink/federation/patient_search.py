@@ -253,7 +253,7 @@ def birth_date_clauses(query: DateQuery, now: datetime) -> tuple[DateClause, ...
     """
     day = timedelta(days=1)
     qs = query.range.start.date()
-    qe = (query.range.end - day).date()
+    qe = (query.range.end - timedelta(microseconds=1)).date()  # its end is exclusive
     try:
         before, after = qs - day, qe + day
     except OverflowError as exc:

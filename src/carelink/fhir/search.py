@@ -81,25 +81,42 @@ class DateRange:
     end: datetime
 
 
+#: the end of time as this module's ranges hold it (a range ending at or past the last
+#: instant Python can hold ends here)
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
 def _to_range(text: str) -> DateRange:
-    """The implicit range a FHIR date/dateTime string covers at its precision."""
+    """The implicit range a FHIR date/dateTime string covers at its precision (the
+    last such range, in 9999, ends at the end of time instead of past it)."""
     if len(text) == 4:
         start = datetime(int(text), 1, 1, tzinfo=UTC)
-        return DateRange(start, start.replace(year=start.year + 1))
+        return DateRange(start, _after(start, months=12))
     if len(text) == 7:
         y, m = int(text[:4]), int(text[5:7])
         start = datetime(y, m, 1, tzinfo=UTC)
-        end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
-        return DateRange(start, end)
+        return DateRange(start, _after(start, months=1))
     if len(text) == 10:
         d = date.fromisoformat(text)
         start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        return DateRange(start, start + timedelta(days=1))
+        return DateRange(start, _after(start, timedelta(days=1)))
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     step = timedelta(seconds=1) if len(text) > 16 else timedelta(minutes=1)
-    return DateRange(value, value + step)
+    return DateRange(value, _after(value, step))
+
+
+def _after(start: datetime, step: timedelta = timedelta(0), months: int = 0) -> datetime:
+    """``start`` moved on by ``step`` or by whole ``months``; the end of time when that
+    would be past the last instant a ``datetime`` holds (year 9999's last range)."""
+    try:
+        if months:
+            n = start.month - 1 + months
+            return start.replace(year=start.year + n // 12, month=n % 12 + 1)
+        return start + step
+    except (OverflowError, ValueError):
+        return _END_OF_TIME
 
 
 @dataclass(frozen=True)
