@@ -284,8 +284,10 @@ def birth_date_clauses(query: DateQuery, now: datetime) -> tuple[DateClause, ...
             return ((ends(qs, True),),)
         case _:  # "ap"
             slack = max(abs(now.astimezone(UTC) - query.range.start) * 0.1, day)
-            lo = query.range.start - slack
-            hi = query.range.end + slack
+            try:
+                lo, hi = query.range.start - slack, query.range.end + slack
+            except OverflowError as exc:  # widened past year 1 or 9999
+                raise InvalidRequest("birthdate is out of range", "birthdate") from exc
             last = hi.date() if hi.time() != datetime.min.time() else hi.date() - day
             return ((ends(lo.date()), starts(last)),)
 
