@@ -178,7 +178,7 @@ def target_range(value: Any) -> DateRange | None:
             start = value.get("start")
             end = value.get("end")
             lo = _to_range(start).start if start else datetime.min.replace(tzinfo=UTC)
-            hi = _to_range(end).end if end else datetime.max.replace(tzinfo=UTC)
+            hi = _to_range(end).end if end else _END_OF_TIME
             return DateRange(lo, hi)
         return _to_range(str(value))
     except ValueError:
