@@ -6,13 +6,15 @@ loader) as an acute EPR does: ``/fhir/metadata``, the Patient listing, each pati
 holds the ``ChangingFhir`` and changes ``records`` (same ids, new content), points one
 patient's answer at another's bytes (``same_as``), or makes the server answer
 alternate requests from two versions of the data (``alternate``), as a source changing
-while a request is under way does. Bodies are byte-for-byte the same for the same
+while a request is under way does, or fail them (``fault``: an HTTP 500, an answer
+that is not JSON, a JSON answer that is not a Bundle, or one ``slow`` seconds late). Bodies are byte-for-byte the same for the same
 content (no timestamps), so the gateway's answer cache and record memo see "the same
 answer" exactly when the content is the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import threading
@@ -52,6 +54,10 @@ class ChangingFhir:
         self.same_as: dict[str, str] = {}
         #: when set, every other ``$everything`` is answered from these records instead
         self.alternate: dict[str, list[Json]] | None = None
+        #: when set, every ``$everything`` fails so: ``500``, ``not-json``, ``not-bundle``,
+        #: ``slow`` (answered, ``slow`` seconds late)
+        self.fault: str | None = None
+        self.slow = 3.0
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self.app = Starlette(
@@ -84,6 +90,14 @@ class ChangingFhir:
 
     async def _everything(self, request: Request) -> Response:
         local = request.path_params["id"]
+        if self.fault == "500":
+            return Response(b"internal error", status_code=500, media_type="text/plain")
+        if self.fault == "not-json":
+            return Response(b"<html>maintenance</html>", media_type=FHIR_JSON)
+        if self.fault == "not-bundle":
+            return self._answer({"resourceType": "OperationOutcome", "issue": []})
+        if self.fault == "slow":
+            await asyncio.sleep(self.slow)
         records = self._records_now()
         record = records.get(self.same_as.get(local, local))
         if record is None:
