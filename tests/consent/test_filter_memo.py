@@ -9,6 +9,7 @@ that decides each resource anew.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -208,12 +209,14 @@ def grant_row(grant_id: str, pid: str, actor: Actor, at: float) -> GrantRow:
 
 
 def same(a: Filtered, b: Filtered) -> bool:
-    return (a.resources, a.withheld, a.sources_seen, a.break_glass) == (
-        b.resources,
-        b.withheld,
-        b.sources_seen,
-        b.break_glass,
-    )
+    """Equal in every field, each answer holding every field of its own: one made
+    without ``Filtered``'s ``__init__`` (``Guard.filter_people``'s as-is answer, by its
+    ``__dict__``) must not leave out a field added later, which the class's default or
+    an ``AttributeError`` would stand in for."""
+    names = {f.name for f in fields(Filtered)}
+    assert set(vars(a)) == names, vars(a)
+    assert set(vars(b)) == names, vars(b)
+    return a == b
 
 
 @settings(
