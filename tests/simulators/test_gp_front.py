@@ -17,9 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.responses import Response
 
-from carelink.fhir.gpconnect import INTERACTION_ID, JWT_LIFETIME
+from carelink.fhir.gpconnect import (
+    INTERACTION_ID,
+    JWT_LIFETIME,
+    MIGRATE_INTERACTION_ID,
+    MIGRATE_OPERATION,
+)
 from carelink.simulators import gp
 from carelink.simulators.base import Behaviour, HeaderMap, http_now, send_answer
 from carelink.simulators.fhir_store import PopulationStore
@@ -231,3 +238,58 @@ def test_send_answer_sends_what_a_starlette_response_sends() -> None:
     assert sent[0]["status"] == 404
     assert sent[0]["headers"] == made.raw_headers
     assert sent[1]["body"] == made.body
+
+
+REQUESTS = sorted((DATA / "requests").glob("*.json"))
+#: header changes drawn for the oracle test: none, a header gone, a value that is wrong
+HEADER_CHANGES: list[dict[str, str | None]] = [
+    {},
+    {"Ssp-TraceID": None},
+    {"Ssp-From": None},
+    {"Ssp-To": "not-an-asid"},
+    {"Ssp-InteractionID": MIGRATE_INTERACTION_ID},
+    {"Authorization": None},
+    {"Authorization": "Bearer a.b.c"},
+    {"Content-Type": "application/fhir+xml"},
+    {"Accept": "application/xml"},
+]
+
+
+@st.composite
+def drawn_requests(draw: Any, people: list[str]) -> tuple[str, dict[str, str | None], bytes]:
+    """An operation, header changes and a body: a published request with a drawn NHS
+    number (the population's, unknown, a bad check digit), or bytes that are not one."""
+    op = draw(st.sampled_from([OP, f"/Patient/{MIGRATE_OPERATION}"]))
+    change = draw(st.sampled_from(HEADER_CHANGES))
+    nhs = draw(st.sampled_from([*people, "9434765919", "9434765918", "12345"]))
+    kind = draw(st.sampled_from(["published", "published", "garbage", "empty"]))
+    if kind == "garbage":
+        return op, change, draw(st.binary(max_size=40))
+    if kind == "empty":
+        return op, change, b""
+    doc = json.loads(draw(st.sampled_from(REQUESTS)).read_text())
+    for p in doc.get("parameter", []):
+        if p.get("name") == "patientNHSNumber":
+            p["valueIdentifier"]["value"] = nhs
+    return op, change, json.dumps(doc).encode()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_drawn_requests_are_answered_alike_on_both_paths(served, data: st.DataObject) -> None:
+    """The Starlette routes stay the oracle of the raw path over drawn requests: either
+    operation, published request bodies with the population's and other NHS numbers,
+    bodies that are not JSON, headers missing or wrong."""
+    _, raw, routed, people = served
+    op, change, body = data.draw(drawn_requests(people))
+    got = []
+    for url in (raw, routed):
+        headers, _ = _request(url, people[0])
+        for name, value in change.items():
+            headers.pop(name, None)
+            if value is not None:
+                headers[name] = value
+        got.append(httpx.post(f"{url}{op}", content=body, headers=headers))
+    assert _what(got[0]) == _what(got[1])
