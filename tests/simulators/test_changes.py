@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import orjson
 import pytest
 
 from carelink.simulators import community, gp, social_care
@@ -30,6 +31,27 @@ def test_changes_are_stamped_in_strict_order_even_on_a_clock_that_stands_still()
     assert changes.patient("Y", lambda local: {"id": local}) == {"id": "Y"}
     with pytest.raises(ValueError, match="isoformat"):
         changes.since("yesterday")
+
+
+def test_a_kept_patient_shares_nothing_with_what_the_caller_still_holds():
+    """A caller that goes on changing the Patient it handed over (or hands the same one
+    over twice, as the test above does) changes nothing kept: a change the feed never
+    listed would otherwise show in every later answer, under the old change's stamp."""
+    changes = PatientChanges(clock=lambda: datetime(2026, 11, 30, 12, tzinfo=UTC))
+    sent = {
+        "resourceType": "Patient",
+        "name": [{"family": "Quenby", "given": ["Ann"]}],
+        "meta": {"security": [{"system": "urn:s", "code": "R"}]},
+    }
+    changes.put("A", sent)
+    changes.put("B", {**sent, "active": False})
+    kept = {k: orjson.dumps(changes.patient(k, lambda local: None)) for k in ("A", "B")}
+    sent["name"][0]["family"] = "Other"
+    sent["name"].append({"family": "Added"})
+    sent["meta"]["security"].clear()
+    for local, before in kept.items():
+        assert orjson.dumps(changes.patient(local, lambda local: None)) == before
+        assert orjson.dumps(changes.latest[local].patient) == before
 
 
 @pytest.mark.parametrize(

@@ -95,12 +95,18 @@ class PatientChanges:
         return changed
 
     def put(self, local: str, patient: Json) -> Json:
-        """Keep ``patient`` as the current version of ``local``, stamped now."""
+        """Keep a copy of ``patient`` as the current version of ``local``, stamped now, and
+        return it. The copy shares nothing with ``patient``: a caller that goes on using
+        its object (or puts it again for someone else) cannot change what is served under
+        this change's stamp without a change listed. What is returned, and what
+        ``patient`` and ``since`` hand out, is the kept object itself: served as it is,
+        never to be changed."""
         changed = self._keep(local, patient)
+        own: Json = orjson.loads(orjson.dumps(patient))  # a deep copy of JSON data
         stored = {
-            **patient,
+            **own,
             "id": local,
-            "meta": {**patient.get("meta", {}), "lastUpdated": changed.instant},
+            "meta": {**own.get("meta", {}), "lastUpdated": changed.instant},
         }
         self.latest[local] = Changed(local, changed.stamp, stored)
         return stored

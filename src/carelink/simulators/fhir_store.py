@@ -24,7 +24,13 @@ Json = dict[str, Any]
 
 
 class FhirStore(Protocol):
-    """Read access the FHIR simulators need."""
+    """Read access the FHIR simulators need.
+
+    What a store hands out is its own and shared between requests (a population's
+    records are kept once rendered, a file's resources once loaded, and
+    ``stu3_render.RenderedBundles`` reuses bytes made from the very same objects):
+    serialise it, or copy it before changing it (``stu3_render.down`` does), never
+    change it in place."""
 
     def patient_ids(self) -> list[str]:
         """Local Patient ids in a stable order."""
