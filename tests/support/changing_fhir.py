@@ -7,9 +7,10 @@ holds the ``ChangingFhir`` and changes ``records`` (same ids, new content), poin
 patient's answer at another's bytes (``same_as``), or makes the server answer
 alternate requests from two versions of the data (``alternate``), as a source changing
 while a request is under way does, or fail them (``fault``: an HTTP 500, an answer
-that is not JSON, a JSON answer that is not a Bundle, or one ``slow`` seconds late). Bodies are byte-for-byte the same for the same
-content (no timestamps), so the gateway's answer cache and record memo see "the same
-answer" exactly when the content is the same.
+that is not JSON, a JSON answer that is not a Bundle, or one ``slow`` seconds late).
+Bodies are byte-for-byte the same for the same content (no timestamps), so the
+gateway's answer cache and record memo see "the same answer" exactly when the content
+is the same.
 """
 
 from __future__ import annotations
