@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 
 from carelink.federation.index import is_plain
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from tests.adversarial.test_plain_search import FORMS as PLAIN_FORMS
+from tests.adversarial.test_plain_search import _query as plain_query
 from tests.support.changing_fhir import ChangingFhir, built_env
 from tests.support.consents import privacy_consent, sent_consent
 from tests.support.gateways import token_gateways
@@ -136,7 +138,7 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, bool]] = {
 }
 CALLERS = ["clinician", "psy-less", "stranger", "officer", "secondary", "own", "other"]
 SCOPES = ["user/*.rs", "user/Patient.rs", "user/Patient.rs?gender=female", "user/Condition.rs"]
-FORMS = ["day", "year", "year+given", "elements", "count", "page", "id", "lookup"]
+FORMS = [*PLAIN_FORMS, "elements+meta", "id", "lookup"]
 
 
 @dataclass
@@ -215,24 +217,18 @@ def _demographics(rig: Rig, variant: str) -> tuple[str, str, str, str | None]:
 
 
 def _query(rig: Rig, form: str, variant: str) -> dict[str, Any]:
+    """``test_plain_search``'s search forms, and three of this test's own: the labels
+    asked for by ``_elements``, every person by ``_id``, the person by identifier."""
     family, given, born, nhs = _demographics(rig, variant)
-    year = born[:4]
-    years = [f"ge{year}-01-01", f"le{year}-12-31"]
-    forms: dict[str, dict[str, Any]] = {
-        "day": {"family": family, "birthdate": born},
-        "year": {"family": family[:1], "birthdate": years},
-        "year+given": {"family": family, "given": given[:1], "birthdate": years},
-        "elements": {"family": family[:1], "birthdate": years, "_elements": "name,meta"},
-        "count": {"family": family[:1], "birthdate": years, "_summary": "count"},
-        "page": {"family": family[:1], "birthdate": years, "_count": "1", "_offset": "1"},
-        "id": {"_id": ",".join(rig.pids.values())},
-        "lookup": (
-            {"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"}
-            if nhs
-            else {"identifier": f"https://carelink.example/Id/acute|{rig.locals[variant]}"}
-        ),
-    }
-    return forms[form]
+    if form == "elements+meta":
+        return {"family": family[:1], "birthdate": born, "_elements": "name,meta"}
+    if form == "id":
+        return {"_id": ",".join(rig.pids.values())}
+    if form == "lookup":
+        if nhs:
+            return {"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"}
+        return {"identifier": f"https://carelink.example/Id/acute|{rig.locals[variant]}"}
+    return plain_query(form, family, given, born)
 
 
 def _claims(rig: Rig, who: str, scope: str, person: str, other: str) -> dict[str, Any]:
