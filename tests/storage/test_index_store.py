@@ -465,3 +465,41 @@ def test_migration_18_leaves_the_people_indexed_before_it_not_plain(database_url
     finally:
         store.close()
         db.dispose()
+
+
+def test_records_of_are_links_of_without_their_patients_in_the_same_order(database_url):
+    """``records_of`` (what ``$everything`` asks the sources, read without each record's
+    Patient, sorted in Python on SQLite) gives each person's (source, local id) exactly
+    as ``links_of`` does, in the same order: for people of one and several sources, and
+    for one person holding many records whose ids differ by case, digits, accents and
+    code points past the Basic Multilingual Plane. Fails if either read's order moves."""
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    try:
+        people = list(pop.people(5, 40))
+        persons, links, reviews, _ = link_people(_gp(people), store.secret())
+        rng = random.Random(13)
+        alphabet = ["a", "B", "b", "Z", "0", "9", "10", "-", "_", "é", "e\u0301", "ä", "\U0001f600"]
+        many = persons[0].id
+        extra = [
+            replace(
+                links[0],
+                source=rng.choice(["acute", "gp", "community", "social-care", "Acute"]),
+                local_id="".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) + str(n),
+                person_id=many,
+                patient_id=f"extra-{n}",
+            )
+            for n in range(40)
+        ]
+        store.replace_all(persons, [*links, *extra], reviews)
+        for person in persons:
+            want = [(link.source, link.local_id) for link in store.links_of(person.id)]
+            assert store.records_of(person.id) == want
+            assert store.person_and_records(person.id) == (person, want)
+        assert len(store.records_of(many)) > 40
+        assert store.records_of("nobody") == []
+        assert store.person_and_records("nobody") is None
+    finally:
+        store.close()
+        db.dispose()

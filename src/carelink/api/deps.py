@@ -29,7 +29,7 @@ from carelink.errors import AuditError, NotFound, StorageUnavailable
 from carelink.federation import SharedRecord
 from carelink.observability import current_request_id, instant, new_id
 from carelink.sources.gpconnect_request import Requester, act_for
-from carelink.storage import Database, LinkRow, PersonRow
+from carelink.storage import Database, PersonRow
 from carelink.storage.database import HOT_LIMIT
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -208,9 +208,10 @@ async def consented_record(
     interaction: str,
     unknown: str,
     linked: bool = True,
-) -> tuple[Situation, PersonRow, list[LinkRow] | None]:
-    """``consented_person`` and, when ``linked``, the person's links (what
-    ``SharedRecord.federate`` would read next), read in the same call once consent has
+) -> tuple[Situation, PersonRow, list[tuple[str, str]] | None]:
+    """``consented_person`` and, when ``linked``, the (source, local id) of each of the
+    person's records (``IndexStore.records_of``: what ``SharedRecord.federate`` would
+    read next), read in the same call once consent has
     let the person through: consent is decided on this request's own read, as for
     ``consented_person``."""
     return await _consented(request, caller, pid, interaction, unknown, linked)
@@ -218,11 +219,11 @@ async def consented_record(
 
 async def _consented(
     request: Request, caller: Principal, pid: str, interaction: str, unknown: str, linked: bool
-) -> tuple[Situation, PersonRow, list[LinkRow] | None]:
+) -> tuple[Situation, PersonRow, list[tuple[str, str]] | None]:
     record: SharedRecord = request.app.state.record
     guard: Guard = request.app.state.guard
 
-    def consented() -> tuple[Situation, PersonRow, list[LinkRow] | None] | None:
+    def consented() -> tuple[Situation, PersonRow, list[tuple[str, str]] | None] | None:
         found = record.index.person_with_consents(pid)  # one read: the two from one snapshot
         if found is None:
             raise NotFound(unknown)
@@ -234,7 +235,7 @@ async def _consented(
             return None
         # the links in the same hand-over (on PostgreSQL one thread hop, not two); one
         # statement with the consents costs more on SQLite (every row carries the blobs)
-        return situation, person, record.index.links_of(pid) if linked else None
+        return situation, person, record.index.records_of(pid) if linked else None
 
     found = await looked_up(request, consented)
     if found is None:

@@ -53,7 +53,8 @@ class Federated:
     """A person's record as the sources gave it just now."""
 
     person: PersonRow
-    links: tuple[LinkRow, ...]
+    #: (source, local id) of each of the person's records asked (``IndexStore.records_of``)
+    links: tuple[tuple[str, str], ...]
     resources: list[Json]  # merged Patient first, then source resources
     provenance: list[Json]
     outcome: Json  # OperationOutcome: one issue per source
@@ -244,7 +245,7 @@ class SharedRecord:
         types: frozenset[str] | None = None,
         deadline: float | None = None,
         person: PersonRow | None = None,
-        links: Sequence[LinkRow] | None = None,
+        links: Sequence[tuple[str, str]] | None = None,
     ) -> Federated:
         """Ask every source that knows the person, merge, resolve references between the
         sources' resources (see ``federation.references``), and report per source.
@@ -254,16 +255,17 @@ class SharedRecord:
         reference to a type not asked for (a Condition's Encounter) is settled by what the
         gateway has seen of the person before (``resource_locations``), or else by a
         second round asking for the types still unsettled, as targets only. ``person``
-        (and ``links``): read by the caller just now, with its consent, so not again.
+        (and ``links``, the person's ``IndexStore.records_of``): read by the caller just
+        now, with its consent, so not again.
         """
         if person is None or person.id != person_id:  # read here unless the caller just did
-            found = await self.index.db.looked_up(self.index.person_and_links, person_id)
+            found = await self.index.db.looked_up(self.index.person_and_records, person_id)
             if found is None:
                 raise NotFound(f"Patient/{person_id} is not known")
             person, links = found
         elif links is None:
-            links = await self.index.db.looked_up(self.index.links_of, person_id)
-        requests = [Request(link.source, link.local_id, person.nhs_number) for link in links]
+            links = await self.index.db.looked_up(self.index.records_of, person_id)
+        requests = [Request(source, local_id, person.nhs_number) for source, local_id in links]
         asked = types | SHARED_TYPES if types else None
         results = await self.fanout.gather(requests, f"Patient/{person_id}", asked, deadline)
         made = None
