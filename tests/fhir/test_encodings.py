@@ -207,3 +207,19 @@ def test_the_digest_less_a_member_is_of_that_json_made_once_and_gone_with_the_me
     enc.discard(prov)
     moved = orjson.dumps({"resourceType": "Provenance", "id": "p2", "target": []})
     assert enc.without_digest(prov, "recorded") == json_digest(moved)
+
+
+@settings(deadline=None)
+@given(resources=RESOURCES, picks=st.lists(st.lists(st.integers(0, 7), max_size=5), max_size=12))
+def test_an_array_is_the_json_of_its_list_however_often_asked(resources, picks):
+    """``array`` (a kept result's matches, made once for the very same list) is the JSON
+    of what the list holds when asked: members, strangers, the empty list, the same list
+    again, and one list object changed in place between askings. Fails when the array
+    is joined without its brackets or commas, or remembered for a changed list."""
+    enc = Encodings(resources)
+    for pick in picks:
+        shown = [resources[i] if i < len(resources) else {"id": str(i)} for i in pick]
+        assert orjson.dumps({"m": enc.array(shown)}) == orjson.dumps({"m": shown})
+        assert orjson.dumps([enc.array(shown)]) == orjson.dumps([shown])  # asked again
+        shown.append({"id": "later"})
+        assert orjson.dumps(enc.array(shown)) == orjson.dumps(shown)

@@ -75,8 +75,8 @@ class Pages:
         now = self.clock()
         # fields by hand: dataclasses.asdict would deep-copy every resource first
         parts = {f.name: getattr(snapshot, f.name) for f in fields(snapshot)}
-        if encodings is not None:
-            parts["matches"] = [encodings.fragment(r) for r in snapshot.matches]
+        if encodings is not None:  # the matches' JSON, made once while they are the same
+            parts["matches"] = encodings.array(snapshot.matches)
         body = orjson.dumps(parts)
         self.store.put(cursor, owner, body, now + self.ttl, now)
         return cursor

@@ -139,6 +139,13 @@ class Encodings:
         """``value``'s JSON, for orjson to embed unchanged."""
         return orjson.Fragment(self.of(value))
 
+    def array(self, values: Sequence[Any]) -> orjson.Fragment:
+        """The JSON array of ``values`` as one fragment (``dumps(enc.array(vs)) ==
+        dumps(list(vs))``), each value's JSON its ``of``, the whole made once for the very
+        same values in the same order (``of_list``): what a kept result stores of a record
+        that every request of a caller shows alike."""
+        return self.of_list(values, "array", _array)
+
     def entry(self, base: str, resource: Any, mode: str) -> orjson.Fragment:
         """A Bundle entry of ``resource``: ``fhir.bundle.entry``'s JSON (``fullUrl`` on
         ``base``, the resource, its search mode), made once for a member on the same base
@@ -201,6 +208,10 @@ class Encodings:
             return cast(T, made[name])
         out = made[name] = make(self, values)
         return out
+
+
+def _array(enc: Encodings, values: Sequence[Any]) -> orjson.Fragment:
+    return orjson.Fragment(b"".join((b"[", b",".join([enc.of(v) for v in values]), b"]")))
 
 
 def _member_digest(enc: Encodings, values: Sequence[Any]) -> bytes:
