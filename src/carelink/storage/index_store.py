@@ -145,9 +145,7 @@ class IndexStore(IndexLinking):
         return [(str(source), str(local_id)) for source, local_id in rows]
 
     @bounds_itself
-    def person_and_records(
-        self, person_id: str
-    ) -> tuple[PersonRow, list[tuple[str, str]]] | None:
+    def person_and_records(self, person_id: str) -> tuple[PersonRow, list[tuple[str, str]]] | None:
         """A person and ``records_of`` them."""
         person = self.person(person_id)
         if person is None:
