@@ -503,3 +503,46 @@ def test_records_of_are_links_of_without_their_patients_in_the_same_order(databa
     finally:
         store.close()
         db.dispose()
+
+
+def test_the_person_their_consents_and_records_read_together_are_each_read_alone(
+    database_url,
+):
+    """``person_consents_and_records`` ($everything's one read on SQLite) gives exactly
+    ``person_with_consents`` and ``records_of``: people with no, one and several active
+    consents (inactive ones left out), with one record or many, and nobody for an unknown
+    id. Fails when a record row is taken for a consent or the other way round."""
+    db = Database(database_url)
+    db.migrate()
+    store = IndexStore(db)
+    consents = ConsentStore(db)
+    try:
+        people = list(pop.people(6, 40))
+        persons, links, reviews, _ = link_people(_gp(people), store.secret())
+        many = persons[1].id
+        extra = [
+            replace(links[0], local_id=f"x{n}", person_id=many, patient_id=f"extra-{n}")
+            for n in range(5)
+        ]
+        store.replace_all(persons, [*links, *extra], reviews)
+        rng = random.Random(7)
+        statuses = ["active", "active", "inactive"]
+        for i, p in enumerate([persons[1], persons[1], persons[1], *rng.sample(persons, 12)]):
+            body = f'{{"n": {i}}}'.encode()
+            assert consents.put(
+                ConsentRow(f"c{i:03d}", p.id, rng.choice(statuses), 1, "t", body), None
+            )
+        held = 0
+        for person in persons:
+            together = store.person_consents_and_records(person.id)
+            alone = store.person_with_consents(person.id)
+            assert alone is not None
+            assert together == (*alone, store.records_of(person.id))
+            held += len(alone[1])
+        assert held > 5  # consents were read, not only empty lists compared
+        assert len(store.records_of(many)) > 5
+        assert store.person_consents_and_records("nobody") is None
+    finally:
+        consents.close()
+        store.close()
+        db.dispose()

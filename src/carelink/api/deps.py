@@ -224,7 +224,13 @@ async def _consented(
     guard: Guard = request.app.state.guard
 
     def consented() -> tuple[Situation, PersonRow, list[tuple[str, str]] | None] | None:
-        found = record.index.person_with_consents(pid)  # one read: the two from one snapshot
+        records: list[tuple[str, str]] | None = None
+        if linked:  # the records too, in the same read on SQLite (one snapshot)
+            both = record.index.person_consents_and_records(pid)
+            found = None if both is None else both[:2]
+            records = None if both is None else both[2]
+        else:
+            found = record.index.person_with_consents(pid)  # one read: one snapshot
         if found is None:
             raise NotFound(unknown)
         person, consents = found
@@ -233,9 +239,9 @@ async def _consented(
         shown = guard.filter(situation, [patient], record.shares_patients)
         if not shown.resources:
             return None
-        # the links in the same hand-over (on PostgreSQL one thread hop, not two); one
-        # statement with the consents costs more on SQLite (every row carries the blobs)
-        return situation, person, record.index.records_of(pid) if linked else None
+        # read before consent was decided, never handed out unless it lets the person
+        # through; on PostgreSQL the two reads are one thread hop, not two
+        return situation, person, records
 
     found = await looked_up(request, consented)
     if found is None:
