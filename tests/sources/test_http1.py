@@ -25,7 +25,7 @@ from carelink.sources.community import CommunitySource
 from carelink.sources.fhir_rest import AcuteSource
 from carelink.sources.gpconnect import GPConnectSource
 from carelink.sources.http import close_session, fetch, lean, send
-from carelink.sources.http1 import Client
+from carelink.sources.http1 import USER_AGENT, Client
 from carelink.sources.social_care import SocialCareSource
 from tests.support.servers import run_app
 from tests.support.shared import SYNTHEA
@@ -511,3 +511,31 @@ def test_a_session_given_a_lean_client_is_forgotten_when_it_is_collected():
     key = asyncio.run(made())
     gc.collect()
     assert key not in http._LEAN
+
+
+def test_a_request_head_is_its_line_host_agent_fields_and_length_in_that_order():
+    """What goes on the wire, byte for byte: the request line, ``Host``, ``User-Agent``,
+    the caller's fields in their order and, with a body, its ``Content-Length``, each
+    line ended by CRLF and the head by an empty line; the same again for the next
+    request to the same target (its first lines made once). Fails when a line moves,
+    goes or loses its ending."""
+    fields = {"Accept": "application/fhir+json", "X-Request-ID": "r-1", "Ssp-From": "200000"}
+
+    async def asked(session: aiohttp.ClientSession, url: str) -> list[Any]:
+        return [
+            await send(session, "gp", "GET", url, fields),
+            await send(session, "gp", "POST", url, fields, b'{"a": 1}'),
+            await send(session, "gp", "GET", url, {}),
+        ]
+
+    got, server = _run([(OK, False)] * 3, asked)
+    assert [status for status, _, _ in got] == [200, 200, 200]
+    host = server.requests[0].split(b"\r\nHost: ")[1].split(b"\r\n")[0].decode()
+    start = f"/Patient/1/$everything HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
+    lines = "Accept: application/fhir+json\r\nX-Request-ID: r-1\r\nSsp-From: 200000\r\n"
+    heads = [
+        f"GET {start}{lines}\r\n",
+        f"POST {start}{lines}Content-Length: 8\r\n\r\n",
+        f'{{"a": 1}}GET {start}\r\n',  # the scripted server reads heads only: the body first
+    ]
+    assert server.requests == [h.encode("latin-1") for h in heads]

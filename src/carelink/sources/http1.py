@@ -163,6 +163,16 @@ def _target(url: str) -> tuple[str, int, str, str] | None:
     return parts.hostname, port, parts.netloc, target
 
 
+@lru_cache(maxsize=4096)
+def _start(method: str, found: tuple[str, int, str, str]) -> str:
+    """The request line, ``Host`` and ``User-Agent`` of a request (each line ended), made
+    once per method and target; a method or host holding a line break is refused."""
+    start = f"{method} {found[3]} HTTP/1.1\r\nHost: {found[2]}\r\nUser-Agent: {USER_AGENT}\r\n"
+    if start.count("\r") != 3 or start.count("\n") != 3:
+        raise ValueError("a request line or Host holds a line break")
+    return start
+
+
 class Client:
     """Keep-alive connections to the sources' hosts, at most ``limit`` requests at once."""
 
@@ -205,18 +215,14 @@ class Client:
             found = _target(url)
         if found is None:
             raise ValueError(f"not a plain-HTTP URL this client sends as it is: {url!r}")
-        host, port, netloc, target = found
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}", f"User-Agent: {USER_AGENT}"]
-        for k, v in headers.items():
-            lines.append(f"{k}: {v}")
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        head = "\r\n".join(lines)
-        # the lines' own CRs and LFs are the only ones beyond those that join them
-        breaks = len(lines) - 1
-        if head.count("\r") != breaks or head.count("\n") != breaks:
+        host, port = found[0], found[1]
+        fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        # each field's own CR and LF are the only ones in them
+        if fields.count("\r") != len(headers) or fields.count("\n") != len(headers):
             raise ValueError("a header name or value holds a line break")
-        data = (head + "\r\n\r\n").encode("latin-1") + (body or b"")
+        length = "" if body is None else f"Content-Length: {len(body)}\r\n"
+        head = f"{_start(method, found)}{fields}{length}\r\n".encode("latin-1")
+        data = head if body is None else head + body
         # a slot, counted here (no semaphore's coroutines for a request that need not wait)
         if self._busy < self.limit and not self._turns:
             self._busy += 1
