@@ -467,32 +467,39 @@ def test_migration_18_leaves_the_people_indexed_before_it_not_plain(database_url
         db.dispose()
 
 
+def _many_records(
+    url: str, seed: int, records: list[tuple[str, str]]
+) -> tuple[Database, IndexStore, list[PersonRow], str]:
+    """A migrated index of 40 of the GP's people (``seed``) whose second person holds
+    these (source, local id) records too; the database, store, people and that id."""
+    db = Database(url)
+    db.migrate()
+    store = IndexStore(db)
+    persons, links, reviews, _ = link_people(_gp(list(pop.people(seed, 40))), store.secret())
+    many = persons[1].id
+    extra = [
+        replace(links[0], source=source, local_id=local, person_id=many, patient_id=f"extra-{n}")
+        for n, (source, local) in enumerate(records)
+    ]
+    store.replace_all(persons, [*links, *extra], reviews)
+    return db, store, persons, many
+
+
 def test_records_of_are_links_of_without_their_patients_in_the_same_order(database_url):
     """``records_of`` (what ``$everything`` asks the sources, read without each record's
     Patient, sorted in Python on SQLite) gives each person's (source, local id) exactly
     as ``links_of`` does, in the same order: for people of one and several sources, and
     for one person holding many records whose ids differ by case, digits, accents and
     code points past the Basic Multilingual Plane. Fails if either read's order moves."""
-    db = Database(database_url)
-    db.migrate()
-    store = IndexStore(db)
+    rng = random.Random(13)
+    alphabet = ["a", "B", "b", "Z", "0", "9", "10", "-", "_", "é", "e\u0301", "ä", "\U0001f600"]
+    sources = ["acute", "gp", "community", "social-care", "Acute"]
+    records = [
+        (rng.choice(sources), "".join(rng.choices(alphabet, k=rng.randint(1, 4))) + str(n))
+        for n in range(40)
+    ]
+    db, store, persons, many = _many_records(database_url, 5, records)
     try:
-        people = list(pop.people(5, 40))
-        persons, links, reviews, _ = link_people(_gp(people), store.secret())
-        rng = random.Random(13)
-        alphabet = ["a", "B", "b", "Z", "0", "9", "10", "-", "_", "é", "e\u0301", "ä", "\U0001f600"]
-        many = persons[0].id
-        extra = [
-            replace(
-                links[0],
-                source=rng.choice(["acute", "gp", "community", "social-care", "Acute"]),
-                local_id="".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) + str(n),
-                person_id=many,
-                patient_id=f"extra-{n}",
-            )
-            for n in range(40)
-        ]
-        store.replace_all(persons, [*links, *extra], reviews)
         for person in persons:
             want = [(link.source, link.local_id) for link in store.links_of(person.id)]
             assert store.records_of(person.id) == want
@@ -512,26 +519,16 @@ def test_the_person_their_consents_and_records_read_together_are_each_read_alone
     ``person_with_consents`` and ``records_of``: people with no, one and several active
     consents (inactive ones left out), with one record or many, and nobody for an unknown
     id. Fails when a record row is taken for a consent or the other way round."""
-    db = Database(database_url)
-    db.migrate()
-    store = IndexStore(db)
+    records = [("acute", f"x{n}") for n in range(5)]
+    db, store, persons, many = _many_records(database_url, 6, records)
     consents = ConsentStore(db)
     try:
-        people = list(pop.people(6, 40))
-        persons, links, reviews, _ = link_people(_gp(people), store.secret())
-        many = persons[1].id
-        extra = [
-            replace(links[0], local_id=f"x{n}", person_id=many, patient_id=f"extra-{n}")
-            for n in range(5)
-        ]
-        store.replace_all(persons, [*links, *extra], reviews)
         rng = random.Random(7)
         statuses = ["active", "active", "inactive"]
         for i, p in enumerate([persons[1], persons[1], persons[1], *rng.sample(persons, 12)]):
             body = f'{{"n": {i}}}'.encode()
-            assert consents.put(
-                ConsentRow(f"c{i:03d}", p.id, rng.choice(statuses), 1, "t", body), None
-            )
+            row = ConsentRow(f"c{i:03d}", p.id, rng.choice(statuses), 1, "t", body)
+            assert consents.put(row, None)
         held = 0
         for person in persons:
             together = store.person_consents_and_records(person.id)
