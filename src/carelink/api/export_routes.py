@@ -175,7 +175,7 @@ async def _own_job(request: Request, caller: Principal, job_id: str) -> JobRow:
         job.status == "expired"
         or (
             job.status in ("complete", "error")
-            and job.created + request.app.state.export_ttl < time.time()
+            and job.kept_from + request.app.state.export_ttl < time.time()
         )
     )
     owner = job is not None and job.client == caller.identity
@@ -198,7 +198,7 @@ async def export_status(request: Request) -> Response:
         return fhir(body["outcome"], 500)
     for item in [*body.get("output", []), *body.get("error", [])]:
         item["url"] = f"{base}/$export-file/{job.id}/{item['url']}"
-    expires = formatdate(job.created + request.app.state.export_ttl, usegmt=True)
+    expires = formatdate(job.kept_from + request.app.state.export_ttl, usegmt=True)
     return Response(orjson.dumps(body), media_type="application/json", headers={"Expires": expires})
 
 

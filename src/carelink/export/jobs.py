@@ -156,8 +156,9 @@ class Runner:
             await asyncio.sleep(every)
 
     def sweep(self) -> list[str]:
-        """Expire exports asked for more than the retention time ago and delete their
-        files (in any gateway process: whichever sweeps first); the expired job ids."""
+        """Expire exports finished more than the retention time ago (a cancelled one:
+        asked for) and delete their files (in any gateway process: whichever sweeps
+        first); the expired job ids."""
         expired = self.jobs.expire(self.clock() - self.ttl)
         for job_id in expired:
             shutil.rmtree(self.exports / job_id, ignore_errors=True)
@@ -293,19 +294,23 @@ class Runner:
                 "extension": {"carelink": result.manifest_extension()},
             }
             return await asyncio.to_thread(
-                self.jobs.finish, job.id, "complete", orjson.dumps(manifest)
+                self.jobs.finish, job.id, "complete", orjson.dumps(manifest), self.clock()
             )
         except Refused as exc:
             shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
             return await asyncio.to_thread(
-                self.jobs.finish, job.id, "error", _error_manifest(str(exc), exc.report.as_json())
+                self.jobs.finish,
+                job.id,
+                "error",
+                _error_manifest(str(exc), exc.report.as_json()),
+                self.clock(),
             )
         except ExportError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             if str(exc) == "cancelled":
                 return False
             return await asyncio.to_thread(
-                self.jobs.finish, job.id, "error", _error_manifest(str(exc), None)
+                self.jobs.finish, job.id, "error", _error_manifest(str(exc), None), self.clock()
             )
         except Exception as exc:  # any failure ends this job, never the runner
             shutil.rmtree(directory, ignore_errors=True)
@@ -313,7 +318,11 @@ class Runner:
                 raise  # not the job's fault: it is run again once the database is back
             log.warning("export job %s failed: %s", job.id, _why(exc))
             return await asyncio.to_thread(
-                self.jobs.finish, job.id, "error", _error_manifest("the extract failed", None)
+                self.jobs.finish,
+                job.id,
+                "error",
+                _error_manifest("the extract failed", None),
+                self.clock(),
             )
         finally:
             with contextlib.suppress(Exception):

@@ -33,6 +33,14 @@ class JobRow:
     lease_until: float
     progress: str
     manifest: bytes | None
+    #: when it completed or failed (None while it runs, and for a cancelled job): its
+    #: files are kept the retention time from then, however long the extract took
+    finished: float | None
+
+    @property
+    def kept_from(self) -> float:
+        """The instant its retention time counts from."""
+        return self.created if self.finished is None else self.finished
 
 
 @loop_bounded
@@ -121,25 +129,34 @@ class JobStore:
                 .values(lease_until=0.0)
             )
 
-    def finish(self, job_id: str, status: str, manifest: bytes) -> bool:
-        """Record the outcome (complete or error) unless the job was cancelled meanwhile."""
+    def finish(self, job_id: str, status: str, manifest: bytes, now: float) -> bool:
+        """Record the outcome (complete or error), finished at ``now``, unless the job was
+        cancelled meanwhile."""
         with self.db.engine.begin() as conn:
             done = conn.execute(
                 export_jobs.update()
                 .where(export_jobs.c.id == job_id, export_jobs.c.status == "running")
-                .values(status=status, manifest=manifest, progress=status, lease_until=0.0)
+                .values(
+                    status=status,
+                    manifest=manifest,
+                    progress=status,
+                    lease_until=0.0,
+                    finished=now,
+                )
             )
             return done.rowcount == 1
 
-    def expire(self, created_before: float) -> list[str]:
-        """Mark finished jobs asked for before ``created_before`` as expired; their ids
-        (their files are to be deleted). Jobs still running are left alone."""
+    def expire(self, kept_before: float) -> list[str]:
+        """Mark as expired the jobs that finished (complete or error) before
+        ``kept_before``, and the cancelled ones asked for before it; their ids (their
+        files are to be deleted). Jobs still running are left alone."""
         with self.db.engine.begin() as conn:
             ids = [
                 job_id
                 for (job_id,) in conn.execute(
                     sa.select(export_jobs.c.id).where(
-                        export_jobs.c.created < created_before,
+                        sa.func.coalesce(export_jobs.c.finished, export_jobs.c.created)
+                        < kept_before,
                         export_jobs.c.status.in_(("complete", "error", "cancelled")),
                     )
                 ).all()

@@ -218,6 +218,20 @@ def _persons_plain(conn: Connection) -> None:
     )
 
 
+def _jobs_finished(conn: Connection) -> None:
+    """``export_jobs.finished``: when a job completed or failed, so that its files are kept
+    the retention time from then, not from when it was asked for (an extract that took
+    longer than the retention time was expired as it finished). Jobs finished before
+    have none and count from when they were asked for, as before."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("export_jobs"):
+        return
+    if any(c["name"] == "finished" for c in inspector.get_columns("export_jobs")):
+        return  # made by an earlier migration from today's tables
+    kind = "DOUBLE PRECISION" if conn.dialect.name == "postgresql" else "FLOAT"
+    conn.execute(sa.text(f"ALTER TABLE export_jobs ADD COLUMN finished {kind}"))
+
+
 #: (number, what it does, the change) — append only
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "patient index tables", lambda conn: metadata.create_all(conn)),
@@ -250,4 +264,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (16, "break-glass grants, export jobs: every claim and identity held whole", _identities_whole),
     (17, "audit trail: the requesting user's issuer in the agent column", _audit_agent_whole),
     (18, "persons: whether the merged Patient is unmarked (plain)", _persons_plain),
+    (19, "export jobs: when each finished (files kept from then)", _jobs_finished),
 ]

@@ -221,6 +221,8 @@ export_jobs = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=False),
     sa.Column("progress", sa.String(200), nullable=False),
     sa.Column("manifest", sa.LargeBinary, nullable=True),
+    # when it completed or failed: its files are kept the retention time from then
+    sa.Column("finished", sa.Float, nullable=True),
 )
 
 #: search results kept for paging: every page of one search is cut from one stored answer
