@@ -14,6 +14,14 @@ connection out of the pool for that one read and gives it back, so any number
 of threads can read without exhausting the pool. A thread that has ended gives
 its slot to the next that asks.
 
+On PostgreSQL a kept connection plans each statement once, for any values
+(``plan_cache_mode = force_generic_plan``; the driver prepares a statement on its
+fifth use). These reads are fixed statements whose values never change the best
+way to read them: a key, a name and a date, through an index that the statement
+itself bounds. Left to choose, PostgreSQL planned a search by a range of dates
+again for every call, its estimate for the range being poor: 0.4 ms of the
+backend's CPU a search, where the reading itself took 0.05-0.1 ms.
+
 A kept connection is not pinged before use. When a read fails because the
 connection itself was lost (the database restarted, the server ended the
 backend), the connection is dropped and the read made once more on a new one,
@@ -145,6 +153,8 @@ class HotConnection:
                 driver.execute(f"PRAGMA busy_timeout={int(HOT_LIMIT * 1000)}")
             else:
                 driver.autocommit = True
+                # one plan a statement, made once: see the module's docstring
+                driver.execute("SET plan_cache_mode = force_generic_plan")
                 # the thread's one cursor, kept with its connection: a new cursor a read
                 # (its adapters' map, its state) cost a fifth of the driver's CPU of a
                 # search by name and date; it holds the last read's rows until the next
