@@ -18,6 +18,10 @@ Two passes per form:
 - 32 in flight, as wrk drives the server: CPU per request of this process and
   of its children (the audit writer), and each request's time in the loop.
 
+On PostgreSQL each pass also reports the database's own CPU a request
+(``backend_cpu.py``: its backends' time on a CPU from ``/proc/<pid>/schedstat``),
+for this process's reads and for the others' (the audit writer's appends).
+
 The audit events are written into the index's database, as a gateway on that
 database would write them (``--database`` is searched and appended to).
 

@@ -190,10 +190,13 @@ def test_a_statement_timeout_on_a_prepared_read_is_the_drivers_own_error(pg_tabl
 @pytest.mark.postgres
 def test_a_kept_connection_reads_right_past_its_bound_of_prepared_statements(pg_table):
     """More statements than a connection keeps prepared (they are deallocated and
-    prepared again as used): each read still gives its own rows."""
+    prepared again as used): each read still gives its own rows, and so do reads the
+    driver's cursor makes (and prepares) on the same connection meanwhile."""
     hot = HotConnection(pg_table)
+    by_cursor = "SELECT k, flag FROM kinds WHERE flag = %s"  # a bool: the cursor's
     try:
         for i in range(450):
             assert hot.read(f"SELECT %s::int + {i % 300}", (1,)) == [(1 + i % 300,)], i
+            assert hot.read(by_cursor, (True,)) == [("ab", True)], i
     finally:
         hot.close()

@@ -251,8 +251,10 @@ class _Prepared:
 
     def _prepare(self, sql: str) -> bytes:
         if len(self.names) >= _PREPARED_MAX:  # a bounded number of shapes a connection
+            # ours only, in one round trip: the cursor's own prepared statements stay
+            ours = b"".join(b"DEALLOCATE %s;" % n for n in self.names.values())
             self.names.clear()
-            self._check(self.pgconn.exec_(b"DEALLOCATE ALL"), COMMAND_OK)
+            self._check(self.pgconn.exec_(ours), COMMAND_OK)
         name = f"carelink_{len(self.names)}".encode()
         numbered = iter(range(1, sql.count("%s") + 1))
         text = _MARK.sub(lambda _: f"${next(numbered)}", sql)
