@@ -16,8 +16,8 @@ of threads can read without exhausting the pool. A thread that has ended gives
 its slot to the next that asks.
 
 On PostgreSQL a kept connection plans each statement once, for any values
-(``plan_cache_mode = force_generic_plan``; the driver prepares a statement on its
-fifth use). These reads are fixed statements whose values never change the best
+(``plan_cache_mode = force_generic_plan``; each statement is prepared on its
+first use, ``_Prepared``). These reads are fixed statements whose values never change the best
 way to read them: a key, a name and a date, through an index that the statement
 itself bounds. Left to choose, PostgreSQL planned a search by a range of dates
 again for every call, its estimate for the range being poor: 0.4 ms of the
@@ -209,7 +209,7 @@ def _reader(driver: Any) -> Any:
 
 #: a statement's placeholders, as the stores write them (``%s`` only, never ``%%``)
 _MARK = re.compile(r"%s")
-#: a kept connection's prepared statements, at most: then every one is deallocated
+#: a kept connection's prepared statements, at most: then its own are deallocated
 _PREPARED_MAX = 200
 
 
@@ -222,12 +222,13 @@ class _Prepared:
     CPU. Here the statement is prepared on its first use (its parameters' types are
     PostgreSQL's to infer, as for the text values the driver sends), its values go as
     text and its rows come back in binary, loaded by the driver's own loaders (the same
-    Python values as the cursor's). Values other than text and whole numbers (none of
-    the stores' reads has any), and text that libpq cannot take as a parameter (a NUL
-    byte, a lone surrogate), go through the cursor instead, which refuses or converts
-    them as it always has. The server's errors are the driver's own exceptions (a
-    statement timeout is ``QueryCanceled``); a connection lost is ``OperationalError``,
-    as the cursor says it, so the read is made once more on a new connection."""
+    Python values as the cursor's). Values other than text, whole numbers and None (a
+    consent grant's instant, a float, is one), and text that libpq cannot take as a
+    parameter (a NUL byte, a lone surrogate), go through the cursor instead, which
+    refuses or converts them as it always has. The server's errors are the driver's own
+    exceptions (a statement timeout is ``QueryCanceled``); a connection lost is
+    ``OperationalError``, as the cursor says it, so the read is made once more on a new
+    connection."""
 
     def __init__(self, driver: Any) -> None:
         self.pgconn = driver.pgconn
