@@ -18,6 +18,10 @@ Two passes per form:
 - 32 in flight, as wrk drives the server: CPU per request of this process and
   of its children (the audit writer), and each request's time in the loop.
 
+On PostgreSQL each pass also reports the database's own CPU a request
+(``backend_cpu.py``: its backends' time on a CPU from ``/proc/<pid>/schedstat``),
+for this process's reads and for the others' (the audit writer's appends).
+
 The audit events are written into the index's database, as a gateway on that
 database would write them (``--database`` is searched and appended to).
 
@@ -50,6 +54,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.backend_cpu import Backends
 from benchmarks.callgrind import control, counted
 from benchmarks.federation_bench import mint, tree_cpu
 from benchmarks.lookup_cpu import ROOT, App, one  # lookup_cpu puts src/ on the path
@@ -211,6 +216,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
     sample = sample_of(args.database)
     logging.config.dictConfig(log_config(args.log_level))  # as `carelink serve` does
     app = create_app(Settings.from_env(env))
+    backends = Backends(args.database) if "://" in args.database else None
     async with app.router.lifespan_context(app):
         for form in args.forms:
             paths = search_paths(sample, form, args.requests, FORMS.index(form))
@@ -219,7 +225,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
             prof = cProfile.Profile(time.process_time) if args.profile else None
             if prof:
                 prof.enable()
+            before = backends.cpu() if backends else None
             each = await one_at_a_time(app, paths, token)
+            alone = backends.cpu() - before if backends and before else None
             if prof:
                 prof.disable()
             us = [c * 1e6 for c, _ in each]
@@ -228,7 +236,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
             by_n: dict[int, list[float]] = {}
             for c, n in each:
                 by_n.setdefault(n, []).append(c * 1e6)
+            before = backends.cpu() if backends else None
             cpu, children, took = await in_flight(app, paths, token, len(paths))
+            together = backends.cpu() - before if backends and before else None
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             print(
                 f"{form}: one at a time: CPU per request mean {statistics.fmean(us):.0f} us,"
@@ -252,6 +262,14 @@ async def measure(args: argparse.Namespace, env: dict[str, str], token: str) -> 
                 f" load {load}",
                 flush=True,
             )
+            for label, used in (("one at a time", alone), ("32 in flight", together)):
+                if used is not None:
+                    print(
+                        f"  PostgreSQL backends, {label}: CPU per request"
+                        f" {used.own / len(paths) * 1e6:.0f} us for this process's reads +"
+                        f" {used.others / len(paths) * 1e6:.0f} us for others (audit writer)",
+                        flush=True,
+                    )
             if prof:
                 pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
 
