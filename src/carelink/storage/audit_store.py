@@ -10,12 +10,22 @@ the older scheme (chain 1: sequence, previous hash and event only); see
 subject. Appends from every gateway process are serialised by one lock row
 that each append updates first (a row lock on PostgreSQL, the write lock on
 SQLite), so the chain never forks.
+
+On SQLite the appenders (one writer child a gateway worker) first queue for a
+lock file beside the database (``<database>-audit-turn``, ``flock``): SQLite's
+own wait for its write lock is a sleep of 1, 2, 5, 10 ... 100 ms between tries,
+and a child that commits back to back kept winning the gaps between those
+sleeps: the other child waited up to half a second while its worker's requests
+waited for it (benchmarks/README.md, "The search's stalls"). A process blocked
+in ``flock`` is woken the moment the lock is let go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +143,8 @@ class AuditStore:
         self.db = db
         self._conn: Any = None
         self._committing = False
+        #: the lock file's descriptor (SQLite on a file; None: not opened, or no file)
+        self._turn: int | None = None
         #: events past the patient index's last block, as last seen (None: not yet)
         self.tail: int | None = None
         #: the tail's size at which it is written as a block
@@ -182,17 +194,26 @@ class AuditStore:
                 # Durable means on disk, not only in the OS cache: this connection
                 # syncs the WAL at every commit (~0.2 ms here; group commit shares it).
                 driver.execute("PRAGMA synchronous=FULL")
+                self._turn = _turn_file(driver)
             else:
                 driver.autocommit = True
         return self._conn
 
     def _lock(self, cur: Any) -> None:
-        """Begin, holding the append lock until commit."""
+        """Begin, holding the append lock until commit (on SQLite, the turn first:
+        ``_unlock`` lets it go after the commit or rollback)."""
         if self.db.is_sqlite:
+            if self._turn is not None:
+                fcntl.flock(self._turn, fcntl.LOCK_EX)
             cur.execute("BEGIN IMMEDIATE")
         else:
             cur.execute("BEGIN")
             cur.execute("SELECT appends FROM audit_lock WHERE id = 1 FOR UPDATE")
+
+    def _unlock(self) -> None:
+        """Let the turn go (nothing if not held: ``flock`` unlocking is idempotent)."""
+        if self._turn is not None:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
 
     def _drop(self, cur: Any) -> None:
         with contextlib.suppress(Exception):  # the connection is dropped just below
@@ -200,6 +221,13 @@ class AuditStore:
         with contextlib.suppress(Exception):
             self._conn.invalidate()
         self._conn = None
+        self._close_turn()
+
+    def _close_turn(self) -> None:
+        if self._turn is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._turn)  # closing lets the lock go too
+            self._turn = None
 
     def _append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
         return self._append_rows(
@@ -227,6 +255,7 @@ class AuditStore:
                 cur.executemany(self._insert, rows)
             self._committing = True
             cur.execute("COMMIT")
+            self._unlock()
             self.tail = seq - int(mark)
             return seq, prev
         except Exception:
@@ -258,6 +287,7 @@ class AuditStore:
                 for statement in block_sql(lo, hi):
                     cur.execute(statement)
             cur.execute("COMMIT")
+            self._unlock()
             self.tail = hi - lo - covered
             return covered
         except Exception:
@@ -276,6 +306,7 @@ class AuditStore:
             with contextlib.suppress(Exception):  # already broken: nothing to release
                 self._conn.invalidate()
             self._conn = None
+        self._close_turn()
 
     def rows(self) -> Iterator[AuditRow]:
         """Every row in sequence order (for verification)."""
@@ -312,3 +343,12 @@ class AuditStore:
                 .limit(1)
             ).first()
         return (row[0], row[1]) if row else (0, GENESIS)
+
+
+def _turn_file(driver: Any) -> int | None:
+    """The appenders' lock file beside this SQLite connection's database file, opened
+    (None for a database without a file: in memory, or temporary)."""
+    path = next((row[2] for row in driver.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not path:
+        return None
+    return os.open(f"{path}-audit-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
