@@ -16,6 +16,7 @@ import pytest
 from carelink.audit import Access, Who, audit_event
 from carelink.audit.events import columns
 from carelink.storage import Database
+from carelink.storage.audit_blocks import index_all, index_problems
 from carelink.storage.audit_store import AuditStore, NewEvent
 
 
@@ -90,3 +91,30 @@ def test_an_appender_committing_back_to_back_does_not_starve_another(stores):
         stop.set()
         runner.join(30)
     assert during <= 25, f"the other appender committed {during} times meanwhile"
+
+
+def test_a_block_written_while_an_appender_waits_for_the_turn_is_not_written_again(stores):
+    """``settle`` reads the tail's rows before taking the turn, then checks under it that
+    the last block is still the one it read: a block another wrote meanwhile (here the
+    migration's ``index_all``) is left as it is, and the index still matches the rows."""
+    a, _, turn = stores
+    a.block = 5
+    a.append([_event(n) for n in range(1, 8)])  # 7 events: a block is due
+    held = os.open(turn, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    covered: list[int] = []
+    settler = threading.Thread(target=lambda: covered.append(a.settle()))
+    settler.start()
+    try:
+        settler.join(0.5)  # time for the read before the turn
+        with a.db.engine.begin() as conn:
+            assert index_all(conn) == 7
+    finally:
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+        settler.join(30)
+    assert covered == [0]
+    with a.db.engine.connect() as conn:
+        blocks = conn.exec_driver_sql("SELECT block, first_seq FROM audit_index_blocks").all()
+        assert [tuple(b) for b in blocks] == [(7, 1)]
+        assert index_problems(conn) == []

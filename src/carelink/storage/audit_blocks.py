@@ -41,8 +41,25 @@ def block_sql(lo: int, hi: int) -> tuple[str, str]:
         "INSERT INTO audit_patient_index (block, patient_id, seq) "  # noqa: S608
         f"SELECT {hi}, patient_id, seq FROM audit_events WHERE seq > {lo} AND seq <= {hi} "
         "AND patient_id IS NOT NULL ORDER BY patient_id, seq",
-        f"INSERT INTO audit_index_blocks (block, first_seq) VALUES ({hi}, {lo + 1})",  # noqa: S608
+        block_mark_sql(lo, hi),
     )
+
+
+def block_rows_sql(lo: int, hi: int) -> str:
+    """The (patient, seq) pairs of the block of events ``lo`` + 1 .. ``hi``, in the order
+    they are indexed: what ``block_sql`` copies, read on its own (``AuditStore.settle``
+    reads them before taking the append lock)."""
+    lo, hi = int(lo), int(hi)
+    return (
+        "SELECT patient_id, seq FROM audit_events "  # noqa: S608
+        f"WHERE seq > {lo} AND seq <= {hi} AND patient_id IS NOT NULL ORDER BY patient_id, seq"
+    )
+
+
+def block_mark_sql(lo: int, hi: int) -> str:
+    """The block's own row: it ends at ``hi`` and starts after ``lo``."""
+    lo, hi = int(lo), int(hi)
+    return f"INSERT INTO audit_index_blocks (block, first_seq) VALUES ({hi}, {lo + 1})"  # noqa: S608
 
 
 def index_all(conn: Connection) -> int:
