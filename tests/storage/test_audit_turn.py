@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import statistics
 import threading
 
 import orjson
@@ -64,9 +65,11 @@ def test_an_append_waits_for_the_turn_and_goes_on_once_it_is_let_go(stores):
 
 
 def test_an_appender_committing_back_to_back_does_not_starve_another(stores):
-    """One appender commits without pause; another's single append gets in within a few of
+    """One appender commits without pause; another's appends each get in within a few of
     its commits (SQLite's own retries, sleeping 1, 2, 5, 10 ... ms, let it wait for as many
-    as the first could make meanwhile: dozens to hundreds)."""
+    as the first could make meanwhile: dozens to thousands). Judged by the median of five
+    appends, each tried afresh, so that one unlucky turn of the scheduler on a loaded
+    machine neither fails the fix nor lets the starvation pass."""
     a, b, _ = stores
     b.append([_event(0)])
     stop = threading.Event()
@@ -82,15 +85,20 @@ def test_an_appender_committing_back_to_back_does_not_starve_another(stores):
     runner = threading.Thread(target=busy)
     runner.start()
     try:
-        while commits[0] < 5:
-            stop.wait(0.001)
-        before = commits[0]
-        b.append([_event(10**6)])
-        during = commits[0] - before
+        during = []
+        for k in range(5):
+            # each try starts afresh: the first appender alone, committing back to back
+            # (after a wait it is the one sleeping in SQLite's retries)
+            alone = commits[0] + 5
+            while commits[0] < alone:
+                stop.wait(0.001)
+            before = commits[0]
+            b.append([_event(10**6 + k)])
+            during.append(commits[0] - before)
     finally:
         stop.set()
         runner.join(30)
-    assert during <= 25, f"the other appender committed {during} times meanwhile"
+    assert statistics.median(during) <= 25, f"the other appender committed {during} times"
 
 
 def test_a_block_written_while_an_appender_waits_for_the_turn_is_not_written_again(stores):
