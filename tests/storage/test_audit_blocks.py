@@ -275,3 +275,41 @@ def test_sqlite_seeks_each_block_for_the_patient_and_never_reads_the_whole_index
     db.dispose()
     assert "SEARCH audit_patient_index USING PRIMARY KEY (block=? AND patient_id=?)" in plan
     assert not [step for step in plan if step.startswith("SCAN")]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_block_is_written_in_one_statement(postgres_url):
+    """The block's pairs go in as one statement, not one a pair: the append lock is held
+    while they are written, and 4,096 statements had held it 55-110 ms a block at the full
+    range (benchmarks/README.md, "The search's stalls on PostgreSQL"). Counted by a
+    statement-level trigger on the table."""
+    db = Database(postgres_url)
+    db.migrate()
+    store = AuditStore(db)
+    store.block = 7
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE statements (n integer NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO statements VALUES (0)"))
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN UPDATE statements SET n = n + 1; RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER counted AFTER INSERT ON audit_patient_index "
+                "FOR EACH STATEMENT EXECUTE FUNCTION count_statement()"
+            )
+        )
+    try:
+        store.append([_row(i, PATIENTS[i % 4], "u1", "0") for i in range(1, 9)])
+        assert store.settle() == 8
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT n FROM statements")).scalar_one() == 1
+            keys = [tuple(r) for r in conn.execute(sa.text("SELECT * FROM audit_patient_index"))]
+        assert keys == sorted((8, PATIENTS[i % 4], i) for i in range(1, 9))
+        assert store.index_problems() == []
+    finally:
+        store.close()
+        db.dispose()

@@ -161,10 +161,15 @@ class AuditStore:
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "  # noqa: S608
             f"hash, agent, chain) VALUES ({marks})"
         )
-        mark = "?" if db.is_sqlite else "%s"
+        #: a block's pairs: one row a statement on SQLite (in the process, nothing to
+        #: wait for between them); on PostgreSQL one statement of two arrays, unnested
+        #: there (4,096 statements had held the append lock 55-110 ms a block at the full
+        #: range, benchmarks/README.md, "The search's stalls on PostgreSQL")
         self._index_insert = (
-            "INSERT INTO audit_patient_index (block, patient_id, seq) "  # noqa: S608
-            f"VALUES ({mark}, {mark}, {mark})"
+            "INSERT INTO audit_patient_index (block, patient_id, seq) VALUES (?, ?, ?)"
+            if db.is_sqlite
+            else "INSERT INTO audit_patient_index (block, patient_id, seq) "
+            "SELECT %s, p, s FROM unnest(%s::varchar[], %s::int[]) AS t (p, s)"
         )
 
     def append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
@@ -301,7 +306,11 @@ class AuditStore:
             pairs: list[tuple[Any, ...]] = []
             if hi - lo >= self.block:
                 cur.execute(block_rows_sql(lo, hi))
-                pairs = [(hi, patient, seq) for patient, seq in cur.fetchall()]
+                pairs = cur.fetchall()
+            if not self.db.is_sqlite:  # the statement's three parameters
+                pairs = [(hi, [p for p, _ in pairs], [s for _, s in pairs])] if pairs else []
+            else:
+                pairs = [(hi, patient, seq) for patient, seq in pairs]
             cur.execute("COMMIT")
             if hi - lo < self.block:
                 self.tail = hi - lo
