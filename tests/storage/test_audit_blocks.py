@@ -280,7 +280,7 @@ def test_sqlite_seeks_each_block_for_the_patient_and_never_reads_the_whole_index
 @pytest.mark.postgres
 def test_on_postgresql_a_block_is_written_in_one_statement(postgres_url):
     """The block's pairs go in as one statement, not one a pair: the append lock is held
-    while they are written, and 4,096 statements had held it 55-110 ms a block at the full
+    while they are written, and 4,096 statements had held it 32-110 ms a block at the full
     range (benchmarks/README.md, "The search's stalls on PostgreSQL"). Counted by a
     statement-level trigger on the table."""
     db = Database(postgres_url)

@@ -163,7 +163,7 @@ class AuditStore:
         )
         #: a block's pairs: one row a statement on SQLite (in the process, nothing to
         #: wait for between them); on PostgreSQL one statement of two arrays, unnested
-        #: there (4,096 statements had held the append lock 55-110 ms a block at the full
+        #: there (4,096 statements had held the append lock 32-110 ms a block at the full
         #: range, benchmarks/README.md, "The search's stalls on PostgreSQL")
         self._index_insert = (
             "INSERT INTO audit_patient_index (block, patient_id, seq) VALUES (?, ?, ?)"
