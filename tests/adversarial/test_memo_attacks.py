@@ -31,7 +31,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.sources.namespacing import namespaced_id
 from tests.support.changing_fhir import ChangingFhir
 from tests.support.consents import privacy_consent
-from tests.support.gateways import person_id, token_gateways
+from tests.support.gateways import person_id, remembering_and_fresh
 from tests.support.procs import carelink
 from tests.support.servers import run_app
 from tests.support.shared import SYNTHEA
@@ -81,12 +81,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         }
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr
-        (tmp / "on").mkdir()
-        (tmp / "off").mkdir()
-        (on,) = stack.enter_context(token_gateways(env, db, issuer, tmp / "on"))
-        (off,) = stack.enter_context(
-            token_gateways(env, db, issuer, tmp / "off", extra={"CARELINK_RECORD_MEMO": "0"})
-        )
+        on, off = stack.enter_context(remembering_and_fresh(env, db, issuer, tmp))
         yield Rig(source, on.base, off.base, issuer, env, list(source.records))
 
 

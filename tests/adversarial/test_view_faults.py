@@ -33,7 +33,7 @@ import pytest
 
 from tests.support.changing_fhir import ChangingFhir, built_env
 from tests.support.consents import privacy_consent, sent_consent
-from tests.support.gateways import person_id, token_gateways
+from tests.support.gateways import person_id, remembering_and_fresh
 from tests.support.objections import Gateway, normal_event
 from tests.support.procs import carelink
 from tests.support.servers import run_app
@@ -83,12 +83,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         env = built_env(str(db), f"acute={url}")
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr
-        (tmp / "on").mkdir()
-        (tmp / "off").mkdir()
-        (on,) = stack.enter_context(token_gateways(env, db, issuer, tmp / "on"))
-        (off,) = stack.enter_context(
-            token_gateways(env, db, issuer, tmp / "off", extra={"CARELINK_RECORD_MEMO": "0"})
-        )
+        on, off = stack.enter_context(remembering_and_fresh(env, db, issuer, tmp))
         yield Rig(
             source,
             Gateway(on.base, issuer, [], db),

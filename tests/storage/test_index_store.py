@@ -59,9 +59,9 @@ def test_index_round_trips_and_answers_lookups(database_url):
     assert row is not None
     assert orjson.loads(row.patient)["name"][0]["family"] == target.family
     assert row.birth_date == target.birth_date.isoformat()
-    found = store.person_and_links(row.id)
+    found = store.person_and_records(row.id)
     assert found is not None
-    assert [lk.local_id for lk in found[1]] == [pop.local_id("gp", target.index)]
+    assert [local for _, local in found[1]] == [pop.local_id("gp", target.index)]
     born = target.birth_date.isoformat()
     query = PersonQuery(
         family=((NameTest(fold(target.family)),),),
@@ -421,7 +421,7 @@ def test_a_person_read_is_the_person_stored_a_frozen_value_like_any_other(databa
     store.replace_all(persons, links, reviews)
     try:
         for stored in persons:
-            reads = [store.person(stored.id), store.person_and_links(stored.id)[0]]
+            reads = [store.person(stored.id), store.person_and_records(stored.id)[0]]
             reads.append(store.person_with_consents(stored.id)[0])
             if stored.nhs_number is not None:
                 reads.append(store.person_by_nhs_with_consents(stored.nhs_number)[0])

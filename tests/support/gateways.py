@@ -82,6 +82,22 @@ def token_gateways(
         yield started
 
 
+@contextmanager
+def remembering_and_fresh(
+    base_env: Mapping[str, str], db: Path, issuer: Issuer, tmp: Path
+) -> Iterator[tuple[Started, Started]]:
+    """Two gateways over ``db``: one as deployed, remembering records, and one that
+    remembers nothing (``CARELINK_RECORD_MEMO=0``), the oracle a reused answer is held to
+    (each with its own folder under ``tmp``)."""
+    (tmp / "on").mkdir()
+    (tmp / "off").mkdir()
+    fresh = {"CARELINK_RECORD_MEMO": "0"}
+    with ExitStack() as stack:
+        (on,) = stack.enter_context(token_gateways(base_env, db, issuer, tmp / "on"))
+        (off,) = stack.enter_context(token_gateways(base_env, db, issuer, tmp / "off", extra=fresh))
+        yield on, off
+
+
 #: ``params`` of a fixture run on each database: PostgreSQL marked, for the runs that have one
 BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

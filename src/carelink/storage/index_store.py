@@ -133,14 +133,6 @@ class IndexStore(IndexLinking):
         return person_row(rows[0]) if rows else None
 
     @bounds_itself
-    def person_and_links(self, person_id: str) -> tuple[PersonRow, list[LinkRow]] | None:
-        """A person and every source link."""
-        person = self.person(person_id)
-        if person is None:
-            return None
-        return person, self.links_of(person_id)
-
-    @bounds_itself
     def links_of(self, person_id: str) -> list[LinkRow]:
         """Every source link of a person, through the lookup connection (the hot path)."""
         return [link_row(r) for r in self._query(self._sql_links, person_id)]
