@@ -12,11 +12,13 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -793,6 +795,43 @@ def test_exports_are_deleted_after_their_retention_time(system, tmp_path):
         database.dispose()
         assert row is not None
         assert (row.status, row.manifest) == ("expired", None)
+
+
+def test_an_export_asked_for_long_before_it_finished_is_kept_from_when_it_finished(
+    system, tmp_path
+):
+    """An extract that runs longer than the retention time must not expire as it
+    finishes: its status, its ``Expires`` and its files count from when it finished.
+    The job is made to look as if it was asked for an hour before it finished (its
+    ``created`` moved back in the database); anything counting from ``created`` answers
+    404 at once, and the sweep deletes its files."""
+    db = tmp_path / "own.db"
+    copy_index(system.env["CARELINK_DATABASE_URL"], db)
+    issuer = Issuer()
+    ttl = 0.006 * 3600  # 21.6 s, swept every 10.8 s
+    extra = {"CARELINK_EXPORT_TTL_HOURS": "0.006"}
+    with token_gateways(system.env, db, issuer, tmp_path, extra=extra) as (gateway,):
+        exporter = Exporter.of(gateway, issuer, db, tmp_path, {})
+        kick = exporter.kick_off(_type="Patient")
+        assert "Content-Location" in kick.headers, (kick.status_code, kick.text)
+        status_url = kick.headers["Content-Location"]
+        assert exporter.wait(status_url).status_code == 200
+        job = status_url.rsplit("/", 1)[1]
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE export_jobs SET created = created - 3600 WHERE id = ?", (job,))
+        database = Database(str(db))
+        row = JobStore(database).get(job)
+        database.dispose()
+        assert row is not None
+        assert row.finished is not None
+        assert row.created < row.finished - 3000
+        time.sleep(ttl / 2 + 1.5)  # a sweep has run since
+        done = httpx.get(status_url, headers={"Authorization": f"Bearer {exporter.token()}"})
+        assert done.status_code == 200, done.text
+        expires = parsedate_to_datetime(done.headers["Expires"]).timestamp()
+        assert abs(expires - (row.finished + ttl)) <= 1.0  # HTTP dates are in whole seconds
+        assert (tmp_path / "exports" / job).is_dir()
+        assert exporter.download(done.json()["output"][0]["url"]).status_code == 200
 
 
 def test_a_cohort_refused_at_record_level_gets_aggregate_tables_that_cannot_be_differenced(
