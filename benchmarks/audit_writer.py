@@ -132,8 +132,9 @@ def _indexes(db: Database) -> list[tuple[str, str]]:
 def _backend_cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # nanoseconds on a CPU (``stat``'s ticks of 10 ms were too coarse for a backend's
+    # few milliseconds a run)
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def run(db: Database, args: argparse.Namespace) -> None:

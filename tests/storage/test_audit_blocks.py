@@ -8,6 +8,9 @@ derived (nothing is lost when its block was never written); an append writes non
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
+import uuid
 
 import orjson
 import pytest
@@ -313,3 +316,74 @@ def test_on_postgresql_a_block_is_written_in_one_statement(postgres_url):
     finally:
         store.close()
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_appends_go_on_while_a_block_is_written(postgres_url):
+    """A block is written under a lock of block writers only, which an append never takes:
+    with one writer's block held mid-statement (its insert waits, by a trigger, for a lock
+    this test holds), another writer's appends are stored and answered; then the block
+    ends, and the blocks follow each other, the index matches the rows and the chain
+    verifies. Under the append lock the appends would wait for the block, which waits for
+    this test: they never finish and the test fails (after 20 s)."""
+    db = Database(postgres_url)
+    db.migrate()
+    key = uuid.uuid4().int % 2**62  # an advisory lock of this test's own
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION held_here() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER held BEFORE INSERT ON audit_patient_index "
+                "FOR EACH STATEMENT EXECUTE FUNCTION held_here()"
+            )
+        )
+    blocking, other = AuditStore(db), AuditStore(db)
+    blocking.block = other.block = 6
+    holder = db.engine.connect()
+    holder.execute(sa.text(f"SELECT pg_advisory_lock({key})"))
+    settled: list[int] = []
+    appended: list[tuple[int, str]] = []
+    rows = [[_row(i, PATIENTS[i % 4], "u2", "0") for i in range(n, n + 3)] for n in (9, 12)]
+    settler = threading.Thread(target=lambda: settled.append(blocking.settle()))
+    appender = threading.Thread(target=lambda: appended.extend(other.append(r) for r in rows))
+    try:
+        blocking.append([_row(i, PATIENTS[i % 4], "u1", "0") for i in range(1, 9)])
+        settler.start()
+        with db.engine.connect() as conn:  # the block's insert is waiting for this test
+            for _ in range(400):
+                waiting = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database())"
+                    )
+                ).scalar_one()
+                if waiting:
+                    break
+                time.sleep(0.05)
+            assert waiting
+        appender.start()
+        appender.join(20)
+        assert not appender.is_alive()
+        assert [seq for seq, _ in appended] == [11, 14]
+        assert settler.is_alive()  # the block is still being written
+        assert not settled
+    finally:
+        holder.execute(sa.text(f"SELECT pg_advisory_unlock({key})"))
+        holder.close()
+        for thread in (settler, appender):
+            if thread.ident is not None:
+                thread.join(20)
+    assert settled == [8]
+    assert other.settle() == 6  # events 9-14, after the block of 1-8
+    assert _blocks(db) == [(1, 8), (9, 14)]
+    assert blocking.index_problems() == []
+    assert verify(blocking.rows()) == []
+    blocking.close()
+    other.close()
+    db.dispose()

@@ -140,6 +140,9 @@ _HEAD_SQL = (
     "FROM audit_events ORDER BY seq DESC LIMIT 1"
 )
 
+#: the append lock on PostgreSQL, held until the append's commit
+_LOCK_SQL = "SELECT appends FROM audit_lock WHERE id = 1 FOR UPDATE"
+
 _COLUMNS = ("seq", "recorded", "patient_id", "outcome", "event", "prev_hash", "hash")
 
 
@@ -225,7 +228,22 @@ class AuditStore:
             cur.execute("BEGIN IMMEDIATE")
         else:
             cur.execute("BEGIN")
-            cur.execute("SELECT appends FROM audit_lock WHERE id = 1 FOR UPDATE")
+            cur.execute(_LOCK_SQL)
+
+    def _lock_blocks(self, cur: Any) -> None:
+        """Begin, holding the patient index's lock until commit: on PostgreSQL a lock of
+        its own, on ``audit_index_blocks``, that block writers take and appends never do
+        (an append writes no index row and only reads the last block), so the other
+        appenders go on while a block is written (it had held the append lock 25-35 ms
+        every 4,096 events at the full range; benchmarks/README.md, "PostgreSQL: the
+        year range's audit events"). SHARE ROW EXCLUSIVE conflicts with itself and with
+        writes to the table, never with reads. On SQLite a block takes the append lock
+        (the database has one writer at a time whatever the lock)."""
+        if self.db.is_sqlite:
+            self._lock(cur)
+        else:
+            cur.execute("BEGIN")
+            cur.execute("LOCK TABLE audit_index_blocks IN SHARE ROW EXCLUSIVE MODE")
 
     def _unlock(self) -> None:
         """Let the turn go (nothing if not held: ``flock`` unlocking is idempotent)."""
@@ -252,28 +270,47 @@ class AuditStore:
         )
 
     def _append_rows(self, events: Sequence[EventRow]) -> tuple[int, str]:
+        if not self.db.is_sqlite:
+            return self._append_pipelined(events)
         cur = self._connection().cursor()
         try:
             self._lock(cur)
             cur.execute(_HEAD_SQL)
-            head = cur.fetchone()
-            if head is None:
-                cur.execute(MARK_SQL)
-                head = (0, GENESIS, cur.fetchone()[0])
-            seq, prev, mark = head
-            rows: list[tuple[Any, ...]] = []
-            add = rows.append
-            for recorded, patient_id, outcome, agent, event in events:
-                seq += 1
-                h = row_hash(prev, seq, recorded, patient_id, outcome, agent, event)
-                add((seq, recorded, patient_id, outcome, event, prev, h, agent, CHAIN))
-                prev = h
+            rows, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
             if rows:
                 cur.executemany(self._insert, rows)
             self._committing = True
             cur.execute("COMMIT")
             self._unlock()
-            self.tail = seq - int(mark)
+            self.tail = seq - mark
+            return seq, prev
+        except Exception:
+            self._drop(cur)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
+
+    def _append_pipelined(self, events: Sequence[EventRow]) -> tuple[int, str]:
+        """PostgreSQL: the append in two round trips, not five. ``BEGIN``, the append
+        lock and the head go together, and the server runs them in turn: the head's
+        statement starts (and takes its snapshot, the transaction being READ COMMITTED)
+        only once the lock is granted, so it reads the head the last appender committed,
+        as when each waited for the one before. The rows and ``COMMIT`` go together;
+        the commit is durable when the pipeline's results are all read, on leaving it."""
+        conn = self._connection().driver_connection
+        cur = conn.cursor()
+        try:
+            with conn.pipeline():
+                cur.execute("BEGIN")
+                cur.execute(_LOCK_SQL)
+                cur.execute(_HEAD_SQL)
+                rows, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
+                if rows:
+                    cur.executemany(self._insert, rows)
+                self._committing = True
+                cur.execute("COMMIT")
+            self.tail = seq - mark
             return seq, prev
         except Exception:
             self._drop(cur)
@@ -285,12 +322,14 @@ class AuditStore:
     def settle(self) -> int:
         """Write the tail of the trail into the patient index as one sorted block if it
         has reached ``block`` events; how many events the block covered (0: none was
-        due, or another appender wrote it first). The tail's rows are read before the
-        append lock is taken (committed rows never change), and the block is written in
-        a transaction of its own under the lock, after checking that the last block is
-        still the one read, so never the same block twice, whichever process writes it:
+        due, or another appender wrote it first). The tail's rows are read before any lock
+        is taken (committed rows never change), and the block is written in a
+        transaction of its own under the block writers' lock (``_lock_blocks``), after
+        checking that the last block is still the one read, so never the same block
+        twice, whichever process writes it. On SQLite that lock is the append lock, and
         the other appenders wait only for the block's writes (at the full range the read
-        had held them 30-47 ms a block, benchmarks/README.md, "The search's stalls").
+        had held them 30-47 ms a block, benchmarks/README.md, "The search's stalls"); on
+        PostgreSQL appends never wait for it.
         Called after a batch's answer, not before it (``audit.writer``). The first call
         looks at the database itself (a block due when a writer stopped is written
         then). Nothing is lost if it never runs: searches scan the tail's rows."""
@@ -315,7 +354,7 @@ class AuditStore:
             if hi - lo < self.block:
                 self.tail = hi - lo
                 return 0
-            self._lock(cur)
+            self._lock_blocks(cur)
             cur.execute(MARK_SQL)
             if int(cur.fetchone()[0]) != lo:  # another appender wrote this block meanwhile
                 cur.execute("COMMIT")
@@ -382,6 +421,28 @@ class AuditStore:
                 .limit(1)
             ).first()
         return (row[0], row[1]) if row else (0, GENESIS)
+
+
+def _empty(cur: Any) -> tuple[int, str, int]:
+    """The head of an empty trail, and the patient index's mark read on its own."""
+    cur.execute(MARK_SQL)
+    return 0, GENESIS, int(cur.fetchone()[0])
+
+
+def _chained(
+    head: tuple[Any, ...], events: Sequence[EventRow]
+) -> tuple[list[tuple[Any, ...]], int, str, int]:
+    """The rows to insert after ``head`` (its seq, hash and the index's mark), each
+    chained to the one before by ``row_hash``; the last seq and hash, and the mark."""
+    seq, prev, mark = head
+    rows: list[tuple[Any, ...]] = []
+    add = rows.append
+    for recorded, patient_id, outcome, agent, event in events:
+        seq += 1
+        h = row_hash(prev, seq, recorded, patient_id, outcome, agent, event)
+        add((seq, recorded, patient_id, outcome, event, prev, h, agent, CHAIN))
+        prev = h
+    return rows, seq, prev, int(mark)
 
 
 def _turn_file(driver: Any) -> int | None:
