@@ -38,7 +38,7 @@ from carelink.assembly import (
 )
 from carelink.audit import AuditTrail, GroupCommit
 from carelink.audit.events import REFUSED
-from carelink.audit.trail import GATHER_EVENTS
+from carelink.audit.trail import GATHER_EVENTS, Serving
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.auth.backend_services import TokenService, load_clients
 from carelink.auth.local_issuer import LOCAL_ISSUER, LocalIssuer
@@ -236,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.db_timeout,
             gather=settings.audit_gather_ms / 1000,
             gather_events=GATHER_EVENTS,
+            serving=app.state.serving,
         )
         app.state.audit_search = AuditSearch(db)
         minutes = settings.audit_checkpoint_minutes
@@ -308,8 +309,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     # the one layer of ours: request ids, the access line and metrics, the audit safety net,
     # the input bounds and the dispatch to the gateway's routes, in that order (api.front)
+    app.state.serving = Serving()  # counted by the front layer, read by the audit's window
     app.add_middleware(
         Front,
+        serving=app.state.serving,
         telemetry=app.state.telemetry,
         routes=router.routes,
         max_body_bytes=settings.max_body_bytes,

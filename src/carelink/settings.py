@@ -158,8 +158,11 @@ class Settings:
     audit_writer: str = "process"
     #: milliseconds a group commit of fewer than ``audit.trail.GATHER_EVENTS`` events
     #: waits, once the writer is free, for more requests' events (0, the default: commits
-    #: at once): fewer commits, each answer later by at most this (``GroupCommit``'s
-    #: window; as PostgreSQL's ``commit_delay``, off unless measured to help)
+    #: at once), and only while the worker serves more requests than the commit holds:
+    #: fewer commits, each answer later by at most this (``GroupCommit``'s window; as
+    #: PostgreSQL's ``commit_delay``, off unless measured to help: at the full range it
+    #: helped the year-range search's p99 and hurt the one-person forms',
+    #: benchmarks/README.md, "The fourteenth stop")
     audit_gather_ms: float = 0.0
     default_page_size: int = 50
     #: seconds a search's stored result stays pageable (its ``next`` links work this long)

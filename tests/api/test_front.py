@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from carelink.api.front import Front, request_for
 from carelink.api.responses import fhir, outcome
+from carelink.audit.trail import Serving
 from carelink.observability import Metrics, Telemetry
 
 
@@ -167,3 +168,41 @@ def test_an_error_after_the_answer_began_is_not_handled_again_and_the_answer_sta
     assert isinstance(error, KeyError)
     assert _starts(sent) == [(200, [b"rid-7"])]  # no 500 after it
     assert counted == [200]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_front_counts_the_requests_in_flight_while_they_are_served(fails: bool) -> None:
+    """``Serving.now`` (what the audit's gathering window waits for) is one while a request
+    is served, and back to none once it ends, answered or failed."""
+    serving = Serving()
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(serving.now)
+        await asyncio.sleep(0.01)  # the other request comes in meanwhile
+        if fails:
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - never read
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/livez", "query_string": b"", "headers": []}
+    front = Front(
+        app, Telemetry(Metrics()), [], max_body_bytes=4, max_header_bytes=1000, serving=serving
+    )
+
+    async def twice() -> None:
+        await asyncio.gather(
+            front(dict(scope), receive, send),
+            front(dict(scope), receive, send),
+            return_exceptions=True,  # a failure the front passes on after its 500
+        )
+
+    asyncio.run(twice())
+    assert seen == [1, 2]  # the second came while the first was in flight
+    assert serving.now == 0

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from carelink.audit import Access, AuditTrail, GroupCommit, RequestEvents, Who, verify
-from carelink.audit.trail import OnThread
+from carelink.audit.trail import OnThread, Serving
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.errors import AuditError
 from carelink.storage import Database
@@ -207,3 +207,49 @@ def test_a_request_that_comes_just_as_the_window_ends_by_time_is_committed(db):
     _run(scenario())
     group.close()
     assert _stored(db) == {"e1.0", "e2.0"}
+
+
+def test_a_request_served_alone_is_committed_without_waiting_for_the_window(db):
+    """An hour's window, but nothing else in flight: the commit goes at once (a wait for
+    the window would overrun the scenario's bound and fail the test)."""
+    serving = Serving()
+    group = GroupCommit(AuditTrail(AuditStore(db)), gather=3600, gather_events=64, serving=serving)
+
+    async def scenario() -> None:
+        for n in range(3):
+            serving.now = 1
+            await group.record(_rows(n, events=13))
+            serving.now = 0
+
+    _run(scenario())
+    group.close()
+    assert group.commits == 3
+    assert verify(AuditStore(db).rows()) == []
+
+
+def test_a_window_waits_for_the_requests_in_flight_and_ends_when_they_are_all_in(db):
+    """Three requests in flight, the third's events coming a moment after the first two:
+    the window (an hour) waits for it, then ends at once: one commit of the three."""
+    heard: list[int] = []
+    serving = Serving()
+    serving.now = 3
+    group = GroupCommit(
+        AuditTrail(AuditStore(db)),
+        lambda s, n: heard.append(n),
+        gather=3600,
+        gather_events=64,
+        serving=serving,
+    )
+
+    async def ask(n: int) -> None:
+        await asyncio.sleep(0.05 * n)
+        await group.record(_rows(n, events=2))
+        assert f"e{n}.1" in _stored(db)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(ask(n) for n in range(3)))
+
+    _run(scenario())
+    group.close()
+    assert heard == [6]
+    assert _stored(db) == {f"e{n}.{k}" for n in range(3) for k in range(2)}

@@ -37,6 +37,7 @@ from carelink.api.dispatch import App, Dispatch, Message, Receive, Routes, Scope
 from carelink.api.limits import body_message, counted, judge, refuse
 from carelink.api.observe import id_headers, logged, request_id, route_of, templates
 from carelink.api.responses import Answer, outcome
+from carelink.audit.trail import Serving
 from carelink.errors import AuditError, PayloadTooLarge
 from carelink.observability import Telemetry, bind, unbind
 
@@ -152,6 +153,7 @@ class Front:
         max_body_bytes: int,
         max_header_bytes: int,
         clock: Callable[[], float] = time.perf_counter,
+        serving: Serving | None = None,
     ) -> None:
         routes = list(routes)
         self.app = app
@@ -161,12 +163,16 @@ class Front:
         self.max_body = max_body_bytes
         self.max_headers = max_header_bytes
         self.clock = clock
+        #: the requests in flight, counted for the audit's gathering window
+        self.serving = serving if serving is not None else Serving()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = self.clock()
+        serving = self.serving
+        serving.now += 1
         rid = request_id(scope)
         bound = bind(rid)
         x = Exchange(scope, receive, send, rid.encode(), self.dispatch.routes)
@@ -190,6 +196,7 @@ class Front:
         except Exception as exc:
             await self._failed(x, exc, request)
         finally:
+            serving.now -= 1
             template = route_of(scope, self.templates)
             logged(self.telemetry, scope, template, x.status, self.clock() - started)
             unbind(bound)

@@ -22,8 +22,20 @@ from carelink.storage.audit_store import AuditStore
 
 Json = dict[str, Any]
 #: a batch this large is committed without gathering more (the gateway's bound): its
-#: commit (the sync to disk, ~10 events' CPU in the writer) is shared enough already
-GATHER_EVENTS = 10
+#: commit (the sync to disk) is shared enough already; about five searches' events
+GATHER_EVENTS = 64
+
+
+class Serving:
+    """How many requests this process is serving now (the gateway's front layer counts
+    them): the most a gathering batch could still be joined by. A window is waited only
+    while more requests are in flight than the batch holds, so a lone request is never
+    kept waiting for others that do not exist."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = 0
 
 
 class AuditTrail:
@@ -155,7 +167,10 @@ class GroupCommit:
     free (the previous commit returned, or the first event came), or until
     ``gather_events`` are pending (0: no such bound). Fewer, larger commits, each
     request answered later by at most the window; an answer still waits for the
-    commit that holds its events, whatever the window.
+    commit that holds its events, whatever the window. With ``serving`` (the requests
+    the process is serving now), a window is waited only while more requests are in
+    flight than the batch holds, and ends once as many are in it: a request served
+    alone is committed at once.
     """
 
     def __init__(
@@ -166,6 +181,7 @@ class GroupCommit:
         timeout: float = 10.0,
         gather: float = 0.0,
         gather_events: int = 0,
+        serving: Serving | None = None,
     ) -> None:
         self.committer: Committer = OnThread(trail) if isinstance(trail, AuditTrail) else trail
         self.observe = observe
@@ -173,6 +189,7 @@ class GroupCommit:
         self.timeout = timeout
         self.gather = gather
         self.gather_events = gather_events
+        self.serving = serving
         #: set while a batch gathers: done once ``gather_events`` are pending
         self._enough: asyncio.Future[None] | None = None
         self._pending: list[Json | Row] = []
@@ -195,11 +212,7 @@ class GroupCommit:
         self._pending.extend(events)
         self._waiters.append(waiter)
         enough = self._enough
-        if (
-            enough is not None
-            and not enough.done()
-            and len(self._pending) >= self.gather_events > 0
-        ):
+        if enough is not None and not enough.done() and self._full():
             enough.set_result(None)  # the batch is full: its window ends now
         if self._flushing is None:
             self._batch_started = loop.time()  # the clock of the stuck-commit check
@@ -244,7 +257,7 @@ class GroupCommit:
     async def _gathered(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for more events: at most ``gather`` seconds, less once ``gather_events``
         are pending."""
-        if 0 < self.gather_events <= len(self._pending):
+        if self._full():
             return
         enough: asyncio.Future[None] = loop.create_future()
         self._enough = enough
@@ -254,6 +267,13 @@ class GroupCommit:
         finally:
             timer.cancel()
             self._enough = None
+
+    def _full(self) -> bool:
+        """Whether the gathering batch need wait no longer: ``gather_events`` pending, or
+        every request in flight already in it."""
+        if 0 < self.gather_events <= len(self._pending):
+            return True
+        return self.serving is not None and self.serving.now <= len(self._waiters)
 
     async def checkpoints(self, every: float) -> None:
         """Run until cancelled: every ``every`` seconds, a checkpoint if one is overdue
