@@ -270,46 +270,26 @@ class AuditStore:
         )
 
     def _append_rows(self, events: Sequence[EventRow]) -> tuple[int, str]:
-        if not self.db.is_sqlite:
-            return self._append_pipelined(events)
-        cur = self._connection().cursor()
+        """One transaction: the lock, the head, the chained rows, ``COMMIT``. On PostgreSQL
+        in two round trips, not five (psycopg's pipeline): ``BEGIN``, the append lock and
+        the head go together, and the server runs them in turn, so the head's statement
+        starts (and takes its snapshot, the transaction being READ COMMITTED) only once
+        the lock is granted and reads the head the last appender committed; the rows and
+        ``COMMIT`` go together, durable when the pipeline's results are all read, on
+        leaving it."""
+        conn = self._connection()
+        pipelined = not self.db.is_sqlite
+        cur = conn.driver_connection.cursor() if pipelined else conn.cursor()
         try:
-            self._lock(cur)
-            cur.execute(_HEAD_SQL)
-            rows, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
-            if rows:
-                cur.executemany(self._insert, rows)
-            self._committing = True
-            cur.execute("COMMIT")
-            self._unlock()
-            self.tail = seq - mark
-            return seq, prev
-        except Exception:
-            self._drop(cur)
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                cur.close()
-
-    def _append_pipelined(self, events: Sequence[EventRow]) -> tuple[int, str]:
-        """PostgreSQL: the append in two round trips, not five. ``BEGIN``, the append
-        lock and the head go together, and the server runs them in turn: the head's
-        statement starts (and takes its snapshot, the transaction being READ COMMITTED)
-        only once the lock is granted, so it reads the head the last appender committed,
-        as when each waited for the one before. The rows and ``COMMIT`` go together;
-        the commit is durable when the pipeline's results are all read, on leaving it."""
-        conn = self._connection().driver_connection
-        cur = conn.cursor()
-        try:
-            with conn.pipeline():
-                cur.execute("BEGIN")
-                cur.execute(_LOCK_SQL)
+            with conn.driver_connection.pipeline() if pipelined else contextlib.nullcontext():
+                self._lock(cur)
                 cur.execute(_HEAD_SQL)
                 rows, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
                 if rows:
                     cur.executemany(self._insert, rows)
                 self._committing = True
                 cur.execute("COMMIT")
+            self._unlock()
             self.tail = seq - mark
             return seq, prev
         except Exception:
