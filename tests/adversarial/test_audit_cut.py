@@ -1,0 +1,117 @@
+"""Attack: the database connection cut while the audit trail is being appended to.
+
+On PostgreSQL an append goes in two pipelined round trips (``BEGIN``, the append lock
+and the head; then the rows and ``COMMIT``), so a connection can die with any part of a
+batch sent. The guarantee: **an append either returns, and then every event of its batch
+is stored once, or raises; a batch is never stored in part, never twice; the chain
+verifies whatever moment the cut came; and the store appends again once the database is
+back.** (A batch whose ``COMMIT`` was sent when the cut came may have been stored without
+the append returning: the request failed closed all the same, and the event is kept
+once, never written a second time.)
+
+The database is taken away through a TCP proxy the test controls (every connection cut;
+new ones refused for up to 50 ms, or, every other time, taken at once, so that a retry
+would reach the database), at random moments while a thread appends batches of the size a
+year-range search writes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from carelink.audit import Access, Who, audit_event, verify
+from carelink.audit.events import columns
+from carelink.storage import Database
+from carelink.storage.audit_store import AuditStore
+from tests.support.tcp_proxy import proxy_to
+
+#: events a batch: about what one year-range search returns at the full range
+BATCH = 13
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+
+
+def _batch(n: int) -> list[tuple[str, str | None, str, str | None, bytes]]:
+    rows = []
+    for i in range(BATCH):
+        recorded = f"2026-01-01T00:00:00.{n:03d}{i:03d}Z"
+        pid = f"p-{n}-{i}"
+        access = Access("search-type", "/fhir/Patient?family=x", f"req-{n}", recorded, "b")
+        e = audit_event(access, Who("dr-1", "R8000", "RXX01", "TREAT", "iss"), pid, "0")
+        e["id"] = f"ev-{n}-{i}"
+        rows.append((*columns(e), orjson.dumps(e)))
+    return rows
+
+
+def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_that_goes_on(
+    postgres_url,
+):
+    direct = Database(postgres_url)
+    direct.migrate()
+    target = urlsplit(postgres_url)
+    returned: list[int] = []  # batches whose append returned
+    raised: list[int] = []  # batches whose append raised
+    done = threading.Event()
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(_via(postgres_url, proxy.port))
+        store = AuditStore(db)
+
+        def append() -> None:
+            n = 0
+            while not done.is_set():
+                n += 1
+                try:
+                    store.append_rows(_batch(n))
+                    returned.append(n)
+                except Exception:  # the cut: this batch failed closed
+                    raised.append(n)
+                    time.sleep(0.005)
+
+        worker = threading.Thread(target=append, daemon=True)
+        worker.start()
+        rng = random.Random(20261202)
+        try:
+            for cut in range(16):
+                time.sleep(rng.uniform(0.02, 0.15))
+                proxy.kill()
+                # every other cut a blip: the connections cut, new ones taken at once
+                # (a retry would reach the database); the rest an outage of up to 50 ms
+                time.sleep(0 if cut % 2 else rng.uniform(0.01, 0.05))
+                proxy.resume()
+            time.sleep(0.3)  # back for good: appends must succeed again
+            settled = len(returned)
+            time.sleep(0.5)
+        finally:
+            done.set()
+            worker.join(30)
+        assert not worker.is_alive()
+        assert raised, "no cut came mid-append: the attack did not happen"
+        assert len(returned) > settled, "the store did not append again once the database was back"
+        store.close()
+        db.dispose()
+
+    reader = AuditStore(direct)
+    rows = list(reader.rows())
+    assert verify(rows) == []
+    stored: dict[int, list[int]] = {}
+    for row in rows:
+        event = orjson.loads(row.event)
+        n, i = (int(x) for x in event["id"].split("-")[1:])
+        stored.setdefault(n, []).append(i)
+    for n in returned:
+        assert stored.get(n) == list(range(BATCH)), f"batch {n} returned but is not stored whole"
+    for n, kept in stored.items():
+        # never in part, never twice, in order; a raised batch may be whole (COMMIT sent)
+        assert kept == list(range(BATCH)), f"batch {n} stored as {kept}"
+    assert set(stored) <= set(returned) | set(raised)
+    reader.close()
+    direct.dispose()
