@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -28,16 +28,10 @@ from carelink.audit import Access, Who, audit_event, verify
 from carelink.audit.events import columns
 from carelink.storage import Database
 from carelink.storage.audit_store import AuditStore
-from tests.support.tcp_proxy import proxy_to
+from tests.support.tcp_proxy import proxy_to, with_host
 
 #: events a batch: about what one year-range search returns at the full range
 BATCH = 13
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
 def _batch(n: int) -> list[tuple[str, str | None, str, str | None, bytes]]:
@@ -62,7 +56,7 @@ def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_tha
     raised: list[int] = []  # batches whose append raised
     done = threading.Event()
     with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-        db = Database(_via(postgres_url, proxy.port))
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port))
         store = AuditStore(db)
 
         def append() -> None:

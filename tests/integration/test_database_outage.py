@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,7 +25,7 @@ from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import token_gateways
 from tests.support.procs import carelink
-from tests.support.tcp_proxy import TcpProxy, proxy_to
+from tests.support.tcp_proxy import TcpProxy, proxy_to, with_host
 from tests.support.tokens import Issuer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -39,13 +39,6 @@ TTL_HOURS = 0.0025
 #: seconds a refused request may take while the database is frozen: its own wait for the
 #: database, then the safety net's wait to write its audit event, and a margin
 REFUSED_WITHIN = 2 * DB_TIMEOUT + 1.5
-
-
-def with_host(url: str, host: str, port: int) -> str:
-    """``url`` with its host and port replaced (user, database and options kept)."""
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{host}:{port}"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database
 from carelink.storage.migrations import MIGRATIONS
 from tests.support.procs import carelink, env, free_port, own_files, running, workers_of
-from tests.support.tcp_proxy import proxy_to
+from tests.support.tcp_proxy import proxy_to, with_host
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 #: every migration's number (they need not be contiguous)
@@ -110,7 +110,7 @@ def test_a_worker_that_cannot_start_stops_the_server_non_zero(new_database, tmp_
     target = urlsplit(new_database)
     with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         proxy.allow(1)  # the parent's checks get in; the workers find the database gone
-        url = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+        url = with_host(new_database, "127.0.0.1", proxy.port)
         settings = {**_settings(tmp_path, url), "CARELINK_DB_CONNECT_TIMEOUT": "2"}
         start = time.monotonic()
         r = carelink(["serve", "--workers", "2", "--port", str(free_port())], settings, timeout=120)

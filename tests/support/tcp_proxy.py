@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -167,3 +168,11 @@ def proxy_to(host: str, port: int) -> Iterator[TcpProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+def with_host(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (user, database and options kept): the
+    database's URL as it is reached through a proxy."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}:{port}"))
