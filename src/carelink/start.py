@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import socket
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -220,6 +222,40 @@ class OwnSockets(Multiprocess):
         # it shares the socket the fewest listen on
         return min(range(len(self.own)), key=held.count)
 
+    def keep_subprocess_alive(self) -> None:
+        """Replace each worker that has exited or stopped answering; stop the server if
+        one exited before it served (``STARTUP_FAILURE``: every replacement would fail
+        the same way).
+
+        uvicorn's own check pings each worker and waits for the answer for the whole
+        health-check timeout (30 s here): the supervisor holds both ends of the pipe, so a
+        worker that exits with the ping unanswered gives no end-of-file, and an operator
+        whose workers could not start waited 30 s to be told. ``answers`` waits in short
+        slices and gives up as soon as the worker's process has exited."""
+        if self.should_exit.is_set():
+            return
+        for idx, worker in enumerate(self.processes):
+            if answers(worker, self.config.timeout_worker_healthcheck):
+                continue
+            worker.kill()
+            worker.join()
+            if worker.exitcode == STARTUP_FAILURE:
+                logging.getLogger("uvicorn.error").error(
+                    "worker process %s could not start; stopping the server", worker.pid
+                )
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            logging.getLogger("uvicorn.error").info(
+                "worker process %s stopped (exit code %s); starting another",
+                worker.pid,
+                worker.exitcode,
+            )
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
+
     def restart_all(self) -> None:
         """Replace each worker in turn (SIGHUP), each replacement on its worker's slot."""
         self._replacing = iter(range(len(self.processes)))
@@ -229,3 +265,20 @@ class OwnSockets(Multiprocess):
             self._replacing = None
             self._learn()
             self._handed.clear()  # a replacement that never became ready holds nothing
+
+
+def answers(worker: Process, timeout: float, slice_s: float = 0.1) -> bool:
+    """Whether ``worker``'s process is running and answers a ping within ``timeout``
+    seconds; False as soon as the process is seen to have exited."""
+    if not worker.process.is_alive():
+        return False
+    deadline = time.monotonic() + timeout
+    try:
+        worker.parent_conn.send(b"ping")
+        while not worker.parent_conn.poll(slice_s):
+            if not worker.process.is_alive() or time.monotonic() >= deadline:
+                return False
+        worker.parent_conn.recv()
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return False
+    return True
