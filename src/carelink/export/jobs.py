@@ -23,7 +23,6 @@ import orjson
 from carelink.anonymise.disclosure import Refused
 from carelink.consent import Guard
 from carelink.errors import ExportError
-from carelink.export.pipeline import run
 from carelink.export.spec import Cohort, ExtractSpec
 from carelink.export.tables import Output, to_parquet, write_errors
 from carelink.federation import SharedRecord
@@ -256,6 +255,10 @@ class Runner:
             await asyncio.sleep(0)
             state["progress"] = f"{done} of {total} people"
             return bool(state["live"])
+
+        # the extract's stack (pandas, pyarrow, the anonymiser) is loaded by the first
+        # extract, not by every gateway worker at start
+        from carelink.export.pipeline import run
 
         try:
             result = await run(

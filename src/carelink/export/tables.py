@@ -16,16 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pyarrow is loaded when a table is written: a gateway worker that never
+    # writes Parquet does not pay its import or its memory
+    import pyarrow as pa
 
 CHUNK = 5000
 DISTINCT_CAP = 1000  # the dictionary counts distinct values up to this many
 Json = dict[str, Any]
-ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+#: each kind of column (``_kind``) as the name of its Arrow type
+ARROW = {"bool": "bool_", "int": "int64", "float": "float64", "str": "string"}
 
 
 def _flat(obj: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -88,7 +91,9 @@ class Columns:
 
     def schema(self) -> pa.Schema:
         """The Arrow schema, columns in name order."""
-        return pa.schema([(c, ARROW[self.kinds[c]]) for c in sorted(self.kinds)])
+        import pyarrow as pa
+
+        return pa.schema([(c, getattr(pa, ARROW[self.kinds[c]])()) for c in sorted(self.kinds)])
 
 
 def rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -116,6 +121,9 @@ class _Stats:
 def to_parquet(ndjson: Path, parquet: Path, cols: Columns) -> list[dict[str, Any]]:
     """Write the flattened file as typed Parquet in one read, with the columns ``Output``
     recorded while writing it; its data dictionary entries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = cols.schema()
     names = schema.names
     text = {c for c in names if cols.kinds[c] == "str"}
