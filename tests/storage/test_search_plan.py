@@ -299,9 +299,77 @@ def test_a_search_by_a_range_of_dates_is_not_planned_again_each_time(store):
     assert sum(generic for generic, _ in plans) >= 15, plans
 
 
+def test_a_range_of_dates_tests_the_given_name_in_the_index(store):
+    """On PostgreSQL, the one plan for any values of a search by surname, given name and
+    a range of dates tests the given name in the surname-date-given index (its pattern
+    operator class, migration 22): it fetches only the rows whose given name matches.
+    Before, the given name was a filter on each row fetched: at the full test range the
+    year-range search fetched ~200 rows to return ~13, and PostgreSQL's reads cost
+    1.4-1.9 ms of CPU a search (0.5-0.6 ms after)."""
+    if store.db.is_sqlite:
+        pytest.skip("PostgreSQL's plans")
+    rows = _common_names(50_000)
+    _stored_and_analysed(store, rows)
+    for dates in RANGES:
+        params = {"family": ["brown"], "given": ["a"], "birthdate": dates}
+        query = patient_query(params, [], NOW)
+        assert [r.id for r in store.find(query)] == scan(rows, query, dates)
+        reads = _named_conditions(_generic_plan(store, query))
+        given_first = [cond for name, cond in reads if name == "ix_persons_family_birth"]
+        assert given_first, (dates, reads)
+        assert all("given_folded" in cond for cond in given_first), (dates, reads)
+
+
+def test_migration_22_puts_the_given_name_in_the_index_by_pattern(store):
+    """A PostgreSQL database from before migration 22 (the given name in the
+    surname-date-given index with the default operator class) gets the index with the
+    pattern operator class, under the same name, and searches find what they found."""
+    if store.db.is_sqlite:
+        pytest.skip("PostgreSQL's operator classes")
+    rows = _common_names(20_000)
+    _stored_and_analysed(store, rows)
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_persons_family_birth")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_persons_family_birth ON persons"
+            " (family_folded varchar_pattern_ops, birth_date, given_folded)"
+        )
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 22")
+    query = patient_query({"family": ["brown"], "given": ["a"], "birthdate": RANGES[0]}, [], NOW)
+    before = [r.id for r in store.find(query)]
+    reads = _named_conditions(_generic_plan(store, query))
+    assert not any("given_folded" in cond for _, cond in reads), reads  # the old index
+    assert store.db.migrate() == max(n for n, _, _ in MIGRATIONS)
+    with store.db.engine.connect() as conn:
+        (definition,) = conn.exec_driver_sql(
+            "SELECT pg_get_indexdef(to_regclass('ix_persons_family_birth'))"
+        ).one()
+    assert "given_folded varchar_pattern_ops" in definition, definition
+    assert [r.id for r in store.find(query)] == before == scan(rows, query, RANGES[0])
+    reads = _named_conditions(_generic_plan(store, query))
+    assert any(
+        name == "ix_persons_family_birth" and "given_folded" in cond for name, cond in reads
+    ), reads
+    assert store.db.migrate() == max(n for n, _, _ in MIGRATIONS)  # again: nothing to do
+
+
+def _named_conditions(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """(index, condition) of each read of a name-and-date index in a plan."""
+    here = []
+    if node.get("Index Name", "") in NAME_AND_DATE:
+        here.append((str(node["Index Name"]), str(node.get("Index Cond", ""))))
+    return here + [c for child in node.get("Plans", []) for c in _named_conditions(child)]
+
+
 def _generic_index_conditions(store: IndexStore, query: PersonQuery) -> list[str]:
     """The condition of each read of a name-and-date index in PostgreSQL's one plan for
     any values (``force_generic_plan``) of the statement a search runs."""
+    return _conditions(_generic_plan(store, query))
+
+
+def _generic_plan(store: IndexStore, query: PersonQuery) -> dict[str, Any]:
+    """PostgreSQL's one plan for any values (``force_generic_plan``) of the statement a
+    search runs."""
     import psycopg
 
     sql, values = store._with_consents_sql(query, "", 500)
@@ -324,7 +392,8 @@ def _generic_index_conditions(store: IndexStore, query: PersonQuery) -> list[str
             driver.autocommit = False
     finally:
         conn.close()
-    return _conditions(document[0]["Plan"])
+    plan: dict[str, Any] = document[0]["Plan"]
+    return plan
 
 
 def _stored_and_analysed(store: IndexStore, rows: list[PersonRow]) -> None:

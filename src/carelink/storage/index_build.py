@@ -61,7 +61,7 @@ _INDEXES = (
     ("persons", "nhs_number", "nhs_number", True),
     ("persons", "birth_family", "birth_date, family_folded", False),
     # PostgreSQL's pattern operators, as tables.py declares them
-    ("persons", "family_birth", "family_folded{pattern}, birth_date, given_folded", False),
+    ("persons", "family_birth", "family_folded{pattern}, birth_date, given_folded{pattern}", False),
     ("person_links", "person_id", "person_id", False),
     ("person_links", "patient_id", "patient_id", True),
     ("person_links", "local_id", "local_id", False),

@@ -232,6 +232,41 @@ def _jobs_finished(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE export_jobs ADD COLUMN finished {kind}"))
 
 
+def _given_in_the_index(conn: Connection) -> None:
+    """PostgreSQL: the surname-date-given index (migration 13, whatever its name) holds
+    the given name with the pattern operator class, as it holds the surname. A search by
+    a range of dates tests the given name's prefix as ``given_folded ~>=~ 'a' AND
+    given_folded ~<~ 'b'`` (``person_query``); with the default operator class no index
+    answers those, so PostgreSQL fetched every row of the surname in the range to test
+    the given name: at the full test range the year-range search read ~200 rows to
+    return ~13, and PostgreSQL's reads cost 1.4-1.9 ms of CPU a search (benchmarks/
+    README.md, "The sixteenth stop"). SQLite compares text as bytes and needs nothing."""
+    if conn.dialect.name != "postgresql" or not sa.inspect(conn).has_table("persons"):
+        return
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = to_regclass('persons')"
+        )
+    ).all()
+    for name, definition in rows:
+        columns = definition[definition.index("(") + 1 : definition.rindex(")")]
+        parts = [p.strip().split() for p in columns.split(",")]
+        if [p[0] for p in parts] != ["family_folded", "birth_date", "given_folded"]:
+            continue
+        if parts[2][1:] == ["varchar_pattern_ops"]:
+            continue
+        # a name from the database's own catalogue, quoted
+        conn.execute(sa.text(f'DROP INDEX "{name}"'))
+        conn.execute(
+            sa.text(
+                f'CREATE INDEX "{name}" ON persons (family_folded varchar_pattern_ops,'
+                " birth_date, given_folded varchar_pattern_ops)"
+            )
+        )
+
+
 def _audit_events_lz4(conn: Connection) -> None:
     """PostgreSQL: new events compressed with lz4 instead of pglz. An event is ~2 KB, so
     its row is over the 2 KB at which PostgreSQL compresses a row's long values, and
@@ -284,4 +319,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (18, "persons: whether the merged Patient is unmarked (plain)", _persons_plain),
     (19, "export jobs: when each finished (files kept from then)", _jobs_finished),
     (21, "audit trail: events compressed with lz4 on PostgreSQL", _audit_events_lz4),
+    (22, "persons: the given name in the surname-date-given index by pattern", _given_in_the_index),
 ]
