@@ -7,8 +7,9 @@ no Consents as the stored bytes (``patient_routes._shown_batch``), when the call
 scopes pass every Patient and consent shows unmarked data to the caller as it is. The
 guarantee: for any caller, search, person and consent situation, the answer and its
 audit events are those of the full path, where every person is parsed and decided
-about. Each search is asked twice of one gateway, with the index as built (its people
-plain) and with every person marked not plain (``UPDATE persons SET plain = 0``): the
+about. Each search is asked twice of one gateway (on SQLite and on PostgreSQL), with the
+index as built (its people plain) and with every person marked not plain (``UPDATE
+persons SET plain = 0``): the
 two answers must have the same status, headers (but the date and request id) and body,
 byte for byte, and leave the same audit events (but ids, times and request ids).
 
@@ -19,15 +20,21 @@ filter Patients; searches by family and birth date, by a year's range, with
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carelink.storage import Database
 from tests.integration.conftest import System
-from tests.support.objections import Gateway, objections_gateway, same_answers
+from tests.support.gateways import BOTH_DATABASES, IndexDatabase, token_gateways
+from tests.support.objections import Gateway, same_answers
+from tests.support.tokens import Issuer
 
 CALLERS = ["gp", "stranger", "officer", "secondary", "own-patient", "other-patient"]
 SCOPES = [
@@ -41,24 +48,58 @@ SCOPES = [
 FORMS = ["day", "year", "year+given", "elements", "count", "page"]
 
 
-@pytest.fixture(scope="module")
-def gateway(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("plain")
-    with objections_gateway(system, tmp, 30, "plain.db") as gateway:
-        yield gateway
+class Plain(Gateway):
+    """The gateway over an index of its own (a SQLite copy, or a PostgreSQL schema with
+    the index built into it), and that index's database, for setting ``plain``."""
+
+    database: Database
+
+    def events(self, request_id: str) -> list[dict[str, Any]]:
+        """The AuditEvents a request left in the trail, found by its request id."""
+        text = "CAST(event AS TEXT)" if self.database.is_sqlite else "convert_from(event, 'UTF8')"
+        with self.database.engine.connect() as conn:
+            rows = conn.execute(
+                # our own column and function names; the request id is bound
+                sa.text(f"SELECT event FROM audit_events WHERE {text} LIKE :p ORDER BY seq"),  # noqa: S608
+                {"p": f"%{request_id}%"},
+            ).all()
+        return [json.loads(bytes(r[0])) for r in rows]
 
 
-def _built(gateway: Gateway) -> list[tuple[int, str]]:
+@pytest.fixture(scope="module", params=BOTH_DATABASES)
+def gateway(
+    request: pytest.FixtureRequest, system: System, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plain]:
+    tmp = tmp_path_factory.mktemp(f"plain-{request.param}")
+    issuer = Issuer()
+    chosen = [p for p in system.population if "gp" in p.sources and not p.social_variant]
+    with ExitStack() as stack:
+        url = stack.enter_context(IndexDatabase(request.param, system, tmp))
+        extra = {"CARELINK_DATABASE_URL": url}
+        [started] = stack.enter_context(
+            token_gateways(system.env, tmp / "unused.db", issuer, tmp, extra=extra)
+        )
+        gateway = Plain(started.base, issuer, chosen[:30])
+        gateway.database = Database(url)
+        try:
+            yield gateway
+        finally:
+            gateway.database.dispose()
+
+
+def _built(gateway: Plain) -> list[tuple[int, str]]:
     """Each person's ``plain`` as the build wrote it, and their id."""
-    assert gateway.db is not None
-    with sqlite3.connect(gateway.db, timeout=30) as conn:
-        return [(int(p), str(i)) for i, p in conn.execute("SELECT id, plain FROM persons")]
+    with gateway.database.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, plain FROM persons"))
+        return [(int(p), str(i)) for i, p in rows]
 
 
-def _set(gateway: Gateway, flags: list[tuple[int, str]]) -> None:
-    assert gateway.db is not None
-    with sqlite3.connect(gateway.db, timeout=30) as conn:
-        conn.executemany("UPDATE persons SET plain = ? WHERE id = ?", flags)
+def _set(gateway: Plain, flags: list[tuple[int, str]]) -> None:
+    with gateway.database.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE persons SET plain = :plain WHERE id = :id"),
+            [{"plain": bool(p), "id": i} for p, i in flags],
+        )
 
 
 def _query(form: str, family: str, given: str, birth: str) -> dict[str, str | list[str]]:
@@ -84,7 +125,7 @@ def _query(form: str, family: str, given: str, birth: str) -> dict[str, str | li
     form=st.sampled_from(FORMS),
 )
 def test_a_plain_person_is_shown_and_audited_as_the_full_path_shows_them(
-    gateway: Gateway,
+    gateway: Plain,
     who: str,
     scope: str,
     index: int,
@@ -112,7 +153,7 @@ def test_a_plain_person_is_shown_and_audited_as_the_full_path_shows_them(
     same_answers(spliced, parsed)
 
 
-def test_the_people_of_the_index_are_plain_as_built(gateway: Gateway) -> None:
+def test_the_people_of_the_index_are_plain_as_built(gateway: Plain) -> None:
     """The comparison above means something only if the index as built holds plain
     people (their Patients carry no security label nor code) and a search returns them."""
     built = {i: p for p, i in _built(gateway)}
