@@ -27,7 +27,7 @@ import orjson
 from carelink.audit import Access, Who, audit_event, verify
 from carelink.audit.events import columns
 from carelink.storage import Database
-from carelink.storage.audit_store import AuditStore
+from carelink.storage.audit_store import AuditRow, AuditStore
 from tests.support.tcp_proxy import proxy_to, with_host
 
 #: events a batch: about what one year-range search returns at the full range
@@ -94,7 +94,15 @@ def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_tha
         db.dispose()
 
     reader = AuditStore(direct)
-    rows = list(reader.rows())
+    whole_batches(list(reader.rows()), set(returned), set(raised))
+    reader.close()
+    direct.dispose()
+
+
+def whole_batches(rows: list[AuditRow], returned: set[int], raised: set[int]) -> None:
+    """The trail's ``rows`` (of ``_batch`` batches) verify; every batch whose append
+    returned is stored whole; every batch stored is whole, once, in order, and was
+    appended (a raised batch may be whole: its commit was under way)."""
     assert verify(rows) == []
     stored: dict[int, list[int]] = {}
     for row in rows:
@@ -104,8 +112,5 @@ def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_tha
     for n in returned:
         assert stored.get(n) == list(range(BATCH)), f"batch {n} returned but is not stored whole"
     for n, kept in stored.items():
-        # never in part, never twice, in order; a raised batch may be whole (COMMIT sent)
         assert kept == list(range(BATCH)), f"batch {n} stored as {kept}"
-    assert set(stored) <= set(returned) | set(raised)
-    reader.close()
-    direct.dispose()
+    assert set(stored) <= returned | raised

@@ -21,14 +21,11 @@ import signal
 import threading
 import time
 
-import orjson
-
-from carelink.audit import verify
 from carelink.audit.writer import WriterProcess, WriterSpec
 from carelink.errors import AuditError
 from carelink.storage import Database
 from carelink.storage.audit_store import AuditStore
-from tests.adversarial.test_audit_cut import BATCH, _batch
+from tests.adversarial.test_audit_cut import _batch, whole_batches
 
 #: batches of writer ``w`` are numbered from ``w * SPAN`` on
 SPAN = 1_000_000
@@ -102,21 +99,8 @@ def test_writers_killed_mid_append_leave_whole_batches_and_the_others_go_on(data
     assert all(n > 0 for n in after), f"appends after the last kill, per worker: {after}"
 
     reader = AuditStore(db)
-    rows = list(reader.rows())
-    assert verify(rows) == []
-    stored: dict[int, list[int]] = {}
-    for row in rows:
-        event = orjson.loads(row.event)
-        n, i = (int(x) for x in event["id"].split("-")[1:])
-        stored.setdefault(n, []).append(i)
     returned = {n for w in workers for n in w.returned}
     raised = {n for w in workers for n in w.raised}
-    for n in returned:
-        assert stored.get(n) == list(range(BATCH)), f"batch {n} returned but is not stored whole"
-    for n, kept in stored.items():
-        # never in part, never twice, in order; a raised batch may be whole (its commit
-        # was under way when the writer died)
-        assert kept == list(range(BATCH)), f"batch {n} stored as {kept}"
-    assert set(stored) <= returned | raised
+    whole_batches(list(reader.rows()), returned, raised)
     reader.close()
     db.dispose()
