@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # pyarrow is loaded when a table is written: a gateway worker
 CHUNK = 5000
 DISTINCT_CAP = 1000  # the dictionary counts distinct values up to this many
 Json = dict[str, Any]
-#: each kind of column (``_kind``) as the name of its Arrow type
-ARROW = {"bool": "bool_", "int": "int64", "float": "float64", "str": "string"}
 
 
 def _flat(obj: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -93,7 +91,8 @@ class Columns:
         """The Arrow schema, columns in name order."""
         import pyarrow as pa
 
-        return pa.schema([(c, getattr(pa, ARROW[self.kinds[c]])()) for c in sorted(self.kinds)])
+        arrow = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+        return pa.schema([(c, arrow[self.kinds[c]]) for c in sorted(self.kinds)])
 
 
 def rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -159,10 +159,10 @@ class AuditStore:
         self.tail: int | None = None
         #: the tail's size at which it is written as a block
         self.block = BLOCK
-        marks = ", ".join(["?" if db.is_sqlite else "%s"] * 9)  # placeholders, never values
+        #: SQLite's append, a statement a row (PostgreSQL's: ``_UNNESTED_INSERT``)
         self._insert = (
-            "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "  # noqa: S608
-            f"hash, agent, chain) VALUES ({marks})"
+            "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "
+            "hash, agent, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         #: a block's pairs: one row a statement on SQLite (in the process, nothing to
         #: wait for between them); on PostgreSQL one statement of two arrays, unnested
@@ -288,10 +288,7 @@ class AuditStore:
                 if rows and pipelined:
                     # one statement of nine arrays, unnested there, sent in binary (as
                     # text the events' bytes went as hex, which cost more than it saved)
-                    cur.execute(
-                        _UNNESTED_INSERT,
-                        [list(column) for column in zip(*rows, strict=True)],
-                    )
+                    cur.execute(_UNNESTED_INSERT, [list(c) for c in zip(*rows, strict=True)])
                 elif rows:
                     cur.executemany(self._insert, rows)
                 self._committing = True

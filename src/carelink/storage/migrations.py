@@ -137,8 +137,13 @@ def _name_date_given(conn: Connection) -> None:
         if found["column_names"] in old and not found["unique"]:
             # a name from the database's own catalogue, quoted
             conn.execute(sa.text(f'DROP INDEX "{found["name"]}"'))
+    _create_declared(conn, "ix_persons_family_birth")
+
+
+def _create_declared(conn: Connection, name: str) -> None:
+    """The persons index ``name`` as ``tables.py`` declares it, unless it is there."""
     for index in persons.indexes:
-        if index.name == "ix_persons_family_birth":
+        if index.name == name:
             index.create(conn, checkfirst=True)
 
 
@@ -233,38 +238,28 @@ def _jobs_finished(conn: Connection) -> None:
 
 
 def _given_in_the_index(conn: Connection) -> None:
-    """PostgreSQL: the surname-date-given index (migration 13, whatever its name) holds
-    the given name with the pattern operator class, as it holds the surname. A search by
+    """PostgreSQL: the surname-date-given index (migration 13, whatever its name) made
+    again as ``tables.py`` declares it, the given name with the pattern operator class
+    as the surname. A search by
     a range of dates tests the given name's prefix as ``given_folded ~>=~ 'a' AND
     given_folded ~<~ 'b'`` (``person_query``); with the default operator class no index
     answers those, so PostgreSQL fetched every row of the surname in the range to test
     the given name: at the full test range the year-range search read ~200 rows to
     return ~13, and PostgreSQL's reads cost 1.4-1.9 ms of CPU a search (benchmarks/
     README.md, "The sixteenth stop"). SQLite compares text as bytes and needs nothing."""
-    if conn.dialect.name != "postgresql" or not sa.inspect(conn).has_table("persons"):
+    if conn.dialect.name != "postgresql":
         return
-    rows = conn.execute(
-        sa.text(
-            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
-            " JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE i.indrelid = to_regclass('persons')"
-        )
-    ).all()
-    for name, definition in rows:
-        columns = definition[definition.index("(") + 1 : definition.rindex(")")]
-        parts = [p.strip().split() for p in columns.split(",")]
-        if [p[0] for p in parts] != ["family_folded", "birth_date", "given_folded"]:
-            continue
-        if parts[2][1:] == ["varchar_pattern_ops"]:
-            continue
-        # a name from the database's own catalogue, quoted
-        conn.execute(sa.text(f'DROP INDEX "{name}"'))
-        conn.execute(
-            sa.text(
-                f'CREATE INDEX "{name}" ON persons (family_folded varchar_pattern_ops,'
-                " birth_date, given_folded varchar_pattern_ops)"
-            )
-        )
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("persons"):
+        return
+    for found in inspector.get_indexes("persons"):
+        ops = found.get("dialect_options", {}).get("postgresql_ops", {})
+        if found["column_names"] == ["family_folded", "birth_date", "given_folded"] and (
+            ops.get("given_folded") != "varchar_pattern_ops"
+        ):
+            # a name from the database's own catalogue, quoted
+            conn.execute(sa.text(f'DROP INDEX "{found["name"]}"'))
+            _create_declared(conn, "ix_persons_family_birth")
 
 
 def _audit_events_lz4(conn: Connection) -> None:

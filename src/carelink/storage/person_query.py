@@ -267,13 +267,13 @@ def where_sql(
 
 def _name_sql(q: _Sql, raw: str, folded: str, t: NameTest) -> str:
     if not t.exact:
-        if q.ranges or folded != "given_folded":
+        if q.ranges:
             return q.starts_with(folded, t.value)
-        # PostgreSQL: the LIKE and the prefix's range in byte order, which the
-        # surname-date-given index answers (its pattern operator class, migration 22): a
-        # statement planned once for any values cannot read a LIKE's pattern, so without
-        # the range every row of the surname in a range of dates was fetched to test it
-        # (bound in the order of the text)
+        # PostgreSQL: the LIKE and the prefix's range in byte order, which the name-first
+        # index answers for both folded names (their pattern operator class, migration
+        # 22): a statement planned once for any values cannot read a LIKE's pattern, so
+        # without the range every row of the surname in a range of dates was fetched to
+        # test the given name (bound in the order of the text)
         text = f"({q.starts_with(folded, t.value)} AND {folded} ~>=~ {q.bind(t.value)}"
         upper = after_prefix(t.value)
         if upper is not None:
