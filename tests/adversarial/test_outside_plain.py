@@ -191,6 +191,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         issuer = Issuer()
         (started,) = stack.enter_context(token_gateways(env, db, issuer, tmp))
         gateway = Gateway(started.base, issuer, [], db)
+        stack.callback(gateway.close)
         with sqlite3.connect(db) as conn:
             linked = dict(conn.execute("SELECT local_id, person_id FROM person_links"))
         pids = {v: linked[local] for v, local in locals_.items()}

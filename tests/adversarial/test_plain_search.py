@@ -20,17 +20,14 @@ filter Patients; searches by family and birth date, by a year's range, with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carelink.storage import Database
 from tests.integration.conftest import System
 from tests.support.gateways import BOTH_DATABASES, IndexDatabase, token_gateways
 from tests.support.objections import Gateway, same_answers
@@ -48,28 +45,10 @@ SCOPES = [
 FORMS = ["day", "year", "year+given", "elements", "count", "page"]
 
 
-class Plain(Gateway):
-    """The gateway over an index of its own (a SQLite copy, or a PostgreSQL schema with
-    the index built into it), and that index's database, for setting ``plain``."""
-
-    database: Database
-
-    def events(self, request_id: str) -> list[dict[str, Any]]:
-        """The AuditEvents a request left in the trail, found by its request id."""
-        text = "CAST(event AS TEXT)" if self.database.is_sqlite else "convert_from(event, 'UTF8')"
-        with self.database.engine.connect() as conn:
-            rows = conn.execute(
-                # our own column and function names; the request id is bound
-                sa.text(f"SELECT event FROM audit_events WHERE {text} LIKE :p ORDER BY seq"),  # noqa: S608
-                {"p": f"%{request_id}%"},
-            ).all()
-        return [json.loads(bytes(r[0])) for r in rows]
-
-
 @pytest.fixture(scope="module", params=BOTH_DATABASES)
 def gateway(
     request: pytest.FixtureRequest, system: System, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Plain]:
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"plain-{request.param}")
     issuer = Issuer()
     chosen = [p for p in system.population if "gp" in p.sources and not p.social_variant]
@@ -79,23 +58,22 @@ def gateway(
         [started] = stack.enter_context(
             token_gateways(system.env, tmp / "unused.db", issuer, tmp, extra=extra)
         )
-        gateway = Plain(started.base, issuer, chosen[:30])
-        gateway.database = Database(url)
+        gateway = Gateway(started.base, issuer, chosen[:30], url)
         try:
             yield gateway
         finally:
-            gateway.database.dispose()
+            gateway.close()
 
 
-def _built(gateway: Plain) -> list[tuple[int, str]]:
+def _built(gateway: Gateway) -> list[tuple[int, str]]:
     """Each person's ``plain`` as the build wrote it, and their id."""
-    with gateway.database.engine.connect() as conn:
+    with gateway.database().engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, plain FROM persons"))
         return [(int(p), str(i)) for i, p in rows]
 
 
-def _set(gateway: Plain, flags: list[tuple[int, str]]) -> None:
-    with gateway.database.engine.begin() as conn:
+def _set(gateway: Gateway, flags: list[tuple[int, str]]) -> None:
+    with gateway.database().engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE persons SET plain = :plain WHERE id = :id"),
             [{"plain": bool(p), "id": i} for p, i in flags],
@@ -125,7 +103,7 @@ def _query(form: str, family: str, given: str, birth: str) -> dict[str, str | li
     form=st.sampled_from(FORMS),
 )
 def test_a_plain_person_is_shown_and_audited_as_the_full_path_shows_them(
-    gateway: Plain,
+    gateway: Gateway,
     who: str,
     scope: str,
     index: int,
@@ -153,7 +131,7 @@ def test_a_plain_person_is_shown_and_audited_as_the_full_path_shows_them(
     same_answers(spliced, parsed)
 
 
-def test_the_people_of_the_index_are_plain_as_built(gateway: Plain) -> None:
+def test_the_people_of_the_index_are_plain_as_built(gateway: Gateway) -> None:
     """The comparison above means something only if the index as built holds plain
     people (their Patients carry no security label nor code) and a search returns them."""
     built = {i: p for p, i in _built(gateway)}

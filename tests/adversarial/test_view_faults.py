@@ -84,12 +84,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         built = carelink(["index", "build"], env)
         assert built.returncode == 0, built.stderr
         on, off = stack.enter_context(remembering_and_fresh(env, db, issuer, tmp))
-        yield Rig(
-            source,
-            Gateway(on.base, issuer, [], db),
-            Gateway(off.base, issuer, [], db),
-            list(source.records),
-        )
+        remembering, fresh = Gateway(on.base, issuer, [], db), Gateway(off.base, issuer, [], db)
+        stack.callback(remembering.close)
+        stack.callback(fresh.close)
+        yield Rig(source, remembering, fresh, list(source.records))
 
 
 def _normal(body: bytes, base: str) -> Any:

@@ -4,7 +4,6 @@ objections through the API as a privacy officer would."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
 from carelink.simulators.population import Person
+from carelink.storage import Database
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import copy_index, token_gateways
@@ -31,7 +32,11 @@ def objections_gateway(system: System, tmp: Path, people: int, db: str) -> Itera
     issuer = Issuer()
     chosen = [p for p in system.population if "gp" in p.sources and not p.social_variant]
     with token_gateways(system.env, copy, issuer, tmp) as (started,):
-        yield Gateway(started.base, issuer, chosen[:people], copy)
+        gateway = Gateway(started.base, issuer, chosen[:people], copy)
+        try:
+            yield gateway
+        finally:
+            gateway.close()
 
 
 def unknown_nhs_number(known: set[str], start: int) -> str:
@@ -45,12 +50,14 @@ def unknown_nhs_number(known: set[str], start: int) -> str:
 
 @dataclass
 class Gateway:
-    """One running gateway (``base``) over a private index copy (``db``)."""
+    """One running gateway (``base``) over a private index (``db``: a SQLite file or a
+    database URL), read directly through ``database``."""
 
     base: str
     issuer: Issuer = field(repr=False)
     people: list[Person] = field(repr=False)
-    db: Path | None = None
+    db: str | Path | None = None
+    _database: Database | None = field(default=None, repr=False)
     ids: dict[str, str] = field(default_factory=dict, repr=False)  # NHS number -> merged id
     objected: set[str] = field(default_factory=set, repr=False)  # NHS numbers
 
@@ -127,15 +134,29 @@ class Gateway:
         assert r.status_code == 201, r.text
         self.objected.add(person.nhs_number)
 
+    def database(self) -> Database:
+        """The gateway's own database, opened once (closed by ``close``)."""
+        if self._database is None:
+            assert self.db is not None, "the gateway's database is not known"
+            self._database = Database(str(self.db))
+        return self._database
+
     def events(self, request_id: str) -> list[dict[str, Any]]:
         """The AuditEvents a request left in the trail, found by its request id."""
-        assert self.db is not None, "events are read from the gateway's SQLite file"
-        with sqlite3.connect(self.db) as conn:
+        database = self.database()
+        text = "CAST(event AS TEXT)" if database.is_sqlite else "convert_from(event, 'UTF8')"
+        with database.engine.connect() as conn:
             rows = conn.execute(
-                "SELECT event FROM audit_events WHERE CAST(event AS TEXT) LIKE ? ORDER BY seq",
-                (f"%{request_id}%",),
-            ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+                # our own column and function names; the request id is bound
+                sa.text(f"SELECT event FROM audit_events WHERE {text} LIKE :p ORDER BY seq"),  # noqa: S608
+                {"p": f"%{request_id}%"},
+            ).all()
+        return [json.loads(bytes(r[0])) for r in rows]
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.dispose()
+            self._database = None
 
 
 def normal_event(event: dict[str, Any]) -> dict[str, Any]:
