@@ -6,7 +6,6 @@ cannot be opened."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ import pytest
 
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.simulators.population import Person
+from carelink.storage import Database
+from carelink.storage.audit_store import AuditStore
 from tests.integration.conftest import System
 from tests.support.gateways import copy_index
 from tests.support.procs import free_port, running
@@ -76,8 +77,11 @@ class Gateway:
 
     def audited_ids(self) -> set[str]:
         """Every request id in the audit trail."""
-        with sqlite3.connect(self.db) as conn:
-            events = [json.loads(e) for (e,) in conn.execute("SELECT event FROM audit_events")]
+        db = Database(str(self.db))
+        try:  # each event whole, as ``verify`` reads it (a search's are stored in part)
+            events = [json.loads(r.event) for r in AuditStore(db).rows()]
+        finally:
+            db.dispose()
         return {
             entity["what"]["identifier"]["value"]
             for event in events

@@ -26,11 +26,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from carelink.storage.audit_store import agent_key
+from carelink.storage.audit_store import Body, Shared, agent_key
 
 Json = dict[str, Any]
 #: an event ready to be stored: the columns stored beside it (``columns``), then its bytes
-Row = tuple[str, str | None, str, str | None, bytes]
+#: (whole, or in pieces when it shares most of them with other events of its request:
+#: ``storage.audit_store.Shared``; ``whole`` joins them)
+Row = tuple[str, str | None, str, str | None, Body]
 
 EVENT_TYPE = {
     "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
@@ -367,8 +369,28 @@ def _rows(
     recorded, outcome, agent = columns
     dumps = orjson.dumps
     out: list[Row] = []
-    for pid in patient_ids:
-        end = ends[break_glass or pid in break_glass_ids]
+    pids = list(patient_ids)
+    # a request's events about several people share all but the patient and the id: in
+    # pieces, what they share one object (stored once, ``storage.audit_store.Shared``)
+    shared = (
+        (head + _PATIENT_OPEN, _PATIENT_CLOSE + entities + ends[0], b"}")
+        if len(pids) > 1 and not break_glass
+        else None
+    )
+    for pid in pids:
+        glass = break_glass or pid in break_glass_ids
+        if pid and shared is not None and not glass:
+            out.append(
+                (
+                    recorded,
+                    pid,
+                    outcome,
+                    agent,
+                    Shared(shared, (dumps(f"Patient/{pid}"), dumps(event_id()))),
+                )
+            )
+            continue
+        end = ends[glass]
         if pid:
             patient = dumps(f"Patient/{pid}")
             body = b"".join(

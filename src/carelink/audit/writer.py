@@ -19,7 +19,8 @@ audit failure) and the next batch starts a new child.
 Frames, both ways: one kind byte, a 4-byte big-endian length, the payload.
 To the child: ``S`` the spec (JSON), ``R`` a batch of rows (``rows_frame``:
 each AuditEvent's bytes with the columns stored beside it, read from the event
-here, so the child stores the very bytes and parses none of them again), ``T``
+here, so the child stores the very bytes and parses none of them again; what
+the events of a request share, once), ``T``
 a checkpoint tick. From the child: ``K`` done (JSON), or ``E`` failed (a short
 reason, never the data).
 """
@@ -45,6 +46,7 @@ import orjson
 
 from carelink.audit.events import Row, row_of
 from carelink.errors import AuditError
+from carelink.storage.audit_store import Body, Shared
 
 Json = dict[str, Any]
 _HEAD = struct.Struct(">cI")
@@ -243,22 +245,65 @@ def _child_env() -> dict[str, str]:
 
 
 def rows_frame(events: Sequence[Json | Row]) -> bytes:
-    """The ``R`` payload: the size of a JSON array of each event's columns and byte
-    count, that array, then the events' bytes one after another (each event a row
-    already serialised, ``RequestEvents.rows``, or a dict serialised here)."""
+    """The ``R`` payload: the size of a JSON array, that array, then bytes one after
+    another (each event a row already serialised, ``RequestEvents.rows``, or a dict
+    serialised here). The array holds the byte counts of each shared part's fragments
+    (``storage.audit_store.Shared``), then each event's columns and, for an event whole,
+    its byte count, for an event in pieces its part's number (-1 the first, -2 ...) and
+    its pieces' counts. The bytes: each event's in turn, a part's fragments before the
+    pieces of the first event that names it."""
     rows = [e if isinstance(e, tuple) else row_of(e) for e in events]
-    head = orjson.dumps([[r[0], r[1], r[2], r[3], len(r[4])] for r in rows])
-    return _SIZE.pack(len(head)) + head + b"".join([r[4] for r in rows])
+    parts: dict[tuple[bytes, ...], int] = {}
+    shapes: list[list[int]] = []
+    heads: list[list[Any]] = []
+    chunks: list[bytes] = []
+    for recorded, patient, outcome, agent, body in rows:
+        if isinstance(body, bytes):
+            heads.append([recorded, patient, outcome, agent, len(body)])
+            chunks.append(body)
+            continue
+        fragments, fills = body
+        k = parts.get(fragments)
+        if k is None:
+            k = parts[fragments] = len(shapes)
+            shapes.append([len(f) for f in fragments])
+            chunks += fragments
+        heads.append([recorded, patient, outcome, agent, -1 - k, *[len(f) for f in fills]])
+        chunks += fills
+    head = orjson.dumps([shapes, heads])
+    return _SIZE.pack(len(head)) + head + b"".join(chunks)
 
 
 def frame_rows(payload: bytes) -> list[Row]:
     """The rows of an ``R`` payload (``ValueError`` if it does not add up)."""
     (size,) = _SIZE.unpack_from(payload)
     at = _SIZE.size + size
+    shapes, heads = orjson.loads(payload[_SIZE.size : at])
+    parts: list[tuple[bytes, ...]] = []
+
+    def take(counts: Sequence[int]) -> tuple[bytes, ...]:
+        nonlocal at
+        out = []
+        for n in counts:
+            if not isinstance(n, int) or n < 0 or at + n > len(payload):
+                raise ValueError("rows frame does not add up")
+            out.append(payload[at : at + n])
+            at += n
+        return tuple(out)
+
     rows: list[Row] = []
-    for recorded, patient, outcome, agent, length in orjson.loads(payload[_SIZE.size : at]):
-        rows.append((recorded, patient, outcome, agent, payload[at : at + length]))
-        at += length
+    for recorded, patient, outcome, agent, n, *fills in heads:
+        body: Body
+        if n >= 0:
+            (body,) = take([n])
+        else:
+            k = -1 - n
+            if k == len(parts) and k < len(shapes):
+                parts.append(take(shapes[k]))
+            elif k > len(parts):
+                raise ValueError("rows frame names a part not yet sent")
+            body = Shared(parts[k], take(fills))
+        rows.append((recorded, patient, outcome, agent, body))
     if at != len(payload):
         raise ValueError("rows frame does not add up")
     return rows

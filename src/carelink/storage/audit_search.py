@@ -12,10 +12,16 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from carelink.storage.audit_blocks import indexed_upto, patient_seqs
-from carelink.storage.audit_store import IDENTIFIED, agent_key, agent_prefix
+from carelink.storage.audit_store import (
+    IDENTIFIED,
+    agent_key,
+    agent_prefix,
+    whole_event,
+    with_parts,
+)
 from carelink.storage.database import Database
 from carelink.storage.loop_guard import loop_bounded
-from carelink.storage.tables import audit_events
+from carelink.storage.tables import audit_events, audit_parts
 
 #: lo <= recorded < hi (either end open when None)
 Span = tuple[str | None, str | None]
@@ -99,10 +105,20 @@ class AuditSearch:
             return int(conn.execute(stmt).scalar_one())
 
     def page(self, q: AuditQuery, limit: int, before: int | None = None) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` matching events older than ``before`` (seq), newest first."""
+        """Up to ``limit`` matching events older than ``before`` (seq), newest first, each
+        event's bytes whole."""
         c = audit_events.c
         with self.db.engine.connect() as conn:
             mark = indexed_upto(conn) if q.patient is not None else 0
             where = _where(q, mark, before)
-            stmt = sa.select(c.seq, c.event).where(*where).order_by(c.seq.desc()).limit(limit)
-            return [(int(r[0]), bytes(r[1])) for r in conn.execute(stmt)]
+            stmt = (
+                sa.select(c.seq, c.event, audit_parts.c.fragments)
+                .select_from(with_parts())
+                .where(*where)
+                .order_by(c.seq.desc())
+                .limit(limit)
+            )
+            return [
+                (int(r[0]), whole_event(bytes(r[1]), None if r[2] is None else bytes(r[2])))
+                for r in conn.execute(stmt)
+            ]

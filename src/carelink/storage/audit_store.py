@@ -18,6 +18,17 @@ and a child that commits back to back kept winning the gaps between those
 sleeps: the other child waited up to half a second while its worker's requests
 waited for it (benchmarks/README.md, "The search's stalls"). A process blocked
 in ``flock`` is woken the moment the lock is let go.
+
+Shared parts. The events of one request (a search's, one a person returned) are the
+same bytes but for the patient and the event's id: ~2 KB each, of which ~50 bytes are
+their own. They are stored in part (``Shared``): what they share once, in
+``audit_parts`` under the sequence number of the first of them, and in each row's
+``event`` only what is its own, ``part`` naming the shared row. Every byte written for
+a search's 13 events had cost the writer its CPU (the rows, their pages, the WAL, the
+sync): benchmarks/README.md, "The seventeenth stop". The hash is over the event's whole
+bytes as ever (``row_hash``: the same chain), and every read gives the whole bytes
+(``whole_event``): a shared part edited, swapped or deleted changes or loses the bytes
+of every event that names it, and their hashes say so.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -42,7 +53,7 @@ from carelink.storage.audit_blocks import (
     index_problems,
 )
 from carelink.storage.database import Database
-from carelink.storage.tables import audit_events
+from carelink.storage.tables import audit_events, audit_parts
 
 GENESIS = "0" * 64
 #: the hash scheme new rows are written with
@@ -119,6 +130,54 @@ class AuditRow:
         return None
 
 
+#: what separates the fragments of a shared part, and an event's own pieces, as stored:
+#: never in JSON text (a NUL inside a string is written ``\u0000``)
+SEP = b"\x00"
+
+
+class Shared(NamedTuple):
+    """An event's bytes in pieces: ``fragments``, what the events of its request share
+    (one object for them all), and between them ``fills``, its own: the bytes are
+    ``fragments[0] fills[0] fragments[1] ... fills[-1] fragments[-1]``. Stored in part
+    (the fragments once a request, ``audit_parts``) when no piece holds ``SEP``."""
+
+    fragments: tuple[bytes, ...]
+    fills: tuple[bytes, ...]
+
+
+#: an event's bytes: whole, or in pieces
+Body = bytes | Shared
+
+
+def whole(body: Body) -> bytes:
+    """An event's bytes, whole."""
+    if isinstance(body, bytes):
+        return body
+    return _interleave(body.fragments, body.fills)
+
+
+def _interleave(fragments: Sequence[bytes], fills: Sequence[bytes]) -> bytes:
+    if len(fragments) != len(fills) + 1:
+        raise ValueError("an event's pieces do not fit its shared part")
+    out = [fragments[0]]
+    for fill, fragment in zip(fills, fragments[1:], strict=True):
+        out += (fill, fragment)
+    return b"".join(out)
+
+
+def whole_event(event: bytes, fragments: bytes | None) -> bytes:
+    """An event's bytes as appended, from its row as stored (``event``) and, for an event
+    stored in part, its shared part's (``audit_parts.fragments``; None: the row names
+    none, or the part is missing). Bytes that do not fit their part come back as stored:
+    not what was appended, which the row's hash then says."""
+    if fragments is None:
+        return event
+    pieces, fills = fragments.split(SEP), event.split(SEP)
+    if len(pieces) != len(fills) + 1:
+        return event
+    return _interleave(pieces, fills)
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """What an append needs."""
@@ -127,11 +186,11 @@ class NewEvent:
     patient_id: str | None
     outcome: str
     agent: str | None
-    event: bytes
+    event: Body
 
 
 #: a new event as the writer child receives it: ``NewEvent``'s fields in its order
-EventRow = tuple[str, str | None, str, str | None, bytes]
+EventRow = tuple[str, str | None, str, str | None, Body]
 
 #: the trail's head and the patient index's last block (``MARK_SQL``), in one statement
 #: read under the append lock (no row: an empty trail, whose mark is read on its own)
@@ -162,7 +221,13 @@ class AuditStore:
         #: SQLite's append, a statement a row (PostgreSQL's: ``_UNNESTED_INSERT``)
         self._insert = (
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "
-            "hash, agent, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "hash, agent, chain, part) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._part_insert = (
+            "INSERT INTO audit_parts (seq, fragments) VALUES (?, ?)"
+            if db.is_sqlite
+            else "INSERT INTO audit_parts (seq, fragments) "
+            "SELECT * FROM unnest(%b::int[], %b::bytea[])"
         )
         #: a block's pairs: one row a statement on SQLite (in the process, nothing to
         #: wait for between them); on PostgreSQL one statement of two arrays, unnested
@@ -284,13 +349,17 @@ class AuditStore:
             with conn.driver_connection.pipeline() if pipelined else contextlib.nullcontext():
                 self._lock(cur)
                 cur.execute(_HEAD_SQL)
-                rows, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
+                rows, parts, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), events)
                 if rows and pipelined:
-                    # one statement of nine arrays, unnested there, sent in binary (as
+                    # one statement of ten arrays, unnested there, sent in binary (as
                     # text the events' bytes went as hex, which cost more than it saved)
                     cur.execute(_UNNESTED_INSERT, [list(c) for c in zip(*rows, strict=True)])
+                    if parts:
+                        cur.execute(self._part_insert, [list(c) for c in zip(*parts, strict=True)])
                 elif rows:
                     cur.executemany(self._insert, rows)
+                    if parts:
+                        cur.executemany(self._part_insert, parts)
                 self._committing = True
                 cur.execute("COMMIT")
             self._unlock()
@@ -371,7 +440,7 @@ class AuditStore:
         self._close_turn()
 
     def rows(self) -> Iterator[AuditRow]:
-        """Every row in sequence order (for verification)."""
+        """Every row in sequence order (for verification), each event's bytes whole."""
         c = audit_events.c
         with self.db.engine.connect() as conn:
             result = conn.execution_options(stream_results=True).execute(
@@ -385,10 +454,13 @@ class AuditStore:
                     c.hash,
                     c.agent,
                     c.chain,
-                ).order_by(c.seq)
+                    audit_parts.c.fragments,
+                )
+                .select_from(with_parts())
+                .order_by(c.seq)
             )
             for r in result:
-                event = r[4].encode() if isinstance(r[4], str) else bytes(r[4])  # tampered type
+                event = whole_event(_bytes(r[4]), None if r[9] is None else _bytes(r[9]))
                 yield AuditRow(r[0], r[1], r[2], r[3], event, r[5], r[6], r[7], int(r[8]))
 
     def index_problems(self) -> list[tuple[int, str]]:
@@ -407,13 +479,24 @@ class AuditStore:
         return (row[0], row[1]) if row else (0, GENESIS)
 
 
+def with_parts() -> sa.Join:
+    """The events, each with its shared part where it names one (``whole_event``)."""
+    return audit_events.outerjoin(audit_parts, audit_parts.c.seq == audit_events.c.part)
+
+
+def _bytes(value: Any) -> bytes:
+    """A stored value as bytes (text where bytes belong: a tampered type)."""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 #: PostgreSQL: a batch's rows as one statement, its columns as arrays (``_chained``'s
 #: order): ~15% less CPU an event than a statement a row (benchmarks/README.md, "The
 #: sixteenth stop")
 _UNNESTED_INSERT = (
     "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, hash,"
-    " agent, chain) SELECT * FROM unnest(%b::int[], %b::varchar[], %b::varchar[],"
-    " %b::varchar[], %b::bytea[], %b::varchar[], %b::varchar[], %b::text[], %b::int[])"
+    " agent, chain, part) SELECT * FROM unnest(%b::int[], %b::varchar[], %b::varchar[],"
+    " %b::varchar[], %b::bytea[], %b::varchar[], %b::varchar[], %b::text[], %b::int[],"
+    " %b::int[])"
 )
 
 
@@ -425,18 +508,38 @@ def _empty(cur: Any) -> tuple[int, str, int]:
 
 def _chained(
     head: tuple[Any, ...], events: Sequence[EventRow]
-) -> tuple[list[tuple[Any, ...]], int, str, int]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes]], int, str, int]:
     """The rows to insert after ``head`` (its seq, hash and the index's mark), each
-    chained to the one before by ``row_hash``; the last seq and hash, and the mark."""
+    chained to the one before by ``row_hash`` over its whole bytes, and the shared parts
+    the batch's events stored in part name (each once, under the seq of the first to
+    name it); the last seq and hash, and the mark."""
     seq, prev, mark = head
     rows: list[tuple[Any, ...]] = []
+    parts: list[tuple[int, bytes]] = []
+    named: dict[tuple[bytes, ...], int | None] = {}
     add = rows.append
-    for recorded, patient_id, outcome, agent, event in events:
+    for recorded, patient_id, outcome, agent, body in events:
         seq += 1
+        part = None
+        if isinstance(body, bytes):
+            event = stored = body
+        else:
+            fragments, fills = body
+            event = _interleave(fragments, fills)
+            stored = SEP.join(fills)
+            if fragments in named:
+                part = named[fragments]
+            elif any(SEP in f for f in fragments):
+                named[fragments] = None  # not to be told apart from its pieces: whole
+            else:
+                part = named[fragments] = seq
+                parts.append((seq, SEP.join(fragments)))
+            if part is None or any(SEP in f for f in fills):
+                part, stored = None, event
         h = row_hash(prev, seq, recorded, patient_id, outcome, agent, event)
-        add((seq, recorded, patient_id, outcome, event, prev, h, agent, CHAIN))
+        add((seq, recorded, patient_id, outcome, stored, prev, h, agent, CHAIN, part))
         prev = h
-    return rows, seq, prev, int(mark)
+    return rows, parts, seq, prev, int(mark)
 
 
 def _turn_file(driver: Any) -> int | None:

@@ -15,6 +15,7 @@ from carelink.storage.tables import (
     audit_events,
     audit_index_blocks,
     audit_lock,
+    audit_parts,
     audit_patient_index,
     break_glass,
     client_assertions,
@@ -273,11 +274,31 @@ def _audit_events_lz4(conn: Connection) -> None:
     only pglz) or before PostgreSQL 14 (no per-column compression), nor on SQLite."""
     if conn.dialect.name != "postgresql" or not sa.inspect(conn).has_table("audit_events"):
         return
+    if _lz4_offered(conn):
+        conn.execute(sa.text("ALTER TABLE audit_events ALTER COLUMN event SET COMPRESSION lz4"))
+
+
+def _audit_parts(conn: Connection) -> None:
+    """The events of one request stored in part: what they share kept once in
+    ``audit_parts``, each event's ``part`` naming it (``storage.audit_store``, "Shared
+    parts"). Rows stored before stay whole (``part`` empty). On PostgreSQL the shared
+    parts are compressed with lz4 where the server offers it, as the events are
+    (migration 21)."""
+    audit_parts.create(conn, checkfirst=True)
+    if not sa.inspect(conn).has_table("audit_events"):
+        return
+    if "part" not in {c["name"] for c in sa.inspect(conn).get_columns("audit_events")}:
+        conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN part INTEGER"))
+    if conn.dialect.name == "postgresql" and _lz4_offered(conn):
+        conn.execute(sa.text("ALTER TABLE audit_parts ALTER COLUMN fragments SET COMPRESSION lz4"))
+
+
+def _lz4_offered(conn: Connection) -> bool:
+    """Whether this PostgreSQL server compresses values with lz4 (built with it, 14+)."""
     offered = conn.execute(
         sa.text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
     ).scalar()
-    if offered and "lz4" in offered:
-        conn.execute(sa.text("ALTER TABLE audit_events ALTER COLUMN event SET COMPRESSION lz4"))
+    return bool(offered and "lz4" in offered)
 
 
 #: (number, what it does, the change) — append only
@@ -315,4 +336,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (19, "export jobs: when each finished (files kept from then)", _jobs_finished),
     (21, "audit trail: events compressed with lz4 on PostgreSQL", _audit_events_lz4),
     (22, "persons: the given name in the surname-date-given index by pattern", _given_in_the_index),
+    (23, "audit trail: what a request's events share stored once", _audit_parts),
 ]

@@ -119,7 +119,19 @@ audit_events = sa.Table(
     #: 2 every column of the row (see ``storage.audit_store.row_hash``); 3 as 2, with
     #: ``agent`` naming the issuer too
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
+    #: when set, the event is stored in part (``storage.audit_store``, "Shared parts"):
+    #: ``event`` holds only what is this event's, the rest is the ``audit_parts`` row of
+    #: this sequence number, shared by the other events of the same request
+    sa.Column("part", sa.Integer, nullable=True),
     sa.Index("ix_audit_events_agent_seq", "agent", "seq"),
+)
+
+#: what the events of one request share, stored once (keyed by the first of them's seq)
+audit_parts = sa.Table(
+    "audit_parts",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fragments", sa.LargeBinary, nullable=False),
 )
 
 #: the audit trail's events by patient, derived from ``audit_events`` and written in
