@@ -210,6 +210,11 @@ def test_the_writer_frame_carries_a_part_once_and_refuses_one_not_sent() -> None
     broken = orjson.dumps([shapes, heads])
     with pytest.raises(ValueError, match="part"):
         frame_rows(len(broken).to_bytes(4, "big") + broken + frame[4 + size :])
+    # a part named in turn but never described: refused as unreadable, not a crash
+    heads[0][4] = -1
+    undescribed = orjson.dumps([[], heads[:1]])
+    with pytest.raises(ValueError, match="does not describe"):
+        frame_rows(len(undescribed).to_bytes(4, "big") + undescribed + frame[4 + size :])
 
 
 def test_pieces_that_hold_the_separator_are_stored_whole(db: Database) -> None:

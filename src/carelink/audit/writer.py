@@ -298,7 +298,9 @@ def frame_rows(payload: bytes) -> list[Row]:
             (body,) = take([n])
         else:
             k = -1 - n
-            if k == len(parts) and k < len(shapes):
+            if k == len(parts):
+                if k >= len(shapes):
+                    raise ValueError("rows frame names a part it does not describe")
                 parts.append(take(shapes[k]))
             elif k > len(parts):
                 raise ValueError("rows frame names a part not yet sent")
