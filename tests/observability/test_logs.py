@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -130,6 +131,7 @@ def test_a_line_handed_straight_to_the_handler_is_the_line_logging_would_write()
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     fields = {"method": "GET", "route": "/fhir/Patient", "status": 200, "sources": []}
+    started = datetime.now(UTC)
     bound = bind("request-1")
     try:
         log_fields(logger, logging.INFO, "request", fields)  # straight to the handler
@@ -147,9 +149,15 @@ def test_a_line_handed_straight_to_the_handler_is_the_line_logging_would_write()
         logger.handlers.clear()
     handler.flush()
     direct, ordinary, captured = (json.loads(x) for x in "".join(stream.writes).splitlines())
-    when = ordinary.pop("timestamp")
+    # each line the time it was written, in turn within this test (not compared to the
+    # second, which the lines may cross)
+    written = [
+        datetime.fromisoformat(str(line.pop("timestamp")).replace("Z", "+00:00"))
+        for line in (direct, ordinary, captured)
+    ]
+    assert started - timedelta(milliseconds=1) <= written[0] <= written[1] <= written[2]
+    assert written[2] <= datetime.now(UTC) + timedelta(milliseconds=1)
     for line in (direct, captured):
-        assert line.pop("timestamp")[:19] == when[:19]
         assert line == ordinary
     assert [r.fields for r in seen] == [fields]  # type: ignore[attr-defined]
     assert ordinary["request_id"] == "request-1"
@@ -210,6 +218,7 @@ def test_the_access_line_is_the_same_by_the_gateways_handler_and_by_a_capture(so
     own.setFormatter(JsonFormatter())
     lines: list[dict[str, object]] = []
     telemetry = Telemetry(Metrics())
+    started = datetime.now(UTC)
     try:
         logger.handlers[:] = [own]
         logger.propagate = False
@@ -233,7 +242,14 @@ def test_the_access_line_is_the_same_by_the_gateways_handler_and_by_a_capture(so
         logger.handlers[:], logger.propagate = saved[0], saved[1]
         logger.setLevel(saved[2])
     direct, ordinary = lines
-    assert direct.pop("timestamp")[:19] == ordinary.pop("timestamp")[:19]
+    # each line the time it was written (the two passes in turn, within this test): not
+    # compared to the second, which a pass may cross
+    first, second = (
+        datetime.fromisoformat(str(line.pop("timestamp")).replace("Z", "+00:00"))
+        for line in (direct, ordinary)
+    )
+    assert started - timedelta(milliseconds=1) <= first <= second
+    assert second <= datetime.now(UTC) + timedelta(milliseconds=1)
     assert direct == ordinary
     assert direct["level"] == logging.getLevelName(level).lower()
     assert direct["sources"] == [{"source": s, "outcome": o, "ms": ms} for s, o, ms in sources]
