@@ -23,26 +23,28 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
+import sqlalchemy as sa
 
-from carelink.audit import Access, Who, audit_event, verify
-from carelink.audit.events import columns
+from carelink.audit import Access, Who, verify
+from carelink.audit.events import RequestEvents, Row
 from carelink.storage import Database
-from carelink.storage.audit_store import AuditRow, AuditStore
+from carelink.storage.audit_store import AuditStore, Shared
 from tests.support.tcp_proxy import proxy_to, with_host
 
 #: events a batch: about what one year-range search returns at the full range
 BATCH = 13
 
 
-def _batch(n: int) -> list[tuple[str, str | None, str, str | None, bytes]]:
-    rows = []
-    for i in range(BATCH):
-        recorded = f"2026-01-01T00:00:00.{n:03d}{i:03d}Z"
-        pid = f"p-{n}-{i}"
-        access = Access("search-type", "/fhir/Patient?family=x", f"req-{n}", recorded, "b")
-        e = audit_event(access, Who("dr-1", "R8000", "RXX01", "TREAT", "iss"), pid, "0")
-        e["id"] = f"ev-{n}-{i}"
-        rows.append((*columns(e), orjson.dumps(e)))
+def _batch(n: int) -> list[Row]:
+    """A search's events as the request path makes them: one a person, stored in part (what
+    they share once, ``storage.audit_store``, "Shared parts"), so a cut can come between
+    the shared part and the rows naming it."""
+    recorded = f"2026-01-01T00:00:00.{n:06d}Z"
+    access = Access("search-type", "/fhir/Patient?family=x", f"req-{n}", recorded, "b")
+    ids = iter(f"ev-{n}-{i}" for i in range(BATCH))
+    made = RequestEvents(access, Who("dr-1", "R8000", "RXX01", "TREAT", "iss"), "0")
+    rows = made.rows([f"p-{n}-{i}" for i in range(BATCH)], lambda: next(ids))
+    assert all(isinstance(r[4], Shared) for r in rows)
     return rows
 
 
@@ -94,16 +96,21 @@ def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_tha
         db.dispose()
 
     reader = AuditStore(direct)
-    whole_batches(list(reader.rows()), set(returned), set(raised))
+    whole_batches(reader, set(returned), set(raised))
     reader.close()
     direct.dispose()
 
 
-def whole_batches(rows: list[AuditRow], returned: set[int], raised: set[int]) -> None:
-    """The trail's ``rows`` (of ``_batch`` batches) verify; every batch whose append
-    returned is stored whole; every batch stored is whole, once, in order, and was
-    appended (a raised batch may be whole: its commit was under way)."""
+def whole_batches(store: AuditStore, returned: set[int], raised: set[int]) -> None:
+    """The trail (of ``_batch`` batches) verifies; every batch whose append returned is
+    stored whole; every batch stored is whole, once, in order, and was appended (a raised
+    batch may be whole: its commit was under way); and every event was stored in part,
+    its shared part there (a part lost would have failed ``verify``)."""
+    rows = list(store.rows())
     assert verify(rows) == []
+    with store.db.engine.connect() as conn:
+        whole = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE part IS NULL"))
+        assert whole.scalar_one() == 0
     stored: dict[int, list[int]] = {}
     for row in rows:
         event = orjson.loads(row.event)

@@ -101,6 +101,6 @@ def test_writers_killed_mid_append_leave_whole_batches_and_the_others_go_on(data
     reader = AuditStore(db)
     returned = {n for w in workers for n in w.returned}
     raised = {n for w in workers for n in w.raised}
-    whole_batches(list(reader.rows()), returned, raised)
+    whole_batches(reader, returned, raised)
     reader.close()
     db.dispose()
