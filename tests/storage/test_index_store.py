@@ -358,6 +358,17 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
     families = {p.family_folded for p in persons}
     queries = [PersonQuery(family=((NameTest(f[:1]),),)) for f in sorted(families)]
     queries += [PersonQuery(identifiers=((IdentifierTest(nhs_number=persons[0].nhs_number),),))]
+    # names that find the same people twice over (a prefix of another; one name given
+    # twice, exactly), beside a second list of names: each person once, in id order
+    for p in persons[:6]:
+        f = p.family_folded
+        exact = NameTest(p.family, exact=True, folded=f)
+        queries += [
+            PersonQuery(family=((NameTest(f[:1]), NameTest(f[:2]), NameTest(f)),)),
+            PersonQuery(family=((exact, exact, NameTest(f[:3])),)),
+            PersonQuery(family=((NameTest(f[:2]),), (NameTest(f[:1]), NameTest("zz")))),
+            PersonQuery(family=((NameTest(f[:2]), NameTest(f[:1])),), given=((NameTest(""),),)),
+        ]
     seen_held = 0
     plain: set[bool] = set()
     try:
@@ -366,6 +377,7 @@ def test_a_search_with_consents_gives_what_find_and_active_of_give(database_url)
                 rows, held = store.find_with_consents(q, after=after, limit=limit)
                 want = store.find(q, after=after, limit=limit)
                 assert rows == [FoundPerson(r.id, r.patient, r.plain) for r in want]
+                assert len({r.id for r in rows}) == len(rows)
                 plain.update(r.plain for r in rows)
                 assert held == consents.active_of([r.id for r in want])
                 seen_held += len(held)

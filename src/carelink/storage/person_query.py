@@ -317,10 +317,22 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
     ranges, beside the rare ones, would lead the planner to read the name whole."""
     if not query.family or not query.family[0]:
         return where_sql(query, mark, sqlite)
+    key = "rowid" if sqlite else "id"
+    selects, out = seekable_branches(query, mark, sqlite, key)
+    return f"{key} IN ({' UNION ALL '.join(selects)})", out
+
+
+def seekable_branches(
+    query: PersonQuery, mark: str, sqlite: bool, columns: str
+) -> tuple[list[str], list[Any]]:
+    """``seekable_sql``'s parts, each a ``SELECT columns FROM persons WHERE ...`` with
+    the whole test, and their bound values in order (``query`` has a first ``family``
+    list). The parts of one alternative of that list never find the same person (the
+    name exactly, and the names longer than it); those of two alternatives may (the
+    prefixes ``smi`` and ``smith``)."""
     test, values = where_sql(query, mark, sqlite, query.family[1:] if sqlite else None)
     selects: list[str] = []
     out: list[Any] = []
-    key = "rowid" if sqlite else "id"
     for t in query.family[0]:
         if t.exact and t.folded is not None:
             parts = [(f"family = {mark} AND family_folded = {mark}", [t.value, t.folded])]
@@ -347,9 +359,9 @@ def seekable_sql(query: PersonQuery, mark: str, sqlite: bool) -> tuple[str, list
             ]
         for part, part_values in parts:
             # our own column names; the values are bound
-            selects.append(f"SELECT {key} FROM persons WHERE {part} AND {test}")  # noqa: S608
+            selects.append(f"SELECT {columns} FROM persons WHERE {part} AND {test}")  # noqa: S608
             out += [*part_values, *values]
-    return f"{key} IN ({' UNION ALL '.join(selects)})", out
+    return selects, out
 
 
 def after_prefix(prefix: str) -> str | None:
