@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -70,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.procs import own_files
 
 from carelink.assembly import ADAPTERS
-from carelink.federation.build import build_index
+from carelink.federation.build import build_index, writer_processes
 from carelink.federation.changes import Upsert, apply_changes, record_of
 from carelink.federation.linkage import valid_nhs
 from carelink.fhir.search import fold
@@ -302,22 +303,76 @@ def _stat(pid: int) -> tuple[int, float]:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds used so far by the processes descended from ``root`` (not itself)."""
-    parents: dict[int, tuple[int, float]] = {}
+def _tree(root: int) -> set[int]:
+    """``root`` and the processes descended from it, now."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = _stat(int(entry.name))
+                parents[int(entry.name)] = _stat(int(entry.name))[0]
             except (OSError, IndexError, ValueError):
                 continue  # gone meanwhile
     below = {root}
     grew = True
     while grew:
-        new = {pid for pid, (ppid, _) in parents.items() if ppid in below} - below
+        new = {pid for pid, ppid in parents.items() if ppid in below} - below
         below |= new
         grew = bool(new)
-    return sum(parents[pid][1] for pid in below - {root})
+    return below
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by the processes descended from ``root`` (not itself)."""
+    total = 0.0
+    for pid in _tree(root) - {root}:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile
+            total += _stat(pid)[1]
+    return total
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class TreeMemory:
+    """The largest resident memory of this process and its descendants together (the
+    builder and its writer processes at once), sampled every ``every`` seconds on a
+    thread while in the ``with`` block; in MB. Processes already running when it starts
+    (the simulators, when this process started them) and theirs are not counted."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.every = every
+        self.peak_kb = 0
+        self._before: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = 0
+            for pid in _tree(me) - self._before:
+                with contextlib.suppress(OSError, ValueError):  # gone meanwhile
+                    total += _rss_kb(pid)
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> TreeMemory:
+        me = os.getpid()
+        self._before = {p for child in _tree(me) - {me} for p in _tree(child)}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> int:
+        return round(self.peak_kb / 1024)
 
 
 def http_searches(
@@ -423,7 +478,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        report, perturbed = asyncio.run(build(urls, store, args.errors, args.writers))
+        with TreeMemory() as together:
+            report, perturbed = asyncio.run(build(urls, store, args.errors, args.writers))
         took = time.perf_counter() - started
         build_cpu = sum(
             getattr(resource.getrusage(who), f) - getattr(then, f)
@@ -431,12 +487,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for f in ("ru_utime", "ru_stime")
         )
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         # at once, on stderr: what the build measured survives a failure of what follows
         print(
             f"built {sum(report.records.values()):,} records into {report.persons:,} people"
             f" in {took:.1f} s"
             f" (stages {report.seconds}, CPU {build_cpu:.1f} s, peak {peak_mb:.0f} MB,"
+            f" writers {args.writers}, their peak {report.writer_peak_mb} MB,"
+            f" all at once {together.peak_mb} MB,"
             f" load before {load_before}, after"
             f" {' '.join(f'{x:.2f}' for x in os.getloadavg())})",
             file=sys.stderr,
@@ -455,7 +512,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stages_s": report.seconds,
             "build_cpu_s": round(build_cpu, 1),
             "peak_mb": round(peak_mb),
-            "writer_peak_mb": round(writer_mb) if args.writers > 1 else None,
+            "writers": args.writers,
+            "writer_peak_mb": report.writer_peak_mb,
+            # the builder and its writers together, sampled every 0.25 s
+            "peak_together_mb": together.peak_mb,
             "candidates_mean": report.candidates_mean,
             "candidates_max": report.candidates_max,
             "oversized_blocks": report.oversized_blocks,
@@ -558,7 +618,12 @@ def main() -> None:
     ap.add_argument("--database", help="a PostgreSQL URL (default: a temporary SQLite file)")
     ap.add_argument("--errors", type=float, default=0.05, help="share of hospital records")
     ap.add_argument("--changes", type=int, default=1000)
-    ap.add_argument("--writers", type=int, default=1, help="processes making the people")
+    ap.add_argument(
+        "--writers",
+        type=int,
+        default=writer_processes(os.cpu_count()),
+        help="processes making the people (default: as `carelink index build`, one a core)",
+    )
     ap.add_argument("--port", type=int, default=18610)
     ap.add_argument(
         "--lookup-rounds",

@@ -23,7 +23,7 @@ from carelink.errors import SourceBadPayload, SourceWrongKind
 from carelink.export.pipeline import Extracted, extract
 from carelink.export.spec import ExtractSpec
 from carelink.federation import BuildReport, FanOut, SharedRecord, build_index
-from carelink.federation.build import Progress
+from carelink.federation.build import Progress, writer_processes
 from carelink.federation.keeper import keep_current
 from carelink.federation.update import Drift, UpdateReport, reconcile, update_from
 from carelink.feeds.run import FeedKeeper
@@ -47,9 +47,9 @@ async def build_index_from(
         async with sources_open(replace(settings, budget=30.0), store.db) as named:
             await confirm_kinds(named)  # a wrong kind of system fails before anything is read
             sources = list(named.values())
-            # the merge per person is CPU-bound: on PostgreSQL it is spread over processes;
-            # SQLite takes one writer at a time, and two were slower there (benchmarks/README)
-            writers = 1 if store.db.is_sqlite else max(1, min(4, os.cpu_count() or 1))
+            # the merge per person is CPU-bound: spread over processes (on SQLite they
+            # take turns for their inserts only; benchmarks/README, "The eighteenth stop")
+            writers = writer_processes(os.cpu_count())
             return await build_index(
                 sources, store, progress=progress, refuse_empty=True, writers=writers
             )

@@ -303,10 +303,31 @@ def _count_written(done: int) -> None:
         _Shared.written.value += done
 
 
+def writer_processes(cores: int | None) -> int:
+    """How many processes make the people of a build on a machine of ``cores`` cores
+    (None: unknown): one a core, at most four, on either database. The merge of each
+    person's Patient is CPU; on SQLite the writers take turns only for their inserts
+    (``IndexBuild``'s shared lock). At the full test range on two cores, SQLite wrote in
+    83.0 s with two and 136.3 s with one (benchmarks/README.md, "The eighteenth stop")."""
+    return max(1, min(4, cores or 1))
+
+
+def peak_kb() -> int:
+    """This process's peak resident memory, in KB, since it started its program
+    (``VmHWM``; ``ru_maxrss`` would count what a forked child held before its ``exec``,
+    the whole builder's memory for a spawned writer); 0 where ``/proc`` does not say."""
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def write_part(
     url: str, part: int, key: bytes, built_at: str, batch: int
-) -> tuple[int, dict[str, int]]:
-    """``_write`` in a process of its own, attached to the build in database ``url``."""
+) -> tuple[int, dict[str, int], int]:
+    """``_write`` in a process of its own, attached to the build in database ``url``;
+    with the process's peak memory (``peak_kb``)."""
     db = Database(url)
     build = IndexBuild(db, batch, attach=True, lock=_Shared.lock)
     reported = 0
@@ -318,7 +339,8 @@ def write_part(
 
     try:
         with few_collections():
-            return _write(build, key, built_at, part, progress)
+            persons, conflicts = _write(build, key, built_at, part, progress)
+        return persons, conflicts, peak_kb()
     finally:
         build.close()
         db.dispose()
@@ -361,7 +383,9 @@ async def _write_all(
             while not all(f.done() for f in futures):
                 await asyncio.wait(futures, timeout=1.0)
                 progress("writing", written.value, total)
-            results = [f.result() for f in futures]
+            made = [f.result() for f in futures]
+            results = [(persons, conflicts) for persons, conflicts, _ in made]
+            report.writer_peak_mb = round(max(peak for _, _, peak in made) / 1024)
     conflicts: Counter[str] = Counter()
     for persons, counted in results:
         report.persons += persons

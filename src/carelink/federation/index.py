@@ -68,6 +68,9 @@ class BuildReport:
     unkeyable: dict[str, int] = field(default_factory=dict)
     #: blocks over ``matching.BLOCK_CAP`` records, not used to find candidates
     oversized_blocks: int = 0
+    #: the largest peak memory of a writer process, in MB (None: the people were made in
+    #: the building process itself)
+    writer_peak_mb: int | None = None
     #: (retired id, successor) pairs a rebuild recorded for the ids it retired
     successors: int = 0
     #: wall-clock seconds per stage of a streaming build (reading, linking, writing, swap)
