@@ -303,6 +303,13 @@ def _count_written(done: int) -> None:
         _Shared.written.value += done
 
 
+#: a build of fewer records makes its people in the building process whatever the
+#: writers asked for: a writer process (a new interpreter and its imports) costs about
+#: a second, more than it saves below this (at 10,000 people, 17,209 records, two wrote
+#: in 1.73 s and one in 1.20 s; benchmarks/README.md, "The eighteenth stop")
+PROCESSES_FROM = 50_000
+
+
 def writer_processes(cores: int | None) -> int:
     """How many processes make the people of a build on a machine of ``cores`` cores
     (None: unknown): one a core, at most four, on either database. The merge of each
@@ -353,17 +360,28 @@ async def _write_all(
     report: BuildReport,
     progress: Progress,
     parts: int,
+    processes_from: int = PROCESSES_FROM,
 ) -> None:
-    """Write every part: in this process when there is one, else one process each."""
+    """Write every part: one process each, or all in this process, one after another,
+    when there is one part or fewer than ``processes_from`` records."""
     total = sum(report.records.values())
     build.index_groups()
     results: list[tuple[int, dict[str, int]]] = []
-    if parts == 1:
-        results.append(
-            await asyncio.to_thread(
-                _write, build, key, built_at, 0, lambda done: progress("writing", done, total)
-            )
-        )
+    if parts == 1 or total < processes_from:
+
+        def write_here() -> None:
+            before = latest = 0  # the links the parts before this one wrote (as reported)
+
+            def report_part(done: int) -> None:
+                nonlocal latest
+                latest = done
+                progress("writing", before + done, total)
+
+            for part in range(parts):
+                results.append(_write(build, key, built_at, part, report_part))
+                before, latest = before + latest, 0
+
+        await asyncio.to_thread(write_here)
     else:
         loop = asyncio.get_running_loop()
         spawn = multiprocessing.get_context("spawn")
@@ -404,6 +422,7 @@ async def build_index(
     refuse_empty: bool = False,
     writers: int = 1,
     batch: int = 5000,
+    processes_from: int = PROCESSES_FROM,
 ) -> BuildReport:
     """Read every source, link, and swap the new index in for the old one at once.
 
@@ -412,8 +431,9 @@ async def build_index(
     source is almost always a URL pointing at the wrong kind of system.
 
     ``writers`` > 1 makes the people in that many processes (the merge of each
-    person's Patient is most of a build's work once the sources are read). Rows go
-    to and from the database ``batch`` at a time."""
+    person's Patient is most of a build's work once the sources are read), when the
+    sources gave ``processes_from`` records or more. Rows go to and from the database
+    ``batch`` at a time."""
     key = store.secret()
     started = now()
     built_at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -443,7 +463,7 @@ async def build_index(
             reviews = await asyncio.to_thread(_link, build, loose, key, report, writers)
             del loose
             lap("linking")
-            await _write_all(build, key, built_at, report, progress, writers)
+            await _write_all(build, key, built_at, report, progress, writers, processes_from)
             build.load("match_review", reviews)
             report.review = len(reviews)
             lap("writing")
