@@ -94,21 +94,13 @@ def row_hash(
     """Chain 2 and 3: every column, as an unambiguous JSON array (no separator games),
     the scheme first (so a row cannot pass for another scheme's)."""
     digest = hashlib.sha256(event).hexdigest()
-    return _linked(chain, prev_hash, seq, recorded, patient_id, outcome, agent, digest)
+    return _linked([chain, prev_hash, seq, recorded, patient_id, outcome, agent, digest])
 
 
-def _linked(
-    chain: int,
-    prev_hash: str,
-    seq: int,
-    recorded: str,
-    patient_id: str | None,
-    outcome: str,
-    agent: str | None,
-    digest: str,
-) -> str:
-    """``row_hash`` of a row whose event's own digest is made already."""
-    fields = [chain, prev_hash, seq, recorded, patient_id, outcome, agent, digest]
+def _linked(fields: list[Any]) -> str:
+    """``row_hash`` of a row's columns with its event's own digest made already, in
+    ``row_hash``'s order: chain, previous hash, seq, recorded, patient, outcome, agent,
+    digest."""
     return hashlib.sha256(orjson.dumps(fields)).hexdigest()
 
 
@@ -577,7 +569,7 @@ def _chained(
     for recorded, patient_id, outcome, agent, stored, at, digest in made:
         seq += 1
         part = None if at is None else first + at
-        h = _linked(CHAIN, prev, seq, recorded, patient_id, outcome, agent, digest)
+        h = _linked([CHAIN, prev, seq, recorded, patient_id, outcome, agent, digest])
         add((seq, recorded, patient_id, outcome, stored, prev, h, agent, CHAIN, part))
         prev = h
     return rows, [(first + at, fragments) for at, fragments in named], seq, prev, int(mark)
