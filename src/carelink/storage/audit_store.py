@@ -287,12 +287,15 @@ class AuditStore:
         return self._conn
 
     def _lock(self, cur: Any) -> None:
-        """On SQLite, begin holding the append lock until commit, the turn first
-        (``_unlock`` lets it go after the commit or rollback). PostgreSQL's append takes
-        its lock in the pipeline's implicit transaction (``_append_rows``)."""
-        if self._turn is not None:
-            fcntl.flock(self._turn, fcntl.LOCK_EX)
-        cur.execute("BEGIN IMMEDIATE")
+        """Begin, holding the append lock until commit (on SQLite, the turn first:
+        ``_unlock`` lets it go after the commit or rollback)."""
+        if self.db.is_sqlite:
+            if self._turn is not None:
+                fcntl.flock(self._turn, fcntl.LOCK_EX)
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            cur.execute("BEGIN")
+            cur.execute(_LOCK_SQL)
 
     def _lock_blocks(self, cur: Any) -> None:
         """Begin, holding the patient index's lock until commit: on PostgreSQL a lock of
@@ -334,21 +337,13 @@ class AuditStore:
         )
 
     def _append_rows(self, events: Sequence[EventRow]) -> tuple[int, str]:
-        """One transaction: the lock, the head, the chained rows, the commit. On PostgreSQL
-        in two round trips, not five (psycopg's pipeline): the append lock and the head
-        go together, and the server runs them in turn, so the head's statement starts
-        (and takes its snapshot, the transaction being READ COMMITTED) only once the lock
-        is granted and reads the head the last appender committed; then the rows, and
-        the pipeline's ``Sync`` on leaving it, durable when its results are all read.
-
-        On PostgreSQL the transaction is the pipeline's implicit one: no ``BEGIN``, no
-        ``COMMIT``, the statements up to the ``Sync`` are one transaction, which the
-        ``Sync`` commits (or rolls back, if one of them failed), and the lock is held
-        until then (the head read with a flush request, not a ``Sync``). A ``COMMIT`` of
-        its own had been a message more after the rows, which the backend, holding the
-        lock, waited for (benchmarks/README.md, "The eighteenth stop"). As a ``Sync``
-        may commit the rows once they are sent, the append counts as committing from
-        then on: a failure after it is never made again."""
+        """One transaction: the lock, the head, the chained rows, ``COMMIT``. On PostgreSQL
+        in two round trips, not five (psycopg's pipeline): ``BEGIN``, the append lock and
+        the head go together, and the server runs them in turn, so the head's statement
+        starts (and takes its snapshot, the transaction being READ COMMITTED) only once
+        the lock is granted and reads the head the last appender committed; the rows and
+        ``COMMIT`` go together, durable when the pipeline's results are all read, on
+        leaving it."""
         conn = self._connection()
         pipelined = not self.db.is_sqlite
         # what does not depend on the head (the events' bytes and digests), before the
@@ -358,10 +353,7 @@ class AuditStore:
         cur = conn.driver_connection.cursor() if pipelined else conn.cursor()
         try:
             with conn.driver_connection.pipeline() if pipelined else contextlib.nullcontext():
-                if pipelined:
-                    cur.execute(_LOCK_SQL)  # the pipeline's implicit transaction, see above
-                else:
-                    self._lock(cur)
+                self._lock(cur)
                 cur.execute(_HEAD_SQL)
                 rows, parts, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), made)
                 if rows and pipelined:
@@ -370,15 +362,13 @@ class AuditStore:
                     # hex, which cost more than it saved)
                     arrays = [[p for p, _ in parts], [f for _, f in parts]]
                     arrays += [list(c) for c in zip(*rows, strict=True)]
-                    self._committing = True  # a Sync from here on may commit them
                     cur.execute(_UNNESTED_INSERT, arrays)
                 elif rows:
                     cur.executemany(self._insert, rows)
                     if parts:
                         cur.executemany(self._part_insert, parts)
                 self._committing = True
-                if not pipelined:
-                    cur.execute("COMMIT")
+                cur.execute("COMMIT")
             self._unlock()
             self.tail = seq - mark
             return seq, prev
