@@ -232,25 +232,9 @@ class IndexStore(IndexLinking):
         active consents, in no order. Sorting the rows themselves in SQL, twice (the
         page, then the join), copied every Patient into a sorter: 300,000 of the 860,000
         instructions of the read for a search returning 13 people. On PostgreSQL the
-        server sorts ``find``'s page joined with the consents.
-
-        On PostgreSQL, when the search has a first ``family`` list, the page is read
-        from ``seekable_branches`` themselves, each reading the three columns a search
-        needs: not their ids united and each person then read again by id (a descent of
-        the primary key and a second visit to the row, each person found). The parts of
-        one name never find the same person, so they are appended (``UNION ALL``);
-        those of several names may, so ``UNION`` keeps each row once (a person's row is
-        the same whichever part found it). The backend's CPU a year-range search at the
-        full test range: 340 us read through the ids, 215 us so (benchmarks/README.md,
-        "The eighteenth stop")."""
+        server sorts ``find``'s page joined with the consents."""
         if not self.db.is_sqlite:
-            if query.family and query.family[0]:
-                selects, values = seekable_branches(query, "%s", False, "id, patient, plain")
-                union = (" UNION ALL " if len(query.family[0]) == 1 else " UNION ").join(selects)
-                sql = f"SELECT * FROM ({union}) u WHERE id > %s ORDER BY id LIMIT %s"  # noqa: S608
-                values = [*values, after, limit]
-            else:
-                sql, values = self._find_sql(query, after, limit)
+            sql, values = self._find_sql(query, after, limit)
             joined = (
                 f"SELECT p.id, p.patient, c.id, c.body, p.plain FROM ({sql}) p "  # noqa: S608
                 "LEFT JOIN consents c ON c.patient_id = p.id AND c.status = 'active' "
@@ -267,6 +251,23 @@ class IndexStore(IndexLinking):
         return sql, [*values, after, limit]
 
     def _find_sql(self, query: PersonQuery, after: str, limit: int) -> tuple[str, list[Any]]:
+        """``find``'s statement (and, on PostgreSQL, the page ``find_with_consents``
+        joins with the consents).
+
+        On PostgreSQL, when the query has a first ``family`` list, the page is read from
+        ``seekable_branches`` themselves, each reading the person's columns: not their
+        ids united and each person then read again by id (a descent of the primary key
+        and a second visit to the row, each person found). The parts of one name never
+        find the same person, so they are appended (``UNION ALL``); those of several
+        names may (``smi`` and ``smith``), so ``UNION`` keeps each row once (a person's
+        row is the same whichever part found it). The backend's CPU a year-range search
+        at the full test range: 340 us read through the ids, 195 us so
+        (benchmarks/README.md, "The eighteenth stop")."""
+        if not self.db.is_sqlite and query.family and query.family[0]:
+            selects, values = seekable_branches(query, "%s", False, _PERSON_COLUMNS)
+            union = (" UNION ALL " if len(query.family[0]) == 1 else " UNION ").join(selects)
+            sql = f"SELECT * FROM ({union}) u WHERE id > %s ORDER BY id LIMIT %s"  # noqa: S608
+            return sql, [*values, after, limit]
         mark = "?" if self.db.is_sqlite else "%s"
         test, values = self._where(query)
         sql = (
