@@ -256,3 +256,107 @@ def test_a_new_row_passed_off_as_one_from_before_issuers_is_found(database_url):
     assert problems == ["old hash scheme after newer records (downgraded)"]
     store.close()
     db.dispose()
+
+
+def _scheme_3(
+    prev: str, seq: int, cols: tuple[str, str | None, str, str | None], body: bytes
+) -> str:
+    """A hash as rows before chain 4 carry it (every column and the position in one JSON
+    array), written out here as it was, not taken from the code under test."""
+    digest = hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(orjson.dumps([3, prev, seq, *cols, digest])).hexdigest()
+
+
+def _scheme_4(
+    prev: str, seq: int, cols: tuple[str, str | None, str, str | None], body: bytes
+) -> str:
+    """Chain 4 written out from its definition: the row's own columns hashed apart from
+    its place, then linked as ``previous hash|seq|that digest in hex``."""
+    digest = hashlib.sha256(body).hexdigest()
+    own = hashlib.sha256(orjson.dumps([4, *cols, digest])).hexdigest()
+    return hashlib.sha256(f"{prev}|{seq}|{own}".encode()).hexdigest()
+
+
+def _scheme_3_trail(db: Database, n: int) -> None:
+    """``n`` reads stored as the append wrote them before chain 4 (scheme 3)."""
+    prev = GENESIS
+    with db.engine.begin() as conn:
+        for seq in range(1, n + 1):
+            e = {**event(seq), "id": f"old-{seq}"}
+            body = orjson.dumps(e)
+            cols = columns(e)
+            h = _scheme_3(prev, seq, cols, body)
+            conn.execute(
+                audit_events.insert().values(
+                    seq=seq,
+                    recorded=cols[0],
+                    patient_id=cols[1],
+                    outcome=cols[2],
+                    event=body,
+                    prev_hash=prev,
+                    hash=h,
+                    agent=cols[3],
+                    chain=3,
+                )
+            )
+            prev = h
+
+
+def test_a_scheme_3_trail_takes_scheme_4_rows_made_as_the_scheme_says(database_url):
+    """Rows appended after scheme-3 rows carry chain 4, each hash exactly the scheme's
+    definition written out here (on PostgreSQL the server makes it, in SQL), and the
+    trail verifies across both schemes; a batch of many rows and one of a single row
+    both link on."""
+    db = Database(database_url)
+    db.migrate()
+    _scheme_3_trail(db, 3)
+    store = AuditStore(db)
+    AuditTrail(store).record([event(n) for n in range(4, 40)])
+    AuditTrail(store).record([event(40)])
+    rows = list(store.rows())
+    assert [r.chain for r in rows] == [3] * 3 + [CHAIN] * 37
+    assert CHAIN == 4
+    prev = rows[2].hash
+    for r in rows[3:]:
+        assert r.prev_hash == prev
+        assert r.hash == _scheme_4(
+            prev, r.seq, (r.recorded, r.patient_id, r.outcome, r.agent), r.event
+        )
+        prev = r.hash
+    assert verify(store.rows()) == []
+    assert store.head() == (40, prev)
+    store.close()
+    db.dispose()
+
+
+@pytest.mark.parametrize("older", [3, 2])
+def test_a_row_of_an_older_scheme_after_a_newer_one_is_a_downgrade(database_url, older):
+    """A scheme-4 row rewritten as scheme 3 (its hash remade so), after scheme-4 rows, is
+    found; so is a scheme-2 row after scheme-3 rows in a trail that has no scheme 4 at
+    all (a downgrade is any step back, not only one from the newest scheme)."""
+    db = Database(database_url)
+    db.migrate()
+    store = AuditStore(db)
+    if older == 3:
+        AuditTrail(store).record([event(5), event(6)])
+    else:
+        _scheme_3_trail(db, 2)
+    last = list(store.rows())[-1]
+    body = orjson.loads(last.event)
+    if older == 3:
+        cols = (last.recorded, last.patient_id, last.outcome, last.agent)
+        h = _scheme_3(last.prev_hash, last.seq, cols, last.event)
+        agent = last.agent
+    else:
+        cols2 = (last.recorded, last.patient_id, last.outcome, legacy_agent(body))
+        h = _scheme_2(last.prev_hash, last.seq, cols2, last.event)
+        agent = cols2[3]
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE audit_events SET chain = :c, agent = :a, hash = :h WHERE seq = :s"),
+            {"c": older, "a": agent, "h": h, "s": last.seq},
+        )
+    problems = [f.problem for f in verify(store.rows()) if f.seq == last.seq]
+    assert problems == ["old hash scheme after newer records (downgraded)"]
+    store.close()
+    db.dispose()

@@ -115,3 +115,30 @@ def test_append_and_append_rows_store_the_same_rows(tmp_path):
         db.dispose()
     assert trails[0] == trails[1]
     assert len(trails[0]) == len(events)
+
+
+def test_an_append_after_the_server_ended_the_connection_is_made_once_on_a_new_one(store):
+    """PostgreSQL's append sends the lock, the rows and ``COMMIT`` before reading any
+    answer, so it is never sent again after a failure; a connection the server has ended
+    since its last use (a restart, a terminated backend) is seen before anything is sent
+    and replaced: the next append succeeds, and every event is stored once."""
+    if store.db.is_sqlite:
+        pytest.skip("PostgreSQL's connection")
+    first = [_event(i, f"p{i}", "u1") for i in range(1, 4)]
+    store.append(first)
+    pid = store._conn.driver_connection.info.backend_pid
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    sock = store._conn.driver_connection.pgconn.socket
+    import select
+    import time
+
+    deadline = time.monotonic() + 5
+    while not select.select([sock], [], [], 0.05)[0] and time.monotonic() < deadline:
+        pass  # the server's farewell on its way
+    second = [_event(i, f"p{i}", "u1") for i in range(4, 6)]
+    assert store.append(second)[0] == 5
+    assert store._conn.driver_connection.info.backend_pid != pid
+    stored = list(store.rows())
+    assert [r.event for r in stored] == [e.event for e in first + second]
+    assert verify(stored) == []

@@ -185,7 +185,7 @@ def _chained_old(rows: list[Row]) -> list[dict[str, object]]:
     prev, out = GENESIS, []
     for seq, (recorded, patient, outcome, agent, event) in enumerate(rows, start=1):
         assert isinstance(event, bytes)
-        h = row_hash(prev, seq, recorded, patient, outcome, agent, event)
+        h = row_hash(prev, seq, recorded, patient, outcome, agent, event, 3)  # as then
         out.append(
             {"s": seq, "r": recorded, "p": patient, "o": outcome, "e": event, "ph": prev}
             | {"h": h, "a": agent}

@@ -27,7 +27,7 @@ class Finding:
     problem: str
 
 
-def _row_findings(row: AuditRow, expected_seq: int, prev: str, upgraded: bool) -> list[Finding]:
+def _row_findings(row: AuditRow, expected_seq: int, prev: str, newest: int) -> list[Finding]:
     out = []
     if row.seq != expected_seq:
         out.append(
@@ -39,7 +39,7 @@ def _row_findings(row: AuditRow, expected_seq: int, prev: str, upgraded: bool) -
                 row.seq, "does not follow the record before it (deleted, inserted or reordered)"
             )
         )
-    if upgraded and row.chain < CHAIN:
+    if row.chain < newest:
         out.append(Finding(row.seq, "old hash scheme after newer records (downgraded)"))
     expected = row.expected_hash()
     if expected is None:
@@ -73,12 +73,14 @@ def verify(
     if checkpoint is not None and trusted_key is None:
         raise ValueError("a checkpoint is only checked against a trusted key")
     findings: list[Finding] = []
-    expected_seq, prev, upgraded = 1, GENESIS, False
+    # the newest scheme seen: a row of an older one after it was written as a downgrade
+    expected_seq, prev, newest = 1, GENESIS, 0
     cp_seq = int(checkpoint["seq"]) if checkpoint is not None else None
     at_checkpoint: str | None = None
     for row in rows:
-        findings.extend(_row_findings(row, expected_seq, prev, upgraded))
-        upgraded = upgraded or row.chain >= CHAIN
+        findings.extend(_row_findings(row, expected_seq, prev, newest))
+        if row.chain <= CHAIN:  # an unknown scheme is reported as such, not held to
+            newest = max(newest, row.chain)
         if row.seq == cp_seq:
             at_checkpoint = row.hash
         expected_seq, prev = row.seq + 1, row.hash

@@ -37,6 +37,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import select
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -57,7 +58,7 @@ from carelink.storage.tables import audit_events, audit_parts
 
 GENESIS = "0" * 64
 #: the hash scheme new rows are written with
-CHAIN = 3
+CHAIN = 4
 #: the first scheme whose ``agent`` column is ``agent_key`` (before it: the bare subject)
 IDENTIFIED = 3
 
@@ -91,17 +92,39 @@ def row_hash(
     event: bytes,
     chain: int = CHAIN,
 ) -> str:
-    """Chain 2 and 3: every column, as an unambiguous JSON array (no separator games),
-    the scheme first (so a row cannot pass for another scheme's)."""
+    """Chain 2, 3 and 4: every column. Chain 2 and 3 hash them as one unambiguous JSON
+    array (no separator games), the scheme first (so a row cannot pass for another
+    scheme's). Chain 4 hashes the same array without the position (``fields_digest``)
+    and links that digest to the previous hash and the position (``link``), a step
+    PostgreSQL makes in the append's statement itself."""
     digest = hashlib.sha256(event).hexdigest()
+    if chain >= 4:
+        return link(prev_hash, seq, fields_digest(recorded, patient_id, outcome, agent, digest))
     return _linked([chain, prev_hash, seq, recorded, patient_id, outcome, agent, digest])
 
 
 def _linked(fields: list[Any]) -> str:
-    """``row_hash`` of a row's columns with its event's own digest made already, in
-    ``row_hash``'s order: chain, previous hash, seq, recorded, patient, outcome, agent,
-    digest."""
+    """Chain 2 and 3's ``row_hash`` of a row's columns with its event's own digest made
+    already, in ``row_hash``'s order: chain, previous hash, seq, recorded, patient,
+    outcome, agent, digest."""
     return hashlib.sha256(orjson.dumps(fields)).hexdigest()
+
+
+def fields_digest(
+    recorded: str, patient_id: str | None, outcome: str, agent: str | None, digest: str
+) -> bytes:
+    """Chain 4: the SHA-256 of the row's own columns (the event as its digest), as the
+    JSON array ``[4, recorded, patient, outcome, agent, digest]``: what the row is,
+    whatever its place in the trail, so it is made before the append lock is taken."""
+    return hashlib.sha256(orjson.dumps([4, recorded, patient_id, outcome, agent, digest])).digest()
+
+
+def link(prev_hash: str, seq: int, fields: bytes) -> str:
+    """Chain 4: a row's hash, ``sha256("<previous hash>|<seq>|<fields digest as hex>")``
+    in hex. Every part has a fixed alphabet that holds no ``|`` (64 hex digits, a
+    decimal number, 64 hex digits), so the text has one reading. ``_CHAINED_INSERT``
+    makes the same text and hash in SQL."""
+    return hashlib.sha256(f"{prev_hash}|{seq}|{fields.hex()}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -122,7 +145,7 @@ class AuditRow:
         """The hash this row should carry under its scheme (None: unknown scheme)."""
         if self.chain == 1:
             return chain_hash(self.prev_hash, self.seq, self.event)
-        if self.chain in (2, CHAIN):
+        if self.chain in (2, 3, CHAIN):
             return row_hash(
                 self.prev_hash,
                 self.seq,
@@ -224,7 +247,7 @@ class AuditStore:
         self.tail: int | None = None
         #: the tail's size at which it is written as a block
         self.block = BLOCK
-        #: SQLite's append, a statement a row (PostgreSQL's: ``_UNNESTED_INSERT``)
+        #: SQLite's append, a statement a row (PostgreSQL's: ``_CHAINED_INSERT``)
         self._insert = (
             "INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, "
             "hash, agent, chain, part) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -319,7 +342,8 @@ class AuditStore:
 
     def _drop(self, cur: Any) -> None:
         with contextlib.suppress(Exception):  # the connection is dropped just below
-            cur.execute("ROLLBACK")
+            if cur is not None:
+                cur.execute("ROLLBACK")
         with contextlib.suppress(Exception):
             self._conn.invalidate()
         self._conn = None
@@ -337,38 +361,33 @@ class AuditStore:
         )
 
     def _append_rows(self, events: Sequence[EventRow]) -> tuple[int, str]:
-        """One transaction: the lock, the head, the chained rows, ``COMMIT``. On PostgreSQL
-        in two round trips, not five (psycopg's pipeline): ``BEGIN``, the append lock and
-        the head go together, and the server runs them in turn, so the head's statement
-        starts (and takes its snapshot, the transaction being READ COMMITTED) only once
-        the lock is granted and reads the head the last appender committed; the rows and
-        ``COMMIT`` go together, durable when the pipeline's results are all read, on
-        leaving it."""
-        conn = self._connection()
-        pipelined = not self.db.is_sqlite
-        # what does not depend on the head (the events' bytes and digests), before the
-        # lock: the other appenders wait while it is held (at the full range on
-        # PostgreSQL the backend holding it waited for this client a third of the time)
+        """One transaction: the lock, the head, the chained rows, ``COMMIT``. What does
+        not depend on the head (each event's bytes, their digests and the row's own
+        fields' digest, ``_unchained``) is made before the lock: the other appenders
+        wait while it is held."""
         made = _unchained(events)
-        cur = conn.driver_connection.cursor() if pipelined else conn.cursor()
+        if self.db.is_sqlite or not events:
+            return self._append_here(made)
+        return self._append_there(made)
+
+    def _append_here(
+        self, made: tuple[list[Unchained], list[tuple[int, bytes]]]
+    ) -> tuple[int, str]:
+        """SQLite's append (and an empty one): the head read under the lock, the rows
+        chained here, a statement a row."""
+        conn = self._connection()
+        sqlite = self.db.is_sqlite
+        cur = conn.cursor() if sqlite else conn.driver_connection.cursor()
         try:
-            with conn.driver_connection.pipeline() if pipelined else contextlib.nullcontext():
-                self._lock(cur)
-                cur.execute(_HEAD_SQL)
-                rows, parts, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), made)
-                if rows and pipelined:
-                    # one statement of twelve arrays (the shared parts, then the rows),
-                    # unnested there, sent in binary (as text the events' bytes went as
-                    # hex, which cost more than it saved)
-                    arrays = [[p for p, _ in parts], [f for _, f in parts]]
-                    arrays += [list(c) for c in zip(*rows, strict=True)]
-                    cur.execute(_UNNESTED_INSERT, arrays)
-                elif rows:
-                    cur.executemany(self._insert, rows)
-                    if parts:
-                        cur.executemany(self._part_insert, parts)
-                self._committing = True
-                cur.execute("COMMIT")
+            self._lock(cur)
+            cur.execute(_HEAD_SQL)
+            rows, parts, seq, prev, mark = _chained(cur.fetchone() or _empty(cur), made)
+            if rows:
+                cur.executemany(self._insert, rows)
+                if parts:
+                    cur.executemany(self._part_insert, parts)
+            self._committing = True
+            cur.execute("COMMIT")
             self._unlock()
             self.tail = seq - mark
             return seq, prev
@@ -378,6 +397,45 @@ class AuditStore:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()
+
+    def _append_there(
+        self, made: tuple[list[Unchained], list[tuple[int, bytes]]]
+    ) -> tuple[int, str]:
+        """PostgreSQL's append in one round trip (psycopg's pipeline): ``BEGIN``, the
+        append lock, ``_CHAINED_INSERT`` (the rows chained by the server) and ``COMMIT``
+        sent together, durable when the pipeline's results are all read on leaving it.
+        The server runs them in turn, so the insert's statement starts (and takes its
+        snapshot, the transaction being READ COMMITTED) only once the lock is granted,
+        and reads the head the last appender committed; the lock is held while the
+        server works, never while it waits for this process (at the full range the
+        backend holding it had waited for its appender half the time,
+        benchmarks/README.md, "The eighteenth stop").
+
+        Everything is sent before any answer is read, so a failure may come after the
+        ``COMMIT`` was run: the append is never made twice. A connection the server has
+        closed since its last use (a restart) has something to read before anything is
+        sent, and is replaced first."""
+        if self._conn is not None and _closed_by_server(self._conn.driver_connection):
+            self._drop(None)
+        driver = self._connection().driver_connection
+        cur, added = driver.cursor(), driver.cursor()
+        try:
+            self._committing = True
+            with driver.pipeline():
+                cur.execute("BEGIN")
+                cur.execute(_LOCK_SQL)
+                added.execute(_CHAINED_INSERT, _chained_params(made))
+                cur.execute("COMMIT")
+            seq, head, mark = added.fetchone()
+            self.tail = seq - int(mark)
+            return int(seq), head
+        except Exception:
+            self._drop(cur)
+            raise
+        finally:
+            for c in (cur, added):
+                with contextlib.suppress(Exception):
+                    c.close()
 
     def settle(self) -> int:
         """Write the tail of the trail into the patient index as one sorted block if it
@@ -497,16 +555,33 @@ def _bytes(value: Any) -> bytes:
 
 
 #: PostgreSQL: a batch's shared parts and rows as one statement, their columns as arrays
-#: (``_chained``'s order): ~15% less CPU an event than a statement a row
-#: (benchmarks/README.md, "The sixteenth stop"), and a statement fewer than the parts on
-#: their own ("The seventeenth stop")
-_UNNESTED_INSERT = (
-    "WITH parts AS (INSERT INTO audit_parts (seq, fragments)"
-    " SELECT * FROM unnest(%b::int[], %b::bytea[]))"
-    " INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash, hash,"
-    " agent, chain, part) SELECT * FROM unnest(%b::int[], %b::varchar[], %b::varchar[],"
-    " %b::varchar[], %b::bytea[], %b::varchar[], %b::varchar[], %b::text[], %b::int[],"
-    " %b::int[])"
+#: (``_unchained``'s order), chained there: the head read (after the append lock, taken
+#: by the statement before it in the same transaction, so its snapshot sees the last
+#: appender's commit), each row linked to the one before by ``link`` (``links``, one row
+#: a step: the fields digests come as one string of 32-byte digests), the parts and rows
+#: inserted, and the new head with the patient index's mark returned. The appender's
+#: process is not waited for while the lock is held: the lock, this and ``COMMIT`` go in
+#: one round trip (benchmarks/README.md, "The nineteenth stop").
+_CHAINED_INSERT = (
+    "WITH RECURSIVE head AS (SELECT coalesce(max(seq), 0) AS seq FROM audit_events),"
+    " links (n, seq, hash) AS ("
+    "SELECT 0::bigint, h.seq, coalesce((SELECT e.hash FROM audit_events e WHERE e.seq = h.seq),"
+    " repeat('0', 64))::text FROM head h"
+    " UNION ALL SELECT n + 1, seq + 1, encode(sha256(convert_to(hash || '|' || (seq + 1)::text"
+    " || '|' || encode(substring(%(fields)b::bytea FROM (n * 32 + 1)::int FOR 32), 'hex'),"
+    " 'UTF8')), 'hex') FROM links WHERE (n + 1) * 32 <= octet_length(%(fields)b::bytea)),"
+    " batch AS (SELECT * FROM unnest(%(recorded)b::varchar[], %(patient)b::varchar[],"
+    " %(outcome)b::varchar[], %(agent)b::text[], %(event)b::bytea[], %(at)b::int[])"
+    " WITH ORDINALITY AS r (recorded, patient_id, outcome, agent, event, at, n)),"
+    " parts AS (INSERT INTO audit_parts (seq, fragments) SELECT h.seq + 1 + p.at, p.fragments"
+    " FROM head h, unnest(%(part_at)b::int[], %(fragments)b::bytea[]) AS p (at, fragments)),"
+    " added AS (INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash,"
+    " hash, agent, chain, part) SELECT l.seq, r.recorded, r.patient_id, r.outcome, r.event,"
+    " b.hash, l.hash, r.agent, %(chain)s, h.seq + 1 + r.at FROM batch r"
+    " JOIN links l ON l.n = r.n JOIN links b ON b.n = r.n - 1 CROSS JOIN head h"
+    " RETURNING seq, hash)"
+    " SELECT seq, hash, (SELECT coalesce(max(block), 0) FROM audit_index_blocks) FROM added"
+    " ORDER BY seq DESC LIMIT 1"
 )
 
 
@@ -518,16 +593,17 @@ def _empty(cur: Any) -> tuple[int, str, int]:
 
 #: an event made for the chain, but for its place in it: (recorded, patient id,
 #: outcome, agent, the bytes stored, the index in its batch of the event whose seq names
-#: its shared part (None: stored whole), the digest of its whole bytes)
-Unchained = tuple[str, str | None, str, str | None, bytes, int | None, str]
+#: its shared part (None: stored whole), its ``fields_digest``)
+Unchained = tuple[str, str | None, str, str | None, bytes, int | None, bytes]
 
 
 def _unchained(
     events: Sequence[EventRow],
 ) -> tuple[list[Unchained], list[tuple[int, bytes]]]:
     """What ``_chained`` stores of ``events`` that does not depend on the head: each
-    event's stored bytes and digest, and the shared parts the batch's events stored in
-    part name (each once, with the index in the batch of the first to name it)."""
+    event's stored bytes and fields digest, and the shared parts the batch's events
+    stored in part name (each once, with the index in the batch of the first to name
+    it)."""
     made: list[Unchained] = []
     parts: list[tuple[int, bytes]] = []
     named: dict[tuple[bytes, ...], int | None] = {}
@@ -550,7 +626,8 @@ def _unchained(
             if part is None or any(SEP in f for f in fills):
                 part, stored = None, event
         digest = hashlib.sha256(event).hexdigest()
-        add((recorded, patient_id, outcome, agent, stored, part, digest))
+        fields = fields_digest(recorded, patient_id, outcome, agent, digest)
+        add((recorded, patient_id, outcome, agent, stored, part, fields))
     return made, parts
 
 
@@ -558,21 +635,50 @@ def _chained(
     head: tuple[Any, ...], unchained: tuple[list[Unchained], list[tuple[int, bytes]]]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes]], int, str, int]:
     """The rows to insert after ``head`` (its seq, hash and the index's mark), each
-    chained to the one before by ``row_hash`` over its whole bytes, and the shared parts
-    they name, each under the seq of the first event to name it (``_unchained``); the
-    last seq and hash, and the mark."""
+    chained to the one before by ``link``, and the shared parts they name, each under
+    the seq of the first event to name it (``_unchained``); the last seq and hash, and
+    the mark (SQLite's append: PostgreSQL's chains in ``_CHAINED_INSERT``)."""
     seq, prev, mark = head
     first = seq + 1  # the seq of the batch's first event
     made, named = unchained
     rows: list[tuple[Any, ...]] = []
     add = rows.append
-    for recorded, patient_id, outcome, agent, stored, at, digest in made:
+    for recorded, patient_id, outcome, agent, stored, at, fields in made:
         seq += 1
         part = None if at is None else first + at
-        h = _linked([CHAIN, prev, seq, recorded, patient_id, outcome, agent, digest])
+        h = link(prev, seq, fields)
         add((seq, recorded, patient_id, outcome, stored, prev, h, agent, CHAIN, part))
         prev = h
     return rows, [(first + at, fragments) for at, fragments in named], seq, prev, int(mark)
+
+
+def _chained_params(unchained: tuple[list[Unchained], list[tuple[int, bytes]]]) -> dict[str, Any]:
+    """``_CHAINED_INSERT``'s parameters: the batch's columns as arrays."""
+    made, parts = unchained
+    recorded, patient, outcome, agent, event, at, fields = zip(*made, strict=True)
+    return {
+        "recorded": list(recorded),
+        "patient": list(patient),
+        "outcome": list(outcome),
+        "agent": list(agent),
+        "event": list(event),
+        "at": list(at),
+        "fields": b"".join(fields),
+        "part_at": [a for a, _ in parts],
+        "fragments": [f for _, f in parts],
+        "chain": CHAIN,
+    }
+
+
+def _closed_by_server(driver: Any) -> bool:
+    """Whether an idle PostgreSQL connection has something to read: between appends the
+    server sends nothing unless it is ending the connection (a restart, a terminated
+    backend), so it is not to be used (a notice would only cost a new connection)."""
+    try:
+        ready, _, _ = select.select([driver.pgconn.socket], [], [], 0)
+    except Exception:  # the socket is gone already (psycopg's error, or the OS's)
+        return True
+    return bool(ready)
 
 
 def _turn_file(driver: Any) -> int | None:

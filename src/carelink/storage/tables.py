@@ -117,7 +117,8 @@ audit_events = sa.Table(
     sa.Column("agent", sa.Text, nullable=True),
     #: how ``hash`` was made: 1 (before migration 9) sequence, previous hash and event;
     #: 2 every column of the row (see ``storage.audit_store.row_hash``); 3 as 2, with
-    #: ``agent`` naming the issuer too
+    #: ``agent`` naming the issuer too; 4 as 3, the row's own columns hashed apart from its
+    #: place and linked to it (``storage.audit_store.link``: PostgreSQL chains in SQL)
     sa.Column("chain", sa.Integer, nullable=False, server_default="1"),
     #: when set, the event is stored in part (``storage.audit_store``, "Shared parts"):
     #: ``event`` holds only what is this event's, the rest is the ``audit_parts`` row of
