@@ -9,7 +9,11 @@ the older scheme (chain 1: sequence, previous hash and event only); see
 (``agent_key``: subject and issuer); chain 1 and 2 rows hold the bare
 subject. Appends from every gateway process are serialised by one lock row
 that each append updates first (a row lock on PostgreSQL, the write lock on
-SQLite), so the chain never forks.
+SQLite), so the chain never forks. From chain 4 on, a row's own columns are
+hashed apart from its place (``fields_digest``, made before the lock) and
+linked to the previous hash and its sequence number (``link``): on PostgreSQL
+the append's one statement makes the links itself, so the lock is held only
+while the server works, never while it waits for the appending process.
 
 On SQLite the appenders (one writer child a gateway worker) first queue for a
 lock file beside the database (``<database>-audit-turn``, ``flock``): SQLite's
