@@ -16,7 +16,15 @@ from carelink.audit.events import Access, RequestEvents, Who, audit_event, colum
 from carelink.auth.local_issuer import LOCAL_ISSUER
 from carelink.storage import Database
 from carelink.storage.audit_search import AuditQuery, AuditSearch
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, agent_key, chain_hash
+from carelink.storage.audit_store import (
+    CHAIN,
+    GENESIS,
+    AuditRow,
+    AuditStore,
+    NewEvent,
+    agent_key,
+    chain_hash,
+)
 from carelink.storage.migrations import MIGRATIONS
 from carelink.storage.tables import audit_events
 from tests.audit.test_trail import event
@@ -329,34 +337,91 @@ def test_a_scheme_3_trail_takes_scheme_4_rows_made_as_the_scheme_says(database_u
     db.dispose()
 
 
-@pytest.mark.parametrize("older", [3, 2])
-def test_a_row_of_an_older_scheme_after_a_newer_one_is_a_downgrade(database_url, older):
-    """A scheme-4 row rewritten as scheme 3 (its hash remade so), after scheme-4 rows, is
-    found; so is a scheme-2 row after scheme-3 rows in a trail that has no scheme 4 at
-    all (a downgrade is any step back, not only one from the newest scheme)."""
+@pytest.mark.parametrize(
+    ("before", "rewritten", "downgrade"),
+    [(4, 2, True), (3, 2, True), (4, 3, False)],
+    ids=["4-to-2", "3-to-2", "4-to-3"],
+)
+def test_a_row_of_a_scheme_covering_less_after_one_covering_more_is_a_downgrade(
+    database_url, before, rewritten, downgrade
+):
+    """The last row rewritten under an older scheme (its hash remade so). As scheme 2
+    (the bare subject, no issuer) after scheme-4 or scheme-3 rows it is a downgrade,
+    whatever the newest scheme is. As scheme 3 after scheme-4 rows it is not: scheme 3
+    covers every column as scheme 4 does (what a gateway of the release before writes
+    beside a newer one during an upgrade), and the row verifies."""
     db = Database(database_url)
     db.migrate()
     store = AuditStore(db)
-    if older == 3:
+    if before == 4:
         AuditTrail(store).record([event(5), event(6)])
     else:
         _scheme_3_trail(db, 2)
     last = list(store.rows())[-1]
+    assert last.chain == before
     body = orjson.loads(last.event)
-    if older == 3:
-        cols = (last.recorded, last.patient_id, last.outcome, last.agent)
-        h = _scheme_3(last.prev_hash, last.seq, cols, last.event)
+    if rewritten == 3:
         agent = last.agent
+        h = _scheme_3(last.prev_hash, last.seq, (*_own(last)[:3], agent), last.event)
     else:
-        cols2 = (last.recorded, last.patient_id, last.outcome, legacy_agent(body))
-        h = _scheme_2(last.prev_hash, last.seq, cols2, last.event)
-        agent = cols2[3]
+        agent = legacy_agent(body)
+        h = _scheme_2(last.prev_hash, last.seq, (*_own(last)[:3], agent), last.event)
     with db.engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE audit_events SET chain = :c, agent = :a, hash = :h WHERE seq = :s"),
-            {"c": older, "a": agent, "h": h, "s": last.seq},
+            {"c": rewritten, "a": agent, "h": h, "s": last.seq},
         )
     problems = [f.problem for f in verify(store.rows()) if f.seq == last.seq]
-    assert problems == ["old hash scheme after newer records (downgraded)"]
+    assert problems == (["old hash scheme after newer records (downgraded)"] if downgrade else [])
+    store.close()
+    db.dispose()
+
+
+def _own(row: AuditRow) -> tuple[str, str | None, str, str | None]:
+    return (row.recorded, row.patient_id, row.outcome, row.agent)
+
+
+def test_an_older_gateway_appending_beside_a_newer_one_leaves_a_trail_that_verifies(
+    database_url,
+):
+    """Scheme-3 rows appended after scheme-4 rows, as a gateway of the release before
+    (sharing the database during an upgrade) appends them, linked to the head it reads,
+    and scheme-4 rows after those again: the trail verifies, rows of either scheme
+    edited are found."""
+    db = Database(database_url)
+    db.migrate()
+    store = AuditStore(db)
+    AuditTrail(store).record([event(1), event(2)])
+    seq, prev = store.head()
+    with db.engine.begin() as conn:
+        for n in (3, 4):
+            e = {**event(n), "id": f"older-{n}"}
+            body = orjson.dumps(e)
+            cols = columns(e)
+            seq += 1
+            h = _scheme_3(prev, seq, cols, body)
+            conn.execute(
+                audit_events.insert().values(
+                    seq=seq,
+                    recorded=cols[0],
+                    patient_id=cols[1],
+                    outcome=cols[2],
+                    event=body,
+                    prev_hash=prev,
+                    hash=h,
+                    agent=cols[3],
+                    chain=3,
+                )
+            )
+            prev = h
+    AuditTrail(store).record([event(5), event(6)])
+    assert [r.chain for r in store.rows()] == [4, 4, 3, 3, 4, 4]
+    assert verify(store.rows()) == []
+    for edited in (3, 5):
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE audit_events SET outcome = '8' WHERE seq = :s"), {"s": edited}
+            )
+    assert {f.seq for f in verify(store.rows())} == {3, 5}
     store.close()
     db.dispose()

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carelink.audit.checkpoints import message
 from carelink.audit.events import columns, legacy_agent
-from carelink.storage.audit_store import CHAIN, GENESIS, IDENTIFIED, AuditRow, AuditStore
+from carelink.storage.audit_store import GENESIS, IDENTIFIED, AuditRow, AuditStore
 
 Json = dict[str, Any]
 _NAMES = ("recorded", "patient_id", "outcome", "agent")
@@ -25,6 +25,13 @@ class Finding:
 
     seq: int
     problem: str
+
+
+#: what each hash scheme covers, as a rank: chain 1 the event only, chain 2 every column,
+#: chain 3 every column with the issuer in ``agent``; chain 4 covers what chain 3 does (its
+#: hash arranged so the server can link it), so a chain-3 row after chain-4 rows (a
+#: gateway of the release before beside a newer one, during an upgrade) is no step back
+_COVERS = {1: 1, 2: 2, 3: 3, 4: 3}
 
 
 def _row_findings(row: AuditRow, expected_seq: int, prev: str, newest: int) -> list[Finding]:
@@ -39,7 +46,7 @@ def _row_findings(row: AuditRow, expected_seq: int, prev: str, newest: int) -> l
                 row.seq, "does not follow the record before it (deleted, inserted or reordered)"
             )
         )
-    if row.chain < newest:
+    if _COVERS.get(row.chain, newest) < newest:
         out.append(Finding(row.seq, "old hash scheme after newer records (downgraded)"))
     expected = row.expected_hash()
     if expected is None:
@@ -73,14 +80,14 @@ def verify(
     if checkpoint is not None and trusted_key is None:
         raise ValueError("a checkpoint is only checked against a trusted key")
     findings: list[Finding] = []
-    # the newest scheme seen: a row of an older one after it was written as a downgrade
+    # the most a scheme seen covers: a row whose scheme covers less after it is a downgrade
     expected_seq, prev, newest = 1, GENESIS, 0
     cp_seq = int(checkpoint["seq"]) if checkpoint is not None else None
     at_checkpoint: str | None = None
     for row in rows:
         findings.extend(_row_findings(row, expected_seq, prev, newest))
-        if row.chain <= CHAIN:  # an unknown scheme is reported as such, not held to
-            newest = max(newest, row.chain)
+        # an unknown scheme is reported as such, and raises nothing
+        newest = max(newest, _COVERS.get(row.chain, 0))
         if row.seq == cp_seq:
             at_checkpoint = row.hash
         expected_seq, prev = row.seq + 1, row.hash
