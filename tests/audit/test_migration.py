@@ -285,11 +285,11 @@ def _scheme_4(
     return hashlib.sha256(f"{prev}|{seq}|{own}".encode()).hexdigest()
 
 
-def _scheme_3_trail(db: Database, n: int) -> None:
-    """``n`` reads stored as the append wrote them before chain 4 (scheme 3)."""
-    prev = GENESIS
+def _scheme_3_trail(db: Database, n: int, first: int = 1, prev: str = GENESIS) -> str:
+    """``n`` reads stored as the append wrote them before chain 4 (scheme 3), from seq
+    ``first`` on after the hash ``prev``; the last one's hash."""
     with db.engine.begin() as conn:
-        for seq in range(1, n + 1):
+        for seq in range(first, first + n):
             e = {**event(seq), "id": f"old-{seq}"}
             body = orjson.dumps(e)
             cols = columns(e)
@@ -308,6 +308,7 @@ def _scheme_3_trail(db: Database, n: int) -> None:
                 )
             )
             prev = h
+    return prev
 
 
 def test_a_scheme_3_trail_takes_scheme_4_rows_made_as_the_scheme_says(database_url):
@@ -393,27 +394,7 @@ def test_an_older_gateway_appending_beside_a_newer_one_leaves_a_trail_that_verif
     store = AuditStore(db)
     AuditTrail(store).record([event(1), event(2)])
     seq, prev = store.head()
-    with db.engine.begin() as conn:
-        for n in (3, 4):
-            e = {**event(n), "id": f"older-{n}"}
-            body = orjson.dumps(e)
-            cols = columns(e)
-            seq += 1
-            h = _scheme_3(prev, seq, cols, body)
-            conn.execute(
-                audit_events.insert().values(
-                    seq=seq,
-                    recorded=cols[0],
-                    patient_id=cols[1],
-                    outcome=cols[2],
-                    event=body,
-                    prev_hash=prev,
-                    hash=h,
-                    agent=cols[3],
-                    chain=3,
-                )
-            )
-            prev = h
+    _scheme_3_trail(db, 2, seq + 1, prev)
     AuditTrail(store).record([event(5), event(6)])
     assert [r.chain for r in store.rows()] == [4, 4, 3, 3, 4, 4]
     assert verify(store.rows()) == []
