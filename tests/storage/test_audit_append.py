@@ -6,6 +6,11 @@ whose blocks were written), and both entry points storing the very same rows.
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import time
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +19,7 @@ from hypothesis import strategies as st
 from carelink.audit import Access, Who, audit_event, verify, verify_index
 from carelink.audit.events import columns
 from carelink.storage import Database
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, row_hash
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, readable, row_hash
 
 #: any text PostgreSQL can hold in a text column (no NUL)
 _TEXT = st.text(
@@ -130,15 +135,33 @@ def test_an_append_after_the_server_ended_the_connection_is_made_once_on_a_new_o
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
     sock = store._conn.driver_connection.pgconn.socket
-    import select
-    import time
-
     deadline = time.monotonic() + 5
-    while not select.select([sock], [], [], 0.05)[0] and time.monotonic() < deadline:
-        pass  # the server's farewell on its way
+    while not readable(sock) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the server's farewell on its way
     second = [_event(i, f"p{i}", "u1") for i in range(4, 6)]
     assert store.append(second)[0] == 5
     assert store._conn.driver_connection.info.backend_pid != pid
     stored = list(store.rows())
     assert [r.event for r in stored] == [e.event for e in first + second]
     assert verify(stored) == []
+
+
+def test_a_descriptor_past_1024_is_told_readable_or_not():
+    """The check before an append takes any descriptor: ``select`` refuses those from
+    1,024 on (a process with many connections has them), and the append would then take
+    every connection for one the server had closed."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1500:
+        pytest.skip("this process may not open a descriptor numbered 1,500")
+    ours, theirs = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1500)
+    try:
+        assert not readable(high)
+        theirs.sendall(b"x")
+        assert readable(high)
+        os.read(high, 1)
+        assert not readable(high)
+        theirs.close()
+        assert readable(high)  # the peer's close: an end to read
+    finally:
+        os.close(high)
+        ours.close()

@@ -679,10 +679,18 @@ def _closed_by_server(driver: Any) -> bool:
     server sends nothing unless it is ending the connection (a restart, a terminated
     backend), so it is not to be used (a notice would only cost a new connection)."""
     try:
-        ready, _, _ = select.select([driver.pgconn.socket], [], [], 0)
+        return readable(driver.pgconn.socket)
     except Exception:  # the socket is gone already (psycopg's error, or the OS's)
         return True
-    return bool(ready)
+
+
+def readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or its peer has closed it), without waiting:
+    ``poll``, which takes any descriptor (``select`` refuses those from 1,024 on, which a
+    busy process reaches)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _turn_file(driver: Any) -> int | None:
