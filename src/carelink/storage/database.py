@@ -243,6 +243,7 @@ class Database:
                         raise
                     conn.exec_driver_sql("COMMIT")
                     return version
+                refuse_old_server(conn.dialect.server_version_info)
                 with conn.begin():
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
                     return self._apply(conn)
@@ -350,3 +351,16 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+#: the oldest PostgreSQL served: the audit append links the trail with its ``sha256``
+#: (``storage.audit_store._CHAINED_INSERT``), which PostgreSQL 11 brought
+OLDEST_POSTGRESQL = (11,)
+
+
+def refuse_old_server(version: tuple[int | str, ...] | None) -> None:
+    """A ``ConfigError`` for a PostgreSQL server older than ``OLDEST_POSTGRESQL`` (checked
+    before anything is migrated: every request's audit would fail on it)."""
+    if version and isinstance(version[0], int) and (version[0],) < OLDEST_POSTGRESQL:
+        shown = ".".join(str(v) for v in version)
+        raise ConfigError(f"PostgreSQL {shown} is too old: carelink needs PostgreSQL 11 or newer")
