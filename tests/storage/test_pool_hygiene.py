@@ -81,3 +81,51 @@ def test_the_pool_hands_out_connections_as_it_made_them(
         trans.rollback()
         assert conn.execute(sa.text("SELECT count(*) FROM index_settings")).scalar_one() == 0
     db.dispose()
+
+
+def test_dispose_closes_the_connections_stores_keep_out_of_the_pool(database_url, tmp_path):
+    """A hot read and an audit append each keep a connection checked out of the pool;
+    ``Database.dispose`` closes those too, not only the pooled ones (the suite's process had
+    reached 1,024 descriptors from stores disposed but never closed: a socket, or a SQLite
+    file and its journal, each)."""
+    if database_url.startswith("postgresql"):
+        watcher = Database(database_url)
+
+        def held() -> int:
+            with watcher.engine.connect() as conn:
+                return int(
+                    conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).scalar_one()
+                )
+    else:
+        path = sa.engine.make_url(Database(database_url).url).database
+
+        def held() -> int:
+            import os
+
+            fds = os.listdir("/proc/self/fd")
+            return sum(1 for fd in fds if _target(fd).startswith(str(path)))
+
+    before = held()
+    db = Database(database_url)
+    db.migrate()
+    hot = HotConnection(db)
+    assert hot.read("SELECT 1", []) == [(1,)]
+    store = AuditStore(db)
+    store.append([NewEvent("2026-12-01T10:00:00.000000Z", "p1", "0", "dr", b"{}")])
+    assert held() > before
+    db.dispose()
+    assert held() == before
+    if database_url.startswith("postgresql"):
+        watcher.dispose()
+
+
+def _target(fd: str) -> str:
+    import os
+
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""

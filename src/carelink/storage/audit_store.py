@@ -245,6 +245,7 @@ class AuditStore:
         self.db = db
         self._conn: Any = None
         self._committing = False
+        db.keeps(self)
         #: the lock file's descriptor (SQLite on a file; None: not opened, or no file)
         self._turn: int | None = None
         #: events past the patient index's last block, as last seen (None: not yet)

@@ -14,6 +14,7 @@ import asyncio
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -86,6 +87,9 @@ class Database:
         self.wait = statement_timeout if statement_timeout is not None else 30.0
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        #: what holds connections of its own out of the pool (a store's long-lived ones,
+        #: ``keeps``): closed by ``dispose``, which closes only the pooled ones itself
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._stuck: tuple[Future[Any], float] | None = None
         #: how many migrations the last ``migrate`` applied (0: the schema was current)
         self.applied = 0
@@ -280,9 +284,20 @@ class Database:
             )
         return int(max([n for n, _, _ in MIGRATIONS] + list(done)))
 
+    def keeps(self, holder: Any) -> None:
+        """Have ``dispose`` call ``holder.close()`` (a store that keeps connections checked
+        out of the pool, which the engine's own dispose leaves open: each a socket, or a
+        SQLite file with its journal, until the process ends)."""
+        self._holders.add(holder)
+
     def dispose(self) -> None:
-        """Close every pooled connection and stop the threads (a call still stuck on a
-        frozen database is left to finish on its own)."""
+        """Close every pooled connection, and those kept out of the pool (``keeps``), and
+        stop the threads (a call still stuck on a frozen database is left to finish on
+        its own)."""
+        for holder in list(self._holders):
+            with suppress(Exception):  # already closed, or broken: nothing to release
+                holder.close()
+        self._holders = weakref.WeakSet()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -74,6 +74,7 @@ class HotConnection:
         self._local = threading.local()
         self._owners: dict[threading.Thread, Any] = {}  # thread -> its pooled connection
         self._lock = threading.Lock()
+        db.keeps(self)
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` with bound ``values``, waited for at most ``HOT_LIMIT`` seconds:
