@@ -190,3 +190,22 @@ def test_the_gp_connect_consumer_identity_and_source_tls_come_from_settings():
     assert (s.source_tls["gp"].cert, s.source_tls["gp"].ca) == ("/k/cert.pem", "/k/ca.pem")
     assert s.source_tls["acute"].cert is None
     assert s.source_tls["acute"].ca == "/k/ca2.pem"
+
+
+def test_a_build_uses_a_writer_a_core_up_to_two_unless_told():
+    """Each writer holds ~150 MB at the full test range: two stayed under the build's
+    1 GB, four did not (1,225 MB), so the default stops at two; more on request."""
+    from carelink.federation.build import writer_processes
+
+    assert Settings.from_env({}).index_writers == 0  # as the machine allows
+    assert [writer_processes(c) for c in (None, 1, 2, 4, 64)] == [1, 1, 2, 2, 2]
+    assert writer_processes(8, most=4) == 4
+    assert Settings.from_env({"CARELINK_INDEX_WRITERS": "4"}).index_writers == 4
+
+
+@pytest.mark.parametrize("value", ["two", "2.5", "-1", "17"])
+def test_a_writer_count_that_is_not_one_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"CARELINK_INDEX_WRITERS": value})
+    assert str(raised.value).startswith("CARELINK_INDEX_WRITERS must be a whole number")
+    assert "\n" not in str(raised.value)

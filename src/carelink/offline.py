@@ -49,7 +49,7 @@ async def build_index_from(
             sources = list(named.values())
             # the merge per person is CPU-bound: spread over processes (on SQLite they
             # take turns for their inserts only; benchmarks/README, "The eighteenth stop")
-            writers = writer_processes(os.cpu_count())
+            writers = settings.index_writers or writer_processes(os.cpu_count())
             return await build_index(
                 sources, store, progress=progress, refuse_empty=True, writers=writers
             )

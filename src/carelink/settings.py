@@ -65,6 +65,15 @@ def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> flo
         raise ConfigError(f"{name} must be a number of {unit}") from None
 
 
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    if name not in env:
+        return default
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {env[name]!r}") from None
+
+
 def _address(name: str, url: str) -> tuple[str, int]:
     """``mllp://host:port`` as (host, port)."""
     parts = urlsplit(url)
@@ -156,6 +165,9 @@ class Settings:
     #: where audit appends run: "process" (a writer process of its own, which never
     #: holds the server's GIL) or "thread" (a thread of the gateway's process)
     audit_writer: str = "process"
+    #: processes that make a build's people (0: one a core, at most two,
+    #: ``federation.build.writer_processes``); each holds ~150 MB at the full test range
+    index_writers: int = 0
     #: milliseconds a group commit of fewer than ``audit.trail.GATHER_EVENTS`` events
     #: waits, once the writer is free, for more requests' events (0, the default: commits
     #: at once), and only while the worker serves more requests than the commit holds:
@@ -248,6 +260,11 @@ class Settings:
         if not 0 <= self.audit_gather_ms <= 50:
             raise ConfigError(
                 f"CARELINK_AUDIT_GATHER_MS must be from 0 to 50, not {self.audit_gather_ms}"
+            )
+        if not 0 <= self.index_writers <= 16:
+            raise ConfigError(
+                f"CARELINK_INDEX_WRITERS must be a whole number from 0 to 16, "
+                f"not {self.index_writers}"
             )
         if self.audit_writer not in ("process", "thread"):
             raise ConfigError(
@@ -374,6 +391,7 @@ class Settings:
             public_base_url=e.get("CARELINK_PUBLIC_BASE_URL", s.public_base_url) or None,
             log_level=e.get("CARELINK_LOG_LEVEL", s.log_level).lower(),
             audit_writer=e.get("CARELINK_AUDIT_WRITER", s.audit_writer).lower(),
+            index_writers=_whole(e, "CARELINK_INDEX_WRITERS", s.index_writers),
             keepalive_timeout=int(
                 _number(e, "CARELINK_KEEPALIVE_TIMEOUT", s.keepalive_timeout, "seconds")
             ),

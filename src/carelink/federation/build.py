@@ -310,13 +310,20 @@ def _count_written(done: int) -> None:
 PROCESSES_FROM = 50_000
 
 
-def writer_processes(cores: int | None) -> int:
+#: the most writer processes a build uses unless told (``CARELINK_INDEX_WRITERS``): each
+#: holds ~150 MB at the full test range, and with the building process two stayed under
+#: the 1 GB a build may take (880-924 MB all at once), four did not (1,225 MB;
+#: benchmarks/README.md, "The nineteenth stop")
+MOST_WRITERS = 2
+
+
+def writer_processes(cores: int | None, most: int = MOST_WRITERS) -> int:
     """How many processes make the people of a build on a machine of ``cores`` cores
-    (None: unknown): one a core, at most four, on either database. The merge of each
+    (None: unknown): one a core, at most ``most``, on either database. The merge of each
     person's Patient is CPU; on SQLite the writers take turns only for their inserts
     (``IndexBuild``'s shared lock). At the full test range on two cores, SQLite wrote in
     83.0 s with two and 136.3 s with one (benchmarks/README.md, "The eighteenth stop")."""
-    return max(1, min(4, cores or 1))
+    return max(1, min(most, cores or 1))
 
 
 def peak_kb() -> int:
