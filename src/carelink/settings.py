@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from carelink.errors import ConfigError
 from carelink.storage import Database
+
+T = TypeVar("T")
 
 DEFAULT_SOURCES = {
     "gp": "http://127.0.0.1:8101",
@@ -56,22 +59,23 @@ def _pairs(env: Mapping[str, str], name: str, what: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
+def _parsed(
+    env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], what: str
+) -> T:
     if name not in env:
         return default
     try:
-        return float(env[name])
+        return parse(env[name])
     except ValueError:
-        raise ConfigError(f"{name} must be a number of {unit}") from None
+        raise ConfigError(f"{name} must be {what}") from None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
+    return _parsed(env, name, default, float, f"a number of {unit}")
 
 
 def _whole(env: Mapping[str, str], name: str, default: int) -> int:
-    if name not in env:
-        return default
-    try:
-        return int(env[name])
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {env[name]!r}") from None
+    return _parsed(env, name, default, int, "a whole number")
 
 
 def _address(name: str, url: str) -> tuple[str, int]:
