@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from carelink.audit import Access, Who, audit_event, verify, verify_index
 from carelink.audit.events import columns
+from carelink.errors import AuditError
 from carelink.storage import Database
 from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, readable, row_hash
 
@@ -165,3 +166,28 @@ def test_a_descriptor_past_1024_is_told_readable_or_not():
     finally:
         os.close(high)
         ours.close()
+
+
+def test_a_database_that_links_the_events_otherwise_is_caught_at_the_append(store):
+    """PostgreSQL makes the links; the appender checks them against its own ``link`` of
+    the same rows from the hash before them, so the head a checkpoint signs is one it has
+    checked. A database rewriting each hash as it is stored (a trigger here) fails the
+    append (the requests fail closed) and ``audit verify`` names every such row."""
+    if store.db.is_sqlite:
+        pytest.skip("PostgreSQL links the rows itself")
+    store.append([_event(1, "p1", "u1")])
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION rewrite_hash() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.hash := md5(NEW.hash) || md5(NEW.hash); RETURN NEW; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER rewrite BEFORE INSERT ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION rewrite_hash()"
+        )
+    with pytest.raises(AuditError, match="linked the appended events otherwise"):
+        store.append([_event(i, f"p{i}", "u1") for i in range(2, 5)])
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER rewrite ON audit_events")
+    assert {f.seq for f in verify(store.rows())} >= {2, 3, 4}
+    assert store.append([_event(5, "p5", "u1")])[0] == 5  # linked on from what is stored

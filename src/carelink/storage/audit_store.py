@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import orjson
 import sqlalchemy as sa
 
+from carelink.errors import AuditError
 from carelink.storage.audit_blocks import (
     BLOCK,
     HEAD_SQL,
@@ -431,7 +432,8 @@ class AuditStore:
                 cur.execute(_LOCK_SQL)
                 added.execute(_CHAINED_INSERT, _chained_params(made))
                 cur.execute("COMMIT")
-            seq, head, mark = added.fetchone()
+            seq, head, mark, before = added.fetchone()
+            _check_links(made[0], before, int(seq), head)
             self.tail = seq - int(mark)
             return int(seq), head
         except Exception:
@@ -585,8 +587,8 @@ _CHAINED_INSERT = (
     " b.hash, l.hash, r.agent, %(chain)s, h.seq + 1 + r.at FROM batch r"
     " JOIN links l ON l.n = r.n JOIN links b ON b.n = r.n - 1 CROSS JOIN head h"
     " RETURNING seq, hash)"
-    " SELECT seq, hash, (SELECT coalesce(max(block), 0) FROM audit_index_blocks) FROM added"
-    " ORDER BY seq DESC LIMIT 1"
+    " SELECT seq, hash, (SELECT coalesce(max(block), 0) FROM audit_index_blocks),"
+    " (SELECT hash FROM links WHERE n = 0) FROM added ORDER BY seq DESC LIMIT 1"
 )
 
 
@@ -655,6 +657,18 @@ def _chained(
         add((seq, recorded, patient_id, outcome, stored, prev, h, agent, CHAIN, part))
         prev = h
     return rows, [(first + at, fragments) for at, fragments in named], seq, prev, int(mark)
+
+
+def _check_links(made: list[Unchained], before: str, last: int, head: str) -> None:
+    """That the server linked the batch as ``link`` does, from the hash before it: an
+    ``AuditError`` if not (the rows are committed: ``audit verify`` names them). The
+    head a checkpoint signs is then one this process has checked, not only one the
+    database said; ~1 us a row."""
+    h = before
+    for at, row in enumerate(made, start=last - len(made) + 1):
+        h = link(h, at, row[6])
+    if h != head:
+        raise AuditError("audit trail: the database linked the appended events otherwise")
 
 
 def _chained_params(unchained: tuple[list[Unchained], list[tuple[int, bytes]]]) -> dict[str, Any]:
