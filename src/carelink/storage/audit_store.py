@@ -42,12 +42,16 @@ import fcntl
 import hashlib
 import os
 import select
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+import psycopg
 import sqlalchemy as sa
+from psycopg.errors import error_from_result
+from psycopg.pq import ConnStatus, ExecStatus
 
 from carelink.errors import AuditError
 from carelink.storage.audit_blocks import (
@@ -246,6 +250,8 @@ class AuditStore:
         self.db = db
         self._conn: Any = None
         self._committing = False
+        #: the driver connection ``_CHAINED_INSERT`` is prepared on (None: none yet)
+        self._prepared: Any = None
         db.keeps(self)
         #: the lock file's descriptor (SQLite on a file; None: not opened, or no file)
         self._turn: int | None = None
@@ -407,15 +413,17 @@ class AuditStore:
     def _append_there(
         self, made: tuple[list[Unchained], list[tuple[int, bytes]]]
     ) -> tuple[int, str]:
-        """PostgreSQL's append in one round trip (psycopg's pipeline): ``BEGIN``, the
-        append lock, ``_CHAINED_INSERT`` (the rows chained by the server) and ``COMMIT``
-        sent together, durable when the pipeline's results are all read on leaving it.
-        The server runs them in turn, so the insert's statement starts (and takes its
-        snapshot, the transaction being READ COMMITTED) only once the lock is granted,
-        and reads the head the last appender committed; the lock is held while the
-        server works, never while it waits for this process (at the full range the
-        backend holding it had waited for its appender half the time,
-        benchmarks/README.md, "The eighteenth stop").
+        """PostgreSQL's append in one round trip, on libpq's pipeline: ``BEGIN``, the
+        append lock, ``_CHAINED_INSERT`` (the rows chained by the server, its values
+        encoded before anything is sent) and ``COMMIT``, written in one flush and their
+        results read once; durable when the ``COMMIT``'s result has come. The server
+        runs them in turn, so the insert's statement starts (and takes its snapshot, the
+        transaction being READ COMMITTED) only once the lock is granted, and reads the
+        head the last appender committed; the lock is held while the server works, never
+        while it waits for this process (at the full range the backend holding it had
+        waited for its appender half the time, benchmarks/README.md, "The eighteenth
+        stop"; the driver's pipeline still sent each statement as it was made, the
+        insert's arrays dumped after the lock, "The nineteenth stop").
 
         Everything is sent before any answer is read, so a failure may come after the
         ``COMMIT`` was run: the append is never made twice. A connection the server has
@@ -424,25 +432,18 @@ class AuditStore:
         if self._conn is not None and _closed_by_server(self._conn.driver_connection):
             self._drop(None)
         driver = self._connection().driver_connection
-        cur, added = driver.cursor(), driver.cursor()
+        values = _chained_params(made, driver.info.encoding)
         try:
             self._committing = True
-            with driver.pipeline():
-                cur.execute("BEGIN")
-                cur.execute(_LOCK_SQL)
-                added.execute(_CHAINED_INSERT, _chained_params(made))
-                cur.execute("COMMIT")
-            seq, head, mark, before = added.fetchone()
+            results = _pipelined(driver, self._prepared is not driver, values)
+            self._prepared = driver
+            seq, head, mark, before = (v.decode() for v in _first_row(results[-2]))
             _check_links(made[0], before, int(seq), head)
-            self.tail = seq - int(mark)
+            self.tail = int(seq) - int(mark)
             return int(seq), head
         except Exception:
-            self._drop(cur)
+            self._drop(None)
             raise
-        finally:
-            for c in (cur, added):
-                with contextlib.suppress(Exception):
-                    c.close()
 
     def settle(self) -> int:
         """Write the tail of the trail into the patient index as one sorted block if it
@@ -575,16 +576,16 @@ _CHAINED_INSERT = (
     "SELECT 0::bigint, h.seq, coalesce((SELECT e.hash FROM audit_events e WHERE e.seq = h.seq),"
     " repeat('0', 64))::text FROM head h"
     " UNION ALL SELECT n + 1, seq + 1, encode(sha256(convert_to(hash || '|' || (seq + 1)::text"
-    " || '|' || encode(substring(%(fields)b::bytea FROM (n * 32 + 1)::int FOR 32), 'hex'),"
-    " 'UTF8')), 'hex') FROM links WHERE (n + 1) * 32 <= octet_length(%(fields)b::bytea)),"
-    " batch AS (SELECT * FROM unnest(%(recorded)b::varchar[], %(patient)b::varchar[],"
-    " %(outcome)b::varchar[], %(agent)b::text[], %(event)b::bytea[], %(at)b::int[])"
+    " || '|' || encode(substring($1::bytea FROM (n * 32 + 1)::int FOR 32), 'hex'),"
+    " 'UTF8')), 'hex') FROM links WHERE (n + 1) * 32 <= octet_length($1::bytea)),"
+    " batch AS (SELECT * FROM unnest($2::varchar[], $3::varchar[],"
+    " $4::varchar[], $5::text[], $6::bytea[], $7::int[])"
     " WITH ORDINALITY AS r (recorded, patient_id, outcome, agent, event, at, n)),"
     " parts AS (INSERT INTO audit_parts (seq, fragments) SELECT h.seq + 1 + p.at, p.fragments"
-    " FROM head h, unnest(%(part_at)b::int[], %(fragments)b::bytea[]) AS p (at, fragments)),"
+    " FROM head h, unnest($8::int[], $9::bytea[]) AS p (at, fragments)),"
     " added AS (INSERT INTO audit_events (seq, recorded, patient_id, outcome, event, prev_hash,"
     " hash, agent, chain, part) SELECT l.seq, r.recorded, r.patient_id, r.outcome, r.event,"
-    " b.hash, l.hash, r.agent, %(chain)s, h.seq + 1 + r.at FROM batch r"
+    " b.hash, l.hash, r.agent, $10, h.seq + 1 + r.at FROM batch r"
     " JOIN links l ON l.n = r.n JOIN links b ON b.n = r.n - 1 CROSS JOIN head h"
     " RETURNING seq, hash)"
     " SELECT seq, hash, (SELECT coalesce(max(block), 0) FROM audit_index_blocks),"
@@ -671,22 +672,110 @@ def _check_links(made: list[Unchained], before: str, last: int, head: str) -> No
         raise AuditError("audit trail: the database linked the appended events otherwise")
 
 
-def _chained_params(unchained: tuple[list[Unchained], list[tuple[int, bytes]]]) -> dict[str, Any]:
-    """``_CHAINED_INSERT``'s parameters: the batch's columns as arrays."""
+#: ``_CHAINED_INSERT``'s parameters' types: bytea, text[] (four), bytea[], int4[] (two),
+#: bytea[], int4; each sent in binary, encoded here (``_chained_params``)
+_CHAINED_TYPES = [17, 1009, 1009, 1009, 1009, 1001, 1007, 1007, 1001, 23]
+_CHAINED_NAME = b"carelink_append"
+_INT = struct.Struct(">i")
+_NULL = b"\xff\xff\xff\xff"
+
+
+def _chained_params(
+    unchained: tuple[list[Unchained], list[tuple[int, bytes]]], encoding: str
+) -> list[bytes]:
+    """``_CHAINED_INSERT``'s parameters, each in PostgreSQL's binary format, made before
+    anything is sent: the lock is then held only while the server works (the driver's
+    cursor dumped the arrays, element by element, between sending the lock and the insert:
+    the backend held the lock waiting for them)."""
     made, parts = unchained
     recorded, patient, outcome, agent, event, at, fields = zip(*made, strict=True)
-    return {
-        "recorded": list(recorded),
-        "patient": list(patient),
-        "outcome": list(outcome),
-        "agent": list(agent),
-        "event": list(event),
-        "at": list(at),
-        "fields": b"".join(fields),
-        "part_at": [a for a, _ in parts],
-        "fragments": [f for _, f in parts],
-        "chain": CHAIN,
-    }
+
+    def text(values: Sequence[str | None]) -> bytes:
+        return _array(25, [None if v is None else v.encode(encoding) for v in values])
+
+    def ints(values: Sequence[int | None]) -> bytes:
+        return _array(23, [None if v is None else _INT.pack(v) for v in values])
+
+    return [
+        b"".join(fields),
+        text(recorded),
+        text(patient),
+        text(outcome),
+        text(agent),
+        _array(17, list(event)),
+        ints(at),
+        ints([a for a, _ in parts]),
+        _array(17, [f for _, f in parts]),
+        _INT.pack(CHAIN),
+    ]
+
+
+def _array(element: int, items: Sequence[bytes | None]) -> bytes:
+    """A one-dimensional array in PostgreSQL's binary format: dimensions, whether it holds
+    a NULL, the elements' type, its length and lower bound, then each element's length
+    (-1: NULL) and bytes."""
+    if not items:
+        return struct.pack(">iiI", 0, 0, element)
+    head = struct.pack(">iiIii", 1, None in items, element, len(items), 1)
+    pack = _INT.pack
+    return head + b"".join(_NULL if i is None else pack(len(i)) + i for i in items)
+
+
+def _pipelined(driver: Any, prepare: bool, values: list[bytes]) -> list[Any]:
+    """``BEGIN``, the lock, (the insert prepared, when ``prepare``), the insert with
+    ``values`` and ``COMMIT`` on ``driver``'s libpq connection in pipeline mode, written
+    at once; the results, in order (the prepare's left out). The server's first error is
+    the driver's exception, once every result is in; a connection lost is
+    ``OperationalError``."""
+    pg = driver.pgconn
+    pg.enter_pipeline_mode()
+    try:
+        pg.send_query_params(b"BEGIN", None)
+        pg.send_query_params(_LOCK_SQL.encode(), None)
+        if prepare:
+            pg.send_prepare(_CHAINED_NAME, _CHAINED_INSERT.encode(), _CHAINED_TYPES)
+        pg.send_query_prepared(_CHAINED_NAME, values, [1] * len(values), 0)
+        pg.send_query_params(b"COMMIT", None)
+        pg.pipeline_sync()
+        while pg.flush():
+            _wait(pg, select.POLLOUT)
+        results = []
+        while True:
+            while pg.is_busy():
+                _wait(pg, select.POLLIN)
+                pg.consume_input()
+            result = pg.get_result()
+            if result is None:
+                continue  # the end of one statement's results
+            if result.status == ExecStatus.PIPELINE_SYNC:
+                break
+            results.append(result)
+    finally:
+        with contextlib.suppress(Exception):  # a connection lost: dropped by the caller
+            pg.exit_pipeline_mode()
+    done, rows = ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK
+    wanted = [done, rows, *([done] if prepare else []), rows, done]
+    for result, status in zip(results, wanted, strict=False):
+        if result.status != status:
+            if pg.status == ConnStatus.BAD:
+                message = result.get_error_message(driver.info.encoding)
+                raise psycopg.OperationalError(message or "the connection was lost")
+            raise error_from_result(result, driver.info.encoding)
+    if len(results) != len(wanted):
+        raise psycopg.OperationalError("the audit append's results did not all come")
+    return results
+
+
+def _first_row(result: Any) -> list[bytes]:
+    """A result's first row's values, as the text the server wrote."""
+    return [result.get_value(0, c) for c in range(result.nfields)]
+
+
+def _wait(pg: Any, event: int) -> None:
+    """Until ``pg``'s socket is ready for ``event`` (or has failed)."""
+    poller = select.poll()
+    poller.register(pg.socket, event)
+    poller.poll()
 
 
 def _closed_by_server(driver: Any) -> bool:
