@@ -1,8 +1,9 @@
 """Attack: the database connection cut while the audit trail is being appended to.
 
-On PostgreSQL an append goes in two pipelined round trips (``BEGIN``, the append lock
-and the head; then the rows and ``COMMIT``), so a connection can die with any part of a
-batch sent. The guarantee: **an append either returns, and then every event of its batch
+On PostgreSQL an append is written in one flush (``BEGIN``, the append lock, the chained
+insert and ``COMMIT`` on libpq's pipeline) and its results read once, so a connection can
+die with any part of a batch sent, or with all of it run and no answer back. The
+guarantee: **an append either returns, and then every event of its batch
 is stored once, or raises; a batch is never stored in part, never twice; the chain
 verifies whatever moment the cut came; and the store appends again once the database is
 back.** (A batch whose ``COMMIT`` was sent when the cut came may have been stored without
@@ -97,6 +98,59 @@ def test_a_cut_mid_append_leaves_whole_batches_a_verifying_chain_and_a_store_tha
 
     reader = AuditStore(direct)
     whole_batches(reader, set(returned), set(raised))
+    reader.close()
+    direct.dispose()
+
+
+def test_an_append_whose_answer_never_comes_is_stored_once_and_the_store_goes_on(postgres_url):
+    """The whole append reaches the database and its ``COMMIT`` runs, but the connection
+    is then lost without a word (nothing closed, nothing more delivered, either way). The
+    append must end within the statement timeout and its margin, raising (the requests
+    fail closed), never send the batch again, and append the next batch on a new
+    connection, chained after the one the database did store."""
+    direct = Database(postgres_url)
+    direct.migrate()
+    target = urlsplit(postgres_url)
+    timeout = 1.0
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=timeout)
+        store = AuditStore(db)
+        store.append_rows(_batch(1))  # the connection made, the statement prepared
+        with direct.engine.connect() as conn:
+            before = conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one()
+        outcome: list[BaseException | None] = []
+
+        def append() -> None:
+            try:
+                store.append_rows(_batch(2))
+                outcome.append(None)
+            except Exception as exc:
+                outcome.append(exc)
+
+        # from here on the database hears this connection but is never heard back
+        proxy.lose(requests=False)
+        worker = threading.Thread(target=append, daemon=True)
+        started = time.monotonic()
+        worker.start()
+        deadline = time.monotonic() + 10
+        stored = before
+        while stored < before + BATCH and time.monotonic() < deadline:
+            time.sleep(0.02)
+            with direct.engine.connect() as conn:
+                stored = conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one()
+        assert stored == before + BATCH, "the append did not reach the database"
+        proxy.resume()  # new connections go through; the lost one stays lost
+        worker.join(timeout + 5)
+        took = time.monotonic() - started
+        assert not worker.is_alive(), "the append still waits for an answer that never comes"
+        assert len(outcome) == 1
+        assert outcome[0] is not None, "an append without an answer returned"
+        assert took < timeout + 3, f"the append gave up after {took:.1f} s"
+        store.append_rows(_batch(3))
+        store.close()
+        db.dispose()
+    reader = AuditStore(direct)
+    whole_batches(reader, {1, 3}, {2})
     reader.close()
     direct.dispose()
 

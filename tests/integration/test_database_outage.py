@@ -388,3 +388,23 @@ def test_a_frozen_database_costs_each_route_a_prompt_503_and_never_the_server(
         time.sleep(0.2)
     assert again is not None
     assert again.status_code == ok, f"{path} after recovery: {again.status_code}"
+
+
+def test_connections_lost_without_a_word_cost_prompt_503s_and_the_gateway_recovers(
+    outage: Outage,
+):
+    """Every open connection to the database is lost silently (a network path that died:
+    nothing closed, nothing answered, for good), then new connections reach the database
+    again. Each connection the gateway keeps (the hot reads', the audit writer's) waits
+    for an answer that never comes: the gateway must refuse promptly meanwhile and answer
+    again soon after the database can be reached, without a restart."""
+    outage.recovered()
+    outage.proxy.lose()
+    try:
+        answer, took = _timed(lambda: outage.lookup(REFUSED_WITHIN + 3))
+    finally:
+        outage.proxy.resume()
+    assert answer is not None, f"no answer within {took:.1f} s"
+    assert answer.status_code == 503, answer.text
+    assert took < REFUSED_WITHIN, f"refused after {took:.2f} s"
+    assert outage.recovered() < RECOVERY

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import socket
 import time
 
@@ -20,7 +21,8 @@ from carelink.audit import Access, Who, audit_event, verify, verify_index
 from carelink.audit.events import columns
 from carelink.errors import AuditError
 from carelink.storage import Database
-from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, readable, row_hash
+from carelink.storage.answers import ready
+from carelink.storage.audit_store import CHAIN, GENESIS, AuditStore, NewEvent, row_hash
 
 #: any text PostgreSQL can hold in a text column (no NUL)
 _TEXT = st.text(
@@ -145,6 +147,10 @@ def test_an_append_after_the_server_ended_the_connection_is_made_once_on_a_new_o
     stored = list(store.rows())
     assert [r.event for r in stored] == [e.event for e in first + second]
     assert verify(stored) == []
+
+
+def readable(fd: int) -> bool:
+    return ready(fd, select.POLLIN, 0)
 
 
 def test_a_descriptor_past_1024_is_told_readable_or_not():

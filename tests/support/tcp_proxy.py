@@ -6,7 +6,12 @@ It forwards bytes both ways until told otherwise:
   new ones (the listening socket is closed);
 - ``freeze()``: the database stalls: connections stay open (and new ones are
   accepted) but no byte goes through, either way;
-- ``resume()``: back to normal (after a kill, the same port listens again);
+- ``lose()``: the connections open now are lost without a word (a network path that
+  died, a server host gone): nothing is closed, what either side sends on them is
+  dropped, for good (with ``requests=True`` only the database's answers: what the
+  client sends still reaches it); new connections wait as in ``freeze`` until ``resume``;
+- ``resume()``: back to normal (after a kill, the same port listens again; connections
+  lost stay lost);
 - ``allow(n)``: accept ``n`` more connections, then close each new one at once
   (a database that lets some processes in and not others).
 
@@ -38,6 +43,10 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._allowed: int | None = None
+        #: each connection's number; those below ``_lost_below`` are lost (``lose``)
+        self._made = 0
+        self._lost_below = 0
+        self._requests_lost = True
 
     # -- control, from the test's thread ---------------------------------------------
 
@@ -59,6 +68,12 @@ class TcpProxy:
     def freeze(self) -> None:
         """Hold every byte, both ways, on every connection, until ``resume``."""
         self._call(self._set_flowing(False))
+
+    def lose(self, requests: bool = True) -> None:
+        """Lose every open connection silently (their bytes dropped from now on, both
+        ways or, ``requests=False``, only the database's answers; nothing closed) and hold
+        new ones until ``resume``."""
+        self._call(self._lose(requests))
 
     def resume(self) -> None:
         """Forward again (and listen again after a kill)."""
@@ -95,6 +110,11 @@ class TcpProxy:
         else:
             self._flowing.clear()
 
+    async def _lose(self, requests: bool) -> None:
+        await self._set_flowing(False)
+        self._lost_below = self._made
+        self._requests_lost = requests
+
     async def _set_allowed(self, connections: int | None) -> None:
         self._allowed = connections
 
@@ -121,6 +141,8 @@ class TcpProxy:
                 return
             self._allowed -= 1
         self.accepted += 1
+        number = self._made
+        self._made += 1
         self._writers.add(writer)
         assert self._flowing is not None
         try:
@@ -132,8 +154,8 @@ class TcpProxy:
             return
         self._writers.add(up_writer)
         pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer, number, False)),
+            asyncio.create_task(self._pump(up_reader, writer, number, True)),
         ]
         self._tasks.update(pumps)
         try:
@@ -147,14 +169,30 @@ class TcpProxy:
                     w.transport.abort()
                 self._writers.discard(w)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        number: int,
+        answers: bool,
+    ) -> None:
+        """Forward one way: the database's ``answers``, or the client's requests."""
         assert self._flowing is not None
+
+        def lost() -> bool:
+            return number < self._lost_below and (answers or self._requests_lost)
+
         with contextlib.suppress(OSError, ConnectionError):
             while True:
                 data = await reader.read(65536)
                 if not data:
+                    if lost():  # a lost path carries no goodbye either
+                        await asyncio.Event().wait()
                     return
-                await self._flowing.wait()
+                if number >= self._lost_below:
+                    await self._flowing.wait()
+                if lost():
+                    continue  # read and dropped, never delivered
                 writer.write(data)
                 await writer.drain()
 

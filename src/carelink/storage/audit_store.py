@@ -54,6 +54,7 @@ from psycopg.errors import error_from_result
 from psycopg.pq import ConnStatus, ExecStatus
 
 from carelink.errors import AuditError
+from carelink.storage import answers
 from carelink.storage.audit_blocks import (
     BLOCK,
     HEAD_SQL,
@@ -435,12 +436,20 @@ class AuditStore:
         values = _chained_params(made, driver.info.encoding)
         try:
             self._committing = True
-            results = _pipelined(driver, self._prepared is not driver, values)
+            results = _pipelined(
+                driver, self._prepared is not driver, values, answers.answer_limit(self.db.wait)
+            )
             self._prepared = driver
             seq, head, mark, before = (v.decode() for v in _first_row(results[-2]))
             _check_links(made[0], before, int(seq), head)
             self.tail = int(seq) - int(mark)
             return int(seq), head
+        except answers.NoAnswer:
+            # lost without a word: so, likely, are the pool's idle connections, whose
+            # ping before use (a checkpoint's read of the head) would wait for good
+            self._drop(None)
+            self.db.engine.dispose()
+            raise
         except Exception:
             self._drop(None)
             raise
@@ -721,12 +730,12 @@ def _array(element: int, items: Sequence[bytes | None]) -> bytes:
     return head + b"".join(_NULL if i is None else pack(len(i)) + i for i in items)
 
 
-def _pipelined(driver: Any, prepare: bool, values: list[bytes]) -> list[Any]:
+def _pipelined(driver: Any, prepare: bool, values: list[bytes], limit: float | None) -> list[Any]:
     """``BEGIN``, the lock, (the insert prepared, when ``prepare``), the insert with
     ``values`` and ``COMMIT`` on ``driver``'s libpq connection in pipeline mode, written
-    at once; the results, in order (the prepare's left out). The server's first error is
-    the driver's exception, once every result is in; a connection lost is
-    ``OperationalError``."""
+    at once; the results, in order (the prepare's left out), all within ``limit`` seconds
+    (``answers.NoAnswer`` past it). The server's first error is the driver's exception,
+    once every result is in; a connection lost is ``OperationalError``."""
     pg = driver.pgconn
     pg.enter_pipeline_mode()
     try:
@@ -737,19 +746,7 @@ def _pipelined(driver: Any, prepare: bool, values: list[bytes]) -> list[Any]:
         pg.send_query_prepared(_CHAINED_NAME, values, [1] * len(values), 0)
         pg.send_query_params(b"COMMIT", None)
         pg.pipeline_sync()
-        while pg.flush():
-            _wait(pg, select.POLLOUT)
-        results = []
-        while True:
-            while pg.is_busy():
-                _wait(pg, select.POLLIN)
-                pg.consume_input()
-            result = pg.get_result()
-            if result is None:
-                continue  # the end of one statement's results
-            if result.status == ExecStatus.PIPELINE_SYNC:
-                break
-            results.append(result)
+        results = answers.results(pg, limit, pipeline=True)
     finally:
         with contextlib.suppress(Exception):  # a connection lost: dropped by the caller
             pg.exit_pipeline_mode()
@@ -771,30 +768,14 @@ def _first_row(result: Any) -> list[bytes]:
     return [result.get_value(0, c) for c in range(result.nfields)]
 
 
-def _wait(pg: Any, event: int) -> None:
-    """Until ``pg``'s socket is ready for ``event`` (or has failed)."""
-    poller = select.poll()
-    poller.register(pg.socket, event)
-    poller.poll()
-
-
 def _closed_by_server(driver: Any) -> bool:
     """Whether an idle PostgreSQL connection has something to read: between appends the
     server sends nothing unless it is ending the connection (a restart, a terminated
     backend), so it is not to be used (a notice would only cost a new connection)."""
     try:
-        return readable(driver.pgconn.socket)
+        return answers.ready(driver.pgconn.socket, select.POLLIN, 0)
     except Exception:  # the socket is gone already (psycopg's error, or the OS's)
         return True
-
-
-def readable(fd: int) -> bool:
-    """Whether ``fd`` has something to read (or its peer has closed it), without waiting:
-    ``poll``, which takes any descriptor (``select`` refuses those from 1,024 on, which a
-    busy process reaches)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _turn_file(driver: Any) -> int | None:

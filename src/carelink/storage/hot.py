@@ -55,6 +55,7 @@ from psycopg.adapt import Transformer
 from psycopg.errors import error_from_result
 from psycopg.pq import ConnStatus, ExecStatus
 
+from carelink.storage.answers import NoAnswer, answer_limit, results
 from carelink.storage.database import HOT_LIMIT, Database
 
 __all__ = ["HOT_LIMIT", "HotConnection"]
@@ -74,6 +75,9 @@ class HotConnection:
         self._local = threading.local()
         self._owners: dict[threading.Thread, Any] = {}  # thread -> its pooled connection
         self._lock = threading.Lock()
+        #: bumped when a kept connection is found lost without a word (``NoAnswer``):
+        #: every connection made before it is dropped at its thread's next read
+        self._generation = 0
         db.keeps(self)
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -92,6 +96,9 @@ class HotConnection:
         which may take longer than ``HOT_LIMIT``)."""
         for attempt in (1, 2):
             driver = getattr(self._local, "driver", None)
+            if driver is not None and self._local.generation != self._generation:
+                self._drop()  # made before a connection was found lost: lost too, likely
+                driver = None
             if driver is None:
                 driver = self._connect()
                 if driver is None:  # every slot is taken by another live thread
@@ -101,6 +108,13 @@ class HotConnection:
                     return self._rows(driver, sql, values)
                 reader: _Prepared = self._local.reader
                 return reader.rows(sql, values)
+            except NoAnswer:
+                # lost without a word: so, likely, is every connection made before it,
+                # kept here or idle in the pool (whose ping would wait for good too)
+                self._drop()
+                self._generation += 1
+                self.db.engine.dispose()
+                raise
             except Exception:
                 lost = self.db.is_sqlite or driver.closed or driver.broken
                 self._drop()
@@ -165,7 +179,7 @@ class HotConnection:
                 driver.autocommit = True
                 # one plan a statement, made once: see the module's docstring
                 driver.execute("SET plan_cache_mode = force_generic_plan")
-                self._local.reader = _Prepared(driver)
+                self._local.reader = _Prepared(driver, answer_limit(self.db.wait))
         except BaseException:
             if conn is not None:  # set up only in part: not given back to the pool as is
                 with suppress(Exception):
@@ -176,6 +190,7 @@ class HotConnection:
         with self._lock:
             self._owners[me] = conn
         self._local.driver = driver
+        self._local.generation = self._generation
         return driver
 
     def _drop(self) -> None:
@@ -229,9 +244,12 @@ class _Prepared:
     refuses or converts them as it always has. The server's errors are the driver's own
     exceptions (a statement timeout is ``QueryCanceled``); a connection lost is
     ``OperationalError``, as the cursor says it, so the read is made once more on a new
-    connection."""
+    connection. Each answer is waited for at most ``limit`` seconds (``storage.answers``:
+    libpq's own waits never end on a connection lost without a word); past that it is
+    ``NoAnswer``, and the connection is dropped."""
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: Any, limit: float | None = None) -> None:
+        self.limit = limit
         self.pgconn = driver.pgconn
         self.encoding = driver.info.encoding
         self.transformer = Transformer(driver)
@@ -245,7 +263,8 @@ class _Prepared:
         if params is None or "%%" in sql:
             return HotConnection._fetch(self.cursor, sql, values)
         name = self.names.get(sql) or self._prepare(sql)
-        result = self.pgconn.exec_prepared(name, params, None, 1)
+        self.pgconn.send_query_prepared(name, params, None, 1)
+        result = self._answer()
         if result.status != TUPLES_OK:
             raise self._error(result)
         self.transformer.set_pgresult(result)
@@ -256,13 +275,23 @@ class _Prepared:
             # ours only, in one round trip: the cursor's own prepared statements stay
             ours = b"".join(b"DEALLOCATE %s;" % n for n in self.names.values())
             self.names.clear()
-            self._check(self.pgconn.exec_(ours), COMMAND_OK)
+            self.pgconn.send_query(ours)
+            for done in results(self.pgconn, self.limit):
+                self._check(done, COMMAND_OK)
         name = f"carelink_{len(self.names)}".encode()
         numbered = iter(range(1, sql.count("%s") + 1))
         text = _MARK.sub(lambda _: f"${next(numbered)}", sql)
-        self._check(self.pgconn.prepare(name, text.encode(self.encoding), None), COMMAND_OK)
+        self.pgconn.send_prepare(name, text.encode(self.encoding), None)
+        self._check(self._answer(), COMMAND_OK)
         self.names[sql] = name
         return name
+
+    def _answer(self) -> Any:
+        """The one result of the statement sent, within ``limit`` (``NoAnswer``)."""
+        got = results(self.pgconn, self.limit)
+        if not got:  # nothing came before the end: the connection went
+            raise psycopg.OperationalError("the connection was lost")
+        return got[-1]
 
     def _check(self, result: Any, wanted: Any) -> None:
         if result.status != wanted:
