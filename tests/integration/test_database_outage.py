@@ -408,3 +408,35 @@ def test_connections_lost_without_a_word_cost_prompt_503s_and_the_gateway_recove
     assert answer.status_code == 503, answer.text
     assert took < REFUSED_WITHIN, f"refused after {took:.2f} s"
     assert outage.recovered() < RECOVERY
+
+
+@pytest.mark.parametrize("row", ROUTES, ids=[r[0] for r in ROUTES])
+def test_connections_lost_without_a_word_cost_each_route_a_503_never_the_gateway(
+    outage: Outage, known: Known, row: tuple[Any, ...]
+):
+    """Every route, with the connections it has used lost without a word and new ones
+    held (then let through): the request is refused with a 503 within the time limits,
+    and once the database can be reached again the route works within ``RECOVERY``,
+    however many connections in the pool, kept by a thread or held by the audit writer
+    were lost."""
+    path, ask, ok, *prepare = row
+    for made in prepare:
+        known = made(outage, known)
+    assert ask(outage, known, 15).status_code == ok
+    outage.proxy.lose()
+    try:
+        answer, took = _timed(lambda: ask(outage, known, REFUSED_WITHIN + 3))
+    finally:
+        outage.proxy.resume()
+    assert answer is not None, f"{path}: no answer within {took:.1f} s"
+    assert answer.status_code == 503, answer.text
+    assert took < REFUSED_WITHIN, f"{path} was refused after {took:.2f} s"
+    deadline = time.monotonic() + RECOVERY
+    again: Any = None
+    while time.monotonic() < deadline:
+        again = ask(outage, known, 15)
+        if again.status_code == ok:
+            break
+        time.sleep(0.2)
+    assert again is not None
+    assert again.status_code == ok, f"{path} after recovery: {again.status_code}"

@@ -186,8 +186,11 @@ class TcpProxy:
             while True:
                 data = await reader.read(65536)
                 if not data:
-                    if lost():  # a lost path carries no goodbye either
+                    if lost() and answers:  # the database's goodbye never arrives
                         await asyncio.Event().wait()
+                    # the client's does, once it has closed its end: as when the path
+                    # comes back (else each lost connection kept a backend for good, and
+                    # the server ran out of them)
                     return
                 if number >= self._lost_below:
                     await self._flowing.wait()

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.errors import _WaitTimeout
 from psycopg.pq import ExecStatus
 
 PIPELINE_SYNC = ExecStatus.PIPELINE_SYNC
@@ -29,6 +30,38 @@ MARGIN = 1.0
 
 class NoAnswer(psycopg.OperationalError):
     """The database did not answer in time: the connection is to be dropped."""
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """psycopg's connection, each wait for the server (every statement a cursor runs,
+    every commit) ending after ``limit`` seconds: then the connection is closed (its
+    state is unknown: a statement may have run) and ``NoAnswer`` raised, which
+    SQLAlchemy takes for a lost connection (it replaces the pool's connections made
+    before it). ``limit`` None: as long as it takes; a connection may say so for a
+    while (``unbounded``: a lock that is waited for on purpose). A subclass per
+    database sets ``limit`` and ``lost`` (``bounded_connection``)."""
+
+    limit: float | None = None
+    #: told when a wait ended unanswered (the database's count of losses)
+    lost: Any = None
+    #: set while a statement is to be waited for however long it takes
+    unbounded = False
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is None and not self.unbounded:
+            timeout = self.limit
+        try:
+            return super().wait(gen, interval, timeout)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            if self.lost is not None:
+                self.lost()
+            raise NoAnswer("the database did not answer in time") from None
+
+
+def bounded_connection(limit: float | None, lost: Any) -> type[BoundedConnection]:
+    """A ``BoundedConnection`` class waiting at most ``limit`` seconds, telling ``lost``."""
+    return type("Bounded", (BoundedConnection,), {"limit": limit, "lost": staticmethod(lost)})
 
 
 def answer_limit(statement_timeout: float | None) -> float | None:

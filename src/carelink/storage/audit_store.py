@@ -253,6 +253,9 @@ class AuditStore:
         self._committing = False
         #: the driver connection ``_CHAINED_INSERT`` is prepared on (None: none yet)
         self._prepared: Any = None
+        #: ``Database.losses`` when the connection was made (one made before a later
+        #: loss is not used again)
+        self._losses = db.losses
         db.keeps(self)
         #: the lock file's descriptor (SQLite on a file; None: not opened, or no file)
         self._turn: int | None = None
@@ -310,6 +313,7 @@ class AuditStore:
 
     def _connection(self) -> Any:
         if self._conn is None:
+            self._losses = self.db.losses
             self._conn = self.db.engine.raw_connection()
             driver = self._conn.driver_connection
             if self.db.is_sqlite:
@@ -430,8 +434,10 @@ class AuditStore:
         ``COMMIT`` was run: the append is never made twice. A connection the server has
         closed since its last use (a restart) has something to read before anything is
         sent, and is replaced first."""
-        if self._conn is not None and _closed_by_server(self._conn.driver_connection):
-            self._drop(None)
+        if self._conn is not None and (
+            self._losses != self.db.losses or _closed_by_server(self._conn.driver_connection)
+        ):
+            self._drop(None)  # ended by the server, or made before one was found lost
         driver = self._connection().driver_connection
         values = _chained_params(made, driver.info.encoding)
         try:
@@ -448,7 +454,7 @@ class AuditStore:
             # lost without a word: so, likely, are the pool's idle connections, whose
             # ping before use (a checkpoint's read of the head) would wait for good
             self._drop(None)
-            self.db.engine.dispose()
+            self.db.lost()
             raise
         except Exception:
             self._drop(None)

@@ -23,13 +23,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from psycopg.pq import ExecStatus
 from sqlalchemy.engine import Connection, Engine
 
 from carelink.errors import ConfigError, StorageUnavailable
+from carelink.storage.answers import NoAnswer, answer_limit, bounded_connection, results
 from carelink.storage.migrations import MIGRATIONS
 from carelink.storage.unavailable import describe, is_unavailable
 
 T = TypeVar("T")
+
+EMPTY_QUERY = ExecStatus.EMPTY_QUERY
 
 #: the longest the event loop waits for one hot read (see ``storage.hot``)
 HOT_LIMIT = 1.0
@@ -56,8 +60,13 @@ class Database:
     for a pooled connection), ``statement_timeout`` per statement (PostgreSQL's
     ``statement_timeout``; SQLite's busy timeout), and ``bounded`` waits at most that
     long for an answer, so a frozen database costs a request a 503, never the server.
-    A broken connection is found before use (``pool_pre_ping``) and replaced, so
-    the gateway recovers on its own when the database is back.
+    A broken connection is found before use and replaced, so the gateway recovers on
+    its own when the database is back. On PostgreSQL that check is a ping whose answer
+    is waited for at most the statement timeout and a second (``_bounded_ping``): a
+    connection lost without a word (nothing closed, nothing answered) fails it, and
+    every pooled connection made before it is replaced too; and TCP keepalives
+    (``KEEPALIVES``) end a connection whose path has died while a statement waits on
+    it, where libpq would wait for ever.
     """
 
     def __init__(
@@ -91,6 +100,9 @@ class Database:
         #: ``keeps``): closed by ``dispose``, which closes only the pooled ones itself
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._stuck: tuple[Future[Any], float] | None = None
+        #: how many times a connection was found lost without a word (``lost``): a
+        #: connection kept out of the pool made before the last time is not used again
+        self.losses = 0
         #: how many migrations the last ``migrate`` applied (0: the schema was current)
         self.applied = 0
         kwargs: dict[str, object] = {}
@@ -107,13 +119,15 @@ class Database:
                 # a thread waiting for a pooled connection waits no longer than for a new one
                 kwargs["pool_timeout"] = connect_timeout
         else:
+            # libpq takes whole seconds, and treats less than 2 as 2; keepalives unless
+            # the URL sets its own
+            connect: dict[str, object] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+            connect.update({k: v for k, v in KEEPALIVES.items() if k not in parsed.query})
             kwargs.update(
                 pool_size=10,
                 max_overflow=20,
-                pool_pre_ping=True,
                 pool_timeout=connect_timeout,
-                # libpq takes whole seconds, and treats less than 2 as 2
-                connect_args={"connect_timeout": max(2, math.ceil(connect_timeout))},
+                connect_args=connect,
             )
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
@@ -121,7 +135,19 @@ class Database:
             raise ConfigError(f"database URL {self.shown}: {describe(exc)}") from None
         if backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        elif statement_timeout is not None:
+        else:
+            limit = answer_limit(self.wait)
+            ping = _bounded_ping(limit, self._count_loss)
+            sa.event.listen(self.engine, "checkout", ping)
+            # every statement's wait bounded too, not only the ping's: a connection lost
+            # between its ping and its statement had held a database thread for good
+            made = bounded_connection(answer_limit(statement_timeout), self._count_loss)
+
+            def bounded(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+                return made.connect(*cargs, **cparams)
+
+            sa.event.listen(self.engine, "do_connect", bounded)
+        if backend != "sqlite" and statement_timeout is not None:
             millis = max(1, round(statement_timeout * 1000))
             sa.event.listen(self.engine, "connect", _statement_timeout(millis))
 
@@ -284,6 +310,17 @@ class Database:
             )
         return int(max([n for n, _, _ in MIGRATIONS] + list(done)))
 
+    def lost(self) -> None:
+        """A connection was lost without a word (``answers.NoAnswer``): so, likely, is
+        every connection made before it. The pool's are replaced (its idle ones closed
+        now), and the stores that keep connections out of the pool replace theirs at
+        their next use (they compare ``losses``)."""
+        self._count_loss()
+        self.engine.dispose()
+
+    def _count_loss(self) -> None:
+        self.losses += 1
+
     def keeps(self, holder: Any) -> None:
         """Have ``dispose`` call ``holder.close()`` (a store that keeps connections checked
         out of the pool, which the engine's own dispose leaves open: each a socket, or a
@@ -358,6 +395,44 @@ def _statement_timeout(millis: int) -> Callable[[Any, Any], None]:
         dbapi_conn.commit()
 
     return on_connect
+
+
+#: libpq's TCP keepalives on every PostgreSQL connection: a connection idle 30 s is
+#: probed every 10 s and dropped after 3 probes unanswered, and data unacknowledged for
+#: 60 s ends it (``tcp_user_timeout``, in milliseconds): a network path that died is
+#: then an error within about a minute, not a wait for ever (a database URL's own
+#: values are kept)
+KEEPALIVES: dict[str, object] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def _bounded_ping(limit: float | None, lost: Callable[[], None]) -> Callable[[Any, Any, Any], None]:
+    """The pool's check of a PostgreSQL connection before each use: an empty query whose
+    answer is waited for at most ``limit`` seconds (SQLAlchemy's own ping waits as long
+    as libpq does, for ever on a connection lost without a word). A connection that
+    fails it is replaced, with every pooled connection made before it
+    (``InvalidatePoolError``: they are lost too, likely), and the pool tries again;
+    ``lost()`` tells the connections kept out of the pool."""
+
+    def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        pg = dbapi_conn.pgconn
+        try:
+            pg.send_query(b"")
+            answered = results(pg, limit)
+        except NoAnswer as exc:
+            lost()
+            raise sa.exc.InvalidatePoolError("the database did not answer in time") from exc
+        except Exception as exc:  # closed, broken: the driver's or libpq's error
+            raise sa.exc.DisconnectionError("the connection was lost") from exc
+        if [r.status for r in answered] != [EMPTY_QUERY]:
+            raise sa.exc.DisconnectionError("the connection's ping was not answered as sent")
+
+    return on_checkout
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

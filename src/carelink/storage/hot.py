@@ -75,9 +75,6 @@ class HotConnection:
         self._local = threading.local()
         self._owners: dict[threading.Thread, Any] = {}  # thread -> its pooled connection
         self._lock = threading.Lock()
-        #: bumped when a kept connection is found lost without a word (``NoAnswer``):
-        #: every connection made before it is dropped at its thread's next read
-        self._generation = 0
         db.keeps(self)
 
     def query(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -96,7 +93,7 @@ class HotConnection:
         which may take longer than ``HOT_LIMIT``)."""
         for attempt in (1, 2):
             driver = getattr(self._local, "driver", None)
-            if driver is not None and self._local.generation != self._generation:
+            if driver is not None and self._local.losses != self.db.losses:
                 self._drop()  # made before a connection was found lost: lost too, likely
                 driver = None
             if driver is None:
@@ -112,8 +109,7 @@ class HotConnection:
                 # lost without a word: so, likely, is every connection made before it,
                 # kept here or idle in the pool (whose ping would wait for good too)
                 self._drop()
-                self._generation += 1
-                self.db.engine.dispose()
+                self.db.lost()
                 raise
             except Exception:
                 lost = self.db.is_sqlite or driver.closed or driver.broken
@@ -190,7 +186,7 @@ class HotConnection:
         with self._lock:
             self._owners[me] = conn
         self._local.driver = driver
-        self._local.generation = self._generation
+        self._local.losses = self.db.losses
         return driver
 
     def _drop(self) -> None:

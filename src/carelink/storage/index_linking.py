@@ -73,7 +73,14 @@ class IndexLinking:
             return
         with self.db.engine.connect() as conn, conn.begin():
             conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": applying_key(source)})
+            driver: Any = conn.connection.driver_connection
+            driver.unbounded = True  # the turn waited for, however long (``storage.answers``)
+            try:
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": applying_key(source)}
+                )
+            finally:
+                driver.unbounded = False
             yield
 
     def replace_all(

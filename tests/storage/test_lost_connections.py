@@ -1,0 +1,147 @@
+"""Attack: PostgreSQL connections lost without a word (nothing closed, nothing answered).
+
+The guarantee: **no wait for the database lasts for ever.** A pooled connection lost
+silently is found at its next checkout within the statement timeout and a second, and
+replaced together with every pooled connection made before it; a kept hot-read
+connection likewise. Through a TCP proxy the test controls (``TcpProxy.lose``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from carelink.storage import Database
+from carelink.storage.answers import MARGIN, NoAnswer
+from carelink.storage.hot import HotConnection
+from carelink.storage.index_linking import applying_key
+from carelink.storage.index_store import IndexStore
+from tests.support.tcp_proxy import proxy_to, with_host
+
+pytestmark = pytest.mark.postgres
+
+TIMEOUT = 1.0
+
+
+def _pids(db: Database, n: int) -> list[int]:
+    """The backends of ``n`` pooled connections checked out at once, then given back."""
+    conns = [db.engine.connect() for _ in range(n)]
+    try:
+        return [c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_pooled_connections_lost_without_a_word_cost_one_bounded_wait(postgres_url):
+    target = urlsplit(postgres_url)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=TIMEOUT)
+        try:
+            before = _pids(db, 3)  # three connections idle in the pool
+            proxy.lose()  # each of them lost for good
+            proxy.resume()  # new connections reach the database
+            start = time.monotonic()
+            after = _pids(db, 3)
+            took = time.monotonic() - start
+        finally:
+            db.dispose()
+    assert not set(after) & set(before), "a lost connection was handed out again"
+    # one ping waited for in vain, then the pool's older connections replaced unpinged
+    assert took < TIMEOUT + MARGIN + 2.0, f"three checkouts took {took:.1f} s"
+
+
+def test_a_kept_read_connection_lost_without_a_word_ends_in_no_answer_then_reconnects(
+    postgres_url,
+):
+    target = urlsplit(postgres_url)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=TIMEOUT)
+        hot = HotConnection(db, kept=1)
+        try:
+            first = hot.read("SELECT pg_backend_pid()", [])[0][0]
+            proxy.lose()
+            proxy.resume()
+            start = time.monotonic()
+            with pytest.raises(NoAnswer):
+                hot.read("SELECT pg_backend_pid()", [])
+            took = time.monotonic() - start
+            again = hot.read("SELECT pg_backend_pid()", [])[0][0]
+        finally:
+            hot.close()
+            db.dispose()
+    assert took < TIMEOUT + MARGIN + 1.0, f"the lost read ended after {took:.1f} s"
+    assert again != first
+
+
+def test_keepalives_are_on_unless_the_url_says_otherwise(postgres_url):
+    db = Database(postgres_url)
+    own = Database(f"{postgres_url}&keepalives_idle=7")
+    try:
+        with db.engine.connect() as conn:
+            params = conn.connection.driver_connection.info.get_parameters()
+        with own.engine.connect() as conn:
+            theirs = conn.connection.driver_connection.info.get_parameters()
+    finally:
+        db.dispose()
+        own.dispose()
+    assert params.get("keepalives") == "1"
+    assert params.get("keepalives_idle") == "30"
+    assert params.get("tcp_user_timeout") == "60000"
+    assert theirs.get("keepalives_idle") == "7"
+
+
+def test_a_statement_whose_answer_never_comes_ends_within_the_bound(postgres_url):
+    """The connection passed its ping; its statement reaches the database, but the answer
+    is lost. The statement ends within the bound (SQLAlchemy told the connection is lost:
+    it replaces it) and the next connection works."""
+    target = urlsplit(postgres_url)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=TIMEOUT)
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+                proxy.lose(requests=False)
+                start = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError) as lost:
+                    conn.execute(sa.text("SELECT pg_backend_pid()"))
+                took = time.monotonic() - start
+            proxy.resume()
+            with db.engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT 2")).scalar_one() == 2
+        finally:
+            db.dispose()
+    assert lost.value.connection_invalidated
+    assert took < TIMEOUT + MARGIN + 1.0, f"the statement ended after {took:.1f} s"
+
+
+def test_a_source_s_turn_is_waited_for_past_the_bound(postgres_url):
+    """Applying a source's changes waits for the other process's turn however long it
+    takes (``IndexStore.applying``): the bound on each wait is not for that one."""
+    db = Database(postgres_url, statement_timeout=TIMEOUT)
+    db.migrate()
+    other = Database(postgres_url)
+    try:
+        with other.engine.connect() as holder, holder.begin():
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": applying_key("gp")})
+            got: list[float] = []
+
+            def turn() -> None:
+                start = time.monotonic()
+                with IndexStore(db).applying("gp"):
+                    got.append(time.monotonic() - start)
+
+            waiting = threading.Thread(target=turn)
+            waiting.start()
+            time.sleep(TIMEOUT + MARGIN + 1.0)  # longer than any bounded wait
+            assert waiting.is_alive()
+        waiting.join(10)  # the other's turn ended: this one's begins
+        assert got, "the turn was not taken once the other's ended"
+        assert got[0] > TIMEOUT + MARGIN
+    finally:
+        db.dispose()
+        other.dispose()
