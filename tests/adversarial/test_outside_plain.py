@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,11 +36,13 @@ from hypothesis import strategies as st
 
 from carelink.federation.index import is_plain
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, check_digit
+from carelink.settings import Settings
+from carelink.storage.audit_store import CHAIN
 from tests.adversarial.test_plain_search import FORMS as PLAIN_FORMS
 from tests.adversarial.test_plain_search import _query as plain_query
 from tests.support.changing_fhir import ChangingFhir, built_env
 from tests.support.consents import privacy_consent, sent_consent
-from tests.support.gateways import token_gateways
+from tests.support.gateways import copy_index, token_gateways
 from tests.support.objections import Gateway, same_answers
 from tests.support.procs import carelink
 from tests.support.servers import run_app
@@ -150,6 +153,7 @@ class Rig:
     locals: dict[str, str]  # variant -> local id at the source
     pids: dict[str, str]  # variant -> person id
     objected: set[str]
+    served: dict[str, str]  # the gateway's own settings (its audit keys, checkpoints)
 
     def rows(self) -> dict[str, tuple[int, bytes]]:
         """Each person's ``plain`` and stored Patient, by id."""
@@ -195,7 +199,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         with sqlite3.connect(db) as conn:
             linked = dict(conn.execute("SELECT local_id, person_id FROM person_links"))
         pids = {v: linked[local] for v, local in locals_.items()}
-        yield Rig(source, gateway, env, db, locals_, pids, set())
+        yield Rig(source, gateway, env, db, locals_, pids, set(), started.env)
 
 
 def _nhs_numbers() -> Iterator[str]:
@@ -341,3 +345,44 @@ def test_a_label_that_comes_or_goes_through_the_change_feed_is_seen(
         for form in ("day", "lookup"):
             claims = _claims(rig, who, "user/*.rs", variant, variant)
             _both_ways(rig, claims, _query(rig, form, variant))
+
+
+def test_the_trail_the_outside_people_left_verifies_and_an_event_moved_is_named(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Invariant: the audit trail holds every request about the outside people (names in
+    edge Unicode, ids and labels we did not make) as rows that verify under the scheme
+    they were written with, and an event moved from one of them to another is named.
+    Run last in the module, over the trail every test before it left."""
+    token = rig.gateway.token()
+    for pid in rig.pids.values():  # an event about each of them, whatever ran before
+        read = httpx.get(
+            f"{rig.gateway.base}/Patient/{pid}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert read.status_code in (200, 403, 404), read.text
+    copy = copy_index(str(rig.db), tmp_path / "trail.db")
+    about = set(rig.pids.values())
+    with sqlite3.connect(copy) as conn:
+        rows = conn.execute("SELECT seq, patient_id, chain FROM audit_events").fetchall()
+    theirs = [(seq, patient) for seq, patient, _ in rows if patient in about]
+    assert {patient for _, patient in theirs} == about, "a person's requests left no event"
+    assert {chain for *_, chain in rows} == {CHAIN}
+    keys, points = Settings.from_env(rig.served).audit_paths()  # the gateway's own
+    env = {
+        **rig.served,
+        "CARELINK_DATABASE_URL": str(copy),
+        "CARELINK_AUDIT_KEYS": str(keys),
+        "CARELINK_AUDIT_CHECKPOINTS": str(points),
+    }
+    ok = carelink(["audit", "verify"], env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    seq, patient = theirs[len(theirs) // 2]
+    other = sorted(about - {patient})[0]
+    with sqlite3.connect(copy) as conn:
+        conn.execute("UPDATE audit_events SET patient_id = ? WHERE seq = ?", (other, seq))
+    moved = carelink(["audit", "verify"], env)
+    assert moved.returncode == 5, moved.stdout + moved.stderr
+    assert "patient_id differs from its event (edited)" in moved.stdout
+    assert f"{seq}" in moved.stdout
