@@ -35,7 +35,8 @@ HEAD_SQL = "SELECT coalesce(max(seq), 0) FROM audit_events"
 
 def block_sql(lo: int, hi: int) -> tuple[str, str]:
     """The two statements that index events ``lo`` + 1 .. ``hi`` as one block (run under
-    the append lock, in one transaction, with ``lo`` the last block read in it)."""
+    the block writers' lock, in one transaction, with ``lo`` the last block read in it:
+    the migration, and ``AuditStore.settle`` on PostgreSQL)."""
     lo, hi = int(lo), int(hi)  # literals of our own making, never input
     return (
         "INSERT INTO audit_patient_index (block, patient_id, seq) "  # noqa: S608

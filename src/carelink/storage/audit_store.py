@@ -61,6 +61,7 @@ from carelink.storage.audit_blocks import (
     MARK_SQL,
     block_mark_sql,
     block_rows_sql,
+    block_sql,
     index_problems,
 )
 from carelink.storage.database import Database
@@ -274,11 +275,9 @@ class AuditStore:
         #: wait for between them); on PostgreSQL one statement of two arrays, unnested
         #: there (4,096 statements had held the append lock 32-110 ms a block at the full
         #: range, benchmarks/README.md, "The search's stalls on PostgreSQL")
+        #: SQLite's insert of a block's pairs (PostgreSQL copies them itself, ``settle``)
         self._index_insert = (
             "INSERT INTO audit_patient_index (block, patient_id, seq) VALUES (?, ?, ?)"
-            if db.is_sqlite
-            else "INSERT INTO audit_patient_index (block, patient_id, seq) "
-            "SELECT %s, p, s FROM unnest(%s::varchar[], %s::int[]) AS t (p, s)"
         )
 
     def append(self, events: Sequence[NewEvent]) -> tuple[int, str]:
@@ -463,20 +462,23 @@ class AuditStore:
     def settle(self) -> int:
         """Write the tail of the trail into the patient index as one sorted block if it
         has reached ``block`` events; how many events the block covered (0: none was
-        due, or another appender wrote it first). The tail's rows are read before any lock
-        is taken (committed rows never change), and the block is written in a
-        transaction of its own under the block writers' lock (``_lock_blocks``), after
-        checking that the last block is still the one read, so never the same block
-        twice, whichever process writes it. On SQLite that lock is the append lock, and
-        the other appenders wait only for the block's writes (at the full range the read
-        had held them 30-47 ms a block, benchmarks/README.md, "The search's stalls"); on
-        PostgreSQL appends never wait for it.
+        due, or another appender wrote it first). The block is written in a transaction
+        of its own under the block writers' lock (``_lock_blocks``), after checking that
+        the last block is still the one read, so never the same block twice, whichever
+        process writes it. On SQLite that lock is the append lock: the tail's rows are
+        read before it is taken (committed rows never change), so the other appenders
+        wait only for the block's writes (at the full range the read had held them
+        30-47 ms a block, benchmarks/README.md, "The search's stalls"). On PostgreSQL
+        appends never wait for it, and the server copies the rows itself in one
+        statement (``block_sql``): none of the 4,096 pairs passes through this process
+        (they had cost the writer child a tenth of its CPU at the full range).
         Called after a batch's answer, not before it (``audit.writer``). The first call
         looks at the database itself (a block due when a writer stopped is written
         then). Nothing is lost if it never runs: searches scan the tail's rows."""
         if self.tail is not None and self.tail < self.block:
             return 0
         cur = self._connection().cursor()
+        sqlite = self.db.is_sqlite
         try:
             cur.execute("BEGIN")  # one view of the mark, the head and the rows between
             cur.execute(MARK_SQL)
@@ -484,13 +486,9 @@ class AuditStore:
             cur.execute(HEAD_SQL)
             hi = int(cur.fetchone()[0])
             pairs: list[tuple[Any, ...]] = []
-            if hi - lo >= self.block:
+            if sqlite and hi - lo >= self.block:
                 cur.execute(block_rows_sql(lo, hi))
-                pairs = cur.fetchall()
-            if not self.db.is_sqlite:  # the statement's three parameters
-                pairs = [(hi, [p for p, _ in pairs], [s for _, s in pairs])] if pairs else []
-            else:
-                pairs = [(hi, patient, seq) for patient, seq in pairs]
+                pairs = [(hi, patient, seq) for patient, seq in cur.fetchall()]
             cur.execute("COMMIT")
             if hi - lo < self.block:
                 self.tail = hi - lo
@@ -502,9 +500,13 @@ class AuditStore:
                 self._unlock()
                 self.tail = None  # looked at afresh next time
                 return 0
-            if pairs:
-                cur.executemany(self._index_insert, pairs)
-            cur.execute(block_mark_sql(lo, hi))
+            if not sqlite:  # the rows copied by the server: appends never wait for it
+                for statement in block_sql(lo, hi):
+                    cur.execute(statement)
+            else:
+                if pairs:
+                    cur.executemany(self._index_insert, pairs)
+                cur.execute(block_mark_sql(lo, hi))
             cur.execute("COMMIT")
             self._unlock()
             self.tail = None  # the head may have moved on: the next append counts it
@@ -626,29 +628,42 @@ def _unchained(
     """What ``_chained`` stores of ``events`` that does not depend on the head: each
     event's stored bytes and fields digest, and the shared parts the batch's events
     stored in part name (each once, with the index in the batch of the first to name
-    it)."""
+    it). An event stored in part is never made whole: its digest goes on from its part's
+    first fragment's, hashed once a part (the SHA-256 of the bytes in turn is the
+    SHA-256 of the whole)."""
     made: list[Unchained] = []
     parts: list[tuple[int, bytes]] = []
-    named: dict[tuple[bytes, ...], int | None] = {}
+    #: each part seen: the index of the first event to name it and its first fragment's
+    #: hash so far (None: its pieces hold ``SEP``, so its events are stored whole)
+    named: dict[tuple[bytes, ...], tuple[int, Any] | None] = {}
     add = made.append
+    sha256 = hashlib.sha256
     for at, (recorded, patient_id, outcome, agent, body) in enumerate(events):
         part = None
         if isinstance(body, bytes):
-            event = stored = body
+            stored = body
+            digest = sha256(body).hexdigest()
         else:
             fragments, fills = body
-            event = _interleave(fragments, fills)
-            stored = SEP.join(fills)
+            if len(fragments) != len(fills) + 1:
+                raise ValueError("an event's pieces do not fit its shared part")
             if fragments in named:
-                part = named[fragments]
+                seen = named[fragments]
             elif any(SEP in f for f in fragments):
-                named[fragments] = None  # not to be told apart from its pieces: whole
+                seen = named[fragments] = None  # not to be told apart from its pieces: whole
             else:
-                part = named[fragments] = at
+                seen = named[fragments] = (at, sha256(fragments[0]))
                 parts.append((at, SEP.join(fragments)))
-            if part is None or any(SEP in f for f in fills):
-                part, stored = None, event
-        digest = hashlib.sha256(event).hexdigest()
+            stored = SEP.join(fills)
+            if seen is None or stored.count(SEP) != len(fills) - 1:  # a piece holds SEP
+                stored = _interleave(fragments, fills)
+                digest = sha256(stored).hexdigest()
+            else:
+                part, h = seen[0], seen[1].copy()
+                for fill, fragment in zip(fills, fragments[1:], strict=True):
+                    h.update(fill)
+                    h.update(fragment)
+                digest = h.hexdigest()
         fields = fields_digest(recorded, patient_id, outcome, agent, digest)
         add((recorded, patient_id, outcome, agent, stored, part, fields))
     return made, parts
@@ -706,10 +721,7 @@ def _chained_params(
     recorded, patient, outcome, agent, event, at, fields = zip(*made, strict=True)
 
     def text(values: Sequence[str | None]) -> bytes:
-        return _array(25, [None if v is None else v.encode(encoding) for v in values])
-
-    def ints(values: Sequence[int | None]) -> bytes:
-        return _array(23, [None if v is None else _INT.pack(v) for v in values])
+        return _array(25, values, lambda v: v.encode(encoding))
 
     return [
         b"".join(fields),
@@ -717,23 +729,30 @@ def _chained_params(
         text(patient),
         text(outcome),
         text(agent),
-        _array(17, list(event)),
-        ints(at),
-        ints([a for a, _ in parts]),
+        _array(17, event),
+        _array(23, at, _INT.pack),
+        _array(23, [a for a, _ in parts], _INT.pack),
         _array(17, [f for _, f in parts]),
         _INT.pack(CHAIN),
     ]
 
 
-def _array(element: int, items: Sequence[bytes | None]) -> bytes:
+def _array(
+    element: int, items: Sequence[Any], encode: Callable[[Any], bytes] | None = None
+) -> bytes:
     """A one-dimensional array in PostgreSQL's binary format: dimensions, whether it holds
     a NULL, the elements' type, its length and lower bound, then each element's length
-    (-1: NULL) and bytes."""
+    (-1: NULL) and bytes (each item as ``encode`` makes it, each distinct item once: a
+    batch's events share their request's time, outcome and user; or bytes as they are)."""
     if not items:
         return struct.pack(">iiI", 0, 0, element)
-    head = struct.pack(">iiIii", 1, None in items, element, len(items), 1)
     pack = _INT.pack
-    return head + b"".join(_NULL if i is None else pack(len(i)) + i for i in items)
+    if encode is None:  # bytes, each its own (an event's, a part's)
+        head = struct.pack(">iiIii", 1, None in items, element, len(items), 1)
+        return head + b"".join([_NULL if i is None else pack(len(i)) + i for i in items])
+    cells = {i: _NULL if i is None else pack(len(b := encode(i))) + b for i in set(items)}
+    head = struct.pack(">iiIii", 1, None in cells, element, len(items), 1)
+    return head + b"".join([cells[i] for i in items])
 
 
 def _pipelined(driver: Any, prepare: bool, values: list[bytes], limit: float | None) -> list[Any]:
