@@ -46,7 +46,7 @@ import orjson
 
 from carelink.audit.events import Row, row_of
 from carelink.errors import AuditError
-from carelink.storage.audit_store import Body, Shared
+from carelink.storage.audit_store import Shared
 
 Json = dict[str, Any]
 _HEAD = struct.Struct(">cI")
@@ -275,37 +275,40 @@ def rows_frame(events: Sequence[Json | Row]) -> bytes:
 
 
 def frame_rows(payload: bytes) -> list[Row]:
-    """The rows of an ``R`` payload (``ValueError`` if it does not add up)."""
+    """The rows of an ``R`` payload (``ValueError`` if it does not add up). Each count is
+    checked to be a whole number, never negative; the bytes are cut in turn, and a count
+    running past the end shows at the end, where the cuts must meet the payload's end."""
     (size,) = _SIZE.unpack_from(payload)
     at = _SIZE.size + size
     shapes, heads = orjson.loads(payload[_SIZE.size : at])
     parts: list[tuple[bytes, ...]] = []
-
-    def take(counts: Sequence[int]) -> tuple[bytes, ...]:
-        nonlocal at
-        out = []
-        for n in counts:
-            if not isinstance(n, int) or n < 0 or at + n > len(payload):
-                raise ValueError("rows frame does not add up")
-            out.append(payload[at : at + n])
-            at += n
-        return tuple(out)
-
     rows: list[Row] = []
-    for recorded, patient, outcome, agent, n, *fills in heads:
-        body: Body
+    add = rows.append
+    for recorded, patient, outcome, agent, n, *counts in heads:
         if n >= 0:
-            (body,) = take([n])
+            counts = [n]
         else:
             k = -1 - n
             if k == len(parts):
                 if k >= len(shapes):
                     raise ValueError("rows frame names a part it does not describe")
-                parts.append(take(shapes[k]))
+                counts = [*shapes[k], *counts]
             elif k > len(parts):
                 raise ValueError("rows frame names a part not yet sent")
-            body = Shared(parts[k], take(fills))
-        rows.append((recorded, patient, outcome, agent, body))
+        pieces = []
+        for c in counts:
+            if not isinstance(c, int) or c < 0:
+                raise ValueError("rows frame does not add up")
+            pieces.append(payload[at : at + c])
+            at += c
+        if n >= 0:
+            add((recorded, patient, outcome, agent, pieces[0]))
+            continue
+        if k == len(parts):  # the part's fragments first, then the event's own pieces
+            shape = len(shapes[k])
+            parts.append(tuple(pieces[:shape]))
+            pieces = pieces[shape:]
+        add((recorded, patient, outcome, agent, Shared(parts[k], tuple(pieces))))
     if at != len(payload):
         raise ValueError("rows frame does not add up")
     return rows
