@@ -8,8 +8,10 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from carelink.export.anonymous import SPOOL
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.storage import Database
+from carelink.storage import Database, JobStore
+from carelink.storage.export_store import LEASE_SECONDS
+from carelink.storage.tables import export_jobs
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import token_gateways
@@ -236,6 +241,230 @@ def test_an_expired_export_is_deleted_on_time_after_a_blip(outage: Outage):
     assert not files.exists(), "the retention sweeper stopped after the blip"
 
 
+# -- an export whose database connections are cut while it runs ------------------------
+
+#: the simulators' median answer time (ms) while an export is cut: the integration
+#: population then takes the job some seconds to read, so it is reading when cut
+SLOW_SOURCES_MS = 100.0
+#: seconds the job reads before its connections are cut, and how long they stay cut
+CUT_AFTER, CUT_FOR = 1.0, 2.0
+#: seconds within which a job the database failed is run again and done: its lease runs
+#: out (it is claimed again then, and run from the start), and a margin for the run
+RUN_AGAIN_WITHIN = LEASE_SECONDS + 20
+
+
+@contextmanager
+def _slow_sources(system: System) -> Iterator[None]:
+    """Every simulator answering in about ``SLOW_SOURCES_MS`` for the length of the
+    block, then as it did before."""
+    before = {
+        name: httpx.get(f"{url}/_admin/faults", timeout=5).json()
+        for name, url in system.sources.items()
+    }
+    for name in system.sources:
+        system.faults(name, latency_ms=SLOW_SOURCES_MS, latency_sigma=0.1)
+    try:
+        yield
+    finally:
+        for name, was in before.items():
+            system.faults(name, latency_ms=was["latency_ms"], latency_sigma=was["latency_sigma"])
+
+
+def _open_jobs(jobs: JobStore) -> dict[str, tuple[str, float, str]]:
+    """Each export job waiting or running: its status, seconds left of its lease, its
+    progress (the database read past the proxy)."""
+    with jobs.db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                export_jobs.c.id,
+                export_jobs.c.status,
+                export_jobs.c.lease_until,
+                export_jobs.c.progress,
+            ).where(export_jobs.c.status.in_(("accepted", "running")))
+        ).all()
+    return {r[0]: (r[1], round(r[2] - time.time(), 1), r[3]) for r in rows}
+
+
+def _idle(jobs: JobStore, within: float = LEASE_SECONDS + 30) -> None:
+    """Return once no export job waits or runs (the runner takes one at a time: jobs
+    earlier tests asked for, or one whose run the database cut, run again once its lease
+    runs out, would come first)."""
+    deadline = time.monotonic() + within
+    while waiting := _open_jobs(jobs):
+        assert time.monotonic() < deadline, f"export jobs still open after {within} s: {waiting}"
+        time.sleep(0.1)
+
+
+def _claimed(jobs: JobStore, job: str, within: float = 30) -> None:
+    """Return once ``job`` is running."""
+    deadline = time.monotonic() + within
+    while (row := jobs.get(job)) is None or row.status != "running":
+        assert time.monotonic() < deadline, f"{job} not claimed in {within} s: {_open_jobs(jobs)}"
+        time.sleep(0.02)
+
+
+def _released_patients(outage: Outage, manifest: dict[str, Any]) -> Counter[str]:
+    """Each anonymised Patient across the export's NDJSON files, as its content without
+    its fresh id (the same people give the same contents), counted; every id once."""
+    patients = []
+    for item in manifest["output"]:
+        if item["type"] == "Patient":
+            got = httpx.get(item["url"], headers=outage.analyst(), timeout=15)
+            assert got.status_code == 200, got.text
+            patients += [json.loads(line) for line in got.text.splitlines() if line.strip()]
+    assert len({p["id"] for p in patients}) == len(patients), "a Patient id written twice"
+    counted = sum(item["count"] for item in manifest["output"] if item["type"] == "Patient")
+    assert counted == len(patients), "the manifest's count is not what its files hold"
+    return Counter(
+        json.dumps({k: v for k, v in p.items() if k != "id"}, sort_keys=True) for p in patients
+    )
+
+
+@pytest.mark.parametrize("cut", ["lost", "killed"])
+def test_an_export_cut_off_from_its_database_while_it_runs_completes_whole_or_fails(
+    outage: Outage, system: System, schema_url: str, cut: str
+):
+    """A bulk export is running (claimed, reading the population) when its database
+    connections are lost without a word (``lose``) or cut (``kill``), and a few seconds
+    later the database can be reached again. Then the job either completes with every
+    Patient exactly once across its NDJSON files (the very Patients of a fresh export of
+    the same population, none missing, none twice), or its status URL answers an error
+    OperationOutcome, a final failure; it is never left answering 202 for good (a job the
+    database failed is run again from the start once its lease runs out), never reported
+    complete with Patients missing or repeated, and an export asked for after the
+    recovery completes meanwhile."""
+    outage.recovered()
+    jobs = JobStore(Database(schema_url))  # past the proxy: what the gateway stored
+    try:
+        _idle(jobs)
+        with _slow_sources(system):
+            status = outage.export()
+            job = status.rstrip("/").rsplit("/", 1)[1]
+            _claimed(jobs, job)
+            time.sleep(CUT_AFTER)
+            # cut mid-run: reading the population (its spool made, not yet released) ...
+            assert (outage.exports / job / SPOOL).exists()
+            (outage.proxy.lose if cut == "lost" else outage.proxy.kill)()
+            try:
+                # ... and not finished: what it stores from now on is stored after the cut
+                stored = jobs.get(job)
+                assert stored is not None
+                assert stored.status == "running"
+                time.sleep(CUT_FOR)
+            finally:
+                outage.proxy.resume()
+    finally:
+        jobs.db.dispose()
+    outage.recovered()
+    fresh = outage.finished(outage.export())
+    assert fresh.status_code == 200, fresh.text
+    whole = _released_patients(outage, fresh.json())  # now: exports here expire in seconds
+    done = outage.finished(status, within=RUN_AGAIN_WITHIN)
+    if done.status_code == 200:
+        got = _released_patients(outage, done.json())
+        assert got.total() == whole.total(), f"{got.total()} Patients, not {whole.total()}"
+        assert got == whole
+    else:
+        assert done.status_code == 500, done.text
+        assert done.json()["resourceType"] == "OperationOutcome"
+        again = httpx.get(status, headers=outage.analyst(), timeout=15)
+        assert again.status_code == 500, "the failure was not final"
+
+
+#: seconds the commit that records an export complete is held on the server (by a
+#: deferred trigger), so its connection can be cut while it commits
+COMMIT_HELD = 0.5
+#: the commit held, as ``pg_stat_activity`` shows it
+HELD_COMMIT = sa.text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND wait_event = 'PgSleep' AND query = 'COMMIT'"
+)
+
+
+@contextmanager
+def _held_completion(db: Database) -> Iterator[Callable[[], None]]:
+    """Every commit recording an export complete held ``COMMIT_HELD`` seconds on the
+    server (a deferred trigger in this module's schema), until the callable yielded is
+    called or the block ends."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION held_completion() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_sleep({COMMIT_HELD}); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE CONSTRAINT TRIGGER held_completion AFTER UPDATE ON export_jobs "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'complete') "
+                "EXECUTE FUNCTION held_completion()"
+            )
+        )
+
+    def release() -> None:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS held_completion ON export_jobs"))
+            conn.execute(sa.text("DROP FUNCTION IF EXISTS held_completion()"))
+
+    try:
+        yield release
+    finally:
+        release()
+
+
+def _held_commits(db: Database) -> int:
+    """How many commits ``_held_completion`` holds now (read in a transaction of its own:
+    a transaction sees one snapshot of ``pg_stat_activity``)."""
+    with db.engine.connect() as conn:
+        return int(conn.execute(HELD_COMMIT).scalar() or 0)
+
+
+def _committing(db: Database, within: float = 30) -> None:
+    """Return once a commit is held by ``_held_completion``."""
+    deadline = time.monotonic() + within
+    while not _held_commits(db):
+        assert time.monotonic() < deadline, f"no export was recorded complete in {within} s"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("cut", ["lost", "killed"])
+def test_an_export_whose_completion_commits_unanswered_ships_its_files(
+    outage: Outage, schema_url: str, cut: str
+):
+    """The commit that records an export complete reaches the database, which commits
+    it, but its answer never reaches the gateway: the connection is lost without a word
+    or cut while the database commits. The job is complete then, whatever the gateway
+    heard: its status answers the manifest, and every file the manifest names is there
+    with every Patient once (those of a fresh export), never a complete export whose
+    files were deleted."""
+    outage.recovered()
+    db = Database(schema_url)  # past the proxy
+    try:
+        _idle(JobStore(db))  # the commit held is this job's
+        with _held_completion(db) as release:
+            status = outage.export()
+            _committing(db)
+            (outage.proxy.lose if cut == "lost" else outage.proxy.kill)()
+            try:
+                while _held_commits(db):
+                    time.sleep(0.01)
+                release()
+                stored = JobStore(db).get(status.rstrip("/").rsplit("/", 1)[1])
+                assert stored is not None
+                assert stored.status == "complete"  # committed; the gateway heard nothing
+            finally:
+                outage.proxy.resume()
+    finally:
+        db.dispose()
+    outage.recovered()
+    done = outage.finished(status)
+    assert done.status_code == 200, done.text
+    got = _released_patients(outage, done.json())  # now: exports here expire in seconds
+    fresh = outage.finished(outage.export())
+    assert fresh.status_code == 200, fresh.text
+    assert got == _released_patients(outage, fresh.json())
+
+
 # -- every request path while the database is frozen ------------------------------------
 
 
@@ -350,6 +579,16 @@ def _timed(fn: Callable[[], httpx.Response]) -> tuple[httpx.Response | None, flo
     return answer, time.monotonic() - start
 
 
+def _ready_route(outage: Outage, known: Known, row: tuple[Any, ...]) -> tuple[str, Ask, Known]:
+    """The row's path and request, and ``known`` with what the row needs made first, once
+    the route answers as it should before the database is attacked."""
+    path, ask, ok, *prepare = row
+    for made in prepare:
+        known = made(outage, known)
+    assert ask(outage, known, 15).status_code == ok
+    return path, ask, known
+
+
 @pytest.mark.parametrize("row", ROUTES, ids=[r[0] for r in ROUTES])
 def test_a_frozen_database_costs_each_route_a_prompt_503_and_never_the_server(
     outage: Outage, known: Known, row: tuple[Any, ...]
@@ -357,10 +596,7 @@ def test_a_frozen_database_costs_each_route_a_prompt_503_and_never_the_server(
     """With the database frozen (connections open, no byte through), the request is
     refused with a 503 OperationOutcome and Retry-After within the time limits, /livez is
     answered at once meanwhile, and once the database is back the route works again."""
-    path, ask, ok, *prepare = row
-    for made in prepare:
-        known = made(outage, known)
-    assert ask(outage, known, 15).status_code == ok
+    path, ask, known = _ready_route(outage, known, row)
     outage.proxy.freeze()
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -425,10 +661,7 @@ def test_connections_lost_without_a_word_cost_each_route_a_503_never_the_gateway
     and once the database can be reached again the route works within ``RECOVERY``,
     however many connections in the pool, kept by a thread or held by the audit writer
     were lost."""
-    path, ask, ok, *prepare = row
-    for made in prepare:
-        known = made(outage, known)
-    assert ask(outage, known, 15).status_code == ok
+    path, ask, known = _ready_route(outage, known, row)
     outage.proxy.lose()
     try:
         answer, took = _timed(lambda: ask(outage, known, REFUSED_WITHIN + 3))

@@ -316,9 +316,12 @@ class Runner:
                 self.jobs.finish, job.id, "error", _error_manifest(str(exc), None), self.clock()
             )
         except Exception as exc:  # any failure ends this job, never the runner
-            shutil.rmtree(directory, ignore_errors=True)
             if is_unavailable(exc):
-                raise  # not the job's fault: it is run again once the database is back
+                # not the job's fault: it is run again once the database is back, from the
+                # start (its files replaced), unless the database did record it complete
+                # and only the answer was lost: then its files are those the manifest names
+                raise
+            shutil.rmtree(directory, ignore_errors=True)
             log.warning("export job %s failed: %s", job.id, _why(exc))
             return await asyncio.to_thread(
                 self.jobs.finish,
