@@ -15,11 +15,14 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
+from carelink.audit import verify
 from carelink.storage import Database
 from carelink.storage.answers import MARGIN, NoAnswer
+from carelink.storage.audit_store import AuditStore
 from carelink.storage.hot import HotConnection
 from carelink.storage.index_linking import applying_key
 from carelink.storage.index_store import IndexStore
+from tests.adversarial.test_audit_cut import BATCH, _batch
 from tests.support.tcp_proxy import proxy_to, with_host
 
 pytestmark = pytest.mark.postgres
@@ -145,3 +148,110 @@ def test_a_source_s_turn_is_waited_for_past_the_bound(postgres_url):
     finally:
         db.dispose()
         other.dispose()
+
+
+#: seconds a statement of the audit trail's block is held on the server (a trigger's
+#: sleep, within the statement timeout), so its connection can be lost meanwhile
+HELD = 0.5
+#: where a block's connection is lost, as the trigger that holds it there (its kind, its
+#: table, when it fires): while the server copies the block's rows (their transaction
+#: never commits), or while it commits them (the block stored, the answer lost)
+HOLDS = {
+    "copying": ("TRIGGER", "audit_patient_index", "FOR EACH STATEMENT"),
+    "committing": (
+        "CONSTRAINT TRIGGER",
+        "audit_index_blocks",
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW",
+    ),
+}
+
+
+def _held_now(db: Database) -> int:
+    """Statements held by a ``HOLDS`` trigger now (a transaction of its own each time: a
+    transaction sees one snapshot of ``pg_stat_activity``)."""
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event = 'PgSleep'"
+                )
+            ).scalar_one()
+        )
+
+
+def _index_blocks(db: Database) -> list[tuple[int, int]]:
+    """The patient index's blocks, as (first seq, last seq)."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT first_seq, block FROM audit_index_blocks"))
+        return sorted((int(a), int(b)) for a, b in rows)
+
+
+@pytest.mark.parametrize("where", HOLDS)
+def test_a_block_whose_connection_is_lost_while_it_is_written_is_written_once(postgres_url, where):
+    """``AuditStore.settle`` writes the trail's patient index block; its connection is
+    lost without a word while the server copies the block's rows, or commits them. The
+    settle raises within the statement timeout and its margin; the block is there whole
+    or not at all; once the database can be reached again the next settle leaves it
+    written once; the index agrees with the rows and the chain verifies."""
+    direct = Database(postgres_url)  # past the proxy
+    direct.migrate()
+    reader = AuditStore(direct)
+    kind, table, fires = HOLDS[where]
+    with direct.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_sleep({HELD}); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(f"CREATE {kind} held AFTER INSERT ON {table} {fires} EXECUTE FUNCTION held()")
+        )
+    target = urlsplit(postgres_url)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=TIMEOUT)
+        store = AuditStore(db)
+        store.block = 2 * BATCH
+        try:
+            for n in (1, 2):
+                store.append_rows(_batch(n))
+            outcome: list[int | BaseException] = []
+
+            def settle() -> None:
+                try:
+                    outcome.append(store.settle())
+                except Exception as exc:
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=settle, daemon=True)
+            started = time.monotonic()
+            worker.start()
+            while not _held_now(direct):
+                assert time.monotonic() - started < 10, "the block was never written"
+                time.sleep(0.01)
+            proxy.lose()
+            worker.join(TIMEOUT + MARGIN + 5)
+            took = time.monotonic() - started
+            assert not worker.is_alive(), "the settle still waits for an answer that never comes"
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], NoAnswer), f"the settle ended in {outcome[0]!r}"
+            assert took < TIMEOUT + MARGIN + 1.0, f"the settle gave up after {took:.1f} s"
+            with direct.engine.begin() as conn:  # once the lost transaction has let go
+                conn.execute(sa.text(f"DROP TRIGGER held ON {table}"))
+            cut = _index_blocks(direct)
+            assert cut in ([], [(1, 2 * BATCH)]), f"a block half written: {cut}"
+            assert bool(cut) == (where == "committing")  # lost where it was meant to be
+            assert reader.index_problems() == []
+            proxy.resume()
+            assert store.settle() == (0 if cut else 2 * BATCH)
+        finally:
+            store.close()
+            db.dispose()
+    try:
+        assert _index_blocks(direct) == [(1, 2 * BATCH)]
+        assert reader.index_problems() == []
+        assert verify(list(reader.rows())) == []
+    finally:
+        reader.close()
+        direct.dispose()
