@@ -25,7 +25,7 @@ from carelink.export.anonymous import SPOOL
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
 from carelink.storage import Database, JobStore
 from carelink.storage.export_store import LEASE_SECONDS
-from carelink.storage.tables import export_jobs
+from carelink.storage.tables import consents, export_jobs
 from tests.integration.conftest import System
 from tests.support.consents import privacy_consent
 from tests.support.gateways import token_gateways
@@ -662,12 +662,54 @@ def test_connections_lost_without_a_word_cost_each_route_a_503_never_the_gateway
     however many connections in the pool, kept by a thread or held by the audit writer
     were lost."""
     path, ask, known = _ready_route(outage, known, row)
-    outage.proxy.lose()
+    took = _refused(outage, known, path, ask, outage.proxy.lose)
+    assert took < REFUSED_WITHIN, f"{path} was refused after {took:.2f} s"
+    _works_again(outage, known, row)
+
+
+def _refused(
+    outage: Outage, known: Known, path: str, ask: Ask, attack: Callable[[], None]
+) -> float:
+    """Seconds ``ask`` took to be refused with a 503 after ``attack`` (the proxy resumed
+    as soon as the answer came)."""
+    attack()
     try:
         answer, took = _timed(lambda: ask(outage, known, REFUSED_WITHIN + 3))
     finally:
         outage.proxy.resume()
     assert answer is not None, f"{path}: no answer within {took:.1f} s"
     assert answer.status_code == 503, answer.text
-    assert took < REFUSED_WITHIN, f"{path} was refused after {took:.2f} s"
+    return took
+
+
+#: the writes of the route table, and the table each adds a row to when it takes effect
+WRITES = {"consent create": consents, "export kick-off": export_jobs}
+
+
+@pytest.mark.parametrize("row", [r for r in ROUTES if r[0] in WRITES], ids=list(WRITES))
+def test_a_write_refused_while_the_database_is_frozen_never_takes_effect_later(
+    outage: Outage, known: Known, schema_url: str, row: tuple[Any, ...]
+):
+    """A write the gateway answered with a 503 was not made, and must not be made once
+    the database answers again: the client is told to try again, and a write that took
+    effect after all would be made twice (a Consent stored twice, an export run for
+    nobody). The database is frozen while the write waits for it, and let go as soon as
+    the 503 is out: the statement it had sent arrives then, within the gateway's own
+    bound for the call."""
+    path, ask, known = _ready_route(outage, known, row)
+    direct = Database(schema_url)  # past the proxy
+
+    def rows() -> int:
+        with direct.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(WRITES[path])).scalar_one()
+            )
+
+    try:
+        before = rows()
+        _refused(outage, known, path, ask, outage.proxy.freeze)
+        time.sleep(2 * DB_TIMEOUT + 2)  # past every bound of the call the 503 gave up on
+        assert rows() == before, f"{path} answered 503, and was made after all"
+    finally:
+        direct.dispose()
     _works_again(outage, known, row)

@@ -8,6 +8,7 @@ connection likewise. Through a TCP proxy the test controls (``TcpProxy.lose``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from carelink.audit import verify
+from carelink.errors import StorageUnavailable
 from carelink.storage import Database
 from carelink.storage.answers import MARGIN, NoAnswer
 from carelink.storage.audit_store import AuditStore
@@ -255,3 +257,47 @@ def test_a_block_whose_connection_is_lost_while_it_is_written_is_written_once(po
     finally:
         reader.close()
         direct.dispose()
+
+
+@pytest.mark.parametrize("how", ["run", "bounded"])
+def test_a_write_its_caller_gave_up_on_commits_nothing_once_the_database_answers(postgres_url, how):
+    """A write handed to a database thread (``Database.run``, or ``bounded`` on the event
+    loop) is given up on while the database is frozen: its caller gets
+    ``StorageUnavailable`` (the request a 503, to be tried again). When the database
+    answers again, the statements the thread had sent arrive and run, but the write must
+    not be committed: it would then be made twice."""
+    direct = Database(postgres_url)  # past the proxy
+    with direct.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE given_up (n int)"))
+    target = urlsplit(postgres_url)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        db = Database(with_host(postgres_url, "127.0.0.1", proxy.port), statement_timeout=TIMEOUT)
+
+        def write() -> None:
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO given_up VALUES (1)"))
+
+        async def given_up() -> None:
+            if how == "run":
+                await db.run(write)
+            else:
+                db.bounded(write)
+
+        try:
+            write()  # a pooled connection made, and one row
+            proxy.freeze()
+            try:
+                with pytest.raises(StorageUnavailable):
+                    asyncio.run(given_up())
+            finally:
+                proxy.resume()  # within the thread's own bound: its statements arrive now
+            time.sleep(TIMEOUT + MARGIN + 1.0)
+            write()  # and the database takes writes again
+        finally:
+            db.dispose()
+    try:
+        with direct.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT count(*) FROM given_up")).scalar_one()
+    finally:
+        direct.dispose()
+    assert rows == 2, f"{rows - 2} write(s) answered as not made were made after all"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -150,6 +151,8 @@ class Database:
         if backend != "sqlite" and statement_timeout is not None:
             millis = max(1, round(statement_timeout * 1000))
             sa.event.listen(self.engine, "connect", _statement_timeout(millis))
+        # a call its caller stopped waiting for (answered 503) commits nothing after that
+        sa.event.listen(self.engine, "commit", _unless_given_up)
 
     @property
     def threads(self) -> int:
@@ -179,17 +182,21 @@ class Database:
         seconds (default: the statement timeout). The loop still waits for it, but
         bounded: when a call timed out and is still stuck, the next ones fail at once
         (``StorageUnavailable``) instead of each holding the loop again, until the stuck
-        call returns (the database is back) or a few timeouts have passed. Async code
+        call returns (the database is back) or a few timeouts have passed; the call
+        given up on commits nothing from then on (``_unless_given_up``). Async code
         awaits ``run`` instead, which does not hold the loop at all.
         """
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return fn(*args)
-        future, wait = self._start(fn, args, limit)
+        mark = _Wait()
+        future: Future[T]
+        future, wait = self._start(_marked, (mark, fn, args), limit)
         try:
             result = future.result(timeout=wait)
         except FutureTimeout:
+            mark.given_up = True
             raise self._stuck_on(future, wait) from None
         self._stuck = None
         return result
@@ -200,7 +207,8 @@ class Database:
         """``fn(*args)`` on one of this database's threads, awaited for at most ``limit``
         seconds (default: the statement timeout): the event loop goes on serving other
         requests meanwhile. Past the limit, ``StorageUnavailable`` (a 503), and while that
-        call is still stuck the next ones fail at once, as in ``bounded``.
+        call is still stuck the next ones fail at once, as in ``bounded``; the call goes
+        on, but commits nothing from then on (``_unless_given_up``).
 
         ``inline``: call ``fn`` right here instead, for the few indexed reads on SQLite
         whose thread hand-off would cost more than the read (see ``storage.hot``).
@@ -209,8 +217,9 @@ class Database:
             return fn(*args)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
-        future, wait = self._start(_answering, (loop, answer, fn, args), limit)
-        timer = loop.call_later(wait, _too_late, answer)
+        mark = _Wait()
+        future, wait = self._start(_answering, (loop, answer, fn, args, mark), limit)
+        timer = loop.call_later(wait, _too_late, answer, mark)
         try:
             result = await answer
         except _TooLate:
@@ -345,9 +354,45 @@ class _TooLate(Exception):
     """A ``Database.run`` call not answered within its wait (never seen outside ``run``)."""
 
 
-def _too_late(answer: asyncio.Future[Any]) -> None:
+class _Wait:
+    """A call handed to a database thread: whether its caller has stopped waiting for it
+    (and answered the request with a 503)."""
+
+    __slots__ = ("given_up",)
+
+    def __init__(self) -> None:
+        self.given_up = False
+
+
+#: the call the current database thread is making (its ``_Wait``), for ``_unless_given_up``
+_calls = threading.local()
+
+
+def _unless_given_up(_conn: Any) -> None:
+    """Before a commit: refused (``StorageUnavailable``: the transaction is rolled back,
+    as the pool does to a connection returned mid-transaction) when the call making it
+    was given up on. Its request was answered 503, a write not made, to be tried again:
+    made after all once the database answered again, it would be made twice (a Consent
+    stored twice, an export run for nobody). A commit already sent when the caller gives
+    up may still be made: that one's answer, like any commit's, can always be lost."""
+    wait = getattr(_calls, "wait", None)
+    if wait is not None and wait.given_up:
+        raise StorageUnavailable("the request waiting for this was answered: not committed")
+
+
+def _too_late(answer: asyncio.Future[Any], mark: _Wait) -> None:
+    mark.given_up = True
     if not answer.done():
         answer.set_exception(_TooLate())
+
+
+def _marked(mark: _Wait, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """``fn(*args)`` on a database thread, as the call ``mark`` stands for."""
+    _calls.wait = mark
+    try:
+        return fn(*args)
+    finally:
+        _calls.wait = None
 
 
 def _answering(
@@ -355,17 +400,21 @@ def _answering(
     answer: asyncio.Future[T],
     fn: Callable[..., T],
     args: tuple[Any, ...],
+    mark: _Wait,
 ) -> None:
-    """``fn(*args)`` on a database thread, its result or exception handed to ``answer`` on
-    the loop: one ``call_soon_threadsafe``, where ``asyncio.wrap_future`` and ``wait_for``
-    chained two futures, a callback each way and a waiter task (half the CPU of the hop
-    from the loop to a thread and back)."""
+    """``fn(*args)`` on a database thread, as the call ``mark`` stands for, its result or
+    exception handed to ``answer`` on the loop: one ``call_soon_threadsafe``, where
+    ``asyncio.wrap_future`` and ``wait_for`` chained two futures, a callback each way and
+    a waiter task (half the CPU of the hop from the loop to a thread and back)."""
+    _calls.wait = mark
     try:
         result = fn(*args)
     except BaseException as exc:  # every outcome goes back to the awaiting call
         _hand_back(loop, answer, None, exc)
     else:
         _hand_back(loop, answer, result, None)
+    finally:
+        _calls.wait = None
 
 
 def _hand_back(
