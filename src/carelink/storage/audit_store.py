@@ -271,11 +271,10 @@ class AuditStore:
         )
         #: SQLite's shared parts, a statement each (PostgreSQL's go with the rows)
         self._part_insert = "INSERT INTO audit_parts (seq, fragments) VALUES (?, ?)"
-        #: a block's pairs: one row a statement on SQLite (in the process, nothing to
-        #: wait for between them); on PostgreSQL one statement of two arrays, unnested
-        #: there (4,096 statements had held the append lock 32-110 ms a block at the full
-        #: range, benchmarks/README.md, "The search's stalls on PostgreSQL")
-        #: SQLite's insert of a block's pairs (PostgreSQL copies them itself, ``settle``)
+        #: SQLite's block of the patient index, one pair a statement (in the process,
+        #: nothing to wait for between them); PostgreSQL copies a block's rows itself in
+        #: one statement (4,096 statements had held the append lock 32-110 ms a block at
+        #: the full range, benchmarks/README.md, "The search's stalls on PostgreSQL")
         self._index_insert = (
             "INSERT INTO audit_patient_index (block, patient_id, seq) VALUES (?, ?, ?)"
         )
