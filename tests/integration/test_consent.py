@@ -450,6 +450,32 @@ def test_withdrawing_by_update_and_seeing_it_in_a_second_gateway_process(pair, s
         first.send("DELETE", f"/Consent/{cid}", None)
 
 
+def test_an_objection_withdrawn_by_someone_else_is_stored_with_its_review(pair, system):
+    """The policy has a change someone other than the patient makes reviewed (an objection
+    withdrawn): the change and its review Task are one write, so the withdrawal is never
+    in force without a Task a privacy officer can find, naming the very version."""
+    gw = pair[0]
+    person = next(_people(system, sources={"gp"}))
+    pid = _pid(gw, person)
+    consent = privacy_consent(pid, {"type": "deny"})
+    cid = _store(gw, consent)
+    try:
+        withdrawn = gw.send("PUT", f"/Consent/{cid}", {**consent, "id": cid, "status": "inactive"})
+        assert withdrawn.status_code == 200, withdrawn.text
+        officer = gw.token(role="R0001", organisation=STRANGER)
+        todo = gw.get("/Task", officer, status="requested").json()
+        mine = [
+            e["resource"]
+            for e in todo.get("entry", [])
+            if e["resource"].get("focus", {}).get("reference") == f"Consent/{cid}/_history/2"
+        ]
+        assert len(mine) == 1, todo
+        assert mine[0]["for"]["reference"] == f"Patient/{pid}"
+        assert "withdraws the patient's objection" in mine[0]["reasonCode"]["text"]
+    finally:
+        gw.send("DELETE", f"/Consent/{cid}", None)
+
+
 def test_a_lookup_sees_a_consent_stored_through_another_process_on_its_next_request(pair, system):
     """Each process reuses its consent answers for a lookup's Patient while the Patient's
     bytes and Consents are the very same (``ParsedPatients``, ``FilterMemo``): a Consent

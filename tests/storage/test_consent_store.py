@@ -82,6 +82,21 @@ def test_only_active_consents_are_read_on_the_request_path_and_updates_are_versi
     assert store.history("nobody") == []
 
 
+def test_a_consent_change_and_its_review_are_stored_together_or_not_at_all(store):
+    """A change that needs a review is stored with it in one transaction: a change never
+    stands without its review, whatever stops the second write (here its review cannot
+    be stored: its id is taken), and a change refused takes no review with it."""
+    row = ConsentRow("c9", "p1", "active", 1, "2026-12-03T00:00:00Z", b'{"id": "c9"}')
+    store.grant(grant("r1", expires=0.0, kind="consent-change"))
+    assert not store.put(row, None, grant("r1", expires=0.0, kind="consent-change"))
+    assert store.history("c9") == []  # the change went with its review
+    assert store.put(row, None, grant("r2", expires=0.0, kind="consent-change"))
+    assert [r.version for r in store.history("c9")] == [1]
+    stale = ConsentRow("c9", "p1", "inactive", 2, "2026-12-03T00:00:01Z", b'{"id": "c9"}')
+    assert not store.put(stale, 7, grant("r3", expires=0.0, kind="consent-change"))
+    assert sorted(g.id for g in store.grants("requested")) == ["r1", "r2"]
+
+
 OLD_TABLES = [
     "CREATE TABLE consents (id VARCHAR(64) PRIMARY KEY, patient_id VARCHAR(64) NOT NULL, "
     "status VARCHAR(20) NOT NULL, version INTEGER NOT NULL, last_updated VARCHAR(40) NOT NULL, "

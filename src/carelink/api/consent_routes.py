@@ -173,15 +173,19 @@ async def _store(
     previous = orjson.loads(before.body) if before else None
     why = review_reason(request.app.state.policy, actor(caller), previous, body)
 
-    def put() -> bool:
-        if not store.put(row, before.version if before else None):
-            return False
-        if why is not None:
-            reason = f"Consent/{cid}/_history/{version}: {why}"
-            store.grant(new_review(caller, patient_id, reason, time.time(), CONSENT_CHANGE))
-        return True
-
-    return row if await stored(request, put) else None
+    review = (
+        None
+        if why is None
+        else new_review(
+            caller,
+            patient_id,
+            f"Consent/{cid}/_history/{version}: {why}",
+            time.time(),
+            CONSENT_CHANGE,
+        )
+    )
+    expected = before.version if before else None
+    return row if await stored(request, store.put, row, expected, review) else None
 
 
 @router.fhir_route("/Consent", ["POST"])

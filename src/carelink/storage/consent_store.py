@@ -138,9 +138,12 @@ class ConsentStore:
             ).all()
         return [ConsentRow(*r) for r in rows]
 
-    def put(self, row: ConsentRow, expected_version: int | None) -> bool:
+    def put(
+        self, row: ConsentRow, expected_version: int | None, review: GrantRow | None = None
+    ) -> bool:
         """Insert (``expected_version`` None) or replace at that version; False on a conflict.
-        Every version is also kept in the history, in the same transaction."""
+        Every version is also kept in the history, and the change's ``review`` (if it needs
+        one) recorded, in the same transaction: never a change without its review."""
         values = {
             "patient_id": row.patient_id,
             "status": row.status,
@@ -161,6 +164,8 @@ class ConsentStore:
                     if done.rowcount != 1:
                         return False
                 conn.execute(consent_versions.insert().values(id=row.id, **values))
+                if review is not None:
+                    conn.execute(break_glass.insert().values(**review.__dict__))
                 return True
         except sa.exc.IntegrityError:
             return False
