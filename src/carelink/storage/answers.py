@@ -44,6 +44,9 @@ class BoundedConnection(psycopg.Connection[Any]):
     limit: float | None = None
     #: told when a wait ended unanswered (the database's count of losses)
     lost: Any = None
+    #: called before each commit, which it may refuse by raising (``Database``'s check
+    #: that the call committing has not been given up on)
+    before_commit: Any = None
     #: set while a statement is to be waited for however long it takes
     unbounded = False
 
@@ -58,10 +61,26 @@ class BoundedConnection(psycopg.Connection[Any]):
                 self.lost()
             raise NoAnswer("the database did not answer in time") from None
 
+    def commit(self) -> None:
+        if self.before_commit is not None:
+            self.before_commit()
+        super().commit()
 
-def bounded_connection(limit: float | None, lost: Any) -> type[BoundedConnection]:
-    """A ``BoundedConnection`` class waiting at most ``limit`` seconds, telling ``lost``."""
-    return type("Bounded", (BoundedConnection,), {"limit": limit, "lost": staticmethod(lost)})
+
+def bounded_connection(
+    limit: float | None, lost: Any, before_commit: Any = None
+) -> type[BoundedConnection]:
+    """A ``BoundedConnection`` class waiting at most ``limit`` seconds, telling ``lost``,
+    and asking ``before_commit`` before each commit."""
+    return type(
+        "Bounded",
+        (BoundedConnection,),
+        {
+            "limit": limit,
+            "lost": staticmethod(lost),
+            "before_commit": None if before_commit is None else staticmethod(before_commit),
+        },
+    )
 
 
 def answer_limit(statement_timeout: float | None) -> float | None:

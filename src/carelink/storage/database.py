@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import sqlite3
 import threading
 import time
 import weakref
@@ -115,7 +116,11 @@ class Database:
                     "(carelink init makes it)"
                 )
             busy = statement_timeout if statement_timeout is not None else 30.0
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy}
+            kwargs["connect_args"] = {
+                "check_same_thread": False,
+                "timeout": busy,
+                "factory": _GuardedSqlite,
+            }
             if where and where != ":memory:":
                 # a thread waiting for a pooled connection waits no longer than for a new one
                 kwargs["pool_timeout"] = connect_timeout
@@ -142,7 +147,9 @@ class Database:
             sa.event.listen(self.engine, "checkout", ping)
             # every statement's wait bounded too, not only the ping's: a connection lost
             # between its ping and its statement had held a database thread for good
-            made = bounded_connection(answer_limit(statement_timeout), self._count_loss)
+            made = bounded_connection(
+                answer_limit(statement_timeout), self._count_loss, _unless_given_up
+            )
 
             def bounded(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
                 return made.connect(*cargs, **cparams)
@@ -151,8 +158,6 @@ class Database:
         if backend != "sqlite" and statement_timeout is not None:
             millis = max(1, round(statement_timeout * 1000))
             sa.event.listen(self.engine, "connect", _statement_timeout(millis))
-        # a call its caller stopped waiting for (answered 503) commits nothing after that
-        sa.event.listen(self.engine, "commit", _unless_given_up)
 
     @property
     def threads(self) -> int:
@@ -368,8 +373,11 @@ class _Wait:
 _calls = threading.local()
 
 
-def _unless_given_up(_conn: Any) -> None:
-    """Before a commit: refused (``StorageUnavailable``: the transaction is rolled back,
+def _unless_given_up() -> None:
+    """Before each commit of a connection (``_GuardedSqlite``, psycopg's through
+    ``answers.BoundedConnection``; checked on the driver's connection, not as a
+    SQLAlchemy event, which costs every statement of the engine several microseconds):
+    refused (``StorageUnavailable``: the transaction is rolled back,
     as the pool does to a connection returned mid-transaction) when the call making it
     was given up on. Its request was answered 503, a write not made, to be tried again:
     made after all once the database answered again, it would be made twice (a Consent
@@ -384,6 +392,14 @@ def _too_late(answer: asyncio.Future[Any], mark: _Wait) -> None:
     mark.given_up = True
     if not answer.done():
         answer.set_exception(_TooLate())
+
+
+class _GuardedSqlite(sqlite3.Connection):
+    """SQLite's connection, asking ``_unless_given_up`` before each commit."""
+
+    def commit(self) -> None:
+        _unless_given_up()
+        super().commit()
 
 
 def _marked(mark: _Wait, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -406,15 +422,12 @@ def _answering(
     exception handed to ``answer`` on the loop: one ``call_soon_threadsafe``, where
     ``asyncio.wrap_future`` and ``wait_for`` chained two futures, a callback each way and
     a waiter task (half the CPU of the hop from the loop to a thread and back)."""
-    _calls.wait = mark
     try:
-        result = fn(*args)
+        result = _marked(mark, fn, args)
     except BaseException as exc:  # every outcome goes back to the awaiting call
         _hand_back(loop, answer, None, exc)
     else:
         _hand_back(loop, answer, result, None)
-    finally:
-        _calls.wait = None
 
 
 def _hand_back(
