@@ -32,6 +32,12 @@ It starts the four simulators as processes (0 ms latency, ports from
   dates), p50/p95/p99 of each; with ``--warmup-seconds`` each form's measured
   pass follows an uncounted pass of that long (the gateway's first seconds after
   its start: pages read into the cache, memos filled, the first collections);
+  each pass names the machine's speed just before and after it (``machine_ns``:
+  the best of five ``timeit`` runs of ``sum(range(100))``, the figure every stop
+  records), since this shared machine's speed moves by half from one hour to the
+  next; with ``--ceiling`` each form's pass is preceded by a bare FastAPI app
+  (``benchmarks/bare.py``, two workers like the gateway) answering the same paths
+  with one of that form's responses for as long, its req/s the ceiling of the moment;
 - ``apply_changes`` of ``--changes`` people whose demographics changed (and
   half of them new registrations), timed.
 
@@ -55,7 +61,9 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 import urllib.request
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, timedelta
@@ -64,6 +72,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import sqlalchemy as sa
 from federation_bench import get, mint, process, wrk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,12 +83,21 @@ from carelink.assembly import ADAPTERS
 from carelink.federation.build import build_index, writer_processes
 from carelink.federation.changes import Upsert, apply_changes, record_of
 from carelink.federation.linkage import valid_nhs
+from carelink.federation.matching import (
+    BLOCK_CAP,
+    Demographics,
+    blocking_keys,
+    key_value,
+    lookup_values,
+)
 from carelink.fhir.search import fold
 from carelink.simulators.names import FAMILY, NICKNAMES
 from carelink.simulators.population import SOURCES
 from carelink.sources.base import Source, SourcePerson
 from carelink.storage import Database, IndexStore, NameTest, PersonQuery, PersonRow
+from carelink.storage.index_rows import FieldsRow
 from carelink.storage.person_query import DateTest
+from carelink.storage.tables import record_fields
 
 DAY = timedelta(days=1)
 ERRORS = ("family-typo", "given-typo", "day-month", "surname", "moved", "nickname")
@@ -250,16 +268,77 @@ async def build(
             await s.close()
 
 
-def quality(store: IndexStore, truth: dict[str, str]) -> tuple[float, float]:
+def quality(store: IndexStore, truth: dict[str, str]) -> tuple[float, float, list[tuple[str, str]]]:
+    """(precision, recall, the perturbed records not linked to their true person as
+    (local id, the NHS number they lost))."""
     linked = right = 0
+    missed: list[tuple[str, str]] = []
     for local, nhs in truth.items():
         row = store.link("acute", local)
         person = store.person(row.person_id) if row else None
+        ok = person is not None and person.nhs_number == nhs
         if person is not None and person.nhs_number is not None:
             linked += 1
-            right += person.nhs_number == nhs
+            right += ok
+        if not ok:
+            missed.append((local, nhs))
     precision = right / linked if linked else 1.0
-    return round(precision, 4), round(right / len(truth), 4) if truth else 1.0
+    return round(precision, 4), round(right / len(truth), 4) if truth else 1.0, missed
+
+
+def _demographics(f: FieldsRow) -> Demographics:
+    return Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
+
+
+def blocking_losses(store: IndexStore, missed: list[tuple[str, str]]) -> dict[str, int]:
+    """Of the perturbed records not linked to their true person, how many blocking never
+    let linkage compare with any record of that person: no blocking key in common, or
+    only keys whose block holds more than ``BLOCK_CAP`` records (which the build skips).
+    The rest were compared and scored too low to link (``below_threshold``).
+
+    Each block's size is counted exactly: every record holding a key holds the lookup
+    value it names (``key_value``), so the records sharing that value, read through the
+    index, hold every member of the block."""
+    numbers = sorted({nhs for _, nhs in missed})
+    ours: dict[str, FieldsRow] = {}
+    partners: dict[str, list[FieldsRow]] = defaultdict(list)
+    values: set[str] = set()
+    c = record_fields.c
+    with store.db.engine.connect() as conn:
+        for i in range(0, len(missed), 500):
+            some = [local for local, _ in missed[i : i + 500]]
+            test = (c.source == "acute") & c.local_id.in_(some)
+            for r in conn.execute(sa.select(record_fields).where(test)):
+                ours[r.local_id] = FieldsRow(*r)
+        for i in range(0, len(numbers), 500):
+            test = c.nhs.in_(numbers[i : i + 500])
+            for r in conn.execute(sa.select(record_fields).where(test)):
+                partners[r.nhs].append(FieldsRow(*r))
+    keys: dict[tuple[str, str], set[str]] = {}
+    for f in [*ours.values(), *(g for fs in partners.values() for g in fs)]:
+        d = _demographics(f)
+        keys[(f.source, f.local_id)] = set(blocking_keys(d))
+        held = lookup_values(d)
+        values.update(key_value(k, held) for k in keys[(f.source, f.local_id)])
+    wanted = set().union(*keys.values()) if keys else set()
+    size: Counter[str] = Counter()
+    for f in store.near_any(values):
+        size.update(k for k in blocking_keys(_demographics(f)) if k in wanted)
+    lost = no_key = 0
+    for local, nhs in missed:
+        mine = keys.get(("acute", local), set())
+        shared = {k for g in partners[nhs] for k in keys[(g.source, g.local_id)] & mine}
+        if not shared:
+            no_key += 1
+        if not any(size[k] <= BLOCK_CAP for k in shared):
+            lost += 1
+    return {
+        "missed": len(missed),
+        "never_compared": lost,
+        "no_key_in_common": no_key,
+        "only_capped_blocks": lost - no_key,
+        "below_threshold": len(missed) - lost,
+    }
 
 
 HTTP_FORMS = ("family+birthdate", "+given", "+gender", "+postcode", "family:exact", "year range")
@@ -375,6 +454,44 @@ class TreeMemory:
         return round(self.peak_kb / 1024)
 
 
+def machine_ns() -> float:
+    """This machine's speed of the moment: nanoseconds a ``sum(range(100))``, the best
+    of five timeit runs (about a second), as each stop's notes record it."""
+    return round(min(timeit.repeat("sum(range(100))", number=100_000, repeat=5)) * 1e4, 1)
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time by kind (``/proc/stat``'s first line, in ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def stolen(before: list[int], after: list[int]) -> float:
+    """The share of the machine's CPU time between two ``cpu_times`` that its host took
+    for others (steal): the virtual machine's cores were not its own for that long."""
+    used = [b - a for a, b in zip(before, after, strict=False)]
+    return round(100 * used[7] / sum(used), 1) if sum(used) else 0.0
+
+
+def disk_kb() -> tuple[int, int]:
+    """KB the machine has read from and written to its disks since it started
+    (``/proc/vmstat``'s pgpgin and pgpgout)."""
+    counts = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+    return int(counts["pgpgin"]), int(counts["pgpgout"])
+
+
+def bare_fastapi(body: bytes, paths: list[str], port: int, seconds: int, tmp: Path) -> float:
+    """req/s of a bare FastAPI app (two workers) answering ``paths`` with ``body``."""
+    (tmp / "bare.json").write_bytes(body)
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bare:fastapi_app", "--port", str(port)]
+    cmd += ["--workers", "2", "--loop", "uvloop", "--http", "httptools"]
+    cmd += ["--log-level", "warning", "--no-access-log"]
+    env = {**os.environ, "BARE_BODY": str(tmp / "bare.json"), "PYTHONPATH": str(root)}
+    with process(cmd, f"http://127.0.0.1:{port}/", env):
+        time.sleep(1)
+        return float(wrk(f"http://127.0.0.1:{port}", paths, seconds, 32, tmp)["rps"])
+
+
 def http_searches(
     db_url: str,
     urls: dict[str, str],
@@ -383,6 +500,7 @@ def http_searches(
     seconds: int,
     forms: list[str],
     warmup: int = 0,
+    ceiling: bool = False,
 ) -> dict[str, Any]:
     """p50/p95/p99 of each search form over HTTP against the gateway on the built index
     (each form's pass after an uncounted one of ``warmup`` seconds, when not 0)."""
@@ -412,14 +530,30 @@ def http_searches(
                 matched = sum(
                     json.loads(get(base + path, token)).get("total", 0) > 0 for path in paths[:50]
                 )
+                bare = (
+                    bare_fastapi(get(base + paths[0], token), paths, port + 1, seconds, tmp)
+                    if ceiling
+                    else None
+                )
                 if warmup:
                     wrk(base, paths, warmup, 32, tmp, token)
+                speed = machine_ns()
                 before = tree_cpu(os.getpid())  # the gateway's processes (wrk ends before after)
+                machine, disk = cpu_times(), disk_kb()
                 result = wrk(base, paths, seconds, 32, tmp, token)
+                steal = stolen(machine, cpu_times())
+                read, written = (b - a for a, b in zip(disk, disk_kb(), strict=True))
                 used = tree_cpu(os.getpid()) - before
                 requests = result["rps"] * seconds
                 out[form] = {
                     **result,
+                    "machine_ns": [speed, machine_ns()],
+                    "steal_percent": steal,
+                    # pages read from the disk while measured: a cold page cache (this
+                    # machine's kernel pages out what nobody touched for a minute)
+                    "disk_read_mb": round(read / 1024, 1),
+                    "disk_written_mb": round(written / 1024, 1),
+                    "bare_fastapi_rps": bare,
                     "found_of_50": matched,
                     "cpu_ms_per_request": round(used / requests * 1000, 2) if requests else None,
                 }
@@ -499,7 +633,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
-        precision, recall = quality(store, perturbed.truth)
+        precision, recall, missed = quality(store, perturbed.truth)
+        blocking = blocking_losses(store, missed)
         measured = measure(args, store, url, urls)
         change_s, changed = changes(store, args.changes, 11)
         again = rebuild(urls, store, args) if args.rebuild else {}
@@ -525,6 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "perturbed_records": len(perturbed.truth),
             "precision": precision,
             "recall": recall,
+            "missed_links": blocking,
             "changes": changed,
             "changes_s": change_s,
             **again,
@@ -591,7 +727,7 @@ def measure(
     forms = args.forms or list(HTTP_FORMS)
     seconds = args.http_seconds
     http = (
-        http_searches(url, urls, sample, port, seconds, forms, args.warmup_seconds)
+        http_searches(url, urls, sample, port, seconds, forms, args.warmup_seconds, args.ceiling)
         if seconds and forms
         else {}
     )
@@ -646,6 +782,11 @@ def main() -> None:
         help="an uncounted wrk pass of this long before each form's measured one",
     )
     ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="before each form's pass, a bare FastAPI app's req/s on the same paths",
+    )
+    ap.add_argument(
         "--keep",
         type=Path,
         help="a folder for the SQLite index, kept: built when empty, else only searched",
@@ -686,17 +827,29 @@ def main() -> None:
         f"{r['candidates_max']} | {r['nhs_lookup_p99_ms']} ms | {r['search_p99_ms_32_clients']} ms"
         f" | {r['http_search_p99_ms']} ms | {r['precision']}/{r['recall']} | {r['changes_s']} s |"
     )
+    if isinstance(r.get("missed_links"), dict):
+        m = r["missed_links"]
+        print(
+            f"missed links: {m['missed']} of {r['perturbed_records']:,} perturbed records; "
+            f"never compared by blocking {m['never_compared']} (no key in common "
+            f"{m['no_key_in_common']}, only blocks over the cap {m['only_capped_blocks']}); "
+            f"compared and scored below the link threshold {m['below_threshold']}"
+        )
     us = r["nhs_lookup_us"]
     print(
         f"NHS-number lookups: {us['lookups']:,} a round, medians of {us['rounds']} rounds: "
         f"p50 {us['p50']} us, p99 {us['p99']} us (each round's p99: {us['p99_each']})"
     )
     for form, m in r["http_search"].items():
+        bare = m["bare_fastapi_rps"]
         print(
             f"HTTP {form:18} p50 {m['p50_ms']:7.1f}  p95 {m['p95_ms']:7.1f}  "
             f"p99 {m['p99_ms']:7.1f} ms"
             f"  {m['rps']:6.0f} req/s  {m['cpu_ms_per_request']} ms CPU/req  errors {m['errors']}"
-            f"  found {m['found_of_50']}/50"
+            f"  found {m['found_of_50']}/50  machine {m['machine_ns'][0]}/{m['machine_ns'][1]} ns"
+            f"  steal {m['steal_percent']}%  disk read {m['disk_read_mb']} MB"
+            f" written {m['disk_written_mb']} MB"
+            + (f"  bare FastAPI {bare:,.0f} req/s" if bare else "")
         )
     if args.out:
         args.out.write_text(json.dumps(r, indent=1))
