@@ -23,7 +23,7 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
-from carelink.sources.http import Mapped, answer, fetch, read_ahead
+from carelink.sources.http import Mapped, answer, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 
 
@@ -131,7 +131,7 @@ class CommunitySource:
                 accept=HL7_ER7,
             )
             if data is None:
-                return
+                raise missing_page(self.name)
             yield data
             if page * self.page_size >= self._total(headers):
                 return
@@ -149,7 +149,7 @@ class CommunitySource:
             url = f"{self.base}/changes?since={since}&page={page}&page_size={self.page_size}"
             data, headers = await fetch(self.session, self.name, "GET", url, accept=HL7_ER7)
             if data is None:
-                return
+                raise missing_page(self.name)
             try:
                 messages, unreadable = read_batch(data, self.name)
             except SourceBadPayload as exc:

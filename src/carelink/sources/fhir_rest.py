@@ -12,7 +12,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, as_of, fetch, read_ahead
+from carelink.sources.http import Mapped, as_of, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -208,7 +208,7 @@ class AcuteSource:
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
-                return
+                raise missing_page(self.name)
             yield doc
             url = next_page(doc)
 

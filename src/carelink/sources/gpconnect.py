@@ -44,7 +44,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters_json,
 )
-from carelink.sources.http import as_of, read_ahead, send
+from carelink.sources.http import as_of, missing_page, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import listed_patient, to_r4
@@ -221,7 +221,7 @@ class GPConnectSource:
         while url:
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
-                return
+                raise missing_page(self.name)
             yield doc
             url = next_page(doc)
 

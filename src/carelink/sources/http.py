@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from carelink.errors import SourceUnavailable
+from carelink.errors import SourceBadPayload, SourceUnavailable
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache, Key, digest
 from carelink.sources.base import Json, SourceAnswer
@@ -128,6 +128,14 @@ async def fetch(
     if status >= 400:
         raise SourceUnavailable(source, f"HTTP {status}")
     return data, got
+
+
+def missing_page(source: str) -> SourceBadPayload:
+    """The error for a page of a listing that answered 404 (a paging link that expired,
+    or a listing the source does not offer). Never the listing's end: a build would
+    replace the index with the people read so far, and an update would move its
+    watermark past changes it never read."""
+    return SourceBadPayload(source, "a listing page answered 404: it cannot be read to its end")
 
 
 @dataclass(frozen=True)
