@@ -7,8 +7,9 @@ whole and served, and the next build that can read everything succeeds. The
 attacks serve a real FHIR listing over HTTP whose records have all changed
 since the live index was built (so any part of the failed build that reached
 the live tables shows), and cut it off on its first or last page: a server
-error, a page whose JSON stops half way, and a connection dropped in the middle
-of a page.
+error, a page the server no longer has (404, 410), a page whose JSON stops half
+way, a connection dropped in the middle of a page, and a next link that leads
+back to the first page.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ STATUSES = {"status": 500, "page-not-found": 404, "page-gone": 410}
 
 class Listing:
     """What the server lists: every patient under ``family``, and how (if at all) page
-    ``cut`` fails: one of ``STATUSES``, "half-json" (a 200 whose JSON stops half way) or
-    "dropped" (the connection closed half way through the page)."""
+    ``cut`` fails: one of ``STATUSES``, "half-json" (a 200 whose JSON stops half way),
+    "dropped" (the connection closed half way through the page) or "loop" (its next link
+    leads back to the first page)."""
 
     def __init__(self) -> None:
         self.family = "Before"
@@ -89,6 +91,8 @@ class Listing:
 def _page(base: str, listing: Listing, page: int) -> bytes:
     start = page * PER_PAGE
     more = f"{base}/Patient?page={page + 1}" if page + 1 < PAGES else None
+    if listing.how == "loop" and page == listing.cut:
+        more = f"{base}/Patient?page=0"  # back to the first page, for ever
     doc = {
         "resourceType": "Bundle",
         "type": "searchset",
@@ -106,7 +110,7 @@ def _server(listing: Listing) -> Starlette:
         base = str(request.base_url).rstrip("/") + "/fhir"
         page = int(request.query_params.get("page", "0"))
         body = _page(base, listing, page)
-        if page != listing.cut:
+        if page != listing.cut or listing.how == "loop":
             return Response(body, media_type="application/fhir+json")
         if listing.how in STATUSES:
             return Response(b"", status_code=STATUSES[listing.how])
@@ -122,13 +126,18 @@ def _server(listing: Listing) -> Starlette:
     return Starlette(routes=[kind_route("acute"), Route("/fhir/Patient", patients)])
 
 
+#: seconds a build, update or fix may take here before the test fails (a listing read for
+#: ever would otherwise hang it)
+BOUND = 60
+
+
 async def _build(store: Any, base: str) -> Any:
     async with aiohttp.ClientSession() as session:
-        return await build_index([AcuteSource(session, base)], store)
+        return await asyncio.wait_for(build_index([AcuteSource(session, base)], store), BOUND)
 
 
 @pytest.mark.parametrize("cut", [0, PAGES - 1], ids=["first-page", "last-page"])
-@pytest.mark.parametrize("how", [*STATUSES, "half-json", "dropped"])
+@pytest.mark.parametrize("how", [*STATUSES, "half-json", "dropped", "loop"])
 def test_a_build_cut_off_by_its_source_leaves_the_live_index_as_it_was(database_url, how, cut):
     store = _store(database_url)
     listing = Listing()
@@ -155,16 +164,17 @@ def test_a_build_cut_off_by_its_source_leaves_the_live_index_as_it_was(database_
 
 async def _update(store: Any, base: str) -> Any:
     async with aiohttp.ClientSession() as session:
-        return await update_from([AcuteSource(session, base)], store)
+        return await asyncio.wait_for(update_from([AcuteSource(session, base)], store), BOUND)
 
 
 async def _reconcile(store: Any, base: str) -> Any:
     async with aiohttp.ClientSession() as session:
-        return await reconcile(AcuteSource(session, base), store, fix=True)
+        fix = reconcile(AcuteSource(session, base), store, fix=True)
+        return await asyncio.wait_for(fix, BOUND)
 
 
 @pytest.mark.parametrize("cut", [0, PAGES - 1], ids=["first-page", "last-page"])
-@pytest.mark.parametrize("how", [*STATUSES, "half-json", "dropped"])
+@pytest.mark.parametrize("how", [*STATUSES, "half-json", "dropped", "loop"])
 @pytest.mark.parametrize("step", ["update", "reconcile-and-fix"])
 def test_an_update_or_a_fix_cut_off_by_its_source_changes_nothing(database_url, step, how, cut):
     """The same cuts in the change listing an update reads, and in the whole listing a

@@ -12,7 +12,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, as_of, fetch, missing_page, read_ahead
+from carelink.sources.http import Mapped, as_of, fetch, looped, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -205,7 +205,9 @@ class AcuteSource:
         if not self.kind.confirmed:
             await self.kind.ensure()
         url: str | None = first
+        seen: set[str] = set()
         while url:
+            looped(self.name, url, seen)
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 raise missing_page(self.name)

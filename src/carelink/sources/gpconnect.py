@@ -44,7 +44,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters_json,
 )
-from carelink.sources.http import as_of, missing_page, read_ahead, send
+from carelink.sources.http import as_of, looped, missing_page, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import listed_patient, to_r4
@@ -218,7 +218,9 @@ class GPConnectSource:
         if not self.kind.confirmed:
             await self.kind.ensure()
         url: str | None = first
+        seen: set[str] = set()
         while url:
+            looped(self.name, url, seen)
             doc, _ = await get_json(self.session, self.name, "GET", url)
             if doc is None:
                 raise missing_page(self.name)
