@@ -81,15 +81,9 @@ from tests.support.procs import own_files
 
 from carelink.assembly import ADAPTERS
 from carelink.federation.build import build_index, writer_processes
-from carelink.federation.changes import Upsert, apply_changes, record_of
+from carelink.federation.changes import Upsert, apply_changes, fields_demographics, record_of
 from carelink.federation.linkage import valid_nhs
-from carelink.federation.matching import (
-    BLOCK_CAP,
-    Demographics,
-    blocking_keys,
-    key_value,
-    lookup_values,
-)
+from carelink.federation.matching import BLOCK_CAP, blocking_keys, key_value, lookup_values
 from carelink.fhir.search import fold
 from carelink.simulators.names import FAMILY, NICKNAMES
 from carelink.simulators.population import SOURCES
@@ -286,10 +280,6 @@ def quality(store: IndexStore, truth: dict[str, str]) -> tuple[float, float, lis
     return round(precision, 4), round(right / len(truth), 4) if truth else 1.0, missed
 
 
-def _demographics(f: FieldsRow) -> Demographics:
-    return Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
-
-
 def blocking_losses(store: IndexStore, missed: list[tuple[str, str]]) -> dict[str, int]:
     """Of the perturbed records not linked to their true person, how many blocking never
     let linkage compare with any record of that person: no blocking key in common, or
@@ -316,14 +306,14 @@ def blocking_losses(store: IndexStore, missed: list[tuple[str, str]]) -> dict[st
                 partners[r.nhs].append(FieldsRow(*r))
     keys: dict[tuple[str, str], set[str]] = {}
     for f in [*ours.values(), *(g for fs in partners.values() for g in fs)]:
-        d = _demographics(f)
+        d = fields_demographics(f)
         keys[(f.source, f.local_id)] = set(blocking_keys(d))
         held = lookup_values(d)
         values.update(key_value(k, held) for k in keys[(f.source, f.local_id)])
     wanted = set().union(*keys.values()) if keys else set()
     size: Counter[str] = Counter()
     for f in store.near_any(values):
-        size.update(k for k in blocking_keys(_demographics(f)) if k in wanted)
+        size.update(k for k in blocking_keys(fields_demographics(f)) if k in wanted)
     lost = no_key = 0
     for local, nhs in missed:
         mine = keys.get(("acute", local), set())

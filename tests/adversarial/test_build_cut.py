@@ -15,7 +15,7 @@ back to the first page.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -117,7 +117,7 @@ def _server(listing: Listing) -> Starlette:
         if listing.how == "half-json":
             return Response(body[: len(body) // 2], media_type="application/fhir+json")
 
-        async def half_then_gone() -> Iterator[bytes]:
+        async def half_then_gone() -> AsyncIterator[bytes]:
             yield body[: len(body) // 2]
             raise ConnectionResetError("the connection is dropped half way through a page")
 

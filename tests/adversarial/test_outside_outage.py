@@ -170,7 +170,7 @@ def test_cut_connections_answer_503_or_the_right_person_with_current_consent(
                 for t in threads:
                     t.join(60)
             for name, got in seen:
-                assert got[0] in (200, 503), (name, got)
+                assert got[0] in (200, 503), (name, got, b.errors())
                 if got[0] == 200:
                     assert got == expected[state][name], (name, state)
             assert any(got[0] == 503 for _, got in seen), "no request met a cut"

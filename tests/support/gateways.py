@@ -27,6 +27,15 @@ class Started:
 
     base: str
     env: dict[str, str]
+    #: the file its output goes to (None: not kept)
+    log: Path | None = None
+
+    def errors(self) -> str:
+        """The lines of its log at level error or above, for a failing test to show."""
+        if self.log is None or not self.log.exists():
+            return ""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if '"level":"error"' in line or "Traceback" in line)
 
 
 def person_id(base: str, identifier: str, token: str) -> str:
@@ -77,8 +86,11 @@ def token_gateways(
                 "CARELINK_ISSUER_KEYS": str(tmp / "local-issuer"),
                 **(extra or {}),
             }
-            stack.enter_context(running(["serve", "--port", str(port)], f"{base}/metadata", env))
-            started.append(Started(base, env))
+            log = tmp / f"gateway-{port}.log"
+            stack.enter_context(
+                running(["serve", "--port", str(port)], f"{base}/metadata", env, output=log)
+            )
+            started.append(Started(base, env, log))
         yield started
 
 

@@ -188,7 +188,7 @@ class _Neighbourhood:
                 key = (f.source, f.local_id)
                 if key in self.records or key in self.gone or key in self.new or key in wanted:
                     continue  # changed records are in already, with their new fields
-                theirs = _demographics(f)
+                theirs = fields_demographics(f)
                 their_keys = set(blocking_keys(theirs))
                 mine = {
                     id(r): (r, d)
@@ -207,7 +207,8 @@ class _Neighbourhood:
             self.add_persons(found)
 
 
-def _demographics(f: FieldsRow) -> Demographics:
+def fields_demographics(f: FieldsRow) -> Demographics:
+    """What matching compares of a linked record's stored linking fields."""
     return Demographics(f.given, f.family, f.birth_date, f.gender, f.postcode)
 
 
@@ -262,7 +263,7 @@ def _blocks(
         return out
     wanted = {k for k, v in value_of.items() if v in risky}
     for f in store.near_any(risky):
-        keys = set(blocking_keys(_demographics(f))) & wanted
+        keys = set(blocking_keys(fields_demographics(f))) & wanted
         out.before.update(keys)
         key = (f.source, f.local_id)
         if key not in new and key not in gone:

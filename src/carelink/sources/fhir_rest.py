@@ -12,7 +12,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, as_of, fetch, looped, missing_page, read_ahead
+from carelink.sources.http import Mapped, as_of, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -204,20 +204,36 @@ class AcuteSource:
         """A searchset's Bundle and its next pages."""
         if not self.kind.confirmed:
             await self.kind.ensure()
-        url: str | None = first
-        seen: set[str] = set()
-        while url:
-            looped(self.name, url, seen)
-            doc, _ = await get_json(self.session, self.name, "GET", url)
-            if doc is None:
-                raise missing_page(self.name)
+        async for doc in searchset_pages(self.session, self.name, first):
             yield doc
-            url = next_page(doc)
 
 
 def next_page(doc: Json) -> str | None:
     """The URL of a searchset's next page, if any."""
     return next((lk["url"] for lk in doc.get("link", []) if lk.get("relation") == "next"), None)
+
+
+async def searchset_pages(
+    session: aiohttp.ClientSession, source: str, first: str
+) -> AsyncIterator[Json]:
+    """A searchset's Bundle and its next pages, to the last. A page that answers 404 (a
+    paging link that expired) or a next link back to a page already read fails the
+    listing: taken for its end, a build would replace the index with the people read so
+    far and an update would move its watermark past changes it never read; followed,
+    the listing would be read for ever."""
+    url: str | None = first
+    seen: set[str] = set()
+    while url:
+        if url in seen:
+            raise SourceBadPayload(
+                source, "a listing's next link leads back to a page already read"
+            )
+        seen.add(url)
+        doc, _ = await get_json(session, source, "GET", url)
+        if doc is None:
+            raise missing_page(source)
+        yield doc
+        url = next_page(doc)
 
 
 def source_patient_id(source: str, local: str) -> str:

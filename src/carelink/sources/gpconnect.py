@@ -32,7 +32,13 @@ from carelink.fhir.nhs import NHS_NUMBER_SYSTEM, is_valid
 from carelink.observability.context import HEADER, current_request_id
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
-from carelink.sources.fhir_rest import get_json, localise, next_page, parse, person_from_patient
+from carelink.sources.fhir_rest import (
+    get_json,
+    localise,
+    parse,
+    person_from_patient,
+    searchset_pages,
+)
 from carelink.sources.gpconnect_errors import failure
 from carelink.sources.gpconnect_record import read_structured
 from carelink.sources.gpconnect_request import (
@@ -44,7 +50,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters_json,
 )
-from carelink.sources.http import as_of, looped, missing_page, read_ahead, send
+from carelink.sources.http import as_of, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import listed_patient, to_r4
@@ -217,15 +223,8 @@ class GPConnectSource:
         GP Connect provider)."""
         if not self.kind.confirmed:
             await self.kind.ensure()
-        url: str | None = first
-        seen: set[str] = set()
-        while url:
-            looped(self.name, url, seen)
-            doc, _ = await get_json(self.session, self.name, "GET", url)
-            if doc is None:
-                raise missing_page(self.name)
+        async for doc in searchset_pages(self.session, self.name, first):
             yield doc
-            url = next_page(doc)
 
 
 def parse_answer(data: bytes, source: str) -> Json:

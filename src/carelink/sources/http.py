@@ -138,15 +138,6 @@ def missing_page(source: str) -> SourceBadPayload:
     return SourceBadPayload(source, "a listing page answered 404: it cannot be read to its end")
 
 
-def looped(source: str, url: str, seen: set[str]) -> None:
-    """Note ``url`` as a listing page asked for, or raise if it was asked for before: a
-    next link that leads back to a page already read would have the listing read for
-    ever (and each of its records more than once)."""
-    if url in seen:
-        raise SourceBadPayload(source, "a listing's next link leads back to a page already read")
-    seen.add(url)
-
-
 @dataclass(frozen=True)
 class Mapped:
     """An adapter's reading of one answer: the resources, and what it had to leave out."""
