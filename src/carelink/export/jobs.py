@@ -239,7 +239,11 @@ class Runner:
                     held = await asyncio.to_thread(self.jobs.holder, job_id)
                     state["live"] = held is not None and held[0] == "running"
             if not state["live"]:
-                work.cancel()
+                # a job whose outcome is being recorded is not cancelled: the record says
+                # whether it was (``JobStore.finish`` records it only if still running),
+                # and a cancel then would delete the files of a job recorded complete
+                if not state.get("finishing"):
+                    work.cancel()
                 return
             await asyncio.sleep(CHECK_SECONDS)
 
@@ -250,6 +254,10 @@ class Runner:
         shutil.rmtree(directory, ignore_errors=True)  # a resumed job starts again
         request = JobRequest.from_bytes(job.request)
         out = Output(directory, tabulate=request.output_format == "parquet")
+
+        async def finish(status: str, manifest: bytes) -> bool:
+            state["finishing"] = True  # from here the job's own watch leaves it be
+            return await asyncio.to_thread(self.jobs.finish, job.id, status, manifest, self.clock())
 
         async def progress(done: int, total: int) -> bool:
             await asyncio.sleep(0)
@@ -296,25 +304,15 @@ class Runner:
                 "error": write_errors(directory, result.errors()),
                 "extension": {"carelink": result.manifest_extension()},
             }
-            return await asyncio.to_thread(
-                self.jobs.finish, job.id, "complete", orjson.dumps(manifest), self.clock()
-            )
+            return await finish("complete", orjson.dumps(manifest))
         except Refused as exc:
             shutil.rmtree(directory, ignore_errors=True)  # refused, not shipped
-            return await asyncio.to_thread(
-                self.jobs.finish,
-                job.id,
-                "error",
-                _error_manifest(str(exc), exc.report.as_json()),
-                self.clock(),
-            )
+            return await finish("error", _error_manifest(str(exc), exc.report.as_json()))
         except ExportError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             if str(exc) == "cancelled":
                 return False
-            return await asyncio.to_thread(
-                self.jobs.finish, job.id, "error", _error_manifest(str(exc), None), self.clock()
-            )
+            return await finish("error", _error_manifest(str(exc), None))
         except Exception as exc:  # any failure ends this job, never the runner
             if is_unavailable(exc):
                 # not the job's fault: it is run again once the database is back, from the
@@ -323,13 +321,7 @@ class Runner:
                 raise
             shutil.rmtree(directory, ignore_errors=True)
             log.warning("export job %s failed: %s", job.id, _why(exc))
-            return await asyncio.to_thread(
-                self.jobs.finish,
-                job.id,
-                "error",
-                _error_manifest("the extract failed", None),
-                self.clock(),
-            )
+            return await finish("error", _error_manifest("the extract failed", None))
         finally:
             with contextlib.suppress(Exception):
                 out.close()
