@@ -15,14 +15,13 @@ import logging
 import pickle
 import socket
 import time
-import weakref
-from collections.abc import Iterator
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
+from carelink.accepting import FairProcess, Loads
 from carelink.anonymise.keys import load_master_key
 from carelink.app import create_app
 from carelink.assembly import checkpointer_of, export_paths, sources_open
@@ -117,110 +116,87 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: str
         if not server.started:
             raise WorkerFailed("the gateway could not start (see above)")
         return
-    if hasattr(socket, "SO_REUSEPORT"):
-        sockets = listening_sockets(config, workers)
-    else:  # not on this platform: one socket, shared by every worker
-        sockets = [config.bind_socket()] * workers
-    supervisor = OwnSockets(config, sockets)
-    host, port = supervisor.own[0].getsockname()[:2]
+    sock = listening_socket(config)
+    supervisor = FairShare(config, sock)
+    host, port = sock.getsockname()[:2]
     logging.getLogger("uvicorn.error").info(
-        "serving on %s:%d, %d workers each listening on a socket of its own", host, port, workers
+        "serving on %s:%d, %d workers, each new connection to the worker holding fewest",
+        host,
+        port,
+        workers,
     )
     try:
         supervisor.run()
     finally:
-        for sock in supervisor.own:
-            sock.close()
+        sock.close()
     failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
     if failed:
         raise WorkerFailed(f"worker process {failed[0]} could not start (see above)")
 
 
-def listening_sockets(config: uvicorn.Config, n: int) -> list[socket.socket]:
-    """One socket per worker, all bound to the configured address with ``SO_REUSEPORT``.
-
-    With one socket shared by every worker, whichever worker wakes first accepts every
-    connection waiting: measured with two workers and 32 keep-alive connections opened
-    at once (wrk), the split was 32/0 in most runs, for a bare FastAPI app and for the
-    gateway alike, and the p99 followed the busier worker. With a socket each, the
-    kernel hands each new connection to one of them by a hash of its addresses: 32
-    connections split 16 +- 3 (mean difference 5.2, against 19.2 shared, ten runs each).
-    ``ConfigError`` if the address is taken (the port of the first socket is used by the
-    others, so ``--port 0`` gets one port for all)."""
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The socket every worker listens on (``carelink.accepting`` shares its
+    connections fairly), bound here and listened on by the first worker that serves, so
+    a client is refused, not kept waiting, until one does; ``ConfigError`` if the
+    address is taken."""
     family = socket.AF_INET6 if config.host and ":" in config.host else socket.AF_INET
-    made: list[socket.socket] = []
+    sock = socket.socket(family=family)
     try:
-        port = config.port
-        for _ in range(n):
-            sock = socket.socket(family=family)
-            made.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((config.host, port))
-            port = sock.getsockname()[1]
-            sock.set_inheritable(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
     except OSError as exc:
-        for sock in made:
-            sock.close()
+        sock.close()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
-    return made
+    sock.set_inheritable(True)
+    return sock
 
 
-class OwnSockets(Multiprocess):
-    """uvicorn's supervisor, each worker listening on a socket of its own
-    (``listening_sockets``), a replacement worker on the socket of the one it replaces.
+class FairShare(Multiprocess):
+    """uvicorn's supervisor, its workers accepting on one socket in fair shares
+    (``carelink.accepting``: each new connection to the worker holding fewest).
 
-    The supervisor asks for ``sockets`` each time it makes a worker; the answer is the
-    one socket of a slot no living worker holds (the first start, a dead worker's
-    replacement) or, while ``restart_all`` replaces each living worker in turn, the slot
-    of the worker being replaced. A socket left without a worker would keep its share
-    of new connections waiting in its queue, so no slot is ever left empty while
-    another has two; a worker added beyond the sockets (``SIGTTIN``) shares the socket
-    the fewest workers listen on. Which worker holds which slot is learnt when the
-    supervisor has put the worker it made in its list (``_learn``).
-    """
+    Every worker it makes, at the start, as a replacement, in a restart (SIGHUP) or
+    added (SIGTTIN), is a ``FairProcess`` on the one ``Loads``; a worker that exits
+    leaves its slot to whichever worker starts next."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-        self.own = list(sockets)
-        self._slot_of: weakref.WeakKeyDictionary[Process, int] = weakref.WeakKeyDictionary()
-        self._handed: list[int] = []  # slots given out, in order, for workers not yet learnt
-        self._replacing: Iterator[int] | None = None
-        super().__init__(config, sockets)
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        self.loads = Loads(max(16, 4 * config.workers))
+        super().__init__(config, [sock])
 
-    @property
-    def sockets(self) -> list[socket.socket]:
-        """The socket of the worker about to be made."""
-        slot = self._next_slot()
-        self._handed.append(slot)
-        return [self.own[slot]]
+    def _make(self) -> Process:
+        process = FairProcess(self.config, self.sockets, self.loads)
+        process.start()
+        return process
 
-    @sockets.setter
-    def sockets(self, value: list[socket.socket]) -> None:
-        self.own = list(value)
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            self.processes.append(self._make())
 
-    def _learn(self) -> None:
-        """Pair the workers made since the last call with the slots handed out for them,
-        in order (each worker made is put in ``processes`` before the next is made)."""
-        for process in self.processes:
-            if process not in self._slot_of and self._handed:
-                self._slot_of[process] = self._handed.pop(0)
+    def handle_ttin(self) -> None:
+        logging.getLogger("uvicorn.error").info("Received SIGTTIN, adding a worker.")
+        self.processes_num += 1
+        self.processes.append(self._make())
 
-    def _next_slot(self) -> int:
-        self._learn()
-        if self._replacing is not None:
-            # restart_all: the new worker takes over the slot of the living one it replaces
-            idx = next(self._replacing)
-            if idx < len(self.processes) and self.processes[idx] in self._slot_of:
-                return self._slot_of[self.processes[idx]]
-        held = [
-            self._slot_of[p] for p in self.processes if p in self._slot_of and p.process.is_alive()
-        ]
-        free = [slot for slot in range(len(self.own)) if slot not in held]
-        if free:
-            return free[0]
-        # every socket has a worker and one more is asked for (SIGTTIN adds a worker):
-        # it shares the socket the fewest listen on
-        return min(range(len(self.own)), key=held.count)
+    def restart_all(self) -> None:
+        """Replace each worker in turn (SIGHUP), each replacement serving before the
+        worker it replaces stops; a replacement not ready in time ends the restart."""
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._make()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    logging.getLogger("uvicorn.error").error(
+                        "worker process %s was not ready in time; keeping worker %s",
+                        new.pid,
+                        old.pid,
+                    )
+                return
+            old.terminate()
+            old.join()
+            self.processes[idx] = new
 
     def keep_subprocess_alive(self) -> None:
         """Replace each worker that has exited or stopped answering; stop the server if
@@ -252,19 +228,7 @@ class OwnSockets(Multiprocess):
                 worker.pid,
                 worker.exitcode,
             )
-            replacement = Process(self.config, self.sockets)
-            replacement.start()
-            self.processes[idx] = replacement
-
-    def restart_all(self) -> None:
-        """Replace each worker in turn (SIGHUP), each replacement on its worker's slot."""
-        self._replacing = iter(range(len(self.processes)))
-        try:
-            super().restart_all()
-        finally:
-            self._replacing = None
-            self._learn()
-            self._handed.clear()  # a replacement that never became ready holds nothing
+            self.processes[idx] = self._make()
 
 
 def answers(worker: Process, timeout: float, slice_s: float = 0.1) -> bool:
