@@ -197,6 +197,7 @@ def test_an_update_whose_change_listing_is_cut_moves_no_watermark(database_url, 
             assert store.setting(watermark_key(kind)) != mark
     finally:
         store.close()
+        store.db.dispose()
 
 
 #: per kind: the people listing's path and how it is told from the change listing there
@@ -269,3 +270,4 @@ def test_a_people_listing_short_of_its_total_or_moved_under_the_read_fails(
                 assert store.link(kind, first) is None
     finally:
         store.close()
+        store.db.dispose()
