@@ -153,9 +153,14 @@ class PageCount:
 
     - the listing ends when its stated total has been seen; an empty page (or the last
       page, for a listing that links its pages) before that fails it;
-    - more items than the total fails it, and so does a page stating another total than
-      the first page did: either count may be the true one, and a total that changed
-      means the listing moved under the read;
+    - more items than the total fails it, and so does a page stating a smaller total
+      than an earlier page did: something left a page already read, and under offset
+      paging the item after it moved back onto that page, unread. A larger total is
+      taken as the listing's from then on: a listing in change order grows at its end
+      (a change made during the read), and failing it would fail every update of a
+      source that changes while a long listing is read, after an outage for ever. An
+      item an insertion pushed forward is read twice, which an update applies twice
+      to the same effect and a build refuses (its staging's unique key);
     - a page whose items are those of a page already read (a source that lost its place
       and started again) fails it.
 
@@ -178,8 +183,10 @@ class PageCount:
         An empty page before then fails the listing."""
         if self.pages == 0:
             self.total = total
-        elif None not in (total, self.total) and total != self.total:
-            raise self._fail(f"changed while it was read (total {self.total}, then {total})")
+        elif total is not None and self.total is not None and total != self.total:
+            if total < self.total:
+                raise self._fail(f"shrank while it was read (total {self.total}, then {total})")
+            self.total = total
         self.pages += 1
         if content is not None and items:
             mark = hashlib.blake2b(content, digest_size=16).digest()
