@@ -160,6 +160,7 @@ def test_a_build_cut_off_by_its_source_leaves_the_live_index_as_it_was(database_
             assert all(p is not None and p.family == "After" for p in after)
     finally:
         store.close()
+        store.db.dispose()
 
 
 async def _update(store: Any, base: str) -> Any:
@@ -201,6 +202,7 @@ def test_an_update_or_a_fix_cut_off_by_its_source_changes_nothing(database_url, 
             assert all(p is not None and p.family == "After" for p in after)
     finally:
         store.close()
+        store.db.dispose()
 
 
 class SecondPageGone:
@@ -257,3 +259,4 @@ def test_no_adapter_takes_a_listing_page_answered_404_for_the_listings_end(tmp_p
             assert _stored(store) == live
     finally:
         store.close()
+        store.db.dispose()

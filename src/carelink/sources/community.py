@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,7 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
-from carelink.sources.http import Mapped, answer, fetch, missing_page, read_ahead
+from carelink.sources.http import Mapped, PageCount, answer, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 
 
@@ -113,51 +114,23 @@ class CommunitySource:
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page, each page asked for while the one
         before is read (``read_ahead``)."""
-        async for data in read_ahead(self._patient_pages()):
-            for msg in split_registrations(data, self.name):
+        async for messages in read_ahead(self._patient_pages()):
+            for msg in messages:
                 yield registration(self.name, *person(msg, self.name))
 
-    async def _patient_pages(self) -> AsyncIterator[bytes]:
-        """The patient listing's pages (``X-Total-Count`` says when to stop)."""
-        if not self.kind.confirmed:
-            await self.kind.ensure()
-        page = 1
-        while True:
-            data, headers = await fetch(
-                self.session,
-                self.name,
-                "GET",
-                f"{self.base}/patients?page={page}&page_size={self.page_size}",
-                accept=HL7_ER7,
-            )
-            if data is None:
-                raise missing_page(self.name)
-            yield data
-            if page * self.page_size >= self._total(headers):
-                return
-            page += 1
+    async def _patient_pages(self) -> AsyncIterator[list[Any]]:
+        """The patient listing's pages, each as its messages split for ``person`` only
+        (``split_registrations``), until ``X-Total-Count`` are seen (``_paged``)."""
+        split = partial(split_registrations, source=self.name)
+        async for messages in self._paged(f"{self.base}/patients?", split):
+            yield messages
 
     async def changed_since(self, instant: str) -> AsyncIterator[SourcePerson]:
         """The trust's ADT events after ``instant`` (``GET /hl7/changes?since=DTM``), page
         by page, as the records they change (``hl7v2_changes``). A message that cannot be
         read fails the listing (``SourceBadPayload``): skipping it would lose a change."""
-        if not self.kind.confirmed:
-            await self.kind.ensure()
         since = quote(hl7_dtm(instant), safe="")
-        page = 1
-        while True:
-            url = f"{self.base}/changes?since={since}&page={page}&page_size={self.page_size}"
-            data, headers = await fetch(self.session, self.name, "GET", url, accept=HL7_ER7)
-            if data is None:
-                raise missing_page(self.name)
-            try:
-                messages, unreadable = read_batch(data, self.name)
-            except SourceBadPayload as exc:
-                if data.startswith(b"FHS") and b"MSH" not in data:  # an empty batch
-                    return
-                raise exc
-            if unreadable:
-                raise SourceBadPayload(self.name, f"change listing {unreadable[0]}")
+        async for messages in self._paged(f"{self.base}/changes?since={since}&", self._read):
             for msg in messages:
                 try:
                     changed = adt_changes(msg, self.name)
@@ -167,12 +140,66 @@ class CommunitySource:
                     ) from exc
                 for p in changed:
                     yield p
-            if page * self.page_size >= self._total(headers):
+
+    async def _paged(
+        self, url: str, read: Callable[[bytes], list[Any]]
+    ) -> AsyncIterator[list[Any]]:
+        """A paged listing's batches (``url`` ends with ``?`` or ``&``), each as its
+        messages (``read``), until the ``X-Total-Count`` the pages state is seen.
+
+        Read to that count or failed (``SourceBadPayload``): a page answered 404, a batch
+        without its trailer or whose ``BTS`` count is not its messages' (cut off), a
+        message that cannot be parsed, an empty batch before the count (a short listing
+        cannot be told from one cut off), more messages than the count, another count
+        than the first page's (the listing moved while it was read), a page that repeats
+        one read before (``PageCount``). Taken for the listing's end, a build would leave
+        people out and an update move its watermark past changes it never read."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
+        count = PageCount(self.name)
+        page = 1
+        while True:
+            data, headers = await fetch(
+                self.session,
+                self.name,
+                "GET",
+                f"{url}page={page}&page_size={self.page_size}",
+                accept=HL7_ER7,
+            )
+            if data is None:
+                raise missing_page(self.name)
+            first = data.find(b"MSH")
+            messages = read(data) if first >= 0 else []
+            self._whole(data, len(messages))
+            done = count.page(len(messages), self._total(headers), data[max(first, 0) :])
+            yield messages
+            if done:
                 return
             page += 1
 
+    def _read(self, data: bytes) -> list[Any]:
+        """A change listing page's messages, parsed; one that cannot be is a bad payload
+        (skipping it would lose a change)."""
+        messages, unreadable = read_batch(data, self.name)
+        if unreadable:
+            raise SourceBadPayload(self.name, f"change listing {unreadable[0]}")
+        return messages
+
+    def _whole(self, data: bytes, messages: int) -> None:
+        """A listing page's batch must be whole: ended by its ``BTS`` and ``FTS`` trailer,
+        the ``BTS`` count its ``messages`` (a batch cut off loses its last messages)."""
+        tail = data[-256:].replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        ends = tail.rstrip(b"\r").rsplit(b"\r", 2)[-2:]
+        if len(ends) != 2 or not ends[0].startswith(b"BTS|") or not ends[1].startswith(b"FTS"):
+            raise SourceBadPayload(self.name, "listing batch without its trailer (cut off)")
+        if ends[0].split(b"|")[1].strip() != str(messages).encode():
+            raise SourceBadPayload(self.name, "listing batch whose BTS count is not its messages'")
+
     def _total(self, headers: Any) -> int:
+        raw = headers.get("X-Total-Count")
+        if raw is None:
+            raise SourceBadPayload(self.name, "listing page without X-Total-Count")
         try:
-            return int(headers.get("X-Total-Count", "0"))
+            return int(raw)
         except ValueError as exc:
             raise SourceBadPayload(self.name, "X-Total-Count is not a number") from exc

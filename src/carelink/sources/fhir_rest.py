@@ -12,7 +12,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, as_of, fetch, missing_page, read_ahead
+from carelink.sources.http import Mapped, PageCount, as_of, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -220,9 +220,12 @@ async def searchset_pages(
     paging link that expired) or a next link back to a page already read fails the
     listing: taken for its end, a build would replace the index with the people read so
     far and an update would move its watermark past changes it never read; followed,
-    the listing would be read for ever."""
+    the listing would be read for ever. So does a listing whose ``Bundle.total`` its
+    matches do not add up to (``PageCount``: a page past the end answered empty and
+    without a next link, a total that changed between pages)."""
     url: str | None = first
     seen: set[str] = set()
+    count = PageCount(source)
     while url:
         if url in seen:
             raise SourceBadPayload(
@@ -232,8 +235,31 @@ async def searchset_pages(
         doc, _ = await get_json(session, source, "GET", url)
         if doc is None:
             raise missing_page(source)
+        count.page(matches(doc), stated_total(doc))
         yield doc
         url = next_page(doc)
+    count.ended()
+
+
+def matches(doc: Json) -> int:
+    """How many of a searchset page's entries are matches (not includes or outcomes),
+    the entries its ``Bundle.total`` counts."""
+    entries = doc.get("entry")
+    if not isinstance(entries, list):
+        return 0
+    return sum(
+        1
+        for e in entries
+        if not isinstance(e, dict)
+        or not isinstance(e.get("search"), dict)
+        or e["search"].get("mode", "match") == "match"
+    )
+
+
+def stated_total(doc: Json) -> int | None:
+    """A searchset's ``Bundle.total``, when it states one."""
+    total = doc.get("total")
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
 
 
 def source_patient_id(source: str, local: str) -> str:

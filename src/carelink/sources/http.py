@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -136,6 +137,76 @@ def missing_page(source: str) -> SourceBadPayload:
     replace the index with the people read so far, and an update would move its
     watermark past changes it never read."""
     return SourceBadPayload(source, "a listing page answered 404: it cannot be read to its end")
+
+
+class PageCount:
+    """A listing's items counted, page by page, against the total its pages state.
+
+    A listing is read to its true end or not at all: a short one cannot be told from one
+    cut off (a page past the end, an empty page, the last page's entries lost), and a
+    listing that moved while it was read may have skipped an item (a record gone from a
+    page already read shifts the next one back onto it, under offset paging). Taken for
+    whole, a build would leave people out, an update would move its watermark past
+    changes it never read and ``reconcile --fix`` would retire people who still exist;
+    failed (``SourceBadPayload``), the index and the watermark stay as they were and the
+    next run reads the listing again. So:
+
+    - the listing ends when its stated total has been seen; an empty page (or the last
+      page, for a listing that links its pages) before that fails it;
+    - more items than the total fails it, and so does a page stating a smaller total
+      than an earlier page did: something left a page already read, and under offset
+      paging the item after it moved back onto that page, unread. A larger total is
+      taken as the listing's from then on: a listing in change order grows at its end
+      (a change made during the read), and failing it would fail every update of a
+      source that changes while a long listing is read, after an outage for ever. An
+      item an insertion pushed forward is read twice, which an update applies twice
+      to the same effect and a build refuses (its staging's unique key);
+    - a page whose items are those of a page already read (a source that lost its place
+      and started again) fails it.
+
+    A listing whose first page states no total is read to its last page (``total``
+    None), and a later page that states none is taken to say the first page's."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.seen = 0
+        self.pages = 0
+        self.total: int | None = None
+        self._read: set[bytes] = set()
+
+    def _fail(self, why: str) -> SourceBadPayload:
+        return SourceBadPayload(self.source, f"listing {why}: it cannot be read to its end")
+
+    def page(self, items: int, total: int | None, content: bytes | None = None) -> bool:
+        """Count a page of ``items`` that states ``total`` (``content``: its items' bytes,
+        to know a page read before); True when every item the listing holds is seen.
+        An empty page before then fails the listing."""
+        if self.pages == 0:
+            self.total = total
+        elif total is not None and self.total is not None and total != self.total:
+            if total < self.total:
+                raise self._fail(f"shrank while it was read (total {self.total}, then {total})")
+            self.total = total
+        self.pages += 1
+        if content is not None and items:
+            mark = hashlib.blake2b(content, digest_size=16).digest()
+            if mark in self._read:
+                raise self._fail("repeats a page already read")
+            self._read.add(mark)
+        self.seen += items
+        if self.total is not None and self.seen > self.total:
+            raise self._fail(f"holds more than its total ({self.seen} of {self.total})")
+        if self.total is not None and self.seen == self.total:
+            return True
+        if not items:
+            self.ended()
+            return True
+        return False
+
+    def ended(self) -> None:
+        """The source says the listing ends here: it must have listed its total."""
+        if self.total is not None and self.seen != self.total:
+            raise self._fail(f"ended after {self.seen} of its {self.total} items")
 
 
 @dataclass(frozen=True)

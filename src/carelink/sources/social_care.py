@@ -18,7 +18,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson, retired
-from carelink.sources.http import Mapped, answer, fetch, read_ahead
+from carelink.sources.http import Mapped, PageCount, answer, fetch, missing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
@@ -92,7 +92,8 @@ class SocialCareSource:
         return Mapped(kept, skipped)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
-        """Everyone the council holds, page by page until ``totalItems`` are seen."""
+        """Everyone the council holds, page by page until ``totalItems`` are seen
+        (``_pages``: a list that ends short of it fails)."""
         async for item in self._items(f"{self.base}/persons?"):
             yield source_person(item, self.name)
 
@@ -124,9 +125,20 @@ class SocialCareSource:
 
     async def _pages(self, url: str) -> AsyncIterator[list[Any]]:
         """The item lists of a paged council list's pages, once the far end has been
-        confirmed to be the council's API."""
+        confirmed to be the council's API, until ``totalItems`` items are seen.
+
+        The list is read to that count or fails (``SourceBadPayload``, through
+        ``PageCount``): an empty page before it (a short list cannot be told from one
+        cut off), more items than it, a page stating another ``totalItems`` than the
+        first (the list moved while it was read: a person gone from a page already read
+        shifts the next one back onto it, unread), a page that repeats one read before.
+        Taken for the list's end, a build would leave people out, an update would move
+        its watermark past changes it never read and ``reconcile --fix`` would retire
+        people the council still holds. The items are counted, not the pages: a council
+        that serves fewer a page than asked for is still read to the end."""
         if not self.kind.confirmed:
             await self.kind.ensure()
+        count = PageCount(self.name)
         page = 1
         while True:
             data, _ = await fetch(
@@ -136,12 +148,15 @@ class SocialCareSource:
                 f"{url}page={page}&pageSize={self.page_size}",
                 accept=JSON,
             )
-            doc = _load(data or b"{}", self.name)
+            if data is None:
+                raise missing_page(self.name)
+            doc = _load(data, self.name)
             items = doc.get("items") if isinstance(doc, dict) else None
             total = doc.get("totalItems") if isinstance(doc, dict) else None
             if not isinstance(items, list) or not isinstance(total, int) or isinstance(total, bool):
                 raise SourceBadPayload(self.name, "list without items and totalItems")
+            done = count.page(len(items), total, orjson.dumps(items))
             yield items
-            if not items or page * self.page_size >= total:
+            if done:
                 return
             page += 1
