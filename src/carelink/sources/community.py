@@ -24,7 +24,7 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
-from carelink.sources.http import Mapped, PageCount, answer, fetch, missing_page, read_ahead
+from carelink.sources.http import Mapped, PageCount, answer, fetch, listing_page, read_ahead
 from carelink.sources.kind import KindCheck
 
 
@@ -150,24 +150,19 @@ class CommunitySource:
         Read to that count or failed (``SourceBadPayload``): a page answered 404, a batch
         without its trailer or whose ``BTS`` count is not its messages' (cut off), a
         message that cannot be parsed, an empty batch before the count (a short listing
-        cannot be told from one cut off), more messages than the count, another count
-        than the first page's (the listing moved while it was read), a page that repeats
-        one read before (``PageCount``). Taken for the listing's end, a build would leave
-        people out and an update move its watermark past changes it never read."""
+        cannot be told from one cut off), more messages than the count, a count
+        smaller than an earlier page's (the listing shrank while it was read), a page
+        that repeats one read before (``PageCount``). Taken for the listing's end, a
+        build would leave people out and an update move its watermark past changes it
+        never read."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         count = PageCount(self.name)
         page = 1
         while True:
-            data, headers = await fetch(
-                self.session,
-                self.name,
-                "GET",
-                f"{url}page={page}&page_size={self.page_size}",
-                accept=HL7_ER7,
+            data, headers = await listing_page(
+                self.session, self.name, f"{url}page={page}&page_size={self.page_size}", HL7_ER7
             )
-            if data is None:
-                raise missing_page(self.name)
             first = data.find(b"MSH")
             messages = read(data) if first >= 0 else []
             self._whole(data, len(messages))

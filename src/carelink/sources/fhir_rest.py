@@ -222,7 +222,7 @@ async def searchset_pages(
     far and an update would move its watermark past changes it never read; followed,
     the listing would be read for ever. So does a listing whose ``Bundle.total`` its
     matches do not add up to (``PageCount``: a page past the end answered empty and
-    without a next link, a total that changed between pages)."""
+    without a next link, a total that shrank between pages)."""
     url: str | None = first
     seen: set[str] = set()
     count = PageCount(source)

@@ -139,6 +139,16 @@ def missing_page(source: str) -> SourceBadPayload:
     return SourceBadPayload(source, "a listing page answered 404: it cannot be read to its end")
 
 
+async def listing_page(
+    session: aiohttp.ClientSession, source: str, url: str, accept: str
+) -> tuple[bytes, Any]:
+    """One page of a listing, its body and headers; a 404 is ``missing_page``."""
+    data, headers = await fetch(session, source, "GET", url, accept=accept)
+    if data is None:
+        raise missing_page(source)
+    return data, headers
+
+
 class PageCount:
     """A listing's items counted, page by page, against the total its pages state.
 

@@ -18,7 +18,7 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson, retired
-from carelink.sources.http import Mapped, PageCount, answer, fetch, missing_page, read_ahead
+from carelink.sources.http import Mapped, PageCount, answer, fetch, listing_page, read_ahead
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
@@ -129,8 +129,8 @@ class SocialCareSource:
 
         The list is read to that count or fails (``SourceBadPayload``, through
         ``PageCount``): an empty page before it (a short list cannot be told from one
-        cut off), more items than it, a page stating another ``totalItems`` than the
-        first (the list moved while it was read: a person gone from a page already read
+        cut off), more items than it, a page stating a smaller ``totalItems`` than
+        an earlier one (the list shrank while it was read: a person gone from a page already read
         shifts the next one back onto it, unread), a page that repeats one read before.
         Taken for the list's end, a build would leave people out, an update would move
         its watermark past changes it never read and ``reconcile --fix`` would retire
@@ -141,15 +141,9 @@ class SocialCareSource:
         count = PageCount(self.name)
         page = 1
         while True:
-            data, _ = await fetch(
-                self.session,
-                self.name,
-                "GET",
-                f"{url}page={page}&pageSize={self.page_size}",
-                accept=JSON,
+            data, _ = await listing_page(
+                self.session, self.name, f"{url}page={page}&pageSize={self.page_size}", JSON
             )
-            if data is None:
-                raise missing_page(self.name)
             doc = _load(data, self.name)
             items = doc.get("items") if isinstance(doc, dict) else None
             total = doc.get("totalItems") if isinstance(doc, dict) else None
