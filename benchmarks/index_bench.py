@@ -399,6 +399,31 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def split(parent: int, port: int) -> list[int]:
+    """The established connections to ``port`` each child of ``parent`` (a worker of
+    ``carelink serve``) holds, largest first."""
+    ours = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                ours.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in _tree(parent) - {parent}:
+        held = 0
+        with contextlib.suppress(OSError):  # gone meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd) in ours
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+def note_split(into: list[list[int]], parent: int, port: int) -> None:
+    into.append(split(parent, port))
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -512,7 +537,7 @@ def http_searches(
             [*carelink, "serve", "--port", str(port), "--workers", "2"],
             f"{base}/fhir/metadata",
             env,
-        ):
+        ) as gateway:
             token = mint(env)
             for form in forms:
                 n = (*HTTP_FORMS, LOOKUP_FORM).index(form)
@@ -530,7 +555,12 @@ def http_searches(
                 speed = machine_ns()
                 before = tree_cpu(os.getpid())  # the gateway's processes (wrk ends before after)
                 machine, disk = cpu_times(), disk_kb()
+                # the connections each worker holds, read half way through the pass
+                shares: list[list[int]] = []
+                halfway = threading.Timer(seconds / 2, note_split, [shares, gateway, port])
+                halfway.start()
                 result = wrk(base, paths, seconds, 32, tmp, token)
+                halfway.join()
                 steal = stolen(machine, cpu_times())
                 read, written = (b - a for a, b in zip(disk, disk_kb(), strict=True))
                 used = tree_cpu(os.getpid()) - before
@@ -544,6 +574,7 @@ def http_searches(
                     "disk_read_mb": round(read / 1024, 1),
                     "disk_written_mb": round(written / 1024, 1),
                     "bare_fastapi_rps": bare,
+                    "connections_per_worker": shares[0] if shares else None,
                     "found_of_50": matched,
                     "cpu_ms_per_request": round(used / requests * 1000, 2) if requests else None,
                 }
