@@ -34,6 +34,7 @@ from carelink.cli.mint import mint
 from carelink.cli.parser import parser
 from carelink.cli.prepare import db, init
 from carelink.cli.serve import serve, simulate
+from carelink.storage.unavailable import describe, is_unavailable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:
+        # a database cut off mid-command, met by code that reached it other than through
+        # ``Database`` (whose ways in say ``StorageUnavailable``): one line, not a traceback
+        if not is_unavailable(exc):
+            raise
+        fail(f"configuration error: the database cannot be used now: {describe(exc)}")
+        return EXIT_CONFIG
 
 
 def _dispatch(args: argparse.Namespace) -> int:

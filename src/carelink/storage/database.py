@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from carelink.errors import ConfigError, StorageUnavailable
 from carelink.storage.answers import NoAnswer, answer_limit, bounded_connection, results
 from carelink.storage.migrations import MIGRATIONS
-from carelink.storage.unavailable import describe, is_unavailable
+from carelink.storage.unavailable import as_unavailable, describe, is_unavailable
 
 T = TypeVar("T")
 
@@ -144,6 +144,7 @@ class Database:
         else:
             limit = answer_limit(self.wait)
             ping = _bounded_ping(limit, self._count_loss)
+            sa.event.listen(self.engine, "connect", _made)
             sa.event.listen(self.engine, "checkout", ping)
             # every statement's wait bounded too, not only the ping's: a connection lost
             # between its ping and its statement had held a database thread for good
@@ -194,7 +195,7 @@ class Database:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return fn(*args)
+            return _said(fn, args)
         mark = _Wait()
         future: Future[T]
         future, wait = self._start(_marked, (mark, fn, args), limit)
@@ -203,6 +204,10 @@ class Database:
         except FutureTimeout:
             mark.given_up = True
             raise self._stuck_on(future, wait) from None
+        except Exception as exc:
+            if (said := as_unavailable(exc)) is not None:
+                raise said from exc
+            raise
         self._stuck = None
         return result
 
@@ -219,7 +224,7 @@ class Database:
         whose thread hand-off would cost more than the read (see ``storage.hot``).
         """
         if inline:
-            return fn(*args)
+            return _said(fn, args)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
         mark = _Wait()
@@ -232,6 +237,10 @@ class Database:
             raise self._stuck_on(future, wait) from None
         except asyncio.CancelledError:
             future.cancel()  # not started yet: it never runs
+            raise
+        except Exception as exc:
+            if (said := as_unavailable(exc)) is not None:
+                raise said from exc
             raise
         finally:
             timer.cancel()
@@ -402,6 +411,17 @@ class _GuardedSqlite(sqlite3.Connection):
         super().commit()
 
 
+def _said(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """``fn(*args)`` here, an error saying the database cannot be used now raised as
+    ``StorageUnavailable`` (``unavailable.as_unavailable``)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if (said := as_unavailable(exc)) is not None:
+            raise said from exc
+        raise
+
+
 def _marked(mark: _Wait, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     """``fn(*args)`` on a database thread, as the call ``mark`` stands for."""
     _calls.wait = mark
@@ -473,6 +493,21 @@ KEEPALIVES: dict[str, object] = {
 }
 
 
+#: in a pooled connection's ``info`` while it has not yet been checked out since it was made
+UNUSED = "carelink.unused"
+
+
+def _made(_dbapi_conn: Any, record: Any) -> None:
+    """A connection just made is not pinged at its first checkout: it has just answered
+    (its connection, its settings), as SQLAlchemy's own pre-ping skips a fresh one. Had
+    it been, the pool's retry after a failed ping, on a new connection through a path
+    that had just been cut, would fail its ping too, and the pool give up with an
+    ``InvalidRequestError`` ("This connection is closed") that says nothing of the
+    database being away (a 500, not a 503): a new connection's first failure is now the
+    driver's own error."""
+    record.info[UNUSED] = True
+
+
 def _bounded_ping(limit: float | None, lost: Callable[[], None]) -> Callable[[Any, Any, Any], None]:
     """The pool's check of a PostgreSQL connection before each use: an empty query whose
     answer is waited for at most ``limit`` seconds (SQLAlchemy's own ping waits as long
@@ -481,7 +516,9 @@ def _bounded_ping(limit: float | None, lost: Callable[[], None]) -> Callable[[An
     (``InvalidatePoolError``: they are lost too, likely), and the pool tries again;
     ``lost()`` tells the connections kept out of the pool."""
 
-    def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    def on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop(UNUSED, False):
+            return  # just made, and answered as it was (``_made``)
         pg = dbapi_conn.pgconn
         try:
             pg.send_query(b"")

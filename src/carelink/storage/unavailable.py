@@ -57,3 +57,18 @@ def describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = str(orig).strip().splitlines()
     return lines[0].strip() if lines else type(orig).__name__
+
+
+def as_unavailable(exc: Exception) -> StorageUnavailable | None:
+    """The ``StorageUnavailable`` (saying why, in one line) that a database call raising
+    ``exc`` raises in its place when ``exc`` says the database cannot be used right now
+    and is not one already; None for any other error (raised as it is).
+
+    Every caller of ``Database.run``, ``looked_up`` and ``bounded`` then has one error to
+    catch for "the database is away", whichever driver, pool or connection found it
+    (psycopg's, sqlite3's, SQLAlchemy's): a caller that caught only ``StorageUnavailable``
+    had let a driver's error through, and a 503 became a 500.
+    """
+    if isinstance(exc, StorageUnavailable) or not is_unavailable(exc):
+        return None
+    return StorageUnavailable(describe(exc))
