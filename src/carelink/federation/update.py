@@ -95,6 +95,29 @@ def _stamp(p: SourcePerson) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def held_mark(listed: Sequence[SourcePerson], since: str, mark: str) -> str:
+    """The watermark a change listing read whole lets an update move to: ``mark`` (when
+    the listing began, less the overlap), or ``since`` when a record was listed twice.
+
+    A change listing holds each record once, at its latest change, oldest first, and is
+    read a page at a time by offset (the sources' own idiom). A record changed again
+    while it is read moves from a page already read to the end, and every record after
+    its old place moves up one: the record the next page would have begun with is now on
+    a page already read, and is never seen. The last record so moved is always seen
+    again at the end (a move after it would be of a record read later still), so a read
+    that saw no record twice lost none. One that did may have lost records anywhere
+    after its first page, the earlier movers' new places included: nothing it read
+    bounds them (the hypothesis test of this found a hold at the first mover's earlier
+    change too late), so the mark stays where the listing began and the next update
+    reads it again whole (a change applied twice changes nothing)."""
+    seen: set[str] = set()
+    for p in listed:
+        if p.local_id in seen:
+            return since
+        seen.add(p.local_id)
+    return mark
+
+
 def newest(listed: Sequence[SourcePerson]) -> list[SourcePerson]:
     """One version of each record: of a record listed more than once (listings overlap, a
     page repeats, a source lists out of order), the one its source changed last
@@ -144,6 +167,7 @@ async def update_from(
                 if since is None:
                     continue  # never built from this source: a build lists everyone
                 listed = [p async for p in source.changed_since(since)]
+                mark = held_mark(listed, since, mark)
             report.listed[source.name] = len(listed)
             changes: list[Change] = []
             for p in newest(listed):
