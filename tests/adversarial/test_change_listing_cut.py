@@ -85,10 +85,12 @@ class SecondPageCut:
             await send({"type": "http.response.start", "status": status, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return None
-        if self.how == "one-gone":
+        if self.how in ("one-gone", "one-gone-one-new"):
             delete = {**scope, "method": "DELETE", "path": self.gone, "query_string": b""}
             done, _ = await _answer(self.app, delete, _no_body)
             assert done["status"] == 204, done
+            if self.how == "one-gone-one-new":  # and one registered: the total as it was
+                await _put(self.app, scope, self.gone.rsplit("/", 1)[0] + "/NEW00001", NEWBORN)
             self.how = None  # once
             return await self.app(scope, receive, send)
         if self.how in ("empty-page", "first-again"):
@@ -110,6 +112,38 @@ class SecondPageCut:
         await send(start)  # dropped: the whole body announced, half sent, then gone
         await send({"type": "http.response.body", "body": half, "more_body": True})
         raise ConnectionResetError("the connection is dropped half way through a page")
+
+
+#: a person registered at a source while its people are listed
+NEWBORN: Json = {
+    "resourceType": "Patient",
+    "name": [{"family": "Newcomer", "given": ["Ifan"]}],
+    "gender": "male",
+    "birthDate": "2026-12-01",
+}
+
+
+async def _put(app: Any, scope: Any, path: str, patient: Json) -> None:
+    """``patient`` PUT at ``path`` of ``app`` (made or changed there)."""
+    body = orjson.dumps({**patient, "id": path.rsplit("/", 1)[1]})
+    sent = False
+
+    async def receive() -> Json:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    put = {
+        **scope,
+        "method": "PUT",
+        "path": path,
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    done, _ = await _answer(app, put, receive)
+    assert done["status"] in (200, 201), done
 
 
 async def _no_body() -> Json:
@@ -309,25 +343,7 @@ class ChangedAgainMidRead(SecondPageCut):
         query = dict(parse_qsl(scope["query_string"].decode()))
         if not self._second(query):
             return await self.app(scope, receive, send)
-        body = orjson.dumps(self.body)
-        sent = False
-
-        async def put_body() -> Json:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        put = {
-            **scope,
-            "method": "PUT",
-            "path": self.gone,
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-        }
-        done, _ = await _answer(self.app, put, put_body)
-        assert done["status"] in (200, 201), done
+        await _put(self.app, scope, self.gone, self.body)
         self.how = None  # once
         return await self.app(scope, receive, send)
 
@@ -366,6 +382,55 @@ def test_a_person_changed_again_while_the_changes_are_read_costs_no_other_change
             assert {local: _family(store, kind, local) for local in people} == {
                 local: p["name"][0]["family"] for local, p in people.items()
             }
+    finally:
+        store.close()
+        store.db.dispose()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_reconcile_whose_listing_skips_a_person_retires_no_one_the_source_holds(
+    database_url, kind
+):
+    """The guarantee: **``reconcile --fix`` never retires a record its source still
+    holds.** As the second page of the people listing is asked for, the first person
+    listed is removed at the source and a new one registered: offset paging skips the
+    person who moves up onto the first page, and the total is as it was, so the listing
+    itself shows nothing wrong. The skipped person stays in the index (the source, asked
+    of them alone, holds them), and the quiet reconcile after leaves the index holding
+    exactly whom the source holds."""
+    create, adapter, _, _ = KINDS[kind]
+    path, marker = PEOPLE[kind]
+    store = _store(database_url)
+    app = SecondPageCut(create(seed=5, size=300, behaviour=Behaviour()), path, marker)
+    try:
+        with run_app(app) as base:
+
+            async def listed(page_size: int = 1000) -> list[str]:
+                async with aiohttp.ClientSession() as session:
+                    source = adapter(session, base, kind, page_size=page_size)
+                    return [str(p.local_id) async for p in source.people()]
+
+            async def fix() -> Any:
+                async with aiohttp.ClientSession() as session:
+                    source = adapter(session, base, kind, page_size=PER_PAGE)
+                    return await asyncio.wait_for(reconcile(source, store, fix=True), BOUND)
+
+            _stepper(adapter, base, kind, store)("build")
+            before = asyncio.run(listed())
+            at = "/fhir/Patient" if kind == "acute" else "/_admin/patients"
+            app.how, app.gone = "one-gone-one-new", f"{at}/{before[0]}"
+            disturbed = asyncio.run(fix())
+            assert app.how is None, "the listing was never disturbed"
+            held = set(asyncio.run(listed()))
+            assert len(held) == len(before)  # one gone, one new: the total as it was
+            missing = sorted(h for h in held - {"NEW00001"} if store.link(kind, h) is None)
+            assert not missing, (missing, disturbed)
+            assert disturbed.unlisted + disturbed.gone >= 1  # the listing did skip one
+
+            quiet = asyncio.run(fix())  # retires the person removed (read before that)
+            assert (quiet.gone, quiet.unlisted) == (1, 0)
+            indexed = set(store.local_ids(kind, "", 10_000))
+            assert indexed == held
     finally:
         store.close()
         store.db.dispose()

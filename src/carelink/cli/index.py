@@ -117,6 +117,11 @@ def _index_update(args: argparse.Namespace, settings: Settings, store: IndexStor
                 print(
                     f"drift at {name}: {drift.listed} listed, {drift.missing} not in the index, "
                     f"{drift.gone} no longer listed, {drift.changed} with other demographics"
+                    + (
+                        f", {drift.unlisted} missed by the listing but held (kept)"
+                        if drift.unlisted
+                        else ""
+                    )
                     + (" (applied)" if drift.fixed else ""),
                     flush=True,
                 )

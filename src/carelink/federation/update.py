@@ -35,7 +35,7 @@ from carelink.federation.changes import (
 )
 from carelink.federation.linkage import demographics
 from carelink.fhir.nhs import NHS_NUMBER_SYSTEM
-from carelink.sources.base import ChangeLister, CursorLister, Source, SourcePerson
+from carelink.sources.base import ChangeLister, CursorLister, HoldsCheck, Source, SourcePerson
 from carelink.storage import IndexStore
 
 #: a listing starts this much before the last one began, so a change stamped while the
@@ -194,6 +194,9 @@ class Drift:
     missing: int = 0  # listed by the source, not in the index
     gone: int = 0  # in the index, no longer listed
     changed: int = 0  # in both, demographics differ
+    #: in the index and on no page of the listing, yet held by the source when asked
+    #: alone (``HoldsCheck``): the listing moved under its read; not counted as gone
+    unlisted: int = 0
     fixed: ChangeReport | None = None
 
 
@@ -203,7 +206,11 @@ async def reconcile(
     """Compare the source's whole listing with the index (``fix``: apply the difference).
 
     The source's local ids are kept as a set while it is listed; the index's links of
-    the source are then walked ``batch`` at a time, so the index is never read whole.
+    the source are then walked ``batch`` at a time, so the index is never read whole. A
+    record the listing lacked is gone only if the source, asked of it alone, says so
+    (``HoldsCheck``): a listing read by offset while one person is registered and
+    another removed skips the person at a page's edge, its total unchanged, and
+    ``fix`` retired them.
     With ``fix`` the changes are applied ``batch`` at a time too."""
     drift = Drift()
     pending: list[SourcePerson] = []
@@ -237,11 +244,16 @@ async def reconcile(
             check()
     check()
     after = ""
+    asks = source if isinstance(source, HoldsCheck) else None
     while page := store.local_ids(source.name, after, batch):
         for local in page:
-            if local not in seen:
-                drift.gone += 1
-                changes.append(Remove(source.name, local))
+            if local in seen:
+                continue
+            if asks is not None and await asks.holds(local):
+                drift.unlisted += 1  # skipped by a listing that moved: never retired
+                continue
+            drift.gone += 1
+            changes.append(Remove(source.name, local))
         after = page[-1]
         apply()  # the walk goes on by local id: a removal does not move it
     apply(final=True)

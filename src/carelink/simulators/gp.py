@@ -325,7 +325,9 @@ def build(
         )
 
     async def read(request: Request) -> Response:
-        found = store.resource(request.path_params["type"], request.path_params["id"])
+        rtype, rid = request.path_params["type"], request.path_params["id"]
+        # a Patient as the practice holds them now (changed, or gone), as its list shows
+        found = current(rid) if rtype == "Patient" else store.resource(rtype, rid)
         if found is None:
             return _error(Refusal(404, spine_outcome("NO_RECORD_FOUND", "no such resource")))
         return fhir_response(down(found))

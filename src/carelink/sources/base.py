@@ -191,6 +191,21 @@ class ChangeLister(Protocol):
 
 
 @runtime_checkable
+class HoldsCheck(Protocol):
+    """A source that can say, of one record asked for alone, whether it holds it now."""
+
+    name: str
+
+    async def holds(self, local_id: str) -> bool:
+        """Whether the source holds the record ``local_id`` now (not deleted, not merged
+        away), asked of that record alone rather than read from a listing. For
+        ``reconcile``, before it counts as gone a record the listing lacked: a listing
+        read a page at a time by offset while the source registers one person and
+        removes another skips the person at a page's edge, its total unchanged."""
+        ...
+
+
+@runtime_checkable
 class CursorLister(Protocol):
     """A source whose changes are read in the order it stored them, from a cursor (the
     stored HL7 v2 feed: the sequence of the last message taken), not from an instant."""

@@ -24,7 +24,15 @@ from carelink.sources.hl7v2 import (
     why_unreadable,
 )
 from carelink.sources.hl7v2_changes import adt_changes, hl7_dtm, registration
-from carelink.sources.http import Mapped, PageCount, answer, fetch, listing_page, read_ahead
+from carelink.sources.http import (
+    Mapped,
+    PageCount,
+    answer,
+    fetch,
+    held_at,
+    listing_page,
+    read_ahead,
+)
 from carelink.sources.kind import KindCheck
 
 
@@ -110,6 +118,12 @@ class CommunitySource:
         if local != local_id:
             raise SourceBadPayload(self.name, "answer is about a different person")
         return patient
+
+    async def holds(self, local_id: str) -> bool:
+        """``GET /hl7/record?pid=``: held unless the trust answers 404 or 410 (no such
+        patient, or merged away) (``HoldsCheck``)."""
+        url = f"{self.base}/record?pid={quote(local_id, safe='')}"
+        return await held_at(self.session, self.name, url, accept=HL7_ER7) is not None
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the trust holds, page by page, each page asked for while the one

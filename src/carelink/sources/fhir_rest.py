@@ -12,7 +12,15 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson, indexed
-from carelink.sources.http import Mapped, PageCount, as_of, fetch, missing_page, read_ahead
+from carelink.sources.http import (
+    Mapped,
+    PageCount,
+    as_of,
+    fetch,
+    held_at,
+    missing_page,
+    read_ahead,
+)
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace, namespaced_id
 
@@ -109,6 +117,17 @@ async def read_one(
     return namespace(doc, source, "", "")
 
 
+def held_patient(data: bytes | None, source: str) -> bool:
+    """Whether a Patient read alone (None: 404 or 410) is one its source holds now: not
+    closed or merged away (``active`` false, as every listing here reads it)."""
+    if data is None:
+        return False
+    doc = parse(data, source)
+    if doc.get("resourceType") != "Patient":
+        raise SourceBadPayload(source, f"expected a Patient, got {doc.get('resourceType')}")
+    return doc.get("active") is not False
+
+
 class AcuteSource:
     """The hospital EPR, spoken to in FHIR R4 REST (``$everything`` with paging)."""
 
@@ -180,6 +199,13 @@ class AcuteSource:
             await self.kind.ensure()
         url = f"{self.base}/{resource_type}/{quote(local_id, safe='')}"
         return await read_one(self.session, self.name, url, resource_type)
+
+    async def holds(self, local_id: str) -> bool:
+        """``GET /Patient/{id}``: held unless 404, 410 or inactive (``HoldsCheck``)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
+        url = f"{self.base}/Patient/{quote(local_id, safe='')}"
+        return held_patient(await held_at(self.session, self.name, url), self.name)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through ``GET /Patient``."""

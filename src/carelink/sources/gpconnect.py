@@ -34,6 +34,7 @@ from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import Json, SourceAnswer, SourcePerson
 from carelink.sources.fhir_rest import (
     get_json,
+    held_patient,
     localise,
     parse,
     person_from_patient,
@@ -50,7 +51,7 @@ from carelink.sources.gpconnect_request import (
     headers,
     parameters_json,
 )
-from carelink.sources.http import as_of, read_ahead, send
+from carelink.sources.http import as_of, held_at, read_ahead, send
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespace
 from carelink.sources.stu3 import listed_patient, to_r4
@@ -177,6 +178,14 @@ class GPConnectSource:
                 self.name, f"expected a {resource_type}, got {doc.get('resourceType')}"
             )
         return namespace(converted, self.name, "", "")
+
+    async def holds(self, local_id: str) -> bool:
+        """``GET /Patient/{id}`` of the practice: held unless 404, 410 or inactive
+        (``HoldsCheck``)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
+        url = f"{self.base}/Patient/{quote(local_id, safe='')}"
+        return held_patient(await held_at(self.session, self.name, url), self.name)
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Page through the practice list (``GET /Patient``), as R4."""

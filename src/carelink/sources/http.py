@@ -131,6 +131,19 @@ async def fetch(
     return data, got
 
 
+async def held_at(
+    session: aiohttp.ClientSession, source: str, url: str, accept: str = FHIR_JSON
+) -> bytes | None:
+    """The body of ``GET url``, one record asked for alone, or None when the source says
+    it holds no such record (404; 410, a record deleted); other errors raised as such."""
+    status, _, data = await send(session, source, "GET", url, {"Accept": accept}, None)
+    if status in (404, 410):
+        return None
+    if status >= 400:
+        raise SourceUnavailable(source, f"HTTP {status}")
+    return data
+
+
 def missing_page(source: str) -> SourceBadPayload:
     """The error for a page of a listing that answered 404 (a paging link that expired,
     or a listing the source does not offer). Never the listing's end: a build would

@@ -18,7 +18,15 @@ import orjson
 from carelink.errors import SourceBadPayload
 from carelink.sources.answer_cache import AnswerCache
 from carelink.sources.base import SourceAnswer, SourcePerson, retired
-from carelink.sources.http import Mapped, PageCount, answer, fetch, listing_page, read_ahead
+from carelink.sources.http import (
+    Mapped,
+    PageCount,
+    answer,
+    fetch,
+    held_at,
+    listing_page,
+    read_ahead,
+)
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
 from carelink.sources.social_care_map import read_case, source_person
@@ -90,6 +98,14 @@ class SocialCareSource:
             if types is None or r["resourceType"] in types or r["resourceType"] == "Patient"
         ]
         return Mapped(kept, skipped)
+
+    async def holds(self, local_id: str) -> bool:
+        """``GET /persons/{ref}``: held unless the council answers 404 or 410 (no such
+        person, or merged away) (``HoldsCheck``)."""
+        if not self.kind.confirmed:
+            await self.kind.ensure()
+        url = f"{self.base}/persons/{quote(local_id, safe='')}"
+        return await held_at(self.session, self.name, url, accept=JSON) is not None
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page until ``totalItems`` are seen
