@@ -45,7 +45,7 @@ from carelink.federation.index import BuildReport, fields_row, group_id, person_
 from carelink.federation.linkage import Group, demographics, link, valid_nhs
 from carelink.federation.matching import BLOCK_CAP, Demographics, blocking_keys
 from carelink.federation.update import mark_built
-from carelink.sources.base import Source, SourcePerson
+from carelink.sources.base import HoldsCheck, Source, SourcePerson
 from carelink.storage import Database, FieldsRow, IndexBuild, IndexStore, ReviewRow
 
 #: ``progress(stage, done, total)``: stage is "reading", "linking" or "writing";
@@ -420,6 +420,40 @@ async def _write_all(
     report.conflicts = dict(sorted(conflicts.items()))
 
 
+#: how many records of one source are asked after at once (``_none_skipped``)
+ASKED_AT_ONCE = 8
+
+
+async def _none_skipped(sources: Sequence[Source], build: IndexBuild) -> None:
+    """Fail the build (``SourceBadPayload``: the live index as it was) when a source's
+    listing lacked a record the live index links and the source, asked of it alone
+    (``HoldsCheck``), still holds: a listing read by offset while the source removed one
+    person and registered another skips the person at a page's edge, its total
+    unchanged, and the build had dropped a person the source holds from the index
+    (found again only by a reconcile). The records asked after are those gone since the
+    last build, and any skipped; ``ASKED_AT_ONCE`` at a time."""
+    limit = asyncio.Semaphore(ASKED_AT_ONCE)
+    for source in sources:
+        if not isinstance(source, HoldsCheck):
+            continue
+        asks = source
+
+        async def held(local: str, asks: HoldsCheck = asks) -> bool:
+            async with limit:
+                return await asks.holds(local)
+
+        after = ""
+        while page := await asyncio.to_thread(build.unlisted, source.name, after):
+            found = await asyncio.gather(*(held(local) for local in page))
+            if any(found):
+                raise SourceBadPayload(
+                    source.name,
+                    f"its listing lacked {sum(found)} record(s) it still holds (it changed "
+                    "while it was read): the index is unchanged; build again",
+                )
+            after = page[-1]
+
+
 async def build_index(
     sources: Sequence[Source],
     store: IndexStore,
@@ -458,6 +492,7 @@ async def build_index(
         try:
             loose = await _read(sources, build, report, progress, writers)
             await asyncio.to_thread(build.all_staged)
+            await _none_skipped(sources, build)
             lap("reading")
             empty = [s.name for s in sources if refuse_empty and not report.records.get(s.name)]
             if empty:

@@ -43,6 +43,11 @@ from carelink.storage import IndexStore
 OVERLAP = timedelta(seconds=2)
 
 
+#: the most times an update reads one change listing that moved while it was read
+#: (``_listed``); after that its watermark stays, and the next update reads again
+LISTING_READS = 3
+
+
 #: the most changes read from a cursor source in one update (the next update goes on)
 CURSOR_BATCH = 2000
 
@@ -118,6 +123,26 @@ def held_mark(listed: Sequence[SourcePerson], since: str, mark: str) -> str:
     return mark
 
 
+async def _listed(
+    source: ChangeLister, since: str, now: Callable[[], datetime]
+) -> tuple[list[SourcePerson], str]:
+    """What ``source`` lists as changed after ``since``, and the watermark that allows
+    (``held_mark``): read again, up to ``LISTING_READS`` times in all, while each read
+    lists a record twice (and may have skipped one), so a busy source's watermark still
+    moves when a later read is undisturbed. Every read's records are kept (``newest``
+    picks each record's latest)."""
+    listed: list[SourcePerson] = []
+    mark = since
+    for _ in range(LISTING_READS):
+        began = instant(now() - OVERLAP)
+        read = [p async for p in source.changed_since(since)]
+        listed += read
+        mark = held_mark(read, since, began)
+        if mark == began:
+            break
+    return listed, mark
+
+
 def newest(listed: Sequence[SourcePerson]) -> list[SourcePerson]:
     """One version of each record: of a record listed more than once (listings overlap, a
     page repeats, a source lists out of order), the one its source changed last
@@ -162,12 +187,11 @@ async def update_from(
                 listed, mark = await source.changes_after(cursor, CURSOR_BATCH)
                 report.behind = report.behind or mark != cursor
             else:
-                mark_key, mark = watermark_key(source.name), instant(now() - OVERLAP)
+                mark_key = watermark_key(source.name)
                 since = store.setting(mark_key)
                 if since is None:
                     continue  # never built from this source: a build lists everyone
-                listed = [p async for p in source.changed_since(since)]
-                mark = held_mark(listed, since, mark)
+                listed, mark = await _listed(source, since, now)
             report.listed[source.name] = len(listed)
             changes: list[Change] = []
             for p in newest(listed):

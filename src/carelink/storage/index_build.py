@@ -367,6 +367,22 @@ class IndexBuild:
         back: quadratic in the population)."""
         self._analyse()
 
+    def unlisted(self, source: str, after: str = "", limit: int = 1000) -> list[str]:
+        """The local ids of ``source`` the live index links and no staged record holds,
+        in order, ``limit`` after ``after``: the records the listing just read lacked
+        (through both tables' keys, nothing held in memory)."""
+        mark = "?" if self.db.is_sqlite else "%s"
+        return [
+            str(r[0])
+            for r in self._rows(
+                f"SELECT l.local_id FROM person_links l WHERE l.source = {mark} "  # noqa: S608
+                f"AND l.local_id > {mark} AND NOT EXISTS (SELECT 1 FROM {self.staged} s "
+                "WHERE s.source = l.source AND s.local_id = l.local_id) "
+                f"ORDER BY l.local_id LIMIT {int(limit)}",
+                (source, after),
+            )
+        ]
+
     def _analyse(self) -> None:
         if not self.db.is_sqlite:
             self._execute(f"ANALYZE {STAGING}")
