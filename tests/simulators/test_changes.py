@@ -95,3 +95,47 @@ def test_the_list_of_people_is_made_once_per_change_not_once_per_page():
     assert changes.listed(population) == [p for p in population if p != "P3"] + ["NEW-1"]
     changes.delete("P7")  # a change makes the list anew
     assert "P7" not in changes.present(population)
+
+
+def test_the_acute_record_is_the_person_as_the_epr_holds_them_now():
+    """``$everything`` and the per-type reads follow the changes the EPR was told of, as
+    its Patient read and listings do: a person registered since start has a record (their
+    Patient), a changed one's Patient is the changed one (never a copy kept from before
+    the change), and a deleted one has none (404)."""
+    from carelink.simulators import acute
+
+    with run_app(acute.create_app(seed=1, size=20, behaviour=Behaviour())) as base:
+        fhir = f"{base}/fhir"
+        listed = httpx.get(f"{fhir}/Patient", params={"_count": 2}).json()
+        first, second = (e["resource"]["id"] for e in listed["entry"][:2])
+
+        def everything(local: str) -> httpx.Response:
+            return httpx.get(f"{fhir}/Patient/{local}/$everything")
+
+        def patient_of(answer: httpx.Response) -> dict[str, object]:
+            found = [
+                e["resource"]
+                for e in answer.json()["entry"]
+                if e["resource"]["resourceType"] == "Patient"
+            ]
+            assert len(found) == 1
+            return found[0]
+
+        before = everything(first)
+        assert before.status_code == 200
+        old_family = patient_of(before)["name"][0]["family"]  # type: ignore[index]
+        changed = {"resourceType": "Patient", "name": [{"family": "Changedname"}]}
+        assert httpx.put(f"{fhir}/Patient/{first}", json=changed).status_code == 200
+        after = everything(first)
+        assert patient_of(after)["name"] == [{"family": "Changedname"}]
+        assert old_family != "Changedname"
+        clinical = [e for e in before.json()["entry"] if e["resource"]["resourceType"] != "Patient"]
+        assert len(after.json()["entry"]) == len(clinical) + 1  # the rest of the record kept
+
+        new = {"resourceType": "Patient", "name": [{"family": "Newlyregistered"}]}
+        assert httpx.put(f"{fhir}/Patient/NEW1", json=new).status_code == 201
+        assert patient_of(everything("NEW1"))["name"] == [{"family": "Newlyregistered"}]
+
+        assert httpx.delete(f"{fhir}/Patient/{second}").status_code == 204
+        assert everything(second).status_code == 404
+        assert httpx.get(f"{fhir}/Condition", params={"patient": second}).json().get("total") == 0

@@ -91,7 +91,9 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/fhir"
 
-    changes = PatientChanges()
+    cache = ResponseCache()
+    # an answer kept from before a change is not served after it
+    changes = PatientChanges(on_change=cache.items.clear)
 
     def patient(local: str) -> Json | None:
         return changes.patient(local, store.patient)
@@ -127,6 +129,17 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             searchset(base(request), resources, len(ids), page_links(url, offset, count, len(ids)))
         )
 
+    def current_record(local: str) -> list[Json] | None:
+        """The person's record as the EPR holds it now: the Patient as last changed (a
+        person registered since start has only that), none once deleted."""
+        rec = store.record(local)
+        changed = changes.latest.get(local)
+        if changed is None:
+            return rec
+        if changed.patient is None:
+            return None
+        return [changed.patient, *(r for r in rec or () if r["resourceType"] != "Patient")]
+
     def gone(local: str) -> Json:
         """A deleted Patient as a change listing shows it: inactive, nothing more."""
         return {"resourceType": "Patient", "id": local, "active": False}
@@ -152,7 +165,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
 
     async def everything(request: Request) -> Response:
         pid = request.path_params["id"]
-        rec = store.record(pid)
+        rec = current_record(pid)
         if rec is None:
             return not_found("Patient")
         q = request.query_params
@@ -186,7 +199,7 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             return identifier_search(request, store, base(request))
         if not pid:
             return bad_request(f"{rtype} search needs a patient or identifier parameter")
-        rec = store.record(pid) or []
+        rec = current_record(pid) or []
         items = [r for r in rec[1:] if r["resourceType"] == rtype]
         url = f"{base(request)}/{rtype}?patient={pid}"
         return fhir_response(
@@ -195,7 +208,6 @@ def build(store: FhirStore, behaviour: Behaviour) -> Starlette:
             )
         )
 
-    cache = ResponseCache()
     shared_of: dict[str, list[Json]] = {}  # the files do not change while served
     metadata = capability(
         "carelink acute EPR simulator",
