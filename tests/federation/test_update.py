@@ -270,3 +270,33 @@ def test_two_workers_apply_one_sources_feed_in_order_on_postgresql(postgres_url)
     )
     assert not finished_first, "worker B applied while A held the source's changes"
     store.close()
+
+
+@pytest.mark.postgres
+def test_a_feed_message_committed_after_a_later_one_is_taken_by_the_next_update(postgres_url):
+    """The guarantee: **every change the feed stored reaches the index.** Two listener
+    processes store messages at once: the one numbered first (its sequence handed out at
+    its insert) commits last. An update that runs between the two commits takes the later
+    message and moves its cursor past it; the earlier one, committed after, must still be
+    taken by the next update (a cursor read by ``seq >`` passed over it for good, until a
+    reconcile). The earlier message's transaction is held open by hand here, as a slow
+    listener's would be. (SQLite takes one writer at a time: there they commit in order.)"""
+    store = _store(postgres_url)
+    feed = FeedStore(store.db)
+    source = CommunityFeedSource(feed)
+    slow, quick = _a28("M1", "C1", "Davies", _number(300)), _a28("M2", "C2", "Price", _number(350))
+    done = threading.Event()
+    with store.db.engine.connect() as conn:
+        transaction = conn.begin()
+        feed._apply(conn, slow)  # numbered, not committed
+        other = threading.Thread(target=lambda: (feed.apply(quick), done.set()))
+        other.start()
+        done.wait(1.0)  # the quick one commits now, unless it must wait its turn
+        asyncio.run(update_from([source], store))  # between the two commits
+        transaction.commit()
+    other.join(10)
+    assert done.is_set()
+    asyncio.run(update_from([source], store))
+    assert store.link("community", "C2") is not None
+    assert store.link("community", "C1") is not None, "the message committed last was lost"
+    store.close()

@@ -125,14 +125,16 @@ def held_mark(listed: Sequence[SourcePerson], since: str, mark: str) -> str:
 
 async def _listed(
     source: ChangeLister, since: str, now: Callable[[], datetime]
-) -> tuple[list[SourcePerson], str]:
-    """What ``source`` lists as changed after ``since``, and the watermark that allows
-    (``held_mark``): read again, up to ``LISTING_READS`` times in all, while each read
-    lists a record twice (and may have skipped one), so a busy source's watermark still
-    moves when a later read is undisturbed. Every read's records are kept (``newest``
-    picks each record's latest)."""
+) -> tuple[list[SourcePerson], str, int]:
+    """What ``source`` lists as changed after ``since``, the watermark that allows
+    (``held_mark``), and how many entries its last read held: read again, up to
+    ``LISTING_READS`` times in all, while each read lists a record twice (and may have
+    skipped one), so a busy source's watermark still moves when a later read is
+    undisturbed. Every read's records are kept (``newest`` picks each record's latest).
+    A source that lists some record twice in every listing, moved or not, cannot be told
+    from one that moved: its watermark stays, and each update reads from there."""
     listed: list[SourcePerson] = []
-    mark = since
+    mark, read = since, []
     for _ in range(LISTING_READS):
         began = instant(now() - OVERLAP)
         read = [p async for p in source.changed_since(since)]
@@ -140,7 +142,7 @@ async def _listed(
         mark = held_mark(read, since, began)
         if mark == began:
             break
-    return listed, mark
+    return listed, mark, len(read)
 
 
 def newest(listed: Sequence[SourcePerson]) -> list[SourcePerson]:
@@ -186,13 +188,14 @@ async def update_from(
                 cursor = store.setting(mark_key) or ""
                 listed, mark = await source.changes_after(cursor, CURSOR_BATCH)
                 report.behind = report.behind or mark != cursor
+                count = len(listed)
             else:
                 mark_key = watermark_key(source.name)
                 since = store.setting(mark_key)
                 if since is None:
                     continue  # never built from this source: a build lists everyone
-                listed, mark = await _listed(source, since, now)
-            report.listed[source.name] = len(listed)
+                listed, mark, count = await _listed(source, since, now)
+            report.listed[source.name] = count
             changes: list[Change] = []
             for p in newest(listed):
                 changes += _change(p, store)

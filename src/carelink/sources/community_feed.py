@@ -125,12 +125,8 @@ class CommunityFeedSource:
         """The records changed by the ADT events stored after ``cursor`` (the sequence of
         the last one taken), at most ``limit`` of them, oldest first. A stored message
         that cannot be read now (it was read on arrival) is passed over, not retried for
-        ever.
-
-        Known limit: on PostgreSQL, sequence numbers are handed out before commit, so
-        a message committed after a later-numbered one that an update has already
-        taken would be passed over until ``index update --reconcile``. On SQLite
-        (one writer at a time) they commit in sequence order."""
+        ever. A source's messages commit in the order they are numbered
+        (``FeedStore._apply``), so none is numbered below a cursor already taken."""
         after = int(cursor or "0")
         rows = await asyncio.to_thread(
             lambda: list(self.store.messages_after(self.name, after, INDEX_EVENTS, limit))

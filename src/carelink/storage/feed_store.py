@@ -14,6 +14,7 @@ hands in plain values (``Arrival``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -74,6 +75,13 @@ class FeedStore:
         return True
 
     def _apply(self, conn: Connection, a: Arrival) -> None:
+        if not self.db.is_sqlite:
+            # one source's messages are numbered and committed in one order: a number is
+            # handed out at the insert, and a message numbered first but committed after
+            # a later one was passed over by an update that read between the two commits
+            # (``messages_after``: by number, from a cursor). SQLite takes one writer at
+            # a time already.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": storing_key(a.source)})
         local = _surviving(conn, a.source, a.local_id)
         inserted = conn.execute(
             feed_messages.insert().values(
@@ -231,3 +239,10 @@ def _surviving(conn: Connection, source: str, local_id: str) -> str:
             return local_id
         local_id = row[0]
         seen.add(local_id)
+
+
+def storing_key(source: str) -> int:
+    """The advisory lock key of storing ``source``'s feed messages (a signed 64-bit
+    integer; ``FeedStore._apply``)."""
+    digest = hashlib.blake2b(f"carelink:feed:{source}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
