@@ -124,6 +124,7 @@ def test_the_index_entry_carries_the_councils_demographics():
         "address_line": "14 Westgate",
         "patient": None,
         "left_out": (),
+        "echo": False,
     }
 
 

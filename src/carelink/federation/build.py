@@ -490,6 +490,7 @@ async def build_index(
 
     with few_collections():
         try:
+            await asyncio.to_thread(build.remember_live)
             loose = await _read(sources, build, report, progress, writers)
             await asyncio.to_thread(build.all_staged)
             await _none_skipped(sources, build)

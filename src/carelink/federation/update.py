@@ -117,6 +117,8 @@ def held_mark(listed: Sequence[SourcePerson], since: str, mark: str) -> str:
     reads it again whole (a change applied twice changes nothing)."""
     seen: set[str] = set()
     for p in listed:
+        if p.echo:
+            continue  # carried by another's entry (an A40's survivor): not an entry
         if p.local_id in seen:
             return since
         seen.add(p.local_id)

@@ -100,6 +100,10 @@ class SourcePerson:
     patient: Json  # the source's Patient, as FHIR R4 (namespaced id)
     #: the demographics ``__post_init__`` left out, by field name (a build counts them)
     left_out: tuple[str, ...] = field(default=(), compare=False)
+    #: a record a change listing's entry carries beside the record the entry is about
+    #: (an HL7 v2 A40's survivor, beside the record merged into it): listed again by any
+    #: other entry about it, so not a sign the listing moved (``update.held_mark``)
+    echo: bool = field(default=False, compare=False)
 
     @property
     def keyable(self) -> bool:

@@ -16,6 +16,7 @@ Other events (visits, results, problems) change no one's demographics.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +56,8 @@ def adt_changes(msg: Any, source: str) -> list[SourcePerson]:
     if kind == MERGE:
         survivor = person_id(msg)
         old = prior_id(msg)
-        out = [p for p in (_current(msg, source),) if p]
+        # the survivor as it is now, beside the entry's own record: the one merged away
+        out = [replace(p, echo=True) for p in (_current(msg, source),) if p]
         if old and survivor and old != survivor:
             out.append(retired(source, old, namespaced_id(source, survivor)))
         return out

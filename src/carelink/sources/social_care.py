@@ -29,7 +29,7 @@ from carelink.sources.http import (
 )
 from carelink.sources.kind import KindCheck
 from carelink.sources.namespacing import namespaced_id
-from carelink.sources.social_care_map import read_case, source_person
+from carelink.sources.social_care_map import ACTIVE, read_case, source_person
 
 JSON = "application/json"
 
@@ -101,11 +101,18 @@ class SocialCareSource:
 
     async def holds(self, local_id: str) -> bool:
         """``GET /persons/{ref}``: held unless the council answers 404 or 410 (no such
-        person, or merged away) (``HoldsCheck``)."""
+        person, or merged away) or the case is CLOSED, as its listings read one
+        (``HoldsCheck``)."""
         if not self.kind.confirmed:
             await self.kind.ensure()
         url = f"{self.base}/persons/{quote(local_id, safe='')}"
-        return await held_at(self.session, self.name, url, accept=JSON) is not None
+        body = await held_at(self.session, self.name, url, accept=JSON)
+        if body is None:
+            return False
+        doc = _load(body, self.name)
+        if not isinstance(doc, dict):
+            raise SourceBadPayload(self.name, "a person read alone is not a JSON object")
+        return ACTIVE.get(str(doc.get("caseStatus") or "OPEN")) is not False
 
     async def people(self) -> AsyncIterator[SourcePerson]:
         """Everyone the council holds, page by page until ``totalItems`` are seen

@@ -38,6 +38,9 @@ from carelink.storage.tables import (
 )
 
 STAGING = "index_staging"
+#: the scratch table of the records the live index linked when the build began
+#: (``IndexBuild.remember_live``)
+LIVE_BEFORE = "index_live_before"
 #: the staged record's columns, in the order ``stage`` takes them
 STAGED_COLUMNS = (
     "source",
@@ -367,18 +370,42 @@ class IndexBuild:
         back: quadratic in the population)."""
         self._analyse()
 
+    def remember_live(self) -> None:
+        """Keep the keys of the records the live index links now, before the sources are
+        read (a scratch table beside the staging one, filled in key order): ``unlisted``
+        asks only about them. A record an update links while the build reads (a person
+        registered after the listing passed them) is not one the listing lacked."""
+        sqlite = self.db.is_sqlite
+        table = f"staging.{LIVE_BEFORE}" if sqlite else LIVE_BEFORE
+        self._execute(f"DROP TABLE IF EXISTS {table}")
+        kind = "TABLE" if sqlite else "UNLOGGED TABLE"
+        self._execute(
+            f"CREATE {kind} {table} (source VARCHAR({SOURCE_LENGTH}) NOT NULL, "
+            f"local_id VARCHAR({LOCAL_ID_LENGTH}) NOT NULL, PRIMARY KEY (source, local_id))"
+        )
+        self._execute(
+            f"INSERT INTO {table} (source, local_id) "  # noqa: S608
+            "SELECT source, local_id FROM person_links ORDER BY source, local_id"
+        )
+        if not sqlite:
+            self._conn.commit()
+
     def unlisted(self, source: str, after: str = "", limit: int = 1000) -> list[str]:
-        """The local ids of ``source`` the live index links and no staged record holds,
-        in order, ``limit`` after ``after``: the records the listing just read lacked
-        (through both tables' keys, nothing held in memory)."""
+        """The local ids of ``source`` the live index linked when the build began
+        (``remember_live``) and links still, that no staged record holds, in order,
+        ``limit`` after ``after``: the records the listing just read lacked (through the
+        tables' keys, nothing held in memory)."""
         mark = "?" if self.db.is_sqlite else "%s"
+        before = f"staging.{LIVE_BEFORE}" if self.db.is_sqlite else LIVE_BEFORE
         return [
             str(r[0])
             for r in self._rows(
-                f"SELECT l.local_id FROM person_links l WHERE l.source = {mark} "  # noqa: S608
-                f"AND l.local_id > {mark} AND NOT EXISTS (SELECT 1 FROM {self.staged} s "
-                "WHERE s.source = l.source AND s.local_id = l.local_id) "
-                f"ORDER BY l.local_id LIMIT {int(limit)}",
+                f"SELECT b.local_id FROM {before} b WHERE b.source = {mark} "  # noqa: S608
+                f"AND b.local_id > {mark} AND NOT EXISTS (SELECT 1 FROM {self.staged} s "
+                "WHERE s.source = b.source AND s.local_id = b.local_id) "
+                "AND EXISTS (SELECT 1 FROM person_links l "
+                "WHERE l.source = b.source AND l.local_id = b.local_id) "
+                f"ORDER BY b.local_id LIMIT {int(limit)}",
                 (source, after),
             )
         ]
@@ -487,6 +514,8 @@ class IndexBuild:
             with self.db.engine.begin() as conn:
                 for t in [*([] if self.db.is_sqlite else [self.staging]), *reversed(self.tables)]:
                     t.drop(conn, checkfirst=True)
+                if not self.db.is_sqlite:  # on SQLite it goes with the staging file
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {LIVE_BEFORE}")
         finally:
             # Closed, never given back to the pool: it runs without the driver's
             # transactions and foreign keys on SQLite (the staging file attached), and

@@ -23,14 +23,36 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-#: SQLite reports a broken schema as an OperationalError too: that is a fault of ours
-#: (a 500), not a database that cannot be reached for now (a 503)
-SQLITE_SCHEMA_FAULTS = ("no such table", "no such column", "has no column", "syntax error")
+#: SQLite reports a broken schema or statement as an OperationalError too: that is a
+#: fault of ours (a 500), not a database that cannot be reached for now (a 503); found
+#: anywhere in the message (a syntax error reads 'near "X": syntax error')
+SQLITE_SCHEMA_FAULTS = (
+    "no such table",
+    "no such column",
+    "no such function",
+    "has no column",
+    "syntax error",
+    "incomplete input",
+    "unrecognized token",
+    "ambiguous column",
+    "too many",
+)
+
+#: PostgreSQL's classes of error that psycopg raises as OperationalError but that say
+#: our statement, or what it was given, is at fault, not the database: 54, a program
+#: limit exceeded (an index row too big, too many columns ...)
+POSTGRESQL_OUR_FAULTS = ("54",)
 
 
 def _schema_fault(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None) or exc
-    return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(SQLITE_SCHEMA_FAULTS)
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig)
+        return any(fault in text for fault in SQLITE_SCHEMA_FAULTS)
+    state = getattr(orig, "sqlstate", None)
+    return (
+        isinstance(orig, psycopg.Error) and bool(state) and str(state)[:2] in POSTGRESQL_OUR_FAULTS
+    )
 
 
 def is_unavailable(exc: BaseException) -> bool:
