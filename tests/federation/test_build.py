@@ -104,7 +104,7 @@ def test_the_streaming_build_stores_the_index_linking_in_memory_makes(
     assert sorted(reviews, key=repr) == sorted(
         (tuple(vars(r).values()) for r in want_reviews), key=repr
     )
-    assert set(report.seconds) == {"reading", "linking", "writing", "retiring", "swap"}
+    assert set(report.seconds) == {"reading", "linking", "writing", "retiring", "swap", "clearing"}
     peak = report.writer_peak_mb
     assert vars(report) == {**vars(want_report), "seconds": report.seconds, "writer_peak_mb": peak}
     # the writer processes' own peak (an interpreter and its imports: tens of MB), not
@@ -127,6 +127,7 @@ def test_a_rebuild_replaces_the_whole_index_and_lookups_see_the_new_one(database
         names = set(sa.inspect(conn).get_table_names())
     assert "index_staging" not in names
     assert not {n for n in names if n.endswith("_build")}
+    assert not {n for n in names if "_gone_" in n}  # a SQLite swap's old tables, cleared
     if store.db.is_sqlite:  # staged in a scratch file beside the database, gone after
         assert staging_file(store.db).endswith(".staging")
         assert not os.path.exists(staging_file(store.db))

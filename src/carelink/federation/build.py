@@ -514,6 +514,8 @@ async def build_index(
                 build.swap, built_at
             )
             lap("swap")
+            report.cleared = await asyncio.to_thread(build.clear_gone)
+            lap("clearing")
         finally:
             build.close()
     mark_built(store, sources, started)

@@ -73,7 +73,11 @@ class BuildReport:
     writer_peak_mb: int | None = None
     #: (retired id, successor) pairs a rebuild recorded for the ids it retired
     successors: int = 0
-    #: wall-clock seconds per stage of a streaming build (reading, linking, writing, swap)
+    #: rows of the index the build replaced, deleted after its swap (SQLite sets the old
+    #: tables aside at the swap and empties them a little at a time: ``clear_gone``)
+    cleared: int = 0
+    #: wall-clock seconds per stage of a streaming build (reading, linking, writing, swap,
+    #: clearing)
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -539,6 +539,10 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # what is deleted is overwritten, not left in free pages: patients' details removed
+    # from the index (a rebuild's old tables, ``IndexBuild.clear_gone``) leave no trace in
+    # the file, whatever default the platform's SQLite was compiled with
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

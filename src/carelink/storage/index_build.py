@@ -58,6 +58,11 @@ STAGED_COLUMNS = (
     "part",
 )
 _LIVE = (persons, links, review, record_fields)
+#: a live table a SQLite swap set aside is named ``{table}{GONE}{token}`` until it is cleared
+GONE = "_gone_"
+#: rows deleted to a write transaction when clearing one (``IndexBuild.clear_gone``):
+#: 2,000 links held the write lock for ~NN ms each
+GONE_ROWS = 2000
 #: (table, name, columns, unique) indexed after the load, named like the live ones;
 #: ``{pattern}``: PostgreSQL's pattern operator class (LIKE 'x%' through the index)
 _INDEXES = (
@@ -265,8 +270,13 @@ class IndexBuild:
         try:
             if self.db.is_sqlite:
                 marks = ", ".join("?" for _ in columns)
+                # the staging file only is locked by a deferred BEGIN whose first statement
+                # writes there: BEGIN IMMEDIATE takes every attached file's write lock, the
+                # main one too, so each batch staged kept the gateway's writes (its audit)
+                # waiting (benchmarks/README.md, "The twenty-fifth stop")
+                begin = "BEGIN" if table.startswith("staging.") else "BEGIN IMMEDIATE"
                 with self.lock:
-                    cur.execute("BEGIN IMMEDIATE")  # another process may be writing too
+                    cur.execute(begin)  # another process may be writing too
                     cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
                     cur.execute("COMMIT")
             else:
@@ -487,7 +497,13 @@ class IndexBuild:
             cur.execute(_RETIRE.format(mark="?" if sqlite else "%s"), (at,))
             pairs, took = max(cur.rowcount, 0), round(time.perf_counter() - started, 2)
             for t in reversed(_LIVE):
-                cur.execute(f"DROP TABLE {t.name}")
+                # SQLite: set aside, emptied afterwards a little at a time (``clear_gone``);
+                # dropped here, it held the write lock while every page was read and zeroed
+                # (secure_delete): 60.5 s at the full test range, every gateway write waiting
+                if sqlite:
+                    cur.execute(f"ALTER TABLE {t.name} RENAME TO {t.name}{GONE}{self.token}")
+                else:
+                    cur.execute(f"DROP TABLE {t.name}")
             for t in _LIVE:
                 cur.execute(f"ALTER TABLE {_build_name(t.name)} RENAME TO {t.name}")
             if not sqlite:
@@ -502,6 +518,39 @@ class IndexBuild:
         finally:
             cur.close()
         return pairs, took
+
+    def clear_gone(self, rows: int = GONE_ROWS) -> int:
+        """Empty and drop the live tables a SQLite swap set aside (this build's, and any a
+        build stopped before clearing left), ``rows`` rows to a write transaction after
+        their indexes are dropped one by one, so no gateway write waits long for them.
+        Returns how many rows went. A no-op on PostgreSQL, whose swap drops them."""
+        if not self.db.is_sqlite:
+            return 0
+        gone = 0
+        for table in _set_aside(self._rows):
+            for (index,) in self._rows(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                "AND name NOT LIKE 'sqlite_autoindex_%'",
+                (table,),
+            ):
+                self._execute(f'DROP INDEX "{index}"')
+            cur = self._conn.cursor()
+            try:
+                while True:
+                    cur.execute("BEGIN IMMEDIATE")
+                    cur.execute(
+                        f'DELETE FROM "{table}" WHERE rowid IN '  # noqa: S608
+                        f'(SELECT rowid FROM "{table}" LIMIT {int(rows)})'
+                    )
+                    done = max(cur.rowcount, 0)
+                    cur.execute("COMMIT")
+                    gone += done
+                    if done < rows:
+                        break
+            finally:
+                cur.close()
+            self._execute(f'DROP TABLE "{table}"')
+        return gone
 
     def close(self) -> None:
         """Drop the staging (on SQLite its file) and build tables a failed build left, and
@@ -525,6 +574,22 @@ class IndexBuild:
                 self._raw.invalidate()
             if self.db.is_sqlite and not self.attached:
                 _remove(self._file)
+
+
+def _set_aside(rows: Any) -> list[str]:
+    """The live tables SQLite swaps set aside and no clear has dropped yet, the tables
+    referring to others first (``rows``: a read on the build's connection)."""
+    found = {
+        str(r[0])
+        for r in rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
+            (f"%{GONE.replace('_', '!_')}%",),
+        )
+    }
+    order = [t.name for t in reversed(_LIVE)]
+    return sorted(
+        found, key=lambda n: (order.index(n.split(GONE)[0]) if n.split(GONE)[0] in order else -1, n)
+    )
 
 
 def _remove(path: str) -> None:
