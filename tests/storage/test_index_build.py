@@ -81,3 +81,28 @@ def test_a_build_with_two_rows_of_one_key_fails_and_the_live_index_stays(databas
         _built(db, [_person("p2"), _person("p2")], [_link("2", "p2")])
     assert (_count(db, persons), _count(db, links)) == (1, 1)
     db.dispose()
+
+
+def test_on_postgresql_the_swapped_in_index_is_vacuumed_before_anyone_reads_it(postgres_url):
+    """Every page of the new tables is all-visible at the swap (hint bits and the
+    visibility map set by the build's VACUUM): the gateway's first reads dirty no page and
+    autovacuum has no walk over the new index to make while it serves."""
+    db = Database(postgres_url)
+    db.migrate()
+    people = [_person(f"p{i:05}") for i in range(3000)]
+    _built(db, people, [_link(str(i), p.id) for i, p in enumerate(people)])
+    with db.engine.connect() as conn:
+        pages = {
+            name: (relpages, visible)
+            for name, relpages, visible in conn.execute(
+                sa.text(
+                    "SELECT relname, relpages, relallvisible FROM pg_class "
+                    "WHERE relname IN ('persons', 'person_links') "
+                    "AND relnamespace = to_regnamespace(current_schema())"
+                )
+            )
+        }
+    db.dispose()
+    assert set(pages) == {"persons", "person_links"}
+    for name, (relpages, visible) in pages.items():
+        assert relpages > 0 and visible == relpages, (name, relpages, visible)

@@ -488,13 +488,25 @@ class IndexBuild:
                 if sqlite:
                     _let_writers_in()
             if not sqlite:
-                self._conn.commit()
-                # ANALYZE so the planner knows the new tables before the first lookup
-                for t in self.tables:
-                    cur.execute(f"ANALYZE {t.name}")
-                # the swap is durable before ``swap`` returns, as any commit of the gateway
+                # from here this session waits for the disk: this commit flushes the WAL
+                # past every row the build wrote (asynchronously committed until now, and a
+                # row whose commit is not on disk cannot be marked visible to all), and the
+                # swap is durable before ``swap`` returns, as any commit of the gateway
                 cur.execute("SET synchronous_commit = on")
                 self._conn.commit()
+                # VACUUM (ANALYZE) while nobody reads them: the planner knows the new tables
+                # before the first lookup, and their rows' hint bits and visibility map are
+                # set. Left to the server, the first reads after the swap set the hint bits
+                # (dirtying every page they touch) and autovacuum soon walked the whole
+                # index while the gateway served from it; the first searches after a
+                # full-range build ran at half speed (benchmarks/README.md, "The
+                # twenty-fifth stop"). VACUUM runs outside a transaction.
+                self._conn.autocommit = True
+                try:
+                    for t in self.tables:
+                        cur.execute(f"VACUUM (ANALYZE) {t.name}")
+                finally:
+                    self._conn.autocommit = False
             if sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             started = time.perf_counter()
