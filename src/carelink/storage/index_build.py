@@ -474,8 +474,9 @@ class IndexBuild:
             if sqlite:
                 for table, columns in _KEYS:
                     made = f"ix_{table}_key_{self.token}"
+                    began = time.perf_counter()
                     cur.execute(f"CREATE UNIQUE INDEX {made} ON {_build_name(table)} ({columns})")
-                    _let_writers_in()
+                    _let_writers_in(began)
                 # loaded unchecked (``__init__``): every link's person must be there
                 for built in self.tables:
                     if cur.execute(f"PRAGMA foreign_key_check({built.name})").fetchone():
@@ -484,9 +485,10 @@ class IndexBuild:
                 kind = "UNIQUE INDEX" if unique else "INDEX"
                 made = f"ix_{table}_{name}_{self.token}"
                 columns = columns.format(pattern="" if sqlite else " varchar_pattern_ops")
+                began = time.perf_counter()
                 cur.execute(f"CREATE {kind} {made} ON {_build_name(table)} ({columns})")
                 if sqlite:
-                    _let_writers_in()
+                    _let_writers_in(began)
             if not sqlite:
                 # from here this session waits for the disk: this commit flushes the WAL
                 # past every row the build wrote (asynchronously committed until now, and a
@@ -593,15 +595,21 @@ class IndexBuild:
                 _remove(self._file)
 
 
-#: seconds a SQLite build leaves the write lock free between two index makings: a writer
-#: waiting meanwhile (the gateway's audit) retries at most every 100 ms in SQLite's busy
-#: handler, and with none the next index began at once, so one write waited for three
-#: (4.54 s at the full test range; benchmarks/README.md, "The twenty-fifth stop")
+#: seconds a SQLite build leaves the write lock free after an index making that held it
+#: longer than ``HELD_LONG``: a writer waiting meanwhile (the gateway's audit) retries at
+#: most every 100 ms in SQLite's busy handler, and with no pause the next index began at
+#: once, so one write waited through three (4.54 s at the full test range;
+#: benchmarks/README.md, "The twenty-fifth stop"). After a short one a waiting writer has
+#: not waited long, and a small build pays no pauses.
 WRITERS_IN = 0.15
+HELD_LONG = 0.1
 
 
-def _let_writers_in() -> None:
-    time.sleep(WRITERS_IN)
+def _let_writers_in(began: float) -> None:
+    """Pause after a statement begun at ``began`` (``time.perf_counter``) if it held the
+    write lock long."""
+    if time.perf_counter() - began > HELD_LONG:
+        time.sleep(WRITERS_IN)
 
 
 def _set_aside(rows: Any) -> list[str]:
