@@ -105,4 +105,5 @@ def test_on_postgresql_the_swapped_in_index_is_vacuumed_before_anyone_reads_it(p
     db.dispose()
     assert set(pages) == {"persons", "person_links"}
     for name, (relpages, visible) in pages.items():
-        assert relpages > 0 and visible == relpages, (name, relpages, visible)
+        assert relpages > 0, name
+        assert visible == relpages, (name, relpages, visible)
