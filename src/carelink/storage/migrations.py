@@ -166,9 +166,14 @@ def _audit_patient_blocks(conn: Connection) -> None:
     audit_index_blocks.create(conn, checkfirst=True)
     index_all(conn)
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_seq"))
-    if conn.dialect.name == "postgresql":
+    held = conn.execute(sa.text("SELECT 1 FROM audit_events LIMIT 1")).first() is not None
+    if conn.dialect.name == "postgresql" and held:
         # a search scans the rows after the last block by key: with no statistics of
-        # the trail yet, PostgreSQL guesses a third of it and reads all of it instead
+        # the trail yet, PostgreSQL guesses a third of it and reads all of it instead.
+        # Never an empty trail: a table analysed empty is planned as empty (a whole-table
+        # scan for the append's head) until analysed again, and the plans a connection
+        # keeps stay so while the trail grows; a fresh install's gateway slowed by half
+        # as its trail filled (benchmarks/README.md, "The twenty-fifth stop")
         conn.execute(sa.text("ANALYZE audit_events, audit_patient_index, audit_index_blocks"))
 
 
