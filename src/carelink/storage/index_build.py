@@ -61,7 +61,7 @@ _LIVE = (persons, links, review, record_fields)
 #: a live table a SQLite swap set aside is named ``{table}{GONE}{token}`` until it is cleared
 GONE = "_gone_"
 #: rows deleted to a write transaction when clearing one (``IndexBuild.clear_gone``): at
-#: the full test range a rebuild cleared 4.0 million rows so in 31.2 s, no write of the
+#: the full test range a rebuild cleared 4.0 million rows so in 22.7-31.2 s, no write of the
 #: gateway's waiting as long as an index's making (benchmarks/README.md, "The
 #: twenty-fifth stop")
 GONE_ROWS = 2000
@@ -497,12 +497,10 @@ class IndexBuild:
                 cur.execute("SET synchronous_commit = on")
                 self._conn.commit()
                 # VACUUM (ANALYZE) while nobody reads them: the planner knows the new tables
-                # before the first lookup, and their rows' hint bits and visibility map are
-                # set. Left to the server, the first reads after the swap set the hint bits
-                # (dirtying every page they touch) and autovacuum soon walked the whole
-                # index while the gateway served from it; the first searches after a
-                # full-range build ran at half speed (benchmarks/README.md, "The
-                # twenty-fifth stop"). VACUUM runs outside a transaction.
+                # before the first lookup, and their hint bits and visibility map are set,
+                # so the gateway's first reads dirty no page and autovacuum has no walk
+                # over the new index to make while it serves (~5 s at the full test range;
+                # benchmarks/README.md, "The twenty-fifth stop"). Outside a transaction.
                 self._conn.autocommit = True
                 try:
                     for t in self.tables:
@@ -546,7 +544,11 @@ class IndexBuild:
         if not self.db.is_sqlite:
             return 0
         gone = 0
-        for table in _set_aside(self._rows):
+        # any order: the build's connection does not check foreign keys (``__init__``)
+        for (table,) in self._rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
+            (f"%{GONE.replace('_', '!_')}%",),
+        ):
             for (index,) in self._rows(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
                 "AND name NOT LIKE 'sqlite_autoindex_%'",
@@ -610,22 +612,6 @@ def _let_writers_in(began: float) -> None:
     write lock long."""
     if time.perf_counter() - began > HELD_LONG:
         time.sleep(WRITERS_IN)
-
-
-def _set_aside(rows: Any) -> list[str]:
-    """The live tables SQLite swaps set aside and no clear has dropped yet, the tables
-    referring to others first (``rows``: a read on the build's connection)."""
-    found = {
-        str(r[0])
-        for r in rows(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
-            (f"%{GONE.replace('_', '!_')}%",),
-        )
-    }
-    order = [t.name for t in reversed(_LIVE)]
-    return sorted(
-        found, key=lambda n: (order.index(n.split(GONE)[0]) if n.split(GONE)[0] in order else -1, n)
-    )
 
 
 def _remove(path: str) -> None:
